@@ -1,0 +1,224 @@
+"""The bundle: a directory with manifest.json, signature.json and the files the manifest lists.
+
+`write_manifest` fills in the `files` table (sha256 and size of every file) and `Bundle.verify`
+checks everything a device must check before it loads a model: known schema version, a valid
+signature by a trusted key that has not expired, every listed file present with its size and hash,
+no file that is not listed, no link or path that leaves the bundle, and (optionally) a version newer
+than the installed one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from edgefleet.core import archive
+from edgefleet.core.errors import BundleError, VerificationError
+from edgefleet.core.schema import TensorSpec
+from edgefleet.core.signing import DEFAULT_VALIDITY, SigningKey, TrustStore
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+SIGNATURE = "signature.json"
+RESERVED = {MANIFEST, SIGNATURE}
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(archive.CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def list_files(root: Path) -> list[str]:
+    """Every entry below root except manifest and signature, as posix paths; links are reported too."""
+    found = []
+    for path in sorted(Path(root).rglob("*")):
+        if path.is_dir() and not path.is_symlink():
+            continue
+        rel = path.relative_to(root).as_posix()
+        if rel not in RESERVED:
+            found.append(rel)
+    return found
+
+
+def write_manifest(root: Path, manifest: dict) -> dict:
+    """Completes manifest['files'] from the directory's contents and writes manifest.json."""
+    root = Path(root)
+    files = {}
+    for rel in list_files(root):
+        path = root / rel
+        if path.is_symlink():
+            raise BundleError(f"{path} is a symlink; a bundle holds only regular files")
+        files[rel] = {"sha256": file_digest(path), "size": path.stat().st_size}
+    manifest = {**manifest, "schema_version": SCHEMA_VERSION, "files": files}
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    (root / SIGNATURE).unlink(missing_ok=True)  # any old signature no longer matches
+    return manifest
+
+
+def sign(root: Path, key: SigningKey, validity: timedelta = DEFAULT_VALIDITY) -> dict:
+    """Signs the manifest.json in root and writes signature.json."""
+    manifest = read_manifest(Path(root))
+    doc = key.sign_manifest(manifest, validity)
+    (Path(root) / SIGNATURE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    return doc
+
+
+def read_manifest(root: Path) -> dict:
+    path = Path(root) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise BundleError(f"{root} is not a bundle: {MANIFEST} is missing") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BundleError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path} must hold a JSON object")
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise BundleError(
+            f"{path} has schema_version {version!r}; this edgefleet reads schema_version {SCHEMA_VERSION}"
+        )
+    return manifest
+
+
+@dataclass(frozen=True)
+class Verified:
+    key_id: str
+    expires_at: str
+    name: str
+    version: int
+
+
+class Bundle:
+    """A bundle directory on disk. Opening it reads the manifest; `verify` decides whether to trust it."""
+
+    def __init__(self, root: Path, manifest: dict, *, _tempdir: tempfile.TemporaryDirectory | None = None) -> None:
+        self.root = Path(root)
+        self.manifest = manifest
+        self._tempdir = _tempdir  # keeps an unpacked archive alive as long as the Bundle
+
+    @classmethod
+    def open(cls, path: str | Path, *, unpack_to: Path | None = None, max_bytes: int | None = None) -> Bundle:
+        """Opens a bundle directory, or unpacks a .tar.gz (into unpack_to, or a temporary directory)."""
+        path = Path(path)
+        if path.is_dir():
+            return cls(path, read_manifest(path))
+        if not path.exists():
+            raise BundleError(f"no bundle at {path}")
+        tempdir = None
+        if unpack_to is None:
+            tempdir = tempfile.TemporaryDirectory(prefix="edgefleet-bundle-")
+            unpack_to = Path(tempdir.name) / "bundle"
+        root = archive.unpack(path, unpack_to, max_bytes=max_bytes)
+        return cls(root, read_manifest(root), _tempdir=tempdir)
+
+    # identity and interface -------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return str(self.manifest["name"])
+
+    @property
+    def version(self) -> int:
+        return int(self.manifest["version"])
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return [TensorSpec.from_dict(d) for d in self.manifest["interface"]["inputs"]]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return [TensorSpec.from_dict(d) for d in self.manifest["interface"]["outputs"]]
+
+    @property
+    def artifacts(self) -> list[dict]:
+        return list(self.manifest.get("artifacts", []))
+
+    def path(self, rel: str) -> Path:
+        """The on-disk path of a listed file; refuses anything that would leave the bundle."""
+        _check_relpath(rel)
+        if rel not in self.manifest.get("files", {}):
+            raise BundleError(f"{rel!r} is not listed in the manifest")
+        return self.root / rel
+
+    def pack(self, out_path: Path) -> Path:
+        return archive.pack(self.root, out_path)
+
+    def golden(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict]:
+        """Golden inputs, expected outputs and their tolerances (atol, rtol)."""
+        entry = self.manifest.get("golden")
+        if not entry:
+            raise BundleError(f"bundle {self.name} v{self.version} has no golden examples")
+        with np.load(self.path(entry["path"]), allow_pickle=False) as data:
+            inputs = {s.name: data[f"inputs/{s.name}"] for s in self.inputs}
+            outputs = {s.name: data[f"outputs/{s.name}"] for s in self.outputs}
+        return inputs, outputs, {"atol": float(entry["atol"]), "rtol": float(entry["rtol"])}
+
+    def reference_profile(self) -> dict | None:
+        entry = self.manifest.get("reference_profile")
+        if not entry:
+            return None
+        return json.loads(self.path(entry["path"]).read_text())
+
+    # trust --------------------------------------------------------------------------------------------
+    def verify(
+        self, trust: TrustStore, *, now: datetime | None = None, installed_version: int | None = None
+    ) -> Verified:
+        """Raises VerificationError (with a reason code) unless the bundle can be trusted."""
+        signature_path = self.root / SIGNATURE
+        if not signature_path.is_file():
+            raise VerificationError("missing_signature", f"bundle {self.root} is not signed ({SIGNATURE} missing)")
+        try:
+            signature_doc = json.loads(signature_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise VerificationError("bad_signature", f"{SIGNATURE} is not valid JSON: {err}") from err
+        if not isinstance(signature_doc, Mapping):
+            raise VerificationError("bad_signature", f"{SIGNATURE} must hold a JSON object")
+        key_id = trust.verify(self.manifest, dict(signature_doc), now=now)
+        self._verify_files()
+        if installed_version is not None and self.version <= installed_version:
+            raise VerificationError(
+                "not_newer",
+                f"bundle {self.name} v{self.version} is not newer than the installed v{installed_version}",
+            )
+        return Verified(key_id, str(signature_doc["expires_at"]), self.name, self.version)
+
+    def _verify_files(self) -> None:
+        listed: Mapping[str, Mapping] = self.manifest.get("files", {})
+        for rel, entry in listed.items():
+            _check_relpath(rel)
+            path = self.root / rel
+            if path.is_symlink():
+                raise VerificationError("unsafe_path", f"{rel} is a symlink; a bundle holds only regular files")
+            if not path.is_file():
+                raise VerificationError("missing_file", f"{rel} is listed in the manifest but missing")
+            size = path.stat().st_size
+            if size != entry["size"]:
+                raise VerificationError(
+                    "size_mismatch", f"{rel} is {size} bytes; the manifest says {entry['size']}"
+                )
+            digest = file_digest(path)
+            if digest != entry["sha256"]:
+                raise VerificationError(
+                    "hash_mismatch", f"{rel} has sha256 {digest[:16]}...; the manifest says {entry['sha256'][:16]}..."
+                )
+        for rel in list_files(self.root):
+            if (self.root / rel).is_symlink():
+                raise VerificationError("unsafe_path", f"{rel} is a symlink; a bundle holds only regular files")
+            if rel not in listed:
+                raise VerificationError("unlisted_file", f"{rel} is in the bundle but not in the manifest")
+
+
+def _check_relpath(rel: str) -> None:
+    path = PurePosixPath(rel)
+    if path.is_absolute() or ".." in path.parts or rel in ("", ".") or "\\" in rel:
+        raise VerificationError("unsafe_path", f"manifest path {rel!r} leaves the bundle")

@@ -1,0 +1,115 @@
+"""The reference profile: how the model's inputs and outputs looked on the reference (training) data.
+
+Telemetry on the device bins live traffic on these same edges, so device and fleet histograms merge by
+adding counts and compare with the reference exactly (PSI, Jensen-Shannon, chi-square).
+
+Features: an input with at most ELEMENT_LIMIT values per sample (tabular data, an 8x8 digit) is
+profiled element by element; a larger one (images, audio) through taps, the per-channel mean and std.
+Bins: `bins - 1` interior edges at the reference quantiles, so each bin holds about the same share of
+the reference data; a value v lands in bin searchsorted(edges, v, side="right"); one extra column
+counts NaN. Duplicate edges (from discrete values) are kept and give empty bins.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgefleet.core.schema import TensorSpec
+
+ELEMENT_LIMIT = 256
+DEFAULT_BINS = 10
+
+
+def feature_kind(spec: TensorSpec) -> str:
+    per_sample = int(np.prod([d for d in spec.shape[1:] if isinstance(d, int)] or [1]))
+    if per_sample <= ELEMENT_LIMIT or len(spec.shape) < 3:
+        return "elements"
+    return "channel_stats"
+
+
+def extract_features(x: np.ndarray, kind: str) -> np.ndarray:
+    """(N, ...) input -> (N, F) float64 features, the same function on the device and at export."""
+    n = x.shape[0]
+    if kind == "elements":
+        return np.asarray(x, dtype=np.float64).reshape(n, -1)
+    if kind == "channel_stats":
+        flat = np.asarray(x, dtype=np.float64).reshape(n, x.shape[1], -1)
+        return np.concatenate([flat.mean(axis=2), flat.std(axis=2)], axis=1)
+    raise ValueError(f"unknown feature kind {kind!r}")
+
+
+def feature_names(spec: TensorSpec, kind: str, count: int) -> list[str]:
+    if kind == "channel_stats":
+        channels = count // 2
+        return [f"{spec.name}.c{c}.mean" for c in range(channels)] + [f"{spec.name}.c{c}.std" for c in range(channels)]
+    return [f"{spec.name}[{i}]" for i in range(count)]
+
+
+def quantile_edges(values: np.ndarray, bins: int = DEFAULT_BINS) -> np.ndarray:
+    """(N, F) -> (F, bins - 1) interior edges at the quantiles of each feature (NaN ignored)."""
+    qs = np.linspace(0.0, 1.0, bins + 1)[1:-1]
+    finite = np.where(np.isfinite(values), values, np.nan)
+    edges = np.nanquantile(finite, qs, axis=0).T if len(values) else np.zeros((values.shape[1], bins - 1))
+    return np.ascontiguousarray(np.nan_to_num(edges, nan=0.0), dtype=np.float64)
+
+
+def bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """(N, F) values on (F, E) edges -> (F, E + 2) counts; the last column counts NaN."""
+    from edgefleet.cpp_ext import histogram_update
+
+    counts = np.zeros((edges.shape[0], edges.shape[1] + 2), dtype=np.int64)
+    histogram_update(counts, np.ascontiguousarray(values, dtype=np.float64), edges)
+    return counts
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def class_confidence(scores: np.ndarray, postprocess: str) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted class and its probability from a (N, C) output (logits or probabilities)."""
+    probs = softmax(scores.astype(np.float64)) if postprocess == "softmax" else scores.astype(np.float64)
+    return probs.argmax(axis=1), probs.max(axis=1)
+
+
+def build_profile(
+    inputs: dict[str, np.ndarray],
+    specs: list[TensorSpec],
+    scores: np.ndarray | None,
+    *,
+    postprocess: str = "softmax",
+    class_names: list[str] | None = None,
+    bins: int = DEFAULT_BINS,
+) -> dict:
+    """The reference profile of a dataset: per-input feature histograms and, for classifiers, the
+    predicted-class counts and the confidence histogram."""
+    features = []
+    for spec in specs:
+        kind = feature_kind(spec)
+        values = extract_features(inputs[spec.name], kind)
+        edges = quantile_edges(values, bins)
+        features.append(
+            {
+                "input": spec.name,
+                "kind": kind,
+                "names": feature_names(spec, kind, values.shape[1]),
+                "edges": edges.tolist(),
+                "counts": bin_counts(values, edges).tolist(),
+            }
+        )
+    profile: dict = {"count": int(len(next(iter(inputs.values())))), "bins": bins, "features": features}
+    if scores is not None and scores.ndim == 2 and scores.shape[1] >= 2:
+        predicted, confidence = class_confidence(scores, postprocess)
+        names = class_names or [str(i) for i in range(scores.shape[1])]
+        conf_edges = quantile_edges(confidence[:, None], bins)
+        profile["predictions"] = {
+            "classes": names,
+            "counts": np.bincount(predicted, minlength=len(names)).tolist(),
+        }
+        profile["confidence"] = {
+            "edges": conf_edges[0].tolist(),
+            "counts": bin_counts(confidence[:, None], conf_edges)[0].tolist(),
+        }
+    return profile

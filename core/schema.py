@@ -1,0 +1,106 @@
+"""Tensor schemas: what a model takes and gives, and the check every request goes through.
+
+A dimension is an int (fixed) or a string (symbolic, such as "batch"). The same symbol must have the
+same size in every input of one request. Validation is on the hot path of every prediction, so the
+specs are compiled once into plain tuples and the per-request check does only cheap comparisons.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgefleet.core.errors import SchemaError
+
+Dim = int | str
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name: "float32", "int64", "uint8", ...
+    shape: tuple[Dim, ...]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> TensorSpec:
+        shape = tuple(d if isinstance(d, str) else int(d) for d in data["shape"])
+        np.dtype(data["dtype"])  # raises TypeError on an unknown dtype name
+        return cls(name=str(data["name"]), dtype=str(data["dtype"]), shape=shape)
+
+    def describe(self) -> str:
+        dims = ", ".join(str(d) for d in self.shape)
+        return f"{self.dtype}[{dims}]"
+
+
+def describe_array(value: object) -> str:
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype}[{', '.join(str(d) for d in value.shape)}]"
+    return type(value).__name__
+
+
+class InputValidator:
+    """Checks a request against the input specs; compiled once per model."""
+
+    def __init__(self, specs: list[TensorSpec]) -> None:
+        if not specs:
+            raise ValueError("a model needs at least one input")
+        self.specs = specs
+        self.names = tuple(s.name for s in specs)
+        self._single = specs[0].name if len(specs) == 1 else None
+        self._compiled = [(s, np.dtype(s.dtype), len(s.shape), tuple(enumerate(s.shape))) for s in specs]
+
+    def __call__(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+        """Returns the feed dict, or raises SchemaError naming the input, what was expected and what came."""
+        if isinstance(inputs, np.ndarray):
+            if self._single is None:
+                raise SchemaError(
+                    "(all)", f"a dict with inputs {list(self.names)}", "a single array"
+                )
+            feed = {self._single: inputs}
+        elif isinstance(inputs, Mapping):
+            feed = inputs if isinstance(inputs, dict) else dict(inputs)
+            if len(feed) != len(self.names) or any(n not in feed for n in self.names):
+                self._raise_names(feed)
+        else:
+            raise SchemaError("(all)", f"numpy arrays for {list(self.names)}", type(inputs).__name__)
+
+        symbols: dict[str, int] | None = None
+        for spec, dtype, ndim, dims in self._compiled:
+            value = feed[spec.name]
+            if type(value) is not np.ndarray and not isinstance(value, np.ndarray):
+                raise SchemaError(spec.name, f"numpy.ndarray {spec.describe()}", describe_array(value))
+            if value.dtype != dtype or value.ndim != ndim:
+                raise SchemaError(spec.name, spec.describe(), describe_array(value))
+            shape = value.shape
+            for axis, dim in dims:
+                if dim.__class__ is int:
+                    if shape[axis] != dim:
+                        raise SchemaError(
+                            spec.name, f"{spec.describe()} (axis {axis} must be {dim})", describe_array(value)
+                        )
+                else:
+                    if symbols is None:
+                        symbols = {}
+                    seen = symbols.setdefault(dim, shape[axis])
+                    if seen != shape[axis]:
+                        raise SchemaError(
+                            spec.name,
+                            f"{spec.describe()} with {dim}={seen} as in the other inputs",
+                            describe_array(value),
+                        )
+                    if shape[axis] == 0:
+                        raise SchemaError(spec.name, f"{spec.describe()} with {dim} >= 1", describe_array(value))
+        return feed
+
+    def _raise_names(self, feed: Mapping) -> None:
+        missing = [n for n in self.names if n not in feed]
+        extra = [n for n in feed if n not in self.names]
+        if missing:
+            spec = next(s for s in self.specs if s.name == missing[0])
+            raise SchemaError(missing[0], f"{spec.describe()} (missing)", "nothing")
+        raise SchemaError(str(extra[0]), f"only inputs {list(self.names)}", "an unknown input")

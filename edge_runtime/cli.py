@@ -1,0 +1,235 @@
+"""The `edgefleet` command line: keys, sign, inspect, verify, predict, bench.
+
+Every error a user can cause (EdgefleetError) is printed as one line on stderr with exit code 2;
+nothing the user does produces a traceback. Set EDGEFLEET_DEBUG=1 to see tracebacks of internal errors.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgefleet.core import config
+from edgefleet.core.bundle import SIGNATURE, Bundle, sign
+from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.signing import DEFAULT_VALIDITY, SigningKey, TrustStore
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Run ML models on fleets of small devices.")
+keys_app = typer.Typer(no_args_is_help=True, help="Signing keys.")
+app.add_typer(keys_app, name="keys")
+out = Console()
+err_console = Console(stderr=True)
+
+TrustOption = Annotated[
+    list[Path] | None,
+    typer.Option("--trust", "-t", help=f"Trusted public key (.pub) or directory of them; repeatable. "
+                                        f"Default: ${config.TRUST_ENV}."),
+]
+BundleArg = Annotated[Path, typer.Argument(help="Bundle directory or .tar.gz")]
+
+
+def trust_store(paths: list[Path] | None) -> TrustStore:
+    chosen = list(paths or config.trusted_key_paths())
+    if not chosen:
+        raise EdgefleetError(f"no trusted keys: pass --trust KEY.pub (or a directory), or set ${config.TRUST_ENV}")
+    return TrustStore.from_paths(chosen)
+
+
+# --- keys and signing -------------------------------------------------------------------------------
+@keys_app.command("generate")
+def keys_generate(
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for NAME.key and NAME.pub")] = Path("keys"),
+    name: Annotated[str, typer.Option(help="File name stem")] = "release",
+) -> None:
+    """Create an Ed25519 signing key (NAME.key, mode 0600) and its public key (NAME.pub)."""
+    key = SigningKey.generate()
+    private, public = key.save(out_dir, name)
+    out.print(f"key id [bold]{key.key_id}[/]\n  private: {private}  (keep secret)\n  public:  {public}  (give to devices)")
+
+
+@app.command("sign")
+def sign_command(
+    bundle: BundleArg,
+    key: Annotated[Path, typer.Option("--key", "-k", help="Private key file (.key)")],
+    days: Annotated[int, typer.Option(help="Days until the signature expires")] = DEFAULT_VALIDITY.days,
+) -> None:
+    """Sign (or re-sign) a bundle directory."""
+    from datetime import timedelta
+
+    opened = Bundle.open(bundle)
+    if not opened.root.samefile(bundle):
+        raise EdgefleetError("sign works on a bundle directory; unpack the archive first")
+    doc = sign(opened.root, SigningKey.load(key), timedelta(days=days))
+    out.print(f"signed {opened.name} v{opened.version} with key {doc['key_id']}, expires {doc['expires_at']}")
+
+
+# --- looking at a bundle ----------------------------------------------------------------------------
+@app.command("inspect")
+def inspect(bundle: BundleArg, as_json: Annotated[bool, typer.Option("--json", help="Print the manifest")] = False) -> None:
+    """Show what a bundle holds (does not verify it: use `verify`)."""
+    opened = Bundle.open(bundle)
+    manifest = opened.manifest
+    if as_json:
+        out.print_json(data=manifest)
+        return
+    signature = opened.root / SIGNATURE
+    signed = json.loads(signature.read_text()) if signature.is_file() else None
+    table = Table(title=f"{opened.name} v{opened.version}", show_header=False)
+    table.add_row("label", manifest.get("label", ""))
+    table.add_row("created", manifest.get("created_at", ""))
+    table.add_row("signature", f"key {signed['key_id']}, expires {signed['expires_at']} (not verified here)"
+                  if signed else "[red]unsigned[/]")
+    for spec in opened.inputs:
+        table.add_row("input", f"{spec.name}: {spec.describe()}")
+    for spec in opened.outputs:
+        table.add_row("output", f"{spec.name}: {spec.describe()}")
+    for art in opened.artifacts:
+        err = art.get("numeric_error", {})
+        table.add_row("artifact", f"{art['path']} [{art.get('target')} / {art.get('backend')}, {art.get('precision')}] "
+                      f"{art.get('size', 0) / 1024:.1f} KiB, max abs err {err.get('max_abs', float('nan')):.2g}")
+    for split, metrics in manifest.get("metrics", {}).items():
+        if "accuracy" in metrics:
+            table.add_row(f"accuracy ({split})", f"{metrics['accuracy']:.4f} on {metrics['count']} samples")
+    if manifest.get("golden"):
+        table.add_row("golden examples", str(manifest["golden"].get("count")))
+    out.print(table)
+
+
+@app.command("verify")
+def verify(
+    bundle: BundleArg,
+    trust: TrustOption = None,
+    self_test: Annotated[bool, typer.Option("--self-test/--no-self-test", help="Run the golden examples")] = True,
+    backend: Annotated[str, typer.Option(help="Backend for the self-test")] = "onnxruntime",
+) -> None:
+    """Check signature, expiry and every file's hash; then run the self-test on the golden examples."""
+    opened = Bundle.open(bundle)
+    store = trust_store(trust)
+    verified = opened.verify(store)
+    out.print(f"[green]verified[/] {verified.name} v{verified.version}: signed by {verified.key_id}, "
+              f"expires {verified.expires_at}, {len(opened.manifest['files'])} files match")
+    if not self_test:
+        return
+    from edgefleet.edge_runtime.predictor import Predictor
+
+    with Predictor(opened, backends=[backend], trusted_keys=store) as predictor:
+        report = predictor.self_test()
+    if not report.passed:
+        err_console.print("[red]self-test failed[/]: " + "; ".join(report.failures))
+        raise typer.Exit(1)
+    out.print(f"[green]self-test passed[/] on {report.examples} golden examples with {predictor.backend_name} "
+              f"(max abs error {report.max_abs_error:.2g}, {report.seconds * 1000:.1f} ms)")
+
+
+# --- running it -------------------------------------------------------------------------------------
+@app.command("predict")
+def predict(
+    bundle: BundleArg,
+    input_file: Annotated[Path, typer.Option("--input", "-i", help=".npy, .npz or .json request")],
+    trust: TrustOption = None,
+    backend: Annotated[list[str] | None, typer.Option(help="Backend(s) in order of preference")] = None,
+    labels: Annotated[Path | None, typer.Option(help=".npy of true classes: print accuracy")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write outputs (.json/.npz/.npy)")] = None,
+    show: Annotated[int, typer.Option(help="Rows to print")] = 10,
+) -> None:
+    """Run the model on inputs from a file."""
+    from edgefleet.core.profile import class_confidence
+    from edgefleet.edge_runtime.predictor import Predictor
+    from edgefleet.edge_runtime.request_files import read_request, write_result
+
+    with Predictor(bundle, backends=backend or ["onnxruntime"], trusted_keys=trust_store(trust)) as predictor:
+        feed = read_request(input_file, predictor.bundle.inputs)
+        outputs = predictor.predict(feed)
+    interface = predictor.bundle.manifest["interface"]
+    first = outputs[predictor.bundle.outputs[0].name]
+    if output:
+        write_result(output, outputs)
+    if interface.get("task") != "classification":
+        out.print(f"{len(first)} predictions; first output shape {first.shape}")
+        return
+    predicted, confidence = class_confidence(first, interface.get("postprocess", "softmax"))
+    names = interface.get("class_names") or [str(i) for i in range(first.shape[1])]
+    table = Table("row", "class", "confidence", title=f"{len(predicted)} predictions ({predictor.backend_name})")
+    for row in range(min(show, len(predicted))):
+        table.add_row(str(row), names[predicted[row]], f"{confidence[row]:.3f}")
+    out.print(table)
+    if labels is not None:
+        truth = np.load(labels, allow_pickle=False).reshape(-1)
+        if len(truth) != len(predicted):
+            raise EdgefleetError(f"--labels has {len(truth)} rows, the input has {len(predicted)}")
+        out.print(f"accuracy: [bold]{float((predicted == truth).mean()):.4f}[/] on {len(truth)} samples")
+
+
+@app.command("bench")
+def bench(
+    bundle: BundleArg,
+    trust: TrustOption = None,
+    backend: Annotated[str, typer.Option(help="Backend to measure")] = "onnxruntime",
+    batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated")] = "1",
+    threads: Annotated[int | None, typer.Option(help="Intra-op threads (default: runtime's choice)")] = None,
+    runs: Annotated[int | None, typer.Option(help="Measured runs per batch size (default 1024)")] = None,
+    duration: Annotated[float | None, typer.Option(help="Seconds per batch size instead of a run count")] = None,
+    compare_raw: Annotated[bool, typer.Option("--compare-raw", help="Also time a bare InferenceSession")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON")] = None,
+) -> None:
+    """Latency percentiles, throughput, memory and FLOP/s on this machine (MLPerf single-stream style)."""
+    from rich.progress import Progress
+
+    from edgefleet.edge_runtime.bench import BenchOptions, render_tables, run_bench
+
+    try:
+        batches = tuple(int(b) for b in batch.split(","))
+    except ValueError as err:
+        raise EdgefleetError(f"--batch: expected comma-separated integers such as 1,8,32, got {batch!r}") from err
+    if any(b < 1 for b in batches) or (runs is not None and runs < 1) or (duration is not None and duration <= 0):
+        raise EdgefleetError("--batch, --runs and --duration must be positive")
+    options = BenchOptions(backend=backend, batches=batches, threads=threads, runs=runs, duration=duration,
+                           compare_raw=compare_raw)
+    with Progress(console=err_console, transient=True) as progress:
+        task = progress.add_task("benchmark", total=1.0)
+        report = run_bench(bundle, trust_store(trust), options,
+                           progress=lambda message, fraction: progress.update(task, description=message,
+                                                                              completed=fraction))
+    for table in render_tables(report):
+        out.print(table)
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2))
+        out.print(f"report written to {json_out}")
+
+
+def main() -> None:
+    """Entry point: runs the app; user errors become one line and exit code 2."""
+    try:
+        code = app(standalone_mode=False)  # returns the exit code of typer.Exit in this mode
+    except EdgefleetError as err:
+        err_console.print(f"error: {err}", markup=False, highlight=False)
+        sys.exit(2)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("aborted", markup=False)
+        sys.exit(130)
+    except Exception as err:  # noqa: BLE001 - the last line of defence against a traceback
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        if config.debug():
+            raise
+        err_console.print(f"internal error: {type(err).__name__}: {err} (set {config.DEBUG_ENV}=1 for the traceback)",
+                          markup=False, highlight=False)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Predictor: verify a bundle, pick a backend, validate each request, run it.
+
+    predictor = Predictor("digits.tar.gz", backends=["onnxruntime"], trusted_keys=["keys/release.pub"])
+    outputs = predictor.predict(pixels)          # dict of output name -> numpy array
+    report = predictor.self_test()               # golden examples, before serving
+
+Backend choice is the caller's ordered list, checked up front: the first listed backend that is
+installed and can run one of the bundle's artifacts wins. Skipping a listed backend is logged and kept
+in `fallbacks`, never silent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgefleet.core.bundle import Bundle, Verified
+from edgefleet.core.errors import BackendError, VerificationError
+from edgefleet.core.schema import InputValidator
+from edgefleet.core.signing import TrustStore
+from edgefleet.edge_runtime.backends import Backend, backend_class
+
+log = logging.getLogger(__name__)
+
+TrustedKeys = TrustStore | Iterable[str | Path]
+
+
+@dataclass(frozen=True)
+class SelfTestReport:
+    passed: bool
+    examples: int
+    max_abs_error: float
+    tolerance: dict
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Predictor:
+    def __init__(
+        self,
+        bundle: Bundle | str | Path,
+        backends: Sequence[str] = ("onnxruntime",),
+        threads: int | None = None,
+        trusted_keys: TrustedKeys | None = None,
+        *,
+        installed_version: int | None = None,
+    ) -> None:
+        started = time.perf_counter()
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+        self.verified: Verified = self.bundle.verify(_trust_store(trusted_keys), installed_version=installed_version)
+        self._validate = InputValidator(self.bundle.inputs)
+        self.threads = threads
+        self.fallbacks: list[tuple[str, str]] = []
+        self.backend_name, self.artifact, self._backend = self._load_first(list(backends))
+        self._run = self._backend.run
+        self.load_seconds = time.perf_counter() - started
+
+    @property
+    def artifact_path(self) -> Path:
+        return self.bundle.path(self.artifact["path"])
+
+    def _load_first(self, names: list[str]) -> tuple[str, dict, Backend]:
+        if not names:
+            raise BackendError("no backend listed: pass backends=[...] with at least one name")
+        backend_classes = {name: backend_class(name) for name in names}  # unknown names fail up front
+        for name, cls in backend_classes.items():
+            artifact = _artifact_for(self.bundle.artifacts, name, cls.formats)
+            if artifact is None:
+                self._skip(name, f"bundle has no artifact in a format it runs ({', '.join(cls.formats)})")
+                continue
+            backend = cls()
+            try:
+                backend.load(self.bundle.path(artifact["path"]), {"threads": self.threads, **artifact.get("options", {})})
+            except Exception as err:  # noqa: BLE001 - any runtime failure means: try the next backend
+                self._skip(name, f"failed to load {artifact['path']}: {err}")
+                continue
+            log.info("bundle %s v%s: backend %s runs %s", self.bundle.name, self.bundle.version, name, artifact["path"])
+            return name, artifact, backend
+        reasons = "; ".join(f"{n}: {why}" for n, why in self.fallbacks)
+        raise BackendError(f"no listed backend can run bundle {self.bundle.name} v{self.bundle.version} ({reasons})")
+
+    def _skip(self, name: str, reason: str) -> None:
+        log.warning("backend %s skipped: %s", name, reason)
+        self.fallbacks.append((name, reason))
+
+    def predict(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+        """Validates inputs against the schema (SchemaError names what is wrong) and runs the model."""
+        return self._run(self._validate(inputs))
+
+    def self_test(self) -> SelfTestReport:
+        """Runs the golden examples as one batch and the first one alone; compares within tolerance."""
+        started = time.perf_counter()
+        inputs, expected, tolerance = self.bundle.golden()
+        count = len(next(iter(inputs.values())))
+        failures: list[str] = []
+        worst = 0.0
+        for label, subset in (("batch", slice(None)), ("first example", slice(0, 1))):
+            got = self.predict({k: v[subset] for k, v in inputs.items()})
+            for name, want in expected.items():
+                diff, ok = _compare(got[name], want[subset], tolerance)
+                worst = max(worst, diff)
+                if not ok:
+                    failures.append(f"{name} ({label}): max abs error {diff:.3g} over atol={tolerance['atol']:g}, "
+                                    f"rtol={tolerance['rtol']:g}")
+        return SelfTestReport(not failures, count, worst, tolerance, failures, time.perf_counter() - started)
+
+    def close(self) -> None:
+        self._backend.close()
+
+    def __enter__(self) -> Predictor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _compare(got: np.ndarray, want: np.ndarray, tolerance: dict) -> tuple[float, bool]:
+    if got.shape != want.shape:
+        return float("inf"), False
+    diff = float(np.max(np.abs(got.astype(np.float64) - want))) if got.size else 0.0
+    ok = bool(np.allclose(got, want, atol=tolerance["atol"], rtol=tolerance["rtol"]))
+    return diff, ok
+
+
+def _artifact_for(artifacts: list[dict], backend: str, formats: tuple[str, ...]) -> dict | None:
+    """An artifact built for this backend if there is one, else any artifact in a format it runs."""
+    runnable = [a for a in artifacts if a.get("format") in formats]
+    exact = [a for a in runnable if a.get("backend") == backend]
+    return (exact or runnable or [None])[0]
+
+
+def _trust_store(trusted_keys: TrustedKeys | None) -> TrustStore:
+    if isinstance(trusted_keys, TrustStore):
+        trust = trusted_keys
+    else:
+        trust = TrustStore.from_paths(trusted_keys or [])
+    if len(trust) == 0:
+        raise VerificationError(
+            "no_trusted_keys", "no trusted keys given: a device loads only bundles signed by a key it trusts"
+        )
+    return trust

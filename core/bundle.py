@@ -51,7 +51,8 @@ def list_files(root: Path) -> list[str]:
 
 
 def write_manifest(root: Path, manifest: dict) -> dict:
-    """Completes manifest['files'] from the directory's contents and writes manifest.json."""
+    """Completes manifest['files'] (and each artifact's sha256 and size) from the directory's contents
+    and writes manifest.json."""
     root = Path(root)
     files = {}
     for rel in list_files(root):
@@ -59,7 +60,12 @@ def write_manifest(root: Path, manifest: dict) -> dict:
         if path.is_symlink():
             raise BundleError(f"{path} is a symlink; a bundle holds only regular files")
         files[rel] = {"sha256": file_digest(path), "size": path.stat().st_size}
-    manifest = {**manifest, "schema_version": SCHEMA_VERSION, "files": files}
+    artifacts = []
+    for artifact in manifest.get("artifacts", []):
+        if artifact["path"] not in files:
+            raise BundleError(f"artifact {artifact['path']!r} is not a file in {root}")
+        artifacts.append({**artifact, **files[artifact["path"]]})  # sha256 and size, as in the file table
+    manifest = {**manifest, "schema_version": SCHEMA_VERSION, "files": files, "artifacts": artifacts}
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     (root / SIGNATURE).unlink(missing_ok=True)  # any old signature no longer matches
     return manifest

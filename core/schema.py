@@ -102,5 +102,6 @@ class InputValidator:
         extra = [n for n in feed if n not in self.names]
         if missing:
             spec = next(s for s in self.specs if s.name == missing[0])
-            raise SchemaError(missing[0], f"{spec.describe()} (missing)", "nothing")
+            got = f"nothing (the request has unknown inputs {extra})" if extra else "nothing"
+            raise SchemaError(missing[0], f"{spec.describe()} (missing)", got)
         raise SchemaError(str(extra[0]), f"only inputs {list(self.names)}", "an unknown input")

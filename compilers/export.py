@@ -212,7 +212,7 @@ def _as_dict(inputs: Inputs, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
         values = list(inputs)
     if len(values) != len(specs):
         raise ExportError(f"the model takes {len(specs)} inputs, the data has {len(values)}")
-    return {s.name: np.ascontiguousarray(_np(v), dtype=np.dtype(s.dtype)) for s, v in zip(specs, values)}
+    return {s.name: np.ascontiguousarray(_np(v), dtype=np.dtype(s.dtype)) for s, v in zip(specs, values, strict=True)}
 
 
 def _take(data: dict[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
@@ -258,12 +258,12 @@ def _run_torch(model: torch.nn.Module, inputs: dict[str, np.ndarray], specs: lis
     with torch.no_grad():
         result = model(*[torch.from_numpy(v) for v in inputs.values()])
     results = result if isinstance(result, (tuple, list)) else (result,)
-    return {s.name: _np(r) for s, r in zip(specs, results)}
+    return {s.name: _np(r) for s, r in zip(specs, results, strict=False)}
 
 
 def _run_onnx(session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, inputs)))
+    return dict(zip(names, session.run(names, inputs), strict=True))
 
 
 def _run_onnx_chunked(session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

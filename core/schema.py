@@ -44,7 +44,12 @@ def describe_array(value: object) -> str:
 
 
 class InputValidator:
-    """Checks a request against the input specs; compiled once per model."""
+    """Checks a request against the input specs; compiled once per model.
+
+    The hot path only decides pass or fail with a few comparisons (dtype, rank, the non-batch dims as
+    one tuple). On failure the precise checker runs and raises the message; it is also the path for
+    specs whose symbolic dims are not just a leading batch axis.
+    """
 
     def __init__(self, specs: list[TensorSpec]) -> None:
         if not specs:
@@ -52,49 +57,76 @@ class InputValidator:
         self.specs = specs
         self.names = tuple(s.name for s in specs)
         self._single = specs[0].name if len(specs) == 1 else None
-        self._compiled = [(s, np.dtype(s.dtype), len(s.shape), tuple(enumerate(s.shape))) for s in specs]
+        batch_first = all(
+            s.shape and isinstance(s.shape[0], str) and all(isinstance(d, int) for d in s.shape[1:]) for s in specs
+        )
+        same_batch = len({s.shape[0] for s in specs}) == 1 if batch_first else False
+        # (name, dtype, rank, shape without the batch axis); None when the fast path does not apply.
+        self._fast = (
+            [(s.name, np.dtype(s.dtype), len(s.shape), tuple(s.shape[1:])) for s in specs]
+            if batch_first and same_batch
+            else None
+        )
 
     def __call__(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
         """Returns the feed dict, or raises SchemaError naming the input, what was expected and what came."""
+        fast = self._fast
+        if fast is not None:
+            if inputs.__class__ is np.ndarray and self._single is not None:
+                feed = {self._single: inputs}
+            elif inputs.__class__ is dict and len(inputs) == len(fast):
+                feed = inputs
+            else:
+                return self._check(inputs)
+            batch = -1
+            try:
+                for name, dtype, ndim, tail in fast:
+                    value = feed[name]
+                    shape = value.shape
+                    if (value.__class__ is not np.ndarray or value.dtype != dtype or len(shape) != ndim
+                            or shape[1:] != tail or shape[0] == 0 or (batch != -1 and shape[0] != batch)):
+                        return self._check(feed)
+                    batch = shape[0]
+            except (KeyError, AttributeError):
+                return self._check(feed)
+            return feed
+        return self._check(inputs)
+
+    def _check(self, inputs: object) -> dict[str, np.ndarray]:
+        """The precise checker: raises SchemaError with what was expected and what came."""
         if isinstance(inputs, np.ndarray):
             if self._single is None:
-                raise SchemaError(
-                    "(all)", f"a dict with inputs {list(self.names)}", "a single array"
-                )
+                raise SchemaError("(all)", f"a dict with inputs {list(self.names)}", "a single array")
             feed = {self._single: inputs}
         elif isinstance(inputs, Mapping):
-            feed = inputs if isinstance(inputs, dict) else dict(inputs)
+            feed = dict(inputs)
             if len(feed) != len(self.names) or any(n not in feed for n in self.names):
                 self._raise_names(feed)
         else:
             raise SchemaError("(all)", f"numpy arrays for {list(self.names)}", type(inputs).__name__)
 
-        symbols: dict[str, int] | None = None
-        for spec, dtype, ndim, dims in self._compiled:
+        symbols: dict[str, int] = {}
+        for spec in self.specs:
             value = feed[spec.name]
-            if type(value) is not np.ndarray and not isinstance(value, np.ndarray):
+            if not isinstance(value, np.ndarray):
                 raise SchemaError(spec.name, f"numpy.ndarray {spec.describe()}", describe_array(value))
-            if value.dtype != dtype or value.ndim != ndim:
+            if value.dtype != np.dtype(spec.dtype) or value.ndim != len(spec.shape):
                 raise SchemaError(spec.name, spec.describe(), describe_array(value))
-            shape = value.shape
-            for axis, dim in dims:
-                if dim.__class__ is int:
-                    if shape[axis] != dim:
+            for axis, dim in enumerate(spec.shape):
+                size = value.shape[axis]
+                if isinstance(dim, int):
+                    if size != dim:
                         raise SchemaError(
                             spec.name, f"{spec.describe()} (axis {axis} must be {dim})", describe_array(value)
                         )
-                else:
-                    if symbols is None:
-                        symbols = {}
-                    seen = symbols.setdefault(dim, shape[axis])
-                    if seen != shape[axis]:
-                        raise SchemaError(
-                            spec.name,
-                            f"{spec.describe()} with {dim}={seen} as in the other inputs",
-                            describe_array(value),
-                        )
-                    if shape[axis] == 0:
-                        raise SchemaError(spec.name, f"{spec.describe()} with {dim} >= 1", describe_array(value))
+                    continue
+                if size == 0:
+                    raise SchemaError(spec.name, f"{spec.describe()} with {dim} >= 1", describe_array(value))
+                seen = symbols.setdefault(dim, size)
+                if seen != size:
+                    raise SchemaError(
+                        spec.name, f"{spec.describe()} with {dim}={seen} as in the other inputs", describe_array(value)
+                    )
         return feed
 
     def _raise_names(self, feed: Mapping) -> None:

@@ -14,6 +14,7 @@ from typing import Annotated
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgefleet.core import config
@@ -52,7 +53,8 @@ def keys_generate(
     """Create an Ed25519 signing key (NAME.key, mode 0600) and its public key (NAME.pub)."""
     key = SigningKey.generate()
     private, public = key.save(out_dir, name)
-    out.print(f"key id [bold]{key.key_id}[/]\n  private: {private}  (keep secret)\n  public:  {public}  (give to devices)")
+    out.print(f"key id [bold]{key.key_id}[/]")
+    out.print(f"  private: {private}  (keep secret)\n  public:  {public}  (give to devices)")
 
 
 @app.command("sign")
@@ -73,7 +75,9 @@ def sign_command(
 
 # --- looking at a bundle ----------------------------------------------------------------------------
 @app.command("inspect")
-def inspect(bundle: BundleArg, as_json: Annotated[bool, typer.Option("--json", help="Print the manifest")] = False) -> None:
+def inspect(
+    bundle: BundleArg, as_json: Annotated[bool, typer.Option("--json", help="Print the manifest")] = False
+) -> None:
     """Show what a bundle holds (does not verify it: use `verify`)."""
     opened = Bundle.open(bundle)
     manifest = opened.manifest
@@ -83,18 +87,19 @@ def inspect(bundle: BundleArg, as_json: Annotated[bool, typer.Option("--json", h
     signature = opened.root / SIGNATURE
     signed = json.loads(signature.read_text()) if signature.is_file() else None
     table = Table(title=f"{opened.name} v{opened.version}", show_header=False)
-    table.add_row("label", manifest.get("label", ""))
+    table.add_row("label", escape(str(manifest.get("label", ""))))
     table.add_row("created", manifest.get("created_at", ""))
     table.add_row("signature", f"key {signed['key_id']}, expires {signed['expires_at']} (not verified here)"
                   if signed else "[red]unsigned[/]")
     for spec in opened.inputs:
-        table.add_row("input", f"{spec.name}: {spec.describe()}")
+        table.add_row("input", escape(f"{spec.name}: {spec.describe()}"))
     for spec in opened.outputs:
-        table.add_row("output", f"{spec.name}: {spec.describe()}")
+        table.add_row("output", escape(f"{spec.name}: {spec.describe()}"))
     for art in opened.artifacts:
         err = art.get("numeric_error", {})
-        table.add_row("artifact", f"{art['path']} [{art.get('target')} / {art.get('backend')}, {art.get('precision')}] "
-                      f"{art.get('size', 0) / 1024:.1f} KiB, max abs err {err.get('max_abs', float('nan')):.2g}")
+        table.add_row("artifact", escape(
+            f"{art['path']} [{art.get('target')} / {art.get('backend')}, {art.get('precision')}] "
+            f"{art.get('size', 0) / 1024:.1f} KiB, max abs err {err.get('max_abs', float('nan')):.2g}"))
     for split, metrics in manifest.get("metrics", {}).items():
         if "accuracy" in metrics:
             table.add_row(f"accuracy ({split})", f"{metrics['accuracy']:.4f} on {metrics['count']} samples")
@@ -159,7 +164,7 @@ def predict(
     names = interface.get("class_names") or [str(i) for i in range(first.shape[1])]
     table = Table("row", "class", "confidence", title=f"{len(predicted)} predictions ({predictor.backend_name})")
     for row in range(min(show, len(predicted))):
-        table.add_row(str(row), names[predicted[row]], f"{confidence[row]:.3f}")
+        table.add_row(str(row), escape(str(names[predicted[row]])), f"{confidence[row]:.3f}")
     out.print(table)
     if labels is not None:
         truth = np.load(labels, allow_pickle=False).reshape(-1)
@@ -206,29 +211,21 @@ def bench(
 
 
 def main() -> None:
-    """Entry point: runs the app; user errors become one line and exit code 2."""
+    """Entry point. Typer reports its own usage errors (exit 2); ours become one line and exit code 2."""
     try:
-        code = app(standalone_mode=False)  # returns the exit code of typer.Exit in this mode
+        app()  # standalone mode: exits through SystemExit, which passes the handlers below
     except EdgefleetError as err:
         err_console.print(f"error: {err}", markup=False, highlight=False)
         sys.exit(2)
-    except typer.Exit as done:
-        sys.exit(done.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
+    except KeyboardInterrupt:
         err_console.print("aborted", markup=False)
         sys.exit(130)
     except Exception as err:  # noqa: BLE001 - the last line of defence against a traceback
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
         if config.debug():
             raise
         err_console.print(f"internal error: {type(err).__name__}: {err} (set {config.DEBUG_ENV}=1 for the traceback)",
                           markup=False, highlight=False)
         sys.exit(1)
-    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -75,7 +75,8 @@ class Predictor:
                 continue
             backend = cls()
             try:
-                backend.load(self.bundle.path(artifact["path"]), {"threads": self.threads, **artifact.get("options", {})})
+                options = {"threads": self.threads, **artifact.get("options", {})}
+                backend.load(self.bundle.path(artifact["path"]), options)
             except Exception as err:  # noqa: BLE001 - any runtime failure means: try the next backend
                 self._skip(name, f"failed to load {artifact['path']}: {err}")
                 continue

@@ -57,7 +57,8 @@ def test_bad_requests_are_refused_and_serving_goes_on(predictor, digits_splits):
         predictor.predict(digits_splits.x_test[:2].astype(np.float64))
     with pytest.raises(SchemaError, match="axis 2 must be 8"):
         predictor.predict(np.zeros((2, 1, 7, 8), np.float32))
-    with pytest.raises(SchemaError, match=r"input 'pixels'.*\(missing\), got nothing \(the request has unknown inputs \['image'\]\)"):
+    unknown = r"input 'pixels'.*\(missing\), got nothing \(the request has unknown inputs \['image'\]\)"
+    with pytest.raises(SchemaError, match=unknown):
         predictor.predict({"image": digits_splits.x_test[:2]})
     assert predictor.predict(digits_splits.x_test[:2])["logits"].shape == (2, 10)
 

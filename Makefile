@@ -1,0 +1,41 @@
+# The two commands of the README: `make demo` (the main job on embedded defaults) and `make test`.
+# Both create the virtual environment first; nothing else needs to be installed by hand.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+CLI    := $(VENV)/bin/edgefleet
+RUNS   ?= runs
+
+.PHONY: demo test test-fast lint bench clean venv
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py pyproject.toml $(wildcard cpp_ext/src/*)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -e '.[cloud,test]'
+	touch $@
+
+demo: venv
+	@test -f $(RUNS)/keys/release.key || $(CLI) keys generate --out $(RUNS)/keys
+	$(PY) examples/train_digits.py --out $(RUNS)/digits --key $(RUNS)/keys/release.key
+	$(CLI) inspect $(RUNS)/digits/bundle
+	$(CLI) verify $(RUNS)/digits/bundle --trust $(RUNS)/keys
+	$(CLI) predict $(RUNS)/digits/bundle --trust $(RUNS)/keys --input $(RUNS)/digits/test_x.npy \
+	    --labels $(RUNS)/digits/test_y.npy --show 5
+	$(CLI) bench $(RUNS)/digits/bundle --trust $(RUNS)/keys --batch 1,8,32 --compare-raw \
+	    --json $(RUNS)/digits/bench.json
+
+test: venv
+	$(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+bench: venv
+	$(PY) benchmarks/bench_predictor_overhead.py
+	$(PY) benchmarks/bench_export_error.py
+
+clean:
+	rm -rf $(RUNS) build *.egg-info cpp_ext/*.so

@@ -1,0 +1,480 @@
+"""The benchmark engine behind `edgefleet bench`: latency, throughput, memory and FLOP/s of a bundle.
+
+    report = run_bench("digits/", trust, BenchOptions(batches=(1, 8, 32), compare_raw=True))
+    for table in render_tables(report):
+        console.print(table)
+
+MLPerf single-stream style: one request at a time, each timed on its own, per batch size.
+
+Inputs: the bundle's golden inputs, repeated or cut along the batch axis to the batch size (real
+values, so data-dependent kernels behave as in service); without golden examples, seeded random data
+of the schema's dtype with every symbolic dimension set to the batch size.
+
+Stop rule, per batch size (warm-up first: at least 10 calls and 0.2 s, at most 5 s, never counted):
+- neither `runs` nor `duration`: 1024 measured runs, stopping early at 60 s for a slow model;
+- `runs=N`: N runs, still stopping at 60 s;
+- `duration=S`: runs for S seconds, however many runs that is (at least one);
+- both: each is a minimum, as MLPerf's min_query_count and min_duration: stop once N runs are done
+  and S seconds have passed, or at max(S, 60 s) if the N runs take longer than that.
+With `compare_raw`, a "run" is one Predictor.predict and one bare InferenceSession.run, alternating
+which goes first so neither profits from the other warming the caches.
+
+The report (JSON-serialisable; times in ms unless the key says seconds):
+    kind, report_version, created_at
+    bundle            {name, version, root, artifact: {target, backend, format, path, sha256, size}}
+    backend, threads  the backend that ran it; threads as asked (None: the runtime's default)
+    options           the BenchOptions; stop_rule {min_runs, min_seconds, max_seconds}
+    input_source      "golden" or "random"
+    flops_per_sample  from the bundle's artifact entry (the exporter's count), or None
+    load_seconds      Predictor construction: open, verify signature and hashes, load the backend
+    raw_load_seconds  the bare session's construction (compare_raw only, else None)
+    first_inference_ms  the first call after loading, at the first batch size, before warm-up
+    results           one per batch size:
+        batch, runs, warmup_runs, wall_seconds, stopped_by ("target" or "time_cap")
+        latency_ms    {p50, p90, p95, p99, p99_9, mean, std, min, max}
+        throughput    {calls_per_s, samples_per_s} = 1 / mean latency, times the batch size
+        gflops_per_s  flops_per_sample * batch / mean latency / 1e9, or None
+        raw           {runs, latency_ms, throughput} of the bare session (compare_raw only)
+        overhead_ratio, overhead_ratio_mean   predictor p50 / raw p50, and the same of the means
+    memory            {rss_before_load_bytes, rss_after_load_bytes, peak_rss_bytes, peak_rss_mb}; the
+                      whole process (with compare_raw, both sessions), None where not readable
+    machine           edgefleet.edge_runtime.machine.describe_machine()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.table import Table
+
+from edgefleet.core.bundle import Bundle
+from edgefleet.core.canonical import format_time, utc_now
+from edgefleet.core.errors import BundleError, EdgefleetError
+from edgefleet.core.schema import TensorSpec
+from edgefleet.core.signing import TrustStore
+from edgefleet.edge_runtime.machine import current_rss_bytes, describe_machine, peak_rss_bytes
+from edgefleet.edge_runtime.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RUNS = 1024
+TIME_CAP_SECONDS = 60.0
+WARMUP_RUNS, WARMUP_SECONDS, WARMUP_MAX_SECONDS = 10, 0.2, 5.0
+PROGRESS_EVERY_NS = 100_000_000  # report progress at most ten times a second
+PERCENTILES = {"p50": 50, "p90": 90, "p95": 95, "p99": 99, "p99_9": 99.9}
+
+Progress = Callable[[str, float], None]
+
+
+class BenchError(EdgefleetError):
+    """The benchmark cannot run as asked (bad options, or --compare-raw on a non-ONNX artifact)."""
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    backend: str = "onnxruntime"
+    batches: tuple[int, ...] = (1,)
+    threads: int | None = None
+    runs: int | None = None  # measured runs per batch size
+    duration: float | None = None  # seconds per batch size
+    compare_raw: bool = False
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class StopRule:
+    min_runs: int
+    min_seconds: float
+    max_seconds: float
+
+    @classmethod
+    def of(cls, options: BenchOptions) -> StopRule:
+        runs, duration = options.runs, options.duration
+        if duration is None:
+            return cls(runs or DEFAULT_RUNS, 0.0, TIME_CAP_SECONDS)
+        if runs is None:
+            return cls(1, duration, duration)
+        return cls(runs, duration, max(duration, TIME_CAP_SECONDS))
+
+    def fraction(self, runs: int, seconds: float) -> float:
+        done = min(runs / self.min_runs, seconds / self.min_seconds if self.min_seconds else 1.0)
+        return min(1.0, max(done, seconds / self.max_seconds))
+
+
+def run_bench(
+    bundle: str | Path | Bundle, trust: TrustStore, options: BenchOptions, progress: Progress | None = None
+) -> dict:
+    """Loads the bundle once and measures every batch size in options; returns the report (see above)."""
+    _check(options)
+    rule = StopRule.of(options)
+    tell = progress or (lambda message, fraction: None)
+    tell("loading the bundle", 0.0)
+    rss_before = current_rss_bytes()
+    predictor = Predictor(bundle, backends=[options.backend], threads=options.threads, trusted_keys=trust)
+    raw = None
+    try:
+        rss_after = current_rss_bytes()
+        raw, raw_load_seconds = _raw_session(predictor, options) if options.compare_raw else (None, None)
+        inputs, source = _input_maker(predictor.bundle, options.seed)
+        feed = inputs(options.batches[0])
+        started = time.perf_counter()
+        predictor.predict(feed)
+        first_ms = (time.perf_counter() - started) * 1e3
+        flops = predictor.artifact.get("flops_per_sample")
+        results = []
+        for index, batch in enumerate(options.batches):
+            def tick(message: str, fraction: float, index: int = index) -> None:
+                tell(message, (index + fraction) / len(options.batches))
+
+            result = _bench_batch(predictor, raw, inputs(batch), batch, rule, tick)
+            mean_s = result["latency_ms"]["mean"] / 1e3
+            result["gflops_per_s"] = flops * batch / mean_s / 1e9 if flops and mean_s > 0 else None
+            results.append(result)
+    finally:
+        predictor.close()
+        del raw
+    peak = peak_rss_bytes()
+    tell("done", 1.0)
+    return {
+        "kind": "edgefleet-bench",
+        "report_version": 1,
+        "created_at": format_time(utc_now()),
+        "bundle": _describe_bundle(predictor),
+        "backend": predictor.backend_name,
+        "threads": options.threads,
+        "options": {**dataclasses.asdict(options), "batches": list(options.batches)},
+        "stop_rule": dataclasses.asdict(rule),
+        "input_source": source,
+        "flops_per_sample": flops,
+        "load_seconds": predictor.load_seconds,
+        "raw_load_seconds": raw_load_seconds,
+        "first_inference_ms": first_ms,
+        "results": results,
+        "memory": {
+            "rss_before_load_bytes": rss_before,
+            "rss_after_load_bytes": rss_after,
+            "peak_rss_bytes": peak,
+            "peak_rss_mb": round(peak / 2**20, 1) if peak is not None else None,
+        },
+        "machine": describe_machine(),
+    }
+
+
+def _check(options: BenchOptions) -> None:
+    if not options.batches or any(int(b) != b or b < 1 for b in options.batches):
+        raise BenchError(f"batch sizes must be positive integers, got {list(options.batches)}")
+    if options.runs is not None and options.runs < 1:
+        raise BenchError(f"runs must be at least 1, got {options.runs}")
+    if options.duration is not None and not options.duration > 0:
+        raise BenchError(f"duration must be a positive number of seconds, got {options.duration}")
+    if options.threads is not None and options.threads < 1:
+        raise BenchError(f"threads must be at least 1, got {options.threads}")
+
+
+def _raw_session(predictor: Predictor, options: BenchOptions) -> tuple[object, float]:
+    """A bare InferenceSession on the Predictor's artifact with the backend's own session options."""
+    artifact = predictor.artifact
+    if predictor.backend_name != "onnxruntime" or artifact.get("format") not in ("onnx", "ort"):
+        raise BenchError(
+            "--compare-raw times the Predictor against a bare onnxruntime session, so it needs the "
+            f"onnxruntime backend on an ONNX artifact; got backend {predictor.backend_name!r} on "
+            f"{artifact['path']} (format {artifact.get('format')!r})"
+        )
+    import onnxruntime as ort
+
+    from edgefleet.edge_runtime.backends.onnxruntime import session_options
+
+    started = time.perf_counter()
+    session = ort.InferenceSession(
+        str(predictor.artifact_path),
+        session_options(options.threads),
+        providers=artifact.get("options", {}).get("providers") or ["CPUExecutionProvider"],
+    )
+    return session, time.perf_counter() - started
+
+
+# inputs ---------------------------------------------------------------------------------------------------
+def _input_maker(bundle: Bundle, seed: int) -> tuple[Callable[[int], dict[str, np.ndarray]], str]:
+    """A function batch -> feed, and where its values come from ("golden" or "random")."""
+    specs = bundle.inputs
+    symbol = next((d for s in specs for d in s.shape if isinstance(d, str)), None)
+    # Fixed shapes: the leading axis of the first input is then the only batch size the model takes.
+    fixed = None if symbol is not None else (specs[0].shape[0] if specs[0].shape else 1)
+    golden = _golden_inputs(bundle)
+
+    def make(batch: int) -> dict[str, np.ndarray]:
+        if fixed is not None and batch != fixed:
+            raise BenchError(
+                f"bundle {bundle.name} has fixed input shapes: it runs batch {fixed} only, not {batch}"
+            )
+        if golden is not None:
+            return {s.name: _repeat(golden[s.name], s, symbol, batch) for s in specs}
+        rng = np.random.default_rng([seed, batch])
+        return {s.name: _random(s, batch, rng) for s in specs}
+
+    return make, "golden" if golden is not None else "random"
+
+
+def _golden_inputs(bundle: Bundle) -> dict[str, np.ndarray] | None:
+    if not bundle.manifest.get("golden"):
+        return None
+    try:
+        inputs, _outputs, _tolerance = bundle.golden()
+    except (BundleError, KeyError, OSError, ValueError) as err:
+        log.warning("bundle %s: golden inputs unreadable (%s); benchmarking on random data", bundle.name, err)
+        return None
+    return inputs
+
+
+def _repeat(values: np.ndarray, spec: TensorSpec, symbol: str | None, batch: int) -> np.ndarray:
+    """Golden values repeated (or cut) to `batch` along every axis named like the batch axis."""
+    for axis, dim in enumerate(spec.shape):
+        if dim == symbol and axis < values.ndim and values.shape[axis] > 0:
+            values = np.take(values, np.arange(batch) % values.shape[axis], axis=axis)
+    return np.ascontiguousarray(values)
+
+
+def _random(spec: TensorSpec, batch: int, rng: np.random.Generator) -> np.ndarray:
+    shape = tuple(batch if isinstance(d, str) else d for d in spec.shape)
+    dtype = np.dtype(spec.dtype)
+    if dtype.kind == "f":
+        return rng.standard_normal(shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.random(shape) < 0.5
+    if dtype.kind in "iu":  # bytes: their whole range (pixels); wider: 0..9, valid indices and token ids
+        high = int(np.iinfo(dtype).max) if dtype.itemsize == 1 else 9
+        return rng.integers(0, high, size=shape, endpoint=True).astype(dtype)
+    raise BenchError(f"input {spec.name!r} has dtype {spec.dtype}; the benchmark cannot invent values for it")
+
+
+# measurement ----------------------------------------------------------------------------------------------
+def _bench_batch(predictor: Predictor, raw: object | None, feed: dict, batch: int, rule: StopRule,
+                 tick: Callable[[str, float], None]) -> dict:
+    predict = predictor.predict
+    raw_run = raw.run if raw is not None else None
+    tick(f"batch {batch}: warm-up", 0.0)
+    warmup = _warm_up(predict, raw_run, feed)
+    gc.collect()
+
+    def report(runs: int, seconds: float) -> None:
+        tick(f"batch {batch}: {runs} runs", rule.fraction(runs, seconds))
+
+    started = time.perf_counter()
+    if raw_run is None:
+        times, raw_times = _loop_one(predict, feed, rule, report), None
+    else:
+        times, raw_times = _loop_pair(predict, raw_run, feed, rule, report)
+    wall = time.perf_counter() - started
+    stopped_by = "target" if len(times) >= rule.min_runs else "time_cap"
+    if stopped_by == "time_cap":
+        log.info("batch %d: stopped at %.0f s after %d of %d runs", batch, wall, len(times), rule.min_runs)
+    result = {"batch": batch, "warmup_runs": warmup, "wall_seconds": wall, "stopped_by": stopped_by,
+              **_distribution(times, batch)}
+    if raw_times is not None:
+        result["raw"] = _distribution(raw_times, batch)
+        ours, theirs = result["latency_ms"], result["raw"]["latency_ms"]
+        result["overhead_ratio"] = ours["p50"] / theirs["p50"]
+        result["overhead_ratio_mean"] = ours["mean"] / theirs["mean"]
+    return result
+
+
+def _warm_up(predict: Callable, raw_run: Callable | None, feed: dict) -> int:
+    runs, started = 0, time.perf_counter()
+    while True:
+        predict(feed)
+        if raw_run is not None:
+            raw_run(None, feed)
+        runs += 1
+        elapsed = time.perf_counter() - started
+        if (runs >= WARMUP_RUNS and elapsed >= WARMUP_SECONDS) or elapsed >= WARMUP_MAX_SECONDS:
+            return runs
+
+
+def _loop_one(predict: Callable, feed: dict, rule: StopRule,
+              report: Callable[[int, float], None]) -> list[int]:
+    """The hot loop: nothing but the call and two clock reads between measurements."""
+    clock, times = time.perf_counter_ns, []
+    append = times.append
+    start = clock()
+    enough_at, cap_at = start + int(rule.min_seconds * 1e9), start + int(rule.max_seconds * 1e9)
+    min_runs, next_report = rule.min_runs, start + PROGRESS_EVERY_NS
+    while True:
+        t0 = clock()
+        predict(feed)
+        t1 = clock()
+        append(t1 - t0)
+        if (len(times) >= min_runs and t1 >= enough_at) or t1 >= cap_at:
+            return times
+        if t1 >= next_report:
+            report(len(times), (t1 - start) / 1e9)
+            next_report = t1 + PROGRESS_EVERY_NS
+
+
+def _loop_pair(predict: Callable, raw_run: Callable, feed: dict, rule: StopRule,
+               report: Callable[[int, float], None]) -> tuple[list[int], list[int]]:
+    """Predictor and bare session interleaved; which goes first alternates every iteration."""
+    clock, ours, theirs = time.perf_counter_ns, [], []
+    start = clock()
+    enough_at, cap_at = start + int(rule.min_seconds * 1e9), start + int(rule.max_seconds * 1e9)
+    min_runs, next_report, runs = rule.min_runs, start + PROGRESS_EVERY_NS, 0
+    while True:
+        if runs & 1:
+            t0 = clock()
+            raw_run(None, feed)
+            t1 = clock()
+            predict(feed)
+            t2 = clock()
+            theirs.append(t1 - t0)
+            ours.append(t2 - t1)
+        else:
+            t0 = clock()
+            predict(feed)
+            t1 = clock()
+            raw_run(None, feed)
+            t2 = clock()
+            ours.append(t1 - t0)
+            theirs.append(t2 - t1)
+        runs += 1
+        if (runs >= min_runs and t2 >= enough_at) or t2 >= cap_at:
+            return ours, theirs
+        if t2 >= next_report:
+            report(runs, (t2 - start) / 1e9)
+            next_report = t2 + PROGRESS_EVERY_NS
+
+
+def _distribution(times_ns: list[int], batch: int) -> dict:
+    ms = np.asarray(times_ns, dtype=np.float64) / 1e6
+    percentiles = np.percentile(ms, list(PERCENTILES.values()))
+    latency = {key: float(value) for key, value in zip(PERCENTILES, percentiles, strict=True)}
+    latency.update(mean=float(ms.mean()), std=float(ms.std()), min=float(ms.min()), max=float(ms.max()))
+    calls_per_s = 1e3 / latency["mean"] if latency["mean"] > 0 else None
+    return {
+        "runs": len(times_ns),
+        "latency_ms": latency,
+        "throughput": {
+            "calls_per_s": calls_per_s,
+            "samples_per_s": calls_per_s * batch if calls_per_s is not None else None,
+        },
+    }
+
+
+def _describe_bundle(predictor: Predictor) -> dict:
+    bundle, artifact = predictor.bundle, predictor.artifact
+    listed = bundle.manifest.get("files", {}).get(artifact["path"], {})
+    return {
+        "name": bundle.name,
+        "version": bundle.version,
+        "root": str(bundle.root),
+        "artifact": {
+            "target": artifact.get("target"),
+            "backend": artifact.get("backend"),
+            "format": artifact.get("format"),
+            "path": artifact["path"],
+            "sha256": artifact.get("sha256") or listed.get("sha256"),
+            "size": artifact.get("size") or listed.get("size"),
+        },
+    }
+
+
+# tables ---------------------------------------------------------------------------------------------------
+def render_tables(report: dict) -> list[Table]:
+    """The report as rich tables, each fitting 80 columns: what was measured where, latency, throughput,
+    and (with compare_raw) the Predictor against the bare runtime."""
+    results = report["results"]
+    scale, unit = (1e3, "µs") if max(r["latency_ms"]["p50"] for r in results) < 1 else (1.0, "ms")
+    tables = [
+        _summary_table(report), _latency_table(results, scale, unit), _throughput_table(results, scale, unit)
+    ]
+    compared = [r for r in results if "raw" in r]
+    if compared:
+        tables.append(_overhead_table(compared, scale, unit))
+    return tables
+
+
+def _num(value: float) -> str:
+    """A few significant digits, whatever the magnitude, so columns stay narrow."""
+    if value >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def _summary_table(report: dict) -> Table:
+    bundle, machine, memory = report["bundle"], report["machine"], report["memory"]
+    artifact = bundle["artifact"]
+    libraries = ", ".join(f"{k} {v}" for k, v in machine["libraries"].items() if v)
+    cores = f"{machine['logical_cores']} logical, {machine['physical_cores'] or '?'} physical, " \
+            f"{machine['usable_cores']} usable"
+    memory_total = machine["memory_total_bytes"]
+    flops = report["flops_per_sample"]
+    rows = [
+        ("model", f"{bundle['name']} v{bundle['version']}"),
+        ("artifact", f"{artifact['path']} ({artifact['target']}, sha256 {(artifact['sha256'] or '?')[:12]})"),
+        ("backend", f"{report['backend']}, threads: {report['threads'] or 'runtime default'}"),
+        ("inputs", report["input_source"]),
+        ("FLOPs per sample", f"{flops / 1e6:,.3f} M" if flops else "unknown"),
+        ("load (verify + backend)", f"{report['load_seconds'] * 1e3:,.1f} ms"),
+        ("first inference", f"{report['first_inference_ms']:,.3f} ms"),
+        ("peak RSS", f"{memory['peak_rss_mb']} MB" if memory["peak_rss_mb"] is not None else "unknown"),
+        ("CPU", f"{machine['cpu_model'] or '?'} ({machine['architecture']}); {cores}"),
+        ("CPU flags", " ".join(machine["cpu_flags"]) or "none detected"),
+        ("memory", f"{memory_total / 2**30:.1f} GiB" if memory_total else "unknown"),
+        ("system", f"{machine['os_release'] or machine['os']}, kernel {machine['kernel']}, "
+                   f"Python {machine['python']}"),
+        ("libraries", libraries),
+    ]
+    table = Table(title="edgefleet bench", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _latency_table(results: list[dict], scale: float, unit: str) -> Table:
+    capped = any(r["stopped_by"] == "time_cap" for r in results)
+    table = Table(title=f"latency per call ({unit})",
+                  caption="* stopped by the time cap before the run target" if capped else None)
+    for header in ("batch", "runs", "min", "p50", "p90", "p95", "p99", "p99.9", "max"):
+        table.add_column(header, justify="right")
+    for result in results:
+        latency = result["latency_ms"]
+        runs = f"{result['runs']}" + ("*" if result["stopped_by"] == "time_cap" else "")
+        table.add_row(str(result["batch"]), runs, *(
+            _num(latency[key] * scale) for key in ("min", "p50", "p90", "p95", "p99", "p99_9", "max")
+        ))
+    return table
+
+
+def _throughput_table(results: list[dict], scale: float, unit: str) -> Table:
+    table = Table(title="throughput, one call at a time")
+    for header in ("batch", f"mean ({unit})", "calls/s", "samples/s", "GFLOP/s"):
+        table.add_column(header, justify="right")
+    for result in results:
+        throughput, gflops = result["throughput"], result["gflops_per_s"]
+        table.add_row(
+            str(result["batch"]), _num(result["latency_ms"]["mean"] * scale),
+            f"{throughput['calls_per_s']:,.0f}", f"{throughput['samples_per_s']:,.0f}",
+            _num(gflops) if gflops is not None else "-",
+        )
+    return table
+
+
+def _overhead_table(results: list[dict], scale: float, unit: str) -> Table:
+    table = Table(title=f"Predictor.predict vs bare InferenceSession.run, interleaved ({unit})")
+    for header in ("batch", "p50 ours", "p50 raw", "p50 ×", "mean ours", "mean raw", "mean ×"):
+        table.add_column(header, justify="right")
+    for result in results:
+        ours, theirs = result["latency_ms"], result["raw"]["latency_ms"]
+        table.add_row(
+            str(result["batch"]),
+            _num(ours["p50"] * scale), _num(theirs["p50"] * scale), f"{result['overhead_ratio']:.3f}",
+            _num(ours["mean"] * scale), _num(theirs["mean"] * scale), f"{result['overhead_ratio_mean']:.3f}",
+        )
+    return table

@@ -3,8 +3,10 @@
 Telemetry on the device bins live traffic on these same edges, so device and fleet histograms merge by
 adding counts and compare with the reference exactly (PSI, Jensen-Shannon, chi-square).
 
-Features: an input with at most ELEMENT_LIMIT values per sample (tabular data, an 8x8 digit) is
-profiled element by element; a larger one (images, audio) through taps, the per-channel mean and std.
+Features: a tabular input (batch, F) with at most ELEMENT_LIMIT columns is profiled column by column;
+an input with channels (batch, C, ...) such as an image or audio is profiled through taps, the mean and
+std of each channel, which is cheap enough to update on every request and catches brightness, contrast
+and noise shifts.
 Bins: `bins - 1` interior edges at the reference quantiles, so each bin holds about the same share of
 the reference data; a value v lands in bin searchsorted(edges, v, side="right"); one extra column
 counts NaN. Duplicate edges (from discrete values) are kept and give empty bins.
@@ -21,10 +23,13 @@ DEFAULT_BINS = 10
 
 
 def feature_kind(spec: TensorSpec) -> str:
+    if len(spec.shape) >= 3:
+        return "channel_stats"
     per_sample = int(np.prod([d for d in spec.shape[1:] if isinstance(d, int)] or [1]))
-    if per_sample <= ELEMENT_LIMIT or len(spec.shape) < 3:
-        return "elements"
-    return "channel_stats"
+    if per_sample > ELEMENT_LIMIT:
+        raise ValueError(f"input {spec.name}: {per_sample} columns is too many to profile one by one "
+                         f"(limit {ELEMENT_LIMIT}); reshape it to (batch, channels, ...) to profile channel taps")
+    return "elements"
 
 
 def extract_features(x: np.ndarray, kind: str) -> np.ndarray:

@@ -20,6 +20,7 @@ TOP_LEVEL = {
     "cloud": "edgefleet.cloud",
     "edge_runtime": "edgefleet.edge_runtime",
     "cpp_ext": "edgefleet.cpp_ext",
+    "cli": "edgefleet.cli",
 }
 
 

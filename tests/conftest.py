@@ -36,3 +36,34 @@ def digits_splits():
     from edgefleet.cloud.digits import load_splits
 
     return load_splits()
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path):
+    """A running Mosquitto that allows anonymous clients; stopped by PID at the end."""
+    from tests.mosquitto import MosquittoBroker
+
+    broker = MosquittoBroker(tmp_path / "mosquitto").start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def mosquitto_factory(tmp_path: Path):
+    """Makes brokers with options (password_file=, acl_file=); every one is stopped at the end."""
+    from tests.mosquitto import MosquittoBroker
+
+    brokers: list[MosquittoBroker] = []
+
+    def make(**options) -> MosquittoBroker:
+        broker = MosquittoBroker(tmp_path / f"mosquitto-{len(brokers)}", **options)
+        brokers.append(broker)
+        return broker
+
+    try:
+        yield make
+    finally:
+        for broker in brokers:
+            broker.stop()

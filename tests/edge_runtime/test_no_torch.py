@@ -10,7 +10,7 @@ SCRIPT = """
 import json, sys
 import numpy as np
 import edgefleet.edge_runtime
-import edgefleet.edge_runtime.cli
+import edgefleet.cli.main
 from edgefleet.edge_runtime import Predictor
 p = Predictor(sys.argv[1], trusted_keys=[sys.argv[2]])
 assert p.self_test().passed

@@ -1,47 +1,21 @@
-"""The `edgefleet` command line: keys, sign, inspect, verify, predict, bench.
-
-Every error a user can cause (EdgefleetError) is printed as one line on stderr with exit code 2;
-nothing the user does produces a traceback. Set EDGEFLEET_DEBUG=1 to see tracebacks of internal errors.
-"""
+"""Bundle commands: keys, sign, inspect, verify, predict, bench. Device-side: they import core and
+edge_runtime only."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from edgefleet.core import config
+from edgefleet.cli.app import BundleArg, TrustOption, app, err_console, keys_app, out, trust_store
 from edgefleet.core.bundle import SIGNATURE, Bundle, sign
 from edgefleet.core.errors import EdgefleetError
-from edgefleet.core.signing import DEFAULT_VALIDITY, SigningKey, TrustStore
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Run ML models on fleets of small devices.")
-keys_app = typer.Typer(no_args_is_help=True, help="Signing keys.")
-app.add_typer(keys_app, name="keys")
-out = Console()
-err_console = Console(stderr=True)
-
-TrustOption = Annotated[
-    list[Path] | None,
-    typer.Option("--trust", "-t", help=f"Trusted public key (.pub) or directory of them; repeatable. "
-                                        f"Default: ${config.TRUST_ENV}."),
-]
-BundleArg = Annotated[Path, typer.Argument(help="Bundle directory or .tar.gz")]
-
-
-def trust_store(paths: list[Path] | None) -> TrustStore:
-    chosen = list(paths or config.trusted_key_paths())
-    if not chosen:
-        raise EdgefleetError(f"no trusted keys: pass --trust KEY.pub (or a directory), or set ${config.TRUST_ENV}")
-    return TrustStore.from_paths(chosen)
+from edgefleet.core.signing import DEFAULT_VALIDITY, SigningKey
 
 
 # --- keys and signing -------------------------------------------------------------------------------
@@ -208,25 +182,3 @@ def bench(
     if json_out:
         json_out.write_text(json.dumps(report, indent=2))
         out.print(f"report written to {json_out}")
-
-
-def main() -> None:
-    """Entry point. Typer reports its own usage errors (exit 2); ours become one line and exit code 2."""
-    try:
-        app()  # standalone mode: exits through SystemExit, which passes the handlers below
-    except EdgefleetError as err:
-        err_console.print(f"error: {err}", markup=False, highlight=False)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("aborted", markup=False)
-        sys.exit(130)
-    except Exception as err:  # noqa: BLE001 - the last line of defence against a traceback
-        if config.debug():
-            raise
-        err_console.print(f"internal error: {type(err).__name__}: {err} (set {config.DEBUG_ENV}=1 for the traceback)",
-                          markup=False, highlight=False)
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

@@ -16,7 +16,7 @@ def edgefleet(*args: str, env: dict | None = None, cwd: Path | None = None) -> s
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
     full_env.pop("EDGEFLEET_TRUST", None) if env is None or "EDGEFLEET_TRUST" not in env else None
     return subprocess.run(
-        [sys.executable, "-m", "edgefleet.edge_runtime.cli", *args],
+        [sys.executable, "-m", "edgefleet.cli.main", *args],
         capture_output=True, text=True, timeout=300, env=full_env, cwd=cwd, check=False,
     )
 

@@ -1,0 +1,36 @@
+"""Entry point of the `edgefleet` command: every EdgefleetError becomes one line and exit code 2.
+
+Command modules register themselves on the shared app when imported; each imports its heavy wing
+(cloud service, torch) inside the command functions, never at module level.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from edgefleet.cli import bundle_commands  # noqa: F401 - registers keys, sign, inspect, verify, predict, bench
+from edgefleet.cli.app import app, err_console
+from edgefleet.core import config
+from edgefleet.core.errors import EdgefleetError
+
+
+def main() -> None:
+    """Typer reports its own usage errors (exit 2); ours become one line and exit code 2."""
+    try:
+        app()  # standalone mode: exits through SystemExit, which passes the handlers below
+    except EdgefleetError as err:
+        err_console.print(f"error: {err}", markup=False, highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("aborted", markup=False)
+        sys.exit(130)
+    except Exception as err:  # noqa: BLE001 - the last line of defence against a traceback
+        if config.debug():
+            raise
+        err_console.print(f"internal error: {type(err).__name__}: {err} (set {config.DEBUG_ENV}=1 for the traceback)",
+                          markup=False, highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""The cloud's tables (SQLAlchemy 2): SQLite by default, PostgreSQL by URL, the same models for both.
+
+Telemetry rows are unique on (device, seq): the ingest's duplicate filter is the database itself, so
+a window that arrives twice (QoS 1 redelivery, an outbox replay) is stored once whatever happens.
+"""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def now() -> float:
+    return time.time()
+
+
+class ApiToken(Base):
+    """Admin API tokens; only the SHA-256 of the token is stored (tokens are 32 random bytes)."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class Device(Base):
+    __tablename__ = "devices"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    fleet: Mapped[str] = mapped_column(String(64), index=True)
+    # MQTT password in Mosquitto's PBKDF2-SHA512 format ($7$...), checked by both brokers.
+    password_hash: Mapped[str] = mapped_column(String(256))
+    online: Mapped[bool] = mapped_column(Boolean, default=False)
+    model_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    agent_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    last_seen: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class TelemetryRecord(Base):
+    __tablename__ = "telemetry"
+    __table_args__ = (UniqueConstraint("device_id", "seq", name="uq_telemetry_device_seq"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64), ForeignKey("devices.id"), index=True)
+    fleet: Mapped[str] = mapped_column(String(64), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[int] = mapped_column(Integer)
+    window_start: Mapped[float] = mapped_column(Float, index=True)
+    window_end: Mapped[float] = mapped_column(Float)
+    requests: Mapped[int] = mapped_column(Integer)
+    samples: Mapped[int] = mapped_column(Integer)
+    errors: Mapped[int] = mapped_column(Integer)
+    dropped_windows: Mapped[int] = mapped_column(Integer, default=0)
+    payload: Mapped[str] = mapped_column(Text)  # the validated message, for the drift monitor
+    received_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class BundleRecord(Base):
+    """A verified bundle in the registry; the drift monitor reads its reference profile."""
+
+    __tablename__ = "bundles"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_bundle_name_version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)  # the .tar.gz in the artifact store
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    manifest: Mapped[dict] = mapped_column(JSON)
+    uploaded_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class DriftResult(Base):
+    """One evaluation of one scope (a device, or a whole fleet) for one model version and time range."""
+
+    __tablename__ = "drift_results"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scope: Mapped[str] = mapped_column(String(16))  # "device" or "fleet"
+    scope_id: Mapped[str] = mapped_column(String(64), index=True)
+    fleet: Mapped[str] = mapped_column(String(64))
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[int] = mapped_column(Integer)
+    window_start: Mapped[float] = mapped_column(Float)
+    window_end: Mapped[float] = mapped_column(Float)
+    samples: Mapped[int] = mapped_column(Integer)
+    verdict: Mapped[str] = mapped_column(String(16))  # "drift", "ok" or "insufficient"
+    report: Mapped[dict] = mapped_column(JSON)  # per-signal statistics and thresholds
+    computed_at: Mapped[float] = mapped_column(Float, default=now, index=True)
+
+
+class Alert(Base):
+    __tablename__ = "alerts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scope: Mapped[str] = mapped_column(String(16))
+    scope_id: Mapped[str] = mapped_column(String(64), index=True)
+    fleet: Mapped[str] = mapped_column(String(64))
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32))  # "data_drift" or "prediction_drift"
+    message: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="open")  # "open" or "closed"
+    opened_at: Mapped[float] = mapped_column(Float, default=now, index=True)
+    closed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class IngestCounter(Base):
+    """How many messages the ingest accepted, dropped as duplicates, or refused, by reason."""
+
+    __tablename__ = "ingest_counters"
+    reason: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with SQLite set up for a service: WAL, a busy timeout, foreign keys."""
+    is_sqlite = url.startswith("sqlite")
+    engine = create_engine(url, connect_args={"check_same_thread": False} if is_sqlite else {})
+    if is_sqlite:
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(connection, _record) -> None:  # noqa: ANN001 - DBAPI objects
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+    Base.metadata.create_all(engine)
+    return engine
+
+
+def make_sessions(engine: Engine) -> sessionmaker:
+    return sessionmaker(engine, expire_on_commit=False)

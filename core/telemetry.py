@@ -1,0 +1,208 @@
+"""The telemetry message: one time window of one device, as versioned JSON. Summaries, never raw data.
+
+Every histogram is binned on edges both sides know (the reference profile's for features and
+confidence, LATENCY_EDGES_MS for latency), so windows from many devices merge by adding counts and
+compare with the reference exactly. A histogram over E edges has E + 2 counts: E + 1 bins
+(searchsorted side="right") and a last column for NaN.
+
+    {"schema": "edgefleet.telemetry", "v": 1, "fleet": "f1", "device": "d7", "seq": 42,
+     "model": {"name": "digits-cnn", "version": 3},
+     "window": {"start": 1764230400.0, "end": 1764230460.0},        # unix seconds
+     "requests": 812, "samples": 812, "errors": 3,
+     "latency_ms": [..len(LATENCY_EDGES_MS) + 2 counts..],
+     "features": [{"input": "pixels", "counts": [[..E + 2..], ...]}],  # one row per feature
+     "predictions": [..one count per class..],                         # [] for non-classifiers
+     "confidence": [..E + 2 counts..],                                 # [] for non-classifiers
+     "dropped": {"windows": 0, "first_seq": null, "last_seq": null}}  # outbox overflow, never silent
+
+`parse_telemetry` is the gate of the cloud's ingest: anything malformed raises TelemetryError with one
+precise message and a reason code, so the ingest can count it and go on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+
+from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.topics import TopicError, check_id
+
+SCHEMA = "edgefleet.telemetry"
+VERSION = 1
+MAX_PAYLOAD_BYTES = 256 * 1024
+# Log-spaced latency bins from 10 µs to 10 s: fine where edge models live, coarse in the tail.
+LATENCY_EDGES_MS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0,
+                    500.0, 1000.0, 2000.0, 5000.0, 10000.0)
+
+
+class TelemetryError(EdgefleetError):
+    """A telemetry (or birth/death) payload the cloud refuses. `reason` is a stable code for counting."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class FeatureCounts:
+    input: str
+    counts: tuple[tuple[int, ...], ...]  # (features, edges + 2)
+
+
+@dataclass(frozen=True)
+class Dropped:
+    windows: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+
+
+@dataclass(frozen=True)
+class TelemetryWindow:
+    fleet: str
+    device: str
+    seq: int
+    model_name: str
+    model_version: int
+    start: float
+    end: float
+    requests: int
+    samples: int
+    errors: int
+    latency_ms: tuple[int, ...]
+    features: tuple[FeatureCounts, ...] = ()
+    predictions: tuple[int, ...] = ()
+    confidence: tuple[int, ...] = ()
+    dropped: Dropped = field(default_factory=Dropped)
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": SCHEMA,
+            "v": VERSION,
+            "fleet": self.fleet,
+            "device": self.device,
+            "seq": self.seq,
+            "model": {"name": self.model_name, "version": self.model_version},
+            "window": {"start": self.start, "end": self.end},
+            "requests": self.requests,
+            "samples": self.samples,
+            "errors": self.errors,
+            "latency_ms": list(self.latency_ms),
+            "features": [{"input": f.input, "counts": [list(row) for row in f.counts]} for f in self.features],
+            "predictions": list(self.predictions),
+            "confidence": list(self.confidence),
+            "dropped": asdict(self.dropped),
+        }
+
+    def to_payload(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+
+    def with_seq(self, seq: int) -> TelemetryWindow:
+        return replace(self, seq=seq)
+
+
+def parse_telemetry(payload: bytes | str, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> TelemetryWindow:
+    """Validates a payload against the schema; raises TelemetryError(reason, message)."""
+    data = _load(payload, max_bytes)
+    if data.get("schema") != SCHEMA:
+        raise TelemetryError("wrong_schema", f"schema must be {SCHEMA!r}, got {data.get('schema')!r}")
+    if data.get("v") != VERSION:
+        raise TelemetryError("unknown_version", f"telemetry version {data.get('v')!r} is not supported "
+                                                f"(this edgefleet reads {VERSION})")
+    model = _mapping(data, "model")
+    window = _mapping(data, "window")
+    latency = _counts(data, "latency_ms")
+    if len(latency) != len(LATENCY_EDGES_MS) + 2:
+        raise TelemetryError("bad_field", f"latency_ms must have {len(LATENCY_EDGES_MS) + 2} counts, "
+                                          f"got {len(latency)}")
+    features = []
+    for index, item in enumerate(_list(data, "features")):
+        if not isinstance(item, Mapping) or not isinstance(item.get("input"), str):
+            raise TelemetryError("bad_field", f"features[{index}] must be an object with a string 'input'")
+        rows = item.get("counts")
+        if not isinstance(rows, list) or not rows:
+            raise TelemetryError("bad_field", f"features[{index}].counts must be a non-empty list of rows")
+        parsed = tuple(_count_list(row, f"features[{index}].counts[{r}]") for r, row in enumerate(rows))
+        if len({len(row) for row in parsed}) != 1:
+            raise TelemetryError("bad_field", f"features[{index}].counts rows differ in length")
+        features.append(FeatureCounts(item["input"], parsed))
+    dropped = data.get("dropped") or {}
+    if not isinstance(dropped, Mapping):
+        raise TelemetryError("bad_field", "dropped must be an object")
+    start, end = _number(window, "start"), _number(window, "end")
+    if end < start:
+        raise TelemetryError("bad_field", f"window ends ({end}) before it starts ({start})")
+    requests, errors = _int(data, "requests"), _int(data, "errors")
+    if errors > requests:
+        raise TelemetryError("bad_field", f"errors ({errors}) exceed requests ({requests})")
+    try:
+        fleet, device = check_id(data.get("fleet"), "fleet"), check_id(data.get("device"), "device")
+    except TopicError as err:
+        raise TelemetryError("bad_field", str(err)) from err
+    name = model.get("name")
+    if not isinstance(name, str) or not name:
+        raise TelemetryError("bad_field", "model.name must be a non-empty string")
+    return TelemetryWindow(
+        fleet=fleet, device=device, seq=_int(data, "seq"), model_name=name,
+        model_version=_int(model, "version", "model.version"), start=start, end=end,
+        requests=requests, samples=_int(data, "samples"), errors=errors, latency_ms=latency,
+        features=tuple(features), predictions=_counts(data, "predictions"), confidence=_counts(data, "confidence"),
+        dropped=Dropped(int(dropped.get("windows", 0) or 0), dropped.get("first_seq"), dropped.get("last_seq")),
+    )
+
+
+def _load(payload: bytes | str, max_bytes: int) -> dict:
+    size = len(payload)
+    if size > max_bytes:
+        raise TelemetryError("too_large", f"payload of {size} bytes exceeds the limit of {max_bytes}")
+    try:
+        data = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise TelemetryError("not_json", f"payload is not JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise TelemetryError("not_object", f"payload must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _mapping(data: Mapping, key: str) -> Mapping:
+    value = data.get(key)
+    if not isinstance(value, Mapping):
+        raise TelemetryError("missing_field" if value is None else "bad_field", f"{key} must be an object")
+    return value
+
+
+def _list(data: Mapping, key: str) -> list:
+    value = data.get(key, [])
+    if not isinstance(value, list):
+        raise TelemetryError("bad_field", f"{key} must be a list")
+    return value
+
+
+def _int(data: Mapping, key: str, label: str | None = None) -> int:
+    value = data.get(key)
+    if value is None:
+        raise TelemetryError("missing_field", f"{label or key} is missing")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TelemetryError("bad_field", f"{label or key} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _number(data: Mapping, key: str) -> float:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TelemetryError("bad_field", f"window.{key} must be a finite number (unix seconds), got {value!r}")
+    return float(value)
+
+
+def _counts(data: Mapping, key: str) -> tuple[int, ...]:
+    return _count_list(data.get(key, []), key)
+
+
+def _count_list(value: object, label: str) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        raise TelemetryError("bad_field", f"{label} must be a list of counts")
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int) or item < 0:
+            raise TelemetryError("bad_field", f"{label} must hold non-negative integers, got {item!r}")
+    return tuple(value)

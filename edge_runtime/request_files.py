@@ -27,7 +27,7 @@ def read_request(path: Path, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
             with np.load(path, allow_pickle=False) as data:
                 return {k: data[k] for k in data.files}
         if suffix == ".json":
-            return _from_json(json.loads(path.read_text()), specs)
+            return arrays_from_json(json.loads(path.read_text()), specs)
     except (ValueError, OSError) as err:
         raise EdgefleetError(f"cannot read {path}: {err}") from err
     raise EdgefleetError(f"input file {path}: expected .npy, .npz or .json, got '{suffix or 'no suffix'}'")
@@ -37,7 +37,8 @@ def _need_many(specs: list[TensorSpec]) -> dict:
     raise EdgefleetError(f"the model takes {len(specs)} inputs; pass an .npz or .json with {[s.name for s in specs]}")
 
 
-def _from_json(data: object, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+def arrays_from_json(data: object, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+    """JSON values (a list for a single-input model, or {name: list}) as arrays of the declared dtypes."""
     if not isinstance(data, dict):
         data = {specs[0].name: data} if len(specs) == 1 else _need_many(specs)
     feed = {}
@@ -46,7 +47,10 @@ def _from_json(data: object, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
         if spec is None:
             feed[name] = np.asarray(value)  # the validator names the unknown input
             continue
-        array = np.asarray(value, dtype=np.dtype(spec.dtype))
+        try:
+            array = np.asarray(value, dtype=np.dtype(spec.dtype))
+        except (ValueError, TypeError) as err:
+            raise EdgefleetError(f"input '{name}': not a regular array of numbers ({err})") from err
         feed[name] = array[None, ...] if array.ndim == len(spec.shape) - 1 else array
     return feed
 

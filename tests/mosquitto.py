@@ -54,7 +54,7 @@ class MosquittoBroker:
             "log_type notice",
             "log_type information",
             "max_queued_messages 100000",
-            "max_inflight_messages 100",
+            "max_inflight_messages 1000",
         ]
         if self.password_file:
             lines.append(f"password_file {self.password_file}")

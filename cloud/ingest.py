@@ -1,0 +1,260 @@
+"""MQTT ingest: device messages into the database, validated, deduplicated, batched, acknowledged last.
+
+The paho callback only enqueues. A writer thread takes what has arrived (up to `batch_size`, waiting at
+most `flush_seconds`), validates each message, writes the batch in one transaction, and only then sends
+the PUBACKs (paho's manual_ack). So a telemetry window the broker considers delivered is always on
+disk; if the cloud dies first, the broker redelivers it (persistent session), and the (device, seq)
+filter drops the copy. A malformed, oversized, misaddressed or unknown-device message is counted by
+reason (table ingest_counters) and dropped; nothing a device sends can stop the ingest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+from sqlalchemy import select, tuple_, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from edgefleet.cloud.db import Device, IngestCounter, TelemetryRecord
+from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.telemetry import MAX_PAYLOAD_BYTES, TelemetryError, TelemetryWindow, parse_telemetry
+from edgefleet.core.topics import TopicError, parse, subscription
+
+log = logging.getLogger(__name__)
+
+SUBSCRIBED_KINDS = ("telemetry", "birth", "death")
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+
+
+class Ingest:
+    name = "ingest"
+
+    def __init__(
+        self,
+        sessions: sessionmaker,
+        mqtt_url: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        client_id: str = "edgefleet-ingest",
+        max_bytes: int = MAX_PAYLOAD_BYTES,
+        batch_size: int = 1000,
+        flush_seconds: float = 0.05,
+    ) -> None:
+        url = urlparse(mqtt_url)
+        if url.scheme not in ("mqtt", "tcp") or not url.hostname:
+            raise EdgefleetError(f"MQTT URL {mqtt_url!r}: expected mqtt://host:port")
+        self.host, self.port = url.hostname, url.port or 1883
+        self.sessions = sessions
+        self.max_bytes = max_bytes
+        self.batch_size = batch_size
+        self.flush_seconds = flush_seconds
+        self._queue: queue.Queue[Received | None] = queue.Queue()
+        self._stopping = threading.Event()
+        self._writer: threading.Thread | None = None
+        self.connected = threading.Event()
+        self.counts: Counter[str] = Counter()  # this process's tallies; the table holds the totals
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
+                                   protocol=mqtt.MQTTv311, manual_ack=True)
+        if username:
+            self._client.username_pw_set(username, password)
+        self._client.reconnect_delay_set(0.5, 30)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+
+    # network thread: enqueue only ----------------------------------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001 - paho
+        if reason_code.is_failure:
+            log.error("ingest: broker refused the connection: %s", reason_code)
+            return
+        client.subscribe([(subscription(kind), 1) for kind in SUBSCRIBED_KINDS])
+        self.connected.set()
+        log.info("ingest: connected to %s:%s", self.host, self.port)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001 - paho
+        self.connected.clear()
+        if not self._stopping.is_set():
+            log.warning("ingest: disconnected (%s); paho reconnects", reason_code)
+
+    def _on_message(self, client, userdata, message) -> None:  # noqa: ANN001 - paho
+        self._queue.put(Received(message.topic, message.payload, message.mid, message.qos))
+
+    # lifecycle -----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
+        self._writer.start()
+        self._client.connect_async(self.host, self.port, keepalive=30)
+        self._client.loop_start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._queue.put(None)
+        if self._writer:
+            self._writer.join(timeout)
+
+    def wait_connected(self, timeout: float = 10.0) -> bool:
+        return self.connected.wait(timeout)
+
+    # writer thread -------------------------------------------------------------------------------------
+    def _write_loop(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            if not batch:
+                continue
+            try:
+                self._write(batch)
+            except Exception:  # noqa: BLE001 - log and go on: the broker redelivers what was not acked
+                log.exception("ingest: writing a batch of %d messages failed; they stay unacknowledged", len(batch))
+                continue
+            for item in batch:
+                if item.qos > 0:
+                    self._client.ack(item.mid, item.qos)
+
+    def _take_batch(self) -> list[Received] | None:
+        try:
+            first = self._queue.get(timeout=0.5)
+        except queue.Empty:
+            return []
+        if first is None:
+            return None
+        batch, deadline = [first], time.monotonic() + self.flush_seconds
+        while len(batch) < self.batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                item = self._queue.get(timeout=max(remaining, 0)) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self._queue.put(None)  # stop after this batch
+                break
+            batch.append(item)
+        return batch
+
+    def _write(self, batch: list[Received]) -> None:
+        tally: Counter[str] = Counter()
+        windows: list[TelemetryWindow] = []
+        presence: list[tuple[str, str, bytes]] = []
+        for item in batch:
+            try:
+                topic = parse(item.topic)
+            except TopicError:
+                tally["bad_topic"] += 1
+                continue
+            if topic.kind == "telemetry":
+                try:
+                    window = parse_telemetry(item.payload, max_bytes=self.max_bytes)
+                except TelemetryError as err:
+                    tally[err.reason] += 1
+                    log.debug("ingest: dropped telemetry from %s: %s", topic.device, err)
+                    continue
+                if (window.fleet, window.device) != (topic.fleet, topic.device):
+                    tally["topic_mismatch"] += 1
+                    continue
+                windows.append(window)
+            else:
+                presence.append((topic.kind, topic.device, item.payload))
+        with self.sessions.begin() as session:
+            known = _known_devices(session, {w.device for w in windows} | {p[1] for p in presence})
+            fresh = _without_duplicates(session, [w for w in windows if w.device in known], tally)
+            tally["unknown_device"] += sum(1 for w in windows if w.device not in known)
+            session.add_all(_record(w) for w in fresh)
+            tally["accepted"] += len(fresh)
+            _touch(session, fresh)
+            for kind, device, payload in presence:
+                if device not in known:
+                    tally["unknown_device"] += 1
+                    continue
+                tally[_presence(session, kind, device, payload)] += 1
+            _add_counts(session, tally)
+        self.counts.update(tally)
+
+
+def _known_devices(session: Session, ids: set[str]) -> set[str]:
+    if not ids:
+        return set()
+    return set(session.scalars(select(Device.id).where(Device.id.in_(ids))))
+
+
+def _without_duplicates(session: Session, windows: list[TelemetryWindow], tally: Counter) -> list[TelemetryWindow]:
+    """Drops windows whose (device, seq) is stored already or repeats within the batch."""
+    if not windows:
+        return []
+    keys = [(w.device, w.seq) for w in windows]
+    stored = set(session.execute(
+        select(TelemetryRecord.device_id, TelemetryRecord.seq).where(
+            tuple_(TelemetryRecord.device_id, TelemetryRecord.seq).in_(keys))
+    ).all())
+    fresh, seen = [], set(stored)
+    for window, key in zip(windows, keys, strict=True):
+        if key in seen:
+            tally["duplicate"] += 1
+            continue
+        seen.add(key)
+        fresh.append(window)
+    return fresh
+
+
+def _record(window: TelemetryWindow) -> TelemetryRecord:
+    return TelemetryRecord(
+        device_id=window.device, fleet=window.fleet, seq=window.seq, model_name=window.model_name,
+        model_version=window.model_version, window_start=window.start, window_end=window.end,
+        requests=window.requests, samples=window.samples, errors=window.errors,
+        dropped_windows=window.dropped.windows, payload=window.to_payload().decode(),
+    )
+
+
+def _touch(session: Session, windows: list[TelemetryWindow]) -> None:
+    latest: dict[str, float] = {}
+    for window in windows:
+        latest[window.device] = max(latest.get(window.device, 0.0), window.end)
+    for device, seen in latest.items():
+        session.execute(update(Device).where(Device.id == device).values(last_seen=seen))
+
+
+def _presence(session: Session, kind: str, device: str, payload: bytes) -> str:
+    """Birth and death (last will) keep a device's online state and model version."""
+    try:
+        data = json.loads(payload)
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+    except ValueError:
+        return "bad_presence"
+    values: dict = {"online": kind == "birth", "last_seen": time.time()}
+    model = data.get("model")
+    if kind == "birth" and isinstance(model, dict):
+        values.update(model_name=str(model.get("name")), model_version=int(model.get("version", 0)))
+        if data.get("agent_version"):
+            values["agent_version"] = str(data["agent_version"])
+    session.execute(update(Device).where(Device.id == device).values(**values))
+    return kind
+
+
+def _add_counts(session: Session, tally: Counter) -> None:
+    for reason, count in tally.items():
+        if not count:
+            continue
+        row = session.get(IngestCounter, reason)
+        if row is None:
+            session.add(IngestCounter(reason=reason, count=count))
+        else:
+            row.count += count

@@ -1,0 +1,167 @@
+"""The device agent: serves a bundle (Python API and local HTTP) and reports telemetry over MQTT.
+
+    agent = DeviceAgent(DeviceConfig.load("device.toml")).start()
+    agent.predictor.predict(x)        # or POST http://127.0.0.1:8000/v1/predict
+    agent.stop()
+
+Start-up order: verify and load the bundle, run its self-test (refuse to serve a model that fails it),
+turn telemetry on, open the outbox, connect MQTT (birth message, last will), start the window timer,
+then HTTP. Every window goes into the on-disk outbox first and leaves it only when the broker has
+acknowledged it; stop() closes the last window and gives the transport a moment to send it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import replace
+
+import uvicorn
+
+from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.telemetry import Dropped, TelemetryWindow
+from edgefleet.core.topics import topic
+from edgefleet.edge_runtime.device_config import DeviceConfig
+from edgefleet.edge_runtime.http_api import create_app
+from edgefleet.edge_runtime.metrics import Totals
+from edgefleet.edge_runtime.outbox import Outbox
+from edgefleet.edge_runtime.predictor import Predictor
+from edgefleet.edge_runtime.telemetry import TelemetryAggregator
+
+log = logging.getLogger(__name__)
+AGENT_VERSION = "0.1.0"
+
+
+class DeviceAgent:
+    def __init__(self, config: DeviceConfig, *, serve_http: bool = True) -> None:
+        self.config = config
+        self.serve_http = serve_http
+        self.predictor: Predictor | None = None
+        self.aggregator: TelemetryAggregator | None = None
+        self.outbox: Outbox | None = None
+        self.transport = None
+        self.totals: Totals | None = None
+        self._stop = threading.Event()
+        self._timer: threading.Thread | None = None
+        self._http: uvicorn.Server | None = None
+        self._http_thread: threading.Thread | None = None
+
+    # lifecycle -----------------------------------------------------------------------------------------
+    def start(self) -> DeviceAgent:
+        config = self.config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.predictor = Predictor(config.bundle, backends=list(config.backends), threads=config.threads,
+                                   trusted_keys=list(config.trusted_keys))
+        report = self.predictor.self_test()
+        if not report.passed:
+            raise EdgefleetError(f"self-test failed, refusing to serve: {'; '.join(report.failures)}")
+        self.aggregator = TelemetryAggregator(self.predictor.bundle, fleet=config.fleet, device=config.device)
+        self.predictor.enable_telemetry(self.aggregator)
+        names = self.predictor.bundle.manifest["interface"].get("class_names") or []
+        self.totals = Totals(list(names) if self.aggregator.output_name else [])
+        if config.mqtt:
+            from edgefleet.edge_runtime.mqtt import MqttTransport
+
+            self.outbox = Outbox(config.data_dir / "outbox.sqlite", max_bytes=config.outbox_max_bytes)
+            self.transport = MqttTransport(
+                config.mqtt.url, fleet=config.fleet, device=config.device, outbox=self.outbox,
+                username=config.mqtt.username, password=config.mqtt.password, birth=self._birth,
+            )
+            self.transport.start()
+        self._timer = threading.Thread(target=self._window_loop, name="telemetry-window", daemon=True)
+        self._timer.start()
+        if self.serve_http:
+            self._start_http()
+        log.info("device %s serving %s v%s", config.device, self.predictor.bundle.name, self.predictor.bundle.version)
+        return self
+
+    def stop(self, flush_timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._http:
+            self._http.should_exit = True
+            if self._http_thread:
+                self._http_thread.join(10)
+        if self._timer:
+            self._timer.join(10)
+        if self.aggregator:
+            self.close_window()
+        if self.transport:
+            self.transport.flush(flush_timeout)
+            self.transport.stop()
+        if self.outbox:
+            self.outbox.close()
+        if self.predictor:
+            self.predictor.close()
+
+    def __enter__(self) -> DeviceAgent:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.config.http_host}:{self.config.http_port}"
+
+    # telemetry -----------------------------------------------------------------------------------------
+    def close_window(self) -> TelemetryWindow:
+        """Closes the current window: into the running totals and, with MQTT, into the outbox."""
+        window = self.aggregator.close_window()
+        self.totals.add(window)
+        if self.outbox is not None:
+            def render(seq: int, dropped: Dropped) -> bytes:
+                return replace(window, seq=seq, dropped=dropped).to_payload()
+
+            self.outbox.append(topic(self.config.fleet, self.config.device, "telemetry"), render)
+            self.transport.wake()
+        return window
+
+    def _window_loop(self) -> None:
+        period = self.config.window_seconds
+        next_close = time.monotonic() + period
+        while not self._stop.wait(max(0.0, next_close - time.monotonic())):
+            try:
+                self.close_window()
+            except Exception:  # noqa: BLE001 - a failed window must not stop serving
+                log.exception("closing the telemetry window failed")
+            next_close += period
+
+    def _birth(self) -> bytes:
+        bundle = self.predictor.bundle
+        return json.dumps({
+            "schema": "edgefleet.birth", "v": 1, "fleet": self.config.fleet, "device": self.config.device,
+            "online": True, "model": {"name": bundle.name, "version": bundle.version},
+            "backend": self.predictor.backend_name, "agent_version": AGENT_VERSION, "at": time.time(),
+        }).encode()
+
+    # HTTP ------------------------------------------------------------------------------------------------
+    def health(self) -> dict:
+        return {
+            "device": self.config.device, "fleet": self.config.fleet,
+            "mqtt": None if self.transport is None else {"connected": self.transport.connected,
+                                                          "outbox_pending": len(self.outbox)},
+        }
+
+    def metrics(self) -> str:
+        bundle = self.predictor.bundle
+        labels = {"device": self.config.device, "fleet": self.config.fleet, "model": bundle.name,
+                  "version": str(bundle.version)}
+        gauges = {"window_seconds": self.config.window_seconds}
+        if self.transport is not None:
+            gauges.update(mqtt_connected=float(self.transport.connected), outbox_pending=float(len(self.outbox)))
+        return self.totals.render(self.aggregator.main.snapshot(reset=False), labels, gauges)
+
+    def _start_http(self) -> None:
+        app = create_app(self.predictor, max_body_bytes=self.config.max_body_bytes, health=self.health,
+                         metrics=self.metrics)
+        self._http = uvicorn.Server(uvicorn.Config(app, host=self.config.http_host, port=self.config.http_port,
+                                                   log_level="warning", access_log=False))
+        self._http_thread = threading.Thread(target=self._http.run, name="device-http", daemon=True)
+        self._http_thread.start()
+        deadline = time.monotonic() + 10
+        while not self._http.started:
+            if not self._http_thread.is_alive() or time.monotonic() > deadline:
+                raise EdgefleetError(f"the HTTP server could not listen on {self.http_url}")
+            time.sleep(0.02)

@@ -1,0 +1,115 @@
+"""device.toml: what one device agent serves, whom it trusts, where it reports.
+
+    [device]
+    id = "pi-07"
+    fleet = "lab"
+    data_dir = "/var/lib/edgefleet"          # outbox and model slots
+
+    [model]
+    bundle = "/var/lib/edgefleet/digits.tar.gz"
+    trusted_keys = ["/etc/edgefleet/release.pub"]
+    backends = ["onnxruntime"]
+    threads = 1
+
+    [mqtt]                                     # optional: no section, no reporting
+    url = "mqtt://cloud.example:1883"
+    username = "pi-07"
+    password = "..."
+
+    [telemetry]
+    window_seconds = 60
+    outbox_max_bytes = 16777216
+
+    [http]
+    host = "127.0.0.1"
+    port = 8000
+    max_body_bytes = 1048576
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.topics import TopicError, check_id
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 devices
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    url: str
+    username: str | None = None
+    password: str | None = None
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    device: str
+    fleet: str
+    bundle: Path
+    trusted_keys: tuple[Path, ...]
+    data_dir: Path
+    backends: tuple[str, ...] = ("onnxruntime",)
+    threads: int | None = None
+    mqtt: MqttConfig | None = None
+    window_seconds: float = 60.0
+    outbox_max_bytes: int = 16 * 2**20
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    max_body_bytes: int = 2**20
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> DeviceConfig:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError as err:
+            raise EdgefleetError(f"device config {path} does not exist") from err
+        except (OSError, tomllib.TOMLDecodeError) as err:
+            raise EdgefleetError(f"device config {path} is not valid TOML: {err}") from err
+        return cls.from_dict(data, base=path.parent)
+
+    @classmethod
+    def from_dict(cls, data: dict, base: Path = Path(".")) -> DeviceConfig:
+        def section(name: str) -> dict:
+            value = data.get(name, {})
+            if not isinstance(value, dict):
+                raise EdgefleetError(f"device config: [{name}] must be a table")
+            return value
+
+        device, model, mqtt, telemetry, http = (section(n) for n in ("device", "model", "mqtt", "telemetry", "http"))
+        try:
+            device_id = check_id(device.get("id", ""), "device.id")
+            fleet = check_id(device.get("fleet", "default"), "device.fleet")
+        except TopicError as err:
+            raise EdgefleetError(f"device config: {err}") from err
+        if "bundle" not in model:
+            raise EdgefleetError("device config: [model] bundle is required")
+        keys = model.get("trusted_keys", [])
+        if not keys:
+            raise EdgefleetError("device config: [model] trusted_keys must name at least one public key")
+        window = float(telemetry.get("window_seconds", 60.0))
+        if window <= 0:
+            raise EdgefleetError(f"device config: telemetry.window_seconds must be positive, got {window}")
+        return cls(
+            device=device_id, fleet=fleet, bundle=_path(base, model["bundle"]),
+            trusted_keys=tuple(_path(base, k) for k in keys),
+            data_dir=_path(base, device.get("data_dir", f"edgefleet-device-{device_id}")),
+            backends=tuple(model.get("backends", ["onnxruntime"])), threads=model.get("threads"),
+            mqtt=MqttConfig(mqtt["url"], mqtt.get("username"), mqtt.get("password")) if mqtt.get("url") else None,
+            window_seconds=window, outbox_max_bytes=int(telemetry.get("outbox_max_bytes", 16 * 2**20)),
+            http_host=str(http.get("host", "127.0.0.1")), http_port=int(http.get("port", 8000)),
+            max_body_bytes=int(http.get("max_body_bytes", 2**20)),
+        )
+
+
+def _path(base: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import sys
 
-from edgefleet.cli import bundle_commands  # noqa: F401 - registers keys, sign, inspect, verify, predict, bench
+from edgefleet.cli import (
+    bundle_commands,  # noqa: F401 - registers keys, sign, inspect, verify, predict, bench
+    fleet_commands,  # noqa: F401 - registers device run, sim, push, drift, alerts
+)
 from edgefleet.cli.app import app, err_console
 from edgefleet.core import config
 from edgefleet.core.errors import EdgefleetError

@@ -1,0 +1,174 @@
+"""Fleet commands: device run, sim, push, drift, alerts. They talk to the cloud over HTTP and MQTT and
+import only core and edge_runtime, so they work on a device install."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+
+from edgefleet.cli.app import BundleArg, TrustOption, app, out, trust_store
+from edgefleet.cli.cloud_client import CloudClient
+from edgefleet.core.errors import EdgefleetError
+
+device_app = typer.Typer(no_args_is_help=True, help="Run this machine as a fleet device.")
+app.add_typer(device_app, name="device")
+
+CloudOption = Annotated[str | None, typer.Option("--cloud", help="Cloud API URL (default: $EDGEFLEET_CLOUD)")]
+TokenOption = Annotated[str | None, typer.Option("--token", help="Admin API token (default: $EDGEFLEET_TOKEN)")]
+
+
+@device_app.command("run")
+def device_run(config: Annotated[Path, typer.Option("--config", "-c", help="device.toml")]) -> None:
+    """Serve a bundle (local HTTP: POST /v1/predict, GET /healthz, GET /metrics) and report telemetry."""
+    import signal
+    import threading
+
+    from edgefleet.edge_runtime.agent import DeviceAgent
+    from edgefleet.edge_runtime.device_config import DeviceConfig
+
+    agent = DeviceAgent(DeviceConfig.load(config)).start()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    bundle = agent.predictor.bundle
+    out.print(f"device {agent.config.device} serving {bundle.name} v{bundle.version} at {agent.http_url}"
+              + (f", reporting to {agent.config.mqtt.url}" if agent.config.mqtt else ", not reporting (no [mqtt])"))
+    stop.wait()
+    agent.stop()
+    out.print("stopped")
+
+
+@app.command("push")
+def push(bundle: BundleArg, cloud: CloudOption = None, token: TokenOption = None) -> None:
+    """Upload a signed bundle (.tar.gz, or a directory, packed first) to the cloud's registry."""
+    import tempfile
+
+    from edgefleet.core.bundle import Bundle
+
+    client = CloudClient(cloud, token)
+    with tempfile.TemporaryDirectory() as scratch:
+        archive = bundle if bundle.is_file() else Bundle.open(bundle).pack(Path(scratch) / "bundle.tar.gz")
+        stored = client.post_file("/api/v1/bundles", archive)
+    out.print(f"pushed {stored['name']} v{stored['version']} ({stored['size'] / 1024:.1f} KiB)")
+
+
+@app.command("sim")
+def sim(
+    bundle: BundleArg,
+    data: Annotated[Path, typer.Option(help=".npy of inputs the devices draw from (e.g. the test split)")],
+    mqtt_url: Annotated[str, typer.Option("--mqtt-url", help="Broker the devices connect to")],
+    trust: TrustOption = None,
+    cloud: CloudOption = None,
+    token: TokenOption = None,
+    devices: Annotated[int, typer.Option(help="Number of simulated devices")] = 3,
+    labels: Annotated[Path | None, typer.Option(help=".npy of labels (needed for imbalance drift)")] = None,
+    rate: Annotated[float, typer.Option(help="Requests per second per device")] = 20.0,
+    window: Annotated[float, typer.Option(help="Telemetry window, seconds")] = 5.0,
+    duration: Annotated[float, typer.Option(help="Seconds to run")] = 60.0,
+    drift: Annotated[str | None, typer.Option(help="brightness, noise or imbalance")] = None,
+    drift_after: Annotated[float, typer.Option(help="Seconds before the drift starts")] = 0.0,
+    drift_devices: Annotated[int, typer.Option(help="How many devices drift")] = 1,
+    fleet: Annotated[str, typer.Option(help="Fleet of the simulated devices")] = "sim",
+) -> None:
+    """N simulated devices in one process, feeding real data, with optional injected drift."""
+    from edgefleet.edge_runtime.sim import DriftPlan, FleetSimulation
+
+    client = CloudClient(cloud, token)
+    simulation = FleetSimulation(
+        cloud_url=client.url, token=client.token, mqtt_url=mqtt_url, bundle=bundle,
+        trusted_keys=_paths(trust), data=np.load(data, allow_pickle=False),
+        labels=np.load(labels, allow_pickle=False) if labels else None, devices=devices, fleet=fleet,
+        rate_per_device=rate, window_seconds=window,
+        drift=DriftPlan(drift, drift_after, drift_devices) if drift else None, workdir=Path("runs/sim"),
+    )
+    with simulation, Live(_sim_table(simulation), console=out, refresh_per_second=2) as live:
+        deadline = time.monotonic() + duration
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            live.update(_sim_table(simulation))
+
+
+def _paths(trust: list[Path] | None) -> list[Path]:
+    trust_store(trust)  # the same checks and message as every other command
+    from edgefleet.core import config
+
+    return list(trust or config.trusted_key_paths())
+
+
+def _sim_table(simulation) -> Table:  # noqa: ANN001 - FleetSimulation, imported lazily
+    table = Table("device", "requests", "windows", "outbox", "connected", "drifting", title="simulated fleet")
+    for row in simulation.status():
+        table.add_row(row["device"], str(row["requests"]), str(row["windows"]), str(row["outbox"]),
+                      "yes" if row["connected"] else "[red]no[/]", "[yellow]yes[/]" if row["drifting"] else "no")
+    return table
+
+
+@app.command("drift")
+def drift_command(
+    device: Annotated[str | None, typer.Option(help="Device id")] = None,
+    fleet: Annotated[str | None, typer.Option(help="Fleet id (instead of --device)")] = None,
+    limit: Annotated[int, typer.Option(help="Results to show")] = 10,
+    cloud: CloudOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Latest drift evaluations of a device or a fleet."""
+    if bool(device) == bool(fleet):
+        raise EdgefleetError("pass exactly one of --device ID or --fleet ID")
+    client = CloudClient(cloud, token)
+    path = f"/api/v1/devices/{device}/drift" if device else f"/api/v1/fleets/{fleet}/drift"
+    rows = client.get(f"{path}?limit={limit}")
+    out.print(drift_table(rows, f"drift of {'device ' + device if device else 'fleet ' + fleet}"))
+
+
+def drift_table(rows: list[dict], title: str) -> Table:
+    table = Table("computed", "model", "samples", "data drift", "prediction drift", "worst signal", title=title)
+    for row in rows:
+        report = row.get("report") or {}
+        worst = _worst_signal(report)
+        table.add_row(_when(row.get("computed_at")), f"{row['model_name']} v{row['model_version']}",
+                      str(row.get("samples")), _verdict(report.get("data_drift", row.get("verdict"))),
+                      _verdict(report.get("prediction_drift", "")), escape(worst))
+    return table
+
+
+@app.command("alerts")
+def alerts(
+    status: Annotated[str, typer.Option(help="open, closed or all")] = "open",
+    cloud: CloudOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Drift alerts raised by the cloud's monitor."""
+    rows = CloudClient(cloud, token).get(f"/api/v1/alerts?status={status}")
+    out.print(alerts_table(rows))
+
+
+def alerts_table(rows: list[dict]) -> Table:
+    table = Table("opened", "status", "scope", "kind", "model", "message", title="alerts")
+    for row in rows:
+        table.add_row(_when(row.get("opened_at")), row["status"], f"{row['scope']} {row['scope_id']}", row["kind"],
+                      f"{row['model_name']} v{row['model_version']}", escape(row["message"]))
+    return table
+
+
+def _when(stamp: float | None) -> str:
+    return datetime.fromtimestamp(stamp, timezone.utc).strftime("%H:%M:%S") if stamp else "-"
+
+
+def _verdict(value: str) -> str:
+    return {"drift": "[bold red]drift[/]", "ok": "[green]ok[/]"}.get(value, value or "-")
+
+
+def _worst_signal(report: dict) -> str:
+    signals = report.get("signals") or {}
+    if not signals:
+        return "-"
+    name, stats = max(signals.items(), key=lambda item: item[1].get("psi", 0.0))
+    return f"{name}: PSI {stats.get('psi', 0.0):.3f}"

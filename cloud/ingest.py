@@ -230,8 +230,8 @@ def _touch(session: Session, windows: list[TelemetryWindow]) -> None:
     latest: dict[str, float] = {}
     for window in windows:
         latest[window.device] = max(latest.get(window.device, 0.0), window.end)
-    for device, seen in latest.items():
-        session.execute(update(Device).where(Device.id == device).values(last_seen=seen))
+    if latest:  # one executemany: ORM bulk UPDATE by primary key
+        session.execute(update(Device), [{"id": device, "last_seen": seen} for device, seen in latest.items()])
 
 
 def _presence(session: Session, kind: str, device: str, payload: bytes) -> str:

@@ -10,6 +10,7 @@ import sys
 
 from edgefleet.cli import (
     bundle_commands,  # noqa: F401 - registers keys, sign, inspect, verify, predict, bench
+    cloud_commands,  # noqa: F401 - registers cloud up, cloud token
     fleet_commands,  # noqa: F401 - registers device run, sim, push, drift, alerts
 )
 from edgefleet.cli.app import app, err_console

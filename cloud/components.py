@@ -1,14 +1,28 @@
-"""The background parts of the cloud service besides the HTTP API (MQTT ingest, drift monitor).
+"""The background parts of the cloud service besides the HTTP API: the MQTT ingest and the drift monitor.
 
 Each component has start() and stop(); the server starts them after the broker and stops them before
-it. `build_components` is the one place that decides which run.
+it. `build_components` is the one place that decides which run and with which credentials: with the
+embedded broker, the ingest logs in as the cloud's own user with the password the broker generated at
+start; with an external broker (Mosquitto), with the credentials from the settings.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import logging
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy.orm import sessionmaker
+
+from edgefleet.cloud.api.bundles import reference_profile
+from edgefleet.cloud.drift_monitor import DriftMonitor
+from edgefleet.cloud.ingest import Ingest
+from edgefleet.cloud.mqtt_auth import CLOUD_USERNAME
+from edgefleet.cloud.settings import CloudSettings
+
+if TYPE_CHECKING:
+    from edgefleet.cloud.broker import EmbeddedBroker
+
+log = logging.getLogger(__name__)
 
 
 class Component(Protocol):
@@ -19,6 +33,14 @@ class Component(Protocol):
     def stop(self) -> None: ...
 
 
-def build_components(settings: object, sessions: sessionmaker) -> list[Component]:
-    """The components the service runs. Filled in as ingest and the drift monitor land."""
-    return []
+def build_components(settings: CloudSettings, sessions: sessionmaker,
+                     broker: EmbeddedBroker | None = None) -> list[Component]:
+    if broker is not None:
+        url, username, password = broker.url, CLOUD_USERNAME, broker.cloud_password
+    else:
+        url, username, password = settings.broker_url, settings.mqtt_username, settings.mqtt_password
+    ingest = Ingest(sessions, url, username=username, password=password, max_bytes=settings.telemetry_max_bytes)
+    monitor = DriftMonitor(sessions, lambda name, version: reference_profile(sessions, settings, name, version),
+                           lookback_seconds=settings.drift_lookback_seconds,
+                           interval_seconds=settings.drift_interval_seconds)
+    return [ingest, monitor]

@@ -349,6 +349,16 @@ def _loop_pair(predict: Callable, raw_run: Callable, feed: dict, rule: StopRule,
             next_report = t2 + PROGRESS_EVERY_NS
 
 
+def time_interleaved(first: Callable[[dict], object], second: Callable[[dict], object], feed: dict,
+                     runs: int) -> tuple[dict, dict]:
+    """Times two callables on the same feed, alternating call by call, after a warm-up; returns both
+    latency distributions (as in the report's results). For side-by-side benchmarks."""
+    _warm_up(first, lambda _names, f: second(f), feed)
+    ours, theirs = _loop_pair(first, lambda _names, f: second(f), feed, StopRule(runs, 0.0, 600.0),
+                              lambda runs, seconds: None)
+    return _distribution(ours, 1), _distribution(theirs, 1)
+
+
 def _distribution(times_ns: list[int], batch: int) -> dict:
     ms = np.asarray(times_ns, dtype=np.float64) / 1e6
     percentiles = np.percentile(ms, list(PERCENTILES.values()))

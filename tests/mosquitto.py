@@ -56,6 +56,10 @@ class MosquittoBroker:
             "max_queued_messages 100000",
             "max_inflight_messages 1000",
         ]
+        if os.geteuid() == 0:
+            # Started as root, Mosquitto drops to the `mosquitto` user, which cannot enter pytest's
+            # 0700 temp directories: no log, no password file, no persistence file on restart.
+            lines.append("user root")
         if self.password_file:
             lines.append(f"password_file {self.password_file}")
         if self.acl_file:

@@ -27,7 +27,7 @@ def window(device: str, seq: int, fleet: str = "lab", requests: int = 10) -> Tel
 def sessions(tmp_path):
     sessions = make_sessions(make_engine(f"sqlite:///{tmp_path / 'cloud.db'}"))
     with sessions.begin() as session:
-        session.add_all([Device(id="d1", fleet="lab", password_hash="x"), Device(id="d2", fleet="lab", password_hash="x")])
+        session.add_all([Device(id=d, fleet="lab", password_hash="x") for d in ("d1", "d2")])
     return sessions
 
 
@@ -78,7 +78,7 @@ def test_windows_are_stored_once_and_bad_messages_counted(sessions, ingest, publ
     publish(publisher, topic("lab", "d1", "telemetry"), json.dumps({"schema": "other"}).encode())
     publish(publisher, topic("lab", "d2", "telemetry"), window("d1", 9).to_payload())  # says d1, sent as d2
     publish(publisher, topic("lab", "ghost", "telemetry"), window("ghost", 1).to_payload())
-    publish(publisher, topic("lab", "d2", "telemetry"), window("d2", 1).to_payload())  # still serving after all that
+    publish(publisher, topic("lab", "d2", "telemetry"), window("d2", 1).to_payload())  # still serving
 
     wait_for(lambda: sum(counters(sessions).values()) >= 10)
     assert counters(sessions) == {"accepted": 4, "duplicate": 1, "not_json": 1, "too_large": 1,
@@ -92,7 +92,8 @@ def test_windows_are_stored_once_and_bad_messages_counted(sessions, ingest, publ
 
 def test_birth_and_last_will_keep_presence(sessions, ingest, publisher):
     time.sleep(0.3)
-    birth = {"schema": "edgefleet.birth", "v": 1, "model": {"name": "digits-cnn", "version": 4}, "agent_version": "t"}
+    birth = {"schema": "edgefleet.birth", "v": 1, "model": {"name": "digits-cnn", "version": 4},
+             "agent_version": "t"}
     publish(publisher, topic("lab", "d1", "birth"), json.dumps(birth).encode())
 
     def online() -> bool:

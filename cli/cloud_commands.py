@@ -1,0 +1,93 @@
+"""Cloud commands: `edgefleet cloud up` runs the companion service, `edgefleet cloud token` makes an admin
+token. The cloud modules are imported inside the commands, so the device-side CLI never loads them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgefleet.cli import mqtt_commands
+from edgefleet.cli.app import TrustOption, app, err_console, out
+from edgefleet.core import config
+from edgefleet.core.errors import EdgefleetError
+
+cloud_app = typer.Typer(no_args_is_help=True, help="The cloud companion service: registry, fleet, ingest, drift.")
+app.add_typer(cloud_app, name="cloud")
+mqtt_commands.register(cloud_app)
+
+DataOption = Annotated[Path | None, typer.Option("--data", help="Data directory (default ./edgefleet-data, "
+                                                                  "or $EDGEFLEET_DATA_DIR)")]
+DbOption = Annotated[str | None, typer.Option("--db", help="SQLAlchemy database URL (default: SQLite in --data)")]
+TOKEN_NOTE = ("This token is shown only now; the cloud stores only its hash. Keep it somewhere safe and send it "
+              "as 'Authorization: Bearer <token>'. Make more with `edgefleet cloud token`.")
+
+
+@cloud_app.command("up")
+def up(
+    db: DbOption = None,
+    mqtt_url: Annotated[str | None, typer.Option("--mqtt-url", help="External broker, mqtt://host:port "
+                                                                     "(default: run the embedded broker)")] = None,
+    data: DataOption = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default 8080; 0 picks a free one)")] = None,
+    host: Annotated[str | None, typer.Option(help="HTTP address to listen on (default 127.0.0.1)")] = None,
+    trust: TrustOption = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+) -> None:
+    """Run the cloud service (API, MQTT broker, ingest, drift monitor) until Ctrl+C or SIGTERM."""
+    import logging
+
+    from edgefleet.cloud.server import CloudServer
+    from edgefleet.cloud.settings import load_settings
+
+    level = log_level.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise EdgefleetError(f"--log-level: expected debug, info, warning or error, got {log_level!r}")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level != "DEBUG":
+        logging.getLogger("transitions").setLevel(logging.WARNING)  # amqtt's state machine, chatty at INFO
+    trusted = list(trust or config.trusted_key_paths()) or None
+    settings = load_settings(db_url=db, mqtt_url=mqtt_url, data_dir=data, port=port, host=host, trusted_keys=trusted)
+    server = CloudServer(settings).start()
+    try:
+        out.print(f"edgefleet cloud API: {server.url}", markup=False, highlight=False, soft_wrap=True)
+        broker = "external" if settings.mqtt_url else "embedded"
+        out.print(f"MQTT broker ({broker}): {server.broker_url}", markup=False, highlight=False, soft_wrap=True)
+        out.print(f"data: {settings.data_dir.resolve()}", markup=False, highlight=False, soft_wrap=True)
+        if not settings.trusted_keys:
+            err_console.print("warning: no trusted keys (--trust KEY.pub): the registry will refuse every bundle",
+                              markup=False, highlight=False, soft_wrap=True)
+        if server.new_admin_token:
+            _print_token(server.new_admin_token)
+        out.print("running; Ctrl+C or SIGTERM stops it", markup=False, highlight=False, soft_wrap=True)
+    except BaseException:
+        server.stop()
+        raise
+    server.run_forever()
+    out.print("stopped", markup=False, highlight=False, soft_wrap=True)
+
+
+@cloud_app.command("token")
+def token(
+    data: DataOption = None,
+    db: DbOption = None,
+    name: Annotated[str, typer.Option(help="A name to tell tokens apart")] = "admin",
+) -> None:
+    """Create another admin API token (printed once)."""
+    from edgefleet.cloud.auth import create_token
+    from edgefleet.cloud.db import make_engine, make_sessions
+    from edgefleet.cloud.settings import load_settings
+
+    settings = load_settings(db_url=db, data_dir=data)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.db_url)
+    try:
+        _print_token(create_token(make_sessions(engine), name))
+    finally:
+        engine.dispose()
+
+
+def _print_token(value: str) -> None:
+    out.print(f"admin token: {value}", markup=False, highlight=False, soft_wrap=True)
+    out.print(TOKEN_NOTE, markup=False, highlight=False, soft_wrap=True)

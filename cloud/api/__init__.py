@@ -1,0 +1,18 @@
+"""The cloud's HTTP API: one router per resource, every /api/v1 route behind the admin token."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from edgefleet.cloud.api import bundles, devices, drift, health
+from edgefleet.cloud.auth import require_admin
+
+API_PREFIX = "/api/v1"
+
+
+def api_routers() -> list[APIRouter]:
+    """The routers create_app mounts: /healthz without auth, everything under /api/v1 with it."""
+    v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_admin)])
+    for module in (devices, bundles, drift):
+        v1.include_router(module.router)
+    return [health.router, v1]

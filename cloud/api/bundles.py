@@ -1,0 +1,211 @@
+"""The bundle registry (first slice): upload a signed .tar.gz, list what is stored, read reference profiles.
+
+An upload is streamed to a temporary file under data_dir (never held in memory), capped at
+`max_bundle_bytes` both by its Content-Length and while it streams, unpacked with a cap and verified
+against the trusted keys. Only a bundle that verifies is stored, as `bundles/<name>/<version>.tar.gz`
+with a BundleRecord; anything that fails leaves no file and no row behind.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from fastapi import APIRouter, Request, status
+from pydantic import BaseModel
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from edgefleet.cloud.api.deps import (
+    ConflictError,
+    SessionDep,
+    SessionsDep,
+    SettingsDep,
+    TooLargeError,
+    TrustDep,
+    UnsupportedMediaTypeError,
+)
+from edgefleet.cloud.auth import AdminAuth
+from edgefleet.cloud.db import BundleRecord
+from edgefleet.cloud.settings import CloudSettings
+from edgefleet.core.bundle import Bundle
+from edgefleet.core.errors import BundleError, EdgefleetError
+from edgefleet.core.signing import TrustStore
+from edgefleet.core.topics import check_id
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["bundles"])
+
+ACCEPTED_TYPES = ("application/gzip", "application/x-gzip", "application/octet-stream")
+WRITE_BATCH = 1 << 20  # bytes collected from the socket before one write to disk (in a worker thread)
+UNPACKED_RATIO = 4  # an archive may unpack to this many times max_bundle_bytes (models compress little)
+
+
+class BundleOut(BaseModel):
+    name: str
+    version: int
+    sha256: str  # of the stored .tar.gz
+    size: int
+    uploaded_at: float
+    label: str | None
+    metrics: dict
+
+
+def bundle_view(record: BundleRecord) -> BundleOut:
+    manifest = record.manifest or {}
+    return BundleOut(name=record.name, version=record.version, sha256=record.sha256, size=record.size,
+                     uploaded_at=record.uploaded_at, label=manifest.get("label"), metrics=manifest.get("metrics", {}))
+
+
+@router.get("/bundles", response_model=list[BundleOut])
+def list_bundles(session: SessionDep, name: str | None = None) -> list[BundleOut]:
+    query = select(BundleRecord).order_by(BundleRecord.name, BundleRecord.version)
+    if name is not None:
+        query = query.where(BundleRecord.name == name)
+    return [bundle_view(record) for record in session.scalars(query)]
+
+
+@router.post("/bundles", status_code=status.HTTP_201_CREATED, response_model=BundleOut)
+async def upload_bundle(
+    request: Request, settings: SettingsDep, sessions: SessionsDep, trust: TrustDep, admin: AdminAuth
+) -> BundleOut:
+    """Takes the raw .tar.gz as the request body (Content-Type application/gzip or application/octet-stream)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in ACCEPTED_TYPES:
+        raise UnsupportedMediaTypeError(
+            f"send the bundle's .tar.gz as the raw body with Content-Type application/gzip or "
+            f"application/octet-stream, not {content_type or 'no Content-Type'}")
+    if not len(trust):
+        raise EdgefleetError("the registry trusts no signing keys: start the cloud with --trust KEY.pub "
+                             "(or set EDGEFLEET_TRUSTED_KEYS)")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise EdgefleetError(f"Content-Length {declared!r} is not a byte count")
+        if int(declared) > settings.max_bundle_bytes:
+            raise _too_large(settings.max_bundle_bytes)
+    spool = settings.data_dir / "tmp"
+    spool.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix="upload-", suffix=".tar.gz", dir=spool)
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            sha256, size = await _receive(request, handle, settings.max_bundle_bytes)
+        record = await run_in_threadpool(store_bundle, sessions, settings, trust, path, sha256, size)
+    finally:
+        path.unlink(missing_ok=True)
+    log.info("stored bundle %s v%d (%d bytes, by token %r)", record.name, record.version, record.size, admin)
+    return bundle_view(record)
+
+
+async def _receive(request: Request, handle: BinaryIO, limit: int) -> tuple[str, int]:
+    """Streams the body into handle, counting as it comes; returns its sha256 and size."""
+    digest, size, pending = hashlib.sha256(), 0, bytearray()
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        pending += chunk
+        if len(pending) >= WRITE_BATCH:
+            await run_in_threadpool(_write, handle, digest, bytes(pending))
+            pending.clear()
+    if pending:
+        await run_in_threadpool(_write, handle, digest, bytes(pending))
+    return digest.hexdigest(), size
+
+
+def _write(handle: BinaryIO, digest: hashlib._Hash, data: bytes) -> None:
+    handle.write(data)
+    digest.update(data)
+
+
+def _too_large(limit: int) -> TooLargeError:
+    return TooLargeError(f"bundle is larger than this registry's limit of {limit} bytes (max_bundle_bytes)")
+
+
+def store_bundle(
+    sessions: sessionmaker, settings: CloudSettings, trust: TrustStore, archive: Path, sha256: str, size: int
+) -> BundleRecord:
+    """Verifies the archive and stores it with its record; raises (leaving nothing behind) otherwise."""
+    with tempfile.TemporaryDirectory(prefix="verify-", dir=archive.parent) as scratch:
+        bundle = Bundle.open(archive, unpack_to=Path(scratch) / "bundle",
+                             max_bytes=settings.max_bundle_bytes * UNPACKED_RATIO)
+        verified = bundle.verify(trust)
+        name = check_id(bundle.name, "bundle name")
+        version = bundle.manifest.get("version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise BundleError(f"bundle {name}: version must be a positive integer, got {version!r}")
+        manifest = bundle.manifest
+    rel = Path("bundles") / name / f"{version}.tar.gz"
+    final = settings.data_dir / rel
+    with sessions() as session:
+        if session.scalar(select(BundleRecord.id).where(BundleRecord.name == name, BundleRecord.version == version)):
+            raise ConflictError(f"bundle {name} v{version} is in the registry already; versions are immutable")
+        record = BundleRecord(name=name, version=version, path=rel.as_posix(), sha256=sha256, size=size,
+                              manifest=manifest)
+        session.add(record)
+        try:
+            session.flush()  # claims (name, version): a concurrent upload of the same one fails here or waits
+        except IntegrityError as err:
+            session.rollback()
+            raise ConflictError(f"bundle {name} v{version} is in the registry already") from err
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(archive, final)  # same filesystem: atomic; replaces only an orphan of a crashed upload
+        try:
+            session.commit()
+        except BaseException:
+            final.unlink(missing_ok=True)
+            raise
+    log.info("bundle %s v%d verified (key %s)", name, version, verified.key_id)
+    return record
+
+
+def reference_profile(sessions: sessionmaker, settings: CloudSettings, name: str, version: int) -> dict | None:
+    """The stored bundle's reference profile (profile.json), or None for an unknown bundle or one without.
+
+    The file is read from the stored archive once and cached by the archive's hash (bundles are immutable);
+    each call returns a fresh dict. Raises BundleError if the stored archive no longer matches its manifest.
+    """
+    with sessions() as session:
+        record = session.scalar(select(BundleRecord).where(BundleRecord.name == name, BundleRecord.version == version))
+    if record is None:
+        return None
+    entry = (record.manifest or {}).get("reference_profile")
+    if not entry:
+        return None
+    member = entry["path"]
+    expected = record.manifest.get("files", {}).get(member, {}).get("sha256")
+    text = _profile_text(str(settings.data_dir / record.path), record.sha256, member, expected)
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise BundleError(f"{member} of bundle {name} v{version} is not valid JSON: {err}") from err
+
+
+@functools.lru_cache(maxsize=64)
+def _profile_text(archive: str, archive_sha256: str, member: str, expected_sha256: str | None) -> str:
+    """archive_sha256 is part of the key only, so that a different archive at the same path is reread."""
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            source = tar.extractfile(member)
+            if source is None:
+                raise BundleError(f"{member} in {archive} is not a regular file")
+            with source:
+                data = source.read()
+    except (OSError, tarfile.TarError, KeyError) as err:
+        raise BundleError(f"cannot read {member} from the stored bundle {archive}: {err}") from err
+    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise BundleError(f"{member} in the stored bundle {archive} does not match its manifest")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise BundleError(f"{member} in the stored bundle {archive} is not UTF-8 text") from err

@@ -1,0 +1,100 @@
+"""Devices: registration (which hands out the device's MQTT credentials once) and the fleet listing."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from fastapi import APIRouter, status
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from edgefleet.cloud.api.deps import ConflictError, NotFoundError, SessionDep
+from edgefleet.cloud.auth import AdminAuth
+from edgefleet.cloud.db import Device
+from edgefleet.cloud.mqtt_auth import RESERVED_PREFIX, hash_password, is_reserved_id, new_password
+from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.topics import check_id, device_prefix, topic
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["devices"])
+
+
+class DeviceIn(BaseModel):
+    id: str | None = None  # None: the cloud picks one
+    fleet: str
+
+
+class DeviceTopics(BaseModel):
+    publish_prefix: str  # the device may publish only below this
+    command: str  # the device subscribes to this
+
+
+class MqttCredentials(BaseModel):
+    username: str
+    password: str  # plaintext, in this response only; the cloud keeps a PBKDF2 hash
+    topics: DeviceTopics
+
+
+class DeviceCreated(BaseModel):
+    id: str
+    fleet: str
+    mqtt: MqttCredentials
+
+
+class DeviceOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True, protected_namespaces=())
+
+    id: str
+    fleet: str
+    online: bool
+    model_name: str | None
+    model_version: int | None
+    agent_version: str | None
+    last_seen: float | None
+    created_at: float
+
+
+def get_device(session: Session, device_id: str) -> Device:
+    device = session.get(Device, device_id)
+    if device is None:
+        raise NotFoundError(f"no device {device_id!r} is registered")
+    return device
+
+
+@router.post("/devices", status_code=status.HTTP_201_CREATED, response_model=DeviceCreated)
+def register_device(body: DeviceIn, session: SessionDep, admin: AdminAuth) -> DeviceCreated:
+    """Registers a device and returns its MQTT credentials; the password is shown only here."""
+    fleet = check_id(body.fleet, "fleet")
+    device_id = check_id(body.id, "device id") if body.id is not None else f"dev-{secrets.token_hex(6)}"
+    if is_reserved_id(device_id):
+        raise EdgefleetError(f"device id {device_id!r}: ids starting with {RESERVED_PREFIX!r} are reserved "
+                             f"for the cloud's own MQTT clients")
+    if session.get(Device, device_id) is not None:
+        raise ConflictError(f"device {device_id!r} is registered already")
+    password = new_password()
+    session.add(Device(id=device_id, fleet=fleet, password_hash=hash_password(password)))
+    try:
+        session.commit()
+    except IntegrityError as err:  # registered concurrently between the check and the commit
+        session.rollback()
+        raise ConflictError(f"device {device_id!r} is registered already") from err
+    log.info("device %s registered in fleet %s (by token %r)", device_id, fleet, admin)
+    topics = DeviceTopics(publish_prefix=device_prefix(fleet, device_id), command=topic(fleet, device_id, "cmd"))
+    return DeviceCreated(id=device_id, fleet=fleet,
+                         mqtt=MqttCredentials(username=device_id, password=password, topics=topics))
+
+
+@router.get("/devices", response_model=list[DeviceOut])
+def list_devices(session: SessionDep, fleet: str | None = None) -> list[Device]:
+    query = select(Device).order_by(Device.fleet, Device.id)
+    if fleet is not None:
+        query = query.where(Device.fleet == fleet)
+    return list(session.scalars(query))
+
+
+@router.get("/devices/{device_id}", response_model=DeviceOut)
+def read_device(device_id: str, session: SessionDep) -> Device:
+    return get_device(session, device_id)

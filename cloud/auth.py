@@ -1,0 +1,85 @@
+"""Admin API tokens: random bearer tokens of which the database keeps only the SHA-256.
+
+The first start of the service creates one and hands it back once (the CLI prints it); after that only
+`create_token` makes more. `AdminAuth` is the FastAPI dependency every `/api/v1` route sits behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import func, select
+from sqlalchemy.orm import sessionmaker
+
+from edgefleet.cloud.db import ApiToken
+
+log = logging.getLogger(__name__)
+
+TOKEN_BYTES = 32
+ADMIN_TOKEN_NAME = "admin"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_token(sessions: sessionmaker, name: str = ADMIN_TOKEN_NAME) -> str:
+    """Stores a new admin token's hash and returns the token itself: the only time anyone sees it."""
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    with sessions.begin() as session:
+        session.add(ApiToken(name=name[:64], token_hash=hash_token(token)))
+    log.info("created admin API token %r", name)
+    return token
+
+
+def ensure_admin_token(sessions: sessionmaker) -> str | None:
+    """Creates the first admin token and returns it; returns None when any token exists already."""
+    with sessions() as session:
+        if session.scalar(select(func.count()).select_from(ApiToken)):
+            return None
+    return create_token(sessions, ADMIN_TOKEN_NAME)
+
+
+def token_name(sessions: sessionmaker, token: str) -> str | None:
+    """The name of the token, or None when it is not a valid token."""
+    if not token:
+        return None
+    digest = hash_token(token)
+    with sessions() as session:
+        row = session.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
+    if row is None or not hmac.compare_digest(row.token_hash, digest):
+        return None
+    return row.name
+
+
+def check_token(sessions: sessionmaker, token: str) -> bool:
+    return token_name(sessions, token) is not None
+
+
+_bearer = HTTPBearer(auto_error=False, description="An admin API token (`edgefleet cloud token` makes one)")
+
+
+def require_admin(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The calling token's name; 401 with `WWW-Authenticate: Bearer` for a missing or wrong token."""
+    if credentials is None:
+        raise _unauthorized("missing bearer token: send 'Authorization: Bearer <admin token>'")
+    name = token_name(request.app.state.sessions, credentials.credentials)
+    if name is None:
+        raise _unauthorized("invalid admin token")
+    return name
+
+
+def _unauthorized(message: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=message, headers={"WWW-Authenticate": "Bearer"})
+
+
+AdminAuth = Annotated[str, Depends(require_admin)]

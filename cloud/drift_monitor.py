@@ -1,0 +1,273 @@
+"""The drift monitor: every few seconds, evaluates the recent telemetry of each device and each fleet.
+
+One run (`run_once`):
+
+1. reads the telemetry rows whose window ended in (now - lookback, now] and parses their payloads;
+2. groups them per (device, model name, version) and per (fleet, model name, version): a fleet is all
+   of its devices' windows added together, which the shared bin edges make exact;
+3. evaluates each scope against the reference profile of its model version (cloud/drift.py) and writes
+   one DriftResult row per scope;
+4. opens an Alert ("data_drift" or "prediction_drift") when a scope drifts and no alert of that scope,
+   kind and model version is open; closes an open alert once its scope evaluated "ok" for that kind on
+   `close_after` consecutive runs ("insufficient" does not count, nor does a run without telemetry).
+
+Identity (device, fleet, model) comes from the stored row, which the ingest took from the MQTT topic
+and checked, not from the payload. Windows whose counts do not fit the profile (a device reporting on
+bins of another model version) and payloads that no longer parse are refused with a logged reason and
+left out; nothing in one scope stops the others. Refusals and missing profiles are logged once each.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from edgefleet.cloud.db import Alert, DriftResult, TelemetryRecord
+from edgefleet.cloud.drift import (
+    DRIFT,
+    GROUPS,
+    OK,
+    CountsMismatch,
+    DriftThresholds,
+    WindowCounts,
+    check_against_profile,
+    evaluate,
+    merge_windows,
+    summary,
+)
+from edgefleet.core.telemetry import TelemetryError, parse_telemetry
+
+log = logging.getLogger(__name__)
+
+ProfileFor = Callable[[str, int], "Mapping | None"]
+_LOG_ONCE_LIMIT = 10_000  # distinct refusal messages remembered before the memory is reset
+
+
+@dataclass(frozen=True)
+class _Window:
+    counts: WindowCounts
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class _Scope:
+    scope: str  # "device" or "fleet"
+    scope_id: str
+    fleet: str
+    model_name: str
+    model_version: int
+
+
+class DriftMonitor:
+    name = "drift-monitor"
+
+    def __init__(
+        self,
+        sessions: sessionmaker,
+        profile_for: ProfileFor,
+        thresholds: DriftThresholds = DriftThresholds(),  # noqa: B008 - frozen, so one shared default is safe
+        lookback_seconds: float = 300.0,
+        interval_seconds: float = 10.0,
+        clock: Callable[[], float] = time.time,
+        *,
+        close_after: int = 3,
+    ) -> None:
+        if lookback_seconds <= 0 or interval_seconds <= 0:
+            raise ValueError("lookback_seconds and interval_seconds must be positive")
+        if close_after < 1:
+            raise ValueError(f"close_after must be at least 1, got {close_after}")
+        self._sessions = sessions
+        self._profile_for = profile_for
+        self.thresholds = thresholds
+        self.lookback_seconds = float(lookback_seconds)
+        self.interval_seconds = float(interval_seconds)
+        self.close_after = close_after
+        self._clock = clock
+        self._profiles: dict[tuple[str, int], Mapping] = {}
+        self._logged: set[str] = set()
+        self._run_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # lifecycle ------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError(f"{self.name} is already running")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+        self._thread.start()
+        log.info("%s started: every %.3gs over the last %.3gs", self.name, self.interval_seconds, self.lookback_seconds)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("%s did not stop within %.3gs", self.name, timeout)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # noqa: BLE001 - the monitor must outlive any one bad run
+                log.exception("%s: run failed; trying again in %.3gs", self.name, self.interval_seconds)
+            self._stop.wait(self.interval_seconds)
+
+    # one run ----------------------------------------------------------------------------------------------
+    def run_once(self, now: float | None = None) -> list[DriftResult]:
+        """Evaluates every scope with telemetry in (now - lookback, now]; returns the DriftResult rows written."""
+        now = self._clock() if now is None else float(now)
+        with self._run_lock, self._sessions() as session:
+            scopes = self._collect(session, now)
+            results = []
+            for scope, (profile, windows) in scopes.items():
+                result = self._evaluate(scope, profile, windows, now)
+                if result is not None:
+                    session.add(result)
+                    results.append(result)
+            session.flush()
+            for result in results:
+                self._update_alerts(session, result, now)
+            session.commit()
+        return results
+
+    def _collect(self, session: Session, now: float) -> dict[_Scope, tuple[Mapping, list[_Window]]]:
+        rows = session.scalars(
+            select(TelemetryRecord)
+            .where(TelemetryRecord.window_end > now - self.lookback_seconds, TelemetryRecord.window_end <= now)
+            .order_by(TelemetryRecord.id)
+        ).all()
+        scopes: dict[_Scope, tuple[Mapping, list[_Window]]] = {}
+        fleets: dict[_Scope, list[_Window]] = defaultdict(list)
+        profiles: dict[tuple[str, int], Mapping | None] = {}  # one look-up per model version and run
+        for row in rows:
+            key = (row.model_name, row.model_version)
+            if key not in profiles:
+                profiles[key] = self._profile(*key)
+            profile = profiles[key]
+            if profile is None:
+                continue
+            window = self._window(row, profile)
+            if window is None:
+                continue
+            device = _Scope("device", row.device_id, row.fleet, row.model_name, row.model_version)
+            fleet = _Scope("fleet", row.fleet, row.fleet, row.model_name, row.model_version)
+            scopes.setdefault(device, (profile, []))[1].append(window)
+            fleets[fleet].append(window)
+        for scope, windows in fleets.items():
+            scopes[scope] = (profiles[(scope.model_name, scope.model_version)], windows)
+        return scopes
+
+    def _window(self, row: TelemetryRecord, profile: Mapping) -> _Window | None:
+        where = f"device {row.device_id} seq {row.seq} ({row.model_name} v{row.model_version})"
+        try:
+            parsed = parse_telemetry(row.payload, max_bytes=len(row.payload))  # the ingest checked the size
+            counts = WindowCounts.from_telemetry(parsed)
+            check_against_profile(counts, profile)
+        except TelemetryError as err:
+            self._log_once(f"{where}: stored payload refused ({err.reason}): {err}")
+            return None
+        except CountsMismatch as err:
+            self._log_once(f"{where}: window refused, counts do not fit the reference profile: {err}",
+                           key=f"{row.device_id}/{row.model_name}/{row.model_version}: {err}")
+            return None
+        except (KeyError, IndexError, TypeError, ValueError) as err:  # a malformed profile, not the window
+            self._log_once(f"{where}: cannot compare with the reference profile ({type(err).__name__}: {err})",
+                           key=f"profile {row.model_name}/{row.model_version}: {err!r}")
+            return None
+        return _Window(counts, parsed.start, parsed.end)
+
+    def _profile(self, name: str, version: int) -> Mapping | None:
+        """The reference profile, cached once found (a bundle version never changes); None is not cached,
+        so a bundle registered later is picked up."""
+        key = (name, version)
+        if key in self._profiles:
+            return self._profiles[key]
+        try:
+            profile = self._profile_for(name, version)
+        except Exception:  # noqa: BLE001 - a broken bundle must not stop the other models
+            log.exception("%s: reading the reference profile of %s v%s failed; skipping it", self.name, name, version)
+            return None
+        if profile is None:
+            self._log_once(f"no reference profile for {name} v{version}: its telemetry is not checked for drift")
+            return None
+        self._profiles[key] = profile
+        return profile
+
+    def _evaluate(self, scope: _Scope, profile: Mapping, windows: list[_Window], now: float) -> DriftResult | None:
+        try:
+            merged = merge_windows(w.counts for w in windows)
+            report = evaluate(merged, profile, self.thresholds)
+        except CountsMismatch as err:  # windows were checked one by one; this is a second line of defence
+            log.warning("%s %s (%s v%s): not evaluated: %s", scope.scope, scope.scope_id, scope.model_name,
+                        scope.model_version, err)
+            return None
+        except Exception:  # noqa: BLE001 - one scope that cannot be evaluated must not stop the others
+            log.exception("%s %s (%s v%s): evaluation failed", scope.scope, scope.scope_id, scope.model_name,
+                          scope.model_version)
+            return None
+        report["windows"] = len(windows)
+        return DriftResult(
+            scope=scope.scope, scope_id=scope.scope_id, fleet=scope.fleet, model_name=scope.model_name,
+            model_version=scope.model_version, window_start=min(w.start for w in windows),
+            window_end=max(w.end for w in windows), samples=merged.samples, verdict=report["verdict"],
+            report=report, computed_at=now,
+        )
+
+    # alerts -----------------------------------------------------------------------------------------------
+    def _update_alerts(self, session: Session, result: DriftResult, now: float) -> None:
+        for kind in GROUPS:
+            verdict = result.report[kind]["verdict"]
+            alert = session.scalars(
+                select(Alert).where(
+                    Alert.status == "open", Alert.scope == result.scope, Alert.scope_id == result.scope_id,
+                    Alert.kind == kind, Alert.model_name == result.model_name,
+                    Alert.model_version == result.model_version,
+                )
+            ).first()
+            if verdict == DRIFT and alert is None:
+                self._open(session, result, kind, now)
+            elif verdict == OK and alert is not None and self._ok_streak(session, result, kind):
+                alert.status, alert.closed_at = "closed", now
+                log.info("alert %s closed: %s %s (%s v%s) %s ok on %d consecutive runs", alert.id, result.scope,
+                         result.scope_id, result.model_name, result.model_version, kind, self.close_after)
+
+    def _open(self, session: Session, result: DriftResult, kind: str, now: float) -> None:
+        what = kind.replace("_", " ")
+        message = (f"{what} on {result.scope} {result.scope_id} ({result.model_name} v{result.model_version}, "
+                   f"{result.samples} samples): {summary(result.report, kind)}")
+        details = {"drift_result_id": result.id, "window_start": result.window_start,
+                   "window_end": result.window_end, "samples": result.samples, **result.report[kind]}
+        session.add(Alert(scope=result.scope, scope_id=result.scope_id, fleet=result.fleet,
+                          model_name=result.model_name, model_version=result.model_version, kind=kind,
+                          message=message, details=details, status="open", opened_at=now))
+        log.warning("alert opened: %s", message)
+
+    def _ok_streak(self, session: Session, result: DriftResult, kind: str) -> bool:
+        """True if the last `close_after` results of this scope (this run's included) were all ok for kind."""
+        recent = session.scalars(
+            select(DriftResult)
+            .where(DriftResult.scope == result.scope, DriftResult.scope_id == result.scope_id,
+                   DriftResult.model_name == result.model_name, DriftResult.model_version == result.model_version)
+            .order_by(DriftResult.id.desc())
+            .limit(self.close_after)
+        ).all()
+        return len(recent) == self.close_after and all(r.report[kind]["verdict"] == OK for r in recent)
+
+    def _log_once(self, message: str, *, key: str | None = None) -> None:
+        key = key or message
+        if key in self._logged:
+            return
+        if len(self._logged) >= _LOG_ONCE_LIMIT:
+            self._logged.clear()
+        self._logged.add(key)
+        log.warning("%s: %s", self.name, message)

@@ -1,0 +1,173 @@
+"""The whole cloud service in one process: database, MQTT broker, background components and the HTTP API.
+
+`start()` brings them up in dependency order (database, embedded broker unless an external one is
+configured, the components from `build_components`, then uvicorn on a real socket in a thread) and
+`stop()` takes them down in reverse; if any step of `start()` fails, what already runs is stopped.
+The first start on an empty database creates an admin token and keeps it in `new_admin_token` so that
+the caller can show it once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import time
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import uvicorn
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import sessionmaker
+
+from edgefleet.cloud.app import create_app
+from edgefleet.cloud.auth import ensure_admin_token
+from edgefleet.cloud.components import Component, build_components
+from edgefleet.cloud.db import make_engine, make_sessions
+from edgefleet.cloud.settings import CloudSettings
+from edgefleet.core.errors import EdgefleetError
+
+if TYPE_CHECKING:
+    from edgefleet.cloud.broker import EmbeddedBroker
+
+log = logging.getLogger(__name__)
+
+STARTUP_TIMEOUT = 30.0  # seconds for uvicorn to start listening
+GRACEFUL_SECONDS = 5.0  # open HTTP requests get this long to finish on stop
+
+
+class CloudServer:
+    def __init__(self, settings: CloudSettings) -> None:
+        self.settings = settings
+        self.engine: Engine | None = None
+        self.sessions: sessionmaker | None = None
+        self.new_admin_token: str | None = None
+        self.broker: EmbeddedBroker | None = None
+        self.components: list[Component] = []
+        self._running: list[Component] = []  # everything with stop(), in the order it started
+        self._http: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+
+    # lifecycle ---------------------------------------------------------------------------------------
+    def start(self) -> CloudServer:
+        if self.engine is not None:
+            raise RuntimeError("CloudServer is started already")
+        settings = self.settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.engine = make_engine(settings.db_url)
+        self.sessions = make_sessions(self.engine)
+        try:
+            app = create_app(settings, self.sessions)  # loads the trusted keys: a bad key fails before anything runs
+            if settings.mqtt_url is None:
+                from edgefleet.cloud.broker import EmbeddedBroker
+
+                self.broker = EmbeddedBroker(settings, self.sessions)
+                self._start_one(self.broker, "embedded MQTT broker")
+            else:
+                log.info("using the external MQTT broker at %s", settings.mqtt_url)
+            self.components = list(build_components(settings, self.sessions, self.broker))
+            for component in self.components:
+                self._start_one(component, getattr(component, "name", type(component).__name__))
+            self._serve(app)
+            # Last, so that a start that failed half-way never swallows the one chance to see the token.
+            self.new_admin_token = ensure_admin_token(self.sessions)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("edgefleet cloud is up at %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        """Stops the HTTP server (open requests get GRACEFUL_SECONDS), then the components and the broker in
+        reverse order, then closes the database. Safe to call more than once."""
+        self._stop_http()
+        while self._running:
+            component = self._running.pop()
+            try:
+                component.stop()
+            except Exception:  # noqa: BLE001 - one failing stop must not keep the others running
+                log.exception("stopping %s failed", getattr(component, "name", type(component).__name__))
+        if self.engine is not None:
+            self.engine.dispose()
+            self.engine = None
+
+    def run_forever(self) -> None:
+        """Serves until SIGINT or SIGTERM (call from the main thread), then stops everything."""
+        requested = threading.Event()
+
+        def on_signal(signum: int, _frame: object) -> None:
+            log.info("%s received: stopping", signal.Signals(signum).name)
+            requested.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while not requested.wait(0.5):
+                if self._thread is None or not self._thread.is_alive():
+                    raise RuntimeError("the HTTP server stopped unexpectedly (see the log above)")
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.stop()
+
+    def __enter__(self) -> CloudServer:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # where to reach it -------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """The API's base URL, with the port actually bound (settings.port may be 0)."""
+        if self._socket is None:
+            raise RuntimeError("CloudServer is not running")
+        host = self.settings.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self._socket.getsockname()[1]}"
+
+    @property
+    def broker_url(self) -> str:
+        """The MQTT broker devices and components use (the embedded one's bound port, if it runs)."""
+        return self.broker.url if self.broker is not None else self.settings.broker_url
+
+    # internals ---------------------------------------------------------------------------------------
+    def _start_one(self, component: Component, label: str) -> None:
+        component.start()
+        self._running.append(component)
+        log.info("started %s", label)
+
+    def _serve(self, app: object) -> None:
+        host, port = self.settings.host, self.settings.port
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            sock.close()
+            raise EdgefleetError(f"cannot listen on {host}:{port}: {err.strerror or err}") from err
+        self._socket = sock
+        config = uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=GRACEFUL_SECONDS)
+        self._http = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._http.run, kwargs={"sockets": [sock]},
+                                        name="edgefleet-http", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while not self._http.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the HTTP server did not start on {host}:{port} (see the log above)")
+            time.sleep(0.02)
+
+    def _stop_http(self) -> None:
+        if self._http is not None and self._thread is not None:
+            self._http.should_exit = True
+            self._thread.join(GRACEFUL_SECONDS + 5)
+            if self._thread.is_alive():
+                log.warning("HTTP server did not stop within %.0f s; forcing it", GRACEFUL_SECONDS + 5)
+                self._http.force_exit = True
+                self._thread.join(5)
+        self._http = self._thread = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None

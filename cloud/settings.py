@@ -1,0 +1,80 @@
+"""The cloud service's settings: the one place the cloud reads environment variables.
+
+Every field can be set as `EDGEFLEET_<FIELD>` (for example `EDGEFLEET_DB_URL`, `EDGEFLEET_MQTT_URL`) or
+passed to the constructor, which wins over the environment (that is how the CLI's options apply).
+`EDGEFLEET_TRUSTED_KEYS` takes paths separated by the OS path separator (':' on Linux) or a JSON list.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from edgefleet.core.errors import EdgefleetError
+
+MiB = 1024 * 1024
+KiB = 1024
+
+
+class CloudSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", extra="ignore")
+
+    data_dir: Path = Path("./edgefleet-data")
+    # None: a SQLite file in data_dir (filled in on validation, so db_url is always a URL afterwards).
+    db_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)  # 0: any free port (CloudServer.url tells which)
+    # None: run the embedded amqtt broker on mqtt_host:mqtt_port. Otherwise mqtt://host:port of an external one.
+    mqtt_url: str | None = None
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = Field(default=1883, ge=0, le=65535)
+    # The cloud's own credentials on an external broker.
+    mqtt_username: str | None = None
+    mqtt_password: str | None = Field(default=None, repr=False)
+    # Public keys (.pub files or directories of them) the registry accepts bundles from.
+    trusted_keys: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    max_bundle_bytes: int = Field(default=256 * MiB, gt=0)
+    telemetry_max_bytes: int = Field(default=256 * KiB, gt=0)
+    drift_interval_seconds: float = Field(default=10.0, gt=0)
+    drift_lookback_seconds: float = Field(default=300.0, gt=0)
+
+    @field_validator("trusted_keys", mode="before")
+    @classmethod
+    def _split_paths(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [p for p in text.split(os.pathsep) if p]
+        return value
+
+    @model_validator(mode="after")
+    def _default_db_url(self) -> CloudSettings:
+        if not self.db_url:
+            self.db_url = f"sqlite:///{(self.data_dir / 'edgefleet.db').resolve()}"
+        return self
+
+    @property
+    def bundles_dir(self) -> Path:
+        """The artifact store: bundles/<name>/<version>.tar.gz."""
+        return self.data_dir / "bundles"
+
+    @property
+    def broker_url(self) -> str:
+        """The broker the service uses: the external one, or the embedded one's address."""
+        return self.mqtt_url or f"mqtt://{self.mqtt_host}:{self.mqtt_port}"
+
+
+def load_settings(**overrides: object) -> CloudSettings:
+    """Settings from the environment with the given (non-None) overrides on top; a bad value raises
+    EdgefleetError naming the setting."""
+    try:
+        return CloudSettings(**{key: value for key, value in overrides.items() if value is not None})
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in err.errors())
+        raise EdgefleetError(f"invalid cloud settings (options or EDGEFLEET_* variables): {problems}") from err

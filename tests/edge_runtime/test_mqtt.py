@@ -1,0 +1,165 @@
+"""The MQTT transport against a real Mosquitto: delivery, birth and death, commands, URLs, credentials."""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from edgefleet.core.topics import topic
+from edgefleet.edge_runtime.mqtt import MqttTransport, TransportError, parse_url
+from edgefleet.edge_runtime.outbox import Outbox
+from tests.edge_runtime.mqtt_kit import FLEET, Collector, first_arrivals, window_payload, writable
+
+BIRTH = json.dumps({"schema": "edgefleet.birth", "v": 1, "fleet": FLEET, "device": "d1", "online": True}).encode()
+
+
+def append_windows(outbox: Outbox, device: str, n: int) -> list[int]:
+    telemetry = topic(FLEET, device, "telemetry")
+    return [outbox.append(telemetry, lambda seq, dropped: window_payload(FLEET, device, seq, dropped))
+            for _ in range(n)]
+
+
+def wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+@pytest.fixture
+def collector(mosquitto):
+    collector = Collector(mosquitto.port).start()
+    yield collector
+    collector.stop()
+
+
+@pytest.mark.parametrize("max_inflight", [20, 1])
+def test_windows_arrive_in_order_and_leave_the_outbox_only_when_acknowledged(mosquitto, collector, tmp_path: Path,
+                                                                               max_inflight: int):
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    transport = MqttTransport(mosquitto.url, fleet=FLEET, device="d1", outbox=outbox, birth=lambda: BIRTH,
+                              max_inflight=max_inflight).start()
+    try:
+        assert wait_until(lambda: transport.connected, 5), transport.last_error
+        assert append_windows(outbox, "d1", 30) == list(range(1, 31))
+        transport.wake()
+        assert transport.flush(10)
+        assert len(outbox) == 0 and outbox.pending_bytes == 0
+        assert collector.wait_for_seqs("d1", set(range(1, 31)), 5)
+        assert first_arrivals(collector.seqs("d1")) == list(range(1, 31))
+        assert [m.payload for m in collector.of("birth", "d1")] == [BIRTH]
+        assert transport.last_error is None and transport.connects == 1
+    finally:
+        transport.stop()
+        outbox.close()
+    # A clean stop announces the death itself (the broker sends the will only for an unclean end).
+    assert collector.wait_for(lambda: collector.of("death", "d1"), 5)
+    death = json.loads(collector.of("death", "d1")[0].payload)
+    assert death == {"schema": "edgefleet.death", "v": 1, "fleet": FLEET, "device": "d1", "online": False}
+    # Both presence messages are retained for whoever subscribes later.
+    late = Collector(mosquitto.port, "late").start()
+    try:
+        assert late.wait_for(lambda: late.of("birth", "d1") and late.of("death", "d1"), 5)
+        assert all(m.retain for m in late.messages)
+    finally:
+        late.stop()
+
+
+def test_commands_reach_on_command_off_the_network_thread(mosquitto, tmp_path: Path):
+    got: queue.Queue = queue.Queue()
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    transport = MqttTransport(
+        mosquitto.url, fleet=FLEET, device="d2", outbox=outbox,
+        on_command=lambda payload: got.put((payload, threading.current_thread().name)),
+    ).start()
+    cloud = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="cloud", protocol=mqtt.MQTTv311)
+    cloud.connect("127.0.0.1", mosquitto.port)
+    cloud.loop_start()
+    try:
+        assert wait_until(lambda: transport.connected, 5), transport.last_error
+        payloads = [json.dumps({"op": "ping", "n": i}).encode() for i in range(3)]
+        deadline = time.monotonic() + 10
+        # The device subscribes right after it connects; until its SUBACK, a command would go nowhere.
+        received: list = []
+        while not received and time.monotonic() < deadline:
+            cloud.publish(topic(FLEET, "d2", "cmd"), payloads[0], qos=1).wait_for_publish(2)
+            try:
+                received.append(got.get(timeout=0.2))
+            except queue.Empty:
+                continue
+        assert received, "no command reached on_command"
+        for payload in payloads[1:]:
+            cloud.publish(topic(FLEET, "d2", "cmd"), payload, qos=1).wait_for_publish(2)
+        while len(received) < 3 and time.monotonic() < deadline:
+            try:
+                received.append(got.get(timeout=0.2))
+            except queue.Empty:
+                continue
+        assert [p for p, _ in received][-2:] == payloads[1:]
+        assert {name for _, name in received} == {"mqtt-commands-d2"}
+    finally:
+        cloud.loop_stop()
+        cloud.disconnect()
+        transport.stop()
+        outbox.close()
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("http://127.0.0.1:1883", "scheme must be mqtt://"),
+    ("mqtts://127.0.0.1:8883", "scheme must be mqtt://"),
+    ("127.0.0.1:1883", "scheme must be mqtt://"),
+    ("mqtt://", "names no host"),
+    ("mqtt://127.0.0.1:port", "port must be a number"),
+    ("mqtt://127.0.0.1:70000", "port must be a number"),
+    ("mqtt://127.0.0.1:0", "port must be a number"),
+    ("mqtt://user:secret@127.0.0.1:1883", "username=/password="),
+    ("mqtt://127.0.0.1:1883/topic", "no path"),
+    ("", "must be a string"),
+])
+def test_malformed_urls_are_refused_with_the_reason(url: str, message: str, tmp_path: Path):
+    with pytest.raises(TransportError, match=message):
+        parse_url(url)
+    with Outbox(tmp_path / "outbox.sqlite") as outbox, pytest.raises(TransportError, match=message):
+        MqttTransport(url, fleet=FLEET, device="d1", outbox=outbox)
+
+
+def test_url_defaults_to_port_1883():
+    assert parse_url("mqtt://127.0.0.1") == ("127.0.0.1", 1883)
+    assert parse_url("mqtt://127.0.0.1:18830/") == ("127.0.0.1", 18830)
+
+
+def test_refused_credentials_are_visible_and_nothing_leaves_the_outbox(mosquitto_factory, tmp_path: Path, caplog):
+    passwords = tmp_path / "passwords"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "d3", "right"], check=True, timeout=30,
+                   capture_output=True)
+    broker = writable(mosquitto_factory(password_file=passwords)).start()
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    append_windows(outbox, "d3", 3)
+    wrong = MqttTransport(broker.url, fleet=FLEET, device="d3", outbox=outbox, username="d3", password="wrong",
+                          reconnect_min=0.1, reconnect_max=0.2).start()
+    try:
+        assert wait_until(lambda: wrong.last_error is not None and "refused" in wrong.last_error, 5)
+        assert "Not authorized" in wrong.last_error and "username and password" in wrong.last_error
+        assert not wrong.connected and not wrong.flush(0.3) and len(outbox) == 3
+        assert "refused the connection" in caplog.text
+        time.sleep(0.5)  # several retries, one log line
+        assert caplog.text.count("refused the connection") == 1
+    finally:
+        wrong.stop()
+    right = MqttTransport(broker.url, fleet=FLEET, device="d3", outbox=outbox, username="d3",
+                          password="right").start()
+    try:
+        assert right.flush(10), right.last_error
+        assert right.last_error is None
+    finally:
+        right.stop()
+        outbox.close()

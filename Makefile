@@ -26,6 +26,8 @@ demo: venv
 	    --labels $(RUNS)/digits/test_y.npy --show 5
 	$(CLI) bench $(RUNS)/digits/bundle --trust $(RUNS)/keys --batch 1,8,32 --compare-raw \
 	    --json $(RUNS)/digits/bench.json
+	$(PY) examples/fleet_demo.py --bundle $(RUNS)/digits/bundle --keys $(RUNS)/keys \
+	    --data $(RUNS)/digits/test_x.npy --labels $(RUNS)/digits/test_y.npy --workdir $(RUNS)/fleet
 
 test: venv
 	$(PY) -m pytest
@@ -36,6 +38,9 @@ lint: venv
 bench: venv
 	$(PY) benchmarks/bench_predictor_overhead.py
 	$(PY) benchmarks/bench_export_error.py
+	$(PY) benchmarks/bench_telemetry_cost.py
+	$(PY) benchmarks/bench_ingest.py
+	$(PY) benchmarks/bench_drift_detection.py
 
 clean:
 	rm -rf $(RUNS) build *.egg-info cpp_ext/*.so

@@ -129,13 +129,14 @@ def drift_command(
 
 
 def drift_table(rows: list[dict], title: str) -> Table:
-    table = Table("computed", "model", "samples", "data drift", "prediction drift", "worst signal", title=title)
+    """One row per evaluation: the verdict of each group and its signal with the highest PSI."""
+    table = Table("at", "model", "n", "data", "prediction", "highest PSI (threshold)", title=title)
     for row in rows:
         report = row.get("report") or {}
-        worst = _worst_signal(report)
-        table.add_row(_when(row.get("computed_at")), f"{row['model_name']} v{row['model_version']}",
-                      str(row.get("samples")), _verdict(report.get("data_drift", row.get("verdict"))),
-                      _verdict(report.get("prediction_drift", "")), escape(worst))
+        data, prediction = report.get("data_drift") or {}, report.get("prediction_drift") or {}
+        table.add_row(_when(row.get("computed_at")), f"{row['model_name']}:{row['model_version']}",
+                      str(row.get("samples")), _verdict(data.get("verdict")), _verdict(prediction.get("verdict")),
+                      escape(_worst_signal([data, prediction])))
     return table
 
 
@@ -151,10 +152,10 @@ def alerts(
 
 
 def alerts_table(rows: list[dict]) -> Table:
-    table = Table("opened", "status", "scope", "kind", "model", "message", title="alerts")
+    table = Table("opened", "status", "scope", "kind", "message", title="alerts")
     for row in rows:
-        table.add_row(_when(row.get("opened_at")), row["status"], f"{row['scope']} {row['scope_id']}", row["kind"],
-                      f"{row['model_name']} v{row['model_version']}", escape(row["message"]))
+        table.add_row(_when(row.get("opened_at")), row["status"], f"{row['scope']} {row['scope_id']}",
+                      row["kind"].replace("_", " "), escape(row["message"]))
     return table
 
 
@@ -162,13 +163,14 @@ def _when(stamp: float | None) -> str:
     return datetime.fromtimestamp(stamp, timezone.utc).strftime("%H:%M:%S") if stamp else "-"
 
 
-def _verdict(value: str) -> str:
-    return {"drift": "[bold red]drift[/]", "ok": "[green]ok[/]"}.get(value, value or "-")
+def _verdict(value: str | None) -> str:
+    return {"drift": "[bold red]drift[/]", "ok": "[green]ok[/]"}.get(value or "", value or "-")
 
 
-def _worst_signal(report: dict) -> str:
-    signals = report.get("signals") or {}
+def _worst_signal(groups: list[dict]) -> str:
+    signals = [(name, stats) for group in groups for name, stats in (group.get("signals") or {}).items()
+               if stats.get("psi") is not None]
     if not signals:
         return "-"
-    name, stats = max(signals.items(), key=lambda item: item[1].get("psi", 0.0))
-    return f"{name}: PSI {stats.get('psi', 0.0):.3f}"
+    name, stats = max(signals, key=lambda item: item[1]["psi"])
+    return f"{name} {stats['psi']:.3f} ({stats['psi_threshold']:.3f})"

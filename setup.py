@@ -66,8 +66,10 @@ native = Pybind11Extension(
     sorted(glob("cpp_ext/src/*.cpp")),
     include_dirs=["cpp_ext/src"],
     cxx_std=17,
-    # Portable build: no -march=native in anything we ship (see STYLE.md, point 6).
-    extra_compile_args=["-O3"],
+    # Portable build: no -march=native in anything we ship (see STYLE.md, point 6). No fused multiply-add
+    # contraction either: the telemetry features must be bit-identical to the numpy reference on x86 and
+    # aarch64 alike, or a value on a bin edge lands in a different bin.
+    extra_compile_args=["-O3", "-ffp-contract=off"],
 )
 
 packages = discover_packages()

@@ -6,12 +6,14 @@ Each kernel has a plain-numpy twin in `reference.py` that defines its semantics;
 two against each other.
 
     histogram_update(counts, x, edges)  per-feature telemetry histograms, updated in place
+    RequestSketch(kind, feature_edges, confidence_edges, latency_edges_ms, n_classes, softmax)
+                                        one telemetry window's counters, one update() per request
 """
 
 from __future__ import annotations
 
 try:
-    from edgefleet.cpp_ext._native import histogram_update
+    from edgefleet.cpp_ext._native import RequestSketch, histogram_update
 except ImportError as err:
     raise ImportError(
         "edgefleet's native extension (edgefleet.cpp_ext._native) is not built or cannot be loaded "
@@ -20,4 +22,4 @@ except ImportError as err:
         "or `pip install -e .` in a source checkout."
     ) from err
 
-__all__ = ["histogram_update"]
+__all__ = ["RequestSketch", "histogram_update"]

@@ -10,6 +10,7 @@ import time
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Float,
     ForeignKey,
@@ -53,6 +54,9 @@ class Device(Base):
     model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     agent_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     last_seen: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The connection stamp of the last birth or death applied: orders presence messages that arrive in
+    # any order (retained ones after an ingest restart).
+    presence_stamp: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=now)
 
 

@@ -235,14 +235,26 @@ def _touch(session: Session, windows: list[TelemetryWindow]) -> None:
 
 
 def _presence(session: Session, kind: str, device: str, payload: bytes) -> str:
-    """Birth and death (last will) keep a device's online state and model version."""
+    """Birth and death (last will) keep a device's online state and model version.
+
+    Both carry their connection's stamp. A birth applies only if its connection is newer than the last
+    presence message applied, a death if it is at least as new (a death ends its own connection), so
+    the state is right whatever order the broker delivers retained births and deaths in.
+    """
     try:
         data = json.loads(payload)
         if not isinstance(data, dict):
             raise ValueError("not an object")
     except ValueError:
         return "bad_presence"
-    values: dict = {"online": kind == "birth", "last_seen": time.time()}
+    stamp = data.get("connection")
+    if isinstance(stamp, int) and not isinstance(stamp, bool):
+        stored = session.scalar(select(Device.presence_stamp).where(Device.id == device))
+        if stored is not None and (stamp < stored or (kind == "birth" and stamp == stored)):
+            return f"{kind}_stale"
+    else:
+        stamp = None
+    values: dict = {"online": kind == "birth", "last_seen": time.time(), "presence_stamp": stamp}
     model = data.get("model")
     if kind == "birth" and isinstance(model, dict):
         values.update(model_name=str(model.get("name")), model_version=int(model.get("version", 0)))

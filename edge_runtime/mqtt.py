@@ -94,8 +94,10 @@ class MqttTransport:
         self.reconnect_min, self.reconnect_max = reconnect_min, reconnect_max
         self.last_error: str | None = None  # why the last connection attempt failed or ended; None when fine
         self.connects = 0  # successful connections so far
-        self._death = json.dumps({"schema": "edgefleet.death", "v": 1, "fleet": self.fleet, "device": self.device,
-                                  "online": False}, separators=(",", ":")).encode()
+        # Every connection has a stamp, carried by its birth and by the last will armed for it, so the cloud
+        # can order retained births and deaths that reach it in any order (after its own restart, say).
+        self._stamp = time.time_ns()  # the will armed for the next connection
+        self._connected_stamp = self._stamp  # the stamp of the current connection
         self._client: mqtt.Client | None = None
         self._up = False  # set by on_connect (under the gate), cleared by on_disconnect
         self._link = 0  # counts connections; a publish is only for the link the sender has seen come up
@@ -108,6 +110,10 @@ class MqttTransport:
 
     def topic(self, kind: str) -> str:
         return topic(self.fleet, self.device, kind)
+
+    def _death(self, stamp: int) -> bytes:
+        return json.dumps({"schema": "edgefleet.death", "v": 1, "fleet": self.fleet, "device": self.device,
+                           "online": False, "connection": stamp}, separators=(",", ":")).encode()
 
     @property
     def connected(self) -> bool:
@@ -126,7 +132,7 @@ class MqttTransport:
         client.on_log = lambda client, userdata, level, message: paho_log.debug(message)
         if self.username is not None:
             client.username_pw_set(self.username, self.password)
-        client.will_set(self.topic("death"), self._death, qos=1, retain=True)
+        client.will_set(self.topic("death"), self._death(self._stamp), qos=1, retain=True)
         client.reconnect_delay_set(self.reconnect_min, self.reconnect_max)  # type: ignore[arg-type]
         client.max_inflight_messages_set(0)  # the sender bounds the window; paho must not queue behind it
         client.on_connect = self._on_connect
@@ -159,7 +165,7 @@ class MqttTransport:
         self._threads[0].join(max(0.0, deadline - time.monotonic()))
         if self._up:
             with self._gate:
-                info = client.publish(self.topic("death"), self._death, qos=1, retain=True)
+                info = client.publish(self.topic("death"), self._death(self._connected_stamp), qos=1, retain=True)
             try:
                 info.wait_for_publish(max(0.0, min(1.0, deadline - time.monotonic())))
             except (RuntimeError, ValueError):  # not queued: the connection went away meanwhile
@@ -206,6 +212,7 @@ class MqttTransport:
             self._link += 1
             self._up = True
             link = self._link
+            self._connected_stamp = self._stamp
         self.connects += 1
         self.last_error = None
         self._events.put(("up", link, flags.session_present))
@@ -217,6 +224,9 @@ class MqttTransport:
                        reason_code: mqtt.ReasonCode, properties: object) -> None:
         was_up, self._up = self._up, False  # no gate here: paho may hold its message lock while calling
         self._events.put(("down",))
+        if not self._stopping:  # arm a fresh will before paho reconnects: the next connection's stamp
+            self._stamp = max(time.time_ns(), self._stamp + 1)
+            client.will_set(self.topic("death"), self._death(self._stamp), qos=1, retain=True)
         if was_up and not self._stopping:
             self._set_error(f"lost the connection to {self.host}:{self.port}: {reason_code}; reconnecting")
 
@@ -286,7 +296,7 @@ class MqttTransport:
             self._gated(link, lambda client: client.subscribe(self.topic("cmd"), qos=1))
         if self.birth is not None:
             try:
-                payload = self.birth()
+                payload = _stamped(self.birth(), self._connected_stamp)
             except Exception:  # noqa: BLE001 - a broken birth callable must not stop telemetry
                 log.exception("MQTT: building the birth message failed; connected without one")
             else:
@@ -325,3 +335,14 @@ class MqttTransport:
                 self.on_command(payload)
             except Exception:  # noqa: BLE001 - one bad command must not stop the next
                 log.exception("MQTT: on_command failed for a %d-byte command", len(payload))
+
+
+def _stamped(payload: bytes, stamp: int) -> bytes:
+    """The birth message with its connection's stamp added (left as it is when it is not a JSON object)."""
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return payload
+    if not isinstance(data, dict):
+        return payload
+    return json.dumps({**data, "connection": stamp}, separators=(",", ":")).encode()

@@ -126,3 +126,28 @@ def test_messages_sent_while_the_ingest_was_down_arrive(sessions, mosquitto, pub
         wait_for(lambda: stored() == 20)
     finally:
         second.stop()
+
+
+def presence(kind: str, stamp: int) -> bytes:
+    return json.dumps({"schema": f"edgefleet.{kind}", "v": 1, "online": kind == "birth", "connection": stamp,
+                       "model": {"name": "digits-cnn", "version": 1}}).encode()
+
+
+@pytest.mark.parametrize(
+    ("sequence", "online"),
+    [
+        ([("death", 1), ("birth", 2)], True),  # died, came back
+        ([("birth", 2), ("death", 1)], True),  # the same, delivered in the other order (retained, on restart)
+        ([("birth", 1), ("death", 1)], False),  # the will of the current connection
+        ([("death", 1), ("birth", 1)], False),  # the same, other order
+        ([("birth", 3), ("death", 1), ("birth", 2)], True),
+    ],
+)
+def test_presence_is_ordered_by_connection_stamp_not_arrival(sessions, ingest, publisher, sequence, online):
+    time.sleep(0.3)
+    for kind, stamp in sequence:
+        publish(publisher, topic("lab", "d1", kind), presence(kind, stamp))
+    wait_for(lambda: sum(v for k, v in counters(sessions).items() if k.startswith(("birth", "death")))
+             >= len(sequence))
+    with sessions() as session:
+        assert session.get(Device, "d1").online is online

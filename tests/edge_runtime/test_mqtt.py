@@ -56,7 +56,9 @@ def test_windows_arrive_in_order_and_leave_the_outbox_only_when_acknowledged(mos
         assert len(outbox) == 0 and outbox.pending_bytes == 0
         assert collector.wait_for_seqs("d1", set(range(1, 31)), 5)
         assert first_arrivals(collector.seqs("d1")) == list(range(1, 31))
-        assert [m.payload for m in collector.of("birth", "d1")] == [BIRTH]
+        (birth,) = [json.loads(m.payload) for m in collector.of("birth", "d1")]
+        stamp = birth.pop("connection")  # the transport adds its connection's stamp to the birth
+        assert birth == json.loads(BIRTH) and isinstance(stamp, int)
         assert transport.last_error is None and transport.connects == 1
     finally:
         transport.stop()
@@ -64,7 +66,8 @@ def test_windows_arrive_in_order_and_leave_the_outbox_only_when_acknowledged(mos
     # A clean stop announces the death itself (the broker sends the will only for an unclean end).
     assert collector.wait_for(lambda: collector.of("death", "d1"), 5)
     death = json.loads(collector.of("death", "d1")[0].payload)
-    assert death == {"schema": "edgefleet.death", "v": 1, "fleet": FLEET, "device": "d1", "online": False}
+    assert death == {"schema": "edgefleet.death", "v": 1, "fleet": FLEET, "device": "d1", "online": False,
+                     "connection": stamp}  # the death of the same connection carries the same stamp
     # Both presence messages are retained for whoever subscribes later.
     late = Collector(mosquitto.port, "late").start()
     try:

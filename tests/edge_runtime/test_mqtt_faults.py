@@ -156,7 +156,9 @@ def test_the_broker_sends_the_death_message_when_a_device_is_killed(mosquitto, t
         device.kill()
         assert collector.wait_for(lambda: collector.of("death", "d3"), 5), mosquitto.log
         death = json.loads(collector.of("death", "d3")[0].payload)
-        assert death == {"schema": "edgefleet.death", "v": 1, "fleet": FLEET, "device": "d3", "online": False}
+        birth = json.loads(collector.of("birth", "d3")[0].payload)
+        assert death == {"schema": "edgefleet.death", "v": 1, "fleet": FLEET, "device": "d3", "online": False,
+                         "connection": birth["connection"]}  # the will armed for that very connection
     finally:
         device.close()
         collector.stop()

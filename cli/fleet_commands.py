@@ -64,7 +64,8 @@ def push(bundle: BundleArg, cloud: CloudOption = None, token: TokenOption = None
 def sim(
     bundle: BundleArg,
     data: Annotated[Path, typer.Option(help=".npy of inputs the devices draw from (e.g. the test split)")],
-    mqtt_url: Annotated[str, typer.Option("--mqtt-url", help="Broker the devices connect to")],
+    mqtt_url: Annotated[str | None, typer.Option("--mqtt-url", help="Broker for the devices (default: the "
+                                                                     "cloud's, from GET /api/v1/info)")] = None,
     trust: TrustOption = None,
     cloud: CloudOption = None,
     token: TokenOption = None,
@@ -83,7 +84,8 @@ def sim(
 
     client = CloudClient(cloud, token)
     simulation = FleetSimulation(
-        cloud_url=client.url, token=client.token, mqtt_url=mqtt_url, bundle=bundle,
+        cloud_url=client.url, token=client.token, mqtt_url=mqtt_url or client.get("/api/v1/info")["mqtt_url"],
+        bundle=bundle,
         trusted_keys=_paths(trust), data=np.load(data, allow_pickle=False),
         labels=np.load(labels, allow_pickle=False) if labels else None, devices=devices, fleet=fleet,
         rate_per_device=rate, window_seconds=window,

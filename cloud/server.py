@@ -67,6 +67,7 @@ class CloudServer:
                 self._start_one(self.broker, "embedded MQTT broker")
             else:
                 log.info("using the external MQTT broker at %s", settings.mqtt_url)
+            app.state.broker_url = self.broker_url  # what GET /api/v1/info tells devices and `edgefleet sim`
             self.components = list(build_components(settings, self.sessions, self.broker))
             for component in self.components:
                 self._start_one(component, getattr(component, "name", type(component).__name__))

@@ -63,7 +63,8 @@ def main() -> None:
         console.print(f"registry: {stored['name']} v{stored['version']} verified and stored")
 
         simulation = FleetSimulation(
-            cloud_url=cloud.url, token=cloud.new_admin_token, mqtt_url=cloud.broker_url, bundle=args.bundle,
+            cloud_url=cloud.url, token=cloud.new_admin_token, mqtt_url=client.get("/api/v1/info")["mqtt_url"],
+            bundle=args.bundle,
             trusted_keys=[args.keys], data=np.load(args.data), labels=np.load(args.labels),
             devices=args.devices, fleet="demo", rate_per_device=40.0, window_seconds=1.0,
             drift=DriftPlan(args.drift, after_seconds=args.drift_after, devices=1, strength=0.3),

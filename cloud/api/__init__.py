@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from edgefleet.cloud.api import bundles, devices, drift, health
+from edgefleet.cloud.api import bundles, devices, drift, health, info
 from edgefleet.cloud.auth import require_admin
 
 API_PREFIX = "/api/v1"
@@ -13,6 +13,6 @@ API_PREFIX = "/api/v1"
 def api_routers() -> list[APIRouter]:
     """The routers create_app mounts: /healthz without auth, everything under /api/v1 with it."""
     v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_admin)])
-    for module in (devices, bundles, drift):
+    for module in (devices, bundles, drift, info):
         v1.include_router(module.router)
     return [health.router, v1]

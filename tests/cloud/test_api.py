@@ -6,14 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +25,7 @@ from edgefleet.cloud.settings import CloudSettings, load_settings
 from edgefleet.core.bundle import SIGNATURE, Bundle, sign
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.signing import SigningKey
-from tests.mosquitto import free_port
+from tests.cloud.cloud_process import cloud_up, read_until
 
 GZIP = {"Content-Type": "application/gzip"}
 
@@ -310,46 +306,6 @@ def test_drift_alerts_and_ingest_read_what_others_wrote(cloud: Cloud):
 
 
 # --- the command ------------------------------------------------------------------------------------
-@contextmanager
-def cloud_up(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Popen, queue.Queue, str, str]]:
-    """`edgefleet cloud up` as a real process; once it serves, yields it, the queue of its further stdout
-    lines, its URL and what it printed while starting."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")} | {"COLUMNS": "200"}
-    stderr = (tmp_path / f"cloud-up-{port}.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "edgefleet.cli.main", "cloud", "up", "--port", str(port), "--host", "127.0.0.1",
-         *args], stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=tmp_path, start_new_session=True)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line.rstrip("\n")) for line in process.stdout], daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{port}"
-        startup = read_until(lines, "running;", process, tmp_path)
-        yield process, lines, url, "\n".join(startup)
-    finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(10)
-        stderr.close()
-
-
-def read_until(lines: queue.Queue, marker: str, process: subprocess.Popen, tmp_path: Path,
-               timeout: float = 60) -> list[str]:
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            seen.append(lines.get(timeout=0.2))
-        except queue.Empty:
-            if process.poll() is not None:
-                break
-            continue
-        if marker in seen[-1]:
-            return seen
-    logs = "\n".join(p.read_text() for p in tmp_path.glob("cloud-up-*.log"))
-    raise AssertionError(f"no {marker!r} in the output: {seen}\n{logs}")
-
-
 @pytest.mark.slow
 def test_cloud_up_prints_the_token_once_serves_and_stops_on_sigterm(tmp_path: Path, mosquitto, digits_bundle,
                                                                      archive: Path):

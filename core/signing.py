@@ -129,6 +129,9 @@ class TrustStore:
     def key_ids(self) -> list[str]:
         return sorted(self._keys)
 
+    def public_key(self, key_id: str) -> Ed25519PublicKey | None:
+        return self._keys.get(key_id)
+
     def __len__(self) -> int:
         return len(self._keys)
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import sys
 import tempfile
 import time
@@ -29,12 +28,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from report import emit  # noqa: E402 - benchmarks/report.py, beside this script
 
 from edgefleet.cloud.digits import build_digits_bundle, load_splits
 from edgefleet.cloud.drift import DRIFT, DriftThresholds, WindowCounts, evaluate
 from edgefleet.core.profile import bin_counts, class_confidence, extract_features, feature_kind
 from edgefleet.edge_runtime import Predictor
-from edgefleet.edge_runtime.machine import describe_machine
 
 STEP = 10
 LIMIT = 3000
@@ -170,12 +169,8 @@ def main() -> None:
         "detection_delay": {"step_requests": STEP, "limit_requests": LIMIT, "seeds": args.seeds, "by_drift": detection},
         "false_alerts_per_100_clean_windows": clean,
         "seconds": time.perf_counter() - started,
-        "machine": describe_machine(),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import tempfile
 import time
@@ -21,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from report import emit  # noqa: E402 - benchmarks/report.py, beside this script
 
 from edgefleet.cloud.digits import PREPROCESSING, load_splits, train_digits_cnn
 from edgefleet.compilers import export_torch
-from edgefleet.edge_runtime.machine import describe_machine
 
 GOAL_MAX_ABS = 1e-4
 
@@ -76,12 +75,8 @@ def main() -> None:
         "max_abs_error": worst,
         "goal_max_abs": GOAL_MAX_ABS,
         "meets_goal": worst < GOAL_MAX_ABS,
-        "machine": describe_machine(),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ devices reporting every 10 s). Publishers, broker and ingest share this machine'
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import sys
 import tempfile
@@ -24,11 +23,12 @@ from sqlalchemy import func, insert, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.mosquitto, the broker helper
 
+from report import emit  # noqa: E402 - benchmarks/report.py, beside this script
+
 from edgefleet.cloud.db import Device, IngestCounter, TelemetryRecord, make_engine, make_sessions  # noqa: E402
 from edgefleet.cloud.ingest import Ingest  # noqa: E402
 from edgefleet.core.telemetry import LATENCY_EDGES_MS, FeatureCounts, TelemetryWindow  # noqa: E402
 from edgefleet.core.topics import topic  # noqa: E402
-from edgefleet.edge_runtime.machine import describe_machine  # noqa: E402
 from tests.mosquitto import MosquittoBroker  # noqa: E402
 
 GOAL = 5000.0
@@ -115,12 +115,8 @@ def main() -> None:
         "sent": args.devices, "stored": stored, "distinct_devices": distinct, "lost": args.devices - stored,
         "counters": counters, "seconds": elapsed, "messages_per_second": rate,
         "goal_messages_per_second": GOAL, "meets_goal": rate >= GOAL and stored == args.devices,
-        "machine": describe_machine(),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import sys
 import tempfile
 from pathlib import Path
+
+from report import emit  # noqa: E402 - benchmarks/report.py, beside this script
 
 from edgefleet.cloud.digits import build_digits_bundle
 from edgefleet.core.signing import TrustStore
@@ -62,11 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": report["machine"],
         "bundle": {k: v for k, v in report["bundle"].items() if k != "root"},  # root was a temporary dir
     }
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(summary, args.out)
     return summary
 
 

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import tempfile
 from pathlib import Path
+
+from report import emit  # noqa: E402 - benchmarks/report.py, beside this script
 
 from edgefleet.cloud.digits import build_digits_bundle
 from edgefleet.core.bundle import Bundle
 from edgefleet.edge_runtime import Predictor
 from edgefleet.edge_runtime.bench import time_interleaved
-from edgefleet.edge_runtime.machine import describe_machine
 from edgefleet.edge_runtime.telemetry import TelemetryAggregator
 
 GOAL = 1.05
@@ -61,12 +61,8 @@ def main() -> None:
         "sketch_recorded": {"requests": window.requests, "samples": window.samples,
                             "features": [list(map(sum, f.counts)) for f in window.features],
                             "predictions": sum(window.predictions), "confidence": sum(window.confidence)},
-        "machine": describe_machine(),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -67,3 +67,15 @@ def mosquitto_factory(tmp_path: Path):
     finally:
         for broker in brokers:
             broker.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL for the tests that check the cloud's tables work beyond SQLite."""
+    from tests.postgres import PostgresServer
+
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()

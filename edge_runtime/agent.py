@@ -1,13 +1,17 @@
-"""The device agent: serves a bundle (Python API and local HTTP) and reports telemetry over MQTT.
+"""The device agent: serves a model (Python API and local HTTP), reports telemetry over MQTT, and takes
+over-the-air updates.
 
     agent = DeviceAgent(DeviceConfig.load("device.toml")).start()
-    agent.predictor.predict(x)        # or POST http://127.0.0.1:8000/v1/predict
+    agent.predict(x)                  # or POST http://127.0.0.1:8000/v1/predict
     agent.stop()
 
-Start-up order: verify and load the bundle, run its self-test (refuse to serve a model that fails it),
-turn telemetry on, open the outbox, connect MQTT (birth message, last will), start the window timer,
-then HTTP. Every window goes into the on-disk outbox first and leaves it only when the broker has
-acknowledged it; stop() closes the last window and gives the transport a moment to send it.
+Start-up order: the model slots (on first start the configured bundle is verified and installed as the
+first slot), a Predictor on the current slot whose self-test must pass, the ModelHost that serves it,
+the outbox and MQTT (birth message, last will, commands), the Updater (which first recovers from an
+update a crash interrupted), the window timer, then HTTP. Every telemetry window and OTA status goes
+into the on-disk outbox first and leaves it only when the broker has acknowledged it. Telemetry windows
+hold one model version each: the window of a model that stops serving is closed when its last request
+is done. stop() closes the last window and gives the transport a moment to send it.
 """
 
 from __future__ import annotations
@@ -17,29 +21,37 @@ import logging
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import uvicorn
 
 from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.ota import OtaError, Status, parse_command
+from edgefleet.core.signing import TrustStore
 from edgefleet.core.telemetry import Dropped, TelemetryWindow
 from edgefleet.core.topics import topic
 from edgefleet.edge_runtime.device_config import DeviceConfig
 from edgefleet.edge_runtime.http_api import create_app
 from edgefleet.edge_runtime.metrics import Totals
+from edgefleet.edge_runtime.model_host import ModelHost
 from edgefleet.edge_runtime.outbox import Outbox
 from edgefleet.edge_runtime.predictor import Predictor
+from edgefleet.edge_runtime.slots import SlotStore
 from edgefleet.edge_runtime.telemetry import TelemetryAggregator
+from edgefleet.edge_runtime.updater import Updater
 
 log = logging.getLogger(__name__)
 AGENT_VERSION = "0.1.0"
+MAX_BUNDLE_BYTES = 1 << 30  # the configured first bundle; updates carry their own limit
 
 
 class DeviceAgent:
     def __init__(self, config: DeviceConfig, *, serve_http: bool = True) -> None:
         self.config = config
         self.serve_http = serve_http
-        self.predictor: Predictor | None = None
-        self.aggregator: TelemetryAggregator | None = None
+        self.store: SlotStore | None = None
+        self.host: ModelHost | None = None
+        self.updater: Updater | None = None
         self.outbox: Outbox | None = None
         self.transport = None
         self.totals: Totals | None = None
@@ -52,14 +64,16 @@ class DeviceAgent:
     def start(self) -> DeviceAgent:
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.predictor = Predictor(config.bundle, backends=list(config.backends), threads=config.threads,
-                                   trusted_keys=list(config.trusted_keys))
-        report = self.predictor.self_test()
+        trust = TrustStore.from_paths(config.trusted_keys)
+        self.store = SlotStore(config.data_dir / "model", trust)
+        if self.store.current() is None:  # first start: the configured bundle becomes the first slot
+            self.store.activate(self.store.install(config.bundle, max_bytes=MAX_BUNDLE_BYTES))
+        predictor = self._make_predictor(self.store.current().path)
+        report = predictor.self_test()
         if not report.passed:
             raise EdgefleetError(f"self-test failed, refusing to serve: {'; '.join(report.failures)}")
-        self.aggregator = TelemetryAggregator(self.predictor.bundle, fleet=config.fleet, device=config.device)
-        self.predictor.enable_telemetry(self.aggregator)
-        names = self.predictor.bundle.manifest["interface"].get("class_names") or []
+        self.host = ModelHost(predictor, telemetry=self._make_aggregator, on_retire=self._retire)
+        names = predictor.bundle.manifest["interface"].get("class_names") or []
         self.totals = Totals(list(names) if self.aggregator.output_name else [])
         if config.mqtt:
             from edgefleet.edge_runtime.mqtt import MqttTransport
@@ -68,7 +82,13 @@ class DeviceAgent:
             self.transport = MqttTransport(
                 config.mqtt.url, fleet=config.fleet, device=config.device, outbox=self.outbox,
                 username=config.mqtt.username, password=config.mqtt.password, birth=self._birth,
+                on_command=self._on_command,
             )
+        self.updater = Updater(self.store, self.host, trust=trust, workdir=config.data_dir / "incoming",
+                               report=self._report_status, fleet=config.fleet, device=config.device,
+                               make_predictor=self._make_predictor)
+        self.updater.recover()  # an update a crash interrupted: serve a whole model, say where it stopped
+        if self.transport is not None:
             self.transport.start()
         self._timer = threading.Thread(target=self._window_loop, name="telemetry-window", daemon=True)
         self._timer.start()
@@ -85,15 +105,17 @@ class DeviceAgent:
                 self._http_thread.join(10)
         if self._timer:
             self._timer.join(10)
-        if self.aggregator:
+        if self.updater:
+            self.updater.close()
+        if self.host:
             self.close_window()
         if self.transport:
             self.transport.flush(flush_timeout)
             self.transport.stop()
         if self.outbox:
             self.outbox.close()
-        if self.predictor:
-            self.predictor.close()
+        if self.host:
+            self.host.current.close()
 
     def __enter__(self) -> DeviceAgent:
         return self.start()
@@ -105,10 +127,39 @@ class DeviceAgent:
     def http_url(self) -> str:
         return f"http://{self.config.http_host}:{self.config.http_port}"
 
+    # serving -------------------------------------------------------------------------------------------
+    def predict(self, inputs):  # noqa: ANN001, ANN201 - as Predictor.predict
+        return self.host.predict(inputs)
+
+    @property
+    def predictor(self) -> Predictor:
+        """The Predictor serving now (it changes with updates)."""
+        return self.host.current
+
+    @property
+    def aggregator(self) -> TelemetryAggregator:
+        return self.host.current.telemetry
+
+    def _make_predictor(self, bundle_dir: Path) -> Predictor:
+        return Predictor(bundle_dir, backends=list(self.config.backends), threads=self.config.threads,
+                         trusted_keys=list(self.config.trusted_keys))
+
+    def _make_aggregator(self, predictor: Predictor) -> TelemetryAggregator:
+        return TelemetryAggregator(predictor.bundle, fleet=self.config.fleet, device=self.config.device)
+
+    def _retire(self, predictor: Predictor) -> None:
+        """A model stopped answering users and its last request is done: close its version's window."""
+        if predictor.telemetry is not None:
+            self._send_window(predictor.telemetry.close_window())
+
     # telemetry -----------------------------------------------------------------------------------------
     def close_window(self) -> TelemetryWindow:
-        """Closes the current window: into the running totals and, with MQTT, into the outbox."""
+        """Closes the serving model's window: into the running totals and, with MQTT, into the outbox."""
         window = self.aggregator.close_window()
+        self._send_window(window)
+        return window
+
+    def _send_window(self, window: TelemetryWindow) -> None:
         self.totals.add(window)
         if self.outbox is not None:
             def render(seq: int, dropped: Dropped) -> bytes:
@@ -116,7 +167,27 @@ class DeviceAgent:
 
             self.outbox.append(topic(self.config.fleet, self.config.device, "telemetry"), render)
             self.transport.wake()
-        return window
+
+    # updates ---------------------------------------------------------------------------------------------
+    def _on_command(self, payload: bytes) -> None:
+        """A message on this device's cmd topic (the transport calls this on its command thread)."""
+        try:
+            command = parse_command(payload)
+        except OtaError as err:
+            log.warning("ignored a malformed command: %s", err)
+            return
+        self.updater.handle(command)
+
+    def _report_status(self, status: Status) -> None:
+        log.info("update %s: %s%s", status.command, status.state, f" ({status.reason})" if status.reason else "")
+        if self.outbox is None:
+            return
+
+        def render(seq: int, dropped: Dropped) -> bytes:
+            return replace(status, seq=seq, at=status.at or time.time()).to_payload()
+
+        self.outbox.append(topic(self.config.fleet, self.config.device, "status"), render)
+        self.transport.wake()
 
     def _window_loop(self) -> None:
         period = self.config.window_seconds
@@ -129,7 +200,7 @@ class DeviceAgent:
             next_close += period
 
     def _birth(self) -> bytes:
-        bundle = self.predictor.bundle
+        bundle = self.host.current.bundle
         return json.dumps({
             "schema": "edgefleet.birth", "v": 1, "fleet": self.config.fleet, "device": self.config.device,
             "online": True, "model": {"name": bundle.name, "version": bundle.version},
@@ -154,7 +225,7 @@ class DeviceAgent:
         return self.totals.render(self.aggregator.main.snapshot(reset=False), labels, gauges)
 
     def _start_http(self) -> None:
-        app = create_app(self.predictor, max_body_bytes=self.config.max_body_bytes, health=self.health,
+        app = create_app(self.host, max_body_bytes=self.config.max_body_bytes, health=self.health,
                          metrics=self.metrics)
         self._http = uvicorn.Server(uvicorn.Config(app, host=self.config.http_host, port=self.config.http_port,
                                                    log_level="warning", access_log=False))

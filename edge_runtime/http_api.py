@@ -15,22 +15,18 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from edgefleet.core.errors import EdgefleetError, SchemaError
 from edgefleet.core.profile import class_confidence
-from edgefleet.edge_runtime.predictor import Predictor
+from edgefleet.edge_runtime.model_host import ModelHost
 from edgefleet.edge_runtime.request_files import arrays_from_json
 
 
 def create_app(
-    predictor: Predictor,
+    host: ModelHost,
     *,
     max_body_bytes: int = 2**20,
     health: Callable[[], dict] = dict,
     metrics: Callable[[], str] = str,
 ) -> FastAPI:
     app = FastAPI(title="edgefleet device", docs_url=None, redoc_url=None)
-    specs = predictor.bundle.inputs
-    interface = predictor.bundle.manifest["interface"]
-    names = interface.get("class_names")
-    first_output = predictor.bundle.outputs[0].name
 
     @app.exception_handler(EdgefleetError)
     def _edgefleet_error(request: Request, err: EdgefleetError) -> JSONResponse:
@@ -44,9 +40,12 @@ def create_app(
             raise EdgefleetError(f"request body is not JSON: {err}") from err
         if not isinstance(data, dict) or "inputs" not in data:
             raise EdgefleetError('request body must be {"inputs": [...]} or {"inputs": {"name": [...]}}')
-        outputs = predictor.predict(arrays_from_json(data["inputs"], specs))
+        bundle = host.current.bundle  # read once: an update may swap the model between requests
+        interface, names = bundle.manifest["interface"], bundle.manifest["interface"].get("class_names")
+        outputs = host.predict(arrays_from_json(data["inputs"], bundle.inputs))
+        first_output = bundle.outputs[0].name
         response: dict = {
-            "model": {"name": predictor.bundle.name, "version": predictor.bundle.version},
+            "model": {"name": bundle.name, "version": bundle.version},
             "outputs": {k: v.tolist() for k, v in outputs.items()},
         }
         if interface.get("task") == "classification":
@@ -59,8 +58,9 @@ def create_app(
 
     @app.get("/healthz")
     def healthz() -> dict:
-        return {"status": "ok", "model": {"name": predictor.bundle.name, "version": predictor.bundle.version},
-                "backend": predictor.backend_name, **health()}
+        current = host.current
+        return {"status": "ok", "model": {"name": current.bundle.name, "version": current.bundle.version},
+                "backend": current.backend_name, **health()}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus() -> str:

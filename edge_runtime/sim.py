@@ -143,7 +143,7 @@ class FleetSimulation:
             if member.drifting:
                 x = drifted(drift.kind, x, drift.strength, rng)
             try:
-                member.agent.predictor.predict(x)
+                member.agent.predict(x)
                 member.requests += 1
             except EdgefleetError:
                 log.exception("simulated request failed")

@@ -1,0 +1,621 @@
+"""The OTA updater: one install or rollback at a time, as a journaled state machine that survives kill -9.
+
+    updater = Updater(store, host, trust=trust, workdir=data_dir / "incoming", report=send_status,
+                      fleet="lab", device="pi-07", make_predictor=load)
+    updater.recover()                 # at start-up, before the first command
+    updater.handle(parse_command(payload))
+
+`handle` runs the command on a worker thread and reports a Status at every stage, in order:
+
+    received -> downloading -> verifying -> self_testing -> switching -> health_check -> active
+    (any stage before the switch fails to) failed          (the health window fails to) rolled_back
+
+- downloading: `download` into workdir (max_bytes and timeout from the command; a `.partial` resumes).
+- verifying: `store.install` (unpack limit UNPACKED_RATIO x max_bytes, as the cloud's upload check),
+  with the command's rollback_authorization; a version not newer than the current one is refused.
+- self_testing: a Predictor on the new slot must pass `self_test()`, and after `warmup_runs` the p99
+  of `golden_runs` timed single-example runs must be within the command's latency_budget_ms.
+- switching: `store.activate` (atomic link rename) then `host.swap` (no request fails). The old
+  predictor is kept open, so that a failed health window swaps back instantly.
+- health_check: for health_window_seconds, the new model's live error rate (errors over requests that
+  were not rejected as malformed) and p99 latency against HealthPolicy and the command's budget, then a
+  self-test. Fewer than `min_requests` live requests are not judged; the final self-test still is.
+- active: `store.clean()` keeps current, previous and the `keep` newest installs.
+Before the switch a failure reports "failed" (reason: a short code, detail.message the text); the old
+model never stopped serving and the new slot is deleted. In the health window it reports "rolled_back":
+store.rollback() and a swap back to the old predictor. A second command while one runs is refused at
+once with "failed", reason "busy". `op: rollback` swaps to the previous slot and reports rolled_back.
+
+Mode "shadow"/"canary": switching starts the test on the host instead (the current slot is untouched)
+and reports "active" with detail {"mode", "phase": "testing"}. After health_window_seconds the test
+stops and a second status follows: "active" with {"phase": "report", "report": <shadow/canary report>}
+if the candidate's errors and latency passed the health policy (its slot stays installed, not active),
+or "rolled_back" with the reason (its slot is deleted; every request is the old model's again).
+
+Journal: before each stage the whole job (command, stage, slot ids) is written with
+`store.write_journal`; the journal is cleared after the final status. `recover()` at start-up reads
+it and applies these rules (the Status it reports carries detail.interrupted_at):
+
+- no journal: make the host serve store.current(); nothing to report.
+- interrupted before the switch (received .. self_testing, or switching with `current` still the old
+  slot): the old model serves; slots the job installed are deleted; "failed", reason
+  "interrupted at <stage>". A `.partial` download of that command is kept (the next command for the
+  same bundle resumes it; download() checks size and sha256 anyway); other workdir files are deleted.
+- interrupted after the switch (switching with `current` already the new slot, or health_check): the
+  new model was self-tested before the switch, but its health window was cut short, and the crash may
+  have been its fault. The host serves the new slot, self-tests it, and re-runs the whole health window
+  (a "health_check" status, then "active" or "rolled_back"), at most `max_health_retries` times; a
+  further interruption there rolls back: "rolled_back", reason "interrupted at health_check again".
+- interrupted in a shadow/canary test: the candidate slot is deleted and the old model serves:
+  "rolled_back", reason "interrupted at testing".
+- interrupted while rolling back: the rollback is completed, "rolled_back" with its original reason.
+- interrupted after the final stage was journaled: its cleanup is redone and its status re-sent.
+
+`make_predictor(path)` must return a Predictor without telemetry: the host enables telemetry on a model
+when it starts answering users (shadow candidates get none).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.ota import BundleRef, Command, Status, check_rollback_authorization
+from edgefleet.core.signing import TrustStore
+from edgefleet.edge_runtime.download import download
+from edgefleet.edge_runtime.health import HealthPolicy, UpdateFailed, candidate_stats, golden_latency_p99, judge
+from edgefleet.edge_runtime.model_host import ModelHost
+from edgefleet.edge_runtime.predictor import Predictor
+from edgefleet.edge_runtime.slots import Slot, SlotStore
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HealthPolicy", "UpdateFailed", "Updater"]
+
+UNPACKED_RATIO = 4  # an archive may unpack to this many times the command's max_bytes (as the cloud checks)
+PRE_SWITCH = ("received", "downloading", "verifying", "self_testing")
+DELETED = ".tmp-del-"  # the slot store's prefix for a deletion in progress (removed at its next start)
+
+
+class _Stopped(Exception):
+    """Updater.close() cut a health window short; the journal stays for recover()."""
+
+
+@dataclass
+class _Job:
+    command: Command
+    record: dict
+    new_slot: Slot | None = None
+    predictor: Predictor | None = None  # the new model, before it serves
+    old_predictor: Predictor | None = None  # the model it replaced, kept for an instant swap back
+    detail: dict = field(default_factory=dict)
+
+
+class Updater:
+    def __init__(
+        self,
+        store: SlotStore,
+        host: ModelHost,
+        *,
+        trust: TrustStore,
+        workdir: Path,
+        report: Callable[[Status], None],
+        fleet: str,
+        device: str,
+        make_predictor: Callable[[Path], Predictor],
+        health: HealthPolicy = HealthPolicy(),  # noqa: B008 - frozen, so one shared default is safe
+    ) -> None:
+        self.store, self.host, self.trust = store, host, trust
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._report_to = report
+        self.fleet, self.device = fleet, device
+        self.make_predictor = make_predictor
+        self.health = health
+        self._lock = threading.Lock()
+        self._worker: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # commands --------------------------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        worker = self._worker
+        return worker is not None and worker.is_alive()
+
+    def handle(self, command: Command) -> bool:
+        """Starts the command on the worker thread. Returns False, having reported "failed"/"busy", if an
+        update is running already."""
+        with self._lock:
+            if self.busy:
+                log.warning("command %s refused: an update is running", command.id)
+                self._report(command, "failed", reason="busy",
+                             detail={"message": "another update is in progress on this device"})
+                return False
+            work = self._install if command.op == "install" else self._rollback_command
+            self._worker = threading.Thread(target=self._run, args=(work, command), name="ota-update", daemon=True)
+            self._worker.start()
+            return True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Waits for the running command (or recovery); True if none is running any more."""
+        worker = self._worker
+        if worker is not None:
+            worker.join(timeout)
+        return not self.busy
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stops a health window in progress without deciding (the journal stays for recover())."""
+        self._stop.set()
+        self.wait(timeout)
+
+    def _run(self, work: Callable[..., None], *args: object) -> None:
+        try:
+            work(*args)
+        except _Stopped:
+            log.warning("update stopped during its health window; recover() will finish it")
+        except Exception as err:  # noqa: BLE001 - the worker must report, never die silently
+            log.exception("update failed unexpectedly")
+            self._give_up(err)
+
+    def _give_up(self, err: Exception) -> None:
+        """After an unexpected error: serve whatever `current` names (always a whole slot), report failed."""
+        job = self._job
+        if job is None or job.record.get("stage") in ("active", "failed", "rolled_back"):
+            return
+        stage = job.record.get("stage")
+        try:
+            current = self.store.current()
+            if current is not None:
+                self._serve(current)
+            self._final(job, "failed", reason=_as_failure(err, stage).reason,
+                        detail={"stage": stage, "message": f"{type(err).__name__}: {err}"})
+        except Exception:  # noqa: BLE001 - the journal stays; recover() at the next start finishes it
+            log.exception("could not settle update %s after an unexpected error", job.command.id)
+
+    # install ---------------------------------------------------------------------------------------------
+    def _install(self, command: Command) -> None:
+        current = self.store.current()
+        job = self._job = _Job(command, {"command": _command_dict(command), "mode": command.mode,
+                                         "old_slot": current.id if current else None, "new_slot": None})
+        try:
+            self._stage(job, "received")
+            if self._already_active(job, current):
+                return
+            self._precheck(job, current)
+            archive = self._download(job)
+            self._verify(job, archive)
+            self._self_test_new(job)
+        except Exception as err:  # noqa: BLE001 - every failure before the switch ends the same way
+            self._fail(job, _as_failure(err, job.record["stage"]))
+            return
+        if command.mode == "switch":
+            self._switch(job)
+        else:
+            self._test(job)
+
+    def _already_active(self, job: _Job, current: Slot | None) -> bool:
+        """A repeated command (MQTT QoS 1 may deliver twice) for the model already served: active again."""
+        ref = job.command.bundle
+        if ref is None or current is None or job.command.mode != "switch":
+            return False
+        if (current.name, current.version) != (ref.name, ref.version):
+            return False
+        self._final(job, "active", detail={"slot": current.id, "already_active": True})
+        return True
+
+    def _precheck(self, job: _Job, current: Slot | None) -> None:
+        """Refuses before downloading what would be refused after it."""
+        command, ref = job.command, job.command.bundle
+        if ref is None:
+            raise UpdateFailed("bad_command", "an install command needs a bundle")
+        if command.rollback_authorization is not None:
+            check_rollback_authorization(command.rollback_authorization, self.trust, ref.name, ref.version)
+        elif current is not None and current.name == ref.name and ref.version <= current.version:
+            raise UpdateFailed("not_newer", f"{ref.name} v{ref.version} is not newer than the installed "
+                                            f"v{current.version}")
+
+    def _download(self, job: _Job) -> Path:
+        command, ref = job.command, job.command.bundle
+        dest = self.workdir / _archive_name(ref)
+        self._clean_workdir(keep=(dest, _partial(dest)))
+        self._stage(job, "downloading", {"url": ref.url, "size": ref.size or None})
+        started = time.monotonic()
+        archive = download(ref.url, dest, max_bytes=command.max_bytes, expected_sha256=ref.sha256 or None,
+                           expected_size=ref.size or None, timeout_seconds=command.timeout_seconds)
+        job.detail["download_seconds"] = round(time.monotonic() - started, 3)
+        return archive
+
+    def _verify(self, job: _Job, archive: Path) -> None:
+        job.record["slots_before"] = [slot.id for slot in self.store.slots()]
+        self._stage(job, "verifying", {"bytes": archive.stat().st_size})
+        slot = self.store.install(archive, max_bytes=job.command.max_bytes * UNPACKED_RATIO,
+                                  rollback_authorization=job.command.rollback_authorization)
+        job.new_slot = slot
+        job.record["new_slot"] = slot.id
+        archive.unlink(missing_ok=True)
+
+    def _self_test_new(self, job: _Job) -> None:
+        self._stage(job, "self_testing", {"slot": job.new_slot.id})
+        job.predictor = self.make_predictor(job.new_slot.path)
+        job.detail.update(self._self_test(job.predictor, job.command.latency_budget_ms))
+
+    def _self_test(self, predictor: Predictor, budget_ms: float | None, *, timed: bool = True) -> dict:
+        report = predictor.self_test()
+        summary = {"passed": report.passed, "examples": report.examples, "max_abs_error": report.max_abs_error}
+        if not report.passed:
+            raise UpdateFailed("self_test_failed", "; ".join(report.failures), {"self_test": summary})
+        if not timed:
+            return {"self_test": summary}
+        p99 = golden_latency_p99(predictor, self.health)
+        result = {"self_test": summary, "golden_latency_p99_ms": round(p99, 4)}
+        if budget_ms is not None and p99 > budget_ms:
+            raise UpdateFailed("latency_budget", f"golden p99 latency {p99:.3f} ms is over the budget of "
+                                                 f"{budget_ms:g} ms", result)
+        return result
+
+    # switch and health window ------------------------------------------------------------------------------
+    def _switch(self, job: _Job) -> None:
+        self._stage(job, "switching", {"from": job.record["old_slot"], "to": job.new_slot.id})
+        try:
+            self.store.activate(job.new_slot)
+            job.old_predictor = self.host.swap(job.predictor)
+        except Exception as err:  # noqa: BLE001 - the switch did not happen: undo the link, report failed
+            self._undo_switch(job)
+            self._fail(job, _as_failure(err, "switching"))
+            return
+        job.predictor = None  # it serves now; the host owns it
+        self._stage(job, "health_check", {"window_seconds": job.command.health_window_seconds})
+        self._health(job)
+
+    def _undo_switch(self, job: _Job) -> None:
+        with contextlib.suppress(Exception):
+            current = self.store.current()
+            if current is not None and current.id == job.new_slot.id:
+                self.store.rollback()
+        if job.old_predictor is not None and self.host.current is not job.old_predictor:
+            self.host.swap(job.old_predictor)
+
+    def _health(self, job: _Job) -> None:
+        """The health window of a switched model (its status is reported), then active or rolled_back."""
+        self._job = job
+        served = self.host.current
+        failure = self._watch(job, lambda: self.host.stats() if self.host.current is served else None)
+        if failure is None:
+            try:
+                self._self_test(served, None, timed=False)  # timed runs would count as its live traffic
+            except Exception as err:  # noqa: BLE001 - a model that cannot self-test now is not healthy
+                failure = _as_failure(err, "health_check")
+        if failure is not None:
+            self._roll_back(job, failure)
+            return
+        old = job.old_predictor
+        self._final(job, "active", detail={"slot": job.record["new_slot"], **job.detail})
+        if old is not None:
+            old.close()  # swap() returned it idle; kept only for an instant swap back
+
+    def _watch(self, job: _Job, stats: Callable[[], dict | None]) -> UpdateFailed | None:
+        """Watches live traffic for the command's health window; None if healthy."""
+        policy = self.health
+        deadline = time.monotonic() + job.command.health_window_seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            if self._stop.wait(min(policy.poll_seconds, remaining)):
+                raise _Stopped()
+            current = stats()
+            if current is None:
+                return UpdateFailed("replaced", "the model under test stopped serving during its health window")
+            failure = judge(current, policy, job.command.latency_budget_ms, latency=False)
+            if failure is not None:
+                return failure
+        current = stats()
+        job.detail["health"] = current
+        if current is None:
+            return UpdateFailed("replaced", "the model under test stopped serving during its health window")
+        return judge(current, policy, job.command.latency_budget_ms, latency=True)
+
+    def _roll_back(self, job: _Job, failure: UpdateFailed) -> None:
+        """Back to the old slot and model after a failed health window (also used by recover())."""
+        log.warning("update %s: %s; rolling back", job.command.id, failure)
+        job.record.update(target_slot=job.record["old_slot"], from_slot=job.record["new_slot"], remove_from=True,
+                          reason=failure.reason, message=str(failure), failure_detail=failure.detail)
+        self._finish_rollback(job)
+
+    def _finish_rollback(self, job: _Job, old_predictor: Predictor | None = None) -> None:
+        record = job.record
+        record["stage"] = "rolling_back"
+        self.store.write_journal(record)
+        target = self._slot(record["target_slot"])
+        if target is None:
+            raise EdgefleetError(f"cannot roll back: slot {record['target_slot']} is gone")
+        current = self.store.current()
+        if current is None or current.id != target.id:
+            previous = self.store.previous()
+            if previous is not None and previous.id == target.id:
+                self.store.rollback()
+            else:
+                self.store.activate(target)
+        self._serve(target, old_predictor or job.old_predictor)
+        if record.get("remove_from"):
+            self._remove_slot(record["from_slot"])
+        detail = {"slot": target.id, "message": record.get("message"), **(record.get("failure_detail") or {})}
+        self._final(job, "rolled_back", reason=record.get("reason"), detail=detail,
+                    bundle=BundleRef(target.name, target.version) if job.command.op == "rollback" else None)
+
+    # shadow and canary -------------------------------------------------------------------------------------
+    def _test(self, job: _Job) -> None:
+        command = job.command
+        self._stage(job, "switching", {"mode": command.mode, "candidate": job.new_slot.id})
+        candidate, job.predictor = job.predictor, None
+        if command.mode == "shadow":
+            self.host.start_shadow(candidate)
+        else:
+            self.host.start_canary(candidate, command.canary_fraction)
+        job.record["stage"] = "testing"
+        self.store.write_journal(job.record)
+        self._report(command, "active", detail={"mode": command.mode, "phase": "testing",
+                                                "window_seconds": command.health_window_seconds,
+                                                "candidate": job.new_slot.id})
+        try:
+            failure = self._watch(job, lambda: candidate_stats(self.host))
+        finally:
+            report = self.host.stop_test(close=True)
+        detail = {"mode": command.mode, "phase": "report", "report": report, "candidate": job.new_slot.id}
+        if failure is not None:
+            self._remove_slot(job.new_slot.id)
+            self._final(job, "rolled_back", reason=failure.reason, detail={**detail, "message": str(failure)})
+        else:
+            self._final(job, "active", detail=detail)
+
+    # rollback command -------------------------------------------------------------------------------------
+    def _rollback_command(self, command: Command) -> None:
+        current, previous = self.store.current(), self.store.previous()
+        job = self._job = _Job(command, {"command": _command_dict(command), "mode": "switch",
+                                         "old_slot": current.id if current else None, "new_slot": None})
+        self._stage(job, "received")
+        if previous is None:
+            self._final(job, "failed", reason="no_previous",
+                        detail={"message": "there is no previous slot to roll back to"})
+            return
+        try:
+            predictor = self.make_predictor(previous.path)
+            self._self_test(predictor, None, timed=False)
+        except Exception as err:  # noqa: BLE001 - the previous model cannot serve: keep the current one
+            self._final(job, "failed", reason=_as_failure(err, "received").reason, detail={"message": str(err)})
+            return
+        job.record.update(target_slot=previous.id, from_slot=job.record["old_slot"], remove_from=False,
+                          reason=command.reason or "rollback command", message=command.reason or None)
+        self._finish_rollback(job, predictor)
+
+    # recovery --------------------------------------------------------------------------------------------
+    def recover(self) -> Status | None:
+        """At start-up: finishes or undoes an update that a crash interrupted (see the module docstring).
+        Returns the Status it reported (None if there was nothing to recover); a re-run health window
+        continues on the worker thread (wait() for it)."""
+        record = self.store.read_journal()
+        if record is None:
+            current = self.store.current()
+            if current is not None:
+                self._serve(current)
+            return None
+        stage = str(record.get("stage"))
+        job = _Job(_command_from(record["command"]), record)
+        log.warning("recovering update %s interrupted at %s", job.command.id, stage)
+        current = self.store.current()
+        new_id = record.get("new_slot")
+        switched = current is not None and new_id is not None and current.id == new_id
+        if stage in ("active", "failed", "rolled_back"):
+            return self._recover_final(job, stage)
+        if stage == "rolling_back":
+            self._finish_rollback(job)
+            return self._last
+        if stage == "testing":
+            return self._recover_before_switch(job, "rolled_back", current)
+        if stage in PRE_SWITCH or (stage == "switching" and not switched):
+            return self._recover_before_switch(job, "failed", current)
+        if stage in ("switching", "health_check") and switched:
+            return self._recover_health(job, stage, current)
+        # health_check but current is not the new slot: something else changed the links; serve it
+        return self._recover_before_switch(job, "failed", current)
+
+    def _recover_before_switch(self, job: _Job, state: str, current: Slot | None) -> Status:
+        stage = job.record["stage"]
+        if current is not None:
+            self._serve(current)
+        for slot_id in self._job_slots(job):
+            if current is None or slot_id != current.id:
+                self._remove_slot(slot_id)
+        self._final(job, state, reason=f"interrupted at {stage}", detail={"interrupted_at": stage})
+        return self._last
+
+    def _recover_health(self, job: _Job, stage: str, current: Slot) -> Status:
+        record = job.record
+        recoveries = int(record.get("recoveries", 0))
+        try:
+            self._serve(current)
+        except Exception as err:  # noqa: BLE001 - the new model cannot even load: back to the old one
+            self._roll_back(job, _as_failure(err, stage))
+            return self._last
+        if recoveries >= self.health.max_health_retries:
+            self._roll_back(job, UpdateFailed(f"interrupted at {stage} again",
+                                              f"the health window was interrupted {recoveries + 1} times",
+                                              {"interrupted_at": stage}))
+            return self._last
+        record["recoveries"] = recoveries + 1
+        self._stage(job, "health_check", {"window_seconds": job.command.health_window_seconds,
+                                          "interrupted_at": stage, "recoveries": recoveries + 1})
+        status = self._last
+        with self._lock:
+            self._worker = threading.Thread(target=self._run, args=(self._health, job), name="ota-recover",
+                                            daemon=True)
+            self._worker.start()
+        return status
+
+    def _recover_final(self, job: _Job, stage: str) -> Status:
+        record = job.record
+        if stage == "failed":
+            for slot_id in self._job_slots(job):
+                self._remove_slot(slot_id)
+        current = self.store.current()
+        if current is not None:
+            self._serve(current)
+        target = self._slot(record.get("target_slot")) if job.command.op == "rollback" else None
+        self._final(job, stage, reason=record.get("reason"), detail=record.get("final_detail") or {},
+                    bundle=BundleRef(target.name, target.version) if target else None)
+        return self._last
+
+    def _job_slots(self, job: _Job) -> list[str]:
+        """Slots this job installed: its new slot, and any that appeared after it journaled slots_before
+        (an install that completed just before the crash, before its id was journaled)."""
+        record = job.record
+        found = [record["new_slot"]] if record.get("new_slot") else []
+        if "slots_before" in record:
+            before = set(record["slots_before"])
+            found += [s.id for s in self.store.slots() if s.id not in before and s.id not in found]
+        return found
+
+    # plumbing --------------------------------------------------------------------------------------------
+    _last: Status | None = None  # the last status reported (what recover() returns)
+    _job: _Job | None = None  # the job the worker runs
+
+    def _stage(self, job: _Job, stage: str, detail: dict | None = None) -> None:
+        """Journal first, then report: after a crash the journal names the stage that was under way."""
+        job.record["stage"] = stage
+        self.store.write_journal(job.record)
+        self._report(job.command, stage, detail=detail or {})
+
+    def _fail(self, job: _Job, failure: UpdateFailed) -> None:
+        stage = job.record["stage"]
+        log.warning("update %s failed at %s: %s", job.command.id, stage, failure)
+        if job.predictor is not None:
+            job.predictor.close()
+            job.predictor = None
+        for slot_id in self._job_slots(job):
+            self._remove_slot(slot_id)
+        self._final(job, "failed", reason=failure.reason,
+                    detail={"stage": stage, "message": str(failure), **failure.detail})
+
+    def _final(self, job: _Job, state: str, *, reason: str | None = None, detail: dict | None = None,
+               bundle: BundleRef | None = None) -> None:
+        """Journals the final state, cleans up, reports it, clears the journal."""
+        detail = _jsonable(detail or {})
+        job.record.update(stage=state, reason=reason, final_detail=detail)
+        self.store.write_journal(job.record)
+        if state == "active":
+            deleted = self.store.clean()
+            if deleted:
+                detail["deleted_slots"] = [slot.id for slot in deleted]
+        self._clean_workdir(keep=self._resumable(job) if state != "active" else ())
+        self._report(job.command, state, reason=reason, detail=detail, bundle=bundle)
+        self.store.clear_journal()
+
+    def _report(self, command: Command, state: str, *, reason: str | None = None, detail: dict | None = None,
+                bundle: BundleRef | None = None) -> None:
+        ref = bundle or command.bundle
+        status = Status(self.fleet, self.device, command.id, command.deployment, state,
+                        BundleRef(ref.name, ref.version) if ref else None, reason, _jsonable(detail or {}),
+                        time.time())
+        self._last = status
+        log.info("update %s: %s%s", command.id, state, f" ({reason})" if reason else "")
+        try:
+            self._report_to(status)
+        except Exception:  # noqa: BLE001 - a broken transport must not break the update
+            log.exception("reporting status %s of %s failed", state, command.id)
+
+    def _serve(self, slot: Slot, predictor: Predictor | None = None) -> None:
+        """Makes the host serve `slot` (whole: the swap is atomic), unless it does already."""
+        if Path(self.host.current.bundle.root).resolve() == slot.path.resolve():
+            if predictor is not None and predictor is not self.host.current:
+                predictor.close()
+            return
+        self.host.swap(predictor or self.make_predictor(slot.path), close_old=True)
+
+    def _slot(self, slot_id: str | None) -> Slot | None:
+        return next((slot for slot in self.store.slots() if slot.id == slot_id), None)
+
+    def _remove_slot(self, slot_id: str | None) -> None:
+        """Deletes a slot this update installed, unless current or previous points at it."""
+        slot = self._slot(slot_id)
+        if slot is None:
+            return
+        protected = {s.id for s in (self._current_or_none(), self.store.previous()) if s is not None}
+        if slot.id in protected:
+            log.warning("not deleting slot %s: it is current or previous", slot.id)
+            return
+        doomed = slot.path.with_name(f"{DELETED}{slot.id}")
+        os.rename(slot.path, doomed)  # out of sight first: a crash mid-delete leaves only a leftover
+        shutil.rmtree(doomed, ignore_errors=True)
+        log.info("deleted slot %s", slot.id)
+
+    def _current_or_none(self) -> Slot | None:
+        try:
+            return self.store.current()
+        except EdgefleetError:
+            return None
+
+    def _resumable(self, job: _Job) -> tuple[Path, ...]:
+        ref = job.command.bundle
+        return (_partial(self.workdir / _archive_name(ref)),) if ref else ()
+
+    def _clean_workdir(self, keep: tuple[Path, ...] = ()) -> None:
+        for path in self.workdir.iterdir():
+            if path in keep:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def _as_failure(err: Exception, stage: str | None) -> UpdateFailed:
+    """A stage's exception as a Status reason: its `reason` code (DownloadError, VerificationError), else
+    the error class in snake case (BackendError -> backend_error), else "error" for a bug."""
+    if isinstance(err, UpdateFailed):
+        return err
+    if not isinstance(err, EdgefleetError):
+        log.error("unexpected error at %s", stage, exc_info=err)
+        return UpdateFailed("error", f"{type(err).__name__}: {err}")
+    reason = getattr(err, "reason", None)
+    if not isinstance(reason, str):
+        reason = re.sub(r"(?<!^)(?=[A-Z])", "_", type(err).__name__).lower()
+    return UpdateFailed(reason, str(err))
+
+
+def _archive_name(ref: BundleRef) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", ref.name).strip("._")[:64] or "bundle"
+    return f"{safe}-v{ref.version}.tar.gz"
+
+
+def _partial(dest: Path) -> Path:
+    return dest.with_suffix(dest.suffix + ".partial")
+
+
+def _command_dict(command: Command) -> dict:
+    return asdict(command)
+
+
+def _command_from(data: dict) -> Command:
+    bundle = data.get("bundle")
+    return Command(**{**data, "bundle": BundleRef(**bundle) if bundle else None})
+
+
+def _jsonable(value: object) -> object:
+    """Detail dicts go into JSON with allow_nan=False: numpy scalars to Python, NaN/inf to None."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value

@@ -33,9 +33,13 @@ def up(
     port: Annotated[int | None, typer.Option(help="HTTP port (default 8080; 0 picks a free one)")] = None,
     host: Annotated[str | None, typer.Option(help="HTTP address to listen on (default 127.0.0.1)")] = None,
     trust: TrustOption = None,
+    public_url: Annotated[str | None, typer.Option(help="The API's URL as devices reach it (for update "
+                                                        "downloads; default: the bound address)")] = None,
+    rollback_key: Annotated[Path | None, typer.Option(help="Private key that signs rollback authorizations, so "
+                                                           "a deployment may install an older version")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
-    """Run the cloud service (API, MQTT broker, ingest, drift monitor) until Ctrl+C or SIGTERM."""
+    """Run the cloud service (API, MQTT broker, ingest, drift monitor, rollouts) until Ctrl+C or SIGTERM."""
     import logging
 
     from edgefleet.cloud.server import CloudServer
@@ -48,7 +52,8 @@ def up(
     if level != "DEBUG":
         logging.getLogger("transitions").setLevel(logging.WARNING)  # amqtt's state machine, chatty at INFO
     trusted = list(trust or config.trusted_key_paths()) or None
-    settings = load_settings(db_url=db, mqtt_url=mqtt_url, data_dir=data, port=port, host=host, trusted_keys=trusted)
+    settings = load_settings(db_url=db, mqtt_url=mqtt_url, data_dir=data, port=port, host=host, trusted_keys=trusted,
+                             public_url=public_url, rollback_key=rollback_key)
     server = CloudServer(settings).start()
     try:
         out.print(f"edgefleet cloud API: {server.url}", markup=False, highlight=False, soft_wrap=True)

@@ -12,6 +12,7 @@ from edgefleet.cli import (
     bundle_commands,  # noqa: F401 - registers keys, sign, inspect, verify, predict, bench
     cloud_commands,  # noqa: F401 - registers cloud up, cloud token
     fleet_commands,  # noqa: F401 - registers device run, sim, push, drift, alerts
+    rollout_commands,  # noqa: F401 - registers deploy, rollout status|approve|abort|list
 )
 from edgefleet.cli.app import app, err_console
 from edgefleet.core import config

@@ -1,7 +1,9 @@
 """The cloud's tables (SQLAlchemy 2): SQLite by default, PostgreSQL by URL, the same models for both.
 
-Telemetry rows are unique on (device, seq): the ingest's duplicate filter is the database itself, so
-a window that arrives twice (QoS 1 redelivery, an outbox replay) is stored once whatever happens.
+Telemetry rows and OTA status events are unique on (device, seq): the ingest's duplicate filter is the
+database itself, so a message that arrives twice (QoS 1 redelivery, an outbox replay) is stored once.
+A deployment is its rows (Deployment, one DeploymentDevice per targeted device with its wave): the
+rollout engine keeps no other state, so a restarted cloud resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
@@ -47,6 +51,8 @@ class Device(Base):
     __tablename__ = "devices"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     fleet: Mapped[str] = mapped_column(String(64), index=True)
+    # An optional label within the fleet that deployments can target ("canary", "site-3").
+    group: Mapped[str | None] = mapped_column("device_group", String(64), nullable=True, index=True)
     # MQTT password in Mosquitto's PBKDF2-SHA512 format ($7$...), checked by both brokers.
     password_hash: Mapped[str] = mapped_column(String(256))
     online: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -128,6 +134,69 @@ class Alert(Base):
     closed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
+class Deployment(Base):
+    """A staged rollout of one bundle to a set of devices, in waves (see edgefleet.cloud.rollout)."""
+
+    __tablename__ = "deployments"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    bundle_name: Mapped[str] = mapped_column(String(128))
+    bundle_version: Mapped[int] = mapped_column(Integer)
+    target: Mapped[dict] = mapped_column(JSON)  # as requested: {"fleet", "group", "devices"}
+    strategy: Mapped[dict] = mapped_column(JSON)  # edgefleet.cloud.rollout_plan.Strategy, all fields
+    wave_sizes: Mapped[list] = mapped_column(JSON)  # devices per wave, in order
+    state: Mapped[str] = mapped_column(String(16), index=True)  # pending|running|paused|completed|aborted
+    current_wave: Mapped[int] = mapped_column(Integer, default=0)  # 1-based; 0 before the first wave
+    wave_started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    approved: Mapped[bool] = mapped_column(Boolean, default=False)  # the first wave was approved
+    # On abort: whether updated devices get a rollback command, and whether the engine has sent them all.
+    rollback: Mapped[bool] = mapped_column(Boolean, default=True)
+    rollback_done: Mapped[bool] = mapped_column(Boolean, default=False)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, default=now, index=True)
+    updated_at: Mapped[float] = mapped_column(Float, default=now)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class DeploymentDevice(Base):
+    """One device of a deployment: its wave, the commands sent to it, and the last state it reported."""
+
+    __tablename__ = "deployment_devices"
+    __table_args__ = (UniqueConstraint("deployment_id", "device_id", name="uq_deployment_device"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    deployment_id: Mapped[str] = mapped_column(String(32), ForeignKey("deployments.id"), index=True)
+    device_id: Mapped[str] = mapped_column(String(64), ForeignKey("devices.id"), index=True)
+    wave: Mapped[int] = mapped_column(Integer)  # 1-based
+    rank: Mapped[int] = mapped_column(Integer)  # position in the deterministic order
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # "pending" or one of core.ota.STATES
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The install command: its id is stored before it is published, sent_at once the broker acknowledged it.
+    command_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    sent_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rollback_command_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    rollback_sent_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    status_seq: Mapped[int | None] = mapped_column(Integer, nullable=True)  # seq of the status applied last
+    updated_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class DeviceStatus(Base):
+    """An OTA status message as a device sent it (validated), once per (device, seq)."""
+
+    __tablename__ = "device_status"
+    __table_args__ = (UniqueConstraint("device_id", "seq", name="uq_device_status_device_seq"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64), ForeignKey("devices.id"), index=True)
+    fleet: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(Integer)
+    deployment_id: Mapped[str] = mapped_column(String(64), index=True)  # as sent; may name no deployment
+    command_id: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    at: Mapped[float] = mapped_column(Float)  # the device's clock
+    payload: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[float] = mapped_column(Float, default=now)
+
+
 class IngestCounter(Base):
     """How many messages the ingest accepted, dropped as duplicates, or refused, by reason."""
 
@@ -150,7 +219,29 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
     Base.metadata.create_all(engine)
+    _add_missing_columns(engine)
     return engine
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Adds the nullable columns a newer release introduced to tables an older one created (for example
+    devices.device_group); create_all makes only missing tables. Anything more needs a real migration."""
+    inspector = inspect(engine)
+    existing_tables = set(inspector.get_table_names())
+    for table in Base.metadata.sorted_tables:
+        if table.name not in existing_tables:
+            continue
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present or not column.nullable:
+                continue
+            kind = column.type.compile(dialect=engine.dialect)
+            with engine.begin() as connection:
+                connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+            if column.index:
+                with engine.begin() as connection:
+                    connection.execute(text(f'CREATE INDEX IF NOT EXISTS ix_{table.name}_{column.name} '
+                                            f'ON {table.name} ("{column.name}")'))
 
 
 def make_sessions(engine: Engine) -> sessionmaker:

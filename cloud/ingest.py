@@ -6,6 +6,10 @@ the PUBACKs (paho's manual_ack). So a telemetry window the broker considers deli
 disk; if the cloud dies first, the broker redelivers it (persistent session), and the (device, seq)
 filter drops the copy. A malformed, oversized, misaddressed or unknown-device message is counted by
 reason (table ingest_counters) and dropped; nothing a device sends can stop the ingest.
+
+OTA status messages (`core.ota`) are stored once per (device, seq) as DeviceStatus rows and move the
+device's DeploymentDevice row (matched on deployment, device and one of its two command ids) to the
+reported state, unless a status with a higher seq was applied already; the rollout engine reads these.
 """
 
 from __future__ import annotations
@@ -23,14 +27,15 @@ import paho.mqtt.client as mqtt
 from sqlalchemy import insert, select, tuple_, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from edgefleet.cloud.db import Device, IngestCounter, TelemetryRecord
+from edgefleet.cloud.db import DeploymentDevice, Device, DeviceStatus, IngestCounter, TelemetryRecord
 from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.ota import OtaError, Status, parse_status
 from edgefleet.core.telemetry import MAX_PAYLOAD_BYTES, TelemetryError, TelemetryWindow, parse_telemetry
 from edgefleet.core.topics import TopicError, parse, subscription
 
 log = logging.getLogger(__name__)
 
-SUBSCRIBED_KINDS = ("telemetry", "birth", "death")
+SUBSCRIBED_KINDS = ("telemetry", "birth", "death", "status")
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,7 @@ class Ingest:
         tally: Counter[str] = Counter()
         windows: list[tuple[TelemetryWindow, bytes]] = []
         presence: list[tuple[str, str, bytes]] = []
+        statuses: list[tuple[Status, bytes]] = []
         for item in batch:
             try:
                 topic = parse(item.topic)
@@ -171,10 +177,22 @@ class Ingest:
                     tally["topic_mismatch"] += 1
                     continue
                 windows.append((window, item.payload))
+            elif topic.kind == "status":
+                try:
+                    status = parse_status(item.payload)
+                except OtaError as err:
+                    tally[f"status_{err.reason}"] += 1
+                    log.debug("ingest: dropped status from %s: %s", topic.device, err)
+                    continue
+                if (status.fleet, status.device) != (topic.fleet, topic.device):
+                    tally["topic_mismatch"] += 1
+                    continue
+                statuses.append((status, item.payload))
             else:
                 presence.append((topic.kind, topic.device, item.payload))
         with self.sessions.begin() as session:
-            known = _known_devices(session, {w.device for w, _ in windows} | {p[1] for p in presence})
+            known = _known_devices(session, {w.device for w, _ in windows} | {p[1] for p in presence}
+                                   | {s.device for s, _ in statuses})
             fresh = _without_duplicates(session, [(w, raw) for w, raw in windows if w.device in known], tally)
             tally["unknown_device"] += sum(1 for w, _ in windows if w.device not in known)
             if fresh:
@@ -186,6 +204,8 @@ class Ingest:
                     tally["unknown_device"] += 1
                     continue
                 tally[_presence(session, kind, device, payload)] += 1
+            tally["unknown_device"] += sum(1 for s, _ in statuses if s.device not in known)
+            _store_statuses(session, [(s, raw) for s, raw in statuses if s.device in known], tally)
             _add_counts(session, tally)
         self.counts.update(tally)
 
@@ -227,11 +247,17 @@ def _record(window: TelemetryWindow, raw: bytes) -> dict:
 
 
 def _touch(session: Session, windows: list[TelemetryWindow]) -> None:
-    latest: dict[str, float] = {}
+    """Each device's last_seen, and the model it serves: that of its newest window (a window holds one
+    model version, and the device closes the old version's window when an update swaps models)."""
+    latest: dict[str, TelemetryWindow] = {}
     for window in windows:
-        latest[window.device] = max(latest.get(window.device, 0.0), window.end)
+        if window.device not in latest or window.end >= latest[window.device].end:
+            latest[window.device] = window
     if latest:  # one executemany: ORM bulk UPDATE by primary key
-        session.execute(update(Device), [{"id": device, "last_seen": seen} for device, seen in latest.items()])
+        session.execute(update(Device), [
+            {"id": device, "last_seen": w.end, "model_name": w.model_name, "model_version": w.model_version}
+            for device, w in latest.items()
+        ])
 
 
 def _presence(session: Session, kind: str, device: str, payload: bytes) -> str:
@@ -262,6 +288,43 @@ def _presence(session: Session, kind: str, device: str, payload: bytes) -> str:
             values["agent_version"] = str(data["agent_version"])
     session.execute(update(Device).where(Device.id == device).values(**values))
     return kind
+
+
+def _store_statuses(session: Session, statuses: list[tuple[Status, bytes]], tally: Counter) -> None:
+    """Stores new (device, seq) statuses and applies each, in seq order, to its deployment's device row."""
+    if not statuses:
+        return
+    keys = [(s.device, s.seq) for s, _ in statuses]
+    seen = set(session.execute(select(DeviceStatus.device_id, DeviceStatus.seq)
+                               .where(tuple_(DeviceStatus.device_id, DeviceStatus.seq).in_(keys))).all())
+    fresh = []
+    for (status, raw), key in zip(statuses, keys, strict=True):
+        if key in seen:
+            tally["status_duplicate"] += 1
+            continue
+        seen.add(key)
+        fresh.append((status, raw))
+    if not fresh:
+        return
+    stamp = time.time()
+    session.execute(insert(DeviceStatus), [
+        {"device_id": s.device, "fleet": s.fleet, "seq": s.seq, "deployment_id": s.deployment, "command_id": s.command,
+         "state": s.state, "reason": s.reason, "at": s.at, "payload": raw.decode(), "received_at": stamp}
+        for s, raw in fresh])
+    for status, _ in sorted(fresh, key=lambda item: (item[0].device, item[0].seq)):
+        tally[_apply_status(session, status, stamp)] += 1
+
+
+def _apply_status(session: Session, status: Status, stamp: float) -> str:
+    row = session.scalar(select(DeploymentDevice).where(DeploymentDevice.deployment_id == status.deployment,
+                                                        DeploymentDevice.device_id == status.device))
+    if row is None or status.command not in (row.command_id, row.rollback_command_id):
+        return "status_unmatched"  # stored, but about no command of ours (an old or a foreign deployment)
+    if row.status_seq is not None and status.seq <= row.status_seq:
+        return "status_stale"  # a newer status of this device was applied already
+    row.state, row.reason, row.status_seq, row.updated_at = status.state, status.reason, status.seq, stamp
+    log.debug("ingest: %s is %s in deployment %s", status.device, status.state, status.deployment)
+    return "status"
 
 
 def _add_counts(session: Session, tally: Counter) -> None:

@@ -26,6 +26,7 @@ from edgefleet.cloud.auth import ensure_admin_token
 from edgefleet.cloud.components import Component, build_components
 from edgefleet.cloud.db import make_engine, make_sessions
 from edgefleet.cloud.settings import CloudSettings
+from edgefleet.cloud.signed_urls import download_secret
 from edgefleet.core.errors import EdgefleetError
 
 if TYPE_CHECKING:
@@ -68,7 +69,9 @@ class CloudServer:
             else:
                 log.info("using the external MQTT broker at %s", settings.mqtt_url)
             app.state.broker_url = self.broker_url  # what GET /api/v1/info tells devices and `edgefleet sim`
-            self.components = list(build_components(settings, self.sessions, self.broker))
+            download_secret(settings)  # made on the first start, before anything signs a download URL
+            self.components = list(build_components(settings, self.sessions, self.broker, public_url=lambda: (
+                self.public_url if self._socket is not None or settings.public_url else None)))
             for component in self.components:
                 self._start_one(component, getattr(component, "name", type(component).__name__))
             self._serve(app)
@@ -129,6 +132,11 @@ class CloudServer:
         return f"http://{f'[{host}]' if ':' in host else host}:{self._socket.getsockname()[1]}"
 
     @property
+    def public_url(self) -> str:
+        """The API's base URL as devices reach it: settings.public_url, or the bound address."""
+        return self.settings.public_url or self.url
+
+    @property
     def broker_url(self) -> str:
         """The MQTT broker devices and components use (the embedded one's bound port, if it runs)."""
         return self.broker.url if self.broker is not None else self.settings.broker_url
@@ -149,6 +157,9 @@ class CloudServer:
             sock.close()
             raise EdgefleetError(f"cannot listen on {host}:{port}: {err.strerror or err}") from err
         self._socket = sock
+        if not self.settings.public_url and host in ("0.0.0.0", "::", ""):
+            log.warning("the API listens on %s and public_url is not set: install commands would tell devices to "
+                        "download from %s; set EDGEFLEET_PUBLIC_URL to the address devices reach", host, self.url)
         config = uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=GRACEFUL_SECONDS)
         self._http = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._http.run, kwargs={"sockets": [sock]},

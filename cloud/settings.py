@@ -42,6 +42,17 @@ class CloudSettings(BaseSettings):
     telemetry_max_bytes: int = Field(default=256 * KiB, gt=0)
     drift_interval_seconds: float = Field(default=10.0, gt=0)
     drift_lookback_seconds: float = Field(default=300.0, gt=0)
+    # The API's base URL as devices reach it, for the signed download URLs in install commands. None: the
+    # address the server listens on (CloudServer fills in the bound port); set it behind a proxy or NAT.
+    public_url: str | None = None
+    # How long a signed download URL in an install command stays valid.
+    download_url_ttl_seconds: int = Field(default=24 * 3600, gt=0)
+    # How often the rollout engine advances the running deployments.
+    rollout_interval_seconds: float = Field(default=0.5, gt=0)
+    # An Ed25519 private key (.key) the devices trust: with it, a deployment may install a version that is
+    # not newer than a device's (the command carries a signed rollback authorization). Without it, such
+    # deployments are refused.
+    rollback_key: Path | None = None
 
     @field_validator("trusted_keys", mode="before")
     @classmethod
@@ -59,10 +70,22 @@ class CloudSettings(BaseSettings):
             self.db_url = f"sqlite:///{(self.data_dir / 'edgefleet.db').resolve()}"
         return self
 
+    @field_validator("public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URL, got {value!r}")
+        return value.rstrip("/") if value else value
+
     @property
     def bundles_dir(self) -> Path:
         """The artifact store: bundles/<name>/<version>.tar.gz."""
         return self.data_dir / "bundles"
+
+    @property
+    def download_secret_path(self) -> Path:
+        """The key of the signed download URLs (made on first use, mode 0600)."""
+        return self.data_dir / "download-url.key"
 
     @property
     def broker_url(self) -> str:

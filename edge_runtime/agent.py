@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import replace
@@ -43,6 +44,8 @@ from edgefleet.edge_runtime.updater import Updater
 log = logging.getLogger(__name__)
 AGENT_VERSION = "0.1.0"
 MAX_BUNDLE_BYTES = 1 << 30  # the configured first bundle; updates carry their own limit
+COMMAND_WAIT_SECONDS = 900.0  # how long a command waits for a running update (health windows included)
+SEEN_COMMANDS = 200  # command ids remembered to ignore redeliveries
 
 
 class DeviceAgent:
@@ -53,6 +56,7 @@ class DeviceAgent:
         self.host: ModelHost | None = None
         self.updater: Updater | None = None
         self.outbox: Outbox | None = None
+        self._seen_commands: list[str] = []
         self.transport = None
         self.totals: Totals | None = None
         self._stop = threading.Event()
@@ -87,6 +91,7 @@ class DeviceAgent:
         self.updater = Updater(self.store, self.host, trust=trust, workdir=config.data_dir / "incoming",
                                report=self._report_status, fleet=config.fleet, device=config.device,
                                make_predictor=self._make_predictor)
+        self._seen_commands = self._load_seen_commands()
         self.updater.recover()  # an update a crash interrupted: serve a whole model, say where it stopped
         if self.transport is not None:
             self.transport.start()
@@ -170,13 +175,38 @@ class DeviceAgent:
 
     # updates ---------------------------------------------------------------------------------------------
     def _on_command(self, payload: bytes) -> None:
-        """A message on this device's cmd topic (the transport calls this on its command thread)."""
+        """A message on this device's cmd topic. The transport calls this on its one command thread, so
+        commands are handled in the order they came: a rollback that follows an install waits for the
+        install to end instead of being refused as busy. A command id seen before (a QoS 1 redelivery,
+        the cloud's republish after its restart) is ignored, across restarts too."""
         try:
             command = parse_command(payload)
         except OtaError as err:
             log.warning("ignored a malformed command: %s", err)
             return
+        if command.id in self._seen_commands:
+            log.info("ignored command %s: handled before", command.id)
+            return
+        if not self.updater.wait(COMMAND_WAIT_SECONDS):
+            log.warning("command %s: the running update has not ended after %.0f s", command.id,
+                        COMMAND_WAIT_SECONDS)
+        self._remember(command.id)
         self.updater.handle(command)
+
+    def _remember(self, command_id: str) -> None:
+        self._seen_commands.append(command_id)
+        del self._seen_commands[:-SEEN_COMMANDS]
+        path = self.config.data_dir / "commands-seen.json"
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self._seen_commands))
+        os.replace(temporary, path)
+
+    def _load_seen_commands(self) -> list[str]:
+        try:
+            seen = json.loads((self.config.data_dir / "commands-seen.json").read_text())
+            return [str(i) for i in seen][-SEEN_COMMANDS:] if isinstance(seen, list) else []
+        except (OSError, ValueError):
+            return []
 
     def _report_status(self, status: Status) -> None:
         log.info("update %s: %s%s", status.command, status.state, f" ({status.reason})" if status.reason else "")

@@ -1,18 +1,22 @@
-"""The cloud's HTTP API: one router per resource, every /api/v1 route behind the admin token."""
+"""The cloud's HTTP API: one router per resource, every /api/v1 route behind the admin token except the
+bundle download, which also takes a signed URL and authorises each request itself."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from edgefleet.cloud.api import bundles, devices, drift, health, info
+from edgefleet.cloud.api import bundles, deployments, devices, drift, health, info
 from edgefleet.cloud.auth import require_admin
 
 API_PREFIX = "/api/v1"
 
 
 def api_routers() -> list[APIRouter]:
-    """The routers create_app mounts: /healthz without auth, everything under /api/v1 with it."""
+    """The routers create_app mounts: /healthz without auth, everything under /api/v1 with it (the download
+    checks the admin token or a signed URL in its own dependency)."""
     v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_admin)])
-    for module in (devices, bundles, drift, info):
+    for module in (devices, bundles, deployments, drift, info):
         v1.include_router(module.router)
-    return [health.router, v1]
+    signed = APIRouter(prefix=API_PREFIX)
+    signed.include_router(bundles.download_router)
+    return [health.router, v1, signed]

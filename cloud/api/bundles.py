@@ -1,9 +1,14 @@
-"""The bundle registry (first slice): upload a signed .tar.gz, list what is stored, read reference profiles.
+"""The bundle registry: upload a signed .tar.gz, list and describe what is stored, download it, read
+reference profiles.
 
 An upload is streamed to a temporary file under data_dir (never held in memory), capped at
 `max_bundle_bytes` both by its Content-Length and while it streams, unpacked with a cap and verified
 against the trusted keys. Only a bundle that verifies is stored, as `bundles/<name>/<version>.tar.gz`
 with a BundleRecord; anything that fails leaves no file and no row behind.
+
+The download (with HTTP Range, so a device can resume) takes either the admin token or a signed URL
+(`edgefleet.cloud.signed_urls`): it sits on `download_router`, which the API mounts without the admin
+dependency, and authorises each request itself.
 """
 
 from __future__ import annotations
@@ -16,17 +21,20 @@ import os
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import Annotated, BinaryIO
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi.responses import FileResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from edgefleet.cloud.api.deps import (
     ConflictError,
+    NotFoundError,
     SessionDep,
     SessionsDep,
     SettingsDep,
@@ -34,9 +42,10 @@ from edgefleet.cloud.api.deps import (
     TrustDep,
     UnsupportedMediaTypeError,
 )
-from edgefleet.cloud.auth import AdminAuth
+from edgefleet.cloud.auth import AdminAuth, require_admin
 from edgefleet.cloud.db import BundleRecord
 from edgefleet.cloud.settings import CloudSettings
+from edgefleet.cloud.signed_urls import SignedUrlError, check_download_signature
 from edgefleet.core.bundle import Bundle
 from edgefleet.core.errors import BundleError, EdgefleetError
 from edgefleet.core.signing import TrustStore
@@ -44,6 +53,8 @@ from edgefleet.core.topics import check_id
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["bundles"])
+download_router = APIRouter(tags=["bundles"])  # mounted without the admin dependency: see download_access
+_optional_bearer = HTTPBearer(auto_error=False, description="An admin API token, or none with a signed URL")
 
 ACCEPTED_TYPES = ("application/gzip", "application/x-gzip", "application/octet-stream")
 WRITE_BATCH = 1 << 20  # bytes collected from the socket before one write to disk (in a worker thread)
@@ -66,12 +77,90 @@ def bundle_view(record: BundleRecord) -> BundleOut:
                      uploaded_at=record.uploaded_at, label=manifest.get("label"), metrics=manifest.get("metrics", {}))
 
 
+class ArtifactOut(BaseModel):
+    target: str | None
+    backend: str | None
+    path: str | None
+    size: int | None
+    precision: str | None
+
+
+class BundleDetail(BundleOut):
+    created_at: str | None
+    interface: dict
+    artifacts: list[ArtifactOut]
+    lineage: dict
+    model_card: dict | None
+
+
+def get_bundle(session: Session, name: str, version: int) -> BundleRecord:
+    record = session.scalar(select(BundleRecord).where(BundleRecord.name == name, BundleRecord.version == version))
+    if record is None:
+        raise NotFoundError(f"no bundle {name} v{version} in the registry")
+    return record
+
+
+def bundle_detail(record: BundleRecord) -> BundleDetail:
+    manifest = record.manifest or {}
+    files = manifest.get("files") or {}
+    artifacts = [ArtifactOut(target=a.get("target"), backend=a.get("backend"), path=a.get("path"),
+                             size=a.get("size", (files.get(a.get("path")) or {}).get("size")),
+                             precision=a.get("precision"))
+                 for a in manifest.get("artifacts") or []]
+    interface = manifest.get("interface") or {}
+    return BundleDetail(**bundle_view(record).model_dump(), created_at=manifest.get("created_at"),
+                        interface={"inputs": interface.get("inputs", []), "outputs": interface.get("outputs", []),
+                                   "task": interface.get("task")},
+                        artifacts=artifacts, lineage=manifest.get("lineage") or {},
+                        model_card=manifest.get("model_card"))
+
+
 @router.get("/bundles", response_model=list[BundleOut])
 def list_bundles(session: SessionDep, name: str | None = None) -> list[BundleOut]:
     query = select(BundleRecord).order_by(BundleRecord.name, BundleRecord.version)
     if name is not None:
         query = query.where(BundleRecord.name == name)
     return [bundle_view(record) for record in session.scalars(query)]
+
+
+@router.get("/bundles/{name}/{version}", response_model=BundleDetail)
+def read_bundle(name: str, version: int, session: SessionDep) -> BundleDetail:
+    """The manifest's summary: identity, interface, artifacts, metrics, lineage, model card."""
+    return bundle_detail(get_bundle(session, name, version))
+
+
+def download_access(
+    request: Request,
+    name: str,
+    version: int,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_optional_bearer)],
+    device: Annotated[str | None, Query(description="Signed URL: the device it was made for")] = None,
+    expires: Annotated[int | None, Query(description="Signed URL: unix time it expires at")] = None,
+    sig: Annotated[str | None, Query(description="Signed URL: hex HMAC-SHA256")] = None,
+) -> str:
+    """Who downloads: "device <id>" for a valid signed URL (403 for an expired or wrong one), otherwise the
+    admin token's name (401 without one)."""
+    if device is None and expires is None and sig is None:
+        return require_admin(request, credentials)
+    try:
+        check_download_signature(request.app.state.settings, name, version, device, expires, sig)
+    except SignedUrlError as err:
+        log.info("download of %s v%s refused (%s): %s", name, version, err.reason, err)
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=str(err)) from err
+    return f"device {device}"
+
+
+@download_router.get("/bundles/{name}/{version}/download", response_class=FileResponse)
+def download_bundle(name: str, version: int, session: SessionDep, settings: SettingsDep,
+                    who: Annotated[str, Depends(download_access)]) -> FileResponse:
+    """The stored .tar.gz; honours `Range: bytes=...` (206 with Content-Range) so a download can resume."""
+    record = get_bundle(session, name, version)
+    path = settings.data_dir / record.path
+    if not path.is_file():
+        raise NotFoundError(f"bundle {name} v{version} is in the registry but its archive {path} is missing")
+    log.debug("download of %s v%d by %s", name, version, who)
+    return FileResponse(path, media_type="application/gzip", filename=f"{name}-{version}.tar.gz",
+                        headers={"X-Bundle-SHA256": record.sha256})
 
 
 @router.post("/bundles", status_code=status.HTTP_201_CREATED, response_model=BundleOut)

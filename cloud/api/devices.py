@@ -25,6 +25,7 @@ router = APIRouter(tags=["devices"])
 class DeviceIn(BaseModel):
     id: str | None = None  # None: the cloud picks one
     fleet: str
+    group: str | None = None  # a label within the fleet that deployments can target
 
 
 class DeviceTopics(BaseModel):
@@ -41,6 +42,7 @@ class MqttCredentials(BaseModel):
 class DeviceCreated(BaseModel):
     id: str
     fleet: str
+    group: str | None
     mqtt: MqttCredentials
 
 
@@ -49,6 +51,7 @@ class DeviceOut(BaseModel):
 
     id: str
     fleet: str
+    group: str | None
     online: bool
     model_name: str | None
     model_version: int | None
@@ -68,6 +71,7 @@ def get_device(session: Session, device_id: str) -> Device:
 def register_device(body: DeviceIn, session: SessionDep, admin: AdminAuth) -> DeviceCreated:
     """Registers a device and returns its MQTT credentials; the password is shown only here."""
     fleet = check_id(body.fleet, "fleet")
+    group = check_id(body.group, "group") if body.group is not None else None
     device_id = check_id(body.id, "device id") if body.id is not None else f"dev-{secrets.token_hex(6)}"
     if is_reserved_id(device_id):
         raise EdgefleetError(f"device id {device_id!r}: ids starting with {RESERVED_PREFIX!r} are reserved "
@@ -75,23 +79,26 @@ def register_device(body: DeviceIn, session: SessionDep, admin: AdminAuth) -> De
     if session.get(Device, device_id) is not None:
         raise ConflictError(f"device {device_id!r} is registered already")
     password = new_password()
-    session.add(Device(id=device_id, fleet=fleet, password_hash=hash_password(password)))
+    session.add(Device(id=device_id, fleet=fleet, group=group, password_hash=hash_password(password)))
     try:
         session.commit()
     except IntegrityError as err:  # registered concurrently between the check and the commit
         session.rollback()
         raise ConflictError(f"device {device_id!r} is registered already") from err
-    log.info("device %s registered in fleet %s (by token %r)", device_id, fleet, admin)
+    log.info("device %s registered in fleet %s%s (by token %r)", device_id, fleet,
+             f", group {group}" if group else "", admin)
     topics = DeviceTopics(publish_prefix=device_prefix(fleet, device_id), command=topic(fleet, device_id, "cmd"))
-    return DeviceCreated(id=device_id, fleet=fleet,
+    return DeviceCreated(id=device_id, fleet=fleet, group=group,
                          mqtt=MqttCredentials(username=device_id, password=password, topics=topics))
 
 
 @router.get("/devices", response_model=list[DeviceOut])
-def list_devices(session: SessionDep, fleet: str | None = None) -> list[Device]:
+def list_devices(session: SessionDep, fleet: str | None = None, group: str | None = None) -> list[Device]:
     query = select(Device).order_by(Device.fleet, Device.id)
     if fleet is not None:
         query = query.where(Device.fleet == fleet)
+    if group is not None:
+        query = query.where(Device.group == group)
     return list(session.scalars(query))
 
 

@@ -1,0 +1,314 @@
+"""The rollout engine: moves every open deployment along, one step per tick (every 0.5 s by default).
+
+Everything it knows is in the database (Deployment, DeploymentDevice, which the ingest updates from the
+devices' status messages), so a restarted cloud resumes where it stopped. Per deployment and tick:
+
+1. pending -> running, wave 1.
+2. running: send an install command (core.ota, QoS 1, to `edgefleet/v1/<fleet>/<device>/cmd`) to every
+   device of waves 1..current that has none yet; then apply `rollout_plan.decide`: advance to the next
+   wave, pause for approval, complete, or abort. A restart gives the current wave its whole timeout again
+   (statuses queued at the broker while the cloud was down arrive only now).
+3. paused: abort if a sent wave's failures go over the limit (late rollbacks count).
+4. aborted (by a rule or through the API): send `op: rollback` to each device whose install went out and
+   that has not reported failed or rolled_back; devices of later waves never hear of the deployment.
+
+A command's id is committed before it is published and `sent_at` after the broker acknowledged it; a
+command whose publish may not have happened is republished with the same id (devices ignore an id they
+have seen). Installs go out only while the deployment is still running (checked in the same transaction
+that claims the ids, and again just before publishing), so an abort never races a later wave out.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import sessionmaker
+
+from edgefleet.cloud.db import BundleRecord, Deployment, DeploymentDevice, Device
+from edgefleet.cloud.rollout_plan import FAILED_STATES, OPEN_STATES, Strategy, decide, failure, tally
+from edgefleet.cloud.settings import CloudSettings
+from edgefleet.cloud.signed_urls import signed_download_url
+from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.ota import BundleRef, Command, authorize_rollback
+from edgefleet.core.signing import SigningKey
+from edgefleet.core.topics import topic
+
+log = logging.getLogger(__name__)
+
+PUBLISH_TIMEOUT = 10.0  # seconds to wait for the broker's PUBACK of one batch of commands
+
+
+class RolloutEngine:
+    name = "rollouts"
+
+    def __init__(
+        self,
+        sessions: sessionmaker,
+        settings: CloudSettings,
+        mqtt_url: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        public_url: Callable[[], str | None] | None = None,
+        client_id: str = "edgefleet-rollouts",
+        interval_seconds: float | None = None,
+    ) -> None:
+        url = urlparse(mqtt_url)
+        if url.scheme not in ("mqtt", "tcp") or not url.hostname:
+            raise EdgefleetError(f"MQTT URL {mqtt_url!r}: expected mqtt://host:port")
+        self.host, self.port = url.hostname, url.port or 1883
+        self.sessions = sessions
+        self.settings = settings
+        self.public_url = public_url or (lambda: settings.public_url or f"http://{settings.host}:{settings.port}")
+        self.interval = interval_seconds or settings.rollout_interval_seconds
+        # Loaded now, so that a bad key file fails the start rather than a deployment.
+        self.rollback_key = SigningKey.load(settings.rollback_key) if settings.rollback_key else None
+        self.connected = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started_at = 0.0
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+        if username:
+            self._client.username_pw_set(username, password)
+        self._client.reconnect_delay_set(0.5, 30)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+
+    # network thread ------------------------------------------------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001 - paho
+        if reason_code.is_failure:
+            log.error("rollouts: broker refused the connection: %s", reason_code)
+            return
+        self.connected.set()
+        log.info("rollouts: connected to %s:%s", self.host, self.port)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001 - paho
+        self.connected.clear()
+        if not self._stopping.is_set():
+            log.warning("rollouts: disconnected (%s); paho reconnects", reason_code)
+
+    # lifecycle -----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._started_at = time.time()
+        self._client.connect_async(self.host, self.port, keepalive=30)
+        self._client.loop_start()
+        self._thread = threading.Thread(target=self._run, name="rollouts", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = PUBLISH_TIMEOUT + 5) -> None:
+        self._stopping.set()
+        if self._thread:
+            self._thread.join(timeout)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - a database hiccup must not end the engine
+                log.exception("rollouts: tick failed")
+            self._stopping.wait(self.interval)
+
+    # one step of every open deployment -----------------------------------------------------------------
+    def tick(self) -> None:
+        with self.sessions() as session:
+            ids = list(session.scalars(select(Deployment.id).where(or_(
+                Deployment.state.in_(OPEN_STATES),
+                and_(Deployment.state == "aborted", Deployment.rollback.is_(True),
+                     Deployment.rollback_done.is_(False)),
+            )).order_by(Deployment.created_at)))
+        for deployment_id in ids:
+            if self._stopping.is_set():
+                return
+            try:
+                self.advance(deployment_id)
+            except Exception:  # noqa: BLE001 - one broken deployment must not stop the others
+                log.exception("rollouts: deployment %s: step failed", deployment_id)
+
+    def advance(self, deployment_id: str) -> None:
+        deployment, rows = self._load(deployment_id)
+        strategy = Strategy.model_validate(deployment.strategy)
+        now = time.time()
+        if deployment.state == "pending":
+            if self._transition(deployment_id, ("pending",), state="running", current_wave=1, wave_started_at=now):
+                log.info("deployment %s: running, wave 1 of %d", deployment_id, len(deployment.wave_sizes))
+            deployment, rows = self._load(deployment_id)
+        if deployment.state == "running":
+            if self._send_installs(deployment, rows, strategy):
+                deployment, rows = self._load(deployment_id)
+            self._decide(deployment, rows, strategy, now)
+            deployment, rows = self._load(deployment_id)
+        elif deployment.state == "paused":
+            reason = failure(strategy, tally(((r.wave, r.state) for r in rows), deployment.wave_sizes),
+                             deployment.current_wave)
+            if reason and self._transition(deployment_id, ("paused",), state="aborted", reason=reason,
+                                           finished_at=now):
+                log.warning("deployment %s aborted while paused: %s", deployment_id, reason)
+            deployment, rows = self._load(deployment_id)
+        if deployment.state == "aborted" and deployment.rollback and not deployment.rollback_done:
+            self._send_rollbacks(deployment, rows)
+
+    def _decide(self, deployment: Deployment, rows: list[DeploymentDevice], strategy: Strategy, now: float) -> None:
+        tallies = tally(((r.wave, r.state) for r in rows), deployment.wave_sizes)
+        started = max(deployment.wave_started_at or now, self._started_at)
+        decision = decide(strategy, tallies, deployment.current_wave, approved=deployment.approved,
+                          timed_out=now >= started + strategy.wave_timeout_seconds)
+        did = deployment.id
+        if decision.action == "advance":
+            nxt = deployment.current_wave + 1
+            if self._transition(did, ("running",), current_wave=nxt, wave_started_at=now):
+                log.info("deployment %s: wave %d done, starting wave %d of %d", did, nxt - 1, nxt, len(tallies))
+        elif decision.action == "pause":
+            if self._transition(did, ("running",), state="paused", reason=decision.reason):
+                log.info("deployment %s paused: %s", did, decision.reason)
+        elif decision.action == "complete":
+            if self._transition(did, ("running",), state="completed", reason=None, finished_at=now):
+                log.info("deployment %s completed: %s", did, decision.reason)
+        elif decision.action == "abort":
+            if self._transition(did, ("running",), state="aborted", reason=decision.reason, finished_at=now):
+                log.warning("deployment %s aborted: %s", did, decision.reason)
+
+    # commands ------------------------------------------------------------------------------------------
+    def _send_installs(self, deployment: Deployment, rows: list[DeploymentDevice], strategy: Strategy) -> bool:
+        """Sends the install commands due in waves 1..current; True if it changed any row."""
+        due = [r for r in rows if r.wave <= deployment.current_wave and r.sent_at is None]
+        base_url = self.public_url()
+        if not due or not self.connected.is_set() or not base_url:  # not connected, or the API not yet bound
+            return False
+        with self.sessions.begin() as session:
+            claimed = session.execute(update(Deployment).where(Deployment.id == deployment.id,
+                                                               Deployment.state == "running")
+                                      .values(updated_at=time.time())).rowcount
+            if not claimed:
+                return False
+            for row in due:
+                if row.command_id is None:
+                    row.command_id = _command_id()
+                    session.execute(update(DeploymentDevice).where(DeploymentDevice.id == row.id)
+                                    .values(command_id=row.command_id))
+        with self.sessions() as session:
+            if session.scalar(select(Deployment.state).where(Deployment.id == deployment.id)) != "running":
+                return True  # aborted meanwhile: the ids stay unsent, and unsent devices get no rollback
+            bundle = session.scalar(select(BundleRecord).where(BundleRecord.name == deployment.bundle_name,
+                                                               BundleRecord.version == deployment.bundle_version))
+            devices = {d.id: d for d in session.scalars(select(Device).where(Device.id.in_([r.device_id
+                                                                                             for r in due])))}
+        if bundle is None:
+            raise EdgefleetError(f"bundle {deployment.bundle_name} v{deployment.bundle_version} left the registry")
+        commands = [(row, devices[row.device_id].fleet, self._install(deployment, bundle, devices[row.device_id],
+                                                                        row.command_id, strategy, base_url))
+                    for row in due]
+        sent = self._publish(commands)
+        if sent:
+            with self.sessions.begin() as session:
+                session.execute(update(DeploymentDevice), [{"id": row.id, "sent_at": stamp} for row, stamp in sent])
+            log.info("deployment %s: sent install to %d device(s)", deployment.id, len(sent))
+        return True
+
+    def _install(self, deployment: Deployment, bundle: BundleRecord, device: Device, command_id: str,
+                 strategy: Strategy, base_url: str) -> Command:
+        name, version = bundle.name, bundle.version
+        url = signed_download_url(self.settings, base_url, name, version, device.id,
+                                  self.settings.download_url_ttl_seconds)
+        authorization = None
+        if device.model_name == name and device.model_version is not None and device.model_version >= version:
+            if self.rollback_key is None:
+                log.warning("deployment %s: %s runs %s v%d, not older than v%d, and no rollback key is set: "
+                            "it will refuse the install", deployment.id, device.id, name, device.model_version,
+                            version)
+            else:
+                validity = timedelta(seconds=self.settings.download_url_ttl_seconds)
+                authorization = authorize_rollback(self.rollback_key, name, version, validity)
+        return Command(
+            id=command_id, op="install", deployment=deployment.id,
+            bundle=BundleRef(name, version, url, bundle.sha256, bundle.size), max_bytes=bundle.size,
+            timeout_seconds=strategy.download_timeout_seconds, health_window_seconds=strategy.health_window_seconds,
+            latency_budget_ms=strategy.latency_budget_ms, mode=strategy.mode,
+            canary_fraction=strategy.canary_fraction if strategy.mode == "canary" else 0.0,
+            rollback_authorization=authorization, issued_at=time.time(),
+        )
+
+    def _send_rollbacks(self, deployment: Deployment, rows: list[DeploymentDevice]) -> None:
+        """Rollback to each device whose install went out (or that reported on it) and that has not failed
+        or rolled back by itself; marks the deployment's rollback done once every one is acknowledged."""
+        due = [r for r in rows if (r.sent_at is not None or r.state != "pending")
+               and r.state not in FAILED_STATES and r.rollback_sent_at is None]
+        if due:
+            if not self.connected.is_set():
+                return
+            with self.sessions.begin() as session:
+                for row in due:
+                    if row.rollback_command_id is None:
+                        row.rollback_command_id = _command_id()
+                        session.execute(update(DeploymentDevice).where(DeploymentDevice.id == row.id)
+                                        .values(rollback_command_id=row.rollback_command_id))
+            with self.sessions() as session:
+                fleets = dict(session.execute(select(Device.id, Device.fleet)
+                                              .where(Device.id.in_([r.device_id for r in due]))).all())
+            reason = deployment.reason or "deployment aborted"
+            commands = [(row, fleets[row.device_id], Command(id=row.rollback_command_id, op="rollback",
+                                                             deployment=deployment.id, reason=reason,
+                                                             issued_at=time.time()))
+                        for row in due]
+            sent = self._publish(commands)
+            if sent:
+                with self.sessions.begin() as session:
+                    session.execute(update(DeploymentDevice),
+                                    [{"id": row.id, "rollback_sent_at": stamp} for row, stamp in sent])
+                log.warning("deployment %s: sent rollback to %d device(s)", deployment.id, len(sent))
+            if len(sent) < len(due):
+                return
+        with self.sessions.begin() as session:
+            session.execute(update(Deployment).where(Deployment.id == deployment.id)
+                            .values(rollback_done=True, updated_at=time.time()))
+
+    def _publish(self, commands: list[tuple[DeploymentDevice, str, Command]]) -> list[tuple[DeploymentDevice, float]]:
+        """Publishes each command (QoS 1) and returns the rows whose command the broker acknowledged."""
+        pending = []
+        for row, fleet, command in commands:
+            info = self._client.publish(topic(fleet, row.device_id, "cmd"), command.to_payload(), qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                log.warning("rollouts: publishing to %s failed: %s", row.device_id, mqtt.error_string(info.rc))
+                continue
+            pending.append((row, info))
+        deadline = time.monotonic() + PUBLISH_TIMEOUT
+        acknowledged = []
+        for row, info in pending:
+            try:
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+            except (RuntimeError, ValueError) as err:
+                log.warning("rollouts: command to %s not acknowledged: %s", row.device_id, err)
+                continue
+            if info.is_published():
+                acknowledged.append((row, time.time()))
+        return acknowledged
+
+    # database ------------------------------------------------------------------------------------------
+    def _load(self, deployment_id: str) -> tuple[Deployment, list[DeploymentDevice]]:
+        with self.sessions() as session:
+            deployment = session.get(Deployment, deployment_id)
+            rows = list(session.scalars(select(DeploymentDevice)
+                                        .where(DeploymentDevice.deployment_id == deployment_id)
+                                        .order_by(DeploymentDevice.rank)))
+        return deployment, rows
+
+    def _transition(self, deployment_id: str, from_states: tuple[str, ...], **values: object) -> bool:
+        """Compare-and-set: applies `values` only if the deployment is still in one of `from_states`."""
+        with self.sessions.begin() as session:
+            changed = session.execute(update(Deployment).where(Deployment.id == deployment_id,
+                                                               Deployment.state.in_(from_states))
+                                      .values(updated_at=time.time(), **values)).rowcount
+        return changed == 1
+
+
+def _command_id() -> str:
+    return f"c-{secrets.token_hex(8)}"

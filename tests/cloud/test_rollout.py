@@ -1,0 +1,628 @@
+"""Staged rollouts end to end: the real cloud (CloudServer on a free port, real SQLite, the Mosquitto fixture
+as its broker) and scripted devices: plain paho clients on their own cmd topics that download the bundle
+through the signed URL and answer with status messages, healthy ones up to "active", broken ones "failed"."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import stat
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import paho.mqtt.client as mqtt
+import pytest
+from sqlalchemy import select
+
+from edgefleet.cloud.db import DeploymentDevice, Device, DeviceStatus, make_engine, make_sessions
+from edgefleet.cloud.rollout_plan import RolloutError, Strategy, decide, rollout_order, tally, wave_sizes
+from edgefleet.cloud.server import CloudServer
+from edgefleet.cloud.settings import CloudSettings
+from edgefleet.cloud.signed_urls import signed_download_url
+from edgefleet.core.bundle import Bundle
+from edgefleet.core.ota import BundleRef, Command, Status, check_rollback_authorization, parse_command
+from edgefleet.core.signing import TrustStore
+from edgefleet.core.topics import topic
+from tests.mosquitto import free_port
+
+GZIP = {"Content-Type": "application/gzip"}
+WAIT = 30.0  # seconds any one condition may take before the test fails
+
+
+@pytest.fixture(autouse=True)
+def _no_edgefleet_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("EDGEFLEET_"):
+            monkeypatch.delenv(name)
+
+
+def wait_until(predicate: Callable[[], object], what: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not reached within {timeout} s: {what}")
+
+
+# --- the cloud ----------------------------------------------------------------------------------------
+@dataclass
+class Cloud:
+    server: CloudServer
+    client: httpx.Client
+    token: str
+
+    @property
+    def settings(self) -> CloudSettings:
+        return self.server.settings
+
+    def deployment(self, deployment_id: str) -> dict:
+        response = self.client.get(f"/api/v1/deployments/{deployment_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_state(self, deployment_id: str, state: str, timeout: float = WAIT) -> dict:
+        wait_until(lambda: self.deployment(deployment_id)["state"] == state, f"{deployment_id} {state}", timeout)
+        return self.deployment(deployment_id)
+
+    def deploy(self, devices: list[str] | None = None, **strategy: object) -> dict:
+        target = {"devices": devices} if devices else {"fleet": "lab"}
+        response = self.client.post("/api/v1/deployments", json={
+            "target": target, "bundle": {"name": "digits-cnn", "version": 1},
+            "strategy": {"wave_timeout_seconds": 60, "health_window_seconds": 1, **strategy}})
+        assert response.status_code == 201, response.text
+        return response.json()
+
+
+@pytest.fixture
+def archive(digits_bundle, tmp_path: Path) -> Path:
+    return Bundle.open(digits_bundle.root).pack(tmp_path / "digits.tar.gz")
+
+
+@pytest.fixture
+def start_cloud(tmp_path: Path, mosquitto, digits_bundle) -> Iterator[Callable[..., Cloud]]:
+    started: list[Cloud] = []
+
+    def start(token: str | None = None, **overrides: object) -> Cloud:
+        options = {"data_dir": tmp_path / "cloud", "port": 0, "mqtt_url": mosquitto.url,
+                   "trusted_keys": [digits_bundle.public_key], "rollout_interval_seconds": 0.1,
+                   "drift_interval_seconds": 3600, **overrides}
+        server = CloudServer(CloudSettings(**options)).start()
+        token = token or server.new_admin_token
+        client = httpx.Client(base_url=server.url, timeout=30, headers={"Authorization": f"Bearer {token}"})
+        started.append(Cloud(server, client, token))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for cloud in started:
+            cloud.client.close()
+            cloud.server.stop()
+
+
+@pytest.fixture
+def cloud(start_cloud, archive: Path) -> Cloud:
+    cloud = start_cloud()
+    assert cloud.client.post("/api/v1/bundles", content=archive.read_bytes(), headers=GZIP).status_code == 201
+    return cloud
+
+
+# --- scripted devices -----------------------------------------------------------------------------------
+@dataclass
+class Received:
+    command: Command
+    at: float  # time.monotonic() on arrival
+
+
+@dataclass
+class ScriptedDevice:
+    """A device that answers commands the way the OTA agent does, with a scripted outcome:
+    "healthy" (-> active), "fail" (self-test fails), "roll_back" (health check fails, it rolls back itself),
+    "hold" (waits at health_check until `release` is set, then -> active)."""
+
+    id: str
+    fleet: str
+    broker: object
+    behaviour: str = "healthy"
+    commands: list[Received] = field(default_factory=list)
+    published: list[tuple[str, str, float]] = field(default_factory=list)  # (command id, state, monotonic)
+    downloads: list[bool] = field(default_factory=list)  # whether each download matched sha256 and size
+    password: str | None = None  # MQTT password (username = id), for a broker that checks
+    go: threading.Event = field(default_factory=threading.Event)  # answers only once set
+    release: threading.Event = field(default_factory=threading.Event)
+    seq: int = 0
+
+    def __post_init__(self) -> None:
+        self.go.set()
+        self._inbox: queue.Queue = queue.Queue()
+        self._subscribed = threading.Event()
+        self._stopping = threading.Event()
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.id, clean_session=False,
+                                   protocol=mqtt.MQTTv311)
+        if self.password:
+            self._client.username_pw_set(self.id, self.password)
+        self._client.on_connect = lambda client, *_: client.subscribe(topic(self.fleet, self.id, "cmd"), qos=1)
+        self._client.on_subscribe = lambda *_: self._subscribed.set()
+        self._client.on_message = lambda _c, _u, message: self._inbox.put((time.monotonic(), message.payload))
+        self._worker = threading.Thread(target=self._work, daemon=True)
+
+    def start(self) -> ScriptedDevice:
+        self._worker.start()
+        self._client.connect(self.broker.host, self.broker.port)
+        self._client.loop_start()
+        assert self._subscribed.wait(10), f"{self.id} did not subscribe"
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.go.set()
+        self.release.set()
+        self._inbox.put(None)
+        self._worker.join(10)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def ops(self) -> list[str]:
+        return [r.command.op for r in self.commands]
+
+    def states(self, command_id: str) -> list[str]:
+        return [state for cid, state, _ in self.published if cid == command_id]
+
+    def _work(self) -> None:
+        while (item := self._inbox.get()) is not None and not self._stopping.is_set():
+            at, payload = item
+            command = parse_command(payload)
+            self.commands.append(Received(command, at))
+            self.go.wait(WAIT)
+            if command.op == "install":
+                self._install(command)
+            else:
+                for state in ("received", "switching", "rolled_back"):
+                    self._status(command, state, "rollback requested" if state == "rolled_back" else None)
+
+    def _install(self, command: Command) -> None:
+        self._status(command, "received")
+        self._status(command, "downloading")
+        with urllib.request.urlopen(command.bundle.url, timeout=10) as response:  # the signed URL, no token
+            data = response.read()
+        self.downloads.append(hashlib.sha256(data).hexdigest() == command.bundle.sha256
+                              and len(data) == command.bundle.size == command.max_bytes)
+        self._status(command, "verifying")
+        self._status(command, "self_testing")
+        if self.behaviour == "fail":
+            self._status(command, "failed", "self_test_failed: 3 of 8 golden outputs off")
+            return
+        self._status(command, "switching")
+        self._status(command, "health_check")
+        if self.behaviour == "hold":
+            self.release.wait(WAIT)
+        if self.behaviour == "roll_back":
+            self._status(command, "rolled_back", "latency p95 80 ms over the budget")
+            return
+        self._status(command, "active")
+
+    def _status(self, command: Command, state: str, reason: str | None = None) -> None:
+        self.seq += 1
+        bundle = BundleRef(command.bundle.name, command.bundle.version) if command.bundle else None
+        status = Status(self.fleet, self.id, command.id, command.deployment, state, bundle, reason, {},
+                        time.time(), self.seq)
+        if self._stopping.is_set():
+            return
+        self._client.publish(topic(self.fleet, self.id, "status"), status.to_payload(), qos=1).wait_for_publish(10)
+        self.published.append((command.id, state, time.monotonic()))
+
+
+def start_devices(cloud: Cloud, broker: object, count: int, behaviours: dict[str, str] | None = None,
+                  group: str | None = None, running: list[ScriptedDevice] | None = None) -> dict[str, ScriptedDevice]:
+    """Registers devices lab-00.. in fleet "lab" and starts a scripted device for each (added to `running`)."""
+    devices = {}
+    for index in range(count):
+        device_id = f"lab-{index:02d}"
+        body = {"id": device_id, "fleet": "lab", **({"group": group} if group else {})}
+        assert cloud.client.post("/api/v1/devices", json=body).status_code == 201
+        devices[device_id] = ScriptedDevice(device_id, "lab", broker, (behaviours or {}).get(device_id, "healthy"))
+        if running is not None:
+            running.append(devices[device_id])
+        devices[device_id].start()
+    return devices
+
+
+@pytest.fixture
+def devices_to_stop() -> Iterator[list[ScriptedDevice]]:
+    running: list[ScriptedDevice] = []
+    try:
+        yield running
+    finally:
+        for device in running:
+            device.stop()
+
+
+@pytest.fixture
+def fleet(cloud: Cloud, mosquitto, devices_to_stop) -> Callable[..., dict[str, ScriptedDevice]]:
+    """start_devices on the `cloud` fixture; every device is stopped at the end."""
+    return lambda count, behaviours=None, group=None: start_devices(cloud, mosquitto, count, behaviours, group,
+                                                                    devices_to_stop)
+
+
+def planned_waves(plan: dict) -> list[list[str]]:
+    return [wave["devices"] for wave in plan["waves"]]
+
+
+# --- the registry -----------------------------------------------------------------------------------------
+def test_bundle_detail_and_download_with_range_and_signed_urls(cloud: Cloud, archive: Path, digits_bundle):
+    data, url = archive.read_bytes(), cloud.server.url
+    detail = cloud.client.get("/api/v1/bundles/digits-cnn/1")
+    assert detail.status_code == 200, detail.text
+    body = detail.json()
+    manifest = Bundle.open(digits_bundle.root).manifest
+    assert (body["name"], body["version"], body["size"]) == ("digits-cnn", 1, len(data))
+    assert body["sha256"] == hashlib.sha256(data).hexdigest() and body["uploaded_at"] > 0
+    assert body["label"] == manifest["label"] and body["lineage"] == manifest["lineage"]
+    assert body["metrics"]["eval"]["accuracy"] > 0.9 and body["artifacts"][0]["backend"] == "onnxruntime"
+    assert cloud.client.get("/api/v1/bundles/digits-cnn/2").status_code == 404
+
+    # With the admin token: the whole file, and a range of it.
+    whole = cloud.client.get("/api/v1/bundles/digits-cnn/1/download")
+    assert whole.status_code == 200 and whole.content == data
+    assert whole.headers["content-type"] == "application/gzip" and whole.headers["accept-ranges"] == "bytes"
+    # With a signed URL and no token, as a device downloads; Range resumes a partial download.
+    signed = signed_download_url(cloud.settings, url, "digits-cnn", 1, "pi-7", ttl=60)
+    assert httpx.get(signed).content == data
+    partial = httpx.get(signed, headers={"Range": "bytes=100-"})
+    assert partial.status_code == 206 and partial.content == data[100:]
+    assert partial.headers["content-range"] == f"bytes 100-{len(data) - 1}/{len(data)}"
+
+    tampered = signed[:-1] + ("0" if signed[-1] != "0" else "1")
+    other_device = signed.replace("device=pi-7", "device=pi-8")
+    other_version = signed.replace("/digits-cnn/1/", "/digits-cnn/2/")
+    expired = signed_download_url(cloud.settings, url, "digits-cnn", 1, "pi-7", ttl=-1)
+    for forged in (tampered, other_device, other_version, expired, signed.split("&sig=")[0]):
+        refused = httpx.get(forged)
+        assert refused.status_code == 403, forged
+    assert "expired" in httpx.get(expired).json()["detail"]
+    assert "signature is not valid" in httpx.get(tampered).json()["detail"]
+    anonymous = httpx.get(f"{url}/api/v1/bundles/digits-cnn/1/download")
+    assert anonymous.status_code == 401 and anonymous.headers["WWW-Authenticate"] == "Bearer"
+
+    secret = cloud.settings.download_secret_path
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+
+
+def test_device_groups(cloud: Cloud):
+    for device_id, group in (("a", "canary"), ("b", None), ("c", "canary")):
+        created = cloud.client.post("/api/v1/devices", json={"id": device_id, "fleet": "lab", "group": group})
+        assert created.status_code == 201 and created.json()["group"] == group
+    listed = cloud.client.get("/api/v1/devices", params={"group": "canary"}).json()
+    assert [(d["id"], d["group"]) for d in listed] == [("a", "canary"), ("c", "canary")]
+    bad = cloud.client.post("/api/v1/devices", json={"id": "d", "fleet": "lab", "group": "no/slash"})
+    assert bad.status_code == 400 and "group 'no/slash'" in bad.json()["detail"]
+
+
+# --- the rules, without I/O ---------------------------------------------------------------------------------
+def test_waves_selection_and_decisions():
+    assert wave_sizes([5, 25, 100], 10) == [1, 2, 7] and wave_sizes([5, 25, 100], 200) == [10, 40, 150]
+    assert wave_sizes([5, 25, 100], 2) == [1, 1] and wave_sizes([100], 3) == [3]
+    ids = [f"dev-{i}" for i in range(20)]
+    order = rollout_order("d-1", ids)
+    assert order == sorted(ids, key=lambda d: hashlib.sha256(("d-1" + d).encode()).hexdigest())
+    assert order == rollout_order("d-1", reversed(ids)) and order != rollout_order("d-2", ids)
+
+    strategy = Strategy(kind="waves", waves=(10, 100), success_threshold=0.75, max_failure_rate=0.25).checked()
+    sizes = [4, 4]
+
+    def verdict(states: list[str], current: int = 1, **kwargs: object) -> tuple[str, str]:
+        rows = [(1 if i < 4 else 2, state) for i, state in enumerate(states)]
+        decision = decide(strategy, tally(rows, sizes), current, approved=kwargs.get("approved", False),
+                          timed_out=kwargs.get("timed_out", False))
+        return decision.action, decision.reason
+
+    assert verdict(["active", "active", "downloading", "pending"] + ["pending"] * 4)[0] == "wait"
+    assert verdict(["active", "active", "active", "downloading"] + ["pending"] * 4)[0] == "advance"
+    assert verdict(["active", "failed", "active", "active"] + ["pending"] * 4)[0] == "advance"  # 0.25 is allowed
+    action, reason = verdict(["failed", "rolled_back", "active", "active"] + ["pending"] * 4)
+    assert action == "abort" and reason.startswith("wave 1: 2 of 4 devices failed or rolled back (0.50 > ")
+    action, reason = verdict(["active", "active", "received", "received"] + ["pending"] * 4, timed_out=True)
+    assert action == "abort" and "timed out" in reason
+    late = ["active", "rolled_back", "rolled_back", "active", "active", "active", "active", "active"]
+    assert verdict(late, current=2)[0] == "abort"  # late failures of an earlier wave count
+    assert verdict(["active"] * 8, current=2)[0] == "complete"
+    paused = Strategy(kind="waves", waves=(10, 100), pause_for_approval=True).checked()
+    assert decide(paused, tally([(1, "active")], [1, 1]), 1, approved=False, timed_out=False).action == "pause"
+    assert decide(paused, tally([(1, "active")], [1, 1]), 1, approved=True, timed_out=False).action == "advance"
+
+    for bad, message in (({"waves": (50, 25, 100)}, "strictly increasing"), ({"waves": (5, 50)}, "end at 100"),
+                         ({"success_threshold": 0.0}, "success_threshold"), ({"max_failure_rate": 1.0}, "max_failure"),
+                         ({"wave_timeout_seconds": 0}, "wave_timeout_seconds")):
+        with pytest.raises(RolloutError, match=message):
+            Strategy(kind="waves", **bad).checked()
+
+
+# --- rollouts -----------------------------------------------------------------------------------------------
+def test_waves_proceed_in_order_with_the_recorded_selection(cloud: Cloud, fleet):
+    devices = fleet(10)
+    plan = cloud.deploy(kind="waves", waves=[10, 50, 100], success_threshold=1.0)
+    order = sorted(devices, key=lambda d: hashlib.sha256((plan["id"] + d).encode()).hexdigest())
+    assert planned_waves(plan) == [order[:1], order[1:5], order[5:]]
+    assert [(w["wave"], w["size"]) for w in plan["waves"]] == [(1, 1), (2, 4), (3, 5)]
+    assert plan["strategy"]["waves"] == [10, 50, 100] and plan["state"] == "pending"
+    with cloud.server.sessions() as session:
+        rows = session.execute(select(DeploymentDevice.device_id, DeploymentDevice.wave)
+                               .where(DeploymentDevice.deployment_id == plan["id"])
+                               .order_by(DeploymentDevice.rank)).all()
+    assert [device for device, _ in rows] == order and [wave for _, wave in rows] == [1] + [2] * 4 + [3] * 5
+
+    done = cloud.wait_state(plan["id"], "completed")
+    assert done["counts"] == {"active": 10} and all(w["status"] == "done" for w in done["waves"])
+    assert all(d["state"] == "active" and d["sent_at"] for d in done["devices"])
+    for device in devices.values():
+        assert device.ops() == ["install"] and device.downloads == [True]
+        command = device.commands[0].command
+        assert (command.deployment, command.bundle.name, command.bundle.version) == (plan["id"], "digits-cnn", 1)
+        assert "sig=" in command.bundle.url and command.bundle.url.startswith(cloud.server.url)
+        assert command.health_window_seconds == 1 and command.mode == "switch"
+    # Each wave's commands went out only after every device of the wave before reported "active".
+    for earlier, later in zip(planned_waves(plan), planned_waves(plan)[1:], strict=False):
+        last_active = max(t for d in earlier for _, state, t in devices[d].published if state == "active")
+        first_sent = min(devices[d].commands[0].at for d in later)
+        assert first_sent > last_active
+    with cloud.server.sessions() as session:  # every status stored once, in order
+        stored = session.scalars(select(DeviceStatus.state).where(DeviceStatus.device_id == order[0])
+                                 .order_by(DeviceStatus.seq)).all()
+    assert stored == ["received", "downloading", "verifying", "self_testing", "switching", "health_check", "active"]
+
+
+def test_a_failing_canary_wave_aborts_rolls_back_and_spares_the_rest(cloud: Cloud, fleet):
+    devices = fleet(10)
+    for device in devices.values():
+        device.go.clear()  # hold every answer until the plan says who is who
+    plan = cloud.deploy(kind="waves", waves=[30, 100], success_threshold=0.9, max_failure_rate=0.2)
+    canary, rest = planned_waves(plan)
+    assert len(canary) == 3 and len(rest) == 7
+    broken, healthy = canary[0], canary[1:]
+    devices[broken].behaviour = "fail"
+    for device in devices.values():
+        device.go.set()
+
+    aborted = cloud.wait_state(plan["id"], "aborted")
+    assert aborted["reason"].startswith("wave 1: 1 of 3 devices failed or rolled back (0.33 > max_failure_rate 0.20)")
+    wait_until(lambda: all(devices[d].ops() == ["install", "rollback"] for d in healthy), "rollbacks arrive")
+    for device_id in healthy:
+        rollback = devices[device_id].commands[1].command
+        assert rollback.deployment == plan["id"] and rollback.reason == aborted["reason"]
+    final = cloud.deployment(plan["id"])
+    wait_until(lambda: all(d["state"] == "rolled_back" for d in cloud.deployment(plan["id"])["devices"]
+                           if d["device"] in healthy), "healthy canaries rolled back")
+    states = {d["device"]: d for d in cloud.deployment(plan["id"])["devices"]}
+    assert states[broken]["state"] == "failed" and states[broken]["reason"].startswith("self_test_failed")
+    assert states[broken]["rollback_command"] is None and devices[broken].ops() == ["install"]
+    time.sleep(1.0)  # several engine ticks: the rest of the fleet still hears nothing
+    assert all(devices[d].commands == [] for d in rest)
+    assert all(states[d]["state"] == "pending" and states[d]["sent_at"] is None for d in rest)
+    assert final["waves"][1]["counts"] == {"pending": 7}
+
+
+def test_pause_for_approval_then_approve(cloud: Cloud, fleet):
+    devices = fleet(4)
+    plan = cloud.deploy(kind="waves", waves=[25, 100], pause_for_approval=True)
+    first, rest = planned_waves(plan)
+    paused = cloud.wait_state(plan["id"], "paused")
+    assert paused["current_wave"] == 1 and "waiting for approval" in paused["reason"]
+    time.sleep(1.0)
+    assert all(devices[d].commands == [] for d in rest)
+    assert devices[first[0]].ops() == ["install"]
+
+    approved = cloud.client.post(f"/api/v1/deployments/{plan['id']}/approve")
+    assert approved.status_code == 200 and approved.json()["state"] == "running"
+    done = cloud.wait_state(plan["id"], "completed")
+    assert done["counts"] == {"active": 4} and all(devices[d].ops() == ["install"] for d in devices)
+    again = cloud.client.post(f"/api/v1/deployments/{plan['id']}/approve")
+    assert again.status_code == 409 and "completed" in again.json()["detail"]
+
+
+def test_abort_endpoint_rolls_back_and_stops(cloud: Cloud, fleet):
+    devices = fleet(4)
+    plan = cloud.deploy(kind="waves", waves=[25, 100], pause_for_approval=True)
+    (first,), rest = planned_waves(plan)
+    cloud.wait_state(plan["id"], "paused")
+    response = cloud.client.post(f"/api/v1/deployments/{plan['id']}/abort", json={"reason": "wrong model"})
+    assert response.status_code == 200 and response.json()["state"] == "aborted"
+    assert response.json()["reason"] == "wrong model"
+    wait_until(lambda: devices[first].ops() == ["install", "rollback"], "the updated device gets a rollback")
+    wait_until(lambda: cloud.deployment(plan["id"])["devices"][0]["state"] == "rolled_back", "rolled back")
+    time.sleep(0.5)
+    assert all(devices[d].commands == [] for d in rest)
+    again = cloud.client.post(f"/api/v1/deployments/{plan['id']}/abort")
+    assert again.status_code == 409 and "aborted already" in again.json()["detail"]
+    approve = cloud.client.post(f"/api/v1/deployments/{plan['id']}/approve")
+    assert approve.status_code == 409
+    listed = cloud.client.get("/api/v1/deployments").json()
+    assert [(d["id"], d["state"]) for d in listed] == [(plan["id"], "aborted")]
+    # The devices are free again: a new deployment may take them.
+    assert cloud.deploy().get("id") != plan["id"]
+
+
+def test_a_device_that_rolls_back_itself_counts_as_failed(cloud: Cloud, fleet):
+    devices = fleet(1, behaviours={"lab-00": "roll_back"})
+    plan = cloud.deploy(mode="canary", canary_fraction=0.25, latency_budget_ms=50)
+    aborted = cloud.wait_state(plan["id"], "aborted")
+    assert "rolled back" in aborted["reason"]
+    command = devices["lab-00"].commands[0].command
+    assert (command.mode, command.canary_fraction, command.latency_budget_ms) == ("canary", 0.25, 50.0)
+    time.sleep(0.5)
+    assert all(d.ops() == ["install"] for d in devices.values())  # no rollback for who rolled back already
+    assert {d["state"] for d in aborted["devices"]} == {"rolled_back"}
+
+
+def test_deployment_validation_errors(cloud: Cloud, fleet):
+    fleet(2)
+    client = cloud.client
+
+    def post(body: dict) -> httpx.Response:
+        return client.post("/api/v1/deployments", json={"target": {"fleet": "lab"},
+                                                        "bundle": {"name": "digits-cnn", "version": 1}, **body})
+
+    cases = [
+        ({"bundle": {"name": "digits-cnn", "version": 9}}, 404, "no bundle digits-cnn v9 in the registry"),
+        ({"target": {"devices": ["lab-00", "ghost", "nope"]}}, 404, "unknown device(s): ghost, nope"),
+        ({"target": {}}, 400, "target needs at least one of fleet, group or devices"),
+        ({"target": {"fleet": "elsewhere"}}, 400, "no registered device is in fleet 'elsewhere'"),
+        ({"target": {"group": "canary"}}, 400, "no registered device is in group 'canary'"),
+        ({"target": {"fleet": "other", "devices": ["lab-00"]}}, 400, "device(s) lab-00 are not in fleet 'other'"),
+        ({"strategy": {"kind": "waves", "waves": [50, 20, 100]}}, 400, "strictly increasing"),
+        ({"strategy": {"kind": "waves", "waves": [5, 50]}}, 400, "must end at 100"),
+        ({"strategy": {"success_threshold": 1.5}}, 400, "strategy.success_threshold must be within (0, 1]"),
+    ]
+    for body, code, message in cases:
+        response = post(body)
+        assert response.status_code == code and message in response.json()["detail"], (body, response.text)
+    assert post({"strategy": {"kind": "sideways"}}).status_code == 422
+    assert post({"strategy": {"sucess_threshold": 0.5}}).status_code == 422  # a typo is not ignored
+    assert client.get("/api/v1/deployments/d-unknown").status_code == 404
+    for method, path in (("GET", "/api/v1/deployments"), ("POST", "/api/v1/deployments"),
+                         ("POST", "/api/v1/deployments/d-x/abort"), ("POST", "/api/v1/deployments/d-x/approve")):
+        assert httpx.request(method, cloud.server.url + path).status_code == 401, path
+
+    first = post({"strategy": {"kind": "waves", "waves": [50, 100], "pause_for_approval": True}})
+    assert first.status_code == 201
+    busy = post({})
+    assert busy.status_code == 409 and f"deployment {first.json()['id']}" in busy.json()["detail"]
+    client.post(f"/api/v1/deployments/{first.json()['id']}/abort", json={"rollback": False})
+
+    with cloud.server.sessions.begin() as session:  # lab-01 reports a newer version of the model
+        device = session.get(Device, "lab-01")
+        device.model_name, device.model_version = "digits-cnn", 2
+    downgrade = post({})
+    assert downgrade.status_code == 409 and "lab-01 (v2)" in downgrade.json()["detail"]
+    assert "rollback key" in downgrade.json()["detail"]
+
+
+def test_a_restarted_cloud_resumes_the_rollout(start_cloud, archive: Path, mosquitto, devices_to_stop):
+    cloud = start_cloud()
+    assert cloud.client.post("/api/v1/bundles", content=archive.read_bytes(), headers=GZIP).status_code == 201
+    devices = start_devices(cloud, mosquitto, 4, {f"lab-{i:02d}": "hold" for i in range(4)}, running=devices_to_stop)
+    plan = cloud.deploy(kind="waves", waves=[50, 100], success_threshold=1.0)
+    first, rest = planned_waves(plan)
+    wait_until(lambda: all(devices[d].commands and devices[d].states(devices[d].commands[0].command.id)[-1:]
+                           == ["health_check"] for d in first), "wave 1 in its health check")
+    wait_until(lambda: all(cloud.deployment(plan["id"])["devices"][i]["state"] == "health_check"
+                           for i in range(2)), "the cloud saw the health checks")
+    cloud.client.close()
+    cloud.server.stop()  # mid-wave; the devices finish while the cloud is down
+    for device in devices.values():
+        device.release.set()
+    wait_until(lambda: all(devices[d].states(devices[d].commands[0].command.id)[-1:] == ["active"]
+                           for d in first), "wave 1 active while the cloud is down")
+
+    again = start_cloud(token=cloud.token)  # same data directory and database
+    assert again.server.new_admin_token is None
+    done = again.wait_state(plan["id"], "completed")
+    assert done["counts"] == {"active": 4}
+    for device in devices.values():
+        assert device.ops() == ["install"]  # nobody got a second install after the restart
+    later = [devices[d].commands[0].command.bundle.url for d in rest]
+    assert all(url.startswith(again.server.url) for url in later)  # the new address
+
+
+def test_commands_reach_devices_through_the_embedded_broker(start_cloud, archive: Path, devices_to_stop):
+    """With the embedded broker (no mqtt_url), the engine logs in as the cloud's user and devices with their
+    own credentials, each allowed only its own topics."""
+    cloud = start_cloud(mqtt_url=None, mqtt_port=free_port())
+    assert cloud.client.post("/api/v1/bundles", content=archive.read_bytes(), headers=GZIP).status_code == 201
+    broker = cloud.server.broker
+    for device_id in ("pi-1", "pi-2"):
+        created = cloud.client.post("/api/v1/devices", json={"id": device_id, "fleet": "lab"}).json()
+        devices_to_stop.append(ScriptedDevice(device_id, "lab", broker, password=created["mqtt"]["password"]))
+        devices_to_stop[-1].start()
+    plan = cloud.deploy()
+    done = cloud.wait_state(plan["id"], "completed")
+    assert done["counts"] == {"active": 2}
+    assert all(d.ops() == ["install"] and d.downloads == [True] for d in devices_to_stop)
+
+
+def test_a_downgrade_carries_a_signed_rollback_authorization(start_cloud, archive: Path, digits_bundle, mosquitto,
+                                                             devices_to_stop):
+    cloud = start_cloud(rollback_key=digits_bundle.private_key)
+    assert cloud.client.post("/api/v1/bundles", content=archive.read_bytes(), headers=GZIP).status_code == 201
+    devices = start_devices(cloud, mosquitto, 2, running=devices_to_stop)
+    with cloud.server.sessions.begin() as session:  # lab-01 runs v3 already: v1 is a downgrade for it
+        device = session.get(Device, "lab-01")
+        device.model_name, device.model_version = "digits-cnn", 3
+    plan = cloud.deploy()
+    cloud.wait_state(plan["id"], "completed")
+    upgrade, downgrade = (devices[d].commands[0].command for d in ("lab-00", "lab-01"))
+    assert upgrade.rollback_authorization is None
+    trust = TrustStore.from_paths([digits_bundle.public_key])
+    assert check_rollback_authorization(downgrade.rollback_authorization, trust, "digits-cnn", 1)
+
+
+def test_public_url_setting():
+    assert CloudServer(CloudSettings(public_url="https://fleet.example/")).public_url == "https://fleet.example"
+    with pytest.raises(ValueError, match="public_url"):
+        CloudSettings(public_url="fleet.example:8080")
+
+
+def test_the_ingest_ignores_statuses_of_no_command_and_duplicates(cloud: Cloud, fleet, mosquitto):
+    devices = fleet(1)
+    plan = cloud.deploy()
+    cloud.wait_state(plan["id"], "completed")
+    device = devices["lab-00"]
+    command = device.commands[0].command
+    stray = Command("c-stray", "install", plan["id"], command.bundle)
+    device._status(stray, "failed", "not ours")  # an unknown command id
+    device.seq -= 2
+    device._status(command, "failed", "a replay of an old seq")  # seq already used: a duplicate
+    wait_until(lambda: cloud.client.get("/api/v1/ingest").json().get("status_duplicate") == 1, "duplicate counted")
+    counters = cloud.client.get("/api/v1/ingest").json()
+    assert counters["status_unmatched"] == 1 and counters["status"] == 7
+    assert cloud.deployment(plan["id"])["devices"][0]["state"] == "active"
+
+
+def test_cli_deploy_status_approve_abort(cloud: Cloud, fleet):
+    from typer.testing import CliRunner
+
+    import edgefleet.cli.rollout_commands  # noqa: F401 - registers deploy and rollout
+    from edgefleet.cli.app import app
+
+    fleet(4, group="canary")
+    runner = CliRunner()
+    env = {"EDGEFLEET_CLOUD": cloud.server.url, "EDGEFLEET_TOKEN": cloud.token, "COLUMNS": "200"}
+    result = runner.invoke(app, ["deploy", "digits-cnn", "1", "--group", "canary", "--waves", "25,100",
+                                 "--approve-first-wave", "--health-window", "1"], env=env)
+    assert result.exit_code == 0, result.output
+    deployment_id = result.output.split()[1].rstrip(":")
+    assert "to 4 device(s) in 2 wave(s) of 1, 3" in result.output
+    cloud.wait_state(deployment_id, "paused")
+    shown = runner.invoke(app, ["rollout", "status", deployment_id], env=env)
+    assert shown.exit_code == 0 and "paused" in shown.output and "approve" in shown.output
+    assert shown.output.count("lab-0") == 4
+    assert runner.invoke(app, ["rollout", "approve", deployment_id], env=env).exit_code == 0
+    watched = runner.invoke(app, ["rollout", "status", deployment_id, "--watch", "--interval", "0.2"], env=env)
+    assert watched.exit_code == 0 and "completed" in watched.output
+    listed = runner.invoke(app, ["rollout", "list"], env=env)
+    assert deployment_id in listed.output and "completed" in listed.output
+    refused = runner.invoke(app, ["rollout", "abort", deployment_id], env=env)
+    assert refused.exit_code != 0 and "409" in str(refused.exception)
+
+
+def test_old_databases_get_the_new_device_group_column(tmp_path: Path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as connection:  # the devices table as the previous release created it
+        connection.execute("CREATE TABLE devices (id VARCHAR(64) PRIMARY KEY, fleet VARCHAR(64), "
+                           "password_hash VARCHAR(256), online BOOLEAN, model_name VARCHAR(128), "
+                           "model_version INTEGER, agent_version VARCHAR(64), last_seen FLOAT, "
+                           "presence_stamp BIGINT, created_at FLOAT)")
+        connection.execute("INSERT INTO devices (id, fleet, password_hash, online, created_at) "
+                           "VALUES ('old', 'lab', 'x', 0, 1.0)")
+    engine = make_engine(f"sqlite:///{path}")
+    with make_sessions(engine)() as session:
+        assert session.get(Device, "old").group is None
+    engine.dispose()

@@ -82,6 +82,7 @@ class FleetSimulation:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.started_at = 0.0
+        self.failed = 0  # requests that raised: an update must never make this grow
 
     # lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> FleetSimulation:
@@ -145,7 +146,8 @@ class FleetSimulation:
             try:
                 member.agent.predict(x)
                 member.requests += 1
-            except EdgefleetError:
+            except Exception:  # noqa: BLE001 - counted: the demo and the benchmarks report failed requests
+                self.failed += 1
                 log.exception("simulated request failed")
             next_at += period
             self._stop.wait(max(0.0, next_at - time.monotonic()))

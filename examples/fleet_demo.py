@@ -9,7 +9,10 @@
 3. registers N simulated devices and runs them: real Predictors with native telemetry, real outboxes,
    their own MQTT credentials, fed the held-out digits;
 4. brightens the inputs of one device after a few seconds, and waits for the monitor's alert;
-5. prints the drift evaluations of the drifting and a clean device, and the alerts.
+5. prints the drift evaluations of the drifting and a clean device, and the alerts;
+6. while the devices keep serving, rolls a retrained v2 out in two waves (canary first), then a v3
+   whose weights were damaged after export: the canary fails its self-test, the rollout aborts, and
+   the rest of the fleet never receives it.
 The same steps as separate commands: `edgefleet cloud up`, `edgefleet push`, `edgefleet sim`,
 `edgefleet drift`, `edgefleet alerts` (see the README).
 """
@@ -23,14 +26,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bundle_versions import damaged, retrained
 from rich.console import Console
 from rich.live import Live
 
 from edgefleet.cli.cloud_client import CloudClient
 from edgefleet.cli.fleet_commands import _sim_table, alerts_table, drift_table
+from edgefleet.cli.rollout_commands import deployment_tables
 from edgefleet.cloud.server import CloudServer
 from edgefleet.cloud.settings import load_settings
 from edgefleet.core.bundle import Bundle
+from edgefleet.core.signing import SigningKey
 from edgefleet.edge_runtime.sim import DriftPlan, FleetSimulation
 
 console = Console()
@@ -58,42 +64,78 @@ def main() -> None:
     with CloudServer(settings) as cloud:
         console.print(f"cloud: API {cloud.url}, embedded MQTT broker {cloud.broker_url}, data {settings.data_dir}")
         client = CloudClient(cloud.url, cloud.new_admin_token)
-        archive = Bundle.open(args.bundle).pack(args.workdir / "bundle.tar.gz")
-        stored = client.post_file("/api/v1/bundles", archive)
-        console.print(f"registry: {stored['name']} v{stored['version']} verified and stored")
-
+        push(client, args.bundle, args.workdir)
         simulation = FleetSimulation(
             cloud_url=cloud.url, token=cloud.new_admin_token, mqtt_url=client.get("/api/v1/info")["mqtt_url"],
-            bundle=args.bundle,
-            trusted_keys=[args.keys], data=np.load(args.data), labels=np.load(args.labels),
+            bundle=args.bundle, trusted_keys=[args.keys], data=np.load(args.data), labels=np.load(args.labels),
             devices=args.devices, fleet="demo", rate_per_device=40.0, window_seconds=1.0,
             drift=DriftPlan(args.drift, after_seconds=args.drift_after, devices=1, strength=0.3),
             workdir=args.workdir / "devices",
         )
         with simulation:
-            drifting = simulation.members[0].agent.config.device
-            clean = simulation.members[-1].agent.config.device
-            console.print(f"fleet: {args.devices} devices; {drifting} sees '{args.drift}' drift after "
-                          f"{args.drift_after:.0f} s")
-            alert, started = None, time.monotonic()
-            with Live(_sim_table(simulation), console=console, refresh_per_second=2) as live:
-                while alert is None and time.monotonic() - started < args.timeout:
-                    time.sleep(0.5)
-                    live.update(_sim_table(simulation))
-                    alert = next((a for a in client.get("/api/v1/alerts?status=open")
-                                  if a["scope"] == "device" and a["scope_id"] == drifting), None)
-            elapsed = time.monotonic() - started
-            requests = simulation.members[0].requests
-        console.print()
-        if alert is None:
-            raise SystemExit(f"no drift alert for {drifting} within {args.timeout:.0f} s")
-        console.print(f"[bold red]alert[/] after {elapsed:.1f} s ({elapsed - args.drift_after:.1f} s after the "
-                      f"drift began; {drifting} had served {requests} requests): {alert['message']}")
-        console.print(drift_table(client.get(f"/api/v1/devices/{drifting}/drift?limit=4"), f"drift of {drifting}"))
-        console.print(drift_table(client.get(f"/api/v1/devices/{clean}/drift?limit=2"), f"drift of {clean}"))
-        console.print(alerts_table(client.get("/api/v1/alerts?status=all")))
-        counts = client.get("/api/v1/ingest")
-        console.print(f"ingest: {counts}")
+            drift_stage(client, simulation, args)
+            update_stage(client, simulation, args)
+
+
+def push(client: CloudClient, bundle: Path, workdir: Path) -> None:
+    archive = Bundle.open(bundle).pack(workdir / f"{bundle.parent.name}-{bundle.name}.tar.gz")
+    stored = client.post_file("/api/v1/bundles", archive)
+    console.print(f"registry: {stored['name']} v{stored['version']} verified and stored")
+
+
+def drift_stage(client: CloudClient, simulation: FleetSimulation, args: argparse.Namespace) -> None:
+    """One device's inputs drift; wait for the monitor's alert and show the evidence."""
+    drifting = simulation.members[0].agent.config.device
+    clean = simulation.members[-1].agent.config.device
+    console.rule("watch: telemetry and drift")
+    console.print(f"fleet: {args.devices} devices; {drifting} sees '{args.drift}' drift after {args.drift_after:.0f} s")
+    alert, started = None, time.monotonic()
+    with Live(_sim_table(simulation), console=console, refresh_per_second=2) as live:
+        while alert is None and time.monotonic() - started < args.timeout:
+            time.sleep(0.5)
+            live.update(_sim_table(simulation))
+            alert = next((a for a in client.get("/api/v1/alerts?status=open")
+                          if a["scope"] == "device" and a["scope_id"] == drifting), None)
+    elapsed = time.monotonic() - started
+    console.print()
+    if alert is None:
+        raise SystemExit(f"no drift alert for {drifting} within {args.timeout:.0f} s")
+    console.print(f"[bold red]alert[/] after {elapsed:.1f} s ({elapsed - args.drift_after:.1f} s after the drift "
+                  f"began; {drifting} had served {simulation.members[0].requests} requests): {alert['message']}")
+    console.print(drift_table(client.get(f"/api/v1/devices/{drifting}/drift?limit=4"), f"drift of {drifting}"))
+    console.print(drift_table(client.get(f"/api/v1/devices/{clean}/drift?limit=2"), f"drift of {clean}"))
+    console.print(alerts_table(client.get("/api/v1/alerts?status=all")))
+    console.print(f"ingest: {client.get('/api/v1/ingest')}")
+
+
+def update_stage(client: CloudClient, simulation: FleetSimulation, args: argparse.Namespace) -> None:
+    """A retrained v2 goes out in waves while the devices keep serving; then a damaged v3, which the
+    canary wave catches: the rollout aborts and the rest of the fleet never receives it."""
+    key = SigningKey.load(args.keys / "release.key")
+    simulation.drift = None  # the drifting device's inputs are clean again; its alert closes by itself
+    logging.getLogger("edgefleet.cloud.drift_monitor").setLevel(logging.ERROR)
+    console.rule("update: staged rollouts over the air")
+    v2 = retrained(args.workdir / "v2" / "bundle", key, version=2, seed=1)
+    v3 = damaged(v2.root, args.workdir / "v3" / "bundle", key, version=3)
+    strategy = {"kind": "waves", "waves": [30, 100], "success_threshold": 1.0, "max_failure_rate": 0.2,
+                "health_window_seconds": 3.0, "wave_timeout_seconds": 60.0}
+    for bundle, expected in ((v2, "completed"), (v3, "aborted")):
+        push(client, bundle.root, args.workdir)
+        started = time.monotonic()
+        deployment = client.post_json("/api/v1/deployments", {
+            "target": {"fleet": "demo"}, "bundle": {"name": bundle.name, "version": bundle.version},
+            "strategy": strategy})
+        console.print(f"deploy {bundle.name} v{bundle.version} ({bundle.manifest['label']}): waves "
+                      f"{[w['size'] for w in deployment['waves']]}")
+        while deployment["state"] not in ("completed", "aborted") and time.monotonic() - started < args.timeout:
+            time.sleep(0.5)
+            deployment = client.get(f"/api/v1/deployments/{deployment['id']}")
+        console.print(deployment_tables(deployment))
+        serving = {m.agent.config.device: m.agent.predictor.bundle.version for m in simulation.members}
+        console.print(f"{deployment['state']} after {time.monotonic() - started:.1f} s; the devices serve versions "
+                      f"{serving}; requests failed during the swaps: {simulation.failed}")
+        if deployment["state"] != expected:
+            raise SystemExit(f"the rollout of v{bundle.version} ended {deployment['state']}, not {expected}")
 
 
 if __name__ == "__main__":

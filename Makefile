@@ -41,6 +41,8 @@ bench: venv
 	$(PY) benchmarks/bench_telemetry_cost.py
 	$(PY) benchmarks/bench_ingest.py
 	$(PY) benchmarks/bench_drift_detection.py
+	$(PY) benchmarks/bench_swap.py
+	$(PY) benchmarks/bench_deploy.py
 
 clean:
 	rm -rf $(RUNS) build *.egg-info cpp_ext/*.so

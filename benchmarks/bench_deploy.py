@@ -66,7 +66,10 @@ def measure(workdir: Path, bundle: Path, key: Path, private: Path, devices: int)
             serving = {m.agent.predictor.bundle.version for m in simulation.members}
             failed = simulation.failed
     return {
-        "devices": devices, "state": deployment["state"], "seconds_to_all_active": elapsed,
+        "devices": devices, "state": deployment["state"], "reason": deployment.get("reason"),
+        "device_states": deployment["counts"],
+        "failure_reasons": sorted({d.get("reason") or "" for d in deployment["devices"]} - {""}),
+        "seconds_to_all_active": elapsed if deployment["state"] == "completed" else None,
         "per_device_done_seconds": {"first": done[0], "median": done[len(done) // 2], "last": done[-1]},
         "health_window_seconds": HEALTH_WINDOW, "serving_versions": sorted(serving),
         "requests_failed_during_rollout": failed, "fleet_start_seconds": fleet_up,
@@ -85,8 +88,9 @@ def main() -> None:
         with contextlib.redirect_stdout(sys.stderr):
             bundle, key = build_digits_bundle(work / "v1", epochs=3)
         for size in (int(s) for s in args.sizes.split(",")):
+            started = time.perf_counter()
             results.append(measure(work / f"n{size}", bundle, key, key.with_suffix(".key"), size))
-            print(f"N={size}: {results[-1]['seconds_to_all_active']:.1f} s", file=sys.stderr)
+            print(f"N={size}: {results[-1]['state']} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     emit({"benchmark": "deploy_to_active", "strategy": "all at once, success threshold 1.0", "results": results},
          args.out)
 

@@ -151,10 +151,14 @@ def download_access(
 
 
 @download_router.get("/bundles/{name}/{version}/download", response_class=FileResponse)
-def download_bundle(name: str, version: int, session: SessionDep, settings: SettingsDep,
+def download_bundle(name: str, version: int, sessions: SessionsDep, settings: SettingsDep,
                     who: Annotated[str, Depends(download_access)]) -> FileResponse:
-    """The stored .tar.gz; honours `Range: bytes=...` (206 with Content-Range) so a download can resume."""
-    record = get_bundle(session, name, version)
+    """The stored .tar.gz; honours `Range: bytes=...` (206 with Content-Range) so a download can resume.
+
+    The database session is closed before the file streams: a fleet downloading at once must not hold a
+    pooled connection per slow download (100 devices exhausted the pool when it did)."""
+    with sessions() as session:
+        record = get_bundle(session, name, version)
     path = settings.data_dir / record.path
     if not path.is_file():
         raise NotFoundError(f"bundle {name} v{version} is in the registry but its archive {path} is missing")

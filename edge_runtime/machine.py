@@ -59,10 +59,13 @@ def describe_machine() -> dict:
 
 
 def peak_rss_bytes() -> int | None:
-    """The process's peak resident set size (VmHWM), or getrusage's ru_maxrss; None if neither exists."""
+    """The process's peak resident set size (VmHWM), or getrusage's ru_maxrss; None if neither exists.
+
+    Linux folds per-thread RSS counters into VmHWM lazily, so VmHWM can read a few KiB below a VmRSS
+    taken earlier; the peak is at least the current size, whatever the kernel has folded in so far."""
     peak = _status_kib("VmHWM")
     if peak is not None:
-        return peak
+        return max(peak, current_rss_bytes() or 0)
     try:
         import resource
     except ImportError:  # Windows

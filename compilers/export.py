@@ -28,7 +28,8 @@ from edgefleet.core import bundle as bundle_io
 from edgefleet.core.bundle import Bundle
 from edgefleet.core.canonical import format_time, sha256_hex, utc_now
 from edgefleet.core.errors import ExportError
-from edgefleet.core.profile import DEFAULT_BINS, build_profile, class_confidence
+from edgefleet.core.metrics import classification_metrics
+from edgefleet.core.profile import DEFAULT_BINS, build_profile
 from edgefleet.core.schema import TensorSpec
 from edgefleet.core.signing import DEFAULT_VALIDITY, SigningKey
 
@@ -162,11 +163,11 @@ def export_torch(
         (out / "profile.json").write_text(json.dumps(profile))
         manifest["reference_profile"] = {"path": "profile.json", "count": profile["count"], "bins": bins}
         if labels is not None and task == "classification":
-            manifest["metrics"]["reference"] = _classification_metrics(scores, _np(labels), postprocess, names)
+            manifest["metrics"]["reference"] = classification_metrics(scores, _np(labels), postprocess, names)
     if eval_data is not None and task == "classification":
         eval_in = _as_dict(eval_data[0], inputs_spec)
         eval_scores = _run_onnx_chunked(session, eval_in)[first_out.name]
-        manifest["metrics"]["eval"] = _classification_metrics(eval_scores, _np(eval_data[1]), postprocess, names)
+        manifest["metrics"]["eval"] = classification_metrics(eval_scores, _np(eval_data[1]), postprocess, names)
     manifest["model_card"] = _model_card(model_card, manifest)
 
     bundle_io.write_manifest(out, manifest)
@@ -280,19 +281,6 @@ def _numeric_error(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> d
             max_abs = max(max_abs, float(diff.max()))
             max_rel = max(max_rel, float((diff / np.maximum(np.abs(ref), 1e-12)).max()))
     return {"max_abs": max_abs, "max_rel": max_rel, "samples": len(next(iter(want.values())))}
-
-
-def _classification_metrics(scores: np.ndarray, labels: np.ndarray, postprocess: str,
-                            names: list[str] | None) -> dict:
-    predicted, _ = class_confidence(scores, postprocess)
-    labels = labels.astype(np.int64).reshape(-1)
-    names = names or [str(i) for i in range(scores.shape[1])]
-    per_class = {}
-    for index, class_name in enumerate(names):
-        mask = labels == index
-        if mask.any():
-            per_class[class_name] = {"accuracy": float((predicted[mask] == index).mean()), "count": int(mask.sum())}
-    return {"accuracy": float((predicted == labels).mean()), "count": int(len(labels)), "per_class": per_class}
 
 
 def _fingerprint(data: dict[str, np.ndarray]) -> str:

@@ -1,0 +1,42 @@
+"""Measuring a model for the compression report: what it predicts on a dataset, and how well.
+
+`onnx_outputs` runs an ONNX model (a path or serialized bytes) over a dataset in chunks with
+onnxruntime on the CPU; `onnx_metrics` scores it with core.metrics (overall, per class, per slice).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edgefleet.core.metrics import classification_metrics
+
+CHUNK = 256
+
+
+def session(model: Path | bytes, threads: int | None = None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def onnx_outputs(model: Path | bytes | ort.InferenceSession, inputs: Mapping[str, np.ndarray] | np.ndarray,
+                 chunk: int = CHUNK) -> np.ndarray:
+    """The first output of the model over all rows of `inputs` (an array for a single-input model)."""
+    sess = model if isinstance(model, ort.InferenceSession) else session(model)
+    if isinstance(inputs, np.ndarray):
+        inputs = {sess.get_inputs()[0].name: inputs}
+    total = len(next(iter(inputs.values())))
+    parts = [sess.run(None, {k: v[i:i + chunk] for k, v in inputs.items()})[0] for i in range(0, total, chunk)]
+    return np.concatenate(parts)
+
+
+def onnx_metrics(model: Path | bytes | ort.InferenceSession, inputs: Mapping[str, np.ndarray] | np.ndarray,
+                 labels: np.ndarray, *, postprocess: str = "softmax", class_names: Sequence[str] | None = None,
+                 slices: Mapping[str, np.ndarray] | None = None) -> dict:
+    return classification_metrics(onnx_outputs(model, inputs), labels, postprocess, class_names, slices)

@@ -1,2 +1,3 @@
-"""edgefleet.cloud: training helpers and compression; later the companion service (registry, fleet,
-deployments, MQTT ingest, drift monitor). Imports torch; never imported by the edge runtime."""
+"""edgefleet.cloud: the cloud side. The companion service (settings, tables, API, brokers and MQTT rules,
+ingest, drift monitor, registry, rollouts, server) needs no torch; training helpers (training.py,
+digits.py) and compression (compress/) do. Never imported by the edge runtime."""

@@ -1,5 +1,8 @@
 """The OTA updater: one install or rollback at a time, as a journaled state machine that survives kill -9.
 
+(Over 500 lines on purpose: each stage and the rule for recovering from a crash in that stage are read
+together; health checks live in health.py, slots in slots.py, downloads in download.py.)
+
     updater = Updater(store, host, trust=trust, workdir=data_dir / "incoming", report=send_status,
                       fleet="lab", device="pi-07", make_predictor=load)
     updater.recover()                 # at start-up, before the first command

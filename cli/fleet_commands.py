@@ -91,11 +91,11 @@ def sim(
         rate_per_device=rate, window_seconds=window,
         drift=DriftPlan(drift, drift_after, drift_devices) if drift else None, workdir=Path("runs/sim"),
     )
-    with simulation, Live(_sim_table(simulation), console=out, refresh_per_second=2) as live:
+    with simulation, Live(sim_table(simulation), console=out, refresh_per_second=2) as live:
         deadline = time.monotonic() + duration
         while time.monotonic() < deadline:
             time.sleep(0.5)
-            live.update(_sim_table(simulation))
+            live.update(sim_table(simulation))
 
 
 def _paths(trust: list[Path] | None) -> list[Path]:
@@ -105,7 +105,7 @@ def _paths(trust: list[Path] | None) -> list[Path]:
     return list(trust or config.trusted_key_paths())
 
 
-def _sim_table(simulation) -> Table:  # noqa: ANN001 - FleetSimulation, imported lazily
+def sim_table(simulation) -> Table:  # noqa: ANN001 - FleetSimulation, imported lazily
     table = Table("device", "requests", "windows", "outbox", "connected", "drifting", title="simulated fleet")
     for row in simulation.status():
         table.add_row(row["device"], str(row["requests"]), str(row["windows"]), str(row["outbox"]),

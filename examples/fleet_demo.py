@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.live import Live
 
 from edgefleet.cli.cloud_client import CloudClient
-from edgefleet.cli.fleet_commands import _sim_table, alerts_table, drift_table
+from edgefleet.cli.fleet_commands import alerts_table, drift_table, sim_table
 from edgefleet.cli.rollout_commands import deployment_tables
 from edgefleet.cloud.server import CloudServer
 from edgefleet.cloud.settings import load_settings
@@ -90,10 +90,10 @@ def drift_stage(client: CloudClient, simulation: FleetSimulation, args: argparse
     console.rule("watch: telemetry and drift")
     console.print(f"fleet: {args.devices} devices; {drifting} sees '{args.drift}' drift after {args.drift_after:.0f} s")
     alert, started = None, time.monotonic()
-    with Live(_sim_table(simulation), console=console, refresh_per_second=2) as live:
+    with Live(sim_table(simulation), console=console, refresh_per_second=2) as live:
         while alert is None and time.monotonic() - started < args.timeout:
             time.sleep(0.5)
-            live.update(_sim_table(simulation))
+            live.update(sim_table(simulation))
             alert = next((a for a in client.get("/api/v1/alerts?status=open")
                           if a["scope"] == "device" and a["scope_id"] == drifting), None)
     elapsed = time.monotonic() - started

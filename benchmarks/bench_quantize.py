@@ -1,0 +1,172 @@
+"""Static int8 (QDQ, per-channel) against float on a CNN big enough for arithmetic to dominate.
+
+    python benchmarks/bench_quantize.py [--epochs 4] [--runs 300] [--out runs/quantize.json]
+
+The digits images upsampled to 32x32 through a VGG-style CNN (64 and 128 channels, ~0.2 GFLOP per
+image), trained for real on the digits training split, exported with export_torch, quantized with
+edgefleet.cloud.compress.quantize.quantize_static_int8 (calibrated on training rows), then measured
+side by side in one run: latency at batch 1 with one intra-op thread (float and int8 interleaved call by
+call), file sizes, and accuracy of both on the held-out split. Variants (QOperator format, per-tensor
+weights, reduce_range, signed activations, graph optimisation levels) are measured the same way, each
+interleaved with float, so the report says what was tried. Prints JSON with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from report import emit  # noqa: E402 - benchmarks/report.py, beside this script
+
+from edgefleet.cloud.compress.quantize import quantize_static_int8
+from edgefleet.cloud.digits import load_splits
+from edgefleet.cloud.training import FitOptions, fit_classifier
+from edgefleet.compilers import export_torch
+from edgefleet.edge_runtime.backends.onnxruntime import session_options
+from edgefleet.edge_runtime.bench import time_interleaved
+
+GOALS = {"p50_speedup_min": 2.0, "size_ratio_min": 3.5, "accuracy_drop_max": 0.01}
+SIZE = 32
+
+
+class WideCNN(torch.nn.Module):
+    """32x32 grey image -> 10 classes: conv 64, 64, pool, 128, 128, pool, 128, pool, linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> list[torch.nn.Module]:
+            return [torch.nn.Conv2d(cin, cout, 3, padding=1), torch.nn.ReLU()]
+
+        self.features = torch.nn.Sequential(
+            *block(1, 64), *block(64, 64), torch.nn.MaxPool2d(2),
+            *block(64, 128), *block(128, 128), torch.nn.MaxPool2d(2),
+            *block(128, 128), torch.nn.MaxPool2d(2),
+        )
+        self.head = torch.nn.Linear(128 * 4 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.features(x), 1))
+
+
+def upsample(x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        big = torch.nn.functional.interpolate(torch.from_numpy(x), size=(SIZE, SIZE), mode="bilinear")
+    return big.numpy().astype(np.float32)
+
+
+def session(path: Path, level: ort.GraphOptimizationLevel | None = None) -> ort.InferenceSession:
+    options = session_options(1)
+    if level is not None:
+        options.graph_optimization_level = level
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def accuracy(sess: ort.InferenceSession, x: np.ndarray, y: np.ndarray) -> float:
+    scores = np.concatenate([sess.run(None, {"pixels": x[i:i + 128]})[0] for i in range(0, len(x), 128)])
+    return float((scores.argmax(1) == y).mean())
+
+
+def side_by_side(float_path: Path, int8_path: Path, feed: dict, runs: int,
+                 level: ort.GraphOptimizationLevel | None = None) -> dict:
+    fp32, int8 = session(float_path, level), session(int8_path, level)
+    first, second = time_interleaved(lambda f: fp32.run(None, f), lambda f: int8.run(None, f), feed, runs)
+    p50_f, p50_q = first["latency_ms"]["p50"], second["latency_ms"]["p50"]
+    return {
+        "float_ms": {k: first["latency_ms"][k] for k in ("p50", "p99", "mean")},
+        "int8_ms": {k: second["latency_ms"][k] for k in ("p50", "p99", "mean")},
+        "p50_speedup": p50_f / p50_q,
+        "p99_speedup": first["latency_ms"]["p99"] / second["latency_ms"]["p99"],
+        "runs": first["runs"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--calibration-rows", type=int, default=256)
+    parser.add_argument("--skip-variants", action="store_true")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    torch.set_num_threads(2)
+
+    splits = load_splits()
+    x_train, x_test = upsample(splits.x_train), upsample(splits.x_test)
+    torch.manual_seed(0)
+    model = WideCNN()
+    started = time.perf_counter()
+    fit_classifier(model, x_train, splits.y_train, FitOptions(epochs=args.epochs, lr=1e-3))
+    train_seconds = time.perf_counter() - started
+
+    with tempfile.TemporaryDirectory(prefix="edgefleet-bench-quantize-") as workdir:
+        work = Path(workdir)
+        with contextlib.redirect_stdout(sys.stderr):
+            bundle = export_torch(model, x_train[:4], work / "float", name="digits-wide-cnn", version=1,
+                                  reference_data=x_train[:256], input_names=["pixels"], output_names=["logits"])
+        calibration = x_train[:args.calibration_rows]
+        started = time.perf_counter()
+        result = quantize_static_int8(bundle, work / "int8", calibration, quant_format="QDQ", per_channel=True,
+                                      eval_data=(x_test, splits.y_test))
+        quantize_seconds = time.perf_counter() - started
+        float_path, int8_path = bundle.root / "model.onnx", result.bundle.root / "model.int8.onnx"
+        feed = {"pixels": x_test[:1]}
+        main_run = side_by_side(float_path, int8_path, feed, args.runs)
+
+        variants = {}
+        if not args.skip_variants:
+            tried = {
+                "QOperator": {"quant_format": "QOperator"},
+                "per_tensor": {"per_channel": False},
+                "reduce_range": {"reduce_range": True},
+                "S8S8 (QInt8 activations)": {"activation_type": "QInt8"},
+            }
+            for name, options in tried.items():
+                variant = quantize_static_int8(bundle, work / name.split()[0], calibration,
+                                               eval_data=(x_test, splits.y_test), **options)
+                variants[name] = {"options": options, "accuracy": variant.quantized_accuracy,
+                                  "size_ratio": variant.size_ratio,
+                                  **side_by_side(float_path, variant.bundle.root / "model.int8.onnx", feed,
+                                                 args.runs)}
+            for level in ("ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED"):
+                variants[f"QDQ per-channel, {level}"] = side_by_side(
+                    float_path, int8_path, feed, args.runs, getattr(ort.GraphOptimizationLevel, level))
+
+    report = {
+        "benchmark": "quantize",
+        "model": {"name": "digits-wide-cnn", "input": [1, 1, SIZE, SIZE],
+                  "parameters": sum(p.numel() for p in model.parameters()),
+                  "flops_per_sample": bundle.artifacts[0]["flops_per_sample"], "epochs": args.epochs,
+                  "train_seconds": train_seconds},
+        "quantization": result.bundle.artifacts[0]["quantization"],
+        "quantize_seconds": quantize_seconds,
+        "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__},
+        "threads": 1,
+        "batch": 1,
+        "latency": main_run,
+        "file_bytes": {"float": result.float_bytes, "int8": result.quantized_bytes, "ratio": result.size_ratio},
+        "accuracy": {"float": result.float_accuracy, "int8": result.quantized_accuracy,
+                     "drop": result.accuracy_drop, "test_rows": len(x_test)},
+        "numeric_error_golden": result.numeric_error,
+        "goals": GOALS,
+        "meets": {
+            "p50_speedup": main_run["p50_speedup"] >= GOALS["p50_speedup_min"],
+            "size_ratio": result.size_ratio >= GOALS["size_ratio_min"],
+            "accuracy_drop": result.accuracy_drop <= GOALS["accuracy_drop_max"],
+        },
+        "variants": variants,
+    }
+    emit(report, args.out)
+
+
+if __name__ == "__main__":
+    main()

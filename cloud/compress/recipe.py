@@ -1,0 +1,531 @@
+"""Compression recipes: a list of steps, from Python or a TOML file, run in order on a model and its bundle.
+
+    # recipe.toml
+    name = "digits-small"          # optional: the name of the bundles it writes (default: the source's)
+    [[step]]
+    method = "prune_channels"      # prune_unstructured, lowrank, distill | quantize_static, quantize_dynamic, fp16
+    amount = 0.5
+    fine_tune_epochs = 5
+    [[step]]
+    method = "quantize_static"
+    calibration_samples = 256
+
+    result = run_recipe(load_recipe("recipe.toml"), model=model, bundle=bundle, data=data, out_dir="out",
+                        signing_key=key)
+    result.bundle, result.steps
+
+Torch steps (pruning, low-rank, distillation) run on the torch model, in recipe order, before any
+ONNX step; the model is then exported (export_torch) with the source bundle as lineage parent, the next
+version number, and every torch step in the lineage. ONNX steps (quantize_*, fp16) run on a bundle,
+each writing a new one. Each step is measured on the test data (accuracy overall, per class and per
+slice) and, when cloud/compress/report.py exists, the steps go into its report.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgefleet.core import bundle as bundle_io
+from edgefleet.core.bundle import Bundle
+from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.metrics import classification_metrics
+from edgefleet.core.signing import SigningKey
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+log = logging.getLogger(__name__)
+
+TORCH_METHODS = ("prune_channels", "prune_unstructured", "lowrank", "distill")
+ONNX_METHODS = ("quantize_static", "quantize_dynamic", "fp16")
+
+
+class RecipeError(EdgefleetError):
+    """A recipe is malformed, or one of its steps failed; `step` (1-based) and `field` say where."""
+
+    def __init__(self, message: str, step: int | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.field = field
+
+
+# fields: name -> (check, description); a check returns the normalised value or raises ValueError -------
+def _fraction(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ValueError("a number between 0 and 1 (exclusive)")
+    return float(value)
+
+
+def _unit(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError("a number between 0 and 1")
+    return float(value)
+
+
+def _positive(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError("a positive number")
+    return float(value)
+
+
+def _count(minimum: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"an integer >= {minimum}")
+        return value
+
+    return check
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("true or false")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("a non-empty string")
+    return value
+
+
+def _names(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("a list of strings")
+    return list(value)
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in options:
+            raise ValueError("one of " + ", ".join(repr(o) for o in options))
+        return value
+
+    return check
+
+
+def _factory(value: Any) -> str:
+    if not isinstance(value, str) or value.count(":") != 1 or not all(value.split(":")):
+        raise ValueError("'module:function', a function returning the student torch model")
+    return value
+
+
+FINE_TUNE = {"fine_tune_epochs": _count(0), "fine_tune_lr": _positive, "fine_tune_batch_size": _count(1)}
+FIELDS: dict[str, dict[str, Callable[[Any], Any]]] = {
+    "prune_channels": {"amount": _fraction, "schedule_steps": _count(1), "target": _choice("params", "channels"),
+                       "exclude": _names, **FINE_TUNE},
+    "prune_unstructured": {"amount": _fraction, "schedule_steps": _count(1), **FINE_TUNE},
+    "lowrank": {"energy": _unit, "rank": _count(1), "max_accuracy_drop": _unit, "min_reduction": _unit,
+                "layers": _names, **FINE_TUNE},
+    "distill": {"student": _factory, "epochs": _count(1), "temperature": _positive, "alpha": _unit,
+                "lr": _positive, "batch_size": _count(1), "seed": _count(0)},
+    "quantize_static": {"calibration_samples": _count(1), "per_channel": _boolean, "reduce_range": _boolean,
+                        "quant_format": _choice("QDQ", "QOperator"), "method": _text, "activation_type": _text,
+                        "weight_type": _text, "nodes_to_exclude": _names, "max_accuracy_drop": _unit},
+    "quantize_dynamic": {"per_channel": _boolean, "reduce_range": _boolean, "weight_type": _text,
+                         "nodes_to_exclude": _names},
+    "fp16": {"keep_io_types": _boolean, "op_block_list": _names},
+}
+REQUIRED = {"prune_channels": ("amount",), "prune_unstructured": ("amount",), "distill": ("student",)}
+EXCLUSIVE = {"lowrank": ("energy", "rank", "max_accuracy_drop")}
+
+
+@dataclass(frozen=True)
+class Step:
+    method: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def on_torch(self) -> bool:
+        return self.method in TORCH_METHODS
+
+
+@dataclass(frozen=True)
+class Recipe:
+    steps: tuple[Step, ...]
+    name: str | None = None  # the name of the bundles the recipe writes; default: the source bundle's
+
+    @property
+    def needs_torch(self) -> bool:
+        return any(s.on_torch for s in self.steps)
+
+
+def make_recipe(steps: list[Mapping[str, Any]], name: str | None = None) -> Recipe:
+    """A validated Recipe from plain dicts ({"method": ..., **options}), as a TOML file gives them."""
+    if not isinstance(steps, list) or not steps:
+        raise RecipeError("a recipe needs at least one [[step]] table")
+    checked = [_check_step(index, raw) for index, raw in enumerate(steps, start=1)]
+    first_onnx = next((i for i, s in enumerate(checked, start=1) if not s.on_torch), None)
+    for index, step in enumerate(checked, start=1):
+        if step.on_torch and first_onnx is not None and index > first_onnx:
+            raise RecipeError(f"step {index} ({step.method}): torch steps must come before the ONNX steps "
+                              f"(step {first_onnx} is {checked[first_onnx - 1].method})", index, "method")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise RecipeError("recipe field 'name': expected a non-empty string", None, "name")
+    return Recipe(tuple(checked), name)
+
+
+def _check_step(index: int, raw: Any) -> Step:
+    if not isinstance(raw, Mapping):
+        raise RecipeError(f"step {index}: expected a table of fields, got {type(raw).__name__}", index)
+    method = raw.get("method")
+    if method not in FIELDS:
+        raise RecipeError(f"step {index} field 'method': expected one of {', '.join(FIELDS)}, got {method!r}",
+                          index, "method")
+    allowed = FIELDS[method]
+    options = {}
+    for key, value in raw.items():
+        if key == "method":
+            continue
+        if key not in allowed:
+            raise RecipeError(f"step {index} ({method}) field '{key}': unknown field; {method} takes "
+                              f"{', '.join(allowed)}", index, key)
+        try:
+            options[key] = allowed[key](value)
+        except ValueError as err:
+            raise RecipeError(f"step {index} ({method}) field '{key}': expected {err}, got {value!r}",
+                              index, key) from err
+    for key in REQUIRED.get(method, ()):
+        if key not in options:
+            raise RecipeError(f"step {index} ({method}) field '{key}': required", index, key)
+    given = [k for k in EXCLUSIVE.get(method, ()) if k in options]
+    if len(given) > 1:
+        raise RecipeError(f"step {index} ({method}) field '{given[1]}': give only one of "
+                          f"{', '.join(EXCLUSIVE[method])}", index, given[1])
+    return Step(method, options)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    try:
+        document = tomllib.loads(path.read_text())
+    except OSError as err:
+        raise RecipeError(f"cannot read recipe {path}: {err.strerror or err}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise RecipeError(f"recipe {path} is not valid TOML: {err}") from err
+    unknown = sorted(set(document) - {"name", "step"})
+    if unknown:
+        raise RecipeError(f"recipe {path}: unknown top-level field '{unknown[0]}' (expected name and [[step]])",
+                          None, unknown[0])
+    return make_recipe(document.get("step", []), document.get("name"))
+
+
+# running -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StepResult:
+    index: int  # 1-based position in the recipe; 0 for the export that follows the torch steps
+    method: str  # the recipe method, or "export"
+    options: dict
+    metrics_before: dict  # core.metrics.classification_metrics on the test data
+    metrics_after: dict
+    params_before: int | None = None
+    params_after: int | None = None
+    flops_before: int | None = None  # ONNX FLOPs per sample
+    flops_after: int | None = None
+    size_before: int | None = None  # bytes of the ONNX artifact (ONNX steps and export)
+    size_after: int | None = None
+    bundle: Path | None = None  # the bundle this step wrote, if any
+    detail: Any = field(default=None, compare=False)  # the step's own result object
+
+    @property
+    def accuracy_before(self) -> float:
+        return self.metrics_before["accuracy"]
+
+    @property
+    def accuracy_after(self) -> float:
+        return self.metrics_after["accuracy"]
+
+
+@dataclass(frozen=True)
+class RecipeResult:
+    steps: tuple[StepResult, ...]
+    bundle: Bundle  # the final bundle
+    report: Any = None  # report.build_report over the source and each new bundle, when report.py exists
+
+
+def _split(data: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict | None]:
+    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in data]
+    if missing:
+        raise RecipeError(f"data lacks {', '.join(missing)} (expected x_train, y_train, x_test, y_test)")
+    labels = [np.asarray(data[k]).astype(np.int64).reshape(-1) for k in ("y_train", "y_test")]
+    return (np.asarray(data["x_train"]), labels[0], np.asarray(data["x_test"]), labels[1],
+            dict(data["slices"]) if data.get("slices") else None)
+
+
+def _torch_metrics(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, slices: dict | None,
+                   class_names: list[str] | None) -> dict:
+    model.eval()
+    with torch.no_grad():
+        scores = torch.cat([model(torch.from_numpy(x[i:i + 256])) for i in range(0, len(x), 256)]).numpy()
+    return classification_metrics(scores, y, "softmax", class_names, slices)
+
+
+def _onnx_metrics(bundle: Bundle, x: np.ndarray, y: np.ndarray, slices: dict | None) -> dict:
+    from edgefleet.cloud.compress.evaluate import onnx_metrics
+
+    interface = bundle.manifest["interface"]
+    return onnx_metrics(_onnx_path(bundle), x, y, postprocess=interface.get("postprocess", "softmax"),
+                        class_names=interface.get("class_names"), slices=slices)
+
+
+def _onnx_path(bundle: Bundle) -> Path:
+    onnx_artifacts = [a for a in bundle.artifacts if a.get("format") == "onnx"]
+    if not onnx_artifacts:
+        raise RecipeError(f"bundle {bundle.name} v{bundle.version} has no ONNX artifact")
+    return bundle.path(onnx_artifacts[0]["path"])
+
+
+def _onnx_facts(bundle: Bundle) -> tuple[int | None, int]:
+    path = _onnx_path(bundle)
+    artifact = next(a for a in bundle.artifacts if a.get("format") == "onnx")
+    return artifact.get("flops_per_sample"), path.stat().st_size
+
+
+def _load_callable(spec: str, what: str) -> Callable[..., Any]:
+    module_name, _, function = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), function)
+    except (ImportError, AttributeError) as err:
+        raise RecipeError(f"{what} {spec!r}: cannot import it ({type(err).__name__}: {err})") from err
+
+
+def _entry(module: str, function: str, step: int, method: str) -> Callable[..., Any]:
+    try:
+        return getattr(importlib.import_module(f"edgefleet.cloud.compress.{module}"), function)
+    except (ImportError, AttributeError) as err:
+        raise RecipeError(f"step {step} ({method}) not available: edgefleet.cloud.compress.{module}.{function} "
+                          f"cannot be loaded ({type(err).__name__}: {err})", step, "method") from err
+
+
+def _fine_tune(options: Mapping[str, Any], x: np.ndarray, y: np.ndarray):  # noqa: ANN202 - FineTune | None
+    from edgefleet.cloud.compress.prune import FineTune
+    from edgefleet.cloud.training import FitOptions
+
+    epochs = options.get("fine_tune_epochs", 0)
+    if not epochs:
+        return None
+    fit = FitOptions(epochs=epochs, lr=options.get("fine_tune_lr", FitOptions.lr),
+                     batch_size=options.get("fine_tune_batch_size", FitOptions.batch_size))
+    return FineTune(x, y, fit)
+
+
+def _run_torch_step(step: Step, index: int, model: torch.nn.Module, data: tuple, example: np.ndarray) -> Any:
+    """Runs one torch step; returns its result object (with .model or .student)."""
+    x_train, y_train, x_test, y_test, _ = data
+    options = dict(step.options)
+    tune = _fine_tune(options, x_train, y_train)
+    if step.method == "prune_channels":
+        prune_channels = _entry("prune", "prune_channels", index, step.method)
+        return prune_channels(model, options["amount"], example, fine_tune=tune,
+                              schedule_steps=options.get("schedule_steps", 1), target=options.get("target", "params"),
+                              exclude=options.get("exclude", ()))
+    if step.method == "prune_unstructured":
+        prune_unstructured = _entry("prune", "prune_unstructured", index, step.method)
+        return prune_unstructured(model, options["amount"], schedule_steps=options.get("schedule_steps", 1),
+                                  fine_tune=tune, example_input=example)
+    if step.method == "lowrank":
+        factorize = _entry("lowrank", "factorize", index, step.method)
+        rule: dict[str, Any] = {k: options[k] for k in ("energy", "rank") if k in options}
+        if "max_accuracy_drop" in options:
+            from edgefleet.cloud.training import accuracy
+
+            rule["accuracy_budget"] = (lambda m: accuracy(m, x_test, y_test), options["max_accuracy_drop"])
+        return factorize(model, **rule, min_reduction=options.get("min_reduction", 0.1),
+                         layers=options.get("layers"), fine_tune=tune)
+    distill = _entry("distill", "distill", index, step.method)
+    student = _load_callable(options.pop("student"), f"step {index} (distill) field 'student'")()
+    return distill(model, student, (x_train, y_train), **options)
+
+
+def _result_model(detail: Any) -> torch.nn.Module:
+    return detail.student if hasattr(detail, "student") else detail.model
+
+
+def _step_record(step: Step, detail: Any) -> dict:
+    if hasattr(detail, "lineage_step"):
+        record = detail.lineage_step()
+    else:
+        record = {"stage": step.method, "options": dict(getattr(detail, "options", None) or step.options)}
+    record["recipe_options"] = dict(step.options)
+    return record
+
+
+def _count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def run_recipe(
+    recipe: Recipe,
+    *,
+    model: torch.nn.Module | None = None,
+    bundle: Bundle | str | Path | None = None,
+    data: Mapping[str, Any],
+    out_dir: str | Path,
+    signing_key: SigningKey | None = None,
+    name: str | None = None,
+    input_names: list[str] | None = None,
+    output_names: list[str] | None = None,
+    class_names: list[str] | None = None,
+) -> RecipeResult:
+    """Runs every step; writes the exported bundle into out_dir/export/ and one per ONNX step into
+    out_dir/NN-<method>/ (NN: the step's position in the recipe).
+
+    model: the trained torch model (needed by torch steps; never modified). bundle: the model's bundle
+    (the lineage parent; input for ONNX-only recipes). data: x_train, y_train, x_test, y_test and
+    optionally slices={name: boolean mask over the test rows}. name/input_names/output_names/class_names
+    default to the source bundle's.
+    """
+    source = Bundle.open(bundle) if isinstance(bundle, (str, Path)) else bundle
+    if recipe.needs_torch and model is None:
+        first = next(i for i, s in enumerate(recipe.steps, start=1) if s.on_torch)
+        raise RecipeError(f"step {first} ({recipe.steps[first - 1].method}) works on a torch model: pass model= "
+                          f"(CLI: --torch-model module:function)", first)
+    if model is None and source is None:
+        raise RecipeError("run_recipe needs a model, a bundle, or both")
+    split = _split(data)
+    x_train, y_train, x_test, y_test, slices = split
+    out = Path(out_dir)
+    interface = source.manifest["interface"] if source is not None else {}
+    names = class_names or interface.get("class_names")
+    results: list[StepResult] = []
+    current_model, current_bundle = model, source
+    torch_records: list[dict] = []
+    exported = False
+
+    def export_if_needed() -> None:
+        nonlocal current_bundle, exported
+        if not exported and current_model is not None and (torch_records or current_bundle is None):
+            target = out / "export"
+            current_bundle = _export(current_model, source, torch_records, split, target, signing_key,
+                                     recipe.name or name, (input_names, output_names, names), results)
+        exported = True
+
+    for index, step in enumerate(recipe.steps, start=1):
+        if not step.on_torch:
+            export_if_needed()
+            current_bundle = _run_onnx_step(step, index, current_bundle, split, out / f"{index:02d}-{step.method}",
+                                            signing_key, results)
+            continue
+        before = _torch_metrics(current_model, x_test, y_test, slices, names)
+        log.info("recipe step %d: %s %s", index, step.method, dict(step.options))
+        try:
+            detail = _run_torch_step(step, index, current_model, split, x_train[:8])
+        except RecipeError:
+            raise
+        except EdgefleetError as err:
+            raise RecipeError(f"step {index} ({step.method}): {err}", index) from err
+        new_model = _result_model(detail)
+        after = _torch_metrics(new_model, x_test, y_test, slices, names)
+        results.append(StepResult(index, step.method, dict(step.options), before, after,
+                                  _count_params(current_model), _count_params(new_model),
+                                  getattr(detail, "flops_before", None), getattr(detail, "flops_after", None),
+                                  detail=detail))
+        torch_records.append(_step_record(step, detail))
+        current_model = new_model
+    export_if_needed()
+    return RecipeResult(tuple(results), current_bundle, _report(source, results, split))
+
+
+def _export(model: torch.nn.Module, source: Bundle | None, records: list[dict], data: tuple, out: Path,
+            signing_key: SigningKey | None, name: str | None, names: tuple, results: list[StepResult]) -> Bundle:
+    """Exports the compressed model as the next version of the source, with the torch steps in its lineage."""
+    from edgefleet.compilers import export_torch
+
+    x_train, y_train, x_test, y_test, slices = data
+    input_names, output_names, class_names = names
+    interface = source.manifest["interface"] if source is not None else {}
+    parent = None
+    if source is not None:
+        parent = {"name": source.name, "version": source.version,
+                  "manifest_sha256": bundle_io.file_digest(source.root / bundle_io.MANIFEST)}
+    version = source.version + 1 if source is not None else 1
+    bundle_name = name or (source.name if source is not None else "model")
+    exported = export_torch(
+        model, x_train[:4], out, name=bundle_name, version=version, reference_data=x_train, labels=y_train,
+        eval_data=(x_test, y_test), class_names=class_names,
+        input_names=input_names or [s["name"] for s in interface.get("inputs", [])] or None,
+        output_names=output_names or [s["name"] for s in interface.get("outputs", [])] or None,
+        preprocessing=interface.get("preprocessing", ""), parent=parent,
+        label=f"{bundle_name} v{version} (" + " + ".join(r["stage"] for r in records) + ")" if records else "",
+    )
+    manifest = dict(exported.manifest)
+    manifest["lineage"] = {**manifest["lineage"], "steps": [*records, *manifest["lineage"]["steps"]]}
+    bundle_io.write_manifest(out, manifest)
+    if signing_key is not None:
+        bundle_io.sign(out, signing_key)
+    exported = Bundle.open(out)
+    flops, size = _onnx_facts(exported)
+    before = results[-1].metrics_after if results else _onnx_metrics(exported, x_test, y_test, slices)
+    results.append(StepResult(0, "export", {"version": version}, before,
+                              _onnx_metrics(exported, x_test, y_test, slices), flops_after=flops, size_after=size,
+                              bundle=exported.root, detail=exported))
+    log.info("recipe: exported %s v%d to %s", exported.name, exported.version, out)
+    return exported
+
+
+def _run_onnx_step(step: Step, index: int, bundle: Bundle, data: tuple, out: Path,
+                   signing_key: SigningKey | None, results: list[StepResult]) -> Bundle:
+    x_train, _, x_test, y_test, slices = data
+    options = dict(step.options)
+    common = {"eval_data": (x_test, y_test), "signing_key": signing_key}
+    before = _onnx_metrics(bundle, x_test, y_test, slices)
+    flops_before, size_before = _onnx_facts(bundle)
+    log.info("recipe step %d: %s %s", index, step.method, options)
+    args: tuple = (bundle, out)
+    if step.method == "quantize_static":
+        run = _entry("quantize", "quantize_static_int8", index, step.method)
+        args = (bundle, out, x_train[:options.pop("calibration_samples", 256)])
+        if "max_accuracy_drop" in options:
+            options["max_drop"] = options.pop("max_accuracy_drop")
+    elif step.method == "quantize_dynamic":
+        run = _entry("quantize", "quantize_dynamic_int8", index, step.method)
+    else:
+        run = _entry("quantize", "convert_fp16", index, step.method)
+    try:
+        detail = run(*args, **options, **common)
+    except EdgefleetError as err:
+        raise RecipeError(f"step {index} ({step.method}): {err}", index) from err
+    except (TypeError, ValueError) as err:
+        raise RecipeError(f"step {index} ({step.method}) failed: {type(err).__name__}: {err}", index) from err
+    new = detail.bundle if isinstance(detail.bundle, Bundle) else Bundle.open(detail.bundle)
+    flops_after, size_after = _onnx_facts(new)
+    results.append(StepResult(index, step.method, dict(step.options), before,
+                              _onnx_metrics(new, x_test, y_test, slices), flops_before=flops_before,
+                              flops_after=flops_after, size_before=size_before, size_after=size_after,
+                              bundle=new.root, detail=detail))
+    return new
+
+
+def _report(source: Bundle | None, results: list[StepResult], data: tuple) -> Any:
+    """report.build_report over the source bundle (the baseline) and every bundle the recipe wrote."""
+    try:
+        from edgefleet.cloud.compress.evaluate import onnx_outputs
+        from edgefleet.cloud.compress.report import build_report, measure
+    except ImportError as err:
+        log.info("recipe: no report (edgefleet.cloud.compress.report not available: %s)", err)
+        return None
+    _, _, x_test, y_test, slices = data
+    models = [(f"{source.name} v{source.version}", source)] if source is not None else []
+    models += [(f"{r.index or ''} {r.method}".strip(), Bundle.open(r.bundle)) for r in results if r.bundle]
+    try:
+        reference = onnx_outputs(_onnx_path(models[0][1]), x_test)
+        measured = [measure(label, _onnx_path(b), x_test, y_test, slices=slices, reference_outputs=reference,
+                            class_names=b.manifest["interface"].get("class_names"),
+                            postprocess=b.manifest["interface"].get("postprocess", "softmax"))
+                    for label, b in models]
+        return build_report(measured)
+    except Exception as err:  # noqa: BLE001 - a report failure must not lose the bundles already written
+        log.warning("recipe: the report failed (%s: %s); the steps and bundles are still returned",
+                    type(err).__name__, err)
+        return None

@@ -6,6 +6,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 CLI    := $(VENV)/bin/edgefleet
 RUNS   ?= runs
+# rich draws its tables 80 columns wide when output is not a terminal (CI logs); give them room.
+export COLUMNS ?= 150
 
 .PHONY: demo test test-fast lint bench clean venv
 
@@ -26,6 +28,10 @@ demo: venv
 	    --labels $(RUNS)/digits/test_y.npy --show 5
 	$(CLI) bench $(RUNS)/digits/bundle --trust $(RUNS)/keys --batch 1,8,32 --compare-raw \
 	    --json $(RUNS)/digits/bench.json
+	rm -rf $(RUNS)/compressed
+	$(CLI) compress $(RUNS)/digits/bundle --recipe examples/recipe_digits.toml --data $(RUNS)/digits/data.npz \
+	    --torch-model examples.digits_model:load --key $(RUNS)/keys/release.key --out $(RUNS)/compressed \
+	    --json $(RUNS)/compressed/report.json --plot $(RUNS)/compressed/report.png
 	$(PY) examples/fleet_demo.py --bundle $(RUNS)/digits/bundle --keys $(RUNS)/keys \
 	    --data $(RUNS)/digits/test_x.npy --labels $(RUNS)/digits/test_y.npy --workdir $(RUNS)/fleet
 
@@ -41,6 +47,9 @@ bench: venv
 	$(PY) benchmarks/bench_telemetry_cost.py
 	$(PY) benchmarks/bench_ingest.py
 	$(PY) benchmarks/bench_drift_detection.py
+	$(PY) benchmarks/bench_quantize.py
+	$(PY) benchmarks/bench_prune.py
+	$(PY) benchmarks/bench_distill.py
 	$(PY) benchmarks/bench_swap.py
 	$(PY) benchmarks/bench_deploy.py
 

@@ -2,8 +2,9 @@
 
     python examples/train_digits.py --out runs/digits --key runs/keys/release.key
 
-Writes runs/digits/bundle (signed), and the held-out split as test_x.npy / test_y.npy for
-`edgefleet predict`. Everything it uses ships with scikit-learn: it runs offline.
+Writes runs/digits/bundle (signed), the held-out split as test_x.npy / test_y.npy for
+`edgefleet predict`, and model.pt + data.npz for `edgefleet compress`. Everything it uses ships
+with scikit-learn: it runs offline.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 from rich.console import Console
 from rich.progress import Progress
 
@@ -55,6 +57,13 @@ def main() -> None:
     artifact = bundle.artifacts[0]
     np.save(args.out / "test_x.npy", splits.x_test)
     np.save(args.out / "test_y.npy", splits.y_test)
+    # For `edgefleet compress`: the trained weights, and the data with two slices a user might care
+    # about (digits written with little or much ink), so the report shows what each step costs them.
+    torch.save(model.state_dict(), args.out / "model.pt")
+    ink = splits.x_test.reshape(len(splits.x_test), -1).mean(axis=1)
+    np.savez(args.out / "data.npz", x_train=splits.x_train, y_train=splits.y_train, x_test=splits.x_test,
+             y_test=splits.y_test, slice_light_ink=ink < np.quantile(ink, 0.25),
+             slice_heavy_ink=ink > np.quantile(ink, 0.75))
     console.print(
         f"exported {bundle.name} v{bundle.version} to {bundle.root}: {artifact['size'] / 1024:.1f} KiB ONNX, "
         f"max abs error vs torch {artifact['numeric_error']['max_abs']:.2g} on "

@@ -434,7 +434,13 @@ def run_recipe(
         torch_records.append(_step_record(step, detail))
         current_model = new_model
     export_if_needed()
-    return RecipeResult(tuple(results), current_bundle, _report(source, results, split))
+    report = _report(source, results, split)
+    if report is not None and signing_key is not None and current_bundle is not None:
+        # The final bundle carries the whole report in its manifest and model card, signed again.
+        from edgefleet.cloud.compress.report import attach_to_bundle
+
+        current_bundle = attach_to_bundle(report, current_bundle.root, signing_key)
+    return RecipeResult(tuple(results), current_bundle, report)
 
 
 def _export(model: torch.nn.Module, source: Bundle | None, records: list[dict], data: tuple, out: Path,

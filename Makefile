@@ -32,6 +32,11 @@ demo: venv
 	$(CLI) compress $(RUNS)/digits/bundle --recipe examples/recipe_digits.toml --data $(RUNS)/digits/data.npz \
 	    --torch-model examples.digits_model:load --key $(RUNS)/keys/release.key --out $(RUNS)/compressed \
 	    --json $(RUNS)/compressed/report.json --plot $(RUNS)/compressed/report.png
+	$(PY) examples/train_tabular.py --out $(RUNS)/tabular --key $(RUNS)/keys/release.key
+	rm -rf $(RUNS)/tabular-compressed
+	$(CLI) compress $(RUNS)/tabular/bundle --recipe examples/recipe_tabular.toml --data $(RUNS)/tabular/data.npz \
+	    --torch-model examples.tabular_model:load --key $(RUNS)/keys/release.key --out $(RUNS)/tabular-compressed \
+	    --json $(RUNS)/tabular-compressed/report.json --plot $(RUNS)/tabular-compressed/report.png
 	$(PY) examples/fleet_demo.py --bundle $(RUNS)/digits/bundle --keys $(RUNS)/keys \
 	    --data $(RUNS)/digits/test_x.npy --labels $(RUNS)/digits/test_y.npy --workdir $(RUNS)/fleet
 

@@ -254,13 +254,23 @@ class RecipeResult:
     report: Any = None  # report.build_report over the source and each new bundle, when report.py exists
 
 
-def _split(data: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict | None]:
+def _split(data: Mapping[str, Any]) -> tuple:
+    """(x_train, y_train, x_test, y_test, slices, (x_val, y_val)). The test split is only reported on;
+    decisions (the low-rank accuracy budget, the quantization gate) use the validation split: x_val and
+    y_val if given, else the last 20% of the training rows, so the reported test accuracy is not biased
+    by choices made on it."""
     missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in data]
     if missing:
         raise RecipeError(f"data lacks {', '.join(missing)} (expected x_train, y_train, x_test, y_test)")
     labels = [np.asarray(data[k]).astype(np.int64).reshape(-1) for k in ("y_train", "y_test")]
-    return (np.asarray(data["x_train"]), labels[0], np.asarray(data["x_test"]), labels[1],
-            dict(data["slices"]) if data.get("slices") else None)
+    x_train = np.asarray(data["x_train"])
+    if "x_val" in data and "y_val" in data:
+        validation = (np.asarray(data["x_val"]), np.asarray(data["y_val"]).astype(np.int64).reshape(-1))
+    else:
+        cut = max(1, len(x_train) // 5)
+        validation = (x_train[-cut:], labels[0][-cut:])
+    return (x_train, labels[0], np.asarray(data["x_test"]), labels[1],
+            dict(data["slices"]) if data.get("slices") else None, validation)
 
 
 def _torch_metrics(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, slices: dict | None,
@@ -322,7 +332,7 @@ def _fine_tune(options: Mapping[str, Any], x: np.ndarray, y: np.ndarray):  # noq
 
 def _run_torch_step(step: Step, index: int, model: torch.nn.Module, data: tuple, example: np.ndarray) -> Any:
     """Runs one torch step; returns its result object (with .model or .student)."""
-    x_train, y_train, x_test, y_test, _ = data
+    x_train, y_train, x_test, y_test, _, (x_val, y_val) = data
     options = dict(step.options)
     tune = _fine_tune(options, x_train, y_train)
     if step.method == "prune_channels":
@@ -340,7 +350,7 @@ def _run_torch_step(step: Step, index: int, model: torch.nn.Module, data: tuple,
         if "max_accuracy_drop" in options:
             from edgefleet.cloud.training import accuracy
 
-            rule["accuracy_budget"] = (lambda m: accuracy(m, x_test, y_test), options["max_accuracy_drop"])
+            rule["accuracy_budget"] = (lambda m: accuracy(m, x_val, y_val), options["max_accuracy_drop"])
         return factorize(model, **rule, min_reduction=options.get("min_reduction", 0.1),
                          layers=options.get("layers"), fine_tune=tune)
     distill = _entry("distill", "distill", index, step.method)
@@ -394,7 +404,7 @@ def run_recipe(
     if model is None and source is None:
         raise RecipeError("run_recipe needs a model, a bundle, or both")
     split = _split(data)
-    x_train, y_train, x_test, y_test, slices = split
+    x_train, y_train, x_test, y_test, slices, _ = split
     out = Path(out_dir)
     interface = source.manifest["interface"] if source is not None else {}
     names = class_names or interface.get("class_names")
@@ -448,7 +458,7 @@ def _export(model: torch.nn.Module, source: Bundle | None, records: list[dict], 
     """Exports the compressed model as the next version of the source, with the torch steps in its lineage."""
     from edgefleet.compilers import export_torch
 
-    x_train, y_train, x_test, y_test, slices = data
+    x_train, y_train, x_test, y_test, slices, _ = data
     input_names, output_names, class_names = names
     interface = source.manifest["interface"] if source is not None else {}
     parent = None
@@ -482,7 +492,7 @@ def _export(model: torch.nn.Module, source: Bundle | None, records: list[dict], 
 
 def _run_onnx_step(step: Step, index: int, bundle: Bundle, data: tuple, out: Path,
                    signing_key: SigningKey | None, results: list[StepResult]) -> Bundle:
-    x_train, _, x_test, y_test, slices = data
+    x_train, _, x_test, y_test, slices, validation = data
     options = dict(step.options)
     common = {"eval_data": (x_test, y_test), "signing_key": signing_key}
     before = _onnx_metrics(bundle, x_test, y_test, slices)
@@ -492,14 +502,15 @@ def _run_onnx_step(step: Step, index: int, bundle: Bundle, data: tuple, out: Pat
     if step.method == "quantize_static":
         run = _entry("quantize", "quantize_static_int8", index, step.method)
         args = (bundle, out, x_train[:options.pop("calibration_samples", 256)])
-        if "max_accuracy_drop" in options:
+        if "max_accuracy_drop" in options:  # the gate decides on the validation split, not the test split
             options["max_drop"] = options.pop("max_accuracy_drop")
+            options["eval_data"] = validation
     elif step.method == "quantize_dynamic":
         run = _entry("quantize", "quantize_dynamic_int8", index, step.method)
     else:
         run = _entry("quantize", "convert_fp16", index, step.method)
     try:
-        detail = run(*args, **options, **common)
+        detail = run(*args, **{**common, **options})  # a gate's validation data overrides the test split
     except EdgefleetError as err:
         raise RecipeError(f"step {index} ({step.method}): {err}", index) from err
     except (TypeError, ValueError) as err:
@@ -521,7 +532,7 @@ def _report(source: Bundle | None, results: list[StepResult], data: tuple) -> An
     except ImportError as err:
         log.info("recipe: no report (edgefleet.cloud.compress.report not available: %s)", err)
         return None
-    _, _, x_test, y_test, slices = data
+    _, _, x_test, y_test, slices, _ = data
     models = [(f"{source.name} v{source.version}", source)] if source is not None else []
     models += [(f"{r.index or ''} {r.method}".strip(), Bundle.open(r.bundle)) for r in results if r.bundle]
     try:

@@ -159,6 +159,18 @@ def _conv(node: onnx.NodeProto, shapes: dict[str, Shape], types: dict[str, int])
     return 2 * out * math.prod(weight[1:]) + bias
 
 
+def _conv_like(weight_input: int, bias_input: int | None) -> Rule:
+    """Integer convolutions (ConvInteger, QLinearConv) do the same multiply-adds as Conv, with the
+    weight (and bias) at other input positions; they count as operations of the same size."""
+    def rule(node: onnx.NodeProto, shapes: dict[str, Shape], types: dict[str, int]) -> int:
+        out = math.prod(_shape(shapes, node.output[0]))
+        weight = _shape(shapes, node.input[weight_input])
+        bias = out if bias_input is not None and _has_input(node, bias_input) else 0
+        return 2 * out * math.prod(weight[1:]) + bias
+
+    return rule
+
+
 def _conv_transpose(node: onnx.NodeProto, shapes: dict[str, Shape], types: dict[str, int]) -> int:
     x = math.prod(_shape(shapes, node.input[0]))
     weight = _shape(shapes, node.input[1])  # (Cin, Cout/group, *kernel)
@@ -213,6 +225,11 @@ RULES: dict[str, Rule] = {
     "ConvTranspose": _conv_transpose,
     "Gemm": _gemm,
     "MatMul": _matmul,
+    # quantized models: the same arithmetic in integers (counted as operations of the same size)
+    "MatMulInteger": _matmul,
+    "QLinearMatMul": _matmul,
+    "ConvInteger": _conv_like(1, None),
+    "QLinearConv": _conv_like(3, 8),
     "MaxPool": _pool,
     "AveragePool": _pool,
     "LpPool": _pool,

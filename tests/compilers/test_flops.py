@@ -136,3 +136,25 @@ def test_torch_cnn_export_matches_hand_formula():
         assert count["by_op"]["Relu"] == batch * (8 * 16 * 16 + 16 * 6 * 6)
         assert count["by_op"]["MaxPool"] == batch * 8 * 8 * 8 * 4
         assert count["uncounted"] == []
+
+
+def test_integer_matmul_and_conv_count_like_their_float_twins():
+    from onnx import TensorProto, helper
+
+    from edgefleet.compilers.flops import count_flops
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["y"]),
+         helper.make_node("ConvInteger", ["x", "w"], ["z"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])],
+        "int8",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [1, 4, 6]),
+         helper.make_tensor_value_info("b", TensorProto.INT8, [6, 5]),
+         helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 2, 8, 8]),
+         helper.make_tensor_value_info("w", TensorProto.INT8, [3, 2, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [1, 4, 5]),
+         helper.make_tensor_value_info("z", TensorProto.INT32, [1, 3, 8, 8])],
+    )
+    counted = count_flops(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert counted["by_op"]["MatMulInteger"] == 2 * 4 * 5 * 6
+    assert counted["by_op"]["ConvInteger"] == 2 * (3 * 8 * 8) * (2 * 3 * 3)  # no bias input
+    assert counted["uncounted"] == []

@@ -21,14 +21,12 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from urllib.parse import urlparse
 
-import paho.mqtt.client as mqtt
 from sqlalchemy import insert, select, tuple_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from edgefleet.cloud.db import DeploymentDevice, Device, DeviceStatus, IngestCounter, TelemetryRecord
-from edgefleet.core.errors import EdgefleetError
+from edgefleet.cloud.mqtt_client import broker_address, new_client
 from edgefleet.core.ota import OtaError, Status, parse_status
 from edgefleet.core.telemetry import MAX_PAYLOAD_BYTES, TelemetryError, TelemetryWindow, parse_telemetry
 from edgefleet.core.topics import TopicError, parse, subscription
@@ -61,10 +59,7 @@ class Ingest:
         batch_size: int = 1000,
         flush_seconds: float = 0.05,
     ) -> None:
-        url = urlparse(mqtt_url)
-        if url.scheme not in ("mqtt", "tcp") or not url.hostname:
-            raise EdgefleetError(f"MQTT URL {mqtt_url!r}: expected mqtt://host:port")
-        self.host, self.port = url.hostname, url.port or 1883
+        self.host, self.port = broker_address(mqtt_url)
         self.sessions = sessions
         self.max_bytes = max_bytes
         self.batch_size = batch_size
@@ -74,11 +69,7 @@ class Ingest:
         self._writer: threading.Thread | None = None
         self.connected = threading.Event()
         self.counts: Counter[str] = Counter()  # this process's tallies; the table holds the totals
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
-                                   protocol=mqtt.MQTTv311, manual_ack=True)
-        if username:
-            self._client.username_pw_set(username, password)
-        self._client.reconnect_delay_set(0.5, 30)
+        self._client = new_client(client_id, username, password, clean_session=False, manual_ack=True)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message

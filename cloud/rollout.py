@@ -26,13 +26,13 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import sessionmaker
 
 from edgefleet.cloud.db import BundleRecord, Deployment, DeploymentDevice, Device
+from edgefleet.cloud.mqtt_client import broker_address, new_client
 from edgefleet.cloud.rollout_plan import FAILED_STATES, OPEN_STATES, Strategy, decide, failure, tally
 from edgefleet.cloud.settings import CloudSettings
 from edgefleet.cloud.signed_urls import signed_download_url
@@ -61,10 +61,7 @@ class RolloutEngine:
         client_id: str = "edgefleet-rollouts",
         interval_seconds: float | None = None,
     ) -> None:
-        url = urlparse(mqtt_url)
-        if url.scheme not in ("mqtt", "tcp") or not url.hostname:
-            raise EdgefleetError(f"MQTT URL {mqtt_url!r}: expected mqtt://host:port")
-        self.host, self.port = url.hostname, url.port or 1883
+        self.host, self.port = broker_address(mqtt_url)
         self.sessions = sessions
         self.settings = settings
         self.public_url = public_url or (lambda: settings.public_url or f"http://{settings.host}:{settings.port}")
@@ -75,10 +72,7 @@ class RolloutEngine:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._started_at = 0.0
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
-        if username:
-            self._client.username_pw_set(username, password)
-        self._client.reconnect_delay_set(0.5, 30)
+        self._client = new_client(client_id, username, password)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
 

@@ -1,0 +1,30 @@
+"""The cloud's own MQTT connections (the ingest, the rollout engine): address and client set up once.
+
+Callbacks stay with each user; this only parses the broker URL and makes a paho client with the
+project's settings (MQTT 3.1.1, callback API v2, backoff from 0.5 s to 30 s, credentials if given).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+
+from edgefleet.core.errors import EdgefleetError
+
+
+def broker_address(mqtt_url: str) -> tuple[str, int]:
+    url = urlparse(mqtt_url)
+    if url.scheme not in ("mqtt", "tcp") or not url.hostname:
+        raise EdgefleetError(f"MQTT URL {mqtt_url!r}: expected mqtt://host:port")
+    return url.hostname, url.port or 1883
+
+
+def new_client(client_id: str, username: str | None, password: str | None, *, clean_session: bool | None = None,
+               manual_ack: bool = False) -> mqtt.Client:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session,
+                         protocol=mqtt.MQTTv311, manual_ack=manual_ack)
+    if username:
+        client.username_pw_set(username, password)
+    client.reconnect_delay_set(0.5, 30)
+    return client

@@ -39,7 +39,7 @@ import logging
 import platform
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -51,14 +51,18 @@ import onnxruntime as ort
 from onnxruntime import quantization as ortq
 
 from edgefleet.cloud.compress.evaluate import onnx_outputs, session
+from edgefleet.cloud.compress.gate import Evaluate, QuantizationError, accuracy_gate, weighted_nodes
 from edgefleet.compilers.flops import count_flops
 from edgefleet.core import bundle as bundle_io
 from edgefleet.core.bundle import Bundle
 from edgefleet.core.canonical import format_time, utc_now
-from edgefleet.core.errors import BundleError, EdgefleetError
+from edgefleet.core.errors import BundleError
 from edgefleet.core.metrics import classification_metrics
 from edgefleet.core.schema import TensorSpec
 from edgefleet.core.signing import DEFAULT_VALIDITY, SigningKey
+
+__all__ = ["QuantizationError", "QuantizeResult", "convert_fp16", "quantize_dynamic_int8",
+           "quantize_static_int8"]
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +70,6 @@ Data = np.ndarray | Mapping[str, np.ndarray]
 TOLERANCE_MARGIN = 3.0
 CALIBRATION_BATCH = 64
 METHODS = ("MinMax", "Entropy", "Percentile")
-
-
-class QuantizationError(EdgefleetError):
-    """Quantization cannot run as asked, or no allowed set of float nodes meets the accuracy gate."""
-
-    def __init__(self, message: str, *, float_accuracy: float | None = None, best_accuracy: float | None = None,
-                 max_drop: float | None = None, steps: Sequence[dict] = ()) -> None:
-        super().__init__(message)
-        self.float_accuracy = float_accuracy
-        self.best_accuracy = best_accuracy
-        self.max_drop = max_drop
-        self.steps = list(steps)
 
 
 @dataclass(frozen=True)
@@ -204,10 +196,10 @@ def quantize_static_int8(
             model = quantize(nodes_to_exclude)
             excluded = tuple(nodes_to_exclude)
         else:
-            candidates = list(gate_candidates) if gate_candidates is not None else _weighted_nodes(prepared)
+            candidates = list(gate_candidates) if gate_candidates is not None else weighted_nodes(prepared)
             _check_nodes(prepared, candidates)
             evaluate = _evaluator(source, eval_data)
-            model, excluded, gate = _accuracy_gate(quantize, evaluate, float_model, max_drop,
+            model, excluded, gate = accuracy_gate(quantize, evaluate, float_model, max_drop,
                                                    tuple(nodes_to_exclude), candidates, prepared)
     output = _Output(Path(out_dir), signing_key, validity, version, tolerance_margin, eval_data)
     return _write_stage(source, artifact, float_model, model, "int8", "onnxruntime.quantization.quantize_static",
@@ -237,55 +229,7 @@ def convert_fp16(
                         excluded=tuple(node_block_list or ()))
 
 
-# the accuracy gate -------------------------------------------------------------------------------------
-Evaluate = Callable[[bytes], tuple[float, np.ndarray]]
-
-
-def _accuracy_gate(quantize: Callable[[Sequence[str]], bytes], evaluate: Evaluate, float_model: bytes,
-                   max_drop: float, base: tuple[str, ...], candidates: list[str],
-                   prepared: Path) -> tuple[bytes, tuple[str, ...], dict]:
-    float_accuracy, float_scores = evaluate(float_model)
-
-    def trial(excluded: Sequence[str]) -> tuple[bytes, dict]:
-        model = quantize(excluded)
-        accuracy, scores = evaluate(model)
-        error = float(np.mean(np.abs(scores.astype(np.float64) - float_scores)))
-        return model, {"excluded": list(excluded), "accuracy": accuracy, "drop": float_accuracy - accuracy,
-                       "output_error": error}
-
-    model, first = trial(base)
-    steps, ranking = [first], []
-    gate = {"max_drop": max_drop, "float_accuracy": float_accuracy, "ranking": ranking, "steps": steps}
-    log.info("quantize gate: float accuracy %.4f, quantized %.4f (drop %.4f, max %.4f)",
-             float_accuracy, first["accuracy"], first["drop"], max_drop)
-    if first["drop"] <= max_drop:
-        return model, base, gate
-    op_types = {n.name: n.op_type for n in onnx.load(str(prepared)).graph.node}
-    trials: dict[str, tuple[bytes, dict]] = {}
-    for node in (c for c in candidates if c not in base):
-        trials[node] = trial([*base, node])
-        ranking.append({"node": node, "op_type": op_types.get(node, "?"),
-                        **{k: trials[node][1][k] for k in ("accuracy", "drop", "output_error")}})
-    ranking.sort(key=lambda r: (-r["accuracy"], r["output_error"]))
-    excluded = list(base)
-    for entry in ranking:
-        excluded.append(entry["node"])
-        model, step = trials[entry["node"]] if len(excluded) == len(base) + 1 else trial(excluded)
-        steps.append(step)
-        log.info("quantize gate: %s kept in float -> accuracy %.4f (drop %.4f)", excluded, step["accuracy"],
-                 step["drop"])
-        if step["drop"] <= max_drop:
-            return model, tuple(excluded), gate
-    best = max(steps, key=lambda s: s["accuracy"])
-    measured = "; ".join(f"kept in float {', '.join(s['excluded']) or 'nothing'}: drop {s['drop']:.4f}"
-                         for s in steps)
-    raise QuantizationError(
-        f"no set of float nodes meets the accuracy gate: float accuracy {float_accuracy:.4f}, best quantized "
-        f"{best['accuracy']:.4f} (drop {best['drop']:.4f}) > max_drop {max_drop:g}; measured: {measured}",
-        float_accuracy=float_accuracy, best_accuracy=best["accuracy"], max_drop=max_drop, steps=steps,
-    )
-
-
+# the accuracy gate: see gate.py ------------------------------------------------------------------
 def _evaluator(source: Bundle, eval_data: tuple[Data, np.ndarray]) -> Evaluate:
     interface = source.manifest["interface"]
     if interface.get("task") != "classification":
@@ -299,13 +243,6 @@ def _evaluator(source: Bundle, eval_data: tuple[Data, np.ndarray]) -> Evaluate:
         return classification_metrics(scores, labels, postprocess)["accuracy"], scores
 
     return evaluate
-
-
-def _weighted_nodes(model_path: Path) -> list[str]:
-    """Nodes with a weight (a float initializer of rank >= 2): the ones whose quantization costs most."""
-    graph = onnx.load(str(model_path)).graph
-    weights = {t.name for t in graph.initializer if len(t.dims) >= 2 and t.data_type == onnx.TensorProto.FLOAT}
-    return [n.name for n in graph.node if any(i in weights for i in n.input)]
 
 
 # writing the new bundle --------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from edgefleet.cloud.compress.prune import FineTune, PruneError, prune_channels, prune_unstructured
-from edgefleet.cloud.training import FitOptions, accuracy, fit_classifier
+from edgefleet.cloud.training import FitOptions, accuracy
 
 pytestmark = pytest.mark.slow
 
@@ -27,23 +27,6 @@ def cnn(digits_splits):
     from edgefleet.cloud.digits import train_digits_cnn
 
     return train_digits_cnn(digits_splits, epochs=10)
-
-
-@pytest.fixture(scope="module")
-def cancer():
-    from sklearn.datasets import load_breast_cancer
-    from sklearn.model_selection import train_test_split
-    from sklearn.preprocessing import StandardScaler
-
-    data = load_breast_cancer()
-    x_train, x_test, y_train, y_test = train_test_split(data.data, data.target, test_size=0.3, random_state=0,
-                                                        stratify=data.target)
-    scaler = StandardScaler().fit(x_train)
-    x_train, x_test = (scaler.transform(x).astype(np.float32) for x in (x_train, x_test))
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(30, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 2))
-    fit_classifier(model, x_train, y_train, FitOptions(epochs=30))
-    return model, x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64)
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -43,3 +43,8 @@ class ExportError(EdgefleetError):
 
 class KeyFileError(EdgefleetError):
     """A signing or trust key cannot be read or is of the wrong kind."""
+
+
+class CompileError(EdgefleetError):
+    """A target cannot compile the model (unsupported operator, missing SDK), or its artifact disagrees
+    with the source model on the golden examples."""

@@ -17,6 +17,9 @@ from edgefleet.core.errors import BackendError
 # name -> "module:Class". Order does not matter here; the caller's `backends=[...]` list decides.
 REGISTRY: dict[str, str] = {
     "onnxruntime": "edgefleet.edge_runtime.backends.onnxruntime:OnnxRuntimeBackend",
+    "openvino": "edgefleet.edge_runtime.backends.openvino:OpenVinoBackend",
+    "litert": "edgefleet.edge_runtime.backends.litert:LiteRtBackend",
+    "native": "edgefleet.edge_runtime.backends.native:NativeBackend",
 }
 
 

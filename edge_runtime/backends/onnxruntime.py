@@ -10,12 +10,17 @@ Predictor against the public `InferenceSession.run`, the call a user would other
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+
+from edgefleet.core.errors import BackendError
+
+log = logging.getLogger(__name__)
 
 
 class OnnxRuntimeBackend:
@@ -24,14 +29,14 @@ class OnnxRuntimeBackend:
 
     def __init__(self) -> None:
         self.session: ort.InferenceSession | None = None
+        self.providers: list[str] = []
         self._output_names: list[str] = []
 
     def load(self, artifact: Path, options: dict[str, Any]) -> None:
         self.session = ort.InferenceSession(
-            str(artifact),
-            session_options(options.get("threads")),
-            providers=options.get("providers") or ["CPUExecutionProvider"],
+            str(artifact), session_options(options.get("threads")), providers=usable_providers(options.get("providers"))
         )
+        self.providers = self.session.get_providers()
         self._output_names = [o.name for o in self.session.get_outputs()]
         self.run = self._hot_path()
 
@@ -55,6 +60,28 @@ class OnnxRuntimeBackend:
 
     def close(self) -> None:
         self.session = None
+
+
+def usable_providers(requested: list | None) -> list:
+    """The requested providers this onnxruntime build has, in order; the rest are logged and skipped.
+
+    A provider is a name or, as a compiled artifact stores it in JSON, [name, {option: value}].
+    """
+    if not requested:
+        return ["CPUExecutionProvider"]
+    available = set(ort.get_available_providers())
+    chosen: list = []
+    for provider in requested:
+        name, opts = (provider, None) if isinstance(provider, str) else (provider[0], dict(provider[1]))
+        if name not in available:
+            log.warning("onnxruntime: provider %s is not in this build (%s); skipped", name,
+                        ", ".join(sorted(available)))
+            continue
+        chosen.append(name if opts is None else (name, opts))
+    if not chosen:
+        raise BackendError(f"none of the providers {[p if isinstance(p, str) else p[0] for p in requested]} "
+                           f"is in this onnxruntime build ({', '.join(sorted(available))})")
+    return chosen
 
 
 def session_options(threads: int | None) -> ort.SessionOptions:

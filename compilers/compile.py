@@ -1,0 +1,199 @@
+"""Compile a bundle for one or more targets: each artifact is checked on the golden examples, then enters
+a new bundle with its precision, options and numeric error, and a lineage step per target.
+
+    result = compile_bundle("digits-v1/", ["onnxruntime-cpu", "openvino-cpu", "native"], "digits-v1-compiled/",
+                            signing_key=key)
+
+The new bundle holds the source bundle's files and artifacts plus one artifact per target (a target
+compiled again replaces its old artifact). Name and version stay the source's: compiling changes how the
+model runs, not which model it is. A device's Predictor picks among the artifacts by its backend list.
+
+Every target keeps the bundle's interface (input and output names, dtypes, shapes): the golden examples
+and the device's input validation are shared by all artifacts.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import platform
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgefleet.compilers.targets import CompileSource, TargetResult, target_function
+from edgefleet.core import bundle as bundle_io
+from edgefleet.core.bundle import Bundle
+from edgefleet.core.canonical import format_time, utc_now
+from edgefleet.core.errors import BundleError, CompileError, EdgefleetError
+from edgefleet.core.signing import DEFAULT_VALIDITY, SigningKey
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CompiledArtifact:
+    target: str
+    artifact: dict  # the manifest entry, with numeric_error
+    checked: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    bundle: Bundle
+    compiled: list[CompiledArtifact]
+
+
+def compile_bundle(
+    source: Bundle | str | Path,
+    targets: Sequence[str],
+    out_dir: str | Path,
+    *,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    torch_model: Any | None = None,
+    signing_key: SigningKey | None = None,
+    validity: timedelta = DEFAULT_VALIDITY,
+) -> CompileResult:
+    """Compiles `source` for each target into out_dir (empty or absent). options: {target: {option: value}}.
+
+    Raises CompileError (naming the target) when a target cannot compile the model or its artifact
+    disagrees with the source on the golden examples; nothing is written to out_dir's manifest then.
+    """
+    import time
+
+    bundle = source if isinstance(source, Bundle) else Bundle.open(source)
+    if not targets:
+        raise CompileError("no target given: name at least one (edgefleet compile BUNDLE --target onnxruntime-cpu)")
+    unknown_options = set(options or {}) - set(targets)
+    if unknown_options:
+        raise CompileError(f"options given for targets not compiled: {', '.join(sorted(unknown_options))}")
+    functions = {name: target_function(name) for name in targets}  # unknown targets fail before any work
+    artifact = source_artifact(bundle)
+    out = _copy_bundle(bundle, Path(out_dir))
+    compile_source = CompileSource(bundle, artifact, bundle.path(artifact["path"]), torch_model)
+
+    manifest = copy.deepcopy(bundle.manifest)
+    manifest.pop("files", None)
+    steps = manifest.setdefault("lineage", {}).setdefault("steps", [])
+    compiled: list[CompiledArtifact] = []
+    for name, function in functions.items():
+        started = time.perf_counter()
+        target_options = dict((options or {}).get(name, {}))
+        log.info("compiling %s v%s for %s %s", bundle.name, bundle.version, name, target_options or "")
+        shutil.rmtree(out / name, ignore_errors=True)  # a target compiled again: its old files go
+        try:
+            result = function(compile_source, out, target_options)
+        except EdgefleetError:
+            raise
+        except Exception as err:  # noqa: BLE001 - SDKs raise their own types; name the target in one message
+            raise CompileError(f"target {name}: {type(err).__name__}: {err}") from err
+        entry = _check(bundle, out, name, result)
+        seconds = time.perf_counter() - started
+        manifest["artifacts"] = [a for a in manifest.get("artifacts", []) if a.get("target") != name] + [entry]
+        steps.append({
+            "stage": "compile", "target": name, "backend": entry["backend"], "precision": entry["precision"],
+            "input": {"artifact": artifact["path"], "sha256": artifact.get("sha256")},
+            "options": target_options, "compile": entry.get("compile", {}),
+            "numeric_error": entry["numeric_error"], "seconds": round(seconds, 3),
+            "versions": {"python": platform.python_version()}, "at": format_time(utc_now()),
+        })
+        compiled.append(CompiledArtifact(name, entry, entry["numeric_error"].get("checked", False), seconds))
+        log.info("compiled %s: %s (%s), max abs error %s", name, entry["path"], entry["precision"],
+                 entry["numeric_error"].get("max_abs", "unchecked"))
+    bundle_io.write_manifest(out, manifest)
+    if signing_key is not None:
+        bundle_io.sign(out, signing_key, validity)
+    return CompileResult(Bundle.open(out), compiled)
+
+
+def source_artifact(bundle: Bundle) -> dict:
+    """The ONNX artifact targets compile from: the one export or compression wrote (target "onnx")."""
+    onnx_artifacts = [a for a in bundle.artifacts if a.get("format") == "onnx"]
+    if not onnx_artifacts:
+        raise CompileError(f"bundle {bundle.name} v{bundle.version} has no ONNX artifact to compile from")
+    return next((a for a in onnx_artifacts if a.get("target") == "onnx"), onnx_artifacts[0])
+
+
+def golden_error(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray]) -> tuple[float, float]:
+    """Max abs and max rel error over every output (rel against max(|want|, 1e-6))."""
+    max_abs = max_rel = 0.0
+    for name, expected in want.items():
+        if name not in got:
+            raise CompileError(f"the artifact has no output {name!r}")
+        value = np.asarray(got[name])
+        if value.shape != expected.shape:
+            raise CompileError(f"output {name!r} has shape {value.shape}; the source model gives {expected.shape}")
+        diff = np.abs(value.astype(np.float64) - expected.astype(np.float64))
+        if diff.size:
+            max_abs = max(max_abs, float(diff.max()))
+            max_rel = max(max_rel, float((diff / np.maximum(np.abs(expected.astype(np.float64)), 1e-6)).max()))
+    return max_abs, max_rel
+
+
+def _check(bundle: Bundle, out: Path, name: str, result: TargetResult) -> dict:
+    """Runs the artifact on the golden examples (as a batch unless its batch is static, and one at a time)."""
+    entry = {"options": {}, **result.artifact, "target": name}
+    for key in ("backend", "format", "path", "precision"):
+        if key not in entry:
+            raise CompileError(f"target {name} returned an artifact without {key!r} (a bug in the target)")
+    if not (out / entry["path"]).is_file():
+        raise CompileError(f"target {name} did not write its artifact {entry['path']}")
+    golden_in, golden_out, tolerance = bundle.golden()
+    atol = result.atol if result.atol is not None else tolerance["atol"]
+    rtol = result.rtol if result.rtol is not None else tolerance["rtol"]
+    if result.check_backend is None:
+        entry["numeric_error"] = {"checked": False, "reason": result.unchecked_reason or "no backend here runs it"}
+        log.warning("target %s: artifact not checked here (%s); the device's self-test checks it", name,
+                    entry["numeric_error"]["reason"])
+        return entry
+
+    from edgefleet.edge_runtime.backends import backend_class
+
+    backend = backend_class(result.check_backend)()
+    load_options = {**entry["options"], **result.check_options}
+    try:
+        backend.load(out / entry["path"], load_options)
+    except Exception as err:  # noqa: BLE001 - any runtime's load failure, in one message
+        raise CompileError(f"target {name}: backend {result.check_backend} cannot load {entry['path']}: {err}") from err
+    try:
+        count = len(next(iter(golden_in.values())))
+        singles = [backend.run({k: v[i:i + 1] for k, v in golden_in.items()}) for i in range(count)]
+        runs = [{k: np.concatenate([s[k] for s in singles]) for k in golden_out}]
+        if entry.get("batch") is None:  # a dynamic batch: the whole set at once too
+            runs.append(backend.run(dict(golden_in)))
+    finally:
+        backend.close()
+    errors = [golden_error(run, golden_out) for run in runs]
+    max_abs, max_rel = max(e[0] for e in errors), max(e[1] for e in errors)
+    ok = all(np.allclose(run[k], golden_out[k], atol=atol, rtol=rtol) for run in runs for k in golden_out)
+    entry["numeric_error"] = {
+        "checked": True, "reference": "the source model's golden outputs", "checked_with": result.check_backend,
+        "check_options": result.check_options, "samples": count, "max_abs": max_abs, "max_rel": max_rel,
+        "atol": atol, "rtol": rtol,
+    }
+    if not ok:
+        raise CompileError(
+            f"target {name}: the artifact disagrees with the source model on the golden examples: max abs error "
+            f"{max_abs:.3g}, max rel error {max_rel:.3g} (tolerance atol={atol:g}, rtol={rtol:g})"
+        )
+    return entry
+
+
+def _copy_bundle(bundle: Bundle, out: Path) -> Path:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CompileError(f"output directory {out} exists and is not empty")
+    out.mkdir(parents=True, exist_ok=True)
+    for rel in bundle.manifest.get("files", {}):
+        try:
+            src = bundle.path(rel)
+        except BundleError as err:
+            raise CompileError(f"source bundle: {err}") from err
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, out / rel)
+    return out

@@ -11,6 +11,7 @@ import sys
 from edgefleet.cli import (
     bundle_commands,  # noqa: F401 - registers keys, sign, inspect, verify, predict, bench
     cloud_commands,  # noqa: F401 - registers cloud up, cloud token
+    compile_commands,  # noqa: F401 - registers compile
     compress_commands,  # noqa: F401 - registers compress
     fleet_commands,  # noqa: F401 - registers device run, sim, push, drift, alerts
     rollout_commands,  # noqa: F401 - registers deploy, rollout status|approve|abort|list

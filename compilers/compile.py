@@ -18,6 +18,8 @@ import copy
 import logging
 import platform
 import shutil
+import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -63,10 +65,8 @@ def compile_bundle(
     """Compiles `source` for each target into out_dir (empty or absent). options: {target: {option: value}}.
 
     Raises CompileError (naming the target) when a target cannot compile the model or its artifact
-    disagrees with the source on the golden examples; nothing is written to out_dir's manifest then.
+    disagrees with the source on the golden examples; out_dir is left as it was then.
     """
-    import time
-
     bundle = source if isinstance(source, Bundle) else Bundle.open(source)
     if not targets:
         raise CompileError("no target given: name at least one (edgefleet compile BUNDLE --target onnxruntime-cpu)")
@@ -75,7 +75,26 @@ def compile_bundle(
         raise CompileError(f"options given for targets not compiled: {', '.join(sorted(unknown_options))}")
     functions = {name: target_function(name) for name in targets}  # unknown targets fail before any work
     artifact = source_artifact(bundle)
-    out = _copy_bundle(bundle, Path(out_dir))
+    final = Path(out_dir)
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        raise CompileError(f"output directory {final} exists and is not empty")
+    # built next to out_dir and renamed at the end: a failed target leaves nothing behind
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    try:
+        compiled = _compile_into(work, bundle, artifact, functions, options, torch_model, signing_key, validity)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if final.exists():
+        final.rmdir()
+    work.rename(final)
+    return CompileResult(Bundle.open(final), compiled)
+
+
+def _compile_into(out: Path, bundle: Bundle, artifact: dict, functions: dict, options: Mapping | None,
+                  torch_model: Any, signing_key: SigningKey | None, validity: timedelta) -> list[CompiledArtifact]:
+    _copy_bundle(bundle, out)
     compile_source = CompileSource(bundle, artifact, bundle.path(artifact["path"]), torch_model)
 
     manifest = copy.deepcopy(bundle.manifest)
@@ -109,7 +128,7 @@ def compile_bundle(
     bundle_io.write_manifest(out, manifest)
     if signing_key is not None:
         bundle_io.sign(out, signing_key, validity)
-    return CompileResult(Bundle.open(out), compiled)
+    return compiled
 
 
 def source_artifact(bundle: Bundle) -> dict:
@@ -138,7 +157,7 @@ def golden_error(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray]) 
 
 def _check(bundle: Bundle, out: Path, name: str, result: TargetResult) -> dict:
     """Runs the artifact on the golden examples (as a batch unless its batch is static, and one at a time)."""
-    entry = {"options": {}, **result.artifact, "target": name}
+    entry = {"options": {}, "device": "cpu", **result.artifact, "target": name}
     for key in ("backend", "format", "path", "precision"):
         if key not in entry:
             raise CompileError(f"target {name} returned an artifact without {key!r} (a bug in the target)")
@@ -149,8 +168,7 @@ def _check(bundle: Bundle, out: Path, name: str, result: TargetResult) -> dict:
     rtol = result.rtol if result.rtol is not None else tolerance["rtol"]
     if result.check_backend is None:
         entry["numeric_error"] = {"checked": False, "reason": result.unchecked_reason or "no backend here runs it"}
-        log.warning("target %s: artifact not checked here (%s); the device's self-test checks it", name,
-                    entry["numeric_error"]["reason"])
+        log.warning("target %s: artifact not checked here: %s", name, entry["numeric_error"]["reason"])
         return entry
 
     from edgefleet.edge_runtime.backends import backend_class
@@ -185,10 +203,7 @@ def _check(bundle: Bundle, out: Path, name: str, result: TargetResult) -> dict:
     return entry
 
 
-def _copy_bundle(bundle: Bundle, out: Path) -> Path:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise CompileError(f"output directory {out} exists and is not empty")
-    out.mkdir(parents=True, exist_ok=True)
+def _copy_bundle(bundle: Bundle, out: Path) -> None:
     for rel in bundle.manifest.get("files", {}):
         try:
             src = bundle.path(rel)
@@ -196,4 +211,3 @@ def _copy_bundle(bundle: Bundle, out: Path) -> Path:
             raise CompileError(f"source bundle: {err}") from err
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, out / rel)
-    return out

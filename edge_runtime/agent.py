@@ -234,7 +234,8 @@ class DeviceAgent:
         return json.dumps({
             "schema": "edgefleet.birth", "v": 1, "fleet": self.config.fleet, "device": self.config.device,
             "online": True, "model": {"name": bundle.name, "version": bundle.version},
-            "backend": self.predictor.backend_name, "agent_version": AGENT_VERSION, "at": time.time(),
+            "backend": self.predictor.backend_name, "runtime": self.predictor.describe(),
+            "agent_version": AGENT_VERSION, "at": time.time(),
         }).encode()
 
     # HTTP ------------------------------------------------------------------------------------------------

@@ -4,9 +4,12 @@
     outputs = predictor.predict(pixels)          # dict of output name -> numpy array
     report = predictor.self_test()               # golden examples, before serving
 
-Backend choice is the caller's ordered list, checked up front: the first listed backend that is
-installed and can run one of the bundle's artifacts wins. Skipping a listed backend is logged and kept
-in `fallbacks`, never silent.
+Backend choice is the caller's ordered list, checked up front: the first listed entry that is installed
+and can run one of the bundle's artifacts wins. An entry is a backend name ("openvino") or a compile
+target's name ("openvino-npu", "onnxruntime-gpu") for exactly that artifact. A backend name takes the
+CPU artifact compiled for it (the last compiled wins), else any artifact in a format it runs; artifacts
+built for a GPU or NPU are used only when their target is named. Skipping a listed entry is logged and
+kept in `fallbacks`, never silent; `describe()` says what was picked and why.
 """
 
 from __future__ import annotations
@@ -72,9 +75,15 @@ class Predictor:
     def _load_first(self, names: list[str]) -> tuple[str, dict, Backend]:
         if not names:
             raise BackendError("no backend listed: pass backends=[...] with at least one name")
-        backend_classes = {name: backend_class(name) for name in names}  # unknown names fail up front
-        for name, cls in backend_classes.items():
-            artifact = _artifact_for(self.bundle.artifacts, name, cls.formats)
+        targets = {a.get("target"): a for a in self.bundle.artifacts}
+        entries = [_parse_entry(entry, targets) for entry in names]  # unknown names fail up front
+        for name, (backend_name, target) in zip(names, entries, strict=True):
+            try:
+                cls = backend_class(backend_name)
+            except BackendError as err:  # its runtime is not installed on this device
+                self._skip(name, str(err))
+                continue
+            artifact = _artifact_for(self.bundle.artifacts, backend_name, cls.formats, target)
             if artifact is None:
                 self._skip(name, f"bundle has no artifact in a format it runs ({', '.join(cls.formats)})")
                 continue
@@ -85,14 +94,23 @@ class Predictor:
             except Exception as err:  # noqa: BLE001 - any runtime failure means: try the next backend
                 self._skip(name, f"failed to load {artifact['path']}: {err}")
                 continue
-            log.info("bundle %s v%s: backend %s runs %s", self.bundle.name, self.bundle.version, name, artifact["path"])
-            return name, artifact, backend
+            log.info("bundle %s v%s: backend %s runs %s (target %s, %s)", self.bundle.name, self.bundle.version,
+                     backend_name, artifact["path"], artifact.get("target"), artifact.get("precision"))
+            return backend_name, artifact, backend
         reasons = "; ".join(f"{n}: {why}" for n, why in self.fallbacks)
         raise BackendError(f"no listed backend can run bundle {self.bundle.name} v{self.bundle.version} ({reasons})")
 
     def _skip(self, name: str, reason: str) -> None:
         log.warning("backend %s skipped: %s", name, reason)
         self.fallbacks.append((name, reason))
+
+    def describe(self) -> dict:
+        """What runs: backend, artifact (target, path, precision, format) and every skipped entry with why."""
+        return {
+            "backend": self.backend_name, "target": self.artifact.get("target"), "path": self.artifact["path"],
+            "format": self.artifact.get("format"), "precision": self.artifact.get("precision"),
+            "fallbacks": [{"entry": name, "reason": why} for name, why in self.fallbacks],
+        }
 
     def predict(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
         """Validates inputs against the schema (SchemaError names what is wrong) and runs the model."""
@@ -173,11 +191,30 @@ def _compare(got: np.ndarray, want: np.ndarray, tolerance: dict) -> tuple[float,
     return diff, ok
 
 
-def _artifact_for(artifacts: list[dict], backend: str, formats: tuple[str, ...]) -> dict | None:
-    """An artifact built for this backend if there is one, else any artifact in a format it runs."""
-    runnable = [a for a in artifacts if a.get("format") in formats]
+def _parse_entry(entry: str, targets: dict) -> tuple[str, str | None]:
+    """A backends=[...] entry as (backend name, target or None); BackendError for a name that is neither."""
+    from edgefleet.edge_runtime.backends import REGISTRY
+
+    if entry in REGISTRY:
+        return entry, None
+    if entry in targets:
+        backend = targets[entry].get("backend")
+        if backend in REGISTRY:
+            return backend, entry
+        raise BackendError(f"target {entry!r} runs on backend {backend!r}, which this edge runtime does not have "
+                           f"(backends: {', '.join(sorted(REGISTRY))})")
+    raise BackendError(f"unknown backend {entry!r}: not a backend ({', '.join(sorted(REGISTRY))}) nor a target "
+                       f"compiled into this bundle ({', '.join(sorted(t for t in targets if t))})")
+
+
+def _artifact_for(artifacts: list[dict], backend: str, formats: tuple[str, ...], target: str | None) -> dict | None:
+    """The named target's artifact; else the last CPU artifact compiled for this backend; else the first
+    CPU artifact in a format it runs (an accelerator's artifact is taken only by its target's name)."""
+    if target is not None:
+        return next((a for a in artifacts if a.get("target") == target and a.get("format") in formats), None)
+    runnable = [a for a in artifacts if a.get("format") in formats and a.get("device", "cpu") == "cpu"]
     exact = [a for a in runnable if a.get("backend") == backend]
-    return (exact or runnable or [None])[0]
+    return exact[-1] if exact else (runnable or [None])[0]
 
 
 def _trust_store(trusted_keys: TrustedKeys | None) -> TrustStore:

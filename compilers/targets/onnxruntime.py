@@ -44,8 +44,8 @@ def compile_cpu(source: CompileSource, out_dir: Path, options: dict) -> TargetRe
     _optimise(source.onnx_path, out_dir / rel, level, fmt)
     runtime = {"threads": int(threads)} if threads else {}
     artifact = {
-        "backend": "onnxruntime", "format": fmt, "path": rel, "precision": source.artifact.get("precision", "fp32"),
-        "options": runtime,
+        "backend": "onnxruntime", "format": fmt, "path": rel, "device": "cpu",
+        "precision": source.artifact.get("precision", "fp32"), "options": runtime,
         "compile": {"level": level, "format": fmt, "threads": threads, "onnxruntime": ort.__version__},
     }
     return TargetResult(artifact, check_backend="onnxruntime")
@@ -71,7 +71,7 @@ def compile_gpu(source: CompileSource, out_dir: Path, options: dict) -> TargetRe
     providers.append(["CUDAExecutionProvider", {"device_id": device_id, "cudnn_conv_algo_search": "EXHAUSTIVE"}])
     providers.append("CPUExecutionProvider")
     artifact = {
-        "backend": "onnxruntime", "format": "onnx", "path": rel,
+        "backend": "onnxruntime", "format": "onnx", "path": rel, "device": "gpu",
         "precision": "fp16" if (fp16 and tensorrt) else source.artifact.get("precision", "fp32"),
         "options": {"providers": providers},
         "compile": {"fp16": fp16, "device_id": device_id, "tensorrt": tensorrt, "workspace_mb": workspace_mb,

@@ -151,7 +151,9 @@ def predict(
 def bench(
     bundle: BundleArg,
     trust: TrustOption = None,
-    backend: Annotated[str, typer.Option(help="Backend to measure")] = "onnxruntime",
+    backend: Annotated[str, typer.Option(help="Backend or compile target to measure; several, comma-separated, "
+                                              "are measured one after another, each in its own process")
+                       ] = "onnxruntime",
     batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated")] = "1",
     threads: Annotated[int | None, typer.Option(help="Intra-op threads (default: runtime's choice)")] = None,
     runs: Annotated[int | None, typer.Option(help="Measured runs per batch size (default 1024)")] = None,
@@ -162,7 +164,7 @@ def bench(
     """Latency percentiles, throughput, memory and FLOP/s on this machine (MLPerf single-stream style)."""
     from rich.progress import Progress
 
-    from edgefleet.edge_runtime.bench import BenchOptions, render_tables, run_bench
+    from edgefleet.edge_runtime.bench import BenchOptions, comparison_table, render_tables, run_bench
 
     try:
         batches = tuple(int(b) for b in batch.split(","))
@@ -170,6 +172,14 @@ def bench(
         raise EdgefleetError(f"--batch: expected comma-separated integers such as 1,8,32, got {batch!r}") from err
     if any(b < 1 for b in batches) or (runs is not None and runs < 1) or (duration is not None and duration <= 0):
         raise EdgefleetError("--batch, --runs and --duration must be positive")
+    if "," in backend:
+        reports = _bench_each(bundle, trust, [b.strip() for b in backend.split(",") if b.strip()], batch, threads,
+                              runs, duration)
+        out.print(comparison_table(reports))
+        if json_out:
+            json_out.write_text(json.dumps(reports, indent=2))
+            out.print(f"reports written to {json_out}")
+        return
     options = BenchOptions(backend=backend, batches=batches, threads=threads, runs=runs, duration=duration,
                            compare_raw=compare_raw)
     with Progress(console=err_console, transient=True) as progress:
@@ -182,3 +192,31 @@ def bench(
     if json_out:
         json_out.write_text(json.dumps(report, indent=2))
         out.print(f"report written to {json_out}")
+
+
+def _bench_each(bundle: Path, trust: list[Path] | None, backends: list[str], batch: str, threads: int | None,
+                runs: int | None, duration: float | None) -> list[dict]:
+    """`edgefleet bench --backend X` for each X in a process of its own, so each has its own memory figures."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    reports = []
+    with tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as tmp:
+        for index, name in enumerate(backends):
+            out.print(f"benchmarking {name} ({index + 1}/{len(backends)})")
+            path = Path(tmp) / f"{index}.json"
+            command = [sys.executable, "-m", "edgefleet.cli.main", "bench", str(bundle), "--backend", name,
+                       "--batch", batch, "--json", str(path)]
+            command += [arg for key in (trust or []) for arg in ("--trust", str(key))]
+            command += ["--threads", str(threads)] if threads else []
+            command += ["--runs", str(runs)] if runs else []
+            command += ["--duration", str(duration)] if duration else []
+            env = {**os.environ, "COLUMNS": "100000"}  # its one-line error stays one line
+            done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+            if done.returncode != 0:
+                message = (done.stderr.strip().splitlines() or ["no message"])[-1].removeprefix("error: ")
+                raise EdgefleetError(f"--backend {name}: {message}")
+            reports.append({"entry": name, **json.loads(path.read_text())})
+    return reports

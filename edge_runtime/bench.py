@@ -489,3 +489,19 @@ def _overhead_table(results: list[dict], scale: float, unit: str) -> Table:
             _num(ours["mean"] * scale), _num(theirs["mean"] * scale), f"{result['overhead_ratio_mean']:.3f}",
         )
     return table
+
+
+def comparison_table(reports: list[dict]) -> Table:
+    """Several backends' reports side by side: what each ran, latency, throughput, load time and memory."""
+    table = Table(title="backends side by side (each in its own process, one after another)")
+    for header in ("backend", "artifact", "batch", "p50 ms", "p90 ms", "p99 ms", "samples/s", "load ms", "peak RSS MB"):
+        table.add_column(header, justify="left" if header in ("backend", "artifact") else "right")
+    for report in reports:
+        artifact = report["bundle"]["artifact"]
+        for result in report["results"]:
+            latency = result["latency_ms"]
+            table.add_row(report.get("entry", report["backend"]), f"{artifact['target']} ({artifact['format']})",
+                          str(result["batch"]), *(f"{latency[k]:.4f}" for k in ("p50", "p90", "p99")),
+                          f"{result['throughput']['samples_per_s']:,.0f}", f"{report['load_seconds'] * 1e3:,.1f}",
+                          str(report["memory"]["peak_rss_mb"]))
+    return table

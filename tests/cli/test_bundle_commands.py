@@ -118,6 +118,18 @@ def test_bench_json_report(digits_bundle, trust, tmp_path):
     assert all(r["runs"] == 64 for r in report["results"])
 
 
+def test_bench_several_backends_side_by_side(digits_bundle, trust, tmp_path):
+    result = edgefleet("bench", str(digits_bundle.root), *trust, "--backend", "onnxruntime,onnx", "--batch", "1,2",
+                       "--runs", "32", "--json", str(tmp_path / "bench.json"))
+    assert result.returncode == 0, result.stderr
+    assert "backends side by side" in result.stdout and "benchmarking onnx (2/2)" in result.stdout
+    reports = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["entry"] for r in reports] == ["onnxruntime", "onnx"]  # a backend, then a target by name
+    assert all([x["batch"] for x in r["results"]] == [1, 2] and r["memory"]["peak_rss_mb"] for r in reports)
+    failed = edgefleet("bench", str(digits_bundle.root), *trust, "--backend", "onnxruntime,tflite", "--runs", "8")
+    assert_user_error(failed, "--backend tflite: unknown backend 'tflite'")
+
+
 def test_bench_bad_batch(digits_bundle, trust):
     assert_user_error(edgefleet("bench", str(digits_bundle.root), *trust, "--batch", "one"), "--batch")
 

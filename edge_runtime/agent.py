@@ -147,7 +147,7 @@ class DeviceAgent:
 
     def _make_predictor(self, bundle_dir: Path) -> Predictor:
         return Predictor(bundle_dir, backends=list(self.config.backends), threads=self.config.threads,
-                         trusted_keys=list(self.config.trusted_keys))
+                         trusted_keys=list(self.config.trusted_keys), cache_dir=self.config.data_dir / "cache")
 
     def _make_aggregator(self, predictor: Predictor) -> TelemetryAggregator:
         return TelemetryAggregator(predictor.bundle, fleet=self.config.fleet, device=self.config.device)

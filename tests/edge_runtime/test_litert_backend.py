@@ -1,0 +1,216 @@
+"""The LiteRT backend on real `.tflite` files, in the main environment (ai-edge-litert, no converter).
+
+The converter (litert-torch) lives in its own environment (scripts/check-litert), so the files here are
+built in the test from LiteRT's own flatbuffer schema (`ai_edge_litert.schema_py_generated`): a fully
+connected layer y = x W^T + b with a named signature, in three variants: a static batch of 1 (what
+litert-torch writes), a dynamic batch, and int8 inputs and outputs around a float layer (what the
+litert target's int8 files look like from outside). The interpreter runs them with its real kernels; a
+numpy computation is the reference. tests/compilers/test_litert_target.py covers converted models.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ai_edge_litert")
+
+from ai_edge_litert import schema_py_generated as schema  # noqa: E402
+from ai_edge_litert.tools.flatbuffer_utils import convert_object_to_bytearray  # noqa: E402
+
+from edgefleet.core.errors import BackendError  # noqa: E402
+from edgefleet.edge_runtime.backends import backend_class  # noqa: E402
+from edgefleet.edge_runtime.backends.litert import LiteRtBackend  # noqa: E402
+
+RNG = np.random.default_rng(0)
+WEIGHTS = RNG.normal(size=(3, 4)).astype(np.float32)
+BIAS = RNG.normal(size=3).astype(np.float32)
+IN_SCALE, IN_ZERO = 1 / 64, 3  # int8 input: x = (q - 3) / 64
+OUT_SCALE, OUT_ZERO = 1 / 16, -5
+
+
+def reference(x: np.ndarray) -> np.ndarray:
+    return x @ WEIGHTS.T + BIAS
+
+
+def tiny_tflite(path: Path, *, batch: int = 1, dynamic: bool = False, int8_io: bool = False,
+                input_name: str = "features", output_name: str = "scores") -> Path:
+    """Writes a .tflite: [input ->] FULLY_CONNECTED [-> output], signature "serving_default"."""
+    sig_shape = [-1 if dynamic else batch, 4]
+
+    def tensor(name: str, width: int, buffer: int = 0, dtype: int = schema.TensorType.FLOAT32,
+               quant: tuple[float, int] | None = None) -> schema.TensorT:
+        """An activation tensor [batch, width]."""
+        t = schema.TensorT()
+        t.name, t.type, t.buffer = name, dtype, buffer
+        t.shape, t.shapeSignature = [batch, width], [sig_shape[0], width]
+        if quant is not None:
+            q = schema.QuantizationParametersT()
+            q.scale, q.zeroPoint = [quant[0]], [quant[1]]
+            t.quantization = q
+        return t
+
+    def constant(name: str, shape: list[int], buffer: int) -> schema.TensorT:
+        t = schema.TensorT()
+        t.name, t.type, t.buffer, t.shape = name, schema.TensorType.FLOAT32, buffer, shape
+        return t
+
+    def buffer(data: np.ndarray | None = None) -> schema.BufferT:
+        b = schema.BufferT()
+        b.data = None if data is None else list(data.tobytes())
+        return b
+
+    def opcode(code: int) -> schema.OperatorCodeT:
+        c = schema.OperatorCodeT()
+        c.builtinCode, c.deprecatedBuiltinCode, c.version = code, min(code, 127), 1
+        return c
+
+    def op(index: int, inputs: list[int], outputs: list[int], options=None, options_type: int = 0):
+        o = schema.OperatorT()
+        o.opcodeIndex, o.inputs, o.outputs = index, inputs, outputs
+        o.builtinOptionsType, o.builtinOptions = options_type, options
+        return o
+
+    weights, bias = constant("w", [3, 4], buffer=1), constant("b", [3], buffer=2)
+    fc_options = schema.FullyConnectedOptionsT()
+    codes = [opcode(schema.BuiltinOperator.FULLY_CONNECTED)]
+    if int8_io:
+        tensors = [tensor(input_name, 4, dtype=schema.TensorType.INT8, quant=(IN_SCALE, IN_ZERO)),
+                   tensor("x_float", 4), weights, bias, tensor("y_float", 3),
+                   tensor(output_name, 3, dtype=schema.TensorType.INT8, quant=(OUT_SCALE, OUT_ZERO))]
+        codes += [opcode(schema.BuiltinOperator.DEQUANTIZE), opcode(schema.BuiltinOperator.QUANTIZE)]
+        ops = [op(1, [0], [1]), op(0, [1, 2, 3], [4], fc_options, schema.BuiltinOptions.FullyConnectedOptions),
+               op(2, [4], [5])]
+        out_index = 5
+    else:
+        tensors = [tensor(input_name, 4), weights, bias, tensor(output_name, 3)]
+        ops = [op(0, [0, 1, 2], [3], fc_options, schema.BuiltinOptions.FullyConnectedOptions)]
+        out_index = 3
+    subgraph = schema.SubGraphT()
+    subgraph.tensors, subgraph.inputs, subgraph.outputs, subgraph.operators = tensors, [0], [out_index], ops
+    subgraph.name = "main"
+
+    def tensor_map(name: str, index: int) -> schema.TensorMapT:
+        m = schema.TensorMapT()
+        m.name, m.tensorIndex = name, index
+        return m
+
+    signature = schema.SignatureDefT()
+    signature.signatureKey, signature.subgraphIndex = "serving_default", 0
+    signature.inputs, signature.outputs = [tensor_map(input_name, 0)], [tensor_map(output_name, out_index)]
+    model = schema.ModelT()
+    model.version, model.description = 3, "edgefleet test model"
+    model.operatorCodes, model.subgraphs, model.signatureDefs = codes, [subgraph], [signature]
+    model.buffers = [buffer(), buffer(WEIGHTS), buffer(BIAS)]  # buffer 0: the empty sentinel
+    path.write_bytes(convert_object_to_bytearray(model))
+    return path
+
+
+@pytest.fixture
+def loaded(tmp_path: Path):
+    backends: list[LiteRtBackend] = []
+
+    def load(options: dict | None = None, **build) -> LiteRtBackend:
+        backend = LiteRtBackend()
+        backend.load(tiny_tflite(tmp_path / f"model{len(backends)}.tflite", **build), options or {"threads": None})
+        backends.append(backend)
+        return backend
+
+    yield load
+    for backend in backends:
+        backend.close()
+
+
+def test_registered_and_declares_tflite() -> None:
+    assert backend_class("litert") is LiteRtBackend
+    assert LiteRtBackend.formats == ("tflite",)
+
+
+def test_static_batch_one_maps_names_and_matches_numpy(loaded) -> None:
+    backend = loaded()
+    assert backend.signature == "serving_default" and backend.batch == 1
+    x = RNG.normal(size=(1, 4)).astype(np.float32)
+    out = backend.run({"features": x})
+    assert list(out) == ["scores"]
+    np.testing.assert_allclose(out["scores"], reference(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [0, 2, 7])
+def test_static_batch_runs_other_row_counts_in_chunks(loaded, rows: int) -> None:
+    for batch in (1, 4):
+        backend = loaded(batch=batch)
+        assert backend.batch == batch
+        x = RNG.normal(size=(rows, 4)).astype(np.float32)
+        out = backend.run({"features": x})["scores"]
+        assert out.shape == (rows, 3)
+        np.testing.assert_allclose(out, reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_dynamic_batch_is_resized_as_requests_change(loaded) -> None:
+    backend = loaded(dynamic=True)
+    assert backend.batch is None
+    for rows in (1, 5, 5, 2, 1):
+        x = RNG.normal(size=(rows, 4)).astype(np.float32)
+        np.testing.assert_allclose(backend.run({"features": x})["scores"], reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_int8_inputs_and_outputs_are_quantized_and_dequantized(loaded) -> None:
+    backend = loaded(int8_io=True, batch=1)
+    x = RNG.uniform(-1, 1, size=(6, 4)).astype(np.float32)
+    out = backend.run({"features": x})["scores"]
+    assert out.dtype == np.float32
+    # the reference sees the input as the model does: rounded to the int8 grid
+    x_seen = (np.clip(np.rint(x / IN_SCALE) + IN_ZERO, -128, 127) - IN_ZERO) * IN_SCALE
+    np.testing.assert_allclose(out, reference(x_seen.astype(np.float32)), atol=OUT_SCALE / 2 + 1e-6)
+
+
+def test_outputs_do_not_alias_the_interpreter(loaded) -> None:
+    backend = loaded()
+    x1, x2 = (RNG.normal(size=(1, 4)).astype(np.float32) for _ in range(2))
+    first = backend.run({"features": x1})["scores"]
+    backend.run({"features": x2})
+    np.testing.assert_allclose(first, reference(x1), rtol=1e-5, atol=1e-5)
+
+
+def test_concurrent_requests_get_their_own_answers(loaded) -> None:
+    backend = loaded(options={"threads": 1})
+    rows = [RNG.normal(size=(1, 4)).astype(np.float32) for _ in range(8)]
+    errors: list[str] = []
+
+    def worker(x: np.ndarray) -> None:
+        for _ in range(300):
+            if not np.allclose(backend.run({"features": x})["scores"], reference(x), rtol=1e-5, atol=1e-5):
+                errors.append("mixed-up answer")
+                return
+
+    threads = [threading.Thread(target=worker, args=(x,)) for x in rows]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_renamed_tensors_map_to_bundle_names(loaded) -> None:
+    backend = loaded(options={"inputs": {"pixels": "args_0"}, "outputs": {"logits": "output_0"}},
+                     input_name="args_0", output_name="output_0")
+    x = RNG.normal(size=(1, 4)).astype(np.float32)
+    np.testing.assert_allclose(backend.run({"pixels": x})["logits"], reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_signature_or_tensor_names_are_clear_errors(tmp_path: Path) -> None:
+    path = tiny_tflite(tmp_path / "m.tflite")
+    with pytest.raises(BackendError, match="no signature 'other'"):
+        LiteRtBackend().load(path, {"signature": "other"})
+    with pytest.raises(BackendError, match="lacks"):
+        LiteRtBackend().load(path, {"inputs": {"pixels": "nope"}})
+
+
+def test_a_file_that_is_not_tflite_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"not a flatbuffer at all")
+    with pytest.raises(BackendError, match="cannot load"):
+        LiteRtBackend().load(bad, {})

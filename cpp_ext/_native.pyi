@@ -1,6 +1,6 @@
 """Type stub for the compiled module edgefleet.cpp_ext._native (built from cpp_ext/src/bindings.cpp)."""
 
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -44,3 +44,33 @@ class RequestSketch:
         """Counts one failed request: requests += 1, errors += 1, latency binned."""
     def snapshot(self, reset: bool = True) -> _SketchSnapshot:
         """Copies of the counts; reset=True zeroes them in the same atomic step."""
+
+class GraphExecutor:
+    """The native backend's graph executor; build it with edgefleet.cpp_ext.graph_native.load_executor."""
+
+    def __init__(
+        self,
+        values: list[tuple[str, str]],
+        inputs: list[int],
+        outputs: list[int],
+        constants: dict[int, npt.NDArray[Any]],
+        nodes: list[tuple[str, str, list[int], int, dict[str, Any]]],
+    ) -> None: ...
+    def run(self, inputs: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
+        """Runs the graph: inputs {name: array of the declared dtype}; returns {output name: new array}."""
+    @property
+    def input_names(self) -> list[str]: ...
+    @property
+    def output_names(self) -> list[str]: ...
+    @property
+    def cached_plans(self) -> int:
+        """How many input-shape plans are cached (at most 8)."""
+
+def graph_isa() -> str:
+    """The ISA of the graph kernels in use: 'avx2' or 'portable'."""
+
+def graph_select_isa(name: str) -> str:
+    """Picks the graph kernels: 'auto', 'portable' or 'avx2'; returns the ISA now in use."""
+
+def graph_available_isas() -> str:
+    """The graph kernel ISAs this CPU runs, best first, comma-separated."""

@@ -1,0 +1,116 @@
+"""The native backend against onnxruntime: batch 1, digits CNN and breast-cancer MLP, fp32 and int8.
+
+    python benchmarks/bench_native.py --runs 20000 --out runs/bench_native.json
+
+Builds each model's bundle (digits: edgefleet.cloud.digits; MLP: examples/train_tabular.make_model on
+scikit-learn's breast cancer data, a few epochs), a static int8 QDQ version of each
+(quantize_static_int8), compiles every bundle for the native target (the compile step checks the golden
+examples), then times the native backend and onnxruntime (OnnxRuntimeBackend, 1 intra-op thread: the
+session and hot path the Predictor uses) on the same artifact's source, interleaved call by call
+(edgefleet.edge_runtime.bench.time_interleaved). Prints JSON per model: p50/p99 of both, the ratio
+native / onnxruntime (below 1: native is faster) and the max abs difference of the outputs on the test
+rows. Ratios are the numbers to watch; absolute times depend on the machine and are never a gate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from report import emit  # noqa: E402 - benchmarks/report.py, beside this script
+
+from edgefleet.cloud.compress.quantize import quantize_static_int8
+from edgefleet.cloud.digits import build_digits_bundle, load_splits
+from edgefleet.compilers.compile import compile_bundle
+from edgefleet.core.bundle import Bundle
+from edgefleet.core.signing import SigningKey
+from edgefleet.cpp_ext import graph_native
+from edgefleet.edge_runtime.backends.native import NativeBackend
+from edgefleet.edge_runtime.backends.onnxruntime import OnnxRuntimeBackend
+from edgefleet.edge_runtime.bench import time_interleaved
+
+
+def build_mlp_bundle(workdir: Path, key: SigningKey) -> tuple[Path, np.ndarray, np.ndarray]:
+    import torch
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.model_selection import train_test_split
+
+    from edgefleet.cloud.training import FitOptions, fit_classifier
+    from edgefleet.compilers import export_torch
+
+    data = load_breast_cancer()
+    x_train, x_test, y_train, _ = train_test_split(data.data, data.target, test_size=0.3, random_state=0,
+                                                   stratify=data.target)
+    mean, std = x_train.mean(axis=0), x_train.std(axis=0)
+    x_train, x_test = (((x - mean) / std).astype(np.float32) for x in (x_train, x_test))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(30, 128), torch.nn.ReLU(), torch.nn.Linear(128, 128),  # as
+                                torch.nn.ReLU(), torch.nn.Linear(128, 2))  # examples/train_tabular.make_model
+    fit_classifier(model, x_train, y_train, FitOptions(epochs=5, lr=1e-3))
+    bundle = export_torch(model, x_train[:4], workdir / "mlp", name="breast-cancer-mlp", version=1,
+                          reference_data=x_train, input_names=["features"], output_names=["logits"],
+                          signing_key=key)
+    return bundle.root, x_train, x_test
+
+
+def measure(label: str, bundle_dir: Path, workdir: Path, test_x: np.ndarray, runs: int) -> dict:
+    compiled = compile_bundle(bundle_dir, ["native"], workdir / f"{label}-compiled")
+    bundle = compiled.bundle
+    native_artifact = next(a for a in bundle.artifacts if a["backend"] == "native")
+    onnx_artifact = next(a for a in bundle.artifacts if a["format"] == "onnx")
+    native, ort = NativeBackend(), OnnxRuntimeBackend()
+    native.load(bundle.path(native_artifact["path"]), {})
+    ort.load(bundle.path(onnx_artifact["path"]), {"threads": 1})
+    name = bundle.inputs[0].name
+    feed = {name: np.ascontiguousarray(test_x[:1])}
+    ours, theirs = time_interleaved(native.run, ort.run, feed, runs)
+    errors = [float(np.abs(native.run({name: test_x[i:i + 1]})[k] - ort.run({name: test_x[i:i + 1]})[k]).max())
+              for i in range(len(test_x)) for k in ort.run({name: test_x[:1]})]
+    native_ms, ort_ms = ours["latency_ms"], theirs["latency_ms"]
+    return {
+        "model": label, "precision": native_artifact["precision"], "batch": 1, "runs": ours["runs"],
+        "native_us": {"p50": native_ms["p50"] * 1e3, "p99": native_ms["p99"] * 1e3, "mean": native_ms["mean"] * 1e3},
+        "onnxruntime_us": {"p50": ort_ms["p50"] * 1e3, "p99": ort_ms["p99"] * 1e3, "mean": ort_ms["mean"] * 1e3},
+        "ratio_p50": native_ms["p50"] / ort_ms["p50"], "ratio_p99": native_ms["p99"] / ort_ms["p99"],
+        "max_abs_error_vs_onnxruntime": max(errors), "compared_rows": len(test_x),
+        "compile": native_artifact["compile"], "golden_max_abs": native_artifact["numeric_error"]["max_abs"],
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20000, help="interleaved pairs of calls per model")
+    parser.add_argument("--epochs", type=int, default=3, help="digits training epochs (cost is independent)")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="edgefleet-bench-native-") as tmp:
+        workdir = Path(tmp)
+        with contextlib.redirect_stdout(sys.stderr):  # exporter chatter must not corrupt the JSON
+            digits_dir, public = build_digits_bundle(workdir / "digits", epochs=args.epochs)
+            key = SigningKey.load(public.with_suffix(".key"))
+            splits = load_splits()
+            mlp_dir, mlp_train, mlp_test = build_mlp_bundle(workdir, key)
+            digits_int8 = quantize_static_int8(digits_dir, workdir / "digits-int8", splits.x_train[:512],
+                                               signing_key=key).bundle.root
+            mlp_int8 = quantize_static_int8(mlp_dir, workdir / "mlp-int8", mlp_train, signing_key=key).bundle.root
+            for label, bundle_dir, test_x in (("digits-cnn", digits_dir, splits.x_test),
+                                              ("breast-cancer-mlp", mlp_dir, mlp_test),
+                                              ("digits-cnn-int8", digits_int8, splits.x_test),
+                                              ("breast-cancer-mlp-int8", mlp_int8, mlp_test)):
+                Bundle.open(bundle_dir)
+                results.append(measure(label, bundle_dir, workdir, test_x, args.runs))
+    summary = {"benchmark": "native_vs_onnxruntime", "isa": graph_native.isa(),
+               "available_isas": graph_native.available_isas(), "onnxruntime_threads": 1, "results": results}
+    emit(summary, args.out)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Loads an edgefleet graph into the C++ executor: `load_executor(graph).run({name: array})`.
+
+The executor (edgefleet.cpp_ext._native.GraphExecutor) holds the constants (pre-packed where an op
+wants: Gemm's B as (K, N), QConv/QGemm weights as int16 rows with their zero point removed) and one
+plan per input shape, so `run` is one native call. Kernel ISA: `isa()` tells which one runs ("avx2" or
+"portable"), `select_isa("portable")` forces the portable kernels for the whole process, as does the
+environment variable EDGEFLEET_NATIVE_ISA=portable at import.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgefleet.cpp_ext import _native
+from edgefleet.cpp_ext.graph_format import Graph
+from edgefleet.cpp_ext.graph_ops import infer_dtypes
+
+GraphExecutor = _native.GraphExecutor
+
+
+def load_executor(graph: Graph) -> GraphExecutor:
+    """The C++ executor for graph. GraphFormatError (unsupported op or dtype) or ValueError (an attribute
+    or constant the C++ op refuses) name the node."""
+    dtypes = infer_dtypes(graph)
+    ids = {name: i for i, name in enumerate(dtypes)}
+    nodes = [(n.op, n.name, [ids[v] if v else -1 for v in n.inputs], ids[n.outputs[0]], dict(n.attrs))
+             for n in graph.nodes]
+    constants = {ids[name]: np.array(array, order="C") for name, array in graph.constants.items()}
+    return GraphExecutor([(name, dtype) for name, dtype in dtypes.items()], [ids[i.name] for i in graph.inputs],
+                         [ids[o.name] for o in graph.outputs], constants, nodes)
+
+
+def isa() -> str:
+    """The ISA of the kernels in use: "avx2" (x86-64 with AVX2+FMA) or "portable"."""
+    return _native.graph_isa()
+
+
+def select_isa(name: str) -> str:
+    """"auto", "portable" or "avx2" for every executor in the process; returns the ISA now in use."""
+    return _native.graph_select_isa(name)
+
+
+def available_isas() -> list[str]:
+    return _native.graph_available_isas().split(",")

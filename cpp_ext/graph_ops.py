@@ -1,0 +1,123 @@
+"""The native backend's op set: which ops a graph may hold, with which dtypes, and each value's dtype.
+
+Ops follow ONNX (same inputs, attributes and semantics, opset 13+) unless noted; the numpy spec is
+`edgefleet.cpp_ext.graph_reference`. 2-D only: Conv, QConv, MaxPool, AveragePool take NCHW inputs.
+
+    Conv(X, W, B?)                 float32; auto_pad, dilations, group, kernel_shape, pads, strides, plus
+                                   the fused activation: activation "none" | "relu" | "clip" (act_min, act_max)
+    Gemm(A, B, C?)                 float32; transA, transB, alpha, beta, activation, act_min, act_max
+    MatMul(A, B)                   float32, numpy broadcasting of the batch dims
+    Relu(X), Clip(X, min?, max?)   float32
+    Add, Sub, Mul, Div (A, B)      float32, numpy broadcasting
+    MaxPool(X)                     float32, uint8, int8 (one output: no Indices)
+    AveragePool(X)                 float32; count_include_pad, ceil_mode, dilations
+    GlobalAveragePool, GlobalMaxPool (X)   float32
+    Softmax(X)                     float32; axis; coerce_2d=1 gives opset < 13 semantics (flatten at axis)
+    Flatten, Reshape(X, shape int64), Squeeze(X, axes?), Unsqueeze(X, axes), Identity, Transpose (perm)
+                                   any dtype
+    QuantizeLinear(x float32, scale float32, zero_point? uint8|int8) -> uint8|int8 (output_dtype attr
+                                   or the zero point's type, else uint8); per tensor or per axis
+    DequantizeLinear(x uint8|int8|int32, scale float32, zero_point?) -> float32; per tensor or per axis
+    QConv(x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, B?)
+                                   edgefleet's fused int8 conv (ONNX QLinearConv's inputs): x uint8|int8,
+                                   w int8|uint8 (scale/zero point per tensor or per output channel), B int32;
+                                   acc = sum((x - zx) * (w - zw)) + B in int32; multiplier[c] =
+                                   float32(float32(x_scale * w_scale[c]) / y_scale); y = saturate(
+                                   round_half_even(float32(acc) * multiplier[c]) + zy), activation "relu"
+                                   clamps below at zy. Attributes as Conv. All inputs but x constant.
+    QGemm(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point, bias?)
+                                   the same for a (..., K) x b (K, N) (per tensor or per column N),
+                                   bias int32 (N,); attribute activation "none" | "relu"
+"""
+
+from __future__ import annotations
+
+from edgefleet.cpp_ext.graph_format import Graph, GraphFormatError
+
+FLOAT = ("float32",)
+QUANT = ("uint8", "int8")
+ANY = ("float32", "int8", "uint8", "int32", "int64")
+
+# op -> (min inputs, max inputs, allowed dtypes of input 0)
+OPS: dict[str, tuple[int, int, tuple[str, ...]]] = {
+    "Conv": (2, 3, FLOAT), "Gemm": (2, 3, FLOAT), "MatMul": (2, 2, FLOAT),
+    "Relu": (1, 1, FLOAT), "Clip": (1, 3, FLOAT),
+    "Add": (2, 2, FLOAT), "Sub": (2, 2, FLOAT), "Mul": (2, 2, FLOAT), "Div": (2, 2, FLOAT),
+    "MaxPool": (1, 1, ("float32", "uint8", "int8")), "AveragePool": (1, 1, FLOAT),
+    "GlobalAveragePool": (1, 1, FLOAT), "GlobalMaxPool": (1, 1, FLOAT), "Softmax": (1, 1, FLOAT),
+    "Flatten": (1, 1, ANY), "Reshape": (2, 2, ANY), "Squeeze": (1, 2, ANY), "Unsqueeze": (2, 2, ANY),
+    "Identity": (1, 1, ANY), "Transpose": (1, 1, ANY),
+    "QuantizeLinear": (2, 3, FLOAT), "DequantizeLinear": (2, 3, ("uint8", "int8", "int32")),
+    "QConv": (8, 9, QUANT), "QGemm": (8, 9, QUANT),
+}
+# ops whose second (and later) inputs must have these dtypes, by position
+_PARAM_DTYPES: dict[str, dict[int, tuple[str, ...]]] = {
+    "Conv": {1: FLOAT, 2: FLOAT}, "Gemm": {1: FLOAT, 2: FLOAT}, "MatMul": {1: FLOAT},
+    "Clip": {1: FLOAT, 2: FLOAT}, "Add": {1: FLOAT}, "Sub": {1: FLOAT}, "Mul": {1: FLOAT}, "Div": {1: FLOAT},
+    "Reshape": {1: ("int64",)}, "Squeeze": {1: ("int64",)}, "Unsqueeze": {1: ("int64",)},
+    "QuantizeLinear": {1: FLOAT, 2: QUANT}, "DequantizeLinear": {1: FLOAT},
+    "QConv": {1: FLOAT, 2: QUANT, 3: QUANT, 4: FLOAT, 5: QUANT, 6: FLOAT, 7: QUANT, 8: ("int32",)},
+    "QGemm": {1: FLOAT, 2: QUANT, 3: QUANT, 4: FLOAT, 5: QUANT, 6: FLOAT, 7: QUANT, 8: ("int32",)},
+}
+SHAPE_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity")  # outputs are views of input 0
+
+
+def infer_dtypes(graph: Graph) -> dict[str, str]:
+    """The dtype of every value; GraphFormatError naming every unsupported op or dtype (with node names)."""
+    dtypes = {i.name: i.dtype for i in graph.inputs}
+    dtypes.update({name: str(a.dtype) for name, a in graph.constants.items()})
+    problems: list[str] = []
+    for node in graph.nodes:
+        problem = _node_problem(node.op, node.inputs, node.outputs, node.attrs, dtypes)
+        if problem:
+            problems.append(f"{node.op} (node {node.name!r}): {problem}")
+            for output in node.outputs:  # a guess, so that later nodes are checked too
+                dtypes[output] = dtypes.get(node.inputs[0], "float32") if node.inputs else "float32"
+            continue
+        dtypes[node.outputs[0]] = _output_dtype(node.op, node.inputs, node.attrs, dtypes)
+    if problems:
+        raise GraphFormatError("unsupported by the native backend: " + "; ".join(problems))
+    for info in graph.outputs:
+        if info.dtype and dtypes[info.name] != info.dtype:
+            raise GraphFormatError(f"graph output {info.name!r} is declared {info.dtype} but is {dtypes[info.name]}")
+    return dtypes
+
+
+def _node_problem(op: str, inputs: tuple[str, ...], outputs: tuple[str, ...], attrs: dict,
+                  dtypes: dict[str, str]) -> str:
+    if op not in OPS:
+        return "op not supported"
+    low, high, first = OPS[op]
+    present = len(inputs)
+    while present and not inputs[present - 1]:
+        present -= 1
+    if not low <= present <= high or not inputs[0]:
+        return f"takes {low}..{high} inputs, got {present}"
+    if len([o for o in outputs if o]) != 1 or not outputs[0]:
+        return "exactly one output is supported"
+    if any(v and v not in dtypes for v in inputs):
+        return "uses a value of unknown dtype"
+    if dtypes[inputs[0]] not in first:
+        return f"input 0 has dtype {dtypes[inputs[0]]}; supported: {', '.join(first)}"
+    for index, allowed in _PARAM_DTYPES.get(op, {}).items():
+        if index < present and inputs[index] and dtypes[inputs[index]] not in allowed:
+            return f"input {index} has dtype {dtypes[inputs[index]]}; supported: {', '.join(allowed)}"
+    if op == "QuantizeLinear" and attrs.get("output_dtype", "") not in ("", "uint8", "int8"):
+        return f"output_dtype {attrs['output_dtype']} not supported (uint8, int8)"
+    if op in ("QuantizeLinear", "DequantizeLinear") and int(attrs.get("block_size", 0)) != 0:
+        return "blocked quantization (block_size) not supported"
+    if op == "DequantizeLinear" and len(inputs) > 2 and inputs[2] and dtypes[inputs[2]] != dtypes[inputs[0]]:
+        return "zero_point must have the dtype of x"
+    return ""
+
+
+def _output_dtype(op: str, inputs: tuple[str, ...], attrs: dict, dtypes: dict[str, str]) -> str:
+    if op == "QuantizeLinear":
+        if attrs.get("output_dtype"):
+            return str(attrs["output_dtype"])
+        return dtypes[inputs[2]] if len(inputs) > 2 and inputs[2] else "uint8"
+    if op == "DequantizeLinear":
+        return "float32"
+    if op in ("QConv", "QGemm"):
+        return dtypes[inputs[7]]
+    return dtypes[inputs[0]]

@@ -1,0 +1,71 @@
+// Helpers shared by the op implementations (graph_ops_*.cpp). Internal to the graph executor.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "graph.hpp"
+
+namespace edgefleet::graph {
+
+[[noreturn]] void fail(const std::string& message);
+// Checks a condition; the message (an expression) is only built when it fails: shapes are checked on
+// every run, and building strings there would cost more than the small ops themselves.
+#define EF_REQUIRE(cond, ...)                                 \
+    do {                                                      \
+        if (!(cond)) ::edgefleet::graph::fail(__VA_ARGS__);   \
+    } while (0)
+
+// A 2-D sliding window (Conv, pools) over an NCHW input, with pads resolved (auto_pad, ceil_mode).
+struct Window {
+    std::int64_t n, c, h, w;     // input
+    std::int64_t oh, ow;         // output
+    std::int64_t kh, kw, sh, sw, dh, dw, top, left;
+    std::int64_t bottom = 0, right = 0;  // pads at the end (not counting the ceil_mode overhang)
+};
+Window window_2d(const Shape& x, std::int64_t kh, std::int64_t kw, const Attrs& attrs, bool ceil);
+
+// Where each im2col element comes from: an offset into one group's input planes, or -1 (padding). Rows
+// are (c, i, j) x columns (oy, ox) ("col" layout, for float GEMM), or with patch_major one row of kp
+// entries per output pixel (for the int8 dot-product kernel). Cached per input size by the op.
+class GatherTable {
+public:
+    const std::vector<std::int32_t>& get(const Window& w, std::int64_t channels, bool patch_major, std::int64_t kp);
+
+private:
+    std::int64_t h_ = -1, w_ = -1;
+    std::vector<std::int32_t> index_;
+};
+
+// The fused activation of Conv / Gemm: none, relu, or clip to [lo, hi].
+struct Activation {
+    bool active = false;
+    float lo = 0.0f;
+    float hi = 0.0f;
+    static Activation from(const Attrs& attrs);
+    void apply(float* y, std::int64_t count) const {
+        if (!active) return;
+        for (std::int64_t i = 0; i < count; ++i) y[i] = std::min(std::max(y[i], lo), hi);
+    }
+};
+
+// Axis normalised into [0, rank); GraphError outside [-rank, rank).
+std::int64_t normalize_axis(std::int64_t axis, std::int64_t rank);
+
+// Factories by op family (graph_ops_float.cpp, graph_ops_shape.cpp, graph_ops_quant.cpp).
+std::unique_ptr<Op> make_float_op(const NodeSpec& spec, const std::vector<DType>& in,
+                                  const std::vector<const Constant*>& constants);
+std::unique_ptr<Op> make_shape_op(const NodeSpec& spec, const std::vector<DType>& in,
+                                  const std::vector<const Constant*>& constants);
+std::unique_ptr<Op> make_quant_op(const NodeSpec& spec, const std::vector<DType>& in, DType out,
+                                  const std::vector<const Constant*>& constants);
+
+// MaxPool over any of float32 / uint8 / int8 (graph_ops_float.cpp).
+template <typename T>
+void max_pool_2d(const T* x, T* y, const Window& win);
+
+}  // namespace edgefleet::graph

@@ -1,0 +1,53 @@
+"""The native backend: edgefleet's own C++ graph executor (edgefleet.cpp_ext), for "edgefleet-graph"
+artifacts written by the native compile target.
+
+No runtime beyond numpy and the extension: the file is read by edgefleet.cpp_ext.graph_format and run
+by edgefleet.cpp_ext._native.GraphExecutor. Hot path: the Predictor has validated the inputs, so `run`
+is the executor's own bound method, one native call that reads the inputs in place, reuses the plan
+cached for their shapes and returns freshly allocated output arrays. Calls hold the GIL, so they never
+overlap. Load option "isa" ("auto" | "portable" | "avx2") picks the kernels for the whole process.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgefleet.core.errors import BackendError
+from edgefleet.cpp_ext import graph_native
+from edgefleet.cpp_ext.graph_format import GraphFormatError, read_graph
+
+log = logging.getLogger(__name__)
+
+
+class NativeBackend:
+    name = "native"
+    formats = ("edgefleet-graph",)
+
+    def __init__(self) -> None:
+        self.executor: graph_native.GraphExecutor | None = None
+        self.isa = ""
+
+    def load(self, artifact: Path, options: dict[str, Any]) -> None:
+        try:
+            graph = read_graph(Path(artifact))
+            if options.get("isa"):
+                graph_native.select_isa(str(options["isa"]))
+            self.executor = graph_native.load_executor(graph)
+        except OSError as err:
+            raise BackendError(f"native: cannot read {artifact}: {err}") from err
+        except (GraphFormatError, ValueError, TypeError) as err:
+            raise BackendError(f"native: cannot load {Path(artifact).name}: {err}") from err
+        self.isa = graph_native.isa()
+        if options.get("threads") not in (None, 1):
+            log.info("native: the executor is single-threaded; threads=%s ignored", options["threads"])
+        self.run = self.executor.run
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise RuntimeError("load() the backend before run()")
+
+    def close(self) -> None:
+        self.executor = None

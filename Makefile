@@ -34,6 +34,16 @@ demo: venv
 	$(CLI) compress $(RUNS)/digits/bundle --recipe examples/recipe_digits.toml --data $(RUNS)/digits/data.npz \
 	    --torch-model examples.digits_model:load --key $(RUNS)/keys/release.key --out $(RUNS)/compressed \
 	    --json $(RUNS)/compressed/report.json --plot $(RUNS)/compressed/report.png
+	rm -rf $(RUNS)/compiled $(RUNS)/compiled-int8
+	$(CLI) compile $(RUNS)/digits/bundle --target onnxruntime-cpu --target openvino-cpu --target native \
+	    --target tensorrt --key $(RUNS)/keys/release.key --out $(RUNS)/compiled --json $(RUNS)/compile.json
+	$(CLI) compile $(RUNS)/compressed/02-quantize_static --target openvino-cpu --target native --target tensorrt \
+	    --option tensorrt.precision=int8 --key $(RUNS)/keys/release.key --out $(RUNS)/compiled-int8 \
+	    --json $(RUNS)/compile-int8.json
+	$(CLI) bench $(RUNS)/compiled --trust $(RUNS)/keys --backend onnxruntime-cpu,openvino-cpu,native \
+	    --batch 1,32 --threads 1 --runs 500 --json $(RUNS)/bench-backends.json
+	$(CLI) bench $(RUNS)/compiled-int8 --trust $(RUNS)/keys --backend onnxruntime,openvino-cpu,native \
+	    --batch 1,32 --threads 1 --runs 500 --json $(RUNS)/bench-backends-int8.json
 	$(PY) examples/train_tabular.py --out $(RUNS)/tabular --key $(RUNS)/keys/release.key
 	rm -rf $(RUNS)/tabular-compressed
 	$(CLI) compress $(RUNS)/tabular/bundle --recipe examples/recipe_tabular.toml --data $(RUNS)/tabular/data.npz \
@@ -59,6 +69,8 @@ bench: venv
 	$(PY) benchmarks/bench_distill.py
 	$(PY) benchmarks/bench_swap.py
 	$(PY) benchmarks/bench_deploy.py
+	$(PY) benchmarks/bench_native.py
+	$(PY) benchmarks/bench_backends.py
 
 clean:
 	rm -rf $(RUNS) build *.egg-info cpp_ext/*.so

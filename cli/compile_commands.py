@@ -50,8 +50,9 @@ def compile_command(
                   title=f"{result.bundle.name} v{result.bundle.version} compiled")
     for item in result.compiled:
         entry, error = item.artifact, item.artifact["numeric_error"]
-        checked = (f"{error['checked_with']} {error.get('check_options') or ''}".strip() if item.checked
-                   else "[yellow]unchecked[/] (below)")
+        how = ", ".join(f"{k}={v}" for k, v in (error.get("check_options") or {}).items()) if item.checked else ""
+        checked = (f"{error['checked_with']} ({how})" if how else error["checked_with"]) if item.checked \
+            else "[yellow]unchecked[/] (below)"
         table.add_row(item.target, entry["backend"], entry["path"], entry["precision"],
                       f"{_size(result.bundle, entry):,}", f"{error['max_abs']:.2g}" if item.checked else "-",
                       checked, f"{item.seconds:.2f}")

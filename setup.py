@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from glob import glob
 
-from pybind11.setup_helpers import Pybind11Extension, build_ext
+from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import setup
 from setuptools.errors import CCompilerError, CompileError, ExecError, PlatformError
 
@@ -60,6 +60,10 @@ class BuildExtWithMessage(build_ext):
         except (CCompilerError, CompileError, ExecError, PlatformError, OSError) as err:
             raise SystemExit(NO_COMPILER.format(err=err)) from err
 
+
+# Compile the extension's sources in parallel (one job per core; EDGEFLEET_BUILD_JOBS overrides): the
+# graph kernels are a dozen files, and under qemu (scripts/check-aarch64) each takes tens of seconds.
+ParallelCompile("EDGEFLEET_BUILD_JOBS", default=0).install()
 
 native = Pybind11Extension(
     "edgefleet.cpp_ext._native",

@@ -60,7 +60,7 @@ def create_app(
     def healthz() -> dict:
         current = host.current
         return {"status": "ok", "model": {"name": current.bundle.name, "version": current.bundle.version},
-                "backend": current.backend_name, **health()}
+                "backend": current.backend_name, "runtime": current.describe(), **health()}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus() -> str:

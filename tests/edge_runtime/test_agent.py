@@ -85,6 +85,8 @@ def test_serves_http_and_reports_windows_the_cloud_stores(config, sessions, mosq
 
         status, body = http("GET", agent.http_url + "/healthz")
         assert status == 200 and json.loads(body)["mqtt"]["connected"] is True
+        assert json.loads(body)["runtime"] == {"backend": "onnxruntime", "target": "onnx", "path": "model.onnx",
+                                               "format": "onnx", "precision": "fp32", "fallbacks": []}
         status, body = http("GET", agent.http_url + "/metrics")
         metrics = body.decode()
         assert 'edgefleet_requests_total{device="pi-01",fleet="lab",model="digits-cnn",version="1"}' in metrics

@@ -71,9 +71,10 @@ def inspect(
         table.add_row("output", escape(f"{spec.name}: {spec.describe()}"))
     for art in opened.artifacts:
         err = art.get("numeric_error", {})
+        checked = f"max abs err {err['max_abs']:.2g}" if "max_abs" in err else "unchecked (device self-test)"
         table.add_row("artifact", escape(
             f"{art['path']} [{art.get('target')} / {art.get('backend')}, {art.get('precision')}] "
-            f"{art.get('size', 0) / 1024:.1f} KiB, max abs err {err.get('max_abs', float('nan')):.2g}"))
+            f"{art.get('size', 0) / 1024:.1f} KiB, {checked}"))
     for split, metrics in manifest.get("metrics", {}).items():
         if "accuracy" in metrics:
             table.add_row(f"accuracy ({split})", f"{metrics['accuracy']:.4f} on {metrics['count']} samples")

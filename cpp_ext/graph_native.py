@@ -1,10 +1,10 @@
 """Loads an edgefleet graph into the C++ executor: `load_executor(graph).run({name: array})`.
 
 The executor (edgefleet.cpp_ext._native.GraphExecutor) holds the constants (pre-packed where an op
-wants: Gemm's B as (K, N), QConv/QGemm weights as int16 rows with their zero point removed) and one
-plan per input shape, so `run` is one native call. Kernel ISA: `isa()` tells which one runs ("avx2" or
-"portable"), `select_isa("portable")` forces the portable kernels for the whole process, as does the
-environment variable EDGEFLEET_NATIVE_ISA=portable at import.
+wants: Gemm's B as (K, N), Conv's W as (C*kH*kW, M) for the direct kernel, QConv/QGemm weights as int16
+rows with their zero point removed) and one plan per input shape, so `run` is one native call. Kernel
+ISA: `isa()` tells which one runs ("avx2" or "portable"), `select_isa("portable")` forces the portable
+kernels for the whole process, as does the environment variable EDGEFLEET_NATIVE_ISA=portable at import.
 """
 
 from __future__ import annotations

@@ -37,11 +37,33 @@ void qgemm_nt_portable(int M, int N, int K, const std::int16_t* A, int lda, cons
     }
 }
 
+void conv_portable(const ConvArgs& a) {
+    constexpr int kChunk = 64;  // output channels accumulated at once (the inner loop vectorises over them)
+    float acc[kChunk];
+    for (int m0 = 0; m0 < a.M; m0 += kChunk) {
+        const int count = std::min(kChunk, a.M - m0);
+        for (int p = 0; p < a.P; ++p) {
+            std::fill(acc, acc + count, 0.0f);
+            const float* x = a.x + a.pix[p];
+            for (int k = 0; k < a.K; ++k) {
+                const float value = x[a.koff[k]];
+                const float* w = a.w + static_cast<std::ptrdiff_t>(k) * a.MP + m0;
+                for (int j = 0; j < count; ++j) {
+                    acc[j] += value * w[j];
+                }
+            }
+            for (int j = 0; j < count; ++j) {
+                a.y[static_cast<std::ptrdiff_t>(m0 + j) * a.P + p] = std::min(std::max(acc[j] + a.bias[m0 + j], a.lo), a.hi);
+            }
+        }
+    }
+}
+
 namespace {
 
-const Table kPortable{"portable", &sgemm_portable, &qgemm_nt_portable};
+const Table kPortable{"portable", &sgemm_portable, &qgemm_nt_portable, &conv_portable};
 #if defined(__x86_64__) || defined(_M_X64)
-const Table kAvx2{"avx2", &sgemm_avx2, &qgemm_nt_avx2};
+const Table kAvx2{"avx2", &sgemm_avx2, &qgemm_nt_avx2, &conv_avx2};
 #endif
 
 const Table* best() {

@@ -19,10 +19,29 @@ using SgemmFn = void (*)(int M, int N, int K, const float* A, int lda, const flo
 using QgemmFn = void (*)(int M, int N, int K, const std::int16_t* A, int lda, const std::int16_t* B, int ldb,
                          std::int32_t* C, std::ptrdiff_t ldc_m, std::ptrdiff_t ldc_n);
 
+// Direct convolution (no im2col), output channels across the SIMD lanes: for m < M, p < P
+//   y[m * P + p] = min(max(bias[m] + sum_k x[pix[p] + koff[k]] * w[k * MP + m], lo), hi)
+// summed in k order from 0, bias added after the sum (as im2col + sgemm + bias would). x is the input
+// planes, zero-padded so that every offset is inside; pix[p] is output pixel p's window corner in x,
+// koff[k] the offset of kernel tap k = (c, i, j) from it. w is the weight pre-packed as (K, MP), MP = M
+// rounded up to 8 with zero columns; bias has MP values.
+struct ConvArgs {
+    int M, P, K, MP;
+    const float* x;
+    const std::int32_t* pix;
+    const std::int32_t* koff;
+    const float* w;
+    const float* bias;
+    float lo, hi;
+    float* y;
+};
+using ConvFn = void (*)(const ConvArgs& args);
+
 struct Table {
     const char* isa;
     SgemmFn sgemm;
     QgemmFn qgemm_nt;
+    ConvFn conv;
 };
 
 const Table& active();
@@ -34,7 +53,9 @@ std::string available_isas();  // comma-separated, best first
 void sgemm_portable(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc);
 void qgemm_nt_portable(int M, int N, int K, const std::int16_t* A, int lda, const std::int16_t* B, int ldb,
                        std::int32_t* C, std::ptrdiff_t ldc_m, std::ptrdiff_t ldc_n);
+void conv_portable(const ConvArgs& args);
 #if defined(__x86_64__) || defined(_M_X64)
+void conv_avx2(const ConvArgs& args);
 void sgemm_avx2(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc);
 void qgemm_nt_avx2(int M, int N, int K, const std::int16_t* A, int lda, const std::int16_t* B, int ldb,
                    std::int32_t* C, std::ptrdiff_t ldc_m, std::ptrdiff_t ldc_n);
@@ -42,5 +63,6 @@ bool cpu_has_avx2();
 #endif
 
 inline int round_up16(int k) { return (k + 15) / 16 * 16; }
+inline int round_up8(int k) { return (k + 7) / 8 * 8; }
 
 }  // namespace edgefleet::graph::kernels

@@ -5,6 +5,8 @@
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 
+#include <algorithm>
+
 namespace edgefleet::graph::kernels {
 
 bool cpu_has_avx2() {
@@ -91,7 +93,82 @@ EF_AVX2 inline std::int32_t hsum(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
+// In place: r[i] lane j becomes r[j] lane i.
+EF_AVX2 inline void transpose8(__m256 r[8]) {
+    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+    r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+    r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+    r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+    r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+// 8 output pixels from p0 x 8 output channels from m0: one weight load and 8 broadcasts per tap, then
+// bias and clamp in registers and a transpose, so each channel's 8 pixels leave in one (masked) store.
+EF_AVX2 inline void conv_tile(const ConvArgs& a, int p0, int m0) {
+    const int pixels = std::min(8, a.P - p0);
+    const std::int32_t* pix = a.pix + p0;
+    const int last = pixels - 1;  // past the end: repeat the last pixel
+    // Accumulators as named locals: an array whose address reaches the transpose stays in memory.
+    const float *x0 = a.x + pix[0], *x1 = a.x + pix[std::min(1, last)], *x2 = a.x + pix[std::min(2, last)],
+                *x3 = a.x + pix[std::min(3, last)], *x4 = a.x + pix[std::min(4, last)],
+                *x5 = a.x + pix[std::min(5, last)], *x6 = a.x + pix[std::min(6, last)],
+                *x7 = a.x + pix[std::min(7, last)];
+    __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
+    const float* w = a.w + m0;
+    const int K = a.K;
+    const std::ptrdiff_t stride = a.MP;
+    for (int k = 0; k < K; ++k, w += stride) {
+        const __m256 wk = _mm256_loadu_ps(w);
+        const std::ptrdiff_t off = a.koff[k];
+        c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(x0 + off), wk, c0);
+        c1 = _mm256_fmadd_ps(_mm256_broadcast_ss(x1 + off), wk, c1);
+        c2 = _mm256_fmadd_ps(_mm256_broadcast_ss(x2 + off), wk, c2);
+        c3 = _mm256_fmadd_ps(_mm256_broadcast_ss(x3 + off), wk, c3);
+        c4 = _mm256_fmadd_ps(_mm256_broadcast_ss(x4 + off), wk, c4);
+        c5 = _mm256_fmadd_ps(_mm256_broadcast_ss(x5 + off), wk, c5);
+        c6 = _mm256_fmadd_ps(_mm256_broadcast_ss(x6 + off), wk, c6);
+        c7 = _mm256_fmadd_ps(_mm256_broadcast_ss(x7 + off), wk, c7);
+    }
+    __m256 acc[8] = {c0, c1, c2, c3, c4, c5, c6, c7};
+    const __m256 bias = _mm256_loadu_ps(a.bias + m0), lo = _mm256_set1_ps(a.lo), hi = _mm256_set1_ps(a.hi);
+    for (int r = 0; r < 8; ++r) {  // max(lo, v), min(hi, v): a NaN v stays NaN, as with std::max / std::min
+        acc[r] = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_add_ps(acc[r], bias)));
+    }
+    transpose8(acc);
+    const int channels = std::min(8, a.M - m0);
+    float* y = a.y + static_cast<std::ptrdiff_t>(m0) * a.P + p0;
+    if (pixels == 8) {
+        for (int c = 0; c < channels; ++c) {
+            _mm256_storeu_ps(y + static_cast<std::ptrdiff_t>(c) * a.P, acc[c]);
+        }
+    } else {
+        const __m256i mask = tail_mask(pixels);
+        for (int c = 0; c < channels; ++c) {
+            _mm256_maskstore_ps(y + static_cast<std::ptrdiff_t>(c) * a.P, mask, acc[c]);
+        }
+    }
+}
+
 }  // namespace
+
+EF_AVX2 void conv_avx2(const ConvArgs& a) {
+    for (int m0 = 0; m0 < a.M; m0 += 8) {
+        for (int p0 = 0; p0 < a.P; p0 += 8) {
+            conv_tile(a, p0, m0);
+        }
+    }
+}
 
 EF_AVX2 void sgemm_avx2(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc) {
     int i = 0;

@@ -56,7 +56,29 @@ struct Activation {
 // Axis normalised into [0, rank); GraphError outside [-rank, rank).
 std::int64_t normalize_axis(std::int64_t axis, std::int64_t rank);
 
-// Factories by op family (graph_ops_float.cpp, graph_ops_shape.cpp, graph_ops_quant.cpp).
+// The Window of the last input shape an op saw: window_2d reads the attributes (map lookups, strings),
+// which would cost more per run than a small op itself. Runs hold the GIL: never two at once.
+class WindowCache {
+public:
+    const Window& get(const Shape& x, std::int64_t kh, std::int64_t kw, const Attrs& attrs, bool ceil) {
+        if (!valid_ || x != x_ || kh != win_.kh || kw != win_.kw) {
+            win_ = window_2d(x, kh, kw, attrs, ceil);
+            x_ = x;
+            valid_ = true;
+        }
+        return win_;
+    }
+
+private:
+    bool valid_ = false;
+    Shape x_;
+    Window win_{};
+};
+
+// Factories by op family (graph_ops_conv.cpp, graph_ops_pool.cpp, graph_ops_float.cpp,
+// graph_ops_shape.cpp, graph_ops_quant.cpp).
+std::unique_ptr<Op> make_conv_op(const NodeSpec& spec, const std::vector<const Constant*>& constants);
+std::unique_ptr<Op> make_pool_op(const NodeSpec& spec);
 std::unique_ptr<Op> make_float_op(const NodeSpec& spec, const std::vector<DType>& in,
                                   const std::vector<const Constant*>& constants);
 std::unique_ptr<Op> make_shape_op(const NodeSpec& spec, const std::vector<DType>& in,
@@ -64,7 +86,7 @@ std::unique_ptr<Op> make_shape_op(const NodeSpec& spec, const std::vector<DType>
 std::unique_ptr<Op> make_quant_op(const NodeSpec& spec, const std::vector<DType>& in, DType out,
                                   const std::vector<const Constant*>& constants);
 
-// MaxPool over any of float32 / uint8 / int8 (graph_ops_float.cpp).
+// MaxPool over any of float32 / uint8 / int8 (graph_ops_pool.cpp).
 template <typename T>
 void max_pool_2d(const T* x, T* y, const Window& win);
 

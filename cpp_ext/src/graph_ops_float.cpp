@@ -1,4 +1,5 @@
-// float32 ops: Conv, Gemm, MatMul, element-wise (numpy broadcasting), Relu, Clip, pools, Softmax.
+// float32 ops: Gemm, MatMul, element-wise (numpy broadcasting), Relu, Clip, Softmax. Conv is in
+// graph_ops_conv.cpp, the pools in graph_ops_pool.cpp.
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -10,93 +11,6 @@ namespace edgefleet::graph {
 namespace {
 
 using kernels::active;
-
-// The output positions [lo, hi) whose input index o * stride + offset falls inside [0, size).
-inline void valid_range(std::int64_t offset, std::int64_t stride, std::int64_t size, std::int64_t count,
-                        std::int64_t& lo, std::int64_t& hi) {
-    lo = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
-    hi = size - offset <= 0 ? 0 : std::min(count, (size - offset + stride - 1) / stride);
-    lo = std::min(lo, hi);
-}
-
-class ConvOp : public Op {
-public:
-    explicit ConvOp(const Attrs& attrs) : attrs_(attrs), act_(Activation::from(attrs)), group_(attrs.get_int("group", 1)) {
-        EF_REQUIRE(group_ >= 1, "group must be >= 1");
-    }
-
-    Window window(const std::vector<View>& in) const {
-        const Shape& w = *in[1].shape;
-        EF_REQUIRE(w.size() == 4, "W must be 4-D (M, C/group, kH, kW), got " + shape_str(w));
-        const auto kernel = attrs_.get_ints("kernel_shape", {w[2], w[3]});
-        EF_REQUIRE(kernel.size() == 2 && kernel[0] == w[2] && kernel[1] == w[3], "kernel_shape does not match W");
-        return window_2d(*in[0].shape, w[2], w[3], attrs_, false);
-    }
-
-    Shape infer(const std::vector<View>& in) const override {
-        const Window win = window(in);
-        const Shape& w = *in[1].shape;
-        EF_REQUIRE(win.c == w[1] * group_ && w[0] % group_ == 0,
-                "X has " + std::to_string(win.c) + " channels; W " + shape_str(w) + " with group " +
-                    std::to_string(group_) + " needs " + std::to_string(w[1] * group_));
-        if (in.size() > 2 && in[2].data != nullptr) {
-            EF_REQUIRE(in[2].size() == w[0], "B must have M = " + std::to_string(w[0]) + " values");
-        } else if (in.size() > 2 && !in[2].shape->empty()) {
-            EF_REQUIRE(numel(*in[2].shape) == w[0], "B must have M = " + std::to_string(w[0]) + " values");
-        }
-        return {win.n, w[0], win.oh, win.ow};
-    }
-
-    static bool pointwise(const Window& w) {
-        return w.kh == 1 && w.kw == 1 && w.sh == 1 && w.sw == 1 && w.top == 0 && w.left == 0 && w.oh == w.h &&
-               w.ow == w.w;
-    }
-
-    std::size_t scratch_bytes(const std::vector<View>& in, const Shape&) const override {
-        const Window win = window(in);
-        if (pointwise(win)) return 0;
-        return static_cast<std::size_t>(win.c / group_ * win.kh * win.kw * win.oh * win.ow) * sizeof(float);
-    }
-
-    void run(const std::vector<View>& in, const View& out, void* scratch) const override {
-        const Window win = window(in);
-        const Shape& ws = *in[1].shape;
-        const std::int64_t m = ws[0] / group_, cg = win.c / group_, k = cg * win.kh * win.kw, p = win.oh * win.ow;
-        const bool direct = pointwise(win);
-        const float* bias = in.size() > 2 && in[2].data != nullptr ? in[2].as<float>() : nullptr;
-        for (std::int64_t n = 0; n < win.n; ++n) {
-            for (std::int64_t g = 0; g < group_; ++g) {
-                const float* x = in[0].as<float>() + (n * win.c + g * cg) * win.h * win.w;
-                float* y = out.as<float>() + (n * ws[0] + g * m) * p;
-                const float* col = x;
-                if (!direct) {
-                    auto* out = static_cast<float*>(scratch);
-                    const std::vector<std::int32_t>& index = gather_.get(win, cg, false, 0);
-                    const std::size_t count = index.size();
-                    for (std::size_t r = 0; r < count; ++r) out[r] = index[r] >= 0 ? x[index[r]] : 0.0f;
-                    col = out;
-                }
-                active().sgemm(static_cast<int>(m), static_cast<int>(p), static_cast<int>(k),
-                               in[1].as<float>() + g * m * k, static_cast<int>(k), col, static_cast<int>(p), y,
-                               static_cast<int>(p));
-                for (std::int64_t o = 0; o < m; ++o) {
-                    float* row = y + o * p;
-                    if (bias != nullptr) {
-                        const float b = bias[g * m + o];
-                        for (std::int64_t i = 0; i < p; ++i) row[i] += b;
-                    }
-                    act_.apply(row, p);
-                }
-            }
-        }
-    }
-
-private:
-    Attrs attrs_;
-    Activation act_;
-    std::int64_t group_;
-    mutable GatherTable gather_;  // runs hold the GIL: never two at once
-};
 
 class GemmOp : public Op {
 public:
@@ -352,86 +266,6 @@ private:
     bool relu_;
 };
 
-class PoolOp : public Op {
-public:
-    PoolOp(const Attrs& attrs, bool average) : attrs_(attrs), average_(average) {
-        const auto kernel = attrs.get_ints("kernel_shape", {});
-        EF_REQUIRE(kernel.size() == 2, "kernel_shape must have 2 values (2-D pools only)");
-        kh_ = kernel[0], kw_ = kernel[1];
-        ceil_ = attrs.get_int("ceil_mode", 0) != 0;
-        include_pad_ = attrs.get_int("count_include_pad", 0) != 0;
-        EF_REQUIRE(attrs.get_int("storage_order", 0) == 0, "storage_order 1 is not supported");
-    }
-    Shape infer(const std::vector<View>& in) const override {
-        const Window w = window_2d(*in[0].shape, kh_, kw_, attrs_, ceil_);
-        return {w.n, w.c, w.oh, w.ow};
-    }
-    void run(const std::vector<View>& in, const View& out, void*) const override {
-        const Window w = window_2d(*in[0].shape, kh_, kw_, attrs_, ceil_);
-        if (!average_) {
-            switch (in[0].dtype) {
-                case DType::u8: return max_pool_2d(in[0].as<std::uint8_t>(), out.as<std::uint8_t>(), w);
-                case DType::i8: return max_pool_2d(in[0].as<std::int8_t>(), out.as<std::int8_t>(), w);
-                default: return max_pool_2d(in[0].as<float>(), out.as<float>(), w);
-            }
-        }
-        // count_include_pad counts positions inside the declared pads, not the ceil_mode overhang
-        const std::int64_t bottom = w.h + w.bottom, right = w.w + w.right;
-        for (std::int64_t plane = 0; plane < w.n * w.c; ++plane) {
-            const float* x = in[0].as<float>() + plane * w.h * w.w;
-            float* y = out.as<float>() + plane * w.oh * w.ow;
-            for (std::int64_t oy = 0; oy < w.oh; ++oy) {
-                for (std::int64_t ox = 0; ox < w.ow; ++ox) {
-                    float sum = 0.0f;
-                    std::int64_t inside = 0, padded = 0;
-                    for (std::int64_t i = 0; i < w.kh; ++i) {
-                        const std::int64_t iy = oy * w.sh - w.top + i * w.dh;
-                        for (std::int64_t j = 0; j < w.kw; ++j) {
-                            const std::int64_t ix = ox * w.sw - w.left + j * w.dw;
-                            if (iy >= 0 && iy < w.h && ix >= 0 && ix < w.w) {
-                                sum += x[iy * w.w + ix];
-                                ++inside;
-                            }
-                            if (iy >= -w.top && iy < bottom && ix >= -w.left && ix < right) ++padded;
-                        }
-                    }
-                    y[oy * w.ow + ox] = sum / static_cast<float>(include_pad_ ? padded : inside);
-                }
-            }
-        }
-    }
-
-private:
-    Attrs attrs_;
-    bool average_;
-    std::int64_t kh_ = 1, kw_ = 1;
-    bool ceil_ = false, include_pad_ = false;
-};
-
-class GlobalPoolOp : public Op {
-public:
-    explicit GlobalPoolOp(bool average) : average_(average) {}
-    Shape infer(const std::vector<View>& in) const override {
-        Shape s = *in[0].shape;
-        EF_REQUIRE(s.size() >= 3, "needs an (N, C, spatial...) input, got " + shape_str(s));
-        std::fill(s.begin() + 2, s.end(), 1);
-        return s;
-    }
-    void run(const std::vector<View>& in, const View& out, void*) const override {
-        const Shape& s = *in[0].shape;
-        const std::int64_t planes = s[0] * s[1], size = numel(s) / std::max<std::int64_t>(planes, 1);
-        for (std::int64_t p = 0; p < planes; ++p) {
-            const float* x = in[0].as<float>() + p * size;
-            float acc = average_ ? 0.0f : -std::numeric_limits<float>::infinity();
-            for (std::int64_t i = 0; i < size; ++i) acc = average_ ? acc + x[i] : std::max(acc, x[i]);
-            out.as<float>()[p] = average_ ? acc / static_cast<float>(size) : acc;
-        }
-    }
-
-private:
-    bool average_;
-};
-
 class SoftmaxOp : public Op {
 public:
     explicit SoftmaxOp(const Attrs& attrs)
@@ -467,51 +301,9 @@ private:
 
 }  // namespace
 
-template <typename T>
-void max_pool_2d(const T* x, T* y, const Window& w) {
-    T lowest = std::numeric_limits<T>::lowest();
-    if (std::numeric_limits<T>::has_infinity) lowest = -std::numeric_limits<T>::infinity();
-    // Output rows and columns whose whole window lies inside the input take the unchecked loop.
-    std::int64_t y_lo = 0, y_hi = 0, x_lo = 0, x_hi = 0;
-    valid_range(-w.top, w.sh, w.h - (w.kh - 1) * w.dh, w.oh, y_lo, y_hi);
-    valid_range(-w.left, w.sw, w.w - (w.kw - 1) * w.dw, w.ow, x_lo, x_hi);
-    for (std::int64_t plane = 0; plane < w.n * w.c; ++plane) {
-        const T* in = x + plane * w.h * w.w;
-        T* out = y + plane * w.oh * w.ow;
-        for (std::int64_t oy = 0; oy < w.oh; ++oy) {
-            const bool inner_row = oy >= y_lo && oy < y_hi;
-            for (std::int64_t ox = 0; ox < w.ow; ++ox) {
-                T best = lowest;
-                if (inner_row && ox >= x_lo && ox < x_hi) {
-                    const T* corner = in + (oy * w.sh - w.top) * w.w + (ox * w.sw - w.left);
-                    for (std::int64_t i = 0; i < w.kh; ++i) {
-                        const T* row = corner + i * w.dh * w.w;
-                        for (std::int64_t j = 0; j < w.kw; ++j) best = std::max(best, row[j * w.dw]);
-                    }
-                    out[oy * w.ow + ox] = best;
-                    continue;
-                }
-                for (std::int64_t i = 0; i < w.kh; ++i) {
-                    const std::int64_t iy = oy * w.sh - w.top + i * w.dh;
-                    if (iy < 0 || iy >= w.h) continue;
-                    for (std::int64_t j = 0; j < w.kw; ++j) {
-                        const std::int64_t ix = ox * w.sw - w.left + j * w.dw;
-                        if (ix >= 0 && ix < w.w) best = std::max(best, in[iy * w.w + ix]);
-                    }
-                }
-                out[oy * w.ow + ox] = best;
-            }
-        }
-    }
-}
-template void max_pool_2d<float>(const float*, float*, const Window&);
-template void max_pool_2d<std::uint8_t>(const std::uint8_t*, std::uint8_t*, const Window&);
-template void max_pool_2d<std::int8_t>(const std::int8_t*, std::int8_t*, const Window&);
-
 std::unique_ptr<Op> make_float_op(const NodeSpec& spec, const std::vector<DType>&,
                                   const std::vector<const Constant*>& constants) {
     const std::string& op = spec.op;
-    if (op == "Conv") return std::make_unique<ConvOp>(spec.attrs);
     if (op == "Gemm") return std::make_unique<GemmOp>(spec.attrs, constants[1]);
     if (op == "MatMul") return std::make_unique<MatMulOp>();
     if (op == "Add") return std::make_unique<BinaryOp<AddF>>();
@@ -520,10 +312,6 @@ std::unique_ptr<Op> make_float_op(const NodeSpec& spec, const std::vector<DType>
     if (op == "Div") return std::make_unique<BinaryOp<DivF>>();
     if (op == "Relu") return std::make_unique<ClipOp>(true);
     if (op == "Clip") return std::make_unique<ClipOp>(false);
-    if (op == "MaxPool") return std::make_unique<PoolOp>(spec.attrs, false);
-    if (op == "AveragePool") return std::make_unique<PoolOp>(spec.attrs, true);
-    if (op == "GlobalAveragePool") return std::make_unique<GlobalPoolOp>(true);
-    if (op == "GlobalMaxPool") return std::make_unique<GlobalPoolOp>(false);
     if (op == "Softmax") return std::make_unique<SoftmaxOp>(spec.attrs);
     return nullptr;
 }

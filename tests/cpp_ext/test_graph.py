@@ -66,6 +66,15 @@ def test_conv_random_attributes(isa: str, seed: int) -> None:
     check(graph, f32(rng, 2, c, 9, 8))
 
 
+@pytest.mark.parametrize("m,c,pads,bias", [(1, 1, [1, 1, 1, 1], True), (8, 3, [0, 0, 0, 0], False),
+                                            (17, 16, [1, 0, 2, 1], True), (33, 5, [2, 2, 2, 2], True)])
+def test_conv_direct_channel_and_pixel_tails(isa: str, m: int, c: int, pads: list, bias: bool) -> None:
+    # the direct path's output-channel blocks (8 wide) and pixel tiles (8) with their partial tails
+    rng = np.random.default_rng(m)
+    consts = {"w": f32(rng, m, c, 3, 3), "b": f32(rng, m) if bias else None}
+    check(one_op("Conv", ("n", c, 5, 7), consts, pads=pads, activation="relu"), f32(rng, 3, c, 5, 7))
+
+
 @pytest.mark.parametrize("trans_a,trans_b,bias_shape", [(0, 0, (5,)), (0, 1, (1, 5)), (1, 0, (4, 1)),
                                                         (1, 1, ()), (0, 1, None)])
 def test_gemm(isa: str, trans_a: int, trans_b: int, bias_shape: tuple | None) -> None:
@@ -127,6 +136,14 @@ def test_pools(op: str, seed: int) -> None:
     else:
         attrs["count_include_pad"] = int(seed // 2 % 2)
     check(one_op(op, (2, 3, 9, 10), **attrs), f32(rng, 2, 3, 9, 10), exact=op == "MaxPool")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "uint8", "int8"])
+def test_max_pool_2x2_stride_2(dtype: str) -> None:  # the unchecked path; odd sizes drop the last row, column
+    rng = np.random.default_rng(6)
+    x = f32(rng, 2, 3, 7, 9) * 50
+    x = x if dtype == "float32" else np.clip(x, np.iinfo(dtype).min, np.iinfo(dtype).max).astype(dtype)
+    check(one_op("MaxPool", (2, 3, 7, 9), dtype=dtype, kernel_shape=[2, 2], strides=[2, 2]), x, exact=True)
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int8"])

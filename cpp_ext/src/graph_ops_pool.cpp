@@ -1,0 +1,171 @@
+// Pools: MaxPool (float32, uint8, int8), AveragePool, GlobalAveragePool, GlobalMaxPool; NCHW, 2-D.
+#include <limits>
+
+#include "graph_ops.hpp"
+
+namespace edgefleet::graph {
+namespace {
+
+// The output positions [lo, hi) whose input index o * stride + offset falls inside [0, size).
+inline void valid_range(std::int64_t offset, std::int64_t stride, std::int64_t size, std::int64_t count,
+                        std::int64_t& lo, std::int64_t& hi) {
+    lo = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
+    hi = size - offset <= 0 ? 0 : std::min(count, (size - offset + stride - 1) / stride);
+    lo = std::min(lo, hi);
+}
+
+class PoolOp : public Op {
+public:
+    PoolOp(const Attrs& attrs, bool average) : attrs_(attrs), average_(average) {
+        const auto kernel = attrs.get_ints("kernel_shape", {});
+        EF_REQUIRE(kernel.size() == 2, "kernel_shape must have 2 values (2-D pools only)");
+        kh_ = kernel[0], kw_ = kernel[1];
+        ceil_ = attrs.get_int("ceil_mode", 0) != 0;
+        include_pad_ = attrs.get_int("count_include_pad", 0) != 0;
+        EF_REQUIRE(attrs.get_int("storage_order", 0) == 0, "storage_order 1 is not supported");
+    }
+    Shape infer(const std::vector<View>& in) const override {
+        const Window& w = windows_.get(*in[0].shape, kh_, kw_, attrs_, ceil_);
+        return {w.n, w.c, w.oh, w.ow};
+    }
+    void run(const std::vector<View>& in, const View& out, void*) const override {
+        const Window& w = windows_.get(*in[0].shape, kh_, kw_, attrs_, ceil_);
+        if (!average_) {
+            switch (in[0].dtype) {
+                case DType::u8: return max_pool_2d(in[0].as<std::uint8_t>(), out.as<std::uint8_t>(), w);
+                case DType::i8: return max_pool_2d(in[0].as<std::int8_t>(), out.as<std::int8_t>(), w);
+                default: return max_pool_2d(in[0].as<float>(), out.as<float>(), w);
+            }
+        }
+        // count_include_pad counts positions inside the declared pads, not the ceil_mode overhang
+        const std::int64_t bottom = w.h + w.bottom, right = w.w + w.right;
+        for (std::int64_t plane = 0; plane < w.n * w.c; ++plane) {
+            const float* x = in[0].as<float>() + plane * w.h * w.w;
+            float* y = out.as<float>() + plane * w.oh * w.ow;
+            for (std::int64_t oy = 0; oy < w.oh; ++oy) {
+                for (std::int64_t ox = 0; ox < w.ow; ++ox) {
+                    float sum = 0.0f;
+                    std::int64_t inside = 0, padded = 0;
+                    for (std::int64_t i = 0; i < w.kh; ++i) {
+                        const std::int64_t iy = oy * w.sh - w.top + i * w.dh;
+                        for (std::int64_t j = 0; j < w.kw; ++j) {
+                            const std::int64_t ix = ox * w.sw - w.left + j * w.dw;
+                            if (iy >= 0 && iy < w.h && ix >= 0 && ix < w.w) {
+                                sum += x[iy * w.w + ix];
+                                ++inside;
+                            }
+                            if (iy >= -w.top && iy < bottom && ix >= -w.left && ix < right) ++padded;
+                        }
+                    }
+                    y[oy * w.ow + ox] = sum / static_cast<float>(include_pad_ ? padded : inside);
+                }
+            }
+        }
+    }
+
+private:
+    Attrs attrs_;
+    bool average_;
+    std::int64_t kh_ = 1, kw_ = 1;
+    bool ceil_ = false, include_pad_ = false;
+    mutable WindowCache windows_;
+};
+
+class GlobalPoolOp : public Op {
+public:
+    explicit GlobalPoolOp(bool average) : average_(average) {}
+    Shape infer(const std::vector<View>& in) const override {
+        Shape s = *in[0].shape;
+        EF_REQUIRE(s.size() >= 3, "needs an (N, C, spatial...) input, got " + shape_str(s));
+        std::fill(s.begin() + 2, s.end(), 1);
+        return s;
+    }
+    void run(const std::vector<View>& in, const View& out, void*) const override {
+        const Shape& s = *in[0].shape;
+        const std::int64_t planes = s[0] * s[1], size = numel(s) / std::max<std::int64_t>(planes, 1);
+        for (std::int64_t p = 0; p < planes; ++p) {
+            const float* x = in[0].as<float>() + p * size;
+            float acc = average_ ? 0.0f : -std::numeric_limits<float>::infinity();
+            for (std::int64_t i = 0; i < size; ++i) acc = average_ ? acc + x[i] : std::max(acc, x[i]);
+            out.as<float>()[p] = average_ ? acc / static_cast<float>(size) : acc;
+        }
+    }
+
+private:
+    bool average_;
+};
+
+// 2x2 windows at stride 2, all inside the input (the usual CNN downsampling): no bounds checks. Same
+// fold as the general loop (from lowest, row by row), so NaN handling matches it.
+template <typename T>
+void max_pool_2x2(const T* x, T* y, const Window& w, T lowest) {
+    for (std::int64_t plane = 0; plane < w.n * w.c; ++plane) {
+        const T* in = x + plane * w.h * w.w;
+        T* out = y + plane * w.oh * w.ow;
+        for (std::int64_t oy = 0; oy < w.oh; ++oy) {
+            const T* r0 = in + 2 * oy * w.w;
+            const T* r1 = r0 + w.w;
+            for (std::int64_t ox = 0; ox < w.ow; ++ox) {
+                const T top = std::max(std::max(lowest, r0[2 * ox]), r0[2 * ox + 1]);
+                out[oy * w.ow + ox] = std::max(std::max(top, r1[2 * ox]), r1[2 * ox + 1]);
+            }
+        }
+    }
+}
+
+}  // namespace
+
+template <typename T>
+void max_pool_2d(const T* x, T* y, const Window& w) {
+    T lowest = std::numeric_limits<T>::lowest();
+    if (std::numeric_limits<T>::has_infinity) lowest = -std::numeric_limits<T>::infinity();
+    if (w.kh == 2 && w.kw == 2 && w.sh == 2 && w.sw == 2 && w.dh == 1 && w.dw == 1 && w.top == 0 && w.left == 0 &&
+        2 * w.oh <= w.h && 2 * w.ow <= w.w) {
+        return max_pool_2x2(x, y, w, lowest);
+    }
+    // Output rows and columns whose whole window lies inside the input take the unchecked loop.
+    std::int64_t y_lo = 0, y_hi = 0, x_lo = 0, x_hi = 0;
+    valid_range(-w.top, w.sh, w.h - (w.kh - 1) * w.dh, w.oh, y_lo, y_hi);
+    valid_range(-w.left, w.sw, w.w - (w.kw - 1) * w.dw, w.ow, x_lo, x_hi);
+    for (std::int64_t plane = 0; plane < w.n * w.c; ++plane) {
+        const T* in = x + plane * w.h * w.w;
+        T* out = y + plane * w.oh * w.ow;
+        for (std::int64_t oy = 0; oy < w.oh; ++oy) {
+            const bool inner_row = oy >= y_lo && oy < y_hi;
+            for (std::int64_t ox = 0; ox < w.ow; ++ox) {
+                T best = lowest;
+                if (inner_row && ox >= x_lo && ox < x_hi) {
+                    const T* corner = in + (oy * w.sh - w.top) * w.w + (ox * w.sw - w.left);
+                    for (std::int64_t i = 0; i < w.kh; ++i) {
+                        const T* row = corner + i * w.dh * w.w;
+                        for (std::int64_t j = 0; j < w.kw; ++j) best = std::max(best, row[j * w.dw]);
+                    }
+                    out[oy * w.ow + ox] = best;
+                    continue;
+                }
+                for (std::int64_t i = 0; i < w.kh; ++i) {
+                    const std::int64_t iy = oy * w.sh - w.top + i * w.dh;
+                    if (iy < 0 || iy >= w.h) continue;
+                    for (std::int64_t j = 0; j < w.kw; ++j) {
+                        const std::int64_t ix = ox * w.sw - w.left + j * w.dw;
+                        if (ix >= 0 && ix < w.w) best = std::max(best, in[iy * w.w + ix]);
+                    }
+                }
+                out[oy * w.ow + ox] = best;
+            }
+        }
+    }
+}
+template void max_pool_2d<float>(const float*, float*, const Window&);
+template void max_pool_2d<std::uint8_t>(const std::uint8_t*, std::uint8_t*, const Window&);
+template void max_pool_2d<std::int8_t>(const std::int8_t*, std::int8_t*, const Window&);
+std::unique_ptr<Op> make_pool_op(const NodeSpec& spec) {
+    const std::string& op = spec.op;
+    if (op == "MaxPool") return std::make_unique<PoolOp>(spec.attrs, false);
+    if (op == "AveragePool") return std::make_unique<PoolOp>(spec.attrs, true);
+    if (op == "GlobalAveragePool") return std::make_unique<GlobalPoolOp>(true);
+    if (op == "GlobalMaxPool") return std::make_unique<GlobalPoolOp>(false);
+    return nullptr;
+}
+
+}  // namespace edgefleet::graph

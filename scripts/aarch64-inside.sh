@@ -75,6 +75,28 @@ edgefleet bench "$WORK/bundle" --trust "$WORK/trust.pub" --runs 200 --json "$WOR
 p50=$(python -c "import json; r = json.load(open('$WORK/bench.json')); print(f\"{r['results'][0]['latency_ms']['p50']:.4f}\")")
 record BENCH_P50_MS "$p50"
 
+step "native backend: the graph compiled on the host, run here"
+if python - "$WORK/bundle" "$WORK/trust.pub" <<'EOF'
+import sys
+from edgefleet.cpp_ext.graph_native import isa
+from edgefleet.edge_runtime.predictor import Predictor
+predictor = Predictor(sys.argv[1], backends=["native"], trusted_keys=[sys.argv[2]])
+report = predictor.self_test()
+print(predictor.describe(), "kernels:", isa())
+print(report)
+sys.exit(0 if report.passed and predictor.backend_name == "native" else 1)
+EOF
+then
+  record NATIVE_SELF_TEST passed
+else
+  record NATIVE_SELF_TEST failed
+  exit 1
+fi
+record NATIVE_ISA "$(python -c 'from edgefleet.cpp_ext.graph_native import isa; print(isa())')"
+edgefleet bench "$WORK/bundle" --trust "$WORK/trust.pub" --backend native --runs 200 --json "$WORK/native-bench.json"
+p50=$(python -c "import json; r = json.load(open('$WORK/native-bench.json')); print(f\"{r['results'][0]['latency_ms']['p50']:.4f}\")")
+record NATIVE_P50_MS "$p50"
+
 if [ "$PARITY" = 1 ]; then
   step "native-kernel parity tests (tests/cpp_ext)"
   pip install -q "pytest>=8" "pytest-timeout>=2.3"

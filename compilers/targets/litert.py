@@ -179,18 +179,19 @@ def _convert_int8(litert_torch: Any, module: Any, sample: dict, calibration: dic
     """PT2E static int8: export, insert observers, calibrate in chunks of the static batch, convert."""
     import torch
     from litert_torch.quantize import pt2e_quantizer, quant_config
-    from torchao.quantization.pt2e import quantize_pt2e
+    from torchao.quantization.pt2e import move_exported_model_to_eval, quantize_pt2e
 
     quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
         pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=opts.per_channel)
     )
     exported = torch.export.export(module, (), sample).module()
-    prepared = quantize_pt2e.prepare_pt2e(exported, quantizer)
+    # an exported graph forgets .eval(): without this, batch norm and dropout would calibrate in training mode
+    prepared = move_exported_model_to_eval(quantize_pt2e.prepare_pt2e(exported, quantizer))
     rows = len(next(iter(calibration.values())))
     with torch.no_grad():
         for start in range(0, rows - opts.batch + 1, opts.batch):
             prepared(**{k: torch.from_numpy(v[start:start + opts.batch]) for k, v in calibration.items()})
-    converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+    converted = move_exported_model_to_eval(quantize_pt2e.convert_pt2e(prepared, fold_quantize=False))
     return litert_torch.convert(converted, sample_kwargs=sample,
                                 quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
 

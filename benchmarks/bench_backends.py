@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata as metadata
 import importlib.util
+import json
 import logging
 import sys
 import tempfile
@@ -302,6 +303,27 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def markdown(report: dict) -> str:
+    """The results as a Markdown table (the README's), one row per model, artifact and precision."""
+    lines = ["| model | artifact | p50 batch 1 | p99 batch 1 | samples/s batch 32 | p50 vs onnxruntime (b1, b32) "
+             "| max abs error vs torch | accuracy (torch) |", "|---|---|---|---|---|---|---|---|"]
+    for model, rows in report["results"].items():
+        for key, row in rows.items():
+            quality = report["quality"][model][key]
+            ratio = [report["p50_vs_onnxruntime"].get(f"{model} {key} batch_{b}") for b in BATCHES]
+            shown = "—" if ratio[0] is None else f"{ratio[0]:.2f}×, {ratio[1]:.2f}×"
+            b1, b32 = row["batch_1"], row["batch_32"]
+            static = " (static batch 1)" if row.get("static_batch") == 1 else ""
+            lines.append(f"| {model} | {key}{static} | {_time(b1['p50_ms'])} | {_time(b1['p99_ms'])} | "
+                         f"{b32['samples_per_s']:,.0f} | {shown} | {quality['max_abs_error_vs_torch']:.2g} | "
+                         f"{quality['accuracy']:.4f} ({quality['torch_accuracy']:.4f}) |")
+    return "\n".join(lines)
+
+
+def _time(ms: float) -> str:
+    return f"{ms * 1e3:.1f} µs" if ms < 1 else f"{ms:.2f} ms"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=4)
@@ -309,7 +331,11 @@ def main() -> None:
     parser.add_argument("--models", default="digits-cnn,mlp,wide-cnn")
     parser.add_argument("--out", type=Path, default=Path("runs/backends.json"))
     parser.add_argument("--plot", type=Path, default=Path("runs/backends.png"))
+    parser.add_argument("--markdown", type=Path, help="re-render a saved JSON report as a Markdown table and exit")
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
     key = SigningKey.generate()
@@ -333,6 +359,7 @@ def main() -> None:
         plot(report["results"], args.plot)
         report["plot"] = str(args.plot)
     emit(report, args.out)
+    print(markdown(report), file=sys.stderr)
 
 
 if __name__ == "__main__":

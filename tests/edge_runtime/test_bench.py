@@ -187,7 +187,9 @@ class _NumpyBackend:
 
 
 def test_other_backends_run_but_compare_raw_needs_onnx(tmp_path, monkeypatch):
-    monkeypatch.setattr("edgefleet.edge_runtime.predictor.backend_class", lambda name: _NumpyBackend)
+    from edgefleet.edge_runtime.backends import REGISTRY
+
+    monkeypatch.setitem(REGISTRY, "reference", "tests.edge_runtime.test_bench:_NumpyBackend")
     trust = _write_bundle(tmp_path / "npz", onnx_artifact=False)
 
     report = run_bench(tmp_path / "npz", trust, BenchOptions(backend="reference", runs=3))

@@ -1,9 +1,11 @@
-"""The native backend against onnxruntime: batch 1, digits CNN and breast-cancer MLP, fp32 and int8.
+"""The native backend against onnxruntime: batch 1, digits CNN, breast-cancer MLP and wide CNN, fp32 and int8.
 
     python benchmarks/bench_native.py --runs 20000 --out runs/bench_native.json
 
 Builds each model's bundle (digits: edgefleet.cloud.digits; MLP: examples/train_tabular.make_model on
-scikit-learn's breast cancer data, a few epochs), a static int8 QDQ version of each
+scikit-learn's breast cancer data, a few epochs; wide CNN: benchmarks/bench_quantize.WideCNN, 32x32 input,
+64-128 channels, ~0.2 GFLOP per image, random weights: latency does not depend on them), a static int8
+QDQ version of each
 (quantize_static_int8), compiles every bundle for the native target (the compile step checks the golden
 examples), then times the native backend and onnxruntime (OnnxRuntimeBackend, 1 intra-op thread: the
 session and hot path the Predictor uses) on the same artifact's source, interleaved call by call
@@ -58,6 +60,22 @@ def build_mlp_bundle(workdir: Path, key: SigningKey) -> tuple[Path, np.ndarray, 
     return bundle.root, x_train, x_test
 
 
+def build_wide_cnn_bundle(workdir: Path, key: SigningKey, x_train: np.ndarray,
+                          x_test: np.ndarray) -> tuple[Path, np.ndarray, np.ndarray]:
+    import torch
+    from bench_quantize import WideCNN, upsample
+
+    from edgefleet.compilers import export_torch
+
+    torch.manual_seed(0)
+    model = WideCNN().eval()
+    big_train, big_test = upsample(x_train[:256]), upsample(x_test[:64])
+    bundle = export_torch(model, big_train[:4], workdir / "wide", name="wide-cnn", version=1,
+                          reference_data=big_train, input_names=["image"], output_names=["logits"],
+                          signing_key=key)
+    return bundle.root, big_train, big_test
+
+
 def measure(label: str, bundle_dir: Path, workdir: Path, test_x: np.ndarray, runs: int) -> dict:
     compiled = compile_bundle(bundle_dir, ["native"], workdir / f"{label}-compiled")
     bundle = compiled.bundle
@@ -86,6 +104,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20000, help="interleaved pairs of calls per model")
     parser.add_argument("--epochs", type=int, default=3, help="digits training epochs (cost is independent)")
+    parser.add_argument("--wide-divisor", type=int, default=20,
+                        help="the wide CNN runs --runs / this many pairs (it is ~100x slower per call)")
+    parser.add_argument("--models", help="comma-separated labels to time (default: all)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
@@ -100,12 +121,20 @@ def main(argv: list[str] | None = None) -> dict:
             digits_int8 = quantize_static_int8(digits_dir, workdir / "digits-int8", splits.x_train[:512],
                                                signing_key=key).bundle.root
             mlp_int8 = quantize_static_int8(mlp_dir, workdir / "mlp-int8", mlp_train, signing_key=key).bundle.root
+            wide_dir, wide_train, wide_test = build_wide_cnn_bundle(workdir, key, splits.x_train, splits.x_test)
+            wide_int8 = quantize_static_int8(wide_dir, workdir / "wide-int8", wide_train,
+                                             signing_key=key).bundle.root
             for label, bundle_dir, test_x in (("digits-cnn", digits_dir, splits.x_test),
                                               ("breast-cancer-mlp", mlp_dir, mlp_test),
                                               ("digits-cnn-int8", digits_int8, splits.x_test),
-                                              ("breast-cancer-mlp-int8", mlp_int8, mlp_test)):
+                                              ("breast-cancer-mlp-int8", mlp_int8, mlp_test),
+                                              ("wide-cnn", wide_dir, wide_test),
+                                              ("wide-cnn-int8", wide_int8, wide_test)):
+                if args.models and label not in args.models.split(","):
+                    continue
                 Bundle.open(bundle_dir)
-                results.append(measure(label, bundle_dir, workdir, test_x, args.runs))
+                runs = args.runs if "wide" not in label else max(1, args.runs // args.wide_divisor)
+                results.append(measure(label, bundle_dir, workdir, test_x, runs))
     summary = {"benchmark": "native_vs_onnxruntime", "isa": graph_native.isa(),
                "available_isas": graph_native.available_isas(), "onnxruntime_threads": 1, "results": results}
     emit(summary, args.out)

@@ -2,6 +2,7 @@
 #include "graph_kernels.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <stdexcept>
 
@@ -59,15 +60,53 @@ void conv_portable(const ConvArgs& a) {
     }
 }
 
+void qconv_u8s8_portable(const QConvArgs& a) {
+    constexpr int kChunk = 64;  // output channels accumulated at once (the inner loop vectorises over them)
+    std::int32_t acc[kChunk];
+    for (int m0 = 0; m0 < a.M; m0 += kChunk) {
+        const int count = std::min(kChunk, a.M - m0);
+        for (int p = 0; p < a.P; ++p) {
+            std::copy(a.bias + m0, a.bias + m0 + count, acc);
+            const std::uint8_t* x = a.x + a.pix[p];
+            for (int t = 0; t < a.K4; ++t) {
+                const std::uint8_t* v = x + a.koff[t];
+                const std::int32_t v0 = v[0], v1 = v[1], v2 = v[2], v3 = v[3];
+                const std::int8_t* w = a.w + (static_cast<std::ptrdiff_t>(t) * a.MP + m0) * 4;
+                for (int j = 0; j < count; ++j) {
+                    acc[j] += v0 * w[4 * j] + v1 * w[4 * j + 1] + v2 * w[4 * j + 2] + v3 * w[4 * j + 3];
+                }
+            }
+            for (int j = 0; j < count; ++j) {
+                const float q = std::nearbyint(static_cast<float>(acc[j]) * a.mult[m0 + j]) + a.y_zero;
+                const float value = std::min(std::max(q, a.lo), a.hi);
+                const std::ptrdiff_t at = static_cast<std::ptrdiff_t>(m0 + j) * a.P + p;
+                if (a.out_u8) {
+                    static_cast<std::uint8_t*>(a.y)[at] = static_cast<std::uint8_t>(value);
+                } else {
+                    static_cast<std::int8_t*>(a.y)[at] = static_cast<std::int8_t>(value);
+                }
+            }
+        }
+    }
+}
+
 namespace {
 
-const Table kPortable{"portable", &sgemm_portable, &qgemm_nt_portable, &conv_portable};
+const Table kPortable{"portable", &sgemm_portable, &qgemm_nt_portable, &conv_portable, &qconv_u8s8_portable};
 #if defined(__x86_64__) || defined(_M_X64)
-const Table kAvx2{"avx2", &sgemm_avx2, &qgemm_nt_avx2, &conv_avx2};
+const Table kAvx2{"avx2", &sgemm_avx2, &qgemm_nt_avx2, &conv_avx2, &qconv_u8s8_avx2};
+const Table kAvxVnni{"avxvnni", &sgemm_avx2, &qgemm_nt_avx2, &conv_avx2, &qconv_u8s8_avxvnni};
+const Table kAvx512{"avx512", &sgemm_avx2, &qgemm_nt_avx2, &conv_avx512, &qconv_u8s8_avx512};
 #endif
 
 const Table* best() {
 #if defined(__x86_64__) || defined(_M_X64)
+    if (cpu_has_avx512()) {
+        return &kAvx512;
+    }
+    if (cpu_has_avxvnni()) {
+        return &kAvxVnni;
+    }
     if (cpu_has_avx2()) {
         return &kAvx2;
     }
@@ -76,10 +115,19 @@ const Table* best() {
 }
 
 const Table* initial() {
-    const char* forced = std::getenv("EDGEFLEET_NATIVE_ISA");
-    if (forced != nullptr && std::string(forced) == "portable") {
+    const char* forced = std::getenv("EDGEFLEET_NATIVE_ISA");  // a lower tier, e.g. to compare them
+    const std::string name = forced != nullptr ? forced : "";
+    if (name == "portable") {
         return &kPortable;
     }
+#if defined(__x86_64__) || defined(_M_X64)
+    if (name == "avx2" && cpu_has_avx2()) {
+        return &kAvx2;
+    }
+    if (name == "avxvnni" && cpu_has_avxvnni()) {
+        return &kAvxVnni;
+    }
+#endif
     return best();
 }
 
@@ -100,6 +148,16 @@ std::string select_isa(const std::string& name) {
             throw std::invalid_argument("this CPU has no AVX2+FMA");
         }
         g_active = &kAvx2;
+    } else if (name == "avxvnni") {
+        if (!cpu_has_avxvnni()) {
+            throw std::invalid_argument("this CPU has no AVX-VNNI");
+        }
+        g_active = &kAvxVnni;
+    } else if (name == "avx512") {
+        if (!cpu_has_avx512()) {
+            throw std::invalid_argument("this CPU has no AVX-512 F/BW/VL/VNNI");
+        }
+        g_active = &kAvx512;
 #endif
     } else {
         throw std::invalid_argument("unknown ISA '" + name + "'; available: " + available_isas());
@@ -110,6 +168,12 @@ std::string select_isa(const std::string& name) {
 std::string available_isas() {
     std::string out;
 #if defined(__x86_64__) || defined(_M_X64)
+    if (cpu_has_avx512()) {
+        out += "avx512,";
+    }
+    if (cpu_has_avxvnni()) {
+        out += "avxvnni,";
+    }
     if (cpu_has_avx2()) {
         out += "avx2,";
     }

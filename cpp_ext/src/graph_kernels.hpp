@@ -3,7 +3,9 @@
 // x86-64: an AVX2+FMA variant (compiled with __attribute__((target)) in graph_kernels_avx2.cpp, so the
 // rest of the build stays baseline x86-64) is used when the CPU has it. Everywhere else (aarch64, where
 // -O3 vectorises the portable loops with NEON, which is baseline there) the portable version runs.
-// select_isa("portable") forces the portable kernels (tests compare both; EDGEFLEET_NATIVE_ISA=portable).
+// Above it, "avxvnni" (AVX2 + AVX-VNNI, graph_kernels_qconv256.cpp) adds a VNNI integer conv, and
+// "avx512" (F, BW, VL and VNNI; graph_kernels_avx512.cpp) a wider direct conv and a 512-bit VNNI conv. select_isa("portable") forces the portable kernels (tests
+// compare all tiers); at load, EDGEFLEET_NATIVE_ISA=portable, =avx2 or =avxvnni picks a lower tier than the best.
 #pragma once
 
 #include <cstddef>
@@ -37,11 +39,34 @@ struct ConvArgs {
 };
 using ConvFn = void (*)(const ConvArgs& args);
 
+// Direct integer convolution, uint8 activations x int8 weights, output channels across the SIMD lanes,
+// requantized in the store. x is the input as zero-point-padded HWC bytes with the channels rounded up
+// to 4 (CP); kernel tap group t covers 4 consecutive channels of one (i, j): koff[t] is its byte offset
+// from a window corner pix[p]. w is (K4, MP, 4) int8 (MP = M rounded up to 16, zero rows and zero
+// channels beyond C). For m < M, p < P, in int32 (exact) then float32 as the reference:
+//   acc = bias[m] + sum_t sum_j x[pix[p] + koff[t] + j] * w[(t * MP + m) * 4 + j]
+//   y[m * P + p] = clamp(nearbyint(float(acc) * mult[m]) + y_zero, lo, hi)
+// bias already holds the layer's bias minus x_zero_point * sum of the channel's weights.
+struct QConvArgs {
+    int M, P, K4, MP;
+    const std::uint8_t* x;
+    const std::int32_t* pix;
+    const std::int32_t* koff;
+    const std::int8_t* w;
+    const std::int32_t* bias;
+    const float* mult;
+    float y_zero, lo, hi;
+    bool out_u8;
+    void* y;
+};
+using QConvFn = void (*)(const QConvArgs& args);
+
 struct Table {
     const char* isa;
     SgemmFn sgemm;
     QgemmFn qgemm_nt;
     ConvFn conv;
+    QConvFn qconv_u8s8;  // null: this tier uses im2row + qgemm_nt instead
 };
 
 const Table& active();
@@ -54,7 +79,17 @@ void sgemm_portable(int M, int N, int K, const float* A, int lda, const float* B
 void qgemm_nt_portable(int M, int N, int K, const std::int16_t* A, int lda, const std::int16_t* B, int ldb,
                        std::int32_t* C, std::ptrdiff_t ldc_m, std::ptrdiff_t ldc_n);
 void conv_portable(const ConvArgs& args);
+void qconv_u8s8_portable(const QConvArgs& args);
 #if defined(__x86_64__) || defined(_M_X64)
+// AVX-512 F/BW/VL/VNNI tier (graph_kernels_avx512.cpp): wider direct conv, VNNI integer conv.
+void conv_avx512(const ConvArgs& args);
+void qconv_u8s8_avx512(const QConvArgs& args);
+bool cpu_has_avx512();
+// The integer conv in 256-bit registers (graph_kernels_qconv256.cpp): AVX2, and with AVX-VNNI for the
+// "avxvnni" tier (the avx2 kernels otherwise).
+void qconv_u8s8_avx2(const QConvArgs& args);
+void qconv_u8s8_avxvnni(const QConvArgs& args);
+bool cpu_has_avxvnni();
 void conv_avx2(const ConvArgs& args);
 void sgemm_avx2(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc);
 void qgemm_nt_avx2(int M, int N, int K, const std::int16_t* A, int lda, const std::int16_t* B, int ldb,
@@ -64,5 +99,6 @@ bool cpu_has_avx2();
 
 inline int round_up16(int k) { return (k + 15) / 16 * 16; }
 inline int round_up8(int k) { return (k + 7) / 8 * 8; }
+inline int round_up4(int k) { return (k + 3) / 4 * 4; }
 
 }  // namespace edgefleet::graph::kernels

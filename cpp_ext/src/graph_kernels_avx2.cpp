@@ -160,13 +160,83 @@ EF_AVX2 inline void conv_tile(const ConvArgs& a, int p0, int m0) {
     }
 }
 
+// Deep convs: NV vectors of 8 channels (up to 24) by 4 pixels, 12 accumulators fed by 3 weight loads and
+// 4 broadcasts per tap (the 8 x 8 tile needs 9 loads per 8 FMAs); the few stores go through a buffer.
+template <int NV>
+EF_AVX2 inline void conv_tile_deep(const ConvArgs& a, int p0, int m0) {
+    constexpr int kPixels = 4;
+    const int pixels = std::min(kPixels, a.P - p0);
+    const float* xs[kPixels];
+#pragma GCC unroll 4
+    for (int i = 0; i < kPixels; ++i) {
+        xs[i] = a.x + a.pix[p0 + std::min(i, pixels - 1)];  // past the end: the last pixel again
+    }
+    __m256 acc[NV][kPixels];
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) {
+#pragma GCC unroll 4
+        for (int i = 0; i < kPixels; ++i) {
+            acc[v][i] = _mm256_setzero_ps();
+        }
+    }
+    const float* w = a.w + m0;  // rows of MP (a multiple of 8) floats: every vector is inside
+    for (int k = 0; k < a.K; ++k, w += a.MP) {
+        const std::ptrdiff_t off = a.koff[k];
+        __m256 wk[NV];
+#pragma GCC unroll 3
+        for (int v = 0; v < NV; ++v) {
+            wk[v] = _mm256_loadu_ps(w + 8 * v);
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < kPixels; ++i) {
+            const __m256 x = _mm256_broadcast_ss(xs[i] + off);
+#pragma GCC unroll 3
+            for (int v = 0; v < NV; ++v) {
+                acc[v][i] = _mm256_fmadd_ps(x, wk[v], acc[v][i]);
+            }
+        }
+    }
+    alignas(32) float out[kPixels][24];
+    const __m256 lo = _mm256_set1_ps(a.lo), hi = _mm256_set1_ps(a.hi);
+#pragma GCC unroll 3
+    for (int v = 0; v < NV; ++v) {
+        const __m256 bias = _mm256_loadu_ps(a.bias + m0 + 8 * v);
+#pragma GCC unroll 4
+        for (int i = 0; i < kPixels; ++i) {  // max(lo, v), min(hi, v): a NaN stays NaN, as std::max / min
+            _mm256_store_ps(&out[i][8 * v], _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_add_ps(acc[v][i], bias))));
+        }
+    }
+    const int channels = std::min(8 * NV, a.M - m0);
+    float* y = a.y + static_cast<std::ptrdiff_t>(m0) * a.P + p0;
+    for (int c = 0; c < channels; ++c, y += a.P) {
+        for (int i = 0; i < pixels; ++i) {
+            y[i] = out[i][c];
+        }
+    }
+}
+
 }  // namespace
 
 EF_AVX2 void conv_avx2(const ConvArgs& a) {
-    for (int m0 = 0; m0 < a.M; m0 += 8) {
-        for (int p0 = 0; p0 < a.P; p0 += 8) {
-            conv_tile(a, p0, m0);
+    if (a.K < 64) {  // shallow (first layers, small images): the 8 x 8 tile's transposed stores win
+        for (int m0 = 0; m0 < a.M; m0 += 8) {
+            for (int p0 = 0; p0 < a.P; p0 += 8) {
+                conv_tile(a, p0, m0);
+            }
         }
+        return;
+    }
+    const int total = (a.M + 7) / 8, bands = (total + 2) / 3;
+    for (int band = 0, m0 = 0; band < bands; ++band) {  // equal bands of up to 3 vectors
+        const int vectors = (total * (band + 1)) / bands - (total * band) / bands;
+        for (int p0 = 0; p0 < a.P; p0 += 4) {
+            switch (vectors) {
+                case 3: conv_tile_deep<3>(a, p0, m0); break;
+                case 2: conv_tile_deep<2>(a, p0, m0); break;
+                default: conv_tile_deep<1>(a, p0, m0); break;
+            }
+        }
+        m0 += vectors * 8;
     }
 }
 

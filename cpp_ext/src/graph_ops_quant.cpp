@@ -1,5 +1,9 @@
 // Quantization ops: QuantizeLinear, DequantizeLinear (per tensor or per axis; int8, uint8, int32 in) and
 // the fused integer kernels QConv and QGemm (int8/uint8 x int8/uint8 -> int32, requantized).
+// QConv has two paths: with group 1 and every w - w_zero_point within int8, a direct uint8 x int8 kernel
+// (kernels::Table::qconv_u8s8: the input copied once into zero-point-padded HWC bytes, the zero point's
+// share folded into the bias, requantization in the store); otherwise, or on a tier without that kernel,
+// im2row into int16 rows + qgemm_nt + a requantization pass.
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -189,6 +193,7 @@ public:
         EF_REQUIRE(group_ >= 1 && w.shape[0] % group_ == 0, "group must divide the output channels");
         packed_ = pack(c, w.shape[0], k, [&](std::int64_t ch, std::int64_t i) { return int_at(w.data(), w.dtype, ch * k + i); },
                        out, relu, c.size() > 8 ? c[8] : nullptr);
+        if (group_ == 1) pack_direct(c[2]->dtype == DType::i8);
     }
 
     Window window(const View& x) const { return window_2d(*x.shape, w_shape_[2], w_shape_[3], attrs_, false); }
@@ -203,11 +208,19 @@ public:
     std::size_t scratch_bytes(const std::vector<View>& in, const Shape&) const override {
         const Window w = window(in[0]);
         const std::int64_t p = w.oh * w.ow;
-        return static_cast<std::size_t>(p * packed_.kp) * 2 + static_cast<std::size_t>(w_shape_[0] / group_ * p) * 4 + 64;
+        const std::size_t gemm =
+            static_cast<std::size_t>(p * packed_.kp) * 2 + static_cast<std::size_t>(w_shape_[0] / group_ * p) * 4 + 64;
+        const Direct* d = direct(w);  // the ISA may change between runs: room for either path
+        return d == nullptr ? gemm : std::max(gemm, static_cast<std::size_t>(d->ph * d->pw * cp_) + 64);
     }
 
     void run(const std::vector<View>& in, const View& out, void* scratch) const override {
         const Window w = window(in[0]);
+        const kernels::QConvFn kernel = kernels::active().qconv_u8s8;
+        if (const Direct* d = kernel != nullptr ? direct(w) : nullptr) {
+            run_direct(in[0], out, w, *d, kernel, static_cast<std::uint8_t*>(scratch));
+            return;
+        }
         const std::int64_t p = w.oh * w.ow, m = w_shape_[0] / group_, cg = w.c / group_;
         auto* patches = static_cast<std::int16_t*>(scratch);
         auto* acc = reinterpret_cast<std::int32_t*>(static_cast<char*>(scratch) + (p * packed_.kp * 2 + 63) / 64 * 64);
@@ -224,6 +237,90 @@ public:
     }
 
 private:
+    // The direct u8 x s8 path (group 1, every w - w_zero_point within int8): geometry per input shape.
+    struct Direct {
+        Shape x;
+        std::int64_t ph = 0, pw = 0;
+        std::vector<std::int32_t> pix, koff;
+    };
+
+    // W as (K4, MP, 4) int8 over taps (i, j, channels rounded up to 4); bias minus x_zero * sum(w).
+    // int8 activations run as uint8 (x + 128, zero point + 128): the same differences x - x_zero.
+    void pack_direct(bool x_int8) {
+        const std::int64_t m = w_shape_[0], ch = w_shape_[1], kh = w_shape_[2], kw = w_shape_[3];
+        const std::int64_t k = ch * kh * kw;
+        const auto* weights = static_cast<const std::int16_t*>(packed_.weights.get());
+        for (std::int64_t o = 0; o < m; ++o)
+            for (std::int64_t i = 0; i < k; ++i)
+                if (weights[o * packed_.kp + i] < -128 || weights[o * packed_.kp + i] > 127) return;
+        x_shift_ = x_int8 ? 128 : 0;
+        x_zero_u8_ = static_cast<std::uint8_t>(packed_.x_zero_int + x_shift_);
+        cp_ = kernels::round_up4(static_cast<int>(ch));
+        mp_ = (m + 15) / 16 * 16;
+        const std::int64_t k4 = kh * kw * cp_ / 4;
+        direct_w_ = aligned_buffer(static_cast<std::size_t>(k4 * mp_ * 4));
+        auto* dst = static_cast<std::int8_t*>(direct_w_.get());
+        std::fill(dst, dst + k4 * mp_ * 4, static_cast<std::int8_t>(0));
+        direct_bias_.assign(static_cast<std::size_t>(mp_), 0);
+        direct_mult_.assign(static_cast<std::size_t>(mp_), 0.0f);
+        for (std::int64_t o = 0; o < m; ++o) {
+            std::int64_t sum = 0;
+            for (std::int64_t c = 0; c < ch; ++c)
+                for (std::int64_t i = 0; i < kh; ++i)
+                    for (std::int64_t j = 0; j < kw; ++j) {
+                        const std::int16_t v = weights[o * packed_.kp + (c * kh + i) * kw + j];
+                        const std::int64_t t = (i * kw + j) * cp_ / 4 + c / 4;
+                        dst[(t * mp_ + o) * 4 + c % 4] = static_cast<std::int8_t>(v);
+                        sum += v;
+                    }
+            direct_bias_[o] = static_cast<std::int32_t>(packed_.bias[o] - x_zero_u8_ * sum);
+            direct_mult_[o] = packed_.multiplier[o];
+        }
+    }
+
+    const Direct* direct(const Window& win) const {
+        if (!direct_w_) return nullptr;
+        const Shape x{win.n, win.c, win.h, win.w};
+        if (direct_.x == x) return &direct_;
+        Direct d;
+        d.x = x;
+        d.ph = std::max(win.h + win.top, (win.oh - 1) * win.sh + (win.kh - 1) * win.dh + 1);
+        d.pw = std::max(win.w + win.left, (win.ow - 1) * win.sw + (win.kw - 1) * win.dw + 1);
+        if (d.ph * d.pw * cp_ >= std::numeric_limits<std::int32_t>::max()) return nullptr;
+        for (std::int64_t oy = 0; oy < win.oh; ++oy)
+            for (std::int64_t ox = 0; ox < win.ow; ++ox)
+                d.pix.push_back(static_cast<std::int32_t>((oy * win.sh * d.pw + ox * win.sw) * cp_));
+        for (std::int64_t i = 0; i < win.kh; ++i)
+            for (std::int64_t j = 0; j < win.kw; ++j)
+                for (std::int64_t c = 0; c < cp_; c += 4)
+                    d.koff.push_back(static_cast<std::int32_t>((i * win.dh * d.pw + j * win.dw) * cp_ + c));
+        direct_ = std::move(d);
+        return &direct_;
+    }
+
+    void run_direct(const View& x, const View& out, const Window& win, const Direct& d, kernels::QConvFn kernel,
+                    std::uint8_t* padded) const {
+        const std::int64_t m = w_shape_[0], p = win.oh * win.ow, plane = win.h * win.w;
+        kernels::QConvArgs args{static_cast<int>(m), static_cast<int>(p), static_cast<int>(d.koff.size()),
+                                static_cast<int>(mp_), padded, d.pix.data(), d.koff.data(),
+                                static_cast<const std::int8_t*>(direct_w_.get()), direct_bias_.data(),
+                                direct_mult_.data(), packed_.y_zero, packed_.lo, packed_.hi, out.dtype == DType::u8,
+                                nullptr};
+        const auto shift = static_cast<std::uint8_t>(x_shift_);
+        for (std::int64_t n = 0; n < win.n; ++n) {
+            const auto* src = static_cast<const std::uint8_t*>(x.data) + n * win.c * plane;  // int8: same bytes
+            std::memset(padded, x_zero_u8_, static_cast<std::size_t>(d.ph * d.pw * cp_));
+            for (std::int64_t c = 0; c < win.c; ++c)
+                for (std::int64_t iy = 0; iy < win.h; ++iy) {
+                    std::uint8_t* row = padded + ((iy + win.top) * d.pw + win.left) * cp_ + c;
+                    const std::uint8_t* from = src + c * plane + iy * win.w;
+                    for (std::int64_t ix = 0; ix < win.w; ++ix) row[ix * cp_] = from[ix] ^ shift;
+                }
+            args.y = static_cast<std::uint8_t*>(out.data) + n * m * p;
+            kernel(args);
+        }
+    }
+
     // One row per output pixel: (x - x_zero_point) over (c, i, j), zero in the padding and up to kp.
     void im2row(const View& x, std::int64_t offset, std::int64_t channels, const Window& w, std::int16_t* rows) const {
         const std::vector<std::int32_t>& index = gather_.get(w, channels, true, packed_.kp);
@@ -259,6 +356,12 @@ private:
     Shape w_shape_;
     Packed packed_;
     mutable GatherTable gather_;  // runs hold the GIL: never two at once
+    std::shared_ptr<void> direct_w_;  // the direct path's W, or null when it does not apply
+    std::vector<std::int32_t> direct_bias_;
+    std::vector<float> direct_mult_;
+    std::int64_t cp_ = 0, mp_ = 0, x_shift_ = 0;
+    std::uint8_t x_zero_u8_ = 0;
+    mutable Direct direct_;
 };
 
 class QGemmOp : public Op {

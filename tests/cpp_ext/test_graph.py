@@ -1,4 +1,4 @@
-"""The native graph executor against its numpy spec (graph_reference), op by op, on both kernel ISAs.
+"""The native graph executor against its numpy spec (graph_reference), op by op, on every kernel ISA tier.
 
 Graphs are built with graph_format.GraphBuilder: these tests need numpy and the extension only (they
 also run on aarch64 with the edge extra, without onnx or torch).
@@ -67,9 +67,12 @@ def test_conv_random_attributes(isa: str, seed: int) -> None:
 
 
 @pytest.mark.parametrize("m,c,pads,bias", [(1, 1, [1, 1, 1, 1], True), (8, 3, [0, 0, 0, 0], False),
-                                            (17, 16, [1, 0, 2, 1], True), (33, 5, [2, 2, 2, 2], True)])
+                                            (17, 16, [1, 0, 2, 1], True), (33, 5, [2, 2, 2, 2], True),
+                                            (70, 8, [1, 1, 1, 1], True), (130, 9, [0, 1, 0, 1], False),
+                                            (64, 2, [1, 1, 1, 1], True)])
 def test_conv_direct_channel_and_pixel_tails(isa: str, m: int, c: int, pads: list, bias: bool) -> None:
-    # the direct path's output-channel blocks (8 wide) and pixel tiles (8) with their partial tails
+    # the direct path's output-channel vectors (8 or 16 wide) in bands, pixel tiles (4 or 8) with their
+    # tails; on avx2, K = c * 9 >= 64 takes the deep tile, smaller K the 8 x 8 one
     rng = np.random.default_rng(m)
     consts = {"w": f32(rng, m, c, 3, 3), "b": f32(rng, m) if bias else None}
     check(one_op("Conv", ("n", c, 5, 7), consts, pads=pads, activation="relu"), f32(rng, 3, c, 5, 7))
@@ -216,6 +219,42 @@ def test_qconv_exact(isa: str, x_dtype: str, per_channel: bool, relu: bool) -> N
                     activation="relu" if relu else "none"), x_dtype)
     info = np.iinfo(x_dtype)
     check(b.build(), rng.integers(info.min, info.max + 1, (2, 4, 7, 7)).astype(x_dtype), exact=True)
+
+
+@pytest.mark.parametrize("x_dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("m,c,hw,attrs", [(1, 1, (5, 7), {"pads": [1, 1, 1, 1]}),
+                                          (17, 3, (6, 9), {"pads": [0, 1, 2, 1], "strides": [2, 1]}),
+                                          (70, 6, (7, 5), {"pads": [2, 2, 2, 2], "dilations": [2, 1]}),
+                                          (130, 5, (4, 4), {})])
+def test_qconv_direct_tails(isa: str, x_dtype: str, m: int, c: int, hw: tuple, attrs: dict) -> None:
+    # group 1: the direct u8 x s8 path (channel groups of 4, output-channel vectors of 16, pixel tiles)
+    rng = np.random.default_rng(m)
+    p = qparams(rng, x_dtype, m, True)
+    b = GraphBuilder()
+    x = b.input("x", x_dtype, ("n", c, *hw))
+    w = b.constant("w", rng.integers(-128, 128, (m, c, 3, 3)).astype(np.int8))
+    names = [b.constant(k, v) for k, v in p.items()]
+    inputs = [x, names[0], names[1], w, names[2], names[3], names[4], names[5],
+              b.constant("bias", rng.integers(-5000, 5000, m).astype(np.int32))]
+    b.output(b.node("QConv", inputs, activation="relu" if m % 2 else "none", **attrs), x_dtype)
+    info = np.iinfo(x_dtype)
+    check(b.build(), rng.integers(info.min, info.max + 1, (2, c, *hw)).astype(x_dtype), exact=True)
+
+
+@pytest.mark.parametrize("x_dtype", ["uint8", "int8"])
+def test_qconv_weights_beyond_int8_after_zero_point(isa: str, x_dtype: str) -> None:
+    # w - w_zero_point outside int8: the im2row + int16 path, on every tier
+    rng = np.random.default_rng(3)
+    p = qparams(rng, x_dtype, 5, True)
+    p["zw"] = np.full(5, 100, np.int8)
+    b = GraphBuilder()
+    x = b.input("x", x_dtype, ("n", 3, 6, 6))
+    w = b.constant("w", rng.integers(-128, 128, (5, 3, 3, 3)).astype(np.int8))
+    names = [b.constant(k, v) for k, v in p.items()]
+    inputs = [x, names[0], names[1], w, names[2], names[3], names[4], names[5]]
+    b.output(b.node("QConv", inputs, pads=[1, 1, 1, 1]), x_dtype)
+    info = np.iinfo(x_dtype)
+    check(b.build(), rng.integers(info.min, info.max + 1, (2, 3, 6, 6)).astype(x_dtype), exact=True)
 
 
 @pytest.mark.parametrize("x_dtype", ["uint8", "int8"])

@@ -5,7 +5,8 @@ No runtime beyond numpy and the extension: the file is read by edgefleet.cpp_ext
 by edgefleet.cpp_ext._native.GraphExecutor. Hot path: the Predictor has validated the inputs, so `run`
 is the executor's own bound method, one native call that reads the inputs in place, reuses the plan
 cached for their shapes and returns freshly allocated output arrays. Calls hold the GIL, so they never
-overlap. Load option "isa" ("auto" | "portable" | "avx2") picks the kernels for the whole process.
+overlap. Load option "isa" ("auto" | "portable" | "avx2" | "avxvnni" | "avx512"; the CPU must run it)
+picks the kernels for the whole process.
 """
 
 from __future__ import annotations

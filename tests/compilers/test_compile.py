@@ -163,3 +163,14 @@ def test_source_bundle_is_untouched(digits_bundle, compiled, tmp_path):
     before = {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()}
     compile_bundle(copy, ["onnxruntime-cpu"], tmp_path / "out")
     assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before
+
+
+def test_a_compiled_bundle_travels_as_an_archive_and_serves_on_every_backend(digits_bundle, tmp_path):
+    pytest.importorskip("openvino")
+    key = SigningKey.load(digits_bundle.private_key)
+    result = compile_bundle(digits_bundle.root, ["native", "openvino-cpu"], tmp_path / "compiled", signing_key=key)
+    archive = result.bundle.pack(tmp_path / "compiled.tar.gz")  # as the registry serves it to a device
+    opened = Bundle.open(archive)
+    for entry in ("native", "openvino", "onnxruntime"):
+        with Predictor(opened, backends=[entry], trusted_keys=[digits_bundle.public_key]) as predictor:
+            assert predictor.backend_name == entry and predictor.self_test().passed

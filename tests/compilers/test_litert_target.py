@@ -147,3 +147,21 @@ def _trust(digits_bundle):
     from edgefleet.core.signing import TrustStore
 
     return TrustStore.from_paths([digits_bundle.public_key])
+
+
+@needs_converter
+def test_the_cli_compiles_from_a_torch_model_factory(digits_model, digits_bundle, tmp_path: Path) -> None:
+    import torch
+
+    from tests.cli.test_bundle_commands import edgefleet
+
+    torch.save(digits_model.state_dict(), tmp_path / "model.pt")  # what examples.digits_model:load reads
+    project = Path(__file__).resolve().parents[2]
+    result = edgefleet("compile", str(digits_bundle.root), "--target", "litert", "--torch-model",
+                       "examples.digits_model:load", "--key", str(digits_bundle.private_key), "--out",
+                       str(tmp_path / "out"), env={"EDGEFLEET_DIGITS_WEIGHTS": str(tmp_path / "model.pt")},
+                       cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert "litert/model.tflite" in result.stdout and "compiled bundle:" in result.stdout
+    entry = next(a for a in Bundle.open(tmp_path / "out").artifacts if a["target"] == "litert")
+    assert entry["numeric_error"]["checked"] and entry["numeric_error"]["max_abs"] < 1e-4

@@ -58,38 +58,23 @@ def install_kill_hooks(point: str | None, store: SlotStore, first_path: Path) ->
             return real_download(*args, **{**kwargs, "progress": progress})
 
         updater_module.download = download
-    elif point == "unpack":
-        real_unpack = archive.unpack
+    else:
+        # the kill lands right after the stage's last step has finished
+        owners = {"unpack": (archive, "unpack"), "verify": (store, "install"), "rollback": (store, "rollback"),
+                  "switch": (store, "activate")}
+        if point in owners:
+            die_after(*owners[point])
 
-        def unpack(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            real_unpack(*args, **kwargs)
-            die()
 
-        archive.unpack = unpack
-    elif point == "verify":
-        real_install = store.install
+def die_after(owner: object, name: str) -> None:
+    """Replaces owner.name with a call to the real one followed by kill -9."""
+    real = getattr(owner, name)
 
-        def install(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            real_install(*args, **kwargs)
-            die()
+    def call_then_die(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        real(*args, **kwargs)
+        die()
 
-        store.install = install
-    elif point == "rollback":
-        real_rollback = store.rollback
-
-        def rollback():  # noqa: ANN202
-            real_rollback()
-            die()
-
-        store.rollback = rollback
-    elif point == "switch":
-        real_activate = store.activate
-
-        def activate(slot):  # noqa: ANN001, ANN202
-            real_activate(slot)
-            die()
-
-        store.activate = activate
+    setattr(owner, name, call_then_die)
 
 
 def main() -> None:

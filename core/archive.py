@@ -7,6 +7,7 @@ FIFO is refused with a message naming it, and nothing is left behind.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tarfile
 from pathlib import Path, PurePosixPath
@@ -92,3 +93,14 @@ def _extract_members(tar: tarfile.TarFile, dest: Path, max_bytes: int | None) ->
             raise VerificationError("unsafe_path", f"archive member {member.name!r} appears twice") from err
         except (tarfile.TarError, OSError, EOFError) as err:
             raise BundleError(f"bundle archive is corrupt at {member.name!r}: {err}") from err
+
+
+def fsync_dir(directory: Path) -> None:
+    """Makes a rename or a new file in `directory` durable (the directory entry itself is synced)."""
+    if os.name != "posix":  # pragma: no cover - directories cannot be opened for fsync elsewhere
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urljoin, urlsplit
 
+from edgefleet.core.archive import fsync_dir
 from edgefleet.core.errors import VerificationError
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ def download(
                     continue
             raise
         os.replace(partial, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         log.info("downloaded %s to %s (%d bytes)", url, dest, dest.stat().st_size)
         return dest
     raise DownloadError("http_error", f"{url}: the server keeps refusing to resume or restart the transfer")
@@ -355,13 +356,3 @@ def _check_file(path: Path, expected_size: int | None, expected_sha256: str | No
         if actual != expected_sha256.lower():
             raise DownloadError("hash_mismatch", f"{url} gave a file with sha256 {actual[:16]}...; "
                                                  f"expected {expected_sha256.lower()[:16]}...")
-
-
-def _fsync_dir(directory: Path) -> None:
-    if os.name != "posix":  # pragma: no cover - directories cannot be opened for fsync elsewhere
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

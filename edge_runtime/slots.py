@@ -44,6 +44,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from edgefleet.core.archive import fsync_dir
 from edgefleet.core.bundle import SIGNATURE, Bundle, Verified, read_manifest
 from edgefleet.core.canonical import parse_time
 from edgefleet.core.errors import BundleError, EdgefleetError, VerificationError
@@ -143,7 +144,7 @@ class SlotStore:
                 self._stamp_install_time(tmp)
                 final = self.slots_dir / f"{_safe_name(bundle.name)}-v{bundle.version}-{token}"
                 os.rename(tmp, final)
-                _fsync_dir(self.slots_dir)
+                fsync_dir(self.slots_dir)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
@@ -177,7 +178,7 @@ class SlotStore:
             old = self._link_target(CURRENT)
             self._set_link(CURRENT, f"{SLOTS}/{slot.id}")
             (self.root / PREVIOUS).unlink()
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         log.warning("rolled back from %s to slot %s (%s v%d)", old, slot.id, slot.name, slot.version)
         return slot
 
@@ -204,7 +205,7 @@ class SlotStore:
                 if slot is not None:
                     deleted.append(slot)
             if deleted:
-                _fsync_dir(self.slots_dir)
+                fsync_dir(self.slots_dir)
         return deleted
 
     # journal ------------------------------------------------------------------------------------------
@@ -222,7 +223,7 @@ class SlotStore:
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
 
     def read_journal(self) -> dict | None:
         """The journal, or None. A journal that is not a JSON object is set aside (logged), not fatal."""
@@ -249,7 +250,7 @@ class SlotStore:
                 (self.root / JOURNAL).unlink()
             except FileNotFoundError:
                 return
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
 
     # internals ----------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -365,7 +366,7 @@ class SlotStore:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def _stamp_install_time(self, path: Path) -> None:
         """Sets the directory's mtime, by which clean() orders slots, strictly after every other slot's."""
@@ -409,14 +410,4 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(directory))
-
-
-def _fsync_dir(directory: Path) -> None:
-    if os.name != "posix":  # pragma: no cover
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(Path(directory))

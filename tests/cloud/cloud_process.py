@@ -1,4 +1,5 @@
-"""`edgefleet cloud up` as a real process, for the tests that drive the cloud the way a user does."""
+"""The cloud for tests: `edgefleet cloud up` as a real process (driven the way a user does), and in-process
+CloudServers on free ports with an admin client each."""
 
 from __future__ import annotations
 
@@ -9,11 +10,38 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
+
+from edgefleet.cloud.server import CloudServer
+from edgefleet.cloud.settings import CloudSettings
 from tests.mosquitto import free_port
+
+StartServer = Callable[..., tuple[CloudServer, httpx.Client]]
+
+
+@contextmanager
+def cloud_servers() -> Iterator[StartServer]:
+    """Yields start(settings, token=None): a CloudServer started with those settings and an HTTP client that
+    sends `token` (default: the admin token a fresh database printed). All are closed and stopped at the end."""
+    started: list[tuple[CloudServer, httpx.Client]] = []
+
+    def start(settings: dict, token: str | None = None) -> tuple[CloudServer, httpx.Client]:
+        server = CloudServer(CloudSettings(**settings)).start()
+        client = httpx.Client(base_url=server.url, timeout=30,
+                              headers={"Authorization": f"Bearer {token or server.new_admin_token}"})
+        started.append((server, client))
+        return server, client
+
+    try:
+        yield start
+    finally:
+        for server, client in started:
+            client.close()
+            server.stop()
 
 
 @contextmanager

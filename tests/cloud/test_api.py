@@ -4,6 +4,7 @@ real SQLite file, and the Mosquitto fixture as the external broker (so no embedd
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import signal
@@ -25,7 +26,7 @@ from edgefleet.cloud.settings import CloudSettings, load_settings
 from edgefleet.core.bundle import SIGNATURE, Bundle, sign
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.signing import SigningKey
-from tests.cloud.cloud_process import cloud_up, read_until
+from tests.cloud.cloud_process import cloud_servers, cloud_up, read_until
 
 GZIP = {"Content-Type": "application/gzip"}
 
@@ -56,24 +57,17 @@ class Cloud:
 
 @pytest.fixture
 def start_cloud(tmp_path: Path, mosquitto, digits_bundle) -> Iterator:
-    started: list[Cloud] = []
+    with cloud_servers() as start_server:
+        count = itertools.count()
 
-    def start(**overrides: object) -> Cloud:
-        options = {"data_dir": tmp_path / f"cloud-{len(started)}", "port": 0, "mqtt_url": mosquitto.url,
-                   "trusted_keys": [digits_bundle.public_key], **overrides}
-        server = CloudServer(CloudSettings(**options)).start()
-        assert server.new_admin_token, "a fresh database gets an admin token"
-        client = httpx.Client(base_url=server.url, timeout=30,
-                              headers={"Authorization": f"Bearer {server.new_admin_token}"})
-        started.append(Cloud(server, client))
-        return started[-1]
+        def start(**overrides: object) -> Cloud:
+            options = {"data_dir": tmp_path / f"cloud-{next(count)}", "port": 0, "mqtt_url": mosquitto.url,
+                       "trusted_keys": [digits_bundle.public_key], **overrides}
+            server, client = start_server(options)
+            assert server.new_admin_token, "a fresh database gets an admin token"
+            return Cloud(server, client)
 
-    try:
         yield start
-    finally:
-        for cloud in started:
-            cloud.client.close()
-            cloud.server.stop()
 
 
 @pytest.fixture

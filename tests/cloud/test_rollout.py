@@ -29,6 +29,7 @@ from edgefleet.core.bundle import Bundle
 from edgefleet.core.ota import BundleRef, Command, Status, check_rollback_authorization, parse_command
 from edgefleet.core.signing import TrustStore
 from edgefleet.core.topics import topic
+from tests.cloud.cloud_process import cloud_servers
 from tests.mosquitto import free_port
 
 GZIP = {"Content-Type": "application/gzip"}
@@ -87,24 +88,16 @@ def archive(digits_bundle, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def start_cloud(tmp_path: Path, mosquitto, digits_bundle) -> Iterator[Callable[..., Cloud]]:
-    started: list[Cloud] = []
+    with cloud_servers() as start_server:
 
-    def start(token: str | None = None, **overrides: object) -> Cloud:
-        options = {"data_dir": tmp_path / "cloud", "port": 0, "mqtt_url": mosquitto.url,
-                   "trusted_keys": [digits_bundle.public_key], "rollout_interval_seconds": 0.1,
-                   "drift_interval_seconds": 3600, **overrides}
-        server = CloudServer(CloudSettings(**options)).start()
-        token = token or server.new_admin_token
-        client = httpx.Client(base_url=server.url, timeout=30, headers={"Authorization": f"Bearer {token}"})
-        started.append(Cloud(server, client, token))
-        return started[-1]
+        def start(token: str | None = None, **overrides: object) -> Cloud:
+            options = {"data_dir": tmp_path / "cloud", "port": 0, "mqtt_url": mosquitto.url,
+                       "trusted_keys": [digits_bundle.public_key], "rollout_interval_seconds": 0.1,
+                       "drift_interval_seconds": 3600, **overrides}
+            server, client = start_server(options, token)
+            return Cloud(server, client, token or server.new_admin_token)
 
-    try:
         yield start
-    finally:
-        for cloud in started:
-            cloud.client.close()
-            cloud.server.stop()
 
 
 @pytest.fixture

@@ -1,39 +1,31 @@
 """Staged rollouts end to end: the real cloud (CloudServer on a free port, real SQLite, the Mosquitto fixture
-as its broker) and scripted devices: plain paho clients on their own cmd topics that download the bundle
-through the signed URL and answer with status messages, healthy ones up to "active", broken ones "failed"."""
+as its broker) and scripted devices (tests/cloud/rollout_kit.py). The rules alone: test_rollout_plan.py."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import queue
 import stat
-import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import paho.mqtt.client as mqtt
 import pytest
 from sqlalchemy import select
 
 from edgefleet.cloud.db import DeploymentDevice, Device, DeviceStatus, make_engine, make_sessions
-from edgefleet.cloud.rollout_plan import RolloutError, Strategy, decide, rollout_order, tally, wave_sizes
 from edgefleet.cloud.server import CloudServer
 from edgefleet.cloud.settings import CloudSettings
 from edgefleet.cloud.signed_urls import signed_download_url
 from edgefleet.core.bundle import Bundle
-from edgefleet.core.ota import BundleRef, Command, Status, check_rollback_authorization, parse_command
+from edgefleet.core.ota import Command, check_rollback_authorization
 from edgefleet.core.signing import TrustStore
-from edgefleet.core.topics import topic
 from tests.cloud.cloud_process import cloud_servers
+from tests.cloud.rollout_kit import Cloud, ScriptedDevice, planned_waves, start_devices, wait_until
 from tests.mosquitto import free_port
 
 GZIP = {"Content-Type": "application/gzip"}
-WAIT = 30.0  # seconds any one condition may take before the test fails
 
 
 @pytest.fixture(autouse=True)
@@ -41,44 +33,6 @@ def _no_edgefleet_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("EDGEFLEET_"):
             monkeypatch.delenv(name)
-
-
-def wait_until(predicate: Callable[[], object], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not reached within {timeout} s: {what}")
-
-
-# --- the cloud ----------------------------------------------------------------------------------------
-@dataclass
-class Cloud:
-    server: CloudServer
-    client: httpx.Client
-    token: str
-
-    @property
-    def settings(self) -> CloudSettings:
-        return self.server.settings
-
-    def deployment(self, deployment_id: str) -> dict:
-        response = self.client.get(f"/api/v1/deployments/{deployment_id}")
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def wait_state(self, deployment_id: str, state: str, timeout: float = WAIT) -> dict:
-        wait_until(lambda: self.deployment(deployment_id)["state"] == state, f"{deployment_id} {state}", timeout)
-        return self.deployment(deployment_id)
-
-    def deploy(self, devices: list[str] | None = None, **strategy: object) -> dict:
-        target = {"devices": devices} if devices else {"fleet": "lab"}
-        response = self.client.post("/api/v1/deployments", json={
-            "target": target, "bundle": {"name": "digits-cnn", "version": 1},
-            "strategy": {"wave_timeout_seconds": 60, "health_window_seconds": 1, **strategy}})
-        assert response.status_code == 201, response.text
-        return response.json()
 
 
 @pytest.fixture
@@ -107,126 +61,6 @@ def cloud(start_cloud, archive: Path) -> Cloud:
     return cloud
 
 
-# --- scripted devices -----------------------------------------------------------------------------------
-@dataclass
-class Received:
-    command: Command
-    at: float  # time.monotonic() on arrival
-
-
-@dataclass
-class ScriptedDevice:
-    """A device that answers commands the way the OTA agent does, with a scripted outcome:
-    "healthy" (-> active), "fail" (self-test fails), "roll_back" (health check fails, it rolls back itself),
-    "hold" (waits at health_check until `release` is set, then -> active)."""
-
-    id: str
-    fleet: str
-    broker: object
-    behaviour: str = "healthy"
-    commands: list[Received] = field(default_factory=list)
-    published: list[tuple[str, str, float]] = field(default_factory=list)  # (command id, state, monotonic)
-    downloads: list[bool] = field(default_factory=list)  # whether each download matched sha256 and size
-    password: str | None = None  # MQTT password (username = id), for a broker that checks
-    go: threading.Event = field(default_factory=threading.Event)  # answers only once set
-    release: threading.Event = field(default_factory=threading.Event)
-    seq: int = 0
-
-    def __post_init__(self) -> None:
-        self.go.set()
-        self._inbox: queue.Queue = queue.Queue()
-        self._subscribed = threading.Event()
-        self._stopping = threading.Event()
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.id, clean_session=False,
-                                   protocol=mqtt.MQTTv311)
-        if self.password:
-            self._client.username_pw_set(self.id, self.password)
-        self._client.on_connect = lambda client, *_: client.subscribe(topic(self.fleet, self.id, "cmd"), qos=1)
-        self._client.on_subscribe = lambda *_: self._subscribed.set()
-        self._client.on_message = lambda _c, _u, message: self._inbox.put((time.monotonic(), message.payload))
-        self._worker = threading.Thread(target=self._work, daemon=True)
-
-    def start(self) -> ScriptedDevice:
-        self._worker.start()
-        self._client.connect(self.broker.host, self.broker.port)
-        self._client.loop_start()
-        assert self._subscribed.wait(10), f"{self.id} did not subscribe"
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self.go.set()
-        self.release.set()
-        self._inbox.put(None)
-        self._worker.join(10)
-        self._client.disconnect()
-        self._client.loop_stop()
-
-    def ops(self) -> list[str]:
-        return [r.command.op for r in self.commands]
-
-    def states(self, command_id: str) -> list[str]:
-        return [state for cid, state, _ in self.published if cid == command_id]
-
-    def _work(self) -> None:
-        while (item := self._inbox.get()) is not None and not self._stopping.is_set():
-            at, payload = item
-            command = parse_command(payload)
-            self.commands.append(Received(command, at))
-            self.go.wait(WAIT)
-            if command.op == "install":
-                self._install(command)
-            else:
-                for state in ("received", "switching", "rolled_back"):
-                    self._status(command, state, "rollback requested" if state == "rolled_back" else None)
-
-    def _install(self, command: Command) -> None:
-        self._status(command, "received")
-        self._status(command, "downloading")
-        with urllib.request.urlopen(command.bundle.url, timeout=10) as response:  # the signed URL, no token
-            data = response.read()
-        self.downloads.append(hashlib.sha256(data).hexdigest() == command.bundle.sha256
-                              and len(data) == command.bundle.size == command.max_bytes)
-        self._status(command, "verifying")
-        self._status(command, "self_testing")
-        if self.behaviour == "fail":
-            self._status(command, "failed", "self_test_failed: 3 of 8 golden outputs off")
-            return
-        self._status(command, "switching")
-        self._status(command, "health_check")
-        if self.behaviour == "hold":
-            self.release.wait(WAIT)
-        if self.behaviour == "roll_back":
-            self._status(command, "rolled_back", "latency p95 80 ms over the budget")
-            return
-        self._status(command, "active")
-
-    def _status(self, command: Command, state: str, reason: str | None = None) -> None:
-        self.seq += 1
-        bundle = BundleRef(command.bundle.name, command.bundle.version) if command.bundle else None
-        status = Status(self.fleet, self.id, command.id, command.deployment, state, bundle, reason, {},
-                        time.time(), self.seq)
-        if self._stopping.is_set():
-            return
-        self._client.publish(topic(self.fleet, self.id, "status"), status.to_payload(), qos=1).wait_for_publish(10)
-        self.published.append((command.id, state, time.monotonic()))
-
-
-def start_devices(cloud: Cloud, broker: object, count: int, behaviours: dict[str, str] | None = None,
-                  group: str | None = None, running: list[ScriptedDevice] | None = None) -> dict[str, ScriptedDevice]:
-    """Registers devices lab-00.. in fleet "lab" and starts a scripted device for each (added to `running`)."""
-    devices = {}
-    for index in range(count):
-        device_id = f"lab-{index:02d}"
-        body = {"id": device_id, "fleet": "lab", **({"group": group} if group else {})}
-        assert cloud.client.post("/api/v1/devices", json=body).status_code == 201
-        devices[device_id] = ScriptedDevice(device_id, "lab", broker, (behaviours or {}).get(device_id, "healthy"))
-        if running is not None:
-            running.append(devices[device_id])
-        devices[device_id].start()
-    return devices
-
-
 @pytest.fixture
 def devices_to_stop() -> Iterator[list[ScriptedDevice]]:
     running: list[ScriptedDevice] = []
@@ -242,10 +76,6 @@ def fleet(cloud: Cloud, mosquitto, devices_to_stop) -> Callable[..., dict[str, S
     """start_devices on the `cloud` fixture; every device is stopped at the end."""
     return lambda count, behaviours=None, group=None: start_devices(cloud, mosquitto, count, behaviours, group,
                                                                     devices_to_stop)
-
-
-def planned_waves(plan: dict) -> list[list[str]]:
-    return [wave["devices"] for wave in plan["waves"]]
 
 
 # --- the registry -----------------------------------------------------------------------------------------
@@ -296,45 +126,6 @@ def test_device_groups(cloud: Cloud):
     assert [(d["id"], d["group"]) for d in listed] == [("a", "canary"), ("c", "canary")]
     bad = cloud.client.post("/api/v1/devices", json={"id": "d", "fleet": "lab", "group": "no/slash"})
     assert bad.status_code == 400 and "group 'no/slash'" in bad.json()["detail"]
-
-
-# --- the rules, without I/O ---------------------------------------------------------------------------------
-def test_waves_selection_and_decisions():
-    assert wave_sizes([5, 25, 100], 10) == [1, 2, 7] and wave_sizes([5, 25, 100], 200) == [10, 40, 150]
-    assert wave_sizes([5, 25, 100], 2) == [1, 1] and wave_sizes([100], 3) == [3]
-    ids = [f"dev-{i}" for i in range(20)]
-    order = rollout_order("d-1", ids)
-    assert order == sorted(ids, key=lambda d: hashlib.sha256(("d-1" + d).encode()).hexdigest())
-    assert order == rollout_order("d-1", reversed(ids)) and order != rollout_order("d-2", ids)
-
-    strategy = Strategy(kind="waves", waves=(10, 100), success_threshold=0.75, max_failure_rate=0.25).checked()
-    sizes = [4, 4]
-
-    def verdict(states: list[str], current: int = 1, **kwargs: object) -> tuple[str, str]:
-        rows = [(1 if i < 4 else 2, state) for i, state in enumerate(states)]
-        decision = decide(strategy, tally(rows, sizes), current, approved=kwargs.get("approved", False),
-                          timed_out=kwargs.get("timed_out", False))
-        return decision.action, decision.reason
-
-    assert verdict(["active", "active", "downloading", "pending"] + ["pending"] * 4)[0] == "wait"
-    assert verdict(["active", "active", "active", "downloading"] + ["pending"] * 4)[0] == "advance"
-    assert verdict(["active", "failed", "active", "active"] + ["pending"] * 4)[0] == "advance"  # 0.25 is allowed
-    action, reason = verdict(["failed", "rolled_back", "active", "active"] + ["pending"] * 4)
-    assert action == "abort" and reason.startswith("wave 1: 2 of 4 devices failed or rolled back (0.50 > ")
-    action, reason = verdict(["active", "active", "received", "received"] + ["pending"] * 4, timed_out=True)
-    assert action == "abort" and "timed out" in reason
-    late = ["active", "rolled_back", "rolled_back", "active", "active", "active", "active", "active"]
-    assert verdict(late, current=2)[0] == "abort"  # late failures of an earlier wave count
-    assert verdict(["active"] * 8, current=2)[0] == "complete"
-    paused = Strategy(kind="waves", waves=(10, 100), pause_for_approval=True).checked()
-    assert decide(paused, tally([(1, "active")], [1, 1]), 1, approved=False, timed_out=False).action == "pause"
-    assert decide(paused, tally([(1, "active")], [1, 1]), 1, approved=True, timed_out=False).action == "advance"
-
-    for bad, message in (({"waves": (50, 25, 100)}, "strictly increasing"), ({"waves": (5, 50)}, "end at 100"),
-                         ({"success_threshold": 0.0}, "success_threshold"), ({"max_failure_rate": 1.0}, "max_failure"),
-                         ({"wave_timeout_seconds": 0}, "wave_timeout_seconds")):
-        with pytest.raises(RolloutError, match=message):
-            Strategy(kind="waves", **bad).checked()
 
 
 # --- rollouts -----------------------------------------------------------------------------------------------

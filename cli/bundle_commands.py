@@ -165,7 +165,8 @@ def bench(
     """Latency percentiles, throughput, memory and FLOP/s on this machine (MLPerf single-stream style)."""
     from rich.progress import Progress
 
-    from edgefleet.edge_runtime.bench import BenchOptions, comparison_table, render_tables, run_bench
+    from edgefleet.edge_runtime.bench import BenchOptions, run_bench
+    from edgefleet.edge_runtime.bench_tables import comparison_table, render_tables
 
     try:
         batches = tuple(int(b) for b in batch.split(","))

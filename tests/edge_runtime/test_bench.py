@@ -15,7 +15,8 @@ from rich.console import Console
 from edgefleet.core.bundle import file_digest, sign, write_manifest
 from edgefleet.core.signing import SigningKey, TrustStore
 from edgefleet.edge_runtime import bench, machine
-from edgefleet.edge_runtime.bench import BenchError, BenchOptions, render_tables, run_bench
+from edgefleet.edge_runtime.bench import BenchError, BenchOptions, run_bench
+from edgefleet.edge_runtime.bench_tables import render_tables
 
 FLOPS_PER_SAMPLE = 2 * 3 * 4 + 3 + 3  # Gemm 4 -> 3 with bias, then Relu
 RNG = np.random.default_rng(0)

@@ -1,7 +1,7 @@
 """The benchmark engine behind `edgefleet bench`: latency, throughput, memory and FLOP/s of a bundle.
 
     report = run_bench("digits/", trust, BenchOptions(batches=(1, 8, 32), compare_raw=True))
-    for table in render_tables(report):
+    for table in render_tables(report):          # edgefleet.edge_runtime.bench_tables
         console.print(table)
 
 MLPerf single-stream style: one request at a time, each timed on its own, per batch size.

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from edgefleet.compilers.numeric import max_errors
 from edgefleet.compilers.targets import CompileSource, TargetResult, target_function
 from edgefleet.core import bundle as bundle_io
 from edgefleet.core.bundle import Bundle
@@ -140,19 +141,14 @@ def source_artifact(bundle: Bundle) -> dict:
 
 
 def golden_error(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray]) -> tuple[float, float]:
-    """Max abs and max rel error over every output (rel against max(|want|, 1e-6))."""
-    max_abs = max_rel = 0.0
+    """Max abs and max rel error over every output; CompileError if an output is missing or misshapen."""
     for name, expected in want.items():
         if name not in got:
             raise CompileError(f"the artifact has no output {name!r}")
-        value = np.asarray(got[name])
-        if value.shape != expected.shape:
-            raise CompileError(f"output {name!r} has shape {value.shape}; the source model gives {expected.shape}")
-        diff = np.abs(value.astype(np.float64) - expected.astype(np.float64))
-        if diff.size:
-            max_abs = max(max_abs, float(diff.max()))
-            max_rel = max(max_rel, float((diff / np.maximum(np.abs(expected.astype(np.float64)), 1e-6)).max()))
-    return max_abs, max_rel
+        if np.shape(got[name]) != expected.shape:
+            raise CompileError(f"output {name!r} has shape {np.shape(got[name])}; the source model gives "
+                               f"{expected.shape}")
+    return max_errors((got[name] for name in want), want.values())
 
 
 def _check(bundle: Bundle, out: Path, name: str, result: TargetResult) -> dict:

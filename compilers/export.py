@@ -24,6 +24,7 @@ import onnxruntime as ort
 import torch
 
 from edgefleet.compilers.flops import count_flops
+from edgefleet.compilers.numeric import max_errors
 from edgefleet.core import bundle as bundle_io
 from edgefleet.core.bundle import Bundle
 from edgefleet.core.canonical import format_time, sha256_hex, utc_now
@@ -274,12 +275,7 @@ def _run_onnx_chunked(session: ort.InferenceSession, inputs: dict[str, np.ndarra
 
 
 def _numeric_error(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> dict:
-    max_abs = max_rel = 0.0
-    for name, ref in want.items():
-        diff = np.abs(got[name].astype(np.float64) - ref.astype(np.float64))
-        if diff.size:
-            max_abs = max(max_abs, float(diff.max()))
-            max_rel = max(max_rel, float((diff / np.maximum(np.abs(ref), 1e-12)).max()))
+    max_abs, max_rel = max_errors((got[name] for name in want), want.values())
     return {"max_abs": max_abs, "max_rel": max_rel, "samples": len(next(iter(want.values())))}
 
 

@@ -53,6 +53,7 @@ from onnxruntime import quantization as ortq
 from edgefleet.cloud.compress.evaluate import onnx_outputs, session
 from edgefleet.cloud.compress.gate import Evaluate, QuantizationError, accuracy_gate, weighted_nodes
 from edgefleet.compilers.flops import count_flops
+from edgefleet.compilers.numeric import max_errors
 from edgefleet.core import bundle as bundle_io
 from edgefleet.core.bundle import Bundle
 from edgefleet.core.canonical import format_time, utc_now
@@ -336,11 +337,8 @@ def _golden_error(float_session: ort.InferenceSession, new_session: ort.Inferenc
         feed = {k: v[rows] for k, v in golden.items()}
         want = float_session.run(None, feed)
         got = new_session.run(None, {k: v.astype(dtypes.get(k, v.dtype)) for k, v in feed.items()})
-        for g, w in zip(got, want, strict=True):
-            diff = np.abs(g.astype(np.float64) - w.astype(np.float64))
-            if diff.size:
-                max_abs = max(max_abs, float(diff.max()))
-                max_rel = max(max_rel, float((diff / np.maximum(np.abs(w.astype(np.float64)), 1e-12)).max()))
+        rows_abs, rows_rel = max_errors(got, want)
+        max_abs, max_rel = max(max_abs, rows_abs), max(max_rel, rows_rel)
     return {"samples": count, "max_abs": max_abs, "max_rel": max_rel}
 
 

@@ -31,6 +31,8 @@ from datetime import datetime, timedelta
 
 from cryptography.exceptions import InvalidSignature
 
+from edgefleet.core import bounded_json
+from edgefleet.core.bounded_json import JsonLimitError
 from edgefleet.core.canonical import canonical_bytes, format_time, parse_time, utc_now
 from edgefleet.core.errors import EdgefleetError, VerificationError
 from edgefleet.core.signing import SigningKey, TrustStore
@@ -199,12 +201,10 @@ def check_rollback_authorization(authorization: Mapping, trust: TrustStore, name
 
 
 def _load(payload: bytes | str, schema: str) -> dict:
-    if len(payload) > MAX_COMMAND_BYTES:
-        raise OtaError("too_large", f"message of {len(payload)} bytes exceeds {MAX_COMMAND_BYTES}")
     try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise OtaError("not_json", f"message is not JSON: {err}") from err
+        data = bounded_json.loads(payload, max_bytes=MAX_COMMAND_BYTES, what="message")
+    except JsonLimitError as err:
+        raise OtaError(err.reason, str(err)) from err
     if not isinstance(data, dict):
         raise OtaError("not_object", "message must be a JSON object")
     if data.get("schema") != schema:

@@ -26,6 +26,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 
+from edgefleet.core import bounded_json
+from edgefleet.core.bounded_json import JsonLimitError
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.topics import TopicError, check_id
 
@@ -153,13 +155,10 @@ def parse_telemetry(payload: bytes | str, *, max_bytes: int = MAX_PAYLOAD_BYTES)
 
 
 def _load(payload: bytes | str, max_bytes: int) -> dict:
-    size = len(payload)
-    if size > max_bytes:
-        raise TelemetryError("too_large", f"payload of {size} bytes exceeds the limit of {max_bytes}")
     try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise TelemetryError("not_json", f"payload is not JSON: {err}") from err
+        data = bounded_json.loads(payload, max_bytes=max_bytes)
+    except JsonLimitError as err:
+        raise TelemetryError(err.reason, str(err)) from err
     if not isinstance(data, dict):
         raise TelemetryError("not_object", f"payload must be a JSON object, got {type(data).__name__}")
     return data

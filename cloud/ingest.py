@@ -1,11 +1,20 @@
 """MQTT ingest: device messages into the database, validated, deduplicated, batched, acknowledged last.
 
 The paho callback only enqueues. A writer thread takes what has arrived (up to `batch_size`, waiting at
-most `flush_seconds`), validates each message, writes the batch in one transaction, and only then sends
-the PUBACKs (paho's manual_ack). So a telemetry window the broker considers delivered is always on
-disk; if the cloud dies first, the broker redelivers it (persistent session), and the (device, seq)
-filter drops the copy. A malformed, oversized, misaddressed or unknown-device message is counted by
-reason (table ingest_counters) and dropped; nothing a device sends can stop the ingest.
+most `flush_seconds`), validates each message, writes the batch in one transaction (cloud/ingest_store.py),
+and only then sends the PUBACKs (paho's manual_ack). So a telemetry window the broker considers delivered
+is always on disk; if the cloud dies first, the broker redelivers it (persistent session), and the
+(device, seq) filter drops the copy.
+
+Every message is either stored or counted by reason (table ingest_counters), and acknowledged either way;
+nothing a device sends can stall a batch or the connection:
+- Validation runs per message, with bounded parsing (core/bounded_json: size, depth, int64, finite
+  numbers) and values checked against the columns. A refusal is counted by its reason code
+  (docs/mqtt-payloads.md); an exception the validators did not foresee is counted as `invalid`.
+- If the batch's transaction fails anyway, the batch is retried in halves until the message that fails
+  is alone; it is counted as `store_error` and acknowledged, the rest are stored.
+- Only when the database itself does not answer (`SELECT 1` fails too) do messages stay unacknowledged;
+  the writer keeps them and retries with backoff (0.5 s doubling to 10 s) until it answers again.
 
 OTA status messages (`core.ota`) are stored once per (device, seq) as DeviceStatus rows and move the
 device's DeploymentDevice row (matched on deployment, device and one of its two command ids) to the
@@ -14,7 +23,6 @@ reported state, unless a status with a higher seq was applied already; the rollo
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -22,18 +30,25 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select, tuple_, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
 
-from edgefleet.cloud.db import DeploymentDevice, Device, DeviceStatus, IngestCounter, TelemetryRecord
+from edgefleet.cloud.ingest_store import Checked, store
 from edgefleet.cloud.mqtt_client import broker_address, new_client
 from edgefleet.core.ota import OtaError, Status, parse_status
-from edgefleet.core.telemetry import MAX_PAYLOAD_BYTES, TelemetryError, TelemetryWindow, parse_telemetry
+from edgefleet.core.presence import PresenceError, parse_presence
+from edgefleet.core.telemetry import MAX_INT, MAX_PAYLOAD_BYTES, TelemetryError, parse_telemetry
 from edgefleet.core.topics import TopicError, parse, subscription
 
 log = logging.getLogger(__name__)
 
-SUBSCRIBED_KINDS = ("telemetry", "birth", "death", "status")
+SUBSCRIBED_KINDS = ("telemetry", "presence", "status", "birth", "death")
+RETRY_MIN, RETRY_MAX = 0.5, 10.0  # seconds between attempts while the database does not answer
+STATUS_ID_CHARS = 64  # device_status.deployment_id and command_id are String(64)
+
+
+class DatabaseUnavailable(Exception):
+    """The database does not answer at all: the batch stays unacknowledged and is retried."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +104,11 @@ class Ingest:
             log.warning("ingest: disconnected (%s); paho reconnects", reason_code)
 
     def _on_message(self, client, userdata, message) -> None:  # noqa: ANN001 - paho
-        self._queue.put(Received(message.topic, message.payload, message.mid, message.qos))
+        try:
+            name = message.topic
+        except UnicodeDecodeError:  # a broker that passes a non-UTF-8 topic on: counted as bad_topic
+            name = ""
+        self._queue.put(Received(name, message.payload, message.mid, message.qos))
 
     # lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -111,20 +130,21 @@ class Ingest:
 
     # writer thread -------------------------------------------------------------------------------------
     def _write_loop(self) -> None:
+        retry: list[Received] = []
+        delay = RETRY_MIN
         while True:
-            batch = self._take_batch()
+            batch = retry or self._take_batch()
             if batch is None:
                 return
             if not batch:
                 continue
-            try:
-                self._write(batch)
-            except Exception:  # noqa: BLE001 - log and go on: the broker redelivers what was not acked
-                log.exception("ingest: writing a batch of %d messages failed; they stay unacknowledged", len(batch))
+            retry = self._handle(batch)
+            if not retry:
+                delay = RETRY_MIN
                 continue
-            for item in batch:
-                if item.qos > 0:
-                    self._client.ack(item.mid, item.qos)
+            if self._stopping.wait(delay):
+                return  # unacknowledged: the broker redelivers them to the next ingest
+            delay = min(delay * 2, RETRY_MAX)
 
     def _take_batch(self) -> list[Received] | None:
         try:
@@ -146,184 +166,102 @@ class Ingest:
             batch.append(item)
         return batch
 
-    def _write(self, batch: list[Received]) -> None:
-        tally: Counter[str] = Counter()
-        windows: list[tuple[TelemetryWindow, bytes]] = []
-        presence: list[tuple[str, str, bytes]] = []
-        statuses: list[tuple[Status, bytes]] = []
-        for item in batch:
+    def _handle(self, batch: list[Received]) -> list[Received]:
+        """Validates, stores and acknowledges `batch`; returns what could not be stored (database down)."""
+        checked = [self._check(item) for item in batch]
+        done: list[int] = []
+        try:
+            self._store(list(range(len(batch))), checked, done)
+        except DatabaseUnavailable as err:
+            log.error("ingest: the database does not answer (%s); %d message(s) stay unacknowledged and are "
+                      "retried", err.__cause__, len(batch) - len(done))
+        for index in done:
+            if batch[index].qos > 0:
+                self._client.ack(batch[index].mid, batch[index].qos)
+        stored = set(done)
+        return [item for index, item in enumerate(batch) if index not in stored]
+
+    def _check(self, item: Received) -> Checked:
+        try:
+            return check(item.topic, item.payload, self.max_bytes)
+        except Exception as err:  # noqa: BLE001 - a validator's blind spot costs one message, never the ingest
+            log.debug("ingest: refused a message on %s: unexpected %r", item.topic[:200], err)
+            return Checked("", item.payload, None, "invalid")
+
+    def _store(self, indexes: list[int], checked: list[Checked], done: list[int]) -> None:
+        """Commits the messages at `indexes` in one transaction; if that fails on a database that answers,
+        commits each half on its own, so a message the database refuses ends alone, counted as store_error.
+        Appends what was committed to `done`; raises DatabaseUnavailable when the database does not answer."""
+        try:
+            self._commit([checked[i] for i in indexes])
+        except Exception as err:  # noqa: BLE001 - any failure: find the message that causes it
+            if not self._database_answers():
+                raise DatabaseUnavailable(f"{type(err).__name__}: {str(err)[:200]}") from err
+            if len(indexes) > 1:
+                half = len(indexes) // 2
+                self._store(indexes[:half], checked, done)
+                self._store(indexes[half:], checked, done)
+                return
+            message = checked[indexes[0]]
+            log.warning("ingest: the database refused a %s from %s (%s: %s); counted as store_error",
+                        type(message.message).__name__, message.device, type(err).__name__, str(err)[:200])
             try:
-                topic = parse(item.topic)
-            except TopicError:
-                tally["bad_topic"] += 1
-                continue
-            if topic.kind == "telemetry":
-                try:
-                    window = parse_telemetry(item.payload, max_bytes=self.max_bytes)
-                except TelemetryError as err:
-                    tally[err.reason] += 1
-                    log.debug("ingest: dropped telemetry from %s: %s", topic.device, err)
-                    continue
-                if (window.fleet, window.device) != (topic.fleet, topic.device):
-                    tally["topic_mismatch"] += 1
-                    continue
-                windows.append((window, item.payload))
-            elif topic.kind == "status":
-                try:
-                    status = parse_status(item.payload)
-                except OtaError as err:
-                    tally[f"status_{err.reason}"] += 1
-                    log.debug("ingest: dropped status from %s: %s", topic.device, err)
-                    continue
-                if (status.fleet, status.device) != (topic.fleet, topic.device):
-                    tally["topic_mismatch"] += 1
-                    continue
-                statuses.append((status, item.payload))
-            else:
-                presence.append((topic.kind, topic.device, item.payload))
+                self._commit([Checked(message.device, b"", None, "store_error")])
+            except Exception as again:  # noqa: BLE001 - cannot even count: treat as an outage
+                raise DatabaseUnavailable(f"{type(again).__name__}: {str(again)[:200]}") from again
+        done.extend(indexes)
+
+    def _commit(self, messages: list[Checked]) -> None:
         with self.sessions.begin() as session:
-            known = _known_devices(session, {w.device for w, _ in windows} | {p[1] for p in presence}
-                                   | {s.device for s, _ in statuses})
-            fresh = _without_duplicates(session, [(w, raw) for w, raw in windows if w.device in known], tally)
-            tally["unknown_device"] += sum(1 for w, _ in windows if w.device not in known)
-            if fresh:
-                session.execute(insert(TelemetryRecord), [_record(w, raw) for w, raw in fresh])
-            tally["accepted"] += len(fresh)
-            _touch(session, [w for w, _ in fresh])
-            for kind, device, payload in presence:
-                if device not in known:
-                    tally["unknown_device"] += 1
-                    continue
-                tally[_presence(session, kind, device, payload)] += 1
-            tally["unknown_device"] += sum(1 for s, _ in statuses if s.device not in known)
-            _store_statuses(session, [(s, raw) for s, raw in statuses if s.device in known], tally)
-            _add_counts(session, tally)
+            tally = store(session, messages)
         self.counts.update(tally)
 
-
-def _known_devices(session: Session, ids: set[str]) -> set[str]:
-    if not ids:
-        return set()
-    return set(session.scalars(select(Device.id).where(Device.id.in_(ids))))
-
-
-def _without_duplicates(session: Session, windows: list[tuple[TelemetryWindow, bytes]],
-                        tally: Counter) -> list[tuple[TelemetryWindow, bytes]]:
-    """Drops windows whose (device, seq) is stored already or repeats within the batch."""
-    if not windows:
-        return []
-    keys = [(w.device, w.seq) for w, _ in windows]
-    stored = set(session.execute(
-        select(TelemetryRecord.device_id, TelemetryRecord.seq).where(
-            tuple_(TelemetryRecord.device_id, TelemetryRecord.seq).in_(keys))
-    ).all())
-    fresh, seen = [], set(stored)
-    for window, key in zip(windows, keys, strict=True):
-        if key in seen:
-            tally["duplicate"] += 1
-            continue
-        seen.add(key)
-        fresh.append(window)
-    return fresh
+    def _database_answers(self) -> bool:
+        try:
+            with self.sessions() as session:
+                session.execute(select(1))
+        except Exception:  # noqa: BLE001 - whatever the driver raises, the answer is no
+            return False
+        return True
 
 
-def _record(window: TelemetryWindow, raw: bytes) -> dict:
-    """A row for the bulk insert; the payload is stored as it came (it was validated)."""
-    return {
-        "device_id": window.device, "fleet": window.fleet, "seq": window.seq, "model_name": window.model_name,
-        "model_version": window.model_version, "window_start": window.start, "window_end": window.end,
-        "requests": window.requests, "samples": window.samples, "errors": window.errors,
-        "dropped_windows": window.dropped.windows, "payload": raw.decode(), "received_at": time.time(),
-    }
-
-
-def _touch(session: Session, windows: list[TelemetryWindow]) -> None:
-    """Each device's last_seen, and the model it serves: that of its newest window (a window holds one
-    model version, and the device closes the old version's window when an update swaps models)."""
-    latest: dict[str, TelemetryWindow] = {}
-    for window in windows:
-        if window.device not in latest or window.end >= latest[window.device].end:
-            latest[window.device] = window
-    if latest:  # one executemany: ORM bulk UPDATE by primary key
-        session.execute(update(Device), [
-            {"id": device, "last_seen": w.end, "model_name": w.model_name, "model_version": w.model_version}
-            for device, w in latest.items()
-        ])
-
-
-def _presence(session: Session, kind: str, device: str, payload: bytes) -> str:
-    """Birth and death (last will) keep a device's online state and model version.
-
-    Both carry their connection's stamp. A birth applies only if its connection is newer than the last
-    presence message applied, a death if it is at least as new (a death ends its own connection), so
-    the state is right whatever order the broker delivers retained births and deaths in.
-    """
+def check(topic_name: str, payload: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -> Checked:
+    """Validates one device message against its topic: the parsed message to store, or the reason it is
+    refused (a reason code of docs/mqtt-payloads.md). Refusals are logged at debug level, once each."""
     try:
-        data = json.loads(payload)
-        if not isinstance(data, dict):
-            raise ValueError("not an object")
-    except ValueError:
-        return "bad_presence"
-    stamp = data.get("connection")
-    if isinstance(stamp, int) and not isinstance(stamp, bool):
-        stored = session.scalar(select(Device.presence_stamp).where(Device.id == device))
-        if stored is not None and (stamp < stored or (kind == "birth" and stamp == stored)):
-            return f"{kind}_stale"
-    else:
-        stamp = None
-    values: dict = {"online": kind == "birth", "last_seen": time.time(), "presence_stamp": stamp}
-    model = data.get("model")
-    if kind == "birth" and isinstance(model, dict):
-        values.update(model_name=str(model.get("name")), model_version=int(model.get("version", 0)))
-        if data.get("agent_version"):
-            values["agent_version"] = str(data["agent_version"])
-    session.execute(update(Device).where(Device.id == device).values(**values))
-    return kind
-
-
-def _store_statuses(session: Session, statuses: list[tuple[Status, bytes]], tally: Counter) -> None:
-    """Stores new (device, seq) statuses and applies each, in seq order, to its deployment's device row."""
-    if not statuses:
-        return
-    keys = [(s.device, s.seq) for s, _ in statuses]
-    seen = set(session.execute(select(DeviceStatus.device_id, DeviceStatus.seq)
-                               .where(tuple_(DeviceStatus.device_id, DeviceStatus.seq).in_(keys))).all())
-    fresh = []
-    for (status, raw), key in zip(statuses, keys, strict=True):
-        if key in seen:
-            tally["status_duplicate"] += 1
-            continue
-        seen.add(key)
-        fresh.append((status, raw))
-    if not fresh:
-        return
-    stamp = time.time()
-    session.execute(insert(DeviceStatus), [
-        {"device_id": s.device, "fleet": s.fleet, "seq": s.seq, "deployment_id": s.deployment, "command_id": s.command,
-         "state": s.state, "reason": s.reason, "at": s.at, "payload": raw.decode(), "received_at": stamp}
-        for s, raw in fresh])
-    for status, _ in sorted(fresh, key=lambda item: (item[0].device, item[0].seq)):
-        tally[_apply_status(session, status, stamp)] += 1
-
-
-def _apply_status(session: Session, status: Status, stamp: float) -> str:
-    row = session.scalar(select(DeploymentDevice).where(DeploymentDevice.deployment_id == status.deployment,
-                                                        DeploymentDevice.device_id == status.device))
-    if row is None or status.command not in (row.command_id, row.rollback_command_id):
-        return "status_unmatched"  # stored, but about no command of ours (an old or a foreign deployment)
-    if row.status_seq is not None and status.seq <= row.status_seq:
-        return "status_stale"  # a newer status of this device was applied already
-    row.state, row.reason, row.status_seq, row.updated_at = status.state, status.reason, status.seq, stamp
-    log.debug("ingest: %s is %s in deployment %s", status.device, status.state, status.deployment)
-    return "status"
-
-
-def _add_counts(session: Session, tally: Counter) -> None:
-    for reason, count in tally.items():
-        if not count:
-            continue
-        row = session.get(IngestCounter, reason)
-        if row is None:
-            session.add(IngestCounter(reason=reason, count=count))
+        where = parse(topic_name)
+    except TopicError:
+        log.debug("ingest: refused a message on %r: not an edgefleet device topic", topic_name[:200])
+        return Checked("", payload, None, "bad_topic")
+    message: object
+    try:
+        if where.kind == "telemetry":
+            message = parse_telemetry(payload, max_bytes=max_bytes)
+        elif where.kind == "status":
+            message = _checked_status(parse_status(payload))
+        elif where.kind == "cmd":
+            raise TopicError("a cmd topic is the cloud's, not a device's")
         else:
-            row.count += count
+            message = parse_presence(payload, where.kind)
+    except (TelemetryError, OtaError, PresenceError, TopicError) as err:
+        reason = getattr(err, "reason", "bad_topic")
+        prefix = {"status": "status_", "telemetry": ""}.get(where.kind, "presence_")
+        log.debug("ingest: refused a %s message from %s/%s: %s", where.kind, where.fleet, where.device, err)
+        return Checked(where.device, payload, None, reason if reason == "bad_topic" else prefix + reason)
+    if message.fleet not in (where.fleet, None) or message.device not in (where.device, None):  # None: presence
+        log.debug("ingest: refused a %s message on %s: it names %s/%s", where.kind, topic_name,
+                  message.fleet, message.device)
+        return Checked(where.device, payload, None, "topic_mismatch")
+    return Checked(where.device, payload, message)
+
+
+def _checked_status(status: Status) -> Status:
+    """A status whose values fit the device_status and deployment_devices columns, or OtaError."""
+    if status.seq > MAX_INT:
+        raise OtaError("number_out_of_range", f"seq is {status.seq}, over the largest stored integer {MAX_INT}")
+    for label, value in (("deployment", status.deployment), ("command", status.command)):
+        if len(value) > STATUS_ID_CHARS or "\0" in value:
+            raise OtaError("bad_field", f"{label} must be at most {STATUS_ID_CHARS} characters without NUL")
+    if status.reason is not None and "\0" in status.reason:
+        raise OtaError("bad_field", "reason must not hold NUL characters")
+    return status

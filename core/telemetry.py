@@ -16,7 +16,10 @@ compare with the reference exactly. A histogram over E edges has E + 2 counts: E
      "dropped": {"windows": 0, "first_seq": null, "last_seq": null}}  # outbox overflow, never silent
 
 `parse_telemetry` is the gate of the cloud's ingest: anything malformed raises TelemetryError with one
-precise message and a reason code, so the ingest can count it and go on.
+precise message and a reason code, so the ingest can count it and go on. It never raises anything else,
+and what it returns fits the cloud's columns: every integer (seq, counts, model version, dropped) is
+within 0..MAX_INT (reason `number_out_of_range` beyond), times are finite doubles, the model name is at
+most MAX_NAME characters without NUL. The JSON Schema of this message is docs/schemas/telemetry.json.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from edgefleet.core.topics import TopicError, check_id
 SCHEMA = "edgefleet.telemetry"
 VERSION = 1
 MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_INT = 2**31 - 1  # the largest seq or count the cloud stores (SQL INTEGER, PostgreSQL's int4)
+MAX_NAME = 128  # the longest model name the cloud stores
 # Log-spaced latency bins from 10 µs to 10 s: fine where edge models live, coarse in the tail.
 LATENCY_EDGES_MS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0,
                     500.0, 1000.0, 2000.0, 5000.0, 10000.0)
@@ -108,9 +113,9 @@ def parse_telemetry(payload: bytes | str, *, max_bytes: int = MAX_PAYLOAD_BYTES)
     """Validates a payload against the schema; raises TelemetryError(reason, message)."""
     data = _load(payload, max_bytes)
     if data.get("schema") != SCHEMA:
-        raise TelemetryError("wrong_schema", f"schema must be {SCHEMA!r}, got {data.get('schema')!r}")
+        raise TelemetryError("wrong_schema", f"schema must be {SCHEMA!r}, got {_shown(data.get('schema'))}")
     if data.get("v") != VERSION:
-        raise TelemetryError("unknown_version", f"telemetry version {data.get('v')!r} is not supported "
+        raise TelemetryError("unknown_version", f"telemetry version {_shown(data.get('v'))} is not supported "
                                                 f"(this edgefleet reads {VERSION})")
     model = _mapping(data, "model")
     window = _mapping(data, "window")
@@ -143,15 +148,26 @@ def parse_telemetry(payload: bytes | str, *, max_bytes: int = MAX_PAYLOAD_BYTES)
     except TopicError as err:
         raise TelemetryError("bad_field", str(err)) from err
     name = model.get("name")
-    if not isinstance(name, str) or not name:
-        raise TelemetryError("bad_field", "model.name must be a non-empty string")
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME or "\0" in name:
+        raise TelemetryError("bad_field", f"model.name must be a string of 1 to {MAX_NAME} characters without NUL")
     return TelemetryWindow(
         fleet=fleet, device=device, seq=_int(data, "seq"), model_name=name,
         model_version=_int(model, "version", "model.version"), start=start, end=end,
         requests=requests, samples=_int(data, "samples"), errors=errors, latency_ms=latency,
         features=tuple(features), predictions=_counts(data, "predictions"), confidence=_counts(data, "confidence"),
-        dropped=Dropped(int(dropped.get("windows", 0) or 0), dropped.get("first_seq"), dropped.get("last_seq")),
+        dropped=_dropped(dropped),
     )
+
+
+def _dropped(data: Mapping) -> Dropped:
+    """The outbox-overflow record: a count and the seq range lost (both ends null when nothing was)."""
+    windows = _int(data, "windows", "dropped.windows") if data.get("windows") is not None else 0
+    first, last = (None if data.get(key) is None else _int(data, key, f"dropped.{key}")
+                   for key in ("first_seq", "last_seq"))
+    if (first is None) != (last is None) or (first is not None and last < first):
+        raise TelemetryError("bad_field", f"dropped.first_seq and dropped.last_seq must both be null or a range, "
+                                          f"got {first!r}..{last!r}")
+    return Dropped(windows, first, last)
 
 
 def _load(payload: bytes | str, max_bytes: int) -> dict:
@@ -183,14 +199,24 @@ def _int(data: Mapping, key: str, label: str | None = None) -> int:
     if value is None:
         raise TelemetryError("missing_field", f"{label or key} is missing")
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise TelemetryError("bad_field", f"{label or key} must be a non-negative integer, got {value!r}")
+        raise TelemetryError("bad_field", f"{label or key} must be a non-negative integer, got {_shown(value)}")
+    if value > MAX_INT:
+        raise TelemetryError("number_out_of_range", f"{label or key} is {value}, over the largest stored "
+                                                    f"integer {MAX_INT}")
     return value
+
+
+def _shown(value: object) -> str:
+    """A refused value for a message: its repr, cut short (a hostile string may be 250 KB)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _number(data: Mapping, key: str) -> float:
     value = data.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TelemetryError("bad_field", f"window.{key} must be a finite number (unix seconds), got {value!r}")
+        raise TelemetryError("bad_field", f"window.{key} must be a finite number (unix seconds), "
+                                          f"got {_shown(value)}")
     return float(value)
 
 
@@ -207,5 +233,8 @@ def _count_list(value: object, label: str) -> tuple[int, ...]:
     # set(map(type, ...)) and min() run in C: this is the ingest's per-message hot loop.
     if value and (not set(map(type, value)) <= _INT or min(value) < 0):
         bad = next(v for v in value if type(v) is not int or v < 0)
-        raise TelemetryError("bad_field", f"{label} must hold non-negative integers, got {bad!r}")
+        raise TelemetryError("bad_field", f"{label} must hold non-negative integers, got {_shown(bad)}")
+    if value and max(value) > MAX_INT:
+        raise TelemetryError("number_out_of_range", f"{label} holds {max(value)}, over the largest stored "
+                                                    f"integer {MAX_INT}")
     return tuple(value)

@@ -1,7 +1,9 @@
 """MQTT topic names: edgefleet/v1/<fleet>/<device>/<kind>.
 
-Devices publish birth, death (their last will), telemetry and status under their own prefix and
-subscribe only to their own cmd topic; the cloud subscribes to the wildcards.
+Devices publish presence (their birth, and their last will: one retained message, see core/presence.py),
+telemetry and status under their own prefix and subscribe only to their own cmd topic; the cloud
+subscribes to the wildcards. `birth` and `death` are the presence topics of agents before `presence`
+(two retained messages per device); devices may still publish there and the cloud still reads them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from dataclasses import dataclass
 from edgefleet.core.errors import EdgefleetError
 
 PREFIX = "edgefleet/v1"
-DEVICE_KINDS = ("birth", "death", "telemetry", "status")  # published by a device
+LEGACY_PRESENCE_KINDS = ("birth", "death")  # older agents' presence topics, still accepted
+DEVICE_KINDS = ("presence", "telemetry", "status", *LEGACY_PRESENCE_KINDS)  # published by a device
 CLOUD_KINDS = ("cmd",)  # published by the cloud to one device
 KINDS = DEVICE_KINDS + CLOUD_KINDS
 # Fleet and device ids are safe in topics, file names and URLs: no '/', '+', '#', spaces.

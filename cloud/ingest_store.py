@@ -1,0 +1,177 @@
+"""The ingest's database writes: validated device messages into the tables, inside the caller's transaction.
+
+`store(session, messages)` writes telemetry windows once per (device, seq), applies presence (birth and
+death, ordered by connection stamp) and OTA statuses, and adds every message's reason to the
+ingest_counters table. The messages were validated (cloud/ingest.py), so their values fit the columns;
+if the transaction fails anyway, the caller retries smaller parts (see cloud/ingest.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from sqlalchemy import insert, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from edgefleet.cloud.db import DeploymentDevice, Device, DeviceStatus, IngestCounter, TelemetryRecord
+from edgefleet.core.ota import Status
+from edgefleet.core.presence import Presence
+from edgefleet.core.telemetry import TelemetryWindow
+
+log = logging.getLogger("edgefleet.cloud.ingest")
+
+
+@dataclass(frozen=True)
+class Checked:
+    """One device message after validation: what to store, or (message None) the reason it is refused."""
+
+    device: str
+    payload: bytes
+    message: TelemetryWindow | Status | Presence | None
+    reason: str = ""
+
+
+def store(session: Session, messages: list[Checked]) -> Counter:
+    """Writes `messages` in `session` and returns the counts by reason (also added to ingest_counters)."""
+    tally: Counter[str] = Counter(m.reason for m in messages if m.message is None)
+    windows = [(m.message, m.payload) for m in messages if isinstance(m.message, TelemetryWindow)]
+    statuses = [(m.message, m.payload) for m in messages if isinstance(m.message, Status)]
+    presence = [(m.device, m.message) for m in messages if isinstance(m.message, Presence)]
+    known = _known_devices(session, {m.device for m in messages if m.message is not None})
+    fresh = _without_duplicates(session, [(w, raw) for w, raw in windows if w.device in known], tally)
+    tally["unknown_device"] += sum(1 for w, _ in windows if w.device not in known)
+    if fresh:
+        session.execute(insert(TelemetryRecord), [_record(w, raw) for w, raw in fresh])
+    tally["accepted"] += len(fresh)
+    _touch(session, [w for w, _ in fresh])
+    for device, message in presence:
+        if device not in known:
+            tally["unknown_device"] += 1
+            continue
+        tally[_presence(session, device, message)] += 1
+    tally["unknown_device"] += sum(1 for s, _ in statuses if s.device not in known)
+    _store_statuses(session, [(s, raw) for s, raw in statuses if s.device in known], tally)
+    _add_counts(session, tally)
+    return tally
+
+
+def _known_devices(session: Session, ids: set[str]) -> set[str]:
+    if not ids:
+        return set()
+    return set(session.scalars(select(Device.id).where(Device.id.in_(ids))))
+
+
+def _without_duplicates(session: Session, windows: list[tuple[TelemetryWindow, bytes]],
+                        tally: Counter) -> list[tuple[TelemetryWindow, bytes]]:
+    """Drops windows whose (device, seq) is stored already or repeats within the batch."""
+    if not windows:
+        return []
+    keys = [(w.device, w.seq) for w, _ in windows]
+    stored = set(session.execute(
+        select(TelemetryRecord.device_id, TelemetryRecord.seq).where(
+            tuple_(TelemetryRecord.device_id, TelemetryRecord.seq).in_(keys))
+    ).all())
+    fresh, seen = [], set(stored)
+    for window, key in zip(windows, keys, strict=True):
+        if key in seen:
+            tally["duplicate"] += 1
+            continue
+        seen.add(key)
+        fresh.append(window)
+    return fresh
+
+
+def _record(window: TelemetryWindow, raw: bytes) -> dict:
+    """A row for the bulk insert; the payload is stored as it came (it was validated)."""
+    return {
+        "device_id": window.device, "fleet": window.fleet, "seq": window.seq, "model_name": window.model_name,
+        "model_version": window.model_version, "window_start": window.start, "window_end": window.end,
+        "requests": window.requests, "samples": window.samples, "errors": window.errors,
+        "dropped_windows": window.dropped.windows, "payload": raw.decode(), "received_at": time.time(),
+    }
+
+
+def _touch(session: Session, windows: list[TelemetryWindow]) -> None:
+    """Each device's last_seen, and the model it serves: that of its newest window (a window holds one
+    model version, and the device closes the old version's window when an update swaps models)."""
+    latest: dict[str, TelemetryWindow] = {}
+    for window in windows:
+        if window.device not in latest or window.end >= latest[window.device].end:
+            latest[window.device] = window
+    if latest:  # one executemany: ORM bulk UPDATE by primary key
+        session.execute(update(Device), [
+            {"id": device, "last_seen": w.end, "model_name": w.model_name, "model_version": w.model_version}
+            for device, w in latest.items()
+        ])
+
+
+def _presence(session: Session, device: str, presence: Presence) -> str:
+    """Birth and death (last will) keep a device's online state and model version.
+
+    Both carry their connection's stamp. A birth applies only if its connection is newer than the last
+    presence message applied, a death if it is at least as new (a death ends its own connection), so
+    the state is right whatever order the broker delivers retained births and deaths in.
+    """
+    kind, stamp = presence.kind, presence.connection
+    if stamp is not None:
+        stored = session.scalar(select(Device.presence_stamp).where(Device.id == device))
+        if stored is not None and (stamp < stored or (kind == "birth" and stamp == stored)):
+            return f"{kind}_stale"
+    values: dict = {"online": kind == "birth", "last_seen": time.time(), "presence_stamp": stamp}
+    if presence.model_name is not None:
+        values.update(model_name=presence.model_name, model_version=presence.model_version)
+    if presence.agent_version is not None:
+        values["agent_version"] = presence.agent_version
+    session.execute(update(Device).where(Device.id == device).values(**values))
+    return kind
+
+
+def _store_statuses(session: Session, statuses: list[tuple[Status, bytes]], tally: Counter) -> None:
+    """Stores new (device, seq) statuses and applies each, in seq order, to its deployment's device row."""
+    if not statuses:
+        return
+    keys = [(s.device, s.seq) for s, _ in statuses]
+    seen = set(session.execute(select(DeviceStatus.device_id, DeviceStatus.seq)
+                               .where(tuple_(DeviceStatus.device_id, DeviceStatus.seq).in_(keys))).all())
+    fresh = []
+    for (status, raw), key in zip(statuses, keys, strict=True):
+        if key in seen:
+            tally["status_duplicate"] += 1
+            continue
+        seen.add(key)
+        fresh.append((status, raw))
+    if not fresh:
+        return
+    stamp = time.time()
+    session.execute(insert(DeviceStatus), [
+        {"device_id": s.device, "fleet": s.fleet, "seq": s.seq, "deployment_id": s.deployment, "command_id": s.command,
+         "state": s.state, "reason": s.reason, "at": s.at, "payload": raw.decode(), "received_at": stamp}
+        for s, raw in fresh])
+    for status, _ in sorted(fresh, key=lambda item: (item[0].device, item[0].seq)):
+        tally[_apply_status(session, status, stamp)] += 1
+
+
+def _apply_status(session: Session, status: Status, stamp: float) -> str:
+    row = session.scalar(select(DeploymentDevice).where(DeploymentDevice.deployment_id == status.deployment,
+                                                        DeploymentDevice.device_id == status.device))
+    if row is None or status.command not in (row.command_id, row.rollback_command_id):
+        return "status_unmatched"  # stored, but about no command of ours (an old or a foreign deployment)
+    if row.status_seq is not None and status.seq <= row.status_seq:
+        return "status_stale"  # a newer status of this device was applied already
+    row.state, row.reason, row.status_seq, row.updated_at = status.state, status.reason, status.seq, stamp
+    log.debug("ingest: %s is %s in deployment %s", status.device, status.state, status.deployment)
+    return "status"
+
+
+def _add_counts(session: Session, tally: Counter) -> None:
+    for reason, count in tally.items():
+        if not count:
+            continue
+        row = session.get(IngestCounter, reason)
+        if row is None:
+            session.add(IngestCounter(reason=reason, count=count))
+        else:
+            row.count += count

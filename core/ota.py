@@ -8,6 +8,7 @@ the device reports on its `status` topic (through its outbox, with its per-devic
               "latency_budget_ms": 50.0, "mode": "switch", "canary_fraction": 0.0,
               "rollback_authorization": null, "issued_at": 1764230400.0}
              {"schema": "edgefleet.cmd", "v": 1, "id": "c-7f3b", "op": "rollback", "deployment": "d-12",
+              "bundle": {"name": "digits-cnn", "version": 3},
               "reason": "wave 1 failure rate 0.50 over 0.20", "issued_at": ...}
     status:  {"schema": "edgefleet.status", "v": 1, "fleet": "lab", "device": "pi-07", "seq": 51,
               "command": "c-7f3a", "deployment": "d-12", "state": "active",
@@ -15,7 +16,15 @@ the device reports on its `status` topic (through its outbox, with its per-devic
 
 `op: install` downloads, verifies, self-tests and switches; `mode` "shadow" runs the candidate on
 mirrored requests without answering with it, "canary" answers a fraction of local requests with it.
-`op: rollback` switches back to the previous slot (a bundle this device verified and ran before).
+`op: rollback` switches back to the previous slot (a bundle this device verified and ran before), and
+only away from the bundle it names: the deployment's (name and version). A device whose current slot is
+another bundle (it never installed that deployment's, or rolled back already) refuses with "failed",
+reason "not_current"; a rollback that names no bundle (a cloud older than this field) is refused with
+reason "unnamed_rollback", since rolling back whatever is current is how devices that never installed a
+deployment were downgraded by its abort. The archive an install downloads must hold exactly the bundle
+the command names: anything else is refused after the signature check ("bundle_mismatch").
+Numbers are finite, non-negative and within LIMITS (a device cannot wait for ever); a command that
+breaks a rule but carries a readable id and deployment is answered with "failed", reason "bad_command".
 Installing a version not newer than the installed one is refused unless `rollback_authorization`
 holds a signature by a trusted key over ROLLBACK_PURPOSE, the bundle's name and version, and an expiry.
 """
@@ -48,14 +57,19 @@ MAX_COMMAND_BYTES = 64 * 1024
 STATES = ("received", "downloading", "verifying", "self_testing", "switching", "health_check",
           "active", "failed", "rolled_back")
 FINAL_STATES = ("active", "failed", "rolled_back")
+# The most a command may ask of a device (the cloud's deployment API checks the same limits).
+LIMITS = {"timeout_seconds": 7 * 86400.0, "health_window_seconds": 7 * 86400.0, "latency_budget_ms": 3_600_000.0}
 
 
 class OtaError(EdgefleetError):
-    """A command or status message that is not well formed; `reason` is a stable code."""
+    """A command or status message that is not well formed; `reason` is a stable code. For a command
+    whose id and deployment could be read, `command_id` and `deployment` name it (else None)."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+        self.command_id: str | None = None
+        self.deployment: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,8 @@ class Command:
 
     def to_payload(self) -> bytes:
         data = {"schema": COMMAND_SCHEMA, "v": VERSION, **asdict(self)}
+        if self.op == "rollback" and self.bundle is not None:
+            data["bundle"] = {"name": self.bundle.name, "version": self.bundle.version}
         return json.dumps(data, separators=(",", ":")).encode()
 
 
@@ -111,12 +127,26 @@ class Status:
 
 def parse_command(payload: bytes | str) -> Command:
     data = _load(payload, COMMAND_SCHEMA)
+    command_id, deployment = data.get("id"), data.get("deployment")
+    try:
+        return _command(data)
+    except OtaError as err:
+        if isinstance(command_id, str) and command_id and isinstance(deployment, str) and deployment:
+            err.command_id, err.deployment = command_id, deployment
+        raise
+
+
+def _command(data: dict) -> Command:
     op = data.get("op")
     if op not in OPS:
         raise OtaError("bad_field", f"op must be one of {', '.join(OPS)}, got {op!r}")
     command_id, deployment = _text(data, "id"), _text(data, "deployment")
     if op == "rollback":
-        return Command(command_id, op, deployment, reason=str(data.get("reason") or ""),
+        named = data.get("bundle")
+        if named is not None and not isinstance(named, Mapping):
+            raise OtaError("bad_field", "a rollback's bundle must be an object {name, version} or absent")
+        ref = BundleRef(_text(named, "name"), _count(named, "version")) if named is not None else None
+        return Command(command_id, op, deployment, ref, reason=str(data.get("reason") or ""),
                        issued_at=_number(data, "issued_at", 0.0))
     bundle = data.get("bundle")
     if not isinstance(bundle, Mapping):
@@ -137,9 +167,9 @@ def parse_command(payload: bytes | str) -> Command:
         raise OtaError("bad_field", "rollback_authorization must be an object or null")
     return Command(
         command_id, op, deployment, ref, max_bytes=_count(data, "max_bytes"),
-        timeout_seconds=_number(data, "timeout_seconds", 30.0),
-        health_window_seconds=_number(data, "health_window_seconds", 60.0),
-        latency_budget_ms=None if budget is None else _number(data, "latency_budget_ms", 0.0),
+        timeout_seconds=_limited(data, "timeout_seconds", 30.0),
+        health_window_seconds=_limited(data, "health_window_seconds", 60.0),
+        latency_budget_ms=None if budget is None else _limited(data, "latency_budget_ms", 0.0),
         mode=mode, canary_fraction=fraction,
         rollback_authorization=dict(authorization) if authorization is not None else None,
         issued_at=_number(data, "issued_at", 0.0),
@@ -225,6 +255,13 @@ def _count(data: Mapping, key: str) -> int:
     value = data.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise OtaError("bad_field", f"{key} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _limited(data: Mapping, key: str, default: float) -> float:
+    value = _number(data, key, default)
+    if value > LIMITS[key]:
+        raise OtaError("bad_field", f"{key} must be at most {LIMITS[key]:g}, got {value:g}")
     return value
 
 

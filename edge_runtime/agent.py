@@ -177,12 +177,13 @@ class DeviceAgent:
     def _on_command(self, payload: bytes) -> None:
         """A message on this device's cmd topic. The transport calls this on its one command thread, so
         commands are handled in the order they came: a rollback that follows an install waits for the
-        install to end instead of being refused as busy. A command id seen before (a QoS 1 redelivery,
+        install to end instead of being refused as busy. A command that does not parse is refused with a
+        status when it can be (see _refuse_command). A command id seen before (a QoS 1 redelivery,
         the cloud's republish after its restart) is ignored, across restarts too."""
         try:
             command = parse_command(payload)
         except OtaError as err:
-            log.warning("ignored a malformed command: %s", err)
+            self._refuse_command(err)
             return
         if command.id in self._seen_commands:
             log.info("ignored command %s: handled before", command.id)
@@ -192,6 +193,17 @@ class DeviceAgent:
                         COMMAND_WAIT_SECONDS)
         self._remember(command.id)
         self.updater.handle(command)
+
+    def _refuse_command(self, err: OtaError) -> None:
+        """A command that breaks a rule (a number out of range, an unknown mode): if its id and deployment
+        are readable, the cloud hears "failed", reason "bad_command" (once per id); else it is only logged."""
+        if err.command_id is None or err.command_id in self._seen_commands:
+            log.warning("ignored a malformed command: %s", err)
+            return
+        log.warning("refused command %s: %s", err.command_id, err)
+        self._remember(err.command_id)
+        self._report_status(Status(self.config.fleet, self.config.device, err.command_id, err.deployment, "failed",
+                                   None, "bad_command", {"message": str(err), "field": err.reason}, time.time()))
 
     def _remember(self, command_id: str) -> None:
         self._seen_commands.append(command_id)

@@ -130,8 +130,11 @@ class SlotStore:
         return found
 
     # changing -----------------------------------------------------------------------------------------
-    def install(self, archive: Path, *, max_bytes: int, rollback_authorization: dict | None = None) -> Slot:
-        """Unpacks and verifies a bundle archive (or directory) into a new slot; the current one is untouched."""
+    def install(self, archive: Path, *, max_bytes: int, rollback_authorization: dict | None = None,
+                expected: tuple[str, int] | None = None) -> Slot:
+        """Unpacks and verifies a bundle archive (or directory) into a new slot; the current one is untouched.
+        With `expected` (name, version), the verified manifest must name exactly that bundle, else
+        VerificationError("bundle_mismatch"): an update command and the archive it fetched must agree."""
         archive = Path(archive)
         token = secrets.token_hex(6)
         tmp = self.slots_dir / f"{TMP}{token}"
@@ -140,6 +143,9 @@ class SlotStore:
                 bundle = self._unpack(archive, tmp, max_bytes)
                 installed = self._installed_version(bundle.name)
                 self._verify_new(bundle, installed, rollback_authorization)
+                if expected is not None and (bundle.name, bundle.version) != tuple(expected):
+                    raise VerificationError("bundle_mismatch", f"the archive holds {bundle.name} v{bundle.version}, "
+                                                               f"but the update named {expected[0]} v{expected[1]}")
                 _fsync_tree(tmp)
                 self._stamp_install_time(tmp)
                 final = self.slots_dir / f"{_safe_name(bundle.name)}-v{bundle.version}-{token}"

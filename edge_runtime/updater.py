@@ -27,7 +27,10 @@ together; health checks live in health.py, slots in slots.py, downloads in downl
 Before the switch a failure reports "failed" (reason: a short code, detail.message the text); the old
 model never stopped serving and the new slot is deleted. In the health window it reports "rolled_back":
 store.rollback() and a swap back to the old predictor. A second command while one runs is refused at
-once with "failed", reason "busy". `op: rollback` swaps to the previous slot and reports rolled_back.
+once with "failed", reason "busy". `op: rollback` swaps to the previous slot and reports rolled_back, only
+if the current slot is the bundle the command names (else "failed": "not_current", "unnamed_rollback",
+or "no_previous" without a previous slot). An archive that is not the bundle its command names fails
+at verifying with "bundle_mismatch".
 
 Mode "shadow"/"canary": switching starts the test on the host instead (the current slot is untouched)
 and reports "active" with detail {"mode", "phase": "testing"}. After health_window_seconds the test
@@ -242,8 +245,10 @@ class Updater:
     def _verify(self, job: _Job, archive: Path) -> None:
         job.record["slots_before"] = [slot.id for slot in self.store.slots()]
         self._stage(job, "verifying", {"bytes": archive.stat().st_size})
+        ref = job.command.bundle
         slot = self.store.install(archive, max_bytes=job.command.max_bytes * UNPACKED_RATIO,
-                                  rollback_authorization=job.command.rollback_authorization)
+                                  rollback_authorization=job.command.rollback_authorization,
+                                  expected=(ref.name, ref.version))
         job.new_slot = slot
         job.record["new_slot"] = slot.id
         archive.unlink(missing_ok=True)
@@ -385,9 +390,10 @@ class Updater:
         job = self._job = _Job(command, {"command": _command_dict(command), "mode": "switch",
                                          "old_slot": current.id if current else None, "new_slot": None})
         self._stage(job, "received")
-        if previous is None:
-            self._final(job, "failed", reason="no_previous",
-                        detail={"message": "there is no previous slot to roll back to"})
+        refusal = _rollback_refusal(command, current, previous)
+        if refusal is not None:
+            log.warning("rollback %s refused: %s", command.id, refusal)
+            self._final(job, "failed", reason=refusal.reason, detail={"message": str(refusal)})
             return
         try:
             predictor = self.make_predictor(previous.path)
@@ -577,6 +583,22 @@ class Updater:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
+
+
+def _rollback_refusal(command: Command, current: Slot | None, previous: Slot | None) -> UpdateFailed | None:
+    """Why a rollback command must not run here, or None: it must name the bundle it undoes, that bundle
+    must be the one served, and there must be a previous slot to go back to."""
+    named = command.bundle
+    if named is None:
+        return UpdateFailed("unnamed_rollback", "the rollback names no bundle to undo, so it could undo a model "
+                                                "its deployment never installed here; refused")
+    if current is None or (current.name, current.version) != (named.name, named.version):
+        serving = f"{current.name} v{current.version}" if current else "nothing"
+        return UpdateFailed("not_current", f"the rollback undoes {named.name} v{named.version}, but this device "
+                                           f"serves {serving}: nothing of that deployment to roll back")
+    if previous is None:
+        return UpdateFailed("no_previous", "there is no previous slot to roll back to")
+    return None
 
 
 def _as_failure(err: Exception, stage: str | None) -> UpdateFailed:

@@ -151,7 +151,8 @@ def test_health_window_interrupted_twice_rolls_back(device):
 def test_kill_during_a_rollback_command(device):
     code, after, statuses = device.run(command=True)
     assert code == 0 and statuses[-1]["state"] == "active" and after["serving"]["version"] == 2
-    rollback = Command("c-rb", "rollback", "d-1", reason="wave 1 failure rate 0.50 over 0.20")
+    rollback = Command("c-rb", "rollback", "d-1", BundleRef("digits-cnn", 2),
+                       reason="wave 1 failure rate 0.50 over 0.20")
     code, _, statuses = device.run(command=rollback, kill_at="rollback")
     assert code == -signal.SIGKILL and device.journal()["stage"] == "rolling_back"
     code, after, statuses = device.run()

@@ -203,7 +203,8 @@ def test_health_window_failure_rolls_back(digits_bundle, tmp_path, served, digit
 def test_rollback_command_returns_to_the_previous_slot(device, digits_splits):
     device.run(device.command("v2", 2))
     assert device.host.current.bundle.version == 2
-    rollback = Command("c-rb", "rollback", "d-1", reason="wave 1 failure rate 0.50 over 0.20")
+    rollback = Command("c-rb", "rollback", "d-1", BundleRef("digits-cnn", 2),
+                       reason="wave 1 failure rate 0.50 over 0.20")
     with Traffic(device.host, digits_splits.x_test[:4]) as traffic:
         statuses = device.run(rollback)
     assert [s.state for s in statuses] == ["received", "rolled_back"]
@@ -211,9 +212,38 @@ def test_rollback_command_returns_to_the_previous_slot(device, digits_splits):
     assert statuses[-1].bundle == BundleRef("digits-cnn", 1)
     assert traffic.failures == []
     assert device.host.current.bundle.version == 1 and device.store.current().version == 1
-    # nothing before v1: a second rollback is refused and v1 keeps serving
-    statuses = device.run(Command("c-rb2", "rollback", "d-1"))
+    # nothing before v1: a rollback of v1 is refused and v1 keeps serving
+    statuses = device.run(Command("c-rb2", "rollback", "d-1", BundleRef("digits-cnn", 1)))
     assert statuses[-1].state == "failed" and statuses[-1].reason == "no_previous"
+    assert device.host.current.bundle.version == 1
+
+
+def test_a_rollback_undoes_only_the_bundle_it_names(device):
+    """The orphan rollback: a device that never installed a deployment's v3 (it serves v2, v1 before it)
+    must not go back to v1 when that deployment is aborted; nor for a rollback that names nothing."""
+    device.run(device.command("v2", 2))
+    for command, reason, says in (
+            (Command("c-other", "rollback", "d-9", BundleRef("digits-cnn", 3), reason="d-9 aborted"), "not_current",
+             "undoes digits-cnn v3, but this device serves digits-cnn v2"),
+            (Command("c-unnamed", "rollback", "d-9", reason="an old cloud"), "unnamed_rollback", "names no bundle")):
+        statuses = device.run(command)
+        assert [(s.state, s.reason) for s in statuses] == [("received", None), ("failed", reason)]
+        assert says in statuses[-1].detail["message"]
+        assert device.host.current.bundle.version == 2 and device.store.current().version == 2
+        assert device.store.previous().version == 1
+
+
+def test_an_archive_that_is_not_the_announced_bundle_is_refused(device):
+    """The command announces v40; the archive it points at is a genuine, signed v3: refused after the
+    signature check, never installed, never reported active."""
+    honest = device.command("v3", 3)
+    announced = BundleRef("digits-cnn", 40, honest.bundle.url, honest.bundle.sha256, honest.bundle.size)
+    statuses = device.run(Command("c-v40", "install", "d-1", announced, max_bytes=honest.max_bytes,
+                                  timeout_seconds=10.0, health_window_seconds=0.5))
+    assert [s.state for s in statuses] == ["received", "downloading", "verifying", "failed"]
+    assert statuses[-1].reason == "bundle_mismatch"
+    assert "holds digits-cnn v3, but the update named digits-cnn v40" in statuses[-1].detail["message"]
+    assert device.store.current().version == 1 and slot_versions(device.store) == [1]
     assert device.host.current.bundle.version == 1
 
 

@@ -30,6 +30,13 @@ compilers/targets/openvino.py); a device image should run openvino-telemetry's `
 
 A static-batch artifact (the NPU's, batch 1) still takes any batch: rows are run in chunks of the static
 batch, the last one padded with zeros and its padding dropped.
+
+Executed precision. A device may execute another float format than the hint asked for (an `f16` hint
+runs in bf16 on CPUs without AVX512-FP16; the compiling machine may have had it). After load,
+`executed_precision` holds what this device really runs: the coarsest of the compiled model's
+INFERENCE_PRECISION_HINT as read back and every runtime-graph node's runtimePrecision ("f32", "f16",
+"bf16"; "f16" on an NPU that reports neither). The Predictor's self-test widens its tolerance to that
+format (core/precision.py), and the compile target records it in the artifact's manifest entry.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ import numpy as np
 import openvino as ov
 
 from edgefleet.core.errors import BackendError
+from edgefleet.core.precision import coarsest
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +70,7 @@ class OpenVinoBackend:
         self.device = ""
         self.config: dict[str, Any] = {}
         self.batch: int | None = None  # the static batch, None when dynamic
+        self.executed_precision: str | None = None  # the float format this device really runs, after load
         self._inputs: list[tuple[str, ov.ConstOutput]] = []
         self._outputs: list[tuple[str, ov.ConstOutput]] = []
         self._pool: list[ov.InferRequest] = []
@@ -82,6 +91,10 @@ class OpenVinoBackend:
         self._inputs = [(port.get_any_name(), port) for port in self.compiled.inputs]
         self._outputs = [(port.get_any_name(), port) for port in self.compiled.outputs]
         self.batch = static_batch(self.compiled)
+        self.executed_precision = executed_precision(self.compiled, self.device)
+        if self.executed_precision != self.config.get("INFERENCE_PRECISION_HINT", self.executed_precision):
+            log.info("openvino: %s executes %s for the precision hint %s", self.device, self.executed_precision,
+                     self.config["INFERENCE_PRECISION_HINT"])
         self.run = self._hot_path()
 
     def _hot_path(self) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
@@ -191,6 +204,29 @@ def cache_path(cache_dir: str | None, cache_root: str | Path | None) -> Path | N
         log.warning("openvino: compile cache %s cannot be created (%s); loading without a cache", path, err)
         return None
     return path
+
+
+def executed_precision(compiled: ov.CompiledModel, device: str) -> str | None:
+    """The coarsest float format the compiled model runs: its INFERENCE_PRECISION_HINT read back (the
+    plugin's choice, not the request's) and each runtime-graph node's runtimePrecision (f16 weights count:
+    their rounding is in every result). A device that reports neither: "f16" for an NPU, else None."""
+    seen = []
+    try:
+        seen.append(compiled.get_property("INFERENCE_PRECISION_HINT").to_string())
+    except (RuntimeError, AttributeError):  # a device (or an older plugin) without the property
+        pass
+    try:
+        ops = compiled.get_runtime_model().get_ordered_ops()
+    except RuntimeError:
+        ops = []
+    for op in ops:
+        info = op.get_rt_info()
+        if "runtimePrecision" in info:
+            seen.append(str(info["runtimePrecision"].astype(str)))
+    found = coarsest(seen)
+    if found is None and device.split(".")[0].upper() == "NPU":
+        return "f16"  # the NPU computes in fp16
+    return found
 
 
 def static_batch(compiled: ov.CompiledModel) -> int | None:

@@ -25,6 +25,7 @@ import numpy as np
 
 from edgefleet.core.bundle import Bundle, Verified
 from edgefleet.core.errors import BackendError, VerificationError
+from edgefleet.core.precision import widen
 from edgefleet.core.schema import InputValidator
 from edgefleet.core.signing import TrustStore
 from edgefleet.edge_runtime.backends import Backend, backend_class
@@ -168,6 +169,8 @@ class Predictor:
         checked = self.artifact.get("numeric_error", {})
         if checked.get("checked"):  # an fp16 or int8 artifact was checked at compile time with its own tolerance
             tolerance = {k: max(tolerance[k], float(checked.get(k, 0.0))) for k in ("atol", "rtol")}
+        # what this device really executes (an f16 hint may run in bf16 here): core/precision.py
+        tolerance = widen(tolerance, getattr(self._backend, "executed_precision", None), expected.values())
         count = len(next(iter(inputs.values())))
         failures: list[str] = []
         worst = 0.0

@@ -86,8 +86,8 @@ def parse_presence(payload: bytes | str, topic_kind: str = "presence") -> Presen
         raise PresenceError("not_object", "a presence message must be a JSON object")
     schema = data.get("schema")
     kind = KIND_OF_SCHEMA.get(schema) if isinstance(schema, str) else None
-    if topic_kind in SCHEMAS and (schema is None or kind == topic_kind):
-        kind = topic_kind
+    if topic_kind in SCHEMAS:  # an old topic: the schema may be missing, but must not say the other kind
+        kind = topic_kind if schema is None or kind == topic_kind else None
     if kind is None:
         expected = SCHEMAS.get(topic_kind) or " or ".join(SCHEMAS.values())
         raise PresenceError("wrong_schema", f"schema must be {expected}, got {_shown(schema)}")

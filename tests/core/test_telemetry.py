@@ -48,6 +48,16 @@ def test_round_trip():
         ({"device": "a/b"}, "bad_field", "device 'a/b'"),
         ({"model": None}, "missing_field", "model must be an object"),
         ({"features": [{"input": "x", "counts": [[1, 2], [1]]}]}, "bad_field", "rows differ in length"),
+        ({"dropped": {"windows": "x"}}, "bad_field", "dropped.windows must be a non-negative integer"),
+        ({"dropped": {"windows": 1, "first_seq": [1], "last_seq": 2}}, "bad_field", "dropped.first_seq"),
+        ({"dropped": {"windows": 1, "first_seq": 5, "last_seq": None}}, "bad_field", "both be null or a range"),
+        ({"dropped": {"windows": 1, "first_seq": 5, "last_seq": 4}}, "bad_field", "both be null or a range"),
+        ({"seq": 2**31}, "number_out_of_range", "seq is 2147483648, over the largest stored integer"),
+        ({"model": {"name": "m", "version": 2**40}}, "number_out_of_range", "model.version"),
+        ({"predictions": [1, 2**31]}, "number_out_of_range", "predictions holds 2147483648"),
+        ({"model": {"name": "m" * 129, "version": 1}}, "bad_field", "1 to 128 characters"),
+        ({"model": {"name": "a\0b", "version": 1}}, "bad_field", "without NUL"),
+        ({"schema": "x" * 10_000}, "wrong_schema", "..."),
     ],
 )
 def test_bad_fields(changes, reason, fragment):
@@ -71,3 +81,18 @@ def test_topics():
             parse(bad)
     with pytest.raises(TopicError, match="device 'd#1'"):
         topic("lab", "d#1", "telemetry")
+
+
+def test_limits_of_outside_json_have_their_own_reasons():
+    base = json.dumps(window())
+    refused(base.replace('"seq": 7', '"seq": ' + "9" * 5000).encode(), "number_out_of_range")
+    refused(base.replace('"start": 100.0', '"start": 1e999').encode(), "not_finite")
+    refused(base.replace('"start": 100.0', '"start": NaN').encode(), "not_finite")
+    refused(b"[" * 5000 + b"]" * 5000, "too_deep")
+    refused(b'{"schema": "\xff"}', "not_utf8")
+
+
+def test_the_dropped_record_round_trips():
+    parsed = parse_telemetry(json.dumps(window(dropped={"windows": 3, "first_seq": 4, "last_seq": 6})).encode())
+    assert (parsed.dropped.windows, parsed.dropped.first_seq, parsed.dropped.last_seq) == (3, 4, 6)
+    assert parse_telemetry(json.dumps(window(dropped=None)).encode()).dropped.windows == 0

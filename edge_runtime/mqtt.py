@@ -7,8 +7,11 @@
 
 MQTT 3.1.1, client id = device id, clean_session=False (the broker keeps the device's session and its
 queued commands while it is away), keepalive 30 s, paho's loop_start() thread with exponential reconnect
-backoff. The last will is a retained death message on the device's `death` topic; stop() publishes the same
-message itself, because the broker sends a will only when a connection ends without DISCONNECT.
+backoff. Presence is one retained message on the device's `presence` topic (core/presence.py): the birth
+when a connection comes up, the death (the last will, armed for each connection with its stamp) when it
+ends; each replaces the other at the broker, so whoever subscribes later reads the latest, and only it.
+stop() publishes the death itself, because the broker sends a will only when a connection ends without
+DISCONNECT.
 
 Threads. paho's network thread runs the callbacks, and they only signal: set a flag, put an event on a
 queue. A sender thread owns everything else: on each new connection it subscribes to `cmd`, publishes the
@@ -26,7 +29,6 @@ never overtake a resend on a fresh connection (paho would otherwise write it bef
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -38,6 +40,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.presence import death_payload, stamped
 from edgefleet.core.topics import check_id, topic
 from edgefleet.edge_runtime.outbox import Outbox
 
@@ -112,8 +115,7 @@ class MqttTransport:
         return topic(self.fleet, self.device, kind)
 
     def _death(self, stamp: int) -> bytes:
-        return json.dumps({"schema": "edgefleet.death", "v": 1, "fleet": self.fleet, "device": self.device,
-                           "online": False, "connection": stamp}, separators=(",", ":")).encode()
+        return death_payload(self.fleet, self.device, stamp)
 
     @property
     def connected(self) -> bool:
@@ -132,7 +134,7 @@ class MqttTransport:
         client.on_log = lambda client, userdata, level, message: paho_log.debug(message)
         if self.username is not None:
             client.username_pw_set(self.username, self.password)
-        client.will_set(self.topic("death"), self._death(self._stamp), qos=1, retain=True)
+        client.will_set(self.topic("presence"), self._death(self._stamp), qos=1, retain=True)
         client.reconnect_delay_set(self.reconnect_min, self.reconnect_max)  # type: ignore[arg-type]
         client.max_inflight_messages_set(0)  # the sender bounds the window; paho must not queue behind it
         client.on_connect = self._on_connect
@@ -165,7 +167,8 @@ class MqttTransport:
         self._threads[0].join(max(0.0, deadline - time.monotonic()))
         if self._up:
             with self._gate:
-                info = client.publish(self.topic("death"), self._death(self._connected_stamp), qos=1, retain=True)
+                info = client.publish(self.topic("presence"), self._death(self._connected_stamp), qos=1,
+                                      retain=True)
             try:
                 info.wait_for_publish(max(0.0, min(1.0, deadline - time.monotonic())))
             except (RuntimeError, ValueError):  # not queued: the connection went away meanwhile
@@ -226,7 +229,7 @@ class MqttTransport:
         self._events.put(("down",))
         if not self._stopping:  # arm a fresh will before paho reconnects: the next connection's stamp
             self._stamp = max(time.time_ns(), self._stamp + 1)
-            client.will_set(self.topic("death"), self._death(self._stamp), qos=1, retain=True)
+            client.will_set(self.topic("presence"), self._death(self._stamp), qos=1, retain=True)
         if was_up and not self._stopping:
             self._set_error(f"lost the connection to {self.host}:{self.port}: {reason_code}; reconnecting")
 
@@ -296,11 +299,12 @@ class MqttTransport:
             self._gated(link, lambda client: client.subscribe(self.topic("cmd"), qos=1))
         if self.birth is not None:
             try:
-                payload = _stamped(self.birth(), self._connected_stamp)
+                payload = stamped(self.birth(), self._connected_stamp)
             except Exception:  # noqa: BLE001 - a broken birth callable must not stop telemetry
                 log.exception("MQTT: building the birth message failed; connected without one")
             else:
-                self._gated(link, lambda client: client.publish(self.topic("birth"), payload, qos=1, retain=True))
+                self._gated(link, lambda client: client.publish(self.topic("presence"), payload, qos=1,
+                                                                retain=True))
         log.info("MQTT: connected to %s:%d (session present: %s); %d message(s) to send", self.host, self.port,
                  session_present, len(self.outbox))
 
@@ -336,13 +340,3 @@ class MqttTransport:
             except Exception:  # noqa: BLE001 - one bad command must not stop the next
                 log.exception("MQTT: on_command failed for a %d-byte command", len(payload))
 
-
-def _stamped(payload: bytes, stamp: int) -> bytes:
-    """The birth message with its connection's stamp added (left as it is when it is not a JSON object)."""
-    try:
-        data = json.loads(payload)
-    except ValueError:
-        return payload
-    if not isinstance(data, dict):
-        return payload
-    return json.dumps({**data, "connection": stamp}, separators=(",", ":")).encode()

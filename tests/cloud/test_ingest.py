@@ -143,10 +143,11 @@ def presence(kind: str, stamp: int) -> bytes:
         ([("birth", 3), ("death", 1), ("birth", 2)], True),
     ],
 )
-def test_presence_is_ordered_by_connection_stamp_not_arrival(sessions, ingest, publisher, sequence, online):
+@pytest.mark.parametrize("via", ["presence", "old_topics"])
+def test_presence_is_ordered_by_connection_stamp_not_arrival(sessions, ingest, publisher, sequence, online, via):
     time.sleep(0.3)
     for kind, stamp in sequence:
-        publish(publisher, topic("lab", "d1", kind), presence(kind, stamp))
+        publish(publisher, topic("lab", "d1", "presence" if via == "presence" else kind), presence(kind, stamp))
     wait_for(lambda: sum(v for k, v in counters(sessions).items() if k.startswith(("birth", "death")))
              >= len(sequence))
     with sessions() as session:

@@ -54,7 +54,8 @@ class Received:
 
 
 class Collector:
-    """Subscribes to telemetry, birth and death of every device in FLEET and keeps what arrives."""
+    """Subscribes to telemetry and presence (and the old birth and death topics) of every device in FLEET
+    and keeps what arrives; a presence message is kept as the kind its schema says, "birth" or "death"."""
 
     def __init__(self, port: int, client_id: str = "collector", fleet: str = FLEET) -> None:
         self.port, self.fleet = port, fleet
@@ -80,7 +81,7 @@ class Collector:
         self.client.loop_stop()
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        client.subscribe([(subscription(kind, self.fleet), 1) for kind in ("telemetry", "birth", "death")])
+        client.subscribe([(subscription(kind, self.fleet), 1) for kind in ("telemetry", "presence", "birth", "death")])
 
     def _on_subscribe(self, *args: object) -> None:
         with self._cond:
@@ -90,8 +91,9 @@ class Collector:
 
     def _on_message(self, client, userdata, message) -> None:
         where = parse(message.topic)
+        kind = presence_kind(message.payload) if where.kind == "presence" else where.kind
         with self._cond:
-            self.messages.append(Received(where.kind, where.device, bytes(message.payload), bool(message.retain)))
+            self.messages.append(Received(kind, where.device, bytes(message.payload), bool(message.retain)))
             self._cond.notify_all()
 
     def of(self, kind: str, device: str) -> list[Received]:
@@ -121,6 +123,15 @@ class Collector:
     def wait_for_seqs(self, device: str, expected: set[int], timeout: float) -> bool:
         return self.wait_for(lambda: expected <= {parse_telemetry(m.payload).seq for m in self.messages
                                                   if m.kind == "telemetry" and m.device == device}, timeout)
+
+
+def presence_kind(payload: bytes) -> str:
+    """"birth" or "death", as a presence message's schema says ("presence" if it says neither)."""
+    try:
+        schema = json.loads(payload).get("schema")
+    except (ValueError, AttributeError):
+        return "presence"
+    return {"edgefleet.birth": "birth", "edgefleet.death": "death"}.get(schema, "presence")
 
 
 def writable(broker: MosquittoBroker) -> MosquittoBroker:

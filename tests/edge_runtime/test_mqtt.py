@@ -15,7 +15,7 @@ import pytest
 from edgefleet.core.topics import topic
 from edgefleet.edge_runtime.mqtt import MqttTransport, TransportError, parse_url
 from edgefleet.edge_runtime.outbox import Outbox
-from tests.edge_runtime.mqtt_kit import FLEET, Collector, first_arrivals, window_payload, writable
+from tests.edge_runtime.mqtt_kit import FLEET, Collector, DeviceProcess, first_arrivals, window_payload, writable
 
 BIRTH = json.dumps({"schema": "edgefleet.birth", "v": 1, "fleet": FLEET, "device": "d1", "online": True}).encode()
 
@@ -24,6 +24,28 @@ def append_windows(outbox: Outbox, device: str, n: int) -> list[int]:
     telemetry = topic(FLEET, device, "telemetry")
     return [outbox.append(telemetry, lambda seq, dropped: window_payload(FLEET, device, seq, dropped))
             for _ in range(n)]
+
+
+def retained_presence(port: int, device: str, grace: float = 0.5) -> list[dict]:
+    """What a new subscriber to all of a device's topics gets: the retained messages, decoded. Only
+    retained ones can arrive (nothing else is published meanwhile); each must be presence."""
+    got: queue.Queue = queue.Queue()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"fresh-{time.monotonic_ns()}",
+                         protocol=mqtt.MQTTv311)
+    client.on_message = lambda client, userdata, message: got.put(message)
+    client.on_subscribe = lambda *args: got.put("subscribed")
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        client.subscribe(f"edgefleet/v1/{FLEET}/{device}/+", qos=1)
+        assert got.get(timeout=5) == "subscribed"
+        time.sleep(grace)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    messages = [got.get_nowait() for _ in range(got.qsize())]
+    assert all(m.retain and m.topic == topic(FLEET, device, "presence") for m in messages), messages
+    return [json.loads(m.payload) for m in messages]
 
 
 def wait_until(predicate, timeout: float) -> bool:
@@ -68,13 +90,8 @@ def test_windows_arrive_in_order_and_leave_the_outbox_only_when_acknowledged(mos
     death = json.loads(collector.of("death", "d1")[0].payload)
     assert death == {"schema": "edgefleet.death", "v": 1, "fleet": FLEET, "device": "d1", "online": False,
                      "connection": stamp}  # the death of the same connection carries the same stamp
-    # Both presence messages are retained for whoever subscribes later.
-    late = Collector(mosquitto.port, "late").start()
-    try:
-        assert late.wait_for(lambda: late.of("birth", "d1") and late.of("death", "d1"), 5)
-        assert all(m.retain for m in late.messages)
-    finally:
-        late.stop()
+    # One presence message is retained for whoever subscribes later: the death, which replaced the birth.
+    assert retained_presence(mosquitto.port, "d1") == [death]
 
 
 def test_commands_reach_on_command_off_the_network_thread(mosquitto, tmp_path: Path):
@@ -166,3 +183,32 @@ def test_refused_credentials_are_visible_and_nothing_leaves_the_outbox(mosquitto
     finally:
         right.stop()
         outbox.close()
+
+
+def test_a_new_subscriber_reads_one_retained_presence_message_and_it_is_the_truth(mosquitto, collector, tmp_path):
+    """A device connects, dies without a word (kill -9: the broker sends its will), comes back, stops."""
+    outbox = tmp_path / "outbox.sqlite"
+    first = DeviceProcess(mosquitto.url, "d7", outbox)
+    try:
+        assert first.call("connected 10") == ["connected", "True"]
+        assert collector.wait_for(lambda: collector.of("birth", "d7"), 5)
+        born = json.loads(collector.of("birth", "d7")[0].payload)
+        assert retained_presence(mosquitto.port, "d7") == [born]
+        first.kill()
+        assert collector.wait_for(lambda: collector.of("death", "d7"), 5), mosquitto.log
+    finally:
+        first.close()
+    assert retained_presence(mosquitto.port, "d7") == [
+        {"schema": "edgefleet.death", "v": 1, "fleet": FLEET, "device": "d7", "online": False,
+         "connection": born["connection"]}]  # offline, and which connection ended
+    second = DeviceProcess(mosquitto.url, "d7", outbox)
+    try:
+        assert second.call("connected 10") == ["connected", "True"]
+        assert collector.wait_for(lambda: len(collector.of("birth", "d7")) == 2, 5)
+        reborn = json.loads(collector.of("birth", "d7")[1].payload)
+        assert reborn["connection"] > born["connection"] and reborn["online"] is True
+        assert retained_presence(mosquitto.port, "d7") == [reborn]  # online again; the old will is gone
+    finally:
+        second.close()  # a clean stop publishes the death itself
+    (last,) = retained_presence(mosquitto.port, "d7")
+    assert (last["schema"], last["online"], last["connection"]) == ("edgefleet.death", False, reborn["connection"])

@@ -1,5 +1,6 @@
 # The two commands of the README: `make demo` (the main job on embedded defaults) and `make test`.
-# Both create the virtual environment first; nothing else needs to be installed by hand.
+# Both create the virtual environment first; nothing else needs to be installed by hand: scripts/system-deps
+# installs the system packages they need (as root with apt-get) or stops first with one line saying which.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -9,11 +10,18 @@ RUNS   ?= runs
 # rich draws its tables 80 columns wide when output is not a terminal (CI logs); give them room.
 export COLUMNS ?= 150
 
-.PHONY: demo test test-fast lint bench clean venv
+.PHONY: demo test test-fast lint bench clean venv system-deps-build system-deps-test
+
+# g++, the Python headers and ensurepip for the venv; the tests add Mosquitto and PostgreSQL's server.
+# test's check runs after build's, so `make -j` never runs two apt-gets at once.
+system-deps-build:
+	@PYTHON=$(PYTHON) bash scripts/system-deps build
+system-deps-test: system-deps-build
+	@PYTHON=$(PYTHON) bash scripts/system-deps test
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: setup.py pyproject.toml $(wildcard cpp_ext/src/*)
+$(VENV)/.installed: setup.py pyproject.toml $(wildcard cpp_ext/src/*) | system-deps-build
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet -e '.[cloud,openvino,litert,test]'
@@ -52,7 +60,7 @@ demo: venv
 	$(PY) examples/fleet_demo.py --bundle $(RUNS)/digits/bundle --keys $(RUNS)/keys \
 	    --data $(RUNS)/digits/test_x.npy --labels $(RUNS)/digits/test_y.npy --workdir $(RUNS)/fleet
 
-test: venv
+test: system-deps-test venv
 	$(PY) -m pytest
 
 lint: venv

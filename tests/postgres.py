@@ -1,6 +1,7 @@
 """A throwaway PostgreSQL server for tests: its own cluster in a temp directory, a free loopback port,
 started with pg_ctl and stopped by the PID in its postmaster.pid. Run as root, it runs as `postgres`
-(PostgreSQL refuses root). Requires Debian's postgresql package (.ci/run installs it)."""
+(PostgreSQL refuses root). Requires Debian's postgresql package: `make test` installs it
+(scripts/system-deps looks for initdb and pg_ctl the way _bin does)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from tests.mosquitto import free_port
 def _bin(name: str) -> str:
     found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
     if not found:
-        raise RuntimeError(f"PostgreSQL's {name} is not installed (apt-get install postgresql)")
+        raise RuntimeError(f"PostgreSQL's {name} is not installed (make test installs it as root)")
     return found
 
 

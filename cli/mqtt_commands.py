@@ -1,7 +1,11 @@
-"""`edgefleet cloud mosquitto-config DIR`: the cloud's devices as a Mosquitto password file and ACL.
+"""`edgefleet cloud mosquitto-config DIR`: the cloud's devices and its own clients as a Mosquitto configuration.
 
 `register(cloud_app)` adds the command to the `cloud` group. Cloud modules are imported inside the
 command, so the device-side CLI never loads them.
+
+The cloud's clients (edgefleet-ingest, edgefleet-rollouts) get passwords derived from one cloud secret:
+`EDGEFLEET_MQTT_PASSWORD` if set, else the hashes already in DIR/passwd are kept, else a new secret is
+made and printed once (the service then runs with EDGEFLEET_MQTT_PASSWORD=<secret>).
 """
 
 from __future__ import annotations
@@ -14,19 +18,38 @@ import typer
 from edgefleet.cli.app import err_console, out
 from edgefleet.core.errors import EdgefleetError
 
-CLOUD_PASSWORD_NOTE = ("The cloud logs in to Mosquitto with this password, shown only now: run the service with "
-                       "EDGEFLEET_MQTT_USERNAME={username} EDGEFLEET_MQTT_PASSWORD=<password>. Re-running this "
-                       "command keeps it (it is read back from DIR/passwd) unless EDGEFLEET_MQTT_PASSWORD is set.")
+SECRET_NOTE = ("The cloud's MQTT clients ({names}) log in with passwords derived from this secret, shown only now: "
+               "run the service with EDGEFLEET_MQTT_PASSWORD=<secret>. Re-running this command keeps their "
+               "passwords (read back from DIR/passwd) unless EDGEFLEET_MQTT_PASSWORD is set.")
 
 
-def _existing_hash(passwd: Path, username: str) -> str | None:
+def _existing_hashes(passwd: Path, usernames: list[str]) -> dict[str, str]:
     if not passwd.is_file():
-        return None
+        return {}
+    found = {}
     for line in passwd.read_text(encoding="utf-8").splitlines():
         name, _, hashed = line.partition(":")
-        if name == username and hashed:
-            return hashed
-    return None
+        if name in usernames and hashed:
+            found[name] = hashed
+    return found
+
+
+def _cloud_hashes(directory: Path, secret: str | None) -> tuple[dict[str, str], str | None]:
+    """The cloud clients' password hashes, and the secret if a new one was made."""
+    from edgefleet.cloud.mqtt_auth import CLOUD_CLIENTS, cloud_password, hash_password, new_cloud_secret
+
+    names = list(CLOUD_CLIENTS)
+    new_secret = None
+    if not secret:
+        kept = _existing_hashes(directory / "passwd", names)
+        if len(kept) == len(names):
+            return kept, None
+        if kept:
+            missing = ", ".join(name for name in names if name not in kept)
+            raise EdgefleetError(f"{directory / 'passwd'} has no password for {missing}: set EDGEFLEET_MQTT_PASSWORD "
+                                 f"to the cloud's MQTT secret and run the command again")
+        secret = new_secret = new_cloud_secret()
+    return {name: hash_password(cloud_password(secret, name)) for name in names}, new_secret
 
 
 def mosquitto_config(
@@ -34,12 +57,17 @@ def mosquitto_config(
     data: Annotated[Path | None, typer.Option("--data", help="Data directory of the cloud service (default "
                                                               "./edgefleet-data, or $EDGEFLEET_DATA_DIR)")] = None,
     db: Annotated[str | None, typer.Option("--db", help="SQLAlchemy database URL (default: SQLite in --data)")] = None,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port Mosquitto listens on")] = 1883,
+    bind: Annotated[str, typer.Option(help="Address Mosquitto listens on ('' for every interface)")] = "127.0.0.1",
+    persistence_dir: Annotated[Path | None, typer.Option(help="Where Mosquitto keeps its sessions and queued "
+                                                               "messages (default DIR/persistence)")] = None,
 ) -> None:
-    """Write a Mosquitto password file and ACL for every registered device and the cloud itself."""
+    """Write a complete Mosquitto configuration (passwd, acl, mosquitto.conf) for every registered device and
+    the cloud's own clients, with persistence on and client ids bound to usernames."""
     from sqlalchemy import select
 
     from edgefleet.cloud.db import Device, make_engine, make_sessions
-    from edgefleet.cloud.mqtt_auth import CLOUD_USERNAME, hash_password, new_password, write_mosquitto_config
+    from edgefleet.cloud.mqtt_auth import CLOUD_CLIENTS, Listener, write_mosquitto_config
     from edgefleet.cloud.settings import load_settings
 
     settings = load_settings(db_url=db, data_dir=data)
@@ -47,9 +75,6 @@ def mosquitto_config(
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         raise EdgefleetError(f"no cloud database at {url.removeprefix('sqlite:///')}: pass --data (or --db) "
                              f"of a cloud that has run")
-    if settings.mqtt_username and settings.mqtt_username != CLOUD_USERNAME:
-        raise EdgefleetError(f"EDGEFLEET_MQTT_USERNAME is {settings.mqtt_username!r}, but the ACL grants the cloud's "
-                             f"rights to {CLOUD_USERNAME!r}; unset it or set it to {CLOUD_USERNAME}")
     engine = make_engine(url)
     try:
         with make_sessions(engine)() as session:
@@ -57,23 +82,17 @@ def mosquitto_config(
     finally:
         engine.dispose()
 
-    new_cloud_password = None
-    if settings.mqtt_password:
-        cloud_hash = hash_password(settings.mqtt_password)
-    else:
-        cloud_hash = _existing_hash(Path(directory) / "passwd", CLOUD_USERNAME)
-        if cloud_hash is None:
-            new_cloud_password = new_password()
-            cloud_hash = hash_password(new_cloud_password)
-    paths = write_mosquitto_config(directory, devices, cloud_hash)
+    cloud_hashes, new_secret = _cloud_hashes(Path(directory), settings.mqtt_password)
+    listener = Listener(port=port, bind=bind or None, persistence_dir=persistence_dir)
+    paths = write_mosquitto_config(directory, devices, cloud_hashes, listener)
     out.print(f"wrote Mosquitto files for {len(devices)} device(s) and the cloud:", markup=False, highlight=False)
     for path in paths.values():
         out.print(f"  {path}", markup=False, highlight=False, soft_wrap=True)
-    out.print(f"add the lines of {paths['conf']} to mosquitto.conf, then reload Mosquitto (SIGHUP)",
+    out.print(f"run: mosquitto -c {paths['conf']} (after a re-run, reload it with SIGHUP)",
               markup=False, highlight=False, soft_wrap=True)
-    if new_cloud_password:
-        out.print(f"cloud MQTT password: {new_cloud_password}", markup=False, highlight=False, soft_wrap=True)
-        err_console.print(CLOUD_PASSWORD_NOTE.format(username=CLOUD_USERNAME), markup=False, highlight=False,
+    if new_secret:
+        out.print(f"cloud MQTT secret: {new_secret}", markup=False, highlight=False, soft_wrap=True)
+        err_console.print(SECRET_NOTE.format(names=", ".join(CLOUD_CLIENTS)), markup=False, highlight=False,
                           soft_wrap=True)
 
 

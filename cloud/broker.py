@@ -4,8 +4,9 @@ It speaks MQTT 3.1.1 over TCP on `settings.mqtt_host:settings.mqtt_port` and enf
 `edgefleet.cloud.mqtt_auth` through two amqtt plugins, configured in the broker's `plugins` section:
 
 - `EdgefleetAuthPlugin` (an amqtt auth plugin): no anonymous clients; a device logs in with its id and
-  the password whose hash is `Device.password_hash`; the cloud logs in as `CLOUD_USERNAME` with
-  `EmbeddedBroker.cloud_password`, made fresh at every start and held only in memory.
+  the password whose hash is `Device.password_hash`; each cloud client (`CLOUD_CLIENTS`) logs in as its own
+  user with the password derived from `EmbeddedBroker.cloud_secret`, made fresh at every start and held
+  only in memory. Every client's MQTT client id must be its username, the cloud's included.
 - `EdgefleetTopicPlugin` (an amqtt topic-checking plugin): `may_publish` for PUBLISH, `may_subscribe`
   for SUBSCRIBE and for RECEIVE (amqtt asks again before it forwards each message to each client).
 
@@ -18,6 +19,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import errno
+import hmac
 import logging
 import threading
 import time
@@ -35,13 +37,13 @@ from sqlalchemy.orm import sessionmaker
 
 from edgefleet.cloud.db import Device
 from edgefleet.cloud.mqtt_auth import (
-    CLOUD_USERNAME,
+    CLOUD_CLIENTS,
     client_id_allowed,
-    hash_password,
+    cloud_password,
     is_reserved_id,
     may_publish,
     may_subscribe,
-    new_password,
+    new_cloud_secret,
     verify_password,
 )
 from edgefleet.core.errors import EdgefleetError
@@ -92,19 +94,23 @@ class DeviceDirectory:
 
 @dataclass(frozen=True)
 class Authority:
-    """What the plugins need: the device directory and the hash of this run's cloud password."""
+    """What the plugins need: the device directory and this run's password of each cloud client."""
 
     devices: DeviceDirectory
-    cloud_password_hash: str
+    cloud_passwords: dict[str, str]
 
     def login(self, username: str | None, password: str | None, client_id: str | None,
               will_topic: str | None) -> tuple[bool, str]:
         """(accepted, reason). Blocking (database, PBKDF2): run it in a worker thread."""
         if not username:
             return False, "anonymous"
-        if username == CLOUD_USERNAME:
-            ok = verify_password(password, self.cloud_password_hash)
-            return ok, "" if ok else "wrong cloud password"
+        if username in CLOUD_CLIENTS:
+            expected = self.cloud_passwords[username].encode()
+            if not hmac.compare_digest((password or "").encode("utf-8"), expected):
+                return False, "wrong cloud password"
+            if not client_id_allowed(username, client_id):
+                return False, f"client id {client_id!r} is not the username"
+            return True, ""
         if is_reserved_id(username):
             return False, "reserved name"
         record = self.devices.lookup(username)
@@ -156,7 +162,7 @@ class EdgefleetTopicPlugin(BaseTopicPlugin):
         if session is None or not session.username or not topic:
             return False
         username = session.username
-        fleet = None if username == CLOUD_USERNAME else await self.config.authority.fleet_of(username)
+        fleet = None if username in CLOUD_CLIENTS else await self.config.authority.fleet_of(username)
         if action == Action.PUBLISH:
             allowed = may_publish(username, topic, fleet)
         elif action in (Action.SUBSCRIBE, Action.RECEIVE):
@@ -260,7 +266,8 @@ class EmbeddedBroker:
     def __init__(self, settings: Any, sessions: sessionmaker, *, cache_seconds: float = CACHE_SECONDS) -> None:
         self.host: str = settings.mqtt_host
         self.port: int = int(settings.mqtt_port)
-        self.cloud_password: str | None = None
+        # This run's cloud secret; each cloud client's password is `cloud_password(cloud_secret, client)`.
+        self.cloud_secret: str | None = None
         self._sessions = sessions
         self._cache_seconds = cache_seconds
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -278,8 +285,9 @@ class EmbeddedBroker:
     def start(self, timeout: float = START_TIMEOUT) -> EmbeddedBroker:
         if self._broker is not None:
             return self
-        self.cloud_password = new_password()
-        authority = Authority(DeviceDirectory(self._sessions, self._cache_seconds), hash_password(self.cloud_password))
+        self.cloud_secret = new_cloud_secret()
+        authority = Authority(DeviceDirectory(self._sessions, self._cache_seconds),
+                              {name: cloud_password(self.cloud_secret, name) for name in CLOUD_CLIENTS})
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=_run_loop, args=(loop,), name="edgefleet-mqtt-broker", daemon=True)
         thread.start()
@@ -331,7 +339,7 @@ class EmbeddedBroker:
         except Exception:  # noqa: BLE001 - stopping must go on; the loop goes away below anyway
             log.warning("embedded MQTT broker did not shut down cleanly", exc_info=True)
         _stop_loop(loop, thread, timeout)
-        self.cloud_password = None
+        self.cloud_secret = None
         log.info("embedded MQTT broker on %s stopped", self.url)
 
     def __enter__(self) -> EmbeddedBroker:

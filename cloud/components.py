@@ -2,9 +2,10 @@
 the rollout engine.
 
 Each component has start() and stop(); the server starts them after the broker and stops them before
-it. `build_components` is the one place that decides which run and with which credentials: with the
-embedded broker, the ingest and the rollout engine log in as the cloud's own user with the password the
-broker generated at start; with an external broker (Mosquitto), with the credentials from the settings.
+it. `build_components` is the one place that decides which run and with which credentials: the ingest and
+the rollout engine each log in as their own user (`mqtt_auth.INGEST`, `mqtt_auth.ROLLOUTS`, username =
+client id), with the password derived from the cloud secret: the one the embedded broker made at start, or
+`settings.mqtt_password` for an external broker (Mosquitto; no secret: no credentials).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from sqlalchemy.orm import sessionmaker
 from edgefleet.cloud.api.bundles import reference_profile
 from edgefleet.cloud.drift_monitor import DriftMonitor
 from edgefleet.cloud.ingest import Ingest
-from edgefleet.cloud.mqtt_auth import CLOUD_USERNAME
+from edgefleet.cloud.mqtt_auth import INGEST, ROLLOUTS, cloud_credentials
 from edgefleet.cloud.rollout import RolloutEngine
 from edgefleet.cloud.settings import CloudSettings
 
@@ -42,12 +43,16 @@ def build_components(settings: CloudSettings, sessions: sessionmaker, broker: Em
     None while it is not known yet (CloudServer passes its bound address once it listens); default:
     settings.public_url or http://host:port."""
     if broker is not None:
-        url, username, password = broker.url, CLOUD_USERNAME, broker.cloud_password
+        url, secret = broker.url, broker.cloud_secret
     else:
-        url, username, password = settings.broker_url, settings.mqtt_username, settings.mqtt_password
-    ingest = Ingest(sessions, url, username=username, password=password, max_bytes=settings.telemetry_max_bytes)
+        url, secret = settings.broker_url, settings.mqtt_password
+    username, password = cloud_credentials(secret, INGEST)
+    ingest = Ingest(sessions, url, username=username, password=password, client_id=INGEST.username,
+                    max_bytes=settings.telemetry_max_bytes)
     monitor = DriftMonitor(sessions, lambda name, version: reference_profile(sessions, settings, name, version),
                            lookback_seconds=settings.drift_lookback_seconds,
                            interval_seconds=settings.drift_interval_seconds)
-    rollouts = RolloutEngine(sessions, settings, url, username=username, password=password, public_url=public_url)
+    username, password = cloud_credentials(secret, ROLLOUTS)
+    rollouts = RolloutEngine(sessions, settings, url, username=username, password=password,
+                             client_id=ROLLOUTS.username, public_url=public_url)
     return [ingest, monitor, rollouts]

@@ -1,15 +1,19 @@
-"""Who may do what on MQTT: passwords, the topic rules, and the same rules as Mosquitto files.
+"""Who may do what on MQTT: passwords, the topic rules, and the same rules as a Mosquitto configuration.
 
-Both brokers enforce one policy. The embedded amqtt broker (`edgefleet.cloud.broker`) calls
-`may_publish` and `may_subscribe` from its plugins; for Mosquitto, `write_mosquitto_config` writes
-a password file and an ACL file that say the same thing.
+Both brokers enforce one policy. The embedded amqtt broker (`edgefleet.cloud.broker`) calls `login_allowed`,
+`may_publish` and `may_subscribe` from its plugins; for Mosquitto, `write_mosquitto_config` writes a
+password file, an ACL file and a mosquitto.conf that say the same thing.
 
 - A device (username = its id) publishes only `edgefleet/v1/<its fleet>/<its id>/{birth,death,telemetry,status}`
   and subscribes only to `edgefleet/v1/<its fleet>/<its id>/cmd`, never through a wildcard.
-- The cloud (username `CLOUD_USERNAME`) may do anything under `edgefleet/v1/#`.
+- The cloud's own clients (`CLOUD_CLIENTS`) each have their own username, which is also their client id, and
+  only the rights they need: `edgefleet-ingest` reads the device kinds, `edgefleet-rollouts` writes `cmd`.
+  Their passwords are derived from one cloud secret (`cloud_password`), so the operator keeps one value.
 - Everyone else, anonymous included, may do nothing.
-- On the embedded broker a device must use its id as MQTT client id, and no device id may start with
-  `RESERVED_PREFIX` (the cloud's names), so that no device can take over another client's session.
+- Every client's MQTT client id is its username (the embedded broker refuses any other; Mosquitto replaces
+  it, `use_username_as_clientid`), and no device id starts with `RESERVED_PREFIX`: so no credentials can
+  open, take over or wipe the session of another client (another device's queued commands, the ingest's
+  persistent session).
 
 Passwords are stored in Mosquitto 2.x's format, `$7$<iterations>$<base64 salt>$<base64 PBKDF2-SHA512>`,
 so the `Device.password_hash` column can be copied into a Mosquitto password file unchanged.
@@ -25,26 +29,40 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.core.errors import EdgefleetError
-from edgefleet.core.topics import CLOUD_KINDS, DEVICE_KINDS, PREFIX, TopicError, check_id, topic
+from edgefleet.core.topics import CLOUD_KINDS, DEVICE_KINDS, TopicError, check_id, subscription, topic
 
 log = logging.getLogger(__name__)
 
-CLOUD_USERNAME = "edgefleet-cloud"
-# Names starting with this belong to the cloud (its username, its client ids such as "edgefleet-ingest");
-# no device may have one, or it could log in under the cloud's client id and take over its session.
+# Names starting with this belong to the cloud (its clients' usernames and client ids such as
+# "edgefleet-ingest"); no device may have one, or it could log in under a cloud client's id.
 RESERVED_PREFIX = "edgefleet-"
 DEFAULT_ITERATIONS = 101  # mosquitto_passwd's default
 SALT_BYTES = 12  # as mosquitto_passwd
 HASH_PATTERN = re.compile(r"^\$7\$(\d{1,9})\$([A-Za-z0-9+/]+={0,2})\$([A-Za-z0-9+/]+={0,2})$")
-_CLOUD_SCOPE = PREFIX + "/"
 
 
 class MqttAuthError(EdgefleetError):
     """A device record or password hash that cannot go into a broker's configuration."""
+
+
+@dataclass(frozen=True)
+class CloudClient:
+    """One of the cloud's own MQTT connections: its username (also its client id) and the topic filters it
+    may subscribe to (`reads`) and publish to (`writes`)."""
+
+    username: str
+    reads: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+
+
+INGEST = CloudClient("edgefleet-ingest", reads=tuple(subscription(kind) for kind in DEVICE_KINDS))
+ROLLOUTS = CloudClient("edgefleet-rollouts", writes=tuple(subscription(kind) for kind in CLOUD_KINDS))
+CLOUD_CLIENTS: dict[str, CloudClient] = {client.username: client for client in (INGEST, ROLLOUTS)}
 
 
 # --- passwords --------------------------------------------------------------------------------------
@@ -81,6 +99,26 @@ def verify_password(password: str | None, hashed: str | None) -> bool:
     return hmac.compare_digest(digest, expected)
 
 
+# --- the cloud's clients ----------------------------------------------------------------------------
+def new_cloud_secret() -> str:
+    """A fresh cloud MQTT secret (what `EDGEFLEET_MQTT_PASSWORD` holds)."""
+    return new_password()
+
+
+def cloud_password(secret: str, client: CloudClient | str) -> str:
+    """The password of one cloud client, derived from the cloud's secret: HMAC-SHA256(secret, username),
+    URL-safe base64. One secret gives every client its own password; knowing one password reveals nothing
+    about the others or the secret."""
+    username = client.username if isinstance(client, CloudClient) else client
+    digest = hmac.new(secret.encode("utf-8"), f"edgefleet-mqtt-client:{username}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def cloud_credentials(secret: str | None, client: CloudClient) -> tuple[str | None, str | None]:
+    """(username, password) for `client`; (None, None) without a secret (a broker that takes anonymous clients)."""
+    return (client.username, cloud_password(secret, client)) if secret else (None, None)
+
+
 # --- topic rules ------------------------------------------------------------------------------------
 def _device_topic(device: str, fleet: str | None, kind: str) -> str | None:
     if not fleet:
@@ -91,9 +129,16 @@ def _device_topic(device: str, fleet: str | None, kind: str) -> str | None:
         return None
 
 
-def _under_cloud_scope(name: str) -> bool:
-    """`name` is matched by the filter `edgefleet/v1/#` (which includes `edgefleet/v1` itself)."""
-    return name == PREFIX or name.startswith(_CLOUD_SCOPE)
+def _within(name: str, allowed: str) -> bool:
+    """Is every topic that `name` (a topic name or filter) can match also matched by `allowed`? As Mosquitto's
+    ACL check: a '+' in `allowed` covers one level (a '+' too, never '#'); a '#' covers the rest."""
+    levels, rule = name.split("/"), allowed.split("/")
+    for index, want in enumerate(rule):
+        if want == "#":
+            return True
+        if index >= len(levels) or levels[index] == "#" or (want != "+" and want != levels[index]):
+            return False
+    return len(levels) == len(rule)
 
 
 def may_publish(username: str | None, topic_name: str, device_fleet: str | None) -> bool:
@@ -101,18 +146,18 @@ def may_publish(username: str | None, topic_name: str, device_fleet: str | None)
     None if the username is not a registered device."""
     if not username or not topic_name or "+" in topic_name or "#" in topic_name:
         return False
-    if username == CLOUD_USERNAME:
-        return _under_cloud_scope(topic_name)
+    if username in CLOUD_CLIENTS:
+        return any(_within(topic_name, allowed) for allowed in CLOUD_CLIENTS[username].writes)
     return any(topic_name == _device_topic(username, device_fleet, kind) for kind in DEVICE_KINDS)
 
 
 def may_subscribe(username: str | None, topic_filter: str, device_fleet: str | None) -> bool:
-    """May `username` subscribe to `topic_filter`? A device only to its own cmd topic, spelled out
-    (no wildcards); the cloud to any filter inside `edgefleet/v1/#`. Also used for "may receive"."""
+    """May `username` subscribe to `topic_filter`? A device only to its own cmd topic, spelled out (no
+    wildcards); a cloud client to filters inside its `reads`. Also used for "may receive"."""
     if not username or not topic_filter:
         return False
-    if username == CLOUD_USERNAME:
-        return _under_cloud_scope(topic_filter)
+    if username in CLOUD_CLIENTS:
+        return any(_within(topic_filter, allowed) for allowed in CLOUD_CLIENTS[username].reads)
     return any(topic_filter == _device_topic(username, device_fleet, kind) for kind in CLOUD_KINDS)
 
 
@@ -122,10 +167,8 @@ def is_reserved_id(device_id: str) -> bool:
 
 
 def client_id_allowed(username: str | None, client_id: str | None) -> bool:
-    """A device connects with its own id as MQTT client id, so that it cannot take over another
-    client's session (the cloud's or another device's). The cloud may use any client id."""
-    if username == CLOUD_USERNAME:
-        return True
+    """Every client, device or cloud, connects with its username as MQTT client id, so that no credentials
+    can take over another client's session."""
     return bool(username) and client_id == username
 
 
@@ -147,22 +190,71 @@ def _checked_hash(owner: str, hashed: str) -> str:
     return hashed
 
 
-def write_mosquitto_config(
-    directory: Path, devices: Iterable[tuple[str, str, str]], cloud_password_hash: str
-) -> dict[str, Path]:
-    """Writes `passwd` (mode 0600), `acl` and a `mosquitto.conf` snippet into `directory`.
+@dataclass(frozen=True)
+class Listener:
+    """Where the generated Mosquitto listens (`bind` None: every interface) and keeps its persistence file."""
 
-    `devices` are (id, fleet, password_hash). Returns {"passwd": ..., "acl": ..., "conf": ...}.
-    Mosquitto re-reads both files on SIGHUP, so the command can be re-run as devices are added.
+    port: int = 1883
+    bind: str | None = "127.0.0.1"
+    persistence_dir: Path | None = None  # None: <directory>/persistence
+    autosave_seconds: int = 30
+
+
+def _cloud_lines(cloud_hashes: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    if set(cloud_hashes) != set(CLOUD_CLIENTS):
+        raise MqttAuthError(f"need password hashes of exactly the cloud's clients {sorted(CLOUD_CLIENTS)}, "
+                            f"got {sorted(cloud_hashes)}")
+    passwd, acl = [], []
+    for name, client in CLOUD_CLIENTS.items():
+        passwd.append(f"{name}:{_checked_hash(name, cloud_hashes[name])}")
+        acl += ["", f"user {name}"]
+        acl += [f"topic read {allowed}" for allowed in client.reads]
+        acl += [f"topic write {allowed}" for allowed in client.writes]
+    return passwd, acl
+
+
+def _conf_lines(paths: dict[str, Path], listener: Listener) -> list[str]:
+    address = f" {listener.bind}" if listener.bind else ""
+    return [
+        "# edgefleet: a complete Mosquitto 2.x configuration, generated by `edgefleet cloud mosquitto-config`.",
+        f"# Run it as is: mosquitto -c {paths['conf'].resolve()}",
+        "# The broker's user must read passwd (mode 0600) and write the persistence directory: chown both to it.",
+        "# After re-running the command (new devices), reload with: kill -HUP <mosquitto pid>",
+        "per_listener_settings false",
+        "allow_anonymous false",
+        f"password_file {paths['passwd'].resolve()}",
+        f"acl_file {paths['acl'].resolve()}",
+        "# Persistent sessions and the QoS 1 messages queued for them (an install command for an offline",
+        "# device, telemetry for the ingest) survive a restart: saved at shutdown and every autosave_interval.",
+        "persistence true",
+        f"persistence_location {paths['persistence'].resolve()}/",
+        f"autosave_interval {listener.autosave_seconds}",
+        "# The ingest's queue while it restarts: dropping from it would lose windows devices already deleted.",
+        "max_queued_messages 100000",
+        f"listener {listener.port}{address}",
+        "# A client's id is its username: no credentials can take over another client's session (another",
+        "# device's queued commands, the ingest's). Repeat this line after every listener you add.",
+        "use_username_as_clientid true",
+    ]
+
+
+def write_mosquitto_config(directory: Path, devices: Iterable[tuple[str, str, str]], cloud_hashes: Mapping[str, str],
+                           listener: Listener | None = None) -> dict[str, Path]:
+    """Writes `passwd` (mode 0600), `acl` and a complete `mosquitto.conf` into `directory`, and makes the
+    persistence directory (mode 0700).
+
+    `devices` are (id, fleet, password_hash); `cloud_hashes` the password hash of every cloud client
+    (`CLOUD_CLIENTS`, by username). Returns {"passwd", "acl", "conf", "persistence": Path}. Mosquitto
+    re-reads passwd and acl on SIGHUP, so the command can be re-run as devices are added.
     """
     directory = Path(directory)
+    listener = listener or Listener()
     directory.mkdir(parents=True, exist_ok=True)
-    passwd_lines = [f"{CLOUD_USERNAME}:{_checked_hash(CLOUD_USERNAME, cloud_password_hash)}"]
+    passwd_lines, cloud_acl = _cloud_lines(cloud_hashes)
     acl_lines = [
         "# edgefleet MQTT access control (generated; edit the cloud database, not this file).",
         "# No lines before the first 'user': anonymous clients get nothing.",
-        f"user {CLOUD_USERNAME}",
-        f"topic readwrite {PREFIX}/#",
+        *cloud_acl,
     ]
     seen: set[str] = set()
     for device, fleet, hashed in devices:
@@ -181,21 +273,11 @@ def write_mosquitto_config(
         acl_lines += [f"topic write {topic(fleet, device, kind)}" for kind in DEVICE_KINDS]
         acl_lines += [f"topic read {topic(fleet, device, kind)}" for kind in CLOUD_KINDS]
 
-    paths = {"passwd": directory / "passwd", "acl": directory / "acl", "conf": directory / "mosquitto.conf"}
+    paths = {"passwd": directory / "passwd", "acl": directory / "acl", "conf": directory / "mosquitto.conf",
+             "persistence": Path(listener.persistence_dir or directory / "persistence")}
+    paths["persistence"].mkdir(mode=0o700, parents=True, exist_ok=True)
     _write_private(paths["passwd"], "\n".join(passwd_lines) + "\n", 0o600)
     _write_private(paths["acl"], "\n".join(acl_lines) + "\n", 0o644)
-    conf = [
-        "# edgefleet: add these lines to mosquitto.conf (Mosquitto 2.x), or include this file with",
-        f"#   include_dir {directory.resolve()}",
-        "# The broker's user must be able to read passwd (mode 0600): chown it to that user.",
-        "# After re-running `edgefleet cloud mosquitto-config`, reload with: kill -HUP <mosquitto pid>",
-        "# Note: Mosquitto cannot tie a client id to a username per user; 'use_username_as_clientid true'",
-        "# would, but then the cloud could hold only one connection.",
-        "# Without a 'listener' line Mosquitto 2.x listens on localhost:1883 only.",
-        "allow_anonymous false",
-        f"password_file {paths['passwd'].resolve()}",
-        f"acl_file {paths['acl'].resolve()}",
-    ]
-    _write_private(paths["conf"], "\n".join(conf) + "\n", 0o644)
+    _write_private(paths["conf"], "\n".join(_conf_lines(paths, listener)) + "\n", 0o644)
     log.info("wrote Mosquitto configuration for %d device(s) to %s", len(seen), directory)
     return paths

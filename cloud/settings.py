@@ -33,9 +33,12 @@ class CloudSettings(BaseSettings):
     mqtt_url: str | None = None
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = Field(default=1883, ge=0, le=65535)
-    # The cloud's own credentials on an external broker.
-    mqtt_username: str | None = None
+    # The cloud's MQTT secret for an external broker (EDGEFLEET_MQTT_PASSWORD, as `edgefleet cloud
+    # mosquitto-config` printed it): each cloud client logs in as its own user (edgefleet-ingest,
+    # edgefleet-rollouts) with a password derived from it. None: the clients connect without credentials.
     mqtt_password: str | None = Field(default=None, repr=False)
+    # Retired: one username for all the cloud's clients let any of them be impersonated. Setting it is an error.
+    mqtt_username: str | None = None
     # Public keys (.pub files or directories of them) the registry accepts bundles from.
     trusted_keys: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     max_bundle_bytes: int = Field(default=256 * MiB, gt=0)
@@ -62,6 +65,17 @@ class CloudSettings(BaseSettings):
             if text.startswith("["):
                 return json.loads(text)
             return [p for p in text.split(os.pathsep) if p]
+        return value
+
+    @field_validator("mqtt_username")
+    @classmethod
+    def _retired_username(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError(
+                "EDGEFLEET_MQTT_USERNAME is no longer used: each of the cloud's MQTT clients logs in under its own "
+                "name (edgefleet-ingest, edgefleet-rollouts) with a password derived from EDGEFLEET_MQTT_PASSWORD; "
+                "unset EDGEFLEET_MQTT_USERNAME and re-run `edgefleet cloud mosquitto-config DIR` with the same "
+                "EDGEFLEET_MQTT_PASSWORD")
         return value
 
     @model_validator(mode="after")

@@ -10,9 +10,13 @@ import subprocess
 import pytest
 
 from edgefleet.cloud.mqtt_auth import (
-    CLOUD_USERNAME,
+    CLOUD_CLIENTS,
+    INGEST,
+    ROLLOUTS,
+    Listener,
     MqttAuthError,
     client_id_allowed,
+    cloud_password,
     hash_password,
     is_reserved_id,
     may_publish,
@@ -21,6 +25,7 @@ from edgefleet.cloud.mqtt_auth import (
     verify_password,
     write_mosquitto_config,
 )
+from edgefleet.core.topics import DEVICE_KINDS
 
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 
@@ -98,13 +103,16 @@ B = "edgefleet/v1/lab/dev-b"
     ("dev-a", "elsewhere/x", "lab", False),
     (None, f"{A}/telemetry", "lab", False),  # anonymous
     ("", f"{A}/telemetry", "lab", False),
-    (CLOUD_USERNAME, f"{A}/cmd", None, True),
-    (CLOUD_USERNAME, f"{B}/telemetry", None, True),
-    (CLOUD_USERNAME, "edgefleet/v1/anything/at/all", None, True),
-    (CLOUD_USERNAME, "edgefleet/v2/lab/dev-a/cmd", None, False),
-    (CLOUD_USERNAME, "edgefleet/v1x", None, False),
-    (CLOUD_USERNAME, "$SYS/broker/uptime", None, False),
-    (CLOUD_USERNAME, "edgefleet/v1/+/dev-a/cmd", None, False),  # a wildcard is no topic name
+    ("edgefleet-rollouts", f"{A}/cmd", None, True),
+    ("edgefleet-rollouts", f"{B}/cmd", None, True),
+    ("edgefleet-rollouts", f"{B}/telemetry", None, False),  # only commands
+    ("edgefleet-rollouts", "edgefleet/v1/lab/dev-a/cmd/x", None, False),
+    ("edgefleet-rollouts", "edgefleet/v2/lab/dev-a/cmd", None, False),
+    ("edgefleet-rollouts", "$SYS/broker/uptime", None, False),
+    ("edgefleet-rollouts", "edgefleet/v1/+/dev-a/cmd", None, False),  # a wildcard is no topic name
+    ("edgefleet-ingest", f"{A}/cmd", None, False),  # the ingest only reads
+    ("edgefleet-ingest", f"{A}/telemetry", None, False),
+    ("edgefleet-cloud", f"{A}/cmd", None, False),  # the retired all-powerful user is nobody now
 ])
 def test_may_publish(username, topic, fleet, allowed):
     assert may_publish(username, topic, fleet) is allowed
@@ -124,54 +132,94 @@ def test_may_publish(username, topic, fleet, allowed):
     ("dev-a", "#", "lab", False),
     ("dev-a", "+/v1/lab/dev-a/cmd", "lab", False),
     (None, f"{A}/cmd", "lab", False),
-    (CLOUD_USERNAME, "edgefleet/v1/#", None, True),
-    (CLOUD_USERNAME, "edgefleet/v1/+/+/telemetry", None, True),
-    (CLOUD_USERNAME, f"{A}/cmd", None, True),
-    (CLOUD_USERNAME, "#", None, False),
-    (CLOUD_USERNAME, "+/v1/#", None, False),
-    (CLOUD_USERNAME, "$SYS/#", None, False),
-    (CLOUD_USERNAME, "edgefleet/+/#", None, False),
+    ("edgefleet-ingest", "edgefleet/v1/+/+/telemetry", None, True),
+    ("edgefleet-ingest", "edgefleet/v1/+/+/status", None, True),
+    ("edgefleet-ingest", "edgefleet/v1/lab/+/telemetry", None, True),  # narrower than its rights
+    ("edgefleet-ingest", f"{A}/birth", None, True),
+    ("edgefleet-ingest", f"{A}/cmd", None, False),
+    ("edgefleet-ingest", "edgefleet/v1/+/+/cmd", None, False),
+    ("edgefleet-ingest", "edgefleet/v1/+/+/+", None, False),
+    ("edgefleet-ingest", "edgefleet/v1/#", None, False),
+    ("edgefleet-ingest", "edgefleet/v1/+/#", None, False),
+    ("edgefleet-ingest", "#", None, False),
+    ("edgefleet-ingest", "$SYS/#", None, False),
+    ("edgefleet-rollouts", "edgefleet/v1/+/+/telemetry", None, False),  # the engine only writes
+    ("edgefleet-rollouts", f"{A}/cmd", None, False),
+    ("edgefleet-cloud", "edgefleet/v1/#", None, False),
 ])
 def test_may_subscribe(username, topic_filter, fleet, allowed):
     assert may_subscribe(username, topic_filter, fleet) is allowed
 
 
-def test_devices_use_their_id_as_client_id():
+def test_every_client_uses_its_username_as_client_id():
     assert client_id_allowed("dev-a", "dev-a")
     assert not client_id_allowed("dev-a", "dev-b")
     assert not client_id_allowed("dev-a", "edgefleet-ingest")
     assert not client_id_allowed("dev-a", "")
     assert not client_id_allowed(None, "")
-    assert client_id_allowed(CLOUD_USERNAME, "edgefleet-ingest")
+    assert client_id_allowed("edgefleet-ingest", "edgefleet-ingest")
+    assert not client_id_allowed("edgefleet-ingest", "edgefleet-rollouts")
+    assert not client_id_allowed("edgefleet-rollouts", "dev-a")
 
 
 def test_cloud_names_are_reserved():
-    assert is_reserved_id(CLOUD_USERNAME) and is_reserved_id("edgefleet-ingest")
+    assert all(is_reserved_id(name) for name in CLOUD_CLIENTS) and is_reserved_id("edgefleet-cloud")
     assert not is_reserved_id("dev-a") and not is_reserved_id("my-edgefleet-1")
 
 
+def test_cloud_passwords_are_derived_per_client():
+    secret = new_password()
+    ingest, rollouts = cloud_password(secret, INGEST), cloud_password(secret, ROLLOUTS)
+    assert ingest != rollouts and secret not in (ingest, rollouts) and len(ingest) >= 43
+    assert cloud_password(secret, INGEST.username) == ingest  # stable: the service and the command agree
+    assert cloud_password(secret + "x", INGEST) != ingest
+
+
 # --- Mosquitto files --------------------------------------------------------------------------------
+def cloud_hashes() -> dict[str, str]:
+    return {name: hash_password(f"{name}-pw") for name in CLOUD_CLIENTS}
+
+
 def test_mosquitto_files(tmp_path):
-    cloud_hash = hash_password("cloud-pw")
+    hashes = cloud_hashes()
     devices = [("dev-a", "lab", hash_password("a-pw")), ("dev-b", "field", hash_password("b-pw"))]
-    paths = write_mosquitto_config(tmp_path / "mqtt", devices, cloud_hash)
+    paths = write_mosquitto_config(tmp_path / "mqtt", devices, hashes)
 
     assert stat.S_IMODE(paths["passwd"].stat().st_mode) == 0o600
     users = dict(line.split(":", 1) for line in paths["passwd"].read_text().splitlines())
-    assert users == {CLOUD_USERNAME: cloud_hash, "dev-a": devices[0][2], "dev-b": devices[1][2]}
+    assert users == {**hashes, "dev-a": devices[0][2], "dev-b": devices[1][2]}
 
     acl = [line for line in paths["acl"].read_text().splitlines() if line and not line.startswith("#")]
-    assert acl[:2] == [f"user {CLOUD_USERNAME}", "topic readwrite edgefleet/v1/#"]
+    ingest = acl[acl.index("user edgefleet-ingest") + 1:acl.index("user edgefleet-rollouts")]
+    assert ingest == [f"topic read edgefleet/v1/+/+/{kind}" for kind in DEVICE_KINDS]
+    assert acl[acl.index("user edgefleet-rollouts") + 1] == "topic write edgefleet/v1/+/+/cmd"
+    assert not [line for line in acl if "readwrite" in line or line.endswith("#")]
     block = acl[acl.index("user dev-b") + 1:]
-    kinds = ("birth", "death", "telemetry", "status")
-    assert block == [f"topic write edgefleet/v1/field/dev-b/{kind}" for kind in kinds] + [
+    assert block == [f"topic write edgefleet/v1/field/dev-b/{kind}" for kind in DEVICE_KINDS] + [
         "topic read edgefleet/v1/field/dev-b/cmd"]
-
-    conf = paths["conf"].read_text()
-    assert f"password_file {paths['passwd'].resolve()}" in conf
-    assert f"acl_file {paths['acl'].resolve()}" in conf
-    assert "allow_anonymous false" in conf
     assert not list((tmp_path / "mqtt").glob(".*"))  # no temporary files left behind
+
+
+def test_mosquitto_conf_binds_client_ids_and_persists(tmp_path):
+    paths = write_mosquitto_config(tmp_path / "mqtt", [], cloud_hashes(), Listener(port=11883, bind=None))
+    conf = [line for line in paths["conf"].read_text().splitlines() if line and not line.startswith("#")]
+    assert conf[0] == "per_listener_settings false"  # must come first, says mosquitto.conf(5)
+    for line in ("allow_anonymous false", f"password_file {paths['passwd'].resolve()}",
+                 f"acl_file {paths['acl'].resolve()}", "persistence true",
+                 f"persistence_location {(tmp_path / 'mqtt' / 'persistence').resolve()}/", "autosave_interval 30"):
+        assert line in conf
+    # A listener option: it applies to the listener above it (before any, Mosquitto would open a second one).
+    assert conf[-2:] == ["listener 11883", "use_username_as_clientid true"]
+    assert paths["persistence"].is_dir() and stat.S_IMODE(paths["persistence"].stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("hashes", [{}, {"edgefleet-ingest": hash_password("x")},
+                                    {**{name: hash_password("x") for name in CLOUD_CLIENTS}, "extra": "y"},
+                                    {name: "plaintext" for name in CLOUD_CLIENTS}])
+def test_mosquitto_files_need_every_cloud_client(tmp_path, hashes):
+    with pytest.raises(MqttAuthError):
+        write_mosquitto_config(tmp_path, [], hashes)
+    assert not (tmp_path / "passwd").exists()
 
 
 @pytest.mark.parametrize("devices", [
@@ -179,11 +227,12 @@ def test_mosquitto_files(tmp_path):
     [("dev-a", "lab\ntopic readwrite #", hash_password("x"))],
     [("dev-a", "lab", "plaintext")],
     [("dev-a", "lab", hash_password("x") + "\nintruder:" + hash_password("y"))],
-    [(CLOUD_USERNAME, "lab", hash_password("x"))],
+    [("edgefleet-cloud", "lab", hash_password("x"))],
     [("edgefleet-ingest", "lab", hash_password("x"))],
+    [("edgefleet-rollouts", "lab", hash_password("x"))],
     [("dev-a", "lab", hash_password("x")), ("dev-a", "lab", hash_password("y"))],
 ])
 def test_mosquitto_files_refuse_bad_records(tmp_path, devices):
     with pytest.raises(MqttAuthError):
-        write_mosquitto_config(tmp_path, devices, hash_password("cloud"))
+        write_mosquitto_config(tmp_path, devices, cloud_hashes())
     assert not (tmp_path / "passwd").exists()

@@ -143,11 +143,19 @@ def deployment_tables(deployment: dict) -> Group:
         waves.add_row(str(wave["wave"]), str(wave["size"]), str(counts.get("pending", 0)),
                       str(sum(counts.get(s, 0) for s in IN_PROGRESS)), str(counts.get("active", 0)),
                       str(counts.get("failed", 0)), str(counts.get("rolled_back", 0)), wave["status"])
-    devices = Table("device", "wave", "state", "reason", "command sent", "rollback sent", "updated")
+    devices = Table("device", "wave", "state", "reason", "command sent", "resent", "rollback sent", "updated")
     for row in deployment["devices"]:
-        devices.add_row(row["device"], str(row["wave"]), _state(row["state"]), escape(row.get("reason") or ""),
-                        _when(row.get("sent_at")), _when(row.get("rollback_sent_at")), _when(row.get("updated_at")))
+        devices.add_row(row["device"], str(row["wave"]), _state(row["state"]), escape(_reason(row)),
+                        _when(row.get("sent_at")), str(row.get("resends") or 0), _when(row.get("rollback_sent_at")),
+                        _when(row.get("updated_at")))
     return Group(waves, devices)
+
+
+def _reason(row: dict) -> str:
+    """A device's reason; for one whose install went out and that never answered, says so."""
+    if row["state"] == "pending" and row.get("sent_at"):
+        return "no status received (silent)"
+    return row.get("reason") or ""
 
 
 def _caption(deployment: dict) -> str:

@@ -173,6 +173,9 @@ class DeploymentDevice(Base):
     # The install command: its id is stored before it is published, sent_at once the broker acknowledged it.
     command_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     sent_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Re-sends of the same install to a device that answered nothing: how many, and the broker's last ack.
+    resends: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    resent_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     rollback_command_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     rollback_sent_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     status_seq: Mapped[int | None] = mapped_column(Integer, nullable=True)  # seq of the status applied last

@@ -5,12 +5,20 @@ devices' status messages), so a restarted cloud resumes where it stopped. Per de
 
 1. pending -> running, wave 1.
 2. running: send an install command (core.ota, QoS 1, to `edgefleet/v1/<fleet>/<device>/cmd`) to every
-   device of waves 1..current that has none yet; then apply `rollout_plan.decide`: advance to the next
-   wave, pause for approval, complete, or abort. A restart gives the current wave its whole timeout again
-   (statuses queued at the broker while the cloud was down arrive only now).
+   device of waves 1..current that has none yet, and re-send it (same id) to a device that has answered
+   with no status for `resend_interval_seconds`, at most `max_resends` times (a broker restarted without
+   persistence loses the commands it queued for offline devices); then apply `rollout_plan.decide`:
+   advance to the next wave, pause for approval, complete, or abort (a timeout names the devices that
+   never answered). A restart gives the current wave its whole timeout again (statuses queued at the
+   broker while the cloud was down arrive only now).
 3. paused: abort if a sent wave's failures go over the limit (late rollbacks count).
-4. aborted (by a rule or through the API): send `op: rollback` to each device whose install went out and
-   that has not reported failed or rolled_back; devices of later waves never hear of the deployment.
+4. aborted (by a rule or through the API), mode "switch": send `op: rollback`, naming the deployment's
+   bundle, to each device this deployment moved: its install reached the switch (it reported switching,
+   health_check or active) and it has not reported failed or rolled_back. A device that never answered,
+   or is still before its switch, gets none; it is watched until its command can no longer be acted on
+   (the download URL's lifetime plus the download timeout and health window after the last send) and
+   rolled back if it reports the switch meanwhile. The device itself refuses a rollback whose bundle is not
+   the one it serves (core.ota). Shadow and canary deployments switch nothing, so they send no rollback.
 
 A command's id is committed before it is published and `sent_at` after the broker acknowledged it; a
 command whose publish may not have happened is republished with the same id (devices ignore an id they
@@ -33,7 +41,15 @@ from sqlalchemy.orm import sessionmaker
 
 from edgefleet.cloud.db import BundleRecord, Deployment, DeploymentDevice, Device
 from edgefleet.cloud.mqtt_client import broker_address, new_client
-from edgefleet.cloud.rollout_plan import FAILED_STATES, OPEN_STATES, Strategy, decide, failure, tally
+from edgefleet.cloud.rollout_plan import (
+    FAILED_STATES,
+    MOVED_STATES,
+    OPEN_STATES,
+    Strategy,
+    decide,
+    failure,
+    tally,
+)
 from edgefleet.cloud.settings import CloudSettings
 from edgefleet.cloud.signed_urls import signed_download_url
 from edgefleet.core.errors import EdgefleetError
@@ -149,13 +165,14 @@ class RolloutEngine:
                 log.warning("deployment %s aborted while paused: %s", deployment_id, reason)
             deployment, rows = self._load(deployment_id)
         if deployment.state == "aborted" and deployment.rollback and not deployment.rollback_done:
-            self._send_rollbacks(deployment, rows)
+            self._send_rollbacks(deployment, rows, strategy, now)
 
     def _decide(self, deployment: Deployment, rows: list[DeploymentDevice], strategy: Strategy, now: float) -> None:
         tallies = tally(((r.wave, r.state) for r in rows), deployment.wave_sizes)
         started = max(deployment.wave_started_at or now, self._started_at)
+        silent = [r.device_id for r in rows if r.wave <= deployment.current_wave and r.state == "pending"]
         decision = decide(strategy, tallies, deployment.current_wave, approved=deployment.approved,
-                          timed_out=now >= started + strategy.wave_timeout_seconds)
+                          timed_out=now >= started + strategy.wave_timeout_seconds, silent=silent)
         did = deployment.id
         if decision.action == "advance":
             nxt = deployment.current_wave + 1
@@ -173,8 +190,11 @@ class RolloutEngine:
 
     # commands ------------------------------------------------------------------------------------------
     def _send_installs(self, deployment: Deployment, rows: list[DeploymentDevice], strategy: Strategy) -> bool:
-        """Sends the install commands due in waves 1..current; True if it changed any row."""
-        due = [r for r in rows if r.wave <= deployment.current_wave and r.sent_at is None]
+        """Sends the install commands due in waves 1..current, and re-sends those no status answered;
+        True if it changed any row."""
+        now = time.time()
+        due = [r for r in rows if r.wave <= deployment.current_wave
+               and (r.sent_at is None or _resend_due(r, strategy, now))]
         base_url = self.public_url()
         if not due or not self.connected.is_set() or not base_url:  # not connected, or the API not yet bound
             return False
@@ -204,8 +224,12 @@ class RolloutEngine:
         sent = self._publish(commands)
         if sent:
             with self.sessions.begin() as session:
-                session.execute(update(DeploymentDevice), [{"id": row.id, "sent_at": stamp} for row, stamp in sent])
-            log.info("deployment %s: sent install to %d device(s)", deployment.id, len(sent))
+                session.execute(update(DeploymentDevice), [
+                    {"id": row.id, "sent_at": stamp} if row.sent_at is None else
+                    {"id": row.id, "resent_at": stamp, "resends": (row.resends or 0) + 1} for row, stamp in sent])
+            again = [row.device_id for row, _ in sent if row.sent_at is not None]
+            log.info("deployment %s: sent install to %d device(s)%s", deployment.id, len(sent),
+                     f", again to {', '.join(again)} (no status yet)" if again else "")
         return True
 
     def _install(self, deployment: Deployment, bundle: BundleRecord, device: Device, command_id: str,
@@ -231,11 +255,12 @@ class RolloutEngine:
             rollback_authorization=authorization, issued_at=time.time(),
         )
 
-    def _send_rollbacks(self, deployment: Deployment, rows: list[DeploymentDevice]) -> None:
-        """Rollback to each device whose install went out (or that reported on it) and that has not failed
-        or rolled back by itself; marks the deployment's rollback done once every one is acknowledged."""
-        due = [r for r in rows if (r.sent_at is not None or r.state != "pending")
-               and r.state not in FAILED_STATES and r.rollback_sent_at is None]
+    def _send_rollbacks(self, deployment: Deployment, rows: list[DeploymentDevice], strategy: Strategy,
+                        now: float) -> None:
+        """Rollback, naming the deployment's bundle, to each device this deployment moved (see the module
+        docstring); marks the rollback done once every one is acknowledged and no device is undecided."""
+        moved = strategy.mode == "switch"
+        due = [r for r in rows if moved and r.state in MOVED_STATES and r.rollback_sent_at is None]
         if due:
             if not self.connected.is_set():
                 return
@@ -249,8 +274,9 @@ class RolloutEngine:
                 fleets = dict(session.execute(select(Device.id, Device.fleet)
                                               .where(Device.id.in_([r.device_id for r in due]))).all())
             reason = deployment.reason or "deployment aborted"
+            undo = BundleRef(deployment.bundle_name, deployment.bundle_version)
             commands = [(row, fleets[row.device_id], Command(id=row.rollback_command_id, op="rollback",
-                                                             deployment=deployment.id, reason=reason,
+                                                             deployment=deployment.id, bundle=undo, reason=reason,
                                                              issued_at=time.time()))
                         for row in due]
             sent = self._publish(commands)
@@ -261,6 +287,13 @@ class RolloutEngine:
                 log.warning("deployment %s: sent rollback to %d device(s)", deployment.id, len(sent))
             if len(sent) < len(due):
                 return
+        horizon = self.settings.download_url_ttl_seconds + strategy.download_timeout_seconds \
+            + strategy.health_window_seconds
+        undecided = [r for r in rows if moved and r.sent_at is not None and r.rollback_sent_at is None
+                     and r.state not in (*FAILED_STATES, *MOVED_STATES)
+                     and now < (r.resent_at or r.sent_at) + horizon]
+        if undecided:
+            return  # a late install may still reach its switch: it is rolled back then
         with self.sessions.begin() as session:
             session.execute(update(Deployment).where(Deployment.id == deployment.id)
                             .values(rollback_done=True, updated_at=time.time()))
@@ -302,6 +335,12 @@ class RolloutEngine:
                                                                Deployment.state.in_(from_states))
                                       .values(updated_at=time.time(), **values)).rowcount
         return changed == 1
+
+
+def _resend_due(row: DeploymentDevice, strategy: Strategy, now: float) -> bool:
+    """An install went out, no status of the device answered it, and the resend interval has passed."""
+    return (row.state == "pending" and row.status_seq is None and (row.resends or 0) < strategy.max_resends
+            and now >= (row.resent_at or row.sent_at) + strategy.resend_interval_seconds)
 
 
 def _command_id() -> str:

@@ -6,7 +6,10 @@
 - **Who goes first** is deterministic and unbiased by id: devices sorted by sha256(deployment id + device id).
 - **Abort** as soon as any wave sent so far has more than `max_failure_rate` of its devices failed or
   rolled back (late failures of earlier waves count too), when the current wave can no longer reach
-  `success_threshold` (too many failed), or when it times out.
+  `success_threshold` (too many failed), or when it times out (the reason names the devices that never
+  answered with any status).
+- **Numbers** are finite and bounded (MAX_SECONDS, core.ota.LIMITS): a request with an infinite or absurd
+  timeout is refused with the field's name, never stored.
 - **Advance** when the current wave's fraction of "active" devices reaches `success_threshold`; after the
   first wave, pause until approved if `pause_for_approval`; after the last, the deployment is complete.
 """
@@ -23,12 +26,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from edgefleet.core.errors import EdgefleetError
-from edgefleet.core.ota import STATES
+from edgefleet.core.ota import LIMITS, STATES
 
 DEPLOYMENT_STATES = ("pending", "running", "paused", "completed", "aborted")
 OPEN_STATES = ("pending", "running", "paused")  # the engine still acts on these
 DEVICE_STATES = ("pending", *STATES)
 FAILED_STATES = ("failed", "rolled_back")
+MOVED_STATES = ("switching", "health_check", "active")  # a device's install reached the switch (mode "switch")
 DEFAULT_WAVES = (5, 25, 100)
 
 
@@ -52,6 +56,11 @@ class Strategy(BaseModel):
     mode: Literal["switch", "shadow", "canary"] = "switch"
     canary_fraction: float = 0.1  # mode "canary": the share of local requests the new model answers
     download_timeout_seconds: float = 300.0  # the device's limit for the whole download
+    # An install no status answered is re-sent (same command id: devices ignore an id seen before) this
+    # often, at most max_resends times: a command the broker lost (a restart without persistence) still
+    # arrives once the device is back.
+    resend_interval_seconds: float = 60.0
+    max_resends: int = 3
 
     def checked(self) -> Strategy:
         """This strategy with its waves filled in; raises RolloutError naming the first bad field."""
@@ -68,19 +77,35 @@ class Strategy(BaseModel):
         _within("success_threshold", self.success_threshold, 0.0, 1.0, low_open=True)
         _within("max_failure_rate", self.max_failure_rate, 0.0, 1.0, high_open=True)
         _within("canary_fraction", self.canary_fraction, 0.0, 1.0)
-        for name in ("wave_timeout_seconds", "health_window_seconds", "download_timeout_seconds"):
-            _within(name, getattr(self, name), 0.0, math.inf, low_open=True)
+        for name, high in MAX_SECONDS.items():
+            _within(name, getattr(self, name), 0.0, high, low_open=True)
         if self.latency_budget_ms is not None:
-            _within("latency_budget_ms", self.latency_budget_ms, 0.0, math.inf, low_open=True)
+            _within("latency_budget_ms", self.latency_budget_ms, 0.0, LIMITS["latency_budget_ms"], low_open=True)
+        _within("max_resends", self.max_resends, 0, MAX_RESENDS)
         return self.model_copy(update={"waves": tuple(waves)})
+
+
+# Finite upper bounds: an infinite or absurd timeout is refused here, not stored and then ignored by every
+# device (the command's own fields share core.ota.LIMITS with the device's parser).
+MAX_SECONDS = {"wave_timeout_seconds": 30 * 86400.0, "health_window_seconds": LIMITS["health_window_seconds"],
+               "download_timeout_seconds": LIMITS["timeout_seconds"], "resend_interval_seconds": 86400.0}
+MAX_RESENDS = 100
 
 
 def _within(name: str, value: float, low: float, high: float, *, low_open: bool = False,
             high_open: bool = False) -> None:
     ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok or math.isnan(value):
+    if not ok or not math.isfinite(value):
         left, right = "(" if low_open else "[", ")" if high_open else "]"
-        raise RolloutError(f"strategy.{name} must be within {left}{low:g}, {high:g}{right}, got {value}")
+        raise RolloutError(f"strategy.{name} must be within {left}{_plain(low)}, {_plain(high)}{right}, "
+                           f"got {_plain(value)}")
+
+
+def _plain(number: float) -> str:
+    """604800 rather than 604800.0 or 6.048e+05; an integer as it came; inf and nan as such."""
+    if isinstance(number, int):
+        return str(number)
+    return str(int(number)) if number.is_integer() and abs(number) < 1e15 else f"{number:g}"
 
 
 def rollout_order(deployment_id: str, device_ids: Iterable[str]) -> list[str]:
@@ -138,8 +163,9 @@ def failure(strategy: Strategy, tallies: Sequence[WaveTally], upto: int) -> str 
 
 
 def decide(strategy: Strategy, tallies: Sequence[WaveTally], current: int, *, approved: bool,
-           timed_out: bool) -> Decision:
-    """What a running deployment in wave `current` (1-based) does next."""
+           timed_out: bool, silent: Sequence[str] = ()) -> Decision:
+    """What a running deployment in wave `current` (1-based) does next; `silent` are the devices of the
+    waves sent so far that never answered with any status (named in a timeout's reason)."""
     reason = failure(strategy, tallies, current)
     if reason:
         return Decision("abort", reason)
@@ -156,5 +182,12 @@ def decide(strategy: Strategy, tallies: Sequence[WaveTally], current: int, *, ap
     if timed_out:
         return Decision("abort", f"wave {wave.wave} timed out after {strategy.wave_timeout_seconds:g} s with "
                                  f"{wave.active} of {wave.size} devices active "
-                                 f"(success_threshold {strategy.success_threshold:.2f})")
+                                 f"(success_threshold {strategy.success_threshold:.2f})" + _silent(silent))
     return Decision("wait")
+
+
+def _silent(devices: Sequence[str], shown: int = 20) -> str:
+    if not devices:
+        return ""
+    more = f" and {len(devices) - shown} more" if len(devices) > shown else ""
+    return f"; no status from {len(devices)} device(s): {', '.join(devices[:shown])}{more}"

@@ -1,8 +1,11 @@
 """Deployments: plan a staged rollout of a registry bundle to devices, watch it, approve or abort it.
 
 Creating one only plans it (its waves and the devices in each, recorded in DeploymentDevice rows); the
-rollout engine (`edgefleet.cloud.rollout`) sends the commands. Approve and abort change the deployment's
-state with a compare-and-set, so they never race the engine into an inconsistent state.
+rollout engine (`edgefleet.cloud.rollout`) sends the commands. Every number is checked before anything
+is stored: a non-finite or out-of-range strategy field is a 400 naming the field and its bounds
+(Strategy.checked), a version outside the registry's integer range or a wrong type a 422. Approve and
+abort change the deployment's state with a compare-and-set, so they never race the engine into an
+inconsistent state.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Query, status
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -25,6 +28,7 @@ from edgefleet.cloud.rollout_plan import OPEN_STATES, RolloutError, Strategy, ro
 from edgefleet.core.topics import check_id
 
 log = logging.getLogger(__name__)
+MAX_VERSION = 2**31 - 1
 router = APIRouter(tags=["deployments"])
 
 
@@ -35,12 +39,12 @@ class TargetIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     fleet: str | None = None
     group: str | None = None
-    devices: list[str] | None = None
+    devices: list[str] | None = Field(default=None, max_length=10_000)
 
 
 class BundleRefIn(BaseModel):
-    name: str
-    version: int
+    name: str = Field(min_length=1, max_length=128)
+    version: int = Field(ge=0, le=MAX_VERSION)  # the registry's column is a 32-bit integer
 
 
 class DeploymentIn(BaseModel):
@@ -52,8 +56,8 @@ class DeploymentIn(BaseModel):
 
 class AbortIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason: str | None = None
-    rollback: bool = True  # send rollback to the devices that were updated
+    reason: str | None = Field(default=None, max_length=2000)
+    rollback: bool = True  # send rollback to the devices this deployment moved
 
 
 class WaveOut(BaseModel):
@@ -71,6 +75,7 @@ class DeviceRolloutOut(BaseModel):
     reason: str | None
     command: str | None
     sent_at: float | None
+    resends: int  # how often the install went out again because no status answered it
     rollback_command: str | None
     rollback_sent_at: float | None
     updated_at: float
@@ -125,7 +130,8 @@ def deployment_view(session: Session, deployment: Deployment) -> DeploymentOut:
     for row in rows:
         counts[row.state] = counts.get(row.state, 0) + 1
     devices = [DeviceRolloutOut(device=row.device_id, wave=row.wave, state=row.state, reason=row.reason,
-                                command=row.command_id, sent_at=row.sent_at, rollback_command=row.rollback_command_id,
+                                command=row.command_id, sent_at=row.sent_at, resends=row.resends or 0,
+                                rollback_command=row.rollback_command_id,
                                 rollback_sent_at=row.rollback_sent_at, updated_at=row.updated_at) for row in rows]
     return DeploymentOut(**_summary(deployment), target=deployment.target, strategy=deployment.strategy,
                          approved=deployment.approved, rollback=deployment.rollback, counts=counts, waves=waves,

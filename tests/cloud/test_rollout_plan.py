@@ -45,3 +45,32 @@ def test_waves_selection_and_decisions():
                          ({"wave_timeout_seconds": 0}, "wave_timeout_seconds")):
         with pytest.raises(RolloutError, match=message):
             Strategy(kind="waves", **bad).checked()
+
+
+def test_a_timeout_names_the_devices_that_never_answered():
+    strategy = Strategy(wave_timeout_seconds=60).checked()
+    waves = tally([(1, "active"), (1, "pending"), (1, "pending")], [3])
+    decision = decide(strategy, waves, 1, approved=False, timed_out=True, silent=["pi-2", "pi-3"])
+    assert decision.action == "abort"
+    assert decision.reason.endswith("; no status from 2 device(s): pi-2, pi-3")
+    many = [f"pi-{i}" for i in range(25)]
+    reason = decide(strategy, waves, 1, approved=False, timed_out=True, silent=many).reason
+    assert reason.endswith("pi-19 and 5 more")
+
+
+@pytest.mark.parametrize(("field", "value", "says"), [
+    ("wave_timeout_seconds", float("inf"), "strategy.wave_timeout_seconds must be within (0, 2592000], got inf"),
+    ("wave_timeout_seconds", 1e12, "strategy.wave_timeout_seconds must be within (0, 2592000]"),
+    ("health_window_seconds", float("nan"), "strategy.health_window_seconds must be within (0, 604800]"),
+    ("download_timeout_seconds", 1e308, "strategy.download_timeout_seconds must be within (0, 604800]"),
+    ("latency_budget_ms", float("inf"), "strategy.latency_budget_ms must be within (0, 3600000]"),
+    ("canary_fraction", float("nan"), "strategy.canary_fraction must be within [0, 1]"),
+    ("success_threshold", float("nan"), "strategy.success_threshold"),
+    ("max_failure_rate", float("-inf"), "strategy.max_failure_rate"),
+    ("resend_interval_seconds", 0.0, "strategy.resend_interval_seconds must be within (0, 86400]"),
+    ("max_resends", 10**30, "strategy.max_resends must be within [0, 100]"),
+])
+def test_non_finite_and_absurd_numbers_are_refused_with_the_field(field, value, says):
+    with pytest.raises(RolloutError) as refused:
+        Strategy(**{field: value}).checked()
+    assert says in str(refused.value)

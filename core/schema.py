@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgefleet.core.errors import SchemaError
+from edgefleet.core.errors import EdgefleetError, SchemaError
 
 Dim = int | str
 
@@ -137,3 +137,51 @@ class InputValidator:
             got = f"nothing (the request has unknown inputs {extra})" if extra else "nothing"
             raise SchemaError(missing[0], f"{spec.describe()} (missing)", got)
         raise SchemaError(str(extra[0]), f"only inputs {list(self.names)}", "an unknown input")
+
+
+def array_from_json(value: object, spec: TensorSpec) -> np.ndarray:
+    """A JSON value (nested lists of numbers) as an array of `spec.dtype`; every refusal names the input.
+
+    Refused with EdgefleetError: anything but a regular array of numbers (strings, null, all-boolean
+    values for a numeric input, rows of different lengths). Refused with SchemaError: values the dtype
+    cannot hold (1e39 for float32, 300 for uint8, 1.5 or 2**63 for int64) and non-finite values. A
+    number is never rounded, wrapped or turned into inf on the way in. Shapes are not checked here:
+    InputValidator does that.
+    """
+    dtype = np.dtype(spec.dtype)
+    try:
+        raw = np.asarray(value)
+    except (ValueError, TypeError, OverflowError) as err:  # numpy >= 1.24 refuses ragged nesting
+        raise EdgefleetError(f"input '{spec.name}': not a regular array of numbers (nested lists of different "
+                             f"lengths)") from err
+    if raw.dtype.kind not in "iuf" and not (raw.dtype.kind == "b" and dtype.kind == "b"):
+        got = {"b": "booleans", "U": "strings", "S": "strings"}.get(raw.dtype.kind, "values that are not all numbers")
+        raise EdgefleetError(f"input '{spec.name}': not a regular array of numbers (got {got})")
+    if dtype.kind == "f":
+        with np.errstate(over="ignore", invalid="ignore"):
+            array = raw.astype(dtype)
+        bad = ~np.isfinite(array)
+        if bad.any():
+            raise SchemaError(spec.name, f"finite {dtype} values", _first(raw, bad, f"beyond the {dtype} range"))
+        return array
+    if dtype.kind in "iub":
+        low, high = (0, 1) if dtype.kind == "b" else (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
+        if raw.dtype.kind == "f":
+            fraction = raw != np.floor(raw)
+            if fraction.any():
+                raise SchemaError(spec.name, f"whole numbers for {dtype}", _first(raw, fraction, "not a whole number"))
+            outside = (raw < low) | (raw >= float(high + 1))  # high + 1 is exact as a float; high may not be
+        else:
+            outside = (raw < low) | (raw > high)
+        if outside.any():
+            raise SchemaError(spec.name, f"values within [{low}, {high}] for {dtype}",
+                              _first(raw, outside, "outside that range"))
+        return raw.astype(dtype)
+    raise SchemaError(spec.name, f"a {dtype} input (JSON carries only numbers)", "a JSON array")
+
+
+def _first(raw: np.ndarray, mask: np.ndarray, why: str) -> str:
+    index = tuple(int(i) for i in np.argwhere(mask)[0])
+    count = int(np.count_nonzero(mask))
+    more = f" (and {count - 1} more)" if count > 1 else ""
+    return f"{raw[index].item()!r} at index {list(index)}, {why}{more}"

@@ -33,7 +33,7 @@ from edgefleet.core.telemetry import Dropped, TelemetryWindow
 from edgefleet.core.topics import topic
 from edgefleet.edge_runtime.device_config import DeviceConfig
 from edgefleet.edge_runtime.http_api import create_app
-from edgefleet.edge_runtime.metrics import Totals
+from edgefleet.edge_runtime.metrics import DeviceMetrics
 from edgefleet.edge_runtime.model_host import ModelHost
 from edgefleet.edge_runtime.outbox import Outbox
 from edgefleet.edge_runtime.predictor import Predictor
@@ -58,7 +58,7 @@ class DeviceAgent:
         self.outbox: Outbox | None = None
         self._seen_commands: list[str] = []
         self.transport = None
-        self.totals: Totals | None = None
+        self.metrics = DeviceMetrics(device=config.device, fleet=config.fleet, gauges=self.gauges)
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
         self._http: uvicorn.Server | None = None
@@ -77,8 +77,6 @@ class DeviceAgent:
         if not report.passed:
             raise EdgefleetError(f"self-test failed, refusing to serve: {'; '.join(report.failures)}")
         self.host = ModelHost(predictor, telemetry=self._make_aggregator, on_retire=self._retire)
-        names = predictor.bundle.manifest["interface"].get("class_names") or []
-        self.totals = Totals(list(names) if self.aggregator.output_name else [])
         if config.mqtt:
             from edgefleet.edge_runtime.mqtt import MqttTransport
 
@@ -159,13 +157,12 @@ class DeviceAgent:
 
     # telemetry -----------------------------------------------------------------------------------------
     def close_window(self) -> TelemetryWindow:
-        """Closes the serving model's window: into the running totals and, with MQTT, into the outbox."""
+        """Closes the serving model's window; with MQTT it goes into the outbox."""
         window = self.aggregator.close_window()
         self._send_window(window)
         return window
 
     def _send_window(self, window: TelemetryWindow) -> None:
-        self.totals.add(window)
         if self.outbox is not None:
             def render(seq: int, dropped: Dropped) -> bytes:
                 return replace(window, seq=seq, dropped=dropped).to_payload()
@@ -258,14 +255,12 @@ class DeviceAgent:
                                                           "outbox_pending": len(self.outbox)},
         }
 
-    def metrics(self) -> str:
-        bundle = self.predictor.bundle
-        labels = {"device": self.config.device, "fleet": self.config.fleet, "model": bundle.name,
-                  "version": str(bundle.version)}
+    def gauges(self) -> dict[str, float]:
+        """The device's gauges for GET /metrics (the request counters are kept by self.metrics)."""
         gauges = {"window_seconds": self.config.window_seconds}
         if self.transport is not None:
             gauges.update(mqtt_connected=float(self.transport.connected), outbox_pending=float(len(self.outbox)))
-        return self.totals.render(self.aggregator.main.snapshot(reset=False), labels, gauges)
+        return gauges
 
     def _start_http(self) -> None:
         app = create_app(self.host, max_body_bytes=self.config.max_body_bytes, health=self.health,

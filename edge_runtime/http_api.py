@@ -1,22 +1,58 @@
 """The device's local HTTP API: POST /v1/predict, GET /healthz, GET /metrics (Prometheus text).
 
-Predictions run in FastAPI's worker threads (plain `def` handlers), never on the event loop. A bad
-request gets one precise message: 413 for a body over the limit, 400 for JSON that is not an array
-of numbers, 422 for a tensor that does not match the schema; the server keeps serving.
+Every request gets exactly one complete answer and the connection stays usable (HTTP keep-alive):
+
+| what came | answer |
+|---|---|
+| a body over max_body_bytes (declared or streamed) | 413, `Connection: close` (the rest is not read) |
+| not UTF-8, not JSON, nested deeper than MAX_DEPTH, an integer outside int64, NaN/Infinity/1e999 | 400 |
+| not {"inputs": ...}, an unknown field | 400 |
+| an input that is not a regular array of numbers (ragged, strings, null) | 400 naming the input |
+| an unknown input, a value its dtype cannot hold (1e39 for float32), a shape off the schema | 422 naming the input |
+| a model that answers a valid request with NaN or inf (a model fault, never sent as `null`) | 500 |
+| anything unexpected (a bug) | 500 with the exception's type; logged with its traceback |
+
+No exception ever reaches the server: uvicorn closes a kept-alive connection when the application
+raises after its response started, which is what Starlette's error middleware does after sending a
+500 (the 211 ReadErrors of issue 11). `_AnswerErrors` answers instead of re-raising. Parsing and
+prediction run in worker threads, never on the event loop. Every predict request is counted in
+DeviceMetrics (edge_runtime/metrics.py) with its status and duration.
 """
 
 from __future__ import annotations
 
-import json
+import logging
+import time
 from collections.abc import Callable
 
+import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from edgefleet.core.errors import EdgefleetError, SchemaError
+from edgefleet.core.bounded_json import JsonLimitError
+from edgefleet.core.bundle import Bundle
+from edgefleet.core.errors import BackendError, EdgefleetError, SchemaError
 from edgefleet.core.profile import class_confidence
+from edgefleet.edge_runtime.metrics import CONTENT_TYPE, DeviceMetrics
 from edgefleet.edge_runtime.model_host import ModelHost
-from edgefleet.edge_runtime.request_files import arrays_from_json
+from edgefleet.edge_runtime.request_files import read_body
+
+log = logging.getLogger(__name__)
+
+
+class ModelOutputError(BackendError):
+    """The model answered a valid request with values JSON cannot carry (NaN, inf): a model fault."""
+
+    def __init__(self, model: str, output: str, count: int) -> None:
+        super().__init__(f"model {model} produced {count} non-finite value(s) (NaN or inf) in output '{output}' "
+                         f"from finite inputs: a model fault, not an answer")
+        self.output = output
+
+
+class BodyTooLarge(EdgefleetError):
+    """The request body exceeds the limit; the rest of it was not read."""
 
 
 def create_app(
@@ -24,37 +60,34 @@ def create_app(
     *,
     max_body_bytes: int = 2**20,
     health: Callable[[], dict] = dict,
-    metrics: Callable[[], str] = str,
+    metrics: DeviceMetrics | None = None,
 ) -> FastAPI:
+    """The device's ASGI app. `metrics` counts the predict requests (a fresh DeviceMetrics if None)."""
     app = FastAPI(title="edgefleet device", docs_url=None, redoc_url=None)
-
-    @app.exception_handler(EdgefleetError)
-    def _edgefleet_error(request: Request, err: EdgefleetError) -> JSONResponse:
-        return JSONResponse({"detail": str(err)}, status_code=422 if isinstance(err, SchemaError) else 400)
+    app.add_middleware(_AnswerErrors)
+    app.state.metrics = counted = metrics if metrics is not None else DeviceMetrics()
 
     @app.post("/v1/predict")
-    def predict(body: bytes = _body(max_body_bytes)) -> dict:
-        try:
-            data = json.loads(body)
-        except ValueError as err:
-            raise EdgefleetError(f"request body is not JSON: {err}") from err
-        if not isinstance(data, dict) or "inputs" not in data:
-            raise EdgefleetError('request body must be {"inputs": [...]} or {"inputs": {"name": [...]}}')
+    async def predict(request: Request) -> Response:
+        started = time.perf_counter()
         bundle = host.current.bundle  # read once: an update may swap the model between requests
-        interface, names = bundle.manifest["interface"], bundle.manifest["interface"].get("class_names")
-        outputs = host.predict(arrays_from_json(data["inputs"], bundle.inputs))
-        first_output = bundle.outputs[0].name
-        response: dict = {
-            "model": {"name": bundle.name, "version": bundle.version},
-            "outputs": {k: v.tolist() for k, v in outputs.items()},
-        }
-        if interface.get("task") == "classification":
-            predicted, confidence = class_confidence(outputs[first_output], interface.get("postprocess", "softmax"))
-            response["predictions"] = [
-                {"class": names[int(p)] if names else int(p), "confidence": float(c)}
-                for p, c in zip(predicted, confidence, strict=True)
-            ]
-        return response
+        samples, classes = 0, []
+        try:
+            body = await _read_body(request, max_body_bytes)
+            answer, samples, classes = await run_in_threadpool(_predict, host, bundle, body)
+            status, headers = 200, None
+        except EdgefleetError as err:
+            status, answer = _status(err), {"detail": str(err)}
+            headers = {"Connection": "close"} if isinstance(err, BodyTooLarge) else None
+            if status >= 500:
+                log.warning("predict answered %d: %s", status, err)
+        except Exception as err:  # noqa: BLE001 - a bug must still get its answer and keep the connection
+            log.exception("predict failed")
+            status, answer, headers = 500, {"detail": _internal(err)}, None
+        counted.observe(bundle.name, bundle.version, code=status, seconds=time.perf_counter() - started)
+        if status == 200:
+            counted.predicted(bundle.name, bundle.version, samples, classes)
+        return JSONResponse(answer, status_code=status, headers=headers)
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -62,27 +95,87 @@ def create_app(
         return {"status": "ok", "model": {"name": current.bundle.name, "version": current.bundle.version},
                 "backend": current.backend_name, "runtime": current.describe(), **health()}
 
-    @app.get("/metrics", response_class=PlainTextResponse)
-    def prometheus() -> str:
-        return metrics()
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(counted.render(), media_type=CONTENT_TYPE)
 
     return app
 
 
-def _body(limit: int):  # noqa: ANN202 - a FastAPI dependency
-    from fastapi import Depends, HTTPException
+def _predict(host: ModelHost, bundle: Bundle, body: bytes) -> tuple[dict, int, list[str]]:
+    """Parses, predicts and checks one request (in a worker thread): (answer, samples, predicted classes)."""
+    outputs = host.predict(read_body(body, bundle.inputs, max_bytes=len(body)))
+    for name, value in outputs.items():
+        if value.dtype.kind in "fc":
+            bad = int(np.count_nonzero(~np.isfinite(value)))
+            if bad:
+                raise ModelOutputError(f"{bundle.name} v{bundle.version}", name, bad)
+    first = outputs[bundle.outputs[0].name]
+    answer: dict = {
+        "model": {"name": bundle.name, "version": bundle.version},
+        "outputs": {k: v.tolist() for k, v in outputs.items()},
+    }
+    samples = int(first.shape[0]) if first.ndim else 1
+    interface = bundle.manifest["interface"]
+    if interface.get("task") != "classification":
+        return answer, samples, []
+    names = interface.get("class_names")
+    predicted, confidence = class_confidence(first, interface.get("postprocess", "softmax"))
+    classes = [str(names[int(p)]) if names else str(int(p)) for p in predicted]
+    answer["predictions"] = [{"class": names[int(p)] if names else int(p), "confidence": float(c)}
+                             for p, c in zip(predicted, confidence, strict=True)]
+    return answer, samples, classes
 
-    async def read(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise HTTPException(413, f"request body of {declared} bytes exceeds the limit of {limit}")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
 
-    return Depends(read)
+def _status(err: EdgefleetError) -> int:
+    if isinstance(err, BodyTooLarge) or (isinstance(err, JsonLimitError) and err.reason == "too_large"):
+        return 413
+    if isinstance(err, SchemaError):
+        return 422
+    if isinstance(err, BackendError):
+        return 500  # the request was valid; the model or its runtime failed
+    return 400
 
+
+def _internal(err: Exception) -> str:
+    return f"internal error ({type(err).__name__}); see the device log"
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, read only up to `limit` bytes (BodyTooLarge beyond: declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class _AnswerErrors:
+    """ASGI middleware: an exception from the app becomes a 500 answer (if no response started yet) and
+    is never re-raised, so the server keeps the connection open for the next kept-alive request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as err:  # noqa: BLE001 - the point of this middleware
+            log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            if not started:  # else the server closes the connection: a half-sent answer cannot be mended
+                await JSONResponse({"detail": _internal(err)}, status_code=500)(scope, receive, send)

@@ -1,68 +1,96 @@
-"""Running totals of the device's telemetry, and their Prometheus text exposition for GET /metrics.
+"""The device's Prometheus metrics for GET /metrics, kept and rendered by prometheus_client.
 
-Windows reset the native counters each time they close; these totals add every closed window to the
-counts of the open one, so Prometheus sees counters that only grow.
+    metrics = DeviceMetrics(device="pi-07", fleet="lab", gauges=lambda: {"outbox_pending": 3})
+    metrics.observe("digits-cnn", 3, code=200, seconds=0.0004)
+    metrics.predicted("digits-cnn", 3, samples=2, classes=["7", "1"])
+    text = metrics.render()                 # Prometheus text format, label values escaped
+
+Each DeviceMetrics has its own CollectorRegistry (never the library's global one), so one process can
+hold several devices (tests do). What is counted is what the HTTP API answered: every POST /v1/predict
+request, whatever its answer, once, with the model that was serving when it came:
+
+| metric | type | labels (besides device, fleet, model, version) |
+|---|---|---|
+| edgefleet_requests_total | counter | |
+| edgefleet_request_errors_total | counter | code: the HTTP status of a request not answered 200 |
+| edgefleet_samples_total | counter | rows of the batch axis answered with 200 |
+| edgefleet_predict_latency_seconds | histogram | arrival to answer, reading and parsing included |
+| edgefleet_predictions_total | counter | class: the predicted class name (classifiers) |
+
+Gauges (labels device, fleet) come from the `gauges` callable at scrape time: each key `k` becomes
+`edgefleet_k`. Calls in the device's own process (DeviceAgent.predict) are not HTTP requests: they are
+counted in the MQTT telemetry windows only.
 """
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Callable, Iterator, Sequence
 
-import numpy as np
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-from edgefleet.core.telemetry import LATENCY_EDGES_MS, TelemetryWindow
+from edgefleet.core.telemetry import LATENCY_EDGES_MS
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST  # what generate_latest writes
+MODEL_LABELS = ("device", "fleet", "model", "version")
+GAUGE_HELP = {
+    "window_seconds": "Length of a telemetry window.",
+    "mqtt_connected": "1 while the MQTT connection is up.",
+    "outbox_pending": "Telemetry and status messages waiting in the on-disk outbox.",
+}
 
 
-class Totals:
-    def __init__(self, class_names: list[str]) -> None:
-        self.class_names = class_names
-        self.requests = self.samples = self.errors = self.windows = 0
-        self.latency = np.zeros(len(LATENCY_EDGES_MS) + 2, np.int64)
-        self.predictions = np.zeros(len(class_names), np.int64)
-        self._lock = threading.Lock()
+class DeviceMetrics:
+    def __init__(self, *, device: str = "", fleet: str = "", gauges: Callable[[], dict[str, float]] = dict) -> None:
+        self.device, self.fleet = device, fleet
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.requests = Counter("edgefleet_requests", "Prediction requests received (POST /v1/predict).",
+                                MODEL_LABELS, registry=registry)
+        self.errors = Counter("edgefleet_request_errors", "Prediction requests not answered 200, by HTTP status.",
+                              (*MODEL_LABELS, "code"), registry=registry)
+        self.samples = Counter("edgefleet_samples", "Samples (rows of the batch axis) predicted.",
+                               MODEL_LABELS, registry=registry)
+        self.latency = Histogram("edgefleet_predict_latency_seconds",
+                                 "Time from a prediction request's arrival to its answer, parsing included.",
+                                 MODEL_LABELS, buckets=[edge / 1000 for edge in LATENCY_EDGES_MS], registry=registry)
+        self.predictions = Counter("edgefleet_predictions", "Predicted classes.", (*MODEL_LABELS, "class"),
+                                   registry=registry)
+        registry.register(_Gauges(device, fleet, gauges))
 
-    def add(self, window: TelemetryWindow) -> None:
-        with self._lock:
-            self.requests += window.requests
-            self.samples += window.samples
-            self.errors += window.errors
-            self.windows += 1
-            self.latency += np.asarray(window.latency_ms, np.int64)
-            if window.predictions:
-                self.predictions += np.asarray(window.predictions, np.int64)
+    def observe(self, model: str, version: int, *, code: int, seconds: float) -> None:
+        """One answered prediction request: its HTTP status and how long it took."""
+        labels = (self.device, self.fleet, model, str(version))
+        self.requests.labels(*labels).inc()
+        self.latency.labels(*labels).observe(seconds)
+        if code != 200:
+            self.errors.labels(*labels, str(code)).inc()
 
-    def render(self, open_window: dict, labels: dict[str, str], gauges: dict[str, float]) -> str:
-        """Prometheus text format 0.0.4. open_window is RequestSketch.snapshot(reset=False)."""
-        with self._lock:
-            requests = self.requests + int(open_window["requests"])
-            errors = self.errors + int(open_window["errors"])
-            samples = self.samples + int(open_window["samples"])
-            latency = self.latency + open_window["latency"]
-            predictions = self.predictions + (open_window["predictions"] if len(self.predictions) else 0)
-        base = ",".join(f'{k}="{v}"' for k, v in labels.items())
-        lines = [
-            "# HELP edgefleet_requests_total Prediction requests served.",
-            "# TYPE edgefleet_requests_total counter",
-            f"edgefleet_requests_total{{{base}}} {requests}",
-            "# HELP edgefleet_request_errors_total Prediction requests that failed.",
-            "# TYPE edgefleet_request_errors_total counter",
-            f"edgefleet_request_errors_total{{{base}}} {errors}",
-            "# HELP edgefleet_samples_total Samples (rows of the batch axis) predicted.",
-            "# TYPE edgefleet_samples_total counter",
-            f"edgefleet_samples_total{{{base}}} {samples}",
-            "# HELP edgefleet_predict_latency_seconds Predict latency, validation included.",
-            "# TYPE edgefleet_predict_latency_seconds histogram",
-        ]
-        cumulative = np.cumsum(latency[:-1])  # the last column is NaN, which latency never is
-        for edge, count in zip(LATENCY_EDGES_MS, cumulative[:-1], strict=True):
-            lines.append(f'edgefleet_predict_latency_seconds_bucket{{{base},le="{edge / 1000:g}"}} {count}')
-        lines.append(f'edgefleet_predict_latency_seconds_bucket{{{base},le="+Inf"}} {cumulative[-1]}')
-        lines.append(f"edgefleet_predict_latency_seconds_count{{{base}}} {cumulative[-1]}")
-        if len(self.class_names):
-            lines += ["# HELP edgefleet_predictions_total Predicted classes.",
-                      "# TYPE edgefleet_predictions_total counter"]
-            lines += [f'edgefleet_predictions_total{{{base},class="{name}"}} {count}'
-                      for name, count in zip(self.class_names, predictions, strict=True)]
-        for name, value in gauges.items():
-            lines += [f"# TYPE edgefleet_{name} gauge", f"edgefleet_{name}{{{base}}} {value:g}"]
-        return "\n".join(lines) + "\n"
+    def predicted(self, model: str, version: int, samples: int, classes: Sequence[str] = ()) -> None:
+        """The samples of a request answered 200 and, for a classifier, the class predicted for each."""
+        labels = (self.device, self.fleet, model, str(version))
+        self.samples.labels(*labels).inc(samples)
+        counts: dict[str, int] = {}
+        for name in classes:
+            counts[name] = counts.get(name, 0) + 1
+        for name, count in counts.items():
+            self.predictions.labels(*labels, name).inc(count)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition (CONTENT_TYPE) of every metric, gauges read now."""
+        return generate_latest(self.registry)
+
+
+class _Gauges(Collector):
+    """Reads the device's gauges at scrape time (no value kept here can go stale)."""
+
+    def __init__(self, device: str, fleet: str, read: Callable[[], dict[str, float]]) -> None:
+        self.labels, self.read = [device, fleet], read
+
+    def collect(self) -> Iterator[Metric]:
+        for name, value in self.read().items():
+            family = GaugeMetricFamily(f"edgefleet_{name}", GAUGE_HELP.get(name, name.replace("_", " ")),
+                                       labels=["device", "fleet"])
+            family.add_metric(self.labels, float(value))
+            yield family

@@ -91,9 +91,9 @@ def test_serves_http_and_reports_windows_the_cloud_stores(config, sessions, mosq
         metrics = body.decode()
         assert 'edgefleet_requests_total{device="pi-01",fleet="lab",model="digits-cnn",version="1"}' in metrics
         total = next(line for line in metrics.splitlines() if line.startswith("edgefleet_requests_total{"))
-        # predict ran for the good HTTP call, the test's own comparison call, 20 Python calls and the bad
-        # shape; bad JSON, the oversized body and the non-numeric array never reached it
-        assert int(total.split()[-1]) == 23
+        # /metrics counts HTTP predict requests, answered or refused: the good one and the four bad ones
+        # (the 20 Python calls are in the telemetry windows below)
+        assert float(total.split()[-1]) == 5
         time.sleep(1.2)  # at least two windows close
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

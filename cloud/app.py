@@ -6,49 +6,26 @@ ingest and drift monitor running elsewhere): `uvicorn --factory edgefleet.cloud.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from sqlalchemy.orm import sessionmaker
 
 from edgefleet.cloud.api import api_routers
-from edgefleet.cloud.api.deps import ConflictError, NotFoundError, TooLargeError, UnsupportedMediaTypeError
+from edgefleet.cloud.api.errors import install_error_handlers
 from edgefleet.cloud.db import make_engine, make_sessions
+from edgefleet.cloud.request_guard import RequestGuard
 from edgefleet.cloud.settings import CloudSettings
-from edgefleet.core.errors import EdgefleetError, VerificationError
 from edgefleet.core.signing import TrustStore
-
-log = logging.getLogger(__name__)
-
-# The first class an error is an instance of decides its status; any other EdgefleetError is a 400.
-ERROR_STATUS: tuple[tuple[type[EdgefleetError], int], ...] = (
-    (NotFoundError, 404),
-    (ConflictError, 409),
-    (TooLargeError, 413),
-    (UnsupportedMediaTypeError, 415),
-    (VerificationError, 422),
-)
-
-
-def status_for(err: EdgefleetError) -> int:
-    if isinstance(err, VerificationError) and err.reason == "too_large":
-        return 413
-    return next((code for cls, code in ERROR_STATUS if isinstance(err, cls)), 400)
-
-
-async def _edgefleet_error(request: Request, err: Exception) -> JSONResponse:
-    code = status_for(err)  # registered for EdgefleetError only
-    log.info("%s %s -> %d: %s", request.method, request.url.path, code, err)
-    return JSONResponse({"detail": str(err)}, status_code=code)
 
 
 def create_app(settings: CloudSettings, sessions: sessionmaker | None = None) -> FastAPI:
     """The API over settings' database (or the given session factory, which the caller then owns).
 
-    Loads the trusted keys now, so a missing or malformed key file fails here rather than at upload.
+    Loads the trusted keys now, so a missing or malformed key file fails here rather than at upload. Every
+    request with a body passes the RequestGuard first (auth from headers, size caps, bounded JSON), and
+    every error is answered by edgefleet.cloud.api.errors: a 4xx with one line, never a traceback.
     """
     trust = TrustStore.from_paths(settings.trusted_keys)
     engine = None
@@ -67,7 +44,8 @@ def create_app(settings: CloudSettings, sessions: sessionmaker | None = None) ->
     app.state.settings = settings
     app.state.sessions = sessions
     app.state.trust = trust
-    app.add_exception_handler(EdgefleetError, _edgefleet_error)
+    app.add_middleware(RequestGuard, sessions=sessions, max_bundle_bytes=settings.max_bundle_bytes)
+    install_error_handlers(app)
     for router in api_routers():
         app.include_router(router)
     return app

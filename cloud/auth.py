@@ -1,7 +1,9 @@
 """Admin API tokens: random bearer tokens of which the database keeps only the SHA-256.
 
 The first start of the service creates one and hands it back once (the CLI prints it); after that only
-`create_token` makes more. `AdminAuth` is the FastAPI dependency every `/api/v1` route sits behind.
+`create_token` makes more. `AdminAuth` is the FastAPI dependency every `/api/v1` route sits behind;
+`authenticate` is the check itself, which the request guard (edgefleet.cloud.request_guard) also runs on
+the headers of a request with a body before any of that body is read.
 """
 
 from __future__ import annotations
@@ -65,17 +67,32 @@ def check_token(sessions: sessionmaker, token: str) -> bool:
 _bearer = HTTPBearer(auto_error=False, description="An admin API token (`edgefleet cloud token` makes one)")
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header value (scheme case-insensitive), else None."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def authenticate(sessions: sessionmaker, token: str | None) -> str:
+    """The admin token's name; raises the 401 (with `WWW-Authenticate: Bearer`) for a missing or wrong token.
+
+    Both the route dependency and the request guard (which runs before any body is read) call this."""
+    if token is None:
+        raise _unauthorized("missing bearer token: send 'Authorization: Bearer <admin token>'")
+    name = token_name(sessions, token)
+    if name is None:
+        raise _unauthorized("invalid admin token")
+    return name
+
+
 def require_admin(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
     """The calling token's name; 401 with `WWW-Authenticate: Bearer` for a missing or wrong token."""
-    if credentials is None:
-        raise _unauthorized("missing bearer token: send 'Authorization: Bearer <admin token>'")
-    name = token_name(request.app.state.sessions, credentials.credentials)
-    if name is None:
-        raise _unauthorized("invalid admin token")
-    return name
+    return authenticate(request.app.state.sessions, credentials.credentials if credentials else None)
 
 
 def _unauthorized(message: str) -> HTTPException:

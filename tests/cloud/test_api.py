@@ -4,14 +4,12 @@ real SQLite file, and the Mosquitto fixture as the external broker (so no embedd
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -21,14 +19,12 @@ from edgefleet.cloud.api.bundles import reference_profile
 from edgefleet.cloud.auth import check_token, create_token, ensure_admin_token
 from edgefleet.cloud.db import Alert, Device, DriftResult, IngestCounter
 from edgefleet.cloud.mqtt_auth import verify_password
-from edgefleet.cloud.server import CloudServer
-from edgefleet.cloud.settings import CloudSettings, load_settings
+from edgefleet.cloud.settings import load_settings
 from edgefleet.core.bundle import SIGNATURE, Bundle, sign
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.signing import SigningKey
-from tests.cloud.cloud_process import cloud_servers, cloud_up, read_until
-
-GZIP = {"Content-Type": "application/gzip"}
+from tests.cloud.api_kit import GZIP, Cloud, api_clouds
+from tests.cloud.cloud_process import cloud_up, read_until
 
 
 @pytest.fixture(autouse=True)
@@ -39,34 +35,9 @@ def _no_edgefleet_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-@dataclass
-class Cloud:
-    server: CloudServer
-    client: httpx.Client  # sends the admin token
-
-    @property
-    def settings(self) -> CloudSettings:
-        return self.server.settings
-
-    def stored_files(self) -> list[str]:
-        """Everything an upload may leave in the data directory: the artifact store and the spool."""
-        data = self.settings.data_dir
-        return sorted(str(p.relative_to(data)) for folder in ("bundles", "tmp") if (data / folder).exists()
-                      for p in (data / folder).rglob("*") if p.is_file())
-
-
 @pytest.fixture
 def start_cloud(tmp_path: Path, mosquitto, digits_bundle) -> Iterator:
-    with cloud_servers() as start_server:
-        count = itertools.count()
-
-        def start(**overrides: object) -> Cloud:
-            options = {"data_dir": tmp_path / f"cloud-{next(count)}", "port": 0, "mqtt_url": mosquitto.url,
-                       "trusted_keys": [digits_bundle.public_key], **overrides}
-            server, client = start_server(options)
-            assert server.new_admin_token, "a fresh database gets an admin token"
-            return Cloud(server, client)
-
+    with api_clouds(tmp_path, mosquitto.url, digits_bundle.public_key) as start:
         yield start
 
 

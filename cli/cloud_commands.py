@@ -60,6 +60,10 @@ def up(
         broker = "external" if settings.mqtt_url else "embedded"
         out.print(f"MQTT broker ({broker}): {server.broker_url}", markup=False, highlight=False, soft_wrap=True)
         out.print(f"data: {settings.data_dir.resolve()}", markup=False, highlight=False, soft_wrap=True)
+        if settings.mqtt_url and not settings.mqtt_password:
+            err_console.print("warning: no EDGEFLEET_MQTT_PASSWORD: the cloud's MQTT clients connect to the external "
+                              "broker without credentials (see `edgefleet cloud mosquitto-config`)",
+                              markup=False, highlight=False, soft_wrap=True)
         if not settings.trusted_keys:
             err_console.print("warning: no trusted keys (--trust KEY.pub): the registry will refuse every bundle",
                               markup=False, highlight=False, soft_wrap=True)

@@ -72,10 +72,9 @@ class CloudSettings(BaseSettings):
     def _retired_username(cls, value: str | None) -> str | None:
         if value is not None:
             raise ValueError(
-                "EDGEFLEET_MQTT_USERNAME is no longer used: each of the cloud's MQTT clients logs in under its own "
-                "name (edgefleet-ingest, edgefleet-rollouts) with a password derived from EDGEFLEET_MQTT_PASSWORD; "
-                "unset EDGEFLEET_MQTT_USERNAME and re-run `edgefleet cloud mosquitto-config DIR` with the same "
-                "EDGEFLEET_MQTT_PASSWORD")
+                "EDGEFLEET_MQTT_USERNAME is no longer used: the cloud's MQTT clients log in as edgefleet-ingest and "
+                "edgefleet-rollouts with passwords derived from EDGEFLEET_MQTT_PASSWORD; unset it and re-run "
+                "`edgefleet cloud mosquitto-config DIR` with the same EDGEFLEET_MQTT_PASSWORD")
         return value
 
     @model_validator(mode="after")

@@ -65,9 +65,14 @@ class Peer:
         self.subacks: queue.Queue = queue.Queue()
         self.messages: list[mqtt.MQTTMessage] = []
         self._arrived = threading.Condition()
-        self.client.on_connect = lambda client, userdata, flags, reason, props: self.connacks.put(reason)
+        self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda client, userdata, mid, reasons, props: self.subacks.put((mid, reasons))
         self.client.on_message = self._on_message
+
+    def _on_connect(self, client, userdata, flags, reason, props) -> None:  # noqa: ANN001 - paho's callback
+        if reason.is_failure:
+            client.disconnect()  # no reconnect attempts: close() then returns at once
+        self.connacks.put(reason)
 
     def _on_message(self, client, userdata, message) -> None:  # noqa: ANN001 - paho's callback
         with self._arrived:
@@ -301,12 +306,14 @@ def check_cloud_clients_have_only_their_rights(fleet: Fleet) -> None:
         peers.close()
 
 
-def _impostor_gets_nothing(fleet: Fleet, device: str, client_id: str, clean_session: bool) -> None:
-    """`device`'s own credentials under `client_id`: refused, or connected and given nothing of that id's."""
+def _impostor_gets_nothing(fleet: Fleet, device: str, client_id: str, clean_session: bool,
+                           linger: float = GRACE) -> None:
+    """`device`'s own credentials under `client_id`: refused, or connected and given nothing of that id's
+    within `linger` seconds."""
     impostor = Peer(fleet.port, device, fleet.passwords[device], client_id, clean_session=clean_session)
     try:
         if not impostor.open().is_failure:
-            time.sleep(GRACE)
+            time.sleep(linger)
             assert impostor.received() == [], f"{device} as client {client_id!r} got {impostor.received()}"
     finally:
         impostor.close()
@@ -359,22 +366,28 @@ def check_device_cannot_disturb_the_ingest(fleet: Fleet, windows: int = 40) -> N
         assert ingest.wait_connected(WAIT)
         dev_a = peers.device("dev-a")
         for seq in range(windows):
-            _impostor_gets_nothing(fleet, "dev-b", INGEST.username, clean_session=seq % 2 == 0)
+            _impostor_gets_nothing(fleet, "dev-b", INGEST.username, clean_session=seq % 2 == 0, linger=0.05)
             dev_a.publish(t(fleet, "dev-a", "telemetry"), window("dev-a", seq).to_payload(), qos=1)
-        deadline = time.monotonic() + WAIT
-        while _stored(fleet.sessions, "dev-a") < windows and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _stored(fleet.sessions, "dev-a") == windows
-        assert [m for m in records.messages if "disconnected" in m] == []
+        stored = wait_stored(fleet.sessions, "dev-a", windows)
+        disconnects = [m for m in records.messages if "disconnected" in m]
+        assert (stored, disconnects) == (windows, []), (
+            f"{stored} of {windows} acknowledged windows stored, {len(disconnects)} disconnects")
     finally:
         peers.close()
         ingest.stop()
         logging.getLogger("edgefleet.cloud.ingest").removeHandler(records)
 
 
-def _stored(sessions: sessionmaker, device: str) -> int:
-    with sessions() as db:
-        return db.scalar(select(func.count()).select_from(TelemetryRecord).where(TelemetryRecord.device_id == device))
+def wait_stored(sessions: sessionmaker, device: str, expected: int, timeout: float = WAIT) -> int:
+    """How many windows of `device` are in the database, once there are `expected` or `timeout` has passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with sessions() as db:
+            count = db.scalar(select(func.count()).select_from(TelemetryRecord)
+                              .where(TelemetryRecord.device_id == device))
+        if count >= expected or time.monotonic() > deadline:
+            return count
+        time.sleep(0.05)
 
 
 SCENARIOS = [

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -27,12 +29,15 @@ from edgefleet.cloud.mqtt_auth import (
 )
 from tests.cloud.mqtt_scenarios import (
     SCENARIOS,
+    WAIT,
     Fleet,
     Peers,
     check_device_telemetry_reaches_the_cloud,
     connect,
     refused,
     t,
+    wait_stored,
+    window,
 )
 from tests.mosquitto import MosquittoBroker
 
@@ -196,3 +201,80 @@ def test_cli_writes_a_configuration_from_the_cloud_database(tmp_path, mqtt_dir, 
     broker.start()
     fleet = Fleet(broker.port, secret, {"dev-a": password})
     check_device_telemetry_reaches_the_cloud(fleet)
+
+
+def test_the_cloud_logs_in_to_the_generated_mosquitto_with_its_secret(tmp_path, generated_mosquitto):
+    """`EDGEFLEET_MQTT_PASSWORD=<secret>`: the ingest and the rollout engine of a real CloudServer log in as
+    their own users, and a device's window reaches the database."""
+    from edgefleet.cloud.server import CloudServer
+    from edgefleet.cloud.settings import load_settings
+
+    data, password, secret = tmp_path / "cloud", new_password(), new_cloud_secret()
+    data.mkdir()
+    sessions = device_rows(data / "edgefleet.db", {"dev-a": password})
+    broker = generated_mosquitto([("dev-a", "lab", hash_password(password))], cloud_hashes(secret))
+    server = CloudServer(load_settings(data_dir=data, port=0, mqtt_url=broker.url, mqtt_password=secret)).start()
+    try:
+        parts = {part.name: part for part in server.components}
+        assert parts["ingest"].wait_connected(WAIT) and parts["rollouts"].connected.wait(WAIT)
+        fleet = Fleet(broker.port, secret, {"dev-a": password}, sessions)
+        device = connect(fleet.port, "dev-a", password)
+        try:
+            device.publish(t(fleet, "dev-a", "telemetry"), window("dev-a", 1).to_payload())
+            assert wait_stored(sessions, "dev-a", 1) == 1
+        finally:
+            device.close()
+    finally:
+        server.stop()
+    assert "not authorised" not in broker.log.lower()
+
+
+def test_the_retired_cloud_username_stops_the_cloud_with_one_line(tmp_path):
+    """EDGEFLEET_MQTT_USERNAME named the one all-powerful cloud user; now it says how to migrate."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+    env |= {"EDGEFLEET_MQTT_USERNAME": "edgefleet-cloud", "EDGEFLEET_MQTT_PASSWORD": "old", "COLUMNS": "1000"}
+    done = subprocess.run([sys.executable, "-m", "edgefleet.cli.main", "cloud", "up", "--data", str(tmp_path),
+                           "--port", "0"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "EDGEFLEET_MQTT_USERNAME is no longer used" in lines[0], done.stderr
+    assert "mosquitto-config" in lines[0] and "Traceback" not in done.stderr
+
+
+def test_cli_migrates_an_old_passwd_and_refuses_a_partial_one(tmp_path, mqtt_dir, monkeypatch):
+    """A passwd of the retired single cloud user gets a new secret (printed once); a passwd missing one
+    cloud client stops with one line unless EDGEFLEET_MQTT_PASSWORD gives the secret."""
+    import typer
+    from typer.testing import CliRunner
+
+    from edgefleet.cli.mqtt_commands import register
+    from edgefleet.cloud.mqtt_auth import verify_password
+
+    for name in ("EDGEFLEET_MQTT_PASSWORD", "EDGEFLEET_MQTT_USERNAME", "EDGEFLEET_DB_URL", "EDGEFLEET_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    cloud_app = typer.Typer()
+    cloud_app.callback()(lambda: None)
+    register(cloud_app)
+    runner = CliRunner()
+    data = tmp_path / "data"
+    data.mkdir()
+    device_rows(data / "edgefleet.db", {"dev-a": new_password()})
+    (mqtt_dir / "passwd").write_text(f"edgefleet-cloud:{hash_password('old')}\n")
+    command = ["mosquitto-config", str(mqtt_dir), "--data", str(data)]
+
+    first = runner.invoke(cloud_app, command)
+    assert first.exit_code == 0, first.output
+    secret = next(line.split(": ", 1)[1] for line in first.output.splitlines() if line.startswith("cloud MQTT secret"))
+    users = dict(line.split(":", 1) for line in (mqtt_dir / "passwd").read_text().splitlines())
+    assert set(users) == {*CLOUD_CLIENTS, "dev-a"}
+    assert all(verify_password(cloud_password(secret, name), users[name]) for name in CLOUD_CLIENTS)
+
+    (mqtt_dir / "passwd").write_text("".join(f"{n}:{h}\n" for n, h in users.items() if n != ROLLOUTS.username))
+    partial = runner.invoke(cloud_app, command)
+    assert partial.exit_code != 0 and "has no password for edgefleet-rollouts" in str(partial.exception)
+
+    monkeypatch.setenv("EDGEFLEET_MQTT_PASSWORD", secret)
+    fixed = runner.invoke(cloud_app, command)
+    assert fixed.exit_code == 0 and "cloud MQTT secret" not in fixed.output
+    users = dict(line.split(":", 1) for line in (mqtt_dir / "passwd").read_text().splitlines())
+    assert all(verify_password(cloud_password(secret, name), users[name]) for name in CLOUD_CLIENTS)

@@ -2,6 +2,8 @@
 
 Callbacks stay with each user; this only parses the broker URL and makes a paho client with the
 project's settings (MQTT 3.1.1, callback API v2, backoff from 0.5 s to 30 s, credentials if given).
+Each connection's client id is its username (`mqtt_auth.CLOUD_CLIENTS`; `components.build_components`
+passes both): the brokers refuse or replace any other, so two connections must never share a user.
 """
 
 from __future__ import annotations

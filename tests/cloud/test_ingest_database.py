@@ -1,0 +1,103 @@
+"""The ingest on a real PostgreSQL, where the columns are narrower than SQLite's: values that fit 64 bits but
+not an INTEGER column are refused by reason before the insert, and a database outage is the one thing
+that leaves messages unacknowledged; they are stored once the database answers again, nothing lost."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+from sqlalchemy import func, select, text
+
+from edgefleet.cloud.db import Device, TelemetryRecord, make_engine
+from edgefleet.cloud.ingest import Ingest
+from edgefleet.core.ota import Status
+from edgefleet.core.topics import topic
+from tests.cloud.test_ingest import counters, publish, wait_for, window
+from tests.cloud.test_postgres import fresh_sessions
+
+
+@pytest.fixture
+def publisher(mosquitto):
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pg-device", protocol=mqtt.MQTTv311)
+    client.connect(mosquitto.host, mosquitto.port)
+    client.loop_start()
+    yield client
+    client.loop_stop()
+    client.disconnect()
+
+
+def start_ingest(sessions, mosquitto) -> Ingest:
+    ingest = Ingest(sessions, mosquitto.url, flush_seconds=0.02)
+    ingest.start()
+    assert ingest.wait_connected(10)
+    time.sleep(0.3)
+    return ingest
+
+
+def stored(sessions) -> int:
+    with sessions() as session:
+        return session.scalar(select(func.count()).select_from(TelemetryRecord))
+
+
+def test_values_over_the_integer_columns_are_refused_by_reason(postgres, mosquitto, publisher):
+    sessions = fresh_sessions(postgres, "ingest_columns")
+    with sessions.begin() as session:
+        session.add(Device(id="d1", fleet="lab", password_hash="x"))
+    ingest = start_ingest(sessions, mosquitto)
+    try:
+        big_seq = {**window("d1", 1).to_dict(), "seq": 2**31}
+        birth = {"schema": "edgefleet.birth", "v": 1, "connection": 3, "model": {"name": "m", "version": 2**40}}
+        for name, payload in [
+            (topic("lab", "d1", "telemetry"), window("d1", 1).to_payload()),
+            (topic("lab", "d1", "telemetry"), json.dumps(big_seq).encode()),
+            (topic("lab", "d1", "presence"), json.dumps(birth).encode()),
+            (topic("lab", "d1", "status"), Status("lab", "d1", "c-1", "d-1", "active", seq=2**40).to_payload()),
+            (topic("lab", "d1", "status"), Status("lab", "d1", "c" * 65, "d-1", "active", seq=2).to_payload()),
+            (topic("lab", "d1", "telemetry"), window("d1", 2).to_payload()),
+        ]:
+            publish(publisher, name, payload)
+        wait_for(lambda: sum(counters(sessions).values()) >= 6)
+        assert counters(sessions) == {"accepted": 2, "number_out_of_range": 1, "presence_number_out_of_range": 1,
+                                      "status_number_out_of_range": 1, "status_bad_field": 1}
+    finally:
+        ingest.stop()
+        sessions.kw["bind"].dispose()
+
+
+def test_a_database_outage_leaves_messages_unacknowledged_until_it_answers(postgres, mosquitto, publisher):
+    sessions = fresh_sessions(postgres, "ingest_outage")
+    admin = make_engine(postgres.url).execution_options(isolation_level="AUTOCOMMIT")
+    with sessions.begin() as session:
+        session.add(Device(id="d1", fleet="lab", password_hash="x"))
+    ingest = start_ingest(sessions, mosquitto)
+    try:
+        for seq in range(1, 6):
+            publish(publisher, topic("lab", "d1", "telemetry"), window("d1", seq).to_payload())
+        wait_for(lambda: stored(sessions) == 5)
+        with admin.connect() as connection:  # the database goes away
+            connection.execute(text("ALTER DATABASE ingest_outage ALLOW_CONNECTIONS false"))
+            connection.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                    "WHERE datname = 'ingest_outage' AND pid <> pg_backend_pid()"))
+        for seq in range(6, 16):
+            publish(publisher, topic("lab", "d1", "telemetry"), window("d1", seq).to_payload())
+        time.sleep(1.5)  # the writer fails, keeps the batch, backs off, tries again
+        assert ingest.counts["accepted"] == 5 and "store_error" not in ingest.counts
+        with admin.connect() as connection:
+            connection.execute(text("ALTER DATABASE ingest_outage ALLOW_CONNECTIONS true"))
+        wait_for(lambda: stored(sessions) == 15, timeout=30)
+        assert counters(sessions) == {"accepted": 15}
+    finally:
+        ingest.stop()
+    ingest = start_ingest(sessions, mosquitto)  # everything was acknowledged in the end: nothing comes again
+    try:
+        publish(publisher, topic("lab", "d1", "telemetry"), window("d1", 16).to_payload())
+        wait_for(lambda: stored(sessions) == 16)
+        time.sleep(0.5)
+        assert counters(sessions) == {"accepted": 16}
+    finally:
+        ingest.stop()
+        sessions.kw["bind"].dispose()
+        admin.dispose()

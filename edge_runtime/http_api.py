@@ -11,6 +11,7 @@ Every request gets exactly one complete answer and the connection stays usable (
 | an unknown input, a value its dtype cannot hold (1e39 for float32), a shape off the schema | 422 naming the input |
 | a model that answers a valid request with NaN or inf (a model fault, never sent as `null`) | 500 |
 | anything unexpected (a bug) | 500 with the exception's type; logged with its traceback |
+| a client that disconnects before its body is in | counted as 499 (as nginx logs it); nobody reads the answer |
 
 No exception ever reaches the server: uvicorn closes a kept-alive connection when the application
 raises after its response started, which is what Starlette's error middleware does after sending a
@@ -29,6 +30,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgefleet.core.bounded_json import JsonLimitError
@@ -76,6 +78,8 @@ def create_app(
             body = await _read_body(request, max_body_bytes)
             answer, samples, classes = await run_in_threadpool(_predict, host, bundle, body)
             status, headers = 200, None
+        except ClientDisconnect:  # the client left while sending its body: nobody to answer
+            status, answer, headers = 499, {"detail": "client closed the request"}, None
         except EdgefleetError as err:
             status, answer = _status(err), {"detail": str(err)}
             headers = {"Connection": "close"} if isinstance(err, BodyTooLarge) else None

@@ -5,7 +5,9 @@ and kept-alive connections survive all of it."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 
 import httpx
 import numpy as np
@@ -157,3 +159,17 @@ def test_a_json_request_file_is_parsed_with_the_same_limits(tmp_path, predictor)
         path.write_text(text)
         with pytest.raises(EdgefleetError, match=message.replace("[", r"\[")):
             read_request(path, predictor.bundle.inputs)
+
+
+def test_a_client_that_leaves_mid_body_is_counted_and_nothing_breaks(url, good):
+    host, port = url.split("/")[2].split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        raw.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 1000\r\n\r\n[[[[0.0,")  # then hang up
+    metrics_url = url.replace("/v1/predict", "/metrics")
+    deadline = time.monotonic() + 10
+    with httpx.Client(timeout=10) as client:
+        while 'code="499"' not in client.get(metrics_url).text:
+            assert time.monotonic() < deadline, "the abandoned request was never counted"
+            time.sleep(0.05)
+        assert post(client, url, good).status_code == 200

@@ -2,15 +2,21 @@
 
 `write_manifest` fills in the `files` table (sha256 and size of every file) and `Bundle.verify`
 checks everything a device must check before it loads a model: known schema version, a valid
-signature by a trusted key that has not expired, every listed file present with its size and hash,
-no file that is not listed, no link or path that leaves the bundle, and (optionally) a version newer
-than the installed one.
+signature by a trusted key that has not expired, a manifest of the right structure (core/manifest.py)
+whose every path stays inside the bundle, every listed file present with its size and hash, no file or
+directory that is not listed (or implied by a listed file's path), no link, and (optionally) a version
+newer than the installed one.
+
+Everything read from outside is bounded before it is read: an archive by core/archive.py's limits,
+manifest.json and signature.json by their size and depth limits, a bundle directory's walk by
+archive.MAX_MEMBERS entries. Each refusal is a VerificationError with a reason code.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,7 +25,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from edgefleet.core import archive
+from edgefleet.core import archive, manifest_rules
 from edgefleet.core.errors import BundleError, VerificationError
 from edgefleet.core.schema import TensorSpec
 from edgefleet.core.signing import DEFAULT_VALIDITY, SigningKey, TrustStore
@@ -28,6 +34,7 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 SIGNATURE = "signature.json"
 RESERVED = {MANIFEST, SIGNATURE}
+FILE_LIMITS = {MANIFEST: manifest_rules.MAX_MANIFEST_BYTES, SIGNATURE: manifest_rules.MAX_SIGNATURE_BYTES}
 
 
 def file_digest(path: Path) -> str:
@@ -40,14 +47,28 @@ def file_digest(path: Path) -> str:
 
 def list_files(root: Path) -> list[str]:
     """Every entry below root except manifest and signature, as posix paths; links are reported too."""
-    found = []
-    for path in sorted(Path(root).rglob("*")):
-        if path.is_dir() and not path.is_symlink():
-            continue
-        rel = path.relative_to(root).as_posix()
-        if rel not in RESERVED:
-            found.append(rel)
-    return found
+    return _walk(Path(root))[0]
+
+
+def _walk(root: Path) -> tuple[list[str], list[str]]:
+    """(files and links, directories) below root, sorted; VerificationError("too_many_files") past
+    archive.MAX_MEMBERS entries, so a directory padded with 200,000 entries costs a bounded walk."""
+    files, dirs, pending, seen = [], [], [(root, "")], 0
+    while pending:
+        directory, prefix = pending.pop()
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                seen += 1
+                if seen > archive.MAX_MEMBERS:
+                    raise VerificationError("too_many_files", f"{root} holds more than {archive.MAX_MEMBERS} "
+                                                              "files and directories")
+                rel = prefix + entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    dirs.append(rel)
+                    pending.append((Path(entry.path), rel + "/"))
+                elif rel not in RESERVED:
+                    files.append(rel)
+    return sorted(files), sorted(dirs)
 
 
 def write_manifest(root: Path, manifest: dict) -> dict:
@@ -80,19 +101,22 @@ def sign(root: Path, key: SigningKey, validity: timedelta = DEFAULT_VALIDITY) ->
 
 
 def read_manifest(root: Path) -> dict:
+    """manifest.json within its size and depth limits, as a dict with the known schema_version (its
+    structure is checked by verify, after the signature)."""
     path = Path(root) / MANIFEST
     try:
-        manifest = json.loads(path.read_text())
+        manifest = manifest_rules.read_document(path, max_bytes=manifest_rules.MAX_MANIFEST_BYTES,
+                                             max_depth=manifest_rules.MAX_MANIFEST_DEPTH, malformed="bad_manifest")
     except FileNotFoundError as err:
         raise BundleError(f"{root} is not a bundle: {MANIFEST} is missing") from err
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BundleError(f"{path} is not valid JSON: {err}") from err
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{path} must hold a JSON object")
+    except OSError as err:
+        raise BundleError(f"{path} cannot be read: {err}") from err
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise BundleError(
-            f"{path} has schema_version {version!r}; this edgefleet reads schema_version {SCHEMA_VERSION}"
+        raise VerificationError(
+            "bad_manifest",
+            f"{path} has schema_version {manifest_rules.shown(version)}; this edgefleet reads schema_version "
+            f"{SCHEMA_VERSION}",
         )
     return manifest
 
@@ -125,17 +149,17 @@ class Bundle:
         if unpack_to is None:
             tempdir = tempfile.TemporaryDirectory(prefix="edgefleet-bundle-")
             unpack_to = Path(tempdir.name) / "bundle"
-        root = archive.unpack(path, unpack_to, max_bytes=max_bytes)
+        root = archive.unpack(path, unpack_to, max_bytes=max_bytes, file_limits=FILE_LIMITS)
         return cls(root, read_manifest(root), _tempdir=tempdir)
 
     # identity and interface -------------------------------------------------------------------------
     @property
     def name(self) -> str:
-        return str(self.manifest["name"])
+        return manifest_rules.check_identity(self.manifest)[0]
 
     @property
     def version(self) -> int:
-        return int(self.manifest["version"])
+        return manifest_rules.check_identity(self.manifest)[1]
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -151,7 +175,7 @@ class Bundle:
 
     def path(self, rel: str) -> Path:
         """The on-disk path of a listed file; refuses anything that would leave the bundle."""
-        _check_relpath(rel)
+        manifest_rules.check_relpath(rel)
         if rel not in self.manifest.get("files", {}):
             raise BundleError(f"{rel!r} is not listed in the manifest")
         return self.root / rel
@@ -180,16 +204,18 @@ class Bundle:
         self, trust: TrustStore, *, now: datetime | None = None, installed_version: int | None = None
     ) -> Verified:
         """Raises VerificationError (with a reason code) unless the bundle can be trusted."""
-        signature_path = self.root / SIGNATURE
-        if not signature_path.is_file():
-            raise VerificationError("missing_signature", f"bundle {self.root} is not signed ({SIGNATURE} missing)")
         try:
-            signature_doc = json.loads(signature_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise VerificationError("bad_signature", f"{SIGNATURE} is not valid JSON: {err}") from err
-        if not isinstance(signature_doc, Mapping):
-            raise VerificationError("bad_signature", f"{SIGNATURE} must hold a JSON object")
-        key_id = trust.verify(self.manifest, dict(signature_doc), now=now)
+            signature_doc = manifest_rules.read_document(
+                self.root / SIGNATURE, max_bytes=manifest_rules.MAX_SIGNATURE_BYTES,
+                max_depth=manifest_rules.MAX_SIGNATURE_DEPTH, malformed="bad_signature")
+        except FileNotFoundError as err:
+            raise VerificationError("missing_signature",
+                                    f"bundle {self.root} is not signed ({SIGNATURE} missing)") from err
+        except OSError as err:
+            raise VerificationError("bad_signature", f"{SIGNATURE} cannot be read: {err}") from err
+        key_id = trust.verify(self.manifest, signature_doc, now=now)
+        manifest_rules.check_structure(self.manifest)
+        manifest_rules.check_paths(self.manifest)
         self._verify_files()
         if installed_version is not None and self.version <= installed_version:
             raise VerificationError(
@@ -199,9 +225,8 @@ class Bundle:
         return Verified(key_id, str(signature_doc["expires_at"]), self.name, self.version)
 
     def _verify_files(self) -> None:
-        listed: Mapping[str, Mapping] = self.manifest.get("files", {})
+        listed: Mapping[str, Mapping] = self.manifest["files"]
         for rel, entry in listed.items():
-            _check_relpath(rel)
             path = self.root / rel
             if path.is_symlink():
                 raise VerificationError("unsafe_path", f"{rel} is a symlink; a bundle holds only regular files")
@@ -217,14 +242,13 @@ class Bundle:
                 raise VerificationError(
                     "hash_mismatch", f"{rel} has sha256 {digest[:16]}...; the manifest says {entry['sha256'][:16]}..."
                 )
-        for rel in list_files(self.root):
+        files, dirs = _walk(self.root)
+        for rel in files:
             if (self.root / rel).is_symlink():
                 raise VerificationError("unsafe_path", f"{rel} is a symlink; a bundle holds only regular files")
             if rel not in listed:
                 raise VerificationError("unlisted_file", f"{rel} is in the bundle but not in the manifest")
-
-
-def _check_relpath(rel: str) -> None:
-    path = PurePosixPath(rel)
-    if path.is_absolute() or ".." in path.parts or rel in ("", ".") or "\\" in rel:
-        raise VerificationError("unsafe_path", f"manifest path {rel!r} leaves the bundle")
+        needed = {str(parent) for rel in listed for parent in PurePosixPath(rel).parents}
+        for rel in dirs:
+            if rel not in needed:
+                raise VerificationError("unlisted_file", f"directory {rel} is in the bundle but holds no listed file")

@@ -137,12 +137,15 @@ class TrustStore:
 
     def verify(self, manifest: dict, signature_doc: dict, *, now: datetime | None = None) -> str:
         """Checks the signature document against the manifest; returns the key id or raises."""
+        for field in ("key_id", "manifest_sha256", "signed_at", "expires_at", "algorithm", "signature"):
+            if not isinstance(signature_doc.get(field), str):
+                raise VerificationError("bad_signature", f"signature.json is malformed: {field} must be a string")
         try:
             payload = _payload(
-                key_id=str(signature_doc["key_id"]),
-                manifest_sha256=str(signature_doc["manifest_sha256"]),
-                signed_at=str(signature_doc["signed_at"]),
-                expires_at=str(signature_doc["expires_at"]),
+                key_id=signature_doc["key_id"],
+                manifest_sha256=signature_doc["manifest_sha256"],
+                signed_at=signature_doc["signed_at"],
+                expires_at=signature_doc["expires_at"],
             )
             algorithm = signature_doc["algorithm"]
             signature = base64.b64decode(signature_doc["signature"], validate=True)

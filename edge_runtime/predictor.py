@@ -10,6 +10,13 @@ target's name ("openvino-npu", "onnxruntime-gpu") for exactly that artifact. A b
 CPU artifact compiled for it (the last compiled wins), else any artifact in a format it runs; artifacts
 built for a GPU or NPU are used only when their target is named. Skipping a listed entry is logged and
 kept in `fallbacks`, never silent; `describe()` says what was picked and why.
+
+The self-test runs the golden examples (as one batch, and the first alone) and compares them with the
+source model's outputs: numerically, within the tolerance the artifact was checked with at compile time
+(an fp16 or int8 artifact's own), never less than the bundle's; and, for a classifier, by decision: every
+golden example whose top-1 margin exceeds the tie margin must keep its top-1, so a wide numeric tolerance
+never passes a flipped decision (the near-tie rule and the tie margin: core/decision.py, the same rule
+the compile check applies). The report's `decisions` says how many were compared and agreed.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edgefleet.core.bundle import Bundle, Verified
+from edgefleet.core.decision import compare_decisions, decision_output, tie_margin
 from edgefleet.core.errors import BackendError, VerificationError
 from edgefleet.core.precision import widen
 from edgefleet.core.schema import InputValidator
@@ -46,6 +54,7 @@ class SelfTestReport:
     tolerance: dict
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    decisions: dict | None = None  # a classifier's {"compared", "agreed", "near_ties", "tie_margin"}
 
 
 class Predictor:
@@ -163,7 +172,8 @@ class Predictor:
         self.predict = predict  # type: ignore[method-assign]
 
     def self_test(self) -> SelfTestReport:
-        """Runs the golden examples as one batch and the first one alone; compares within tolerance."""
+        """Runs the golden examples as one batch and the first one alone; compares them within tolerance
+        and, for a classifier, compares their top-1 decisions (module docstring)."""
         started = time.perf_counter()
         inputs, expected, tolerance = self.bundle.golden()
         checked = self.artifact.get("numeric_error", {})
@@ -174,15 +184,33 @@ class Predictor:
         count = len(next(iter(inputs.values())))
         failures: list[str] = []
         worst = 0.0
+        runs = []
         for label, subset in (("batch", slice(None)), ("first example", slice(0, 1))):
             got = self._run(self._validate({k: v[subset] for k, v in inputs.items()}))  # not user traffic
+            runs.append(got)
             for name, want in expected.items():
                 diff, ok = _compare(got[name], want[subset], tolerance)
                 worst = max(worst, diff)
                 if not ok:
                     failures.append(f"{name} ({label}): max abs error {diff:.3g} over atol={tolerance['atol']:g}, "
                                     f"rtol={tolerance['rtol']:g}")
-        return SelfTestReport(not failures, count, worst, tolerance, failures, time.perf_counter() - started)
+        decisions = self._decisions(expected, runs, tolerance["atol"], failures)
+        return SelfTestReport(not failures, count, worst, tolerance, failures, time.perf_counter() - started,
+                              decisions)
+
+    def _decisions(self, expected: dict, runs: list[dict], atol: float, failures: list[str]) -> dict | None:
+        """The classifier's golden decisions (None for other tasks); a failure is appended to `failures`.
+        atol: the numeric check's; where wider than the bundle's (a precision the target or this device
+        lowered itself), it stands in for the noise, as in the compile check."""
+        interface = self.bundle.manifest["interface"]
+        output = decision_output(interface)
+        if output is None or any(np.shape(run[output]) != expected[output][:len(run[output])].shape for run in runs):
+            return None  # no decision, or misshapen outputs (already a numeric failure)
+        tie = tie_margin(self.bundle.manifest["golden"], atol)
+        check = compare_decisions(expected[output], [run[output] for run in runs], tie, interface.get("class_names"))
+        if not check.passed:
+            failures.append(f"{output}: {check.problem()}")
+        return check.record()
 
     def close(self) -> None:
         self._backend.close()

@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from edgefleet.core.bundle import Bundle, sign, write_manifest
+from edgefleet.core.decision import margins
 from edgefleet.core.errors import BackendError, SchemaError, VerificationError
 from edgefleet.core.signing import SigningKey
 from edgefleet.edge_runtime import Predictor
@@ -93,3 +94,28 @@ def test_no_runnable_artifact_names_every_reason(bundle_copy, digits_bundle):
     sign(bundle_copy, SigningKey.load(digits_bundle.private_key))
     with pytest.raises(BackendError, match=r"onnxruntime: bundle has no artifact in a format it runs \(onnx, ort\)"):
         Predictor(bundle_copy, trusted_keys=[digits_bundle.public_key])
+
+
+def test_self_test_reports_the_golden_decisions(predictor):
+    report = predictor.self_test()
+    # a float bundle: the tie margin is twice its atol, every golden digit is decisive
+    assert report.decisions == {"compared": 8, "agreed": 8, "near_ties": 0, "tie_margin": 2e-4}
+
+
+def test_self_test_refuses_an_int8_model_that_flips_a_golden_top1_inside_the_tolerance(digits_bundle, digits_splits,
+                                                                                       tmp_path):
+    from tests.cloud.compress import decision_kit
+
+    key = SigningKey.load(digits_bundle.private_key)
+    int8 = decision_kit.quantize(digits_bundle.root, tmp_path / "int8", digits_splits.x_train, key)
+    with Predictor(int8.root, trusted_keys=[digits_bundle.public_key]) as predictor:
+        assert predictor.self_test().passed  # the real int8 model keeps every golden decision
+    flipped = decision_kit.flip_one_golden(int8, tmp_path / "flipped", key)
+    with Predictor(flipped["root"], trusted_keys=[digits_bundle.public_key]) as predictor:
+        report = predictor.self_test()
+    assert not report.passed and report.max_abs_error < report.tolerance["atol"]  # numerically it would pass
+    assert report.decisions["compared"] == 8 and report.decisions["agreed"] == 7
+    assert report.failures == [
+        f"logits: top-1 changed on 1 of 8 decisive golden examples (example {flipped['example']}: "
+        f"'{flipped['source_class']}' became '{flipped['new_class']}', source margin "
+        f"{margins(int8.golden()[1]['logits'])[flipped['example']]:.3g})"]

@@ -17,9 +17,10 @@ with one more step {"stage": "quantize", ...}.
 
 Golden examples: the expected outputs stay the float model's, so the device self-test compares the
 quantized model against the model it replaces. The golden atol is widened to `tolerance_margin` times
-the error measured on the golden inputs (as one batch and one by one, as the self-test runs them;
-dynamic quantization's ranges depend on the batch); the lineage step records the tolerance before and
-after.
+the error measured on the golden inputs, and that error is recorded as the golden `noise`, which sets
+the tie margin of the decision check (a classifier's top-1 must survive; see golden.py and
+core/decision.py); the lineage step records the tolerance before and after, the artifact's
+numeric_error how many golden decisions were compared and agreed.
 
 Accuracy gate (`eval_data=(x, y), max_drop=...`, static int8 only): quantize everything; if the
 accuracy drop against the float model exceeds max_drop, rank the candidate nodes (those with a weight
@@ -52,8 +53,8 @@ from onnxruntime import quantization as ortq
 
 from edgefleet.cloud.compress.evaluate import onnx_outputs, session
 from edgefleet.cloud.compress.gate import Evaluate, QuantizationError, accuracy_gate, weighted_nodes
+from edgefleet.cloud.compress.golden import check_decisions, golden_error, lowered_golden
 from edgefleet.compilers.flops import count_flops
-from edgefleet.compilers.numeric import max_errors
 from edgefleet.core import bundle as bundle_io
 from edgefleet.core.bundle import Bundle
 from edgefleet.core.canonical import format_time, utc_now
@@ -256,7 +257,7 @@ def _write_stage(source: Bundle, artifact: dict, float_model: bytes, model: byte
     except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types; report them as one
         raise QuantizationError(f"the {precision} model does not load in onnxruntime: {err}") from err
     manifest = copy.deepcopy(source.manifest)
-    golden_in, golden_out, tolerance = source.golden() if manifest.get("golden") else ({}, {}, {})
+    golden_in, golden_out, _ = source.golden() if manifest.get("golden") else ({}, {}, {})
     new_inputs = _input_dtypes(onnx.load_from_string(model))
     for rel in manifest.get("files", {}):
         if rel not in {a["path"] for a in source.artifacts}:
@@ -265,7 +266,7 @@ def _write_stage(source: Bundle, artifact: dict, float_model: bytes, model: byte
     path = f"model.{precision}.onnx"
     (out / path).write_bytes(model)
 
-    numeric = _golden_error(float_session, new_session, golden_in, new_inputs)
+    numeric, runs = golden_error(float_session, new_session, golden_in, new_inputs)
     step: dict[str, Any] = {
         "stage": "quantize", "tool": tool, "precision": precision,
         "versions": {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "python": platform.python_version()},
@@ -276,11 +277,11 @@ def _write_stage(source: Bundle, artifact: dict, float_model: bytes, model: byte
                   "ratio": len(float_model) / len(model)},
         "at": format_time(utc_now()),
     }
+    decisions = None
     if manifest.get("golden"):
-        widened = max(tolerance["atol"], output.tolerance_margin * numeric["max_abs"])
-        manifest["golden"] = {**manifest["golden"], "atol": widened}
-        step["golden_tolerance"] = {"before": tolerance, "after": {**tolerance, "atol": widened},
-                                    "margin": output.tolerance_margin, "measured_max_abs": numeric["max_abs"]}
+        manifest["golden"], step["golden_tolerance"] = lowered_golden(manifest["golden"], numeric["max_abs"],
+                                                                      output.tolerance_margin)
+        decisions = check_decisions(manifest["interface"], manifest["golden"], golden_out, runs)
         if any(new_inputs.get(k, v.dtype) != v.dtype for k, v in golden_in.items()):
             # fp16 without keep_io_types: the golden inputs change dtype, the expected outputs stay
             _rewrite_golden(out / manifest["golden"]["path"], golden_in, golden_out, new_inputs)
@@ -299,7 +300,7 @@ def _write_stage(source: Bundle, artifact: dict, float_model: bytes, model: byte
         # the arithmetic is the float model's, done at lower precision
         "flops_per_sample": float_flops,
         "quantization": options,
-        "numeric_error": {"reference": "float", **numeric},
+        "numeric_error": {"reference": "float", **numeric, **({"decisions": decisions} if decisions else {})},
     }]
     _retype_interface(manifest["interface"], onnx.load_from_string(model))
     manifest["metrics"] = {"float": source.manifest.get("metrics", {})}  # they measured the parent model
@@ -324,22 +325,6 @@ def _write_stage(source: Bundle, artifact: dict, float_model: bytes, model: byte
         accuracy["float"] if accuracy else None, accuracy["quantized"] if accuracy else None,
         accuracy["drop"] if accuracy else None, tuple(excluded), gate,
     )
-
-
-def _golden_error(float_session: ort.InferenceSession, new_session: ort.InferenceSession,
-                  golden: dict[str, np.ndarray], dtypes: dict[str, np.dtype]) -> dict:
-    """Max abs and rel error over the golden inputs, run as one batch and one example at a time."""
-    if not golden:
-        return {"samples": 0, "max_abs": 0.0, "max_rel": 0.0}
-    count = len(next(iter(golden.values())))
-    max_abs = max_rel = 0.0
-    for rows in [slice(None), *(slice(i, i + 1) for i in range(count))]:
-        feed = {k: v[rows] for k, v in golden.items()}
-        want = float_session.run(None, feed)
-        got = new_session.run(None, {k: v.astype(dtypes.get(k, v.dtype)) for k, v in feed.items()})
-        rows_abs, rows_rel = max_errors(got, want)
-        max_abs, max_rel = max(max_abs, rows_abs), max(max_rel, rows_rel)
-    return {"samples": count, "max_abs": max_abs, "max_rel": max_rel}
 
 
 def _accuracy(source: Bundle, eval_data: tuple[Data, np.ndarray] | None, float_session: ort.InferenceSession,

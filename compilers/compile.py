@@ -10,6 +10,12 @@ model runs, not which model it is. A device's Predictor picks among the artifact
 
 Every target keeps the bundle's interface (input and output names, dtypes, shapes): the golden examples
 and the device's input validation are shared by all artifacts.
+
+The check on the golden examples is numeric (every output within the tolerance: the target's own atol
+and rtol for a precision it lowers itself, else the bundle's) and, for a classifier, also the decision:
+every golden example whose top-1 margin in the source outputs exceeds the tie margin must keep its
+top-1, however wide the numeric tolerance (the near-tie rule: core/decision.py). The artifact's
+`numeric_error` records both, with `decisions: {compared, agreed, near_ties, tie_margin}`.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from edgefleet.compilers.targets import CompileSource, TargetResult, target_func
 from edgefleet.core import bundle as bundle_io
 from edgefleet.core.bundle import Bundle
 from edgefleet.core.canonical import format_time, utc_now
+from edgefleet.core.decision import compare_decisions, decision_output, tie_margin
 from edgefleet.core.errors import BundleError, CompileError, EdgefleetError
 from edgefleet.core.signing import DEFAULT_VALIDITY, SigningKey
 
@@ -196,7 +203,26 @@ def _check(bundle: Bundle, out: Path, name: str, result: TargetResult) -> dict:
             f"target {name}: the artifact disagrees with the source model on the golden examples: max abs error "
             f"{max_abs:.3g}, max rel error {max_rel:.3g} (tolerance atol={atol:g}, rtol={rtol:g})"
         )
+    _check_decisions(bundle, name, entry, runs, golden_out, result.atol)
     return entry
+
+
+def _check_decisions(bundle: Bundle, name: str, entry: dict, runs: list[dict], golden_out: Mapping,
+                     target_atol: float | None) -> None:
+    """A classifier's top-1 on the golden examples, by the near-tie rule; recorded, CompileError if changed."""
+    interface = bundle.manifest["interface"]
+    output = decision_output(interface)
+    if output is None:  # no decision to compare: the numeric check is the whole check
+        return
+    tie = tie_margin(bundle.manifest["golden"], target_atol)
+    check = compare_decisions(golden_out[output], [run[output] for run in runs], tie, interface.get("class_names"))
+    entry["numeric_error"]["decisions"] = check.record()
+    if not check.passed:
+        error = entry["numeric_error"]
+        raise CompileError(
+            f"target {name}: the artifact changes the model's decision on the golden examples: {check.problem()} "
+            f"(numeric error max abs {error['max_abs']:.3g} within atol={error['atol']:g})"
+        )
 
 
 def _copy_bundle(bundle: Bundle, out: Path) -> None:

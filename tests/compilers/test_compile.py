@@ -174,3 +174,66 @@ def test_a_compiled_bundle_travels_as_an_archive_and_serves_on_every_backend(dig
     for entry in ("native", "openvino", "onnxruntime"):
         with Predictor(opened, backends=[entry], trusted_keys=[digits_bundle.public_key]) as predictor:
             assert predictor.backend_name == entry and predictor.self_test().passed
+
+
+# the golden decisions (core/decision.py) ----------------------------------------------------------------
+CPU_TARGETS = ["onnxruntime-cpu", "native", "openvino-cpu"]
+
+
+@pytest.fixture(scope="module")
+def int8(digits_bundle, digits_splits, tmp_path_factory):
+    """The demo path's int8 digits bundle (static QDQ, 256 calibration rows), with a wide tolerance."""
+    from tests.cloud.compress import decision_kit
+
+    key = SigningKey.load(digits_bundle.private_key)
+    return decision_kit.quantize(digits_bundle.root, tmp_path_factory.mktemp("int8") / "bundle",
+                                 digits_splits.x_train, key)
+
+
+def _cpu_targets() -> list[str]:
+    import importlib.util
+
+    return [t for t in CPU_TARGETS if t != "openvino-cpu" or importlib.util.find_spec("openvino") is not None]
+
+
+def test_an_int8_artifact_that_flips_a_golden_top1_is_refused_inside_the_tolerance(int8, digits_bundle, tmp_path):
+    from tests.cloud.compress import decision_kit
+
+    flipped = decision_kit.flip_one_golden(int8, tmp_path / "flipped", SigningKey.load(digits_bundle.private_key))
+    assert flipped["max_abs"] < flipped["atol"]  # the numeric check alone passes it (atol ~2.5, as in the issue)
+    changed = f"example {flipped['example']}: '{flipped['source_class']}' became '{flipped['new_class']}'"
+    for target in _cpu_targets():
+        with pytest.raises(CompileError, match=rf"target {target}: the artifact changes the model's decision on the "
+                                               rf"golden examples: top-1 changed on 1 of 8 .*{changed}.* within atol"):
+            compile_bundle(flipped["root"], [target], tmp_path / target)
+        assert not (tmp_path / target).exists()
+
+
+def test_the_int8_digits_bundle_compiles_for_every_cpu_backend_with_its_decisions_checked(int8, digits_bundle,
+                                                                                          tmp_path):
+    key = SigningKey.load(digits_bundle.private_key)
+    targets = _cpu_targets()
+    result = compile_bundle(int8.root, targets, tmp_path / "compiled", signing_key=key)
+    tie = 2 * int8.manifest["golden"]["noise"]
+    for compiled in result.compiled:
+        error = compiled.artifact["numeric_error"]
+        assert error["decisions"] == {"compared": 8, "agreed": 8, "near_ties": 0, "tie_margin": tie}, compiled.target
+    for target in targets:
+        with Predictor(result.bundle, backends=[target], trusted_keys=[digits_bundle.public_key]) as predictor:
+            report = predictor.self_test()
+        assert report.passed and report.decisions["agreed"] == 8, (target, report.failures)
+
+
+def test_golden_examples_too_close_to_call_are_refused(digits_bundle, digits_splits, tmp_path):
+    from tests.cloud.compress import decision_kit
+
+    source = Bundle.open(digits_bundle.root)
+    key = SigningKey.load(digits_bundle.private_key)
+    int8 = decision_kit.quantize(digits_bundle.root, tmp_path / "int8", digits_splits.x_train, key)
+    x_near = decision_kit.boundary_input(source.root / "model.onnx", int8.root / "model.int8.onnx",
+                                         digits_splits.x_train, digits_splits.y_train)
+    inputs = np.concatenate([source.golden()[0]["pixels"][:3], np.repeat(x_near, 5, axis=0)])
+    root = decision_kit.with_golden(source, tmp_path / "near", inputs, source.root / "model.onnx", key)
+    with pytest.raises(CompileError, match=r"only 3 of 8 golden examples have a top-1 margin over the tie margin "
+                                           r"0.0002 \(at least 4"):
+        compile_bundle(root, ["onnxruntime-cpu"], tmp_path / "out")

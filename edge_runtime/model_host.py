@@ -26,6 +26,11 @@ counted) for a worker thread that runs the candidate and compares (argmax agreem
 max abs difference). Canary: request i goes to the candidate when floor((i+1)f) > floor(i f), an even,
 deterministic spread of exactly fraction f; a candidate failure is counted and the request is answered
 by the current model instead, so users never see it.
+
+`predict(x, finite=True)` (the HTTP API's call: JSON has no NaN) also treats an answer holding NaN or
+inf as a failure of the model that gave it: ModelOutputError, counted in its errors (so an update's
+health window sees it), and a canary candidate's falls back to the current model. The Python API's
+default, finite=False, hands NaN over as NaN and costs nothing.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgefleet.core.errors import SchemaError
+from edgefleet.core.errors import BackendError, SchemaError
 from edgefleet.edge_runtime.predictor import Predictor
 
 if TYPE_CHECKING:
@@ -52,6 +57,15 @@ log = logging.getLogger(__name__)
 Inputs = Mapping[str, np.ndarray] | np.ndarray
 LATENCY_SAMPLES = 4096
 _clock = time.perf_counter_ns  # percentiles are over the last this many requests of an arm
+
+
+class ModelOutputError(BackendError):
+    """A model answered a valid request with NaN or inf: a model fault (JSON would carry it as null)."""
+
+    def __init__(self, model: str, output: str, count: int) -> None:
+        super().__init__(f"model {model} produced {count} non-finite value(s) (NaN or inf) in output '{output}' "
+                         f"from finite inputs: a model fault, not an answer")
+        self.model, self.output, self.count = model, output, count
 
 
 class ArmStats:
@@ -130,11 +144,14 @@ class _Served:
             self._wake.wait(0.001)
             self._wake.clear()
 
-    def call(self, inputs: Inputs, *extra: ArmStats) -> tuple[dict[str, np.ndarray], int]:
-        """Runs the predictor (the caller has entered); records the outcome; always leaves."""
+    def call(self, inputs: Inputs, *extra: ArmStats, finite: bool = False) -> tuple[dict[str, np.ndarray], int]:
+        """Runs the predictor (the caller has entered); records the outcome; always leaves. finite=True:
+        an output holding NaN or inf raises ModelOutputError, recorded as this model's error."""
         start = _clock()
         try:
             outputs = self.predictor.predict(inputs)
+            if finite:
+                _require_finite(self.predictor, outputs)
         except SchemaError:
             _record("rejected", _clock() - start, self.stats, *extra)
             raise
@@ -291,20 +308,24 @@ class ModelHost:
         test = self._test
         return test.candidate if test is not None else None
 
-    def predict(self, inputs: Inputs) -> dict[str, np.ndarray]:
+    def predict(self, inputs: Inputs, *, finite: bool = False) -> dict[str, np.ndarray]:
+        """The serving model's answer. finite=True (the HTTP API, whose JSON cannot carry NaN): an answer
+        holding NaN or inf raises ModelOutputError and counts as an error of the model that gave it (in
+        stats(), hence in an update's health window); a canary candidate's falls back to the current model.
+        """
         test = self._test
         if test is None:  # the hot path
             served = self._served  # one atomic read
             if not served.enter():
                 served = self._enter()  # a swap retired it just now
-            return served.call(inputs)[0]
+            return served.call(inputs, finite=finite)[0]
         if test.kind == "canary" and test.pick():
-            answered = self._try_canary(test, inputs)
+            answered = self._try_canary(test, inputs, finite)
             if answered is not None:
                 return answered
         served = self._enter()
         extra = (test.arms["current"],) if test.kind == "canary" else ()
-        outputs, elapsed = served.call(inputs, *extra)
+        outputs, elapsed = served.call(inputs, *extra, finite=finite)
         if test.kind == "shadow" and not test.stop.is_set():
             test.mirror(inputs, outputs, elapsed)
         return outputs
@@ -315,11 +336,11 @@ class ModelHost:
             if served.enter():
                 return served
 
-    def _try_canary(self, canary: _Canary, inputs: Inputs) -> dict[str, np.ndarray] | None:
+    def _try_canary(self, canary: _Canary, inputs: Inputs, finite: bool) -> dict[str, np.ndarray] | None:
         if not canary.served.enter():
             return None  # the canary is being stopped
         try:
-            outputs, _ = canary.served.call(inputs, canary.arms["candidate"])
+            outputs, _ = canary.served.call(inputs, canary.arms["candidate"], finite=finite)
         except Exception as err:  # noqa: BLE001 - counted in the candidate arm; the current model answers
             next(canary.fallbacks)
             log.debug("canary candidate failed, the current model answers: %s", err)
@@ -414,6 +435,14 @@ class ModelHost:
     def _enable_telemetry(self, predictor: Predictor) -> None:
         if self._make_telemetry is not None and predictor.telemetry is None:
             predictor.enable_telemetry(self._make_telemetry(predictor))
+
+
+def _require_finite(predictor: Predictor, outputs: dict[str, np.ndarray]) -> None:
+    for name, value in outputs.items():
+        if value.dtype.kind in "fc":
+            bad = value.size - int(np.count_nonzero(np.isfinite(value)))
+            if bad:
+                raise ModelOutputError(_label(predictor), name, bad)
 
 
 def _record(outcome: str, latency_ns: int, *arms: ArmStats) -> None:

@@ -8,7 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from edgefleet.edge_runtime.model_host import ModelHost
+from edgefleet.edge_runtime.health import HealthPolicy, judge
+from edgefleet.edge_runtime.model_host import ModelHost, ModelOutputError
 from edgefleet.edge_runtime.predictor import Predictor
 from edgefleet.edge_runtime.telemetry import TelemetryAggregator
 from tests.edge_runtime.ota_kit import StrictPredictor, make_variant
@@ -18,6 +19,13 @@ from tests.edge_runtime.ota_kit import StrictPredictor, make_variant
 def perturbed_root(digits_bundle, tmp_path_factory):
     return make_variant(digits_bundle.root, tmp_path_factory.mktemp("perturbed") / "bundle", digits_bundle.private_key,
                         version=2, weight_noise=0.5)
+
+
+@pytest.fixture(scope="module")
+def nan_root(digits_bundle, tmp_path_factory):
+    """A signed bundle whose weights are so large that every finite input gives NaN logits."""
+    return make_variant(digits_bundle.root, tmp_path_factory.mktemp("nan") / "bundle", digits_bundle.private_key,
+                        version=2, weight_noise=1e30)
 
 
 @pytest.fixture
@@ -243,3 +251,27 @@ def test_stats_count_errors_and_rejections_of_the_current_model(make, x):
     assert stats["error_rate"] == 0.0 and stats["model"] == {"name": "digits-cnn", "version": 1}
     host.swap(make())
     assert host.stats()["requests"] == 0
+
+
+def test_a_nan_answer_is_a_model_error_when_the_caller_needs_finite_numbers(make, nan_root, x):
+    host = ModelHost(make(nan_root))
+    assert np.isnan(host.predict(x)["logits"]).all()  # the Python API hands NaN over as NaN
+    for _ in range(20):
+        with pytest.raises(ModelOutputError, match=r"model digits-cnn v2 produced 80 non-finite value\(s\)"):
+            host.predict(x, finite=True)  # as the HTTP API asks: its JSON would carry NaN as null
+    stats = host.stats()
+    assert stats["requests"] == 21 and stats["errors"] == 20 and stats["rejected"] == 0
+    # so an update to this model fails its health window instead of passing with NaN answers
+    failure = judge(stats, HealthPolicy(max_error_rate=0.02), None, latency=False)
+    assert failure is not None and failure.reason == "error_rate"
+
+
+def test_a_canary_answering_nan_falls_back_to_the_current_model(make, nan_root, x):
+    current = make()
+    want = current.predict(x)["logits"]
+    host = ModelHost(current)
+    host.start_canary(make(nan_root), 0.5)
+    for _ in range(20):
+        np.testing.assert_array_equal(host.predict(x, finite=True)["logits"], want)
+    report = host.stop_test()
+    assert report["arms"]["candidate"]["errors"] == 10 and report["fallbacks"] == 10

@@ -14,7 +14,9 @@ nothing a device sends can stall a batch or the connection:
 - If the batch's transaction fails anyway, the batch is retried in halves until the message that fails
   is alone; it is counted as `store_error` and acknowledged, the rest are stored.
 - Only when the database itself does not answer (`SELECT 1` fails too) do messages stay unacknowledged;
-  the writer keeps them and retries with backoff (0.5 s doubling to 10 s) until it answers again.
+  the writer keeps them and retries with backoff (0.5 s doubling to 10 s) until it answers again. An
+  OperationalError (a lock, a dropped connection) counts as not answering for TRANSIENT_ATTEMPTS tries
+  of the same batch; if it persists while `SELECT 1` works, the batch is halved as above.
 
 OTA status messages (`core.ota`) are stored once per (device, seq) as DeviceStatus rows and move the
 device's DeploymentDevice row (matched on deployment, device and one of its two command ids) to the
@@ -31,6 +33,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 
 from edgefleet.cloud.ingest_store import Checked, store
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 
 SUBSCRIBED_KINDS = ("telemetry", "presence", "status", "birth", "death")
 RETRY_MIN, RETRY_MAX = 0.5, 10.0  # seconds between attempts while the database does not answer
+TRANSIENT_ATTEMPTS = 5  # tries of one batch that an OperationalError alone may cost before it is halved
 STATUS_ID_CHARS = 64  # device_status.deployment_id and command_id are String(64)
 
 
@@ -131,20 +135,20 @@ class Ingest:
     # writer thread -------------------------------------------------------------------------------------
     def _write_loop(self) -> None:
         retry: list[Received] = []
-        delay = RETRY_MIN
+        attempt, delay = 0, RETRY_MIN
         while True:
             batch = retry or self._take_batch()
             if batch is None:
                 return
             if not batch:
                 continue
-            retry = self._handle(batch)
+            retry = self._handle(batch, attempt)
             if not retry:
-                delay = RETRY_MIN
+                attempt, delay = 0, RETRY_MIN
                 continue
             if self._stopping.wait(delay):
                 return  # unacknowledged: the broker redelivers them to the next ingest
-            delay = min(delay * 2, RETRY_MAX)
+            attempt, delay = attempt + 1, min(delay * 2, RETRY_MAX)
 
     def _take_batch(self) -> list[Received] | None:
         try:
@@ -166,12 +170,13 @@ class Ingest:
             batch.append(item)
         return batch
 
-    def _handle(self, batch: list[Received]) -> list[Received]:
-        """Validates, stores and acknowledges `batch`; returns what could not be stored (database down)."""
+    def _handle(self, batch: list[Received], attempt: int = 0) -> list[Received]:
+        """Validates, stores and acknowledges `batch`; returns what could not be stored (database down).
+        `attempt` counts the earlier tries of this batch."""
         checked = [self._check(item) for item in batch]
         done: list[int] = []
         try:
-            self._store(list(range(len(batch))), checked, done)
+            self._store(list(range(len(batch))), checked, done, transient=attempt < TRANSIENT_ATTEMPTS)
         except DatabaseUnavailable as err:
             log.error("ingest: the database does not answer (%s); %d message(s) stay unacknowledged and are "
                       "retried", err.__cause__, len(batch) - len(done))
@@ -188,19 +193,20 @@ class Ingest:
             log.debug("ingest: refused a message on %s: unexpected %r", item.topic[:200], err)
             return Checked("", item.payload, None, "invalid")
 
-    def _store(self, indexes: list[int], checked: list[Checked], done: list[int]) -> None:
+    def _store(self, indexes: list[int], checked: list[Checked], done: list[int], transient: bool = False) -> None:
         """Commits the messages at `indexes` in one transaction; if that fails on a database that answers,
         commits each half on its own, so a message the database refuses ends alone, counted as store_error.
-        Appends what was committed to `done`; raises DatabaseUnavailable when the database does not answer."""
+        Appends what was committed to `done`; raises DatabaseUnavailable when the database does not answer
+        (or, while `transient`, raises an OperationalError)."""
         try:
             self._commit([checked[i] for i in indexes])
         except Exception as err:  # noqa: BLE001 - any failure: find the message that causes it
-            if not self._database_answers():
+            if (transient and isinstance(err, OperationalError)) or not self._database_answers():
                 raise DatabaseUnavailable(f"{type(err).__name__}: {str(err)[:200]}") from err
             if len(indexes) > 1:
                 half = len(indexes) // 2
-                self._store(indexes[:half], checked, done)
-                self._store(indexes[half:], checked, done)
+                self._store(indexes[:half], checked, done, transient)
+                self._store(indexes[half:], checked, done, transient)
                 return
             message = checked[indexes[0]]
             log.warning("ingest: the database refused a %s from %s (%s: %s); counted as store_error",

@@ -1,6 +1,7 @@
-"""The ingest on a real PostgreSQL, where the columns are narrower than SQLite's: values that fit 64 bits but
-not an INTEGER column are refused by reason before the insert, and a database outage is the one thing
-that leaves messages unacknowledged; they are stored once the database answers again, nothing lost."""
+"""The ingest against its database. On a real PostgreSQL, where the columns are narrower than SQLite's,
+values that fit 64 bits but not an INTEGER column are refused by reason before the insert. A database
+outage (or a lock held longer than the busy timeout) is the one thing that leaves messages
+unacknowledged; they are stored once the database answers again, nothing lost, nothing counted as bad."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 
-from edgefleet.cloud.db import Device, TelemetryRecord, make_engine
+from edgefleet.cloud.db import Device, TelemetryRecord, make_engine, make_sessions
 from edgefleet.cloud.ingest import Ingest
 from edgefleet.core.ota import Status
 from edgefleet.core.topics import topic
@@ -101,3 +102,32 @@ def test_a_database_outage_leaves_messages_unacknowledged_until_it_answers(postg
         ingest.stop()
         sessions.kw["bind"].dispose()
         admin.dispose()
+
+
+def test_a_lock_longer_than_the_busy_timeout_costs_no_window(tmp_path, mosquitto, publisher):
+    """SQLite answers "database is locked" after its busy timeout (0.5 s here) while another writer holds
+    the lock; that is the database being busy, not the windows being bad: they wait and are stored after.
+    (An OperationalError is retried whole first, rather than halved down to single rows that each wait out
+    the busy timeout.)"""
+    engine = make_engine(f"sqlite:///{tmp_path / 'cloud.db'}")
+    event.listen(engine, "connect", lambda connection, record: connection.execute("PRAGMA busy_timeout=500"))
+    engine.dispose()  # new connections get the short timeout
+    sessions = make_sessions(engine)
+    with sessions.begin() as session:
+        session.add(Device(id="d1", fleet="lab", password_hash="x"))
+    ingest = start_ingest(sessions, mosquitto)
+    other = make_engine(f"sqlite:///{tmp_path / 'cloud.db'}")
+    try:
+        with other.connect() as locker:
+            locker.exec_driver_sql("BEGIN EXCLUSIVE")
+            for seq in range(1, 11):
+                publish(publisher, topic("lab", "d1", "telemetry"), window("d1", seq).to_payload())
+            time.sleep(4)  # the writer's tries fail and back off (0.5 s, 1 s, 2 s)
+            assert stored(sessions) == 0  # a reader still gets through (WAL)
+            locker.exec_driver_sql("ROLLBACK")
+        wait_for(lambda: stored(sessions) == 10, timeout=30)
+        assert counters(sessions) == {"accepted": 10}
+    finally:
+        ingest.stop()
+        other.dispose()
+        engine.dispose()

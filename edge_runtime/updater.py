@@ -1,7 +1,8 @@
 """The OTA updater: one install or rollback at a time, as a journaled state machine that survives kill -9.
 
 (Over 500 lines on purpose: each stage and the rule for recovering from a crash in that stage are read
-together; health checks live in health.py, slots in slots.py, downloads in download.py.)
+together; health checks live in health.py, slots in slots.py, downloads in download.py, the job record,
+rollback refusals and failure codes in update_job.py.)
 
     updater = Updater(store, host, trust=trust, workdir=data_dir / "incoming", report=send_status,
                       fleet="lab", device="pi-07", make_predictor=load)
@@ -66,15 +67,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.ota import BundleRef, Command, Status, check_rollback_authorization
@@ -84,6 +81,16 @@ from edgefleet.edge_runtime.health import HealthPolicy, UpdateFailed, candidate_
 from edgefleet.edge_runtime.model_host import ModelHost
 from edgefleet.edge_runtime.predictor import Predictor
 from edgefleet.edge_runtime.slots import Slot, SlotStore
+from edgefleet.edge_runtime.update_job import (
+    Job,
+    archive_name,
+    as_failure,
+    command_from_record,
+    command_record,
+    jsonable,
+    partial_path,
+    rollback_refusal,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +103,6 @@ DELETED = ".tmp-del-"  # the slot store's prefix for a deletion in progress (rem
 
 class _Stopped(Exception):
     """Updater.close() cut a health window short; the journal stays for recover()."""
-
-
-@dataclass
-class _Job:
-    command: Command
-    record: dict
-    new_slot: Slot | None = None
-    predictor: Predictor | None = None  # the new model, before it serves
-    old_predictor: Predictor | None = None  # the model it replaced, kept for an instant swap back
-    detail: dict = field(default_factory=dict)
 
 
 class Updater:
@@ -184,7 +181,7 @@ class Updater:
             current = self.store.current()
             if current is not None:
                 self._serve(current)
-            self._final(job, "failed", reason=_as_failure(err, stage).reason,
+            self._final(job, "failed", reason=as_failure(err, stage).reason,
                         detail={"stage": stage, "message": f"{type(err).__name__}: {err}"})
         except Exception:  # noqa: BLE001 - the journal stays; recover() at the next start finishes it
             log.exception("could not settle update %s after an unexpected error", job.command.id)
@@ -192,7 +189,7 @@ class Updater:
     # install ---------------------------------------------------------------------------------------------
     def _install(self, command: Command) -> None:
         current = self.store.current()
-        job = self._job = _Job(command, {"command": _command_dict(command), "mode": command.mode,
+        job = self._job = Job(command, {"command": command_record(command), "mode": command.mode,
                                          "old_slot": current.id if current else None, "new_slot": None})
         try:
             self._stage(job, "received")
@@ -203,14 +200,14 @@ class Updater:
             self._verify(job, archive)
             self._self_test_new(job)
         except Exception as err:  # noqa: BLE001 - every failure before the switch ends the same way
-            self._fail(job, _as_failure(err, job.record["stage"]))
+            self._fail(job, as_failure(err, job.record["stage"]))
             return
         if command.mode == "switch":
             self._switch(job)
         else:
             self._test(job)
 
-    def _already_active(self, job: _Job, current: Slot | None) -> bool:
+    def _already_active(self, job: Job, current: Slot | None) -> bool:
         """A repeated command (MQTT QoS 1 may deliver twice) for the model already served: active again."""
         ref = job.command.bundle
         if ref is None or current is None or job.command.mode != "switch":
@@ -220,7 +217,7 @@ class Updater:
         self._final(job, "active", detail={"slot": current.id, "already_active": True})
         return True
 
-    def _precheck(self, job: _Job, current: Slot | None) -> None:
+    def _precheck(self, job: Job, current: Slot | None) -> None:
         """Refuses before downloading what would be refused after it."""
         command, ref = job.command, job.command.bundle
         if ref is None:
@@ -231,10 +228,10 @@ class Updater:
             raise UpdateFailed("not_newer", f"{ref.name} v{ref.version} is not newer than the installed "
                                             f"v{current.version}")
 
-    def _download(self, job: _Job) -> Path:
+    def _download(self, job: Job) -> Path:
         command, ref = job.command, job.command.bundle
-        dest = self.workdir / _archive_name(ref)
-        self._clean_workdir(keep=(dest, _partial(dest)))
+        dest = self.workdir / archive_name(ref)
+        self._clean_workdir(keep=(dest, partial_path(dest)))
         self._stage(job, "downloading", {"url": ref.url, "size": ref.size or None})
         started = time.monotonic()
         archive = download(ref.url, dest, max_bytes=command.max_bytes, expected_sha256=ref.sha256 or None,
@@ -242,7 +239,7 @@ class Updater:
         job.detail["download_seconds"] = round(time.monotonic() - started, 3)
         return archive
 
-    def _verify(self, job: _Job, archive: Path) -> None:
+    def _verify(self, job: Job, archive: Path) -> None:
         job.record["slots_before"] = [slot.id for slot in self.store.slots()]
         self._stage(job, "verifying", {"bytes": archive.stat().st_size})
         ref = job.command.bundle
@@ -253,7 +250,7 @@ class Updater:
         job.record["new_slot"] = slot.id
         archive.unlink(missing_ok=True)
 
-    def _self_test_new(self, job: _Job) -> None:
+    def _self_test_new(self, job: Job) -> None:
         self._stage(job, "self_testing", {"slot": job.new_slot.id})
         job.predictor = self.make_predictor(job.new_slot.path)
         job.detail.update(self._self_test(job.predictor, job.command.latency_budget_ms))
@@ -273,20 +270,20 @@ class Updater:
         return result
 
     # switch and health window ------------------------------------------------------------------------------
-    def _switch(self, job: _Job) -> None:
+    def _switch(self, job: Job) -> None:
         self._stage(job, "switching", {"from": job.record["old_slot"], "to": job.new_slot.id})
         try:
             self.store.activate(job.new_slot)
             job.old_predictor = self.host.swap(job.predictor)
         except Exception as err:  # noqa: BLE001 - the switch did not happen: undo the link, report failed
             self._undo_switch(job)
-            self._fail(job, _as_failure(err, "switching"))
+            self._fail(job, as_failure(err, "switching"))
             return
         job.predictor = None  # it serves now; the host owns it
         self._stage(job, "health_check", {"window_seconds": job.command.health_window_seconds})
         self._health(job)
 
-    def _undo_switch(self, job: _Job) -> None:
+    def _undo_switch(self, job: Job) -> None:
         with contextlib.suppress(Exception):
             current = self.store.current()
             if current is not None and current.id == job.new_slot.id:
@@ -294,7 +291,7 @@ class Updater:
         if job.old_predictor is not None and self.host.current is not job.old_predictor:
             self.host.swap(job.old_predictor)
 
-    def _health(self, job: _Job) -> None:
+    def _health(self, job: Job) -> None:
         """The health window of a switched model (its status is reported), then active or rolled_back."""
         self._job = job
         served = self.host.current
@@ -303,7 +300,7 @@ class Updater:
             try:
                 self._self_test(served, None, timed=False)  # timed runs would count as its live traffic
             except Exception as err:  # noqa: BLE001 - a model that cannot self-test now is not healthy
-                failure = _as_failure(err, "health_check")
+                failure = as_failure(err, "health_check")
         if failure is not None:
             self._roll_back(job, failure)
             return
@@ -312,7 +309,7 @@ class Updater:
         if old is not None:
             old.close()  # swap() returned it idle; kept only for an instant swap back
 
-    def _watch(self, job: _Job, stats: Callable[[], dict | None]) -> UpdateFailed | None:
+    def _watch(self, job: Job, stats: Callable[[], dict | None]) -> UpdateFailed | None:
         """Watches live traffic for the command's health window; None if healthy."""
         policy = self.health
         deadline = time.monotonic() + job.command.health_window_seconds
@@ -331,14 +328,14 @@ class Updater:
             return UpdateFailed("replaced", "the model under test stopped serving during its health window")
         return judge(current, policy, job.command.latency_budget_ms, latency=True)
 
-    def _roll_back(self, job: _Job, failure: UpdateFailed) -> None:
+    def _roll_back(self, job: Job, failure: UpdateFailed) -> None:
         """Back to the old slot and model after a failed health window (also used by recover())."""
         log.warning("update %s: %s; rolling back", job.command.id, failure)
         job.record.update(target_slot=job.record["old_slot"], from_slot=job.record["new_slot"], remove_from=True,
                           reason=failure.reason, message=str(failure), failure_detail=failure.detail)
         self._finish_rollback(job)
 
-    def _finish_rollback(self, job: _Job, old_predictor: Predictor | None = None) -> None:
+    def _finish_rollback(self, job: Job, old_predictor: Predictor | None = None) -> None:
         record = job.record
         record["stage"] = "rolling_back"
         self.store.write_journal(record)
@@ -360,7 +357,7 @@ class Updater:
                     bundle=BundleRef(target.name, target.version) if job.command.op == "rollback" else None)
 
     # shadow and canary -------------------------------------------------------------------------------------
-    def _test(self, job: _Job) -> None:
+    def _test(self, job: Job) -> None:
         command = job.command
         self._stage(job, "switching", {"mode": command.mode, "candidate": job.new_slot.id})
         candidate, job.predictor = job.predictor, None
@@ -387,10 +384,10 @@ class Updater:
     # rollback command -------------------------------------------------------------------------------------
     def _rollback_command(self, command: Command) -> None:
         current, previous = self.store.current(), self.store.previous()
-        job = self._job = _Job(command, {"command": _command_dict(command), "mode": "switch",
+        job = self._job = Job(command, {"command": command_record(command), "mode": "switch",
                                          "old_slot": current.id if current else None, "new_slot": None})
         self._stage(job, "received")
-        refusal = _rollback_refusal(command, current, previous)
+        refusal = rollback_refusal(command, current, previous)
         if refusal is not None:
             log.warning("rollback %s refused: %s", command.id, refusal)
             self._final(job, "failed", reason=refusal.reason, detail={"message": str(refusal)})
@@ -399,7 +396,7 @@ class Updater:
             predictor = self.make_predictor(previous.path)
             self._self_test(predictor, None, timed=False)
         except Exception as err:  # noqa: BLE001 - the previous model cannot serve: keep the current one
-            self._final(job, "failed", reason=_as_failure(err, "received").reason, detail={"message": str(err)})
+            self._final(job, "failed", reason=as_failure(err, "received").reason, detail={"message": str(err)})
             return
         job.record.update(target_slot=previous.id, from_slot=job.record["old_slot"], remove_from=False,
                           reason=command.reason or "rollback command", message=command.reason or None)
@@ -417,7 +414,7 @@ class Updater:
                 self._serve(current)
             return None
         stage = str(record.get("stage"))
-        job = _Job(_command_from(record["command"]), record)
+        job = Job(command_from_record(record["command"]), record)
         log.warning("recovering update %s interrupted at %s", job.command.id, stage)
         current = self.store.current()
         new_id = record.get("new_slot")
@@ -436,7 +433,7 @@ class Updater:
         # health_check but current is not the new slot: something else changed the links; serve it
         return self._recover_before_switch(job, "failed", current)
 
-    def _recover_before_switch(self, job: _Job, state: str, current: Slot | None) -> Status:
+    def _recover_before_switch(self, job: Job, state: str, current: Slot | None) -> Status:
         stage = job.record["stage"]
         if current is not None:
             self._serve(current)
@@ -446,13 +443,13 @@ class Updater:
         self._final(job, state, reason=f"interrupted at {stage}", detail={"interrupted_at": stage})
         return self._last
 
-    def _recover_health(self, job: _Job, stage: str, current: Slot) -> Status:
+    def _recover_health(self, job: Job, stage: str, current: Slot) -> Status:
         record = job.record
         recoveries = int(record.get("recoveries", 0))
         try:
             self._serve(current)
         except Exception as err:  # noqa: BLE001 - the new model cannot even load: back to the old one
-            self._roll_back(job, _as_failure(err, stage))
+            self._roll_back(job, as_failure(err, stage))
             return self._last
         if recoveries >= self.health.max_health_retries:
             self._roll_back(job, UpdateFailed(f"interrupted at {stage} again",
@@ -469,7 +466,7 @@ class Updater:
             self._worker.start()
         return status
 
-    def _recover_final(self, job: _Job, stage: str) -> Status:
+    def _recover_final(self, job: Job, stage: str) -> Status:
         record = job.record
         if stage == "failed":
             for slot_id in self._job_slots(job):
@@ -482,7 +479,7 @@ class Updater:
                     bundle=BundleRef(target.name, target.version) if target else None)
         return self._last
 
-    def _job_slots(self, job: _Job) -> list[str]:
+    def _job_slots(self, job: Job) -> list[str]:
         """Slots this job installed: its new slot, and any that appeared after it journaled slots_before
         (an install that completed just before the crash, before its id was journaled)."""
         record = job.record
@@ -494,15 +491,15 @@ class Updater:
 
     # plumbing --------------------------------------------------------------------------------------------
     _last: Status | None = None  # the last status reported (what recover() returns)
-    _job: _Job | None = None  # the job the worker runs
+    _job: Job | None = None  # the job the worker runs
 
-    def _stage(self, job: _Job, stage: str, detail: dict | None = None) -> None:
+    def _stage(self, job: Job, stage: str, detail: dict | None = None) -> None:
         """Journal first, then report: after a crash the journal names the stage that was under way."""
         job.record["stage"] = stage
         self.store.write_journal(job.record)
         self._report(job.command, stage, detail=detail or {})
 
-    def _fail(self, job: _Job, failure: UpdateFailed) -> None:
+    def _fail(self, job: Job, failure: UpdateFailed) -> None:
         stage = job.record["stage"]
         log.warning("update %s failed at %s: %s", job.command.id, stage, failure)
         if job.predictor is not None:
@@ -513,10 +510,10 @@ class Updater:
         self._final(job, "failed", reason=failure.reason,
                     detail={"stage": stage, "message": str(failure), **failure.detail})
 
-    def _final(self, job: _Job, state: str, *, reason: str | None = None, detail: dict | None = None,
+    def _final(self, job: Job, state: str, *, reason: str | None = None, detail: dict | None = None,
                bundle: BundleRef | None = None) -> None:
         """Journals the final state, cleans up, reports it, clears the journal."""
-        detail = _jsonable(detail or {})
+        detail = jsonable(detail or {})
         job.record.update(stage=state, reason=reason, final_detail=detail)
         self.store.write_journal(job.record)
         if state == "active":
@@ -531,7 +528,7 @@ class Updater:
                 bundle: BundleRef | None = None) -> None:
         ref = bundle or command.bundle
         status = Status(self.fleet, self.device, command.id, command.deployment, state,
-                        BundleRef(ref.name, ref.version) if ref else None, reason, _jsonable(detail or {}),
+                        BundleRef(ref.name, ref.version) if ref else None, reason, jsonable(detail or {}),
                         time.time())
         self._last = status
         log.info("update %s: %s%s", command.id, state, f" ({reason})" if reason else "")
@@ -571,9 +568,9 @@ class Updater:
         except EdgefleetError:
             return None
 
-    def _resumable(self, job: _Job) -> tuple[Path, ...]:
+    def _resumable(self, job: Job) -> tuple[Path, ...]:
         ref = job.command.bundle
-        return (_partial(self.workdir / _archive_name(ref)),) if ref else ()
+        return (partial_path(self.workdir / archive_name(ref)),) if ref else ()
 
     def _clean_workdir(self, keep: tuple[Path, ...] = ()) -> None:
         for path in self.workdir.iterdir():
@@ -583,64 +580,3 @@ class Updater:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
-
-
-def _rollback_refusal(command: Command, current: Slot | None, previous: Slot | None) -> UpdateFailed | None:
-    """Why a rollback command must not run here, or None: it must name the bundle it undoes, that bundle
-    must be the one served, and there must be a previous slot to go back to."""
-    named = command.bundle
-    if named is None:
-        return UpdateFailed("unnamed_rollback", "the rollback names no bundle to undo, so it could undo a model "
-                                                "its deployment never installed here; refused")
-    if current is None or (current.name, current.version) != (named.name, named.version):
-        serving = f"{current.name} v{current.version}" if current else "nothing"
-        return UpdateFailed("not_current", f"the rollback undoes {named.name} v{named.version}, but this device "
-                                           f"serves {serving}: nothing of that deployment to roll back")
-    if previous is None:
-        return UpdateFailed("no_previous", "there is no previous slot to roll back to")
-    return None
-
-
-def _as_failure(err: Exception, stage: str | None) -> UpdateFailed:
-    """A stage's exception as a Status reason: its `reason` code (DownloadError, VerificationError), else
-    the error class in snake case (BackendError -> backend_error), else "error" for a bug."""
-    if isinstance(err, UpdateFailed):
-        return err
-    if not isinstance(err, EdgefleetError):
-        log.error("unexpected error at %s", stage, exc_info=err)
-        return UpdateFailed("error", f"{type(err).__name__}: {err}")
-    reason = getattr(err, "reason", None)
-    if not isinstance(reason, str):
-        reason = re.sub(r"(?<!^)(?=[A-Z])", "_", type(err).__name__).lower()
-    return UpdateFailed(reason, str(err))
-
-
-def _archive_name(ref: BundleRef) -> str:
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", ref.name).strip("._")[:64] or "bundle"
-    return f"{safe}-v{ref.version}.tar.gz"
-
-
-def _partial(dest: Path) -> Path:
-    return dest.with_suffix(dest.suffix + ".partial")
-
-
-def _command_dict(command: Command) -> dict:
-    return asdict(command)
-
-
-def _command_from(data: dict) -> Command:
-    bundle = data.get("bundle")
-    return Command(**{**data, "bundle": BundleRef(**bundle) if bundle else None})
-
-
-def _jsonable(value: object) -> object:
-    """Detail dicts go into JSON with allow_nan=False: numpy scalars to Python, NaN/inf to None."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value

@@ -59,6 +59,7 @@ class DeviceAgent:
         self._seen_commands: list[str] = []
         self.transport = None
         self.metrics = DeviceMetrics(device=config.device, fleet=config.fleet, gauges=self.gauges)
+        self.windows_closed = 0  # telemetry windows closed since start (sent too, with MQTT)
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
         self._http: uvicorn.Server | None = None
@@ -163,6 +164,7 @@ class DeviceAgent:
         return window
 
     def _send_window(self, window: TelemetryWindow) -> None:
+        self.windows_closed += 1
         if self.outbox is not None:
             def render(seq: int, dropped: Dropped) -> bytes:
                 return replace(window, seq=seq, dropped=dropped).to_payload()

@@ -121,7 +121,7 @@ class FleetSimulation:
             rows.append({
                 "device": agent.config.device, "requests": member.requests, "drifting": member.drifting,
                 "connected": bool(agent.transport and agent.transport.connected),
-                "outbox": len(agent.outbox) if agent.outbox else 0, "windows": agent.totals.windows,
+                "outbox": len(agent.outbox) if agent.outbox else 0, "windows": agent.windows_closed,
             })
         return rows
 

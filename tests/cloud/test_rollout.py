@@ -455,6 +455,26 @@ def test_an_abort_rolls_back_only_the_devices_the_deployment_moved(cloud: Cloud,
         "silent") == 1
 
 
+def test_a_device_still_installing_at_the_abort_is_rolled_back_once_it_reports_the_switch(cloud: Cloud, fleet):
+    devices = fleet(2)
+    slow = devices["lab-01"]
+    slow.go.clear()  # it has the install but answers nothing yet
+    plan = cloud.deploy()
+    wait_until(lambda: devices["lab-00"].states(devices["lab-00"].commands[0].command.id)[-1:] == ["active"]
+               if devices["lab-00"].commands else False, "lab-00 active")
+    wait_until(lambda: slow.commands, "lab-01 has its install")
+    aborted = cloud.client.post(f"/api/v1/deployments/{plan['id']}/abort", json={"reason": "stop"})
+    assert aborted.status_code == 200
+    wait_until(lambda: devices["lab-00"].ops() == ["install", "rollback"], "lab-00 (moved) gets a rollback")
+    time.sleep(0.5)
+    assert slow.ops() == ["install"] and _row(cloud, plan["id"], "lab-01")["rollback_command"] is None
+    slow.go.set()  # its install goes on after the abort and reaches the switch
+    wait_until(lambda: slow.ops() == ["install", "rollback"], "lab-01 rolled back after its switch")
+    assert slow.commands[1].command.bundle.version == 1
+    wait_until(lambda: {d["state"] for d in cloud.deployment(plan["id"])["devices"]} == {"rolled_back"},
+               "both rolled back")
+
+
 def test_a_lost_install_is_resent_with_the_same_id_until_the_device_answers(cloud: Cloud, fleet, mosquitto,
                                                                             devices_to_stop):
     devices = fleet(1)

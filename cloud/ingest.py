@@ -39,8 +39,8 @@ from sqlalchemy.orm import sessionmaker
 from edgefleet.cloud.ingest_store import Checked, store
 from edgefleet.cloud.mqtt_client import broker_address, new_client
 from edgefleet.core.ota import OtaError, Status, parse_status
-from edgefleet.core.presence import PresenceError, parse_presence
-from edgefleet.core.telemetry import MAX_INT, MAX_PAYLOAD_BYTES, TelemetryError, parse_telemetry
+from edgefleet.core.presence import Presence, PresenceError, parse_presence
+from edgefleet.core.telemetry import MAX_INT, MAX_PAYLOAD_BYTES, TelemetryError, TelemetryWindow, parse_telemetry
 from edgefleet.core.topics import TopicError, parse, subscription
 
 log = logging.getLogger(__name__)
@@ -239,7 +239,7 @@ def check(topic_name: str, payload: bytes, max_bytes: int = MAX_PAYLOAD_BYTES) -
     except TopicError:
         log.debug("ingest: refused a message on %r: not an edgefleet device topic", topic_name[:200])
         return Checked("", payload, None, "bad_topic")
-    message: object
+    message: TelemetryWindow | Status | Presence
     try:
         if where.kind == "telemetry":
             message = parse_telemetry(payload, max_bytes=max_bytes)

@@ -22,6 +22,7 @@ DeviceMetrics (edge_runtime/metrics.py) with its status and duration.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -66,22 +67,22 @@ def create_app(
         samples, classes = 0, []
         try:
             body = await _read_body(request, max_body_bytes)
-            answer, samples, classes = await run_in_threadpool(_predict, host, bundle, body)
+            content, samples, classes = await run_in_threadpool(_predict, host, bundle, body)
             status, headers = 200, None
         except ClientDisconnect:  # the client left while sending its body: nobody to answer
-            status, answer, headers = 499, {"detail": "client closed the request"}, None
+            status, content, headers = 499, _detail("client closed the request"), None
         except EdgefleetError as err:
-            status, answer = _status(err), {"detail": str(err)}
+            status, content = _status(err), _detail(str(err))
             headers = {"Connection": "close"} if isinstance(err, BodyTooLarge) else None
-            if status >= 500:
-                log.warning("predict answered %d: %s", status, err)
+            if status >= 500:  # counted in /metrics; info, not warning: a client can repeat it at will
+                log.info("predict answered %d: %s", status, err)
         except Exception as err:  # noqa: BLE001 - a bug must still get its answer and keep the connection
             log.exception("predict failed")
-            status, answer, headers = 500, {"detail": _internal(err)}, None
+            status, content, headers = 500, _detail(_internal(err)), None
         counted.observe(bundle.name, bundle.version, code=status, seconds=time.perf_counter() - started)
         if status == 200:
             counted.predicted(bundle.name, bundle.version, samples, classes)
-        return JSONResponse(answer, status_code=status, headers=headers)
+        return Response(content, status_code=status, headers=headers, media_type="application/json")
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -96,8 +97,8 @@ def create_app(
     return app
 
 
-def _predict(host: ModelHost, bundle: Bundle, body: bytes) -> tuple[dict, int, list[str]]:
-    """Parses, predicts and checks one request (in a worker thread): (answer, samples, predicted classes)."""
+def _predict(host: ModelHost, bundle: Bundle, body: bytes) -> tuple[bytes, int, list[str]]:
+    """Parses, predicts and encodes one request, all in a worker thread: (JSON answer, samples, classes)."""
     outputs = host.predict(read_body(body, bundle.inputs, max_bytes=len(body)), finite=True)  # ModelOutputError
     first = outputs[bundle.outputs[0].name]
     answer: dict = {
@@ -107,13 +108,21 @@ def _predict(host: ModelHost, bundle: Bundle, body: bytes) -> tuple[dict, int, l
     samples = int(first.shape[0]) if first.ndim else 1
     interface = bundle.manifest["interface"]
     if interface.get("task") != "classification":
-        return answer, samples, []
+        return _json(answer), samples, []
     names = interface.get("class_names")
     predicted, confidence = class_confidence(first, interface.get("postprocess", "softmax"))
     classes = [str(names[int(p)]) if names else str(int(p)) for p in predicted]
     answer["predictions"] = [{"class": names[int(p)] if names else int(p), "confidence": float(c)}
                              for p, c in zip(predicted, confidence, strict=True)]
-    return answer, samples, classes
+    return _json(answer), samples, classes
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, allow_nan=False, separators=(",", ":")).encode()  # outputs are finite by now
+
+
+def _detail(message: str) -> bytes:
+    return _json({"detail": message})
 
 
 def _status(err: EdgefleetError) -> int:

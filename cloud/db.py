@@ -178,6 +178,8 @@ class DeploymentDevice(Base):
     resent_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     rollback_command_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     rollback_sent_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rollback_resends: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    rollback_resent_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     status_seq: Mapped[int | None] = mapped_column(Integer, nullable=True)  # seq of the status applied last
     updated_at: Mapped[float] = mapped_column(Float, default=now)
 

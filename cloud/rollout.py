@@ -17,8 +17,9 @@ devices' status messages), so a restarted cloud resumes where it stopped. Per de
    health_check or active) and it has not reported failed or rolled_back. A device that never answered,
    or is still before its switch, gets none; it is watched until its command can no longer be acted on
    (the download URL's lifetime plus the download timeout and health window after the last send) and
-   rolled back if it reports the switch meanwhile. The device itself refuses a rollback whose bundle is not
-   the one it serves (core.ota). Shadow and canary deployments switch nothing, so they send no rollback.
+   rolled back if it reports the switch meanwhile. A rollback that no status answers is re-sent like an
+   install. The device itself refuses a rollback whose bundle is not the one it serves (core.ota).
+   Shadow and canary deployments switch nothing, so they send no rollback.
 
 A command's id is committed before it is published and `sent_at` after the broker acknowledged it; a
 command whose publish may not have happened is republished with the same id (devices ignore an id they
@@ -258,9 +259,11 @@ class RolloutEngine:
     def _send_rollbacks(self, deployment: Deployment, rows: list[DeploymentDevice], strategy: Strategy,
                         now: float) -> None:
         """Rollback, naming the deployment's bundle, to each device this deployment moved (see the module
-        docstring); marks the rollback done once every one is acknowledged and no device is undecided."""
+        docstring), re-sent like installs while the device answers nothing; marks the rollback done once
+        no device is undecided and every rollback was answered or re-sent max_resends times."""
         moved = strategy.mode == "switch"
-        due = [r for r in rows if moved and r.state in MOVED_STATES and r.rollback_sent_at is None]
+        due = [r for r in rows if moved and r.state in MOVED_STATES
+               and (r.rollback_sent_at is None or _rollback_resend_due(r, strategy, now))]
         if due:
             if not self.connected.is_set():
                 return
@@ -282,8 +285,10 @@ class RolloutEngine:
             sent = self._publish(commands)
             if sent:
                 with self.sessions.begin() as session:
-                    session.execute(update(DeploymentDevice),
-                                    [{"id": row.id, "rollback_sent_at": stamp} for row, stamp in sent])
+                    session.execute(update(DeploymentDevice), [
+                        {"id": row.id, "rollback_sent_at": stamp} if row.rollback_sent_at is None else
+                        {"id": row.id, "rollback_resent_at": stamp, "rollback_resends": (row.rollback_resends or 0) + 1}
+                        for row, stamp in sent])
                 log.warning("deployment %s: sent rollback to %d device(s)", deployment.id, len(sent))
             if len(sent) < len(due):
                 return
@@ -292,8 +297,10 @@ class RolloutEngine:
         undecided = [r for r in rows if moved and r.sent_at is not None and r.rollback_sent_at is None
                      and r.state not in (*FAILED_STATES, *MOVED_STATES)
                      and now < (r.resent_at or r.sent_at) + horizon]
-        if undecided:
-            return  # a late install may still reach its switch: it is rolled back then
+        unanswered = [r for r in rows if moved and r.rollback_sent_at is not None and r.state in MOVED_STATES
+                      and (r.rollback_resends or 0) < strategy.max_resends]
+        if undecided or unanswered:
+            return  # a late install may still reach its switch, a lost rollback may need sending again
         with self.sessions.begin() as session:
             session.execute(update(Deployment).where(Deployment.id == deployment.id)
                             .values(rollback_done=True, updated_at=time.time()))
@@ -341,6 +348,12 @@ def _resend_due(row: DeploymentDevice, strategy: Strategy, now: float) -> bool:
     """An install went out, no status of the device answered it, and the resend interval has passed."""
     return (row.state == "pending" and row.status_seq is None and (row.resends or 0) < strategy.max_resends
             and now >= (row.resent_at or row.sent_at) + strategy.resend_interval_seconds)
+
+
+def _rollback_resend_due(row: DeploymentDevice, strategy: Strategy, now: float) -> bool:
+    """A rollback went out and the device still reports only the install's switch (no rollback status)."""
+    return ((row.rollback_resends or 0) < strategy.max_resends
+            and now >= (row.rollback_resent_at or row.rollback_sent_at) + strategy.resend_interval_seconds)
 
 
 def _command_id() -> str:

@@ -78,6 +78,7 @@ class DeviceRolloutOut(BaseModel):
     resends: int  # how often the install went out again because no status answered it
     rollback_command: str | None
     rollback_sent_at: float | None
+    rollback_resends: int
     updated_at: float
 
 
@@ -131,7 +132,7 @@ def deployment_view(session: Session, deployment: Deployment) -> DeploymentOut:
         counts[row.state] = counts.get(row.state, 0) + 1
     devices = [DeviceRolloutOut(device=row.device_id, wave=row.wave, state=row.state, reason=row.reason,
                                 command=row.command_id, sent_at=row.sent_at, resends=row.resends or 0,
-                                rollback_command=row.rollback_command_id,
+                                rollback_command=row.rollback_command_id, rollback_resends=row.rollback_resends or 0,
                                 rollback_sent_at=row.rollback_sent_at, updated_at=row.updated_at) for row in rows]
     return DeploymentOut(**_summary(deployment), target=deployment.target, strategy=deployment.strategy,
                          approved=deployment.approved, rollback=deployment.rollback, counts=counts, waves=waves,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -493,6 +494,27 @@ def test_a_lost_install_is_resent_with_the_same_id_until_the_device_answers(clou
     assert {r.command.id for r in devices["lab-00"].commands} == {_row(cloud, plan["id"], "lab-00")["command"]}
 
 
+def test_a_rollback_the_broker_lost_is_resent_until_the_device_answers(cloud: Cloud, fleet, mosquitto,
+                                                                       devices_to_stop):
+    devices = fleet(2)
+    devices["lab-01"].go.clear()  # keeps the deployment open: it never answers its install
+    plan = cloud.deploy(resend_interval_seconds=0.5, max_resends=50)
+    wait_until(lambda: _row(cloud, plan["id"], "lab-00")["state"] == "active", "lab-00 active")
+    devices["lab-00"].stop()
+    mosquitto.stop(signal.SIGKILL)  # no persistence file: lab-00's session, and what it would queue, is gone
+    mosquitto.start()
+    aborted = cloud.client.post(f"/api/v1/deployments/{plan['id']}/abort", json={"reason": "stop"})
+    assert aborted.status_code == 200
+    wait_until(lambda: _row(cloud, plan["id"], "lab-00")["rollback_resends"] >= 1, "a rollback nobody heard")
+    back = ScriptedDevice("lab-00", "lab", mosquitto)
+    devices_to_stop.append(back)
+    back.start()
+    wait_until(lambda: _row(cloud, plan["id"], "lab-00")["state"] == "rolled_back", "lab-00 rolled back")
+    row = _row(cloud, plan["id"], "lab-00")
+    assert back.ops()[:1] == ["rollback"] and {r.command.id for r in back.commands} == {row["rollback_command"]}
+    assert _row(cloud, plan["id"], "lab-01")["rollback_command"] is None  # it never reported its switch
+
+
 def test_non_finite_and_absurd_numbers_get_a_4xx_naming_the_field(cloud: Cloud, fleet):
     """Raw JSON over real HTTP, as a client would send it: 1e999 is infinity to a JSON parser."""
     fleet(1)
@@ -538,12 +560,12 @@ def test_old_databases_get_the_resend_columns(backend: str, tmp_path: Path, requ
         url = postgres.url.rsplit("/", 1)[0] + "/resend_columns"
     engine = make_engine(url)
     with engine.begin() as connection:  # deployment_devices as the previous release created it
-        for column in ("resends", "resent_at"):
+        for column in ("resends", "resent_at", "rollback_resends", "rollback_resent_at"):
             connection.execute(text(f"ALTER TABLE deployment_devices DROP COLUMN {column}"))
     engine.dispose()
     engine = make_engine(url)
     columns = {c["name"] for c in inspect(engine).get_columns("deployment_devices")}
-    assert {"resends", "resent_at"} <= columns
+    assert {"resends", "resent_at", "rollback_resends", "rollback_resent_at"} <= columns
     with make_sessions(engine)() as session:
         assert session.scalars(select(DeploymentDevice)).all() == []
     engine.dispose()

@@ -225,12 +225,22 @@ class Bundle:
         return Verified(key_id, str(signature_doc["expires_at"]), self.name, self.version)
 
     def _verify_files(self) -> None:
+        """What is on disk first (links, unlisted files and directories: a bounded walk), then each listed
+        file's size and hash, so nothing is read through a link."""
         listed: Mapping[str, Mapping] = self.manifest["files"]
+        files, dirs = _walk(self.root)
+        for rel in files:
+            if (self.root / rel).is_symlink():
+                raise VerificationError("unsafe_path", f"{rel} is a symlink; a bundle holds only regular files")
+            if rel not in listed:
+                raise VerificationError("unlisted_file", f"{rel} is in the bundle but not in the manifest")
+        needed = {str(parent) for rel in listed for parent in PurePosixPath(rel).parents}
+        for rel in dirs:
+            if rel not in needed:
+                raise VerificationError("unlisted_file", f"directory {rel} is in the bundle but holds no listed file")
         for rel, entry in listed.items():
             path = self.root / rel
-            if path.is_symlink():
-                raise VerificationError("unsafe_path", f"{rel} is a symlink; a bundle holds only regular files")
-            if not path.is_file():
+            if not path.is_file() or path.is_symlink():
                 raise VerificationError("missing_file", f"{rel} is listed in the manifest but missing")
             size = path.stat().st_size
             if size != entry["size"]:
@@ -242,13 +252,3 @@ class Bundle:
                 raise VerificationError(
                     "hash_mismatch", f"{rel} has sha256 {digest[:16]}...; the manifest says {entry['sha256'][:16]}..."
                 )
-        files, dirs = _walk(self.root)
-        for rel in files:
-            if (self.root / rel).is_symlink():
-                raise VerificationError("unsafe_path", f"{rel} is a symlink; a bundle holds only regular files")
-            if rel not in listed:
-                raise VerificationError("unlisted_file", f"{rel} is in the bundle but not in the manifest")
-        needed = {str(parent) for rel in listed for parent in PurePosixPath(rel).parents}
-        for rel in dirs:
-            if rel not in needed:
-                raise VerificationError("unlisted_file", f"directory {rel} is in the bundle but holds no listed file")

@@ -45,6 +45,8 @@ def deploy(
     wave_timeout: Annotated[float, typer.Option(help="Seconds a wave may take before the rollout aborts")] = 600.0,
     health_window: Annotated[float, typer.Option(help="Seconds a device watches the new model")] = 60.0,
     latency_budget: Annotated[float | None, typer.Option(help="p95 latency budget on the device, ms")] = None,
+    resend_interval: Annotated[float, typer.Option(help="Seconds before an unanswered command is sent again")] = 60.0,
+    max_resends: Annotated[int, typer.Option(help="How often an unanswered command is sent again")] = 3,
     cloud: CloudOption = None,
     token: TokenOption = None,
 ) -> None:
@@ -60,7 +62,8 @@ def deploy(
         raise EdgefleetError("pass a target: --fleet F, --group G and/or --devices a,b")
     strategy: dict = {"kind": "all", "success_threshold": success, "max_failure_rate": max_failure,
                       "pause_for_approval": approve_first_wave, "mode": mode, "wave_timeout_seconds": wave_timeout,
-                      "health_window_seconds": health_window, "latency_budget_ms": latency_budget}
+                      "health_window_seconds": health_window, "latency_budget_ms": latency_budget,
+                      "resend_interval_seconds": resend_interval, "max_resends": max_resends}
     if waves:
         try:
             strategy.update(kind="waves", waves=[int(p) for p in waves.split(",") if p.strip()])

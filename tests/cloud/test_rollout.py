@@ -396,6 +396,26 @@ def test_cli_deploy_status_approve_abort(cloud: Cloud, fleet):
     assert refused.exit_code != 0 and "409" in str(refused.exception)
 
 
+def test_cli_deploy_refuses_an_infinite_timeout_in_one_line(cloud: Cloud, fleet):
+    from typer.testing import CliRunner
+
+    import edgefleet.cli.rollout_commands  # noqa: F401 - registers deploy
+    from edgefleet.cli.app import app
+
+    fleet(1)
+    env = {"EDGEFLEET_CLOUD": cloud.server.url, "EDGEFLEET_TOKEN": cloud.token}
+    for option, value in (("--wave-timeout", "inf"), ("--resend-interval", "1e12"), ("--health-window", "nan")):
+        result = CliRunner().invoke(app, ["deploy", "digits-cnn", "1", "--fleet", "lab", option, value], env=env)
+        assert result.exit_code != 0 and "POST /api/v1/deployments: 4" in str(result.exception), (option, result)
+        assert "\n" not in str(result.exception)
+    assert cloud.client.get("/api/v1/deployments").json() == []
+    done = CliRunner().invoke(app, ["deploy", "digits-cnn", "1", "--fleet", "lab", "--resend-interval", "5",
+                                    "--max-resends", "2", "--health-window", "1"], env=env)
+    assert done.exit_code == 0, done.output
+    strategy = cloud.client.get("/api/v1/deployments").json()[0]
+    assert cloud.deployment(strategy["id"])["strategy"]["resend_interval_seconds"] == 5
+
+
 def test_old_databases_get_the_new_device_group_column(tmp_path: Path):
     import sqlite3
 

@@ -1,10 +1,13 @@
 """The bundle registry: upload a signed .tar.gz, list and describe what is stored, download it, read
 reference profiles.
 
-An upload is streamed to a temporary file under data_dir (never held in memory), capped at
-`max_bundle_bytes` both by its Content-Length and while it streams, unpacked with a cap and verified
-against the trusted keys. Only a bundle that verifies is stored, as `bundles/<name>/<version>.tar.gz`
-with a BundleRecord; anything that fails leaves no file and no row behind.
+An upload is authenticated and capped at `max_bundle_bytes` (by its Content-Length and while it streams)
+by the request guard (edgefleet.cloud.request_guard) before a byte is read, streamed to a temporary file
+under data_dir (never held in memory), unpacked with the archive's limits and verified against the
+trusted keys (which checks the manifest's structure too), then against the registry's own rules
+(edgefleet.cloud.registry_rules: versions only go up unless the signed manifest is a rollback build).
+Only a bundle that passes all of it is stored, as `bundles/<name>/<version>.tar.gz` with a BundleRecord; anything that
+fails leaves no file and no row behind.
 
 The download (with HTTP Range, so a device can resume) takes either the admin token or a signed URL
 (`edgefleet.cloud.signed_urls`): it sits on `download_router`, which the API mounts without the admin
@@ -38,18 +41,17 @@ from edgefleet.cloud.api.deps import (
     SessionDep,
     SessionsDep,
     SettingsDep,
-    TooLargeError,
     TrustDep,
     UnsupportedMediaTypeError,
 )
 from edgefleet.cloud.auth import AdminAuth, require_admin
 from edgefleet.cloud.db import BundleRecord
+from edgefleet.cloud.registry_rules import check_name, check_newer
 from edgefleet.cloud.settings import CloudSettings
 from edgefleet.cloud.signed_urls import SignedUrlError, check_download_signature
 from edgefleet.core.bundle import Bundle
 from edgefleet.core.errors import BundleError, EdgefleetError
 from edgefleet.core.signing import TrustStore
-from edgefleet.core.topics import check_id
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["bundles"])
@@ -180,19 +182,13 @@ async def upload_bundle(
     if not len(trust):
         raise EdgefleetError("the registry trusts no signing keys: start the cloud with --trust KEY.pub "
                              "(or set EDGEFLEET_TRUSTED_KEYS)")
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise EdgefleetError(f"Content-Length {declared!r} is not a byte count")
-        if int(declared) > settings.max_bundle_bytes:
-            raise _too_large(settings.max_bundle_bytes)
     spool = settings.data_dir / "tmp"
     spool.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix="upload-", suffix=".tar.gz", dir=spool)
     path = Path(name)
     try:
         with os.fdopen(fd, "wb") as handle:
-            sha256, size = await _receive(request, handle, settings.max_bundle_bytes)
+            sha256, size = await _receive(request, handle)
         record = await run_in_threadpool(store_bundle, sessions, settings, trust, path, sha256, size)
     finally:
         path.unlink(missing_ok=True)
@@ -200,13 +196,12 @@ async def upload_bundle(
     return bundle_view(record)
 
 
-async def _receive(request: Request, handle: BinaryIO, limit: int) -> tuple[str, int]:
-    """Streams the body into handle, counting as it comes; returns its sha256 and size."""
+async def _receive(request: Request, handle: BinaryIO) -> tuple[str, int]:
+    """Streams the body into handle; returns its sha256 and size. (The request guard's receive channel
+    raises TooLargeError past max_bundle_bytes.)"""
     digest, size, pending = hashlib.sha256(), 0, bytearray()
     async for chunk in request.stream():
         size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
         pending += chunk
         if len(pending) >= WRITE_BATCH:
             await run_in_threadpool(_write, handle, digest, bytes(pending))
@@ -221,10 +216,6 @@ def _write(handle: BinaryIO, digest: hashlib._Hash, data: bytes) -> None:
     digest.update(data)
 
 
-def _too_large(limit: int) -> TooLargeError:
-    return TooLargeError(f"bundle is larger than this registry's limit of {limit} bytes (max_bundle_bytes)")
-
-
 def store_bundle(
     sessions: sessionmaker, settings: CloudSettings, trust: TrustStore, archive: Path, sha256: str, size: int
 ) -> BundleRecord:
@@ -232,17 +223,13 @@ def store_bundle(
     with tempfile.TemporaryDirectory(prefix="verify-", dir=archive.parent) as scratch:
         bundle = Bundle.open(archive, unpack_to=Path(scratch) / "bundle",
                              max_bytes=settings.max_bundle_bytes * UNPACKED_RATIO)
-        verified = bundle.verify(trust)
-        name = check_id(bundle.name, "bundle name")
-        version = bundle.manifest.get("version")
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise BundleError(f"bundle {name}: version must be a positive integer, got {version!r}")
+        verified = bundle.verify(trust)  # also the manifest's structure: an int64 version, an interface, ...
         manifest = bundle.manifest
+        name, version = check_name(bundle.name), bundle.version
     rel = Path("bundles") / name / f"{version}.tar.gz"
     final = settings.data_dir / rel
     with sessions() as session:
-        if session.scalar(select(BundleRecord.id).where(BundleRecord.name == name, BundleRecord.version == version)):
-            raise ConflictError(f"bundle {name} v{version} is in the registry already; versions are immutable")
+        check_newer(session, manifest, name, version)
         record = BundleRecord(name=name, version=version, path=rel.as_posix(), sha256=sha256, size=size,
                               manifest=manifest)
         session.add(record)

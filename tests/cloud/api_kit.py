@@ -4,13 +4,15 @@ attacker's client would, and as httpx cannot: httpx writes the whole body before
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import shutil
 import socket
+import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,8 @@ import httpx
 
 from edgefleet.cloud.server import CloudServer
 from edgefleet.cloud.settings import CloudSettings
-from edgefleet.core.bundle import Bundle, sign, write_manifest
+from edgefleet.core.archive import pack
+from edgefleet.core.bundle import MANIFEST, SIGNATURE, write_manifest
 from edgefleet.core.signing import SigningKey
 from tests.cloud.cloud_process import cloud_servers
 
@@ -69,14 +72,47 @@ def api_clouds(tmp_path: Path, broker_url: str, trusted_key: Path) -> Iterator[C
         yield start
 
 
-def signed_variant(src: Path, dst: Path, private_key: Path, **changes: object) -> Path:
-    """A .tar.gz of a copy of the bundle at src with manifest fields changed (None writes null), re-hashed
-    and signed with the trusted key: only the registry's own rules can refuse it."""
+def signed_copy(src: Path, dst: Path, private_key: Path, *, listed: Mapping[str, dict] | None = None,
+                **changes: object) -> Path:
+    """A copy of the bundle at src with manifest fields changed (None writes null) and `listed` added to
+    its files table, re-hashed and signed with the trusted key: only the checks after the signature can
+    refuse it. (Written by hand: the library's sign() reads the manifest back and would refuse it.)"""
     root = Path(shutil.copytree(src, dst))
-    manifest = {**json.loads((root / "manifest.json").read_text()), **changes}
-    write_manifest(root, manifest)
-    sign(root, SigningKey.load(private_key))
-    return Bundle.open(root).pack(dst.with_suffix(".tar.gz"))
+    manifest = write_manifest(root, json.loads((root / MANIFEST).read_text()))
+    manifest = {**manifest, "files": {**manifest["files"], **(listed or {})}, **changes}
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    (root / SIGNATURE).write_text(json.dumps(SigningKey.load(private_key).sign_manifest(manifest)))
+    return root
+
+
+def signed_variant(src: Path, dst: Path, private_key: Path, **changes: object) -> Path:
+    """signed_copy(...) packed as a .tar.gz next to it."""
+    return pack(signed_copy(src, dst, private_key, **changes), dst.with_suffix(".tar.gz"))
+
+
+def padded_archive(root: Path, out: Path, count: int, kind: bytes) -> Path:
+    """root's files as a .tar.gz, then `count` empty members `pad/p000000`, ... of kind tarfile.DIRTYPE or
+    REGTYPE. The padding headers are stamped from one template (tarfile takes 8 s for 200,000)."""
+    template = tarfile.TarInfo("pad/p000000")
+    template.type, template.mode = kind, 0o755 if kind == tarfile.DIRTYPE else 0o644
+    blank = bytearray(template.tobuf(tarfile.USTAR_FORMAT))
+    blank[148:156] = b" " * 8  # the checksum field counts as spaces while the checksum is computed
+    with gzip.open(out, "wb", compresslevel=1) as archive:
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            data = path.read_bytes()
+            info = tarfile.TarInfo(path.relative_to(root).as_posix())
+            info.size, info.mode = len(data), 0o644
+            archive.write(info.tobuf(tarfile.USTAR_FORMAT) + data + b"\0" * (-len(data) % tarfile.BLOCKSIZE))
+        for start in range(0, count, 10_000):
+            block = bytearray()
+            for index in range(start, min(count, start + 10_000)):
+                header = bytearray(blank)
+                header[:11] = b"pad/p%06d" % index
+                header[148:156] = b"%06o\0 " % sum(header)
+                block += header
+            archive.write(block)
+        archive.write(b"\0" * (2 * tarfile.BLOCKSIZE))
+    return out
 
 
 @dataclass

@@ -4,8 +4,10 @@ with one line, cost bounded work, and leave the server serving (checked after ev
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +19,7 @@ import pytest
 
 from edgefleet.cloud.api.errors import INTERNAL_ERROR
 from edgefleet.cloud.request_guard import MAX_JSON_BYTES
-from tests.cloud.api_kit import Cloud, api_clouds, chunked, raw_request, spaces
+from tests.cloud.api_kit import GZIP, Cloud, api_clouds, chunked, padded_archive, raw_request, signed_copy, spaces
 from tests.cloud.cloud_process import cloud_up
 
 JSON = "application/json"
@@ -158,6 +160,35 @@ def test_a_large_anonymous_body_leaves_the_server_small(tmp_path: Path, mosquitt
               f"({streamed.sent / MiB:.0f} MiB sent)")
         assert httpx.get(url + "/api/v1/devices", headers={"Authorization": f"Bearer {token}"},
                          timeout=10).json() == []
+
+
+# --- padded bundles ------------------------------------------------------------------------------------
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
+@pytest.mark.parametrize("kind", ["directories", "listed files", "unlisted files"])
+def test_a_signed_bundle_padded_with_200000_entries_is_refused_fast(cloud: Cloud, digits_bundle, tmp_path: Path,
+                                                                     kind: str):
+    """Once accepted after 220 s of server time (directories) or refused after 41 s (files). The archive's
+    limits (members, directories, the manifest's size when it lists them all) must refuse it from the
+    headers, before a directory is made."""
+    count = 200_000
+    if kind == "listed files":
+        listed = {f"pad/p{index:06d}": {"sha256": EMPTY_SHA256, "size": 0} for index in range(count)}
+        root = signed_copy(digits_bundle.root, tmp_path / "padded", digits_bundle.private_key, listed=listed)
+    else:
+        root = signed_copy(digits_bundle.root, tmp_path / "padded", digits_bundle.private_key)
+    archive = padded_archive(root, tmp_path / "padded.tar.gz", count,
+                             tarfile.DIRTYPE if kind == "directories" else tarfile.REGTYPE)
+    started = time.monotonic()
+    response = cloud.client.post("/api/v1/bundles", content=archive.read_bytes(), headers=GZIP)
+    seconds = time.monotonic() - started
+    assert 400 <= response.status_code < 500, response.text
+    assert any(word in response.json()["detail"] for word in ("more than", "limit")), response.text
+    assert seconds < 10, f"refused after {seconds:.1f} s"
+    print(f"{kind}: {response.status_code} after {seconds:.2f} s: {response.json()['detail']}")
+    assert cloud.stored_files() == [] and not any((cloud.settings.data_dir / "tmp").iterdir())
+    cloud.assert_serving()
 
 
 # --- no traceback, ever ---------------------------------------------------------------------------------

@@ -89,15 +89,17 @@ def nesting_depth(raw: bytes) -> int:
 
 def may_leave_range(raw: bytes) -> bool:
     """True if `raw` has a number literal that may leave the int64 or double range: 19 or more digits in
-    a row, or an exponent of three or more digits (`1e308`). A cheap over-approximation (a digit run in
-    a string counts too): such payloads are parsed again with per-number checks."""
+    a row that are not a fraction's (`0.1234...` is always in range), or an exponent of three or more
+    digits (`1e308`). A cheap over-approximation (a digit run in a string counts too): such payloads are
+    parsed again with per-number checks."""
     codes = np.frombuffer(raw, dtype=np.uint8)
     is_digit = np.concatenate(([False], (codes - np.uint8(48)) < 10, [False]))
     edges = np.flatnonzero(is_digit[1:] != is_digit[:-1])
     starts, lengths = edges[::2], edges[1::2] - edges[::2]
     if not lengths.size:
         return False
-    if lengths.max() >= 19:
+    long_starts = starts[lengths >= 19]
+    if long_starts.size and np.any((long_starts == 0) | (codes[long_starts - 1] != ord("."))):
         return True
     long_runs = starts[(lengths >= 3) & (starts >= 2)]
     before, two_before = codes[long_runs - 1] | 0x20, codes[long_runs - 2] | 0x20  # | 0x20: lower case

@@ -15,6 +15,7 @@ from rich.table import Table
 from edgefleet.cli.app import BundleArg, TrustOption, app, err_console, keys_app, out, trust_store
 from edgefleet.core.bundle import SIGNATURE, Bundle, sign
 from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.manifest_rules import MAX_SIGNATURE_BYTES, MAX_SIGNATURE_DEPTH, check_structure, read_document
 from edgefleet.core.signing import DEFAULT_VALIDITY, SigningKey
 
 
@@ -52,19 +53,18 @@ def sign_command(
 def inspect(
     bundle: BundleArg, as_json: Annotated[bool, typer.Option("--json", help="Print the manifest")] = False
 ) -> None:
-    """Show what a bundle holds (does not verify it: use `verify`)."""
+    """Show what a bundle holds (does not verify it: use `verify`). A manifest of the wrong structure is
+    refused with the field it names, as verify would."""
     opened = Bundle.open(bundle)
     manifest = opened.manifest
     if as_json:
         out.print_json(data=manifest)
         return
-    signature = opened.root / SIGNATURE
-    signed = json.loads(signature.read_text()) if signature.is_file() else None
-    table = Table(title=f"{opened.name} v{opened.version}", show_header=False)
-    table.add_row("label", escape(str(manifest.get("label", ""))))
-    table.add_row("created", manifest.get("created_at", ""))
-    table.add_row("signature", f"key {signed['key_id']}, expires {signed['expires_at']} (not verified here)"
-                  if signed else "[red]unsigned[/]")
+    check_structure(manifest)
+    table = Table(title=escape(f"{opened.name} v{opened.version}"), show_header=False)
+    table.add_row("label", escape(str(manifest.get("label") or "")))
+    table.add_row("created", escape(str(manifest.get("created_at") or "")))
+    table.add_row("signature", _signature_summary(opened.root / SIGNATURE))
     for spec in opened.inputs:
         table.add_row("input", escape(f"{spec.name}: {spec.describe()}"))
     for spec in opened.outputs:
@@ -77,10 +77,22 @@ def inspect(
             f"{art.get('size', 0) / 1024:.1f} KiB, {checked}"))
     for split, metrics in manifest.get("metrics", {}).items():
         if "accuracy" in metrics:
-            table.add_row(f"accuracy ({split})", f"{metrics['accuracy']:.4f} on {metrics['count']} samples")
+            table.add_row(escape(f"accuracy ({split})"), f"{metrics['accuracy']:.4f} on {metrics.get('count')} samples")
     if manifest.get("golden"):
         table.add_row("golden examples", str(manifest["golden"].get("count")))
     out.print(table)
+
+
+def _signature_summary(path: Path) -> str:
+    """Who signed and until when, as signature.json says (read within its limits, not verified)."""
+    try:
+        signed = read_document(path, max_bytes=MAX_SIGNATURE_BYTES, max_depth=MAX_SIGNATURE_DEPTH,
+                               malformed="bad_signature")
+    except FileNotFoundError:
+        return "[red]unsigned[/]"
+    except (OSError, EdgefleetError) as err:
+        return f"[red]unreadable[/]: {escape(str(err))}"
+    return escape(f"key {signed.get('key_id')}, expires {signed.get('expires_at')} (not verified here)")
 
 
 @app.command("verify")

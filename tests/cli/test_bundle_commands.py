@@ -146,3 +146,108 @@ def test_sign_then_verify(digits_bundle, bundle_copy, tmp_path):
 def test_usage_error_exit_code():
     result = edgefleet("verify")
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+# --- hostile bundles: one line, exit code 2, bounded work ------------------------------------------
+def _signed_edit(root: Path, private_key: Path, edit) -> None:
+    from edgefleet.core.signing import SigningKey
+
+    manifest = json.loads((root / "manifest.json").read_text())
+    edit(manifest)
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    (root / "signature.json").write_text(json.dumps(SigningKey.load(private_key).sign_manifest(manifest)))
+
+
+# A small launcher forks the command and reports its peak RSS from wait4. (Forked straight from pytest,
+# the child's ru_maxrss would start at pytest's own RSS: Linux carries the pre-exec peak across exec.)
+_LAUNCHER = """
+import os, resource, sys
+limit, report, *command = sys.argv[1:]
+pid = os.fork()
+if pid == 0:
+    if int(limit):
+        resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), int(limit)))
+    os.execv(command[0], command)
+_, status, usage = os.wait4(pid, 0)
+with open(report, "w") as out:
+    out.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status) % 256)
+"""
+
+
+def edgefleet_measured(*args: str, report: Path, max_file_bytes: int = 0) -> tuple[subprocess.CompletedProcess, float]:
+    """Runs the command; returns its result and its peak RSS in MB. With max_file_bytes, it can write no
+    file larger (the kernel stops it with SIGXFSZ)."""
+    env = {**os.environ, "COLUMNS": "200"}
+    env.pop("EDGEFLEET_TRUST", None)
+    command = [sys.executable, "-c", _LAUNCHER, str(max_file_bytes), str(report), sys.executable, "-m",
+               "edgefleet.cli.main", *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, check=False)
+    return result, int(report.read_text()) / 1024
+
+
+def test_verify_a_manifest_nested_50000_deep(bundle_copy, trust):
+    """It was `internal error: RecursionError` (exit 1)."""
+    (bundle_copy / "manifest.json").write_text('{"schema_version": 1, "x": ' + "[" * 50_000 + "]" * 50_000 + "}")
+    assert_user_error(edgefleet("verify", str(bundle_copy), *trust), "manifest.json nests arrays/objects 50001 deep")
+
+
+def test_verify_a_100_mb_manifest_stays_small(bundle_copy, trust):
+    """The manifest was parsed before the signature check: 368 MB RSS for 100 MB (1.29 GB for 400 MB)."""
+    from tests.core.hostile_archives import MIB, write_padded_manifest
+
+    write_padded_manifest(bundle_copy / "manifest.json", json.loads((bundle_copy / "manifest.json").read_text()),
+                          100 * MIB)
+    result, peak_mb = edgefleet_measured("verify", str(bundle_copy), *trust, "--no-self-test",
+                                         report=bundle_copy.parent / "rss")
+    assert_user_error(result, "bytes; the limit is 8388608 bytes")
+    assert peak_mb < 120, f"edgefleet verify peaked at {peak_mb:.0f} MB RSS"
+
+
+def test_verify_a_gzip_bomb_writes_nothing_big(digits_bundle, trust, tmp_path):
+    """`edgefleet verify bomb.tar.gz` unpacked 2 MB to 2 GB on disk before refusing; here the process
+    could not write a file over 64 MiB without being killed, and it is refused from the header."""
+    from tests.core.hostile_archives import MIB, tar_of, zero_bomb
+
+    bomb = tmp_path / "bomb.tar.gz"
+    bomb.write_bytes(zero_bomb(tar_of(digits_bundle.root), "model.onnx.bak", 2048))
+    result, _ = edgefleet_measured("verify", str(bomb), *trust, report=tmp_path / "rss", max_file_bytes=64 * MIB)
+    assert_user_error(result, "unpacks to more than")
+    assert "compression bomb" in result.stderr
+
+
+def test_verify_an_archive_with_a_file_and_a_path_inside_it(digits_bundle, trust, tmp_path):
+    """A file `a` then `a/b`: it was `internal error: FileExistsError`."""
+    from tests.core.hostile_archives import entry, gz, tar_of
+
+    archive = tmp_path / "clash.tar.gz"
+    archive.write_bytes(gz(tar_of(digits_bundle.root), entry("a", data=b"x"), entry("a/b", data=b"y")))
+    assert_user_error(edgefleet("verify", str(archive), *trust), "'a/b' is inside 'a', which is a file")
+
+
+def test_verify_a_signed_manifest_whose_files_is_a_list(digits_bundle, bundle_copy, trust):
+    """It was `internal error: AttributeError`."""
+    _signed_edit(bundle_copy, digits_bundle.private_key, lambda m: m.update(files=list(m["files"])))
+    assert_user_error(edgefleet("verify", str(bundle_copy), *trust), "manifest field files must be an object")
+
+
+def test_verify_a_signed_artifact_path_that_leaves_the_bundle(digits_bundle, bundle_copy, trust):
+    """`../x` passed verify and was refused only when a backend loaded it."""
+    _signed_edit(bundle_copy, digits_bundle.private_key, lambda m: m["artifacts"][0].update(path="../x.onnx"))
+    result = edgefleet("verify", str(bundle_copy), *trust, "--no-self-test")
+    assert_user_error(result, "manifest path '../x.onnx' (artifacts[0].path) escapes the bundle")
+
+
+def test_inspect_a_manifest_with_interface_null(bundle_copy):
+    """inspect does not verify, but reads the fields: `interface: null` was an internal TypeError."""
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    manifest["interface"] = None
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    assert_user_error(edgefleet("inspect", str(bundle_copy)), "manifest field interface must be an object")
+
+
+def test_inspect_shows_an_unreadable_signature(bundle_copy):
+    (bundle_copy / "signature.json").write_text("[" * 5000 + "]" * 5000)
+    result = edgefleet("inspect", str(bundle_copy))
+    assert result.returncode == 0, result.stderr
+    assert "unreadable" in result.stdout and "nests" in result.stdout

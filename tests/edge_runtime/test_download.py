@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tarfile
 import time
 from pathlib import Path
 
@@ -239,3 +240,28 @@ def test_bad_urls(dest, url):
 def test_a_redirect_to_another_scheme_is_refused(server, dest):
     server.routes["/b"] = Redirect("file:///etc/passwd")
     refused("bad_url", server.url("/b"), dest, max_bytes=MAX)
+
+
+@pytest.mark.parametrize(("kind", "reason"), [(tarfile.DIRTYPE, "too_many_directories"),
+                                            (tarfile.REGTYPE, "too_many_files")])
+def test_a_padded_bundle_is_downloaded_then_refused_by_install_in_bounded_work(server, dest, digits_bundle, tmp_path,
+                                                                               kind, reason):
+    """A signed bundle padded with 200,000 empty directories took 447 s to install on a device (200,000
+    empty files: 118 s to refuse). The device downloads it (2 MB), and the install refuses it from the
+    archive's headers, creating nothing."""
+    from edgefleet.core.signing import TrustStore
+    from edgefleet.edge_runtime.slots import SlotStore
+    from edgefleet.edge_runtime.updater import UNPACKED_RATIO
+    from tests.core.hostile_archives import gz, padding, tar_of
+
+    data = gz(tar_of(digits_bundle.root), padding(200_000, kind))
+    server.routes["/padded.tar.gz"] = File(data)
+    path = download(server.url("/padded.tar.gz"), dest, max_bytes=len(data), expected_sha256=sha256(data))
+    store = SlotStore(tmp_path / "models", TrustStore.from_paths([digits_bundle.public_key]))
+    started = time.process_time()
+    with pytest.raises(VerificationError) as caught:
+        store.install(path, max_bytes=len(data) * UNPACKED_RATIO)  # as the updater asks
+    seconds = time.process_time() - started
+    assert caught.value.reason == reason, str(caught.value)
+    assert seconds < 0.5, f"{seconds:.2f} s of CPU to refuse"
+    assert store.slots() == [] and list(store.slots_dir.iterdir()) == []

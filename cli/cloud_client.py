@@ -1,7 +1,13 @@
-"""A small client for the cloud API with the standard library only (a device has no httpx)."""
+"""A small client for the cloud API with the standard library only (a device has no httpx).
+
+Every failure is one EdgefleetError line: an HTTP error as `<METHOD> <path>: <status> <detail>`, an
+unreachable cloud or a connection the cloud closed as what happened. A file upload is checked against
+the registry's limit (GET /api/v1/info) before a byte is sent, and streamed from disk.
+"""
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -24,13 +30,26 @@ class CloudClient:
         return self._request("GET", path)
 
     def post_json(self, path: str, body: dict) -> object:
-        return self._request("POST", path, json.dumps(body).encode(), "application/json")
+        try:
+            data = json.dumps(body, allow_nan=False).encode()
+        except ValueError as err:  # the cloud refuses NaN and infinities: say so before sending
+            raise EdgefleetError(f"POST {path}: the request holds a number JSON cannot carry ({err})") from err
+        return self._request("POST", path, data, "application/json")
 
     def post_file(self, path: str, file: Path, content_type: str = "application/gzip") -> object:
-        return self._request("POST", path, Path(file).read_bytes(), content_type)
+        """Uploads the file as the raw body; refuses one over the registry's max_bundle_bytes up front."""
+        size = Path(file).stat().st_size
+        limits = self.get("/api/v1/info").get("limits") or {}  # an older cloud tells none
+        limit = limits.get("max_bundle_bytes")
+        if isinstance(limit, int) and size > limit:
+            raise EdgefleetError(f"{file} is {size} bytes; the registry at {self.url} takes at most {limit} bytes "
+                                 f"(its max_bundle_bytes)")
+        with Path(file).open("rb") as handle:
+            return self._request("POST", path, handle, content_type, {"Content-Length": str(size)})
 
-    def _request(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None) -> object:
-        headers = {"Authorization": f"Bearer {self.token}"}
+    def _request(self, method: str, path: str, body: object = None, content_type: str | None = None,
+                 extra_headers: dict[str, str] | None = None) -> object:
+        headers = {"Authorization": f"Bearer {self.token}", **(extra_headers or {})}
         if content_type:
             headers["Content-Type"] = content_type
         request = urllib.request.Request(self.url + path, data=body, headers=headers, method=method)
@@ -38,11 +57,24 @@ class CloudClient:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as err:
-            raw = err.read().decode(errors="replace")
-            try:
-                detail = json.loads(raw).get("detail", raw)
-            except (ValueError, AttributeError):
-                detail = raw
-            raise EdgefleetError(f"{method} {path}: {err.code} {detail}") from err
+            raise EdgefleetError(f"{method} {path}: {err.code} {_detail(err.read())}") from err
         except urllib.error.URLError as err:
             raise EdgefleetError(f"cannot reach the cloud at {self.url}: {err.reason}") from err
+        except TimeoutError as err:
+            raise EdgefleetError(f"{method} {path}: the cloud at {self.url} did not answer within "
+                                 f"{self.timeout:g} s") from err
+        except (OSError, http.client.HTTPException) as err:  # reset, broken pipe, closed mid-answer, timeout
+            raise EdgefleetError(f"{method} {path}: the cloud at {self.url} closed the connection before it "
+                                 f"answered ({type(err).__name__}: {err})") from err
+
+
+def _detail(raw: bytes) -> str:
+    """The `detail` of an API error body (a list of problems is joined), or the body itself."""
+    text = raw.decode(errors="replace")
+    try:
+        detail = json.loads(text).get("detail", text)
+    except (ValueError, AttributeError):
+        return text
+    if isinstance(detail, list):
+        return "; ".join(str(item.get("msg", item)) if isinstance(item, dict) else str(item) for item in detail)
+    return str(detail)

@@ -44,7 +44,8 @@ def create_app(settings: CloudSettings, sessions: sessionmaker | None = None) ->
     app.state.settings = settings
     app.state.sessions = sessions
     app.state.trust = trust
-    app.add_middleware(RequestGuard, sessions=sessions, max_bundle_bytes=settings.max_bundle_bytes)
+    app.add_middleware(RequestGuard, sessions=sessions, max_bundle_bytes=settings.max_bundle_bytes,
+                       max_json_bytes=settings.max_json_bytes)
     install_error_handlers(app)
     for router in api_routers():
         app.include_router(router)

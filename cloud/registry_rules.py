@@ -5,6 +5,8 @@ manifest of the wrong structure: a version outside 1..2**63-1 (2**63 once reache
 as a 500), `interface: null`, a `rollback_build` that is not a boolean. On top of that the registry needs:
 
 - `name`: a valid id (topics.check_id): it becomes a directory of the artifact store and part of URLs.
+- `version` at most MAX_STORED_VERSION: the cloud's tables hold versions in SQL INTEGER columns
+  (PostgreSQL's int4), as deployments (MAX_VERSION) and telemetry (MAX_INT) do.
 - Versions only go up: a version not newer than the newest stored under the name is refused (409,
   naming that newest version), unless the signed manifest says `"rollback_build": true`, a build made
   on purpose to go back to, which may take any version not stored yet. A stored (name, version) is
@@ -21,13 +23,20 @@ from sqlalchemy.orm import Session
 
 from edgefleet.cloud.api.deps import ConflictError
 from edgefleet.cloud.db import BundleRecord
+from edgefleet.core.errors import BundleError
 from edgefleet.core.topics import check_id
 
 ROLLBACK_BUILD = "rollback_build"
+MAX_STORED_VERSION = 2**31 - 1  # SQL INTEGER (PostgreSQL's int4): the bundles and deployments columns
 
 
-def check_name(name: str) -> str:
-    return check_id(name, "bundle name")
+def check_storable(name: str, version: int) -> tuple[str, int]:
+    """name and version when the registry can store them (a verified manifest's version is an int64)."""
+    check_id(name, "bundle name")
+    if version > MAX_STORED_VERSION:
+        raise BundleError(f"bundle {name} v{version}: this registry stores versions up to {MAX_STORED_VERSION} "
+                          f"(2**31-1, an SQL INTEGER column)")
+    return name, version
 
 
 def check_newer(session: Session, manifest: Mapping, name: str, version: int) -> None:

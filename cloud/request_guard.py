@@ -7,9 +7,9 @@ request, in this order:
 1. Below /api/v1 the admin token in its Authorization header is checked first (401): an anonymous
    client never makes the server read a byte of its body. (The one route a device reaches without the
    token, the bundle download with a signed URL, is a GET without a body.)
-2. The route's cap (`body_limit`): the bundle upload takes `max_bundle_bytes`, every other route
-   MAX_JSON_BYTES. A Content-Length over the cap is a 413 at once; a body sent without a length
-   (chunked) is counted as it arrives and refused at the cap.
+2. The route's cap (`body_limit`): the bundle upload takes settings' `max_bundle_bytes`, every other
+   route `max_json_bytes` (1 MiB; a deployment is well under 10 KiB). A Content-Length over the cap is
+   a 413 at once; a body sent without a length (chunked) is counted as it arrives and refused at the cap.
 3. Every route but the bundle upload takes JSON: the body must be `application/json` (415), and it is
    read (at most the cap) and parsed with `edgefleet.core.bounded_json` (400 with its reason: not UTF-8,
    not JSON, NaN or Infinity, an integer outside int64, nesting deeper than MAX_JSON_DEPTH). FastAPI and
@@ -42,7 +42,6 @@ from edgefleet.core.errors import EdgefleetError
 
 log = logging.getLogger(__name__)
 
-MAX_JSON_BYTES = 1 << 20  # the largest request a JSON route takes (a deployment is well under 10 KiB)
 MAX_JSON_DEPTH = 16
 UPLOAD_ROUTE = ("POST", f"{API_PREFIX}/bundles")
 LINGER_BYTES = 8 << 20  # of a refused body, read and dropped before the connection closes ...
@@ -50,12 +49,13 @@ LINGER_SECONDS = 2.0  # ... for at most this long
 
 
 class RequestGuard:
-    """ASGI middleware; create_app installs it with the app's session factory and bundle size cap."""
+    """ASGI middleware; create_app installs it with the app's session factory and size caps."""
 
-    def __init__(self, app: ASGIApp, *, sessions: sessionmaker, max_bundle_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, sessions: sessionmaker, max_bundle_bytes: int, max_json_bytes: int) -> None:
         self.app = app
         self.sessions = sessions
         self.max_bundle_bytes = max_bundle_bytes
+        self.max_json_bytes = max_json_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not has_body(headers := Headers(scope=scope)):
@@ -88,7 +88,7 @@ class RequestGuard:
         if (method, path) == UPLOAD_ROUTE:
             limit = self.max_bundle_bytes
             return limit, f"this registry's limit of {limit} bytes (max_bundle_bytes)"
-        return MAX_JSON_BYTES, f"the limit of {MAX_JSON_BYTES} bytes for a JSON request body"
+        return self.max_json_bytes, f"the limit of {self.max_json_bytes} bytes for a JSON request body (max_json_bytes)"
 
 
 class Exchange:

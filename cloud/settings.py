@@ -42,6 +42,7 @@ class CloudSettings(BaseSettings):
     # Public keys (.pub files or directories of them) the registry accepts bundles from.
     trusted_keys: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     max_bundle_bytes: int = Field(default=256 * MiB, gt=0)
+    max_json_bytes: int = Field(default=1 * MiB, gt=0)  # any other request body (devices, deployments)
     telemetry_max_bytes: int = Field(default=256 * KiB, gt=0)
     drift_interval_seconds: float = Field(default=10.0, gt=0)
     drift_lookback_seconds: float = Field(default=300.0, gt=0)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Annotated, BinaryIO
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
@@ -46,7 +47,7 @@ from edgefleet.cloud.api.deps import (
 )
 from edgefleet.cloud.auth import AdminAuth, require_admin
 from edgefleet.cloud.db import BundleRecord
-from edgefleet.cloud.registry_rules import check_name, check_newer
+from edgefleet.cloud.registry_rules import MAX_STORED_VERSION, check_newer, check_storable
 from edgefleet.cloud.settings import CloudSettings
 from edgefleet.cloud.signed_urls import SignedUrlError, check_download_signature
 from edgefleet.core.bundle import Bundle
@@ -61,6 +62,8 @@ _optional_bearer = HTTPBearer(auto_error=False, description="An admin API token,
 ACCEPTED_TYPES = ("application/gzip", "application/x-gzip", "application/octet-stream")
 WRITE_BATCH = 1 << 20  # bytes collected from the socket before one write to disk (in a worker thread)
 UNPACKED_RATIO = 4  # an archive may unpack to this many times max_bundle_bytes (models compress little)
+# A version in a URL: one the registry could hold (a larger one once reached SQLite and came back a 500).
+BundleVersion = Annotated[int, PathParam(ge=1, le=MAX_STORED_VERSION, description="The bundle's version")]
 
 
 class BundleOut(BaseModel):
@@ -126,7 +129,7 @@ def list_bundles(session: SessionDep, name: str | None = None) -> list[BundleOut
 
 
 @router.get("/bundles/{name}/{version}", response_model=BundleDetail)
-def read_bundle(name: str, version: int, session: SessionDep) -> BundleDetail:
+def read_bundle(name: str, version: BundleVersion, session: SessionDep) -> BundleDetail:
     """The manifest's summary: identity, interface, artifacts, metrics, lineage, model card."""
     return bundle_detail(get_bundle(session, name, version))
 
@@ -134,7 +137,7 @@ def read_bundle(name: str, version: int, session: SessionDep) -> BundleDetail:
 def download_access(
     request: Request,
     name: str,
-    version: int,
+    version: BundleVersion,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_optional_bearer)],
     device: Annotated[str | None, Query(description="Signed URL: the device it was made for")] = None,
     expires: Annotated[int | None, Query(description="Signed URL: unix time it expires at")] = None,
@@ -153,7 +156,7 @@ def download_access(
 
 
 @download_router.get("/bundles/{name}/{version}/download", response_class=FileResponse)
-def download_bundle(name: str, version: int, sessions: SessionsDep, settings: SettingsDep,
+def download_bundle(name: str, version: BundleVersion, sessions: SessionsDep, settings: SettingsDep,
                     who: Annotated[str, Depends(download_access)]) -> FileResponse:
     """The stored .tar.gz; honours `Range: bytes=...` (206 with Content-Range) so a download can resume.
 
@@ -225,7 +228,7 @@ def store_bundle(
                              max_bytes=settings.max_bundle_bytes * UNPACKED_RATIO)
         verified = bundle.verify(trust)  # also the manifest's structure: an int64 version, an interface, ...
         manifest = bundle.manifest
-        name, version = check_name(bundle.name), bundle.version
+        name, version = check_storable(bundle.name, bundle.version)
     rel = Path("bundles") / name / f"{version}.tar.gz"
     final = settings.data_dir / rel
     with sessions() as session:

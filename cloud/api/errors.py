@@ -58,7 +58,7 @@ def validation_message(err: RequestValidationError) -> str:
     for problem in err.errors():
         where = ".".join(str(part) for part in problem.get("loc", ()))
         problems.append(f"{where}: {problem.get('msg', 'invalid')}" if where else str(problem.get("msg")))
-    return "; ".join(problems) or "invalid request"
+    return "; ".join(dict.fromkeys(problems)) or "invalid request"  # a path parameter two dependencies share: once
 
 
 async def _validation_error(request: Request, err: Exception) -> JSONResponse:

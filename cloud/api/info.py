@@ -1,4 +1,5 @@
-"""What a client needs to join: the MQTT broker devices connect to (the embedded one's bound port)."""
+"""What a client needs to join: the MQTT broker devices connect to (the embedded one's bound port), and
+the request size limits, so that a client can refuse an oversized upload before sending a byte."""
 
 from __future__ import annotations
 
@@ -12,4 +13,5 @@ router = APIRouter(tags=["info"])
 @router.get("/info")
 def info(request: Request, settings: SettingsDep) -> dict:
     broker = getattr(request.app.state, "broker_url", None) or settings.broker_url
-    return {"mqtt_url": broker, "api": "v1"}
+    return {"mqtt_url": broker, "api": "v1",
+            "limits": {"max_bundle_bytes": settings.max_bundle_bytes, "max_json_bytes": settings.max_json_bytes}}

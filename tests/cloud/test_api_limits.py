@@ -17,8 +17,10 @@ import httpx
 import psutil
 import pytest
 
+from edgefleet.cli.cloud_client import CloudClient
 from edgefleet.cloud.api.errors import INTERNAL_ERROR
-from edgefleet.cloud.request_guard import MAX_JSON_BYTES
+from edgefleet.core.archive import pack
+from edgefleet.core.errors import EdgefleetError
 from tests.cloud.api_kit import GZIP, Cloud, api_clouds, chunked, padded_archive, raw_request, signed_copy, spaces
 from tests.cloud.cloud_process import cloud_up
 
@@ -34,9 +36,14 @@ def _no_edgefleet_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def cloud(tmp_path: Path, mosquitto, digits_bundle) -> Iterator[Cloud]:
+def start_cloud(tmp_path: Path, mosquitto, digits_bundle) -> Iterator:
     with api_clouds(tmp_path, mosquitto.url, digits_bundle.public_key) as start:
-        yield start()
+        yield start
+
+
+@pytest.fixture
+def cloud(start_cloud) -> Cloud:
+    return start_cloud()
 
 
 # --- bodies that are not JSON within limits ----------------------------------------------------------
@@ -104,13 +111,13 @@ def test_bodies_over_the_cap_get_413_by_length_and_while_streaming(cloud: Cloud)
     declared = raw_request(cloud.server.url, "POST", "/api/v1/devices",
                            {**auth, "Content-Length": str(2 * MiB)}, timeout=10)  # no body sent at all
     assert declared.status == 413 and declared.seconds < 2.0
-    assert declared.detail == (f"request body of {2 * MiB} bytes is larger than the limit of {MAX_JSON_BYTES} "
-                               f"bytes for a JSON request body")
+    assert declared.detail == (f"request body of {2 * MiB} bytes is larger than the limit of {MiB} bytes for a "
+                               f"JSON request body (max_json_bytes)")
 
     streamed = cloud.client.post("/api/v1/devices", content=spaces(3 * MiB, 64 * 1024), headers=auth)  # chunked
     assert streamed.status_code == 413
-    assert streamed.json()["detail"] == f"request body is larger than the limit of {MAX_JSON_BYTES} bytes for a " \
-                                        f"JSON request body"
+    assert streamed.json()["detail"] == (f"request body is larger than the limit of {MiB} bytes for a JSON request "
+                                         f"body (max_json_bytes)")
 
     upload = raw_request(cloud.server.url, "POST", "/api/v1/bundles",
                          {**auth, "Content-Type": "application/gzip", "Transfer-Encoding": "chunked"},
@@ -189,6 +196,27 @@ def test_a_signed_bundle_padded_with_200000_entries_is_refused_fast(cloud: Cloud
     print(f"{kind}: {response.status_code} after {seconds:.2f} s: {response.json()['detail']}")
     assert cloud.stored_files() == [] and not any((cloud.settings.data_dir / "tmp").iterdir())
     cloud.assert_serving()
+
+
+# --- the CLI's client -------------------------------------------------------------------------------------
+def test_the_cli_client_turns_every_refusal_into_one_line(start_cloud, digits_bundle, tmp_path: Path):
+    archive = pack(digits_bundle.root, tmp_path / "digits.tar.gz")
+    small = start_cloud(max_bundle_bytes=archive.stat().st_size - 1)
+    with pytest.raises(EdgefleetError, match=rf"is {archive.stat().st_size} bytes; the registry at .* takes at "
+                                             rf"most {archive.stat().st_size - 1} bytes \(its max_bundle_bytes\)"):
+        CloudClient(small.server.url, small.token).post_file("/api/v1/bundles", archive)
+    assert small.stored_files() == []  # refused before a byte was sent
+
+    cloud = start_cloud()
+    client = CloudClient(cloud.server.url, cloud.token)
+    assert client.post_file("/api/v1/bundles", archive)["version"] == 1  # streamed from disk
+    with pytest.raises(EdgefleetError, match=r"^POST /api/v1/devices: 401 invalid admin token$"):
+        CloudClient(cloud.server.url, "not-a-token").post_json("/api/v1/devices", {"fleet": "lab"})
+    with pytest.raises(EdgefleetError, match=r"^POST /api/v1/devices: 422 body.fleet: Input should be a valid "):
+        client.post_json("/api/v1/devices", {"fleet": 5})
+    with pytest.raises(EdgefleetError, match=r"a number JSON cannot carry"):
+        client.post_json("/api/v1/devices", {"fleet": "lab", "id": float("nan")})
+    assert client.post_json("/api/v1/devices", {"id": "pi-1", "fleet": "lab"})["id"] == "pi-1"
 
 
 # --- no traceback, ever ---------------------------------------------------------------------------------

@@ -54,8 +54,29 @@ def test_a_version_outside_int64_is_refused(cloud: Cloud, variant, version: int)
     detail = response.json()["detail"]
     assert detail.startswith("manifest.json holds ") and ("64-bit range" in detail or "fit in 64 bits" in detail)
     assert cloud.stored_files() == [] and stored_versions(cloud) == []
-    assert upload(cloud, variant(version=2**63 - 1)).status_code == 201  # the largest is fine
-    assert stored_versions(cloud) == [2**63 - 1]
+    cloud.assert_serving()
+
+
+def test_a_version_over_what_the_database_columns_hold_is_refused(cloud: Cloud, variant):
+    """A valid int64, but the registry's and deployments' columns are SQL INTEGERs (int4 on PostgreSQL)."""
+    response = upload(cloud, variant(version=2**31))
+    assert response.status_code == 400
+    assert response.json()["detail"] == ("bundle digits-cnn v2147483648: this registry stores versions up to "
+                                         "2147483647 (2**31-1, an SQL INTEGER column)")
+    assert cloud.stored_files() == [] and stored_versions(cloud) == []
+    assert upload(cloud, variant(version=2**31 - 1)).status_code == 201  # the largest is fine
+    assert stored_versions(cloud) == [2**31 - 1]
+
+
+@pytest.mark.parametrize("version", [2**63, 2**31, 0, -1])
+def test_a_version_in_a_url_that_no_bundle_can_have_is_a_422(cloud: Cloud, version: int):
+    """2**63 in the URL reached SQLite and came back a 500 (OverflowError)."""
+    for path in (f"/api/v1/bundles/digits-cnn/{version}", f"/api/v1/bundles/digits-cnn/{version}/download"):
+        response = cloud.client.get(path)
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["detail"] in ("path.version: Input should be less than or equal to 2147483647",
+                                             "path.version: Input should be greater than or equal to 1")
+    cloud.assert_serving()
 
 
 SPEC = {"name": "y", "dtype": "float32", "shape": ["batch", 10]}

@@ -1,26 +1,33 @@
-"""The pieces of the rollout tests that are not tests: the cloud as a client drives it, and scripted devices
+"""The pieces of the rollout tests that are not tests: the cloud as a client drives it, scripted devices
 (plain paho clients on their own cmd topics that download the bundle through the signed URL and answer
-with status messages, healthy ones up to "active", broken ones "failed")."""
+with status messages, healthy ones up to "active", broken ones "failed"), and the fixtures both rollout
+test modules use (imported there; each is registered under its `name`)."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import paho.mqtt.client as mqtt
+import pytest
 
 from edgefleet.cloud.server import CloudServer
 from edgefleet.cloud.settings import CloudSettings
+from edgefleet.core.bundle import Bundle
 from edgefleet.core.ota import BundleRef, Command, Status, parse_command
 from edgefleet.core.topics import topic
+from tests.cloud.cloud_process import cloud_servers
 
 WAIT = 30.0  # seconds any one condition may take before the test fails
+GZIP = {"Content-Type": "application/gzip"}
 
 
 def wait_until(predicate: Callable[[], object], what: str, timeout: float = WAIT) -> None:
@@ -183,3 +190,54 @@ def start_devices(cloud: Cloud, broker: object, count: int, behaviours: dict[str
 
 def planned_waves(plan: dict) -> list[list[str]]:
     return [wave["devices"] for wave in plan["waves"]]
+
+
+# --- fixtures ---------------------------------------------------------------------------------------------
+@pytest.fixture(name="no_edgefleet_environment", autouse=True)
+def no_edgefleet_environment_fixture(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("EDGEFLEET_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(name="archive")
+def archive_fixture(digits_bundle, tmp_path: Path) -> Path:
+    return Bundle.open(digits_bundle.root).pack(tmp_path / "digits.tar.gz")
+
+
+@pytest.fixture(name="start_cloud")
+def start_cloud_fixture(tmp_path: Path, mosquitto, digits_bundle) -> Iterator[Callable[..., Cloud]]:
+    with cloud_servers() as start_server:
+
+        def start(token: str | None = None, **overrides: object) -> Cloud:
+            options = {"data_dir": tmp_path / "cloud", "port": 0, "mqtt_url": mosquitto.url,
+                       "trusted_keys": [digits_bundle.public_key], "rollout_interval_seconds": 0.1,
+                       "drift_interval_seconds": 3600, **overrides}
+            server, client = start_server(options, token)
+            return Cloud(server, client, token or server.new_admin_token)
+
+        yield start
+
+
+@pytest.fixture(name="cloud")
+def cloud_fixture(start_cloud, archive: Path) -> Cloud:
+    cloud = start_cloud()
+    assert cloud.client.post("/api/v1/bundles", content=archive.read_bytes(), headers=GZIP).status_code == 201
+    return cloud
+
+
+@pytest.fixture(name="devices_to_stop")
+def devices_to_stop_fixture() -> Iterator[list[ScriptedDevice]]:
+    running: list[ScriptedDevice] = []
+    try:
+        yield running
+    finally:
+        for device in running:
+            device.stop()
+
+
+@pytest.fixture(name="fleet")
+def fleet_fixture(cloud: Cloud, mosquitto, devices_to_stop) -> Callable[..., dict[str, ScriptedDevice]]:
+    """start_devices on the `cloud` fixture; every device is stopped at the end."""
+    return lambda count, behaviours=None, group=None: start_devices(cloud, mosquitto, count, behaviours, group,
+                                                                    devices_to_stop)

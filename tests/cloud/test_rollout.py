@@ -1,14 +1,12 @@
 """Staged rollouts end to end: the real cloud (CloudServer on a free port, real SQLite, the Mosquitto fixture
-as its broker) and scripted devices (tests/cloud/rollout_kit.py). The rules alone: test_rollout_plan.py."""
+as its broker) and scripted devices (tests/cloud/rollout_kit.py). The rules alone: test_rollout_plan.py; lost
+commands, orphan rollbacks and refused numbers: test_rollout_faults.py."""
 
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
 import stat
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -22,61 +20,21 @@ from edgefleet.cloud.signed_urls import signed_download_url
 from edgefleet.core.bundle import Bundle
 from edgefleet.core.ota import Command, check_rollback_authorization
 from edgefleet.core.signing import TrustStore
-from tests.cloud.cloud_process import cloud_servers
-from tests.cloud.rollout_kit import Cloud, ScriptedDevice, planned_waves, start_devices, wait_until
+from tests.cloud.rollout_kit import (  # noqa: F401 - fixtures, found by pytest under their names
+    GZIP,
+    Cloud,
+    ScriptedDevice,
+    archive_fixture,
+    cloud_fixture,
+    devices_to_stop_fixture,
+    fleet_fixture,
+    no_edgefleet_environment_fixture,
+    planned_waves,
+    start_cloud_fixture,
+    start_devices,
+    wait_until,
+)
 from tests.mosquitto import free_port
-
-GZIP = {"Content-Type": "application/gzip"}
-
-
-@pytest.fixture(autouse=True)
-def _no_edgefleet_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("EDGEFLEET_"):
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture
-def archive(digits_bundle, tmp_path: Path) -> Path:
-    return Bundle.open(digits_bundle.root).pack(tmp_path / "digits.tar.gz")
-
-
-@pytest.fixture
-def start_cloud(tmp_path: Path, mosquitto, digits_bundle) -> Iterator[Callable[..., Cloud]]:
-    with cloud_servers() as start_server:
-
-        def start(token: str | None = None, **overrides: object) -> Cloud:
-            options = {"data_dir": tmp_path / "cloud", "port": 0, "mqtt_url": mosquitto.url,
-                       "trusted_keys": [digits_bundle.public_key], "rollout_interval_seconds": 0.1,
-                       "drift_interval_seconds": 3600, **overrides}
-            server, client = start_server(options, token)
-            return Cloud(server, client, token or server.new_admin_token)
-
-        yield start
-
-
-@pytest.fixture
-def cloud(start_cloud, archive: Path) -> Cloud:
-    cloud = start_cloud()
-    assert cloud.client.post("/api/v1/bundles", content=archive.read_bytes(), headers=GZIP).status_code == 201
-    return cloud
-
-
-@pytest.fixture
-def devices_to_stop() -> Iterator[list[ScriptedDevice]]:
-    running: list[ScriptedDevice] = []
-    try:
-        yield running
-    finally:
-        for device in running:
-            device.stop()
-
-
-@pytest.fixture
-def fleet(cloud: Cloud, mosquitto, devices_to_stop) -> Callable[..., dict[str, ScriptedDevice]]:
-    """start_devices on the `cloud` fixture; every device is stopped at the end."""
-    return lambda count, behaviours=None, group=None: start_devices(cloud, mosquitto, count, behaviours, group,
-                                                                    devices_to_stop)
 
 
 # --- the registry -----------------------------------------------------------------------------------------
@@ -396,26 +354,6 @@ def test_cli_deploy_status_approve_abort(cloud: Cloud, fleet):
     assert refused.exit_code != 0 and "409" in str(refused.exception)
 
 
-def test_cli_deploy_refuses_an_infinite_timeout_in_one_line(cloud: Cloud, fleet):
-    from typer.testing import CliRunner
-
-    import edgefleet.cli.rollout_commands  # noqa: F401 - registers deploy
-    from edgefleet.cli.app import app
-
-    fleet(1)
-    env = {"EDGEFLEET_CLOUD": cloud.server.url, "EDGEFLEET_TOKEN": cloud.token}
-    for option, value in (("--wave-timeout", "inf"), ("--resend-interval", "1e12"), ("--health-window", "nan")):
-        result = CliRunner().invoke(app, ["deploy", "digits-cnn", "1", "--fleet", "lab", option, value], env=env)
-        assert result.exit_code != 0 and "POST /api/v1/deployments: 4" in str(result.exception), (option, result)
-        assert "\n" not in str(result.exception)
-    assert cloud.client.get("/api/v1/deployments").json() == []
-    done = CliRunner().invoke(app, ["deploy", "digits-cnn", "1", "--fleet", "lab", "--resend-interval", "5",
-                                    "--max-resends", "2", "--health-window", "1"], env=env)
-    assert done.exit_code == 0, done.output
-    strategy = cloud.client.get("/api/v1/deployments").json()[0]
-    assert cloud.deployment(strategy["id"])["strategy"]["resend_interval_seconds"] == 5
-
-
 def test_old_databases_get_the_new_device_group_column(tmp_path: Path):
     import sqlite3
 
@@ -430,162 +368,4 @@ def test_old_databases_get_the_new_device_group_column(tmp_path: Path):
     engine = make_engine(f"sqlite:///{path}")
     with make_sessions(engine)() as session:
         assert session.get(Device, "old").group is None
-    engine.dispose()
-
-
-# --- issue 11: orphan rollbacks, lost commands, numbers ---------------------------------------------------
-def _row(cloud: Cloud, deployment_id: str, device_id: str) -> dict:
-    return next(d for d in cloud.deployment(deployment_id)["devices"] if d["device"] == device_id)
-
-
-def test_an_abort_rolls_back_only_the_devices_the_deployment_moved(cloud: Cloud, fleet, mosquitto, devices_to_stop):
-    """lab-off is offline when its install goes out, and the broker drops it (no session to queue it in);
-    it is back before the wave times out. The abort must roll back lab-00, which installed v1, and say
-    nothing to lab-off, which never answered: rolling it back would downgrade a model this deployment
-    never touched."""
-    devices = fleet(1)
-    assert cloud.client.post("/api/v1/devices", json={"id": "lab-off", "fleet": "lab"}).status_code == 201
-    plan = cloud.deploy(success_threshold=1.0, wave_timeout_seconds=3, max_resends=0)
-    wait_until(lambda: _row(cloud, plan["id"], "lab-off")["sent_at"], "the install to lab-off went out")
-    late = ScriptedDevice("lab-off", "lab", mosquitto)
-    devices_to_stop.append(late)
-    late.start()
-
-    aborted = cloud.wait_state(plan["id"], "aborted")
-    assert "timed out" in aborted["reason"] and aborted["reason"].endswith("no status from 1 device(s): lab-off")
-    wait_until(lambda: devices["lab-00"].ops() == ["install", "rollback"], "lab-00 gets a rollback")
-    rollback = devices["lab-00"].commands[1].command
-    assert (rollback.bundle.name, rollback.bundle.version) == ("digits-cnn", 1)  # it names what it undoes
-    wait_until(lambda: _row(cloud, plan["id"], "lab-00")["state"] == "rolled_back", "lab-00 rolled back")
-    time.sleep(1.0)  # ten engine ticks
-    assert late.commands == []
-    off = _row(cloud, plan["id"], "lab-off")
-    assert off["state"] == "pending" and off["rollback_command"] is None and off["rollback_sent_at"] is None
-
-    from typer.testing import CliRunner
-
-    import edgefleet.cli.rollout_commands  # noqa: F401 - registers rollout
-    from edgefleet.cli.app import app
-
-    env = {"EDGEFLEET_CLOUD": cloud.server.url, "EDGEFLEET_TOKEN": cloud.token, "COLUMNS": "250"}
-    shown = CliRunner().invoke(app, ["rollout", "status", plan["id"]], env=env)
-    assert shown.exit_code == 0, shown.output
-    words = " ".join(shown.output.split())  # the caption (the abort reason) wraps at the table's width
-    assert "no status from 1 device(s): lab-off" in words
-    assert next(line for line in shown.output.splitlines() if "lab-off" in line and "pending" in line).count(
-        "silent") == 1
-
-
-def test_a_device_still_installing_at_the_abort_is_rolled_back_once_it_reports_the_switch(cloud: Cloud, fleet):
-    devices = fleet(2)
-    slow = devices["lab-01"]
-    slow.go.clear()  # it has the install but answers nothing yet
-    plan = cloud.deploy()
-    wait_until(lambda: devices["lab-00"].states(devices["lab-00"].commands[0].command.id)[-1:] == ["active"]
-               if devices["lab-00"].commands else False, "lab-00 active")
-    wait_until(lambda: slow.commands, "lab-01 has its install")
-    aborted = cloud.client.post(f"/api/v1/deployments/{plan['id']}/abort", json={"reason": "stop"})
-    assert aborted.status_code == 200
-    wait_until(lambda: devices["lab-00"].ops() == ["install", "rollback"], "lab-00 (moved) gets a rollback")
-    time.sleep(0.5)
-    assert slow.ops() == ["install"] and _row(cloud, plan["id"], "lab-01")["rollback_command"] is None
-    slow.go.set()  # its install goes on after the abort and reaches the switch
-    wait_until(lambda: slow.ops() == ["install", "rollback"], "lab-01 rolled back after its switch")
-    assert slow.commands[1].command.bundle.version == 1
-    wait_until(lambda: {d["state"] for d in cloud.deployment(plan["id"])["devices"]} == {"rolled_back"},
-               "both rolled back")
-
-
-def test_a_lost_install_is_resent_with_the_same_id_until_the_device_answers(cloud: Cloud, fleet, mosquitto,
-                                                                            devices_to_stop):
-    devices = fleet(1)
-    assert cloud.client.post("/api/v1/devices", json={"id": "lab-late", "fleet": "lab"}).status_code == 201
-    plan = cloud.deploy(success_threshold=1.0, resend_interval_seconds=0.5, max_resends=20)
-    wait_until(lambda: _row(cloud, plan["id"], "lab-late")["resends"] >= 1, "a resend nobody heard")
-    late = ScriptedDevice("lab-late", "lab", mosquitto)
-    devices_to_stop.append(late)
-    late.start()
-
-    done = cloud.wait_state(plan["id"], "completed")
-    assert done["counts"] == {"active": 2}
-    row = _row(cloud, plan["id"], "lab-late")
-    assert row["resends"] >= 1 and late.ops()[:1] == ["install"]
-    assert {r.command.id for r in late.commands} == {row["command"]}  # the same command, which devices dedupe
-    assert {r.command.id for r in devices["lab-00"].commands} == {_row(cloud, plan["id"], "lab-00")["command"]}
-
-
-def test_a_rollback_the_broker_lost_is_resent_until_the_device_answers(cloud: Cloud, fleet, mosquitto,
-                                                                       devices_to_stop):
-    devices = fleet(2)
-    devices["lab-01"].go.clear()  # keeps the deployment open: it never answers its install
-    plan = cloud.deploy(resend_interval_seconds=0.5, max_resends=50)
-    wait_until(lambda: _row(cloud, plan["id"], "lab-00")["state"] == "active", "lab-00 active")
-    devices["lab-00"].stop()
-    mosquitto.stop(signal.SIGKILL)  # no persistence file: lab-00's session, and what it would queue, is gone
-    mosquitto.start()
-    aborted = cloud.client.post(f"/api/v1/deployments/{plan['id']}/abort", json={"reason": "stop"})
-    assert aborted.status_code == 200
-    wait_until(lambda: _row(cloud, plan["id"], "lab-00")["rollback_resends"] >= 1, "a rollback nobody heard")
-    back = ScriptedDevice("lab-00", "lab", mosquitto)
-    devices_to_stop.append(back)
-    back.start()
-    wait_until(lambda: _row(cloud, plan["id"], "lab-00")["state"] == "rolled_back", "lab-00 rolled back")
-    row = _row(cloud, plan["id"], "lab-00")
-    assert back.ops()[:1] == ["rollback"] and {r.command.id for r in back.commands} == {row["rollback_command"]}
-    assert _row(cloud, plan["id"], "lab-01")["rollback_command"] is None  # it never reported its switch
-
-
-def test_non_finite_and_absurd_numbers_get_a_4xx_naming_the_field(cloud: Cloud, fleet):
-    """Raw JSON over real HTTP, as a client would send it: 1e999 is infinity to a JSON parser."""
-    fleet(1)
-    head = '{"target": {"fleet": "lab"}, "bundle": {"name": "digits-cnn", "version": %s}, "strategy": {%s}}'
-
-    def post(version: str, strategy: str) -> tuple[int, str]:
-        response = cloud.client.post("/api/v1/deployments", content=head % (version, strategy),
-                                     headers={"Content-Type": "application/json"})
-        return response.status_code, response.json()["detail"]
-
-    # Not finite: refused by the body parser (which names the number) or by the strategy check (the field).
-    for field, literal in (("wave_timeout_seconds", "1e999"), ("health_window_seconds", "1e999"),
-                           ("latency_budget_ms", "NaN"), ("canary_fraction", "-Infinity"),
-                           ("resend_interval_seconds", "Infinity")):
-        code, detail = post("1", f'"{field}": {literal}')
-        assert code in (400, 422) and (field in detail or literal in detail), (field, code, detail)
-    # Finite but absurd: the strategy check names the field and its bounds.
-    for field, value, says in (("wave_timeout_seconds", "1e300", "(0, 2592000], got 1e+300"),
-                               ("download_timeout_seconds", "604801", "(0, 604800], got 604801"),
-                               ("health_window_seconds", "0", "(0, 604800], got 0"),
-                               ("max_resends", "101", "[0, 100], got 101")):
-        code, detail = post("1", f'"{field}": {value}')
-        assert (code, detail) == (400, f"strategy.{field} must be within {says}"), (field, code, detail)
-    for version in ("2147483648", "-1", "1.5"):  # the registry's column is 32-bit
-        code, detail = post(version, "")
-        assert code in (400, 422) and "version" in detail, (version, code, detail)
-    assert cloud.client.get("/api/v1/deployments").json() == []  # nothing was stored
-    fine = cloud.deploy(wave_timeout_seconds=30 * 86400, resend_interval_seconds=86400, max_resends=100)
-    assert fine["strategy"]["wave_timeout_seconds"] == 30 * 86400
-
-
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_old_databases_get_the_resend_columns(backend: str, tmp_path: Path, request: pytest.FixtureRequest):
-    from sqlalchemy import inspect, text
-
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'old.db'}"
-    else:
-        from tests.cloud.test_postgres import fresh_sessions
-
-        postgres = request.getfixturevalue("postgres")
-        fresh_sessions(postgres, "resend_columns").kw["bind"].dispose()
-        url = postgres.url.rsplit("/", 1)[0] + "/resend_columns"
-    engine = make_engine(url)
-    with engine.begin() as connection:  # deployment_devices as the previous release created it
-        for column in ("resends", "resent_at", "rollback_resends", "rollback_resent_at"):
-            connection.execute(text(f"ALTER TABLE deployment_devices DROP COLUMN {column}"))
-    engine.dispose()
-    engine = make_engine(url)
-    columns = {c["name"] for c in inspect(engine).get_columns("deployment_devices")}
-    assert {"resends", "resent_at", "rollback_resends", "rollback_resent_at"} <= columns
-    with make_sessions(engine)() as session:
-        assert session.scalars(select(DeploymentDevice)).all() == []
     engine.dispose()

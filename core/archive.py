@@ -28,6 +28,7 @@ import gzip
 import lzma
 import os
 import shutil
+import stat
 import tarfile
 import zlib
 from collections.abc import Mapping
@@ -100,9 +101,12 @@ def unpack(archive: Path, dest: Path, *, max_bytes: int | None = None,
     skipped) and refuses the archive before anything is created; the second writes, checking again."""
     archive, dest = Path(archive), Path(dest)
     try:
-        archive_size = archive.stat().st_size
+        info = archive.stat()
     except OSError as err:
         raise BundleError(f"{archive} is not a readable bundle archive: {err}") from err
+    if not stat.S_ISREG(info.st_mode):
+        raise BundleError(f"{archive} is not a bundle archive (not a regular file)")
+    archive_size = info.st_size
     limits = _Limits.of(archive_size, max_bytes, file_limits or {})
     _one_pass(archive, limits, None)
     dest.mkdir(parents=True, exist_ok=True)

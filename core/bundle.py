@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -188,9 +189,13 @@ class Bundle:
         entry = self.manifest.get("golden")
         if not entry:
             raise BundleError(f"bundle {self.name} v{self.version} has no golden examples")
-        with np.load(self.path(entry["path"]), allow_pickle=False) as data:
-            inputs = {s.name: data[f"inputs/{s.name}"] for s in self.inputs}
-            outputs = {s.name: data[f"outputs/{s.name}"] for s in self.outputs}
+        try:
+            with np.load(self.path(entry["path"]), allow_pickle=False) as data:
+                inputs = {s.name: data[f"inputs/{s.name}"] for s in self.inputs}
+                outputs = {s.name: data[f"outputs/{s.name}"] for s in self.outputs}
+        except (KeyError, ValueError, OSError, zipfile.BadZipFile) as err:  # what np.load raises on a bad .npz
+            raise BundleError(f"bundle {self.name} v{self.version}: the golden examples in {entry['path']} cannot be "
+                              f"read: {err}") from err
         return inputs, outputs, {"atol": float(entry["atol"]), "rtol": float(entry["rtol"])}
 
     def reference_profile(self) -> dict | None:

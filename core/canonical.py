@@ -6,10 +6,20 @@ import hashlib
 import json
 from datetime import datetime, timezone
 
+from edgefleet.core.errors import VerificationError
+
 
 def canonical_bytes(obj: object) -> bytes:
-    """Sorted keys, no whitespace, UTF-8, no NaN/Infinity (which JSON cannot carry portably)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    """Sorted keys, no whitespace, UTF-8, no NaN/Infinity (which JSON cannot carry portably).
+
+    A string that is not valid Unicode (a lone surrogate, which JSON's `\\ud800` escape can carry) has no
+    UTF-8 form: VerificationError("not_unicode"), so hostile input cannot end in a UnicodeEncodeError."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError as err:
+        raise VerificationError("not_unicode", f"a JSON document holds a string that is not valid Unicode (a lone "
+                                               f"surrogate {text[err.start]!r}); it has no canonical form") from err
 
 
 def sha256_hex(data: bytes) -> str:

@@ -38,7 +38,9 @@ MAX_SIGNATURE_BYTES = 64 << 10  # a real signature.json is ~400 bytes
 MAX_SIGNATURE_DEPTH = 4
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _DTYPE_KINDS = "biuf"  # bool, signed and unsigned integers, floats: what a model's tensors hold
-_PATH_OPTION = re.compile(r"(_path|_dir)$|^(path|dir)$")  # option names whose values are paths
+# artifact option names whose values are paths: cache_dir (OpenVINO), trt_engine_cache_path (onnxruntime's
+# TensorRT provider), build and engine (the TensorRT target's build plan and the engine built on the device)
+_PATH_OPTION = re.compile(r"(_path|_dir)$|^(path|dir|build|engine)$")
 
 
 def read_document(path: Path, *, max_bytes: int, max_depth: int, malformed: str) -> dict:
@@ -203,11 +205,15 @@ def _check_artifact(field: str, artifact: object) -> None:
     _object_with_path(field, artifact)
     for key in ("target", "backend", "format", "precision", "device", "sha256"):
         _optional(artifact, key, lambda v: isinstance(v, str), "a string", f"{field}.")
-    _optional(artifact, "size", _is_count, "an integer >= 0", f"{field}.")
+    for key in ("size", "batch"):
+        _optional(artifact, key, _is_count, "an integer >= 0", f"{field}.")
+    _optional(artifact, "flops_per_sample", _is_number, "a number", f"{field}.")
     for key in ("options", "numeric_error", "compile"):
         _optional(artifact, key, lambda v: isinstance(v, dict), "an object", f"{field}.")
-    for key in ("max_abs", "max_rel"):
-        _optional(artifact.get("numeric_error") or {}, key, _is_number, "a number", f"{field}.numeric_error.")
+    numeric = artifact.get("numeric_error") or {}
+    for key in ("max_abs", "max_rel", "atol", "rtol"):  # the self-test widens its tolerance with atol/rtol
+        _optional(numeric, key, _is_number, "a number", f"{field}.numeric_error.")
+    _optional(numeric, "checked", lambda v: isinstance(v, bool), "true or false", f"{field}.numeric_error.")
 
 
 def _object_with_path(field: str, value: object) -> None:

@@ -251,3 +251,15 @@ def test_inspect_shows_an_unreadable_signature(bundle_copy):
     result = edgefleet("inspect", str(bundle_copy))
     assert result.returncode == 0, result.stderr
     assert "unreadable" in result.stdout and "nests" in result.stdout
+
+
+def test_verify_a_signed_bundle_whose_golden_file_lacks_an_output(digits_bundle, bundle_copy, trust):
+    """The self-test read golden arrays by name: a signed .npz without `outputs/logits` was a KeyError."""
+    from edgefleet.core.bundle import file_digest
+
+    with np.load(bundle_copy / "golden.npz") as data:
+        inputs_only = {k: data[k] for k in data.files if k.startswith("inputs/")}
+    np.savez(bundle_copy / "golden.npz", **inputs_only)
+    entry = {"sha256": file_digest(bundle_copy / "golden.npz"), "size": (bundle_copy / "golden.npz").stat().st_size}
+    _signed_edit(bundle_copy, digits_bundle.private_key, lambda m: m["files"].update({"golden.npz": entry}))
+    assert_user_error(edgefleet("verify", str(bundle_copy), *trust), "the golden examples in golden.npz cannot be read")

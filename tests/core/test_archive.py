@@ -3,6 +3,7 @@ code, before unbounded work, and leaves nothing behind."""
 
 from __future__ import annotations
 
+import os
 import tarfile
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from edgefleet.core import archive
 from edgefleet.core.bundle import Bundle
-from edgefleet.core.errors import VerificationError
+from edgefleet.core.errors import BundleError, VerificationError
 from edgefleet.core.signing import TrustStore
 from tests.core.hostile_archives import MIB, entry, file_size_limit, gz, padding, tar_of, zero_bomb
 
@@ -130,3 +131,10 @@ def test_the_ratio_allows_small_archives_that_compress_well(tmp_path):
     assert path.stat().st_size * archive.MAX_RATIO < 4 * MIB
     archive.unpack(path, tmp_path / "out")
     assert (tmp_path / "out" / "zeros.bin").stat().st_size == 4 * MIB
+
+
+def test_a_fifo_is_not_waited_on(tmp_path):
+    fifo = tmp_path / "bundle.tar.gz"
+    os.mkfifo(fifo)
+    with pytest.raises(BundleError, match="not a regular file"):
+        Bundle.open(fifo)

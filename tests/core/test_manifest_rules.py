@@ -134,6 +134,7 @@ STRUCTURE_CASES = {
     "artifact without a path": (lambda m: m["artifacts"][0].pop("path"), "artifacts[0].path must be a relative"),
     "artifact options a list": (_set("artifacts.0.options", []), "artifacts[0].options must be an object"),
     "numeric error a string": (_set("artifacts.0.numeric_error.max_abs", "x"), "numeric_error.max_abs must be"),
+    "checked atol a string": (_set("artifacts.0.numeric_error.atol", "1e-3"), "numeric_error.atol must be a number"),
     "interface is null": (_set("interface", None), "interface must be an object with inputs and outputs, got null"),
     "no inputs": (_set("interface.inputs", []), "interface.inputs must be a non-empty list of tensor specs"),
     "input spec a string": (_set("interface.inputs.0", "pixels"), "interface.inputs[0] must be an object"),
@@ -237,3 +238,10 @@ def test_a_directory_padded_with_thousands_of_entries_is_refused_by_a_bounded_wa
     for index in range(5000):
         (pad / str(index)).mkdir()
     assert "more than 4096 files and directories" in refused(bundle_copy, trust, "too_many_files")
+
+
+def test_a_lone_surrogate_has_no_canonical_form(bundle_copy, trust):
+    """JSON's \\ud800 escape decodes to a string UTF-8 cannot encode: it was a UnicodeEncodeError."""
+    text = (bundle_copy / MANIFEST).read_text()
+    (bundle_copy / MANIFEST).write_text(text.replace('"label": "', '"label": "\\ud800', 1))
+    assert "lone surrogate" in refused(bundle_copy, trust, "not_unicode")

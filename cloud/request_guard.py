@@ -5,21 +5,23 @@ A request carries a body when it has a Content-Length above 0 or a Transfer-Enco
 request, in this order:
 
 1. Below /api/v1 the admin token in its Authorization header is checked first (401): an anonymous
-   client never makes the server read a byte of its body. (The one route a device reaches without the
-   token, the bundle download with a signed URL, is a GET without a body.)
+   client never makes the server parse or keep a byte of its body. (The one route a device reaches
+   without the token, the bundle download with a signed URL, is a GET without a body.)
 2. The route's cap (`body_limit`): the bundle upload takes settings' `max_bundle_bytes`, every other
    route `max_json_bytes` (1 MiB; a deployment is well under 10 KiB). A Content-Length over the cap is
    a 413 at once; a body sent without a length (chunked) is counted as it arrives and refused at the cap.
-3. Every route but the bundle upload takes JSON: the body must be `application/json` (415), and it is
-   read (at most the cap) and parsed with `edgefleet.core.bounded_json` (400 with its reason: not UTF-8,
-   not JSON, NaN or Infinity, an integer outside int64, nesting deeper than MAX_JSON_DEPTH). FastAPI and
-   pydantic then get exactly those bytes, known to be JSON within limits.
+3. Every /api/v1 route but the bundle upload takes JSON: the body must be `application/json` (415), and
+   it is read (at most the cap) and parsed with `edgefleet.core.bounded_json` (400 with its reason: not
+   UTF-8, not JSON, NaN or Infinity, an integer outside int64, nesting deeper than MAX_JSON_DEPTH).
+   FastAPI and pydantic then get exactly those bytes, known to be JSON within limits. No route outside
+   /api/v1 takes a body; none is read there.
 
 Any response that starts before its request's body was read in full (every refusal above, a 413 while
 the upload streams, a route that ignores a body) closes the connection after a bounded linger
-(`Exchange`), so the rest of an unwanted body is never waited for. The upload streams its own body: it
-gets a receive channel that raises TooLargeError at the cap, which the app's handler turns into the
-same 413.
+(`Exchange`: at most LINGER_BYTES read and dropped, for at most LINGER_SECONDS, so that a client still
+sending reads the answer rather than a reset), so the rest of an unwanted body is never waited for.
+The upload streams its own body: it gets a receive channel that raises TooLargeError at the cap, which
+the app's handler turns into the same 413.
 """
 
 from __future__ import annotations
@@ -64,11 +66,12 @@ class RequestGuard:
         exchange = Exchange(receive, send)
         method, path = scope["method"], scope["path"]
         try:
-            if path == API_PREFIX or path.startswith(API_PREFIX + "/"):
+            api = path == API_PREFIX or path.startswith(API_PREFIX + "/")
+            if api:
                 await run_in_threadpool(authenticate, self.sessions, bearer_token(headers.get("authorization")))
             limit, what = self.body_limit(method, path)
             check_declared_length(headers, limit, what)
-            if (method, path) == UPLOAD_ROUTE:
+            if (method, path) == UPLOAD_ROUTE or not api:  # no route outside /api/v1 reads a body
                 app_receive = capped(exchange.receive, limit, what)
             else:
                 app_receive = await checked_json(headers, exchange.receive, limit, what)

@@ -106,6 +106,15 @@ def test_an_anonymous_body_is_refused_before_a_byte_of_it_is_read(cloud: Cloud, 
     cloud.assert_serving()
 
 
+def test_a_body_outside_the_api_is_never_read(cloud: Cloud):
+    """No route outside /api/v1 takes a body: /healthz answers at once and closes, whatever is announced."""
+    for method, status in (("GET", 200), ("POST", 405)):
+        answer = raw_request(cloud.server.url, method, "/healthz", {"Content-Length": str(MiB),
+                                                                     "Content-Type": "text/plain"}, timeout=10)
+        assert answer.status == status and answer.seconds < 2.0 and answer.headers["connection"] == "close"
+    cloud.assert_serving()
+
+
 def test_bodies_over_the_cap_get_413_by_length_and_while_streaming(cloud: Cloud):
     auth = {"Authorization": f"Bearer {cloud.token}", "Content-Type": JSON}
     declared = raw_request(cloud.server.url, "POST", "/api/v1/devices",

@@ -312,5 +312,5 @@ class _Extraction:
         with source, target.open("xb") as out:
             try:
                 shutil.copyfileobj(source, out, CHUNK)
-            except (tarfile.TarError, *_CORRUPT) as err:
-                raise BundleError(f"bundle archive is corrupt at {member.name!r}: {err}") from err
+            except (tarfile.TarError, *_CORRUPT) as err:  # a damaged stream, or a full disk
+                raise BundleError(f"cannot unpack archive member {member.name!r}: {err}") from err

@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from edgefleet.core import archive, manifest_rules
+from edgefleet.core import archive, bounded_json, manifest_rules
 from edgefleet.core.errors import BundleError, VerificationError
 from edgefleet.core.schema import TensorSpec
 from edgefleet.core.signing import DEFAULT_VALIDITY, SigningKey, TrustStore
@@ -199,10 +199,15 @@ class Bundle:
         return inputs, outputs, {"atol": float(entry["atol"]), "rtol": float(entry["rtol"])}
 
     def reference_profile(self) -> dict | None:
+        """The reference profile (a listed, hashed file of any size), parsed within the depth limit."""
         entry = self.manifest.get("reference_profile")
         if not entry:
             return None
-        return json.loads(self.path(entry["path"]).read_text())
+        data = self.path(entry["path"]).read_bytes()
+        profile = bounded_json.loads(data, max_bytes=len(data), what=f"reference profile {entry['path']}")
+        if not isinstance(profile, dict):
+            raise BundleError(f"reference profile {entry['path']} must hold a JSON object")
+        return profile
 
     # trust --------------------------------------------------------------------------------------------
     def verify(

@@ -245,3 +245,18 @@ def test_a_lone_surrogate_has_no_canonical_form(bundle_copy, trust):
     text = (bundle_copy / MANIFEST).read_text()
     (bundle_copy / MANIFEST).write_text(text.replace('"label": "', '"label": "\\ud800', 1))
     assert "lone surrogate" in refused(bundle_copy, trust, "not_unicode")
+
+
+def test_a_signed_reference_profile_nested_deep_is_too_deep(bundle_copy, digits_bundle, trust):
+    """The profile is read when a device starts its telemetry: 50,000 deep was a RecursionError."""
+    from edgefleet.core.bounded_json import JsonLimitError
+    from edgefleet.core.bundle import file_digest
+
+    (bundle_copy / "profile.json").write_text(deep_json(50_000))
+    entry = {"sha256": file_digest(bundle_copy / "profile.json"), "size": 100_000}
+    sign_edited(bundle_copy, digits_bundle.private_key, lambda m: m["files"].update({"profile.json": entry}))
+    bundle = Bundle.open(bundle_copy)
+    bundle.verify(trust)
+    with pytest.raises(JsonLimitError) as caught:
+        bundle.reference_profile()
+    assert caught.value.reason == "too_deep" and "reference profile profile.json nests" in str(caught.value)

@@ -5,6 +5,7 @@ attacker's client would, and as httpx cannot: httpx writes the whole body before
 from __future__ import annotations
 
 import gzip
+import io
 import itertools
 import json
 import shutil
@@ -112,6 +113,20 @@ def padded_archive(root: Path, out: Path, count: int, kind: bytes) -> Path:
                 block += header
             archive.write(block)
         archive.write(b"\0" * (2 * tarfile.BLOCKSIZE))
+    return out
+
+
+def tar_gz(out: Path, members: Iterable[tuple[str, bytes | None]]) -> Path:
+    """A .tar.gz of the members in order: (name, data) is a file, (name, None) a directory."""
+    with tarfile.open(out, "w:gz", compresslevel=1) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
     return out
 
 

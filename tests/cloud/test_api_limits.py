@@ -21,7 +21,17 @@ from edgefleet.cli.cloud_client import CloudClient
 from edgefleet.cloud.api.errors import INTERNAL_ERROR
 from edgefleet.core.archive import pack
 from edgefleet.core.errors import EdgefleetError
-from tests.cloud.api_kit import GZIP, Cloud, api_clouds, chunked, padded_archive, raw_request, signed_copy, spaces
+from tests.cloud.api_kit import (
+    GZIP,
+    Cloud,
+    api_clouds,
+    chunked,
+    padded_archive,
+    raw_request,
+    signed_copy,
+    spaces,
+    tar_gz,
+)
 from tests.cloud.cloud_process import cloud_up
 
 JSON = "application/json"
@@ -176,6 +186,32 @@ def test_a_large_anonymous_body_leaves_the_server_small(tmp_path: Path, mosquitt
               f"({streamed.sent / MiB:.0f} MiB sent)")
         assert httpx.get(url + "/api/v1/devices", headers={"Authorization": f"Bearer {token}"},
                          timeout=10).json() == []
+
+
+# --- hostile archives ----------------------------------------------------------------------------------
+HOSTILE_ARCHIVES = {  # members in order, and what the refusal must name
+    "file a, then a/b": ([("a", b"x"), ("a/b", b"y")], "'a/b'"),
+    "directory a, then file a": ([("a", None), ("a", b"x")], "'a'"),
+    "file a twice": ([("a", b"x"), ("a", b"y")], "'a'"),
+    "manifest nested 50,000 deep": ([("manifest.json", b"[" * 50_000 + b"]" * 50_000)], "deep"),
+    "a 20 MB manifest": ([("manifest.json", b" " * (20 * MiB))], "the limit is"),
+    "signature nested 30,000 deep": ([("manifest.json", b'{"schema_version": 1}'),
+                                      ("signature.json", b"[" * 30_000 + b"]" * 30_000)],
+                                     "deep"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_ARCHIVES))
+def test_a_hostile_archive_gets_one_4xx_line(cloud: Cloud, tmp_path: Path, case: str):
+    """Once FileExistsError and RecursionError came back as 500s."""
+    members, named = HOSTILE_ARCHIVES[case]
+    archive = tar_gz(tmp_path / "hostile.tar.gz", members)
+    response = cloud.client.post("/api/v1/bundles", content=archive.read_bytes(), headers=GZIP)
+    assert 400 <= response.status_code < 500, response.text
+    detail = response.json()["detail"]
+    assert named in detail and "\n" not in detail, detail
+    assert cloud.stored_files() == []
+    cloud.assert_serving()
 
 
 # --- padded bundles ------------------------------------------------------------------------------------

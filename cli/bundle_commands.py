@@ -70,11 +70,12 @@ def inspect(
     for spec in opened.outputs:
         table.add_row("output", escape(f"{spec.name}: {spec.describe()}"))
     for art in opened.artifacts:
-        err = art.get("numeric_error", {})
-        checked = f"max abs err {err['max_abs']:.2g}" if "max_abs" in err else "unchecked (device self-test)"
+        err = art.get("numeric_error") or {}
+        checked = (f"max abs err {err['max_abs']:.2g}" if err.get("max_abs") is not None
+                   else "unchecked (device self-test)")
         table.add_row("artifact", escape(
             f"{art['path']} [{art.get('target')} / {art.get('backend')}, {art.get('precision')}] "
-            f"{art.get('size', 0) / 1024:.1f} KiB, {checked}"))
+            f"{(art.get('size') or 0) / 1024:.1f} KiB, {checked}"))
     for split, metrics in manifest.get("metrics", {}).items():
         if "accuracy" in metrics:
             table.add_row(escape(f"accuracy ({split})"), f"{metrics['accuracy']:.4f} on {metrics.get('count')} samples")

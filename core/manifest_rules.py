@@ -96,7 +96,8 @@ def check_structure(manifest: Mapping) -> None:
         _optional(golden, "count", _is_count, "an integer >= 0", "golden.")
     if manifest.get("reference_profile") is not None:
         _object_with_path("reference_profile", manifest["reference_profile"])
-    _check_metrics(manifest.get("metrics", {}))
+    if manifest.get("metrics") is not None:
+        _check_metrics(manifest["metrics"])
     for key in ("lineage", "model_card"):
         _optional(manifest, key, lambda v: isinstance(v, dict), "an object")
     _optional(manifest, "rollback_build", lambda v: isinstance(v, bool), "true or false")

@@ -263,3 +263,13 @@ def test_verify_a_signed_bundle_whose_golden_file_lacks_an_output(digits_bundle,
     entry = {"sha256": file_digest(bundle_copy / "golden.npz"), "size": (bundle_copy / "golden.npz").stat().st_size}
     _signed_edit(bundle_copy, digits_bundle.private_key, lambda m: m["files"].update({"golden.npz": entry}))
     assert_user_error(edgefleet("verify", str(bundle_copy), *trust), "the golden examples in golden.npz cannot be read")
+
+
+def test_inspect_an_artifact_with_null_size_and_error(bundle_copy):
+    """null is a valid `size` and `max_abs` (an unchecked artifact); inspect formatted them as numbers."""
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    manifest["artifacts"][0].update(size=None, numeric_error={"max_abs": None})
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    result = edgefleet("inspect", str(bundle_copy))
+    assert result.returncode == 0, result.stderr
+    assert "0.0 KiB, unchecked (device self-test)" in result.stdout

@@ -77,7 +77,7 @@ def test_padding_with_200000_entries_is_refused_in_bounded_work(digits_bundle, t
     hostile = gz(tar_of(digits_bundle.root), padding(200_000, kind))
     message, seconds = refused(hostile, tmp_path, reason)
     assert limit in message
-    assert seconds < 0.5, f"{seconds:.2f} s of CPU to refuse"
+    assert seconds < 1.0, f"{seconds:.2f} s of CPU to refuse"  # measured: 0.02 s (dirs), 0.18 s (files)
 
 
 def test_directories_implied_by_file_paths_count(digits_bundle, tmp_path):

@@ -263,5 +263,5 @@ def test_a_padded_bundle_is_downloaded_then_refused_by_install_in_bounded_work(s
         store.install(path, max_bytes=len(data) * UNPACKED_RATIO)  # as the updater asks
     seconds = time.process_time() - started
     assert caught.value.reason == reason, str(caught.value)
-    assert seconds < 0.5, f"{seconds:.2f} s of CPU to refuse"
+    assert seconds < 1.0, f"{seconds:.2f} s of CPU to refuse"  # measured: 0.02 s (dirs), 0.18 s (files)
     assert store.slots() == [] and list(store.slots_dir.iterdir()) == []

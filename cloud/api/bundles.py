@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import logging
 import os
 import tarfile
@@ -50,6 +49,8 @@ from edgefleet.cloud.db import BundleRecord
 from edgefleet.cloud.registry_rules import MAX_STORED_VERSION, check_newer, check_storable
 from edgefleet.cloud.settings import CloudSettings
 from edgefleet.cloud.signed_urls import SignedUrlError, check_download_signature
+from edgefleet.core import bounded_json
+from edgefleet.core.bounded_json import JsonLimitError
 from edgefleet.core.bundle import Bundle
 from edgefleet.core.errors import BundleError, EdgefleetError
 from edgefleet.core.signing import TrustStore
@@ -229,6 +230,7 @@ def store_bundle(
         verified = bundle.verify(trust)  # also the manifest's structure: an int64 version, an interface, ...
         manifest = bundle.manifest
         name, version = check_storable(bundle.name, bundle.version)
+        bundle.reference_profile()  # parsed within limits now, so the drift monitor never meets one it cannot read
     rel = Path("bundles") / name / f"{version}.tar.gz"
     final = settings.data_dir / rel
     with sessions() as session:
@@ -256,7 +258,8 @@ def reference_profile(sessions: sessionmaker, settings: CloudSettings, name: str
     """The stored bundle's reference profile (profile.json), or None for an unknown bundle or one without.
 
     The file is read from the stored archive once and cached by the archive's hash (bundles are immutable);
-    each call returns a fresh dict. Raises BundleError if the stored archive no longer matches its manifest.
+    each call returns a fresh dict, parsed within bounded_json's depth and number limits. Raises
+    BundleError if the stored archive no longer matches its manifest or the profile is not such JSON.
     """
     with sessions() as session:
         record = session.scalar(select(BundleRecord).where(BundleRecord.name == name, BundleRecord.version == version))
@@ -268,10 +271,14 @@ def reference_profile(sessions: sessionmaker, settings: CloudSettings, name: str
     member = entry["path"]
     expected = record.manifest.get("files", {}).get(member, {}).get("sha256")
     text = _profile_text(str(settings.data_dir / record.path), record.sha256, member, expected)
-    try:
-        return json.loads(text)
-    except ValueError as err:
-        raise BundleError(f"{member} of bundle {name} v{version} is not valid JSON: {err}") from err
+    what = f"{member} of bundle {name} v{version}"
+    try:  # checked at upload already; parsed within the limits all the same (the file could have changed)
+        profile = bounded_json.loads(text, max_bytes=len(text.encode()), what=what)
+    except JsonLimitError as err:
+        raise BundleError(str(err)) from err
+    if not isinstance(profile, dict):
+        raise BundleError(f"{what} must hold a JSON object")
+    return profile
 
 
 @functools.lru_cache(maxsize=64)

@@ -74,11 +74,14 @@ def api_clouds(tmp_path: Path, broker_url: str, trusted_key: Path) -> Iterator[C
 
 
 def signed_copy(src: Path, dst: Path, private_key: Path, *, listed: Mapping[str, dict] | None = None,
-                **changes: object) -> Path:
-    """A copy of the bundle at src with manifest fields changed (None writes null) and `listed` added to
-    its files table, re-hashed and signed with the trusted key: only the checks after the signature can
-    refuse it. (Written by hand: the library's sign() reads the manifest back and would refuse it.)"""
+                contents: Mapping[str, bytes] | None = None, **changes: object) -> Path:
+    """A copy of the bundle at src with files rewritten (`contents`), manifest fields changed (None writes
+    null) and `listed` added to its files table, re-hashed and signed with the trusted key: only the
+    checks after the signature can refuse it. (Written by hand: the library's sign() reads the manifest
+    back and would refuse it.)"""
     root = Path(shutil.copytree(src, dst))
+    for rel, data in (contents or {}).items():
+        (root / rel).write_bytes(data)
     manifest = write_manifest(root, json.loads((root / MANIFEST).read_text()))
     manifest = {**manifest, "files": {**manifest["files"], **(listed or {})}, **changes}
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))

@@ -127,3 +127,14 @@ def test_versions_only_go_up_unless_the_signed_manifest_is_a_rollback_build(clou
     assert upload(cloud, variant(version=4)).status_code == 201
     assert stored_versions(cloud) == [2, 3, 4]
     assert upload(cloud, variant(version=3, name="other-model")).status_code == 201  # per name
+
+
+@pytest.mark.parametrize("profile", [b"[" * 50_000 + b"]" * 50_000, b"[1, 2]", b'{"bins": NaN}'])
+def test_a_signed_reference_profile_the_drift_monitor_could_not_read_is_refused(cloud: Cloud, variant,
+                                                                                profile: bytes):
+    """Signed, hashed and listed, but nested 50,000 deep it was a RecursionError where it was read."""
+    response = upload(cloud, variant(contents={"profile.json": profile}))
+    assert response.status_code == 400, response.text
+    assert "profile.json" in response.json()["detail"]
+    assert cloud.stored_files() == [] and stored_versions(cloud) == []
+    cloud.assert_serving()

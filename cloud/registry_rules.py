@@ -6,7 +6,7 @@ as a 500), `interface: null`, a `rollback_build` that is not a boolean. On top o
 
 - `name`: a valid id (topics.check_id): it becomes a directory of the artifact store and part of URLs.
 - `version` at most MAX_STORED_VERSION: the cloud's tables hold versions in SQL INTEGER columns
-  (PostgreSQL's int4), as deployments (MAX_VERSION) and telemetry (MAX_INT) do.
+  (PostgreSQL's int4): one limit, core.bounded_json.SQL_INTEGER_MAX, for versions, seqs and counts.
 - Versions only go up: a version not newer than the newest stored under the name is refused (409,
   naming that newest version), unless the signed manifest says `"rollback_build": true`, a build made
   on purpose to go back to, which may take any version not stored yet. A stored (name, version) is
@@ -23,11 +23,12 @@ from sqlalchemy.orm import Session
 
 from edgefleet.cloud.api.deps import ConflictError
 from edgefleet.cloud.db import BundleRecord
+from edgefleet.core.bounded_json import SQL_INTEGER_MAX
 from edgefleet.core.errors import BundleError
 from edgefleet.core.topics import check_id
 
 ROLLBACK_BUILD = "rollback_build"
-MAX_STORED_VERSION = 2**31 - 1  # SQL INTEGER (PostgreSQL's int4): the bundles and deployments columns
+MAX_STORED_VERSION = SQL_INTEGER_MAX  # the bundles and deployments columns are SQL INTEGER
 
 
 def check_storable(name: str, version: int) -> tuple[str, int]:

@@ -31,6 +31,8 @@ from edgefleet.core.errors import EdgefleetError
 
 DEFAULT_MAX_DEPTH = 32
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# The largest integer the cloud stores: SQL INTEGER (PostgreSQL's int4) holds versions, seqs and counts.
+SQL_INTEGER_MAX = 2**31 - 1
 
 # A JSON string literal (escapes included); removed before brackets are counted, so "[[[" in a string is
 # not nesting.

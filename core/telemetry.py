@@ -37,7 +37,7 @@ from edgefleet.core.topics import TopicError, check_id
 SCHEMA = "edgefleet.telemetry"
 VERSION = 1
 MAX_PAYLOAD_BYTES = 256 * 1024
-MAX_INT = 2**31 - 1  # the largest seq or count the cloud stores (SQL INTEGER, PostgreSQL's int4)
+MAX_INT = bounded_json.SQL_INTEGER_MAX  # the largest seq or count the cloud stores
 MAX_NAME = 128  # the longest model name the cloud stores
 # Log-spaced latency bins from 10 µs to 10 s: fine where edge models live, coarse in the tail.
 LATENCY_EDGES_MS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0,

@@ -25,10 +25,11 @@ from edgefleet.cloud.api.deps import ConflictError, NotFoundError, SessionDep, S
 from edgefleet.cloud.auth import AdminAuth
 from edgefleet.cloud.db import Deployment, DeploymentDevice, Device
 from edgefleet.cloud.rollout_plan import OPEN_STATES, RolloutError, Strategy, rollout_order, tally, wave_sizes
+from edgefleet.core.bounded_json import SQL_INTEGER_MAX
 from edgefleet.core.topics import check_id
 
 log = logging.getLogger(__name__)
-MAX_VERSION = 2**31 - 1
+MAX_VERSION = SQL_INTEGER_MAX
 router = APIRouter(tags=["deployments"])
 
 

@@ -23,27 +23,11 @@ from edgefleet.cloud.settings import load_settings
 from edgefleet.core.bundle import SIGNATURE, Bundle, sign
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.signing import SigningKey
-from tests.cloud.api_kit import GZIP, Cloud, api_clouds
+from tests.cloud.api_kit import GZIP, Cloud
 from tests.cloud.cloud_process import cloud_up, read_until
 
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
-@pytest.fixture(autouse=True)
-def _no_edgefleet_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The tests configure the cloud through arguments only."""
-    for name in list(os.environ):
-        if name.startswith("EDGEFLEET_"):
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture
-def start_cloud(tmp_path: Path, mosquitto, digits_bundle) -> Iterator:
-    with api_clouds(tmp_path, mosquitto.url, digits_bundle.public_key) as start:
-        yield start
-
-
-@pytest.fixture
-def cloud(start_cloud) -> Cloud:
-    return start_cloud()
 
 
 @pytest.fixture

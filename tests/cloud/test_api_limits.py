@@ -5,12 +5,10 @@ with one line, cost bounded work, and leave the server serving (checked after ev
 from __future__ import annotations
 
 import hashlib
-import os
 import sqlite3
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -24,7 +22,6 @@ from edgefleet.core.errors import EdgefleetError
 from tests.cloud.api_kit import (
     GZIP,
     Cloud,
-    api_clouds,
     chunked,
     padded_archive,
     raw_request,
@@ -38,22 +35,8 @@ JSON = "application/json"
 MiB = 1 << 20
 
 
-@pytest.fixture(autouse=True)
-def _no_edgefleet_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("EDGEFLEET_"):
-            monkeypatch.delenv(name)
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
-
-@pytest.fixture
-def start_cloud(tmp_path: Path, mosquitto, digits_bundle) -> Iterator:
-    with api_clouds(tmp_path, mosquitto.url, digits_bundle.public_key) as start:
-        yield start
-
-
-@pytest.fixture
-def cloud(start_cloud) -> Cloud:
-    return start_cloud()
 
 
 # --- bodies that are not JSON within limits ----------------------------------------------------------

@@ -4,26 +4,14 @@ one line, stores nothing, and the server keeps serving."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.cloud.api_kit import GZIP, Cloud, api_clouds, signed_variant
+from tests.cloud.api_kit import GZIP, Cloud, signed_variant
 
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
-@pytest.fixture(autouse=True)
-def _no_edgefleet_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("EDGEFLEET_"):
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture
-def cloud(tmp_path: Path, mosquitto, digits_bundle) -> Iterator[Cloud]:
-    with api_clouds(tmp_path, mosquitto.url, digits_bundle.public_key) as start:
-        yield start()
 
 
 @pytest.fixture

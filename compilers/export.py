@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import platform
 from collections.abc import Mapping, Sequence
@@ -23,14 +22,13 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from edgefleet.compilers.bundle_writer import BundleDraft, write_bundle
 from edgefleet.compilers.flops import count_flops
 from edgefleet.compilers.numeric import max_errors
-from edgefleet.core import bundle as bundle_io
 from edgefleet.core.bundle import Bundle
-from edgefleet.core.canonical import format_time, sha256_hex, utc_now
 from edgefleet.core.errors import ExportError
 from edgefleet.core.metrics import classification_metrics
-from edgefleet.core.profile import DEFAULT_BINS, build_profile
+from edgefleet.core.profile import DEFAULT_BINS
 from edgefleet.core.schema import TensorSpec
 from edgefleet.core.signing import DEFAULT_VALIDITY, SigningKey
 
@@ -99,83 +97,60 @@ def export_torch(
             f"{golden_err['max_abs']:.3g}, max rel error {golden_err['max_rel']:.3g} "
             f"(tolerance atol={atol:g}, rtol={rtol:g})"
         )
-    np.savez(out / "golden.npz", **{f"inputs/{k}": v for k, v in golden_in.items()},
-             **{f"outputs/{k}": v for k, v in golden_out.items()})
-
     check = _take(reference, NUMERIC_SAMPLES) if reference is not None else golden_in
     numeric = _numeric_error(_run_onnx(session, check), _run_torch(model, check, outputs_spec))
     first_out = outputs_spec[0]
     task = "classification" if len(first_out.shape) == 2 else "other"
     postprocess = postprocess or ("softmax" if task == "classification" else "none")
-
-    manifest: dict[str, Any] = {
-        "name": name,
-        "version": int(version),
-        "label": label or f"{name} v{version}",
-        "created_at": format_time(utc_now()),
-        "interface": {
-            "inputs": [s.to_dict() for s in inputs_spec],
-            "outputs": [s.to_dict() for s in outputs_spec],
-            "task": task,
-            "postprocess": postprocess,
-            "class_names": list(class_names) if class_names is not None else None,
-            "preprocessing": preprocessing,
-        },
-        "artifacts": [
-            {
-                "target": "onnx",
-                "backend": "onnxruntime",
-                "format": "onnx",
-                "path": "model.onnx",
-                "precision": "fp32",
-                "opset": _opset(onnx_model),
-                "options": {},
-                "flops_per_sample": count_flops(onnx_model, batch=1)["total"],
-                "numeric_error": {
-                    "reference": "torch",
-                    "samples": numeric["samples"],
-                    "max_abs": numeric["max_abs"],
-                    "max_rel": numeric["max_rel"],
-                },
-            }
-        ],
-        "golden": {"path": "golden.npz", "count": len(next(iter(golden_in.values()))), "atol": atol, "rtol": rtol},
-        "metrics": {},
-        "lineage": {
-            "parent": dict(parent) if parent else None,
-            "dataset_fingerprint": _fingerprint(reference) if reference is not None else None,
-            "steps": [
-                {
-                    "stage": "export",
-                    "tool": "torch.onnx.export(dynamo=True)",
-                    "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
-                                 "onnxruntime": ort.__version__, "python": platform.python_version()},
-                    "options": {"golden_count": golden_count, "atol": atol, "rtol": rtol, "bins": bins},
-                    "numeric_error": {"max_abs": numeric["max_abs"], "max_rel": numeric["max_rel"]},
-                    "at": format_time(utc_now()),
-                }
-            ],
-        },
-    }
     names = list(class_names) if class_names is not None else None
-    if reference is not None:
-        scores = _run_onnx_chunked(session, reference)[first_out.name] if task == "classification" else None
-        profile = build_profile(reference, inputs_spec, scores, postprocess=postprocess, class_names=names, bins=bins)
-        (out / "profile.json").write_text(json.dumps(profile))
-        manifest["reference_profile"] = {"path": "profile.json", "count": profile["count"], "bins": bins}
-        if labels is not None and task == "classification":
-            manifest["metrics"]["reference"] = classification_metrics(scores, _np(labels), postprocess, names)
+    scores, metrics = None, {}
+    if reference is not None and task == "classification":
+        scores = _run_onnx_chunked(session, reference)[first_out.name]
+        if labels is not None:
+            metrics["reference"] = classification_metrics(scores, _np(labels), postprocess, names)
     if eval_data is not None and task == "classification":
         eval_in = _as_dict(eval_data[0], inputs_spec)
         eval_scores = _run_onnx_chunked(session, eval_in)[first_out.name]
-        manifest["metrics"]["eval"] = classification_metrics(eval_scores, _np(eval_data[1]), postprocess, names)
-    manifest["model_card"] = _model_card(model_card, manifest)
+        metrics["eval"] = classification_metrics(eval_scores, _np(eval_data[1]), postprocess, names)
 
-    bundle_io.write_manifest(out, manifest)
-    if signing_key is not None:
-        bundle_io.sign(out, signing_key, validity)
+    draft = BundleDraft(
+        name=name, version=int(version), label=label, inputs=inputs_spec, outputs=outputs_spec, task=task,
+        postprocess=postprocess, class_names=names, preprocessing=preprocessing,
+        artifact=_artifact(onnx_model, numeric), golden_inputs=golden_in, golden_outputs=golden_out,
+        atol=atol, rtol=rtol, reference=reference, scores=scores, metrics=metrics, parent=parent,
+        model_card=model_card, bins=bins,
+        step={
+            "stage": "export",
+            "tool": "torch.onnx.export(dynamo=True)",
+            "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
+                         "onnxruntime": ort.__version__, "python": platform.python_version()},
+            "options": {"golden_count": golden_count, "atol": atol, "rtol": rtol, "bins": bins},
+            "numeric_error": {"max_abs": numeric["max_abs"], "max_rel": numeric["max_rel"]},
+        },
+    )
+    bundle = write_bundle(out, draft, signing_key=signing_key, validity=validity)
     log.info("exported %s v%s to %s (max abs error %.3g)", name, version, out, numeric["max_abs"])
-    return Bundle.open(out)
+    return bundle
+
+
+def _artifact(onnx_model: onnx.ModelProto, numeric: dict) -> dict:
+    """The exported ONNX model's manifest entry, with its error against the torch model."""
+    return {
+        "target": "onnx",
+        "backend": "onnxruntime",
+        "format": "onnx",
+        "path": "model.onnx",
+        "precision": "fp32",
+        "opset": _opset(onnx_model),
+        "options": {},
+        "flops_per_sample": count_flops(onnx_model, batch=1)["total"],
+        "numeric_error": {
+            "reference": "torch",
+            "samples": numeric["samples"],
+            "max_abs": numeric["max_abs"],
+            "max_rel": numeric["max_rel"],
+        },
+    }
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -277,19 +252,3 @@ def _run_onnx_chunked(session: ort.InferenceSession, inputs: dict[str, np.ndarra
 def _numeric_error(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> dict:
     max_abs, max_rel = max_errors((got[name] for name in want), want.values())
     return {"max_abs": max_abs, "max_rel": max_rel, "samples": len(next(iter(want.values())))}
-
-
-def _fingerprint(data: dict[str, np.ndarray]) -> str:
-    parts = b"".join(k.encode() + str(v.shape).encode() + v.tobytes() for k, v in sorted(data.items()))
-    return "sha256:" + sha256_hex(parts)
-
-
-def _model_card(user: Mapping[str, Any] | None, manifest: dict) -> dict:
-    card = {
-        "intended_use": "",
-        "limitations": "",
-        "training_data": "",
-        "evaluation": {k: v for k, v in manifest["metrics"].items()},
-    }
-    card.update(dict(user or {}))
-    return card

@@ -94,6 +94,8 @@ def check_structure(manifest: Mapping) -> None:
             if not _is_number(golden.get(key)) or golden[key] < 0:
                 _wrong(f"golden.{key}", "a number >= 0", golden.get(key))
         _optional(golden, "count", _is_count, "an integer >= 0", "golden.")
+        # true when the golden inputs were made up from the schema (an import without reference data)
+        _optional(golden, "generated", lambda v: isinstance(v, bool), "true or false", "golden.")
     if manifest.get("reference_profile") is not None:
         _object_with_path("reference_profile", manifest["reference_profile"])
     if manifest.get("metrics") is not None:

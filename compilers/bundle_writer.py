@@ -1,0 +1,157 @@
+"""The last step of every way a model enters edgefleet (export from torch, import of a model file): the
+bundle's files and manifest around a model artifact already in place.
+
+    draft = BundleDraft(name=..., version=..., inputs=..., outputs=..., task=..., artifact=...,
+                        golden_inputs=..., golden_outputs=..., atol=..., rtol=..., step=...)
+    bundle = write_bundle(out_dir, draft, signing_key=key)
+
+`write_bundle` writes into `out_dir`, which already holds the model's files (the artifact's `path`, plus
+any external data): `golden.npz` (inputs under `inputs/<name>`, expected outputs under
+`outputs/<name>`), `profile.json` when reference data is given (per-input feature histograms and, for a
+classifier, its predicted classes and confidences: core/profile.py), then `manifest.json` (identity,
+interface, the artifact, golden entry, metrics, lineage with the dataset fingerprint and the one step
+that made the bundle, model card) and, with a key, `signature.json`. The caller has checked the
+numbers; the writer only records them. Golden inputs made up from the schema rather than taken from
+data are `"generated": true` in the golden entry and said so in the model card.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgefleet.core import bundle as bundle_io
+from edgefleet.core.bundle import Bundle
+from edgefleet.core.canonical import format_time, sha256_hex, utc_now
+from edgefleet.core.errors import ExportError
+from edgefleet.core.profile import DEFAULT_BINS, build_profile
+from edgefleet.core.schema import TensorSpec
+from edgefleet.core.signing import DEFAULT_VALIDITY, SigningKey
+
+log = logging.getLogger(__name__)
+
+TASKS = ("classification", "regression", "embedding", "detection", "other")
+GENERATED_NOTE = ("The golden examples were generated from the input schema (no reference data was given): "
+                  "they check that a device computes what the source runtime computed, not that the model is "
+                  "right on real inputs. No reference profile: drift monitoring needs reference data.")
+
+
+@dataclass(frozen=True)
+class BundleDraft:
+    """Everything the manifest records that the writer cannot work out itself."""
+
+    name: str
+    version: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    task: str  # one of TASKS
+    postprocess: str  # "softmax" (the first output holds logits) or "none"
+    artifact: dict  # the model's manifest entry; its `path` is a file already in out_dir
+    golden_inputs: dict[str, np.ndarray]
+    golden_outputs: dict[str, np.ndarray]
+    atol: float
+    rtol: float
+    step: dict  # the lineage step that made the bundle ("export", "import"), without its time
+    generated: bool = False  # golden inputs made up from the schema, not taken from data
+    class_names: Sequence[str] | None = None
+    label: str = ""
+    preprocessing: str = ""
+    reference: dict[str, np.ndarray] | None = None  # the reference inputs: profile and dataset fingerprint
+    scores: np.ndarray | None = None  # the first output on the reference inputs (a classifier's profile)
+    metrics: dict = field(default_factory=dict)
+    parent: Mapping[str, Any] | None = None
+    model_card: Mapping[str, Any] | None = None
+    bins: int = DEFAULT_BINS
+
+
+def write_bundle(out: Path, draft: BundleDraft, *, signing_key: SigningKey | None = None,
+                 validity: timedelta = DEFAULT_VALIDITY) -> Bundle:
+    """Writes golden.npz, profile.json (with reference data), manifest.json and signature.json (with a key)
+    into out, which holds the artifact's files already, and returns the opened bundle."""
+    out = Path(out)
+    if draft.task not in TASKS:
+        raise ExportError(f"task must be one of {', '.join(TASKS)}, got {draft.task!r}")
+    np.savez(out / "golden.npz", **{f"inputs/{k}": v for k, v in draft.golden_inputs.items()},
+             **{f"outputs/{k}": v for k, v in draft.golden_outputs.items()})
+    golden: dict[str, Any] = {"path": "golden.npz", "count": golden_count(draft.inputs, draft.golden_inputs),
+                              "atol": draft.atol, "rtol": draft.rtol}
+    if draft.generated:
+        golden["generated"] = True
+    manifest: dict[str, Any] = {
+        "name": draft.name,
+        "version": int(draft.version),
+        "label": draft.label or f"{draft.name} v{draft.version}",
+        "created_at": format_time(utc_now()),
+        "interface": {
+            "inputs": [s.to_dict() for s in draft.inputs],
+            "outputs": [s.to_dict() for s in draft.outputs],
+            "task": draft.task,
+            "postprocess": draft.postprocess,
+            "class_names": list(draft.class_names) if draft.class_names is not None else None,
+            "preprocessing": draft.preprocessing,
+        },
+        "artifacts": [dict(draft.artifact)],
+        "golden": golden,
+        "metrics": dict(draft.metrics),
+        "lineage": {
+            "parent": dict(draft.parent) if draft.parent else None,
+            "dataset_fingerprint": fingerprint(draft.reference) if draft.reference is not None else None,
+            "steps": [{**draft.step, "at": format_time(utc_now())}],
+        },
+    }
+    if draft.reference is not None:
+        profile = _profile(draft)
+        (out / "profile.json").write_text(json.dumps(profile))
+        manifest["reference_profile"] = {"path": "profile.json", "count": profile["count"], "bins": draft.bins}
+    manifest["model_card"] = _model_card(draft)
+    bundle_io.write_manifest(out, manifest)
+    if signing_key is not None:
+        bundle_io.sign(out, signing_key, validity)
+    log.info("wrote bundle %s v%s to %s (%s, %d golden examples%s)", draft.name, draft.version, out, draft.task,
+             golden["count"], ", generated" if draft.generated else "")
+    return Bundle.open(out)
+
+
+def golden_count(specs: Sequence[TensorSpec], inputs: Mapping[str, np.ndarray]) -> int:
+    """How many examples the inputs hold: the length of the first input whose axis 0 is symbolic (a
+    batch axis), else 1 (a model with a fixed batch takes one example at a time)."""
+    for spec in specs:
+        if spec.shape and isinstance(spec.shape[0], str):
+            return int(np.shape(inputs[spec.name])[0])
+    return 1
+
+
+def fingerprint(data: Mapping[str, np.ndarray]) -> str:
+    """sha256 over the names, shapes and bytes of the reference data, in name order."""
+    parts = b"".join(k.encode() + str(v.shape).encode() + v.tobytes() for k, v in sorted(data.items()))
+    return "sha256:" + sha256_hex(parts)
+
+
+def _profile(draft: BundleDraft) -> dict:
+    scores = draft.scores if draft.task == "classification" else None
+    names = list(draft.class_names) if draft.class_names is not None else None
+    try:
+        return build_profile(draft.reference, draft.inputs, scores, postprocess=draft.postprocess,
+                             class_names=names, bins=draft.bins)
+    except ValueError as err:  # an input too wide to profile column by column
+        raise ExportError(f"reference profile: {err}") from err
+
+
+def _model_card(draft: BundleDraft) -> dict:
+    card: dict[str, Any] = {
+        "intended_use": "",
+        "limitations": "",
+        "training_data": "",
+        "evaluation": dict(draft.metrics),
+    }
+    if draft.generated:
+        card["golden_examples"] = GENERATED_NOTE
+    card.update(dict(draft.model_card or {}))
+    return card

@@ -16,6 +16,14 @@ and rtol for a precision it lowers itself, else the bundle's) and, for a classif
 every golden example whose top-1 margin in the source outputs exceeds the tie margin must keep its
 top-1, however wide the numeric tolerance (the near-tie rule: core/decision.py). The artifact's
 `numeric_error` records both, with `decisions: {compared, agreed, near_ties, tie_margin}`.
+
+Refusals: a target that cannot compile the model, or whose artifact fails the check, is refused. By
+default (`strict=False`, also the CLI's) the other targets still compile: the result lists each
+refusal (`CompileResult.refused`, target and reason) and the bundle holds only the artifacts that
+passed; a refused target leaves no file in it (a target compiled again keeps its old artifact then).
+If every target is refused nothing is written and CompileError says why. `strict=True` stops at the
+first refusal with its CompileError and writes nothing. Up-front problems (unknown target, options
+for a target not asked for, no ONNX artifact, out_dir not empty) are errors before any work either way.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -55,9 +63,17 @@ class CompiledArtifact:
 
 
 @dataclass(frozen=True)
+class TargetRefusal:
+    target: str
+    reason: str  # the CompileError's message, which names the target
+    seconds: float
+
+
+@dataclass(frozen=True)
 class CompileResult:
     bundle: Bundle
     compiled: list[CompiledArtifact]
+    refused: list[TargetRefusal] = field(default_factory=list)
 
 
 def compile_bundle(
@@ -69,11 +85,14 @@ def compile_bundle(
     torch_model: Any | None = None,
     signing_key: SigningKey | None = None,
     validity: timedelta = DEFAULT_VALIDITY,
+    strict: bool = False,
 ) -> CompileResult:
     """Compiles `source` for each target into out_dir (empty or absent). options: {target: {option: value}}.
 
-    Raises CompileError (naming the target) when a target cannot compile the model or its artifact
-    disagrees with the source on the golden examples; out_dir is left as it was then.
+    A target that cannot compile the model, or whose artifact disagrees with the source on the golden
+    examples, is refused: listed in the result's `refused` with the reason, the others go on. Raises
+    CompileError (naming the target; out_dir left as it was) when every target is refused, or at the
+    first refusal with strict=True.
     """
     bundle = source if isinstance(source, Bundle) else Bundle.open(source)
     if not targets:
@@ -90,18 +109,20 @@ def compile_bundle(
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
     try:
-        compiled = _compile_into(work, bundle, artifact, functions, options, torch_model, signing_key, validity)
+        compiled, refused = _compile_into(work, bundle, artifact, functions, options, torch_model, signing_key,
+                                          validity, strict)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     if final.exists():
         final.rmdir()
     work.rename(final)
-    return CompileResult(Bundle.open(final), compiled)
+    return CompileResult(Bundle.open(final), compiled, refused)
 
 
 def _compile_into(out: Path, bundle: Bundle, artifact: dict, functions: dict, options: Mapping | None,
-                  torch_model: Any, signing_key: SigningKey | None, validity: timedelta) -> list[CompiledArtifact]:
+                  torch_model: Any, signing_key: SigningKey | None, validity: timedelta,
+                  strict: bool) -> tuple[list[CompiledArtifact], list[TargetRefusal]]:
     _copy_bundle(bundle, out)
     compile_source = CompileSource(bundle, artifact, bundle.path(artifact["path"]), torch_model)
 
@@ -109,18 +130,19 @@ def _compile_into(out: Path, bundle: Bundle, artifact: dict, functions: dict, op
     manifest.pop("files", None)
     steps = manifest.setdefault("lineage", {}).setdefault("steps", [])
     compiled: list[CompiledArtifact] = []
+    refused: list[TargetRefusal] = []
     for name, function in functions.items():
         started = time.perf_counter()
         target_options = dict((options or {}).get(name, {}))
         log.info("compiling %s v%s for %s %s", bundle.name, bundle.version, name, target_options or "")
-        shutil.rmtree(out / name, ignore_errors=True)  # a target compiled again: its old files go
         try:
-            result = function(compile_source, out, target_options)
-        except EdgefleetError:
-            raise
-        except Exception as err:  # noqa: BLE001 - SDKs raise their own types; name the target in one message
-            raise CompileError(f"target {name}: {type(err).__name__}: {err}") from err
-        entry = _check(bundle, out, name, result)
+            entry = _build_target(out, bundle, compile_source, name, function, target_options)
+        except EdgefleetError as err:  # a target's own refusal (CompileError) or a runtime's (BackendError)
+            if strict or len(functions) == 1:
+                raise
+            refused.append(TargetRefusal(name, str(err), time.perf_counter() - started))
+            log.warning("target %s refused: %s", name, err)
+            continue
         seconds = time.perf_counter() - started
         manifest["artifacts"] = [a for a in manifest.get("artifacts", []) if a.get("target") != name] + [entry]
         steps.append({
@@ -133,10 +155,37 @@ def _compile_into(out: Path, bundle: Bundle, artifact: dict, functions: dict, op
         compiled.append(CompiledArtifact(name, entry, entry["numeric_error"].get("checked", False), seconds))
         log.info("compiled %s: %s (%s), max abs error %s", name, entry["path"], entry["precision"],
                  entry["numeric_error"].get("max_abs", "unchecked"))
+    if not compiled:
+        raise CompileError("no target compiled: " + "; ".join(r.reason for r in refused))
     bundle_io.write_manifest(out, manifest)
     if signing_key is not None:
         bundle_io.sign(out, signing_key, validity)
-    return compiled
+    return compiled, refused
+
+
+def _build_target(out: Path, bundle: Bundle, compile_source: CompileSource, name: str, function: Any,
+                  target_options: dict) -> dict:
+    """One target's artifact, checked; its manifest entry. On any failure (CompileError, naming the target)
+    the target's folder is as before: a refusal leaves no partial artifact, and an artifact the source
+    bundle already had for this target stays whole."""
+    folder, kept = out / name, out / f".{name}.previous"
+    if folder.exists():
+        folder.rename(kept)  # a target compiled again: its old files go once the new artifact passes
+    try:
+        try:
+            result = function(compile_source, out, target_options)
+            return _check(bundle, out, name, result)
+        except EdgefleetError:
+            raise
+        except Exception as err:  # noqa: BLE001 - SDKs raise their own types; name the target in one message
+            raise CompileError(f"target {name}: {type(err).__name__}: {err}") from err
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        if kept.exists():
+            kept.rename(folder)
+        raise
+    finally:
+        shutil.rmtree(kept, ignore_errors=True)
 
 
 def source_artifact(bundle: Bundle) -> dict:

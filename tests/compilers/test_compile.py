@@ -8,12 +8,13 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from edgefleet.compilers.compile import compile_bundle
 from edgefleet.compilers.targets.tensorrt import trtexec_command
 from edgefleet.core.bundle import Bundle, write_manifest
 from edgefleet.core.errors import BackendError, CompileError
-from edgefleet.core.signing import SigningKey
+from edgefleet.core.signing import SigningKey, TrustStore
 from edgefleet.edge_runtime.predictor import Predictor
 from tests.cli.test_bundle_commands import assert_user_error, edgefleet
 
@@ -237,3 +238,91 @@ def test_golden_examples_too_close_to_call_are_refused(digits_bundle, digits_spl
     with pytest.raises(CompileError, match=r"only 3 of 8 golden examples have a top-1 margin over the tie margin "
                                            r"0.0002 \(at least 4"):
         compile_bundle(root, ["onnxruntime-cpu"], tmp_path / "out")
+
+
+# partial results: a target that refuses the model does not stop the others --------------------------------
+class NormedMLP(torch.nn.Module):
+    """A pre-norm MLP head (timm's Mlp after a LayerNorm): LayerNormalization, which the native target lacks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.norm, self.fc2 = torch.nn.Linear(16, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.norm(self.fc1(x))))
+
+
+@pytest.fixture(scope="module")
+def normed(tmp_path_factory):
+    """A signed bundle of NormedMLP and its key pair (private key file, public key)."""
+    from edgefleet.compilers import export_torch
+
+    torch.manual_seed(0)
+    workdir = tmp_path_factory.mktemp("normed")
+    key = SigningKey.generate()
+    private, public = key.save(workdir / "keys", "release")
+    data = torch.randn(64, 16)
+    bundle = export_torch(NormedMLP(), data[:2], workdir / "bundle", name="normed", version=1, reference_data=data,
+                          signing_key=key)
+    return bundle, private, public
+
+
+def test_a_refused_target_is_listed_and_the_others_enter_the_bundle(normed, tmp_path):
+    pytest.importorskip("openvino")
+    bundle, private, public = normed
+    result = compile_bundle(bundle.root, ["onnxruntime-cpu", "native", "openvino-cpu"], tmp_path / "out",
+                            signing_key=SigningKey.load(private))
+    assert [c.target for c in result.compiled] == ["onnxruntime-cpu", "openvino-cpu"]
+    assert [r.target for r in result.refused] == ["native"]
+    assert "LayerNormalization" in result.refused[0].reason and "op not supported" in result.refused[0].reason
+    verified = Bundle.open(tmp_path / "out")
+    verified.verify(TrustStore([SigningKey.load(private).public_key]))
+    assert {a["target"] for a in verified.artifacts} == {"onnx", "onnxruntime-cpu", "openvino-cpu"}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir()) == ["onnxruntime-cpu", "openvino-cpu"]
+    assert [s["target"] for s in verified.manifest["lineage"]["steps"] if s["stage"] == "compile"] == \
+        ["onnxruntime-cpu", "openvino-cpu"]
+
+
+def test_strict_stops_at_the_first_refusal_and_all_refused_writes_nothing(normed, tmp_path):
+    bundle, _, _ = normed
+    with pytest.raises(CompileError, match="native: the model uses what the native backend does not run"):
+        compile_bundle(bundle.root, ["onnxruntime-cpu", "native"], tmp_path / "strict", strict=True)
+    with pytest.raises(CompileError, match=r"no target compiled: native: .*LayerNormalization.*; tensorrt: "
+                                           r"int8 takes its scales from Q/DQ nodes"):
+        compile_bundle(bundle.root, ["native", "tensorrt"], tmp_path / "none",
+                       options={"tensorrt": {"precision": "int8"}})
+    assert list(tmp_path.iterdir()) == []  # no bundle, no half-built directory
+
+
+def test_a_refused_recompile_keeps_the_artifact_the_source_had(normed, tmp_path):
+    bundle, private, _ = normed
+    key = SigningKey.load(private)
+    first = compile_bundle(bundle.root, ["tensorrt"], tmp_path / "first", signing_key=key)
+    before = (tmp_path / "first" / "tensorrt" / "build.json").read_bytes()
+    again = compile_bundle(first.bundle, ["onnxruntime-cpu", "tensorrt"], tmp_path / "again", signing_key=key,
+                           options={"tensorrt": {"precision": "int8"}})
+    assert [r.target for r in again.refused] == ["tensorrt"]
+    assert (tmp_path / "again" / "tensorrt" / "build.json").read_bytes() == before
+    verified = Bundle.open(tmp_path / "again")
+    verified.verify(TrustStore([key.public_key]))
+    assert [a for a in verified.artifacts if a["target"] == "tensorrt"] == \
+        [a for a in first.bundle.artifacts if a["target"] == "tensorrt"]
+
+
+def test_cli_compile_reports_each_refusal_and_exits_1(normed, tmp_path):
+    pytest.importorskip("openvino")
+    bundle, private, _ = normed
+    out = tmp_path / "compiled"
+    result = edgefleet("compile", str(bundle.root), "-T", "onnxruntime-cpu", "-T", "native", "-T", "openvino-cpu",
+                       "--key", str(private), "--out", str(out), "--json", str(tmp_path / "c.json"))
+    assert result.returncode == 1, result.stderr
+    assert "refused" in result.stdout and "LayerNormalization" in result.stdout and "Traceback" not in result.stderr
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert [(r["target"], r["status"]) for r in report] == \
+        [("onnxruntime-cpu", "compiled"), ("native", "refused"), ("openvino-cpu", "compiled")]
+    assert "LayerNormalization" in report[1]["reason"]
+    assert {a["target"] for a in Bundle.open(out).artifacts} == {"onnx", "onnxruntime-cpu", "openvino-cpu"}
+    strict = edgefleet("compile", str(bundle.root), "-T", "onnxruntime-cpu", "-T", "native", "--strict",
+                       "--out", str(tmp_path / "strict"))
+    assert_user_error(strict, "native: the model uses what the native backend does not run")
+    assert not (tmp_path / "strict").exists()

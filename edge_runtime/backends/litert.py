@@ -6,7 +6,10 @@ ai-edge-litert, not tflite-runtime: the old tflite-runtime wheels break with num
 Names. Tensors are mapped by the model's signature ("serving_default", or the only one, or
 options["signature"]): the litert target names the signature's inputs and outputs after the bundle's,
 so a request's dict goes straight in and the outputs come back under the bundle's names. A file with
-other names can be mapped with options["inputs"] / options["outputs"] ({bundle name: signature name}).
+no SignatureDef at all (older converters wrote none; many published files have none) is mapped by the
+interpreter's input and output details of subgraph 0 instead (`file_names`): by tensor name when the
+names are non-empty and distinct, else by order (`input_0`, `output_0`, ...). A file with other names
+can be mapped with options["inputs"] / options["outputs"] ({bundle name: signature or file name}).
 
 Hot path. The signature runner's `__call__` resizes and re-allocates every input on every call; here
 tensors are resized only when a request's shape differs from the last one, and `run` calls the
@@ -14,15 +17,20 @@ interpreter wrapper's SetTensor / Invoke / GetTensor directly (the calls the run
 a lock: an Interpreter must not run two requests at once, and the HTTP API serves from several threads.
 GetTensor returns a copy, so outputs never alias the interpreter's buffers.
 
-Batch. A `.tflite` from litert-torch has a static batch (artifact["batch"], usually 1; its reshapes
-have the batch baked in, so resizing it fails). A request with another number of rows is run in
+Batch (`static_batch`). A `.tflite` from litert-torch has a static batch (artifact["batch"], usually 1;
+its reshapes have the batch baked in, so resizing it fails): every input has rank >= 2 and the same
+fixed first dim b, and every output starts with b. A request with another number of rows is run in
 chunks of that size, the last chunk padded by repeating its last row and the padding dropped from the
 outputs: right for models whose rows are independent (any inference-mode classifier or regressor), and
-it costs one invoke per chunk. A file whose signature has a dynamic batch (-1) is resized instead.
+it costs one invoke per chunk. Any other file (a -1 first dim, an input without a batch axis) is run
+as the request comes, its inputs resized when their shape changes.
 
-Quantized inputs and outputs (an int8 file from the litert target): the bundle's interface stays
-float32; inputs are quantized with the scale and zero point stored in the file (round to nearest,
-clipped to the type's range) and outputs dequantized, as the converter's own tests do.
+Quantized inputs and outputs (an int8 file from the litert target, or an imported int8/uint8 file):
+the bundle's interface is float32 for every input and output the file quantizes (a non-zero scale);
+inputs are quantized with the scale and zero point stored in the file (`quantize`: round to nearest,
+clipped to the type's range) and outputs dequantized (`dequantize`), as the converter's own tests do.
+An integer tensor without a scale (token ids, a count) keeps its dtype. A quantized input or output with
+per-channel scales is refused at load: one scale per tensor is what the interface can express.
 """
 
 from __future__ import annotations
@@ -72,15 +80,10 @@ class LiteRtBackend:
             interpreter = Interpreter(model_path=str(artifact), num_threads=int(threads) if threads else None)
         except ValueError as err:
             raise BackendError(f"litert: cannot load {artifact}: {err}") from err
-        self.signature = _pick_signature(interpreter, options.get("signature"))
-        runner = interpreter.get_signature_runner(self.signature)
-        self._subgraph = int(runner._subgraph_index)
-        self._inputs = _tensors(runner.get_input_details(), options.get("inputs"), "input")
-        self._outputs = _tensors(runner.get_output_details(), options.get("outputs"), "output")
-        batches = {t.shape[0] if t.shape else None for t in self._inputs}
-        signature_batches = {int(d["shape_signature"][0]) for d in runner.get_input_details().values()
-                             if len(d["shape_signature"])}
-        self.batch = None if -1 in signature_batches or len(batches) != 1 else batches.pop()
+        self.signature, self._subgraph, in_details, out_details = io_details(interpreter, options.get("signature"))
+        self._inputs = _tensors(in_details, options.get("inputs"), "input")
+        self._outputs = _tensors(out_details, options.get("outputs"), "output")
+        self.batch = static_batch(in_details, out_details)
         self._wrapper = interpreter._interpreter  # the C++ binding the signature runner calls
         self._wrapper.AllocateTensors(self._subgraph)
         self._shapes = {t.index: t.shape for t in self._inputs}
@@ -140,18 +143,68 @@ class LiteRtBackend:
         self._wrapper = None
 
 
+Details = dict[str, dict]  # the interpreter's tensor details keyed by the name a request uses
+
+
+def io_details(interpreter: Interpreter, wanted: str | None = None) -> tuple[str, int, Details, Details]:
+    """(signature, subgraph, inputs, outputs): the interpreter's details keyed by the names a request uses.
+
+    With a SignatureDef: the signature's names (its runner's details). Without one: subgraph 0's input
+    and output details, keyed by `file_names`; the signature is "" then. The details are the
+    interpreter's own dicts (index, dtype, shape, shape_signature, quantization, ...), in the file's order.
+    """
+    signature = _pick_signature(interpreter, wanted)
+    if signature:
+        runner = interpreter.get_signature_runner(signature)
+        return signature, int(runner._subgraph_index), runner.get_input_details(), runner.get_output_details()
+    inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+    return ("", 0, dict(zip(file_names(inputs, "input"), inputs, strict=True)),
+            dict(zip(file_names(outputs, "output"), outputs, strict=True)))
+
+
+def file_names(details: list[dict], kind: str) -> list[str]:
+    """Names for the tensors of a file without a SignatureDef: the tensors' own names when every one is
+    non-empty and distinct, else `<kind>_<position>` for all of them (a partial mix would be a trap)."""
+    names = [str(d.get("name") or "") for d in details]
+    if all(names) and len(set(names)) == len(names):
+        return names
+    return [f"{kind}_{i}" for i in range(len(details))]
+
+
+def static_batch(inputs: Details, outputs: Details) -> int | None:
+    """The file's static batch (module docstring), or None: every input of rank >= 2 with the same fixed
+    first dim b (no -1 there) and every output starting with b."""
+    if not inputs:
+        return None
+    firsts = set()
+    for detail in inputs.values():
+        signature = [int(d) for d in detail.get("shape_signature", detail["shape"])]
+        if len(signature) < 2 or signature[0] == -1:
+            return None
+        firsts.add(signature[0])
+    if len(firsts) != 1:
+        return None
+    batch = firsts.pop()
+    if any(not len(d["shape"]) or int(d["shape"][0]) != batch for d in outputs.values()):
+        return None
+    return batch
+
+
 def _pick_signature(interpreter: Interpreter, wanted: str | None) -> str:
+    """The signature to run; "" for a file that has none (mapped by its tensors' details)."""
     signatures = list(interpreter.get_signature_list())
     if wanted:
         if wanted not in signatures:
-            raise BackendError(f"litert: the model has no signature {wanted!r} (it has {', '.join(signatures)})")
+            raise BackendError(f"litert: the model has no signature {wanted!r} "
+                               f"(it has {', '.join(signatures) or 'none'})")
         return wanted
+    if not signatures:
+        return ""
     if DEFAULT_SIGNATURE in signatures:
         return DEFAULT_SIGNATURE
     if len(signatures) == 1:
         return signatures[0]
-    raise BackendError(f"litert: the model has signatures {signatures or 'none'}; name one with "
-                       "options['signature'] (a .tflite without signatures is not supported)")
+    raise BackendError(f"litert: the model has signatures {signatures}; name one with options['signature']")
 
 
 def _tensors(details: dict[str, dict], renames: dict[str, str] | None, kind: str) -> list[_Tensor]:
@@ -163,7 +216,7 @@ def _tensors(details: dict[str, dict], renames: dict[str, str] | None, kind: str
                            f"(it has {sorted(details)})")
     tensors = []
     for signature_name, detail in details.items():
-        scale, zero_point = detail.get("quantization", (0.0, 0))
+        scale, zero_point = quantization(detail, signature_name)
         tensors.append(_Tensor(
             name=by_signature.get(signature_name, signature_name), index=int(detail["index"]),
             dtype=np.dtype(detail["dtype"]), shape=tuple(int(d) for d in detail["shape"]),
@@ -172,11 +225,33 @@ def _tensors(details: dict[str, dict], renames: dict[str, str] | None, kind: str
     return tensors
 
 
+def quantization(detail: dict, name: str) -> tuple[float, int]:
+    """(scale, zero point) of an input or output; (0.0, 0) when it is not quantized. BackendError for
+    per-channel scales (the float32 interface has one scale per tensor)."""
+    params = detail.get("quantization_parameters") or {}
+    scales = params.get("scales")
+    if scales is not None and len(scales) > 1:
+        raise BackendError(f"litert: {name!r} is quantized per channel ({len(scales)} scales); "
+                           "only per-tensor quantized inputs and outputs can be served")
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    return float(scale), int(zero_point)
+
+
+def quantize(value: np.ndarray, dtype: np.dtype, scale: float, zero_point: int) -> np.ndarray:
+    """A float array on the file's integer grid: round to nearest (half to even), clipped to the type."""
+    info = np.iinfo(dtype)
+    q = np.rint(value / np.float32(scale)) + zero_point
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def dequantize(value: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """An integer tensor as the float32 values it stands for."""
+    return (value.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
+
+
 def _to_tensor(value: np.ndarray, tensor: _Tensor) -> np.ndarray:
     if tensor.scale:
-        info = np.iinfo(tensor.dtype)
-        q = np.rint(value / np.float32(tensor.scale)) + tensor.zero_point
-        return np.clip(q, info.min, info.max).astype(tensor.dtype)
+        return quantize(value, tensor.dtype, tensor.scale, tensor.zero_point)
     if value.dtype != tensor.dtype:
         return value.astype(tensor.dtype)
     return value
@@ -184,5 +259,5 @@ def _to_tensor(value: np.ndarray, tensor: _Tensor) -> np.ndarray:
 
 def _from_tensor(value: np.ndarray, tensor: _Tensor) -> np.ndarray:
     if tensor.scale:
-        return (value.astype(np.float32) - np.float32(tensor.zero_point)) * np.float32(tensor.scale)
+        return dequantize(value, tensor.scale, tensor.zero_point)
     return value

@@ -6,6 +6,10 @@ connected layer y = x W^T + b with a named signature, in three variants: a stati
 litert-torch writes), a dynamic batch, and int8 inputs and outputs around a float layer (what the
 litert target's int8 files look like from outside). The interpreter runs them with its real kernels; a
 numpy computation is the reference. tests/compilers/test_litert_target.py covers converted models.
+
+Files from the converter itself are committed fixtures (tests/fixtures/tflite, made by its
+make_fixtures.py): a tiny CNN in float, in full int8 with int8 inputs and outputs, and the float one with
+its SignatureDef removed; a bare LiteRT interpreter run on the same rows is the reference for them.
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ import pytest
 pytest.importorskip("ai_edge_litert")
 
 from ai_edge_litert import schema_py_generated as schema  # noqa: E402
+from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+from ai_edge_litert.tools import flatbuffer_utils  # noqa: E402
 from ai_edge_litert.tools.flatbuffer_utils import convert_object_to_bytearray  # noqa: E402
 
 from edgefleet.core.errors import BackendError  # noqa: E402
 from edgefleet.edge_runtime.backends import backend_class  # noqa: E402
 from edgefleet.edge_runtime.backends.litert import LiteRtBackend  # noqa: E402
 
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "tflite"
 RNG = np.random.default_rng(0)
 WEIGHTS = RNG.normal(size=(3, 4)).astype(np.float32)
 BIAS = RNG.normal(size=3).astype(np.float32)
@@ -214,3 +221,128 @@ def test_a_file_that_is_not_tflite_is_refused(tmp_path: Path) -> None:
     bad.write_bytes(b"not a flatbuffer at all")
     with pytest.raises(BackendError, match="cannot load"):
         LiteRtBackend().load(bad, {})
+
+
+# --- converted files (tests/fixtures/tflite) and files without a SignatureDef ------------------------------
+
+
+def bare_interpreter(path: Path, x: np.ndarray) -> np.ndarray:
+    """The file's first output for each row of x, from a plain Interpreter fed the tensors it declares
+    (int8 I/O quantized and dequantized by hand with the file's scale and zero point)."""
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    rows = []
+    for row in x:
+        value, (scale, zero) = row[None], inp["quantization"]
+        if scale:
+            value = np.clip(np.rint(value / np.float32(scale)) + zero, -128, 127).astype(np.int8)
+        interpreter.set_tensor(inp["index"], value)
+        interpreter.invoke()
+        result, (scale, zero) = interpreter.get_tensor(out["index"]), out["quantization"]
+        rows.append((result.astype(np.float32) - zero) * np.float32(scale) if scale else result)
+    return np.concatenate(rows)
+
+
+def strip_signatures(source: Path, target: Path, rename: dict[int, str] | None = None) -> Path:
+    """`source` without its SignatureDef table (as tests/fixtures/tflite/make_fixtures.py makes
+    cnn_nosig.tflite), with tensors renamed {tensor index: name} on the way."""
+    model = flatbuffer_utils.read_model(str(source))
+    model.signatureDefs = []
+    for index, name in (rename or {}).items():
+        model.subgraphs[0].tensors[index].name = name
+    flatbuffer_utils.write_model(model, str(target))
+    return target
+
+
+@pytest.fixture(scope="module")
+def recorded() -> dict[str, np.ndarray]:
+    with np.load(FIXTURES / "reference.npz") as data:
+        return dict(data)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_file_without_signature_maps_tensors_by_name_and_matches_the_bare_interpreter(recorded, rows: int) -> None:
+    path = FIXTURES / "cnn_nosig.tflite"
+    assert Interpreter(model_path=str(path)).get_signature_list() == {}
+    backend = LiteRtBackend()
+    backend.load(path, {})
+    assert backend.signature == "" and backend.batch == 1
+    x = recorded["pixels"][:rows]
+    out = backend.run({"serving_default_pixels": x})
+    assert list(out) == ["serving_default_logits_output"]
+    np.testing.assert_array_equal(out["serving_default_logits_output"], bare_interpreter(path, x))
+    np.testing.assert_array_equal(out["serving_default_logits_output"], recorded["float_logits"][:rows])
+    backend.close()
+
+
+def test_file_without_signature_takes_bundle_names_through_options(recorded) -> None:
+    backend = LiteRtBackend()
+    backend.load(FIXTURES / "cnn_nosig.tflite", {"inputs": {"pixels": "serving_default_pixels"},
+                                                 "outputs": {"logits": "serving_default_logits_output"}})
+    out = backend.run({"pixels": recorded["pixels"]})
+    np.testing.assert_array_equal(out["logits"], recorded["float_logits"])
+
+
+def test_file_without_signature_or_distinct_names_maps_by_order(tmp_path: Path) -> None:
+    """Empty or repeated tensor names: every tensor is named by its position instead."""
+    source = tiny_tflite(tmp_path / "named.tflite", batch=2)
+    path = strip_signatures(source, tmp_path / "unnamed.tflite", rename={0: "", 3: ""})
+    backend = LiteRtBackend()
+    backend.load(path, {})
+    assert backend.signature == "" and backend.batch == 2
+    x = RNG.normal(size=(5, 4)).astype(np.float32)
+    out = backend.run({"input_0": x})
+    assert list(out) == ["output_0"]
+    np.testing.assert_allclose(out["output_0"], reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_file_without_signature_and_dynamic_batch_is_resized(tmp_path: Path) -> None:
+    path = strip_signatures(tiny_tflite(tmp_path / "d.tflite", dynamic=True), tmp_path / "nosig.tflite")
+    backend = LiteRtBackend()
+    backend.load(path, {})
+    assert backend.batch is None
+    for rows in (3, 1, 6):
+        x = RNG.normal(size=(rows, 4)).astype(np.float32)
+        np.testing.assert_allclose(backend.run({"features": x})["scores"], reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_signature_asked_of_a_file_without_one_is_a_clear_error() -> None:
+    with pytest.raises(BackendError, match="no signature 'serving_default' .it has none"):
+        LiteRtBackend().load(FIXTURES / "cnn_nosig.tflite", {"signature": "serving_default"})
+
+
+@pytest.mark.parametrize("name", ["cnn_float", "cnn_int8"])
+def test_converted_fixture_matches_the_bare_interpreter_and_the_converter_environment(recorded, name: str) -> None:
+    path = FIXTURES / f"{name}.tflite"
+    backend = LiteRtBackend()
+    backend.load(path, {})
+    assert backend.signature == "serving_default" and backend.batch == 1
+    out = backend.run({"pixels": recorded["pixels"]})["logits"]
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, bare_interpreter(path, recorded["pixels"]))
+    np.testing.assert_array_equal(out, recorded[name.replace("cnn_", "") + "_logits"])
+
+
+def test_int8_io_round_trip_on_the_converters_full_int8_file(recorded) -> None:
+    """float32 in, the file's int8 grid inside, float32 out: the output is on the output's grid, and
+    feeding the values the input was rounded to gives the same answer (quantizing is idempotent)."""
+    path = FIXTURES / "cnn_int8.tflite"
+    details = Interpreter(model_path=str(path)).get_signature_runner().get_input_details()["pixels"]
+    in_scale, in_zero = details["quantization"]
+    assert details["dtype"] == np.int8 and in_scale > 0
+    out_details = Interpreter(model_path=str(path)).get_signature_runner().get_output_details()["logits"]
+    out_scale, out_zero = out_details["quantization"]
+    assert out_details["dtype"] == np.int8
+    backend = LiteRtBackend()
+    backend.load(path, {})
+    x = recorded["pixels"]
+    out = backend.run({"pixels": x})["logits"]
+    grid = out / np.float32(out_scale) + out_zero
+    np.testing.assert_allclose(grid, np.rint(grid), atol=1e-3)
+    assert grid.min() >= -128 and grid.max() <= 127
+    x_seen = ((np.clip(np.rint(x / np.float32(in_scale)) + in_zero, -128, 127) - in_zero)
+              * np.float32(in_scale)).astype(np.float32)
+    np.testing.assert_array_equal(backend.run({"pixels": x_seen})["logits"], out)
+    # and the int8 model stays close to the float one: within a few steps of its output grid
+    np.testing.assert_allclose(out, recorded["float_logits"], atol=4 * out_scale)

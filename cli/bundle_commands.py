@@ -175,7 +175,10 @@ def bench(
     compare_raw: Annotated[bool, typer.Option("--compare-raw", help="Also time a bare InferenceSession")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the full report as JSON")] = None,
 ) -> None:
-    """Latency percentiles, throughput, memory and FLOP/s on this machine (MLPerf single-stream style)."""
+    """Latency percentiles, throughput, memory and FLOP/s on this machine (MLPerf single-stream style).
+
+    With several backends, one that cannot run the bundle is a row with its reason and the others go on;
+    the exit status is 1 then."""
     from rich.progress import Progress
 
     from edgefleet.edge_runtime.bench import BenchOptions, run_bench
@@ -188,12 +191,17 @@ def bench(
     if any(b < 1 for b in batches) or (runs is not None and runs < 1) or (duration is not None and duration <= 0):
         raise EdgefleetError("--batch, --runs and --duration must be positive")
     if "," in backend:
-        reports = _bench_each(bundle, trust, [b.strip() for b in backend.split(",") if b.strip()], batch, threads,
-                              runs, duration)
+        from edgefleet.edge_runtime.bench import check_entries
+
+        names = [b.strip() for b in backend.split(",") if b.strip()]
+        check_entries(bundle, trust_store(trust), names)  # a bad name or bundle is a usage error, not a row
+        reports = _bench_each(bundle, trust, names, batch, threads, runs, duration)
         out.print(comparison_table(reports))
         if json_out:
             json_out.write_text(json.dumps(reports, indent=2))
             out.print(f"reports written to {json_out}")
+        if any(r["status"] == "refused" for r in reports):
+            raise typer.Exit(1)
         return
     options = BenchOptions(backend=backend, batches=batches, threads=threads, runs=runs, duration=duration,
                            compare_raw=compare_raw)
@@ -211,11 +219,14 @@ def bench(
 
 def _bench_each(bundle: Path, trust: list[Path] | None, backends: list[str], batch: str, threads: int | None,
                 runs: int | None, duration: float | None) -> list[dict]:
-    """`edgefleet bench --backend X` for each X in a process of its own, so each has its own memory figures."""
+    """`edgefleet bench --backend X` for each X in a process of its own, so each has its own memory figures;
+    one that fails is a refused entry with its message (edge_runtime/bench.py) and the others go on."""
     import os
     import subprocess
     import sys
     import tempfile
+
+    from edgefleet.edge_runtime.bench import refused_report
 
     reports = []
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as tmp:
@@ -232,6 +243,8 @@ def _bench_each(bundle: Path, trust: list[Path] | None, backends: list[str], bat
             done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
             if done.returncode != 0:
                 message = (done.stderr.strip().splitlines() or ["no message"])[-1].removeprefix("error: ")
-                raise EdgefleetError(f"--backend {name}: {message}")
-            reports.append({"entry": name, **json.loads(path.read_text())})
+                out.print(f"[red]{escape(name)} cannot run[/]: {escape(message)}")
+                reports.append(refused_report(name, message))
+                continue
+            reports.append({"entry": name, "status": "measured", **json.loads(path.read_text())})
     return reports

@@ -39,6 +39,13 @@ The report (JSON-serialisable; times in ms unless the key says seconds):
     memory            {rss_before_load_bytes, rss_after_load_bytes, peak_rss_bytes, peak_rss_mb}; the
                       whole process (with compare_raw, both sessions), None where not readable
     machine           edgefleet.edge_runtime.machine.describe_machine()
+
+Several backends side by side (`edgefleet bench --backend a,b,c`): `check_entries` first refuses, as a
+usage error, a bundle that does not verify and a name that is neither a backend of this runtime nor a
+target compiled into the bundle; each backend then runs in a process of its own. One that cannot run
+the bundle (its runtime is not installed, the bundle has no artifact it runs, the load fails) becomes
+`refused_report(entry, reason)`, {kind, report_version, entry, status: "refused", reason}, a row of
+the comparison, and the others go on; a measured report there has status "measured".
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ import dataclasses
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,6 +172,27 @@ def run_bench(
         },
         "machine": describe_machine(),
     }
+
+
+def check_entries(bundle: str | Path | Bundle, trust: TrustStore, entries: Sequence[str]) -> None:
+    """BenchError unless the bundle verifies and each entry names a backend or a target of the bundle."""
+    from edgefleet.edge_runtime.backends import REGISTRY
+
+    if not entries:
+        raise BenchError("no backend named: pass --backend NAME[,NAME...]")
+    opened = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+    opened.verify(trust)
+    targets = sorted({a["target"] for a in opened.artifacts if a.get("target")})
+    for entry in entries:
+        if entry not in REGISTRY and entry not in targets:
+            raise BenchError(f"--backend {entry}: unknown backend {entry!r}: not a backend "
+                             f"({', '.join(sorted(REGISTRY))}) nor a target compiled into this bundle "
+                             f"({', '.join(targets)})")
+
+
+def refused_report(entry: str, reason: str) -> dict:
+    """A backend that could not run the bundle, as an entry of a side-by-side comparison."""
+    return {"kind": "edgefleet-bench", "report_version": 1, "entry": entry, "status": "refused", "reason": reason}
 
 
 def _check(options: BenchOptions) -> None:

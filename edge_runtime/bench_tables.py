@@ -3,6 +3,7 @@ latency, throughput, the Predictor against the bare runtime, and several backend
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -103,11 +104,15 @@ def _overhead_table(results: list[dict], scale: float, unit: str) -> Table:
 
 
 def comparison_table(reports: list[dict]) -> Table:
-    """Several backends' reports side by side: what each ran, latency, throughput, load time and memory."""
+    """Several backends' reports side by side: what each ran, latency, throughput, load time and memory;
+    a backend that could not run the bundle (status "refused") is one row with its reason."""
     table = Table(title="backends side by side (each in its own process, one after another)")
     for header in ("backend", "artifact", "batch", "p50 ms", "p90 ms", "p99 ms", "samples/s", "load ms", "peak RSS MB"):
         table.add_column(header, justify="left" if header in ("backend", "artifact") else "right")
     for report in reports:
+        if report.get("status") == "refused":
+            table.add_row(report["entry"], f"[red]cannot run[/]: {escape(report['reason'])}", *["-"] * 7)
+            continue
         artifact = report["bundle"]["artifact"]
         for result in report["results"]:
             latency = result["latency_ms"]

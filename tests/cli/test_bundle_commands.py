@@ -130,6 +130,20 @@ def test_bench_several_backends_side_by_side(digits_bundle, trust, tmp_path):
     assert_user_error(failed, "--backend tflite: unknown backend 'tflite'")
 
 
+def test_bench_goes_on_past_a_backend_that_cannot_run_the_bundle(digits_bundle, trust, tmp_path):
+    result = edgefleet("bench", str(digits_bundle.root), *trust, "--backend", "native,onnxruntime,litert",
+                       "--runs", "8", "--json", str(tmp_path / "bench.json"))
+    assert result.returncode == 1, result.stderr  # some backend could not run it: not a clean pass
+    assert "Traceback" not in result.stderr + result.stdout and "benchmarking litert (3/3)" in result.stdout
+    reports = json.loads((tmp_path / "bench.json").read_text())
+    assert [(r["entry"], r["status"]) for r in reports] == \
+        [("native", "refused"), ("onnxruntime", "measured"), ("litert", "refused")]
+    assert "bundle has no artifact in a format it runs (edgefleet-graph)" in reports[0]["reason"]
+    assert "bundle has no artifact in a format it runs (tflite)" in reports[2]["reason"]
+    assert reports[1]["results"][0]["runs"] == 8
+    assert "cannot run" in result.stdout and "(tflite)" in result.stdout
+
+
 def test_bench_bad_batch(digits_bundle, trust):
     assert_user_error(edgefleet("bench", str(digits_bundle.root), *trust, "--batch", "one"), "--batch")
 

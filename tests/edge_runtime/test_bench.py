@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from rich.console import Console
 
 from edgefleet.core.bundle import file_digest, sign, write_manifest
+from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.signing import SigningKey, TrustStore
 from edgefleet.edge_runtime import bench, machine
 from edgefleet.edge_runtime.bench import BenchError, BenchOptions, run_bench
@@ -236,3 +237,27 @@ def _render(report: dict) -> str:
     for table in render_tables(report):
         console.print(table)
     return console.export_text()
+
+
+def test_side_by_side_entries_are_checked_up_front_and_a_refused_backend_is_a_row(tiny, tmp_path):
+    from edgefleet.edge_runtime.bench import check_entries, refused_report
+    from edgefleet.edge_runtime.bench_tables import comparison_table
+
+    root, trust = tiny
+    check_entries(root, trust, ["onnxruntime", "native", "onnxruntime-cpu"])  # backends, a target of the bundle
+    with pytest.raises(BenchError, match=r"--backend tflite: unknown backend 'tflite'.* nor a target compiled "
+                                         r"into this bundle \(onnxruntime-cpu\)"):
+        check_entries(root, trust, ["onnxruntime", "tflite"])
+    with pytest.raises(BenchError, match="no backend named"):
+        check_entries(root, trust, [])
+    with pytest.raises(EdgefleetError, match="trust"):
+        check_entries(root, TrustStore([SigningKey.generate().public_key]), ["onnxruntime"])
+
+    measured = {"entry": "onnxruntime", "status": "measured", **run_bench(root, trust, BenchOptions(runs=3))}
+    refused = refused_report("native", "bundle has no artifact in a format it runs (edgefleet-graph)")
+    json.dumps([measured, refused])
+    console = Console(record=True, width=240)
+    console.print(comparison_table([measured, refused]))
+    text = console.export_text()
+    assert "native" in text and "cannot run: bundle has no artifact in a format it runs (edgefleet-graph)" in text
+    assert "onnxruntime-cpu (onnx)" in text

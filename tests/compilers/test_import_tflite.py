@@ -17,6 +17,7 @@ pytest.importorskip("ai_edge_litert")
 
 from ai_edge_litert import schema_py_generated as schema  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+from ai_edge_litert.tools import flatbuffer_utils  # noqa: E402
 from ai_edge_litert.tools.flatbuffer_utils import convert_object_to_bytearray  # noqa: E402
 
 from edgefleet.compilers.formats import format_for, tflite_file  # noqa: E402
@@ -132,6 +133,32 @@ def test_a_rank_one_input_has_no_batch_axis(tmp_path: Path) -> None:
     inputs, outputs = tflite_file.read(path)
     assert inputs[0].shape == (4,) and outputs[0].shape == (4,)
     assert "batch" not in tflite_file.artifact(path)
+
+
+def quantize_first_input(path: Path, scales: list[float], dtype: int) -> Path:
+    model = flatbuffer_utils.read_model(str(path))
+    tensor = model.subgraphs[0].tensors[0]
+    tensor.type, tensor.quantization = dtype, schema.QuantizationParametersT()
+    tensor.quantization.scale, tensor.quantization.zeroPoint = scales, [0] * len(scales)
+    tensor.quantization.quantizedDimension = 1 if len(scales) > 1 else 0
+    flatbuffer_utils.write_model(model, str(path))
+    return path
+
+
+def test_quantized_inputs_are_float32_unquantized_integers_keep_their_dtype(tmp_path: Path) -> None:
+    quantized = quantize_first_input(add_model(tmp_path / "q.tflite", ("a", "b", "s"), [1, 4]), [0.5],
+                                     schema.TensorType.UINT8)
+    assert [s.dtype for s in tflite_file.read(quantized)[0]] == ["float32", "float32"]
+    ids = quantize_first_input(add_model(tmp_path / "ids.tflite", ("a", "b", "s"), [1, 4]), [],
+                               schema.TensorType.INT32)
+    assert [s.dtype for s in tflite_file.read(ids)[0]] == ["int32", "float32"]
+
+
+def test_per_channel_quantized_io_is_refused(tmp_path: Path) -> None:
+    path = quantize_first_input(add_model(tmp_path / "pc.tflite", ("a", "b", "s"), [1, 4]), [0.5] * 4,
+                                schema.TensorType.INT8)
+    with pytest.raises(ExportError, match="'a' is quantized per channel"):
+        tflite_file.read(path)
 
 
 def test_refusals_are_export_errors(tmp_path: Path) -> None:

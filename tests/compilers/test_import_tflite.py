@@ -195,3 +195,34 @@ def test_openvino_reads_every_fixture_directly(recorded) -> None:
         if name == "cnn_int8":
             got = dequantize(got, *out["quantization"])
         np.testing.assert_allclose(got, recorded[expected], rtol=0, atol=1e-6)
+
+
+# --- through import_model: an ordinary bundle the litert backend serves ---------------------------------
+@pytest.mark.parametrize(("name", "expected", "with_data"), [
+    ("cnn_float", "float_logits", True), ("cnn_int8", "int8_logits", True), ("cnn_nosig", "float_logits", False)])
+def test_imported_fixture_verifies_self_tests_and_predicts_like_the_interpreter(
+        recorded, tmp_path: Path, name: str, expected: str, with_data: bool) -> None:
+    import_model = pytest.importorskip("edgefleet.compilers.import_model").import_model
+    from edgefleet.core.bundle import Bundle
+    from edgefleet.core.signing import SigningKey, TrustStore
+    from edgefleet.edge_runtime.predictor import Predictor
+
+    key = SigningKey.generate()
+    _, public = key.save(tmp_path / "keys", "test")
+    (spec,), (out,) = tflite_file.read(FIXTURES / f"{name}.tflite")
+    options = {}
+    if with_data:
+        np.savez(tmp_path / "data.npz", **{spec.name: recorded["pixels"]})
+        options["reference_data"] = tmp_path / "data.npz"
+    bundle = import_model(FIXTURES / f"{name}.tflite", tmp_path / "bundle", name=name.replace("_", "-"), version=1,
+                          class_names=[f"digit{i}" for i in range(10)], signing_key=key, **options)
+    assert Bundle.open(bundle.root).verify(TrustStore.from_paths([public])).name == name.replace("_", "-")
+    (artifact,) = bundle.manifest["artifacts"]
+    assert (artifact["target"], artifact["backend"], artifact["batch"]) == ("litert", "litert", 1)
+    assert bool(bundle.manifest["golden"].get("generated")) is not with_data
+    with Predictor(bundle.root, backends=["litert"], trusted_keys=[public], threads=1) as predictor:
+        report = predictor.self_test()
+        assert report.passed, report.failures
+        for rows in (1, 5):
+            got = predictor.predict({spec.name: recorded["pixels"][:rows]})[out.name]
+            np.testing.assert_array_equal(got, recorded[expected][:rows])

@@ -14,6 +14,7 @@ from edgefleet.cli import (
     compile_commands,  # noqa: F401 - registers compile
     compress_commands,  # noqa: F401 - registers compress
     fleet_commands,  # noqa: F401 - registers device run, sim, push, drift, alerts
+    import_commands,  # noqa: F401 - registers import
     rollout_commands,  # noqa: F401 - registers deploy, rollout status|approve|abort|list
 )
 from edgefleet.cli.app import app, err_console

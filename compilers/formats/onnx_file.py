@@ -86,10 +86,18 @@ def artifact(path: Path) -> dict:
     entry = {"target": "onnx", "backend": "onnxruntime", "format": "onnx", "precision": _precision(model),
              "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0),
              "options": {}}
+    flops_log = logging.getLogger(count_flops.__module__)
+    level = flops_log.level
+    flops_log.setLevel(logging.ERROR)  # one warning per node whose shape a dynamic axis hides is noise here
     try:
-        entry["flops_per_sample"] = count_flops(model, batch=1)["total"]
+        count = count_flops(model, batch=1)
+        entry["flops_per_sample"] = count["total"]
+        if count["uncounted"]:
+            log.info("%s: FLOPs leave out %s", Path(path).name, ", ".join(count["uncounted"]))
     except Exception as err:  # noqa: BLE001 - a count is a nicety; shape inference fails on some graphs
         log.info("%s: FLOPs not counted: %s", path, err)
+    finally:
+        flops_log.setLevel(level)
     return entry
 
 
@@ -129,7 +137,8 @@ def load_structure(path: Path) -> onnx.ModelProto:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError) as err:
-        raise ExportError(f"{path} is not an ONNX model file ({type(err).__name__}: {err})") from err
+        log.debug("%s: %s", path, err)
+        raise ExportError(f"{path} is not an ONNX model file (it does not parse as an ONNX protobuf)") from err
     except OSError as err:
         raise ExportError(f"{path} cannot be read: {err}") from err
     if model.ir_version < 1 or not model.graph.output:

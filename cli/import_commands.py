@@ -1,0 +1,102 @@
+"""`edgefleet import`: a model file someone else made (.onnx, .tflite) into a signed bundle.
+
+Cloud-side: compilers.import_model (onnx, onnxruntime; torch through the compilers package) is imported
+inside the command. Every refusal is an EdgefleetError: one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from edgefleet.cli.app import app, out
+from edgefleet.core import bounded_json
+from edgefleet.core.errors import EdgefleetError
+
+MAX_CLASS_NAMES_BYTES = 4 << 20  # 100,000 names of 40 characters
+
+
+@app.command("import")
+def import_command(
+    model: Annotated[Path, typer.Argument(help="Model file: .onnx (external data beside it) or .tflite")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the new bundle (absent or empty)")],
+    name: Annotated[str, typer.Option("--name", help="Bundle name")],
+    version: Annotated[int, typer.Option("--version", help="Bundle version (an integer >= 1)")],
+    key: Annotated[Path | None, typer.Option("--key", "-k", help="Private key to sign the bundle")] = None,
+    reference_data: Annotated[Path | None, typer.Option(
+        "--reference-data", help="DATA.npz: one array per model input, keyed by input name, a batch of N "
+                                 "samples; gives the golden examples and the drift profile")] = None,
+    task: Annotated[str | None, typer.Option(
+        help="classification, regression, embedding, detection or other (default: classification with "
+             "--class-names, else other)")] = None,
+    class_names: Annotated[Path | None, typer.Option(
+        "--class-names", help="FILE: one class name per line, or a JSON list of strings (.json)")] = None,
+    dim: Annotated[list[str], typer.Option(
+        "--dim", help="NAME=SIZE: fix a symbolic dimension (as `import` prints it); repeatable")] = [],  # noqa: B006
+    golden_count: Annotated[int, typer.Option("--golden-count", help="Golden examples to record")] = 8,
+    atol: Annotated[float, typer.Option(help="Absolute tolerance of the golden check")] = 1e-4,
+    rtol: Annotated[float, typer.Option(help="Relative tolerance of the golden check")] = 1e-3,
+) -> None:
+    """Import an ONNX or TFLite model file into a bundle: schema from the file, golden outputs from its runtime."""
+    from edgefleet.core.signing import SigningKey
+
+    dims, names = parse_dims(dim), read_class_names(class_names) if class_names else None
+    signing_key = SigningKey.load(key) if key else None
+    from edgefleet.compilers.import_model import import_model  # after the cheap checks: this loads torch
+
+    bundle = import_model(model, out_dir, name=name, version=version, reference_data=reference_data, task=task,
+                          class_names=names, signing_key=signing_key, dims=dims, golden_count=golden_count,
+                          atol=atol, rtol=rtol)
+    table = Table("", "name", "dtype", "shape", title=escape(f"{bundle.name} v{bundle.version} in {bundle.root}"))
+    for side, specs in (("input", bundle.inputs), ("output", bundle.outputs)):
+        for spec in specs:
+            table.add_row(side, escape(spec.name), spec.dtype, escape(f"[{', '.join(map(str, spec.shape))}]"))
+    out.print(table)
+    manifest = bundle.manifest
+    golden = manifest["golden"]
+    origin = "generated from the schema (no drift profile)" if golden.get("generated") else f"from {reference_data}"
+    out.print(escape(f"task {manifest['interface']['task']}; {golden['count']} golden examples {origin}; "
+                     f"artifact {manifest['artifacts'][0]['path']}"))
+    out.print(escape(f"signed with key {signing_key.key_id}") if signing_key
+              else escape(f"not signed: edgefleet sign {bundle.root} --key KEY.key"))
+
+
+def parse_dims(values: list[str]) -> dict[str, int]:
+    """NAME=SIZE strings as {NAME: SIZE}; EdgefleetError for any other form, a size below 1, or a name twice."""
+    dims: dict[str, int] = {}
+    for value in values:
+        name, sep, size = value.partition("=")
+        name, size = name.strip(), size.strip()
+        if not sep or not name or not size.isdigit() or int(size) < 1:
+            raise EdgefleetError(f"--dim {value!r}: expected NAME=SIZE with SIZE an integer >= 1 (--dim tokens=128)")
+        if name in dims:
+            raise EdgefleetError(f"--dim {name} is given twice")
+        dims[name] = int(size)
+    return dims
+
+
+def read_class_names(path: Path) -> list[str]:
+    """Class names from a text file (one per line, blank lines skipped) or a JSON list of strings."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_CLASS_NAMES_BYTES:
+            raise EdgefleetError(f"--class-names {path}: {size} bytes; the limit is {MAX_CLASS_NAMES_BYTES}")
+        data = path.read_bytes()
+    except OSError as err:
+        raise EdgefleetError(f"--class-names {path} cannot be read: {err.strerror or err}") from err
+    if path.suffix.lower() == ".json":
+        names = bounded_json.loads(data, max_bytes=MAX_CLASS_NAMES_BYTES, max_depth=2, what=f"--class-names {path}")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise EdgefleetError(f"--class-names {path}: expected a JSON list of strings")
+    else:
+        try:
+            names = [line.strip() for line in data.decode("utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError as err:
+            raise EdgefleetError(f"--class-names {path} is not UTF-8 text") from err
+    if not names:
+        raise EdgefleetError(f"--class-names {path} holds no class names")
+    return names

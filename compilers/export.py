@@ -4,15 +4,22 @@ reference profile, metrics, lineage and model card, checked numerically against 
 The exported ONNX model and the torch model run on the same golden inputs (and on up to
 NUMERIC_SAMPLES reference rows); the max abs/rel error goes into the manifest, and an error over
 tolerance fails the export with the numbers.
+
+The front (compilers/torch_to_onnx.py): example inputs must be tensors (one ExportError naming the one
+that is not); `dynamic_axes={"input_ids": {1: "tokens"}}` makes any axis symbolic besides the batch on
+axis 0; exporter and load failures are one ExportError naming the cause. The bundle is built in a
+directory next to out_dir and renamed onto it at the end, so a failed export leaves nothing behind and
+a rerun works.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
+import functools
 import logging
 import platform
-from collections.abc import Mapping, Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,9 +29,10 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from edgefleet.compilers.bundle_writer import BundleDraft, write_bundle
+from edgefleet.compilers.bundle_writer import TASKS, BundleDraft, write_bundle
 from edgefleet.compilers.flops import count_flops
 from edgefleet.compilers.numeric import max_errors
+from edgefleet.compilers.torch_to_onnx import DynamicAxes, example_tensors, export_onnx, input_names_for
 from edgefleet.core.bundle import Bundle
 from edgefleet.core.errors import ExportError
 from edgefleet.core.metrics import classification_metrics
@@ -40,6 +48,32 @@ NUMERIC_SAMPLES = 512
 CHUNK = 256
 
 
+def _built_aside(export: Callable[..., Bundle]) -> Callable[..., Bundle]:
+    """Runs `export` into a new directory next to out_dir and renames it onto out_dir when it returns; on
+    any failure the directory is removed, and out_dir is as it was (absent, or empty)."""
+
+    @functools.wraps(export)
+    def staged(model: torch.nn.Module, example_inputs: Inputs, out_dir: str | Path, *args: Any,
+               **kwargs: Any) -> Bundle:
+        final = Path(out_dir)
+        if final.exists() and (not final.is_dir() or any(final.iterdir())):
+            raise ExportError(f"{final} is not empty; export writes a new bundle into an empty directory")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+        try:
+            export(model, example_inputs, work, *args, **kwargs)
+            if final.exists():
+                final.rmdir()
+            work.rename(final)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        return Bundle.open(final)
+
+    return staged
+
+
+@_built_aside
 def export_torch(
     model: torch.nn.Module,
     example_inputs: Inputs,
@@ -64,27 +98,35 @@ def export_torch(
     bins: int = DEFAULT_BINS,
     model_card: Mapping[str, Any] | None = None,
     parent: Mapping[str, Any] | None = None,
+    dynamic_axes: DynamicAxes | None = None,
+    task: str | None = None,
 ) -> Bundle:
     """Writes a bundle for `model` into out_dir (which must be empty or absent) and returns it.
+
+    example_inputs: a tensor (or numpy array), a sequence of them or a mapping name -> tensor, each with
+    a batch axis. dynamic_axes: {input name: {axis: symbol}}, the symbolic axes besides "batch" on axis 0
+    ({0: None} makes axis 0 static); the schema records the symbols. task: one of bundle_writer.TASKS;
+    default: "classification" for a 2-D first output, else "other".
 
     reference_data: the training or calibration inputs; they give the golden examples, the reference
     profile for drift, and (with `labels`) the reference accuracy. eval_data=(inputs, labels): held-out
     data for the metrics and the model card. postprocess: "softmax" if the first output holds logits,
     "none" if it holds probabilities or values; default "softmax" for a 2-D output, else "none".
-    Signs the bundle when signing_key is given; `edgefleet sign` can sign it later.
+    Signs the bundle when signing_key is given; `edgefleet sign` can sign it later. Raises ExportError,
+    leaving out_dir as it was.
     """
     out = _prepare_out_dir(Path(out_dir))
     if int(version) < 1:
         raise ExportError(f"version must be a positive integer, got {version!r}")
+    if task is not None and task not in TASKS:
+        raise ExportError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     model = model.eval()
-    examples = _as_tuple(example_inputs, input_names)
-    names_in = _input_names(input_names, len(examples))
+    examples = example_tensors(example_inputs, input_names)
+    names_in = input_names_for(input_names, len(examples))
 
     onnx_path = out / "model.onnx"
-    _export_onnx(model, examples, onnx_path, names_in, output_names)
-    onnx_model = onnx.load(str(onnx_path))
+    onnx_model, session = export_onnx(model, examples, onnx_path, names_in, output_names, dynamic_axes)
     inputs_spec, outputs_spec = _specs(onnx_model.graph.input), _specs(onnx_model.graph.output)
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
 
     reference = _as_dict(reference_data, inputs_spec) if reference_data is not None else None
     golden_in = _take(reference if reference is not None else _as_dict(examples, inputs_spec), golden_count)
@@ -100,7 +142,7 @@ def export_torch(
     check = _take(reference, NUMERIC_SAMPLES) if reference is not None else golden_in
     numeric = _numeric_error(_run_onnx(session, check), _run_torch(model, check, outputs_spec))
     first_out = outputs_spec[0]
-    task = "classification" if len(first_out.shape) == 2 else "other"
+    task = task or ("classification" if len(first_out.shape) == 2 else "other")
     postprocess = postprocess or ("softmax" if task == "classification" else "none")
     names = list(class_names) if class_names is not None else None
     scores, metrics = None, {}
@@ -161,23 +203,8 @@ def _prepare_out_dir(out: Path) -> Path:
     return out
 
 
-def _input_names(names: Sequence[str] | None, count: int) -> list[str]:
-    if names:
-        return list(names)
-    return ["input"] if count == 1 else [f"input_{i}" for i in range(count)]
-
-
 def _np(value: ArrayLike) -> np.ndarray:
     return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-
-
-def _as_tuple(inputs: Inputs, names: Sequence[str] | None) -> tuple[torch.Tensor, ...]:
-    if isinstance(inputs, Mapping):
-        order = list(names or inputs.keys())
-        return tuple(torch.as_tensor(_np(inputs[n])) for n in order)
-    if isinstance(inputs, (torch.Tensor, np.ndarray)):
-        return (torch.as_tensor(_np(inputs)),)
-    return tuple(torch.as_tensor(_np(v)) for v in inputs)
 
 
 def _as_dict(inputs: Inputs, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
@@ -198,23 +225,9 @@ def _take(data: dict[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
 
 def _export_onnx(model: torch.nn.Module, examples: tuple[torch.Tensor, ...], path: Path,
                  input_names: list[str], output_names: Sequence[str] | None) -> None:
-    # A batch of 1 would be specialised to a constant by torch.export; tile it to 2.
-    examples = tuple(e.repeat(2, *([1] * (e.dim() - 1))) if e.shape[0] == 1 else e for e in examples)
-    batch = torch.export.Dim("batch", min=1)
-    dynamic = tuple({0: batch} for _ in examples)
-    chatter = io.StringIO()
-    # The exporter warns about every torchvision op it cannot register when torchvision is absent.
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(chatter), torch.no_grad():
-            program = torch.onnx.export(
-                model, examples, dynamo=True, external_data=False, input_names=input_names,
-                output_names=list(output_names) if output_names else None, dynamic_shapes=dynamic,
-            )
-        program.save(str(path))
-    except Exception as err:  # noqa: BLE001 - the exporter raises many types; report them as one
-        raise ExportError(f"torch.onnx.export failed: {type(err).__name__}: {err}") from err
-    log.debug("torch.onnx.export said: %s", chatter.getvalue().strip())
+    """The exporter alone, batch axis dynamic (cloud/compress/prune.py counts FLOPs on its output; new code
+    calls torch_to_onnx.export_onnx)."""
+    export_onnx(model, examples, path, input_names, output_names)
 
 
 def _specs(values: Sequence[onnx.ValueInfoProto]) -> list[TensorSpec]:

@@ -91,7 +91,31 @@ class LiteRtBackend:
         self.run = self._hot_path()
 
     def _hot_path(self) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
-        """The function `run` becomes once loaded."""
+        """The function `run` becomes once loaded: for one unquantized input and output, a request of the
+        shape and dtype the input has now goes straight to the wrapper (a static-batch file: exactly
+        `batch` rows); anything else takes the general path (`_general_path`)."""
+        general = self._general_path()
+        if len(self._inputs) != 1 or len(self._outputs) != 1 or self._inputs[0].scale or self._outputs[0].scale:
+            return general
+        (source,), (target,) = self._inputs, self._outputs
+        in_name, in_index, in_dtype, out_name, out_index = (source.name, source.index, source.dtype,
+                                                            target.name, target.index)
+        lock, shapes, subgraph = self._lock, self._shapes, self._subgraph
+        set_tensor, invoke, get_tensor = self._wrapper.SetTensor, self._wrapper.Invoke, self._wrapper.GetTensor
+
+        def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            value = feed[in_name]
+            with lock:  # the shape is read under the lock: another request may resize the input
+                if value.dtype == in_dtype and value.shape == shapes[in_index]:
+                    set_tensor(in_index, value, subgraph)
+                    invoke(subgraph)
+                    return {out_name: get_tensor(out_index, subgraph)}
+            return general(feed)
+
+        return run
+
+    def _general_path(self) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+        """Any request: chunked for a static batch, else resized as needed; inputs cast or quantized."""
         invoke_once = self._invoke_once
         batch = self.batch
         if batch is None:

@@ -346,3 +346,26 @@ def test_int8_io_round_trip_on_the_converters_full_int8_file(recorded) -> None:
     np.testing.assert_array_equal(backend.run({"pixels": x_seen})["logits"], out)
     # and the int8 model stays close to the float one: within a few steps of its output grid
     np.testing.assert_allclose(out, recorded["float_logits"], atol=4 * out_scale)
+
+
+def test_requests_off_the_direct_path_are_cast_resized_or_chunked(loaded) -> None:
+    """The direct path takes only the input's current shape and dtype; float64 rows, other row counts
+    and a dynamic file's new shapes go through the general path and still answer right, in any order."""
+    static, dynamic = loaded(), loaded(dynamic=True)
+    for rows, dtype in ((1, np.float64), (3, np.float32), (1, np.float32), (2, np.float64), (2, np.float32)):
+        x = RNG.normal(size=(rows, 4)).astype(dtype)
+        for backend in (static, dynamic):
+            out = backend.run({"features": x})["scores"]
+            assert out.dtype == np.float32 and out.shape == (rows, 3)
+            np.testing.assert_allclose(out, reference(x.astype(np.float32)), rtol=1e-5, atol=1e-5)
+
+
+def test_per_channel_quantized_input_is_refused_by_name(tmp_path: Path) -> None:
+    """One float32 interface value cannot say which channel's scale applies: refused at load, naming it."""
+    path = tiny_tflite(tmp_path / "int8.tflite", int8_io=True)
+    model = flatbuffer_utils.read_model(str(path))
+    quant = model.subgraphs[0].tensors[0].quantization
+    quant.scale, quant.zeroPoint, quant.quantizedDimension = [IN_SCALE] * 4, [0] * 4, 1
+    flatbuffer_utils.write_model(model, str(path))
+    with pytest.raises(BackendError, match="'features' is quantized per channel"):
+        LiteRtBackend().load(path, {})

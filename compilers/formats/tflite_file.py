@@ -103,14 +103,16 @@ def run(path: Path, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def artifact(path: Path) -> dict:
-    """The manifest artifact entry (no path, sha256 or size): the file served by the litert backend."""
+    """The manifest artifact entry (no path, sha256 or size): the file served by the litert backend, its
+    static batch when it has one, and under "compile" how tensors are mapped ("signature", "tensor names"
+    or "order") and the LiteRT version that read it."""
     path = Path(path)
     litert, interpreter = _open(path)
     signature, _, inputs, outputs = _details(litert, interpreter, path)
     entry: dict[str, Any] = {
         "target": "litert", "backend": "litert", "format": "tflite", "precision": _precision(interpreter),
         "device": "cpu", "options": {"signature": signature} if signature else {},
-        "compile": {"imported": path.name, "ai_edge_litert": _litert_version(),
+        "compile": {"ai_edge_litert": _litert_version(),
                     "tensors_by": "signature" if signature else _mapped_by(inputs, outputs)},
     }
     batch = litert.static_batch(inputs, outputs)

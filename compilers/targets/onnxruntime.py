@@ -85,11 +85,21 @@ def _optimise(src: Path, dst: Path, level: str, fmt: str) -> None:
     options = ort.SessionOptions()
     options.graph_optimization_level = LEVELS[level]
     options.optimized_model_filepath = str(dst)
+    if fmt == "onnx" and _has_external_data(src):  # else the saved model names data only src's folder holds
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                         dst.name + ".data")
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     if fmt == "ort":
         options.add_session_config_entry("session.save_model_format", "ORT")
     ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
     if not dst.is_file():
         raise CompileError(f"onnxruntime did not write the optimised model {dst.name}")
+
+
+def _has_external_data(src: Path) -> bool:
+    from edgefleet.compilers.formats.onnx_file import external_locations, load_structure
+
+    return bool(external_locations(load_structure(src)))
 
 
 def _refuse_unknown(target: str, options: dict) -> None:

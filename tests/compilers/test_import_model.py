@@ -220,6 +220,13 @@ def test_external_data_is_listed_hashed_and_loaded_from_the_bundle(mobilenet, wo
     with Predictor(bundle.root, trusted_keys=[key[1]]) as predictor:
         assert predictor.self_test().passed
         np.testing.assert_array_equal(predictor.predict(feed)["logits"], want["logits"])
+    from edgefleet.compilers.compile import compile_bundle
+
+    compiled = compile_bundle(bundle, ["onnxruntime-cpu"], work / "ext-compiled", signing_key=key[0])
+    assert {"onnxruntime-cpu/model.onnx", "onnxruntime-cpu/model.onnx.data"} <= set(compiled.bundle.manifest["files"])
+    with Predictor(compiled.bundle.root, backends=["onnxruntime-cpu"], trusted_keys=[key[1]]) as predictor:
+        assert predictor.self_test().passed
+        np.testing.assert_allclose(predictor.predict(feed)["logits"], want["logits"], rtol=1e-5, atol=1e-5)
     tampered = Path(shutil.copytree(bundle.root, work / "ext-tampered"))
     data = bytearray((tampered / "weights.bin").read_bytes())
     data[100] ^= 1

@@ -91,26 +91,33 @@ class LiteRtBackend:
         self.run = self._hot_path()
 
     def _hot_path(self) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
-        """The function `run` becomes once loaded: for one unquantized input and output, a request of the
-        shape and dtype the input has now goes straight to the wrapper (a static-batch file: exactly
-        `batch` rows); anything else takes the general path (`_general_path`)."""
+        """The function `run` becomes once loaded: for a model with one input and one output, a request
+        of the shape the input has now (a static-batch file: exactly `batch` rows) and its dtype (after
+        quantizing, for an int8 input) goes straight to the wrapper; anything else takes `_general_path`."""
         general = self._general_path()
-        if len(self._inputs) != 1 or len(self._outputs) != 1 or self._inputs[0].scale or self._outputs[0].scale:
+        if len(self._inputs) != 1 or len(self._outputs) != 1:
             return general
         (source,), (target,) = self._inputs, self._outputs
         in_name, in_index, in_dtype, out_name, out_index = (source.name, source.index, source.dtype,
                                                             target.name, target.index)
+        in_scale, in_zero, out_scale, out_zero = source.scale, source.zero_point, target.scale, target.zero_point
         lock, shapes, subgraph = self._lock, self._shapes, self._subgraph
         set_tensor, invoke, get_tensor = self._wrapper.SetTensor, self._wrapper.Invoke, self._wrapper.GetTensor
 
         def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             value = feed[in_name]
+            if in_scale:
+                value = quantize(value, in_dtype, in_scale, in_zero)
             with lock:  # the shape is read under the lock: another request may resize the input
-                if value.dtype == in_dtype and value.shape == shapes[in_index]:
+                if value.dtype != in_dtype or value.shape != shapes[in_index]:
+                    result = None
+                else:
                     set_tensor(in_index, value, subgraph)
                     invoke(subgraph)
-                    return {out_name: get_tensor(out_index, subgraph)}
-            return general(feed)
+                    result = get_tensor(out_index, subgraph)
+            if result is None:
+                return general(feed)
+            return {out_name: dequantize(result, out_scale, out_zero) if out_scale else result}
 
         return run
 

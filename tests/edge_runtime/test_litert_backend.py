@@ -344,6 +344,8 @@ def test_int8_io_round_trip_on_the_converters_full_int8_file(recorded) -> None:
     x_seen = ((np.clip(np.rint(x / np.float32(in_scale)) + in_zero, -128, 127) - in_zero)
               * np.float32(in_scale)).astype(np.float32)
     np.testing.assert_array_equal(backend.run({"pixels": x_seen})["logits"], out)
+    # one row at a time (the direct path) gives what chunks of the general path gave
+    np.testing.assert_array_equal(np.concatenate([backend.run({"pixels": row[None]})["logits"] for row in x]), out)
     # and the int8 model stays close to the float one: within a few steps of its output grid
     np.testing.assert_allclose(out, recorded["float_logits"], atol=4 * out_scale)
 

@@ -371,3 +371,20 @@ def test_per_channel_quantized_input_is_refused_by_name(tmp_path: Path) -> None:
     flatbuffer_utils.write_model(model, str(path))
     with pytest.raises(BackendError, match="'features' is quantized per channel"):
         LiteRtBackend().load(path, {})
+
+
+def test_uint8_inputs_and_outputs_use_the_same_float32_convention(tmp_path: Path) -> None:
+    """Many published quantized files have uint8 I/O (zero point near 128): the same quantize/dequantize."""
+    path = tiny_tflite(tmp_path / "int8.tflite", int8_io=True)
+    model = flatbuffer_utils.read_model(str(path))
+    tensors = model.subgraphs[0].tensors
+    for index, zero in ((0, IN_ZERO + 128), (5, OUT_ZERO + 128)):
+        tensors[index].type, tensors[index].quantization.zeroPoint = schema.TensorType.UINT8, [zero]
+    flatbuffer_utils.write_model(model, str(path))
+    backend = LiteRtBackend()
+    backend.load(path, {})
+    x = RNG.uniform(-1, 1, size=(4, 4)).astype(np.float32)
+    out = backend.run({"features": x})["scores"]
+    x_seen = (np.clip(np.rint(x / IN_SCALE) + IN_ZERO + 128, 0, 255) - IN_ZERO - 128) * IN_SCALE
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, reference(x_seen.astype(np.float32)), atol=OUT_SCALE / 2 + 1e-6)

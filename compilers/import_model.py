@@ -22,6 +22,7 @@ refusal leaves nothing behind, so the same command can be run again. Every refus
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -42,7 +43,8 @@ from edgefleet.compilers.reference_data import (
     take,
 )
 from edgefleet.core.bundle import MANIFEST, SIGNATURE, Bundle, file_digest
-from edgefleet.core.errors import ExportError
+from edgefleet.core.errors import ExportError, VerificationError
+from edgefleet.core.manifest_rules import check_identity
 from edgefleet.core.profile import DEFAULT_BINS
 from edgefleet.core.schema import TensorSpec
 from edgefleet.core.signing import DEFAULT_VALIDITY, SigningKey
@@ -78,7 +80,7 @@ def import_model(
     """Writes a bundle for the model file at `path` into out_dir (empty or absent) and returns it
     (module docstring). dims: symbol -> size, fixing a symbolic dimension (`--dim NAME=SIZE`)."""
     path = Path(path)
-    _check_arguments(path, version, task, golden_count)
+    _check_arguments(path, name, version, task, postprocess, golden_count, atol, rtol)
     model_format = format_for(path)
     inputs, outputs = model_format.read(path, dims)
     sources = model_format.files(path)
@@ -136,17 +138,24 @@ class _Options:
     seed: int
 
 
-def _check_arguments(path: Path, version: int, task: str | None, golden_count: int) -> None:
+def _check_arguments(path: Path, name: str, version: int, task: str | None, postprocess: str | None,
+                     golden_count: int, atol: float, rtol: float) -> None:
     if not path.exists():
         raise ExportError(f"no model file at {path}")
     if not path.is_file():
         raise ExportError(f"{path} is not a file")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ExportError(f"version must be a positive integer, got {version!r}")
+    try:
+        check_identity({"name": name, "version": version})
+    except VerificationError as err:  # the rule every reader of the manifest applies, said before any work
+        raise ExportError(str(err).replace("manifest field ", "")) from err
     if task is not None and task not in TASKS:
         raise ExportError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if postprocess not in (None, "softmax", "none"):
+        raise ExportError(f"postprocess must be softmax or none, got {postprocess!r}")
     if golden_count < 1:
         raise ExportError(f"golden_count must be at least 1, got {golden_count}")
+    if not (math.isfinite(atol) and math.isfinite(rtol) and atol >= 0 and rtol >= 0):
+        raise ExportError(f"atol and rtol must be finite numbers >= 0, got atol={atol}, rtol={rtol}")
 
 
 def _layout(path: Path, sources: list[Path]) -> dict[Path, str]:

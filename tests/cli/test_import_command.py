@@ -83,7 +83,8 @@ def test_refusals_are_one_line_and_exit_2(files, tmp_path):
         ([mlp, "--out", str(tmp_path / "full"), *base], "is not empty"),
         ([mlp, "--out", str(tmp_path / "o"), *base, "--class-names", str(tmp_path / "classes.json")],
          "expected a JSON list of strings"),
-        ([mlp, "--out", str(tmp_path / "o"), "--name", "m", "--version", "0"], "version must be a positive integer"),
+        ([mlp, "--out", str(tmp_path / "o"), "--name", "m", "--version", "0"],
+         "version must be an integer from 1 to 2**63-1, got 0"),
     ]
     for args, message in cases:
         assert_user_error(edgefleet("import", *args), message)

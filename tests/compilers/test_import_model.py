@@ -268,10 +268,14 @@ def test_refusals_are_one_export_error_and_leave_nothing_behind(mobilenet, work)
         (mobilenet, {"reference_data": work / "wrong-dtype.npz"}, r"expected float32\[batch, 3, 32, 32\], got int64"),
         (mobilenet, {"task": "segmentation"}, "task must be one of"),
         (mobilenet, {"class_names": ["a"]}, "first output must be"),
+        (mobilenet, {"postprocess": "sigmoid"}, "postprocess must be softmax or none, got 'sigmoid'"),
+        (mobilenet, {"atol": float("nan")}, "atol and rtol must be finite numbers >= 0"),
+        (mobilenet, {"name": ""}, "name must be a non-empty string"),
+        (mobilenet, {"version": 0}, "version must be an integer from 1 to 2"),
     ]
     for path, options, message in cases:
         with pytest.raises(ExportError, match=message):
-            import_model(path, out, name="m", version=1, **options)
+            import_model(path, out, **{"name": "m", "version": 1, **options})
         assert not out.exists() and list(out.parent.iterdir()) == [], (path, options)
     out.mkdir()
     (out / "old.txt").write_text("x")

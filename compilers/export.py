@@ -125,7 +125,8 @@ def export_torch(
     names_in = input_names_for(input_names, len(examples))
 
     onnx_path = out / "model.onnx"
-    onnx_model, session = export_onnx(model, examples, onnx_path, names_in, output_names, dynamic_axes)
+    onnx_model, session = export_onnx(model, examples, onnx_path, names_in, output_names, dynamic_axes,
+                                      tolerance=(atol, rtol))
     inputs_spec, outputs_spec = _specs(onnx_model.graph.input), _specs(onnx_model.graph.output)
 
     reference = _as_dict(reference_data, inputs_spec) if reference_data is not None else None

@@ -13,7 +13,11 @@ symbol of None makes that axis static (`{"state": {0: None, 1: "batch"}}` for a 
 [layers, batch, hidden]). One symbol on several inputs is one dimension (the tokens of input_ids and
 of attention_mask). Symbols become torch.export.Dim objects for torch.onnx.export(dynamo=True), so the
 ONNX inputs carry them as dim names, and so does the bundle's schema. A dynamic axis of size 1 in the
-example is tiled to 2 for tracing (torch.export would specialise it to a constant).
+example is tiled to 2 for tracing (torch.export would specialise it to a constant). With a tolerance,
+the exported model is then run on the example grown by one along every symbolic axis and compared with
+torch: an axis the exporter fixed anyway (torch's GRU is unrolled over its time steps) is an ExportError
+naming it, not a schema that promises what the model cannot do. That check is structural (it runs, the
+shapes match, the values agree within at least atol 1e-3, rtol 1e-2); the golden examples check the numbers.
 
 Failures: whatever the exporter raises, and a file that onnx or onnxruntime cannot load (an output
 named like one of the exporter's own values: `Duplicate definition of name (embedding)`), become one
@@ -118,9 +122,10 @@ def dynamic_dims(names: Sequence[str], examples: Sequence[torch.Tensor],
 
 
 def export_onnx(model: torch.nn.Module, examples: tuple[torch.Tensor, ...], path: Path, names: list[str],
-                output_names: Sequence[str] | None,
-                dynamic_axes: DynamicAxes | None = None) -> tuple[onnx.ModelProto, ort.InferenceSession]:
-    """Exports to `path` with the dynamic axes asked for; the loaded model and an onnxruntime session on it."""
+                output_names: Sequence[str] | None, dynamic_axes: DynamicAxes | None = None,
+                tolerance: tuple[float, float] | None = None) -> tuple[onnx.ModelProto, ort.InferenceSession]:
+    """Exports to `path` with the dynamic axes asked for; the loaded model and an onnxruntime session on it.
+    tolerance=(atol, rtol): also check that every symbolic axis really varies (see above)."""
     dims = dynamic_dims(names, examples, dynamic_axes)
     symbols = {symbol: torch.export.Dim(symbol, min=1) for axes in dims for symbol in axes.values()}
     shapes = tuple({axis: symbols[symbol] for axis, symbol in axes.items()} for axes in dims)
@@ -138,7 +143,43 @@ def export_onnx(model: torch.nn.Module, examples: tuple[torch.Tensor, ...], path
     except Exception as err:  # noqa: BLE001 - the exporter raises many types; report them as one
         raise ExportError(f"torch.onnx.export failed: {type(err).__name__}: {_first_lines(err)}") from err
     log.debug("torch.onnx.export said: %s", chatter.getvalue().strip())
-    return _load(path)
+    onnx_model, session = _load(path)
+    if tolerance is not None:
+        _check_symbolic_axes(model, examples, names, dims, session, tolerance)
+    return onnx_model, session
+
+
+def _check_symbolic_axes(model: torch.nn.Module, examples: tuple[torch.Tensor, ...], names: list[str],
+                         dims: list[dict[int, str]], session: ort.InferenceSession,
+                         tolerance: tuple[float, float]) -> None:
+    """Per symbol, runs torch and onnxruntime on the examples grown by one along the axes it names (values
+    repeated cyclically, so token ids stay valid); ExportError naming the symbol if onnxruntime fails or
+    disagrees."""
+    for symbol in dict.fromkeys(s for axes in dims for s in axes.values()):
+        picked = [{a: s for a, s in axes.items() if s == symbol} for axes in dims]
+        where = ", ".join(f"{name}[{axis}]" for name, axes in zip(names, picked, strict=True) for axis in axes)
+        grown = tuple(_grown(example, axes) for example, axes in zip(examples, picked, strict=True))
+        with torch.no_grad():
+            result = model(*grown)
+        want = [r.detach().numpy() for r in (result if isinstance(result, (tuple, list)) else (result,))]
+        fixed = f"the exported model does not take another size on the dynamic axis {symbol!r} ({where}): " \
+                "the exporter fixed it to the example's size"
+        try:
+            got = session.run(None, {name: g.numpy() for name, g in zip(names, grown, strict=True)})
+        except Exception as err:  # noqa: BLE001 - onnxruntime's own types
+            raise ExportError(f"{fixed} ({type(err).__name__}: {_first_lines(err, 300)})") from err
+        atol, rtol = max(tolerance[0], 1e-3), max(tolerance[1], 1e-2)
+        for index, (g, w) in enumerate(zip(got, want, strict=False)):
+            if g.shape != w.shape or not np.allclose(g, w, atol=atol, rtol=rtol):
+                raise ExportError(f"{fixed} (one larger, output {index} has shape {g.shape} where torch gives "
+                                  f"{w.shape}, or other values)")
+
+
+def _grown(example: torch.Tensor, axes: dict[int, str]) -> torch.Tensor:
+    for axis in axes:
+        size = example.shape[axis]
+        example = torch.index_select(example, axis, torch.arange(size + 1) % size)
+    return example
 
 
 def _tiled(example: torch.Tensor, axes: dict[int, str]) -> torch.Tensor:

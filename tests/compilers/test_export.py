@@ -211,3 +211,31 @@ def test_bad_dynamic_axes_and_task_are_refused_before_export(tmp_path, dynamic_a
         export_torch(TwoInputs(), (torch.randn(2, 4), torch.randn(2, 2)), tmp_path / "b", name="t", version=1,
                      input_names=["x", "y"], dynamic_axes=dynamic_axes, task=task)
     assert list(tmp_path.iterdir()) == []
+
+
+class RecurrentStep(torch.nn.Module):
+    """torch.nn.GRU over [steps, batch, features] with its state [layers, batch, hidden] in and out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = torch.nn.GRU(8, 16, num_layers=2)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.gru(x, state)
+
+
+def test_a_state_input_keeps_batch_off_axis_0_and_an_axis_the_exporter_fixes_is_named(tmp_path):
+    torch.manual_seed(0)
+    examples = (torch.randn(5, 3, 8), torch.randn(2, 3, 16))
+    state_axes = {"x": {0: None, 1: "batch"}, "state": {0: None, 1: "batch"}}
+    bundle = export_torch(RecurrentStep(), examples, tmp_path / "b", name="gru", version=1,
+                          input_names=["x", "state"], output_names=["y", "next_state"], dynamic_axes=state_axes)
+    assert [s.shape for s in bundle.inputs] == [(5, "batch", 8), (2, "batch", 16)]
+    assert [s.shape for s in bundle.outputs] == [(5, "batch", 16), (2, "batch", 16)]
+    # torch's GRU is unrolled over its steps: asking for a dynamic steps axis must not give a schema that lies
+    steps_axes = {"x": {0: "steps", 1: "batch"}, "state": {0: None, 1: "batch"}}
+    with pytest.raises(ExportError, match=r"does not take another size on the dynamic axis 'steps' \(x\[0\]\): the "
+                                          r"exporter fixed it"):
+        export_torch(RecurrentStep(), examples, tmp_path / "c", name="gru", version=1, input_names=["x", "state"],
+                     dynamic_axes=steps_axes)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]

@@ -16,6 +16,7 @@
   backend, format, precision, options, and whatever the format adds (opset, flops_per_sample).
 - `files(path) -> list[Path]`: every file the model needs, the model file first (ONNX external data
   follows it); the bundle writer copies them side by side under their own names.
+- optionally `versions() -> dict`: the tools that read and ran the file, for the lineage step.
 
 Modules are imported on first use (FORMATS holds import strings), so importing this package loads no
 runtime.

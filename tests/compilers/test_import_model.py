@@ -283,6 +283,25 @@ def test_refusals_are_one_export_error_and_leave_nothing_behind(mobilenet, work)
         import_model(mobilenet, out, name="m", version=1)
 
 
+def test_values_edgefleet_cannot_carry_are_refused_by_name(work):
+    from onnx import TensorProto, helper
+
+    def graph(x: onnx.ValueInfoProto, name: str) -> Path:
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])
+        return kit._save(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], name, [x], [y]),
+                         work / f"{name}.onnx")
+
+    text = graph(helper.make_tensor_value_info("x", TensorProto.STRING, ["batch", 2]), "strings")
+    with pytest.raises(ExportError, match="input 'x' has element type STRING; edgefleet carries bool, int8"):
+        import_model(text, work / "strings-bundle", name="m", version=1)
+    rankless = helper.make_tensor_value_info("x", TensorProto.FLOAT, None)
+    with pytest.raises(ExportError, match=r"input 'x' has no shape \(unknown rank\)"):
+        import_model(graph(rankless, "rankless"), work / "rankless-bundle", name="m", version=1)
+    sequence = helper.make_tensor_sequence_value_info("x", TensorProto.FLOAT, ["batch", 2])
+    with pytest.raises(ExportError, match="input 'x' is a sequence_type, not a tensor"):
+        import_model(graph(sequence, "sequence"), work / "sequence-bundle", name="m", version=1)
+
+
 def test_external_data_outside_the_model_folder_is_refused(mobilenet, work):
     source = kit.with_external_data(mobilenet, work / "escape")
     model = onnx.load(str(source), load_external_data=False)

@@ -1,0 +1,103 @@
+"""What serving an imported `.tflite` costs over a bare LiteRT interpreter: batch 1, one process.
+
+    python benchmarks/bench_litert_import.py --runs 20000 --out runs/litert-import.json
+
+Imports each committed fixture (tests/fixtures/tflite: a tiny CNN in float, in full int8 with int8
+inputs and outputs, and the float one without a SignatureDef) with `import_model`, then times, call by
+call interleaved, Predictor.predict (backends=["litert"], no telemetry) and a bare ai-edge-litert
+Interpreter on the same file and row (set_tensor / invoke / get_tensor, int8 rows quantized and
+dequantized with the file's scale and zero point, as an application would). Prints JSON per file: both
+latency distributions (p50, mean, in µs), the p50 ratio against the goal (<= 1.05x), and the machine.
+The fixtures run in ~2-8 µs, so the ratio is the Predictor's fixed cost per call (input validation, the
+lock) against a near-empty model: the worst case; absolute times are never a gate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from report import emit  # noqa: E402 - benchmarks/report.py, beside this script
+
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tflite"
+NAMES = ("cnn_float", "cnn_int8", "cnn_nosig")
+GOAL = 1.05
+
+
+def bare_call(path: Path, row: np.ndarray):  # noqa: ANN201 - a closure
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=1)
+    interpreter.allocate_tensors()
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    (in_scale, in_zero), (out_scale, out_zero) = inp["quantization"], out["quantization"]
+    info = np.iinfo(inp["dtype"]) if in_scale else None
+
+    def call() -> np.ndarray:
+        value = row
+        if in_scale:
+            value = np.clip(np.rint(row / np.float32(in_scale)) + in_zero, info.min, info.max).astype(inp["dtype"])
+        interpreter.set_tensor(inp["index"], value)
+        interpreter.invoke()
+        result = interpreter.get_tensor(out["index"])
+        return (result.astype(np.float32) - np.float32(out_zero)) * np.float32(out_scale) if out_scale else result
+
+    return call
+
+
+def measure(calls: dict, runs: int) -> dict[str, np.ndarray]:
+    """Each call `runs` times, interleaved call by call (so load on the machine hits both alike)."""
+    times = {name: np.empty(runs) for name in calls}
+    clock = time.perf_counter_ns
+    for _ in range(min(runs, 2000)):  # warm-up
+        for call in calls.values():
+            call()
+    for i in range(runs):
+        for name, call in calls.items():
+            start = clock()
+            call()
+            times[name][i] = clock() - start
+    return {name: t / 1e3 for name, t in times.items()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20000, help="interleaved pairs of calls per file")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    from edgefleet.compilers.import_model import import_model
+    from edgefleet.core.signing import SigningKey
+    from edgefleet.edge_runtime.predictor import Predictor
+
+    rows = np.load(FIXTURES / "reference.npz")["pixels"][:1].copy()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="edgefleet-litert-import-") as workdir:
+        key = SigningKey.generate()
+        _, public = key.save(Path(workdir) / "keys", "bench")
+        for name in NAMES:
+            bundle = import_model(FIXTURES / f"{name}.tflite", Path(workdir) / name, name=name.replace("_", "-"),
+                                  version=1, signing_key=key)
+            with Predictor(bundle.root, backends=["litert"], trusted_keys=[public], threads=1) as predictor:
+                feed = {bundle.inputs[0].name: rows}
+                times = measure({"predictor": lambda p=predictor, f=feed: p.predict(f),
+                                 "bare": bare_call(FIXTURES / f"{name}.tflite", rows)}, args.runs)
+            p50 = {k: float(np.percentile(v, 50)) for k, v in times.items()}
+            results[name] = {
+                "predictor_us": {"p50": round(p50["predictor"], 3), "mean": round(float(times["predictor"].mean()), 3)},
+                "bare_us": {"p50": round(p50["bare"], 3), "mean": round(float(times["bare"].mean()), 3)},
+                "ratio_p50": round(p50["predictor"] / p50["bare"], 3),
+            }
+    summary = {"benchmark": "litert_import", "batch": 1, "threads": 1, "runs": args.runs, "goal_ratio": GOAL,
+               "results": results, "meets_goal": all(r["ratio_p50"] <= GOAL for r in results.values())}
+    emit(summary, args.out)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

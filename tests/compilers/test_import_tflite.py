@@ -226,3 +226,13 @@ def test_imported_fixture_verifies_self_tests_and_predicts_like_the_interpreter(
         for rows in (1, 5):
             got = predictor.predict({spec.name: recorded["pixels"][:rows]})[out.name]
             np.testing.assert_array_equal(got, recorded[expected][:rows])
+
+
+@pytest.mark.parametrize("keep", [8, 0.5, -16])
+def test_a_truncated_file_is_refused_by_the_flatbuffer_check(tmp_path: Path, keep: float) -> None:
+    """A download cut short: LiteRT's flatbuffer verifier refuses it before anything is built."""
+    data = (FIXTURES / "cnn_float.tflite").read_bytes()
+    cut = tmp_path / "cut.tflite"
+    cut.write_bytes(data[:int(keep * len(data)) if isinstance(keep, float) else keep])
+    with pytest.raises(ExportError, match="not a valid Flatbuffer"):
+        tflite_file.read(cut)

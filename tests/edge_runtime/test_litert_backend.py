@@ -388,3 +388,11 @@ def test_uint8_inputs_and_outputs_use_the_same_float32_convention(tmp_path: Path
     x_seen = (np.clip(np.rint(x / IN_SCALE) + IN_ZERO + 128, 0, 255) - IN_ZERO - 128) * IN_SCALE
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, reference(x_seen.astype(np.float32)), atol=OUT_SCALE / 2 + 1e-6)
+
+
+def test_a_truncated_converted_file_is_refused_at_load(tmp_path: Path) -> None:
+    data = (FIXTURES / "cnn_nosig.tflite").read_bytes()
+    cut = tmp_path / "cut.tflite"
+    cut.write_bytes(data[:len(data) // 2])
+    with pytest.raises(BackendError, match="cannot load.*not a valid Flatbuffer"):
+        LiteRtBackend().load(cut, {})

@@ -394,5 +394,5 @@ def test_a_truncated_converted_file_is_refused_at_load(tmp_path: Path) -> None:
     data = (FIXTURES / "cnn_nosig.tflite").read_bytes()
     cut = tmp_path / "cut.tflite"
     cut.write_bytes(data[:len(data) // 2])
-    with pytest.raises(BackendError, match="cannot load.*not a valid Flatbuffer"):
+    with pytest.raises(BackendError, match="litert: cannot load"):
         LiteRtBackend().load(cut, {})

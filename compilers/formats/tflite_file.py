@@ -30,6 +30,7 @@ batch file runs b rows at a time (the last chunk padded by repeating its last ro
 from __future__ import annotations
 
 import logging
+import platform
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,11 @@ def artifact(path: Path) -> dict:
 def files(path: Path) -> list[Path]:
     """A `.tflite` is self-contained: the file alone."""
     return [Path(path)]
+
+
+def versions() -> dict:
+    """The tools that read and ran the file, for the lineage step."""
+    return {"ai_edge_litert": _litert_version(), "python": platform.python_version()}
 
 
 def _open(path: Path) -> tuple[Any, Any]:

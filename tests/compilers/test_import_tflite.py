@@ -220,6 +220,8 @@ def test_imported_fixture_verifies_self_tests_and_predicts_like_the_interpreter(
     (artifact,) = bundle.manifest["artifacts"]
     assert (artifact["target"], artifact["backend"], artifact["batch"]) == ("litert", "litert", 1)
     assert bool(bundle.manifest["golden"].get("generated")) is not with_data
+    step = bundle.manifest["lineage"]["steps"][0]
+    assert step["source"]["file"] == f"{name}.tflite" and "ai_edge_litert" in step["versions"]
     with Predictor(bundle.root, backends=["litert"], trusted_keys=[public], threads=1) as predictor:
         report = predictor.self_test()
         assert report.passed, report.failures

@@ -326,3 +326,7 @@ def test_cli_compile_reports_each_refusal_and_exits_1(normed, tmp_path):
                        "--out", str(tmp_path / "strict"))
     assert_user_error(strict, "native: the model uses what the native backend does not run")
     assert not (tmp_path / "strict").exists()
+    none = edgefleet("compile", str(bundle.root), "-T", "native", "-T", "tensorrt", "-o", "tensorrt.precision=int8",
+                     "--out", str(tmp_path / "none"), env={"COLUMNS": "100000"})  # the long line unwrapped
+    assert_user_error(none, "no target compiled: native: ")
+    assert not (tmp_path / "none").exists()

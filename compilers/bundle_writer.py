@@ -8,11 +8,12 @@ bundle's files and manifest around a model artifact already in place.
 `write_bundle` writes into `out_dir`, which already holds the model's files (the artifact's `path`, plus
 any external data): `golden.npz` (inputs under `inputs/<name>`, expected outputs under
 `outputs/<name>`), `profile.json` when reference data is given (per-input feature histograms and, for a
-classifier, its predicted classes and confidences: core/profile.py), then `manifest.json` (identity,
-interface, the artifact, golden entry, metrics, lineage with the dataset fingerprint and the one step
-that made the bundle, model card) and, with a key, `signature.json`. The caller has checked the
-numbers; the writer only records them. Golden inputs made up from the schema rather than taken from
-data are `"generated": true` in the golden entry and said so in the model card.
+classifier, its predicted classes and confidences: core/profile.py; an input whose features are not a
+fixed set, such as token ids on a symbolic axis, is listed under "unprofiled" with the reason), then
+`manifest.json` (identity, interface, the artifact, golden entry, metrics, lineage with the dataset
+fingerprint and the one step that made the bundle, model card) and, with a key, `signature.json`. The
+caller has checked the numbers; the writer only records them. Golden inputs made up from the schema
+rather than taken from data are `"generated": true` in the golden entry and said so in the model card.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from edgefleet.core import bundle as bundle_io
 from edgefleet.core.bundle import Bundle
 from edgefleet.core.canonical import format_time, sha256_hex, utc_now
 from edgefleet.core.errors import ExportError
-from edgefleet.core.profile import DEFAULT_BINS, build_profile
+from edgefleet.core.profile import DEFAULT_BINS, build_profile, feature_kind
 from edgefleet.core.schema import TensorSpec
 from edgefleet.core.signing import DEFAULT_VALIDITY, SigningKey
 
@@ -135,13 +136,41 @@ def fingerprint(data: Mapping[str, np.ndarray]) -> str:
 
 
 def _profile(draft: BundleDraft) -> dict:
+    """The reference profile of the inputs that can be profiled; the others are listed under
+    "unprofiled" with the reason (telemetry then refuses to start, naming them)."""
     scores = draft.scores if draft.task == "classification" else None
     names = list(draft.class_names) if draft.class_names is not None else None
+    profiled, unprofiled = [], []
+    for spec in draft.inputs:
+        why = unprofilable(spec)
+        if why is None:
+            profiled.append(spec)
+        else:
+            unprofiled.append({"input": spec.name, "reason": why})
+            log.warning("reference profile: input %s is not profiled: %s", spec.name, why)
+    profile = build_profile(draft.reference, profiled, scores, postprocess=draft.postprocess, class_names=names,
+                            bins=draft.bins)
+    if unprofiled:
+        profile["unprofiled"] = unprofiled
+    return profile
+
+
+def unprofilable(spec: TensorSpec) -> str | None:
+    """Why an input's features cannot be binned on fixed edges (core/profile.py), or None: it needs a
+    batch axis on axis 0, and a fixed number of features per sample (fixed dims after the batch for a
+    tabular input, a fixed channel axis 1 for taps), at most ELEMENT_LIMIT columns."""
+    if not spec.shape or not isinstance(spec.shape[0], str):
+        return "no batch axis on axis 0"
     try:
-        return build_profile(draft.reference, draft.inputs, scores, postprocess=draft.postprocess,
-                             class_names=names, bins=draft.bins)
-    except ValueError as err:  # an input too wide to profile column by column
-        raise ExportError(f"reference profile: {err}") from err
+        kind = feature_kind(spec)
+    except ValueError as err:
+        return str(err)
+    symbolic = [str(d) for d in spec.shape[1:] if isinstance(d, str)]
+    if kind == "elements" and symbolic:
+        return f"its columns vary with {', '.join(symbolic)} from request to request"
+    if kind == "channel_stats" and isinstance(spec.shape[1], str):
+        return f"its channel axis (axis 1) is symbolic ({spec.shape[1]})"
+    return None
 
 
 def _model_card(draft: BundleDraft) -> dict:

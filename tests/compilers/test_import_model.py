@@ -138,6 +138,9 @@ def test_encoder_keeps_its_dynamic_token_axis(encoder, work, key):
     assert [s["dtype"] for s in interface["inputs"]] == ["int64", "int64"]
     assert interface["outputs"][0]["shape"] == ["batch", "tokens", 32]
     assert interface["task"] == "other" and interface["postprocess"] == "none"  # 2-D "pooled" is not a class list
+    unprofiled = bundle.reference_profile()["unprofiled"]
+    assert [u["input"] for u in unprofiled] == ["input_ids", "attention_mask"]
+    assert "columns vary with tokens" in unprofiled[0]["reason"]
     feeds = []
     for tokens in (16, 32):
         mask = np.ones((3, tokens), np.int64)
@@ -234,6 +237,28 @@ def test_external_data_is_listed_hashed_and_loaded_from_the_bundle(mobilenet, wo
     with pytest.raises(VerificationError) as caught:
         Predictor(tampered, trusted_keys=[key[1]])
     assert caught.value.reason == "hash_mismatch"
+
+
+def test_an_input_too_wide_to_profile_is_listed_and_telemetry_names_it(work, key):
+    from onnx import TensorProto, helper
+
+    from edgefleet.core.errors import EdgefleetError
+    from edgefleet.edge_runtime.telemetry import TelemetryAggregator
+
+    x = helper.make_tensor_value_info("wide", TensorProto.FLOAT, ["batch", 300])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 300])
+    path = kit._save(helper.make_graph([helper.make_node("Relu", ["wide"], ["y"])], "wide", [x], [y]),
+                     work / "wide.onnx")
+    data = {"wide": np.random.default_rng(8).standard_normal((16, 300)).astype(np.float32)}
+    bundle = import_model(path, work / "wide-bundle", name="wide", version=1, reference_data=data,
+                          signing_key=key[0])
+    profile = bundle.reference_profile()
+    assert profile["count"] == 16 and profile["features"] == []
+    assert profile["unprofiled"] == [{"input": "wide", "reason": "input wide: 300 columns is too many to profile one "
+                                      "by one (limit 256); reshape it to (batch, channels, ...) to profile channel "
+                                      "taps"}]
+    with pytest.raises(EdgefleetError, match=r"no features for inputs \['wide'\]"):
+        TelemetryAggregator(bundle, fleet="f", device="d")
 
 
 def test_task_is_inferred_only_from_class_names(mobilenet, work):

@@ -147,7 +147,7 @@ def _profile(draft: BundleDraft) -> dict:
             profiled.append(spec)
         else:
             unprofiled.append({"input": spec.name, "reason": why})
-            log.warning("reference profile: input %s is not profiled: %s", spec.name, why)
+            log.info("reference profile: input %s is not profiled: %s", spec.name, why)
     profile = build_profile(draft.reference, profiled, scores, postprocess=draft.postprocess, class_names=names,
                             bins=draft.bins)
     if unprofiled:

@@ -52,6 +52,14 @@ demo: venv
 	    --batch 1,32 --threads 1 --runs 500 --json $(RUNS)/bench-backends.json
 	$(CLI) bench $(RUNS)/compiled-int8 --trust $(RUNS)/keys --backend onnxruntime,openvino-cpu,native \
 	    --batch 1,32 --threads 1 --runs 500 --json $(RUNS)/bench-backends-int8.json
+	@# bring your own model: the exported ONNX file imported as if a colleague had sent it (schema from the
+	@# file, golden outputs from onnxruntime, drift profile from 256 calibration rows keyed by input name)
+	$(PY) -c "import numpy as np; np.savez('$(RUNS)/digits/calib.npz', pixels=np.load('$(RUNS)/digits/data.npz')['x_train'][:256])"
+	printf '%s\n' 0 1 2 3 4 5 6 7 8 9 > $(RUNS)/digits/classes.txt
+	rm -rf $(RUNS)/imported
+	$(CLI) import $(RUNS)/digits/bundle/model.onnx --out $(RUNS)/imported --name digits-imported --version 1 \
+	    --reference-data $(RUNS)/digits/calib.npz --class-names $(RUNS)/digits/classes.txt --key $(RUNS)/keys/release.key
+	$(CLI) verify $(RUNS)/imported --trust $(RUNS)/keys
 	$(PY) examples/train_tabular.py --out $(RUNS)/tabular --key $(RUNS)/keys/release.key
 	rm -rf $(RUNS)/tabular-compressed
 	$(CLI) compress $(RUNS)/tabular/bundle --recipe examples/recipe_tabular.toml --data $(RUNS)/tabular/data.npz \

@@ -18,11 +18,10 @@ import argparse
 import logging
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from report import emit  # noqa: E402 - benchmarks/report.py, beside this script
+from report import emit, interleaved, ratio_row  # noqa: E402 - benchmarks/report.py, beside this script
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tflite"
 NAMES = ("cnn_float", "cnn_int8", "cnn_nosig")
@@ -50,20 +49,6 @@ def bare_call(path: Path, row: np.ndarray):  # noqa: ANN201 - a closure
     return call
 
 
-def measure(calls: dict, runs: int) -> dict[str, np.ndarray]:
-    """Each call `runs` times, interleaved call by call (so load on the machine hits both alike)."""
-    times = {name: np.empty(runs) for name in calls}
-    clock = time.perf_counter_ns
-    for _ in range(min(runs, 2000)):  # warm-up
-        for call in calls.values():
-            call()
-    for i in range(runs):
-        for name, call in calls.items():
-            start = clock()
-            call()
-            times[name][i] = clock() - start
-    return {name: t / 1e3 for name, t in times.items()}
-
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -85,14 +70,9 @@ def main(argv: list[str] | None = None) -> dict:
                                   version=1, signing_key=key)
             with Predictor(bundle.root, backends=["litert"], trusted_keys=[public], threads=1) as predictor:
                 feed = {bundle.inputs[0].name: rows}
-                times = measure({"predictor": lambda p=predictor, f=feed: p.predict(f),
-                                 "bare": bare_call(FIXTURES / f"{name}.tflite", rows)}, args.runs)
-            p50 = {k: float(np.percentile(v, 50)) for k, v in times.items()}
-            results[name] = {
-                "predictor_us": {"p50": round(p50["predictor"], 3), "mean": round(float(times["predictor"].mean()), 3)},
-                "bare_us": {"p50": round(p50["bare"], 3), "mean": round(float(times["bare"].mean()), 3)},
-                "ratio_p50": round(p50["predictor"] / p50["bare"], 3),
-            }
+                times = interleaved({"predictor": lambda p=predictor, f=feed: p.predict(f),
+                                 "bare": bare_call(FIXTURES / f"{name}.tflite", rows)}, args.runs, warmup=2000)
+            results[name] = ratio_row(times)
     summary = {"benchmark": "litert_import", "batch": 1, "threads": 1, "runs": args.runs, "goal_ratio": GOAL,
                "results": results, "meets_goal": all(r["ratio_p50"] <= GOAL for r in results.values())}
     emit(summary, args.out)

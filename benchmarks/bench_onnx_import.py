@@ -16,11 +16,10 @@ import argparse
 import logging
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from report import emit  # noqa: E402 - benchmarks/report.py, beside this script
+from report import emit, interleaved, ratio_row  # noqa: E402 - benchmarks/report.py, beside this script
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.compilers.import_kit builds the models
 GOAL = 1.05
@@ -41,20 +40,6 @@ def models(workdir: Path) -> dict[str, tuple[Path, dict[str, np.ndarray]]]:
                            {"features": rng.standard_normal((1, 8)).astype(np.float32)}),
     }
 
-
-def measure(calls: dict, runs: int) -> dict[str, np.ndarray]:
-    """Each call `runs` times, interleaved call by call (so load on the machine hits both alike)."""
-    times = {name: np.empty(runs) for name in calls}
-    clock = time.perf_counter_ns
-    for _ in range(min(runs, 1000)):  # warm-up
-        for call in calls.values():
-            call()
-    for i in range(runs):
-        for name, call in calls.items():
-            start = clock()
-            call()
-            times[name][i] = clock() - start
-    return {name: t / 1e3 for name, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -79,14 +64,9 @@ def main(argv: list[str] | None = None) -> dict:
             bundle = import_model(source, work / name, name=name.replace("_", "-"), version=1, signing_key=key)
             session = ort.InferenceSession(str(source), session_options(1), providers=["CPUExecutionProvider"])
             with Predictor(bundle.root, backends=["onnxruntime"], trusted_keys=[public], threads=1) as predictor:
-                times = measure({"predictor": lambda p=predictor, f=feed: p.predict(f),
-                                 "bare": lambda s=session, f=feed: s.run(None, f)}, args.runs)
-            p50 = {k: float(np.percentile(v, 50)) for k, v in times.items()}
-            results[name] = {
-                "predictor_us": {"p50": round(p50["predictor"], 3), "mean": round(float(times["predictor"].mean()), 3)},
-                "bare_us": {"p50": round(p50["bare"], 3), "mean": round(float(times["bare"].mean()), 3)},
-                "ratio_p50": round(p50["predictor"] / p50["bare"], 3),
-            }
+                times = interleaved({"predictor": lambda p=predictor, f=feed: p.predict(f),
+                                 "bare": lambda s=session, f=feed: s.run(None, f)}, args.runs, warmup=1000)
+            results[name] = ratio_row(times)
     summary = {"benchmark": "onnx_import", "batch": 1, "threads": 1, "runs": args.runs, "goal_ratio": GOAL,
                "results": results, "meets_goal": all(r["ratio_p50"] <= GOAL for r in results.values())}
     emit(summary, args.out)

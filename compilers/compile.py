@@ -32,7 +32,6 @@ import copy
 import logging
 import platform
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from edgefleet.compilers.numeric import max_errors
+from edgefleet.compilers.staging import staged_directory
 from edgefleet.compilers.targets import CompileSource, TargetResult, target_function
 from edgefleet.core import bundle as bundle_io
 from edgefleet.core.bundle import Bundle
@@ -103,20 +103,9 @@ def compile_bundle(
     functions = {name: target_function(name) for name in targets}  # unknown targets fail before any work
     artifact = source_artifact(bundle)
     final = Path(out_dir)
-    if final.exists() and (not final.is_dir() or any(final.iterdir())):
-        raise CompileError(f"output directory {final} exists and is not empty")
-    # built next to out_dir and renamed at the end: a failed target leaves nothing behind
-    final.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
-    try:
+    with staged_directory(final, CompileError, "compile") as work:  # a failed target leaves nothing behind
         compiled, refused = _compile_into(work, bundle, artifact, functions, options, torch_model, signing_key,
                                           validity, strict)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    if final.exists():
-        final.rmdir()
-    work.rename(final)
     return CompileResult(Bundle.open(final), compiled, refused)
 
 

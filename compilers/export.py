@@ -17,8 +17,6 @@ from __future__ import annotations
 import functools
 import logging
 import platform
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -32,6 +30,7 @@ import torch
 from edgefleet.compilers.bundle_writer import TASKS, BundleDraft, write_bundle
 from edgefleet.compilers.flops import count_flops
 from edgefleet.compilers.numeric import max_errors
+from edgefleet.compilers.staging import staged_directory
 from edgefleet.compilers.torch_to_onnx import DynamicAxes, example_tensors, export_onnx, input_names_for
 from edgefleet.core.bundle import Bundle
 from edgefleet.core.errors import ExportError
@@ -56,18 +55,8 @@ def _built_aside(export: Callable[..., Bundle]) -> Callable[..., Bundle]:
     def staged(model: torch.nn.Module, example_inputs: Inputs, out_dir: str | Path, *args: Any,
                **kwargs: Any) -> Bundle:
         final = Path(out_dir)
-        if final.exists() and (not final.is_dir() or any(final.iterdir())):
-            raise ExportError(f"{final} is not empty; export writes a new bundle into an empty directory")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
-        try:
+        with staged_directory(final, ExportError, "export") as work:
             export(model, example_inputs, work, *args, **kwargs)
-            if final.exists():
-                final.rmdir()
-            work.rename(final)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
         return Bundle.open(final)
 
     return staged

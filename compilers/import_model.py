@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -42,6 +41,7 @@ from edgefleet.compilers.reference_data import (
     sample_count,
     take,
 )
+from edgefleet.compilers.staging import staged_directory
 from edgefleet.core.bundle import MANIFEST, SIGNATURE, Bundle, file_digest
 from edgefleet.core.errors import ExportError, VerificationError
 from edgefleet.core.manifest_rules import check_identity
@@ -87,11 +87,7 @@ def import_model(
     layout = _layout(path, sources)
     reference = load_reference(reference_data, inputs) if reference_data is not None else None
     final = Path(out_dir)
-    if final.exists() and (not final.is_dir() or any(final.iterdir())):
-        raise ExportError(f"{final} is not empty; import writes a new bundle into an empty directory")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
-    try:
+    with staged_directory(final, ExportError, "import") as work:
         for source, rel in layout.items():
             (work / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, work / rel)
@@ -100,12 +96,6 @@ def import_model(
                            label=label, preprocessing=preprocessing, model_card=model_card, seed=seed)
         draft = _draft(model_format, path, work, layout[path], inputs, outputs, reference, options)
         write_bundle(work, draft, signing_key=signing_key, validity=validity)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    if final.exists():
-        final.rmdir()
-    work.rename(final)
     log.info("imported %s as %s v%s into %s (%s)", path, name, version, final, draft.task)
     return Bundle.open(final)
 

@@ -33,7 +33,7 @@ from edgefleet.core.bundle import Bundle
 from edgefleet.core.canonical import format_time, sha256_hex, utc_now
 from edgefleet.core.errors import ExportError
 from edgefleet.core.profile import DEFAULT_BINS, build_profile, feature_kind
-from edgefleet.core.schema import TensorSpec
+from edgefleet.core.schema import TensorSpec, sample_count
 from edgefleet.core.signing import DEFAULT_VALIDITY, SigningKey
 
 log = logging.getLogger(__name__)
@@ -121,12 +121,9 @@ def write_bundle(out: Path, draft: BundleDraft, *, signing_key: SigningKey | Non
 
 
 def golden_count(specs: Sequence[TensorSpec], inputs: Mapping[str, np.ndarray]) -> int:
-    """How many examples the inputs hold: the length of the first input whose axis 0 is symbolic (a
-    batch axis), else 1 (a model with a fixed batch takes one example at a time)."""
-    for spec in specs:
-        if spec.shape and isinstance(spec.shape[0], str):
-            return int(np.shape(inputs[spec.name])[0])
-    return 1
+    """How many examples the inputs hold: the size of the batch axis (core/schema.py `batch_axis`) of the
+    first input that has one, else 1 (a model with a fixed batch takes one example at a time)."""
+    return sample_count(specs, inputs)
 
 
 def fingerprint(data: Mapping[str, np.ndarray]) -> str:

@@ -49,6 +49,7 @@ from edgefleet.core.bundle import Bundle
 from edgefleet.core.canonical import format_time, utc_now
 from edgefleet.core.decision import compare_decisions, decision_output, tie_margin
 from edgefleet.core.errors import BundleError, CompileError, EdgefleetError
+from edgefleet.core.schema import join_samples, sample_count, samples_first, take_samples
 from edgefleet.core.signing import DEFAULT_VALIDITY, SigningKey
 
 log = logging.getLogger(__name__)
@@ -221,9 +222,10 @@ def _check(bundle: Bundle, out: Path, name: str, result: TargetResult) -> dict:
     except Exception as err:  # noqa: BLE001 - any runtime's load failure, in one message
         raise CompileError(f"target {name}: backend {result.check_backend} cannot load {entry['path']}: {err}") from err
     try:
-        count = len(next(iter(golden_in.values())))
-        singles = [backend.run({k: v[i:i + 1] for k, v in golden_in.items()}) for i in range(count)]
-        runs = [{k: np.concatenate([s[k] for s in singles]) for k in golden_out}]
+        # one at a time and as a batch, on each tensor's batch axis (core/schema.py batch_axis)
+        count = sample_count(bundle.inputs, golden_in)
+        singles = [backend.run(take_samples(bundle.inputs, golden_in, i, i + 1)) for i in range(count)]
+        runs = [join_samples(bundle.outputs, singles)]
         if entry.get("batch") is None:  # a dynamic batch: the whole set at once too
             runs.append(backend.run(dict(golden_in)))
     finally:
@@ -253,7 +255,9 @@ def _check_decisions(bundle: Bundle, name: str, entry: dict, runs: list[dict], g
     if output is None:  # no decision to compare: the numeric check is the whole check
         return
     tie = tie_margin(bundle.manifest["golden"], target_atol)
-    check = compare_decisions(golden_out[output], [run[output] for run in runs], tie, interface.get("class_names"))
+    spec = next(s for s in bundle.outputs if s.name == output)  # one row per example, whatever its batch axis
+    want, got = samples_first(spec, golden_out[output]), [samples_first(spec, run[output]) for run in runs]
+    check = compare_decisions(want, got, tie, interface.get("class_names"))
     entry["numeric_error"]["decisions"] = check.record()
     if not check.passed:
         error = entry["numeric_error"]

@@ -36,7 +36,7 @@ from edgefleet.core.bundle import Bundle
 from edgefleet.core.errors import ExportError
 from edgefleet.core.metrics import classification_metrics
 from edgefleet.core.profile import DEFAULT_BINS
-from edgefleet.core.schema import TensorSpec
+from edgefleet.core.schema import TensorSpec, join_samples, sample_count, samples_first, take_samples
 from edgefleet.core.signing import DEFAULT_VALIDITY, SigningKey
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,8 @@ def export_torch(
     inputs_spec, outputs_spec = _specs(onnx_model.graph.input), _specs(onnx_model.graph.output)
 
     reference = _as_dict(reference_data, inputs_spec) if reference_data is not None else None
-    golden_in = _take(reference if reference is not None else _as_dict(examples, inputs_spec), golden_count)
+    golden_in = take_samples(inputs_spec, reference if reference is not None else _as_dict(examples, inputs_spec), 0,
+                             golden_count)
     golden_out = _run_torch(model, golden_in, outputs_spec)
     golden_onnx = _run_onnx(session, golden_in)
     if not all(np.allclose(golden_onnx[n], want, atol=atol, rtol=rtol) for n, want in golden_out.items()):
@@ -129,7 +130,7 @@ def export_torch(
             f"{golden_err['max_abs']:.3g}, max rel error {golden_err['max_rel']:.3g} "
             f"(tolerance atol={atol:g}, rtol={rtol:g})"
         )
-    check = _take(reference, NUMERIC_SAMPLES) if reference is not None else golden_in
+    check = take_samples(inputs_spec, reference, 0, NUMERIC_SAMPLES) if reference is not None else golden_in
     numeric = _numeric_error(_run_onnx(session, check), _run_torch(model, check, outputs_spec))
     first_out = outputs_spec[0]
     task = task or ("classification" if len(first_out.shape) == 2 else "other")
@@ -137,12 +138,12 @@ def export_torch(
     names = list(class_names) if class_names is not None else None
     scores, metrics = None, {}
     if reference is not None and task == "classification":
-        scores = _run_onnx_chunked(session, reference)[first_out.name]
+        scores = _run_onnx_chunked(session, reference, inputs_spec, first_out)
         if labels is not None:
             metrics["reference"] = classification_metrics(scores, _np(labels), postprocess, names)
     if eval_data is not None and task == "classification":
         eval_in = _as_dict(eval_data[0], inputs_spec)
-        eval_scores = _run_onnx_chunked(session, eval_in)[first_out.name]
+        eval_scores = _run_onnx_chunked(session, eval_in, inputs_spec, first_out)
         metrics["eval"] = classification_metrics(eval_scores, _np(eval_data[1]), postprocess, names)
 
     draft = BundleDraft(
@@ -209,10 +210,6 @@ def _as_dict(inputs: Inputs, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
     return {s.name: np.ascontiguousarray(_np(v), dtype=np.dtype(s.dtype)) for s, v in zip(specs, values, strict=True)}
 
 
-def _take(data: dict[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
-    return {k: np.ascontiguousarray(v[:count]) for k, v in data.items()}
-
-
 def _export_onnx(model: torch.nn.Module, examples: tuple[torch.Tensor, ...], path: Path,
                  input_names: list[str], output_names: Sequence[str] | None) -> None:
     """The exporter alone, batch axis dynamic (cloud/compress/prune.py counts FLOPs on its output; new code
@@ -246,10 +243,12 @@ def _run_onnx(session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> d
     return dict(zip(names, session.run(names, inputs), strict=True))
 
 
-def _run_onnx_chunked(session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    total = len(next(iter(inputs.values())))
-    parts = [_run_onnx(session, {k: v[i:i + CHUNK] for k, v in inputs.items()}) for i in range(0, total, CHUNK)]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+def _run_onnx_chunked(session: ort.InferenceSession, inputs: dict[str, np.ndarray], inputs_spec: list[TensorSpec],
+                      output: TensorSpec) -> np.ndarray:
+    """One output on all the inputs, CHUNK samples at a time, with its batch axis first (one row per sample)."""
+    total = sample_count(inputs_spec, inputs)
+    parts = [_run_onnx(session, take_samples(inputs_spec, inputs, i, i + CHUNK)) for i in range(0, total, CHUNK)]
+    return samples_first(output, join_samples([output], parts)[output.name])
 
 
 def _numeric_error(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> dict:

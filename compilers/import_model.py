@@ -38,7 +38,6 @@ from edgefleet.compilers.reference_data import (
     ReferenceData,
     generate_inputs,
     load_reference,
-    sample_count,
     take,
 )
 from edgefleet.compilers.staging import staged_directory
@@ -46,7 +45,7 @@ from edgefleet.core.bundle import MANIFEST, SIGNATURE, Bundle, file_digest
 from edgefleet.core.errors import ExportError, VerificationError
 from edgefleet.core.manifest_rules import check_identity
 from edgefleet.core.profile import DEFAULT_BINS
-from edgefleet.core.schema import TensorSpec
+from edgefleet.core.schema import TensorSpec, join_samples, sample_count, samples_first
 from edgefleet.core.signing import DEFAULT_VALIDITY, SigningKey
 
 log = logging.getLogger(__name__)
@@ -177,8 +176,9 @@ def _draft(model_format: ModelFile, source: Path, work: Path, model_rel: str, in
     scores = None
     if reference is not None and task == "classification":
         total = sample_count(inputs, reference)
-        scores = np.concatenate([_run(model_format, model, take(inputs, reference, i, i + CHUNK), outputs,
-                                      False)[first.name] for i in range(0, total, CHUNK)])
+        parts = [_run(model_format, model, take(inputs, reference, i, i + CHUNK), outputs, False)
+                 for i in range(0, total, CHUNK)]
+        scores = samples_first(first, join_samples([first], parts)[first.name])
     artifact = {**model_format.artifact(model), "path": model_rel, "numeric_error": {
         "reference": "the golden outputs, computed from this file by its own runtime",
         "samples": sample_count(inputs, golden_in), "max_abs": 0.0, "max_rel": 0.0}}

@@ -2,13 +2,14 @@
 checked against the schema, or, without it, inputs generated from the schema.
 
 Reference data is a mapping (or an `.npz` file) with one array per model input, keyed by the input
-names the file uses, holding a batch of N samples on the inputs' batch axis. The batch axis is axis 0
-where the schema's axis 0 is symbolic; an input whose axis 0 is fixed is taken as it is, one value for
-every example. Every refusal is an ExportError naming the input, what the schema expects and what came:
-a missing or unknown name, a dtype of another kind (float64 data for a float32 input is cast, an
+names the file uses, holding a batch of N samples on the inputs' batch axis. The batch axis is
+core/schema.py `batch_axis`: the axis named "batch" (axis 1 of a state [layers, batch, hidden]), else a
+symbolic axis 0; an input without one (a scalar sample rate) is taken as it is, one value for every
+example. Every refusal is an ExportError naming the input, what the schema expects and what came: a
+missing or unknown name, a dtype of another kind (float64 data for a float32 input is cast, an
 integer is cast only when every value fits), a shape the schema refuses, or different N on two inputs.
 
-Generated inputs (no reference data): every symbol at axis 0 of an input is the number of golden
+Generated inputs (no reference data): every symbol on the batch axis of an input is the number of golden
 examples, every other symbol 1 (fix it with `dims` at import); floats standard normal, integers 0 or 1
 (a valid index, mask value or flag for any model), bools random, all from a seeded generator.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgefleet.core.errors import ExportError, SchemaError
-from edgefleet.core.schema import InputValidator, TensorSpec, describe_array
+from edgefleet.core.schema import InputValidator, TensorSpec, batch_axis, describe_array, take_samples
 
 ReferenceData = Mapping[str, np.ndarray] | str | Path
 
@@ -43,7 +44,7 @@ def load_reference(data: ReferenceData, specs: Sequence[TensorSpec]) -> dict[str
         InputValidator(list(specs))(feed)
     except SchemaError as err:
         raise ExportError(f"reference data does not match the model: {err}") from err
-    sizes = {s.name: feed[s.name].shape[0] for s in specs if _batched(s)}
+    sizes = {s.name: feed[s.name].shape[batch_axis(s)] for s in specs if batch_axis(s) is not None}
     if len(set(sizes.values())) > 1:
         raise ExportError(f"reference data holds different numbers of samples per input: {sizes}")
     return feed
@@ -51,7 +52,7 @@ def load_reference(data: ReferenceData, specs: Sequence[TensorSpec]) -> dict[str
 
 def generate_inputs(specs: Sequence[TensorSpec], count: int, seed: int = 0) -> dict[str, np.ndarray]:
     """`count` examples made up from the schema (module docstring)."""
-    sizes = {s.shape[0]: count for s in specs if _batched(s)}
+    sizes = {s.shape[batch_axis(s)]: count for s in specs if batch_axis(s) is not None}
     rng = np.random.default_rng(seed)
     inputs = {}
     for spec in specs:
@@ -68,17 +69,8 @@ def generate_inputs(specs: Sequence[TensorSpec], count: int, seed: int = 0) -> d
 
 
 def take(specs: Sequence[TensorSpec], data: Mapping[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
-    """Samples start..stop of every batched input; inputs without a batch axis as they are."""
-    return {s.name: np.ascontiguousarray(data[s.name][start:stop] if _batched(s) else data[s.name]) for s in specs}
-
-
-def sample_count(specs: Sequence[TensorSpec], data: Mapping[str, np.ndarray]) -> int:
-    """N: the batch size of the batched inputs, 1 when no input has a batch axis."""
-    return next((int(data[s.name].shape[0]) for s in specs if _batched(s)), 1)
-
-
-def _batched(spec: TensorSpec) -> bool:
-    return bool(spec.shape) and isinstance(spec.shape[0], str)
+    """Samples start..stop of every batched input on its batch axis; inputs without a batch axis as they are."""
+    return take_samples(specs, data, start, stop)
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:

@@ -7,7 +7,7 @@ specs are compiled once into plain tuples and the per-request check does only ch
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +15,7 @@ import numpy as np
 from edgefleet.core.errors import EdgefleetError, SchemaError
 
 Dim = int | str
+BATCH = "batch"
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,54 @@ class TensorSpec:
     def describe(self) -> str:
         dims = ", ".join(str(d) for d in self.shape)
         return f"{self.dtype}[{dims}]"
+
+
+def batch_axis(spec: TensorSpec) -> int | None:
+    """The axis that holds the samples: the one whose dim is the symbol "batch" (a recurrent state
+    [layers, batch, hidden] has it on axis 1); without one, axis 0 when it is symbolic (an imported file
+    names its batch as it likes: "N", "batch_size"); None for a tensor with no batch axis (a scalar such
+    as a sample rate, a fixed table): it holds the one value used for every sample."""
+    if BATCH in spec.shape:
+        return spec.shape.index(BATCH)
+    return 0 if spec.shape and isinstance(spec.shape[0], str) else None
+
+
+def take_samples(specs: Sequence[TensorSpec], data: Mapping[str, np.ndarray], start: int,
+                 stop: int) -> dict[str, np.ndarray]:
+    """Samples start..stop of every tensor on its batch axis; a tensor without one as it is."""
+    taken = {}
+    for spec in specs:
+        value, axis = data[spec.name], batch_axis(spec)
+        if axis is not None:
+            value = value[(slice(None),) * axis + (slice(start, stop),)]
+        taken[spec.name] = np.ascontiguousarray(value) if value.ndim else value  # it would make a scalar 1-D
+    return taken
+
+
+def join_samples(specs: Sequence[TensorSpec], parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Results for consecutive runs of samples as one, joined on each tensor's batch axis (a tensor
+    without one is the same in every part: the first is kept)."""
+    joined = {}
+    for spec in specs:
+        axis = batch_axis(spec)
+        values = [p[spec.name] for p in parts]
+        joined[spec.name] = values[0] if axis is None else np.concatenate(values, axis=axis)
+    return joined
+
+
+def sample_count(specs: Sequence[TensorSpec], data: Mapping[str, np.ndarray]) -> int:
+    """N: the size of the batch axis of the first tensor that has one, 1 when none has."""
+    for spec in specs:
+        axis = batch_axis(spec)
+        if axis is not None:
+            return int(np.shape(data[spec.name])[axis])
+    return 1
+
+
+def samples_first(spec: TensorSpec, value: np.ndarray) -> np.ndarray:
+    """The value with its batch axis moved to axis 0 (for per-sample decisions); as it is without one."""
+    axis = batch_axis(spec)
+    return np.moveaxis(value, axis, 0) if axis else value
 
 
 def describe_array(value: object) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.schema import take_samples
 from edgefleet.edge_runtime.model_host import ModelHost
 from edgefleet.edge_runtime.predictor import Predictor
 
@@ -75,7 +76,7 @@ def golden_latency_p99(predictor: Predictor, policy: HealthPolicy) -> float:
     """p99 latency in ms of the first golden example alone, over `golden_runs` runs after `warmup_runs`.
     Runs through predict(), so call it before the predictor has telemetry (before it serves)."""
     inputs, _, _ = predictor.bundle.golden()
-    first = {name: value[:1] for name, value in inputs.items()}
+    first = take_samples(predictor.bundle.inputs, inputs, 0, 1)  # on each input's batch axis
     for _ in range(policy.warmup_runs):
         predictor.predict(first)
     times = []

@@ -34,7 +34,7 @@ from edgefleet.core.bundle import Bundle, Verified
 from edgefleet.core.decision import compare_decisions, decision_output, tie_margin
 from edgefleet.core.errors import BackendError, VerificationError
 from edgefleet.core.precision import widen
-from edgefleet.core.schema import InputValidator
+from edgefleet.core.schema import InputValidator, sample_count, samples_first, take_samples
 from edgefleet.core.signing import TrustStore
 from edgefleet.edge_runtime.backends import Backend, backend_class
 
@@ -181,15 +181,16 @@ class Predictor:
             tolerance = {k: max(tolerance[k], float(checked.get(k, 0.0))) for k in ("atol", "rtol")}
         # what this device really executes (an f16 hint may run in bf16 here): core/precision.py
         tolerance = widen(tolerance, getattr(self._backend, "executed_precision", None), expected.values())
-        count = len(next(iter(inputs.values())))
+        specs_in, specs_out = self.bundle.inputs, self.bundle.outputs
+        count = sample_count(specs_in, inputs)
         failures: list[str] = []
         worst = 0.0
         runs = []
-        for label, subset in (("batch", slice(None)), ("first example", slice(0, 1))):
-            got = self._run(self._validate({k: v[subset] for k, v in inputs.items()}))  # not user traffic
+        for label, stop in (("batch", count), ("first example", 1)):  # on each tensor's batch axis (core/schema.py)
+            got = self._run(self._validate(take_samples(specs_in, inputs, 0, stop)))  # not user traffic
             runs.append(got)
-            for name, want in expected.items():
-                diff, ok = _compare(got[name], want[subset], tolerance)
+            for name, want in take_samples(specs_out, expected, 0, stop).items():
+                diff, ok = _compare(got[name], want, tolerance)
                 worst = max(worst, diff)
                 if not ok:
                     failures.append(f"{name} ({label}): max abs error {diff:.3g} over atol={tolerance['atol']:g}, "
@@ -204,10 +205,15 @@ class Predictor:
         lowered itself), it stands in for the noise, as in the compile check."""
         interface = self.bundle.manifest["interface"]
         output = decision_output(interface)
-        if output is None or any(np.shape(run[output]) != expected[output][:len(run[output])].shape for run in runs):
-            return None  # no decision, or misshapen outputs (already a numeric failure)
+        if output is None:
+            return None
+        spec = next(s for s in self.bundle.outputs if s.name == output)
+        want = samples_first(spec, expected[output])  # one row per example, whatever the output's batch axis
+        got = [samples_first(spec, run[output]) for run in runs]
+        if any(g.shape != want[:len(g)].shape for g in got):
+            return None  # misshapen outputs (already a numeric failure)
         tie = tie_margin(self.bundle.manifest["golden"], atol)
-        check = compare_decisions(expected[output], [run[output] for run in runs], tie, interface.get("class_names"))
+        check = compare_decisions(want, got, tie, interface.get("class_names"))
         if not check.passed:
             failures.append(f"{output}: {check.problem()}")
         return check.record()

@@ -103,8 +103,10 @@ class OpenVinoBackend:
         request, lock, tensor = compiled.create_infer_request(), threading.Lock(), ov.Tensor
 
         def infer(req: ov.InferRequest, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            for name, port in inputs:
-                req.set_tensor(port, tensor(np.ascontiguousarray(feed[name]), shared_memory=True))
+            for name, port in inputs:  # np.ascontiguousarray would make a scalar input 1-D
+                value = feed[name]
+                value = value if value.flags.c_contiguous else np.ascontiguousarray(value)
+                req.set_tensor(port, tensor(value, shared_memory=True))
             req.infer()
             return {name: req.get_tensor(port).data.copy() for name, port in outputs}
 

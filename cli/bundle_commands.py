@@ -18,6 +18,9 @@ from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.manifest_rules import MAX_SIGNATURE_BYTES, MAX_SIGNATURE_DEPTH, check_structure, read_document
 from edgefleet.core.signing import DEFAULT_VALIDITY, SigningKey
 
+DEFAULT_BACKEND_HELP = ("(default: the backends of the bundle's own artifacts, onnxruntime first for an ONNX "
+                        "artifact; the output says which ran)")
+
 
 # --- keys and signing -------------------------------------------------------------------------------
 @keys_app.command("generate")
@@ -101,7 +104,7 @@ def verify(
     bundle: BundleArg,
     trust: TrustOption = None,
     self_test: Annotated[bool, typer.Option("--self-test/--no-self-test", help="Run the golden examples")] = True,
-    backend: Annotated[str, typer.Option(help="Backend for the self-test")] = "onnxruntime",
+    backend: Annotated[str | None, typer.Option(help=f"Backend for the self-test {DEFAULT_BACKEND_HELP}")] = None,
 ) -> None:
     """Check signature, expiry and every file's hash; then run the self-test on the golden examples."""
     opened = Bundle.open(bundle)
@@ -113,7 +116,7 @@ def verify(
         return
     from edgefleet.edge_runtime.predictor import Predictor
 
-    with Predictor(opened, backends=[backend], trusted_keys=store) as predictor:
+    with Predictor(opened, backends=_backends(opened, backend and [backend]), trusted_keys=store) as predictor:
         report = predictor.self_test()
     if not report.passed:
         err_console.print("[red]self-test failed[/]: " + "; ".join(report.failures))
@@ -123,12 +126,20 @@ def verify(
 
 
 # --- running it -------------------------------------------------------------------------------------
+def _backends(bundle: Bundle, named: list[str] | None) -> list[str]:
+    """The backends named on the command line, else the bundle's own order (edge_runtime/backends)."""
+    from edgefleet.edge_runtime.backends import default_backends
+
+    return list(named) if named else default_backends(bundle)
+
+
 @app.command("predict")
 def predict(
     bundle: BundleArg,
     input_file: Annotated[Path, typer.Option("--input", "-i", help=".npy, .npz or .json request")],
     trust: TrustOption = None,
-    backend: Annotated[list[str] | None, typer.Option(help="Backend(s) in order of preference")] = None,
+    backend: Annotated[list[str] | None, typer.Option(help="Backend(s) in order of preference "
+                                                           f"{DEFAULT_BACKEND_HELP}")] = None,
     labels: Annotated[Path | None, typer.Option(help=".npy of true classes: print accuracy")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write outputs (.json/.npz/.npy)")] = None,
     show: Annotated[int, typer.Option(help="Rows to print")] = 10,
@@ -138,7 +149,8 @@ def predict(
     from edgefleet.edge_runtime.predictor import Predictor
     from edgefleet.edge_runtime.request_files import read_request, write_result
 
-    with Predictor(bundle, backends=backend or ["onnxruntime"], trusted_keys=trust_store(trust)) as predictor:
+    opened = Bundle.open(bundle)
+    with Predictor(opened, backends=_backends(opened, backend), trusted_keys=trust_store(trust)) as predictor:
         feed = read_request(input_file, predictor.bundle.inputs)
         outputs = predictor.predict(feed)
     interface = predictor.bundle.manifest["interface"]
@@ -146,7 +158,7 @@ def predict(
     if output:
         write_result(output, outputs)
     if interface.get("task") != "classification":
-        out.print(f"{len(first)} predictions; first output shape {first.shape}")
+        out.print(f"{len(first)} predictions ({predictor.backend_name}); first output shape {first.shape}")
         return
     predicted, confidence = class_confidence(first, interface.get("postprocess", "softmax"))
     names = interface.get("class_names") or [str(i) for i in range(first.shape[1])]
@@ -165,9 +177,9 @@ def predict(
 def bench(
     bundle: BundleArg,
     trust: TrustOption = None,
-    backend: Annotated[str, typer.Option(help="Backend or compile target to measure; several, comma-separated, "
-                                              "are measured one after another, each in its own process")
-                       ] = "onnxruntime",
+    backend: Annotated[str | None, typer.Option(help="Backend or compile target to measure; several, "
+                                                     "comma-separated, are measured one after another, each in "
+                                                     f"its own process {DEFAULT_BACKEND_HELP}")] = None,
     batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated")] = "1",
     threads: Annotated[int | None, typer.Option(help="Intra-op threads (default: runtime's choice)")] = None,
     runs: Annotated[int | None, typer.Option(help="Measured runs per batch size (default 1024)")] = None,
@@ -190,7 +202,7 @@ def bench(
         raise EdgefleetError(f"--batch: expected comma-separated integers such as 1,8,32, got {batch!r}") from err
     if any(b < 1 for b in batches) or (runs is not None and runs < 1) or (duration is not None and duration <= 0):
         raise EdgefleetError("--batch, --runs and --duration must be positive")
-    if "," in backend:
+    if backend and "," in backend:
         from edgefleet.edge_runtime.bench import check_entries
 
         names = [b.strip() for b in backend.split(",") if b.strip()]

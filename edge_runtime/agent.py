@@ -26,11 +26,13 @@ from pathlib import Path
 
 import uvicorn
 
+from edgefleet.core.bundle import Bundle
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.ota import OtaError, Status, parse_command
 from edgefleet.core.signing import TrustStore
 from edgefleet.core.telemetry import Dropped, TelemetryWindow
 from edgefleet.core.topics import topic
+from edgefleet.edge_runtime.backends import default_backends
 from edgefleet.edge_runtime.device_config import DeviceConfig
 from edgefleet.edge_runtime.http_api import create_app
 from edgefleet.edge_runtime.metrics import DeviceMetrics
@@ -145,7 +147,10 @@ class DeviceAgent:
         return self.host.current.telemetry
 
     def _make_predictor(self, bundle_dir: Path) -> Predictor:
-        return Predictor(bundle_dir, backends=list(self.config.backends), threads=self.config.threads,
+        """The configured backends, else each bundle's own order (a TFLite-only update runs on litert)."""
+        bundle = Bundle.open(bundle_dir)
+        backends = list(self.config.backends) or default_backends(bundle)
+        return Predictor(bundle, backends=backends, threads=self.config.threads,
                          trusted_keys=list(self.config.trusted_keys), cache_dir=self.config.data_dir / "cache")
 
     def _make_aggregator(self, predictor: Predictor) -> TelemetryAggregator:

@@ -22,7 +22,8 @@ which goes first so neither profits from the other warming the caches.
 The report (JSON-serialisable; times in ms unless the key says seconds):
     kind, report_version, created_at
     bundle            {name, version, root, artifact: {target, backend, format, path, sha256, size}}
-    backend, threads  the backend that ran it; threads as asked (None: the runtime's default)
+    backend, threads  the backend that ran it (options.backend None: the first of the bundle's own order,
+                      edge_runtime/backends, that could); threads as asked (None: the runtime's default)
     options           the BenchOptions; stop_rule {min_runs, min_seconds, max_seconds}
     input_source      "golden" or "random"
     flops_per_sample  from the bundle's artifact entry (the exporter's count), or None
@@ -85,7 +86,7 @@ class BenchError(EdgefleetError):
 
 @dataclass(frozen=True)
 class BenchOptions:
-    backend: str = "onnxruntime"
+    backend: str | None = None  # None: the bundle's own order (edge_runtime/backends, default_backends)
     batches: tuple[int, ...] = (1,)
     threads: int | None = None
     runs: int | None = None  # measured runs per batch size
@@ -123,7 +124,14 @@ def run_bench(
     tell = progress or (lambda message, fraction: None)
     tell("loading the bundle", 0.0)
     rss_before = current_rss_bytes()
-    predictor = Predictor(bundle, backends=[options.backend], threads=options.threads, trusted_keys=trust)
+    if options.backend is None:
+        from edgefleet.edge_runtime.backends import default_backends
+
+        bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+        backends = default_backends(bundle)
+    else:
+        backends = [options.backend]
+    predictor = Predictor(bundle, backends=backends, threads=options.threads, trusted_keys=trust)
     raw = None
     try:
         rss_after = current_rss_bytes()

@@ -8,8 +8,8 @@
     [model]
     bundle = "/var/lib/edgefleet/digits.tar.gz"
     trusted_keys = ["/etc/edgefleet/release.pub"]
-    backends = ["onnxruntime"]
-    threads = 1
+    backends = ["onnxruntime"]               # optional; without it, the bundle's own order: the backends
+    threads = 1                              # of its CPU artifacts (edge_runtime/backends, default_backends)
 
     [mqtt]                                     # optional: no section, no reporting
     url = "mqtt://cloud.example:1883"
@@ -55,7 +55,7 @@ class DeviceConfig:
     bundle: Path
     trusted_keys: tuple[Path, ...]
     data_dir: Path
-    backends: tuple[str, ...] = ("onnxruntime",)
+    backends: tuple[str, ...] = ()  # empty: each bundle's own order (edge_runtime/backends, default_backends)
     threads: int | None = None
     mqtt: MqttConfig | None = None
     window_seconds: float = 60.0
@@ -102,12 +102,18 @@ class DeviceConfig:
             device=device_id, fleet=fleet, bundle=_path(base, model["bundle"]),
             trusted_keys=tuple(_path(base, k) for k in keys),
             data_dir=_path(base, device.get("data_dir", f"edgefleet-device-{device_id}")),
-            backends=tuple(model.get("backends", ["onnxruntime"])), threads=model.get("threads"),
+            backends=_backends(model.get("backends", [])), threads=model.get("threads"),
             mqtt=MqttConfig(mqtt["url"], mqtt.get("username"), mqtt.get("password")) if mqtt.get("url") else None,
             window_seconds=window, outbox_max_bytes=int(telemetry.get("outbox_max_bytes", 16 * 2**20)),
             http_host=str(http.get("host", "127.0.0.1")), http_port=int(http.get("port", 8000)),
             max_body_bytes=int(http.get("max_body_bytes", 2**20)),
         )
+
+
+def _backends(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(name, str) and name for name in value):
+        raise EdgefleetError(f"device config: model.backends must be a list of backend or target names, got {value!r}")
+    return tuple(value)
 
 
 def _path(base: Path, value: str) -> Path:

@@ -56,6 +56,7 @@ def test_verify_and_self_test(digits_bundle, trust):
     result = edgefleet("verify", str(digits_bundle.root), *trust)
     assert result.returncode == 0, result.stderr
     assert "verified digits-cnn v1" in result.stdout and "self-test passed on 8 golden examples" in result.stdout
+    assert "with onnxruntime" in result.stdout  # no --backend: an ONNX bundle's default is onnxruntime
 
 
 def test_verify_reads_trust_from_environment(digits_bundle):
@@ -116,6 +117,7 @@ def test_bench_json_report(digits_bundle, trust, tmp_path):
     report = json.loads((tmp_path / "bench.json").read_text())
     assert [r["batch"] for r in report["results"]] == [1, 4]
     assert all(r["runs"] == 64 for r in report["results"])
+    assert report["backend"] == "onnxruntime"  # the default for an ONNX bundle, as before
 
 
 def test_bench_several_backends_side_by_side(digits_bundle, trust, tmp_path):
@@ -287,3 +289,44 @@ def test_inspect_an_artifact_with_null_size_and_error(bundle_copy):
     result = edgefleet("inspect", str(bundle_copy))
     assert result.returncode == 0, result.stderr
     assert "0.0 KiB, unchecked (device self-test)" in result.stdout
+
+
+TFLITE_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "tflite"
+
+
+@pytest.mark.parametrize("model", ["cnn_float.tflite", "cnn_nosig.tflite"])
+def test_an_imported_tflite_bundle_runs_on_litert_without_backend(model, tmp_path):
+    """Its only artifact is LiteRT's: verify, predict and bench took onnxruntime by default and failed."""
+    pytest.importorskip("ai_edge_litert")
+    assert edgefleet("keys", "generate", "--out", str(tmp_path / "k"), "--name", "t").returncode == 0
+    bundle, trust = str(tmp_path / "b"), ["--trust", str(tmp_path / "k" / "t.pub")]
+    imported = edgefleet("import", str(TFLITE_FIXTURES / model), "--out", bundle, "--name", "cnn", "--version", "1",
+                         "--key", str(tmp_path / "k" / "t.key"))
+    assert imported.returncode == 0, imported.stderr
+
+    verified = edgefleet("verify", bundle, *trust)
+    assert verified.returncode == 0, verified.stderr
+    assert "self-test passed on 8 golden examples with litert" in verified.stdout
+
+    with np.load(TFLITE_FIXTURES / "reference.npz") as reference:
+        pixels, want = reference["pixels"], reference["float_logits"]
+    np.save(tmp_path / "pixels.npy", pixels)
+    predicted = edgefleet("predict", bundle, "--input", str(tmp_path / "pixels.npy"), "--output",
+                          str(tmp_path / "out.npz"), *trust)
+    assert predicted.returncode == 0, predicted.stderr
+    assert "5 predictions (litert)" in predicted.stdout
+    with np.load(tmp_path / "out.npz") as got:  # one output, named as the file names it (no SignatureDef: its tensor)
+        assert len(got.files) == 1
+        np.testing.assert_allclose(got[got.files[0]], want, rtol=1e-5, atol=1e-5)
+
+    benched = edgefleet("bench", bundle, *trust, "--runs", "50", "--json", str(tmp_path / "bench.json"))
+    assert benched.returncode == 0, benched.stderr
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["backend"] == "litert" and report["results"][0]["runs"] == 50
+    assert "litert" in benched.stdout
+
+    # a backend named on the command line is still the only one tried
+    named = edgefleet("verify", bundle, *trust, "--backend", "onnxruntime")
+    assert named.returncode == 2 and "Traceback" not in named.stderr
+    assert "error: no listed backend can run bundle cnn v1 (onnxruntime: bundle has no artifact in a format it " \
+           "runs (onnx, ort))" in named.stderr.splitlines()

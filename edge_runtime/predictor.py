@@ -36,7 +36,7 @@ from edgefleet.core.errors import BackendError, VerificationError
 from edgefleet.core.precision import widen
 from edgefleet.core.schema import InputValidator, sample_count, samples_first, take_samples
 from edgefleet.core.signing import TrustStore
-from edgefleet.edge_runtime.backends import Backend, backend_class
+from edgefleet.edge_runtime.backends import Backend, backend_class, default_backends
 
 if TYPE_CHECKING:
     from edgefleet.edge_runtime.telemetry import TelemetryAggregator
@@ -61,14 +61,16 @@ class Predictor:
     def __init__(
         self,
         bundle: Bundle | str | Path,
-        backends: Sequence[str] = ("onnxruntime",),
+        backends: Sequence[str] | None = None,
         threads: int | None = None,
         trusted_keys: TrustedKeys | None = None,
         *,
         installed_version: int | None = None,
         cache_dir: str | Path | None = None,
     ) -> None:
-        """cache_dir: a writable directory where backends that compile at load (OpenVINO) keep their cache."""
+        """backends: names or targets in order (None: the bundle's own order, `default_backends`: onnxruntime
+        for an ONNX artifact first, then each CPU artifact's backend). cache_dir: a writable directory where
+        backends that compile at load (OpenVINO) keep their cache."""
         started = time.perf_counter()
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
         self.verified: Verified = self.bundle.verify(_trust_store(trusted_keys), installed_version=installed_version)
@@ -77,6 +79,8 @@ class Predictor:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.fallbacks: list[tuple[str, str]] = []
         self.telemetry: TelemetryAggregator | None = None
+        if backends is None:
+            backends = default_backends(self.bundle)
         self.backend_name, self.artifact, self._backend = self._load_first(list(backends))
         self._run = self._backend.run
         self.load_seconds = time.perf_counter() - started

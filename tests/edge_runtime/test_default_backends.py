@@ -102,3 +102,20 @@ port = {free_port()}
         np.testing.assert_allclose(agent.predict(pixels)["logits"], want, rtol=1e-5, atol=1e-5)
         status, body = http("POST", agent.http_url + "/v1/predict", json.dumps({"inputs": pixels.tolist()}).encode())
         assert status == 200, body
+
+
+def test_a_predictor_without_backends_runs_the_bundles_own_artifact(tflite_bundle, digits_bundle):
+    """Predictor(bundle) with no backends follows the same order: litert for a TFLite-only bundle,
+    onnxruntime for the digits bundle, and the answer equals the reference interpreter's."""
+    from edgefleet.edge_runtime.predictor import Predictor
+
+    bundle, public = tflite_bundle
+    with np.load(FIXTURES / "reference.npz") as reference:
+        pixels, want = reference["pixels"], reference["float_logits"]
+    with Predictor(bundle.root, trusted_keys=[public]) as predictor:
+        assert predictor.backend_name == "litert"
+        got = predictor.predict({bundle.inputs[0].name: pixels})
+        np.testing.assert_allclose(next(iter(got.values())), want, atol=1e-5)
+        assert predictor.self_test().passed
+    with Predictor(digits_bundle.root, trusted_keys=[digits_bundle.public_key]) as predictor:
+        assert predictor.backend_name == "onnxruntime"

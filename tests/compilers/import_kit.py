@@ -178,3 +178,14 @@ def _save(graph: onnx.GraphProto, path: Path) -> Path:
     model.ir_version = 8
     onnx.save_model(model, str(path))
     return path
+
+
+class RecurrentStep(torch.nn.Module):
+    """torch.nn.GRU over [steps, batch, features] with its state [layers, batch, hidden] in and out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gru = torch.nn.GRU(8, 16, num_layers=2)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.gru(x, state)

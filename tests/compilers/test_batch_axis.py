@@ -19,19 +19,9 @@ from edgefleet.core.bundle import Bundle
 from edgefleet.core.schema import TensorSpec, batch_axis, join_samples, take_samples
 from edgefleet.core.signing import SigningKey, TrustStore
 from edgefleet.edge_runtime.predictor import Predictor
+from tests.compilers.import_kit import RecurrentStep
 
 TARGETS = ["onnxruntime-cpu", "openvino-cpu"]
-
-
-class RecurrentStep(torch.nn.Module):
-    """torch.nn.GRU over [steps, batch, features] with its state [layers, batch, hidden] in and out."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gru = torch.nn.GRU(8, 16, num_layers=2)
-
-    def forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.gru(x, state)
 
 
 @pytest.fixture(scope="module")

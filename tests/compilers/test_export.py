@@ -15,6 +15,7 @@ from edgefleet.core.errors import ExportError
 from edgefleet.core.profile import extract_features
 from edgefleet.core.signing import SigningKey, TrustStore
 from edgefleet.cpp_ext.reference import histogram_update_reference
+from tests.compilers.import_kit import RecurrentStep
 
 
 def test_manifest_describes_the_model(digits_bundle):
@@ -211,17 +212,6 @@ def test_bad_dynamic_axes_and_task_are_refused_before_export(tmp_path, dynamic_a
         export_torch(TwoInputs(), (torch.randn(2, 4), torch.randn(2, 2)), tmp_path / "b", name="t", version=1,
                      input_names=["x", "y"], dynamic_axes=dynamic_axes, task=task)
     assert list(tmp_path.iterdir()) == []
-
-
-class RecurrentStep(torch.nn.Module):
-    """torch.nn.GRU over [steps, batch, features] with its state [layers, batch, hidden] in and out."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gru = torch.nn.GRU(8, 16, num_layers=2)
-
-    def forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.gru(x, state)
 
 
 def test_a_state_input_keeps_batch_off_axis_0_and_an_axis_the_exporter_fixes_is_named(tmp_path):

@@ -13,6 +13,7 @@ compare with the reference exactly. A histogram over E edges has E + 2 counts: E
      "features": [{"input": "pixels", "counts": [[..E + 2..], ...]}],  # one row per feature
      "predictions": [..one count per class..],                         # [] for non-classifiers
      "confidence": [..E + 2 counts..],                                 # [] for non-classifiers
+     "outputs": [{"output": "embedding", "counts": [[..E + 2..], ...]}],  # per-task output summaries
      "dropped": {"windows": 0, "first_seq": null, "last_seq": null}}  # outbox overflow, never silent
 
 `parse_telemetry` is the gate of the cloud's ingest: anything malformed raises TelemetryError with one
@@ -59,6 +60,15 @@ class FeatureCounts:
 
 
 @dataclass(frozen=True)
+class OutputCounts:
+    """The summary rows of one output (regression values, embedding norm/projections, detection count and
+    scores), binned on the reference profile's `outputs` edges, rows in the profile's order."""
+
+    output: str
+    counts: tuple[tuple[int, ...], ...]  # (rows, edges + 2)
+
+
+@dataclass(frozen=True)
 class Dropped:
     windows: int = 0
     first_seq: int | None = None
@@ -81,6 +91,7 @@ class TelemetryWindow:
     features: tuple[FeatureCounts, ...] = ()
     predictions: tuple[int, ...] = ()
     confidence: tuple[int, ...] = ()
+    outputs: tuple[OutputCounts, ...] = ()
     dropped: Dropped = field(default_factory=Dropped)
 
     def to_dict(self) -> dict:
@@ -99,6 +110,7 @@ class TelemetryWindow:
             "features": [{"input": f.input, "counts": [list(row) for row in f.counts]} for f in self.features],
             "predictions": list(self.predictions),
             "confidence": list(self.confidence),
+            "outputs": [{"output": o.output, "counts": [list(row) for row in o.counts]} for o in self.outputs],
             "dropped": asdict(self.dropped),
         }
 

@@ -207,7 +207,8 @@ def _as_dict(inputs: Inputs, specs: list[TensorSpec]) -> dict[str, np.ndarray]:
         values = list(inputs)
     if len(values) != len(specs):
         raise ExportError(f"the model takes {len(specs)} inputs, the data has {len(values)}")
-    return {s.name: np.ascontiguousarray(_np(v), dtype=np.dtype(s.dtype)) for s, v in zip(specs, values, strict=True)}
+    arrays = {s.name: np.asarray(_np(v), dtype=np.dtype(s.dtype)) for s, v in zip(specs, values, strict=True)}
+    return {k: np.ascontiguousarray(a) if a.ndim else a for k, a in arrays.items()}  # it would make a 0-d array 1-D
 
 
 def _export_onnx(model: torch.nn.Module, examples: tuple[torch.Tensor, ...], path: Path,

@@ -189,7 +189,6 @@ def test_an_output_named_like_an_exporter_value_is_one_error_and_a_rerun_works(t
         ((torch.randn(2, 4), [1, 2]), "example input #1 is a list of int, not a tensor"),
         ({"x": torch.randn(2, 4), "y": {"a": 1}}, "example input 'y' is a dict, not a tensor"),
         ({"x": np.array([["a", "b"]]), "y": torch.randn(2, 2)}, "example input 'x' is a numpy array of dtype <U1"),
-        ((torch.randn(2, 4), torch.tensor(2.0)), "example input #1 is a 0-dimensional tensor"),
     ],
 )
 def test_a_non_tensor_example_input_is_one_error_naming_it(tmp_path, examples, message):

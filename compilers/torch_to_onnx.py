@@ -4,12 +4,13 @@
     onnx_model, session = export_onnx(model, examples, path, names, output_names, dynamic_axes)
 
 Example inputs are tensors or numeric numpy arrays: one, a sequence of them, or a mapping name -> one.
-Anything else (a str, a list of ints, a dict, a number, a 0-dimensional tensor) is one ExportError
-naming the input, before the exporter runs.
+Anything else (a str, a list of ints, a dict, a number) is one ExportError naming the input, before
+the exporter runs. A 0-dimensional tensor (a sample rate, `torch.tensor(16000.0)`) is an input without a
+batch axis: it stays 0-d in the ONNX file and the schema, one value for every sample of a request.
 
 Dynamic axes (`dynamic_axes={"input_ids": {1: "tokens"}}`): every input's axis 0 is the symbolic
-"batch", and an input named in dynamic_axes adds or renames symbolic axes: {axis: symbol}, where a
-symbol of None makes that axis static (`{"state": {0: None, 1: "batch"}}` for a state laid out
+"batch" (a 0-d input has none), and an input named in dynamic_axes adds or renames symbolic axes:
+{axis: symbol}, where a symbol of None makes that axis static (`{"state": {0: None, 1: "batch"}}` for a state laid out
 [layers, batch, hidden]). One symbol on several inputs is one dimension (the tokens of input_ids and
 of attention_mask). Symbols become torch.export.Dim objects for torch.onnx.export(dynamo=True), so the
 ONNX inputs carry them as dim names, and so does the bundle's schema. A dynamic axis of size 1 in the
@@ -83,9 +84,6 @@ def _tensor(value: object, label: str) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise ExportError(f"example input {label} is {_kind(value)}, not a tensor: export takes torch tensors or "
                           "numpy arrays (one per model input, with a batch axis)")
-    if value.dim() == 0:
-        raise ExportError(f"example input {label} is a 0-dimensional tensor; export needs an axis 0 to make the "
-                          "batch axis (pass it with shape [batch] or [batch, 1])")
     return value.detach().cpu()
 
 
@@ -108,7 +106,7 @@ def dynamic_dims(names: Sequence[str], examples: Sequence[torch.Tensor],
                           f"(inputs: {', '.join(map(repr, names))})")
     dims = []
     for name, example in zip(names, examples, strict=True):
-        axes: dict[int, str | None] = {0: BATCH}
+        axes: dict[int, str | None] = {0: BATCH} if example.dim() else {}  # a 0-d input: no batch axis
         for axis, symbol in dict(given.get(name, {})).items():
             if not isinstance(axis, int) or not -example.dim() <= axis < example.dim():
                 raise ExportError(f"dynamic_axes[{name!r}]: axis {axis!r} is not an axis of its "

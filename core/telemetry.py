@@ -19,8 +19,11 @@ compare with the reference exactly. A histogram over E edges has E + 2 counts: E
 `parse_telemetry` is the gate of the cloud's ingest: anything malformed raises TelemetryError with one
 precise message and a reason code, so the ingest can count it and go on. It never raises anything else,
 and what it returns fits the cloud's columns: every integer (seq, counts, model version, dropped) is
-within 0..MAX_INT (reason `number_out_of_range` beyond), times are finite doubles, the model name is at
-most MAX_NAME characters without NUL. The JSON Schema of this message is docs/schemas/telemetry.json.
+within 0..MAX_INT (reason `number_out_of_range` beyond), times are finite doubles, the model name and
+every output name are at most MAX_NAME characters without NUL. `outputs` is optional (absent means [],
+as agents before per-output summaries send it): at most MAX_OUTPUTS outputs, each named once, each with
+1..MAX_OUTPUT_ROWS rows of one length between 2 and MAX_ROW_LENGTH counts. The JSON Schema of this message
+is docs/schemas/telemetry.json.
 """
 
 from __future__ import annotations
@@ -39,7 +42,10 @@ SCHEMA = "edgefleet.telemetry"
 VERSION = 1
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_INT = bounded_json.SQL_INTEGER_MAX  # the largest seq or count the cloud stores
-MAX_NAME = 128  # the longest model name the cloud stores
+MAX_NAME = 128  # the longest model (or output) name the cloud stores
+MAX_OUTPUTS = 64  # output summaries per window
+MAX_OUTPUT_ROWS = 256  # summary rows per output (regression elements or statistics, embedding norm and projections)
+MAX_ROW_LENGTH = 1026  # counts per summary row: 1,024 bins and the NaN column at most
 # Log-spaced latency bins from 10 µs to 10 s: fine where edge models live, coarse in the tail.
 LATENCY_EDGES_MS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0,
                     500.0, 1000.0, 2000.0, 5000.0, 10000.0)
@@ -139,13 +145,8 @@ def parse_telemetry(payload: bytes | str, *, max_bytes: int = MAX_PAYLOAD_BYTES)
     for index, item in enumerate(_list(data, "features")):
         if not isinstance(item, Mapping) or not isinstance(item.get("input"), str):
             raise TelemetryError("bad_field", f"features[{index}] must be an object with a string 'input'")
-        rows = item.get("counts")
-        if not isinstance(rows, list) or not rows:
-            raise TelemetryError("bad_field", f"features[{index}].counts must be a non-empty list of rows")
-        parsed = tuple(_count_list(row, f"features[{index}].counts[{r}]") for r, row in enumerate(rows))
-        if len({len(row) for row in parsed}) != 1:
-            raise TelemetryError("bad_field", f"features[{index}].counts rows differ in length")
-        features.append(FeatureCounts(item["input"], parsed))
+        features.append(FeatureCounts(item["input"], _rows(item, f"features[{index}]")))
+    outputs = _outputs(_list(data, "outputs"))
     dropped = data.get("dropped") or {}
     if not isinstance(dropped, Mapping):
         raise TelemetryError("bad_field", "dropped must be an object")
@@ -167,8 +168,46 @@ def parse_telemetry(payload: bytes | str, *, max_bytes: int = MAX_PAYLOAD_BYTES)
         model_version=_int(model, "version", "model.version"), start=start, end=end,
         requests=requests, samples=_int(data, "samples"), errors=errors, latency_ms=latency,
         features=tuple(features), predictions=_counts(data, "predictions"), confidence=_counts(data, "confidence"),
-        dropped=_dropped(dropped),
+        outputs=outputs, dropped=_dropped(dropped),
     )
+
+
+def _rows(item: Mapping, label: str) -> tuple[tuple[int, ...], ...]:
+    """The `counts` of one features or outputs entry: a non-empty list of count rows of one length."""
+    rows = item.get("counts")
+    if not isinstance(rows, list) or not rows:
+        raise TelemetryError("bad_field", f"{label}.counts must be a non-empty list of rows")
+    parsed = tuple(_count_list(row, f"{label}.counts[{r}]") for r, row in enumerate(rows))
+    if len({len(row) for row in parsed}) != 1:
+        raise TelemetryError("bad_field", f"{label}.counts rows differ in length")
+    return parsed
+
+
+def _outputs(items: list) -> tuple[OutputCounts, ...]:
+    """The per-output summaries: bounded in number, rows and row length before any row is read."""
+    if len(items) > MAX_OUTPUTS:
+        raise TelemetryError("bad_field", f"outputs holds {len(items)} entries, more than {MAX_OUTPUTS}")
+    outputs, seen = [], set()
+    for index, item in enumerate(items):
+        label = f"outputs[{index}]"
+        name = item.get("output") if isinstance(item, Mapping) else None
+        if not isinstance(name, str) or not name or len(name) > MAX_NAME or "\0" in name:
+            raise TelemetryError("bad_field", f"{label} must be an object whose 'output' is a string of 1 to "
+                                              f"{MAX_NAME} characters without NUL")
+        if name in seen:
+            raise TelemetryError("bad_field", f"{label}: output {_shown(name)} is summarised twice")
+        seen.add(name)
+        rows = item.get("counts")
+        if isinstance(rows, list):
+            if len(rows) > MAX_OUTPUT_ROWS:
+                raise TelemetryError("bad_field", f"{label}.counts holds {len(rows)} rows, more than "
+                                                  f"{MAX_OUTPUT_ROWS}")
+            for r, row in enumerate(rows):
+                if isinstance(row, list) and not 2 <= len(row) <= MAX_ROW_LENGTH:
+                    raise TelemetryError("bad_field", f"{label}.counts[{r}] must hold 2 to {MAX_ROW_LENGTH} counts "
+                                                      f"(bins and the NaN column), got {len(row)}")
+        outputs.append(OutputCounts(name, _rows(item, label)))
+    return tuple(outputs)
 
 
 def _dropped(data: Mapping) -> Dropped:

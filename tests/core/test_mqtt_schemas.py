@@ -8,6 +8,7 @@ import json
 import queue
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -16,7 +17,7 @@ from jsonschema import Draft202012Validator
 
 from edgefleet.core.ota import BundleRef, Command, OtaError, Status, parse_command, parse_status
 from edgefleet.core.presence import PresenceError, death_payload, parse_presence
-from edgefleet.core.telemetry import TelemetryError, parse_telemetry
+from edgefleet.core.telemetry import OutputCounts, TelemetryError, parse_telemetry
 from edgefleet.core.topics import topic
 from edgefleet.edge_runtime.mqtt import MqttTransport
 from edgefleet.edge_runtime.outbox import Outbox
@@ -61,6 +62,11 @@ def test_the_docs_show_an_example_of_every_kind_and_each_is_valid():
 def test_payloads_the_code_produces_are_valid():
     assert_valid("telemetry", json.dumps(window()))
     assert_valid("telemetry", json.dumps(window(dropped={"windows": 2, "first_seq": 3, "last_seq": 4})))
+    regression = replace(parse_telemetry(json.dumps(window()).encode()), predictions=(), confidence=(),
+                         outputs=(OutputCounts("price", ((3, 2, 1, 0),)),
+                                  OutputCounts("embedding", ((1, 4, 1, 0), (2, 2, 2, 0)))))
+    assert_valid("telemetry", regression.to_payload())
+    assert_valid("telemetry", json.dumps({k: v for k, v in window().items() if k != "outputs"}))
     assert_valid("status", Status("lab", "d1", "c-1", "dep-1", "downloading", seq=3, at=5.0).to_payload())
     assert_valid("status", Status("lab", "d1", "c-1", "dep-1", "failed", BundleRef("m", 2), "bundle_mismatch",
                                   {"expected": 2}, 6.0, 4).to_payload())
@@ -125,6 +131,14 @@ def birth(**changes) -> dict:
         ("telemetry", window(predictions=[1, -1])),
         ("telemetry", window(dropped={"windows": "x"})),
         ("telemetry", {k: v for k, v in window().items() if k != "window"}),
+        ("telemetry", window(outputs=[{"output": "p", "counts": []}])),
+        ("telemetry", window(outputs=[{"output": "", "counts": [[1, 2]]}])),
+        ("telemetry", window(outputs=[{"output": "a\0b", "counts": [[1, 2]]}])),
+        ("telemetry", window(outputs=[{"output": "p", "counts": [[5]]}])),
+        ("telemetry", window(outputs=[{"output": "p", "counts": [[1, -2]]}])),
+        ("telemetry", window(outputs=[{"counts": [[1, 2]]}])),
+        ("telemetry", window(outputs=[{"output": "p", "counts": [[1, 2]] * 257}])),
+        ("telemetry", window(outputs=[{"output": f"o{i}", "counts": [[1, 2]]} for i in range(65)])),
         ("birth", birth(model={"name": "m", "version": "x"})),
         ("birth", birth(model={"name": "m", "version": 2**40})),
         ("birth", birth(online=False)),

@@ -6,7 +6,17 @@ import json
 
 import pytest
 
-from edgefleet.core.telemetry import LATENCY_EDGES_MS, FeatureCounts, TelemetryError, TelemetryWindow, parse_telemetry
+from edgefleet.core.telemetry import (
+    LATENCY_EDGES_MS,
+    MAX_OUTPUT_ROWS,
+    MAX_OUTPUTS,
+    MAX_ROW_LENGTH,
+    FeatureCounts,
+    OutputCounts,
+    TelemetryError,
+    TelemetryWindow,
+    parse_telemetry,
+)
 from edgefleet.core.topics import TopicError, parse, subscription, topic
 
 
@@ -96,3 +106,59 @@ def test_the_dropped_record_round_trips():
     parsed = parse_telemetry(json.dumps(window(dropped={"windows": 3, "first_seq": 4, "last_seq": 6})).encode())
     assert (parsed.dropped.windows, parsed.dropped.first_seq, parsed.dropped.last_seq) == (3, 4, 6)
     assert parse_telemetry(json.dumps(window(dropped=None)).encode()).dropped.windows == 0
+
+
+# per-output summaries (regression values, embedding norm/projections, detections) ---------------------------
+OUTPUTS = (OutputCounts("price", ((3, 2, 1, 0),)), OutputCounts("embedding", ((1, 4, 1, 0), (2, 2, 2, 0))))
+
+
+def with_outputs(outputs: object) -> dict:
+    return window(outputs=outputs)
+
+
+def test_outputs_round_trip_and_old_payloads_without_them_still_parse():
+    data = {**window(), "outputs": [{"output": o.output, "counts": [list(r) for r in o.counts]} for o in OUTPUTS]}
+    parsed = parse_telemetry(json.dumps(data).encode())
+    assert parsed.outputs == OUTPUTS
+    assert parse_telemetry(parsed.to_payload()) == parsed
+    old = {k: v for k, v in window().items() if k != "outputs"}  # an agent from before per-output summaries
+    assert parse_telemetry(json.dumps(old).encode()).outputs == ()
+
+
+@pytest.mark.parametrize(
+    ("outputs", "reason", "fragment"),
+    [
+        ({"price": [[1, 2]]}, "bad_field", "outputs must be a list"),
+        (None, "bad_field", "outputs must be a list"),
+        (["price"], "bad_field", "outputs[0] must be an object whose 'output' is a string"),
+        ([{"counts": [[1, 2]]}], "bad_field", "outputs[0] must be an object whose 'output'"),
+        ([{"output": 7, "counts": [[1, 2]]}], "bad_field", "'output' is a string of 1 to 128"),
+        ([{"output": "", "counts": [[1, 2]]}], "bad_field", "'output' is a string of 1 to 128"),
+        ([{"output": "p" * 129, "counts": [[1, 2]]}], "bad_field", "1 to 128 characters"),
+        ([{"output": "a\0b", "counts": [[1, 2]]}], "bad_field", "without NUL"),
+        ([{"output": "p", "counts": [[1, 2]]}, {"output": "p", "counts": [[1, 2]]}], "bad_field",
+         "outputs[1]: output 'p' is summarised twice"),
+        ([{"output": "p"}], "bad_field", "outputs[0].counts must be a non-empty list of rows"),
+        ([{"output": "p", "counts": []}], "bad_field", "outputs[0].counts must be a non-empty list of rows"),
+        ([{"output": "p", "counts": [1, 2]}], "bad_field", "outputs[0].counts[0] must be a list of counts"),
+        ([{"output": "p", "counts": [[1, 2, 0], [1, 2]]}], "bad_field", "outputs[0].counts rows differ in length"),
+        ([{"output": "p", "counts": [[5]]}], "bad_field", "outputs[0].counts[0] must hold 2 to 1026 counts"),
+        ([{"output": "p", "counts": [[0] * (MAX_ROW_LENGTH + 1)]}], "bad_field", "got 1027"),
+        ([{"output": "p", "counts": [[1, 2]] * (MAX_OUTPUT_ROWS + 1)}], "bad_field", "257 rows, more than 256"),
+        ([{"output": f"o{i}", "counts": [[1, 2]]} for i in range(MAX_OUTPUTS + 1)], "bad_field",
+         "65 entries, more than 64"),
+        ([{"output": "p", "counts": [[1, -1]]}], "bad_field", "outputs[0].counts[0] must hold non-negative integers"),
+        ([{"output": "p", "counts": [[1, 2.0]]}], "bad_field", "got 2.0"),
+        ([{"output": "p", "counts": [[1, False]]}], "bad_field", "got False"),
+        ([{"output": "p", "counts": [[1, 2**31]]}], "number_out_of_range", "outputs[0].counts[0] holds 2147483648"),
+    ],
+)
+def test_bad_outputs_each_get_their_reason(outputs, reason, fragment):
+    assert fragment in refused(with_outputs(outputs), reason)
+
+
+def test_a_hostile_output_name_is_shown_cut_short():
+    name = "x" * 100
+    message = refused(with_outputs([{"output": name, "counts": [[1, 2]]}, {"output": name, "counts": [[1, 2]]}]),
+                      "bad_field")
+    assert name not in message and "..." in message

@@ -23,7 +23,12 @@ refusal (`CompileResult.refused`, target and reason) and the bundle holds only t
 passed; a refused target leaves no file in it (a target compiled again keeps its old artifact then).
 If every target is refused nothing is written and CompileError says why. `strict=True` stops at the
 first refusal with its CompileError and writes nothing. Up-front problems (unknown target, options
-for a target not asked for, no ONNX artifact, out_dir not empty) are errors before any work either way.
+for a target not asked for, no ONNX or TFLite artifact, out_dir not empty) are errors before any work
+either way.
+
+A bundle whose model is an imported .tflite (no ONNX artifact) compiles from that file: openvino-*
+read it directly, litert says there is nothing to do (the file is served as it is), and the targets
+that need ONNX (onnxruntime-*, native, tensorrt) refuse naming why (targets.TFLITE_SOURCE).
 """
 
 from __future__ import annotations
@@ -179,11 +184,15 @@ def _build_target(out: Path, bundle: Bundle, compile_source: CompileSource, name
 
 
 def source_artifact(bundle: Bundle) -> dict:
-    """The ONNX artifact targets compile from: the one export or compression wrote (target "onnx")."""
+    """The artifact targets compile from: the ONNX one export, compression or an .onnx import wrote
+    (target "onnx"), else an imported .tflite (format "tflite"; targets that need ONNX refuse it by name)."""
     onnx_artifacts = [a for a in bundle.artifacts if a.get("format") == "onnx"]
-    if not onnx_artifacts:
-        raise CompileError(f"bundle {bundle.name} v{bundle.version} has no ONNX artifact to compile from")
-    return next((a for a in onnx_artifacts if a.get("target") == "onnx"), onnx_artifacts[0])
+    if onnx_artifacts:
+        return next((a for a in onnx_artifacts if a.get("target") == "onnx"), onnx_artifacts[0])
+    tflite = [a for a in bundle.artifacts if a.get("format") == "tflite"]
+    if tflite:
+        return tflite[0]
+    raise CompileError(f"bundle {bundle.name} v{bundle.version} has no ONNX or TFLite artifact to compile from")
 
 
 def golden_error(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray]) -> tuple[float, float]:

@@ -43,14 +43,42 @@ TARGETS: dict[str, str] = {
 }
 
 
+# what each target does with a bundle whose model is a TFLite file (an imported .tflite, no ONNX artifact)
+TFLITE_SOURCE = {
+    "litert": "nothing to compile: the file is served as it is by the litert backend",
+    "openvino-cpu": "OpenVINO reads the .tflite directly (IR, checked on the golden examples)",
+    "openvino-gpu": "OpenVINO reads the .tflite directly (IR, checked on the CPU device)",
+    "openvino-npu": "OpenVINO reads the .tflite directly (IR, checked on the CPU device)",
+}
+
+
 @dataclass(frozen=True)
 class CompileSource:
-    """What a target compiles from. Read-only: a target never writes into the source bundle."""
+    """What a target compiles from. Read-only: a target never writes into the source bundle.
+
+    The source is the bundle's ONNX artifact (export, compress, an imported .onnx), or, for a bundle
+    whose model is an imported .tflite, that file (`format` "tflite"). Targets that compile from ONNX
+    call `onnx_file(target)`, which refuses a TFLite source by name.
+    """
 
     bundle: Bundle
-    artifact: dict  # the source ONNX artifact's manifest entry
-    onnx_path: Path  # its file
+    artifact: dict  # the source artifact's manifest entry
+    path: Path  # its file
     torch_model: Any | None = None  # the torch.nn.Module, for targets that convert from torch (litert)
+
+    @property
+    def format(self) -> str:
+        return str(self.artifact.get("format", "onnx"))
+
+    def onnx_file(self, target: str) -> Path:
+        """The source ONNX file; CompileError when the bundle's model is a TFLite file."""
+        if self.format != "onnx":
+            works = ", ".join(f"{name} ({why})" for name, why in TFLITE_SOURCE.items())
+            raise CompileError(
+                f"{target}: compiles from an ONNX model, and this bundle's model is a {self.format} file "
+                f"({self.artifact.get('path')}); edgefleet has no TFLite-to-ONNX converter (tf2onnx needs "
+                f"TensorFlow). For a TFLite model: {works}")
+        return self.path
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,10 @@ class LiteRtOptions:
 def compile(source: CompileSource, out_dir: Path, options: dict) -> TargetResult:
     """Converts source.torch_model to out_dir/litert/model.tflite (fp32 or int8) for the "litert" backend."""
     opts = LiteRtOptions.parse(options)
+    if source.format == "tflite" and source.torch_model is None:
+        raise CompileError(f"litert: this bundle's model is a TFLite file already ({source.artifact.get('path')}), "
+                           "served as it is by the litert backend: nothing to compile (--torch-model converts a "
+                           "torch model anew)")
     if source.torch_model is None:
         raise CompileError("the litert target converts from the torch model: pass --torch-model module:function")
     litert_torch = _import_converter()

@@ -59,7 +59,7 @@ ATTRIBUTES: dict[str, list[str]] = {
 def compile(source: CompileSource, out_dir: Path, options: dict) -> TargetResult:
     if options:
         raise CompileError(f"native: unknown option(s) {', '.join(sorted(options))}")
-    graph, info = onnx_to_graph(onnx.load(str(source.onnx_path)))
+    graph, info = onnx_to_graph(onnx.load(str(source.onnx_file("native"))))
     rel = "native/model.efg"
     (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
     size = write_graph(graph, out_dir / rel)

@@ -41,7 +41,7 @@ def compile_cpu(source: CompileSource, out_dir: Path, options: dict) -> TargetRe
         raise CompileError(f"onnxruntime-cpu: level must be one of {', '.join(LEVELS)}, got {level!r}")
     rel = f"onnxruntime-cpu/model.{'ort' if fmt == 'ort' else 'onnx'}"
     (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-    _optimise(source.onnx_path, out_dir / rel, level, fmt)
+    _optimise(source.onnx_file("onnxruntime-cpu"), out_dir / rel, level, fmt)
     runtime = {"threads": int(threads)} if threads else {}
     artifact = {
         "backend": "onnxruntime", "format": fmt, "path": rel, "device": "cpu",
@@ -61,7 +61,7 @@ def compile_gpu(source: CompileSource, out_dir: Path, options: dict) -> TargetRe
     rel = "onnxruntime-gpu/model.onnx"
     (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
     # basic-level rewrites are provider-independent; the GPU providers do their own fusions at load
-    _optimise(source.onnx_path, out_dir / rel, "basic", "onnx")
+    _optimise(source.onnx_file("onnxruntime-gpu"), out_dir / rel, "basic", "onnx")
     providers: list = []
     if tensorrt:
         providers.append(["TensorrtExecutionProvider", {

@@ -1,7 +1,10 @@
 """OpenVINO targets: openvino-cpu, openvino-gpu, openvino-npu.
 
 Each converts the source ONNX with `openvino.convert_model` and saves OpenVINO IR (model.xml + model.bin)
-with `openvino.save_model`, under out_dir/<target>/. The edge backend "openvino" runs it.
+with `openvino.save_model`, under out_dir/<target>/. The edge backend "openvino" runs it. A bundle whose
+model is an imported .tflite is read by OpenVINO's TFLite frontend instead (openvino_tflite.py: the
+bundle's names, float32 in place of quantized int8 inputs and outputs); the IR keeps the file's static
+batch, recorded as artifact["batch"].
 
 Telemetry: `import openvino` (2026.4) imports openvino.tools.ovc, which sends a usage event to Google
 Analytics unless the user opted out (`opt_in_out --opt_out` from openvino-telemetry writes
@@ -65,6 +68,7 @@ from pathlib import Path, PurePosixPath
 import openvino as ov
 
 from edgefleet.compilers.targets import CompileSource, TargetResult
+from edgefleet.compilers.targets.openvino_tflite import read_tflite
 from edgefleet.core.errors import CompileError
 from edgefleet.core.precision import widen
 from edgefleet.edge_runtime.backends.openvino import executed_precision
@@ -186,7 +190,11 @@ def _performance_hint(device: Device, value: object) -> str:
 
 def _compile(device: Device, source: CompileSource, out_dir: Path, options: dict) -> TargetResult:
     opts = parse_options(device, options, source.artifact.get("precision", "fp32"))
-    model = ov.convert_model(str(source.onnx_path))
+    tflite: dict | None = None
+    if source.format == "tflite":  # an imported .tflite: OpenVINO reads it directly (openvino_tflite.py)
+        model, tflite = read_tflite(source.path, source.bundle, device.target)
+    else:
+        model = ov.convert_model(str(source.onnx_file(device.target)))
     _check_names(device, model, source)
     if opts.batch is not None:
         _reshape(device, model, opts.batch)
@@ -213,8 +221,11 @@ def _compile(device: Device, source: CompileSource, out_dir: Path, options: dict
             "fake_quantize_ops": sum(op.get_type_name() == "FakeQuantize" for op in model.get_ops()),
         },
     }
-    if opts.batch is not None:
-        artifact["batch"] = opts.batch
+    if tflite is not None:
+        artifact["compile"]["from_tflite"] = tflite
+    batch = opts.batch if opts.batch is not None else source.artifact.get("batch")  # a .tflite's static batch
+    if batch is not None:
+        artifact["batch"] = batch
     if device is not CPU:
         artifact["compile"]["check_note"] = (f"no {device.name} on the build machine: checked on the CPU device "
                                              f"with the same IR and precision hint {hint}")

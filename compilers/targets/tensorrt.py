@@ -38,7 +38,7 @@ def compile(source: CompileSource, out_dir: Path, options: dict) -> TargetResult
     plan = build_plan(source, options)
     folder = out_dir / "tensorrt"
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(source.onnx_path, folder / "model.onnx")
+    shutil.copy2(source.onnx_file("tensorrt"), folder / "model.onnx")
     (folder / "build.json").write_text(json.dumps(plan, indent=2, sort_keys=True) + "\n")
     script = "#!/bin/sh\n# Builds the TensorRT engine on the device (edgefleet compile --target tensorrt)\nset -e\n" \
              'cd "$(dirname "$0")"\n' + shlex.join(trtexec_command(plan)) + "\n"

@@ -4,10 +4,20 @@ Pure functions, no database: the drift monitor (cloud/drift_monitor.py) reads an
 `evaluate` decides. Signals come in two groups, judged separately:
 
     data_drift        one signal per input feature tap (e.g. "pixels.c0.mean", "pixels.c0.std")
-    prediction_drift  "predictions" (predicted-class counts) and "confidence" (its histogram)
+    prediction_drift  "predictions" (predicted-class counts) and "confidence" (its histogram), and one
+                      signal per row of the profile's per-output summaries, "<output>.<row>" (e.g.
+                      "price.price[0]", "embedding.norm", "embedding.proj3", "scores.count", "scores.score")
 
 Each signal gets PSI, Jensen-Shannon distance, the chi-square test of homogeneity and the binned KS test
-(core/drift.py); KS is left out (None) for "predictions", whose classes have no order.
+(core/drift.py); KS is left out (None) for "predictions", whose classes have no order. Every signal's n
+and m are its own totals: a detector's "score" row counts detections, so min_samples asks for that many
+detections, not requests.
+
+Per-output summaries are optional on both sides. A profile without `outputs` gives exactly the report it
+gave before they existed. A window without any (an agent older than them) says nothing about the outputs:
+it adds nothing to their rows, and a scope with no output counts at all gets those signals with n = 0,
+"insufficient". A window with output counts the profile does not have, or of another shape, is refused
+(CountsMismatch), as for features.
 
 The decision rule (DriftThresholds), per signal with n window samples and m reference samples:
 
@@ -108,6 +118,7 @@ class WindowCounts:
     features: Mapping[str, np.ndarray] = field(default_factory=dict)  # input -> (features, edges + 2)
     predictions: np.ndarray | None = None  # (classes,) or None for a non-classifier
     confidence: np.ndarray | None = None  # (edges + 2,) or None
+    outputs: Mapping[str, np.ndarray] = field(default_factory=dict)  # output -> (rows, edges + 2); {} = not sent
 
     @classmethod
     def from_telemetry(cls, window: TelemetryWindow) -> WindowCounts:
@@ -116,11 +127,17 @@ class WindowCounts:
             if item.input in features:
                 raise CountsMismatch(f"input {item.input!r} appears twice in the window's features")
             features[item.input] = np.asarray(item.counts, dtype=np.int64)
+        outputs: dict[str, np.ndarray] = {}
+        for item in window.outputs:
+            if item.output in outputs:
+                raise CountsMismatch(f"output {item.output!r} appears twice in the window's outputs")
+            outputs[item.output] = np.asarray(item.counts, dtype=np.int64)
         return cls(
             samples=window.samples,
             features=features,
             predictions=np.asarray(window.predictions, dtype=np.int64) if window.predictions else None,
             confidence=np.asarray(window.confidence, dtype=np.int64) if window.confidence else None,
+            outputs=outputs,
         )
 
     def __add__(self, other: WindowCounts) -> WindowCounts:
@@ -134,6 +151,7 @@ class WindowCounts:
             features=features,
             predictions=_add_optional(self.predictions, other.predictions, "predictions"),
             confidence=_add_optional(self.confidence, other.confidence, "confidence"),
+            outputs=_add_outputs(self.outputs, other.outputs),
         )
 
 
@@ -151,6 +169,15 @@ def _add(a: np.ndarray, b: np.ndarray, label: str) -> np.ndarray:
     if a.shape != b.shape:
         raise CountsMismatch(f"{label}: cannot add counts of shapes {a.shape} and {b.shape}")
     return a + b
+
+
+def _add_outputs(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    """Adds per-output rows; a window without any (an older agent) adds nothing."""
+    if not a or not b:
+        return dict(a or b)
+    if set(a) != set(b):
+        raise CountsMismatch(f"windows summarise different outputs: {sorted(a)} and {sorted(b)}")
+    return {name: _add(counts, b[name], f"summary rows of output {name!r}") for name, counts in a.items()}
 
 
 def _add_optional(a: np.ndarray | None, b: np.ndarray | None, label: str) -> np.ndarray | None:
@@ -181,6 +208,26 @@ def check_against_profile(counts: WindowCounts, profile: Mapping) -> None:
         if array is None or array.shape != (want,):
             shape = None if array is None else tuple(array.shape)
             raise CountsMismatch(f"{key}: window counts have shape {shape}, the reference profile ({want},)")
+    _check_outputs(counts.outputs, profile.get("outputs") or [])
+
+
+def _check_outputs(outputs: Mapping[str, np.ndarray], reference: list) -> None:
+    """The window's per-output rows against the profile's (none at all is an older agent: accepted)."""
+    expected = {}
+    for item in reference:
+        if len(item["names"]) != len(item["counts"]):
+            raise ValueError(f"reference profile output {item['output']!r} names {len(item['names'])} rows "
+                             f"but holds {len(item['counts'])}")
+        expected[item["output"]] = (len(item["counts"]), len(item["counts"][0]))
+    if not outputs:
+        return
+    if set(outputs) != set(expected):
+        raise CountsMismatch(f"window summarises outputs {sorted(outputs)}, the reference profile {sorted(expected)}")
+    for name, shape in expected.items():
+        if outputs[name].shape != shape:
+            raise CountsMismatch(f"summary rows of output {name!r}: window counts have shape "
+                                 f"{tuple(outputs[name].shape)}, the reference profile {shape} "
+                                 f"(another model version or bin count?)")
 
 
 def evaluate(counts: WindowCounts, profile: Mapping, thresholds: DriftThresholds | None = None) -> dict:
@@ -192,7 +239,8 @@ def evaluate(counts: WindowCounts, profile: Mapping, thresholds: DriftThresholds
          "data_drift": {"verdict": ..., "alpha": per-signal alpha, "drifting": [names],
                         "signals": {name: {"n", "m", "psi", "psi_threshold", "js", "chi2": {"statistic",
                                     "dof", "p"}, "ks": {"statistic", "p"} | None, "verdict"}}},
-         "prediction_drift": {... same; verdict None for a model without predictions}}
+         "prediction_drift": {... same, with "predictions", "confidence" and "<output>.<row>" signals;
+                              verdict None for a model without any of them}}
     """
     thresholds = thresholds or DriftThresholds()
     check_against_profile(counts, profile)
@@ -206,6 +254,14 @@ def evaluate(counts: WindowCounts, profile: Mapping, thresholds: DriftThresholds
         prediction["predictions"] = (counts.predictions, np.asarray(profile["predictions"]["counts"]), False)
     if profile.get("confidence") is not None:
         prediction["confidence"] = (counts.confidence, np.asarray(profile["confidence"]["counts"]), True)
+    for item in profile.get("outputs") or []:
+        reference = np.asarray(item["counts"])
+        window_rows = counts.outputs.get(item["output"], np.zeros_like(reference))
+        for index, row in enumerate(item["names"]):
+            name = f"{item['output']}.{row}"
+            if name in prediction:
+                raise ValueError(f"reference profile names the prediction signal {name!r} twice")
+            prediction[name] = (window_rows[index], reference[index], True)
     groups = {"data_drift": _group(data, thresholds), "prediction_drift": _group(prediction, thresholds)}
     return {
         "verdict": _overall([g["verdict"] for g in groups.values()]),

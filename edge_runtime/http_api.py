@@ -1,5 +1,9 @@
 """The device's local HTTP API: POST /v1/predict, GET /healthz, GET /metrics (Prometheus text).
 
+POST /v1/predict?top_k=3 with {"inputs": ...} answers {"model", "task", "outputs" (raw), ...the task's own
+fields}: top_k and predictions for a classifier, values for regression, embeddings, detections, nothing
+more for "other" (core/answers.py, which `edgefleet predict` uses too).
+
 Every request gets exactly one complete answer and the connection stays usable (HTTP keep-alive):
 
 | what came | answer |
@@ -7,6 +11,7 @@ Every request gets exactly one complete answer and the connection stays usable (
 | a body over max_body_bytes (declared or streamed) | 413, `Connection: close` (the rest is not read) |
 | not UTF-8, not JSON, nested deeper than MAX_DEPTH, an integer outside int64, NaN/Infinity/1e999 | 400 |
 | not {"inputs": ...}, an unknown field | 400 |
+| a query parameter the task does not take, repeated, or a bad value (`?top_k=0`, `?top_k=x`) | 400 naming it |
 | an input that is not a regular array of numbers (ragged, strings, null) | 400 naming the input |
 | an unknown input, a value its dtype cannot hold (1e39 for float32), a shape off the schema | 422 naming the input |
 | a model that answers a valid request with NaN or inf (a model fault, never sent as `null`) | 500 (ModelOutputError) |
@@ -33,10 +38,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from edgefleet.core.answers import parse_options, task_answer
 from edgefleet.core.bounded_json import JsonLimitError
 from edgefleet.core.bundle import Bundle
 from edgefleet.core.errors import BackendError, EdgefleetError, SchemaError
-from edgefleet.core.profile import class_confidence
 from edgefleet.edge_runtime.metrics import CONTENT_TYPE, DeviceMetrics
 from edgefleet.edge_runtime.model_host import ModelHost
 from edgefleet.edge_runtime.request_files import read_body
@@ -67,7 +72,8 @@ def create_app(
         samples, classes = 0, []
         try:
             body = await _read_body(request, max_body_bytes)
-            content, samples, classes = await run_in_threadpool(_predict, host, bundle, body)
+            query = request.query_params.multi_items()
+            content, samples, classes = await run_in_threadpool(_predict, host, bundle, body, query)
             status, headers = 200, None
         except ClientDisconnect:  # the client left while sending its body: nobody to answer
             status, content, headers = 499, _detail("client closed the request"), None
@@ -97,23 +103,22 @@ def create_app(
     return app
 
 
-def _predict(host: ModelHost, bundle: Bundle, body: bytes) -> tuple[bytes, int, list[str]]:
-    """Parses, predicts and encodes one request, all in a worker thread: (JSON answer, samples, classes)."""
+def _predict(host: ModelHost, bundle: Bundle, body: bytes,
+             query: list[tuple[str, str]]) -> tuple[bytes, int, list[str]]:
+    """Parses, predicts and encodes one request, all in a worker thread: (JSON answer, samples, classes).
+    The answer is the raw outputs plus the task's own fields (core/answers.py)."""
+    interface = bundle.manifest["interface"]
+    options = parse_options(query, interface)  # AnswerOptionError (400) before any work is done
     outputs = host.predict(read_body(body, bundle.inputs, max_bytes=len(body)), finite=True)  # ModelOutputError
     first = outputs[bundle.outputs[0].name]
     answer: dict = {
         "model": {"name": bundle.name, "version": bundle.version},
+        "task": interface.get("task") or "other",
         "outputs": {k: v.tolist() for k, v in outputs.items()},
+        **task_answer(interface, bundle.outputs, outputs, options),
     }
     samples = int(first.shape[0]) if first.ndim else 1
-    interface = bundle.manifest["interface"]
-    if interface.get("task") != "classification":
-        return _json(answer), samples, []
-    names = interface.get("class_names")
-    predicted, confidence = class_confidence(first, interface.get("postprocess", "softmax"))
-    classes = [str(names[int(p)]) if names else str(int(p)) for p in predicted]
-    answer["predictions"] = [{"class": names[int(p)] if names else int(p), "confidence": float(c)}
-                             for p, c in zip(predicted, confidence, strict=True)]
+    classes = [str(p["class"]) for p in answer.get("predictions", ())]
     return _json(answer), samples, classes
 
 

@@ -1,0 +1,256 @@
+"""Each task's own answer, the same over HTTP (edge_runtime/http_api.py) and in `edgefleet predict`.
+
+    options = parse_options(request.query_params.multi_items(), interface)   # HTTP: ?top_k=3
+    answer = task_answer(interface, bundle.outputs, outputs, options)         # merged into the response
+
+The raw outputs always travel beside this answer; the answer adds, per sample (on each output's batch
+axis, core/schema.py), what the task means:
+
+- classification: `top_k`, per sample [{"class", "score"}, ...], scores descending; `predictions`, per
+  sample the top-1 as {"class", "confidence"} (the field older clients read).
+- regression: `values`, per sample {output name: value}; a number when the sample's slice holds one
+  value, else nested lists.
+- embedding: `embeddings`, per sample {"vector", "norm"}; `normalized`, whether the vectors were divided
+  by their norm (the norm is always the model's own).
+- detection: `detections`, per sample [{"score", "box"?, "class"?}, ...] above `score_threshold`, best
+  first; absent when the outputs' layout is none of those below.
+- other: nothing; the raw outputs are the answer.
+
+A class is the interface's class name, else its index. Scores are probabilities: softmax over the first
+output when the interface's postprocess is "softmax" (logits), the output as it is otherwise. No class or
+confidence is ever invented for a task that is not classification or detection.
+
+Options. Over HTTP they are query parameters (the body stays {"inputs": ...}, request_files.py):
+`?top_k=K` (classification; default 1, K above the class count is clamped to it) and `?normalize=true`
+(embedding; default false). `edgefleet predict --top-k K --normalize` passes the same. An option the
+model's task does not take, an unknown parameter, a repeated one or a value that is not a positive
+integer (top_k) or true/false (normalize) is refused with one message (AnswerOptionError: HTTP 400,
+CLI exit 2), never ignored.
+
+Which outputs. classification: the first output (core/decision.py `decision_output`), [batch, classes].
+embedding: interface["embedding"]["output"] when given, else the first output with one vector per sample
+(rank 2), else the first output, flattened per sample. detection: interface["detection"] = {"scores":
+name, "boxes": name, "classes": name, "score_threshold": 0.5}, each key optional; without a name, the
+output named like *score* (scores), *box* (boxes) and *class* or *label* (classes). Layouts understood:
+scores [batch, D] with boxes [batch, D, 4] and classes [batch, D] (each optional), or per-class scores
+[batch, D, C] (the class is the argmax).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgefleet.core.decision import decision_output
+from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.profile import softmax
+from edgefleet.core.schema import TensorSpec, batch_axis
+
+DEFAULT_SCORE_THRESHOLD = 0.5
+MAX_OPTION_CHARS = 32  # a query value longer than this is no integer or boolean we take
+OPTIONS_BY_TASK = {"classification": ("top_k",), "embedding": ("normalize",)}
+BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+
+
+class AnswerOptionError(EdgefleetError):
+    """An answer option (top_k, normalize) the request may not give, or with a value it cannot take."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option
+
+
+@dataclass(frozen=True)
+class AnswerOptions:
+    top_k: int = 1
+    normalize: bool = False
+
+
+def check_top_k(value: object) -> int:
+    """`value` as a top_k: a positive integer (an int, or its decimal digits as text)."""
+    text = value.strip() if isinstance(value, str) else ""
+    digits = text.isascii() and text.isdigit() and len(text) <= MAX_OPTION_CHARS
+    if isinstance(value, bool) or not (isinstance(value, int) or digits):
+        raise AnswerOptionError("top_k", f"top_k must be a positive integer, got {_shown(value)}")
+    k = int(value)
+    if k < 1:
+        raise AnswerOptionError("top_k", f"top_k must be a positive integer, got {k}")
+    return k
+
+
+def parse_options(pairs: Iterable[tuple[str, str]], interface: Mapping) -> AnswerOptions:
+    """Query parameters (name, value) as the answer's options for a model with this interface."""
+    task = interface.get("task") or "other"
+    allowed = OPTIONS_BY_TASK.get(task, ())
+    seen: dict[str, str] = {}
+    for name, value in pairs:
+        if name not in ("top_k", "normalize"):
+            raise AnswerOptionError(name, f"unknown query parameter {_shown(name)}: this model ({task}) takes "
+                                          f"{_listed(allowed)}")
+        if name not in allowed:
+            raise AnswerOptionError(name, f"{name} does not apply to this model: its task is {task}, which takes "
+                                          f"{_listed(allowed)}")
+        if name in seen:
+            raise AnswerOptionError(name, f"query parameter {name} is given more than once")
+        seen[name] = value
+    options = {}
+    if "top_k" in seen:
+        options["top_k"] = check_top_k(seen["top_k"])
+    if "normalize" in seen:
+        flag = BOOLEANS.get(seen["normalize"].strip().lower())
+        if flag is None:
+            raise AnswerOptionError("normalize", f"normalize must be true or false, got {_shown(seen['normalize'])}")
+        options["normalize"] = flag
+    return AnswerOptions(**options)
+
+
+def task_answer(interface: Mapping, specs: Sequence[TensorSpec], outputs: Mapping[str, np.ndarray],
+                options: AnswerOptions = AnswerOptions()) -> dict:  # noqa: B008 - frozen, so sharing is safe
+    """The task's fields of the answer (module docstring); {} for "other"."""
+    task = interface.get("task") or "other"
+    by_name = {spec.name: spec for spec in specs}
+    if task == "classification":
+        return classification_answer(interface, rows(by_name[decision_output(interface)], outputs), options.top_k)
+    if task == "regression":
+        return {"values": [{name: _value(row) for name, row in zip(outputs, sample, strict=True)}
+                           for sample in zip(*(rows(by_name[n], outputs) for n in outputs), strict=False)]}
+    if task == "embedding":
+        name = embedding_output(interface, specs)
+        return embedding_answer(rows(by_name[name], outputs), options.normalize)
+    if task == "detection":
+        found = detections(interface, specs, outputs)
+        if found is None:
+            return {}
+        return {"detections": found, "score_threshold": score_threshold(interface)}
+    return {}
+
+
+def rows(spec: TensorSpec, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The output named by `spec` with its samples on axis 0 (one sample when it has no batch axis)."""
+    value = np.asarray(outputs[spec.name])
+    axis = batch_axis(spec)
+    return value[None, ...] if axis is None else np.moveaxis(value, axis, 0) if axis else value
+
+
+def probabilities(scores: np.ndarray, postprocess: str | None) -> np.ndarray:
+    """(N, C) probabilities from a classifier's rows: softmax of logits, or the scores as they are."""
+    flat = np.asarray(scores, dtype=np.float64).reshape(len(scores), -1)
+    return softmax(flat) if (postprocess or "softmax") == "softmax" else flat
+
+
+def classification_answer(interface: Mapping, scores: np.ndarray, top_k: int = 1) -> dict:
+    probs = probabilities(scores, interface.get("postprocess"))
+    k = min(top_k, probs.shape[1])
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # ties: the lower index first, as argmax
+    names = interface.get("class_names")
+    ranked = [[{"class": _class(names, c), "score": float(p[c])} for c in row] for p, row in zip(probs, order,
+                                                                                                  strict=True)]
+    return {"top_k": ranked, "predictions": [{"class": r[0]["class"], "confidence": r[0]["score"]} for r in ranked]}
+
+
+def embedding_output(interface: Mapping, specs: Sequence[TensorSpec]) -> str:
+    named = (interface.get("embedding") or {}).get("output")
+    if named in {s.name for s in specs}:
+        return named
+    return next((s.name for s in specs if len(s.shape) == 2 and batch_axis(s) == 0), specs[0].name)
+
+
+def embedding_answer(vectors: np.ndarray, normalize: bool = False) -> dict:
+    flat = np.asarray(vectors, dtype=np.float64).reshape(len(vectors), -1)
+    norms = np.linalg.norm(flat, axis=1)
+    if normalize:
+        flat = flat / np.where(norms > 0, norms, 1.0)[:, None]  # a zero vector stays zero
+    return {"embeddings": [{"vector": v.tolist(), "norm": float(n)} for v, n in zip(flat, norms, strict=True)],
+            "normalized": bool(normalize)}
+
+
+@dataclass(frozen=True)
+class DetectionLayout:
+    scores: str
+    boxes: str | None
+    classes: str | None
+
+
+def detection_layout(interface: Mapping, specs: Sequence[TensorSpec]) -> DetectionLayout | None:
+    """Which outputs hold a detector's scores, boxes and classes (module docstring); None without scores."""
+    config = interface.get("detection") if isinstance(interface.get("detection"), Mapping) else {}
+    names = [s.name for s in specs]
+
+    def pick(key: str, *words: str) -> str | None:
+        if config.get(key) in names:
+            return config[key]
+        return next((n for n in names if any(w in n.lower() for w in words)), None)
+
+    scores = pick("scores", "score")
+    if scores is None:
+        return None
+    boxes, classes = pick("boxes", "box"), pick("classes", "class", "label")
+    return DetectionLayout(scores, boxes if boxes != scores else None, classes if classes != scores else None)
+
+
+def score_threshold(interface: Mapping) -> float:
+    config = interface.get("detection")
+    value = config.get("score_threshold") if isinstance(config, Mapping) else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else DEFAULT_SCORE_THRESHOLD
+
+
+def detection_scores(layout: DetectionLayout, specs: Sequence[TensorSpec],
+                     outputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """(N, D) best score per detection and, for per-class scores (N, D, C), its class; None for another layout."""
+    by_name = {s.name: s for s in specs}
+    scores = rows(by_name[layout.scores], outputs).astype(np.float64)
+    if scores.ndim == 2:
+        return scores, None
+    if scores.ndim == 3:
+        return scores.max(axis=2), scores.argmax(axis=2)
+    return None
+
+
+def detections(interface: Mapping, specs: Sequence[TensorSpec], outputs: Mapping[str, np.ndarray]) -> list | None:
+    """Per sample, the detections above the score threshold, best first; None for a layout not understood."""
+    layout = detection_layout(interface, specs)
+    scored = detection_scores(layout, specs, outputs) if layout is not None else None
+    if scored is None:
+        return None
+    scores, classes = scored
+    by_name = {s.name: s for s in specs}
+    boxes = rows(by_name[layout.boxes], outputs) if layout.boxes else None
+    if layout.classes and classes is None:
+        classes = rows(by_name[layout.classes], outputs)
+    if boxes is not None and boxes.shape[:2] != scores.shape or (boxes is not None and boxes.shape[-1] != 4):
+        boxes = None
+    if classes is not None and classes.shape[:2] != scores.shape:
+        classes = None
+    threshold, names = score_threshold(interface), interface.get("class_names")
+    found = []
+    for i, sample in enumerate(scores):
+        kept = [int(d) for d in np.argsort(-sample, kind="stable") if sample[d] > threshold]
+        items = []
+        for d in kept:
+            item: dict = {"score": float(sample[d])}
+            if boxes is not None:
+                item["box"] = [float(x) for x in boxes[i, d]]
+            if classes is not None:
+                item["class"] = _class(names, int(np.asarray(classes[i, d]).reshape(-1)[0]))
+            items.append(item)
+        found.append(items)
+    return found
+
+
+def _class(names: Sequence[str] | None, index: int) -> str | int:
+    return names[index] if names and 0 <= index < len(names) else index
+
+
+def _value(row: np.ndarray) -> float | list:
+    return float(row.reshape(-1)[0]) if row.size == 1 else row.tolist()
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= MAX_OPTION_CHARS + 2 else text[:MAX_OPTION_CHARS] + "...'"
+
+
+def _listed(options: Sequence[str]) -> str:
+    return "no query parameters" if not options else " and ".join(f"?{o}=" for o in options)

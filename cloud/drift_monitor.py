@@ -2,7 +2,9 @@
 
 One run (`run_once`):
 
-1. reads the telemetry rows whose window ended in (now - lookback, now] and parses their payloads;
+1. reads the telemetry rows whose window ended in (now - lookback, now] and parses their payloads (the
+   ingest stores each payload as it came, so every histogram of it, features, predictions, confidence
+   and the per-output summary rows, is read back from there: no column per histogram, no migration);
 2. groups them per (device, model name, version) and per (fleet, model name, version): a fleet is all
    of its devices' windows added together, which the shared bin edges make exact;
 3. evaluates each scope against the reference profile of its model version (cloud/drift.py) and writes

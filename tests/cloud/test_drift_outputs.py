@@ -21,10 +21,13 @@ import time
 
 import numpy as np
 import pytest
+from rich.console import Console
 from sklearn.datasets import load_diabetes, load_digits
 from sklearn.linear_model import LinearRegression
 from sqlalchemy import select
 
+from edgefleet.cli.fleet_commands import drift_table
+from edgefleet.cloud.api.drift import DriftOut
 from edgefleet.cloud.db import Alert, Device, TelemetryRecord, make_engine, make_sessions
 from edgefleet.cloud.drift import DRIFT, INSUFFICIENT, OK, CountsMismatch, WindowCounts, evaluate, merge_windows
 from edgefleet.cloud.drift_monitor import DriftMonitor
@@ -318,6 +321,13 @@ def test_the_ingest_stores_output_summaries_and_the_monitor_reads_them_back(tmp_
         ("device", "d1", "prediction_drift"), ("device", "d2", "prediction_drift"),
         ("fleet", "lab", "prediction_drift")}
     assert all(f"{SIGNAL} PSI" in a.message for a in opened)
+    # what GET /api/v1/fleets/lab/drift answers, and the table `edgefleet drift --fleet lab` prints from it
+    answer = json.loads(json.dumps([DriftOut.model_validate(drifted[("fleet", "lab")]).model_dump()]))
+    assert answer[0]["report"]["prediction_drift"]["signals"][SIGNAL]["verdict"] == DRIFT
+    console = Console(record=True, width=160)
+    console.print(drift_table(answer, "drift of fleet lab"))
+    signal = answer[0]["report"]["prediction_drift"]["signals"][SIGNAL]
+    assert f"{SIGNAL} {signal['psi']:.3f} ({signal['psi_threshold']:.3f})" in console.export_text()
     sessions.kw["bind"].dispose()
 
 

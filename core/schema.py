@@ -7,8 +7,9 @@ specs are compiled once into plain tuples and the per-request check does only ch
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -16,6 +17,8 @@ from edgefleet.core.errors import EdgefleetError, SchemaError
 
 Dim = int | str
 BATCH = "batch"
+Inputs = Mapping[str, np.ndarray] | np.ndarray  # a request: a dict of arrays, or one array for a one-input model
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,12 @@ class InputValidator:
     The hot path only decides pass or fail with a few comparisons (dtype, rank, the non-batch dims as
     one tuple). On failure the precise checker runs and raises the message; it is also the path for
     specs whose symbolic dims are not just a leading batch axis.
+
+    `check` is the function requests go through (calling the validator calls it); `guard(run)` is
+    `run(check(inputs))` as one function, a call less per request (~40 ns: 2% of a small .tflite's
+    invoke). For a model with one input both remember the dtype and shape last accepted: a request whose
+    array has that same dtype object and shape passes with two comparisons, since the verdict depends on
+    nothing else; any other request takes the checks above and, when it passes, becomes the one remembered.
     """
 
     def __init__(self, specs: list[TensorSpec]) -> None:
@@ -116,9 +125,47 @@ class InputValidator:
             if batch_first and same_batch
             else None
         )
+        self._accepted: list[tuple[int, ...] | None] = [None]  # the one input's shape last accepted
+        self.check = self._remembering(None) if self._single is not None else self._compared
 
-    def __call__(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+    def __call__(self, inputs: Inputs) -> dict[str, np.ndarray]:
         """Returns the feed dict, or raises SchemaError naming the input, what was expected and what came."""
+        return self.check(inputs)
+
+    def guard(self, run: Callable[[dict[str, np.ndarray]], T]) -> Callable[[Inputs], T]:
+        """`run(check(inputs))` as one function (class docstring)."""
+        if self._single is not None:
+            return self._remembering(run)
+        compared = self._compared
+
+        def guarded(inputs: Inputs) -> T:
+            return run(compared(inputs))
+
+        return guarded
+
+    def _remembering(self, then: Callable[[dict[str, np.ndarray]], T] | None) -> Callable[[Inputs], T]:
+        """For one input: the signature last accepted first (class docstring), else `_compared`; the feed
+        goes to `then`, or is returned when it is None."""
+        name, dtype, compared, ndarray = self._single, np.dtype(self.specs[0].dtype), self._compared, np.ndarray
+        accepted = self._accepted  # shared by `check` and every guard; replacing its item is atomic
+
+        def check(inputs: Inputs) -> T:
+            if inputs.__class__ is dict:
+                if len(inputs) == 1:
+                    value = inputs.get(name)
+                    if value.__class__ is ndarray and value.dtype is dtype and value.shape == accepted[0]:
+                        return inputs if then is None else then(inputs)
+            elif inputs.__class__ is ndarray and inputs.dtype is dtype and inputs.shape == accepted[0]:
+                feed = {name: inputs}
+                return feed if then is None else then(feed)
+            feed = compared(inputs)
+            accepted[0] = feed[name].shape
+            return feed if then is None else then(feed)
+
+        return check
+
+    def _compared(self, inputs: Inputs) -> dict[str, np.ndarray]:
+        """The comparisons of the class docstring; `_check` when they do not apply or fail."""
         fast = self._fast
         if fast is not None:
             if inputs.__class__ is np.ndarray and self._single is not None:

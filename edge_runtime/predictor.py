@@ -74,7 +74,8 @@ class Predictor:
         started = time.perf_counter()
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
         self.verified: Verified = self.bundle.verify(_trust_store(trusted_keys), installed_version=installed_version)
-        self._validate = InputValidator(self.bundle.inputs)
+        validator = InputValidator(self.bundle.inputs)
+        self._validate = validator.check  # a plain function: no __call__ frame
         self.threads = threads
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.fallbacks: list[tuple[str, str]] = []
@@ -83,6 +84,7 @@ class Predictor:
             backends = default_backends(self.bundle)
         self.backend_name, self.artifact, self._backend = self._load_first(list(backends))
         self._run = self._backend.run
+        self.predict = validator.guard(self._run)  # type: ignore[method-assign] # as predict below, a call less
         self.load_seconds = time.perf_counter() - started
 
     @property

@@ -91,33 +91,42 @@ class LiteRtBackend:
         self.run = self._hot_path()
 
     def _hot_path(self) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
-        """The function `run` becomes once loaded: for a model with one input and one output, a request
-        of the shape the input has now (a static-batch file: exactly `batch` rows) and its dtype (after
-        quantizing, for an int8 input) goes straight to the wrapper; anything else takes `_general_path`."""
+        """The function `run` becomes once loaded: for a model with one input and one output, the request
+        (quantized first, for an int8 input) goes straight to the wrapper. SetTensor checks the type and
+        every dim against the tensor as allocated now and raises ValueError on a mismatch before copying
+        anything, so the shape is not checked twice: a refused value (another row count, another type)
+        takes `_general_path`, which resizes, chunks or casts it. SetTensor ignores byte order, though
+        (it would copy a big-endian float32 as it is): only the tensor's own dtype object goes straight in
+        (numpy hands out one object per native dtype), anything else is cast by the general path."""
         general = self._general_path()
         if len(self._inputs) != 1 or len(self._outputs) != 1:
             return general
         (source,), (target,) = self._inputs, self._outputs
-        in_name, in_index, in_dtype, out_name, out_index = (source.name, source.index, source.dtype,
-                                                            target.name, target.index)
-        in_scale, in_zero, out_scale, out_zero = source.scale, source.zero_point, target.scale, target.zero_point
-        lock, shapes, subgraph = self._lock, self._shapes, self._subgraph
+        in_name, in_index, in_dtype, out_name, out_index = (source.name, source.index, source.dtype, target.name,
+                                                            target.index)
+        to_tensor = quantizer(source.dtype, source.scale, source.zero_point) if source.scale else None
+        from_tensor = dequantizer(target.scale, target.zero_point) if target.scale else None
+        acquire, release, subgraph = self._lock.acquire, self._lock.release, self._subgraph
         set_tensor, invoke, get_tensor = self._wrapper.SetTensor, self._wrapper.Invoke, self._wrapper.GetTensor
 
         def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            value = feed[in_name]
-            if in_scale:
-                value = quantize(value, in_dtype, in_scale, in_zero)
-            with lock:  # the shape is read under the lock: another request may resize the input
-                if value.dtype != in_dtype or value.shape != shapes[in_index]:
+            value = feed[in_name] if to_tensor is None else to_tensor(feed[in_name])
+            if value.dtype is not in_dtype:
+                return general(feed)
+            acquire()  # not `with`: the bound methods cost half as much, and this is per request
+            try:
+                try:
+                    set_tensor(in_index, value, subgraph)
+                except ValueError:  # not the shape or type allocated now
                     result = None
                 else:
-                    set_tensor(in_index, value, subgraph)
                     invoke(subgraph)
                     result = get_tensor(out_index, subgraph)
+            finally:
+                release()
             if result is None:
                 return general(feed)
-            return {out_name: dequantize(result, out_scale, out_zero) if out_scale else result}
+            return {out_name: result if from_tensor is None else from_tensor(result)}
 
         return run
 
@@ -268,16 +277,36 @@ def quantization(detail: dict, name: str) -> tuple[float, int]:
     return float(scale), int(zero_point)
 
 
+def quantizer(dtype: np.dtype, scale: float, zero_point: int) -> Callable[[np.ndarray], np.ndarray]:
+    """`quantize` for one tensor, its constants computed once (np.iinfo alone costs more than a small
+    model's invoke)."""
+    info, step = np.iinfo(dtype), np.float32(scale)
+    low, high = info.min, info.max
+
+    def to_grid(value: np.ndarray) -> np.ndarray:
+        return np.clip(np.rint(value / step) + zero_point, low, high).astype(dtype)
+
+    return to_grid
+
+
+def dequantizer(scale: float, zero_point: int) -> Callable[[np.ndarray], np.ndarray]:
+    """`dequantize` for one tensor, its constants computed once."""
+    step, zero = np.float32(scale), np.float32(zero_point)
+
+    def from_grid(value: np.ndarray) -> np.ndarray:
+        return (value.astype(np.float32) - zero) * step
+
+    return from_grid
+
+
 def quantize(value: np.ndarray, dtype: np.dtype, scale: float, zero_point: int) -> np.ndarray:
     """A float array on the file's integer grid: round to nearest (half to even), clipped to the type."""
-    info = np.iinfo(dtype)
-    q = np.rint(value / np.float32(scale)) + zero_point
-    return np.clip(q, info.min, info.max).astype(dtype)
+    return quantizer(dtype, scale, zero_point)(value)
 
 
 def dequantize(value: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     """An integer tensor as the float32 values it stands for."""
-    return (value.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
+    return dequantizer(scale, zero_point)(value)
 
 
 def _to_tensor(value: np.ndarray, tensor: _Tensor) -> np.ndarray:

@@ -82,3 +82,32 @@ def test_spec_round_trip_and_unknown_dtype():
     assert TensorSpec.from_dict(IMAGE.to_dict()) == IMAGE
     with pytest.raises(TypeError):
         TensorSpec.from_dict({"name": "x", "dtype": "floaty", "shape": [1]})
+
+
+GOOD = np.zeros((1, 1, 8, 8), np.float32)
+WRONG = {
+    "float64": GOOD.astype(np.float64), "big-endian": GOOD.astype(">f4"), "short axis": GOOD[..., :7],
+    "no batch": GOOD[0], "empty batch": GOOD[:0], "extra input": {"pixels": GOOD, "x": GOOD},
+    "other name": {"image": GOOD}, "a list": {"pixels": GOOD.tolist()}, "not arrays": [GOOD],
+}
+
+
+@pytest.mark.parametrize("label", list(WRONG))
+def test_a_remembered_signature_lets_no_wrong_request_through(label: str) -> None:
+    """After good requests (whose signature `check` and `guard` remember), each wrong one gets exactly
+    the error a fresh validator gives it, and good ones pass again after it, with the caller's arrays."""
+    validator, seen = InputValidator([IMAGE]), []
+    guarded = validator.guard(lambda feed: seen.append(feed) or len(seen))
+    for request in (GOOD, {"pixels": GOOD}):
+        assert validator.check(request)["pixels"] is GOOD and guarded(request) == len(seen)
+    wrong = WRONG[label]
+    for request in (wrong, {"pixels": wrong}) if isinstance(wrong, np.ndarray) else (wrong,):
+        expected = error(InputValidator([IMAGE]), request)
+        for path in (validator.check, guarded):
+            with pytest.raises(SchemaError) as caught:
+                path(request)
+            assert str(caught.value) == str(expected)
+    three = np.zeros((3, 1, 8, 8), np.float32)
+    assert validator.check(three)["pixels"] is three and validator.check({"pixels": GOOD})["pixels"] is GOOD
+    guarded(three), guarded({"pixels": GOOD})
+    assert all(feed["pixels"] is want for feed, want in zip(seen, (GOOD, GOOD, three, GOOD), strict=True))

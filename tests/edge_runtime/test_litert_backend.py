@@ -351,10 +351,12 @@ def test_int8_io_round_trip_on_the_converters_full_int8_file(recorded) -> None:
 
 
 def test_requests_off_the_direct_path_are_cast_resized_or_chunked(loaded) -> None:
-    """The direct path takes only the input's current shape and dtype; float64 rows, other row counts
-    and a dynamic file's new shapes go through the general path and still answer right, in any order."""
+    """The direct path takes only the input's current shape and dtype (SetTensor refuses the rest, but
+    takes big-endian float32 bytes as they are); float64 or big-endian rows, other row counts and a
+    dynamic file's new shapes go through the general path and still answer right, in any order."""
     static, dynamic = loaded(), loaded(dynamic=True)
-    for rows, dtype in ((1, np.float64), (3, np.float32), (1, np.float32), (2, np.float64), (2, np.float32)):
+    for rows, dtype in ((1, np.float64), (3, np.float32), (1, np.float32), (2, np.float64), (2, np.float32),
+                        (1, ">f4"), (1, np.float32), (2, ">f4")):
         x = RNG.normal(size=(rows, 4)).astype(dtype)
         for backend in (static, dynamic):
             out = backend.run({"features": x})["scores"]

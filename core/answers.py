@@ -12,7 +12,7 @@ axis, core/schema.py), what the task means:
   value, else nested lists.
 - embedding: `embeddings`, per sample {"vector", "norm"}; `normalized`, whether the vectors were divided
   by their norm (the norm is always the model's own).
-- detection: `detections`, per sample [{"score", "box"?, "class"?}, ...] above `score_threshold`, best
+- detection: `detections`, per sample [{"score", "box"?, "class"?}, ...] at or above `score_threshold`, best
   first; absent when the outputs' layout is none of those below.
 - other: nothing; the raw outputs are the answer.
 
@@ -28,10 +28,11 @@ integer (top_k) or true/false (normalize) is refused with one message (AnswerOpt
 CLI exit 2), never ignored.
 
 Which outputs. classification: the first output (core/decision.py `decision_output`), [batch, classes].
-embedding: interface["embedding"]["output"] when given, else the first output with one vector per sample
-(rank 2), else the first output, flattened per sample. detection: interface["detection"] = {"scores":
-name, "boxes": name, "classes": name, "score_threshold": 0.5}, each key optional; without a name, the
-output named like *score* (scores), *box* (boxes) and *class* or *label* (classes). Layouts understood:
+embedding: the first output with a batch axis and a fixed size per sample (as telemetry picks it), else
+the first output, flattened per sample. detection: interface["detection"] = {"scores": name, "boxes":
+name, "classes": name, "score_threshold": 0.5}, each key optional; without a name, the one output named
+like *score* (scores), like *box* (boxes), like *class* or *label* (classes). A detection is kept when
+its score is at or above the threshold (as telemetry counts it). Layouts understood:
 scores [batch, D] with boxes [batch, D, 4] and classes [batch, D] (each optional), or per-class scores
 [batch, D, C] (the class is the argmax).
 """
@@ -112,7 +113,8 @@ def task_answer(interface: Mapping, specs: Sequence[TensorSpec], outputs: Mappin
     task = interface.get("task") or "other"
     by_name = {spec.name: spec for spec in specs}
     if task == "classification":
-        return classification_answer(interface, rows(by_name[decision_output(interface)], outputs), options.top_k)
+        return classification_answer(interface, rows(by_name[decision_output(interface) or specs[0].name], outputs),
+                                     options.top_k)
     if task == "regression":
         return {"values": [{name: _value(row) for name, row in zip(outputs, sample, strict=True)}
                            for sample in zip(*(rows(by_name[n], outputs) for n in outputs), strict=False)]}
@@ -151,10 +153,13 @@ def classification_answer(interface: Mapping, scores: np.ndarray, top_k: int = 1
 
 
 def embedding_output(interface: Mapping, specs: Sequence[TensorSpec]) -> str:
-    named = (interface.get("embedding") or {}).get("output")
-    if named in {s.name for s in specs}:
-        return named
-    return next((s.name for s in specs if len(s.shape) == 2 and batch_axis(s) == 0), specs[0].name)
+    """The first output with a batch axis and a fixed size per sample (the one telemetry summarises,
+    core/output_summary.py), else the first output."""
+    for spec in specs:
+        axis = batch_axis(spec)
+        if axis is not None and all(isinstance(d, int) for i, d in enumerate(spec.shape) if i != axis):
+            return spec.name
+    return specs[0].name
 
 
 def embedding_answer(vectors: np.ndarray, normalize: bool = False) -> dict:
@@ -181,7 +186,8 @@ def detection_layout(interface: Mapping, specs: Sequence[TensorSpec]) -> Detecti
     def pick(key: str, *words: str) -> str | None:
         if config.get(key) in names:
             return config[key]
-        return next((n for n in names if any(w in n.lower() for w in words)), None)
+        found = [n for n in names if any(w in n.lower() for w in words)]
+        return found[0] if len(found) == 1 else None
 
     scores = pick("scores", "score")
     if scores is None:
@@ -209,7 +215,7 @@ def detection_scores(layout: DetectionLayout, specs: Sequence[TensorSpec],
 
 
 def detections(interface: Mapping, specs: Sequence[TensorSpec], outputs: Mapping[str, np.ndarray]) -> list | None:
-    """Per sample, the detections above the score threshold, best first; None for a layout not understood."""
+    """Per sample, the detections at or above the score threshold, best first; None for a layout not understood."""
     layout = detection_layout(interface, specs)
     scored = detection_scores(layout, specs, outputs) if layout is not None else None
     if scored is None:
@@ -226,7 +232,7 @@ def detections(interface: Mapping, specs: Sequence[TensorSpec], outputs: Mapping
     threshold, names = score_threshold(interface), interface.get("class_names")
     found = []
     for i, sample in enumerate(scores):
-        kept = [int(d) for d in np.argsort(-sample, kind="stable") if sample[d] > threshold]
+        kept = [int(d) for d in np.argsort(-sample, kind="stable") if sample[d] >= threshold]
         items = []
         for d in kept:
             item: dict = {"score": float(sample[d])}
@@ -248,8 +254,10 @@ def _value(row: np.ndarray) -> float | list:
 
 
 def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= MAX_OPTION_CHARS + 2 else text[:MAX_OPTION_CHARS] + "...'"
+    """repr(value), a long string cut to its first MAX_OPTION_CHARS characters."""
+    if isinstance(value, str) and len(value) > MAX_OPTION_CHARS:
+        return repr(value[:MAX_OPTION_CHARS])[:-1] + "...'"
+    return repr(value)
 
 
 def _listed(options: Sequence[str]) -> str:

@@ -8,7 +8,7 @@ fields of `edgefleet bench` (one per backend row), for compile checks and report
 - regression: `max_abs_error`, `max_rel_error` over every output (relative to max(|golden|, REL_FLOOR)).
 - embedding: `min_cosine`, the smallest cosine similarity of an example's vector to its golden one;
   `max_abs_error`.
-- detection: `count_agreement`, the fraction of examples with as many detections above the score
+- detection: `count_agreement`, the fraction of examples with as many detections at or above the score
   threshold as golden; `max_score_error`, the largest difference of a detection's score;
   `score_threshold`. A layout core/answers.py does not understand gets `max_abs_error` instead.
 - other: `max_abs_error` over every output.
@@ -59,7 +59,7 @@ def golden_quality(interface: Mapping, specs: Sequence[TensorSpec], want: Mappin
     examples = len(rows(specs[0], want))
     fields: dict = {"task": task, "examples": examples}
     if task == "classification":
-        spec = by_name[decision_output(interface)]
+        spec = by_name[decision_output(interface) or specs[0].name]
         fields["top1_agreement"] = top1_agreement(rows(spec, want), rows(spec, got))
     elif task == "regression":
         fields["max_abs_error"], fields["max_rel_error"] = _errors(specs, want, got)
@@ -102,8 +102,8 @@ def detection_agreement(interface: Mapping, specs: Sequence[TensorSpec], want: M
     if scored_want is None or scored_got is None:
         return {"max_abs_error": _errors(specs, want, got)[0]}
     threshold = score_threshold(interface)
-    counts_want = (scored_want[0] > threshold).sum(axis=1)
-    counts_got = (scored_got[0] > threshold).sum(axis=1)
+    counts_want = (scored_want[0] >= threshold).sum(axis=1)
+    counts_got = (scored_got[0] >= threshold).sum(axis=1)
     score_error = float(np.abs(scored_want[0] - scored_got[0]).max()) if scored_want[0].size else 0.0
     return {"count_agreement": float((counts_want == counts_got).mean()) if len(counts_want) else 1.0,
             "max_score_error": score_error, "score_threshold": threshold}

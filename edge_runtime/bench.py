@@ -30,6 +30,11 @@ The report (JSON-serialisable; times in ms unless the key says seconds):
     load_seconds      Predictor construction: open, verify signature and hashes, load the backend
     raw_load_seconds  the bare session's construction (compare_raw only, else None)
     first_inference_ms  the first call after loading, at the first batch size, before warm-up
+    quality           the task's agreement with the bundle's golden outputs, this backend's outputs on the
+                      golden inputs in one call (core/task_quality.py): {task, examples, and per task
+                      top1_agreement | max_abs_error, max_rel_error | min_cosine, max_abs_error |
+                      count_agreement, max_score_error, score_threshold | max_abs_error}; None without
+                      golden examples; {task, error} when that run fails
     results           one per batch size:
         batch, runs, warmup_runs, wall_seconds, stopped_by ("target" or "time_cap")
         latency_ms    {p50, p90, p95, p99, p99_9, mean, std, min, max}
@@ -66,6 +71,7 @@ from edgefleet.core.canonical import format_time, utc_now
 from edgefleet.core.errors import BundleError, EdgefleetError
 from edgefleet.core.schema import TensorSpec
 from edgefleet.core.signing import TrustStore
+from edgefleet.core.task_quality import golden_quality
 from edgefleet.edge_runtime.machine import current_rss_bytes, describe_machine, peak_rss_bytes
 from edgefleet.edge_runtime.predictor import Predictor
 
@@ -136,7 +142,9 @@ def run_bench(
     try:
         rss_after = current_rss_bytes()
         raw, raw_load_seconds = _raw_session(predictor, options) if options.compare_raw else (None, None)
-        inputs, source = _input_maker(predictor.bundle, options.seed)
+        golden = _golden(predictor.bundle)
+        inputs, source = _input_maker(predictor.bundle, options.seed, golden and golden[0])
+        quality = _quality(predictor, golden)
         feed = inputs(options.batches[0])
         started = time.perf_counter()
         predictor.predict(feed)
@@ -171,6 +179,7 @@ def run_bench(
         "load_seconds": predictor.load_seconds,
         "raw_load_seconds": raw_load_seconds,
         "first_inference_ms": first_ms,
+        "quality": quality,
         "results": results,
         "memory": {
             "rss_before_load_bytes": rss_before,
@@ -237,13 +246,13 @@ def _raw_session(predictor: Predictor, options: BenchOptions) -> tuple[object, f
 
 
 # inputs ---------------------------------------------------------------------------------------------------
-def _input_maker(bundle: Bundle, seed: int) -> tuple[Callable[[int], dict[str, np.ndarray]], str]:
+def _input_maker(bundle: Bundle, seed: int, golden: dict[str, np.ndarray] | None
+                 ) -> tuple[Callable[[int], dict[str, np.ndarray]], str]:
     """A function batch -> feed, and where its values come from ("golden" or "random")."""
     specs = bundle.inputs
     symbol = next((d for s in specs for d in s.shape if isinstance(d, str)), None)
     # Fixed shapes: the leading axis of the first input is then the only batch size the model takes.
     fixed = None if symbol is not None else (specs[0].shape[0] if specs[0].shape else 1)
-    golden = _golden_inputs(bundle)
 
     def make(batch: int) -> dict[str, np.ndarray]:
         if fixed is not None and batch != fixed:
@@ -258,15 +267,30 @@ def _input_maker(bundle: Bundle, seed: int) -> tuple[Callable[[int], dict[str, n
     return make, "golden" if golden is not None else "random"
 
 
-def _golden_inputs(bundle: Bundle) -> dict[str, np.ndarray] | None:
+def _golden(bundle: Bundle) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
+    """The golden (inputs, outputs), or None without them or when they cannot be read."""
     if not bundle.manifest.get("golden"):
         return None
     try:
-        inputs, _outputs, _tolerance = bundle.golden()
+        inputs, outputs, _tolerance = bundle.golden()
     except (BundleError, KeyError, OSError, ValueError) as err:
-        log.warning("bundle %s: golden inputs unreadable (%s); benchmarking on random data", bundle.name, err)
+        log.warning("bundle %s: golden examples unreadable (%s); benchmarking on random data", bundle.name, err)
         return None
-    return inputs
+    return inputs, outputs
+
+
+def _quality(predictor: Predictor, golden: tuple[dict, dict] | None) -> dict | None:
+    """The task's quality fields of this backend's outputs on the golden inputs (core/task_quality.py);
+    None without golden examples; {"task", "error"} when the run or the comparison fails."""
+    if golden is None:
+        return None
+    interface = predictor.bundle.manifest["interface"]
+    try:
+        got = predictor.predict(golden[0])
+        return golden_quality(interface, predictor.bundle.outputs, golden[1], got)
+    except EdgefleetError as err:
+        log.warning("bundle %s: golden quality not measured: %s", predictor.bundle.name, err)
+        return {"task": interface.get("task") or "other", "error": str(err)}
 
 
 def _repeat(values: np.ndarray, spec: TensorSpec, symbol: str | None, batch: int) -> np.ndarray:

@@ -21,6 +21,28 @@ def render_tables(report: dict) -> list[Table]:
     return tables
 
 
+def quality_text(quality: dict | None) -> str:
+    """The report's quality fields (core/task_quality.py) in a few words."""
+    if not quality:
+        return "no golden examples"
+    if "error" in quality:
+        return f"not measured: {escape(quality['error'])}"
+    parts = []
+    if "top1_agreement" in quality:
+        parts.append(f"top-1 agreement {quality['top1_agreement']:.1%}")
+    if "count_agreement" in quality:
+        parts.append(f"detection count agreement {quality['count_agreement']:.1%}")
+    if "max_score_error" in quality:
+        parts.append(f"max score error {quality['max_score_error']:.3g}")
+    if "min_cosine" in quality:
+        parts.append(f"min cosine {quality['min_cosine']:.6f}")
+    if "max_abs_error" in quality:
+        parts.append(f"max abs error {quality['max_abs_error']:.3g}")
+    if "max_rel_error" in quality:
+        parts.append(f"max rel error {quality['max_rel_error']:.3g}")
+    return f"{', '.join(parts)} ({quality['task']}, {quality['examples']} examples)"
+
+
 def _num(value: float) -> str:
     """A few significant digits, whatever the magnitude, so columns stay narrow."""
     if value >= 1000:
@@ -44,6 +66,7 @@ def _summary_table(report: dict) -> Table:
         ("FLOPs per sample", f"{flops / 1e6:,.3f} M" if flops else "unknown"),
         ("load (verify + backend)", f"{report['load_seconds'] * 1e3:,.1f} ms"),
         ("first inference", f"{report['first_inference_ms']:,.3f} ms"),
+        ("quality vs golden", quality_text(report.get("quality"))),
         ("peak RSS", f"{memory['peak_rss_mb']} MB" if memory["peak_rss_mb"] is not None else "unknown"),
         ("CPU", f"{machine['cpu_model'] or '?'} ({machine['architecture']}); {cores}"),
         ("CPU flags", " ".join(machine["cpu_flags"]) or "none detected"),
@@ -107,17 +130,20 @@ def comparison_table(reports: list[dict]) -> Table:
     """Several backends' reports side by side: what each ran, latency, throughput, load time and memory;
     a backend that could not run the bundle (status "refused") is one row with its reason."""
     table = Table(title="backends side by side (each in its own process, one after another)")
-    for header in ("backend", "artifact", "batch", "p50 ms", "p90 ms", "p99 ms", "samples/s", "load ms", "peak RSS MB"):
-        table.add_column(header, justify="left" if header in ("backend", "artifact") else "right")
+    headers = ("backend", "artifact", "batch", "p50 ms", "p90 ms", "p99 ms", "samples/s", "load ms", "peak RSS MB",
+               "quality vs golden")
+    for header in headers:
+        table.add_column(header, justify="left" if header in ("backend", "artifact", "quality vs golden") else "right")
     for report in reports:
         if report.get("status") == "refused":
-            table.add_row(report["entry"], f"[red]cannot run[/]: {escape(report['reason'])}", *["-"] * 7)
+            table.add_row(report["entry"], f"[red]cannot run[/]: {escape(report['reason'])}", *["-"] * 8)
             continue
+        quality = quality_text(report.get("quality"))
         artifact = report["bundle"]["artifact"]
         for result in report["results"]:
             latency = result["latency_ms"]
             table.add_row(report.get("entry", report["backend"]), f"{artifact['target']} ({artifact['format']})",
                           str(result["batch"]), *(f"{latency[k]:.4f}" for k in ("p50", "p90", "p99")),
                           f"{result['throughput']['samples_per_s']:,.0f}", f"{report['load_seconds'] * 1e3:,.1f}",
-                          str(report["memory"]["peak_rss_mb"]))
+                          str(report["memory"]["peak_rss_mb"]), quality)
     return table

@@ -115,6 +115,8 @@ def test_run_count_percentiles_throughput_and_flops(tiny):
     assert report["memory"]["peak_rss_bytes"] >= report["memory"]["rss_after_load_bytes"] > 0
     assert report["machine"]["logical_cores"] >= 1
     assert report["stop_rule"] == {"min_runs": 37, "min_seconds": 0.0, "max_seconds": bench.TIME_CAP_SECONDS}
+    assert report["quality"]["task"] == "other" and report["quality"]["examples"] == 3  # no task: raw error only
+    assert set(report["quality"]) == {"task", "examples", "max_abs_error"} and report["quality"]["max_abs_error"] < 1e-5
     assert json.loads(json.dumps(report, allow_nan=False)) == report
 
 
@@ -157,15 +159,17 @@ def test_random_inputs_without_golden_and_no_flops(tmp_path):
     assert report["input_source"] == "random"
     assert report["flops_per_sample"] is None and report["results"][0]["gflops_per_s"] is None
     assert report["results"][0]["runs"] == 5
-    assert "unknown" in _render(report)
+    assert report["quality"] is None
+    assert "unknown" in _render(report) and "no golden examples" in _render(report)
 
 
 def test_golden_inputs_are_repeated_to_the_batch_size(tiny):
     root, _ = tiny
     from edgefleet.core.bundle import Bundle
 
-    make, source = bench._input_maker(Bundle.open(root), seed=0)
-    golden = Bundle.open(root).golden()[0]["x"]
+    opened = Bundle.open(root)
+    make, source = bench._input_maker(opened, 0, bench._golden(opened)[0])
+    golden = opened.golden()[0]["x"]
     assert source == "golden"
     assert np.array_equal(make(7)["x"], golden[[0, 1, 2, 0, 1, 2, 0]])
     assert np.array_equal(make(2)["x"], golden[:2])

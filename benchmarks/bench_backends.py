@@ -135,7 +135,7 @@ def _native_ready() -> bool:
 def build_variants(model: Model, workdir: Path, key: SigningKey, public: Path) -> tuple[list[Variant], list[dict]]:
     skipped: list[dict] = []
     fp32 = export_torch(model.torch_model, model.x_train[:4], workdir / f"{model.name}-fp32", name=model.name,
-                        version=1, reference_data=model.x_train, signing_key=key)
+                        version=1, reference_data=model.x_train, task="classification", signing_key=key)
     int8 = quantize_static_int8(fp32, workdir / f"{model.name}-int8", model.x_train[:256], signing_key=key).bundle
     variants: list[Variant] = []
     calibration = workdir / f"{model.name}-calibration.npy"

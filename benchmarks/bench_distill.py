@@ -36,7 +36,7 @@ from edgefleet.edge_runtime.bench import time_interleaved
 def export(model: torch.nn.Module, x: np.ndarray, out: Path, name: str) -> Path:
     with contextlib.redirect_stdout(sys.stderr):
         bundle = export_torch(model, x[:4], out, name=name, version=1, input_names=["pixels"],
-                              output_names=["logits"])
+                              output_names=["logits"], task="classification")
     return bundle.root / "model.onnx"
 
 

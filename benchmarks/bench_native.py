@@ -56,7 +56,7 @@ def build_mlp_bundle(workdir: Path, key: SigningKey) -> tuple[Path, np.ndarray, 
     fit_classifier(model, x_train, y_train, FitOptions(epochs=5, lr=1e-3))
     bundle = export_torch(model, x_train[:4], workdir / "mlp", name="breast-cancer-mlp", version=1,
                           reference_data=x_train, input_names=["features"], output_names=["logits"],
-                          signing_key=key)
+                          task="classification", signing_key=key)
     return bundle.root, x_train, x_test
 
 
@@ -72,7 +72,7 @@ def build_wide_cnn_bundle(workdir: Path, key: SigningKey, x_train: np.ndarray,
     big_train, big_test = upsample(x_train[:256]), upsample(x_test[:64])
     bundle = export_torch(model, big_train[:4], workdir / "wide", name="wide-cnn", version=1,
                           reference_data=big_train, input_names=["image"], output_names=["logits"],
-                          signing_key=key)
+                          task="classification", signing_key=key)
     return bundle.root, big_train, big_test
 
 

@@ -112,7 +112,8 @@ def main() -> None:
         work = Path(workdir)
         with contextlib.redirect_stdout(sys.stderr):
             bundle = export_torch(model, x_train[:4], work / "float", name="digits-wide-cnn", version=1,
-                                  reference_data=x_train[:256], input_names=["pixels"], output_names=["logits"])
+                                  reference_data=x_train[:256], input_names=["pixels"], output_names=["logits"],
+                                  task="classification")
         calibration = x_train[:args.calibration_rows]
         started = time.perf_counter()
         result = quantize_static_int8(bundle, work / "int8", calibration, quant_format="QDQ", per_channel=True,

@@ -7,9 +7,9 @@ bundle's files and manifest around a model artifact already in place.
 
 `write_bundle` writes into `out_dir`, which already holds the model's files (the artifact's `path`, plus
 any external data): `golden.npz` (inputs under `inputs/<name>`, expected outputs under
-`outputs/<name>`), `profile.json` when reference data is given (per-input feature histograms and, for a
-classifier, its predicted classes and confidences: core/profile.py; an input whose features are not a
-fixed set, such as token ids on a symbolic axis, is listed under "unprofiled" with the reason), then
+`outputs/<name>`), `profile.json` when reference data is given (the declared inputs' feature histograms
+and the task's output summaries: compilers/profile_plan.py, core/profile.py; every other input is listed
+under "unprofiled" with the reason), then
 `manifest.json` (identity, interface, the artifact, golden entry, metrics, lineage with the dataset
 fingerprint and the one step that made the bundle, model card) and, with a key, `signature.json`. The
 caller has checked the numbers; the writer only records them. Golden inputs made up from the schema
@@ -28,17 +28,17 @@ from typing import Any
 
 import numpy as np
 
+from edgefleet.compilers.profile_plan import TASKS, FeatureNames, ProfilePlan, plan_profile, unprofilable
 from edgefleet.core import bundle as bundle_io
 from edgefleet.core.bundle import Bundle
 from edgefleet.core.canonical import format_time, sha256_hex, utc_now
-from edgefleet.core.errors import ExportError
-from edgefleet.core.profile import DEFAULT_BINS, build_profile, feature_kind
+from edgefleet.core.profile import DEFAULT_BINS
 from edgefleet.core.schema import TensorSpec, sample_count
 from edgefleet.core.signing import DEFAULT_VALIDITY, SigningKey
 
 log = logging.getLogger(__name__)
 
-TASKS = ("classification", "regression", "embedding", "detection", "other")
+__all__ = ["TASKS", "BundleDraft", "fingerprint", "golden_count", "plan_for", "unprofilable", "write_bundle"]
 GENERATED_NOTE = ("The golden examples were generated from the input schema (no reference data was given): "
                   "they check that a device computes what the source runtime computed, not that the model is "
                   "right on real inputs. No reference profile: drift monitoring needs reference data.")
@@ -66,6 +66,10 @@ class BundleDraft:
     preprocessing: str = ""
     reference: dict[str, np.ndarray] | None = None  # the reference inputs: profile and dataset fingerprint
     scores: np.ndarray | None = None  # the first output on the reference inputs (a classifier's profile)
+    reference_outputs: Sequence[Mapping[str, np.ndarray]] = ()  # the summarised outputs, chunk by chunk
+    profiled_inputs: Sequence[str] | None = None  # None: the default rule (compilers/profile_plan.py)
+    feature_names: FeatureNames | None = None
+    detection: Mapping | None = None  # a detector's {"scores": output, "score_threshold": 0.5}
     metrics: dict = field(default_factory=dict)
     parent: Mapping[str, Any] | None = None
     model_card: Mapping[str, Any] | None = None
@@ -77,8 +81,7 @@ def write_bundle(out: Path, draft: BundleDraft, *, signing_key: SigningKey | Non
     """Writes golden.npz, profile.json (with reference data), manifest.json and signature.json (with a key)
     into out, which holds the artifact's files already, and returns the opened bundle."""
     out = Path(out)
-    if draft.task not in TASKS:
-        raise ExportError(f"task must be one of {', '.join(TASKS)}, got {draft.task!r}")
+    plan = plan_for(draft)
     np.savez(out / "golden.npz", **{f"inputs/{k}": v for k, v in draft.golden_inputs.items()},
              **{f"outputs/{k}": v for k, v in draft.golden_outputs.items()})
     golden: dict[str, Any] = {"path": "golden.npz", "count": golden_count(draft.inputs, draft.golden_inputs),
@@ -97,6 +100,7 @@ def write_bundle(out: Path, draft: BundleDraft, *, signing_key: SigningKey | Non
             "postprocess": draft.postprocess,
             "class_names": list(draft.class_names) if draft.class_names is not None else None,
             "preprocessing": draft.preprocessing,
+            "profiled_inputs": plan.profiled,
         },
         "artifacts": [dict(draft.artifact)],
         "golden": golden,
@@ -107,8 +111,12 @@ def write_bundle(out: Path, draft: BundleDraft, *, signing_key: SigningKey | Non
             "steps": [{**draft.step, "at": format_time(utc_now())}],
         },
     }
+    if plan.detection is not None:
+        manifest["interface"]["detection"] = plan.detection
     if draft.reference is not None:
-        profile = _profile(draft)
+        profile = plan.build(draft.inputs, draft.reference, draft.scores, draft.reference_outputs,
+                             postprocess=draft.postprocess, bins=draft.bins,
+                             class_names=list(draft.class_names) if draft.class_names is not None else None)
         (out / "profile.json").write_text(json.dumps(profile))
         manifest["reference_profile"] = {"path": "profile.json", "count": profile["count"], "bins": draft.bins}
     manifest["model_card"] = _model_card(draft)
@@ -132,42 +140,10 @@ def fingerprint(data: Mapping[str, np.ndarray]) -> str:
     return "sha256:" + sha256_hex(parts)
 
 
-def _profile(draft: BundleDraft) -> dict:
-    """The reference profile of the inputs that can be profiled; the others are listed under
-    "unprofiled" with the reason (telemetry then refuses to start, naming them)."""
-    scores = draft.scores if draft.task == "classification" else None
-    names = list(draft.class_names) if draft.class_names is not None else None
-    profiled, unprofiled = [], []
-    for spec in draft.inputs:
-        why = unprofilable(spec)
-        if why is None:
-            profiled.append(spec)
-        else:
-            unprofiled.append({"input": spec.name, "reason": why})
-            log.info("reference profile: input %s is not profiled: %s", spec.name, why)
-    profile = build_profile(draft.reference, profiled, scores, postprocess=draft.postprocess, class_names=names,
-                            bins=draft.bins)
-    if unprofiled:
-        profile["unprofiled"] = unprofiled
-    return profile
-
-
-def unprofilable(spec: TensorSpec) -> str | None:
-    """Why an input's features cannot be binned on fixed edges (core/profile.py), or None: it needs a
-    batch axis on axis 0, and a fixed number of features per sample (fixed dims after the batch for a
-    tabular input, a fixed channel axis 1 for taps), at most ELEMENT_LIMIT columns."""
-    if not spec.shape or not isinstance(spec.shape[0], str):
-        return "no batch axis on axis 0"
-    try:
-        kind = feature_kind(spec)
-    except ValueError as err:
-        return str(err)
-    symbolic = [str(d) for d in spec.shape[1:] if isinstance(d, str)]
-    if kind == "elements" and symbolic:
-        return f"its columns vary with {', '.join(symbolic)} from request to request"
-    if kind == "channel_stats" and isinstance(spec.shape[1], str):
-        return f"its channel axis (axis 1) is symbolic ({spec.shape[1]})"
-    return None
+def plan_for(draft: BundleDraft) -> ProfilePlan:
+    """The draft's profile plan: its task, profiled inputs, column names and output summaries."""
+    return plan_profile(draft.inputs, draft.outputs, draft.task, profiled_inputs=draft.profiled_inputs,
+                        feature_names=draft.feature_names, detection=draft.detection)
 
 
 def _model_card(draft: BundleDraft) -> dict:

@@ -30,6 +30,7 @@ import torch
 from edgefleet.compilers.bundle_writer import TASKS, BundleDraft, write_bundle
 from edgefleet.compilers.flops import count_flops
 from edgefleet.compilers.numeric import max_errors
+from edgefleet.compilers.profile_plan import FeatureNames, check_classes, infer_task, plan_profile
 from edgefleet.compilers.staging import staged_directory
 from edgefleet.compilers.torch_to_onnx import DynamicAxes, example_tensors, export_onnx, input_names_for
 from edgefleet.core.bundle import Bundle
@@ -89,18 +90,28 @@ def export_torch(
     parent: Mapping[str, Any] | None = None,
     dynamic_axes: DynamicAxes | None = None,
     task: str | None = None,
+    profiled_inputs: Sequence[str] | None = None,
+    feature_names: FeatureNames | None = None,
+    detection: Mapping[str, Any] | None = None,
 ) -> Bundle:
     """Writes a bundle for `model` into out_dir (which must be empty or absent) and returns it.
 
     example_inputs: a tensor (or numpy array), a sequence of them or a mapping name -> tensor, each with
     a batch axis. dynamic_axes: {input name: {axis: symbol}}, the symbolic axes besides "batch" on axis 0
     ({0: None} makes axis 0 static); the schema records the symbols. task: one of bundle_writer.TASKS;
-    default: "classification" for a 2-D first output, else "other".
+    default: inferred only when unambiguous, as at import (compilers/profile_plan.py `infer_task`):
+    "classification" with class_names, "detection" for one *box* and one *score* output, else "other" (an
+    embedding model exported without task= is "other", never a classifier of its dimensions).
 
     reference_data: the training or calibration inputs; they give the golden examples, the reference
-    profile for drift, and (with `labels`) the reference accuracy. eval_data=(inputs, labels): held-out
+    profile for drift, and (with `labels`) the reference accuracy. The profile covers `profiled_inputs`
+    (default: every batched input that is not a recurrent state and has a fixed set of features), names a
+    tabular input's columns with `feature_names` (a list for the one tabular input, or {input: names}),
+    and summarises the task's outputs; a detector names its scores output with
+    detection={"scores": NAME, "score_threshold": 0.5} (default: the one output named like *score*).
+    eval_data=(inputs, labels): held-out
     data for the metrics and the model card. postprocess: "softmax" if the first output holds logits,
-    "none" if it holds probabilities or values; default "softmax" for a 2-D output, else "none".
+    "none" if it holds probabilities or values; default "softmax" for a classifier, else "none".
     Signs the bundle when signing_key is given; `edgefleet sign` can sign it later. Raises ExportError,
     leaving out_dir as it was.
     """
@@ -133,17 +144,25 @@ def export_torch(
     check = take_samples(inputs_spec, reference, 0, NUMERIC_SAMPLES) if reference is not None else golden_in
     numeric = _numeric_error(_run_onnx(session, check), _run_torch(model, check, outputs_spec))
     first_out = outputs_spec[0]
-    task = task or ("classification" if len(first_out.shape) == 2 else "other")
+    task = task or infer_task(outputs_spec, class_names)
+    if task == "classification":
+        check_classes(first_out, class_names)
+    plan = plan_profile(inputs_spec, outputs_spec, task, profiled_inputs=profiled_inputs,
+                        feature_names=feature_names, detection=detection)
     postprocess = postprocess or ("softmax" if task == "classification" else "none")
     names = list(class_names) if class_names is not None else None
-    scores, metrics = None, {}
+    scores, metrics, chunks = None, {}, []
+    classifier = {first_out.name} if task == "classification" else set()
+    if reference is not None and (classifier or plan.output_names):
+        chunks = _run_onnx_chunks(session, reference, inputs_spec, classifier | set(plan.output_names))
     if reference is not None and task == "classification":
-        scores = _run_onnx_chunked(session, reference, inputs_spec, first_out)
+        scores = samples_first(first_out, join_samples([first_out], chunks)[first_out.name])
         if labels is not None:
             metrics["reference"] = classification_metrics(scores, _np(labels), postprocess, names)
     if eval_data is not None and task == "classification":
         eval_in = _as_dict(eval_data[0], inputs_spec)
-        eval_scores = _run_onnx_chunked(session, eval_in, inputs_spec, first_out)
+        eval_chunks = _run_onnx_chunks(session, eval_in, inputs_spec, classifier)
+        eval_scores = samples_first(first_out, join_samples([first_out], eval_chunks)[first_out.name])
         metrics["eval"] = classification_metrics(eval_scores, _np(eval_data[1]), postprocess, names)
 
     draft = BundleDraft(
@@ -151,7 +170,8 @@ def export_torch(
         postprocess=postprocess, class_names=names, preprocessing=preprocessing,
         artifact=_artifact(onnx_model, numeric), golden_inputs=golden_in, golden_outputs=golden_out,
         atol=atol, rtol=rtol, reference=reference, scores=scores, metrics=metrics, parent=parent,
-        model_card=model_card, bins=bins,
+        model_card=model_card, bins=bins, reference_outputs=chunks, profiled_inputs=profiled_inputs,
+        feature_names=feature_names, detection=detection,
         step={
             "stage": "export",
             "tool": "torch.onnx.export(dynamo=True)",
@@ -244,12 +264,13 @@ def _run_onnx(session: ort.InferenceSession, inputs: dict[str, np.ndarray]) -> d
     return dict(zip(names, session.run(names, inputs), strict=True))
 
 
-def _run_onnx_chunked(session: ort.InferenceSession, inputs: dict[str, np.ndarray], inputs_spec: list[TensorSpec],
-                      output: TensorSpec) -> np.ndarray:
-    """One output on all the inputs, CHUNK samples at a time, with its batch axis first (one row per sample)."""
+def _run_onnx_chunks(session: ort.InferenceSession, inputs: dict[str, np.ndarray], inputs_spec: list[TensorSpec],
+                     wanted: set[str]) -> list[dict[str, np.ndarray]]:
+    """The wanted outputs on all the inputs, CHUNK samples at a time, one dict per chunk (a detector's
+    number of detections may differ from chunk to chunk, so they are not joined here)."""
     total = sample_count(inputs_spec, inputs)
-    parts = [_run_onnx(session, take_samples(inputs_spec, inputs, i, i + CHUNK)) for i in range(0, total, CHUNK)]
-    return samples_first(output, join_samples([output], parts)[output.name])
+    runs = (_run_onnx(session, take_samples(inputs_spec, inputs, i, i + CHUNK)) for i in range(0, total, CHUNK))
+    return [{n: v for n, v in run.items() if n in wanted} for run in runs]
 
 
 def _numeric_error(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> dict:

@@ -11,9 +11,13 @@ the bundle is proven whole. Golden inputs come from `reference_data` (its first 
 it also gives the reference profile and the dataset fingerprint), or are generated from the schema
 (compilers/reference_data.py), recorded `"generated": true` and said in the model card, with no profile.
 
-Task: `task` when given; else "classification" only when `class_names` are given (and the first output
-must then be [batch, len(class_names)]), else "other": a 2-D output alone says nothing. A classifier's
-`postprocess` is "none" when the first output's golden rows are already probabilities, else "softmax".
+Task: `task` when given; else inferred only when unambiguous (compilers/profile_plan.py `infer_task`):
+"classification" only when `class_names` are given (the first output must then be [batch,
+len(class_names)]), "detection" for one *box* and one *score* output, else "other": a 2-D output alone
+says nothing. A classifier's `postprocess` is "none" when the first output's golden rows are already
+probabilities, else "softmax". The reference profile (with reference data) covers the inputs in
+`profiled_inputs` (default: compilers/profile_plan.py), names a tabular input's columns with
+`feature_names`, and summarises the task's outputs (a detector's scores output: `detection`).
 
 The bundle is built in a temporary directory beside out_dir and renamed into place at the end: a
 refusal leaves nothing behind, so the same command can be run again. Every refusal is an ExportError.
@@ -34,6 +38,7 @@ import numpy as np
 
 from edgefleet.compilers.bundle_writer import TASKS, BundleDraft, write_bundle
 from edgefleet.compilers.formats import ModelFile, format_for
+from edgefleet.compilers.profile_plan import FeatureNames, check_classes, infer_task, plan_profile
 from edgefleet.compilers.reference_data import (
     ReferenceData,
     generate_inputs,
@@ -50,7 +55,7 @@ from edgefleet.core.signing import DEFAULT_VALIDITY, SigningKey
 
 log = logging.getLogger(__name__)
 
-CHUNK = 256  # reference samples per run when profiling a classifier's outputs
+CHUNK = 256  # reference samples per run when profiling the outputs
 WRITER_FILES = {MANIFEST, SIGNATURE, "golden.npz", "profile.json"}
 
 
@@ -75,6 +80,9 @@ def import_model(
     preprocessing: str = "",
     model_card: Mapping[str, Any] | None = None,
     seed: int = 0,
+    profiled_inputs: Sequence[str] | None = None,
+    feature_names: FeatureNames | None = None,
+    detection: Mapping[str, Any] | None = None,
 ) -> Bundle:
     """Writes a bundle for the model file at `path` into out_dir (empty or absent) and returns it
     (module docstring). dims: symbol -> size, fixing a symbolic dimension (`--dim NAME=SIZE`)."""
@@ -84,6 +92,8 @@ def import_model(
     inputs, outputs = model_format.read(path, dims)
     sources = model_format.files(path)
     layout = _layout(path, sources)
+    plan_profile(inputs, outputs, task or infer_task(outputs, class_names), profiled_inputs=profiled_inputs,
+                 feature_names=feature_names, detection=detection)  # every refusal before any work
     reference = load_reference(reference_data, inputs) if reference_data is not None else None
     final = Path(out_dir)
     with staged_directory(final, ExportError, "import") as work:
@@ -92,20 +102,12 @@ def import_model(
             shutil.copyfile(source, work / rel)
         options = _Options(name=name, version=version, task=task, class_names=class_names, postprocess=postprocess,
                            dims=dict(dims or {}), golden_count=golden_count, atol=atol, rtol=rtol, bins=bins,
-                           label=label, preprocessing=preprocessing, model_card=model_card, seed=seed)
+                           label=label, preprocessing=preprocessing, model_card=model_card, seed=seed,
+                           profiled_inputs=profiled_inputs, feature_names=feature_names, detection=detection)
         draft = _draft(model_format, path, work, layout[path], inputs, outputs, reference, options)
         write_bundle(work, draft, signing_key=signing_key, validity=validity)
     log.info("imported %s as %s v%s into %s (%s)", path, name, version, final, draft.task)
     return Bundle.open(final)
-
-
-def infer_task(outputs: Sequence[TensorSpec], class_names: Sequence[str] | None) -> str:
-    """"classification" when class names are given (their count must match the first output's
-    [batch, classes]), else "other"."""
-    if class_names is None:
-        return "other"
-    _check_classes(outputs[0], class_names)
-    return "classification"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -125,6 +127,9 @@ class _Options:
     preprocessing: str
     model_card: Mapping[str, Any] | None
     seed: int
+    profiled_inputs: Sequence[str] | None
+    feature_names: FeatureNames | None
+    detection: Mapping[str, Any] | None
 
 
 def _check_arguments(path: Path, name: str, version: int, task: str | None, postprocess: str | None,
@@ -161,8 +166,8 @@ def _layout(path: Path, sources: list[Path]) -> dict[Path, str]:
 
 def _draft(model_format: ModelFile, source: Path, work: Path, model_rel: str, inputs: list[TensorSpec],
            outputs: list[TensorSpec], reference: dict[str, np.ndarray] | None, o: _Options) -> BundleDraft:
-    """Runs the copied model on the golden inputs (and a classifier on the reference data) and describes
-    the bundle to write."""
+    """Runs the copied model on the golden inputs (and on the reference data for the profile's output
+    summaries) and describes the bundle to write."""
     model = work / model_rel
     generated = reference is None
     golden_in = generate_inputs(inputs, o.golden_count, o.seed) if generated else take(inputs, reference, 0,
@@ -171,14 +176,18 @@ def _draft(model_format: ModelFile, source: Path, work: Path, model_rel: str, in
     first = outputs[0]
     task = o.task or infer_task(outputs, o.class_names)
     if task == "classification":
-        _check_classes(first, o.class_names, golden_out[first.name])
+        check_classes(first, o.class_names, golden_out[first.name])
     postprocess = o.postprocess or _postprocess(task, golden_out[first.name])
-    scores = None
-    if reference is not None and task == "classification":
+    plan = plan_profile(inputs, outputs, task, profiled_inputs=o.profiled_inputs, feature_names=o.feature_names,
+                        detection=o.detection)
+    scores, chunks = None, []
+    wanted = set(plan.output_names) | ({first.name} if task == "classification" else set())
+    if reference is not None and wanted:
         total = sample_count(inputs, reference)
-        parts = [_run(model_format, model, take(inputs, reference, i, i + CHUNK), outputs, False)
-                 for i in range(0, total, CHUNK)]
-        scores = samples_first(first, join_samples([first], parts)[first.name])
+        chunks = [{n: v for n, v in _run(model_format, model, take(inputs, reference, i, i + CHUNK), outputs,
+                                          False).items() if n in wanted} for i in range(0, total, CHUNK)]
+        if task == "classification":
+            scores = samples_first(first, join_samples([first], chunks)[first.name])
     artifact = {**model_format.artifact(model), "path": model_rel, "numeric_error": {
         "reference": "the golden outputs, computed from this file by its own runtime",
         "samples": sample_count(inputs, golden_in), "max_abs": 0.0, "max_rel": 0.0}}
@@ -195,7 +204,8 @@ def _draft(model_format: ModelFile, source: Path, work: Path, model_rel: str, in
         postprocess=postprocess, class_names=list(o.class_names) if o.class_names is not None else None,
         preprocessing=o.preprocessing, artifact=artifact, golden_inputs=golden_in, golden_outputs=golden_out,
         atol=o.atol, rtol=o.rtol, step=step, generated=generated, reference=reference, scores=scores,
-        model_card=o.model_card, bins=o.bins,
+        model_card=o.model_card, bins=o.bins, reference_outputs=chunks, profiled_inputs=o.profiled_inputs,
+        feature_names=o.feature_names, detection=o.detection,
     )
 
 
@@ -217,17 +227,6 @@ def _run(model_format: ModelFile, model: Path, feed: dict[str, np.ndarray], outp
             raise ExportError(f"output {spec.name!r} is not finite (NaN or inf) on the golden inputs{hint}")
         result[spec.name] = value
     return result
-
-
-def _check_classes(first: TensorSpec, class_names: Sequence[str] | None, value: np.ndarray | None = None) -> None:
-    """A classifier's first output is [batch, classes], with one class per name when names are given."""
-    count = len(class_names) if class_names is not None else None
-    classes = value.shape[1] if value is not None and value.ndim == 2 else None
-    if len(first.shape) == 2 and isinstance(first.shape[1], int):
-        classes = first.shape[1]
-    if len(first.shape) != 2 or (count is not None and classes is not None and classes != count):
-        wanted = f"[batch, {count}] for {count} class names" if count is not None else "[batch, classes]"
-        raise ExportError(f"a classifier's first output must be {wanted}; {first.name!r} is {first.describe()}")
 
 
 def _postprocess(task: str, first: np.ndarray) -> str:

@@ -7,6 +7,18 @@ Features: a tabular input (batch, F) with at most ELEMENT_LIMIT columns is profi
 an input with channels (batch, C, ...) such as an image or audio is profiled through taps, the mean and
 std of each channel, which is cheap enough to update on every request and catches brightness, contrast
 and noise shifts.
+An input whose batch axis is not axis 0 (a sequence [steps, batch, features]) is profiled with its batch
+axis moved first. Which inputs are profiled is declared in the manifest (interface `profiled_inputs`,
+compilers/bundle_writer.py): by default every input with a batch axis that is not a recurrent state and
+whose features are a fixed set. Integer inputs are binned like floats when their columns are fixed
+(category codes, counts); token ids on a symbolic tokens axis are declared unprofiled, with the reason
+under the profile's "unprofiled", because their columns change with every request.
+`feature_names` names a tabular input's columns (`income` rather than `x[3]`), so drift says which
+column moved.
+
+Outputs: per-task summaries under "outputs" (core/output_summary.py, the same function on the device),
+and for a classifier the predicted-class counts and the confidence histogram.
+
 Bins: `bins - 1` interior edges at the reference quantiles, so each bin holds about the same share of
 the reference data; a value v lands in bin searchsorted(edges, v, side="right"); one extra column
 counts NaN. Duplicate edges (from discrete values) are kept and give empty bins.
@@ -14,12 +26,27 @@ counts NaN. Duplicate edges (from discrete values) are kept and give empty bins.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from edgefleet.core.schema import TensorSpec
+from edgefleet.core.schema import TensorSpec, batch_axis, samples_first
+
+if TYPE_CHECKING:
+    from edgefleet.core.output_summary import OutputSummary
 
 ELEMENT_LIMIT = 256
 DEFAULT_BINS = 10
+
+
+def samples_first_spec(spec: TensorSpec) -> TensorSpec:
+    """The spec with its batch axis moved to axis 0 (as `samples_first` moves the data)."""
+    axis = batch_axis(spec)
+    if not axis:
+        return spec
+    shape = list(spec.shape)
+    return TensorSpec(spec.name, spec.dtype, (shape.pop(axis), *shape))
 
 
 def feature_kind(spec: TensorSpec) -> str:
@@ -87,34 +114,63 @@ def build_profile(
     postprocess: str = "softmax",
     class_names: list[str] | None = None,
     bins: int = DEFAULT_BINS,
+    count: int | None = None,
+    names: Mapping[str, Sequence[str]] | None = None,
+    summaries: Sequence[OutputSummary] = (),
+    output_chunks: Sequence[Mapping[str, np.ndarray]] = (),
 ) -> dict:
-    """The reference profile of a dataset: per-input feature histograms and, for classifiers, the
-    predicted-class counts and the confidence histogram."""
+    """The reference profile of a dataset: histograms of the features of the inputs in `specs` (`names`:
+    input -> column names), the output summaries planned in `summaries` over the reference outputs (given
+    in chunks of samples, as they were run) and, for classifiers, the predicted-class counts and the
+    confidence histogram."""
     features = []
     for spec in specs:
-        kind = feature_kind(spec)
-        values = extract_features(inputs[spec.name], kind)
+        kind = feature_kind(samples_first_spec(spec))
+        values = extract_features(samples_first(spec, inputs[spec.name]), kind)
         edges = quantile_edges(values, bins)
+        given = (names or {}).get(spec.name)
         features.append(
             {
                 "input": spec.name,
                 "kind": kind,
-                "names": feature_names(spec, kind, values.shape[1]),
+                "names": list(given) if given is not None else feature_names(spec, kind, values.shape[1]),
                 "edges": edges.tolist(),
                 "counts": bin_counts(values, edges).tolist(),
             }
         )
-    profile: dict = {"count": int(len(next(iter(inputs.values())))), "bins": bins, "features": features}
+    if count is None:
+        count = int(len(next(iter(inputs.values()))))
+    profile: dict = {"count": int(count), "bins": bins, "features": features}
+    if summaries and output_chunks:
+        profile["outputs"] = _output_profile(summaries, output_chunks, bins)
     if scores is not None and scores.ndim == 2 and scores.shape[1] >= 2:
         predicted, confidence = class_confidence(scores, postprocess)
-        names = class_names or [str(i) for i in range(scores.shape[1])]
+        classes = class_names or [str(i) for i in range(scores.shape[1])]
         conf_edges = quantile_edges(confidence[:, None], bins)
         profile["predictions"] = {
-            "classes": names,
-            "counts": np.bincount(predicted, minlength=len(names)).tolist(),
+            "classes": classes,
+            "counts": np.bincount(predicted, minlength=len(classes)).tolist(),
         }
         profile["confidence"] = {
             "edges": conf_edges[0].tolist(),
             "counts": bin_counts(confidence[:, None], conf_edges)[0].tolist(),
         }
     return profile
+
+
+def _output_profile(summaries: Sequence[OutputSummary], chunks: Sequence[Mapping[str, np.ndarray]],
+                    bins: int) -> list[dict]:
+    """Edges at the quantiles of each summary row over all chunks, then counts from summarise_outputs, the
+    function the device runs on every request, chunk by chunk."""
+    from edgefleet.core.output_summary import summarise_outputs, summary_columns
+
+    placed = []
+    for summary in summaries:
+        blocks = [summary_columns(summary, chunk[summary.output]) for chunk in chunks]
+        rows = [quantile_edges(np.concatenate([b[i] for b in blocks]), bins) for i in range(len(blocks[0]))]
+        placed.append(summary.with_edges(np.concatenate(rows, axis=0)))
+    totals = [np.zeros((len(s.names), bins + 1), dtype=np.int64) for s in placed]
+    for chunk in chunks:
+        for total, counts in zip(totals, summarise_outputs(placed, chunk), strict=True):
+            total += counts
+    return [s.to_profile(total) for s, total in zip(placed, totals, strict=True)]

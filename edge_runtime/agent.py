@@ -11,7 +11,8 @@ the outbox and MQTT (birth message, last will, commands), the Updater (which fir
 update a crash interrupted), the window timer, then HTTP. Every telemetry window and OTA status goes
 into the on-disk outbox first and leaves it only when the broker has acknowledged it. Telemetry windows
 hold one model version each: the window of a model that stops serving is closed when its last request
-is done. stop() closes the last window and gives the transport a moment to send it.
+is done. stop() closes the last window and gives the transport a moment to send it. A bundle made
+without reference data (no reference profile) is served with telemetry off, said in one log line.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from edgefleet.edge_runtime.model_host import ModelHost
 from edgefleet.edge_runtime.outbox import Outbox
 from edgefleet.edge_runtime.predictor import Predictor
 from edgefleet.edge_runtime.slots import SlotStore
-from edgefleet.edge_runtime.telemetry import TelemetryAggregator
+from edgefleet.edge_runtime.telemetry import NoReferenceProfile, TelemetryAggregator
 from edgefleet.edge_runtime.updater import Updater
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,8 @@ class DeviceAgent:
         return self.host.current
 
     @property
-    def aggregator(self) -> TelemetryAggregator:
+    def aggregator(self) -> TelemetryAggregator | None:
+        """The serving model's telemetry; None when it has none (a bundle without a reference profile)."""
         return self.host.current.telemetry
 
     def _make_predictor(self, bundle_dir: Path) -> Predictor:
@@ -153,8 +155,12 @@ class DeviceAgent:
         return Predictor(bundle, backends=backends, threads=self.config.threads,
                          trusted_keys=list(self.config.trusted_keys), cache_dir=self.config.data_dir / "cache")
 
-    def _make_aggregator(self, predictor: Predictor) -> TelemetryAggregator:
-        return TelemetryAggregator(predictor.bundle, fleet=self.config.fleet, device=self.config.device)
+    def _make_aggregator(self, predictor: Predictor) -> TelemetryAggregator | None:
+        try:
+            return TelemetryAggregator(predictor.bundle, fleet=self.config.fleet, device=self.config.device)
+        except NoReferenceProfile as err:
+            log.warning("telemetry is off for %s v%s: %s", predictor.bundle.name, predictor.bundle.version, err)
+            return None
 
     def _retire(self, predictor: Predictor) -> None:
         """A model stopped answering users and its last request is done: close its version's window."""
@@ -162,9 +168,12 @@ class DeviceAgent:
             self._send_window(predictor.telemetry.close_window())
 
     # telemetry -----------------------------------------------------------------------------------------
-    def close_window(self) -> TelemetryWindow:
-        """Closes the serving model's window; with MQTT it goes into the outbox."""
-        window = self.aggregator.close_window()
+    def close_window(self) -> TelemetryWindow | None:
+        """Closes the serving model's window; with MQTT it goes into the outbox. None: telemetry is off."""
+        aggregator = self.aggregator
+        if aggregator is None:
+            return None
+        window = aggregator.close_window()
         self._send_window(window)
         return window
 

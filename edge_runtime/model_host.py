@@ -16,7 +16,8 @@ close_old=True) closed. So every request is answered, whole, by exactly one mode
 request under a microsecond (digits CNN: about 0.8 µs on a 9 µs inference).
 
 Telemetry: a predictor that starts answering users (at construction, `swap`, `start_canary`) gets an
-aggregator from the `telemetry` factory if it has none. When it stops answering users and its last
+aggregator from the `telemetry` factory if it has none (the factory returns None for a model with telemetry
+off). When it stops answering users and its last
 in-flight call is done (the old model after `swap`, a canary candidate after `stop_test`),
 `on_retire(predictor)` is called: close that version's telemetry window there, so each window holds
 exactly one model version's requests. Shadow candidates answer no user and get no telemetry.
@@ -284,7 +285,7 @@ class ModelHost:
         self,
         predictor: Predictor,
         *,
-        telemetry: Callable[[Predictor], TelemetryAggregator] | None = None,
+        telemetry: Callable[[Predictor], TelemetryAggregator | None] | None = None,
         on_retire: Callable[[Predictor], None] | None = None,
         shadow_queue: int = 256,
         drain_timeout: float = 30.0,
@@ -434,7 +435,9 @@ class ModelHost:
 
     def _enable_telemetry(self, predictor: Predictor) -> None:
         if self._make_telemetry is not None and predictor.telemetry is None:
-            predictor.enable_telemetry(self._make_telemetry(predictor))
+            aggregator = self._make_telemetry(predictor)
+            if aggregator is not None:  # None: this model has telemetry off (the factory said why)
+                predictor.enable_telemetry(aggregator)
 
 
 def _require_finite(predictor: Predictor, outputs: dict[str, np.ndarray]) -> None:

@@ -146,7 +146,7 @@ class Predictor:
         self.telemetry = aggregator
         validate, run, clock = self._validate, self._run, time.perf_counter_ns
         error = aggregator.error
-        if aggregator.extra or aggregator.output_name is None:
+        if not aggregator.fast_path:
             observe = aggregator.observe
 
             def predict(inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
@@ -159,7 +159,7 @@ class Predictor:
                     raise
                 observe(feed, outputs, clock() - start)
                 return outputs
-        else:  # one input, a classifier: the hot path is one sketch call, without the extra Python frame
+        else:  # one input, profiled, a classifier: the hot path is one sketch call, without the extra Python frame
             # of aggregator.observe (~60 ns, a fifth of the telemetry budget on an 8 µs model); hence two
             # near-identical closures rather than one.
             update, input_name, output_name = aggregator.main.update, aggregator.input_names[0], aggregator.output_name

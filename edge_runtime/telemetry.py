@@ -5,62 +5,107 @@
     ...                                          # requests are observed as they are served
     window = aggregator.close_window()           # a TelemetryWindow (seq 0; the outbox assigns it)
 
-The per-request work is one call into cpp_ext's RequestSketch: the features of the first input on the
-reference profile's bin edges (per-channel mean/std taps for images, columns for tabular data), the
-predicted class and its confidence, and the latency. A model with several inputs pays one more call
-per extra input (features only). Counters live in C++ and are updated with the GIL held, so HTTP
-threads predicting while a timer thread closes the window lose no count.
+The inputs profiled are exactly the ones the manifest declares (interface `profiled_inputs`; a bundle
+written before it: the ones its reference profile has features for); a recurrent state, a scalar or
+token ids are not, and cost nothing. The per-request work is one call into cpp_ext's RequestSketch: the
+features of the first profiled input on the reference profile's bin edges (per-channel mean/std taps
+for images, columns for tabular data; an input whose batch axis is not axis 0 is moved first), the
+predicted class and its confidence, and the latency. A model with several profiled inputs pays one more
+call per extra input (features only); a model with none pays one call for the counts and latency.
+Counters live in C++ and are updated with the GIL held, so HTTP threads predicting while a timer thread
+closes the window lose no count.
+
+Output summaries (regression values, embedding norm and projections, detection count and scores) are
+binned in numpy by core/output_summary.py `summarise_outputs`, the function that built the reference
+profile's, and added under a lock. A bundle without a reference profile has no telemetry: the
+constructor raises `NoReferenceProfile` and the agent serves the model with telemetry off.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
 
 from edgefleet.core.bundle import Bundle
 from edgefleet.core.errors import EdgefleetError
-from edgefleet.core.telemetry import LATENCY_EDGES_MS, FeatureCounts, TelemetryWindow
+from edgefleet.core.output_summary import DEFAULT_SCORE_THRESHOLD, OutputSummary, summarise_outputs
+from edgefleet.core.schema import batch_axis, sample_count
+from edgefleet.core.telemetry import LATENCY_EDGES_MS, FeatureCounts, OutputCounts, TelemetryWindow
 from edgefleet.cpp_ext import RequestSketch
+
+_NO_FEATURES = np.zeros((0, 1), np.float64)
+
+
+class NoReferenceProfile(EdgefleetError):
+    """The bundle was made without reference data: there is nothing to bin its traffic against."""
 
 
 class TelemetryAggregator:
     def __init__(self, bundle: Bundle, *, fleet: str, device: str, clock=time.time) -> None:  # noqa: ANN001
         profile = bundle.reference_profile()
         if profile is None:
-            raise EdgefleetError(f"bundle {bundle.name} v{bundle.version} has no reference profile; export it with "
-                                 f"reference_data to enable telemetry")
+            raise NoReferenceProfile(f"bundle {bundle.name} v{bundle.version} has no reference profile (it was made "
+                                     f"without reference data): export or import it with reference data to enable "
+                                     f"telemetry")
         interface = bundle.manifest["interface"]
         self.fleet, self.device = fleet, device
         self.model_name, self.model_version = bundle.name, bundle.version
         self.clock = clock
         features = {f["input"]: f for f in profile["features"]}
-        inputs = [spec.name for spec in bundle.inputs]
-        missing = [name for name in inputs if name not in features]
+        declared = interface.get("profiled_inputs")
+        profiled = list(declared) if declared is not None else [s.name for s in bundle.inputs if s.name in features]
+        missing = [name for name in profiled if name not in features]
         if missing:
-            raise EdgefleetError(f"the reference profile has no features for inputs {missing}")
+            raise EdgefleetError(f"the reference profile has no features for the profiled inputs {missing}")
+        specs = {s.name: s for s in bundle.inputs}
         classifier = interface.get("task") == "classification" and "confidence" in profile
         n_classes = len(profile["predictions"]["counts"]) if classifier else 0
         confidence_edges = np.asarray(profile["confidence"]["edges"], np.float64) if classifier else None
         latency_edges = np.asarray(LATENCY_EDGES_MS, np.float64)
-        self.input_names = inputs
+        self.input_names = profiled
+        self.axes = {name: batch_axis(specs[name]) for name in profiled}
         self.output_name = bundle.outputs[0].name if classifier else None
-        first = features[inputs[0]]
+        first = features[profiled[0]] if profiled else {"kind": "elements", "edges": _NO_FEATURES}
         self.main = RequestSketch(first["kind"], np.asarray(first["edges"], np.float64), confidence_edges,
                                   latency_edges, n_classes, interface.get("postprocess") == "softmax")
         self.extra = [
             (name, RequestSketch(features[name]["kind"], np.asarray(features[name]["edges"], np.float64), None,
                                  latency_edges, 0, False))
-            for name in inputs[1:]
+            for name in profiled[1:]
         ]
+        self._all_inputs = bundle.inputs
+        threshold = float((interface.get("detection") or {}).get("score_threshold", DEFAULT_SCORE_THRESHOLD))
+        outputs = {s.name: s for s in bundle.outputs}
+        self.summaries = [OutputSummary.from_profile(entry, outputs[entry["output"]], threshold)
+                          for entry in profile.get("outputs", [])]
+        self._lock = threading.Lock()
+        self._output_counts = self._zero_outputs()
         self.window_start = clock()
 
+    @property
+    def fast_path(self) -> bool:
+        """One input, profiled, batch on axis 0, a classifier, no output summaries: the Predictor inlines
+        the one sketch call."""
+        return (self.output_name is not None and not self.extra and not self.summaries
+                and len(self._all_inputs) == 1 and self.input_names == [self._all_inputs[0].name]
+                and self.axes[self.input_names[0]] == 0)
+
     def observe(self, feed: dict[str, np.ndarray], outputs: dict[str, np.ndarray], latency_ns: int) -> None:
-        """The general path (the Predictor inlines the single-input case)."""
+        """The general path (the Predictor inlines the `fast_path` case)."""
         scores = outputs[self.output_name] if self.output_name else None
-        self.main.update(feed[self.input_names[0]], scores, latency_ns)
+        if self.input_names:
+            self.main.update(self._samples(feed, self.input_names[0]), scores, latency_ns)
+        else:
+            self.main.update(np.empty((sample_count(self._all_inputs, feed), 0), np.float32), scores, latency_ns)
         for name, sketch in self.extra:
-            sketch.update(feed[name], None, latency_ns)
+            sketch.update(self._samples(feed, name), None, latency_ns)
+        if self.summaries:
+            counts = summarise_outputs(self.summaries, outputs)
+            with self._lock:
+                for total, add in zip(self._output_counts, counts, strict=True):
+                    total += add
 
     def error(self, latency_ns: int) -> None:
         self.main.error(latency_ns)
@@ -70,8 +115,10 @@ class TelemetryAggregator:
         end = self.clock()
         snap = self.main.snapshot(reset=True)
         extra = [(name, sketch.snapshot(reset=True)) for name, sketch in self.extra]
+        with self._lock:
+            output_counts, self._output_counts = self._output_counts, self._zero_outputs()
         start, self.window_start = self.window_start, end
-        features = [FeatureCounts(self.input_names[0], _rows(snap["features"]))]
+        features = [FeatureCounts(self.input_names[0], _rows(snap["features"]))] if self.input_names else []
         features += [FeatureCounts(name, _rows(s["features"])) for name, s in extra]
         return TelemetryWindow(
             fleet=self.fleet, device=self.device, seq=0, model_name=self.model_name,
@@ -79,7 +126,16 @@ class TelemetryAggregator:
             samples=int(snap["samples"]), errors=int(snap["errors"]), latency_ms=tuple(snap["latency"].tolist()),
             features=tuple(features), predictions=tuple(snap["predictions"].tolist()),
             confidence=tuple(snap["confidence"].tolist()) if self.output_name else (),
+            outputs=tuple(OutputCounts(s.output, _rows(c)) for s, c in zip(self.summaries, output_counts, strict=True)),
         )
+
+    def _samples(self, feed: dict[str, np.ndarray], name: str) -> np.ndarray:
+        """An input with its samples on axis 0, C-contiguous, as the sketch takes it."""
+        axis = self.axes[name]
+        return feed[name] if not axis else np.ascontiguousarray(np.moveaxis(feed[name], axis, 0))
+
+    def _zero_outputs(self) -> list[np.ndarray]:
+        return [np.zeros((s.edges.shape[0], s.edges.shape[1] + 2), np.int64) for s in self.summaries]
 
 
 def _rows(counts: np.ndarray) -> tuple[tuple[int, ...], ...]:

@@ -308,7 +308,7 @@ def _export(model: torch.nn.Module, source: Bundle | None, records: list[dict], 
     bundle_name = name or (source.name if source is not None else "model")
     exported = export_torch(
         model, x_train[:4], out, name=bundle_name, version=version, reference_data=x_train, labels=y_train,
-        eval_data=(x_test, y_test), class_names=class_names,
+        eval_data=(x_test, y_test), class_names=class_names, task="classification",
         input_names=input_names or [s["name"] for s in interface.get("inputs", [])] or None,
         output_names=output_names or [s["name"] for s in interface.get("outputs", [])] or None,
         preprocessing=interface.get("preprocessing", ""), parent=parent,

@@ -1,0 +1,169 @@
+"""Per-task output summaries: what a model's outputs looked like, binned like the input features.
+
+The reference profile's `outputs` section and the device's telemetry windows (TelemetryWindow.outputs)
+hold the same rows, computed by the same function (`summarise_outputs`), so both sides bin identically:
+
+    profile["outputs"] = [{"output": "price", "summary": "values", "names": ["price[0]"],
+                           "edges": [[..E interior edges..]], "counts": [[..E + 2 counts..]]}]
+
+Summaries per task (core/profile.py builds them from the reference data, the device from live traffic):
+  - regression, "values": every output with a batch axis; one row per element when a sample has at most
+    ELEMENT_ROWS elements (names `price[0]`, `price[1]`), else the rows mean, std, min, max of a sample's
+    elements.
+  - embedding, "embedding": the first output with a batch axis and a fixed per-sample size D; row `norm`
+    (the L2 norm of each sample) and rows proj0..proj7, the dot products of the L2-normalised embedding
+    with PROJECTIONS fixed random unit directions. The directions are drawn once at export with a fixed
+    seed and stored in the profile (`"projections": [[..D floats..] x 8]`); the device reads them, never
+    draws them again. A zero embedding projects to 0.
+  - detection, "detections": the scores output the manifest names (interface `detection`: {"scores":
+    <output>, "score_threshold": 0.5}); its per-sample scores are [D] (one per detection) or [D, C]
+    (class scores: a detection's score is its largest). Row `count`: per sample, the number of scores at
+    or above the threshold; row `score`: one value per such detection. The rows' totals differ (samples
+    vs. detections): that is expected.
+  - classification keeps the profile's `predictions`/`confidence`; other tasks have no output summary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgefleet.core.profile import bin_counts
+from edgefleet.core.schema import TensorSpec, batch_axis
+
+ELEMENT_ROWS = 16
+PROJECTIONS = 8
+PROJECTION_SEED = 12
+DEFAULT_SCORE_THRESHOLD = 0.5
+STAT_ROWS = ("mean", "std", "min", "max")
+
+
+@dataclass(frozen=True)
+class OutputSummary:
+    """One output's summary, ready to bin: from the plan at export, from the profile on the device."""
+
+    output: str
+    summary: str  # "values" | "embedding" | "detections"
+    names: tuple[str, ...]
+    axis: int | None  # the output's batch axis (core/schema.py batch_axis)
+    edges: np.ndarray  # (rows, E) float64; (rows, 0) while the plan has none yet
+    projections: np.ndarray | None = None  # (PROJECTIONS, D) unit rows, embedding only
+    threshold: float = DEFAULT_SCORE_THRESHOLD  # detections only
+
+    def with_edges(self, edges: np.ndarray) -> OutputSummary:
+        return OutputSummary(self.output, self.summary, self.names, self.axis,
+                             np.ascontiguousarray(edges, dtype=np.float64), self.projections, self.threshold)
+
+    def to_profile(self, counts: np.ndarray) -> dict:
+        entry = {"output": self.output, "summary": self.summary, "names": list(self.names),
+                 "edges": self.edges.tolist(), "counts": counts.tolist()}
+        if self.projections is not None:
+            entry["projections"] = self.projections.tolist()
+        return entry
+
+    @classmethod
+    def from_profile(cls, entry: Mapping, spec: TensorSpec, threshold: float) -> OutputSummary:
+        projections = entry.get("projections")
+        return cls(entry["output"], entry["summary"], tuple(entry["names"]), batch_axis(spec),
+                   np.ascontiguousarray(entry["edges"], dtype=np.float64),
+                   None if projections is None else np.ascontiguousarray(projections, dtype=np.float64), threshold)
+
+
+def detection_scores(outputs: Sequence[TensorSpec], detection: Mapping | None) -> dict | None:
+    """The manifest's `detection` entry: the given one checked, else the one output named like *score*;
+    None when there is none or several (the caller asks for it)."""
+    names = [s.name for s in outputs]
+    if detection is not None:
+        scores = detection.get("scores")
+        threshold = detection.get("score_threshold", DEFAULT_SCORE_THRESHOLD)
+        if scores not in names:
+            raise ValueError(f"detection scores must name an output ({', '.join(names)}), got {scores!r}")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not np.isfinite(threshold):
+            raise ValueError(f"detection score_threshold must be a finite number, got {threshold!r}")
+        return {"scores": scores, "score_threshold": float(threshold)}
+    found = [n for n in names if "score" in n.lower()]
+    return {"scores": found[0], "score_threshold": DEFAULT_SCORE_THRESHOLD} if len(found) == 1 else None
+
+
+def plan_summaries(task: str, outputs: Sequence[TensorSpec], detection: Mapping | None = None) -> list[OutputSummary]:
+    """The outputs a task summarises and their rows, without edges (module docstring)."""
+    batched = [s for s in outputs if batch_axis(s) is not None]
+    if task == "regression":
+        plans = []
+        for spec in batched:
+            size = _per_sample(spec)
+            names = ([f"{spec.name}[{i}]" for i in range(size)] if size is not None and size <= ELEMENT_ROWS
+                     else list(STAT_ROWS))
+            plans.append(_plan(spec, "values", names))
+        return plans
+    if task == "embedding":
+        spec = next((s for s in batched if _per_sample(s)), None)
+        if spec is None:
+            return []
+        directions = np.random.default_rng(PROJECTION_SEED).standard_normal((PROJECTIONS, _per_sample(spec)))
+        directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+        names = ["norm"] + [f"proj{i}" for i in range(PROJECTIONS)]
+        return [OutputSummary(spec.name, "embedding", tuple(names), batch_axis(spec), np.zeros((len(names), 0)),
+                              directions)]
+    if task == "detection" and detection is not None:
+        spec = next((s for s in batched if s.name == detection["scores"]), None)
+        if spec is None:
+            return []
+        return [OutputSummary(spec.name, "detections", ("count", "score"), batch_axis(spec), np.zeros((2, 0)),
+                              None, float(detection["score_threshold"]))]
+    return []
+
+
+def summary_columns(summary: OutputSummary, value: np.ndarray) -> list[np.ndarray]:
+    """One output's rows as (n, r) float64 blocks whose widths add up to the rows, in row order (a
+    detection's `score` block has one line per detection, the others one per sample)."""
+    x = np.asarray(value, dtype=np.float64)
+    if summary.axis:
+        x = np.moveaxis(x, summary.axis, 0)
+    n = x.shape[0]
+    flat = x.reshape(n, -1)
+    if summary.summary == "values":
+        if summary.names != STAT_ROWS:  # one row per element
+            return [flat]
+        if not flat.shape[1]:
+            return [np.full((n, len(STAT_ROWS)), np.nan)]
+        return [np.stack([flat.mean(axis=1), flat.std(axis=1), flat.min(axis=1), flat.max(axis=1)], axis=1)]
+    if summary.summary == "embedding":
+        norm = np.sqrt(np.einsum("ij,ij->i", flat, flat))
+        unit = flat / np.where(norm > 0, norm, 1.0)[:, None]
+        return [np.concatenate([norm[:, None], unit @ summary.projections.T], axis=1)]
+    if summary.summary == "detections":
+        if x.ndim > 2:  # [D, C] class scores per sample: a detection's score is its largest
+            scores = x.reshape(n, x.shape[1], int(np.prod(x.shape[2:]))).max(axis=2)
+        else:
+            scores = flat
+        kept = scores >= summary.threshold
+        return [kept.sum(axis=1, dtype=np.float64)[:, None], scores[kept][:, None]]
+    raise ValueError(f"unknown output summary {summary.summary!r}")
+
+
+def summarise_outputs(summaries: Sequence[OutputSummary], outputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """The counts of each summary's rows on its edges, (rows, E + 2) each: the one binning function of the
+    profile (core/profile.py) and the device (edge_runtime/telemetry.py)."""
+    counts = []
+    for summary in summaries:
+        blocks, start = [], 0
+        for block in summary_columns(summary, outputs[summary.output]):
+            width = block.shape[1]
+            blocks.append(bin_counts(block, summary.edges[start:start + width]))
+            start += width
+        counts.append(np.concatenate(blocks, axis=0))
+    return counts
+
+
+def _per_sample(spec: TensorSpec) -> int | None:
+    """Elements per sample, or None when a dim besides the batch axis is symbolic."""
+    axis = batch_axis(spec)
+    rest = [d for i, d in enumerate(spec.shape) if i != axis]
+    return int(np.prod(rest)) if all(isinstance(d, int) for d in rest) else None
+
+
+def _plan(spec: TensorSpec, summary: str, names: list[str]) -> OutputSummary:
+    return OutputSummary(spec.name, summary, tuple(names), batch_axis(spec), np.zeros((len(names), 0)))

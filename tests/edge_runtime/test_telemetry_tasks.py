@@ -1,0 +1,216 @@
+"""Telemetry per task on real bundles: a regression MLP, an embedding encoder, a detector, a GRU with its
+state; windows summed over requests equal the reference profile's counts on the same data, exactly."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgefleet.compilers.export import export_torch
+from edgefleet.compilers.import_model import import_model
+from edgefleet.core.bundle import Bundle
+from edgefleet.core.signing import SigningKey
+from edgefleet.core.telemetry import TelemetryWindow
+from edgefleet.edge_runtime.agent import DeviceAgent
+from edgefleet.edge_runtime.device_config import DeviceConfig
+from edgefleet.edge_runtime.predictor import Predictor
+from edgefleet.edge_runtime.telemetry import TelemetryAggregator
+from tests.compilers import import_kit as kit
+from tests.mosquitto import free_port
+
+REFERENCE = 300  # quantile positions fall between samples: no edge equals a reference value
+CHUNK = 256  # the exporter's: the device sees the same batches, so the outputs are bit-identical
+
+
+class TinyDetector(nn.Module):
+    """SSD-style head on a tabular embedding: 6 anchors, each a box [4] and an objectness score."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(12, 32), nn.ReLU())
+        self.boxes, self.scores = nn.Linear(32, 6 * 4), nn.Linear(32, 6)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body(x)
+        return self.boxes(h).reshape(-1, 6, 4), torch.sigmoid(self.scores(h))
+
+
+class SentenceEmbedder(nn.Module):
+    """Mean of token embeddings through a projection: [batch, 8] features -> [batch, 24] embedding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 48), nn.Tanh(), nn.Linear(48, 24))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@pytest.fixture(scope="module")
+def key() -> SigningKey:
+    return SigningKey.generate()
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("telemetry-tasks")
+
+
+@pytest.fixture(scope="module")
+def public(key, work) -> Path:
+    return key.save(work / "keys", "release")[1]
+
+
+def served(bundle: Bundle, public: Path, feeds: list[dict]) -> tuple[TelemetryWindow, TelemetryAggregator]:
+    """The window a Predictor with telemetry closes after serving the feeds."""
+    with Predictor(bundle.root, trusted_keys=[public], threads=1) as predictor:
+        aggregator = TelemetryAggregator(predictor.bundle, fleet="lab", device="pi-01")
+        predictor.enable_telemetry(aggregator)
+        for feed in feeds:
+            predictor.predict(feed)
+        return aggregator.close_window(), aggregator
+
+
+def chunks(data: dict[str, np.ndarray], axis: int = 0) -> list[dict]:
+    total = next(iter(data.values())).shape[axis]
+    return [{k: np.take(v, range(i, min(i + CHUNK, total)), axis=axis) for k, v in data.items()}
+            for i in range(0, total, CHUNK)]
+
+
+def as_lists(window: TelemetryWindow) -> tuple[list, list]:
+    return ([[list(r) for r in f.counts] for f in window.features],
+            [[list(r) for r in o.counts] for o in window.outputs])
+
+
+@pytest.fixture(scope="module")
+def regression(work, key) -> tuple[Bundle, np.ndarray]:
+    torch.manual_seed(0)
+    x = np.random.default_rng(1).normal(size=(REFERENCE, 8)).astype(np.float32)
+    names = ["age", "income", "debt", "rooms", "area", "floor", "year", "distance"]
+    bundle = export_torch(kit.RegressionMLP(), x[:4], work / "mlp", name="price", version=1, reference_data=x,
+                          input_names=["features"], output_names=["price"], task="regression", feature_names=names,
+                          signing_key=key)
+    return bundle, x
+
+
+def test_regression_windows_equal_the_profile_and_name_the_columns(regression, key, public):
+    bundle, x = regression
+    profile = bundle.reference_profile()
+    assert profile["features"][0]["names"][:2] == ["age", "income"]
+    (entry,) = profile["outputs"]
+    assert (entry["output"], entry["summary"], entry["names"]) == ("price", "values", ["price[0]"])
+    assert bundle.manifest["interface"]["profiled_inputs"] == ["features"]
+    window, _ = served(bundle, public, chunks({"features": x}))
+    features, outputs = as_lists(window)
+    assert features == [profile["features"][0]["counts"]]
+    assert window.outputs[0].output == "price" and outputs == [entry["counts"]]
+    assert window.samples == REFERENCE and window.to_dict()["outputs"][0]["output"] == "price"
+
+
+def test_a_shifted_input_moves_the_values_histogram(regression, key, public):
+    bundle, x = regression
+    reference = np.asarray(bundle.reference_profile()["outputs"][0]["counts"][0][:-1], dtype=float)
+    window, _ = served(bundle, public, chunks({"features": x * 4.0}))
+    live = np.asarray(window.outputs[0].counts[0][:-1], dtype=float)
+    share_ref, share_live = reference / reference.sum(), live / live.sum()
+    outer = [0, len(live) - 1]  # the tails below the lowest and above the highest reference decile
+    assert share_ref[outer].sum() == pytest.approx(0.2, abs=0.01)
+    assert share_live[outer].sum() > 0.5
+    psi = np.sum((share_live - share_ref) * np.log((share_live + 1e-4) / (share_ref + 1e-4)))
+    assert psi > 0.5
+
+
+def test_embedding_model_exported_without_task_is_other_and_gets_no_classes(work, key):
+    torch.manual_seed(0)
+    x = np.random.default_rng(2).normal(size=(64, 8)).astype(np.float32)
+    other = export_torch(SentenceEmbedder(), x[:4], work / "emb-other", name="emb", version=1, reference_data=x,
+                         output_names=["embedding"])
+    assert other.manifest["interface"]["task"] == "other"
+    assert other.manifest["interface"]["postprocess"] == "none"
+    profile = other.reference_profile()
+    assert "predictions" not in profile and "confidence" not in profile and "outputs" not in profile
+    embedding = export_torch(SentenceEmbedder(), x[:4], work / "emb", name="emb", version=1, reference_data=x,
+                             output_names=["embedding"], task="embedding")
+    (entry,) = embedding.reference_profile()["outputs"]
+    assert entry["summary"] == "embedding" and np.asarray(entry["projections"]).shape == (8, 24)
+
+
+def test_imported_encoder_embedding_window_equals_its_profile(work, key, public):
+    rng = np.random.default_rng(4)
+    ids = rng.integers(1, 64, size=(REFERENCE, 16)).astype(np.int64)
+    mask = (rng.random((REFERENCE, 16)) < 0.9).astype(np.int64)
+    data = {"input_ids": ids, "attention_mask": mask}
+    bundle = import_model(kit.encoder_onnx(work / "encoder.onnx"), work / "encoder", name="enc", version=1,
+                          reference_data=data, task="embedding", signing_key=key)
+    profile = bundle.reference_profile()
+    assert bundle.manifest["interface"]["profiled_inputs"] == [] and profile["features"] == []
+    assert [u["input"] for u in profile["unprofiled"]] == ["input_ids", "attention_mask"]
+    (entry,) = profile["outputs"]
+    assert entry["output"] == "pooled" and np.asarray(entry["counts"]).sum(axis=1).tolist() == [REFERENCE] * 9
+    window, aggregator = served(bundle, public, chunks(data))
+    assert window.features == () and window.samples == REFERENCE and window.requests == 2
+    assert as_lists(window)[1] == [entry["counts"]]
+    assert not aggregator.fast_path
+
+
+def test_detector_counts_detections_and_bins_their_scores(work, key, public):
+    torch.manual_seed(3)
+    model = TinyDetector().eval()
+    x = np.random.default_rng(5).normal(size=(REFERENCE, 12)).astype(np.float32)
+    bundle = export_torch(model, x[:4], work / "det", name="det", version=1, reference_data=x, input_names=["x"],
+                          output_names=["boxes", "scores"], signing_key=key)
+    interface = bundle.manifest["interface"]
+    assert interface["task"] == "detection"  # one *box* and one *score* output
+    assert interface["detection"] == {"scores": "scores", "score_threshold": 0.5}
+    (entry,) = bundle.reference_profile()["outputs"]
+    counts = np.asarray(entry["counts"])
+    with torch.no_grad():
+        kept = model(torch.from_numpy(x))[1].numpy() >= 0.5
+    assert entry["names"] == ["count", "score"] and counts[0].sum() == REFERENCE
+    assert counts[1].sum() == kept.sum() > 0  # one score per detection at or above the threshold
+    window, _ = served(bundle, public, chunks({"x": x}))
+    assert as_lists(window)[1] == [entry["counts"]]
+
+
+def test_gru_profiles_its_sequence_not_its_state(work, key, public):
+    torch.manual_seed(0)
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(5, REFERENCE, 8)).astype(np.float32)
+    state = rng.normal(size=(2, REFERENCE, 16)).astype(np.float32)
+    axes = {"x": {0: None, 1: "batch"}, "state": {0: None, 1: "batch"}}
+    bundle = export_torch(kit.RecurrentStep(), (torch.from_numpy(x[:, :3]), torch.from_numpy(state[:, :3])),
+                          work / "gru", name="gru", version=1, reference_data={"x": x, "state": state},
+                          input_names=["x", "state"], output_names=["y", "next_state"], dynamic_axes=axes,
+                          task="regression", signing_key=key)
+    profile = bundle.reference_profile()
+    assert bundle.manifest["interface"]["profiled_inputs"] == ["x"]
+    assert profile["unprofiled"] == [{"input": "state", "reason": "a recurrent state (it pairs with output "
+                                                                  "'next_state')"}]
+    assert profile["count"] == REFERENCE and profile["features"][0]["kind"] == "channel_stats"
+    window, _ = served(bundle, public, chunks({"x": x, "state": state}, axis=1))
+    features, outputs = as_lists(window)
+    assert [f.input for f in window.features] == ["x"] and features == [profile["features"][0]["counts"]]
+    assert outputs == [e["counts"] for e in profile["outputs"]] and window.samples == REFERENCE
+
+
+def test_a_bundle_without_reference_profile_is_served_with_telemetry_off(work, key, tmp_path, caplog, public):
+    bundle = import_model(kit.mlp_onnx(work / "plain.onnx"), work / "plain", name="plain", version=1,
+                          task="regression", signing_key=key)
+    assert bundle.reference_profile() is None
+    path = tmp_path / "device.toml"
+    path.write_text(f'[device]\nid = "pi-02"\nfleet = "lab"\ndata_dir = "{tmp_path / "device"}"\n'
+                    f'[model]\nbundle = "{bundle.root}"\ntrusted_keys = ["{public}"]\nthreads = 1\n'
+                    f'[http]\nport = {free_port()}\n')
+    with caplog.at_level(logging.INFO, logger="edgefleet.edge_runtime.agent"), \
+            DeviceAgent(DeviceConfig.load(path), serve_http=False) as agent:
+        answer = agent.predict(np.ones((2, 8), np.float32))
+        assert answer["value"].shape == (2, 1) and agent.aggregator is None
+        assert agent.close_window() is None
+    said = [r.getMessage() for r in caplog.records if "telemetry is off" in r.getMessage()]
+    assert said == ["telemetry is off for plain v1: bundle plain v1 has no reference profile (it was made without "
+                    "reference data): export or import it with reference data to enable telemetry"]

@@ -54,7 +54,7 @@ from edgefleet.core.bundle import Bundle
 from edgefleet.core.canonical import format_time, utc_now
 from edgefleet.core.decision import compare_decisions, decision_output, tie_margin
 from edgefleet.core.errors import BundleError, CompileError, EdgefleetError
-from edgefleet.core.schema import join_samples, sample_count, samples_first, take_samples
+from edgefleet.core.schema import batch_axis, join_samples, sample_count, samples_first, take_samples
 from edgefleet.core.signing import DEFAULT_VALIDITY, SigningKey
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def _build_target(out: Path, bundle: Bundle, compile_source: CompileSource, name
     try:
         try:
             result = function(compile_source, out, target_options)
-            return _check(bundle, out, name, result)
+            return _check(bundle, out, name, result, compile_source.artifact.get("batch"))
         except EdgefleetError:
             raise
         except Exception as err:  # noqa: BLE001 - SDKs raise their own types; name the target in one message
@@ -206,12 +206,13 @@ def golden_error(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray]) 
     return max_errors((got[name] for name in want), want.values())
 
 
-def _check(bundle: Bundle, out: Path, name: str, result: TargetResult) -> dict:
+def _check(bundle: Bundle, out: Path, name: str, result: TargetResult, source_batch: int | None = None) -> dict:
     """Runs the artifact on the golden examples (as a batch unless its batch is static, and one at a time)."""
     entry = {"options": {}, "device": "cpu", **result.artifact, "target": name}
     for key in ("backend", "format", "path", "precision"):
         if key not in entry:
             raise CompileError(f"target {name} returned an artifact without {key!r} (a bug in the target)")
+    _static_batch(bundle, entry, source_batch)
     if not (out / entry["path"]).is_file():
         raise CompileError(f"target {name} did not write its artifact {entry['path']}")
     golden_in, golden_out, tolerance = bundle.golden()
@@ -254,6 +255,19 @@ def _check(bundle: Bundle, out: Path, name: str, result: TargetResult) -> dict:
         )
     _check_decisions(bundle, name, entry, runs, golden_out, result.atol)
     return entry
+
+
+def _static_batch(bundle: Bundle, entry: dict, source_batch: int | None) -> None:
+    """A static batch is recorded in the entry: the target's own, else the source file's (an artifact made
+    from a batch-1 file keeps batch 1). Its backend chunks requests on the batch axes, which go into the
+    load options when any is not axis 0 (edge_runtime/backends/static_batch.py)."""
+    if "batch" not in entry and source_batch is not None:
+        entry["batch"] = source_batch
+    if entry.get("batch") is None:
+        return
+    axes = {spec.name: batch_axis(spec) for spec in (*bundle.inputs, *bundle.outputs)}
+    if any(axis != 0 for axis in axes.values()):
+        entry["options"] = {**entry["options"], "batch_axes": axes}
 
 
 def _check_decisions(bundle: Bundle, name: str, entry: dict, runs: list[dict], golden_out: Mapping,

@@ -71,6 +71,7 @@ from edgefleet.compilers.targets import CompileSource, TargetResult
 from edgefleet.compilers.targets.openvino_tflite import read_tflite
 from edgefleet.core.errors import CompileError
 from edgefleet.core.precision import widen
+from edgefleet.core.schema import batch_axis
 from edgefleet.edge_runtime.backends.openvino import executed_precision
 
 PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
@@ -197,7 +198,7 @@ def _compile(device: Device, source: CompileSource, out_dir: Path, options: dict
         model = ov.convert_model(str(source.onnx_file(device.target)))
     _check_names(device, model, source)
     if opts.batch is not None:
-        _reshape(device, model, opts.batch)
+        _reshape(device, model, opts.batch, source)
     rel = f"{device.target}/model.xml"
     (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(model, str(out_dir / rel), compress_to_fp16=opts.precision == "fp16")
@@ -246,19 +247,24 @@ def _check_names(device: Device, model: ov.Model, source: CompileSource) -> None
                                f"(it has {sorted(names)})")
 
 
-def _reshape(device: Device, model: ov.Model, batch: int) -> None:
-    """Sets axis 0 (the batch) of every input to `batch`; the NPU also needs every other axis static."""
+def _reshape(device: Device, model: ov.Model, batch: int, source: CompileSource) -> None:
+    """Sets every input's batch axis (the bundle's: core/schema.py batch_axis, axis 1 of a recurrent state)
+    to `batch`; an input without one stays as it is. The NPU also needs every other axis static."""
+    axes = {spec.name: batch_axis(spec) for spec in source.bundle.inputs}
     shapes = {}
     for port in model.inputs:
-        shape = port.get_partial_shape()
-        if shape.rank.is_dynamic or len(shape) == 0:
-            raise CompileError(f"{device.target}: input {port.get_any_name()!r} has no batch axis to fix "
-                               f"(shape {shape})")
-        shape[0] = batch
+        shape, name = port.get_partial_shape(), port.get_any_name()
+        axis = axes.get(name, 0)
+        if shape.rank.is_dynamic or (axis is not None and axis >= len(shape)):
+            raise CompileError(f"{device.target}: input {name!r} has no batch axis to fix (shape {shape})")
+        if axis is not None:
+            shape[axis] = batch
         if device is NPU and shape.is_dynamic:
-            raise CompileError(f"{device.target}: the NPU needs static shapes; input {port.get_any_name()!r} "
+            raise CompileError(f"{device.target}: the NPU needs static shapes; input {name!r} "
                                f"has shape {shape} with the batch fixed")
-        shapes[port.get_any_name()] = shape
+        shapes[name] = shape
+    if all(axes.get(port.get_any_name(), 0) is None for port in model.inputs):
+        raise CompileError(f"{device.target}: no input has a batch axis to fix (batch={batch})")
     model.reshape(shapes)
 
 

@@ -6,7 +6,8 @@ by edgefleet.cpp_ext._native.GraphExecutor. Hot path: the Predictor has validate
 is the executor's own bound method, one native call that reads the inputs in place, reuses the plan
 cached for their shapes and returns freshly allocated output arrays. Calls hold the GIL, so they never
 overlap. Load option "isa" ("auto" | "portable" | "avx2" | "avxvnni" | "avx512"; the CPU must run it)
-picks the kernels for the whole process.
+picks the kernels for the whole process. A graph with a static batch (compiled from a file fixed to
+batch 1) runs other sample counts in chunks on each tensor's batch axis (backends/static_batch.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 from edgefleet.core.errors import BackendError
 from edgefleet.cpp_ext import graph_native
 from edgefleet.cpp_ext.graph_format import GraphFormatError, read_graph
+from edgefleet.edge_runtime.backends.static_batch import in_chunks, static_batch
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,7 @@ class NativeBackend:
     def __init__(self) -> None:
         self.executor: graph_native.GraphExecutor | None = None
         self.isa = ""
+        self.batch: int | None = None  # the graph's static batch, None when dynamic
 
     def load(self, artifact: Path, options: dict[str, Any]) -> None:
         try:
@@ -45,7 +48,11 @@ class NativeBackend:
         self.isa = graph_native.isa()
         if options.get("threads") not in (None, 1):
             log.info("native: the executor is single-threaded; threads=%s ignored", options["threads"])
-        self.run = self.executor.run
+        shapes = [{v.name: [d if isinstance(d, int) else None for d in v.shape] for v in values}
+                  for values in (graph.inputs, graph.outputs)]
+        self.batch, in_axes, out_axes = static_batch(*shapes, options)
+        self.run = self.executor.run if self.batch is None else in_chunks(self.executor.run, self.batch, in_axes,
+                                                                          out_axes)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise RuntimeError("load() the backend before run()")

@@ -6,6 +6,10 @@ re-check that `InferenceSession.run` does on each call (about 1 µs, an eighth o
 whole inference). With other providers, or an onnxruntime without that attribute, it uses the public
 `run`, which also handles provider fallback. benchmarks/bench_predictor_overhead.py measures the
 Predictor against the public `InferenceSession.run`, the call a user would otherwise write.
+
+A model with a static batch (an imported file fixed to batch 1) takes any number of samples: they run in
+chunks of that batch on each tensor's batch axis (edge_runtime/backends/static_batch.py); a request of
+exactly the static batch is one call, as before.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgefleet.core.errors import BackendError
+from edgefleet.edge_runtime.backends.static_batch import in_chunks, static_batch
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,7 @@ class OnnxRuntimeBackend:
         self.session: ort.InferenceSession | None = None
         self.providers: list[str] = []
         self._output_names: list[str] = []
+        self.batch: int | None = None  # the model's static batch, None when dynamic
 
     def load(self, artifact: Path, options: dict[str, Any]) -> None:
         self.session = ort.InferenceSession(
@@ -38,7 +44,10 @@ class OnnxRuntimeBackend:
         )
         self.providers = self.session.get_providers()
         self._output_names = [o.name for o in self.session.get_outputs()]
-        self.run = self._hot_path()
+        self.batch, in_axes, out_axes = static_batch(io_shapes(self.session.get_inputs()),
+                                                     io_shapes(self.session.get_outputs()), options)
+        self.run = self._hot_path() if self.batch is None else in_chunks(self._hot_path(), self.batch, in_axes,
+                                                                          out_axes)
 
     def _hot_path(self) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
         """The function `run` becomes once loaded: as few Python steps per call as possible."""
@@ -93,3 +102,8 @@ def session_options(threads: int | None) -> ort.SessionOptions:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
     return options
+
+
+def io_shapes(values: list) -> dict[str, list[int | None]]:
+    """Each input's or output's shape, None for a symbolic or unknown dim."""
+    return {v.name: [d if isinstance(d, int) else None for d in (v.shape or [])] for v in values}

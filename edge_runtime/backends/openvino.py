@@ -28,8 +28,9 @@ waiting.
 `import openvino` sends a usage-telemetry event unless the device opted out (see
 compilers/targets/openvino.py); a device image should run openvino-telemetry's `opt_in_out --opt_out`.
 
-A static-batch artifact (the NPU's, batch 1) still takes any batch: rows are run in chunks of the static
-batch, the last one padded with zeros and its padding dropped.
+A static-batch artifact (the NPU's, batch 1; an IR read from a batch-1 .tflite) still takes any batch:
+samples are run in chunks of the static batch on each tensor's batch axis (the load option batch_axes,
+else axis 0; edge_runtime/backends/static_batch.py), the last chunk padded and its padding dropped.
 
 Executed precision. A device may execute another float format than the hint asked for (an `f16` hint
 runs in bf16 on CPUs without AVX512-FP16; the compiling machine may have had it). After load,
@@ -53,6 +54,7 @@ import openvino as ov
 
 from edgefleet.core.errors import BackendError
 from edgefleet.core.precision import coarsest
+from edgefleet.edge_runtime.backends.static_batch import in_chunks, static_batch
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,8 @@ class OpenVinoBackend:
             raise BackendError(f"openvino: cannot load {artifact.name} on {self.device}: {reason(err)}") from err
         self._inputs = [(port.get_any_name(), port) for port in self.compiled.inputs]
         self._outputs = [(port.get_any_name(), port) for port in self.compiled.outputs]
-        self.batch = static_batch(self.compiled)
+        self.batch, *self._batch_axes = static_batch({name: _dims(port) for name, port in self._inputs},
+                                                     {name: _dims(port) for name, port in self._outputs}, options)
         self.executed_precision = executed_precision(self.compiled, self.device)
         if self.executed_precision != self.config.get("INFERENCE_PRECISION_HINT", self.executed_precision):
             log.info("openvino: %s executes %s for the precision hint %s", self.device, self.executed_precision,
@@ -127,16 +130,7 @@ class OpenVinoBackend:
 
         if self.batch is None:
             return call
-        batch = self.batch
-
-        def chunked(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            rows = len(next(iter(feed.values())))
-            if rows == batch:
-                return call(feed)
-            parts = [call({k: _pad(v[i:i + batch], batch) for k, v in feed.items()}) for i in range(0, rows, batch)]
-            return {name: np.concatenate([p[name] for p in parts])[:rows] for name, _ in outputs}
-
-        return chunked
+        return in_chunks(call, self.batch, *self._batch_axes)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise RuntimeError("load() the backend before run()")
@@ -231,15 +225,10 @@ def executed_precision(compiled: ov.CompiledModel, device: str) -> str | None:
     return found
 
 
-def static_batch(compiled: ov.CompiledModel) -> int | None:
-    """The batch (axis 0) every input is fixed to, or None when it is dynamic."""
-    batches = set()
-    for port in compiled.inputs:
-        shape = port.get_partial_shape()
-        if shape.rank.is_dynamic or len(shape) == 0 or shape[0].is_dynamic:
-            return None
-        batches.add(shape[0].get_length())
-    return batches.pop() if len(batches) == 1 else None
+def _dims(port: ov.ConstOutput) -> list[int | None]:
+    """A port's shape, None for a dynamic dim (a dynamic rank: no dims)."""
+    shape = port.get_partial_shape()
+    return [] if shape.rank.is_dynamic else [None if d.is_dynamic else d.get_length() for d in shape]
 
 
 def reason(err: Exception) -> str:
@@ -247,9 +236,3 @@ def reason(err: Exception) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     useful = [line for line in lines if not line.startswith(("Exception from ", "Check '"))]
     return "; ".join(useful) or (lines[-1] if lines else type(err).__name__)
-
-
-def _pad(array: np.ndarray, rows: int) -> np.ndarray:
-    if len(array) == rows:
-        return array
-    return np.concatenate([array, np.zeros((rows - len(array), *array.shape[1:]), array.dtype)])

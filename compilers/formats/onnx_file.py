@@ -11,6 +11,11 @@ External data: every tensor stored outside the file names a `location` relative 
 missing, or is not a regular file. The model's structure is read without its external data, so
 reading the schema of a model with gigabytes of weights costs only its graph.
 
+Static batch: a file whose inputs (rank >= 2) all start with the same fixed size b and whose outputs
+start with b too (an export at batch 1) gets the symbol "batch" on axis 0 of every tensor, and the
+artifact records "batch": b; golden outputs are computed b samples at a time, and the backends chunk
+requests the same way (edge_runtime/backends/static_batch.py), as for a static-batch .tflite.
+
 Golden outputs come from onnxruntime on the CPU (`run`); one session is kept for the last file run, so
 an import's several runs load the model once.
 """
@@ -31,7 +36,9 @@ from edgefleet.compilers.flops import count_flops
 from edgefleet.compilers.formats import unknown_dim
 from edgefleet.core.archive import unsafe_path_reason
 from edgefleet.core.errors import ExportError
-from edgefleet.core.schema import TensorSpec
+from edgefleet.core.schema import BATCH, TensorSpec
+from edgefleet.edge_runtime.backends.onnxruntime import io_shapes
+from edgefleet.edge_runtime.backends.static_batch import in_chunks, static_batch
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +59,9 @@ def read(path: Path, dims: Mapping[str, int] | None = None) -> tuple[list[Tensor
     named = {d.dim_param for v in [*values, *model.graph.output] for d in _dims(v)} - set(UNKNOWN_NAMES)
     inputs = [_spec(path, v, "input", named) for v in values]
     outputs = [_spec(path, v, "output", named) for v in model.graph.output]
+    if _static_batch(inputs, outputs) is not None:  # the file's fixed batch becomes "batch": run in chunks
+        inputs, outputs = ([TensorSpec(s.name, s.dtype, (BATCH, *s.shape[1:])) for s in specs]
+                           for specs in (inputs, outputs))
     return fix_dims(inputs, dims), fix_dims(outputs, dims, check=False)
 
 
@@ -74,8 +84,13 @@ def run(path: Path, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every output of the model on `inputs`, by onnxruntime on the CPU."""
     session = _session_for(Path(path))
     names = [o.name for o in session.get_outputs()]
+
+    def call(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(names, session.run(names, feed), strict=True))
+
+    batch, in_axes, out_axes = static_batch(io_shapes(session.get_inputs()), io_shapes(session.get_outputs()), {})
     try:
-        return dict(zip(names, session.run(names, dict(inputs)), strict=True))
+        return (call if batch is None else in_chunks(call, batch, in_axes, out_axes))(dict(inputs))
     except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types; one message
         raise ExportError(f"onnxruntime cannot run {Path(path).name} on the golden inputs: {err}") from err
 
@@ -86,6 +101,11 @@ def artifact(path: Path) -> dict:
     entry = {"target": "onnx", "backend": "onnxruntime", "format": "onnx", "precision": _precision(model),
              "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0),
              "options": {}}
+    weights = {t.name for t in model.graph.initializer}
+    specs = [_spec(path, v, "", set()) for v in model.graph.input if v.name not in weights]
+    batch = _static_batch(specs, [_spec(path, v, "", set()) for v in model.graph.output])
+    if batch is not None:
+        entry["batch"] = batch
     flops_log = logging.getLogger(count_flops.__module__)
     level = flops_log.level
     flops_log.setLevel(logging.ERROR)  # one warning per node whose shape a dynamic axis hides is noise here
@@ -179,6 +199,16 @@ def _spec(path: Path, value: onnx.ValueInfoProto, side: str, named: set[str]) ->
                 symbol += "_"
             shape.append(symbol)
     return TensorSpec(value.name, dtype, tuple(shape))
+
+
+def _static_batch(inputs: list[TensorSpec], outputs: list[TensorSpec]) -> int | None:
+    """The file's fixed batch b (every input of rank >= 2 starts with the same fixed b, every output with
+    b: the backends' rule, edge_runtime/backends/static_batch.py), or None."""
+    if any(BATCH in s.shape for s in (*inputs, *outputs)):
+        return None
+    shapes = [{s.name: [d if isinstance(d, int) else None for d in s.shape] for s in specs}
+              for specs in (inputs, outputs)]
+    return static_batch(*shapes, {})[0]
 
 
 def _dtype(path: Path, name: str, side: str, elem_type: int) -> str:

@@ -49,6 +49,14 @@ class TinyMobileNet(nn.Module):
         return self.classifier(self.features(x).mean(dim=(2, 3)))
 
 
+class PooledMobileNet(TinyMobileNet):
+    """TinyMobileNet with its global mean as a 4x4 average pool (32x32 inputs only): AveragePool and Reshape
+    in ONNX rather than ReduceMean, so the native backend runs it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(nn.functional.avg_pool2d(self.features(x), 4), 1))
+
+
 # --- BERT-style encoder (pre-norm blocks as in timm's ViT Block, additive attention mask as in BERT) -------
 class Block(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:

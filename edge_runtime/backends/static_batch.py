@@ -4,12 +4,12 @@ tensor sliced, padded and joined on its own batch axis.
 Where the batch axis is. The bundle's schema says it (core/schema.py `batch_axis`: the axis named
 "batch", else a symbolic axis 0, else none). A backend sees only the artifact, so the schema's axes
 travel in the artifact's load options as `batch_axes: {tensor name: axis or null}`, inputs and outputs
-(compilers/compile.py writes them into every static-batch artifact it checks). Without that option
-every tensor's batch axis is axis 0, the rule an imported file's static batch is found by (every input
-of rank >= 2 with the same fixed first dim).
+(compilers/compile.py writes them into a static-batch artifact when any axis is not 0).
 
-What counts as static (`fixed_batch`): every input that has a batch axis has it fixed, all to the same
-size b; an input without one (a 0-d sample rate) is passed whole to every chunk. A request of exactly b
+What counts as static (`static_batch`). With batch_axes: every input that has a batch axis has it
+fixed, all to the same size b; an input without one (a 0-d sample rate) is passed whole to every chunk.
+Without: the rule an imported file's static batch is found by (compilers/formats, LiteRT's too): every
+input of rank >= 2 starts with the same fixed b and every output starts with b. A request of exactly b
 samples is one call; otherwise chunks of b, the last padded by repeating its last sample (a real
 sample, not zeros, so a model with a log or a division sees valid data) and the padding dropped from
 every output. The schema has already checked the request, so the chunker trusts its shapes.

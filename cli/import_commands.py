@@ -32,11 +32,21 @@ def import_command(
                                  "samples; gives the golden examples and the drift profile")] = None,
     task: Annotated[str | None, typer.Option(
         help="classification, regression, embedding, detection or other (default: classification with "
-             "--class-names, else other)")] = None,
+             "--class-names, detection for one *box* and one *score* output, else other)")] = None,
     class_names: Annotated[Path | None, typer.Option(
         "--class-names", help="FILE: one class name per line, or a JSON list of strings (.json)")] = None,
     dim: Annotated[list[str], typer.Option(
         "--dim", help="NAME=SIZE: fix a symbolic dimension (as `import` prints it); repeatable")] = [],  # noqa: B006
+    feature_names: Annotated[Path | None, typer.Option(
+        "--feature-names", help="FILE: names of the tabular input's columns for the drift profile, one per line "
+                                "or a JSON list (.json)")] = None,
+    profiled_input: Annotated[list[str], typer.Option(
+        "--profiled-input", help="NAME: an input the drift profile and telemetry cover (repeatable; default: "
+                                 "every batched input that is not a recurrent state)")] = [],  # noqa: B006
+    detection_scores: Annotated[str | None, typer.Option(
+        "--detection-scores", help="NAME: a detector's scores output (default: the one output named *score*)")] = None,
+    score_threshold: Annotated[float, typer.Option(
+        "--score-threshold", help="A detector's score threshold for telemetry's detection count")] = 0.5,
     golden_count: Annotated[int, typer.Option("--golden-count", help="Golden examples to record")] = 8,
     atol: Annotated[float, typer.Option(help="Absolute tolerance of the golden check")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Relative tolerance of the golden check")] = 1e-3,
@@ -44,13 +54,16 @@ def import_command(
     """Import an ONNX or TFLite model file into a bundle: schema from the file, golden outputs from its runtime."""
     from edgefleet.core.signing import SigningKey
 
-    dims, names = parse_dims(dim), read_class_names(class_names) if class_names else None
+    dims, names = parse_dims(dim), read_names(class_names, "--class-names") if class_names else None
+    columns = read_names(feature_names, "--feature-names") if feature_names else None
+    detection = {"scores": detection_scores, "score_threshold": score_threshold} if detection_scores else None
     signing_key = SigningKey.load(key) if key else None
     from edgefleet.compilers.import_model import import_model  # after the cheap checks: this loads torch
 
     bundle = import_model(model, out_dir, name=name, version=version, reference_data=reference_data, task=task,
                           class_names=names, signing_key=signing_key, dims=dims, golden_count=golden_count,
-                          atol=atol, rtol=rtol)
+                          atol=atol, rtol=rtol, feature_names=columns, profiled_inputs=profiled_input or None,
+                          detection=detection)
     table = Table("", "name", "dtype", "shape", title=escape(f"{bundle.name} v{bundle.version} in {bundle.root}"))
     for side, specs in (("input", bundle.inputs), ("output", bundle.outputs)):
         for spec in specs:
@@ -81,24 +94,26 @@ def parse_dims(values: list[str]) -> dict[str, int]:
     return dims
 
 
-def read_class_names(path: Path) -> list[str]:
-    """Class names from a text file (one per line, blank lines skipped) or a JSON list of strings."""
+def read_names(path: Path, option: str = "--class-names") -> list[str]:
+    """Names (classes, columns) from a text file (one per line, blank lines skipped) or a JSON list of
+    strings; `option` is the flag named in every refusal."""
     try:
         size = path.stat().st_size
         if size > MAX_CLASS_NAMES_BYTES:
-            raise EdgefleetError(f"--class-names {path}: {size} bytes; the limit is {MAX_CLASS_NAMES_BYTES}")
+            raise EdgefleetError(f"{option} {path}: {size} bytes; the limit is {MAX_CLASS_NAMES_BYTES}")
         data = path.read_bytes()
     except OSError as err:
-        raise EdgefleetError(f"--class-names {path} cannot be read: {err.strerror or err}") from err
+        raise EdgefleetError(f"{option} {path} cannot be read: {err.strerror or err}") from err
     if path.suffix.lower() == ".json":
-        names = bounded_json.loads(data, max_bytes=MAX_CLASS_NAMES_BYTES, max_depth=2, what=f"--class-names {path}")
+        names = bounded_json.loads(data, max_bytes=MAX_CLASS_NAMES_BYTES, max_depth=2, what=f"{option} {path}")
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise EdgefleetError(f"--class-names {path}: expected a JSON list of strings")
+            raise EdgefleetError(f"{option} {path}: expected a JSON list of strings")
     else:
         try:
             names = [line.strip() for line in data.decode("utf-8").splitlines() if line.strip()]
         except UnicodeDecodeError as err:
-            raise EdgefleetError(f"--class-names {path} is not UTF-8 text") from err
+            raise EdgefleetError(f"{option} {path} is not UTF-8 text") from err
     if not names:
-        raise EdgefleetError(f"--class-names {path} holds no class names")
+        raise EdgefleetError(f"{option} {path} holds no names")
     return names
+

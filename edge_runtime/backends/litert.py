@@ -13,9 +13,11 @@ can be mapped with options["inputs"] / options["outputs"] ({bundle name: signatu
 
 Hot path. The signature runner's `__call__` resizes and re-allocates every input on every call; here
 tensors are resized only when a request's shape differs from the last one, and `run` calls the
-interpreter wrapper's SetTensor / Invoke / GetTensor directly (the calls the runner itself makes), under
-a lock: an Interpreter must not run two requests at once, and the HTTP API serves from several threads.
-GetTensor returns a copy, so outputs never alias the interpreter's buffers.
+interpreter wrapper's SetTensor / Invoke / GetTensor directly (the calls the runner itself makes), one
+request at a time: an Interpreter must not run two requests at once, and the HTTP API serves from several
+threads. The turn is a token in a one-slot queue.SimpleQueue (get blocks while another request holds it,
+put hands it on), not a threading.Lock: its C calls cost ~30 ns against ~75 ns for acquire/release, 2%
+of a small model's invoke. GetTensor returns a copy, so outputs never alias the interpreter's buffers.
 
 Batch (`static_batch`). A `.tflite` from litert-torch has a static batch (artifact["batch"], usually 1;
 its reshapes have the batch baked in, so resizing it fails): every input has rank >= 2 and the same
@@ -35,8 +37,9 @@ per-channel scales is refused at load: one scale per tensor is what the interfac
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
+import queue
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +72,8 @@ class LiteRtBackend:
         self.batch: int | None = None  # the file's static batch; None: dynamic
         self._inputs: list[_Tensor] = []
         self._outputs: list[_Tensor] = []
-        self._lock = threading.Lock()
+        self._idle: queue.SimpleQueue[bool] = queue.SimpleQueue()  # holds the token while no request runs
+        self._idle.put(True)
         self._wrapper: Any = None
         self._subgraph = 0
         self._shapes: dict[int, tuple[int, ...]] = {}
@@ -106,14 +110,14 @@ class LiteRtBackend:
                                                             target.index)
         to_tensor = quantizer(source.dtype, source.scale, source.zero_point) if source.scale else None
         from_tensor = dequantizer(target.scale, target.zero_point) if target.scale else None
-        acquire, release, subgraph = self._lock.acquire, self._lock.release, self._subgraph
+        take, give_back, subgraph = self._idle.get, self._idle.put, self._subgraph
         set_tensor, invoke, get_tensor = self._wrapper.SetTensor, self._wrapper.Invoke, self._wrapper.GetTensor
 
         def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             value = feed[in_name] if to_tensor is None else to_tensor(feed[in_name])
             if value.dtype is not in_dtype:
                 return general(feed)
-            acquire()  # not `with`: the bound methods cost half as much, and this is per request
+            token = take()  # the interpreter's turn (module docstring)
             try:
                 try:
                     set_tensor(in_index, value, subgraph)
@@ -123,7 +127,7 @@ class LiteRtBackend:
                     invoke(subgraph)
                     result = get_tensor(out_index, subgraph)
             finally:
-                release()
+                give_back(token)
             if result is None:
                 return general(feed)
             return {out_name: result if from_tensor is None else from_tensor(result)}
@@ -148,7 +152,7 @@ class LiteRtBackend:
 
     def _invoke_once(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         wrapper, subgraph = self._wrapper, self._subgraph
-        with self._lock:
+        with self._turn():
             for tensor in self._inputs:
                 value = _to_tensor(feed[tensor.name], tensor)
                 if self.batch is None and value.shape != self._shapes[tensor.index]:
@@ -156,6 +160,15 @@ class LiteRtBackend:
                 wrapper.SetTensor(tensor.index, value, subgraph)
             wrapper.Invoke(subgraph)
             return {t.name: _from_tensor(wrapper.GetTensor(t.index, subgraph), t) for t in self._outputs}
+
+    @contextmanager
+    def _turn(self) -> Iterator[None]:
+        """The interpreter to oneself, for the general path (the hot path takes the token inline)."""
+        token = self._idle.get()
+        try:
+            yield
+        finally:
+            self._idle.put(token)
 
     def _run_chunks(self, feed: dict[str, np.ndarray], rows: int, batch: int) -> dict[str, np.ndarray]:
         """A request whose row count is not the file's static batch: chunks of `batch` rows, the last padded."""

@@ -140,37 +140,82 @@ def predict(
     trust: TrustOption = None,
     backend: Annotated[list[str] | None, typer.Option(help="Backend(s) in order of preference "
                                                            f"{DEFAULT_BACKEND_HELP}")] = None,
-    labels: Annotated[Path | None, typer.Option(help=".npy of true classes: print accuracy")] = None,
+    labels: Annotated[Path | None, typer.Option(help=".npy of true classes: print accuracy (classifiers)")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write outputs (.json/.npz/.npy)")] = None,
     show: Annotated[int, typer.Option(help="Rows to print")] = 10,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Classes per row, best first (classifiers; "
+                                                               "default 1)")] = None,
+    normalize: Annotated[bool, typer.Option("--normalize", help="Unit-length vectors (embeddings)")] = False,
 ) -> None:
-    """Run the model on inputs from a file."""
-    from edgefleet.core.profile import class_confidence
+    """Run the model on inputs from a file and print the task's answer (the same as the HTTP API's:
+    top-k classes, regression values, embedding norms, detections; the raw output shapes otherwise)."""
+    from edgefleet.core.answers import parse_options, task_answer
     from edgefleet.edge_runtime.predictor import Predictor
     from edgefleet.edge_runtime.request_files import read_request, write_result
 
     opened = Bundle.open(bundle)
+    interface = opened.manifest["interface"]
+    given = [("top_k", str(top_k))] if top_k is not None else []
+    options = parse_options(given + ([("normalize", "true")] if normalize else []), interface)
+    if labels is not None and interface.get("task") != "classification":
+        raise EdgefleetError(f"--labels needs a classifier; this bundle's task is {interface.get('task')}")
     with Predictor(opened, backends=_backends(opened, backend), trusted_keys=trust_store(trust)) as predictor:
         feed = read_request(input_file, predictor.bundle.inputs)
         outputs = predictor.predict(feed)
-    interface = predictor.bundle.manifest["interface"]
-    first = outputs[predictor.bundle.outputs[0].name]
     if output:
         write_result(output, outputs)
-    if interface.get("task") != "classification":
-        out.print(f"{len(first)} predictions ({predictor.backend_name}); first output shape {first.shape}")
-        return
-    predicted, confidence = class_confidence(first, interface.get("postprocess", "softmax"))
-    names = interface.get("class_names") or [str(i) for i in range(first.shape[1])]
-    table = Table("row", "class", "confidence", title=f"{len(predicted)} predictions ({predictor.backend_name})")
-    for row in range(min(show, len(predicted))):
-        table.add_row(str(row), escape(str(names[predicted[row]])), f"{confidence[row]:.3f}")
-    out.print(table)
+    answer = task_answer(interface, predictor.bundle.outputs, outputs, options)
+    first = outputs[predictor.bundle.outputs[0].name]
+    title = f"{len(first) if first.ndim else 1} predictions ({predictor.backend_name})"
+    shapes = ", ".join(f"{k} {v.shape}" for k, v in outputs.items())
+    out.print(f"{title}; outputs {shapes}" if not answer else title)  # a line of its own: a title would wrap
+    if answer:
+        out.print(answer_table(answer, show))
     if labels is not None:
+        index = {name: i for i, name in enumerate(interface.get("class_names") or [])}
+        predicted = np.asarray([index.get(row[0]["class"], row[0]["class"]) for row in answer["top_k"]])
         truth = np.load(labels, allow_pickle=False).reshape(-1)
         if len(truth) != len(predicted):
             raise EdgefleetError(f"--labels has {len(truth)} rows, the input has {len(predicted)}")
         out.print(f"accuracy: [bold]{float((predicted == truth).mean()):.4f}[/] on {len(truth)} samples")
+
+
+def answer_table(answer: dict, show: int) -> Table:
+    """The task's answer (core/answers.py) as a table, one row per sample, the first `show` of them."""
+    table = Table("row")
+    if "top_k" in answer:
+        table.add_column("class")
+        table.add_column("score")
+        rows = [(" ".join(str(c["class"]) for c in r), " ".join(f"{c['score']:.3f}" for c in r))
+                for r in answer["top_k"]]
+    elif "values" in answer:
+        names = list(answer["values"][0]) if answer["values"] else []
+        for name in names:
+            table.add_column(name)
+        rows = [tuple(_short(v[n]) for n in names) for v in answer["values"]]
+    elif "embeddings" in answer:
+        table.add_column("norm")
+        table.add_column("vector" + (" (normalized)" if answer["normalized"] else ""))
+        rows = [(f"{e['norm']:.4g}", _short(e["vector"])) for e in answer["embeddings"]]
+    else:
+        table.add_column(f"detections (score > {answer['score_threshold']:g})")
+        table.add_column("best")
+        rows = [(str(len(d)), _short(d[0]) if d else "-") for d in answer["detections"]]
+    for index, row in enumerate(rows[:show]):
+        table.add_row(str(index), *(escape(cell) for cell in row))
+    return table
+
+
+def _short(value: object, items: int = 4) -> str:
+    """A number, list or dict in a few characters: 4 significant digits, the first `items` entries."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        shown = ", ".join(_short(v) for v in value[:items])
+        return f"[{shown}{', ...' if len(value) > items else ''}]"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_short(v)}" for k, v in value.items())
+    return str(value)
 
 
 @app.command("bench")

@@ -57,6 +57,44 @@ class PooledMobileNet(TinyMobileNet):
         return self.classifier(torch.flatten(nn.functional.avg_pool2d(self.features(x), 4), 1))
 
 
+# --- FCOS-style detector (torchvision's FCOS head, shrunk: one level, anchor-free, one box per cell) ----------
+class TinyDetector(nn.Module):
+    """image [batch, 3, H, W] (any H, W) -> boxes [batch, D, 4] (x1, y1, x2, y2 in pixels) and scores
+    [batch, D], one detection per cell of the stride-8 feature map: D = ceil(H/8) * ceil(W/8).
+
+    As FCOS: a conv backbone, a shared head with a classification branch (sigmoid score of the best of
+    `classes`) and a box branch predicting distances (left, top, right, bottom) from each cell's centre,
+    decoded against a grid built from the feature map's own size, so H and W stay free in the export."""
+
+    stride = 8
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(conv_bn(3, 8, stride=2), conv_bn(8, 16, stride=2), conv_bn(16, 24, stride=2))
+        self.head = conv_bn(24, 24)
+        self.cls = nn.Conv2d(24, classes, 3, padding=1)
+        self.box = nn.Conv2d(24, 4, 3, padding=1)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.head(self.backbone(image))
+        n, _, h, w = features.shape
+        scores = torch.sigmoid(self.cls(features)).amax(dim=1).reshape(n, h * w)
+        distances = (torch.relu(self.box(features)) * self.stride).permute(0, 2, 3, 1).reshape(n, h * w, 4)
+        ys = (torch.arange(h, dtype=image.dtype) + 0.5) * self.stride
+        xs = (torch.arange(w, dtype=image.dtype) + 0.5) * self.stride
+        centres = torch.stack([xs[None, :].expand(h, w), ys[:, None].expand(h, w)], dim=-1).reshape(1, h * w, 2)
+        boxes = torch.cat([centres - distances[..., :2], centres + distances[..., 2:]], dim=-1)
+        return boxes, scores
+
+
+def detector_onnx(path: Path) -> Path:
+    """TinyDetector as an ONNX file with batch, height and width dynamic (three distinct symbols)."""
+    torch.manual_seed(0)
+    dims = {name: torch.export.Dim(name, min=16, max=1024) for name in ("height", "width")}
+    dynamic = ({0: torch.export.Dim("batch", min=1), 2: dims["height"], 3: dims["width"]},)
+    return export(TinyDetector(), (torch.randn(2, 3, 64, 96),), path, ["image"], ["boxes", "scores"], dynamic)
+
+
 # --- BERT-style encoder (pre-norm blocks as in timm's ViT Block, additive attention mask as in BERT) -------
 class Block(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:

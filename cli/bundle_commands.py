@@ -198,7 +198,7 @@ def answer_table(answer: dict, show: int) -> Table:
         table.add_column("vector" + (" (normalized)" if answer["normalized"] else ""))
         rows = [(f"{e['norm']:.4g}", _short(e["vector"])) for e in answer["embeddings"]]
     else:
-        table.add_column(f"detections (score > {answer['score_threshold']:g})")
+        table.add_column(f"detections (score >= {answer['score_threshold']:g})")
         table.add_column("best")
         rows = [(str(len(d)), _short(d[0]) if d else "-") for d in answer["detections"]]
     for index, row in enumerate(rows[:show]):

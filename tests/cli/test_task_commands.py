@@ -18,7 +18,7 @@ from tests.edge_runtime import task_kit
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
     return {task: task_kit.build(task, tmp_path_factory.mktemp(task)) for task in
-            ("classification", "regression", "embedding")}
+            ("classification", "regression", "embedding", "detection")}
 
 
 def run_predict(built: task_kit.TaskBundle, folder, *extra: str):
@@ -69,6 +69,17 @@ def test_predict_prints_embedding_norms_normalized_on_request(bundles, tmp_path)
     assert "vector (normalized)" in result.stdout
     for embedding in expected(built, normalize=True)["embeddings"]:
         assert f"{embedding['norm']:.4g}" in result.stdout
+
+
+def test_predict_prints_detection_counts_and_the_best_one(bundles, tmp_path):
+    built = bundles["detection"]
+    result = run_predict(built, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "detections (score >= 0.5)" in result.stdout
+    lines = [line for line in result.stdout.splitlines() if line.startswith("│")]
+    for line, found in zip(lines, expected(built)["detections"], strict=True):
+        cells = [cell.strip() for cell in line.strip("│").split("│")]
+        assert cells[1] == str(len(found)) and cells[2].startswith(f"score {found[0]['score']:.4g}, box [")
 
 
 def test_predict_refuses_a_top_k_below_one(bundles, tmp_path):

@@ -7,7 +7,9 @@ and the move to the device, however wide the numeric tolerance has been made.
 
 Which decision: for a bundle whose interface says `task: "classification"`, the argmax over the last
 axis of its first output (logits or probabilities: softmax keeps the argmax). Other tasks (regression,
-embeddings) have no decision here; their check stays numeric only.
+embeddings) have no decision here; their check stays numeric only. How far a run is from the golden
+outputs in each task's own terms (top-1 agreement, min cosine, detection counts), pass or fail aside, is
+measured by core/task_quality.py (the bench's quality fields).
 
 The near-tie rule. The source model's golden outputs are the truth. An example's *margin* is its top-1
 minus its top-2 value there. If every output may move by up to `noise`, the top-1 can change only where

@@ -24,8 +24,10 @@ its reshapes have the batch baked in, so resizing it fails): every input has ran
 fixed first dim b, and every output starts with b. A request with another number of rows is run in
 chunks of that size, the last chunk padded by repeating its last row and the padding dropped from the
 outputs: right for models whose rows are independent (any inference-mode classifier or regressor), and
-it costs one invoke per chunk. Any other file (a -1 first dim, an input without a batch axis) is run
-as the request comes, its inputs resized when their shape changes.
+it costs one invoke per chunk. Chunks are cut on each tensor's batch axis: the load option batch_axes
+when the schema's is not axis 0 (a recurrent [steps, batch, features] layout), else axis 0
+(backends/static_batch.py, shared with the other backends). Any other file (a -1 first dim, an input
+without a batch axis) is run as the request comes, its inputs resized when their shape changes.
 
 Quantized inputs and outputs (an int8 file from the litert target, or an imported int8/uint8 file):
 the bundle's interface is float32 for every input and output the file quantizes (a non-zero scale);
@@ -48,6 +50,8 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 from edgefleet.core.errors import BackendError
+from edgefleet.edge_runtime.backends.static_batch import in_chunks
+from edgefleet.edge_runtime.backends.static_batch import static_batch as shared_static_batch
 
 DEFAULT_SIGNATURE = "serving_default"
 
@@ -87,7 +91,10 @@ class LiteRtBackend:
         self.signature, self._subgraph, in_details, out_details = io_details(interpreter, options.get("signature"))
         self._inputs = _tensors(in_details, options.get("inputs"), "input")
         self._outputs = _tensors(out_details, options.get("outputs"), "output")
-        self.batch = static_batch(in_details, out_details)
+        shapes = [dict(zip([t.name for t in tensors], _dims(details, key).values(), strict=True))  # request names
+                  for tensors, details, key in ((self._inputs, in_details, "shape_signature"),
+                                                (self._outputs, out_details, "shape"))]
+        self.batch, *self._batch_axes = shared_static_batch(*shapes, options)
         self._wrapper = interpreter._interpreter  # the C++ binding the signature runner calls
         self._wrapper.AllocateTensors(self._subgraph)
         self._shapes = {t.index: t.shape for t in self._inputs}
@@ -135,20 +142,11 @@ class LiteRtBackend:
         return run
 
     def _general_path(self) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
-        """Any request: chunked for a static batch, else resized as needed; inputs cast or quantized."""
-        invoke_once = self._invoke_once
-        batch = self.batch
-        if batch is None:
-            return invoke_once
-        first = self._inputs[0].name
-
-        def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            rows = len(feed[first])
-            if rows == batch:
-                return invoke_once(feed)
-            return self._run_chunks(feed, rows, batch)
-
-        return run
+        """Any request: chunked for a static batch (on each tensor's batch axis), else resized as needed;
+        inputs cast or quantized."""
+        if self.batch is None:
+            return self._invoke_once
+        return in_chunks(self._invoke_once, self.batch, *self._batch_axes)
 
     def _invoke_once(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         wrapper, subgraph = self._wrapper, self._subgraph
@@ -169,19 +167,6 @@ class LiteRtBackend:
             yield
         finally:
             self._idle.put(token)
-
-    def _run_chunks(self, feed: dict[str, np.ndarray], rows: int, batch: int) -> dict[str, np.ndarray]:
-        """A request whose row count is not the file's static batch: chunks of `batch` rows, the last padded."""
-        if rows == 0:
-            return {t.name: np.zeros((0, *t.shape[1:]), np.float32 if t.scale else t.dtype) for t in self._outputs}
-        parts: list[dict[str, np.ndarray]] = []
-        for start in range(0, rows, batch):
-            chunk = {k: v[start:start + batch] for k, v in feed.items()}
-            short = batch - len(next(iter(chunk.values())))
-            if short:
-                chunk = {k: np.concatenate([v, np.repeat(v[-1:], short, axis=0)]) for k, v in chunk.items()}
-            parts.append(self._invoke_once(chunk))
-        return {t.name: np.concatenate([p[t.name] for p in parts])[:rows] for t in self._outputs}
 
     def _resize(self, tensor: _Tensor, shape: tuple[int, ...]) -> None:
         self._wrapper.ResizeInputTensor(tensor.index, np.array(shape, dtype=np.int32), False, self._subgraph)
@@ -226,21 +211,14 @@ def file_names(details: list[dict], kind: str) -> list[str]:
 
 def static_batch(inputs: Details, outputs: Details) -> int | None:
     """The file's static batch (module docstring), or None: every input of rank >= 2 with the same fixed
-    first dim b (no -1 there) and every output starting with b."""
-    if not inputs:
-        return None
-    firsts = set()
-    for detail in inputs.values():
-        signature = [int(d) for d in detail.get("shape_signature", detail["shape"])]
-        if len(signature) < 2 or signature[0] == -1:
-            return None
-        firsts.add(signature[0])
-    if len(firsts) != 1:
-        return None
-    batch = firsts.pop()
-    if any(not len(d["shape"]) or int(d["shape"][0]) != batch for d in outputs.values()):
-        return None
-    return batch
+    first dim b (no -1 there) and every output starting with b (backends/static_batch.py's rule)."""
+    return shared_static_batch(_dims(inputs), _dims(outputs, "shape"), {})[0]
+
+
+def _dims(details: Details, key: str = "shape_signature") -> dict[str, list[int | None]]:
+    """Each tensor's shape (its signature: -1 where the file leaves a dim free), None for a free dim."""
+    return {name: [None if int(d) < 0 else int(d) for d in detail.get(key, detail["shape"])]
+            for name, detail in details.items()}
 
 
 def _pick_signature(interpreter: Interpreter, wanted: str | None) -> str:

@@ -63,7 +63,7 @@ def in_chunks(call: Run, batch: int, inputs: Axes, outputs: Axes) -> Run:
         rows = feed[first].shape[first_axis]
         if rows == batch:
             return call(feed)
-        parts = [call(_chunk(feed, inputs, start, batch)) for start in range(0, rows, batch)]
+        parts = [call(_chunk(feed, inputs, start, batch)) for start in range(0, rows, batch) or [0]]
         return {name: _join([p[name] for p in parts], axis, rows) for name, axis in outputs.items()}
 
     return run
@@ -78,7 +78,9 @@ def _chunk(feed: dict[str, np.ndarray], axes: Axes, start: int, batch: int) -> d
             continue
         part = value[(slice(None),) * axis + (slice(start, start + batch),)]
         short = batch - part.shape[axis]
-        if short:
+        if short == batch:  # no sample at all (an empty request): one chunk of zeros, all of it dropped
+            part = np.zeros(part.shape[:axis] + (batch,) + part.shape[axis + 1:], part.dtype)
+        elif short:
             last = part[(slice(None),) * axis + (slice(-1, None),)]
             part = np.concatenate([part, np.repeat(last, short, axis=axis)], axis=axis)
         chunk[name] = np.ascontiguousarray(part)

@@ -163,3 +163,20 @@ def test_onnxruntime_backend_chunks_a_static_file_on_the_batch_axes_it_is_given(
     plain = OnnxRuntimeBackend()
     plain.load(path, {})  # axis 0 would be the steps and the layers: no common static batch, nothing chunked
     assert plain.batch is None
+
+
+def test_litert_backend_chunks_a_static_file_on_the_batch_axes_it_is_given(tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    from edgefleet.edge_runtime.backends.litert import LiteRtBackend
+    from tests.compilers.test_import_tflite import add_model
+
+    path = add_model(tmp_path / "add.tflite", ("a", "b", "sum"), [3, 1, 4])  # [steps, batch 1, features]
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((3, 5, 4)).astype(np.float32) for _ in range(2))
+    backend = LiteRtBackend()
+    backend.load(path, {"batch_axes": {"a": 1, "b": 1, "sum": 1}})
+    assert backend.batch == 1
+    assert np.array_equal(backend.run({"a": a, "b": b})["sum"], a + b)  # 5 samples on axis 1, one at a time
+    plain = LiteRtBackend()
+    plain.load(path, {})
+    assert plain.batch == 3  # without the axes, axis 0 (the steps) would be taken for the batch

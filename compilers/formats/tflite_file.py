@@ -40,6 +40,7 @@ import numpy as np
 from edgefleet.compilers.formats import unknown_dim
 from edgefleet.core.errors import EdgefleetError, ExportError
 from edgefleet.core.schema import Dim, TensorSpec
+from edgefleet.edge_runtime.backends.static_batch import in_chunks
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +92,7 @@ def run(path: Path, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     try:
         if batch is None:
             return call(feed)
-        rows = len(next(iter(feed.values())))
-        parts = []
-        for start in range(0, rows, batch):
-            chunk = {k: v[start:start + batch] for k, v in feed.items()}
-            short = batch - len(next(iter(chunk.values())))
-            parts.append(call({k: np.concatenate([v, np.repeat(v[-1:], short, axis=0)]) if short else v
-                               for k, v in chunk.items()}))
-        return {n: np.concatenate([p[n] for p in parts])[:rows] for n in out_details}
+        return in_chunks(call, batch, dict.fromkeys(in_details, 0), dict.fromkeys(out_details, 0))(feed)
     except (ValueError, RuntimeError, IndexError) as err:
         raise ExportError(f"{path.name}: the LiteRT interpreter could not run the inputs given: {err}") from err
 

@@ -116,8 +116,7 @@ def task_answer(interface: Mapping, specs: Sequence[TensorSpec], outputs: Mappin
         return classification_answer(interface, rows(by_name[decision_output(interface) or specs[0].name], outputs),
                                      options.top_k)
     if task == "regression":
-        return {"values": [{name: _value(row) for name, row in zip(outputs, sample, strict=True)}
-                           for sample in zip(*(rows(by_name[n], outputs) for n in outputs), strict=False)]}
+        return {"values": regression_values([by_name[n] for n in outputs], outputs)}
     if task == "embedding":
         name = embedding_output(interface, specs)
         return embedding_answer(rows(by_name[name], outputs), options.normalize)
@@ -134,6 +133,15 @@ def rows(spec: TensorSpec, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
     value = np.asarray(outputs[spec.name])
     axis = batch_axis(spec)
     return value[None, ...] if axis is None else np.moveaxis(value, axis, 0) if axis else value
+
+
+def regression_values(specs: Sequence[TensorSpec], outputs: Mapping[str, np.ndarray]) -> list[dict]:
+    """Per sample {output: value} over the outputs with a batch axis (all of them when none has one: a
+    fixed-batch model answers one sample); an output without one is in the raw outputs only."""
+    batched = [s for s in specs if batch_axis(s) is not None] or list(specs)
+    per_output = [rows(s, outputs) for s in batched]
+    count = min(len(r) for r in per_output) if batched else 0
+    return [{s.name: _value(r[i]) for s, r in zip(batched, per_output, strict=True)} for i in range(count)]
 
 
 def probabilities(scores: np.ndarray, postprocess: str | None) -> np.ndarray:

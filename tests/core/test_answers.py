@@ -75,6 +75,9 @@ def test_regression_values_per_sample_by_output_and_never_a_class():
     assert answer == {"values": [{"price": 1.5, "quantiles": [1.0, 2.0, 3.0]},
                                  {"price": 2.5, "quantiles": [4.0, 5.0, 6.0]}]}
     assert task_answer(interface("other"), [spec("y", 3)], {"y": quantiles}) == {}
+    rate = TensorSpec("rate", "float32", ())  # no batch axis: one value for every sample, raw only
+    answer = task_answer(interface("regression"), [spec("price", 1), rate], {"price": price, "rate": np.float32(8.0)})
+    assert answer == {"values": [{"price": 1.5}, {"price": 2.5}]}
 
 
 def test_embedding_picks_the_fixed_size_output_and_normalizes_on_request():

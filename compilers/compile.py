@@ -28,7 +28,7 @@ either way.
 
 A bundle whose model is an imported .tflite (no ONNX artifact) compiles from that file: openvino-*
 read it directly, litert says there is nothing to do (the file is served as it is), and the targets
-that need ONNX (onnxruntime-*, native, tensorrt) refuse naming why (targets.TFLITE_SOURCE).
+that need ONNX (onnxruntime-*, native, tensorrt) refuse naming why (CompileSource.onnx_file).
 """
 
 from __future__ import annotations

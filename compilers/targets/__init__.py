@@ -43,13 +43,8 @@ TARGETS: dict[str, str] = {
 }
 
 
-# what each target does with a bundle whose model is a TFLite file (an imported .tflite, no ONNX artifact)
-TFLITE_SOURCE = {
-    "litert": "nothing to compile: the file is served as it is by the litert backend",
-    "openvino-cpu": "OpenVINO reads the .tflite directly (IR, checked on the golden examples)",
-    "openvino-gpu": "OpenVINO reads the .tflite directly (IR, checked on the CPU device)",
-    "openvino-npu": "OpenVINO reads the .tflite directly (IR, checked on the CPU device)",
-}
+# what a bundle whose model is a TFLite file (an imported .tflite, no ONNX artifact) compiles for
+TFLITE_TARGETS = "openvino-cpu, openvino-gpu and openvino-npu (OpenVINO reads the .tflite); litert serves it as it is"
 
 
 @dataclass(frozen=True)
@@ -73,11 +68,10 @@ class CompileSource:
     def onnx_file(self, target: str) -> Path:
         """The source ONNX file; CompileError when the bundle's model is a TFLite file."""
         if self.format != "onnx":
-            works = ", ".join(f"{name} ({why})" for name, why in TFLITE_SOURCE.items())
             raise CompileError(
                 f"{target}: compiles from an ONNX model, and this bundle's model is a {self.format} file "
                 f"({self.artifact.get('path')}); edgefleet has no TFLite-to-ONNX converter (tf2onnx needs "
-                f"TensorFlow). For a TFLite model: {works}")
+                f"TensorFlow). A TFLite model compiles for {TFLITE_TARGETS}")
         return self.path
 
 

@@ -169,6 +169,12 @@ def _check_interface(interface: object) -> None:
         _optional(interface, key, lambda v: isinstance(v, str), "a string", "interface.")
     _optional(interface, "class_names", lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v),
               "a list of strings", "interface.")
+    inputs, outputs = ({spec["name"] for spec in interface[side]} for side in ("inputs", "outputs"))
+    _optional(interface, "profiled_inputs", lambda v: isinstance(v, list) and all(
+        isinstance(n, str) and n in inputs for n in v), "a list of input names", "interface.")
+    _optional(interface, "detection", lambda v: isinstance(v, dict) and isinstance(v.get("scores"), str)
+              and v["scores"] in outputs and _is_number(v.get("score_threshold", 0.5)),
+              "an object with scores (an output name) and a number score_threshold", "interface.")
 
 
 def _check_spec(field: str, spec: object) -> None:

@@ -169,8 +169,9 @@ def encoder_onnx(path: Path) -> Path:
     return export(TinyEncoder(), (ids, mask), path, ["input_ids", "attention_mask"], ["hidden", "pooled"], dynamic)
 
 
-def mlp_onnx(path: Path) -> Path:
-    torch.manual_seed(0)
+def mlp_onnx(path: Path, seed: int = 0) -> Path:
+    """seed: the weights' (another seed, the same interface: a retrained release of the model)."""
+    torch.manual_seed(seed)
     batch = torch.export.Dim("batch", min=1)
     return export(RegressionMLP(), (torch.randn(4, 8),), path, ["features"], ["value"], ({0: batch},))
 

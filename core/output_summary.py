@@ -26,7 +26,7 @@ Summaries per task (core/profile.py builds them from the reference data, the dev
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,6 +38,7 @@ PROJECTIONS = 8
 PROJECTION_SEED = 12
 DEFAULT_SCORE_THRESHOLD = 0.5
 STAT_ROWS = ("mean", "std", "min", "max")
+_TINY = np.finfo(np.float64).tiny
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,11 @@ class OutputSummary:
     edges: np.ndarray  # (rows, E) float64; (rows, 0) while the plan has none yet
     projections: np.ndarray | None = None  # (PROJECTIONS, D) unit rows, embedding only
     threshold: float = DEFAULT_SCORE_THRESHOLD  # detections only
+    _directions: np.ndarray | None = field(init=False, repr=False, compare=False, default=None)  # (D, P)
+
+    def __post_init__(self) -> None:
+        if self.projections is not None:  # transposed once, C-contiguous: np.dot's fast path per request
+            object.__setattr__(self, "_directions", np.ascontiguousarray(self.projections.T))
 
     def with_edges(self, edges: np.ndarray) -> OutputSummary:
         return OutputSummary(self.output, self.summary, self.names, self.axis,
@@ -64,11 +70,29 @@ class OutputSummary:
         return entry
 
     @classmethod
-    def from_profile(cls, entry: Mapping, spec: TensorSpec, threshold: float) -> OutputSummary:
-        projections = entry.get("projections")
-        return cls(entry["output"], entry["summary"], tuple(entry["names"]), batch_axis(spec),
-                   np.ascontiguousarray(entry["edges"], dtype=np.float64),
-                   None if projections is None else np.ascontiguousarray(projections, dtype=np.float64), threshold)
+    def from_profile(cls, entry: Mapping, outputs: Sequence[TensorSpec], threshold: float) -> OutputSummary:
+        """A profile's `outputs` entry, checked against the bundle's outputs; ValueError names what is wrong."""
+        specs = {s.name: s for s in outputs}
+        name = entry.get("output") if isinstance(entry, Mapping) else None
+        if name not in specs or batch_axis(specs[name]) is None:
+            raise ValueError(f"profile output entry {str(name)[:60]!r} is not a batched output of the model")
+        kind, names = entry.get("summary"), entry.get("names")
+        rows = {"values": None, "embedding": 1 + PROJECTIONS, "detections": 2}
+        if kind not in rows or not isinstance(names, list) or not names or rows[kind] not in (None, len(names)):
+            raise ValueError(f"profile output {name!r}: summary {str(kind)[:20]!r} with rows {str(names)[:60]} is "
+                             f"not one this runtime bins")
+        edges = _array(entry.get("edges"), f"profile output {name!r} edges")
+        if edges.ndim != 2 or edges.shape[0] != len(names) or edges.shape[1] < 1 or (np.diff(edges) < 0).any():
+            raise ValueError(f"profile output {name!r}: edges must be {len(names)} sorted rows of at least one "
+                             f"finite edge, got shape {edges.shape}")
+        projections = None
+        if kind == "embedding":
+            projections = _array(entry.get("projections"), f"profile output {name!r} projections")
+            size = _per_sample(specs[name])
+            if projections.shape != (PROJECTIONS, size):
+                raise ValueError(f"profile output {name!r}: projections must be {PROJECTIONS} rows of {size}, got "
+                                 f"shape {projections.shape}")
+        return cls(name, kind, tuple(map(str, names)), batch_axis(specs[name]), edges, projections, threshold)
 
 
 def detection_scores(outputs: Sequence[TensorSpec], detection: Mapping | None) -> dict | None:
@@ -117,9 +141,10 @@ def plan_summaries(task: str, outputs: Sequence[TensorSpec], detection: Mapping 
 
 
 def summary_columns(summary: OutputSummary, value: np.ndarray) -> list[np.ndarray]:
-    """One output's rows as (n, r) float64 blocks whose widths add up to the rows, in row order (a
-    detection's `score` block has one line per detection, the others one per sample)."""
-    x = np.asarray(value, dtype=np.float64)
+    """One output's rows as (n, r) float blocks whose widths add up to the rows, in row order (a
+    detection's `score` block has one line per detection, the others one per sample). Elements are kept
+    float32 when they are (binning them is exact); statistics are computed in float64."""
+    x = np.asarray(value)
     if summary.axis:
         x = np.moveaxis(x, summary.axis, 0)
     n = x.shape[0]
@@ -127,13 +152,18 @@ def summary_columns(summary: OutputSummary, value: np.ndarray) -> list[np.ndarra
     if summary.summary == "values":
         if summary.names != STAT_ROWS:  # one row per element
             return [flat]
+        flat = flat.astype(np.float64)
         if not flat.shape[1]:
             return [np.full((n, len(STAT_ROWS)), np.nan)]
         return [np.stack([flat.mean(axis=1), flat.std(axis=1), flat.min(axis=1), flat.max(axis=1)], axis=1)]
     if summary.summary == "embedding":
-        norm = np.sqrt(np.einsum("ij,ij->i", flat, flat))
-        unit = flat / np.where(norm > 0, norm, 1.0)[:, None]
-        return [np.concatenate([norm[:, None], unit @ summary.projections.T], axis=1)]
+        flat = flat.astype(np.float64)
+        rows = np.empty((n, 1 + PROJECTIONS))
+        norm = rows[:, :1]
+        np.sqrt(np.square(flat).sum(axis=1, keepdims=True), out=norm)
+        # cosines with the directions; a zero embedding projects to 0 (0 / tiny), a NaN one to NaN
+        np.divide(np.dot(flat, summary._directions), np.maximum(norm, _TINY), out=rows[:, 1:])
+        return [rows]
     if summary.summary == "detections":
         if x.ndim > 2:  # [D, C] class scores per sample: a detection's score is its largest
             scores = x.reshape(n, x.shape[1], int(np.prod(x.shape[2:]))).max(axis=2)
@@ -144,18 +174,30 @@ def summary_columns(summary: OutputSummary, value: np.ndarray) -> list[np.ndarra
     raise ValueError(f"unknown output summary {summary.summary!r}")
 
 
-def summarise_outputs(summaries: Sequence[OutputSummary], outputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+def summarise_outputs(summaries: Sequence[OutputSummary], outputs: Mapping[str, np.ndarray],
+                      into: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
     """The counts of each summary's rows on its edges, (rows, E + 2) each: the one binning function of the
-    profile (core/profile.py) and the device (edge_runtime/telemetry.py)."""
-    counts = []
-    for summary in summaries:
-        blocks, start = [], 0
+    profile (core/profile.py) and the device (edge_runtime/telemetry.py). `into`: arrays of those shapes
+    the counts are added to in place (the device's window), returned."""
+    counts = list(into) if into is not None else [np.zeros((s.edges.shape[0], s.edges.shape[1] + 2), np.int64)
+                                                  for s in summaries]
+    for summary, total in zip(summaries, counts, strict=True):
+        start = 0
         for block in summary_columns(summary, outputs[summary.output]):
             width = block.shape[1]
-            blocks.append(bin_counts(block, summary.edges[start:start + width]))
+            bin_counts(block, summary.edges[start:start + width], out=total[start:start + width])
             start += width
-        counts.append(np.concatenate(blocks, axis=0))
     return counts
+
+
+def _array(value: object, label: str) -> np.ndarray:
+    try:
+        array = np.array(value, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{label} must be numbers in rows of equal length") from err
+    if not np.isfinite(array).all():
+        raise ValueError(f"{label} must be finite")
+    return np.ascontiguousarray(array)
 
 
 def _per_sample(spec: TensorSpec) -> int | None:

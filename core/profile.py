@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from edgefleet.core.output_summary import OutputSummary
 
 ELEMENT_LIMIT = 256
+_histogram_update = None  # cpp_ext.histogram_update, once bin_counts has run
 DEFAULT_BINS = 10
 
 
@@ -85,12 +86,18 @@ def quantile_edges(values: np.ndarray, bins: int = DEFAULT_BINS) -> np.ndarray:
     return np.ascontiguousarray(np.nan_to_num(edges, nan=0.0), dtype=np.float64)
 
 
-def bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """(N, F) values on (F, E) edges -> (F, E + 2) counts; the last column counts NaN."""
-    from edgefleet.cpp_ext import histogram_update
+def bin_counts(values: np.ndarray, edges: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """(N, F) values on (F, E) edges -> (F, E + 2) counts; the last column counts NaN. With `out` (an
+    int64 (F, E + 2) C-contiguous array) the counts are added to it in place and it is returned."""
+    global _histogram_update
+    if _histogram_update is None:  # the native module loads on first use, once (this runs per request)
+        from edgefleet.cpp_ext import histogram_update
 
-    counts = np.zeros((edges.shape[0], edges.shape[1] + 2), dtype=np.int64)
-    histogram_update(counts, np.ascontiguousarray(values, dtype=np.float64), edges)
+        _histogram_update = histogram_update
+    counts = np.zeros((edges.shape[0], edges.shape[1] + 2), dtype=np.int64) if out is None else out
+    if values.dtype.char not in "fd" or not values.flags.c_contiguous:  # float32 is binned exactly as is
+        values = np.ascontiguousarray(values, dtype=np.float64)
+    _histogram_update(counts, values, edges)
     return counts
 
 

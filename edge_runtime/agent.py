@@ -12,7 +12,8 @@ update a crash interrupted), the window timer, then HTTP. Every telemetry window
 into the on-disk outbox first and leaves it only when the broker has acknowledged it. Telemetry windows
 hold one model version each: the window of a model that stops serving is closed when its last request
 is done. stop() closes the last window and gives the transport a moment to send it. A bundle made
-without reference data (no reference profile) is served with telemetry off, said in one log line.
+without reference data (no reference profile), or whose profile this runtime cannot bin on, is served
+with telemetry off, said in one log line.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from edgefleet.edge_runtime.model_host import ModelHost
 from edgefleet.edge_runtime.outbox import Outbox
 from edgefleet.edge_runtime.predictor import Predictor
 from edgefleet.edge_runtime.slots import SlotStore
-from edgefleet.edge_runtime.telemetry import NoReferenceProfile, TelemetryAggregator
+from edgefleet.edge_runtime.telemetry import TelemetryAggregator
 from edgefleet.edge_runtime.updater import Updater
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ class DeviceAgent:
     def _make_aggregator(self, predictor: Predictor) -> TelemetryAggregator | None:
         try:
             return TelemetryAggregator(predictor.bundle, fleet=self.config.fleet, device=self.config.device)
-        except NoReferenceProfile as err:
+        except EdgefleetError as err:  # no reference profile, or one this runtime cannot bin on: serve without
             log.warning("telemetry is off for %s v%s: %s", predictor.bundle.name, predictor.bundle.version, err)
             return None
 

@@ -66,6 +66,10 @@ class TelemetryAggregator:
         latency_edges = np.asarray(LATENCY_EDGES_MS, np.float64)
         self.input_names = profiled
         self.axes = {name: batch_axis(specs[name]) for name in profiled}
+        # inputs the sketch cannot take as they come: batch off axis 0, or not float32/float64 (ints, bools,
+        # float16 become float64, exactly, as core/profile.py extract_features makes them)
+        self._reshaped = {name for name in profiled
+                          if self.axes[name] or np.dtype(specs[name].dtype).char not in "fd"}
         self.output_name = bundle.outputs[0].name if classifier else None
         first = features[profiled[0]] if profiled else {"kind": "elements", "edges": _NO_FEATURES}
         self.main = RequestSketch(first["kind"], np.asarray(first["edges"], np.float64), confidence_edges,
@@ -77,9 +81,11 @@ class TelemetryAggregator:
         ]
         self._all_inputs = bundle.inputs
         threshold = float((interface.get("detection") or {}).get("score_threshold", DEFAULT_SCORE_THRESHOLD))
-        outputs = {s.name: s for s in bundle.outputs}
-        self.summaries = [OutputSummary.from_profile(entry, outputs[entry["output"]], threshold)
-                          for entry in profile.get("outputs", [])]
+        try:
+            self.summaries = [OutputSummary.from_profile(entry, bundle.outputs, threshold)
+                              for entry in profile.get("outputs", [])]
+        except ValueError as err:
+            raise EdgefleetError(f"bundle {bundle.name} v{bundle.version}: {err}") from err
         self._lock = threading.Lock()
         self._output_counts = self._zero_outputs()
         self.window_start = clock()
@@ -90,22 +96,22 @@ class TelemetryAggregator:
         the one sketch call."""
         return (self.output_name is not None and not self.extra and not self.summaries
                 and len(self._all_inputs) == 1 and self.input_names == [self._all_inputs[0].name]
-                and self.axes[self.input_names[0]] == 0)
+                and not self._reshaped)
 
     def observe(self, feed: dict[str, np.ndarray], outputs: dict[str, np.ndarray], latency_ns: int) -> None:
         """The general path (the Predictor inlines the `fast_path` case)."""
         scores = outputs[self.output_name] if self.output_name else None
+        reshaped = self._reshaped
         if self.input_names:
-            self.main.update(self._samples(feed, self.input_names[0]), scores, latency_ns)
+            name = self.input_names[0]
+            self.main.update(self._samples(feed, name) if name in reshaped else feed[name], scores, latency_ns)
         else:
             self.main.update(np.empty((sample_count(self._all_inputs, feed), 0), np.float32), scores, latency_ns)
         for name, sketch in self.extra:
-            sketch.update(self._samples(feed, name), None, latency_ns)
+            sketch.update(self._samples(feed, name) if name in reshaped else feed[name], None, latency_ns)
         if self.summaries:
-            counts = summarise_outputs(self.summaries, outputs)
-            with self._lock:
-                for total, add in zip(self._output_counts, counts, strict=True):
-                    total += add
+            with self._lock:  # added in place into this window's counts; close_window swaps them under it
+                summarise_outputs(self.summaries, outputs, self._output_counts)
 
     def error(self, latency_ns: int) -> None:
         self.main.error(latency_ns)
@@ -130,9 +136,13 @@ class TelemetryAggregator:
         )
 
     def _samples(self, feed: dict[str, np.ndarray], name: str) -> np.ndarray:
-        """An input with its samples on axis 0, C-contiguous, as the sketch takes it."""
-        axis = self.axes[name]
-        return feed[name] if not axis else np.ascontiguousarray(np.moveaxis(feed[name], axis, 0))
+        """An input as the sketch takes it: samples on axis 0, C-contiguous, float32 or float64."""
+        value, axis = feed[name], self.axes[name]
+        if axis:
+            value = np.moveaxis(value, axis, 0)
+        if value.dtype.char not in "fd":
+            return np.ascontiguousarray(value, dtype=np.float64)
+        return np.ascontiguousarray(value)
 
     def _zero_outputs(self) -> list[np.ndarray]:
         return [np.zeros((s.edges.shape[0], s.edges.shape[1] + 2), np.int64) for s in self.summaries]

@@ -214,3 +214,37 @@ def test_a_bundle_without_reference_profile_is_served_with_telemetry_off(work, k
     said = [r.getMessage() for r in caplog.records if "telemetry is off" in r.getMessage()]
     assert said == ["telemetry is off for plain v1: bundle plain v1 has no reference profile (it was made without "
                     "reference data): export or import it with reference data to enable telemetry"]
+
+
+def test_integer_bool_and_half_inputs_are_binned_like_the_profile(work, key, public):
+    rng = np.random.default_rng(7)
+    data = {"ids": rng.integers(0, 1000, (REFERENCE, 4)).astype(np.int64), "flags": rng.random((REFERENCE, 4)) < 0.3,
+            "half": rng.normal(size=(REFERENCE, 4)).astype(np.float16),
+            "q": rng.integers(-128, 128, (REFERENCE, 4)).astype(np.int8),
+            "pixels": rng.integers(0, 256, (REFERENCE, 4)).astype(np.uint8)}
+    bundle = import_model(kit.dtypes_onnx(work / "dtypes.onnx"), work / "dtypes", name="dtypes", version=1,
+                          reference_data=data, signing_key=key)
+    profile = bundle.reference_profile()
+    assert bundle.manifest["interface"]["profiled_inputs"] == list(data)
+    window, _ = served(bundle, public, chunks(data))
+    assert [f.input for f in window.features] == list(data)
+    assert as_lists(window)[0] == [f["counts"] for f in profile["features"]]
+
+
+def test_a_profile_output_entry_of_the_wrong_shape_is_one_precise_error(regression, tmp_path):
+    import json
+    import shutil
+
+    from edgefleet.core.errors import EdgefleetError
+
+    bundle, _ = regression
+    copy = Path(shutil.copytree(bundle.root, tmp_path / "copy"))
+    profile = json.loads((copy / "profile.json").read_text())
+    profile["outputs"][0]["edges"] = [[3.0, 1.0]]  # not sorted
+    (copy / "profile.json").write_text(json.dumps(profile))
+    with pytest.raises(EdgefleetError, match=r"bundle price v1: profile output 'price': edges must be 1 sorted rows"):
+        TelemetryAggregator(Bundle.open(copy), fleet="lab", device="pi-01")
+    profile["outputs"][0] = {"output": "nope", "summary": "values", "names": ["x"], "edges": [[0.0]]}
+    (copy / "profile.json").write_text(json.dumps(profile))
+    with pytest.raises(EdgefleetError, match="profile output entry 'nope' is not a batched output of the model"):
+        TelemetryAggregator(Bundle.open(copy), fleet="lab", device="pi-01")

@@ -29,12 +29,13 @@ CLI exit 2), never ignored.
 
 Which outputs. classification: the first output (core/decision.py `decision_output`), [batch, classes].
 embedding: the first output with a batch axis and a fixed size per sample (as telemetry picks it), else
-the first output, flattened per sample. detection: interface["detection"] = {"scores": name, "boxes":
-name, "classes": name, "score_threshold": 0.5}, each key optional; without a name, the one output named
-like *score* (scores), like *box* (boxes), like *class* or *label* (classes). A detection is kept when
-its score is at or above the threshold (as telemetry counts it). Layouts understood:
-scores [batch, D] with boxes [batch, D, 4] and classes [batch, D] (each optional), or per-class scores
-[batch, D, C] (the class is the argmax).
+the first output, flattened per sample. detection: the scores output and threshold as telemetry reads
+them (core/output_summary.py `detection_scores`: interface["detection"] = {"scores": name,
+"score_threshold": 0.5}, else the one output named like *score*, threshold 0.5); the boxes and classes
+outputs named there ("boxes", "classes"), else the one other output named like *box*, like *class* or
+*label*. A detection is kept when its score is at or above the threshold (as telemetry counts it).
+Layouts understood: scores [batch, D] with boxes [batch, D, 4] and classes [batch, D] (each optional),
+or per-class scores [batch, D, C] (the class is the argmax).
 """
 
 from __future__ import annotations
@@ -46,10 +47,10 @@ import numpy as np
 
 from edgefleet.core.decision import decision_output
 from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.output_summary import detection_scores as summary_scores
 from edgefleet.core.profile import softmax
 from edgefleet.core.schema import TensorSpec, batch_axis
 
-DEFAULT_SCORE_THRESHOLD = 0.5
 MAX_OPTION_CHARS = 32  # a query value longer than this is no integer or boolean we take
 OPTIONS_BY_TASK = {"classification": ("top_k",), "embedding": ("normalize",)}
 BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
@@ -121,10 +122,9 @@ def task_answer(interface: Mapping, specs: Sequence[TensorSpec], outputs: Mappin
         name = embedding_output(interface, specs)
         return embedding_answer(rows(by_name[name], outputs), options.normalize)
     if task == "detection":
-        found = detections(interface, specs, outputs)
-        if found is None:
-            return {}
-        return {"detections": found, "score_threshold": score_threshold(interface)}
+        layout = detection_layout(interface, specs)
+        found = detections(interface, specs, outputs) if layout is not None else None
+        return {} if found is None else {"detections": found, "score_threshold": layout.threshold}
     return {}
 
 
@@ -184,34 +184,33 @@ class DetectionLayout:
     scores: str
     boxes: str | None
     classes: str | None
+    threshold: float
 
 
 def detection_layout(interface: Mapping, specs: Sequence[TensorSpec]) -> DetectionLayout | None:
-    """Which outputs hold a detector's scores, boxes and classes (module docstring); None without scores."""
-    config = interface.get("detection") if isinstance(interface.get("detection"), Mapping) else {}
+    """Which outputs hold a detector's scores (and threshold: core/output_summary.py, the rule telemetry
+    follows), boxes and classes (module docstring); None without a scores output."""
+    config = interface.get("detection") if isinstance(interface.get("detection"), Mapping) else None
+    try:
+        found = summary_scores(specs, config)
+    except ValueError:  # a detection entry that names no output: raw outputs only
+        return None
+    if found is None:
+        return None
     names = [s.name for s in specs]
 
     def pick(key: str, *words: str) -> str | None:
-        if config.get(key) in names:
+        if config and config.get(key) in names:
             return config[key]
-        found = [n for n in names if any(w in n.lower() for w in words)]
-        return found[0] if len(found) == 1 else None
+        matches = [n for n in names if n != found["scores"] and any(w in n.lower() for w in words)]
+        return matches[0] if len(matches) == 1 else None
 
-    scores = pick("scores", "score")
-    if scores is None:
-        return None
-    boxes, classes = pick("boxes", "box"), pick("classes", "class", "label")
-    return DetectionLayout(scores, boxes if boxes != scores else None, classes if classes != scores else None)
+    return DetectionLayout(found["scores"], pick("boxes", "box"), pick("classes", "class", "label"),
+                           found["score_threshold"])
 
 
-def score_threshold(interface: Mapping) -> float:
-    config = interface.get("detection")
-    value = config.get("score_threshold") if isinstance(config, Mapping) else None
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else DEFAULT_SCORE_THRESHOLD
-
-
-def detection_scores(layout: DetectionLayout, specs: Sequence[TensorSpec],
-                     outputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None] | None:
+def best_scores(layout: DetectionLayout, specs: Sequence[TensorSpec],
+                outputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None] | None:
     """(N, D) best score per detection and, for per-class scores (N, D, C), its class; None for another layout."""
     by_name = {s.name: s for s in specs}
     scores = rows(by_name[layout.scores], outputs).astype(np.float64)
@@ -225,7 +224,7 @@ def detection_scores(layout: DetectionLayout, specs: Sequence[TensorSpec],
 def detections(interface: Mapping, specs: Sequence[TensorSpec], outputs: Mapping[str, np.ndarray]) -> list | None:
     """Per sample, the detections at or above the score threshold, best first; None for a layout not understood."""
     layout = detection_layout(interface, specs)
-    scored = detection_scores(layout, specs, outputs) if layout is not None else None
+    scored = best_scores(layout, specs, outputs) if layout is not None else None
     if scored is None:
         return None
     scores, classes = scored
@@ -237,7 +236,7 @@ def detections(interface: Mapping, specs: Sequence[TensorSpec], outputs: Mapping
         boxes = None
     if classes is not None and classes.shape[:2] != scores.shape:
         classes = None
-    threshold, names = score_threshold(interface), interface.get("class_names")
+    threshold, names = layout.threshold, interface.get("class_names")
     found = []
     for i, sample in enumerate(scores):
         kept = [int(d) for d in np.argsort(-sample, kind="stable") if sample[d] >= threshold]

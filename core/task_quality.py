@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from edgefleet.core.answers import detection_layout, detection_scores, embedding_output, rows, score_threshold
+from edgefleet.core.answers import best_scores, detection_layout, embedding_output, rows
 from edgefleet.core.decision import decision_output
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.schema import TensorSpec
@@ -97,11 +97,11 @@ def detection_agreement(interface: Mapping, specs: Sequence[TensorSpec], want: M
                         got: Mapping[str, np.ndarray]) -> dict:
     """{"count_agreement", "max_score_error"} of a detector, or {"max_abs_error"} for a layout not understood."""
     layout = detection_layout(interface, specs)
-    scored_want = detection_scores(layout, specs, want) if layout is not None else None
-    scored_got = detection_scores(layout, specs, got) if layout is not None else None
+    scored_want = best_scores(layout, specs, want) if layout is not None else None
+    scored_got = best_scores(layout, specs, got) if layout is not None else None
     if scored_want is None or scored_got is None:
         return {"max_abs_error": _errors(specs, want, got)[0]}
-    threshold = score_threshold(interface)
+    threshold = layout.threshold
     counts_want = (scored_want[0] >= threshold).sum(axis=1)
     counts_got = (scored_got[0] >= threshold).sum(axis=1)
     score_error = float(np.abs(scored_want[0] - scored_got[0]).max()) if scored_want[0].size else 0.0

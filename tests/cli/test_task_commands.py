@@ -75,7 +75,7 @@ def test_predict_prints_detection_counts_and_the_best_one(bundles, tmp_path):
     built = bundles["detection"]
     result = run_predict(built, tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "detections (score >= 0.5)" in result.stdout
+    assert f"detections (score >= {task_kit.DETECTION_THRESHOLD:g})" in result.stdout
     lines = [line for line in result.stdout.splitlines() if line.startswith("│")]
     for line, found in zip(lines, expected(built)["detections"], strict=True):
         cells = [cell.strip() for cell in line.strip("│").split("│")]

@@ -1,7 +1,9 @@
 """One signed bundle per task, exported from torch models of public architectures (no downloads), for the
 task-answer tests over HTTP, in `edgefleet predict` and in the bench: a MobileNetV2-style classifier
 with class names, a regression MLP, a BERT-style encoder as an embedding model (its pooled output), and
-an SSD-style single-scale detector (boxes [N, 16, 4], scores [N, 16])."""
+import_kit's FCOS-style detector (boxes [N, 16, 4], scores [N, 16] at 32x32) with its threshold in the
+manifest (DETECTION_THRESHOLD: untrained, its scores lie within 0.512..0.52; this one splits them with a
+margin of 1.8e-4 either side on the sample images)."""
 
 from __future__ import annotations
 
@@ -10,28 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from tests.compilers.import_kit import RegressionMLP, TinyEncoder, TinyMobileNet, conv_bn
+from tests.compilers.import_kit import RegressionMLP, TinyDetector, TinyEncoder, TinyMobileNet
 
+DETECTION_THRESHOLD = 0.5157
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-class TinyDetector(nn.Module):
-    """SSD-style: a stride-8 conv backbone on 32x32 RGB, one anchor per cell of the 4x4 grid, a box head
-    (sigmoid cx, cy, w, h) and an objectness head (sigmoid) -> boxes [N, 16, 4], scores [N, 16]."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.backbone = nn.Sequential(conv_bn(3, 8, stride=2), conv_bn(8, 16, stride=2), conv_bn(16, 16, stride=2))
-        self.box, self.score = nn.Conv2d(16, 4, 1), nn.Conv2d(16, 1, 1)
-        nn.init.normal_(self.score.weight, std=2.0)  # spread as a trained head's: some cells above 0.5, some not
-        nn.init.zeros_(self.score.bias)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.backbone(x)
-        boxes = self.box(features).flatten(2).transpose(1, 2).sigmoid()
-        return boxes, self.score(features).flatten(1).sigmoid()
 
 
 @dataclass(frozen=True)
@@ -78,7 +63,8 @@ def build(task: str, folder: Path) -> TaskBundle:
         sample = tokens(3, 16, 2)
     elif task == "detection":
         export_torch(TinyDetector(), images(8, 1), folder / "b", name="detector", input_names=["image"],
-                     output_names=["boxes", "scores"], **common)
+                     output_names=["boxes", "scores"],
+                     detection={"scores": "scores", "score_threshold": DETECTION_THRESHOLD}, **common)
         sample = {"image": images(3, 2)}
     else:
         raise ValueError(task)

@@ -71,14 +71,15 @@ def test_each_task_answers_in_its_own_terms(served):
         assert {"class", "confidence"}.isdisjoint(keys_anywhere(answer))
     else:
         scores, boxes = outputs["scores"], outputs["boxes"]
-        assert answer["score_threshold"] == 0.5
+        threshold = task_kit.DETECTION_THRESHOLD  # the manifest's, not the default 0.5
+        assert answer["score_threshold"] == threshold
         for i, found in enumerate(answer["detections"]):
-            kept = [d for d in np.argsort(-scores[i], kind="stable") if scores[i, d] >= 0.5]
+            kept = [d for d in np.argsort(-scores[i], kind="stable") if scores[i, d] >= threshold]
             assert [f["score"] for f in found] == [float(scores[i, d]) for d in kept]
             assert [f["box"] for f in found] == [boxes[i, d].tolist() for d in kept]
             assert all("class" not in f for f in found)  # no class output: none invented
         counts = [len(found) for found in answer["detections"]]
-        assert counts == [int((row >= 0.5).sum()) for row in scores] and 0 < sum(counts) < scores.size
+        assert counts == [int((row >= threshold).sum()) for row in scores] and 0 < sum(counts) < scores.size
 
 
 @pytest.mark.parametrize("served", ["classification"], indirect=True)

@@ -60,7 +60,7 @@ import numpy as np
 
 from edgefleet.compilers.targets import CompileSource, TargetResult
 from edgefleet.core.errors import CompileError
-from edgefleet.core.schema import TensorSpec
+from edgefleet.core.schema import TensorSpec, batch_axis
 
 INT8_ATOL_FRACTION = 0.05  # see the module docstring: ~4x the worst int8 error measured on the digits CNN
 INSTALL_HINT = "pip install 'edgefleet[litert-convert]'"
@@ -112,6 +112,7 @@ def compile(source: CompileSource, out_dir: Path, options: dict) -> TargetResult
                            "torch model anew)")
     if source.torch_model is None:
         raise CompileError("the litert target converts from the torch model: pass --torch-model module:function")
+    _check_batch_axes(source.bundle)
     litert_torch = _import_converter()
     import torch
 
@@ -262,6 +263,17 @@ def check_interface(path: Path, inputs: list[TensorSpec], outputs: list[TensorSp
         raise CompileError(f"litert: inputs and outputs disagree on the batch dimension ({sorted(batches)})")
     batch = batches.pop()
     return None if batch < 0 else batch
+
+
+def _check_batch_axes(bundle: Any) -> None:
+    """The conversion traces, calibrates and checks the static batch on axis 0 of every tensor; a tensor
+    whose batch axis is elsewhere (a state [layers, batch, hidden]) or absent (a 0-d sample rate) is refused
+    by name rather than traced with the wrong samples."""
+    odd = [f"{spec.name} ({'no batch axis' if axis is None else f'batch on axis {axis}'})"
+           for spec in (*bundle.inputs, *bundle.outputs) if (axis := batch_axis(spec)) != 0]
+    if odd:
+        raise CompileError(f"litert: the converter fixes the batch on axis 0 of every tensor, and this model has "
+                           f"{', '.join(odd)}; serve it with onnxruntime-cpu or openvino-cpu")
 
 
 def _rows(array: np.ndarray, count: int) -> np.ndarray:

@@ -14,6 +14,7 @@ from edgefleet.compilers.compile import compile_bundle
 from edgefleet.compilers.export import export_torch
 from edgefleet.compilers.import_model import import_model
 from edgefleet.core.bundle import Bundle
+from edgefleet.core.errors import CompileError
 from edgefleet.core.signing import SigningKey, TrustStore
 from edgefleet.edge_runtime.backends.onnxruntime import OnnxRuntimeBackend
 from edgefleet.edge_runtime.predictor import Predictor
@@ -180,3 +181,15 @@ def test_litert_backend_chunks_a_static_file_on_the_batch_axes_it_is_given(tmp_p
     plain = LiteRtBackend()
     plain.load(path, {})
     assert plain.batch == 3  # without the axes, axis 0 (the steps) would be taken for the batch
+
+
+def test_litert_target_refuses_a_model_whose_batch_is_not_on_axis_0_by_name(key, tmp_path):
+    torch.manual_seed(0)
+    model = RecurrentStep().eval()
+    axes = {"x": {0: None, 1: "batch"}, "state": {0: None, 1: "batch"}}
+    bundle = export_torch(model, (torch.randn(5, 3, 8), torch.randn(2, 3, 16)), tmp_path / "b", name="gru",
+                          version=1, input_names=["x", "state"], output_names=["y", "next_state"], dynamic_axes=axes)
+    with pytest.raises(CompileError, match=r"litert: the converter fixes the batch on axis 0 of every tensor, and "
+                                           r"this model has x \(batch on axis 1\), state \(batch on axis 1\)"):
+        compile_bundle(bundle.root, ["litert"], tmp_path / "c", torch_model=model)
+    assert not (tmp_path / "c").exists()

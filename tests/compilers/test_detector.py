@@ -115,3 +115,23 @@ def test_cli_bench_runs_the_detector_on_each_backend(detector, key, tmp_path):
     assert [(r["entry"], r["status"]) for r in reports] == [("onnxruntime", "measured"), ("openvino", "measured")]
     for report in reports:
         assert [r["batch"] for r in report["results"]] == [1, 2] and all(r["runs"] == 20 for r in report["results"])
+
+
+def test_cli_verify_and_predict_at_another_size_and_a_wrong_image_is_one_error(detector, key, tmp_path):
+    bundle, path = detector
+    _, public = key.save(tmp_path, "signer")
+    trust = ["--trust", str(public)]
+    verified = edgefleet("verify", str(bundle.root), *trust)
+    assert verified.returncode == 0 and "self-test passed on 8 golden examples" in verified.stdout, verified.stderr
+    image = _sized(70, 50, rows=2)
+    np.save(tmp_path / "image.npy", image)
+    predicted = edgefleet("predict", str(bundle.root), "--input", str(tmp_path / "image.npy"), "--output",
+                          str(tmp_path / "out.npz"), *trust)
+    assert predicted.returncode == 0, predicted.stderr
+    with np.load(tmp_path / "out.npz") as got:
+        want = _file(path, image)
+        assert got["boxes"].shape == (2, 63, 4) and np.array_equal(got["scores"], want["scores"])
+    np.save(tmp_path / "gray.npy", image[:, :1])
+    refused = edgefleet("predict", str(bundle.root), "--input", str(tmp_path / "gray.npy"), *trust)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "image" in refused.stderr and "axis 1 must be 3" in refused.stderr, refused.stderr

@@ -110,12 +110,13 @@ def _predict(host: ModelHost, bundle: Bundle, body: bytes,
     interface = bundle.manifest["interface"]
     options = parse_options(query, interface)  # AnswerOptionError (400) before any work is done
     outputs = host.predict(read_body(body, bundle.inputs, max_bytes=len(body)), finite=True)  # ModelOutputError
-    first = outputs[bundle.outputs[0].name]
+    specs = bundle.outputs
+    first = outputs[specs[0].name]
     answer: dict = {
         "model": {"name": bundle.name, "version": bundle.version},
         "task": interface.get("task") or "other",
         "outputs": {k: v.tolist() for k, v in outputs.items()},
-        **task_answer(interface, bundle.outputs, outputs, options),
+        **task_answer(interface, specs, outputs, options),
     }
     samples = int(first.shape[0]) if first.ndim else 1
     classes = [str(p["class"]) for p in answer.get("predictions", ())]

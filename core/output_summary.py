@@ -182,8 +182,12 @@ def summarise_outputs(summaries: Sequence[OutputSummary], outputs: Mapping[str, 
     counts = list(into) if into is not None else [np.zeros((s.edges.shape[0], s.edges.shape[1] + 2), np.int64)
                                                   for s in summaries]
     for summary, total in zip(summaries, counts, strict=True):
+        blocks = summary_columns(summary, outputs[summary.output])
+        if len(blocks) == 1:  # every row in one block (values, embedding): no slicing per request
+            bin_counts(blocks[0], summary.edges, out=total)
+            continue
         start = 0
-        for block in summary_columns(summary, outputs[summary.output]):
+        for block in blocks:
             width = block.shape[1]
             bin_counts(block, summary.edges[start:start + width], out=total[start:start + width])
             start += width

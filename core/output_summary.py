@@ -85,10 +85,13 @@ class OutputSummary:
         if edges.ndim != 2 or edges.shape[0] != len(names) or edges.shape[1] < 1 or (np.diff(edges) < 0).any():
             raise ValueError(f"profile output {name!r}: edges must be {len(names)} sorted rows of at least one "
                              f"finite edge, got shape {edges.shape}")
+        size = _per_sample(specs[name])
+        if kind == "values" and tuple(names) != STAT_ROWS and size != len(names):
+            raise ValueError(f"profile output {name!r}: {len(names)} element rows for an output of "
+                             f"{size if size is not None else 'a varying number of'} elements per sample")
         projections = None
         if kind == "embedding":
             projections = _array(entry.get("projections"), f"profile output {name!r} projections")
-            size = _per_sample(specs[name])
             if projections.shape != (PROJECTIONS, size):
                 raise ValueError(f"profile output {name!r}: projections must be {PROJECTIONS} rows of {size}, got "
                                  f"shape {projections.shape}")

@@ -244,6 +244,10 @@ def test_a_profile_output_entry_of_the_wrong_shape_is_one_precise_error(regressi
     (copy / "profile.json").write_text(json.dumps(profile))
     with pytest.raises(EdgefleetError, match=r"bundle price v1: profile output 'price': edges must be 1 sorted rows"):
         TelemetryAggregator(Bundle.open(copy), fleet="lab", device="pi-01")
+    profile["outputs"][0] = {"output": "price", "summary": "values", "names": ["a", "b"], "edges": [[0.0], [0.0]]}
+    (copy / "profile.json").write_text(json.dumps(profile))
+    with pytest.raises(EdgefleetError, match="profile output 'price': 2 element rows for an output of 1 elements"):
+        TelemetryAggregator(Bundle.open(copy), fleet="lab", device="pi-01")
     profile["outputs"][0] = {"output": "nope", "summary": "values", "names": ["x"], "edges": [[0.0]]}
     (copy / "profile.json").write_text(json.dumps(profile))
     with pytest.raises(EdgefleetError, match="profile output entry 'nope' is not a batched output of the model"):

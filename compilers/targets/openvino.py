@@ -193,7 +193,7 @@ def _compile(device: Device, source: CompileSource, out_dir: Path, options: dict
     opts = parse_options(device, options, source.artifact.get("precision", "fp32"))
     tflite: dict | None = None
     if source.format == "tflite":  # an imported .tflite: OpenVINO reads it directly (openvino_tflite.py)
-        model, tflite = read_tflite(source.path, source.bundle, device.target)
+        model, tflite = read_tflite(source.path, device.target)
     else:
         model = ov.convert_model(str(source.onnx_file(device.target)))
     _check_names(device, model, source)

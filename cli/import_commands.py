@@ -74,8 +74,13 @@ def import_command(
     origin = "generated from the schema (no drift profile)" if golden.get("generated") else f"from {reference_data}"
     out.print(escape(f"task {manifest['interface']['task']}; {golden['count']} golden examples {origin}; "
                      f"artifact {manifest['artifacts'][0]['path']}"))
-    for skipped in (bundle.reference_profile() or {}).get("unprofiled", []):
+    profile = bundle.reference_profile() or {}
+    for skipped in profile.get("unprofiled", []):
         out.print(escape(f"input {skipped['input']} is not in the drift profile: {skipped['reason']}"))
+    for summary in profile.get("outputs", []):
+        rows = summary["names"]
+        shown = ", ".join(rows[:4]) + (f", ... ({len(rows)} rows)" if len(rows) > 4 else "")
+        out.print(escape(f"output {summary['output']} is in the drift profile as {summary['summary']}: {shown}"))
     out.print(escape(f"signed with key {signing_key.key_id}") if signing_key
               else escape(f"not signed: edgefleet sign {bundle.root} --key KEY.key"))
 

@@ -23,6 +23,7 @@ def test_feature_names_file_names_the_profile_columns_and_a_wrong_count_is_refus
     names = ["--feature-names", str(tmp_path / "columns.json")]
     result = edgefleet("import", *common, "--out", str(tmp_path / "b"), *names)
     assert result.returncode == 0, result.stderr
+    assert "output value is in the drift profile as values: value[0]" in result.stdout
     profile = json.loads((tmp_path / "b" / "profile.json").read_text())
     assert profile["features"][0]["names"] == COLUMNS
     assert profile["outputs"][0]["names"] == ["value[0]"]

@@ -198,6 +198,33 @@ def test_gru_profiles_its_sequence_not_its_state(work, key, public):
     assert outputs == [e["counts"] for e in profile["outputs"]] and window.samples == REFERENCE
 
 
+class RateScaled(nn.Module):
+    """Features scaled by a sample rate given as a 0-d tensor (one value for every sample of a request)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+
+    def forward(self, x: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+        return self.net(x * (rate / 16000.0))
+
+
+def test_an_input_without_batch_axis_is_declared_unprofiled_and_telemetry_runs(work, key, public):
+    torch.manual_seed(0)
+    x = np.random.default_rng(8).normal(size=(REFERENCE, 4)).astype(np.float32)
+    rate = np.array(16000.0, np.float32)
+    bundle = export_torch(RateScaled(), (torch.from_numpy(x[:4]), torch.tensor(16000.0)), work / "rate",
+                          name="rate", version=1, reference_data={"x": x, "rate": rate}, input_names=["x", "rate"],
+                          output_names=["y"], task="regression", signing_key=key)
+    profile = bundle.reference_profile()
+    assert bundle.manifest["interface"]["profiled_inputs"] == ["x"]
+    assert profile["unprofiled"] == [{"input": "rate", "reason": "no batch axis: one value serves every sample"}]
+    assert profile["outputs"][0]["names"] == ["y[0]", "y[1]", "y[2]"]
+    window, _ = served(bundle, public, [{"x": c["x"], "rate": rate} for c in chunks({"x": x})])
+    assert as_lists(window) == ([profile["features"][0]["counts"]], [profile["outputs"][0]["counts"]])
+    assert window.samples == REFERENCE
+
+
 def test_a_bundle_without_reference_profile_is_served_with_telemetry_off(work, key, tmp_path, caplog, public):
     bundle = import_model(kit.mlp_onnx(work / "plain.onnx"), work / "plain", name="plain", version=1,
                           task="regression", signing_key=key)

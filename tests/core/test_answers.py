@@ -80,6 +80,12 @@ def test_regression_values_per_sample_by_output_and_never_a_class():
     assert answer == {"values": [{"price": 1.5}, {"price": 2.5}]}
 
 
+def test_samples_are_taken_on_each_outputs_batch_axis():
+    sequence = np.arange(5 * 2 * 3, dtype=np.float32).reshape(5, 2, 3)  # [steps, batch, features]: a GRU's
+    answer = task_answer(interface("regression"), [TensorSpec("y", "float32", (5, "batch", 3))], {"y": sequence})
+    assert answer == {"values": [{"y": sequence[:, 0].tolist()}, {"y": sequence[:, 1].tolist()}]}
+
+
 def test_embedding_picks_the_fixed_size_output_and_normalizes_on_request():
     specs = [TensorSpec("hidden", "float32", ("batch", "tokens", 2)), spec("pooled", 2)]
     outputs = {"hidden": np.ones((2, 5, 2)), "pooled": np.array([[3.0, 4.0], [0.0, 0.0]])}

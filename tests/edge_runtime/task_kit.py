@@ -3,7 +3,7 @@ task-answer tests over HTTP, in `edgefleet predict` and in the bench: a MobileNe
 with class names, a regression MLP, a BERT-style encoder as an embedding model (its pooled output), and
 import_kit's FCOS-style detector (boxes [N, 16, 4], scores [N, 16] at 32x32) with its threshold in the
 manifest (DETECTION_THRESHOLD: untrained, its scores lie within 0.512..0.52; this one splits them with a
-margin of 1.8e-4 either side on the sample images)."""
+margin of 1.8e-4 either side on the sample images), and a GRU step with its state as "other"."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tests.compilers.import_kit import RegressionMLP, TinyDetector, TinyEncoder, TinyMobileNet
+from tests.compilers.import_kit import RecurrentStep, RegressionMLP, TinyDetector, TinyEncoder, TinyMobileNet
 
 DETECTION_THRESHOLD = 0.5157
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -38,7 +38,8 @@ def tokens(count: int, length: int, seed: int) -> dict[str, np.ndarray]:
 
 
 def build(task: str, folder: Path) -> TaskBundle:
-    """The bundle of `task` ("classification", "regression", "embedding", "detection"), signed, in folder."""
+    """The bundle of `task` ("classification", "regression", "embedding", "detection", "other"), signed,
+    in folder."""
     from edgefleet.compilers import export_torch
     from edgefleet.core.signing import SigningKey
 
@@ -66,6 +67,13 @@ def build(task: str, folder: Path) -> TaskBundle:
                      output_names=["boxes", "scores"],
                      detection={"scores": "scores", "score_threshold": DETECTION_THRESHOLD}, **common)
         sample = {"image": images(3, 2)}
+    elif task == "other":  # a GRU step with its state: batch on axis 1, nothing to read into its outputs
+        axes = {"x": {0: None, 1: "batch"}, "state": {0: None, 1: "batch"}}
+        rng = np.random.default_rng(1)
+        examples = tuple(rng.standard_normal(shape).astype(np.float32) for shape in ((5, 3, 8), (2, 3, 16)))
+        export_torch(RecurrentStep(), examples, folder / "b", name="gru", input_names=["x", "state"],
+                     output_names=["y", "next_state"], dynamic_axes=axes, **common)
+        sample = {"x": examples[0][:, :2], "state": examples[1][:, :2]}
     else:
         raise ValueError(task)
     return TaskBundle(folder / "b", public, sample)

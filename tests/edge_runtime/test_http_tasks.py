@@ -16,7 +16,7 @@ from edgefleet.edge_runtime.predictor import Predictor
 from tests.edge_runtime import task_kit
 from tests.edge_runtime.http_kit import serve
 
-TASKS = ["classification", "regression", "embedding", "detection"]
+TASKS = ["classification", "regression", "embedding", "detection", "other"]
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +69,8 @@ def test_each_task_answers_in_its_own_terms(served):
         np.testing.assert_array_equal([e["vector"] for e in answer["embeddings"]], pooled)
         np.testing.assert_allclose([e["norm"] for e in answer["embeddings"]], np.linalg.norm(pooled, axis=1))
         assert {"class", "confidence"}.isdisjoint(keys_anywhere(answer))
+    elif task == "other":  # the raw outputs are the whole answer
+        assert set(answer) == {"model", "task", "outputs"} and outputs["y"].shape == (5, 2, 16)
     else:
         scores, boxes = outputs["scores"], outputs["boxes"]
         threshold = task_kit.DETECTION_THRESHOLD  # the manifest's, not the default 0.5
@@ -124,6 +126,8 @@ BAD_OPTIONS = {
     "embedding": [({"normalize": "maybe"}, "normalize must be true or false, got 'maybe'"),
                   ({"top_k": 1}, "top_k does not apply to this model: its task is embedding, which takes ?normalize=")],
     "detection": [({"top_k": 1}, "top_k does not apply to this model: its task is detection")],
+    "other": [({"normalize": "true"}, "normalize does not apply to this model: its task is other, which takes no "
+                                      "query parameters")],
 }
 
 

@@ -42,6 +42,7 @@ from edgefleet.core.answers import parse_options, task_answer
 from edgefleet.core.bounded_json import JsonLimitError
 from edgefleet.core.bundle import Bundle
 from edgefleet.core.errors import BackendError, EdgefleetError, SchemaError
+from edgefleet.core.schema import sample_count
 from edgefleet.edge_runtime.metrics import CONTENT_TYPE, DeviceMetrics
 from edgefleet.edge_runtime.model_host import ModelHost
 from edgefleet.edge_runtime.request_files import read_body
@@ -111,14 +112,13 @@ def _predict(host: ModelHost, bundle: Bundle, body: bytes,
     options = parse_options(query, interface)  # AnswerOptionError (400) before any work is done
     outputs = host.predict(read_body(body, bundle.inputs, max_bytes=len(body)), finite=True)  # ModelOutputError
     specs = bundle.outputs
-    first = outputs[specs[0].name]
     answer: dict = {
         "model": {"name": bundle.name, "version": bundle.version},
         "task": interface.get("task") or "other",
         "outputs": {k: v.tolist() for k, v in outputs.items()},
         **task_answer(interface, specs, outputs, options),
     }
-    samples = int(first.shape[0]) if first.ndim else 1
+    samples = sample_count(specs, outputs)  # on the batch axis: a GRU's outputs hold theirs on axis 1
     classes = [str(p["class"]) for p in answer.get("predictions", ())]
     return _json(answer), samples, classes
 

@@ -42,6 +42,11 @@ def keys_anywhere(value: object) -> set[str]:
     return set()
 
 
+def samples_counted(metrics: str) -> float:
+    lines = [line for line in metrics.splitlines() if line.startswith("edgefleet_samples_total{")]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
@@ -140,9 +145,12 @@ def test_bad_answer_options_are_one_400_and_the_server_keeps_serving(served):
             answer = client.post(url, content=body, params=params, headers={"Content-Type": "application/json"})
             assert answer.status_code == 400, answer.text
             assert answer.json() == {"detail": answer.json()["detail"]} and message in answer.json()["detail"]
+        before = samples_counted(client.get(url.replace("/v1/predict", "/metrics")).text)
         good = client.post(url, content=body, headers={"Content-Type": "application/json"})
         assert good.status_code == 200 and good.json()["task"] == task
         metrics = client.get(url.replace("/v1/predict", "/metrics")).text
+    # samples on the batch axis: the GRU's [steps 5, batch 2, ...] request is 2 samples, not 5
+    assert samples_counted(metrics) - before == (2 if task == "other" else len(next(iter(sample.values()))))
     errors = [line for line in metrics.splitlines() if line.startswith("edgefleet_request_errors_total{")]
     assert len(errors) == 1 and 'code="400"' in errors[0], errors  # each refusal counted, nothing else failed
     assert float(errors[0].split()[-1]) >= len(BAD_OPTIONS[task])

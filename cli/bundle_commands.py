@@ -150,6 +150,7 @@ def predict(
     """Run the model on inputs from a file and print the task's answer (the same as the HTTP API's:
     top-k classes, regression values, embedding norms, detections; the raw output shapes otherwise)."""
     from edgefleet.core.answers import parse_options, task_answer
+    from edgefleet.core.schema import sample_count
     from edgefleet.edge_runtime.predictor import Predictor
     from edgefleet.edge_runtime.request_files import read_request, write_result
 
@@ -165,8 +166,8 @@ def predict(
     if output:
         write_result(output, outputs)
     answer = task_answer(interface, predictor.bundle.outputs, outputs, options)
-    first = outputs[predictor.bundle.outputs[0].name]
-    title = f"{len(first) if first.ndim else 1} predictions ({predictor.backend_name})"
+    samples = sample_count(predictor.bundle.outputs, outputs)  # on the batch axis, wherever it is
+    title = f"{samples} predictions ({predictor.backend_name})"
     shapes = ", ".join(f"{k} {v.shape}" for k, v in outputs.items())
     out.print(f"{title}; outputs {shapes}" if not answer else title)  # a line of its own: a title would wrap
     if answer:

@@ -18,7 +18,7 @@ from tests.edge_runtime import task_kit
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
     return {task: task_kit.build(task, tmp_path_factory.mktemp(task)) for task in
-            ("classification", "regression", "embedding", "detection")}
+            ("classification", "regression", "embedding", "detection", "other")}
 
 
 def run_predict(built: task_kit.TaskBundle, folder, *extra: str):
@@ -80,6 +80,12 @@ def test_predict_prints_detection_counts_and_the_best_one(bundles, tmp_path):
     for line, found in zip(lines, expected(built)["detections"], strict=True):
         cells = [cell.strip() for cell in line.strip("│").split("│")]
         assert cells[1] == str(len(found)) and cells[2].startswith(f"score {found[0]['score']:.4g}, box [")
+
+
+def test_predict_other_counts_samples_on_the_batch_axis_and_shows_the_raw_shapes(bundles, tmp_path):
+    result = run_predict(bundles["other"], tmp_path)  # x [5 steps, 2 batch, 8], state [2 layers, 2 batch, 16]
+    assert result.returncode == 0, result.stderr
+    assert "2 predictions (onnxruntime); outputs y (5, 2, 16), next_state (2, 2, 16)" in result.stdout
 
 
 def test_predict_refuses_a_top_k_below_one(bundles, tmp_path):

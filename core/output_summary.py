@@ -25,6 +25,7 @@ Summaries per task (core/profile.py builds them from the reference data, the dev
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -85,7 +86,7 @@ class OutputSummary:
         if edges.ndim != 2 or edges.shape[0] != len(names) or edges.shape[1] < 1 or (np.diff(edges) < 0).any():
             raise ValueError(f"profile output {name!r}: edges must be {len(names)} sorted rows of at least one "
                              f"finite edge, got shape {edges.shape}")
-        size = _per_sample(specs[name])
+        size = per_sample(specs[name])
         if kind == "values" and tuple(names) != STAT_ROWS and size != len(names):
             raise ValueError(f"profile output {name!r}: {len(names)} element rows for an output of "
                              f"{size if size is not None else 'a varying number of'} elements per sample")
@@ -120,16 +121,16 @@ def plan_summaries(task: str, outputs: Sequence[TensorSpec], detection: Mapping 
     if task == "regression":
         plans = []
         for spec in batched:
-            size = _per_sample(spec)
+            size = per_sample(spec)
             names = ([f"{spec.name}[{i}]" for i in range(size)] if size is not None and size <= ELEMENT_ROWS
                      else list(STAT_ROWS))
             plans.append(_plan(spec, "values", names))
         return plans
     if task == "embedding":
-        spec = next((s for s in batched if _per_sample(s)), None)
+        spec = next((s for s in batched if per_sample(s)), None)
         if spec is None:
             return []
-        directions = np.random.default_rng(PROJECTION_SEED).standard_normal((PROJECTIONS, _per_sample(spec)))
+        directions = np.random.default_rng(PROJECTION_SEED).standard_normal((PROJECTIONS, per_sample(spec)))
         directions /= np.linalg.norm(directions, axis=1, keepdims=True)
         names = ["norm"] + [f"proj{i}" for i in range(PROJECTIONS)]
         return [OutputSummary(spec.name, "embedding", tuple(names), batch_axis(spec), np.zeros((len(names), 0)),
@@ -151,7 +152,7 @@ def summary_columns(summary: OutputSummary, value: np.ndarray) -> list[np.ndarra
     if summary.axis:
         x = np.moveaxis(x, summary.axis, 0)
     n = x.shape[0]
-    flat = x.reshape(n, -1)
+    flat = x.reshape(n, math.prod(x.shape[1:]))  # not -1: a request of 0 samples has 0 rows
     if summary.summary == "values":
         if summary.names != STAT_ROWS:  # one row per element
             return [flat]
@@ -207,8 +208,8 @@ def _array(value: object, label: str) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _per_sample(spec: TensorSpec) -> int | None:
-    """Elements per sample, or None when a dim besides the batch axis is symbolic."""
+def per_sample(spec: TensorSpec) -> int | None:
+    """Elements per sample of an output, or None when a dim besides the batch axis is symbolic."""
     axis = batch_axis(spec)
     rest = [d for i, d in enumerate(spec.shape) if i != axis]
     return int(np.prod(rest)) if all(isinstance(d, int) for d in rest) else None

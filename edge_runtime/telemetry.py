@@ -17,23 +17,24 @@ closes the window lose no count.
 
 Output summaries (regression values, embedding norm and projections, detection count and scores) are
 binned in numpy by core/output_summary.py `summarise_outputs`, the function that built the reference
-profile's, and added under a lock. A bundle without a reference profile has no telemetry: the
-constructor raises `NoReferenceProfile` and the agent serves the model with telemetry off.
+profile's, a buffer of samples at a time (edge_runtime/output_window.py). A bundle without a reference
+profile has no telemetry: the constructor raises `NoReferenceProfile` and the agent serves the model with
+telemetry off.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
 
 from edgefleet.core.bundle import Bundle
 from edgefleet.core.errors import EdgefleetError
-from edgefleet.core.output_summary import DEFAULT_SCORE_THRESHOLD, OutputSummary, summarise_outputs
+from edgefleet.core.output_summary import DEFAULT_SCORE_THRESHOLD, OutputSummary
 from edgefleet.core.schema import batch_axis, sample_count
 from edgefleet.core.telemetry import LATENCY_EDGES_MS, FeatureCounts, OutputCounts, TelemetryWindow
 from edgefleet.cpp_ext import RequestSketch
+from edgefleet.edge_runtime.output_window import OutputWindow
 
 _NO_FEATURES = np.zeros((0, 1), np.float64)
 
@@ -86,8 +87,7 @@ class TelemetryAggregator:
                               for entry in profile.get("outputs", [])]
         except ValueError as err:
             raise EdgefleetError(f"bundle {bundle.name} v{bundle.version}: {err}") from err
-        self._lock = threading.Lock()
-        self._output_counts = self._zero_outputs()
+        self._outputs = OutputWindow(self.summaries, bundle.outputs)
         self.window_start = clock()
 
     @property
@@ -110,8 +110,7 @@ class TelemetryAggregator:
         for name, sketch in self.extra:
             sketch.update(self._samples(feed, name) if name in reshaped else feed[name], None, latency_ns)
         if self.summaries:
-            with self._lock:  # added in place into this window's counts; close_window swaps them under it
-                summarise_outputs(self.summaries, outputs, self._output_counts)
+            self._outputs.observe(outputs)
 
     def error(self, latency_ns: int) -> None:
         self.main.error(latency_ns)
@@ -121,8 +120,7 @@ class TelemetryAggregator:
         end = self.clock()
         snap = self.main.snapshot(reset=True)
         extra = [(name, sketch.snapshot(reset=True)) for name, sketch in self.extra]
-        with self._lock:
-            output_counts, self._output_counts = self._output_counts, self._zero_outputs()
+        output_counts = self._outputs.take()
         start, self.window_start = self.window_start, end
         features = [FeatureCounts(self.input_names[0], _rows(snap["features"]))] if self.input_names else []
         features += [FeatureCounts(name, _rows(s["features"])) for name, s in extra]
@@ -143,9 +141,6 @@ class TelemetryAggregator:
         if value.dtype.char not in "fd":
             return np.ascontiguousarray(value, dtype=np.float64)
         return np.ascontiguousarray(value)
-
-    def _zero_outputs(self) -> list[np.ndarray]:
-        return [np.zeros((s.edges.shape[0], s.edges.shape[1] + 2), np.int64) for s in self.summaries]
 
 
 def _rows(counts: np.ndarray) -> tuple[tuple[int, ...], ...]:

@@ -109,9 +109,9 @@ def export_torch(
     tabular input's columns with `feature_names` (a list for the one tabular input, or {input: names}),
     and summarises the task's outputs; a detector names its scores output with
     detection={"scores": NAME, "score_threshold": 0.5} (default: the one output named like *score*).
-    eval_data=(inputs, labels): held-out
-    data for the metrics and the model card. postprocess: "softmax" if the first output holds logits,
-    "none" if it holds probabilities or values; default "softmax" for a classifier, else "none".
+    eval_data=(inputs, labels): held-out data for the metrics and the model card. postprocess: "softmax"
+    if the first output holds logits, "none" if it holds probabilities or values; default "softmax" for a
+    classifier, else "none".
     Signs the bundle when signing_key is given; `edgefleet sign` can sign it later. Raises ExportError,
     leaving out_dir as it was.
     """

@@ -4,6 +4,7 @@ state; windows summed over requests equal the reference profile's counts on the 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -279,3 +280,40 @@ def test_a_profile_output_entry_of_the_wrong_shape_is_one_precise_error(regressi
     (copy / "profile.json").write_text(json.dumps(profile))
     with pytest.raises(EdgefleetError, match="profile output entry 'nope' is not a batched output of the model"):
         TelemetryAggregator(Bundle.open(copy), fleet="lab", device="pi-01")
+
+
+def test_a_regression_agent_reports_its_value_histogram_through_mosquitto(regression, public, tmp_path, mosquitto):
+    from sqlalchemy import select
+
+    from edgefleet.cloud.db import Device, TelemetryRecord, make_engine, make_sessions
+    from edgefleet.cloud.ingest import Ingest
+    from edgefleet.core.telemetry import parse_telemetry
+
+    bundle, x = regression
+    sessions = make_sessions(make_engine(f"sqlite:///{tmp_path / 'cloud.db'}"))
+    with sessions.begin() as session:
+        session.add(Device(id="pi-03", fleet="lab", password_hash="x"))
+    path = tmp_path / "device.toml"
+    path.write_text(f'[device]\nid = "pi-03"\nfleet = "lab"\ndata_dir = "{tmp_path / "device"}"\n'
+                    f'[model]\nbundle = "{bundle.root}"\ntrusted_keys = ["{public}"]\nthreads = 1\n'
+                    f'[mqtt]\nurl = "{mosquitto.url}"\n[telemetry]\nwindow_seconds = 0.3\n')
+    ingest = Ingest(sessions, mosquitto.url, flush_seconds=0.02)
+    ingest.start()
+    assert ingest.wait_connected(10)
+    with DeviceAgent(DeviceConfig.load(path), serve_http=False) as agent:
+        for feed in chunks({"features": x}):
+            agent.predict(feed)
+    deadline, rows = time.monotonic() + 10, []
+    while time.monotonic() < deadline:
+        with sessions() as session:
+            rows = session.scalars(select(TelemetryRecord)).all()
+        if sum(r.samples for r in rows) >= REFERENCE:
+            break
+        time.sleep(0.1)
+    ingest.stop()
+    windows = [parse_telemetry(r.payload) for r in rows]
+    with_outputs = [w for w in windows if w.outputs]
+    assert sum(w.samples for w in windows) == REFERENCE
+    total = np.sum([np.asarray(w.outputs[0].counts) for w in with_outputs], axis=0)
+    assert {w.outputs[0].output for w in with_outputs} == {"price"}
+    assert total.tolist() == bundle.reference_profile()["outputs"][0]["counts"]

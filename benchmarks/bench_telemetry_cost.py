@@ -1,12 +1,13 @@
 """What telemetry costs per request: Predictor.predict with telemetry on vs off, batch 1.
 
-    python benchmarks/bench_telemetry_cost.py [--model digits|regression|embedding] [--runs 20000]
+    python benchmarks/bench_telemetry_cost.py [--model digits|regression|embedding|other] [--runs 20000]
                                               [--threads 1] [--out runs/telemetry_cost.json]
 
 Two Predictors on the same bundle, one with a TelemetryAggregator, called alternately on the same
 request in one process. digits: the CNN classifier (the native sketch: channel taps, predicted class,
 confidence, latency). regression: an 8-feature MLP (feature columns and its value histogram, binned in
 numpy by core/output_summary.py). embedding: an MLP to a 64-d embedding (its norm and 8 projections).
+other: the regression MLP exported without a task (feature columns only, no output summary).
 Prints JSON with both distributions and the ratios against the goal (<= 1.05x), the counts the
 telemetry recorded (so the measured path really did the work), and the machine.
 """
@@ -33,7 +34,7 @@ GOAL = 1.05
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=("digits", "regression", "embedding"), default="digits")
+    parser.add_argument("--model", choices=("digits", "regression", "embedding", "other"), default="digits")
     parser.add_argument("--runs", type=int, default=20000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path)
@@ -74,20 +75,20 @@ def main() -> None:
 
 def build_mlp_bundle(workdir: Path, kind: str) -> tuple[Path, Path]:
     """A regression MLP (8 features -> 1 value) or an embedding MLP (8 -> 64), exported with 1,000 reference
-    rows and the task, so the profile has its output summary."""
+    rows and the task, so the profile has its output summary ("other": the regression MLP, no summary)."""
     import numpy as np
     import torch
 
     from edgefleet.compilers import export_torch
 
     torch.manual_seed(0)
-    width = 1 if kind == "regression" else 64
+    width = 64 if kind == "embedding" else 1
     model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, width)).eval()
     x = np.random.default_rng(0).standard_normal((1000, 8)).astype(np.float32)
     key = SigningKey.generate()
     _, public = key.save(workdir / "keys", "release")
     bundle = export_torch(model, x[:4], workdir / kind, name=kind, version=1, reference_data=x, task=kind,
-                          input_names=["features"], output_names=["value" if kind == "regression" else "embedding"],
+                          input_names=["features"], output_names=["embedding" if kind == "embedding" else "value"],
                           signing_key=key)
     return bundle.root, public
 

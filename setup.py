@@ -80,7 +80,7 @@ packages = discover_packages()
 setup(
     packages=sorted(packages),
     package_dir=packages,
-    package_data={"edgefleet.cpp_ext": ["*.pyi", "py.typed"]},
+    package_data={"edgefleet.cpp_ext": ["*.pyi", "py.typed"], "edgefleet.cloud.dashboard": ["templates/*.html"]},
     ext_modules=[native],
     cmdclass={"build_ext": BuildExtWithMessage},
 )

@@ -82,9 +82,11 @@ def token(
     data: DataOption = None,
     db: DbOption = None,
     name: Annotated[str, typer.Option(help="A name to tell tokens apart")] = "admin",
+    viewer: Annotated[bool, typer.Option("--viewer", help="A read-only token: signs in to the dashboard, "
+                                                          "cannot approve or abort; the API refuses it")] = False,
 ) -> None:
-    """Create another admin API token (printed once)."""
-    from edgefleet.cloud.auth import create_token
+    """Create another API token (printed once): an admin token, or a read-only one with --viewer."""
+    from edgefleet.cloud.auth import ADMIN, VIEWER, create_token
     from edgefleet.cloud.db import make_engine, make_sessions
     from edgefleet.cloud.settings import load_settings
 
@@ -92,11 +94,12 @@ def token(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.db_url)
     try:
-        _print_token(create_token(make_sessions(engine), name))
+        role = VIEWER if viewer else ADMIN
+        _print_token(create_token(make_sessions(engine), name, role), role)
     finally:
         engine.dispose()
 
 
-def _print_token(value: str) -> None:
-    out.print(f"admin token: {value}", markup=False, highlight=False, soft_wrap=True)
+def _print_token(value: str, role: str = "admin") -> None:
+    out.print(f"{role} token: {value}", markup=False, highlight=False, soft_wrap=True)
     out.print(TOKEN_NOTE, markup=False, highlight=False, soft_wrap=True)

@@ -14,6 +14,7 @@ from sqlalchemy.orm import sessionmaker
 
 from edgefleet.cloud.api import api_routers
 from edgefleet.cloud.api.errors import install_error_handlers
+from edgefleet.cloud.dashboard import mount_dashboard
 from edgefleet.cloud.db import make_engine, make_sessions
 from edgefleet.cloud.request_guard import RequestGuard
 from edgefleet.cloud.settings import CloudSettings
@@ -49,6 +50,7 @@ def create_app(settings: CloudSettings, sessions: sessionmaker | None = None) ->
     install_error_handlers(app)
     for router in api_routers():
         app.include_router(router)
+    mount_dashboard(app)  # the pages at /, signed in with an API token once (edgefleet.cloud.dashboard)
     return app
 
 

@@ -1,9 +1,11 @@
-"""Admin API tokens: random bearer tokens of which the database keeps only the SHA-256.
+"""API tokens: random bearer tokens of which the database keeps only the SHA-256.
 
-The first start of the service creates one and hands it back once (the CLI prints it); after that only
-`create_token` makes more. `AdminAuth` is the FastAPI dependency every `/api/v1` route sits behind;
-`authenticate` is the check itself, which the request guard (edgefleet.cloud.request_guard) also runs on
-the headers of a request with a body before any of that body is read.
+The first start of the service creates an admin token and hands it back once (the CLI prints it); after
+that only `create_token` makes more. A token has a role: "admin" (the API and the dashboard) or "viewer"
+(the dashboard's pages only, read-only: the API answers a viewer token with 403). `AdminAuth` is the
+FastAPI dependency every `/api/v1` route sits behind; `authenticate` is the check itself, which the
+request guard (edgefleet.cloud.request_guard) also runs on the headers of a request with a body before
+any of that body is read.
 """
 
 from __future__ import annotations
@@ -25,18 +27,22 @@ log = logging.getLogger(__name__)
 
 TOKEN_BYTES = 32
 ADMIN_TOKEN_NAME = "admin"
+ADMIN, VIEWER = "admin", "viewer"
+ROLES = (ADMIN, VIEWER)
 
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(sessions: sessionmaker, name: str = ADMIN_TOKEN_NAME) -> str:
-    """Stores a new admin token's hash and returns the token itself: the only time anyone sees it."""
+def create_token(sessions: sessionmaker, name: str = ADMIN_TOKEN_NAME, role: str = ADMIN) -> str:
+    """Stores a new token's hash and returns the token itself: the only time anyone sees it."""
+    if role not in ROLES:
+        raise ValueError(f"token role: expected one of {', '.join(ROLES)}, got {role!r}")
     token = secrets.token_urlsafe(TOKEN_BYTES)
     with sessions.begin() as session:
-        session.add(ApiToken(name=name[:64], token_hash=hash_token(token)))
-    log.info("created admin API token %r", name)
+        session.add(ApiToken(name=name[:64], token_hash=hash_token(token), role=role))
+    log.info("created %s API token %r", role, name)
     return token
 
 
@@ -48,8 +54,8 @@ def ensure_admin_token(sessions: sessionmaker) -> str | None:
     return create_token(sessions, ADMIN_TOKEN_NAME)
 
 
-def token_name(sessions: sessionmaker, token: str) -> str | None:
-    """The name of the token, or None when it is not a valid token."""
+def token_identity(sessions: sessionmaker, token: str) -> tuple[str, str] | None:
+    """The token's (name, role), or None when it is not a valid token."""
     if not token:
         return None
     digest = hash_token(token)
@@ -57,7 +63,13 @@ def token_name(sessions: sessionmaker, token: str) -> str | None:
         row = session.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
     if row is None or not hmac.compare_digest(row.token_hash, digest):
         return None
-    return row.name
+    return row.name, row.role or ADMIN
+
+
+def token_name(sessions: sessionmaker, token: str) -> str | None:
+    """The name of the token if it is a valid admin token, else None."""
+    identity = token_identity(sessions, token)
+    return identity[0] if identity is not None and identity[1] == ADMIN else None
 
 
 def check_token(sessions: sessionmaker, token: str) -> bool:
@@ -81,10 +93,13 @@ def authenticate(sessions: sessionmaker, token: str | None) -> str:
     Both the route dependency and the request guard (which runs before any body is read) call this."""
     if token is None:
         raise _unauthorized("missing bearer token: send 'Authorization: Bearer <admin token>'")
-    name = token_name(sessions, token)
-    if name is None:
+    identity = token_identity(sessions, token)
+    if identity is None:
         raise _unauthorized("invalid admin token")
-    return name
+    if identity[1] != ADMIN:
+        raise HTTPException(status.HTTP_403_FORBIDDEN,
+                            detail="a viewer token opens the dashboard only; the API needs an admin token")
+    return identity[0]
 
 
 def require_admin(

@@ -38,12 +38,14 @@ def now() -> float:
 
 
 class ApiToken(Base):
-    """Admin API tokens; only the SHA-256 of the token is stored (tokens are 32 random bytes)."""
+    """API tokens; only the SHA-256 of the token is stored (tokens are 32 random bytes)."""
 
     __tablename__ = "api_tokens"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    # "admin" or "viewer" (the dashboard only, read-only); None: a token made before roles, an admin's.
+    role: Mapped[str | None] = mapped_column(String(16), nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=now)
 
 
@@ -132,6 +134,9 @@ class Alert(Base):
     status: Mapped[str] = mapped_column(String(16), default="open")  # "open" or "closed"
     opened_at: Mapped[float] = mapped_column(Float, default=now, index=True)
     closed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Acknowledged by an operator on the dashboard (the alert stays open until the drift monitor closes it).
+    acknowledged_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Deployment(Base):

@@ -48,6 +48,7 @@ import numpy as np
 from edgefleet.core.decision import decision_output
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.output_summary import detection_scores as summary_scores
+from edgefleet.core.output_summary import embedding_output as summarised_embedding
 from edgefleet.core.profile import softmax
 from edgefleet.core.schema import TensorSpec, batch_axis
 
@@ -161,13 +162,9 @@ def classification_answer(interface: Mapping, scores: np.ndarray, top_k: int = 1
 
 
 def embedding_output(interface: Mapping, specs: Sequence[TensorSpec]) -> str:
-    """The first output with a batch axis and a fixed size per sample (the one telemetry summarises,
-    core/output_summary.py), else the first output."""
-    for spec in specs:
-        axis = batch_axis(spec)
-        if axis is not None and all(isinstance(d, int) for i, d in enumerate(spec.shape) if i != axis):
-            return spec.name
-    return specs[0].name
+    """The output telemetry summarises as the embedding (core/output_summary.py), else the first output."""
+    spec = summarised_embedding(specs)
+    return specs[0].name if spec is None else spec.name
 
 
 def embedding_answer(vectors: np.ndarray, normalize: bool = False) -> dict:

@@ -127,7 +127,7 @@ def plan_summaries(task: str, outputs: Sequence[TensorSpec], detection: Mapping 
             plans.append(_plan(spec, "values", names))
         return plans
     if task == "embedding":
-        spec = next((s for s in batched if per_sample(s)), None)
+        spec = embedding_output(outputs)
         if spec is None:
             return []
         directions = np.random.default_rng(PROJECTION_SEED).standard_normal((PROJECTIONS, per_sample(spec)))
@@ -206,6 +206,12 @@ def _array(value: object, label: str) -> np.ndarray:
     if not np.isfinite(array).all():
         raise ValueError(f"{label} must be finite")
     return np.ascontiguousarray(array)
+
+
+def embedding_output(outputs: Sequence[TensorSpec]) -> TensorSpec | None:
+    """An embedding model's vector: its first output with a batch axis and a fixed size per sample (the one
+    telemetry summarises and the HTTP answer shows), or None."""
+    return next((s for s in outputs if batch_axis(s) is not None and per_sample(s)), None)
 
 
 def per_sample(spec: TensorSpec) -> int | None:

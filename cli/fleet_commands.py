@@ -132,11 +132,12 @@ def drift_command(
 
 def drift_table(rows: list[dict], title: str) -> Table:
     """One row per evaluation: the verdict of each group and its signal with the highest PSI."""
-    table = Table("at", "model", "n", "data", "prediction", "highest PSI (threshold)", title=title)
+    table = Table("at", "late", "model", "n", "data", "prediction", "highest PSI (threshold)", title=title)
     for row in rows:
         report = row.get("report") or {}
         data, prediction = report.get("data_drift") or {}, report.get("prediction_drift") or {}
-        table.add_row(_when(row.get("computed_at")), f"{row['model_name']}:{row['model_version']}",
+        table.add_row(_when(row.get("computed_at")), _late(row.get("late_by")),
+                      f"{row['model_name']}:{row['model_version']}",
                       str(row.get("samples")), _verdict(data.get("verdict")), _verdict(prediction.get("verdict")),
                       escape(_worst_signal([data, prediction])))
     return table
@@ -154,11 +155,16 @@ def alerts(
 
 
 def alerts_table(rows: list[dict]) -> Table:
-    table = Table("opened", "status", "scope", "kind", "message", title="alerts")
+    """One row per alert; one raised from late data (a backlog drained after an outage) says how late."""
+    table = Table("opened", "status", "late", "scope", "kind", "message", title="alerts")
     for row in rows:
-        table.add_row(_when(row.get("opened_at")), row["status"], f"{row['scope']} {row['scope_id']}",
-                      row["kind"].replace("_", " "), escape(row["message"]))
+        table.add_row(_when(row.get("opened_at")), row["status"], _late(row.get("late_by")),
+                      f"{row['scope']} {row['scope_id']}", row["kind"].replace("_", " "), escape(row["message"]))
     return table
+
+
+def _late(late_by: float | None) -> str:
+    return "-" if late_by is None else f"[yellow]{late_by:.0f} s[/]"
 
 
 def _when(stamp: float | None) -> str:

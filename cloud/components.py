@@ -49,9 +49,10 @@ def build_components(settings: CloudSettings, sessions: sessionmaker, broker: Em
     username, password = cloud_credentials(secret, INGEST)
     ingest = Ingest(sessions, url, username=username, password=password, client_id=INGEST.username,
                     max_bytes=settings.telemetry_max_bytes)
+    drift = settings.drift_monitor_settings()
     monitor = DriftMonitor(sessions, lambda name, version: reference_profile(sessions, settings, name, version),
-                           lookback_seconds=settings.drift_lookback_seconds,
-                           interval_seconds=settings.drift_interval_seconds)
+                           drift.thresholds, lookback_seconds=drift.lookback_seconds,
+                           interval_seconds=drift.interval_seconds)
     username, password = cloud_credentials(secret, ROLLOUTS)
     rollouts = RolloutEngine(sessions, settings, url, username=username, password=password,
                              client_id=ROLLOUTS.username, public_url=public_url)

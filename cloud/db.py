@@ -118,6 +118,9 @@ class DriftResult(Base):
     verdict: Mapped[str] = mapped_column(String(16))  # "drift", "ok" or "insufficient"
     report: Mapped[dict] = mapped_column(JSON)  # per-signal statistics and thresholds
     computed_at: Mapped[float] = mapped_column(Float, default=now, index=True)
+    # An evaluation of a past period whose windows arrived after the lookback had passed it (a backlog
+    # drained after an outage): seconds from its last window's end to the evaluation. None: on time.
+    late_by: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Alert(Base):
@@ -134,9 +137,29 @@ class Alert(Base):
     status: Mapped[str] = mapped_column(String(16), default="open")  # "open" or "closed"
     opened_at: Mapped[float] = mapped_column(Float, default=now, index=True)
     closed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Raised from late data (DriftResult.late_by): seconds from the end of the drifting period to the alert.
+    late_by: Mapped[float | None] = mapped_column(Float, nullable=True)
     # Acknowledged by an operator on the dashboard (the alert stays open until the drift monitor closes it).
     acknowledged_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     acknowledged_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class DriftSettingsRecord(Base):
+    """Drift monitor settings for one fleet, one model, or one model in one fleet ("" = any); a column left
+    NULL takes the next less specific value (cloud/drift_settings.py)."""
+
+    __tablename__ = "drift_settings"
+    __table_args__ = (UniqueConstraint("fleet", "model_name", name="uq_drift_settings_fleet_model"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fleet: Mapped[str] = mapped_column(String(64), default="")
+    model_name: Mapped[str] = mapped_column(String(128), default="")
+    min_samples: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    alpha: Mapped[float | None] = mapped_column(Float, nullable=True)
+    psi_floor: Mapped[float | None] = mapped_column(Float, nullable=True)
+    noise_multiplier: Mapped[float | None] = mapped_column(Float, nullable=True)
+    lookback_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    interval_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    updated_at: Mapped[float] = mapped_column(Float, default=now)
 
 
 class Deployment(Base):

@@ -1,4 +1,4 @@
-"""The drift monitor: every few seconds, evaluates the recent telemetry of each device and each fleet.
+"""The drift monitor: every few seconds, evaluates the telemetry of each device and each fleet, in event time.
 
 One run (`run_once`):
 
@@ -11,7 +11,27 @@ One run (`run_once`):
    one DriftResult row per scope;
 4. opens an Alert ("data_drift" or "prediction_drift") when a scope drifts and no alert of that scope,
    kind and model version is open; closes an open alert once its scope evaluated "ok" for that kind on
-   `close_after` consecutive runs ("insufficient" does not count, nor does a run without telemetry).
+   `close_after` consecutive on-time runs ("insufficient" does not count, nor does a run without telemetry);
+5. late data, in event time: a window that arrived since the last run (a higher row id) but ended before
+   now - lookback was never in any evaluation (a backlog drained after an outage longer than the
+   lookback). It is evaluated in the period it describes: event time is cut into periods of one lookback,
+   ((p - 1) L, p L] by window end, and each period a late window falls in is evaluated again, with every
+   window of that period stored so far, for its device and its fleet. Those results carry `late_by`
+   (seconds from the period's last window end to the evaluation); a drift among them opens an alert
+   marked late (`Alert.late_by`, "late" in its message). Late results never close an alert: only the
+   present does. A backlog that drains over several runs re-evaluates its periods as they fill.
+
+Settings (min_samples, alpha, psi_floor, noise_multiplier, lookback, interval) are resolved per (fleet,
+model name) on every run (cloud/drift_settings.py): global values from the constructor, overrides from
+the drift_settings table. In the background loop a scope is evaluated when its own interval has passed
+since its last evaluation; the loop ticks at the shortest interval in use. `run_once` called directly
+evaluates every scope.
+
+Recovery: the monitor keeps in memory only the highest row id it has seen and when each scope ran last.
+After a restart, its first run sees every row as seen, so windows that arrived while it was down with
+an end older than the lookback are not evaluated late (the cloud's ingest was down too, so a device's
+backlog normally arrives after the restart and is caught). Row ids follow commit order because the one
+ingest writes its batches one transaction at a time.
 
 Identity (device, fleet, model) comes from the stored row, which the ingest took from the MQTT topic
 and checked, not from the payload. Windows whose counts do not fit the profile (a device reporting on
@@ -22,13 +42,14 @@ left out; nothing in one scope stops the others. Refusals and missing profiles a
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from edgefleet.cloud.db import Alert, DriftResult, TelemetryRecord
@@ -44,6 +65,7 @@ from edgefleet.cloud.drift import (
     merge_windows,
     summary,
 )
+from edgefleet.cloud.drift_settings import DriftSettingsError, MonitorSettings, SettingsResolver
 from edgefleet.core.telemetry import TelemetryError, parse_telemetry
 
 log = logging.getLogger(__name__)
@@ -66,6 +88,10 @@ class _Scope:
     fleet: str
     model_name: str
     model_version: int
+    period_end: float | None = None  # a late evaluation of the period ((p - 1) L, p L] ending here
+
+
+Scopes = dict[_Scope, tuple[Mapping, list[_Window]]]
 
 
 class DriftMonitor:
@@ -88,16 +114,29 @@ class DriftMonitor:
             raise ValueError(f"close_after must be at least 1, got {close_after}")
         self._sessions = sessions
         self._profile_for = profile_for
-        self.thresholds = thresholds
-        self.lookback_seconds = float(lookback_seconds)
-        self.interval_seconds = float(interval_seconds)
+        self.base = MonitorSettings(thresholds, float(lookback_seconds), float(interval_seconds))
         self.close_after = close_after
         self._clock = clock
         self._profiles: dict[tuple[str, int], Mapping] = {}
         self._logged: set[str] = set()
+        self._seen_id: int | None = None  # the highest telemetry row id an earlier run saw
+        self._last_run: dict[tuple[str, str], float] = {}  # (fleet, model name) -> time.monotonic() of its last run
+        self._tick = self.base.interval_seconds
         self._run_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def thresholds(self) -> DriftThresholds:
+        return self.base.thresholds
+
+    @property
+    def lookback_seconds(self) -> float:
+        return self.base.lookback_seconds
+
+    @property
+    def interval_seconds(self) -> float:
+        return self.base.interval_seconds
 
     # lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -119,36 +158,96 @@ class DriftMonitor:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self.run_once()
+                self.run_once(due_only=True)
             except Exception:  # noqa: BLE001 - the monitor must outlive any one bad run
-                log.exception("%s: run failed; trying again in %.3gs", self.name, self.interval_seconds)
-            self._stop.wait(self.interval_seconds)
+                log.exception("%s: run failed; trying again in %.3gs", self.name, self._tick)
+            self._stop.wait(self._tick)
 
     # one run ----------------------------------------------------------------------------------------------
-    def run_once(self, now: float | None = None) -> list[DriftResult]:
-        """Evaluates every scope with telemetry in (now - lookback, now]; returns the DriftResult rows written."""
+    def run_once(self, now: float | None = None, *, due_only: bool = False) -> list[DriftResult]:
+        """Evaluates every scope with telemetry in its lookback, and the past periods late windows fell in;
+        returns the DriftResult rows written (on-time ones first). `due_only`: only the scopes whose own
+        interval has passed since their last evaluation (the background loop)."""
         now = self._clock() if now is None else float(now)
         with self._run_lock, self._sessions() as session:
-            scopes = self._collect(session, now)
-            results = []
-            for scope, (profile, windows) in scopes.items():
-                result = self._evaluate(scope, profile, windows, now)
-                if result is not None:
-                    session.add(result)
-                    results.append(result)
+            resolver = SettingsResolver.load(session, self.base)
+            self._tick = resolver.shortest_interval()
+            top = session.scalar(select(func.max(TelemetryRecord.id))) or 0
+            scopes = self._collect(session, now, top, resolver)
+            if due_only:
+                scopes = {scope: item for scope, item in scopes.items() if self._due(scope, resolver)}
+            late = self._collect_late(session, now, top, resolver)
+            self._seen_id = top
+            ran_at = time.monotonic()
+            for scope in scopes:
+                self._last_run[(scope.fleet, scope.model_name)] = ran_at
+            results = [result for scope, (profile, windows) in [*scopes.items(), *late.items()]
+                       if (result := self._evaluate(scope, profile, windows, now, resolver)) is not None]
+            session.add_all(results)
             session.flush()
             for result in results:
                 self._update_alerts(session, result, now)
             session.commit()
         return results
 
-    def _collect(self, session: Session, now: float) -> dict[_Scope, tuple[Mapping, list[_Window]]]:
+    def _settings(self, resolver: SettingsResolver, fleet: str, model_name: str) -> MonitorSettings:
+        try:
+            return resolver.for_scope(fleet, model_name)
+        except DriftSettingsError as err:  # a row written around the API: the global settings instead
+            self._log_once(f"drift settings of fleet {fleet} / model {model_name} ignored: {err}")
+            return self.base
+
+    def _due(self, scope: _Scope, resolver: SettingsResolver) -> bool:
+        """Whether the scope's own interval has passed since its last evaluation (on the monotonic clock:
+        pacing is wall time, whatever clock stamps the results)."""
+        last = self._last_run.get((scope.fleet, scope.model_name))
+        interval = self._settings(resolver, scope.fleet, scope.model_name).interval_seconds
+        return last is None or time.monotonic() - last >= interval - 1e-3
+
+    def _collect(self, session: Session, now: float, top: int, resolver: SettingsResolver) -> Scopes:
+        """The windows of each scope that ended within its lookback of now (on-time evaluation)."""
         rows = session.scalars(
             select(TelemetryRecord)
-            .where(TelemetryRecord.window_end > now - self.lookback_seconds, TelemetryRecord.window_end <= now)
+            .where(TelemetryRecord.window_end > now - resolver.longest_lookback(), TelemetryRecord.window_end <= now,
+                   TelemetryRecord.id <= top)
             .order_by(TelemetryRecord.id)
         ).all()
-        scopes: dict[_Scope, tuple[Mapping, list[_Window]]] = {}
+        rows = [row for row in rows
+                if row.window_end > now - self._settings(resolver, row.fleet, row.model_name).lookback_seconds]
+        return self._group(rows)
+
+    def _collect_late(self, session: Session, now: float, top: int, resolver: SettingsResolver) -> Scopes:
+        """For every window new since the last run that ended before its lookback: its period ((p-1)L, pL],
+        evaluated with all the windows of that period, for its device and its fleet."""
+        if self._seen_id is None or top <= self._seen_id:
+            return {}
+        new = session.scalars(
+            select(TelemetryRecord).where(TelemetryRecord.id > self._seen_id, TelemetryRecord.id <= top)
+        ).all()
+        periods: dict[tuple[str, str, int, float], set[str]] = defaultdict(set)  # -> devices with late windows
+        for row in new:
+            lookback = self._settings(resolver, row.fleet, row.model_name).lookback_seconds
+            if row.window_end > now - lookback:
+                continue  # in the on-time evaluation of this run
+            end = math.ceil(row.window_end / lookback) * lookback
+            periods[(row.fleet, row.model_name, row.model_version, end)].add(row.device_id)
+        scopes: Scopes = {}
+        for (fleet, model_name, version, end), devices in sorted(periods.items(), key=lambda item: item[0][3]):
+            lookback = self._settings(resolver, fleet, model_name).lookback_seconds
+            rows = session.scalars(
+                select(TelemetryRecord)
+                .where(TelemetryRecord.fleet == fleet, TelemetryRecord.model_name == model_name,
+                       TelemetryRecord.model_version == version, TelemetryRecord.window_end > end - lookback,
+                       TelemetryRecord.window_end <= end, TelemetryRecord.id <= top)
+                .order_by(TelemetryRecord.id)
+            ).all()
+            for scope, item in self._group(rows).items():
+                if scope.scope == "fleet" or scope.scope_id in devices:
+                    scopes[replace(scope, period_end=end)] = item
+        return scopes
+
+    def _group(self, rows: Iterable[TelemetryRecord]) -> Scopes:
+        scopes: Scopes = {}
         fleets: dict[_Scope, list[_Window]] = defaultdict(list)
         profiles: dict[tuple[str, int], Mapping | None] = {}  # one look-up per model version and run
         for row in rows:
@@ -205,10 +304,12 @@ class DriftMonitor:
         self._profiles[key] = profile
         return profile
 
-    def _evaluate(self, scope: _Scope, profile: Mapping, windows: list[_Window], now: float) -> DriftResult | None:
+    def _evaluate(self, scope: _Scope, profile: Mapping, windows: list[_Window], now: float,
+                  resolver: SettingsResolver) -> DriftResult | None:
+        settings = self._settings(resolver, scope.fleet, scope.model_name)
         try:
             merged = merge_windows(w.counts for w in windows)
-            report = evaluate(merged, profile, self.thresholds)
+            report = evaluate(merged, profile, settings.thresholds)
         except CountsMismatch as err:  # windows were checked one by one; this is a second line of defence
             log.warning("%s %s (%s v%s): not evaluated: %s", scope.scope, scope.scope_id, scope.model_name,
                         scope.model_version, err)
@@ -218,11 +319,15 @@ class DriftMonitor:
                           scope.model_version)
             return None
         report["windows"] = len(windows)
+        report["lookback_seconds"] = settings.lookback_seconds
+        if scope.period_end is not None:
+            report["period"] = [scope.period_end - settings.lookback_seconds, scope.period_end]
+        end = max(w.end for w in windows)
         return DriftResult(
             scope=scope.scope, scope_id=scope.scope_id, fleet=scope.fleet, model_name=scope.model_name,
-            model_version=scope.model_version, window_start=min(w.start for w in windows),
-            window_end=max(w.end for w in windows), samples=merged.samples, verdict=report["verdict"],
-            report=report, computed_at=now,
+            model_version=scope.model_version, window_start=min(w.start for w in windows), window_end=end,
+            samples=merged.samples, verdict=report["verdict"], report=report, computed_at=now,
+            late_by=None if scope.period_end is None else max(0.0, now - end),
         )
 
     # alerts -----------------------------------------------------------------------------------------------
@@ -238,28 +343,36 @@ class DriftMonitor:
             ).first()
             if verdict == DRIFT and alert is None:
                 self._open(session, result, kind, now)
-            elif verdict == OK and alert is not None and self._ok_streak(session, result, kind):
+            elif result.late_by is not None:
+                continue  # the past cannot close an alert: only on-time evaluations do
+            elif verdict == OK and alert is not None and self._ok_streak(session, result, kind, alert):
                 alert.status, alert.closed_at = "closed", now
                 log.info("alert %s closed: %s %s (%s v%s) %s ok on %d consecutive runs", alert.id, result.scope,
                          result.scope_id, result.model_name, result.model_version, kind, self.close_after)
 
     def _open(self, session: Session, result: DriftResult, kind: str, now: float) -> None:
         what = kind.replace("_", " ")
-        message = (f"{what} on {result.scope} {result.scope_id} ({result.model_name} v{result.model_version}, "
+        late = "" if result.late_by is None else (
+            f"late ({result.late_by:.0f} s after its data, which arrived after the lookback): ")
+        message = (f"{late}{what} on {result.scope} {result.scope_id} ({result.model_name} v{result.model_version}, "
                    f"{result.samples} samples): {summary(result.report, kind)}")
         details = {"drift_result_id": result.id, "window_start": result.window_start,
                    "window_end": result.window_end, "samples": result.samples, **result.report[kind]}
         session.add(Alert(scope=result.scope, scope_id=result.scope_id, fleet=result.fleet,
                           model_name=result.model_name, model_version=result.model_version, kind=kind,
-                          message=message, details=details, status="open", opened_at=now))
+                          message=message, details=details, status="open", opened_at=now,
+                          late_by=result.late_by))
         log.warning("alert opened: %s", message)
 
-    def _ok_streak(self, session: Session, result: DriftResult, kind: str) -> bool:
-        """True if the last `close_after` results of this scope (this run's included) were all ok for kind."""
+    def _ok_streak(self, session: Session, result: DriftResult, kind: str, alert: Alert) -> bool:
+        """True if the last `close_after` on-time results of this scope (this run's included) were all ok for
+        kind, all written after the result that opened the alert (a late alert's run wrote its on-time
+        results first: they do not count)."""
         recent = session.scalars(
             select(DriftResult)
             .where(DriftResult.scope == result.scope, DriftResult.scope_id == result.scope_id,
-                   DriftResult.model_name == result.model_name, DriftResult.model_version == result.model_version)
+                   DriftResult.model_name == result.model_name, DriftResult.model_version == result.model_version,
+                   DriftResult.late_by.is_(None), DriftResult.id > (alert.details.get("drift_result_id") or 0))
             .order_by(DriftResult.id.desc())
             .limit(self.close_after)
         ).all()

@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from edgefleet.core.errors import EdgefleetError
+
+if TYPE_CHECKING:
+    from edgefleet.cloud.drift_settings import MonitorSettings
 
 MiB = 1024 * 1024
 KiB = 1024
@@ -44,8 +47,14 @@ class CloudSettings(BaseSettings):
     max_bundle_bytes: int = Field(default=256 * MiB, gt=0)
     max_json_bytes: int = Field(default=1 * MiB, gt=0)  # any other request body (devices, deployments)
     telemetry_max_bytes: int = Field(default=256 * KiB, gt=0)
+    # The drift monitor's global settings (cloud/drift.py explains the decision rule and its defaults);
+    # each can be overridden per fleet or model through PUT /api/v1/drift/settings/... (cloud/drift_settings.py).
     drift_interval_seconds: float = Field(default=10.0, gt=0)
     drift_lookback_seconds: float = Field(default=300.0, gt=0)
+    drift_min_samples: int = Field(default=100, ge=1)
+    drift_alpha: float = Field(default=0.01, gt=0, lt=1)
+    drift_psi_floor: float = Field(default=0.15, ge=0)
+    drift_noise_multiplier: float = Field(default=5.0, ge=0)
     # The API's base URL as devices reach it, for the signed download URLs in install commands. None: the
     # address the server listens on (CloudServer fills in the bound port); set it behind a proxy or NAT.
     public_url: str | None = None
@@ -100,6 +109,15 @@ class CloudSettings(BaseSettings):
     def download_secret_path(self) -> Path:
         """The key of the signed download URLs (made on first use, mode 0600)."""
         return self.data_dir / "download-url.key"
+
+    def drift_monitor_settings(self) -> MonitorSettings:
+        """The drift monitor's global settings, from the drift_* fields."""
+        from edgefleet.cloud.drift import DriftThresholds
+        from edgefleet.cloud.drift_settings import MonitorSettings
+
+        thresholds = DriftThresholds(min_samples=self.drift_min_samples, alpha=self.drift_alpha,
+                                     psi_floor=self.drift_psi_floor, noise_multiplier=self.drift_noise_multiplier)
+        return MonitorSettings(thresholds, self.drift_lookback_seconds, self.drift_interval_seconds)
 
     @property
     def broker_url(self) -> str:

@@ -33,6 +33,7 @@ class DriftOut(BaseModel):
     verdict: str
     report: dict
     computed_at: float
+    late_by: float | None = None  # a late evaluation of a past period: seconds after its last window ended
 
 
 class AlertOut(BaseModel):
@@ -50,6 +51,7 @@ class AlertOut(BaseModel):
     status: str
     opened_at: float
     closed_at: float | None
+    late_by: float | None = None  # raised from late data: seconds from the drifting period's end to the alert
 
 
 def _drift_rows(session: Session, scope: str, scope_id: str, limit: int) -> list[DriftResult]:

@@ -27,10 +27,16 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from edgefleet.compilers.bundle_writer import TASKS, BundleDraft, write_bundle
+from edgefleet.compilers.bundle_writer import BundleDraft, write_bundle
 from edgefleet.compilers.flops import count_flops
 from edgefleet.compilers.numeric import max_errors
-from edgefleet.compilers.profile_plan import FeatureNames, check_classes, infer_task, plan_profile
+from edgefleet.compilers.profile_plan import (
+    FeatureNames,
+    check_classes,
+    check_task_and_bins,
+    infer_task,
+    plan_profile,
+)
 from edgefleet.compilers.staging import staged_directory
 from edgefleet.compilers.torch_to_onnx import DynamicAxes, example_tensors, export_onnx, input_names_for
 from edgefleet.core.bundle import Bundle
@@ -118,8 +124,7 @@ def export_torch(
     out = _prepare_out_dir(Path(out_dir))
     if int(version) < 1:
         raise ExportError(f"version must be a positive integer, got {version!r}")
-    if task is not None and task not in TASKS:
-        raise ExportError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    check_task_and_bins(task, bins)
     model = model.eval()
     examples = example_tensors(example_inputs, input_names)
     names_in = input_names_for(input_names, len(examples))

@@ -36,9 +36,15 @@ from typing import Any
 
 import numpy as np
 
-from edgefleet.compilers.bundle_writer import TASKS, BundleDraft, write_bundle
+from edgefleet.compilers.bundle_writer import BundleDraft, write_bundle
 from edgefleet.compilers.formats import ModelFile, format_for
-from edgefleet.compilers.profile_plan import FeatureNames, check_classes, infer_task, plan_profile
+from edgefleet.compilers.profile_plan import (
+    FeatureNames,
+    check_classes,
+    check_task_and_bins,
+    infer_task,
+    plan_profile,
+)
 from edgefleet.compilers.reference_data import (
     ReferenceData,
     generate_inputs,
@@ -87,7 +93,7 @@ def import_model(
     """Writes a bundle for the model file at `path` into out_dir (empty or absent) and returns it
     (module docstring). dims: symbol -> size, fixing a symbolic dimension (`--dim NAME=SIZE`)."""
     path = Path(path)
-    _check_arguments(path, name, version, task, postprocess, golden_count, atol, rtol)
+    _check_arguments(path, name, version, task, postprocess, golden_count, atol, rtol, bins)
     model_format = format_for(path)
     inputs, outputs = model_format.read(path, dims)
     sources = model_format.files(path)
@@ -133,7 +139,7 @@ class _Options:
 
 
 def _check_arguments(path: Path, name: str, version: int, task: str | None, postprocess: str | None,
-                     golden_count: int, atol: float, rtol: float) -> None:
+                     golden_count: int, atol: float, rtol: float, bins: int) -> None:
     if not path.exists():
         raise ExportError(f"no model file at {path}")
     if not path.is_file():
@@ -142,8 +148,7 @@ def _check_arguments(path: Path, name: str, version: int, task: str | None, post
         check_identity({"name": name, "version": version})
     except VerificationError as err:  # the rule every reader of the manifest applies, said before any work
         raise ExportError(str(err).replace("manifest field ", "")) from err
-    if task is not None and task not in TASKS:
-        raise ExportError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    check_task_and_bins(task, bins)
     if postprocess not in (None, "softmax", "none"):
         raise ExportError(f"postprocess must be softmax or none, got {postprocess!r}")
     if golden_count < 1:

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 TASKS = ("classification", "regression", "embedding", "detection", "other")
 FeatureNames = Sequence[str] | Mapping[str, Sequence[str]]
+MAX_BINS = 1024  # a histogram row is bins + 1 counts; telemetry refuses rows over 1,026 (core/telemetry.py)
 _STATE_AFFIXES = re.compile(r"^(next|new|prev|previous|past|present|last|initial|init)[_.]|"
                             r"[_.](next|new|prev|previous|past|present|last)$|(0|n)$")
 
@@ -190,3 +191,11 @@ def _feature_names(inputs: Sequence[TensorSpec], profiled: list[str], given: Fea
 def _stem(name: str) -> str:
     """A tensor name without the affixes that mark a state's input or output side."""
     return _STATE_AFFIXES.sub("", name.lower())
+
+
+def check_task_and_bins(task: str | None, bins: int) -> None:
+    """The export/import arguments the profile depends on, refused before any work."""
+    if task is not None and task not in TASKS:
+        raise ExportError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if isinstance(bins, bool) or not isinstance(bins, int) or not 2 <= bins <= MAX_BINS:
+        raise ExportError(f"bins must be an integer from 2 to {MAX_BINS}, got {bins!r}")

@@ -283,6 +283,7 @@ def test_refusals_are_one_export_error_and_leave_nothing_behind(mobilenet, work)
     out = work / "refused" / "bundle"
     out.parent.mkdir()
     (work / "text.onnx").write_text("this is not a model\n")
+    np.savez(work / "images.npz", image=np.zeros((1, 3, 32, 32), np.float32))  # a data file given as the model
     np.savez(work / "wrong-key.npz", pixels=np.zeros((2, 3, 32, 32), np.float32))
     np.savez(work / "wrong-shape.npz", image=np.zeros((2, 3, 28, 28), np.float32))
     np.savez(work / "wrong-dtype.npz", image=np.zeros((2, 3, 32, 32), np.int64))
@@ -298,6 +299,7 @@ def test_refusals_are_one_export_error_and_leave_nothing_behind(mobilenet, work)
                                                                    r"32\] \(axis 2 must be 32\)"),
         (mobilenet, {"reference_data": work / "wrong-dtype.npz"}, r"expected float32\[batch, 3, 32, 32\], got int64"),
         (mobilenet, {"task": "segmentation"}, "task must be one of"),
+        (mobilenet, {"bins": 2000}, "bins must be an integer from 2 to 1024"),
         (mobilenet, {"class_names": ["a"]}, "first output must be"),
         (mobilenet, {"postprocess": "sigmoid"}, "postprocess must be softmax or none, got 'sigmoid'"),
         (mobilenet, {"atol": float("nan")}, "atol and rtol must be finite numbers >= 0"),

@@ -149,7 +149,9 @@ class CloudServer:
 
     def _serve(self, app: object) -> None:
         host, port = self.settings.host, self.settings.port
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP named: asyncio sets TCP_NODELAY on accepted sockets only when proto says TCP (with 0, a
+        # keep-alive client waited for its delayed ACK, ~40 ms, between a response's head and body)
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from edgefleet.cloud.api.deps import SessionDep
+from edgefleet.cloud.api.deps import NotFoundError, SessionDep
 from edgefleet.cloud.api.devices import get_device
 from edgefleet.cloud.dashboard import charts, queries
 from edgefleet.cloud.dashboard.session import LOGIN_COOKIE, DashboardRefusal, Session, cookie_options, current
@@ -91,7 +91,10 @@ def fleet(request: Request, session: SessionAuth, db: SessionDep, q: Annotated[s
 
 @router.get("/devices/{device_id}", response_class=HTMLResponse)
 def device(request: Request, device_id: str, session: SessionAuth, db: SessionDep) -> Response:
-    record = get_device(db, device_id)
+    try:
+        record = get_device(db, device_id)
+    except NotFoundError as err:
+        raise DashboardRefusal(str(err), 404) from err
     drift = queries.drift_series(db, device_id)
     alerts = queries.device_alerts(db, device_id)
     markers = [(a.opened_at, f"alert {a.id}: {a.kind} ({a.status})", str(a.id)) for a in alerts

@@ -26,6 +26,7 @@ MAX_SIGNALS = 8  # drift lines on one chart: the signals that moved most
 class FleetPage:
     devices: list[Device]
     open_alerts: dict[str, int]  # device id -> open alerts
+    per_minute: dict[str, float]  # device id -> requests per minute in its newest telemetry window
     total: int
     page: int
     pages: int
@@ -50,8 +51,13 @@ def fleet_page(session: Session, *, search: str = "", fleet: str = "", online: s
     open_alerts = dict(session.execute(
         select(Alert.scope_id, func.count()).where(Alert.status == "open", Alert.scope == "device",
                                                    Alert.scope_id.in_(ids)).group_by(Alert.scope_id)).all())
+    newest = select(func.max(TelemetryRecord.id)).where(TelemetryRecord.device_id.in_(ids)).group_by(
+        TelemetryRecord.device_id)
+    per_minute = {device: requests * 60.0 / max(end - start, 1e-3) for device, requests, start, end in session.execute(
+        select(TelemetryRecord.device_id, TelemetryRecord.requests, TelemetryRecord.window_start,
+               TelemetryRecord.window_end).where(TelemetryRecord.id.in_(newest)))}
     fleets = list(session.scalars(select(Device.fleet).distinct().order_by(Device.fleet).limit(200)))
-    return FleetPage(devices, open_alerts, total, page, pages, fleets)
+    return FleetPage(devices, open_alerts, per_minute, total, page, pages, fleets)
 
 
 def histogram_quantile(counts: list[int], q: float) -> float | None:

@@ -162,6 +162,7 @@ def test_fleet_overview_pages_and_searches_on_the_server(browser, stage):
     cam1 = next(row for row in rows if "cam-1" in row.text)
     assert "online" in cam1.text and "digits-cnn v1" in cam1.text
     assert cam1.find_elements(By.CSS_SELECTOR, "td.alert")[0].text == "1"  # its open alert
+    assert cam1.find_element(By.CSS_SELECTOR, "td.rpm").text == "900"  # 150 requests in its last 10 s window
     screenshot(browser, stage, "fleet")
     browser.find_element(By.ID, "next").click()
     assert len(browser.find_elements(By.CSS_SELECTOR, "#devices tr")) - 1 == FILLER + 4 - 50

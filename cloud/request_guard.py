@@ -13,8 +13,9 @@ request, in this order:
 3. Every /api/v1 route but the bundle upload takes JSON: the body must be `application/json` (415), and
    it is read (at most the cap) and parsed with `edgefleet.core.bounded_json` (400 with its reason: not
    UTF-8, not JSON, NaN or Infinity, an integer outside int64, nesting deeper than MAX_JSON_DEPTH).
-   FastAPI and pydantic then get exactly those bytes, known to be JSON within limits. No route outside
-   /api/v1 takes a body; none is read there.
+   FastAPI and pydantic then get exactly those bytes, known to be JSON within limits. Outside /api/v1
+   only the dashboard's forms take a body (urlencoded; edgefleet.cloud.dashboard.session reads at most
+   16 KiB of it, after checking the session and Origin); it reaches them capped, unparsed.
 
 Any response that starts before its request's body was read in full (every refusal above, a 413 while
 the upload streams, a route that ignores a body) closes the connection after a bounded linger
@@ -71,7 +72,7 @@ class RequestGuard:
                 await run_in_threadpool(authenticate, self.sessions, bearer_token(headers.get("authorization")))
             limit, what = self.body_limit(method, path)
             check_declared_length(headers, limit, what)
-            if (method, path) == UPLOAD_ROUTE or not api:  # no route outside /api/v1 reads a body
+            if (method, path) == UPLOAD_ROUTE or not api:  # outside /api/v1: the dashboard's forms only
                 app_receive = capped(exchange.receive, limit, what)
             else:
                 app_receive = await checked_json(headers, exchange.receive, limit, what)

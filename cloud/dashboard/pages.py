@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from edgefleet.cloud.api.deployments import deployment_view, get_deployment
 from edgefleet.cloud.api.deps import NotFoundError, SessionDep
 from edgefleet.cloud.api.devices import get_device
 from edgefleet.cloud.dashboard import charts, queries
@@ -120,3 +121,12 @@ def alerts(request: Request, session: SessionAuth, db: SessionDep,
 @router.get("/rollouts", response_class=HTMLResponse)
 def rollouts(request: Request, session: SessionAuth, db: SessionDep) -> Response:
     return render(request, "rollouts.html", session, deployments=queries.deployments(db), open_states=OPEN_STATES)
+
+
+@router.get("/rollouts/{deployment_id}", response_class=HTMLResponse)
+def rollout(request: Request, deployment_id: str, session: SessionAuth, db: SessionDep) -> Response:
+    try:
+        view = deployment_view(db, get_deployment(db, deployment_id))
+    except NotFoundError as err:
+        raise DashboardRefusal(str(err), 404) from err
+    return render(request, "rollout.html", session, d=view, open_states=OPEN_STATES)

@@ -249,6 +249,12 @@ def test_an_admin_approves_and_aborts_rollouts(browser, stage):
     assert deployment(stage, stage.to_abort)["state"] == "aborted"
     assert "aborted" in browser.find_element(By.CSS_SELECTOR, f"#rollout-{stage.to_abort} td.state").text
     screenshot(browser, stage, "rollouts")
+    browser.find_element(By.CSS_SELECTOR, f"#rollout-{stage.to_approve} a.rollout").click()
+    plan = deployment(stage, stage.to_approve)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#waves tr")) - 1 == len(plan["waves"]) == 2
+    rows = [row.text.split()[:3] for row in browser.find_elements(By.CSS_SELECTOR, "#rollout-devices tr")[1:]]
+    assert rows == [[d["device"], str(d["wave"]), d["state"]] for d in plan["devices"]]
+    screenshot(browser, stage, "rollout")
 
 
 def test_a_hostile_model_name_is_shown_as_text(browser, stage):

@@ -20,6 +20,7 @@ mqtt_commands.register(cloud_app)
 DataOption = Annotated[Path | None, typer.Option("--data", help="Data directory (default ./edgefleet-data, "
                                                                   "or $EDGEFLEET_DATA_DIR)")]
 DbOption = Annotated[str | None, typer.Option("--db", help="SQLAlchemy database URL (default: SQLite in --data)")]
+DRIFT_PANEL = "Drift monitor (global; per fleet or model: PUT /api/v1/drift/settings/...)"
 TOKEN_NOTE = ("This token is shown only now; the cloud stores only its hash. Keep it somewhere safe and send it "
               "as 'Authorization: Bearer <token>'. Make more with `edgefleet cloud token`.")
 
@@ -38,8 +39,25 @@ def up(
     rollback_key: Annotated[Path | None, typer.Option(help="Private key that signs rollback authorizations, so "
                                                            "a deployment may install an older version")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    drift_interval: Annotated[float | None, typer.Option(
+        help="Seconds between drift evaluations (default 10)", rich_help_panel=DRIFT_PANEL)] = None,
+    drift_lookback: Annotated[float | None, typer.Option(
+        help="Seconds of telemetry each evaluation covers (default 300); windows that arrive later are "
+             "evaluated late, in the period they describe", rich_help_panel=DRIFT_PANEL)] = None,
+    drift_min_samples: Annotated[int | None, typer.Option(
+        help="Fewer samples than this in a signal: no verdict (default 100)", rich_help_panel=DRIFT_PANEL)] = None,
+    drift_alpha: Annotated[float | None, typer.Option(
+        help="Family-wise significance level per signal group (default 0.01)", rich_help_panel=DRIFT_PANEL)] = None,
+    drift_psi_floor: Annotated[float | None, typer.Option(
+        help="PSI a drift must exceed whatever the sample size (default 0.15)", rich_help_panel=DRIFT_PANEL)] = None,
+    drift_noise_multiplier: Annotated[float | None, typer.Option(
+        help="PSI threshold in units of its expected value under no drift (default 5)",
+        rich_help_panel=DRIFT_PANEL)] = None,
 ) -> None:
-    """Run the cloud service (API, MQTT broker, ingest, drift monitor, rollouts) until Ctrl+C or SIGTERM."""
+    """Run the cloud service (API, MQTT broker, ingest, drift monitor, rollouts) until Ctrl+C or SIGTERM.
+
+    The --drift-* options are the global drift settings; PUT /api/v1/drift/settings/fleets/F (or
+    /models/M, /fleets/F/models/M) overrides them for one fleet or model."""
     import logging
 
     from edgefleet.cloud.server import CloudServer
@@ -53,7 +71,10 @@ def up(
         logging.getLogger("transitions").setLevel(logging.WARNING)  # amqtt's state machine, chatty at INFO
     trusted = list(trust or config.trusted_key_paths()) or None
     settings = load_settings(db_url=db, mqtt_url=mqtt_url, data_dir=data, port=port, host=host, trusted_keys=trusted,
-                             public_url=public_url, rollback_key=rollback_key)
+                             public_url=public_url, rollback_key=rollback_key, drift_interval_seconds=drift_interval,
+                             drift_lookback_seconds=drift_lookback, drift_min_samples=drift_min_samples,
+                             drift_alpha=drift_alpha, drift_psi_floor=drift_psi_floor,
+                             drift_noise_multiplier=drift_noise_multiplier)
     server = CloudServer(settings).start()
     try:
         out.print(f"edgefleet cloud API: {server.url}", markup=False, highlight=False, soft_wrap=True)

@@ -2,6 +2,11 @@
 
 `onnx_outputs` runs an ONNX model (a path or serialized bytes) over a dataset in chunks with
 onnxruntime on the CPU; `onnx_metrics` scores it with core.metrics (overall, per class, per slice).
+
+Without labels the metric is top-1 agreement with the float model (AGREEMENT): `reference_labels`
+turns the float model's outputs into labels (its top-1 class), so the "accuracy" of a compressed model
+on them is the fraction of inputs on which it decides as the float model does, and the float model's
+own is 1 by construction.
 """
 
 from __future__ import annotations
@@ -13,8 +18,13 @@ import numpy as np
 import onnxruntime as ort
 
 from edgefleet.core.metrics import classification_metrics
+from edgefleet.core.profile import class_confidence
 
 CHUNK = 256
+ACCURACY = "accuracy"
+AGREEMENT = "top1_agreement_with_float"
+AGREEMENT_NOTE = ("no labels were given: the metric is top-1 agreement with the float model (the fraction of "
+                  "inputs on which the compressed model picks the float model's class), not accuracy")
 
 
 def session(model: Path | bytes, threads: int | None = None) -> ort.InferenceSession:
@@ -40,3 +50,12 @@ def onnx_metrics(model: Path | bytes | ort.InferenceSession, inputs: Mapping[str
                  labels: np.ndarray, *, postprocess: str = "softmax", class_names: Sequence[str] | None = None,
                  slices: Mapping[str, np.ndarray] | None = None) -> dict:
     return classification_metrics(onnx_outputs(model, inputs), labels, postprocess, class_names, slices)
+
+
+def reference_labels(scores: np.ndarray, postprocess: str = "softmax") -> np.ndarray:
+    """The float model's top-1 class per row: the labels against which agreement is measured."""
+    return class_confidence(np.asarray(scores), postprocess)[0].astype(np.int64)
+
+
+def metric_name(labels: np.ndarray | None) -> str:
+    return ACCURACY if labels is not None else AGREEMENT

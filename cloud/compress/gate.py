@@ -2,11 +2,26 @@
 float, one at a time, until the drop against the float model is within the gate, or fail with every
 number measured.
 
+The candidates are groups of nodes kept in float together (by default node_groups: each node with a
+weight and the nodes after it up to the next one). "Accuracy" is the caller's metric: accuracy with
+labels, top-1 agreement with the float model without (evaluate.py).
+
 1. Quantize everything; if the drop on the evaluation data is within max_drop, done.
-2. Rank the candidates (by default the nodes with a weight): each is scored by the accuracy of the model
-   with only that node kept in float; ties go to the smaller mean output error against the float model.
-3. Keep nodes in float in ranking order until the drop is within max_drop; the record keeps the ranking
-   and every step (excluded nodes, accuracy, drop, output error).
+2. strategy "rank" (at most RANK_LIMIT groups, under "auto"): each group is scored by the accuracy of
+   the model with only that group kept in float (ties: the smaller mean output error against the float
+   model); groups are then kept in float in ranking order until the drop is within max_drop.
+   strategy "prefix" (more groups): the first k groups in graph order are kept in float, the smallest k
+   that meets the gate found by bisection: a few trials instead of one per group, for deep networks
+   whose error builds up from the input on (EfficientNet-Lite: the stem and first blocks cost most).
+3. The record keeps the strategy, the ranking and every step (excluded nodes, accuracy, drop, output
+   error); if nothing meets the gate, QuantizationError carries the numbers.
+
+onnxruntime note (measured with 1.32): a Conv/Gemm kept in float whose input comes from a per-tensor
+DequantizeLinear and whose output leads (through Relu/Clip only) to a QuantizeLinear is quantized at
+session load anyway (WeightBiasQuantization: per-tensor int8 weight), which on a depthwise
+convolution is far worse than the per-channel weights it replaced. Groups that span from one weight to
+the next avoid that pattern for every group but the last of a run; the trials are measured as
+onnxruntime runs them, so a group it spoils ranks low instead of being trusted.
 """
 
 from __future__ import annotations
@@ -36,51 +51,119 @@ class QuantizationError(EdgefleetError):
 
 
 Evaluate = Callable[[bytes], tuple[float, np.ndarray]]
+RANK_LIMIT = 16  # more groups than this: the "prefix" strategy (a few trials instead of one per group)
 
 
 def accuracy_gate(quantize: Callable[[Sequence[str]], bytes], evaluate: Evaluate, float_model: bytes,
-                   max_drop: float, base: tuple[str, ...], candidates: list[str],
-                   prepared: Path) -> tuple[bytes, tuple[str, ...], dict]:
+                  max_drop: float, base: tuple[str, ...], candidates: Sequence[Sequence[str]], prepared: Path, *,
+                  first: bytes | None = None, strategy: str = "auto") -> tuple[bytes, tuple[str, ...], dict]:
+    """Returns (model, nodes kept in float, record). candidates: groups of nodes kept in float together
+    (node_groups); first: the model already quantized with `base` kept in float, if any."""
     float_accuracy, float_scores = evaluate(float_model)
 
-    def trial(excluded: Sequence[str]) -> tuple[bytes, dict]:
-        model = quantize(excluded)
+    def trial(excluded: Sequence[str], model: bytes | None = None) -> tuple[bytes, dict]:
+        model = model if model is not None else quantize(excluded)
         accuracy, scores = evaluate(model)
         error = float(np.mean(np.abs(scores.astype(np.float64) - float_scores)))
         return model, {"excluded": list(excluded), "accuracy": accuracy, "drop": float_accuracy - accuracy,
                        "output_error": error}
 
-    model, first = trial(base)
-    steps, ranking = [first], []
-    gate = {"max_drop": max_drop, "float_accuracy": float_accuracy, "ranking": ranking, "steps": steps}
-    log.info("quantize gate: float accuracy %.4f, quantized %.4f (drop %.4f, max %.4f)",
-             float_accuracy, first["accuracy"], first["drop"], max_drop)
-    if first["drop"] <= max_drop:
+    groups = [tuple(n for n in g if n not in base) for g in candidates]
+    groups = [g for g in groups if g]
+    if strategy == "auto":
+        strategy = "rank" if len(groups) <= RANK_LIMIT else "prefix"
+    if strategy not in ("rank", "prefix"):
+        raise QuantizationError(f"gate strategy must be 'auto', 'rank' or 'prefix', got {strategy!r}")
+    model, start = trial(base, first)
+    steps, ranking = [start], []
+    gate = {"max_drop": max_drop, "float_accuracy": float_accuracy, "strategy": strategy, "ranking": ranking,
+            "steps": steps}
+    log.info("quantize gate: float %.4f, quantized %.4f (drop %.4f, max %.4f)", float_accuracy, start["accuracy"],
+             start["drop"], max_drop)
+    if start["drop"] <= max_drop:
+        gate["kept_in_float"] = list(base)
         return model, base, gate
-    op_types = {n.name: n.op_type for n in onnx.load(str(prepared)).graph.node}
-    trials: dict[str, tuple[bytes, dict]] = {}
-    for node in (c for c in candidates if c not in base):
-        trials[node] = trial([*base, node])
-        ranking.append({"node": node, "op_type": op_types.get(node, "?"),
-                        **{k: trials[node][1][k] for k in ("accuracy", "drop", "output_error")}})
-    ranking.sort(key=lambda r: (-r["accuracy"], r["output_error"]))
-    excluded = list(base)
-    for entry in ranking:
-        excluded.append(entry["node"])
-        model, step = trials[entry["node"]] if len(excluded) == len(base) + 1 else trial(excluded)
-        steps.append(step)
-        log.info("quantize gate: %s kept in float -> accuracy %.4f (drop %.4f)", excluded, step["accuracy"],
-                 step["drop"])
-        if step["drop"] <= max_drop:
-            return model, tuple(excluded), gate
+    if strategy == "rank":
+        found = _rank(trial, base, groups, ranking, steps, max_drop, prepared)
+    else:
+        found = _prefix(trial, base, groups, steps, max_drop)
+    if found is not None:
+        gate["kept_in_float"] = list(found[1])
+        return found[0], found[1], gate
     best = max(steps, key=lambda s: s["accuracy"])
-    measured = "; ".join(f"kept in float {', '.join(s['excluded']) or 'nothing'}: drop {s['drop']:.4f}"
-                         for s in steps)
+    measured = "; ".join(f"kept in float {len(s['excluded'])} node(s) ({', '.join(s['excluded'][:3]) or 'none'}"
+                         f"{', ...' if len(s['excluded']) > 3 else ''}): drop {s['drop']:.4f}" for s in steps)
     raise QuantizationError(
         f"no set of float nodes meets the accuracy gate: float accuracy {float_accuracy:.4f}, best quantized "
         f"{best['accuracy']:.4f} (drop {best['drop']:.4f}) > max_drop {max_drop:g}; measured: {measured}",
         float_accuracy=float_accuracy, best_accuracy=best["accuracy"], max_drop=max_drop, steps=steps,
     )
+
+
+def _rank(trial: Callable, base: tuple[str, ...], groups: list[tuple[str, ...]], ranking: list, steps: list,
+          max_drop: float, prepared: Path) -> tuple[bytes, tuple[str, ...]] | None:
+    """Each group alone, ranked; then the groups kept in float cumulatively in ranking order."""
+    op_types = {n.name: n.op_type for n in onnx.load(str(prepared)).graph.node}
+    trials = {}
+    for group in groups:
+        trials[group] = trial([*base, *group])
+        ranking.append({"node": group[0], "nodes": list(group), "op_type": op_types.get(group[0], "?"),
+                        **{k: trials[group][1][k] for k in ("accuracy", "drop", "output_error")}})
+    ranking.sort(key=lambda r: (-r["accuracy"], r["output_error"]))
+    excluded = list(base)
+    for index, entry in enumerate(ranking):
+        excluded.extend(entry["nodes"])
+        model, step = trials[tuple(entry["nodes"])] if index == 0 else trial(excluded)
+        steps.append(step)
+        log.info("quantize gate: %d node(s) kept in float -> %.4f (drop %.4f)", len(excluded), step["accuracy"],
+                 step["drop"])
+        if step["drop"] <= max_drop:
+            return model, tuple(excluded)
+    return None
+
+
+def _prefix(trial: Callable, base: tuple[str, ...], groups: list[tuple[str, ...]], steps: list,
+            max_drop: float) -> tuple[bytes, tuple[str, ...]] | None:
+    """The first k groups (in graph order) kept in float: the smallest k that meets the gate, by
+    bisection (the drop is taken to shrink as k grows; every trial is recorded)."""
+    def head(k: int) -> list[str]:
+        return [*base, *(n for g in groups[:k] for n in g)]
+
+    low, high, found = 1, len(groups), None
+    while low <= high:
+        middle = (low + high) // 2
+        model, step = trial(head(middle))
+        steps.append({**step, "float_groups": middle})
+        log.info("quantize gate: the first %d of %d groups in float -> %.4f (drop %.4f)", middle, len(groups),
+                 step["accuracy"], step["drop"])
+        if step["drop"] <= max_drop:
+            found, high = (model, tuple(head(middle))), middle - 1
+        else:
+            low = middle + 1
+    return found
+
+
+def node_groups(model_path: Path, given: Sequence[str | Sequence[str]] | None = None) -> list[tuple[str, ...]]:
+    """The gate's candidates: the caller's (`given`: a node name, or a list kept in float together), else,
+    in graph order, each node with a weight together with the nodes
+    that follow it up to the next one (its activation, a residual Add, ...). Kept in float as one, so a
+    float convolution is not left between a DequantizeLinear and a QuantizeLinear (onnxruntime's
+    WeightBiasQuantization would quantize its float weight per tensor when the session loads)."""
+    if given is not None:
+        return [(c,) if isinstance(c, str) else tuple(c) for c in given]
+    graph = onnx.load(str(model_path)).graph
+    weighted = set(weighted_nodes(model_path))
+    groups: list[list[str]] = []
+    for node in graph.node:
+        if node.name in weighted or not groups:
+            groups.append([node.name])
+        else:
+            groups[-1].append(node.name)
+    if groups and not any(n in weighted for n in groups[0]):  # nodes before the first weight ride with it
+        head = groups.pop(0)
+        if groups:
+            groups[0] = [*head, *groups[0]]
+    return [tuple(g) for g in groups if any(n in weighted for n in g)]
 
 
 def weighted_nodes(model_path: Path) -> list[str]:

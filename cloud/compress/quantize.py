@@ -22,13 +22,11 @@ the tie margin of the decision check (a classifier's top-1 must survive; see gol
 core/decision.py); the lineage step records the tolerance before and after, the artifact's
 numeric_error how many golden decisions were compared and agreed.
 
-Accuracy gate (`eval_data=(x, y), max_drop=...`, static int8 only): quantize everything; if the
-accuracy drop against the float model exceeds max_drop, rank the candidate nodes (those with a weight
-initializer: Conv, Gemm, MatMul, ...) by the accuracy of the model quantized with that one node kept in
-float (ties: smaller mean abs error of the first output against the float model), then keep nodes in
-float in that order, one more at a time, until the drop is within max_drop. Calibration runs once and
-its ranges are reused for every trial. The lineage step lists the ranking and every step's drop; if no
-prefix of the ranking meets the gate, QuantizationError carries the numbers.
+Measuring (static int8): eval_data=(x, y) scores accuracy; eval_data=(x, None) scores top-1 agreement
+with the float model (no labels; the lineage step's accuracy.metric and note say so). method="auto"
+tries every calibration method and keeps the best on eval_data (calibration.py; the step's
+"calibration" record has each score). max_drop adds the accuracy gate (gate.py): groups of nodes kept
+in float until the drop is within max_drop; the step's "gate" record has every trial.
 """
 
 from __future__ import annotations
@@ -51,8 +49,16 @@ import onnx
 import onnxruntime as ort
 from onnxruntime import quantization as ortq
 
-from edgefleet.cloud.compress.evaluate import onnx_outputs, session
-from edgefleet.cloud.compress.gate import Evaluate, QuantizationError, accuracy_gate, weighted_nodes
+from edgefleet.cloud.compress.calibration import METHODS, CalibrationReader, choose_method, method_list
+from edgefleet.cloud.compress.evaluate import (
+    AGREEMENT,
+    AGREEMENT_NOTE,
+    metric_name,
+    onnx_outputs,
+    reference_labels,
+    session,
+)
+from edgefleet.cloud.compress.gate import Evaluate, QuantizationError, accuracy_gate, node_groups
 from edgefleet.cloud.compress.golden import check_decisions, golden_error, lowered_golden
 from edgefleet.compilers.flops import count_flops
 from edgefleet.core import bundle as bundle_io
@@ -63,15 +69,15 @@ from edgefleet.core.metrics import classification_metrics
 from edgefleet.core.schema import TensorSpec
 from edgefleet.core.signing import DEFAULT_VALIDITY, SigningKey
 
-__all__ = ["QuantizationError", "QuantizeResult", "convert_fp16", "quantize_dynamic_int8",
+__all__ = ["METHODS", "QuantizationError", "QuantizeResult", "convert_fp16", "quantize_dynamic_int8",
            "quantize_static_int8"]
 
 log = logging.getLogger(__name__)
 
 Data = np.ndarray | Mapping[str, np.ndarray]
+EvalData = tuple[Data, np.ndarray | None]  # (inputs, labels); labels None: top-1 agreement with the float model
 TOLERANCE_MARGIN = 3.0
 CALIBRATION_BATCH = 64
-METHODS = ("MinMax", "Entropy", "Percentile")
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,10 @@ class QuantizeResult:
     numeric_error: {"reference": "float", "samples", "max_abs", "max_rel"} of the new model against the
         float model on the golden inputs.
     float_accuracy, quantized_accuracy, accuracy_drop: on eval_data (fractions; drop = float minus
-        quantized, negative if quantization helped); None without eval_data.
+        quantized, negative if quantization helped); None without eval_data. metric says what they are:
+        "accuracy" (eval_data with labels) or "top1_agreement_with_float" (labels None: the float model
+        scores 1 and quantized_accuracy is the fraction of rows whose top-1 class did not change).
+    calibration: with several calibration methods, each one's score and the one chosen (calibration.py).
     excluded_nodes: the nodes kept in float (the caller's nodes_to_exclude plus the gate's choice).
     gate: the accuracy gate's record (max_drop, ranking, steps), or None when no gate was asked.
     """
@@ -98,6 +107,8 @@ class QuantizeResult:
     accuracy_drop: float | None = None
     excluded_nodes: tuple[str, ...] = ()
     gate: dict | None = field(default=None, compare=False)
+    metric: str | None = None
+    calibration: dict | None = field(default=None, compare=False)
 
     @property
     def size_ratio(self) -> float:
@@ -113,7 +124,7 @@ class _Output:
     validity: timedelta
     version: int | None
     tolerance_margin: float
-    eval_data: tuple[Data, np.ndarray] | None
+    eval_data: EvalData | None
 
 
 # stages ------------------------------------------------------------------------------------------------
@@ -121,7 +132,7 @@ def quantize_dynamic_int8(
     bundle: Bundle | str | Path, out_dir: str | Path, *, per_channel: bool = False, reduce_range: bool = False,
     weight_type: str = "QInt8", op_types_to_quantize: Sequence[str] | None = None,
     nodes_to_exclude: Sequence[str] = (), extra_options: Mapping[str, Any] | None = None, preprocess: bool = True,
-    eval_data: tuple[Data, np.ndarray] | None = None, signing_key: SigningKey | None = None,
+    eval_data: EvalData | None = None, signing_key: SigningKey | None = None,
     validity: timedelta = DEFAULT_VALIDITY, version: int | None = None, tolerance_margin: float = TOLERANCE_MARGIN,
 ) -> QuantizeResult:
     """int8 weights; activations quantized per call from their observed range (no calibration data)."""
@@ -146,32 +157,37 @@ def quantize_dynamic_int8(
 
 def quantize_static_int8(
     bundle: Bundle | str | Path, out_dir: str | Path, calibration: Data, *, quant_format: str = "QDQ",
-    per_channel: bool = True, method: str = "MinMax", activation_type: str = "QUInt8", weight_type: str = "QInt8",
-    reduce_range: bool = False, nodes_to_exclude: Sequence[str] = (), op_types_to_quantize: Sequence[str] | None = None,
-    extra_options: Mapping[str, Any] | None = None, preprocess: bool = True,
-    calibration_batch: int = CALIBRATION_BATCH, eval_data: tuple[Data, np.ndarray] | None = None,
-    max_drop: float | None = None, gate_candidates: Sequence[str] | None = None,
-    signing_key: SigningKey | None = None, validity: timedelta = DEFAULT_VALIDITY, version: int | None = None,
-    tolerance_margin: float = TOLERANCE_MARGIN,
+    per_channel: bool = True, method: str | Sequence[str] = "MinMax", activation_type: str = "QUInt8",
+    weight_type: str = "QInt8", reduce_range: bool = False, nodes_to_exclude: Sequence[str] = (),
+    op_types_to_quantize: Sequence[str] | None = None, extra_options: Mapping[str, Any] | None = None,
+    preprocess: bool = True, calibration_batch: int = CALIBRATION_BATCH, eval_data: EvalData | None = None,
+    max_drop: float | None = None, gate_candidates: Sequence[str | Sequence[str]] | None = None,
+    gate_strategy: str = "auto", signing_key: SigningKey | None = None, validity: timedelta = DEFAULT_VALIDITY,
+    version: int | None = None, tolerance_margin: float = TOLERANCE_MARGIN,
 ) -> QuantizeResult:
     """int8 weights and activations, activation ranges calibrated on `calibration` (the model's input
     rows: an array for a one-input model, else name -> array), fed in batches of calibration_batch.
 
     quant_format: "QDQ" (QuantizeLinear/DequantizeLinear around float ops; onnxruntime fuses them into
-    integer kernels) or "QOperator" (QLinearConv, ...). method: "MinMax", "Entropy" or "Percentile".
-    With eval_data=(x, y) the accuracy of both models is measured; with max_drop too, the accuracy gate
-    (see the module docstring) keeps the most harmful nodes in float until the drop is within max_drop;
-    gate_candidates overrides which nodes it may keep in float.
+    integer kernels) or "QOperator" (QLinearConv, ...). method: "MinMax", "Entropy", "Percentile", or
+    "auto" (or a list of them): each is tried and the best on eval_data kept (calibration.py).
+    eval_data=(x, y) measures both models' accuracy; (x, None) measures top-1 agreement with the float
+    model instead (no labels). With max_drop too, the accuracy gate (gate.py) keeps the most harmful
+    nodes in float until the drop (1 - agreement without labels) is within max_drop; gate_candidates
+    overrides which nodes (or groups of nodes, kept in float together) it may keep in float;
+    gate_strategy: "auto", "rank" or "prefix" (gate.py).
     """
-    if method not in METHODS:
-        raise QuantizationError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    methods = method_list(method)
     if quant_format not in ("QDQ", "QOperator"):
         raise QuantizationError(f"quant_format must be 'QDQ' or 'QOperator', got {quant_format!r}")
     if max_drop is not None and eval_data is None:
-        raise QuantizationError("the accuracy gate (max_drop) needs eval_data=(inputs, labels)")
+        raise QuantizationError("the accuracy gate (max_drop) needs eval_data=(inputs, labels or None)")
+    if len(methods) > 1 and eval_data is None:
+        raise QuantizationError(f"choosing among {', '.join(methods)} needs eval_data=(inputs, labels or None) "
+                                f"to score them on")
     source, artifact, float_model = _source(bundle)
     feed = _as_feed(calibration, source.inputs, "calibration")
-    options = {"mode": "static", "quant_format": quant_format, "per_channel": per_channel, "method": method,
+    options = {"mode": "static", "quant_format": quant_format, "per_channel": per_channel, "method": methods[0],
                "activation_type": activation_type, "weight_type": weight_type, "reduce_range": reduce_range,
                "op_types_to_quantize": _list(op_types_to_quantize), "nodes_to_exclude": list(nodes_to_exclude),
                "extra_options": dict(extra_options or {}), "calibration_batch": calibration_batch,
@@ -179,39 +195,50 @@ def quantize_static_int8(
     with tempfile.TemporaryDirectory(prefix="edgefleet-quantize-") as tmp:
         prepared, options["preprocess"] = _prepare(float_model, Path(tmp), preprocess)
         _check_nodes(prepared, nodes_to_exclude)
-        cache, out = Path(tmp) / "calibration.json", Path(tmp) / "static.onnx"
+        out = Path(tmp) / "static.onnx"
 
-        def quantize(excluded: Sequence[str]) -> bytes:
+        def quantize(excluded: Sequence[str], method: str) -> bytes:
             with _ort_chatter():
                 ortq.quantize_static(
-                    prepared, out, _CalibrationReader(feed, calibration_batch),
+                    prepared, out, CalibrationReader(feed, calibration_batch),
                     quant_format=ortq.QuantFormat[quant_format], per_channel=per_channel, reduce_range=reduce_range,
                     activation_type=_quant_type(activation_type), weight_type=_quant_type(weight_type),
                     nodes_to_exclude=list(excluded), op_types_to_quantize=_list(op_types_to_quantize),
-                    calibrate_method=ortq.CalibrationMethod[method], extra_options=dict(extra_options or {}),
-                    calibration_cache_path=cache,  # calibrate once; every gate trial reuses the ranges
+                    calibrate_method=ortq.CalibrationMethod[method],
+                    # one batch at a time: the calibrators keep every activation of what they are fed
+                    extra_options={"CalibStridedMinMax": 1, **(extra_options or {})},
+                    # calibrate once per method; every gate trial reuses the ranges
+                    calibration_cache_path=Path(tmp) / f"calibration-{method}.json",
                 )
             return out.read_bytes()
 
-        gate = None
-        if max_drop is None:
-            model = quantize(nodes_to_exclude)
-            excluded = tuple(nodes_to_exclude)
-        else:
-            candidates = list(gate_candidates) if gate_candidates is not None else weighted_nodes(prepared)
-            _check_nodes(prepared, candidates)
-            evaluate = _evaluator(source, eval_data)
-            model, excluded, gate = accuracy_gate(quantize, evaluate, float_model, max_drop,
-                                                   tuple(nodes_to_exclude), candidates, prepared)
+        needed = eval_data is not None and (max_drop is not None or len(methods) > 1)
+        evaluate = _evaluator(source, eval_data, float_model) if needed else None
+        choice = gate = None
+        model = b""
+        if len(methods) > 1:
+            options["method"], model, choice = choose_method(lambda m: quantize(nodes_to_exclude, m), evaluate[0],
+                                                             evaluate[1], methods, evaluate[2])
+        chosen = options["method"]
+        excluded = tuple(nodes_to_exclude)
+        if max_drop is not None:
+            groups = node_groups(prepared, gate_candidates)
+            _check_nodes(prepared, [n for g in groups for n in g])
+            model, excluded, gate = accuracy_gate(lambda ex: quantize(ex, chosen), evaluate[0], float_model,
+                                                   max_drop, excluded, groups, prepared, first=model or None,
+                                                   strategy=gate_strategy)
+            gate["metric"] = evaluate[2]
+        elif not model:
+            model = quantize(nodes_to_exclude, chosen)
     output = _Output(Path(out_dir), signing_key, validity, version, tolerance_margin, eval_data)
     return _write_stage(source, artifact, float_model, model, "int8", "onnxruntime.quantization.quantize_static",
-                        options, output, excluded=excluded, gate=gate)
+                        options, output, excluded=excluded, gate=gate, calibration=choice)
 
 
 def convert_fp16(
     bundle: Bundle | str | Path, out_dir: str | Path, keep_io_types: bool = True, *,
     op_block_list: Sequence[str] | None = None, node_block_list: Sequence[str] | None = None,
-    eval_data: tuple[Data, np.ndarray] | None = None, signing_key: SigningKey | None = None,
+    eval_data: EvalData | None = None, signing_key: SigningKey | None = None,
     validity: timedelta = DEFAULT_VALIDITY, version: int | None = None, tolerance_margin: float = TOLERANCE_MARGIN,
 ) -> QuantizeResult:
     """float16 weights and arithmetic; inputs and outputs stay float32 unless keep_io_types=False (then
@@ -232,25 +259,37 @@ def convert_fp16(
 
 
 # the accuracy gate: see gate.py ------------------------------------------------------------------
-def _evaluator(source: Bundle, eval_data: tuple[Data, np.ndarray]) -> Evaluate:
+def _evaluator(source: Bundle, eval_data: EvalData, float_model: bytes) -> tuple[Evaluate, np.ndarray, str]:
+    """(model bytes -> (metric, first output), the float model's first output, the metric's name): accuracy
+    on the labels, or top-1 agreement with the float model when the labels are None."""
     interface = source.manifest["interface"]
     if interface.get("task") != "classification":
         raise QuantizationError(f"accuracy needs a classification bundle; {source.name} is {interface.get('task')!r}")
     inputs = _as_feed(eval_data[0], source.inputs, "eval_data")
-    labels = np.asarray(eval_data[1])
     postprocess = interface.get("postprocess", "softmax")
+    float_scores = onnx_outputs(float_model, inputs).astype(np.float64)
+    labels = _labels(eval_data, float_scores, postprocess)
 
     def evaluate(model: bytes) -> tuple[float, np.ndarray]:
         scores = onnx_outputs(model, inputs).astype(np.float64)
         return classification_metrics(scores, labels, postprocess)["accuracy"], scores
 
-    return evaluate
+    return evaluate, float_scores, metric_name(eval_data[1])
+
+
+def _labels(eval_data: EvalData, float_scores: np.ndarray, postprocess: str) -> np.ndarray:
+    if eval_data[1] is None:
+        return reference_labels(float_scores, postprocess)
+    labels = np.asarray(eval_data[1])
+    if len(labels) != len(float_scores):
+        raise QuantizationError(f"eval_data has {len(float_scores)} input rows but {len(labels)} labels")
+    return labels
 
 
 # writing the new bundle --------------------------------------------------------------------------------
 def _write_stage(source: Bundle, artifact: dict, float_model: bytes, model: bytes, precision: str, tool: str,
                  options: dict, output: _Output, *, excluded: tuple[str, ...] = (),
-                 gate: dict | None = None) -> QuantizeResult:
+                 gate: dict | None = None, calibration: dict | None = None) -> QuantizeResult:
     out = _empty_dir(output.out_dir)
     try:
         float_session, new_session = session(float_model), session(model)
@@ -287,7 +326,9 @@ def _write_stage(source: Bundle, artifact: dict, float_model: bytes, model: byte
             _rewrite_golden(out / manifest["golden"]["path"], golden_in, golden_out, new_inputs)
     accuracy = _accuracy(source, output.eval_data, float_session, new_session, new_inputs)
     if accuracy is not None:
-        step["accuracy"] = {k: accuracy[k] for k in ("float", "quantized", "drop")}
+        step["accuracy"] = {k: v for k, v in accuracy.items() if k != "metrics"}
+    if calibration is not None:
+        step["calibration"] = calibration
     if gate is not None:
         step["gate"] = gate
     float_flops = artifact.get("flops_per_sample")
@@ -324,10 +365,11 @@ def _write_stage(source: Bundle, artifact: dict, float_model: bytes, model: byte
         Bundle.open(out), precision, len(float_model), len(model), {"reference": "float", **numeric},
         accuracy["float"] if accuracy else None, accuracy["quantized"] if accuracy else None,
         accuracy["drop"] if accuracy else None, tuple(excluded), gate,
+        accuracy["metric"] if accuracy else None, calibration,
     )
 
 
-def _accuracy(source: Bundle, eval_data: tuple[Data, np.ndarray] | None, float_session: ort.InferenceSession,
+def _accuracy(source: Bundle, eval_data: EvalData | None, float_session: ort.InferenceSession,
               new_session: ort.InferenceSession, dtypes: dict[str, np.dtype]) -> dict | None:
     if eval_data is None:
         return None
@@ -336,12 +378,15 @@ def _accuracy(source: Bundle, eval_data: tuple[Data, np.ndarray] | None, float_s
         log.warning("bundle %s is not a classifier: eval_data ignored", source.name)
         return None
     inputs = _as_feed(eval_data[0], source.inputs, "eval_data")
-    labels, post = np.asarray(eval_data[1]), interface.get("postprocess", "softmax")
-    names = interface.get("class_names")
-    before = classification_metrics(onnx_outputs(float_session, inputs).astype(np.float64), labels, post, names)
+    post, names = interface.get("postprocess", "softmax"), interface.get("class_names")
+    float_scores = onnx_outputs(float_session, inputs).astype(np.float64)
+    labels = _labels(eval_data, float_scores, post)
+    before = classification_metrics(float_scores, labels, post, names)
     new_inputs = {k: v.astype(dtypes.get(k, v.dtype)) for k, v in inputs.items()}
     after = classification_metrics(onnx_outputs(new_session, new_inputs).astype(np.float64), labels, post, names)
-    return {"float": before["accuracy"], "quantized": after["accuracy"],
+    metric = metric_name(eval_data[1])
+    return {"metric": metric, **({"note": AGREEMENT_NOTE} if metric == AGREEMENT else {}),
+            "float": before["accuracy"], "quantized": after["accuracy"],
             "drop": before["accuracy"] - after["accuracy"], "metrics": after}
 
 
@@ -352,28 +397,6 @@ def _rewrite_golden(path: Path, inputs: dict[str, np.ndarray], outputs: dict[str
 
 
 # small pieces ------------------------------------------------------------------------------------------
-class _CalibrationReader(ortq.CalibrationDataReader):
-    """The calibration rows in batches of one size: the last batch wraps around to the first rows, since
-    onnxruntime's histogram calibrators (Entropy, Percentile) stack the batches and need equal shapes."""
-
-    def __init__(self, feed: dict[str, np.ndarray], batch: int) -> None:
-        self.feed, self.total = feed, _rows(feed)
-        self.batch = max(1, min(int(batch), self.total))
-        self.starts = list(range(0, self.total, self.batch))
-        self.position = 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.position >= len(self.starts):
-            return None
-        start = self.starts[self.position]
-        self.position += 1
-        rows = np.arange(start, start + self.batch) % self.total
-        return {k: np.ascontiguousarray(v[rows]) for k, v in self.feed.items()}
-
-    def rewind(self) -> None:
-        self.position = 0
-
-
 def _source(bundle: Bundle | str | Path) -> tuple[Bundle, dict, bytes]:
     """The bundle, its float ONNX artifact and that file's bytes (checked against the manifest's hash)."""
     source = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)

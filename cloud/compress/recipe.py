@@ -341,9 +341,10 @@ def _run_onnx_step(step: Step, index: int, bundle: Bundle, data: tuple, out: Pat
     if step.method == "quantize_static":
         run = _entry("quantize", "quantize_static_int8", index, step.method)
         args = (bundle, out, x_train[:options.pop("calibration_samples", 256)])
-        if "max_accuracy_drop" in options:  # the gate decides on the validation split, not the test split
+        if "max_accuracy_drop" in options:
             options["max_drop"] = options.pop("max_accuracy_drop")
-            options["eval_data"] = validation
+        if "max_drop" in options or options.get("method") == "auto":
+            options["eval_data"] = validation  # the gate and the method choice decide on validation, not test
     elif step.method == "quantize_dynamic":
         run = _entry("quantize", "quantize_dynamic_int8", index, step.method)
     else:

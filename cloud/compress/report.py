@@ -42,7 +42,15 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgefleet.cloud.compress.evaluate import onnx_outputs, session
+from edgefleet.cloud.compress.evaluate import (
+    ACCURACY,
+    AGREEMENT,
+    AGREEMENT_NOTE,
+    metric_name,
+    onnx_outputs,
+    reference_labels,
+    session,
+)
 from edgefleet.compilers.flops import count_flops
 from edgefleet.core import bundle as bundle_io
 from edgefleet.core.bundle import Bundle
@@ -68,6 +76,7 @@ class StepMeasurement:
     latency_ms: dict  # batch 1: p50, p99, mean, runs
     throughput: dict  # batch THROUGHPUT_BATCH: samples_per_s, batch, runs
     numeric_error: dict | None = None  # against the float model: max_abs, argmax_agreement, samples
+    metric: str = ACCURACY  # what metrics["accuracy"] is: accuracy, or top-1 agreement with the float model
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StepMeasurement:
@@ -79,13 +88,15 @@ class CompressionReport:
     baseline: str
     rule: dict  # flag_ratio, min_drop, min_count
     steps: list[dict] = field(default_factory=list)  # per step: measurement, change, flagged
+    metric: str = ACCURACY  # "top1_agreement_with_float" when measured without labels
+    note: str = ""  # what the metric is, when it is not accuracy
 
 
 def measure(
     name: str,
     onnx_model: str | Path | bytes | Bundle,
     inputs: Mapping[str, np.ndarray] | np.ndarray,
-    labels: np.ndarray,
+    labels: np.ndarray | None,
     *,
     class_names: Sequence[str] | None = None,
     slices: Mapping[str, np.ndarray] | None = None,
@@ -95,13 +106,20 @@ def measure(
     throughput_runs: int = 30,
 ) -> StepMeasurement:
     """Measures one model on the evaluation data. reference_outputs: the float model's first output on
-    the same inputs (e.g. evaluate.onnx_outputs of the baseline), for the numeric error."""
+    the same inputs (e.g. evaluate.onnx_outputs of the baseline), for the numeric error. labels None:
+    the float model's top-1 classes (from reference_outputs) are the labels, so "accuracy" is top-1
+    agreement with the float model and the measurement's metric says so."""
+    if labels is None and reference_outputs is None:
+        raise ValueError("measure without labels needs reference_outputs (the float model's outputs)")
     data = _model_bytes(onnx_model)
     proto = onnx.load_from_string(data)
     sess = session(data, threads=1)
     if isinstance(inputs, np.ndarray):
         inputs = {sess.get_inputs()[0].name: inputs}
     outputs = onnx_outputs(sess, inputs)
+    metric = metric_name(labels)
+    if labels is None:
+        labels = reference_labels(reference_outputs, postprocess)
     metrics = classification_metrics(outputs, labels, postprocess, class_names, slices)
     numeric = _numeric_error(outputs, reference_outputs) if reference_outputs is not None else None
     step = StepMeasurement(
@@ -114,6 +132,7 @@ def measure(
         latency_ms=_latency(sess, _feed(inputs, 1), latency_runs),
         throughput=_throughput(sess, _feed(inputs, THROUGHPUT_BATCH), throughput_runs),
         numeric_error=numeric,
+        metric=metric,
     )
     log.info("measured %s: accuracy %.4f, %d bytes, p50 %.3f ms", name, metrics["accuracy"], len(data),
              step.latency_ms["p50"])
@@ -135,7 +154,11 @@ def build_report(measurements: Sequence[StepMeasurement], baseline_index: int = 
         for item in flagged:
             log.warning("step %s hurts %s %r: accuracy %.3f -> %.3f (overall change %+.3f)", step.name, item["kind"],
                         item["group"], item["baseline"], item["accuracy"], change["accuracy"]["absolute"])
-    return CompressionReport(base.name, rule, steps)
+    metrics = {m.metric for m in measurements}
+    if len(metrics) > 1:
+        raise ValueError(f"the measurements mix metrics ({', '.join(sorted(metrics))}): measure all with labels or "
+                         f"all without")
+    return CompressionReport(base.name, rule, steps, base.metric, AGREEMENT_NOTE if base.metric == AGREEMENT else "")
 
 
 def to_json(report: CompressionReport) -> dict:
@@ -143,7 +166,8 @@ def to_json(report: CompressionReport) -> dict:
 
 
 def from_json(data: Mapping[str, Any]) -> CompressionReport:
-    return CompressionReport(str(data["baseline"]), dict(data["rule"]), [dict(s) for s in data["steps"]])
+    return CompressionReport(str(data["baseline"]), dict(data["rule"]), [dict(s) for s in data["steps"]],
+                             str(data.get("metric", ACCURACY)), str(data.get("note", "")))
 
 
 def measurements(report: CompressionReport) -> list[StepMeasurement]:
@@ -319,8 +343,10 @@ def _size(n: int) -> str:
 def _summary_table(report: CompressionReport) -> Any:
     from rich.table import Table
 
-    table = Table(title=f"compression steps against {report.baseline!r}", caption="* baseline")
-    for header in ("step", "accuracy", "Δ", "size", "zipped", "params", "MFLOPs", "p50 ms", "p99 ms",
+    caption = "* baseline" + (f"; {report.note}" if report.note else "")
+    table = Table(title=f"compression steps against {report.baseline!r}", caption=caption)
+    metric = "accuracy" if report.metric == ACCURACY else "top-1 agreement"
+    for header in ("step", metric, "Δ", "size", "zipped", "params", "MFLOPs", "p50 ms", "p99 ms",
                    f"samples/s @{THROUGHPUT_BATCH}", "max |err|", "argmax =", "flagged"):
         table.add_column(header, justify="left" if header in ("step", "flagged") else "right")
     for step in report.steps:

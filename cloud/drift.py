@@ -26,6 +26,13 @@ The decision rule (DriftThresholds), per signal with n window samples and m refe
                   and PSI > max(psi_floor, noise_multiplier * (B - 1) * (1/n + 1/m))
     ok            otherwise
 
+and where n or m is below 100 (cloud/drift_small_n.py: a slow stream whose fleet lowered min_samples, or a
+short reference series), where the asymptotic p-value is wrong and the noise term explodes (4.05 for
+n = 20, m = 25, B = 10):
+
+    drift         if the permutation p-value of the chi-square statistic < alpha / G   (exact, fixed seed)
+                  and PSI > psi_floor
+
 Why PSI needs a sample-size-aware threshold: with proportions o and r drawn from the same distribution,
 o_i - r_i has variance pi_i (1 - pi_i) (1/n + 1/m), and to second order PSI = sum (o_i - r_i)^2 / pi_i, so
 its expected value under no drift is (B - 1) (1/n + 1/m) with B the non-empty bins (in fact n_eff * PSI
@@ -73,6 +80,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from edgefleet.cloud import drift_small_n as small_n
 from edgefleet.core import drift as stats
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.telemetry import TelemetryWindow
@@ -292,13 +300,18 @@ def _signal(obs: np.ndarray, ref: np.ndarray, ordered: bool, alpha: float, thres
                 "verdict": INSUFFICIENT}
     statistic, dof, p = stats.chi_square(obs, ref)
     psi = stats.psi(obs, ref)
-    psi_threshold = thresholds.psi_threshold(max(dof, 1), n, m)
+    small = small_n.is_small(n, m)  # the permutation test decides, against the floor alone
+    psi_threshold = thresholds.psi_floor if small else thresholds.psi_threshold(max(dof, 1), n, m)
     ks = None
     if ordered:
         ks_stat, ks_p = stats.ks_binned(obs, ref)
         ks = {"statistic": ks_stat, "p": ks_p}
+    exact_p = None
     if n < thresholds.min_samples:
         verdict = INSUFFICIENT
+    elif small:
+        exact_p = small_n.permutation_p(obs, ref)
+        verdict = DRIFT if (exact_p < alpha and psi > psi_threshold) else OK
     else:
         verdict = DRIFT if (p < alpha and psi > psi_threshold) else OK
     return {
@@ -306,7 +319,7 @@ def _signal(obs: np.ndarray, ref: np.ndarray, ordered: bool, alpha: float, thres
         "psi": psi,
         "psi_threshold": psi_threshold,
         "js": stats.js_distance(obs, ref),
-        "chi2": {"statistic": statistic, "dof": dof, "p": p},
+        "chi2": {"statistic": statistic, "dof": dof, "p": p, "exact_p": exact_p},
         "ks": ks,
         "verdict": verdict,
     }
@@ -327,8 +340,10 @@ def summary(report: Mapping, group: str) -> str:
     items = []
     for name in part["drifting"]:
         signal = part["signals"][name]
-        items.append(f"{name} PSI {signal['psi']:.3f} (threshold {signal['psi_threshold']:.3f}), "
-                     f"chi-square p {_format_p(signal['chi2']['p'])}")
+        exact_p = signal["chi2"].get("exact_p")
+        test = (f"chi-square p {_format_p(signal['chi2']['p'])}" if exact_p is None
+                else f"permutation p {_format_p(exact_p)} (n {signal['n']}, m {signal['m']})")
+        items.append(f"{name} PSI {signal['psi']:.3f} (threshold {signal['psi_threshold']:.3f}), {test}")
     return "; ".join(items) if items else "no drifting signal"
 
 

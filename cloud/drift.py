@@ -310,7 +310,7 @@ def _signal(obs: np.ndarray, ref: np.ndarray, ordered: bool, alpha: float, thres
     if n < thresholds.min_samples:
         verdict = INSUFFICIENT
     elif small:
-        exact_p = small_n.permutation_p(obs, ref)
+        exact_p = small_n.permutation_p(obs, ref, alpha=alpha)
         verdict = DRIFT if (exact_p < alpha and psi > psi_threshold) else OK
     else:
         verdict = DRIFT if (p < alpha and psi > psi_threshold) else OK

@@ -25,6 +25,7 @@ from edgefleet.cloud.dashboard.session import (
     Session,
     checked_form,
     cookie_options,
+    local_path,
     store,
 )
 from edgefleet.cloud.db import Alert
@@ -45,8 +46,7 @@ async def login(request: Request) -> RedirectResponse:
         log.info("dashboard sign-in refused: not a valid token")
         return _redirect("/login?m=bad-token")
     name, role = identity
-    response = _redirect(form["next"] if form.get("next", "").startswith("/") and
-                         not form["next"].startswith("//") else "/")
+    response = _redirect(local_path(form.get("next", "/")))
     response.set_cookie(COOKIE, store(request).open(name, role), **cookie_options(request))
     response.delete_cookie(LOGIN_COOKIE, path="/")
     log.info("dashboard: %s token %r signed in", role, name)

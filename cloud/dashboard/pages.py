@@ -22,7 +22,14 @@ from edgefleet.cloud.api.deployments import deployment_view, get_deployment
 from edgefleet.cloud.api.deps import NotFoundError, SessionDep
 from edgefleet.cloud.api.devices import get_device
 from edgefleet.cloud.dashboard import charts, queries
-from edgefleet.cloud.dashboard.session import LOGIN_COOKIE, DashboardRefusal, Session, cookie_options, current
+from edgefleet.cloud.dashboard.session import (
+    LOGIN_COOKIE,
+    DashboardRefusal,
+    Session,
+    cookie_options,
+    current,
+    local_path,
+)
 from edgefleet.cloud.rollout_plan import OPEN_STATES
 
 router = APIRouter(include_in_schema=False)
@@ -72,8 +79,7 @@ def render(request: Request, name: str, session: Session | None, status: int = 2
 @router.get("/login", response_class=HTMLResponse)
 def login_form(request: Request, next: str = "/") -> Response:  # noqa: A002 - the form field's name
     csrf = secrets.token_urlsafe(24)
-    target = next if next.startswith("/") and not next.startswith("//") else "/"
-    response = render(request, "login.html", None, csrf=csrf, next=target)
+    response = render(request, "login.html", None, csrf=csrf, next=local_path(next))
     response.set_cookie(LOGIN_COOKIE, csrf, max_age=600, **cookie_options(request))
     return response
 

@@ -108,6 +108,13 @@ def cookie_options(request: Request) -> dict:
     return {"httponly": True, "samesite": "strict", "secure": request.url.scheme == "https", "path": "/"}
 
 
+def local_path(value: str) -> str:
+    """value if it is a path on this site, else "/": never a redirect elsewhere (`//host`, `/\\host`, a scheme)."""
+    if not value.startswith("/") or value[1:2] in ("/", "\\") or any(c < " " or c == "\\" for c in value):
+        return "/"
+    return value
+
+
 def own_origin(request: Request) -> str:
     return f"{request.url.scheme}://{request.headers.get('host', '')}"
 

@@ -21,6 +21,9 @@ from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.webdriver.support.wait import WebDriverWait
 
 from edgefleet.core.topics import topic
 
@@ -48,12 +51,20 @@ def chromium(downloads: Path) -> Iterator[webdriver.Chrome]:
         driver.quit()
 
 
+def click_through(driver: webdriver.Chrome, element: WebElement) -> None:
+    """Clicks a link or button and waits until the next page replaced this one (click returns before)."""
+    page = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(driver, WAIT).until(staleness_of(page))
+    wait_for(lambda: driver.execute_script("return document.readyState") == "complete", "the page to load")
+
+
 def sign_in(driver: webdriver.Chrome, url: str, token: str) -> None:
     driver.delete_all_cookies()
     driver.get(f"{url}/login")
     driver.find_element(By.ID, "token").send_keys(token)
-    driver.find_element(By.ID, "sign-in").click()
-    wait_for(lambda: driver.find_elements(By.ID, "logout"), "the signed-in page")
+    click_through(driver, driver.find_element(By.ID, "sign-in"))
+    assert driver.find_elements(By.ID, "logout"), driver.page_source
 
 
 def wait_for(predicate, what: str, timeout: float = WAIT):  # noqa: ANN001 - any callable

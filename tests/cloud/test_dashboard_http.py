@@ -64,9 +64,10 @@ def test_sign_in_refusals(cloud):
         assert COOKIE not in client.cookies
         assert "That token is not valid." in client.get("/login?m=bad-token").text
         assert "<b>" not in client.get("/login?m=<b>x</b>").text  # flash texts are fixed, not echoed
-        csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/login").text).group(1)  # a new form
-        off_site = client.post("/login", data={"csrf": csrf, "token": token, "next": "//evil.example/"})
-        assert off_site.status_code == 303 and off_site.headers["location"] == "/"
+        for elsewhere in ("//evil.example/", "/\\evil.example/", "https://evil.example/", "/a\r\nSet-Cookie: x=1"):
+            csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/login").text).group(1)  # a new form
+            off_site = client.post("/login", data={"csrf": csrf, "token": token, "next": elsewhere})
+            assert off_site.status_code == 303 and off_site.headers["location"] == "/", elsewhere
     with httpx.Client(base_url=server.url, headers={"Origin": server.url}) as client:  # no sign-in form first
         answer = client.post("/login", data={"csrf": "guess", "token": token})
         assert answer.status_code == 403 and "CSRF" in answer.text and COOKIE not in client.cookies

@@ -4,7 +4,7 @@
 
 The Nile's annual flow at Aswan, 1871-1970 (statsmodels.datasets.nile, in the wheel), drops at 1898/99
 (Cobb 1978). The reference profile is the first 25 years (10 quantile bins, as `edgefleet import` bins a
-tabular column); min_samples is lowered to 5, as a slow stream's fleet would set it.
+tabular column); min_samples is lowered to 3, as a slow stream's fleet would set it.
 
 - detection delay: years after the change arrive one by one into one growing window; the delay is the
   number of post-change years after which each rule first says drift: the project's rule (permutation
@@ -33,7 +33,7 @@ from edgefleet.cloud.drift_small_n import EXACT_BELOW, PERMUTATIONS
 from edgefleet.core import drift as stats
 from edgefleet.core.profile import bin_counts, quantile_edges
 
-RULE = DriftThresholds(min_samples=5)
+RULE = DriftThresholds(min_samples=3)
 
 
 def profile_of(reference: np.ndarray) -> dict:

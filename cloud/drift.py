@@ -30,7 +30,7 @@ and where n or m is below 100 (cloud/drift_small_n.py: a slow stream whose fleet
 short reference series), where the asymptotic p-value is wrong and the noise term explodes (4.05 for
 n = 20, m = 25, B = 10):
 
-    drift         if the permutation p-value of the chi-square statistic < alpha / G   (exact, fixed seed)
+    drift         if the permutation p-value (chi-square; and KS on ordered bins) < alpha / G   (exact, fixed seed)
                   and PSI > psi_floor
 
 Why PSI needs a sample-size-aware threshold: with proportions o and r drawn from the same distribution,
@@ -310,7 +310,7 @@ def _signal(obs: np.ndarray, ref: np.ndarray, ordered: bool, alpha: float, thres
     if n < thresholds.min_samples:
         verdict = INSUFFICIENT
     elif small:
-        exact_p = small_n.permutation_p(obs, ref, alpha=alpha)
+        exact_p = small_n.permutation_p(obs, ref, ordered=ordered, alpha=alpha)
         verdict = DRIFT if (exact_p < alpha and psi > psi_threshold) else OK
     else:
         verdict = DRIFT if (p < alpha and psi > psi_threshold) else OK

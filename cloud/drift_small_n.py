@@ -16,13 +16,14 @@ So for a small signal the decision is
 
 The permutation test is the exact conditional test of homogeneity on the 2 x B table: under no drift the
 n + m samples are exchangeable, so, given the pooled bin counts, the window's counts are one draw of n
-samples without replacement from them (a multivariate hypergeometric draw). The p-value is
-(1 + #{draws whose chi-square statistic >= the observed one}) / (1 + PERMUTATIONS), with a fixed seed,
-so a report is reproducible and its false-alarm rate is at most alpha / G per signal whatever n and m
-(the draws are exact; only their number limits the resolution, 1 / (1 + PERMUTATIONS); a p-value
-clearly above the level after a tenth of them stops there). The noise term
-of PSI has no job left (the test controls false alarms), so only the floor stays, as the effect size a
-drift must have to page anyone.
+samples without replacement from them (a multivariate hypergeometric draw). The p-value of a statistic
+is (1 + #{draws whose statistic >= the observed one}) / (1 + PERMUTATIONS), with a fixed seed; the
+statistic is chi-square's (any change of shape), and for ordered bins KS's too (a shift of location),
+the smaller p-value doubled (Bonferroni). So a report is reproducible and its false-alarm rate is at
+most alpha / G per signal whatever n and m (the draws are exact; only their number limits the
+resolution, 1 / (1 + PERMUTATIONS); a p-value clearly above the level after a tenth of them stops
+there). The noise term of PSI has no job left (the test controls false alarms), so only the floor
+stays, as the effect size a drift must have to page anyone.
 """
 
 from __future__ import annotations
@@ -51,9 +52,18 @@ def chi_square_statistics(window: np.ndarray, pooled: np.ndarray) -> np.ndarray:
                   axis=-1)
 
 
-def permutation_p(observed: np.ndarray, reference: np.ndarray, *, alpha: float | None = None,
+def ks_statistics(window: np.ndarray, pooled: np.ndarray) -> np.ndarray:
+    """The two-sample KS statistic on ordered bins, max |F_window - F_rest|, of each window row."""
+    n = window.sum(axis=-1, keepdims=True)
+    rest = pooled - window
+    return np.max(np.abs(np.cumsum(window, axis=-1) / n - np.cumsum(rest, axis=-1) / (pooled.sum() - n)), axis=-1)
+
+
+def permutation_p(observed: np.ndarray, reference: np.ndarray, *, ordered: bool = False, alpha: float | None = None,
                   permutations: int = PERMUTATIONS, seed: int = SEED) -> float:
-    """The permutation p-value of the chi-square statistic of [observed, reference] (integer counts).
+    """The permutation p-value of [observed, reference] (integer counts): of the chi-square statistic, and
+    for ordered bins also of the KS statistic (more powerful for a shift of location: the Nile's is seen
+    3 years sooner), then min(p_chi2, p_ks) * 2 (Bonferroni over the two, so still at most the level).
 
     With `alpha`, the first tenth of the draws decides when it is clear: a p-value over 2 * alpha from
     them is returned as it is (the common clean case costs a tenth); otherwise all draws are made. The
@@ -61,18 +71,19 @@ def permutation_p(observed: np.ndarray, reference: np.ndarray, *, alpha: float |
     obs = np.asarray(observed, dtype=np.int64)
     ref = np.asarray(reference, dtype=np.int64)
     used = (obs + ref) > 0
-    obs, pooled = obs[used], (obs + ref)[used]
+    obs, pooled = obs[used].astype(np.float64), (obs + ref)[used].astype(np.float64)
     if len(pooled) < 2:
         return 1.0  # one non-empty bin: the table says nothing
-    n = int(obs.sum())
+    tests = [chi_square_statistics] + ([ks_statistics] if ordered else [])
+    observed_stats = [test(obs, pooled) * (1 - 1e-12) for test in tests]  # ties count against drift
     rng = np.random.default_rng(seed)
-    statistic = chi_square_statistics(obs.astype(np.float64), pooled.astype(np.float64))
-    at_least, made = 0, 0
+    at_least, made = np.zeros(len(tests), np.int64), 0
     for size in (permutations // 10, permutations - permutations // 10):
-        draws = rng.multivariate_hypergeometric(pooled, n, size=size).astype(np.float64)
-        at_least += int(np.count_nonzero(chi_square_statistics(draws, pooled.astype(np.float64))
-                                         >= statistic * (1 - 1e-12)))  # ties count against drift
+        draws = rng.multivariate_hypergeometric(pooled.astype(np.int64), int(obs.sum()), size=size)
+        null = [test(draws.astype(np.float64), pooled) for test in tests]
+        at_least += [int(np.count_nonzero(values >= value)) for values, value in zip(null, observed_stats, strict=True)]
         made += size
-        if alpha is not None and (1 + at_least) / (1 + made) > 2 * alpha:
+        p = min(1.0, len(tests) * (1 + int(at_least.min())) / (1 + made))
+        if alpha is not None and p > 2 * alpha:
             break
-    return (1 + at_least) / (1 + made)
+    return p

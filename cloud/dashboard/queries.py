@@ -37,8 +37,9 @@ def fleet_page(session: Session, *, search: str = "", fleet: str = "", online: s
                size: int = PAGE_SIZE) -> FleetPage:
     query = select(Device)
     if search:
-        pattern = f"%{search.replace('%', '').replace('_', '')}%"
-        query = query.where(or_(Device.id.like(pattern), Device.model_name.like(pattern)))
+        # autoescape: '%' and '_' in the search are letters, not wildcards (ids may hold '_')
+        query = query.where(or_(Device.id.contains(search, autoescape=True),
+                                Device.model_name.contains(search, autoescape=True)))
     if fleet:
         query = query.where(Device.fleet == fleet)
     if online in ("yes", "no"):

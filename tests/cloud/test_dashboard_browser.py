@@ -84,12 +84,13 @@ def _populate(tmp: Path, url: str, admin: httpx.Client, token: str, broker: Mosq
         cams["cam-3"].birth(HOSTILE)
         with Predictor(digits_bundle.root, trusted_keys=[digits_bundle.public_key]) as predictor:
             traffic = Traffic(predictor)
+            first = time.time() - 120  # consecutive 10 s windows, seq by seq, ending about now
 
             def send(name: str, drifted: bool, slow: bool = False) -> None:
                 device = cams[name]
                 device.seq += 1
                 x = sample(digits_splits, 150, rng)
-                end = time.time()
+                end = first + 10 * device.seq
                 window = traffic.telemetry(brightness(x, rng) if drifted else x, fleet="lab", device=name,
                                            seq=device.seq, start=end - 10, end=end)
                 window = dataclasses.replace(window, latency_ms=latency_counts(rng, 150, slow), errors=int(slow) * 3)
@@ -125,8 +126,15 @@ def browser(stage):
 
 
 def screenshot(driver, stage: Stage, name: str) -> None:
+    """The whole page (up to 1,600 px high) as PNG, in the test's folder and in docs/img."""
     path = stage.shots / f"{name}.png"
-    assert driver.save_screenshot(str(path))
+    width, height = driver.get_window_size()["width"], driver.get_window_size()["height"]
+    page_height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(width, min(max(page_height + 100, 400), 1600))
+    try:
+        assert driver.save_screenshot(str(path))
+    finally:
+        driver.set_window_size(width, height)
     DOCS_IMG.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, DOCS_IMG / f"dashboard-{name}.png")
 

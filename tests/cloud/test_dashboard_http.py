@@ -115,5 +115,9 @@ def test_the_fleet_page_pages_and_searches_10000_devices(cloud):
         found = client.get("/", params={"q": "node-0999", "online": "yes"})
         ids = re.findall(r'class="device" href="/devices/([^"]+)"', found.text)
         assert ids == [f"node-0999{i}" for i in range(10) if int(f"999{i}") % 3 == 0]
+        assert admin.post("/api/v1/devices", json={"fleet": "lab", "id": "edge_7"}).status_code == 201
+        for search, expected in (("edge_7", ["edge_7"]), ("edge%", []), ("e_ge", [])):  # no wildcards
+            page = client.get("/", params={"q": search}).text
+            assert re.findall(r'class="device" href="/devices/([^"]+)"', page) == expected, search
         beyond = client.get("/", params={"fleet": "big", "page": 9999})  # clamped to the last page
         assert "page 200 of 200" in beyond.text

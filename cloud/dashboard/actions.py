@@ -1,8 +1,9 @@
 """The dashboard's forms (POST): sign in, sign out, acknowledge an alert, approve or abort a rollout.
 
-Each checks Origin and the CSRF token first (session.checked_form), then the role: approve and abort need
-an admin session (403 for a viewer). Approve and abort call the API's own handlers, so the dashboard and
-`/api/v1` change a deployment the same way. Every action answers with a 303 to a page.
+Each checks Origin and the CSRF token first (session.checked_form), then the role: acknowledge, approve
+and abort need an admin session (403 for a viewer, whose session only reads). Approve and abort call
+the API's own handlers, so the dashboard and `/api/v1` change a deployment the same way. Every action
+answers with a 303 to a page.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ async def logout(request: Request, session: SessionAuth) -> RedirectResponse:
 
 @router.post("/alerts/{alert_id}/acknowledge")
 async def acknowledge(request: Request, alert_id: int, session: SessionAuth, db: SessionDep) -> RedirectResponse:
-    await checked_form(request, session.csrf)
+    await _admin_post(request, session)
     done = db.execute(update(Alert).where(Alert.id == alert_id, Alert.acknowledged_at.is_(None))
                       .values(acknowledged_at=time.time(), acknowledged_by=session.name)).rowcount
     db.commit()
@@ -74,7 +75,8 @@ async def acknowledge(request: Request, alert_id: int, session: SessionAuth, db:
 async def _admin_post(request: Request, session: Session) -> None:
     await checked_form(request, session.csrf)
     if not session.admin:
-        raise DashboardRefusal(f"token {session.name!r} is a viewer: approving and aborting need an admin token")
+        raise DashboardRefusal(f"token {session.name!r} is a viewer (read-only): acknowledging, approving and "
+                               f"aborting need an admin token")
 
 
 @router.post("/rollouts/{deployment_id}/approve")

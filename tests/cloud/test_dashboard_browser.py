@@ -217,11 +217,18 @@ def test_a_viewer_sees_no_buttons_and_its_posts_are_refused(browser, stage):
     assert not browser.find_elements(By.CSS_SELECTOR, "button.approve, button.abort")
     csrf = browser.find_element(By.CSS_SELECTOR, "form[action='/logout'] input[name=csrf]").get_attribute("value")
     cookies = {"edgefleet_session": session_cookie(browser)["value"]}
+    unacknowledged = [a["id"] for a in stage.admin.get("/api/v1/alerts").json() if a["id"] != stage.alert_id]
+    assert unacknowledged  # the fleet's alert: an admin would see its button
+    browser.get(f"{stage.url}/alerts")
+    assert browser.find_element(By.ID, f"alert-{unacknowledged[0]}")
+    assert not browser.find_elements(By.CSS_SELECTOR, "button.ack")
     with httpx.Client(base_url=stage.url, cookies=cookies) as viewer:
-        for action in ("approve", "abort"):
-            answer = viewer.post(f"/rollouts/{stage.to_approve}/{action}", data={"csrf": csrf},
-                                 headers={"Origin": stage.url})
+        for action in (f"/rollouts/{stage.to_approve}/approve", f"/rollouts/{stage.to_approve}/abort",
+                       f"/alerts/{unacknowledged[0]}/acknowledge"):
+            answer = viewer.post(action, data={"csrf": csrf}, headers={"Origin": stage.url})
             assert answer.status_code == 403 and "viewer" in answer.text
+    browser.get(f"{stage.url}/alerts")
+    assert "acknowledged" not in browser.find_element(By.ID, f"alert-{unacknowledged[0]}").text
     refused = httpx.post(f"{stage.url}/api/v1/deployments/{stage.to_approve}/approve",
                          headers={"Authorization": f"Bearer {stage.viewer_token}"})
     assert refused.status_code == 403

@@ -221,8 +221,10 @@ class DriftMonitor:
         evaluated with all the windows of that period, for its device and its fleet."""
         if self._seen_id is None or top <= self._seen_id:
             return {}
-        new = session.scalars(
-            select(TelemetryRecord).where(TelemetryRecord.id > self._seen_id, TelemetryRecord.id <= top)
+        new = session.execute(  # who and when only: the payloads of the few late periods are read below
+            select(TelemetryRecord.fleet, TelemetryRecord.model_name, TelemetryRecord.model_version,
+                   TelemetryRecord.device_id, TelemetryRecord.window_end)
+            .where(TelemetryRecord.id > self._seen_id, TelemetryRecord.id <= top)
         ).all()
         periods: dict[tuple[str, str, int, float], set[str]] = defaultdict(set)  # -> devices with late windows
         for row in new:

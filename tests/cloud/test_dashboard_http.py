@@ -10,11 +10,11 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, inspect, text
 
 from edgefleet.cloud.auth import VIEWER, create_token
 from edgefleet.cloud.dashboard.session import COOKIE, MAX_FORM_BYTES, SessionStore
-from edgefleet.cloud.db import Device
+from edgefleet.cloud.db import Device, make_engine
 from tests.cloud.cloud_process import cloud_servers
 from tests.mosquitto import MosquittoBroker
 
@@ -121,3 +121,20 @@ def test_the_fleet_page_pages_and_searches_10000_devices(cloud):
             assert re.findall(r'class="device" href="/devices/([^"]+)"', page) == expected, search
         beyond = client.get("/", params={"fleet": "big", "page": 9999})  # clamped to the last page
         assert "page 200 of 200" in beyond.text
+
+
+def test_the_fleet_order_is_indexed_also_in_a_database_made_before_the_index(tmp_path):
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP INDEX ix_devices_fleet_id"))  # as a release before the dashboard made it
+    engine.dispose()
+    engine = make_engine(url)
+    try:
+        assert "ix_devices_fleet_id" in {index["name"] for index in inspect(engine).get_indexes("devices")}
+        with engine.connect() as connection:
+            plan = " ".join(row[3] for row in connection.execute(
+                text("EXPLAIN QUERY PLAN SELECT id FROM devices ORDER BY fleet, id LIMIT 50 OFFSET 9950")))
+        assert "ix_devices_fleet_id" in plan and "TEMP B-TREE" not in plan, plan
+    finally:
+        engine.dispose()

@@ -1,11 +1,13 @@
 """The fleet dashboard in a real Chromium (Debian's, through chromedriver) against `edgefleet cloud up` on a
 real Mosquitto: a small fleet announces itself and sends telemetry of the real digits model over MQTT, the
 real drift monitor opens an alert, and an operator signs in, looks and acts. Screenshots of each page go to
-the test's tmp folder; the main ones are copied to docs/img/dashboard-*.png."""
+the test's tmp folder; with EDGEFLEET_UPDATE_SCREENSHOTS=1 they are also copied to docs/img/dashboard-*.png
+(the README's pictures), so an ordinary test run leaves the work tree as it was."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import time
 from pathlib import Path
@@ -126,7 +128,7 @@ def browser(stage):
 
 
 def screenshot(driver, stage: Stage, name: str) -> None:
-    """The whole page (up to 1,600 px high) as PNG, in the test's folder and in docs/img."""
+    """The whole page (up to 1,600 px high) as PNG, in the test's folder (and in docs/img when asked)."""
     path = stage.shots / f"{name}.png"
     width, height = driver.get_window_size()["width"], driver.get_window_size()["height"]
     page_height = driver.execute_script("return document.documentElement.scrollHeight")
@@ -135,8 +137,10 @@ def screenshot(driver, stage: Stage, name: str) -> None:
         assert driver.save_screenshot(str(path))
     finally:
         driver.set_window_size(width, height)
-    DOCS_IMG.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, DOCS_IMG / f"dashboard-{name}.png")
+    assert path.stat().st_size > 1000
+    if os.environ.get("EDGEFLEET_UPDATE_SCREENSHOTS") == "1":
+        DOCS_IMG.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, DOCS_IMG / f"dashboard-{name}.png")
 
 
 def texts(driver, selector: str) -> list[str]:

@@ -87,6 +87,13 @@ def accuracy_gate(quantize: Callable[[Sequence[str]], bytes], evaluate: Evaluate
         found = _rank(trial, base, groups, ranking, steps, max_drop, prepared)
     else:
         found = _prefix(trial, base, groups, steps, max_drop)
+    if found is not None and set(n for g in groups for n in g) <= set(found[1]):
+        raise QuantizationError(
+            f"the accuracy gate is met only with every candidate node kept in float (drop {steps[-1]['drop']:.4f} "
+            f"<= max_drop {max_drop:g}): nothing would be int8; allow a larger drop, calibrate on data closer to "
+            f"the evaluation data, or keep the float model",
+            float_accuracy=float_accuracy, best_accuracy=max(s["accuracy"] for s in steps), max_drop=max_drop,
+            steps=steps)
     if found is not None:
         gate["kept_in_float"] = list(found[1])
         return found[0], found[1], gate

@@ -196,6 +196,18 @@ def test_the_gate_keeps_the_harmful_layers_in_float(digits_bundle, digits_splits
     assert not report.passed and report.failures == [f"logits: {decisions['refused']}"]
 
 
+def test_a_gate_met_only_by_keeping_everything_in_float_is_refused(digits_bundle, digits_splits, tmp_path):
+    # Under-exposed calibration (as above) costs several points; the only candidate group is every
+    # weighted node, so the gate could pass only with nothing left in int8: that is refused, not returned.
+    dim, data = digits_splits.x_train[:CALIBRATION_ROWS] * 0.3, (digits_splits.x_test, digits_splits.y_test)
+    everything = list(weight_types(onnx.load(str(digits_bundle.root / "model.onnx"))))
+    with pytest.raises(QuantizationError, match="only with every candidate node kept in float") as caught:
+        quantize_static_int8(digits_bundle.root, tmp_path / "int8", dim, eval_data=data, max_drop=0.01,
+                             gate_candidates=[everything], preprocess=False)
+    assert caught.value.steps[-1]["drop"] <= 0.01 < caught.value.steps[0]["drop"]
+    assert not (tmp_path / "int8" / "manifest.json").exists()
+
+
 def test_refuses_unknown_nodes_and_a_used_output_directory(digits_bundle, digits_splits, tmp_path):
     with pytest.raises(QuantizationError, match="no node named 'nope'"):
         quantize_static_int8(digits_bundle.root, tmp_path / "a", digits_splits.x_train[:64], nodes_to_exclude=["nope"])

@@ -25,13 +25,13 @@ import numpy as np
 from edgefleet.core.errors import ExportError, SchemaError
 from edgefleet.core.schema import InputValidator, TensorSpec, batch_axis, describe_array, take_samples
 
-ReferenceData = Mapping[str, np.ndarray] | str | Path
+ReferenceData = Mapping[str, np.ndarray] | np.ndarray | str | Path
 
 
 def load_reference(data: ReferenceData, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
     """The reference data as arrays of the schema's dtypes, checked against it (module docstring)."""
-    arrays = _read_npz(Path(data)) if isinstance(data, (str, Path)) else dict(data)
     names = [s.name for s in specs]
+    arrays = _read_npz(Path(data)) if isinstance(data, (str, Path)) else _as_mapping(data, names)
     missing = [n for n in names if n not in arrays]
     extra = sorted(str(k) for k in arrays if k not in names)
     if missing or extra:
@@ -48,6 +48,19 @@ def load_reference(data: ReferenceData, specs: Sequence[TensorSpec]) -> dict[str
     if len(set(sizes.values())) > 1:
         raise ExportError(f"reference data holds different numbers of samples per input: {sizes}")
     return feed
+
+
+def _as_mapping(data: object, names: list[str]) -> dict[str, np.ndarray]:
+    """A mapping as given; one bare array is the data of a one-input model (anything else is refused)."""
+    if isinstance(data, Mapping):
+        return dict(data)
+    if isinstance(data, np.ndarray) and len(names) == 1:
+        return {names[0]: data}
+    if isinstance(data, np.ndarray):
+        raise ExportError(f"reference data is one array, but the model has {len(names)} inputs "
+                          f"({', '.join(map(repr, names))}): give a mapping of input name to array, or an .npz")
+    raise ExportError(f"reference data must be a mapping of input name to array, an array (one-input model) or "
+                      f"the path of an .npz, got {type(data).__name__}")
 
 
 def generate_inputs(specs: Sequence[TensorSpec], count: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -131,6 +131,8 @@ def test_encoder_keeps_its_dynamic_token_axis(encoder, work, key):
     mask = np.ones((12, 24), np.int64)
     mask[::3, 20:] = 0
     np.savez(work / "tokens.npz", input_ids=ids, attention_mask=mask)
+    with pytest.raises(ExportError, match="reference data is one array, but the model has 2 inputs"):
+        import_model(encoder, work / "encoder-one-array", name="encoder", version=2, reference_data=ids)
     bundle = import_model(encoder, work / "encoder-bundle", name="encoder", version=2,
                           reference_data=work / "tokens.npz", signing_key=key[0])
     interface = bundle.manifest["interface"]
@@ -169,7 +171,7 @@ def test_regression_mlp_is_served_without_invented_classes(mlp, work, key):
 
     data = np.random.default_rng(5).standard_normal((30, 8)).astype(np.float64)  # float64 data, float32 input
     bundle = import_model(mlp, work / "mlp-bundle", name="mlp", version=1, task="regression",
-                          reference_data={"features": data}, signing_key=key[0])
+                          reference_data=data, signing_key=key[0])  # one bare array: the one input's data
     assert bundle.manifest["interface"]["task"] == "regression"
     profile = json.loads((bundle.root / "profile.json").read_text())
     assert "predictions" not in profile and "confidence" not in profile
@@ -300,6 +302,8 @@ def test_refusals_are_one_export_error_and_leave_nothing_behind(mobilenet, work)
         (mobilenet, {"reference_data": work / "wrong-dtype.npz"}, r"expected float32\[batch, 3, 32, 32\], got int64"),
         (mobilenet, {"task": "segmentation"}, "task must be one of"),
         (mobilenet, {"bins": 2000}, "bins must be an integer from 2 to 1024"),
+        (mobilenet, {"reference_data": [[1.0]]}, "reference data must be a mapping of input name to array, an "
+                                                 "array .one-input model. or the path of an .npz, got list"),
         (mobilenet, {"class_names": ["a"]}, "first output must be"),
         (mobilenet, {"postprocess": "sigmoid"}, "postprocess must be softmax or none, got 'sigmoid'"),
         (mobilenet, {"atol": float("nan")}, "atol and rtol must be finite numbers >= 0"),

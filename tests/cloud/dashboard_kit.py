@@ -26,6 +26,7 @@ from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.wait import WebDriverWait
 
 from edgefleet.core.topics import topic
+from tests.waiting import until
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -67,14 +68,8 @@ def sign_in(driver: webdriver.Chrome, url: str, token: str) -> None:
     assert driver.find_elements(By.ID, "logout"), driver.page_source
 
 
-def wait_for(predicate, what: str, timeout: float = WAIT):  # noqa: ANN001 - any callable
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+def wait_for(predicate, what: str, timeout: float = WAIT):  # noqa: ANN001, ANN201 - any callable
+    return until(predicate, what, timeout, every=0.2)
 
 
 def viewer_token(data_dir: Path) -> str:

@@ -25,18 +25,14 @@ from edgefleet.core.bundle import Bundle
 from edgefleet.core.ota import BundleRef, Command, Status, parse_command
 from edgefleet.core.topics import topic
 from tests.cloud.cloud_process import cloud_servers
+from tests.waiting import until
 
 WAIT = 30.0  # seconds any one condition may take before the test fails
 GZIP = {"Content-Type": "application/gzip"}
 
 
 def wait_until(predicate: Callable[[], object], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not reached within {timeout} s: {what}")
+    until(predicate, what, timeout)
 
 
 # --- the cloud ----------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from edgefleet.edge_runtime.sim import drifted, register_device
 from tests.cloud import test_drift_monitor as recorded
 from tests.cloud.api_kit import GZIP
 from tests.cloud.test_drift_monitor import T0, alerts, end_of
+from tests.waiting import until
 
 pytestmark = pytest.mark.slow  # trains the digits bundle once per session
 
@@ -64,16 +65,6 @@ class Camera:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(10)
-
-
-def until(predicate, what: str, timeout: float):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def test_a_shift_during_an_outage_longer_than_the_lookback_raises_a_late_alert(

@@ -18,6 +18,7 @@ from tests.cloud import test_drift_monitor as recorded
 from tests.cloud.api_kit import GZIP
 from tests.cloud.cloud_process import cloud_up
 from tests.cloud.test_drift import sample
+from tests.waiting import until
 
 pytestmark = pytest.mark.slow  # trains the digits bundle once per session
 
@@ -99,16 +100,6 @@ def _store_window(cloud, traffic, x: np.ndarray, device: str, fleet: str, seq: i
         session.commit()
 
 
-def _until(predicate, what: str, timeout: float = 20.0):  # noqa: ANN001, ANN202
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_the_running_monitor_uses_a_fleets_min_samples_and_interval(start_cloud, traffic, digits_bundle,
                                                                     digits_splits, tmp_path: Path):
     cloud = start_cloud(drift_interval_seconds=0.1)
@@ -122,11 +113,11 @@ def test_the_running_monitor_uses_a_fleets_min_samples_and_interval(start_cloud,
         rows = api.get("/api/v1/devices/probe-1/drift", params={"limit": 1}).json()
         return rows[0] if rows else None
 
-    first = _until(latest, "a first evaluation")
+    first = until(latest, "a first evaluation", 20.0)
     assert first["verdict"] == "insufficient" and first["report"]["thresholds"]["min_samples"] == 100  # 40 < 100
 
     assert api.put("/api/v1/drift/settings/fleets/slow", json={"min_samples": 20}).status_code == 200
-    judged = _until(lambda: (row := latest()) and row["report"]["thresholds"]["min_samples"] == 20 and row,
+    judged = until(lambda: (row := latest()) and row["report"]["thresholds"]["min_samples"] == 20 and row,
                     "an evaluation with the fleet's min_samples")
     assert judged["verdict"] == "ok" and judged["samples"] == 40  # 40 held-out digits: judged, and clean
 

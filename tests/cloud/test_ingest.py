@@ -13,6 +13,7 @@ from edgefleet.cloud.db import Device, IngestCounter, TelemetryRecord, make_engi
 from edgefleet.cloud.ingest import Ingest
 from edgefleet.core.telemetry import LATENCY_EDGES_MS, FeatureCounts, TelemetryWindow
 from edgefleet.core.topics import topic
+from tests.waiting import until
 
 
 def window(device: str, seq: int, fleet: str = "lab", requests: int = 10) -> TelemetryWindow:
@@ -59,13 +60,8 @@ def counters(sessions) -> dict[str, int]:
         return {row.reason: row.count for row in session.scalars(select(IngestCounter))}
 
 
-def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
+def wait_for(predicate, timeout: float = 10.0) -> None:  # noqa: ANN001 - any callable
+    until(predicate, "the condition", timeout)
 
 
 def test_windows_are_stored_once_and_bad_messages_counted(sessions, ingest, publisher):

@@ -98,7 +98,9 @@ Activation Activation::from(const Attrs& attrs) {
 
 std::unique_ptr<Op> make_op(const NodeSpec& spec, const std::vector<DType>& input_dtypes, DType output_dtype,
                             const std::vector<const Constant*>& constants) {
+    if (auto op = make_depthwise_conv_op(spec, constants)) return op;
     if (auto op = make_conv_op(spec, constants)) return op;
+    if (auto op = make_unary_op(spec)) return op;
     if (auto op = make_pool_op(spec)) return op;
     if (auto op = make_float_op(spec, input_dtypes, constants)) return op;
     if (auto op = make_shape_op(spec, input_dtypes, constants)) return op;

@@ -75,9 +75,12 @@ private:
     Window win_{};
 };
 
-// Factories by op family (graph_ops_conv.cpp, graph_ops_pool.cpp, graph_ops_float.cpp,
-// graph_ops_shape.cpp, graph_ops_quant.cpp).
+// Factories by op family (graph_ops_conv.cpp, graph_ops_depthwise.cpp, graph_ops_pool.cpp,
+// graph_ops_float.cpp, graph_ops_unary.cpp, graph_ops_shape.cpp, graph_ops_quant.cpp).
 std::unique_ptr<Op> make_conv_op(const NodeSpec& spec, const std::vector<const Constant*>& constants);
+// Conv with one input channel per group (depthwise) and a constant W; null for any other Conv.
+std::unique_ptr<Op> make_depthwise_conv_op(const NodeSpec& spec, const std::vector<const Constant*>& constants);
+std::unique_ptr<Op> make_unary_op(const NodeSpec& spec);
 std::unique_ptr<Op> make_pool_op(const NodeSpec& spec);
 std::unique_ptr<Op> make_float_op(const NodeSpec& spec, const std::vector<DType>& in,
                                   const std::vector<const Constant*>& constants);

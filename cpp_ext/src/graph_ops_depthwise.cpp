@@ -1,0 +1,243 @@
+// Depthwise Conv (one input channel per group, any channel multiplier, constant W), float32 NCHW 2-D,
+// with its fused activation. The general path would run one im2col and one 1-row GEMM per channel;
+// here each channel's plane is copied once into a zero-padded buffer, and each block of 8 output pixels
+// of a row is accumulated in registers over the kH x kW taps (8 inputs at the stride times one weight),
+// then bias and activation. Summed in tap order from zero, bias after the sum, as the reference's
+// im2col + GEMM. x86-64 runs an AVX2 version (chosen at run time with the other kernels) with the same
+// products and sums in the same order (no FMA), so every tier gives the same bits.
+#include <cstring>
+#include <limits>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
+#include "graph_kernels.hpp"
+#include "graph_ops.hpp"
+
+namespace edgefleet::graph {
+namespace {
+
+struct PlaneArgs {
+    const float* x;  // one channel, padded: ph x pw
+    std::int64_t pw;
+    const float* w;  // kh * kw taps
+    float bias, lo, hi;
+    const Window* win;
+    float* y;  // oh x ow
+};
+
+constexpr std::int64_t kLanes = 8;  // output pixels per block: the accumulators stay in registers
+
+// One block of up to kLanes output pixels of one row. SW: the horizontal stride, K: a square kernel's
+// size (0: read either from the window); with both fixed the tap loops unroll and the weights stay in
+// registers across the blocks of a plane.
+template <int SW, int K>
+__attribute__((always_inline)) inline void block(const PlaneArgs& a, const float* w, const float* src_row,
+                                                 float* out, std::int64_t count) {
+    const Window& v = *a.win;
+    const std::int64_t sw = SW > 0 ? SW : v.sw, kh = K > 0 ? K : v.kh, kw = K > 0 ? K : v.kw;
+    float acc[kLanes] = {};
+    for (std::int64_t i = 0; i < kh; ++i) {
+        const float* src = src_row + i * v.dh * a.pw;
+        for (std::int64_t j = 0; j < kw; ++j) {
+            const float wv = w[i * kw + j];
+            const float* s = src + j * v.dw;
+            for (std::int64_t l = 0; l < kLanes; ++l) acc[l] += wv * s[l * sw];
+        }
+    }
+    const float b = a.bias, lo = a.lo, hi = a.hi;
+    if (count == kLanes) {
+        for (std::int64_t l = 0; l < kLanes; ++l) out[l] = std::min(std::max(acc[l] + b, lo), hi);
+    } else {
+        for (std::int64_t l = 0; l < count; ++l) out[l] = std::min(std::max(acc[l] + b, lo), hi);
+    }
+}
+
+template <int SW, int K>
+__attribute__((always_inline)) inline void rows(const PlaneArgs& a) {
+    const Window& v = *a.win;
+    float w[K > 0 ? K * K : 1];
+    const float* taps = a.w;
+    if (K > 0 && v.dh == 1 && v.dw == 1) {
+        for (int t = 0; t < K * K; ++t) w[t] = a.w[t];
+        taps = w;
+    }
+    for (std::int64_t oy = 0; oy < v.oh; ++oy) {
+        const float* src_row = a.x + oy * v.sh * a.pw;
+        float* out = a.y + oy * v.ow;
+        for (std::int64_t ox = 0; ox < v.ow; ox += kLanes) {
+            block<SW, K>(a, taps, src_row + ox * v.sw, out + ox, std::min(kLanes, v.ow - ox));
+        }
+    }
+}
+
+template <int SW>
+__attribute__((always_inline)) inline void by_kernel(const PlaneArgs& a) {
+    const Window& v = *a.win;
+    if (v.kh == 3 && v.kw == 3) return rows<SW, 3>(a);
+    if (v.kh == 5 && v.kw == 5) return rows<SW, 5>(a);
+    rows<SW, 0>(a);
+}
+
+__attribute__((always_inline)) inline void plane_impl(const PlaneArgs& a) {
+    if (a.win->sw == 1) return by_kernel<1>(a);
+    if (a.win->sw == 2) return by_kernel<2>(a);
+    rows<0, 0>(a);
+}
+
+void plane_portable(const PlaneArgs& a) { plane_impl(a); }
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define EF_AVX2 __attribute__((target("avx2,fma")))
+// 8 floats at stride SW (1 or 2) from s; at stride 2 it reads s[0..15].
+template <int SW>
+EF_AVX2 inline __m256 load8(const float* s) {
+    if (SW == 1) return _mm256_loadu_ps(s);
+    const __m256 even = _mm256_shuffle_ps(_mm256_loadu_ps(s), _mm256_loadu_ps(s + 8), _MM_SHUFFLE(2, 0, 2, 0));
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(even), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+
+// plane_impl in 256-bit registers: the same products and sums in the same order (mul then add, no FMA).
+template <int SW, int K>
+EF_AVX2 void rows_avx2(const PlaneArgs& a) {
+    const Window& v = *a.win;
+    const std::int64_t kh = K > 0 ? K : v.kh, kw = K > 0 ? K : v.kw;
+    __m256 w[K > 0 ? K * K : 1];
+    for (int t = 0; t < (K > 0 ? K * K : 0); ++t) w[t] = _mm256_set1_ps(a.w[t]);
+    const __m256 bias = _mm256_set1_ps(a.bias), lo = _mm256_set1_ps(a.lo), hi = _mm256_set1_ps(a.hi);
+    alignas(32) float tail[kLanes];
+    for (std::int64_t oy = 0; oy < v.oh; ++oy) {
+        const float* src_row = a.x + oy * v.sh * a.pw;
+        float* out = a.y + oy * v.ow;
+        for (std::int64_t ox = 0; ox < v.ow; ox += kLanes) {
+            __m256 acc = _mm256_setzero_ps();
+            for (std::int64_t i = 0; i < kh; ++i) {
+                const float* src = src_row + i * v.dh * a.pw + ox * SW;
+                for (std::int64_t j = 0; j < kw; ++j) {
+                    const __m256 wv = K > 0 ? w[i * kw + j] : _mm256_set1_ps(a.w[i * kw + j]);
+                    acc = _mm256_add_ps(acc, _mm256_mul_ps(wv, load8<SW>(src + j * v.dw)));
+                }
+            }
+            const __m256 y = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(acc, bias), lo), hi);
+            if (v.ow - ox >= kLanes) {
+                _mm256_storeu_ps(out + ox, y);
+            } else {
+                _mm256_store_ps(tail, y);
+                for (std::int64_t l = 0; l < v.ow - ox; ++l) out[ox + l] = tail[l];
+            }
+        }
+    }
+}
+
+template <int SW>
+EF_AVX2 void by_kernel_avx2(const PlaneArgs& a) {
+    const Window& v = *a.win;
+    if (v.kh == 3 && v.kw == 3) return rows_avx2<SW, 3>(a);
+    if (v.kh == 5 && v.kw == 5) return rows_avx2<SW, 5>(a);
+    rows_avx2<SW, 0>(a);
+}
+
+EF_AVX2 void plane_avx2(const PlaneArgs& a) {
+    if (a.win->sw == 1) return by_kernel_avx2<1>(a);
+    if (a.win->sw == 2) return by_kernel_avx2<2>(a);
+    plane_impl(a);
+}
+#endif
+
+class DepthwiseConvOp : public Op {
+public:
+    DepthwiseConvOp(const Attrs& attrs, const Constant& w, const Constant* b)
+        : attrs_(attrs), act_(Activation::from(attrs)), group_(attrs.get_int("group", 1)), w_shape_(w.shape) {
+        const auto kernel = attrs.get_ints("kernel_shape", {});
+        EF_REQUIRE(kernel.empty() || (kernel.size() == 2 && kernel[0] == w.shape[2] && kernel[1] == w.shape[3]),
+                   "kernel_shape does not match W");
+        const auto* src = static_cast<const float*>(w.data());
+        weights_.assign(src, src + numel(w.shape));
+        if (b != nullptr && b->dtype == DType::f32 && numel(b->shape) == w.shape[0]) {
+            const auto* values = static_cast<const float*>(b->data());
+            bias_.assign(values, values + w.shape[0]);
+        }
+    }
+
+    Shape infer(const std::vector<View>& in) const override {
+        const Window& win = windows_.get(*in[0].shape, w_shape_[2], w_shape_[3], attrs_, false);
+        EF_REQUIRE(win.c == group_, "X has " + std::to_string(win.c) + " channels; W " + shape_str(w_shape_) +
+                                        " with group " + std::to_string(group_) + " needs " + std::to_string(group_));
+        if (in.size() > 2 && (in[2].data != nullptr || !in[2].shape->empty())) {
+            EF_REQUIRE(numel(*in[2].shape) == w_shape_[0], "B must have M = " + std::to_string(w_shape_[0]) + " values");
+        }
+        return {win.n, w_shape_[0], win.oh, win.ow};
+    }
+
+    std::size_t scratch_bytes(const std::vector<View>& in, const Shape&) const override {
+        const Window& win = windows_.get(*in[0].shape, w_shape_[2], w_shape_[3], attrs_, false);
+        std::int64_t ph = 0, pw = 0;
+        padded(win, ph, pw);
+        return static_cast<std::size_t>(ph * pw + 2 * kLanes) * sizeof(float);  // stride-2 loads read 8 past a row
+    }
+
+    void run(const std::vector<View>& in, const View& out, void* scratch) const override {
+        const Window& win = windows_.get(*in[0].shape, w_shape_[2], w_shape_[3], attrs_, false);
+        std::int64_t ph = 0, pw = 0;
+        padded(win, ph, pw);
+        const float* bias = !bias_.empty() ? bias_.data()
+                            : (in.size() > 2 && in[2].data != nullptr ? in[2].as<float>() : nullptr);
+        constexpr float kInf = std::numeric_limits<float>::infinity();
+        auto* pad = static_cast<float*>(scratch);
+        std::fill(pad, pad + ph * pw, 0.0f);
+        const std::int64_t mult = w_shape_[0] / group_, taps = w_shape_[2] * w_shape_[3], plane = win.h * win.w;
+        const std::int64_t out_plane = win.oh * win.ow;
+        auto* kernel = &plane_portable;
+#if defined(__x86_64__) || defined(_M_X64)
+        if (std::strcmp(kernels::active().isa, "portable") != 0) kernel = &plane_avx2;
+#endif
+        PlaneArgs args{nullptr, pw, nullptr, 0.0f, act_.active ? act_.lo : -kInf, act_.active ? act_.hi : kInf, &win,
+                       nullptr};
+        for (std::int64_t n = 0; n < win.n; ++n) {
+            for (std::int64_t c = 0; c < win.c; ++c) {
+                const float* x = in[0].as<float>() + (n * win.c + c) * plane;
+                for (std::int64_t iy = 0; iy < win.h; ++iy)
+                    std::memcpy(pad + (iy + win.top) * pw + win.left, x + iy * win.w,
+                                static_cast<std::size_t>(win.w) * sizeof(float));
+                args.x = pad;
+                for (std::int64_t q = 0; q < mult; ++q) {
+                    const std::int64_t m = c * mult + q;
+                    args.w = weights_.data() + m * taps;
+                    args.bias = bias != nullptr ? bias[m] : 0.0f;
+                    args.y = out.as<float>() + (n * w_shape_[0] + m) * out_plane;
+                    kernel(args);
+                }
+            }
+        }
+    }
+
+private:
+    // The padded plane's size: every window inside it, rows wide enough for whole blocks of kLanes.
+    static void padded(const Window& win, std::int64_t& ph, std::int64_t& pw) {
+        const std::int64_t blocks = (win.ow + kLanes - 1) / kLanes * kLanes;
+        ph = std::max(win.h + win.top, (win.oh - 1) * win.sh + (win.kh - 1) * win.dh + 1);
+        pw = std::max(win.w + win.left, (blocks - 1) * win.sw + (win.kw - 1) * win.dw + 1);
+    }
+
+    Attrs attrs_;
+    Activation act_;
+    std::int64_t group_;
+    Shape w_shape_;
+    std::vector<float> weights_;
+    std::vector<float> bias_;  // empty: B absent or computed at run time
+    mutable WindowCache windows_;  // runs hold the GIL: never two at once
+};
+
+}  // namespace
+
+std::unique_ptr<Op> make_depthwise_conv_op(const NodeSpec& spec, const std::vector<const Constant*>& constants) {
+    if (spec.op != "Conv" || constants.size() < 2 || constants[1] == nullptr) return nullptr;
+    const Constant& w = *constants[1];
+    const std::int64_t group = spec.attrs.get_int("group", 1);
+    if (group <= 1 || w.dtype != DType::f32 || w.shape.size() != 4 || w.shape[1] != 1 || w.shape[0] % group != 0) {
+        return nullptr;
+    }
+    return std::make_unique<DepthwiseConvOp>(spec.attrs, w, constants.size() > 2 ? constants[2] : nullptr);
+}
+
+}  // namespace edgefleet::graph

@@ -81,6 +81,10 @@ std::unique_ptr<Op> make_conv_op(const NodeSpec& spec, const std::vector<const C
 // Conv with one input channel per group (depthwise) and a constant W; null for any other Conv.
 std::unique_ptr<Op> make_depthwise_conv_op(const NodeSpec& spec, const std::vector<const Constant*>& constants);
 std::unique_ptr<Op> make_unary_op(const NodeSpec& spec);
+// QConv with one input channel per group, every parameter constant and sums that float32 holds exactly
+// (graph_ops_depthwise.cpp); null for any other QConv, which the general QConv runs.
+std::unique_ptr<Op> make_qdepthwise_conv_op(const NodeSpec& spec, DType out,
+                                            const std::vector<const Constant*>& constants);
 std::unique_ptr<Op> make_pool_op(const NodeSpec& spec);
 std::unique_ptr<Op> make_float_op(const NodeSpec& spec, const std::vector<DType>& in,
                                   const std::vector<const Constant*>& constants);

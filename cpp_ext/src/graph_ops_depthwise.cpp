@@ -5,6 +5,7 @@
 // then bias and activation. Summed in tap order from zero, bias after the sum, as the reference's
 // im2col + GEMM. x86-64 runs an AVX2 version (chosen at run time with the other kernels) with the same
 // products and sums in the same order (no FMA), so every tier gives the same bits.
+#include <cmath>
 #include <cstring>
 #include <limits>
 #if defined(__x86_64__) || defined(_M_X64)
@@ -144,6 +145,22 @@ EF_AVX2 void plane_avx2(const PlaneArgs& a) {
 }
 #endif
 
+// The plane kernel for the ISA in use.
+using PlaneFn = void (*)(const PlaneArgs&);
+PlaneFn plane_kernel() {
+#if defined(__x86_64__) || defined(_M_X64)
+    if (std::strcmp(kernels::active().isa, "portable") != 0) return &plane_avx2;
+#endif
+    return &plane_portable;
+}
+
+// The padded plane's size: every window inside it, rows wide enough for whole blocks of kLanes.
+void padded(const Window& win, std::int64_t& ph, std::int64_t& pw) {
+    const std::int64_t blocks = (win.ow + kLanes - 1) / kLanes * kLanes;
+    ph = std::max(win.h + win.top, (win.oh - 1) * win.sh + (win.kh - 1) * win.dh + 1);
+    pw = std::max(win.w + win.left, (blocks - 1) * win.sw + (win.kw - 1) * win.dw + 1);
+}
+
 class DepthwiseConvOp : public Op {
 public:
     DepthwiseConvOp(const Attrs& attrs, const Constant& w, const Constant* b)
@@ -187,10 +204,7 @@ public:
         std::fill(pad, pad + ph * pw, 0.0f);
         const std::int64_t mult = w_shape_[0] / group_, taps = w_shape_[2] * w_shape_[3], plane = win.h * win.w;
         const std::int64_t out_plane = win.oh * win.ow;
-        auto* kernel = &plane_portable;
-#if defined(__x86_64__) || defined(_M_X64)
-        if (std::strcmp(kernels::active().isa, "portable") != 0) kernel = &plane_avx2;
-#endif
+        const PlaneFn kernel = plane_kernel();
         PlaneArgs args{nullptr, pw, nullptr, 0.0f, act_.active ? act_.lo : -kInf, act_.active ? act_.hi : kInf, &win,
                        nullptr};
         for (std::int64_t n = 0; n < win.n; ++n) {
@@ -212,13 +226,6 @@ public:
     }
 
 private:
-    // The padded plane's size: every window inside it, rows wide enough for whole blocks of kLanes.
-    static void padded(const Window& win, std::int64_t& ph, std::int64_t& pw) {
-        const std::int64_t blocks = (win.ow + kLanes - 1) / kLanes * kLanes;
-        ph = std::max(win.h + win.top, (win.oh - 1) * win.sh + (win.kh - 1) * win.dh + 1);
-        pw = std::max(win.w + win.left, (blocks - 1) * win.sw + (win.kw - 1) * win.dw + 1);
-    }
-
     Attrs attrs_;
     Activation act_;
     std::int64_t group_;
@@ -228,7 +235,153 @@ private:
     mutable WindowCache windows_;  // runs hold the GIL: never two at once
 };
 
+// The int8 depthwise QConv: (x - x_zero_point) and (w - w_zero_point) as float32, summed by the float
+// kernel above: every product and partial sum is an integer below 2^24 (checked at load), so float32
+// holds it exactly and the int32 accumulator of the reference comes out bit for bit; then + bias,
+// times the channel's multiplier, requantized as graph_reference.qconv.
+class QDepthwiseConvOp : public Op {
+public:
+    QDepthwiseConvOp(const Attrs& attrs, DType out, const std::vector<const Constant*>& c, std::vector<float> w)
+        : attrs_(attrs), group_(attrs.get_int("group", 1)), w_shape_(c[3]->shape), weights_(std::move(w)) {
+        const std::int64_t m = w_shape_[0];
+        const auto scalar = [](const Constant* k) {
+            return k->dtype == DType::f32 ? static_cast<const float*>(k->data())[0]
+                   : k->dtype == DType::u8 ? static_cast<float>(static_cast<const std::uint8_t*>(k->data())[0])
+                                           : static_cast<float>(static_cast<const std::int8_t*>(k->data())[0]);
+        };
+        x_zero_ = scalar(c[2]);
+        const float sx = scalar(c[1]), sy = scalar(c[6]), zy = scalar(c[7]);
+        const auto* sw = static_cast<const float*>(c[4]->data());
+        const bool per_channel = numel(c[4]->shape) == m;
+        for (std::int64_t o = 0; o < m; ++o) {
+            const float a = sx * sw[per_channel ? o : 0];
+            mult_.push_back(a / sy);
+        }
+        bias_.assign(static_cast<std::size_t>(m), 0);
+        if (c.size() > 8 && c[8] != nullptr) {
+            const auto* b = static_cast<const std::int32_t*>(c[8]->data());
+            bias_.assign(b, b + m);
+        }
+        u8_ = out == DType::u8;
+        lo_ = u8_ ? 0.0f : -128.0f, hi_ = u8_ ? 255.0f : 127.0f, y_zero_ = zy;
+        if (attrs.get_str("activation", "none") == "relu") lo_ = std::max(lo_, zy);
+    }
+
+    Shape infer(const std::vector<View>& in) const override {
+        const Window& win = windows_.get(*in[0].shape, w_shape_[2], w_shape_[3], attrs_, false);
+        EF_REQUIRE(win.c == group_, "x has " + std::to_string(win.c) + " channels, w expects " + std::to_string(group_));
+        return {win.n, w_shape_[0], win.oh, win.ow};
+    }
+
+    std::size_t scratch_bytes(const std::vector<View>& in, const Shape&) const override {
+        const Window& win = windows_.get(*in[0].shape, w_shape_[2], w_shape_[3], attrs_, false);
+        std::int64_t ph = 0, pw = 0;
+        padded(win, ph, pw);
+        return static_cast<std::size_t>(ph * pw + 2 * kLanes + win.oh * win.ow + 16) * sizeof(float);
+    }
+
+    void run(const std::vector<View>& in, const View& out, void* scratch) const override {
+        const Window& win = windows_.get(*in[0].shape, w_shape_[2], w_shape_[3], attrs_, false);
+        std::int64_t ph = 0, pw = 0;
+        padded(win, ph, pw);
+        auto* pad = static_cast<float*>(scratch);
+        float* sums = pad + (ph * pw + 2 * kLanes + 15) / 16 * 16;
+        std::fill(pad, pad + ph * pw, 0.0f);
+        const std::int64_t mult = w_shape_[0] / group_, taps = w_shape_[2] * w_shape_[3], plane = win.h * win.w;
+        const std::int64_t out_plane = win.oh * win.ow;
+        const PlaneFn kernel = plane_kernel();
+        constexpr float kInf = std::numeric_limits<float>::infinity();
+        PlaneArgs args{pad, pw, nullptr, 0.0f, -kInf, kInf, &win, sums};
+        for (std::int64_t n = 0; n < win.n; ++n) {
+            for (std::int64_t c = 0; c < win.c; ++c) {
+                const std::int64_t at = (n * win.c + c) * plane;
+                for (std::int64_t iy = 0; iy < win.h; ++iy) {
+                    float* row = pad + (iy + win.top) * pw + win.left;
+                    if (in[0].dtype == DType::u8) {
+                        const std::uint8_t* x = in[0].as<std::uint8_t>() + at + iy * win.w;
+                        for (std::int64_t ix = 0; ix < win.w; ++ix) row[ix] = static_cast<float>(x[ix]) - x_zero_;
+                    } else {
+                        const std::int8_t* x = in[0].as<std::int8_t>() + at + iy * win.w;
+                        for (std::int64_t ix = 0; ix < win.w; ++ix) row[ix] = static_cast<float>(x[ix]) - x_zero_;
+                    }
+                }
+                for (std::int64_t q = 0; q < mult; ++q) {
+                    const std::int64_t m = c * mult + q;
+                    args.w = weights_.data() + m * taps;
+                    kernel(args);
+                    const std::int64_t offset = (n * w_shape_[0] + m) * out_plane;
+                    if (u8_) {
+                        requantize(sums, out_plane, bias_[m], mult_[m], out.as<std::uint8_t>() + offset);
+                    } else {
+                        requantize(sums, out_plane, bias_[m], mult_[m], out.as<std::int8_t>() + offset);
+                    }
+                }
+            }
+        }
+    }
+
+private:
+    // y = clamp(round_half_even(float(sum + bias) * mult) + y_zero, lo, hi). Rounding adds and subtracts
+    // 1.5 * 2^23, which rounds to an integer in the default (half-to-even) mode exactly as nearbyint for
+    // |value| < 2^22, and keeps a larger value's sign and size, which the clamp to 8 bits then saturates
+    // the same way; unlike a nearbyint call per value, the loop vectorises in the baseline build.
+    template <typename T>
+    void requantize(const float* sums, std::int64_t count, std::int32_t bias, float mult, T* y) const {
+        constexpr float kMagic = 12582912.0f;
+        const float zero = y_zero_, lo = lo_, hi = hi_;
+        for (std::int64_t i = 0; i < count; ++i) {
+            const float value = static_cast<float>(static_cast<std::int32_t>(sums[i]) + bias) * mult;
+            y[i] = static_cast<T>(std::min(std::max(((value + kMagic) - kMagic) + zero, lo), hi));
+        }
+    }
+
+    Attrs attrs_;
+    std::int64_t group_;
+    Shape w_shape_;
+    std::vector<float> weights_;  // w - w_zero_point, (M, kH * kW)
+    std::vector<float> mult_;
+    std::vector<std::int32_t> bias_;
+    float x_zero_ = 0, y_zero_ = 0, lo_ = 0, hi_ = 0;
+    bool u8_ = true;
+    mutable WindowCache windows_;
+};
+
 }  // namespace
+
+std::unique_ptr<Op> make_qdepthwise_conv_op(const NodeSpec& spec, DType out,
+                                            const std::vector<const Constant*>& c) {
+    if (spec.op != "QConv" || c.size() < 8) return nullptr;
+    for (std::size_t i = 1; i < 8; ++i) {
+        if (c[i] == nullptr) return nullptr;
+    }
+    const Constant& w = *c[3];
+    const std::int64_t group = spec.attrs.get_int("group", 1);
+    if (group <= 1 || w.shape.size() != 4 || w.shape[1] != 1 || w.shape[0] % group != 0) return nullptr;
+    if (w.dtype != DType::i8 && w.dtype != DType::u8) return nullptr;
+    if (c[1]->dtype != DType::f32 || c[4]->dtype != DType::f32 || c[6]->dtype != DType::f32) return nullptr;
+    if (numel(c[1]->shape) != 1 || numel(c[2]->shape) != 1 || numel(c[6]->shape) != 1 || numel(c[7]->shape) != 1) {
+        return nullptr;
+    }
+    const std::int64_t m = w.shape[0], taps = w.shape[2] * w.shape[3];
+    if ((numel(c[4]->shape) != 1 && numel(c[4]->shape) != m) || numel(c[5]->shape) != numel(c[4]->shape)) return nullptr;
+    if (c.size() > 8 && c[8] != nullptr && (c[8]->dtype != DType::i32 || numel(c[8]->shape) != m)) return nullptr;
+    const bool per_channel = numel(c[5]->shape) == m;
+    std::vector<float> weights(static_cast<std::size_t>(m * taps));
+    float largest = 0.0f;
+    for (std::int64_t o = 0; o < m; ++o) {
+        const std::int64_t zero = c[5]->dtype == DType::u8
+                                      ? static_cast<const std::uint8_t*>(c[5]->data())[per_channel ? o : 0]
+                                      : static_cast<const std::int8_t*>(c[5]->data())[per_channel ? o : 0];
+        for (std::int64_t t = 0; t < taps; ++t) {
+            const std::int64_t v = w.dtype == DType::u8 ? static_cast<const std::uint8_t*>(w.data())[o * taps + t]
+                                                        : static_cast<const std::int8_t*>(w.data())[o * taps + t];
+            weights[static_cast<std::size_t>(o * taps + t)] = static_cast<float>(v - zero);
+            largest = std::max(largest, std::abs(static_cast<float>(v - zero)));
+        }
+    }
+    if (static_cast<double>(taps) * 255.0 * largest >= 16777216.0) return nullptr;  // sums exact in float32
+    return std::make_unique<QDepthwiseConvOp>(spec.attrs, out, c, std::move(weights));
+}
 
 std::unique_ptr<Op> make_depthwise_conv_op(const NodeSpec& spec, const std::vector<const Constant*>& constants) {
     if (spec.op != "Conv" || constants.size() < 2 || constants[1] == nullptr) return nullptr;

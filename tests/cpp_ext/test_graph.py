@@ -404,3 +404,33 @@ def test_depthwise_conv_tiers_agree_bit_for_bit() -> None:  # the same products 
         graph_native.select_isa("auto")
         for result in results[1:]:
             np.testing.assert_array_equal(result[next(iter(result))], results[0][next(iter(result))])
+
+
+@pytest.mark.parametrize("x_dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("k,mult,attrs", [(3, 1, {"pads": [1, 1, 1, 1]}),
+                                          (5, 1, {"pads": [2, 2, 2, 2], "strides": [2, 2]}),
+                                          (3, 2, {"pads": [0, 1, 2, 1], "strides": [1, 2], "dilations": [2, 1]}),
+                                          (17, 1, {})])  # 17x17: sums beyond float32's exact range, general path
+def test_qconv_depthwise_exact(isa: str, x_dtype: str, k: int, mult: int, attrs: dict) -> None:
+    rng = np.random.default_rng(k * mult)
+    c = 10
+    p = qparams(rng, x_dtype, c * mult, True)
+    p["zw"] = rng.integers(-128, 0 if k == 17 else 4, c * mult).astype(np.int8)
+    b = GraphBuilder()
+    x = b.input("x", x_dtype, ("n", c, 19, 18))
+    w = b.constant("w", (np.full((c * mult, 1, k, k), 127) if k == 17 else
+                         rng.integers(-128, 128, (c * mult, 1, k, k))).astype(np.int8))
+    names = [b.constant(k, v) for k, v in p.items()]
+    inputs = [x, names[0], names[1], w, names[2], names[3], names[4], names[5],
+              b.constant("bias", rng.integers(-5000, 5000, c * mult).astype(np.int32))]
+    b.output(b.node("QConv", inputs, group=c, activation="relu" if mult == 2 else "none", **attrs), x_dtype)
+    info = np.iinfo(x_dtype)
+    check(b.build(), rng.integers(info.min, info.max + 1, (2, c, 19, 18)).astype(x_dtype), exact=True)
+
+
+def test_quantize_linear_blocks_and_tails_exact(isa: str) -> None:  # the AVX2 loop takes blocks of 8
+    x = f32(np.random.default_rng(11), 3, 37) * 40
+    x[0, :6] = [0.5, 1.5, -2.5, 1e9, -1e9, 0.0]  # ties (scale 1) and saturation
+    for dtype in ("uint8", "int8"):
+        check(one_op("QuantizeLinear", (3, 37), {"s": np.float32(1.0), "z": np.array(3, dtype)}), x, exact=True)
+        check(one_op("QuantizeLinear", (3, 37), {"s": np.float32(0.37), "z": np.array(3, dtype)}), x, exact=True)

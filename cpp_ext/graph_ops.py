@@ -6,6 +6,7 @@ with one input channel per group and a constant W (depthwise) runs a dedicated k
 
     Conv(X, W, B?)                 float32; auto_pad, dilations, group, kernel_shape, pads, strides, plus
                                    the fused activation: activation "none" | "relu" | "clip" (act_min, act_max)
+                                   | "hardswish"
     Gemm(A, B, C?)                 float32; transA, transB, alpha, beta, activation, act_min, act_max
     MatMul(A, B)                   float32, numpy broadcasting of the batch dims
     Relu(X), Clip(X, min?, max?)   float32

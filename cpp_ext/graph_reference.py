@@ -92,6 +92,8 @@ def _activation(y: np.ndarray, attrs: dict) -> np.ndarray:
         return np.maximum(y, F32(0))
     if kind == "clip":
         return np.minimum(np.maximum(y, F32(attrs["act_min"])), F32(attrs["act_max"]))
+    if kind == "hardswish":
+        return hard_swish([y], {})
     return y
 
 

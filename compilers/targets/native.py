@@ -16,7 +16,7 @@ json, and edgefleet.cpp_ext._native runs it. The conversion (`onnx_to_graph`):
    (integer arithmetic on the device), and DequantizeLinear -> MaxPool/Reshape/... -> QuantizeLinear with
    equal parameters runs on the quantized tensor (native_passes.py); leftover weight DequantizeLinear
    nodes are folded into float constants;
-4. Conv/Gemm followed by Relu or a constant Clip become one node; older opset forms (Clip and Squeeze
+4. Conv/Gemm followed by Relu, HardSwish or a constant Clip become one node; older opset forms (Clip and Squeeze
    attributes, Softmax before opset 13) are rewritten to the format's (graph_ops.py lists the op set);
 5. anything left that the executor does not run (an op, an attribute value, a dtype, a rank) is refused
    with one CompileError naming every such node; the graph is loaded (and, with static input shapes,

@@ -90,8 +90,10 @@ Activation Activation::from(const Attrs& attrs) {
     } else if (kind == "clip") {
         act = {true, static_cast<float>(attrs.get_float("act_min", -std::numeric_limits<double>::infinity())),
                static_cast<float>(attrs.get_float("act_max", std::numeric_limits<double>::infinity()))};
+    } else if (kind == "hardswish") {
+        act.swish = true;
     } else {
-        EF_REQUIRE(kind == "none", "activation must be none, relu or clip, got " + kind);
+        EF_REQUIRE(kind == "none", "activation must be none, relu, clip or hardswish, got " + kind);
     }
     return act;
 }

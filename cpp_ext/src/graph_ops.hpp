@@ -41,15 +41,29 @@ private:
     std::vector<std::int32_t> index_;
 };
 
-// The fused activation of Conv / Gemm: none, relu, or clip to [lo, hi].
+// HardSwish as graph_reference.hard_swish computes it in float32: x * clip(x / 6 + 1/2, 0, 1).
+inline float hard_swish(float x) {
+    constexpr float kSixth = static_cast<float>(1.0 / 6.0);
+    return x * std::min(std::max(kSixth * x + 0.5f, 0.0f), 1.0f);
+}
+
+// The fused activation of Conv / Gemm: none, relu, clip to [lo, hi] (`active`: kernels apply it in
+// registers), or hardswish (a pass over the output, still in cache: `finish`).
 struct Activation {
     bool active = false;
     float lo = 0.0f;
     float hi = 0.0f;
+    bool swish = false;
     static Activation from(const Attrs& attrs);
     void apply(float* y, std::int64_t count) const {
-        if (!active) return;
-        for (std::int64_t i = 0; i < count; ++i) y[i] = std::min(std::max(y[i], lo), hi);
+        if (active) {
+            for (std::int64_t i = 0; i < count; ++i) y[i] = std::min(std::max(y[i], lo), hi);
+        }
+        finish(y, count);
+    }
+    void finish(float* y, std::int64_t count) const {
+        if (!swish) return;
+        for (std::int64_t i = 0; i < count; ++i) y[i] = hard_swish(y[i]);
     }
 };
 

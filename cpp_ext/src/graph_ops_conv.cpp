@@ -144,6 +144,7 @@ private:
             args.x = x;
             args.y = out.as<float>() + n * m * p;
             active().conv(args);
+            act_.finish(args.y, m * p);
         }
     }
 

@@ -220,6 +220,7 @@ public:
                     args.bias = bias != nullptr ? bias[m] : 0.0f;
                     args.y = out.as<float>() + (n * w_shape_[0] + m) * out_plane;
                     kernel(args);
+                    act_.finish(args.y, out_plane);
                 }
             }
         }

@@ -23,10 +23,7 @@ struct HardSigmoidF {
     float operator()(float x) const { return std::min(std::max(alpha * x + beta, 0.0f), 1.0f); }
 };
 struct HardSwishF {
-    float operator()(float x) const {
-        constexpr float kSixth = static_cast<float>(1.0 / 6.0);
-        return x * std::min(std::max(kSixth * x + 0.5f, 0.0f), 1.0f);
-    }
+    float operator()(float x) const { return hard_swish(x); }
 };
 struct LeakyReluF {
     float alpha;

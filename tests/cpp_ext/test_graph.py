@@ -434,3 +434,14 @@ def test_quantize_linear_blocks_and_tails_exact(isa: str) -> None:  # the AVX2 l
     for dtype in ("uint8", "int8"):
         check(one_op("QuantizeLinear", (3, 37), {"s": np.float32(1.0), "z": np.array(3, dtype)}), x, exact=True)
         check(one_op("QuantizeLinear", (3, 37), {"s": np.float32(0.37), "z": np.array(3, dtype)}), x, exact=True)
+
+
+@pytest.mark.parametrize("group,k,w_shape", [(1, 3, (8, 4, 3, 3)), (1, 1, (8, 4, 1, 1)), (2, 3, (8, 2, 3, 3)),
+                                             (4, 3, (8, 1, 3, 3))])
+def test_conv_fused_hard_swish(isa: str, group: int, k: int, w_shape: tuple) -> None:
+    # direct, pointwise (GEMM), grouped (im2col) and depthwise paths all finish with the same hard swish
+    rng = np.random.default_rng(12)
+    graph = one_op("Conv", (2, 4, 9, 8), {"w": f32(rng, *w_shape), "b": f32(rng, 8)}, group=group,
+                   kernel_shape=[k, k], pads=[k // 2] * 4, activation="hardswish")
+    check(graph, f32(rng, 2, 4, 9, 8) * 2)
+    check(one_op("Gemm", (3, 5), {"b": f32(rng, 5, 6)}, activation="hardswish"), f32(rng, 3, 5) * 3)

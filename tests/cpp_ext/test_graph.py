@@ -445,3 +445,10 @@ def test_conv_fused_hard_swish(isa: str, group: int, k: int, w_shape: tuple) -> 
                    kernel_shape=[k, k], pads=[k // 2] * 4, activation="hardswish")
     check(graph, f32(rng, 2, 4, 9, 8) * 2)
     check(one_op("Gemm", (3, 5), {"b": f32(rng, 5, 6)}, activation="hardswish"), f32(rng, 3, 5) * 3)
+
+
+@pytest.mark.parametrize("bias,activation", [(True, "relu"), (False, "none"), (True, "hardswish")])
+def test_conv_1x1_on_1x1_input(bias: bool, activation: str) -> None:  # squeeze-excite's layers: matrix-vector
+    rng = np.random.default_rng(13)
+    consts = {"w": f32(rng, 37, 70, 1, 1), "b": f32(rng, 37) if bias else None}
+    check(one_op("Conv", ("n", 70, 1, 1), consts, kernel_shape=[1, 1], activation=activation), f32(rng, 3, 70, 1, 1))

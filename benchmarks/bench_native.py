@@ -1,11 +1,12 @@
-"""The native backend against onnxruntime: batch 1, digits CNN, breast-cancer MLP and wide CNN, fp32 and int8.
+"""The native backend against onnxruntime: batch 1, digits CNN, breast-cancer MLP, wide CNN and edge CNNs, fp32, int8.
 
     python benchmarks/bench_native.py --runs 20000 --out runs/bench_native.json
 
 Builds each model's bundle (digits: edgefleet.cloud.digits; MLP: examples/train_tabular.make_model on
 scikit-learn's breast cancer data, a few epochs; wide CNN: benchmarks/bench_quantize.WideCNN, 32x32 input,
-64-128 channels, ~0.2 GFLOP per image, random weights: latency does not depend on them), a static int8
-QDQ version of each
+64-128 channels, ~0.2 GFLOP per image, random weights: latency does not depend on them; the
+EfficientNet-Lite-class and ResNet-class CNNs of tests/compilers/edge_cnns.py, 3x64x64, random weights
+and BatchNorm statistics), a static int8 QDQ version of each
 (quantize_static_int8), compiles every bundle for the native target (the compile step checks the golden
 examples), then times the native backend and onnxruntime (OnnxRuntimeBackend, 1 intra-op thread: the
 session and hot path the Predictor uses) on the same artifact's source, interleaved call by call
@@ -25,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 from report import emit  # noqa: E402 - benchmarks/report.py, beside this script
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.compilers.edge_cnns builds the edge CNNs
 
 from edgefleet.cloud.compress.quantize import quantize_static_int8
 from edgefleet.cloud.digits import build_digits_bundle, load_splits
@@ -76,6 +79,17 @@ def build_wide_cnn_bundle(workdir: Path, key: SigningKey, x_train: np.ndarray,
     return bundle.root, big_train, big_test
 
 
+def build_edge_cnn_bundle(workdir: Path, key: SigningKey, name: str) -> tuple[Path, np.ndarray, np.ndarray]:
+    from edgefleet.compilers import export_torch
+    from tests.compilers import edge_cnns
+
+    images = np.random.default_rng(0).standard_normal((96, 3, edge_cnns.SIZE, edge_cnns.SIZE)).astype(np.float32)
+    bundle = export_torch(edge_cnns.build(name), images[:4], workdir / name, name=name, version=1,
+                          reference_data=images[:64], input_names=["image"], output_names=["logits"],
+                          task="classification", signing_key=key)
+    return bundle.root, images[:64], images[64:]
+
+
 def measure(label: str, bundle_dir: Path, workdir: Path, test_x: np.ndarray, runs: int) -> dict:
     compiled = compile_bundle(bundle_dir, ["native"], workdir / f"{label}-compiled")
     bundle = compiled.bundle
@@ -105,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--runs", type=int, default=20000, help="interleaved pairs of calls per model")
     parser.add_argument("--epochs", type=int, default=3, help="digits training epochs (cost is independent)")
     parser.add_argument("--wide-divisor", type=int, default=20,
-                        help="the wide CNN runs --runs / this many pairs (it is ~100x slower per call)")
+                        help="the wide and edge CNNs run --runs / this many pairs (~100x slower per call)")
     parser.add_argument("--models", help="comma-separated labels to time (default: all)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
@@ -124,16 +138,23 @@ def main(argv: list[str] | None = None) -> dict:
             wide_dir, wide_train, wide_test = build_wide_cnn_bundle(workdir, key, splits.x_train, splits.x_test)
             wide_int8 = quantize_static_int8(wide_dir, workdir / "wide-int8", wide_train,
                                              signing_key=key).bundle.root
+            edge = []
+            for name in ("efficient-lite", "resnet"):
+                edge_dir, edge_train, edge_test = build_edge_cnn_bundle(workdir, key, name)
+                edge_int8 = quantize_static_int8(edge_dir, workdir / f"{name}-int8", edge_train,
+                                                 signing_key=key).bundle.root
+                edge += [(f"{name}-cnn", edge_dir, edge_test), (f"{name}-cnn-int8", edge_int8, edge_test)]
             for label, bundle_dir, test_x in (("digits-cnn", digits_dir, splits.x_test),
                                               ("breast-cancer-mlp", mlp_dir, mlp_test),
                                               ("digits-cnn-int8", digits_int8, splits.x_test),
                                               ("breast-cancer-mlp-int8", mlp_int8, mlp_test),
                                               ("wide-cnn", wide_dir, wide_test),
-                                              ("wide-cnn-int8", wide_int8, wide_test)):
+                                              ("wide-cnn-int8", wide_int8, wide_test), *edge):
                 if args.models and label not in args.models.split(","):
                     continue
                 Bundle.open(bundle_dir)
-                runs = args.runs if "wide" not in label else max(1, args.runs // args.wide_divisor)
+                slow = "wide" in label or "efficient" in label or "resnet" in label
+                runs = args.runs if not slow else max(1, args.runs // args.wide_divisor)
                 results.append(measure(label, bundle_dir, workdir, test_x, runs))
     summary = {"benchmark": "native_vs_onnxruntime", "isa": graph_native.isa(),
                "available_isas": graph_native.available_isas(), "onnxruntime_threads": 1, "results": results}

@@ -1,18 +1,24 @@
 """The native backend's op set: which ops a graph may hold, with which dtypes, and each value's dtype.
 
 Ops follow ONNX (same inputs, attributes and semantics, opset 13+) unless noted; the numpy spec is
-`edgefleet.cpp_ext.graph_reference`. 2-D only: Conv, QConv, MaxPool, AveragePool take NCHW inputs.
+`edgefleet.cpp_ext.graph_reference`. 2-D only: Conv, QConv, MaxPool, AveragePool take NCHW inputs. A Conv
+with one input channel per group and a constant W (depthwise) runs a dedicated kernel.
 
     Conv(X, W, B?)                 float32; auto_pad, dilations, group, kernel_shape, pads, strides, plus
                                    the fused activation: activation "none" | "relu" | "clip" (act_min, act_max)
+                                   | "hardswish"
     Gemm(A, B, C?)                 float32; transA, transB, alpha, beta, activation, act_min, act_max
     MatMul(A, B)                   float32, numpy broadcasting of the batch dims
     Relu(X), Clip(X, min?, max?)   float32
+    Sigmoid, Tanh, HardSwish (X)   float32
+    HardSigmoid(X)                 float32; alpha, beta: max(0, min(1, alpha * x + beta)) in float32
+    LeakyRelu(X)                   float32; alpha
     Add, Sub, Mul, Div (A, B)      float32, numpy broadcasting
     MaxPool(X)                     float32, uint8, int8 (one output: no Indices)
     AveragePool(X)                 float32; count_include_pad, ceil_mode, dilations
     GlobalAveragePool, GlobalMaxPool (X)   float32
     Softmax(X)                     float32; axis; coerce_2d=1 gives opset < 13 semantics (flatten at axis)
+    Concat(X, ...)                 any dtype (all inputs the same); axis
     Flatten, Reshape(X, shape int64), Squeeze(X, axes?), Unsqueeze(X, axes), Identity, Transpose (perm)
                                    any dtype
     QuantizeLinear(x float32, scale float32, zero_point? uint8|int8) -> uint8|int8 (output_dtype attr
@@ -37,11 +43,14 @@ from edgefleet.cpp_ext.graph_format import Graph, GraphFormatError
 FLOAT = ("float32",)
 QUANT = ("uint8", "int8")
 ANY = ("float32", "int8", "uint8", "int32", "int64")
+MAX_INPUTS = 4096  # Concat's inputs
 
 # op -> (min inputs, max inputs, allowed dtypes of input 0)
 OPS: dict[str, tuple[int, int, tuple[str, ...]]] = {
     "Conv": (2, 3, FLOAT), "Gemm": (2, 3, FLOAT), "MatMul": (2, 2, FLOAT),
-    "Relu": (1, 1, FLOAT), "Clip": (1, 3, FLOAT),
+    "Relu": (1, 1, FLOAT), "Clip": (1, 3, FLOAT), "Sigmoid": (1, 1, FLOAT), "Tanh": (1, 1, FLOAT),
+    "HardSigmoid": (1, 1, FLOAT), "HardSwish": (1, 1, FLOAT), "LeakyRelu": (1, 1, FLOAT),
+    "Concat": (1, MAX_INPUTS, ANY),
     "Add": (2, 2, FLOAT), "Sub": (2, 2, FLOAT), "Mul": (2, 2, FLOAT), "Div": (2, 2, FLOAT),
     "MaxPool": (1, 1, ("float32", "uint8", "int8")), "AveragePool": (1, 1, FLOAT),
     "GlobalAveragePool": (1, 1, FLOAT), "GlobalMaxPool": (1, 1, FLOAT), "Softmax": (1, 1, FLOAT),
@@ -102,6 +111,10 @@ def _node_problem(op: str, inputs: tuple[str, ...], outputs: tuple[str, ...], at
     for index, allowed in _PARAM_DTYPES.get(op, {}).items():
         if index < present and inputs[index] and dtypes[inputs[index]] not in allowed:
             return f"input {index} has dtype {dtypes[inputs[index]]}; supported: {', '.join(allowed)}"
+    if op == "Concat" and any(dtypes[v] != dtypes[inputs[0]] for v in inputs[1:present]):
+        return "all inputs must have one dtype"
+    if op == "Concat" and not all(inputs[:present]):
+        return "inputs cannot be absent"
     if op == "QuantizeLinear" and attrs.get("output_dtype", "") not in ("", "uint8", "int8"):
         return f"output_dtype {attrs['output_dtype']} not supported (uint8, int8)"
     if op in ("QuantizeLinear", "DequantizeLinear") and int(attrs.get("block_size", 0)) != 0:

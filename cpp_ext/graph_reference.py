@@ -92,6 +92,8 @@ def _activation(y: np.ndarray, attrs: dict) -> np.ndarray:
         return np.maximum(y, F32(0))
     if kind == "clip":
         return np.minimum(np.maximum(y, F32(attrs["act_min"])), F32(attrs["act_max"]))
+    if kind == "hardswish":
+        return hard_swish([y], {})
     return y
 
 
@@ -122,6 +124,26 @@ def gemm(args: list, attrs: dict) -> np.ndarray:
     if c is not None:
         y = y + F32(attrs.get("beta", 1.0)) * c
     return _activation(y.astype(F32), attrs)
+
+
+def sigmoid(args: list, attrs: dict) -> np.ndarray:
+    x = args[0]
+    e = np.exp(-np.abs(x))  # never overflows: 1 / (1 + exp(-x)) for x >= 0, exp(x) / (1 + exp(x)) below
+    return np.where(x >= 0, F32(1) / (F32(1) + e), e / (F32(1) + e)).astype(F32)
+
+
+def hard_sigmoid(args: list, attrs: dict) -> np.ndarray:
+    alpha, beta = F32(attrs.get("alpha", 0.2)), F32(attrs.get("beta", 0.5))
+    return np.minimum(np.maximum(alpha * args[0] + beta, F32(0)), F32(1)).astype(F32)
+
+
+def hard_swish(args: list, attrs: dict) -> np.ndarray:
+    return (args[0] * hard_sigmoid(args, {"alpha": 1 / 6, "beta": 0.5})).astype(F32)
+
+
+def leaky_relu(args: list, attrs: dict) -> np.ndarray:
+    x = args[0]
+    return np.where(x >= 0, x, F32(attrs.get("alpha", 0.01)) * x).astype(F32)
 
 
 def clip(args: list, attrs: dict) -> np.ndarray:
@@ -257,7 +279,9 @@ KERNELS: dict[str, Kernel] = {
     "Conv": conv, "Gemm": gemm,
     "MatMul": lambda args, attrs: np.matmul(args[0], args[1]).astype(F32),
     "Relu": lambda args, attrs: np.maximum(args[0], F32(0)),
-    "Clip": clip,
+    "Clip": clip, "Sigmoid": sigmoid, "Tanh": lambda args, attrs: np.tanh(args[0]).astype(F32),
+    "HardSigmoid": hard_sigmoid, "HardSwish": hard_swish, "LeakyRelu": leaky_relu,
+    "Concat": lambda args, attrs: np.concatenate(args, axis=int(attrs.get("axis", 0))),
     "Add": lambda args, attrs: (args[0] + args[1]).astype(F32),
     "Sub": lambda args, attrs: (args[0] - args[1]).astype(F32),
     "Mul": lambda args, attrs: (args[0] * args[1]).astype(F32),

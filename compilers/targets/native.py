@@ -7,13 +7,18 @@ json, and edgefleet.cpp_ext._native runs it. The conversion (`onnx_to_graph`):
 
 1. initializers and Constant nodes become constants; every node whose inputs are all constants is
    evaluated here (onnx's reference runtime) and becomes a constant too (shape arithmetic, Cast, ...);
-2. QDQ int8 models: DequantizeLinear -> Conv/Gemm/MatMul [-> Relu] -> QuantizeLinear becomes QConv/QGemm
+   Shape of a value whose dims the schema fixes (all but a symbolic batch) and Gather of fixed dims from it
+   become constants too, and the shape arithmetic after them is folded (native_float_passes.py);
+2. float rewrites (native_float_passes.py): BatchNormalization folded into the Conv or Gemm before it (else
+   Mul + Add by per-channel constants), ReduceMean over H, W -> GlobalAveragePool [-> Flatten], x *
+   HardSigmoid(x) -> HardSwish;
+3. QDQ int8 models: DequantizeLinear -> Conv/Gemm/MatMul [-> Relu] -> QuantizeLinear becomes QConv/QGemm
    (integer arithmetic on the device), and DequantizeLinear -> MaxPool/Reshape/... -> QuantizeLinear with
    equal parameters runs on the quantized tensor (native_passes.py); leftover weight DequantizeLinear
    nodes are folded into float constants;
-3. Conv/Gemm followed by Relu or a constant Clip become one node; older opset forms (Clip and Squeeze
+4. Conv/Gemm followed by Relu, HardSwish or a constant Clip become one node; older opset forms (Clip and Squeeze
    attributes, Softmax before opset 13) are rewritten to the format's (graph_ops.py lists the op set);
-4. anything left that the executor does not run (an op, an attribute value, a dtype, a rank) is refused
+5. anything left that the executor does not run (an op, an attribute value, a dtype, a rank) is refused
    with one CompileError naming every such node; the graph is loaded (and, with static input shapes,
    run once on zeros) before it is written, so a device never meets an op it cannot run.
 
@@ -31,6 +36,12 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgefleet.compilers.targets import CompileSource, TargetResult
+from edgefleet.compilers.targets.native_float_passes import (
+    fold_batch_norm,
+    fold_static_shapes,
+    fuse_hard_swish,
+    reduce_mean_to_pool,
+)
 from edgefleet.compilers.targets.native_passes import (
     WorkGraph,
     WorkNode,
@@ -53,6 +64,7 @@ ATTRIBUTES: dict[str, list[str]] = {
     "MaxPool": [*_WINDOW, "ceil_mode", "storage_order"], "AveragePool": [*_WINDOW, "ceil_mode", "count_include_pad"],
     "Softmax": ["axis", "coerce_2d"], "Flatten": ["axis"], "Reshape": ["allowzero"], "Transpose": ["perm"],
     "QuantizeLinear": ["axis", "output_dtype", "saturate", "block_size"], "DequantizeLinear": ["axis", "block_size"],
+    "HardSigmoid": ["alpha", "beta"], "LeakyRelu": ["alpha"], "Concat": ["axis"],
 }
 
 
@@ -82,14 +94,21 @@ def onnx_to_graph(model: onnx.ModelProto) -> tuple[Graph, dict[str, Any]]:
     nodes = [WorkNode(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}", n.name or n.output[0],
                       list(n.input), list(n.output), _attributes(n), n) for n in g.node]
     work = WorkGraph(nodes, constants, [o.name for o in outputs])
+    shapes = _shapes(model)
+    ranks = {name: len(dims) for name, dims in shapes.items()}
     fold_constants(work)
+    while fold_static_shapes(work, shapes):
+        fold_constants(work)
+    fold_batch_norm(work, ranks)
+    reduce_mean_to_pool(work, ranks)
+    fuse_hard_swish(work)
     fuse_qdq(work)
     fold_dequantized_constants(work)
     for node in work.nodes:
         _normalise(node, opset, work)
     fuse_activations(work)
     prune(work)
-    _refuse_unsupported(work, _ranks(model))
+    _refuse_unsupported(work, ranks)
     graph = Graph(tuple(inputs), tuple(outputs), {k: _constant(k, v) for k, v in work.constants.items()},
                   tuple(_format_node(n) for n in work.nodes),
                   {"producer": f"{model.producer_name} {model.producer_version}".strip(), "opset": opset})
@@ -153,14 +172,19 @@ def _const(work: WorkGraph, node: WorkNode, key: str, value: np.ndarray) -> str:
     return name
 
 
-def _ranks(model: onnx.ModelProto) -> dict[str, int]:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - shape inference is a help here, not a requirement
-        inferred = model
+def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int | str, ...]]:
+    """Every value's dims as onnx's shape inference sees them (int, or str for a symbolic / unknown dim)."""
+    inferred = model
+    for data_prop in (True, False):  # data propagation sees through Shape arithmetic, but may fail
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, data_prop=data_prop)
+            break
+        except Exception:  # noqa: BLE001, S112 - shape inference is a help here, not a requirement
+            continue
     g = inferred.graph
-    return {v.name: len(v.type.tensor_type.shape.dim) for v in [*g.value_info, *g.input, *g.output]
-            if v.type.tensor_type.HasField("shape")}
+    return {v.name: tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                          for d in v.type.tensor_type.shape.dim)
+            for v in [*g.value_info, *g.input, *g.output] if v.type.tensor_type.HasField("shape")}
 
 
 def _problem(node: WorkNode, ranks: dict[str, int]) -> str:

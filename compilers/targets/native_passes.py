@@ -6,7 +6,7 @@
   becomes one integer op (QConv / QGemm: int8/uint8 inputs, int32 accumulation, requantized output);
   DequantizeLinear -> MaxPool | Reshape | Flatten | Squeeze | Unsqueeze | Identity | Transpose ->
   QuantizeLinear with the same scale and zero point becomes the op on the quantized tensor.
-- fuse_activations: Conv | Gemm followed by Relu, or by Clip with constant bounds, becomes one node.
+- fuse_activations: Conv | Gemm followed by Relu, HardSwish, or Clip with constant bounds, becomes one node.
 - prune: drops nodes whose outputs nothing uses.
 """
 
@@ -99,9 +99,11 @@ def fuse_activations(graph: WorkGraph) -> None:
         if node.op not in ("Conv", "Gemm") or node.attrs.get("activation", "none") != "none":
             continue
         user = graph.only_consumer(node.outputs[0])
-        if user is None or user.op not in ("Relu", "Clip"):
+        if user is None or user.op not in ("Relu", "Clip", "HardSwish"):
             continue
-        if user.op == "Clip":
+        if user.op == "HardSwish":
+            node.attrs["activation"] = "hardswish"
+        elif user.op == "Clip":
             low, high = (graph.const(v) for v in (user.inputs + ["", ""])[1:3])
             if any(v and graph.const(v) is None for v in user.inputs[1:]):
                 continue

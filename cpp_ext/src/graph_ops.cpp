@@ -90,18 +90,23 @@ Activation Activation::from(const Attrs& attrs) {
     } else if (kind == "clip") {
         act = {true, static_cast<float>(attrs.get_float("act_min", -std::numeric_limits<double>::infinity())),
                static_cast<float>(attrs.get_float("act_max", std::numeric_limits<double>::infinity()))};
+    } else if (kind == "hardswish") {
+        act.swish = true;
     } else {
-        EF_REQUIRE(kind == "none", "activation must be none, relu or clip, got " + kind);
+        EF_REQUIRE(kind == "none", "activation must be none, relu, clip or hardswish, got " + kind);
     }
     return act;
 }
 
 std::unique_ptr<Op> make_op(const NodeSpec& spec, const std::vector<DType>& input_dtypes, DType output_dtype,
                             const std::vector<const Constant*>& constants) {
+    if (auto op = make_depthwise_conv_op(spec, constants)) return op;
     if (auto op = make_conv_op(spec, constants)) return op;
+    if (auto op = make_unary_op(spec)) return op;
     if (auto op = make_pool_op(spec)) return op;
     if (auto op = make_float_op(spec, input_dtypes, constants)) return op;
     if (auto op = make_shape_op(spec, input_dtypes, constants)) return op;
+    if (auto op = make_qdepthwise_conv_op(spec, output_dtype, constants)) return op;
     if (auto op = make_quant_op(spec, input_dtypes, output_dtype, constants)) return op;
     fail("op not supported by the native executor");
 }

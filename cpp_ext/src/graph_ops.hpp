@@ -41,15 +41,29 @@ private:
     std::vector<std::int32_t> index_;
 };
 
-// The fused activation of Conv / Gemm: none, relu, or clip to [lo, hi].
+// HardSwish as graph_reference.hard_swish computes it in float32: x * clip(x / 6 + 1/2, 0, 1).
+inline float hard_swish(float x) {
+    constexpr float kSixth = static_cast<float>(1.0 / 6.0);
+    return x * std::min(std::max(kSixth * x + 0.5f, 0.0f), 1.0f);
+}
+
+// The fused activation of Conv / Gemm: none, relu, clip to [lo, hi] (`active`: kernels apply it in
+// registers), or hardswish (a pass over the output, still in cache: `finish`).
 struct Activation {
     bool active = false;
     float lo = 0.0f;
     float hi = 0.0f;
+    bool swish = false;
     static Activation from(const Attrs& attrs);
     void apply(float* y, std::int64_t count) const {
-        if (!active) return;
-        for (std::int64_t i = 0; i < count; ++i) y[i] = std::min(std::max(y[i], lo), hi);
+        if (active) {
+            for (std::int64_t i = 0; i < count; ++i) y[i] = std::min(std::max(y[i], lo), hi);
+        }
+        finish(y, count);
+    }
+    void finish(float* y, std::int64_t count) const {
+        if (!swish) return;
+        for (std::int64_t i = 0; i < count; ++i) y[i] = hard_swish(y[i]);
     }
 };
 
@@ -75,9 +89,16 @@ private:
     Window win_{};
 };
 
-// Factories by op family (graph_ops_conv.cpp, graph_ops_pool.cpp, graph_ops_float.cpp,
-// graph_ops_shape.cpp, graph_ops_quant.cpp).
+// Factories by op family (graph_ops_conv.cpp, graph_ops_depthwise.cpp, graph_ops_pool.cpp,
+// graph_ops_float.cpp, graph_ops_unary.cpp, graph_ops_shape.cpp, graph_ops_quant.cpp).
 std::unique_ptr<Op> make_conv_op(const NodeSpec& spec, const std::vector<const Constant*>& constants);
+// Conv with one input channel per group (depthwise) and a constant W; null for any other Conv.
+std::unique_ptr<Op> make_depthwise_conv_op(const NodeSpec& spec, const std::vector<const Constant*>& constants);
+std::unique_ptr<Op> make_unary_op(const NodeSpec& spec);
+// QConv with one input channel per group, every parameter constant and sums that float32 holds exactly
+// (graph_ops_depthwise.cpp); null for any other QConv, which the general QConv runs.
+std::unique_ptr<Op> make_qdepthwise_conv_op(const NodeSpec& spec, DType out,
+                                            const std::vector<const Constant*>& constants);
 std::unique_ptr<Op> make_pool_op(const NodeSpec& spec);
 std::unique_ptr<Op> make_float_op(const NodeSpec& spec, const std::vector<DType>& in,
                                   const std::vector<const Constant*>& constants);

@@ -208,12 +208,57 @@ public:
         } else if (na == 1 && nb == total) {
             const float s = a[0];
             for (std::int64_t i = 0; i < total; ++i) y[i] = f(s, b[i]);
-        } else if (total > 0) {
+        } else if (total > 0 && !blocked(a, b, y, *in[0].shape, *in[1].shape, shape, f)) {
             general(a, b, y, *in[0].shape, *in[1].shape, shape, f);
         }
     }
 
 private:
+    // One operand full, the other constant over blocks of the output: its shape (right-aligned) is 1 on
+    // the leading and trailing axes and the output's on the ones between (x * s with s (N, C, 1, 1) in a
+    // squeeze-excite block, a per-channel (C, 1, 1) scale). false when the shapes are not of that form.
+    static bool blocked(const float* a, const float* b, float* y, const Shape& as, const Shape& bs,
+                        const Shape& shape, const F& f) {
+        const std::int64_t total = numel(shape);
+        const bool b_small = numel(as) == total;
+        if (!b_small && numel(bs) != total) return false;
+        const Shape& small = b_small ? bs : as;
+        const std::size_t rank = shape.size(), pad = rank - small.size();
+        std::size_t first = rank, last = rank;  // [first, last): the axes where small is the output's
+        for (std::size_t d = 0; d < rank; ++d) {
+            const std::int64_t s = d < pad ? 1 : small[d - pad];
+            if (s == shape[d] && s != 1) {
+                if (first == rank) first = d;
+                else if (last != rank) return false;
+            } else if (s == 1) {
+                if (first != rank && last == rank) last = d;
+            } else {
+                return false;
+            }
+        }
+        if (first == rank) return false;
+        const std::int64_t outer = numel(Shape(shape.begin(), shape.begin() + static_cast<std::ptrdiff_t>(first)));
+        const std::int64_t mid = numel(Shape(shape.begin() + static_cast<std::ptrdiff_t>(first),
+                                             shape.begin() + static_cast<std::ptrdiff_t>(last)));
+        const std::int64_t inner = numel(Shape(shape.begin() + static_cast<std::ptrdiff_t>(last), shape.end()));
+        const float* full = b_small ? a : b;
+        const float* part = b_small ? b : a;
+        for (std::int64_t o = 0; o < outer; ++o) {
+            for (std::int64_t m = 0; m < mid; ++m) {
+                const float s = part[m];
+                const std::int64_t at = (o * mid + m) * inner;
+                const float* src = full + at;
+                float* dst = y + at;
+                if (b_small) {
+                    for (std::int64_t j = 0; j < inner; ++j) dst[j] = f(src[j], s);
+                } else {
+                    for (std::int64_t j = 0; j < inner; ++j) dst[j] = f(s, src[j]);
+                }
+            }
+        }
+        return true;
+    }
+
     static void general(const float* a, const float* b, float* y, const Shape& as, const Shape& bs, const Shape& shape,
                         const F& f) {
         const auto sa = broadcast_strides(as, shape), sb = broadcast_strides(bs, shape);

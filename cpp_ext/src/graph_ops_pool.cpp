@@ -85,13 +85,29 @@ public:
         const std::int64_t planes = s[0] * s[1], size = numel(s) / std::max<std::int64_t>(planes, 1);
         for (std::int64_t p = 0; p < planes; ++p) {
             const float* x = in[0].as<float>() + p * size;
-            float acc = average_ ? 0.0f : -std::numeric_limits<float>::infinity();
-            for (std::int64_t i = 0; i < size; ++i) acc = average_ ? acc + x[i] : std::max(acc, x[i]);
-            out.as<float>()[p] = average_ ? acc / static_cast<float>(size) : acc;
+            if (average_) {
+                out.as<float>()[p] = sum(x, size) / static_cast<float>(size);
+                continue;
+            }
+            float acc = -std::numeric_limits<float>::infinity();
+            for (std::int64_t i = 0; i < size; ++i) acc = std::max(acc, x[i]);
+            out.as<float>()[p] = acc;
         }
     }
 
 private:
+    // In 8 independent partial sums (one chain of adds would wait on each add's latency), then pairwise:
+    // within float32 rounding of the reference's numpy sum, which is pairwise too.
+    static float sum(const float* x, std::int64_t size) {
+        float lanes[8] = {};
+        std::int64_t i = 0;
+        for (; i + 8 <= size; i += 8) {
+            for (int l = 0; l < 8; ++l) lanes[l] += x[i + l];
+        }
+        for (int l = 0; i < size; ++i, ++l) lanes[l] += x[i];
+        return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    }
+
     bool average_;
 };
 

@@ -1,4 +1,5 @@
-// Shape ops on any dtype: Flatten, Reshape, Squeeze, Unsqueeze, Identity (views: no copy), Transpose.
+// Shape ops on any dtype: Flatten, Reshape, Squeeze, Unsqueeze, Identity (views: no copy), Transpose,
+// Concat.
 #include <cstring>
 
 #include "graph_ops.hpp"
@@ -156,6 +157,44 @@ private:
     std::vector<std::int64_t> perm_;
 };
 
+class ConcatOp : public Op {
+public:
+    explicit ConcatOp(const Attrs& attrs) : axis_(attrs.get_int("axis", 0)) {}
+
+    Shape infer(const std::vector<View>& in) const override {
+        Shape out = *in[0].shape;
+        const auto axis = static_cast<std::size_t>(normalize_axis(axis_, static_cast<std::int64_t>(out.size())));
+        for (std::size_t i = 1; i < in.size(); ++i) {
+            const Shape& s = *in[i].shape;
+            bool fits = s.size() == out.size();
+            for (std::size_t d = 0; fits && d < s.size(); ++d) fits = d == axis || s[d] == out[d];
+            EF_REQUIRE(fits, "input " + std::to_string(i) + " " + shape_str(s) + " does not fit " +
+                                 shape_str(*in[0].shape) + " on any axis but " + std::to_string(axis_));
+            out[axis] += s[axis];
+        }
+        return out;
+    }
+
+    void run(const std::vector<View>& in, const View& out, void*) const override {
+        const Shape& y = *out.shape;
+        const auto axis = static_cast<std::size_t>(normalize_axis(axis_, static_cast<std::int64_t>(y.size())));
+        const std::int64_t outer = numel(Shape(y.begin(), y.begin() + static_cast<std::ptrdiff_t>(axis)));
+        const std::int64_t item = static_cast<std::int64_t>(dtype_size(out.dtype));
+        const std::int64_t inner = numel(Shape(y.begin() + static_cast<std::ptrdiff_t>(axis) + 1, y.end())) * item;
+        auto* dst = static_cast<char*>(out.data);
+        for (std::int64_t o = 0; o < outer; ++o) {
+            for (const View& v : in) {
+                const std::int64_t bytes = (*v.shape)[axis] * inner;
+                if (bytes) std::memcpy(dst, static_cast<const char*>(v.data) + o * bytes, static_cast<std::size_t>(bytes));
+                dst += bytes;
+            }
+        }
+    }
+
+private:
+    std::int64_t axis_;
+};
+
 }  // namespace
 
 std::unique_ptr<Op> make_shape_op(const NodeSpec& spec, const std::vector<DType>&,
@@ -165,6 +204,7 @@ std::unique_ptr<Op> make_shape_op(const NodeSpec& spec, const std::vector<DType>
         return std::make_unique<ViewOp>(op, spec.attrs);
     }
     if (op == "Transpose") return std::make_unique<TransposeOp>(spec.attrs);
+    if (op == "Concat") return std::make_unique<ConcatOp>(spec.attrs);
     return nullptr;
 }
 

@@ -48,6 +48,7 @@ CLAIMED = [
     r"test_mul", r"test_div", r"test_maxpool_", r"test_averagepool_", r"test_globalaveragepool",
     r"test_globalmaxpool", r"test_softmax_", r"test_flatten_", r"test_reshape_", r"test_squeeze",
     r"test_unsqueeze_", r"test_identity", r"test_transpose_", r"test_quantizelinear", r"test_dequantizelinear",
+    r"test_sigmoid", r"test_tanh", r"test_hardsigmoid", r"test_hardswish", r"test_leakyrelu", r"test_concat_",
 ]
 # Variants not claimed, each with the reason.
 NOT_CLAIMED = [

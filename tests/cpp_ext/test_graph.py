@@ -334,8 +334,121 @@ def test_unsupported_ops_and_dtypes_are_named() -> None:
     b = GraphBuilder()
     x = b.input("x", "float32", (2,))
     y = b.node("Sin", [x], name="sine")
-    b.output(b.node("Relu", [b.node("Tanh", [y], name="tanh")]))
-    with pytest.raises(GraphFormatError, match=r"Sin \(node 'sine'\).*Tanh \(node 'tanh'\)"):
+    b.output(b.node("Relu", [b.node("Erf", [y], name="erf")]))
+    with pytest.raises(GraphFormatError, match=r"Sin \(node 'sine'\).*Erf \(node 'erf'\)"):
         graph_native.load_executor(b.build())
     with pytest.raises(GraphFormatError, match="input 0 has dtype int8"):
         graph_native.load_executor(one_op("Add", (2,), {"b": np.int8(1)}, dtype="int8"))
+
+
+@pytest.mark.parametrize("op,attrs", [("Sigmoid", {}), ("Tanh", {}), ("HardSigmoid", {}),
+                                      ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}), ("HardSwish", {}),
+                                      ("LeakyRelu", {}), ("LeakyRelu", {"alpha": 0.2})])
+def test_activations(op: str, attrs: dict) -> None:
+    x = f32(np.random.default_rng(7), 2, 3, 5, 7) * 6
+    x[0, 0, 0, :4] = [0.0, -3.0, 3.0, -100.0]  # the kinks and a saturated sigmoid
+    exact = op not in ("Sigmoid", "Tanh")  # piecewise-linear: the same float32 formula; else libm's exp / tanh
+    check(one_op(op, x.shape, **attrs), x, exact=exact, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "uint8", "int64"])
+@pytest.mark.parametrize("axis,shapes", [(1, [(2, 3, 4), (2, 1, 4), (2, 5, 4)]), (-1, [(2, 3, 4), (2, 3, 2)]),
+                                         (0, [(1, 3, 4), (2, 3, 4)])])
+def test_concat(dtype: str, axis: int, shapes: list) -> None:
+    rng = np.random.default_rng(8)
+    values = [(rng.standard_normal(s) * 50).astype(dtype) for s in shapes]
+    b = GraphBuilder()
+    names = [b.input("x", dtype, shapes[0])] + [b.constant(f"c{i}", v) for i, v in enumerate(values[1:])]
+    b.output(b.node("Concat", names, axis=axis), dtype)
+    check(read_graph(graph_bytes(b.build())), values[0], exact=True)
+
+
+@pytest.mark.parametrize("b_shape", [(2, 3, 1, 1), (1, 3, 1, 1), (2, 3, 4, 1), (1, 1, 1, 5)])
+def test_binary_blocked_broadcasting_either_side(b_shape: tuple) -> None:  # x * s in squeeze-excite blocks
+    rng = np.random.default_rng(9)
+    for order in ((0, 1), (1, 0)):
+        b = GraphBuilder()
+        names = [b.input("x", "float32", (2, 3, 4, 5)), b.constant("s", f32(rng, *b_shape))]
+        b.output(b.node("Sub", [names[order[0]], names[order[1]]]), "float32")
+        check(b.build(), f32(rng, 2, 3, 4, 5), exact=True)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_depthwise_conv(isa: str, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    channels, mult = int(rng.integers(1, 20)), int(rng.integers(1, 3))
+    k = [int(v) for v in rng.integers(1, 6, 2)]
+    attrs = {"group": channels, "kernel_shape": k, "strides": [int(v) for v in rng.integers(1, 3, 2)],
+             "dilations": [1, 1] if seed % 3 else [2, 1]}
+    if seed % 4 == 3:
+        attrs["auto_pad"] = "SAME_UPPER"
+    else:
+        attrs["pads"] = [int(rng.integers(0, v)) for v in k * 2]
+    if seed % 2:
+        attrs.update(activation="clip", act_min=0.0, act_max=6.0)
+    consts = {"w": f32(rng, channels * mult, 1, *k), "b": f32(rng, channels * mult) if seed % 3 != 1 else None}
+    shape = (2, channels, int(rng.integers(9, 17)), int(rng.integers(9, 17)))
+    check(one_op("Conv", shape, consts, **attrs), f32(rng, *shape), rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_conv_tiers_agree_bit_for_bit() -> None:  # the same products and sums in the same order
+    rng = np.random.default_rng(10)
+    for stride, k in ((1, 3), (2, 3), (1, 5), (2, 5), (3, 2)):
+        graph = one_op("Conv", (1, 12, 19, 21), {"w": f32(rng, 12, 1, k, k), "b": f32(rng, 12)}, group=12,
+                       kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4)
+        x = f32(rng, 1, 12, 19, 21)
+        results = []
+        for name in ISAS:
+            graph_native.select_isa(name)
+            results.append(graph_native.load_executor(graph).run({"x": x}))
+        graph_native.select_isa("auto")
+        for result in results[1:]:
+            np.testing.assert_array_equal(result[next(iter(result))], results[0][next(iter(result))])
+
+
+@pytest.mark.parametrize("x_dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("k,mult,attrs", [(3, 1, {"pads": [1, 1, 1, 1]}),
+                                          (5, 1, {"pads": [2, 2, 2, 2], "strides": [2, 2]}),
+                                          (3, 2, {"pads": [0, 1, 2, 1], "strides": [1, 2], "dilations": [2, 1]}),
+                                          (17, 1, {})])  # 17x17: sums beyond float32's exact range, general path
+def test_qconv_depthwise_exact(isa: str, x_dtype: str, k: int, mult: int, attrs: dict) -> None:
+    rng = np.random.default_rng(k * mult)
+    c = 10
+    p = qparams(rng, x_dtype, c * mult, True)
+    p["zw"] = rng.integers(-128, 0 if k == 17 else 4, c * mult).astype(np.int8)
+    b = GraphBuilder()
+    x = b.input("x", x_dtype, ("n", c, 19, 18))
+    w = b.constant("w", (np.full((c * mult, 1, k, k), 127) if k == 17 else
+                         rng.integers(-128, 128, (c * mult, 1, k, k))).astype(np.int8))
+    names = [b.constant(k, v) for k, v in p.items()]
+    inputs = [x, names[0], names[1], w, names[2], names[3], names[4], names[5],
+              b.constant("bias", rng.integers(-5000, 5000, c * mult).astype(np.int32))]
+    b.output(b.node("QConv", inputs, group=c, activation="relu" if mult == 2 else "none", **attrs), x_dtype)
+    info = np.iinfo(x_dtype)
+    check(b.build(), rng.integers(info.min, info.max + 1, (2, c, 19, 18)).astype(x_dtype), exact=True)
+
+
+def test_quantize_linear_blocks_and_tails_exact(isa: str) -> None:  # the AVX2 loop takes blocks of 8
+    x = f32(np.random.default_rng(11), 3, 37) * 40
+    x[0, :6] = [0.5, 1.5, -2.5, 1e9, -1e9, 0.0]  # ties (scale 1) and saturation
+    for dtype in ("uint8", "int8"):
+        check(one_op("QuantizeLinear", (3, 37), {"s": np.float32(1.0), "z": np.array(3, dtype)}), x, exact=True)
+        check(one_op("QuantizeLinear", (3, 37), {"s": np.float32(0.37), "z": np.array(3, dtype)}), x, exact=True)
+
+
+@pytest.mark.parametrize("group,k,w_shape", [(1, 3, (8, 4, 3, 3)), (1, 1, (8, 4, 1, 1)), (2, 3, (8, 2, 3, 3)),
+                                             (4, 3, (8, 1, 3, 3))])
+def test_conv_fused_hard_swish(isa: str, group: int, k: int, w_shape: tuple) -> None:
+    # direct, pointwise (GEMM), grouped (im2col) and depthwise paths all finish with the same hard swish
+    rng = np.random.default_rng(12)
+    graph = one_op("Conv", (2, 4, 9, 8), {"w": f32(rng, *w_shape), "b": f32(rng, 8)}, group=group,
+                   kernel_shape=[k, k], pads=[k // 2] * 4, activation="hardswish")
+    check(graph, f32(rng, 2, 4, 9, 8) * 2)
+    check(one_op("Gemm", (3, 5), {"b": f32(rng, 5, 6)}, activation="hardswish"), f32(rng, 3, 5) * 3)
+
+
+@pytest.mark.parametrize("bias,activation", [(True, "relu"), (False, "none"), (True, "hardswish")])
+def test_conv_1x1_on_1x1_input(bias: bool, activation: str) -> None:  # squeeze-excite's layers: matrix-vector
+    rng = np.random.default_rng(13)
+    consts = {"w": f32(rng, 37, 70, 1, 1), "b": f32(rng, 37) if bias else None}
+    check(one_op("Conv", ("n", 70, 1, 1), consts, kernel_shape=[1, 1], activation=activation), f32(rng, 3, 70, 1, 1))

@@ -1,0 +1,397 @@
+// Depthwise Conv (one input channel per group, any channel multiplier, constant W), float32 NCHW 2-D,
+// with its fused activation. The general path would run one im2col and one 1-row GEMM per channel;
+// here each channel's plane is copied once into a zero-padded buffer, and each block of 8 output pixels
+// of a row is accumulated in registers over the kH x kW taps (8 inputs at the stride times one weight),
+// then bias and activation. Summed in tap order from zero, bias after the sum, as the reference's
+// im2col + GEMM. x86-64 runs an AVX2 version (chosen at run time with the other kernels) with the same
+// products and sums in the same order (no FMA), so every tier gives the same bits.
+#include <cmath>
+#include <cstring>
+#include <limits>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
+#include "graph_kernels.hpp"
+#include "graph_ops.hpp"
+
+namespace edgefleet::graph {
+namespace {
+
+struct PlaneArgs {
+    const float* x;  // one channel, padded: ph x pw
+    std::int64_t pw;
+    const float* w;  // kh * kw taps
+    float bias, lo, hi;
+    const Window* win;
+    float* y;  // oh x ow
+};
+
+constexpr std::int64_t kLanes = 8;  // output pixels per block: the accumulators stay in registers
+
+// One block of up to kLanes output pixels of one row. SW: the horizontal stride, K: a square kernel's
+// size (0: read either from the window); with both fixed the tap loops unroll and the weights stay in
+// registers across the blocks of a plane.
+template <int SW, int K>
+__attribute__((always_inline)) inline void block(const PlaneArgs& a, const float* w, const float* src_row,
+                                                 float* out, std::int64_t count) {
+    const Window& v = *a.win;
+    const std::int64_t sw = SW > 0 ? SW : v.sw, kh = K > 0 ? K : v.kh, kw = K > 0 ? K : v.kw;
+    float acc[kLanes] = {};
+    for (std::int64_t i = 0; i < kh; ++i) {
+        const float* src = src_row + i * v.dh * a.pw;
+        for (std::int64_t j = 0; j < kw; ++j) {
+            const float wv = w[i * kw + j];
+            const float* s = src + j * v.dw;
+            for (std::int64_t l = 0; l < kLanes; ++l) acc[l] += wv * s[l * sw];
+        }
+    }
+    const float b = a.bias, lo = a.lo, hi = a.hi;
+    if (count == kLanes) {
+        for (std::int64_t l = 0; l < kLanes; ++l) out[l] = std::min(std::max(acc[l] + b, lo), hi);
+    } else {
+        for (std::int64_t l = 0; l < count; ++l) out[l] = std::min(std::max(acc[l] + b, lo), hi);
+    }
+}
+
+template <int SW, int K>
+__attribute__((always_inline)) inline void rows(const PlaneArgs& a) {
+    const Window& v = *a.win;
+    float w[K > 0 ? K * K : 1];
+    const float* taps = a.w;
+    if (K > 0 && v.dh == 1 && v.dw == 1) {
+        for (int t = 0; t < K * K; ++t) w[t] = a.w[t];
+        taps = w;
+    }
+    for (std::int64_t oy = 0; oy < v.oh; ++oy) {
+        const float* src_row = a.x + oy * v.sh * a.pw;
+        float* out = a.y + oy * v.ow;
+        for (std::int64_t ox = 0; ox < v.ow; ox += kLanes) {
+            block<SW, K>(a, taps, src_row + ox * v.sw, out + ox, std::min(kLanes, v.ow - ox));
+        }
+    }
+}
+
+template <int SW>
+__attribute__((always_inline)) inline void by_kernel(const PlaneArgs& a) {
+    const Window& v = *a.win;
+    if (v.kh == 3 && v.kw == 3) return rows<SW, 3>(a);
+    if (v.kh == 5 && v.kw == 5) return rows<SW, 5>(a);
+    rows<SW, 0>(a);
+}
+
+__attribute__((always_inline)) inline void plane_impl(const PlaneArgs& a) {
+    if (a.win->sw == 1) return by_kernel<1>(a);
+    if (a.win->sw == 2) return by_kernel<2>(a);
+    rows<0, 0>(a);
+}
+
+void plane_portable(const PlaneArgs& a) { plane_impl(a); }
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define EF_AVX2 __attribute__((target("avx2,fma")))
+// 8 floats at stride SW (1 or 2) from s; at stride 2 it reads s[0..15].
+template <int SW>
+EF_AVX2 inline __m256 load8(const float* s) {
+    if (SW == 1) return _mm256_loadu_ps(s);
+    const __m256 even = _mm256_shuffle_ps(_mm256_loadu_ps(s), _mm256_loadu_ps(s + 8), _MM_SHUFFLE(2, 0, 2, 0));
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(even), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+
+// plane_impl in 256-bit registers: the same products and sums in the same order (mul then add, no FMA).
+template <int SW, int K>
+EF_AVX2 void rows_avx2(const PlaneArgs& a) {
+    const Window& v = *a.win;
+    const std::int64_t kh = K > 0 ? K : v.kh, kw = K > 0 ? K : v.kw;
+    __m256 w[K > 0 ? K * K : 1];
+    for (int t = 0; t < (K > 0 ? K * K : 0); ++t) w[t] = _mm256_set1_ps(a.w[t]);
+    const __m256 bias = _mm256_set1_ps(a.bias), lo = _mm256_set1_ps(a.lo), hi = _mm256_set1_ps(a.hi);
+    alignas(32) float tail[kLanes];
+    for (std::int64_t oy = 0; oy < v.oh; ++oy) {
+        const float* src_row = a.x + oy * v.sh * a.pw;
+        float* out = a.y + oy * v.ow;
+        for (std::int64_t ox = 0; ox < v.ow; ox += kLanes) {
+            __m256 acc = _mm256_setzero_ps();
+            for (std::int64_t i = 0; i < kh; ++i) {
+                const float* src = src_row + i * v.dh * a.pw + ox * SW;
+                for (std::int64_t j = 0; j < kw; ++j) {
+                    const __m256 wv = K > 0 ? w[i * kw + j] : _mm256_set1_ps(a.w[i * kw + j]);
+                    acc = _mm256_add_ps(acc, _mm256_mul_ps(wv, load8<SW>(src + j * v.dw)));
+                }
+            }
+            const __m256 y = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(acc, bias), lo), hi);
+            if (v.ow - ox >= kLanes) {
+                _mm256_storeu_ps(out + ox, y);
+            } else {
+                _mm256_store_ps(tail, y);
+                for (std::int64_t l = 0; l < v.ow - ox; ++l) out[ox + l] = tail[l];
+            }
+        }
+    }
+}
+
+template <int SW>
+EF_AVX2 void by_kernel_avx2(const PlaneArgs& a) {
+    const Window& v = *a.win;
+    if (v.kh == 3 && v.kw == 3) return rows_avx2<SW, 3>(a);
+    if (v.kh == 5 && v.kw == 5) return rows_avx2<SW, 5>(a);
+    rows_avx2<SW, 0>(a);
+}
+
+EF_AVX2 void plane_avx2(const PlaneArgs& a) {
+    if (a.win->sw == 1) return by_kernel_avx2<1>(a);
+    if (a.win->sw == 2) return by_kernel_avx2<2>(a);
+    plane_impl(a);
+}
+#endif
+
+// The plane kernel for the ISA in use.
+using PlaneFn = void (*)(const PlaneArgs&);
+PlaneFn plane_kernel() {
+#if defined(__x86_64__) || defined(_M_X64)
+    if (std::strcmp(kernels::active().isa, "portable") != 0) return &plane_avx2;
+#endif
+    return &plane_portable;
+}
+
+// The padded plane's size: every window inside it, rows wide enough for whole blocks of kLanes.
+void padded(const Window& win, std::int64_t& ph, std::int64_t& pw) {
+    const std::int64_t blocks = (win.ow + kLanes - 1) / kLanes * kLanes;
+    ph = std::max(win.h + win.top, (win.oh - 1) * win.sh + (win.kh - 1) * win.dh + 1);
+    pw = std::max(win.w + win.left, (blocks - 1) * win.sw + (win.kw - 1) * win.dw + 1);
+}
+
+class DepthwiseConvOp : public Op {
+public:
+    DepthwiseConvOp(const Attrs& attrs, const Constant& w, const Constant* b)
+        : attrs_(attrs), act_(Activation::from(attrs)), group_(attrs.get_int("group", 1)), w_shape_(w.shape) {
+        const auto kernel = attrs.get_ints("kernel_shape", {});
+        EF_REQUIRE(kernel.empty() || (kernel.size() == 2 && kernel[0] == w.shape[2] && kernel[1] == w.shape[3]),
+                   "kernel_shape does not match W");
+        const auto* src = static_cast<const float*>(w.data());
+        weights_.assign(src, src + numel(w.shape));
+        if (b != nullptr && b->dtype == DType::f32 && numel(b->shape) == w.shape[0]) {
+            const auto* values = static_cast<const float*>(b->data());
+            bias_.assign(values, values + w.shape[0]);
+        }
+    }
+
+    Shape infer(const std::vector<View>& in) const override {
+        const Window& win = windows_.get(*in[0].shape, w_shape_[2], w_shape_[3], attrs_, false);
+        EF_REQUIRE(win.c == group_, "X has " + std::to_string(win.c) + " channels; W " + shape_str(w_shape_) +
+                                        " with group " + std::to_string(group_) + " needs " + std::to_string(group_));
+        if (in.size() > 2 && (in[2].data != nullptr || !in[2].shape->empty())) {
+            EF_REQUIRE(numel(*in[2].shape) == w_shape_[0], "B must have M = " + std::to_string(w_shape_[0]) + " values");
+        }
+        return {win.n, w_shape_[0], win.oh, win.ow};
+    }
+
+    std::size_t scratch_bytes(const std::vector<View>& in, const Shape&) const override {
+        const Window& win = windows_.get(*in[0].shape, w_shape_[2], w_shape_[3], attrs_, false);
+        std::int64_t ph = 0, pw = 0;
+        padded(win, ph, pw);
+        return static_cast<std::size_t>(ph * pw + 2 * kLanes) * sizeof(float);  // stride-2 loads read 8 past a row
+    }
+
+    void run(const std::vector<View>& in, const View& out, void* scratch) const override {
+        const Window& win = windows_.get(*in[0].shape, w_shape_[2], w_shape_[3], attrs_, false);
+        std::int64_t ph = 0, pw = 0;
+        padded(win, ph, pw);
+        const float* bias = !bias_.empty() ? bias_.data()
+                            : (in.size() > 2 && in[2].data != nullptr ? in[2].as<float>() : nullptr);
+        constexpr float kInf = std::numeric_limits<float>::infinity();
+        auto* pad = static_cast<float*>(scratch);
+        std::fill(pad, pad + ph * pw, 0.0f);
+        const std::int64_t mult = w_shape_[0] / group_, taps = w_shape_[2] * w_shape_[3], plane = win.h * win.w;
+        const std::int64_t out_plane = win.oh * win.ow;
+        const PlaneFn kernel = plane_kernel();
+        PlaneArgs args{nullptr, pw, nullptr, 0.0f, act_.active ? act_.lo : -kInf, act_.active ? act_.hi : kInf, &win,
+                       nullptr};
+        for (std::int64_t n = 0; n < win.n; ++n) {
+            for (std::int64_t c = 0; c < win.c; ++c) {
+                const float* x = in[0].as<float>() + (n * win.c + c) * plane;
+                for (std::int64_t iy = 0; iy < win.h; ++iy)
+                    std::memcpy(pad + (iy + win.top) * pw + win.left, x + iy * win.w,
+                                static_cast<std::size_t>(win.w) * sizeof(float));
+                args.x = pad;
+                for (std::int64_t q = 0; q < mult; ++q) {
+                    const std::int64_t m = c * mult + q;
+                    args.w = weights_.data() + m * taps;
+                    args.bias = bias != nullptr ? bias[m] : 0.0f;
+                    args.y = out.as<float>() + (n * w_shape_[0] + m) * out_plane;
+                    kernel(args);
+                    act_.finish(args.y, out_plane);
+                }
+            }
+        }
+    }
+
+private:
+    Attrs attrs_;
+    Activation act_;
+    std::int64_t group_;
+    Shape w_shape_;
+    std::vector<float> weights_;
+    std::vector<float> bias_;  // empty: B absent or computed at run time
+    mutable WindowCache windows_;  // runs hold the GIL: never two at once
+};
+
+// The int8 depthwise QConv: (x - x_zero_point) and (w - w_zero_point) as float32, summed by the float
+// kernel above: every product and partial sum is an integer below 2^24 (checked at load), so float32
+// holds it exactly and the int32 accumulator of the reference comes out bit for bit; then + bias,
+// times the channel's multiplier, requantized as graph_reference.qconv.
+class QDepthwiseConvOp : public Op {
+public:
+    QDepthwiseConvOp(const Attrs& attrs, DType out, const std::vector<const Constant*>& c, std::vector<float> w)
+        : attrs_(attrs), group_(attrs.get_int("group", 1)), w_shape_(c[3]->shape), weights_(std::move(w)) {
+        const std::int64_t m = w_shape_[0];
+        const auto scalar = [](const Constant* k) {
+            return k->dtype == DType::f32 ? static_cast<const float*>(k->data())[0]
+                   : k->dtype == DType::u8 ? static_cast<float>(static_cast<const std::uint8_t*>(k->data())[0])
+                                           : static_cast<float>(static_cast<const std::int8_t*>(k->data())[0]);
+        };
+        x_zero_ = scalar(c[2]);
+        const float sx = scalar(c[1]), sy = scalar(c[6]), zy = scalar(c[7]);
+        const auto* sw = static_cast<const float*>(c[4]->data());
+        const bool per_channel = numel(c[4]->shape) == m;
+        for (std::int64_t o = 0; o < m; ++o) {
+            const float a = sx * sw[per_channel ? o : 0];
+            mult_.push_back(a / sy);
+        }
+        bias_.assign(static_cast<std::size_t>(m), 0);
+        if (c.size() > 8 && c[8] != nullptr) {
+            const auto* b = static_cast<const std::int32_t*>(c[8]->data());
+            bias_.assign(b, b + m);
+        }
+        u8_ = out == DType::u8;
+        lo_ = u8_ ? 0.0f : -128.0f, hi_ = u8_ ? 255.0f : 127.0f, y_zero_ = zy;
+        if (attrs.get_str("activation", "none") == "relu") lo_ = std::max(lo_, zy);
+    }
+
+    Shape infer(const std::vector<View>& in) const override {
+        const Window& win = windows_.get(*in[0].shape, w_shape_[2], w_shape_[3], attrs_, false);
+        EF_REQUIRE(win.c == group_, "x has " + std::to_string(win.c) + " channels, w expects " + std::to_string(group_));
+        return {win.n, w_shape_[0], win.oh, win.ow};
+    }
+
+    std::size_t scratch_bytes(const std::vector<View>& in, const Shape&) const override {
+        const Window& win = windows_.get(*in[0].shape, w_shape_[2], w_shape_[3], attrs_, false);
+        std::int64_t ph = 0, pw = 0;
+        padded(win, ph, pw);
+        return static_cast<std::size_t>(ph * pw + 2 * kLanes + win.oh * win.ow + 16) * sizeof(float);
+    }
+
+    void run(const std::vector<View>& in, const View& out, void* scratch) const override {
+        const Window& win = windows_.get(*in[0].shape, w_shape_[2], w_shape_[3], attrs_, false);
+        std::int64_t ph = 0, pw = 0;
+        padded(win, ph, pw);
+        auto* pad = static_cast<float*>(scratch);
+        float* sums = pad + (ph * pw + 2 * kLanes + 15) / 16 * 16;
+        std::fill(pad, pad + ph * pw, 0.0f);
+        const std::int64_t mult = w_shape_[0] / group_, taps = w_shape_[2] * w_shape_[3], plane = win.h * win.w;
+        const std::int64_t out_plane = win.oh * win.ow;
+        const PlaneFn kernel = plane_kernel();
+        constexpr float kInf = std::numeric_limits<float>::infinity();
+        PlaneArgs args{pad, pw, nullptr, 0.0f, -kInf, kInf, &win, sums};
+        for (std::int64_t n = 0; n < win.n; ++n) {
+            for (std::int64_t c = 0; c < win.c; ++c) {
+                const std::int64_t at = (n * win.c + c) * plane;
+                for (std::int64_t iy = 0; iy < win.h; ++iy) {
+                    float* row = pad + (iy + win.top) * pw + win.left;
+                    if (in[0].dtype == DType::u8) {
+                        const std::uint8_t* x = in[0].as<std::uint8_t>() + at + iy * win.w;
+                        for (std::int64_t ix = 0; ix < win.w; ++ix) row[ix] = static_cast<float>(x[ix]) - x_zero_;
+                    } else {
+                        const std::int8_t* x = in[0].as<std::int8_t>() + at + iy * win.w;
+                        for (std::int64_t ix = 0; ix < win.w; ++ix) row[ix] = static_cast<float>(x[ix]) - x_zero_;
+                    }
+                }
+                for (std::int64_t q = 0; q < mult; ++q) {
+                    const std::int64_t m = c * mult + q;
+                    args.w = weights_.data() + m * taps;
+                    kernel(args);
+                    const std::int64_t offset = (n * w_shape_[0] + m) * out_plane;
+                    if (u8_) {
+                        requantize(sums, out_plane, bias_[m], mult_[m], out.as<std::uint8_t>() + offset);
+                    } else {
+                        requantize(sums, out_plane, bias_[m], mult_[m], out.as<std::int8_t>() + offset);
+                    }
+                }
+            }
+        }
+    }
+
+private:
+    // y = clamp(round_half_even(float(sum + bias) * mult) + y_zero, lo, hi). Rounding adds and subtracts
+    // 1.5 * 2^23, which rounds to an integer in the default (half-to-even) mode exactly as nearbyint for
+    // |value| < 2^22, and keeps a larger value's sign and size, which the clamp to 8 bits then saturates
+    // the same way; unlike a nearbyint call per value, the loop vectorises in the baseline build.
+    template <typename T>
+    void requantize(const float* sums, std::int64_t count, std::int32_t bias, float mult, T* y) const {
+        constexpr float kMagic = 12582912.0f;
+        const float zero = y_zero_, lo = lo_, hi = hi_;
+        for (std::int64_t i = 0; i < count; ++i) {
+            const float value = static_cast<float>(static_cast<std::int32_t>(sums[i]) + bias) * mult;
+            y[i] = static_cast<T>(std::min(std::max(((value + kMagic) - kMagic) + zero, lo), hi));
+        }
+    }
+
+    Attrs attrs_;
+    std::int64_t group_;
+    Shape w_shape_;
+    std::vector<float> weights_;  // w - w_zero_point, (M, kH * kW)
+    std::vector<float> mult_;
+    std::vector<std::int32_t> bias_;
+    float x_zero_ = 0, y_zero_ = 0, lo_ = 0, hi_ = 0;
+    bool u8_ = true;
+    mutable WindowCache windows_;
+};
+
+}  // namespace
+
+std::unique_ptr<Op> make_qdepthwise_conv_op(const NodeSpec& spec, DType out,
+                                            const std::vector<const Constant*>& c) {
+    if (spec.op != "QConv" || c.size() < 8) return nullptr;
+    for (std::size_t i = 1; i < 8; ++i) {
+        if (c[i] == nullptr) return nullptr;
+    }
+    const Constant& w = *c[3];
+    const std::int64_t group = spec.attrs.get_int("group", 1);
+    if (group <= 1 || w.shape.size() != 4 || w.shape[1] != 1 || w.shape[0] % group != 0) return nullptr;
+    if (w.dtype != DType::i8 && w.dtype != DType::u8) return nullptr;
+    if (c[1]->dtype != DType::f32 || c[4]->dtype != DType::f32 || c[6]->dtype != DType::f32) return nullptr;
+    if (numel(c[1]->shape) != 1 || numel(c[2]->shape) != 1 || numel(c[6]->shape) != 1 || numel(c[7]->shape) != 1) {
+        return nullptr;
+    }
+    const std::int64_t m = w.shape[0], taps = w.shape[2] * w.shape[3];
+    if ((numel(c[4]->shape) != 1 && numel(c[4]->shape) != m) || numel(c[5]->shape) != numel(c[4]->shape)) return nullptr;
+    if (c.size() > 8 && c[8] != nullptr && (c[8]->dtype != DType::i32 || numel(c[8]->shape) != m)) return nullptr;
+    const bool per_channel = numel(c[5]->shape) == m;
+    std::vector<float> weights(static_cast<std::size_t>(m * taps));
+    float largest = 0.0f;
+    for (std::int64_t o = 0; o < m; ++o) {
+        const std::int64_t zero = c[5]->dtype == DType::u8
+                                      ? static_cast<const std::uint8_t*>(c[5]->data())[per_channel ? o : 0]
+                                      : static_cast<const std::int8_t*>(c[5]->data())[per_channel ? o : 0];
+        for (std::int64_t t = 0; t < taps; ++t) {
+            const std::int64_t v = w.dtype == DType::u8 ? static_cast<const std::uint8_t*>(w.data())[o * taps + t]
+                                                        : static_cast<const std::int8_t*>(w.data())[o * taps + t];
+            weights[static_cast<std::size_t>(o * taps + t)] = static_cast<float>(v - zero);
+            largest = std::max(largest, std::abs(static_cast<float>(v - zero)));
+        }
+    }
+    if (static_cast<double>(taps) * 255.0 * largest >= 16777216.0) return nullptr;  // sums exact in float32
+    return std::make_unique<QDepthwiseConvOp>(spec.attrs, out, c, std::move(weights));
+}
+
+std::unique_ptr<Op> make_depthwise_conv_op(const NodeSpec& spec, const std::vector<const Constant*>& constants) {
+    if (spec.op != "Conv" || constants.size() < 2 || constants[1] == nullptr) return nullptr;
+    const Constant& w = *constants[1];
+    const std::int64_t group = spec.attrs.get_int("group", 1);
+    if (group <= 1 || w.dtype != DType::f32 || w.shape.size() != 4 || w.shape[1] != 1 || w.shape[0] % group != 0) {
+        return nullptr;
+    }
+    return std::make_unique<DepthwiseConvOp>(spec.attrs, w, constants.size() > 2 ? constants[2] : nullptr);
+}
+
+}  // namespace edgefleet::graph

@@ -1,0 +1,70 @@
+// Element-wise float32 activations: Sigmoid, Tanh, HardSigmoid (alpha, beta), HardSwish, LeakyRelu
+// (alpha). Each is the formula of graph_reference.py in float32, evaluated in the same order, so the
+// piecewise-linear ones are bit-identical to it and Sigmoid / Tanh differ only by the libm's exp / tanh.
+#include <cmath>
+
+#include "graph_ops.hpp"
+
+namespace edgefleet::graph {
+namespace {
+
+struct SigmoidF {
+    float operator()(float x) const {
+        if (x >= 0.0f) return 1.0f / (1.0f + std::exp(-x));
+        const float e = std::exp(x);
+        return e / (1.0f + e);
+    }
+};
+struct TanhF {
+    float operator()(float x) const { return std::tanh(x); }
+};
+struct HardSigmoidF {
+    float alpha, beta;
+    float operator()(float x) const { return std::min(std::max(alpha * x + beta, 0.0f), 1.0f); }
+};
+struct HardSwishF {
+    float operator()(float x) const { return hard_swish(x); }
+};
+struct LeakyReluF {
+    float alpha;
+    float operator()(float x) const { return x >= 0.0f ? x : alpha * x; }
+};
+
+template <typename F>
+class UnaryOp : public Op {
+public:
+    explicit UnaryOp(F f) : f_(f) {}
+    Shape infer(const std::vector<View>& in) const override { return *in[0].shape; }
+    void run(const std::vector<View>& in, const View& out, void*) const override {
+        const float* x = in[0].as<float>();
+        float* y = out.as<float>();
+        const std::int64_t count = out.size();
+        const F f = f_;
+        for (std::int64_t i = 0; i < count; ++i) y[i] = f(x[i]);
+    }
+
+private:
+    F f_;
+};
+
+template <typename F>
+std::unique_ptr<Op> unary(F f) {
+    return std::make_unique<UnaryOp<F>>(f);
+}
+
+}  // namespace
+
+std::unique_ptr<Op> make_unary_op(const NodeSpec& spec) {
+    const std::string& op = spec.op;
+    const auto attr = [&spec](const char* name, double fallback) {
+        return static_cast<float>(spec.attrs.get_float(name, fallback));
+    };
+    if (op == "Sigmoid") return unary(SigmoidF{});
+    if (op == "Tanh") return unary(TanhF{});
+    if (op == "HardSigmoid") return unary(HardSigmoidF{attr("alpha", 0.2), attr("beta", 0.5)});
+    if (op == "HardSwish") return unary(HardSwishF{});
+    if (op == "LeakyRelu") return unary(LeakyReluF{attr("alpha", 0.01)});
+    return nullptr;
+}
+
+}  // namespace edgefleet::graph

@@ -122,12 +122,14 @@ class Ingest:
         self._client.loop_start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stops after the batch in hand: what it stored is acknowledged before the connection closes (a
+        disconnect first lost those PUBACKs, and the broker redelivered stored windows as duplicates)."""
         self._stopping.set()
-        self._client.disconnect()
-        self._client.loop_stop()
         self._queue.put(None)
         if self._writer:
             self._writer.join(timeout)
+        self._client.disconnect()
+        self._client.loop_stop()
 
     def wait_connected(self, timeout: float = 10.0) -> bool:
         return self.connected.wait(timeout)

@@ -10,9 +10,10 @@ labels, top-1 agreement with the float model without (evaluate.py).
 2. strategy "rank" (at most RANK_LIMIT groups, under "auto"): each group is scored by the accuracy of
    the model with only that group kept in float (ties: the smaller mean output error against the float
    model); groups are then kept in float in ranking order until the drop is within max_drop.
-   strategy "prefix" (more groups): the first k groups in graph order are kept in float, the smallest k
-   that meets the gate found by bisection: a few trials instead of one per group, for deep networks
-   whose error builds up from the input on (EfficientNet-Lite: the stem and first blocks cost most).
+   strategy "prefix" (more groups): the first k groups in graph order are kept in float, k climbing a
+   ladder (1, 2, 3, 4, 6, 8, 11, 16, ...) until the gate is met: a dozen trials instead of one per
+   group, for deep networks whose error builds up from the input on (EfficientNet-Lite: the stem and
+   first depthwise convolution cost most).
 3. The record keeps the strategy, the ranking and every step (excluded nodes, accuracy, drop, output
    error); if nothing meets the gate, QuantizationError carries the numbers.
 
@@ -51,6 +52,8 @@ class QuantizationError(EdgefleetError):
 
 
 Evaluate = Callable[[bytes], tuple[float, np.ndarray]]
+# a drop equal to max_drop meets the gate: 1 - 0.97 is 0.030000000000000027 in floating point
+EPSILON = 1e-9
 RANK_LIMIT = 16  # more groups than this: the "prefix" strategy (a few trials instead of one per group)
 
 
@@ -80,7 +83,7 @@ def accuracy_gate(quantize: Callable[[Sequence[str]], bytes], evaluate: Evaluate
             "steps": steps}
     log.info("quantize gate: float %.4f, quantized %.4f (drop %.4f, max %.4f)", float_accuracy, start["accuracy"],
              start["drop"], max_drop)
-    if start["drop"] <= max_drop:
+    if start["drop"] <= max_drop + EPSILON:
         gate["kept_in_float"] = list(base)
         return model, base, gate
     if strategy == "rank":
@@ -124,30 +127,37 @@ def _rank(trial: Callable, base: tuple[str, ...], groups: list[tuple[str, ...]],
         steps.append(step)
         log.info("quantize gate: %d node(s) kept in float -> %.4f (drop %.4f)", len(excluded), step["accuracy"],
                  step["drop"])
-        if step["drop"] <= max_drop:
+        if step["drop"] <= max_drop + EPSILON:
             return model, tuple(excluded)
     return None
 
 
 def _prefix(trial: Callable, base: tuple[str, ...], groups: list[tuple[str, ...]], steps: list,
             max_drop: float) -> tuple[bytes, tuple[str, ...]] | None:
-    """The first k groups (in graph order) kept in float: the smallest k that meets the gate, by
-    bisection (the drop is taken to shrink as k grows; every trial is recorded)."""
+    """The first k groups (in graph order) kept in float, k climbing the ladder 1, 2, 3, 4, 6, 8, 11, 16,
+    ... (about x1.4 a step) up to all but one group: the first k that meets the gate wins. Not a
+    bisection: the measured drop is not monotonic in k (EfficientNet-Lite0, 200 validation crops:
+    k=25 agrees on 0.96, k=38 on 0.94), so bisection wandered to k=48 of 50 where k=11 met the gate."""
     def head(k: int) -> list[str]:
         return [*base, *(n for g in groups[:k] for n in g)]
 
-    low, high, found = 1, len(groups), None
-    while low <= high:
-        middle = (low + high) // 2
-        model, step = trial(head(middle))
-        steps.append({**step, "float_groups": middle})
-        log.info("quantize gate: the first %d of %d groups in float -> %.4f (drop %.4f)", middle, len(groups),
+    for k in prefix_ladder(len(groups)):
+        model, step = trial(head(k))
+        steps.append({**step, "float_groups": k})
+        log.info("quantize gate: the first %d of %d groups in float -> %.4f (drop %.4f)", k, len(groups),
                  step["accuracy"], step["drop"])
-        if step["drop"] <= max_drop:
-            found, high = (model, tuple(head(middle))), middle - 1
-        else:
-            low = middle + 1
-    return found
+        if step["drop"] <= max_drop + EPSILON:
+            return model, tuple(head(k))
+    return None
+
+
+def prefix_ladder(count: int) -> list[int]:
+    """1, 2, 3, 4, 6, 8, 11, 16, 22, ... (each about 1.4 times the last), then count - 1 and count."""
+    ladder, k = [], 1
+    while k < count - 1:
+        ladder.append(k)
+        k = max(k + 1, round(k * 1.4))
+    return [*ladder, *(k for k in (count - 1, count) if k >= 1 and k not in ladder)]
 
 
 def node_groups(model_path: Path, given: Sequence[str | Sequence[str]] | None = None) -> list[tuple[str, ...]]:

@@ -49,6 +49,7 @@ import onnx
 import onnxruntime as ort
 from onnxruntime import quantization as ortq
 
+from edgefleet.cloud.compress.bias_correction import correct_biases, input_means
 from edgefleet.cloud.compress.calibration import METHODS, CalibrationReader, choose_method, method_list
 from edgefleet.cloud.compress.evaluate import (
     AGREEMENT,
@@ -162,8 +163,8 @@ def quantize_static_int8(
     op_types_to_quantize: Sequence[str] | None = None, extra_options: Mapping[str, Any] | None = None,
     preprocess: bool = True, calibration_batch: int = CALIBRATION_BATCH, eval_data: EvalData | None = None,
     max_drop: float | None = None, gate_candidates: Sequence[str | Sequence[str]] | None = None,
-    gate_strategy: str = "auto", signing_key: SigningKey | None = None, validity: timedelta = DEFAULT_VALIDITY,
-    version: int | None = None, tolerance_margin: float = TOLERANCE_MARGIN,
+    gate_strategy: str = "auto", bias_correction: bool = True, signing_key: SigningKey | None = None,
+    validity: timedelta = DEFAULT_VALIDITY, version: int | None = None, tolerance_margin: float = TOLERANCE_MARGIN,
 ) -> QuantizeResult:
     """int8 weights and activations, activation ranges calibrated on `calibration` (the model's input
     rows: an array for a one-input model, else name -> array), fed in batches of calibration_batch.
@@ -175,7 +176,8 @@ def quantize_static_int8(
     model instead (no labels). With max_drop too, the accuracy gate (gate.py) keeps the most harmful
     nodes in float until the drop (1 - agreement without labels) is within max_drop; gate_candidates
     overrides which nodes (or groups of nodes, kept in float together) it may keep in float;
-    gate_strategy: "auto", "rank" or "prefix" (gate.py).
+    gate_strategy: "auto", "rank" or "prefix" (gate.py). bias_correction (QDQ only): each quantized
+    Conv/Gemm bias takes back the mean shift its rounded weights add (bias_correction.py).
     """
     methods = method_list(method)
     if quant_format not in ("QDQ", "QOperator"):
@@ -191,11 +193,13 @@ def quantize_static_int8(
                "activation_type": activation_type, "weight_type": weight_type, "reduce_range": reduce_range,
                "op_types_to_quantize": _list(op_types_to_quantize), "nodes_to_exclude": list(nodes_to_exclude),
                "extra_options": dict(extra_options or {}), "calibration_batch": calibration_batch,
-               "calibration_rows": _rows(feed)}
+               "calibration_rows": _rows(feed), "bias_correction": bias_correction and quant_format == "QDQ"}
     with tempfile.TemporaryDirectory(prefix="edgefleet-quantize-") as tmp:
         prepared, options["preprocess"] = _prepare(float_model, Path(tmp), preprocess)
         _check_nodes(prepared, nodes_to_exclude)
         out = Path(tmp) / "static.onnx"
+        means = (input_means(prepared, iter(CalibrationReader(feed, calibration_batch).get_next, None))
+                 if options["bias_correction"] else None)
 
         def quantize(excluded: Sequence[str], method: str) -> bytes:
             with _ort_chatter():
@@ -210,7 +214,7 @@ def quantize_static_int8(
                     # calibrate once per method; every gate trial reuses the ranges
                     calibration_cache_path=Path(tmp) / f"calibration-{method}.json",
                 )
-            return out.read_bytes()
+            return out.read_bytes() if means is None else correct_biases(out.read_bytes(), prepared, means)
 
         needed = eval_data is not None and (max_drop is not None or len(methods) > 1)
         evaluate = _evaluator(source, eval_data, float_model) if needed else None

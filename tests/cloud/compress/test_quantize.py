@@ -165,14 +165,16 @@ def test_an_impossible_gate_raises_with_the_numbers(digits_bundle, digits_splits
 
 def test_the_gate_keeps_the_harmful_layers_in_float(digits_bundle, digits_splits, key, tmp_path):
     # A calibration set of under-exposed images (30% brightness): the activation ranges come out too
-    # narrow, real inputs clip, and int8 costs several points - a case the gate must repair.
+    # narrow, real inputs clip, and int8 costs several points - a case the gate must repair. Without bias
+    # correction: its means, from the dim images too, reorder the near-tied second and third groups (drop
+    # 0.0644 vs 0.0667 alone), and this test is about the ranking.
     splits = digits_splits
     dim, data = splits.x_train[:CALIBRATION_ROWS] * 0.3, (splits.x_test, splits.y_test)
-    plain = quantize_static_int8(digits_bundle.root, tmp_path / "plain", dim, eval_data=data)
+    plain = quantize_static_int8(digits_bundle.root, tmp_path / "plain", dim, eval_data=data, bias_correction=False)
     assert plain.accuracy_drop > 0.01  # the premise: quantization hurts here
 
     gated = quantize_static_int8(digits_bundle.root, tmp_path / "gated", dim, eval_data=data, max_drop=0.01,
-                                 signing_key=key)
+                                 signing_key=key, bias_correction=False)
     assert gated.accuracy_drop <= 0.01
     assert gated.excluded_nodes
     types = weight_types(model_of(gated))

@@ -18,23 +18,28 @@ from edgefleet.cli.app import BundleArg, app, out
 from edgefleet.core.errors import EdgefleetError
 
 DATA_KEYS = ("x_train", "y_train", "x_test", "y_test")
+LABELS = ("y_train", "y_test")
 
 
 def read_data(path: Path) -> dict:
-    """x_train, y_train, x_test, y_test and slices={name: mask} from the slice_<name> arrays of an .npz."""
+    """x_train, y_train, x_test, y_test and slices={name: mask} from the slice_<name> arrays of an .npz.
+    Without y_train and y_test (both absent) the recipe's ONNX steps are measured as top-1 agreement with
+    the source bundle's model; x_val (and y_val with labels) are passed on when present."""
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except (OSError, ValueError) as err:
         raise EdgefleetError(f"--data {path}: cannot read it as .npz ({err})") from err
-    missing = [k for k in DATA_KEYS if k not in arrays]
+    labelled = any(k in arrays for k in LABELS)
+    missing = [k for k in DATA_KEYS if k not in arrays and (labelled or k not in LABELS)]
     if missing:
-        raise EdgefleetError(f"--data {path} lacks {', '.join(missing)} (it needs {', '.join(DATA_KEYS)})")
-    data = {k: arrays[k] for k in DATA_KEYS}
+        raise EdgefleetError(f"--data {path} lacks {', '.join(missing)} (it needs x_train and x_test, and for "
+                             f"labels both y_train and y_test)")
+    data = {k: arrays[k] for k in (*DATA_KEYS, "x_val", "y_val") if k in arrays}
     slices = {k.removeprefix("slice_"): v.astype(bool) for k, v in arrays.items() if k.startswith("slice_")}
     for name, mask in slices.items():
-        if mask.shape != (len(data["y_test"]),):
-            raise EdgefleetError(f"--data slice_{name}: expected {len(data['y_test'])} booleans (one per test row), "
+        if mask.shape != (len(data["x_test"]),):
+            raise EdgefleetError(f"--data slice_{name}: expected {len(data['x_test'])} booleans (one per test row), "
                                  f"got shape {mask.shape}")
     if slices:
         data["slices"] = slices
@@ -67,7 +72,9 @@ def compress(
     bundle: BundleArg,
     recipe: Annotated[Path, typer.Option("--recipe", "-r", help="Recipe TOML ([[step]] tables)")],
     data: Annotated[Path, typer.Option("--data", "-d", help=".npz with x_train, y_train, x_test, y_test, "
-                                                              "optional slice_<name> masks over the test rows")],
+                                                              "optional slice_<name> masks over the test rows; "
+                                                              "without y_train/y_test: agreement with the "
+                                                              "source model")],
     torch_model: Annotated[str | None, typer.Option("--torch-model", help="module:function returning the trained "
                                                                           "torch model (for torch steps)")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for the new bundles")] = Path("compressed"),

@@ -97,19 +97,40 @@ def _split(data: Mapping[str, Any]) -> tuple:
     """(x_train, y_train, x_test, y_test, slices, (x_val, y_val)). The test split is only reported on;
     decisions (the low-rank accuracy budget, the quantization gate) use the validation split: x_val and
     y_val if given, else the last 20% of the training rows, so the reported test accuracy is not biased
-    by choices made on it."""
-    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in data]
+    by choices made on it. Without y_train and y_test (both absent) every label is None: ONNX steps are
+    then measured as top-1 agreement with the source model (run_recipe)."""
+    labelled = [k for k in ("y_train", "y_test") if k in data]
+    missing = [k for k in ("x_train", "x_test") if k not in data] + (
+        [k for k in ("y_train", "y_test") if k not in data] if labelled else [])
     if missing:
-        raise RecipeError(f"data lacks {', '.join(missing)} (expected x_train, y_train, x_test, y_test)")
-    labels = [np.asarray(data[k]).astype(np.int64).reshape(-1) for k in ("y_train", "y_test")]
+        raise RecipeError(f"data lacks {', '.join(missing)} (expected x_train, x_test and, for labels, both y_train "
+                          f"and y_test)")
+    labels = [np.asarray(data[k]).astype(np.int64).reshape(-1) if labelled else None for k in ("y_train", "y_test")]
     x_train = np.asarray(data["x_train"])
-    if "x_val" in data and "y_val" in data:
-        validation = (np.asarray(data["x_val"]), np.asarray(data["y_val"]).astype(np.int64).reshape(-1))
+    if "x_val" in data and (labelled and "y_val" in data or not labelled):
+        validation = (np.asarray(data["x_val"]),
+                      np.asarray(data["y_val"]).astype(np.int64).reshape(-1) if labelled else None)
     else:
         cut = max(1, len(x_train) // 5)
-        validation = (x_train[-cut:], labels[0][-cut:])
+        validation = (x_train[-cut:], labels[0][-cut:] if labelled else None)
     return (x_train, labels[0], np.asarray(data["x_test"]), labels[1],
             dict(data["slices"]) if data.get("slices") else None, validation)
+
+
+def _unlabelled(split: tuple, source: Bundle | None, recipe: Recipe) -> tuple:
+    """No labels: torch steps (fine-tuning, distillation) are refused; the test rows get the source
+    model's top-1 classes as labels for the step table (agreement with it), y_train stays None."""
+    from edgefleet.cloud.compress.evaluate import onnx_outputs, reference_labels
+
+    if recipe.needs_torch:
+        first = next(i for i, s in enumerate(recipe.steps, start=1) if s.on_torch)
+        raise RecipeError(f"step {first} ({recipe.steps[first - 1].method}) trains on labels: the data has no "
+                          f"y_train/y_test (without labels only ONNX steps run, measured as agreement)", first)
+    if source is None:
+        raise RecipeError("data without labels needs the source bundle: its model's decisions are the reference")
+    postprocess = source.manifest["interface"].get("postprocess", "softmax")
+    reference = reference_labels(onnx_outputs(_onnx_path(source), split[2]), postprocess)
+    return (split[0], None, split[2], reference, *split[4:])
 
 
 def _torch_metrics(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, slices: dict | None,
@@ -243,6 +264,8 @@ def run_recipe(
     if model is None and source is None:
         raise RecipeError("run_recipe needs a model, a bundle, or both")
     split = _split(data)
+    if split[1] is None:
+        split = _unlabelled(split, source, recipe)
     x_train, y_train, x_test, y_test, slices, _ = split
     out = Path(out_dir)
     interface = source.manifest["interface"] if source is not None else {}
@@ -331,9 +354,10 @@ def _export(model: torch.nn.Module, source: Bundle | None, records: list[dict], 
 
 def _run_onnx_step(step: Step, index: int, bundle: Bundle, data: tuple, out: Path,
                    signing_key: SigningKey | None, results: list[StepResult]) -> Bundle:
-    x_train, _, x_test, y_test, slices, validation = data
+    x_train, y_train, x_test, y_test, slices, validation = data
     options = dict(step.options)
-    common = {"eval_data": (x_test, y_test), "signing_key": signing_key}
+    # no labels (y_train None): y_test holds the source model's classes; the stage measures agreement itself
+    common = {"eval_data": (x_test, y_test if y_train is not None else None), "signing_key": signing_key}
     before = _onnx_metrics(bundle, x_test, y_test, slices)
     flops_before, size_before = _onnx_facts(bundle)
     log.info("recipe step %d: %s %s", index, step.method, options)
@@ -372,7 +396,8 @@ def _report(source: Bundle | None, results: list[StepResult], data: tuple) -> An
     except ImportError as err:
         log.info("recipe: no report (edgefleet.cloud.compress.report not available: %s)", err)
         return None
-    _, _, x_test, y_test, slices, _ = data
+    _, y_train, x_test, y_test, slices, _ = data
+    y_test = y_test if y_train is not None else None  # no labels: the report measures agreement with the source
     models = [(f"{source.name} v{source.version}", source)] if source is not None else []
     models += [(f"{r.index or ''} {r.method}".strip(), Bundle.open(r.bundle)) for r in results if r.bundle]
     try:

@@ -174,3 +174,41 @@ def test_cli_compress(digits_bundle, digits_splits, tmp_path):
     write(tmp_path, '[[step]]\nmethod = "prune_unstructured"\namount = 2\n')
     bad = edgefleet(*common, "--torch-model", "factory:model", "--out", "out2")
     assert bad.returncode == 2 and "step 1 (prune_unstructured) field 'amount'" in bad.stderr
+
+
+@pytest.mark.slow
+def test_cli_compress_without_labels(digits_bundle, digits_splits, tmp_path):
+    """Data without y_train/y_test: static int8 is chosen and gated on agreement with the source model's
+    decisions, the report says so; a torch step or half the labels is one line and exit 2."""
+    s = digits_splits
+    np.savez(tmp_path / "data.npz", x_train=s.x_train, x_test=s.x_test)
+    write(tmp_path, '[[step]]\nmethod = "quantize_static"\nmax_accuracy_drop = 0.02\n')
+    runner = ("import sys; from edgefleet.cli import compress_commands; from edgefleet.cli.main import main; "
+              "sys.argv = ['edgefleet', *sys.argv[1:]]; main()")
+
+    def edgefleet(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", runner, "compress", str(digits_bundle.root), "--recipe",
+                               "recipe.toml", *args], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                              env={**os.environ, "COLUMNS": "200"}, check=False)
+
+    done = edgefleet("--data", "data.npz", "--out", "out", "--json", "report.json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["metric"] == "top1_agreement_with_float" and "no labels" in report["note"]
+    int8 = report["steps"][-1]["measurement"]["metrics"]
+    assert int8["count"] == len(s.x_test) and int8["accuracy"] >= 0.98
+    final = Bundle.open(next(p for p in (tmp_path / "out").iterdir() if p.is_dir()))
+    step = final.manifest["lineage"]["steps"][-1]
+    assert step["stage"] == "quantize" and step["gate"]["metric"] == "top1_agreement_with_float"
+    assert step["accuracy"]["metric"] == "top1_agreement_with_float"
+
+    write(tmp_path, '[[step]]\nmethod = "prune_unstructured"\namount = 0.5\n')
+    (tmp_path / "factory.py").write_text("import torch\n\n\ndef model():\n    return torch.nn.Linear(64, 10)\n")
+    torch_step = edgefleet("--data", "data.npz", "--torch-model", "factory:model", "--out", "out2")
+    assert torch_step.returncode == 2 and "trains on labels" in torch_step.stderr, torch_step.stderr
+    assert len(torch_step.stderr.strip().splitlines()) == 1
+
+    write(tmp_path, '[[step]]\nmethod = "quantize_static"\n')
+    np.savez(tmp_path / "half.npz", x_train=s.x_train, y_train=s.y_train, x_test=s.x_test)
+    half = edgefleet("--data", "half.npz", "--out", "out3")
+    assert half.returncode == 2 and "lacks y_test" in half.stderr and len(half.stderr.strip().splitlines()) == 1

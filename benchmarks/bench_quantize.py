@@ -15,7 +15,9 @@ interleaved with float, so the report says what was tried. Prints JSON with the 
 natural photos, three disjoint photo sets: calibration, validation (the calibration method is chosen
 and the accuracy gate decides on it) and test (the reported figure). No labels: the metric is top-1
 agreement with the float model. Prints every method's score, the gate's trials and the nodes it kept in
-float, agreement on validation and test, file sizes and latency float vs int8 (batch 1, one thread).
+float, agreement on validation, test crops and centred test photos (whole photos, fewer near ties), the
+same for every node int8 with and without bias correction, the float model's median top-1 probability
+(how ambiguous the inputs are), file sizes and latency float vs int8 (batch 1, one thread).
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ def efficientnet(args: argparse.Namespace) -> dict:
         CALIBRATION_PHOTOS,
         TEST_PHOTOS,
         VALIDATION_PHOTOS,
+        centred,
         crops,
         efficientnet_input,
         efficientnet_lite0,
@@ -112,6 +115,7 @@ def efficientnet(args: argparse.Namespace) -> dict:
     sets = {name: efficientnet_input(crops(photos, rows, seed=seed)) for name, photos, rows, seed in (
         ("calibration", CALIBRATION_PHOTOS, args.calibration_rows, 0), ("validation", VALIDATION_PHOTOS, 200, 1),
         ("test", TEST_PHOTOS, 200, 2))}
+    sets["test_centred"] = efficientnet_input(centred(TEST_PHOTOS))  # whole photos: fewer near ties
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-quantize-") as workdir:
         work = Path(workdir)
         with contextlib.redirect_stdout(sys.stderr):
@@ -123,8 +127,15 @@ def efficientnet(args: argparse.Namespace) -> dict:
                                       eval_data=(sets["validation"], None), max_drop=args.max_drop)
         quantize_seconds = time.perf_counter() - started
         float_path, int8_path = bundle.root / "model.onnx", result.bundle.root / "model.int8.onnx"
-        test_float, test_int8 = onnx_outputs(float_path, sets["test"]), onnx_outputs(int8_path, sets["test"])
+        plain = {}  # every node int8, with and without bias correction, the method the gate used
+        for correction in (False, True):
+            model = quantize_static_int8(bundle, work / f"plain-{correction}", sets["calibration"],
+                                         method=result.calibration["chosen"], calibration_batch=16,
+                                         bias_correction=correction).bundle.root / "model.int8.onnx"
+            plain[f"bias_correction={correction}"] = agreement(float_path, model, sets, onnx_outputs)
         latency = side_by_side(float_path, int8_path, {"image": sets["test"][:1]}, args.runs)
+        gated = agreement(float_path, int8_path, sets, onnx_outputs)
+        floats = {k: softmax_top1(onnx_outputs(float_path, sets[k])) for k in ("test", "test_centred")}
     gate = result.gate or {}
     return {
         "benchmark": "quantize",
@@ -137,13 +148,26 @@ def efficientnet(args: argparse.Namespace) -> dict:
                  "trials": [{k: s.get(k) for k in ("float_groups", "accuracy", "output_error")} for s in
                             gate.get("steps", [])],
                  "kept_in_float": list(result.excluded_nodes)},
-        "agreement": {"validation": result.quantized_accuracy,
-                      "test": float((test_float.argmax(1) == test_int8.argmax(1)).mean())},
+        "agreement": {"validation": result.quantized_accuracy, **gated},
+        "plain_int8_agreement": plain,
+        "float_median_top1_probability": floats,
         "quantize_seconds": quantize_seconds,
         "file_bytes": {"float": result.float_bytes, "int8": result.quantized_bytes, "ratio": result.size_ratio},
         "latency": latency, "threads": 1, "batch": 1,
         "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__},
     }
+
+
+def agreement(float_path: Path, int8_path: Path, sets: dict, outputs) -> dict:  # noqa: ANN001
+    """Top-1 agreement of the int8 model with the float model on the test crops and centred photos."""
+    return {k: float((outputs(float_path, sets[k]).argmax(1) == outputs(int8_path, sets[k]).argmax(1)).mean())
+            for k in ("validation", "test", "test_centred")}
+
+
+def softmax_top1(logits: np.ndarray) -> float:
+    """The median top-1 softmax probability: how ambiguous the inputs are to the float model."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return float(np.median(shifted.max(axis=1) / shifted.sum(axis=1)))
 
 
 def main() -> None:

@@ -12,7 +12,8 @@ with one more step {"stage": "quantize", ...}.
 
 - `quantize_dynamic_int8`: int8 weights, activations quantized at run time (no calibration data).
 - `quantize_static_int8`: int8 weights and activations, ranges calibrated on the caller's data; QDQ or
-  QOperator format; optional accuracy gate (below).
+  QOperator format; QDQ biases corrected for the mean shift of the rounded weights (bias_correction.py);
+  optional accuracy gate (below).
 - `convert_fp16`: float16 weights and arithmetic, float32 inputs and outputs by default.
 
 Golden examples: the expected outputs stay the float model's, so the device self-test compares the

@@ -24,7 +24,9 @@ SCRIPT = REPO / "scripts" / "system-deps"
 # Debian's own Python, which make test completes with python3.X-dev and python3.X-venv (a pyenv Python in
 # /root would not be readable by the unprivileged user of the refusal test)
 PYTHON = "/usr/bin/python3"
-PROGRAMS = {"mosquitto": ["mosquitto", "mosquitto_passwd"], "postgresql": ["initdb", "pg_ctl"], "g++": ["g++"]}
+PROGRAMS = {"mosquitto": ["mosquitto", "mosquitto_passwd"], "postgresql": ["initdb", "pg_ctl"], "g++": ["g++"],
+            "chromium": ["chromium"], "chromium-driver": ["chromedriver"]}
+BROWSER = ("chromium", "chromedriver")  # the dashboard tests' browser: given in the cases about other needs
 FAKE_APT = """#!{python}
 import os, sys
 from pathlib import Path
@@ -71,10 +73,14 @@ def machine():
 
 
 def provide(machine: Path, *names: str) -> None:
-    """Puts the real program (or, for apt-get, the recording stand-in) on the test's PATH."""
+    """Puts the real program (or, for apt-get, the recording stand-in) on the test's PATH; the browser's
+    programs are stand-ins too, where this machine has none."""
     for name in names:
         target = machine / "bin" / name
-        if name == "apt-get":
+        if name in BROWSER and not shutil.which(name):
+            target.write_text("#!/bin/sh\n")
+            target.chmod(0o755)
+        elif name == "apt-get":
             target.write_text(FAKE_APT.format(python=sys.executable, programs=PROGRAMS))
             target.chmod(target.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
         else:
@@ -108,7 +114,7 @@ ALL_MISSING = "mosquitto, mosquitto_passwd, initdb, pg_ctl"
 def test_nothing_missing_installs_nothing(machine):
     if not all(shutil.which(n) for n in ("g++", "mosquitto_passwd")) or not Path("/usr/sbin/mosquitto").exists():
         pytest.skip("this machine lacks a test dependency (make test installs them)")
-    provide(machine, "g++", "mosquitto_passwd", "apt-get")  # initdb, pg_ctl: /usr/lib/postgresql/*/bin
+    provide(machine, *BROWSER, "g++", "mosquitto_passwd", "apt-get")  # initdb, pg_ctl: /usr/lib/postgresql/*/bin
     if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
         provide(machine, "initdb", "pg_ctl")
     result = run(machine)
@@ -117,7 +123,7 @@ def test_nothing_missing_installs_nothing(machine):
 
 
 def test_as_root_installs_only_the_missing_packages_after_one_update(machine):
-    provide(machine, "g++", "apt-get")
+    provide(machine, *BROWSER, "g++", "apt-get")
     result = run(machine, hide=SERVICES)
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"system-deps: installing mosquitto postgresql (missing: {ALL_MISSING})\n"
@@ -127,7 +133,7 @@ def test_as_root_installs_only_the_missing_packages_after_one_update(machine):
 def test_postgresql_present_means_only_mosquitto_is_installed(machine):
     if not list(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")):
         pytest.skip("PostgreSQL's server binaries are not installed here")
-    provide(machine, "g++", "apt-get")
+    provide(machine, *BROWSER, "g++", "apt-get")
     result = run(machine, hide=("/usr/sbin",))
     assert result.returncode == 0, result.stderr
     assert apt_calls(machine) == ["update -qq", "install -y -qq --no-install-recommends mosquitto"]
@@ -136,7 +142,7 @@ def test_postgresql_present_means_only_mosquitto_is_installed(machine):
 def test_as_root_without_the_postgres_user_installs_postgresql(machine):
     if not list(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")) or not Path("/usr/sbin/mosquitto").exists():
         pytest.skip("PostgreSQL's server binaries or mosquitto are not installed here")
-    provide(machine, "g++", "mosquitto_passwd", "apt-get")
+    provide(machine, *BROWSER, "g++", "mosquitto_passwd", "apt-get")
     passwd = machine / "passwd"
     passwd.write_text("".join(line + "\n" for line in Path("/etc/passwd").read_text().splitlines()
                               if not line.startswith("postgres:")))
@@ -159,7 +165,7 @@ def test_build_mode_wants_the_compiler_and_python_headers_but_no_services(machin
 
 
 def test_refuses_in_one_line_when_not_root(machine):
-    provide(machine, "g++", "apt-get")
+    provide(machine, *BROWSER, "g++", "apt-get")
     result = run(machine, hide=SERVICES, user=65534)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == (f"system-deps: make test needs {ALL_MISSING}, which this machine lacks; run as root: "
@@ -168,7 +174,7 @@ def test_refuses_in_one_line_when_not_root(machine):
 
 
 def test_refuses_in_one_line_without_apt_get(machine):
-    provide(machine, "g++")
+    provide(machine, *BROWSER, "g++")
     result = run(machine, hide=SERVICES)
     assert result.returncode == 2
     assert result.stderr == (f"system-deps: make test needs {ALL_MISSING}, which this machine lacks; install the "
@@ -176,10 +182,21 @@ def test_refuses_in_one_line_without_apt_get(machine):
 
 
 def test_make_test_stops_before_building_or_testing_anything(machine):
-    provide(machine, "g++", "bash", "sh")  # no apt-get
+    provide(machine, *BROWSER, "g++", "bash", "sh")  # no apt-get
     result = run(machine, hide=SERVICES, make=True)
     assert result.returncode == 2
     lines = result.stderr.splitlines()
     assert lines[0].startswith(f"system-deps: make test needs {ALL_MISSING}, which this machine lacks")
     assert len(lines) == 2 and "Error 2" in lines[1]  # make's own line naming the failed step
     assert "pytest" not in result.stdout + result.stderr and "pip" not in result.stdout
+
+
+def test_a_machine_without_chromium_gets_it_and_its_driver(machine):
+    if not list(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")) or not Path("/usr/sbin/mosquitto").exists():
+        pytest.skip("PostgreSQL's server binaries or mosquitto are not installed here")
+    provide(machine, "g++", "mosquitto_passwd", "apt-get")
+    result = run(machine)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "system-deps: installing chromium chromium-driver (missing: chromium, chromedriver)\n"
+    assert apt_calls(machine) == ["update -qq", "install -y -qq --no-install-recommends chromium chromium-driver"]
+

@@ -80,11 +80,13 @@ def _tensor(value: object, label: str) -> torch.Tensor:
         if value.dtype.kind not in "biuf":
             raise ExportError(f"example input {label} is a numpy array of dtype {value.dtype}; export takes "
                               "numeric tensors (encode text as token ids first)")
-        value = torch.from_numpy(np.ascontiguousarray(value))
+        value = torch.from_numpy(np.asarray(value, order="C"))  # (ascontiguousarray makes a 0-d array 1-D)
     if not isinstance(value, torch.Tensor):
         raise ExportError(f"example input {label} is {_kind(value)}, not a tensor: export takes torch tensors or "
                           "numpy arrays (one per model input, with a batch axis)")
-    return value.detach().cpu()
+    # contiguous: a view's strides (x[:, :3]) made the exporter trace aten.sym_stride, which it cannot
+    # translate, once earlier exports in the process had run
+    return value.detach().cpu().contiguous()
 
 
 def _kind(value: object) -> str:

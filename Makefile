@@ -60,6 +60,7 @@ demo: venv
 	$(CLI) import $(RUNS)/digits/bundle/model.onnx --out $(RUNS)/imported --name digits-imported --version 1 \
 	    --reference-data $(RUNS)/digits/calib.npz --class-names $(RUNS)/digits/classes.txt --key $(RUNS)/keys/release.key
 	$(CLI) verify $(RUNS)/imported --trust $(RUNS)/keys
+	$(CLI) predict $(RUNS)/imported --trust $(RUNS)/keys --input $(RUNS)/digits/test_x.npy --top-k 3 --show 3
 	$(PY) examples/train_tabular.py --out $(RUNS)/tabular --key $(RUNS)/keys/release.key
 	rm -rf $(RUNS)/tabular-compressed
 	$(CLI) compress $(RUNS)/tabular/bundle --recipe examples/recipe_tabular.toml --data $(RUNS)/tabular/data.npz \

@@ -32,9 +32,7 @@ in float until the drop is within max_drop; the step's "gate" record has every t
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import logging
 import platform
 import shutil
@@ -62,6 +60,14 @@ from edgefleet.cloud.compress.evaluate import (
 )
 from edgefleet.cloud.compress.gate import Evaluate, QuantizationError, accuracy_gate, node_groups
 from edgefleet.cloud.compress.golden import check_decisions, golden_error, lowered_golden
+from edgefleet.cloud.compress.onnx_model import (
+    check_nodes,
+    input_dtypes,
+    ort_chatter,
+    prepare,
+    quant_type,
+    retype_interface,
+)
 from edgefleet.compilers.flops import count_flops
 from edgefleet.core import bundle as bundle_io
 from edgefleet.core.bundle import Bundle
@@ -143,12 +149,12 @@ def quantize_dynamic_int8(
                "weight_type": weight_type, "op_types_to_quantize": _list(op_types_to_quantize),
                "nodes_to_exclude": list(nodes_to_exclude), "extra_options": dict(extra_options or {})}
     with tempfile.TemporaryDirectory(prefix="edgefleet-quantize-") as tmp:
-        prepared, options["preprocess"] = _prepare(float_model, Path(tmp), preprocess)
-        _check_nodes(prepared, nodes_to_exclude)
+        prepared, options["preprocess"] = prepare(float_model, Path(tmp), preprocess)
+        check_nodes(prepared, nodes_to_exclude)
         out = Path(tmp) / "dynamic.onnx"
-        with _ort_chatter():
+        with ort_chatter():
             ortq.quantize_dynamic(prepared, out, per_channel=per_channel, reduce_range=reduce_range,
-                                  weight_type=_quant_type(weight_type), nodes_to_exclude=list(nodes_to_exclude),
+                                  weight_type=quant_type(weight_type), nodes_to_exclude=list(nodes_to_exclude),
                                   op_types_to_quantize=_list(op_types_to_quantize),
                                   extra_options=dict(extra_options or {}))
         model = out.read_bytes()
@@ -196,18 +202,18 @@ def quantize_static_int8(
                "extra_options": dict(extra_options or {}), "calibration_batch": calibration_batch,
                "calibration_rows": _rows(feed), "bias_correction": bias_correction and quant_format == "QDQ"}
     with tempfile.TemporaryDirectory(prefix="edgefleet-quantize-") as tmp:
-        prepared, options["preprocess"] = _prepare(float_model, Path(tmp), preprocess)
-        _check_nodes(prepared, nodes_to_exclude)
+        prepared, options["preprocess"] = prepare(float_model, Path(tmp), preprocess)
+        check_nodes(prepared, nodes_to_exclude)
         out = Path(tmp) / "static.onnx"
         means = (input_means(prepared, iter(CalibrationReader(feed, calibration_batch).get_next, None))
                  if options["bias_correction"] else None)
 
         def quantize(excluded: Sequence[str], method: str) -> bytes:
-            with _ort_chatter():
+            with ort_chatter():
                 ortq.quantize_static(
                     prepared, out, CalibrationReader(feed, calibration_batch),
                     quant_format=ortq.QuantFormat[quant_format], per_channel=per_channel, reduce_range=reduce_range,
-                    activation_type=_quant_type(activation_type), weight_type=_quant_type(weight_type),
+                    activation_type=quant_type(activation_type), weight_type=quant_type(weight_type),
                     nodes_to_exclude=list(excluded), op_types_to_quantize=_list(op_types_to_quantize),
                     calibrate_method=ortq.CalibrationMethod[method],
                     # one batch at a time: the calibrators keep every activation of what they are fed
@@ -228,7 +234,7 @@ def quantize_static_int8(
         excluded = tuple(nodes_to_exclude)
         if max_drop is not None:
             groups = node_groups(prepared, gate_candidates)
-            _check_nodes(prepared, [n for g in groups for n in g])
+            check_nodes(prepared, [n for g in groups for n in g])
             model, excluded, gate = accuracy_gate(lambda ex: quantize(ex, chosen), evaluate[0], float_model,
                                                    max_drop, excluded, groups, prepared, first=model or None,
                                                    strategy=gate_strategy)
@@ -253,7 +259,7 @@ def convert_fp16(
     source, artifact, float_model = _source(bundle)
     options = {"mode": "fp16", "keep_io_types": keep_io_types, "op_block_list": _list(op_block_list),
                "node_block_list": _list(node_block_list)}
-    with _ort_chatter():
+    with ort_chatter():
         converted = convert_float_to_float16(onnx.load_from_string(float_model), keep_io_types=keep_io_types,
                                              op_block_list=_list(op_block_list),
                                              node_block_list=_list(node_block_list))
@@ -302,7 +308,7 @@ def _write_stage(source: Bundle, artifact: dict, float_model: bytes, model: byte
         raise QuantizationError(f"the {precision} model does not load in onnxruntime: {err}") from err
     manifest = copy.deepcopy(source.manifest)
     golden_in, golden_out, _ = source.golden() if manifest.get("golden") else ({}, {}, {})
-    new_inputs = _input_dtypes(onnx.load_from_string(model))
+    new_inputs = input_dtypes(onnx.load_from_string(model))
     for rel in manifest.get("files", {}):
         if rel not in {a["path"] for a in source.artifacts}:
             (out / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -348,7 +354,7 @@ def _write_stage(source: Bundle, artifact: dict, float_model: bytes, model: byte
         "quantization": options,
         "numeric_error": {"reference": "float", **numeric, **({"decisions": decisions} if decisions else {})},
     }]
-    _retype_interface(manifest["interface"], onnx.load_from_string(model))
+    retype_interface(manifest["interface"], onnx.load_from_string(model))
     manifest["metrics"] = {"float": source.manifest.get("metrics", {})}  # they measured the parent model
     if accuracy is not None:
         manifest["metrics"]["eval"] = accuracy["metrics"]
@@ -418,34 +424,6 @@ def _source(bundle: Bundle | str | Path) -> tuple[Bundle, dict, bytes]:
     return source, artifact, model
 
 
-def _prepare(model: bytes, tmp: Path, preprocess: bool) -> tuple[Path, bool]:
-    """The float model on disk, after onnxruntime's quant_pre_process (shape inference, basic graph
-    optimisation) when asked and when it works; returns (path, whether pre-processing was applied)."""
-    raw = tmp / "float.onnx"
-    raw.write_bytes(model)
-    if not preprocess:
-        return raw, False
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    prepared = tmp / "prepared.onnx"
-    try:
-        with _ort_chatter():
-            quant_pre_process(str(raw), str(prepared))
-    except Exception as err:  # noqa: BLE001 - optional step: fall back to the model as exported
-        log.warning("quant_pre_process failed (%s: %s); quantizing the model as exported", type(err).__name__, err)
-        return raw, False
-    return prepared, True
-
-
-def _check_nodes(model_path: Path, names: Sequence[str]) -> None:
-    known = {n.name for n in onnx.load(str(model_path)).graph.node}
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise QuantizationError(f"no node named {', '.join(map(repr, unknown))} in the model to quantize "
-                                f"(its nodes: {', '.join(sorted(known))}); pre-processing may have fused it "
-                                f"(preprocess=False keeps the exported graph)")
-
-
 def _as_feed(data: Data, specs: list[TensorSpec], what: str) -> dict[str, np.ndarray]:
     if isinstance(data, Mapping):
         missing = [s.name for s in specs if s.name not in data]
@@ -466,32 +444,8 @@ def _rows(feed: Mapping[str, np.ndarray]) -> int:
     return len(next(iter(feed.values())))
 
 
-def _quant_type(name: str) -> ortq.QuantType:
-    try:
-        return ortq.QuantType[name]
-    except KeyError as err:
-        raise QuantizationError(f"unknown quantization type {name!r}; use QInt8 or QUInt8") from err
-
-
 def _list(values: Sequence[str] | None) -> list[str] | None:
     return list(values) if values is not None else None
-
-
-def _dtypes(values: Sequence[onnx.ValueInfoProto]) -> dict[str, np.dtype]:
-    return {v.name: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)) for v in values}
-
-
-def _input_dtypes(model: onnx.ModelProto) -> dict[str, np.dtype]:
-    initializers = {t.name for t in model.graph.initializer}
-    return _dtypes([v for v in model.graph.input if v.name not in initializers])
-
-
-def _retype_interface(interface: dict, model: onnx.ModelProto) -> None:
-    """The interface keeps its names and shapes; a dtype changes only where the new model's does."""
-    dtypes = {**_input_dtypes(model), **_dtypes(model.graph.output)}
-    for spec in [*interface.get("inputs", []), *interface.get("outputs", [])]:
-        if spec["name"] in dtypes:
-            spec["dtype"] = dtypes[spec["name"]].name
 
 
 def _empty_dir(out: Path) -> Path:
@@ -501,11 +455,3 @@ def _empty_dir(out: Path) -> Path:
     return out
 
 
-@contextlib.contextmanager
-def _ort_chatter():
-    """onnxruntime's quantization tools print progress; library code logs it instead."""
-    chatter = io.StringIO()
-    with contextlib.redirect_stdout(chatter):
-        yield
-    if chatter.getvalue().strip():
-        log.debug("onnxruntime.quantization said: %s", chatter.getvalue().strip())

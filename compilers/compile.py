@@ -56,6 +56,7 @@ from edgefleet.core.decision import compare_decisions, decision_output, tie_marg
 from edgefleet.core.errors import BundleError, CompileError, EdgefleetError
 from edgefleet.core.schema import batch_axis, join_samples, sample_count, samples_first, take_samples
 from edgefleet.core.signing import DEFAULT_VALIDITY, SigningKey
+from edgefleet.core.task_quality import golden_quality
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +255,9 @@ def _check(bundle: Bundle, out: Path, name: str, result: TargetResult, source_ba
             f"{max_abs:.3g}, max rel error {max_rel:.3g} (tolerance atol={atol:g}, rtol={rtol:g})"
         )
     _check_decisions(bundle, name, entry, runs, golden_out, result.atol)
+    # the task's own measure (top-1 agreement, min cosine, detection counts...), as bench reports it
+    entry["numeric_error"]["quality"] = golden_quality(bundle.manifest["interface"], bundle.outputs, golden_out,
+                                                       runs[0])
     return entry
 
 

@@ -36,6 +36,7 @@ def test_each_artifact_enters_checked_with_its_error_and_lineage(compiled, digit
     assert cpu["format"] == "ort" and cpu["path"] == "onnxruntime-cpu/model.ort" and cpu["options"] == {"threads": 1}
     error = cpu["numeric_error"]
     assert error["checked"] and error["samples"] == 8 and 0 <= error["max_abs"] < error["atol"]
+    assert error["quality"] == {"task": "classification", "examples": 8, "top1_agreement": 1.0}
     assert cpu["sha256"] == bundle.manifest["files"][cpu["path"]]["sha256"]
     steps = [s for s in bundle.manifest["lineage"]["steps"] if s["stage"] == "compile"]
     assert [s["target"] for s in steps] == ["onnxruntime-cpu", "onnxruntime-gpu", "tensorrt"]

@@ -89,6 +89,9 @@ def test_compiles_for_onnxruntime_and_openvino_and_native_refuses_by_name(detect
     result = compile_bundle(bundle.root, TARGETS, tmp_path / "c", signing_key=key)
     assert [c.target for c in result.compiled] == ["onnxruntime-cpu", "openvino-cpu"]
     assert all(c.checked and c.artifact["numeric_error"]["samples"] == 8 for c in result.compiled)
+    for compiled in result.compiled:  # the detector's own measure beside the numeric error
+        quality = compiled.artifact["numeric_error"]["quality"]
+        assert quality["task"] == "detection" and quality["count_agreement"] == 1.0, quality
     (refusal,) = result.refused
     assert refusal.target == "native" and "the model uses what the native backend does not run" in refusal.reason
     for op in ("Range", "ReduceMax"):  # the grid, the best class

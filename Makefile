@@ -24,7 +24,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: setup.py pyproject.toml $(wildcard cpp_ext/src/*) | system-deps-build
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
-	$(PY) -m pip install --quiet -e '.[cloud,openvino,litert,test]'
+	$(PY) -m pip install --quiet -e '.[cloud,openvino,litert,test,browser-test]'
 	@# openvino-telemetry sends usage events unless told no (it treats a missing consent file as yes)
 	$(VENV)/bin/opt_in_out --opt_out >/dev/null
 	touch $@

@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+
+pytest.importorskip("selenium", reason="the browser tests need the browser-test extra (make test installs it)")
 from selenium.webdriver.common.by import By
 
 from edgefleet.core.bundle import Bundle

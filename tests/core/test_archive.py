@@ -77,7 +77,9 @@ def test_padding_with_200000_entries_is_refused_in_bounded_work(digits_bundle, t
     hostile = gz(tar_of(digits_bundle.root), padding(200_000, kind))
     message, seconds = refused(hostile, tmp_path, reason)
     assert limit in message
-    assert seconds < 1.0, f"{seconds:.2f} s of CPU to refuse"  # measured: 0.02 s (dirs), 0.18 s (files)
+    # measured: 0.02 s (dirs), 0.18 s (files) alone, 1.17 s once on a busy 2-core CI machine; the unbounded
+    # reader took 41-220 s, so 5 s still tells the two apart without failing on a loaded machine
+    assert seconds < 5.0, f"{seconds:.2f} s of CPU to refuse"
 
 
 def test_directories_implied_by_file_paths_count(digits_bundle, tmp_path):

@@ -21,7 +21,9 @@ and for a classifier the predicted-class counts and the confidence histogram.
 
 Bins: `bins - 1` interior edges at the reference quantiles, so each bin holds about the same share of
 the reference data; a value v lands in bin searchsorted(edges, v, side="right"); one extra column
-counts NaN. Duplicate edges (from discrete values) are kept and give empty bins.
+counts NaN. Duplicate edges (from discrete values) are kept and give empty bins. Input features also get
+the reference's range and tail edges beyond it, and the facts that turn counts into distances
+(core/magnitude.py), so drift can tell how far values moved.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgefleet.core.magnitude import magnitude_facts, range_edges
 from edgefleet.core.schema import TensorSpec, batch_axis, samples_first
 
 if TYPE_CHECKING:
@@ -134,7 +137,7 @@ def build_profile(
     for spec in specs:
         kind = feature_kind(samples_first_spec(spec))
         values = extract_features(samples_first(spec, inputs[spec.name]), kind)
-        edges = quantile_edges(values, bins)
+        edges = range_edges(values, quantile_edges(values, bins))  # tail bins: how far values move
         given = (names or {}).get(spec.name)
         features.append(
             {
@@ -143,6 +146,7 @@ def build_profile(
                 "names": list(given) if given is not None else feature_names(spec, kind, values.shape[1]),
                 "edges": edges.tolist(),
                 "counts": bin_counts(values, edges).tolist(),
+                "magnitude": magnitude_facts(values, edges),
             }
         )
     if count is None:

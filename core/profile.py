@@ -89,6 +89,17 @@ def quantile_edges(values: np.ndarray, bins: int = DEFAULT_BINS) -> np.ndarray:
     return np.ascontiguousarray(np.nan_to_num(edges, nan=0.0), dtype=np.float64)
 
 
+def reference_range(values: np.ndarray) -> dict:
+    """{"min": [...], "max": [...]}: each feature's smallest and largest finite reference value (None for a
+    feature without one). The device counts the values outside this range as a data-quality signal."""
+    finite = np.isfinite(values)
+    has = finite.any(axis=0) if len(values) else np.zeros(values.shape[1], bool)
+    low = np.where(finite, values, np.inf).min(axis=0, initial=np.inf)
+    high = np.where(finite, values, -np.inf).max(axis=0, initial=-np.inf)
+    return {"min": [float(v) if h else None for v, h in zip(low, has, strict=True)],
+            "max": [float(v) if h else None for v, h in zip(high, has, strict=True)]}
+
+
 def bin_counts(values: np.ndarray, edges: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """(N, F) values on (F, E) edges -> (F, E + 2) counts; the last column counts NaN. With `out` (an
     int64 (F, E + 2) C-contiguous array) the counts are added to it in place and it is returned."""
@@ -146,6 +157,7 @@ def build_profile(
                 "names": list(given) if given is not None else feature_names(spec, kind, values.shape[1]),
                 "edges": edges.tolist(),
                 "counts": bin_counts(values, edges).tolist(),
+                **reference_range(values),
                 "magnitude": magnitude_facts(values, edges),
             }
         )

@@ -14,6 +14,8 @@ compare with the reference exactly. A histogram over E edges has E + 2 counts: E
      "predictions": [..one count per class..],                         # [] for non-classifiers
      "confidence": [..E + 2 counts..],                                 # [] for non-classifiers
      "outputs": [{"output": "embedding", "counts": [[..E + 2..], ...]}],  # per-task output summaries
+     "quality": [{"input": "pixels", "counts": [[..4..], ...]}],      # optional: core/window_quality.py
+     "health": {"cpu_load": 0.4, ...},                                  # optional: core/window_quality.py
      "dropped": {"windows": 0, "first_seq": null, "last_seq": null}}  # outbox overflow, never silent
 
 `parse_telemetry` is the gate of the cloud's ingest: anything malformed raises TelemetryError with one
@@ -37,6 +39,7 @@ from edgefleet.core import bounded_json
 from edgefleet.core.bounded_json import JsonLimitError
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.topics import TopicError, check_id
+from edgefleet.core.window_quality import DeviceHealth, QualityCounts, parse_health, parse_quality
 
 SCHEMA = "edgefleet.telemetry"
 VERSION = 1
@@ -99,6 +102,8 @@ class TelemetryWindow:
     confidence: tuple[int, ...] = ()
     outputs: tuple[OutputCounts, ...] = ()
     dropped: Dropped = field(default_factory=Dropped)
+    quality: tuple[QualityCounts, ...] = ()  # per-input data quality counts (core/window_quality.py)
+    health: DeviceHealth | None = None  # the device's health when the window closed
 
     def to_dict(self) -> dict:
         return {
@@ -118,6 +123,8 @@ class TelemetryWindow:
             "confidence": list(self.confidence),
             "outputs": [{"output": o.output, "counts": [list(row) for row in o.counts]} for o in self.outputs],
             "dropped": asdict(self.dropped),
+            **({"quality": [q.to_dict() for q in self.quality]} if self.quality else {}),
+            **({"health": self.health.to_dict()} if self.health is not None else {}),
         }
 
     def to_payload(self) -> bytes:
@@ -168,7 +175,9 @@ def parse_telemetry(payload: bytes | str, *, max_bytes: int = MAX_PAYLOAD_BYTES)
         model_version=_int(model, "version", "model.version"), start=start, end=end,
         requests=requests, samples=_int(data, "samples"), errors=errors, latency_ms=latency,
         features=tuple(features), predictions=_counts(data, "predictions"), confidence=_counts(data, "confidence"),
-        outputs=outputs, dropped=_dropped(dropped),
+        quality=parse_quality(data.get("quality"), _int(data, "samples"), TelemetryError),
+        health=parse_health(data.get("health"), TelemetryError), outputs=outputs,
+        dropped=_dropped(dropped),
     )
 
 

@@ -127,7 +127,7 @@ def test_report_holds_every_statistic_and_the_thresholds(traffic, digits_splits)
     assert set(report["prediction_drift"]["signals"]) == {"predictions", "confidence"}
     assert report["data_drift"]["alpha"] == pytest.approx(0.01 / 2)
     mean = report["data_drift"]["signals"]["pixels.c0.mean"]
-    assert set(mean) == {"n", "m", "psi", "psi_threshold", "js", "chi2", "ks", "verdict"}
+    assert set(mean) == {"n", "m", "psi", "psi_threshold", "js", "chi2", "ks", "location", "verdict"}
     window, reference = traffic.counts(digits_splits.x_test).features["pixels"][0], traffic.profile["features"][0]
     used = np.count_nonzero(window + np.asarray(reference["counts"][0]))
     assert mean["chi2"]["dof"] == used - 1 >= 9  # 10 quantile bins, tail bins only where a value fell

@@ -36,6 +36,7 @@ from edgefleet.core.telemetry import Dropped, TelemetryWindow
 from edgefleet.core.topics import topic
 from edgefleet.edge_runtime.backends import default_backends
 from edgefleet.edge_runtime.device_config import DeviceConfig
+from edgefleet.edge_runtime.feedback import RecentPredictions
 from edgefleet.edge_runtime.http_api import create_app
 from edgefleet.edge_runtime.metrics import DeviceMetrics
 from edgefleet.edge_runtime.model_host import ModelHost
@@ -64,6 +65,7 @@ class DeviceAgent:
         self.transport = None
         self.metrics = DeviceMetrics(device=config.device, fleet=config.fleet, gauges=self.gauges)
         self.windows_closed = 0  # telemetry windows closed since start (sent too, with MQTT)
+        self.recent = RecentPredictions()  # predictions by request id, for labels that arrive later
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
         self._http: uvicorn.Server | None = None
@@ -281,7 +283,7 @@ class DeviceAgent:
 
     def _start_http(self) -> None:
         app = create_app(self.host, max_body_bytes=self.config.max_body_bytes, health=self.health,
-                         metrics=self.metrics)
+                         metrics=self.metrics, recent=self.recent)
         self._http = uvicorn.Server(uvicorn.Config(app, host=self.config.http_host, port=self.config.http_port,
                                                    log_level="warning", access_log=False))
         self._http_thread = threading.Thread(target=self._http.run, name="device-http", daemon=True)

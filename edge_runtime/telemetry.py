@@ -34,6 +34,7 @@ import numpy as np
 
 from edgefleet.core.bundle import Bundle
 from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.labels import error_edges
 from edgefleet.core.output_summary import DEFAULT_SCORE_THRESHOLD, OutputSummary
 from edgefleet.core.profile import extract_features
 from edgefleet.core.schema import batch_axis, sample_count
@@ -41,6 +42,7 @@ from edgefleet.core.telemetry import LATENCY_EDGES_MS, FeatureCounts, OutputCoun
 from edgefleet.core.window_quality import QualityCounts
 from edgefleet.cpp_ext import RequestSketch
 from edgefleet.edge_runtime.data_quality import FeatureQuality
+from edgefleet.edge_runtime.feedback import LabelWindow
 from edgefleet.edge_runtime.output_window import OutputWindow
 
 _NO_FEATURES = np.zeros((0, 1), np.float64)
@@ -94,6 +96,11 @@ class TelemetryAggregator:
         except ValueError as err:
             raise EdgefleetError(f"bundle {bundle.name} v{bundle.version}: {err}") from err
         self._outputs = OutputWindow(self.summaries, bundle.outputs)
+        # labels that arrive later are counted here (edge_runtime/feedback.py); regression errors on the
+        # profile's error edges, a classifier's as a confusion; other tasks take none
+        task = interface.get("task")
+        self.labels = (LabelWindow(error_edges(profile)) if task == "regression" and profile.get("outputs")
+                       else LabelWindow() if classifier else None)
         self.window_start = clock()
 
     @property
@@ -147,6 +154,7 @@ class TelemetryAggregator:
             confidence=tuple(snap["confidence"].tolist()) if self.output_name else (),
             outputs=tuple(OutputCounts(s.output, _rows(c)) for s, c in zip(self.summaries, output_counts, strict=True)),
             quality=tuple(QualityCounts(name, _rows(q)) for name, q in zip(self.input_names, quality, strict=True)),
+            labels=self.labels.take() if self.labels is not None else None,
         )
 
     def _sketches(self, probes: list[np.ndarray | None] | None) -> tuple:

@@ -33,9 +33,10 @@ import time
 import numpy as np
 
 from edgefleet.core.bundle import Bundle
+from edgefleet.core.detection import read as read_detection
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.labels import error_edges
-from edgefleet.core.output_summary import DEFAULT_SCORE_THRESHOLD, OutputSummary
+from edgefleet.core.output_summary import OutputSummary
 from edgefleet.core.profile import extract_features
 from edgefleet.core.schema import batch_axis, sample_count
 from edgefleet.core.telemetry import LATENCY_EDGES_MS, FeatureCounts, OutputCounts, TelemetryWindow
@@ -89,9 +90,9 @@ class TelemetryAggregator:
         self.main, self.extra, self._plans = self._sketches(None)
         self._retired = self.main, self.extra, self._plans  # swapped out at the last close
         self._all_inputs = bundle.inputs
-        threshold = float((interface.get("detection") or {}).get("score_threshold", DEFAULT_SCORE_THRESHOLD))
+        detection = read_detection(interface, bundle.outputs) if interface.get("task") == "detection" else None
         try:
-            self.summaries = [OutputSummary.from_profile(entry, bundle.outputs, threshold)
+            self.summaries = [OutputSummary.from_profile(entry, bundle.outputs, detection)
                               for entry in profile.get("outputs", [])]
         except ValueError as err:
             raise EdgefleetError(f"bundle {bundle.name} v{bundle.version}: {err}") from err

@@ -71,6 +71,7 @@ from edgefleet.cloud.drift import (
 )
 from edgefleet.cloud.drift_sequential import SEQUENTIAL, ScopeDetectors, evidence_summary
 from edgefleet.cloud.drift_settings import DriftSettingsError, MonitorSettings, SettingsResolver
+from edgefleet.cloud.ops_monitor import quality_evidence
 from edgefleet.core.telemetry import TelemetryError, parse_telemetry
 
 log = logging.getLogger(__name__)
@@ -385,6 +386,9 @@ class DriftMonitor:
                    f"{evidence_summary(result.report[kind]) if kind == SEQUENTIAL else summary(result.report, kind)}")
         details = {"drift_result_id": result.id, "window_start": result.window_start,
                    "window_end": result.window_end, "samples": result.samples, **result.report[kind]}
+        evidence = quality_evidence(session, result.scope, result.scope_id, result.model_name, result.model_version)
+        if evidence:  # a dead sensor or NaNs behind the drift: the pipeline, maybe not the world
+            details["data_quality"] = evidence
         session.add(Alert(scope=result.scope, scope_id=result.scope_id, fleet=result.fleet,
                           model_name=result.model_name, model_version=result.model_version, kind=kind,
                           message=message, details=details, status="open", opened_at=now,

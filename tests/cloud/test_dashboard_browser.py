@@ -221,6 +221,17 @@ def test_a_device_with_a_drift_alert_shows_it_on_its_chart(browser, stage):
     screenshot(browser, stage, "device")
 
 
+def test_a_device_page_charts_its_accuracy_estimated_without_labels(browser, stage):
+    sign_in(browser, stage.url, stage.viewer_token)
+    browser.get(f"{stage.url}/devices/cam-2")  # three 10 s windows of clean digits, no labels
+    chart = browser.find_element(By.CSS_SELECTOR, "svg#accuracy-chart")
+    lines = {line.get_attribute("data-name"): line.get_attribute("points").split()
+             for line in chart.find_elements(By.CSS_SELECTOR, "polyline.series")}
+    assert lines["measured"] == [] and len(lines["estimated"]) == 3  # one point per window, none measured
+    reference = chart.find_element(By.CSS_SELECTOR, "line.threshold title").get_attribute("textContent")
+    assert reference.startswith("reference 0.")  # the calibration data's accuracy, drawn as the line to compare
+
+
 def test_an_alert_is_acknowledged_with_its_evidence(browser, stage):
     sign_in(browser, stage.url, stage.admin_token)
     browser.get(f"{stage.url}/alerts")
@@ -395,7 +406,7 @@ def test_rollout_progress_updates_without_reload_and_the_device_page_shows_backe
     assert [row.find_element(By.CSS_SELECTOR, "td.state").text
             for row in browser.find_elements(By.CSS_SELECTOR, "#ota-events tr")[1:]] == ["failed", "verifying",
                                                                                           "downloading"]
-    assert browser.find_element(By.ID, "accuracy-slot")
+    assert browser.find_element(By.ID, "accuracy-chart").text == "No data yet."  # it sent no telemetry
     screenshot(browser, stage, "device-ota")
     browser.get(f"{stage.url}/?q=live-1")
     assert texts(browser, "#devices td.backend") == ["openvino"]

@@ -43,6 +43,11 @@ with one input channel per group and a constant W (depthwise) runs a dedicated k
     ReduceSum, ReduceMean, ReduceMax, ReduceL2 (X, axes? int64)   float32; keepdims, noop_with_empty_axes
                                    (sums in float64, rounded once)
     LayerNormalization(X, scale, B?)   float32; axis, epsilon (statistics in float64); one output
+    Resize(X, roi?, scales?, sizes?)   float32; mode "nearest" | "linear" (one axis at a time),
+                                   coordinate_transformation_mode half_pixel | pytorch_half_pixel |
+                                   align_corners | asymmetric, nearest_mode; scales or sizes constant
+    ConvTranspose(X, W, B?)        float32, 2-D (NCHW), W constant; group, strides, dilations, pads,
+                                   output_padding (no output_shape, no SAME auto_pad)
     QGemm(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point, bias?)
                                    the same for a (..., K) x b (K, N) (per tensor or per column N),
                                    bias int32 (N,); attribute activation "none" | "relu"
@@ -75,7 +80,7 @@ OPS: dict[str, tuple[int, int, tuple[str, ...]]] = {
     "Equal": (2, 2, ANY), "Where": (3, 3, ("uint8",)), "Cast": (1, 1, ANY), "Expand": (2, 2, ANY),
     "Gather": (2, 2, ANY), "Slice": (3, 5, ANY), "Pad": (2, 4, ANY),
     "ReduceSum": (1, 2, FLOAT), "ReduceMean": (1, 2, FLOAT), "ReduceMax": (1, 2, FLOAT), "ReduceL2": (1, 2, FLOAT),
-    "LayerNormalization": (2, 3, FLOAT),
+    "LayerNormalization": (2, 3, FLOAT), "Resize": (1, 4, FLOAT), "ConvTranspose": (2, 3, FLOAT),
 }
 INDEX = ("int32", "int64")
 # ops whose second (and later) inputs must have these dtypes, by position
@@ -90,6 +95,7 @@ _PARAM_DTYPES: dict[str, dict[int, tuple[str, ...]]] = {
     "Slice": {1: INDEX, 2: INDEX, 3: INDEX, 4: INDEX}, "Pad": {1: ("int64",), 3: INDEX},
     "ReduceSum": {1: ("int64",)}, "ReduceMean": {1: ("int64",)}, "ReduceMax": {1: ("int64",)},
     "ReduceL2": {1: ("int64",)}, "LayerNormalization": {1: FLOAT, 2: FLOAT},
+    "Resize": {2: FLOAT, 3: ("int64",)}, "ConvTranspose": {1: FLOAT, 2: FLOAT},
 }
 _SAME_DTYPE = {"Equal": (1,), "Where": (2,), "Pad": (2,)}  # inputs whose dtype must be input 0's (Where: 1's)
 SHAPE_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity")  # outputs are views of input 0

@@ -68,6 +68,9 @@ ATTRIBUTES: dict[str, list[str]] = {
     "HardSigmoid": ["alpha", "beta"], "LeakyRelu": ["alpha"], "Concat": ["axis"],
     "Gelu": ["approximate"], "Cast": ["to"], "Gather": ["axis"], "Pad": ["mode"],
     "LayerNormalization": ["axis", "epsilon"],
+    "Resize": ["mode", "coordinate_transformation_mode", "nearest_mode", "cubic_coeff_a", "exclude_outside",
+               "antialias", "keep_aspect_ratio_policy", "extrapolation_value"],  # the executor refuses non-defaults
+    "ConvTranspose": [*_WINDOW, "group", "output_padding"],
     **{op: ["keepdims", "noop_with_empty_axes"] for op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceL2")},
 }
 

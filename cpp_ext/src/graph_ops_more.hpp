@@ -1,6 +1,6 @@
 // Helpers and factories of the operators added for models users bring (transformer encoders, audio
 // models): graph_ops_math.cpp (element-wise math, Cast, Equal, Where, Expand), graph_ops_tensor.cpp
-// (Gather, Slice, Pad, reductions, LayerNormalization).
+// (Gather, Slice, Pad, reductions, LayerNormalization), graph_ops_resize.cpp (Resize, ConvTranspose).
 #pragma once
 
 #include <array>
@@ -66,5 +66,6 @@ void with_dtype(DType dtype, Body&& body) {
 
 std::unique_ptr<Op> make_math_op(const NodeSpec& spec, const std::vector<DType>& in, DType out);
 std::unique_ptr<Op> make_tensor_op(const NodeSpec& spec, const std::vector<DType>& in);
+std::unique_ptr<Op> make_resize_op(const NodeSpec& spec, const std::vector<const Constant*>& constants);
 
 }  // namespace edgefleet::graph

@@ -39,8 +39,8 @@ public:
         for (std::int64_t o = 0; o < outer; ++o) {
             for (std::int64_t i = 0; i < count; ++i) {
                 std::int64_t at = index_at(in[1], i);
-                EF_REQUIRE(at >= -size && at < size, "index " + std::to_string(at) + " is out of range for size " +
-                                                         std::to_string(size));
+                EF_REQUIRE(at >= -size && at < size, "Gather: index " + std::to_string(at) +
+                                                         " is out of range for size " + std::to_string(size));
                 if (at < 0) at += size;
                 std::memcpy(dst, src + (o * size + at) * bytes, static_cast<std::size_t>(bytes));
                 dst += bytes;

@@ -57,7 +57,7 @@ CLAIMED = [
     r"test_erf", r"test_gelu_", r"test_sqrt", r"test_reciprocal", r"test_exp", r"test_neg", r"test_pow",
     r"test_prelu_", r"test_equal", r"test_where_", r"test_cast_", r"test_expand_", r"test_gather_",
     r"test_slice", r"test_split_", r"test_constant_pad", r"test_reflect_pad", r"test_edge_pad",
-    r"test_reduce_(sum|mean|max|l2)_", r"test_layer_normalization_",
+    r"test_reduce_(sum|mean|max|l2)_", r"test_layer_normalization_", r"test_resize_", r"test_convtranspose",
 ]
 # Variants not claimed, each with the reason.
 NOT_CLAIMED = [
@@ -78,6 +78,10 @@ NOT_CLAIMED = [
     r"test_equal_string", r"test_reduce_max_bool", r"test_reduce_.*_empty_set",  # strings, bool max, empty axes
     r"test_gather_elements_", r"test_split_to_sequence_", r"test_reduce_sum_square_",  # other operators
     r"test_split_(variable_parts|zero_size_splits)_",  # split sizes given at run time
+    r"test_convtranspose_(1d|3d|autopad_same|output_shape|kernel_shape)",  # ConvTranspose: 2-D, given pads only
+    r"test_resize_.*(cubic|antialias|tf_crop|axes|not_larger|not_smaller|half_pixel_symmetric)",
+    # Resize: nearest and linear on all axes, four coordinate modes, the stretch policy
+    r"test_resize_.*_scales_",  # scales given at run time (sizes may be; scales must be constant)
 ]
 
 backend_test = BackendTest(NativeBackend, __name__)

@@ -55,6 +55,9 @@ class CloudSettings(BaseSettings):
     drift_alpha: float = Field(default=0.01, gt=0, lt=1)
     drift_psi_floor: float = Field(default=0.15, ge=0)
     drift_noise_multiplier: float = Field(default=5.0, ge=0)
+    # The label-free accuracy alert (cloud/performance_monitor.py): how far the estimate may fall below what
+    # the calibration expects; it runs on the drift monitor's interval, lookback and min_samples.
+    performance_drop: float = Field(default=0.05, gt=0, lt=1)
     # The API's base URL as devices reach it, for the signed download URLs in install commands. None: the
     # address the server listens on (CloudServer fills in the bound port); set it behind a proxy or NAT.
     public_url: str | None = None

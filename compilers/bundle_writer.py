@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from edgefleet.compilers.calibration import confidence_calibration
 from edgefleet.compilers.profile_plan import TASKS, FeatureNames, ProfilePlan, plan_profile, unprofilable
 from edgefleet.core import bundle as bundle_io
 from edgefleet.core.bundle import Bundle
@@ -71,6 +72,8 @@ class BundleDraft:
     feature_names: FeatureNames | None = None
     detection: Mapping | None = None  # a detector's {"scores": output, "score_threshold": 0.5}
     metrics: dict = field(default_factory=dict)
+    # a classifier's (scores, true labels, "eval" or "reference"): its confidence calibration (core/calibration.py)
+    calibration: tuple[np.ndarray, np.ndarray, str] | None = None
     parent: Mapping[str, Any] | None = None
     model_card: Mapping[str, Any] | None = None
     bins: int = DEFAULT_BINS
@@ -117,6 +120,10 @@ def write_bundle(out: Path, draft: BundleDraft, *, signing_key: SigningKey | Non
         profile = plan.build(draft.inputs, draft.reference, draft.scores, draft.reference_outputs,
                              postprocess=draft.postprocess, bins=draft.bins,
                              class_names=list(draft.class_names) if draft.class_names is not None else None)
+        if draft.calibration is not None and "confidence" in profile:
+            scores, labels, on = draft.calibration
+            profile["confidence"]["calibration"] = confidence_calibration(
+                scores, labels, draft.postprocess, profile["confidence"]["edges"], on)
         (out / "profile.json").write_text(json.dumps(profile))
         manifest["reference_profile"] = {"path": "profile.json", "count": profile["count"], "bins": draft.bins}
     manifest["model_card"] = _model_card(draft)

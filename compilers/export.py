@@ -169,14 +169,19 @@ def export_torch(
         eval_chunks = _run_onnx_chunks(session, eval_in, inputs_spec, classifier)
         eval_scores = samples_first(first_out, join_samples([first_out], eval_chunks)[first_out.name])
         metrics["eval"] = classification_metrics(eval_scores, _np(eval_data[1]), postprocess, names)
+    calibration = None  # held-out data when there is some: the model has fitted its training labels
+    if eval_data is not None and task == "classification":
+        calibration = (eval_scores, _np(eval_data[1]), "eval")
+    elif scores is not None and labels is not None:
+        calibration = (scores, _np(labels), "reference")
 
     draft = BundleDraft(
         name=name, version=int(version), label=label, inputs=inputs_spec, outputs=outputs_spec, task=task,
         postprocess=postprocess, class_names=names, preprocessing=preprocessing,
         artifact=_artifact(onnx_model, numeric), golden_inputs=golden_in, golden_outputs=golden_out,
         atol=atol, rtol=rtol, reference=reference, scores=scores, metrics=metrics, parent=parent,
-        model_card=model_card, bins=bins, reference_outputs=chunks, profiled_inputs=profiled_inputs,
-        feature_names=feature_names, detection=detection,
+        calibration=calibration, model_card=model_card, bins=bins, reference_outputs=chunks,
+        profiled_inputs=profiled_inputs, feature_names=feature_names, detection=detection,
         step={
             "stage": "export",
             "tool": "torch.onnx.export(dynamo=True)",

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgefleet.core.errors import ExportError
+from edgefleet.core.magnitude import TAIL_EDGES
 from edgefleet.core.output_summary import OutputSummary, detection_scores, plan_summaries
 from edgefleet.core.profile import build_profile, feature_kind, samples_first_spec
 from edgefleet.core.schema import TensorSpec, batch_axis, sample_count
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 TASKS = ("classification", "regression", "embedding", "detection", "other")
 FeatureNames = Sequence[str] | Mapping[str, Sequence[str]]
-MAX_BINS = 1024  # a histogram row is bins + 1 counts; telemetry refuses rows over 1,026 (core/telemetry.py)
+MAX_BINS = 1024 - TAIL_EDGES  # a feature row is bins + 1 + TAIL_EDGES counts; telemetry refuses rows over 1,026
 _STATE_AFFIXES = re.compile(r"^(next|new|prev|previous|past|present|last|initial|init)[_.]|"
                             r"[_.](next|new|prev|previous|past|present|last)$|(0|n)$")
 

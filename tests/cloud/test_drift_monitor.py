@@ -210,8 +210,9 @@ def test_fleets_are_separate(monitor, feed, sessions):
 
 def test_counts_of_another_shape_are_refused_and_logged(monitor, feed, sessions, caplog):
     good = feed.send("d1", 0)
-    # d2 claims the same model version but bins on 11 edges (13 columns): refused, never merged
+    # d2 claims the same model version but bins on two more edges: refused, never merged
     rows = tuple(row + (0, 0) for row in good.features[0].counts)
+    width = len(rows[0])
     odd = TelemetryWindow(**{**good.__dict__, "device": "d2", "seq": 1,
                              "features": (type(good.features[0])("pixels", rows),)})
     feed.send("d2", 0, window=odd)
@@ -221,7 +222,7 @@ def test_counts_of_another_shape_are_refused_and_logged(monitor, feed, sessions,
     assert set(results) == {("device", "d1"), ("fleet", "f1")}
     assert results[("fleet", "f1")].samples == good.samples  # d2's window was not merged
     refusals = [r.getMessage() for r in caplog.records if "window refused" in r.getMessage()]
-    assert len(refusals) == 1 and "device d2" in refusals[0] and "(2, 13)" in refusals[0]
+    assert len(refusals) == 1 and "device d2" in refusals[0] and f"(2, {width})" in refusals[0]
 
 
 def test_model_without_profile_is_skipped_and_logged_once(monitor, feed, sessions, caplog):
@@ -250,7 +251,10 @@ def test_few_samples_give_insufficient_and_no_alert(monitor, feed, sessions):
     feed.send("d1", 0, drift=True, requests=40)
     [device, fleet] = monitor.run_once(end_of(0))
     assert device.verdict == fleet.verdict == "insufficient"
-    assert alerts(sessions) == []
+    assert alerts(sessions, kind="data_drift") == alerts(sessions, kind="prediction_drift") == []
+    # the sequential detector is made for few samples: 40 brightened ones (3.7 sd) are enough for it
+    assert {(a.scope, a.kind) for a in alerts(sessions)} == {("device", "sequential_drift"),
+                                                             ("fleet", "sequential_drift")}
 
 
 def test_lookback_window_bounds(monitor, feed):

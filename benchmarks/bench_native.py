@@ -34,6 +34,7 @@ from edgefleet.cloud.compress.quantize import quantize_static_int8
 from edgefleet.cloud.digits import build_digits_bundle, load_splits
 from edgefleet.compilers.compile import compile_bundle
 from edgefleet.core.bundle import Bundle
+from edgefleet.core.errors import CompileError
 from edgefleet.core.signing import SigningKey
 from edgefleet.cpp_ext import graph_native
 from edgefleet.edge_runtime.backends.native import NativeBackend
@@ -150,34 +151,45 @@ def main(argv: list[str] | None = None) -> dict:
             digits_dir, public = build_digits_bundle(workdir / "digits", epochs=args.epochs)
             key = SigningKey.load(public.with_suffix(".key"))
             splits = load_splits()
-            mlp_dir, mlp_train, mlp_test = build_mlp_bundle(workdir, key)
-            digits_int8 = quantize_static_int8(digits_dir, workdir / "digits-int8", splits.x_train[:512],
-                                               signing_key=key).bundle.root
-            mlp_int8 = quantize_static_int8(mlp_dir, workdir / "mlp-int8", mlp_train, signing_key=key).bundle.root
-            wide_dir, wide_train, wide_test = build_wide_cnn_bundle(workdir, key, splits.x_train, splits.x_test)
-            wide_int8 = quantize_static_int8(wide_dir, workdir / "wide-int8", wide_train,
-                                             signing_key=key).bundle.root
-            edge = []
-            for name in ("efficient-lite", "resnet"):
-                edge_dir, edge_train, edge_test = build_edge_cnn_bundle(workdir, key, name)
-                edge_int8 = quantize_static_int8(edge_dir, workdir / f"{name}-int8", edge_train,
+            chosen = args.models.split(",") if args.models else None
+
+            def wanted(*labels: str) -> bool:
+                return chosen is None or any(label in chosen for label in labels)
+
+            plan: list[tuple[str, Path, np.ndarray | dict]] = []
+            if wanted("digits-cnn", "digits-cnn-int8", "breast-cancer-mlp", "breast-cancer-mlp-int8"):
+                mlp_dir, mlp_train, mlp_test = build_mlp_bundle(workdir, key)
+                digits_int8 = quantize_static_int8(digits_dir, workdir / "digits-int8", splits.x_train[:512],
+                                                   signing_key=key).bundle.root
+                mlp_int8 = quantize_static_int8(mlp_dir, workdir / "mlp-int8", mlp_train, signing_key=key).bundle.root
+                plan += [("digits-cnn", digits_dir, splits.x_test), ("breast-cancer-mlp", mlp_dir, mlp_test),
+                         ("digits-cnn-int8", digits_int8, splits.x_test),
+                         ("breast-cancer-mlp-int8", mlp_int8, mlp_test)]
+            if wanted("wide-cnn", "wide-cnn-int8"):
+                wide_dir, wide_train, wide_test = build_wide_cnn_bundle(workdir, key, splits.x_train, splits.x_test)
+                wide_int8 = quantize_static_int8(wide_dir, workdir / "wide-int8", wide_train,
                                                  signing_key=key).bundle.root
-                edge += [(f"{name}-cnn", edge_dir, edge_test), (f"{name}-cnn-int8", edge_int8, edge_test)]
+                plan += [("wide-cnn", wide_dir, wide_test), ("wide-cnn-int8", wide_int8, wide_test)]
+            for name in ("efficient-lite", "resnet"):
+                if wanted(f"{name}-cnn", f"{name}-cnn-int8"):
+                    edge_dir, edge_train, edge_test = build_edge_cnn_bundle(workdir, key, name)
+                    edge_int8 = quantize_static_int8(edge_dir, workdir / f"{name}-int8", edge_train,
+                                                     signing_key=key).bundle.root
+                    plan += [(f"{name}-cnn", edge_dir, edge_test), (f"{name}-cnn-int8", edge_int8, edge_test)]
             for name in ("ds-cnn", "autoencoder", "transformer", "m5"):
-                fp32_dir, int8_dir, rows = build_edge_model_bundle(workdir, key, name)
-                edge += [(name, fp32_dir, rows), (f"{name}-int8", int8_dir, rows)]
-            for label, bundle_dir, test_x in (("digits-cnn", digits_dir, splits.x_test),
-                                              ("breast-cancer-mlp", mlp_dir, mlp_test),
-                                              ("digits-cnn-int8", digits_int8, splits.x_test),
-                                              ("breast-cancer-mlp-int8", mlp_int8, mlp_test),
-                                              ("wide-cnn", wide_dir, wide_test),
-                                              ("wide-cnn-int8", wide_int8, wide_test), *edge):
-                if args.models and label not in args.models.split(","):
+                if wanted(name, f"{name}-int8"):
+                    fp32_dir, int8_dir, rows = build_edge_model_bundle(workdir, key, name)
+                    plan += [(name, fp32_dir, rows), (f"{name}-int8", int8_dir, rows)]
+            for label, bundle_dir, test_x in plan:
+                if not wanted(label):
                     continue
                 Bundle.open(bundle_dir)
                 slow = any(k in label for k in ("wide", "efficient", "resnet", "ds-cnn", "transformer", "m5"))
                 runs = args.runs if not slow else max(1, args.runs // args.wide_divisor)
-                results.append(measure(label, bundle_dir, workdir, test_x, runs))
+                try:
+                    results.append(measure(label, bundle_dir, workdir, test_x, runs))
+                except CompileError as err:  # a model the native target refuses is a result too
+                    results.append({"model": label, "refused": str(err)})
     summary = {"benchmark": "native_vs_onnxruntime", "isa": graph_native.isa(),
                "available_isas": graph_native.available_isas(), "onnxruntime_threads": 1, "results": results}
     emit(summary, args.out)

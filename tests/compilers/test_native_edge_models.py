@@ -41,7 +41,7 @@ def export(name: str, rows: dict[str, np.ndarray], folder: Path, key: SigningKey
     return export_torch(edge_models.build(name), first, folder, name=name, version=1,
                         reference_data={k: v[:32] for k, v in rows.items()}, input_names=list(rows),
                         output_names=[edge_models.OUTPUTS.get(name, "logits")], task=task, signing_key=key,
-                        dynamic_axes={k: {} for k in rows})
+                        dynamic_axes={k: {} for k in rows}, golden_count=16)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from edgefleet.cli import (
     import_commands,  # noqa: F401 - registers import
     performance_commands,  # noqa: F401 - registers performance
     rollout_commands,  # noqa: F401 - registers deploy, rollout status|approve|abort|list
+    webhook_commands,  # noqa: F401 - registers webhook add|list|remove|deliveries
 )
 from edgefleet.cli.app import app, err_console
 from edgefleet.core import config

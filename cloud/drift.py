@@ -19,6 +19,14 @@ it adds nothing to their rows, and a scope with no output counts at all gets tho
 "insufficient". A window with output counts the profile does not have, or of another shape, is refused
 (CountsMismatch), as for features.
 
+A group's verdict is decided by its signals with enough samples: "drift" when one of them drifts, "ok"
+when all of them are ok, "insufficient" only when none has enough. A short row (a detector's score row
+counts only the detections at or above the threshold, the count row counts images; an output row of an
+agent that sends none) is "insufficient" on its own and listed under the group's "insufficient"; it does
+not hold back the other rows. Bonferroni still divides alpha by every signal of the group, judged or not
+(the test each row faces does not depend on how many others had data). An open alert closes only on runs
+where every signal of its group was judged ok (`cleared`).
+
 The decision rule (DriftThresholds), per signal with n window samples and m reference samples:
 
     insufficient  if n < min_samples                                   (no verdict on a handful of requests)
@@ -250,9 +258,10 @@ def evaluate(counts: WindowCounts, profile: Mapping, thresholds: DriftThresholds
     Raises CountsMismatch if the shapes differ from the profile. The report (JSON-serialisable):
         {"verdict": "drift" | "ok" | "insufficient", "samples": n, "reference_samples": m,
          "thresholds": {...},
-         "data_drift": {"verdict": ..., "alpha": per-signal alpha, "drifting": [names],
+         "data_drift": {"verdict": ..., "alpha": per-signal alpha, "drifting": [names], "insufficient": [names],
                         "signals": {name: {"n", "m", "psi", "psi_threshold", "js", "chi2": {"statistic",
-                                    "dof", "p"}, "ks": {"statistic", "p"} | None, "verdict"}}},
+                                    "dof", "p"}, "ks": {"statistic", "p"} | None,
+                                    "location": {"shift", "wasserstein"} (in reference sds) | None, "verdict"}}},
          "prediction_drift": {... same, with "predictions", "confidence" and "<output>.<row>" signals;
                               verdict None for a model without any of them}}
     """
@@ -288,16 +297,24 @@ def evaluate(counts: WindowCounts, profile: Mapping, thresholds: DriftThresholds
 
 
 def _group(signals: Mapping[str, Signal], thresholds: DriftThresholds) -> dict:
+    """A group's signals and its verdict, decided by the signals that have enough samples (module docstring)."""
     alpha = thresholds.alpha / max(len(signals), 1)
     results = {name: _signal(obs, ref, ordered, alpha, thresholds, facts)
                for name, (obs, ref, ordered, facts) in signals.items()}
-    verdicts = [r["verdict"] for r in results.values()]
+    judged = [r["verdict"] for r in results.values() if r["verdict"] != INSUFFICIENT]
     return {
-        "verdict": _overall(verdicts) if verdicts else None,
+        "verdict": (_overall(judged) if judged else INSUFFICIENT) if results else None,
         "alpha": alpha,
         "drifting": [name for name, r in results.items() if r["verdict"] == DRIFT],
+        "insufficient": [name for name, r in results.items() if r["verdict"] == INSUFFICIENT],
         "signals": results,
     }
+
+
+def cleared(group: Mapping) -> bool:
+    """True when a report's group is ok on every one of its signals: an open alert closes only on such runs
+    (cloud/drift_monitor.py), not on an "ok" that left a short row unjudged."""
+    return group.get("verdict") == OK and all(s["verdict"] == OK for s in group.get("signals", {}).values())
 
 
 def _signal(obs: np.ndarray, ref: np.ndarray, ordered: bool, alpha: float, thresholds: DriftThresholds,

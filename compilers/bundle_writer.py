@@ -70,7 +70,7 @@ class BundleDraft:
     reference_outputs: Sequence[Mapping[str, np.ndarray]] = ()  # the summarised outputs, chunk by chunk
     profiled_inputs: Sequence[str] | None = None  # None: the default rule (compilers/profile_plan.py)
     feature_names: FeatureNames | None = None
-    detection: Mapping | None = None  # a detector's {"scores": output, "score_threshold": 0.5}
+    detection: Mapping | None = None  # a detector's layout as given (core/detection.py), None: inferred
     metrics: dict = field(default_factory=dict)
     # a classifier's (scores, true labels, "eval" or "reference"): its confidence calibration (core/calibration.py)
     calibration: tuple[np.ndarray, np.ndarray, str] | None = None
@@ -150,7 +150,7 @@ def fingerprint(data: Mapping[str, np.ndarray]) -> str:
 def plan_for(draft: BundleDraft) -> ProfilePlan:
     """The draft's profile plan: its task, profiled inputs, column names and output summaries."""
     return plan_profile(draft.inputs, draft.outputs, draft.task, profiled_inputs=draft.profiled_inputs,
-                        feature_names=draft.feature_names, detection=draft.detection)
+                        feature_names=draft.feature_names, detection=draft.detection, class_names=draft.class_names)
 
 
 def _model_card(draft: BundleDraft) -> dict:

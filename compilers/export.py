@@ -113,8 +113,9 @@ def export_torch(
     profile for drift, and (with `labels`) the reference accuracy. The profile covers `profiled_inputs`
     (default: every batched input that is not a recurrent state and has a fixed set of features), names a
     tabular input's columns with `feature_names` (a list for the one tabular input, or {input: names}),
-    and summarises the task's outputs; a detector names its scores output with
-    detection={"scores": NAME, "score_threshold": 0.5} (default: the one output named like *score*).
+    and summarises the task's outputs; a detector declares its layout with detection= (core/detection.py:
+    {"scores": NAME, "score_threshold": 0.5} for boxes+scores, {"layout": "yolov5"} or "yolov8" for one
+    YOLO output; default: inferred when unambiguous).
     eval_data=(inputs, labels): held-out data for the metrics and the model card. postprocess: "softmax"
     if the first output holds logits, "none" if it holds probabilities or values; default "softmax" for a
     classifier, else "none".
@@ -149,11 +150,11 @@ def export_torch(
     check = take_samples(inputs_spec, reference, 0, NUMERIC_SAMPLES) if reference is not None else golden_in
     numeric = _numeric_error(_run_onnx(session, check), _run_torch(model, check, outputs_spec))
     first_out = outputs_spec[0]
-    task = task or infer_task(outputs_spec, class_names)
+    task = task or infer_task(outputs_spec, class_names, detection)
     if task == "classification":
         check_classes(first_out, class_names)
     plan = plan_profile(inputs_spec, outputs_spec, task, profiled_inputs=profiled_inputs,
-                        feature_names=feature_names, detection=detection)
+                        feature_names=feature_names, detection=detection, class_names=class_names)
     postprocess = postprocess or ("softmax" if task == "classification" else "none")
     names = list(class_names) if class_names is not None else None
     scores, metrics, chunks = None, {}, []

@@ -13,6 +13,10 @@ class count squared: at most MAX_CONFUSION_CELLS cells. A regression error histo
 both sides derive from the reference profile (`error_edges`: ERROR_STEPS times the spread of the first
 output row's reference quantiles), with the NaN column last like every histogram of the telemetry.
 
+Labels may reach the cloud instead (POST /api/v1/feedback, by request id or by the prediction's time): the
+cloud keeps no per-request predictions, so it forwards them to the device on its cmd topic (op "labels",
+`label_command`), and the device joins them exactly as its own POST /v1/feedback does.
+
 `parse_labels` is part of the cloud's telemetry gate: every refusal is a TelemetryError with reason
 `bad_field` or `number_out_of_range` and a message naming the field.
 """
@@ -130,3 +134,33 @@ def merge_labels(items: list[LabelCounts]) -> LabelCounts | None:
         for true, predicted, n in item.confusion:
             cells[(true, predicted)] = cells.get((true, predicted), 0) + n
     return LabelCounts(sum(i.count for i in items), confusion=tuple((t, p, n) for (t, p), n in sorted(cells.items())))
+
+
+LABELS_OP = "labels"  # the cmd op that carries labels the cloud received to the device that predicted
+MAX_COMMAND_LABELS = 500
+
+
+def label_command(command_id: str, items: list[dict], issued_at: float) -> bytes:
+    """The cmd payload forwarding labels: each item {"request_id" or "timestamp", "label" or "value"}."""
+    import json
+
+    return json.dumps({"schema": "edgefleet.cmd", "v": 1, "id": command_id, "op": LABELS_OP, "labels": items,
+                       "issued_at": issued_at}, separators=(",", ":")).encode()
+
+
+def parse_label_command(data: Mapping, error) -> list[dict]:  # noqa: ANN001 - error(reason, message)
+    """The items of a labels command (already parsed JSON), each checked for shape; the device then joins
+    them one by one as if they came to POST /v1/feedback."""
+    items = data.get("labels")
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_COMMAND_LABELS:
+        raise error("bad_label", f"a labels command holds 1 to {MAX_COMMAND_LABELS} labels")
+    for index, item in enumerate(items):
+        keys = set(item) if isinstance(item, Mapping) else set()
+        if len(keys & {"request_id", "timestamp"}) != 1 or len(keys & {"label", "value"}) != 1 or keys - {
+                "request_id", "timestamp", "label", "value"}:
+            raise error("bad_label", f"labels[{index}] must hold request_id or timestamp, and label or value")
+        stamp = item.get("timestamp")
+        if "timestamp" in item and (isinstance(stamp, bool) or not isinstance(stamp, int | float)
+                                    or not math.isfinite(stamp)):
+            raise error("bad_label", f"labels[{index}].timestamp must be unix seconds")
+    return items

@@ -37,7 +37,7 @@ from edgefleet.core.topics import topic
 from edgefleet.edge_runtime.backends import default_backends
 from edgefleet.edge_runtime.device_config import DeviceConfig
 from edgefleet.edge_runtime.device_health import HealthSampler
-from edgefleet.edge_runtime.feedback import RecentPredictions
+from edgefleet.edge_runtime.feedback import RecentPredictions, is_label_command, join_forwarded
 from edgefleet.edge_runtime.http_api import create_app
 from edgefleet.edge_runtime.metrics import DeviceMetrics
 from edgefleet.edge_runtime.model_host import ModelHost
@@ -209,6 +209,11 @@ class DeviceAgent:
         install to end instead of being refused as busy. A command that does not parse is refused with a
         status when it can be (see _refuse_command). A command id seen before (a QoS 1 redelivery,
         the cloud's republish after its restart) is ignored, across restarts too."""
+        if is_label_command(payload):  # labels the cloud received for this device's predictions
+            joined, refused = join_forwarded(payload, self.recent, self.host)
+            log.info("labels from the cloud: %d joined, %d refused%s", joined, len(refused),
+                     f" (first: {refused[0]})" if refused else "")
+            return
         try:
             command = parse_command(payload)
         except OtaError as err:

@@ -17,6 +17,8 @@ layer answers 404 for unknown, expired or already labelled requests and 400 for 
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import re
 import threading
@@ -33,9 +35,11 @@ from edgefleet.core.bounded_json import JsonLimitError
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.labels import MAX_CONFUSION_CELLS, LabelCounts
 
+log = logging.getLogger(__name__)
 DEFAULT_CAPACITY = 10_000
 DEFAULT_TTL_SECONDS = 3600.0
 MAX_FEEDBACK_BYTES = 64 * 1024
+NEAREST_SECONDS = 0.5  # a label by timestamp joins the prediction made closest to it, at most this far
 REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")  # a client's X-Request-Id, as it may choose it
 
 
@@ -52,6 +56,7 @@ class Prediction:
     model: tuple[str, int]
     task: str
     at: float
+    wall: float = 0.0  # unix seconds, for a label the cloud forwards by the prediction's time
     classes: tuple[int, ...] = ()  # per sample, a classifier's top-1 class index
     values: tuple[float, ...] = ()  # per sample, regression's first value
 
@@ -73,9 +78,18 @@ class RecentPredictions:
                values: Sequence[float] = ()) -> None:
         with self._lock:
             self._entries.pop(request_id, None)
-            self._entries[request_id] = Prediction(model, task, self._clock(), tuple(classes), tuple(values))
+            self._entries[request_id] = Prediction(model, task, self._clock(), time.time(), tuple(classes),
+                                                   tuple(values))
             while len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
+
+    def nearest(self, wall: float, tolerance: float = NEAREST_SECONDS) -> str:
+        """The id of the kept prediction made closest to unix time `wall`, within `tolerance` seconds."""
+        with self._lock:
+            best = min(self._entries.items(), key=lambda item: abs(item[1].wall - wall), default=None)
+        if best is None or abs(best[1].wall - wall) > tolerance:
+            raise LabelError("unknown_request", f"no recent prediction was made within {tolerance:g} s of {wall}")
+        return best[0]
 
     def take(self, request_id: str, check: Callable[[Prediction], object] = lambda entry: None) -> Prediction:
         """The prediction of a request, removed from the map (a label joins once) if `check(entry)` does not
@@ -122,6 +136,9 @@ class LabelWindow:
                 if cell in self._cells or len(self._cells) < MAX_CONFUSION_CELLS:
                     self._cells[cell] = self._cells.get(cell, 0) + 1
                     self._count += 1
+                else:  # the telemetry bound: a window holds at most that many distinct cells
+                    log.warning("labels: a new confusion cell beyond the window's %d is not counted",
+                                MAX_CONFUSION_CELLS)
 
     def add_values(self, predicted: Sequence[float], true: Sequence[float]) -> None:
         if self.error_edges is None:
@@ -240,3 +257,52 @@ def remember(recent: RecentPredictions, rid: str, bundle, answer: dict) -> None:
                 first = first[0]
             values.append(float(first))
         recent.record(rid, model=(bundle.name, bundle.version), task=task, values=values)
+
+
+def label_window_of(host) -> Callable[[tuple[str, int]], LabelWindow | None]:  # noqa: ANN001 - a ModelHost
+    """The open label window of the model that made a prediction, while that model serves."""
+    def window_for(model: tuple[str, int]) -> LabelWindow | None:
+        telemetry = host.current.telemetry
+        if telemetry is None or (telemetry.model_name, telemetry.model_version) != model:
+            return None
+        return telemetry.labels
+    return window_for
+
+
+def join_forwarded(payload: bytes, recent: RecentPredictions, host) -> tuple[int, list[str]]:  # noqa: ANN001
+    """A labels command from the cloud (core/labels.py `label_command`): each label joined as POST /v1/feedback
+    joins it, a timestamp first resolved to the nearest kept prediction. Returns (joined, refusals)."""
+    from edgefleet.core.labels import parse_label_command
+
+    try:
+        data = bounded_json.loads(payload, max_bytes=MAX_FEEDBACK_BYTES * 8, what="labels command")
+        items = parse_label_command(data, LabelError)
+    except (JsonLimitError, LabelError) as err:
+        return 0, [str(err)]
+    joined, refused = 0, []
+    window_for = label_window_of(host)
+    names = host.current.bundle.manifest["interface"].get("class_names")
+    for item in items:
+        try:
+            rid = item["request_id"] if "request_id" in item else recent.nearest(float(item["timestamp"]))
+            kind = "label" if "label" in item else "value"
+            body = json.dumps({"request_id": rid, kind: item[kind]}).encode()
+            join_feedback(body, recent, window_for, names)
+            joined += 1
+        except LabelError as err:
+            refused.append(f"{err.reason}: {err}")
+    return joined, refused
+
+
+def is_label_command(payload: bytes) -> bool:
+    """Whether a cmd message carries labels (op "labels") rather than an update; a payload that is not
+    such JSON is left to the update commands' parser, which refuses it with its reason."""
+    from edgefleet.core.labels import LABELS_OP
+
+    if b'"' + LABELS_OP.encode() + b'"' not in payload:
+        return False
+    try:
+        data = bounded_json.loads(payload, max_bytes=MAX_FEEDBACK_BYTES * 8, what="command")
+    except JsonLimitError:
+        return False
+    return isinstance(data, dict) and data.get("op") == LABELS_OP

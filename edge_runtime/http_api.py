@@ -49,9 +49,9 @@ from edgefleet.core.schema import sample_count
 from edgefleet.edge_runtime.feedback import (
     MAX_FEEDBACK_BYTES,
     LabelError,
-    LabelWindow,
     RecentPredictions,
     join_feedback,
+    label_window_of,
     remember,
     request_id,
 )
@@ -114,7 +114,7 @@ def create_app(
         bad body; every refusal carries its `reason`."""
         try:
             body = await _read_body(request, MAX_FEEDBACK_BYTES)
-            content = await run_in_threadpool(join_feedback, body, recent, _labels_of(host),
+            content = await run_in_threadpool(join_feedback, body, recent, label_window_of(host),
                                               host.current.bundle.manifest["interface"].get("class_names"))
             return Response(_json(content), media_type="application/json")
         except BodyTooLarge as err:
@@ -140,16 +140,6 @@ def create_app(
 
 
 _LABEL_STATUS = {"unknown_request": 404, "expired": 404, "labelled": 404, "model_retired": 409}
-
-
-def _labels_of(host: ModelHost) -> Callable[[tuple[str, int]], LabelWindow | None]:
-    """The open label window of the model that made a prediction, while that model serves."""
-    def window_for(model: tuple[str, int]) -> LabelWindow | None:
-        telemetry = host.current.telemetry
-        if telemetry is None or (telemetry.model_name, telemetry.model_version) != model:
-            return None
-        return telemetry.labels
-    return window_for
 
 
 def _predict(host: ModelHost, bundle: Bundle, body: bytes, query: list[tuple[str, str]], rid: str,

@@ -33,9 +33,10 @@ import time
 import numpy as np
 
 from edgefleet.core.bundle import Bundle
+from edgefleet.core.detection import read as read_detection
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.labels import error_edges
-from edgefleet.core.output_summary import DEFAULT_SCORE_THRESHOLD, OutputSummary
+from edgefleet.core.output_summary import OutputSummary
 from edgefleet.core.profile import extract_features
 from edgefleet.core.schema import batch_axis, sample_count
 from edgefleet.core.telemetry import LATENCY_EDGES_MS, FeatureCounts, OutputCounts, TelemetryWindow
@@ -89,9 +90,9 @@ class TelemetryAggregator:
         self.main, self.extra, self._plans = self._sketches(None)
         self._retired = self.main, self.extra, self._plans  # swapped out at the last close
         self._all_inputs = bundle.inputs
-        threshold = float((interface.get("detection") or {}).get("score_threshold", DEFAULT_SCORE_THRESHOLD))
+        detection = read_detection(interface, bundle.outputs) if interface.get("task") == "detection" else None
         try:
-            self.summaries = [OutputSummary.from_profile(entry, bundle.outputs, threshold)
+            self.summaries = [OutputSummary.from_profile(entry, bundle.outputs, detection)
                               for entry in profile.get("outputs", [])]
         except ValueError as err:
             raise EdgefleetError(f"bundle {bundle.name} v{bundle.version}: {err}") from err
@@ -133,12 +134,13 @@ class TelemetryAggregator:
         """Takes the counts of the window that ends now and starts the next one."""
         end = self.clock()
         # swap first, then read: a request that still holds the old sketch counts into it, and what it
-        # adds after this read is read at the next close (not as a probe match: it was not compared)
+        # adds after this read is read at the next close (compared with the probe of the window before:
+        # for a stuck input every probe is the same value)
         retired, leftover = (self.main, self.extra, self._plans), self._retired
         self.main, self.extra, self._plans = self._sketches(self._probes())
         self._retired = retired
-        snap, counts, quality = _take(*retired, leftover=False)
-        late, late_counts, late_quality = _take(*leftover, leftover=True)
+        snap, counts, quality = _take(*retired)
+        late, late_counts, late_quality = _take(*leftover)
         for key in ("requests", "samples", "errors", "latency", "predictions", "confidence"):
             snap[key] = snap[key] + late[key]
         counts = [a + b for a, b in zip(counts, late_counts, strict=True)]
@@ -189,14 +191,13 @@ class TelemetryAggregator:
         return np.ascontiguousarray(value)
 
 
-def _take(main: RequestSketch, extra: list, plans: list, *, leftover: bool) -> tuple[dict, list, list]:
-    """A window's snapshot of retired sketches, their features folded back onto the profile's bins, and
-    their quality counts (a leftover's at_probe column zeroed: those samples were never compared)."""
+def _take(main: RequestSketch, extra: list, plans: list) -> tuple[dict, list, list]:
+    """A snapshot of retired sketches, their features folded back onto the profile's bins, and their
+    quality counts."""
     snap = main.snapshot(reset=True)
     counts = [snap["features"], *(s.snapshot(reset=True)["features"] for _, s in extra)][:len(plans)]
     split = [plan.split(c) for plan, c in zip(plans, counts, strict=True)]
-    quality = [q * np.array([1, 1, 1, 0]) if leftover else q for _, q in split]
-    return snap, [f for f, _ in split], quality
+    return snap, [f for f, _ in split], [q for _, q in split]
 
 
 def _rows(counts: np.ndarray) -> tuple[tuple[int, ...], ...]:

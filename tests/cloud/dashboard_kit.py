@@ -92,11 +92,13 @@ class FleetDevice:
         info = self.client.publish(topic(self.fleet, self.device, kind), json.dumps(message).encode(), qos=1)
         info.wait_for_publish(10)
 
-    def birth(self, model: str | None, version: int = 1) -> None:
+    def birth(self, model: str | None, version: int = 1, backend: str | None = None,
+              runtime: dict | None = None) -> None:
         message = {"schema": "edgefleet.birth", "v": 1, "fleet": self.fleet, "device": self.device, "online": True,
                    "connection": time.time_ns(), "agent_version": "test"}
         if model is not None:
             message["model"] = {"name": model, "version": version}
+        message |= {key: value for key, value in (("backend", backend), ("runtime", runtime)) if value is not None}
         self.publish("presence", message)
 
     def window(self, payload: bytes) -> None:

@@ -54,6 +54,8 @@ def test_the_pretrained_cnn_keeps_its_decisions_in_int8(effnet, tmp_path):
                                                             -choice["scores"][m]["output_error"]))
     assert step["options"]["method"] == choice["chosen"] and step["options"]["per_channel"]
     assert step["options"]["bias_correction"]
+    # cross-layer equalization is off by default: ReLU6 leaves it 2 of 34 pairs here and it moved no figure
+    assert step["options"]["equalization"] is None
 
     # the gate: plain int8 misses the target, the nodes it keeps in float bring it there
     gate = step["gate"]
@@ -77,3 +79,5 @@ def test_the_pretrained_cnn_keeps_its_decisions_in_int8(effnet, tmp_path):
     agreement = report["steps"][1]["measurement"]["metrics"]["accuracy"]
     assert agreement >= TEST_AGREEMENT, agreement
     assert report["steps"][1]["measurement"]["metrics"]["count"] == 200
+    low, high = report["steps"][1]["accuracy_ci95"]  # 200 crops: about +-0.035 around it
+    assert low < agreement < high and high - low < 0.1

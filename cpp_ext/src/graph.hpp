@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "graph_threads.hpp"
+
 namespace edgefleet::graph {
 
 enum class DType : std::uint8_t { f32, i8, u8, i32, i64 };
@@ -131,6 +133,16 @@ public:
 
     static constexpr std::size_t kMaxPlans = 8;
 
+    // Threads for the kernels (graph_threads.hpp): 1 (the default) runs on the caller alone. Drops the
+    // cached plans (scratch space grows with the thread count).
+    void set_threads(int threads);
+    int threads() const { return pool_ ? pool_->size() : 1; }
+    // Per-node timing: when on, run adds each node's wall time (ns) to node_ns() (zeroed on enabling).
+    void set_profiling(bool on);
+    const std::vector<double>& node_ns() const { return node_ns_; }
+    const NodeSpec& node(std::size_t n) const { return specs_[n]; }
+    std::size_t node_count() const { return specs_.size(); }
+
 private:
     std::unique_ptr<Plan> make_plan(std::vector<std::int64_t> key, const std::vector<const Shape*>& shapes,
                                     const std::vector<const void*>& data);
@@ -145,6 +157,9 @@ private:
     std::vector<std::unique_ptr<Plan>> plans_;  // most recently used first
     std::vector<void*> ptrs_;                   // per value, during run
     std::vector<char> direct_;                  // per output: written in place by its node
+    std::unique_ptr<ThreadPool> pool_;
+    bool profiling_ = false;
+    std::vector<double> node_ns_;
 };
 
 }  // namespace edgefleet::graph

@@ -1,5 +1,6 @@
 // The executor: values, plans per input shapes, and the run loop (see graph.hpp).
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -144,7 +145,37 @@ Executor::Executor(std::vector<std::string> value_names, std::vector<DType> valu
     }
 }
 
+namespace {
+
+// Makes `pool` the current one on this thread for a scope (ops read it through current_pool()).
+class PoolScope {
+public:
+    explicit PoolScope(ThreadPool* pool) : saved_(current_pool()) { set_current_pool(pool); }
+    ~PoolScope() { set_current_pool(saved_); }
+    PoolScope(const PoolScope&) = delete;
+    PoolScope& operator=(const PoolScope&) = delete;
+
+private:
+    ThreadPool* saved_;
+};
+
+}  // namespace
+
+void Executor::set_threads(int threads) {
+    if (threads < 1) throw GraphError("threads must be >= 1, got " + std::to_string(threads));
+    if (threads == this->threads()) return;
+    pool_.reset();
+    if (threads > 1) pool_ = std::make_unique<ThreadPool>(threads);
+    plans_.clear();
+}
+
+void Executor::set_profiling(bool on) {
+    profiling_ = on;
+    if (on) node_ns_.assign(specs_.size(), 0.0);
+}
+
 const Plan& Executor::plan(const std::vector<const Shape*>& shapes, const std::vector<const void*>& data) {
+    const PoolScope scope(pool_.get());  // scratch sizes depend on the thread count
     std::vector<std::int64_t> key;
     for (std::size_t i = 0; i < shapes.size(); ++i) {
         key.push_back(static_cast<std::int64_t>(shapes[i]->size()));
@@ -240,6 +271,8 @@ void Executor::run(Plan& plan, const std::vector<const void*>& input_data, const
         }
     }
     void* scratch = arena + plan.scratch_offset;
+    const PoolScope scope(pool_.get());
+    using Clock = std::chrono::steady_clock;
     for (std::size_t n = 0; n < specs_.size(); ++n) {
         const NodeSpec& spec = specs_[n];
         std::vector<View>& args = plan.args[n];
@@ -250,7 +283,9 @@ void Executor::run(Plan& plan, const std::vector<const void*>& input_data, const
             ptrs_[spec.output] = args[0].data;
             continue;
         }
+        const Clock::time_point start = profiling_ ? Clock::now() : Clock::time_point{};
         ops_[n]->run(args, View{dtypes_[spec.output], &plan.shapes[spec.output], ptrs_[spec.output]}, scratch);
+        if (profiling_) node_ns_[n] += std::chrono::duration<double, std::nano>(Clock::now() - start).count();
     }
     for (std::size_t o = 0; o < outputs_.size(); ++o) {
         if (!direct_[o]) {

@@ -3,6 +3,9 @@
 
 #include <limits>
 
+#include "graph_kernels.hpp"
+#include "graph_threads.hpp"
+
 namespace edgefleet::graph {
 
 void fail(const std::string& message) { throw GraphError(message); }
@@ -11,6 +14,20 @@ std::int64_t normalize_axis(std::int64_t axis, std::int64_t rank) {
     EF_REQUIRE(axis >= -rank && axis < rank,
             "axis " + std::to_string(axis) + " is out of range for rank " + std::to_string(rank));
     return axis < 0 ? axis + rank : axis;
+}
+
+void parallel_sgemm(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc) {
+    const kernels::SgemmFn sgemm = kernels::active().sgemm;
+    const double work = static_cast<double>(M) * N * K;
+    if (M >= 8) {
+        parallel_ranges(M, 4, work, [&](int, std::int64_t begin, std::int64_t end) {
+            sgemm(static_cast<int>(end - begin), N, K, A + begin * lda, lda, B, ldb, C + begin * ldc, ldc);
+        });
+    } else {
+        parallel_ranges(N, 64, work, [&](int, std::int64_t begin, std::int64_t end) {
+            sgemm(M, static_cast<int>(end - begin), K, A, lda, B + begin, ldb, C + begin, ldc);
+        });
+    }
 }
 
 Window window_2d(const Shape& x, std::int64_t kh, std::int64_t kw, const Attrs& attrs, bool ceil) {

@@ -67,6 +67,10 @@ struct Activation {
     }
 };
 
+// kernels::active().sgemm, split over the threads of the current run (graph_threads.hpp) in blocks of
+// rows (4, the AVX2 kernel's band) or, for fewer than 8 rows, of 64 columns: the same tiles as one call.
+void parallel_sgemm(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc);
+
 // Axis normalised into [0, rank); GraphError outside [-rank, rank).
 std::int64_t normalize_axis(std::int64_t axis, std::int64_t rank);
 

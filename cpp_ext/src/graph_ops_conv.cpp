@@ -14,6 +14,7 @@
 
 #include "graph_kernels.hpp"
 #include "graph_ops.hpp"
+#include "graph_threads.hpp"
 
 namespace edgefleet::graph {
 namespace {
@@ -143,7 +144,7 @@ private:
         kernels::ConvArgs args{static_cast<int>(m), static_cast<int>(p), static_cast<int>(d.koff.size()),
                                static_cast<int>(bias_.size()), nullptr, d.pix.data(), d.koff.data(),
                                static_cast<const float*>(packed_.get()), bias_.data(),
-                               act_.active ? act_.lo : -kInf, act_.active ? act_.hi : kInf, nullptr};
+                               act_.active ? act_.lo : -kInf, act_.active ? act_.hi : kInf, nullptr, 0, 0};
         for (std::int64_t n = 0; n < win.n; ++n) {
             const float* x = in[0].as<float>() + n * win.c * plane;
             if (d.copy) {
@@ -156,8 +157,15 @@ private:
             }
             args.x = x;
             args.y = out.as<float>() + n * m * p;
-            active().conv(args);
-            act_.finish(args.y, m * p);
+            const kernels::ConvFn conv = active().conv;
+            const double work = static_cast<double>(m) * static_cast<double>(p) * static_cast<double>(args.K);
+            parallel_ranges(p, 8, work, [&](int, std::int64_t begin, std::int64_t end) {
+                kernels::ConvArgs part = args;
+                part.p_begin = static_cast<int>(begin);
+                part.p_end = static_cast<int>(end);
+                conv(part);
+                for (std::int64_t o = 0; o < m; ++o) act_.finish(args.y + o * p + begin, end - begin);
+            });
         }
     }
 
@@ -200,7 +208,7 @@ private:
                     for (std::size_t r = 0; r < count; ++r) out[r] = index[r] >= 0 ? x[index[r]] : 0.0f;
                     col = out;
                 }
-                active().sgemm(static_cast<int>(m), static_cast<int>(p), static_cast<int>(k),
+                parallel_sgemm(static_cast<int>(m), static_cast<int>(p), static_cast<int>(k),
                                in[1].as<float>() + g * m * k, static_cast<int>(k), col, static_cast<int>(p), y,
                                static_cast<int>(p));
                 for (std::int64_t o = 0; o < m; ++o) {

@@ -126,7 +126,7 @@ def measure(label: str, bundle_dir: Path, workdir: Path, test_x: np.ndarray, run
                                     "ratio_p50": ours["p50"] / theirs["p50"],
                                     "native_speedup_vs_1_thread": native_ms["p50"] / ours["p50"]}
     return {
-        "model": label, "precision": native_artifact["precision"], "batch": 1, "runs": ours["runs"],
+        "model": label, "precision": native_artifact["precision"], "batch": 1, "runs": runs,
         "native_us": {"p50": native_ms["p50"] * 1e3, "p99": native_ms["p99"] * 1e3, "mean": native_ms["mean"] * 1e3},
         "onnxruntime_us": {"p50": ort_ms["p50"] * 1e3, "p99": ort_ms["p99"] * 1e3, "mean": ort_ms["mean"] * 1e3},
         "ratio_p50": native_ms["p50"] / ort_ms["p50"], "ratio_p99": native_ms["p99"] / ort_ms["p99"],

@@ -31,6 +31,12 @@ with one input channel per group and a constant W (depthwise) runs a dedicated k
                                    float32(float32(x_scale * w_scale[c]) / y_scale); y = saturate(
                                    round_half_even(float32(acc) * multiplier[c]) + zy), activation "relu"
                                    clamps below at zy. Attributes as Conv. All inputs but x constant.
+    QAdd, QMul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point)
+                                   edgefleet's fused int8 Add / Mul of two same-shaped uint8|int8 tensors
+                                   (per-tensor parameters, all constant): exactly DequantizeLinear of each,
+                                   the float32 op, [Relu,] QuantizeLinear: y = saturate(round_half_even(
+                                   float32((a - za) * sa op (b - zb) * sb) / y_scale) + zy); activation
+                                   "none" | "relu" (clamps below at zy)
     QGemm(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point, bias?)
                                    the same for a (..., K) x b (K, N) (per tensor or per column N),
                                    bias int32 (N,); attribute activation "none" | "relu"
@@ -57,7 +63,7 @@ OPS: dict[str, tuple[int, int, tuple[str, ...]]] = {
     "Flatten": (1, 1, ANY), "Reshape": (2, 2, ANY), "Squeeze": (1, 2, ANY), "Unsqueeze": (2, 2, ANY),
     "Identity": (1, 1, ANY), "Transpose": (1, 1, ANY),
     "QuantizeLinear": (2, 3, FLOAT), "DequantizeLinear": (2, 3, ("uint8", "int8", "int32")),
-    "QConv": (8, 9, QUANT), "QGemm": (8, 9, QUANT),
+    "QConv": (8, 9, QUANT), "QGemm": (8, 9, QUANT), "QAdd": (8, 8, QUANT), "QMul": (8, 8, QUANT),
 }
 # ops whose second (and later) inputs must have these dtypes, by position
 _PARAM_DTYPES: dict[str, dict[int, tuple[str, ...]]] = {
@@ -67,6 +73,8 @@ _PARAM_DTYPES: dict[str, dict[int, tuple[str, ...]]] = {
     "QuantizeLinear": {1: FLOAT, 2: QUANT}, "DequantizeLinear": {1: FLOAT},
     "QConv": {1: FLOAT, 2: QUANT, 3: QUANT, 4: FLOAT, 5: QUANT, 6: FLOAT, 7: QUANT, 8: ("int32",)},
     "QGemm": {1: FLOAT, 2: QUANT, 3: QUANT, 4: FLOAT, 5: QUANT, 6: FLOAT, 7: QUANT, 8: ("int32",)},
+    "QAdd": {1: FLOAT, 2: QUANT, 3: QUANT, 4: FLOAT, 5: QUANT, 6: FLOAT, 7: QUANT},
+    "QMul": {1: FLOAT, 2: QUANT, 3: QUANT, 4: FLOAT, 5: QUANT, 6: FLOAT, 7: QUANT},
 }
 SHAPE_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity")  # outputs are views of input 0
 
@@ -131,6 +139,6 @@ def _output_dtype(op: str, inputs: tuple[str, ...], attrs: dict, dtypes: dict[st
         return dtypes[inputs[2]] if len(inputs) > 2 and inputs[2] else "uint8"
     if op == "DequantizeLinear":
         return "float32"
-    if op in ("QConv", "QGemm"):
+    if op in ("QConv", "QGemm", "QAdd", "QMul"):
         return dtypes[inputs[7]]
     return dtypes[inputs[0]]

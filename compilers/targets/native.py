@@ -61,6 +61,7 @@ _WINDOW = ["auto_pad", "dilations", "kernel_shape", "pads", "strides"]
 ATTRIBUTES: dict[str, list[str]] = {
     "Conv": [*_WINDOW, "group", "activation", "act_min", "act_max"], "QConv": [*_WINDOW, "group", "activation"],
     "Gemm": ["transA", "transB", "alpha", "beta", "activation", "act_min", "act_max"], "QGemm": ["activation"],
+    "QAdd": ["activation"], "QMul": ["activation"],
     "MaxPool": [*_WINDOW, "ceil_mode", "storage_order"], "AveragePool": [*_WINDOW, "ceil_mode", "count_include_pad"],
     "Softmax": ["axis", "coerce_2d"], "Flatten": ["axis"], "Reshape": ["allowzero"], "Transpose": ["perm"],
     "QuantizeLinear": ["axis", "output_dtype", "saturate", "block_size"], "DequantizeLinear": ["axis", "block_size"],
@@ -102,7 +103,7 @@ def onnx_to_graph(model: onnx.ModelProto) -> tuple[Graph, dict[str, Any]]:
     fold_batch_norm(work, ranks)
     reduce_mean_to_pool(work, ranks)
     fuse_hard_swish(work)
-    fuse_qdq(work)
+    fuse_qdq(work, shapes)
     fold_dequantized_constants(work)
     for node in work.nodes:
         _normalise(node, opset, work)

@@ -125,6 +125,7 @@ std::unique_ptr<Op> make_op(const NodeSpec& spec, const std::vector<DType>& inpu
     if (auto op = make_shape_op(spec, input_dtypes, constants)) return op;
     if (auto op = make_qdepthwise_conv_op(spec, output_dtype, constants)) return op;
     if (auto op = make_quant_op(spec, input_dtypes, output_dtype, constants)) return op;
+    if (auto op = make_qbinary_op(spec, output_dtype, constants)) return op;
     fail("op not supported by the native executor");
 }
 

@@ -103,6 +103,8 @@ std::unique_ptr<Op> make_unary_op(const NodeSpec& spec);
 // (graph_ops_depthwise.cpp); null for any other QConv, which the general QConv runs.
 std::unique_ptr<Op> make_qdepthwise_conv_op(const NodeSpec& spec, DType out,
                                             const std::vector<const Constant*>& constants);
+// QAdd / QMul of two same-shaped quantized tensors (graph_ops_qbinary.cpp); null for any other op.
+std::unique_ptr<Op> make_qbinary_op(const NodeSpec& spec, DType out, const std::vector<const Constant*>& constants);
 std::unique_ptr<Op> make_pool_op(const NodeSpec& spec);
 std::unique_ptr<Op> make_float_op(const NodeSpec& spec, const std::vector<DType>& in,
                                   const std::vector<const Constant*>& constants);

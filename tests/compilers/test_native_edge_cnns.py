@@ -90,3 +90,6 @@ def test_int8_qdq_compiles_to_integer_convs(name: str, bundles: dict, key: Signi
     ops = artifact["compile"]["ops"]
     assert artifact["precision"] == "int8" and "Conv" not in ops and "Gemm" not in ops
     assert ops["QConv"] == {"efficient-lite": 36, "resnet": 14}[name] and ops["QGemm"] == 1
+    # residual adds (and efficient-lite's x * HardSigmoid(x)) run on the bytes, not as float islands
+    assert "Add" not in ops and ops["QAdd"] == {"efficient-lite": 4, "resnet": 5}[name]
+    assert ops.get("QMul", 0) == {"efficient-lite": 10, "resnet": 0}[name]

@@ -62,6 +62,9 @@ class GraphExecutor:
     def profile(self, inputs: dict[str, npt.NDArray[Any]], runs: int = 100) -> list[tuple[str, str, float]]:
         """Runs the graph `runs` times; returns [(op, node name, mean microseconds per run)] per node."""
     @property
+    def arena_bytes(self) -> int:
+        """Bytes the intermediate values of the last plan take (non-overlapping lifetimes share them)."""
+    @property
     def threads(self) -> int:
         """Kernel threads including the caller's (1: no worker threads)."""
     @property

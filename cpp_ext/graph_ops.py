@@ -4,9 +4,10 @@ Ops follow ONNX (same inputs, attributes and semantics, opset 13+) unless noted;
 `edgefleet.cpp_ext.graph_reference`. 2-D only: Conv, QConv, MaxPool, AveragePool take NCHW inputs. A Conv
 with one input channel per group and a constant W (depthwise) runs a dedicated kernel.
 
-    Conv(X, W, B?)                 float32; auto_pad, dilations, group, kernel_shape, pads, strides, plus
+    Conv(X, W, B?, Z?)             float32; auto_pad, dilations, group, kernel_shape, pads, strides, plus
                                    the fused activation: activation "none" | "relu" | "clip" (act_min, act_max)
-                                   | "hardswish"
+                                   | "hardswish"; Z (the output's shape): a residual added before the
+                                   activation, y = act(conv(X, W) + B + Z)
     Gemm(A, B, C?)                 float32; transA, transB, alpha, beta, activation, act_min, act_max
     MatMul(A, B)                   float32, numpy broadcasting of the batch dims
     Relu(X), Clip(X, min?, max?)   float32
@@ -53,7 +54,7 @@ MAX_INPUTS = 4096  # Concat's inputs
 
 # op -> (min inputs, max inputs, allowed dtypes of input 0)
 OPS: dict[str, tuple[int, int, tuple[str, ...]]] = {
-    "Conv": (2, 3, FLOAT), "Gemm": (2, 3, FLOAT), "MatMul": (2, 2, FLOAT),
+    "Conv": (2, 4, FLOAT), "Gemm": (2, 3, FLOAT), "MatMul": (2, 2, FLOAT),
     "Relu": (1, 1, FLOAT), "Clip": (1, 3, FLOAT), "Sigmoid": (1, 1, FLOAT), "Tanh": (1, 1, FLOAT),
     "HardSigmoid": (1, 1, FLOAT), "HardSwish": (1, 1, FLOAT), "LeakyRelu": (1, 1, FLOAT),
     "Concat": (1, MAX_INPUTS, ANY),
@@ -67,7 +68,7 @@ OPS: dict[str, tuple[int, int, tuple[str, ...]]] = {
 }
 # ops whose second (and later) inputs must have these dtypes, by position
 _PARAM_DTYPES: dict[str, dict[int, tuple[str, ...]]] = {
-    "Conv": {1: FLOAT, 2: FLOAT}, "Gemm": {1: FLOAT, 2: FLOAT}, "MatMul": {1: FLOAT},
+    "Conv": {1: FLOAT, 2: FLOAT, 3: FLOAT}, "Gemm": {1: FLOAT, 2: FLOAT}, "MatMul": {1: FLOAT},
     "Clip": {1: FLOAT, 2: FLOAT}, "Add": {1: FLOAT}, "Sub": {1: FLOAT}, "Mul": {1: FLOAT}, "Div": {1: FLOAT},
     "Reshape": {1: ("int64",)}, "Squeeze": {1: ("int64",)}, "Unsqueeze": {1: ("int64",)},
     "QuantizeLinear": {1: FLOAT, 2: QUANT}, "DequantizeLinear": {1: FLOAT},

@@ -109,10 +109,12 @@ def _conv_accumulate(x: np.ndarray, w: np.ndarray, attrs: dict, pad_value: float
 
 
 def conv(args: list, attrs: dict) -> np.ndarray:
-    x, w, bias = (args + [None])[:3]
+    x, w, bias, residual = (args + [None, None])[:4]
     y = _conv_accumulate(x, w, attrs, 0.0).astype(F32)
     if bias is not None:
         y = y + bias.reshape(1, -1, 1, 1)
+    if residual is not None:
+        y = (y + residual).astype(F32)
     return _activation(y, attrs)
 
 

@@ -16,8 +16,10 @@ json, and edgefleet.cpp_ext._native runs it. The conversion (`onnx_to_graph`):
    (integer arithmetic on the device), and DequantizeLinear -> MaxPool/Reshape/... -> QuantizeLinear with
    equal parameters runs on the quantized tensor (native_passes.py); leftover weight DequantizeLinear
    nodes are folded into float constants;
-4. Conv/Gemm followed by Relu, HardSwish or a constant Clip become one node; older opset forms (Clip and Squeeze
-   attributes, Softmax before opset 13) are rewritten to the format's (graph_ops.py lists the op set);
+4. a group-1 Conv whose only reader is a same-shaped residual Add takes the residual as input Z
+   (fuse_residual_add); Conv/Gemm followed by Relu, HardSwish or a constant Clip become one node;
+   older opset forms (Clip and Squeeze attributes, Softmax before opset 13)
+   are rewritten to the format's (graph_ops.py lists the op set);
 5. anything left that the executor does not run (an op, an attribute value, a dtype, a rank) is refused
    with one CompileError naming every such node; the graph is loaded (and, with static input shapes,
    run once on zeros) before it is written, so a device never meets an op it cannot run.
@@ -40,6 +42,7 @@ from edgefleet.compilers.targets.native_float_passes import (
     fold_batch_norm,
     fold_static_shapes,
     fuse_hard_swish,
+    fuse_residual_add,
     reduce_mean_to_pool,
 )
 from edgefleet.compilers.targets.native_passes import (
@@ -107,6 +110,7 @@ def onnx_to_graph(model: onnx.ModelProto) -> tuple[Graph, dict[str, Any]]:
     fold_dequantized_constants(work)
     for node in work.nodes:
         _normalise(node, opset, work)
+    fuse_residual_add(work, shapes)
     fuse_activations(work)
     prune(work)
     _refuse_unsupported(work, ranks)

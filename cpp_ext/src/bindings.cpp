@@ -633,6 +633,7 @@ public:
     }
 
     int threads() const { return exec_->threads(); }
+    std::size_t arena_bytes() const { return exec_->arena_bytes(); }
     std::vector<std::string> input_names() const { return names(true); }
     std::vector<std::string> output_names() const { return names(false); }
     std::size_t cached_plans() const { return exec_->cached_plans(); }
@@ -696,6 +697,9 @@ caller's (1: no worker threads).)doc")
         .def("profile", &PyGraphExecutor::profile, py::arg("inputs"), py::arg("runs") = 100,
              "Runs the graph `runs` times; returns [(op, node name, mean microseconds per run)] per node.")
         .def_property_readonly("threads", &PyGraphExecutor::threads)
+        .def_property_readonly("arena_bytes", &PyGraphExecutor::arena_bytes,
+                               "Bytes the intermediate values of the last plan take (values whose lifetimes "
+                               "do not overlap share them).")
         .def("run", &PyGraphExecutor::run, py::arg("inputs"),
              "Runs the graph: inputs {name: array of the declared dtype}; returns {output name: new array}.")
         .def_property_readonly("input_names", &PyGraphExecutor::input_names)

@@ -3,7 +3,7 @@
 // A graph is a list of values (graph inputs, constants, node outputs) and nodes in execution order; the
 // ops are those of edgefleet/cpp_ext/graph_ops.py with the semantics of graph_reference.py. Running
 // a graph needs a Plan for the input shapes: every value's shape, one arena for the intermediate
-// values and the largest scratch any node needs. Plans are cached per input shapes, so a steady stream of
+// values (values whose lifetimes do not overlap share bytes) and the largest scratch any node needs. Plans are cached per input shapes, so a steady stream of
 // same-shaped requests allocates nothing after the first.
 #pragma once
 
@@ -108,7 +108,7 @@ struct Plan {
     std::vector<std::vector<View>> args;   // per node: its input views (data set at run)
     std::vector<std::size_t> offsets;      // per value: arena offset, or SIZE_MAX
     std::shared_ptr<void> arena;
-    std::size_t scratch_offset = 0;
+    std::size_t scratch_offset = 0;  // = the bytes the intermediate values take (after reuse)
 };
 
 class Executor {
@@ -124,6 +124,8 @@ public:
     const std::string& input_name(std::size_t i) const { return names_[inputs_[i]]; }
     const std::string& output_name(std::size_t i) const { return names_[outputs_[i]]; }
     std::size_t cached_plans() const { return plans_.size(); }
+    // Bytes of intermediate values in the most recently used plan (0 before the first run).
+    std::size_t arena_bytes() const { return plans_.empty() ? 0 : plans_[0]->scratch_offset; }
 
     // The plan for these input shapes (int64 inputs' values are part of the key: they may be shapes).
     const Plan& plan(const std::vector<const Shape*>& shapes, const std::vector<const void*>& data);
@@ -146,6 +148,10 @@ public:
 private:
     std::unique_ptr<Plan> make_plan(std::vector<std::int64_t> key, const std::vector<const Shape*>& shapes,
                                     const std::vector<const void*>& data);
+    // Per value: the index of the last node that reads its bytes (directly or through views of it);
+    // SIZE_MAX for graph outputs. The plan frees a value's arena block after that node.
+    std::vector<std::size_t> last_reads() const;
+    std::size_t bytes_of(const Plan& plan, int value) const;
 
     std::vector<std::string> names_;
     std::vector<DType> dtypes_;

@@ -96,7 +96,7 @@ private:
 // Factories by op family (graph_ops_conv.cpp, graph_ops_depthwise.cpp, graph_ops_pool.cpp,
 // graph_ops_float.cpp, graph_ops_unary.cpp, graph_ops_shape.cpp, graph_ops_quant.cpp).
 std::unique_ptr<Op> make_conv_op(const NodeSpec& spec, const std::vector<const Constant*>& constants);
-// Conv with one input channel per group (depthwise) and a constant W; null for any other Conv.
+// Conv with one input channel per group (depthwise), a constant W and no residual Z; null otherwise.
 std::unique_ptr<Op> make_depthwise_conv_op(const NodeSpec& spec, const std::vector<const Constant*>& constants);
 std::unique_ptr<Op> make_unary_op(const NodeSpec& spec);
 // QConv with one input channel per group, every parameter constant and sums that float32 holds exactly

@@ -1,5 +1,6 @@
 // Conv: float32, NCHW, 2-D, with its fused activation (Relu / Clip / HardSwish folded in by the
-// compiler). Paths:
+// compiler) and an optional residual Z (ResNet's shortcut add), added after the bias and before the
+// activation. Paths:
 // - direct (group 1, constant W, 1x1 convs included): W pre-packed as (K, M rounded up to 8), the input
 //   copied into zero-padded planes when a window reaches outside it, and kernels::Table::conv computes
 //   the output channels across the SIMD lanes with bias and clamp applied in registers: no im2col, no
@@ -23,8 +24,9 @@ using kernels::active;
 
 class ConvOp : public Op {
 public:
-    ConvOp(const Attrs& attrs, const Constant* w, const Constant* b)
-        : attrs_(attrs), act_(Activation::from(attrs)), group_(attrs.get_int("group", 1)) {
+    ConvOp(const Attrs& attrs, const Constant* w, const Constant* b, bool residual)
+        : attrs_(attrs), act_(residual ? Activation{} : Activation::from(attrs)), post_(Activation::from(attrs)),
+          group_(attrs.get_int("group", 1)), residual_(residual) {
         EF_REQUIRE(group_ >= 1, "group must be >= 1");
         kernel_ = attrs.get_ints("kernel_shape", {});
         if (group_ == 1 && w != nullptr && w->shape.size() == 4) pack(*w, b);
@@ -49,7 +51,10 @@ public:
         } else if (in.size() > 2 && !in[2].shape->empty()) {
             EF_REQUIRE(numel(*in[2].shape) == w[0], "B must have M = " + std::to_string(w[0]) + " values");
         }
-        return {win.n, w[0], win.oh, win.ow};
+        const Shape out{win.n, w[0], win.oh, win.ow};
+        EF_REQUIRE(!residual_ || *in[3].shape == out,
+                   "Z " + shape_str(*in[3].shape) + " must have the output's shape " + shape_str(out));
+        return out;
     }
 
     static bool pointwise(const Window& w) {
@@ -75,13 +80,13 @@ public:
         const Window& win = window(in);
         if (vector(win)) {
             run_vector(in, out, win, static_cast<float*>(scratch));
-            return;
-        }
-        if (const Direct* d = direct(win)) {
+        } else if (const Direct* d = direct(win)) {
             run_direct(in, out, win, *d, static_cast<float*>(scratch));
-            return;
+            return;  // the residual is added per thread's part, while it is in cache
+        } else {
+            run_im2col(in, out, win, scratch);
         }
-        run_im2col(in, out, win, scratch);
+        if (residual_) add_residual(out.as<float>(), in[3].as<float>(), out.size());
     }
 
 private:
@@ -164,9 +169,20 @@ private:
                 part.p_begin = static_cast<int>(begin);
                 part.p_end = static_cast<int>(end);
                 conv(part);
-                for (std::int64_t o = 0; o < m; ++o) act_.finish(args.y + o * p + begin, end - begin);
+                for (std::int64_t o = 0; o < m; ++o) {
+                    act_.finish(args.y + o * p + begin, end - begin);
+                    if (residual_) {
+                        add_residual(args.y + o * p + begin, in[3].as<float>() + (n * m + o) * p + begin, end - begin);
+                    }
+                }
             });
         }
+    }
+
+    // y = act(y + z): the residual of Conv(X, W, B, Z), added after bias (the conv ran without activation).
+    void add_residual(float* y, const float* z, std::int64_t count) const {
+        for (std::int64_t i = 0; i < count; ++i) y[i] += z[i];
+        post_.apply(y, count);
     }
 
     // acc[m] = sum_k x[k] * w[k][m] in k order (the rows of the packed W, so the loop over m is
@@ -224,8 +240,10 @@ private:
     }
 
     Attrs attrs_;
-    Activation act_;
+    Activation act_;   // in the kernels' epilogue: none when there is a residual (it comes after the add)
+    Activation post_;  // after the residual add
     std::int64_t group_;
+    bool residual_;
     std::vector<std::int64_t> kernel_;
     std::shared_ptr<void> packed_;       // W as (K, MP) for the direct path, or null
     std::int64_t packed_m_ = 0, packed_k_ = 0;
@@ -242,7 +260,8 @@ private:
 std::unique_ptr<Op> make_conv_op(const NodeSpec& spec, const std::vector<const Constant*>& constants) {
     if (spec.op != "Conv") return nullptr;
     return std::make_unique<ConvOp>(spec.attrs, constants.size() > 1 ? constants[1] : nullptr,
-                                    constants.size() > 2 ? constants[2] : nullptr);
+                                    constants.size() > 2 ? constants[2] : nullptr,
+                                    spec.inputs.size() > 3 && spec.inputs[3] >= 0);
 }
 
 }  // namespace edgefleet::graph

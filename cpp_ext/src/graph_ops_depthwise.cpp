@@ -400,7 +400,7 @@ std::unique_ptr<Op> make_qdepthwise_conv_op(const NodeSpec& spec, DType out,
 }
 
 std::unique_ptr<Op> make_depthwise_conv_op(const NodeSpec& spec, const std::vector<const Constant*>& constants) {
-    if (spec.op != "Conv" || constants.size() < 2 || constants[1] == nullptr) return nullptr;
+    if (spec.op != "Conv" || constants.size() < 2 || constants[1] == nullptr || constants.size() > 3) return nullptr;
     const Constant& w = *constants[1];
     const std::int64_t group = spec.attrs.get_int("group", 1);
     if (group <= 1 || w.dtype != DType::f32 || w.shape.size() != 4 || w.shape[1] != 1 || w.shape[0] % group != 0) {

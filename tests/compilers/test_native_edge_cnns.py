@@ -77,6 +77,7 @@ def test_fp32_compiles_and_matches_onnxruntime(name: str, bundles: dict, key: Si
     ops, fused = artifact["compile"]["ops"], artifact["compile"]["fused"]
     assert "ReduceMean" not in ops and "BatchNormalization" not in ops and ops["GlobalAveragePool"] >= 1
     assert fused["ReduceMean as GlobalAveragePool"] == ops["GlobalAveragePool"]
+    assert fused["Conv+Add"] == {"efficient-lite": 4, "resnet": 5}[name] and "Add" not in ops  # residuals
     if name == "efficient-lite":  # squeeze-excite and hard-swish blocks run as native ops
         assert ops["Sigmoid"] == 7 and ops["Mul"] == 7 and "HardSwish" not in ops
         assert fused["Conv+HardSwish"] == 10 and fused["Conv+Clip"] == 5  # ReLU6 is Clip(0, 6)

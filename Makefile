@@ -1,4 +1,5 @@
-# The two commands of the README: `make demo` (the main job on embedded defaults) and `make test`.
+# The two commands of the README: `make demo` (the main job on embedded defaults; `make demo KEEP=1` leaves the
+# cloud and its dashboard running at the end) and `make test`.
 # Both create the virtual environment first; nothing else needs to be installed by hand: scripts/system-deps
 # installs the system packages they need (as root with apt-get) or stops first with one line saying which.
 
@@ -66,8 +67,10 @@ demo: venv
 	$(CLI) compress $(RUNS)/tabular/bundle --recipe examples/recipe_tabular.toml --data $(RUNS)/tabular/data.npz \
 	    --torch-model examples.tabular_model:load --key $(RUNS)/keys/release.key --out $(RUNS)/tabular-compressed \
 	    --json $(RUNS)/tabular-compressed/report.json --plot $(RUNS)/tabular-compressed/report.png
+	@# KEEP=1: the cloud stays up at the end with the seeded fleet; it prints the dashboard's URL and a token
 	$(PY) examples/fleet_demo.py --bundle $(RUNS)/digits/bundle --keys $(RUNS)/keys \
-	    --data $(RUNS)/digits/test_x.npy --labels $(RUNS)/digits/test_y.npy --workdir $(RUNS)/fleet
+	    --data $(RUNS)/digits/test_x.npy --labels $(RUNS)/digits/test_y.npy --workdir $(RUNS)/fleet \
+	    $(if $(KEEP),--keep --also $(RUNS)/compiled-int8 --also $(RUNS)/imported)
 
 test: system-deps-test venv
 	$(PY) -m pytest

@@ -80,7 +80,8 @@ packages = discover_packages()
 setup(
     packages=sorted(packages),
     package_dir=packages,
-    package_data={"edgefleet.cpp_ext": ["*.pyi", "py.typed"], "edgefleet.cloud.dashboard": ["templates/*.html"]},
+    package_data={"edgefleet.cpp_ext": ["*.pyi", "py.typed"],
+                  "edgefleet.cloud.dashboard": ["templates/*.html", "static/*.js"]},
     ext_modules=[native],
     cmdclass={"build_ext": BuildExtWithMessage},
 )

@@ -146,6 +146,9 @@ def predict(
     top_k: Annotated[int | None, typer.Option("--top-k", help="Classes per row, best first (classifiers; "
                                                                "default 1)")] = None,
     normalize: Annotated[bool, typer.Option("--normalize", help="Unit-length vectors (embeddings)")] = False,
+    score_threshold: Annotated[str | None, typer.Option(
+        "--score-threshold", help="Detections at or above this score, 0 to 1 (detectors; default: the "
+                                  "bundle's)")] = None,
 ) -> None:
     """Run the model on inputs from a file and print the task's answer (the same as the HTTP API's:
     top-k classes, regression values, embedding norms, detections; the raw output shapes otherwise)."""
@@ -157,7 +160,9 @@ def predict(
     opened = Bundle.open(bundle)
     interface = opened.manifest["interface"]
     given = [("top_k", str(top_k))] if top_k is not None else []
-    options = parse_options(given + ([("normalize", "true")] if normalize else []), interface)
+    given += [("normalize", "true")] if normalize else []
+    given += [("score_threshold", score_threshold)] if score_threshold is not None else []
+    options = parse_options(given, interface)
     if labels is not None and interface.get("task") != "classification":
         raise EdgefleetError(f"--labels needs a classifier; this bundle's task is {interface.get('task')}")
     with Predictor(opened, backends=_backends(opened, backend), trusted_keys=trust_store(trust)) as predictor:
@@ -199,7 +204,8 @@ def answer_table(answer: dict, show: int) -> Table:
         table.add_column("vector" + (" (normalized)" if answer["normalized"] else ""))
         rows = [(f"{e['norm']:.4g}", _short(e["vector"])) for e in answer["embeddings"]]
     else:
-        table.add_column(f"detections (score >= {answer['score_threshold']:g})")
+        nms = f", NMS IoU {answer['iou_threshold']:g}" if "iou_threshold" in answer else ""
+        table.add_column(f"detections (score >= {answer['score_threshold']:g}{nms})")
         table.add_column("best")
         rows = [(str(len(d)), _short(d[0]) if d else "-") for d in answer["detections"]]
     for index, row in enumerate(rows[:show]):

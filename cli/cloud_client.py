@@ -29,6 +29,9 @@ class CloudClient:
     def get(self, path: str) -> object:
         return self._request("GET", path)
 
+    def delete(self, path: str) -> object:
+        return self._request("DELETE", path)
+
     def post_json(self, path: str, body: dict) -> object:
         try:
             data = json.dumps(body, allow_nan=False).encode()

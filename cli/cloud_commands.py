@@ -21,6 +21,7 @@ DataOption = Annotated[Path | None, typer.Option("--data", help="Data directory 
                                                                   "or $EDGEFLEET_DATA_DIR)")]
 DbOption = Annotated[str | None, typer.Option("--db", help="SQLAlchemy database URL (default: SQLite in --data)")]
 DRIFT_PANEL = "Drift monitor (global; per fleet or model: PUT /api/v1/drift/settings/...)"
+RETENTION_PANEL = "Retention (raw windows -> hourly -> daily roll-ups)"
 TOKEN_NOTE = ("This token is shown only now; the cloud stores only its hash. Keep it somewhere safe and send it "
               "as 'Authorization: Bearer <token>'. Make more with `edgefleet cloud token`.")
 
@@ -53,6 +54,14 @@ def up(
     drift_noise_multiplier: Annotated[float | None, typer.Option(
         help="PSI threshold in units of its expected value under no drift (default 5)",
         rich_help_panel=DRIFT_PANEL)] = None,
+    retention_raw_days: Annotated[float | None, typer.Option(
+        help="Days raw telemetry windows are kept before they are rolled up by hour (default 7)",
+        rich_help_panel=RETENTION_PANEL)] = None,
+    retention_hourly_days: Annotated[float | None, typer.Option(
+        help="Days hourly roll-ups are kept before they are rolled up by day (default 90)",
+        rich_help_panel=RETENTION_PANEL)] = None,
+    retention_evaluations_days: Annotated[float | None, typer.Option(
+        help="Days drift evaluations are kept (default 30)", rich_help_panel=RETENTION_PANEL)] = None,
 ) -> None:
     """Run the cloud service (API, MQTT broker, ingest, drift monitor, rollouts) until Ctrl+C or SIGTERM.
 
@@ -74,7 +83,9 @@ def up(
                              public_url=public_url, rollback_key=rollback_key, drift_interval_seconds=drift_interval,
                              drift_lookback_seconds=drift_lookback, drift_min_samples=drift_min_samples,
                              drift_alpha=drift_alpha, drift_psi_floor=drift_psi_floor,
-                             drift_noise_multiplier=drift_noise_multiplier)
+                             drift_noise_multiplier=drift_noise_multiplier, retention_raw_days=retention_raw_days,
+                             retention_hourly_days=retention_hourly_days,
+                             retention_evaluations_days=retention_evaluations_days)
     server = CloudServer(settings).start()
     try:
         out.print(f"edgefleet cloud API: {server.url}", markup=False, highlight=False, soft_wrap=True)

@@ -149,7 +149,7 @@ def alerts(
     cloud: CloudOption = None,
     token: TokenOption = None,
 ) -> None:
-    """Drift alerts raised by the cloud's monitor."""
+    """Alerts the cloud raised: drift, performance, latency, error rate, device health, data quality."""
     rows = CloudClient(cloud, token).get(f"/api/v1/alerts?status={status}")
     out.print(alerts_table(rows))
 

@@ -31,8 +31,9 @@ def import_command(
         "--reference-data", help="DATA.npz: one array per model input, keyed by input name, a batch of N "
                                  "samples; gives the golden examples and the drift profile")] = None,
     task: Annotated[str | None, typer.Option(
-        help="classification, regression, embedding, detection or other (default: classification with "
-             "--class-names, detection for one *box* and one *score* output, else other)")] = None,
+        help="classification, regression, embedding, detection or other (default: detection with "
+             "--detection-layout, classification with --class-names, detection for one *box* and one *score* "
+             "output, else other)")] = None,
     class_names: Annotated[Path | None, typer.Option(
         "--class-names", help="FILE: one class name per line, or a JSON list of strings (.json)")] = None,
     dim: Annotated[list[str], typer.Option(
@@ -43,10 +44,23 @@ def import_command(
     profiled_input: Annotated[list[str], typer.Option(
         "--profiled-input", help="NAME: an input the drift profile and telemetry cover (repeatable; default: "
                                  "every batched input that is not a recurrent state)")] = [],  # noqa: B006
+    detection_layout: Annotated[str | None, typer.Option(
+        "--detection-layout", help="A detector's outputs: boxes+scores, yolov5 ([batch, D, 5 + classes]) or "
+                                   "yolov8 ([batch, 4 + classes, D]); implies --task detection (default: "
+                                   "inferred when unambiguous)")] = None,
     detection_scores: Annotated[str | None, typer.Option(
-        "--detection-scores", help="NAME: a detector's scores output (default: the one output named *score*)")] = None,
-    score_threshold: Annotated[float, typer.Option(
-        "--score-threshold", help="A detector's score threshold for telemetry's detection count")] = 0.5,
+        "--detection-scores", help="NAME: a boxes+scores detector's scores output (default: the one output named "
+                                   "*score*)")] = None,
+    detection_output: Annotated[str | None, typer.Option(
+        "--detection-output", help="NAME: a yolov5/yolov8 detector's output (default: its one rank-3 output)")] = None,
+    score_threshold: Annotated[float | None, typer.Option(
+        "--score-threshold", help="A detector's score threshold: answers, telemetry's detection count (default "
+                                  "0.5)")] = None,
+    iou_threshold: Annotated[float | None, typer.Option(
+        "--iou-threshold", help="A detector's NMS IoU threshold in answers (default 0.45 for yolo layouts, no NMS "
+                                "for boxes+scores)")] = None,
+    max_detections: Annotated[int | None, typer.Option(
+        "--max-detections", help="A detector's most detections per sample in answers (default 100)")] = None,
     golden_count: Annotated[int, typer.Option("--golden-count", help="Golden examples to record")] = 8,
     atol: Annotated[float, typer.Option(help="Absolute tolerance of the golden check")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Relative tolerance of the golden check")] = 1e-3,
@@ -56,7 +70,9 @@ def import_command(
 
     dims, names = parse_dims(dim), read_names(class_names, "--class-names") if class_names else None
     columns = read_names(feature_names, "--feature-names") if feature_names else None
-    detection = {"scores": detection_scores, "score_threshold": score_threshold} if detection_scores else None
+    given = {"layout": detection_layout, "scores": detection_scores, "output": detection_output,
+             "score_threshold": score_threshold, "iou_threshold": iou_threshold, "max_detections": max_detections}
+    detection = {k: v for k, v in given.items() if v is not None} or None
     signing_key = SigningKey.load(key) if key else None
     from edgefleet.compilers.import_model import import_model  # after the cheap checks: this loads torch
 
@@ -74,6 +90,11 @@ def import_command(
     origin = "generated from the schema (no drift profile)" if golden.get("generated") else f"from {reference_data}"
     out.print(escape(f"task {manifest['interface']['task']}; {golden['count']} golden examples {origin}; "
                      f"artifact {manifest['artifacts'][0]['path']}"))
+    found = manifest["interface"].get("detection")
+    if found:
+        nms = f"NMS at IoU {found['iou_threshold']:g}" if found.get("iou_threshold") is not None else "no NMS"
+        out.print(escape(f"detection layout {found['layout']} on output {found.get('output', found.get('scores'))}: "
+                         f"score threshold {found['score_threshold']:g}, {nms} in answers"))
     profile = bundle.reference_profile() or {}
     for skipped in profile.get("unprofiled", []):
         out.print(escape(f"input {skipped['input']} is not in the drift profile: {skipped['reason']}"))

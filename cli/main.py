@@ -15,7 +15,9 @@ from edgefleet.cli import (
     compress_commands,  # noqa: F401 - registers compress
     fleet_commands,  # noqa: F401 - registers device run, sim, push, drift, alerts
     import_commands,  # noqa: F401 - registers import
+    performance_commands,  # noqa: F401 - registers performance
     rollout_commands,  # noqa: F401 - registers deploy, rollout status|approve|abort|list
+    webhook_commands,  # noqa: F401 - registers webhook add|list|remove|deliveries
 )
 from edgefleet.cli.app import app, err_console
 from edgefleet.core import config

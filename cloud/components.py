@@ -1,5 +1,5 @@
-"""The background parts of the cloud service besides the HTTP API: the MQTT ingest, the drift monitor and
-the rollout engine.
+"""The background parts of the cloud service besides the HTTP API: the MQTT ingest, the drift monitor, the
+label-free accuracy alert (performance monitor), the rollout engine and the label forwarder.
 
 Each component has start() and stop(); the server starts them after the broker and stops them before
 it. `build_components` is the one place that decides which run and with which credentials: the ingest and
@@ -19,7 +19,9 @@ from sqlalchemy.orm import sessionmaker
 from edgefleet.cloud.api.bundles import reference_profile
 from edgefleet.cloud.drift_monitor import DriftMonitor
 from edgefleet.cloud.ingest import Ingest
-from edgefleet.cloud.mqtt_auth import INGEST, ROLLOUTS, cloud_credentials
+from edgefleet.cloud.label_forwarder import LabelForwarder
+from edgefleet.cloud.mqtt_auth import INGEST, LABELS, ROLLOUTS, cloud_credentials
+from edgefleet.cloud.performance_monitor import PerformanceMonitor
 from edgefleet.cloud.rollout import RolloutEngine
 from edgefleet.cloud.settings import CloudSettings
 
@@ -50,10 +52,17 @@ def build_components(settings: CloudSettings, sessions: sessionmaker, broker: Em
     ingest = Ingest(sessions, url, username=username, password=password, client_id=INGEST.username,
                     max_bytes=settings.telemetry_max_bytes)
     drift = settings.drift_monitor_settings()
-    monitor = DriftMonitor(sessions, lambda name, version: reference_profile(sessions, settings, name, version),
-                           drift.thresholds, lookback_seconds=drift.lookback_seconds,
+    def profile_for(name: str, version: int) -> dict | None:
+        return reference_profile(sessions, settings, name, version)
+
+    monitor = DriftMonitor(sessions, profile_for, drift.thresholds, lookback_seconds=drift.lookback_seconds,
                            interval_seconds=drift.interval_seconds)
+    performance = PerformanceMonitor(sessions, profile_for, drop=settings.performance_drop,
+                                     lookback_seconds=drift.lookback_seconds, interval_seconds=drift.interval_seconds,
+                                     min_samples=drift.thresholds.min_samples)
     username, password = cloud_credentials(secret, ROLLOUTS)
     rollouts = RolloutEngine(sessions, settings, url, username=username, password=password,
                              client_id=ROLLOUTS.username, public_url=public_url)
-    return [ingest, monitor, rollouts]
+    username, password = cloud_credentials(secret, LABELS)
+    labels = LabelForwarder(sessions, url, username=username, password=password, client_id=LABELS.username)
+    return [ingest, monitor, performance, rollouts, labels]

@@ -65,6 +65,8 @@ class Device(Base):
     model_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
     model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     agent_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    backend: Mapped[str | None] = mapped_column(String(64), nullable=True)  # from the birth: what /healthz says
+    runtime: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # core.presence.runtime_summary
     last_seen: Mapped[float | None] = mapped_column(Float, nullable=True)
     # The connection stamp of the last birth or death applied: orders presence messages that arrive in
     # any order (retained ones after an ingest restart).
@@ -255,6 +257,8 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA busy_timeout=5000")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
+    from edgefleet.cloud import ops_tables  # noqa: F401 - its tables are on Base too (issue 14)
+
     Base.metadata.create_all(engine)
     _add_missing_columns(engine)
     _add_missing_indexes(engine)

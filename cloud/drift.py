@@ -19,12 +19,24 @@ it adds nothing to their rows, and a scope with no output counts at all gets tho
 "insufficient". A window with output counts the profile does not have, or of another shape, is refused
 (CountsMismatch), as for features.
 
+A group's verdict is decided by its signals with enough samples: "drift" when one of them drifts, "ok"
+when all of them are ok, "insufficient" only when none has enough. A short row (a detector's score row
+counts only the detections at or above the threshold, the count row counts images; an output row of an
+agent that sends none) is "insufficient" on its own and listed under the group's "insufficient"; it does
+not hold back the other rows. Bonferroni still divides alpha by every signal of the group, judged or not
+(the test each row faces does not depend on how many others had data). An open alert closes only on runs
+where every signal of its group was judged ok (`cleared`).
+
 The decision rule (DriftThresholds), per signal with n window samples and m reference samples:
 
     insufficient  if n < min_samples                                   (no verdict on a handful of requests)
     drift         if chi-square p < alpha / G                          (Bonferroni over the G signals of the group)
                   and PSI > max(psi_floor, noise_multiplier * (B - 1) * (1/n + 1/m))
     ok            otherwise
+
+and, for an input feature whose profile has magnitude facts (cloud/drift_magnitude.py), the PSI condition
+becomes "PSI above its threshold or the Wasserstein-1 distance at least 1 reference sd", and a difference
+under 0.1 sd of Wasserstein-1 is never drift: a large move is never "ok", a tiny one never pages.
 
 and where n or m is below 100 (cloud/drift_small_n.py: a slow stream whose fleet lowered min_samples, or a
 short reference series), where the asymptotic p-value is wrong and the noise term explodes (4.05 for
@@ -80,6 +92,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from edgefleet.cloud import drift_magnitude as magnitude
 from edgefleet.cloud import drift_small_n as small_n
 from edgefleet.core import drift as stats
 from edgefleet.core.errors import EdgefleetError
@@ -87,6 +100,7 @@ from edgefleet.core.telemetry import TelemetryWindow
 
 DRIFT, OK, INSUFFICIENT = "drift", "ok", "insufficient"
 GROUPS = ("data_drift", "prediction_drift")
+Signal = tuple[np.ndarray, np.ndarray, bool, "Mapping | None"]  # window row, reference row, ordered, magnitude facts
 
 
 class CountsMismatch(EdgefleetError):
@@ -244,7 +258,7 @@ def evaluate(counts: WindowCounts, profile: Mapping, thresholds: DriftThresholds
     Raises CountsMismatch if the shapes differ from the profile. The report (JSON-serialisable):
         {"verdict": "drift" | "ok" | "insufficient", "samples": n, "reference_samples": m,
          "thresholds": {...},
-         "data_drift": {"verdict": ..., "alpha": per-signal alpha, "drifting": [names],
+         "data_drift": {"verdict": ..., "alpha": per-signal alpha, "drifting": [names], "insufficient": [names],
                         "signals": {name: {"n", "m", "psi", "psi_threshold", "js", "chi2": {"statistic",
                                     "dof", "p"}, "ks": {"statistic", "p"} | None, "verdict"}}},
          "prediction_drift": {... same, with "predictions", "confidence" and "<output>.<row>" signals;
@@ -252,16 +266,17 @@ def evaluate(counts: WindowCounts, profile: Mapping, thresholds: DriftThresholds
     """
     thresholds = thresholds or DriftThresholds()
     check_against_profile(counts, profile)
-    data: dict[str, tuple[np.ndarray, np.ndarray, bool]] = {}
+    data: dict[str, Signal] = {}
     for feature in profile.get("features", []):
         window_rows = counts.features[feature["input"]]
         for index, name in enumerate(feature["names"]):
-            data[name] = (window_rows[index], np.asarray(feature["counts"][index]), True)
-    prediction: dict[str, tuple[np.ndarray, np.ndarray, bool]] = {}
+            data[name] = (window_rows[index], np.asarray(feature["counts"][index]), True,
+                          magnitude.facts_of(feature, index))
+    prediction: dict[str, Signal] = {}
     if profile.get("predictions") is not None:
-        prediction["predictions"] = (counts.predictions, np.asarray(profile["predictions"]["counts"]), False)
+        prediction["predictions"] = (counts.predictions, np.asarray(profile["predictions"]["counts"]), False, None)
     if profile.get("confidence") is not None:
-        prediction["confidence"] = (counts.confidence, np.asarray(profile["confidence"]["counts"]), True)
+        prediction["confidence"] = (counts.confidence, np.asarray(profile["confidence"]["counts"]), True, None)
     for item in profile.get("outputs") or []:
         reference = np.asarray(item["counts"])
         window_rows = counts.outputs.get(item["output"], np.zeros_like(reference))
@@ -269,7 +284,7 @@ def evaluate(counts: WindowCounts, profile: Mapping, thresholds: DriftThresholds
             name = f"{item['output']}.{row}"
             if name in prediction:
                 raise ValueError(f"reference profile names the prediction signal {name!r} twice")
-            prediction[name] = (window_rows[index], reference[index], True)
+            prediction[name] = (window_rows[index], reference[index], True, None)
     groups = {"data_drift": _group(data, thresholds), "prediction_drift": _group(prediction, thresholds)}
     return {
         "verdict": _overall([g["verdict"] for g in groups.values()]),
@@ -280,24 +295,35 @@ def evaluate(counts: WindowCounts, profile: Mapping, thresholds: DriftThresholds
     }
 
 
-def _group(signals: Mapping[str, tuple[np.ndarray, np.ndarray, bool]], thresholds: DriftThresholds) -> dict:
+def _group(signals: Mapping[str, Signal], thresholds: DriftThresholds) -> dict:
+    """A group's signals and its verdict, decided by the signals that have enough samples (module docstring)."""
     alpha = thresholds.alpha / max(len(signals), 1)
-    results = {name: _signal(obs, ref, ordered, alpha, thresholds) for name, (obs, ref, ordered) in signals.items()}
-    verdicts = [r["verdict"] for r in results.values()]
+    results = {name: _signal(obs, ref, ordered, alpha, thresholds, facts)
+               for name, (obs, ref, ordered, facts) in signals.items()}
+    judged = [r["verdict"] for r in results.values() if r["verdict"] != INSUFFICIENT]
     return {
-        "verdict": _overall(verdicts) if verdicts else None,
+        "verdict": (_overall(judged) if judged else INSUFFICIENT) if results else None,
         "alpha": alpha,
         "drifting": [name for name, r in results.items() if r["verdict"] == DRIFT],
+        "insufficient": [name for name, r in results.items() if r["verdict"] == INSUFFICIENT],
         "signals": results,
     }
 
 
-def _signal(obs: np.ndarray, ref: np.ndarray, ordered: bool, alpha: float, thresholds: DriftThresholds) -> dict:
+def cleared(group: Mapping) -> bool:
+    """True when a report's group is ok on every one of its signals: an open alert closes only on such runs
+    (cloud/drift_monitor.py), not on an "ok" that left a short row unjudged."""
+    return group.get("verdict") == OK and all(s["verdict"] == OK for s in group.get("signals", {}).values())
+
+
+def _signal(obs: np.ndarray, ref: np.ndarray, ordered: bool, alpha: float, thresholds: DriftThresholds,
+            facts: Mapping | None) -> dict:
     n, m = int(obs.sum()), int(ref.sum())
     result: dict = {"n": n, "m": m}
     if n == 0 or m == 0:
         return {**result, "psi": None, "psi_threshold": None, "js": None, "chi2": None, "ks": None,
-                "verdict": INSUFFICIENT}
+                "location": None, "verdict": INSUFFICIENT}
+    moved = magnitude.location(obs, ref, facts)
     statistic, dof, p = stats.chi_square(obs, ref)
     psi = stats.psi(obs, ref)
     small = small_n.is_small(n, m)  # the permutation test decides, against the floor alone
@@ -311,9 +337,9 @@ def _signal(obs: np.ndarray, ref: np.ndarray, ordered: bool, alpha: float, thres
         verdict = INSUFFICIENT
     elif small:
         exact_p = small_n.permutation_p(obs, ref, ordered=ordered, alpha=alpha)
-        verdict = DRIFT if (exact_p < alpha and psi > psi_threshold) else OK
+        verdict = DRIFT if magnitude.decide(exact_p < alpha, psi > psi_threshold, moved) else OK
     else:
-        verdict = DRIFT if (p < alpha and psi > psi_threshold) else OK
+        verdict = DRIFT if magnitude.decide(p < alpha, psi > psi_threshold, moved) else OK
     return {
         **result,
         "psi": psi,
@@ -321,6 +347,7 @@ def _signal(obs: np.ndarray, ref: np.ndarray, ordered: bool, alpha: float, thres
         "js": stats.js_distance(obs, ref),
         "chi2": {"statistic": statistic, "dof": dof, "p": p, "exact_p": exact_p},
         "ks": ks,
+        "location": moved,
         "verdict": verdict,
     }
 
@@ -343,7 +370,9 @@ def summary(report: Mapping, group: str) -> str:
         exact_p = signal["chi2"].get("exact_p")
         test = (f"chi-square p {_format_p(signal['chi2']['p'])}" if exact_p is None
                 else f"permutation p {_format_p(exact_p)} (n {signal['n']}, m {signal['m']})")
-        items.append(f"{name} PSI {signal['psi']:.3f} (threshold {signal['psi_threshold']:.3f}), {test}")
+        moved = signal.get("location")
+        where = "" if not moved else f", shift {moved['shift']:+.2f} sd (W1 {moved['wasserstein']:.2f} sd)"
+        items.append(f"{name} PSI {signal['psi']:.3f} (threshold {signal['psi_threshold']:.3f}), {test}{where}")
     return "; ".join(items) if items else "no drifting signal"
 
 

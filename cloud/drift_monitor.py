@@ -9,10 +9,14 @@ One run (`run_once`):
    of its devices' windows added together, which the shared bin edges make exact;
 3. evaluates each scope against the reference profile of its model version (cloud/drift.py) and writes
    one DriftResult row per scope;
-4. opens an Alert ("data_drift" or "prediction_drift") when a scope drifts and no alert of that scope,
-   kind and model version is open; closes an open alert once its scope evaluated "ok" for that kind on
+4. feeds each on-time scope's new windows to its sequential detectors (cloud/drift_sequential.py: a CUSUM
+   per input feature with magnitude facts, kept in memory per scope) and stores their evidence under
+   the report's "sequential_drift";
+5. opens an Alert ("data_drift", "prediction_drift" or "sequential_drift") when a scope drifts and no
+   alert of that scope, kind and model version is open; closes an open alert once its scope evaluated
+   "ok" for that kind on
    `close_after` consecutive on-time runs ("insufficient" does not count, nor does a run without telemetry);
-5. late data, in event time: a window that arrived since the last run (a higher row id) but ended before
+6. late data, in event time: a window that arrived since the last run (a higher row id) but ended before
    now - lookback was never in any evaluation (a backlog drained after an outage longer than the
    lookback). It is evaluated in the period it describes: event time is cut into periods of one lookback,
    ((p - 1) L, p L] by window end, and each period a late window falls in is evaluated again, with every
@@ -65,7 +69,9 @@ from edgefleet.cloud.drift import (
     merge_windows,
     summary,
 )
+from edgefleet.cloud.drift_sequential import SEQUENTIAL, ScopeDetectors, evidence_summary
 from edgefleet.cloud.drift_settings import DriftSettingsError, MonitorSettings, SettingsResolver
+from edgefleet.cloud.ops_monitor import quality_evidence
 from edgefleet.core.telemetry import TelemetryError, parse_telemetry
 
 log = logging.getLogger(__name__)
@@ -79,6 +85,7 @@ class _Window:
     counts: WindowCounts
     start: float
     end: float
+    row_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,7 @@ class DriftMonitor:
         self._logged: set[str] = set()
         self._seen_id: int | None = None  # the highest telemetry row id an earlier run saw
         self._last_run: dict[tuple[str, str], float] = {}  # (fleet, model name) -> time.monotonic() of its last run
+        self._sequential: dict[_Scope, tuple[int, ScopeDetectors]] = {}  # scope -> (last row id fed, CUSUMs)
         self._tick = self.base.interval_seconds
         self._run_lock = threading.Lock()
         self._stop = threading.Event()
@@ -287,7 +295,7 @@ class DriftMonitor:
             self._log_once(f"{where}: cannot compare with the reference profile ({type(err).__name__}: {err})",
                            key=f"profile {row.model_name}/{row.model_version}: {err!r}")
             return None
-        return _Window(counts, parsed.start, parsed.end)
+        return _Window(counts, parsed.start, parsed.end, row.id)
 
     def _profile(self, name: str, version: int) -> Mapping | None:
         """The reference profile, cached once found (a bundle version never changes); None is not cached,
@@ -324,6 +332,8 @@ class DriftMonitor:
         report["lookback_seconds"] = settings.lookback_seconds
         if scope.period_end is not None:
             report["period"] = [scope.period_end - settings.lookback_seconds, scope.period_end]
+        elif (section := self._feed_sequential(scope, profile, windows)) is not None:
+            report[SEQUENTIAL] = section
         end = max(w.end for w in windows)
         return DriftResult(
             scope=scope.scope, scope_id=scope.scope_id, fleet=scope.fleet, model_name=scope.model_name,
@@ -332,9 +342,24 @@ class DriftMonitor:
             late_by=None if scope.period_end is None else max(0.0, now - end),
         )
 
+    def _feed_sequential(self, scope: _Scope, profile: Mapping, windows: list[_Window]) -> dict | None:
+        """Feeds the scope's CUSUMs, as one window, the windows they have not seen (by row id): for a fleet,
+        all its devices' new windows added, as its evaluation does. On-time evaluations only, so a window is
+        fed once (late ones are not: the sums describe the present)."""
+        fed, detectors = self._sequential.get(scope, (0, None))
+        new = [w.counts for w in windows if w.row_id > fed]
+        if detectors is None:
+            if not new:
+                return None
+            detectors = ScopeDetectors(profile, merge_windows(new).samples)
+        self._sequential[scope] = (max([fed, *(w.row_id for w in windows)]), detectors)
+        return detectors.feed([merge_windows(new).features] if new else [])
+
     # alerts -----------------------------------------------------------------------------------------------
     def _update_alerts(self, session: Session, result: DriftResult, now: float) -> None:
-        for kind in GROUPS:
+        for kind in (*GROUPS, SEQUENTIAL):
+            if kind not in result.report:
+                continue  # no sequential section: a late result, or a profile without magnitude facts
             verdict = result.report[kind]["verdict"]
             alert = session.scalars(
                 select(Alert).where(
@@ -357,9 +382,13 @@ class DriftMonitor:
         late = "" if result.late_by is None else (
             f"late ({result.late_by:.0f} s after its data, which arrived after the lookback): ")
         message = (f"{late}{what} on {result.scope} {result.scope_id} ({result.model_name} v{result.model_version}, "
-                   f"{result.samples} samples): {summary(result.report, kind)}")
+                   f"{result.samples} samples): "
+                   f"{evidence_summary(result.report[kind]) if kind == SEQUENTIAL else summary(result.report, kind)}")
         details = {"drift_result_id": result.id, "window_start": result.window_start,
                    "window_end": result.window_end, "samples": result.samples, **result.report[kind]}
+        evidence = quality_evidence(session, result.scope, result.scope_id, result.model_name, result.model_version)
+        if evidence:  # a dead sensor or NaNs behind the drift: the pipeline, maybe not the world
+            details["data_quality"] = evidence
         session.add(Alert(scope=result.scope, scope_id=result.scope_id, fleet=result.fleet,
                           model_name=result.model_name, model_version=result.model_version, kind=kind,
                           message=message, details=details, status="open", opened_at=now,

@@ -125,6 +125,8 @@ def _presence(session: Session, device: str, presence: Presence) -> str:
         values.update(model_name=presence.model_name, model_version=presence.model_version)
     if presence.agent_version is not None:
         values["agent_version"] = presence.agent_version
+    if presence.kind == "birth":  # a birth says what runs now; one without a backend says nothing more
+        values.update(backend=presence.backend, runtime=presence.runtime)
     session.execute(update(Device).where(Device.id == device).values(**values))
     return kind
 

@@ -7,7 +7,8 @@ password file, an ACL file and a mosquitto.conf that say the same thing.
 - A device (username = its id) publishes only `edgefleet/v1/<its fleet>/<its id>/{birth,death,telemetry,status}`
   and subscribes only to `edgefleet/v1/<its fleet>/<its id>/cmd`, never through a wildcard.
 - The cloud's own clients (`CLOUD_CLIENTS`) each have their own username, which is also their client id, and
-  only the rights they need: `edgefleet-ingest` reads the device kinds, `edgefleet-rollouts` writes `cmd`.
+  only the rights they need: `edgefleet-ingest` reads the device kinds, `edgefleet-rollouts` and
+  `edgefleet-labels` (labels forwarded to the device that predicted) write `cmd`.
   Their passwords are derived from one cloud secret (`cloud_password`), so the operator keeps one value.
 - Everyone else, anonymous included, may do nothing.
 - Every client's MQTT client id is its username (the embedded broker refuses any other; Mosquitto replaces
@@ -62,7 +63,9 @@ class CloudClient:
 
 INGEST = CloudClient("edgefleet-ingest", reads=tuple(subscription(kind) for kind in DEVICE_KINDS))
 ROLLOUTS = CloudClient("edgefleet-rollouts", writes=tuple(subscription(kind) for kind in CLOUD_KINDS))
-CLOUD_CLIENTS: dict[str, CloudClient] = {client.username: client for client in (INGEST, ROLLOUTS)}
+# forwards labels the cloud received to the device that made the prediction (cloud/label_forwarder.py)
+LABELS = CloudClient("edgefleet-labels", writes=(subscription("cmd"),))
+CLOUD_CLIENTS: dict[str, CloudClient] = {client.username: client for client in (INGEST, ROLLOUTS, LABELS)}
 
 
 # --- passwords --------------------------------------------------------------------------------------

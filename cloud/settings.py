@@ -55,6 +55,21 @@ class CloudSettings(BaseSettings):
     drift_alpha: float = Field(default=0.01, gt=0, lt=1)
     drift_psi_floor: float = Field(default=0.15, ge=0)
     drift_noise_multiplier: float = Field(default=5.0, ge=0)
+    # The label-free accuracy alert (cloud/performance_monitor.py): how far the estimate may fall below what
+    # the calibration expects; it runs on the drift monitor's interval, lookback and min_samples.
+    performance_drop: float = Field(default=0.05, gt=0, lt=1)
+    # Retention (cloud/retention.py): raw telemetry windows, then hourly roll-ups, then daily ones; drift
+    # evaluations. The hourly roll-ups must be kept at least as long as the raw windows.
+    retention_raw_days: float = Field(default=7.0, gt=0)
+    retention_hourly_days: float = Field(default=90.0, gt=0)
+    retention_evaluations_days: float = Field(default=30.0, gt=0)
+    retention_interval_seconds: float = Field(default=3600.0, gt=0)
+    # The operations monitor (cloud/ops_monitor.py): seconds between its runs; its limits are per fleet and
+    # model (PUT /api/v1/ops/settings/...).
+    ops_interval_seconds: float = Field(default=10.0, gt=0)
+    # Alert webhooks (cloud/webhooks.py): seconds before the second attempt (doubling), attempts in all.
+    webhook_retry_seconds: float = Field(default=1.0, gt=0)
+    webhook_max_attempts: int = Field(default=6, ge=1, le=30)
     # The API's base URL as devices reach it, for the signed download URLs in install commands. None: the
     # address the server listens on (CloudServer fills in the bound port); set it behind a proxy or NAT.
     public_url: str | None = None

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from edgefleet.compilers.calibration import confidence_calibration
 from edgefleet.compilers.profile_plan import TASKS, FeatureNames, ProfilePlan, plan_profile, unprofilable
 from edgefleet.core import bundle as bundle_io
 from edgefleet.core.bundle import Bundle
@@ -69,8 +70,10 @@ class BundleDraft:
     reference_outputs: Sequence[Mapping[str, np.ndarray]] = ()  # the summarised outputs, chunk by chunk
     profiled_inputs: Sequence[str] | None = None  # None: the default rule (compilers/profile_plan.py)
     feature_names: FeatureNames | None = None
-    detection: Mapping | None = None  # a detector's {"scores": output, "score_threshold": 0.5}
+    detection: Mapping | None = None  # a detector's layout as given (core/detection.py), None: inferred
     metrics: dict = field(default_factory=dict)
+    # a classifier's (scores, true labels, "eval" or "reference"): its confidence calibration (core/calibration.py)
+    calibration: tuple[np.ndarray, np.ndarray, str] | None = None
     parent: Mapping[str, Any] | None = None
     model_card: Mapping[str, Any] | None = None
     bins: int = DEFAULT_BINS
@@ -117,6 +120,10 @@ def write_bundle(out: Path, draft: BundleDraft, *, signing_key: SigningKey | Non
         profile = plan.build(draft.inputs, draft.reference, draft.scores, draft.reference_outputs,
                              postprocess=draft.postprocess, bins=draft.bins,
                              class_names=list(draft.class_names) if draft.class_names is not None else None)
+        if draft.calibration is not None and "confidence" in profile:
+            scores, labels, on = draft.calibration
+            profile["confidence"]["calibration"] = confidence_calibration(
+                scores, labels, draft.postprocess, profile["confidence"]["edges"], on)
         (out / "profile.json").write_text(json.dumps(profile))
         manifest["reference_profile"] = {"path": "profile.json", "count": profile["count"], "bins": draft.bins}
     manifest["model_card"] = _model_card(draft)
@@ -143,7 +150,7 @@ def fingerprint(data: Mapping[str, np.ndarray]) -> str:
 def plan_for(draft: BundleDraft) -> ProfilePlan:
     """The draft's profile plan: its task, profiled inputs, column names and output summaries."""
     return plan_profile(draft.inputs, draft.outputs, draft.task, profiled_inputs=draft.profiled_inputs,
-                        feature_names=draft.feature_names, detection=draft.detection)
+                        feature_names=draft.feature_names, detection=draft.detection, class_names=draft.class_names)
 
 
 def _model_card(draft: BundleDraft) -> dict:

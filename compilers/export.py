@@ -113,8 +113,9 @@ def export_torch(
     profile for drift, and (with `labels`) the reference accuracy. The profile covers `profiled_inputs`
     (default: every batched input that is not a recurrent state and has a fixed set of features), names a
     tabular input's columns with `feature_names` (a list for the one tabular input, or {input: names}),
-    and summarises the task's outputs; a detector names its scores output with
-    detection={"scores": NAME, "score_threshold": 0.5} (default: the one output named like *score*).
+    and summarises the task's outputs; a detector declares its layout with detection= (core/detection.py:
+    {"scores": NAME, "score_threshold": 0.5} for boxes+scores, {"layout": "yolov5"} or "yolov8" for one
+    YOLO output; default: inferred when unambiguous).
     eval_data=(inputs, labels): held-out data for the metrics and the model card. postprocess: "softmax"
     if the first output holds logits, "none" if it holds probabilities or values; default "softmax" for a
     classifier, else "none".
@@ -149,11 +150,11 @@ def export_torch(
     check = take_samples(inputs_spec, reference, 0, NUMERIC_SAMPLES) if reference is not None else golden_in
     numeric = _numeric_error(_run_onnx(session, check), _run_torch(model, check, outputs_spec))
     first_out = outputs_spec[0]
-    task = task or infer_task(outputs_spec, class_names)
+    task = task or infer_task(outputs_spec, class_names, detection)
     if task == "classification":
         check_classes(first_out, class_names)
     plan = plan_profile(inputs_spec, outputs_spec, task, profiled_inputs=profiled_inputs,
-                        feature_names=feature_names, detection=detection)
+                        feature_names=feature_names, detection=detection, class_names=class_names)
     postprocess = postprocess or ("softmax" if task == "classification" else "none")
     names = list(class_names) if class_names is not None else None
     scores, metrics, chunks = None, {}, []
@@ -169,14 +170,19 @@ def export_torch(
         eval_chunks = _run_onnx_chunks(session, eval_in, inputs_spec, classifier)
         eval_scores = samples_first(first_out, join_samples([first_out], eval_chunks)[first_out.name])
         metrics["eval"] = classification_metrics(eval_scores, _np(eval_data[1]), postprocess, names)
+    calibration = None  # held-out data when there is some: the model has fitted its training labels
+    if eval_data is not None and task == "classification":
+        calibration = (eval_scores, _np(eval_data[1]), "eval")
+    elif scores is not None and labels is not None:
+        calibration = (scores, _np(labels), "reference")
 
     draft = BundleDraft(
         name=name, version=int(version), label=label, inputs=inputs_spec, outputs=outputs_spec, task=task,
         postprocess=postprocess, class_names=names, preprocessing=preprocessing,
         artifact=_artifact(onnx_model, numeric), golden_inputs=golden_in, golden_outputs=golden_out,
         atol=atol, rtol=rtol, reference=reference, scores=scores, metrics=metrics, parent=parent,
-        model_card=model_card, bins=bins, reference_outputs=chunks, profiled_inputs=profiled_inputs,
-        feature_names=feature_names, detection=detection,
+        calibration=calibration, model_card=model_card, bins=bins, reference_outputs=chunks,
+        profiled_inputs=profiled_inputs, feature_names=feature_names, detection=detection,
         step={
             "stage": "export",
             "tool": "torch.onnx.export(dynamo=True)",

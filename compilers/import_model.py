@@ -17,7 +17,9 @@ len(class_names)]), "detection" for one *box* and one *score* output, else "othe
 says nothing. A classifier's `postprocess` is "none" when the first output's golden rows are already
 probabilities, else "softmax". The reference profile (with reference data) covers the inputs in
 `profiled_inputs` (default: compilers/profile_plan.py), names a tabular input's columns with
-`feature_names`, and summarises the task's outputs (a detector's scores output: `detection`).
+`feature_names`, and summarises the task's outputs. A detector's layout, `detection` (core/detection.py:
+{"layout": "boxes+scores" | "yolov5" | "yolov8", "scores" or "output": NAME, "score_threshold", ...}; a
+given layout makes the task "detection"), is declared or inferred when unambiguous.
 
 The bundle is built in a temporary directory beside out_dir and renamed into place at the end: a
 refusal leaves nothing behind, so the same command can be run again. Every refusal is an ExportError.
@@ -98,8 +100,9 @@ def import_model(
     inputs, outputs = model_format.read(path, dims)
     sources = model_format.files(path)
     layout = _layout(path, sources)
-    plan_profile(inputs, outputs, task or infer_task(outputs, class_names), profiled_inputs=profiled_inputs,
-                 feature_names=feature_names, detection=detection)  # every refusal before any work
+    plan_profile(inputs, outputs, task or infer_task(outputs, class_names, detection),
+                 profiled_inputs=profiled_inputs, feature_names=feature_names, detection=detection,
+                 class_names=class_names)  # every refusal before any work
     reference = load_reference(reference_data, inputs) if reference_data is not None else None
     final = Path(out_dir)
     with staged_directory(final, ExportError, "import") as work:
@@ -179,12 +182,12 @@ def _draft(model_format: ModelFile, source: Path, work: Path, model_rel: str, in
                                                                                           o.golden_count)
     golden_out = _run(model_format, model, golden_in, outputs, generated)
     first = outputs[0]
-    task = o.task or infer_task(outputs, o.class_names)
+    task = o.task or infer_task(outputs, o.class_names, o.detection)
     if task == "classification":
         check_classes(first, o.class_names, golden_out[first.name])
     postprocess = o.postprocess or _postprocess(task, golden_out[first.name])
     plan = plan_profile(inputs, outputs, task, profiled_inputs=o.profiled_inputs, feature_names=o.feature_names,
-                        detection=o.detection)
+                        detection=o.detection, class_names=o.class_names)
     scores, chunks = None, []
     wanted = set(plan.output_names) | ({first.name} if task == "classification" else set())
     if reference is not None and wanted:

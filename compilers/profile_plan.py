@@ -6,9 +6,11 @@ the profiled inputs, the names of tabular columns, and the outputs each task sum
     plan.output_names         # the outputs to run on the reference data (core/output_summary.py)
     profile = plan.build(reference, scores, output_chunks, ...)
 
-Task (`infer_task`): given, else inferred only when unambiguous: "classification" when class names are
-given (their count must match the first output's [batch, classes]); "detection" when one output is named
-like *box* and one like *score*; else "other" (a 2-D output alone says nothing: an embedding is 2-D).
+Task (`infer_task`): given, else inferred only when unambiguous: "detection" when a detection layout is
+given; "classification" when class names are given (their count must match the first output's [batch,
+classes]); "detection" when one output is named like *box* and one like *score*; else "other" (a 2-D
+output alone says nothing: an embedding is 2-D, nor a 3-D one: a YOLO output must be declared). A
+detector's layout (boxes+scores, yolov5, yolov8) is declared or inferred by core/detection.py `resolve`.
 
 Profiled inputs: given (each must be profilable), else every input that has a batch axis, is not a
 recurrent state (its name pairs with an output's of the same rank, h0/hn, state/next_state, or its
@@ -26,8 +28,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgefleet.core import detection as det
 from edgefleet.core.errors import ExportError
-from edgefleet.core.output_summary import OutputSummary, detection_scores, plan_summaries
+from edgefleet.core.magnitude import TAIL_EDGES
+from edgefleet.core.output_summary import OutputSummary, plan_summaries
 from edgefleet.core.profile import build_profile, feature_kind, samples_first_spec
 from edgefleet.core.schema import TensorSpec, batch_axis, sample_count
 
@@ -35,13 +39,16 @@ log = logging.getLogger(__name__)
 
 TASKS = ("classification", "regression", "embedding", "detection", "other")
 FeatureNames = Sequence[str] | Mapping[str, Sequence[str]]
-MAX_BINS = 1024  # a histogram row is bins + 1 counts; telemetry refuses rows over 1,026 (core/telemetry.py)
+MAX_BINS = 1024 - TAIL_EDGES  # a feature row is bins + 1 + TAIL_EDGES counts; telemetry refuses rows over 1,026
 _STATE_AFFIXES = re.compile(r"^(next|new|prev|previous|past|present|last|initial|init)[_.]|"
                             r"[_.](next|new|prev|previous|past|present|last)$|(0|n)$")
 
 
-def infer_task(outputs: Sequence[TensorSpec], class_names: Sequence[str] | None) -> str:
+def infer_task(outputs: Sequence[TensorSpec], class_names: Sequence[str] | None,
+               detection: Mapping | None = None) -> str:
     """The task when none is given (module docstring)."""
+    if detection is not None:
+        return "detection"
     if class_names is not None:
         check_classes(outputs[0], class_names)
         return "classification"
@@ -124,7 +131,7 @@ class ProfilePlan:
 
 def plan_profile(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], task: str, *,
                  profiled_inputs: Sequence[str] | None = None, feature_names: FeatureNames | None = None,
-                 detection: Mapping | None = None) -> ProfilePlan:
+                 detection: Mapping | None = None, class_names: Sequence[str] | None = None) -> ProfilePlan:
     """Checks the caller's choices against the schema and decides the rest (module docstring)."""
     if task not in TASKS:
         raise ExportError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
@@ -148,16 +155,19 @@ def plan_profile(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], ta
         else:
             unprofiled.append({"input": spec.name, "reason": why})
     names = _feature_names(inputs, profiled, feature_names)
-    found = None
-    if task == "detection":
-        try:
-            found = detection_scores(outputs, detection)
-        except ValueError as err:
-            raise ExportError(str(err)) from err
-        if found is None:
-            raise ExportError(f"a detector's telemetry needs its scores output: pass detection={{'scores': NAME, "
-                              f"'score_threshold': 0.5}} (outputs: {', '.join(s.name for s in outputs)})")
-    return ProfilePlan(task, profiled, unprofiled, names, found, plan_summaries(task, outputs, found))
+    if task != "detection":
+        if detection is not None:
+            raise ExportError(f"detection settings are for task detection; this model's task is {task}")
+        return ProfilePlan(task, profiled, unprofiled, names, None, plan_summaries(task, outputs))
+    try:
+        layout = det.resolve(outputs, detection, class_names)
+    except ValueError as err:
+        raise ExportError(str(err)) from err
+    if layout is None:
+        shapes = ", ".join(f"{s.name} {det.short_shape(s)}" for s in outputs)
+        raise ExportError(f"a detector's layout is not clear from its outputs ({shapes}): declare it with "
+                          f"--detection-layout L (detection={{'layout': L}}), L one of {', '.join(det.LAYOUTS)}")
+    return ProfilePlan(task, profiled, unprofiled, names, layout.to_manifest(), plan_summaries(task, outputs, layout))
 
 
 def _feature_names(inputs: Sequence[TensorSpec], profiled: list[str], given: FeatureNames | None) -> dict:

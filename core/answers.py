@@ -12,8 +12,10 @@ axis, core/schema.py), what the task means:
   value, else nested lists.
 - embedding: `embeddings`, per sample {"vector", "norm"}; `normalized`, whether the vectors were divided
   by their norm (the norm is always the model's own).
-- detection: `detections`, per sample [{"score", "box"?, "class"?}, ...] at or above `score_threshold`, best
-  first; absent when the outputs' layout is none of those below.
+- detection: `detections`, per sample [{"score", "box"?, "class"?, "class_id"?}, ...] at or above
+  `score_threshold`, best first, at most the layout's max_detections; after per-class non-maximum
+  suppression when the layout sets an IoU threshold (`iou_threshold` in the answer then; the yolo
+  layouts by default, their boxes as x1, y1, x2, y2); absent when the outputs fit no layout.
 - other: nothing; the raw outputs are the answer.
 
 A class is the interface's class name, else its index. Scores are probabilities: softmax over the first
@@ -21,21 +23,18 @@ output when the interface's postprocess is "softmax" (logits), the output as it 
 confidence is ever invented for a task that is not classification or detection.
 
 Options. Over HTTP they are query parameters (the body stays {"inputs": ...}, request_files.py):
-`?top_k=K` (classification; default 1, K above the class count is clamped to it) and `?normalize=true`
-(embedding; default false). `edgefleet predict --top-k K --normalize` passes the same. An option the
-model's task does not take, an unknown parameter, a repeated one or a value that is not a positive
-integer (top_k) or true/false (normalize) is refused with one message (AnswerOptionError: HTTP 400,
-CLI exit 2), never ignored.
+`?top_k=K` (classification; default 1, K above the class count is clamped to it), `?normalize=true`
+(embedding; default false) and `?score_threshold=T` (detection; a number from 0 to 1, default the
+manifest's; the telemetry keeps counting at the manifest's, so drift is unaffected). `edgefleet predict
+--top-k K --normalize --score-threshold T` passes the same. An option the model's task does not take, an
+unknown parameter, a repeated one or a value out of its range is refused with one message naming it
+(AnswerOptionError: HTTP 400, CLI exit 2), never ignored.
 
 Which outputs. classification: the first output (core/decision.py `decision_output`), [batch, classes].
 embedding: the first output with a batch axis and a fixed size per sample (as telemetry picks it), else
-the first output, flattened per sample. detection: the scores output and threshold as telemetry reads
-them (core/output_summary.py `detection_scores`: interface["detection"] = {"scores": name,
-"score_threshold": 0.5}, else the one output named like *score*, threshold 0.5); the boxes and classes
-outputs named there ("boxes", "classes"), else the one other output named like *box*, like *class* or
-*label*. A detection is kept when its score is at or above the threshold (as telemetry counts it).
-Layouts understood: scores [batch, D] with boxes [batch, D, 4] and classes [batch, D] (each optional),
-or per-class scores [batch, D, C] (the class is the argmax).
+the first output, flattened per sample. detection: the manifest's layout, read as telemetry reads it
+(core/detection.py: boxes+scores, yolov5 or yolov8, with its score threshold); a detection is kept when its
+score is at or above the threshold (as telemetry counts it).
 """
 
 from __future__ import annotations
@@ -45,15 +44,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgefleet.core import detection as det
 from edgefleet.core.decision import decision_output
 from edgefleet.core.errors import EdgefleetError
-from edgefleet.core.output_summary import detection_scores as summary_scores
 from edgefleet.core.output_summary import embedding_output as summarised_embedding
 from edgefleet.core.profile import softmax
 from edgefleet.core.schema import TensorSpec, batch_axis
 
 MAX_OPTION_CHARS = 32  # a query value longer than this is no integer or boolean we take
-OPTIONS_BY_TASK = {"classification": ("top_k",), "embedding": ("normalize",)}
+OPTIONS_BY_TASK = {"classification": ("top_k",), "embedding": ("normalize",), "detection": ("score_threshold",)}
+OPTIONS = ("top_k", "normalize", "score_threshold")
 BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 
 
@@ -69,6 +69,7 @@ class AnswerOptionError(EdgefleetError):
 class AnswerOptions:
     top_k: int = 1
     normalize: bool = False
+    score_threshold: float | None = None  # None: the manifest's
 
 
 def check_top_k(value: object) -> int:
@@ -89,7 +90,7 @@ def parse_options(pairs: Iterable[tuple[str, str]], interface: Mapping) -> Answe
     allowed = OPTIONS_BY_TASK.get(task, ())
     seen: dict[str, str] = {}
     for name, value in pairs:
-        if name not in ("top_k", "normalize"):
+        if name not in OPTIONS:
             raise AnswerOptionError(name, f"unknown query parameter {_shown(name)}: this model ({task}) takes "
                                           f"{_listed(allowed)}")
         if name not in allowed:
@@ -106,7 +107,25 @@ def parse_options(pairs: Iterable[tuple[str, str]], interface: Mapping) -> Answe
         if flag is None:
             raise AnswerOptionError("normalize", f"normalize must be true or false, got {_shown(seen['normalize'])}")
         options["normalize"] = flag
+    if "score_threshold" in seen:
+        options["score_threshold"] = check_score_threshold(seen["score_threshold"])
     return AnswerOptions(**options)
+
+
+def check_score_threshold(value: object) -> float:
+    """`value` as a score threshold: a number from 0 to 1 (a float, or its decimal text)."""
+    number = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str) and len(value) <= MAX_OPTION_CHARS and value.strip().isascii():
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if number is None or not 0.0 <= number <= 1.0:  # NaN fails the comparison too
+        raise AnswerOptionError("score_threshold", f"score_threshold must be a number from 0 to 1, got "
+                                                   f"{_shown(value)}")
+    return number
 
 
 def task_answer(interface: Mapping, specs: Sequence[TensorSpec], outputs: Mapping[str, np.ndarray],
@@ -124,8 +143,15 @@ def task_answer(interface: Mapping, specs: Sequence[TensorSpec], outputs: Mappin
         return embedding_answer(rows(by_name[name], outputs), options.normalize)
     if task == "detection":
         layout = detection_layout(interface, specs)
-        found = detections(interface, specs, outputs) if layout is not None else None
-        return {} if found is None else {"detections": found, "score_threshold": layout.threshold}
+        found = det.candidates(layout, specs, outputs) if layout is not None else None
+        if found is None:
+            return {}
+        layout = layout.with_threshold(options.score_threshold)
+        answer = {"detections": det.detections(layout, found, interface.get("class_names")),
+                  "score_threshold": layout.score_threshold}
+        if layout.iou_threshold is not None and found.boxes is not None:
+            answer["iou_threshold"] = layout.iou_threshold
+        return answer
     return {}
 
 
@@ -176,77 +202,9 @@ def embedding_answer(vectors: np.ndarray, normalize: bool = False) -> dict:
             "normalized": bool(normalize)}
 
 
-@dataclass(frozen=True)
-class DetectionLayout:
-    scores: str
-    boxes: str | None
-    classes: str | None
-    threshold: float
-
-
-def detection_layout(interface: Mapping, specs: Sequence[TensorSpec]) -> DetectionLayout | None:
-    """Which outputs hold a detector's scores (and threshold: core/output_summary.py, the rule telemetry
-    follows), boxes and classes (module docstring); None without a scores output."""
-    config = interface.get("detection") if isinstance(interface.get("detection"), Mapping) else None
-    try:
-        found = summary_scores(specs, config)
-    except ValueError:  # a detection entry that names no output: raw outputs only
-        return None
-    if found is None:
-        return None
-    names = [s.name for s in specs]
-
-    def pick(key: str, *words: str) -> str | None:
-        if config and config.get(key) in names:
-            return config[key]
-        matches = [n for n in names if n != found["scores"] and any(w in n.lower() for w in words)]
-        return matches[0] if len(matches) == 1 else None
-
-    return DetectionLayout(found["scores"], pick("boxes", "box"), pick("classes", "class", "label"),
-                           found["score_threshold"])
-
-
-def best_scores(layout: DetectionLayout, specs: Sequence[TensorSpec],
-                outputs: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """(N, D) best score per detection and, for per-class scores (N, D, C), its class; None for another layout."""
-    by_name = {s.name: s for s in specs}
-    scores = rows(by_name[layout.scores], outputs).astype(np.float64)
-    if scores.ndim == 2:
-        return scores, None
-    if scores.ndim == 3:
-        return scores.max(axis=2), scores.argmax(axis=2)
-    return None
-
-
-def detections(interface: Mapping, specs: Sequence[TensorSpec], outputs: Mapping[str, np.ndarray]) -> list | None:
-    """Per sample, the detections at or above the score threshold, best first; None for a layout not understood."""
-    layout = detection_layout(interface, specs)
-    scored = best_scores(layout, specs, outputs) if layout is not None else None
-    if scored is None:
-        return None
-    scores, classes = scored
-    by_name = {s.name: s for s in specs}
-    boxes = rows(by_name[layout.boxes], outputs) if layout.boxes else None
-    if layout.classes and classes is None:
-        classes = rows(by_name[layout.classes], outputs)
-    if boxes is not None and boxes.shape[:2] != scores.shape or (boxes is not None and boxes.shape[-1] != 4):
-        boxes = None
-    if classes is not None and classes.shape[:2] != scores.shape:
-        classes = None
-    threshold, names = layout.threshold, interface.get("class_names")
-    found = []
-    for i, sample in enumerate(scores):
-        kept = [int(d) for d in np.argsort(-sample, kind="stable") if sample[d] >= threshold]
-        items = []
-        for d in kept:
-            item: dict = {"score": float(sample[d])}
-            if boxes is not None:
-                item["box"] = [float(x) for x in boxes[i, d]]
-            if classes is not None:
-                item["class"] = _class(names, int(np.asarray(classes[i, d]).reshape(-1)[0]))
-            items.append(item)
-        found.append(items)
-    return found
+def detection_layout(interface: Mapping, specs: Sequence[TensorSpec]) -> det.DetectionLayout | None:
+    """The detector's layout as telemetry reads it (core/detection.py), or None for raw outputs only."""
+    return det.read(interface, specs) if (interface.get("task") or "other") == "detection" else None
 
 
 def _class(names: Sequence[str] | None, index: int) -> str | int:

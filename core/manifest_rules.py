@@ -30,6 +30,7 @@ import numpy as np
 from edgefleet.core import bounded_json
 from edgefleet.core.archive import unsafe_path_reason
 from edgefleet.core.bounded_json import INT64_MAX, JsonLimitError
+from edgefleet.core.detection import LAYOUTS
 from edgefleet.core.errors import VerificationError
 
 MAX_MANIFEST_BYTES = 8 << 20  # a real manifest is a few KB; class names and slice metrics may add some MB
@@ -172,9 +173,19 @@ def _check_interface(interface: object) -> None:
     inputs, outputs = ({spec["name"] for spec in interface[side]} for side in ("inputs", "outputs"))
     _optional(interface, "profiled_inputs", lambda v: isinstance(v, list) and all(
         isinstance(n, str) and n in inputs for n in v), "a list of input names", "interface.")
-    _optional(interface, "detection", lambda v: isinstance(v, dict) and isinstance(v.get("scores"), str)
-              and v["scores"] in outputs and _is_number(v.get("score_threshold", 0.5)),
-              "an object with scores (an output name) and a number score_threshold", "interface.")
+    _optional(interface, "detection", lambda v: _detection_entry(v, outputs),
+              f"an object with a layout ({', '.join(LAYOUTS)}; default boxes+scores), its output's name (scores "
+              f"for boxes+scores, output otherwise) and a number score_threshold", "interface.")
+
+
+def _detection_entry(value: object, outputs: set[str]) -> bool:
+    """The structure of interface.detection (core/detection.py checks the rest against the outputs' shapes)."""
+    if not isinstance(value, dict):
+        return False
+    layout = value.get("layout", "boxes+scores")
+    key = "scores" if layout == "boxes+scores" else "output"
+    return (layout in LAYOUTS and isinstance(value.get(key), str) and value[key] in outputs
+            and _is_number(value.get("score_threshold", 0.5)))
 
 
 def _check_spec(field: str, spec: object) -> None:

@@ -15,11 +15,11 @@ Summaries per task (core/profile.py builds them from the reference data, the dev
     with PROJECTIONS fixed random unit directions. The directions are drawn once at export with a fixed
     seed and stored in the profile (`"projections": [[..D floats..] x 8]`); the device reads them, never
     draws them again. A zero embedding projects to 0.
-  - detection, "detections": the scores output the manifest names (interface `detection`: {"scores":
-    <output>, "score_threshold": 0.5}); its per-sample scores are [D] (one per detection) or [D, C]
-    (class scores: a detection's score is its largest). Row `count`: per sample, the number of scores at
-    or above the threshold; row `score`: one value per such detection. The rows' totals differ (samples
-    vs. detections): that is expected.
+  - detection, "detections": the output the manifest's detection layout summarises (core/detection.py:
+    the scores of boxes+scores, the one prediction output of yolov5/yolov8) and its candidates' scores
+    (a per-class [D, C] row's best; objectness x best class for yolov5). Row `count`: per sample, the
+    number of candidates at or above the layout's score_threshold (before any NMS); row `score`: one
+    value per such candidate. The rows' totals differ (samples vs. detections): that is expected.
   - classification keeps the profile's `predictions`/`confidence`; other tasks have no output summary.
 """
 
@@ -31,13 +31,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgefleet.core import detection as det
 from edgefleet.core.profile import bin_counts
 from edgefleet.core.schema import TensorSpec, batch_axis
 
 ELEMENT_ROWS = 16
 PROJECTIONS = 8
 PROJECTION_SEED = 12
-DEFAULT_SCORE_THRESHOLD = 0.5
+DEFAULT_SCORE_THRESHOLD = det.DEFAULT_SCORE_THRESHOLD
 STAT_ROWS = ("mean", "std", "min", "max")
 _TINY = np.finfo(np.float64).tiny
 
@@ -53,6 +54,7 @@ class OutputSummary:
     edges: np.ndarray  # (rows, E) float64; (rows, 0) while the plan has none yet
     projections: np.ndarray | None = None  # (PROJECTIONS, D) unit rows, embedding only
     threshold: float = DEFAULT_SCORE_THRESHOLD  # detections only
+    layout: str = "boxes+scores"  # detections only: how a candidate's score is read (core/detection.py)
     _directions: np.ndarray | None = field(init=False, repr=False, compare=False, default=None)  # (D, P)
 
     def __post_init__(self) -> None:
@@ -61,7 +63,8 @@ class OutputSummary:
 
     def with_edges(self, edges: np.ndarray) -> OutputSummary:
         return OutputSummary(self.output, self.summary, self.names, self.axis,
-                             np.ascontiguousarray(edges, dtype=np.float64), self.projections, self.threshold)
+                             np.ascontiguousarray(edges, dtype=np.float64), self.projections, self.threshold,
+                             self.layout)
 
     def to_profile(self, counts: np.ndarray) -> dict:
         entry = {"output": self.output, "summary": self.summary, "names": list(self.names),
@@ -71,8 +74,10 @@ class OutputSummary:
         return entry
 
     @classmethod
-    def from_profile(cls, entry: Mapping, outputs: Sequence[TensorSpec], threshold: float) -> OutputSummary:
-        """A profile's `outputs` entry, checked against the bundle's outputs; ValueError names what is wrong."""
+    def from_profile(cls, entry: Mapping, outputs: Sequence[TensorSpec],
+                     detection: det.DetectionLayout | None = None) -> OutputSummary:
+        """A profile's `outputs` entry, checked against the bundle's outputs and, for detections, read with the
+        manifest's detection layout; ValueError names what is wrong."""
         specs = {s.name: s for s in outputs}
         name = entry.get("output") if isinstance(entry, Mapping) else None
         if name not in specs or batch_axis(specs[name]) is None:
@@ -96,27 +101,18 @@ class OutputSummary:
             if projections.shape != (PROJECTIONS, size):
                 raise ValueError(f"profile output {name!r}: projections must be {PROJECTIONS} rows of {size}, got "
                                  f"shape {projections.shape}")
-        return cls(name, kind, tuple(map(str, names)), batch_axis(specs[name]), edges, projections, threshold)
+        if kind == "detections" and (detection is None or detection.output != name):
+            raise ValueError(f"profile output {name!r} summarises detections, but the manifest's detection layout "
+                             f"does not name it")
+        layout = detection or det.DetectionLayout("boxes+scores", name)
+        return cls(name, kind, tuple(map(str, names)), batch_axis(specs[name]), edges, projections,
+                   layout.score_threshold, layout.layout)
 
 
-def detection_scores(outputs: Sequence[TensorSpec], detection: Mapping | None) -> dict | None:
-    """The manifest's `detection` entry: the given one checked, else the one output named like *score*;
-    None when there is none or several (the caller asks for it)."""
-    names = [s.name for s in outputs]
-    if detection is not None:
-        scores = detection.get("scores")
-        threshold = detection.get("score_threshold", DEFAULT_SCORE_THRESHOLD)
-        if scores not in names:
-            raise ValueError(f"detection scores must name an output ({', '.join(names)}), got {scores!r}")
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not np.isfinite(threshold):
-            raise ValueError(f"detection score_threshold must be a finite number, got {threshold!r}")
-        return {"scores": scores, "score_threshold": float(threshold)}
-    found = [n for n in names if "score" in n.lower()]
-    return {"scores": found[0], "score_threshold": DEFAULT_SCORE_THRESHOLD} if len(found) == 1 else None
-
-
-def plan_summaries(task: str, outputs: Sequence[TensorSpec], detection: Mapping | None = None) -> list[OutputSummary]:
-    """The outputs a task summarises and their rows, without edges (module docstring)."""
+def plan_summaries(task: str, outputs: Sequence[TensorSpec],
+                   detection: det.DetectionLayout | Mapping | None = None) -> list[OutputSummary]:
+    """The outputs a task summarises and their rows, without edges (module docstring). `detection`: the
+    layout, or a manifest entry (core/detection.py)."""
     batched = [s for s in outputs if batch_axis(s) is not None]
     if task == "regression":
         plans = []
@@ -136,11 +132,13 @@ def plan_summaries(task: str, outputs: Sequence[TensorSpec], detection: Mapping 
         return [OutputSummary(spec.name, "embedding", tuple(names), batch_axis(spec), np.zeros((len(names), 0)),
                               directions)]
     if task == "detection" and detection is not None:
-        spec = next((s for s in batched if s.name == detection["scores"]), None)
+        if not isinstance(detection, det.DetectionLayout):
+            detection = det.resolve(outputs, detection)
+        spec = next((s for s in batched if detection is not None and s.name == detection.output), None)
         if spec is None:
             return []
         return [OutputSummary(spec.name, "detections", ("count", "score"), batch_axis(spec), np.zeros((2, 0)),
-                              None, float(detection["score_threshold"]))]
+                              None, detection.score_threshold, detection.layout)]
     return []
 
 
@@ -169,10 +167,7 @@ def summary_columns(summary: OutputSummary, value: np.ndarray) -> list[np.ndarra
         np.divide(np.dot(flat, summary._directions), np.maximum(norm, _TINY), out=rows[:, 1:])
         return [rows]
     if summary.summary == "detections":
-        if x.ndim > 2:  # [D, C] class scores per sample: a detection's score is its largest
-            scores = x.reshape(n, x.shape[1], int(np.prod(x.shape[2:]))).max(axis=2)
-        else:
-            scores = flat
+        scores = det.scores_of(summary.layout, x)[0]
         kept = scores >= summary.threshold
         return [kept.sum(axis=1, dtype=np.float64)[:, None], scores[kept][:, None]]
     raise ValueError(f"unknown output summary {summary.summary!r}")

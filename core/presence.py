@@ -2,7 +2,7 @@
 
     birth: {"schema": "edgefleet.birth", "v": 1, "fleet": "lab", "device": "pi-07", "online": true,
             "connection": 1764230400123456789, "model": {"name": "digits-cnn", "version": 3},
-            "agent_version": "0.1.0", ...}
+            "agent_version": "0.1.0", "backend": "openvino", "runtime": {"target": "openvino-cpu", ...}, ...}
     death: {"schema": "edgefleet.death", "v": 1, "fleet": "lab", "device": "pi-07", "online": false,
             "connection": 1764230400123456789}
 
@@ -17,7 +17,9 @@ Agents before the `presence` topic published births on `birth` and deaths on `de
 reads both (the topic then says which it is).
 
 `parse_presence` is the cloud's gate: it raises PresenceError(reason, message) for anything else, and
-what it returns fits the cloud's columns. The JSON Schemas are docs/schemas/birth.json and death.json.
+what it returns fits the cloud's columns (the birth's backend is checked like agent_version; of its
+free-form runtime only a bounded summary is kept, see runtime_summary). The JSON Schemas are
+docs/schemas/birth.json and death.json.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ KIND_OF_SCHEMA = {schema: kind for kind, schema in SCHEMAS.items()}
 VERSION = 1
 MAX_PRESENCE_BYTES = 64 * 1024
 MAX_AGENT_VERSION = 64  # characters the cloud stores
+MAX_BACKEND = 64
+RUNTIME_TEXTS = ("target", "format", "precision", "path")  # what the cloud keeps of a birth's runtime
+MAX_RUNTIME_TEXT = 200
+MAX_FALLBACKS = 8
 
 
 class PresenceError(EdgefleetError):
@@ -56,6 +62,8 @@ class Presence:
     model_name: str | None = None  # births only
     model_version: int | None = None
     agent_version: str | None = None
+    backend: str | None = None  # what runs the model, as the device's /healthz says
+    runtime: dict | None = None  # a bounded summary of the birth's runtime (runtime_summary)
 
 
 def death_payload(fleet: str, device: str, connection: int) -> bytes:
@@ -96,7 +104,7 @@ def parse_presence(payload: bytes | str, topic_kind: str = "presence") -> Presen
                                                f"(this edgefleet reads {VERSION})")
     if "online" in data and data["online"] is not (kind == "birth"):
         raise PresenceError("bad_field", f"a {kind} must say online: {str(kind == 'birth').lower()}")
-    model_name = model_version = agent_version = None
+    model_name = model_version = agent_version = backend = runtime = None
     if kind == "birth":
         model = data.get("model")
         if model is not None:
@@ -106,9 +114,30 @@ def parse_presence(payload: bytes | str, topic_kind: str = "presence") -> Presen
             model_version = _int(model, "version", "model.version", MAX_INT)
         if data.get("agent_version") is not None:
             agent_version = _text(data, "agent_version", "agent_version", MAX_AGENT_VERSION)
+        if data.get("backend") is not None:
+            backend = _text(data, "backend", "backend", MAX_BACKEND)
+        runtime = runtime_summary(data.get("runtime"))
     connection = None if data.get("connection") is None else _int(data, "connection", "connection", INT64_MAX)
     return Presence(kind, _id(data, "fleet"), _id(data, "device"), connection, model_name, model_version,
-                    agent_version)
+                    agent_version, backend, runtime)
+
+
+def runtime_summary(runtime: object) -> dict | None:
+    """What the cloud keeps of a birth's `runtime` (the agent's Predictor.describe(), informational and not
+    checked): its short text fields and up to MAX_FALLBACKS skipped entries with why, each text cut to
+    MAX_RUNTIME_TEXT characters. None when nothing of that shape is there."""
+    if not isinstance(runtime, Mapping):
+        return None
+
+    def cut(value: object) -> str | None:
+        return value[:MAX_RUNTIME_TEXT].replace("\0", "") if isinstance(value, str) and value else None
+
+    summary: dict = {key: cut(runtime.get(key)) for key in RUNTIME_TEXTS if cut(runtime.get(key))}
+    fallbacks = runtime.get("fallbacks")
+    if isinstance(fallbacks, list) and fallbacks:
+        summary["fallbacks"] = [{"entry": cut(f.get("entry")) or "?", "reason": cut(f.get("reason")) or ""}
+                                for f in fallbacks[:MAX_FALLBACKS] if isinstance(f, Mapping)]
+    return summary or None
 
 
 def _id(data: Mapping, key: str) -> str | None:

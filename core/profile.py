@@ -21,7 +21,9 @@ and for a classifier the predicted-class counts and the confidence histogram.
 
 Bins: `bins - 1` interior edges at the reference quantiles, so each bin holds about the same share of
 the reference data; a value v lands in bin searchsorted(edges, v, side="right"); one extra column
-counts NaN. Duplicate edges (from discrete values) are kept and give empty bins.
+counts NaN. Duplicate edges (from discrete values) are kept and give empty bins. Input features also get
+the reference's range and tail edges beyond it, and the facts that turn counts into distances
+(core/magnitude.py), so drift can tell how far values moved.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgefleet.core.magnitude import magnitude_facts, range_edges
 from edgefleet.core.schema import TensorSpec, batch_axis, samples_first
 
 if TYPE_CHECKING:
@@ -86,6 +89,17 @@ def quantile_edges(values: np.ndarray, bins: int = DEFAULT_BINS) -> np.ndarray:
     return np.ascontiguousarray(np.nan_to_num(edges, nan=0.0), dtype=np.float64)
 
 
+def reference_range(values: np.ndarray) -> dict:
+    """{"min": [...], "max": [...]}: each feature's smallest and largest finite reference value (None for a
+    feature without one). The device counts the values outside this range as a data-quality signal."""
+    finite = np.isfinite(values)
+    has = finite.any(axis=0) if len(values) else np.zeros(values.shape[1], bool)
+    low = np.where(finite, values, np.inf).min(axis=0, initial=np.inf)
+    high = np.where(finite, values, -np.inf).max(axis=0, initial=-np.inf)
+    return {"min": [float(v) if h else None for v, h in zip(low, has, strict=True)],
+            "max": [float(v) if h else None for v, h in zip(high, has, strict=True)]}
+
+
 def bin_counts(values: np.ndarray, edges: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """(N, F) values on (F, E) edges -> (F, E + 2) counts; the last column counts NaN. With `out` (an
     int64 (F, E + 2) C-contiguous array) the counts are added to it in place and it is returned."""
@@ -134,7 +148,7 @@ def build_profile(
     for spec in specs:
         kind = feature_kind(samples_first_spec(spec))
         values = extract_features(samples_first(spec, inputs[spec.name]), kind)
-        edges = quantile_edges(values, bins)
+        edges = range_edges(values, quantile_edges(values, bins))  # tail bins: how far values move
         given = (names or {}).get(spec.name)
         features.append(
             {
@@ -143,6 +157,8 @@ def build_profile(
                 "names": list(given) if given is not None else feature_names(spec, kind, values.shape[1]),
                 "edges": edges.tolist(),
                 "counts": bin_counts(values, edges).tolist(),
+                **reference_range(values),
+                "magnitude": magnitude_facts(values, edges),
             }
         )
     if count is None:

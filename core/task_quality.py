@@ -8,9 +8,10 @@ fields of `edgefleet bench` (one per backend row), for compile checks and report
 - regression: `max_abs_error`, `max_rel_error` over every output (relative to max(|golden|, REL_FLOOR)).
 - embedding: `min_cosine`, the smallest cosine similarity of an example's vector to its golden one;
   `max_abs_error`.
-- detection: `count_agreement`, the fraction of examples with as many detections at or above the score
-  threshold as golden; `max_score_error`, the largest difference of a detection's score;
-  `score_threshold`. A layout core/answers.py does not understand gets `max_abs_error` instead.
+- detection: `count_agreement`, the fraction of examples with as many candidates at or above the score
+  threshold as golden (before NMS, as telemetry counts them; core/detection.py reads the layout);
+  `max_score_error`, the largest difference of a candidate's score; `score_threshold`. A layout
+  core/detection.py does not read gets `max_abs_error` instead.
 - other: `max_abs_error` over every output.
 
 `max_errors` is the project's one definition of numeric error (compilers/numeric.py re-exports it); it
@@ -23,8 +24,9 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from edgefleet.core.answers import best_scores, detection_layout, embedding_output, rows
+from edgefleet.core.answers import detection_layout, embedding_output, rows
 from edgefleet.core.decision import decision_output
+from edgefleet.core.detection import candidates
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.schema import TensorSpec
 
@@ -97,14 +99,14 @@ def detection_agreement(interface: Mapping, specs: Sequence[TensorSpec], want: M
                         got: Mapping[str, np.ndarray]) -> dict:
     """{"count_agreement", "max_score_error"} of a detector, or {"max_abs_error"} for a layout not understood."""
     layout = detection_layout(interface, specs)
-    scored_want = best_scores(layout, specs, want) if layout is not None else None
-    scored_got = best_scores(layout, specs, got) if layout is not None else None
-    if scored_want is None or scored_got is None:
+    found_want = candidates(layout, specs, want) if layout is not None else None
+    found_got = candidates(layout, specs, got) if layout is not None else None
+    if found_want is None or found_got is None:
         return {"max_abs_error": _errors(specs, want, got)[0]}
-    threshold = layout.threshold
-    counts_want = (scored_want[0] >= threshold).sum(axis=1)
-    counts_got = (scored_got[0] >= threshold).sum(axis=1)
-    score_error = float(np.abs(scored_want[0] - scored_got[0]).max()) if scored_want[0].size else 0.0
+    threshold = layout.score_threshold
+    counts_want = (found_want.scores >= threshold).sum(axis=1)
+    counts_got = (found_got.scores >= threshold).sum(axis=1)
+    score_error = float(np.abs(found_want.scores - found_got.scores).max()) if found_want.scores.size else 0.0
     return {"count_agreement": float((counts_want == counts_got).mean()) if len(counts_want) else 1.0,
             "max_score_error": score_error, "score_threshold": threshold}
 

@@ -14,7 +14,10 @@ compare with the reference exactly. A histogram over E edges has E + 2 counts: E
      "predictions": [..one count per class..],                         # [] for non-classifiers
      "confidence": [..E + 2 counts..],                                 # [] for non-classifiers
      "outputs": [{"output": "embedding", "counts": [[..E + 2..], ...]}],  # per-task output summaries
-     "dropped": {"windows": 0, "first_seq": null, "last_seq": null}}  # outbox overflow, never silent
+     "quality": [{"input": "pixels", "counts": [[..4..], ...]}],      # optional: core/window_quality.py
+     "health": {"cpu_load": 0.4, ...},                                  # optional: core/window_quality.py
+     "dropped": {"windows": 0, "first_seq": null, "last_seq": null},  # outbox overflow, never silent
+     "labels": {"count": 40, "confusion": [[3, 3, 37], [3, 5, 3]]}}   # optional: labels that arrived (core/labels.py)
 
 `parse_telemetry` is the gate of the cloud's ingest: anything malformed raises TelemetryError with one
 precise message and a reason code, so the ingest can count it and go on. It never raises anything else,
@@ -36,7 +39,9 @@ from dataclasses import asdict, dataclass, field, replace
 from edgefleet.core import bounded_json
 from edgefleet.core.bounded_json import JsonLimitError
 from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.labels import LabelCounts, parse_labels
 from edgefleet.core.topics import TopicError, check_id
+from edgefleet.core.window_quality import DeviceHealth, QualityCounts, parse_health, parse_quality
 
 SCHEMA = "edgefleet.telemetry"
 VERSION = 1
@@ -99,6 +104,9 @@ class TelemetryWindow:
     confidence: tuple[int, ...] = ()
     outputs: tuple[OutputCounts, ...] = ()
     dropped: Dropped = field(default_factory=Dropped)
+    quality: tuple[QualityCounts, ...] = ()  # per-input data quality counts (core/window_quality.py)
+    health: DeviceHealth | None = None  # the device's health when the window closed
+    labels: LabelCounts | None = None  # labels that arrived in the window (core/labels.py); absent if none
 
     def to_dict(self) -> dict:
         return {
@@ -118,7 +126,9 @@ class TelemetryWindow:
             "confidence": list(self.confidence),
             "outputs": [{"output": o.output, "counts": [list(row) for row in o.counts]} for o in self.outputs],
             "dropped": asdict(self.dropped),
-        }
+            **({"quality": [q.to_dict() for q in self.quality]} if self.quality else {}),
+            **({"health": self.health.to_dict()} if self.health is not None else {}),
+        } | ({"labels": self.labels.to_dict()} if self.labels is not None else {})
 
     def to_payload(self) -> bytes:
         return json.dumps(self.to_dict(), separators=(",", ":")).encode()
@@ -168,7 +178,9 @@ def parse_telemetry(payload: bytes | str, *, max_bytes: int = MAX_PAYLOAD_BYTES)
         model_version=_int(model, "version", "model.version"), start=start, end=end,
         requests=requests, samples=_int(data, "samples"), errors=errors, latency_ms=latency,
         features=tuple(features), predictions=_counts(data, "predictions"), confidence=_counts(data, "confidence"),
-        outputs=outputs, dropped=_dropped(dropped),
+        quality=parse_quality(data.get("quality"), _int(data, "samples"), TelemetryError),
+        health=parse_health(data.get("health"), TelemetryError), outputs=outputs,
+        dropped=_dropped(dropped), labels=parse_labels(data.get("labels"), TelemetryError),
     )
 
 

@@ -36,6 +36,8 @@ from edgefleet.core.telemetry import Dropped, TelemetryWindow
 from edgefleet.core.topics import topic
 from edgefleet.edge_runtime.backends import default_backends
 from edgefleet.edge_runtime.device_config import DeviceConfig
+from edgefleet.edge_runtime.device_health import HealthSampler
+from edgefleet.edge_runtime.feedback import RecentPredictions, is_label_command, join_forwarded
 from edgefleet.edge_runtime.http_api import create_app
 from edgefleet.edge_runtime.metrics import DeviceMetrics
 from edgefleet.edge_runtime.model_host import ModelHost
@@ -64,15 +66,18 @@ class DeviceAgent:
         self.transport = None
         self.metrics = DeviceMetrics(device=config.device, fleet=config.fleet, gauges=self.gauges)
         self.windows_closed = 0  # telemetry windows closed since start (sent too, with MQTT)
+        self.recent = RecentPredictions()  # predictions by request id, for labels that arrive later
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
         self._http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
+        self.health_sampler: HealthSampler | None = None  # made at start: it counts the starts
 
     # lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> DeviceAgent:
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.health_sampler = HealthSampler(config.data_dir)
         trust = TrustStore.from_paths(config.trusted_keys)
         self.store = SlotStore(config.data_dir / "model", trust)
         if self.store.current() is None:  # first start: the configured bundle becomes the first slot
@@ -166,7 +171,7 @@ class DeviceAgent:
     def _retire(self, predictor: Predictor) -> None:
         """A model stopped answering users and its last request is done: close its version's window."""
         if predictor.telemetry is not None:
-            self._send_window(predictor.telemetry.close_window())
+            self._send_window(self._with_health(predictor.telemetry.close_window()))
 
     # telemetry -----------------------------------------------------------------------------------------
     def close_window(self) -> TelemetryWindow | None:
@@ -174,9 +179,19 @@ class DeviceAgent:
         aggregator = self.aggregator
         if aggregator is None:
             return None
-        window = aggregator.close_window()
+        window = self._with_health(aggregator.close_window())
         self._send_window(window)
         return window
+
+    def _with_health(self, window: TelemetryWindow) -> TelemetryWindow:
+        """The window with the device's health as it closes (edge_runtime/device_health.py)."""
+        if self.health_sampler is None:
+            return window
+        try:
+            return replace(window, health=self.health_sampler.sample())
+        except Exception:  # noqa: BLE001 - a sensor that fails must not cost the window
+            log.exception("sampling the device's health failed; the window goes without it")
+            return window
 
     def _send_window(self, window: TelemetryWindow) -> None:
         self.windows_closed += 1
@@ -194,6 +209,11 @@ class DeviceAgent:
         install to end instead of being refused as busy. A command that does not parse is refused with a
         status when it can be (see _refuse_command). A command id seen before (a QoS 1 redelivery,
         the cloud's republish after its restart) is ignored, across restarts too."""
+        if is_label_command(payload):  # labels the cloud received for this device's predictions
+            joined, refused = join_forwarded(payload, self.recent, self.host)
+            log.info("labels from the cloud: %d joined, %d refused%s", joined, len(refused),
+                     f" (first: {refused[0]})" if refused else "")
+            return
         try:
             command = parse_command(payload)
         except OtaError as err:
@@ -275,13 +295,16 @@ class DeviceAgent:
     def gauges(self) -> dict[str, float]:
         """The device's gauges for GET /metrics (the request counters are kept by self.metrics)."""
         gauges = {"window_seconds": self.config.window_seconds}
+        if self.health_sampler is not None:  # temperature only where the OS exposes it: no gauge, not a 0
+            health = self.health_sampler.sample().to_dict()
+            gauges.update({name: value for name, value in health.items() if value is not None})
         if self.transport is not None:
             gauges.update(mqtt_connected=float(self.transport.connected), outbox_pending=float(len(self.outbox)))
         return gauges
 
     def _start_http(self) -> None:
         app = create_app(self.host, max_body_bytes=self.config.max_body_bytes, health=self.health,
-                         metrics=self.metrics)
+                         metrics=self.metrics, recent=self.recent)
         self._http = uvicorn.Server(uvicorn.Config(app, host=self.config.http_host, port=self.config.http_port,
                                                    log_level="warning", access_log=False))
         self._http_thread = threading.Thread(target=self._http.run, name="device-http", daemon=True)

@@ -1,8 +1,11 @@
-"""The device's local HTTP API: POST /v1/predict, GET /healthz, GET /metrics (Prometheus text).
+"""The device's local HTTP API: POST /v1/predict, POST /v1/feedback, GET /healthz, GET /metrics (Prometheus).
 
 POST /v1/predict?top_k=3 with {"inputs": ...} answers {"model", "task", "outputs" (raw), ...the task's own
-fields}: top_k and predictions for a classifier, values for regression, embeddings, detections, nothing
-more for "other" (core/answers.py, which `edgefleet predict` uses too).
+fields, "request_id"}: top_k and predictions for a classifier, values for regression, embeddings,
+detections, nothing more for "other" (core/answers.py, which `edgefleet predict` uses too). The request
+id is the client's `X-Request-Id` header when it sends one, else a new one; a label sent later to POST
+/v1/feedback with that id is joined to the prediction and counted in the telemetry window it arrives in
+(edge_runtime/feedback.py).
 
 Every request gets exactly one complete answer and the connection stays usable (HTTP keep-alive):
 
@@ -43,6 +46,15 @@ from edgefleet.core.bounded_json import JsonLimitError
 from edgefleet.core.bundle import Bundle
 from edgefleet.core.errors import BackendError, EdgefleetError, SchemaError
 from edgefleet.core.schema import sample_count
+from edgefleet.edge_runtime.feedback import (
+    MAX_FEEDBACK_BYTES,
+    LabelError,
+    RecentPredictions,
+    join_feedback,
+    label_window_of,
+    remember,
+    request_id,
+)
 from edgefleet.edge_runtime.metrics import CONTENT_TYPE, DeviceMetrics
 from edgefleet.edge_runtime.model_host import ModelHost
 from edgefleet.edge_runtime.request_files import read_body
@@ -60,11 +72,14 @@ def create_app(
     max_body_bytes: int = 2**20,
     health: Callable[[], dict] = dict,
     metrics: DeviceMetrics | None = None,
+    recent: RecentPredictions | None = None,
 ) -> FastAPI:
-    """The device's ASGI app. `metrics` counts the predict requests (a fresh DeviceMetrics if None)."""
+    """The device's ASGI app. `metrics` counts the predict requests (a fresh DeviceMetrics if None);
+    `recent` keeps each answer's prediction by request id for POST /v1/feedback (a fresh map if None)."""
     app = FastAPI(title="edgefleet device", docs_url=None, redoc_url=None)
     app.add_middleware(_AnswerErrors)
     app.state.metrics = counted = metrics if metrics is not None else DeviceMetrics()
+    app.state.recent = recent = recent if recent is not None else RecentPredictions()
 
     @app.post("/v1/predict")
     async def predict(request: Request) -> Response:
@@ -72,9 +87,10 @@ def create_app(
         bundle = host.current.bundle  # read once: an update may swap the model between requests
         samples, classes = 0, []
         try:
+            rid = request_id(request.headers.get("x-request-id"))
             body = await _read_body(request, max_body_bytes)
             query = request.query_params.multi_items()
-            content, samples, classes = await run_in_threadpool(_predict, host, bundle, body, query)
+            content, samples, classes = await run_in_threadpool(_predict, host, bundle, body, query, rid, recent)
             status, headers = 200, None
         except ClientDisconnect:  # the client left while sending its body: nobody to answer
             status, content, headers = 499, _detail("client closed the request"), None
@@ -91,6 +107,25 @@ def create_app(
             counted.predicted(bundle.name, bundle.version, samples, classes)
         return Response(content, status_code=status, headers=headers, media_type="application/json")
 
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> Response:
+        """A label for a recent prediction (edge_runtime/feedback.py): 200 with what was counted, 404 for
+        an unknown, expired or already labelled request id, 409 when its model no longer serves, 400 for a
+        bad body; every refusal carries its `reason`."""
+        try:
+            body = await _read_body(request, MAX_FEEDBACK_BYTES)
+            content = await run_in_threadpool(join_feedback, body, recent, label_window_of(host),
+                                              host.current.bundle.manifest["interface"].get("class_names"))
+            return Response(_json(content), media_type="application/json")
+        except BodyTooLarge as err:
+            return JSONResponse({"detail": str(err), "reason": "too_large"}, status_code=413,
+                                headers={"Connection": "close"})
+        except LabelError as err:
+            return JSONResponse({"detail": str(err), "reason": err.reason},
+                                status_code=_LABEL_STATUS.get(err.reason, 400))
+        except ClientDisconnect:
+            return Response(status_code=499)
+
     @app.get("/healthz")
     def healthz() -> dict:
         current = host.current
@@ -104,10 +139,14 @@ def create_app(
     return app
 
 
-def _predict(host: ModelHost, bundle: Bundle, body: bytes,
-             query: list[tuple[str, str]]) -> tuple[bytes, int, list[str]]:
+_LABEL_STATUS = {"unknown_request": 404, "expired": 404, "labelled": 404, "model_retired": 409}
+
+
+def _predict(host: ModelHost, bundle: Bundle, body: bytes, query: list[tuple[str, str]], rid: str,
+             recent: RecentPredictions) -> tuple[bytes, int, list[str]]:
     """Parses, predicts and encodes one request, all in a worker thread: (JSON answer, samples, classes).
-    The answer is the raw outputs plus the task's own fields (core/answers.py)."""
+    The answer is the raw outputs plus the task's own fields (core/answers.py) and the request id, under
+    which its prediction is kept for a label that comes later."""
     interface = bundle.manifest["interface"]
     options = parse_options(query, interface)  # AnswerOptionError (400) before any work is done
     outputs = host.predict(read_body(body, bundle.inputs, max_bytes=len(body)), finite=True)  # ModelOutputError
@@ -117,9 +156,11 @@ def _predict(host: ModelHost, bundle: Bundle, body: bytes,
         "task": interface.get("task") or "other",
         "outputs": {k: v.tolist() for k, v in outputs.items()},
         **task_answer(interface, specs, outputs, options),
+        "request_id": rid,
     }
     samples = sample_count(specs, outputs)  # on the batch axis: a GRU's outputs hold theirs on axis 1
     classes = [str(p["class"]) for p in answer.get("predictions", ())]
+    remember(recent, rid, bundle, answer)
     return _json(answer), samples, classes
 
 

@@ -38,6 +38,12 @@ GAUGE_HELP = {
     "window_seconds": "Length of a telemetry window.",
     "mqtt_connected": "1 while the MQTT connection is up.",
     "outbox_pending": "Telemetry and status messages waiting in the on-disk outbox.",
+    "cpu_load": "1-minute load average per CPU core.",
+    "memory_used": "Share of the memory in use (0 to 1).",
+    "disk_free_bytes": "Free bytes on the filesystem of the device's data directory.",
+    "temperature_c": "Hottest thermal zone in degrees Celsius (absent where the OS exposes none).",
+    "uptime_seconds": "Seconds since the agent started.",
+    "restarts": "Times the agent started before on this data directory.",
 }
 
 

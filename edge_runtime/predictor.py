@@ -162,8 +162,9 @@ class Predictor:
                 return outputs
         else:  # one input, profiled, a classifier: the hot path is one sketch call, without the extra Python frame
             # of aggregator.observe (~60 ns, a fifth of the telemetry budget on an 8 µs model); hence two
-            # near-identical closures rather than one.
-            update, input_name, output_name = aggregator.main.update, aggregator.input_names[0], aggregator.output_name
+            # near-identical closures rather than one. The sketch is read from the aggregator on each call: it
+            # swaps in a new one at every window close (its data-quality edges move), and keeps the last feed.
+            input_name, output_name = aggregator.input_names[0], aggregator.output_name
 
             def predict(inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
                 start = clock()
@@ -173,7 +174,8 @@ class Predictor:
                 except Exception:
                     error(clock() - start)
                     raise
-                update(feed[input_name], outputs[output_name], clock() - start)
+                aggregator.main.update(feed[input_name], outputs[output_name], clock() - start)
+                aggregator.last_feed = feed
                 return outputs
 
         self.predict = predict  # type: ignore[method-assign]

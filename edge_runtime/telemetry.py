@@ -15,6 +15,10 @@ call per extra input (features only); a model with none pays one call for the co
 Counters live in C++ and are updated with the GIL held, so HTTP threads predicting while a timer thread
 closes the window lose no count.
 
+Data quality (non-finite values, values outside the reference range, stuck inputs) costs no extra call:
+the sketches bin on the profile's edges plus a few more, rebuilt at every window close around the last
+request's values (edge_runtime/data_quality.py), and the counts are split back at the close.
+
 Output summaries (regression values, embedding norm and projections, detection count and scores) are
 binned in numpy by core/output_summary.py `summarise_outputs`, the function that built the reference
 profile's, a buffer of samples at a time (edge_runtime/output_window.py). A bundle without a reference
@@ -29,11 +33,17 @@ import time
 import numpy as np
 
 from edgefleet.core.bundle import Bundle
+from edgefleet.core.detection import read as read_detection
 from edgefleet.core.errors import EdgefleetError
-from edgefleet.core.output_summary import DEFAULT_SCORE_THRESHOLD, OutputSummary
+from edgefleet.core.labels import error_edges
+from edgefleet.core.output_summary import OutputSummary
+from edgefleet.core.profile import extract_features
 from edgefleet.core.schema import batch_axis, sample_count
 from edgefleet.core.telemetry import LATENCY_EDGES_MS, FeatureCounts, OutputCounts, TelemetryWindow
+from edgefleet.core.window_quality import QualityCounts
 from edgefleet.cpp_ext import RequestSketch
+from edgefleet.edge_runtime.data_quality import FeatureQuality
+from edgefleet.edge_runtime.feedback import LabelWindow
 from edgefleet.edge_runtime.output_window import OutputWindow
 
 _NO_FEATURES = np.zeros((0, 1), np.float64)
@@ -72,22 +82,26 @@ class TelemetryAggregator:
         self._reshaped = {name for name in profiled
                           if self.axes[name] or np.dtype(specs[name].dtype).char not in "fd"}
         self.output_name = bundle.outputs[0].name if classifier else None
-        first = features[profiled[0]] if profiled else {"kind": "elements", "edges": _NO_FEATURES}
-        self.main = RequestSketch(first["kind"], np.asarray(first["edges"], np.float64), confidence_edges,
-                                  latency_edges, n_classes, interface.get("postprocess") == "softmax")
-        self.extra = [
-            (name, RequestSketch(features[name]["kind"], np.asarray(features[name]["edges"], np.float64), None,
-                                 latency_edges, 0, False))
-            for name in profiled[1:]
-        ]
+        # data quality rides in the same sketches, on augmented edges rebuilt every window (data_quality.py)
+        self._kinds = [features[name]["kind"] for name in profiled]
+        self._quality = [FeatureQuality(features[name]) for name in profiled]
+        self._sketch_args = (confidence_edges, latency_edges, n_classes, interface.get("postprocess") == "softmax")
+        self.last_feed: dict[str, np.ndarray] | None = None  # the last request's inputs: the next probes
+        self.main, self.extra, self._plans = self._sketches(None)
+        self._retired = self.main, self.extra, self._plans  # swapped out at the last close
         self._all_inputs = bundle.inputs
-        threshold = float((interface.get("detection") or {}).get("score_threshold", DEFAULT_SCORE_THRESHOLD))
+        detection = read_detection(interface, bundle.outputs) if interface.get("task") == "detection" else None
         try:
-            self.summaries = [OutputSummary.from_profile(entry, bundle.outputs, threshold)
+            self.summaries = [OutputSummary.from_profile(entry, bundle.outputs, detection)
                               for entry in profile.get("outputs", [])]
         except ValueError as err:
             raise EdgefleetError(f"bundle {bundle.name} v{bundle.version}: {err}") from err
         self._outputs = OutputWindow(self.summaries, bundle.outputs)
+        # labels that arrive later are counted here (edge_runtime/feedback.py); regression errors on the
+        # profile's error edges, a classifier's as a confusion; other tasks take none
+        task = interface.get("task")
+        self.labels = (LabelWindow(error_edges(profile)) if task == "regression" and profile.get("outputs")
+                       else LabelWindow() if classifier else None)
         self.window_start = clock()
 
     @property
@@ -102,6 +116,7 @@ class TelemetryAggregator:
         """The general path (the Predictor inlines the `fast_path` case)."""
         scores = outputs[self.output_name] if self.output_name else None
         reshaped = self._reshaped
+        self.last_feed = feed
         if self.input_names:
             name = self.input_names[0]
             self.main.update(self._samples(feed, name) if name in reshaped else feed[name], scores, latency_ns)
@@ -118,12 +133,21 @@ class TelemetryAggregator:
     def close_window(self) -> TelemetryWindow:
         """Takes the counts of the window that ends now and starts the next one."""
         end = self.clock()
-        snap = self.main.snapshot(reset=True)
-        extra = [(name, sketch.snapshot(reset=True)) for name, sketch in self.extra]
+        # swap first, then read: a request that still holds the old sketch counts into it, and what it
+        # adds after this read is read at the next close (compared with the probe of the window before:
+        # for a stuck input every probe is the same value)
+        retired, leftover = (self.main, self.extra, self._plans), self._retired
+        self.main, self.extra, self._plans = self._sketches(self._probes())
+        self._retired = retired
+        snap, counts, quality = _take(*retired)
+        late, late_counts, late_quality = _take(*leftover)
+        for key in ("requests", "samples", "errors", "latency", "predictions", "confidence"):
+            snap[key] = snap[key] + late[key]
+        counts = [a + b for a, b in zip(counts, late_counts, strict=True)]
+        quality = [a + b for a, b in zip(quality, late_quality, strict=True)]
         output_counts = self._outputs.take()
         start, self.window_start = self.window_start, end
-        features = [FeatureCounts(self.input_names[0], _rows(snap["features"]))] if self.input_names else []
-        features += [FeatureCounts(name, _rows(s["features"])) for name, s in extra]
+        features = [FeatureCounts(name, _rows(c)) for name, c in zip(self.input_names, counts, strict=True)]
         return TelemetryWindow(
             fleet=self.fleet, device=self.device, seq=0, model_name=self.model_name,
             model_version=self.model_version, start=start, end=end, requests=int(snap["requests"]),
@@ -131,7 +155,31 @@ class TelemetryAggregator:
             features=tuple(features), predictions=tuple(snap["predictions"].tolist()),
             confidence=tuple(snap["confidence"].tolist()) if self.output_name else (),
             outputs=tuple(OutputCounts(s.output, _rows(c)) for s, c in zip(self.summaries, output_counts, strict=True)),
+            quality=tuple(QualityCounts(name, _rows(q)) for name, q in zip(self.input_names, quality, strict=True)),
+            labels=self.labels.take() if self.labels is not None else None,
         )
+
+    def _sketches(self, probes: list[np.ndarray | None] | None) -> tuple:
+        """The window's sketches (main, extra) and their quality plans, stuck tests against `probes`."""
+        confidence_edges, latency_edges, n_classes, softmax = self._sketch_args
+        plans = [q.plan(None if probes is None else probes[i]) for i, q in enumerate(self._quality)]
+        if not plans:
+            return RequestSketch("elements", _NO_FEATURES, confidence_edges, latency_edges, n_classes, softmax), [], []
+        main = RequestSketch(self._kinds[0], plans[0].edges, confidence_edges, latency_edges, n_classes, softmax)
+        extra = [(name, RequestSketch(kind, plan.edges, None, latency_edges, 0, False))
+                 for name, kind, plan in zip(self.input_names[1:], self._kinds[1:], plans[1:], strict=True)]
+        return main, extra, plans
+
+    def _probes(self) -> list[np.ndarray | None] | None:
+        """Each profiled input's features on the last sample of the last request (None: none yet)."""
+        feed = self.last_feed
+        if feed is None:
+            return None
+        probes: list[np.ndarray | None] = []
+        for name, kind in zip(self.input_names, self._kinds, strict=True):
+            value = self._samples(feed, name)
+            probes.append(extract_features(value[-1:], kind)[0] if len(value) else None)
+        return probes
 
     def _samples(self, feed: dict[str, np.ndarray], name: str) -> np.ndarray:
         """An input as the sketch takes it: samples on axis 0, C-contiguous, float32 or float64."""
@@ -141,6 +189,15 @@ class TelemetryAggregator:
         if value.dtype.char not in "fd":
             return np.ascontiguousarray(value, dtype=np.float64)
         return np.ascontiguousarray(value)
+
+
+def _take(main: RequestSketch, extra: list, plans: list) -> tuple[dict, list, list]:
+    """A snapshot of retired sketches, their features folded back onto the profile's bins, and their
+    quality counts."""
+    snap = main.snapshot(reset=True)
+    counts = [snap["features"], *(s.snapshot(reset=True)["features"] for _, s in extra)][:len(plans)]
+    split = [plan.split(c) for plan, c in zip(plans, counts, strict=True)]
+    return snap, [f for f, _ in split], [q for _, q in split]
 
 
 def _rows(counts: np.ndarray) -> tuple[tuple[int, ...], ...]:

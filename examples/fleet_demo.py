@@ -13,6 +13,9 @@
 6. while the devices keep serving, rolls a retrained v2 out in two waves (canary first), then a v3
    whose weights were damaged after export: the canary fails its self-test, the rollout aborts, and
    the rest of the fleet never receives it.
+7. with --keep, pushes the other bundles given with --also (the compiled int8 release with its compression
+   report), prints the dashboard's URL and sign-in tokens, and keeps the cloud and the fleet running
+   until Ctrl-C (`make demo KEEP=1`).
 The same steps as separate commands: `edgefleet cloud up`, `edgefleet push`, `edgefleet sim`,
 `edgefleet drift`, `edgefleet alerts` (see the README).
 """
@@ -22,6 +25,8 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +38,7 @@ from rich.live import Live
 from edgefleet.cli.cloud_client import CloudClient
 from edgefleet.cli.fleet_commands import alerts_table, drift_table, sim_table
 from edgefleet.cli.rollout_commands import deployment_tables
+from edgefleet.cloud.auth import VIEWER, create_token
 from edgefleet.cloud.server import CloudServer
 from edgefleet.cloud.settings import load_settings
 from edgefleet.core.bundle import Bundle
@@ -55,6 +61,10 @@ def main() -> None:
     parser.add_argument("--drift", default="brightness", choices=["brightness", "noise", "imbalance"])
     parser.add_argument("--drift-after", type=float, default=6.0)
     parser.add_argument("--timeout", type=float, default=90.0)
+    parser.add_argument("--keep", action="store_true",
+                        help="at the end, keep the cloud and the fleet running and print the dashboard's URL")
+    parser.add_argument("--also", type=Path, action="append", default=[],
+                        help="with --keep: one more bundle for the registry (repeatable)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -75,6 +85,8 @@ def main() -> None:
         with simulation:
             drift_stage(client, simulation, args)
             update_stage(client, simulation, args)
+            if args.keep:
+                keep_serving(cloud, client, args)
 
 
 def push(client: CloudClient, bundle: Path, workdir: Path) -> None:
@@ -136,6 +148,24 @@ def update_stage(client: CloudClient, simulation: FleetSimulation, args: argpars
                       f"{serving}; requests failed during the swaps: {simulation.failed}")
         if deployment["state"] != expected:
             raise SystemExit(f"the rollout of v{bundle.version} ended {deployment['state']}, not {expected}")
+
+
+def keep_serving(cloud: CloudServer, client: CloudClient, args: argparse.Namespace) -> None:
+    """The dashboard on the seeded fleet: more bundles for the registry, the URL and two tokens, then wait."""
+    for bundle in args.also:
+        push(client, bundle, args.workdir)
+    viewer = create_token(cloud.sessions, "demo-viewer", VIEWER)
+    console.rule("dashboard")
+    console.print(f"dashboard: {cloud.url}/  (sign in with a token; the fleet keeps serving)")
+    console.print(f"admin token: {cloud.new_admin_token}")
+    console.print(f"viewer token (read-only): {viewer}")
+    console.print("Ctrl-C stops the cloud and the simulated devices.")
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, or `kill`: either stops the fleet, then the cloud
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+    console.print("stopping")
 
 
 if __name__ == "__main__":

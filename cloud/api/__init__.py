@@ -5,7 +5,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from edgefleet.cloud.api import bundles, deployments, devices, drift, drift_settings, health, info
+from edgefleet.cloud.api import (
+    bundles,
+    deployments,
+    devices,
+    drift,
+    drift_settings,
+    feedback,
+    health,
+    info,
+    performance,
+)
 from edgefleet.cloud.auth import require_admin
 
 API_PREFIX = "/api/v1"
@@ -15,7 +25,7 @@ def api_routers() -> list[APIRouter]:
     """The routers create_app mounts: /healthz without auth, everything under /api/v1 with it (the download
     checks the admin token or a signed URL in its own dependency)."""
     v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_admin)])
-    for module in (devices, bundles, deployments, drift, drift_settings, info):
+    for module in (devices, bundles, deployments, drift, drift_settings, performance, feedback, info):
         v1.include_router(module.router)
     signed = APIRouter(prefix=API_PREFIX)
     signed.include_router(bundles.download_router)

@@ -56,6 +56,7 @@ class DeviceOut(BaseModel):
     model_name: str | None
     model_version: int | None
     agent_version: str | None
+    backend: str | None
     last_seen: float | None
     created_at: float
 

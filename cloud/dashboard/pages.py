@@ -1,4 +1,5 @@
-"""The dashboard's pages (GET): fleet, device, alerts, rollouts, and the sign-in form.
+"""The dashboard's pages (GET): fleet, device, alerts, rollouts, and the sign-in form (the registry's are in
+registry.py, live rollout progress in live.py).
 
 Every page but the sign-in form needs a session (`SessionAuth`); without one a GET is redirected to
 /login. Pages only read (edgefleet.cloud.dashboard.queries); forms post to edgefleet.cloud.dashboard.actions.
@@ -31,6 +32,8 @@ from edgefleet.cloud.dashboard.session import (
     local_path,
 )
 from edgefleet.cloud.rollout_plan import OPEN_STATES
+from edgefleet.core.ota import FINAL_STATES
+from edgefleet.core.presence import RUNTIME_TEXTS
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(env=jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -66,11 +69,17 @@ def require_session(request: Request) -> Session:
 SessionAuth = Annotated[Session, Depends(require_session)]
 
 
-def render(request: Request, name: str, session: Session | None, status: int = 200, **context: object) -> Response:
+CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+       "base-uri 'none'")
+# the rollout page's live progress (edgefleet.cloud.dashboard.live): this site's own script file, no inline one
+CSP_LIVE = f"{CSP}; script-src 'self'; connect-src 'self'"
+
+
+def render(request: Request, name: str, session: Session | None, status: int = 200, *, live: bool = False,
+           **context: object) -> Response:
     context = {"session": session, "flash": flash(request), **context}
     response = templates.TemplateResponse(request, name, context, status_code=status)
-    response.headers["Content-Security-Policy"] = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
-                                                   "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+    response.headers["Content-Security-Policy"] = CSP_LIVE if live else CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -102,6 +111,7 @@ def device(request: Request, device_id: str, session: SessionAuth, db: SessionDe
         record = get_device(db, device_id)
     except NotFoundError as err:
         raise DashboardRefusal(str(err), 404) from err
+    runtime = record.runtime if isinstance(record.runtime, dict) else {}
     drift = queries.drift_series(db, device_id)
     alerts = queries.device_alerts(db, device_id)
     markers = [(a.opened_at, f"alert {a.id}: {a.kind} ({a.status})", str(a.id)) for a in alerts
@@ -115,7 +125,9 @@ def device(request: Request, device_id: str, session: SessionAuth, db: SessionDe
     traffic = charts.line_chart("Requests and errors per window", times,
                                 {"requests": [p.requests for p in points], "errors": [p.errors for p in points]})
     return render(request, "device.html", session, device=record, drift=drift_chart, latency=latency,
-                  traffic=traffic, alerts=alerts)
+                  traffic=traffic, alerts=alerts, ota=queries.ota_history(db, device_id),
+                  runtime_facts=" · ".join(f"{key} {runtime[key]}" for key in RUNTIME_TEXTS if runtime.get(key)),
+                  fallbacks=runtime.get("fallbacks") or [])
 
 
 @router.get("/alerts", response_class=HTMLResponse)
@@ -135,4 +147,6 @@ def rollout(request: Request, deployment_id: str, session: SessionAuth, db: Sess
         view = deployment_view(db, get_deployment(db, deployment_id))
     except NotFoundError as err:
         raise DashboardRefusal(str(err), 404) from err
-    return render(request, "rollout.html", session, d=view, open_states=OPEN_STATES)
+    return render(request, "rollout.html", session, live=True, d=view, open_states=OPEN_STATES,
+                  finished_of={w.wave: sum(n for state, n in w.counts.items() if state in FINAL_STATES)
+                               for w in view.waves})

@@ -2,7 +2,8 @@
 
 The fleet page asks for one page of devices (LIMIT/OFFSET over the devices' primary key order) and the
 open alerts of just those devices; a device page reads its newest telemetry windows and drift results
-(at most SERIES_LIMIT each) and turns them into series for the charts.
+(at most SERIES_LIMIT each) and turns them into series for the charts, and its OTA history: the newest
+OTA_LIMIT deployments it was part of and the newest OTA_LIMIT status messages it sent.
 """
 
 from __future__ import annotations
@@ -14,12 +15,21 @@ from dataclasses import dataclass
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from edgefleet.cloud.db import Alert, Deployment, Device, DriftResult, TelemetryRecord
+from edgefleet.cloud.db import (
+    Alert,
+    Deployment,
+    DeploymentDevice,
+    Device,
+    DeviceStatus,
+    DriftResult,
+    TelemetryRecord,
+)
 from edgefleet.core.telemetry import LATENCY_EDGES_MS
 
 PAGE_SIZE = 50
 SERIES_LIMIT = 120  # telemetry windows and drift results on a device page
 MAX_SIGNALS = 8  # drift lines on one chart: the signals that moved most
+OTA_LIMIT = 50  # deployments and status events on a device page
 
 
 @dataclass(frozen=True)
@@ -140,3 +150,19 @@ def alerts(session: Session, status: str, limit: int = 200) -> list[Alert]:
 
 def deployments(session: Session, limit: int = 50) -> list[Deployment]:
     return list(session.scalars(select(Deployment).order_by(Deployment.created_at.desc(), Deployment.id).limit(limit)))
+
+
+@dataclass(frozen=True)
+class OtaHistory:
+    deployments: list[tuple[Deployment, DeploymentDevice]]  # newest first: the plan and this device's row in it
+    events: list[DeviceStatus]  # newest first: each install step the device reported
+
+
+def ota_history(session: Session, device_id: str, limit: int = OTA_LIMIT) -> OtaHistory:
+    deployments = [tuple(row) for row in session.execute(
+        select(Deployment, DeploymentDevice).join(DeploymentDevice, DeploymentDevice.deployment_id == Deployment.id)
+        .where(DeploymentDevice.device_id == device_id)
+        .order_by(Deployment.created_at.desc(), Deployment.id).limit(limit))]
+    events = list(session.scalars(select(DeviceStatus).where(DeviceStatus.device_id == device_id)
+                                  .order_by(DeviceStatus.received_at.desc(), DeviceStatus.id.desc()).limit(limit)))
+    return OtaHistory(deployments, events)

@@ -92,11 +92,13 @@ class FleetDevice:
         info = self.client.publish(topic(self.fleet, self.device, kind), json.dumps(message).encode(), qos=1)
         info.wait_for_publish(10)
 
-    def birth(self, model: str | None, version: int = 1) -> None:
+    def birth(self, model: str | None, version: int = 1, backend: str | None = None,
+              runtime: dict | None = None) -> None:
         message = {"schema": "edgefleet.birth", "v": 1, "fleet": self.fleet, "device": self.device, "online": True,
                    "connection": time.time_ns(), "agent_version": "test"}
         if model is not None:
             message["model"] = {"name": model, "version": version}
+        message |= {key: value for key, value in (("backend", backend), ("runtime", runtime)) if value is not None}
         self.publish("presence", message)
 
     def window(self, payload: bytes) -> None:
@@ -135,3 +137,37 @@ def latency_counts(rng: np.random.Generator, requests: int, slow: bool) -> tuple
 def register(client: httpx.Client, fleet: str, device: str, group: str | None = None) -> None:
     response = client.post("/api/v1/devices", json={"fleet": fleet, "id": device, "group": group})
     assert response.status_code == 201, response.text
+
+
+def released_bundle(digits_bundle, splits, out: Path, *, version: int, class_names: list[str],  # noqa: ANN001
+                    card: dict[str, str]) -> Path:
+    """The digits bundle as a release pipeline makes one: given `class_names` (a copy, signed again with the
+    digits key), quantized to static int8 by `run_recipe` (which measures every class and two slices and
+    attaches the compression report), compiled for onnxruntime-cpu and native (each checked against the
+    golden outputs), then given `version` and the model card's `card` texts and signed again."""
+    from edgefleet.cloud.compress.recipe import run_recipe
+    from edgefleet.cloud.compress.recipe_format import make_recipe
+    from edgefleet.compilers.compile import compile_bundle
+    from edgefleet.core.bundle import read_manifest, sign, write_manifest
+    from edgefleet.core.signing import SigningKey
+
+    key = SigningKey.load(digits_bundle.private_key)
+    source = Path(shutil.copytree(digits_bundle.root, out / "source"))
+    manifest = read_manifest(source)
+    manifest["interface"]["class_names"] = class_names
+    write_manifest(source, manifest)
+    sign(source, key)
+    light = splits.x_test.mean(axis=(1, 2, 3)) < np.median(splits.x_test.mean(axis=(1, 2, 3)))
+    data = {"x_train": splits.x_train, "y_train": splits.y_train, "x_test": splits.x_test, "y_test": splits.y_test,
+            "slices": {"light_ink": light, "heavy_ink": ~light}}
+    result = run_recipe(make_recipe([{"method": "quantize_static", "calibration_samples": 128}]),
+                        bundle=source, data=data, out_dir=out / "compress", signing_key=key)
+    compiled = compile_bundle(result.bundle, ["onnxruntime-cpu", "native"], out / "compiled", signing_key=key)
+    root = Path(compiled.bundle.root)
+    manifest = read_manifest(root)
+    manifest["version"] = version
+    manifest["label"] = f"{manifest['name']} v{version}"
+    manifest["model_card"] = {**manifest.get("model_card", {}), **card}
+    write_manifest(root, manifest)
+    sign(root, key)
+    return root

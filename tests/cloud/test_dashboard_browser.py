@@ -2,11 +2,14 @@
 real Mosquitto: a small fleet announces itself and sends telemetry of the real digits model over MQTT, the
 real drift monitor opens an alert, and an operator signs in, looks and acts. Screenshots of each page go to
 the test's tmp folder; with EDGEFLEET_UPDATE_SCREENSHOTS=1 they are also copied to docs/img/dashboard-*.png
-(the README's pictures), so an ordinary test run leaves the work tree as it was."""
+(the README's pictures), so an ordinary test run leaves the work tree as it was. The registry holds the digits
+bundle and a release of it (quantized with its compression report, compiled, with hostile class names and
+model-card text), and one test drives a rollout whose progress the page shows without reloading."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -20,6 +23,7 @@ pytest.importorskip("selenium", reason="the browser tests need the browser-test 
 from selenium.webdriver.common.by import By
 
 from edgefleet.core.bundle import Bundle
+from edgefleet.core.ota import Status
 from edgefleet.edge_runtime import Predictor
 from tests.cloud.api_kit import GZIP
 from tests.cloud.cloud_process import cloud_up
@@ -29,6 +33,7 @@ from tests.cloud.dashboard_kit import (
     click_through,
     latency_counts,
     register,
+    released_bundle,
     sign_in,
     viewer_token,
     wait_for,
@@ -41,6 +46,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
 HOSTILE = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
 FILLER = 52  # devices beside the named four: 56 in all, two pages of 50
+CLASSES = [HOSTILE, *(str(i) for i in range(1, 10))]  # the release's class names
 
 
 @dataclasses.dataclass
@@ -53,6 +59,7 @@ class Stage:
     to_approve: str
     to_abort: str
     shots: Path
+    mqtt_port: int
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +79,11 @@ def stage(tmp_path_factory, digits_bundle, digits_splits):
 
 def _populate(tmp: Path, url: str, admin: httpx.Client, token: str, broker: MosquittoBroker, digits_bundle,
               digits_splits) -> Stage:
-    archive = Bundle.open(digits_bundle.root).pack(tmp / "digits.tar.gz")
-    assert admin.post("/api/v1/bundles", content=archive.read_bytes(), headers=GZIP).status_code == 201
+    release = released_bundle(digits_bundle, digits_splits, tmp / "release", version=2, class_names=CLASSES,
+                              card={"intended_use": f"digits {HOSTILE}", "limitations": "8x8 scans only"})
+    for root in (digits_bundle.root, release):
+        archive = Bundle.open(root).pack(tmp / f"{root.name}.tar.gz")
+        assert admin.post("/api/v1/bundles", content=archive.read_bytes(), headers=GZIP).status_code == 201
     named = ["cam-1", "cam-2", "cam-3", "spare-1", "spare-2", "spare-3"]
     for device in named:
         register(admin, "lab", device, "canary" if device.startswith("cam") else None)
@@ -120,7 +130,8 @@ def _populate(tmp: Path, url: str, admin: httpx.Client, token: str, broker: Mosq
         plans.append(response.json()["id"])
     shots = tmp / "screenshots"
     shots.mkdir()
-    return Stage(url, admin, token, viewer_token(tmp / "data"), alerts[0]["id"], plans[0], plans[1], shots)
+    return Stage(url, admin, token, viewer_token(tmp / "data"), alerts[0]["id"], plans[0], plans[1], shots,
+                 broker.port)
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +153,15 @@ def screenshot(driver, stage: Stage, name: str) -> None:
     assert path.stat().st_size > 1000
     if os.environ.get("EDGEFLEET_UPDATE_SCREENSHOTS") == "1":
         DOCS_IMG.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, DOCS_IMG / f"dashboard-{name}.png")
+
+
+def keep(png: bytes, stage: Stage, name: str) -> None:
+    """An element's screenshot, kept like a page's."""
+    path = stage.shots / f"{name}.png"
+    path.write_bytes(png)
+    assert path.stat().st_size > 1000
+    if os.environ.get("EDGEFLEET_UPDATE_SCREENSHOTS") == "1":
         shutil.copyfile(path, DOCS_IMG / f"dashboard-{name}.png")
 
 
@@ -299,3 +319,87 @@ def test_sign_out_ends_the_session(browser, stage):
     assert browser.find_element(By.ID, "flash").text == "Signed out."
     answer = httpx.get(f"{stage.url}/alerts", cookies={"edgefleet_session": old})
     assert answer.status_code == 303 and answer.headers["location"] == "/login?next=%2Falerts"
+
+
+def test_a_bundle_shows_its_model_card_and_compression_report_with_hostile_text_as_text(browser, stage):
+    sign_in(browser, stage.url, stage.viewer_token)  # reading the registry needs no admin
+    browser.get(f"{stage.url}/bundles")
+    assert [row.text.split()[:2] for row in browser.find_elements(By.CSS_SELECTOR, "#bundles tr")[1:]] == [
+        ["digits-cnn", "2"], ["digits-cnn", "1"]]
+    screenshot(browser, stage, "registry")
+    click_through(browser, browser.find_element(By.CSS_SELECTOR, "a.bundle[href='/bundles/digits-cnn/2']"))
+    assert browser.find_element(By.ID, "bundle-id").text == "digits-cnn v2"
+    card = dict(zip(texts(browser, "#model-card dt"), texts(browser, "#model-card dd"), strict=True))
+    assert card["intended use"] == f"digits {HOSTILE}" and card["limitations"] == "8x8 scans only"
+    classes = texts(browser, "#metrics-per_class td.group")
+    assert HOSTILE in classes  # the class name as the letters it is
+    assert not browser.find_elements(By.CSS_SELECTOR, "main script, main img:not(#compression-plot)")
+    assert browser.execute_script("return window.__pwned === undefined")
+    plot = browser.find_element(By.ID, "compression-plot")
+    wait_for(lambda: browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", plot),
+             "the compression plot to load")
+    assert browser.execute_script("return arguments[0].naturalWidth", plot) >= 1000  # the server's PNG, drawn
+    browser.execute_script("arguments[0].scrollIntoView()", plot)
+    keep(plot.screenshot_as_png, stage, "compression")
+    assert [row.text.split()[0] for row in browser.find_elements(By.CSS_SELECTOR, "#compression-steps tr")[1:]] == [
+        "digits-cnn", "1"]
+    targets = {row.find_element(By.TAG_NAME, "td").text: row
+               for row in browser.find_elements(By.CSS_SELECTOR, "tr.target")}
+    assert {"onnxruntime-cpu", "native"} <= set(targets)
+    assert "top1_agreement" in targets["native"].find_element(By.CSS_SELECTOR, "td.quality").text
+    assert texts(browser, "#lineage .stage") == ["export", "quantize", "compile", "compile"]
+    screenshot(browser, stage, "bundle")
+    blocked = [e["message"] for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
+    assert blocked == []
+
+
+def test_rollout_progress_updates_without_reload_and_the_device_page_shows_backend_and_ota_history(browser, stage):
+    register(stage.admin, "lab", "live-1")
+    publisher = Publisher(stage.mqtt_port)
+    try:
+        device = publisher.device("lab", "live-1")
+        device.birth("digits-cnn", backend="openvino", runtime={"target": "openvino-cpu", "precision": "int8"})
+        wait_for(lambda: stage.admin.get("/api/v1/devices/live-1").json()["backend"] == "openvino", "the birth")
+        plan = stage.admin.post("/api/v1/deployments", json={"target": {"devices": ["live-1"]},
+                                                             "bundle": {"name": "digits-cnn", "version": 2}})
+        assert plan.status_code == 201, plan.text
+        deployment = plan.json()["id"]
+        command = wait_for(lambda: deployment_of(stage, deployment)["devices"][0]["command"], "the install command")
+        sign_in(browser, stage.url, stage.admin_token)
+        browser.get(f"{stage.url}/rollouts/{deployment}")
+        browser.execute_script("window.__same_page = 1")  # gone if the page reloads
+        row = "#rollout-devices tr[data-device='live-1']"
+        wait_for(lambda: int(browser.find_element(By.ID, "live").get_attribute("data-polls")) >= 1, "a first poll")
+        for seq, state in enumerate(("downloading", "verifying"), start=1):
+            device.publish("status", json.loads(Status("lab", "live-1", command, deployment, state, at=time.time(),
+                                                       seq=seq).to_payload()))
+            wait_for(lambda state=state: texts(browser, f"{row} td.state") == [state], f"{state} on the page")
+        screenshot(browser, stage, "rollout-live")
+        device.publish("status", json.loads(Status("lab", "live-1", command, deployment, "failed",
+                                                   reason="self_test_failed", at=time.time(), seq=3).to_payload()))
+        wait_for(lambda: texts(browser, f"{row} td.state") == ["failed"], "failed on the page")
+        assert texts(browser, f"{row} td.reason") == ["self_test_failed"]
+        wait_for(lambda: browser.find_element(By.CSS_SELECTOR, "#summary .state").text == "aborted", "the abort")
+        assert browser.find_element(By.CSS_SELECTOR, "#wave-1 .finished").text == "1 of 1"
+        assert not browser.find_element(By.CSS_SELECTOR, "form.abort").is_displayed()  # nothing left to abort
+        assert browser.execute_script("return window.__same_page") == 1  # updated in place, never reloaded
+        assert browser.find_element(By.ID, "live").text == "finished: aborted"
+    finally:
+        publisher.close()
+    click_through(browser, browser.find_element(By.CSS_SELECTOR, f"{row} a"))
+    assert browser.find_element(By.ID, "backend").text == "openvino"
+    assert browser.find_element(By.ID, "runtime").text == "target openvino-cpu · precision int8"
+    ota = browser.find_elements(By.CSS_SELECTOR, "#ota-deployments tr")[1:]
+    assert [cell.text for cell in ota[0].find_elements(By.TAG_NAME, "td")][:6] == [
+        deployment, "digits-cnn v2", "aborted", "1", "failed", "self_test_failed"]
+    assert [row.find_element(By.CSS_SELECTOR, "td.state").text
+            for row in browser.find_elements(By.CSS_SELECTOR, "#ota-events tr")[1:]] == ["failed", "verifying",
+                                                                                          "downloading"]
+    assert browser.find_element(By.ID, "accuracy-slot")
+    screenshot(browser, stage, "device-ota")
+    browser.get(f"{stage.url}/?q=live-1")
+    assert texts(browser, "#devices td.backend") == ["openvino"]
+
+
+def deployment_of(stage: Stage, deployment_id: str) -> dict:
+    return stage.admin.get(f"/api/v1/deployments/{deployment_id}").json()

@@ -127,8 +127,10 @@ def test_report_holds_every_statistic_and_the_thresholds(traffic, digits_splits)
     assert set(report["prediction_drift"]["signals"]) == {"predictions", "confidence"}
     assert report["data_drift"]["alpha"] == pytest.approx(0.01 / 2)
     mean = report["data_drift"]["signals"]["pixels.c0.mean"]
-    assert set(mean) == {"n", "m", "psi", "psi_threshold", "js", "chi2", "ks", "verdict"}
-    assert mean["chi2"]["dof"] == 9  # 10 finite bins; the NaN column is empty on both sides
+    assert set(mean) == {"n", "m", "psi", "psi_threshold", "js", "chi2", "ks", "location", "verdict"}
+    window, reference = traffic.counts(digits_splits.x_test).features["pixels"][0], traffic.profile["features"][0]
+    used = np.count_nonzero(window + np.asarray(reference["counts"][0]))
+    assert mean["chi2"]["dof"] == used - 1 >= 9  # 10 quantile bins, tail bins only where a value fell
     assert report["prediction_drift"]["signals"]["predictions"]["ks"] is None  # classes have no order
     # the whole held-out split is the same population as the training split: small PSI, large p
     for group in ("data_drift", "prediction_drift"):
@@ -202,9 +204,10 @@ def test_counts_from_a_telemetry_message_round_trip(traffic, digits_splits):
 
 def test_counts_of_another_shape_are_refused(traffic, digits_splits):
     counts = traffic.counts(digits_splits.x_test[:200])
-    wider = WindowCounts(counts.samples, {"pixels": np.zeros((2, 12), dtype=np.int64)}, counts.predictions,
+    width = len(traffic.profile["features"][0]["counts"][0])
+    wider = WindowCounts(counts.samples, {"pixels": np.zeros((2, width + 1), dtype=np.int64)}, counts.predictions,
                          counts.confidence)
-    with pytest.raises(CountsMismatch, match=r"shape \(2, 12\), the reference profile \(2, 11\)"):
+    with pytest.raises(CountsMismatch, match=rf"shape \(2, {width + 1}\), the reference profile \(2, {width}\)"):
         evaluate(wider, traffic.profile)
     with pytest.raises(CountsMismatch):
         merge_windows([counts, wider])

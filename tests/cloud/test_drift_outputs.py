@@ -29,7 +29,16 @@ from sqlalchemy import select
 from edgefleet.cli.fleet_commands import drift_table
 from edgefleet.cloud.api.drift import DriftOut
 from edgefleet.cloud.db import Alert, Device, TelemetryRecord, make_engine, make_sessions
-from edgefleet.cloud.drift import DRIFT, INSUFFICIENT, OK, CountsMismatch, WindowCounts, evaluate, merge_windows
+from edgefleet.cloud.drift import (
+    DRIFT,
+    INSUFFICIENT,
+    OK,
+    CountsMismatch,
+    WindowCounts,
+    cleared,
+    evaluate,
+    merge_windows,
+)
 from edgefleet.cloud.drift_monitor import DriftMonitor
 from edgefleet.cloud.ingest import Ingest
 from edgefleet.core.profile import bin_counts, quantile_edges
@@ -218,7 +227,8 @@ def test_a_profile_without_outputs_gives_the_report_it_gave_before(regression):
     without = {k: v for k, v in regression.profile.items() if k != "outputs"}
     counts = received(as_telemetry(148, features=regression.window(regression.x[regression.held]).features))
     report = evaluate(counts, without)
-    assert report["prediction_drift"] == {"verdict": None, "alpha": 0.01, "drifting": [], "signals": {}}
+    assert report["prediction_drift"] == {"verdict": None, "alpha": 0.01, "drifting": [], "insufficient": [],
+                                          "signals": {}}
     assert report["verdict"] == OK and set(report) == {"verdict", "samples", "reference_samples", "thresholds",
                                                        "data_drift", "prediction_drift"}
 
@@ -270,11 +280,33 @@ def test_the_score_row_of_a_detector_is_judged_on_its_detections():
         return received(as_telemetry(len(images), outputs=(OutputCounts("scores", counted),), model="detector"))
 
     few = x[held][:10]  # 10 images hold well over 100 detections
-    signals = evaluate(window(few), profile)["prediction_drift"]["signals"]
+    group = evaluate(window(few), profile)["prediction_drift"]
+    signals = group["signals"]
     assert signals["scores.count"]["n"] == 10 and signals["scores.count"]["verdict"] == INSUFFICIENT
     assert signals["scores.score"]["n"] == int((few >= 0.75).sum()) >= 100
     assert signals["scores.score"]["verdict"] == OK
-    assert evaluate(window(x[held]), profile)["verdict"] == OK
+    # the short row is insufficient on its own; the group is judged on the row that has its samples
+    assert group["verdict"] == OK and group["insufficient"] == ["scores.count"] and not cleared(group)
+    whole = evaluate(window(x[held]), profile)
+    assert whole["verdict"] == OK and whole["prediction_drift"]["insufficient"] == []
+    assert cleared(whole["prediction_drift"])
+    brighter = evaluate(window(np.sqrt(few)), profile)["prediction_drift"]  # brighter strokes: scores move up
+    assert brighter["verdict"] == DRIFT and brighter["drifting"] == ["scores.score"]
+    assert brighter["insufficient"] == ["scores.count"]
+
+
+def test_a_group_with_no_row_judged_stays_insufficient():
+    """The rule only lets judged rows decide: with none judged (every row short), the group is insufficient."""
+    x = load_digits().data / 16.0
+    edges = quantile_edges(x[:, 20:22])
+    profile = {"count": len(x), "features": [], "outputs": [
+        {"output": "v", "summary": "values", "names": ["v[0]", "v[1]"], "edges": edges.tolist(),
+         "counts": bin_counts(x[:, 20:22], edges).tolist()}]}
+    counted = tuple(tuple(r) for r in bin_counts(x[:30, 20:22], edges).tolist())
+    report = evaluate(received(as_telemetry(30, outputs=(OutputCounts("v", counted),), model="m")), profile)
+    group = report["prediction_drift"]
+    assert group["verdict"] == INSUFFICIENT and group["insufficient"] == ["v.v[0]", "v.v[1]"]
+    assert report["verdict"] == INSUFFICIENT
 
 
 # through Mosquitto, the ingest and SQLite to the drift monitor --------------------------------------------------

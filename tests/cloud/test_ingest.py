@@ -89,7 +89,9 @@ def test_windows_are_stored_once_and_bad_messages_counted(sessions, ingest, publ
 def test_birth_and_last_will_keep_presence(sessions, ingest, publisher):
     time.sleep(0.3)
     birth = {"schema": "edgefleet.birth", "v": 1, "model": {"name": "digits-cnn", "version": 4},
-             "agent_version": "t"}
+             "agent_version": "t", "backend": "openvino",
+             "runtime": {"backend": "openvino", "target": "openvino-cpu", "precision": "int8",
+                         "fallbacks": [{"entry": "native", "reason": "not compiled for this CPU"}]}}
     publish(publisher, topic("lab", "d1", "birth"), json.dumps(birth).encode())
 
     def online() -> bool:
@@ -100,6 +102,9 @@ def test_birth_and_last_will_keep_presence(sessions, ingest, publisher):
     with sessions() as session:
         device = session.get(Device, "d1")
         assert (device.model_name, device.model_version, device.agent_version) == ("digits-cnn", 4, "t")
+        assert device.backend == "openvino"  # what the device's /healthz says, for the dashboard
+        assert device.runtime == {"target": "openvino-cpu", "precision": "int8",
+                                  "fallbacks": [{"entry": "native", "reason": "not compiled for this CPU"}]}
     publish(publisher, topic("lab", "d1", "death"), json.dumps({"online": False}).encode())
     wait_for(lambda: not online())
 

@@ -301,7 +301,7 @@ def test_refusals_are_one_export_error_and_leave_nothing_behind(mobilenet, work)
                                                                    r"32\] \(axis 2 must be 32\)"),
         (mobilenet, {"reference_data": work / "wrong-dtype.npz"}, r"expected float32\[batch, 3, 32, 32\], got int64"),
         (mobilenet, {"task": "segmentation"}, "task must be one of"),
-        (mobilenet, {"bins": 2000}, "bins must be an integer from 2 to 1024"),
+        (mobilenet, {"bins": 2000}, "bins must be an integer from 2 to 1016"),
         (mobilenet, {"reference_data": [[1.0]]}, "reference data must be a mapping of input name to array, an "
                                                  "array .one-input model. or the path of an .npz, got list"),
         (mobilenet, {"class_names": ["a"]}, "first output must be"),

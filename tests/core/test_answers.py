@@ -104,15 +104,16 @@ def test_detections_from_the_named_outputs_at_or_above_the_threshold_best_first(
                "conf": np.array([[0.2, 0.9, 0.3], [0.1, 0.0, 0.29]]), "cls": np.array([[0, 2, 1], [1, 1, 1]])}
     answer = task_answer(interface("detection", detection=config, class_names=["cat", "dog", "car"]), specs, outputs)
     assert answer == {"score_threshold": 0.3, "detections": [
-        [{"score": 0.9, "box": [4.0, 5.0, 6.0, 7.0], "class": "car"},
-         {"score": 0.3, "box": [8.0, 9.0, 10.0, 11.0], "class": "dog"}],
+        [{"score": 0.9, "box": [4.0, 5.0, 6.0, 7.0], "class": "car", "class_id": 2},
+         {"score": 0.3, "box": [8.0, 9.0, 10.0, 11.0], "class": "dog", "class_id": 1}],
         []]}
 
 
 def test_per_class_scores_give_the_class_and_an_unknown_layout_gives_raw_only():
     scores = np.array([[[0.1, 0.8], [0.6, 0.2], [0.1, 0.1]]])  # [1, D=3, C=2], names like *score*
     answer = task_answer(interface("detection"), [spec("det_scores", 3, 2)], {"det_scores": scores})
-    assert answer["detections"] == [[{"score": 0.8, "class": 1}, {"score": 0.6, "class": 0}]]
+    assert answer["detections"] == [[{"score": 0.8, "class": 1, "class_id": 1},
+                                     {"score": 0.6, "class": 0, "class_id": 0}]]
     assert answer["score_threshold"] == 0.5  # the default without interface["detection"]
     assert task_answer(interface("detection"), [spec("out", 3)], {"out": np.ones((1, 3))}) == {}
 

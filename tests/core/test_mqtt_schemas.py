@@ -15,6 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from jsonschema import Draft202012Validator
 
+from edgefleet.core.labels import LABELS_OP, label_command, parse_label_command
 from edgefleet.core.ota import BundleRef, Command, OtaError, Status, parse_command, parse_status
 from edgefleet.core.presence import PresenceError, death_payload, parse_presence
 from edgefleet.core.telemetry import OutputCounts, TelemetryError, parse_telemetry
@@ -25,8 +26,16 @@ from tests.core.test_telemetry import window
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 KINDS = ("telemetry", "birth", "death", "status", "cmd")
+
+
+def parse_cmd(payload: bytes | str) -> object:
+    """As the device reads its cmd topic: labels (edge_runtime/feedback.py) apart from update commands."""
+    data = json.loads(payload)
+    return parse_label_command(data, OtaError) if data.get("op") == LABELS_OP else parse_command(payload)
+
+
 PARSERS = {"telemetry": parse_telemetry, "birth": parse_presence, "death": parse_presence, "status": parse_status,
-           "cmd": parse_command}
+           "cmd": parse_cmd}
 REFUSALS = (TelemetryError, PresenceError, OtaError)
 
 
@@ -74,6 +83,8 @@ def test_payloads_the_code_produces_are_valid():
                       mode="canary", canary_fraction=0.25, latency_budget_ms=40.0, issued_at=1.0)
     assert_valid("cmd", install.to_payload())
     assert_valid("cmd", Command("c-2", "rollback", "dep-1", BundleRef("m", 2), reason="abort").to_payload())
+    assert_valid("cmd", label_command("l-1", [{"request_id": "r-1", "label": 3}, {"timestamp": 5.5, "value": 1.5}],
+                                      10.0))
     assert_valid("death", death_payload("lab", "d1", 12345))
 
 

@@ -26,6 +26,16 @@ def test_birth_and_death_on_the_presence_topic():
     assert parse_presence(death_payload("lab", "d1", 5)) == Presence("death", "lab", "d1", 5)
 
 
+def test_a_birth_says_its_backend_and_a_bounded_summary_of_its_runtime():
+    runtime = {"backend": "native", "target": "native", "format": "edgefleet-graph", "precision": "x" * 500,
+               "path": 7, "extra": {"deep": [1]}, "fallbacks": [{"entry": "e", "reason": "r"}] * 20 + ["odd"]}
+    got = parse_presence(json.dumps({**BIRTH, "backend": "native", "runtime": runtime}))
+    assert got.backend == "native"
+    assert got.runtime == {"target": "native", "format": "edgefleet-graph", "precision": "x" * 200,
+                           "fallbacks": [{"entry": "e", "reason": "r"}] * 8}
+    assert parse_presence(json.dumps({**BIRTH, "runtime": "text"})).runtime is None
+
+
 def test_old_topics_say_the_kind_and_the_schema_may_be_missing():
     assert parse_presence(b'{"online": false}', "death") == Presence("death", None, None, None)
     assert parse_presence(json.dumps(BIRTH), "birth").kind == "birth"
@@ -48,6 +58,8 @@ def test_stamped_adds_the_connection():
         ({"model": {"name": "m" * 200, "version": 1}}, "bad_field", "model.name"),
         ({"model": "digits"}, "bad_field", "model must be an object"),
         ({"agent_version": {"a": 1}}, "bad_field", "agent_version"),
+        ({"backend": "b" * 65}, "bad_field", "backend must be a string of 1 to 64"),
+        ({"backend": 3}, "bad_field", "backend"),
         ({"connection": "now"}, "bad_field", "connection"),
         ({"connection": -1}, "bad_field", "connection"),
         ({"device": "a/b"}, "bad_field", "device 'a/b'"),

@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edgefleet.core.magnitude import TAIL_EDGES
 from edgefleet.core.profile import build_profile, extract_features, feature_kind, quantile_edges
 from edgefleet.core.schema import TensorSpec
 
@@ -33,7 +34,9 @@ def test_profile_of_tabular_classifier():
     scores = rng.normal(size=(500, 4)).astype(np.float32)
     profile = build_profile({"x": x}, [TensorSpec("x", "float32", ("batch", 3))], scores, bins=5)
     counts = np.array(profile["features"][0]["counts"])
-    assert counts.shape == (3, 6) and (counts.sum(axis=1) == 500).all()
+    assert counts.shape == (3, 6 + TAIL_EDGES) and (counts.sum(axis=1) == 500).all()
     assert counts[:, -1].sum() == 0  # no NaN in the data
-    assert (counts[:, :5] == 100).all()  # quantile bins hold a fifth each
+    tail = TAIL_EDGES // 2  # the reference has no value beyond its own range
+    assert (counts[:, tail:tail + 5] == 100).all()  # quantile bins hold a fifth each
+    assert counts[:, :tail].sum() == 0 and counts[:, tail + 5:-1].sum() == 0
     assert sum(profile["predictions"]["counts"]) == 500 and profile["predictions"]["classes"] == ["0", "1", "2", "3"]

@@ -122,8 +122,9 @@ def test_task_is_inferred_only_when_unambiguous():
     assert infer_task([TensorSpec("logits", "float32", ("batch", 3))], ["a", "b", "c"]) == "classification"
     detector = [TensorSpec("boxes", "float32", ("batch", "D", 4)), TensorSpec("scores", "float32", ("batch", "D"))]
     assert infer_task(detector, None) == "detection"
-    assert plan_profile([], detector, "detection").detection == {"scores": "scores", "score_threshold": 0.5}
-    with pytest.raises(ExportError, match="a detector's telemetry needs its scores output"):
+    assert plan_profile([], detector, "detection").detection == {"layout": "boxes+scores", "scores": "scores",
+                                                                 "boxes": "boxes", "score_threshold": 0.5}
+    with pytest.raises(ExportError, match="a detector's layout is not clear from its outputs"):
         plan_profile([], [TensorSpec("out", "float32", ("batch", "D", 85))], "detection")
     with pytest.raises(ExportError, match="detection scores must name an output"):
         plan_profile([], detector, "detection", detection={"scores": "logits"})

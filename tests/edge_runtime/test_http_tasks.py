@@ -75,7 +75,7 @@ def test_each_task_answers_in_its_own_terms(served):
         np.testing.assert_allclose([e["norm"] for e in answer["embeddings"]], np.linalg.norm(pooled, axis=1))
         assert {"class", "confidence"}.isdisjoint(keys_anywhere(answer))
     elif task == "other":  # the raw outputs are the whole answer
-        assert set(answer) == {"model", "task", "outputs"} and outputs["y"].shape == (5, 2, 16)
+        assert set(answer) == {"model", "task", "outputs", "request_id"} and outputs["y"].shape == (5, 2, 16)
     else:
         scores, boxes = outputs["scores"], outputs["boxes"]
         threshold = task_kit.DETECTION_THRESHOLD  # the manifest's, not the default 0.5

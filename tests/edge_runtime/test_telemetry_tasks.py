@@ -167,7 +167,8 @@ def test_detector_counts_detections_and_bins_their_scores(work, key, public):
                           output_names=["boxes", "scores"], signing_key=key)
     interface = bundle.manifest["interface"]
     assert interface["task"] == "detection"  # one *box* and one *score* output
-    assert interface["detection"] == {"scores": "scores", "score_threshold": 0.5}
+    assert interface["detection"] == {"layout": "boxes+scores", "scores": "scores", "boxes": "boxes",
+                                      "score_threshold": 0.5}
     (entry,) = bundle.reference_profile()["outputs"]
     counts = np.asarray(entry["counts"])
     with torch.no_grad():

@@ -1,0 +1,181 @@
+"""Operational limits and webhooks (issue 14).
+
+    GET    /ops/settings                                   the global limits and every override
+    GET    /ops/settings/effective?fleet=F&model=M         what the ops monitor uses for that fleet and model
+    PUT    /ops/settings/fleets/{fleet}                    set an override (any of the limits; a field left
+    PUT    /ops/settings/models/{model}                      out inherits the less specific value; PUT
+    PUT    /ops/settings/fleets/{fleet}/models/{model}       replaces the whole override)
+    DELETE (the same three paths)                          remove it (404 if there is none)
+
+    POST   /webhooks            {"url": "https://...", "secret": optional}   -> the webhook and its secret (once)
+    GET    /webhooks                                        every webhook, without secrets
+    DELETE /webhooks/{id}
+    GET    /webhooks/{id}/deliveries?limit=N                the delivery log, newest first
+
+A PUT is validated as the monitor would resolve it on top of the global limits: a value out of range is a
+400 naming it, and nothing is stored. A webhook URL must be http(s), at most 2048 characters.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from edgefleet.cloud.api.deps import NotFoundError, SessionDep
+from edgefleet.cloud.db import now
+from edgefleet.cloud.ops_settings import LimitsResolver, OpsLimits
+from edgefleet.cloud.ops_tables import OpsSettingsRecord, Webhook, WebhookDelivery
+from edgefleet.cloud.webhooks import newest_alert_id
+from edgefleet.core.topics import check_id
+
+router = APIRouter(tags=["operations"])
+GLOBAL = OpsLimits()
+
+
+class LimitsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_p99_ms: float | None = None
+    max_error_rate: float | None = None
+    min_requests: int | None = None
+    max_cpu_load: float | None = None
+    max_memory_used: float | None = None
+    min_disk_free_bytes: int | None = None
+    max_temperature_c: float | None = None
+    max_nonfinite_share: float | None = None
+    max_out_of_range_share: float | None = None
+    stuck_min_samples: int | None = None
+    lookback_seconds: float | None = None
+
+
+class WebhookIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(max_length=2048)
+    secret: str | None = Field(default=None, min_length=16, max_length=128)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")) or any(c.isspace() for c in value):
+            raise ValueError("must be an http(s) URL without spaces")
+        return value
+
+
+def _key(value: str, what: str) -> str:
+    return check_id(value, what) if value else ""
+
+
+def _row(session: Session, fleet: str, model: str) -> OpsSettingsRecord | None:
+    return session.scalars(select(OpsSettingsRecord).where(OpsSettingsRecord.fleet == fleet,
+                                                            OpsSettingsRecord.model_name == model)).first()
+
+
+@router.get("/ops/settings")
+def list_limits(session: SessionDep) -> dict:
+    rows = session.scalars(select(OpsSettingsRecord).order_by(OpsSettingsRecord.fleet,
+                                                              OpsSettingsRecord.model_name)).all()
+    return {"global": GLOBAL.to_dict(), "overrides": [
+        {"fleet": r.fleet or None, "model": r.model_name or None, "updated_at": r.updated_at, **r.limits}
+        for r in rows]}
+
+
+@router.get("/ops/settings/effective")
+def effective_limits(session: SessionDep, fleet: str = "", model: str = "") -> dict:
+    return LimitsResolver.load(session, GLOBAL).for_scope(_key(fleet, "fleet"), _key(model, "model")).to_dict()
+
+
+def _put(session: Session, fleet: str, model: str, body: LimitsIn) -> dict:
+    values = {k: v for k, v in body.model_dump().items() if v is not None}
+    GLOBAL.with_values(values)  # OpsSettingsError (400) before anything is stored
+    row = _row(session, fleet, model) or OpsSettingsRecord(fleet=fleet, model_name=model)
+    row.limits, row.updated_at = values, now()
+    session.add(row)
+    session.commit()
+    return {"fleet": fleet or None, "model": model or None, "updated_at": row.updated_at, **values}
+
+
+def _delete(session: Session, fleet: str, model: str) -> Response:
+    row = _row(session, fleet, model)
+    if row is None:
+        raise NotFoundError(f"no operational limits for fleet {fleet or '*'!r} and model {model or '*'!r}")
+    session.delete(row)
+    session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.put("/ops/settings/fleets/{fleet}")
+def put_fleet(fleet: str, body: LimitsIn, session: SessionDep) -> dict:
+    return _put(session, check_id(fleet, "fleet"), "", body)
+
+
+@router.put("/ops/settings/models/{model}")
+def put_model(model: str, body: LimitsIn, session: SessionDep) -> dict:
+    return _put(session, "", check_id(model, "model"), body)
+
+
+@router.put("/ops/settings/fleets/{fleet}/models/{model}")
+def put_fleet_model(fleet: str, model: str, body: LimitsIn, session: SessionDep) -> dict:
+    return _put(session, check_id(fleet, "fleet"), check_id(model, "model"), body)
+
+
+@router.delete("/ops/settings/fleets/{fleet}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_fleet(fleet: str, session: SessionDep) -> Response:
+    return _delete(session, check_id(fleet, "fleet"), "")
+
+
+@router.delete("/ops/settings/models/{model}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_model(model: str, session: SessionDep) -> Response:
+    return _delete(session, "", check_id(model, "model"))
+
+
+@router.delete("/ops/settings/fleets/{fleet}/models/{model}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_fleet_model(fleet: str, model: str, session: SessionDep) -> Response:
+    return _delete(session, check_id(fleet, "fleet"), check_id(model, "model"))
+
+
+@router.post("/webhooks", status_code=status.HTTP_201_CREATED)
+def add_webhook(body: WebhookIn, session: SessionDep) -> dict:
+    hook = Webhook(url=body.url, secret=body.secret or secrets.token_hex(32), cursor=newest_alert_id(session))
+    session.add(hook)
+    session.commit()
+    return {"id": hook.id, "url": hook.url, "secret": hook.secret, "created_at": hook.created_at}
+
+
+@router.get("/webhooks")
+def list_webhooks(session: SessionDep) -> list[dict]:
+    return [{"id": h.id, "url": h.url, "created_at": h.created_at}
+            for h in session.scalars(select(Webhook).order_by(Webhook.id))]
+
+
+def _hook(session: Session, hook_id: int) -> Webhook:
+    hook = session.get(Webhook, hook_id)
+    if hook is None:
+        raise NotFoundError(f"no webhook {hook_id}")
+    return hook
+
+
+@router.delete("/webhooks/{hook_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_webhook(hook_id: int, session: SessionDep) -> Response:
+    hook = _hook(session, hook_id)
+    for delivery in session.scalars(select(WebhookDelivery).where(WebhookDelivery.webhook_id == hook_id)):
+        session.delete(delivery)
+    session.delete(hook)
+    session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/webhooks/{hook_id}/deliveries")
+def deliveries(hook_id: int, session: SessionDep,
+               limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict]:
+    _hook(session, hook_id)
+    rows = session.scalars(select(WebhookDelivery).where(WebhookDelivery.webhook_id == hook_id)
+                           .order_by(WebhookDelivery.id.desc()).limit(limit))
+    return [{"id": d.id, "alert_id": d.alert_id, "event": d.event, "state": d.state, "attempts": d.attempts,
+             "last_status": d.last_status, "last_error": d.last_error, "history": d.history,
+             "delivered_at": d.delivered_at, "next_attempt_at": d.next_attempt_at} for d in rows]

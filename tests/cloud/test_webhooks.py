@@ -1,0 +1,112 @@
+"""Alert webhooks (cloud/webhooks.py) against a real HTTP receiver on a loopback port: HMAC-signed bodies,
+retries with exponential backoff after failures, the delivery log, and a webhook that never answers."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from sqlalchemy import select
+
+from edgefleet.cloud.db import Alert, make_engine, make_sessions
+from edgefleet.cloud.ops_tables import Webhook, WebhookDelivery
+from edgefleet.cloud.webhooks import WebhookDispatcher, newest_alert_id
+from tests.cloud.webhook_receiver import Receiver
+
+SECRET = "s3cret-key-of-the-receiver"
+
+
+class Clock:
+    """The dispatcher's clock, moved by the test: backoff is checked as scheduled times, never measured."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def sessions(tmp_path):
+    return make_sessions(make_engine(f"sqlite:///{tmp_path / 'cloud.db'}"))
+
+
+def add_alert(sessions, kind: str = "data_quality", device: str = "pi-01") -> int:
+    with sessions.begin() as session:
+        alert = Alert(scope="device", scope_id=device, fleet="lab", model_name="digits-cnn", model_version=1,
+                      kind=kind, message=f"{kind} on device {device}", details={"issues": []}, status="open")
+        session.add(alert)
+        session.flush()
+        return alert.id
+
+
+def add_hook(sessions, url: str, secret: str = SECRET) -> int:
+    with sessions.begin() as session:
+        hook = Webhook(url=url, secret=secret, cursor=newest_alert_id(session))
+        session.add(hook)
+        session.flush()
+        return hook.id
+
+
+def deliveries(sessions) -> list[WebhookDelivery]:
+    with sessions() as session:
+        return list(session.scalars(select(WebhookDelivery).order_by(WebhookDelivery.id)))
+
+
+def test_a_failing_receiver_gets_the_alert_after_backed_off_retries_signed(sessions):
+    add_alert(sessions, device="before-the-hook")  # older than the webhook: never sent to it
+    clock = Clock()
+    dispatcher = WebhookDispatcher(sessions, retry_base=2.0, max_attempts=5, clock=clock)
+    with Receiver(SECRET, fail_first=3) as receiver:
+        add_hook(sessions, receiver.url)
+        alert_id = add_alert(sessions)
+        scheduled = []
+        for _ in range(4):
+            assert dispatcher.run_once() == 1  # one attempt is due each time the clock reaches it
+            (delivery,) = deliveries(sessions)
+            scheduled.append(delivery.next_attempt_at - clock.now)
+            assert dispatcher.run_once() == 0  # nothing is due before its time
+            clock.now = delivery.next_attempt_at
+    assert receiver.answers == [503, 503, 503, 204] and receiver.forged == 0
+    assert scheduled[:3] == [2.0, 4.0, 8.0]  # exponential backoff: 2 s, doubling
+    assert delivery.state == "delivered" and delivery.attempts == 4 and delivery.last_status == 204
+    assert [h["status"] for h in delivery.history] == [503, 503, 503, 204]
+    (body,) = receiver.accepted
+    assert body["event"] == "alert.opened" and body["alert"]["id"] == alert_id
+    assert body["alert"]["kind"] == "data_quality" and body["alert"]["scope_id"] == "pi-01"
+
+
+def test_a_receiver_with_another_secret_refuses_and_the_delivery_fails_after_its_attempts(sessions):
+    clock = Clock()
+    dispatcher = WebhookDispatcher(sessions, retry_base=1.0, max_attempts=3, clock=clock)
+    with Receiver("the-receivers-own-secret", fail_first=0) as receiver:
+        add_hook(sessions, receiver.url, secret="a-different-secret-1234")
+        add_alert(sessions, kind="latency")
+        for _ in range(5):
+            dispatcher.run_once()
+            clock.now += 60
+    (delivery,) = deliveries(sessions)
+    assert receiver.forged == 3 and receiver.accepted == []  # the signature is checked over the body
+    assert delivery.state == "failed" and delivery.attempts == 3 and delivery.last_status == 401
+
+
+def test_an_unreachable_webhook_is_logged_and_other_webhooks_still_get_the_alert(sessions):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}/hook"
+    clock = Clock()
+    dispatcher = WebhookDispatcher(sessions, retry_base=1.0, max_attempts=2, timeout=5, clock=clock)
+    with Receiver(SECRET) as receiver:
+        add_hook(sessions, dead)
+        add_hook(sessions, receiver.url)
+        add_alert(sessions, kind="device_health")
+        add_alert(sessions, kind="data_drift")
+        for _ in range(3):
+            dispatcher.run_once()
+            clock.now += 10
+    rows = deliveries(sessions)
+    assert sorted((d.state, d.attempts) for d in rows) == [("delivered", 1), ("delivered", 1), ("failed", 2),
+                                                           ("failed", 2)]
+    failed = [d for d in rows if d.state == "failed"]
+    assert all(d.last_status is None and "Connection refused" in d.last_error for d in failed)
+    assert sorted(b["alert"]["kind"] for b in receiver.accepted) == ["data_drift", "device_health"]

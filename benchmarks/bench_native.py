@@ -1,4 +1,4 @@
-"""The native backend against onnxruntime: batch 1, digits CNN, breast-cancer MLP, wide CNN and edge CNNs, fp32, int8.
+"""The native backend against onnxruntime: batch 1, digits CNN, MLP, wide CNN, edge CNNs and edge models, fp32, int8.
 
     python benchmarks/bench_native.py --runs 20000 --out runs/bench_native.json
 
@@ -6,7 +6,8 @@ Builds each model's bundle (digits: edgefleet.cloud.digits; MLP: examples/train_
 scikit-learn's breast cancer data, a few epochs; wide CNN: benchmarks/bench_quantize.WideCNN, 32x32 input,
 64-128 channels, ~0.2 GFLOP per image, random weights: latency does not depend on them; the
 EfficientNet-Lite-class and ResNet-class CNNs of tests/compilers/edge_cnns.py, 3x64x64, random weights
-and BatchNorm statistics), a static int8 QDQ version of each
+and BatchNorm statistics; the DS-CNN keyword spotter, dense autoencoder, small transformer encoder and M5
+Conv1d audio model of tests/compilers/edge_models.py), a static int8 QDQ version of each
 (quantize_static_int8), compiles every bundle for the native target (the compile step checks the golden
 examples), then times the native backend and onnxruntime (OnnxRuntimeBackend, 1 intra-op thread: the
 session and hot path the Predictor uses) on the same artifact's source, interleaved call by call
@@ -38,6 +39,7 @@ from edgefleet.cloud.compress.quantize import quantize_static_int8
 from edgefleet.cloud.digits import build_digits_bundle, load_splits
 from edgefleet.compilers.compile import compile_bundle
 from edgefleet.core.bundle import Bundle
+from edgefleet.core.errors import CompileError
 from edgefleet.core.signing import SigningKey
 from edgefleet.cpp_ext import graph_native
 from edgefleet.edge_runtime.backends.native import NativeBackend
@@ -104,7 +106,21 @@ def time_pair(native_path: Path, onnx_path: Path, feed: dict, runs: int, threads
     return ours["latency_ms"], theirs["latency_ms"]
 
 
-def measure(label: str, bundle_dir: Path, workdir: Path, test_x: np.ndarray, runs: int,
+def build_edge_model_bundle(workdir: Path, key: SigningKey, name: str) -> tuple[Path, Path, dict]:
+    """A model of tests/compilers/edge_models.py, fp32 and static int8 QDQ; test rows by input name."""
+    from tests.compilers import edge_models
+    from tests.compilers.test_native_edge_models import export
+
+    rows = edge_models.inputs(name, 96)
+    fp32 = export(name, rows, workdir / name, key).root
+    calibration = {k: v[:64] for k, v in rows.items()}
+    int8 = quantize_static_int8(fp32, workdir / f"{name}-int8",
+                                calibration if len(calibration) > 1 else next(iter(calibration.values())),
+                                signing_key=key).bundle.root
+    return fp32, int8, {k: v[64:] for k, v in rows.items()}
+
+
+def measure(label: str, bundle_dir: Path, workdir: Path, test_x: np.ndarray | dict, runs: int,
             threads: list[int]) -> dict:
     compiled = compile_bundle(bundle_dir, ["native"], workdir / f"{label}-compiled")
     bundle = compiled.bundle
@@ -114,23 +130,27 @@ def measure(label: str, bundle_dir: Path, workdir: Path, test_x: np.ndarray, run
     native, ort = NativeBackend(), OnnxRuntimeBackend()
     native.load(native_path, {})
     ort.load(onnx_path, {"threads": 1})
-    name = bundle.inputs[0].name
-    feed = {name: np.ascontiguousarray(test_x[:1])}
+    rows = test_x if isinstance(test_x, dict) else {bundle.inputs[0].name: test_x}
+    count = len(next(iter(rows.values())))
+    feed = {k: np.ascontiguousarray(v[:1]) for k, v in rows.items()}
     native_ms, ort_ms = time_pair(native_path, onnx_path, feed, runs, 1)
-    errors = [float(np.abs(native.run({name: test_x[i:i + 1]})[k] - ort.run({name: test_x[i:i + 1]})[k]).max())
-              for i in range(len(test_x)) for k in ort.run({name: test_x[:1]})]
+    errors = []
+    for i in range(count):
+        one = {k: v[i:i + 1] for k, v in rows.items()}
+        theirs_out, ours_out = ort.run(one), native.run(one)
+        errors += [float(np.abs(ours_out[k] - theirs_out[k]).max()) for k in theirs_out]
     more = {}
-    for count in (t for t in threads if t != 1):
-        ours, theirs = time_pair(native_path, onnx_path, feed, runs, count)
-        more[f"threads_{count}"] = {"native_us_p50": ours["p50"] * 1e3, "onnxruntime_us_p50": theirs["p50"] * 1e3,
-                                    "ratio_p50": ours["p50"] / theirs["p50"],
-                                    "native_speedup_vs_1_thread": native_ms["p50"] / ours["p50"]}
+    for threads_count in (t for t in threads if t != 1):
+        ours, theirs = time_pair(native_path, onnx_path, feed, runs, threads_count)
+        more[f"threads_{threads_count}"] = {
+            "native_us_p50": ours["p50"] * 1e3, "onnxruntime_us_p50": theirs["p50"] * 1e3,
+            "ratio_p50": ours["p50"] / theirs["p50"], "native_speedup_vs_1_thread": native_ms["p50"] / ours["p50"]}
     return {
         "model": label, "precision": native_artifact["precision"], "batch": 1, "runs": runs,
         "native_us": {"p50": native_ms["p50"] * 1e3, "p99": native_ms["p99"] * 1e3, "mean": native_ms["mean"] * 1e3},
         "onnxruntime_us": {"p50": ort_ms["p50"] * 1e3, "p99": ort_ms["p99"] * 1e3, "mean": ort_ms["mean"] * 1e3},
         "ratio_p50": native_ms["p50"] / ort_ms["p50"], "ratio_p99": native_ms["p99"] / ort_ms["p99"],
-        "max_abs_error_vs_onnxruntime": max(errors), "compared_rows": len(test_x),
+        "max_abs_error_vs_onnxruntime": max(errors), "compared_rows": count,
         "compile": native_artifact["compile"], "golden_max_abs": native_artifact["numeric_error"]["max_abs"],
         **more,
     }
@@ -156,31 +176,45 @@ def main(argv: list[str] | None = None) -> dict:
             digits_dir, public = build_digits_bundle(workdir / "digits", epochs=args.epochs)
             key = SigningKey.load(public.with_suffix(".key"))
             splits = load_splits()
-            mlp_dir, mlp_train, mlp_test = build_mlp_bundle(workdir, key)
-            digits_int8 = quantize_static_int8(digits_dir, workdir / "digits-int8", splits.x_train[:512],
-                                               signing_key=key).bundle.root
-            mlp_int8 = quantize_static_int8(mlp_dir, workdir / "mlp-int8", mlp_train, signing_key=key).bundle.root
-            wide_dir, wide_train, wide_test = build_wide_cnn_bundle(workdir, key, splits.x_train, splits.x_test)
-            wide_int8 = quantize_static_int8(wide_dir, workdir / "wide-int8", wide_train,
-                                             signing_key=key).bundle.root
-            edge = []
-            for name in ("efficient-lite", "resnet"):
-                edge_dir, edge_train, edge_test = build_edge_cnn_bundle(workdir, key, name)
-                edge_int8 = quantize_static_int8(edge_dir, workdir / f"{name}-int8", edge_train,
+            chosen = args.models.split(",") if args.models else None
+
+            def wanted(*labels: str) -> bool:
+                return chosen is None or any(label in chosen for label in labels)
+
+            plan: list[tuple[str, Path, np.ndarray | dict]] = []
+            if wanted("digits-cnn", "digits-cnn-int8", "breast-cancer-mlp", "breast-cancer-mlp-int8"):
+                mlp_dir, mlp_train, mlp_test = build_mlp_bundle(workdir, key)
+                digits_int8 = quantize_static_int8(digits_dir, workdir / "digits-int8", splits.x_train[:512],
+                                                   signing_key=key).bundle.root
+                mlp_int8 = quantize_static_int8(mlp_dir, workdir / "mlp-int8", mlp_train, signing_key=key).bundle.root
+                plan += [("digits-cnn", digits_dir, splits.x_test), ("breast-cancer-mlp", mlp_dir, mlp_test),
+                         ("digits-cnn-int8", digits_int8, splits.x_test),
+                         ("breast-cancer-mlp-int8", mlp_int8, mlp_test)]
+            if wanted("wide-cnn", "wide-cnn-int8"):
+                wide_dir, wide_train, wide_test = build_wide_cnn_bundle(workdir, key, splits.x_train, splits.x_test)
+                wide_int8 = quantize_static_int8(wide_dir, workdir / "wide-int8", wide_train,
                                                  signing_key=key).bundle.root
-                edge += [(f"{name}-cnn", edge_dir, edge_test), (f"{name}-cnn-int8", edge_int8, edge_test)]
-            for label, bundle_dir, test_x in (("digits-cnn", digits_dir, splits.x_test),
-                                              ("breast-cancer-mlp", mlp_dir, mlp_test),
-                                              ("digits-cnn-int8", digits_int8, splits.x_test),
-                                              ("breast-cancer-mlp-int8", mlp_int8, mlp_test),
-                                              ("wide-cnn", wide_dir, wide_test),
-                                              ("wide-cnn-int8", wide_int8, wide_test), *edge):
-                if args.models and label not in args.models.split(","):
+                plan += [("wide-cnn", wide_dir, wide_test), ("wide-cnn-int8", wide_int8, wide_test)]
+            for name in ("efficient-lite", "resnet"):
+                if wanted(f"{name}-cnn", f"{name}-cnn-int8"):
+                    edge_dir, edge_train, edge_test = build_edge_cnn_bundle(workdir, key, name)
+                    edge_int8 = quantize_static_int8(edge_dir, workdir / f"{name}-int8", edge_train,
+                                                     signing_key=key).bundle.root
+                    plan += [(f"{name}-cnn", edge_dir, edge_test), (f"{name}-cnn-int8", edge_int8, edge_test)]
+            for name in ("ds-cnn", "autoencoder", "transformer", "m5"):
+                if wanted(name, f"{name}-int8"):
+                    fp32_dir, int8_dir, rows = build_edge_model_bundle(workdir, key, name)
+                    plan += [(name, fp32_dir, rows), (f"{name}-int8", int8_dir, rows)]
+            for label, bundle_dir, test_x in plan:
+                if not wanted(label):
                     continue
                 Bundle.open(bundle_dir)
-                slow = "wide" in label or "efficient" in label or "resnet" in label
+                slow = any(k in label for k in ("wide", "efficient", "resnet", "ds-cnn", "transformer", "m5"))
                 runs = args.runs if not slow else max(1, args.runs // args.wide_divisor)
-                results.append(measure(label, bundle_dir, workdir, test_x, runs, threads))
+                try:
+                    results.append(measure(label, bundle_dir, workdir, test_x, runs, threads))
+                except CompileError as err:  # a model the native target refuses is a result too
+                    results.append({"model": label, "refused": str(err)})
     summary = {"benchmark": "native_vs_onnxruntime", "isa": graph_native.isa(),
                "available_isas": graph_native.available_isas(), "onnxruntime_threads": 1, "results": results}
     if args.roofline_runs > 0:

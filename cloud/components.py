@@ -21,9 +21,12 @@ from edgefleet.cloud.drift_monitor import DriftMonitor
 from edgefleet.cloud.ingest import Ingest
 from edgefleet.cloud.label_forwarder import LabelForwarder
 from edgefleet.cloud.mqtt_auth import INGEST, LABELS, ROLLOUTS, cloud_credentials
+from edgefleet.cloud.ops_monitor import OpsMonitor
 from edgefleet.cloud.performance_monitor import PerformanceMonitor
+from edgefleet.cloud.retention import Retention, RetentionSettings
 from edgefleet.cloud.rollout import RolloutEngine
 from edgefleet.cloud.settings import CloudSettings
+from edgefleet.cloud.webhooks import WebhookDispatcher
 
 if TYPE_CHECKING:
     from edgefleet.cloud.broker import EmbeddedBroker
@@ -60,9 +63,18 @@ def build_components(settings: CloudSettings, sessions: sessionmaker, broker: Em
     performance = PerformanceMonitor(sessions, profile_for, drop=settings.performance_drop,
                                      lookback_seconds=drift.lookback_seconds, interval_seconds=drift.interval_seconds,
                                      min_samples=drift.thresholds.min_samples)
+    operations = [  # issue 14: latency, errors, health and data quality; webhooks; retention
+        OpsMonitor(sessions, lambda name, version: reference_profile(sessions, settings, name, version),
+                   interval_seconds=settings.ops_interval_seconds),
+        WebhookDispatcher(sessions, retry_base=settings.webhook_retry_seconds,
+                          max_attempts=settings.webhook_max_attempts),
+        Retention(sessions, RetentionSettings(settings.retention_raw_days, settings.retention_hourly_days,
+                                              settings.retention_evaluations_days,
+                                              settings.retention_interval_seconds)),
+    ]
     username, password = cloud_credentials(secret, ROLLOUTS)
     rollouts = RolloutEngine(sessions, settings, url, username=username, password=password,
                              client_id=ROLLOUTS.username, public_url=public_url)
     username, password = cloud_credentials(secret, LABELS)
     labels = LabelForwarder(sessions, url, username=username, password=password, client_id=LABELS.username)
-    return [ingest, monitor, performance, rollouts, labels]
+    return [ingest, monitor, performance, *operations, rollouts, labels]

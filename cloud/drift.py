@@ -260,7 +260,8 @@ def evaluate(counts: WindowCounts, profile: Mapping, thresholds: DriftThresholds
          "thresholds": {...},
          "data_drift": {"verdict": ..., "alpha": per-signal alpha, "drifting": [names], "insufficient": [names],
                         "signals": {name: {"n", "m", "psi", "psi_threshold", "js", "chi2": {"statistic",
-                                    "dof", "p"}, "ks": {"statistic", "p"} | None, "verdict"}}},
+                                    "dof", "p"}, "ks": {"statistic", "p"} | None,
+                                    "location": {"shift", "wasserstein"} (in reference sds) | None, "verdict"}}},
          "prediction_drift": {... same, with "predictions", "confidence" and "<output>.<row>" signals;
                               verdict None for a model without any of them}}
     """

@@ -61,6 +61,8 @@ def location(observed: np.ndarray, reference: np.ndarray, facts: Mapping | None)
     if facts is None:
         return None
     values = facts["values"]
+    if not np.isfinite(values).all():
+        return None
     obs = np.asarray(observed, np.float64)[: len(values)]
     ref = np.asarray(reference, np.float64)[: len(values)]
     if obs.sum() <= 0 or ref.sum() <= 0:

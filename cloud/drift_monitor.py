@@ -15,7 +15,8 @@ One run (`run_once`):
 5. opens an Alert ("data_drift", "prediction_drift" or "sequential_drift") when a scope drifts and no
    alert of that scope, kind and model version is open; closes an open alert once its scope evaluated
    "ok" for that kind on
-   `close_after` consecutive on-time runs ("insufficient" does not count, nor does a run without telemetry);
+   `close_after` consecutive on-time runs ("insufficient" does not count, nor an "ok" that left a short row
+   unjudged, nor a run without telemetry);
 6. late data, in event time: a window that arrived since the last run (a higher row id) but ended before
    now - lookback was never in any evaluation (a backlog drained after an outage longer than the
    lookback). It is evaluated in the period it describes: event time is cut into periods of one lookback,
@@ -60,11 +61,11 @@ from edgefleet.cloud.db import Alert, DriftResult, TelemetryRecord
 from edgefleet.cloud.drift import (
     DRIFT,
     GROUPS,
-    OK,
     CountsMismatch,
     DriftThresholds,
     WindowCounts,
     check_against_profile,
+    cleared,
     evaluate,
     merge_windows,
     summary,
@@ -372,7 +373,7 @@ class DriftMonitor:
                 self._open(session, result, kind, now)
             elif result.late_by is not None:
                 continue  # the past cannot close an alert: only on-time evaluations do
-            elif verdict == OK and alert is not None and self._ok_streak(session, result, kind, alert):
+            elif cleared(result.report[kind]) and alert is not None and self._ok_streak(session, result, kind, alert):
                 alert.status, alert.closed_at = "closed", now
                 log.info("alert %s closed: %s %s (%s v%s) %s ok on %d consecutive runs", alert.id, result.scope,
                          result.scope_id, result.model_name, result.model_version, kind, self.close_after)
@@ -407,7 +408,7 @@ class DriftMonitor:
             .order_by(DriftResult.id.desc())
             .limit(self.close_after)
         ).all()
-        return len(recent) == self.close_after and all(r.report[kind]["verdict"] == OK for r in recent)
+        return len(recent) == self.close_after and all(cleared(r.report[kind]) for r in recent)
 
     def _log_once(self, message: str, *, key: str | None = None) -> None:
         key = key or message

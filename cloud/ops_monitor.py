@@ -96,7 +96,7 @@ def health_problems(window: TelemetryWindow | None, limits: OpsLimits) -> list[s
               ("temperature_c", health.temperature_c, limits.max_temperature_c, ">"),
               ("disk_free_bytes", health.disk_free_bytes, limits.min_disk_free_bytes, "<")]
     return [f"{name} {value:g} {op} limit {limit:g}" for name, value, limit, op in checks
-            if value is not None and (value > limit if op == ">" else value < limit)]
+            if value is not None and limit is not None and (value > limit if op == ">" else value < limit)]
 
 
 def quality_evidence(session: Session, scope: str, scope_id: str, model_name: str, model_version: int) -> list[dict]:

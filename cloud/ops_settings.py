@@ -7,8 +7,10 @@ is validated as a whole, so an override can never make the monitor fail at run t
 
 Why these defaults: p99 at 500 ms is far beyond any edge model here (digits CNN: 0.1 ms), so it catches
 a stalled device, not a slow model; tighten it per model. An error rate of 5% over at least 20 requests.
-Load per core 0.9 and memory 0.95 are where a Pi starts to swap or queue; 100 MB free keeps room for one
-bundle and the outbox; 80 °C is where a Raspberry Pi 4 throttles. Data quality: any non-finite share
+Memory 0.95 is where a Pi starts to swap; 100 MB free keeps room for one bundle and the outbox; 80 °C is
+where a Raspberry Pi 4 throttles. CPU load has no default limit (None: not checked): the load average
+counts every process of the machine, and on a shared host (this project's CI: 2 cores, load 12-14) any
+fixed limit pages all day; set max_cpu_load per fleet where the device runs alone. Data quality: any non-finite share
 over 1% is a pipeline fault (the reference has none), 5% of values outside everything the reference
 ever held is more than drift's tail usually carries, and a feature that has not moved over 20 samples
 while its reference varies is a dead sensor.
@@ -33,6 +35,7 @@ RANGES: dict[str, tuple[float, float]] = {  # field -> (smallest, largest) accep
     "lookback_seconds": (0.1, 366 * 86400.0),
 }
 WHOLE = {"min_requests", "min_disk_free_bytes", "stuck_min_samples"}
+OPTIONAL = {"max_cpu_load"}  # None: not checked
 
 
 class OpsSettingsError(EdgefleetError):
@@ -44,7 +47,7 @@ class OpsLimits:
     max_p99_ms: float = 500.0
     max_error_rate: float = 0.05
     min_requests: int = 20  # fewer requests in the lookback: no latency or error-rate verdict
-    max_cpu_load: float = 0.9
+    max_cpu_load: float | None = None
     max_memory_used: float = 0.95
     min_disk_free_bytes: int = 100 * 1024 * 1024
     max_temperature_c: float = 80.0
@@ -56,6 +59,8 @@ class OpsLimits:
     def __post_init__(self) -> None:
         for name, (low, high) in RANGES.items():
             value = getattr(self, name)
+            if value is None and name in OPTIONAL:
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
                 raise OpsSettingsError(f"{name} must be between {low:g} and {high:g}, got {value!r}")
             if name in WHOLE and int(value) != value:

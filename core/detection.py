@@ -131,19 +131,20 @@ def read(interface: Mapping, outputs: Sequence[TensorSpec]) -> DetectionLayout |
         return None
 
 
-def scores_of(layout: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """(n, D) candidate scores and (n, D) classes (None when the model gives none) of the summarised output
-    `x` with its samples on axis 0, in x's own dtype (telemetry bins them as they come)."""
+def scores_of(layout: str, x: np.ndarray, classes: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """(n, D) candidate scores and (n, D) classes (None when the model gives none, or not asked for: telemetry
+    needs no argmax) of the summarised output `x` with its samples on axis 0, in x's own dtype (telemetry
+    bins them as they come)."""
     n = x.shape[0]
     if layout == "yolov5":
-        classes = x[..., 5:]
-        return x[..., 4] * classes.max(axis=-1), classes.argmax(axis=-1)
+        per_class = x[..., 5:]
+        return x[..., 4] * per_class.max(axis=-1), per_class.argmax(axis=-1) if classes else None
     if layout == "yolov8":
-        classes = x[:, 4:, :]
-        return classes.max(axis=1), classes.argmax(axis=1)
+        per_class = x[:, 4:, :]
+        return per_class.max(axis=1), per_class.argmax(axis=1) if classes else None
     if x.ndim > 2:  # [D, C] class scores per sample: the best is the score
         per_class = x.reshape(n, x.shape[1], math.prod(x.shape[2:]))
-        return per_class.max(axis=2), per_class.argmax(axis=2)
+        return per_class.max(axis=2), per_class.argmax(axis=2) if classes else None
     return x.reshape(n, math.prod(x.shape[1:])), None
 
 

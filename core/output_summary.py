@@ -167,7 +167,7 @@ def summary_columns(summary: OutputSummary, value: np.ndarray) -> list[np.ndarra
         np.divide(np.dot(flat, summary._directions), np.maximum(norm, _TINY), out=rows[:, 1:])
         return [rows]
     if summary.summary == "detections":
-        scores = det.scores_of(summary.layout, x)[0]
+        scores = det.scores_of(summary.layout, x, classes=False)[0]
         kept = scores >= summary.threshold
         return [kept.sum(axis=1, dtype=np.float64)[:, None], scores[kept][:, None]]
     raise ValueError(f"unknown output summary {summary.summary!r}")

@@ -38,6 +38,23 @@ with one input channel per group and a constant W (depthwise) runs a dedicated k
                                    the float32 op, [Relu,] QuantizeLinear: y = saturate(round_half_even(
                                    float32((a - za) * sa op (b - zb) * sb) / y_scale) + zy); activation
                                    "none" | "relu" (clamps below at zy)
+    Erf, Gelu (approximate "none" | "tanh"), Sqrt, Reciprocal, Exp, Neg (X)   float32
+    Pow(X, Y), PRelu(X, slope)     float32, numpy broadcasting (PRelu: x < 0 ? slope * x : x)
+    Equal(A, B)                    any dtype (both the same) -> uint8 (the format's bool: 0 or 1)
+    Where(C uint8, X, Y)           X, Y any dtype (the same), broadcasting of all three
+    Cast(X)                        any dtype -> to (a dtype name); float -> int truncates toward zero
+    Expand(X, shape int64)         any dtype
+    Gather(X, indices int32|int64) any dtype; axis
+    Slice(X, starts, ends, axes?, steps?)   any dtype; int32|int64 index inputs known at plan time
+    Pad(X, pads int64, value?, axes?)       any dtype; mode "constant" | "reflect" | "edge"
+    ReduceSum, ReduceMean, ReduceMax, ReduceL2 (X, axes? int64)   float32; keepdims, noop_with_empty_axes
+                                   (sums in float64, rounded once)
+    LayerNormalization(X, scale, B?)   float32; axis, epsilon (statistics in float64); one output
+    Resize(X, roi?, scales?, sizes?)   float32; mode "nearest" | "linear" (one axis at a time),
+                                   coordinate_transformation_mode half_pixel | pytorch_half_pixel |
+                                   align_corners | asymmetric, nearest_mode; scales or sizes constant
+    ConvTranspose(X, W, B?)        float32, 2-D (NCHW), W constant; group, strides, dilations, pads,
+                                   output_padding (no output_shape, no SAME auto_pad)
     QGemm(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point, bias?)
                                    the same for a (..., K) x b (K, N) (per tensor or per column N),
                                    bias int32 (N,); attribute activation "none" | "relu"
@@ -65,7 +82,14 @@ OPS: dict[str, tuple[int, int, tuple[str, ...]]] = {
     "Identity": (1, 1, ANY), "Transpose": (1, 1, ANY),
     "QuantizeLinear": (2, 3, FLOAT), "DequantizeLinear": (2, 3, ("uint8", "int8", "int32")),
     "QConv": (8, 9, QUANT), "QGemm": (8, 9, QUANT), "QAdd": (8, 8, QUANT), "QMul": (8, 8, QUANT),
+    "Erf": (1, 1, FLOAT), "Gelu": (1, 1, FLOAT), "Sqrt": (1, 1, FLOAT), "Reciprocal": (1, 1, FLOAT),
+    "Exp": (1, 1, FLOAT), "Neg": (1, 1, FLOAT), "Pow": (2, 2, FLOAT), "PRelu": (2, 2, FLOAT),
+    "Equal": (2, 2, ANY), "Where": (3, 3, ("uint8",)), "Cast": (1, 1, ANY), "Expand": (2, 2, ANY),
+    "Gather": (2, 2, ANY), "Slice": (3, 5, ANY), "Pad": (2, 4, ANY),
+    "ReduceSum": (1, 2, FLOAT), "ReduceMean": (1, 2, FLOAT), "ReduceMax": (1, 2, FLOAT), "ReduceL2": (1, 2, FLOAT),
+    "LayerNormalization": (2, 3, FLOAT), "Resize": (1, 4, FLOAT), "ConvTranspose": (2, 3, FLOAT),
 }
+INDEX = ("int32", "int64")
 # ops whose second (and later) inputs must have these dtypes, by position
 _PARAM_DTYPES: dict[str, dict[int, tuple[str, ...]]] = {
     "Conv": {1: FLOAT, 2: FLOAT, 3: FLOAT}, "Gemm": {1: FLOAT, 2: FLOAT}, "MatMul": {1: FLOAT},
@@ -76,7 +100,13 @@ _PARAM_DTYPES: dict[str, dict[int, tuple[str, ...]]] = {
     "QGemm": {1: FLOAT, 2: QUANT, 3: QUANT, 4: FLOAT, 5: QUANT, 6: FLOAT, 7: QUANT, 8: ("int32",)},
     "QAdd": {1: FLOAT, 2: QUANT, 3: QUANT, 4: FLOAT, 5: QUANT, 6: FLOAT, 7: QUANT},
     "QMul": {1: FLOAT, 2: QUANT, 3: QUANT, 4: FLOAT, 5: QUANT, 6: FLOAT, 7: QUANT},
+    "Pow": {1: FLOAT}, "PRelu": {1: FLOAT}, "Expand": {1: ("int64",)}, "Gather": {1: INDEX},
+    "Slice": {1: INDEX, 2: INDEX, 3: INDEX, 4: INDEX}, "Pad": {1: ("int64",), 3: INDEX},
+    "ReduceSum": {1: ("int64",)}, "ReduceMean": {1: ("int64",)}, "ReduceMax": {1: ("int64",)},
+    "ReduceL2": {1: ("int64",)}, "LayerNormalization": {1: FLOAT, 2: FLOAT},
+    "Resize": {2: FLOAT, 3: ("int64",)}, "ConvTranspose": {1: FLOAT, 2: FLOAT},
 }
+_SAME_DTYPE = {"Equal": (1,), "Where": (2,), "Pad": (2,)}  # inputs whose dtype must be input 0's (Where: 1's)
 SHAPE_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity")  # outputs are views of input 0
 
 
@@ -124,6 +154,12 @@ def _node_problem(op: str, inputs: tuple[str, ...], outputs: tuple[str, ...], at
         return "all inputs must have one dtype"
     if op == "Concat" and not all(inputs[:present]):
         return "inputs cannot be absent"
+    first_of = inputs[1] if op == "Where" else inputs[0]
+    if any(index < present and inputs[index] and dtypes[inputs[index]] != dtypes[first_of]
+           for index in _SAME_DTYPE.get(op, ())):
+        return "inputs must have one dtype"
+    if op == "Cast" and attrs.get("to") not in ANY:
+        return f"cast to {attrs.get('to')} not supported ({', '.join(ANY)})"
     if op == "QuantizeLinear" and attrs.get("output_dtype", "") not in ("", "uint8", "int8"):
         return f"output_dtype {attrs['output_dtype']} not supported (uint8, int8)"
     if op in ("QuantizeLinear", "DequantizeLinear") and int(attrs.get("block_size", 0)) != 0:
@@ -142,4 +178,10 @@ def _output_dtype(op: str, inputs: tuple[str, ...], attrs: dict, dtypes: dict[st
         return "float32"
     if op in ("QConv", "QGemm", "QAdd", "QMul"):
         return dtypes[inputs[7]]
+    if op == "Equal":
+        return "uint8"
+    if op == "Where":
+        return dtypes[inputs[1]]
+    if op == "Cast":
+        return str(attrs["to"])
     return dtypes[inputs[0]]

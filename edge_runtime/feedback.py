@@ -18,6 +18,7 @@ layer answers 404 for unknown, expired or already labelled requests and 400 for 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import threading
@@ -34,6 +35,7 @@ from edgefleet.core.bounded_json import JsonLimitError
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.labels import MAX_CONFUSION_CELLS, LabelCounts
 
+log = logging.getLogger(__name__)
 DEFAULT_CAPACITY = 10_000
 DEFAULT_TTL_SECONDS = 3600.0
 MAX_FEEDBACK_BYTES = 64 * 1024
@@ -134,6 +136,9 @@ class LabelWindow:
                 if cell in self._cells or len(self._cells) < MAX_CONFUSION_CELLS:
                     self._cells[cell] = self._cells.get(cell, 0) + 1
                     self._count += 1
+                else:  # the telemetry bound: a window holds at most that many distinct cells
+                    log.warning("labels: a new confusion cell beyond the window's %d is not counted",
+                                MAX_CONFUSION_CELLS)
 
     def add_values(self, predicted: Sequence[float], true: Sequence[float]) -> None:
         if self.error_edges is None:

@@ -14,6 +14,7 @@ from edgefleet.cloud.api import (
     feedback,
     health,
     info,
+    ops,
     performance,
 )
 from edgefleet.cloud.auth import require_admin
@@ -25,7 +26,7 @@ def api_routers() -> list[APIRouter]:
     """The routers create_app mounts: /healthz without auth, everything under /api/v1 with it (the download
     checks the admin token or a signed URL in its own dependency)."""
     v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_admin)])
-    for module in (devices, bundles, deployments, drift, drift_settings, performance, feedback, info):
+    for module in (devices, bundles, deployments, drift, drift_settings, performance, feedback, ops, info):
         v1.include_router(module.router)
     signed = APIRouter(prefix=API_PREFIX)
     signed.include_router(bundles.download_router)

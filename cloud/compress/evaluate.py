@@ -7,12 +7,16 @@ Without labels the metric is top-1 agreement with the float model (AGREEMENT): `
 turns the float model's outputs into labels (its top-1 class), so the "accuracy" of a compressed model
 on them is the fraction of inputs on which it decides as the float model does, and the float model's
 own is 1 by construction.
+
+`wilson_interval` is the 95% interval of such a fraction: on a few hundred held-out rows it is several
+points wide, which is what a step's change has to beat before it means anything.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import onnxruntime as ort
@@ -59,3 +63,14 @@ def reference_labels(scores: np.ndarray, postprocess: str = "softmax") -> np.nda
 
 def metric_name(labels: np.ndarray | None) -> str:
     return ACCURACY if labels is not None else AGREEMENT
+
+
+def wilson_interval(successes: int, rows: int, level: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion at `level`; (0, 1) for no rows."""
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    if rows <= 0:
+        return 0.0, 1.0
+    p = successes / rows
+    centre = (p + z * z / (2 * rows)) / (1 + z * z / rows)
+    half = z * np.sqrt(p * (1 - p) / rows + z * z / (4 * rows * rows)) / (1 + z * z / rows)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))

@@ -50,6 +50,7 @@ from onnxruntime import quantization as ortq
 
 from edgefleet.cloud.compress.bias_correction import correct_biases, input_means
 from edgefleet.cloud.compress.calibration import METHODS, CalibrationReader, choose_method, method_list
+from edgefleet.cloud.compress.equalize import equalize
 from edgefleet.cloud.compress.evaluate import (
     AGREEMENT,
     AGREEMENT_NOTE,
@@ -170,8 +171,9 @@ def quantize_static_int8(
     op_types_to_quantize: Sequence[str] | None = None, extra_options: Mapping[str, Any] | None = None,
     preprocess: bool = True, calibration_batch: int = CALIBRATION_BATCH, eval_data: EvalData | None = None,
     max_drop: float | None = None, gate_candidates: Sequence[str | Sequence[str]] | None = None,
-    gate_strategy: str = "auto", bias_correction: bool = True, signing_key: SigningKey | None = None,
-    validity: timedelta = DEFAULT_VALIDITY, version: int | None = None, tolerance_margin: float = TOLERANCE_MARGIN,
+    gate_strategy: str = "auto", bias_correction: bool = True, equalization: bool = True,
+    signing_key: SigningKey | None = None, validity: timedelta = DEFAULT_VALIDITY, version: int | None = None,
+    tolerance_margin: float = TOLERANCE_MARGIN,
 ) -> QuantizeResult:
     """int8 weights and activations, activation ranges calibrated on `calibration` (the model's input
     rows: an array for a one-input model, else name -> array), fed in batches of calibration_batch.
@@ -185,6 +187,9 @@ def quantize_static_int8(
     overrides which nodes (or groups of nodes, kept in float together) it may keep in float;
     gate_strategy: "auto", "rank" or "prefix" (gate.py). bias_correction (QDQ only): each quantized
     Conv/Gemm bias takes back the mean shift its rounded weights add (bias_correction.py).
+    equalization: consecutive convolutions not separated by a clipping activation are rescaled channel
+    by channel first (cross-layer equalization, equalize.py; exact in float; the options record which
+    pairs and which were skipped).
     """
     methods = method_list(method)
     if quant_format not in ("QDQ", "QOperator"):
@@ -204,6 +209,12 @@ def quantize_static_int8(
     with tempfile.TemporaryDirectory(prefix="edgefleet-quantize-") as tmp:
         prepared, options["preprocess"] = prepare(float_model, Path(tmp), preprocess)
         check_nodes(prepared, nodes_to_exclude)
+        if equalization:
+            equalized, options["equalization"] = equalize(onnx.load(str(prepared)))
+            prepared = Path(tmp) / "equalized.onnx"
+            onnx.save(equalized, str(prepared))
+        else:
+            options["equalization"] = None
         out = Path(tmp) / "static.onnx"
         means = (input_means(prepared, iter(CalibrationReader(feed, calibration_batch).get_next, None))
                  if options["bias_correction"] else None)

@@ -104,7 +104,7 @@ FIELDS: dict[str, dict[str, Callable[[Any], Any]]] = {
                         "quant_format": _choice("QDQ", "QOperator"),
                         "method": _choice("MinMax", "Entropy", "Percentile", "auto"), "activation_type": _text,
                         "weight_type": _text, "nodes_to_exclude": _names, "max_accuracy_drop": _unit,
-                        "bias_correction": _boolean},
+                        "bias_correction": _boolean, "equalization": _boolean},
     "quantize_dynamic": {"per_channel": _boolean, "reduce_range": _boolean, "weight_type": _text,
                          "nodes_to_exclude": _names},
     "fp16": {"keep_io_types": _boolean, "op_block_list": _names},

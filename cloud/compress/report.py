@@ -50,6 +50,7 @@ from edgefleet.cloud.compress.evaluate import (
     onnx_outputs,
     reference_labels,
     session,
+    wilson_interval,
 )
 from edgefleet.compilers.flops import count_flops
 from edgefleet.core import bundle as bundle_io
@@ -150,7 +151,10 @@ def build_report(measurements: Sequence[StepMeasurement], baseline_index: int = 
     steps = []
     for step in measurements:
         change, flagged = _compare(base.metrics, step.metrics, rule)
-        steps.append({"measurement": asdict(step), "is_baseline": step is base, "change": change, "flagged": flagged})
+        count = int(step.metrics.get("count", 0))
+        interval = wilson_interval(round(step.metrics["accuracy"] * count), count)
+        steps.append({"measurement": asdict(step), "is_baseline": step is base, "change": change, "flagged": flagged,
+                      "accuracy_ci95": list(interval)})
         for item in flagged:
             log.warning("step %s hurts %s %r: accuracy %.3f -> %.3f (overall change %+.3f)", step.name, item["kind"],
                         item["group"], item["baseline"], item["accuracy"], change["accuracy"]["absolute"])
@@ -325,6 +329,7 @@ def _card_section(report: CompressionReport, chosen: dict) -> dict:
         "accuracy": metrics["accuracy"],
         "accuracy_change": chosen["change"]["accuracy"]["absolute"],
         "count": metrics["count"],
+        **({"accuracy_ci95": chosen["accuracy_ci95"]} if "accuracy_ci95" in chosen else {}),
         "flag_rule": report.rule,
         "flagged": chosen["flagged"],
     }
@@ -346,7 +351,7 @@ def _summary_table(report: CompressionReport) -> Any:
     caption = "* baseline" + (f"; {report.note}" if report.note else "")
     table = Table(title=f"compression steps against {report.baseline!r}", caption=caption)
     metric = "accuracy" if report.metric == ACCURACY else "top-1 agreement"
-    for header in ("step", metric, "Δ", "size", "zipped", "params", "MFLOPs", "p50 ms", "p99 ms",
+    for header in ("step", metric, "95% interval", "Δ", "size", "zipped", "params", "MFLOPs", "p50 ms", "p99 ms",
                    f"samples/s @{THROUGHPUT_BATCH}", "max |err|", "argmax =", "flagged"):
         table.add_column(header, justify="left" if header in ("step", "flagged") else "right")
     for step in report.steps:
@@ -355,6 +360,7 @@ def _summary_table(report: CompressionReport) -> Any:
         agreement = err.get("argmax_agreement")
         table.add_row(
             m["name"] + (" *" if step["is_baseline"] else ""), f"{m['metrics']['accuracy']:.4f}",
+            "{:.3f}-{:.3f}".format(*step["accuracy_ci95"]) if "accuracy_ci95" in step else "-",
             "" if step["is_baseline"] else f"{change['absolute'] * 100:+.2f} pt", _size(m["size_bytes"]),
             _size(m["size_zipped_bytes"]), f"{m['parameters']:,}", f"{m['flops'] / 1e6:.3f}",
             f"{m['latency_ms']['p50']:.3f}", f"{m['latency_ms']['p99']:.3f}",

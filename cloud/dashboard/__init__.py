@@ -1,8 +1,8 @@
 """The fleet dashboard: server-rendered pages the cloud serves at `/`, beside its JSON API.
 
-pages.py reads (fleet, device with its backend and OTA history, alerts, rollouts), registry.py shows the
-bundles (model card, metrics, compression report and plot, compile targets, lineage), live.py feeds the
-rollout page's live progress, actions.py takes the forms, session.py signs people in with an API token
+pages.py reads (fleet, device with its backend, accuracy and OTA history, alerts, rollouts), registry.py
+shows the bundles (model card, metrics, compression report and plot, compile targets, lineage), live.py
+feeds the rollout page's live progress, actions.py takes the forms, session.py signs people in with an API token
 once and guards every POST (Origin and CSRF), queries.py holds the bounded queries, charts.py draws
 inline SVG. Templates autoescape everything a device or bundle supplies; the Content-Security-Policy
 allows no script but on the rollout page, and there only the package's own file (static/rollout.js),

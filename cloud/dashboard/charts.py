@@ -47,7 +47,7 @@ class Chart:
 
 def line_chart(title: str, times: Sequence[float], series: Mapping[str, Sequence[float | None]], *,
                threshold: float | None = None, markers: Sequence[tuple[float, str, str]] = (),
-               unit: str = "") -> Chart:
+               unit: str = "", threshold_name: str = "threshold") -> Chart:
     """A chart of series (one value per time, None for a gap) over times; markers are (time, label, id)."""
     values = [v for line in series.values() for v in line if v is not None and math.isfinite(v)]
     if threshold is not None:
@@ -74,7 +74,7 @@ def line_chart(title: str, times: Sequence[float], series: Mapping[str, Sequence
     ticks = [(y(top * k / 4), f"{top * k / 4:.3g}{unit}") for k in range(5)]
     x_labels = [(x(at), _clock(at)) for at in (t0, t1)]
     return Chart(title, WIDTH, HEIGHT, lines, None if threshold is None else y(threshold),
-                 "" if threshold is None else f"threshold {threshold:.3g}",
+                 "" if threshold is None else f"{threshold_name} {threshold:.3g}",
                  [Marker(x(at), label, ident) for at, label, ident in markers], ticks, x_labels, False)
 
 

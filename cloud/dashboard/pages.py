@@ -19,8 +19,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from edgefleet.cloud.api.bundles import reference_profile
 from edgefleet.cloud.api.deployments import deployment_view, get_deployment
-from edgefleet.cloud.api.deps import NotFoundError, SessionDep
+from edgefleet.cloud.api.deps import NotFoundError, SessionDep, SessionsDep, SettingsDep
 from edgefleet.cloud.api.devices import get_device
 from edgefleet.cloud.dashboard import charts, queries
 from edgefleet.cloud.dashboard.session import (
@@ -106,7 +107,8 @@ def fleet(request: Request, session: SessionAuth, db: SessionDep, q: Annotated[s
 
 
 @router.get("/devices/{device_id}", response_class=HTMLResponse)
-def device(request: Request, device_id: str, session: SessionAuth, db: SessionDep) -> Response:
+def device(request: Request, device_id: str, session: SessionAuth, db: SessionDep, sessions: SessionsDep,
+           settings: SettingsDep) -> Response:
     try:
         record = get_device(db, device_id)
     except NotFoundError as err:
@@ -124,8 +126,12 @@ def device(request: Request, device_id: str, session: SessionAuth, db: SessionDe
                                 {"p50": [p.p50 for p in points], "p99": [p.p99 for p in points]}, unit="")
     traffic = charts.line_chart("Requests and errors per window", times,
                                 {"requests": [p.requests for p in points], "errors": [p.errors for p in points]})
+    accuracy = queries.accuracy_series(db, device_id, points[0].at - 1 if points else time.time() - 3600,
+                                       lambda name, version: reference_profile(sessions, settings, name, version))
+    accuracy_chart = charts.line_chart(accuracy.title, accuracy.times, accuracy.series, threshold=accuracy.reference,
+                                       threshold_name="reference")
     return render(request, "device.html", session, device=record, drift=drift_chart, latency=latency,
-                  traffic=traffic, alerts=alerts, ota=queries.ota_history(db, device_id),
+                  traffic=traffic, accuracy=accuracy_chart, alerts=alerts, ota=queries.ota_history(db, device_id),
                   runtime_facts=" · ".join(f"{key} {runtime[key]}" for key in RUNTIME_TEXTS if runtime.get(key)),
                   fallbacks=runtime.get("fallbacks") or [])
 

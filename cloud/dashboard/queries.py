@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import func, or_, select
@@ -24,12 +26,14 @@ from edgefleet.cloud.db import (
     DriftResult,
     TelemetryRecord,
 )
+from edgefleet.cloud.performance import performance
 from edgefleet.core.telemetry import LATENCY_EDGES_MS
 
 PAGE_SIZE = 50
 SERIES_LIMIT = 120  # telemetry windows and drift results on a device page
 MAX_SIGNALS = 8  # drift lines on one chart: the signals that moved most
 OTA_LIMIT = 50  # deployments and status events on a device page
+ACCURACY_POINTS = 60  # buckets on the accuracy chart
 
 
 @dataclass(frozen=True)
@@ -166,3 +170,31 @@ def ota_history(session: Session, device_id: str, limit: int = OTA_LIMIT) -> Ota
     events = list(session.scalars(select(DeviceStatus).where(DeviceStatus.device_id == device_id)
                                   .order_by(DeviceStatus.received_at.desc(), DeviceStatus.id.desc()).limit(limit)))
     return OtaHistory(deployments, events)
+
+
+@dataclass(frozen=True)
+class AccuracySeries:
+    title: str
+    times: list[float]  # each bucket's end
+    series: dict[str, list[float | None]]
+    reference: float | None  # the calibration data's measured accuracy of the newest model version
+
+
+def accuracy_series(session: Session, device_id: str, since: float,
+                    profile_for: Callable[[str, int], Mapping | None]) -> AccuracySeries:
+    """The device's performance (cloud/performance.py) since `since` (the oldest telemetry window its page
+    shows, so it reads as many windows as the latency chart), in at most ACCURACY_POINTS buckets: accuracy
+    measured from the labels that arrived and estimated without them, or MAE for a regression model."""
+    span = max(0.0, time.time() - since)
+    found = performance(session, profile_for, device=device_id, since=since,
+                        bucket_seconds=max(10.0, math.ceil(span / ACCURACY_POINTS)))
+    points = found["points"]
+    times = [p["end"] for p in points]
+    if any("mae" in p for p in points):
+        return AccuracySeries("Error from labels (MAE, RMSE)", times,
+                              {"MAE": [p.get("mae") for p in points], "RMSE": [p.get("rmse") for p in points]}, None)
+    references = [m["reference_accuracy"] for m in found["models"] if m["reference_accuracy"] is not None]
+    return AccuracySeries("Accuracy: measured from labels, estimated without them", times,
+                          {"measured": [p.get("accuracy") for p in points],
+                           "estimated": [p.get("estimated_accuracy") for p in points]},
+                          references[-1] if references else None)

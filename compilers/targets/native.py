@@ -54,11 +54,12 @@ from edgefleet.compilers.targets.native_passes import (
     fuse_qdq,
     prune,
 )
+from edgefleet.compilers.targets.native_tensor_passes import lift_1d, normalise_tensor_op, split_to_slices
 from edgefleet.core.errors import CompileError
 from edgefleet.cpp_ext.graph_format import DTYPES, FORMAT_VERSION, Graph, GraphFormatError, ValueInfo, write_graph
 from edgefleet.cpp_ext.graph_ops import OPS, infer_dtypes
 
-ELEM_TYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64"}
+ELEM_TYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "uint8"}  # bool as uint8 0/1
 _WINDOW = ["auto_pad", "dilations", "kernel_shape", "pads", "strides"]
 # the attributes each op may carry (anything else is refused rather than ignored)
 ATTRIBUTES: dict[str, list[str]] = {
@@ -69,6 +70,12 @@ ATTRIBUTES: dict[str, list[str]] = {
     "Softmax": ["axis", "coerce_2d"], "Flatten": ["axis"], "Reshape": ["allowzero"], "Transpose": ["perm"],
     "QuantizeLinear": ["axis", "output_dtype", "saturate", "block_size"], "DequantizeLinear": ["axis", "block_size"],
     "HardSigmoid": ["alpha", "beta"], "LeakyRelu": ["alpha"], "Concat": ["axis"],
+    "Gelu": ["approximate"], "Cast": ["to"], "Gather": ["axis"], "Pad": ["mode"],
+    "LayerNormalization": ["axis", "epsilon"],
+    "Resize": ["mode", "coordinate_transformation_mode", "nearest_mode", "cubic_coeff_a", "exclude_outside",
+               "antialias", "keep_aspect_ratio_policy", "extrapolation_value"],  # the executor refuses non-defaults
+    "ConvTranspose": [*_WINDOW, "group", "output_padding"],
+    **{op: ["keepdims", "noop_with_empty_axes"] for op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceL2")},
 }
 
 
@@ -103,6 +110,7 @@ def onnx_to_graph(model: onnx.ModelProto) -> tuple[Graph, dict[str, Any]]:
     fold_constants(work)
     while fold_static_shapes(work, shapes):
         fold_constants(work)
+    split_to_slices(work, shapes)
     fold_batch_norm(work, ranks)
     reduce_mean_to_pool(work, ranks)
     fuse_hard_swish(work)
@@ -110,8 +118,10 @@ def onnx_to_graph(model: onnx.ModelProto) -> tuple[Graph, dict[str, Any]]:
     fold_dequantized_constants(work)
     for node in work.nodes:
         _normalise(node, opset, work)
+        normalise_tensor_op(node, work, ranks)
     fuse_residual_add(work, shapes)
     fuse_activations(work)
+    lift_1d(work, ranks)
     prune(work)
     _refuse_unsupported(work, ranks)
     graph = Graph(tuple(inputs), tuple(outputs), {k: _constant(k, v) for k, v in work.constants.items()},
@@ -202,7 +212,7 @@ def _problem(node: WorkNode, ranks: dict[str, int]) -> str:
         rank = ranks.get(node.inputs[0])
         kernel = node.attrs.get("kernel_shape")
         if (rank is not None and rank != 4) or (kernel is not None and len(kernel) != 2):
-            return "only 2-D (NCHW) inputs are supported"
+            return "only 1-D (NCW) and 2-D (NCHW) inputs are supported"
     if node.op in ("GlobalAveragePool", "GlobalMaxPool") and ranks.get(node.inputs[0], 4) < 3:
         return "needs an (N, C, spatial...) input"
     if node.op in ("Clip", "Reshape", "Squeeze", "Unsqueeze", "QuantizeLinear", "DequantizeLinear", "Conv", "Gemm"):
@@ -219,7 +229,7 @@ def _refuse_unsupported(work: WorkGraph, ranks: dict[str, int]) -> None:
 
 
 def _constant(name: str, value: np.ndarray) -> np.ndarray:
-    return np.array(value, order="C")
+    return np.array(value, order="C", dtype=np.uint8 if value.dtype == np.bool_ else value.dtype)
 
 
 def _format_node(node: WorkNode) -> Any:

@@ -12,7 +12,7 @@ executor's op set (on native_passes.WorkGraph, before fuse_qdq and fuse_activati
   x.mean((2, 3)) both become GlobalAveragePool [-> Flatten]).
 - fuse_hard_swish: x * HardSigmoid(x) with alpha 1/6, beta 1/2 (how some exporters spell HardSwish)
   becomes HardSwish.
-- fuse_residual_add: Conv (group 1) whose only reader is Add(conv, z), z computed before the Conv and of
+- fuse_residual_add: 2-D Conv (group 1) whose only reader is Add(conv, z), z computed before the Conv and of
   the same shape, becomes Conv(x, W, B, z): the residual add in the conv's epilogue, so the activation
   fuse_activations then folds in (ResNet's Relu) applies after the add, as the graph says.
 
@@ -216,7 +216,8 @@ def fuse_residual_add(graph: WorkGraph, shapes: Shapes) -> None:
         producer = graph.producer(z)
         earlier = producer is None or graph.nodes.index(producer) < graph.nodes.index(node)
         dims = shapes.get(node.outputs[0])
-        if z in graph.constants or not earlier or dims is None or "?" in dims or shapes.get(z) != dims:
+        if z in graph.constants or not earlier or dims is None or len(dims) != 4 or "?" in dims \
+                or shapes.get(z) != dims:
             continue
         node.inputs = [*node.inputs, *[""] * (3 - len(node.inputs)), z]
         node.outputs = list(add.outputs)

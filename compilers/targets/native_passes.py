@@ -252,7 +252,8 @@ def _zero_input(graph: WorkGraph, node: WorkNode, params: tuple[np.ndarray, np.n
 
 
 def _weights(graph: WorkGraph, node: WorkNode, w_dq: WorkNode) -> tuple | None:
-    """(w, w_scale, w_zero) laid out as the fused op wants: QConv (M, C, kH, kW) per M; QGemm (K, N) per N."""
+    """(w, w_scale, w_zero) laid out as the fused op wants: QConv (M, C, kH, kW) or (M, C, k) per M; QGemm
+    (K, N) per N."""
     w = graph.const(w_dq.inputs[0])
     scale = graph.const(w_dq.inputs[1])
     zero = graph.const(w_dq.inputs[2]) if len(w_dq.inputs) > 2 and w_dq.inputs[2] else None
@@ -261,7 +262,7 @@ def _weights(graph: WorkGraph, node: WorkNode, w_dq: WorkNode) -> tuple | None:
     zero = np.zeros(scale.shape, w.dtype) if zero is None else zero
     axis = int(w_dq.attrs.get("axis", 1)) % max(w.ndim, 1)
     if node.op == "Conv":
-        if w.ndim != 4 or (scale.size != 1 and axis != 0):
+        if w.ndim not in (3, 4) or (scale.size != 1 and axis != 0):
             return None
         return w, scale.reshape(-1), zero.reshape(-1)
     if w.ndim != 2:

@@ -609,7 +609,12 @@ public:
             out_data_[o] = py::detail::array_proxy(made)->data;
             result[output_keys_[o]] = std::move(array);
         }
-        exec_->run(*plan, data_, out_data_);
+        try {  // a run-time refusal (a token id past the embedding table) is the caller's bad input
+            exec_->run(*plan, data_, out_data_);
+        } catch (const gr::GraphError& err) {
+            for (py::object& kept : keep_) kept = py::object();
+            fail_value(py::str(err.what()));
+        }
         for (py::object& kept : keep_) kept = py::object();
         return result;
     }

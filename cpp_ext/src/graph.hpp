@@ -163,6 +163,7 @@ private:
     std::vector<std::unique_ptr<Plan>> plans_;  // most recently used first
     std::vector<void*> ptrs_;                   // per value, during run
     std::vector<char> direct_;                  // per output: written in place by its node
+    std::vector<char> shape_input_;             // per graph input: its values are part of the plan key
     std::unique_ptr<ThreadPool> pool_;
     bool profiling_ = false;
     std::vector<double> node_ns_;

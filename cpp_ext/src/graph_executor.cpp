@@ -140,6 +140,23 @@ Executor::Executor(std::vector<std::string> value_names, std::vector<DType> valu
             throw GraphError(spec.op + " (node '" + spec.name + "'): " + err.what());
         }
     }
+    // An int64 input read only as data (token ids into Gather, Cast, Equal) does not shape the plan: keying
+    // plans on its values would plan again for every new sentence.
+    static const std::vector<std::string> kDataReaders = {"Gather", "Cast", "Equal"};
+    for (const int id : inputs_) {
+        bool shapes = dtypes_[id] == DType::i64;
+        if (shapes && std::find(outputs_.begin(), outputs_.end(), id) == outputs_.end()) {
+            shapes = false;
+            for (const NodeSpec& spec : specs_) {
+                for (std::size_t k = 0; k < spec.inputs.size(); ++k) {
+                    const bool data = std::find(kDataReaders.begin(), kDataReaders.end(), spec.op) != kDataReaders.end() &&
+                                      (spec.op != "Gather" || k == 1);
+                    if (spec.inputs[k] == id && !data) shapes = true;
+                }
+            }
+        }
+        shape_input_.push_back(shapes ? 1 : 0);
+    }
     ptrs_.assign(dtypes_.size(), nullptr);
     for (const auto& [id, constant] : constants_) {
         ptrs_[id] = const_cast<void*>(constant.data());
@@ -244,7 +261,7 @@ const Plan& Executor::plan(const std::vector<const Shape*>& shapes, const std::v
     for (std::size_t i = 0; i < shapes.size(); ++i) {
         key.push_back(static_cast<std::int64_t>(shapes[i]->size()));
         key.insert(key.end(), shapes[i]->begin(), shapes[i]->end());
-        if (dtypes_[inputs_[i]] == DType::i64) {  // may be a Reshape's shape: its values shape the plan
+        if (shape_input_[i]) {  // e.g. a Reshape's shape: its values shape the plan
             const auto* values = static_cast<const std::int64_t*>(data[i]);
             key.insert(key.end(), values, values + numel(*shapes[i]));
         }

@@ -1,5 +1,6 @@
 // The op factory and the helpers every op family shares.
 #include "graph_ops.hpp"
+#include "graph_ops_more.hpp"
 
 #include <limits>
 
@@ -126,6 +127,9 @@ std::unique_ptr<Op> make_op(const NodeSpec& spec, const std::vector<DType>& inpu
     if (auto op = make_qdepthwise_conv_op(spec, output_dtype, constants)) return op;
     if (auto op = make_quant_op(spec, input_dtypes, output_dtype, constants)) return op;
     if (auto op = make_qbinary_op(spec, output_dtype, constants)) return op;
+    if (auto op = make_math_op(spec, input_dtypes, output_dtype)) return op;
+    if (auto op = make_tensor_op(spec, input_dtypes)) return op;
+    if (auto op = make_resize_op(spec, constants)) return op;
     fail("op not supported by the native executor");
 }
 

@@ -93,8 +93,9 @@ def _populate(tmp: Path, url: str, admin: httpx.Client, token: str, broker: Mosq
     rng = np.random.default_rng(0)
     try:
         cams = {name: publisher.device("lab", name) for name in ("cam-1", "cam-2", "cam-3")}
-        cams["cam-1"].birth("digits-cnn")
-        cams["cam-2"].birth("digits-cnn")
+        for name in ("cam-1", "cam-2"):  # what the agent's birth says: its backend and what it loaded
+            cams[name].birth("digits-cnn", backend="onnxruntime",
+                             runtime={"target": "onnx", "format": "onnx", "precision": "fp32"})
         cams["cam-3"].birth(HOSTILE)
         with Predictor(digits_bundle.root, trusted_keys=[digits_bundle.public_key]) as predictor:
             traffic = Traffic(predictor)
@@ -116,8 +117,9 @@ def _populate(tmp: Path, url: str, admin: httpx.Client, token: str, broker: Mosq
             wait_for(lambda: len(admin.get("/api/v1/devices/cam-1/drift").json()) >= 2, "drift results of cam-1")
             for _ in range(8):
                 send("cam-1", True, slow=True)
-            alerts = wait_for(lambda: [a for a in admin.get("/api/v1/alerts").json() if a["scope_id"] == "cam-1"],
-                              "the drift alert of cam-1")
+            alerts = wait_for(lambda: [a for a in admin.get("/api/v1/alerts").json()
+                                       if a["scope_id"] == "cam-1" and a["kind"] == "data_drift"],
+                              "the data drift alert of cam-1")
             wait_for(lambda: len(admin.get("/api/v1/devices/cam-1/drift").json()) >= 4, "more drift results")
     finally:
         publisher.close()
@@ -196,7 +198,8 @@ def test_fleet_overview_pages_and_searches_on_the_server(browser, stage):
     assert len(rows) == 50
     cam1 = next(row for row in rows if "cam-1" in row.text)
     assert "online" in cam1.text and "digits-cnn v1" in cam1.text
-    assert cam1.find_elements(By.CSS_SELECTOR, "td.alert")[0].text == "1"  # its open alert
+    assert cam1.find_element(By.CSS_SELECTOR, "td.backend").text == "onnxruntime"
+    assert cam1.find_elements(By.CSS_SELECTOR, "td.alert")[0].text == str(len(cam1_alerts(stage)))  # open ones
     assert cam1.find_element(By.CSS_SELECTOR, "td.rpm").text == "900"  # 150 requests in its last 10 s window
     screenshot(browser, stage, "fleet")
     click_through(browser, browser.find_element(By.ID, "next"))
@@ -210,7 +213,8 @@ def test_a_device_with_a_drift_alert_shows_it_on_its_chart(browser, stage):
     browser.get(f"{stage.url}/devices/cam-1")
     chart = browser.find_element(By.CSS_SELECTOR, "svg#drift-chart")
     markers = chart.find_elements(By.CSS_SELECTOR, "g.alert-marker")
-    assert [m.get_attribute("data-alert") for m in markers] == [str(stage.alert_id)]
+    marked = {m.get_attribute("data-alert") for m in markers}  # data drift, and sequential drift if it opened
+    assert str(stage.alert_id) in marked and marked == {str(a["id"]) for a in cam1_alerts(stage)}
     assert chart.find_elements(By.CSS_SELECTOR, "line.threshold")
     lines = chart.find_elements(By.CSS_SELECTOR, "polyline.series")
     assert 1 <= len(lines) <= 8 and all(len(line.get_attribute("points").split()) >= 2 for line in lines)
@@ -219,6 +223,17 @@ def test_a_device_with_a_drift_alert_shows_it_on_its_chart(browser, stage):
     assert browser.find_element(By.CSS_SELECTOR, "svg#traffic-chart")
     assert texts(browser, f"#alert-{stage.alert_id} td.alert") == ["open"]
     screenshot(browser, stage, "device")
+
+
+def test_a_device_page_charts_its_accuracy_estimated_without_labels(browser, stage):
+    sign_in(browser, stage.url, stage.viewer_token)
+    browser.get(f"{stage.url}/devices/cam-2")  # three 10 s windows of clean digits, no labels
+    chart = browser.find_element(By.CSS_SELECTOR, "svg#accuracy-chart")
+    lines = {line.get_attribute("data-name"): line.get_attribute("points").split()
+             for line in chart.find_elements(By.CSS_SELECTOR, "polyline.series")}
+    assert lines["measured"] == [] and len(lines["estimated"]) == 3  # one point per window, none measured
+    reference = chart.find_element(By.CSS_SELECTOR, "line.threshold title").get_attribute("textContent")
+    assert reference.startswith("reference 0.")  # the calibration data's accuracy, drawn as the line to compare
 
 
 def test_an_alert_is_acknowledged_with_its_evidence(browser, stage):
@@ -230,6 +245,10 @@ def test_an_alert_is_acknowledged_with_its_evidence(browser, stage):
     click_through(browser, row.find_element(By.CSS_SELECTOR, "button.ack"))
     assert browser.find_element(By.ID, "flash").text == "Alert acknowledged."
     assert "acknowledged by admin" in browser.find_element(By.ID, f"alert-{stage.alert_id}").text
+
+
+def cam1_alerts(stage: Stage) -> list[dict]:
+    return [a for a in stage.admin.get("/api/v1/alerts?status=open").json() if a["scope_id"] == "cam-1"]
 
 
 def deployment(stage: Stage, deployment_id: str) -> dict:
@@ -395,7 +414,7 @@ def test_rollout_progress_updates_without_reload_and_the_device_page_shows_backe
     assert [row.find_element(By.CSS_SELECTOR, "td.state").text
             for row in browser.find_elements(By.CSS_SELECTOR, "#ota-events tr")[1:]] == ["failed", "verifying",
                                                                                           "downloading"]
-    assert browser.find_element(By.ID, "accuracy-slot")
+    assert browser.find_element(By.ID, "accuracy-chart").text == "No data yet."  # it sent no telemetry
     screenshot(browser, stage, "device-ota")
     browser.get(f"{stage.url}/?q=live-1")
     assert texts(browser, "#devices td.backend") == ["openvino"]

@@ -251,7 +251,10 @@ def test_few_samples_give_insufficient_and_no_alert(monitor, feed, sessions):
     feed.send("d1", 0, drift=True, requests=40)
     [device, fleet] = monitor.run_once(end_of(0))
     assert device.verdict == fleet.verdict == "insufficient"
-    assert alerts(sessions) == []
+    assert alerts(sessions, kind="data_drift") == alerts(sessions, kind="prediction_drift") == []
+    # the sequential detector is made for few samples: 40 brightened ones (3.7 sd) are enough for it
+    assert {(a.scope, a.kind) for a in alerts(sessions)} == {("device", "sequential_drift"),
+                                                             ("fleet", "sequential_drift")}
 
 
 def test_lookback_window_bounds(monitor, feed):

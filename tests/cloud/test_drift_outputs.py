@@ -260,24 +260,39 @@ def test_a_norm_shift_is_caught_by_the_norm_row_alone(embedding):
 
 
 # detections: a row's own total is its n ---------------------------------------------------------------------
-def test_the_score_row_of_a_detector_is_judged_on_its_detections():
-    x = load_digits().data / 16.0
-    held = held_out(len(x))
+class Detector:
+    """Digits as a detector's output: a pixel of intensity >= 0.75 is a detection, its intensity the score;
+    the profile's rows `count` (per image) and `score` (per detection) are binned on the reference part."""
 
+    def __init__(self) -> None:
+        self.x = load_digits().data / 16.0
+        self.held = held_out(len(self.x))
+        count, score = self.summary(self.x[~self.held])
+        self.count_row = section("scores", "detections", ["count"], count)
+        self.score_row = section("", "", ["score"], score)
+        scores = {**self.count_row, **{key: self.count_row[key] + self.score_row[key]
+                                       for key in ("names", "edges", "counts")}}
+        self.profile = {"count": int((~self.held).sum()), "features": [], "outputs": [scores]}
+
+    @staticmethod
     def summary(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         bright = images >= 0.75
         return bright.sum(axis=1, keepdims=True).astype(np.float64), images[bright][:, None]
 
-    count, score = summary(x[~held])
-    count_row, score_row = section("scores", "detections", ["count"], count), section("", "", ["score"], score)
-    scores = {**count_row, **{key: count_row[key] + score_row[key] for key in ("names", "edges", "counts")}}
-    profile = {"count": int((~held).sum()), "features": [], "outputs": [scores]}
-    assert sum(scores["counts"][1]) == len(score) > 10 * len(count)  # the score row counts detections
+    def telemetry(self, images: np.ndarray, **where) -> TelemetryWindow:
+        count, score = self.summary(images)
+        counted = rows(self.count_row, count) + rows(self.score_row, score)
+        return as_telemetry(len(images), outputs=(OutputCounts("scores", counted),), model="detector", **where)
+
+
+def test_the_score_row_of_a_detector_is_judged_on_its_detections():
+    detector = Detector()
+    x, held, profile = detector.x, detector.held, detector.profile
+    scores = profile["outputs"][0]
+    assert sum(scores["counts"][1]) == int((x[~held] >= 0.75).sum()) > 10 * (~held).sum()  # detections
 
     def window(images: np.ndarray) -> WindowCounts:
-        count, score = summary(images)
-        counted = rows(count_row, count) + rows(score_row, score)
-        return received(as_telemetry(len(images), outputs=(OutputCounts("scores", counted),), model="detector"))
+        return received(detector.telemetry(images))
 
     few = x[held][:10]  # 10 images hold well over 100 detections
     group = evaluate(window(few), profile)["prediction_drift"]
@@ -293,6 +308,46 @@ def test_the_score_row_of_a_detector_is_judged_on_its_detections():
     brighter = evaluate(window(np.sqrt(few)), profile)["prediction_drift"]  # brighter strokes: scores move up
     assert brighter["verdict"] == DRIFT and brighter["drifting"] == ["scores.score"]
     assert brighter["insufficient"] == ["scores.count"]
+
+
+def test_an_alert_closes_only_once_the_short_row_is_judged_too(tmp_path):
+    """The monitor opens a prediction_drift alert on the score row while the count row is short; clean
+    windows then make the group "ok" on the score row alone, which does not close the alert (the count row
+    was never judged); once the lookback holds 100 images the group is cleared, and 3 such runs close it."""
+    detector = Detector()
+    sessions = make_sessions(make_engine(f"sqlite:///{tmp_path / 'cloud.db'}"))
+    with sessions.begin() as session:
+        session.add(Device(id="cam", fleet="lab", password_hash="x"))
+    monitor = DriftMonitor(sessions, lambda name, version: detector.profile if name == "detector" else None,
+                           lookback_seconds=300.0, interval_seconds=0.05)
+    clean = detector.x[detector.held]
+
+    def run(minute: int, images: np.ndarray) -> dict:
+        window = detector.telemetry(images, device="cam", seq=minute + 1, start=T0 + 60.0 * minute)
+        with sessions.begin() as session:
+            session.add(TelemetryRecord(device_id="cam", fleet="lab", seq=minute + 1, model_name="detector",
+                                        model_version=1, window_start=window.start, window_end=window.end,
+                                        requests=window.requests, samples=window.samples, errors=0,
+                                        payload=window.to_payload().decode(), received_at=window.end))
+        (result,) = [r for r in monitor.run_once(window.end + 1.0) if r.scope == "device"]
+        return result.report["prediction_drift"]
+
+    def status() -> list[str]:
+        with sessions() as session:
+            query = select(Alert).where(Alert.kind == "prediction_drift", Alert.scope == "device")
+            return [a.status for a in session.scalars(query)]
+
+    first = run(0, np.sqrt(clean[:10]))  # brighter strokes, 10 images
+    assert first["verdict"] == DRIFT and first["insufficient"] == ["scores.count"] and status() == ["open"]
+    for minute in range(1, 12):  # 10 clean images a minute: at most 50 in the lookback, the count row is short
+        group = run(minute, clean[10 * minute:10 * minute + 10])
+    assert group["verdict"] == OK and group["insufficient"] == ["scores.count"] and status() == ["open"]
+    verdicts = [run(minute, clean[120 + 30 * (minute - 12):150 + 30 * (minute - 12)]) for minute in range(12, 20)]
+    judged = [m for m, g in zip(range(12, 20), verdicts, strict=True) if cleared(g)]
+    assert judged and status() == ["closed"]
+    with sessions() as session:
+        (alert,) = session.scalars(select(Alert).where(Alert.kind == "prediction_drift", Alert.scope == "device"))
+        assert alert.closed_at == T0 + 60.0 * (judged[0] + 2) + 61.0  # the third cleared run in a row
 
 
 def test_a_group_with_no_row_judged_stays_insufficient():

@@ -98,3 +98,17 @@ def test_limits_are_checked_as_a_whole():
     with pytest.raises(OpsSettingsError, match="unknown operational limits"):
         OpsLimits().with_values({"max_latency": 3})
     assert OpsLimits().with_values({"stuck_min_samples": 5.0}).stuck_min_samples == 5
+
+
+def test_cpu_load_is_judged_only_where_a_limit_is_set(sessions):
+    """The load average counts every process of the machine: no default limit, one per fleet where set."""
+    feed = Feed(sessions)
+    busy = DeviceHealth(cpu_load=6.9, memory_used=0.5, disk_free_bytes=10 ** 10, temperature_c=None,
+                        uptime_seconds=10, restarts=0)
+    monitor = OpsMonitor(sessions, lambda name, version: None, OpsLimits(lookback_seconds=60))
+    feed.send("pi-1", T0, health=busy)
+    assert monitor.run_once(T0 + 1) == []
+    with sessions.begin() as session:
+        session.add(OpsSettingsRecord(fleet="lab", model_name="", limits={"max_cpu_load": 2.0}))
+    (alert,) = monitor.run_once(T0 + 2)
+    assert alert.kind == "device_health" and "cpu_load 6.9 > limit 2" in alert.message

@@ -97,11 +97,11 @@ def test_unsupported_ops_refused_at_compile_time_with_names() -> None:
                               [helper.make_tensor_value_info("y", 1, ["n", 4])])
     with pytest.raises(CompileError, match=r"Sin \(node 'sine'\).*LpNormalization \(node 'norm'\)"):
         onnx_to_graph(helper.make_model(graph))
-    conv = helper.make_node("Conv", ["x", "w"], ["y"], name="conv1d")
-    graph = helper.make_graph([conv], "g", [helper.make_tensor_value_info("x", 1, [1, 2, 8])],
-                              [helper.make_tensor_value_info("y", 1, [1, 3, 6])],
-                              [onnx.numpy_helper.from_array(np.ones((3, 2, 3), np.float32), "w")])
-    with pytest.raises(CompileError, match=r"Conv \(node 'conv1d'\): only 2-D"):
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], name="conv3d")
+    graph = helper.make_graph([conv], "g", [helper.make_tensor_value_info("x", 1, [1, 2, 8, 8, 8])],
+                              [helper.make_tensor_value_info("y", 1, [1, 3, 6, 6, 6])],
+                              [onnx.numpy_helper.from_array(np.ones((3, 2, 3, 3, 3), np.float32), "w")])
+    with pytest.raises(CompileError, match=r"Conv \(node 'conv3d'\): only 1-D \(NCW\) and 2-D"):
         onnx_to_graph(helper.make_model(graph))
 
 

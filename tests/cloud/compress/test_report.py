@@ -15,7 +15,7 @@ import pytest
 from onnx import numpy_helper
 from rich.console import Console
 
-from edgefleet.cloud.compress.evaluate import onnx_outputs
+from edgefleet.cloud.compress.evaluate import onnx_outputs, wilson_interval
 from edgefleet.cloud.compress.report import (
     StepMeasurement,
     attach_to_bundle,
@@ -85,6 +85,18 @@ def test_flags_exactly_the_damaged_class(steps):
     assert not any(v["flagged"] for v in change["per_slice"].values())  # the slices lose about the overall drop
     assert damaged.numeric_error["max_abs"] == pytest.approx(6.0, abs=1e-4)
     assert damaged.numeric_error["argmax_agreement"] < 1.0
+    # how far the figure can be trusted on this many rows: the Wilson interval around it
+    low, high = step["accuracy_ci95"]
+    assert low < damaged.metrics["accuracy"] < high and 0.01 < high - low < 0.2
+
+
+def test_the_interval_is_the_wilson_score_interval():
+    from statsmodels.stats.proportion import proportion_confint
+
+    for successes, rows in ((187, 200), (0, 10), (10, 10), (560, 600)):
+        assert wilson_interval(successes, rows) == pytest.approx(
+            proportion_confint(successes, rows, method="wilson"), abs=1e-9)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
 
 
 def test_min_count_and_min_drop_keep_small_or_mild_changes_quiet(steps):

@@ -1,0 +1,127 @@
+"""The sequential detector (cloud/drift_sequential.py) on a real slow stream: the Nile's annual flow
+(statsmodels.datasets.nile), whose level drops after 1898 (Cobb 1978), one reading per window."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+from statsmodels.datasets import nile
+
+from edgefleet.cloud.db import Alert, Device, DriftResult, TelemetryRecord, make_engine, make_sessions
+from edgefleet.cloud.drift_magnitude import facts_of
+from edgefleet.cloud.drift_monitor import DriftMonitor
+from edgefleet.cloud.drift_sequential import SEQUENTIAL, Cusum, calibrate
+from edgefleet.core.profile import bin_counts, build_profile
+from edgefleet.core.schema import TensorSpec
+from edgefleet.core.telemetry import LATENCY_EDGES_MS, FeatureCounts, TelemetryWindow
+
+DATA = nile.load().data
+FLOW = DATA["volume"].to_numpy(dtype=np.float64)
+YEARS = DATA["year"].to_numpy().astype(int)
+CHANGE = int(np.flatnonzero(YEARS == 1899)[0])
+
+
+def profile_of(reference: np.ndarray) -> dict:
+    return build_profile({"flow": reference[:, None]}, [TensorSpec("flow", "float64", ("batch", 1))], None)
+
+
+def detector(profile: dict, window_samples: int = 1) -> Cusum:
+    feature = profile["features"][0]
+    return Cusum.for_signal(facts_of(feature, 0), np.asarray(feature["counts"][0]), window_samples)
+
+
+def row(values: np.ndarray, profile: dict) -> np.ndarray:
+    return bin_counts(np.asarray(values, np.float64)[:, None], np.asarray(profile["features"][0]["edges"]))[0]
+
+
+def test_clean_streams_give_at_most_one_false_alarm_per_100_windows():
+    profile = profile_of(FLOW[:CHANGE])
+    rng = np.random.default_rng(3)
+    alarms = evaluations = 0
+    for _ in range(30):  # 30 streams of 100 years drawn from the pre-change years
+        cusum = detector(profile)
+        for value in rng.choice(FLOW[:CHANGE], 100):
+            alarms += cusum.update(row([value], profile))["alarm"]
+            evaluations += 1
+    assert evaluations == 3000 and alarms <= 30, alarms
+
+
+def test_the_1898_shift_alarms_within_six_years_then_the_sums_restart():
+    profile = profile_of(FLOW[:25])
+    cusum = detector(profile)
+    for value in FLOW[25:CHANGE]:  # 1896-1898: no alarm before the change
+        assert not cusum.update(row([value], profile))["alarm"]
+    for value in FLOW[CHANGE:CHANGE + 6]:
+        evidence = cusum.update(row([value], profile))
+        if evidence["alarm"]:
+            break
+    assert evidence["alarm"], "no alarm in the six years after 1898"
+    assert evidence["down"] > evidence["threshold"] and evidence["shift"] < -1.0  # lower, by over a sd
+    assert cusum.up == cusum.down == 0.0 and cusum.windows == 0 and cusum.alarms == 1
+
+
+def test_a_shorter_reference_needs_a_higher_threshold_and_calibration_is_reproducible():
+    """The reference's own error is the same for every window and builds up in the sums: 10 years of
+    reference must get a higher threshold than 28 for the same false-alarm target."""
+    short, long = profile_of(FLOW[:10]), profile_of(FLOW[:CHANGE])
+    assert detector(short).threshold > detector(long).threshold
+    feature = long["features"][0]
+    values, counts = facts_of(feature, 0)["values"], np.asarray(feature["counts"][0])
+    assert calibrate(values, counts, 1) == calibrate(values, counts, 1)
+
+
+def window(seq: int, value: float, profile: dict) -> TelemetryWindow:
+    counts = tuple(int(v) for v in row([value], profile))
+    return TelemetryWindow("river", "gauge-1", seq, "nile-flow", 1, 1000.0 + seq, 1001.0 + seq, 1, 1, 0,
+                           (0,) * (len(LATENCY_EDGES_MS) + 2), (FeatureCounts("flow", (counts,)),))
+
+
+def test_the_monitor_raises_a_sequential_alert_where_the_window_rule_cannot_judge(tmp_path):
+    """Default min_samples (100) and a 15 s lookback of one reading a second: the window rule never has
+    enough samples, the CUSUM sees each reading once and alerts after the change, never before."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'cloud.db'}")
+    sessions = make_sessions(engine)
+    profile = profile_of(FLOW[:25])
+    with sessions.begin() as session:
+        session.add(Device(id="gauge-1", fleet="river", password_hash="$7$unused"))
+    monitor = DriftMonitor(sessions, lambda name, version: profile if name == "nile-flow" else None,
+                           lookback_seconds=15.0)
+    opened_in = None
+    for seq, index in enumerate(range(25, 60), start=1):
+        with sessions.begin() as session:
+            w = window(seq, FLOW[index], profile)
+            session.add(TelemetryRecord(device_id="gauge-1", fleet="river", seq=seq, model_name="nile-flow",
+                                        model_version=1, window_start=w.start, window_end=w.end, requests=1,
+                                        samples=1, errors=0, payload=w.to_payload().decode()))
+        monitor.run_once(w.end)
+        with sessions() as session:
+            if session.scalars(select(Alert).where(Alert.scope == "device")).first() is not None:
+                opened_in = int(YEARS[index])
+                break
+    with sessions() as session:
+        results = session.scalars(select(DriftResult).where(DriftResult.scope == "device")).all()
+        alerts = session.scalars(select(Alert).where(Alert.scope == "device")).all()
+    engine.dispose()
+    assert opened_in is not None and 1899 <= opened_in <= 1899 + 6, opened_in
+    assert [a.kind for a in alerts] == [SEQUENTIAL] and "CUSUM" in alerts[0].message
+    assert all(r.report["data_drift"]["verdict"] == "insufficient" for r in results)
+    # each reading was fed once: the samples the sums saw add up to the readings since the last alarm
+    last = results[-1].report[SEQUENTIAL]
+    assert last["verdict"] == "drift" and last["signals"]["flow[0]"]["alarm"]
+    assert [r.report[SEQUENTIAL]["signals"]["flow[0]"]["samples"] for r in results[:3]] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("samples", [1, 5])
+def test_the_threshold_reaches_its_target_run_length(samples):
+    """Clean windows of raw pre-change years (not the calibration's binned draws) run on average at
+    least the target number of windows before a false alarm."""
+    profile = profile_of(FLOW[:CHANGE])
+    rng = np.random.default_rng(7)
+    runs = []
+    for _ in range(100):
+        cusum = detector(profile, samples)
+        length = next((t for t in range(1, 1001) if cusum.update(row(rng.choice(FLOW[:CHANGE], samples),
+                                                                     profile))["alarm"]), 1000)
+        runs.append(length)
+    assert np.mean(runs) >= 500 * 0.7, np.mean(runs)  # TARGET_ARL0 500, simulation noise allowed

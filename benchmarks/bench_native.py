@@ -14,6 +14,10 @@ session and hot path the Predictor uses) on the same artifact's source, interlea
 (edgefleet.edge_runtime.bench.time_interleaved). Prints JSON per model: p50/p99 of both, the ratio
 native / onnxruntime (below 1: native is faster) and the max abs difference of the outputs on the test
 rows. Ratios are the numbers to watch; absolute times depend on the machine and are never a gate.
+Each model is also timed at 2 threads (`--threads 1,2`: the native backend's "threads" option against
+onnxruntime at the same intra-op threads; results under "threads_2"), and the "roofline" section
+(benchmarks/native_roofline.py) gives this CPU's measured fp32 peak and the GFLOP/s of the fp32 conv /
+GEMM kernels and of onnxruntime on the same shapes, as fractions of it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from native_roofline import roofline  # benchmarks/native_roofline.py, beside this script
 from report import emit  # noqa: E402 - benchmarks/report.py, beside this script
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.compilers.edge_cnns builds the edge CNNs
@@ -92,6 +97,15 @@ def build_edge_cnn_bundle(workdir: Path, key: SigningKey, name: str) -> tuple[Pa
     return bundle.root, images[:64], images[64:]
 
 
+def time_pair(native_path: Path, onnx_path: Path, feed: dict, runs: int, threads: int) -> tuple[dict, dict]:
+    """Native and onnxruntime latencies (ms percentiles) at `threads`, interleaved call by call."""
+    native, ort = NativeBackend(), OnnxRuntimeBackend()
+    native.load(native_path, {"threads": threads})
+    ort.load(onnx_path, {"threads": threads})
+    ours, theirs = time_interleaved(native.run, ort.run, feed, runs)
+    return ours["latency_ms"], theirs["latency_ms"]
+
+
 def build_edge_model_bundle(workdir: Path, key: SigningKey, name: str) -> tuple[Path, Path, dict]:
     """A model of tests/compilers/edge_models.py, fp32 and static int8 QDQ; test rows by input name."""
     from tests.compilers import edge_models
@@ -106,31 +120,39 @@ def build_edge_model_bundle(workdir: Path, key: SigningKey, name: str) -> tuple[
     return fp32, int8, {k: v[64:] for k, v in rows.items()}
 
 
-def measure(label: str, bundle_dir: Path, workdir: Path, test_x: np.ndarray | dict, runs: int) -> dict:
+def measure(label: str, bundle_dir: Path, workdir: Path, test_x: np.ndarray | dict, runs: int,
+            threads: list[int]) -> dict:
     compiled = compile_bundle(bundle_dir, ["native"], workdir / f"{label}-compiled")
     bundle = compiled.bundle
     native_artifact = next(a for a in bundle.artifacts if a["backend"] == "native")
     onnx_artifact = next(a for a in bundle.artifacts if a["format"] == "onnx")
+    native_path, onnx_path = bundle.path(native_artifact["path"]), bundle.path(onnx_artifact["path"])
     native, ort = NativeBackend(), OnnxRuntimeBackend()
-    native.load(bundle.path(native_artifact["path"]), {})
-    ort.load(bundle.path(onnx_artifact["path"]), {"threads": 1})
+    native.load(native_path, {})
+    ort.load(onnx_path, {"threads": 1})
     rows = test_x if isinstance(test_x, dict) else {bundle.inputs[0].name: test_x}
     count = len(next(iter(rows.values())))
     feed = {k: np.ascontiguousarray(v[:1]) for k, v in rows.items()}
-    ours, theirs = time_interleaved(native.run, ort.run, feed, runs)
+    native_ms, ort_ms = time_pair(native_path, onnx_path, feed, runs, 1)
     errors = []
     for i in range(count):
         one = {k: v[i:i + 1] for k, v in rows.items()}
         theirs_out, ours_out = ort.run(one), native.run(one)
         errors += [float(np.abs(ours_out[k] - theirs_out[k]).max()) for k in theirs_out]
-    native_ms, ort_ms = ours["latency_ms"], theirs["latency_ms"]
+    more = {}
+    for threads_count in (t for t in threads if t != 1):
+        ours, theirs = time_pair(native_path, onnx_path, feed, runs, threads_count)
+        more[f"threads_{threads_count}"] = {
+            "native_us_p50": ours["p50"] * 1e3, "onnxruntime_us_p50": theirs["p50"] * 1e3,
+            "ratio_p50": ours["p50"] / theirs["p50"], "native_speedup_vs_1_thread": native_ms["p50"] / ours["p50"]}
     return {
-        "model": label, "precision": native_artifact["precision"], "batch": 1, "runs": ours["runs"],
+        "model": label, "precision": native_artifact["precision"], "batch": 1, "runs": runs,
         "native_us": {"p50": native_ms["p50"] * 1e3, "p99": native_ms["p99"] * 1e3, "mean": native_ms["mean"] * 1e3},
         "onnxruntime_us": {"p50": ort_ms["p50"] * 1e3, "p99": ort_ms["p99"] * 1e3, "mean": ort_ms["mean"] * 1e3},
         "ratio_p50": native_ms["p50"] / ort_ms["p50"], "ratio_p99": native_ms["p99"] / ort_ms["p99"],
         "max_abs_error_vs_onnxruntime": max(errors), "compared_rows": count,
         "compile": native_artifact["compile"], "golden_max_abs": native_artifact["numeric_error"]["max_abs"],
+        **more,
     }
 
 
@@ -141,8 +163,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--wide-divisor", type=int, default=20,
                         help="the wide and edge CNNs run --runs / this many pairs (~100x slower per call)")
     parser.add_argument("--models", help="comma-separated labels to time (default: all)")
+    parser.add_argument("--threads", default="1,2", help="thread counts to time (1 is always timed)")
+    parser.add_argument("--roofline-runs", type=int, default=400, help="interleaved pairs per roofline shape (0: skip)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
+    threads = sorted({int(t) for t in args.threads.split(",")} | {1})
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     results = []
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-native-") as tmp:
@@ -187,11 +212,13 @@ def main(argv: list[str] | None = None) -> dict:
                 slow = any(k in label for k in ("wide", "efficient", "resnet", "ds-cnn", "transformer", "m5"))
                 runs = args.runs if not slow else max(1, args.runs // args.wide_divisor)
                 try:
-                    results.append(measure(label, bundle_dir, workdir, test_x, runs))
+                    results.append(measure(label, bundle_dir, workdir, test_x, runs, threads))
                 except CompileError as err:  # a model the native target refuses is a result too
                     results.append({"model": label, "refused": str(err)})
     summary = {"benchmark": "native_vs_onnxruntime", "isa": graph_native.isa(),
                "available_isas": graph_native.available_isas(), "onnxruntime_threads": 1, "results": results}
+    if args.roofline_runs > 0:
+        summary["roofline"] = roofline(args.roofline_runs)
     emit(summary, args.out)
     return summary
 

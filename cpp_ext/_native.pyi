@@ -55,9 +55,18 @@ class GraphExecutor:
         outputs: list[int],
         constants: dict[int, npt.NDArray[Any]],
         nodes: list[tuple[str, str, list[int], int, dict[str, Any]]],
+        threads: int = 1,
     ) -> None: ...
     def run(self, inputs: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
         """Runs the graph: inputs {name: array of the declared dtype}; returns {output name: new array}."""
+    def profile(self, inputs: dict[str, npt.NDArray[Any]], runs: int = 100) -> list[tuple[str, str, float]]:
+        """Runs the graph `runs` times; returns [(op, node name, mean microseconds per run)] per node."""
+    @property
+    def arena_bytes(self) -> int:
+        """Bytes the intermediate values of the last plan take (non-overlapping lifetimes share them)."""
+    @property
+    def threads(self) -> int:
+        """Kernel threads including the caller's (1: no worker threads)."""
     @property
     def input_names(self) -> list[str]: ...
     @property
@@ -71,6 +80,9 @@ def graph_isa() -> str:
 
 def graph_select_isa(name: str) -> str:
     """Picks the graph kernels: 'auto', 'portable' or 'avx2'; returns the ISA now in use."""
+
+def graph_peak_gflops(isa: str, seconds: float = 0.2) -> float:
+    """One core's measured fp32 peak in GFLOP/s for an ISA (a register-only multiply-add loop)."""
 
 def graph_available_isas() -> str:
     """The graph kernel ISAs this CPU runs, best first, comma-separated."""

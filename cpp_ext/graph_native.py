@@ -19,16 +19,17 @@ from edgefleet.cpp_ext.graph_ops import infer_dtypes
 GraphExecutor = _native.GraphExecutor
 
 
-def load_executor(graph: Graph) -> GraphExecutor:
+def load_executor(graph: Graph, threads: int = 1) -> GraphExecutor:
     """The C++ executor for graph. GraphFormatError (unsupported op or dtype) or ValueError (an attribute
-    or constant the C++ op refuses) name the node."""
+    or constant the C++ op refuses) name the node. threads: kernel threads counting the caller's (1: none
+    started; bit-identical results at any count)."""
     dtypes = infer_dtypes(graph)
     ids = {name: i for i, name in enumerate(dtypes)}
     nodes = [(n.op, n.name, [ids[v] if v else -1 for v in n.inputs], ids[n.outputs[0]], dict(n.attrs))
              for n in graph.nodes]
     constants = {ids[name]: np.array(array, order="C") for name, array in graph.constants.items()}
     return GraphExecutor([(name, dtype) for name, dtype in dtypes.items()], [ids[i.name] for i in graph.inputs],
-                         [ids[o.name] for o in graph.outputs], constants, nodes)
+                         [ids[o.name] for o in graph.outputs], constants, nodes, threads)
 
 
 def isa() -> str:
@@ -39,6 +40,11 @@ def isa() -> str:
 def select_isa(name: str) -> str:
     """"auto", "portable" or "avx2" for every executor in the process; returns the ISA now in use."""
     return _native.graph_select_isa(name)
+
+
+def peak_gflops(isa_name: str | None = None, seconds: float = 0.2) -> float:
+    """One core's measured fp32 peak (GFLOP/s) for an ISA (default: the one in use): the roofline's ceiling."""
+    return _native.graph_peak_gflops(isa_name or isa(), seconds)
 
 
 def available_isas() -> list[str]:

@@ -4,9 +4,10 @@ Ops follow ONNX (same inputs, attributes and semantics, opset 13+) unless noted;
 `edgefleet.cpp_ext.graph_reference`. 2-D only: Conv, QConv, MaxPool, AveragePool take NCHW inputs. A Conv
 with one input channel per group and a constant W (depthwise) runs a dedicated kernel.
 
-    Conv(X, W, B?)                 float32; auto_pad, dilations, group, kernel_shape, pads, strides, plus
+    Conv(X, W, B?, Z?)             float32; auto_pad, dilations, group, kernel_shape, pads, strides, plus
                                    the fused activation: activation "none" | "relu" | "clip" (act_min, act_max)
-                                   | "hardswish"
+                                   | "hardswish"; Z (the output's shape): a residual added before the
+                                   activation, y = act(conv(X, W) + B + Z)
     Gemm(A, B, C?)                 float32; transA, transB, alpha, beta, activation, act_min, act_max
     MatMul(A, B)                   float32, numpy broadcasting of the batch dims
     Relu(X), Clip(X, min?, max?)   float32
@@ -31,6 +32,12 @@ with one input channel per group and a constant W (depthwise) runs a dedicated k
                                    float32(float32(x_scale * w_scale[c]) / y_scale); y = saturate(
                                    round_half_even(float32(acc) * multiplier[c]) + zy), activation "relu"
                                    clamps below at zy. Attributes as Conv. All inputs but x constant.
+    QAdd, QMul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point)
+                                   edgefleet's fused int8 Add / Mul of two same-shaped uint8|int8 tensors
+                                   (per-tensor parameters, all constant): exactly DequantizeLinear of each,
+                                   the float32 op, [Relu,] QuantizeLinear: y = saturate(round_half_even(
+                                   float32((a - za) * sa op (b - zb) * sb) / y_scale) + zy); activation
+                                   "none" | "relu" (clamps below at zy)
     Erf, Gelu (approximate "none" | "tanh"), Sqrt, Reciprocal, Exp, Neg (X)   float32
     Pow(X, Y), PRelu(X, slope)     float32, numpy broadcasting (PRelu: x < 0 ? slope * x : x)
     Equal(A, B)                    any dtype (both the same) -> uint8 (the format's bool: 0 or 1)
@@ -64,7 +71,7 @@ MAX_INPUTS = 4096  # Concat's inputs
 
 # op -> (min inputs, max inputs, allowed dtypes of input 0)
 OPS: dict[str, tuple[int, int, tuple[str, ...]]] = {
-    "Conv": (2, 3, FLOAT), "Gemm": (2, 3, FLOAT), "MatMul": (2, 2, FLOAT),
+    "Conv": (2, 4, FLOAT), "Gemm": (2, 3, FLOAT), "MatMul": (2, 2, FLOAT),
     "Relu": (1, 1, FLOAT), "Clip": (1, 3, FLOAT), "Sigmoid": (1, 1, FLOAT), "Tanh": (1, 1, FLOAT),
     "HardSigmoid": (1, 1, FLOAT), "HardSwish": (1, 1, FLOAT), "LeakyRelu": (1, 1, FLOAT),
     "Concat": (1, MAX_INPUTS, ANY),
@@ -74,7 +81,7 @@ OPS: dict[str, tuple[int, int, tuple[str, ...]]] = {
     "Flatten": (1, 1, ANY), "Reshape": (2, 2, ANY), "Squeeze": (1, 2, ANY), "Unsqueeze": (2, 2, ANY),
     "Identity": (1, 1, ANY), "Transpose": (1, 1, ANY),
     "QuantizeLinear": (2, 3, FLOAT), "DequantizeLinear": (2, 3, ("uint8", "int8", "int32")),
-    "QConv": (8, 9, QUANT), "QGemm": (8, 9, QUANT),
+    "QConv": (8, 9, QUANT), "QGemm": (8, 9, QUANT), "QAdd": (8, 8, QUANT), "QMul": (8, 8, QUANT),
     "Erf": (1, 1, FLOAT), "Gelu": (1, 1, FLOAT), "Sqrt": (1, 1, FLOAT), "Reciprocal": (1, 1, FLOAT),
     "Exp": (1, 1, FLOAT), "Neg": (1, 1, FLOAT), "Pow": (2, 2, FLOAT), "PRelu": (2, 2, FLOAT),
     "Equal": (2, 2, ANY), "Where": (3, 3, ("uint8",)), "Cast": (1, 1, ANY), "Expand": (2, 2, ANY),
@@ -85,12 +92,14 @@ OPS: dict[str, tuple[int, int, tuple[str, ...]]] = {
 INDEX = ("int32", "int64")
 # ops whose second (and later) inputs must have these dtypes, by position
 _PARAM_DTYPES: dict[str, dict[int, tuple[str, ...]]] = {
-    "Conv": {1: FLOAT, 2: FLOAT}, "Gemm": {1: FLOAT, 2: FLOAT}, "MatMul": {1: FLOAT},
+    "Conv": {1: FLOAT, 2: FLOAT, 3: FLOAT}, "Gemm": {1: FLOAT, 2: FLOAT}, "MatMul": {1: FLOAT},
     "Clip": {1: FLOAT, 2: FLOAT}, "Add": {1: FLOAT}, "Sub": {1: FLOAT}, "Mul": {1: FLOAT}, "Div": {1: FLOAT},
     "Reshape": {1: ("int64",)}, "Squeeze": {1: ("int64",)}, "Unsqueeze": {1: ("int64",)},
     "QuantizeLinear": {1: FLOAT, 2: QUANT}, "DequantizeLinear": {1: FLOAT},
     "QConv": {1: FLOAT, 2: QUANT, 3: QUANT, 4: FLOAT, 5: QUANT, 6: FLOAT, 7: QUANT, 8: ("int32",)},
     "QGemm": {1: FLOAT, 2: QUANT, 3: QUANT, 4: FLOAT, 5: QUANT, 6: FLOAT, 7: QUANT, 8: ("int32",)},
+    "QAdd": {1: FLOAT, 2: QUANT, 3: QUANT, 4: FLOAT, 5: QUANT, 6: FLOAT, 7: QUANT},
+    "QMul": {1: FLOAT, 2: QUANT, 3: QUANT, 4: FLOAT, 5: QUANT, 6: FLOAT, 7: QUANT},
     "Pow": {1: FLOAT}, "PRelu": {1: FLOAT}, "Expand": {1: ("int64",)}, "Gather": {1: INDEX},
     "Slice": {1: INDEX, 2: INDEX, 3: INDEX, 4: INDEX}, "Pad": {1: ("int64",), 3: INDEX},
     "ReduceSum": {1: ("int64",)}, "ReduceMean": {1: ("int64",)}, "ReduceMax": {1: ("int64",)},
@@ -167,7 +176,7 @@ def _output_dtype(op: str, inputs: tuple[str, ...], attrs: dict, dtypes: dict[st
         return dtypes[inputs[2]] if len(inputs) > 2 and inputs[2] else "uint8"
     if op == "DequantizeLinear":
         return "float32"
-    if op in ("QConv", "QGemm"):
+    if op in ("QConv", "QGemm", "QAdd", "QMul"):
         return dtypes[inputs[7]]
     if op == "Equal":
         return "uint8"

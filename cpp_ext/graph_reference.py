@@ -110,10 +110,12 @@ def _conv_accumulate(x: np.ndarray, w: np.ndarray, attrs: dict, pad_value: float
 
 
 def conv(args: list, attrs: dict) -> np.ndarray:
-    x, w, bias = (args + [None])[:3]
+    x, w, bias, residual = (args + [None, None])[:4]
     y = _conv_accumulate(x, w, attrs, 0.0).astype(F32)
     if bias is not None:
         y = y + bias.reshape(1, -1, 1, 1)
+    if residual is not None:
+        y = (y + residual).astype(F32)
     return _activation(y, attrs)
 
 
@@ -276,6 +278,16 @@ def qgemm(args: list, attrs: dict) -> np.ndarray:
     return saturate(value, zy, zy.dtype, floor)
 
 
+def qbinary(op: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Kernel:
+    """QAdd / QMul: DequantizeLinear of both inputs, the float32 op, [Relu,] QuantizeLinear."""
+    def kernel(args: list, attrs: dict) -> np.ndarray:
+        a, sa, za, b, sb, zb, sy, zy = args
+        y = op(dequantize_linear([a, sa, za], {}), dequantize_linear([b, sb, zb], {})).astype(F32)
+        floor = int(zy) if attrs.get("activation", "none") == "relu" else None
+        return saturate((y / sy).astype(F32), zy, zy.dtype, floor)
+    return kernel
+
+
 KERNELS: dict[str, Kernel] = {
     "Conv": conv, "Gemm": gemm,
     "MatMul": lambda args, attrs: np.matmul(args[0], args[1]).astype(F32),
@@ -295,6 +307,6 @@ KERNELS: dict[str, Kernel] = {
     "Flatten": flatten, "Reshape": reshape, "Squeeze": squeeze, "Unsqueeze": unsqueeze,
     "Identity": lambda args, attrs: args[0], "Transpose": transpose,
     "QuantizeLinear": quantize_linear, "DequantizeLinear": dequantize_linear,
-    "QConv": qconv, "QGemm": qgemm,
+    "QConv": qconv, "QGemm": qgemm, "QAdd": qbinary(np.add), "QMul": qbinary(np.multiply),
     **TENSOR_KERNELS,
 }

@@ -16,8 +16,10 @@ json, and edgefleet.cpp_ext._native runs it. The conversion (`onnx_to_graph`):
    (integer arithmetic on the device), and DequantizeLinear -> MaxPool/Reshape/... -> QuantizeLinear with
    equal parameters runs on the quantized tensor (native_passes.py); leftover weight DequantizeLinear
    nodes are folded into float constants;
-4. Conv/Gemm followed by Relu, HardSwish or a constant Clip become one node; older opset forms (Clip and Squeeze
-   attributes, Softmax before opset 13) are rewritten to the format's (graph_ops.py lists the op set);
+4. a group-1 Conv whose only reader is a same-shaped residual Add takes the residual as input Z
+   (fuse_residual_add); Conv/Gemm followed by Relu, HardSwish or a constant Clip become one node;
+   older opset forms (Clip and Squeeze attributes, Softmax before opset 13)
+   are rewritten to the format's (graph_ops.py lists the op set);
 5. anything left that the executor does not run (an op, an attribute value, a dtype, a rank) is refused
    with one CompileError naming every such node; the graph is loaded (and, with static input shapes,
    run once on zeros) before it is written, so a device never meets an op it cannot run.
@@ -40,6 +42,7 @@ from edgefleet.compilers.targets.native_float_passes import (
     fold_batch_norm,
     fold_static_shapes,
     fuse_hard_swish,
+    fuse_residual_add,
     reduce_mean_to_pool,
 )
 from edgefleet.compilers.targets.native_passes import (
@@ -62,6 +65,7 @@ _WINDOW = ["auto_pad", "dilations", "kernel_shape", "pads", "strides"]
 ATTRIBUTES: dict[str, list[str]] = {
     "Conv": [*_WINDOW, "group", "activation", "act_min", "act_max"], "QConv": [*_WINDOW, "group", "activation"],
     "Gemm": ["transA", "transB", "alpha", "beta", "activation", "act_min", "act_max"], "QGemm": ["activation"],
+    "QAdd": ["activation"], "QMul": ["activation"],
     "MaxPool": [*_WINDOW, "ceil_mode", "storage_order"], "AveragePool": [*_WINDOW, "ceil_mode", "count_include_pad"],
     "Softmax": ["axis", "coerce_2d"], "Flatten": ["axis"], "Reshape": ["allowzero"], "Transpose": ["perm"],
     "QuantizeLinear": ["axis", "output_dtype", "saturate", "block_size"], "DequantizeLinear": ["axis", "block_size"],
@@ -110,11 +114,12 @@ def onnx_to_graph(model: onnx.ModelProto) -> tuple[Graph, dict[str, Any]]:
     fold_batch_norm(work, ranks)
     reduce_mean_to_pool(work, ranks)
     fuse_hard_swish(work)
-    fuse_qdq(work)
+    fuse_qdq(work, shapes)
     fold_dequantized_constants(work)
     for node in work.nodes:
         _normalise(node, opset, work)
         normalise_tensor_op(node, work, ranks)
+    fuse_residual_add(work, shapes)
     fuse_activations(work)
     lift_1d(work, ranks)
     prune(work)

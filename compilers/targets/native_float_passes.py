@@ -12,6 +12,9 @@ executor's op set (on native_passes.WorkGraph, before fuse_qdq and fuse_activati
   x.mean((2, 3)) both become GlobalAveragePool [-> Flatten]).
 - fuse_hard_swish: x * HardSigmoid(x) with alpha 1/6, beta 1/2 (how some exporters spell HardSwish)
   becomes HardSwish.
+- fuse_residual_add: 2-D Conv (group 1) whose only reader is Add(conv, z), z computed before the Conv and of
+  the same shape, becomes Conv(x, W, B, z): the residual add in the conv's epilogue, so the activation
+  fuse_activations then folds in (ResNet's Relu) applies after the add, as the graph says.
 
 Each rewrite counts what it did in graph.fused (the artifact's "fused" record).
 """
@@ -199,3 +202,24 @@ def fuse_hard_swish(graph: WorkGraph) -> None:
         graph.nodes[graph.nodes.index(user)] = WorkNode("HardSwish", user.name, [node.inputs[0]], list(user.outputs))
         graph.nodes.remove(node)
         graph.count("HardSigmoid+Mul as HardSwish")
+
+
+def fuse_residual_add(graph: WorkGraph, shapes: Shapes) -> None:
+    """Run after _normalise (Conv's optional B is then present or "") and before fuse_activations."""
+    for node in list(graph.nodes):
+        if node.op != "Conv" or int(node.attrs.get("group", 1)) != 1 or len(node.inputs) > 3:
+            continue
+        add = graph.only_consumer(node.outputs[0])
+        if add is None or add.op != "Add" or len(add.inputs) != 2 or add.inputs[0] == add.inputs[1]:
+            continue
+        z = add.inputs[1] if add.inputs[0] == node.outputs[0] else add.inputs[0]
+        producer = graph.producer(z)
+        earlier = producer is None or graph.nodes.index(producer) < graph.nodes.index(node)
+        dims = shapes.get(node.outputs[0])
+        if z in graph.constants or not earlier or dims is None or len(dims) != 4 or "?" in dims \
+                or shapes.get(z) != dims:
+            continue
+        node.inputs = [*node.inputs, *[""] * (3 - len(node.inputs)), z]
+        node.outputs = list(add.outputs)
+        graph.nodes.remove(add)
+        graph.count("Conv+Add")

@@ -5,7 +5,9 @@
 - fuse_qdq: DequantizeLinear -> Conv | Gemm | MatMul [-> Relu] -> QuantizeLinear with constant weights
   becomes one integer op (QConv / QGemm: int8/uint8 inputs, int32 accumulation, requantized output);
   DequantizeLinear -> MaxPool | Reshape | Flatten | Squeeze | Unsqueeze | Identity | Transpose ->
-  QuantizeLinear with the same scale and zero point becomes the op on the quantized tensor.
+  QuantizeLinear with the same scale and zero point becomes the op on the quantized tensor;
+  DequantizeLinear x 2 -> Add | Mul [-> Relu] -> QuantizeLinear on two same-shaped tensors (residual
+  adds, x * HardSigmoid(x)) becomes QAdd / QMul on the bytes (the float island's arithmetic, fused).
 - fuse_activations: Conv | Gemm followed by Relu, HardSwish, or Clip with constant bounds, becomes one node.
 - prune: drops nodes whose outputs nothing uses.
 """
@@ -134,7 +136,8 @@ def _dequantize_producer(graph: WorkGraph, value: str) -> WorkNode | None:
     return node if node is not None and node.op == "DequantizeLinear" else None
 
 
-def fuse_qdq(graph: WorkGraph) -> None:
+def fuse_qdq(graph: WorkGraph, shapes: dict[str, tuple] | None = None) -> None:
+    """shapes: value -> dims (shape inference); Add / Mul fuse only where both inputs' are known and equal."""
     changed = True
     while changed:
         changed = False
@@ -143,6 +146,37 @@ def fuse_qdq(graph: WorkGraph) -> None:
                 changed = True
             elif node.op in PASS_THROUGH and _pass_through(graph, node):
                 changed = True
+            elif node.op in ("Add", "Mul") and _fuse_binary(graph, node, shapes or {}):
+                changed = True
+
+
+def _fuse_binary(graph: WorkGraph, node: WorkNode, shapes: dict[str, tuple]) -> bool:
+    dqs = [_dequantize_producer(graph, v) for v in node.inputs[:2]]
+    if len(node.inputs) != 2 or any(dq is None or dq.inputs[0] in graph.constants for dq in dqs):
+        return False
+    dims = [shapes.get(v) for v in node.inputs]
+    if dims[0] is None or dims[0] != dims[1] or "?" in dims[0]:  # a named dim ("batch") is the same on both
+        return False
+    relu = graph.only_consumer(node.outputs[0])
+    q = graph.only_consumer(relu.outputs[0]) if relu is not None and relu.op == "Relu" else relu
+    relu = relu if relu is not None and relu.op == "Relu" else None
+    params = [_qparams(graph, dq) for dq in dqs] + [_qparams(graph, q) if q is not None and q.op == "QuantizeLinear"
+                                                     else None]
+    if any(p is None or p[1].dtype not in (np.uint8, np.int8) for p in params):
+        return False
+    a, b = dqs
+    inputs = [a.inputs[0], a.inputs[1], _zero_input(graph, a, params[0]), b.inputs[0], b.inputs[1],
+              _zero_input(graph, b, params[1]), q.inputs[1], _zero_input(graph, q, params[2])]
+    fused = WorkNode("Q" + node.op, node.name, inputs, list(q.outputs),
+                     {"activation": "relu" if relu is not None else "none"})
+    graph.nodes[graph.nodes.index(node)] = fused
+    for gone in (relu, q):
+        if gone is not None:
+            graph.nodes.remove(gone)
+    graph.count(f"DequantizeLinear+{node.op}{'+Relu' if relu else ''}+QuantizeLinear")
+    for dq in dqs:
+        prune_unused(graph, dq)
+    return True
 
 
 def _pass_through(graph: WorkGraph, node: WorkNode) -> bool:

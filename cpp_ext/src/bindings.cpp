@@ -534,7 +534,7 @@ gr::Constant to_constant(const py::handle& object, gr::DType dtype) {
 class PyGraphExecutor {
 public:
     PyGraphExecutor(const py::list& values, const py::list& inputs, const py::list& outputs,
-                    const py::dict& constants, const py::list& nodes) {
+                    const py::dict& constants, const py::list& nodes, int threads) {
         std::vector<std::string> names;
         std::vector<gr::DType> dtypes;
         for (const py::handle value : values) {
@@ -564,6 +564,7 @@ public:
         }
         exec_ = std::make_unique<gr::Executor>(std::move(names), std::move(dtypes), inputs.cast<std::vector<int>>(),
                                                outputs.cast<std::vector<int>>(), std::move(consts), std::move(specs));
+        exec_->set_threads(threads);
         for (std::size_t i = 0; i < exec_->input_count(); ++i) input_keys_.emplace_back(exec_->input_name(i));
         for (std::size_t i = 0; i < exec_->output_count(); ++i) output_keys_.emplace_back(exec_->output_name(i));
         shapes_.resize(exec_->input_count());
@@ -618,6 +619,26 @@ public:
         return result;
     }
 
+    // Runs `runs` times and returns [(op, node name, mean microseconds)] in execution order.
+    py::list profile(const py::handle& feed, int runs) {
+        if (runs < 1) fail_value(py::str("runs must be >= 1"));
+        exec_->set_profiling(true);
+        try {
+            for (int r = 0; r < runs; ++r) run(feed);
+        } catch (...) {
+            exec_->set_profiling(false);
+            throw;
+        }
+        exec_->set_profiling(false);
+        py::list out;
+        for (std::size_t n = 0; n < exec_->node_count(); ++n) {
+            out.append(py::make_tuple(exec_->node(n).op, exec_->node(n).name, exec_->node_ns()[n] / 1e3 / runs));
+        }
+        return out;
+    }
+
+    int threads() const { return exec_->threads(); }
+    std::size_t arena_bytes() const { return exec_->arena_bytes(); }
     std::vector<std::string> input_names() const { return names(true); }
     std::vector<std::string> output_names() const { return names(false); }
     std::size_t cached_plans() const { return exec_->cached_plans(); }
@@ -661,21 +682,29 @@ private:
 
 void bind_graph(py::module_& m) {
     py::class_<PyGraphExecutor>(m, "GraphExecutor", R"doc(
-GraphExecutor(values, inputs, outputs, constants, nodes)
+GraphExecutor(values, inputs, outputs, constants, nodes, threads=1)
 
 The native backend's graph executor. Build it with edgefleet.cpp_ext.graph_native.load_executor(graph),
 which turns a graph_format.Graph into these arguments: values [(name, dtype)], inputs and outputs (value
 ids), constants {id: array}, nodes [(op, name, [input ids, -1 if absent], output id, attrs)]. Unsupported
-ops or attributes raise ValueError here, at load, naming the node.)doc")
+ops or attributes raise ValueError here, at load, naming the node. threads: kernel threads including the
+caller's (1: no worker threads).)doc")
         .def(py::init([](const py::list& values, const py::list& inputs, const py::list& outputs,
-                         const py::dict& constants, const py::list& nodes) {
+                         const py::dict& constants, const py::list& nodes, int threads) {
                  try {
-                     return std::make_unique<PyGraphExecutor>(values, inputs, outputs, constants, nodes);
+                     return std::make_unique<PyGraphExecutor>(values, inputs, outputs, constants, nodes, threads);
                  } catch (const gr::GraphError& err) {
                      throw py::value_error(err.what());
                  }
              }),
-             py::arg("values"), py::arg("inputs"), py::arg("outputs"), py::arg("constants"), py::arg("nodes"))
+             py::arg("values"), py::arg("inputs"), py::arg("outputs"), py::arg("constants"), py::arg("nodes"),
+             py::arg("threads") = 1)
+        .def("profile", &PyGraphExecutor::profile, py::arg("inputs"), py::arg("runs") = 100,
+             "Runs the graph `runs` times; returns [(op, node name, mean microseconds per run)] per node.")
+        .def_property_readonly("threads", &PyGraphExecutor::threads)
+        .def_property_readonly("arena_bytes", &PyGraphExecutor::arena_bytes,
+                               "Bytes the intermediate values of the last plan take (values whose lifetimes "
+                               "do not overlap share them).")
         .def("run", &PyGraphExecutor::run, py::arg("inputs"),
              "Runs the graph: inputs {name: array of the declared dtype}; returns {output name: new array}.")
         .def_property_readonly("input_names", &PyGraphExecutor::input_names)
@@ -694,6 +723,18 @@ ops or attributes raise ValueError here, at load, naming the node.)doc")
             }
         },
         py::arg("name"), "Picks the graph kernels: 'auto', 'portable' or 'avx2'; returns the ISA now in use.");
+    m.def(
+        "graph_peak_gflops",
+        [](const std::string& isa, double seconds) {
+            try {
+                py::gil_scoped_release release;
+                return gr::kernels::peak_gflops(isa, seconds);
+            } catch (const std::invalid_argument& err) {
+                throw py::value_error(err.what());
+            }
+        },
+        py::arg("isa"), py::arg("seconds") = 0.2,
+        "One core's measured fp32 peak in GFLOP/s for an ISA (a register-only multiply-add loop).");
     m.def("graph_available_isas", []() { return gr::kernels::available_isas(); },
           "The graph kernel ISAs this CPU runs, best first, comma-separated.");
 }

@@ -3,7 +3,7 @@
 // A graph is a list of values (graph inputs, constants, node outputs) and nodes in execution order; the
 // ops are those of edgefleet/cpp_ext/graph_ops.py with the semantics of graph_reference.py. Running
 // a graph needs a Plan for the input shapes: every value's shape, one arena for the intermediate
-// values and the largest scratch any node needs. Plans are cached per input shapes, so a steady stream of
+// values (values whose lifetimes do not overlap share bytes) and the largest scratch any node needs. Plans are cached per input shapes, so a steady stream of
 // same-shaped requests allocates nothing after the first.
 #pragma once
 
@@ -14,6 +14,8 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "graph_threads.hpp"
 
 namespace edgefleet::graph {
 
@@ -106,7 +108,7 @@ struct Plan {
     std::vector<std::vector<View>> args;   // per node: its input views (data set at run)
     std::vector<std::size_t> offsets;      // per value: arena offset, or SIZE_MAX
     std::shared_ptr<void> arena;
-    std::size_t scratch_offset = 0;
+    std::size_t scratch_offset = 0;  // = the bytes the intermediate values take (after reuse)
 };
 
 class Executor {
@@ -122,6 +124,8 @@ public:
     const std::string& input_name(std::size_t i) const { return names_[inputs_[i]]; }
     const std::string& output_name(std::size_t i) const { return names_[outputs_[i]]; }
     std::size_t cached_plans() const { return plans_.size(); }
+    // Bytes of intermediate values in the most recently used plan (0 before the first run).
+    std::size_t arena_bytes() const { return plans_.empty() ? 0 : plans_[0]->scratch_offset; }
 
     // The plan for these input shapes (int64 inputs' values are part of the key: they may be shapes).
     const Plan& plan(const std::vector<const Shape*>& shapes, const std::vector<const void*>& data);
@@ -131,9 +135,23 @@ public:
 
     static constexpr std::size_t kMaxPlans = 8;
 
+    // Threads for the kernels (graph_threads.hpp): 1 (the default) runs on the caller alone. Drops the
+    // cached plans (scratch space grows with the thread count).
+    void set_threads(int threads);
+    int threads() const { return pool_ ? pool_->size() : 1; }
+    // Per-node timing: when on, run adds each node's wall time (ns) to node_ns() (zeroed on enabling).
+    void set_profiling(bool on);
+    const std::vector<double>& node_ns() const { return node_ns_; }
+    const NodeSpec& node(std::size_t n) const { return specs_[n]; }
+    std::size_t node_count() const { return specs_.size(); }
+
 private:
     std::unique_ptr<Plan> make_plan(std::vector<std::int64_t> key, const std::vector<const Shape*>& shapes,
                                     const std::vector<const void*>& data);
+    // Per value: the index of the last node that reads its bytes (directly or through views of it);
+    // SIZE_MAX for graph outputs. The plan frees a value's arena block after that node.
+    std::vector<std::size_t> last_reads() const;
+    std::size_t bytes_of(const Plan& plan, int value) const;
 
     std::vector<std::string> names_;
     std::vector<DType> dtypes_;
@@ -146,6 +164,9 @@ private:
     std::vector<void*> ptrs_;                   // per value, during run
     std::vector<char> direct_;                  // per output: written in place by its node
     std::vector<char> shape_input_;             // per graph input: its values are part of the plan key
+    std::unique_ptr<ThreadPool> pool_;
+    bool profiling_ = false;
+    std::vector<double> node_ns_;
 };
 
 }  // namespace edgefleet::graph

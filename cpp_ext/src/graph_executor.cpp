@@ -1,10 +1,12 @@
 // The executor: values, plans per input shapes, and the run loop (see graph.hpp).
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <new>
 #include <sstream>
+#include <utility>
 
 #include "graph.hpp"
 
@@ -161,7 +163,100 @@ Executor::Executor(std::vector<std::string> value_names, std::vector<DType> valu
     }
 }
 
+namespace {
+
+// Memory planning: first-fit over a free list of 64-byte-aligned blocks, so intermediate values whose
+// lifetimes do not overlap share bytes. The working set of a CNN then stays a few activations (in L2)
+// instead of every activation of the model.
+class ArenaPlanner {
+public:
+    std::size_t take(std::size_t bytes) {
+        bytes = round(bytes);
+        std::size_t best = free_.size();
+        for (std::size_t i = 0; i < free_.size(); ++i) {  // the smallest block that fits
+            if (free_[i].second >= bytes && (best == free_.size() || free_[i].second < free_[best].second)) best = i;
+        }
+        if (best == free_.size()) {
+            const std::size_t at = end_;
+            end_ += bytes;
+            return at;
+        }
+        const std::size_t at = free_[best].first;
+        if (free_[best].second == bytes) {
+            free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(best));
+        } else {
+            free_[best].first += bytes, free_[best].second -= bytes;
+        }
+        return at;
+    }
+    void give(std::size_t at, std::size_t bytes) {
+        free_.emplace_back(at, round(bytes));
+        std::sort(free_.begin(), free_.end());
+        std::vector<std::pair<std::size_t, std::size_t>> merged;
+        for (const auto& block : free_) {
+            if (!merged.empty() && merged.back().first + merged.back().second == block.first) {
+                merged.back().second += block.second;
+            } else {
+                merged.push_back(block);
+            }
+        }
+        free_ = std::move(merged);
+    }
+    std::size_t size() const { return end_; }
+
+private:
+    static std::size_t round(std::size_t bytes) { return std::max<std::size_t>(64, (bytes + 63) / 64 * 64); }
+    std::vector<std::pair<std::size_t, std::size_t>> free_;  // (offset, bytes), sorted, merged
+    std::size_t end_ = 0;
+};
+
+// Makes `pool` the current one on this thread for a scope (ops read it through current_pool()).
+class PoolScope {
+public:
+    explicit PoolScope(ThreadPool* pool) : saved_(current_pool()) { set_current_pool(pool); }
+    ~PoolScope() { set_current_pool(saved_); }
+    PoolScope(const PoolScope&) = delete;
+    PoolScope& operator=(const PoolScope&) = delete;
+
+private:
+    ThreadPool* saved_;
+};
+
+}  // namespace
+
+std::vector<std::size_t> Executor::last_reads() const {
+    std::vector<int> root(dtypes_.size());
+    for (std::size_t v = 0; v < root.size(); ++v) root[v] = static_cast<int>(v);
+    std::vector<std::size_t> last(dtypes_.size(), 0);
+    for (std::size_t n = 0; n < specs_.size(); ++n) {
+        for (const int id : specs_[n].inputs) {
+            if (id >= 0) last[root[id]] = std::max(last[root[id]], n);
+        }
+        if (ops_[n]->is_view()) root[specs_[n].output] = root[specs_[n].inputs[0]];
+    }
+    for (const int id : outputs_) last[root[id]] = std::numeric_limits<std::size_t>::max();
+    return last;
+}
+
+std::size_t Executor::bytes_of(const Plan& plan, int value) const {
+    return static_cast<std::size_t>(numel(plan.shapes[value])) * dtype_size(dtypes_[value]);
+}
+
+void Executor::set_threads(int threads) {
+    if (threads < 1) throw GraphError("threads must be >= 1, got " + std::to_string(threads));
+    if (threads == this->threads()) return;
+    pool_.reset();
+    if (threads > 1) pool_ = std::make_unique<ThreadPool>(threads);
+    plans_.clear();
+}
+
+void Executor::set_profiling(bool on) {
+    profiling_ = on;
+    if (on) node_ns_.assign(specs_.size(), 0.0);
+}
+
 const Plan& Executor::plan(const std::vector<const Shape*>& shapes, const std::vector<const void*>& data) {
+    const PoolScope scope(pool_.get());  // scratch sizes depend on the thread count
     std::vector<std::int64_t> key;
     for (std::size_t i = 0; i < shapes.size(); ++i) {
         key.push_back(static_cast<std::int64_t>(shapes[i]->size()));
@@ -200,7 +295,11 @@ std::unique_ptr<Plan> Executor::make_plan(std::vector<std::int64_t> key, const s
     }
     constexpr std::size_t kNone = std::numeric_limits<std::size_t>::max();
     plan->offsets.assign(dtypes_.size(), kNone);
-    std::size_t arena = 0;
+    const std::vector<std::size_t> last = last_reads();
+    std::vector<int> root(dtypes_.size());  // the value whose bytes a value is (itself, or a view's source)
+    for (std::size_t v = 0; v < root.size(); ++v) root[v] = static_cast<int>(v);
+    ArenaPlanner arena;
+    std::vector<char> freed(dtypes_.size(), 0);  // a value read twice by one node is given back once
     std::size_t scratch = 0;
     for (std::size_t n = 0; n < specs_.size(); ++n) {
         const NodeSpec& spec = specs_[n];
@@ -221,15 +320,26 @@ std::unique_ptr<Plan> Executor::make_plan(std::vector<std::int64_t> key, const s
         }
         if (ops_[n]->is_view()) {
             known[spec.output] = known[spec.inputs[0]];
+            root[spec.output] = root[spec.inputs[0]];
         } else {
-            plan->offsets[spec.output] = arena;
             const auto bytes = static_cast<std::size_t>(numel(plan->shapes[spec.output])) * dtype_size(dtypes_[spec.output]);
-            arena += (bytes + 63) / 64 * 64;
+            plan->offsets[spec.output] = arena.take(bytes);
         }
+        // Inputs read for the last time here go back to the free list (after the output took its place:
+        // an op never writes over its own inputs), and so does an output nothing reads.
+        for (const int id : spec.inputs) {
+            const int r = id < 0 ? -1 : root[id];
+            if (r >= 0 && last[r] == n && plan->offsets[r] != kNone && !freed[r]) {
+                arena.give(plan->offsets[r], bytes_of(*plan, r));
+                freed[r] = 1;
+            }
+        }
+        const int out = root[spec.output];
+        if (!ops_[n]->is_view() && last[out] <= n) arena.give(plan->offsets[out], bytes_of(*plan, out));
         plan->args.push_back(std::move(args));
     }
-    plan->scratch_offset = arena;
-    plan->arena = aligned_buffer(arena + scratch + 64);
+    plan->scratch_offset = arena.size();
+    plan->arena = aligned_buffer(arena.size() + scratch + 64);
     for (auto& args : plan->args) {  // views point at the plan's own shapes; data is set per run
         for (View& view : args) view.data = nullptr;
     }
@@ -257,6 +367,8 @@ void Executor::run(Plan& plan, const std::vector<const void*>& input_data, const
         }
     }
     void* scratch = arena + plan.scratch_offset;
+    const PoolScope scope(pool_.get());
+    using Clock = std::chrono::steady_clock;
     for (std::size_t n = 0; n < specs_.size(); ++n) {
         const NodeSpec& spec = specs_[n];
         std::vector<View>& args = plan.args[n];
@@ -267,7 +379,9 @@ void Executor::run(Plan& plan, const std::vector<const void*>& input_data, const
             ptrs_[spec.output] = args[0].data;
             continue;
         }
+        const Clock::time_point start = profiling_ ? Clock::now() : Clock::time_point{};
         ops_[n]->run(args, View{dtypes_[spec.output], &plan.shapes[spec.output], ptrs_[spec.output]}, scratch);
+        if (profiling_) node_ns_[n] += std::chrono::duration<double, std::nano>(Clock::now() - start).count();
     }
     for (std::size_t o = 0; o < outputs_.size(); ++o) {
         if (!direct_[o]) {

@@ -26,7 +26,8 @@ using QgemmFn = void (*)(int M, int N, int K, const std::int16_t* A, int lda, co
 // summed in k order from 0, bias added after the sum (as im2col + sgemm + bias would). x is the input
 // planes, zero-padded so that every offset is inside; pix[p] is output pixel p's window corner in x,
 // koff[k] the offset of kernel tap k = (c, i, j) from it. w is the weight pre-packed as (K, MP), MP = M
-// rounded up to 8 with zero columns; bias has MP values.
+// rounded up to 8 with zero columns; bias has MP values. Only pixels [p_begin, p_end) are computed
+// (p_begin a multiple of 8, so a thread's share of the pixels is tiled exactly as the whole would be).
 struct ConvArgs {
     int M, P, K, MP;
     const float* x;
@@ -36,6 +37,7 @@ struct ConvArgs {
     const float* bias;
     float lo, hi;
     float* y;
+    int p_begin, p_end;
 };
 using ConvFn = void (*)(const ConvArgs& args);
 
@@ -46,7 +48,8 @@ using ConvFn = void (*)(const ConvArgs& args);
 // channels beyond C). For m < M, p < P, in int32 (exact) then float32 as the reference:
 //   acc = bias[m] + sum_t sum_j x[pix[p] + koff[t] + j] * w[(t * MP + m) * 4 + j]
 //   y[m * P + p] = clamp(nearbyint(float(acc) * mult[m]) + y_zero, lo, hi)
-// bias already holds the layer's bias minus x_zero_point * sum of the channel's weights.
+// bias already holds the layer's bias minus x_zero_point * sum of the channel's weights. Pixels
+// [p_begin, p_end) only, as ConvArgs.
 struct QConvArgs {
     int M, P, K4, MP;
     const std::uint8_t* x;
@@ -58,6 +61,7 @@ struct QConvArgs {
     float y_zero, lo, hi;
     bool out_u8;
     void* y;
+    int p_begin, p_end;
 };
 using QConvFn = void (*)(const QConvArgs& args);
 
@@ -74,6 +78,11 @@ const Table& active();
 // std::invalid_argument for an unknown name or one this CPU cannot run.
 std::string select_isa(const std::string& name);
 std::string available_isas();  // comma-separated, best first
+
+// The fp32 peak of one core for an ISA ("avx512", "avx2", or "portable": multiply and add without FMA,
+// as the portable build compiles them): a register-only multiply-add loop timed for about `seconds`.
+// Returns GFLOP/s (a multiply-add counts 2). std::invalid_argument for an ISA this CPU cannot run.
+double peak_gflops(const std::string& isa, double seconds);
 
 void sgemm_portable(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc);
 void qgemm_nt_portable(int M, int N, int K, const std::int16_t* A, int lda, const std::int16_t* B, int ldb,
@@ -95,6 +104,8 @@ void sgemm_avx2(int M, int N, int K, const float* A, int lda, const float* B, in
 void qgemm_nt_avx2(int M, int N, int K, const std::int16_t* A, int lda, const std::int16_t* B, int ldb,
                    std::int32_t* C, std::ptrdiff_t ldc_m, std::ptrdiff_t ldc_n);
 bool cpu_has_avx2();
+float fma_loop_avx2(long iterations);    // 12 x 8 multiply-adds per iteration
+float fma_loop_avx512(long iterations);  // 12 x 16
 #endif
 
 inline int round_up16(int k) { return (k + 15) / 16 * 16; }

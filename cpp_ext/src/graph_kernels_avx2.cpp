@@ -100,7 +100,7 @@ EF_AVX2 inline std::int32_t hsum(__m256i v) {
 // 8 output pixels from p0 x 8 output channels from m0: one weight load and 8 broadcasts per tap, then
 // bias and clamp in registers and a transpose, so each channel's 8 pixels leave in one (masked) store.
 EF_AVX2 inline void conv_tile(const ConvArgs& a, int p0, int m0) {
-    const int pixels = std::min(8, a.P - p0);
+    const int pixels = std::min(8, a.p_end - p0);
     const std::int32_t* pix = a.pix + p0;
     const int last = pixels - 1;  // past the end: repeat the last pixel
     // Accumulators as named locals: an array whose address reaches the transpose stays in memory.
@@ -149,7 +149,7 @@ EF_AVX2 inline void conv_tile(const ConvArgs& a, int p0, int m0) {
 template <int NV>
 EF_AVX2 inline void conv_tile_deep(const ConvArgs& a, int p0, int m0) {
     constexpr int kPixels = 4;
-    const int pixels = std::min(kPixels, a.P - p0);
+    const int pixels = std::min(kPixels, a.p_end - p0);
     const float* xs[kPixels];
 #pragma GCC unroll 4
     for (int i = 0; i < kPixels; ++i) {
@@ -204,7 +204,7 @@ EF_AVX2 inline void conv_tile_deep(const ConvArgs& a, int p0, int m0) {
 EF_AVX2 void conv_avx2(const ConvArgs& a) {
     if (a.K < 64) {  // shallow (first layers, small images): the 8 x 8 tile's transposed stores win
         for (int m0 = 0; m0 < a.M; m0 += 8) {
-            for (int p0 = 0; p0 < a.P; p0 += 8) {
+            for (int p0 = a.p_begin; p0 < a.p_end; p0 += 8) {
                 conv_tile(a, p0, m0);
             }
         }
@@ -213,7 +213,7 @@ EF_AVX2 void conv_avx2(const ConvArgs& a) {
     const int total = (a.M + 7) / 8, bands = (total + 2) / 3;
     for (int band = 0, m0 = 0; band < bands; ++band) {  // equal bands of up to 3 vectors
         const int vectors = (total * (band + 1)) / bands - (total * band) / bands;
-        for (int p0 = 0; p0 < a.P; p0 += 4) {
+        for (int p0 = a.p_begin; p0 < a.p_end; p0 += 4) {
             switch (vectors) {
                 case 3: conv_tile_deep<3>(a, p0, m0); break;
                 case 2: conv_tile_deep<2>(a, p0, m0); break;
@@ -273,6 +273,20 @@ EF_AVX2 void qgemm_nt_avx2(int M, int N, int K, const std::int16_t* A, int lda, 
             C[m * ldc_m + n * ldc_n] = hsum(acc);
         }
     }
+}
+
+// The roofline's ceiling: 12 independent FMA chains (more than latency x issue width), no loads.
+EF_AVX2 float fma_loop_avx2(long iterations) {
+    __m256 acc[12];
+    for (int i = 0; i < 12; ++i) acc[i] = _mm256_set1_ps(static_cast<float>(i));
+    const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
+    for (long it = 0; it < iterations; ++it) {
+#pragma GCC unroll 12
+        for (int i = 0; i < 12; ++i) acc[i] = _mm256_fmadd_ps(acc[i], a, b);
+    }
+    __m256 sum = acc[0];
+    for (int i = 1; i < 12; ++i) sum = _mm256_add_ps(sum, acc[i]);
+    return _mm256_cvtss_f32(sum);
 }
 
 }  // namespace edgefleet::graph::kernels

@@ -69,7 +69,7 @@ EF_AVX512 inline void transpose8x16(__m128i r[8]) {
 // lanes past M are masked off in the loads, so the last row is never read beyond its end.
 template <int NV>
 EF_AVX512 inline void conv_tile(const ConvArgs& a, int p0, int m0) {
-    const int pixels = std::min(kPixels, a.P - p0);
+    const int pixels = std::min(kPixels, a.p_end - p0);
     const float* xs[kPixels];
     corners(a.x, a.pix + p0, pixels, xs);
     __mmask16 mask[NV];
@@ -140,7 +140,7 @@ inline std::int32_t load4(const std::uint8_t* p) {
 // in registers with the reference's float32 steps, narrowed to bytes and stored channel by channel.
 template <int NV>
 EF_AVX512 inline void qconv_tile(const QConvArgs& a, int p0, int m0) {
-    const int pixels = std::min(kPixels, a.P - p0);
+    const int pixels = std::min(kPixels, a.p_end - p0);
     const std::uint8_t* xs[kPixels];
     corners(a.x, a.pix + p0, pixels, xs);
     __m512i acc[NV][kPixels];
@@ -201,7 +201,7 @@ EF_AVX512 inline void tiles(const Args& a) {
     const int total = (a.M + kLanes - 1) / kLanes, bands = (total + kVectors - 1) / kVectors;
     for (int band = 0, m0 = 0; band < bands; ++band) {  // equal bands: 64 channels as 32 + 32, not 48 + 16
         const int vectors = (total * (band + 1)) / bands - (total * band) / bands;
-        for (int p0 = 0; p0 < a.P; p0 += kPixels) {
+        for (int p0 = a.p_begin; p0 < a.p_end; p0 += kPixels) {
             switch (vectors) {
                 case 3: Tile<3>::run(a, p0, m0); break;
                 case 2: Tile<2>::run(a, p0, m0); break;
@@ -226,6 +226,20 @@ struct QConvTile {
 EF_AVX512 void conv_avx512(const ConvArgs& a) { tiles<ConvArgs, ConvTile>(a); }
 
 EF_AVX512 void qconv_u8s8_avx512(const QConvArgs& a) { tiles<QConvArgs, QConvTile>(a); }
+
+// As fma_loop_avx2, in 512-bit registers.
+EF_AVX512 float fma_loop_avx512(long iterations) {
+    __m512 acc[12];
+    for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_ps(static_cast<float>(i));
+    const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
+    for (long it = 0; it < iterations; ++it) {
+#pragma GCC unroll 12
+        for (int i = 0; i < 12; ++i) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
+    }
+    __m512 sum = acc[0];
+    for (int i = 1; i < 12; ++i) sum = _mm512_add_ps(sum, acc[i]);
+    return _mm512_reduce_add_ps(sum);
+}
 
 }  // namespace edgefleet::graph::kernels
 

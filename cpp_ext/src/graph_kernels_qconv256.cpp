@@ -42,7 +42,7 @@ EF_AVX2 inline __m256i dpbusd(__m256i acc, __m256i x, __m256i w) {
 
 template <bool kVnni, int NV>
 EF_AVX2 inline void tile(const QConvArgs& a, int p0, int m0) {
-    const int pixels = std::min(kPixels, a.P - p0);
+    const int pixels = std::min(kPixels, a.p_end - p0);
     const std::uint8_t* xs[kPixels];
 #pragma GCC unroll 4
     for (int i = 0; i < kPixels; ++i) {
@@ -121,7 +121,7 @@ EF_AVX2 void tiles(const QConvArgs& a) {
     const int total = (a.M + kLanes - 1) / kLanes, bands = (total + kVectors - 1) / kVectors;
     for (int band = 0, m0 = 0; band < bands; ++band) {
         const int vectors = (total * (band + 1)) / bands - (total * band) / bands;
-        for (int p0 = 0; p0 < a.P; p0 += kPixels) {
+        for (int p0 = a.p_begin; p0 < a.p_end; p0 += kPixels) {
             if (vectors == 3) {
                 tile<kVnni, kVectors>(a, p0, m0);  // only reached with kVectors == 3
             } else if (vectors == 2) {

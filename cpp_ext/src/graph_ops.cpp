@@ -4,6 +4,9 @@
 
 #include <limits>
 
+#include "graph_kernels.hpp"
+#include "graph_threads.hpp"
+
 namespace edgefleet::graph {
 
 void fail(const std::string& message) { throw GraphError(message); }
@@ -12,6 +15,20 @@ std::int64_t normalize_axis(std::int64_t axis, std::int64_t rank) {
     EF_REQUIRE(axis >= -rank && axis < rank,
             "axis " + std::to_string(axis) + " is out of range for rank " + std::to_string(rank));
     return axis < 0 ? axis + rank : axis;
+}
+
+void parallel_sgemm(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc) {
+    const kernels::SgemmFn sgemm = kernels::active().sgemm;
+    const double work = static_cast<double>(M) * N * K;
+    if (M >= 8) {
+        parallel_ranges(M, 4, work, [&](int, std::int64_t begin, std::int64_t end) {
+            sgemm(static_cast<int>(end - begin), N, K, A + begin * lda, lda, B, ldb, C + begin * ldc, ldc);
+        });
+    } else {
+        parallel_ranges(N, 64, work, [&](int, std::int64_t begin, std::int64_t end) {
+            sgemm(M, static_cast<int>(end - begin), K, A, lda, B + begin, ldb, C + begin, ldc);
+        });
+    }
 }
 
 Window window_2d(const Shape& x, std::int64_t kh, std::int64_t kw, const Attrs& attrs, bool ceil) {
@@ -109,6 +126,7 @@ std::unique_ptr<Op> make_op(const NodeSpec& spec, const std::vector<DType>& inpu
     if (auto op = make_shape_op(spec, input_dtypes, constants)) return op;
     if (auto op = make_qdepthwise_conv_op(spec, output_dtype, constants)) return op;
     if (auto op = make_quant_op(spec, input_dtypes, output_dtype, constants)) return op;
+    if (auto op = make_qbinary_op(spec, output_dtype, constants)) return op;
     if (auto op = make_math_op(spec, input_dtypes, output_dtype)) return op;
     if (auto op = make_tensor_op(spec, input_dtypes)) return op;
     if (auto op = make_resize_op(spec, constants)) return op;

@@ -67,6 +67,10 @@ struct Activation {
     }
 };
 
+// kernels::active().sgemm, split over the threads of the current run (graph_threads.hpp) in blocks of
+// rows (4, the AVX2 kernel's band) or, for fewer than 8 rows, of 64 columns: the same tiles as one call.
+void parallel_sgemm(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc);
+
 // Axis normalised into [0, rank); GraphError outside [-rank, rank).
 std::int64_t normalize_axis(std::int64_t axis, std::int64_t rank);
 
@@ -92,13 +96,15 @@ private:
 // Factories by op family (graph_ops_conv.cpp, graph_ops_depthwise.cpp, graph_ops_pool.cpp,
 // graph_ops_float.cpp, graph_ops_unary.cpp, graph_ops_shape.cpp, graph_ops_quant.cpp).
 std::unique_ptr<Op> make_conv_op(const NodeSpec& spec, const std::vector<const Constant*>& constants);
-// Conv with one input channel per group (depthwise) and a constant W; null for any other Conv.
+// Conv with one input channel per group (depthwise), a constant W and no residual Z; null otherwise.
 std::unique_ptr<Op> make_depthwise_conv_op(const NodeSpec& spec, const std::vector<const Constant*>& constants);
 std::unique_ptr<Op> make_unary_op(const NodeSpec& spec);
 // QConv with one input channel per group, every parameter constant and sums that float32 holds exactly
 // (graph_ops_depthwise.cpp); null for any other QConv, which the general QConv runs.
 std::unique_ptr<Op> make_qdepthwise_conv_op(const NodeSpec& spec, DType out,
                                             const std::vector<const Constant*>& constants);
+// QAdd / QMul of two same-shaped quantized tensors (graph_ops_qbinary.cpp); null for any other op.
+std::unique_ptr<Op> make_qbinary_op(const NodeSpec& spec, DType out, const std::vector<const Constant*>& constants);
 std::unique_ptr<Op> make_pool_op(const NodeSpec& spec);
 std::unique_ptr<Op> make_float_op(const NodeSpec& spec, const std::vector<DType>& in,
                                   const std::vector<const Constant*>& constants);

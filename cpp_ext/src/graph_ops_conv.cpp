@@ -1,5 +1,6 @@
 // Conv: float32, NCHW, 2-D, with its fused activation (Relu / Clip / HardSwish folded in by the
-// compiler). Paths:
+// compiler) and an optional residual Z (ResNet's shortcut add), added after the bias and before the
+// activation. Paths:
 // - direct (group 1, constant W, 1x1 convs included): W pre-packed as (K, M rounded up to 8), the input
 //   copied into zero-padded planes when a window reaches outside it, and kernels::Table::conv computes
 //   the output channels across the SIMD lanes with bias and clamp applied in registers: no im2col, no
@@ -14,6 +15,7 @@
 
 #include "graph_kernels.hpp"
 #include "graph_ops.hpp"
+#include "graph_threads.hpp"
 
 namespace edgefleet::graph {
 namespace {
@@ -22,8 +24,9 @@ using kernels::active;
 
 class ConvOp : public Op {
 public:
-    ConvOp(const Attrs& attrs, const Constant* w, const Constant* b)
-        : attrs_(attrs), act_(Activation::from(attrs)), group_(attrs.get_int("group", 1)) {
+    ConvOp(const Attrs& attrs, const Constant* w, const Constant* b, bool residual)
+        : attrs_(attrs), act_(residual ? Activation{} : Activation::from(attrs)), post_(Activation::from(attrs)),
+          group_(attrs.get_int("group", 1)), residual_(residual) {
         EF_REQUIRE(group_ >= 1, "group must be >= 1");
         kernel_ = attrs.get_ints("kernel_shape", {});
         if (group_ == 1 && w != nullptr && w->shape.size() == 4) pack(*w, b);
@@ -48,7 +51,10 @@ public:
         } else if (in.size() > 2 && !in[2].shape->empty()) {
             EF_REQUIRE(numel(*in[2].shape) == w[0], "B must have M = " + std::to_string(w[0]) + " values");
         }
-        return {win.n, w[0], win.oh, win.ow};
+        const Shape out{win.n, w[0], win.oh, win.ow};
+        EF_REQUIRE(!residual_ || *in[3].shape == out,
+                   "Z " + shape_str(*in[3].shape) + " must have the output's shape " + shape_str(out));
+        return out;
     }
 
     static bool pointwise(const Window& w) {
@@ -74,13 +80,13 @@ public:
         const Window& win = window(in);
         if (vector(win)) {
             run_vector(in, out, win, static_cast<float*>(scratch));
-            return;
-        }
-        if (const Direct* d = direct(win)) {
+        } else if (const Direct* d = direct(win)) {
             run_direct(in, out, win, *d, static_cast<float*>(scratch));
-            return;
+            return;  // the residual is added per thread's part, while it is in cache
+        } else {
+            run_im2col(in, out, win, scratch);
         }
-        run_im2col(in, out, win, scratch);
+        if (residual_) add_residual(out.as<float>(), in[3].as<float>(), out.size());
     }
 
 private:
@@ -143,7 +149,7 @@ private:
         kernels::ConvArgs args{static_cast<int>(m), static_cast<int>(p), static_cast<int>(d.koff.size()),
                                static_cast<int>(bias_.size()), nullptr, d.pix.data(), d.koff.data(),
                                static_cast<const float*>(packed_.get()), bias_.data(),
-                               act_.active ? act_.lo : -kInf, act_.active ? act_.hi : kInf, nullptr};
+                               act_.active ? act_.lo : -kInf, act_.active ? act_.hi : kInf, nullptr, 0, 0};
         for (std::int64_t n = 0; n < win.n; ++n) {
             const float* x = in[0].as<float>() + n * win.c * plane;
             if (d.copy) {
@@ -156,9 +162,27 @@ private:
             }
             args.x = x;
             args.y = out.as<float>() + n * m * p;
-            active().conv(args);
-            act_.finish(args.y, m * p);
+            const kernels::ConvFn conv = active().conv;
+            const double work = static_cast<double>(m) * static_cast<double>(p) * static_cast<double>(args.K);
+            parallel_ranges(p, 8, work, [&](int, std::int64_t begin, std::int64_t end) {
+                kernels::ConvArgs part = args;
+                part.p_begin = static_cast<int>(begin);
+                part.p_end = static_cast<int>(end);
+                conv(part);
+                for (std::int64_t o = 0; o < m; ++o) {
+                    act_.finish(args.y + o * p + begin, end - begin);
+                    if (residual_) {
+                        add_residual(args.y + o * p + begin, in[3].as<float>() + (n * m + o) * p + begin, end - begin);
+                    }
+                }
+            });
         }
+    }
+
+    // y = act(y + z): the residual of Conv(X, W, B, Z), added after bias (the conv ran without activation).
+    void add_residual(float* y, const float* z, std::int64_t count) const {
+        for (std::int64_t i = 0; i < count; ++i) y[i] += z[i];
+        post_.apply(y, count);
     }
 
     // acc[m] = sum_k x[k] * w[k][m] in k order (the rows of the packed W, so the loop over m is
@@ -200,7 +224,7 @@ private:
                     for (std::size_t r = 0; r < count; ++r) out[r] = index[r] >= 0 ? x[index[r]] : 0.0f;
                     col = out;
                 }
-                active().sgemm(static_cast<int>(m), static_cast<int>(p), static_cast<int>(k),
+                parallel_sgemm(static_cast<int>(m), static_cast<int>(p), static_cast<int>(k),
                                in[1].as<float>() + g * m * k, static_cast<int>(k), col, static_cast<int>(p), y,
                                static_cast<int>(p));
                 for (std::int64_t o = 0; o < m; ++o) {
@@ -216,8 +240,10 @@ private:
     }
 
     Attrs attrs_;
-    Activation act_;
+    Activation act_;   // in the kernels' epilogue: none when there is a residual (it comes after the add)
+    Activation post_;  // after the residual add
     std::int64_t group_;
+    bool residual_;
     std::vector<std::int64_t> kernel_;
     std::shared_ptr<void> packed_;       // W as (K, MP) for the direct path, or null
     std::int64_t packed_m_ = 0, packed_k_ = 0;
@@ -234,7 +260,8 @@ private:
 std::unique_ptr<Op> make_conv_op(const NodeSpec& spec, const std::vector<const Constant*>& constants) {
     if (spec.op != "Conv") return nullptr;
     return std::make_unique<ConvOp>(spec.attrs, constants.size() > 1 ? constants[1] : nullptr,
-                                    constants.size() > 2 ? constants[2] : nullptr);
+                                    constants.size() > 2 ? constants[2] : nullptr,
+                                    spec.inputs.size() > 3 && spec.inputs[3] >= 0);
 }
 
 }  // namespace edgefleet::graph

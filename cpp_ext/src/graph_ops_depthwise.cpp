@@ -14,6 +14,7 @@
 
 #include "graph_kernels.hpp"
 #include "graph_ops.hpp"
+#include "graph_threads.hpp"
 
 namespace edgefleet::graph {
 namespace {
@@ -190,7 +191,12 @@ public:
         const Window& win = windows_.get(*in[0].shape, w_shape_[2], w_shape_[3], attrs_, false);
         std::int64_t ph = 0, pw = 0;
         padded(win, ph, pw);
-        return static_cast<std::size_t>(ph * pw + 2 * kLanes) * sizeof(float);  // stride-2 loads read 8 past a row
+        return slice(ph, pw) * sizeof(float) * static_cast<std::size_t>(pool_threads());  // one per thread
+    }
+
+    // One thread's padded plane, in floats: stride-2 loads read 8 past a row; 64-byte multiples.
+    static std::size_t slice(std::int64_t ph, std::int64_t pw) {
+        return static_cast<std::size_t>((ph * pw + 2 * kLanes + 15) / 16 * 16);
     }
 
     void run(const std::vector<View>& in, const View& out, void* scratch) const override {
@@ -200,15 +206,17 @@ public:
         const float* bias = !bias_.empty() ? bias_.data()
                             : (in.size() > 2 && in[2].data != nullptr ? in[2].as<float>() : nullptr);
         constexpr float kInf = std::numeric_limits<float>::infinity();
-        auto* pad = static_cast<float*>(scratch);
-        std::fill(pad, pad + ph * pw, 0.0f);
         const std::int64_t mult = w_shape_[0] / group_, taps = w_shape_[2] * w_shape_[3], plane = win.h * win.w;
         const std::int64_t out_plane = win.oh * win.ow;
         const PlaneFn kernel = plane_kernel();
-        PlaneArgs args{nullptr, pw, nullptr, 0.0f, act_.active ? act_.lo : -kInf, act_.active ? act_.hi : kInf, &win,
-                       nullptr};
-        for (std::int64_t n = 0; n < win.n; ++n) {
-            for (std::int64_t c = 0; c < win.c; ++c) {
+        const double work = static_cast<double>(win.n * w_shape_[0] * out_plane * taps);
+        parallel_ranges(win.n * win.c, 1, work, [&](int part, std::int64_t first, std::int64_t last) {
+            float* pad = static_cast<float*>(scratch) + slice(ph, pw) * static_cast<std::size_t>(part);
+            std::fill(pad, pad + ph * pw, 0.0f);
+            PlaneArgs args{nullptr, pw, nullptr, 0.0f, act_.active ? act_.lo : -kInf, act_.active ? act_.hi : kInf,
+                           &win, nullptr};
+            for (std::int64_t nc = first; nc < last; ++nc) {
+                const std::int64_t n = nc / win.c, c = nc % win.c;
                 const float* x = in[0].as<float>() + (n * win.c + c) * plane;
                 for (std::int64_t iy = 0; iy < win.h; ++iy)
                     std::memcpy(pad + (iy + win.top) * pw + win.left, x + iy * win.w,
@@ -223,7 +231,7 @@ public:
                     act_.finish(args.y, out_plane);
                 }
             }
-        }
+        });
     }
 
 private:
@@ -278,23 +286,30 @@ public:
         const Window& win = windows_.get(*in[0].shape, w_shape_[2], w_shape_[3], attrs_, false);
         std::int64_t ph = 0, pw = 0;
         padded(win, ph, pw);
-        return static_cast<std::size_t>(ph * pw + 2 * kLanes + win.oh * win.ow + 16) * sizeof(float);
+        return slice(win, ph, pw) * sizeof(float) * static_cast<std::size_t>(pool_threads());  // one per thread
+    }
+
+    // One thread's padded plane and sums, in floats, in 64-byte multiples.
+    static std::size_t slice(const Window& win, std::int64_t ph, std::int64_t pw) {
+        return static_cast<std::size_t>((ph * pw + 2 * kLanes + 15) / 16 * 16 + (win.oh * win.ow + 15) / 16 * 16);
     }
 
     void run(const std::vector<View>& in, const View& out, void* scratch) const override {
         const Window& win = windows_.get(*in[0].shape, w_shape_[2], w_shape_[3], attrs_, false);
         std::int64_t ph = 0, pw = 0;
         padded(win, ph, pw);
-        auto* pad = static_cast<float*>(scratch);
-        float* sums = pad + (ph * pw + 2 * kLanes + 15) / 16 * 16;
-        std::fill(pad, pad + ph * pw, 0.0f);
         const std::int64_t mult = w_shape_[0] / group_, taps = w_shape_[2] * w_shape_[3], plane = win.h * win.w;
         const std::int64_t out_plane = win.oh * win.ow;
         const PlaneFn kernel = plane_kernel();
         constexpr float kInf = std::numeric_limits<float>::infinity();
-        PlaneArgs args{pad, pw, nullptr, 0.0f, -kInf, kInf, &win, sums};
-        for (std::int64_t n = 0; n < win.n; ++n) {
-            for (std::int64_t c = 0; c < win.c; ++c) {
+        const double work = static_cast<double>(win.n * w_shape_[0] * out_plane * taps);
+        parallel_ranges(win.n * win.c, 1, work, [&](int part, std::int64_t first, std::int64_t last) {
+            float* pad = static_cast<float*>(scratch) + slice(win, ph, pw) * static_cast<std::size_t>(part);
+            float* sums = pad + (ph * pw + 2 * kLanes + 15) / 16 * 16;
+            std::fill(pad, pad + ph * pw, 0.0f);
+            PlaneArgs args{pad, pw, nullptr, 0.0f, -kInf, kInf, &win, sums};
+            for (std::int64_t nc = first; nc < last; ++nc) {
+                const std::int64_t n = nc / win.c, c = nc % win.c;
                 const std::int64_t at = (n * win.c + c) * plane;
                 for (std::int64_t iy = 0; iy < win.h; ++iy) {
                     float* row = pad + (iy + win.top) * pw + win.left;
@@ -318,7 +333,7 @@ public:
                     }
                 }
             }
-        }
+        });
     }
 
 private:
@@ -385,7 +400,7 @@ std::unique_ptr<Op> make_qdepthwise_conv_op(const NodeSpec& spec, DType out,
 }
 
 std::unique_ptr<Op> make_depthwise_conv_op(const NodeSpec& spec, const std::vector<const Constant*>& constants) {
-    if (spec.op != "Conv" || constants.size() < 2 || constants[1] == nullptr) return nullptr;
+    if (spec.op != "Conv" || constants.size() < 2 || constants[1] == nullptr || constants.size() > 3) return nullptr;
     const Constant& w = *constants[1];
     const std::int64_t group = spec.attrs.get_int("group", 1);
     if (group <= 1 || w.dtype != DType::f32 || w.shape.size() != 4 || w.shape[1] != 1 || w.shape[0] % group != 0) {

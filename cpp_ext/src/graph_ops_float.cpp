@@ -74,7 +74,7 @@ public:
             b = free;
         }
         float* y = out.as<float>();
-        active().sgemm(static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), a, static_cast<int>(k), b,
+        parallel_sgemm(static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), a, static_cast<int>(k), b,
                        static_cast<int>(n), y, static_cast<int>(n));
         if (alpha_ != 1.0f) {
             for (std::int64_t i = 0; i < m * n; ++i) y[i] *= alpha_;
@@ -161,7 +161,7 @@ public:
         float* py = out.as<float>();
         if (b.size() == 2) {  // one GEMM: A's batch dimensions folded into its rows
             const std::int64_t rows = numel(a) / k;
-            active().sgemm(static_cast<int>(rows), static_cast<int>(n), static_cast<int>(k), pa, static_cast<int>(k), pb,
+            parallel_sgemm(static_cast<int>(rows), static_cast<int>(n), static_cast<int>(k), pa, static_cast<int>(k), pb,
                            static_cast<int>(n), py, static_cast<int>(n));
             return;
         }
@@ -176,7 +176,7 @@ public:
                 oa += index[d] * sa[d];
                 ob += index[d] * sb[d];
             }
-            active().sgemm(static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), pa + oa * m * k,
+            parallel_sgemm(static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), pa + oa * m * k,
                            static_cast<int>(k), pb + ob * k * n, static_cast<int>(n), py + t * m * n,
                            static_cast<int>(n));
             for (std::size_t d = batch.size(); d-- > 0;) {

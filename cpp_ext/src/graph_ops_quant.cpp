@@ -13,6 +13,7 @@
 
 #include "graph_kernels.hpp"
 #include "graph_ops.hpp"
+#include "graph_threads.hpp"
 
 namespace edgefleet::graph {
 namespace {
@@ -349,7 +350,7 @@ private:
                                 static_cast<int>(mp_), padded, d.pix.data(), d.koff.data(),
                                 static_cast<const std::int8_t*>(direct_w_.get()), direct_bias_.data(),
                                 direct_mult_.data(), packed_.y_zero, packed_.lo, packed_.hi, out.dtype == DType::u8,
-                                nullptr};
+                                nullptr, 0, 0};
         const auto shift = static_cast<std::uint8_t>(x_shift_);
         for (std::int64_t n = 0; n < win.n; ++n) {
             const auto* src = static_cast<const std::uint8_t*>(x.data) + n * win.c * plane;  // int8: same bytes
@@ -361,7 +362,13 @@ private:
                     for (std::int64_t ix = 0; ix < win.w; ++ix) row[ix * cp_] = from[ix] ^ shift;
                 }
             args.y = static_cast<std::uint8_t*>(out.data) + n * m * p;
-            kernel(args);
+            const double work = static_cast<double>(m) * static_cast<double>(p) * args.K4;
+            parallel_ranges(p, 8, work, [&](int, std::int64_t begin, std::int64_t end) {
+                kernels::QConvArgs part = args;
+                part.p_begin = static_cast<int>(begin);
+                part.p_end = static_cast<int>(end);
+                kernel(part);
+            });
         }
     }
 

@@ -5,14 +5,15 @@ No runtime beyond numpy and the extension: the file is read by edgefleet.cpp_ext
 by edgefleet.cpp_ext._native.GraphExecutor. Hot path: the Predictor has validated the inputs, so `run`
 is the executor's own bound method, one native call that reads the inputs in place, reuses the plan
 cached for their shapes and returns freshly allocated output arrays. Calls hold the GIL, so they never
-overlap. Load option "isa" ("auto" | "portable" | "avx2" | "avxvnni" | "avx512"; the CPU must run it)
-picks the kernels for the whole process. A graph with a static batch (compiled from a file fixed to
+overlap. Load option "threads" (default 1) sizes the executor's kernel thread pool, the calling thread
+included, so threads=2 starts one worker; results stay bit-identical to one thread. Load option "isa"
+("auto" | "portable" | "avx2" | "avxvnni" | "avx512"; the CPU must run it) picks the kernels for the
+whole process. A graph with a static batch (compiled from a file fixed to
 batch 1) runs other sample counts in chunks on each tensor's batch axis (backends/static_batch.py).
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,6 @@ from edgefleet.core.errors import BackendError
 from edgefleet.cpp_ext import graph_native
 from edgefleet.cpp_ext.graph_format import GraphFormatError, read_graph
 from edgefleet.edge_runtime.backends.static_batch import in_chunks, static_batch
-
-log = logging.getLogger(__name__)
 
 
 class NativeBackend:
@@ -40,14 +39,12 @@ class NativeBackend:
             graph = read_graph(Path(artifact))
             if options.get("isa"):
                 graph_native.select_isa(str(options["isa"]))
-            self.executor = graph_native.load_executor(graph)
+            self.executor = graph_native.load_executor(graph, int(options.get("threads") or 1))
         except OSError as err:
             raise BackendError(f"native: cannot read {artifact}: {err}") from err
         except (GraphFormatError, ValueError, TypeError) as err:
             raise BackendError(f"native: cannot load {Path(artifact).name}: {err}") from err
         self.isa = graph_native.isa()
-        if options.get("threads") not in (None, 1):
-            log.info("native: the executor is single-threaded; threads=%s ignored", options["threads"])
         shapes = [{v.name: [d if isinstance(d, int) else None for d in v.shape] for v in values}
                   for values in (graph.inputs, graph.outputs)]
         self.batch, in_axes, out_axes = static_batch(*shapes, options)

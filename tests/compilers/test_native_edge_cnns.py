@@ -77,6 +77,7 @@ def test_fp32_compiles_and_matches_onnxruntime(name: str, bundles: dict, key: Si
     ops, fused = artifact["compile"]["ops"], artifact["compile"]["fused"]
     assert "ReduceMean" not in ops and "BatchNormalization" not in ops and ops["GlobalAveragePool"] >= 1
     assert fused["ReduceMean as GlobalAveragePool"] == ops["GlobalAveragePool"]
+    assert fused["Conv+Add"] == {"efficient-lite": 4, "resnet": 5}[name] and "Add" not in ops  # residuals
     if name == "efficient-lite":  # squeeze-excite and hard-swish blocks run as native ops
         assert ops["Sigmoid"] == 7 and ops["Mul"] == 7 and "HardSwish" not in ops
         assert fused["Conv+HardSwish"] == 10 and fused["Conv+Clip"] == 5  # ReLU6 is Clip(0, 6)
@@ -90,3 +91,6 @@ def test_int8_qdq_compiles_to_integer_convs(name: str, bundles: dict, key: Signi
     ops = artifact["compile"]["ops"]
     assert artifact["precision"] == "int8" and "Conv" not in ops and "Gemm" not in ops
     assert ops["QConv"] == {"efficient-lite": 36, "resnet": 14}[name] and ops["QGemm"] == 1
+    # residual adds (and efficient-lite's x * HardSigmoid(x)) run on the bytes, not as float islands
+    assert "Add" not in ops and ops["QAdd"] == {"efficient-lite": 4, "resnet": 5}[name]
+    assert ops.get("QMul", 0) == {"efficient-lite": 10, "resnet": 0}[name]

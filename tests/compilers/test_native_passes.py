@@ -141,3 +141,27 @@ def test_hard_sigmoid_times_input_is_hard_swish() -> None:
     info = compare(model(nodes, [("x", ["batch", 4, 3, 3])], "y", []),
                    {"x": (RNG.standard_normal((2, 4, 3, 3)) * 4).astype(np.float32)})
     assert info["ops"] == {"HardSwish": 1}
+
+
+def test_residual_add_and_relu_fold_into_the_conv() -> None:  # ResNet's BasicBlock tail
+    w1, w2 = (RNG.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.2 for _ in range(2))
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="c1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"], name="r1"),
+             helper.make_node("Conv", ["r", "w2"], ["c"], name="c2", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c", "x"], ["s"], name="add"),
+             helper.make_node("Relu", ["s"], ["y"], name="r2")]
+    info = compare(model(nodes, [("x", ["batch", 8, 7, 7])], "y", [const("w1", w1), const("w2", w2)]),
+                   {"x": RNG.standard_normal((2, 8, 7, 7)).astype(np.float32)})
+    assert info["ops"] == {"Conv": 2} and info["fused"]["Conv+Add"] == 1 and info["fused"]["Conv+Relu"] == 2
+
+
+def test_residual_computed_after_the_conv_or_broadcast_stays_an_add() -> None:
+    w = RNG.standard_normal((8, 8, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="c"),
+             helper.make_node("Sigmoid", ["x"], ["later"], name="later"),  # after the Conv in node order
+             helper.make_node("Add", ["c", "later"], ["s"], name="add"),
+             helper.make_node("Add", ["s", "bias"], ["y"], name="broadcast")]
+    info = compare(model(nodes, [("x", ["batch", 8, 5, 5])], "y",
+                         [const("w", w), const("bias", RNG.standard_normal((8, 1, 1)).astype(np.float32))]),
+                   {"x": RNG.standard_normal((1, 8, 5, 5)).astype(np.float32)})
+    assert info["ops"]["Add"] == 2 and "Conv+Add" not in info["fused"]

@@ -67,6 +67,9 @@ demo: venv
 	$(CLI) compress $(RUNS)/tabular/bundle --recipe examples/recipe_tabular.toml --data $(RUNS)/tabular/data.npz \
 	    --torch-model examples.tabular_model:load --key $(RUNS)/keys/release.key --out $(RUNS)/tabular-compressed \
 	    --json $(RUNS)/tabular-compressed/report.json --plot $(RUNS)/tabular-compressed/report.png
+	@# labels that come 15 s late: the accuracy estimated from confidence falls first, the measured one later
+	$(PY) examples/labels_demo.py --bundle $(RUNS)/digits/bundle --keys $(RUNS)/keys \
+	    --data $(RUNS)/digits/test_x.npy --labels $(RUNS)/digits/test_y.npy --workdir $(RUNS)/labels --label-delay 15
 	@# KEEP=1: the cloud stays up at the end with the seeded fleet; it prints the dashboard's URL and a token
 	$(PY) examples/fleet_demo.py --bundle $(RUNS)/digits/bundle --keys $(RUNS)/keys \
 	    --data $(RUNS)/digits/test_x.npy --labels $(RUNS)/digits/test_y.npy --workdir $(RUNS)/fleet \

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -34,6 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from edgefleet.cloud.db import Alert, TelemetryRecord
 from edgefleet.cloud.ops_settings import LimitsResolver, OpsLimits, OpsSettingsError
+from edgefleet.cloud.periodic import PeriodicWorker
 from edgefleet.core.telemetry import LATENCY_EDGES_MS, TelemetryError, TelemetryWindow, parse_telemetry
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def quality_evidence(session: Session, scope: str, scope_id: str, model_name: st
             for a in session.scalars(query.limit(50))]
 
 
-class OpsMonitor:
+class OpsMonitor(PeriodicWorker):
     name = "ops-monitor"
 
     def __init__(self, sessions: sessionmaker, profile_for: ProfileFor, limits: OpsLimits = OpsLimits(),  # noqa: B008
@@ -119,27 +119,7 @@ class OpsMonitor:
         self._sessions, self._profile_for, self.base, self._clock = sessions, profile_for, limits, clock
         self.interval_seconds = interval_seconds
         self._profiles: dict[tuple[str, int], Mapping | None] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception:  # noqa: BLE001 - the monitor must outlive any one bad run
-                log.exception("%s: run failed", self.name)
-            self._stop.wait(self.interval_seconds)
+        super().__init__()
 
     def run_once(self, now: float | None = None) -> list[Alert]:
         """Judges every device with telemetry in its lookback; returns the alerts opened."""

@@ -16,7 +16,6 @@ goes on where it stopped.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -25,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from edgefleet.cloud.db import Alert, TelemetryRecord
+from edgefleet.cloud.periodic import PeriodicWorker
 from edgefleet.core.calibration import calibration_of, estimated_accuracy
 from edgefleet.core.labels import merge_labels
 from edgefleet.core.telemetry import TelemetryError, parse_telemetry
@@ -34,8 +34,9 @@ KIND = "estimated_accuracy"
 ProfileFor = Callable[[str, int], "Mapping | None"]
 
 
-class PerformanceMonitor:
+class PerformanceMonitor(PeriodicWorker):
     name = "performance-monitor"
+    run_at_start = False
 
     def __init__(self, sessions: sessionmaker, profile_for: ProfileFor, *, drop: float = 0.05,
                  lookback_seconds: float = 300.0, interval_seconds: float = 10.0, min_samples: int = 100,
@@ -46,26 +47,7 @@ class PerformanceMonitor:
         self.drop, self.lookback_seconds, self.interval_seconds = drop, lookback_seconds, interval_seconds
         self.min_samples = min_samples
         self._profiles: dict[tuple[str, int], Mapping | None] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_seconds):
-            try:
-                self.run_once()
-            except Exception:  # noqa: BLE001 - the monitor must outlive any one bad run
-                log.exception("%s: run failed", self.name)
+        super().__init__()
 
     def run_once(self, now: float | None = None) -> list[dict]:
         """Judges every scope with windows in the lookback; returns one record per scope judged."""

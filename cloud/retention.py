@@ -20,7 +20,6 @@ leaves either the raw windows or their roll-up, never both and never neither.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -32,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from edgefleet.cloud.db import DriftResult, TelemetryRecord
 from edgefleet.cloud.ops_tables import TelemetryRollup
+from edgefleet.cloud.periodic import PeriodicWorker
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.telemetry import (
     Dropped,
@@ -94,33 +94,17 @@ def add_windows(windows: Iterable[TelemetryWindow], start: float, end: float) ->
     )
 
 
-class Retention:
+class Retention(PeriodicWorker):
     name = "retention"
+
+    @property
+    def interval_seconds(self) -> float:
+        return self.settings.interval_seconds
 
     def __init__(self, sessions: sessionmaker, settings: RetentionSettings = RetentionSettings(),  # noqa: B008
                  clock: Callable[[], float] = time.time) -> None:
         self._sessions, self.settings, self._clock = sessions, settings, clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception:  # noqa: BLE001 - retention must outlive a bad run
-                log.exception("%s: run failed", self.name)
-            self._stop.wait(self.settings.interval_seconds)
+        super().__init__()
 
     def run_once(self, now: float | None = None) -> dict[str, int]:
         """One pass; returns how many raw windows and hourly roll-ups were rolled up, evaluations deleted."""

@@ -27,7 +27,6 @@ import hashlib
 import hmac
 import json
 import logging
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -38,6 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from edgefleet.cloud.db import Alert
 from edgefleet.cloud.ops_tables import Webhook, WebhookDelivery
+from edgefleet.cloud.periodic import PeriodicWorker
 
 log = logging.getLogger(__name__)
 EVENT = "alert.opened"
@@ -63,37 +63,18 @@ def newest_alert_id(session: Session) -> int:
     return session.scalar(select(func.max(Alert.id))) or 0
 
 
-class WebhookDispatcher:
+class WebhookDispatcher(PeriodicWorker):
     name = "webhooks"
+    stop_timeout = 15.0  # an attempt in flight may take its whole HTTP timeout
 
     def __init__(self, sessions: sessionmaker, *, interval_seconds: float = 1.0, retry_base: float = RETRY_BASE,
                  max_attempts: int = MAX_ATTEMPTS, timeout: float = TIMEOUT,
                  clock: Callable[[], float] = time.time) -> None:
         if retry_base <= 0 or max_attempts < 1 or interval_seconds <= 0:
             raise ValueError("retry_base and interval_seconds must be positive, max_attempts at least 1")
-        self._sessions, self.interval = sessions, interval_seconds
+        self._sessions, self.interval_seconds = sessions, interval_seconds
         self.retry_base, self.max_attempts, self.timeout, self._clock = retry_base, max_attempts, timeout, clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 15.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception:  # noqa: BLE001 - delivery must outlive a bad run
-                log.exception("%s: run failed", self.name)
-            self._stop.wait(self.interval)
+        super().__init__()
 
     def run_once(self) -> int:
         """Queues the new alerts for every webhook and makes the attempts that are due; returns attempts made."""

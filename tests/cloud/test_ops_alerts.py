@@ -98,8 +98,12 @@ def test_a_frozen_camera_raises_data_quality_delivered_by_webhook_and_cited_by_d
     delivered = {b["alert"]["id"]: b["alert"] for b in receiver.accepted}
     assert delivered[quality["id"]]["kind"] == "data_quality" and drift[0]["id"] in delivered
     log = client.get(f"/api/v1/webhooks/{hook.json()['id']}/deliveries").json()
-    first = next(d for d in log if d["alert_id"] == quality["id"])
-    assert first["state"] == "delivered" and [h["status"] for h in first["history"]] == [503, 503, 204]
+    # the receiver's two refusals hit whichever alerts were sent first (a sequential-drift alert can open
+    # before the quality one): each refused attempt is logged and retried until the receiver took it
+    histories = [[h["status"] for h in d["history"]] for d in log]
+    assert sum(h.count(503) for h in histories) == 2 and all(set(h) <= {503, 204} for h in histories)
+    ours = next(d for d in log if d["alert_id"] == quality["id"])
+    assert ours["state"] == "delivered" and ours["history"][-1]["status"] == 204
     # the CLI, as a user runs it
     listed = cli(cloud, "alerts", "--status", "all")
     assert "data quality" in listed and "data drift" in listed

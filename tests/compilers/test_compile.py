@@ -243,14 +243,15 @@ def test_golden_examples_too_close_to_call_are_refused(digits_bundle, digits_spl
 
 # partial results: a target that refuses the model does not stop the others --------------------------------
 class NormedMLP(torch.nn.Module):
-    """A pre-norm MLP head (timm's Mlp after a LayerNorm): LayerNormalization, which the native target lacks."""
+    """A pre-norm MLP head (timm's Mlp after a LayerNorm) over running sums of its features: CumSum, which the
+    native target lacks."""
 
     def __init__(self) -> None:
         super().__init__()
         self.fc1, self.norm, self.fc2 = torch.nn.Linear(16, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.relu(self.norm(self.fc1(x))))
+        return self.fc2(torch.relu(self.norm(self.fc1(torch.cumsum(x, dim=1)))))
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +276,7 @@ def test_a_refused_target_is_listed_and_the_others_enter_the_bundle(normed, tmp_
                             signing_key=SigningKey.load(private))
     assert [c.target for c in result.compiled] == ["onnxruntime-cpu", "openvino-cpu"]
     assert [r.target for r in result.refused] == ["native"]
-    assert "LayerNormalization" in result.refused[0].reason and "op not supported" in result.refused[0].reason
+    assert "CumSum" in result.refused[0].reason and "op not supported" in result.refused[0].reason
     verified = Bundle.open(tmp_path / "out")
     verified.verify(TrustStore([SigningKey.load(private).public_key]))
     assert {a["target"] for a in verified.artifacts} == {"onnx", "onnxruntime-cpu", "openvino-cpu"}
@@ -288,7 +289,7 @@ def test_strict_stops_at_the_first_refusal_and_all_refused_writes_nothing(normed
     bundle, _, _ = normed
     with pytest.raises(CompileError, match="native: the model uses what the native backend does not run"):
         compile_bundle(bundle.root, ["onnxruntime-cpu", "native"], tmp_path / "strict", strict=True)
-    with pytest.raises(CompileError, match=r"no target compiled: native: .*LayerNormalization.*; tensorrt: "
+    with pytest.raises(CompileError, match=r"no target compiled: native: .*CumSum.*; tensorrt: "
                                            r"int8 takes its scales from Q/DQ nodes"):
         compile_bundle(bundle.root, ["native", "tensorrt"], tmp_path / "none",
                        options={"tensorrt": {"precision": "int8"}})
@@ -317,11 +318,11 @@ def test_cli_compile_reports_each_refusal_and_exits_1(normed, tmp_path):
     result = edgefleet("compile", str(bundle.root), "-T", "onnxruntime-cpu", "-T", "native", "-T", "openvino-cpu",
                        "--key", str(private), "--out", str(out), "--json", str(tmp_path / "c.json"))
     assert result.returncode == 1, result.stderr
-    assert "refused" in result.stdout and "LayerNormalization" in result.stdout and "Traceback" not in result.stderr
+    assert "refused" in result.stdout and "CumSum" in result.stdout and "Traceback" not in result.stderr
     report = json.loads((tmp_path / "c.json").read_text())
     assert [(r["target"], r["status"]) for r in report] == \
         [("onnxruntime-cpu", "compiled"), ("native", "refused"), ("openvino-cpu", "compiled")]
-    assert "LayerNormalization" in report[1]["reason"]
+    assert "CumSum" in report[1]["reason"]
     assert {a["target"] for a in Bundle.open(out).artifacts} == {"onnx", "onnxruntime-cpu", "openvino-cpu"}
     strict = edgefleet("compile", str(bundle.root), "-T", "onnxruntime-cpu", "-T", "native", "--strict",
                        "--out", str(tmp_path / "strict"))

@@ -180,7 +180,7 @@ def test_regression_mlp_is_served_without_invented_classes(mlp, work, key):
     with Predictor(bundle.root, trusted_keys=[key[1]], threads=1) as predictor, \
             serve(create_app(ModelHost(predictor))) as base:
         answer = httpx.post(base + "/v1/predict", json={"inputs": feed["features"].tolist()}, timeout=10).json()
-    assert set(answer) == {"model", "task", "outputs", "values"} and answer["task"] == "regression"
+    assert set(answer) == {"model", "task", "outputs", "values", "request_id"} and answer["task"] == "regression"
     assert "class" not in json.dumps(answer) and "confidence" not in json.dumps(answer)
     np.testing.assert_allclose(answer["outputs"]["value"], bare(mlp, feed)["value"], rtol=1e-6)
     expected = bare(mlp, feed)["value"]

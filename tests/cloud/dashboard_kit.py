@@ -18,11 +18,11 @@ import httpx
 import numpy as np
 import paho.mqtt.client as mqtt
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.wait import WebDriverWait
 
 from edgefleet.core.topics import topic
@@ -56,8 +56,18 @@ def click_through(driver: webdriver.Chrome, element: WebElement) -> None:
     """Clicks a link or button and waits until the next page replaced this one (click returns before)."""
     page = driver.find_element(By.TAG_NAME, "html")
     element.click()
-    WebDriverWait(driver, WAIT).until(staleness_of(page))
+    WebDriverWait(driver, WAIT).until(lambda _: _detached(page))
     wait_for(lambda: driver.execute_script("return document.readyState") == "complete", "the page to load")
+
+
+def _detached(element: WebElement) -> bool:
+    """True once the element's document is gone. Selenium's staleness_of only knows StaleElementReference;
+    Chromium can instead answer "Node with given id does not belong to the document" while it swaps pages."""
+    try:
+        element.is_enabled()
+    except WebDriverException:
+        return True
+    return False
 
 
 def sign_in(driver: webdriver.Chrome, url: str, token: str) -> None:

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from tests.cli.test_bundle_commands import assert_user_error, edgefleet
-
-needs_systemd = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 
 
 def _config(tmp_path: Path, *, port: int = 8000, bundle: str = "model.tar.gz") -> Path:
@@ -41,7 +36,6 @@ def _keys(unit_text: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in unit_text.splitlines() if "=" in line)
 
 
-@needs_systemd
 def test_the_unit_passes_systemd_analyze_and_confines_writes_to_the_data_dir(tmp_path):
     config = _config(tmp_path)
     unit = tmp_path / "edgefleet-agent.service"
@@ -57,7 +51,6 @@ def test_the_unit_passes_systemd_analyze_and_confines_writes_to_the_data_dir(tmp
     assert keys["CapabilityBoundingSet"] == "" and keys["ProtectHome"] == "yes"
 
 
-@needs_systemd
 def test_a_typo_in_a_unit_is_caught_by_the_same_check(tmp_path):
     """The check above can fail: systemd-analyze names a key it does not know."""
     unit = tmp_path / "edgefleet-agent.service"
@@ -67,7 +60,6 @@ def test_a_typo_in_a_unit_is_caught_by_the_same_check(tmp_path):
     assert "ProtectSystm" in _verify(unit)
 
 
-@needs_systemd
 def test_a_low_port_gets_only_the_bind_capability_and_home_paths_stay_readable(tmp_path):
     config = _config(tmp_path, port=80, bundle="/home/pi/models/model.tar.gz")
     result = edgefleet("device", "service", "--config", str(config), "--user", "edge-agent")

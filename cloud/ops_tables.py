@@ -25,7 +25,8 @@ class OpsSettingsRecord(Base):
 
 
 class Webhook(Base):
-    """A URL every alert is POSTed to, signed with its secret (HMAC-SHA256 of the body)."""
+    """A URL every alert is POSTed to when it opens and when it closes, signed with its secret (HMAC-SHA256
+    of the body); `events` and `kinds` narrow what it gets (None: everything)."""
 
     __tablename__ = "webhooks"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -33,6 +34,10 @@ class Webhook(Base):
     secret: Mapped[str] = mapped_column(String(128))  # kept: signing needs it (shown once, at creation)
     # alerts with a higher id are delivered; set to the newest alert when the webhook is made
     cursor: Mapped[int] = mapped_column(Integer, default=0)
+    # every alert at or below it is closed and its resolved event queued (or filtered out); None: = cursor
+    resolved_cursor: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    events: Mapped[list | None] = mapped_column(JSON, nullable=True)  # ["alert.opened", "alert.resolved"]
+    kinds: Mapped[list | None] = mapped_column(JSON, nullable=True)  # alert kinds, e.g. ["data_drift"]
     created_at: Mapped[float] = mapped_column(Float, default=now)
 
 
@@ -45,7 +50,7 @@ class WebhookDelivery(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     webhook_id: Mapped[int] = mapped_column(Integer, ForeignKey("webhooks.id", ondelete="CASCADE"), index=True)
     alert_id: Mapped[int] = mapped_column(Integer, index=True)
-    event: Mapped[str] = mapped_column(String(32))  # "alert.opened"
+    event: Mapped[str] = mapped_column(String(32))  # "alert.opened" or "alert.resolved"
     state: Mapped[str] = mapped_column(String(16), default="pending")  # pending | delivered | failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[float] = mapped_column(Float, default=now)

@@ -7,19 +7,22 @@
     PUT    /ops/settings/fleets/{fleet}/models/{model}       replaces the whole override)
     DELETE (the same three paths)                          remove it (404 if there is none)
 
-    POST   /webhooks            {"url": "https://...", "secret": optional}   -> the webhook and its secret (once)
+    POST   /webhooks            {"url": "https://...", "secret": optional,   -> the webhook and its secret (once)
+                                 "events": ["alert.opened", "alert.resolved"] (optional: both),
+                                 "kinds": ["data_drift", "latency", ...] (optional: every kind)}
     GET    /webhooks                                        every webhook, without secrets
     DELETE /webhooks/{id}
     GET    /webhooks/{id}/deliveries?limit=N                the delivery log, newest first
 
 A PUT is validated as the monitor would resolve it on top of the global limits: a value out of range is a
-400 naming it, and nothing is stored. A webhook URL must be http(s), at most 2048 characters.
+400 naming it, and nothing is stored. A webhook URL must be http(s), at most 2048 characters; an unknown
+event or alert kind is a 422 (a typo would otherwise subscribe to nothing, silently).
 """
 
 from __future__ import annotations
 
 import secrets
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -28,13 +31,18 @@ from sqlalchemy.orm import Session
 
 from edgefleet.cloud.api.deps import NotFoundError, SessionDep
 from edgefleet.cloud.db import now
+from edgefleet.cloud.drift import GROUPS
+from edgefleet.cloud.drift_sequential import SEQUENTIAL
+from edgefleet.cloud.ops_monitor import KINDS
 from edgefleet.cloud.ops_settings import LimitsResolver, OpsLimits
 from edgefleet.cloud.ops_tables import OpsSettingsRecord, Webhook, WebhookDelivery
-from edgefleet.cloud.webhooks import newest_alert_id
+from edgefleet.cloud.performance_monitor import KIND as ESTIMATED_ACCURACY
+from edgefleet.cloud.webhooks import EVENTS, newest_alert_id
 from edgefleet.core.topics import check_id
 
 router = APIRouter(tags=["operations"])
 GLOBAL = OpsLimits()
+ALERT_KINDS = (*GROUPS, SEQUENTIAL, ESTIMATED_ACCURACY, *KINDS)
 
 
 class LimitsIn(BaseModel):
@@ -58,6 +66,16 @@ class WebhookIn(BaseModel):
 
     url: str = Field(max_length=2048)
     secret: str | None = Field(default=None, min_length=16, max_length=128)
+    events: list[Literal["alert.opened", "alert.resolved"]] | None = Field(default=None, min_length=1, max_length=2)
+    kinds: list[str] | None = Field(default=None, min_length=1, max_length=len(ALERT_KINDS))
+
+    @field_validator("kinds")
+    @classmethod
+    def _known(cls, value: list[str] | None) -> list[str] | None:
+        unknown = sorted(set(value or ()) - set(ALERT_KINDS))
+        if unknown:
+            raise ValueError(f"unknown alert kinds {unknown}; expected some of {list(ALERT_KINDS)}")
+        return sorted(set(value)) if value else None
 
     @field_validator("url")
     @classmethod
@@ -141,16 +159,22 @@ def delete_fleet_model(fleet: str, model: str, session: SessionDep) -> Response:
 
 @router.post("/webhooks", status_code=status.HTTP_201_CREATED)
 def add_webhook(body: WebhookIn, session: SessionDep) -> dict:
-    hook = Webhook(url=body.url, secret=body.secret or secrets.token_hex(32), cursor=newest_alert_id(session))
+    newest = newest_alert_id(session)
+    hook = Webhook(url=body.url, secret=body.secret or secrets.token_hex(32), cursor=newest, resolved_cursor=newest,
+                   events=sorted(set(body.events)) if body.events else None, kinds=body.kinds)
     session.add(hook)
     session.commit()
-    return {"id": hook.id, "url": hook.url, "secret": hook.secret, "created_at": hook.created_at}
+    return {**_hook_out(hook), "secret": hook.secret}
+
+
+def _hook_out(hook: Webhook) -> dict:
+    return {"id": hook.id, "url": hook.url, "events": hook.events or list(EVENTS), "kinds": hook.kinds,
+            "created_at": hook.created_at}
 
 
 @router.get("/webhooks")
 def list_webhooks(session: SessionDep) -> list[dict]:
-    return [{"id": h.id, "url": h.url, "created_at": h.created_at}
-            for h in session.scalars(select(Webhook).order_by(Webhook.id))]
+    return [_hook_out(h) for h in session.scalars(select(Webhook).order_by(Webhook.id))]
 
 
 def _hook(session: Session, hook_id: int) -> Webhook:

@@ -18,6 +18,7 @@ from edgefleet.cli import (
     performance_commands,  # noqa: F401 - registers performance
     rollout_commands,  # noqa: F401 - registers deploy, rollout status|approve|abort|list
     webhook_commands,  # noqa: F401 - registers webhook add|list|remove|deliveries
+    windows_commands,  # noqa: F401 - registers windows
 )
 from edgefleet.cli.app import app, err_console
 from edgefleet.core import config

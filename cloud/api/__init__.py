@@ -16,6 +16,7 @@ from edgefleet.cloud.api import (
     info,
     ops,
     performance,
+    windows,
 )
 from edgefleet.cloud.auth import require_admin
 
@@ -26,7 +27,7 @@ def api_routers() -> list[APIRouter]:
     """The routers create_app mounts: /healthz without auth, everything under /api/v1 with it (the download
     checks the admin token or a signed URL in its own dependency)."""
     v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_admin)])
-    for module in (devices, bundles, deployments, drift, drift_settings, performance, feedback, ops, info):
+    for module in (devices, bundles, deployments, drift, drift_settings, performance, feedback, ops, windows, info):
         v1.include_router(module.router)
     signed = APIRouter(prefix=API_PREFIX)
     signed.include_router(bundles.download_router)

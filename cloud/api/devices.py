@@ -71,6 +71,15 @@ def get_device(session: Session, device_id: str) -> Device:
 @router.post("/devices", status_code=status.HTTP_201_CREATED, response_model=DeviceCreated)
 def register_device(body: DeviceIn, session: SessionDep, admin: AdminAuth) -> DeviceCreated:
     """Registers a device and returns its MQTT credentials; the password is shown only here."""
+    created = add_device(session, body)
+    commit_devices(session, [created.id])
+    log.info("device %s registered in fleet %s%s (by token %r)", created.id, created.fleet,
+             f", group {created.group}" if created.group else "", admin)
+    return created
+
+
+def add_device(session: Session, body: DeviceIn) -> DeviceCreated:
+    """Adds a device to the session (the caller commits) and returns what the device is told, once."""
     fleet = check_id(body.fleet, "fleet")
     group = check_id(body.group, "group") if body.group is not None else None
     device_id = check_id(body.id, "device id") if body.id is not None else f"dev-{secrets.token_hex(6)}"
@@ -81,16 +90,19 @@ def register_device(body: DeviceIn, session: SessionDep, admin: AdminAuth) -> De
         raise ConflictError(f"device {device_id!r} is registered already")
     password = new_password()
     session.add(Device(id=device_id, fleet=fleet, group=group, password_hash=hash_password(password)))
+    topics = DeviceTopics(publish_prefix=device_prefix(fleet, device_id), command=topic(fleet, device_id, "cmd"))
+    return DeviceCreated(id=device_id, fleet=fleet, group=group,
+                         mqtt=MqttCredentials(username=device_id, password=password, topics=topics))
+
+
+def commit_devices(session: Session, ids: list[str]) -> None:
+    """Commits the added devices, all or none: an id registered concurrently is a 409 naming the ids."""
     try:
         session.commit()
     except IntegrityError as err:  # registered concurrently between the check and the commit
         session.rollback()
-        raise ConflictError(f"device {device_id!r} is registered already") from err
-    log.info("device %s registered in fleet %s%s (by token %r)", device_id, fleet,
-             f", group {group}" if group else "", admin)
-    topics = DeviceTopics(publish_prefix=device_prefix(fleet, device_id), command=topic(fleet, device_id, "cmd"))
-    return DeviceCreated(id=device_id, fleet=fleet, group=group,
-                         mqtt=MqttCredentials(username=device_id, password=password, topics=topics))
+        raise ConflictError(f"device {ids[0]!r} is registered already" if len(ids) == 1 else
+                            f"one of {len(ids)} devices ({ids[0]!r} ...) was registered concurrently") from err
 
 
 @router.get("/devices", response_model=list[DeviceOut])

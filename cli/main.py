@@ -10,10 +10,10 @@ import sys
 
 from edgefleet.cli import (
     bundle_commands,  # noqa: F401 - registers keys, sign, inspect, verify, predict, bench
+    capture_commands,  # noqa: F401 - registers capture settings|list
     cloud_commands,  # noqa: F401 - registers cloud up, cloud token
     compile_commands,  # noqa: F401 - registers compile
     compress_commands,  # noqa: F401 - registers compress
-    enroll_commands,  # noqa: F401 - registers enroll-token create|list|revoke, device enroll, device register
     fleet_commands,  # noqa: F401 - registers device run, sim, push, drift, alerts
     import_commands,  # noqa: F401 - registers import
     performance_commands,  # noqa: F401 - registers performance

@@ -70,7 +70,8 @@ def build_components(settings: CloudSettings, sessions: sessionmaker, broker: Em
                           max_attempts=settings.webhook_max_attempts),
         Retention(sessions, RetentionSettings(settings.retention_raw_days, settings.retention_hourly_days,
                                               settings.retention_evaluations_days,
-                                              settings.retention_interval_seconds)),
+                                              settings.retention_interval_seconds,
+                                              captures_days=settings.capture_retention_days)),
     ]
     username, password = cloud_credentials(secret, ROLLOUTS)
     rollouts = RolloutEngine(sessions, settings, url, username=username, password=password,

@@ -257,7 +257,7 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA busy_timeout=5000")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
-    from edgefleet.cloud import enrollment, ops_tables  # noqa: F401 - their tables are on Base too
+    from edgefleet.cloud import ops_tables  # noqa: F401 - its tables are on Base too (issue 14)
 
     Base.metadata.create_all(engine)
     _add_missing_columns(engine)

@@ -64,6 +64,10 @@ class CloudSettings(BaseSettings):
     retention_hourly_days: float = Field(default=90.0, gt=0)
     retention_evaluations_days: float = Field(default=30.0, gt=0)
     retention_interval_seconds: float = Field(default=3600.0, gt=0)
+    # Data capture (cloud/capture_store.py): how long captured samples are kept unless a fleet's settings say
+    # otherwise, and the largest upload a device may send (one batch of samples).
+    capture_retention_days: float = Field(default=30.0, gt=0)
+    max_capture_upload_bytes: int = Field(default=8 * MiB, gt=0)
     # The operations monitor (cloud/ops_monitor.py): seconds between its runs; its limits are per fleet and
     # model (PUT /api/v1/ops/settings/...).
     ops_interval_seconds: float = Field(default=10.0, gt=0)

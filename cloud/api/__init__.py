@@ -1,6 +1,5 @@
 """The cloud's HTTP API: one router per resource, every /api/v1 route behind the admin token except the
-bundle download, which also takes a signed URL and authorises each request itself, and the enrollment of
-a device, which takes an enrollment token."""
+bundle download, which also takes a signed URL and authorises each request itself."""
 
 from __future__ import annotations
 
@@ -8,11 +7,11 @@ from fastapi import APIRouter, Depends
 
 from edgefleet.cloud.api import (
     bundles,
+    captures,
     deployments,
     devices,
     drift,
     drift_settings,
-    enrollment,
     feedback,
     health,
     info,
@@ -29,10 +28,10 @@ def api_routers() -> list[APIRouter]:
     """The routers create_app mounts: /healthz without auth, everything under /api/v1 with it (the download
     checks the admin token or a signed URL in its own dependency)."""
     v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_admin)])
-    for module in (devices, enrollment, bundles, deployments, drift, drift_settings, performance, feedback, ops,
-                   windows, info):
+    v1.include_router(captures.router)
+    for module in (devices, bundles, deployments, drift, drift_settings, performance, feedback, ops, windows, info):
         v1.include_router(module.router)
     signed = APIRouter(prefix=API_PREFIX)
     signed.include_router(bundles.download_router)
-    signed.include_router(enrollment.enroll_router)  # behind an enrollment token, checked by its route
+    signed.include_router(captures.device_router)  # behind the device's own credentials (cloud/device_auth.py)
     return [health.router, v1, signed]

@@ -190,6 +190,9 @@ class Deployment(Base):
     created_at: Mapped[float] = mapped_column(Float, default=now, index=True)
     updated_at: Mapped[float] = mapped_column(Float, default=now)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Quality gates (cloud/quality_gates.py): when the first wave's observation began, and the verdict.
+    gate_started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    gate_verdict: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class DeploymentDevice(Base):

@@ -304,7 +304,7 @@ class DeviceAgent:
 
     def _start_http(self) -> None:
         app = create_app(self.host, max_body_bytes=self.config.max_body_bytes, health=self.health,
-                         metrics=self.metrics, recent=self.recent)
+                         metrics=self.metrics, recent=self.recent, default_slice=self.config.slice)
         self._http = uvicorn.Server(uvicorn.Config(app, host=self.config.http_host, port=self.config.http_port,
                                                    log_level="warning", access_log=False))
         self._http_thread = threading.Thread(target=self._http.run, name="device-http", daemon=True)

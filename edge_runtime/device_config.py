@@ -4,6 +4,7 @@
     id = "pi-07"
     fleet = "lab"
     data_dir = "/var/lib/edgefleet"          # outbox and model slots
+    slice = "site-a"                         # optional: the slice of requests that name none (core/slices.py)
 
     [model]
     bundle = "/var/lib/edgefleet/digits.tar.gz"
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.slices import NAME_RULE, check_name
 from edgefleet.core.topics import TopicError, check_id
 
 if sys.version_info >= (3, 11):
@@ -63,6 +65,7 @@ class DeviceConfig:
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     max_body_bytes: int = 2**20
+    slice: str | None = None  # the default slice of this device's requests (edge_runtime/slices.py)
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -95,6 +98,9 @@ class DeviceConfig:
         keys = model.get("trusted_keys", [])
         if not keys:
             raise EdgefleetError("device config: [model] trusted_keys must name at least one public key")
+        default_slice = device.get("slice")
+        if default_slice is not None and check_name(default_slice) is None:
+            raise EdgefleetError(f"device config: device.slice must be {NAME_RULE}, got {str(default_slice)[:40]!r}")
         window = float(telemetry.get("window_seconds", 60.0))
         if window <= 0:
             raise EdgefleetError(f"device config: telemetry.window_seconds must be positive, got {window}")
@@ -106,7 +112,7 @@ class DeviceConfig:
             mqtt=MqttConfig(mqtt["url"], mqtt.get("username"), mqtt.get("password")) if mqtt.get("url") else None,
             window_seconds=window, outbox_max_bytes=int(telemetry.get("outbox_max_bytes", 16 * 2**20)),
             http_host=str(http.get("host", "127.0.0.1")), http_port=int(http.get("port", 8000)),
-            max_body_bytes=int(http.get("max_body_bytes", 2**20)),
+            max_body_bytes=int(http.get("max_body_bytes", 2**20)), slice=default_slice,
         )
 
 

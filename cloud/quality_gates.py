@@ -22,6 +22,7 @@ A threshold left out (null) is a gate not judged; at least one must be set. The 
   log-spaced latency histograms (the upper edge of the bin holding the 99th percentile), so the ratio
   moves in steps of 2 or 2.5: a threshold below 2 fails only on a whole bin's move.
 - error_rate: the canaries' errors per request minus the control's, at most max_error_rate_increase.
+  These two count requests (a request may carry a batch of samples): min_samples requests per side.
 
 Judging starts when the first wave has reached the success threshold (`started`, stored with the
 deployment so that a restarted cloud keeps it) and happens once the observation period has passed, on the
@@ -72,7 +73,7 @@ class QualityGates(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     observation_seconds: float = 60.0
-    min_samples: int = 200  # predictions per side for drift, estimated accuracy, latency and error rate
+    min_samples: int = 200  # per side: predictions for drift and estimated accuracy, requests for the others
     min_labels: int = 100  # labels per side for measured accuracy
     on_insufficient: Literal["fail", "pass"] = "fail"
     max_prediction_psi: float | None = None
@@ -212,9 +213,10 @@ def accuracy_gate(gates: QualityGates, canary: Side, control: Side, profile_for:
     if all(e is not None for e in estimates) and min(samples) >= gates.min_samples:
         return _accuracy("estimated", estimates[0], estimates[1], limit,
                          f"without labels on {samples[0]} and {samples[1]} predictions", n=samples[0], m=samples[1])
+    short = min(samples) < gates.min_samples
     why = (f"canary {n}, control {m} labels (min_labels {gates.min_labels}); estimate: "
-           + ("no calibration in a profile" if any(e is None for e in estimates) else
-              f"canary {samples[0]}, control {samples[1]} predictions (min_samples {gates.min_samples})"))
+           + (f"canary {samples[0]}, control {samples[1]} predictions (min_samples {gates.min_samples})" if short
+              else "a model's profile has no confidence calibration"))
     return _result("accuracy", INSUFFICIENT, f"insufficient data: {why}", None, None, None, limit)
 
 

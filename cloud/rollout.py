@@ -226,7 +226,8 @@ class RolloutEngine:
             return Decision("wait")
         if not self._transition(did, ("running",), gate_verdict=verdict.record):
             return Decision("wait")
-        log.info("deployment %s: quality gates %s", did, verdict.record["outcome"])
+        log.info("deployment %s: quality gates %s: %s", did, verdict.record["outcome"],
+                 "; ".join(f"{r['gate']}: {r['text']}" for r in verdict.record["results"]))
         return decision
 
     # commands ------------------------------------------------------------------------------------------

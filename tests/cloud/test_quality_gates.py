@@ -105,7 +105,8 @@ def test_insufficient_data_passes_when_so_configured_and_says_so(cloud: Cloud, f
     assert gates["outcome"] == "passed with insufficient data (on_insufficient pass)"
     (result,) = gates["results"]
     assert result["gate"] == "accuracy" and result["outcome"] == "insufficient"
-    assert result["text"].startswith("insufficient data: canary 0, control 0 labels (min_labels 100)")
+    assert result["text"] == ("insufficient data: canary 0, control 0 labels (min_labels 100); estimate: canary 0, "
+                              "control 0 predictions (min_samples 200)")
     assert all(device.ops() == ["install"] for device in devices.values())
     # the CLI's rollout table shows the verdict
     env = {**os.environ, "EDGEFLEET_CLOUD": cloud.server.url, "EDGEFLEET_TOKEN": cloud.token, "COLUMNS": "250"}

@@ -261,6 +261,7 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
     from edgefleet.cloud import ops_tables  # noqa: F401 - its tables are on Base too (issue 14)
+    from edgefleet.cloud import drift_cusum_store  # noqa: F401 - the CUSUM checkpoints' table (issue 14)
 
     Base.metadata.create_all(engine)
     _add_missing_columns(engine)

@@ -1,6 +1,7 @@
-"""The tables of operations monitoring (issue 14): operational limits, webhooks and their delivery log,
-and telemetry rolled up by hour and day. They live on cloud/db.py's Base; make_engine imports this module
-before create_all, so every database gets them (and _add_missing_columns treats them like the others).
+"""The tables of operations monitoring (issue 14): operational limits, the label-free accuracy alert's
+settings, webhooks and their delivery log, and telemetry rolled up by hour and day. They live on
+cloud/db.py's Base; make_engine imports this module before create_all, so every database gets them (and
+_add_missing_columns treats them like the others).
 """
 
 from __future__ import annotations
@@ -21,6 +22,19 @@ class OpsSettingsRecord(Base):
     fleet: Mapped[str] = mapped_column(String(64), default="")
     model_name: Mapped[str] = mapped_column(String(128), default="")
     limits: Mapped[dict] = mapped_column(JSON)
+    updated_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class PerformanceSettingsRecord(Base):
+    """The label-free accuracy alert's settings for one fleet, one model, or one model in one fleet ("" =
+    any); `values` holds only the fields set here (cloud/performance_settings.py)."""
+
+    __tablename__ = "performance_settings"
+    __table_args__ = (UniqueConstraint("fleet", "model_name", name="uq_performance_settings_fleet_model"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fleet: Mapped[str] = mapped_column(String(64), default="")
+    model_name: Mapped[str] = mapped_column(String(128), default="")
+    values: Mapped[dict] = mapped_column(JSON)
     updated_at: Mapped[float] = mapped_column(Float, default=now)
 
 

@@ -17,6 +17,7 @@ from edgefleet.cloud.api import (
     info,
     ops,
     performance,
+    performance_settings,
     windows,
 )
 from edgefleet.cloud.auth import require_admin
@@ -31,6 +32,7 @@ def api_routers() -> list[APIRouter]:
     v1.include_router(captures.router)
     for module in (devices, bundles, deployments, drift, drift_settings, performance, feedback, ops, windows, info):
         v1.include_router(module.router)
+    v1.include_router(performance_settings.router)
     signed = APIRouter(prefix=API_PREFIX)
     signed.include_router(bundles.download_router)
     signed.include_router(captures.device_router)  # behind the device's own credentials (cloud/device_auth.py)

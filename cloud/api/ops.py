@@ -14,9 +14,11 @@
     DELETE /webhooks/{id}
     GET    /webhooks/{id}/deliveries?limit=N                the delivery log, newest first
 
-A PUT is validated as the monitor would resolve it on top of the global limits: a value out of range is a
-400 naming it, and nothing is stored. A webhook URL must be http(s), at most 2048 characters; an unknown
-event or alert kind is a 422 (a typo would otherwise subscribe to nothing, silently).
+The settings share their shape with the drift and performance settings (cloud/api/scoped_settings.py);
+the global limits are `edgefleet cloud up --ops-*`. A PUT is validated as the monitor would resolve it on
+top of the global limits: a value out of range is a 400 naming it, and nothing is stored. A webhook URL
+must be http(s), at most 2048 characters; an unknown event or alert kind is a 422 (a typo would
+otherwise subscribe to nothing, silently).
 """
 
 from __future__ import annotations
@@ -30,18 +32,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from edgefleet.cloud.api.deps import NotFoundError, SessionDep
-from edgefleet.cloud.db import now
+from edgefleet.cloud.api.scoped_settings import SettingsKind, scoped_settings_router
 from edgefleet.cloud.drift import GROUPS
 from edgefleet.cloud.drift_sequential import SEQUENTIAL
 from edgefleet.cloud.ops_monitor import KINDS
-from edgefleet.cloud.ops_settings import LimitsResolver, OpsLimits
+from edgefleet.cloud.ops_settings import LimitsResolver
 from edgefleet.cloud.ops_tables import OpsSettingsRecord, Webhook, WebhookDelivery
 from edgefleet.cloud.performance_monitor import KIND as ESTIMATED_ACCURACY
 from edgefleet.cloud.webhooks import EVENTS, newest_alert_id
-from edgefleet.core.topics import check_id
 
-router = APIRouter(tags=["operations"])
-GLOBAL = OpsLimits()
 ALERT_KINDS = (*GROUPS, SEQUENTIAL, ESTIMATED_ACCURACY, *KINDS)
 
 
@@ -59,6 +58,20 @@ class LimitsIn(BaseModel):
     max_out_of_range_share: float | None = None
     stuck_min_samples: int | None = None
     lookback_seconds: float | None = None
+
+
+def _write_limits(row: OpsSettingsRecord, values: dict) -> None:
+    row.limits = {key: value for key, value in values.items() if value is not None}
+
+
+OPS = SettingsKind(
+    what="operational limits", record=OpsSettingsRecord, body=LimitsIn,
+    global_values=lambda settings: settings.ops_limits().to_dict(),
+    resolver=lambda session, settings: LimitsResolver.load(session, settings.ops_limits()),
+    read=lambda row: dict(row.limits or {}), write=_write_limits,
+    check=lambda settings, values: settings.ops_limits().with_values(values))
+router = APIRouter(tags=["operations"])
+router.include_router(scoped_settings_router("/ops/settings", OPS, ["operations"]))
 
 
 class WebhookIn(BaseModel):
@@ -83,78 +96,6 @@ class WebhookIn(BaseModel):
         if not value.startswith(("http://", "https://")) or any(c.isspace() for c in value):
             raise ValueError("must be an http(s) URL without spaces")
         return value
-
-
-def _key(value: str, what: str) -> str:
-    return check_id(value, what) if value else ""
-
-
-def _row(session: Session, fleet: str, model: str) -> OpsSettingsRecord | None:
-    return session.scalars(select(OpsSettingsRecord).where(OpsSettingsRecord.fleet == fleet,
-                                                            OpsSettingsRecord.model_name == model)).first()
-
-
-@router.get("/ops/settings")
-def list_limits(session: SessionDep) -> dict:
-    rows = session.scalars(select(OpsSettingsRecord).order_by(OpsSettingsRecord.fleet,
-                                                              OpsSettingsRecord.model_name)).all()
-    return {"global": GLOBAL.to_dict(), "overrides": [
-        {"fleet": r.fleet or None, "model": r.model_name or None, "updated_at": r.updated_at, **r.limits}
-        for r in rows]}
-
-
-@router.get("/ops/settings/effective")
-def effective_limits(session: SessionDep, fleet: str = "", model: str = "") -> dict:
-    return LimitsResolver.load(session, GLOBAL).for_scope(_key(fleet, "fleet"), _key(model, "model")).to_dict()
-
-
-def _put(session: Session, fleet: str, model: str, body: LimitsIn) -> dict:
-    values = {k: v for k, v in body.model_dump().items() if v is not None}
-    GLOBAL.with_values(values)  # OpsSettingsError (400) before anything is stored
-    row = _row(session, fleet, model) or OpsSettingsRecord(fleet=fleet, model_name=model)
-    row.limits, row.updated_at = values, now()
-    session.add(row)
-    session.commit()
-    return {"fleet": fleet or None, "model": model or None, "updated_at": row.updated_at, **values}
-
-
-def _delete(session: Session, fleet: str, model: str) -> Response:
-    row = _row(session, fleet, model)
-    if row is None:
-        raise NotFoundError(f"no operational limits for fleet {fleet or '*'!r} and model {model or '*'!r}")
-    session.delete(row)
-    session.commit()
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
-
-
-@router.put("/ops/settings/fleets/{fleet}")
-def put_fleet(fleet: str, body: LimitsIn, session: SessionDep) -> dict:
-    return _put(session, check_id(fleet, "fleet"), "", body)
-
-
-@router.put("/ops/settings/models/{model}")
-def put_model(model: str, body: LimitsIn, session: SessionDep) -> dict:
-    return _put(session, "", check_id(model, "model"), body)
-
-
-@router.put("/ops/settings/fleets/{fleet}/models/{model}")
-def put_fleet_model(fleet: str, model: str, body: LimitsIn, session: SessionDep) -> dict:
-    return _put(session, check_id(fleet, "fleet"), check_id(model, "model"), body)
-
-
-@router.delete("/ops/settings/fleets/{fleet}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_fleet(fleet: str, session: SessionDep) -> Response:
-    return _delete(session, check_id(fleet, "fleet"), "")
-
-
-@router.delete("/ops/settings/models/{model}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_model(model: str, session: SessionDep) -> Response:
-    return _delete(session, "", check_id(model, "model"))
-
-
-@router.delete("/ops/settings/fleets/{fleet}/models/{model}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_fleet_model(fleet: str, model: str, session: SessionDep) -> Response:
-    return _delete(session, check_id(fleet, "fleet"), check_id(model, "model"))
 
 
 @router.post("/webhooks", status_code=status.HTTP_201_CREATED)

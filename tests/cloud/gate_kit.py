@@ -68,10 +68,11 @@ def swapped_classes(a: int, b: int) -> Callable[[np.ndarray, np.ndarray], tuple[
 
 class Traffic:
     """Per device URL, a thread asking for 4 test digits every `period` s and sending each prediction's
-    true labels to POST /v1/feedback right after."""
+    true labels to POST /v1/feedback right after (unless `labels` is False)."""
 
-    def __init__(self, urls: list[str], x: np.ndarray, y: np.ndarray, period: float = 0.05) -> None:
-        self.urls, self.x, self.y, self.period = urls, x, y, period
+    def __init__(self, urls: list[str], x: np.ndarray, y: np.ndarray, period: float = 0.05,
+                 labels: bool = True) -> None:
+        self.urls, self.x, self.y, self.period, self.send_labels = urls, x, y, period, labels
         self.stop = threading.Event()
         self.failures: list[str] = []
         self.retired = 0  # labels refused because the model that made the prediction no longer serves
@@ -86,6 +87,8 @@ class Traffic:
                 answer = client.post("/v1/predict", json={"inputs": self.x[rows].tolist()})
                 if answer.status_code != 200:
                     self.failures.append(f"predict {answer.status_code}: {answer.text}")
+                    continue
+                if not self.send_labels:
                     continue
                 sent = client.post("/v1/feedback", json={"request_id": answer.json()["request_id"],
                                                          "label": [int(v) for v in self.y[rows]]})

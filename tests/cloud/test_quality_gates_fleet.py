@@ -9,7 +9,8 @@ canaries) is judged against the second (the control, still on the old model) ove
   canaries are rolled back, the control devices never hear of it;
 - a candidate with two classes swapped keeps the answer distribution (the drift gate passes) and is
   stopped by the accuracy the labels measure;
-- in shadow mode, the deployment API reports that candidate's agreement with the serving model.
+- in shadow mode, the deployment API reports that candidate's agreement with the serving model;
+- without labels, a candidate with heavily perturbed weights is stopped by its estimated accuracy (CBPE).
 """
 
 from __future__ import annotations
@@ -175,3 +176,31 @@ def test_labels_stop_a_candidate_with_swapped_classes_and_shadow_reports_its_agr
     assert 0.65 < found["agreement"] < 0.92, found
     for device in found["devices"]:
         assert device["agreement"] == pytest.approx(device["agreeing"] / device["samples"])
+
+
+def test_without_labels_the_estimated_accuracy_stops_an_unsure_candidate(
+        start_cloud, mosquitto, digits_bundle, digits_splits, tmp_path: Path):
+    cloud = start_cloud()
+    # weights perturbed by 1 sd: about half the test digits right, and less sure of its answers
+    worse = make_variant(digits_bundle.root, tmp_path / "v2", digits_bundle.private_key, version=2, weight_noise=1.0)
+    for root in (digits_bundle.root, worse):
+        upload(cloud, root, tmp_path)
+    agents = start_agents(cloud, mosquitto, digits_bundle, tmp_path)
+    gates = {"observation_seconds": 8.0, "min_samples": 200, "max_accuracy_drop": 0.03}
+    try:
+        with Traffic([a.http_url for a in agents.values()], digits_splits.x_test, digits_splits.y_test,
+                     labels=False) as traffic:
+            stopped = deploy(cloud, 2, **WAVES, quality_gates=gates)
+            canary = stopped["waves"][0]["devices"]
+            aborted = cloud.wait_state(stopped["id"], "aborted", timeout=120)
+            wait_until(lambda: all(row["state"] == "rolled_back" for row in cloud.deployment(stopped["id"])["devices"]
+                                   if row["device"] in canary), "the canaries rolled back", 60)
+            assert serving(agents) == dict.fromkeys(agents, 1) and not traffic.failures
+    finally:
+        for agent in agents.values():
+            agent.stop()
+    accuracy = results(aborted)["accuracy"]
+    assert accuracy["outcome"] == "fail" and accuracy["kind"] == "estimated"
+    assert accuracy["n"] >= 200 and accuracy["m"] >= 200 and accuracy["control"] > 0.9
+    assert accuracy["value"] > 0.03 and accuracy["text"].startswith("estimated accuracy canary")
+    assert "without labels" in aborted["reason"]

@@ -94,20 +94,20 @@ class CusumStore:
         alarm is late, "steps" fed and "replayed_from" when a late window rewound the sums), or None for a
         profile without magnitude facts."""
         key = _key(scope)
-        checkpoints = _checkpoints(session, key)
+        latest = _checkpoint(session, key, newest=True)
         rows = _rows(session, scope, top)
-        if not checkpoints:
+        if latest is None:
             base, first_new = None, -math.inf
             rows = rows.where(TelemetryRecord.window_end > now - lookback)
         else:
-            latest = checkpoints[-1]
             earliest = session.scalar(rows.with_only_columns(func.min(TelemetryRecord.window_end))
                                       .where(TelemetryRecord.id > latest.row_id))
             first_new = (math.nextafter(latest.step_end, math.inf) if earliest is None
                          else self._step_of(scope, earliest, slot_seconds))
-            before = [c for c in checkpoints if c.step_end < first_new]
-            base = before[-1] if before else checkpoints[0]
-            if not before:
+            base = latest if latest.step_end < first_new else _checkpoint(session, key, newest=True,
+                                                                          before=first_new)
+            if base is None:
+                base = _checkpoint(session, key, newest=False)
                 log.warning("%s %s (%s v%s): windows from %.0f are older than the CUSUM's oldest checkpoint "
                             "(%.0f): not fed to it", scope.scope, scope.scope_id, scope.model_name,
                             scope.model_version, earliest, base.step_end)
@@ -128,7 +128,7 @@ class CusumStore:
         alarms = [e["at"] for e in section["signals"].values() if e["alarm"]]
         section["steps"] = len(steps)
         section["late_by"] = (now - min(alarms)) if alarms and min(alarms) <= now - lookback else None
-        if base is not None and base is not checkpoints[-1]:
+        if base is not None and base is not latest:
             section["replayed_from"] = base.step_end
         self._save(session, key, base, steps[-1][0], top, detectors)
         return section
@@ -172,10 +172,13 @@ def _key(scope) -> dict:
             "model_version": scope.model_version}
 
 
-def _checkpoints(session: Session, key: dict) -> list[CusumCheckpoint]:
+def _checkpoint(session: Session, key: dict, *, newest: bool, before: float = math.inf) -> CusumCheckpoint | None:
+    """The scope's newest (or oldest) checkpoint ending before `before`."""
     where = [getattr(CusumCheckpoint, name) == value for name, value in key.items()]
-    return list(session.scalars(select(CusumCheckpoint).where(*where)
-                                .order_by(CusumCheckpoint.step_end, CusumCheckpoint.id)).all())
+    order = (CusumCheckpoint.step_end.desc(), CusumCheckpoint.id.desc()) if newest else (
+        CusumCheckpoint.step_end, CusumCheckpoint.id)
+    return session.scalars(select(CusumCheckpoint).where(*where, CusumCheckpoint.step_end < before)
+                           .order_by(*order).limit(1)).first()
 
 
 def _rows(session: Session, scope, top: int):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from edgefleet.cloud.db import Alert, Device, DriftResult, TelemetryRecord, make_engine, make_sessions
 from edgefleet.cloud.drift_cusum_store import CusumCheckpoint
@@ -24,14 +24,16 @@ class River:
     """A real SQLite file with gauges of one fleet; each reading is one stored telemetry window."""
 
     def __init__(self, path, gauges=("gauge-1",)) -> None:
-        self.path, self.seq = path, {}
+        """path: an SQLite file, or a database URL."""
+        self.url = path if str(path).startswith("postgresql") else f"sqlite:///{path}"
+        self.seq = {}
         self.open()
         with self.sessions.begin() as session:
             session.add_all(Device(id=g, fleet="river", password_hash="$7$unused") for g in gauges)
 
     def open(self) -> None:
         """A new engine and a new monitor on the same file: what a cloud restart keeps is the database."""
-        self.engine = make_engine(f"sqlite:///{self.path}")
+        self.engine = make_engine(self.url)
         self.sessions = make_sessions(self.engine)
         self.monitor = DriftMonitor(self.sessions, lambda name, version: PROFILE if name == "nile-flow" else None,
                                     lookback_seconds=LOOKBACK, interval_seconds=1.0)
@@ -95,6 +97,19 @@ def test_a_restart_mid_drift_alarms_at_the_same_year(tmp_path):
     assert year == restarted_year == expected
     assert restarted == evidence  # the same sums, samples and threshold: the restart lost nothing
     assert restarted["samples"] == expected - 1896 + 1 and restarted["down"] > restarted["threshold"]
+
+
+def test_a_restart_mid_drift_alarms_at_the_same_year_on_postgresql(postgres):
+    """The same on a real PostgreSQL: the checkpoints' JSON and floats round-trip there too."""
+    admin = make_engine(postgres.url).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        for name in ("cusum_straight", "cusum_restarted"):
+            connection.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+            connection.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    server = postgres.url.rsplit("/", 1)[0]
+    restart_before = int(np.flatnonzero(YEARS == 1900)[0])
+    assert replay(f"{server}/cusum_straight", None) == replay(f"{server}/cusum_restarted", restart_before)
 
 
 def test_the_sums_continue_after_a_restart_instead_of_starting_at_zero(tmp_path):
@@ -175,3 +190,22 @@ def test_a_fleet_fed_out_of_order_ends_where_the_in_order_fleet_does(tmp_path):
     # alarmed on gauge-1's readings alone during the outage)
     assert alarms[0] and alarms[0][0] in alarms[1]
     assert any("replayed_from" in s for s in sections[1])  # the late river did rewind
+
+
+def test_a_window_older_than_every_checkpoint_is_not_fed_and_says_so(tmp_path, caplog):
+    """The bound: the sums rewind at most to the oldest checkpoint kept; a window before it is logged and
+    left to the late period evaluation, and the run goes on with the others."""
+    river = River(tmp_path / "cloud.db")
+    try:
+        for index in range(25, 29):
+            river.monitor.run_once(river.send(index))
+        before = river.sequential()[-1]["signals"]["flow[0]"]
+        river.send(10)  # 1881, delivered after 1899: older than the first checkpoint (1896)
+        with caplog.at_level("WARNING", logger="edgefleet.cloud.drift_cusum_store"):
+            river.monitor.run_once(river.send(29))
+        after = river.sequential()[-1]
+    finally:
+        river.close()
+    assert any("older than the CUSUM's oldest checkpoint" in r.getMessage() for r in caplog.records)
+    assert after["signals"]["flow[0]"]["samples"] == before["samples"] + 1  # 1900 only, not 1881
+    assert after["replayed_from"] == T0 + 26  # rewound to the oldest checkpoint and fed again from there

@@ -29,6 +29,7 @@ from edgefleet.core.schema import InputValidator, TensorSpec, sample_count
 
 LABELS = "y"
 DEFAULT_SLICE_KEY = "slice"
+OVERALL = "overall"  # the whole file, reported beside its slices
 MAX_SLICES = 256  # distinct values per file: more is a row id, not a slice
 
 
@@ -86,7 +87,11 @@ def read_data(path: Path, name: str, specs: Sequence[TensorSpec], slice_keys: Se
             raise EdgefleetError(f"{flag} {path}: slice key {key!r} has {distinct.size} distinct values (at most "
                                  f"{MAX_SLICES}: a slice is a group of samples)")
         for value in distinct:
-            slices[str(value) if len(keys) == 1 else f"{key}={value}"] = values == value
+            slice_name = str(value) if len(keys) == 1 else f"{key}={value}"
+            if slice_name == OVERALL:
+                raise EdgefleetError(f"{flag} {path}: slice key {key!r} has the value {OVERALL!r}, the name of the "
+                                     f"whole data in the report; rename it")
+            slices[slice_name] = values == value
     return EvalData(name, Path(path), inputs, labels, count, slices)
 
 

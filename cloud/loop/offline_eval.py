@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from edgefleet.cloud.loop import eval_checks
-from edgefleet.cloud.loop.eval_data import EvalData, class_labels, read_data, regression_targets, slice_names
+from edgefleet.cloud.loop.eval_data import OVERALL, EvalData, class_labels, read_data, regression_targets, slice_names
 from edgefleet.cloud.loop.eval_stats import calibration, paired_interval, proportion, verdict
 from edgefleet.core.answers import probabilities, rows
 from edgefleet.core.canonical import format_time, utc_now
@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 
 TASKS = ("classification", "regression")
 CHUNK = 256  # samples per predict call
-OVERALL = "overall"
 REPORT_SCHEMA = 1
 
 

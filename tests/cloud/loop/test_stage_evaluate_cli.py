@@ -94,6 +94,8 @@ def heldout(kit):
     ("bad label", "label 12 is not a class index of the model (0..9)"),
     ("unknown slice", "--critical-slice 'night' is not a slice of the data (slices: clean, inverted)"),
     ("not npz", "cannot read it as .npz"),
+    ("empty", "input 'pixels': expected float32[batch, 1, 8, 8] with batch >= 1, got float32[0, 1, 8, 8]"),
+    ("reserved slice", "slice key 'slice' has the value 'overall', the name of the whole data in the report"),
 ])
 def test_bad_data_is_one_line(kit, heldout, tmp_path, case, message):
     root = kit.candidate("better", tmp_path)
@@ -110,6 +112,10 @@ def test_bad_data_is_one_line(kit, heldout, tmp_path, case, message):
     elif case == "bad label":
         arrays["y"] = arrays["y"].copy()
         arrays["y"][5] = 12
+    elif case == "empty":
+        arrays = {k: v[:0] for k, v in arrays.items()}
+    elif case == "reserved slice":
+        arrays["slice"] = np.where(arrays["slice"] == "clean", "overall", arrays["slice"])
     elif case == "unknown slice":
         extra = ["--critical-slice", "night"]
     path = _npz(tmp_path / "data.npz", **arrays)

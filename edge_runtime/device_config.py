@@ -25,6 +25,12 @@
     host = "127.0.0.1"
     port = 8000
     max_body_bytes = 1048576
+
+    [cloud]                                    # optional: data capture (edge_runtime/capture.py) needs it
+    url = "https://cloud.example"            # the cloud's HTTP API; credentials: [mqtt]'s unless given here
+    poll_seconds = 60                        # how often the fleet's capture settings are read
+    upload_seconds = 10
+    max_capture_bytes = 268435456            # the device's ceiling on its capture spool, whatever the fleet asks
 """
 
 from __future__ import annotations
@@ -51,6 +57,18 @@ class MqttConfig:
 
 
 @dataclass(frozen=True)
+class CloudConfig:
+    """The cloud's HTTP API, for data capture: settings are read and samples uploaded with these credentials."""
+
+    url: str
+    username: str | None = None
+    password: str | None = None
+    poll_seconds: float = 60.0
+    upload_seconds: float = 10.0
+    max_capture_bytes: int = 256 * 2**20
+
+
+@dataclass(frozen=True)
 class DeviceConfig:
     device: str
     fleet: str
@@ -66,6 +84,7 @@ class DeviceConfig:
     http_port: int = 8000
     max_body_bytes: int = 2**20
     slice: str | None = None  # the default slice of this device's requests (edge_runtime/slices.py)
+    cloud: CloudConfig | None = None  # the cloud's HTTP API, for data capture
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -87,7 +106,8 @@ class DeviceConfig:
                 raise EdgefleetError(f"device config: [{name}] must be a table")
             return value
 
-        device, model, mqtt, telemetry, http = (section(n) for n in ("device", "model", "mqtt", "telemetry", "http"))
+        device, model, mqtt, telemetry, http, cloud = (section(n) for n in ("device", "model", "mqtt", "telemetry",
+                                                                            "http", "cloud"))
         try:
             device_id = check_id(device.get("id", ""), "device.id")
             fleet = check_id(device.get("fleet", "default"), "device.fleet")
@@ -113,7 +133,22 @@ class DeviceConfig:
             window_seconds=window, outbox_max_bytes=int(telemetry.get("outbox_max_bytes", 16 * 2**20)),
             http_host=str(http.get("host", "127.0.0.1")), http_port=int(http.get("port", 8000)),
             max_body_bytes=int(http.get("max_body_bytes", 2**20)), slice=default_slice,
+            cloud=_cloud(cloud, mqtt),
         )
+
+
+def _cloud(cloud: dict, mqtt: dict) -> CloudConfig | None:
+    if not cloud.get("url"):
+        return None
+    numbers = {}
+    for name, default in (("poll_seconds", 60.0), ("upload_seconds", 10.0), ("max_capture_bytes", 256 * 2**20)):
+        value = cloud.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 2**40:
+            raise EdgefleetError(f"device config: cloud.{name} must be a positive number, got {value!r}")
+        numbers[name] = value
+    return CloudConfig(str(cloud["url"]), cloud.get("username", mqtt.get("username")),
+                       cloud.get("password", mqtt.get("password")), float(numbers["poll_seconds"]),
+                       float(numbers["upload_seconds"]), int(numbers["max_capture_bytes"]))
 
 
 def _backends(value: object) -> tuple[str, ...]:

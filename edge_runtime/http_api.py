@@ -77,10 +77,13 @@ def create_app(
     metrics: DeviceMetrics | None = None,
     recent: RecentPredictions | None = None,
     default_slice: str | None = None,
+    model_card: Callable[[], dict] | None = None,
+    capture: Callable[..., None] | None = None,
 ) -> FastAPI:
     """The device's ASGI app. `metrics` counts the predict requests (a fresh DeviceMetrics if None);
     `recent` keeps each answer's prediction by request id for POST /v1/feedback (a fresh map if None);
-    `default_slice` is the slice of a request that names none (device.toml `[device] slice`)."""
+    `default_slice` is the slice of a request that names none (device.toml `[device] slice`); `capture` is
+    offered every answered request (edge_runtime/capture.py), `model_card` answers GET /v1/model-card."""
     app = FastAPI(title="edgefleet device", docs_url=None, redoc_url=None)
     app.add_middleware(_AnswerErrors)
     app.state.metrics = counted = metrics if metrics is not None else DeviceMetrics()
@@ -99,7 +102,7 @@ def create_app(
             body = await _read_body(request, max_body_bytes)
             query = [(k, v) for k, v in query if k != "slice"]
             content, samples, classes = await run_in_threadpool(_predict, host, bundle, body, query, rid, recent,
-                                                                name)
+                                                                name, capture)
             status, headers = 200, None
         except ClientDisconnect:  # the client left while sending its body: nobody to answer
             status, content, headers = 499, _detail("client closed the request"), None
@@ -141,6 +144,15 @@ def create_app(
         return {"status": "ok", "model": {"name": current.bundle.name, "version": current.bundle.version},
                 "backend": current.backend_name, "runtime": current.describe(), **health()}
 
+    @app.get("/v1/model-card")
+    def card() -> dict:
+        """The serving model's card with the data capture policy in force (the fleet's privacy switch)."""
+        if model_card is not None:
+            return model_card()
+        bundle = host.current.bundle
+        return {"model": {"name": bundle.name, "version": bundle.version},
+                "model_card": {**(bundle.manifest.get("model_card") or {}), "data_capture_in_force": "off"}}
+
     @app.get("/metrics")
     def prometheus() -> Response:
         return Response(counted.render(), media_type=CONTENT_TYPE)
@@ -152,13 +164,15 @@ _LABEL_STATUS = {"unknown_request": 404, "expired": 404, "labelled": 404, "model
 
 
 def _predict(host: ModelHost, bundle: Bundle, body: bytes, query: list[tuple[str, str]], rid: str,
-             recent: RecentPredictions, slice_name: str | None = None) -> tuple[bytes, int, list[str]]:
+             recent: RecentPredictions, slice_name: str | None = None,
+             capture: Callable[..., None] | None = None) -> tuple[bytes, int, list[str]]:
     """Parses, predicts and encodes one request, all in a worker thread: (JSON answer, samples, classes).
     The answer is the raw outputs plus the task's own fields (core/answers.py) and the request id, under
     which its prediction is kept for a label that comes later."""
     interface = bundle.manifest["interface"]
     options = parse_options(query, interface)  # AnswerOptionError (400) before any work is done
-    outputs = host.predict(read_body(body, bundle.inputs, max_bytes=len(body)), finite=True)  # ModelOutputError
+    inputs = read_body(body, bundle.inputs, max_bytes=len(body))
+    outputs = host.predict(inputs, finite=True)  # ModelOutputError
     specs = bundle.outputs
     answer: dict = {
         "model": {"name": bundle.name, "version": bundle.version},
@@ -172,6 +186,8 @@ def _predict(host: ModelHost, bundle: Bundle, body: bytes, query: list[tuple[str
     classes = [str(p["class"]) for p in answer.get("predictions", ())]
     remember(recent, rid, bundle, answer, slice_name)
     observe_request(host, bundle, slice_name, answer, samples)
+    if capture is not None:
+        capture(rid, bundle, inputs, outputs, answer, slice_name)
     return _json(answer), samples, classes
 
 

@@ -32,7 +32,7 @@ def main() -> None:
     try:
         app()  # standalone mode: exits through SystemExit, which passes the handlers below
     except EdgefleetError as err:
-        err_console.print(f"error: {err}", markup=False, highlight=False)
+        err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)  # one line, any width
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("aborted", markup=False)

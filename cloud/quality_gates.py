@@ -300,7 +300,8 @@ def verdict(gates: QualityGates, results: list[dict], *, started: float, now: fl
     record = {"started": started, "judged_at": now, "canary": list(canary), "control": list(control),
               "on_insufficient": gates.on_insufficient, "results": results}
     if failed or (short and gates.on_insufficient == "fail"):
-        named = failed + (short if gates.on_insufficient == "fail" else [])
+        # before the deadline a short gate might still get its data: only the gates that failed are named
+        named = failed + (short if gates.on_insufficient == "fail" and now >= deadline else [])
         reason = "quality gate failed after the canary wave: " + "; ".join(
             f"{r['gate']}: {r['text']}" for r in named)
         return Verdict("fail", {**record, "outcome": "failed"}, reason)

@@ -98,8 +98,17 @@ def test_insufficient_data_fails_the_canaries_by_default(cloud: Cloud, fleet):
 
 def test_insufficient_data_passes_when_so_configured_and_says_so(cloud: Cloud, fleet):
     devices = fleet(4)
-    plan = cloud.deploy(**GATED, wave_timeout_seconds=3, quality_gates={
-        "observation_seconds": 0.5, "max_accuracy_drop": 0.05, "on_insufficient": "pass"})
+    env = {**os.environ, "EDGEFLEET_CLOUD": cloud.server.url, "EDGEFLEET_TOKEN": cloud.token, "COLUMNS": "250"}
+    command = ["deploy", "digits-cnn", "1", "--fleet", "lab", "--waves", "50,100", "--success", "1", "--wave-timeout",
+               "3", "--health-window", "1", "--gate-observe", "0.5", "--gate-accuracy-drop", "0.05",
+               "--gate-on-insufficient", "pass"]
+    deployed = subprocess.run([sys.executable, "-m", "edgefleet.cli.main", *command], capture_output=True, text=True,
+                              env=env, timeout=60, check=False)
+    assert deployed.returncode == 0, deployed.stderr
+    plan = {"id": deployed.stdout.split()[1].rstrip(":")}
+    assert cloud.deployment(plan["id"])["strategy"]["quality_gates"] == {
+        "observation_seconds": 0.5, "min_samples": 200, "min_labels": 100, "on_insufficient": "pass",
+        "max_prediction_psi": None, "max_accuracy_drop": 0.05, "max_p99_ratio": None, "max_error_rate_increase": None}
     done = cloud.wait_state(plan["id"], "completed")
     gates = done["gates"]
     assert gates["outcome"] == "passed with insufficient data (on_insufficient pass)"
@@ -109,7 +118,6 @@ def test_insufficient_data_passes_when_so_configured_and_says_so(cloud: Cloud, f
                               "control 0 predictions (min_samples 200)")
     assert all(device.ops() == ["install"] for device in devices.values())
     # the CLI's rollout table shows the verdict
-    env = {**os.environ, "EDGEFLEET_CLOUD": cloud.server.url, "EDGEFLEET_TOKEN": cloud.token, "COLUMNS": "250"}
     shown = subprocess.run([sys.executable, "-m", "edgefleet.cli.main", "rollout", "status", plan["id"]],
                            capture_output=True, text=True, env=env, timeout=60, check=False)
     assert shown.returncode == 0, shown.stderr

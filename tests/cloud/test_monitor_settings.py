@@ -132,3 +132,30 @@ def test_the_accuracy_alert_uses_a_fleets_drop_and_its_drift_min_samples_and_loo
 def test_a_bad_drop_is_refused_up_front():
     with pytest.raises(PerformanceSettingsError, match=r"drop must be between 0 and 1 \(both excluded\), got 1.5"):
         PerformanceMonitor(None, lambda name, version: None, drop=1.5)
+
+
+# --- webhook subscriptions (cloud/webhooks.py) through the API and the CLI -------------------------------------
+def test_a_webhook_subscribes_to_some_events_and_kinds_and_a_typo_is_refused(api, tmp_path: Path):
+    import os
+
+    token = api.headers["Authorization"].removeprefix("Bearer ")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "edgefleet.cli.main", "webhook", *args, "--cloud",
+                               str(api.base_url), "--token", token], capture_output=True, text=True, timeout=60,
+                              check=False, env={**os.environ, "COLUMNS": "200"})
+
+    added = cli("add", "http://127.0.0.1:9/hook", "--event", "alert.resolved", "--kind", "latency", "--kind",
+                "data_quality")
+    assert added.returncode == 0, added.stderr
+    (hook,) = api.get("/api/v1/webhooks").json()
+    assert (hook["events"], hook["kinds"]) == (["alert.resolved"], ["data_quality", "latency"])
+    listed = cli("list").stdout
+    assert "alert.resolved" in listed and "data_quality, latency" in listed
+    typo = cli("add", "http://127.0.0.1:9/other", "--kind", "latnecy")
+    assert typo.returncode == 2 and "Traceback" not in typo.stderr
+    assert "unknown alert kinds ['latnecy']; expected some of ['data_drift'," in typo.stderr
+    bad_event = api.post("/api/v1/webhooks", json={"url": "http://127.0.0.1:9/x", "events": ["alert.closed"]})
+    assert bad_event.status_code == 422 and "body.events.0: Input should be 'alert.opened' or 'alert.resolved'" \
+        in bad_event.json()["detail"]
+    assert len(api.get("/api/v1/webhooks").json()) == 1  # nothing stored for either refusal

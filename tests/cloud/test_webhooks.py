@@ -192,3 +192,26 @@ def test_a_webhook_gets_only_the_events_and_kinds_it_subscribed_to(sessions):
     assert sorted((b["event"], b["alert"]["kind"]) for b in everything.accepted) == [
         ("alert.opened", "data_drift"), ("alert.opened", "data_quality"), ("alert.opened", "latency"),
         ("alert.resolved", "data_drift"), ("alert.resolved", "latency")]
+
+
+def test_the_accuracy_alert_the_performance_monitor_closes_is_sent_resolved(sessions):
+    """A second real monitor: the label-free accuracy alert opens on a confidence drop and closes on recovery."""
+    from edgefleet.cloud.performance_monitor import PerformanceMonitor
+    from tests.cloud.test_performance import PROFILE, store
+
+    with sessions.begin() as session:
+        session.add(Device(id="d1", fleet="f1", password_hash="x"))
+    monitor = PerformanceMonitor(sessions, lambda name, version: PROFILE, lookback_seconds=10, min_samples=100)
+    dispatcher = WebhookDispatcher(sessions, clock=Clock())
+    with Receiver(SECRET) as receiver:
+        add_hook(sessions, receiver.url)
+        store(sessions, "d1", 1, 100.0, 60, 40)  # estimated 0.7 against the 0.95 expected
+        monitor.run_once(now=101)
+        dispatcher.run_once()
+        store(sessions, "d1", 2, 130.0, 5, 95)  # 0.975: back
+        monitor.run_once(now=131)
+        dispatcher.run_once()
+    events = sorted((b["alert"]["scope"], b["event"], b["alert"]["status"]) for b in receiver.accepted)
+    assert events == [("device", "alert.opened", "open"), ("device", "alert.resolved", "closed"),
+                      ("fleet", "alert.opened", "open"), ("fleet", "alert.resolved", "closed")]
+    assert {b["alert"]["kind"] for b in receiver.accepted} == {"estimated_accuracy"}

@@ -2,7 +2,8 @@
 (tests/cloud/rollout_kit.py), which answer installs but send no telemetry windows, so every gate lacks
 data. What must happen: a bad gate spec is one 400 naming the field (one CLI line, exit 2); insufficient
 data is never a silent pass: it fails the rollout (canaries rolled back, the rest untouched) or, if so
-configured, lets it go on with the verdict saying so. The gates judged on real agents' telemetry:
+configured, lets it go on with the verdict saying so; a restarted cloud keeps the observation it began. The
+gates judged on real agents' telemetry:
 test_quality_gates_fleet.py."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 import httpx
 
 from tests.cloud.rollout_kit import (  # noqa: F401 - fixtures, found by pytest under their names
+    GZIP,
     Cloud,
     archive_fixture,
     cloud_fixture,
@@ -23,6 +25,7 @@ from tests.cloud.rollout_kit import (  # noqa: F401 - fixtures, found by pytest 
     no_edgefleet_environment_fixture,
     planned_waves,
     start_cloud_fixture,
+    start_devices,
     wait_until,
 )
 
@@ -122,3 +125,23 @@ def test_insufficient_data_passes_when_so_configured_and_says_so(cloud: Cloud, f
                            capture_output=True, text=True, env=env, timeout=60, check=False)
     assert shown.returncode == 0, shown.stderr
     assert "quality gates: passed with insufficient data" in shown.stdout and "insufficient" in shown.stdout
+
+
+def test_a_restarted_cloud_keeps_the_observation_it_began(start_cloud, archive, mosquitto, devices_to_stop):
+    cloud = start_cloud()
+    assert cloud.client.post("/api/v1/bundles", content=archive.read_bytes(), headers=GZIP).status_code == 201
+    devices = start_devices(cloud, mosquitto, 4, running=devices_to_stop)
+    plan = cloud.deploy(**GATED, wave_timeout_seconds=4, quality_gates={
+        "observation_seconds": 3, "max_error_rate_increase": 0.01, "on_insufficient": "pass"})
+    canary, control = planned_waves(plan)
+    wait_until(lambda: cloud.deployment(plan["id"])["gates_started_at"], "the observation begins")
+    began = cloud.deployment(plan["id"])["gates_started_at"]
+    cloud.client.close()
+    cloud.server.stop()  # mid-observation
+
+    again = start_cloud(token=cloud.token)  # same data directory and database
+    done = again.wait_state(plan["id"], "completed")
+    assert done["gates_started_at"] == began and done["gates"]["started"] == began
+    assert done["gates"]["judged_at"] >= began + 3  # the whole observation, counted from its first start
+    assert all(device.ops() == ["install"] for device in devices.values())
+    assert sorted(done["gates"]["control"]) == sorted(control) and sorted(done["gates"]["canary"]) == sorted(canary)

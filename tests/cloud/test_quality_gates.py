@@ -2,9 +2,9 @@
 (tests/cloud/rollout_kit.py), which answer installs but send no telemetry windows, so every gate lacks
 data. What must happen: a bad gate spec is one 400 naming the field (one CLI line, exit 2); insufficient
 data is never a silent pass: it fails the rollout (canaries rolled back, the rest untouched) or, if so
-configured, lets it go on with the verdict saying so; a restarted cloud keeps the observation it began. The
-gates judged on real agents' telemetry:
-test_quality_gates_fleet.py."""
+configured, lets it go on with the verdict saying so; a restarted cloud keeps the observation it began.
+The gates judged on real agents' telemetry: test_quality_gates_fleet.py; the rules alone:
+test_quality_gate_rules.py."""
 
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ def windows_command(
     since: Annotated[str | None, typer.Option(help="Unix seconds or ISO date/time (default: 1 h, 2 days or "
                                                    "90 days before --until)")] = None,
     until: Annotated[str | None, typer.Option(help="Unix seconds or ISO date/time, excluded (default now)")] = None,
-    model: Annotated[str | None, typer.Option(help="Only this model")] = None,
+    model: Annotated[str | None, typer.Option(help="Only this model; alone: every device serving it")] = None,
     version: Annotated[int | None, typer.Option(help="Only this model version")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000, help="Rows per page")] = 100,
     offset: Annotated[int, typer.Option(min=0, help="Rows to skip (the answer's next_offset)")] = 0,
@@ -60,15 +60,16 @@ def windows_command(
     token: TokenOption = None,
 ) -> None:
     """Telemetry history: requests, samples and errors per window, hour or day (oldest first)."""
-    if bool(device) == bool(fleet):
-        raise EdgefleetError("pass one of --device ID or --fleet ID")
+    if device and fleet or not (device or fleet or model):
+        raise EdgefleetError("pass one of --device ID or --fleet ID (optionally with --model NAME), or --model NAME")
     query: dict[str, object] = {"resolution": resolution.value, "limit": limit, "offset": offset}
     for name, value in (("since", parse_time(since, "--since")), ("until", parse_time(until, "--until")),
-                        ("model", model), ("version", version)):
+                        ("model", model if device or fleet else None), ("version", version)):
         if value is not None:
             query[name] = value
     quote = urllib.parse.quote
-    path = f"/api/v1/devices/{quote(device, safe='')}" if device else f"/api/v1/fleets/{quote(fleet, safe='')}"
+    path = (f"/api/v1/devices/{quote(device, safe='')}" if device else f"/api/v1/fleets/{quote(fleet, safe='')}"
+            if fleet else f"/api/v1/models/{quote(model, safe='')}")
     answer = CloudClient(cloud, token).get(f"{path}/windows?{urllib.parse.urlencode(query)}")
     if as_json:
         out.print_json(json.dumps(answer))
@@ -80,7 +81,8 @@ def windows_command(
 
 def windows_table(answer: dict) -> Table:
     raw = answer["resolution"] == "raw"
-    table = Table("start" if not raw else "end", "model", *(["device"] if raw and answer["scope"] == "fleet" else []),
+    per_device = raw and answer["scope"] != "device"
+    table = Table("start" if not raw else "end", "model", *(["device"] if per_device else []),
                   "windows", "requests", "samples", "errors", "error rate",
                   title=f"{answer['resolution']} telemetry of {answer['scope']} {answer['id']}")
     for row in answer["rows"]:
@@ -88,6 +90,6 @@ def windows_table(answer: dict) -> Table:
         rate = "-" if row["error_rate"] is None else f"{row['error_rate']:.2%}"
         table.add_row(stamp.strftime("%Y-%m-%d %H:%M:%S" if raw else "%Y-%m-%d %H:%M"),
                       f"{row['model']['name']}:{row['model']['version']}",
-                      *([row["device"]] if raw and answer["scope"] == "fleet" else []),
+                      *([row["device"]] if per_device else []),
                       str(row["windows"]), str(row["requests"]), str(row["samples"]), str(row["errors"]), rate)
     return table

@@ -3,6 +3,7 @@ add up the roll-ups retention made and the raw windows not rolled up yet.
 
     GET /devices/{id}/windows?resolution=raw|hour|day&since=&until=&model=&version=&limit=&offset=
     GET /fleets/{fleet}/windows?...                  the same, every device of the fleet added up
+    GET /models/{name}/windows?...                   every device serving the model, added up per version
 
 A bad range (backwards, empty, longer than the resolution allows) or resolution is a 400 naming the
 limit; an unknown device a 404; a page holds at most 1000 rows and says where the next one starts.
@@ -53,3 +54,10 @@ def fleet_windows(fleet: str, session: SessionDep, resolution: Resolution = "raw
     scope = Scope(fleet=check_id(fleet, "fleet"), model=check_id(model, "model") if model else None,
                   version=version)
     return {"scope": "fleet", "id": scope.fleet, **_read(session, scope, resolution, since, until, limit, offset)}
+
+
+@router.get("/models/{name}/windows")
+def model_windows(name: str, session: SessionDep, resolution: Resolution = "raw", since: Since = None,
+                  until: Until = None, version: Version = None, limit: Limit = 100, offset: Offset = 0) -> dict:
+    scope = Scope(model=check_id(name, "model"), version=version)
+    return {"scope": "model", "id": name, **_read(session, scope, resolution, since, until, limit, offset)}

@@ -146,6 +146,8 @@ def test_the_api_reads_the_same_counts_before_and_after_a_rollup(cloud):
     assert api_rows(client, "/api/v1/fleets/lab/windows", resolution="day", **window) == before
     after = api_rows(client, "/api/v1/devices/cam-2/windows", resolution="hour", **window)
     assert after == [r for r in hours if r["start"] >= START + DAY]  # day 0 is a daily roll-up now
+    everywhere = api_rows(client, "/api/v1/models/cnn/windows", resolution="day", **window)
+    assert got(everywhere) == expected(raw, DAY, set(DEVICES))  # both fleets' devices
     (first, *_) = api_rows(client, "/api/v1/fleets/lab/windows", resolution="raw", **window)
     assert first["end"] >= NOW - DAY and first["windows"] == 1 and first["device"] in ("cam-1", "cam-2")
 
@@ -190,6 +192,9 @@ def test_the_cli_prints_the_totals_as_a_table_or_json_and_refuses_bad_times(clou
                 "--until", str(NOW), "--json")
     assert shown.returncode == 0, shown.stderr
     assert got(json.loads(shown.stdout)["rows"]) == expected(raw, DAY, {"cam-1", "cam-2"})
+    model = cli(server, client, "--model", "cnn", "--resolution", "day", "--since", str(START), "--until", str(NOW),
+                "--json")
+    assert model.returncode == 0 and got(json.loads(model.stdout)["rows"]) == expected(raw, DAY, set(DEVICES))
     table = cli(server, client, "--device", "cam-1", "--resolution", "hour", "--since", str(START),
                 "--until", str(START + 2 * HOUR))
     assert table.returncode == 0, table.stderr

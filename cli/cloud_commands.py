@@ -22,8 +22,8 @@ DataOption = Annotated[Path | None, typer.Option("--data", help="Data directory 
 DbOption = Annotated[str | None, typer.Option("--db", help="SQLAlchemy database URL (default: SQLite in --data)")]
 DRIFT_PANEL = "Drift monitor (global; per fleet or model: PUT /api/v1/drift/settings/...)"
 RETENTION_PANEL = "Retention (raw windows -> hourly -> daily roll-ups)"
-PERFORMANCE_PANEL = "Label-free accuracy alert (global; per fleet or model: PUT /api/v1/performance/settings/...)"
-OPS_PANEL = "Operations monitor (global limits; per fleet or model: PUT /api/v1/ops/settings/...)"
+PERFORMANCE_PANEL = "Accuracy alert (global; per fleet or model: PUT /api/v1/performance/settings)"
+OPS_PANEL = "Ops monitor (global; per fleet or model: PUT /api/v1/ops/settings/...)"
 TOKEN_NOTE = ("This token is shown only now; the cloud stores only its hash. Keep it somewhere safe and send it "
               "as 'Authorization: Bearer <token>'. Make more with `edgefleet cloud token`.")
 

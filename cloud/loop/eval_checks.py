@@ -17,6 +17,8 @@ JSON; else the serving bundle's) declare them, so they travel with the model:
     [perturbation]
     noise = 0.05            # sd as a fraction of each float input's sd
     max_changed = 0.05
+    regression_tolerance = 0.1   # a value "changes" when it moves by more than this x the labels' sd
+    seed = 0
     [calibration]
     bins = 10
     max_ece = 0.10

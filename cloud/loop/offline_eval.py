@@ -36,7 +36,7 @@ from edgefleet.core.answers import probabilities, rows
 from edgefleet.core.canonical import format_time, utc_now
 from edgefleet.core.decision import decision_output
 from edgefleet.core.errors import EdgefleetError
-from edgefleet.core.schema import join_samples, take_samples
+from edgefleet.core.schema import join_samples, sample_count, take_samples
 from edgefleet.core.signing import TrustStore
 from edgefleet.edge_runtime.predictor import Predictor
 
@@ -78,7 +78,7 @@ class ServedModel:
     def scores(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """The decision output (regression: the first output), samples first, one row per sample."""
         specs = self.bundle.inputs
-        count = len(rows(specs[0], inputs)) if specs else 0
+        count = sample_count(specs, inputs)
         parts = [self.predictor.predict(take_samples(specs, inputs, start, start + CHUNK))
                  for start in range(0, max(count, 1), CHUNK)]
         joined = join_samples(self.bundle.outputs, parts)

@@ -182,6 +182,14 @@ class Capturer:
         rate = self._rate
         if not rate or random.random() >= rate:
             return
+        try:
+            self._take(request_id, bundle, inputs, outputs, answer, slice_tag)
+        except Exception:  # noqa: BLE001 - capture must never fail the request it samples
+            log.exception("capture: a request could not be captured")
+            self.counts["error"] += 1
+
+    def _take(self, request_id: str, bundle: object, inputs: dict, outputs: dict, answer: dict,
+              slice_tag: str | None) -> None:
         policy = self.policy
         if _card_forbids(bundle):
             self.counts["privacy"] += 1

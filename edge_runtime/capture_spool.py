@@ -94,16 +94,19 @@ class CaptureSpool:
 
     def batch(self, max_bytes: int, max_count: int = 1000) -> list[tuple[str, bytes]]:
         """The oldest samples whose payloads add up to at most max_bytes (always at least one, if any)."""
-        with self._lock:
-            rows = self._db.execute("SELECT sample_id, size, payload FROM samples ORDER BY id LIMIT ?",
-                                    (max_count,)).fetchall()
-        picked, total = [], 0
-        for sample_id, size, payload in rows:
-            if picked and total + size > max_bytes:
-                break
-            picked.append((sample_id, bytes(payload)))
-            total += size
-        return picked
+        with self._lock:  # sizes first: only the payloads that fit are read into memory
+            rows = self._db.execute("SELECT id, size FROM samples ORDER BY id LIMIT ?", (max_count,)).fetchall()
+            picked, total = [], 0
+            for row_id, size in rows:
+                if picked and total + size > max_bytes:
+                    break
+                picked.append(row_id)
+                total += size
+            if not picked:
+                return []
+            found = self._db.execute("SELECT sample_id, payload FROM samples WHERE id BETWEEN ? AND ? ORDER BY id",
+                                     (picked[0], picked[-1])).fetchall()
+        return [(sample_id, bytes(payload)) for sample_id, payload in found]
 
     def delete(self, sample_ids: Iterable[str]) -> int:
         """Deletes the named samples in one transaction; returns how many there were. On a full disk the

@@ -17,8 +17,8 @@ leaves unacknowledged samples in the spool, and the restarted uplink sends them 
 each (device, sample id) once, so at most the batch in flight is sent twice.
 
 Refusals: 403 `never_capture` (the fleet's privacy switch turned on since the last poll) puts the switch
-in force at once, which empties the spool; 413 halves the batch, and a single sample the cloud refuses
-as too large or malformed (413, 400) is deleted with a log line, or it would block the spool for ever.
+in force at once, which empties the spool; 413 or 400 halves the batch, and a single sample the cloud
+refuses as too large or malformed is deleted with a log line, or it would block the spool for ever.
 Anything else (the cloud unreachable, a 5xx) waits for the next round, with exponential back-off.
 """
 
@@ -136,7 +136,7 @@ class CaptureUplink:
             log.warning("capture uplink: sample %s refused (%d %s); deleted", batch[0][0], err.code, detail)
             self.capturer.spool.delete([batch[0][0]])
             return True
-        if err.code == 413:
+        if err.code in (400, 413):  # halve until the sample the cloud refuses is alone, then delete it
             self._batch_limit = max(1024, sum(len(p) for _, p in batch) // 2)
             return True
         raise OSError(f"upload refused: {err.code} {detail}")

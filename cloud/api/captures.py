@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from edgefleet.cloud.api.deps import SessionDep, SessionsDep, SettingsDep
 from edgefleet.cloud.capture_store import (
     CaptureDefaults,
+    CaptureUploadError,
     decode_arrays,
     device_policy,
     fleet_settings,
@@ -125,7 +126,11 @@ async def device_upload(request: Request, device: DeviceAuth, sessions: Sessions
     if await run_in_threadpool(privacy):
         return JSONResponse({"detail": f"fleet {device.fleet} never captures data (never_capture): no sample is "
                                        f"taken", "reason": "never_capture"}, status_code=403)
-    samples = parse_upload(json.loads(await request.body()))  # the guard read it within limits and parsed it once
+    try:  # the guard read a body within limits and parsed it once; a request without one comes here as is
+        data = json.loads(await request.body())
+    except ValueError as err:
+        raise CaptureUploadError('send the samples as JSON: {"samples": [...]}') from err
+    samples = parse_upload(data)
 
     def store() -> dict:
         with sessions() as session:

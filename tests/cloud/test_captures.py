@@ -80,6 +80,7 @@ def test_devices_authenticate_with_their_own_credentials(cloud: Cloud):
 
 MALFORMED = [
     (b"not json", "JSON"),
+    (b"", "JSON"),
     (b'{"samples": "x"}', "list of 1 to"),
     (b'{"samples": []}', "list of 1 to"),
     (b'{"samples": [{"request_id": "r"}]}', "sample_id"),

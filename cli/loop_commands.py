@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from edgefleet.cli.app import TrustOption, app, err_console, out, trust_store
+from edgefleet.cli.app import TrustOption, app, out, trust_store
 from edgefleet.core.errors import EdgefleetError
 
 loop_app = typer.Typer(no_args_is_help=True, help="The retraining loop: from a drift alert to a better model.")
@@ -71,10 +71,8 @@ def evaluate(
         out.print(table)
     decision = report["decision"]
     if decision["refused"] and not decision["forced"]:
-        # the reasons run past any terminal's width: printed here as one unwrapped line, as main() prints errors
-        err_console.print("error: candidate refused: " + "; ".join(decision["reasons"]) + " (--force accepts it, "
-                          "recorded in the report)", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(2)
+        raise EdgefleetError("candidate refused: " + "; ".join(decision["reasons"]) + " (--force accepts it, "
+                             "recorded in the report)")
     if decision["forced"]:
         from rich.markup import escape
 

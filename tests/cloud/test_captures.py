@@ -16,7 +16,9 @@ import numpy as np
 from edgefleet.cloud.capture_store import decode_arrays
 from edgefleet.cloud.capture_tables import CaptureSample
 from edgefleet.cloud.retention import Retention, RetentionSettings
-from edgefleet.edge_runtime.capture import encode_arrays
+from edgefleet.edge_runtime.capture import Capturer, encode_arrays
+from edgefleet.edge_runtime.capture_spool import CaptureSpool
+from edgefleet.edge_runtime.capture_upload import CaptureUplink
 from tests.cloud.api_kit import Cloud
 
 
@@ -200,3 +202,30 @@ def test_the_capture_commands(cloud: Cloud, tmp_path):
     assert rows[0]["label"] == {"label": 5}
     bad = edgefleet("list", "--limit", "0")
     assert bad.returncode == 2 and "--limit" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_uplink_isolates_and_deletes_what_the_cloud_will_never_take(start_cloud, tmp_path):
+    """A sample the cloud refuses as malformed (400 for its batch) or too large (413) would block the spool:
+    the uplink halves its batches until it is alone, deletes it, and uploads the rest."""
+    cloud = start_cloud(max_capture_upload_bytes=64 * 1024)
+    answer = cloud.client.post("/api/v1/devices", json={"id": "cam-2", "fleet": "lab"}).json()
+    password = answer["mqtt"]["password"]
+    cloud.client.put("/api/v1/fleets/lab/capture", json={"enabled": True, "sample_rate": 1.0})
+    spool = CaptureSpool(tmp_path / "capture.sqlite", 2**24)
+    capturer = Capturer(spool, fleet="lab", device="cam-2")
+    good = [sample("cam-2") for _ in range(6)]
+    malformed = {**sample("cam-2"), "sample_id": "../not-an-id"}
+    huge = sample("cam-2", inputs=encode_arrays({"pixels": np.zeros(30_000, np.float32)}))
+    for index, item in enumerate([*good[:3], malformed, huge, *good[3:]]):
+        assert spool.append(f"s{index}" if item is malformed else item["sample_id"],
+                            json.dumps(item).encode()) is None
+    uplink = CaptureUplink(capturer, cloud.server.url, username="cam-2", password=password)
+    assert uplink.poll().enabled
+    for _ in range(50):
+        if not uplink.upload_once():
+            break
+    assert len(spool) == 0 and uplink.uploaded == 6
+    stored = cloud.client.get("/api/v1/captures", params={"device": "cam-2"}).json()
+    assert sorted(r["sample_id"] for r in stored) == sorted(s["sample_id"] for s in good)
+    capturer.close()
+    spool.close()

@@ -229,3 +229,29 @@ def test_the_uplink_isolates_and_deletes_what_the_cloud_will_never_take(start_cl
     assert sorted(r["sample_id"] for r in stored) == sorted(s["sample_id"] for s in good)
     capturer.close()
     spool.close()
+
+
+def test_the_policy_says_when_a_drift_alert_is_open_for_the_device_or_its_fleet(cloud: Cloud):
+    from edgefleet.cloud.db import Alert
+
+    auth = register(cloud, "cam-1")
+    register(cloud, "cam-5", fleet="yard")
+
+    def drift_open() -> bool:
+        return httpx.get(f"{cloud.server.url}/api/v1/device/capture", auth=auth, timeout=30).json()["drift_alert_open"]
+
+    def alert(scope: str, scope_id: str, fleet: str, kind: str = "data_drift") -> Alert:
+        with cloud.server.sessions.begin() as session:
+            row = Alert(scope=scope, scope_id=scope_id, fleet=fleet, model_name="digits", model_version=1, kind=kind,
+                        message="m", details={})
+            session.add(row)
+        return row
+
+    alert("device", "cam-5", "yard")  # another device, another fleet
+    alert("device", "cam-1", "lab", kind="latency")  # not a drift alert
+    assert drift_open() is False
+    fleet_alert = alert("fleet", "lab", "lab", kind="prediction_drift")
+    assert drift_open() is True
+    with cloud.server.sessions.begin() as session:
+        session.get(Alert, fleet_alert.id).status = "closed"
+    assert drift_open() is False

@@ -11,7 +11,8 @@ A threshold left out (null) is a gate not judged; at least one must be set. The 
 - prediction_drift: the canaries' predicted-class counts against the control's, with the drift monitor's
   statistics and rule (cloud/drift.py): drift when the chi-square test of homogeneity gives p < 0.01 and
   PSI exceeds max(max_prediction_psi, 5 (B - 1)(1/n + 1/m)), the sample-size-aware threshold, so that
-  sampling noise between two healthy groups never fails a candidate. Both sides need min_samples.
+  sampling noise between two healthy groups never fails a candidate. Both sides need min_samples. Only
+  classifiers' windows carry class counts: for other tasks this gate is "insufficient", and says why.
 - accuracy: the control's accuracy minus the canaries', at most max_accuracy_drop. Measured (confusion
   counts of the labels that arrived through the feedback API) when both sides have min_labels labels,
   else estimated without labels (CBPE, core/calibration.py: each model's confidence histogram through its
@@ -186,6 +187,9 @@ def drift_gate(gates: QualityGates, canary: Side, control: Side) -> dict:
     if len(canary.shapes | control.shapes) > 1:
         return _result("prediction_drift", FAIL, f"the canaries predict {sorted(canary.shapes)} classes, the control "
                        f"{sorted(control.shapes)}", n, m, None, threshold)
+    if not (canary.shapes or control.shapes) and max(canary.samples, control.samples) >= gates.min_samples:
+        return _result("prediction_drift", INSUFFICIENT, "insufficient data: the windows carry no predicted-class "
+                       "counts (not a classifier); this gate judges classifiers", n, m, None, threshold)
     if n < gates.min_samples or m < gates.min_samples:
         return _result("prediction_drift", INSUFFICIENT, f"insufficient data: canary {n}, control {m} predictions "
                        f"(min_samples {gates.min_samples})", n, m, None, threshold)

@@ -41,6 +41,9 @@ def test_two_halves_of_the_same_traffic_pass_and_a_moved_distribution_fails(answ
     failed = drift_gate(gates, side(moved[order[:225]]), side(answers[order[225:]]))
     assert failed["outcome"] == "fail" and failed["value"] > failed["threshold"] and failed["p"] < 0.01
     assert failed["text"].startswith(f"canary vs control PSI {failed['value']:.3f} > threshold")
+    regression = Side(windows=1, requests=300, samples=300)  # windows without class counts
+    unjudged = drift_gate(gates, regression, regression)
+    assert unjudged["outcome"] == "insufficient" and "not a classifier" in unjudged["text"]
     short = drift_gate(gates, side(answers[:99]), side(answers[99:]))
     assert short["outcome"] == "insufficient" and "canary 99, control 351 predictions" in short["text"]
 

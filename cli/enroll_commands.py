@@ -1,5 +1,6 @@
 """Provisioning at fleet scale (cloud/api/enrollment.py): `edgefleet enroll-token create|list|revoke` for the
-admin, `edgefleet device enroll` for a device's first start, `edgefleet device register --csv` for a batch.
+admin, `edgefleet device enroll` for a device's first start, `edgefleet device register --csv` for a batch,
+`edgefleet device revoke` for a device that must lose its access.
 
 A device image carries the enrollment token, the bundle it starts with and the release key; on first
 start `device enroll` registers it and writes its device.toml (mode 0600: it holds the MQTT password),
@@ -93,9 +94,10 @@ def enroll(
     for key in trusted_key:
         if not key.is_file():
             raise EdgefleetError(f"--trusted-key {key} does not exist")
-    got = CloudClient(cloud, token).post_json("/api/v1/enroll", {"id": device_id})
+    client = CloudClient(cloud, token)
+    got = client.post_json("/api/v1/enroll", {"id": device_id})
     data = data_dir or output.resolve().parent / f"edgefleet-device-{got['id']}"
-    text = device_toml(got, bundle.resolve(), [k.resolve() for k in trusted_key], data.resolve(), port)
+    text = device_toml(got, client.url, bundle.resolve(), [k.resolve() for k in trusted_key], data.resolve(), port)
     descriptor = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         handle.write(text)
@@ -103,7 +105,7 @@ def enroll(
               markup=False, highlight=False)
 
 
-def device_toml(got: dict, bundle: Path, keys: list[Path], data_dir: Path, port: int) -> str:
+def device_toml(got: dict, cloud_url: str, bundle: Path, keys: list[Path], data_dir: Path, port: int) -> str:
     """The device.toml of an enrolled device (strings as JSON strings, which TOML reads as basic strings)."""
     q = json.dumps
     return "\n".join([
@@ -111,6 +113,7 @@ def device_toml(got: dict, bundle: Path, keys: list[Path], data_dir: Path, port:
         "[model]", f"bundle = {q(str(bundle))}", f"trusted_keys = [{', '.join(q(str(k)) for k in keys)}]", "",
         "[mqtt]", f"url = {q(got['mqtt_url'])}", f"username = {q(got['mqtt']['username'])}",
         f"password = {q(got['mqtt']['password'])}", "",
+        "[cloud]", f"url = {q(cloud_url)}", "",  # HTTPS uploads (captured samples) with the same credentials
         "[http]", f"port = {port}", "",
     ])
 
@@ -136,6 +139,15 @@ def register_csv(
             handle.flush()
             out.print(f"registered {min(start + BULK_BATCH, len(devices))}/{len(devices)}", markup=False)
     out.print(f"wrote {output}", markup=False, highlight=False)
+
+
+@device_app.command("revoke")
+def revoke_device(device_id: Annotated[str, typer.Argument(help="Device to revoke")],
+                  cloud: CloudOption = None, token: TokenOption = None) -> None:
+    """Revoke a device's credentials: the embedded broker refuses it and closes its connection at once."""
+    got = CloudClient(cloud, token).delete(f"/api/v1/devices/{device_id}")
+    out.print(f"device {got['id']} revoked; with Mosquitto, re-run `edgefleet cloud mosquitto-config` and "
+              f"send it SIGHUP (Mosquitto keeps a connected client until it reconnects)", markup=False)
 
 
 def read_devices(path: Path) -> list[dict]:

@@ -72,6 +72,8 @@ class Device(Base):
     # any order (retained ones after an ingest restart).
     presence_stamp: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=now)
+    # Set by DELETE /api/v1/devices/{id}: the brokers refuse the device from then on; its history stays.
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class TelemetryRecord(Base):
@@ -260,7 +262,7 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA busy_timeout=5000")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
-    from edgefleet.cloud import ops_tables  # noqa: F401 - its tables are on Base too (issue 14)
+    from edgefleet.cloud import enrollment, ops_tables  # noqa: F401 - their tables are on Base too
     from edgefleet.cloud import drift_cusum_store  # noqa: F401 - the CUSUM checkpoints' table (issue 14)
 
     Base.metadata.create_all(engine)

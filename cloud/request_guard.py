@@ -5,8 +5,9 @@ A request carries a body when it has a Content-Length above 0 or a Transfer-Enco
 request, in this order:
 
 1. Below /api/v1 the admin token in its Authorization header is checked first (401): an anonymous
-   client never makes the server parse or keep a byte of its body. (The one route a device reaches
-   without the token, the bundle download with a signed URL, is a GET without a body.)
+   client never makes the server parse or keep a byte of its body. (The routes a device reaches
+   without the token: the bundle download with a signed URL, a GET without a body; and
+   `POST /api/v1/enroll`, whose enrollment token is checked here instead, edgefleet.cloud.enrollment.)
 2. The route's cap (`body_limit`): the bundle upload takes settings' `max_bundle_bytes`, every other
    route `max_json_bytes` (1 MiB; a deployment is well under 10 KiB). A Content-Length over the cap is
    a 413 at once; a body sent without a length (chunked) is counted as it arrives and refused at the cap.
@@ -36,6 +37,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from edgefleet.cloud import enrollment
 from edgefleet.cloud.api import API_PREFIX
 from edgefleet.cloud.api.deps import TooLargeError, UnsupportedMediaTypeError
 from edgefleet.cloud.api.errors import error_response, status_for
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 
 MAX_JSON_DEPTH = 16
 UPLOAD_ROUTE = ("POST", f"{API_PREFIX}/bundles")
+ENROLL_ROUTE = ("POST", f"{API_PREFIX}/enroll")
 LINGER_BYTES = 8 << 20  # of a refused body, read and dropped before the connection closes ...
 LINGER_SECONDS = 2.0  # ... for at most this long
 
@@ -73,8 +76,9 @@ class RequestGuard:
             api = path == API_PREFIX or path.startswith(API_PREFIX + "/")
             if path.startswith(DEVICE_PREFIX):  # a device's own routes: its credentials, not the admin token
                 await run_in_threadpool(authenticate_device, self.sessions, headers.get("authorization"))
-            elif api:
-                await run_in_threadpool(authenticate, self.sessions, bearer_token(headers.get("authorization")))
+            elif api:  # the enroll route takes an enrollment token instead of the admin token
+                check = enrollment.check if (method, path) == ENROLL_ROUTE else authenticate
+                await run_in_threadpool(check, self.sessions, bearer_token(headers.get("authorization")))
             limit, what = self.body_limit(method, path)
             check_declared_length(headers, limit, what)
             if (method, path) == UPLOAD_ROUTE or not api:  # outside /api/v1: the dashboard's forms only

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -59,6 +60,7 @@ class DeviceOut(BaseModel):
     backend: str | None
     last_seen: float | None
     created_at: float
+    revoked_at: float | None = None
 
 
 def get_device(session: Session, device_id: str) -> Device:
@@ -113,6 +115,21 @@ def list_devices(session: SessionDep, fleet: str | None = None, group: str | Non
     if group is not None:
         query = query.where(Device.group == group)
     return list(session.scalars(query))
+
+
+@router.delete("/devices/{device_id}", response_model=DeviceOut)
+def revoke_device(device_id: str, session: SessionDep, admin: AdminAuth, request: Request) -> Device:
+    """Revokes a device: its password stops working on every broker the cloud runs or configures, and an
+    open connection to the embedded broker is closed at once. Its history stays (the row is kept)."""
+    device = get_device(session, device_id)
+    if device.revoked_at is None:
+        device.revoked_at = time.time()
+        session.commit()
+        log.info("device %s revoked by %r", device_id, admin)
+    broker = getattr(request.app.state, "broker", None)
+    if broker is not None and broker.revoke(device_id):
+        log.info("device %s: its open MQTT connection was closed", device_id)
+    return device
 
 
 @router.get("/devices/{device_id}", response_model=DeviceOut)

@@ -10,7 +10,9 @@ import stat
 import time
 
 import httpx
+import paho.mqtt.client as mqtt
 import pytest
+import tomllib
 
 from edgefleet.edge_runtime.agent import DeviceAgent
 from edgefleet.edge_runtime.device_config import DeviceConfig
@@ -41,6 +43,26 @@ def make_token(admin_env: dict, *args: str) -> str:
     return token
 
 
+def mqtt_login(cloud, username: str, password: str) -> bool:
+    """Whether the cloud's broker accepts these credentials (a fresh connection, as a reconnect would be)."""
+    port = int(cloud.server.broker_url.rsplit(":", 1)[1])
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=username)
+    client.username_pw_set(username, password)
+    try:
+        return client.connect("127.0.0.1", port, keepalive=10) == 0 and _connack(client)
+    finally:
+        client.disconnect()
+
+
+def _connack(client) -> bool:
+    result: list[bool] = []
+    client.on_connect = lambda _c, _u, _f, reason, _p: result.append(not reason.is_failure)
+    deadline = time.monotonic() + 10
+    while not result and time.monotonic() < deadline:
+        client.loop(0.1)
+    return bool(result and result[0])
+
+
 def enroll(cloud, token: str, device_id: str | None = None) -> httpx.Response:
     return httpx.post(f"{url(cloud)}/api/v1/enroll", json={"id": device_id},
                       headers={"Authorization": f"Bearer {token}"}, timeout=30)
@@ -59,12 +81,22 @@ def test_a_device_enrolls_itself_and_reports_with_its_own_credentials(cloud, adm
 
     config = DeviceConfig.load(out)
     assert (config.device, config.fleet) == ("pi-07", "lab")
+    assert tomllib.loads(out.read_text())["cloud"]["url"] == admin_env["EDGEFLEET_CLOUD"]
     with DeviceAgent(config):
         until(lambda: cloud.client.get("/api/v1/devices/pi-07").json()["online"], "the enrolled device online")
-    device = cloud.client.get("/api/v1/devices/pi-07").json()
-    assert device["group"] == "site-1" and device["model_name"] == "digits-cnn"
+        device = cloud.client.get("/api/v1/devices/pi-07").json()
+        assert device["group"] == "site-1" and device["model_name"] == "digits-cnn"
 
-    assert enroll(cloud, token).status_code == 201  # the second use, with an id the cloud picks
+        revoked = edgefleet("device", "revoke", "pi-07", env=admin_env)  # while it is connected
+        assert revoked.returncode == 0, revoked.stderr
+        until(lambda: not cloud.client.get("/api/v1/devices/pi-07").json()["online"],
+              "the revoked device's connection closed (its last will marks it offline)", timeout=15)
+        assert not mqtt_login(cloud, config.mqtt.username, config.mqtt.password)
+        assert cloud.client.get("/api/v1/devices/pi-07").json()["revoked_at"] is not None
+
+    second = enroll(cloud, token)  # the second use, with an id the cloud picks
+    assert second.status_code == 201
+    assert mqtt_login(cloud, second.json()["mqtt"]["username"], second.json()["mqtt"]["password"])
     refused = enroll(cloud, token, "pi-09")
     assert refused.status_code == 401 and "used up" in refused.json()["detail"]
     listed = edgefleet("enroll-token", "list", env=admin_env)

@@ -29,6 +29,10 @@ class CloudClient:
     def get(self, path: str) -> object:
         return self._request("GET", path)
 
+    def get_bytes(self, path: str) -> tuple[bytes, dict[str, str]]:
+        """The raw body and headers of a GET (a file the cloud builds: a dataset's .npz)."""
+        return self._request("GET", path, raw=True)
+
     def delete(self, path: str) -> object:
         return self._request("DELETE", path)
 
@@ -54,14 +58,15 @@ class CloudClient:
             return self._request("POST", path, handle, content_type, {"Content-Length": str(size)})
 
     def _request(self, method: str, path: str, body: object = None, content_type: str | None = None,
-                 extra_headers: dict[str, str] | None = None) -> object:
+                 extra_headers: dict[str, str] | None = None, raw: bool = False) -> object:
         headers = {"Authorization": f"Bearer {self.token}", **(extra_headers or {})}
         if content_type:
             headers["Content-Type"] = content_type
         request = urllib.request.Request(self.url + path, data=body, headers=headers, method=method)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read() or b"null")
+                content = response.read()
+                return (content, dict(response.headers)) if raw else json.loads(content or b"null")
         except urllib.error.HTTPError as err:
             raise EdgefleetError(f"{method} {path}: {err.code} {_detail(err.read())}") from err
         except urllib.error.URLError as err:

@@ -14,6 +14,7 @@ from edgefleet.cli import (
     cloud_commands,  # noqa: F401 - registers cloud up, cloud token
     compile_commands,  # noqa: F401 - registers compile
     compress_commands,  # noqa: F401 - registers compress
+    dataset_commands,  # noqa: F401 - registers dataset create|list|show|export
     enroll_commands,  # noqa: F401 - registers enroll-token create|list|revoke, device enroll, device register
     fleet_commands,  # noqa: F401 - registers device run, sim, push, drift, alerts
     import_commands,  # noqa: F401 - registers import

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends
 from edgefleet.cloud.api import (
     bundles,
     captures,
+    datasets,
     deployments,
     devices,
     drift,
@@ -32,6 +33,7 @@ def api_routers() -> list[APIRouter]:
     checks the admin token or a signed URL in its own dependency)."""
     v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_admin)])
     v1.include_router(captures.router)
+    v1.include_router(datasets.router)
     for module in (devices, enrollment, bundles, deployments, drift, drift_settings, performance, feedback, ops,
                    windows, info):
         v1.include_router(module.router)

@@ -1,8 +1,9 @@
-"""The fp32 GEMM kernels behind Gemm, MatMul and the im2col conv path, against the numpy spec on every
-ISA tier: every row count of the AVX-512 micro-kernel (1-8 and blocks of 8 with each remainder), the
-column tails of its 32-wide panels, and K across its 128-deep chunks (a chunk boundary stores and
-reloads C). The AVX-512 and AVX2 kernels run the same FMA chain per element in k order, so where both
-run they must agree bit for bit, at any thread count."""
+"""The GEMM kernels behind Gemm, MatMul, QGemm and the im2col conv paths, against the numpy spec on every
+ISA tier: every row count of the AVX-512 micro-kernels (1-8 and blocks of 8 with each remainder), the
+column tails of their 32-wide panels, and K across their chunks (128 deep for fp32, 512 for int16 pairs;
+a chunk boundary stores and reloads C). The fp32 AVX-512 and AVX2 kernels run the same FMA chain per
+element in k order, so where both run they must agree bit for bit, at any thread count; the integer
+ones are exact on every tier."""
 
 from __future__ import annotations
 
@@ -57,3 +58,25 @@ def test_sgemm_avx512_equals_avx2_bit_for_bit(threads: int) -> None:
         feed = {"x": rng.standard_normal((m, 300)).astype(np.float32),
                 "w": rng.standard_normal((300, 70)).astype(np.float32)}
         np.testing.assert_array_equal(run(graph, feed, "avx512", threads), run(graph, feed, "avx2", 1))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("x_dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("k,n", [(37, 5), (64, 32), (600, 70)])
+def test_qgemm_rows_columns_and_k_chunks_exact(isa: str, x_dtype: str, k: int, n: int) -> None:
+    rng = np.random.default_rng(k + n)
+    builder = GraphBuilder()
+    x = builder.input("x", x_dtype, ("m", k))
+    params = {"sx": np.float32(0.02), "zx": np.array(7 if x_dtype == "uint8" else -3, x_dtype),
+              "w": rng.integers(-128, 128, (k, n)).astype(np.int8),
+              "sw": ((rng.random(n) * 0.002 + 0.0005) * np.sqrt(64 / k)).astype(np.float32),
+              "zw": rng.integers(-128, 0, n).astype(np.int8),  # |w - zw| up to 255: beyond int8
+              "sy": np.float32(0.05), "zy": np.array(100 if x_dtype == "uint8" else 5, x_dtype),
+              "bias": rng.integers(-5000, 5000, n).astype(np.int32)}
+    builder.output(builder.node("QGemm", [x] + [builder.constant(name, v) for name, v in params.items()]), x_dtype)
+    graph = builder.build()
+    info = np.iinfo(x_dtype)
+    for m in (4, 8, 13, 33):
+        feed = {"x": rng.integers(info.min, info.max + 1, (m, k)).astype(x_dtype)}
+        want = next(iter(run_graph(graph, feed).values()))
+        np.testing.assert_array_equal(run(graph, feed, isa), want)

@@ -4,8 +4,8 @@ Every series ships inside statsmodels (no download). For each, the reference pro
 the regime before the documented change (build_profile, as `edgefleet import` bins a tabular column); the
 stream starts after it and brings one sample per evaluation. At every evaluation:
 
-- project: the CUSUM of cloud/drift_sequential.py (threshold from the reference for an ARL0 of 500
-  windows) fed the new window, or the window rule of cloud/drift.py (min_samples 3) on the last
+- project: the CUSUMs of cloud/drift_sequential.py (mean and spread, each threshold from the reference
+  for an ARL0 of 500 windows) fed the new window, or the window rule of cloud/drift.py (min_samples 3) on the last
   `lookback` samples saying drift on the feature;
 - scipy: the two-sample KS test of the same last `lookback` samples against the reference, p < 0.01.
 
@@ -81,13 +81,12 @@ class Judges:
         self.reference, self.lookback = reference, lookback
         self.profile = build_profile({"x": reference[:, None]}, [TensorSpec("x", "float64", ("batch", 1))], None)
         self.edges = np.asarray(self.profile["features"][0]["edges"])
-        facts = facts_of(self.profile["features"][0], 0)
-        self.threshold = Cusum.for_signal(facts, np.asarray(self.profile["features"][0]["counts"][0]), 1).threshold
-        self.facts = facts
+        self.facts = facts_of(self.profile["features"][0], 0)
+        self.threshold, self.spread_threshold = (self.fresh_cusum().threshold, self.fresh_cusum().spread_threshold)
 
     def fresh_cusum(self) -> Cusum:
-        values = (self.facts["values"] - self.facts["mean"]) / self.facts["std"]
-        return Cusum(values, self.threshold)
+        """Sums at 0 (the thresholds are calibrated once per process and reference)."""
+        return Cusum.for_signal(self.facts, np.asarray(self.profile["features"][0]["counts"][0]), 1)
 
     def counts(self, values: np.ndarray) -> np.ndarray:
         return bin_counts(np.asarray(values, np.float64)[:, None], self.edges)
@@ -96,7 +95,8 @@ class Judges:
         """One verdict per sample of the stream: CUSUM, window rule, KS (False before 3 samples)."""
         cusum, out = self.fresh_cusum(), []
         for t in range(len(stream)):
-            seq = cusum.update(self.counts(stream[t:t + 1])[0])["alarm"]
+            evidence = cusum.update(self.counts(stream[t:t + 1])[0])
+            seq = evidence["alarm"]
             window = stream[max(0, t + 1 - self.lookback):t + 1]
             rule = ks = False
             if len(window) >= RULE.min_samples:
@@ -104,7 +104,8 @@ class Judges:
                                   self.profile, RULE)
                 rule = report["data_drift"]["verdict"] == DRIFT
                 ks = bool(sps.ks_2samp(window, self.reference).pvalue < ALPHA)
-            out.append({"cusum": seq, "rule": rule, "project": seq or rule, "ks": ks})
+            out.append({"cusum": seq, "spread": evidence["statistic"] == "spread", "rule": rule,
+                        "project": seq or rule, "ks": ks})
         return out
 
 
@@ -124,12 +125,12 @@ def measure(series: Series) -> dict:
     stream = series.values[series.reference_end:]
     verdicts = judges.replay(stream)
     after = series.change - series.reference_end
-    delay = {key: first(verdicts, key, after, series.horizon) for key in ("project", "cusum", "rule", "ks")}
+    delay = {key: first(verdicts, key, after, series.horizon) for key in ("project", "cusum", "spread", "rule", "ks")}
     literal = verdicts[:after]
     pre = series.values[series.start:series.change]
     rng = np.random.default_rng(0)
     clean = [v for _ in range(STREAMS) for v in judges.replay(block_stream(pre, rng))]
-    keys = ("project", "cusum", "rule", "ks")
+    keys = ("project", "cusum", "spread", "rule", "ks")
     rate = {key: round(100.0 * sum(v[key] for v in clean) / len(clean), 2) for key in keys}
     return {
         "series": series.name, "source": series.source,
@@ -137,7 +138,7 @@ def measure(series: Series) -> dict:
                      f"({series.reference_end - series.start} samples)",
         "change_at": series.labels[series.change], "window_samples": 1, "lookback_samples": series.lookback,
         "horizon_samples": series.horizon,
-        "cusum_threshold": judges.threshold,
+        "cusum_threshold": judges.threshold, "cusum_spread_threshold": judges.spread_threshold,
         "delay_samples_after_change": delay,
         "detected": {"project": delay["project"] is not None, "scipy_ks": delay["ks"] is not None},
         "project_faster_than_ks": (delay["project"] is not None
@@ -156,12 +157,13 @@ def run() -> dict:
 
 
 def table(result: dict) -> str:
-    lines = [f"{'series':28} {'change':8} {'delay proj':>10} {'(cusum/rule)':>12} {'delay KS':>8} "
+    lines = [f"{'series':28} {'change':8} {'delay proj':>10} {'(cusum/spread/rule)':>19} {'delay KS':>8} "
              f"{'FA/100 proj':>11} {'FA/100 KS':>9}"]
     for row in result["rows"]:
         d, f = row["delay_samples_after_change"], row["false_alarms_per_100_clean"]
-        lines.append(f"{row['series']:28} {row['change_at']:8} {_n(d['project']):>10} "
-                     f"{_n(d['cusum']) + '/' + _n(d['rule']):>12} {_n(d['ks']):>8} {f['project']:>11} {f['ks']:>9}")
+        parts = "/".join(_n(d[key]) for key in ("cusum", "spread", "rule"))
+        lines.append(f"{row['series']:28} {row['change_at']:8} {_n(d['project']):>10} {parts:>19} "
+                     f"{_n(d['ks']):>8} {f['project']:>11} {f['ks']:>9}")
     return "\n".join(lines)
 
 

@@ -39,6 +39,9 @@ class CloudClient:
             raise EdgefleetError(f"POST {path}: the request holds a number JSON cannot carry ({err})") from err
         return self._request("POST", path, data, "application/json")
 
+    def put_json(self, path: str, body: dict) -> object:
+        return self._request("PUT", path, json.dumps(body, allow_nan=False).encode(), "application/json")
+
     def post_file(self, path: str, file: Path, content_type: str = "application/gzip") -> object:
         """Uploads the file as the raw body; refuses one over the registry's max_bundle_bytes up front."""
         size = Path(file).stat().st_size

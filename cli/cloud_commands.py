@@ -22,6 +22,8 @@ DataOption = Annotated[Path | None, typer.Option("--data", help="Data directory 
 DbOption = Annotated[str | None, typer.Option("--db", help="SQLAlchemy database URL (default: SQLite in --data)")]
 DRIFT_PANEL = "Drift monitor (global; per fleet or model: PUT /api/v1/drift/settings/...)"
 RETENTION_PANEL = "Retention (raw windows -> hourly -> daily roll-ups)"
+PERFORMANCE_PANEL = "Accuracy alert (global; per fleet or model: PUT /api/v1/performance/settings)"
+OPS_PANEL = "Ops monitor (global; per fleet or model: PUT /api/v1/ops/settings/...)"
 TOKEN_NOTE = ("This token is shown only now; the cloud stores only its hash. Keep it somewhere safe and send it "
               "as 'Authorization: Bearer <token>'. Make more with `edgefleet cloud token`.")
 
@@ -62,11 +64,42 @@ def up(
         rich_help_panel=RETENTION_PANEL)] = None,
     retention_evaluations_days: Annotated[float | None, typer.Option(
         help="Days drift evaluations are kept (default 30)", rich_help_panel=RETENTION_PANEL)] = None,
+    performance_drop: Annotated[float | None, typer.Option(
+        help="Alert when the accuracy estimated without labels falls this far below what the calibration "
+             "expects (default 0.05; closes within half of it)", rich_help_panel=PERFORMANCE_PANEL)] = None,
+    ops_interval: Annotated[float | None, typer.Option(
+        help="Seconds between operations checks (default 10)", rich_help_panel=OPS_PANEL)] = None,
+    ops_lookback: Annotated[float | None, typer.Option(
+        help="Seconds of telemetry each check covers (default 300)", rich_help_panel=OPS_PANEL)] = None,
+    ops_max_p99_ms: Annotated[float | None, typer.Option(
+        help="p99 latency limit in ms (default 500)", rich_help_panel=OPS_PANEL)] = None,
+    ops_max_error_rate: Annotated[float | None, typer.Option(
+        help="Error-rate limit, 0-1 (default 0.05)", rich_help_panel=OPS_PANEL)] = None,
+    ops_min_requests: Annotated[int | None, typer.Option(
+        help="Fewer requests in the lookback: no latency or error-rate verdict (default 20)",
+        rich_help_panel=OPS_PANEL)] = None,
+    ops_max_cpu_load: Annotated[float | None, typer.Option(
+        help="Load-average limit (default: not checked)", rich_help_panel=OPS_PANEL)] = None,
+    ops_max_memory_used: Annotated[float | None, typer.Option(
+        help="Memory-used share limit, 0-1 (default 0.95)", rich_help_panel=OPS_PANEL)] = None,
+    ops_min_disk_free_bytes: Annotated[int | None, typer.Option(
+        help="Free bytes the data directory's disk must keep (default 100 MiB)", rich_help_panel=OPS_PANEL)] = None,
+    ops_max_temperature: Annotated[float | None, typer.Option(
+        help="Temperature limit in °C (default 80)", rich_help_panel=OPS_PANEL)] = None,
+    ops_max_nonfinite_share: Annotated[float | None, typer.Option(
+        help="Data quality: share of NaN/inf values per input, 0-1 (default 0.01)", rich_help_panel=OPS_PANEL)] = None,
+    ops_max_out_of_range_share: Annotated[float | None, typer.Option(
+        help="Data quality: share of values outside the reference range, 0-1 (default 0.05)",
+        rich_help_panel=OPS_PANEL)] = None,
+    ops_stuck_min_samples: Annotated[int | None, typer.Option(
+        help="Data quality: samples a varying input must stay constant to count as stuck (default 20)",
+        rich_help_panel=OPS_PANEL)] = None,
 ) -> None:
     """Run the cloud service (API, MQTT broker, ingest, drift monitor, rollouts) until Ctrl+C or SIGTERM.
 
-    The --drift-* options are the global drift settings; PUT /api/v1/drift/settings/fleets/F (or
-    /models/M, /fleets/F/models/M) overrides them for one fleet or model."""
+    The --drift-*, --performance-drop and --ops-* options are global; PUT /api/v1/drift/settings/fleets/F
+    (or /models/M, /fleets/F/models/M; likewise /performance/settings and /ops/settings) overrides them for
+    one fleet or model. A value out of range exits with code 2 and names the setting."""
     import logging
 
     from edgefleet.cloud.server import CloudServer
@@ -85,7 +118,15 @@ def up(
                              drift_alpha=drift_alpha, drift_psi_floor=drift_psi_floor,
                              drift_noise_multiplier=drift_noise_multiplier, retention_raw_days=retention_raw_days,
                              retention_hourly_days=retention_hourly_days,
-                             retention_evaluations_days=retention_evaluations_days)
+                             retention_evaluations_days=retention_evaluations_days,
+                             performance_drop=performance_drop, ops_interval_seconds=ops_interval,
+                             ops_lookback_seconds=ops_lookback, ops_max_p99_ms=ops_max_p99_ms,
+                             ops_max_error_rate=ops_max_error_rate, ops_min_requests=ops_min_requests,
+                             ops_max_cpu_load=ops_max_cpu_load, ops_max_memory_used=ops_max_memory_used,
+                             ops_min_disk_free_bytes=ops_min_disk_free_bytes, ops_max_temperature_c=ops_max_temperature,
+                             ops_max_nonfinite_share=ops_max_nonfinite_share,
+                             ops_max_out_of_range_share=ops_max_out_of_range_share,
+                             ops_stuck_min_samples=ops_stuck_min_samples)
     server = CloudServer(settings).start()
     try:
         out.print(f"edgefleet cloud API: {server.url}", markup=False, highlight=False, soft_wrap=True)

@@ -46,6 +46,25 @@ def device_run(config: Annotated[Path, typer.Option("--config", "-c", help="devi
     out.print("stopped")
 
 
+@device_app.command("service")
+def device_service(
+    config: Annotated[Path, typer.Option("--config", "-c", help="device.toml")],
+    user: Annotated[str, typer.Option(help="Unprivileged user the agent runs as")] = "edgefleet",
+    output: Annotated[Path | None, typer.Option("--out", help="Write the unit here (default: print it)")] = None,
+) -> None:
+    """Write a systemd unit that runs this device's agent as a hardened service, restarted on failure."""
+    from edgefleet.edge_runtime.device_config import DeviceConfig
+    from edgefleet.edge_runtime.service_unit import install_hint, render_unit
+
+    unit = render_unit(config, user=user)
+    if output is None:
+        typer.echo(unit, nl=False)
+        return
+    output.write_text(unit)
+    out.print(f"wrote {output}; to install it, as root:", markup=False)
+    typer.echo(install_hint(output, user, DeviceConfig.load(config).data_dir.resolve()))  # unwrapped: copied as is
+
+
 @app.command("push")
 def push(bundle: BundleArg, cloud: CloudOption = None, token: TokenOption = None) -> None:
     """Upload a signed bundle (.tar.gz, or a directory, packed first) to the cloud's registry."""

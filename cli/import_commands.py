@@ -45,14 +45,14 @@ def import_command(
         "--profiled-input", help="NAME: an input the drift profile and telemetry cover (repeatable; default: "
                                  "every batched input that is not a recurrent state)")] = [],  # noqa: B006
     detection_layout: Annotated[str | None, typer.Option(
-        "--detection-layout", help="A detector's outputs: boxes+scores, yolov5 ([batch, D, 5 + classes]) or "
-                                   "yolov8 ([batch, 4 + classes, D]); implies --task detection (default: "
-                                   "inferred when unambiguous)")] = None,
+        "--detection-layout", help="A detector's outputs: boxes+scores, yolov5 ([batch, D, 5 + classes]), "
+                                   "yolov8 ([batch, 4 + classes, D]) or yolov8-transposed ([batch, D, 4 + "
+                                   "classes]); implies --task detection (default: inferred when unambiguous)")] = None,
     detection_scores: Annotated[str | None, typer.Option(
         "--detection-scores", help="NAME: a boxes+scores detector's scores output (default: the one output named "
                                    "*score*)")] = None,
     detection_output: Annotated[str | None, typer.Option(
-        "--detection-output", help="NAME: a yolov5/yolov8 detector's output (default: its one rank-3 output)")] = None,
+        "--detection-output", help="NAME: a yolo layout's output (default: its one rank-3 output)")] = None,
     score_threshold: Annotated[float | None, typer.Option(
         "--score-threshold", help="A detector's score threshold: answers, telemetry's detection count (default "
                                   "0.5)")] = None,

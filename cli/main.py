@@ -10,14 +10,18 @@ import sys
 
 from edgefleet.cli import (
     bundle_commands,  # noqa: F401 - registers keys, sign, inspect, verify, predict, bench
+    capture_commands,  # noqa: F401 - registers capture settings|list
     cloud_commands,  # noqa: F401 - registers cloud up, cloud token
     compile_commands,  # noqa: F401 - registers compile
     compress_commands,  # noqa: F401 - registers compress
+    enroll_commands,  # noqa: F401 - registers enroll-token create|list|revoke, device enroll, device register
     fleet_commands,  # noqa: F401 - registers device run, sim, push, drift, alerts
     import_commands,  # noqa: F401 - registers import
+    loop_commands,  # noqa: F401 - registers loop stage evaluate
     performance_commands,  # noqa: F401 - registers performance
     rollout_commands,  # noqa: F401 - registers deploy, rollout status|approve|abort|list
     webhook_commands,  # noqa: F401 - registers webhook add|list|remove|deliveries
+    windows_commands,  # noqa: F401 - registers windows
 )
 from edgefleet.cli.app import app, err_console
 from edgefleet.core import config
@@ -29,7 +33,7 @@ def main() -> None:
     try:
         app()  # standalone mode: exits through SystemExit, which passes the handlers below
     except EdgefleetError as err:
-        err_console.print(f"error: {err}", markup=False, highlight=False)
+        err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)  # one line, any width
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("aborted", markup=False)

@@ -78,7 +78,8 @@ def mosquitto_config(
     engine = make_engine(url)
     try:
         with make_sessions(engine)() as session:
-            devices = [(d.id, d.fleet, d.password_hash) for d in session.scalars(select(Device).order_by(Device.id))]
+            devices = [(d.id, d.fleet, d.password_hash) for d in
+                       session.scalars(select(Device).where(Device.revoked_at.is_(None)).order_by(Device.id))]
     finally:
         engine.dispose()
 

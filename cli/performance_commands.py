@@ -1,5 +1,6 @@
 """`edgefleet performance`: a device's, fleet's or model's accuracy over time, measured from labels that
-arrived and estimated without them (GET /api/v1/.../performance, cloud/performance.py)."""
+arrived and estimated without them (GET /api/v1/.../performance, cloud/performance.py); `--by-slice`: one
+table per slice the requests were tagged with (core/slices.py)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def performance_command(
     version: Annotated[int | None, typer.Option(help="Model version")] = None,
     minutes: Annotated[float, typer.Option(help="How far back to look")] = 60.0,
     bucket: Annotated[float, typer.Option(help="Seconds per row")] = 60.0,
+    by_slice: Annotated[bool, typer.Option("--by-slice", help="One table per slice (requests tagged ?slice=NAME "
+                                                              "on the device)")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the API's answer as JSON")] = False,
     cloud: CloudOption = None,
     token: TokenOption = None,
@@ -39,7 +42,7 @@ def performance_command(
         raise EdgefleetError("pass --device ID, --fleet ID or --model NAME")
     if minutes <= 0 or bucket <= 0:
         raise EdgefleetError("--minutes and --bucket must be positive")
-    query = {"since": time.time() - minutes * 60, "bucket_seconds": bucket}
+    query = {"since": time.time() - minutes * 60, "bucket_seconds": bucket, "by": "slice" if by_slice else "model"}
     if version is not None:
         query["version"] = version
     quote = urllib.parse.quote
@@ -53,15 +56,25 @@ def performance_command(
     if as_json:
         out.print_json(json.dumps(answer))
         return
-    out.print(performance_table(answer))
+    if not by_slice:
+        out.print(performance_table(answer))
+        return
+    if not answer["slices"]:
+        out.print(f"no slices in the {answer['scope']} {answer['id']}'s windows: tag requests with ?slice=NAME")
+    for name in answer["slices"]:
+        out.print(performance_table(answer, name))
 
 
-def performance_table(answer: dict) -> Table:
-    """One row per (model version, bucket); an estimate more than 0.05 below the reference is red."""
+def performance_table(answer: dict, slice_name: str | None = None) -> Table:
+    """One row per (model version, bucket), of one slice if given; an estimate more than 0.05 below the
+    reference is red."""
     references = {(m["model"]["name"], m["model"]["version"]): m["reference_accuracy"] for m in answer["models"]}
+    of = f" slice {slice_name}" if slice_name is not None else ""
     table = Table("from", "model", "samples", "labels", "measured", "estimated", "reference",
-                  title=f"performance of {answer['scope']} {answer['id']} ({answer['bucket_seconds']:g} s rows)")
+                  title=f"performance of {answer['scope']} {answer['id']}{of} ({answer['bucket_seconds']:g} s rows)")
     for point in answer["points"]:
+        if slice_name is not None and point["slice"] != slice_name:
+            continue
         key = (point["model"]["name"], point["model"]["version"])
         reference, estimate = references.get(key), point.get("estimated_accuracy")
         if "mae" in point:

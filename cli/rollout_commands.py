@@ -47,6 +47,20 @@ def deploy(
     latency_budget: Annotated[float | None, typer.Option(help="p95 latency budget on the device, ms")] = None,
     resend_interval: Annotated[float, typer.Option(help="Seconds before an unanswered command is sent again")] = 60.0,
     max_resends: Annotated[int, typer.Option(help="How often an unanswered command is sent again")] = 3,
+    gate_psi: Annotated[float | None, typer.Option(help="Quality gate: max PSI of the canaries' predicted "
+                                                        "classes against the control's")] = None,
+    gate_accuracy_drop: Annotated[float | None, typer.Option(help="Quality gate: max accuracy drop, canaries "
+                                                                  "vs control (measured, else estimated)")] = None,
+    gate_p99_ratio: Annotated[float | None, typer.Option(help="Quality gate: max p99 latency ratio")] = None,
+    gate_error_increase: Annotated[float | None, typer.Option(help="Quality gate: max error rate increase")] = None,
+    gate_observe: Annotated[float | None, typer.Option(help="Seconds the gates watch the first wave "
+                                                            "(default 60)")] = None,
+    gate_min_samples: Annotated[int | None, typer.Option(help="Predictions per side a gate needs "
+                                                              "(default 200)")] = None,
+    gate_min_labels: Annotated[int | None, typer.Option(help="Labels per side for measured accuracy "
+                                                             "(default 100)")] = None,
+    gate_on_insufficient: Annotated[str | None, typer.Option(help="fail (default) or pass when a gate has too "
+                                                                  "little data by the wave timeout")] = None,
     cloud: CloudOption = None,
     token: TokenOption = None,
 ) -> None:
@@ -69,6 +83,13 @@ def deploy(
             strategy.update(kind="waves", waves=[int(p) for p in waves.split(",") if p.strip()])
         except ValueError as err:
             raise EdgefleetError(f"--waves: expected whole percentages like 5,25,100, got {waves!r}") from err
+    gates = {key: value for key, value in (
+        ("max_prediction_psi", gate_psi), ("max_accuracy_drop", gate_accuracy_drop), ("max_p99_ratio", gate_p99_ratio),
+        ("max_error_rate_increase", gate_error_increase), ("observation_seconds", gate_observe),
+        ("min_samples", gate_min_samples), ("min_labels", gate_min_labels),
+        ("on_insufficient", gate_on_insufficient)) if value is not None}
+    if gates:
+        strategy["quality_gates"] = gates
     body = {"target": target, "bundle": {"name": name, "version": version}, "strategy": strategy}
     deployment = CloudClient(cloud, token).post_json("/api/v1/deployments", body)
     sizes = ", ".join(str(w["size"]) for w in deployment["waves"])
@@ -151,7 +172,30 @@ def deployment_tables(deployment: dict) -> Group:
         devices.add_row(row["device"], str(row["wave"]), _state(row["state"]), escape(_reason(row)),
                         _when(row.get("sent_at")), str(row.get("resends") or 0), _when(row.get("rollback_sent_at")),
                         _when(row.get("updated_at")))
-    return Group(waves, devices)
+    return Group(waves, *_gate_table(deployment), devices)
+
+
+def _gate_table(deployment: dict) -> list[Table]:
+    """The quality gates' verdict on the first wave (empty without gates or before it is judged)."""
+    verdict = deployment.get("gates")
+    if not verdict:
+        return []
+    title = (f"quality gates: {verdict['outcome']} (canary {', '.join(verdict['canary'])} vs control "
+             f"{len(verdict['control'])} device(s))")
+    table = Table("gate", "outcome", "canary", "control", "value", "threshold", "figures", title=escape(title))
+    for result in verdict["results"]:
+        style = _OUTCOME_STYLE.get(result["outcome"], "")
+        table.add_row(result["gate"], f"[{style}]{escape(result['outcome'])}[/]",
+                      *(_figure(result.get(key)) for key in ("canary", "control", "value", "threshold")),
+                      escape(result["text"]))
+    return [table]
+
+
+_OUTCOME_STYLE = {"pass": "green", "fail": "bold red", "insufficient": "yellow"}
+
+
+def _figure(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else "-" if value is None else str(value)
 
 
 def _reason(row: dict) -> str:

@@ -46,7 +46,7 @@ def create_app(settings: CloudSettings, sessions: sessionmaker | None = None) ->
     app.state.sessions = sessions
     app.state.trust = trust
     app.add_middleware(RequestGuard, sessions=sessions, max_bundle_bytes=settings.max_bundle_bytes,
-                       max_json_bytes=settings.max_json_bytes)
+                       max_json_bytes=settings.max_json_bytes, max_capture_bytes=settings.max_capture_upload_bytes)
     install_error_handlers(app)
     for router in api_routers():
         app.include_router(router)

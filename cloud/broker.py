@@ -84,12 +84,17 @@ class DeviceDirectory:
         """Reads the database (blocking: call it off the event loop) and refreshes the cache."""
         with self._sessions() as db:
             row = db.get(Device, device_id)
-            record = (row.fleet, row.password_hash) if row is not None else None
+            record = (row.fleet, row.password_hash) if row is not None and row.revoked_at is None else None
         with self._lock:
             if len(self._cache) > 100_000:  # unknown usernames must not grow it without bound
                 self._cache.clear()
             self._cache[device_id] = (time.monotonic() + self._ttl, record)
         return record
+
+    def forget(self, device_id: str) -> None:
+        """Drops the cached answer, so the next topic check reads the database (after a revocation)."""
+        with self._lock:
+            self._cache.pop(device_id, None)
 
 
 @dataclass(frozen=True)
@@ -192,6 +197,15 @@ class _GuardedBroker(Broker):
        like Mosquitto (and MQTT-3.3.1-9), they go out as ordinary messages here.
     """
 
+    async def close_client(self, client_id: str) -> bool:
+        """Closes the connection of a connected client (a revoked device): its reader sees the end of the
+        stream and amqtt disconnects it as it does any dropped client. False if it is not connected."""
+        handler = self._sessions.get(client_id, (None, None))[1]
+        if handler is None or handler.writer is None:
+            return False
+        await handler.writer.close()
+        return True
+
     async def _initialize_client_session(self, reader: Any, writer: Any, remote_address: str,
                                          remote_port: int) -> tuple[BrokerProtocolHandler, Session]:
         try:
@@ -273,6 +287,7 @@ class EmbeddedBroker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._broker: _GuardedBroker | None = None
+        self._directory: DeviceDirectory | None = None
 
     @property
     def url(self) -> str:
@@ -286,7 +301,8 @@ class EmbeddedBroker:
         if self._broker is not None:
             return self
         self.cloud_secret = new_cloud_secret()
-        authority = Authority(DeviceDirectory(self._sessions, self._cache_seconds),
+        self._directory = DeviceDirectory(self._sessions, self._cache_seconds)
+        authority = Authority(self._directory,
                               {name: cloud_password(self.cloud_secret, name) for name in CLOUD_CLIENTS})
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=_run_loop, args=(loop,), name="edgefleet-mqtt-broker", daemon=True)
@@ -341,6 +357,15 @@ class EmbeddedBroker:
         _stop_loop(loop, thread, timeout)
         self.cloud_secret = None
         log.info("embedded MQTT broker on %s stopped", self.url)
+
+    def revoke(self, device_id: str, timeout: float = STOP_TIMEOUT) -> bool:
+        """Applies a revocation at once (its row is marked already): the cached rights go, and an open
+        connection is closed, so the device's reconnect meets the refusal. True if it was connected."""
+        broker, loop, directory = self._broker, self._loop, self._directory
+        if broker is None or loop is None or directory is None:
+            return False
+        directory.forget(device_id)
+        return asyncio.run_coroutine_threadsafe(broker.close_client(device_id), loop).result(timeout)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

@@ -60,17 +60,16 @@ def build_components(settings: CloudSettings, sessions: sessionmaker, broker: Em
 
     monitor = DriftMonitor(sessions, profile_for, drift.thresholds, lookback_seconds=drift.lookback_seconds,
                            interval_seconds=drift.interval_seconds)
-    performance = PerformanceMonitor(sessions, profile_for, drop=settings.performance_drop,
-                                     lookback_seconds=drift.lookback_seconds, interval_seconds=drift.interval_seconds,
-                                     min_samples=drift.thresholds.min_samples)
+    performance = PerformanceMonitor(sessions, profile_for, drop=settings.performance_drop, drift=drift)
     operations = [  # issue 14: latency, errors, health and data quality; webhooks; retention
         OpsMonitor(sessions, lambda name, version: reference_profile(sessions, settings, name, version),
-                   interval_seconds=settings.ops_interval_seconds),
+                   settings.ops_limits(), interval_seconds=settings.ops_interval_seconds),
         WebhookDispatcher(sessions, retry_base=settings.webhook_retry_seconds,
                           max_attempts=settings.webhook_max_attempts),
         Retention(sessions, RetentionSettings(settings.retention_raw_days, settings.retention_hourly_days,
                                               settings.retention_evaluations_days,
-                                              settings.retention_interval_seconds)),
+                                              settings.retention_interval_seconds,
+                                              captures_days=settings.capture_retention_days)),
     ]
     username, password = cloud_credentials(secret, ROLLOUTS)
     rollouts = RolloutEngine(sessions, settings, url, username=username, password=password,

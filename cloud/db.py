@@ -72,6 +72,8 @@ class Device(Base):
     # any order (retained ones after an ingest restart).
     presence_stamp: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=now)
+    # Set by DELETE /api/v1/devices/{id}: the brokers refuse the device from then on; its history stays.
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class TelemetryRecord(Base):
@@ -190,6 +192,9 @@ class Deployment(Base):
     created_at: Mapped[float] = mapped_column(Float, default=now, index=True)
     updated_at: Mapped[float] = mapped_column(Float, default=now)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Quality gates (cloud/quality_gates.py): when the first wave's observation began, and the verdict.
+    gate_started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    gate_verdict: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class DeploymentDevice(Base):
@@ -257,7 +262,8 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA busy_timeout=5000")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
-    from edgefleet.cloud import ops_tables  # noqa: F401 - its tables are on Base too (issue 14)
+    from edgefleet.cloud import enrollment, ops_tables  # noqa: F401 - their tables are on Base too
+    from edgefleet.cloud import drift_cusum_store  # noqa: F401 - the CUSUM checkpoints' table (issue 14)
 
     Base.metadata.create_all(engine)
     _add_missing_columns(engine)

@@ -9,9 +9,11 @@ One run (`run_once`):
    of its devices' windows added together, which the shared bin edges make exact;
 3. evaluates each scope against the reference profile of its model version (cloud/drift.py) and writes
    one DriftResult row per scope;
-4. feeds each on-time scope's new windows to its sequential detectors (cloud/drift_sequential.py: a CUSUM
-   per input feature with magnitude facts, kept in memory per scope) and stores their evidence under
-   the report's "sequential_drift";
+4. feeds each evaluated scope's new windows, late ones included, in event-time order to its sequential
+   detectors (cloud/drift_sequential.py: CUSUMs of mean and spread per input feature with magnitude
+   facts, their sums kept in the database by cloud/drift_cusum_store.py) and stores their evidence under
+   the report's "sequential_drift" of the scope's on-time result (or, without one, its newest late one);
+   an alarm at a step older than the lookback opens an alert marked late;
 5. opens an Alert ("data_drift", "prediction_drift" or "sequential_drift") when a scope drifts and no
    alert of that scope, kind and model version is open; closes an open alert once its scope evaluated
    "ok" for that kind on
@@ -32,7 +34,8 @@ the drift_settings table. In the background loop a scope is evaluated when its o
 since its last evaluation; the loop ticks at the shortest interval in use. `run_once` called directly
 evaluates every scope.
 
-Recovery: the monitor keeps in memory only the highest row id it has seen and when each scope ran last.
+Recovery: the monitor keeps in memory only the highest row id it has seen and when each scope ran last;
+the CUSUM sums are in the database, so a restart continues them where they were.
 After a restart, its first run sees every row as seen, so windows that arrived while it was down with
 an end older than the lookback are not evaluated late (the cloud's ingest was down too, so a device's
 backlog normally arrives after the restart and is caught). Row ids follow commit order because the one
@@ -70,7 +73,8 @@ from edgefleet.cloud.drift import (
     merge_windows,
     summary,
 )
-from edgefleet.cloud.drift_sequential import SEQUENTIAL, ScopeDetectors, evidence_summary
+from edgefleet.cloud.drift_cusum_store import CusumStore
+from edgefleet.cloud.drift_sequential import SEQUENTIAL, evidence_summary
 from edgefleet.cloud.drift_settings import DriftSettingsError, MonitorSettings, SettingsResolver
 from edgefleet.cloud.ops_monitor import quality_evidence
 from edgefleet.core.telemetry import TelemetryError, parse_telemetry
@@ -129,7 +133,7 @@ class DriftMonitor:
         self._logged: set[str] = set()
         self._seen_id: int | None = None  # the highest telemetry row id an earlier run saw
         self._last_run: dict[tuple[str, str], float] = {}  # (fleet, model name) -> time.monotonic() of its last run
-        self._sequential: dict[_Scope, tuple[int, ScopeDetectors]] = {}  # scope -> (last row id fed, CUSUMs)
+        self._cusums = CusumStore(self._window)
         self._tick = self.base.interval_seconds
         self._run_lock = threading.Lock()
         self._stop = threading.Event()
@@ -190,8 +194,10 @@ class DriftMonitor:
             ran_at = time.monotonic()
             for scope in scopes:
                 self._last_run[(scope.fleet, scope.model_name)] = ran_at
-            results = [result for scope, (profile, windows) in [*scopes.items(), *late.items()]
-                       if (result := self._evaluate(scope, profile, windows, now, resolver)) is not None]
+            evaluated = [(scope, result) for scope, (profile, windows) in [*scopes.items(), *late.items()]
+                         if (result := self._evaluate(scope, profile, windows, now, resolver)) is not None]
+            self._feed_sequential(session, evaluated, {**late, **scopes}, now, top, resolver)
+            results = [result for _, result in evaluated]
             session.add_all(results)
             session.flush()
             for result in results:
@@ -333,8 +339,6 @@ class DriftMonitor:
         report["lookback_seconds"] = settings.lookback_seconds
         if scope.period_end is not None:
             report["period"] = [scope.period_end - settings.lookback_seconds, scope.period_end]
-        elif (section := self._feed_sequential(scope, profile, windows)) is not None:
-            report[SEQUENTIAL] = section
         end = max(w.end for w in windows)
         return DriftResult(
             scope=scope.scope, scope_id=scope.scope_id, fleet=scope.fleet, model_name=scope.model_name,
@@ -343,18 +347,28 @@ class DriftMonitor:
             late_by=None if scope.period_end is None else max(0.0, now - end),
         )
 
-    def _feed_sequential(self, scope: _Scope, profile: Mapping, windows: list[_Window]) -> dict | None:
-        """Feeds the scope's CUSUMs, as one window, the windows they have not seen (by row id): for a fleet,
-        all its devices' new windows added, as its evaluation does. On-time evaluations only, so a window is
-        fed once (late ones are not: the sums describe the present)."""
-        fed, detectors = self._sequential.get(scope, (0, None))
-        new = [w.counts for w in windows if w.row_id > fed]
-        if detectors is None:
-            if not new:
-                return None
-            detectors = ScopeDetectors(profile, merge_windows(new).samples)
-        self._sequential[scope] = (max([fed, *(w.row_id for w in windows)]), detectors)
-        return detectors.feed([merge_windows(new).features] if new else [])
+    def _feed_sequential(self, session: Session, evaluated: list[tuple[_Scope, DriftResult]], scopes: Scopes,
+                         now: float, top: int, resolver: SettingsResolver) -> None:
+        """Feeds each evaluated scope's CUSUMs once (cloud/drift_cusum_store.py) and puts the section in its
+        on-time result, or its newest late one when it has none this run."""
+        target: dict[_Scope, DriftResult] = {}
+        for scope, result in evaluated:  # on-time results come first; late ones by period, oldest first
+            base = replace(scope, period_end=None)
+            if base not in target or target[base].late_by is not None:
+                target[base] = result
+        profiles = {replace(scope, period_end=None): profile for scope, (profile, _) in scopes.items()}
+        for base, result in target.items():
+            profile = profiles[base]
+            settings = self._settings(resolver, base.fleet, base.model_name)
+            try:
+                section = self._cusums.feed(session, base, profile, top=top, now=now,
+                                            lookback=settings.lookback_seconds, slot_seconds=settings.interval_seconds)
+            except Exception:  # noqa: BLE001 - one scope's detectors must not stop the others
+                log.exception("%s %s (%s v%s): sequential detectors failed", base.scope, base.scope_id,
+                              base.model_name, base.model_version)
+                continue
+            if section is not None:
+                result.report = {**result.report, SEQUENTIAL: section}
 
     # alerts -----------------------------------------------------------------------------------------------
     def _update_alerts(self, session: Session, result: DriftResult, now: float) -> None:
@@ -362,6 +376,7 @@ class DriftMonitor:
             if kind not in result.report:
                 continue  # no sequential section: a late result, or a profile without magnitude facts
             verdict = result.report[kind]["verdict"]
+            late_by = result.report[kind].get("late_by") if kind == SEQUENTIAL else result.late_by
             alert = session.scalars(
                 select(Alert).where(
                     Alert.status == "open", Alert.scope == result.scope, Alert.scope_id == result.scope_id,
@@ -370,7 +385,7 @@ class DriftMonitor:
                 )
             ).first()
             if verdict == DRIFT and alert is None:
-                self._open(session, result, kind, now)
+                self._open(session, result, kind, now, late_by)
             elif result.late_by is not None:
                 continue  # the past cannot close an alert: only on-time evaluations do
             elif cleared(result.report[kind]) and alert is not None and self._ok_streak(session, result, kind, alert):
@@ -378,10 +393,9 @@ class DriftMonitor:
                 log.info("alert %s closed: %s %s (%s v%s) %s ok on %d consecutive runs", alert.id, result.scope,
                          result.scope_id, result.model_name, result.model_version, kind, self.close_after)
 
-    def _open(self, session: Session, result: DriftResult, kind: str, now: float) -> None:
+    def _open(self, session: Session, result: DriftResult, kind: str, now: float, late_by: float | None) -> None:
         what = kind.replace("_", " ")
-        late = "" if result.late_by is None else (
-            f"late ({result.late_by:.0f} s after its data, which arrived after the lookback): ")
+        late = "" if late_by is None else f"late ({late_by:.0f} s after its data, which arrived after the lookback): "
         message = (f"{late}{what} on {result.scope} {result.scope_id} ({result.model_name} v{result.model_version}, "
                    f"{result.samples} samples): "
                    f"{evidence_summary(result.report[kind]) if kind == SEQUENTIAL else summary(result.report, kind)}")
@@ -393,7 +407,7 @@ class DriftMonitor:
         session.add(Alert(scope=result.scope, scope_id=result.scope_id, fleet=result.fleet,
                           model_name=result.model_name, model_version=result.model_version, kind=kind,
                           message=message, details=details, status="open", opened_at=now,
-                          late_by=result.late_by))
+                          late_by=late_by))
         log.warning("alert opened: %s", message)
 
     def _ok_streak(self, session: Session, result: DriftResult, kind: str, alert: Alert) -> bool:

@@ -1,5 +1,6 @@
-"""A sequential detector for streams that arrive a few samples at a time: two-sided CUSUM on the binned
-standardized mean of each window, its threshold set from the reference for a false-alarm target.
+"""A sequential detector for streams that arrive a few samples at a time: two-sided CUSUMs on the binned
+standardized mean and on the binned spread of each window, their thresholds set from the reference for a
+false-alarm target.
 
 The window tests (cloud/drift.py) judge one lookback at a time: on a slow stream (a reading a minute, a
 row a quarter) a lookback holds a handful of samples and a moderate shift takes many of them to become
@@ -13,16 +14,31 @@ and its sample count n; with k = DRIFT_SD / 2 (the detector is tuned for a move 
 and after an alarm both restart from 0 (a later alarm needs new evidence). Between alarms, the expected
 number of clean windows is the in-control average run length, ARL0.
 
+A mean CUSUM is blind to a change of spread (US GDP growth kept its mean and halved its volatility in
+1984, the Great Moderation). Windows carry histograms, not sums of squares, so the spread statistic is
+the binned one: each bin's value gives y = (value - mean)^2 / v, v the reference's binned variance about
+its mean (so y averages 1 on reference data), and a second two-sided CUSUM adds the log-likelihood ratio
+of a normal whose sd is SPREAD_RATIO times larger or smaller (r = SPREAD_RATIO^2):
+
+    wider = max(0, wider + (1 - 1/r) Y / 2 - n ln(r) / 2)    narrower = max(0, narrower + n ln(r) / 2 - (r - 1) Y / 2)
+
+with Y the window's sum of y, each y capped at SPREAD_CAP (a value 3 sds out counts as 3 sds): the
+squares let a few outliers pass for a wider spread (a fleet where 1 device in 20 brightened read as
+1.37 times the reference's spread), and the cap keeps that to the mean CUSUM and the window tests. Its
+own threshold is simulated like the mean's; an alarm of either restarts both.
+
 The threshold h is chosen from the reference, not from a normal table: the reference's own mean and sd
 are estimates (25 years of the Nile: the mean is off by 0.2 sd), and that error is the same for every
 window, so it accumulates in the sums. `calibrate` simulates the whole procedure under no drift: a
 reference of m samples drawn from the reference's binned distribution (its estimated mean and sd used
 as the detector would), then windows of the expected size drawn from the same distribution, and takes
 the smallest h on a grid whose mean run length (censored at 2 * ARL0, which errs high) reaches the
-target ARL0 in windows. Draws use a fixed seed, so one profile always gets the same threshold.
+target ARL0 in windows. Draws use a fixed seed, so one profile always gets the same threshold. Each of
+the two statistics is held to ARL0 on its own, so a signal expects up to two false alarms per ARL0
+clean windows (0.4 per 100).
 
-Only input features with magnitude facts get a detector; the state lives in memory per scope and
-signal (the drift monitor's), so a restart starts the sums at 0, like an alarm does.
+Only input features with magnitude facts get a detector. `state` / `restore` turn the sums into plain
+numbers, so the drift monitor keeps them in its database (cloud/drift_cusum_store.py) across restarts.
 """
 
 from __future__ import annotations
@@ -38,16 +54,19 @@ from edgefleet.cloud.drift import DRIFT, INSUFFICIENT, OK
 from edgefleet.cloud.drift_magnitude import facts_of
 
 DRIFT_SD = 1.0  # the move (in reference sds) the detector is tuned for; k = DRIFT_SD / 2 per sample
+SPREAD_RATIO = 2.0  # the spread statistic is tuned for an sd that doubles or halves
+SPREAD_CAP = 9.0  # y counted at most as a value 3 reference sds from the mean: a few outliers are not a spread
 TARGET_ARL0 = 500  # clean windows between false alarms: 0.2 per 100 evaluations
 RUNS = 200  # simulated clean streams per calibration
 SEED = 14
 _GRID = np.concatenate([np.arange(0.5, 10.0, 0.25), np.arange(10.0, 40.0, 1.0), np.arange(40.0, 200.0, 5.0)])
 
 
-def calibrate(values: np.ndarray, reference: np.ndarray, window_samples: int, *, arl0: int = TARGET_ARL0,
-              runs: int = RUNS, seed: int = SEED) -> float:
+def calibrate(values: np.ndarray, reference: np.ndarray, window_samples: int, *, statistic: str = "mean",
+              arl0: int = TARGET_ARL0, runs: int = RUNS, seed: int = SEED) -> float:
     """The smallest threshold h whose simulated in-control ARL reaches `arl0` windows (module docstring).
-    values: the (B,) value of each finite bin; reference: its (B,) counts; window_samples: the window size."""
+    values: the (B,) value of each finite bin; reference: its (B,) counts; window_samples: the window size;
+    statistic: "mean" or "spread"."""
     values = np.asarray(values, np.float64)
     counts = np.asarray(reference, np.float64)[: len(values)]
     m = int(counts.sum())
@@ -55,18 +74,20 @@ def calibrate(values: np.ndarray, reference: np.ndarray, window_samples: int, *,
     rng = np.random.default_rng(seed)
     drawn = rng.multinomial(m, share, size=runs).astype(np.float64)  # the reference each run was given
     mean = drawn @ values / m
-    sd = np.sqrt(np.maximum(drawn @ values**2 / m - mean**2, 0.0))
-    sd = np.where(sd > 0, sd, max(float(np.sqrt(share @ values**2 - (share @ values) ** 2)), 1e-12))
-    k, horizon = DRIFT_SD / 2.0, 2 * arl0
+    var = np.maximum(drawn @ values**2 / m - mean**2, 0.0)
+    fallback = max(float(share @ values**2 - (share @ values) ** 2), 1e-24)
+    var = np.where(var > 0, var, fallback)
+    rises, falls = _scores(values[None, :], mean[:, None], var[:, None], statistic)  # (runs, B) each
+    horizon = 2 * arl0
     up, down = np.zeros(runs), np.zeros(runs)
     peaks = np.empty((horizon, runs))  # the highest sum so far: non-decreasing in time
     peak = np.zeros(runs)
     for start in range(0, horizon, 100):
         block = rng.multinomial(window_samples, share, size=(100, runs)).astype(np.float64)
-        z = (block @ values - window_samples * mean) / sd  # (100, runs)
+        rise, fall = np.einsum("trb,rb->tr", block, rises), np.einsum("trb,rb->tr", block, falls)
         for t in range(100):
-            up = np.maximum(0.0, up + z[t] - k * window_samples)
-            down = np.maximum(0.0, down - z[t] - k * window_samples)
+            up = np.maximum(0.0, up + rise[t])
+            down = np.maximum(0.0, down + fall[t])
             peak = peaks[start + t] = np.maximum(peak, np.maximum(up, down))
     # the run length at threshold h: the first window whose peak exceeds h (horizon if none)
     first = np.stack([np.searchsorted(peaks[:, run], _GRID, side="right") + 1 for run in range(runs)], axis=1)
@@ -75,59 +96,95 @@ def calibrate(values: np.ndarray, reference: np.ndarray, window_samples: int, *,
     return float(_GRID[good[0]] if len(good) else _GRID[-1])
 
 
+def _scores(values: np.ndarray, mean: np.ndarray, var: np.ndarray, statistic: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample increments of the two sums for a sample in each bin (module docstring): (up, down) for
+    "mean", (wider, narrower) for "spread"."""
+    if statistic == "mean":
+        z, k = (values - mean) / np.sqrt(var), DRIFT_SD / 2.0
+        return z - k, -z - k
+    y, r = np.minimum((values - mean) ** 2 / var, SPREAD_CAP), SPREAD_RATIO**2
+    return 0.5 * (1.0 - 1.0 / r) * y - 0.5 * math.log(r), 0.5 * math.log(r) - 0.5 * (r - 1.0) * y
+
+
+_STATE = ("up", "down", "wider", "narrower", "windows", "samples", "total", "total_sq", "alarms")
+
+
 @dataclass
 class Cusum:
-    """One signal's two-sided CUSUM (module docstring). `values` are the bins' values standardized by the
-    reference (value - mean) / sd; `threshold` comes from `calibrate`."""
+    """One signal's two CUSUMs (module docstring). `values` are the bins' values standardized by the
+    reference, (value - mean) / sd; `spread` the bins' y = (value - mean)^2 / binned variance; the
+    thresholds come from `calibrate` ("mean" and "spread")."""
 
     values: np.ndarray
     threshold: float
+    spread: np.ndarray
+    spread_threshold: float
     up: float = 0.0
     down: float = 0.0
+    wider: float = 0.0
+    narrower: float = 0.0
     windows: int = 0  # since the last reset
     samples: int = 0
     total: float = 0.0  # sum of standardized values since the last reset
+    total_sq: float = 0.0  # sum of y since the last reset
     alarms: int = field(default=0)
 
     @classmethod
     def for_signal(cls, facts: Mapping, reference: np.ndarray, window_samples: int, *,
                    arl0: int = TARGET_ARL0) -> Cusum:
         values = np.asarray(facts["values"], np.float64)
-        counts = tuple(int(c) for c in np.asarray(reference)[: len(values)])
-        threshold = _threshold(tuple(values.tolist()), counts, max(int(window_samples), 1), arl0)
-        return cls((values - facts["mean"]) / facts["std"], threshold)
+        counts = np.asarray(reference, np.float64)[: len(values)]
+        key = (tuple(values.tolist()), tuple(int(c) for c in counts), max(int(window_samples), 1), arl0)
+        deviation = (values - facts["mean"]) ** 2
+        variance = float(counts @ deviation / counts.sum()) if counts.sum() > 0 else 0.0
+        return cls((values - facts["mean"]) / facts["std"], _threshold(*key, "mean"),
+                   np.minimum(deviation / max(variance, 1e-24), SPREAD_CAP), _threshold(*key, "spread"))
 
     def update(self, counts: np.ndarray) -> dict:
         """Adds one window's counts (with the NaN column last); returns the evidence, with "alarm" True when
-        the sums crossed the threshold (they then restart from 0)."""
+        a sum crossed its threshold ("statistic" says which: "mean" or "spread"; all sums then restart)."""
         observed = np.asarray(counts, np.float64)[: len(self.values)]
         n = float(observed.sum())
-        z = float(observed @ self.values)
-        k = DRIFT_SD / 2.0
+        z, y = float(observed @ self.values), float(observed @ self.spread)
+        k, r = DRIFT_SD / 2.0, SPREAD_RATIO**2
         self.up = max(0.0, self.up + z - k * n)
         self.down = max(0.0, self.down - z - k * n)
+        self.wider = max(0.0, self.wider + 0.5 * (1.0 - 1.0 / r) * y - 0.5 * math.log(r) * n)
+        self.narrower = max(0.0, self.narrower + 0.5 * math.log(r) * n - 0.5 * (r - 1.0) * y)
         self.windows += n > 0
         self.samples += int(n)
         self.total += z
-        alarm = max(self.up, self.down) > self.threshold
-        evidence = {"up": self.up, "down": self.down, "threshold": self.threshold, "windows": self.windows,
+        self.total_sq += y
+        statistic = ("mean" if max(self.up, self.down) > self.threshold
+                     else "spread" if max(self.wider, self.narrower) > self.spread_threshold else None)
+        evidence = {"up": self.up, "down": self.down, "threshold": self.threshold, "wider": self.wider,
+                    "narrower": self.narrower, "spread_threshold": self.spread_threshold, "windows": self.windows,
                     "samples": self.samples, "shift": self.total / self.samples if self.samples else None,
-                    "alarm": alarm}
-        if alarm:
+                    "sd_ratio": math.sqrt(self.total_sq / self.samples) if self.samples else None,
+                    "statistic": statistic, "alarm": statistic is not None}
+        if statistic is not None:
             self.alarms += 1
-            self.up = self.down = self.total = 0.0
+            self.up = self.down = self.wider = self.narrower = self.total = self.total_sq = 0.0
             self.windows = self.samples = 0
         return evidence
+
+    def state(self) -> dict:
+        """The sums and counters as plain numbers (for the database)."""
+        return {name: getattr(self, name) for name in _STATE}
+
+    def restore(self, state: Mapping) -> None:
+        for name in _STATE:
+            setattr(self, name, type(getattr(self, name))(state.get(name, 0)))
 
 
 SEQUENTIAL = "sequential_drift"  # the report section and the alert kind
 
 
-@functools.lru_cache(maxsize=512)
-def _threshold(values: tuple[float, ...], reference: tuple[int, ...], window_samples: int,
-               arl0: int = TARGET_ARL0) -> float:
-    """calibrate, remembered: one simulation per reference row and window size in a process."""
-    return calibrate(np.asarray(values), np.asarray(reference), window_samples, arl0=arl0)
+@functools.lru_cache(maxsize=1024)
+def _threshold(values: tuple[float, ...], reference: tuple[int, ...], window_samples: int, arl0: int,
+               statistic: str) -> float:
+    """calibrate, remembered: one simulation per reference row, window size and statistic in a process."""
+    return calibrate(np.asarray(values), np.asarray(reference), window_samples, statistic=statistic, arl0=arl0)
 
 
 def _bucket(samples: int) -> int:
@@ -138,10 +195,12 @@ def _bucket(samples: int) -> int:
 
 class ScopeDetectors:
     """The CUSUMs of one scope (a device or a fleet, one model version): one per input feature row whose
-    profile has magnitude facts. Each signal is held to TARGET_ARL0 on its own, so a scope of G signals
-    expects about G false alarms per TARGET_ARL0 clean windows."""
+    profile has magnitude facts, calibrated for windows of `window_samples`. Each statistic is held to
+    TARGET_ARL0 on its own, so a scope of G signals expects up to 2G false alarms per TARGET_ARL0 clean
+    windows."""
 
     def __init__(self, profile: Mapping, window_samples: int) -> None:
+        self.window_samples = _bucket(window_samples)
         self.detectors: dict[str, tuple[str, int, Cusum]] = {}
         for feature in profile.get("features", []):
             for index, name in enumerate(feature["names"]):
@@ -149,18 +208,21 @@ class ScopeDetectors:
                 if facts is None:
                     continue
                 self.detectors[name] = (feature["input"], index,
-                                        Cusum.for_signal(facts, feature["counts"][index], _bucket(window_samples)))
+                                        Cusum.for_signal(facts, feature["counts"][index], self.window_samples))
 
-    def feed(self, windows: Iterable[Mapping[str, np.ndarray]]) -> dict | None:
-        """Feeds the windows' feature counts (input -> (rows, bins), in event order); returns the report
-        section {"verdict", "drifting", "target_arl0", "signals": {name: evidence + "verdict"}}, the evidence
-        of an alarm kept over later windows of the same call; None for a profile without magnitude facts."""
+    def feed(self, steps: Iterable[tuple[float, Mapping[str, np.ndarray]]], *,
+             report_from: float = -math.inf) -> dict | None:
+        """Feeds (event end, feature counts: input -> (rows, bins)) steps in event order; returns the report
+        section {"verdict", "drifting", "target_arl0", "signals": {name: evidence + "verdict" + "at"}}: per
+        signal the evidence of its first alarm at a step ending at or after `report_from` (earlier steps are
+        a replay of what was reported before), else of its last step; None without magnitude facts."""
         if not self.detectors:
             return None
         signals: dict[str, dict] = {}
-        for features in windows:
+        for end, features in steps:
             for name, (input_name, index, cusum) in self.detectors.items():
-                evidence = cusum.update(features[input_name][index])
+                evidence = {**cusum.update(features[input_name][index]), "at": end}
+                evidence["alarm"] = evidence["alarm"] and end >= report_from
                 if not signals.get(name, {}).get("alarm"):
                     signals[name] = evidence
         for evidence in signals.values():
@@ -169,10 +231,24 @@ class ScopeDetectors:
         return {"verdict": DRIFT if drifting else OK if signals else INSUFFICIENT, "drifting": drifting,
                 "target_arl0": TARGET_ARL0, "signals": signals}
 
+    def state(self) -> dict:
+        return {name: cusum.state() for name, (_, _, cusum) in self.detectors.items()}
+
+    def restore(self, state: Mapping) -> None:
+        for name, (_, _, cusum) in self.detectors.items():
+            if name in state:
+                cusum.restore(state[name])
+
 
 def evidence_summary(section: Mapping) -> str:
     """One line naming the alarming signals, for alert messages."""
-    items = [f"{name} CUSUM {max(e['up'], e['down']):.1f} > {e['threshold']:.2f} over {e['windows']} windows "
-             f"({e['samples']} samples, mean shift {e['shift']:+.2f} sd)"
+    items = [f"{name} {_crossed(e)} over {e['windows']} windows ({e['samples']} samples, mean shift "
+             f"{e['shift']:+.2f} sd, spread x{e['sd_ratio']:.2f})"
              for name, e in section["signals"].items() if e["alarm"]]
     return "; ".join(items) if items else "no alarming signal"
+
+
+def _crossed(evidence: Mapping) -> str:
+    if evidence["statistic"] == "spread":
+        return f"spread CUSUM {max(evidence['wider'], evidence['narrower']):.1f} > {evidence['spread_threshold']:.2f}"
+    return f"CUSUM {max(evidence['up'], evidence['down']):.1f} > {evidence['threshold']:.2f}"

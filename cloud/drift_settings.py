@@ -3,13 +3,9 @@ the interval, each settable globally and overridden per fleet, per model, or per
 
 Global values come from CloudSettings (`edgefleet cloud up --drift-*`, EDGEFLEET_DRIFT_*). Overrides are
 rows of DriftSettingsRecord (set through PUT /api/v1/drift/settings/...). The monitor resolves each
-(fleet, model name) field by field, the most specific non-empty value winning:
-
-    fleet + model  >  fleet  >  model  >  global
-
-A fleet beats a model because what a fleet sets describes its stream (a slow sensor fleet needs a
-smaller min_samples and a longer lookback whatever it serves). Every resolved set is validated as a
-whole (DriftThresholds' own checks), so an override can never make the monitor fail at run time.
+(fleet, model name) field by field, the most specific non-empty value winning (cloud/scoped_settings.py:
+fleet + model > fleet > model > global). Every resolved set is validated as a whole (DriftThresholds'
+own checks), so an override can never make the monitor fail at run time.
 """
 
 from __future__ import annotations
@@ -22,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from edgefleet.cloud.db import DriftSettingsRecord
 from edgefleet.cloud.drift import DriftThresholds
+from edgefleet.cloud.scoped_settings import ScopedResolver
 from edgefleet.core.errors import EdgefleetError
 
 THRESHOLD_FIELDS = ("min_samples", "alpha", "psi_floor", "noise_multiplier")
@@ -67,31 +64,19 @@ def record_values(record: DriftSettingsRecord) -> dict:
     return {name: getattr(record, name) for name in FIELDS}
 
 
-class SettingsResolver:
+class SettingsResolver(ScopedResolver[MonitorSettings]):
     """The global settings and one snapshot of the overrides; `for_scope` resolves a (fleet, model)."""
 
     def __init__(self, base: MonitorSettings, overrides: Iterable[DriftSettingsRecord] = ()) -> None:
-        self.base = base
-        self._rows = {(row.fleet, row.model_name): record_values(row) for row in overrides}
-        self._cache: dict[tuple[str, str], MonitorSettings] = {}
+        super().__init__(base, {(row.fleet, row.model_name): record_values(row) for row in overrides},
+                         MonitorSettings.with_values)
 
     @classmethod
     def load(cls, session: Session, base: MonitorSettings) -> SettingsResolver:
         return cls(base, session.scalars(select(DriftSettingsRecord)).all())
 
-    def for_scope(self, fleet: str, model_name: str) -> MonitorSettings:
-        key = (fleet, model_name)
-        if key not in self._cache:
-            settings = self.base
-            for level in (("", model_name), (fleet, ""), (fleet, model_name)):  # least specific first
-                if level in self._rows:
-                    settings = settings.with_values(self._rows[level])
-            self._cache[key] = settings
-        return self._cache[key]
-
     def longest_lookback(self) -> float:
-        return max([self.base.lookback_seconds, *(row["lookback_seconds"] or 0.0 for row in self._rows.values())])
+        return max([self.base.lookback_seconds, *(v or 0.0 for v in self.override_values("lookback_seconds"))])
 
     def shortest_interval(self) -> float:
-        return min([self.base.interval_seconds,
-                    *(row["interval_seconds"] for row in self._rows.values() if row["interval_seconds"])])
+        return min([self.base.interval_seconds, *(v for v in self.override_values("interval_seconds") if v)])

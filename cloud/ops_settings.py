@@ -1,9 +1,10 @@
 """Operational limits per fleet and model: latency, error rate, device health and data quality.
 
-Global values are the defaults below (CloudSettings may replace them); overrides are rows of
-OpsSettingsRecord, set through PUT /api/v1/ops/settings/... (cloud/api/ops.py), resolved field by field
-like the drift settings (cloud/drift_settings.py): fleet + model > fleet > model > global. A resolved set
-is validated as a whole, so an override can never make the monitor fail at run time.
+Global values are the defaults below, replaced by `edgefleet cloud up --ops-*` (EDGEFLEET_OPS_*,
+CloudSettings.ops_limits); overrides are rows of OpsSettingsRecord, set through PUT
+/api/v1/ops/settings/... (cloud/api/ops.py), resolved field by field (cloud/scoped_settings.py): fleet +
+model > fleet > model > global. A resolved set is validated as a whole, so an override can never make the
+monitor fail at run time.
 
 Why these defaults: p99 at 500 ms is far beyond any edge model here (digits CNN: 0.1 ms), so it catches
 a stalled device, not a slow model; tighten it per model. An error rate of 5% over at least 20 requests.
@@ -25,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from edgefleet.cloud.ops_tables import OpsSettingsRecord
+from edgefleet.cloud.scoped_settings import ScopedResolver
 from edgefleet.core.errors import EdgefleetError
 
 RANGES: dict[str, tuple[float, float]] = {  # field -> (smallest, largest) accepted
@@ -79,26 +81,15 @@ class OpsLimits:
                                 for k, v in given.items()})
 
 
-class LimitsResolver:
+class LimitsResolver(ScopedResolver[OpsLimits]):
     def __init__(self, base: OpsLimits, overrides: Iterable[OpsSettingsRecord] = ()) -> None:
-        self.base = base
-        self._rows = {(row.fleet, row.model_name): dict(row.limits or {}) for row in overrides}
-        self._cache: dict[tuple[str, str], OpsLimits] = {}
+        super().__init__(base, {(row.fleet, row.model_name): dict(row.limits or {}) for row in overrides},
+                         OpsLimits.with_values)
 
     @classmethod
     def load(cls, session: Session, base: OpsLimits) -> LimitsResolver:
         return cls(base, session.scalars(select(OpsSettingsRecord)).all())
 
-    def for_scope(self, fleet: str, model_name: str) -> OpsLimits:
-        key = (fleet, model_name)
-        if key not in self._cache:
-            limits = self.base
-            for level in (("", model_name), (fleet, ""), (fleet, model_name)):  # least specific first
-                if level in self._rows:
-                    limits = limits.with_values(self._rows[level])
-            self._cache[key] = limits
-        return self._cache[key]
-
     def longest_lookback(self) -> float:
         return max([self.base.lookback_seconds,
-                    *(float(row.get("lookback_seconds") or 0.0) for row in self._rows.values())])
+                    *(float(value or 0.0) for value in self.override_values("lookback_seconds"))])

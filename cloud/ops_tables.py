@@ -1,6 +1,7 @@
-"""The tables of operations monitoring (issue 14): operational limits, webhooks and their delivery log,
-and telemetry rolled up by hour and day. They live on cloud/db.py's Base; make_engine imports this module
-before create_all, so every database gets them (and _add_missing_columns treats them like the others).
+"""The tables of operations monitoring (issue 14): operational limits, the label-free accuracy alert's
+settings, webhooks and their delivery log, and telemetry rolled up by hour and day. They live on
+cloud/db.py's Base; make_engine imports this module before create_all, so every database gets them (and
+_add_missing_columns treats them like the others).
 """
 
 from __future__ import annotations
@@ -24,8 +25,22 @@ class OpsSettingsRecord(Base):
     updated_at: Mapped[float] = mapped_column(Float, default=now)
 
 
+class PerformanceSettingsRecord(Base):
+    """The label-free accuracy alert's settings for one fleet, one model, or one model in one fleet ("" =
+    any); `values` holds only the fields set here (cloud/performance_settings.py)."""
+
+    __tablename__ = "performance_settings"
+    __table_args__ = (UniqueConstraint("fleet", "model_name", name="uq_performance_settings_fleet_model"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fleet: Mapped[str] = mapped_column(String(64), default="")
+    model_name: Mapped[str] = mapped_column(String(128), default="")
+    values: Mapped[dict] = mapped_column(JSON)
+    updated_at: Mapped[float] = mapped_column(Float, default=now)
+
+
 class Webhook(Base):
-    """A URL every alert is POSTed to, signed with its secret (HMAC-SHA256 of the body)."""
+    """A URL every alert is POSTed to when it opens and when it closes, signed with its secret (HMAC-SHA256
+    of the body); `events` and `kinds` narrow what it gets (None: everything)."""
 
     __tablename__ = "webhooks"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -33,6 +48,10 @@ class Webhook(Base):
     secret: Mapped[str] = mapped_column(String(128))  # kept: signing needs it (shown once, at creation)
     # alerts with a higher id are delivered; set to the newest alert when the webhook is made
     cursor: Mapped[int] = mapped_column(Integer, default=0)
+    # every alert at or below it is closed and its resolved event queued (or filtered out); None: = cursor
+    resolved_cursor: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    events: Mapped[list | None] = mapped_column(JSON, nullable=True)  # ["alert.opened", "alert.resolved"]
+    kinds: Mapped[list | None] = mapped_column(JSON, nullable=True)  # alert kinds, e.g. ["data_drift"]
     created_at: Mapped[float] = mapped_column(Float, default=now)
 
 
@@ -45,7 +64,7 @@ class WebhookDelivery(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     webhook_id: Mapped[int] = mapped_column(Integer, ForeignKey("webhooks.id", ondelete="CASCADE"), index=True)
     alert_id: Mapped[int] = mapped_column(Integer, index=True)
-    event: Mapped[str] = mapped_column(String(32))  # "alert.opened"
+    event: Mapped[str] = mapped_column(String(32))  # "alert.opened" or "alert.resolved"
     state: Mapped[str] = mapped_column(String(16), default="pending")  # pending | delivered | failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[float] = mapped_column(Float, default=now)

@@ -15,6 +15,12 @@ the drift monitor adds them), bucketed by window end:
   predictions made up to the device's retention earlier: the estimate reacts when inputs change, the
   measure when their labels come in.
 
+With `by="slice"` each point is one (model version, slice, time bucket) instead, from the per-slice counts
+the windows carry (core/slices.py: requests tagged `?slice=NAME` on the device, labels counted in the
+slice of their prediction), and says its `slice`; `slices` lists the names seen. The estimate of a slice
+reads the slice's own confidence histogram. Windows from agents before slices, and requests without a
+slice, are in no slice's points (the totals keep them).
+
 `reference_accuracy` is the calibration data's measured accuracy, the line both are compared with.
 Nothing is stored twice: the points are computed from the stored payloads on each read (the drift
 monitor reads them the same way), so a late backlog of windows shows up in the buckets it belongs to.
@@ -60,7 +66,7 @@ class _Bucket:
 
 def performance(session: Session, profile_for: ProfileFor, *, device: str | None = None, fleet: str | None = None,
                 model: str | None = None, version: int | None = None, since: float = 0.0,
-                until: float = math.inf, bucket_seconds: float = 60.0) -> dict:
+                until: float = math.inf, bucket_seconds: float = 60.0, by: str = "model") -> dict:
     """The points of one scope (module docstring), oldest first, with each model version's reference."""
     query = select(TelemetryRecord).where(TelemetryRecord.window_end > since)
     if math.isfinite(until):
@@ -75,12 +81,13 @@ def performance(session: Session, profile_for: ProfileFor, *, device: str | None
         query = query.where(TelemetryRecord.model_version == version)
     rows = session.scalars(query.order_by(TelemetryRecord.window_end.desc()).limit(MAX_WINDOWS + 1)).all()
     truncated = len(rows) > MAX_WINDOWS
-    return {"bucket_seconds": bucket_seconds, "truncated": truncated,
-            **points(rows[:MAX_WINDOWS], profile_for, bucket_seconds)}
+    return {"bucket_seconds": bucket_seconds, "truncated": truncated, "by": by,
+            **points(rows[:MAX_WINDOWS], profile_for, bucket_seconds, by_slice=by == "slice")}
 
 
-def points(rows: Iterable[TelemetryRecord], profile_for: ProfileFor, bucket_seconds: float) -> dict:
-    buckets: dict[tuple[str, int, float], _Bucket] = defaultdict(_Bucket)
+def points(rows: Iterable[TelemetryRecord], profile_for: ProfileFor, bucket_seconds: float,
+           by_slice: bool = False) -> dict:
+    buckets: dict[tuple[str, int, float, str], _Bucket] = defaultdict(_Bucket)
     for row in rows:
         try:
             window = parse_telemetry(row.payload, max_bytes=len(row.payload))
@@ -88,18 +95,26 @@ def points(rows: Iterable[TelemetryRecord], profile_for: ProfileFor, bucket_seco
             log.warning("performance: device %s seq %s left out: %s", row.device_id, row.seq, err)
             continue
         start = math.floor(row.window_end / bucket_seconds) * bucket_seconds
-        buckets[(row.model_name, row.model_version, start)].add(window.samples, window.confidence, window.labels)
+        if not by_slice:
+            buckets[(row.model_name, row.model_version, start, "")].add(window.samples, window.confidence,
+                                                                        window.labels)
+        for part in window.slices if by_slice else ():
+            buckets[(row.model_name, row.model_version, start, part.slice)].add(part.samples, part.confidence,
+                                                                                part.labels)
     models: dict[tuple[str, int], Mapping | None] = {}
     out = []
-    for (name, version, start), bucket in sorted(buckets.items(), key=lambda item: (item[0][2], item[0][:2])):
+    for (name, version, start, part), bucket in sorted(buckets.items(),
+                                                       key=lambda item: (item[0][2], item[0][:2], item[0][3])):
         if (name, version) not in models:
             models[(name, version)] = calibration_of(_profile(profile_for, name, version))
-        out.append(_point(name, version, start, bucket_seconds, bucket, models[(name, version)]))
+        point = _point(name, version, start, bucket_seconds, bucket, models[(name, version)])
+        out.append({"slice": part, **point} if by_slice else point)
     references = [{"model": {"name": name, "version": version},
                    "reference_accuracy": calibration.get("measured_accuracy") if calibration else None,
                    "calibrated_on": calibration.get("on") if calibration else None}
                   for (name, version), calibration in models.items()]
-    return {"points": out, "models": references}
+    return {"points": out, "models": references} | (
+        {"slices": sorted({key[3] for key in buckets})} if by_slice else {})
 
 
 def _point(name: str, version: int, start: float, width: float, bucket: _Bucket, calibration: Mapping | None) -> dict:

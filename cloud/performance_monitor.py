@@ -8,9 +8,12 @@ gap keeps a scope that hovers at the threshold from opening and closing on every
 the measured accuracy of the labels that arrived in the same lookback, when any did, so the two can be
 read side by side. A model exported without labels has no calibration and is never judged here.
 
-It reads the same stored windows and settings as the drift monitor (lookback, interval and min_samples
-are the drift monitor's global ones) and keeps no state of its own besides the alerts: a restarted cloud
-goes on where it stopped.
+`drop` is set globally (`cloud up --performance-drop`) and per fleet or model (PUT
+/api/v1/performance/settings/..., cloud/performance_settings.py). It reads the same stored windows as the
+drift monitor, with the drift monitor's lookback and min_samples resolved for each fleet and model (its
+interval is the drift monitor's global one), and keeps no state of its own besides the alerts: a
+restarted cloud goes on where it stopped. An override that fails validation is logged and the global
+value used, so one bad row never stops the monitor.
 """
 
 from __future__ import annotations
@@ -24,8 +27,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from edgefleet.cloud.db import Alert, TelemetryRecord
+from edgefleet.cloud.drift import DriftThresholds
+from edgefleet.cloud.drift_settings import MonitorSettings, SettingsResolver
+from edgefleet.cloud.performance_settings import PerformanceResolver, PerformanceSettings
 from edgefleet.cloud.periodic import PeriodicWorker
 from edgefleet.core.calibration import calibration_of, estimated_accuracy
+from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.labels import merge_labels
 from edgefleet.core.telemetry import TelemetryError, parse_telemetry
 
@@ -40,12 +47,13 @@ class PerformanceMonitor(PeriodicWorker):
 
     def __init__(self, sessions: sessionmaker, profile_for: ProfileFor, *, drop: float = 0.05,
                  lookback_seconds: float = 300.0, interval_seconds: float = 10.0, min_samples: int = 100,
-                 clock: Callable[[], float] = time.time) -> None:
-        if not 0 < drop < 1 or lookback_seconds <= 0 or interval_seconds <= 0 or min_samples < 1:
-            raise ValueError("drop must be in (0, 1), lookback and interval positive, min_samples at least 1")
+                 drift: MonitorSettings | None = None, clock: Callable[[], float] = time.time) -> None:
+        """`drift`: the drift monitor's global settings, whose per-fleet overrides then apply here too
+        (lookback_seconds, interval_seconds and min_samples are ignored); without it, those three."""
+        drift = drift or MonitorSettings(DriftThresholds(min_samples=min_samples), lookback_seconds, interval_seconds)
+        self.base, self.drift = PerformanceSettings(drop), drift  # PerformanceSettingsError if drop is out of range
         self._sessions, self._profile_for, self._clock = sessions, profile_for, clock
-        self.drop, self.lookback_seconds, self.interval_seconds = drop, lookback_seconds, interval_seconds
-        self.min_samples = min_samples
+        self.interval_seconds = drift.interval_seconds
         self._profiles: dict[tuple[str, int], Mapping | None] = {}
         super().__init__()
 
@@ -53,10 +61,14 @@ class PerformanceMonitor(PeriodicWorker):
         """Judges every scope with windows in the lookback; returns one record per scope judged."""
         now = self._clock() if now is None else float(now)
         with self._sessions() as session:
+            drops = PerformanceResolver.load(session, self.base)
+            drift = SettingsResolver.load(session, self.drift)
             rows = session.scalars(select(TelemetryRecord).where(
-                TelemetryRecord.window_end > now - self.lookback_seconds, TelemetryRecord.window_end <= now)).all()
+                TelemetryRecord.window_end > now - drift.longest_lookback(), TelemetryRecord.window_end <= now)).all()
             scopes: dict[tuple[str, str, str, str, int], list] = defaultdict(list)
             for row in rows:
+                if row.window_end <= now - self._resolve(drift, row.fleet, row.model_name).lookback_seconds:
+                    continue
                 try:
                     window = parse_telemetry(row.payload, max_bytes=len(row.payload))
                 except TelemetryError:
@@ -64,11 +76,21 @@ class PerformanceMonitor(PeriodicWorker):
                 for scope, scope_id in (("device", row.device_id), ("fleet", row.fleet)):
                     scopes[(scope, scope_id, row.fleet, row.model_name, row.model_version)].append(window)
             judged = [record for key, windows in scopes.items()
-                      if (record := self._judge(session, key, windows, now)) is not None]
+                      if (record := self._judge(session, key, windows, now, self._resolve(drops, key[2], key[3]).drop,
+                                                self._resolve(drift, key[2], key[3]).thresholds.min_samples))
+                      is not None]
             session.commit()
         return judged
 
-    def _judge(self, session: Session, key: tuple, windows: list, now: float) -> dict | None:
+    def _resolve(self, resolver: SettingsResolver | PerformanceResolver, fleet: str, model: str):  # noqa: ANN202
+        try:
+            return resolver.for_scope(fleet, model)
+        except EdgefleetError as err:
+            log.warning("%s: the settings of %s/%s are ignored: %s", self.name, fleet, model, err)
+            return resolver.base
+
+    def _judge(self, session: Session, key: tuple, windows: list, now: float, drop: float,
+               min_samples: int) -> dict | None:
         scope, scope_id, fleet, name, version = key
         calibration = calibration_of(self._profile(name, version))
         counts = [w.confidence for w in windows if w.confidence]
@@ -77,32 +99,32 @@ class PerformanceMonitor(PeriodicWorker):
         merged = [sum(column) for column in zip(*counts, strict=True)]
         estimate = estimated_accuracy(merged, calibration)
         samples = sum(merged)
-        if estimate is None or samples < self.min_samples:
+        if estimate is None or samples < min_samples:
             return None
         expected = float(calibration["expected_accuracy"])
         labels = merge_labels([w.labels for w in windows])
         record = {"scope": scope, "scope_id": scope_id, "model": {"name": name, "version": version},
                   "estimated_accuracy": estimate, "expected_accuracy": expected, "samples": samples,
                   "measured_accuracy": labels.correct / labels.count if labels and labels.confusion else None,
-                  "labels": labels.count if labels else 0, "threshold": self.drop,
+                  "labels": labels.count if labels else 0, "threshold": drop,
                   "window_start": min(w.start for w in windows), "window_end": max(w.end for w in windows)}
         alert = session.scalars(select(Alert).where(
             Alert.status == "open", Alert.scope == scope, Alert.scope_id == scope_id, Alert.kind == KIND,
             Alert.model_name == name, Alert.model_version == version)).first()
-        if alert is None and expected - estimate > self.drop:
+        if alert is None and expected - estimate > drop:
             measured = record["measured_accuracy"]
             said = f"; measured on {record['labels']} labels: {measured:.3f}" if measured is not None else \
                 "; no labels yet"
             message = (f"estimated accuracy on {scope} {scope_id} ({name} v{version}, {samples} samples) is "
                        f"{estimate:.3f}, {expected - estimate:.3f} below the {expected:.3f} its calibration expects "
-                       f"(threshold {self.drop:g}), estimated without labels{said}")
+                       f"(threshold {drop:g}), estimated without labels{said}")
             session.add(Alert(scope=scope, scope_id=scope_id, fleet=fleet, model_name=name, model_version=version,
                               kind=KIND, message=message, details=record, status="open", opened_at=now))
             log.warning("alert opened: %s", message)
-        elif alert is not None and expected - estimate <= self.drop / 2:
+        elif alert is not None and expected - estimate <= drop / 2:
             alert.status, alert.closed_at = "closed", now
             log.info("alert %s closed: estimated accuracy %.3f is back within %.3g of %.3f", alert.id, estimate,
-                     self.drop / 2, expected)
+                     drop / 2, expected)
         return record
 
     def _profile(self, name: str, version: int) -> Mapping | None:

@@ -5,8 +5,9 @@ A request carries a body when it has a Content-Length above 0 or a Transfer-Enco
 request, in this order:
 
 1. Below /api/v1 the admin token in its Authorization header is checked first (401): an anonymous
-   client never makes the server parse or keep a byte of its body. (The one route a device reaches
-   without the token, the bundle download with a signed URL, is a GET without a body.)
+   client never makes the server parse or keep a byte of its body. (The routes a device reaches
+   without the token: the bundle download with a signed URL, a GET without a body; and
+   `POST /api/v1/enroll`, whose enrollment token is checked here instead, edgefleet.cloud.enrollment.)
 2. The route's cap (`body_limit`): the bundle upload takes settings' `max_bundle_bytes`, every other
    route `max_json_bytes` (1 MiB; a deployment is well under 10 KiB). A Content-Length over the cap is
    a 413 at once; a body sent without a length (chunked) is counted as it arrives and refused at the cap.
@@ -36,10 +37,12 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from edgefleet.cloud import enrollment
 from edgefleet.cloud.api import API_PREFIX
 from edgefleet.cloud.api.deps import TooLargeError, UnsupportedMediaTypeError
 from edgefleet.cloud.api.errors import error_response, status_for
 from edgefleet.cloud.auth import authenticate, bearer_token
+from edgefleet.cloud.device_auth import DEVICE_PREFIX, authenticate_device
 from edgefleet.core import bounded_json
 from edgefleet.core.errors import EdgefleetError
 
@@ -47,6 +50,7 @@ log = logging.getLogger(__name__)
 
 MAX_JSON_DEPTH = 16
 UPLOAD_ROUTE = ("POST", f"{API_PREFIX}/bundles")
+ENROLL_ROUTE = ("POST", f"{API_PREFIX}/enroll")
 LINGER_BYTES = 8 << 20  # of a refused body, read and dropped before the connection closes ...
 LINGER_SECONDS = 2.0  # ... for at most this long
 
@@ -54,11 +58,13 @@ LINGER_SECONDS = 2.0  # ... for at most this long
 class RequestGuard:
     """ASGI middleware; create_app installs it with the app's session factory and size caps."""
 
-    def __init__(self, app: ASGIApp, *, sessions: sessionmaker, max_bundle_bytes: int, max_json_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, sessions: sessionmaker, max_bundle_bytes: int, max_json_bytes: int,
+                 max_capture_bytes: int | None = None) -> None:
         self.app = app
         self.sessions = sessions
         self.max_bundle_bytes = max_bundle_bytes
         self.max_json_bytes = max_json_bytes
+        self.max_capture_bytes = max_capture_bytes or max_json_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not has_body(headers := Headers(scope=scope)):
@@ -68,8 +74,11 @@ class RequestGuard:
         method, path = scope["method"], scope["path"]
         try:
             api = path == API_PREFIX or path.startswith(API_PREFIX + "/")
-            if api:
-                await run_in_threadpool(authenticate, self.sessions, bearer_token(headers.get("authorization")))
+            if path.startswith(DEVICE_PREFIX):  # a device's own routes: its credentials, not the admin token
+                await run_in_threadpool(authenticate_device, self.sessions, headers.get("authorization"))
+            elif api:  # the enroll route takes an enrollment token instead of the admin token
+                check = enrollment.check if (method, path) == ENROLL_ROUTE else authenticate
+                await run_in_threadpool(check, self.sessions, bearer_token(headers.get("authorization")))
             limit, what = self.body_limit(method, path)
             check_declared_length(headers, limit, what)
             if (method, path) == UPLOAD_ROUTE or not api:  # outside /api/v1: the dashboard's forms only
@@ -92,6 +101,9 @@ class RequestGuard:
         if (method, path) == UPLOAD_ROUTE:
             limit = self.max_bundle_bytes
             return limit, f"this registry's limit of {limit} bytes (max_bundle_bytes)"
+        if path.startswith(DEVICE_PREFIX):
+            limit = self.max_capture_bytes
+            return limit, f"the limit of {limit} bytes for a device's upload (max_capture_upload_bytes)"
         return self.max_json_bytes, f"the limit of {self.max_json_bytes} bytes for a JSON request body (max_json_bytes)"
 
 

@@ -6,7 +6,9 @@ Every `interval_seconds` (`run_once`):
    (device, model name, version, UTC hour) and deleted;
 2. hourly roll-ups whose hour began more than `hourly_days` ago are added into daily ones and deleted;
 3. drift evaluations computed more than `evaluations_days` ago are deleted (alerts keep their own copy of
-   what they were raised on).
+   what they were raised on);
+4. captured samples received longer ago than their fleet's `retention_days` (cloud/capture_store.py), or
+   `captures_days` for a fleet without capture settings, are deleted.
 
 A roll-up's payload is a telemetry message (core/telemetry.py) whose counts are the sums of its windows:
 every histogram (latency, features, predictions, confidence, outputs, data quality), requests, samples
@@ -29,6 +31,7 @@ import numpy as np
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from edgefleet.cloud.capture_store import CaptureDefaults, purge_captures
 from edgefleet.cloud.db import DriftResult, TelemetryRecord
 from edgefleet.cloud.ops_tables import TelemetryRollup
 from edgefleet.cloud.periodic import PeriodicWorker
@@ -53,9 +56,10 @@ class RetentionSettings:
     hourly_days: float = 90.0
     evaluations_days: float = 30.0
     interval_seconds: float = 3600.0
+    captures_days: float = 30.0
 
     def __post_init__(self) -> None:
-        if min(self.raw_days, self.hourly_days, self.evaluations_days, self.interval_seconds) <= 0:
+        if min(self.raw_days, self.hourly_days, self.evaluations_days, self.interval_seconds, self.captures_days) <= 0:
             raise EdgefleetError("retention days and interval must be positive")
         if self.hourly_days < self.raw_days:
             raise EdgefleetError(f"hourly roll-ups ({self.hourly_days} days) cannot be kept shorter than raw windows "
@@ -115,6 +119,7 @@ class Retention(PeriodicWorker):
             result = session.execute(delete(DriftResult).where(
                 DriftResult.computed_at < now - self.settings.evaluations_days * DAY))
             done["evaluations"] = result.rowcount or 0
+            done["captures"] = purge_captures(session, now, CaptureDefaults(retention_days=self.settings.captures_days))
         if any(done.values()):
             log.info("%s: %s", self.name, done)
         return done

@@ -9,8 +9,9 @@ devices' status messages), so a restarted cloud resumes where it stopped. Per de
    with no status for `resend_interval_seconds`, at most `max_resends` times (a broker restarted without
    persistence loses the commands it queued for offline devices); then apply `rollout_plan.decide`:
    advance to the next wave, pause for approval, complete, or abort (a timeout names the devices that
-   never answered). A restart gives the current wave its whole timeout again (statuses queued at the
-   broker while the cloud was down arrive only now).
+   never answered); with quality gates, the first wave is judged once done (cloud/quality_gates.py)
+   and a failing gate aborts it like a rule. A restart gives the current wave its whole timeout again
+   (statuses queued at the broker while the cloud was down arrive only now).
 3. paused: abort if a sent wave's failures go over the limit (late rollbacks count).
 4. aborted (by a rule or through the API), mode "switch": send `op: rollback`, naming the deployment's
    bundle, to each device this deployment moved: its install reached the switch (it reported switching,
@@ -40,12 +41,15 @@ import paho.mqtt.client as mqtt
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import sessionmaker
 
+from edgefleet.cloud.api.bundles import reference_profile
 from edgefleet.cloud.db import BundleRecord, Deployment, DeploymentDevice, Device
 from edgefleet.cloud.mqtt_client import broker_address, new_client
+from edgefleet.cloud.quality_gates import ProfileFor, judge_first_wave
 from edgefleet.cloud.rollout_plan import (
     FAILED_STATES,
     MOVED_STATES,
     OPEN_STATES,
+    Decision,
     Strategy,
     decide,
     failure,
@@ -77,12 +81,14 @@ class RolloutEngine:
         public_url: Callable[[], str | None] | None = None,
         client_id: str = "edgefleet-rollouts",
         interval_seconds: float | None = None,
+        profile_for: ProfileFor | None = None,
     ) -> None:
         self.host, self.port = broker_address(mqtt_url)
         self.sessions = sessions
         self.settings = settings
         self.public_url = public_url or (lambda: settings.public_url or f"http://{settings.host}:{settings.port}")
         self.interval = interval_seconds or settings.rollout_interval_seconds
+        self.profile_for = profile_for or (lambda name, version: reference_profile(sessions, settings, name, version))
         # Loaded now, so that a bad key file fails the start rather than a deployment.
         self.rollback_key = SigningKey.load(settings.rollback_key) if settings.rollback_key else None
         self.connected = threading.Event()
@@ -174,6 +180,9 @@ class RolloutEngine:
         silent = [r.device_id for r in rows if r.wave <= deployment.current_wave and r.state == "pending"]
         decision = decide(strategy, tallies, deployment.current_wave, approved=deployment.approved,
                           timed_out=now >= started + strategy.wave_timeout_seconds, silent=silent)
+        if strategy.quality_gates is not None and deployment.current_wave == 1 \
+                and decision.action in ("advance", "pause", "complete"):
+            decision = self._gate(deployment, rows, strategy, started, now, decision)
         did = deployment.id
         if decision.action == "advance":
             nxt = deployment.current_wave + 1
@@ -188,6 +197,38 @@ class RolloutEngine:
         elif decision.action == "abort":
             if self._transition(did, ("running",), state="aborted", reason=decision.reason, finished_at=now):
                 log.warning("deployment %s aborted: %s", did, decision.reason)
+
+    def _gate(self, deployment: Deployment, rows: list[DeploymentDevice], strategy: Strategy, started: float,
+              now: float, decision: Decision) -> Decision:
+        """The first wave is done by its statuses; its quality gates (cloud/quality_gates.py) decide whether
+        the rollout goes on. A failing verdict aborts here, stored in the same transaction as the abort."""
+        if deployment.gate_verdict is not None:
+            return decision  # judged and passed (a failure ended the deployment)
+        gates, did = strategy.quality_gates, deployment.id
+        if deployment.gate_started_at is None:
+            if self._transition(did, ("running",), gate_started_at=now):
+                log.info("deployment %s: wave 1 done; quality gates observe it for %g s", did,
+                         gates.observation_seconds)
+            return Decision("wait")
+        begun = deployment.gate_started_at
+        with self.sessions() as session:
+            verdict = judge_first_wave(
+                session, gates, self.profile_for, candidate=(deployment.bundle_name, deployment.bundle_version),
+                canary=[r.device_id for r in rows if r.wave == 1 and r.state == "active"],
+                control=[r.device_id for r in rows if r.wave > 1], started=begun, now=now,
+                deadline=max(begun + gates.observation_seconds, started + strategy.wave_timeout_seconds))
+        if verdict.action == "wait":
+            return Decision("wait")
+        if verdict.action == "fail":
+            if self._transition(did, ("running",), state="aborted", reason=verdict.reason, gate_verdict=verdict.record,
+                                finished_at=now):
+                log.warning("deployment %s aborted: %s", did, verdict.reason)
+            return Decision("wait")
+        if not self._transition(did, ("running",), gate_verdict=verdict.record):
+            return Decision("wait")
+        log.info("deployment %s: quality gates %s: %s", did, verdict.record["outcome"],
+                 "; ".join(f"{r['gate']}: {r['text']}" for r in verdict.record["results"]))
+        return decision
 
     # commands ------------------------------------------------------------------------------------------
     def _send_installs(self, deployment: Deployment, rows: list[DeploymentDevice], strategy: Strategy) -> bool:

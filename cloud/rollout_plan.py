@@ -25,6 +25,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from edgefleet.cloud.quality_gates import QualityGates
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.ota import LIMITS, STATES
 
@@ -61,6 +62,8 @@ class Strategy(BaseModel):
     # arrives once the device is back.
     resend_interval_seconds: float = 60.0
     max_resends: int = 3
+    # Judged on the first wave against the devices not yet moved (cloud/quality_gates.py); mode "switch".
+    quality_gates: QualityGates | None = None
 
     def checked(self) -> Strategy:
         """This strategy with its waves filled in; raises RolloutError naming the first bad field."""
@@ -82,6 +85,14 @@ class Strategy(BaseModel):
         if self.latency_budget_ms is not None:
             _within("latency_budget_ms", self.latency_budget_ms, 0.0, LIMITS["latency_budget_ms"], low_open=True)
         _within("max_resends", self.max_resends, 0, MAX_RESENDS)
+        if self.quality_gates is not None:
+            self.quality_gates.checked()
+            if self.mode != "switch":
+                raise RolloutError(f"strategy.quality_gates need mode 'switch' (the canaries must answer users "
+                                   f"with the candidate), got mode {self.mode!r}")
+            if len(waves) < 2:
+                raise RolloutError("strategy.quality_gates need at least two waves: the first is judged against "
+                                   "the devices of the others (kind 'waves')")
         return self.model_copy(update={"waves": tuple(waves)})
 
 

@@ -69,6 +69,7 @@ class CloudServer:
             else:
                 log.info("using the external MQTT broker at %s", settings.mqtt_url)
             app.state.broker_url = self.broker_url  # what GET /api/v1/info tells devices and `edgefleet sim`
+            app.state.broker = self.broker  # None with an external broker; revocations reach the embedded one
             download_secret(settings)  # made on the first start, before anything signs a download URL
             self.components = list(build_components(settings, self.sessions, self.broker, public_url=lambda: (
                 self.public_url if self._socket is not None or settings.public_url else None)))

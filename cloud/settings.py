@@ -19,6 +19,8 @@ from edgefleet.core.errors import EdgefleetError
 
 if TYPE_CHECKING:
     from edgefleet.cloud.drift_settings import MonitorSettings
+    from edgefleet.cloud.ops_settings import OpsLimits
+    from edgefleet.cloud.performance_settings import PerformanceSettings
 
 MiB = 1024 * 1024
 KiB = 1024
@@ -56,7 +58,8 @@ class CloudSettings(BaseSettings):
     drift_psi_floor: float = Field(default=0.15, ge=0)
     drift_noise_multiplier: float = Field(default=5.0, ge=0)
     # The label-free accuracy alert (cloud/performance_monitor.py): how far the estimate may fall below what
-    # the calibration expects; it runs on the drift monitor's interval, lookback and min_samples.
+    # the calibration expects (per fleet or model: PUT /api/v1/performance/settings/...); it runs on the
+    # drift monitor's interval, and on its lookback and min_samples for the same fleet and model.
     performance_drop: float = Field(default=0.05, gt=0, lt=1)
     # Retention (cloud/retention.py): raw telemetry windows, then hourly roll-ups, then daily ones; drift
     # evaluations. The hourly roll-ups must be kept at least as long as the raw windows.
@@ -64,9 +67,25 @@ class CloudSettings(BaseSettings):
     retention_hourly_days: float = Field(default=90.0, gt=0)
     retention_evaluations_days: float = Field(default=30.0, gt=0)
     retention_interval_seconds: float = Field(default=3600.0, gt=0)
-    # The operations monitor (cloud/ops_monitor.py): seconds between its runs; its limits are per fleet and
-    # model (PUT /api/v1/ops/settings/...).
+    # Data capture (cloud/capture_store.py): how long captured samples are kept unless a fleet's settings say
+    # otherwise, and the largest upload a device may send (one batch of samples).
+    capture_retention_days: float = Field(default=30.0, gt=0)
+    max_capture_upload_bytes: int = Field(default=8 * MiB, gt=0)
+    # The operations monitor (cloud/ops_monitor.py): seconds between its runs, and its global limits (None:
+    # OpsLimits' default; the ranges are OpsLimits'); each limit can be overridden per fleet and model
+    # through PUT /api/v1/ops/settings/... (cloud/ops_settings.py).
     ops_interval_seconds: float = Field(default=10.0, gt=0)
+    ops_max_p99_ms: float | None = None
+    ops_max_error_rate: float | None = None
+    ops_min_requests: int | None = None
+    ops_max_cpu_load: float | None = None
+    ops_max_memory_used: float | None = None
+    ops_min_disk_free_bytes: int | None = None
+    ops_max_temperature_c: float | None = None
+    ops_max_nonfinite_share: float | None = None
+    ops_max_out_of_range_share: float | None = None
+    ops_stuck_min_samples: int | None = None
+    ops_lookback_seconds: float | None = None
     # Alert webhooks (cloud/webhooks.py): seconds before the second attempt (doubling), attempts in all.
     webhook_retry_seconds: float = Field(default=1.0, gt=0)
     webhook_max_attempts: int = Field(default=6, ge=1, le=30)
@@ -108,6 +127,11 @@ class CloudSettings(BaseSettings):
             self.db_url = f"sqlite:///{(self.data_dir / 'edgefleet.db').resolve()}"
         return self
 
+    @model_validator(mode="after")
+    def _valid_ops_limits(self) -> CloudSettings:
+        self.ops_limits()  # OpsSettingsError (a ValueError) names the limit and its range
+        return self
+
     @field_validator("public_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
@@ -133,6 +157,21 @@ class CloudSettings(BaseSettings):
         thresholds = DriftThresholds(min_samples=self.drift_min_samples, alpha=self.drift_alpha,
                                      psi_floor=self.drift_psi_floor, noise_multiplier=self.drift_noise_multiplier)
         return MonitorSettings(thresholds, self.drift_lookback_seconds, self.drift_interval_seconds)
+
+    def ops_limits(self) -> OpsLimits:
+        """The operations monitor's global limits: OpsLimits' defaults with the ops_* fields that are set."""
+        from edgefleet.cloud.ops_settings import OpsLimits, OpsSettingsError
+
+        given = {name: getattr(self, f"ops_{name}") for name in OpsLimits.__dataclass_fields__}
+        try:
+            return OpsLimits().with_values(given)
+        except OpsSettingsError as err:
+            raise ValueError(f"ops_{err}") from err
+
+    def performance_settings(self) -> PerformanceSettings:
+        from edgefleet.cloud.performance_settings import PerformanceSettings
+
+        return PerformanceSettings(drop=self.performance_drop)
 
     @property
     def broker_url(self) -> str:

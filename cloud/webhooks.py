@@ -1,14 +1,15 @@
-"""Alert delivery to webhooks: every alert the monitors open (drift, performance, operations) is POSTed
-as JSON to every webhook, signed, retried with exponential backoff, and logged.
+"""Alert delivery to webhooks: every alert the monitors open (drift, sequential drift, performance,
+operations) is POSTed as JSON to every webhook, and again when the monitor closes it; signed, retried with
+exponential backoff, and logged.
 
     POST <url>
     Content-Type: application/json
-    X-Edgefleet-Event: alert.opened
+    X-Edgefleet-Event: alert.opened | alert.resolved
     X-Edgefleet-Delivery: <delivery id>
     X-Edgefleet-Signature: sha256=<hex HMAC-SHA256 of the exact body bytes, keyed with the webhook's secret>
 
     {"event": "alert.opened", "delivery": 17, "alert": {"id", "kind", "scope", "scope_id", "fleet",
-     "model_name", "model_version", "message", "details", "opened_at", "late_by"}}
+     "model_name", "model_version", "message", "details", "status", "opened_at", "closed_at", "late_by"}}
 
 A receiver checks the signature over the raw body before parsing it (`signature(secret, body)` is the
 reference; compare with hmac.compare_digest). A 2xx answer delivers; anything else (another status, a
@@ -17,8 +18,14 @@ up to `max_attempts` attempts, then the delivery is "failed". Every attempt is k
 history (table webhook_deliveries): the status or error and how long it took.
 
 The dispatcher polls the alerts table (alert ids only grow): a webhook gets the alerts opened after it
-was made (its cursor starts at the newest alert), so adding a webhook never replays history. State is
-all in the database: a restarted cloud resumes pending retries where they stood.
+was made (its cursor starts at the newest alert), so adding a webhook never replays history, and the
+"alert.resolved" event of each of those alerts once it is closed. Alerts close in any order, so a second
+cursor (`resolved_cursor`) stands just below the oldest of them still open, and each run looks only
+above it for closed alerts without a resolved delivery; status and the decision to move the cursor come
+from one query, so an alert closing mid-run is never skipped. A resolved event waits while its alert's
+opened event is still being retried, so a receiver never sees "resolved" before "opened". A webhook may
+subscribe to some events (`events`) and some alert kinds (`kinds`); None is all. State is all in the
+database: a restarted cloud resumes pending retries where they stood.
 """
 
 from __future__ import annotations
@@ -32,15 +39,16 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import exists, func, select
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from edgefleet.cloud.db import Alert
 from edgefleet.cloud.ops_tables import Webhook, WebhookDelivery
 from edgefleet.cloud.periodic import PeriodicWorker
 
 log = logging.getLogger(__name__)
-EVENT = "alert.opened"
+OPENED, RESOLVED = "alert.opened", "alert.resolved"
+EVENTS = (OPENED, RESOLVED)
 RETRY_BASE = 1.0  # seconds before the second attempt; doubles each time
 MAX_ATTEMPTS = 6
 TIMEOUT = 10.0  # seconds a receiver has to answer
@@ -51,11 +59,12 @@ def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-def alert_body(alert: Alert, delivery_id: int) -> bytes:
-    return json.dumps({"event": EVENT, "delivery": delivery_id, "alert": {
+def alert_body(alert: Alert, delivery_id: int, event: str = OPENED) -> bytes:
+    return json.dumps({"event": event, "delivery": delivery_id, "alert": {
         "id": alert.id, "kind": alert.kind, "scope": alert.scope, "scope_id": alert.scope_id, "fleet": alert.fleet,
         "model_name": alert.model_name, "model_version": alert.model_version, "message": alert.message,
-        "details": alert.details, "opened_at": alert.opened_at, "late_by": alert.late_by,
+        "details": alert.details, "status": alert.status, "opened_at": alert.opened_at,
+        "closed_at": alert.closed_at, "late_by": alert.late_by,
     }}, separators=(",", ":"), sort_keys=True).encode()
 
 
@@ -80,9 +89,14 @@ class WebhookDispatcher(PeriodicWorker):
         """Queues the new alerts for every webhook and makes the attempts that are due; returns attempts made."""
         with self._sessions.begin() as session:
             self._enqueue(session)
+        opened = aliased(WebhookDelivery)
+        opened_pending = exists().where(opened.webhook_id == WebhookDelivery.webhook_id,
+                                        opened.alert_id == WebhookDelivery.alert_id, opened.event == OPENED,
+                                        opened.state == "pending")
         with self._sessions() as session:
             due = session.scalars(select(WebhookDelivery.id).where(
-                WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_at <= self._clock())
+                WebhookDelivery.state == "pending", WebhookDelivery.next_attempt_at <= self._clock(),
+                ~((WebhookDelivery.event == RESOLVED) & opened_pending))
                 .order_by(WebhookDelivery.id).limit(100)).all()
         for delivery_id in due:
             if self._stop.is_set():
@@ -92,12 +106,29 @@ class WebhookDispatcher(PeriodicWorker):
 
     def _enqueue(self, session: Session) -> None:
         for hook in session.scalars(select(Webhook)).all():
-            alerts = session.scalars(select(Alert.id).where(Alert.id > hook.cursor).order_by(Alert.id)).all()
-            for alert_id in alerts:
-                session.add(WebhookDelivery(webhook_id=hook.id, alert_id=alert_id, event=EVENT, state="pending",
-                                            attempts=0, next_attempt_at=self._clock(), history=[]))
-            if alerts:
-                hook.cursor = alerts[-1]
+            events, kinds = set(hook.events or EVENTS), set(hook.kinds or ())
+            if hook.resolved_cursor is None:  # a webhook made before resolved events: from now on
+                hook.resolved_cursor = hook.cursor
+            new = session.execute(select(Alert.id, Alert.kind).where(Alert.id > hook.cursor)
+                                  .order_by(Alert.id)).all()
+            for alert_id, kind in new:
+                if OPENED in events and (not kinds or kind in kinds):
+                    self._queue(session, hook.id, alert_id, OPENED)
+            if new:
+                hook.cursor = new[-1].id
+            sent = exists().where(WebhookDelivery.webhook_id == hook.id, WebhookDelivery.alert_id == Alert.id,
+                                  WebhookDelivery.event == RESOLVED)
+            pending = session.execute(select(Alert.id, Alert.kind, Alert.status).where(
+                Alert.id > hook.resolved_cursor, Alert.id <= hook.cursor, ~sent).order_by(Alert.id)).all()
+            for alert_id, kind, status in pending:
+                if status == "closed" and RESOLVED in events and (not kinds or kind in kinds):
+                    self._queue(session, hook.id, alert_id, RESOLVED)
+            still_open = [alert_id for alert_id, _kind, status in pending if status != "closed"]
+            hook.resolved_cursor = still_open[0] - 1 if still_open else hook.cursor
+
+    def _queue(self, session: Session, hook_id: int, alert_id: int, event: str) -> None:
+        session.add(WebhookDelivery(webhook_id=hook_id, alert_id=alert_id, event=event, state="pending",
+                                    attempts=0, next_attempt_at=self._clock(), history=[]))
 
     def _attempt(self, delivery_id: int) -> None:
         with self._sessions() as session:
@@ -106,10 +137,11 @@ class WebhookDispatcher(PeriodicWorker):
             alert = session.get(Alert, delivery.alert_id) if delivery else None
             if delivery is None or hook is None or alert is None:
                 return
-            url, secret, body = hook.url, hook.secret, alert_body(alert, delivery.id)
+            url, secret, event = hook.url, hook.secret, delivery.event
+            body = alert_body(alert, delivery.id, event)
         status, error, started = None, None, time.monotonic()
         request = urllib.request.Request(url, data=body, method="POST", headers={
-            "Content-Type": "application/json", "User-Agent": "edgefleet-webhooks", "X-Edgefleet-Event": EVENT,
+            "Content-Type": "application/json", "User-Agent": "edgefleet-webhooks", "X-Edgefleet-Event": event,
             "X-Edgefleet-Delivery": str(delivery_id), "X-Edgefleet-Signature": signature(secret, body)})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - http(s) only

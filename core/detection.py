@@ -16,7 +16,10 @@ Layouts, per sample (the output's batch axis taken off):
 - yolov5: one output [D, 5 + C]: cx, cy, w, h, objectness, C class scores (the decoded output of a
   YOLOv5/YOLOv7 Detect head); a candidate's score is objectness x its best class score.
 - yolov8: one output [4 + C, D]: cx, cy, w, h, then C class scores, no objectness (YOLOv8/YOLO11);
-  the score is the best class score. Both yolo layouts answer boxes as x1, y1, x2, y2.
+  the score is the best class score.
+- yolov8-transposed: one output [D, 4 + C], the same values with D first (YOLOv8 exports that transpose
+  the head's output for NMS plugins and hand-written decoders). The yolo layouts answer boxes as x1, y1,
+  x2, y2.
 
 Candidates are the detections whose score is at or above score_threshold. Telemetry (rows `count` and
 `score`), the drift profile and bench's count agreement count candidates before any suppression: cheap
@@ -29,11 +32,11 @@ candidates only, so a threshold of 0 on 25,200 YOLO boxes costs at most max_dete
 
 Declared or inferred (`resolve`, at export/import with task "detection"): a given entry is checked and
 completed; without one, the one output named like *score* is boxes+scores (the one output like *box*,
-if any, its boxes); else one rank-3
-output is yolov8 when its last axis holds the D detections (symbolic, or longer than the other), and
-yolov5 when its last axis is 5 + the number of class names given; anything else is refused with the
-layouts to declare (`--detection-layout`). A [D, 4 + C] output (a transposed YOLOv8 export) is no
-layout here: it is refused by name rather than misread as yolov5.
+if any, its boxes); else one rank-3 output is yolov8 when its last axis holds the D detections
+(symbolic, or longer than the other). A [D, K] output is yolov5 when K = 5 + C and yolov8-transposed
+when K = 4 + C, C the number of class names given: by shape alone the two cannot be told apart (a
+yolov5 head with C classes looks like a transposed YOLOv8 with C + 1), so without class names neither
+is guessed and the import is refused with the layouts to declare (`--detection-layout`).
 """
 
 from __future__ import annotations
@@ -46,7 +49,10 @@ import numpy as np
 
 from edgefleet.core.schema import TensorSpec, batch_axis, samples_first
 
-LAYOUTS = ("boxes+scores", "yolov5", "yolov8")
+LAYOUTS = ("boxes+scores", "yolov5", "yolov8", "yolov8-transposed")
+_FIXED = {"yolov5": 5, "yolov8": 4, "yolov8-transposed": 4}  # values before the class scores
+_SHAPES = {"yolov5": "[batch, D, 5 + classes]", "yolov8": "[batch, 4 + classes, D]",
+           "yolov8-transposed": "[batch, D, 4 + classes]"}
 DEFAULT_SCORE_THRESHOLD = 0.5
 IOU_THRESHOLD = 0.45  # YOLOv5 detect.py's default
 MAX_DETECTIONS = 100  # per sample in an answer, unless the manifest says otherwise
@@ -142,6 +148,9 @@ def scores_of(layout: str, x: np.ndarray, classes: bool = True) -> tuple[np.ndar
     if layout == "yolov8":
         per_class = x[:, 4:, :]
         return per_class.max(axis=1), per_class.argmax(axis=1) if classes else None
+    if layout == "yolov8-transposed":
+        per_class = x[..., 4:]
+        return per_class.max(axis=-1), per_class.argmax(axis=-1) if classes else None
     if x.ndim > 2:  # [D, C] class scores per sample: the best is the score
         per_class = x.reshape(n, x.shape[1], math.prod(x.shape[2:]))
         return per_class.max(axis=2), per_class.argmax(axis=2) if classes else None
@@ -150,7 +159,7 @@ def scores_of(layout: str, x: np.ndarray, classes: bool = True) -> tuple[np.ndar
 
 def boxes_of(layout: str, x: np.ndarray) -> np.ndarray:
     """(n, D, 4) x1, y1, x2, y2 boxes of a yolo layout's output (samples on axis 0)."""
-    centre = x[..., :4] if layout == "yolov5" else np.swapaxes(x[:, :4, :], 1, 2)
+    centre = np.swapaxes(x[:, :4, :], 1, 2) if layout == "yolov8" else x[..., :4]
     centre = centre.astype(np.float64)
     half = centre[..., 2:] / 2
     return np.concatenate([centre[..., :2] - half, centre[..., :2] + half], axis=-1)
@@ -174,8 +183,7 @@ def candidates(layout: DetectionLayout, specs: Sequence[TensorSpec],
         return None
     x = samples_first(spec, np.asarray(outputs[layout.output]))
     if layout.layout != "boxes+scores":
-        fixed = 5 if layout.layout == "yolov5" else 4
-        if x.ndim != 3 or x.shape[2 if layout.layout == "yolov5" else 1] <= fixed:
+        if x.ndim != 3 or x.shape[1 if layout.layout == "yolov8" else 2] <= _FIXED[layout.layout]:
             return None
         scores, classes = scores_of(layout.layout, x)
         return Candidates(scores.astype(np.float64), classes, boxes_of(layout.layout, x))
@@ -257,15 +265,16 @@ def _infer(outputs: Sequence[TensorSpec], class_names: Sequence[str] | None) -> 
         return "yolov8"
     if class_names is not None and last == 5 + len(class_names):
         return "yolov5"
+    if class_names is not None and last == 4 + len(class_names):  # D first (yolov8 took D last)
+        return "yolov8-transposed"
     return None
 
 
 def _check_yolo(spec: TensorSpec, layout: str, class_names: Sequence[str] | None) -> None:
     """A yolo output: rank 3 with a batch axis and a fixed channel axis holding at least one class."""
     dims = _per_sample(spec) if len(spec.shape) == 3 and batch_axis(spec) is not None else None
-    fixed = 5 if layout == "yolov5" else 4
-    channels = None if dims is None else dims[1] if layout == "yolov5" else dims[0]
-    wanted = "[batch, D, 5 + classes]" if layout == "yolov5" else "[batch, 4 + classes, D]"
+    fixed, wanted = _FIXED[layout], _SHAPES[layout]
+    channels = None if dims is None else dims[0] if layout == "yolov8" else dims[1]
     if not isinstance(channels, int) or channels <= fixed:
         raise ValueError(f"detection layout {layout} needs an output {wanted}; {spec.name!r} is {short_shape(spec)}")
     if class_names is not None and channels != fixed + len(class_names):

@@ -17,7 +17,8 @@ compare with the reference exactly. A histogram over E edges has E + 2 counts: E
      "quality": [{"input": "pixels", "counts": [[..4..], ...]}],      # optional: core/window_quality.py
      "health": {"cpu_load": 0.4, ...},                                  # optional: core/window_quality.py
      "dropped": {"windows": 0, "first_seq": null, "last_seq": null},  # outbox overflow, never silent
-     "labels": {"count": 40, "confusion": [[3, 3, 37], [3, 5, 3]]}}   # optional: labels that arrived (core/labels.py)
+     "labels": {"count": 40, "confusion": [[3, 3, 37], [3, 5, 3]]},   # optional: labels that arrived (core/labels.py)
+     "slices": [{"slice": "cam-a", "samples": 120, "confidence": [..], "labels": {..}}]}  # optional: core/slices.py
 
 `parse_telemetry` is the gate of the cloud's ingest: anything malformed raises TelemetryError with one
 precise message and a reason code, so the ingest can count it and go on. It never raises anything else,
@@ -40,6 +41,7 @@ from edgefleet.core import bounded_json
 from edgefleet.core.bounded_json import JsonLimitError
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.labels import LabelCounts, parse_labels
+from edgefleet.core.slices import SliceCounts, parse_slices
 from edgefleet.core.topics import TopicError, check_id
 from edgefleet.core.window_quality import DeviceHealth, QualityCounts, parse_health, parse_quality
 
@@ -107,6 +109,7 @@ class TelemetryWindow:
     quality: tuple[QualityCounts, ...] = ()  # per-input data quality counts (core/window_quality.py)
     health: DeviceHealth | None = None  # the device's health when the window closed
     labels: LabelCounts | None = None  # labels that arrived in the window (core/labels.py); absent if none
+    slices: tuple[SliceCounts, ...] = ()  # per-slice samples, confidence and labels (core/slices.py)
 
     def to_dict(self) -> dict:
         return {
@@ -128,7 +131,8 @@ class TelemetryWindow:
             "dropped": asdict(self.dropped),
             **({"quality": [q.to_dict() for q in self.quality]} if self.quality else {}),
             **({"health": self.health.to_dict()} if self.health is not None else {}),
-        } | ({"labels": self.labels.to_dict()} if self.labels is not None else {})
+        } | ({"labels": self.labels.to_dict()} if self.labels is not None else {}) | (
+            {"slices": [s.to_dict() for s in self.slices]} if self.slices else {})
 
     def to_payload(self) -> bytes:
         return json.dumps(self.to_dict(), separators=(",", ":")).encode()
@@ -181,6 +185,7 @@ def parse_telemetry(payload: bytes | str, *, max_bytes: int = MAX_PAYLOAD_BYTES)
         quality=parse_quality(data.get("quality"), _int(data, "samples"), TelemetryError),
         health=parse_health(data.get("health"), TelemetryError), outputs=outputs,
         dropped=_dropped(dropped), labels=parse_labels(data.get("labels"), TelemetryError),
+        slices=parse_slices(data.get("slices"), TelemetryError),
     )
 
 

@@ -11,7 +11,9 @@ the outbox and MQTT (birth message, last will, commands), the Updater (which fir
 update a crash interrupted), the window timer, then HTTP. Every telemetry window and OTA status goes
 into the on-disk outbox first and leaves it only when the broker has acknowledged it. Telemetry windows
 hold one model version each: the window of a model that stops serving is closed when its last request
-is done. stop() closes the last window and gives the transport a moment to send it. A bundle made
+is done. With a [cloud] section, data capture (edge_runtime/capture.py) starts before HTTP: off until the
+fleet's settings, read over HTTPS, turn it on. stop() closes the last window and gives the transport a
+moment to send it. A bundle made
 without reference data (no reference profile), or whose profile this runtime cannot bin on, is served
 with telemetry off, said in one log line.
 """
@@ -35,6 +37,9 @@ from edgefleet.core.signing import TrustStore
 from edgefleet.core.telemetry import Dropped, TelemetryWindow
 from edgefleet.core.topics import topic
 from edgefleet.edge_runtime.backends import default_backends
+from edgefleet.edge_runtime.capture import Capturer
+from edgefleet.edge_runtime.capture_spool import CaptureSpool
+from edgefleet.edge_runtime.capture_upload import CaptureUplink
 from edgefleet.edge_runtime.device_config import DeviceConfig
 from edgefleet.edge_runtime.device_health import HealthSampler
 from edgefleet.edge_runtime.feedback import RecentPredictions, is_label_command, join_forwarded
@@ -72,6 +77,8 @@ class DeviceAgent:
         self._http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
         self.health_sampler: HealthSampler | None = None  # made at start: it counts the starts
+        self.capturer: Capturer | None = None  # with a [cloud] section (data capture)
+        self.uplink: CaptureUplink | None = None
 
     # lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> DeviceAgent:
@@ -105,6 +112,8 @@ class DeviceAgent:
             self.transport.start()
         self._timer = threading.Thread(target=self._window_loop, name="telemetry-window", daemon=True)
         self._timer.start()
+        if config.cloud is not None:
+            self._start_capture()
         if self.serve_http:
             self._start_http()
         log.info("device %s serving %s v%s", config.device, self.predictor.bundle.name, self.predictor.bundle.version)
@@ -120,6 +129,11 @@ class DeviceAgent:
             self._timer.join(10)
         if self.updater:
             self.updater.close()
+        if self.uplink:
+            self.uplink.stop()
+        if self.capturer:
+            self.capturer.close()
+            self.capturer.spool.close()
         if self.host:
             self.close_window()
         if self.transport:
@@ -201,6 +215,31 @@ class DeviceAgent:
 
             self.outbox.append(topic(self.config.fleet, self.config.device, "telemetry"), render)
             self.transport.wake()
+
+    # data capture --------------------------------------------------------------------------------------
+    def _start_capture(self) -> None:
+        """The spool next to the outbox, the capturer (off until the fleet's settings say otherwise; the last
+        settings the cloud gave are persisted) and the uplink that reads settings and uploads samples."""
+        cloud = self.config.cloud
+        if not (cloud.username and cloud.password):
+            raise EdgefleetError("device config: [cloud] needs the device's credentials (username and password, "
+                                 "or an [mqtt] section with them)")
+        spool = CaptureSpool(self.config.data_dir / "capture.sqlite", max_bytes=cloud.max_capture_bytes)
+        self.capturer = Capturer(spool, fleet=self.config.fleet, device=self.config.device,
+                                 state_path=self.config.data_dir / "capture-policy.json",
+                                 max_spool_bytes=cloud.max_capture_bytes)
+        self.uplink = CaptureUplink(self.capturer, cloud.url, username=cloud.username, password=cloud.password,
+                                    poll_seconds=cloud.poll_seconds, upload_seconds=cloud.upload_seconds).start()
+
+    def model_card(self) -> dict:
+        """GET /v1/model-card: the serving bundle's model card, with the data capture policy in force."""
+        bundle = self.host.current.bundle
+        card = dict(bundle.manifest.get("model_card") or {})
+        capture = self.capturer.describe(bundle) if self.capturer else {"mode": "off (no [cloud] section)"}
+        card["data_capture_in_force"] = capture["mode"]
+        card["data_capture_never"] = capture["mode"].startswith("never")
+        return {"model": {"name": bundle.name, "version": bundle.version}, "fleet": self.config.fleet,
+                "model_card": card}
 
     # updates ---------------------------------------------------------------------------------------------
     def _on_command(self, payload: bytes) -> None:
@@ -290,6 +329,9 @@ class DeviceAgent:
             "device": self.config.device, "fleet": self.config.fleet,
             "mqtt": None if self.transport is None else {"connected": self.transport.connected,
                                                           "outbox_pending": len(self.outbox)},
+            "capture": None if self.capturer is None else {**self.capturer.describe(self.host.current.bundle),
+                                                           "uploaded": self.uplink.uploaded,
+                                                           "last_error": self.uplink.last_error},
         }
 
     def gauges(self) -> dict[str, float]:
@@ -304,7 +346,8 @@ class DeviceAgent:
 
     def _start_http(self) -> None:
         app = create_app(self.host, max_body_bytes=self.config.max_body_bytes, health=self.health,
-                         metrics=self.metrics, recent=self.recent)
+                         metrics=self.metrics, recent=self.recent, default_slice=self.config.slice,
+                         model_card=self.model_card, capture=self.capturer.offer if self.capturer else None)
         self._http = uvicorn.Server(uvicorn.Config(app, host=self.config.http_host, port=self.config.http_port,
                                                    log_level="warning", access_log=False))
         self._http_thread = threading.Thread(target=self._http.run, name="device-http", daemon=True)

@@ -4,6 +4,7 @@
     id = "pi-07"
     fleet = "lab"
     data_dir = "/var/lib/edgefleet"          # outbox and model slots
+    slice = "site-a"                         # optional: the slice of requests that name none (core/slices.py)
 
     [model]
     bundle = "/var/lib/edgefleet/digits.tar.gz"
@@ -24,6 +25,12 @@
     host = "127.0.0.1"
     port = 8000
     max_body_bytes = 1048576
+
+    [cloud]                                    # optional: data capture (edge_runtime/capture.py) needs it
+    url = "https://cloud.example"            # the cloud's HTTP API; credentials: [mqtt]'s unless given here
+    poll_seconds = 60                        # how often the fleet's capture settings are read
+    upload_seconds = 10
+    max_capture_bytes = 268435456            # the device's ceiling on its capture spool, whatever the fleet asks
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.slices import NAME_RULE, check_name
 from edgefleet.core.topics import TopicError, check_id
 
 if sys.version_info >= (3, 11):
@@ -46,6 +54,18 @@ class MqttConfig:
     url: str
     username: str | None = None
     password: str | None = None
+
+
+@dataclass(frozen=True)
+class CloudConfig:
+    """The cloud's HTTP API, for data capture: settings are read and samples uploaded with these credentials."""
+
+    url: str
+    username: str | None = None
+    password: str | None = None
+    poll_seconds: float = 60.0
+    upload_seconds: float = 10.0
+    max_capture_bytes: int = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -63,6 +83,8 @@ class DeviceConfig:
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     max_body_bytes: int = 2**20
+    slice: str | None = None  # the default slice of this device's requests (edge_runtime/slices.py)
+    cloud: CloudConfig | None = None  # the cloud's HTTP API, for data capture
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -84,7 +106,8 @@ class DeviceConfig:
                 raise EdgefleetError(f"device config: [{name}] must be a table")
             return value
 
-        device, model, mqtt, telemetry, http = (section(n) for n in ("device", "model", "mqtt", "telemetry", "http"))
+        device, model, mqtt, telemetry, http, cloud = (section(n) for n in ("device", "model", "mqtt", "telemetry",
+                                                                            "http", "cloud"))
         try:
             device_id = check_id(device.get("id", ""), "device.id")
             fleet = check_id(device.get("fleet", "default"), "device.fleet")
@@ -95,6 +118,9 @@ class DeviceConfig:
         keys = model.get("trusted_keys", [])
         if not keys:
             raise EdgefleetError("device config: [model] trusted_keys must name at least one public key")
+        default_slice = device.get("slice")
+        if default_slice is not None and check_name(default_slice) is None:
+            raise EdgefleetError(f"device config: device.slice must be {NAME_RULE}, got {str(default_slice)[:40]!r}")
         window = float(telemetry.get("window_seconds", 60.0))
         if window <= 0:
             raise EdgefleetError(f"device config: telemetry.window_seconds must be positive, got {window}")
@@ -106,8 +132,23 @@ class DeviceConfig:
             mqtt=MqttConfig(mqtt["url"], mqtt.get("username"), mqtt.get("password")) if mqtt.get("url") else None,
             window_seconds=window, outbox_max_bytes=int(telemetry.get("outbox_max_bytes", 16 * 2**20)),
             http_host=str(http.get("host", "127.0.0.1")), http_port=int(http.get("port", 8000)),
-            max_body_bytes=int(http.get("max_body_bytes", 2**20)),
+            max_body_bytes=int(http.get("max_body_bytes", 2**20)), slice=default_slice,
+            cloud=_cloud(cloud, mqtt),
         )
+
+
+def _cloud(cloud: dict, mqtt: dict) -> CloudConfig | None:
+    if not cloud.get("url"):
+        return None
+    numbers = {}
+    for name, default in (("poll_seconds", 60.0), ("upload_seconds", 10.0), ("max_capture_bytes", 256 * 2**20)):
+        value = cloud.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 2**40:
+            raise EdgefleetError(f"device config: cloud.{name} must be a positive number, got {value!r}")
+        numbers[name] = value
+    return CloudConfig(str(cloud["url"]), cloud.get("username", mqtt.get("username")),
+                       cloud.get("password", mqtt.get("password")), float(numbers["poll_seconds"]),
+                       float(numbers["upload_seconds"]), int(numbers["max_capture_bytes"]))
 
 
 def _backends(value: object) -> tuple[str, ...]:

@@ -27,6 +27,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +35,10 @@ from edgefleet.core import bounded_json
 from edgefleet.core.bounded_json import JsonLimitError
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.labels import MAX_CONFUSION_CELLS, LabelCounts
+from edgefleet.core.slices import SliceCounts
+
+if TYPE_CHECKING:
+    from edgefleet.edge_runtime.slices import SliceWindow
 
 log = logging.getLogger(__name__)
 DEFAULT_CAPACITY = 10_000
@@ -59,6 +64,7 @@ class Prediction:
     wall: float = 0.0  # unix seconds, for a label the cloud forwards by the prediction's time
     classes: tuple[int, ...] = ()  # per sample, a classifier's top-1 class index
     values: tuple[float, ...] = ()  # per sample, regression's first value
+    slice: str | None = None  # the request's slice (edge_runtime/slices.py): its label counts there too
 
 
 class RecentPredictions:
@@ -75,11 +81,11 @@ class RecentPredictions:
         return len(self._entries)
 
     def record(self, request_id: str, *, model: tuple[str, int], task: str, classes: Sequence[int] = (),
-               values: Sequence[float] = ()) -> None:
+               values: Sequence[float] = (), slice: str | None = None) -> None:
         with self._lock:
             self._entries.pop(request_id, None)
             self._entries[request_id] = Prediction(model, task, self._clock(), time.time(), tuple(classes),
-                                                   tuple(values))
+                                                   tuple(values), slice)
             while len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
 
@@ -116,10 +122,12 @@ class RecentPredictions:
 
 
 class LabelWindow:
-    """The labels that arrived in one telemetry window, added up; thread-safe."""
+    """The labels that arrived in one telemetry window, added up; thread-safe. With `slices`, a label of a
+    prediction made in a slice counts there too, under the same lock, so `take_with_slices` reads both."""
 
-    def __init__(self, error_edges: np.ndarray | None = None) -> None:
-        self.error_edges = error_edges
+    def __init__(self, error_edges: np.ndarray | None = None, *, max_cells: int = MAX_CONFUSION_CELLS,
+                 slices: SliceWindow | None = None) -> None:
+        self.error_edges, self.max_cells, self.slices = error_edges, max_cells, slices
         self._lock = threading.Lock()
         self._reset()
 
@@ -129,18 +137,20 @@ class LabelWindow:
         self._abs = self._squared = 0.0
         self._count = 0
 
-    def add_classes(self, predicted: Sequence[int], true: Sequence[int]) -> None:
+    def add_classes(self, predicted: Sequence[int], true: Sequence[int], slice_name: str | None = None) -> None:
         with self._lock:
             for p, t in zip(predicted, true, strict=True):
                 cell = (int(t), int(p))
-                if cell in self._cells or len(self._cells) < MAX_CONFUSION_CELLS:
+                if cell in self._cells or len(self._cells) < self.max_cells:
                     self._cells[cell] = self._cells.get(cell, 0) + 1
                     self._count += 1
                 else:  # the telemetry bound: a window holds at most that many distinct cells
                     log.warning("labels: a new confusion cell beyond the window's %d is not counted",
-                                MAX_CONFUSION_CELLS)
+                                self.max_cells)
+            if slice_name is not None and self.slices is not None:
+                self.slices.add_classes(slice_name, predicted, true)
 
-    def add_values(self, predicted: Sequence[float], true: Sequence[float]) -> None:
+    def add_values(self, predicted: Sequence[float], true: Sequence[float], slice_name: str | None = None) -> None:
         if self.error_edges is None:
             raise LabelError("bad_label", "this model's telemetry has no error bins (no output profile)")
         error = np.asarray(predicted, np.float64) - np.asarray(true, np.float64)
@@ -152,19 +162,29 @@ class LabelWindow:
             self._abs += float(np.abs(error[finite]).sum())
             self._squared += float((error[finite] ** 2).sum())
             self._count += len(error)
+            if slice_name is not None and self.slices is not None:
+                self.slices.add_values(slice_name, predicted, true)
+
+    def take_with_slices(self) -> tuple[LabelCounts | None, tuple[SliceCounts, ...]]:
+        """The totals and the slices' counts (core/slices.py) of one window, taken together."""
+        with self._lock:
+            return self._take(), self.slices.take() if self.slices is not None else ()
 
     def take(self) -> LabelCounts | None:
         with self._lock:
-            if not self._count:
-                return None
-            if self.error_edges is not None:
-                counts = LabelCounts(self._count, errors=tuple(int(n) for n in self._errors),
-                                     abs_error_sum=self._abs, squared_error_sum=self._squared)
-            else:
-                cells = tuple((t, p, n) for (t, p), n in sorted(self._cells.items()))
-                counts = LabelCounts(self._count, confusion=cells)
-            self._reset()
-            return counts
+            return self._take()
+
+    def _take(self) -> LabelCounts | None:
+        if not self._count:
+            return None
+        if self.error_edges is not None:
+            counts = LabelCounts(self._count, errors=tuple(int(n) for n in self._errors),
+                                 abs_error_sum=self._abs, squared_error_sum=self._squared)
+        else:
+            cells = tuple((t, p, n) for (t, p), n in sorted(self._cells.items()))
+            counts = LabelCounts(self._count, confusion=cells)
+        self._reset()
+        return counts
 
 
 def request_id(header: str | None) -> str:
@@ -216,10 +236,10 @@ def join_feedback(body: bytes, recent: RecentPredictions, window_for: Callable[[
 
     entry = recent.take(rid, check)
     if entry.task == "classification":
-        window[0].add_classes(entry.classes, truth)
+        window[0].add_classes(entry.classes, truth, entry.slice)
         return {"request_id": rid, "labelled": len(truth),
                 "correct": sum(int(p == t) for p, t in zip(entry.classes, truth, strict=True))}
-    window[0].add_values(entry.values, truth)
+    window[0].add_values(entry.values, truth, entry.slice)
     return {"request_id": rid, "labelled": len(truth),
             "abs_error": [abs(p - t) for p, t in zip(entry.values, truth, strict=True)]}
 
@@ -240,15 +260,16 @@ def _number(value: object) -> float:
     return float(value)
 
 
-def remember(recent: RecentPredictions, rid: str, bundle, answer: dict) -> None:  # noqa: ANN001 - a Bundle
-    """Keeps what a predict answer said under its request id: a classifier's top-1 class indices, the
-    first value of the first output for regression; other tasks take no labels."""
+def remember(recent: RecentPredictions, rid: str, bundle, answer: dict,  # noqa: ANN001 - a Bundle
+             slice_name: str | None = None) -> None:
+    """Keeps what a predict answer said under its request id, with its slice: a classifier's top-1 class
+    indices, the first value of the first output for regression; other tasks take no labels."""
     task = answer.get("task")
     if task == "classification":
         names = bundle.manifest["interface"].get("class_names")
         index = {name: i for i, name in enumerate(names)} if names else None
         classes = [index[p["class"]] if index else int(p["class"]) for p in answer["predictions"]]
-        recent.record(rid, model=(bundle.name, bundle.version), task=task, classes=classes)
+        recent.record(rid, model=(bundle.name, bundle.version), task=task, classes=classes, slice=slice_name)
     elif task == "regression":
         values = []
         for sample in answer["values"]:
@@ -256,7 +277,7 @@ def remember(recent: RecentPredictions, rid: str, bundle, answer: dict) -> None:
             while isinstance(first, list):
                 first = first[0]
             values.append(float(first))
-        recent.record(rid, model=(bundle.name, bundle.version), task=task, values=values)
+        recent.record(rid, model=(bundle.name, bundle.version), task=task, values=values, slice=slice_name)
 
 
 def label_window_of(host) -> Callable[[tuple[str, int]], LabelWindow | None]:  # noqa: ANN001 - a ModelHost

@@ -5,7 +5,9 @@ fields, "request_id"}: top_k and predictions for a classifier, values for regres
 detections, nothing more for "other" (core/answers.py, which `edgefleet predict` uses too). The request
 id is the client's `X-Request-Id` header when it sends one, else a new one; a label sent later to POST
 /v1/feedback with that id is joined to the prediction and counted in the telemetry window it arrives in
-(edge_runtime/feedback.py).
+(edge_runtime/feedback.py). `?slice=NAME` or the `X-Edgefleet-Slice` header tags the request with a slice
+(else the device's default, if any): the answer says it, and its samples and later labels are counted per
+slice in the telemetry too (edge_runtime/slices.py); a bad name is a 400.
 
 Every request gets exactly one complete answer and the connection stays usable (HTTP keep-alive):
 
@@ -58,6 +60,7 @@ from edgefleet.edge_runtime.feedback import (
 from edgefleet.edge_runtime.metrics import CONTENT_TYPE, DeviceMetrics
 from edgefleet.edge_runtime.model_host import ModelHost
 from edgefleet.edge_runtime.request_files import read_body
+from edgefleet.edge_runtime.slices import SLICE_HEADER, observe_request, request_slice
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +76,14 @@ def create_app(
     health: Callable[[], dict] = dict,
     metrics: DeviceMetrics | None = None,
     recent: RecentPredictions | None = None,
+    default_slice: str | None = None,
+    model_card: Callable[[], dict] | None = None,
+    capture: Callable[..., None] | None = None,
 ) -> FastAPI:
     """The device's ASGI app. `metrics` counts the predict requests (a fresh DeviceMetrics if None);
-    `recent` keeps each answer's prediction by request id for POST /v1/feedback (a fresh map if None)."""
+    `recent` keeps each answer's prediction by request id for POST /v1/feedback (a fresh map if None);
+    `default_slice` is the slice of a request that names none (device.toml `[device] slice`); `capture` is
+    offered every answered request (edge_runtime/capture.py), `model_card` answers GET /v1/model-card."""
     app = FastAPI(title="edgefleet device", docs_url=None, redoc_url=None)
     app.add_middleware(_AnswerErrors)
     app.state.metrics = counted = metrics if metrics is not None else DeviceMetrics()
@@ -88,9 +96,13 @@ def create_app(
         samples, classes = 0, []
         try:
             rid = request_id(request.headers.get("x-request-id"))
-            body = await _read_body(request, max_body_bytes)
             query = request.query_params.multi_items()
-            content, samples, classes = await run_in_threadpool(_predict, host, bundle, body, query, rid, recent)
+            name = request_slice([v for k, v in query if k == "slice"], request.headers.get(SLICE_HEADER),
+                                 default_slice)
+            body = await _read_body(request, max_body_bytes)
+            query = [(k, v) for k, v in query if k != "slice"]
+            content, samples, classes = await run_in_threadpool(_predict, host, bundle, body, query, rid, recent,
+                                                                name, capture)
             status, headers = 200, None
         except ClientDisconnect:  # the client left while sending its body: nobody to answer
             status, content, headers = 499, _detail("client closed the request"), None
@@ -132,6 +144,15 @@ def create_app(
         return {"status": "ok", "model": {"name": current.bundle.name, "version": current.bundle.version},
                 "backend": current.backend_name, "runtime": current.describe(), **health()}
 
+    @app.get("/v1/model-card")
+    def card() -> dict:
+        """The serving model's card with the data capture policy in force (the fleet's privacy switch)."""
+        if model_card is not None:
+            return model_card()
+        bundle = host.current.bundle
+        return {"model": {"name": bundle.name, "version": bundle.version},
+                "model_card": {**(bundle.manifest.get("model_card") or {}), "data_capture_in_force": "off"}}
+
     @app.get("/metrics")
     def prometheus() -> Response:
         return Response(counted.render(), media_type=CONTENT_TYPE)
@@ -143,13 +164,15 @@ _LABEL_STATUS = {"unknown_request": 404, "expired": 404, "labelled": 404, "model
 
 
 def _predict(host: ModelHost, bundle: Bundle, body: bytes, query: list[tuple[str, str]], rid: str,
-             recent: RecentPredictions) -> tuple[bytes, int, list[str]]:
+             recent: RecentPredictions, slice_name: str | None = None,
+             capture: Callable[..., None] | None = None) -> tuple[bytes, int, list[str]]:
     """Parses, predicts and encodes one request, all in a worker thread: (JSON answer, samples, classes).
     The answer is the raw outputs plus the task's own fields (core/answers.py) and the request id, under
     which its prediction is kept for a label that comes later."""
     interface = bundle.manifest["interface"]
     options = parse_options(query, interface)  # AnswerOptionError (400) before any work is done
-    outputs = host.predict(read_body(body, bundle.inputs, max_bytes=len(body)), finite=True)  # ModelOutputError
+    inputs = read_body(body, bundle.inputs, max_bytes=len(body))
+    outputs = host.predict(inputs, finite=True)  # ModelOutputError
     specs = bundle.outputs
     answer: dict = {
         "model": {"name": bundle.name, "version": bundle.version},
@@ -157,10 +180,14 @@ def _predict(host: ModelHost, bundle: Bundle, body: bytes, query: list[tuple[str
         "outputs": {k: v.tolist() for k, v in outputs.items()},
         **task_answer(interface, specs, outputs, options),
         "request_id": rid,
+        **({"slice": slice_name} if slice_name is not None else {}),
     }
     samples = sample_count(specs, outputs)  # on the batch axis: a GRU's outputs hold theirs on axis 1
     classes = [str(p["class"]) for p in answer.get("predictions", ())]
-    remember(recent, rid, bundle, answer)
+    remember(recent, rid, bundle, answer, slice_name)
+    observe_request(host, bundle, slice_name, answer, samples)
+    if capture is not None:
+        capture(rid, bundle, inputs, outputs, answer, slice_name)
     return _json(answer), samples, classes
 
 

@@ -247,6 +247,7 @@ class _Shadow:
             "pending": self.queue.qsize(), "candidate_errors": self.candidate_errors,
             "candidate_error_rate": self.candidate_errors / judged if judged else 0.0,
             "agreement": self.agreeing / self.samples if self.classifier and self.samples else None,
+            "agreeing": self.agreeing, "samples": self.samples,  # the counts, so the cloud can add devices
             "max_abs_diff": self.max_abs_diff, "shape_mismatches": self.shape_mismatches,
             "latency_p50_ms": {"current": _percentile(current, 50), "candidate": _percentile(candidate, 50)},
             "latency_p99_ms": {"current": _percentile(current, 99), "candidate": _percentile(candidate, 99)},

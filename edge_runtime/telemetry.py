@@ -45,6 +45,7 @@ from edgefleet.cpp_ext import RequestSketch
 from edgefleet.edge_runtime.data_quality import FeatureQuality
 from edgefleet.edge_runtime.feedback import LabelWindow
 from edgefleet.edge_runtime.output_window import OutputWindow
+from edgefleet.edge_runtime.slices import SliceWindow
 
 _NO_FEATURES = np.zeros((0, 1), np.float64)
 
@@ -99,9 +100,12 @@ class TelemetryAggregator:
         self._outputs = OutputWindow(self.summaries, bundle.outputs)
         # labels that arrive later are counted here (edge_runtime/feedback.py); regression errors on the
         # profile's error edges, a classifier's as a confusion; other tasks take none
+        # requests tagged with a slice are counted per slice as well (edge_runtime/slices.py), their labels too
         task = interface.get("task")
-        self.labels = (LabelWindow(error_edges(profile)) if task == "regression" and profile.get("outputs")
-                       else LabelWindow() if classifier else None)
+        edges = error_edges(profile) if task == "regression" and profile.get("outputs") else None
+        self.slices = SliceWindow(confidence_edges, edges)
+        self.labels = (LabelWindow(edges, slices=self.slices) if edges is not None
+                       else LabelWindow(slices=self.slices) if classifier else None)
         self.window_start = clock()
 
     @property
@@ -148,6 +152,7 @@ class TelemetryAggregator:
         output_counts = self._outputs.take()
         start, self.window_start = self.window_start, end
         features = [FeatureCounts(name, _rows(c)) for name, c in zip(self.input_names, counts, strict=True)]
+        labels, slices = self.labels.take_with_slices() if self.labels is not None else (None, self.slices.take())
         return TelemetryWindow(
             fleet=self.fleet, device=self.device, seq=0, model_name=self.model_name,
             model_version=self.model_version, start=start, end=end, requests=int(snap["requests"]),
@@ -156,7 +161,7 @@ class TelemetryAggregator:
             confidence=tuple(snap["confidence"].tolist()) if self.output_name else (),
             outputs=tuple(OutputCounts(s.output, _rows(c)) for s, c in zip(self.summaries, output_counts, strict=True)),
             quality=tuple(QualityCounts(name, _rows(q)) for name, q in zip(self.input_names, quality, strict=True)),
-            labels=self.labels.take() if self.labels is not None else None,
+            labels=labels, slices=slices,
         )
 
     def _sketches(self, probes: list[np.ndarray | None] | None) -> tuple:

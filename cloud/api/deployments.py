@@ -25,6 +25,7 @@ from edgefleet.cloud.api.deps import ConflictError, NotFoundError, SessionDep, S
 from edgefleet.cloud.auth import AdminAuth
 from edgefleet.cloud.db import Deployment, DeploymentDevice, Device
 from edgefleet.cloud.rollout_plan import OPEN_STATES, RolloutError, Strategy, rollout_order, tally, wave_sizes
+from edgefleet.cloud.shadow_report import shadow_agreement
 from edgefleet.core.bounded_json import SQL_INTEGER_MAX
 from edgefleet.core.topics import check_id
 
@@ -104,6 +105,11 @@ class DeploymentOut(DeploymentSummary):
     counts: dict[str, int]  # all devices by state
     waves: list[WaveOut]
     devices: list[DeviceRolloutOut]
+    # Quality gates (cloud/quality_gates.py): when wave 1's observation began, and the stored verdict
+    # (outcome, canary and control devices, each gate's figures); None until judged or without gates.
+    gates_started_at: float | None = None
+    gates: dict | None = None
+    shadow: dict | None = None  # mode "shadow": the candidate's agreement with the serving model
 
 
 def _summary(deployment: Deployment) -> dict:
@@ -135,9 +141,11 @@ def deployment_view(session: Session, deployment: Deployment) -> DeploymentOut:
                                 command=row.command_id, sent_at=row.sent_at, resends=row.resends or 0,
                                 rollback_command=row.rollback_command_id, rollback_resends=row.rollback_resends or 0,
                                 rollback_sent_at=row.rollback_sent_at, updated_at=row.updated_at) for row in rows]
+    shadow = shadow_agreement(session, deployment.id) if deployment.strategy.get("mode") == "shadow" else None
     return DeploymentOut(**_summary(deployment), target=deployment.target, strategy=deployment.strategy,
                          approved=deployment.approved, rollback=deployment.rollback, counts=counts, waves=waves,
-                         devices=devices)
+                         devices=devices, gates_started_at=deployment.gate_started_at, gates=deployment.gate_verdict,
+                         shadow=shadow)
 
 
 def get_deployment(session: Session, deployment_id: str) -> Deployment:
@@ -210,6 +218,9 @@ def create_deployment(body: DeploymentIn, session: SessionDep, settings: Setting
     deployment_id = f"d-{secrets.token_hex(6)}"
     order = rollout_order(deployment_id, ids)
     sizes = wave_sizes(strategy.waves, len(order))
+    if strategy.quality_gates is not None and len(sizes) < 2:
+        raise RolloutError(f"strategy.quality_gates need control devices: waves {list(strategy.waves)} of "
+                           f"{len(order)} device(s) leave none after the first wave")
     stamp = time.time()
     deployment = Deployment(id=deployment_id, bundle_name=bundle.name, bundle_version=bundle.version,
                             target=body.target.model_dump(exclude_none=True), strategy=strategy.model_dump(mode="json"),

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -59,6 +60,7 @@ class DeviceOut(BaseModel):
     backend: str | None
     last_seen: float | None
     created_at: float
+    revoked_at: float | None = None
 
 
 def get_device(session: Session, device_id: str) -> Device:
@@ -71,6 +73,15 @@ def get_device(session: Session, device_id: str) -> Device:
 @router.post("/devices", status_code=status.HTTP_201_CREATED, response_model=DeviceCreated)
 def register_device(body: DeviceIn, session: SessionDep, admin: AdminAuth) -> DeviceCreated:
     """Registers a device and returns its MQTT credentials; the password is shown only here."""
+    created = add_device(session, body)
+    commit_devices(session, [created.id])
+    log.info("device %s registered in fleet %s%s (by token %r)", created.id, created.fleet,
+             f", group {created.group}" if created.group else "", admin)
+    return created
+
+
+def add_device(session: Session, body: DeviceIn) -> DeviceCreated:
+    """Adds a device to the session (the caller commits) and returns what the device is told, once."""
     fleet = check_id(body.fleet, "fleet")
     group = check_id(body.group, "group") if body.group is not None else None
     device_id = check_id(body.id, "device id") if body.id is not None else f"dev-{secrets.token_hex(6)}"
@@ -81,16 +92,19 @@ def register_device(body: DeviceIn, session: SessionDep, admin: AdminAuth) -> De
         raise ConflictError(f"device {device_id!r} is registered already")
     password = new_password()
     session.add(Device(id=device_id, fleet=fleet, group=group, password_hash=hash_password(password)))
+    topics = DeviceTopics(publish_prefix=device_prefix(fleet, device_id), command=topic(fleet, device_id, "cmd"))
+    return DeviceCreated(id=device_id, fleet=fleet, group=group,
+                         mqtt=MqttCredentials(username=device_id, password=password, topics=topics))
+
+
+def commit_devices(session: Session, ids: list[str]) -> None:
+    """Commits the added devices, all or none: an id registered concurrently is a 409 naming the ids."""
     try:
         session.commit()
     except IntegrityError as err:  # registered concurrently between the check and the commit
         session.rollback()
-        raise ConflictError(f"device {device_id!r} is registered already") from err
-    log.info("device %s registered in fleet %s%s (by token %r)", device_id, fleet,
-             f", group {group}" if group else "", admin)
-    topics = DeviceTopics(publish_prefix=device_prefix(fleet, device_id), command=topic(fleet, device_id, "cmd"))
-    return DeviceCreated(id=device_id, fleet=fleet, group=group,
-                         mqtt=MqttCredentials(username=device_id, password=password, topics=topics))
+        raise ConflictError(f"device {ids[0]!r} is registered already" if len(ids) == 1 else
+                            f"one of {len(ids)} devices ({ids[0]!r} ...) was registered concurrently") from err
 
 
 @router.get("/devices", response_model=list[DeviceOut])
@@ -101,6 +115,21 @@ def list_devices(session: SessionDep, fleet: str | None = None, group: str | Non
     if group is not None:
         query = query.where(Device.group == group)
     return list(session.scalars(query))
+
+
+@router.delete("/devices/{device_id}", response_model=DeviceOut)
+def revoke_device(device_id: str, session: SessionDep, admin: AdminAuth, request: Request) -> Device:
+    """Revokes a device: its password stops working on every broker the cloud runs or configures, and an
+    open connection to the embedded broker is closed at once. Its history stays (the row is kept)."""
+    device = get_device(session, device_id)
+    if device.revoked_at is None:
+        device.revoked_at = time.time()
+        session.commit()
+        log.info("device %s revoked by %r", device_id, admin)
+    broker = getattr(request.app.state, "broker", None)
+    if broker is not None and broker.revoke(device_id):
+        log.info("device %s: its open MQTT connection was closed", device_id)
+    return device
 
 
 @router.get("/devices/{device_id}", response_model=DeviceOut)

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from edgefleet.cloud.api.deps import ConflictError, NotFoundError, TooLargeError, UnsupportedMediaTypeError
+from edgefleet.cloud.enrollment import EnrollmentError
 from edgefleet.core.bounded_json import JsonLimitError
 from edgefleet.core.errors import EdgefleetError, VerificationError
 
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 # The first class an error is an instance of decides its status; any other EdgefleetError is a 400.
 ERROR_STATUS: tuple[tuple[type[EdgefleetError], int], ...] = (
+    (EnrollmentError, 401),
     (NotFoundError, 404),
     (ConflictError, 409),
     (TooLargeError, 413),

@@ -7,19 +7,24 @@
     PUT    /ops/settings/fleets/{fleet}/models/{model}       replaces the whole override)
     DELETE (the same three paths)                          remove it (404 if there is none)
 
-    POST   /webhooks            {"url": "https://...", "secret": optional}   -> the webhook and its secret (once)
+    POST   /webhooks            {"url": "https://...", "secret": optional,   -> the webhook and its secret (once)
+                                 "events": ["alert.opened", "alert.resolved"] (optional: both),
+                                 "kinds": ["data_drift", "latency", ...] (optional: every kind)}
     GET    /webhooks                                        every webhook, without secrets
     DELETE /webhooks/{id}
     GET    /webhooks/{id}/deliveries?limit=N                the delivery log, newest first
 
-A PUT is validated as the monitor would resolve it on top of the global limits: a value out of range is a
-400 naming it, and nothing is stored. A webhook URL must be http(s), at most 2048 characters.
+The settings share their shape with the drift and performance settings (cloud/api/scoped_settings.py);
+the global limits are `edgefleet cloud up --ops-*`. A PUT is validated as the monitor would resolve it on
+top of the global limits: a value out of range is a 400 naming it, and nothing is stored. A webhook URL
+must be http(s), at most 2048 characters; an unknown event or alert kind is a 422 (a typo would
+otherwise subscribe to nothing, silently).
 """
 
 from __future__ import annotations
 
 import secrets
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -27,14 +32,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from edgefleet.cloud.api.deps import NotFoundError, SessionDep
-from edgefleet.cloud.db import now
-from edgefleet.cloud.ops_settings import LimitsResolver, OpsLimits
+from edgefleet.cloud.api.scoped_settings import SettingsKind, scoped_settings_router
+from edgefleet.cloud.drift import GROUPS
+from edgefleet.cloud.drift_sequential import SEQUENTIAL
+from edgefleet.cloud.ops_monitor import KINDS
+from edgefleet.cloud.ops_settings import LimitsResolver
 from edgefleet.cloud.ops_tables import OpsSettingsRecord, Webhook, WebhookDelivery
-from edgefleet.cloud.webhooks import newest_alert_id
-from edgefleet.core.topics import check_id
+from edgefleet.cloud.performance_monitor import KIND as ESTIMATED_ACCURACY
+from edgefleet.cloud.webhooks import EVENTS, newest_alert_id
 
-router = APIRouter(tags=["operations"])
-GLOBAL = OpsLimits()
+ALERT_KINDS = (*GROUPS, SEQUENTIAL, ESTIMATED_ACCURACY, *KINDS)
 
 
 class LimitsIn(BaseModel):
@@ -53,11 +60,35 @@ class LimitsIn(BaseModel):
     lookback_seconds: float | None = None
 
 
+def _write_limits(row: OpsSettingsRecord, values: dict) -> None:
+    row.limits = {key: value for key, value in values.items() if value is not None}
+
+
+OPS = SettingsKind(
+    what="operational limits", record=OpsSettingsRecord, body=LimitsIn,
+    global_values=lambda settings: settings.ops_limits().to_dict(),
+    resolver=lambda session, settings: LimitsResolver.load(session, settings.ops_limits()),
+    read=lambda row: dict(row.limits or {}), write=_write_limits,
+    check=lambda settings, values: settings.ops_limits().with_values(values))
+router = APIRouter(tags=["operations"])
+router.include_router(scoped_settings_router("/ops/settings", OPS, ["operations"]))
+
+
 class WebhookIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(max_length=2048)
     secret: str | None = Field(default=None, min_length=16, max_length=128)
+    events: list[Literal["alert.opened", "alert.resolved"]] | None = Field(default=None, min_length=1, max_length=2)
+    kinds: list[str] | None = Field(default=None, min_length=1, max_length=len(ALERT_KINDS))
+
+    @field_validator("kinds")
+    @classmethod
+    def _known(cls, value: list[str] | None) -> list[str] | None:
+        unknown = sorted(set(value or ()) - set(ALERT_KINDS))
+        if unknown:
+            raise ValueError(f"unknown alert kinds {unknown}; expected some of {list(ALERT_KINDS)}")
+        return sorted(set(value)) if value else None
 
     @field_validator("url")
     @classmethod
@@ -67,90 +98,24 @@ class WebhookIn(BaseModel):
         return value
 
 
-def _key(value: str, what: str) -> str:
-    return check_id(value, what) if value else ""
-
-
-def _row(session: Session, fleet: str, model: str) -> OpsSettingsRecord | None:
-    return session.scalars(select(OpsSettingsRecord).where(OpsSettingsRecord.fleet == fleet,
-                                                            OpsSettingsRecord.model_name == model)).first()
-
-
-@router.get("/ops/settings")
-def list_limits(session: SessionDep) -> dict:
-    rows = session.scalars(select(OpsSettingsRecord).order_by(OpsSettingsRecord.fleet,
-                                                              OpsSettingsRecord.model_name)).all()
-    return {"global": GLOBAL.to_dict(), "overrides": [
-        {"fleet": r.fleet or None, "model": r.model_name or None, "updated_at": r.updated_at, **r.limits}
-        for r in rows]}
-
-
-@router.get("/ops/settings/effective")
-def effective_limits(session: SessionDep, fleet: str = "", model: str = "") -> dict:
-    return LimitsResolver.load(session, GLOBAL).for_scope(_key(fleet, "fleet"), _key(model, "model")).to_dict()
-
-
-def _put(session: Session, fleet: str, model: str, body: LimitsIn) -> dict:
-    values = {k: v for k, v in body.model_dump().items() if v is not None}
-    GLOBAL.with_values(values)  # OpsSettingsError (400) before anything is stored
-    row = _row(session, fleet, model) or OpsSettingsRecord(fleet=fleet, model_name=model)
-    row.limits, row.updated_at = values, now()
-    session.add(row)
-    session.commit()
-    return {"fleet": fleet or None, "model": model or None, "updated_at": row.updated_at, **values}
-
-
-def _delete(session: Session, fleet: str, model: str) -> Response:
-    row = _row(session, fleet, model)
-    if row is None:
-        raise NotFoundError(f"no operational limits for fleet {fleet or '*'!r} and model {model or '*'!r}")
-    session.delete(row)
-    session.commit()
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
-
-
-@router.put("/ops/settings/fleets/{fleet}")
-def put_fleet(fleet: str, body: LimitsIn, session: SessionDep) -> dict:
-    return _put(session, check_id(fleet, "fleet"), "", body)
-
-
-@router.put("/ops/settings/models/{model}")
-def put_model(model: str, body: LimitsIn, session: SessionDep) -> dict:
-    return _put(session, "", check_id(model, "model"), body)
-
-
-@router.put("/ops/settings/fleets/{fleet}/models/{model}")
-def put_fleet_model(fleet: str, model: str, body: LimitsIn, session: SessionDep) -> dict:
-    return _put(session, check_id(fleet, "fleet"), check_id(model, "model"), body)
-
-
-@router.delete("/ops/settings/fleets/{fleet}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_fleet(fleet: str, session: SessionDep) -> Response:
-    return _delete(session, check_id(fleet, "fleet"), "")
-
-
-@router.delete("/ops/settings/models/{model}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_model(model: str, session: SessionDep) -> Response:
-    return _delete(session, "", check_id(model, "model"))
-
-
-@router.delete("/ops/settings/fleets/{fleet}/models/{model}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_fleet_model(fleet: str, model: str, session: SessionDep) -> Response:
-    return _delete(session, check_id(fleet, "fleet"), check_id(model, "model"))
-
-
 @router.post("/webhooks", status_code=status.HTTP_201_CREATED)
 def add_webhook(body: WebhookIn, session: SessionDep) -> dict:
-    hook = Webhook(url=body.url, secret=body.secret or secrets.token_hex(32), cursor=newest_alert_id(session))
+    newest = newest_alert_id(session)
+    hook = Webhook(url=body.url, secret=body.secret or secrets.token_hex(32), cursor=newest, resolved_cursor=newest,
+                   events=sorted(set(body.events)) if body.events else None, kinds=body.kinds)
     session.add(hook)
     session.commit()
-    return {"id": hook.id, "url": hook.url, "secret": hook.secret, "created_at": hook.created_at}
+    return {**_hook_out(hook), "secret": hook.secret}
+
+
+def _hook_out(hook: Webhook) -> dict:
+    return {"id": hook.id, "url": hook.url, "events": hook.events or list(EVENTS), "kinds": hook.kinds,
+            "created_at": hook.created_at}
 
 
 @router.get("/webhooks")
 def list_webhooks(session: SessionDep) -> list[dict]:
-    return [{"id": h.id, "url": h.url, "created_at": h.created_at}
-            for h in session.scalars(select(Webhook).order_by(Webhook.id))]
+    return [_hook_out(h) for h in session.scalars(select(Webhook).order_by(Webhook.id))]
 
 
 def _hook(session: Session, hook_id: int) -> Webhook:

@@ -5,6 +5,8 @@ ingest and drift monitor; the broker is stopped (by PID) for longer than the loo
 images brighten, then restarted on the same port. The device's outbox drains its backlog and the alert
 arrives after the reconnect, marked late. Before event time, those windows were never evaluated: the
 monitor read only windows that ended inside its lookback when it ran.
+The sequential detectors (CUSUMs, their sums in the database) are fed the backlog in event order too, so
+they also alarm on a window of the outage, marked late.
 """
 
 from __future__ import annotations
@@ -122,6 +124,11 @@ def test_a_shift_during_an_outage_longer_than_the_lookback_raises_a_late_alert(
     assert [a for a in alerts() if a["kind"] == "data_drift" and a["late_by"] is None] == []
     late_results = [r for r in results() if r["late_by"] is not None]
     assert any(r["report"]["data_drift"]["verdict"] == "drift" for r in late_results)
+    # the CUSUMs were fed the backlog in event order: they alarm on a window of the outage, marked late
+    sequential = [a for a in alerts() if a["kind"] == "sequential_drift" and a["late_by"] is not None]
+    assert sequential and sequential[0]["message"].startswith("late (")
+    at = [e["at"] for e in sequential[0]["details"]["signals"].values() if e["alarm"]]
+    assert at and all(down_at < t <= shift_end + 1.0 for t in at), (at, down_at, shift_end)
     fleet = [a for a in cloud.client.get("/api/v1/alerts", params={"status": "all", "fleet": "lab"}).json()
              if a["scope"] == "fleet" and a["kind"] == "data_drift"]
     assert fleet and all(a["late_by"] is not None for a in fleet)

@@ -41,7 +41,7 @@ def test_rollups_keep_the_drift_verdicts_of_the_raw_windows(sessions, traffic, f
 
     retention = Retention(sessions, RetentionSettings(raw_days=1, hourly_days=2, evaluations_days=30))
     done = retention.run_once(START + 1.5 * DAY)
-    assert done == {"raw_windows": 20, "hourly_rollups": 0, "evaluations": 1}
+    assert done == {"raw_windows": 20, "hourly_rollups": 0, "evaluations": 1, "captures": 0}
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(TelemetryRecord)) == 0
         hourly = session.scalars(select(TelemetryRollup).order_by(TelemetryRollup.bucket_start)).all()
@@ -52,7 +52,8 @@ def test_rollups_keep_the_drift_verdicts_of_the_raw_windows(sessions, traffic, f
         assert rolled.samples == row.samples == sum(w.samples for w in raw[hour])
         assert verdicts([rolled], profile) == before[hour]  # the same report, every statistic
 
-    assert retention.run_once(START + 3 * DAY) == {"raw_windows": 0, "hourly_rollups": 3, "evaluations": 0}
+    assert retention.run_once(START + 3 * DAY) == {"raw_windows": 0, "hourly_rollups": 3, "evaluations": 0,
+                                                 "captures": 0}
     with sessions() as session:
         (daily,) = session.scalars(select(TelemetryRollup)).all()
     assert (daily.granularity, daily.bucket_start, daily.windows) == ("day", START, 20)

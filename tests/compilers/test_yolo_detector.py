@@ -1,7 +1,8 @@
-"""Single-output YOLO detectors end to end (issue 12): yolo_kit's YOLOv5 head ([batch, D, 5 + C], objectness)
-and YOLOv8 head ([batch, 4 + C, D], no objectness), exported to ONNX with dynamic height and width and brought
-in with `edgefleet import` (yolov5 declared with --detection-layout, yolov8 inferred from its shape with
---task detection), on natural photo crops. The manifest declares the layout; the drift profile, a device's
+"""Single-output YOLO detectors end to end (issue 12): yolo_kit's YOLOv5 head ([batch, D, 5 + C], objectness),
+YOLOv8 head ([batch, 4 + C, D], no objectness) and that head transposed ([batch, D, 4 + C]), exported to ONNX
+with dynamic height and width and brought in with `edgefleet import` (yolov5 declared with --detection-layout,
+yolov8 inferred from its shape with --task detection, the transposed one inferred because the class names
+settle 4 + C against 5 + C), on natural photo crops. The manifest declares the layout; the drift profile, a device's
 telemetry window, the answer over real HTTP, `edgefleet predict` and compile's quality all read it alike.
 Every expectation is computed here from onnxruntime's raw output with plain numpy, not by the code under
 test; NMS is checked by the properties that define greedy NMS rather than by a second implementation."""
@@ -53,7 +54,9 @@ def run(path: Path, images: np.ndarray) -> np.ndarray:
 
 def candidates(layout: str, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(scores [N, D], classes [N, D], boxes x1 y1 x2 y2 [N, D, 4]) from a YOLO output, as the exports
-    document them."""
+    document them (a transposed YOLOv8 output is read as YOLOv8's after transposing it back)."""
+    if layout == "yolov8-transposed":
+        raw, layout = raw.transpose(0, 2, 1), "yolov8"
     if layout == "yolov5":
         centre, scores, classes = raw[..., :4], raw[..., 4] * raw[..., 5:].max(-1), raw[..., 5:].argmax(-1)
     else:
@@ -93,7 +96,18 @@ def check_nms(found: list[dict], scores: np.ndarray, classes: np.ndarray, boxes:
     return len(dropped)
 
 
-@pytest.fixture(scope="module", params=["yolov5", "yolov8"])
+def gap_threshold(scores: np.ndarray) -> float:
+    """A score threshold near the median (untrained heads score in a narrow band: about half are candidates)
+    in the middle of the widest gap between neighbouring scores there, so that a backend whose scores differ
+    in the last float32 bits (OpenVINO's kernels vs onnxruntime's) counts the same candidates."""
+    ranked = np.unique(scores.astype(np.float32))
+    middle = len(ranked) // 2
+    window = ranked[middle - len(ranked) // 10:middle + len(ranked) // 10]
+    widest = int(np.argmax(np.diff(window)))
+    return float((window[widest] + window[widest + 1]) / 2)
+
+
+@pytest.fixture(scope="module", params=["yolov5", "yolov8", "yolov8-transposed"])
 def imported(request, tmp_path_factory) -> Imported:
     layout, work = request.param, tmp_path_factory.mktemp(request.param)
     path = yolo_onnx(layout, work / f"{layout}.onnx")
@@ -103,8 +117,9 @@ def imported(request, tmp_path_factory) -> Imported:
     key = SigningKey.generate()
     private, public = key.save(work / "keys", "release")
     scores = candidates(layout, run(path, reference))[0]
-    threshold = float(np.quantile(scores, 0.5))  # untrained heads score in a narrow band: half are candidates
-    declared = ["--detection-layout", "yolov5"] if layout == "yolov5" else ["--task", "detection"]
+    threshold = gap_threshold(scores)
+    declared = ["--detection-layout", "yolov5"] if layout == "yolov5" else ["--task", "detection"]  # the
+    # transposed YOLOv8 is inferred: 8 = 4 + its 4 class names (5 + 4 would be YOLOv5)
     result = edgefleet("import", str(path), "--out", str(work / "bundle"), "--name", layout, "--version", "1",
                        "--key", str(private), "--reference-data", str(work / "reference.npz"), "--class-names",
                        str(work / "classes.txt"), "--score-threshold", repr(threshold), *declared)
@@ -213,23 +228,36 @@ def test_cli_predict_takes_a_score_threshold_and_refuses_a_bad_one(imported, tmp
     assert_user_error(refused, "score_threshold must be a number from 0 to 1, got '2'")
 
 
-def test_compile_measures_candidate_count_agreement(imported, tmp_path):
-    result = compile_bundle(imported.root, ["onnxruntime-cpu"], tmp_path / "c", signing_key=imported.key)
-    (compiled,) = result.compiled
-    quality = compiled.artifact["numeric_error"]["quality"]
-    assert quality["task"] == "detection" and quality["count_agreement"] == 1.0, quality
-    assert quality["score_threshold"] == imported.threshold and quality["max_score_error"] < 1e-5
+def test_compile_measures_candidate_count_agreement_on_onnxruntime_and_openvino(imported, tmp_path):
+    """Both CPU targets run the detector and agree with the golden candidates. OpenVINO runs the IR with
+    its precision hint pinned to f32 (the target's default; bf16 on an AMX Xeon would move scores by
+    ~1e-3): the same candidates at the gap threshold, scores within 1e-4 (float32 kernels differ in the
+    last bits; sigmoid scores are below 1)."""
+    result = compile_bundle(imported.root, ["onnxruntime-cpu", "openvino-cpu"], tmp_path / "c",
+                            signing_key=imported.key)
+    assert not result.refused, result.refused
+    targets = {c.target: c.artifact for c in result.compiled}
+    assert targets["openvino-cpu"]["options"]["precision_hint"] == "f32"
+    assert targets["openvino-cpu"]["executed_precision"] == "f32"
+    for target, artifact in targets.items():
+        quality = artifact["numeric_error"]["quality"]
+        assert quality["task"] == "detection" and quality["count_agreement"] == 1.0, (target, quality)
+        assert quality["score_threshold"] == imported.threshold and quality["max_score_error"] < 1e-4, target
+    assert targets["onnxruntime-cpu"]["numeric_error"]["quality"]["max_score_error"] < 1e-5
 
 
 def test_an_unclear_or_wrong_layout_is_refused_in_one_line_and_leaves_nothing(imported, tmp_path):
-    """Without class names a [batch, D, 9] output could be YOLOv5 or a transposed YOLOv8 export: no guess.
-    A declared layout the output's shape cannot hold is refused by name."""
+    """Without class names a [batch, D, 9] or [batch, D, 8] output could be YOLOv5 or a transposed YOLOv8
+    export: no guess. A declared layout the output's shape cannot hold is refused by name, and class names
+    that do not fit the declared layout's channels are refused (a transposed YOLOv8 declared yolov5)."""
     common = ["--out", str(tmp_path / "b"), "--name", "y", "--version", "1"]
-    if imported.layout == "yolov5":
+    if imported.layout != "yolov8":
+        channels = 9 if imported.layout == "yolov5" else 8
         unclear = edgefleet("import", str(imported.onnx), *common, "--task", "detection")
-        assert_user_error(unclear, "a detector's layout is not clear from its outputs (output0 float32[batch, D, 9])")
+        assert_user_error(unclear, f"a detector's layout is not clear from its outputs (output0 float32[batch, D, "
+                                   f"{channels}])")
         assert "--detection-layout L" in unclear.stderr
-    other = "yolov8" if imported.layout == "yolov5" else "yolov5"
+    other = "yolov5" if imported.layout == "yolov8" else "yolov8"
     wanted = "[batch, 4 + classes, D]" if other == "yolov8" else "[batch, D, 5 + classes]"
     wrong = edgefleet("import", str(imported.onnx), *common, "--detection-layout", other)
     assert_user_error(wrong, f"detection layout {other} needs an output {wanted}")
@@ -237,4 +265,10 @@ def test_an_unclear_or_wrong_layout_is_refused_in_one_line_and_leaves_nothing(im
     mismatch = edgefleet("import", str(imported.onnx), *common, "--detection-layout", imported.layout,
                          "--class-names", str(tmp_path / "three.txt"))
     assert_user_error(mismatch, "holds 4 class scores, not one per class name (3)")
+    if imported.layout == "yolov8-transposed":
+        (tmp_path / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+        misread = edgefleet("import", str(imported.onnx), *common, "--detection-layout", "yolov5",
+                            "--class-names", str(tmp_path / "classes.txt"))
+        assert_user_error(misread, "detection layout yolov5: 'output0' (float32[batch, D, 8]) holds 3 class "
+                                   "scores, not one per class name (4)")
     assert not (tmp_path / "b").exists()

@@ -6,7 +6,9 @@ downloads, no ultralytics package): a small Conv-BN-SiLU backbone with two level
   concatenated to [batch, D, 5 + C] (cx, cy, w, h, objectness, class scores);
 - YOLOv8's Detect head (ultralytics nn/modules/head.py): a box branch of 4 x reg_max distribution bins
   read by DFL (softmax, expectation), a class branch, anchor points from each level's own size
-  (make_anchors), dist2bbox to cx, cy, w, h times the stride, concatenated to [batch, 4 + C, D].
+  (make_anchors), dist2bbox to cx, cy, w, h times the stride, concatenated to [batch, 4 + C, D];
+- the same YOLOv8 head transposed to [batch, D, 4 + C] ("yolov8-transposed"), as exports made for NMS
+  plugins and hand-written decoders give it.
 
 Both build their grids from the feature maps' sizes, so the ONNX export keeps batch, height and width
 dynamic: D follows the image size.
@@ -112,15 +114,18 @@ class V8Detect(nn.Module):
 
 
 class TinyYolo(nn.Module):
-    """image [batch, 3, H, W] -> YOLOv5 [batch, D, 5 + C] or YOLOv8 [batch, 4 + C, D] predictions."""
+    """image [batch, 3, H, W] -> YOLOv5 [batch, D, 5 + C], YOLOv8 [batch, 4 + C, D] or transposed YOLOv8
+    [batch, D, 4 + C] predictions."""
 
     def __init__(self, version: str, classes: int = len(CLASS_NAMES)) -> None:
         super().__init__()
         self.backbone = Backbone()
         self.detect = V5Detect(classes, (16, 32)) if version == "yolov5" else V8Detect(classes, (16, 32))
+        self.transposed = version == "yolov8-transposed"
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.detect(self.backbone(image))
+        out = self.detect(self.backbone(image))
+        return out.transpose(1, 2) if self.transposed else out
 
 
 def yolo_onnx(version: str, path: Path) -> Path:

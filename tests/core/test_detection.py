@@ -1,6 +1,7 @@
 """Detection layouts (core/detection.py) on hand-made outputs whose answers are worked out here: YOLOv5's
-[batch, D, 5 + C] and YOLOv8's [batch, 4 + C, D] read as the same detections, per-class NMS, the bound on
-detections, what is inferred and what must be declared, and the ?score_threshold option."""
+[batch, D, 5 + C], YOLOv8's [batch, 4 + C, D] and its transpose [batch, D, 4 + C] read as the same
+detections, per-class NMS, the bound on detections, what is inferred and what must be declared, and the
+?score_threshold option."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from edgefleet.core.task_quality import golden_quality
 
 V5 = TensorSpec("output0", "float32", ("batch", "D", 7))  # 2 classes
 V8 = TensorSpec("output0", "float32", ("batch", 6, "D"))
+V8T = TensorSpec("output0", "float32", ("batch", "D", 6))
 NAMES = ["cat", "dog"]
 # four candidates of one image: (cx, cy, w, h), objectness, class scores
 ROWS = [((10, 10, 10, 10), 0.9, (0.9, 0.1)),   # cat 0.81
@@ -33,6 +35,10 @@ def v8_output() -> np.ndarray:
     return np.array([rows], dtype=np.float32).transpose(0, 2, 1)
 
 
+def v8_transposed_output() -> np.ndarray:
+    return np.ascontiguousarray(v8_output().transpose(0, 2, 1))
+
+
 def interface(layout: str, **detection) -> dict:
     return {"task": "detection", "class_names": NAMES,
             "detection": {"layout": layout, "output": "output0", "score_threshold": 0.3, **detection}}
@@ -42,8 +48,9 @@ WANT = [{"score": pytest.approx(0.81), "box": [5.0, 5.0, 15.0, 15.0], "class": "
         {"score": pytest.approx(0.63), "box": [6.0, 5.0, 16.0, 15.0], "class": "dog", "class_id": 1}]
 
 
-@pytest.mark.parametrize(("layout", "spec", "output"), [("yolov5", V5, v5_output), ("yolov8", V8, v8_output)])
-def test_both_yolo_layouts_answer_nms_boxes_as_corners_with_classes(layout, spec, output):
+@pytest.mark.parametrize(("layout", "spec", "output"), [("yolov5", V5, v5_output), ("yolov8", V8, v8_output),
+                                                       ("yolov8-transposed", V8T, v8_transposed_output)])
+def test_every_yolo_layout_answer_nms_boxes_as_corners_with_classes(layout, spec, output):
     answer = task_answer(interface(layout), [spec], {"output0": output()})
     assert answer == {"detections": [WANT], "score_threshold": 0.3, "iou_threshold": 0.45}
     loose = task_answer(interface(layout, iou_threshold=0.9), [spec], {"output0": output()})
@@ -93,7 +100,19 @@ def test_the_layout_is_inferred_only_when_unambiguous():
     assert det.resolve([V8], None).layout == "yolov8"  # D is the last axis, 4 + C the fixed one
     assert det.resolve([V5], None) is None  # [D, 7]: YOLOv5, or a transposed YOLOv8?
     assert det.resolve([V5], None, ["a", "b"]).layout == "yolov5"  # 7 = 5 + 2 classes
-    assert det.resolve([V5], None, ["a", "b", "c"]) is None  # 7 = 4 + 3: a transposed YOLOv8, not read
+    assert det.resolve([V5], None, ["a", "b", "c"]).layout == "yolov8-transposed"  # 7 = 4 + 3
+    assert det.resolve([V5], None, ["a"]) is None  # 7 is neither 5 + 1 nor 4 + 1
+    assert det.resolve([V8T], None) is None  # [D, 6]: YOLOv5 with 1 class or a transposed YOLOv8 with 2
+    assert det.resolve([V8T], {"layout": "yolov8-transposed"}).layout == "yolov8-transposed"  # named: read
+    assert det.resolve([V8T], {"layout": "yolov5"}).layout == "yolov5"  # the user's word is taken
+    transposed = TensorSpec("output0", "float32", ("batch", 8400, 84))  # a 640x640 export, transposed
+    assert det.resolve([transposed], None) is None
+    assert det.resolve([transposed], None, [f"c{i}" for i in range(80)]).to_manifest() == {
+        "layout": "yolov8-transposed", "output": "output0", "score_threshold": 0.5, "iou_threshold": 0.45}
+    with pytest.raises(ValueError, match=r"layout yolov8-transposed needs an output \[batch, D, 4 \+ classes\]"):
+        det.resolve([TensorSpec("output0", "float32", ("batch", "D", 4))], {"layout": "yolov8-transposed"})
+    with pytest.raises(ValueError, match="holds 2 class scores, not one per class name"):
+        det.resolve([V8T], {"layout": "yolov8-transposed"}, ["a", "b", "c"])
     static = TensorSpec("output0", "float32", ("batch", 84, 8400))  # a 640x640 YOLOv8 export
     assert det.resolve([static], None).to_manifest() == {"layout": "yolov8", "output": "output0",
                                                           "score_threshold": 0.5, "iou_threshold": 0.45}
@@ -104,7 +123,7 @@ def test_the_layout_is_inferred_only_when_unambiguous():
 
 
 @pytest.mark.parametrize(("entry", "message"), [
-    ({"layout": "ssd"}, "detection layout must be one of boxes+scores, yolov5, yolov8, got 'ssd'"),
+    ({"layout": "ssd"}, "detection layout must be one of boxes+scores, yolov5, yolov8, yolov8-transposed, got 'ssd'"),
     ({"layout": "yolov5", "iou_threshold": 0}, "iou_threshold must be a number in (0, 1], got 0"),
     ({"layout": "yolov5", "max_detections": 0}, "max_detections must be an integer from 1 to 10000, got 0"),
     ({"layout": "yolov5", "score_threshold": float("nan")}, "score_threshold must be a finite number"),

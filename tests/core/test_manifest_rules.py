@@ -150,7 +150,8 @@ STRUCTURE_CASES = {
     "detection threshold a string": (_set("interface.detection", {"scores": "logits", "score_threshold": "high"}),
                                      "interface.detection must be an object with a layout"),
     "detection layout unknown": (_set("interface.detection", {"layout": "ssd", "output": "logits"}),
-                                 "(boxes+scores, yolov5, yolov8; default boxes+scores)"),
+                                 "(boxes+scores, yolov5, yolov8, yolov8-transposed; "
+                                 "default boxes+scores)"),
     "detection yolo without output": (_set("interface.detection", {"layout": "yolov5", "scores": "logits"}),
                                       "its output's name (scores for boxes+scores, output otherwise)"),
     "golden is a list": (_set("golden", ["golden.npz"]), "golden must be an object with a path, got a list"),

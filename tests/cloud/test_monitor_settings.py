@@ -1,0 +1,161 @@
+"""The performance and operations monitors' settings (issue 14): `edgefleet cloud up --performance-drop
+--ops-*` as a real process (a bad value: exit 2 and one line), the per-fleet/model API they share with the
+drift settings (cloud/api/scoped_settings.py) on a real cloud, and the label-free accuracy alert using a
+fleet's drop and its drift min_samples and lookback on a real SQLite database."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edgefleet.cloud.db import DriftSettingsRecord
+from edgefleet.cloud.drift_settings import MonitorSettings
+from edgefleet.cloud.ops_tables import PerformanceSettingsRecord
+from edgefleet.cloud.performance_monitor import PerformanceMonitor
+from edgefleet.cloud.performance_settings import PerformanceSettingsError
+from tests.cloud.cloud_process import cloud_servers, cloud_up
+from tests.cloud.test_performance import PROFILE, alerts, sessions, store  # noqa: F401 - sessions is a fixture
+
+OPS_DEFAULTS = {"max_p99_ms": 500.0, "max_error_rate": 0.05, "min_requests": 20, "max_cpu_load": None,
+                "max_memory_used": 0.95, "min_disk_free_bytes": 100 * 1024 * 1024, "max_temperature_c": 80.0,
+                "max_nonfinite_share": 0.01, "max_out_of_range_share": 0.05, "stuck_min_samples": 20,
+                "lookback_seconds": 300.0}
+
+
+def test_cloud_up_takes_the_performance_and_ops_settings_and_refuses_bad_ones(tmp_path: Path, mosquitto):
+    args = ("--data", str(tmp_path / "data"), "--mqtt-url", mosquitto.url, "--performance-drop", "0.1",
+            "--ops-interval", "2", "--ops-lookback", "60", "--ops-max-p99-ms", "200", "--ops-min-requests", "5",
+            "--ops-max-cpu-load", "3.5", "--ops-max-temperature", "70", "--ops-stuck-min-samples", "50")
+    with cloud_up(tmp_path, *args) as (process, _lines, url, output):
+        token = next(line.split(": ", 1)[1] for line in output.splitlines() if line.startswith("admin token: "))
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as api:
+            ops = api.get("/api/v1/ops/settings").json()["global"]
+            assert ops == {**OPS_DEFAULTS, "max_p99_ms": 200.0, "min_requests": 5, "max_cpu_load": 3.5,
+                           "max_temperature_c": 70.0, "stuck_min_samples": 50, "lookback_seconds": 60.0}
+            assert api.get("/api/v1/performance/settings").json() == {"global": {"drop": 0.1}, "overrides": []}
+            # an override is checked on top of these globals and resolved over them
+            assert api.put("/api/v1/ops/settings/fleets/lab", json={"max_p99_ms": 50}).status_code == 200
+            effective = api.get("/api/v1/ops/settings/effective", params={"fleet": "lab", "model": "m"}).json()
+            assert (effective["max_p99_ms"], effective["min_requests"]) == (50.0, 5)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+
+    for option, value, message in (
+            ("--ops-max-error-rate", "2", "ops_max_error_rate must be between 0 and 1, got 2.0"),
+            ("--ops-min-requests", "0", "ops_min_requests must be between 1 and 1e+09, got 0"),
+            ("--ops-interval", "0", "ops_interval_seconds: Input should be greater than 0"),
+            ("--performance-drop", "1", "performance_drop: Input should be less than 1"),
+            ("--ops-max-p99-ms", "fast", "Invalid value for '--ops-max-p99-ms': Input should be a valid number")):
+        refused = subprocess.run([sys.executable, "-m", "edgefleet.cli.main", "cloud", "up", "--data",
+                                  str(tmp_path / "x"), "--mqtt-url", mosquitto.url, option, value],
+                                 capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path)
+        said = " ".join(refused.stderr.replace("│", " ").split())
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+        assert message in said, said
+
+
+@pytest.fixture
+def api(tmp_path: Path, mosquitto):
+    with cloud_servers() as start:
+        _server, client = start({"data_dir": tmp_path / "cloud", "port": 0, "mqtt_url": mosquitto.url,
+                                 "performance_drop": 0.08})
+        yield client
+
+
+def test_performance_settings_per_fleet_and_model_share_the_drift_settings_shape(api):
+    assert api.put("/api/v1/performance/settings/models/digits-cnn", json={"drop": 0.2}).status_code == 200
+    both = api.put("/api/v1/performance/settings/fleets/lab/models/digits-cnn", json={"drop": 0.3})
+    assert both.status_code == 200 and (both.json()["fleet"], both.json()["model"], both.json()["drop"]) == (
+        "lab", "digits-cnn", 0.3)
+
+    def effective(**query: str) -> float:
+        answer = api.get("/api/v1/performance/settings/effective", params=query)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["drop"]
+
+    assert (effective(fleet="lab", model="digits-cnn"), effective(fleet="yard", model="digits-cnn"),
+            effective(fleet="lab", model="other")) == (0.3, 0.2, 0.08)
+    listed = api.get("/api/v1/performance/settings").json()
+    assert listed["global"] == {"drop": 0.08}
+    assert [(o["fleet"], o["model"], o["drop"]) for o in listed["overrides"]] == [
+        (None, "digits-cnn", 0.2), ("lab", "digits-cnn", 0.3)]
+    assert api.delete("/api/v1/performance/settings/models/digits-cnn").status_code == 204
+    gone = api.delete("/api/v1/performance/settings/models/digits-cnn")
+    assert (gone.status_code, gone.json()) == (404, {"detail": "no performance settings for model 'digits-cnn'"})
+    assert effective(fleet="yard", model="digits-cnn") == 0.08
+
+
+@pytest.mark.parametrize(("path", "body", "code", "detail"), [
+    ("performance/settings/fleets/lab", {"drop": 1.5}, 422, "body.drop: Input should be less than 1"),
+    ("performance/settings/fleets/lab", {"drop": 0}, 422, "body.drop: Input should be greater than 0"),
+    ("performance/settings/fleets/lab", {"dropp": 0.1}, 422, "body.dropp: Extra inputs are not permitted"),
+    ("performance/settings/fleets/-x", {"drop": 0.1}, 400, "fleet '-x' must be 1-64 characters of letters, "
+                                                           "digits, '_', '.', '-', starting with a letter or digit"),
+    ("ops/settings/models/m", {"max_error_rate": 2}, 400, "max_error_rate must be between 0 and 1, got 2.0"),
+    ("ops/settings/models/m", {"lookback_seconds": "long"}, 422, "body.lookback_seconds: Input should be a valid "
+                                                                 "number, unable to parse string as a number"),
+])
+def test_bad_settings_get_one_precise_error_and_store_nothing(api, path, body, code, detail):
+    answer = api.put(f"/api/v1/{path}", json=body)
+    assert (answer.status_code, answer.json()) == (code, {"detail": detail})
+    assert api.get(f"/api/v1/{path.split('/')[0]}/settings").json()["overrides"] == []
+    missing = api.delete("/api/v1/ops/settings/fleets/lab/models/m")
+    assert missing.json() == {"detail": "no operational limits for fleet 'lab' and model 'm'"}
+
+
+# --- the monitor follows them ---------------------------------------------------------------------------------
+def test_the_accuracy_alert_uses_a_fleets_drop_and_its_drift_min_samples_and_lookback(sessions):  # noqa: F811
+    monitor = PerformanceMonitor(sessions, lambda name, version: PROFILE, drop=0.05,
+                                 drift=MonitorSettings(lookback_seconds=10.0))
+    store(sessions, "d1", 1, 100.0, 30, 20)  # 50 samples at 0.5 * 30/50 + 20/50 = 0.7: 0.25 below 0.95
+    assert monitor.run_once(now=101) == []  # 50 < the global min_samples (100): not judged
+    with sessions.begin() as session:
+        session.add(DriftSettingsRecord(fleet="f1", model_name="", min_samples=40, lookback_seconds=60.0))
+        session.add(PerformanceSettingsRecord(fleet="f1", model_name="digits-cnn", values={"drop": 0.3}))
+    store(sessions, "d1", 2, 140.0, 30, 20)  # 100 samples within the fleet's 60 s lookback (10 s globally)
+    records = monitor.run_once(now=141)
+    assert {(r["scope"], r["samples"], r["threshold"]) for r in records} == {("device", 100, 0.3),
+                                                                             ("fleet", 100, 0.3)}
+    assert alerts(sessions) == []  # 0.25 below: within the fleet's 0.3
+    with sessions.begin() as session:
+        session.query(PerformanceSettingsRecord).delete()
+    monitor.run_once(now=142)
+    assert {(a.scope, a.status, a.details["threshold"]) for a in alerts(sessions)} == {
+        ("device", "open", 0.05), ("fleet", "open", 0.05)}  # the global drop again
+
+
+def test_a_bad_drop_is_refused_up_front():
+    with pytest.raises(PerformanceSettingsError, match=r"drop must be between 0 and 1 \(both excluded\), got 1.5"):
+        PerformanceMonitor(None, lambda name, version: None, drop=1.5)
+
+
+# --- webhook subscriptions (cloud/webhooks.py) through the API and the CLI -------------------------------------
+def test_a_webhook_subscribes_to_some_events_and_kinds_and_a_typo_is_refused(api, tmp_path: Path):
+    import os
+
+    token = api.headers["Authorization"].removeprefix("Bearer ")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "edgefleet.cli.main", "webhook", *args, "--cloud",
+                               str(api.base_url), "--token", token], capture_output=True, text=True, timeout=60,
+                              check=False, env={**os.environ, "COLUMNS": "200"})
+
+    added = cli("add", "http://127.0.0.1:9/hook", "--event", "alert.resolved", "--kind", "latency", "--kind",
+                "data_quality")
+    assert added.returncode == 0, added.stderr
+    (hook,) = api.get("/api/v1/webhooks").json()
+    assert (hook["events"], hook["kinds"]) == (["alert.resolved"], ["data_quality", "latency"])
+    listed = cli("list").stdout
+    assert "alert.resolved" in listed and "data_quality, latency" in listed
+    typo = cli("add", "http://127.0.0.1:9/other", "--kind", "latnecy")
+    assert typo.returncode == 2 and "Traceback" not in typo.stderr
+    assert "unknown alert kinds ['latnecy']; expected some of ['data_drift'," in typo.stderr
+    bad_event = api.post("/api/v1/webhooks", json={"url": "http://127.0.0.1:9/x", "events": ["alert.closed"]})
+    assert bad_event.status_code == 422 and "body.events.0: Input should be 'alert.opened' or 'alert.resolved'" \
+        in bad_event.json()["detail"]
+    assert len(api.get("/api/v1/webhooks").json()) == 1  # nothing stored for either refusal

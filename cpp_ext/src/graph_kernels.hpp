@@ -4,7 +4,9 @@
 // rest of the build stays baseline x86-64) is used when the CPU has it. Everywhere else (aarch64, where
 // -O3 vectorises the portable loops with NEON, which is baseline there) the portable version runs.
 // Above it, "avxvnni" (AVX2 + AVX-VNNI, graph_kernels_qconv256.cpp) adds a VNNI integer conv, and
-// "avx512" (F, BW, VL and VNNI; graph_kernels_avx512.cpp) a wider direct conv and a 512-bit VNNI conv. select_isa("portable") forces the portable kernels (tests
+// "avx512" (F, BW, VL and VNNI; graph_kernels_avx512.cpp) a wider direct conv and a 512-bit VNNI conv,
+// a packed, register-blocked sgemm (graph_kernels_sgemm512.cpp) and an int16-pair VNNI GEMM
+// (graph_kernels_qgemm512.cpp). select_isa("portable") forces the portable kernels (tests
 // compare all tiers); at load, EDGEFLEET_NATIVE_ISA=portable, =avx2 or =avxvnni picks a lower tier than the best.
 #pragma once
 
@@ -92,6 +94,11 @@ void qconv_u8s8_portable(const QConvArgs& args);
 #if defined(__x86_64__) || defined(_M_X64)
 // AVX-512 F/BW/VL/VNNI tier (graph_kernels_avx512.cpp): wider direct conv, VNNI integer conv.
 void conv_avx512(const ConvArgs& args);
+// Register-blocked 8 x 32, B packed in panels (graph_kernels_sgemm512.cpp); the same sums as sgemm_avx2.
+void sgemm_avx512(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc);
+// Outputs across the lanes, vpdpwssd on int16 pairs (graph_kernels_qgemm512.cpp); exact, as every tier.
+void qgemm_nt_avx512(int M, int N, int K, const std::int16_t* A, int lda, const std::int16_t* B, int ldb,
+                     std::int32_t* C, std::ptrdiff_t ldc_m, std::ptrdiff_t ldc_n);
 void qconv_u8s8_avx512(const QConvArgs& args);
 bool cpu_has_avx512();
 // The integer conv in 256-bit registers (graph_kernels_qconv256.cpp): AVX2, and with AVX-VNNI for the

@@ -29,6 +29,17 @@ struct PlaneArgs {
 };
 
 constexpr std::int64_t kLanes = 8;  // output pixels per block: the accumulators stay in registers
+constexpr std::int64_t kFlatMax = 1024;  // the flat walk's output rows, padded, fit a stack buffer of this
+
+// Narrow planes at stride 1 (a keyword spotter's 25 x 5, a CNN's last 4 x 4 or 12 x 12): blocks of 8
+// pixels along a row waste most lanes (5 of 8 used at width 5). The flat walk reads the padded plane as
+// one long row instead: output q = oy * pw + ox takes its taps at q + i * pw + j, so blocks of 8 run on
+// across rows, and the columns past ow (pw - ow of them per row) are computed and dropped. It applies
+// when that wastes fewer lanes than the blocks do and the rows fit kFlatMax.
+inline bool flat(const Window& v) {
+    const std::int64_t pw = v.ow + (v.kw - 1) * v.dw, blocks = (v.ow + kLanes - 1) / kLanes * kLanes;
+    return v.sh == 1 && v.sw == 1 && pw < blocks && v.oh * pw + kLanes <= kFlatMax;
+}
 
 // One block of up to kLanes output pixels of one row. SW: the horizontal stride, K: a square kernel's
 // size (0: read either from the window); with both fixed the tap loops unroll and the weights stay in
@@ -87,7 +98,37 @@ __attribute__((always_inline)) inline void plane_impl(const PlaneArgs& a) {
     rows<0, 0>(a);
 }
 
-void plane_portable(const PlaneArgs& a) { plane_impl(a); }
+// The flat walk (see flat()) computes blocks of 8 over the padded rows into buf, then flat_out writes
+// the ow valid columns of each row with bias and clamp. Same products and sums per pixel, in the same
+// order, as rows().
+inline std::int64_t flat_span(const PlaneArgs& a) { return (a.win->oh - 1) * a.pw + a.win->ow; }
+
+inline void flat_out(const PlaneArgs& a, const float* buf) {
+    const Window& v = *a.win;
+    for (std::int64_t oy = 0; oy < v.oh; ++oy) {
+        const float* src = buf + oy * a.pw;
+        float* out = a.y + oy * v.ow;
+        for (std::int64_t ox = 0; ox < v.ow; ++ox) out[ox] = std::min(std::max(src[ox] + a.bias, a.lo), a.hi);
+    }
+}
+
+void plane_portable(const PlaneArgs& a) {
+    const Window& v = *a.win;
+    if (!flat(v)) return plane_impl(a);
+    alignas(64) float buf[kFlatMax];
+    for (std::int64_t q = 0, span = flat_span(a); q < span; q += kLanes) {
+        float acc[kLanes] = {};
+        for (std::int64_t i = 0; i < v.kh; ++i) {
+            for (std::int64_t j = 0; j < v.kw; ++j) {
+                const float wv = a.w[i * v.kw + j];
+                const float* s = a.x + q + i * v.dh * a.pw + j * v.dw;
+                for (std::int64_t l = 0; l < kLanes; ++l) acc[l] += wv * s[l];
+            }
+        }
+        std::copy(acc, acc + kLanes, buf + q);
+    }
+    flat_out(a, buf);
+}
 
 #if defined(__x86_64__) || defined(_M_X64)
 #define EF_AVX2 __attribute__((target("avx2,fma")))
@@ -139,7 +180,29 @@ EF_AVX2 void by_kernel_avx2(const PlaneArgs& a) {
     rows_avx2<SW, 0>(a);
 }
 
+// The flat walk in 256-bit registers; 3 x 3 taps unrolled with their weights in registers.
+template <int K>
+EF_AVX2 void flat_avx2(const PlaneArgs& a) {
+    const Window& v = *a.win;
+    const std::int64_t kh = K > 0 ? K : v.kh, kw = K > 0 ? K : v.kw;
+    __m256 w[K > 0 ? K * K : 1];
+    for (int t = 0; t < (K > 0 ? K * K : 0); ++t) w[t] = _mm256_set1_ps(a.w[t]);
+    alignas(64) float buf[kFlatMax];
+    for (std::int64_t q = 0, span = flat_span(a); q < span; q += kLanes) {
+        __m256 acc = _mm256_setzero_ps();
+        for (std::int64_t i = 0; i < kh; ++i) {
+            for (std::int64_t j = 0; j < kw; ++j) {
+                const __m256 wv = K > 0 ? w[i * kw + j] : _mm256_set1_ps(a.w[i * kw + j]);
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(wv, _mm256_loadu_ps(a.x + q + i * v.dh * a.pw + j * v.dw)));
+            }
+        }
+        _mm256_store_ps(buf + q, acc);
+    }
+    flat_out(a, buf);
+}
+
 EF_AVX2 void plane_avx2(const PlaneArgs& a) {
+    if (flat(*a.win)) return a.win->kh == 3 && a.win->kw == 3 ? flat_avx2<3>(a) : flat_avx2<0>(a);
     if (a.win->sw == 1) return by_kernel_avx2<1>(a);
     if (a.win->sw == 2) return by_kernel_avx2<2>(a);
     plane_impl(a);
@@ -155,11 +218,13 @@ PlaneFn plane_kernel() {
     return &plane_portable;
 }
 
-// The padded plane's size: every window inside it, rows wide enough for whole blocks of kLanes.
+// The padded plane's size: every window inside it, rows wide enough for whole blocks of kLanes (the
+// flat walk needs no more than the windows: its blocks run on across rows).
 void padded(const Window& win, std::int64_t& ph, std::int64_t& pw) {
     const std::int64_t blocks = (win.ow + kLanes - 1) / kLanes * kLanes;
     ph = std::max(win.h + win.top, (win.oh - 1) * win.sh + (win.kh - 1) * win.dh + 1);
-    pw = std::max(win.w + win.left, (blocks - 1) * win.sw + (win.kw - 1) * win.dw + 1);
+    pw = std::max(win.w + win.left, (flat(win) ? win.ow : blocks - 1) * win.sw + (win.kw - 1) * win.dw +
+                                        (flat(win) ? 0 : 1));
 }
 
 class DepthwiseConvOp : public Op {
@@ -212,7 +277,7 @@ public:
         const double work = static_cast<double>(win.n * w_shape_[0] * out_plane * taps);
         parallel_ranges(win.n * win.c, 1, work, [&](int part, std::int64_t first, std::int64_t last) {
             float* pad = static_cast<float*>(scratch) + slice(ph, pw) * static_cast<std::size_t>(part);
-            std::fill(pad, pad + ph * pw, 0.0f);
+            std::fill(pad, pad + slice(ph, pw), 0.0f);  // past the plane too: the flat walk reads up to 7 more
             PlaneArgs args{nullptr, pw, nullptr, 0.0f, act_.active ? act_.lo : -kInf, act_.active ? act_.hi : kInf,
                            &win, nullptr};
             for (std::int64_t nc = first; nc < last; ++nc) {
@@ -306,7 +371,7 @@ public:
         parallel_ranges(win.n * win.c, 1, work, [&](int part, std::int64_t first, std::int64_t last) {
             float* pad = static_cast<float*>(scratch) + slice(win, ph, pw) * static_cast<std::size_t>(part);
             float* sums = pad + (ph * pw + 2 * kLanes + 15) / 16 * 16;
-            std::fill(pad, pad + ph * pw, 0.0f);
+            std::fill(pad, sums, 0.0f);  // past the plane too: the flat walk reads up to 7 more
             PlaneArgs args{pad, pw, nullptr, 0.0f, -kInf, kInf, &win, sums};
             for (std::int64_t nc = first; nc < last; ++nc) {
                 const std::int64_t n = nc / win.c, c = nc % win.c;

@@ -6,6 +6,7 @@
 
 #include "graph_kernels.hpp"
 #include "graph_ops.hpp"
+#include "graph_vecmath.hpp"
 
 namespace edgefleet::graph {
 namespace {
@@ -243,6 +244,18 @@ private:
         const std::int64_t inner = numel(Shape(shape.begin() + static_cast<std::ptrdiff_t>(last), shape.end()));
         const float* full = b_small ? a : b;
         const float* part = b_small ? b : a;
+        if (inner == 1) {  // the small operand is a row (a bias over the last axis): vectors along it
+            for (std::int64_t o = 0; o < outer; ++o) {
+                const float* src = full + o * mid;
+                float* dst = y + o * mid;
+                if (b_small) {
+                    for (std::int64_t m = 0; m < mid; ++m) dst[m] = f(src[m], part[m]);
+                } else {
+                    for (std::int64_t m = 0; m < mid; ++m) dst[m] = f(part[m], src[m]);
+                }
+            }
+            return true;
+        }
         for (std::int64_t o = 0; o < outer; ++o) {
             for (std::int64_t m = 0; m < mid; ++m) {
                 const float s = part[m];
@@ -326,6 +339,14 @@ public:
         std::int64_t n = s[axis];
         std::int64_t inner = numel(Shape(s.begin() + static_cast<std::ptrdiff_t>(axis) + 1, s.end()));
         if (coerce_) n *= inner, inner = 1;
+        if (inner == 1) {  // the last axis (attention): contiguous rows, the exponentials in SIMD
+            for (std::int64_t o = 0; o < outer; ++o) {
+                const float* x = in[0].as<float>() + o * n;
+                float* y = out.as<float>() + o * n;
+                vecmath::softmax_row(x, y, n);
+            }
+            return;
+        }
         for (std::int64_t o = 0; o < outer; ++o) {
             for (std::int64_t i = 0; i < inner; ++i) {
                 const float* x = in[0].as<float>() + o * n * inner + i;

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "graph_ops_more.hpp"
+#include "graph_vecmath.hpp"
 
 namespace edgefleet::graph {
 
@@ -47,11 +48,8 @@ std::vector<std::int64_t> plan_ints(const View& view, const char* what) {
 
 namespace {
 
-constexpr float kSqrtHalf = 0.70710678118654752f;
 constexpr float kSqrtTwoOverPi = 0.79788456080286536f;
 
-struct ErfF { float operator()(float x) const { return std::erf(x); } };
-struct GeluF { float operator()(float x) const { return 0.5f * x * (1.0f + std::erf(x * kSqrtHalf)); } };
 struct GeluTanhF {
     float operator()(float x) const {
         return 0.5f * x * (1.0f + std::tanh(kSqrtTwoOverPi * (x + 0.044715f * x * x * x)));
@@ -61,6 +59,19 @@ struct SqrtF { float operator()(float x) const { return std::sqrt(x); } };
 struct ReciprocalF { float operator()(float x) const { return 1.0f / x; } };
 struct ExpF { float operator()(float x) const { return std::exp(x); } };
 struct NegF { float operator()(float x) const { return -x; } };
+
+// Erf and exact Gelu through graph_vecmath's SIMD rows (libm's erf is a scalar call).
+class ErfOp : public Op {
+public:
+    explicit ErfOp(bool gelu) : gelu_(gelu) {}
+    Shape infer(const std::vector<View>& in) const override { return *in[0].shape; }
+    void run(const std::vector<View>& in, const View& out, void*) const override {
+        (gelu_ ? vecmath::gelu_rows : vecmath::erf_rows)(in[0].as<float>(), out.as<float>(), out.size());
+    }
+
+private:
+    bool gelu_;
+};
 
 template <typename F>
 class MapOp : public Op {
@@ -184,12 +195,12 @@ public:
 
 std::unique_ptr<Op> make_math_op(const NodeSpec& spec, const std::vector<DType>&, DType) {
     const std::string& op = spec.op;
-    if (op == "Erf") return std::make_unique<MapOp<ErfF>>();
+    if (op == "Erf") return std::make_unique<ErfOp>(false);
     if (op == "Gelu") {
         const std::string approximate = spec.attrs.get_str("approximate", "none");
         EF_REQUIRE(approximate == "none" || approximate == "tanh", "approximate must be none or tanh");
         if (approximate == "tanh") return std::make_unique<MapOp<GeluTanhF>>();
-        return std::make_unique<MapOp<GeluF>>();
+        return std::make_unique<ErfOp>(true);
     }
     if (op == "Sqrt") return std::make_unique<MapOp<SqrtF>>();
     if (op == "Reciprocal") return std::make_unique<MapOp<ReciprocalF>>();

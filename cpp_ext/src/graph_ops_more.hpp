@@ -49,6 +49,49 @@ void broadcast_loop(const Shape& out, const std::array<const Shape*, N>& ins, F&
     }
 }
 
+// dst (row-major, shape y) = the elements of src at base + sum_d index[d] * stride[d] (element units),
+// `item` bytes each: Slice and Transpose. Row by row: a contiguous innermost axis is one memcpy, any
+// other a typed loop, not a memcpy call per element.
+inline void strided_copy(const void* src, void* dst, const Shape& y, const std::vector<std::int64_t>& stride,
+                         std::int64_t base, std::size_t item) {
+    const std::int64_t total = numel(y);
+    if (total == 0) return;
+    const auto* from = static_cast<const char*>(src);
+    auto* to = static_cast<char*>(dst);
+    if (y.empty()) {
+        std::memcpy(to, from + base * static_cast<std::int64_t>(item), item);
+        return;
+    }
+    const std::size_t rank = y.size();
+    const std::int64_t inner = y[rank - 1], step = stride[rank - 1];
+    const auto row = [&](const auto* s, auto* d) {
+        for (std::int64_t j = 0; j < inner; ++j) d[j] = s[j * step];
+    };
+    std::vector<std::int64_t> index(rank, 0);
+    std::int64_t offset = base;
+    for (std::int64_t r = 0; r < total / inner; ++r, to += inner * static_cast<std::int64_t>(item)) {
+        const char* s = from + offset * static_cast<std::int64_t>(item);
+        if (step == 1) {
+            std::memcpy(to, s, static_cast<std::size_t>(inner) * item);
+        } else if (item == 4) {
+            row(reinterpret_cast<const std::uint32_t*>(s), reinterpret_cast<std::uint32_t*>(to));
+        } else if (item == 8) {
+            row(reinterpret_cast<const std::uint64_t*>(s), reinterpret_cast<std::uint64_t*>(to));
+        } else if (item == 1) {
+            row(reinterpret_cast<const std::uint8_t*>(s), reinterpret_cast<std::uint8_t*>(to));
+        } else {
+            const auto size = static_cast<std::int64_t>(item);
+            for (std::int64_t j = 0; j < inner; ++j) std::memcpy(to + j * size, s + j * step * size, item);
+        }
+        for (std::size_t d = rank - 1; d-- > 0;) {
+            offset += stride[d];
+            if (++index[d] < y[d]) break;
+            offset -= stride[d] * y[d];
+            index[d] = 0;
+        }
+    }
+}
+
 // int64 (or int32) values known at plan time: a constant, or a graph input.
 std::vector<std::int64_t> plan_ints(const View& view, const char* what);
 

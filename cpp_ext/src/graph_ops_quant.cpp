@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #endif
@@ -16,6 +17,18 @@
 #include "graph_threads.hpp"
 
 namespace edgefleet::graph {
+
+#if defined(__x86_64__) || defined(_M_X64)
+// AVX2 loops of graph_quant_x86.cpp, for whole blocks of 8 (each returns how many values it wrote; the
+// caller does the rest with the same float32 steps): QuantizeLinear's round(x / scale) + zero point, and
+// the requantization of int32 sums, (acc[c] + bias[c]) * mult[c] rounded + zero point. Both clamp to
+// [lo, hi] and store bytes (u8 or s8), equal to the portable loops' (round half to even as nearbyint,
+// which without SSE4.1 in the baseline build is a libm call per value).
+std::int64_t quantize_avx2(const float* x, float scale, float zp, float lo, float hi, bool u8, char* y, std::int64_t n);
+std::int64_t requantize_avx2(const std::int32_t* acc, const std::int32_t* bias, const float* mult, float zp, float lo,
+                             float hi, bool u8, char* y, std::int64_t n);
+#endif
+
 namespace {
 
 // Reads element i of an integer tensor of any supported dtype as int64.
@@ -54,26 +67,6 @@ Axis split_axis(const Shape& x, std::int64_t axis, std::int64_t count) {
             numel(Shape(x.begin() + static_cast<std::ptrdiff_t>(a) + 1, x.end()))};
 }
 
-#if defined(__x86_64__) || defined(_M_X64)
-// QuantizeLinear's loop in AVX2 for whole blocks of 8: the same division, round half to even (the
-// default rounding mode, as nearbyint), zero point, clamp, so the bytes equal the portable loop's.
-// Returns how many values it wrote (the caller does the rest). Without SSE4.1 in the baseline build,
-// nearbyint is a libm call per value.
-__attribute__((target("avx2,fma"))) std::int64_t quantize_avx2(const float* x, float scale, float zp, Range r,
-                                                               bool u8, char* y, std::int64_t n) {
-    const __m256 s = _mm256_set1_ps(scale), z = _mm256_set1_ps(zp), lo = _mm256_set1_ps(r.lo), hi = _mm256_set1_ps(r.hi);
-    std::int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256 q = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + i), s), _MM_FROUND_TO_NEAREST_INT |
-                                                                                   _MM_FROUND_NO_EXC);
-        const __m256i v = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_add_ps(q, z), lo), hi));
-        const __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-        const __m128i bytes = u8 ? _mm_packus_epi16(words, words) : _mm_packs_epi16(words, words);
-        _mm_storel_epi64(reinterpret_cast<__m128i*>(y + i), bytes);
-    }
-    return i;
-}
-#endif
 
 class QuantizeOp : public Op {
 public:
@@ -127,7 +120,7 @@ private:
         const Range r = range_of(out.dtype);
 #if defined(__x86_64__) || defined(_M_X64)
         if (std::strcmp(kernels::active().isa, "portable") != 0) {
-            const std::int64_t done = quantize_avx2(x, scale, zp, r, out.dtype == DType::u8,
+            const std::int64_t done = quantize_avx2(x, scale, zp, r.lo, r.hi, out.dtype == DType::u8,
                                                     static_cast<char*>(out.data) + start, n);
             x += done, start += done, n -= done;
         }
@@ -207,8 +200,16 @@ Packed pack(const std::vector<const Constant*>& c, std::int64_t channels, std::i
 template <typename T>
 void requantize_rows(const std::int32_t* acc, const Packed& p, std::int64_t rows, std::int64_t cols, bool per_row,
                      T* out) {
+    [[maybe_unused]] const bool simd = !per_row && std::strcmp(kernels::active().isa, "portable") != 0;
     for (std::int64_t r = 0; r < rows; ++r) {
-        for (std::int64_t c = 0; c < cols; ++c) {
+        std::int64_t c = 0;
+#if defined(__x86_64__) || defined(_M_X64)
+        if (simd) {
+            c = requantize_avx2(acc + r * cols, p.bias.data(), p.multiplier.data(), p.y_zero, p.lo, p.hi,
+                                std::is_same_v<T, std::uint8_t>, reinterpret_cast<char*>(out + r * cols), cols);
+        }
+#endif
+        for (; c < cols; ++c) {
             const std::int64_t ch = per_row ? r : c;
             const float value = static_cast<float>(acc[r * cols + c] + p.bias[ch]) * p.multiplier[ch];
             out[r * cols + c] = static_cast<T>(requantize(value, p.y_zero, p.lo, p.hi));

@@ -2,7 +2,7 @@
 // Concat.
 #include <cstring>
 
-#include "graph_ops.hpp"
+#include "graph_ops_more.hpp"
 
 namespace edgefleet::graph {
 namespace {
@@ -136,21 +136,7 @@ public:
         for (std::size_t i = x.size(); i-- > 1;) in_strides[i - 1] = in_strides[i] * x[i];
         std::vector<std::int64_t> strides;  // input stride of each output axis
         for (const std::int64_t a : p) strides.push_back(in_strides[static_cast<std::size_t>(a)]);
-        const std::size_t item = dtype_size(in[0].dtype);
-        const auto* src = static_cast<const char*>(in[0].data);
-        auto* dst = static_cast<char*>(out.data);
-        const std::int64_t total = numel(y);
-        std::vector<std::int64_t> index(y.size(), 0);
-        std::int64_t offset = 0;
-        for (std::int64_t t = 0; t < total; ++t) {
-            std::memcpy(dst + t * static_cast<std::int64_t>(item), src + offset * static_cast<std::int64_t>(item), item);
-            for (std::size_t d = y.size(); d-- > 0;) {
-                offset += strides[d];
-                if (++index[d] < y[d]) break;
-                offset -= strides[d] * y[d];
-                index[d] = 0;
-            }
-        }
+        strided_copy(in[0].data, out.data, y, strides, 0, dtype_size(in[0].dtype));
     }
 
 private:

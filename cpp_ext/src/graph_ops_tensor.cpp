@@ -73,20 +73,7 @@ public:
             base += start[d] * strides[d];
             stride[d] = step[d] * strides[d];
         }
-        const auto* src = static_cast<const char*>(in[0].data);
-        auto* dst = static_cast<char*>(out.data);
-        const std::int64_t total = numel(y);
-        std::vector<std::int64_t> index(y.size(), 0);
-        std::int64_t offset = base;
-        for (std::int64_t t = 0; t < total; ++t) {
-            std::memcpy(dst + t * item, src + offset * item, static_cast<std::size_t>(item));
-            for (std::size_t d = y.size(); d-- > 0;) {
-                offset += stride[d];
-                if (++index[d] < y[d]) break;
-                offset -= stride[d] * y[d];
-                index[d] = 0;
-            }
-        }
+        strided_copy(in[0].data, out.data, y, stride, base, static_cast<std::size_t>(item));
     }
 
 private:

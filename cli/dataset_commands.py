@@ -1,6 +1,6 @@
 """`edgefleet dataset create|list|show|export`: captured samples frozen with their labels by name and version,
 fingerprinted (cloud/dataset_store.py), and exported as the files `edgefleet loop stage evaluate --recent`
-reads: DIR/dataset.npz (inputs by name, `y`, `slice`) and DIR/dataset.json (name, version, fingerprint,
+reads: DIR/dataset.npz (inputs by name, `y`, `slice`, `captured_at`) and DIR/dataset.json (name, version, fingerprint,
 filter, counts per class and slice, time range, and the members in the .npz's row order)."""
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ name and version, so a retrained bundle's lineage can name the exact data it saw
 
     record = create_dataset(session, "lab-digits", DatasetFilter(fleet="lab", labelled_only=True))
     record = get_dataset(session, "lab-digits", "latest")          # or a version number
-    arrays, fingerprint = export_arrays(session, record)           # {input name..., "y", "slice"} numpy
+    arrays, fingerprint = export_arrays(session, record)  # {input name..., "y", "slice", "captured_at"} numpy
 
 Freezing reads the captures the filter selects (fleet, device, model name and version, captured since /
 until, slice, labelled only), each joined with the newest label the feedback API received for its request
@@ -49,7 +49,7 @@ from edgefleet.core.errors import EdgefleetError
 MAX_SAMPLES = 20_000
 MAX_BYTES = 256 * 2**20
 PAGE = 1000
-RESERVED = {"y", "slice"}  # the .npz keys that are not inputs (cloud/loop/eval_data.py)
+RESERVED = {"y", "slice", "captured_at"}  # the .npz keys that are not inputs (cloud/loop/eval_data.py)
 NO_SLICE = "none"  # the slice value of a sample captured without one, when others have one
 
 
@@ -238,7 +238,8 @@ def describe(record: Dataset, with_samples: bool = False) -> dict:
 
 def export_arrays(session: Session, record: Dataset) -> tuple[dict[str, np.ndarray], str]:
     """The dataset as eval_data's .npz layout (inputs by name, `y` when every sample is labelled, `slice` when
-    any sample has one), rows in member order, and its re-computed fingerprint."""
+    any sample has one, `captured_at`: each row's sample's capture time in Unix seconds, which the freshness
+    report ages the data by), rows in member order, and its re-computed fingerprint."""
     ids = [member[0] for member in record.members]
     found: dict[int, CaptureSample] = {}
     for start in range(0, len(ids), 500):
@@ -261,13 +262,14 @@ def export_arrays(session: Session, record: Dataset) -> tuple[dict[str, np.ndarr
         raise ConflictError(f"{where}: its samples no longer give its fingerprint ({fingerprint[:12]} instead of "
                             f"{record.fingerprint[:12]}); it cannot be exported")
     columns: dict[str, list[np.ndarray]] = {name: [] for name in record.summary["inputs"]}
-    labels, slices = [], []
+    labels, slices, times = [], [], []
     for row, label in pairs:
         inputs = decode_arrays(row)["inputs"]
         for name in columns:
             columns[name].append(inputs[name])
         count = _rows(row)
         slices.extend([row.slice or NO_SLICE] * count)
+        times.extend([row.captured_at] * count)
         if label is not None:
             labels.extend(_label_values(row, label, count))
     arrays = {name: np.concatenate(parts) for name, parts in columns.items()}
@@ -275,4 +277,5 @@ def export_arrays(session: Session, record: Dataset) -> tuple[dict[str, np.ndarr
         arrays["y"] = np.asarray(labels, dtype=np.float64 if record.summary["label_kind"] == "value" else None)
     if set(slices) != {NO_SLICE}:
         arrays["slice"] = np.asarray(slices)
+    arrays["captured_at"] = np.asarray(times, dtype=np.float64)
     return arrays, fingerprint

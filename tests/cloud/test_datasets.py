@@ -84,6 +84,8 @@ def test_a_dataset_freezes_late_labels_and_exports_what_evaluation_reads(capture
     members = cloud.client.get("/api/v1/datasets/lab-digits/1", params={"samples": "true"}).json()["members"]
     order = [digit_of[m["sample_id"]] for m in members]  # the .npz's rows: sorted by (device, sample id)
     assert sorted(order) == expected and [m["device"] for m in members] == ["cam-1"] * 3 + ["cam-2"] * 2
+    captured_at = {r["sample_id"]: r["captured_at"] for r in captures}  # each row's time (the freshness report's)
+    assert arrays["captured_at"].tolist() == [captured_at[m["sample_id"]] for m in members]
     assert class_labels(data, 10).tolist() == [int(DIGITS.target[i]) for i in order]
     assert np.array_equal(data.inputs["pixels"], np.stack([DIGITS.images[i] / 16 for i in order]).astype(np.float32))
     assert data.slices["night"].tolist() == [False, False, False, True, True]

@@ -18,7 +18,9 @@ metric is top-1 agreement with the float model, each with its Wilson 95% interva
 span +-0.035, so steps smaller than that are not told apart). Prints every method's score, the gate's
 trials and the nodes it kept in float, agreement on validation, test crops, test crops the float model
 is confident about (top-1 probability >= 0.5) and centred test photos; an ablation of the static int8
-path with every node int8 (plain, bias correction, cross-layer equalization, both); the float model's
+path with every node int8 (plain, bias correction, cross-layer equalization, both; each calibration
+method; AdaRound weight rounding) and with the first convolution and the classifier kept in float (a
+common recipe: the layers with the fewest channels to average rounding over); the float model's
 median top-1 probability (how ambiguous the inputs are), file sizes and latency float vs int8 (batch 1,
 one thread).
 """
@@ -34,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 from report import emit  # noqa: E402 - benchmarks/report.py, beside this script
@@ -133,10 +136,11 @@ def efficientnet(args: argparse.Namespace) -> dict:
                                       eval_data=(sets["validation"], None), max_drop=args.max_drop)
         quantize_seconds = time.perf_counter() - started
         int8_path = result.bundle.root / "model.int8.onnx"
-        ablation = {}  # every node int8, the method the gate used, one step of the static int8 path at a time
-        for name, options in ABLATION.items():
-            model = quantize_static_int8(bundle, work / name, sets["calibration"], method=result.calibration["chosen"],
-                                         calibration_batch=16, **options)
+        ablation = {}  # every node int8 (but first_last_float), the gate's method unless the variant names one
+        ends = [n.name for n in onnx.load(str(float_path)).graph.node if n.op_type in ("Conv", "Gemm")]
+        for name, options in {**ABLATION, "first_last_float": {"nodes_to_exclude": [ends[0], ends[-1]]}}.items():
+            options = {"method": result.calibration["chosen"], **options}
+            model = quantize_static_int8(bundle, work / name, sets["calibration"], calibration_batch=16, **options)
             step = model.bundle.manifest["lineage"]["steps"][-1]["options"]
             ablation[name] = {"options": options, "equalized_pairs": len((step["equalization"] or {}).get("pairs", [])),
                               **agreement(floats, model.bundle.root / "model.int8.onnx", sets, onnx_outputs)}
@@ -172,6 +176,12 @@ ABLATION = {
     "bias_correction": {"bias_correction": True, "equalization": False},
     "equalization": {"bias_correction": False, "equalization": True},
     "equalization+bias_correction": {"bias_correction": True, "equalization": True},
+    # bias correction on (the default) from here: calibration methods, adaptive rounding
+    "minmax": {"method": "MinMax"},
+    "percentile": {"method": "Percentile"},
+    "entropy": {"method": "Entropy"},
+    "adaround": {"method": "MinMax", "rounding": "adaround"},
+    "adaround+percentile": {"method": "Percentile", "rounding": "adaround"},
 }
 CONFIDENT = 0.5
 

@@ -48,6 +48,7 @@ import onnx
 import onnxruntime as ort
 from onnxruntime import quantization as ortq
 
+from edgefleet.cloud.compress.adaround import AdaRoundOptions, adaround
 from edgefleet.cloud.compress.bias_correction import correct_biases, input_means
 from edgefleet.cloud.compress.calibration import METHODS, CalibrationReader, choose_method, method_list
 from edgefleet.cloud.compress.equalize import equalize
@@ -172,6 +173,7 @@ def quantize_static_int8(
     preprocess: bool = True, calibration_batch: int = CALIBRATION_BATCH, eval_data: EvalData | None = None,
     max_drop: float | None = None, gate_candidates: Sequence[str | Sequence[str]] | None = None,
     gate_strategy: str = "auto", bias_correction: bool = True, equalization: bool = False,
+    rounding: str = "nearest", adaround_options: AdaRoundOptions | None = None,
     signing_key: SigningKey | None = None, validity: timedelta = DEFAULT_VALIDITY, version: int | None = None,
     tolerance_margin: float = TOLERANCE_MARGIN,
 ) -> QuantizeResult:
@@ -191,7 +193,9 @@ def quantize_static_int8(
     by channel first (cross-layer equalization, equalize.py; exact in float; the options record which
     pairs and which were skipped). Off by default: on the pretrained EfficientNet-Lite0 it reaches 2 of
     34 pairs (ReLU6 separates the rest) and moved no held-out figure (bench_quantize's ablation), while
-    on Relu networks it cuts the int8 error (tests/cloud/compress/test_equalize.py).
+    on Relu networks it cuts the int8 error (tests/cloud/compress/test_equalize.py). rounding (QDQ only):
+    "nearest", or "adaround": each Conv/Gemm's int8 weights rounded up or down to reproduce its float
+    output on the calibration rows (adaround.py, adaround_options), before bias correction.
     """
     methods = method_list(method)
     if quant_format not in ("QDQ", "QOperator"):
@@ -201,13 +205,17 @@ def quantize_static_int8(
     if len(methods) > 1 and eval_data is None:
         raise QuantizationError(f"choosing among {', '.join(methods)} needs eval_data=(inputs, labels or None) "
                                 f"to score them on")
+    if rounding not in ("nearest", "adaround") or (rounding == "adaround" and quant_format != "QDQ"):
+        raise QuantizationError(f"rounding must be 'nearest' or 'adaround' (QDQ only), got {rounding!r} with "
+                                f"{quant_format}")
     source, artifact, float_model = _source(bundle)
     feed = _as_feed(calibration, source.inputs, "calibration")
     options = {"mode": "static", "quant_format": quant_format, "per_channel": per_channel, "method": methods[0],
                "activation_type": activation_type, "weight_type": weight_type, "reduce_range": reduce_range,
                "op_types_to_quantize": _list(op_types_to_quantize), "nodes_to_exclude": list(nodes_to_exclude),
                "extra_options": dict(extra_options or {}), "calibration_batch": calibration_batch,
-               "calibration_rows": _rows(feed), "bias_correction": bias_correction and quant_format == "QDQ"}
+               "calibration_rows": _rows(feed), "bias_correction": bias_correction and quant_format == "QDQ",
+               "rounding": rounding}
     with tempfile.TemporaryDirectory(prefix="edgefleet-quantize-") as tmp:
         prepared, options["preprocess"] = prepare(float_model, Path(tmp), preprocess)
         check_nodes(prepared, nodes_to_exclude)
@@ -220,6 +228,8 @@ def quantize_static_int8(
         out = Path(tmp) / "static.onnx"
         means = (input_means(prepared, iter(CalibrationReader(feed, calibration_batch).get_next, None))
                  if options["bias_correction"] else None)
+
+        fitted: dict[str, dict] = {}
 
         def quantize(excluded: Sequence[str], method: str) -> bytes:
             with ort_chatter():
@@ -234,7 +244,13 @@ def quantize_static_int8(
                     # calibrate once per method; every gate trial reuses the ranges
                     calibration_cache_path=Path(tmp) / f"calibration-{method}.json",
                 )
-            return out.read_bytes() if means is None else correct_biases(out.read_bytes(), prepared, means)
+            model = out.read_bytes()
+            if rounding == "adaround":  # fitted once per calibration method, reused by the gate's trials
+                rows = iter(CalibrationReader(feed, calibration_batch).get_next, None)
+                model, record = adaround(model, prepared, rows, adaround_options or AdaRoundOptions(),
+                                         fitted.setdefault(method, {}))
+                options["adaround"] = _adaround_summary(record)
+            return model if means is None else correct_biases(model, prepared, means)
 
         needed = eval_data is not None and (max_drop is not None or len(methods) > 1)
         evaluate = _evaluator(source, eval_data, float_model) if needed else None
@@ -421,6 +437,15 @@ def _rewrite_golden(path: Path, inputs: dict[str, np.ndarray], outputs: dict[str
 
 
 # small pieces ------------------------------------------------------------------------------------------
+def _adaround_summary(record: dict) -> dict:
+    """The lineage's AdaRound record: its options, layers, weights flipped and the layers' output error ratio."""
+    layers = record["layers"].values()
+    ratios = [v["mse_adaround"] / v["mse_nearest"] for v in layers if v["mse_nearest"] > 0]
+    return {"options": record["options"], "layers": len(record["layers"]),
+            "flipped_weights": sum(v["flipped"] for v in layers), "weights": sum(v["weights"] for v in layers),
+            "output_mse_ratio_median": float(np.median(ratios)) if ratios else None}
+
+
 def _source(bundle: Bundle | str | Path) -> tuple[Bundle, dict, bytes]:
     """The bundle, its float ONNX artifact and that file's bytes (checked against the manifest's hash)."""
     source = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)

@@ -19,6 +19,7 @@ from edgefleet.cli import (
     fleet_commands,  # noqa: F401 - registers device run, sim, push, drift, alerts
     import_commands,  # noqa: F401 - registers import
     loop_commands,  # noqa: F401 - registers loop stage evaluate
+    loop_freshness,  # noqa: F401 - registers loop stage freshness
     performance_commands,  # noqa: F401 - registers performance
     rollout_commands,  # noqa: F401 - registers deploy, rollout status|approve|abort|list
     webhook_commands,  # noqa: F401 - registers webhook add|list|remove|deliveries

@@ -79,3 +79,43 @@ def evaluate(
         out.print(f"[yellow]forced past the refusal[/yellow] ({len(decision['reasons'])} reason(s), recorded in "
                   f"the report): " + escape("; ".join(decision["reasons"])), highlight=False)
     out.print(f"report written to {out_path} and into {candidate} (signed by {signing_key.key_id})")
+
+
+@stage_app.command("train")
+def train(
+    serving: Annotated[Path, typer.Option("--serving", help="The serving model's bundle (directory or .tar.gz); "
+                                                            "the new bundle is its next version")],
+    train_fn: Annotated[str, typer.Option("--train-fn", help="module:function called as f(old_model, reference, "
+                                                             "dataset, mode), returning a torch.nn.Module")],
+    dataset: Annotated[Path, typer.Option("--dataset", help="Directory from `edgefleet dataset export` "
+                                                            "(dataset.npz with labels, dataset.json)")],
+    key: Annotated[Path, typer.Option("--key", "-k", help="Private key to sign the new bundle")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Empty directory for the new bundle")],
+    reference: Annotated[Path | None, typer.Option("--reference-data", help=".npz of the serving model's training "
+                                                                            "data (inputs, optional y)")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="scratch (old_model is None) or finetune")] = "finetune",
+    torch_model: Annotated[str | None, typer.Option("--torch-model", help="module:function returning the serving "
+                                                                          "model in torch (finetune; checked "
+                                                                          "against the bundle's golden outputs)")]
+    = None,
+    trust: TrustOption = None,
+) -> None:
+    """Retrain with the user's function and write the serving bundle's next version, signed, with lineage."""
+    from edgefleet.cloud.loop.retrain import TrainSpec, retrain
+    from edgefleet.core.bundle import Bundle
+    from edgefleet.core.signing import SigningKey
+
+    signing_key = SigningKey.load(key)
+    store = trust_store(trust)
+    if signing_key.key_id not in store.key_ids:
+        raise EdgefleetError(f"--key {key} (key id {signing_key.key_id}) is not among the trusted keys: the new "
+                             f"bundle signed with it would not verify")
+    Bundle.open(serving).verify(store)
+    result = retrain(TrainSpec(serving, train_fn, dataset, mode, reference, torch_model), out_dir, signing_key)
+    from rich.markup import escape
+
+    cost, data = result.training["cost"], result.training["dataset"]
+    out.print(escape(f"{result.bundle.name} v{result.bundle.version} ({mode}) -> {out_dir}: dataset {data['name']} "
+              f"v{data['version']} ({data['fingerprint'][:19]}), {cost['rows_seen']} rows seen, {cost['wall_s']:.1f} s "
+              f"wall, {cost['cpu_s']:.1f} s CPU, peak RSS {cost['peak_rss_bytes'] / 2**20:.0f} MiB"), highlight=False,
+              emoji=False)

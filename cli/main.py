@@ -35,7 +35,8 @@ def main() -> None:
     try:
         app()  # standalone mode: exits through SystemExit, which passes the handlers below
     except EdgefleetError as err:
-        err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)  # one line, any width
+        err_console.print(f"error: {err}", markup=False, emoji=False, highlight=False,
+                          soft_wrap=True)  # one line, any width; no :name: emoji codes ("module:train")
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("aborted", markup=False)
@@ -44,7 +45,7 @@ def main() -> None:
         if config.debug():
             raise
         err_console.print(f"internal error: {type(err).__name__}: {err} (set {config.DEBUG_ENV}=1 for the traceback)",
-                          markup=False, highlight=False)
+                          markup=False, emoji=False, highlight=False)
         sys.exit(1)
 
 

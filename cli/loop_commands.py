@@ -116,6 +116,6 @@ def train(
 
     cost, data = result.training["cost"], result.training["dataset"]
     out.print(escape(f"{result.bundle.name} v{result.bundle.version} ({mode}) -> {out_dir}: dataset {data['name']} "
-              f"v{data['version']} ({data['fingerprint'][:19]}), {cost['rows_seen']} rows seen, {cost['wall_s']:.1f} s "
+              f"v{data['version']} ({data['fingerprint'][:12]}), {cost['rows_seen']} rows seen, {cost['wall_s']:.1f} s "
               f"wall, {cost['cpu_s']:.1f} s CPU, peak RSS {cost['peak_rss_bytes'] / 2**20:.0f} MiB"), highlight=False,
               emoji=False)

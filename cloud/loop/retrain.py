@@ -23,8 +23,11 @@ the new dataset's inputs: the model was retrained because the world moved to inc
 and a profile of the old data alone would keep the drift alert that started the loop open on a model
 made for that condition. Its lineage names the parent (name, version, manifest sha256), the dataset (name,
 version, fingerprint from dataset.json), the mode, the function and the cost: wall and CPU seconds of the
-training call, its peak RSS (the high-water mark reset just before the call, Linux; else the process's
-peak so far) and the rows the training forwarded through any module in training mode (epochs included).
+training call, the process's peak RSS during it (Linux: the high-water mark is reset to the current RSS
+just before the call, so it includes what the process held already, ~0.6 GB with torch and onnxruntime
+loaded; elsewhere the process's lifetime peak, said so in `peak_rss_scope`), the rows forwarded through
+outermost modules in training mode (epochs included: what the function actually trained on) and the rows
+it was given.
 """
 
 from __future__ import annotations

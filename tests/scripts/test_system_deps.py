@@ -25,8 +25,9 @@ SCRIPT = REPO / "scripts" / "system-deps"
 # /root would not be readable by the unprivileged user of the refusal test)
 PYTHON = "/usr/bin/python3"
 PROGRAMS = {"mosquitto": ["mosquitto", "mosquitto_passwd"], "postgresql": ["initdb", "pg_ctl"], "g++": ["g++"],
-            "chromium": ["chromium"], "chromium-driver": ["chromedriver"]}
-BROWSER = ("chromium", "chromedriver")  # the dashboard tests' browser: given in the cases about other needs
+            "chromium": ["chromium"], "chromium-driver": ["chromedriver"], "systemd": ["systemd-analyze"]}
+# the dashboard tests' browser and the service-unit check: given in the cases about other needs
+BROWSER = ("chromium", "chromedriver", "systemd-analyze")
 FAKE_APT = """#!{python}
 import os, sys
 from pathlib import Path
@@ -194,9 +195,19 @@ def test_make_test_stops_before_building_or_testing_anything(machine):
 def test_a_machine_without_chromium_gets_it_and_its_driver(machine):
     if not list(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")) or not Path("/usr/sbin/mosquitto").exists():
         pytest.skip("PostgreSQL's server binaries or mosquitto are not installed here")
-    provide(machine, "g++", "mosquitto_passwd", "apt-get")
+    provide(machine, "g++", "mosquitto_passwd", "apt-get", "systemd-analyze")
     result = run(machine)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "system-deps: installing chromium chromium-driver (missing: chromium, chromedriver)\n"
     assert apt_calls(machine) == ["update -qq", "install -y -qq --no-install-recommends chromium chromium-driver"]
 
+
+
+def test_a_machine_without_systemd_analyze_gets_systemd(machine):
+    if not list(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")) or not Path("/usr/sbin/mosquitto").exists():
+        pytest.skip("PostgreSQL's server binaries or mosquitto are not installed here")
+    provide(machine, "g++", "mosquitto_passwd", "apt-get", "chromium", "chromedriver")
+    result = run(machine)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "system-deps: installing systemd (missing: systemd-analyze)\n"
+    assert apt_calls(machine) == ["update -qq", "install -y -qq --no-install-recommends systemd"]

@@ -262,8 +262,8 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA busy_timeout=5000")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
-    from edgefleet.cloud import enrollment, ops_tables  # noqa: F401 - their tables are on Base too
-    from edgefleet.cloud import drift_cusum_store  # noqa: F401 - the CUSUM checkpoints' table (issue 14)
+    # noqa: F401 below - imported for their tables on Base (ops, enrollment, the CUSUM checkpoints)
+    from edgefleet.cloud import drift_cusum_store, enrollment, ops_tables  # noqa: F401
 
     Base.metadata.create_all(engine)
     _add_missing_columns(engine)

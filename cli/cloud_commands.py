@@ -42,6 +42,13 @@ def up(
     rollback_key: Annotated[Path | None, typer.Option(help="Private key that signs rollback authorizations, so "
                                                            "a deployment may install an older version")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    role: Annotated[str | None, typer.Option(
+        help="What this process runs: all (default: everything, one command), api (HTTP only, stateless "
+             "replicas), ingest (MQTT ingest, shared subscription), monitor (drift, accuracy, ops monitors) or "
+             "rollouts (rollout engine); every role but all needs a PostgreSQL --db")] = None,
+    worker: Annotated[str | None, typer.Option(
+        help="With --role ingest: this worker's name, unique among the ingest workers and the same after a "
+             "restart (its MQTT session is edgefleet-ingest-NAME)")] = None,
     drift_interval: Annotated[float | None, typer.Option(
         help="Seconds between drift evaluations (default 10)", rich_help_panel=DRIFT_PANEL)] = None,
     drift_lookback: Annotated[float | None, typer.Option(
@@ -95,7 +102,8 @@ def up(
         help="Data quality: samples a varying input must stay constant to count as stuck (default 20)",
         rich_help_panel=OPS_PANEL)] = None,
 ) -> None:
-    """Run the cloud service (API, MQTT broker, ingest, drift monitor, rollouts) until Ctrl+C or SIGTERM.
+    """Run the cloud service (API, MQTT broker, ingest, drift monitor, rollouts), or one --role of it, until
+    Ctrl+C or SIGTERM.
 
     The --drift-*, --performance-drop and --ops-* options are global; PUT /api/v1/drift/settings/fleets/F
     (or /models/M, /fleets/F/models/M; likewise /performance/settings and /ops/settings) overrides them for
@@ -126,10 +134,13 @@ def up(
                              ops_min_disk_free_bytes=ops_min_disk_free_bytes, ops_max_temperature_c=ops_max_temperature,
                              ops_max_nonfinite_share=ops_max_nonfinite_share,
                              ops_max_out_of_range_share=ops_max_out_of_range_share,
-                             ops_stuck_min_samples=ops_stuck_min_samples)
+                             ops_stuck_min_samples=ops_stuck_min_samples, role=role, worker=worker)
     server = CloudServer(settings).start()
     try:
-        out.print(f"edgefleet cloud API: {server.url}", markup=False, highlight=False, soft_wrap=True)
+        if settings.role != "all":
+            out.print(f"role: {settings.role}", markup=False, highlight=False, soft_wrap=True)
+        if server.serves_http:
+            out.print(f"edgefleet cloud API: {server.url}", markup=False, highlight=False, soft_wrap=True)
         broker = "external" if settings.mqtt_url else "embedded"
         out.print(f"MQTT broker ({broker}): {server.broker_url}", markup=False, highlight=False, soft_wrap=True)
         out.print(f"data: {settings.data_dir.resolve()}", markup=False, highlight=False, soft_wrap=True)
@@ -137,7 +148,7 @@ def up(
             err_console.print("warning: no EDGEFLEET_MQTT_PASSWORD: the cloud's MQTT clients connect to the external "
                               "broker without credentials (see `edgefleet cloud mosquitto-config`)",
                               markup=False, highlight=False, soft_wrap=True)
-        if not settings.trusted_keys:
+        if server.serves_http and not settings.trusted_keys:
             err_console.print("warning: no trusted keys (--trust KEY.pub): the registry will refuse every bundle",
                               markup=False, highlight=False, soft_wrap=True)
         if server.new_admin_token:

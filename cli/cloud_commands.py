@@ -1,5 +1,6 @@
 """Cloud commands: `edgefleet cloud up` runs the companion service, `edgefleet cloud token` makes an admin
-token. The cloud modules are imported inside the commands, so the device-side CLI never loads them."""
+token, `edgefleet cloud migrate` upgrades the database's schema. The cloud modules are imported inside the
+commands, so the device-side CLI never loads them."""
 
 from __future__ import annotations
 
@@ -119,6 +120,7 @@ def up(
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if level != "DEBUG":
         logging.getLogger("transitions").setLevel(logging.WARNING)  # amqtt's state machine, chatty at INFO
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # the schema check's plugin and context lines
     trusted = list(trust or config.trusted_key_paths()) or None
     settings = load_settings(db_url=db, mqtt_url=mqtt_url, data_dir=data, port=port, host=host, trusted_keys=trusted,
                              public_url=public_url, rollback_key=rollback_key, drift_interval_seconds=drift_interval,
@@ -159,6 +161,33 @@ def up(
         raise
     server.run_forever()
     out.print("stopped", markup=False, highlight=False, soft_wrap=True)
+
+
+@cloud_app.command("migrate")
+def migrate(
+    database: Annotated[str | None, typer.Option("--database", "--db", help="SQLAlchemy database URL (default: "
+                                                                            "SQLite in --data)")] = None,
+    data: DataOption = None,
+    to: Annotated[str, typer.Option("--to", help="Schema revision to upgrade to")] = "head",
+) -> None:
+    """Upgrade the database's schema to this release's (or --to REV). `cloud up` refuses an older schema, and
+    upgrades nothing itself: stop every cloud process on the database and back it up first."""
+    from edgefleet.cloud.db import open_engine
+    from edgefleet.cloud.schema import migrate as upgrade
+    from edgefleet.cloud.settings import load_settings
+
+    settings = load_settings(db_url=database, data_dir=data)
+    if database is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = open_engine(settings.db_url)
+    try:
+        before, after = upgrade(engine, to)
+    finally:
+        engine.dispose()
+    if before == after:
+        out.print(f"schema at revision {after} already", markup=False, highlight=False)
+    else:
+        out.print(f"schema upgraded from revision {before or 'none'} to {after}", markup=False, highlight=False)
 
 
 @cloud_app.command("token")

@@ -201,6 +201,11 @@ def _thresholds(values: tuple[float, ...], reference: tuple[int, ...], window_sa
     return _calibrate(np.asarray(values), np.asarray(reference), window_samples, ("mean", "spread"), arl0, None, SEED)
 
 
+def scope_arl0(signals: int) -> int:
+    """Each statistic's target run length in a scope of `signals` signals (ScopeDetectors)."""
+    return min(TARGET_ARL0 * 2 * max(signals, 1), MAX_ARL0)
+
+
 def _bucket(samples: int) -> int:
     """Window sizes calibrated to the nearest power of two, so a scope whose windows vary a little reuses
     one threshold (the simulation takes about half a second)."""
@@ -219,7 +224,7 @@ class ScopeDetectors:
         self.window_samples = _bucket(window_samples)
         rows = [(feature, index, name, facts) for feature in profile.get("features", [])
                 for index, name in enumerate(feature["names"]) if (facts := facts_of(feature, index)) is not None]
-        self.arl0 = min(TARGET_ARL0 * 2 * max(len(rows), 1), MAX_ARL0)
+        self.arl0 = scope_arl0(len(rows))
         self.detectors: dict[str, tuple[str, int, Cusum]] = {
             name: (feature["input"], index, Cusum.for_signal(facts, feature["counts"][index], self.window_samples,
                                                              arl0=self.arl0))

@@ -42,6 +42,11 @@ def up(
                                                         "downloads; default: the bound address)")] = None,
     rollback_key: Annotated[Path | None, typer.Option(help="Private key that signs rollback authorizations, so "
                                                            "a deployment may install an older version")] = None,
+    store: Annotated[str | None, typer.Option(
+        "--store", help="Where the registry keeps bundles: s3://BUCKET[/PREFIX] (credentials from the AWS_* "
+                        "variables; default: the data directory)")] = None,
+    s3_endpoint: Annotated[str | None, typer.Option(help="The S3 API's URL for --store (MinIO, Ceph; default: "
+                                                         "AWS)")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
     role: Annotated[str | None, typer.Option(
         help="What this process runs: all (default: everything, one command), api (HTTP only, stateless "
@@ -136,7 +141,8 @@ def up(
                              ops_min_disk_free_bytes=ops_min_disk_free_bytes, ops_max_temperature_c=ops_max_temperature,
                              ops_max_nonfinite_share=ops_max_nonfinite_share,
                              ops_max_out_of_range_share=ops_max_out_of_range_share,
-                             ops_stuck_min_samples=ops_stuck_min_samples, role=role, worker=worker)
+                             ops_stuck_min_samples=ops_stuck_min_samples, role=role, worker=worker,
+                             bundle_store=store, s3_endpoint=s3_endpoint)
     server = CloudServer(settings).start()
     try:
         if settings.role != "all":

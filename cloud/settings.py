@@ -100,6 +100,13 @@ class CloudSettings(BaseSettings):
     # not newer than a device's (the command carries a signed rollback authorization). Without it, such
     # deployments are refused.
     rollback_key: Path | None = None
+    # Where the registry keeps bundle archives (cloud/bundle_store.py): None, the data directory; or
+    # s3://BUCKET[/PREFIX] on s3_endpoint (None: AWS), credentials from the AWS_* variables. With S3 a device's
+    # signed download is redirected to a presigned GET of the object unless s3_redirect is off (then the API
+    # streams it).
+    bundle_store: str | None = None
+    s3_endpoint: str | None = None
+    s3_redirect: bool = True
     # Which parts this process runs (cloud/roles.py): all, api, ingest, monitor or rollouts; and, for the
     # ingest role, the worker's name (its MQTT session is edgefleet-ingest-<worker>).
     role: str = "all"
@@ -135,6 +142,25 @@ class CloudSettings(BaseSettings):
     def _valid_ops_limits(self) -> CloudSettings:
         self.ops_limits()  # OpsSettingsError (a ValueError) names the limit and its range
         return self
+
+    @field_validator("bundle_store")
+    @classmethod
+    def _store_url(cls, value: str | None) -> str | None:
+        if value:
+            from edgefleet.cloud.bundle_store import parse_store_url
+
+            try:
+                parse_store_url(value)
+            except EdgefleetError as err:
+                raise ValueError(str(err)) from err
+        return value or None
+
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _endpoint_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URL, got {value!r}")
+        return value or None
 
     @field_validator("public_url")
     @classmethod

@@ -27,7 +27,7 @@ from typing import Annotated, BinaryIO
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from sqlalchemy import select
@@ -44,7 +44,9 @@ from edgefleet.cloud.api.deps import (
     TrustDep,
     UnsupportedMediaTypeError,
 )
+from edgefleet.cloud.api.ranges import ranged_response
 from edgefleet.cloud.auth import AdminAuth, require_admin
+from edgefleet.cloud.bundle_store import BundleStore, Stored, StoreError, store_for
 from edgefleet.cloud.db import BundleRecord
 from edgefleet.cloud.registry_rules import MAX_STORED_VERSION, check_newer, check_storable
 from edgefleet.cloud.settings import CloudSettings
@@ -62,6 +64,7 @@ _optional_bearer = HTTPBearer(auto_error=False, description="An admin API token,
 
 ACCEPTED_TYPES = ("application/gzip", "application/x-gzip", "application/octet-stream")
 WRITE_BATCH = 1 << 20  # bytes collected from the socket before one write to disk (in a worker thread)
+PRESIGNED_TTL = 300  # seconds a redirect to the S3 store stays good: the device follows it at once
 UNPACKED_RATIO = 4  # an archive may unpack to this many times max_bundle_bytes (models compress little)
 # A version in a URL: one the registry could hold (a larger one once reached SQLite and came back a 500).
 BundleVersion = Annotated[int, PathParam(ge=1, le=MAX_STORED_VERSION, description="The bundle's version")]
@@ -157,20 +160,43 @@ def download_access(
 
 
 @download_router.get("/bundles/{name}/{version}/download", response_class=FileResponse)
-def download_bundle(name: str, version: BundleVersion, sessions: SessionsDep, settings: SettingsDep,
-                    who: Annotated[str, Depends(download_access)]) -> FileResponse:
+def download_bundle(request: Request, name: str, version: BundleVersion, sessions: SessionsDep, settings: SettingsDep,
+                    who: Annotated[str, Depends(download_access)]) -> Response:
     """The stored .tar.gz; honours `Range: bytes=...` (206 with Content-Range) so a download can resume.
 
-    The database session is closed before the file streams: a fleet downloading at once must not hold a
-    pooled connection per slow download (100 devices exhausted the pool when it did)."""
+    From an S3 store a device's signed download is redirected (307) to a presigned GET of the object, which
+    the store serves with Range itself; an admin's download (and any with s3_redirect off) is streamed by
+    the API. The database session is closed before the file streams: a fleet downloading at once must not
+    hold a pooled connection per slow download (100 devices exhausted the pool when it did)."""
     with sessions() as session:
         record = get_bundle(session, name, version)
-    path = settings.data_dir / record.path
-    if not path.is_file():
-        raise NotFoundError(f"bundle {name} v{version} is in the registry but its archive {path} is missing")
+    store = store_for(settings)
+    headers = {"X-Bundle-SHA256": record.sha256}
     log.debug("download of %s v%d by %s", name, version, who)
-    return FileResponse(path, media_type="application/gzip", filename=f"{name}-{version}.tar.gz",
-                        headers={"X-Bundle-SHA256": record.sha256})
+    path = store.local_path(record.path)
+    if path is not None:
+        if not path.is_file():
+            raise NotFoundError(f"bundle {name} v{version} is in the registry but its archive {path} is missing")
+        return FileResponse(path, media_type="application/gzip", filename=f"{name}-{version}.tar.gz", headers=headers)
+    stored = _checked_object(store, record)
+    if who.startswith("device ") and settings.s3_redirect:
+        return RedirectResponse(store.presigned_url(record.path, PRESIGNED_TTL), status.HTTP_307_TEMPORARY_REDIRECT,
+                                headers=headers)
+    return ranged_response(request, store, record.path, stored.size, f"{name}-{version}.tar.gz", headers)
+
+
+def _checked_object(store: BundleStore, record: BundleRecord) -> Stored:
+    """The object's size and sha256, which must be the record's: 404 for a missing object, 409 for one that
+    was replaced or cut short (the device would only find out after the whole transfer)."""
+    stored = store.stat(record.path)  # StoreError: a 503 (cloud/api/errors.py)
+    what = f"bundle {record.name} v{record.version}"
+    if stored is None:
+        raise NotFoundError(f"{what} is in the registry but its archive is missing from the {store.kind} store")
+    if stored.size != record.size or stored.sha256 != record.sha256:
+        raise ConflictError(f"{what}: the stored archive ({stored.size} bytes, sha256 {stored.sha256 or 'unknown'}) "
+                            f"is not the one registered ({record.size} bytes, sha256 {record.sha256}); upload it again "
+                            f"under a new version")
+    return stored
 
 
 @router.post("/bundles", status_code=status.HTTP_201_CREATED, response_model=BundleOut)
@@ -231,11 +257,11 @@ def store_bundle(
         manifest = bundle.manifest
         name, version = check_storable(bundle.name, bundle.version)
         bundle.reference_profile()  # parsed within limits now, so the drift monitor never meets one it cannot read
-    rel = Path("bundles") / name / f"{version}.tar.gz"
-    final = settings.data_dir / rel
+    rel = (Path("bundles") / name / f"{version}.tar.gz").as_posix()
+    store = store_for(settings)
     with sessions() as session:
         check_newer(session, manifest, name, version)
-        record = BundleRecord(name=name, version=version, path=rel.as_posix(), sha256=sha256, size=size,
+        record = BundleRecord(name=name, version=version, path=rel, sha256=sha256, size=size,
                               manifest=manifest)
         session.add(record)
         try:
@@ -243,12 +269,15 @@ def store_bundle(
         except IntegrityError as err:
             session.rollback()
             raise ConflictError(f"bundle {name} v{version} is in the registry already") from err
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(archive, final)  # same filesystem: atomic; replaces only an orphan of a crashed upload
+        try:
+            store.put(rel, archive, sha256)
+        except StoreError as err:
+            session.rollback()
+            raise StoreError(f"bundle {name} v{version} was not stored: {err}") from err
         try:
             session.commit()
         except BaseException:
-            final.unlink(missing_ok=True)
+            store.delete(rel)
             raise
     log.info("bundle %s v%d verified (key %s)", name, version, verified.key_id)
     return record
@@ -270,7 +299,7 @@ def reference_profile(sessions: sessionmaker, settings: CloudSettings, name: str
         return None
     member = entry["path"]
     expected = record.manifest.get("files", {}).get(member, {}).get("sha256")
-    text = _profile_text(str(settings.data_dir / record.path), record.sha256, member, expected)
+    text = _profile_text(store_for(settings), record.path, record.sha256, member, expected)
     what = f"{member} of bundle {name} v{version}"
     try:  # checked at upload already; parsed within the limits all the same (the file could have changed)
         profile = bounded_json.loads(text, max_bytes=len(text.encode()), what=what)
@@ -282,16 +311,22 @@ def reference_profile(sessions: sessionmaker, settings: CloudSettings, name: str
 
 
 @functools.lru_cache(maxsize=64)
-def _profile_text(archive: str, archive_sha256: str, member: str, expected_sha256: str | None) -> str:
-    """archive_sha256 is part of the key only, so that a different archive at the same path is reread."""
+def _profile_text(store: BundleStore, key: str, archive_sha256: str, member: str, expected_sha256: str | None) -> str:
+    """archive_sha256 is part of the key only, so that a different archive under the same key is reread."""
+    archive = f"{key} in the {store.kind} store"
     try:
-        with tarfile.open(archive, "r:gz") as tar:
-            source = tar.extractfile(member)
-            if source is None:
-                raise BundleError(f"{member} in {archive} is not a regular file")
-            with source:
-                data = source.read()
-    except (OSError, tarfile.TarError, KeyError) as err:
+        with tempfile.TemporaryDirectory(prefix="profile-") as scratch:
+            local = store.local_path(key)
+            if local is None:
+                local = Path(scratch) / "bundle.tar.gz"
+                store.copy_to(key, local)
+            with tarfile.open(local, "r:gz") as tar:
+                source = tar.extractfile(member)
+                if source is None:
+                    raise BundleError(f"{member} in {archive} is not a regular file")
+                with source:
+                    data = source.read()
+    except (OSError, tarfile.TarError, KeyError, StoreError) as err:
         raise BundleError(f"cannot read {member} from the stored bundle {archive}: {err}") from err
     if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
         raise BundleError(f"{member} in the stored bundle {archive} does not match its manifest")

@@ -1,6 +1,7 @@
 """How the API answers errors: always JSON `{"detail": "<one line>"}`, never a traceback.
 
-- an EdgefleetError: its 4xx from ERROR_STATUS (any other EdgefleetError is a 400), the message as detail;
+- an EdgefleetError: its 4xx from ERROR_STATUS (any other EdgefleetError is a 400; a bundle store that
+  cannot be reached a 503), the message as detail;
 - a request that does not match a route's parameters or body model (RequestValidationError): 422 with
   every problem on one line (`body.fleet: Field required`), never echoing the input back (an echoed
   invalid value is what once made such answers fail to render);
@@ -19,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from edgefleet.cloud.api.deps import ConflictError, NotFoundError, TooLargeError, UnsupportedMediaTypeError
+from edgefleet.cloud.bundle_store import StoreError
 from edgefleet.cloud.enrollment import EnrollmentError
 from edgefleet.core.bounded_json import JsonLimitError
 from edgefleet.core.errors import EdgefleetError, VerificationError
@@ -33,6 +35,7 @@ ERROR_STATUS: tuple[tuple[type[EdgefleetError], int], ...] = (
     (TooLargeError, 413),
     (UnsupportedMediaTypeError, 415),
     (VerificationError, 422),
+    (StoreError, 503),  # the bundle store (S3) unreachable or refusing: the API itself is fine
 )
 INTERNAL_ERROR = "internal server error; the server log has the details"
 

@@ -1,25 +1,36 @@
-"""Ingest throughput: telemetry windows from many devices through a real Mosquitto into SQLite.
+"""Ingest throughput: telemetry windows from many devices through a real Mosquitto into SQLite, or (with
+--workers) into PostgreSQL through 1 and then 2 ingest worker processes sharing the stream.
 
     python benchmarks/bench_ingest.py [--devices 50000] [--publishers 2] [--out runs/ingest.json]
+    python benchmarks/bench_ingest.py --workers 1,2 [--devices 20000] [--out runs/ingest-workers.json]
 
 Registers N devices, starts a real Mosquitto (loopback, free port) and the cloud's Ingest, then
 publisher processes send one realistic digits-CNN window per device (QoS 1, every device its own topic
 and seq). It measures from the first publish until the last row is committed, checks that every
 window is stored exactly once, and prints JSON with the rate against the goal (5,000 msg/s: 50,000
 devices reporting every 10 s). Publishers, broker and ingest share this machine's cores.
+
+--workers runs the same stream once per worker count, each on a fresh database of one real PostgreSQL
+and a fresh Mosquitto, with `edgefleet cloud up --role ingest --worker wN` processes (the broker's shared
+subscription splits the stream), and prints each rate and the ratio to the first (aims: 1.6x and
+10,000 msg/s with 2 workers). Everything stays on loopback; each run is bounded by --timeout.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.mosquitto, the broker helper
 
@@ -30,8 +41,10 @@ from edgefleet.cloud.ingest import Ingest  # noqa: E402
 from edgefleet.core.telemetry import LATENCY_EDGES_MS, FeatureCounts, TelemetryWindow  # noqa: E402
 from edgefleet.core.topics import topic  # noqa: E402
 from tests.mosquitto import MosquittoBroker  # noqa: E402
+from tests.postgres import PostgresServer  # noqa: E402
 
 GOAL = 5000.0
+WORKERS_AIM_RATE, WORKERS_AIM_RATIO = 10000.0, 1.6  # with 2 workers (issue 17)
 FLEET = "bench"
 
 
@@ -60,13 +73,42 @@ def publish(port: int, devices: list[str], ready: multiprocessing.Event, go: mul
     client.disconnect()
 
 
+def stream(port: int, ids: list[str], publishers: int, stored: Callable[[], int], timeout: float) -> tuple[int, float]:
+    """Publishes one window per device from `publishers` processes at once; returns (stored, seconds) from
+    the first publish until `stored()` counts every window or `timeout` passes."""
+    go = multiprocessing.Event()
+    workers = []
+    for index in range(publishers):
+        ready = multiprocessing.Event()
+        worker = multiprocessing.Process(target=publish, args=(port, ids[index::publishers], ready, go))
+        worker.start()
+        ready.wait(60)
+        workers.append(worker)
+    started = time.perf_counter()
+    go.set()
+    count, deadline = 0, time.monotonic() + timeout
+    while count < len(ids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        count = stored()
+    elapsed = time.perf_counter() - started
+    for worker in workers:
+        worker.join(60)
+        if worker.is_alive():
+            worker.kill()
+    return count, elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=50000)
     parser.add_argument("--publishers", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--workers", help="worker counts to compare on PostgreSQL, e.g. 1,2")
     args = parser.parse_args()
+    if args.workers:
+        emit(compare_workers(args, [int(n) for n in args.workers.split(",")]), args.out)
+        return
 
     with tempfile.TemporaryDirectory(prefix="edgefleet-ingest-") as workdir:
         work = Path(workdir)
@@ -81,25 +123,7 @@ def main() -> None:
             if not ingest.wait_connected(10):
                 raise SystemExit("the ingest did not connect")
             time.sleep(0.5)
-            go = multiprocessing.Event()
-            workers = []
-            for index in range(args.publishers):
-                ready = multiprocessing.Event()
-                share = ids[index::args.publishers]
-                worker = multiprocessing.Process(target=publish, args=(broker.port, share, ready, go))
-                worker.start()
-                ready.wait(60)
-                workers.append(worker)
-            started = time.perf_counter()
-            go.set()
-            stored, deadline = 0, time.monotonic() + args.timeout
-            while stored < args.devices and time.monotonic() < deadline:
-                time.sleep(0.1)
-                with sessions() as session:
-                    stored = session.scalar(select(func.count()).select_from(TelemetryRecord))
-            elapsed = time.perf_counter() - started
-            for worker in workers:
-                worker.join(60)
+            stored, elapsed = stream(broker.port, ids, args.publishers, lambda: count_rows(sessions), args.timeout)
             time.sleep(0.5)
             with sessions() as session:
                 counters = {r.reason: r.count for r in session.scalars(select(IngestCounter))}
@@ -117,6 +141,84 @@ def main() -> None:
         "goal_messages_per_second": GOAL, "meets_goal": rate >= GOAL and stored == args.devices,
     }
     emit(report, args.out)
+
+
+def count_rows(sessions) -> int:  # noqa: ANN001 - a sessionmaker
+    with sessions() as session:
+        return session.scalar(select(func.count()).select_from(TelemetryRecord))
+
+
+def compare_workers(args: argparse.Namespace, counts: list[int]) -> dict:
+    ids = [f"dev-{i:06d}" for i in range(args.devices)]
+    runs = []
+    postgres = PostgresServer().start()
+    try:
+        for index, workers in enumerate(counts):
+            with tempfile.TemporaryDirectory(prefix="edgefleet-ingest-") as workdir:
+                runs.append(workers_run(Path(workdir), postgres, f"ingest_{index}", ids, workers, args))
+    finally:
+        postgres.stop()
+    base = runs[0]["messages_per_second"]
+    for run in runs:
+        run["ratio_to_first"] = run["messages_per_second"] / base if base else None
+    two = next((run for run in runs if run["workers"] == 2), None)
+    return {
+        "benchmark": "ingest_workers",
+        "path": "publishers -> Mosquitto (QoS 1, $share/edgefleet-ingest) -> `cloud up --role ingest` processes "
+                "(manual ack after commit) -> PostgreSQL",
+        "devices": args.devices, "publishers": args.publishers, "runs": runs,
+        "aims": {"messages_per_second_with_2": WORKERS_AIM_RATE, "ratio_2_to_1": WORKERS_AIM_RATIO},
+        "meets_aims": bool(two and two["messages_per_second"] >= WORKERS_AIM_RATE
+                           and (two["ratio_to_first"] or 0) >= WORKERS_AIM_RATIO and two["lost"] == 0),
+    }
+
+
+def workers_run(work: Path, postgres: PostgresServer, database: str, ids: list[str], workers: int,
+                args: argparse.Namespace) -> dict:
+    """One stream into a fresh database through `workers` ingest processes; they are stopped by PID."""
+    admin = make_engine(postgres.url).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {database}"))
+    admin.dispose()
+    url = postgres.url.rsplit("/", 1)[0] + f"/{database}"
+    engine = make_engine(url)
+    sessions = make_sessions(engine)
+    with sessions.begin() as session:
+        session.execute(insert(Device), [{"id": d, "fleet": FLEET, "password_hash": "-"} for d in ids])
+    broker = MosquittoBroker(work / "mosquitto").start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+    processes = []
+    try:
+        for n in range(workers):
+            log = (work / f"worker-{n}.log").open("w")
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "edgefleet.cli.main", "cloud", "up", "--role", "ingest", "--worker", f"w{n}",
+                 "--db", url, "--mqtt-url", broker.url, "--data", str(work / "data"), "--log-level", "warning"],
+                stdout=log, stderr=log, env=env, start_new_session=True))
+        deadline = time.monotonic() + 60
+        while not all(f"as edgefleet-ingest-w{n} " in broker.log for n in range(workers)):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+                raise SystemExit(f"the ingest workers did not connect: see {work}/worker-*.log")
+            time.sleep(0.1)
+        time.sleep(1.0)  # subscribed
+        stored, elapsed = stream(broker.port, ids, args.publishers, lambda: count_rows(sessions), args.timeout)
+        with sessions() as session:
+            distinct = session.scalar(select(func.count()).select_from(
+                select(TelemetryRecord.device_id, TelemetryRecord.seq).distinct().subquery()))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait(10)
+        broker.stop()
+        engine.dispose()
+    return {"workers": workers, "sent": len(ids), "stored": stored, "stored_once": distinct == stored,
+            "lost": len(ids) - stored, "seconds": elapsed, "messages_per_second": stored / elapsed}
 
 
 if __name__ == "__main__":

@@ -34,11 +34,11 @@ def _existing_hashes(passwd: Path, usernames: list[str]) -> dict[str, str]:
     return found
 
 
-def _cloud_hashes(directory: Path, secret: str | None) -> tuple[dict[str, str], str | None]:
-    """The cloud clients' password hashes, and the secret if a new one was made."""
-    from edgefleet.cloud.mqtt_auth import CLOUD_CLIENTS, cloud_password, hash_password, new_cloud_secret
+def _cloud_hashes(directory: Path, secret: str | None, workers: list[str]) -> tuple[dict[str, str], str | None]:
+    """The cloud clients' password hashes (ingest workers' included), and the secret if a new one was made."""
+    from edgefleet.cloud.mqtt_auth import CLOUD_CLIENTS, cloud_password, hash_password, ingest_worker, new_cloud_secret
 
-    names = list(CLOUD_CLIENTS)
+    names = [*CLOUD_CLIENTS, *(ingest_worker(name).username for name in workers)]
     new_secret = None
     if not secret:
         kept = _existing_hashes(directory / "passwd", names)
@@ -61,6 +61,9 @@ def mosquitto_config(
     bind: Annotated[str, typer.Option(help="Address Mosquitto listens on ('' for every interface)")] = "127.0.0.1",
     persistence_dir: Annotated[Path | None, typer.Option(help="Where Mosquitto keeps its sessions and queued "
                                                                "messages (default DIR/persistence)")] = None,
+    ingest_worker: Annotated[list[str] | None, typer.Option(
+        "--ingest-worker", help="An ingest worker's name (`cloud up --role ingest --worker NAME`); repeat for each: "
+                                "each logs in as edgefleet-ingest-NAME with the ingest's rights")] = None,
 ) -> None:
     """Write a complete Mosquitto configuration (passwd, acl, mosquitto.conf) for every registered device and
     the cloud's own clients, with persistence on and client ids bound to usernames."""
@@ -68,6 +71,7 @@ def mosquitto_config(
 
     from edgefleet.cloud.db import Device, make_engine, make_sessions
     from edgefleet.cloud.mqtt_auth import CLOUD_CLIENTS, Listener, write_mosquitto_config
+    from edgefleet.cloud.roles import check_worker
     from edgefleet.cloud.settings import load_settings
 
     settings = load_settings(db_url=db, data_dir=data)
@@ -83,9 +87,12 @@ def mosquitto_config(
     finally:
         engine.dispose()
 
-    cloud_hashes, new_secret = _cloud_hashes(Path(directory), settings.mqtt_password)
+    workers = list(dict.fromkeys(ingest_worker or ()))
+    for name in workers:
+        check_worker(name)
+    cloud_hashes, new_secret = _cloud_hashes(Path(directory), settings.mqtt_password, workers)
     listener = Listener(port=port, bind=bind or None, persistence_dir=persistence_dir)
-    paths = write_mosquitto_config(directory, devices, cloud_hashes, listener)
+    paths = write_mosquitto_config(directory, devices, cloud_hashes, listener, workers)
     out.print(f"wrote Mosquitto files for {len(devices)} device(s) and the cloud:", markup=False, highlight=False)
     for path in paths.values():
         out.print(f"  {path}", markup=False, highlight=False, soft_wrap=True)

@@ -22,7 +22,7 @@ from edgefleet.cloud.api.bundles import reference_profile
 from edgefleet.cloud.drift_monitor import DriftMonitor
 from edgefleet.cloud.ingest import Ingest
 from edgefleet.cloud.label_forwarder import LabelForwarder
-from edgefleet.cloud.mqtt_auth import INGEST, LABELS, ROLLOUTS, CloudClient, cloud_credentials
+from edgefleet.cloud.mqtt_auth import INGEST, LABELS, ROLLOUTS, cloud_credentials, ingest_worker
 from edgefleet.cloud.ops_monitor import OpsMonitor
 from edgefleet.cloud.performance_monitor import PerformanceMonitor
 from edgefleet.cloud.retention import Retention, RetentionSettings
@@ -72,7 +72,7 @@ def build_components(settings: CloudSettings, sessions: sessionmaker, broker: Em
 def _ingest(settings: CloudSettings, sessions: sessionmaker, url: str, secret: str | None) -> Ingest:
     """The ingest of role `all` (its own persistent session, the whole stream), or an ingest worker: its
     session named after the worker, its share of the stream from the broker's shared subscription."""
-    client = INGEST if settings.worker is None else CloudClient(f"{INGEST.username}-{settings.worker}", INGEST.reads)
+    client = INGEST if settings.worker is None else ingest_worker(settings.worker)
     username, password = cloud_credentials(secret, client)
     group = SHARE_GROUP if settings.role == "ingest" else None
     return Ingest(sessions, url, username=username, password=password, client_id=client.username,

@@ -68,6 +68,12 @@ LABELS = CloudClient("edgefleet-labels", writes=(subscription("cmd"),))
 CLOUD_CLIENTS: dict[str, CloudClient] = {client.username: client for client in (INGEST, ROLLOUTS, LABELS)}
 
 
+def ingest_worker(name: str) -> CloudClient:
+    """An ingest worker of `cloud up --role ingest --worker NAME` (cloud/roles.py): the ingest's rights under
+    its own username and client id, so that each worker keeps its own broker session."""
+    return CloudClient(f"{INGEST.username}-{name}", INGEST.reads)
+
+
 # --- passwords --------------------------------------------------------------------------------------
 def new_password() -> str:
     """A fresh device or service password: 32 random bytes, URL-safe base64 (43 characters)."""
@@ -203,12 +209,13 @@ class Listener:
     autosave_seconds: int = 30
 
 
-def _cloud_lines(cloud_hashes: Mapping[str, str]) -> tuple[list[str], list[str]]:
-    if set(cloud_hashes) != set(CLOUD_CLIENTS):
-        raise MqttAuthError(f"need password hashes of exactly the cloud's clients {sorted(CLOUD_CLIENTS)}, "
+def _cloud_lines(cloud_hashes: Mapping[str, str], workers: Iterable[str] = ()) -> tuple[list[str], list[str]]:
+    clients = {**CLOUD_CLIENTS, **{c.username: c for c in map(ingest_worker, workers)}}
+    if set(cloud_hashes) != set(clients):
+        raise MqttAuthError(f"need password hashes of exactly the cloud's clients {sorted(clients)}, "
                             f"got {sorted(cloud_hashes)}")
     passwd, acl = [], []
-    for name, client in CLOUD_CLIENTS.items():
+    for name, client in clients.items():
         passwd.append(f"{name}:{_checked_hash(name, cloud_hashes[name])}")
         acl += ["", f"user {name}"]
         acl += [f"topic read {allowed}" for allowed in client.reads]
@@ -242,18 +249,19 @@ def _conf_lines(paths: dict[str, Path], listener: Listener) -> list[str]:
 
 
 def write_mosquitto_config(directory: Path, devices: Iterable[tuple[str, str, str]], cloud_hashes: Mapping[str, str],
-                           listener: Listener | None = None) -> dict[str, Path]:
+                           listener: Listener | None = None, ingest_workers: Iterable[str] = ()) -> dict[str, Path]:
     """Writes `passwd` (mode 0600), `acl` and a complete `mosquitto.conf` into `directory`, and makes the
     persistence directory (mode 0700).
 
     `devices` are (id, fleet, password_hash); `cloud_hashes` the password hash of every cloud client
-    (`CLOUD_CLIENTS`, by username). Returns {"passwd", "acl", "conf", "persistence": Path}. Mosquitto
+    (`CLOUD_CLIENTS` and one `ingest_worker` per name in `ingest_workers`, by username).
+    Returns {"passwd", "acl", "conf", "persistence": Path}. Mosquitto
     re-reads passwd and acl on SIGHUP, so the command can be re-run as devices are added.
     """
     directory = Path(directory)
     listener = listener or Listener()
     directory.mkdir(parents=True, exist_ok=True)
-    passwd_lines, cloud_acl = _cloud_lines(cloud_hashes)
+    passwd_lines, cloud_acl = _cloud_lines(cloud_hashes, ingest_workers)
     acl_lines = [
         "# edgefleet MQTT access control (generated; edit the cloud database, not this file).",
         "# No lines before the first 'user': anonymous clients get nothing.",

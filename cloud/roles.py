@@ -62,5 +62,11 @@ def check_role(role: str, db_url: str, mqtt_url: str | None, worker: str | None,
     if role == "ingest" and worker is None:
         raise RoleError("--role ingest needs --worker NAME (unique among the ingest workers, the same after a "
                         "restart): its MQTT session is edgefleet-ingest-NAME")
-    if worker is not None and not WORKER_PATTERN.match(worker):
-        raise RoleError(f"--worker: expected 1-40 letters, digits, '.', '_' or '-', got {worker!r}")
+    if worker is not None:
+        check_worker(worker)
+
+
+def check_worker(name: str) -> None:
+    """Raises RoleError unless `name` can name an ingest worker (it goes into an MQTT username and client id)."""
+    if not WORKER_PATTERN.match(name):
+        raise RoleError(f"--worker: expected 1-40 letters, digits, '.', '_' or '-', got {name!r}")

@@ -18,9 +18,13 @@ import pytest
 from sqlalchemy import func, insert, select
 
 from edgefleet.cloud.db import Device, IngestCounter, TelemetryRecord
+from edgefleet.cloud.mqtt_auth import hash_password, new_cloud_secret, new_password
 from edgefleet.core.topics import topic
 from tests.cloud.cloud_process import cloud_up, read_until
+from tests.cloud.mqtt_scenarios import connect, wait_stored
+from tests.cloud.mqtt_scenarios import window as scenario_window
 from tests.cloud.test_ingest import window
+from tests.cloud.test_mosquitto_acl import hand_to_broker, mosquitto_for, mqtt_dir  # noqa: F401 - fixtures
 from tests.cloud.test_postgres import fresh_sessions
 from tests.waiting import until
 
@@ -172,3 +176,36 @@ def test_a_worker_stopped_gracefully_leaves_its_share_to_the_others(tmp_path, po
         devices.thread.start()
         devices.close()
         until(lambda: stored(sessions) >= DEVICES * WINDOWS, "every window stored by the remaining worker", 60)
+
+
+def test_ingest_workers_log_in_to_the_generated_mosquitto_as_their_own_users(
+        tmp_path, postgres, mqtt_dir, mosquitto_for):  # noqa: F811 - the fixtures imported above
+    """`mosquitto-config --ingest-worker a --ingest-worker b` gives each worker its own user with the ingest's
+    rights; with EDGEFLEET_MQTT_PASSWORD the workers log in, share the stream, and a device's windows land."""
+    sessions, url = database_url(postgres, "roles_mosquitto")
+    password, secret = new_password(), new_cloud_secret()
+    with sessions.begin() as session:
+        session.add(Device(id="dev-a", fleet="lab", password_hash=hash_password(password)))
+    broker = mosquitto_for()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")} | {"EDGEFLEET_MQTT_PASSWORD": secret}
+    done = subprocess.run([sys.executable, "-m", "edgefleet.cli.main", "cloud", "mosquitto-config", str(mqtt_dir),
+                           "--db", url, "--port", str(broker.port), "--ingest-worker", "a", "--ingest-worker", "b"],
+                          env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    hand_to_broker({name: mqtt_dir / name for name in ("passwd", "acl")})
+    broker.start()
+    secret_env = {"EDGEFLEET_MQTT_PASSWORD": secret}
+    with ExitStack() as stack:
+        for name in ("a", "b"):
+            stack.enter_context(cloud_up(tmp_path, "--role", "ingest", "--worker", name, "--db", url, "--mqtt-url",
+                                         broker.url, "--data", str(tmp_path / "data"), env=secret_env))
+            until(lambda name=name: f"u'edgefleet-ingest-{name}'" in broker.log, f"worker {name} logged in", 20)
+        time.sleep(0.5)
+        device = connect(broker.port, "dev-a", password)
+        try:
+            for seq in range(1, 21):
+                device.publish(topic("lab", "dev-a", "telemetry"), scenario_window("dev-a", seq).to_payload())
+            assert wait_stored(sessions, "dev-a", 20) == 20
+        finally:
+            device.close()
+    assert "not authorised" not in broker.log.lower() and "denied" not in broker.log.lower()

@@ -43,8 +43,8 @@ def up(
     rollback_key: Annotated[Path | None, typer.Option(help="Private key that signs rollback authorizations, so "
                                                            "a deployment may install an older version")] = None,
     store: Annotated[str | None, typer.Option(
-        "--store", help="Where the registry keeps bundles: s3://BUCKET[/PREFIX] (credentials from the AWS_* "
-                        "variables; default: the data directory)")] = None,
+        "--store", help="Where the registry keeps bundles: s3://BUCKET/PREFIX, the prefix optional (credentials "
+                        "from the AWS_* variables; default: the data directory)")] = None,
     s3_endpoint: Annotated[str | None, typer.Option(help="The S3 API's URL for --store (MinIO, Ceph; default: "
                                                          "AWS)")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",

@@ -2,6 +2,8 @@
 
     python benchmarks/bench_quantize.py [--epochs 4] [--runs 300] [--out runs/quantize.json]
     python benchmarks/bench_quantize.py --model efficientnet-lite0 [--max-drop 0.1] [--runs 100]
+        [--gate-strategy sensitivity --validation-rows 1000 --validation-photos calibration+validation]
+        [--method Percentile] [--skip-variants]
 
 The digits images upsampled to 32x32 through a VGG-style CNN (64 and 128 channels, ~0.2 GFLOP per
 image), trained for real on the digits training split, exported with export_torch, quantized with
@@ -16,13 +18,16 @@ natural photos, three disjoint photo sets: calibration, validation (the calibrat
 and the accuracy gate decides on it) and test (--test-rows crops, the reported figure). No labels: the
 metric is top-1 agreement with the float model, each with its Wilson 95% interval (200 crops at 0.93
 span +-0.035, so steps smaller than that are not told apart). Prints every method's score, the gate's
-trials and the nodes it kept in float, agreement on validation, test crops, test crops the float model
+trials and the nodes it kept in float (--gate-strategy: the gate's strategy, gate.py; --validation-rows and
+--validation-photos calibration+validation: a larger decision pool of crops drawn with another seed
+from the calibration and validation photos, never the test photos; --method: one calibration method
+instead of choosing), agreement on validation, test crops, test crops the float model
 is confident about (top-1 probability >= 0.5) and centred test photos; an ablation of the static int8
 path with every node int8 (plain, bias correction, cross-layer equalization, both; each calibration
 method; AdaRound weight rounding) and with the first convolution and the classifier kept in float (a
 common recipe: the layers with the fewest channels to average rounding over); the float model's
 median top-1 probability (how ambiguous the inputs are), file sizes and latency float vs int8 (batch 1,
-one thread).
+one thread). --skip-variants leaves the ablation out.
 """
 
 from __future__ import annotations
@@ -119,9 +124,11 @@ def efficientnet(args: argparse.Namespace) -> dict:
 
     from edgefleet.cloud.compress.evaluate import onnx_outputs
 
+    validation = ((VALIDATION_PHOTOS, 1) if args.validation_photos == "validation" else
+                  (CALIBRATION_PHOTOS + VALIDATION_PHOTOS, 3))  # seed 3: other crops than calibration's
     sets = {name: efficientnet_input(crops(photos, rows, seed=seed)) for name, photos, rows, seed in (
-        ("calibration", CALIBRATION_PHOTOS, args.calibration_rows, 0), ("validation", VALIDATION_PHOTOS, 200, 1),
-        ("test", TEST_PHOTOS, args.test_rows, 2))}
+        ("calibration", CALIBRATION_PHOTOS, args.calibration_rows, 0),
+        ("validation", validation[0], args.validation_rows, validation[1]), ("test", TEST_PHOTOS, args.test_rows, 2))}
     sets["test_centred"] = efficientnet_input(centred(TEST_PHOTOS))  # whole photos: fewer near ties
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-quantize-") as workdir:
         work = Path(workdir)
@@ -132,14 +139,17 @@ def efficientnet(args: argparse.Namespace) -> dict:
         float_path = bundle.root / "model.onnx"
         floats = {k: onnx_outputs(float_path, v) for k, v in sets.items() if k != "calibration"}
         started = time.perf_counter()
-        result = quantize_static_int8(bundle, work / "int8", sets["calibration"], method="auto", calibration_batch=16,
-                                      eval_data=(sets["validation"], None), max_drop=args.max_drop)
+        result = quantize_static_int8(bundle, work / "int8", sets["calibration"], method=args.method,
+                                      calibration_batch=16, eval_data=(sets["validation"], None),
+                                      max_drop=args.max_drop, gate_strategy=args.gate_strategy)
         quantize_seconds = time.perf_counter() - started
         int8_path = result.bundle.root / "model.int8.onnx"
         ablation = {}  # every node int8 (but first_last_float), the gate's method unless the variant names one
         ends = [n.name for n in onnx.load(str(float_path)).graph.node if n.op_type in ("Conv", "Gemm")]
-        for name, options in {**ABLATION, "first_last_float": {"nodes_to_exclude": [ends[0], ends[-1]]}}.items():
-            options = {"method": result.calibration["chosen"], **options}
+        variants = {} if args.skip_variants else {**ABLATION,
+                                                  "first_last_float": {"nodes_to_exclude": [ends[0], ends[-1]]}}
+        for name, options in variants.items():
+            options = {"method": result.bundle.artifacts[0]["quantization"]["method"], **options}
             model = quantize_static_int8(bundle, work / name, sets["calibration"], calibration_batch=16, **options)
             step = model.bundle.manifest["lineage"]["steps"][-1]["options"]
             ablation[name] = {"options": options, "equalized_pairs": len((step["equalization"] or {}).get("pairs", [])),
@@ -152,14 +162,16 @@ def efficientnet(args: argparse.Namespace) -> dict:
         "model": {"name": "efficientnet-lite0 (pretrained, ImageNet)", "input": [1, 3, 224, 224],
                   "flops_per_sample": bundle.artifacts[0]["flops_per_sample"]},
         "metric": result.metric, "rows": {k: len(v) for k, v in sets.items()},
-        "photos": {"calibration": CALIBRATION_PHOTOS, "validation": VALIDATION_PHOTOS, "test": TEST_PHOTOS},
+        "photos": {"calibration": CALIBRATION_PHOTOS, "validation": validation[0], "test": TEST_PHOTOS},
         "agreement_note": f"top-1 agreement with the float model; ci95: Wilson interval; confident: crops whose "
                           f"float top-1 probability is at least {CONFIDENT}",
         "calibration": result.calibration,
         "equalization": result.bundle.artifacts[0]["quantization"].get("equalization"),
         "gate": {"max_drop": args.max_drop, "strategy": gate.get("strategy"),
-                 "trials": [{k: s.get(k) for k in ("float_groups", "accuracy", "output_error")} for s in
-                            gate.get("steps", [])],
+                 "trials": [{k: s.get(k) for k in ("float_groups", "accuracy", "output_error", "divergence")}
+                            for s in gate.get("steps", [])],
+                 "ranking": [{k: r.get(k) for k in ("node", "divergence", "accuracy")}
+                             for r in gate.get("ranking", [])],
                  "kept_in_float": list(result.excluded_nodes)},
         "agreement": gated,
         "ablation_every_node_int8": ablation,
@@ -216,6 +228,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--calibration-rows", type=int, default=256)
     parser.add_argument("--test-rows", type=int, default=600, help="efficientnet-lite0: crops of the test photos")
+    parser.add_argument("--gate-strategy", choices=("auto", "rank", "prefix", "sensitivity"), default="auto")
+    parser.add_argument("--validation-rows", type=int, default=200, help="efficientnet-lite0: the decision crops")
+    parser.add_argument("--validation-photos", choices=("validation", "calibration+validation"), default="validation")
+    parser.add_argument("--method", choices=("auto", "MinMax", "Entropy", "Percentile"), default="auto")
     parser.add_argument("--skip-variants", action="store_true")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()

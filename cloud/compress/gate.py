@@ -14,6 +14,12 @@ labels, top-1 agreement with the float model without (evaluate.py).
    ladder (1, 2, 3, 4, 6, 8, 11, 16, ...) until the gate is met: a dozen trials instead of one per
    group, for deep networks whose error builds up from the input on (EfficientNet-Lite: the stem and
    first depthwise convolution cost most).
+   strategy "sensitivity" (asked for by name): each group is the only one quantized in a trial, scored
+   by the mean KL divergence of the output softmax from the float model's on the first
+   SENSITIVITY_ROWS evaluation rows (continuous: every row counts, not only the few whose top-1 flips,
+   so a ranking on ambiguous inputs is not noise); then the most sensitive k groups are kept in float,
+   k climbing the same ladder, each step decided on every evaluation row. One trial per group: give it
+   a large evaluation pool (the decision) and expect len(groups) cheap trials.
 3. The record keeps the strategy, the ranking and every step (excluded nodes, accuracy, drop, output
    error); if nothing meets the gate, QuantizationError carries the numbers.
 
@@ -51,10 +57,12 @@ class QuantizationError(EdgefleetError):
         self.steps = list(steps)
 
 
-Evaluate = Callable[[bytes], tuple[float, np.ndarray]]
+Evaluate = Callable[..., tuple[float, np.ndarray]]  # (model bytes[, rows]) -> (metric, first output)
 # a drop equal to max_drop meets the gate: 1 - 0.97 is 0.030000000000000027 in floating point
 EPSILON = 1e-9
 RANK_LIMIT = 16  # more groups than this: the "prefix" strategy (a few trials instead of one per group)
+STRATEGIES = ("rank", "prefix", "sensitivity")
+SENSITIVITY_ROWS = 256  # the ranking's trials score the first rows only: the divergence is steady on fewer
 
 
 def accuracy_gate(quantize: Callable[[Sequence[str]], bytes], evaluate: Evaluate, float_model: bytes,
@@ -64,19 +72,20 @@ def accuracy_gate(quantize: Callable[[Sequence[str]], bytes], evaluate: Evaluate
     (node_groups); first: the model already quantized with `base` kept in float, if any."""
     float_accuracy, float_scores = evaluate(float_model)
 
-    def trial(excluded: Sequence[str], model: bytes | None = None) -> tuple[bytes, dict]:
+    def trial(excluded: Sequence[str], model: bytes | None = None, rows: int | None = None) -> tuple[bytes, dict]:
         model = model if model is not None else quantize(excluded)
-        accuracy, scores = evaluate(model)
-        error = float(np.mean(np.abs(scores.astype(np.float64) - float_scores)))
+        accuracy, scores = evaluate(model) if rows is None else evaluate(model, rows)
+        reference = float_scores[:len(scores)]
+        error = float(np.mean(np.abs(scores.astype(np.float64) - reference)))
         return model, {"excluded": list(excluded), "accuracy": accuracy, "drop": float_accuracy - accuracy,
-                       "output_error": error}
+                       "output_error": error, "divergence": divergence(reference, scores)}
 
     groups = [tuple(n for n in g if n not in base) for g in candidates]
     groups = [g for g in groups if g]
     if strategy == "auto":
         strategy = "rank" if len(groups) <= RANK_LIMIT else "prefix"
-    if strategy not in ("rank", "prefix"):
-        raise QuantizationError(f"gate strategy must be 'auto', 'rank' or 'prefix', got {strategy!r}")
+    if strategy not in STRATEGIES:
+        raise QuantizationError(f"gate strategy must be 'auto', 'rank', 'prefix' or 'sensitivity', got {strategy!r}")
     model, start = trial(base, first)
     steps, ranking = [start], []
     gate = {"max_drop": max_drop, "float_accuracy": float_accuracy, "strategy": strategy, "ranking": ranking,
@@ -88,8 +97,11 @@ def accuracy_gate(quantize: Callable[[Sequence[str]], bytes], evaluate: Evaluate
         return model, base, gate
     if strategy == "rank":
         found = _rank(trial, base, groups, ranking, steps, max_drop, prepared)
+    elif strategy == "sensitivity":
+        gate["sensitivity_rows"] = SENSITIVITY_ROWS
+        found = _ladder(trial, base, _sensitivity(trial, base, groups, ranking, prepared), steps, max_drop)
     else:
-        found = _prefix(trial, base, groups, steps, max_drop)
+        found = _ladder(trial, base, groups, steps, max_drop)
     if found is not None and set(n for g in groups for n in g) <= set(found[1]):
         raise QuantizationError(
             f"the accuracy gate is met only with every candidate node kept in float (drop {steps[-1]['drop']:.4f} "
@@ -132,9 +144,29 @@ def _rank(trial: Callable, base: tuple[str, ...], groups: list[tuple[str, ...]],
     return None
 
 
-def _prefix(trial: Callable, base: tuple[str, ...], groups: list[tuple[str, ...]], steps: list,
+def _sensitivity(trial: Callable, base: tuple[str, ...], groups: list[tuple[str, ...]], ranking: list,
+                 prepared: Path) -> list[tuple[str, ...]]:
+    """The groups, most sensitive first: each group is the only one quantized in a trial, and scored by the
+    mean KL divergence of that trial's softmax from the float model's over the first SENSITIVITY_ROWS
+    evaluation rows (a continuous score: every row counts, not just the rows whose top-1 flips; the
+    ladder then decides on every row)."""
+    op_types = {n.name: n.op_type for n in onnx.load(str(prepared)).graph.node}
+    everything = [n for g in groups for n in g]
+    for group in groups:
+        alone = set(group)
+        _, record = trial([*base, *(n for n in everything if n not in alone)], rows=SENSITIVITY_ROWS)
+        ranking.append({"node": group[0], "nodes": list(group), "op_type": op_types.get(group[0], "?"),
+                        **{k: record[k] for k in ("divergence", "accuracy", "output_error")}})
+        log.info("quantize gate: only %s int8 -> divergence %.3g, accuracy %.4f", group[0], record["divergence"],
+                 record["accuracy"])
+    ranking.sort(key=lambda r: -r["divergence"])
+    return [tuple(r["nodes"]) for r in ranking]
+
+
+def _ladder(trial: Callable, base: tuple[str, ...], groups: list[tuple[str, ...]], steps: list,
             max_drop: float) -> tuple[bytes, tuple[str, ...]] | None:
-    """The first k groups (in graph order) kept in float, k climbing the ladder 1, 2, 3, 4, 6, 8, 11, 16,
+    """The first k groups (in graph order for "prefix", most sensitive first for "sensitivity") kept in
+    float, k climbing the ladder 1, 2, 3, 4, 6, 8, 11, 16,
     ... (about x1.4 a step) up to all but one group: the first k that meets the gate wins. Not a
     bisection: the measured drop is not monotonic in k (EfficientNet-Lite0, 200 validation crops:
     k=25 agrees on 0.96, k=38 on 0.94), so bisection wandered to k=48 of 50 where k=11 met the gate."""
@@ -149,6 +181,17 @@ def _prefix(trial: Callable, base: tuple[str, ...], groups: list[tuple[str, ...]
         if step["drop"] <= max_drop + EPSILON:
             return model, tuple(head(k))
     return None
+
+
+def divergence(reference: np.ndarray, scores: np.ndarray) -> float:
+    """Mean KL(softmax(reference) || softmax(scores)) over the rows (first output's last axis as classes)."""
+    def log_softmax(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float64).reshape(len(x), -1)
+        shifted = x - x.max(axis=1, keepdims=True)
+        return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+    p_log, q_log = log_softmax(reference), log_softmax(scores)
+    return float(np.mean(np.sum(np.exp(p_log) * (p_log - q_log), axis=1)))
 
 
 def prefix_ladder(count: int) -> list[int]:

@@ -187,7 +187,7 @@ def quantize_static_int8(
     model instead (no labels). With max_drop too, the accuracy gate (gate.py) keeps the most harmful
     nodes in float until the drop (1 - agreement without labels) is within max_drop; gate_candidates
     overrides which nodes (or groups of nodes, kept in float together) it may keep in float;
-    gate_strategy: "auto", "rank" or "prefix" (gate.py). bias_correction (QDQ only): each quantized
+    gate_strategy: "auto", "rank", "prefix" or "sensitivity" (gate.py). bias_correction (QDQ only): each quantized
     Conv/Gemm bias takes back the mean shift its rounded weights add (bias_correction.py).
     equalization: consecutive convolutions not separated by a clipping activation are rescaled channel
     by channel first (cross-layer equalization, equalize.py; exact in float; the options record which
@@ -312,9 +312,11 @@ def _evaluator(source: Bundle, eval_data: EvalData, float_model: bytes) -> tuple
     float_scores = onnx_outputs(float_model, inputs).astype(np.float64)
     labels = _labels(eval_data, float_scores, postprocess)
 
-    def evaluate(model: bytes) -> tuple[float, np.ndarray]:
-        scores = onnx_outputs(model, inputs).astype(np.float64)
-        return classification_metrics(scores, labels, postprocess)["accuracy"], scores
+    def evaluate(model: bytes, rows: int | None = None) -> tuple[float, np.ndarray]:
+        """rows: score only the first rows (the sensitivity ranking's cheaper trials)."""
+        feed = inputs if rows is None else {k: v[:rows] for k, v in inputs.items()}
+        scores = onnx_outputs(model, feed).astype(np.float64)
+        return classification_metrics(scores, labels[:len(scores)], postprocess)["accuracy"], scores
 
     return evaluate, float_scores, metric_name(eval_data[1])
 

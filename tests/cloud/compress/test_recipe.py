@@ -52,6 +52,8 @@ calibration_samples = 256
      "step 1 (quantize_static) field 'calibration_samples': expected an integer >= 1, got 'many'"),
     ('[[step]]\nmethod = "quantize_static"\nrounding = "up"',
      "step 1 (quantize_static) field 'rounding': expected one of 'nearest', 'adaround', got 'up'"),
+    ('[[step]]\nmethod = "quantize_static"\ngate_strategy = "best"',
+     "step 1 (quantize_static) field 'gate_strategy': expected one of 'auto', 'rank', 'prefix', 'sensitivity'"),
     ('[[step]]\nmethod = "lowrank"\nenergy = 0.9\nrank = 4', "step 1 (lowrank) field 'rank': give only one of"),
     ('[[step]]\nmethod = "fp16"\n[[step]]\nmethod = "prune_channels"\namount = 0.5',
      "step 2 (prune_channels): torch steps must come before the ONNX steps (step 1 is fp16)"),

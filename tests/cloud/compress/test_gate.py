@@ -1,0 +1,62 @@
+"""The accuracy gate's sensitivity strategy on the real digits bundle: each group ranked by the KL
+divergence it alone adds to the float model's output, then kept in float most sensitive first."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from edgefleet.cloud.compress.evaluate import onnx_outputs
+from edgefleet.cloud.compress.gate import SENSITIVITY_ROWS, divergence, prefix_ladder
+from edgefleet.cloud.compress.quantize import QuantizationError, quantize_static_int8
+
+CALIBRATION_ROWS = 512
+
+
+def test_divergence_is_the_mean_kl_of_the_softmaxes():
+    same = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 5.0]])
+    assert divergence(same, same) == pytest.approx(0.0, abs=1e-12)
+    # p = (0.5, 0.5), q = (0.75, 0.25): 0.5 ln(0.5 / 0.75) + 0.5 ln(0.5 / 0.25)
+    assert divergence(np.array([[0.0, 0.0]]), np.array([[np.log(3.0), 0.0]])) == pytest.approx(0.143841, abs=1e-6)
+
+
+def test_the_sensitivity_gate_keeps_the_groups_that_hurt_most_in_float(digits_bundle, digits_splits, tmp_path):
+    # Under-exposed calibration (30% brightness): ranges too narrow, int8 costs several points.
+    splits = digits_splits
+    dim, data = splits.x_train[:CALIBRATION_ROWS] * 0.3, (splits.x_test, splits.y_test)
+    gated = quantize_static_int8(digits_bundle.root, tmp_path / "gated", dim, eval_data=data, max_drop=0.01,
+                                 bias_correction=False, gate_strategy="sensitivity")
+    gate = gated.bundle.manifest["lineage"]["steps"][-1]["gate"]
+    assert gate["strategy"] == "sensitivity" and gate["sensitivity_rows"] == SENSITIVITY_ROWS
+    assert gate["steps"][0]["drop"] > 0.01  # the premise: every node int8 misses the gate
+    assert gated.accuracy_drop <= 0.01 and gated.excluded_nodes
+
+    ranking = gate["ranking"]
+    weighted = [n.name for n in onnx.load(str(digits_bundle.root / "model.onnx")).graph.node
+                if n.op_type in ("Conv", "Gemm")]
+    assert sorted(r["node"] for r in ranking) == sorted(weighted)
+    assert [r["divergence"] for r in ranking] == sorted((r["divergence"] for r in ranking), reverse=True)
+    # the ladder keeps the top of the ranking in float, and stops at the first step that meets the gate
+    ladder = [s["float_groups"] for s in gate["steps"][1:]]
+    assert ladder == prefix_ladder(len(ranking))[:len(ladder)]
+    kept = [n for r in ranking[:ladder[-1]] for n in r["nodes"]]
+    assert list(gated.excluded_nodes) == kept == gate["kept_in_float"]
+    assert all(s["drop"] > 0.01 for s in gate["steps"][:-1]) and gate["steps"][-1]["drop"] <= 0.01
+
+    # the top entry's score is what that group alone in int8 does to the output, measured independently
+    top = ranking[0]
+    others = [n for r in ranking[1:] for n in r["nodes"]]
+    alone = quantize_static_int8(digits_bundle.root, tmp_path / "alone", dim, nodes_to_exclude=others,
+                                 bias_correction=False)
+    rows = splits.x_test[:SENSITIVITY_ROWS]
+    measured = divergence(onnx_outputs(digits_bundle.root / "model.onnx", rows),
+                          onnx_outputs(alone.bundle.root / "model.int8.onnx", rows))
+    assert measured == pytest.approx(top["divergence"], rel=1e-6)
+    assert top["divergence"] > ranking[-1]["divergence"] > 0
+
+
+def test_an_unknown_gate_strategy_is_refused(digits_bundle, digits_splits, tmp_path):
+    with pytest.raises(QuantizationError, match="gate strategy must be 'auto', 'rank', 'prefix' or 'sensitivity'"):
+        quantize_static_int8(digits_bundle.root, tmp_path / "int8", digits_splits.x_train[:64] * 0.3,
+                             eval_data=(digits_splits.x_test, None), max_drop=0.0, gate_strategy="best")

@@ -26,6 +26,7 @@ from edgefleet.cloud.mqtt_auth import (
 )
 from edgefleet.cloud.nats_config import NatsNode, bcrypt_hash, subject, write_nats_config
 from edgefleet.core.topics import topic
+from edgefleet.edge_runtime.light_sim import LightFleet
 from edgefleet.edge_runtime.mqtt import MqttTransport
 from edgefleet.edge_runtime.outbox import Outbox
 from tests.cloud.mqtt_scenarios import GRACE, connect, refused, window
@@ -45,7 +46,8 @@ def cluster(tmp_path):
     secret = new_cloud_secret()
     devices = {f"dev-{i}": f"pw-{i}" for i in range(6)}
     nats = NatsCluster(tmp_path / "nats")
-    nats.configure([(d, FLEET, bcrypt_hash(p, rounds=4)) for d, p in devices.items()], hashes(secret))
+    nats.configure([(d, FLEET, bcrypt_hash(p, rounds=4)) for d, p in devices.items()], hashes(secret),
+                   sim_users=[("sim-load", FLEET, bcrypt_hash("sim-pw", rounds=4))])
     nats.start()
     try:
         yield nats, secret, devices
@@ -136,6 +138,27 @@ def test_device_stays_inside_its_own_topics(cluster):
     finally:
         for peer in (ingest, spy, dev):
             peer.close()
+
+
+def test_light_sim_user_spreads_many_device_ids_over_the_nodes(cluster, tmp_path):
+    nats, secret, _ = cluster
+    sessions = make_sessions(make_engine(f"sqlite:///{tmp_path / 'cloud.db'}"))
+    fleet = LightFleet([nats.url(i) for i in range(3)], fleet=FLEET, devices=300, windows=[window("x", 1, FLEET)],
+                       rate=600, connections=3, username="sim-load", password="sim-pw", run="n1")
+    with sessions.begin() as db:
+        db.add_all([Device(id=d, fleet=FLEET, password_hash=hash_password("-")) for d in fleet.ids])
+    ingest = Ingest(sessions, nats.url(0), username=INGEST.username, password=cloud_password(secret, INGEST),
+                    client_id=INGEST.username, flush_seconds=0.02)
+    ingest.start()
+    try:
+        assert ingest.wait_connected(30)
+        with fleet:
+            deadline = time.monotonic() + 60
+            while len(stored(sessions)) < 300 and time.monotonic() < deadline:
+                time.sleep(0.2)
+    finally:
+        ingest.stop()
+    assert set(stored(sessions)) == set(fleet.ids)
 
 
 def test_config_refuses_what_nats_cannot_check(tmp_path):

@@ -7,6 +7,9 @@ a rollout's devices install from it; an object removed or replaced in the bucket
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -129,6 +132,9 @@ def test_an_unreachable_store_is_a_503_and_a_bad_store_url_is_refused(s3: S3Serv
 
     with pytest.raises(EdgefleetError, match=r"--store: expected s3://BUCKET\[/PREFIX\]"):
         load_settings(data_dir=tmp_path, bundle_store="/var/bundles")
+    shown = subprocess.run([sys.executable, "-m", "edgefleet.cli.main", "cloud", "up", "--help"], capture_output=True,
+                           text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert shown.returncode == 0 and "s3://BUCKET/PREFIX" in shown.stdout, shown.stdout + shown.stderr
     for name, value in CREDENTIALS.items():
         monkeypatch.setenv(name, value)
     store = S3Store("no-such-bucket", "", s3.url)

@@ -149,8 +149,9 @@ def up(
             out.print(f"role: {settings.role}", markup=False, highlight=False, soft_wrap=True)
         if server.serves_http:
             out.print(f"edgefleet cloud API: {server.url}", markup=False, highlight=False, soft_wrap=True)
-        broker = "external" if settings.mqtt_url else "embedded"
-        out.print(f"MQTT broker ({broker}): {server.broker_url}", markup=False, highlight=False, soft_wrap=True)
+        if settings.mqtt_url or server.broker is not None:  # a monitor without --mqtt-url uses no broker
+            broker = "external" if settings.mqtt_url else "embedded"
+            out.print(f"MQTT broker ({broker}): {server.broker_url}", markup=False, highlight=False, soft_wrap=True)
         out.print(f"data: {settings.data_dir.resolve()}", markup=False, highlight=False, soft_wrap=True)
         if settings.mqtt_url and not settings.mqtt_password:
             err_console.print("warning: no EDGEFLEET_MQTT_PASSWORD: the cloud's MQTT clients connect to the external "

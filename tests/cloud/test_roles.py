@@ -209,3 +209,19 @@ def test_ingest_workers_log_in_to_the_generated_mosquitto_as_their_own_users(
         finally:
             device.close()
     assert "not authorised" not in broker.log.lower() and "denied" not in broker.log.lower()
+
+
+def test_monitor_and_rollouts_roles_run_without_the_api_or_a_broker_of_their_own(tmp_path, postgres, mosquitto):
+    mosquitto.start()
+    _sessions, url = database_url(postgres, "roles_background")
+    data = ("--data", str(tmp_path / "data"), "--db", url)
+    with cloud_up(tmp_path, "--role", "monitor", *data) as (_p1, _l1, monitor_url, monitor), \
+            cloud_up(tmp_path, "--role", "rollouts", *data, "--mqtt-url", mosquitto.url,
+                     "--public-url", "http://127.0.0.1:9") as (_p2, _l2, rollouts_url, rollouts):
+        assert "role: monitor" in monitor and "role: rollouts" in rollouts
+        assert "admin token" not in monitor + rollouts and "edgefleet cloud API" not in monitor + rollouts
+        for address in (monitor_url, rollouts_url):  # the --port cloud_up passed is not served
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(f"{address}/api/v1/info", timeout=5)
+        assert "MQTT broker (external)" in rollouts and "MQTT broker" not in monitor
+        until(lambda: "as edgefleet-rollouts " in mosquitto.log, "the rollout engine connected", 20)

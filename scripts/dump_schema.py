@@ -45,8 +45,8 @@ def main(checkout: str, dialect: str, url: str, out: str) -> None:
             importlib.import_module(f"edgefleet.cloud.{name}")  # every module with tables on Base then
     db.make_engine(url).dispose()
     commit = subprocess.run(["git", "-C", checkout, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    Path(out).write_text(f"-- {dialect}: the schema the cloud at commit {commit or checkout} creates (scripts/dump_schema.py)\n"
-                         + "".join(f"{s};\n" for s in statements))
+    header = f"-- {dialect}: the schema the cloud at commit {commit or checkout} creates (scripts/dump_schema.py)\n"
+    Path(out).write_text(header + "".join(f"{s};\n" for s in statements))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The FastAPI application factory. `CloudServer` serves what `create_app` returns; nothing here is global.
 
-To serve the API alone (for example as stateless replicas behind a load balancer, with the broker,
-ingest and drift monitor running elsewhere): `uvicorn --factory edgefleet.cloud.app:app_from_env`.
+To serve the API alone (stateless replicas behind a load balancer, with the broker, ingest and monitors
+running elsewhere): `edgefleet cloud up --role api` (cloud/roles.py), or under another ASGI server
+`uvicorn --factory edgefleet.cloud.app:app_from_env`.
 """
 
 from __future__ import annotations

@@ -97,11 +97,25 @@ def sim(
     drift_after: Annotated[float, typer.Option(help="Seconds before the drift starts")] = 0.0,
     drift_devices: Annotated[int, typer.Option(help="How many devices drift")] = 1,
     fleet: Annotated[str, typer.Option(help="Fleet of the simulated devices")] = "sim",
+    light: Annotated[bool, typer.Option("--light", help="Many device ids per process over a few MQTT "
+                                                        "connections, each sending one replayed window per "
+                                                        "--window seconds (no model per device)")] = False,
+    connections: Annotated[int, typer.Option(min=1, max=500, help="--light: MQTT connections")] = 4,
+    mqtt_username: Annotated[str | None, typer.Option(help="--light: the connections' user, granted the "
+                                                           "fleet's device topics (default: anonymous)")] = None,
+    mqtt_password: Annotated[str | None, typer.Option(envvar="EDGEFLEET_SIM_MQTT_PASSWORD",
+                                                      help="--light: its password")] = None,
 ) -> None:
     """N simulated devices in one process, feeding real data, with optional injected drift."""
     from edgefleet.edge_runtime.sim import DriftPlan, FleetSimulation
 
     client = CloudClient(cloud, token)
+    if light:
+        if drift:
+            raise EdgefleetError("--light replays recorded windows: it cannot inject drift (leave out --drift)")
+        _light(client, bundle, data, trust, mqtt_url or client.get("/api/v1/info")["mqtt_url"], fleet, devices,
+               devices / window, connections, mqtt_username, mqtt_password, duration)
+        return
     simulation = FleetSimulation(
         cloud_url=client.url, token=client.token, mqtt_url=mqtt_url or client.get("/api/v1/info")["mqtt_url"],
         bundle=bundle,
@@ -115,6 +129,32 @@ def sim(
         while time.monotonic() < deadline:
             time.sleep(0.5)
             live.update(sim_table(simulation))
+
+
+def _light(client: CloudClient, bundle: Path, data: Path, trust: list[Path] | None, mqtt_url: str, fleet: str,
+           devices: int, rate: float, connections: int, username: str | None, password: str | None,
+           duration: float) -> None:
+    """Registers the light devices in bulk (the ingest keeps registered devices' windows), then runs them."""
+    from edgefleet.edge_runtime.light_sim import LightFleet, record_windows
+
+    windows = record_windows(bundle, _paths(trust), np.load(data, allow_pickle=False))
+    simulation = LightFleet([mqtt_url], fleet=fleet, devices=devices, windows=windows, rate=rate,
+                            connections=connections, username=username, password=password)
+    for start in range(0, devices, 1000):
+        client.post_json("/api/v1/devices/bulk", {"devices": [{"id": d, "fleet": fleet}
+                                                              for d in simulation.ids[start:start + 1000]]})
+    out.print(f"registered {devices} light devices ({simulation.ids[0]} ...) in fleet {fleet}")
+    with simulation, Live(light_table(simulation.status()), console=out, refresh_per_second=2) as live:
+        deadline = time.monotonic() + duration
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            live.update(light_table(simulation.status()))
+
+
+def light_table(status: dict) -> Table:
+    table = Table(*status, title="light simulated fleet")
+    table.add_row(*(str(value) for value in status.values()))
+    return table
 
 
 def _paths(trust: list[Path] | None) -> list[Path]:

@@ -48,6 +48,10 @@ def up(
     s3_endpoint: Annotated[str | None, typer.Option(help="The S3 API's URL for --store (MinIO, Ceph; default: "
                                                          "AWS)")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    loop: Annotated[list[Path] | None, typer.Option(
+        "--loop", help="A retraining policy (TOML) this cloud runs whenever its trigger fires (an open drift or "
+                       "performance alert for its model and fleet, once per alert; or its schedule); "
+                       "repeatable")] = None,
     role: Annotated[str | None, typer.Option(
         help="What this process runs: all (default: everything, one command), api (HTTP only, stateless "
              "replicas), ingest (MQTT ingest, shared subscription), monitor (drift, accuracy, ops monitors) or "
@@ -143,8 +147,18 @@ def up(
                              ops_max_out_of_range_share=ops_max_out_of_range_share,
                              ops_stuck_min_samples=ops_stuck_min_samples, role=role, worker=worker,
                              bundle_store=store, s3_endpoint=s3_endpoint)
+    from edgefleet.cloud.loop.policy import load_policy
+
+    policies = [load_policy(path) for path in loop or []]  # a bad policy is refused before anything starts
     server = CloudServer(settings).start()
+    watchers = []
     try:
+        if policies:
+            from edgefleet.cloud.loop.trigger import serve_policies
+
+            watchers = serve_policies(server, policies)
+            out.print("loop: " + ", ".join(f"{p.name} ({p.trigger})" for p in policies), markup=False,
+                      highlight=False, soft_wrap=True)
         if settings.role != "all":
             out.print(f"role: {settings.role}", markup=False, highlight=False, soft_wrap=True)
         if server.serves_http:
@@ -167,6 +181,8 @@ def up(
         server.stop()
         raise
     server.run_forever()
+    for watcher in watchers:
+        watcher.stop()
     out.print("stopped", markup=False, highlight=False, soft_wrap=True)
 
 

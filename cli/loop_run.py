@@ -84,6 +84,8 @@ def watch(
     if once:
         outcome = watcher.check_once()
         out.print("the trigger has not fired" if outcome is None else run_tables(outcome.record))
+        if outcome is not None and outcome.state != "succeeded":
+            raise EdgefleetError(f"loop run {outcome.run_id} {outcome.state}: {outcome.reason}")
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
@@ -173,8 +175,17 @@ def _figures(stage: dict) -> str:
         return f"{outputs.get('name')} v{outputs.get('version')}"
     if name == "deploy" and outputs:
         devices = outputs.get("devices") or {}
-        return f"{outputs.get('deployment')} {outputs.get('state')}, {len(devices)} device(s)"
+        text = f"{outputs.get('deployment')} {outputs.get('state')}, {len(devices)} device(s)"
+        accuracy = metrics.get("accuracy_per_device") or {}
+        return text + "".join(f"; {device} {_accuracy(f['before'])} -> {_accuracy(f['after'])}"
+                              for device, f in sorted(accuracy.items()))
     return ""
+
+
+def _accuracy(figure: dict) -> str:
+    if figure.get("accuracy") is None:
+        return f"v{figure['version']} no labels"
+    return f"v{figure['version']} {figure['accuracy']:.3f} ({figure['labels']} labels)"
 
 
 def _trigger(trigger: dict) -> str:

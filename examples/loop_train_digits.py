@@ -20,7 +20,7 @@ import torch
 from edgefleet.cloud.digits import DigitsCNN
 from edgefleet.cloud.training import FitOptions, fit_classifier
 
-OPTIONS = FitOptions(epochs=6, seed=0)
+OPTIONS = FitOptions(epochs=15, seed=0)  # 6 epochs lost 0.016 on clean digits: refused on that critical slice
 
 
 def _fit(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> torch.nn.Module:

@@ -44,6 +44,8 @@ judged and how it reaches the fleet. `edgefleet loop run --policy FILE` runs it 
     wave_timeout = 600               # seconds a wave may take
     health_window = 30               # seconds a device watches the new model
     timeout = 1800                   # seconds the run waits for the rollout to finish
+    measure_seconds = 10             # then waits this long before it records each device's measured accuracy
+                                     # on the new model (labels that arrived) beside the old one's before the run
     [deployment.gates]               # quality gates on the first wave (cloud/quality_gates.py's fields)
     max_accuracy_drop = 0.05
     observation_seconds = 60
@@ -128,6 +130,7 @@ class Deployment:
     health_window: float = 30.0
     timeout: float = 1800.0
     gates: dict = field(default_factory=dict)
+    measure_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -351,7 +354,7 @@ def _deployment(path: Path, top: _Reader) -> Deployment | None:
     if "deployment" not in top.table:
         return None
     section = _Reader(path, "deployment", top.get("deployment", dict))
-    section.known({"waves", "wave_timeout", "health_window", "timeout", "gates"})
+    section.known({"waves", "wave_timeout", "health_window", "timeout", "gates", "measure_seconds"})
     waves = section.get("waves", list, [])
     if not all(isinstance(w, int) and not isinstance(w, bool) and 0 < w <= 100 for w in waves) or \
             waves != sorted(set(waves)) or (waves and waves[-1] != 100):
@@ -372,4 +375,4 @@ def _deployment(path: Path, top: _Reader) -> Deployment | None:
             raise PolicyError(f"{section.where('gates')}: {text}") from err
     return Deployment(tuple(waves), section.number("wave_timeout", 600, 1, 86400),
                       section.number("health_window", 30, 0, 86400), section.number("timeout", 1800, 1, 7 * 86400),
-                      dict(gates))
+                      dict(gates), section.number("measure_seconds", 10, 0, 3600))

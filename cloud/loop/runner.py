@@ -42,6 +42,7 @@ from edgefleet.core.signing import SigningKey, TrustStore
 log = logging.getLogger(__name__)
 FINAL_ROLLOUT = ("completed", "aborted")
 POLL_SECONDS = 1.0
+LOOKBACK = 300.0  # seconds of the serving model's labelled traffic before the run that "before" covers
 
 
 class StopRun(EdgefleetError):
@@ -62,6 +63,7 @@ class _Recorder:
 
     def __init__(self, client: CloudClient, run_id: str, progress: Callable[[str], None]) -> None:
         self.client, self.run_id, self.progress = client, run_id, progress
+        self.started_at = time.time()
 
     def put(self, name: str, **body: object) -> None:
         self.client.put_json(f"/api/v1/loop/runs/{self.run_id}/stages/{name}",
@@ -129,7 +131,7 @@ def run_policy(policy: Policy, client: CloudClient, *, trust: TrustStore, force:
 def _stages(policy: Policy, client: CloudClient, rec: _Recorder, trust: TrustStore, key: SigningKey, force: bool,
             work: Path) -> dict | None:
     train_dir, recent = _dataset_stage(policy, client, rec, work)
-    serving = _serving_bundle(policy, client, work)
+    serving, serving_version = _serving_bundle(policy, client, work)
     trained = _train_stage(policy, rec, serving, train_dir, key, work)
     candidate = _compress_stage(policy, rec, trained, train_dir, key, work)
     candidate = _compile_stage(policy, rec, candidate, trained, key, work)
@@ -146,7 +148,7 @@ def _stages(policy: Policy, client: CloudClient, rec: _Recorder, trust: TrustSto
     if policy.deployment is None:
         rec.skip("deploy", "the policy has no [deployment]")
         return bundle
-    _deploy_stage(policy, client, rec, bundle)
+    _deploy_stage(policy, client, rec, bundle, serving_version)
     return bundle
 
 
@@ -184,7 +186,7 @@ def _dataset_stage(policy: Policy, client: CloudClient, rec: _Recorder, work: Pa
     return train_dir, recent
 
 
-def _serving_bundle(policy: Policy, client: CloudClient, work: Path) -> Path:
+def _serving_bundle(policy: Policy, client: CloudClient, work: Path) -> tuple[Path, int]:
     """The version most of the fleet's devices serve (else the registry's newest), downloaded."""
     devices = [d for d in client.get("/api/v1/devices") if d["fleet"] == policy.fleet
                and d.get("model_name") == policy.model and d.get("model_version") is not None]
@@ -200,7 +202,7 @@ def _serving_bundle(policy: Policy, client: CloudClient, work: Path) -> Path:
         f"/api/v1/bundles/{policy.model}/{version}/download")
     path = work / f"serving-v{version}.tar.gz"
     path.write_bytes(content)
-    return path
+    return path, version
 
 
 def _train_stage(policy: Policy, rec: _Recorder, serving: Path, train_dir: Path, key: SigningKey, work: Path):  # noqa: ANN202
@@ -283,7 +285,7 @@ def _evaluate_stage(policy: Policy, rec: _Recorder, candidate: Path, serving: Pa
                           + " (loop run --force goes on, recorded in the report)")
 
 
-def _deploy_stage(policy: Policy, client: CloudClient, rec: _Recorder, bundle: dict) -> None:
+def _deploy_stage(policy: Policy, client: CloudClient, rec: _Recorder, bundle: dict, serving_version: int) -> None:
     plan = policy.deployment
     strategy: dict = {"kind": "waves" if plan.waves else "all", "wave_timeout_seconds": plan.wave_timeout,
                       "health_window_seconds": plan.health_window, "mode": "switch"}
@@ -314,3 +316,29 @@ def _deploy_stage(policy: Policy, client: CloudClient, rec: _Recorder, bundle: d
                              "devices": {d["device"]: d["state"] for d in deployment["devices"]}}
         if deployment["state"] == "aborted":
             raise StopRun(f"deployment {deployment['id']} aborted: {deployment.get('reason')}")
+        if plan.measure_seconds:
+            rec.progress(f"deploy: measuring accuracy on the new model for {plan.measure_seconds:g} s")
+            time.sleep(plan.measure_seconds)
+        result["metrics"] = {"accuracy_per_device": _before_after(client, deployment, serving_version, bundle,
+                                                                  rec.started_at)}
+
+
+def _before_after(client: CloudClient, deployment: dict, serving_version: int, bundle: dict,
+                  run_started: float) -> dict:
+    """Per device: measured accuracy (labels that arrived) of the serving version in the LOOKBACK seconds
+    before the run started, and of the new version since the device reported it active."""
+    figures = {}
+    for row in deployment["devices"]:
+        device = row["device"]
+        before = _measured(client, device, serving_version, run_started - LOOKBACK, run_started)
+        after = _measured(client, device, bundle["version"], row.get("updated_at") or run_started, time.time())
+        figures[device] = {"before": before, "after": after}
+    return figures
+
+
+def _measured(client: CloudClient, device: str, version: int, since: float, until: float) -> dict:
+    answer = client.get(f"/api/v1/devices/{device}/performance?since={since:.3f}&until={until:.3f}"
+                        f"&bucket_seconds=86400&version={version}")
+    labels = sum(p["labels"] for p in answer["points"])
+    correct = sum((p.get("accuracy") or 0.0) * p["labels"] for p in answer["points"])
+    return {"version": version, "labels": labels, "accuracy": round(correct / labels, 4) if labels else None}

@@ -109,3 +109,19 @@ class LoopWatcher:
             except EdgefleetError as err:  # the cloud unreachable or refusing: tried again next interval
                 log.warning("policy %s: %s", self.policy.name, err)
             self._stop.wait(self.interval)
+
+
+def serve_policies(server, policies: list[Policy], interval: float = 10.0) -> list[LoopWatcher]:  # noqa: ANN001
+    """`cloud up --loop`: a watcher per policy on this cloud's own API, with an admin token named "loop" made
+    for this start (the process never sees another's token); runs write under the data directory."""
+    from edgefleet.cloud.auth import create_token
+
+    if not server.serves_http:
+        raise EdgefleetError("--loop needs the API in this process (role all or api)")
+    client = CloudClient(server.url, create_token(server.sessions, name="loop"))
+    watchers = []
+    for policy in policies:
+        trust = TrustStore.from_paths(list(policy.trust) or list(server.settings.trusted_keys))
+        watchers.append(LoopWatcher(policy, client, trust, interval=interval,
+                                    workdir=server.settings.data_dir / "loop").start())
+    return watchers

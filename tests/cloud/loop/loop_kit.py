@@ -88,7 +88,7 @@ class LabelledTraffic:
                 try:
                     sent = self.cloud.post("/api/v1/feedback", json={"device": device, "request_id": request_id,
                                                                      "label": labels})
-                except httpx.HTTPError as err:  # the cloud stopping at the end of the test
+                except (httpx.HTTPError, RuntimeError) as err:  # the cloud (or this client) stopping at the end
                     self.failures.append(f"cloud feedback: {type(err).__name__}")
                     continue
                 if sent.status_code == 202:

@@ -1,9 +1,10 @@
 """The loop closed end to end: four real device agents serve the digits CNN (v1) over HTTP, report through a
 real Mosquitto to a real cloud (SQLite) and capture their requests; live traffic drifts (half the digits
 brighter by 0.5, which v1 gets mostly wrong), its true labels reach the cloud's feedback API two seconds
-later. `edgefleet loop run --policy` (a real process) then freezes the labelled captures, retrains from
-scratch with examples/loop_train_digits.py, quantizes, compiles, evaluates offline, pushes and deploys in two
-waves whose canaries are judged on their measured accuracy against the control:
+later. The drift monitor opens an alert; `edgefleet loop watch --policy --once` (a real process) sees it
+fire the policy's trigger and runs it (later runs: `edgefleet loop run`): it freezes the labelled captures,
+retrains from scratch with examples/loop_train_digits.py, quantizes, compiles, evaluates offline, pushes and
+deploys in two waves whose canaries are judged on their measured accuracy against the control:
 
 - the first run ends with the fleet on v2 and the drifted accuracy of every device recovered;
 - a careless training function (labels shuffled) is stopped at the offline evaluation, nothing is pushed;
@@ -46,6 +47,11 @@ def labelled_rows(cloud) -> int:  # noqa: ANN001 - rollout_kit.Cloud
         after = rows[-1]["id"]
 
 
+def drift_alerts(cloud) -> list[dict]:  # noqa: ANN001
+    alerts = cloud.client.get("/api/v1/alerts", params={"status": "open"}).json()
+    return [a for a in alerts if a["kind"] == "data_drift" and a["fleet"] == "lab"]
+
+
 def run_loop(cloud, policy: Path, *extra: str):  # noqa: ANN001, ANN201
     env = {"EDGEFLEET_CLOUD": cloud.server.url, "EDGEFLEET_TOKEN": cloud.token, "COLUMNS": "200"}
     return edgefleet("loop", "run", "--policy", str(policy), "--workdir", str(policy.parent / "runs"), *extra,
@@ -54,7 +60,7 @@ def run_loop(cloud, policy: Path, *extra: str):  # noqa: ANN001, ANN201
 
 def test_a_drifted_fleet_is_retrained_and_moved_to_v2_and_bad_candidates_are_stopped(
         start_cloud, mosquitto, digits_bundle, digits_splits, tmp_path: Path):
-    cloud = start_cloud()
+    cloud = start_cloud(drift_interval_seconds=1.0)
     archive = Bundle.open(digits_bundle.root).pack(tmp_path / "v1.tar.gz")
     assert cloud.client.post("/api/v1/bundles", content=archive.read_bytes(), headers=GZIP).status_code == 201
     changed = cloud.client.put("/api/v1/fleets/lab/capture", json={"enabled": True, "sample_rate": 0.5,
@@ -73,9 +79,11 @@ def test_a_drifted_fleet_is_retrained_and_moved_to_v2_and_bad_candidates_are_sto
         with LabelledTraffic(urls, splits.x_train, splits.y_train, cloud.server.url, cloud.token) as traffic:
             before = {name: device_accuracy(url, bright, splits.y_test) for name, url in urls.items()}
             traffic.drift.set()
-            wait_until(lambda: labelled_rows(cloud) >= 600, "600 labelled captured rows", 120)
+            wait_until(lambda: drift_alerts(cloud) and labelled_rows(cloud) >= 600,
+                       "a drift alert and 600 labelled captured rows", 120)
 
-            first = run_loop(cloud, good)
+            first = edgefleet("loop", "watch", "--policy", str(good), "--once", "--workdir", str(good.parent / "runs"),
+                              env={"EDGEFLEET_CLOUD": cloud.server.url, "EDGEFLEET_TOKEN": cloud.token}, cwd=REPO)
             assert first.returncode == 0, first.stdout + first.stderr
             assert {a.predictor.bundle.version for a in agents.values()} == {2}
             after = {name: device_accuracy(url, bright, splits.y_test) for name, url in urls.items()}
@@ -117,6 +125,15 @@ def test_a_drifted_fleet_is_retrained_and_moved_to_v2_and_bad_candidates_are_sto
     assert runs and all(s["seconds"] is not None for run in json.loads(shown.stdout) for s in run["stages"])
     first_run = sorted(json.loads(shown.stdout), key=lambda r: r["started_at"])[0]
     assert first_run["bundle"] == {"name": "digits-cnn", "version": 2}
+    assert first_run["trigger"]["kind"] == "drift" and first_run["trigger"]["alert_kind"] == "data_drift"
+    assert isinstance(first_run["trigger"]["alert_id"], int)
+    measured = first_run["stages"][-1]["metrics"]["accuracy_per_device"]  # live traffic, half of it bright
+    print("measured accuracy per device (labels that arrived):", json.dumps(measured))
+    assert sorted(measured) == sorted(urls)
+    for figures in measured.values():
+        assert figures["before"]["version"] == 1 and figures["after"]["version"] == 2
+        assert figures["before"]["labels"] >= 100 and figures["after"]["labels"] >= 40, figures
+        assert figures["after"]["accuracy"] > figures["before"]["accuracy"] + 0.1, figures
     dataset = first_run["stages"][0]["outputs"]
     lineage = Bundle.open(Path(first_run["stages"][1]["outputs"]["bundle"])).manifest["lineage"]
     assert lineage["dataset"]["fingerprint"] == dataset["fingerprint"]

@@ -119,3 +119,10 @@ def test_the_cli_refuses_a_bad_policy_with_exit_2(folder):
     missing = edgefleet("loop", "run", "--policy", str(folder / "nope.toml"), "--cloud", "http://127.0.0.1:9",
                         "--token", "t")
     assert_user_error(missing, f"--policy {folder / 'nope.toml'}: cannot read it (No such file or directory)")
+
+
+def test_cloud_up_refuses_a_bad_policy_before_it_starts(folder):
+    path = write(folder, VALID.replace('kind = "drift"', 'kind = "drift"\nevery = "1d"'))
+    result = edgefleet("cloud", "up", "--loop", str(path), "--data", str(folder / "cloud"), "--port", "0")
+    assert_user_error(result, f"{path}: [trigger] every: only for kind = 'schedule' (kind is 'drift')")
+    assert not (folder / "cloud").exists()

@@ -8,11 +8,15 @@ and with which credentials: the ingest and the rollout engine each log in as the
 secret: the one the embedded broker made at start, or `settings.mqtt_password` for an external broker
 (Mosquitto; no secret: no credentials). An ingest worker (role `ingest`) logs in as
 `edgefleet-ingest-<worker>` and subscribes through the shared subscription group `roles.SHARE_GROUP`.
+Monitor and rollout workers share their work through leases in the database (cloud/leases.py): device
+shards and the fleet scopes, webhook delivery and retention for monitors, one deployment at a time for
+rollout engines; on SQLite the one process holds them all.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -22,6 +26,7 @@ from edgefleet.cloud.api.bundles import reference_profile
 from edgefleet.cloud.drift_monitor import DriftMonitor
 from edgefleet.cloud.ingest import Ingest
 from edgefleet.cloud.label_forwarder import LabelForwarder
+from edgefleet.cloud.leases import FLEETS, Leases, ShardLeases, new_holder
 from edgefleet.cloud.mqtt_auth import INGEST, LABELS, ROLLOUTS, cloud_credentials, ingest_worker
 from edgefleet.cloud.ops_monitor import OpsMonitor
 from edgefleet.cloud.performance_monitor import PerformanceMonitor
@@ -62,8 +67,12 @@ def build_components(settings: CloudSettings, sessions: sessionmaker, broker: Em
         parts += _monitors(settings, sessions)
     if runs(role, "rollouts"):
         username, password = cloud_credentials(secret, ROLLOUTS)
+        # many rollout workers on one broker: each its own client id, or they would take over each other's
+        # connection (a broker that forces the username as client id needs a user per worker: not yet made)
+        client_id = ROLLOUTS.username if role == "all" else f"{ROLLOUTS.username}-{secrets.token_hex(4)}"
         parts.append(RolloutEngine(sessions, settings, url, username=username, password=password,
-                                   client_id=ROLLOUTS.username, public_url=public_url))
+                                   client_id=client_id, public_url=public_url,
+                                   leases=Leases(sessions, new_holder("rollouts"), settings.lease_seconds)))
         username, password = cloud_credentials(secret, LABELS)
         parts.append(LabelForwarder(sessions, url, username=username, password=password, client_id=LABELS.username))
     return parts
@@ -80,22 +89,29 @@ def _ingest(settings: CloudSettings, sessions: sessionmaker, url: str, secret: s
 
 
 def _monitors(settings: CloudSettings, sessions: sessionmaker) -> list[Component]:
-    """The drift, accuracy and operations monitors, the webhook dispatcher and retention."""
+    """The leases of this monitor worker (first: held before the monitors run, given back after they stop),
+    the drift, accuracy and operations monitors, the webhook dispatcher and retention."""
     drift = settings.drift_monitor_settings()
+    shards = ShardLeases(Leases(sessions, new_holder("monitor"), settings.lease_seconds), "monitor",
+                         singletons=(FLEETS, "webhooks", "retention"))
 
     def profile_for(name: str, version: int) -> dict | None:
         return reference_profile(sessions, settings, name, version)
 
     monitor = DriftMonitor(sessions, profile_for, drift.thresholds, lookback_seconds=drift.lookback_seconds,
-                           interval_seconds=drift.interval_seconds)
-    performance = PerformanceMonitor(sessions, profile_for, drop=settings.performance_drop, drift=drift)
+                           interval_seconds=drift.interval_seconds, shards=shards)
+    performance = PerformanceMonitor(sessions, profile_for, drop=settings.performance_drop, drift=drift,
+                                     shards=shards)
+    webhooks = WebhookDispatcher(sessions, retry_base=settings.webhook_retry_seconds,
+                                 max_attempts=settings.webhook_max_attempts)
+    retention = Retention(sessions, RetentionSettings(settings.retention_raw_days, settings.retention_hourly_days,
+                                                      settings.retention_evaluations_days,
+                                                      settings.retention_interval_seconds,
+                                                      captures_days=settings.capture_retention_days))
+    webhooks.lease, retention.lease = (lambda: shards.holds("webhooks")), (lambda: shards.holds("retention"))
     return [  # issue 14: latency, errors, health and data quality; webhooks; retention
-        monitor, performance,
-        OpsMonitor(sessions, profile_for, settings.ops_limits(), interval_seconds=settings.ops_interval_seconds),
-        WebhookDispatcher(sessions, retry_base=settings.webhook_retry_seconds,
-                          max_attempts=settings.webhook_max_attempts),
-        Retention(sessions, RetentionSettings(settings.retention_raw_days, settings.retention_hourly_days,
-                                              settings.retention_evaluations_days,
-                                              settings.retention_interval_seconds,
-                                              captures_days=settings.capture_retention_days)),
+        shards, monitor, performance,
+        OpsMonitor(sessions, profile_for, settings.ops_limits(), interval_seconds=settings.ops_interval_seconds,
+                   shards=shards),
+        webhooks, retention,
     ]

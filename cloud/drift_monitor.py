@@ -34,6 +34,12 @@ the drift_settings table. In the background loop a scope is evaluated when its o
 since its last evaluation; the loop ticks at the shortest interval in use. `run_once` called directly
 evaluates every scope.
 
+Workers (role `monitor` on PostgreSQL, cloud/leases.py): with `shards`, a run evaluates only the device
+scopes of the device shards this worker holds (the rows are filtered in SQL), and the fleet scopes only
+while it holds the "fleets" lease (then it reads every device's rows, as a fleet is all of them). A worker
+killed mid-run leaves its shards to the others one lease period later; a scope that two workers evaluate
+around a hand-over gets two results, never none.
+
 Recovery: the monitor keeps in memory only the highest row id it has seen and when each scope ran last;
 the CUSUM sums are in the database, so a restart continues them where they were.
 After a restart, its first run sees every row as seen, so windows that arrived while it was down with
@@ -76,6 +82,7 @@ from edgefleet.cloud.drift import (
 from edgefleet.cloud.drift_cusum_store import CusumStore
 from edgefleet.cloud.drift_sequential import SEQUENTIAL, evidence_summary
 from edgefleet.cloud.drift_settings import DriftSettingsError, MonitorSettings, SettingsResolver
+from edgefleet.cloud.leases import FLEETS, ShardLeases, shard_of
 from edgefleet.cloud.ops_monitor import quality_evidence
 from edgefleet.core.telemetry import TelemetryError, parse_telemetry
 
@@ -106,6 +113,21 @@ class _Scope:
 Scopes = dict[_Scope, tuple[Mapping, list[_Window]]]
 
 
+@dataclass(frozen=True)
+class _Share:
+    """What one run of this worker evaluates: the device shards it holds (None: all), the fleet scopes or
+    not, and the SQL filter that keeps only its devices' rows (None: every row is needed)."""
+
+    shards: set[int] | None
+    fleets: bool
+    where: object | None
+
+    def keep(self, scopes: Scopes) -> Scopes:
+        return {scope: item for scope, item in scopes.items()
+                if (self.fleets if scope.scope == "fleet" else self.shards is None or shard_of(scope.scope_id)
+                    in self.shards)}
+
+
 class DriftMonitor:
     name = "drift-monitor"
 
@@ -119,6 +141,7 @@ class DriftMonitor:
         clock: Callable[[], float] = time.time,
         *,
         close_after: int = 3,
+        shards: ShardLeases | None = None,
     ) -> None:
         if lookback_seconds <= 0 or interval_seconds <= 0:
             raise ValueError("lookback_seconds and interval_seconds must be positive")
@@ -128,6 +151,7 @@ class DriftMonitor:
         self._profile_for = profile_for
         self.base = MonitorSettings(thresholds, float(lookback_seconds), float(interval_seconds))
         self.close_after = close_after
+        self._shards = shards
         self._clock = clock
         self._profiles: dict[tuple[str, int], Mapping] = {}
         self._logged: set[str] = set()
@@ -186,10 +210,11 @@ class DriftMonitor:
             resolver = SettingsResolver.load(session, self.base)
             self._tick = resolver.shortest_interval()
             top = session.scalar(select(func.max(TelemetryRecord.id))) or 0
-            scopes = self._collect(session, now, top, resolver)
+            mine = self._mine()
+            scopes = mine.keep(self._collect(session, now, top, resolver, mine))
             if due_only:
                 scopes = {scope: item for scope, item in scopes.items() if self._due(scope, resolver)}
-            late = self._collect_late(session, now, top, resolver)
+            late = mine.keep(self._collect_late(session, now, top, resolver, mine))
             self._seen_id = top
             ran_at = time.monotonic()
             for scope in scopes:
@@ -219,28 +244,35 @@ class DriftMonitor:
         interval = self._settings(resolver, scope.fleet, scope.model_name).interval_seconds
         return last is None or time.monotonic() - last >= interval - 1e-3
 
-    def _collect(self, session: Session, now: float, top: int, resolver: SettingsResolver) -> Scopes:
+    def _mine(self) -> _Share:
+        if self._shards is None:
+            return _Share(None, True, None)
+        held = self._shards.held_shards()
+        fleets = self._shards.holds(FLEETS)
+        return _Share(held, fleets, None if fleets else self._shards.device_filter(TelemetryRecord.device_id, held))
+
+    def _collect(self, session: Session, now: float, top: int, resolver: SettingsResolver, mine: _Share) -> Scopes:
         """The windows of each scope that ended within its lookback of now (on-time evaluation)."""
-        rows = session.scalars(
-            select(TelemetryRecord)
-            .where(TelemetryRecord.window_end > now - resolver.longest_lookback(), TelemetryRecord.window_end <= now,
-                   TelemetryRecord.id <= top)
-            .order_by(TelemetryRecord.id)
-        ).all()
+        query = (select(TelemetryRecord)
+                 .where(TelemetryRecord.window_end > now - resolver.longest_lookback(),
+                        TelemetryRecord.window_end <= now, TelemetryRecord.id <= top)
+                 .order_by(TelemetryRecord.id))
+        rows = session.scalars(query if mine.where is None else query.where(mine.where)).all()
         rows = [row for row in rows
                 if row.window_end > now - self._settings(resolver, row.fleet, row.model_name).lookback_seconds]
         return self._group(rows)
 
-    def _collect_late(self, session: Session, now: float, top: int, resolver: SettingsResolver) -> Scopes:
+    def _collect_late(self, session: Session, now: float, top: int, resolver: SettingsResolver,
+                      mine: _Share) -> Scopes:
         """For every window new since the last run that ended before its lookback: its period ((p-1)L, pL],
         evaluated with all the windows of that period, for its device and its fleet."""
         if self._seen_id is None or top <= self._seen_id:
             return {}
-        new = session.execute(  # who and when only: the payloads of the few late periods are read below
-            select(TelemetryRecord.fleet, TelemetryRecord.model_name, TelemetryRecord.model_version,
-                   TelemetryRecord.device_id, TelemetryRecord.window_end)
-            .where(TelemetryRecord.id > self._seen_id, TelemetryRecord.id <= top)
-        ).all()
+        query = (select(TelemetryRecord.fleet, TelemetryRecord.model_name, TelemetryRecord.model_version,
+                        TelemetryRecord.device_id, TelemetryRecord.window_end)
+                 .where(TelemetryRecord.id > self._seen_id, TelemetryRecord.id <= top))
+        # who and when only: the payloads of the few late periods are read below
+        new = session.execute(query if mine.where is None else query.where(mine.where)).all()
         periods: dict[tuple[str, str, int, float], set[str]] = defaultdict(set)  # -> devices with late windows
         for row in new:
             lookback = self._settings(resolver, row.fleet, row.model_name).lookback_seconds

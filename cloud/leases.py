@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 SHARDS = 64  # fixed: a device's shard never changes, whatever the number of workers
 DEFAULT_PERIOD = 15.0
+FLEETS = "fleets"  # the singleton lease of the fleet-level scopes of the monitor role
 
 
 class LeaseRecord(Base):
@@ -132,6 +133,7 @@ class ShardLeases:
 
     def __init__(self, leases: Leases, role: str, singletons: tuple[str, ...] = (), shards: int = SHARDS) -> None:
         self.leases, self.role, self.shards = leases, role, shards
+        self.name = f"{role}-leases"
         self.singletons = tuple(f"{role}/{name}" for name in singletons)
         self._member = f"{role}/member/{leases.holder}"
         self._held: set[str] = set()

@@ -15,7 +15,8 @@ Every interval (`run_once`), per (device, model name, version) with telemetry th
 An alert (table alerts, scope "device") opens when its check fails and none of its kind is open for that
 device and model version, and closes on the first run whose check passes with enough data to judge. Data
 quality alerts say "data quality", never "drift": a dead sensor or a NaN from a broken pre-processing step
-is the pipeline, not the world. The drift monitor lists the open ones as evidence in its own alerts
+is the pipeline, not the world. With `shards` (role `monitor` on PostgreSQL, cloud/leases.py) a run judges
+only the devices of the shards this worker holds. The drift monitor lists the open ones as evidence in its own alerts
 (`quality_evidence`).
 """
 
@@ -32,6 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from edgefleet.cloud.db import Alert, TelemetryRecord
+from edgefleet.cloud.leases import ShardLeases
 from edgefleet.cloud.ops_settings import LimitsResolver, OpsLimits, OpsSettingsError
 from edgefleet.cloud.periodic import PeriodicWorker
 from edgefleet.core.telemetry import LATENCY_EDGES_MS, TelemetryError, TelemetryWindow, parse_telemetry
@@ -113,10 +115,12 @@ class OpsMonitor(PeriodicWorker):
     name = "ops-monitor"
 
     def __init__(self, sessions: sessionmaker, profile_for: ProfileFor, limits: OpsLimits = OpsLimits(),  # noqa: B008
-                 interval_seconds: float = 10.0, clock: Callable[[], float] = time.time) -> None:
+                 interval_seconds: float = 10.0, clock: Callable[[], float] = time.time, *,
+                 shards: ShardLeases | None = None) -> None:
         if interval_seconds <= 0:
             raise ValueError("interval_seconds must be positive")
         self._sessions, self._profile_for, self.base, self._clock = sessions, profile_for, limits, clock
+        self._shards = shards
         self.interval_seconds = interval_seconds
         self._profiles: dict[tuple[str, int], Mapping | None] = {}
         super().__init__()
@@ -127,9 +131,13 @@ class OpsMonitor(PeriodicWorker):
         opened = []
         with self._sessions() as session:
             resolver = LimitsResolver.load(session, self.base)
-            rows = session.scalars(select(TelemetryRecord).where(
+            query = (select(TelemetryRecord).where(
                 TelemetryRecord.window_end > now - resolver.longest_lookback(), TelemetryRecord.window_end <= now)
-                .order_by(TelemetryRecord.window_end, TelemetryRecord.id)).all()
+                .order_by(TelemetryRecord.window_end, TelemetryRecord.id))
+            if self._shards is not None:
+                where = self._shards.device_filter(TelemetryRecord.device_id, self._shards.held_shards())
+                query = query if where is None else query.where(where)
+            rows = session.scalars(query).all()
             groups: dict[tuple[str, str, str, int], list[TelemetryWindow]] = defaultdict(list)
             for row in rows:
                 try:
@@ -144,6 +152,10 @@ class OpsMonitor(PeriodicWorker):
                 except TelemetryError:
                     continue
                 groups[(row.device_id, row.fleet, row.model_name, row.model_version)].append(window)
+            # the open alerts of this run's devices, read once (one query per device and kind took most of a
+            # pass over 10,000 devices)
+            open_alerts = {(a.scope_id, a.kind, a.model_name, a.model_version): a for a in session.scalars(
+                select(Alert).where(Alert.status == "open", Alert.scope == "device", Alert.kind.in_(KINDS)))}
             for (device, fleet, model, version), windows in groups.items():
                 try:
                     limits = resolver.for_scope(fleet, model)
@@ -151,7 +163,8 @@ class OpsMonitor(PeriodicWorker):
                     limits = self.base
                 verdicts = self._judge(windows, self._profile(model, version), limits)
                 for kind, (failed, message, details) in verdicts.items():
-                    alert = self._apply(session, device, fleet, model, version, kind, failed, message, details, now)
+                    alert = self._apply(session, open_alerts.get((device, kind, model, version)), device, fleet,
+                                        model, version, kind, failed, message, details, now)
                     if alert is not None:
                         opened.append(alert)
             session.commit()
@@ -183,13 +196,12 @@ class OpsMonitor(PeriodicWorker):
                              {"issues": issues}),
         }
 
-    def _apply(self, session: Session, device: str, fleet: str, model: str, version: int, kind: str,
-               failed: bool | None, message: str, details: dict, now: float) -> Alert | None:
+    def _apply(self, session: Session, alert: Alert | None, device: str, fleet: str, model: str, version: int,
+               kind: str, failed: bool | None, message: str, details: dict, now: float) -> Alert | None:
+        """Opens an alert of `kind` for the device if it failed and `alert` (its open one) is None, closes
+        `alert` if it passed."""
         if failed is None:
             return None
-        alert = session.scalars(select(Alert).where(
-            Alert.status == "open", Alert.scope == "device", Alert.scope_id == device, Alert.kind == kind,
-            Alert.model_name == model, Alert.model_version == version)).first()
         if failed and alert is None:
             alert = Alert(scope="device", scope_id=device, fleet=fleet, model_name=model, model_version=version,
                           kind=kind, message=f"{message} on device {device} ({model} v{version})", details=details,

@@ -16,6 +16,9 @@ drift monitor, with the drift monitor's lookback and min_samples resolved for ea
 interval is the drift monitor's global one), and keeps no state of its own besides the alerts: a
 restarted cloud goes on where it stopped. An override that fails validation is logged and the global
 value used, so one bad row never stops the monitor.
+
+With `shards` (role `monitor` on PostgreSQL, cloud/leases.py) a run judges the devices of the shards this
+worker holds, and the fleets only while it holds the "fleets" lease, like the drift monitor.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from edgefleet.cloud.db import Alert, BundleRecord, TelemetryRecord
 from edgefleet.cloud.drift import DriftThresholds
 from edgefleet.cloud.drift_settings import MonitorSettings, SettingsResolver
+from edgefleet.cloud.leases import FLEETS, ShardLeases, shard_of
 from edgefleet.cloud.performance_settings import PerformanceResolver, PerformanceSettings
 from edgefleet.cloud.periodic import PeriodicWorker
 from edgefleet.cloud.slice_alerts import judge_slices, slice_references
@@ -50,12 +54,13 @@ class PerformanceMonitor(PeriodicWorker):
 
     def __init__(self, sessions: sessionmaker, profile_for: ProfileFor, *, drop: float = 0.05,
                  lookback_seconds: float = 300.0, interval_seconds: float = 10.0, min_samples: int = 100,
-                 drift: MonitorSettings | None = None, clock: Callable[[], float] = time.time) -> None:
+                 drift: MonitorSettings | None = None, clock: Callable[[], float] = time.time,
+                 shards: ShardLeases | None = None) -> None:
         """`drift`: the drift monitor's global settings, whose per-fleet overrides then apply here too
         (lookback_seconds, interval_seconds and min_samples are ignored); without it, those three."""
         drift = drift or MonitorSettings(DriftThresholds(min_samples=min_samples), lookback_seconds, interval_seconds)
         self.base, self.drift = PerformanceSettings(drop), drift  # PerformanceSettingsError if drop is out of range
-        self._sessions, self._profile_for, self._clock = sessions, profile_for, clock
+        self._sessions, self._profile_for, self._clock, self._shards = sessions, profile_for, clock, shards
         self.interval_seconds = drift.interval_seconds
         self._profiles: dict[tuple[str, int], Mapping | None] = {}
         self._slice_references: dict[tuple[str, int], dict] = {}  # bundles are immutable: read once
@@ -68,10 +73,15 @@ class PerformanceMonitor(PeriodicWorker):
         with self._sessions() as session:
             drops = PerformanceResolver.load(session, self.base)
             drift = SettingsResolver.load(session, self.drift)
-            rows = session.scalars(select(TelemetryRecord).where(
-                TelemetryRecord.window_end > now - drift.longest_lookback(), TelemetryRecord.window_end <= now)).all()
+            query = select(TelemetryRecord).where(
+                TelemetryRecord.window_end > now - drift.longest_lookback(), TelemetryRecord.window_end <= now)
+            held, fleets = None, True
+            if self._shards is not None:
+                held, fleets = self._shards.held_shards(), self._shards.holds(FLEETS)
+                where = None if fleets else self._shards.device_filter(TelemetryRecord.device_id, held)
+                query = query if where is None else query.where(where)
             scopes: dict[tuple[str, str, str, str, int], list] = defaultdict(list)
-            for row in rows:
+            for row in session.scalars(query).all():
                 if row.window_end <= now - self._resolve(drift, row.fleet, row.model_name).lookback_seconds:
                     continue
                 try:
@@ -79,6 +89,8 @@ class PerformanceMonitor(PeriodicWorker):
                 except TelemetryError:
                     continue  # the drift monitor logs these
                 for scope, scope_id in (("device", row.device_id), ("fleet", row.fleet)):
+                    if not (fleets if scope == "fleet" else held is None or shard_of(scope_id) in held):
+                        continue  # another worker's
                     scopes[(scope, scope_id, row.fleet, row.model_name, row.model_version)].append(window)
             judged = [record for key, windows in scopes.items()
                       if (record := self._judge(session, key, windows, now, self._resolve(drops, key[2], key[3]).drop,

@@ -1,12 +1,15 @@
 """One background thread per cloud worker that does its job every few seconds (the ops and performance
 monitors, webhook delivery, retention): started and stopped by CloudServer like every Component.
 
-A run that raises is logged and the next one comes on schedule, so one bad row never stops a monitor."""
+A run that raises is logged and the next one comes on schedule, so one bad row never stops a monitor.
+A worker whose job must run in one process only among many (webhook delivery, retention) is given a
+`lease` (cloud/leases.py): it runs only while that returns True."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +24,7 @@ class PeriodicWorker:
     run_at_start = True
     stop_timeout = 10.0
     interval_seconds: float
+    lease: Callable[[], bool] | None = None  # set by build_components where many monitor workers run
 
     def __init__(self) -> None:
         self._stop = threading.Event()
@@ -49,7 +53,8 @@ class PeriodicWorker:
             return
         while not self._stop.is_set():
             try:
-                self.run_once()
+                if self.lease is None or self.lease():
+                    self.run_once()
             except Exception:  # noqa: BLE001 - the worker must outlive any one bad run
                 log.exception("%s: run failed", self.name)
             self._stop.wait(self.interval_seconds)

@@ -24,8 +24,16 @@ devices' status messages), so a restarted cloud resumes where it stopped. Per de
 
 A command's id is committed before it is published and `sent_at` after the broker acknowledged it; a
 command whose publish may not have happened is republished with the same id (devices ignore an id they
-have seen). Installs go out only while the deployment is still running (checked in the same transaction
+have seen); an id is claimed only where none is stored, so two engines never give one device two ids.
+Installs go out only while the deployment is still running (checked in the same transaction
 that claims the ids, and again just before publishing), so an abort never races a later wave out.
+
+Many engines (role `rollouts` on PostgreSQL): each deployment is moved by the engine holding its lease
+(cloud/leases.py, "rollouts/deployment/<id>", renewed every tick); an engine killed with -9 leaves it to
+another one lease period later. Every transition is a compare-and-set on the state and wave the engine
+read, so even an engine that lost its lease mid-tick (stalled past the period) cannot start a wave twice or
+undo another's step: its UPDATE matches no row, and the transition's log line is written only by the
+engine whose UPDATE changed the row.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from sqlalchemy.orm import sessionmaker
 
 from edgefleet.cloud.api.bundles import reference_profile
 from edgefleet.cloud.db import BundleRecord, Deployment, DeploymentDevice, Device
+from edgefleet.cloud.leases import Leases
 from edgefleet.cloud.mqtt_client import broker_address, new_client
 from edgefleet.cloud.quality_gates import ProfileFor, judge_first_wave
 from edgefleet.cloud.rollout_plan import (
@@ -82,12 +91,15 @@ class RolloutEngine:
         client_id: str = "edgefleet-rollouts",
         interval_seconds: float | None = None,
         profile_for: ProfileFor | None = None,
+        leases: Leases | None = None,
     ) -> None:
         self.host, self.port = broker_address(mqtt_url)
         self.sessions = sessions
         self.settings = settings
         self.public_url = public_url or (lambda: settings.public_url or f"http://{settings.host}:{settings.port}")
         self.interval = interval_seconds or settings.rollout_interval_seconds
+        self.leases = leases
+        self._leased: set[str] = set()  # the deployment leases held after the last tick
         self.profile_for = profile_for or (lambda name, version: reference_profile(sessions, settings, name, version))
         # Loaded now, so that a bad key file fails the start rather than a deployment.
         self.rollback_key = SigningKey.load(settings.rollback_key) if settings.rollback_key else None
@@ -143,6 +155,12 @@ class RolloutEngine:
                 and_(Deployment.state == "aborted", Deployment.rollback.is_(True),
                      Deployment.rollback_done.is_(False)),
             )).order_by(Deployment.created_at)))
+        if self.leases is not None:
+            names = {f"rollouts/deployment/{i}": i for i in ids}
+            held = self.leases.acquire(names)
+            self.leases.release(self._leased - set(names))  # finished: nothing left to hold
+            self._leased = held
+            ids = [i for i in ids if f"rollouts/deployment/{i}" in held]
         for deployment_id in ids:
             if self._stopping.is_set():
                 return
@@ -156,7 +174,7 @@ class RolloutEngine:
         strategy = Strategy.model_validate(deployment.strategy)
         now = time.time()
         if deployment.state == "pending":
-            if self._transition(deployment_id, ("pending",), state="running", current_wave=1, wave_started_at=now):
+            if self._transition(deployment_id, ("pending",), 0, state="running", current_wave=1, wave_started_at=now):
                 log.info("deployment %s: running, wave 1 of %d", deployment_id, len(deployment.wave_sizes))
             deployment, rows = self._load(deployment_id)
         if deployment.state == "running":
@@ -167,8 +185,8 @@ class RolloutEngine:
         elif deployment.state == "paused":
             reason = failure(strategy, tally(((r.wave, r.state) for r in rows), deployment.wave_sizes),
                              deployment.current_wave)
-            if reason and self._transition(deployment_id, ("paused",), state="aborted", reason=reason,
-                                           finished_at=now):
+            if reason and self._transition(deployment_id, ("paused",), deployment.current_wave, state="aborted",
+                                           reason=reason, finished_at=now):
                 log.warning("deployment %s aborted while paused: %s", deployment_id, reason)
             deployment, rows = self._load(deployment_id)
         if deployment.state == "aborted" and deployment.rollback and not deployment.rollback_done:
@@ -183,19 +201,18 @@ class RolloutEngine:
         if strategy.quality_gates is not None and deployment.current_wave == 1 \
                 and decision.action in ("advance", "pause", "complete"):
             decision = self._gate(deployment, rows, strategy, started, now, decision)
-        did = deployment.id
+        did, wave = deployment.id, deployment.current_wave
         if decision.action == "advance":
-            nxt = deployment.current_wave + 1
-            if self._transition(did, ("running",), current_wave=nxt, wave_started_at=now):
-                log.info("deployment %s: wave %d done, starting wave %d of %d", did, nxt - 1, nxt, len(tallies))
+            if self._transition(did, ("running",), wave, current_wave=wave + 1, wave_started_at=now):
+                log.info("deployment %s: wave %d done, starting wave %d of %d", did, wave, wave + 1, len(tallies))
         elif decision.action == "pause":
-            if self._transition(did, ("running",), state="paused", reason=decision.reason):
+            if self._transition(did, ("running",), wave, state="paused", reason=decision.reason):
                 log.info("deployment %s paused: %s", did, decision.reason)
         elif decision.action == "complete":
-            if self._transition(did, ("running",), state="completed", reason=None, finished_at=now):
+            if self._transition(did, ("running",), wave, state="completed", reason=None, finished_at=now):
                 log.info("deployment %s completed: %s", did, decision.reason)
         elif decision.action == "abort":
-            if self._transition(did, ("running",), state="aborted", reason=decision.reason, finished_at=now):
+            if self._transition(did, ("running",), wave, state="aborted", reason=decision.reason, finished_at=now):
                 log.warning("deployment %s aborted: %s", did, decision.reason)
 
     def _gate(self, deployment: Deployment, rows: list[DeploymentDevice], strategy: Strategy, started: float,
@@ -206,7 +223,7 @@ class RolloutEngine:
             return decision  # judged and passed (a failure ended the deployment)
         gates, did = strategy.quality_gates, deployment.id
         if deployment.gate_started_at is None:
-            if self._transition(did, ("running",), gate_started_at=now):
+            if self._transition(did, ("running",), 1, gate_started_at=now):
                 log.info("deployment %s: wave 1 done; quality gates observe it for %g s", did,
                          gates.observation_seconds)
             return Decision("wait")
@@ -220,11 +237,11 @@ class RolloutEngine:
         if verdict.action == "wait":
             return Decision("wait")
         if verdict.action == "fail":
-            if self._transition(did, ("running",), state="aborted", reason=verdict.reason, gate_verdict=verdict.record,
-                                finished_at=now):
+            if self._transition(did, ("running",), 1, state="aborted", reason=verdict.reason,
+                                gate_verdict=verdict.record, finished_at=now):
                 log.warning("deployment %s aborted: %s", did, verdict.reason)
             return Decision("wait")
-        if not self._transition(did, ("running",), gate_verdict=verdict.record):
+        if not self._transition(did, ("running",), 1, gate_verdict=verdict.record):
             return Decision("wait")
         log.info("deployment %s: quality gates %s: %s", did, verdict.record["outcome"],
                  "; ".join(f"{r['gate']}: {r['text']}" for r in verdict.record["results"]))
@@ -246,11 +263,14 @@ class RolloutEngine:
                                       .values(updated_at=time.time())).rowcount
             if not claimed:
                 return False
-            for row in due:
+            for row in list(due):
                 if row.command_id is None:
-                    row.command_id = _command_id()
-                    session.execute(update(DeploymentDevice).where(DeploymentDevice.id == row.id)
-                                    .values(command_id=row.command_id))
+                    claimed = session.execute(update(DeploymentDevice).where(
+                        DeploymentDevice.id == row.id, DeploymentDevice.command_id.is_(None))
+                        .values(command_id=_command_id()).returning(DeploymentDevice.command_id)).scalar()
+                    if claimed is None:  # another engine claimed it since we read: it sends that one
+                        due.remove(row)
+                    row.command_id = claimed
         with self.sessions() as session:
             if session.scalar(select(Deployment.state).where(Deployment.id == deployment.id)) != "running":
                 return True  # aborted meanwhile: the ids stay unsent, and unsent devices get no rollback
@@ -376,11 +396,13 @@ class RolloutEngine:
                                         .order_by(DeploymentDevice.rank)))
         return deployment, rows
 
-    def _transition(self, deployment_id: str, from_states: tuple[str, ...], **values: object) -> bool:
-        """Compare-and-set: applies `values` only if the deployment is still in one of `from_states`."""
+    def _transition(self, deployment_id: str, from_states: tuple[str, ...], wave: int, **values: object) -> bool:
+        """Compare-and-set: applies `values` only if the deployment is still in one of `from_states` and at
+        `wave` (the state and wave the caller read)."""
         with self.sessions.begin() as session:
             changed = session.execute(update(Deployment).where(Deployment.id == deployment_id,
-                                                               Deployment.state.in_(from_states))
+                                                               Deployment.state.in_(from_states),
+                                                               Deployment.current_wave == wave)
                                       .values(updated_at=time.time(), **values)).rowcount
         return changed == 1
 

@@ -96,6 +96,9 @@ class CloudSettings(BaseSettings):
     download_url_ttl_seconds: int = Field(default=24 * 3600, gt=0)
     # How often the rollout engine advances the running deployments.
     rollout_interval_seconds: float = Field(default=0.5, gt=0)
+    # How long a monitor or rollout worker's lease on a device shard or deployment lasts without renewal
+    # (cloud/leases.py): a killed worker's work is taken over within this; renewals come every third of it.
+    lease_seconds: float = Field(default=15.0, gt=0)
     # An Ed25519 private key (.key) the devices trust: with it, a deployment may install a version that is
     # not newer than a device's (the command carries a signed rollback authorization). Without it, such
     # deployments are refused.

@@ -224,4 +224,4 @@ def test_monitor_and_rollouts_roles_run_without_the_api_or_a_broker_of_their_own
             with pytest.raises(httpx.ConnectError):
                 httpx.get(f"{address}/api/v1/info", timeout=5)
         assert "MQTT broker (external)" in rollouts and "MQTT broker" not in monitor
-        until(lambda: "as edgefleet-rollouts " in mosquitto.log, "the rollout engine connected", 20)
+        until(lambda: "as edgefleet-rollouts-" in mosquitto.log, "the rollout engine connected", 20)

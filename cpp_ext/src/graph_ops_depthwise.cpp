@@ -141,27 +141,28 @@ EF_AVX2 inline __m256 load8(const float* s) {
 }
 
 // plane_impl in 256-bit registers: the same products and sums in the same order (mul then add, no FMA).
-template <int SW, int K>
-EF_AVX2 void rows_avx2(const PlaneArgs& a) {
+// One accumulator would wait on each add's latency (kh * kw adds in a chain per block of 8 pixels), so
+// R output rows are computed at once, each in its own register: R independent chains per tap.
+template <int SW, int K, int R>
+EF_AVX2 inline void row_blocks_avx2(const PlaneArgs& a, const __m256* w, std::int64_t oy, float* tail) {
     const Window& v = *a.win;
     const std::int64_t kh = K > 0 ? K : v.kh, kw = K > 0 ? K : v.kw;
-    __m256 w[K > 0 ? K * K : 1];
-    for (int t = 0; t < (K > 0 ? K * K : 0); ++t) w[t] = _mm256_set1_ps(a.w[t]);
     const __m256 bias = _mm256_set1_ps(a.bias), lo = _mm256_set1_ps(a.lo), hi = _mm256_set1_ps(a.hi);
-    alignas(32) float tail[kLanes];
-    for (std::int64_t oy = 0; oy < v.oh; ++oy) {
-        const float* src_row = a.x + oy * v.sh * a.pw;
-        float* out = a.y + oy * v.ow;
-        for (std::int64_t ox = 0; ox < v.ow; ox += kLanes) {
-            __m256 acc = _mm256_setzero_ps();
-            for (std::int64_t i = 0; i < kh; ++i) {
-                const float* src = src_row + i * v.dh * a.pw + ox * SW;
-                for (std::int64_t j = 0; j < kw; ++j) {
-                    const __m256 wv = K > 0 ? w[i * kw + j] : _mm256_set1_ps(a.w[i * kw + j]);
-                    acc = _mm256_add_ps(acc, _mm256_mul_ps(wv, load8<SW>(src + j * v.dw)));
+    for (std::int64_t ox = 0; ox < v.ow; ox += kLanes) {
+        __m256 acc[R];
+        for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+        for (std::int64_t i = 0; i < kh; ++i) {
+            const float* src = a.x + (oy * v.sh + i * v.dh) * a.pw + ox * SW;
+            for (std::int64_t j = 0; j < kw; ++j) {
+                const __m256 wv = K > 0 ? w[i * kw + j] : _mm256_set1_ps(a.w[i * kw + j]);
+                for (int r = 0; r < R; ++r) {
+                    acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(wv, load8<SW>(src + r * v.sh * a.pw + j * v.dw)));
                 }
             }
-            const __m256 y = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(acc, bias), lo), hi);
+        }
+        for (int r = 0; r < R; ++r) {
+            float* out = a.y + (oy + r) * v.ow;
+            const __m256 y = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(acc[r], bias), lo), hi);
             if (v.ow - ox >= kLanes) {
                 _mm256_storeu_ps(out + ox, y);
             } else {
@@ -172,6 +173,17 @@ EF_AVX2 void rows_avx2(const PlaneArgs& a) {
     }
 }
 
+template <int SW, int K>
+EF_AVX2 void rows_avx2(const PlaneArgs& a) {
+    constexpr int kRows = 4;
+    __m256 w[K > 0 ? K * K : 1];
+    for (int t = 0; t < (K > 0 ? K * K : 0); ++t) w[t] = _mm256_set1_ps(a.w[t]);
+    alignas(32) float tail[kLanes];
+    std::int64_t oy = 0;
+    for (; oy + kRows <= a.win->oh; oy += kRows) row_blocks_avx2<SW, K, kRows>(a, w, oy, tail);
+    for (; oy < a.win->oh; ++oy) row_blocks_avx2<SW, K, 1>(a, w, oy, tail);
+}
+
 template <int SW>
 EF_AVX2 void by_kernel_avx2(const PlaneArgs& a) {
     const Window& v = *a.win;
@@ -180,24 +192,34 @@ EF_AVX2 void by_kernel_avx2(const PlaneArgs& a) {
     rows_avx2<SW, 0>(a);
 }
 
+// B consecutive blocks of the flat walk from q, each in its own accumulator (independent add chains).
+template <int K, int B>
+EF_AVX2 inline void flat_blocks_avx2(const PlaneArgs& a, const __m256* w, std::int64_t q, float* buf) {
+    const Window& v = *a.win;
+    const std::int64_t kh = K > 0 ? K : v.kh, kw = K > 0 ? K : v.kw;
+    __m256 acc[B];
+    for (int b = 0; b < B; ++b) acc[b] = _mm256_setzero_ps();
+    for (std::int64_t i = 0; i < kh; ++i) {
+        for (std::int64_t j = 0; j < kw; ++j) {
+            const __m256 wv = K > 0 ? w[i * kw + j] : _mm256_set1_ps(a.w[i * kw + j]);
+            const float* s = a.x + q + i * v.dh * a.pw + j * v.dw;
+            for (int b = 0; b < B; ++b) acc[b] = _mm256_add_ps(acc[b], _mm256_mul_ps(wv, _mm256_loadu_ps(s + b * kLanes)));
+        }
+    }
+    for (int b = 0; b < B; ++b) _mm256_store_ps(buf + q + b * kLanes, acc[b]);
+}
+
 // The flat walk in 256-bit registers; 3 x 3 taps unrolled with their weights in registers.
 template <int K>
 EF_AVX2 void flat_avx2(const PlaneArgs& a) {
-    const Window& v = *a.win;
-    const std::int64_t kh = K > 0 ? K : v.kh, kw = K > 0 ? K : v.kw;
+    constexpr int kBlocks = 4;
     __m256 w[K > 0 ? K * K : 1];
     for (int t = 0; t < (K > 0 ? K * K : 0); ++t) w[t] = _mm256_set1_ps(a.w[t]);
     alignas(64) float buf[kFlatMax];
-    for (std::int64_t q = 0, span = flat_span(a); q < span; q += kLanes) {
-        __m256 acc = _mm256_setzero_ps();
-        for (std::int64_t i = 0; i < kh; ++i) {
-            for (std::int64_t j = 0; j < kw; ++j) {
-                const __m256 wv = K > 0 ? w[i * kw + j] : _mm256_set1_ps(a.w[i * kw + j]);
-                acc = _mm256_add_ps(acc, _mm256_mul_ps(wv, _mm256_loadu_ps(a.x + q + i * v.dh * a.pw + j * v.dw)));
-            }
-        }
-        _mm256_store_ps(buf + q, acc);
-    }
+    const std::int64_t span = flat_span(a);
+    std::int64_t q = 0;
+    for (; q + kBlocks * kLanes <= span; q += kBlocks * kLanes) flat_blocks_avx2<K, kBlocks>(a, w, q, buf);
+    for (; q < span; q += kLanes) flat_blocks_avx2<K, 1>(a, w, q, buf);
     flat_out(a, buf);
 }
 

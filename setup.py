@@ -81,7 +81,8 @@ setup(
     packages=sorted(packages),
     package_dir=packages,
     package_data={"edgefleet.cpp_ext": ["*.pyi", "py.typed"],
-                  "edgefleet.cloud.dashboard": ["templates/*.html", "static/*.js"]},
+                  "edgefleet.cloud.dashboard": ["templates/*.html", "static/*.js"],
+                  "edgefleet.cloud.migrations": ["script.py.mako", "versions/*.py"]},
     ext_modules=[native],
     cmdclass={"build_ext": BuildExtWithMessage},
 )

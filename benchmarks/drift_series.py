@@ -26,7 +26,7 @@ from statsmodels.datasets import elec_equip, macrodata, nile
 
 from edgefleet.cloud.drift import DRIFT, DriftThresholds, WindowCounts, evaluate
 from edgefleet.cloud.drift_magnitude import facts_of
-from edgefleet.cloud.drift_sequential import TARGET_ARL0, Cusum
+from edgefleet.cloud.drift_sequential import Cusum, scope_arl0
 from edgefleet.core.profile import bin_counts, build_profile
 from edgefleet.core.schema import TensorSpec
 
@@ -86,7 +86,8 @@ class Judges:
 
     def fresh_cusum(self) -> Cusum:
         """Sums at 0 (the thresholds are calibrated once per process and reference)."""
-        return Cusum.for_signal(self.facts, np.asarray(self.profile["features"][0]["counts"][0]), 1)
+        return Cusum.for_signal(self.facts, np.asarray(self.profile["features"][0]["counts"][0]), 1,
+                                arl0=scope_arl0(1))  # as the monitor runs a one-signal scope
 
     def counts(self, values: np.ndarray) -> np.ndarray:
         return bin_counts(np.asarray(values, np.float64)[:, None], self.edges)
@@ -152,7 +153,7 @@ def measure(series: Series) -> dict:
 
 def run() -> dict:
     rows = [measure(series) for series in load()]
-    return {"target_arl0_windows": TARGET_ARL0, "alpha": ALPHA, "rule": RULE.to_dict(),
+    return {"target_arl0_windows": scope_arl0(1), "alpha": ALPHA, "rule": RULE.to_dict(),
             "clean_replays": f"{STREAMS} streams x {EVALUATIONS} evaluations, blocks of {BLOCK}", "rows": rows}
 
 

@@ -1,5 +1,6 @@
 """Cloud commands: `edgefleet cloud up` runs the companion service, `edgefleet cloud token` makes an admin
-token. The cloud modules are imported inside the commands, so the device-side CLI never loads them."""
+token, `edgefleet cloud migrate` upgrades the database's schema. The cloud modules are imported inside the
+commands, so the device-side CLI never loads them."""
 
 from __future__ import annotations
 
@@ -42,6 +43,13 @@ def up(
     rollback_key: Annotated[Path | None, typer.Option(help="Private key that signs rollback authorizations, so "
                                                            "a deployment may install an older version")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    role: Annotated[str | None, typer.Option(
+        help="What this process runs: all (default: everything, one command), api (HTTP only, stateless "
+             "replicas), ingest (MQTT ingest, shared subscription), monitor (drift, accuracy, ops monitors) or "
+             "rollouts (rollout engine); every role but all needs a PostgreSQL --db")] = None,
+    worker: Annotated[str | None, typer.Option(
+        help="With --role ingest: this worker's name, unique among the ingest workers and the same after a "
+             "restart (its MQTT session is edgefleet-ingest-NAME)")] = None,
     drift_interval: Annotated[float | None, typer.Option(
         help="Seconds between drift evaluations (default 10)", rich_help_panel=DRIFT_PANEL)] = None,
     drift_lookback: Annotated[float | None, typer.Option(
@@ -95,7 +103,8 @@ def up(
         help="Data quality: samples a varying input must stay constant to count as stuck (default 20)",
         rich_help_panel=OPS_PANEL)] = None,
 ) -> None:
-    """Run the cloud service (API, MQTT broker, ingest, drift monitor, rollouts) until Ctrl+C or SIGTERM.
+    """Run the cloud service (API, MQTT broker, ingest, drift monitor, rollouts), or one --role of it, until
+    Ctrl+C or SIGTERM.
 
     The --drift-*, --performance-drop and --ops-* options are global; PUT /api/v1/drift/settings/fleets/F
     (or /models/M, /fleets/F/models/M; likewise /performance/settings and /ops/settings) overrides them for
@@ -111,6 +120,7 @@ def up(
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if level != "DEBUG":
         logging.getLogger("transitions").setLevel(logging.WARNING)  # amqtt's state machine, chatty at INFO
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # the schema check's plugin and context lines
     trusted = list(trust or config.trusted_key_paths()) or None
     settings = load_settings(db_url=db, mqtt_url=mqtt_url, data_dir=data, port=port, host=host, trusted_keys=trusted,
                              public_url=public_url, rollback_key=rollback_key, drift_interval_seconds=drift_interval,
@@ -126,10 +136,13 @@ def up(
                              ops_min_disk_free_bytes=ops_min_disk_free_bytes, ops_max_temperature_c=ops_max_temperature,
                              ops_max_nonfinite_share=ops_max_nonfinite_share,
                              ops_max_out_of_range_share=ops_max_out_of_range_share,
-                             ops_stuck_min_samples=ops_stuck_min_samples)
+                             ops_stuck_min_samples=ops_stuck_min_samples, role=role, worker=worker)
     server = CloudServer(settings).start()
     try:
-        out.print(f"edgefleet cloud API: {server.url}", markup=False, highlight=False, soft_wrap=True)
+        if settings.role != "all":
+            out.print(f"role: {settings.role}", markup=False, highlight=False, soft_wrap=True)
+        if server.serves_http:
+            out.print(f"edgefleet cloud API: {server.url}", markup=False, highlight=False, soft_wrap=True)
         broker = "external" if settings.mqtt_url else "embedded"
         out.print(f"MQTT broker ({broker}): {server.broker_url}", markup=False, highlight=False, soft_wrap=True)
         out.print(f"data: {settings.data_dir.resolve()}", markup=False, highlight=False, soft_wrap=True)
@@ -137,7 +150,7 @@ def up(
             err_console.print("warning: no EDGEFLEET_MQTT_PASSWORD: the cloud's MQTT clients connect to the external "
                               "broker without credentials (see `edgefleet cloud mosquitto-config`)",
                               markup=False, highlight=False, soft_wrap=True)
-        if not settings.trusted_keys:
+        if server.serves_http and not settings.trusted_keys:
             err_console.print("warning: no trusted keys (--trust KEY.pub): the registry will refuse every bundle",
                               markup=False, highlight=False, soft_wrap=True)
         if server.new_admin_token:
@@ -148,6 +161,33 @@ def up(
         raise
     server.run_forever()
     out.print("stopped", markup=False, highlight=False, soft_wrap=True)
+
+
+@cloud_app.command("migrate")
+def migrate(
+    database: Annotated[str | None, typer.Option("--database", "--db", help="SQLAlchemy database URL (default: "
+                                                                            "SQLite in --data)")] = None,
+    data: DataOption = None,
+    to: Annotated[str, typer.Option("--to", help="Schema revision to upgrade to")] = "head",
+) -> None:
+    """Upgrade the database's schema to this release's (or --to REV). `cloud up` refuses an older schema, and
+    upgrades nothing itself: stop every cloud process on the database and back it up first."""
+    from edgefleet.cloud.db import open_engine
+    from edgefleet.cloud.schema import migrate as upgrade
+    from edgefleet.cloud.settings import load_settings
+
+    settings = load_settings(db_url=database, data_dir=data)
+    if database is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = open_engine(settings.db_url)
+    try:
+        before, after = upgrade(engine, to)
+    finally:
+        engine.dispose()
+    if before == after:
+        out.print(f"schema at revision {after} already", markup=False, highlight=False)
+    else:
+        out.print(f"schema upgraded from revision {before or 'none'} to {after}", markup=False, highlight=False)
 
 
 @cloud_app.command("token")

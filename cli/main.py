@@ -20,6 +20,7 @@ from edgefleet.cli import (
     import_commands,  # noqa: F401 - registers import
     loop_commands,  # noqa: F401 - registers loop stage evaluate
     loop_freshness,  # noqa: F401 - registers loop stage freshness
+    loop_run,  # noqa: F401 - registers loop run, loop watch, loop status
     performance_commands,  # noqa: F401 - registers performance
     rollout_commands,  # noqa: F401 - registers deploy, rollout status|approve|abort|list
     webhook_commands,  # noqa: F401 - registers webhook add|list|remove|deliveries

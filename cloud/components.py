@@ -2,10 +2,12 @@
 label-free accuracy alert (performance monitor), the rollout engine and the label forwarder.
 
 Each component has start() and stop(); the server starts them after the broker and stops them before
-it. `build_components` is the one place that decides which run and with which credentials: the ingest and
-the rollout engine each log in as their own user (`mqtt_auth.INGEST`, `mqtt_auth.ROLLOUTS`, username =
-client id), with the password derived from the cloud secret: the one the embedded broker made at start, or
-`settings.mqtt_password` for an external broker (Mosquitto; no secret: no credentials).
+it. `build_components` is the one place that decides which run (those of `settings.role`, cloud/roles.py)
+and with which credentials: the ingest and the rollout engine each log in as their own user
+(`mqtt_auth.INGEST`, `mqtt_auth.ROLLOUTS`, username = client id), with the password derived from the cloud
+secret: the one the embedded broker made at start, or `settings.mqtt_password` for an external broker
+(Mosquitto; no secret: no credentials). An ingest worker (role `ingest`) logs in as
+`edgefleet-ingest-<worker>` and subscribes through the shared subscription group `roles.SHARE_GROUP`.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from edgefleet.cloud.api.bundles import reference_profile
 from edgefleet.cloud.drift_monitor import DriftMonitor
 from edgefleet.cloud.ingest import Ingest
 from edgefleet.cloud.label_forwarder import LabelForwarder
-from edgefleet.cloud.mqtt_auth import INGEST, LABELS, ROLLOUTS, cloud_credentials
+from edgefleet.cloud.mqtt_auth import INGEST, LABELS, ROLLOUTS, CloudClient, cloud_credentials
 from edgefleet.cloud.ops_monitor import OpsMonitor
 from edgefleet.cloud.performance_monitor import PerformanceMonitor
 from edgefleet.cloud.retention import Retention, RetentionSettings
+from edgefleet.cloud.roles import SHARE_GROUP, runs
 from edgefleet.cloud.rollout import RolloutEngine
 from edgefleet.cloud.settings import CloudSettings
 from edgefleet.cloud.webhooks import WebhookDispatcher
@@ -51,19 +54,44 @@ def build_components(settings: CloudSettings, sessions: sessionmaker, broker: Em
         url, secret = broker.url, broker.cloud_secret
     else:
         url, secret = settings.broker_url, settings.mqtt_password
-    username, password = cloud_credentials(secret, INGEST)
-    ingest = Ingest(sessions, url, username=username, password=password, client_id=INGEST.username,
-                    max_bytes=settings.telemetry_max_bytes)
+    role = settings.role
+    parts: list[Component] = []
+    if runs(role, "ingest"):
+        parts.append(_ingest(settings, sessions, url, secret))
+    if runs(role, "monitor"):
+        parts += _monitors(settings, sessions)
+    if runs(role, "rollouts"):
+        username, password = cloud_credentials(secret, ROLLOUTS)
+        parts.append(RolloutEngine(sessions, settings, url, username=username, password=password,
+                                   client_id=ROLLOUTS.username, public_url=public_url))
+        username, password = cloud_credentials(secret, LABELS)
+        parts.append(LabelForwarder(sessions, url, username=username, password=password, client_id=LABELS.username))
+    return parts
+
+
+def _ingest(settings: CloudSettings, sessions: sessionmaker, url: str, secret: str | None) -> Ingest:
+    """The ingest of role `all` (its own persistent session, the whole stream), or an ingest worker: its
+    session named after the worker, its share of the stream from the broker's shared subscription."""
+    client = INGEST if settings.worker is None else CloudClient(f"{INGEST.username}-{settings.worker}", INGEST.reads)
+    username, password = cloud_credentials(secret, client)
+    group = SHARE_GROUP if settings.role == "ingest" else None
+    return Ingest(sessions, url, username=username, password=password, client_id=client.username,
+                  max_bytes=settings.telemetry_max_bytes, share_group=group)
+
+
+def _monitors(settings: CloudSettings, sessions: sessionmaker) -> list[Component]:
+    """The drift, accuracy and operations monitors, the webhook dispatcher and retention."""
     drift = settings.drift_monitor_settings()
+
     def profile_for(name: str, version: int) -> dict | None:
         return reference_profile(sessions, settings, name, version)
 
     monitor = DriftMonitor(sessions, profile_for, drift.thresholds, lookback_seconds=drift.lookback_seconds,
                            interval_seconds=drift.interval_seconds)
     performance = PerformanceMonitor(sessions, profile_for, drop=settings.performance_drop, drift=drift)
-    operations = [  # issue 14: latency, errors, health and data quality; webhooks; retention
-        OpsMonitor(sessions, lambda name, version: reference_profile(sessions, settings, name, version),
-                   settings.ops_limits(), interval_seconds=settings.ops_interval_seconds),
+    return [  # issue 14: latency, errors, health and data quality; webhooks; retention
+        monitor, performance,
+        OpsMonitor(sessions, profile_for, settings.ops_limits(), interval_seconds=settings.ops_interval_seconds),
         WebhookDispatcher(sessions, retry_base=settings.webhook_retry_seconds,
                           max_attempts=settings.webhook_max_attempts),
         Retention(sessions, RetentionSettings(settings.retention_raw_days, settings.retention_hourly_days,
@@ -71,9 +99,3 @@ def build_components(settings: CloudSettings, sessions: sessionmaker, broker: Em
                                               settings.retention_interval_seconds,
                                               captures_days=settings.capture_retention_days)),
     ]
-    username, password = cloud_credentials(secret, ROLLOUTS)
-    rollouts = RolloutEngine(sessions, settings, url, username=username, password=password,
-                             client_id=ROLLOUTS.username, public_url=public_url)
-    username, password = cloud_credentials(secret, LABELS)
-    labels = LabelForwarder(sessions, url, username=username, password=password, client_id=LABELS.username)
-    return [ingest, monitor, performance, *operations, rollouts, labels]

@@ -23,8 +23,6 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
-    inspect,
-    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
@@ -249,8 +247,26 @@ class IngestCounter(Base):
     count: Mapped[int] = mapped_column(Integer, default=0)
 
 
-def make_engine(url: str) -> Engine:
-    """An engine with SQLite set up for a service: WAL, a busy timeout, foreign keys."""
+# The modules besides this one whose tables live on Base: imported before the schema is made or compared
+# (tests/cloud/test_migrations.py checks that no module with tables is missing here).
+MODEL_MODULES = ("capture_tables", "dataset_store", "drift_cusum_store", "enrollment", "labels_store", "leases",
+                 "ops_tables")
+
+
+def load_models() -> None:
+    """Registers every table on Base (each module's import does it)."""
+    import importlib
+
+    # dataset_store imports from the api package, whose datasets module imports dataset_store back: the
+    # package first, or dataset_store meets its own half-made module
+    importlib.import_module("edgefleet.cloud.api")
+    for name in MODEL_MODULES:
+        importlib.import_module(f"edgefleet.cloud.{name}")
+
+
+def open_engine(url: str) -> Engine:
+    """An engine with SQLite set up for a service: WAL, a busy timeout, foreign keys. The schema is not
+    touched (`edgefleet cloud migrate` starts here)."""
     is_sqlite = url.startswith("sqlite")
     engine = create_engine(url, connect_args={"check_same_thread": False} if is_sqlite else {})
     if is_sqlite:
@@ -262,42 +278,21 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA busy_timeout=5000")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
-    # noqa: F401 below - imported for their tables on Base (ops, enrollment, the CUSUM checkpoints)
-    from edgefleet.cloud import drift_cusum_store, enrollment, ops_tables  # noqa: F401
-
-    Base.metadata.create_all(engine)
-    _add_missing_columns(engine)
-    _add_missing_indexes(engine)
     return engine
 
 
-def _add_missing_columns(engine: Engine) -> None:
-    """Adds the nullable columns a newer release introduced to tables an older one created (for example
-    devices.device_group); create_all makes only missing tables. Anything more needs a real migration."""
-    inspector = inspect(engine)
-    existing_tables = set(inspector.get_table_names())
-    for table in Base.metadata.sorted_tables:
-        if table.name not in existing_tables:
-            continue
-        present = {column["name"] for column in inspector.get_columns(table.name)}
-        for column in table.columns:
-            if column.name in present or not column.nullable:
-                continue
-            kind = column.type.compile(dialect=engine.dialect)
-            with engine.begin() as connection:
-                connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
-            if column.index:
-                with engine.begin() as connection:
-                    connection.execute(text(f'CREATE INDEX IF NOT EXISTS ix_{table.name}_{column.name} '
-                                            f'ON {table.name} ("{column.name}")'))
+def make_engine(url: str) -> Engine:
+    """open_engine, with the schema made on an empty database; a database at an older schema revision is
+    refused with a SchemaError that names `edgefleet cloud migrate` (cloud/schema.py)."""
+    from edgefleet.cloud.schema import ensure_schema
 
-
-def _add_missing_indexes(engine: Engine) -> None:
-    """Creates the indexes a newer release declared on tables an older one created (create_all makes only
-    the indexes of the tables it creates)."""
-    for table in Base.metadata.sorted_tables:
-        for index in table.indexes:
-            index.create(engine, checkfirst=True)
+    engine = open_engine(url)
+    try:
+        ensure_schema(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
 
 
 def make_sessions(engine: Engine) -> sessionmaker:

@@ -33,9 +33,10 @@ window, so it accumulates in the sums. `calibrate` simulates the whole procedure
 reference of m samples drawn from the reference's binned distribution (its estimated mean and sd used
 as the detector would), then windows of the expected size drawn from the same distribution, and takes
 the smallest h on a grid whose mean run length (censored at 2 * ARL0, which errs high) reaches the
-target ARL0 in windows. Draws use a fixed seed, so one profile always gets the same threshold. Each of
-the two statistics is held to ARL0 on its own, so a signal expects up to two false alarms per ARL0
-clean windows (0.4 per 100).
+target ARL0 in windows. Draws use a fixed seed, so one profile always gets the same threshold; both
+statistics are calibrated on the same simulated streams. A scope's target is for the scope, not for each
+statistic: held to TARGET_ARL0 each, a clean digits device (2 signals, 4 statistics) alarmed once per
+about 125 windows, an alert on a healthy device every two hours at a window a minute (ScopeDetectors).
 
 Only input features with magnitude facts get a detector. `state` / `restore` turn the sums into plain
 numbers, so the drift monitor keeps them in its database (cloud/drift_cusum_store.py) across restarts.
@@ -57,43 +58,55 @@ DRIFT_SD = 1.0  # the move (in reference sds) the detector is tuned for; k = DRI
 SPREAD_RATIO = 2.0  # the spread statistic is tuned for an sd that doubles or halves
 SPREAD_CAP = 9.0  # y counted at most as a value 3 reference sds from the mean: a few outliers are not a spread
 TARGET_ARL0 = 500  # clean windows between false alarms: 0.2 per 100 evaluations
-RUNS = 200  # simulated clean streams per calibration
+RUNS = 200  # simulated clean streams per calibration at TARGET_ARL0; fewer (longer) ones above it
+MIN_RUNS = 50
+MAX_ARL0 = 2000  # a scope's per-statistic target is TARGET_ARL0 times its statistics, up to this
 SEED = 14
 _GRID = np.concatenate([np.arange(0.5, 10.0, 0.25), np.arange(10.0, 40.0, 1.0), np.arange(40.0, 200.0, 5.0)])
 
 
 def calibrate(values: np.ndarray, reference: np.ndarray, window_samples: int, *, statistic: str = "mean",
-              arl0: int = TARGET_ARL0, runs: int = RUNS, seed: int = SEED) -> float:
+              arl0: int = TARGET_ARL0, runs: int | None = None, seed: int = SEED) -> float:
     """The smallest threshold h whose simulated in-control ARL reaches `arl0` windows (module docstring).
     values: the (B,) value of each finite bin; reference: its (B,) counts; window_samples: the window size;
     statistic: "mean" or "spread"."""
+    return _calibrate(values, reference, window_samples, (statistic,), arl0, runs, seed)[statistic]
+
+
+def _calibrate(values: np.ndarray, reference: np.ndarray, window_samples: int, statistics: tuple[str, ...],
+               arl0: int, runs: int | None, seed: int) -> dict[str, float]:
+    """calibrate for several statistics on one set of simulated streams (the draws cost most)."""
     values = np.asarray(values, np.float64)
     counts = np.asarray(reference, np.float64)[: len(values)]
     m = int(counts.sum())
     share = counts / m
+    runs = runs or max(RUNS * TARGET_ARL0 // max(arl0, TARGET_ARL0), MIN_RUNS)
     rng = np.random.default_rng(seed)
     drawn = rng.multinomial(m, share, size=runs).astype(np.float64)  # the reference each run was given
     mean = drawn @ values / m
     var = np.maximum(drawn @ values**2 / m - mean**2, 0.0)
     fallback = max(float(share @ values**2 - (share @ values) ** 2), 1e-24)
     var = np.where(var > 0, var, fallback)
-    rises, falls = _scores(values[None, :], mean[:, None], var[:, None], statistic)  # (runs, B) each
+    scores = [_scores(values[None, :], mean[:, None], var[:, None], name) for name in statistics]  # (runs, B)
     horizon = 2 * arl0
-    up, down = np.zeros(runs), np.zeros(runs)
-    peaks = np.empty((horizon, runs))  # the highest sum so far: non-decreasing in time
-    peak = np.zeros(runs)
+    sums = np.zeros((len(statistics), 2, runs))
+    peaks = np.empty((len(statistics), horizon, runs))  # the highest sum so far: non-decreasing in time
+    peak = np.zeros((len(statistics), runs))
     for start in range(0, horizon, 100):
         block = rng.multinomial(window_samples, share, size=(100, runs)).astype(np.float64)
-        rise, fall = np.einsum("trb,rb->tr", block, rises), np.einsum("trb,rb->tr", block, falls)
-        for t in range(100):
-            up = np.maximum(0.0, up + rise[t])
-            down = np.maximum(0.0, down + fall[t])
-            peak = peaks[start + t] = np.maximum(peak, np.maximum(up, down))
-    # the run length at threshold h: the first window whose peak exceeds h (horizon if none)
-    first = np.stack([np.searchsorted(peaks[:, run], _GRID, side="right") + 1 for run in range(runs)], axis=1)
-    mean_run = np.minimum(first, horizon).mean(axis=1)
-    good = np.flatnonzero(mean_run >= arl0)
-    return float(_GRID[good[0]] if len(good) else _GRID[-1])
+        steps = np.stack([np.einsum("trb,rb->tr", block, score) for pair in scores for score in pair], axis=1)
+        steps = steps.reshape(100, len(statistics), 2, runs)
+        for t in range(min(100, horizon - start)):
+            sums = np.maximum(0.0, sums + steps[t])
+            peak = peaks[:, start + t] = np.maximum(peak, sums.max(axis=1))
+    thresholds = {}
+    for index, name in enumerate(statistics):
+        # the run length at threshold h: the first window whose peak exceeds h (horizon if none)
+        first = np.stack([np.searchsorted(peaks[index, :, run], _GRID, side="right") + 1 for run in range(runs)],
+                         axis=1)
+        good = np.flatnonzero(np.minimum(first, horizon).mean(axis=1) >= arl0)
+        thresholds[name] = float(_GRID[good[0]] if len(good) else _GRID[-1])
+    return thresholds
 
 
 def _scores(values: np.ndarray, mean: np.ndarray, var: np.ndarray, statistic: str) -> tuple[np.ndarray, np.ndarray]:
@@ -134,11 +147,12 @@ class Cusum:
                    arl0: int = TARGET_ARL0) -> Cusum:
         values = np.asarray(facts["values"], np.float64)
         counts = np.asarray(reference, np.float64)[: len(values)]
-        key = (tuple(values.tolist()), tuple(int(c) for c in counts), max(int(window_samples), 1), arl0)
+        thresholds = _thresholds(tuple(values.tolist()), tuple(int(c) for c in counts), max(int(window_samples), 1),
+                                 arl0)
         deviation = (values - facts["mean"]) ** 2
         variance = float(counts @ deviation / counts.sum()) if counts.sum() > 0 else 0.0
-        return cls((values - facts["mean"]) / facts["std"], _threshold(*key, "mean"),
-                   np.minimum(deviation / max(variance, 1e-24), SPREAD_CAP), _threshold(*key, "spread"))
+        return cls((values - facts["mean"]) / facts["std"], thresholds["mean"],
+                   np.minimum(deviation / max(variance, 1e-24), SPREAD_CAP), thresholds["spread"])
 
     def update(self, counts: np.ndarray) -> dict:
         """Adds one window's counts (with the NaN column last); returns the evidence, with "alarm" True when
@@ -181,10 +195,15 @@ SEQUENTIAL = "sequential_drift"  # the report section and the alert kind
 
 
 @functools.lru_cache(maxsize=1024)
-def _threshold(values: tuple[float, ...], reference: tuple[int, ...], window_samples: int, arl0: int,
-               statistic: str) -> float:
-    """calibrate, remembered: one simulation per reference row, window size and statistic in a process."""
-    return calibrate(np.asarray(values), np.asarray(reference), window_samples, statistic=statistic, arl0=arl0)
+def _thresholds(values: tuple[float, ...], reference: tuple[int, ...], window_samples: int,
+                arl0: int) -> dict[str, float]:
+    """Both statistics calibrated, remembered: one simulation per reference row and window size in a process."""
+    return _calibrate(np.asarray(values), np.asarray(reference), window_samples, ("mean", "spread"), arl0, None, SEED)
+
+
+def scope_arl0(signals: int) -> int:
+    """Each statistic's target run length in a scope of `signals` signals (ScopeDetectors)."""
+    return min(TARGET_ARL0 * 2 * max(signals, 1), MAX_ARL0)
 
 
 def _bucket(samples: int) -> int:
@@ -195,20 +214,21 @@ def _bucket(samples: int) -> int:
 
 class ScopeDetectors:
     """The CUSUMs of one scope (a device or a fleet, one model version): one per input feature row whose
-    profile has magnitude facts, calibrated for windows of `window_samples`. Each statistic is held to
-    TARGET_ARL0 on its own, so a scope of G signals expects up to 2G false alarms per TARGET_ARL0 clean
-    windows."""
+    profile has magnitude facts, calibrated for windows of `window_samples`. A scope of G signals runs 2G
+    statistics; each is held to min(2G * TARGET_ARL0, MAX_ARL0) clean windows, so the scope as a whole
+    expects about one false alarm per TARGET_ARL0 windows up to 2G = 4 (a digits device), and 2G per
+    MAX_ARL0 above (the simulation's cost grows with the target: a row of many features pays in power what
+    it gains in coverage, and the window tests still judge each feature alone)."""
 
     def __init__(self, profile: Mapping, window_samples: int) -> None:
         self.window_samples = _bucket(window_samples)
-        self.detectors: dict[str, tuple[str, int, Cusum]] = {}
-        for feature in profile.get("features", []):
-            for index, name in enumerate(feature["names"]):
-                facts = facts_of(feature, index)
-                if facts is None:
-                    continue
-                self.detectors[name] = (feature["input"], index,
-                                        Cusum.for_signal(facts, feature["counts"][index], self.window_samples))
+        rows = [(feature, index, name, facts) for feature in profile.get("features", [])
+                for index, name in enumerate(feature["names"]) if (facts := facts_of(feature, index)) is not None]
+        self.arl0 = scope_arl0(len(rows))
+        self.detectors: dict[str, tuple[str, int, Cusum]] = {
+            name: (feature["input"], index, Cusum.for_signal(facts, feature["counts"][index], self.window_samples,
+                                                             arl0=self.arl0))
+            for feature, index, name, facts in rows}
 
     def feed(self, steps: Iterable[tuple[float, Mapping[str, np.ndarray]]], *,
              report_from: float = -math.inf) -> dict | None:
@@ -229,7 +249,7 @@ class ScopeDetectors:
             evidence["verdict"] = DRIFT if evidence["alarm"] else OK
         drifting = [name for name, evidence in signals.items() if evidence["alarm"]]
         return {"verdict": DRIFT if drifting else OK if signals else INSUFFICIENT, "drifting": drifting,
-                "target_arl0": TARGET_ARL0, "signals": signals}
+                "target_arl0": self.arl0, "signals": signals}
 
     def state(self) -> dict:
         return {name: cusum.state() for name, (_, _, cusum) in self.detectors.items()}

@@ -18,6 +18,17 @@ nothing a device sends can stall a batch or the connection:
   OperationalError (a lock, a dropped connection) counts as not answering for TRANSIENT_ATTEMPTS tries
   of the same batch; if it persists while `SELECT 1` works, the batch is halved as above.
 
+Scaling out (role `ingest`, cloud/roles.py): with `share_group` set, the ingest subscribes to
+`$share/<group>/<filter>`, and the broker hands each message to one member of the group (MQTT shared
+subscriptions; Mosquitto serves them to 3.1.1 clients). Each worker keeps its own persistent session
+(client id `edgefleet-ingest-<worker>`), so what the broker sent a worker that died before its PUBACKs is
+redelivered when that worker's session reconnects; the broker may also hand a copy to another member, and
+the (device, seq) filter drops whichever commits second. Nothing else changes: acknowledge after commit.
+Mosquitto keeps routing a share to a member whose persistent session is offline (queued for it), so: a
+worker that stops gracefully first leaves the group (UNSUBSCRIBE) and stores what is still on its way until
+the stream goes quiet, then its share goes to the others; a worker killed with -9 must come back under the
+same name (a supervisor's restart), and then stores what waited for it.
+
 OTA status messages (`core.ota`) are stored once per (device, seq) as DeviceStatus rows and move the
 device's DeploymentDevice row (matched on deployment, device and one of its two command ids) to the
 reported state, unless a status with a higher seq was applied already; the rollout engine reads these.
@@ -49,6 +60,7 @@ SUBSCRIBED_KINDS = ("telemetry", "presence", "status", "birth", "death")
 RETRY_MIN, RETRY_MAX = 0.5, 10.0  # seconds between attempts while the database does not answer
 TRANSIENT_ATTEMPTS = 5  # tries of one batch that an OperationalError alone may cost before it is halved
 STATUS_ID_CHARS = 64  # device_status.deployment_id and command_id are String(64)
+QUIET_SECONDS = 0.5  # leaving a share group: the stream is drained once nothing arrived for this long
 
 
 class DatabaseUnavailable(Exception):
@@ -77,14 +89,20 @@ class Ingest:
         max_bytes: int = MAX_PAYLOAD_BYTES,
         batch_size: int = 1000,
         flush_seconds: float = 0.05,
+        share_group: str | None = None,
     ) -> None:
         self.host, self.port = broker_address(mqtt_url)
         self.sessions = sessions
         self.max_bytes = max_bytes
         self.batch_size = batch_size
         self.flush_seconds = flush_seconds
+        self.filters = [f"$share/{share_group}/{subscription(kind)}" if share_group else subscription(kind)
+                        for kind in SUBSCRIBED_KINDS]
         self._queue: queue.Queue[Received | None] = queue.Queue()
         self._stopping = threading.Event()
+        self._share_group = share_group
+        self._left = threading.Event()  # the broker confirmed the UNSUBSCRIBE from the share group
+        self._last_message = time.monotonic()
         self._writer: threading.Thread | None = None
         self.connected = threading.Event()
         self.counts: Counter[str] = Counter()  # this process's tallies; the table holds the totals
@@ -92,13 +110,14 @@ class Ingest:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_unsubscribe = lambda *_args: self._left.set()
 
     # network thread: enqueue only ----------------------------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001 - paho
         if reason_code.is_failure:
             log.error("ingest: broker refused the connection: %s", reason_code)
             return
-        client.subscribe([(subscription(kind), 1) for kind in SUBSCRIBED_KINDS])
+        client.subscribe([(name, 1) for name in self.filters])
         self.connected.set()
         log.info("ingest: connected to %s:%s", self.host, self.port)
 
@@ -112,6 +131,7 @@ class Ingest:
             name = message.topic
         except UnicodeDecodeError:  # a broker that passes a non-UTF-8 topic on: counted as bad_topic
             name = ""
+        self._last_message = time.monotonic()
         self._queue.put(Received(name, message.payload, message.mid, message.qos))
 
     # lifecycle -----------------------------------------------------------------------------------------
@@ -123,13 +143,25 @@ class Ingest:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stops after the batch in hand: what it stored is acknowledged before the connection closes (a
-        disconnect first lost those PUBACKs, and the broker redelivered stored windows as duplicates)."""
+        disconnect first lost those PUBACKs, and the broker redelivered stored windows as duplicates). In a
+        share group, it first leaves the group and takes in what is still on its way (see the module doc)."""
+        if self._share_group and self.connected.is_set():
+            self._leave_group(timeout)
         self._stopping.set()
         self._queue.put(None)
         if self._writer:
             self._writer.join(timeout)
         self._client.disconnect()
         self._client.loop_stop()
+
+    def _leave_group(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        self._client.unsubscribe(self.filters)
+        if not self._left.wait(timeout):
+            log.warning("ingest: the broker did not confirm leaving the share group; stopping anyway")
+            return
+        while time.monotonic() - self._last_message < QUIET_SECONDS and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def wait_connected(self, timeout: float = 10.0) -> bool:
         return self.connected.wait(timeout)

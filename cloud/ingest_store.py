@@ -4,6 +4,12 @@
 death, ordered by connection stamp) and OTA statuses, and adds every message's reason to the
 ingest_counters table. The messages were validated (cloud/ingest.py), so their values fit the columns;
 if the transaction fails anyway, the caller retries smaller parts (see cloud/ingest.py).
+
+Several ingest workers write at once (role `ingest`, cloud/roles.py), so every write is safe against a
+concurrent one: a window another worker committed meanwhile is skipped by the insert itself (ON CONFLICT
+DO NOTHING on (device, seq), counted as a duplicate), counters are added in the database (count = count +
+n; read-modify-write lost increments between two workers), and rows are updated in one order (device id,
+reason) so two workers never wait on each other in a cycle.
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import insert, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from edgefleet.cloud.db import DeploymentDevice, Device, DeviceStatus, IngestCounter, TelemetryRecord
@@ -44,7 +52,12 @@ def store(session: Session, messages: list[Checked]) -> Counter:
     fresh = _without_duplicates(session, [(w, raw) for w, raw in windows if w.device in known], tally)
     tally["unknown_device"] += sum(1 for w, _ in windows if w.device not in known)
     if fresh:
-        session.execute(insert(TelemetryRecord), [_record(w, raw) for w, raw in fresh])
+        inserted = set(session.execute(
+            _insert(session, TelemetryRecord).on_conflict_do_nothing(index_elements=["device_id", "seq"])
+            .returning(TelemetryRecord.device_id, TelemetryRecord.seq),
+            [_record(w, raw) for w, raw in fresh]).all())
+        tally["duplicate"] += len(fresh) - len(inserted)
+        fresh = [(w, raw) for w, raw in fresh if (w.device, w.seq) in inserted]
     tally["accepted"] += len(fresh)
     _touch(session, [w for w, _ in fresh])
     for device, message in presence:
@@ -104,7 +117,7 @@ def _touch(session: Session, windows: list[TelemetryWindow]) -> None:
     if latest:  # one executemany: ORM bulk UPDATE by primary key
         session.execute(update(Device), [
             {"id": device, "last_seen": w.end, "model_name": w.model_name, "model_version": w.model_version}
-            for device, w in latest.items()
+            for device, w in sorted(latest.items())
         ])
 
 
@@ -169,11 +182,15 @@ def _apply_status(session: Session, status: Status, stamp: float) -> str:
 
 
 def _add_counts(session: Session, tally: Counter) -> None:
-    for reason, count in tally.items():
-        if not count:
-            continue
-        row = session.get(IngestCounter, reason)
-        if row is None:
-            session.add(IngestCounter(reason=reason, count=count))
-        else:
-            row.count += count
+    for reason, count in sorted(tally.items()):
+        if count:
+            added = _insert(session, IngestCounter).values(reason=reason, count=count)
+            session.execute(added.on_conflict_do_update(index_elements=["reason"],
+                                                        set_={"count": IngestCounter.count + added.excluded.count}))
+
+
+def _insert(session: Session, table: type) -> Any:
+    """The dialect's INSERT, which has ON CONFLICT (PostgreSQL and SQLite, the two the cloud runs on)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)

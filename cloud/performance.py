@@ -24,6 +24,9 @@ slice, are in no slice's points (the totals keep them).
 `reference_accuracy` is the calibration data's measured accuracy, the line both are compared with.
 Nothing is stored twice: the points are computed from the stored payloads on each read (the drift
 monitor reads them the same way), so a late backlog of windows shows up in the buckets it belongs to.
+Periods that retention has rolled up (cloud/retention.py) are read from their hourly and daily roll-ups,
+which keep labels and slices: a roll-up counts in the range when its bucket starts in [since, until) and
+in the point of its bucket start, so a point narrower than the roll-up holds all of it in its first bucket.
 """
 
 from __future__ import annotations
@@ -33,11 +36,13 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from edgefleet.cloud.db import TelemetryRecord
+from edgefleet.cloud.ops_tables import TelemetryRollup
 from edgefleet.core.calibration import calibration_of, estimated_accuracy
 from edgefleet.core.labels import LabelCounts, merge_labels
 from edgefleet.core.telemetry import TelemetryError, parse_telemetry
@@ -55,9 +60,9 @@ class _Bucket:
     confidence: list[int] | None = None
     labels: list[LabelCounts | None] | None = None
 
-    def add(self, samples: int, confidence: tuple[int, ...], labels: LabelCounts | None) -> None:
+    def add(self, samples: int, confidence: tuple[int, ...], labels: LabelCounts | None, windows: int) -> None:
         self.samples += samples
-        self.windows += 1
+        self.windows += windows
         if confidence:
             self.confidence = list(confidence) if self.confidence is None or len(self.confidence) != len(
                 confidence) else [a + b for a, b in zip(self.confidence, confidence, strict=True)]
@@ -68,25 +73,42 @@ def performance(session: Session, profile_for: ProfileFor, *, device: str | None
                 model: str | None = None, version: int | None = None, since: float = 0.0,
                 until: float = math.inf, bucket_seconds: float = 60.0, by: str = "model") -> dict:
     """The points of one scope (module docstring), oldest first, with each model version's reference."""
-    query = select(TelemetryRecord).where(TelemetryRecord.window_end > since)
+    def scoped(query, table):  # noqa: ANN001, ANN202 - a select on either table
+        for column, value in (("device_id", device), ("fleet", fleet), ("model_name", model),
+                              ("model_version", version)):
+            query = query.where(getattr(table, column) == value) if value is not None else query
+        return query
+
+    t, r = TelemetryRecord, TelemetryRollup
+    query = scoped(select(t).where(t.window_end > since), t)
     if math.isfinite(until):
-        query = query.where(TelemetryRecord.window_end <= until)
-    if device is not None:
-        query = query.where(TelemetryRecord.device_id == device)
-    if fleet is not None:
-        query = query.where(TelemetryRecord.fleet == fleet)
-    if model is not None:
-        query = query.where(TelemetryRecord.model_name == model)
-    if version is not None:
-        query = query.where(TelemetryRecord.model_version == version)
-    rows = session.scalars(query.order_by(TelemetryRecord.window_end.desc()).limit(MAX_WINDOWS + 1)).all()
+        query = query.where(t.window_end <= until)
+    raw = session.scalars(query.order_by(t.window_end.desc()).limit(MAX_WINDOWS + 1)).all()
+    query = scoped(select(r).where(r.granularity.in_(("hour", "day")), r.bucket_start >= since), r)
+    if math.isfinite(until):
+        query = query.where(r.bucket_start < until)
+    rolled = session.scalars(query.order_by(r.bucket_start.desc()).limit(MAX_WINDOWS + 1)).all()
+    rows = [Stored(w.device_id, w.seq, w.model_name, w.model_version, w.window_end, w.payload, 1) for w in raw] + [
+        Stored(w.device_id, 0, w.model_name, w.model_version, w.bucket_start, w.payload, w.windows) for w in rolled]
+    rows.sort(key=lambda row: -row.at)
     truncated = len(rows) > MAX_WINDOWS
     return {"bucket_seconds": bucket_seconds, "truncated": truncated, "by": by,
             **points(rows[:MAX_WINDOWS], profile_for, bucket_seconds, by_slice=by == "slice")}
 
 
-def points(rows: Iterable[TelemetryRecord], profile_for: ProfileFor, bucket_seconds: float,
-           by_slice: bool = False) -> dict:
+class Stored(NamedTuple):
+    """A stored window or roll-up: `at` places it in a bucket (a window's end, a roll-up's bucket start)."""
+
+    device_id: str
+    seq: int
+    model_name: str
+    model_version: int
+    at: float
+    payload: str
+    windows: int  # raw windows it holds
+
+
+def points(rows: Iterable[Stored], profile_for: ProfileFor, bucket_seconds: float, by_slice: bool = False) -> dict:
     buckets: dict[tuple[str, int, float, str], _Bucket] = defaultdict(_Bucket)
     for row in rows:
         try:
@@ -94,13 +116,13 @@ def points(rows: Iterable[TelemetryRecord], profile_for: ProfileFor, bucket_seco
         except TelemetryError as err:  # stored before a parser change: left out, said once per read
             log.warning("performance: device %s seq %s left out: %s", row.device_id, row.seq, err)
             continue
-        start = math.floor(row.window_end / bucket_seconds) * bucket_seconds
+        start = math.floor(row.at / bucket_seconds) * bucket_seconds
         if not by_slice:
             buckets[(row.model_name, row.model_version, start, "")].add(window.samples, window.confidence,
-                                                                        window.labels)
+                                                                        window.labels, row.windows)
         for part in window.slices if by_slice else ():
             buckets[(row.model_name, row.model_version, start, part.slice)].add(part.samples, part.confidence,
-                                                                                part.labels)
+                                                                                part.labels, row.windows)
     models: dict[tuple[str, int], Mapping | None] = {}
     out = []
     for (name, version, start, part), bucket in sorted(buckets.items(),

@@ -7,6 +7,8 @@ expectation on at least `min_samples` predictions, and closes when it is back wi
 gap keeps a scope that hovers at the threshold from opening and closing on every run). Its details hold
 the measured accuracy of the labels that arrived in the same lookback, when any did, so the two can be
 read side by side. A model exported without labels has no calibration and is never judged here.
+On the same windows and settings, each slice's measured accuracy is judged against its reference
+(cloud/slice_alerts.py, alerts of kind "performance_drop").
 
 `drop` is set globally (`cloud up --performance-drop`) and per fleet or model (PUT
 /api/v1/performance/settings/..., cloud/performance_settings.py). It reads the same stored windows as the
@@ -26,11 +28,12 @@ from collections.abc import Callable, Mapping
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from edgefleet.cloud.db import Alert, TelemetryRecord
+from edgefleet.cloud.db import Alert, BundleRecord, TelemetryRecord
 from edgefleet.cloud.drift import DriftThresholds
 from edgefleet.cloud.drift_settings import MonitorSettings, SettingsResolver
 from edgefleet.cloud.performance_settings import PerformanceResolver, PerformanceSettings
 from edgefleet.cloud.periodic import PeriodicWorker
+from edgefleet.cloud.slice_alerts import judge_slices, slice_references
 from edgefleet.core.calibration import calibration_of, estimated_accuracy
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.labels import merge_labels
@@ -55,10 +58,12 @@ class PerformanceMonitor(PeriodicWorker):
         self._sessions, self._profile_for, self._clock = sessions, profile_for, clock
         self.interval_seconds = drift.interval_seconds
         self._profiles: dict[tuple[str, int], Mapping | None] = {}
+        self._slice_references: dict[tuple[str, int], dict] = {}  # bundles are immutable: read once
         super().__init__()
 
     def run_once(self, now: float | None = None) -> list[dict]:
-        """Judges every scope with windows in the lookback; returns one record per scope judged."""
+        """Judges every scope with windows in the lookback; returns one record per scope judged, then one per
+        (scope, slice) judged (those say their "slice")."""
         now = self._clock() if now is None else float(now)
         with self._sessions() as session:
             drops = PerformanceResolver.load(session, self.base)
@@ -79,6 +84,11 @@ class PerformanceMonitor(PeriodicWorker):
                       if (record := self._judge(session, key, windows, now, self._resolve(drops, key[2], key[3]).drop,
                                                 self._resolve(drift, key[2], key[3]).thresholds.min_samples))
                       is not None]
+            for key, windows in scopes.items():
+                judged += judge_slices(session, key, windows, now, self._resolve(drops, key[2], key[3]).drop,
+                                       self._resolve(drift, key[2], key[3]).thresholds.min_samples,
+                                       self._references(session, key[3], key[4]),
+                                       (calibration_of(self._profile(key[3], key[4])) or {}).get("measured_accuracy"))
             session.commit()
         return judged
 
@@ -135,3 +145,12 @@ class PerformanceMonitor(PeriodicWorker):
                 log.exception("%s: the reference profile of %s v%s cannot be read", self.name, name, version)
                 self._profiles[(name, version)] = None
         return self._profiles[(name, version)]
+
+    def _references(self, session: Session, name: str, version: int) -> dict:
+        if (name, version) not in self._slice_references:
+            manifest = session.scalar(select(BundleRecord.manifest).where(BundleRecord.name == name,
+                                                                          BundleRecord.version == version))
+            if manifest is None:
+                return {}  # not uploaded (yet): asked again on the next run
+            self._slice_references[(name, version)] = slice_references(manifest)
+        return self._slice_references[(name, version)]

@@ -14,9 +14,15 @@ A roll-up's payload is a telemetry message (core/telemetry.py) whose counts are 
 every histogram (latency, features, predictions, confidence, outputs, data quality), requests, samples
 and errors add; the window spans the bucket; health is the newest window's. Because the bins are the
 reference profile's for every window of a model version, drift evaluated on roll-ups gives exactly the
-verdicts it gives on the raw windows of the same period (tests/cloud/test_retention.py). Labels and the
-outbox-overflow record are not kept in roll-ups. Each step runs in one transaction per bucket: a crash
-leaves either the raw windows or their roll-up, never both and never neither.
+verdicts it gives on the raw windows of the same period (tests/cloud/test_retention.py). Labels add too
+(confusion cells, or regression error histograms and sums), and so do slices (core/slices.py), keyed by
+name inside the payload, so accuracy per slice over a rolled-up period is that of its raw windows
+(tests/cloud/test_retention_slices.py). A roll-up keeps a window's bounds: at most MAX_SLICES names (the
+ones with most samples; the others are added into `_other`) and MAX_CONFUSION_CELLS cells in the totals,
+MAX_SLICE_CELLS per slice (`_bounded`: beyond them, the smallest cells are added into a kept cell of the
+same kind, right or wrong, so counts and accuracy stay exact and only that part of the confusion is
+approximate; logged). The outbox-overflow record is not kept. Each step runs in one transaction per
+bucket: a crash leaves either the raw windows or their roll-up, never both and never neither.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from edgefleet.cloud.db import DriftResult, TelemetryRecord
 from edgefleet.cloud.ops_tables import TelemetryRollup
 from edgefleet.cloud.periodic import PeriodicWorker
 from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.labels import MAX_CONFUSION_CELLS, LabelCounts, merge_labels
+from edgefleet.core.slices import MAX_SLICE_CELLS, MAX_SLICES, OTHER, SliceCounts
 from edgefleet.core.telemetry import (
     Dropped,
     FeatureCounts,
@@ -95,7 +103,50 @@ def add_windows(windows: Iterable[TelemetryWindow], start: float, end: float) ->
         outputs=rows(lambda w: w.outputs, lambda o: o.output, OutputCounts),
         quality=rows(lambda w: w.quality, lambda q: q.input, QualityCounts),
         dropped=Dropped(), health=newest.health,
+        labels=_bounded(merge_labels([w.labels for w in windows]), MAX_CONFUSION_CELLS),
+        slices=add_slices([part for w in windows for part in w.slices]),
     )
+
+
+def add_slices(parts: list[SliceCounts]) -> tuple[SliceCounts, ...]:
+    """The slices of several windows added by name, within one window's bounds (module docstring)."""
+    by_name: dict[str, list[SliceCounts]] = defaultdict(list)
+    for part in parts:
+        by_name[part.slice].append(part)
+    named = sorted((n for n in by_name if n != OTHER), key=lambda n: -sum(p.samples for p in by_name[n]))
+    if len(named) > MAX_SLICES:
+        log.warning("retention: %d slice names in one roll-up; the %d with fewest samples are added into %r",
+                    len(named), len(named) - MAX_SLICES, OTHER)
+        for name in named[MAX_SLICES:]:
+            by_name[OTHER] += by_name.pop(name)
+    out = []
+    for name, items in by_name.items():
+        shapes = {len(p.confidence) for p in items if p.confidence}
+        confidence = tuple(np.sum([p.confidence for p in items if p.confidence], axis=0).tolist()) \
+            if len(shapes) == 1 else ()  # one model version: one shape (several: no estimate, never wrong)
+        out.append(SliceCounts(name, sum(p.samples for p in items), confidence,
+                               _bounded(merge_labels([p.labels for p in items]), MAX_SLICE_CELLS)))
+    return tuple(out)
+
+
+def _bounded(labels: LabelCounts | None, limit: int) -> LabelCounts | None:
+    """`labels` with at most `limit` confusion cells, count and number right unchanged (module docstring)."""
+    if labels is None or len(labels.confusion) <= limit:
+        return labels
+    cells = sorted(labels.confusion, key=lambda c: (c[0] != c[1], -c[2]))  # right ones first, largest first
+    kept, rest = [list(c) for c in cells[:limit - 1]], cells[limit - 1:]
+    right, wrong = (sum(n for t, p, n in rest if (t == p) == flag) for flag in (True, False))
+    if right:
+        kept[0][2] += right  # rest holds right cells only when every kept one is right
+    if wrong:
+        target = next((c for c in kept if c[0] != c[1]), None)
+        if target is None:
+            kept.append([*next(c for c in rest if c[0] != c[1])[:2], 0])
+            target = kept[-1]
+        target[2] += wrong
+    log.warning("retention: %d confusion cells in one roll-up; the %d smallest are added into kept ones",
+                len(cells), len(rest))
+    return replace(labels, confusion=tuple(sorted(tuple(c) for c in kept)))
 
 
 class Retention(PeriodicWorker):

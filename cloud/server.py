@@ -1,10 +1,12 @@
-"""The whole cloud service in one process: database, MQTT broker, background components and the HTTP API.
+"""The cloud service in one process: database, MQTT broker, background components and the HTTP API, or the
+part of them that `settings.role` names (cloud/roles.py; the default `all` runs everything).
 
-`start()` brings them up in dependency order (database, embedded broker unless an external one is
-configured, the components from `build_components`, then uvicorn on a real socket in a thread) and
-`stop()` takes them down in reverse; if any step of `start()` fails, what already runs is stopped.
-The first start on an empty database creates an admin token and keeps it in `new_admin_token` so that
-the caller can show it once.
+`start()` checks the role against the settings, then brings the parts up in dependency order (database,
+embedded broker with role `all` unless an external one is configured, the components from
+`build_components`, then uvicorn on a real socket in a thread for roles `all` and `api`) and `stop()`
+takes them down in reverse; if any step of `start()` fails, what already runs is stopped.
+The first start of an API on an empty database creates an admin token and keeps it in `new_admin_token`
+so that the caller can show it once.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from edgefleet.cloud.app import create_app
 from edgefleet.cloud.auth import ensure_admin_token
 from edgefleet.cloud.components import Component, build_components
 from edgefleet.cloud.db import make_engine, make_sessions
+from edgefleet.cloud.roles import check_role, runs
 from edgefleet.cloud.settings import CloudSettings
 from edgefleet.cloud.signed_urls import download_secret
 from edgefleet.core.errors import EdgefleetError
@@ -56,32 +59,38 @@ class CloudServer:
         if self.engine is not None:
             raise RuntimeError("CloudServer is started already")
         settings = self.settings
+        check_role(settings.role, settings.db_url, settings.mqtt_url, settings.worker, settings.public_url)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(settings.db_url)
         self.sessions = make_sessions(self.engine)
         try:
-            app = create_app(settings, self.sessions)  # loads the trusted keys: a bad key fails before anything runs
-            if settings.mqtt_url is None:
+            serves_http = runs(settings.role, "api")
+            # loads the trusted keys: a bad key fails before anything runs
+            app = create_app(settings, self.sessions) if serves_http else None
+            if settings.mqtt_url is None and settings.role == "all":
                 from edgefleet.cloud.broker import EmbeddedBroker
 
                 self.broker = EmbeddedBroker(settings, self.sessions)
                 self._start_one(self.broker, "embedded MQTT broker")
             else:
                 log.info("using the external MQTT broker at %s", settings.mqtt_url)
-            app.state.broker_url = self.broker_url  # what GET /api/v1/info tells devices and `edgefleet sim`
-            app.state.broker = self.broker  # None with an external broker; revocations reach the embedded one
-            download_secret(settings)  # made on the first start, before anything signs a download URL
+            if app is not None:
+                app.state.broker_url = self.broker_url  # what GET /api/v1/info tells devices and `edgefleet sim`
+                app.state.broker = self.broker  # None with an external broker; revocations reach the embedded one
+            if serves_http or runs(settings.role, "rollouts"):
+                download_secret(settings)  # made on the first start, before anything signs a download URL
             self.components = list(build_components(settings, self.sessions, self.broker, public_url=lambda: (
                 self.public_url if self._socket is not None or settings.public_url else None)))
             for component in self.components:
                 self._start_one(component, getattr(component, "name", type(component).__name__))
-            self._serve(app)
-            # Last, so that a start that failed half-way never swallows the one chance to see the token.
-            self.new_admin_token = ensure_admin_token(self.sessions)
+            if app is not None:
+                self._serve(app)
+                # Last, so that a start that failed half-way never swallows the one chance to see the token.
+                self.new_admin_token = ensure_admin_token(self.sessions)
         except BaseException:
             self.stop()
             raise
-        log.info("edgefleet cloud is up at %s", self.url)
+        log.info("edgefleet cloud (role %s) is up%s", settings.role, f" at {self.url}" if self._socket else "")
         return self
 
     def stop(self) -> None:
@@ -109,7 +118,7 @@ class CloudServer:
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             while not requested.wait(0.5):
-                if self._thread is None or not self._thread.is_alive():
+                if self._socket is not None and (self._thread is None or not self._thread.is_alive()):
                     raise RuntimeError("the HTTP server stopped unexpectedly (see the log above)")
         finally:
             for sig, handler in previous.items():
@@ -131,6 +140,11 @@ class CloudServer:
             raise RuntimeError("CloudServer is not running")
         host = self.settings.host
         return f"http://{f'[{host}]' if ':' in host else host}:{self._socket.getsockname()[1]}"
+
+    @property
+    def serves_http(self) -> bool:
+        """True while the HTTP API listens (roles all and api)."""
+        return self._socket is not None
 
     @property
     def public_url(self) -> str:

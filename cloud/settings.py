@@ -100,6 +100,10 @@ class CloudSettings(BaseSettings):
     # not newer than a device's (the command carries a signed rollback authorization). Without it, such
     # deployments are refused.
     rollback_key: Path | None = None
+    # Which parts this process runs (cloud/roles.py): all, api, ingest, monitor or rollouts; and, for the
+    # ingest role, the worker's name (its MQTT session is edgefleet-ingest-<worker>).
+    role: str = "all"
+    worker: str | None = None
 
     @field_validator("trusted_keys", mode="before")
     @classmethod

@@ -15,7 +15,9 @@ rollback refusals and failure codes in update_job.py.)
     (any stage before the switch fails to) failed          (the health window fails to) rolled_back
 
 - downloading: `download` into workdir (max_bytes and timeout from the command; a `.partial` resumes).
-- verifying: `store.install` (unpack limit UNPACKED_RATIO x max_bytes, as the cloud's upload check),
+- verifying: `store.install` (unpack limit UNPACKED_RATIO x max_bytes, as the cloud's upload check, and at
+  least core/archive.py's RATIO_FLOOR: a small model whose manifest carries its evaluation reports, JSON that
+  compresses ~10x, unpacked to more than 4x its archive and was refused),
   with the command's rollback_authorization; a version not newer than the current one is refused.
 - self_testing: a Predictor on the new slot must pass `self_test()`, and after `warmup_runs` the p99
   of `golden_runs` timed single-example runs must be within the command's latency_budget_ms.
@@ -73,6 +75,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from edgefleet.core.archive import RATIO_FLOOR
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.ota import BundleRef, Command, Status, check_rollback_authorization
 from edgefleet.core.signing import TrustStore
@@ -243,7 +246,7 @@ class Updater:
         job.record["slots_before"] = [slot.id for slot in self.store.slots()]
         self._stage(job, "verifying", {"bytes": archive.stat().st_size})
         ref = job.command.bundle
-        slot = self.store.install(archive, max_bytes=job.command.max_bytes * UNPACKED_RATIO,
+        slot = self.store.install(archive, max_bytes=max(job.command.max_bytes * UNPACKED_RATIO, RATIO_FLOOR),
                                   rollback_authorization=job.command.rollback_authorization,
                                   expected=(ref.name, ref.version))
         job.new_slot = slot

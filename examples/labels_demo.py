@@ -35,6 +35,7 @@ from edgefleet.cloud.server import CloudServer
 from edgefleet.cloud.settings import load_settings
 from edgefleet.core.bundle import Bundle
 from edgefleet.edge_runtime.agent import DeviceAgent
+from edgefleet.edge_runtime.background import BackgroundThreads
 from edgefleet.edge_runtime.device_config import DeviceConfig, MqttConfig
 from edgefleet.edge_runtime.sim import drifted, register_device
 
@@ -43,7 +44,7 @@ if not console.is_terminal:
     console = Console(width=130)
 
 
-class Client:
+class Client(BackgroundThreads):
     """Predictions over HTTP, labels LABEL_DELAY seconds later, in order."""
 
     def __init__(self, url: str, x: np.ndarray, y: np.ndarray, delay: float) -> None:
@@ -74,16 +75,6 @@ class Client:
                 if bright and self.first_bright_label is None:
                     self.first_bright_label = time.time()
                 client.post("/v1/feedback", json={"request_id": request_id, "label": labels})
-
-    def __enter__(self) -> Client:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(10)
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ from edgefleet.cloud.api import (
     feedback,
     health,
     info,
+    loop_runs,
     ops,
     performance,
     performance_settings,
@@ -34,6 +35,7 @@ def api_routers() -> list[APIRouter]:
     v1 = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_admin)])
     v1.include_router(captures.router)
     v1.include_router(datasets.router)
+    v1.include_router(loop_runs.router)
     for module in (devices, enrollment, bundles, deployments, drift, drift_settings, performance, feedback, ops,
                    windows, info):
         v1.include_router(module.router)

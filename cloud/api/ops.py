@@ -39,9 +39,10 @@ from edgefleet.cloud.ops_monitor import KINDS
 from edgefleet.cloud.ops_settings import LimitsResolver
 from edgefleet.cloud.ops_tables import OpsSettingsRecord, Webhook, WebhookDelivery
 from edgefleet.cloud.performance_monitor import KIND as ESTIMATED_ACCURACY
+from edgefleet.cloud.slice_alerts import KIND as PERFORMANCE_DROP
 from edgefleet.cloud.webhooks import EVENTS, newest_alert_id
 
-ALERT_KINDS = (*GROUPS, SEQUENTIAL, ESTIMATED_ACCURACY, *KINDS)
+ALERT_KINDS = (*GROUPS, SEQUENTIAL, ESTIMATED_ACCURACY, PERFORMANCE_DROP, *KINDS)
 
 
 class LimitsIn(BaseModel):

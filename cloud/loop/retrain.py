@@ -70,6 +70,7 @@ class TrainSpec:
 class TrainResult:
     bundle: Bundle
     training: dict  # the lineage step: mode, function, dataset, cost
+    model: torch.nn.Module | None = None  # the trained model: the loop hands it to compile (litert needs torch)
 
 
 def load_callable(spec: str, flag: str):  # noqa: ANN201 - any callable the user names
@@ -111,7 +112,7 @@ def retrain(spec: TrainSpec, out_dir: Path, signing_key: SigningKey) -> TrainRes
                 "dataset": {k: record.get(k) for k in ("name", "version", "fingerprint")},
                 "reference_data": spec.reference.name if spec.reference else None, "cost": cost}
     bundle = _export(model, serving, dataset, reference, training, out, signing_key)
-    return TrainResult(bundle, training)
+    return TrainResult(bundle, training, model)
 
 
 def _read_dataset(directory: Path, inputs: list[TensorSpec]) -> tuple[dict[str, np.ndarray], dict]:

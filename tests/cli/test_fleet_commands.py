@@ -57,7 +57,12 @@ def test_cloud_push_sim_with_drift_then_alert(tmp_path: Path, digits_bundle, dig
             time.sleep(1)
         assert alerts, listed.stdout
         assert "pixels.c0" in alerts[0]
-        assert f"device {clean}" not in listed.stdout
+        # The clean device gets no window-test alert. A sequential (CUSUM) alarm on it is a false alarm the
+        # design allows (about 1 per 500 windows per scope, held in test_drift_sequential.py), and this
+        # device sends about 18 windows here, so it is not asserted absent.
+        flagged = [line for line in listed.stdout.splitlines()
+                   if f"│ device {clean}" in line and "sequential drift" not in line]
+        assert not flagged, listed.stdout
 
         shown = edgefleet("drift", "--device", drifting, env=env)
         assert shown.returncode == 0 and "drift" in shown.stdout

@@ -16,6 +16,7 @@ import numpy as np
 
 from edgefleet.core.bundle import sign, write_manifest
 from edgefleet.core.signing import SigningKey
+from edgefleet.edge_runtime.background import BackgroundThreads
 
 HEAD_WEIGHT, HEAD_BIAS = "head.weight", "head.bias"
 
@@ -66,7 +67,7 @@ def swapped_classes(a: int, b: int) -> Callable[[np.ndarray, np.ndarray], tuple[
     return edit
 
 
-class Traffic:
+class Traffic(BackgroundThreads):
     """Per device URL, a thread asking for 4 test digits every `period` s and sending each prediction's
     true labels to POST /v1/feedback right after (unless `labels` is False)."""
 
@@ -97,12 +98,3 @@ class Traffic:
                 elif sent.status_code != 200:
                     self.failures.append(f"feedback {sent.status_code}: {sent.text}")
 
-    def __enter__(self) -> Traffic:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(10)

@@ -28,6 +28,7 @@ import pytest
 
 from edgefleet.core.bundle import Bundle
 from edgefleet.edge_runtime.agent import DeviceAgent
+from edgefleet.edge_runtime.background import BackgroundThreads
 from edgefleet.edge_runtime.device_config import DeviceConfig, MqttConfig
 from edgefleet.edge_runtime.sim import drifted, register_device
 from tests.cloud.api_kit import GZIP
@@ -42,7 +43,7 @@ LOOKBACK = 3.0  # the monitors' lookback
 BUCKET = 1.0  # seconds per performance point
 
 
-class Camera:
+class Camera(BackgroundThreads):
     """Requests of 4 digits every 50 ms over the device's HTTP API, brightened by +0.4 while `drifting`; each
     prediction's labels go to POST /v1/feedback LABEL_DELAY s later, in order."""
 
@@ -82,16 +83,6 @@ class Camera:
                 response = client.post("/v1/feedback", json={"request_id": request_id, "label": labels})
                 if response.status_code != 200:
                     self.refused.append(response.text)
-
-    def __enter__(self) -> Camera:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(10)
 
 
 def test_the_estimate_falls_before_the_labels_come_and_the_measure_when_they_do(

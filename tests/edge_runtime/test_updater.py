@@ -13,6 +13,7 @@ import pytest
 
 from edgefleet.core.ota import BundleRef, Command, Status
 from edgefleet.core.signing import TrustStore
+from edgefleet.edge_runtime.background import BackgroundThreads
 from edgefleet.edge_runtime.model_host import ModelHost
 from edgefleet.edge_runtime.predictor import Predictor
 from edgefleet.edge_runtime.slots import SlotStore
@@ -89,7 +90,7 @@ def device(digits_bundle, tmp_path, served):
     return make_device(digits_bundle, tmp_path, served)
 
 
-class Traffic:
+class Traffic(BackgroundThreads):
     """Threads predicting on the host for the duration of a `with` block; failures are recorded."""
 
     def __init__(self, host: ModelHost, x, threads: int = 2) -> None:
@@ -107,16 +108,6 @@ class Traffic:
             except Exception as err:  # noqa: BLE001 - the test asserts on them
                 self.failures.append(repr(err))
             time.sleep(0.0005)
-
-    def __enter__(self) -> Traffic:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(10)
 
 
 def slot_versions(store: SlotStore) -> list[int]:

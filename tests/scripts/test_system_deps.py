@@ -25,9 +25,10 @@ SCRIPT = REPO / "scripts" / "system-deps"
 # /root would not be readable by the unprivileged user of the refusal test)
 PYTHON = "/usr/bin/python3"
 PROGRAMS = {"mosquitto": ["mosquitto", "mosquitto_passwd"], "postgresql": ["initdb", "pg_ctl"], "g++": ["g++"],
-            "chromium": ["chromium"], "chromium-driver": ["chromedriver"], "systemd": ["systemd-analyze"]}
-# the dashboard tests' browser and the service-unit check: given in the cases about other needs
-BROWSER = ("chromium", "chromedriver", "systemd-analyze")
+            "chromium": ["chromium"], "chromium-driver": ["chromedriver"], "systemd": ["systemd-analyze"],
+            "nats-server": ["nats-server"]}
+# the dashboard tests' browser, the service-unit check and the NATS cluster: given in the cases about other needs
+BROWSER = ("chromium", "chromedriver", "systemd-analyze", "nats-server")
 FAKE_APT = """#!{python}
 import os, sys
 from pathlib import Path
@@ -75,10 +76,10 @@ def machine():
 
 def provide(machine: Path, *names: str) -> None:
     """Puts the real program (or, for apt-get, the recording stand-in) on the test's PATH; the browser's
-    programs are stand-ins too, where this machine has none."""
+    programs are stand-ins too, where this machine has none or keeps them in /usr/sbin (hidden in some cases)."""
     for name in names:
         target = machine / "bin" / name
-        if name in BROWSER and not shutil.which(name):
+        if name in BROWSER and not (shutil.which(name) or "/usr/sbin/").startswith(("/usr/bin/", "/bin/")):
             target.write_text("#!/bin/sh\n")
             target.chmod(0o755)
         elif name == "apt-get":
@@ -211,3 +212,13 @@ def test_a_machine_without_systemd_analyze_gets_systemd(machine):
     assert result.returncode == 0, result.stderr
     assert result.stdout == "system-deps: installing systemd (missing: systemd-analyze)\n"
     assert apt_calls(machine) == ["update -qq", "install -y -qq --no-install-recommends systemd"]
+
+
+def test_a_machine_without_nats_server_gets_it(machine):
+    if not list(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl")) or not Path("/usr/sbin/mosquitto").exists():
+        pytest.skip("PostgreSQL's server binaries or mosquitto are not installed here")
+    provide(machine, "g++", "mosquitto_passwd", "apt-get", "chromium", "chromedriver", "systemd-analyze")
+    result = run(machine, hide=("/usr/sbin",))  # where Debian puts nats-server (and mosquitto)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "system-deps: installing mosquitto nats-server (missing: mosquitto, nats-server)\n"
+    assert apt_calls(machine) == ["update -qq", "install -y -qq --no-install-recommends mosquitto nats-server"]

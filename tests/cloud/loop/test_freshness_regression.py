@@ -1,5 +1,5 @@
 """The freshness report of a regression model: scikit-learn's diabetes data (real, bundled) and an MLP
-(test_offline_eval_regression.py's), on rows whose target drifts upwards with the data's age (a concept
+(tests/cloud/loop/diabetes_kit.py), on rows whose target drifts upwards with the data's age (a concept
 that moves: +4 a day after training), judged on mean absolute error against `--max-mae`."""
 
 from __future__ import annotations
@@ -9,28 +9,18 @@ import pytest
 
 from edgefleet.cloud.loop.freshness import DAY, FreshnessOptions, freshness
 from edgefleet.core.signing import SigningKey, TrustStore
-from tests.cloud.loop.test_offline_eval_regression import _fit
+from tests.cloud.loop.diabetes_kit import diabetes_split, export_diabetes
 
 DRIFT = 4.0  # target units per day of age
 
 
 @pytest.fixture(scope="module")
 def serving(tmp_path_factory):
-    from sklearn.datasets import load_diabetes
-    from sklearn.model_selection import train_test_split
-
-    from edgefleet.compilers import export_torch
-
     folder = tmp_path_factory.mktemp("diabetes-freshness")
-    data = load_diabetes()
-    x = (data.data / data.data.std(axis=0)).astype(np.float32)
-    y = data.target.astype(np.float32)
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.35, random_state=0)
+    x_train, x_test, y_train, y_test = diabetes_split()
     key = SigningKey.generate()
     _, public = key.save(folder / "keys", "release")
-    root = export_torch(_fit(x_train, y_train), x_train[:4], folder / "serving", name="diabetes", version=1,
-                        task="regression", input_names=["features"], output_names=["progression"],
-                        reference_data=x_train, signing_key=key).root
+    root = export_diabetes(x_train, y_train, folder / "serving", 1, key)
     return root, TrustStore.from_paths([public]), np.tile(x_test, (3, 1)), np.tile(y_test, 3)
 
 

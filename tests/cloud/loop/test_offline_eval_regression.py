@@ -6,52 +6,23 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from edgefleet.cloud.loop.offline_eval import EvalOptions, evaluate
 from edgefleet.core.signing import SigningKey, TrustStore
 from edgefleet.edge_runtime.predictor import Predictor
-from tests.compilers.import_kit import RegressionMLP
+from tests.cloud.loop.diabetes_kit import diabetes_split, export_diabetes
 
 SHIFT = 25.0
 
 
-def _fit(x: np.ndarray, y: np.ndarray) -> RegressionMLP:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(0)
-        model = RegressionMLP(features=x.shape[1])
-        optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-        inputs, targets = torch.from_numpy(x), torch.from_numpy(y[:, None])
-        for _ in range(400):
-            optimizer.zero_grad()
-            torch.nn.functional.l1_loss(model(inputs), targets).backward()
-            optimizer.step()
-        return model.eval()
-    finally:
-        torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def diabetes(tmp_path_factory):
-    from sklearn.datasets import load_diabetes
-    from sklearn.model_selection import train_test_split
-
-    from edgefleet.compilers import export_torch
-
     folder = tmp_path_factory.mktemp("diabetes")
-    data = load_diabetes()
-    x = (data.data / data.data.std(axis=0)).astype(np.float32)
-    y = data.target.astype(np.float32)
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.35, random_state=0)
+    x_train, x_test, y_train, y_test = diabetes_split()
     key = SigningKey.generate()
     _, public = key.save(folder / "keys", "release")
-    roots = {}
-    for version, (which, targets) in enumerate((("serving", y_train), ("biased", y_train + SHIFT)), start=1):
-        roots[which] = export_torch(_fit(x_train, targets), x_train[:4], folder / which, name="diabetes",
-                                    version=version, task="regression", input_names=["features"],
-                                    output_names=["progression"], reference_data=x_train, signing_key=key).root
+    roots = {which: export_diabetes(x_train, targets, folder / which, version, key)
+             for version, (which, targets) in enumerate((("serving", y_train), ("biased", y_train + SHIFT)), start=1)}
     sex = np.where(x_test[:, 1] > 0, "m", "f")  # the data's second column: two values
     np.savez(folder / "heldout.npz", features=x_test, y=y_test, slice=sex)
     return roots, public, folder / "heldout.npz"

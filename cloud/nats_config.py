@@ -1,0 +1,154 @@
+"""The MQTT policy of `mqtt_auth` as the configuration of a NATS cluster serving MQTT over JetStream.
+
+A clustered broker that Debian packages (nats-server) and that devices reach over MQTT 3.1.1: every node
+serves MQTT, keeps sessions, retained presence and QoS 1 messages in JetStream streams replicated on up
+to three nodes (`stream_replicas`), so a device whose node dies reconnects to another and finds its
+session, and a node kill loses no acknowledged message while a majority of the replicas lives.
+
+`write_nats_config` writes one `<node>.conf` per node (server name, client, route and MQTT ports, its
+JetStream directory, routes to every other node) and one `users.conf` they include (mode 0600):
+
+- a device publishes only its own `presence`, `telemetry`, `status` (and legacy birth/death) subjects and
+  subscribes only to its own `cmd`; the cloud's clients get the rights of `CLOUD_CLIENTS`; a simulator
+  user (`sim_users`) may publish and read the device topics of one fleet, for `edgefleet sim --light`;
+- everyone may subscribe to `$MQTT.sub.>`: NATS delivers QoS 1 messages on those internal subjects and
+  refuses a QoS 1 subscription without it; an MQTT client cannot subscribe there itself (NATS refuses
+  `$MQTT/...` filters), and `allowed_connection_types: ["MQTT"]` keeps devices off the NATS protocol port;
+- no anonymous user.
+
+What NATS 2.9 does not support of the policy (tests/cloud/test_nats_cluster.py shows the rest):
+- passwords: NATS checks bcrypt (`$2a$/$2b$`) or plain text, not the PBKDF2 `$7$` hashes the cloud keeps
+  (`Device.password_hash`), so a device's entry needs a bcrypt hash made where its password is known
+  (`bcrypt_hash`, at registration); a device given without one is refused here, by name;
+- client id = username: NATS does not bind them, so credentials can take over another client's session;
+- ids with '.': a '.' separates NATS subject tokens, so a fleet or device id containing one is refused;
+- `$share/...` shared subscriptions: NATS 2.9's MQTT layer has none (its native queue groups are NATS-only).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgefleet.cloud.mqtt_auth import CLOUD_CLIENTS, MqttAuthError, _write_private, is_reserved_id
+from edgefleet.core.topics import CLOUD_KINDS, DEVICE_KINDS, TopicError, check_id, subscription, topic
+
+log = logging.getLogger(__name__)
+BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
+MQTT_DELIVERY = "$MQTT.sub.>"  # where NATS delivers QoS 1 messages to MQTT subscribers
+CLUSTER_NAME = "edgefleet"
+
+
+@dataclass(frozen=True)
+class NatsNode:
+    """One server of the cluster: its name and loopback (or `host`) ports for NATS clients, routes, MQTT."""
+
+    name: str
+    client_port: int
+    cluster_port: int
+    mqtt_port: int
+    host: str = "127.0.0.1"
+
+    @property
+    def mqtt_url(self) -> str:
+        return f"mqtt://{self.host}:{self.mqtt_port}"
+
+
+def bcrypt_hash(password: str, rounds: int = 10) -> str:
+    """The password as NATS checks it (bcrypt); made where the plain password is known."""
+    import bcrypt
+
+    return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(rounds)).decode()
+
+
+def subject(mqtt_filter: str) -> str:
+    """An MQTT topic or filter as the NATS subject the MQTT layer maps it to ('/' -> '.', '+' -> '*',
+    '#' -> '>')."""
+    if "." in mqtt_filter:
+        raise MqttAuthError(f"{mqtt_filter!r}: NATS cannot carry a '.' in an MQTT topic level")
+    return ".".join({"+": "*", "#": ">"}.get(level, level) for level in mqtt_filter.split("/"))
+
+
+def _user(name: str, hashed: str, publish: Iterable[str], subscribe: Iterable[str]) -> dict:
+    if not hashed.startswith(BCRYPT_PREFIXES):
+        raise MqttAuthError(f"password hash of {name!r} is not bcrypt ($2a$/$2b$): NATS checks no other "
+                            f"hash (the cloud's $7$ hashes cannot be converted); make one with bcrypt_hash")
+    publish = [subject(f) for f in publish]
+    return {"user": name, "password": hashed, "allowed_connection_types": ["MQTT"],
+            "permissions": {"publish": {"allow": publish} if publish else {"deny": [">"]},
+                            "subscribe": {"allow": [*map(subject, subscribe), MQTT_DELIVERY]}}}
+
+
+def _device_user(device: str, fleet: str, hashed: str) -> dict:
+    try:
+        check_id(device, "device")
+        check_id(fleet, "fleet")
+    except TopicError as err:
+        raise MqttAuthError(f"cannot write broker configuration: {err}") from err
+    if is_reserved_id(device):
+        raise MqttAuthError(f"device id {device!r} is reserved for the cloud")
+    return _user(device, hashed, [topic(fleet, device, kind) for kind in DEVICE_KINDS],
+                 [topic(fleet, device, kind) for kind in CLOUD_KINDS])
+
+
+def _node_conf(node: NatsNode, nodes: list[NatsNode], store: Path, replicas: int) -> str:
+    routes = ", ".join(json.dumps(f"nats-route://{other.host}:{other.cluster_port}")
+                       for other in nodes if other is not node)
+    return "\n".join([
+        f"# edgefleet: node {node.name} of a {len(nodes)}-node NATS cluster (MQTT on JetStream), generated by",
+        "# edgefleet; run: nats-server -c <this file>; after new users.conf: nats-server --signal reload=<pid>",
+        f"server_name: {json.dumps(node.name)}",
+        f"listen: {json.dumps(f'{node.host}:{node.client_port}')}",
+        f"jetstream {{ store_dir: {json.dumps(str(store.resolve()))}, max_memory_store: 64MB, max_file_store: 4GB }}",
+        f"cluster {{ name: {CLUSTER_NAME}, listen: {json.dumps(f'{node.host}:{node.cluster_port}')}, "
+        f"routes: [{routes}] }}",
+        "# Sessions, retained presence and QoS 1 messages replicated on this many nodes: a node may die.",
+        f"mqtt {{ listen: {json.dumps(f'{node.host}:{node.mqtt_port}')}, stream_replicas: {replicas} }}",
+        'include "users.conf"',
+    ]) + "\n"
+
+
+def write_nats_config(directory: Path, nodes: list[NatsNode], devices: Iterable[tuple[str, str, str]],
+                      cloud_hashes: Mapping[str, str], sim_users: Iterable[tuple[str, str, str]] = ()
+                      ) -> dict[str, Path]:
+    """Writes `users.conf` (mode 0600) and `<node>.conf` for each node into `directory`, and a JetStream
+    directory per node (`<node>-jetstream`, mode 0700).
+
+    `devices` are (id, fleet, bcrypt hash); `cloud_hashes` the bcrypt hash of every `CLOUD_CLIENTS` user;
+    `sim_users` (username, fleet, bcrypt hash) may use every device topic of that fleet (load tests).
+    Returns {"users": Path, <node name>: Path of its conf}.
+    """
+    if not nodes or len({n.name for n in nodes}) != len(nodes):
+        raise MqttAuthError("need at least one NATS node, each with its own name")
+    if set(cloud_hashes) != set(CLOUD_CLIENTS):
+        raise MqttAuthError(f"need bcrypt hashes of exactly the cloud's clients {sorted(CLOUD_CLIENTS)}, "
+                            f"got {sorted(cloud_hashes)}")
+    users = [_user(name, cloud_hashes[name], client.writes, client.reads) for name, client in CLOUD_CLIENTS.items()]
+    seen = set(CLOUD_CLIENTS)
+    for name, fleet, hashed in sim_users:
+        users.append(_user(check_id(name, "user"), hashed, [subscription(kind, check_id(fleet, "fleet"))
+                                                             for kind in DEVICE_KINDS],
+                           [subscription(kind, fleet) for kind in CLOUD_KINDS]))
+        seen.add(name)
+    for device, fleet, hashed in devices:
+        if device in seen:
+            raise MqttAuthError(f"user {device!r} is listed twice")
+        seen.add(device)
+        users.append(_device_user(device, fleet, hashed))
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {"users": directory / "users.conf"}
+    _write_private(paths["users"], "# edgefleet MQTT users (generated; edit the cloud database, not this file)\n"
+                   f"authorization {{ users = {json.dumps(users, indent=1)} }}\n", 0o600)
+    replicas = min(3, len(nodes))
+    for node in nodes:
+        store = directory / f"{node.name}-jetstream"
+        store.mkdir(mode=0o700, exist_ok=True)
+        paths[node.name] = directory / f"{node.name}.conf"
+        _write_private(paths[node.name], _node_conf(node, nodes, store, replicas), 0o644)
+    log.info("wrote NATS configuration for %d node(s) and %d user(s) to %s", len(nodes), len(users), directory)
+    return paths
+

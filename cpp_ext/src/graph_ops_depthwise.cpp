@@ -3,46 +3,21 @@
 // here each channel's plane is copied once into a zero-padded buffer, and each block of 8 output pixels
 // of a row is accumulated in registers over the kH x kW taps (8 inputs at the stride times one weight),
 // then bias and activation. Summed in tap order from zero, bias after the sum, as the reference's
-// im2col + GEMM. x86-64 runs an AVX2 version (chosen at run time with the other kernels) with the same
+// im2col + GEMM. x86-64 runs an AVX2 version (graph_ops_depthwise_avx2.cpp, chosen at run time) with the same
 // products and sums in the same order (no FMA), so every tier gives the same bits.
 #include <cmath>
 #include <cstring>
 #include <limits>
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#endif
 
 #include "graph_kernels.hpp"
+#include "graph_ops_depthwise.hpp"
 #include "graph_ops.hpp"
 #include "graph_threads.hpp"
 
 namespace edgefleet::graph {
+namespace depthwise {
 namespace {
 
-struct PlaneArgs {
-    const float* x;  // one channel, padded: ph x pw
-    std::int64_t pw;
-    const float* w;  // kh * kw taps
-    float bias, lo, hi;
-    const Window* win;
-    float* y;  // oh x ow
-};
-
-constexpr std::int64_t kLanes = 8;  // output pixels per block: the accumulators stay in registers
-constexpr std::int64_t kFlatMax = 1024;  // the flat walk's output rows, padded, fit a stack buffer of this
-
-// Narrow planes at stride 1 (a keyword spotter's 25 x 5, a CNN's last 4 x 4 or 12 x 12): blocks of 8
-// pixels along a row waste most lanes (5 of 8 used at width 5). The flat walk reads the padded plane as
-// one long row instead: output q = oy * pw + ox takes its taps at q + i * pw + j, so blocks of 8 run on
-// across rows, and the columns past ow (pw - ow of them per row) are computed and dropped. It applies
-// when that wastes fewer lanes than the blocks do and the rows fit kFlatMax.
-inline bool flat(const Window& v) {
-    const std::int64_t pw = v.ow + (v.kw - 1) * v.dw, blocks = (v.ow + kLanes - 1) / kLanes * kLanes;
-    return v.sh == 1 && v.sw == 1 && pw < blocks && v.oh * pw + kLanes <= kFlatMax;
-}
-
-// One block of up to kLanes output pixels of one row. SW: the horizontal stride, K: a square kernel's
-// size (0: read either from the window); with both fixed the tap loops unroll and the weights stay in
 // registers across the blocks of a plane.
 template <int SW, int K>
 __attribute__((always_inline)) inline void block(const PlaneArgs& a, const float* w, const float* src_row,
@@ -98,19 +73,8 @@ __attribute__((always_inline)) inline void plane_impl(const PlaneArgs& a) {
     rows<0, 0>(a);
 }
 
-// The flat walk (see flat()) computes blocks of 8 over the padded rows into buf, then flat_out writes
-// the ow valid columns of each row with bias and clamp. Same products and sums per pixel, in the same
-// order, as rows().
-inline std::int64_t flat_span(const PlaneArgs& a) { return (a.win->oh - 1) * a.pw + a.win->ow; }
 
-inline void flat_out(const PlaneArgs& a, const float* buf) {
-    const Window& v = *a.win;
-    for (std::int64_t oy = 0; oy < v.oh; ++oy) {
-        const float* src = buf + oy * a.pw;
-        float* out = a.y + oy * v.ow;
-        for (std::int64_t ox = 0; ox < v.ow; ++ox) out[ox] = std::min(std::max(src[ox] + a.bias, a.lo), a.hi);
-    }
-}
+}  // namespace
 
 void plane_portable(const PlaneArgs& a) {
     const Window& v = *a.win;
@@ -130,92 +94,22 @@ void plane_portable(const PlaneArgs& a) {
     flat_out(a, buf);
 }
 
-#if defined(__x86_64__) || defined(_M_X64)
-#define EF_AVX2 __attribute__((target("avx2,fma")))
-// 8 floats at stride SW (1 or 2) from s; at stride 2 it reads s[0..15].
-template <int SW>
-EF_AVX2 inline __m256 load8(const float* s) {
-    if (SW == 1) return _mm256_loadu_ps(s);
-    const __m256 even = _mm256_shuffle_ps(_mm256_loadu_ps(s), _mm256_loadu_ps(s + 8), _MM_SHUFFLE(2, 0, 2, 0));
-    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(even), _MM_SHUFFLE(3, 1, 2, 0)));
-}
 
-// plane_impl in 256-bit registers: the same products and sums in the same order (mul then add, no FMA).
-template <int SW, int K>
-EF_AVX2 void rows_avx2(const PlaneArgs& a) {
-    const Window& v = *a.win;
-    const std::int64_t kh = K > 0 ? K : v.kh, kw = K > 0 ? K : v.kw;
-    __m256 w[K > 0 ? K * K : 1];
-    for (int t = 0; t < (K > 0 ? K * K : 0); ++t) w[t] = _mm256_set1_ps(a.w[t]);
-    const __m256 bias = _mm256_set1_ps(a.bias), lo = _mm256_set1_ps(a.lo), hi = _mm256_set1_ps(a.hi);
-    alignas(32) float tail[kLanes];
-    for (std::int64_t oy = 0; oy < v.oh; ++oy) {
-        const float* src_row = a.x + oy * v.sh * a.pw;
-        float* out = a.y + oy * v.ow;
-        for (std::int64_t ox = 0; ox < v.ow; ox += kLanes) {
-            __m256 acc = _mm256_setzero_ps();
-            for (std::int64_t i = 0; i < kh; ++i) {
-                const float* src = src_row + i * v.dh * a.pw + ox * SW;
-                for (std::int64_t j = 0; j < kw; ++j) {
-                    const __m256 wv = K > 0 ? w[i * kw + j] : _mm256_set1_ps(a.w[i * kw + j]);
-                    acc = _mm256_add_ps(acc, _mm256_mul_ps(wv, load8<SW>(src + j * v.dw)));
-                }
-            }
-            const __m256 y = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(acc, bias), lo), hi);
-            if (v.ow - ox >= kLanes) {
-                _mm256_storeu_ps(out + ox, y);
-            } else {
-                _mm256_store_ps(tail, y);
-                for (std::int64_t l = 0; l < v.ow - ox; ++l) out[ox + l] = tail[l];
-            }
-        }
-    }
-}
+}  // namespace depthwise
 
-template <int SW>
-EF_AVX2 void by_kernel_avx2(const PlaneArgs& a) {
-    const Window& v = *a.win;
-    if (v.kh == 3 && v.kw == 3) return rows_avx2<SW, 3>(a);
-    if (v.kh == 5 && v.kw == 5) return rows_avx2<SW, 5>(a);
-    rows_avx2<SW, 0>(a);
-}
+namespace {
 
-// The flat walk in 256-bit registers; 3 x 3 taps unrolled with their weights in registers.
-template <int K>
-EF_AVX2 void flat_avx2(const PlaneArgs& a) {
-    const Window& v = *a.win;
-    const std::int64_t kh = K > 0 ? K : v.kh, kw = K > 0 ? K : v.kw;
-    __m256 w[K > 0 ? K * K : 1];
-    for (int t = 0; t < (K > 0 ? K * K : 0); ++t) w[t] = _mm256_set1_ps(a.w[t]);
-    alignas(64) float buf[kFlatMax];
-    for (std::int64_t q = 0, span = flat_span(a); q < span; q += kLanes) {
-        __m256 acc = _mm256_setzero_ps();
-        for (std::int64_t i = 0; i < kh; ++i) {
-            for (std::int64_t j = 0; j < kw; ++j) {
-                const __m256 wv = K > 0 ? w[i * kw + j] : _mm256_set1_ps(a.w[i * kw + j]);
-                acc = _mm256_add_ps(acc, _mm256_mul_ps(wv, _mm256_loadu_ps(a.x + q + i * v.dh * a.pw + j * v.dw)));
-            }
-        }
-        _mm256_store_ps(buf + q, acc);
-    }
-    flat_out(a, buf);
-}
-
-EF_AVX2 void plane_avx2(const PlaneArgs& a) {
-    if (flat(*a.win)) return a.win->kh == 3 && a.win->kw == 3 ? flat_avx2<3>(a) : flat_avx2<0>(a);
-    if (a.win->sw == 1) return by_kernel_avx2<1>(a);
-    if (a.win->sw == 2) return by_kernel_avx2<2>(a);
-    plane_impl(a);
-}
-#endif
+using depthwise::flat;
+using depthwise::kLanes;
+using depthwise::PlaneArgs;
 
 // The plane kernel for the ISA in use.
 using PlaneFn = void (*)(const PlaneArgs&);
 PlaneFn plane_kernel() {
 #if defined(__x86_64__) || defined(_M_X64)
-    if (std::strcmp(kernels::active().isa, "portable") != 0) return &plane_avx2;
+    if (std::strcmp(kernels::active().isa, "portable") != 0) return &depthwise::plane_avx2;
 #endif
-    return &plane_portable;
+    return &depthwise::plane_portable;
 }
 
 // The padded plane's size: every window inside it, rows wide enough for whole blocks of kLanes (the
@@ -284,8 +178,7 @@ public:
                 const std::int64_t n = nc / win.c, c = nc % win.c;
                 const float* x = in[0].as<float>() + (n * win.c + c) * plane;
                 for (std::int64_t iy = 0; iy < win.h; ++iy)
-                    std::memcpy(pad + (iy + win.top) * pw + win.left, x + iy * win.w,
-                                static_cast<std::size_t>(win.w) * sizeof(float));
+                    depthwise::copy_floats(pad + (iy + win.top) * pw + win.left, x + iy * win.w, win.w);
                 args.x = pad;
                 for (std::int64_t q = 0; q < mult; ++q) {
                     const std::int64_t m = c * mult + q;

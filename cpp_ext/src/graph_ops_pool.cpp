@@ -1,6 +1,8 @@
 // Pools: MaxPool (float32, uint8, int8), AveragePool, GlobalAveragePool, GlobalMaxPool; NCHW, 2-D.
+#include <cstring>
 #include <limits>
 
+#include "graph_kernels.hpp"
 #include "graph_ops.hpp"
 
 namespace edgefleet::graph {
@@ -129,6 +131,59 @@ void max_pool_2x2(const T* x, T* y, const Window& w, T lowest) {
     }
 }
 
+// Windows side by side along a row (kernel width == stride, no dilation: M5's MaxPool1d 4, a 2x2 at
+// stride 2 with odd sizes), all inside the input: out[o] folds rows i < kh, columns j < K in the general
+// loop's order from lowest. With K fixed the loop is a plain strided reduction the compiler vectorises
+// (std::max(best, v) is maxps(v, best), NaN and signed zeros included, so the bits match the scalar loop).
+template <typename T, int K>
+__attribute__((always_inline)) inline void pool_row(const T* corner, std::int64_t row_step, std::int64_t kh,
+                                                    T* out, std::int64_t count, T lowest) {
+    for (std::int64_t i = 0; i < kh; ++i) {  // row by row, out holding the fold so far: o is the inner loop
+        const T* s = corner + i * row_step;
+        for (std::int64_t o = 0; o < count; ++o) {
+            T best = i == 0 ? lowest : out[o];
+            for (int j = 0; j < K; ++j) best = std::max(best, s[o * K + j]);
+            out[o] = best;
+        }
+    }
+}
+
+template <typename T>
+using PoolRowFn = void (*)(const T*, std::int64_t, std::int64_t, T*, std::int64_t, T);
+
+template <typename T, int K>
+void pool_row_portable(const T* c, std::int64_t step, std::int64_t kh, T* out, std::int64_t count, T lowest) {
+    pool_row<T, K>(c, step, kh, out, count, lowest);
+}
+
+#if defined(__x86_64__) || defined(_M_X64)
+template <typename T, int K>
+__attribute__((target("avx2"))) void pool_row_avx2(const T* c, std::int64_t step, std::int64_t kh, T* out,
+                                                    std::int64_t count, T lowest) {
+    pool_row<T, K>(c, step, kh, out, count, lowest);
+}
+#endif
+
+// The row kernel for a window width (null: none), AVX2 when the kernels in use are not the portable ones.
+template <typename T, int K>
+PoolRowFn<T> pool_row_for_isa() {
+#if defined(__x86_64__) || defined(_M_X64)
+    if (std::strcmp(kernels::active().isa, "portable") != 0) return &pool_row_avx2<T, K>;
+#endif
+    return &pool_row_portable<T, K>;
+}
+
+template <typename T>
+PoolRowFn<T> pool_row_kernel(const Window& w) {
+    if (w.sw != w.kw || w.dw != 1) return nullptr;
+    switch (w.kw) {
+        case 2: return pool_row_for_isa<T, 2>();
+        case 3: return pool_row_for_isa<T, 3>();
+        case 4: return pool_row_for_isa<T, 4>();
+        default: return nullptr;
+    }
+}
+
 }  // namespace
 
 template <typename T>
@@ -143,12 +198,19 @@ void max_pool_2d(const T* x, T* y, const Window& w) {
     std::int64_t y_lo = 0, y_hi = 0, x_lo = 0, x_hi = 0;
     valid_range(-w.top, w.sh, w.h - (w.kh - 1) * w.dh, w.oh, y_lo, y_hi);
     valid_range(-w.left, w.sw, w.w - (w.kw - 1) * w.dw, w.ow, x_lo, x_hi);
+    const PoolRowFn<T> row_kernel = pool_row_kernel<T>(w);
     for (std::int64_t plane = 0; plane < w.n * w.c; ++plane) {
         const T* in = x + plane * w.h * w.w;
         T* out = y + plane * w.oh * w.ow;
         for (std::int64_t oy = 0; oy < w.oh; ++oy) {
             const bool inner_row = oy >= y_lo && oy < y_hi;
             for (std::int64_t ox = 0; ox < w.ow; ++ox) {
+                if (inner_row && ox == x_lo && x_hi > x_lo && row_kernel != nullptr) {
+                    row_kernel(in + (oy * w.sh - w.top) * w.w + (x_lo * w.sw - w.left), w.dh * w.w, w.kh,
+                               out + oy * w.ow + x_lo, x_hi - x_lo, lowest);
+                    ox = x_hi - 1;
+                    continue;
+                }
                 T best = lowest;
                 if (inner_row && ox >= x_lo && ox < x_hi) {
                     const T* corner = in + (oy * w.sh - w.top) * w.w + (ox * w.sw - w.left);

@@ -242,7 +242,7 @@ public:
         if (group_ == 1) pack_direct(c[2]->dtype == DType::i8);
     }
 
-    Window window(const View& x) const { return window_2d(*x.shape, w_shape_[2], w_shape_[3], attrs_, false); }
+    const Window& window(const View& x) const { return windows_.get(*x.shape, w_shape_[2], w_shape_[3], attrs_, false); }
 
     Shape infer(const std::vector<View>& in) const override {
         const Window w = window(in[0]);
@@ -301,9 +301,12 @@ private:
                 if (weights[o * packed_.kp + i] < -128 || weights[o * packed_.kp + i] > 127) return;
         x_shift_ = x_int8 ? 128 : 0;
         x_zero_u8_ = static_cast<std::uint8_t>(packed_.x_zero_int + x_shift_);
-        cp_ = kernels::round_up4(static_cast<int>(ch));
+        // One input channel (an audio CNN's first Conv1d): groups of 4 taps along a row, not one tap and 3
+        // padding channels (3 of 4 products wasted). Reads up to 3 bytes past a window: zero weights.
+        row_taps_ = ch == 1 && attrs_.get_ints("dilations", {1, 1}).back() == 1;
+        cp_ = row_taps_ ? 1 : kernels::round_up4(static_cast<int>(ch));
         mp_ = (m + 15) / 16 * 16;
-        const std::int64_t k4 = kh * kw * cp_ / 4;
+        const std::int64_t kw4 = (kw + 3) / 4, k4 = row_taps_ ? kh * kw4 : kh * kw * cp_ / 4;
         direct_w_ = aligned_buffer(static_cast<std::size_t>(k4 * mp_ * 4));
         auto* dst = static_cast<std::int8_t*>(direct_w_.get());
         std::fill(dst, dst + k4 * mp_ * 4, static_cast<std::int8_t>(0));
@@ -315,8 +318,8 @@ private:
                 for (std::int64_t i = 0; i < kh; ++i)
                     for (std::int64_t j = 0; j < kw; ++j) {
                         const std::int16_t v = weights[o * packed_.kp + (c * kh + i) * kw + j];
-                        const std::int64_t t = (i * kw + j) * cp_ / 4 + c / 4;
-                        dst[(t * mp_ + o) * 4 + c % 4] = static_cast<std::int8_t>(v);
+                        const std::int64_t t = row_taps_ ? i * kw4 + j / 4 : (i * kw + j) * cp_ / 4 + c / 4;
+                        dst[(t * mp_ + o) * 4 + (row_taps_ ? j : c) % 4] = static_cast<std::int8_t>(v);
                         sum += v;
                     }
             direct_bias_[o] = static_cast<std::int32_t>(packed_.bias[o] - x_zero_u8_ * sum);
@@ -337,7 +340,7 @@ private:
             for (std::int64_t ox = 0; ox < win.ow; ++ox)
                 d.pix.push_back(static_cast<std::int32_t>((oy * win.sh * d.pw + ox * win.sw) * cp_));
         for (std::int64_t i = 0; i < win.kh; ++i)
-            for (std::int64_t j = 0; j < win.kw; ++j)
+            for (std::int64_t j = 0; j < win.kw; j += row_taps_ ? 4 : 1)
                 for (std::int64_t c = 0; c < cp_; c += 4)
                     d.koff.push_back(static_cast<std::int32_t>((i * win.dh * d.pw + j * win.dw) * cp_ + c));
         direct_ = std::move(d);
@@ -408,10 +411,12 @@ private:
     Shape w_shape_;
     Packed packed_;
     mutable GatherTable gather_;  // runs hold the GIL: never two at once
+    mutable WindowCache windows_;
     std::shared_ptr<void> direct_w_;  // the direct path's W, or null when it does not apply
     std::vector<std::int32_t> direct_bias_;
     std::vector<float> direct_mult_;
     std::int64_t cp_ = 0, mp_ = 0, x_shift_ = 0;
+    bool row_taps_ = false;  // cp_ == 1: tap groups of 4 along a row
     std::uint8_t x_zero_u8_ = 0;
     mutable Direct direct_;
 };

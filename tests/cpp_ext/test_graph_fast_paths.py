@@ -2,7 +2,9 @@
 (graph_reference): the flat depthwise walk (stride-1 planes a few pixels wide, as a keyword spotter's
 25 x 5), its bits equal on every ISA tier; Softmax and exact Gelu / Erf through the SIMD exp and erf,
 on inputs spanning their whole range (masked attention scores of -1e4 included); a bias added along the
-last axis; Transpose and Slice of every item size."""
+last axis; Transpose and Slice of every item size; MaxPool with windows side by side along a row (an
+audio CNN's MaxPool1d 4), vectorised across the windows, its bits equal on every tier; the direct int8
+QConv of one input channel (M5's first Conv1d, 80 taps at stride 4), which groups 4 taps along a row."""
 
 from __future__ import annotations
 
@@ -52,6 +54,43 @@ def test_depthwise_narrow_planes_every_tier_same_bits(hw: tuple, k: int, attrs: 
     for value in got.values():
         np.testing.assert_allclose(value, want, rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(value, got[ISAS[0]])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "uint8", "int8"])
+@pytest.mark.parametrize("shape,k,attrs", [((2, 5, 1, 1981), [1, 4], {"strides": [1, 4]}),
+                                           ((1, 3, 1, 37), [1, 2], {"strides": [1, 2], "pads": [0, 1, 0, 0]}),
+                                           ((1, 3, 7, 40), [2, 3], {"strides": [2, 3], "pads": [1, 2, 1, 2]}),
+                                           ((1, 2, 9, 9), [3, 3], {"strides": [3, 3], "ceil_mode": 1})])
+def test_max_pool_side_by_side_windows_every_tier_same_bits(dtype: str, shape: tuple, k: list, attrs: dict) -> None:
+    rng = np.random.default_rng(shape[-1])
+    x = rng.standard_normal(shape).astype(np.float32) * 60
+    if dtype != "float32":
+        x = np.clip(x, np.iinfo(dtype).min, np.iinfo(dtype).max).astype(dtype)
+    got, want = run_all(one_op("MaxPool", shape, dtype=dtype, kernel_shape=k, **attrs), x)
+    for value in got.values():
+        np.testing.assert_array_equal(value, want)
+
+
+@pytest.mark.parametrize("x_dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("k,attrs", [((1, 80), {"strides": [1, 4]}), ((1, 5), {"pads": [0, 3, 0, 2]}),
+                                     ((3, 6), {"pads": [1, 1, 1, 1], "strides": [2, 3], "dilations": [2, 1]}),
+                                     ((2, 3), {"dilations": [1, 2]})])
+def test_qconv_one_channel_taps_along_a_row_exact(x_dtype: str, k: tuple, attrs: dict) -> None:
+    rng = np.random.default_rng(k[1])
+    m, hw = 19, (3, 200) if k[0] == 1 else (9, 31)
+    b = GraphBuilder()
+    x = b.input("x", x_dtype, (1, 1, *hw))
+    params = {"sx": np.float32(0.02), "zx": np.array(9 if x_dtype == "uint8" else -4, x_dtype),
+              "w": rng.integers(-128, 128, (m, 1, *k)).astype(np.int8),
+              "sw": (rng.random(m) * 0.01 + 0.001).astype(np.float32), "zw": np.zeros(m, np.int8),
+              "sy": np.float32(0.5), "zy": np.array(100 if x_dtype == "uint8" else 5, x_dtype),
+              "bias": rng.integers(-5000, 5000, m).astype(np.int32)}
+    b.output(b.node("QConv", [x] + [b.constant(name, v) for name, v in params.items()], activation="relu",
+                    **attrs), x_dtype)
+    info = np.iinfo(x_dtype)
+    got, want = run_all(b.build(), rng.integers(info.min, info.max + 1, (1, 1, *hw)).astype(x_dtype))
+    for value in got.values():
+        np.testing.assert_array_equal(value, want)
 
 
 def test_softmax_last_axis_wide_range() -> None:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from edgefleet.cloud.db import DeploymentDevice, Device, DeviceStatus, make_engine, make_sessions
+from edgefleet.cloud.db import DeploymentDevice, Device, DeviceStatus
 from edgefleet.cloud.server import CloudServer
 from edgefleet.cloud.settings import CloudSettings
 from edgefleet.cloud.signed_urls import signed_download_url
@@ -352,20 +352,3 @@ def test_cli_deploy_status_approve_abort(cloud: Cloud, fleet):
     assert deployment_id in listed.output and "completed" in listed.output
     refused = runner.invoke(app, ["rollout", "abort", deployment_id], env=env)
     assert refused.exit_code != 0 and "409" in str(refused.exception)
-
-
-def test_old_databases_get_the_new_device_group_column(tmp_path: Path):
-    import sqlite3
-
-    path = tmp_path / "old.db"
-    with sqlite3.connect(path) as connection:  # the devices table as the previous release created it
-        connection.execute("CREATE TABLE devices (id VARCHAR(64) PRIMARY KEY, fleet VARCHAR(64), "
-                           "password_hash VARCHAR(256), online BOOLEAN, model_name VARCHAR(128), "
-                           "model_version INTEGER, agent_version VARCHAR(64), last_seen FLOAT, "
-                           "presence_stamp BIGINT, created_at FLOAT)")
-        connection.execute("INSERT INTO devices (id, fleet, password_hash, online, created_at) "
-                           "VALUES ('old', 'lab', 'x', 0, 1.0)")
-    engine = make_engine(f"sqlite:///{path}")
-    with make_sessions(engine)() as session:
-        assert session.get(Device, "old").group is None
-    engine.dispose()

@@ -8,12 +8,7 @@ from __future__ import annotations
 
 import signal
 import time
-from pathlib import Path
 
-import pytest
-from sqlalchemy import select
-
-from edgefleet.cloud.db import DeploymentDevice, make_engine, make_sessions
 from tests.cloud.rollout_kit import (  # noqa: F401 - fixtures, found by pytest under their names
     Cloud,
     ScriptedDevice,
@@ -157,31 +152,6 @@ def test_non_finite_and_absurd_numbers_get_a_4xx_naming_the_field(cloud: Cloud, 
     assert cloud.client.get("/api/v1/deployments").json() == []  # nothing was stored
     fine = cloud.deploy(wave_timeout_seconds=30 * 86400, resend_interval_seconds=86400, max_resends=100)
     assert fine["strategy"]["wave_timeout_seconds"] == 30 * 86400
-
-
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_old_databases_get_the_resend_columns(backend: str, tmp_path: Path, request: pytest.FixtureRequest):
-    from sqlalchemy import inspect, text
-
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'old.db'}"
-    else:
-        from tests.cloud.test_postgres import fresh_sessions
-
-        postgres = request.getfixturevalue("postgres")
-        fresh_sessions(postgres, "resend_columns").kw["bind"].dispose()
-        url = postgres.url.rsplit("/", 1)[0] + "/resend_columns"
-    engine = make_engine(url)
-    with engine.begin() as connection:  # deployment_devices as the previous release created it
-        for column in ("resends", "resent_at", "rollback_resends", "rollback_resent_at"):
-            connection.execute(text(f"ALTER TABLE deployment_devices DROP COLUMN {column}"))
-    engine.dispose()
-    engine = make_engine(url)
-    columns = {c["name"] for c in inspect(engine).get_columns("deployment_devices")}
-    assert {"resends", "resent_at", "rollback_resends", "rollback_resent_at"} <= columns
-    with make_sessions(engine)() as session:
-        assert session.scalars(select(DeploymentDevice)).all() == []
-    engine.dispose()
 
 
 def test_cli_deploy_refuses_an_infinite_timeout_in_one_line(cloud: Cloud, fleet):

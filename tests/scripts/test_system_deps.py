@@ -38,6 +38,7 @@ with open(here.parent / "apt.log", "a") as log:
 programs = {programs!r}
 for package in sys.argv[1:]:
     for name in programs.get(package, []):
+        (here / name).unlink(missing_ok=True)  # a symlink to the real program: never write through it
         (here / name).write_text("#!/bin/sh\\n")
         (here / name).chmod(0o755)
 """

@@ -75,7 +75,10 @@ def test_many_devices_over_three_connections_reach_the_ingest_once_each(windows,
     per_device: dict[str, list[int]] = {}
     for device, seq in rows:
         per_device.setdefault(device, []).append(seq)
-    assert len(rows) == acked and set(per_device) == set(fleet.ids)  # every device sent at least once
+    # nothing acknowledged is lost and nothing is stored twice; a window in flight when the fleet stopped
+    # may be stored without its acknowledgement counted yet (rows > acked by a few)
+    assert len(rows) >= acked and len(set(rows)) == len(rows)
+    assert set(per_device) == set(fleet.ids)  # every device sent at least once
     assert all(sorted(seqs) == list(range(1, len(seqs) + 1)) for seqs in per_device.values())
 
 

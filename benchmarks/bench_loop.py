@@ -31,12 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.cloud.
 
 from report import emit  # noqa: E402
 
-from edgefleet.cli.cloud_client import CloudClient  # noqa: E402
 from edgefleet.cloud.digits import build_digits_bundle, load_splits  # noqa: E402
 from edgefleet.cloud.loop.policy import load_policy  # noqa: E402
 from edgefleet.cloud.loop.trigger import LoopWatcher  # noqa: E402
 from edgefleet.cloud.server import CloudServer  # noqa: E402
 from edgefleet.cloud.settings import load_settings  # noqa: E402
+from edgefleet.core.api_client import CloudClient  # noqa: E402
 from edgefleet.core.bundle import Bundle  # noqa: E402
 from edgefleet.core.signing import TrustStore  # noqa: E402
 from tests.cloud.loop.loop_kit import (  # noqa: E402

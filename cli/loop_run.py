@@ -15,9 +15,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgefleet.cli.app import TrustOption, out, trust_store
-from edgefleet.cli.cloud_client import CloudClient
 from edgefleet.cli.fleet_commands import CloudOption, TokenOption
 from edgefleet.cli.loop_commands import loop_app
+from edgefleet.core.api_client import CloudClient
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.topics import check_id
 

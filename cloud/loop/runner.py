@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefleet.cli.cloud_client import CloudClient
 from edgefleet.cloud.loop.policy import Policy
+from edgefleet.core.api_client import CloudClient
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.signing import SigningKey, TrustStore
 

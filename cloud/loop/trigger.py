@@ -29,9 +29,9 @@ import threading
 import time
 from pathlib import Path
 
-from edgefleet.cli.cloud_client import CloudClient
 from edgefleet.cloud.loop.policy import Policy
 from edgefleet.cloud.loop.runner import RunOutcome, run_policy
+from edgefleet.core.api_client import CloudClient
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.signing import TrustStore
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.cli.cloud_client import CloudClient
 from edgefleet.cloud.db import Alert
 from edgefleet.cloud.loop.policy import load_policy
 from edgefleet.cloud.loop.trigger import due_trigger
+from edgefleet.core.api_client import CloudClient
 from tests.cloud.loop.test_policy import VALID, folder  # noqa: F401 - the policy fixture's folder
 
 RUN = {"policy": "digits-bright", "model": "digits-cnn", "fleet": "lab", "trigger": {"kind": "manual"}}

@@ -70,6 +70,9 @@ demo: venv
 	@# labels that come 15 s late: the accuracy estimated from confidence falls first, the measured one later
 	$(PY) examples/labels_demo.py --bundle $(RUNS)/digits/bundle --keys $(RUNS)/keys \
 	    --data $(RUNS)/digits/test_x.npy --labels $(RUNS)/digits/test_y.npy --workdir $(RUNS)/labels --label-delay 15
+	@# the loop closed: drift -> alert -> labelled captures -> retrain, int8, evaluate -> canary on accuracy -> v2
+	rm -rf $(RUNS)/loop
+	$(PY) examples/loop_demo.py --bundle $(RUNS)/digits/bundle --keys $(RUNS)/keys --workdir $(RUNS)/loop
 	@# KEEP=1: the cloud stays up at the end with the seeded fleet; it prints the dashboard's URL and a token
 	$(PY) examples/fleet_demo.py --bundle $(RUNS)/digits/bundle --keys $(RUNS)/keys \
 	    --data $(RUNS)/digits/test_x.npy --labels $(RUNS)/digits/test_y.npy --workdir $(RUNS)/fleet \

@@ -93,7 +93,8 @@ def deploy(work: Path, broker: MosquittoBroker, bundle: Path, key: Path, windows
             "reason": deployment.get("reason"),
             "device_states": deployment.get("counts"),
             "seconds_to_all_active": round(elapsed, 2) if deployment["state"] == "completed" else None,
-            "seconds_waited": round(elapsed, 2), "commands_answered": answered["commands"],
+            "seconds_waited": round(elapsed, 2), "commands_received": answered["commands"],
+            "commands_per_device": round(answered["commands"] / devices, 3), "repeated_commands": answered["repeated"],
             "bulk_registration_seconds": round(registered, 2)}
 
 

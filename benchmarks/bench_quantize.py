@@ -2,7 +2,7 @@
 
     python benchmarks/bench_quantize.py [--epochs 4] [--runs 300] [--out runs/quantize.json]
     python benchmarks/bench_quantize.py --model efficientnet-lite0 [--max-drop 0.1] [--runs 100]
-        [--gate-strategy sensitivity --validation-rows 1000 --validation-photos calibration+validation]
+        [--gate-strategy sensitivity|budget --validation-rows 1000 --validation-photos calibration+validation]
         [--method Percentile] [--skip-variants]
 
 The digits images upsampled to 32x32 through a VGG-style CNN (64 and 128 channels, ~0.2 GFLOP per
@@ -47,7 +47,7 @@ import torch
 from report import emit  # noqa: E402 - benchmarks/report.py, beside this script
 
 from edgefleet.cloud.compress.evaluate import wilson_interval
-from edgefleet.cloud.compress.quantize import quantize_static_int8
+from edgefleet.cloud.compress.quantize import QuantizationError, quantize_static_int8
 from edgefleet.cloud.digits import load_splits
 from edgefleet.cloud.training import FitOptions, fit_classifier
 from edgefleet.compilers import export_torch
@@ -139,9 +139,15 @@ def efficientnet(args: argparse.Namespace) -> dict:
         float_path = bundle.root / "model.onnx"
         floats = {k: onnx_outputs(float_path, v) for k, v in sets.items() if k != "calibration"}
         started = time.perf_counter()
-        result = quantize_static_int8(bundle, work / "int8", sets["calibration"], method=args.method,
-                                      calibration_batch=16, eval_data=(sets["validation"], None),
-                                      max_drop=args.max_drop, gate_strategy=args.gate_strategy)
+        try:
+            result = quantize_static_int8(bundle, work / "int8", sets["calibration"], method=args.method,
+                                          calibration_batch=16, eval_data=(sets["validation"], None),
+                                          max_drop=args.max_drop, gate_strategy=args.gate_strategy)
+        except QuantizationError as err:  # the gate missed: report every trial instead of a traceback
+            return {"benchmark": "quantize", "model": "efficientnet-lite0 (pretrained, ImageNet)",
+                    "gate": {"max_drop": args.max_drop, "strategy": args.gate_strategy, "missed": str(err),
+                             "trials": [{k: s.get(k) for k in ("float_groups", "accuracy", "drop")}
+                                        for s in err.steps]}}
         quantize_seconds = time.perf_counter() - started
         int8_path = result.bundle.root / "model.int8.onnx"
         ablation = {}  # every node int8 (but first_last_float), the gate's method unless the variant names one
@@ -156,8 +162,15 @@ def efficientnet(args: argparse.Namespace) -> dict:
                               **agreement(floats, model.bundle.root / "model.int8.onnx", sets, onnx_outputs)}
         latency = side_by_side(float_path, int8_path, {"image": sets["test"][:1]}, args.runs)
         gated = agreement(floats, int8_path, sets, onnx_outputs)
+        int8_path_bytes = int8_path.read_bytes()
     gate = result.gate or {}
+    int8_weights = weights_int8_fraction(int8_path_bytes)
     return {
+        "summary": {"metric": "top-1 agreement with the float model (no labels)",
+                    "test_agreement": gated["test"]["agreement"], "test_ci95": gated["test"]["ci95"],
+                    "weights_int8_fraction": int8_weights, "size_ratio": result.size_ratio,
+                    "p50_speedup_vs_float": latency["p50_speedup"],
+                    "float_groups": len(gate.get("kept_in_float") or ())},
         "benchmark": "quantize",
         "model": {"name": "efficientnet-lite0 (pretrained, ImageNet)", "input": [1, 3, 224, 224],
                   "flops_per_sample": bundle.artifacts[0]["flops_per_sample"]},
@@ -214,6 +227,16 @@ def agreement(floats: dict, int8_path: Path, sets: dict, outputs) -> dict:  # no
     return out
 
 
+def weights_int8_fraction(model_bytes: bytes) -> float:
+    """The share of the weights (initializers of rank >= 2) stored as int8; the rest stayed float."""
+    counts = {"int8": 0, "other": 0}
+    for tensor in onnx.load_from_string(model_bytes).graph.initializer:
+        if len(tensor.dims) >= 2:
+            key = "int8" if tensor.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) else "other"
+            counts[key] += int(np.prod(tensor.dims))
+    return counts["int8"] / max(1, counts["int8"] + counts["other"])
+
+
 def top1_probability(logits: np.ndarray) -> np.ndarray:
     """Each row's top-1 softmax probability: how ambiguous the input is to the float model."""
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -228,7 +251,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--calibration-rows", type=int, default=256)
     parser.add_argument("--test-rows", type=int, default=600, help="efficientnet-lite0: crops of the test photos")
-    parser.add_argument("--gate-strategy", choices=("auto", "rank", "prefix", "sensitivity"), default="auto")
+    parser.add_argument("--gate-strategy", choices=("auto", "rank", "prefix", "sensitivity", "budget"), default="auto")
     parser.add_argument("--validation-rows", type=int, default=200, help="efficientnet-lite0: the decision crops")
     parser.add_argument("--validation-photos", choices=("validation", "calibration+validation"), default="validation")
     parser.add_argument("--method", choices=("auto", "MinMax", "Entropy", "Percentile"), default="auto")

@@ -22,8 +22,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgefleet.cli.app import app, out
-from edgefleet.cli.cloud_client import CloudClient
 from edgefleet.cli.fleet_commands import CloudOption, TokenOption, device_app
+from edgefleet.core.api_client import CloudClient
 from edgefleet.core.errors import EdgefleetError
 
 token_app = typer.Typer(no_args_is_help=True, help="Enrollment tokens: devices register themselves with one.")

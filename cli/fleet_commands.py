@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgefleet.cli.app import BundleArg, TrustOption, app, out, trust_store
-from edgefleet.cli.cloud_client import CloudClient
+from edgefleet.core.api_client import CloudClient
 from edgefleet.core.errors import EdgefleetError
 
 device_app = typer.Typer(no_args_is_help=True, help="Run this machine as a fleet device.")

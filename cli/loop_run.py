@@ -15,24 +15,26 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgefleet.cli.app import TrustOption, out, trust_store
-from edgefleet.cli.cloud_client import CloudClient
 from edgefleet.cli.fleet_commands import CloudOption, TokenOption
 from edgefleet.cli.loop_commands import loop_app
+from edgefleet.core.api_client import CloudClient
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.topics import check_id
 
+# the options `loop run` and `loop watch` share
+PolicyOption = Annotated[Path, typer.Option("--policy", help="The retraining policy (TOML; cloud/loop/policy.py "
+                                                             "documents every key)")]
+WorkdirOption = Annotated[Path, typer.Option("--workdir", help="Where each run's files go (DIR/<run id>)")]
 STATE_STYLE = {"succeeded": "green", "failed": "bold red", "stopped": "yellow", "running": "cyan",
                "skipped": "dim"}
 
 
 @loop_app.command("run")
 def run(
-    policy_path: Annotated[Path, typer.Option("--policy", help="The retraining policy (TOML; cloud/loop/policy.py "
-                                                               "documents every key)")],
+    policy_path: PolicyOption,
     force: Annotated[bool, typer.Option("--force", help="Go on past an offline evaluation that refuses the "
                                                         "candidate (recorded in the report and the run)")] = False,
-    workdir: Annotated[Path, typer.Option("--workdir", help="Where each run's files go (DIR/<run id>)")]
-    = Path("runs/loop"),
+    workdir: WorkdirOption = Path("runs/loop"),
     trust: TrustOption = None,
     cloud: CloudOption = None,
     token: TokenOption = None,
@@ -57,12 +59,11 @@ def run(
 
 @loop_app.command("watch")
 def watch(
-    policy_path: Annotated[Path, typer.Option("--policy", help="The retraining policy (TOML)")],
+    policy_path: PolicyOption,
     interval: Annotated[float, typer.Option(min=0.5, help="Seconds between checks of the trigger")] = 10.0,
-    once: Annotated[bool, typer.Option("--once", help="Check the trigger once, run the policy if it fired, "
-                                                      "and exit")] = False,
-    workdir: Annotated[Path, typer.Option("--workdir", help="Where each run's files go (DIR/<run id>)")]
-    = Path("runs/loop"),
+    once: Annotated[bool, typer.Option("--once", help="Check the trigger once, run the policy if it fired and "
+                                                      "its labelled rows are there, and exit")] = False,
+    workdir: WorkdirOption = Path("runs/loop"),
     trust: TrustOption = None,
     cloud: CloudOption = None,
     token: TokenOption = None,
@@ -83,8 +84,14 @@ def watch(
                           interval=interval, workdir=workdir)
     if once:
         outcome = watcher.check_once()
-        out.print("the trigger has not fired" if outcome is None else run_tables(outcome.record))
-        if outcome is not None and outcome.state != "succeeded":
+        if outcome is None:
+            waiting = watcher.waiting
+            out.print("the trigger has not fired" if waiting is None else
+                      f"the trigger fired; waiting for {waiting['needed']} labelled rows ({waiting['rows']} so far): "
+                      f"no run recorded", markup=False)
+            return
+        out.print(run_tables(outcome.record))
+        if outcome.state != "succeeded":
             raise EdgefleetError(f"loop run {outcome.run_id} {outcome.state}: {outcome.reason}")
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -14,8 +14,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgefleet.cli.app import app, out
-from edgefleet.cli.cloud_client import CloudClient
 from edgefleet.cli.fleet_commands import CloudOption, TokenOption
+from edgefleet.core.api_client import CloudClient
 from edgefleet.core.errors import EdgefleetError
 
 rollout_app = typer.Typer(no_args_is_help=True, help="Follow and steer staged rollouts (see `edgefleet deploy`).")

@@ -11,8 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgefleet.cli.app import app, out
-from edgefleet.cli.cloud_client import CloudClient
 from edgefleet.cli.fleet_commands import CloudOption, TokenOption
+from edgefleet.core.api_client import CloudClient
 
 webhook_app = typer.Typer(no_args_is_help=True, help="Webhooks every alert is POSTed to when it opens and closes "
                                                      "(signed, retried).")

@@ -14,8 +14,8 @@ import typer
 from rich.table import Table
 
 from edgefleet.cli.app import app, out
-from edgefleet.cli.cloud_client import CloudClient
 from edgefleet.cli.fleet_commands import CloudOption, TokenOption
+from edgefleet.core.api_client import CloudClient
 from edgefleet.core.errors import EdgefleetError
 
 

@@ -4,6 +4,7 @@ name and version, so a retrained bundle's lineage can name the exact data it saw
     record = create_dataset(session, "lab-digits", DatasetFilter(fleet="lab", labelled_only=True))
     record = get_dataset(session, "lab-digits", "latest")          # or a version number
     arrays, fingerprint = export_arrays(session, record)  # {input name..., "y", "slice", "captured_at"} numpy
+    counts = count_selection(session, DatasetFilter(fleet="lab", labelled_only=True))  # nothing frozen
 
 Freezing reads the captures the filter selects (fleet, device, model name and version, captured since /
 until, slice, labelled only), each joined with the newest label the feedback API received for its request
@@ -113,6 +114,14 @@ def create_dataset(session: Session, name: str, where: DatasetFilter) -> Dataset
         session.rollback()
         raise ConflictError(f"dataset {name} version {version} was created at the same time; retry") from err
     return record
+
+
+def count_selection(session: Session, where: DatasetFilter) -> dict:
+    """What freezing `where` now would hold ({"samples", "rows", "unlabelled"}) without storing a version: a
+    loop watcher asks it before a run, so it records no run while the labels have not arrived."""
+    where.check()
+    chosen, unlabelled = _select(session, where)
+    return {"samples": len(chosen), "rows": sum(_rows(row) for row, _ in chosen), "unlabelled": unlabelled}
 
 
 def _select(session: Session, where: DatasetFilter) -> tuple[list[tuple[CaptureSample, dict | None]], int]:

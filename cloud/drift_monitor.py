@@ -79,6 +79,7 @@ from edgefleet.cloud.drift import (
     merge_windows,
     summary,
 )
+from edgefleet.cloud.drift_cusum_batch import Item, feed_batch
 from edgefleet.cloud.drift_cusum_store import CusumStore
 from edgefleet.cloud.drift_sequential import SEQUENTIAL, evidence_summary
 from edgefleet.cloud.drift_settings import DriftSettingsError, MonitorSettings, SettingsResolver
@@ -98,6 +99,7 @@ class _Window:
     start: float
     end: float
     row_id: int = 0
+    at: float = 0.0  # the row's window end: the CUSUM's event order (cloud/drift_cusum_batch.py)
 
 
 @dataclass(frozen=True)
@@ -225,8 +227,9 @@ class DriftMonitor:
             results = [result for _, result in evaluated]
             session.add_all(results)
             session.flush()
+            open_alerts = self._open_alerts(session, results)
             for result in results:
-                self._update_alerts(session, result, now)
+                self._update_alerts(session, result, now, open_alerts)
             session.commit()
         return results
 
@@ -334,7 +337,7 @@ class DriftMonitor:
             self._log_once(f"{where}: cannot compare with the reference profile ({type(err).__name__}: {err})",
                            key=f"profile {row.model_name}/{row.model_version}: {err!r}")
             return None
-        return _Window(counts, parsed.start, parsed.end, row.id)
+        return _Window(counts, parsed.start, parsed.end, row.id, row.window_end)
 
     def _profile(self, name: str, version: int) -> Mapping | None:
         """The reference profile, cached once found (a bundle version never changes); None is not cached,
@@ -389,43 +392,49 @@ class DriftMonitor:
             if base not in target or target[base].late_by is not None:
                 target[base] = result
         profiles = {replace(scope, period_end=None): profile for scope, (profile, _) in scopes.items()}
-        for base, result in target.items():
-            profile = profiles[base]
+        items = []
+        for base in target:
             settings = self._settings(resolver, base.fleet, base.model_name)
-            try:
-                section = self._cusums.feed(session, base, profile, top=top, now=now,
-                                            lookback=settings.lookback_seconds, slot_seconds=settings.interval_seconds)
-            except Exception:  # noqa: BLE001 - one scope's detectors must not stop the others
-                log.exception("%s %s (%s v%s): sequential detectors failed", base.scope, base.scope_id,
-                              base.model_name, base.model_version)
-                continue
-            if section is not None:
-                result.report = {**result.report, SEQUENTIAL: section}
+            windows = scopes[base][1] if base in scopes else None  # None: only late results this run
+            items.append(Item(base, profiles[base], windows, settings.lookback_seconds, settings.interval_seconds))
+        sections = feed_batch(self._cusums, session, items, top=top, now=now)
+        for base, result in target.items():
+            if sections.get(base) is not None:
+                result.report = {**result.report, SEQUENTIAL: sections[base]}
 
     # alerts -----------------------------------------------------------------------------------------------
-    def _update_alerts(self, session: Session, result: DriftResult, now: float) -> None:
+    @staticmethod
+    def _open_alerts(session: Session, results: list[DriftResult]) -> dict[tuple, Alert]:
+        """The open alerts of the run's scopes, read once (a query per scope and kind was a round trip per
+        device), keyed (scope, scope_id, kind, model name, version); the oldest when there are two."""
+        wanted = {(r.scope, r.scope_id) for r in results}
+        alerts: dict[tuple, Alert] = {}
+        for alert in session.scalars(select(Alert).where(Alert.status == "open").order_by(Alert.id)):
+            key = (alert.scope, alert.scope_id, alert.kind, alert.model_name, alert.model_version)
+            if (alert.scope, alert.scope_id) in wanted:
+                alerts.setdefault(key, alert)
+        return alerts
+
+    def _update_alerts(self, session: Session, result: DriftResult, now: float,
+                       open_alerts: dict[tuple, Alert]) -> None:
         for kind in (*GROUPS, SEQUENTIAL):
             if kind not in result.report:
                 continue  # no sequential section: a late result, or a profile without magnitude facts
             verdict = result.report[kind]["verdict"]
             late_by = result.report[kind].get("late_by") if kind == SEQUENTIAL else result.late_by
-            alert = session.scalars(
-                select(Alert).where(
-                    Alert.status == "open", Alert.scope == result.scope, Alert.scope_id == result.scope_id,
-                    Alert.kind == kind, Alert.model_name == result.model_name,
-                    Alert.model_version == result.model_version,
-                )
-            ).first()
+            key = (result.scope, result.scope_id, kind, result.model_name, result.model_version)
+            alert = open_alerts.get(key)
             if verdict == DRIFT and alert is None:
-                self._open(session, result, kind, now, late_by)
+                open_alerts[key] = self._open(session, result, kind, now, late_by)
             elif result.late_by is not None:
                 continue  # the past cannot close an alert: only on-time evaluations do
             elif cleared(result.report[kind]) and alert is not None and self._ok_streak(session, result, kind, alert):
                 alert.status, alert.closed_at = "closed", now
+                del open_alerts[key]
                 log.info("alert %s closed: %s %s (%s v%s) %s ok on %d consecutive runs", alert.id, result.scope,
                          result.scope_id, result.model_name, result.model_version, kind, self.close_after)
 
-    def _open(self, session: Session, result: DriftResult, kind: str, now: float, late_by: float | None) -> None:
+    def _open(self, session: Session, result: DriftResult, kind: str, now: float, late_by: float | None) -> Alert:
         what = kind.replace("_", " ")
         late = "" if late_by is None else f"late ({late_by:.0f} s after its data, which arrived after the lookback): "
         message = (f"{late}{what} on {result.scope} {result.scope_id} ({result.model_name} v{result.model_version}, "
@@ -436,11 +445,12 @@ class DriftMonitor:
         evidence = quality_evidence(session, result.scope, result.scope_id, result.model_name, result.model_version)
         if evidence:  # a dead sensor or NaNs behind the drift: the pipeline, maybe not the world
             details["data_quality"] = evidence
-        session.add(Alert(scope=result.scope, scope_id=result.scope_id, fleet=result.fleet,
-                          model_name=result.model_name, model_version=result.model_version, kind=kind,
-                          message=message, details=details, status="open", opened_at=now,
-                          late_by=late_by))
+        alert = Alert(scope=result.scope, scope_id=result.scope_id, fleet=result.fleet,
+                      model_name=result.model_name, model_version=result.model_version, kind=kind,
+                      message=message, details=details, status="open", opened_at=now, late_by=late_by)
+        session.add(alert)
         log.warning("alert opened: %s", message)
+        return alert
 
     def _ok_streak(self, session: Session, result: DriftResult, kind: str, alert: Alert) -> bool:
         """True if the last `close_after` on-time results of this scope (this run's included) were all ok for

@@ -27,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ARRAY, String, any_, bindparam, insert, select, text, tuple_, update
+from sqlalchemy import ARRAY, String, any_, bindparam, insert, or_, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -136,11 +136,25 @@ def _touch(session: Session, windows: list[TelemetryWindow]) -> None:
     for window in windows:
         if window.device not in latest or window.end >= latest[window.device].end:
             latest[window.device] = window
-    if latest:  # one executemany: ORM bulk UPDATE by primary key
-        session.execute(update(Device), [
-            {"id": device, "last_seen": w.end, "model_name": w.model_name, "model_version": w.model_version}
-            for device, w in sorted(latest.items())
-        ])
+    rows = [{"id": device, "last_seen": w.end, "model_name": w.model_name, "model_version": w.model_version}
+            for device, w in sorted(latest.items())]
+    if not rows:
+        return
+    if not _postgres(session):  # one executemany: ORM bulk UPDATE by primary key, in device id order
+        session.execute(update(Device), rows)
+        return
+    # PostgreSQL: the rows are locked in device id order first (the order every writer of device rows
+    # keeps, so none waits on another in a cycle), then updated in one statement from one JSON text; an
+    # executemany of one UPDATE per device cost more than the windows' insert. FOR NO KEY UPDATE, the lock
+    # the UPDATE itself takes: FOR UPDATE would also wait on the key-share locks that inserts referencing
+    # a device take (a new deployment's 10,000 rows, in rollout order) and deadlock with them.
+    ids = bindparam("ids", [row["id"] for row in rows], type_=ARRAY(String))
+    session.execute(select(Device.id).where(Device.id == any_(ids)).order_by(Device.id)
+                    .with_for_update(key_share=True))
+    session.execute(text("UPDATE devices SET last_seen = v.last_seen, model_name = v.model_name, "
+                         "model_version = v.model_version FROM json_to_recordset(CAST(:rows AS json)) AS "
+                         "v(id varchar, last_seen float8, model_name varchar, model_version integer) "
+                         "WHERE devices.id = v.id"), {"rows": json.dumps(rows, allow_nan=False)})
 
 
 def _presence(session: Session, device: str, presence: Presence) -> str:
@@ -192,13 +206,23 @@ def _store_statuses(session: Session, statuses: list[tuple[Status, bytes]], tall
 
 
 def _apply_status(session: Session, status: Status, stamp: float) -> str:
-    row = session.scalar(select(DeploymentDevice).where(DeploymentDevice.deployment_id == status.deployment,
-                                                        DeploymentDevice.device_id == status.device))
+    """Moves the device's row of the status's deployment, in one UPDATE whose WHERE holds the stale check,
+    so a concurrent writer of the same row (another ingest worker) cannot apply an older status over a
+    newer one. The rows of a batch are updated in device id order, the order the rollout engine stamps
+    them in (cloud/rollout.py), so the two never deadlock."""
+    row = session.execute(select(DeploymentDevice.id, DeploymentDevice.command_id,
+                                 DeploymentDevice.rollback_command_id)
+                          .where(DeploymentDevice.deployment_id == status.deployment,
+                                 DeploymentDevice.device_id == status.device)).first()
     if row is None or status.command not in (row.command_id, row.rollback_command_id):
         return "status_unmatched"  # stored, but about no command of ours (an old or a foreign deployment)
-    if row.status_seq is not None and status.seq <= row.status_seq:
+    applied = session.execute(update(DeploymentDevice).where(
+        DeploymentDevice.id == row.id,
+        or_(DeploymentDevice.status_seq.is_(None), DeploymentDevice.status_seq < status.seq))
+        .values(state=status.state, reason=status.reason, status_seq=status.seq, updated_at=stamp)
+        .execution_options(synchronize_session=False)).rowcount
+    if not applied:
         return "status_stale"  # a newer status of this device was applied already
-    row.state, row.reason, row.status_seq, row.updated_at = status.state, status.reason, status.seq, stamp
     log.debug("ingest: %s is %s in deployment %s", status.device, status.state, status.deployment)
     return "status"
 

@@ -46,7 +46,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import paho.mqtt.client as mqtt
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.orm import sessionmaker
 
 from edgefleet.cloud.api.bundles import reference_profile
@@ -74,6 +74,7 @@ from edgefleet.core.topics import topic
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT = 10.0  # seconds to wait for the broker's PUBACK of one batch of commands
+SEND_CHUNK = 500  # install commands published, and stamped sent, per transaction
 
 
 class RolloutEngine:
@@ -250,10 +251,16 @@ class RolloutEngine:
     # commands ------------------------------------------------------------------------------------------
     def _send_installs(self, deployment: Deployment, rows: list[DeploymentDevice], strategy: Strategy) -> bool:
         """Sends the install commands due in waves 1..current, and re-sends those no status answered;
-        True if it changed any row."""
+        True if it changed any row.
+
+        Rows are claimed and stamped in device id order, the order the ingest applies statuses in
+        (cloud/ingest_store.py), so the two never wait on each other in a cycle; and they are published and
+        stamped SEND_CHUNK at a time, each chunk's `sent_at` in its own short transaction right after the
+        broker's acks, so a status the ingest applies meanwhile waits for a few hundred rows, not the
+        whole fleet, and a chunk acknowledged is never published again for want of its stamp."""
         now = time.time()
-        due = [r for r in rows if r.wave <= deployment.current_wave
-               and (r.sent_at is None or _resend_due(r, strategy, now))]
+        due = sorted((r for r in rows if r.wave <= deployment.current_wave
+                      and (r.sent_at is None or _resend_due(r, strategy, now))), key=lambda r: r.device_id)
         base_url = self.public_url()
         if not due or not self.connected.is_set() or not base_url:  # not connected, or the API not yet bound
             return False
@@ -263,34 +270,44 @@ class RolloutEngine:
                                       .values(updated_at=time.time())).rowcount
             if not claimed:
                 return False
-            for row in list(due):
-                if row.command_id is None:
-                    claimed = session.execute(update(DeploymentDevice).where(
-                        DeploymentDevice.id == row.id, DeploymentDevice.command_id.is_(None))
-                        .values(command_id=_command_id()).returning(DeploymentDevice.command_id)).scalar()
-                    if claimed is None:  # another engine claimed it since we read: it sends that one
-                        due.remove(row)
-                    row.command_id = claimed
+            wanted = {row.id: _command_id() for row in due if row.command_id is None}
+            if wanted:  # one statement for all; a row another engine claimed since we read keeps its id
+                table = DeploymentDevice.__table__
+                session.execute(update(table).where(table.c.id == bindparam("row_id"), table.c.command_id.is_(None))
+                                .values(command_id=bindparam("new_id")),
+                                [{"row_id": i, "new_id": c} for i, c in wanted.items()])
+                stored = dict(session.execute(select(DeploymentDevice.id, DeploymentDevice.command_id)
+                                              .where(DeploymentDevice.id.in_(list(wanted)))).all())
+                for row in due:
+                    if row.id in wanted:
+                        row.command_id = stored.get(row.id)
+                # another engine's id: that engine sends it
+                due = [row for row in due if row.id not in wanted or row.command_id == wanted[row.id]]
         with self.sessions() as session:
-            if session.scalar(select(Deployment.state).where(Deployment.id == deployment.id)) != "running":
-                return True  # aborted meanwhile: the ids stay unsent, and unsent devices get no rollback
             bundle = session.scalar(select(BundleRecord).where(BundleRecord.name == deployment.bundle_name,
                                                                BundleRecord.version == deployment.bundle_version))
-            devices = {d.id: d for d in session.scalars(select(Device).where(Device.id.in_([r.device_id
-                                                                                             for r in due])))}
         if bundle is None:
             raise EdgefleetError(f"bundle {deployment.bundle_name} v{deployment.bundle_version} left the registry")
-        commands = [(row, devices[row.device_id].fleet, self._install(deployment, bundle, devices[row.device_id],
-                                                                        row.command_id, strategy, base_url))
-                    for row in due]
-        sent = self._publish(commands)
-        if sent:
-            with self.sessions.begin() as session:
-                session.execute(update(DeploymentDevice), [
-                    {"id": row.id, "sent_at": stamp} if row.sent_at is None else
-                    {"id": row.id, "resent_at": stamp, "resends": (row.resends or 0) + 1} for row, stamp in sent])
-            again = [row.device_id for row, _ in sent if row.sent_at is not None]
-            log.info("deployment %s: sent install to %d device(s)%s", deployment.id, len(sent),
+        total, again = 0, []
+        for start in range(0, len(due), SEND_CHUNK):
+            chunk = due[start:start + SEND_CHUNK]
+            with self.sessions() as session:
+                if session.scalar(select(Deployment.state).where(Deployment.id == deployment.id)) != "running":
+                    return True  # aborted meanwhile: the ids stay unsent, and unsent devices get no rollback
+                devices = {d.id: d for d in session.scalars(select(Device).where(
+                    Device.id.in_([r.device_id for r in chunk])))}
+            sent = self._publish([(row, devices[row.device_id].fleet,
+                                   self._install(deployment, bundle, devices[row.device_id], row.command_id,
+                                                 strategy, base_url)) for row in chunk])
+            if sent:
+                with self.sessions.begin() as session:
+                    session.execute(update(DeploymentDevice), [
+                        {"id": row.id, "sent_at": stamp} if row.sent_at is None else
+                        {"id": row.id, "resent_at": stamp, "resends": (row.resends or 0) + 1} for row, stamp in sent])
+            total += len(sent)
+            again += [row.device_id for row, _ in sent if row.sent_at is not None]
+        if total:
+            log.info("deployment %s: sent install to %d device(s)%s", deployment.id, total,
                      f", again to {', '.join(again)} (no status yet)" if again else "")
         return True
 

@@ -13,9 +13,12 @@ broker must grant those connections every device topic of the fleet: a sim-only 
 `sim_users` of cloud/nats_config.py) or an anonymous local broker. Connection 0 also subscribes to the fleet's
 `cmd` topics and answers OTA commands as a device that installs at once: "active" with the new version
 (an install) or "rolled_back" to its previous one, sent on the device's own connection; its later windows
-carry that version. Seqs start at 1 per process, so ids carry a run token (`run`) unless told otherwise:
-the cloud dedupes on (device, seq). QoS 1; at most `max_inflight` unacknowledged messages per connection,
-beyond which the sender waits (the rate it reports is what the broker acknowledged, not what was offered).
+carry that version. Like the agent (edge_runtime/agent.py), a device ignores a command id it has handled
+(the cloud's re-send of a command it saw no status for); `commands` counts every command received,
+`repeated` those ignored, so commands received per device is what the cloud sent. Seqs start at 1 per
+process, so ids carry a run token (`run`) unless told otherwise: the cloud dedupes on (device, seq).
+QoS 1; at most `max_inflight` unacknowledged messages per connection, beyond which the sender waits (the
+rate it reports is what the broker acknowledged, not what was offered).
 """
 
 from __future__ import annotations
@@ -115,7 +118,8 @@ class LightFleet:
         self.index = {device: i for i, device in enumerate(self.ids)}
         self.rate, self.connections, self.max_inflight = rate, connections, max_inflight
         self.username, self.password = username, password
-        self.sent = self.acked = self.commands = 0
+        self.sent = self.acked = self.commands = self.repeated = 0
+        self.handled: dict[int, set[str]] = {}  # device -> the command ids it answered
         self._links: list[Link] = []
         self._counter = threading.Lock()
         self._commands: queue.Queue[tuple[str, bytes] | None] = queue.Queue()
@@ -226,6 +230,10 @@ class LightFleet:
                 log.warning("light sim: a command for no device of this process, or unreadable: %.200r", payload)
                 continue
             self.commands += 1
+            if command.id in self.handled.setdefault(device, set()):
+                self.repeated += 1
+                continue
+            self.handled[device].add(command.id)
             if command.op == "install" and command.bundle is not None:
                 self.previous[device] = self.versions[device]
                 self.versions[device] = command.bundle.version
@@ -240,6 +248,6 @@ class LightFleet:
     def status(self) -> dict:
         with self._counter:
             return {"devices": len(self.ids), "connections": self.connections, "sent": self.sent,
-                    "acked": self.acked, "commands": self.commands,
+                    "acked": self.acked, "commands": self.commands, "repeated": self.repeated,
                     "connected": sum(link.up.is_set() for link in self._links)}
 

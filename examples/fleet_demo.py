@@ -35,12 +35,12 @@ from bundle_versions import damaged, retrained
 from rich.console import Console
 from rich.live import Live
 
-from edgefleet.cli.cloud_client import CloudClient
 from edgefleet.cli.fleet_commands import alerts_table, drift_table, sim_table
 from edgefleet.cli.rollout_commands import deployment_tables
 from edgefleet.cloud.auth import VIEWER, create_token
 from edgefleet.cloud.server import CloudServer
 from edgefleet.cloud.settings import load_settings
+from edgefleet.core.api_client import CloudClient
 from edgefleet.core.bundle import Bundle
 from edgefleet.core.signing import SigningKey
 from edgefleet.edge_runtime.sim import DriftPlan, FleetSimulation

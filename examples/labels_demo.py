@@ -28,11 +28,11 @@ import httpx
 import numpy as np
 from rich.console import Console
 
-from edgefleet.cli.cloud_client import CloudClient
 from edgefleet.cli.fleet_commands import alerts_table
 from edgefleet.cli.performance_commands import performance_table
 from edgefleet.cloud.server import CloudServer
 from edgefleet.cloud.settings import load_settings
+from edgefleet.core.api_client import CloudClient
 from edgefleet.core.bundle import Bundle
 from edgefleet.edge_runtime.agent import DeviceAgent
 from edgefleet.edge_runtime.background import BackgroundThreads

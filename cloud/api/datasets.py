@@ -3,6 +3,8 @@
 - `POST /api/v1/datasets` {"name", "fleet"?, "device"?, "model"?, "version"?, "since"?, "until"?, "slice"?,
   "labelled_only"?}: freezes the next version of the named dataset from the captures the filter selects
   (201 with its record; 400 for an empty or inconsistent selection, 422 for a malformed filter).
+- `POST /api/v1/datasets/count` {the same filter, no name}: what freezing it now would hold ({"samples",
+  "rows", "unlabelled"}), nothing stored.
 - `GET /api/v1/datasets?name=`: every version (no member lists).
 - `GET /api/v1/datasets/{name}/{version}?samples=true`: one version ("latest" or a number), with its
   member list when asked.
@@ -24,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from edgefleet.cloud.api.deps import SessionDep, SessionsDep
 from edgefleet.cloud.dataset_store import (
     DatasetFilter,
+    count_selection,
     create_dataset,
     describe,
     export_arrays,
@@ -36,10 +39,9 @@ router = APIRouter(tags=["datasets"])
 ID = ID_PATTERN.pattern
 
 
-class DatasetIn(BaseModel):
+class FilterIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=ID)
     fleet: str | None = Field(default=None, pattern=ID)
     device: str | None = Field(default=None, pattern=ID)
     model: str | None = Field(default=None, min_length=1, max_length=128)
@@ -50,10 +52,19 @@ class DatasetIn(BaseModel):
     labelled_only: bool = False
 
 
+class DatasetIn(FilterIn):
+    name: str = Field(pattern=ID)
+
+
 @router.post("/datasets", status_code=status.HTTP_201_CREATED)
 def post_dataset(body: DatasetIn, session: SessionDep) -> dict:
     where = DatasetFilter(**body.model_dump(exclude={"name"}))
     return describe(create_dataset(session, body.name, where))
+
+
+@router.post("/datasets/count")
+def post_count(body: FilterIn, session: SessionDep) -> dict:
+    return count_selection(session, DatasetFilter(**body.model_dump()))
 
 
 @router.get("/datasets")

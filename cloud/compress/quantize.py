@@ -187,8 +187,8 @@ def quantize_static_int8(
     model instead (no labels). With max_drop too, the accuracy gate (gate.py) keeps the most harmful
     nodes in float until the drop (1 - agreement without labels) is within max_drop; gate_candidates
     overrides which nodes (or groups of nodes, kept in float together) it may keep in float;
-    gate_strategy: "auto", "rank", "prefix" or "sensitivity" (gate.py). bias_correction (QDQ only): each quantized
-    Conv/Gemm bias takes back the mean shift its rounded weights add (bias_correction.py).
+    gate_strategy: "auto", "rank", "prefix", "sensitivity" or "budget" (gate.py). bias_correction (QDQ only): each
+    quantized Conv/Gemm bias takes back the mean shift its rounded weights add (bias_correction.py).
     equalization: consecutive convolutions not separated by a clipping activation are rescaled channel
     by channel first (cross-layer equalization, equalize.py; exact in float; the options record which
     pairs and which were skipped). Off by default: on the pretrained EfficientNet-Lite0 it reaches 2 of

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefleet.cli.cloud_client import CloudClient
 from edgefleet.cloud.loop.policy import Policy
+from edgefleet.core.api_client import CloudClient
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.signing import SigningKey, TrustStore
 
@@ -152,11 +152,17 @@ def _stages(policy: Policy, client: CloudClient, rec: _Recorder, trust: TrustSto
     return bundle
 
 
-def _dataset_stage(policy: Policy, client: CloudClient, rec: _Recorder, work: Path) -> tuple[Path, Path | None]:
+def dataset_filter(policy: Policy) -> dict:
+    """The captures a run freezes now: the fleet's labelled samples of the model, within the policy's window."""
     selection = policy.dataset
     since = selection.since if selection.window_s is None else time.time() - selection.window_s
-    body = {"name": selection.name, "fleet": policy.fleet, "model": policy.model, "labelled_only": True,
+    return {"fleet": policy.fleet, "model": policy.model, "labelled_only": True,
             **({"since": since} if since is not None else {})}
+
+
+def _dataset_stage(policy: Policy, client: CloudClient, rec: _Recorder, work: Path) -> tuple[Path, Path | None]:
+    selection = policy.dataset
+    body = {"name": selection.name, **dataset_filter(policy)}
     with rec.stage("dataset", body) as result:
         record = client.post_json("/api/v1/datasets", body)
         result["outputs"] = {k: record.get(k) for k in ("name", "version", "fingerprint", "samples", "rows")}

@@ -11,8 +11,12 @@ its id in `trigger.alert_id` (whatever its outcome) uses it up, so a failed run 
 the same alert, and the alerts other devices of the fleet raised for the same condition before that run
 started are covered by it (each device's drift is its own alert: four drifting cameras must not retrain
 four times). An alert opened later (the condition came back, or a new one) fires again. The oldest such
-alert fires first. A run the dataset stage stopped (fewer labelled rows than `min_samples`: the labels
-have not arrived yet) uses nothing up, so the next check tries again.
+alert fires first.
+
+Readiness: before it runs, the watcher counts the labelled rows a run's dataset stage would freeze now
+(POST /api/v1/datasets/count); while they are fewer than the policy's `min_samples` (the labels have not
+arrived yet) it records nothing, keeps the count in `waiting` and checks again next interval. A run the
+dataset stage stopped anyway (`edgefleet loop run`, or labels deleted in between) uses nothing up either.
 
     watcher = LoopWatcher(policy, client, trust, interval=10.0, workdir=Path("runs/loop")).start()
     ...
@@ -29,9 +33,9 @@ import threading
 import time
 from pathlib import Path
 
-from edgefleet.cli.cloud_client import CloudClient
 from edgefleet.cloud.loop.policy import Policy
-from edgefleet.cloud.loop.runner import RunOutcome, run_policy
+from edgefleet.cloud.loop.runner import RunOutcome, dataset_filter, run_policy
+from edgefleet.core.api_client import CloudClient
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.signing import TrustStore
 
@@ -78,6 +82,7 @@ class LoopWatcher:
                  workdir: Path = Path("runs/loop")) -> None:
         self.policy, self.client, self.trust, self.interval, self.workdir = policy, client, trust, interval, workdir
         self.outcomes: list[RunOutcome] = []
+        self.waiting: dict | None = None  # the trigger that fired and the labelled rows it waits for, or None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"loop-{policy.name}", daemon=True)
 
@@ -94,6 +99,15 @@ class LoopWatcher:
         trigger = due_trigger(self.policy, self.client)
         if trigger is None:
             return None
+        rows = self.client.post_json("/api/v1/datasets/count", dataset_filter(self.policy))["rows"]
+        if rows < self.policy.dataset.min_samples:
+            if self.waiting is None:
+                log.info("policy %s: trigger %s fired; waiting for %d labelled rows", self.policy.name, trigger,
+                         self.policy.dataset.min_samples)
+            self.waiting = {"trigger": trigger, "rows": rows, "needed": self.policy.dataset.min_samples,
+                            "since": (self.waiting or {}).get("since", time.time())}
+            return None
+        self.waiting = None
         log.info("policy %s: trigger %s fired; running it", self.policy.name, trigger)
         outcome = run_policy(self.policy, self.client, trust=self.trust, workdir=self.workdir, trigger=trigger,
                              progress=lambda text: log.info("loop %s: %s", self.policy.name, text))

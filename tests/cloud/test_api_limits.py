@@ -15,8 +15,8 @@ import httpx
 import psutil
 import pytest
 
-from edgefleet.cli.cloud_client import CloudClient
 from edgefleet.cloud.api.errors import INTERNAL_ERROR
+from edgefleet.core.api_client import CloudClient
 from edgefleet.core.archive import pack
 from edgefleet.core.errors import EdgefleetError
 from tests.cloud.api_kit import (

@@ -5,6 +5,7 @@ unacknowledged; they are stored once the database answers again, nothing lost, n
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -131,3 +132,23 @@ def test_a_lock_longer_than_the_busy_timeout_costs_no_window(tmp_path, mosquitto
         ingest.stop()
         other.dispose()
         engine.dispose()
+
+
+def test_windows_move_each_device_to_its_newest_window_on_postgres(postgres, mosquitto, publisher):
+    """On PostgreSQL a batch updates the device rows in one statement from JSON (cloud/ingest_store.py):
+    each device ends with its newest window's end and model, and a device with no window is left alone."""
+    sessions = fresh_sessions(postgres, "ingest_touch")
+    with sessions.begin() as session:
+        session.add_all([Device(id=d, fleet="lab", password_hash="x") for d in ("d1", "d2", "d3")])
+    ingest = start_ingest(sessions, mosquitto)
+    try:
+        updated = dataclasses.replace(window("d1", 2), model_name="digits-cnn-v2", model_version=2)
+        for payload in (window("d1", 1), updated, window("d2", 5)):
+            publish(publisher, topic("lab", payload.device, "telemetry"), payload.to_payload())
+        wait_for(lambda: counters(sessions).get("accepted", 0) >= 3)
+        with sessions() as session:
+            rows = {d.id: (d.last_seen, d.model_name, d.model_version) for d in session.scalars(select(Device))}
+        assert rows == {"d1": (1062.0, "digits-cnn-v2", 2), "d2": (1065.0, "digits-cnn", 1), "d3": (None, None, None)}
+    finally:
+        ingest.stop()
+        sessions.kw["bind"].dispose()

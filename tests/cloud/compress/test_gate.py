@@ -8,7 +8,13 @@ import onnx
 import pytest
 
 from edgefleet.cloud.compress.evaluate import onnx_outputs
-from edgefleet.cloud.compress.gate import SENSITIVITY_ROWS, divergence, prefix_ladder
+from edgefleet.cloud.compress.gate import (
+    FLOAT_WEIGHT_BUDGET,
+    SENSITIVITY_ROWS,
+    divergence,
+    prefix_ladder,
+    weight_counts,
+)
 from edgefleet.cloud.compress.quantize import QuantizationError, quantize_static_int8
 
 CALIBRATION_ROWS = 512
@@ -57,6 +63,22 @@ def test_the_sensitivity_gate_keeps_the_groups_that_hurt_most_in_float(digits_bu
 
 
 def test_an_unknown_gate_strategy_is_refused(digits_bundle, digits_splits, tmp_path):
-    with pytest.raises(QuantizationError, match="gate strategy must be 'auto', 'rank', 'prefix' or 'sensitivity'"):
+    with pytest.raises(QuantizationError, match="must be 'auto', 'rank', 'prefix', 'sensitivity' or 'budget'"):
         quantize_static_int8(digits_bundle.root, tmp_path / "int8", digits_splits.x_train[:64] * 0.3,
                              eval_data=(digits_splits.x_test, None), max_drop=0.0, gate_strategy="best")
+
+
+def test_the_budget_gate_keeps_no_more_than_its_share_of_the_weights_in_float(digits_bundle, digits_splits, tmp_path):
+    # The same under-exposed calibration: "sensitivity" meets the gate by keeping groups in float, but on
+    # this small CNN the most sensitive groups hold most of the weights, so the budget binds and the gate
+    # fails with its trials rather than returning a model that is mostly float.
+    dim = digits_splits.x_train[:CALIBRATION_ROWS] * 0.3
+    with pytest.raises(QuantizationError, match="no set of float nodes meets the accuracy gate") as caught:
+        quantize_static_int8(digits_bundle.root, tmp_path / "budget", dim, max_drop=0.01, bias_correction=False,
+                             eval_data=(digits_splits.x_test, digits_splits.y_test), gate_strategy="budget")
+    weights = weight_counts(digits_bundle.root / "model.onnx")
+    steps = caught.value.steps
+    assert steps[0]["excluded"] == [] and steps[0]["drop"] > 0.01 and len(steps) > 1
+    for step in steps[1:]:
+        kept = sum(weights.get(n, 0) for n in step["excluded"])
+        assert 0 < kept <= FLOAT_WEIGHT_BUDGET * sum(weights.values())

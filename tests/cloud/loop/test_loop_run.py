@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from edgefleet.core.bundle import Bundle
+from examples.loop_fleet import LabelledTraffic, brighter, device_accuracy, start_agents, write_policy
 from tests.cli.test_bundle_commands import edgefleet
-from tests.cloud.loop.loop_kit import LabelledTraffic, brighter, device_accuracy, start_agents, write_policy
 from tests.cloud.rollout_kit import (  # noqa: F401 - fixtures, found by pytest under their names
     GZIP,
     no_edgefleet_environment_fixture,
@@ -79,8 +79,8 @@ def test_a_drifted_fleet_is_retrained_and_moved_to_v2_and_bad_candidates_are_sto
         with LabelledTraffic(urls, splits.x_train, splits.y_train, cloud.server.url, cloud.token) as traffic:
             before = {name: device_accuracy(url, bright, splits.y_test) for name, url in urls.items()}
             traffic.drift.set()
-            wait_until(lambda: drift_alerts(cloud) and labelled_rows(cloud) >= 600,
-                       "a drift alert and 600 labelled captured rows", 120)
+            wait_until(lambda: drift_alerts(cloud) and labelled_rows(cloud) >= 400,
+                       "a drift alert and the policy's 400 labelled captured rows", 120)
 
             first = edgefleet("loop", "watch", "--policy", str(good), "--once", "--workdir", str(good.parent / "runs"),
                               env={"EDGEFLEET_CLOUD": cloud.server.url, "EDGEFLEET_TOKEN": cloud.token}, cwd=REPO)

@@ -10,39 +10,11 @@ import pytest
 
 from edgefleet.cloud.loop.policy import PolicyError, load_policy
 from edgefleet.core.signing import SigningKey
+from examples.loop_fleet import policy_text
 from tests.cli.test_bundle_commands import assert_user_error, edgefleet
 
-VALID = """
-name = "digits-bright"
-model = "digits-cnn"
-fleet = "lab"
-[trigger]
-kind = "drift"
-[training]
-function = "examples.loop_train_digits:retrain"
-mode = "scratch"
-reference_data = "reference.npz"
-[dataset]
-window = "7d"
-min_samples = 100
-holdout_fraction = 0.25
-[recipe]
-targets = ["onnxruntime-cpu"]
-[[recipe.step]]
-method = "quantize_dynamic"
-[evaluation]
-heldout = "heldout.npz"
-critical_slices = ["clean"]
-[deployment]
-waves = [50, 100]
-wave_timeout = 90
-[deployment.gates]
-max_accuracy_drop = 0.05
-observation_seconds = 8
-[signing]
-key = "keys/release.key"
-trust = ["keys/release.pub"]
-"""
+VALID = policy_text(function="examples.loop_train_digits:retrain", key="keys/release.key",
+                    trust="keys/release.pub", min_samples=100, window="7d", critical=("clean",))
 
 
 @pytest.fixture

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.cli.cloud_client import CloudClient
 from edgefleet.cloud.db import Alert
 from edgefleet.cloud.loop.policy import load_policy
-from edgefleet.cloud.loop.trigger import due_trigger
+from edgefleet.cloud.loop.trigger import LoopWatcher, due_trigger
+from edgefleet.core.api_client import CloudClient
+from edgefleet.core.signing import TrustStore
 from tests.cloud.loop.test_policy import VALID, folder  # noqa: F401 - the policy fixture's folder
 
 RUN = {"policy": "digits-bright", "model": "digits-cnn", "fleet": "lab", "trigger": {"kind": "manual"}}
@@ -99,3 +100,28 @@ def test_a_schedule_fires_every_period(cloud, folder: Path):  # noqa: F811
     new_run(cloud, trigger={"kind": "schedule"})
     assert due_trigger(policy, client) is None
     assert due_trigger(policy, client, now=time.time() + 3601)["kind"] == "schedule"
+
+
+def test_a_fired_trigger_waits_for_labelled_rows_and_records_nothing(cloud, folder: Path):  # noqa: F811
+    (folder / "policy.toml").write_text(VALID)
+    policy = load_policy(folder / "policy.toml")
+    watcher = LoopWatcher(policy, CloudClient(cloud.server.url, cloud.token), TrustStore.from_paths([]),
+                          workdir=folder / "runs")
+    assert watcher.check_once() is None and watcher.waiting is None  # no alert: nothing to wait for
+    alert = add_alert(cloud, "data_drift", time.time() - 1)
+    for _ in range(2):
+        assert watcher.check_once() is None
+    assert watcher.waiting["trigger"]["alert_id"] == alert
+    assert (watcher.waiting["rows"], watcher.waiting["needed"]) == (0, 100)
+    assert cloud.client.get("/api/v1/loop/runs").json() == []  # no run recorded while the labels are missing
+    assert not (folder / "runs").exists()
+
+
+def test_counting_a_dataset_filter_stores_nothing_and_refuses_a_bad_filter(cloud):
+    counted = cloud.client.post("/api/v1/datasets/count", json={"fleet": "lab", "labelled_only": True})
+    assert counted.status_code == 200, counted.text
+    assert counted.json() == {"samples": 0, "rows": 0, "unlabelled": 0}
+    assert cloud.client.get("/api/v1/datasets").json() == []
+    for body, status in (({"fleet": "lab", "name": "x"}, 422), ({"since": 20.0, "until": 10.0}, 400)):
+        refused = cloud.client.post("/api/v1/datasets/count", json=body)
+        assert refused.status_code == status, refused.text

@@ -1,10 +1,12 @@
-"""The pieces of the loop scenario that are not tests (test_loop_run.py, benchmarks/bench_loop.py): device
-agents that capture their requests, live traffic whose true labels reach the device at once (for the canary's
-accuracy gate) and the cloud's feedback API after a delay (the labels that join the captures), accuracy per
-device over HTTP, and the policy file."""
+"""The fleet of the loop scenario (examples/loop_demo.py, which `make demo`, tests/cloud/loop/test_loop_run.py
+and benchmarks/bench_loop.py run): device agents that capture their requests, live traffic whose true labels
+reach the device at once (for the canary's accuracy gate) and the cloud's feedback API after a delay (the
+labels that join the captures), accuracy per device over HTTP, and the policy file."""
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 from collections import deque
@@ -14,15 +16,21 @@ import httpx
 import numpy as np
 
 from edgefleet.edge_runtime.agent import DeviceAgent
+from edgefleet.edge_runtime.background import BackgroundThreads
 from edgefleet.edge_runtime.device_config import CloudConfig, DeviceConfig, MqttConfig
 from edgefleet.edge_runtime.sim import register_device
-from tests.mosquitto import free_port
 
 BRIGHTNESS = 0.5  # the new condition: every pixel brighter by half the range (edge_runtime/sim.py's drift)
 
 
 def brighter(x: np.ndarray) -> np.ndarray:
     return np.clip(x + BRIGHTNESS, 0.0, 1.0).astype(np.float32)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def start_agents(cloud_url: str, token: str, mqtt_url: str, bundle: Path, public_key: Path, workdir: Path,
@@ -42,7 +50,7 @@ def start_agents(cloud_url: str, token: str, mqtt_url: str, bundle: Path, public
     return agents
 
 
-class LabelledTraffic:
+class LabelledTraffic(BackgroundThreads):
     """Per device a thread asking for 4 rows every `period` s, drawn from `x` (clean) and, once `drift` is set,
     half from brighter(x). Each prediction's labels go to the device's POST /v1/feedback at once and to the
     cloud's POST /api/v1/feedback `delay` seconds later (a labelling team's answer)."""
@@ -96,15 +104,8 @@ class LabelledTraffic:
                 else:
                     self.failures.append(f"cloud feedback {sent.status_code}: {sent.text}")
 
-    def __enter__(self) -> LabelledTraffic:
-        for thread in self.threads:
-            thread.start()
-        return self
-
     def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(10)
+        super().__exit__(*exc)
         self.cloud.close()
 
 
@@ -121,17 +122,13 @@ def device_accuracy(url: str, x: np.ndarray, y: np.ndarray) -> float:
     return correct / len(y)
 
 
-def write_policy(folder: Path, *, function: str, private_key: Path, public_key: Path, x_train: np.ndarray,
-                 y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, name: str = "digits-bright") -> Path:
+def policy_text(*, function: str, key: str, trust: str, min_samples: int = 400, window: str | None = None,
+                critical: tuple[str, ...] = ("clean", "bright"), name: str = "digits-bright") -> str:
     """The scenario's policy: scratch retraining on the reference data and the fleet's labelled captures,
-    dynamic int8, onnxruntime, judged on clean and bright held-out digits (clean is critical), deployed in
-    two waves whose first is judged by its measured accuracy against the control."""
-    folder.mkdir(parents=True, exist_ok=True)
-    np.savez(folder / "reference.npz", pixels=x_train, y=y_train)
-    np.savez(folder / "heldout.npz", pixels=np.concatenate([x_test, brighter(x_test)]),
-             y=np.concatenate([y_test, y_test]), slice=np.array(["clean"] * len(y_test) + ["bright"] * len(y_test)))
-    path = folder / f"{name}.toml"
-    path.write_text(f"""
+    dynamic int8, onnxruntime, judged on clean and bright held-out digits, deployed in two waves whose first
+    is judged by its measured accuracy against the control. Paths are as the file gives them (relative ones
+    are read beside it)."""
+    return f"""
 name = "{name}"
 model = "digits-cnn"
 fleet = "lab"
@@ -142,7 +139,8 @@ function = "{function}"
 mode = "scratch"
 reference_data = "reference.npz"
 [dataset]
-min_samples = 400
+{f'window = "{window}"' if window else ""}
+min_samples = {min_samples}
 holdout_fraction = 0.25
 [recipe]
 targets = ["onnxruntime-cpu"]
@@ -150,7 +148,7 @@ targets = ["onnxruntime-cpu"]
 method = "quantize_dynamic"
 [evaluation]
 heldout = "heldout.npz"
-critical_slices = ["clean", "bright"]
+critical_slices = {json.dumps(list(critical))}
 [deployment]
 waves = [50, 100]
 wave_timeout = 90
@@ -161,7 +159,19 @@ max_accuracy_drop = 0.05
 observation_seconds = 8
 min_labels = 100
 [signing]
-key = "{private_key}"
-trust = ["{public_key}"]
-""")
+key = "{key}"
+trust = ["{trust}"]
+"""
+
+
+def write_policy(folder: Path, *, function: str, private_key: Path, public_key: Path, x_train: np.ndarray,
+                 y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, name: str = "digits-bright") -> Path:
+    """policy_text() with its data beside it: the reference digits, and the held-out ones clean and bright
+    (clean is critical: the new model must not lose the old condition)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "reference.npz", pixels=x_train, y=y_train)
+    np.savez(folder / "heldout.npz", pixels=np.concatenate([x_test, brighter(x_test)]),
+             y=np.concatenate([y_test, y_test]), slice=np.array(["clean"] * len(y_test) + ["bright"] * len(y_test)))
+    path = folder / f"{name}.toml"
+    path.write_text(policy_text(function=function, key=str(private_key), trust=str(public_key), name=name))
     return path

@@ -6,7 +6,8 @@ stream starts after it and brings one sample per evaluation. At every evaluation
 
 - project: the CUSUMs of cloud/drift_sequential.py (mean and spread, each threshold from the reference
   for an ARL0 of 500 windows) fed the new window, or the window rule of cloud/drift.py (min_samples 3) on the last
-  `lookback` samples saying drift on the feature;
+  `lookback` samples saying drift on the feature (its tests judging n / F effective samples, F from the
+  reference's lag-1 autocorrelation, cloud/drift_dependence.py; "reference_lag1" in each row);
 - scipy: the two-sample KS test of the same last `lookback` samples against the reference, p < 0.01.
 
 Delay: samples after the documented change until the first alarm, within the documented regime's
@@ -139,6 +140,7 @@ def measure(series: Series) -> dict:
                      f"({series.reference_end - series.start} samples)",
         "change_at": series.labels[series.change], "window_samples": 1, "lookback_samples": series.lookback,
         "horizon_samples": series.horizon,
+        "reference_lag1": judges.facts.get("lag1"),
         "cusum_threshold": judges.threshold, "cusum_spread_threshold": judges.spread_threshold,
         "delay_samples_after_change": delay,
         "detected": {"project": delay["project"] is not None, "scipy_ks": delay["ks"] is not None},

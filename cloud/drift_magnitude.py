@@ -52,8 +52,9 @@ def facts_of(feature: Mapping, row: int) -> dict | None:
     std = facts["std"][row]
     if std is None or not std > 0:
         return None
+    lag1 = (facts.get("lag1") or [None] * (row + 1))[row]  # a profile written before it: None, the iid tests
     return {"values": bin_values(feature["edges"][row], facts["bin_means"][row]), "mean": float(facts["mean"][row]),
-            "std": float(std)}
+            "std": float(std), "lag1": None if lag1 is None else float(lag1)}
 
 
 def location(observed: np.ndarray, reference: np.ndarray, facts: Mapping | None) -> dict | None:

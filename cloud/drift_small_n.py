@@ -60,14 +60,18 @@ def ks_statistics(window: np.ndarray, pooled: np.ndarray) -> np.ndarray:
 
 
 def permutation_p(observed: np.ndarray, reference: np.ndarray, *, ordered: bool = False, alpha: float | None = None,
-                  permutations: int = PERMUTATIONS, seed: int = SEED) -> float:
+                  inflation: float = 1.0, permutations: int = PERMUTATIONS, seed: int = SEED) -> float:
     """The permutation p-value of [observed, reference] (integer counts): of the chi-square statistic, and
     for ordered bins also of the KS statistic (more powerful for a shift of location: the Nile's is seen
     3 years sooner), then min(p_chi2, p_ks) * 2 (Bonferroni over the two, so still at most the level).
 
     With `alpha`, the first tenth of the draws decides when it is clear: a p-value over 2 * alpha from
     them is returned as it is (the common clean case costs a tenth); otherwise all draws are made. The
-    same seed makes the first draws the same, so the answer never depends on which way it went."""
+    same seed makes the first draws the same, so the answer never depends on which way it went.
+
+    `inflation` (F >= 1, cloud/drift_dependence.py): serially dependent samples spread the statistics
+    wider than exchangeable ones, so the observed chi-square is compared as statistic / F and KS as
+    statistic / sqrt(F) (n / F effective samples); 1.0 is the exact test."""
     obs = np.asarray(observed, dtype=np.int64)
     ref = np.asarray(reference, dtype=np.int64)
     used = (obs + ref) > 0
@@ -75,7 +79,9 @@ def permutation_p(observed: np.ndarray, reference: np.ndarray, *, ordered: bool 
     if len(pooled) < 2:
         return 1.0  # one non-empty bin: the table says nothing
     tests = [chi_square_statistics] + ([ks_statistics] if ordered else [])
-    observed_stats = [test(obs, pooled) * (1 - 1e-12) for test in tests]  # ties count against drift
+    scales = [inflation] + ([np.sqrt(inflation)] if ordered else [])
+    observed_stats = [test(obs, pooled) * (1 - 1e-12) / scale  # ties count against drift
+                      for test, scale in zip(tests, scales, strict=True)]
     rng = np.random.default_rng(seed)
     at_least, made = np.zeros(len(tests), np.int64), 0
     for size in (permutations // 10, permutations - permutations // 10):

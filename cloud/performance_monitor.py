@@ -37,7 +37,7 @@ from edgefleet.cloud.drift_settings import MonitorSettings, SettingsResolver
 from edgefleet.cloud.leases import FLEETS, ShardLeases, shard_of
 from edgefleet.cloud.performance_settings import PerformanceResolver, PerformanceSettings
 from edgefleet.cloud.periodic import PeriodicWorker
-from edgefleet.cloud.slice_alerts import judge_slices, slice_references
+from edgefleet.cloud.slice_alerts import judge_slices, open_or_close, slice_references
 from edgefleet.core.calibration import calibration_of, estimated_accuracy
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.labels import merge_labels
@@ -64,6 +64,7 @@ class PerformanceMonitor(PeriodicWorker):
         self.interval_seconds = drift.interval_seconds
         self._profiles: dict[tuple[str, int], Mapping | None] = {}
         self._slice_references: dict[tuple[str, int], dict] = {}  # bundles are immutable: read once
+        self._baselines: dict[tuple, tuple[float, str]] = {}  # (scope key, slice) -> its earlier accuracy, once found
         super().__init__()
 
     def run_once(self, now: float | None = None) -> list[dict]:
@@ -100,7 +101,9 @@ class PerformanceMonitor(PeriodicWorker):
                 judged += judge_slices(session, key, windows, now, self._resolve(drops, key[2], key[3]).drop,
                                        self._resolve(drift, key[2], key[3]).thresholds.min_samples,
                                        self._references(session, key[3], key[4]),
-                                       (calibration_of(self._profile(key[3], key[4])) or {}).get("measured_accuracy"))
+                                       (calibration_of(self._profile(key[3], key[4])) or {}).get("measured_accuracy"),
+                                       before=now - self._resolve(drift, key[2], key[3]).lookback_seconds,
+                                       baselines=self._baselines)
             session.commit()
         return judged
 
@@ -113,7 +116,7 @@ class PerformanceMonitor(PeriodicWorker):
 
     def _judge(self, session: Session, key: tuple, windows: list, now: float, drop: float,
                min_samples: int) -> dict | None:
-        scope, scope_id, fleet, name, version = key
+        scope, scope_id, _, name, version = key
         calibration = calibration_of(self._profile(name, version))
         counts = [w.confidence for w in windows if w.confidence]
         if calibration is None or not counts or len({len(c) for c in counts}) != 1:
@@ -133,20 +136,12 @@ class PerformanceMonitor(PeriodicWorker):
         alert = session.scalars(select(Alert).where(
             Alert.status == "open", Alert.scope == scope, Alert.scope_id == scope_id, Alert.kind == KIND,
             Alert.model_name == name, Alert.model_version == version)).first()
-        if alert is None and expected - estimate > drop:
-            measured = record["measured_accuracy"]
-            said = f"; measured on {record['labels']} labels: {measured:.3f}" if measured is not None else \
-                "; no labels yet"
-            message = (f"estimated accuracy on {scope} {scope_id} ({name} v{version}, {samples} samples) is "
-                       f"{estimate:.3f}, {expected - estimate:.3f} below the {expected:.3f} its calibration expects "
-                       f"(threshold {drop:g}), estimated without labels{said}")
-            session.add(Alert(scope=scope, scope_id=scope_id, fleet=fleet, model_name=name, model_version=version,
-                              kind=KIND, message=message, details=record, status="open", opened_at=now))
-            log.warning("alert opened: %s", message)
-        elif alert is not None and expected - estimate <= drop / 2:
-            alert.status, alert.closed_at = "closed", now
-            log.info("alert %s closed: estimated accuracy %.3f is back within %.3g of %.3f", alert.id, estimate,
-                     drop / 2, expected)
+        measured = record["measured_accuracy"]
+        said = f"; measured on {record['labels']} labels: {measured:.3f}" if measured is not None else "; no labels yet"
+        message = (f"estimated accuracy on {scope} {scope_id} ({name} v{version}, {samples} samples) is "
+                   f"{estimate:.3f}, {expected - estimate:.3f} below the {expected:.3f} its calibration expects "
+                   f"(threshold {drop:g}), estimated without labels{said}")
+        open_or_close(session, key, KIND, alert, expected - estimate, drop, now, record, message)
         return record
 
     def _profile(self, name: str, version: int) -> Mapping | None:

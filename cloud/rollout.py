@@ -75,6 +75,7 @@ log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT = 10.0  # seconds to wait for the broker's PUBACK of one batch of commands
 SEND_CHUNK = 500  # install commands published, and stamped sent, per transaction
+PENDING_LIMIT = 60.0  # seconds a publish is held unstamped (see RolloutEngine._publish) before it is redone
 
 
 class RolloutEngine:
@@ -101,6 +102,8 @@ class RolloutEngine:
         self.interval = interval_seconds or settings.rollout_interval_seconds
         self.leases = leases
         self._leased: set[str] = set()  # the deployment leases held after the last tick
+        # (row id, command id) -> a publish not yet stamped sent, and when it was queued (see _publish)
+        self._held: dict[tuple[int, str], tuple[mqtt.MQTTMessageInfo, float]] = {}
         self.profile_for = profile_for or (lambda name, version: reference_profile(sessions, settings, name, version))
         # Loaded now, so that a bad key file fails the start rather than a deployment.
         self.rollback_key = SigningKey.load(settings.rollback_key) if settings.rollback_key else None
@@ -304,6 +307,7 @@ class RolloutEngine:
                     session.execute(update(DeploymentDevice), [
                         {"id": row.id, "sent_at": stamp} if row.sent_at is None else
                         {"id": row.id, "resent_at": stamp, "resends": (row.resends or 0) + 1} for row, stamp in sent])
+                self._settle(sent)
             total += len(sent)
             again += [row.device_id for row, _ in sent if row.sent_at is not None]
         if total:
@@ -367,6 +371,7 @@ class RolloutEngine:
                         {"id": row.id, "rollback_sent_at": stamp} if row.rollback_sent_at is None else
                         {"id": row.id, "rollback_resent_at": stamp, "rollback_resends": (row.rollback_resends or 0) + 1}
                         for row, stamp in sent])
+                self._settle(sent)
                 log.warning("deployment %s: sent rollback to %d device(s)", deployment.id, len(sent))
             if len(sent) < len(due):
                 return
@@ -384,17 +389,31 @@ class RolloutEngine:
                             .values(rollback_done=True, updated_at=time.time()))
 
     def _publish(self, commands: list[tuple[DeploymentDevice, str, Command]]) -> list[tuple[DeploymentDevice, float]]:
-        """Publishes each command (QoS 1) and returns the rows whose command the broker acknowledged."""
+        """Publishes each command (QoS 1) and returns the rows whose command the broker acknowledged.
+
+        Each publish is held (`_held`) until the caller stored its `sent_at` (`_settle`): a command still in
+        paho's queue when PUBLISH_TIMEOUT ran out (a loaded machine, a slow broker), or one acknowledged
+        whose stamp failed (SQLite busy, a deadlock victim), is waited for or counted as sent on the next
+        call instead of being published again (each such copy reached the device as a second command).
+        One held for PENDING_LIMIT seconds without being settled is published anew."""
+        now = time.monotonic()
+        self._held = {k: v for k, v in self._held.items() if now - v[1] < PENDING_LIMIT}
         pending = []
         for row, fleet, command in commands:
+            key = (row.id, command.id)
+            earlier = self._held.get(key)
+            if earlier is not None:
+                pending.append((row, key, earlier))
+                continue
             info = self._client.publish(topic(fleet, row.device_id, "cmd"), command.to_payload(), qos=1)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 log.warning("rollouts: publishing to %s failed: %s", row.device_id, mqtt.error_string(info.rc))
                 continue
-            pending.append((row, info))
+            self._held[key] = (info, time.monotonic())
+            pending.append((row, key, self._held[key]))
         deadline = time.monotonic() + PUBLISH_TIMEOUT
         acknowledged = []
-        for row, info in pending:
+        for row, _key, (info, _queued) in pending:
             try:
                 info.wait_for_publish(max(0.0, deadline - time.monotonic()))
             except (RuntimeError, ValueError) as err:
@@ -403,6 +422,11 @@ class RolloutEngine:
             if info.is_published():
                 acknowledged.append((row, time.time()))
         return acknowledged
+
+    def _settle(self, sent: list[tuple[DeploymentDevice, float]]) -> None:
+        """The rows' `sent_at` (or resend) is stored: their publishes need holding no longer."""
+        rows = {row.id for row, _ in sent}
+        self._held = {key: value for key, value in self._held.items() if key[0] not in rows}
 
     # database ------------------------------------------------------------------------------------------
     def _load(self, deployment_id: str) -> tuple[Deployment, list[DeploymentDevice]]:

@@ -9,8 +9,12 @@ lighting. So each slice named in the windows of the lookback is judged on its ow
   about predictions made up to the device's label retention earlier);
 - reference: the slice's accuracy in the bundle's own metrics (`manifest["metrics"][split]["per_slice"]`,
   written at export or by the compression/evaluation report: split "eval" first, then "test", then any
-  other), else, like the label-free alert, the accuracy its calibration data measured for the whole model
-  (`reference_accuracy` of GET .../performance); a model with neither is not judged. The alert says which;
+  other); else the slice's own earlier measured accuracy (`earlier_accuracy`: its first `min_samples`
+  labels in this scope and model version, from windows that ended before the lookback; fixed once found,
+  so a slow decline never becomes the new normal; a slice that was already bad from its first labels is
+  judged against that); else, like the label-free alert, the accuracy its calibration data measured for
+  the whole model (`reference_accuracy` of GET .../performance); a slice with none is not judged. The
+  alert says which;
 - an alert of kind "performance_drop" opens when the measured accuracy is more than `drop` below the
   reference on at least `min_samples` labels, naming the slice ("accuracy on slice night 0.710 vs 0.930
   reference ..."), and closes when it is back within `drop / 2` on at least `min_samples` labels (fewer:
@@ -30,14 +34,15 @@ from collections.abc import Mapping
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from edgefleet.cloud.db import Alert
+from edgefleet.cloud.db import Alert, TelemetryRecord
 from edgefleet.core.labels import merge_labels
 from edgefleet.core.slices import OTHER
-from edgefleet.core.telemetry import TelemetryWindow
+from edgefleet.core.telemetry import TelemetryError, TelemetryWindow, parse_telemetry
 
 log = logging.getLogger(__name__)
 KIND = "performance_drop"
 PREFERRED_SPLITS = ("eval", "test")
+BASELINE_ROWS = 2000  # stored windows read at most, oldest first, to find a slice's first labels
 
 
 def slice_references(manifest: Mapping | None) -> dict[str, tuple[float, str]]:
@@ -58,11 +63,56 @@ def slice_references(manifest: Mapping | None) -> dict[str, tuple[float, str]]:
     return found
 
 
+def earlier_accuracy(session: Session, key: tuple, part: str, before: float,
+                     min_samples: int) -> tuple[float, str] | None:
+    """(accuracy, source) of the slice's first `min_samples` labels or more in the scope's windows of this
+    model version that ended at or before `before` (the oldest BASELINE_ROWS windows), None with fewer."""
+    scope, scope_id, _, name, version = key
+    owner = TelemetryRecord.device_id if scope == "device" else TelemetryRecord.fleet
+    rows = session.execute(select(TelemetryRecord.payload, TelemetryRecord.window_end).where(
+        owner == scope_id, TelemetryRecord.model_name == name, TelemetryRecord.model_version == version,
+        TelemetryRecord.window_end <= before).order_by(TelemetryRecord.window_end).limit(BASELINE_ROWS))
+    found, count, until = [], 0, None
+    for payload, end in rows:
+        try:
+            window = parse_telemetry(payload, max_bytes=len(payload))
+        except TelemetryError:
+            continue  # the drift monitor logs these
+        for item in window.slices:
+            if item.slice == part and item.labels is not None and item.labels.confusion:
+                found.append(item.labels)
+                count, until = count + item.labels.count, end
+        if count >= min_samples:
+            break
+    merged = merge_labels(found)
+    if merged is None or merged.count < min_samples:
+        return None
+    return merged.correct / merged.count, f"its own earlier labels, {merged.count} up to {until:.0f}"
+
+
+def open_or_close(session: Session, key: tuple, kind: str, alert: Alert | None, gap: float, drop: float,
+                  now: float, record: dict, message: str) -> None:
+    """The rule both accuracy alerts share: opens an alert of `kind` when the gap (reference minus measured
+    or estimated accuracy) exceeds `drop` and none is open; closes the open one once the gap is back within
+    drop / 2 (the margin keeps a scope that hovers at the threshold from flapping)."""
+    scope, scope_id, fleet, name, version = key
+    if alert is None and gap > drop:
+        session.add(Alert(scope=scope, scope_id=scope_id, fleet=fleet, model_name=name, model_version=version,
+                          kind=kind, message=message, details=record, status="open", opened_at=now))
+        log.warning("alert opened: %s", message)
+    elif alert is not None and gap <= drop / 2:
+        alert.status, alert.closed_at = "closed", now
+        log.info("alert %s closed (%s of %s %s): the gap %.3f is back within %.3g", alert.id, kind, scope, scope_id,
+                 gap, drop / 2)
+
+
 def judge_slices(session: Session, key: tuple, windows: list[TelemetryWindow], now: float, drop: float,
-                 min_samples: int, references: Mapping[str, tuple[float, str]],
-                 overall: float | None) -> list[dict]:
+                 min_samples: int, references: Mapping[str, tuple[float, str]], overall: float | None, *,
+                 before: float, baselines: dict) -> list[dict]:
     """Opens or closes the scope's per-slice alerts (module docstring); returns one record per slice judged.
-    `references`: slice_references of the model's manifest; `overall`: its calibration's measured accuracy."""
+    `references`: slice_references of the model's manifest; `overall`: its calibration's measured accuracy;
+    `before`: the start of the lookback (earlier labels end by then); `baselines`: the caller's memory of
+    earlier_accuracy per (key, slice), kept once found."""
     scope, scope_id, fleet, name, version = key
     parts: dict[str, list] = defaultdict(list)
     for window in windows:
@@ -75,8 +125,15 @@ def judge_slices(session: Session, key: tuple, windows: list[TelemetryWindow], n
     records = []
     for part, labels in sorted(parts.items()):
         merged = merge_labels(labels)
-        reference, source = references.get(part, (overall, "calibration data, whole model"))
-        if merged is None or not merged.confusion or merged.count < min_samples or reference is None:
+        if merged is None or not merged.confusion or merged.count < min_samples:
+            continue
+        if part not in references and (key, part) not in baselines:
+            earlier = earlier_accuracy(session, key, part, before, min_samples)
+            if earlier is not None:
+                baselines[(key, part)] = earlier
+        reference, source = references.get(part) or baselines.get((key, part)) or (overall,
+                                                                                    "calibration data, whole model")
+        if reference is None:
             continue
         measured = merged.correct / merged.count
         record = {"scope": scope, "scope_id": scope_id, "model": {"name": name, "version": version},
@@ -84,16 +141,8 @@ def judge_slices(session: Session, key: tuple, windows: list[TelemetryWindow], n
                   "reference": source, "labels": merged.count, "threshold": drop,
                   "window_start": min(w.start for w in windows), "window_end": max(w.end for w in windows)}
         records.append(record)
-        alert = open_alerts.get(part)
-        if alert is None and reference - measured > drop:
-            message = (f"accuracy on slice {part} {measured:.3f} vs {reference:.3f} reference ({source}) on {scope} "
-                       f"{scope_id} ({name} v{version}, {merged.count} labels): {reference - measured:.3f} below, "
-                       f"threshold {drop:g}")
-            session.add(Alert(scope=scope, scope_id=scope_id, fleet=fleet, model_name=name, model_version=version,
-                              kind=KIND, message=message, details=record, status="open", opened_at=now))
-            log.warning("alert opened: %s", message)
-        elif alert is not None and reference - measured <= drop / 2:
-            alert.status, alert.closed_at = "closed", now
-            log.info("alert %s closed: accuracy on slice %s %.3f is back within %.3g of %.3f", alert.id, part,
-                     measured, drop / 2, reference)
+        message = (f"accuracy on slice {part} {measured:.3f} vs {reference:.3f} reference ({source}) on {scope} "
+                   f"{scope_id} ({name} v{version}, {merged.count} labels): {reference - measured:.3f} below, "
+                   f"threshold {drop:g}")
+        open_or_close(session, key, KIND, open_alerts.get(part), reference - measured, drop, now, record, message)
     return records

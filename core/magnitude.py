@@ -13,10 +13,13 @@ say at once that values left the reference's range and by about how many referen
 outermost two stay open-ended: beyond 4 s the move is "at least" that.
 
 Each feature row also gets `magnitude` facts, so the cloud can compute location statistics on the
-binned counts alone (cloud/drift_magnitude.py): the reference's exact mean and standard deviation, and
-the mean of the reference values in each finite bin (None where it holds none: the tail bins, empty
-quantile bins). Since the window's values in a bin are summarised by the reference's mean of that bin
-(or the bin's midpoint), the binned mean of the reference equals its exact mean.
+binned counts alone (cloud/drift_magnitude.py): the reference's exact mean and standard deviation, the
+mean of the reference values in each finite bin (None where it holds none: the tail bins, empty
+quantile bins), and the lag-1 autocorrelation of the values in the order the reference gave them
+(cloud/drift_dependence.py: a series in time order is not a set of independent samples, and the window
+tests widen their null by it; None under 3 values or without spread). Since the window's values in a bin
+are summarised by the reference's mean of that bin (or the bin's midpoint), the binned mean of the
+reference equals its exact mean.
 
 A profile written before these bins (edges = the B - 1 quantile edges, no `magnitude`) stays valid: the
 device bins on whatever edges the profile has, and the cloud leaves the location statistics out.
@@ -49,15 +52,16 @@ def range_edges(values: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
 
 
 def magnitude_facts(values: np.ndarray, edges: np.ndarray) -> dict:
-    """{"mean": [F], "std": [F], "bin_means": [F][E + 1]} of the reference values on `edges` (None where a
-    feature or a bin has no finite value)."""
-    means, stds, bin_means = [], [], []
+    """{"mean": [F], "std": [F], "bin_means": [F][E + 1], "lag1": [F]} of the reference values on `edges`
+    (None where a feature or a bin has no finite value)."""
+    means, stds, bin_means, lags = [], [], [], []
     for column, row in zip(np.asarray(values, np.float64).T, edges, strict=True):
         finite = column[np.isfinite(column)]
         if not len(finite):
             means.append(None)
             stds.append(None)
             bin_means.append([None] * (len(row) + 1))
+            lags.append(None)
             continue
         means.append(float(finite.mean()))
         stds.append(float(finite.std()))
@@ -65,7 +69,17 @@ def magnitude_facts(values: np.ndarray, edges: np.ndarray) -> dict:
         sums = np.bincount(where, weights=finite, minlength=len(row) + 1)
         counts = np.bincount(where, minlength=len(row) + 1)
         bin_means.append([float(s / c) if c else None for s, c in zip(sums, counts, strict=True)])
-    return {"mean": means, "std": stds, "bin_means": bin_means}
+        lags.append(_lag1(finite))
+    return {"mean": means, "std": stds, "bin_means": bin_means, "lag1": lags}
+
+
+def _lag1(finite: np.ndarray) -> float | None:
+    """The lag-1 autocorrelation of finite values in their given order."""
+    centred = finite - finite.mean()
+    denominator = float(centred @ centred)
+    if len(finite) < 3 or not denominator > 0:
+        return None
+    return float(centred[1:] @ centred[:-1]) / denominator
 
 
 def _nanstd(values: np.ndarray) -> np.ndarray:

@@ -24,13 +24,15 @@ def free_port() -> int:
 
 
 class MosquittoBroker:
-    def __init__(self, workdir: Path, *, password_file: Path | None = None, acl_file: Path | None = None) -> None:
+    def __init__(self, workdir: Path, *, password_file: Path | None = None, acl_file: Path | None = None,
+                 max_inflight: int = 1000) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.host = "127.0.0.1"
         self.port = free_port()
         self.password_file = password_file
         self.acl_file = acl_file
+        self.max_inflight = max_inflight  # QoS 1 messages sent to one client and not yet acknowledged
         self.process: subprocess.Popen | None = None
 
     @property
@@ -54,7 +56,7 @@ class MosquittoBroker:
             "log_type notice",
             "log_type information",
             "max_queued_messages 100000",
-            "max_inflight_messages 1000",
+            f"max_inflight_messages {self.max_inflight}",
         ]
         if os.geteuid() == 0:
             # Started as root, Mosquitto drops to the `mosquitto` user, which cannot enter pytest's

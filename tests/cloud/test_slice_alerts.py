@@ -109,6 +109,38 @@ def test_a_slices_alert_opens_and_closes_on_postgres(postgres):
     check_slice_alerts(fresh_sessions(postgres, "slice_alerts_test"))
 
 
+def test_a_slice_without_any_reference_is_judged_against_its_own_earlier_labels(tmp_path: Path):
+    """A version whose manifest has no per-slice metrics and whose profile no calibration: its slices were
+    never judged. Now the slice's first labels (from windows before the lookback) are its reference, and they
+    stay so: the shifted labels that opened the alert do not become the new normal."""
+    from edgefleet.cloud.db import make_engine, make_sessions
+
+    sessions = make_sessions(make_engine(f"sqlite:///{tmp_path / 'cloud.db'}"))
+    data = cancer()
+    with sessions.begin() as session:
+        session.add(Device(id="d1", fleet="f1", password_hash="x"))
+        session.add(bundle({"name": MODEL, "metrics": {"eval": {"accuracy": 0.97, "count": 143}}}, version=3))
+    monitor = PerformanceMonitor(sessions, lambda name, version: None, drop=DROP,
+                                 drift=MonitorSettings(DriftThresholds(min_samples=MIN_LABELS), LOOKBACK, 1.0))
+    clean, shifted = data.traffic(), data.traffic(SCANNER)
+    feed(sessions, "d1", 100.0, clean, pieces=1, version=3)  # one window: its 77 large labels are the first 50+
+    assert [r for r in monitor.run_once(now=101) if "slice" in r] == []  # no labels before the lookback yet
+
+    feed(sessions, "d1", 200.0, shifted, version=3)
+    records = {(r["scope_id"], r["slice"]): r for r in monitor.run_once(now=201) if "slice" in r}
+    assert records[("d1", "large")]["reference_accuracy"] == pytest.approx(accuracy(clean, "large"))
+    device, fleet = slice_alerts(sessions)
+    assert device.message.startswith(
+        f"accuracy on slice large {accuracy(shifted, 'large'):.3f} vs {accuracy(clean, 'large'):.3f} reference "
+        f"(its own earlier labels, 77 up to 100) on device d1 ({MODEL} v3, 77 labels)")
+    assert (fleet.scope_id, fleet.status, fleet.details["slice"]) == ("f1", "open", "large")
+
+    feed(sessions, "d1", 300.0, clean, version=3)
+    records = {(r["scope_id"], r["slice"]): r for r in monitor.run_once(now=301) if "slice" in r}
+    assert records[("d1", "large")]["reference_accuracy"] == pytest.approx(accuracy(clean, "large"))  # still the first
+    assert [a.status for a in slice_alerts(sessions)] == ["closed", "closed"]
+
+
 def test_per_slice_references_are_read_defensively_from_the_manifest():
     per_slice = {"night": {"accuracy": 0.8}, "day": {"accuracy": "high"}, "dusk": {"accuracy": 1.5}, "x": [1]}
     manifest = {"metrics": {"float": {"per_slice": {"night": {"accuracy": 0.9}, "dawn": {"accuracy": 0.7}}},

@@ -4,8 +4,9 @@ The executor (edgefleet.cpp_ext._native.GraphExecutor) holds the constants (pre-
 wants: Gemm's B as (K, N), Conv's W as (C*kH*kW, M) for the direct kernel, QConv/QGemm weights as int16
 rows with their zero point removed, and for a group-1 QConv also as int8 (tap, channel, 4) blocks for the
 direct uint8 x int8 kernel) and one plan per input shape, so `run` is one native call. Kernel ISA: `isa()`
-tells which one runs ("avx512", "avx2" or "portable"), `select_isa(name)` picks one for the whole
-process, as does the environment variable EDGEFLEET_NATIVE_ISA=portable (or =avx2) at import.
+tells which one runs ("avx512", "avxvnni", "avx2", "neon" on aarch64, or "portable"), `select_isa(name)`
+picks one for the whole process, as does the environment variable EDGEFLEET_NATIVE_ISA=portable (or =avx2,
+=neon...) at import.
 """
 
 from __future__ import annotations
@@ -33,12 +34,12 @@ def load_executor(graph: Graph, threads: int = 1) -> GraphExecutor:
 
 
 def isa() -> str:
-    """The ISA of the kernels in use: "avx2" (x86-64 with AVX2+FMA) or "portable"."""
+    """The ISA of the kernels in use: an x86-64 tier ("avx512", "avxvnni", "avx2"), "neon" (aarch64) or "portable"."""
     return _native.graph_isa()
 
 
 def select_isa(name: str) -> str:
-    """"auto", "portable" or "avx2" for every executor in the process; returns the ISA now in use."""
+    """"auto" or one of available_isas() for every executor in the process; returns the ISA now in use."""
     return _native.graph_select_isa(name)
 
 

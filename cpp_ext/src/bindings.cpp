@@ -712,7 +712,7 @@ caller's (1: no worker threads).)doc")
         .def_property_readonly("cached_plans", &PyGraphExecutor::cached_plans,
                                "How many input-shape plans are cached (at most 8).");
     m.def("graph_isa", []() { return std::string(gr::kernels::active().isa); },
-          "The ISA of the graph kernels in use: 'avx2' or 'portable'.");
+          "The ISA of the graph kernels in use: 'avx512', 'avxvnni', 'avx2', 'neon' or 'portable'.");
     m.def(
         "graph_select_isa",
         [](const std::string& name) {

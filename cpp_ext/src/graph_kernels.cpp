@@ -120,6 +120,11 @@ double peak_gflops(const std::string& isa, double seconds) {
         loop = &fma_loop_avx2, flops_per_iteration = 12 * 8 * 2;
     } else
 #endif
+#if defined(__aarch64__)
+    if (isa == "neon") {
+        loop = &fma_loop_neon, flops_per_iteration = 12 * 4 * 2;
+    } else
+#endif
     if (isa != "portable") {
         throw std::invalid_argument("unknown ISA '" + isa + "'; available: " + available_isas());
     }
@@ -146,6 +151,9 @@ const Table kAvx2{"avx2", &sgemm_avx2, &qgemm_nt_avx2, &conv_avx2, &qconv_u8s8_a
 const Table kAvxVnni{"avxvnni", &sgemm_avx2, &qgemm_nt_avx2, &conv_avx2, &qconv_u8s8_avxvnni};
 const Table kAvx512{"avx512", &sgemm_avx512, &qgemm_nt_avx512, &conv_avx512, &qconv_u8s8_avx512};
 #endif
+#if defined(__aarch64__)
+const Table kNeon{"neon", &sgemm_neon, &qgemm_nt_neon, &conv_neon, &qconv_u8s8_neon};
+#endif
 
 const Table* best() {
 #if defined(__x86_64__) || defined(_M_X64)
@@ -159,7 +167,11 @@ const Table* best() {
         return &kAvx2;
     }
 #endif
+#if defined(__aarch64__)
+    return &kNeon;
+#else
     return &kPortable;
+#endif
 }
 
 const Table* initial() {
@@ -207,6 +219,10 @@ std::string select_isa(const std::string& name) {
         }
         g_active = &kAvx512;
 #endif
+#if defined(__aarch64__)
+    } else if (name == "neon") {
+        g_active = &kNeon;
+#endif
     } else {
         throw std::invalid_argument("unknown ISA '" + name + "'; available: " + available_isas());
     }
@@ -225,6 +241,9 @@ std::string available_isas() {
     if (cpu_has_avx2()) {
         out += "avx2,";
     }
+#endif
+#if defined(__aarch64__)
+    out += "neon,";
 #endif
     return out + "portable";
 }

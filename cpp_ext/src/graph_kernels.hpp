@@ -2,12 +2,14 @@
 //
 // x86-64: an AVX2+FMA variant (compiled with __attribute__((target)) in graph_kernels_avx2.cpp, so the
 // rest of the build stays baseline x86-64) is used when the CPU has it. Everywhere else (aarch64, where
-// -O3 vectorises the portable loops with NEON, which is baseline there) the portable version runs.
+// -O3 vectorises the portable loops with NEON, which is baseline there) the "neon" tier runs explicit
+// NEON kernels (graph_kernels_neon.cpp; no CPU check: Advanced SIMD is part of every aarch64 CPU).
 // Above it, "avxvnni" (AVX2 + AVX-VNNI, graph_kernels_qconv256.cpp) adds a VNNI integer conv, and
 // "avx512" (F, BW, VL and VNNI; graph_kernels_avx512.cpp) a wider direct conv and a 512-bit VNNI conv,
 // a packed, register-blocked sgemm (graph_kernels_sgemm512.cpp) and an int16-pair VNNI GEMM
 // (graph_kernels_qgemm512.cpp). select_isa("portable") forces the portable kernels (tests
-// compare all tiers); at load, EDGEFLEET_NATIVE_ISA=portable, =avx2 or =avxvnni picks a lower tier than the best.
+// compare all tiers); at load, EDGEFLEET_NATIVE_ISA=portable, =avx2 or =avxvnni picks a lower tier than the best
+// (on aarch64: =portable or =neon).
 #pragma once
 
 #include <cstddef>
@@ -113,6 +115,16 @@ void qgemm_nt_avx2(int M, int N, int K, const std::int16_t* A, int lda, const st
 bool cpu_has_avx2();
 float fma_loop_avx2(long iterations);    // 12 x 8 multiply-adds per iteration
 float fma_loop_avx512(long iterations);  // 12 x 16
+#endif
+#if defined(__aarch64__)
+// The "neon" tier (graph_kernels_neon.cpp): register-blocked sgemm and direct conv with vfmaq, exact
+// integer GEMM and direct uint8 x int8 conv with vmlal.
+void sgemm_neon(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc);
+void qgemm_nt_neon(int M, int N, int K, const std::int16_t* A, int lda, const std::int16_t* B, int ldb,
+                   std::int32_t* C, std::ptrdiff_t ldc_m, std::ptrdiff_t ldc_n);
+void conv_neon(const ConvArgs& args);
+void qconv_u8s8_neon(const QConvArgs& args);
+float fma_loop_neon(long iterations);  // 12 x 4
 #endif
 
 inline int round_up16(int k) { return (k + 15) / 16 * 16; }

@@ -109,6 +109,9 @@ PlaneFn plane_kernel() {
 #if defined(__x86_64__) || defined(_M_X64)
     if (std::strcmp(kernels::active().isa, "portable") != 0) return &depthwise::plane_avx2;
 #endif
+#if defined(__aarch64__)
+    if (std::strcmp(kernels::active().isa, "neon") == 0) return &depthwise::plane_neon;
+#endif
     return &depthwise::plane_portable;
 }
 

@@ -65,5 +65,8 @@ void plane_portable(const PlaneArgs& a);
 #if defined(__x86_64__) || defined(_M_X64)
 void plane_avx2(const PlaneArgs& a);  // graph_ops_depthwise_avx2.cpp: the same products and sums, same order
 #endif
+#if defined(__aarch64__)
+void plane_neon(const PlaneArgs& a);  // graph_ops_depthwise_neon.cpp: the same products and sums, same order
+#endif
 
 }  // namespace edgefleet::graph::depthwise

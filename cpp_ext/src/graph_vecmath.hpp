@@ -64,5 +64,12 @@ void gelu_rows(const float* x, float* y, std::int64_t n);  // 0.5 x (1 + erf(x /
 // takes the elements i with i % 16 == l, in order; the lanes then folded as a tree, 8 + 8, 4 + 4, ...),
 // so they vectorize and give the same result in every clone; the sum's order is not left-to-right.
 void softmax_row(const float* x, float* y, std::int64_t n);
+#if defined(__aarch64__)
+// The same rows in NEON registers, the same bits (graph_vecmath_neon.cpp); the three above call them
+// when the "neon" kernel tier is active.
+void erf_rows_neon(const float* x, float* y, std::int64_t n);
+void gelu_rows_neon(const float* x, float* y, std::int64_t n);
+void softmax_row_neon(const float* x, float* y, std::int64_t n);
+#endif
 
 }  // namespace edgefleet::graph::vecmath

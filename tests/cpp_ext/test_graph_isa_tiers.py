@@ -1,0 +1,85 @@
+"""The kernel ISA tiers as a device sees them: which tiers a machine lists (aarch64: "neon", then
+"portable"; checked under qemu by scripts/check-aarch64), EDGEFLEET_NATIVE_ISA forcing each at import,
+and the fp32 direct conv's tile shapes (16 channels x 4 pixels, the last 8 channels x 8 pixels, pixel
+tails) on every tier against the numpy spec. The other tier comparisons (depthwise and int8 bit for
+bit, GEMM within its tolerance) are parametrized over available_isas() in the neighbouring files."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgefleet.cpp_ext import graph_native
+from edgefleet.cpp_ext.graph_format import GraphBuilder
+from edgefleet.cpp_ext.graph_reference import run_graph
+
+ISAS = graph_native.available_isas()
+
+
+@pytest.mark.skipif(platform.machine() != "aarch64", reason="the neon tier exists on aarch64 only")
+def test_aarch64_lists_neon_first_and_runs_it_by_default() -> None:
+    assert ISAS == ["neon", "portable"]
+    assert graph_native.isa() == "neon"
+    assert graph_native.peak_gflops("neon", 0.01) > 0
+
+
+@pytest.mark.parametrize("name", ISAS)
+def test_environment_variable_forces_each_tier(name: str) -> None:
+    env = dict(os.environ, EDGEFLEET_NATIVE_ISA=name)
+    out = subprocess.run([sys.executable, "-c", "from edgefleet.cpp_ext import graph_native as g; print(g.isa())"],
+                         env=env, capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == name
+
+
+def test_unknown_tier_is_refused_with_the_available_ones() -> None:
+    before = graph_native.isa()
+    with pytest.raises(ValueError, match="unknown ISA 'neon9'; available: " + ",".join(ISAS)):
+        graph_native.select_isa("neon9")
+    assert graph_native.isa() == before
+
+
+@pytest.mark.parametrize("m,c,hw", [(20, 3, (9, 7)), (40, 16, (6, 5)), (5, 8, (3, 3)), (64, 32, (4, 4))])
+def test_direct_conv_tiles_and_tails_on_every_tier(m: int, c: int, hw: tuple) -> None:
+    rng = np.random.default_rng(m * c)
+    b = GraphBuilder()
+    x = b.input("x", "float32", ("n", c, *hw))
+    w = b.constant("w", rng.standard_normal((m, c, 3, 3)).astype(np.float32))
+    bias = b.constant("b", rng.standard_normal(m).astype(np.float32))
+    b.output(b.node("Conv", [x, w, bias], pads=[1, 1, 1, 1], activation="relu"), "")
+    graph = b.build()
+    feed = {"x": rng.standard_normal((2, c, *hw)).astype(np.float32)}
+    want = next(iter(run_graph(graph, feed).values()))
+    try:
+        for name in ISAS:
+            graph_native.select_isa(name)
+            got = next(iter(graph_native.load_executor(graph).run(feed).values()))
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(9 * c), err_msg=name)
+    finally:
+        graph_native.select_isa("auto")
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")  # the reference: Gelu(-inf) is nan
+@pytest.mark.parametrize("op,shape", [("Softmax", (3, 37)), ("Softmax", (2, 64)), ("Softmax", (4, 7)),
+                                      ("Gelu", (3, 1001)), ("Erf", (2, 999))])
+def test_exp_erf_rows_same_bits_on_every_tier(op: str, shape: tuple) -> None:
+    # the vecmath rows are the same IEEE operations in every tier (the NEON ones included)
+    rng = np.random.default_rng(shape[1])
+    x = (rng.standard_normal(shape) * 8).astype(np.float32)
+    x[0, :3] = [np.nan, np.inf, -np.inf] if op != "Softmax" else [-1e4, 0.0, 88.5]
+    b = GraphBuilder()
+    b.output(b.node(op, [b.input("x", "float32", shape)], **({"axis": -1} if op == "Softmax" else {})), "")
+    graph = b.build()
+    outputs = []
+    try:
+        for name in ISAS:
+            graph_native.select_isa(name)
+            outputs.append(next(iter(graph_native.load_executor(graph).run({"x": x}).values())))
+    finally:
+        graph_native.select_isa("auto")
+    for got in outputs[1:]:
+        np.testing.assert_array_equal(got, outputs[0])

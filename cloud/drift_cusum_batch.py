@@ -30,8 +30,14 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from edgefleet.cloud.db import TelemetryRecord
-from edgefleet.cloud.drift import INSUFFICIENT, merge_windows
-from edgefleet.cloud.drift_cusum_store import CHECKPOINT_SECONDS, REPLAY_SECONDS, CusumCheckpoint, CusumStore, _median
+from edgefleet.cloud.drift import merge_windows
+from edgefleet.cloud.drift_cusum_store import (
+    CHECKPOINT_SECONDS,
+    REPLAY_SECONDS,
+    CusumCheckpoint,
+    CusumStore,
+    judge_steps,
+)
 from edgefleet.cloud.drift_sequential import ScopeDetectors
 
 log = logging.getLogger(__name__)
@@ -142,20 +148,12 @@ def _feed_one(store: CusumStore, item: Item, base: CusumCheckpoint | None, first
             break
         merged = merge_windows(w.counts for w in group)
         steps.append((end, merged.samples, merged.features))
-    if base is None and not steps:
+    judged = judge_steps(item.profile, base, steps, first_new=first_new, now=now, lookback=item.lookback)
+    if judged is None:
         return None
-    samples = base.window_samples if base is not None else _median([s for _, s, _ in steps])
-    detectors = ScopeDetectors(item.profile, samples)
-    if not detectors.detectors:
-        return None
-    if base is not None:
-        detectors.restore(base.state)
-    section = detectors.feed(((end, features) for end, _, features in steps), report_from=first_new)
+    section, detectors = judged
     if not steps:
-        return {**section, "verdict": INSUFFICIENT, "steps": 0}
-    alarms = [e["at"] for e in section["signals"].values() if e["alarm"]]
-    section["steps"] = len(steps)
-    section["late_by"] = (now - min(alarms)) if alarms and min(alarms) <= now - item.lookback else None
+        return section
     saves.append((_key(item.scope), steps[-1][0], detectors))
     return section
 

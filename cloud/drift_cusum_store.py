@@ -114,20 +114,12 @@ class CusumStore:
             rows = rows.where(TelemetryRecord.window_end > base.step_end)
         steps = self._steps(session.scalars(rows.order_by(TelemetryRecord.window_end, TelemetryRecord.id)).all(),
                             scope, profile, now, slot_seconds)
-        if base is None and not steps:
+        judged = judge_steps(profile, base, steps, first_new=first_new, now=now, lookback=lookback)
+        if judged is None:
             return None
-        samples = base.window_samples if base is not None else _median([s for _, s, _ in steps])
-        detectors = ScopeDetectors(profile, samples)
-        if not detectors.detectors:
-            return None
-        if base is not None:
-            detectors.restore(base.state)
-        section = detectors.feed(((end, features) for end, _, features in steps), report_from=first_new)
+        section, detectors = judged
         if not steps:
-            return {**section, "verdict": INSUFFICIENT, "steps": 0}
-        alarms = [e["at"] for e in section["signals"].values() if e["alarm"]]
-        section["steps"] = len(steps)
-        section["late_by"] = (now - min(alarms)) if alarms and min(alarms) <= now - lookback else None
+            return section
         if base is not None and base is not latest:
             section["replayed_from"] = base.step_end
         self._save(session, key, base, steps[-1][0], top, detectors)
@@ -165,6 +157,28 @@ class CusumStore:
         session.add(CusumCheckpoint(**key, step_end=end, row_id=top, window_samples=detectors.window_samples,
                                     state=detectors.state()))
         session.flush()
+
+
+def judge_steps(profile: Mapping, base: CusumCheckpoint | None, steps: list[tuple[float, int, dict]], *,
+                first_new: float, now: float, lookback: float) -> tuple[dict, ScopeDetectors] | None:
+    """Restore a scope's CUSUMs from `base` (None: start them, sized by the steps' median window), feed
+    them `steps` in order and return the drift section (alarms before the lookback marked `late_by`) with
+    the detectors to save; None when there is nothing to judge or the profile has no sequential signal."""
+    if base is None and not steps:
+        return None
+    samples = base.window_samples if base is not None else _median([s for _, s, _ in steps])
+    detectors = ScopeDetectors(profile, samples)
+    if not detectors.detectors:
+        return None
+    if base is not None:
+        detectors.restore(base.state)
+    section = detectors.feed(((end, features) for end, _, features in steps), report_from=first_new)
+    if not steps:
+        return {**section, "verdict": INSUFFICIENT, "steps": 0}, detectors
+    alarms = [e["at"] for e in section["signals"].values() if e["alarm"]]
+    section["steps"] = len(steps)
+    section["late_by"] = (now - min(alarms)) if alarms and min(alarms) <= now - lookback else None
+    return section, detectors
 
 
 def _key(scope) -> dict:

@@ -74,7 +74,9 @@ def build_components(settings: CloudSettings, sessions: sessionmaker, broker: Em
                                    client_id=client_id, public_url=public_url,
                                    leases=Leases(sessions, new_holder("rollouts"), settings.lease_seconds)))
         username, password = cloud_credentials(secret, LABELS)
-        parts.append(LabelForwarder(sessions, url, username=username, password=password, client_id=LABELS.username))
+        client_id = LABELS.username if role == "all" else f"{LABELS.username}-{secrets.token_hex(4)}"
+        parts.append(LabelForwarder(sessions, url, username=username, password=password, client_id=client_id,
+                                    leases=Leases(sessions, new_holder("labels"), settings.lease_seconds)))
     return parts
 
 

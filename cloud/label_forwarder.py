@@ -8,6 +8,11 @@ refuses a second label for one request, so a duplicate is never counted twice). 
 gets its commands from its persistent session when it reconnects (as it gets its updates). It logs in as
 its own MQTT user (`mqtt_auth.LABELS`), allowed to publish only `cmd`.
 
+Several rollouts workers (cloud/roles.py) each start a forwarder: one at a time forwards, the holder of
+the lease LEASE (cloud/leases.py), renewed every period / 3 and trusted for one period after the renewal
+was sent; the others ask again at the same pace and take over within a period of the holder's death. Each
+connects under its own client id, or the broker would hand the one connection back and forth between them.
+
 Recovery: nothing lives in memory but the connection; a restarted cloud sends what has no `sent_at`.
 """
 
@@ -24,6 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from edgefleet.cloud.labels_store import CloudLabel
+from edgefleet.cloud.leases import Leases
 from edgefleet.cloud.mqtt_client import broker_address, new_client
 from edgefleet.core.labels import MAX_COMMAND_LABELS, label_command
 from edgefleet.core.topics import topic
@@ -31,14 +37,16 @@ from edgefleet.core.topics import topic
 log = logging.getLogger(__name__)
 PUBLISH_TIMEOUT = 10.0
 BATCH = 5000  # labels read per run
+LEASE = "rollouts/labels"  # the one forwarder of many rollouts workers that sends
 
 
 class LabelForwarder:
     name = "label-forwarder"
 
     def __init__(self, sessions: sessionmaker, mqtt_url: str, *, username: str | None, password: str | None,
-                 client_id: str, interval_seconds: float = 0.5) -> None:
-        self.sessions, self.interval_seconds = sessions, interval_seconds
+                 client_id: str, interval_seconds: float = 0.5, leases: Leases | None = None) -> None:
+        self.sessions, self.interval_seconds, self.leases = sessions, interval_seconds, leases
+        self._ask_at = self._trusted_until = 0.0  # monotonic: next lease request; end of the held lease
         self.host, self.port = broker_address(mqtt_url)
         self.connected = threading.Event()
         self._stop = threading.Event()
@@ -63,6 +71,8 @@ class LabelForwarder:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout)
+        if self.leases is not None and self._trusted_until > time.monotonic():
+            self.leases.release([LEASE])  # another worker's forwarder takes over at once
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -75,8 +85,22 @@ class LabelForwarder:
             except Exception:  # noqa: BLE001 - the forwarder must outlive any one bad run
                 log.exception("%s: run failed", self.name)
 
+    def holds_lease(self) -> bool:
+        """Whether this forwarder is the one that sends (always, without leases): asks for LEASE every
+        period / 3 and trusts a grant for one period from the moment it asked."""
+        if self.leases is None:
+            return True
+        asked = time.monotonic()
+        if asked >= self._ask_at:
+            self._ask_at = asked + self.leases.period / 3
+            self._trusted_until = asked + self.leases.period if LEASE in self.leases.acquire([LEASE]) else 0.0
+        return time.monotonic() < self._trusted_until
+
     def run_once(self) -> int:
-        """Sends every unsent label; returns how many the broker acknowledged."""
+        """Sends every unsent label if this forwarder holds the lease; returns how many the broker
+        acknowledged."""
+        if not self.holds_lease():
+            return 0
         with self.sessions() as session:
             rows = session.scalars(select(CloudLabel).where(CloudLabel.sent_at.is_(None))
                                    .order_by(CloudLabel.id).limit(BATCH)).all()

@@ -57,8 +57,9 @@ def up(
              "replicas), ingest (MQTT ingest, shared subscription), monitor (drift, accuracy, ops monitors) or "
              "rollouts (rollout engine); every role but all needs a PostgreSQL --db")] = None,
     worker: Annotated[str | None, typer.Option(
-        help="With --role ingest: this worker's name, unique among the ingest workers and the same after a "
-             "restart (its MQTT session is edgefleet-ingest-NAME)")] = None,
+        help="With --role ingest (required) or rollouts: this worker's name, unique among its role's workers and "
+             "the same after a restart (its MQTT users: edgefleet-ingest-NAME; edgefleet-rollouts-NAME and "
+             "edgefleet-labels-NAME)")] = None,
     drift_interval: Annotated[float | None, typer.Option(
         help="Seconds between drift evaluations (default 10)", rich_help_panel=DRIFT_PANEL)] = None,
     drift_lookback: Annotated[float | None, typer.Option(

@@ -34,11 +34,12 @@ def _existing_hashes(passwd: Path, usernames: list[str]) -> dict[str, str]:
     return found
 
 
-def _cloud_hashes(directory: Path, secret: str | None, workers: list[str]) -> tuple[dict[str, str], str | None]:
-    """The cloud clients' password hashes (ingest workers' included), and the secret if a new one was made."""
-    from edgefleet.cloud.mqtt_auth import CLOUD_CLIENTS, cloud_password, hash_password, ingest_worker, new_cloud_secret
+def _cloud_hashes(directory: Path, secret: str | None, workers: list[str],
+                  rollouts_workers: list[str]) -> tuple[dict[str, str], str | None]:
+    """The cloud clients' password hashes (the workers' included), and the secret if a new one was made."""
+    from edgefleet.cloud.mqtt_auth import CLOUD_CLIENTS, cloud_password, hash_password, new_cloud_secret, worker_clients
 
-    names = [*CLOUD_CLIENTS, *(ingest_worker(name).username for name in workers)]
+    names = [*CLOUD_CLIENTS, *worker_clients(workers, rollouts_workers)]
     new_secret = None
     if not secret:
         kept = _existing_hashes(directory / "passwd", names)
@@ -64,6 +65,10 @@ def mosquitto_config(
     ingest_worker: Annotated[list[str] | None, typer.Option(
         "--ingest-worker", help="An ingest worker's name (`cloud up --role ingest --worker NAME`); repeat for each: "
                                 "each logs in as edgefleet-ingest-NAME with the ingest's rights")] = None,
+    rollouts_worker: Annotated[list[str] | None, typer.Option(
+        "--rollouts-worker", help="A rollouts worker's name (`cloud up --role rollouts --worker NAME`); repeat for "
+                                  "each: its engine and label forwarder log in as edgefleet-rollouts-NAME and "
+                                  "edgefleet-labels-NAME")] = None,
 ) -> None:
     """Write a complete Mosquitto configuration (passwd, acl, mosquitto.conf) for every registered device and
     the cloud's own clients, with persistence on and client ids bound to usernames."""
@@ -88,11 +93,12 @@ def mosquitto_config(
         engine.dispose()
 
     workers = list(dict.fromkeys(ingest_worker or ()))
-    for name in workers:
+    rollouts_workers = list(dict.fromkeys(rollouts_worker or ()))
+    for name in workers + rollouts_workers:
         check_worker(name)
-    cloud_hashes, new_secret = _cloud_hashes(Path(directory), settings.mqtt_password, workers)
+    cloud_hashes, new_secret = _cloud_hashes(Path(directory), settings.mqtt_password, workers, rollouts_workers)
     listener = Listener(port=port, bind=bind or None, persistence_dir=persistence_dir)
-    paths = write_mosquitto_config(directory, devices, cloud_hashes, listener, workers)
+    paths = write_mosquitto_config(directory, devices, cloud_hashes, listener, workers, rollouts_workers)
     out.print(f"wrote Mosquitto files for {len(devices)} device(s) and the cloud:", markup=False, highlight=False)
     for path in paths.values():
         out.print(f"  {path}", markup=False, highlight=False, soft_wrap=True)

@@ -27,7 +27,15 @@ from edgefleet.cloud.drift_monitor import DriftMonitor
 from edgefleet.cloud.ingest import Ingest
 from edgefleet.cloud.label_forwarder import LabelForwarder
 from edgefleet.cloud.leases import FLEETS, Leases, ShardLeases, new_holder
-from edgefleet.cloud.mqtt_auth import INGEST, LABELS, ROLLOUTS, cloud_credentials, ingest_worker
+from edgefleet.cloud.mqtt_auth import (
+    INGEST,
+    LABELS,
+    ROLLOUTS,
+    CloudClient,
+    cloud_credentials,
+    ingest_worker,
+    rollouts_worker,
+)
 from edgefleet.cloud.ops_monitor import OpsMonitor
 from edgefleet.cloud.performance_monitor import PerformanceMonitor
 from edgefleet.cloud.retention import Retention, RetentionSettings
@@ -66,18 +74,28 @@ def build_components(settings: CloudSettings, sessions: sessionmaker, broker: Em
     if runs(role, "monitor"):
         parts += _monitors(settings, sessions)
     if runs(role, "rollouts"):
-        username, password = cloud_credentials(secret, ROLLOUTS)
-        # many rollout workers on one broker: each its own client id, or they would take over each other's
-        # connection (a broker that forces the username as client id needs a user per worker: not yet made)
-        client_id = ROLLOUTS.username if role == "all" else f"{ROLLOUTS.username}-{secrets.token_hex(4)}"
+        engine, labels = _rollouts_clients(role, settings.worker)
+        username, password = cloud_credentials(secret, engine[0])
         parts.append(RolloutEngine(sessions, settings, url, username=username, password=password,
-                                   client_id=client_id, public_url=public_url,
+                                   client_id=engine[1], public_url=public_url,
                                    leases=Leases(sessions, new_holder("rollouts"), settings.lease_seconds)))
-        username, password = cloud_credentials(secret, LABELS)
-        client_id = LABELS.username if role == "all" else f"{LABELS.username}-{secrets.token_hex(4)}"
-        parts.append(LabelForwarder(sessions, url, username=username, password=password, client_id=client_id,
+        username, password = cloud_credentials(secret, labels[0])
+        parts.append(LabelForwarder(sessions, url, username=username, password=password, client_id=labels[1],
                                     leases=Leases(sessions, new_holder("labels"), settings.lease_seconds)))
     return parts
+
+
+def _rollouts_clients(role: str, worker: str | None) -> tuple[tuple[CloudClient, str], tuple[CloudClient, str]]:
+    """(client, client id) of the rollout engine and of the label forwarder: in `all`, the shared users; a
+    named rollouts worker, its own users (a broker binding client ids to usernames keeps them apart); an
+    unnamed one, the shared users under random client ids, or the workers would take each other's connection."""
+    if worker is not None:
+        engine, labels = rollouts_worker(worker)
+        return (engine, engine.username), (labels, labels.username)
+    if role == "all":
+        return (ROLLOUTS, ROLLOUTS.username), (LABELS, LABELS.username)
+    tag = secrets.token_hex(4)
+    return (ROLLOUTS, f"{ROLLOUTS.username}-{tag}"), (LABELS, f"{LABELS.username}-{tag}")
 
 
 def _ingest(settings: CloudSettings, sessions: sessionmaker, url: str, secret: str | None) -> Ingest:

@@ -74,6 +74,21 @@ def ingest_worker(name: str) -> CloudClient:
     return CloudClient(f"{INGEST.username}-{name}", INGEST.reads)
 
 
+def rollouts_worker(name: str) -> tuple[CloudClient, CloudClient]:
+    """The rollout engine's and the label forwarder's clients of `cloud up --role rollouts --worker NAME`:
+    their rights under usernames of their own, so that on a broker binding client ids to usernames
+    (`use_username_as_clientid`) two rollouts workers do not take each other's connection."""
+    return (CloudClient(f"{ROLLOUTS.username}-{name}", writes=ROLLOUTS.writes),
+            CloudClient(f"{LABELS.username}-{name}", writes=LABELS.writes))
+
+
+def worker_clients(ingest_workers: Iterable[str] = (), rollouts_workers: Iterable[str] = ()) -> dict[str, CloudClient]:
+    """By username: the clients of the named ingest and rollouts workers, beside CLOUD_CLIENTS."""
+    clients = [ingest_worker(name) for name in ingest_workers]
+    clients += [client for name in rollouts_workers for client in rollouts_worker(name)]
+    return {client.username: client for client in clients}
+
+
 # --- passwords --------------------------------------------------------------------------------------
 def new_password() -> str:
     """A fresh device or service password: 32 random bytes, URL-safe base64 (43 characters)."""
@@ -209,8 +224,8 @@ class Listener:
     autosave_seconds: int = 30
 
 
-def _cloud_lines(cloud_hashes: Mapping[str, str], workers: Iterable[str] = ()) -> tuple[list[str], list[str]]:
-    clients = {**CLOUD_CLIENTS, **{c.username: c for c in map(ingest_worker, workers)}}
+def _cloud_lines(cloud_hashes: Mapping[str, str], workers: Mapping[str, CloudClient]) -> tuple[list[str], list[str]]:
+    clients = {**CLOUD_CLIENTS, **workers}
     if set(cloud_hashes) != set(clients):
         raise MqttAuthError(f"need password hashes of exactly the cloud's clients {sorted(clients)}, "
                             f"got {sorted(cloud_hashes)}")
@@ -249,19 +264,21 @@ def _conf_lines(paths: dict[str, Path], listener: Listener) -> list[str]:
 
 
 def write_mosquitto_config(directory: Path, devices: Iterable[tuple[str, str, str]], cloud_hashes: Mapping[str, str],
-                           listener: Listener | None = None, ingest_workers: Iterable[str] = ()) -> dict[str, Path]:
+                           listener: Listener | None = None, ingest_workers: Iterable[str] = (),
+                           rollouts_workers: Iterable[str] = ()) -> dict[str, Path]:
     """Writes `passwd` (mode 0600), `acl` and a complete `mosquitto.conf` into `directory`, and makes the
     persistence directory (mode 0700).
 
     `devices` are (id, fleet, password_hash); `cloud_hashes` the password hash of every cloud client
-    (`CLOUD_CLIENTS` and one `ingest_worker` per name in `ingest_workers`, by username).
+    (`CLOUD_CLIENTS`, one `ingest_worker` per name in `ingest_workers` and the two `rollouts_worker` clients per
+    name in `rollouts_workers`, by username).
     Returns {"passwd", "acl", "conf", "persistence": Path}. Mosquitto
     re-reads passwd and acl on SIGHUP, so the command can be re-run as devices are added.
     """
     directory = Path(directory)
     listener = listener or Listener()
     directory.mkdir(parents=True, exist_ok=True)
-    passwd_lines, cloud_acl = _cloud_lines(cloud_hashes, ingest_workers)
+    passwd_lines, cloud_acl = _cloud_lines(cloud_hashes, worker_clients(ingest_workers, rollouts_workers))
     acl_lines = [
         "# edgefleet MQTT access control (generated; edit the cloud database, not this file).",
         "# No lines before the first 'user': anonymous clients get nothing.",

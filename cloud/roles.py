@@ -10,7 +10,10 @@
   Its MQTT session is named after `--worker NAME` (`edgefleet-ingest-NAME`), so a restarted worker takes
   back its own persistent session and the messages the broker queued for it.
 - `monitor`: the drift, label-free accuracy and operations monitors, webhooks and retention.
-- `rollouts`: the rollout engine and the label forwarder (the two that write commands to devices).
+- `rollouts`: the rollout engine and the label forwarder (the two that write commands to devices). With
+  `--worker NAME` they log in as `edgefleet-rollouts-NAME` and `edgefleet-labels-NAME` (needed on a broker
+  that binds client ids to usernames, as the generated Mosquitto config does); without it, under the shared
+  users with a random client id each.
 
 What `check_role` refuses, each with one message (the CLI exits 2):
 - a role other than `all` on SQLite: processes on other machines cannot open the file, and those on one
@@ -18,7 +21,7 @@ What `check_role` refuses, each with one message (the CLI exits 2):
 - `api`, `ingest` or `rollouts` without --mqtt-url: the embedded broker lives in the `all` process only
   (amqtt serves no shared subscriptions, and a broker per API replica would split the fleet);
 - `rollouts` without --public-url: install commands carry download links to the API, which runs elsewhere;
-- `--worker` with a role other than `ingest`, and `ingest` without it.
+- `--worker` with a role other than `ingest` or `rollouts`, and `ingest` without it.
 """
 
 from __future__ import annotations
@@ -46,8 +49,8 @@ def check_role(role: str, db_url: str, mqtt_url: str | None, worker: str | None,
     """Raises RoleError, naming the option to change, if a process of `role` cannot run with these settings."""
     if role not in ROLES:
         raise RoleError(f"--role: expected one of {', '.join(ROLES)}, got {role!r}")
-    if worker is not None and role != "ingest":
-        raise RoleError(f"--worker names an ingest worker's MQTT session; --role {role} takes none")
+    if worker is not None and role not in ("ingest", "rollouts"):
+        raise RoleError(f"--worker names an ingest or rollouts worker's MQTT users; --role {role} takes none")
     if role == "all":
         return
     if not db_url.startswith("postgresql"):
@@ -67,6 +70,6 @@ def check_role(role: str, db_url: str, mqtt_url: str | None, worker: str | None,
 
 
 def check_worker(name: str) -> None:
-    """Raises RoleError unless `name` can name an ingest worker (it goes into an MQTT username and client id)."""
+    """Raises RoleError unless `name` can name a worker (it goes into an MQTT username and client id)."""
     if not WORKER_PATTERN.match(name):
         raise RoleError(f"--worker: expected 1-40 letters, digits, '.', '_' or '-', got {name!r}")

@@ -43,7 +43,7 @@ def run_up(tmp_path, *args: str) -> subprocess.CompletedProcess:
     (["--role", "rollouts", "--db", "postgresql+psycopg://u@127.0.0.1:9/x", "--mqtt-url", "mqtt://127.0.0.1:9"],
      "--role rollouts needs --public-url"),
     (["--role", "cluster"], "--role: expected one of all, api, ingest, monitor, rollouts, got 'cluster'"),
-    (["--worker", "w1"], "--worker names an ingest worker's MQTT session; --role all takes none"),
+    (["--worker", "w1"], "--worker names an ingest or rollouts worker's MQTT users; --role all takes none"),
     (["--role", "ingest", "--worker", "a/b", "--db", "postgresql+psycopg://u@127.0.0.1:9/x", "--mqtt-url",
       "mqtt://127.0.0.1:9"], "--worker: expected 1-40 letters"),
 ])
@@ -209,6 +209,36 @@ def test_ingest_workers_log_in_to_the_generated_mosquitto_as_their_own_users(
         finally:
             device.close()
     assert "not authorised" not in broker.log.lower() and "denied" not in broker.log.lower()
+
+
+def test_rollouts_workers_log_in_to_the_generated_mosquitto_as_their_own_users(
+        tmp_path, postgres, mqtt_dir, mosquitto_for):  # noqa: F811 - the fixtures imported above
+    """The generated config binds client ids to usernames: two rollouts workers under the shared users would take
+    each other's connection. `mosquitto-config --rollouts-worker a --rollouts-worker b` gives each worker's
+    engine and label forwarder users of their own, and both workers stay connected."""
+    _sessions, url = database_url(postgres, "roles_rollouts_users")
+    secret = new_cloud_secret()
+    broker = mosquitto_for()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")} | {"EDGEFLEET_MQTT_PASSWORD": secret}
+    done = subprocess.run([sys.executable, "-m", "edgefleet.cli.main", "cloud", "mosquitto-config", str(mqtt_dir),
+                           "--db", url, "--port", str(broker.port), "--rollouts-worker", "a", "--rollouts-worker", "b"],
+                          env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    acl = (mqtt_dir / "acl").read_text()
+    assert "user edgefleet-rollouts-a" in acl and "user edgefleet-labels-b" in acl
+    hand_to_broker({name: mqtt_dir / name for name in ("passwd", "acl")})
+    broker.start()
+    users = [f"edgefleet-{kind}-{name}" for name in ("a", "b") for kind in ("rollouts", "labels")]
+    with ExitStack() as stack:
+        for name in ("a", "b"):
+            stack.enter_context(cloud_up(tmp_path, "--role", "rollouts", "--worker", name, "--db", url, "--mqtt-url",
+                                         broker.url, "--public-url", "http://127.0.0.1:9",
+                                         "--data", str(tmp_path / "data"), env={"EDGEFLEET_MQTT_PASSWORD": secret}))
+        until(lambda: all(f"u'{user}'" in broker.log for user in users), "both workers' clients logged in", 20)
+        time.sleep(2.0)  # a client id taken twice would show as the broker closing the old connection by now
+        log = broker.log
+    assert "already connected" not in log and "not authorised" not in log.lower()
+    assert all(log.count(f"u'{user}'") == 1 for user in users), log  # each logged in once: no reconnect loop
 
 
 def test_monitor_and_rollouts_roles_run_without_the_api_or_a_broker_of_their_own(tmp_path, postgres, mosquitto):

@@ -8,18 +8,22 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from edgefleet.cloud.db import DriftSettingsRecord
+from edgefleet.cloud.db import DriftSettingsRecord, make_sessions, open_engine
 from edgefleet.cloud.drift_settings import MonitorSettings
 from edgefleet.cloud.ops_tables import PerformanceSettingsRecord
 from edgefleet.cloud.performance_monitor import PerformanceMonitor
 from edgefleet.cloud.performance_settings import PerformanceSettingsError
 from tests.cloud.cloud_process import cloud_servers, cloud_up
 from tests.cloud.test_performance import PROFILE, alerts, sessions, store  # noqa: F401 - sessions is a fixture
+from tests.cloud.test_scaleout_monitor import add_devices, window
+from tests.cloud.test_scaleout_monitor import store as store_windows
+from tests.waiting import until
 
 OPS_DEFAULTS = {"max_p99_ms": 500.0, "max_error_rate": 0.05, "min_requests": 20, "max_cpu_load": None,
                 "max_memory_used": 0.95, "min_disk_free_bytes": 100 * 1024 * 1024, "max_temperature_c": 80.0,
@@ -57,6 +61,43 @@ def test_cloud_up_takes_the_performance_and_ops_settings_and_refuses_bad_ones(tm
         said = " ".join(refused.stderr.replace("│", " ").split())
         assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
         assert message in said, said
+
+
+def test_cloud_up_ops_interval_is_how_soon_a_slow_device_is_judged(tmp_path: Path, mosquitto):
+    """--ops-interval takes effect in a real `cloud up`: the same slow window (p99 past the last latency edge)
+    opens a latency alert within a pass at --ops-interval 0.3, and is still unjudged 12 s after it ended at
+    --ops-interval 3600 (longer than the default 10 s, so an option the monitor ignored fails here). The
+    window ends 2 s after it is stored, so the pass each process makes at start cannot have judged it."""
+    waited: dict[str, float | None] = {}
+    for interval in ("3600", "0.3"):
+        data = tmp_path / f"data-{interval}"
+        with cloud_up(tmp_path, "--data", str(data), "--mqtt-url", mosquitto.url, "--ops-interval",
+                      interval) as (process, _lines, url, output):
+            token = next(line.split(": ", 1)[1] for line in output.splitlines() if line.startswith("admin token: "))
+            engine = open_engine(f"sqlite:///{data / 'edgefleet.db'}")
+            sessions = make_sessions(engine)
+            end = time.time() + 2
+            store_windows(sessions, [window(device, 1, end, slow=True) for device in add_devices(sessions, 1)])
+            engine.dispose()
+            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as api:
+                def latency() -> list[dict]:
+                    every = api.get("/api/v1/alerts", params={"status": "all"}).json()
+                    return [a for a in every if a["kind"] == "latency"]
+
+                if interval == "3600":
+                    time.sleep(max(0.0, end + 12 - time.time()))
+                    assert latency() == [], "judged although the next pass is an hour away"
+                    waited[interval] = None
+                else:
+                    (alert,) = until(latency, "the latency alert", 30)
+                    assert alert["scope_id"] == "d00000" and "p99 latency inf ms over the limit 500 ms" in \
+                        alert["message"]
+                    waited[interval] = alert["opened_at"] - end
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0
+    print(f"latency alert {waited['0.3']:.2f} s after the window ended at --ops-interval 0.3; none after 12 s "
+          "at 3600")
+    assert 0 <= waited["0.3"] < 12
 
 
 @pytest.fixture

@@ -56,7 +56,10 @@ def test_health_needs_no_token(cloud: Cloud):
 
 
 @pytest.mark.parametrize("path", ["/api/v1/devices", "/api/v1/bundles", "/api/v1/alerts", "/api/v1/ingest",
-                                  "/api/v1/fleets/f/drift", "/api/v1/devices/d/drift"])
+                                  "/api/v1/fleets/f/drift", "/api/v1/devices/d/drift",
+                                  "/api/v1/devices/d/windows?resolution=hour", "/api/v1/fleets/f/windows",
+                                  "/api/v1/models/m/windows?resolution=day", "/api/v1/ops/settings",
+                                  "/api/v1/performance/settings", "/api/v1/webhooks"])
 def test_every_api_route_needs_the_admin_token(cloud: Cloud, path: str):
     for headers in ({}, {"Authorization": "Bearer not-a-token"}, {"Authorization": "Basic YWRtaW46eA=="}):
         response = httpx.get(cloud.server.url + path, headers=headers)

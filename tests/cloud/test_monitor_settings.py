@@ -1,5 +1,6 @@
 """The performance and operations monitors' settings (issue 14): `edgefleet cloud up --performance-drop
---ops-*` as a real process (a bad value: exit 2 and one line), the per-fleet/model API they share with the
+--ops-*` as a real process (a bad value: exit 2 and one line; --ops-interval sets how soon a slow device is
+judged, --performance-drop the threshold its accuracy alert names), the per-fleet/model API they share with the
 drift settings (cloud/api/scoped_settings.py) on a real cloud, and the label-free accuracy alert using a
 fleet's drop and its drift min_samples and lookback on a real SQLite database."""
 
@@ -8,18 +9,27 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
-from edgefleet.cloud.db import DriftSettingsRecord
+from edgefleet.cloud.db import DriftSettingsRecord, TelemetryRecord, make_sessions, open_engine
 from edgefleet.cloud.drift_settings import MonitorSettings
 from edgefleet.cloud.ops_tables import PerformanceSettingsRecord
 from edgefleet.cloud.performance_monitor import PerformanceMonitor
 from edgefleet.cloud.performance_settings import PerformanceSettingsError
+from edgefleet.core.bundle import Bundle
+from edgefleet.core.calibration import calibration_of, estimated_accuracy
+from edgefleet.core.telemetry import LATENCY_EDGES_MS, TelemetryWindow
+from tests.cloud.api_kit import GZIP
 from tests.cloud.cloud_process import cloud_servers, cloud_up
 from tests.cloud.test_performance import PROFILE, alerts, sessions, store  # noqa: F401 - sessions is a fixture
+from tests.cloud.test_scaleout_monitor import add_devices, window
+from tests.cloud.test_scaleout_monitor import store as store_windows
+from tests.waiting import until
 
 OPS_DEFAULTS = {"max_p99_ms": 500.0, "max_error_rate": 0.05, "min_requests": 20, "max_cpu_load": None,
                 "max_memory_used": 0.95, "min_disk_free_bytes": 100 * 1024 * 1024, "max_temperature_c": 80.0,
@@ -57,6 +67,90 @@ def test_cloud_up_takes_the_performance_and_ops_settings_and_refuses_bad_ones(tm
         said = " ".join(refused.stderr.replace("│", " ").split())
         assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
         assert message in said, said
+
+
+def test_cloud_up_ops_interval_is_how_soon_a_slow_device_is_judged(tmp_path: Path, mosquitto):
+    """--ops-interval takes effect in a real `cloud up`: the same slow window (p99 past the last latency edge)
+    opens a latency alert within a pass at --ops-interval 0.3, and is still unjudged 12 s after it ended at
+    --ops-interval 3600 (longer than the default 10 s, so an option the monitor ignored fails here). The
+    window ends 2 s after it is stored, so the pass each process makes at start cannot have judged it."""
+    waited: dict[str, float | None] = {}
+    for interval in ("3600", "0.3"):
+        data = tmp_path / f"data-{interval}"
+        with cloud_up(tmp_path, "--data", str(data), "--mqtt-url", mosquitto.url, "--ops-interval",
+                      interval) as (process, _lines, url, output):
+            token = next(line.split(": ", 1)[1] for line in output.splitlines() if line.startswith("admin token: "))
+            engine = open_engine(f"sqlite:///{data / 'edgefleet.db'}")
+            sessions = make_sessions(engine)
+            end = time.time() + 2
+            store_windows(sessions, [window(device, 1, end, slow=True) for device in add_devices(sessions, 1)])
+            engine.dispose()
+            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as api:
+                def latency() -> list[dict]:
+                    every = api.get("/api/v1/alerts", params={"status": "all"}).json()
+                    return [a for a in every if a["kind"] == "latency"]
+
+                if interval == "3600":
+                    time.sleep(max(0.0, end + 12 - time.time()))
+                    assert latency() == [], "judged although the next pass is an hour away"
+                    waited[interval] = None
+                else:
+                    (alert,) = until(latency, "the latency alert", 30)
+                    assert alert["scope_id"] == "d00000" and "p99 latency inf ms over the limit 500 ms" in \
+                        alert["message"]
+                    waited[interval] = alert["opened_at"] - end
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == 0
+    print(f"latency alert {waited['0.3']:.2f} s after the window ended at --ops-interval 0.3; none after 12 s "
+          "at 3600")
+    assert 0 <= waited["0.3"] < 12
+
+
+@pytest.mark.slow  # the digits bundle: its calibration is what the estimate is judged against
+def test_cloud_up_performance_drop_is_the_threshold_the_accuracy_alert_uses(tmp_path: Path, mosquitto,
+                                                                            digits_bundle):
+    """--performance-drop takes effect in a real `cloud up`: a device whose predictions all fall in the digits
+    CNN's least accurate confidence bin gets an accuracy alert that names the option's threshold, not the
+    default 0.05."""
+    archive = Bundle.open(digits_bundle.root).pack(tmp_path / "digits.tar.gz")
+    profile = Bundle.open(digits_bundle.root).reference_profile()
+    calibration = calibration_of(profile)
+    worst = int(np.nanargmin(calibration["accuracy"]))
+    counts = [0] * (len(calibration["accuracy"]) + 1)
+    counts[worst] = 200
+    gap = calibration["expected_accuracy"] - estimated_accuracy(counts, calibration)
+    assert gap > 0.1, calibration  # room for a threshold between the default and the gap
+    drop = round(gap / 2, 2)
+    data = tmp_path / "data"
+    with cloud_up(tmp_path, "--data", str(data), "--mqtt-url", mosquitto.url, "--trust", str(digits_bundle.public_key),
+                  "--performance-drop", str(drop), "--drift-interval", "0.5") as (process, _lines, url, output):
+        token = next(line.split(": ", 1)[1] for line in output.splitlines() if line.startswith("admin token: "))
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as api:
+            uploaded = api.post("/api/v1/bundles", content=archive.read_bytes(), headers=GZIP)
+            assert uploaded.status_code == 201, uploaded.text
+            name, version = uploaded.json()["name"], uploaded.json()["version"]
+            engine = open_engine(f"sqlite:///{data / 'edgefleet.db'}")
+            sessions = make_sessions(engine)
+            (device,) = add_devices(sessions, 1)
+            end = time.time()
+            window = TelemetryWindow("lab", device, 1, name, version, end - 60, end, 200, 200, 0,
+                                     (0,) * (len(LATENCY_EDGES_MS) + 2), confidence=tuple(counts))
+            with sessions.begin() as session:
+                session.add(TelemetryRecord(device_id=device, fleet="lab", seq=1, model_name=name,
+                                            model_version=version, window_start=end - 60, window_end=end,
+                                            requests=200, samples=200, errors=0,
+                                            payload=window.to_payload().decode()))
+            engine.dispose()
+
+            def accuracy_alerts() -> list[dict]:
+                every = api.get("/api/v1/alerts", params={"status": "all"}).json()
+                return [a for a in every if a["kind"] == "estimated_accuracy" and a["scope"] == "device"]
+
+            (alert,) = until(accuracy_alerts, "the device's accuracy alert", 60)
+        assert f"{gap:.3f} below" in alert["message"] and f"(threshold {drop:g})" in alert["message"], alert
+        assert alert["details"]["threshold"] == drop
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
 
 
 @pytest.fixture

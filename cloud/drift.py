@@ -279,16 +279,16 @@ def evaluate(counts: WindowCounts, profile: Mapping, thresholds: DriftThresholds
     for group, name, window, reference, ordered, facts in signals_of(profile):
         (data if group == "data_drift" else prediction)[name] = (window(counts), reference, ordered, facts)
     groups = {"data_drift": _group(data, thresholds), "prediction_drift": _group(prediction, thresholds)}
-    return assemble(groups, counts.samples, profile, thresholds)
+    return assemble(groups, counts.samples, profile, thresholds.to_dict())
 
 
-def assemble(groups: Mapping[str, dict], samples: int, profile: Mapping, thresholds: DriftThresholds) -> dict:
-    """The report around its two groups (`group_report`)."""
+def assemble(groups: Mapping[str, dict], samples: int, profile: Mapping, thresholds: dict) -> dict:
+    """The report around its two groups (`group_report`); `thresholds` as DriftThresholds.to_dict()."""
     return {
         "verdict": _overall([g["verdict"] for g in groups.values()]),
         "samples": int(samples),
         "reference_samples": int(profile.get("count", 0)),
-        "thresholds": thresholds.to_dict(),
+        "thresholds": thresholds,
         **groups,
     }
 

@@ -57,13 +57,13 @@ def evaluate_many(counts: Sequence[WindowCounts], profile: Mapping,
         alpha = thresholds.alpha / max(sizes[group], 1)
         rows = np.stack([np.asarray(window(item)) for item in counts])
         results[group][name] = _signals(rows, reference, ordered, alpha, thresholds, facts)
-    reports = []
+    reports, settings = [], thresholds.to_dict()
     for index, item in enumerate(counts):
         groups = {}
         for group, by_name in results.items():
             alpha = thresholds.alpha / max(sizes[group], 1)
             groups[group] = group_report({name: rows[index] for name, rows in by_name.items()}, alpha)
-        reports.append(assemble(groups, item.samples, profile, thresholds))
+        reports.append(assemble(groups, item.samples, profile, dict(settings)))
     return reports
 
 
@@ -85,9 +85,10 @@ def _signals(obs: np.ndarray, ref: np.ndarray, ordered: bool, alpha: float, thre
         out[index] = judge_signal(obs[index], ref, ordered, alpha, thresholds, facts)
     if usable.any():
         rows = np.flatnonzero(usable)
-        values = _statistics(window[rows], reference, ordered)
+        n_list = n_all.tolist()
+        values = {key: array.tolist() for key, array in _statistics(window[rows], reference, ordered).items()}
         for k, index in enumerate(rows):
-            out[index] = _row(obs[index], ref, int(n_all[index]), m, values, k, ordered, alpha, thresholds)
+            out[index] = _row(obs[index], ref, n_list[index], m, values, k, ordered, alpha, thresholds)
     return out  # type: ignore[return-value]
 
 
@@ -124,27 +125,27 @@ def _statistics(obs: np.ndarray, ref: np.ndarray, ordered: bool) -> dict[str, np
     return values
 
 
-def _row(obs: np.ndarray, ref: np.ndarray, n: int, m: int, values: Mapping[str, np.ndarray], k: int,
+def _row(obs: np.ndarray, ref: np.ndarray, n: int, m: int, values: Mapping[str, list], k: int,
          ordered: bool, alpha: float, thresholds: DriftThresholds) -> dict:
     """drift.judge_signal's result for one row from the stacked statistics (no facts: no location, F = 1)."""
     small = small_n.is_small(n, m)
     if small and n >= thresholds.min_samples:
         return judge_signal(obs, ref, ordered, alpha, thresholds, None)  # the permutation test decides
-    dof = int(values["dof"][k])
-    statistic = float(values["chi2"][k])
+    dof = values["dof"][k]
+    statistic = values["chi2"][k]
     p = 1.0 if dof == 0 else stats.chi2_sf(statistic, dof)
-    psi = float(values["psi"][k])
+    psi = values["psi"][k]
     psi_threshold = thresholds.psi_floor if small else thresholds.psi_threshold(max(dof, 1), n / 1.0, m / 1.0)
     ks = None
     if ordered:
-        ks_stat = float(values["ks"][k])
+        ks_stat = values["ks"][k]
         ks = {"statistic": ks_stat, "p": stats.kolmogorov_sf(math.sqrt(n * m / (n + m)) * ks_stat)}
     if n < thresholds.min_samples:
         verdict = INSUFFICIENT
     else:
         verdict = DRIFT if magnitude.decide(p < alpha, psi > psi_threshold, None) else OK
     return {
-        "n": n, "m": m, "psi": psi, "psi_threshold": psi_threshold, "js": float(values["js"][k]),
+        "n": n, "m": m, "psi": psi, "psi_threshold": psi_threshold, "js": values["js"][k],
         "chi2": {"statistic": statistic, "dof": dof, "p": p, "exact_p": None, "inflation": 1.0},
         "ks": ks, "location": None, "verdict": verdict,
     }

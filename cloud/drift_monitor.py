@@ -7,8 +7,9 @@ One run (`run_once`):
    and the per-output summary rows, is read back from there: no column per histogram, no migration);
 2. groups them per (device, model name, version) and per (fleet, model name, version): a fleet is all
    of its devices' windows added together, which the shared bin edges make exact;
-3. evaluates each scope against the reference profile of its model version (cloud/drift.py) and writes
-   one DriftResult row per scope;
+3. evaluates each scope against the reference profile of its model version (cloud/drift.py), the scopes
+   of one profile and thresholds at once (cloud/drift_batch.py; a batch that fails is evaluated again
+   scope by scope), and writes one DriftResult row per scope, all in one statement (a COPY on PostgreSQL);
 4. feeds each evaluated scope's new windows, late ones included, in event-time order to its sequential
    detectors (cloud/drift_sequential.py: CUSUMs of mean and spread per input feature with magnitude
    facts, their sums kept in the database by cloud/drift_cusum_store.py) and stores their evidence under

@@ -93,7 +93,7 @@ limited to some classes), for the CNN trained 10 epochs (the tests' bundle) and 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -275,39 +275,64 @@ def evaluate(counts: WindowCounts, profile: Mapping, thresholds: DriftThresholds
     thresholds = thresholds or DriftThresholds()
     check_against_profile(counts, profile)
     data: dict[str, Signal] = {}
-    for feature in profile.get("features", []):
-        window_rows = counts.features[feature["input"]]
-        for index, name in enumerate(feature["names"]):
-            data[name] = (window_rows[index], np.asarray(feature["counts"][index]), True,
-                          magnitude.facts_of(feature, index))
     prediction: dict[str, Signal] = {}
-    if profile.get("predictions") is not None:
-        prediction["predictions"] = (counts.predictions, np.asarray(profile["predictions"]["counts"]), False, None)
-    if profile.get("confidence") is not None:
-        prediction["confidence"] = (counts.confidence, np.asarray(profile["confidence"]["counts"]), True, None)
-    for item in profile.get("outputs") or []:
-        reference = np.asarray(item["counts"])
-        window_rows = counts.outputs.get(item["output"], np.zeros_like(reference))
-        for index, row in enumerate(item["names"]):
-            name = f"{item['output']}.{row}"
-            if name in prediction:
-                raise ValueError(f"reference profile names the prediction signal {name!r} twice")
-            prediction[name] = (window_rows[index], reference[index], True, None)
+    for group, name, window, reference, ordered, facts in signals_of(profile):
+        (data if group == "data_drift" else prediction)[name] = (window(counts), reference, ordered, facts)
     groups = {"data_drift": _group(data, thresholds), "prediction_drift": _group(prediction, thresholds)}
+    return assemble(groups, counts.samples, profile, thresholds.to_dict())
+
+
+def assemble(groups: Mapping[str, dict], samples: int, profile: Mapping, thresholds: dict) -> dict:
+    """The report around its two groups (`group_report`); `thresholds` as DriftThresholds.to_dict()."""
     return {
         "verdict": _overall([g["verdict"] for g in groups.values()]),
-        "samples": int(counts.samples),
+        "samples": int(samples),
         "reference_samples": int(profile.get("count", 0)),
-        "thresholds": thresholds.to_dict(),
+        "thresholds": thresholds,
         **groups,
     }
+
+
+def signals_of(profile: Mapping) -> list[tuple[str, str, Callable[[WindowCounts], np.ndarray], np.ndarray, bool,
+                                                  Mapping | None]]:
+    """The profile's signals in report order: (group, name, the window's row of it from WindowCounts,
+    reference row, ordered, magnitude facts)."""
+    signals: list = []
+    for feature in profile.get("features", []):
+        for index, name in enumerate(feature["names"]):
+            signals.append(("data_drift", name, lambda c, i=feature["input"], k=index: c.features[i][k],
+                            np.asarray(feature["counts"][index]), True, magnitude.facts_of(feature, index)))
+    names: set[str] = set()
+    if profile.get("predictions") is not None:
+        signals.append(("prediction_drift", "predictions", lambda c: c.predictions,
+                        np.asarray(profile["predictions"]["counts"]), False, None))
+        names.add("predictions")
+    if profile.get("confidence") is not None:
+        signals.append(("prediction_drift", "confidence", lambda c: c.confidence,
+                        np.asarray(profile["confidence"]["counts"]), True, None))
+        names.add("confidence")
+    for item in profile.get("outputs") or []:
+        reference = np.asarray(item["counts"])
+        for index, row in enumerate(item["names"]):
+            name = f"{item['output']}.{row}"
+            if name in names:
+                raise ValueError(f"reference profile names the prediction signal {name!r} twice")
+            names.add(name)
+            signals.append(("prediction_drift", name,
+                            lambda c, o=item["output"], k=index, z=reference: c.outputs.get(o, np.zeros_like(z))[k],
+                            reference[index], True, None))
+    return signals
 
 
 def _group(signals: Mapping[str, Signal], thresholds: DriftThresholds) -> dict:
     """A group's signals and its verdict, decided by the signals that have enough samples (module docstring)."""
     alpha = thresholds.alpha / max(len(signals), 1)
-    results = {name: _signal(obs, ref, ordered, alpha, thresholds, facts)
-               for name, (obs, ref, ordered, facts) in signals.items()}
+    return group_report({name: judge_signal(obs, ref, ordered, alpha, thresholds, facts)
+                         for name, (obs, ref, ordered, facts) in signals.items()}, alpha)
+
+
+def group_report(results: Mapping[str, dict], alpha: float) -> dict:
+    """A group's part of the report from its signals' results (`judge_signal`) and its per-signal alpha."""
     judged = [r["verdict"] for r in results.values() if r["verdict"] != INSUFFICIENT]
     return {
         "verdict": (_overall(judged) if judged else INSUFFICIENT) if results else None,
@@ -324,7 +349,7 @@ def cleared(group: Mapping) -> bool:
     return group.get("verdict") == OK and all(s["verdict"] == OK for s in group.get("signals", {}).values())
 
 
-def _signal(obs: np.ndarray, ref: np.ndarray, ordered: bool, alpha: float, thresholds: DriftThresholds,
+def judge_signal(obs: np.ndarray, ref: np.ndarray, ordered: bool, alpha: float, thresholds: DriftThresholds,
             facts: Mapping | None) -> dict:
     n, m = int(obs.sum()), int(ref.sum())
     result: dict = {"n": n, "m": m}

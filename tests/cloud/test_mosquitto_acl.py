@@ -11,6 +11,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -156,6 +158,39 @@ def test_a_queued_command_survives_a_mosquitto_restart(mosquitto_fleet):
         assert back.expect(t(fleet, "dev-b", "cmd"), b"install-v37").qos == 1
     finally:
         peers.close()
+
+
+def test_the_ingest_gets_1000_messages_before_it_acknowledges(mosquitto_fleet):
+    """The generated mosquitto.conf sets max_inflight_messages 1000: the ingest, which acknowledges a batch
+    after its commit, is sent a whole batch of telemetry before its first PUBACK (Mosquitto's default, 20,
+    held the rest back and capped the ingest's rate)."""
+    import paho.mqtt.client as mqtt
+
+    fleet, sent = mosquitto_fleet, 200
+    arrived: list[int] = []
+    ingest = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=INGEST.username, protocol=mqtt.MQTTv311,
+                         manual_ack=True)  # acknowledges nothing unless asked
+    ingest.username_pw_set(INGEST.username, cloud_password(fleet.cloud_secret, INGEST))
+    ingest.on_message = lambda client, userdata, message: arrived.append(message.mid)
+    subscribed = threading.Event()
+    ingest.on_subscribe = lambda *_: subscribed.set()
+    ingest.connect("127.0.0.1", fleet.port)
+    ingest.loop_start()
+    peers = Peers(fleet)
+    try:
+        ingest.subscribe(next(f for f in INGEST.reads if f.endswith("/telemetry")), qos=1)
+        assert subscribed.wait(WAIT)
+        device = peers.device("dev-a")
+        for n in range(sent):
+            device.client.publish(t(fleet, "dev-a", "telemetry"), f"window {n}".encode(), qos=1)
+        deadline = time.monotonic() + WAIT
+        while len(arrived) < sent and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(arrived) == sent  # none acknowledged, all in flight (20 with Mosquitto's default)
+    finally:
+        peers.close()
+        ingest.disconnect()
+        ingest.loop_stop()
 
 
 def test_mosquitto_reads_hashes_written_here(generated_mosquitto):

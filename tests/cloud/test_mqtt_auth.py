@@ -206,7 +206,8 @@ def test_mosquitto_conf_binds_client_ids_and_persists(tmp_path):
     assert conf[0] == "per_listener_settings false"  # must come first, says mosquitto.conf(5)
     for line in ("allow_anonymous false", f"password_file {paths['passwd'].resolve()}",
                  f"acl_file {paths['acl'].resolve()}", "persistence true",
-                 f"persistence_location {(tmp_path / 'mqtt' / 'persistence').resolve()}/", "autosave_interval 30"):
+                 f"persistence_location {(tmp_path / 'mqtt' / 'persistence').resolve()}/", "autosave_interval 30",
+                 "max_inflight_messages 1000"):
         assert line in conf
     # A listener option: it applies to the listener above it (before any, Mosquitto would open a second one).
     assert conf[-2:] == ["listener 11883", "use_username_as_clientid true"]

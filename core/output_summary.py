@@ -88,7 +88,8 @@ class OutputSummary:
             raise ValueError(f"profile output {name!r}: summary {str(kind)[:20]!r} with rows {str(names)[:60]} is "
                              f"not one this runtime bins")
         edges = _array(entry.get("edges"), f"profile output {name!r} edges")
-        if edges.ndim != 2 or edges.shape[0] != len(names) or edges.shape[1] < 1 or (np.diff(edges) < 0).any():
+        unsorted = edges.ndim == 2 and (edges[:, 1:] < edges[:, :-1]).any()  # no subtraction: edges may be +-inf
+        if edges.ndim != 2 or edges.shape[0] != len(names) or edges.shape[1] < 1 or unsorted:
             raise ValueError(f"profile output {name!r}: edges must be {len(names)} sorted rows of at least one "
                              f"finite edge, got shape {edges.shape}")
         size = per_sample(specs[name])

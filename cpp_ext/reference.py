@@ -153,7 +153,7 @@ def _checked_edges(name: str, value: object, ndim: int) -> np.ndarray:
     edges = np.array(raw, dtype=np.float64, order="C")  # a copy: the caller's array may change later
     rows = [(f"{name}[{i}]", row) for i, row in enumerate(edges)] if ndim == 2 else [(name, edges)]
     for label, row in rows:
-        if np.isnan(row).any() or (np.diff(row) < 0).any():
+        if np.isnan(row).any() or (row[1:] < row[:-1]).any():  # no subtraction: edges may be +-inf
             raise ValueError(f"{label} must be sorted ascending (non-decreasing) and free of NaN, got {row.tolist()}")
     edges.flags.writeable = False
     return edges

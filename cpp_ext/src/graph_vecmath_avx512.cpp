@@ -12,6 +12,8 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 
+#include <cstdint>
+#include <cstring>
 #include <limits>
 
 namespace edgefleet::graph::vecmath {
@@ -51,6 +53,38 @@ EF_AVX512 inline __mmask16 first(std::int64_t n) {  // the first n (< 16) lanes
     return static_cast<__mmask16>((1u << n) - 1u);
 }
 
+const float kExpFloor = exp(-87.3f);  // the header's scalar formula: exp16's bits (the same operations)
+
+// f / s rounded to float32 as IEEE division rounds it (to nearest, ties to even), in integers when the
+// quotient is subnormal (no assist); the division itself otherwise.
+inline float subnormal_quotient(float f, float s) {
+    std::uint32_t bf, bs;
+    std::memcpy(&bf, &f, sizeof bf);
+    std::memcpy(&bs, &s, sizeof bs);
+    const std::uint32_t ef = (bf >> 23) & 0xFF, es = (bs >> 23) & 0xFF;
+    if (!(f > 0.0f && s > 0.0f) || ef == 0 || ef == 0xFF || es == 0 || es == 0xFF) return f / s;
+    // f = mf 2^(ef - 150), s = ms 2^(es - 150); in units of the smallest subnormal, 2^-149:
+    // f / s = mf 2^(ef - es + 149) / ms.
+    const int shift = static_cast<int>(ef) - static_cast<int>(es) + 149;
+    if (shift < 0 || shift > 39) return f / s;
+    const std::uint64_t mf = (bf & 0x7FFFFFu) | 0x800000u, ms = (bs & 0x7FFFFFu) | 0x800000u;
+    const std::uint64_t num = mf << shift;
+    std::uint64_t units = num / ms;
+    const std::uint64_t rem = num % ms;
+    if (2 * rem > ms || (2 * rem == ms && (units & 1) != 0)) ++units;
+    if (units > 0x800000u) return f / s;  // a normal quotient (2^23 units is FLT_MIN's own bits)
+    const auto bits = static_cast<std::uint32_t>(units);
+    float out;
+    std::memcpy(&out, &bits, sizeof out);
+    return out;
+}
+
+// e / total, with the lanes where e is exp's floor set to q (= floor / total, divided once).
+EF_AVX512 inline __m512 divide(__m512 e, __m512 floor, __m512 one, __m512 total, __m512 q) {
+    const __mmask16 low = _mm512_cmp_ps_mask(e, floor, _CMP_EQ_OQ);
+    return _mm512_mask_blend_ps(low, _mm512_div_ps(_mm512_mask_blend_ps(low, e, one), total), q);
+}
+
 }  // namespace
 
 EF_AVX512 void softmax_row_avx512(const float* x, float* y, std::int64_t n) {
@@ -68,23 +102,39 @@ EF_AVX512 void softmax_row_avx512(const float* x, float* y, std::int64_t n) {
     t4 = _mm_max_ss(_mm_shuffle_ps(t4, t4, 1), t4);
     const __m512 shift = _mm512_set1_ps(_mm_cvtss_f32(t4));
     __m512 sum = _mm512_setzero_ps();
+    // A masked attention score (-1e4) gives exp's floor, e^-87.3 ~ 1.2e-38, and that over the sum is
+    // subnormal: a microcode assist per instruction on x86 that doubled a masked row's time. Every such
+    // lane has the same quotient, floor / sum: computed once per row without floating point (below) and
+    // blended in, while those lanes divide 1 by the sum. The same bits as the IEEE division.
+    const __m512 floor = _mm512_set1_ps(kExpFloor);
+    __mmask16 floored = 0;
     for (std::int64_t i = 0; i < body; i += 16) {
         const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + i), shift));
         _mm512_storeu_ps(y + i, e);
         sum = _mm512_add_ps(sum, e);
+        floored |= _mm512_cmp_ps_mask(e, floor, _CMP_EQ_OQ);
     }
     if (rest) {  // lanes past the row add +0.0 (the portable tail leaves them as they are: the same bits)
-        const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, x + body), shift));
+        const __m512 e = _mm512_maskz_mov_ps(tail, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, x + body), shift)));
         _mm512_mask_storeu_ps(y + body, tail, e);
-        sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(tail, e));
+        sum = _mm512_add_ps(sum, e);
+        floored |= _mm512_cmp_ps_mask(e, floor, _CMP_EQ_OQ);
     }
     __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(sum), high8(sum));
     __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
     s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
     s4 = _mm_add_ss(s4, _mm_shuffle_ps(s4, s4, 1));
-    const __m512 total = _mm512_set1_ps(_mm_cvtss_f32(s4));
-    for (std::int64_t i = 0; i < body; i += 16) _mm512_storeu_ps(y + i, _mm512_div_ps(_mm512_loadu_ps(y + i), total));
-    if (rest) _mm512_mask_storeu_ps(y + body, tail, _mm512_div_ps(_mm512_maskz_loadu_ps(tail, y + body), total));
+    const float sum0 = _mm_cvtss_f32(s4);
+    const __m512 total = _mm512_set1_ps(sum0);
+    if (!floored) {
+        for (std::int64_t i = 0; i < body; i += 16) _mm512_storeu_ps(y + i, _mm512_div_ps(_mm512_loadu_ps(y + i), total));
+        if (rest) _mm512_mask_storeu_ps(y + body, tail, _mm512_div_ps(_mm512_maskz_loadu_ps(tail, y + body), total));
+        return;
+    }
+    const __m512 one = _mm512_set1_ps(1.0f);
+    const __m512 q = _mm512_set1_ps(subnormal_quotient(kExpFloor, sum0));
+    for (std::int64_t i = 0; i < body; i += 16) _mm512_storeu_ps(y + i, divide(_mm512_loadu_ps(y + i), floor, one, total, q));
+    if (rest) _mm512_mask_storeu_ps(y + body, tail, divide(_mm512_maskz_loadu_ps(tail, y + body), floor, one, total, q));
 }
 
 }  // namespace edgefleet::graph::vecmath

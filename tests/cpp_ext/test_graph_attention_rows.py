@@ -1,9 +1,10 @@
 """Softmax and LayerNormalization rows as a small transformer encoder runs them, against the numpy spec
-(graph_reference): Softmax in zmm registers on the "avx512" tier must give the portable tier's bits on
-every row length (below, at and past one 16-lane vector, with a masked tail), with masked scores of -1e4,
-a NaN and infinities in the row; LayerNormalization's float64 lane sums on every row length (tails of
-the 8 lanes) and with per-element or broadcast scale and bias; and 1 and 2 kernel threads give the same
-bytes on an attention block's shapes (4 heads x 32 x 32 scores)."""
+(graph_reference): Softmax in zmm registers on the "avx512" tier must give the portable tier's bits on every
+row length (below, at and past one 16-lane vector, with a masked tail), with masked scores of -1e4 (their
+subnormal quotients computed in integers there), a NaN and infinities in the row; LayerNormalization's
+float64 lane sums on every row length (tails of the 8 lanes) and with per-element or broadcast scale and
+bias; and 1 and 2 kernel threads give the same bytes on an attention block's shapes (4 heads x 32 x 32
+scores)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,25 @@ def test_softmax_rows_same_bits_on_every_tier(n: int) -> None:
         np.testing.assert_allclose(value, want, rtol=2e-6, atol=1e-7, err_msg=name)
         np.testing.assert_array_equal(value.view(np.uint32), got["portable"].view(np.uint32), err_msg=name)
         np.testing.assert_allclose(value.sum(axis=-1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n", [2, 17, 32, 37, 1000])
+def test_masked_softmax_rows_subnormal_quotients_same_bits(n: int) -> None:
+    # exp's floor (e^-87.3) over the row's sum is subnormal: the avx512 row computes it in integers,
+    # rounded as the IEEE division the portable row does; sums from 1 (one score left) to about n
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal((300, n)) * rng.uniform(0.01, 6, (300, 1))).astype(np.float32)
+    keep = rng.integers(1, n + 1, 300)
+    keep[:3] = [1, n, max(1, n - 1)]
+    x[np.arange(n)[None, :] >= keep[:, None]] = -1e4
+    x[3, :] = -1e4
+    x[3, 0] = 0.0
+    x[4, 1:] = -86.9  # just above the floor: subnormal quotients the vector division computes
+    got = run_tiers(one_op("Softmax", x.shape, axis=-1), x)
+    floored = got["portable"][x == -1e4]
+    assert (floored > 0).all() and (n == 2 or (floored < np.finfo(np.float32).tiny).mean() > 0.5)  # n 2: sum 1
+    for name, value in got.items():
+        np.testing.assert_array_equal(value.view(np.uint32), got["portable"].view(np.uint32), err_msg=name)
 
 
 def test_softmax_row_with_a_nan_matches_the_portable_tier() -> None:

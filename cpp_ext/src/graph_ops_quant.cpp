@@ -15,8 +15,8 @@
 
 #include "graph_kernels.hpp"
 #include "graph_ops.hpp"
-#include "graph_qgemm_vnni.hpp"
 #include "graph_threads.hpp"
+#include "graph_qgemm_vnni.hpp"  // (after the others: the depthwise branch adds a header above)
 
 namespace edgefleet::graph {
 

@@ -114,3 +114,21 @@ def test_one_and_two_threads_give_the_same_bytes(op: str) -> None:
     one, two = run_tiers(graph, x, 1), run_tiers(graph, x, 2)
     for name in ISAS:
         np.testing.assert_array_equal(one[name].view(np.uint32), two[name].view(np.uint32), err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("scale", [1 / 255, 2e-38])  # the second below 2^-125: no lane is flushed
+def test_quantize_of_subnormal_softmax_outputs_exact_on_every_tier(dtype: str, scale: float) -> None:
+    # the AVX2 QuantizeLinear zeroes subnormal inputs before dividing (their quotient rounds to zero anyway)
+    tiny = np.finfo(np.float32).tiny
+    x = np.array([tiny / 2, -tiny / 2, tiny / 3e6, -1e-45, 0.0, -0.0, tiny, -tiny, 0.5, 1.0, 3e-38, -3e-38,
+                  7e-39, -7e-39, 1e-3, 0.2, 0.003, 1e-39, 1e-38, 5e-39, -1e-39, 2e-38, 0.9, 1.1e-38, -1.1e-38],
+                 np.float32)
+    b = GraphBuilder()
+    q = b.node("QuantizeLinear", [b.input("x", "float32", x.shape), b.constant("s", np.float32(scale)),
+                                  b.constant("z", np.array(0 if dtype == "int8" else 3, dtype))])
+    b.output(q, dtype)
+    graph = b.build()
+    want = next(iter(run_graph(graph, {"x": x}).values()))
+    for name, value in run_tiers(graph, x).items():
+        np.testing.assert_array_equal(value, want, err_msg=name)

@@ -3,7 +3,8 @@
 // QConv has two paths: with group 1 and every w - w_zero_point within int8, a direct uint8 x int8 kernel
 // (kernels::Table::qconv_u8s8: the input copied once into zero-point-padded HWC bytes, the zero point's
 // share folded into the bias, requantization in the store); otherwise, or on a tier without that kernel,
-// im2row into int16 rows + qgemm_nt + a requantization pass.
+// im2row into int16 rows + qgemm_nt + a requantization pass. QGemm on the avx512 tier, when every
+// w - w_zero fits int8, runs byte dot products on weights packed at load (graph_qgemm_vnni.hpp).
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -15,6 +16,7 @@
 #include "graph_kernels.hpp"
 #include "graph_ops.hpp"
 #include "graph_threads.hpp"
+#include "graph_qgemm_vnni.hpp"  // (after the others: the depthwise branch adds a header above)
 
 namespace edgefleet::graph {
 
@@ -431,6 +433,12 @@ public:
         EF_REQUIRE(relu || attrs.get_str("activation", "none") == "none", "activation must be none or relu");
         packed_ = pack(c, n_, k_, [&](std::int64_t ch, std::int64_t i) { return int_at(b.data(), b.dtype, i * n_ + ch); },
                        out, relu, c.size() > 8 ? c[8] : nullptr);
+#if defined(__x86_64__) || defined(_M_X64)
+        if (kernels::cpu_has_avx512()) {  // byte dot products on the avx512 tier (graph_qgemm_vnni.hpp)
+            const auto* w = static_cast<const std::int16_t*>(packed_.weights.get());
+            vnni_ = QGemmVnni::make(k_, n_, [&](std::int64_t k, std::int64_t n) { return w[n * packed_.kp + k]; });
+        }
+#endif
     }
 
     Shape infer(const std::vector<View>& in) const override {
@@ -449,6 +457,11 @@ public:
         const std::int64_t rows = numel(*in[0].shape) / k_;
         auto* a = static_cast<std::int16_t*>(scratch);
         auto* acc = reinterpret_cast<std::int32_t*>(static_cast<char*>(scratch) + (rows * packed_.kp * 2 + 63) / 64 * 64);
+        if (vnni_ && std::strcmp(kernels::active().isa, "avx512") == 0) {
+            vnni_->run(in[0].data, in[0].dtype == DType::u8, packed_.x_zero_int, rows, scratch, acc);
+            requantize_any(acc, packed_, rows, n_, false, out, 0);
+            return;
+        }
         const auto zero = static_cast<std::int16_t>(packed_.x_zero_int);
         for (std::int64_t r = 0; r < rows; ++r) {
             std::int16_t* row = a + r * packed_.kp;
@@ -470,6 +483,7 @@ public:
 private:
     std::int64_t k_ = 0, n_ = 0;
     Packed packed_;
+    std::unique_ptr<QGemmVnni> vnni_;  // null: the int16 path on every tier
 };
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "graph_ops_more.hpp"
+#include "graph_vecmath.hpp"
 
 namespace edgefleet::graph {
 namespace {
@@ -289,18 +290,8 @@ public:
         const std::int64_t ss = in[1].size() == 1 ? 0 : 1;
         const std::int64_t bs = bias != nullptr && in[2].size() == 1 ? 0 : 1;
         for (std::int64_t r = 0; r < rows; ++r) {
-            const float* src = in[0].as<float>() + r * inner;
-            float* dst = out.as<float>() + r * inner;
-            double mean = 0.0, var = 0.0;
-            for (std::int64_t i = 0; i < inner; ++i) mean += src[i];
-            mean /= static_cast<double>(inner);
-            for (std::int64_t i = 0; i < inner; ++i) var += (src[i] - mean) * (src[i] - mean);
-            const auto inv = static_cast<float>(1.0 / std::sqrt(var / static_cast<double>(inner) + epsilon_));
-            const auto m = static_cast<float>(mean);
-            for (std::int64_t i = 0; i < inner; ++i) {
-                const float v = (src[i] - m) * inv * scale[i * ss];
-                dst[i] = bias != nullptr ? v + bias[i * bs] : v;
-            }
+            vecmath::layer_norm_row(in[0].as<float>() + r * inner, out.as<float>() + r * inner, inner, epsilon_, scale,
+                                    ss, bias, bs);
         }
     }
 

@@ -26,9 +26,17 @@ constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 EF_AVX2 std::int64_t quantize_avx2(const float* x, float scale, float zp, float lo, float hi, bool u8, char* y,
                                    std::int64_t n) {
     const __m256 s = _mm256_set1_ps(scale), z = _mm256_set1_ps(zp), l = _mm256_set1_ps(lo), h = _mm256_set1_ps(hi);
+    // A subnormal x (a masked softmax's output) costs a microcode assist in the division. With scale above
+    // 2^-125 its quotient is below 1/2 and rounds to zero, as 0 / scale does: such lanes are zeroed first,
+    // found by their bits (integer compares: no assist). The output bytes do not change.
+    const __m256i flush = _mm256_set1_epi32(scale > 0x1p-125f ? 0x00800000 : 0);
+    const __m256i magnitude = _mm256_set1_epi32(0x7FFFFFFF);
     std::int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
-        store8(_mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + i), s), kNearest), z, l, h, u8, y + i);
+        const __m256 v = _mm256_loadu_ps(x + i);
+        const __m256i tiny = _mm256_cmpgt_epi32(flush, _mm256_and_si256(_mm256_castps_si256(v), magnitude));
+        const __m256 q = _mm256_div_ps(_mm256_andnot_ps(_mm256_castsi256_ps(tiny), v), s);
+        store8(_mm256_round_ps(q, kNearest), z, l, h, u8, y + i);
     }
     return i;
 }

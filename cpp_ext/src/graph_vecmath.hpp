@@ -64,6 +64,17 @@ void gelu_rows(const float* x, float* y, std::int64_t n);  // 0.5 x (1 + erf(x /
 // takes the elements i with i % 16 == l, in order; the lanes then folded as a tree, 8 + 8, 4 + 4, ...),
 // so they vectorize and give the same result in every clone; the sum's order is not left-to-right.
 void softmax_row(const float* x, float* y, std::int64_t n);
+// LayerNormalization's row: y = (x - mean) * inv * scale + bias, mean and variance summed in float64 over
+// 8 running lanes (lane l takes the elements i with i % 8 == l, in order; folded as a tree 4 + 4, 2 + 2,
+// 1 + 1), inv = 1 / sqrt(var + epsilon) rounded to float32; the output in float32. scale_step and
+// bias_step are 1 (one value per element) or 0 (one value for the row); bias may be null.
+void layer_norm_row(const float* x, float* y, std::int64_t n, double epsilon, const float* scale,
+                    std::int64_t scale_step, const float* bias, std::int64_t bias_step);
+#if defined(__x86_64__) || defined(_M_X64)
+// softmax_row in zmm registers with the same bits (graph_vecmath_avx512.cpp); softmax_row calls it when
+// the "avx512" kernel tier is active.
+void softmax_row_avx512(const float* x, float* y, std::int64_t n);
+#endif
 #if defined(__aarch64__)
 // The same rows in NEON registers, the same bits (graph_vecmath_neon.cpp); the three above call them
 // when the "neon" kernel tier is active.

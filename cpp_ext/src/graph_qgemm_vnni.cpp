@@ -1,0 +1,154 @@
+// QGemmVnni (graph_qgemm_vnni.hpp): packed int8 weights and a vpdpbusd micro-kernel of 8 rows x 32
+// columns (16 zmm accumulators; per word of 4 k, A's 4 bytes broadcast, one vpdpbusd per accumulator).
+#include "graph_qgemm_vnni.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include "graph.hpp"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+#endif
+
+namespace edgefleet::graph {
+
+std::unique_ptr<QGemmVnni> QGemmVnni::make(std::int64_t K, std::int64_t N,
+                                           const std::function<std::int64_t(std::int64_t, std::int64_t)>& w) {
+#if defined(__x86_64__) || defined(_M_X64)
+    // |sum| <= K * 255 * 128 (uint8 x int8) must stay inside int32, with room for the zero point's share.
+    if (K <= 0 || N <= 0 || K > 16384) return nullptr;
+    std::unique_ptr<QGemmVnni> q(new QGemmVnni());
+    q->k_ = K, q->n_ = N, q->k4_ = (K + 3) / 4, q->blocks_ = (N + 31) / 32;
+    q->panels_ = aligned_buffer(static_cast<std::size_t>(q->blocks_ * q->k4_ * 32 * 4));
+    q->sums_ = aligned_buffer(static_cast<std::size_t>(q->blocks_ * 32) * sizeof(std::int32_t));
+    auto* panel = static_cast<std::int8_t*>(q->panels_.get());
+    auto* sums = static_cast<std::int32_t*>(q->sums_.get());
+    for (std::int64_t b = 0; b < q->blocks_; ++b) {
+        for (std::int64_t k4 = 0; k4 < q->k4_; ++k4) {
+            for (std::int64_t c = 0; c < 32; ++c) {
+                const std::int64_t n = b * 32 + c;
+                for (std::int64_t t = 0; t < 4; ++t) {
+                    const std::int64_t k = 4 * k4 + t;
+                    const std::int64_t v = k < K && n < N ? w(k, n) : 0;
+                    if (v < -128 || v > 127) return nullptr;
+                    panel[((b * q->k4_ + k4) * 32 + c) * 4 + t] = static_cast<std::int8_t>(v);
+                    sums[b * 32 + c] += static_cast<std::int32_t>(v);
+                }
+            }
+        }
+    }
+    return q;
+#else
+    (void)K, (void)N, (void)w;
+    return nullptr;
+#endif
+}
+
+#if defined(__x86_64__) || defined(_M_X64)
+namespace {
+
+#define EF_VNNI __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")))
+
+// acc + 4 uint8 x int8 products per lane, in inline asm (the intrinsic makes GCC 12 copy the tied
+// accumulators around, as graph_kernels_qgemm512.cpp notes for vpdpwssd).
+EF_VNNI inline __m512i dpbusd(__m512i acc, __m512i a, __m512i b) {
+    asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+    return acc;
+}
+
+inline std::int32_t word(const std::uint8_t* p) {
+    std::int32_t v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+EF_VNNI inline __mmask16 lanes_below(std::int64_t n) {
+    return n >= 16 ? static_cast<__mmask16>(0xFFFF) : n <= 0 ? 0 : static_cast<__mmask16>((1u << n) - 1u);
+}
+
+// C[MR rows, the masked columns of one panel] = A[MR, 4 * k4s] . P - zx * sums.
+template <int MR>
+EF_VNNI inline void micro(std::int64_t k4s, const std::uint8_t* A, std::int64_t lda, const std::int32_t* P,
+                          const std::int32_t* sums, std::int32_t zx, std::int32_t* C, std::int64_t ldc, __mmask16 m0,
+                          __mmask16 m1) {
+    __m512i acc[MR][2];
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
+    for (std::int64_t k4 = 0; k4 < k4s; ++k4, P += 32) {
+        const __m512i v0 = _mm512_load_si512(P), v1 = _mm512_load_si512(P + 16);
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; ++r) {
+            const __m512i a = _mm512_set1_epi32(word(A + r * lda + 4 * k4));
+            acc[r][0] = dpbusd(acc[r][0], a, v0);
+            acc[r][1] = dpbusd(acc[r][1], a, v1);
+        }
+    }
+    const __m512i z = _mm512_set1_epi32(zx);
+    const __m512i s0 = _mm512_mullo_epi32(z, _mm512_load_si512(sums));
+    const __m512i s1 = _mm512_mullo_epi32(z, _mm512_load_si512(sums + 16));
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+        _mm512_mask_storeu_epi32(C + r * ldc, m0, _mm512_sub_epi32(acc[r][0], s0));
+        _mm512_mask_storeu_epi32(C + r * ldc + 16, m1, _mm512_sub_epi32(acc[r][1], s1));
+    }
+}
+
+EF_VNNI void kernel(const std::uint8_t* A, std::int64_t lda, std::int64_t rows, std::int32_t zx, std::int64_t N,
+                    std::int64_t k4s, std::int64_t blocks, const std::int32_t* panels, const std::int32_t* sums,
+                    std::int32_t* C) {
+    for (std::int64_t b = 0; b < blocks; ++b) {
+        const std::int32_t* P = panels + b * k4s * 32;
+        const std::int32_t* s = sums + b * 32;
+        const std::int64_t n = std::min<std::int64_t>(32, N - b * 32);
+        const __mmask16 m0 = lanes_below(n), m1 = lanes_below(n - 16);
+        std::int32_t* c = C + b * 32;
+        std::int64_t i = 0;
+        for (; i + 8 <= rows; i += 8) micro<8>(k4s, A + i * lda, lda, P, s, zx, c + i * N, N, m0, m1);
+        const std::uint8_t* a = A + i * lda;
+        c += i * N;
+        switch (rows - i) {
+            case 7: micro<7>(k4s, a, lda, P, s, zx, c, N, m0, m1); break;
+            case 6: micro<6>(k4s, a, lda, P, s, zx, c, N, m0, m1); break;
+            case 5: micro<5>(k4s, a, lda, P, s, zx, c, N, m0, m1); break;
+            case 4: micro<4>(k4s, a, lda, P, s, zx, c, N, m0, m1); break;
+            case 3: micro<3>(k4s, a, lda, P, s, zx, c, N, m0, m1); break;
+            case 2: micro<2>(k4s, a, lda, P, s, zx, c, N, m0, m1); break;
+            case 1: micro<1>(k4s, a, lda, P, s, zx, c, N, m0, m1); break;
+            default: break;
+        }
+    }
+}
+
+}  // namespace
+#endif
+
+void QGemmVnni::run(const void* x, bool x_u8, std::int64_t x_zero, std::int64_t rows, void* scratch,
+                    std::int32_t* acc) const {
+#if defined(__x86_64__) || defined(_M_X64)
+    const auto* a = static_cast<const std::uint8_t*>(x);
+    std::int64_t lda = k_;
+    auto zx = static_cast<std::int32_t>(x_zero);
+    if (!x_u8 || k_ % 4 != 0) {  // rows of whole words, int8 as uint8 (v + 128, and the zero point with it)
+        auto* copy = static_cast<std::uint8_t*>(scratch);
+        lda = k4_ * 4;
+        const std::uint8_t flip = x_u8 ? 0 : 0x80;
+        for (std::int64_t r = 0; r < rows; ++r) {
+            const std::uint8_t* src = a + r * k_;
+            std::uint8_t* dst = copy + r * lda;
+            for (std::int64_t k = 0; k < k_; ++k) dst[k] = static_cast<std::uint8_t>(src[k] ^ flip);
+            std::fill(dst + k_, dst + lda, std::uint8_t{0});  // times zero weights
+        }
+        a = copy;
+        if (!x_u8) zx += 128;
+    }
+    kernel(a, lda, rows, zx, n_, k4_, blocks_, static_cast<const std::int32_t*>(panels_.get()),
+           static_cast<const std::int32_t*>(sums_.get()), acc);
+#else
+    (void)x, (void)x_u8, (void)x_zero, (void)rows, (void)scratch, (void)acc;
+#endif
+}
+
+}  // namespace edgefleet::graph

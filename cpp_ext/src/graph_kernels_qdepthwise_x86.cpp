@@ -61,7 +61,9 @@ inline void store_tile(const __m128i (&rows)[kPixels], int channels, int pixels,
     }
     alignas(16) std::uint8_t bytes[8][16];
     for (int k = 0; k < 8; ++k) _mm_store_si128(reinterpret_cast<__m128i*>(bytes[k]), v[k]);
-    for (int c = 0; c < channels; ++c) std::memcpy(y + c * plane, &bytes[c / 2][(c % 2) * 8], static_cast<std::size_t>(pixels));
+    for (int c = 0; c < channels; ++c) {
+        for (int l = 0; l < pixels; ++l) y[c * plane + l] = bytes[c / 2][(c % 2) * 8 + l];
+    }
 }
 
 // Offsets (in int16) of the tile's pixels in a pair-buffer row; past the end: the last pixel again.
@@ -137,7 +139,69 @@ EF_AVX512 inline void tile16_avx512(const Args& a, int cb, int oy, const std::pt
     }
 }
 
+template <bool kSigned>
+EF_AVX2 inline __m128i widen8(const std::uint8_t* p) {
+    const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    return kSigned ? _mm_cvtepi8_epi16(bytes) : _mm_cvtepu8_epi16(bytes);
+}
+
+// Pixels [ix, ix + count) of 8 channels (count <= 8): bytes ix .. ix + 8 of each row are read; the
+// partner of the pixel before `last` (the row's end) is zero.
+template <bool kSigned>
+EF_AVX2 inline void pairs_block(const std::uint8_t* src, std::int64_t plane, std::int64_t ix, int count, bool last,
+                                __m128i zero, std::uint32_t* out, std::int64_t cp) {
+    const __m128i keep = last ? _mm_cmpgt_epi16(_mm_set1_epi16(static_cast<short>(count - 1)), _mm_setr_epi16(0, 1, 2, 3, 4, 5, 6, 7))
+                              : _mm_set1_epi16(-1);
+    __m256i v[8];  // channel k: pixels ix .. ix + 7 as (x, right neighbour) int16 pairs
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; ++k) {
+        const std::uint8_t* row = src + k * plane + ix;
+        const __m128i lo = _mm_sub_epi16(widen8<kSigned>(row), zero);
+        const __m128i hi = _mm_and_si128(_mm_sub_epi16(widen8<kSigned>(row + 1), zero), keep);
+        v[k] = _mm256_set_m128i(_mm_unpackhi_epi16(lo, hi), _mm_unpacklo_epi16(lo, hi));
+    }
+    // 8 x 8 int32 transpose: channels x pixels -> pixels x channels
+    __m256i t[8], u[8];
+    for (int k = 0; k < 4; ++k) {
+        t[2 * k] = _mm256_unpacklo_epi32(v[2 * k], v[2 * k + 1]);
+        t[2 * k + 1] = _mm256_unpackhi_epi32(v[2 * k], v[2 * k + 1]);
+    }
+    for (int k = 0; k < 2; ++k) {
+        u[4 * k] = _mm256_unpacklo_epi64(t[4 * k], t[4 * k + 2]);
+        u[4 * k + 1] = _mm256_unpackhi_epi64(t[4 * k], t[4 * k + 2]);
+        u[4 * k + 2] = _mm256_unpacklo_epi64(t[4 * k + 1], t[4 * k + 3]);
+        u[4 * k + 3] = _mm256_unpackhi_epi64(t[4 * k + 1], t[4 * k + 3]);
+    }
+    // u[k] (k < 4): channels 0-3, pixels {k, k + 4}; u[4 + k]: channels 4-7, the same pixels
+    __m256i pixel[8];
+    for (int k = 0; k < 4; ++k) {
+        pixel[k] = _mm256_permute2x128_si256(u[k], u[4 + k], 0x20);
+        pixel[k + 4] = _mm256_permute2x128_si256(u[k], u[4 + k], 0x31);
+    }
+    for (int k = 0; k < count; ++k) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + (ix + k) * cp), pixel[k]);
+}
+
+template <bool kSigned>
+EF_AVX2 std::int64_t pairs_impl(const std::uint8_t* src, std::int64_t plane, std::int64_t width, std::int64_t readable,
+                                std::int32_t x_zero, std::uint32_t* out, std::int64_t cp) {
+    const __m128i zero = _mm_set1_epi16(static_cast<short>(x_zero));
+    std::int64_t ix = 0;
+    for (; ix + 9 <= width; ix += 8) pairs_block<kSigned>(src, plane, ix, 8, false, zero, out, cp);
+    if (ix < width && ix + 9 <= readable) {
+        pairs_block<kSigned>(src, plane, ix, static_cast<int>(width - ix), true, zero, out, cp);
+        ix = width;
+    }
+    return ix;
+}
+
 }  // namespace
+
+EF_AVX2 std::int64_t pairs8_avx2(const void* src, bool is_signed, std::int64_t plane, std::int64_t width,
+                                 std::int64_t readable, std::int32_t x_zero, std::uint32_t* out, std::int64_t cp) {
+    const auto* bytes = static_cast<const std::uint8_t*>(src);
+    return is_signed ? pairs_impl<true>(bytes, plane, width, readable, x_zero, out, cp)
+                     : pairs_impl<false>(bytes, plane, width, readable, x_zero, out, cp);
+}
 
 EF_AVX2 void kernel_avx2(const Args& a) {
     const std::int64_t plane = static_cast<std::int64_t>(a.oh) * a.ow;

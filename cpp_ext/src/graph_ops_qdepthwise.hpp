@@ -40,6 +40,13 @@ using KernelFn = void (*)(const Args& args);
 #if defined(__x86_64__) || defined(_M_X64)
 void kernel_avx2(const Args& args);    // graph_kernels_qdepthwise_x86.cpp: vpmaddwd
 void kernel_avx512(const Args& args);  // graph_kernels_qdepthwise_x86.cpp: vpdpwssd
+// Pair-buffer entries of 8 channels (src: the first one's input row, the next ones `plane` bytes on;
+// int8 when is_signed, else uint8) for pixels [0, n), into out[pixel * cp + channel]; returns n: the
+// whole row when `readable` (the bytes that may be read from the last channel's row start) allows
+// reading 9 bytes from the last block of 8 pixels, else the blocks of 8 before it (the rest is the
+// caller's). AVX2.
+std::int64_t pairs8_avx2(const void* src, bool is_signed, std::int64_t plane, std::int64_t width, std::int64_t readable,
+                         std::int32_t x_zero, std::uint32_t* out, std::int64_t cp);
 #endif
 
 // The kernel for the active ISA tier, or null (the caller runs the general path).

@@ -59,10 +59,14 @@ inline void store_tile(const __m128i (&rows)[kPixels], int channels, int pixels,
         }
         return;
     }
-    alignas(16) std::uint8_t bytes[8][16];
-    for (int k = 0; k < 8; ++k) _mm_store_si128(reinterpret_cast<__m128i*>(bytes[k]), v[k]);
-    for (int c = 0; c < channels; ++c) {
-        for (int l = 0; l < pixels; ++l) y[c * plane + l] = bytes[c / 2][(c % 2) * 8 + l];
+    alignas(16) std::uint64_t lanes[8][2];
+    for (int k = 0; k < 8; ++k) _mm_store_si128(reinterpret_cast<__m128i*>(lanes[k]), v[k]);
+    for (int c = 0; c < channels; ++c) {  // pixels < 8 bytes in pieces of 4, 2, 1 (fixed-size moves)
+        std::uint64_t bytes = lanes[c / 2][c % 2];
+        std::uint8_t* to = y + c * plane;
+        if (pixels & 4) std::memcpy(to, &bytes, 4), to += 4, bytes >>= 32;
+        if (pixels & 2) std::memcpy(to, &bytes, 2), to += 2, bytes >>= 16;
+        if (pixels & 1) *to = static_cast<std::uint8_t>(bytes);
     }
 }
 

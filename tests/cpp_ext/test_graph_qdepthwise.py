@@ -32,7 +32,8 @@ def depthwise_graph(rng: np.random.Generator, x_dtype: str, c: int, kernel: tupl
     params = {"sx": np.float32(0.02), "zx": np.array(x_zero, x_dtype),
               "sw": (rng.random(count) * 0.01 + 0.001).astype(np.float32),
               "zw": (np.full(count, 127) if extreme else rng.integers(-3, 4, count)).astype(np.int8),
-              "sy": np.float32(0.05 if not extreme else 40.0), "zy": np.array(100 if x_dtype == "uint8" else 5, x_dtype)}
+              "sy": np.float32(40.0 if extreme else 0.05),
+              "zy": np.array(100 if x_dtype == "uint8" else 5, x_dtype)}
     w = rng.integers(-128, 128, (c, 1, *kernel)).astype(np.int8)
     if extreme:
         w[:] = -128  # w - w_zero_point = -255 on every tap

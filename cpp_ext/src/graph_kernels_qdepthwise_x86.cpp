@@ -86,15 +86,19 @@ EF_AVX2 inline __m128i low_bytes8(__m256i v) {
 }
 
 // 8 channels (one ymm of pairs) by 8 pixels, starting at channel cb; bytes into rows[l] at half `half`.
+template <int KH, int KWP>
 EF_AVX2 inline void tile8_avx2(const Args& a, int cb, int oy, const std::ptrdiff_t (&off)[kPixels], __m128i (&rows)[kPixels],
                                int half) {
     __m256i acc[kPixels];
     for (int l = 0; l < kPixels; ++l) acc[l] = _mm256_setzero_si256();
     const std::ptrdiff_t col = static_cast<std::ptrdiff_t>(a.CP) * 2;
-    for (int i = 0; i < a.kh; ++i) {
+    const int kh = KH > 0 ? KH : a.kh, kwp = KWP > 0 ? KWP : a.kwp;
+#pragma GCC unroll 5
+    for (int i = 0; i < kh; ++i) {
         const std::int16_t* row = a.x + (static_cast<std::ptrdiff_t>(oy * a.sh + i) * a.pw) * col + cb * 2;
-        const std::int16_t* w = a.w + static_cast<std::ptrdiff_t>(i * a.kwp) * col + cb * 2;
-        for (int jp = 0; jp < a.kwp; ++jp, row += 2 * col, w += col) {
+        const std::int16_t* w = a.w + static_cast<std::ptrdiff_t>(i * kwp) * col + cb * 2;
+#pragma GCC unroll 3
+        for (int jp = 0; jp < kwp; ++jp, row += 2 * col, w += col) {
             const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
 #pragma GCC unroll 8
             for (int l = 0; l < kPixels; ++l) {
@@ -115,15 +119,19 @@ EF_AVX2 inline void tile8_avx2(const Args& a, int cb, int oy, const std::ptrdiff
     }
 }
 
+template <int KH, int KWP>
 EF_AVX512 inline void tile16_avx512(const Args& a, int cb, int oy, const std::ptrdiff_t (&off)[kPixels],
                                     __m128i (&rows)[kPixels]) {
     __m512i acc[kPixels];
     for (int l = 0; l < kPixels; ++l) acc[l] = _mm512_setzero_si512();
     const std::ptrdiff_t col = static_cast<std::ptrdiff_t>(a.CP) * 2;
-    for (int i = 0; i < a.kh; ++i) {
+    const int kh = KH > 0 ? KH : a.kh, kwp = KWP > 0 ? KWP : a.kwp;
+#pragma GCC unroll 5
+    for (int i = 0; i < kh; ++i) {
         const std::int16_t* row = a.x + (static_cast<std::ptrdiff_t>(oy * a.sh + i) * a.pw) * col + cb * 2;
-        const std::int16_t* w = a.w + static_cast<std::ptrdiff_t>(i * a.kwp) * col + cb * 2;
-        for (int jp = 0; jp < a.kwp; ++jp, row += 2 * col, w += col) {
+        const std::int16_t* w = a.w + static_cast<std::ptrdiff_t>(i * kwp) * col + cb * 2;
+#pragma GCC unroll 3
+        for (int jp = 0; jp < kwp; ++jp, row += 2 * col, w += col) {
             const __m512i wv = _mm512_loadu_si512(w);
 #pragma GCC unroll 8
             for (int l = 0; l < kPixels; ++l) {
@@ -207,7 +215,10 @@ EF_AVX2 std::int64_t pairs8_avx2(const void* src, bool is_signed, std::int64_t p
                      : pairs_impl<false>(bytes, plane, width, readable, x_zero, out, cp);
 }
 
-EF_AVX2 void kernel_avx2(const Args& a) {
+namespace {
+
+template <int KH, int KWP>
+EF_AVX2 void tiles_avx2(const Args& a) {
     const std::int64_t plane = static_cast<std::int64_t>(a.oh) * a.ow;
     for (int cb = 0; cb < a.C; cb += kChannelBlock) {
         const int channels = std::min(kChannelBlock, a.C - cb);
@@ -217,9 +228,9 @@ EF_AVX2 void kernel_avx2(const Args& a) {
                 std::ptrdiff_t off[kPixels];
                 pixel_offsets(a, ox, pixels, off);
                 __m128i rows[kPixels];
-                tile8_avx2(a, cb, oy, off, rows, 0);
+                tile8_avx2<KH, KWP>(a, cb, oy, off, rows, 0);
                 if (channels > 8) {
-                    tile8_avx2(a, cb + 8, oy, off, rows, 1);
+                    tile8_avx2<KH, KWP>(a, cb + 8, oy, off, rows, 1);
                 }
                 store_tile(rows, channels, pixels, a.y + cb * plane + static_cast<std::int64_t>(oy) * a.ow + ox, plane);
             }
@@ -227,7 +238,8 @@ EF_AVX2 void kernel_avx2(const Args& a) {
     }
 }
 
-EF_AVX512 void kernel_avx512(const Args& a) {
+template <int KH, int KWP>
+EF_AVX512 void tiles_avx512(const Args& a) {
     const std::int64_t plane = static_cast<std::int64_t>(a.oh) * a.ow;
     for (int cb = 0; cb < a.C; cb += kChannelBlock) {
         const int channels = std::min(kChannelBlock, a.C - cb);
@@ -237,11 +249,26 @@ EF_AVX512 void kernel_avx512(const Args& a) {
                 std::ptrdiff_t off[kPixels];
                 pixel_offsets(a, ox, pixels, off);
                 __m128i rows[kPixels];
-                tile16_avx512(a, cb, oy, off, rows);
+                tile16_avx512<KH, KWP>(a, cb, oy, off, rows);
                 store_tile(rows, channels, pixels, a.y + cb * plane + static_cast<std::int64_t>(oy) * a.ow + ox, plane);
             }
         }
     }
+}
+
+}  // namespace
+
+// 3x3 and 5x5 with the tap loops unrolled; other sizes from the arguments.
+EF_AVX2 void kernel_avx2(const Args& a) {
+    if (a.kh == 3 && a.kwp == 2) return tiles_avx2<3, 2>(a);
+    if (a.kh == 5 && a.kwp == 3) return tiles_avx2<5, 3>(a);
+    tiles_avx2<0, 0>(a);
+}
+
+EF_AVX512 void kernel_avx512(const Args& a) {
+    if (a.kh == 3 && a.kwp == 2) return tiles_avx512<3, 2>(a);
+    if (a.kh == 5 && a.kwp == 3) return tiles_avx512<5, 3>(a);
+    tiles_avx512<0, 0>(a);
 }
 
 }  // namespace edgefleet::graph::qdepthwise

@@ -3,6 +3,7 @@
 // called only on the tier that has the ISA:
 // - AVX2: vpmaddwd + vpaddd, 8 channels per register, a tile of 8 pixels run twice for 16 channels;
 // - AVX-512 (F, BW, VL, VNNI: the "avx512" tier): vpdpwssd, a tile of 8 pixels by 16 channels.
+// A tile's pixels are 8 consecutive outputs in row-major order, across rows when a row is shorter.
 // Both sum exact int32 (|x - x_zero| and |w - w_zero| are at most 255, so a pair is at most 130050) and
 // requantize with the reference's float32 steps. A tile's 8 x 16 result bytes are transposed with SSE2
 // so that each channel writes its 8 pixels in one store into the NCHW output.
@@ -70,10 +71,13 @@ inline void store_tile(const __m128i (&rows)[kPixels], int channels, int pixels,
     }
 }
 
-// Offsets (in int16) of the tile's pixels in a pair-buffer row; past the end: the last pixel again.
-inline void pixel_offsets(const Args& a, int ox, int pixels, std::ptrdiff_t (&off)[kPixels]) {
+// Offsets (in int16) of the tile's window corners in the pair buffer: output pixels p0 .. p0 + 7 in
+// row-major order, across rows (a keyword spotter's rows are 5 wide); past the end: the last pixel again.
+inline void pixel_offsets(const Args& a, int p0, int pixels, std::ptrdiff_t (&off)[kPixels]) {
+    int oy = p0 / a.ow, ox = p0 % a.ow;
     for (int l = 0; l < kPixels; ++l) {
-        off[l] = static_cast<std::ptrdiff_t>(ox + std::min(l, pixels - 1)) * a.sw * a.CP * 2;
+        off[l] = (static_cast<std::ptrdiff_t>(oy) * a.sh * a.pw + static_cast<std::ptrdiff_t>(ox) * a.sw) * a.CP * 2;
+        if (l + 1 < pixels && ++ox == a.ow) ox = 0, ++oy;
     }
 }
 
@@ -87,7 +91,7 @@ EF_AVX2 inline __m128i low_bytes8(__m256i v) {
 
 // 8 channels (one ymm of pairs) by 8 pixels, starting at channel cb; bytes into rows[l] at half `half`.
 template <int KH, int KWP>
-EF_AVX2 inline void tile8_avx2(const Args& a, int cb, int oy, const std::ptrdiff_t (&off)[kPixels], __m128i (&rows)[kPixels],
+EF_AVX2 inline void tile8_avx2(const Args& a, int cb, const std::ptrdiff_t (&off)[kPixels], __m128i (&rows)[kPixels],
                                int half) {
     __m256i acc[kPixels];
     for (int l = 0; l < kPixels; ++l) acc[l] = _mm256_setzero_si256();
@@ -95,7 +99,7 @@ EF_AVX2 inline void tile8_avx2(const Args& a, int cb, int oy, const std::ptrdiff
     const int kh = KH > 0 ? KH : a.kh, kwp = KWP > 0 ? KWP : a.kwp;
 #pragma GCC unroll 5
     for (int i = 0; i < kh; ++i) {
-        const std::int16_t* row = a.x + (static_cast<std::ptrdiff_t>(oy * a.sh + i) * a.pw) * col + cb * 2;
+        const std::int16_t* row = a.x + static_cast<std::ptrdiff_t>(i) * a.pw * col + cb * 2;
         const std::int16_t* w = a.w + static_cast<std::ptrdiff_t>(i * kwp) * col + cb * 2;
 #pragma GCC unroll 3
         for (int jp = 0; jp < kwp; ++jp, row += 2 * col, w += col) {
@@ -120,7 +124,7 @@ EF_AVX2 inline void tile8_avx2(const Args& a, int cb, int oy, const std::ptrdiff
 }
 
 template <int KH, int KWP>
-EF_AVX512 inline void tile16_avx512(const Args& a, int cb, int oy, const std::ptrdiff_t (&off)[kPixels],
+EF_AVX512 inline void tile16_avx512(const Args& a, int cb, const std::ptrdiff_t (&off)[kPixels],
                                     __m128i (&rows)[kPixels]) {
     __m512i acc[kPixels];
     for (int l = 0; l < kPixels; ++l) acc[l] = _mm512_setzero_si512();
@@ -128,7 +132,7 @@ EF_AVX512 inline void tile16_avx512(const Args& a, int cb, int oy, const std::pt
     const int kh = KH > 0 ? KH : a.kh, kwp = KWP > 0 ? KWP : a.kwp;
 #pragma GCC unroll 5
     for (int i = 0; i < kh; ++i) {
-        const std::int16_t* row = a.x + (static_cast<std::ptrdiff_t>(oy * a.sh + i) * a.pw) * col + cb * 2;
+        const std::int16_t* row = a.x + static_cast<std::ptrdiff_t>(i) * a.pw * col + cb * 2;
         const std::int16_t* w = a.w + static_cast<std::ptrdiff_t>(i * kwp) * col + cb * 2;
 #pragma GCC unroll 3
         for (int jp = 0; jp < kwp; ++jp, row += 2 * col, w += col) {
@@ -222,18 +226,16 @@ EF_AVX2 void tiles_avx2(const Args& a) {
     const std::int64_t plane = static_cast<std::int64_t>(a.oh) * a.ow;
     for (int cb = 0; cb < a.C; cb += kChannelBlock) {
         const int channels = std::min(kChannelBlock, a.C - cb);
-        for (int oy = a.row_begin; oy < a.row_end; ++oy) {
-            for (int ox = 0; ox < a.ow; ox += kPixels) {
-                const int pixels = std::min(kPixels, a.ow - ox);
-                std::ptrdiff_t off[kPixels];
-                pixel_offsets(a, ox, pixels, off);
-                __m128i rows[kPixels];
-                tile8_avx2<KH, KWP>(a, cb, oy, off, rows, 0);
-                if (channels > 8) {
-                    tile8_avx2<KH, KWP>(a, cb + 8, oy, off, rows, 1);
-                }
-                store_tile(rows, channels, pixels, a.y + cb * plane + static_cast<std::int64_t>(oy) * a.ow + ox, plane);
+        for (int p0 = a.p_begin; p0 < a.p_end; p0 += kPixels) {
+            const int pixels = std::min(kPixels, a.p_end - p0);
+            std::ptrdiff_t off[kPixels];
+            pixel_offsets(a, p0, pixels, off);
+            __m128i rows[kPixels];
+            tile8_avx2<KH, KWP>(a, cb, off, rows, 0);
+            if (channels > 8) {
+                tile8_avx2<KH, KWP>(a, cb + 8, off, rows, 1);
             }
+            store_tile(rows, channels, pixels, a.y + cb * plane + p0, plane);
         }
     }
 }
@@ -243,15 +245,13 @@ EF_AVX512 void tiles_avx512(const Args& a) {
     const std::int64_t plane = static_cast<std::int64_t>(a.oh) * a.ow;
     for (int cb = 0; cb < a.C; cb += kChannelBlock) {
         const int channels = std::min(kChannelBlock, a.C - cb);
-        for (int oy = a.row_begin; oy < a.row_end; ++oy) {
-            for (int ox = 0; ox < a.ow; ox += kPixels) {
-                const int pixels = std::min(kPixels, a.ow - ox);
-                std::ptrdiff_t off[kPixels];
-                pixel_offsets(a, ox, pixels, off);
-                __m128i rows[kPixels];
-                tile16_avx512<KH, KWP>(a, cb, oy, off, rows);
-                store_tile(rows, channels, pixels, a.y + cb * plane + static_cast<std::int64_t>(oy) * a.ow + ox, plane);
-            }
+        for (int p0 = a.p_begin; p0 < a.p_end; p0 += kPixels) {
+            const int pixels = std::min(kPixels, a.p_end - p0);
+            std::ptrdiff_t off[kPixels];
+            pixel_offsets(a, p0, pixels, off);
+            __m128i rows[kPixels];
+            tile16_avx512<KH, KWP>(a, cb, off, rows);
+            store_tile(rows, channels, pixels, a.y + cb * plane + p0, plane);
         }
     }
 }

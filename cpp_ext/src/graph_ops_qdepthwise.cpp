@@ -135,10 +135,10 @@ void QDepthwise::run(KernelFn kernel, const View& x, const View& out, const Wind
         }
         args.y = static_cast<std::uint8_t*>(out.data) + n * c_ * p;
         const double work = static_cast<double>(p) * cp_ * kh_ * kw_;
-        parallel_ranges(win.oh, 1, work, [&](int, std::int64_t begin, std::int64_t end) {
+        parallel_ranges(p, 8, work, [&](int, std::int64_t begin, std::int64_t end) {
             Args part = args;
-            part.row_begin = static_cast<int>(begin);
-            part.row_end = static_cast<int>(end);
+            part.p_begin = static_cast<int>(begin);
+            part.p_end = static_cast<int>(end);
             kernel(part);
         });
     }

@@ -21,7 +21,7 @@ namespace edgefleet::graph::qdepthwise {
 
 constexpr int kChannelBlock = 16;  // CP: the channels rounded up to this (one zmm of int32 lanes)
 
-// One image's output rows [row_begin, row_end).
+// One image's output pixels [p_begin, p_end) in row-major order (p_begin a multiple of 8).
 struct Args {
     const std::int16_t* x;  // pair buffer: [ph][pw][CP][2]
     std::int64_t pw;        // padded width, pixels
@@ -33,7 +33,7 @@ struct Args {
     const float* mult;         // CP values
     float y_zero, lo, hi;
     std::uint8_t* y;  // this image's NCHW output bytes (int8: same bytes)
-    int row_begin, row_end;
+    int p_begin, p_end;
 };
 using KernelFn = void (*)(const Args& args);
 

@@ -11,6 +11,7 @@
 
 #include "graph_kernels.hpp"
 #include "graph_ops_depthwise.hpp"
+#include "graph_ops_qdepthwise.hpp"
 #include "graph_ops.hpp"
 #include "graph_threads.hpp"
 
@@ -208,7 +209,8 @@ private:
 // The int8 depthwise QConv: (x - x_zero_point) and (w - w_zero_point) as float32, summed by the float
 // kernel above: every product and partial sum is an integer below 2^24 (checked at load), so float32
 // holds it exactly and the int32 accumulator of the reference comes out bit for bit; then + bias,
-// times the channel's multiplier, requantized as graph_reference.qconv.
+// times the channel's multiplier, requantized as graph_reference.qconv. On the x86 tiers, channel
+// multiplier 1 and dilation 1 run the integer kernel of graph_ops_qdepthwise.hpp instead (same bits).
 class QDepthwiseConvOp : public Op {
 public:
     QDepthwiseConvOp(const Attrs& attrs, DType out, const std::vector<const Constant*>& c, std::vector<float> w)
@@ -235,6 +237,8 @@ public:
         u8_ = out == DType::u8;
         lo_ = u8_ ? 0.0f : -128.0f, hi_ = u8_ ? 255.0f : 127.0f, y_zero_ = zy;
         if (attrs.get_str("activation", "none") == "relu") lo_ = std::max(lo_, zy);
+        simd_ = qdepthwise::QDepthwise::make(w_shape_, group_, attrs_, weights_, bias_, mult_,
+                                             static_cast<std::int64_t>(x_zero_), y_zero_, lo_, hi_);
     }
 
     Shape infer(const std::vector<View>& in) const override {
@@ -247,7 +251,8 @@ public:
         const Window& win = windows_.get(*in[0].shape, w_shape_[2], w_shape_[3], attrs_, false);
         std::int64_t ph = 0, pw = 0;
         padded(win, ph, pw);
-        return slice(win, ph, pw) * sizeof(float) * static_cast<std::size_t>(pool_threads());  // one per thread
+        const std::size_t planes = slice(win, ph, pw) * sizeof(float) * static_cast<std::size_t>(pool_threads());
+        return simd_ ? std::max(planes, simd_->scratch_bytes(win)) : planes;  // the ISA may change between runs
     }
 
     // One thread's padded plane and sums, in floats, in 64-byte multiples.
@@ -257,6 +262,10 @@ public:
 
     void run(const std::vector<View>& in, const View& out, void* scratch) const override {
         const Window& win = windows_.get(*in[0].shape, w_shape_[2], w_shape_[3], attrs_, false);
+        if (const qdepthwise::KernelFn simd = simd_ ? qdepthwise::active_kernel() : nullptr) {
+            simd_->run(simd, in[0], out, win, scratch);
+            return;
+        }
         std::int64_t ph = 0, pw = 0;
         padded(win, ph, pw);
         const std::int64_t mult = w_shape_[0] / group_, taps = w_shape_[2] * w_shape_[3], plane = win.h * win.w;
@@ -321,6 +330,7 @@ private:
     float x_zero_ = 0, y_zero_ = 0, lo_ = 0, hi_ = 0;
     bool u8_ = true;
     mutable WindowCache windows_;
+    std::unique_ptr<qdepthwise::QDepthwise> simd_;  // null unless multiplier 1 and dilation 1
 };
 
 }  // namespace

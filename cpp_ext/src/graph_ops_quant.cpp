@@ -15,6 +15,7 @@
 
 #include "graph_kernels.hpp"
 #include "graph_ops.hpp"
+#include "graph_ops_qlayout.hpp"
 #include "graph_threads.hpp"
 #include "graph_qgemm_vnni.hpp"  // (after the others: the depthwise branch adds a header above)
 
@@ -361,12 +362,7 @@ private:
         for (std::int64_t n = 0; n < win.n; ++n) {
             const auto* src = static_cast<const std::uint8_t*>(x.data) + n * win.c * plane;  // int8: same bytes
             std::memset(padded, x_zero_u8_, static_cast<std::size_t>(d.ph * d.pw * cp_));
-            for (std::int64_t c = 0; c < win.c; ++c)
-                for (std::int64_t iy = 0; iy < win.h; ++iy) {
-                    std::uint8_t* row = padded + ((iy + win.top) * d.pw + win.left) * cp_ + c;
-                    const std::uint8_t* from = src + c * plane + iy * win.w;
-                    for (std::int64_t ix = 0; ix < win.w; ++ix) row[ix * cp_] = from[ix] ^ shift;
-                }
+            nchw_to_hwc_bytes(src, win.c, win.h, win.w, win.top, win.left, d.pw, cp_, shift, padded);
             args.y = static_cast<std::uint8_t*>(out.data) + n * m * p;
             const double work = static_cast<double>(m) * static_cast<double>(p) * args.K4;
             parallel_ranges(p, 8, work, [&](int, std::int64_t begin, std::int64_t end) {

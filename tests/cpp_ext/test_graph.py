@@ -12,15 +12,7 @@ import pytest
 from edgefleet.cpp_ext import graph_native
 from edgefleet.cpp_ext.graph_format import GraphBuilder, GraphFormatError, graph_bytes, read_graph
 from edgefleet.cpp_ext.graph_reference import run_graph
-
-ISAS = graph_native.available_isas()
-
-
-@pytest.fixture(params=ISAS)
-def isa(request: pytest.FixtureRequest):
-    graph_native.select_isa(request.param)
-    yield request.param
-    graph_native.select_isa("auto")
+from tests.cpp_ext.conftest import ISAS
 
 
 def one_op(op: str, x_shape: tuple, consts: dict | None = None, dtype: str = "float32", **attrs) -> object:

@@ -11,14 +11,6 @@ import pytest
 from edgefleet.cpp_ext import graph_native
 from edgefleet.cpp_ext.graph_format import GraphBuilder
 from edgefleet.cpp_ext.graph_reference import run_graph
-from tests.cpp_ext.test_graph import ISAS
-
-
-@pytest.fixture(params=ISAS)
-def isa(request: pytest.FixtureRequest):
-    graph_native.select_isa(request.param)
-    yield request.param
-    graph_native.select_isa("auto")
 
 
 def qbinary(op: str, a_dtype: str, b_dtype: str, y_dtype: str, shape: tuple, activation: str = "none"):

@@ -12,14 +12,7 @@ import pytest
 from edgefleet.cpp_ext import graph_native
 from edgefleet.cpp_ext.graph_format import GraphBuilder
 from edgefleet.cpp_ext.graph_reference import run_graph
-from tests.cpp_ext.test_graph import ISAS, qparams
-
-
-@pytest.fixture(params=ISAS)
-def isa(request: pytest.FixtureRequest):
-    graph_native.select_isa(request.param)
-    yield request.param
-    graph_native.select_isa("auto")
+from tests.cpp_ext.test_graph import qparams
 
 
 @pytest.mark.parametrize("x_dtype", ["uint8", "int8"])

@@ -14,15 +14,7 @@ import pytest
 from edgefleet.cpp_ext import graph_native
 from edgefleet.cpp_ext.graph_format import GraphBuilder
 from edgefleet.cpp_ext.graph_reference import run_graph
-
-ISAS = graph_native.available_isas()
-
-
-@pytest.fixture(params=ISAS)
-def isa(request: pytest.FixtureRequest):
-    graph_native.select_isa(request.param)
-    yield request.param
-    graph_native.select_isa("auto")
+from tests.cpp_ext.conftest import ISAS
 
 
 def depthwise_graph(rng: np.random.Generator, x_dtype: str, c: int, kernel: tuple, per_channel: bool,

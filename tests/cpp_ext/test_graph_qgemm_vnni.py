@@ -13,6 +13,7 @@ import pytest
 from edgefleet.cpp_ext import graph_native
 from edgefleet.cpp_ext.graph_format import GraphBuilder
 from edgefleet.cpp_ext.graph_reference import run_graph
+from tests.cpp_ext.conftest import run_on as run
 
 ISAS = graph_native.available_isas()
 
@@ -33,12 +34,6 @@ def qgemm(k: int, n: int, x_dtype: str, rng: np.random.Generator, x_shape: tuple
     return builder.build()
 
 
-def run(graph, feed: dict, isa: str, threads: int = 1) -> np.ndarray:
-    graph_native.select_isa(isa)
-    try:
-        return next(iter(graph_native.load_executor(graph, threads).run(feed).values()))
-    finally:
-        graph_native.select_isa("auto")
 
 
 def rows(rng: np.random.Generator, shape: tuple, x_dtype: str) -> np.ndarray:

@@ -13,6 +13,7 @@ import pytest
 from edgefleet.cpp_ext import graph_native
 from edgefleet.cpp_ext.graph_format import GraphBuilder
 from edgefleet.cpp_ext.graph_reference import run_graph
+from tests.cpp_ext.conftest import run_on as run
 
 ISAS = graph_native.available_isas()
 
@@ -26,12 +27,6 @@ def matmul(k: int, n: int, b: np.ndarray | None = None):
     return builder.build()
 
 
-def run(graph, feed: dict, isa: str, threads: int = 1) -> np.ndarray:
-    graph_native.select_isa(isa)
-    try:
-        return next(iter(graph_native.load_executor(graph, threads).run(feed).values()))
-    finally:
-        graph_native.select_isa("auto")
 
 
 @pytest.mark.parametrize("isa", ISAS)

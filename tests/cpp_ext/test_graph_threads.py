@@ -16,14 +16,8 @@ from edgefleet.cpp_ext import graph_native
 from edgefleet.cpp_ext.graph_format import GraphBuilder, write_graph
 from edgefleet.cpp_ext.graph_reference import run_graph
 from edgefleet.edge_runtime.backends.native import NativeBackend
-from tests.cpp_ext.test_graph import ISAS, f32, one_op, qparams
-
-
-@pytest.fixture(params=ISAS)
-def isa(request: pytest.FixtureRequest):
-    graph_native.select_isa(request.param)
-    yield request.param
-    graph_native.select_isa("auto")
+from tests.cpp_ext.conftest import ISAS
+from tests.cpp_ext.test_graph import f32, one_op, qparams
 
 
 def same_at_any_thread_count(graph, x: np.ndarray, rtol: float = 1e-5, atol: float = 1e-4) -> None:

@@ -178,6 +178,18 @@ def test_a_worker_stopped_gracefully_leaves_its_share_to_the_others(tmp_path, po
         until(lambda: stored(sessions) >= DEVICES * WINDOWS, "every window stored by the remaining worker", 60)
 
 
+def generated_broker(broker, tmp_path, directory, url: str, secret: str, *flags: str):
+    """`broker` started on the files `edgefleet cloud mosquitto-config DIRECTORY --db URL FLAGS` wrote with the cloud's
+    MQTT secret `secret`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")} | {"EDGEFLEET_MQTT_PASSWORD": secret}
+    done = subprocess.run([sys.executable, "-m", "edgefleet.cli.main", "cloud", "mosquitto-config", str(directory),
+                           "--db", url, "--port", str(broker.port), *flags],
+                          env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    hand_to_broker({name: directory / name for name in ("passwd", "acl")})
+    return broker.start()
+
+
 def test_ingest_workers_log_in_to_the_generated_mosquitto_as_their_own_users(
         tmp_path, postgres, mqtt_dir, mosquitto_for):  # noqa: F811 - the fixtures imported above
     """`mosquitto-config --ingest-worker a --ingest-worker b` gives each worker its own user with the ingest's
@@ -186,14 +198,8 @@ def test_ingest_workers_log_in_to_the_generated_mosquitto_as_their_own_users(
     password, secret = new_password(), new_cloud_secret()
     with sessions.begin() as session:
         session.add(Device(id="dev-a", fleet="lab", password_hash=hash_password(password)))
-    broker = mosquitto_for()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")} | {"EDGEFLEET_MQTT_PASSWORD": secret}
-    done = subprocess.run([sys.executable, "-m", "edgefleet.cli.main", "cloud", "mosquitto-config", str(mqtt_dir),
-                           "--db", url, "--port", str(broker.port), "--ingest-worker", "a", "--ingest-worker", "b"],
-                          env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    hand_to_broker({name: mqtt_dir / name for name in ("passwd", "acl")})
-    broker.start()
+    broker = generated_broker(mosquitto_for(), tmp_path, mqtt_dir, url, secret, "--ingest-worker", "a",
+                              "--ingest-worker", "b")
     secret_env = {"EDGEFLEET_MQTT_PASSWORD": secret}
     with ExitStack() as stack:
         for name in ("a", "b"):
@@ -218,16 +224,10 @@ def test_rollouts_workers_log_in_to_the_generated_mosquitto_as_their_own_users(
     engine and label forwarder users of their own, and both workers stay connected."""
     _sessions, url = database_url(postgres, "roles_rollouts_users")
     secret = new_cloud_secret()
-    broker = mosquitto_for()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")} | {"EDGEFLEET_MQTT_PASSWORD": secret}
-    done = subprocess.run([sys.executable, "-m", "edgefleet.cli.main", "cloud", "mosquitto-config", str(mqtt_dir),
-                           "--db", url, "--port", str(broker.port), "--rollouts-worker", "a", "--rollouts-worker", "b"],
-                          env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
+    broker = generated_broker(mosquitto_for(), tmp_path, mqtt_dir, url, secret, "--rollouts-worker", "a",
+                              "--rollouts-worker", "b")
     acl = (mqtt_dir / "acl").read_text()
     assert "user edgefleet-rollouts-a" in acl and "user edgefleet-labels-b" in acl
-    hand_to_broker({name: mqtt_dir / name for name in ("passwd", "acl")})
-    broker.start()
     users = [f"edgefleet-{kind}-{name}" for name in ("a", "b") for kind in ("rollouts", "labels")]
     with ExitStack() as stack:
         for name in ("a", "b"):

@@ -176,7 +176,7 @@ class DriftMonitor:
         self._decoded: dict[tuple, _Window] = {}  # the windows the last run read, by `_row_key`
         self._decoding: dict[tuple, _Window] = {}  # the windows this run has read so far
         self._last_run: dict[tuple[str, str], float] = {}  # (fleet, model name) -> time.monotonic() of its last run
-        self._cusums = CusumStore(self._window)
+        self._cusums = CusumStore(self._window_of)
         self._tick = self.base.interval_seconds
         self._run_lock = threading.Lock()
         self._stop = threading.Event()
@@ -364,6 +364,12 @@ class DriftMonitor:
                 if window is not None:
                     windows[row.id] = self._decoding[_row_key(row)] = window
         return windows
+
+    def _window_of(self, row: TelemetryRecord, profile: Mapping) -> _Window | None:
+        """The CUSUM store's reader (its one-scope path reads a scope's rows itself): the window this run
+        read for the row when there is one, else the row's payload decoded."""
+        key = _row_key(row)
+        return self._decoding.get(key) or self._decoded.get(key) or self._window(row, profile)
 
     def _window(self, row: TelemetryRecord, profile: Mapping) -> _Window | None:
         where = f"device {row.device_id} seq {row.seq} ({row.model_name} v{row.model_version})"

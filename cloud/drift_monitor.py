@@ -44,8 +44,9 @@ while it holds the "fleets" lease (then it reads every device's rows, as a fleet
 killed mid-run leaves its shards to the others one lease period later; a scope that two workers evaluate
 around a hand-over gets two results, never none.
 
-Recovery: the monitor keeps in memory only the highest row id it has seen and when each scope ran last;
-the CUSUM sums are in the database, so a restart continues them where they were.
+Recovery: the monitor keeps in memory only the highest row id it has seen, when each scope ran last and
+the windows its last run decoded (a cache: about 1.2 KB a window, rebuilt from the payloads after a
+restart); the CUSUM sums are in the database, so a restart continues them where they were.
 After a restart, its first run sees every row as seen, so windows that arrived while it was down with
 an end older than the lookback are not evaluated late (the cloud's ingest was down too, so a device's
 backlog normally arrives after the restart and is caught). Row ids follow commit order because the one

@@ -5,6 +5,9 @@ One run (`run_once`):
 1. reads the telemetry rows whose window ended in (now - lookback, now] and parses their payloads (the
    ingest stores each payload as it came, so every histogram of it, features, predictions, confidence
    and the per-output summary rows, is read back from there: no column per histogram, no migration);
+   a row's payload is read and parsed once: the run reads the rows without payloads and takes the
+   windows the previous run decoded from memory (a window is in about lookback / interval runs), so
+   only new rows (and, after a restart or a shard take-over, the others once) cost a parse;
 2. groups them per (device, model name, version) and per (fleet, model name, version): a fleet is all
    of its devices' windows added together, which the shared bin edges make exact;
 3. evaluates each scope against the reference profile of its model version (cloud/drift.py), the scopes
@@ -41,8 +44,9 @@ while it holds the "fleets" lease (then it reads every device's rows, as a fleet
 killed mid-run leaves its shards to the others one lease period later; a scope that two workers evaluate
 around a hand-over gets two results, never none.
 
-Recovery: the monitor keeps in memory only the highest row id it has seen and when each scope ran last;
-the CUSUM sums are in the database, so a restart continues them where they were.
+Recovery: the monitor keeps in memory only the highest row id it has seen, when each scope ran last and
+the windows its last run decoded (a cache: about 1.2 KB a window, rebuilt from the payloads after a
+restart); the CUSUM sums are in the database, so a restart continues them where they were.
 After a restart, its first run sees every row as seen, so windows that arrived while it was down with
 an end older than the lookback are not evaluated late (the cloud's ingest was down too, so a device's
 backlog normally arrives after the restart and is caught). Row ids follow commit order because the one
@@ -67,6 +71,7 @@ from dataclasses import dataclass, replace
 
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.instrumentation import manager_of_class
 
 from edgefleet.cloud.db import Alert, DriftResult, TelemetryRecord
 from edgefleet.cloud.drift import (
@@ -94,6 +99,12 @@ log = logging.getLogger(__name__)
 
 ProfileFor = Callable[[str, int], "Mapping | None"]
 _LOG_ONCE_LIMIT = 10_000  # distinct refusal messages remembered before the memory is reset
+# Who and when of a telemetry row, without its payload: the rows of a run are read this way, the payloads
+# only of the rows whose window is not in the cache of decoded windows (`_Decoded`).
+_WHO = (TelemetryRecord.id, TelemetryRecord.device_id, TelemetryRecord.fleet, TelemetryRecord.model_name,
+        TelemetryRecord.model_version, TelemetryRecord.seq, TelemetryRecord.window_end)
+_RESULTS = manager_of_class(DriftResult)
+_PAYLOADS_PER_QUERY = 900  # ids per IN (...) when the payloads of the cache misses are read (SQLite's old limit)
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,19 @@ class _Window:
     end: float
     row_id: int = 0
     at: float = 0.0  # the row's window end: the CUSUM's event order (cloud/drift_cusum_batch.py)
+
+
+def _row_key(row) -> tuple:  # noqa: ANN001 - a row of the `_WHO` columns
+    return (row.id, row.device_id, row.seq, row.window_end, row.model_name, row.model_version)
+
+
+def _drift_result(**values: object) -> DriftResult:
+    """DriftResult(**values), without the attribute events of the ORM's constructor (a third of the cost of
+    a result row): the values go straight into the new instance's state, where the COPY, an INSERT of the
+    table or a session's flush reads them, as a loaded row's are. Every column but the id is given."""
+    result = _RESULTS.new_instance()
+    result.__dict__.update(values)
+    return result
 
 
 @dataclass(frozen=True)
@@ -161,8 +185,10 @@ class DriftMonitor:
         self._profiles: dict[tuple[str, int], Mapping] = {}
         self._logged: set[str] = set()
         self._seen_id: int | None = None  # the highest telemetry row id an earlier run saw
+        self._decoded: dict[tuple, _Window] = {}  # the windows the last run read, by `_row_key`
+        self._decoding: dict[tuple, _Window] = {}  # the windows this run has read so far
         self._last_run: dict[tuple[str, str], float] = {}  # (fleet, model name) -> time.monotonic() of its last run
-        self._cusums = CusumStore(self._window)
+        self._cusums = CusumStore(self._window_of)
         self._tick = self.base.interval_seconds
         self._run_lock = threading.Lock()
         self._stop = threading.Event()
@@ -216,11 +242,13 @@ class DriftMonitor:
             self._tick = resolver.shortest_interval()
             top = session.scalar(select(func.max(TelemetryRecord.id))) or 0
             mine = self._mine()
+            self._decoding = {}
             scopes = mine.keep(self._collect(session, now, top, resolver, mine))
             if due_only:
                 scopes = {scope: item for scope, item in scopes.items() if self._due(scope, resolver)}
             late = mine.keep(self._collect_late(session, now, top, resolver, mine))
             self._seen_id = top
+            self._decoded, self._decoding = self._decoding, {}
             ran_at = time.monotonic()
             for scope in scopes:
                 self._last_run[(scope.fleet, scope.model_name)] = ran_at
@@ -257,14 +285,14 @@ class DriftMonitor:
 
     def _collect(self, session: Session, now: float, top: int, resolver: SettingsResolver, mine: _Share) -> Scopes:
         """The windows of each scope that ended within its lookback of now (on-time evaluation)."""
-        query = (select(TelemetryRecord)
+        query = (select(*_WHO)
                  .where(TelemetryRecord.window_end > now - resolver.longest_lookback(),
                         TelemetryRecord.window_end <= now, TelemetryRecord.id <= top)
                  .order_by(TelemetryRecord.id))
-        rows = session.scalars(query if mine.where is None else query.where(mine.where)).all()
+        rows = session.execute(query if mine.where is None else query.where(mine.where)).all()
         rows = [row for row in rows
                 if row.window_end > now - self._settings(resolver, row.fleet, row.model_name).lookback_seconds]
-        return self._group(rows)
+        return self._group(session, rows)
 
     def _collect_late(self, session: Session, now: float, top: int, resolver: SettingsResolver,
                       mine: _Share) -> Scopes:
@@ -287,39 +315,73 @@ class DriftMonitor:
         scopes: Scopes = {}
         for (fleet, model_name, version, end), devices in sorted(periods.items(), key=lambda item: item[0][3]):
             lookback = self._settings(resolver, fleet, model_name).lookback_seconds
-            rows = session.scalars(
-                select(TelemetryRecord)
+            rows = session.execute(
+                select(*_WHO)
                 .where(TelemetryRecord.fleet == fleet, TelemetryRecord.model_name == model_name,
                        TelemetryRecord.model_version == version, TelemetryRecord.window_end > end - lookback,
                        TelemetryRecord.window_end <= end, TelemetryRecord.id <= top)
                 .order_by(TelemetryRecord.id)
             ).all()
-            for scope, item in self._group(rows).items():
+            for scope, item in self._group(session, rows).items():
                 if scope.scope == "fleet" or scope.scope_id in devices:
                     scopes[replace(scope, period_end=end)] = item
         return scopes
 
-    def _group(self, rows: Iterable[TelemetryRecord]) -> Scopes:
+    def _group(self, session: Session, rows: Iterable) -> Scopes:
+        """The scopes of `rows` (the `_WHO` columns of telemetry rows, in id order) with their windows: each
+        window decoded from its payload once, then taken from the cache while its row is read."""
         scopes: Scopes = {}
         fleets: dict[_Scope, list[_Window]] = defaultdict(list)
         profiles: dict[tuple[str, int], Mapping | None] = {}  # one look-up per model version and run
+        kept = []
         for row in rows:
             key = (row.model_name, row.model_version)
             if key not in profiles:
                 profiles[key] = self._profile(*key)
-            profile = profiles[key]
-            if profile is None:
-                continue
-            window = self._window(row, profile)
+            if profiles[key] is not None:
+                kept.append(row)
+        windows = self._windows(session, kept, profiles)
+        for row in kept:
+            window = windows.get(row.id)
             if window is None:
                 continue
             device = _Scope("device", row.device_id, row.fleet, row.model_name, row.model_version)
             fleet = _Scope("fleet", row.fleet, row.fleet, row.model_name, row.model_version)
-            scopes.setdefault(device, (profile, []))[1].append(window)
+            scopes.setdefault(device, (profiles[(row.model_name, row.model_version)], []))[1].append(window)
             fleets[fleet].append(window)
-        for scope, windows in fleets.items():
-            scopes[scope] = (profiles[(scope.model_name, scope.model_version)], windows)
+        for scope, items in fleets.items():
+            scopes[scope] = (profiles[(scope.model_name, scope.model_version)], items)
         return scopes
+
+    def _windows(self, session: Session, rows: list, profiles: Mapping[tuple[str, int], Mapping | None]
+                 ) -> dict[int, _Window]:
+        """The decoded window of each row that has one, by row id: from the last run's cache, or (a miss)
+        its payload read in one query per `_PAYLOADS_PER_QUERY` rows and decoded by `_window`. A row's
+        payload never changes once stored, so a cached window is the one `_window` would decode again;
+        the key holds (device, seq, window end, model) beside the id, as SQLite may reuse the id of a
+        deleted newest row. Refused rows are not cached: they are refused (and logged once) again."""
+        windows: dict[int, _Window] = {}
+        misses = []
+        for row in rows:
+            key = _row_key(row)
+            window = self._decoded.get(key) or self._decoding.get(key)
+            if window is None:
+                misses.append(row.id)
+            else:
+                windows[row.id] = self._decoding[key] = window
+        for start in range(0, len(misses), _PAYLOADS_PER_QUERY):
+            chunk = misses[start:start + _PAYLOADS_PER_QUERY]
+            for row in session.execute(select(*_WHO, TelemetryRecord.payload).where(TelemetryRecord.id.in_(chunk))):
+                window = self._window(row, profiles[(row.model_name, row.model_version)])
+                if window is not None:
+                    windows[row.id] = self._decoding[_row_key(row)] = window
+        return windows
+
+    def _window_of(self, row: TelemetryRecord, profile: Mapping) -> _Window | None:
+        """The CUSUM store's reader (its one-scope path reads a scope's rows itself): the window this run
+        read for the row when there is one, else the row's payload decoded."""
+        key = _row_key(row)
+        return self._decoding.get(key) or self._decoded.get(key) or self._window(row, profile)
 
     def _window(self, row: TelemetryRecord, profile: Mapping) -> _Window | None:
         where = f"device {row.device_id} seq {row.seq} ({row.model_name} v{row.model_version})"
@@ -415,7 +477,7 @@ class DriftMonitor:
         if scope.period_end is not None:
             report["period"] = [scope.period_end - settings.lookback_seconds, scope.period_end]
         end = max(w.end for w in windows)
-        return DriftResult(
+        return _drift_result(
             scope=scope.scope, scope_id=scope.scope_id, fleet=scope.fleet, model_name=scope.model_name,
             model_version=scope.model_version, window_start=min(w.start for w in windows), window_end=end,
             samples=merged.samples, verdict=report["verdict"], report=report, computed_at=now,
@@ -462,7 +524,8 @@ class DriftMonitor:
             with raw.cursor() as cursor, cursor.copy(
                     f"COPY {table.name} (id, {', '.join(columns)}) FROM STDIN") as copy:
                 for row_id, result in zip(ids, results, strict=True):
-                    copy.write_row([row_id, *(to_json(result.report) if name == "report" else getattr(result, name)
+                    values = result.__dict__  # the state: every column is set (`_drift_result`)
+                    copy.write_row([row_id, *(to_json(values["report"]) if name == "report" else values.get(name)
                                               for name in columns)])
         else:
             rows = [{name: getattr(result, name) for name in columns} for result in results]

@@ -34,6 +34,8 @@ CASES = [  # channels, (kH, kW), input (H, W), attributes
     (13, (3, 3), (12, 17), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
     (33, (5, 5), (14, 13), {"pads": [2, 2, 2, 2]}),
     (40, (5, 5), (19, 18), {"pads": [2, 2, 2, 2], "strides": [2, 2]}),
+    (16, (3, 3), (31, 16), {"pads": [1, 1, 1, 1]}),  # 16 wide: the widest plane the lanes kernel takes
+    (16, (3, 3), (12, 40), {"pads": [1, 1, 1, 1]}),  # wider: the plane kernels on every tier
     (24, (3, 3), (10, 9), {"pads": [0, 1, 2, 0], "strides": [1, 2]}),
     (20, (3, 3), (6, 6), {}),
     (9, (3, 4), (8, 21), {"pads": [1, 2, 1, 1]}),
@@ -63,7 +65,7 @@ def test_lanes_kernel_same_bits_at_one_and_two_threads(isa: str) -> None:
     x = rng.standard_normal((1, 64, 25, 5)).astype(np.float32)
     np.testing.assert_array_equal(run_on(graph, {"x": x}, isa, threads=2), run_on(graph, {"x": x}, isa))
     big = depthwise_graph(rng, 40, (5, 5), False, "none", pads=[2, 2, 2, 2], strides=[2, 2])
-    x = rng.standard_normal((2, 40, 33, 31)).astype(np.float32)
+    x = rng.standard_normal((2, 40, 33, 31)).astype(np.float32)  # 16 output pixels wide
     np.testing.assert_array_equal(run_on(big, {"x": x}, isa, threads=2), run_on(big, {"x": x}, isa))
 
 

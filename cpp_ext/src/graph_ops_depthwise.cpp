@@ -5,6 +5,9 @@
 // then bias and activation. Summed in tap order from zero, bias after the sum, as the reference's
 // im2col + GEMM. x86-64 runs an AVX2 version (graph_ops_depthwise_avx2.cpp, chosen at run time) with the same
 // products and sums in the same order (no FMA), so every tier gives the same bits.
+// With channel multiplier 1 and dilation 1, the x86 SIMD tiers run the lanes kernel instead
+// (graph_kernels_depthwise_x86.cpp: channels in the SIMD lanes, one transpose per image in and out), again
+// with the same products and sums per output in the same order.
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -138,6 +141,7 @@ public:
             const auto* values = static_cast<const float*>(b->data());
             bias_.assign(values, values + w.shape[0]);
         }
+        pack_lanes(attrs, b != nullptr);
     }
 
     Shape infer(const std::vector<View>& in) const override {
@@ -154,7 +158,12 @@ public:
         const Window& win = windows_.get(*in[0].shape, w_shape_[2], w_shape_[3], attrs_, false);
         std::int64_t ph = 0, pw = 0;
         padded(win, ph, pw);
-        return slice(ph, pw) * sizeof(float) * static_cast<std::size_t>(pool_threads());  // one per thread
+        const std::size_t planes = slice(ph, pw) * sizeof(float) * static_cast<std::size_t>(pool_threads());
+        if (lanes_w_.empty()) return planes;  // one plane per thread
+        // or one padded image for the lanes kernel (the ISA may change between runs: room for either)
+        const std::size_t image = static_cast<std::size_t>(depthwise::lanes_rows(win) * depthwise::lanes_cols(win) *
+                                                           lanes_cp_) * sizeof(float);
+        return std::max(planes, image);
     }
 
     // One thread's padded plane, in floats: stride-2 loads read 8 past a row; 64-byte multiples.
@@ -171,8 +180,30 @@ public:
         constexpr float kInf = std::numeric_limits<float>::infinity();
         const std::int64_t mult = w_shape_[0] / group_, taps = w_shape_[2] * w_shape_[3], plane = win.h * win.w;
         const std::int64_t out_plane = win.oh * win.ow;
-        const PlaneFn kernel = plane_kernel();
         const double work = static_cast<double>(win.n * w_shape_[0] * out_plane * taps);
+#if defined(__x86_64__) || defined(_M_X64)
+        // Only on planes up to 2 blocks wide: on wider ones (EfficientNet-Lite's 16 channels at 32 x 32) the
+        // plane kernels fill their lanes and the two transposes cost more than they save (15 vs 11 us).
+        if (!lanes_w_.empty() && win.ow <= 2 * kLanes && std::strcmp(kernels::active().isa, "portable") != 0) {
+            auto* pad = static_cast<float*>(scratch);
+            const std::int64_t pw_lanes = depthwise::lanes_cols(win);
+            for (std::int64_t n = 0; n < win.n; ++n) {
+                depthwise::lanes_fill_avx2(in[0].as<float>() + n * win.c * plane, win, pw_lanes, lanes_cp_, pad);
+                const depthwise::LanesArgs args{pad, pw_lanes, lanes_cp_, win.c, lanes_w_.data(), lanes_b_.data(),
+                                                act_.active ? act_.lo : -kInf, act_.active ? act_.hi : kInf, &win,
+                                                out.as<float>() + n * win.c * out_plane, 0, 0};
+                parallel_ranges(out_plane, kLanes, work / static_cast<double>(win.n),
+                                [&](int, std::int64_t first, std::int64_t last) {
+                                    depthwise::LanesArgs part = args;
+                                    part.p_begin = first, part.p_end = last;
+                                    depthwise::lanes_avx2(part);
+                                });
+            }
+            act_.finish(out.as<float>(), win.n * win.c * out_plane);
+            return;
+        }
+#endif
+        const PlaneFn kernel = plane_kernel();
         parallel_ranges(win.n * win.c, 1, work, [&](int part, std::int64_t first, std::int64_t last) {
             float* pad = static_cast<float*>(scratch) + slice(ph, pw) * static_cast<std::size_t>(part);
             std::fill(pad, pad + slice(ph, pw), 0.0f);  // past the plane too: the flat walk reads up to 7 more
@@ -197,12 +228,31 @@ public:
     }
 
 private:
+    // The lanes kernel's W [kh * kw][cp] and B [cp] (graph_ops_depthwise.hpp), for multiplier 1, dilation 1,
+    // B constant or absent, and at least kLanes channels; else empty.
+    void pack_lanes(const Attrs& attrs, bool has_b) {
+        const std::int64_t c = group_, taps = w_shape_[2] * w_shape_[3];
+        if (w_shape_[0] != c || c < kLanes || (has_b && bias_.empty())) return;
+        for (std::int64_t d : attrs.get_ints("dilations", {1, 1})) {
+            if (d != 1) return;
+        }
+        lanes_cp_ = (c + kLanes - 1) / kLanes * kLanes;
+        lanes_w_.assign(static_cast<std::size_t>(taps * lanes_cp_), 0.0f);
+        lanes_b_.assign(static_cast<std::size_t>(lanes_cp_), 0.0f);
+        for (std::int64_t ch = 0; ch < c; ++ch) {
+            for (std::int64_t t = 0; t < taps; ++t) lanes_w_[t * lanes_cp_ + ch] = weights_[ch * taps + t];
+            if (!bias_.empty()) lanes_b_[ch] = bias_[ch];
+        }
+    }
+
     Attrs attrs_;
     Activation act_;
     std::int64_t group_;
     Shape w_shape_;
     std::vector<float> weights_;
     std::vector<float> bias_;  // empty: B absent or computed at run time
+    std::vector<float> lanes_w_, lanes_b_;
+    std::int64_t lanes_cp_ = 0;
     mutable WindowCache windows_;  // runs hold the GIL: never two at once
 };
 

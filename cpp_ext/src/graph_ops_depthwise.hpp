@@ -61,9 +61,29 @@ inline void copy_floats(float* dst, const float* src, std::int64_t n) {
     }
 }
 
+// Channels in the SIMD lanes (graph_kernels_depthwise_x86.cpp), for channel multiplier 1 and dilation 1
+// on the x86 SIMD tiers: one image padded into [lanes_rows][pw][cp] floats (cp: the channels rounded up
+// to kLanes, the extra ones zero), W packed as [kh * kw][cp] and B as [cp] (zero past c); the output
+// pixels [p_begin, p_end) (row-major, p_begin a multiple of kLanes) of every channel into the NCHW y.
+// Each lane does plane_portable's products and sums in the same order: the same bits.
+struct LanesArgs {
+    const float* x;  // padded image
+    std::int64_t pw, cp, c;
+    const float* w;
+    const float* bias;
+    float lo, hi;
+    const Window* win;
+    float* y;  // this image's output, NCHW
+    std::int64_t p_begin, p_end;
+};
+inline std::int64_t lanes_rows(const Window& v) { return std::max(v.h + v.top, (v.oh - 1) * v.sh + v.kh); }
+inline std::int64_t lanes_cols(const Window& v) { return std::max(v.w + v.left, (v.ow - 1) * v.sw + v.kw); }
+
 void plane_portable(const PlaneArgs& a);
 #if defined(__x86_64__) || defined(_M_X64)
 void plane_avx2(const PlaneArgs& a);  // graph_ops_depthwise_avx2.cpp: the same products and sums, same order
+void lanes_fill_avx2(const float* x, const Window& v, std::int64_t pw, std::int64_t cp, float* pad);  // x: one image
+void lanes_avx2(const LanesArgs& a);
 #endif
 #if defined(__aarch64__)
 void plane_neon(const PlaneArgs& a);  // graph_ops_depthwise_neon.cpp: the same products and sums, same order

@@ -41,7 +41,7 @@ class Cold(DriftMonitor):
     """The monitor with its decoded windows dropped before each pass: every payload read and parsed."""
 
     def run_once(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - DriftMonitor's signature
-        self._decoded = {}
+        self._windows.forget()
         return super().run_once(*args, **kwargs)
 
 

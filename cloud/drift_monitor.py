@@ -5,9 +5,7 @@ One run (`run_once`):
 1. reads the telemetry rows whose window ended in (now - lookback, now] and parses their payloads (the
    ingest stores each payload as it came, so every histogram of it, features, predictions, confidence
    and the per-output summary rows, is read back from there: no column per histogram, no migration);
-   a row's payload is read and parsed once: the run reads the rows without payloads and takes the
-   windows the previous run decoded from memory (a window is in about lookback / interval runs), so
-   only new rows (and, after a restart or a shard take-over, the others once) cost a parse;
+   each payload is read and parsed once (cloud/drift_windows.py keeps the last run's windows);
 2. groups them per (device, model name, version) and per (fleet, model name, version): a fleet is all
    of its devices' windows added together, which the shared bin edges make exact;
 3. evaluates each scope against the reference profile of its model version (cloud/drift.py), the scopes
@@ -45,8 +43,8 @@ killed mid-run leaves its shards to the others one lease period later; a scope t
 around a hand-over gets two results, never none.
 
 Recovery: the monitor keeps in memory only the highest row id it has seen, when each scope ran last and
-the windows its last run decoded (a cache: about 1.2 KB a window, rebuilt from the payloads after a
-restart); the CUSUM sums are in the database, so a restart continues them where they were.
+the windows its last run decoded (rebuilt from the payloads after a restart); the CUSUM sums are in the
+database, so a restart continues them where they were.
 After a restart, its first run sees every row as seen, so windows that arrived while it was down with
 an end older than the lookback are not evaluated late (the cloud's ingest was down too, so a device's
 backlog normally arrives after the restart and is caught). Row ids follow commit order because the one
@@ -60,7 +58,6 @@ left out; nothing in one scope stops the others. Refusals and missing profiles a
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -69,9 +66,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.orm.instrumentation import manager_of_class
 
 from edgefleet.cloud.db import Alert, DriftResult, TelemetryRecord
 from edgefleet.cloud.drift import (
@@ -89,44 +85,17 @@ from edgefleet.cloud.drift import (
 from edgefleet.cloud.drift_batch import evaluate_many
 from edgefleet.cloud.drift_cusum_batch import Item, feed_batch
 from edgefleet.cloud.drift_cusum_store import CusumStore
+from edgefleet.cloud.drift_results import insert_results, new_result
 from edgefleet.cloud.drift_sequential import SEQUENTIAL, evidence_summary
 from edgefleet.cloud.drift_settings import DriftSettingsError, MonitorSettings, SettingsResolver
+from edgefleet.cloud.drift_windows import WHO, Window, WindowReader
 from edgefleet.cloud.leases import FLEETS, ShardLeases, shard_of
 from edgefleet.cloud.ops_monitor import quality_evidence
-from edgefleet.core.telemetry import TelemetryError, parse_telemetry
 
 log = logging.getLogger(__name__)
 
 ProfileFor = Callable[[str, int], "Mapping | None"]
 _LOG_ONCE_LIMIT = 10_000  # distinct refusal messages remembered before the memory is reset
-# Who and when of a telemetry row, without its payload: the rows of a run are read this way, the payloads
-# only of the rows whose window is not in the cache of decoded windows (`_Decoded`).
-_WHO = (TelemetryRecord.id, TelemetryRecord.device_id, TelemetryRecord.fleet, TelemetryRecord.model_name,
-        TelemetryRecord.model_version, TelemetryRecord.seq, TelemetryRecord.window_end)
-_RESULTS = manager_of_class(DriftResult)
-_PAYLOADS_PER_QUERY = 900  # ids per IN (...) when the payloads of the cache misses are read (SQLite's old limit)
-
-
-@dataclass(frozen=True)
-class _Window:
-    counts: WindowCounts
-    start: float
-    end: float
-    row_id: int = 0
-    at: float = 0.0  # the row's window end: the CUSUM's event order (cloud/drift_cusum_batch.py)
-
-
-def _row_key(row) -> tuple:  # noqa: ANN001 - a row of the `_WHO` columns
-    return (row.id, row.device_id, row.seq, row.window_end, row.model_name, row.model_version)
-
-
-def _drift_result(**values: object) -> DriftResult:
-    """DriftResult(**values), without the attribute events of the ORM's constructor (a third of the cost of
-    a result row): the values go straight into the new instance's state, where the COPY, an INSERT of the
-    table or a session's flush reads them, as a loaded row's are. Every column but the id is given."""
-    result = _RESULTS.new_instance()
-    result.__dict__.update(values)
-    return result
 
 
 @dataclass(frozen=True)
@@ -139,7 +108,7 @@ class _Scope:
     period_end: float | None = None  # a late evaluation of the period ((p - 1) L, p L] ending here
 
 
-Scopes = dict[_Scope, tuple[Mapping, list[_Window]]]
+Scopes = dict[_Scope, tuple[Mapping, list[Window]]]
 
 
 @dataclass(frozen=True)
@@ -185,10 +154,9 @@ class DriftMonitor:
         self._profiles: dict[tuple[str, int], Mapping] = {}
         self._logged: set[str] = set()
         self._seen_id: int | None = None  # the highest telemetry row id an earlier run saw
-        self._decoded: dict[tuple, _Window] = {}  # the windows the last run read, by `_row_key`
-        self._decoding: dict[tuple, _Window] = {}  # the windows this run has read so far
+        self._windows = WindowReader(self._log_once)  # each payload decoded once, kept while in the lookback
         self._last_run: dict[tuple[str, str], float] = {}  # (fleet, model name) -> time.monotonic() of its last run
-        self._cusums = CusumStore(self._window_of)
+        self._cusums = CusumStore(self._windows.window_of)
         self._tick = self.base.interval_seconds
         self._run_lock = threading.Lock()
         self._stop = threading.Event()
@@ -242,13 +210,13 @@ class DriftMonitor:
             self._tick = resolver.shortest_interval()
             top = session.scalar(select(func.max(TelemetryRecord.id))) or 0
             mine = self._mine()
-            self._decoding = {}
+            self._windows.start_run()
             scopes = mine.keep(self._collect(session, now, top, resolver, mine))
             if due_only:
                 scopes = {scope: item for scope, item in scopes.items() if self._due(scope, resolver)}
             late = mine.keep(self._collect_late(session, now, top, resolver, mine))
             self._seen_id = top
-            self._decoded, self._decoding = self._decoding, {}
+            self._windows.finish_run()
             ran_at = time.monotonic()
             for scope in scopes:
                 self._last_run[(scope.fleet, scope.model_name)] = ran_at
@@ -285,7 +253,7 @@ class DriftMonitor:
 
     def _collect(self, session: Session, now: float, top: int, resolver: SettingsResolver, mine: _Share) -> Scopes:
         """The windows of each scope that ended within its lookback of now (on-time evaluation)."""
-        query = (select(*_WHO)
+        query = (select(*WHO)
                  .where(TelemetryRecord.window_end > now - resolver.longest_lookback(),
                         TelemetryRecord.window_end <= now, TelemetryRecord.id <= top)
                  .order_by(TelemetryRecord.id))
@@ -316,7 +284,7 @@ class DriftMonitor:
         for (fleet, model_name, version, end), devices in sorted(periods.items(), key=lambda item: item[0][3]):
             lookback = self._settings(resolver, fleet, model_name).lookback_seconds
             rows = session.execute(
-                select(*_WHO)
+                select(*WHO)
                 .where(TelemetryRecord.fleet == fleet, TelemetryRecord.model_name == model_name,
                        TelemetryRecord.model_version == version, TelemetryRecord.window_end > end - lookback,
                        TelemetryRecord.window_end <= end, TelemetryRecord.id <= top)
@@ -328,10 +296,10 @@ class DriftMonitor:
         return scopes
 
     def _group(self, session: Session, rows: Iterable) -> Scopes:
-        """The scopes of `rows` (the `_WHO` columns of telemetry rows, in id order) with their windows: each
+        """The scopes of `rows` (the `WHO` columns of telemetry rows, in id order) with their windows: each
         window decoded from its payload once, then taken from the cache while its row is read."""
         scopes: Scopes = {}
-        fleets: dict[_Scope, list[_Window]] = defaultdict(list)
+        fleets: dict[_Scope, list[Window]] = defaultdict(list)
         profiles: dict[tuple[str, int], Mapping | None] = {}  # one look-up per model version and run
         kept = []
         for row in rows:
@@ -340,7 +308,7 @@ class DriftMonitor:
                 profiles[key] = self._profile(*key)
             if profiles[key] is not None:
                 kept.append(row)
-        windows = self._windows(session, kept, profiles)
+        windows = self._windows.read(session, kept, profiles)
         for row in kept:
             window = windows.get(row.id)
             if window is None:
@@ -352,55 +320,6 @@ class DriftMonitor:
         for scope, items in fleets.items():
             scopes[scope] = (profiles[(scope.model_name, scope.model_version)], items)
         return scopes
-
-    def _windows(self, session: Session, rows: list, profiles: Mapping[tuple[str, int], Mapping | None]
-                 ) -> dict[int, _Window]:
-        """The decoded window of each row that has one, by row id: from the last run's cache, or (a miss)
-        its payload read in one query per `_PAYLOADS_PER_QUERY` rows and decoded by `_window`. A row's
-        payload never changes once stored, so a cached window is the one `_window` would decode again;
-        the key holds (device, seq, window end, model) beside the id, as SQLite may reuse the id of a
-        deleted newest row. Refused rows are not cached: they are refused (and logged once) again."""
-        windows: dict[int, _Window] = {}
-        misses = []
-        for row in rows:
-            key = _row_key(row)
-            window = self._decoded.get(key) or self._decoding.get(key)
-            if window is None:
-                misses.append(row.id)
-            else:
-                windows[row.id] = self._decoding[key] = window
-        for start in range(0, len(misses), _PAYLOADS_PER_QUERY):
-            chunk = misses[start:start + _PAYLOADS_PER_QUERY]
-            for row in session.execute(select(*_WHO, TelemetryRecord.payload).where(TelemetryRecord.id.in_(chunk))):
-                window = self._window(row, profiles[(row.model_name, row.model_version)])
-                if window is not None:
-                    windows[row.id] = self._decoding[_row_key(row)] = window
-        return windows
-
-    def _window_of(self, row: TelemetryRecord, profile: Mapping) -> _Window | None:
-        """The CUSUM store's reader (its one-scope path reads a scope's rows itself): the window this run
-        read for the row when there is one, else the row's payload decoded."""
-        key = _row_key(row)
-        return self._decoding.get(key) or self._decoded.get(key) or self._window(row, profile)
-
-    def _window(self, row: TelemetryRecord, profile: Mapping) -> _Window | None:
-        where = f"device {row.device_id} seq {row.seq} ({row.model_name} v{row.model_version})"
-        try:
-            parsed = parse_telemetry(row.payload, max_bytes=len(row.payload))  # the ingest checked the size
-            counts = WindowCounts.from_telemetry(parsed)
-            check_against_profile(counts, profile)
-        except TelemetryError as err:
-            self._log_once(f"{where}: stored payload refused ({err.reason}): {err}")
-            return None
-        except CountsMismatch as err:
-            self._log_once(f"{where}: window refused, counts do not fit the reference profile: {err}",
-                           key=f"{row.device_id}/{row.model_name}/{row.model_version}: {err}")
-            return None
-        except (KeyError, IndexError, TypeError, ValueError) as err:  # a malformed profile, not the window
-            self._log_once(f"{where}: cannot compare with the reference profile ({type(err).__name__}: {err})",
-                           key=f"profile {row.model_name}/{row.model_version}: {err!r}")
-            return None
-        return _Window(counts, parsed.start, parsed.end, row.id, row.window_end)
 
     def _profile(self, name: str, version: int) -> Mapping | None:
         """The reference profile, cached once found (a bundle version never changes); None is not cached,
@@ -419,7 +338,7 @@ class DriftMonitor:
         self._profiles[key] = profile
         return profile
 
-    def _evaluate_all(self, items: list[tuple[_Scope, tuple[Mapping, list[_Window]]]], now: float,
+    def _evaluate_all(self, items: list[tuple[_Scope, tuple[Mapping, list[Window]]]], now: float,
                       resolver: SettingsResolver) -> list[tuple[_Scope, DriftResult]]:
         """The DriftResult of each scope that can be evaluated, in the order of `items`: the window tests of
         all scopes that share a profile and thresholds at once (cloud/drift_batch.py); a batch that fails
@@ -452,7 +371,7 @@ class DriftMonitor:
                 evaluated.append((scope, result))
         return evaluated
 
-    def _evaluate(self, scope: _Scope, profile: Mapping, windows: list[_Window], now: float,
+    def _evaluate(self, scope: _Scope, profile: Mapping, windows: list[Window], now: float,
                   resolver: SettingsResolver) -> DriftResult | None:
         """One scope's DriftResult by cloud/drift.py's reference path, None (logged) if it cannot be had."""
         settings = self._settings(resolver, scope.fleet, scope.model_name)
@@ -469,7 +388,7 @@ class DriftMonitor:
             return None
         return self._result(scope, windows, merged, report, now, resolver)
 
-    def _result(self, scope: _Scope, windows: list[_Window], merged: WindowCounts, report: dict, now: float,
+    def _result(self, scope: _Scope, windows: list[Window], merged: WindowCounts, report: dict, now: float,
                 resolver: SettingsResolver) -> DriftResult:
         settings = self._settings(resolver, scope.fleet, scope.model_name)
         report["windows"] = len(windows)
@@ -477,7 +396,7 @@ class DriftMonitor:
         if scope.period_end is not None:
             report["period"] = [scope.period_end - settings.lookback_seconds, scope.period_end]
         end = max(w.end for w in windows)
-        return _drift_result(
+        return new_result(
             scope=scope.scope, scope_id=scope.scope_id, fleet=scope.fleet, model_name=scope.model_name,
             model_version=scope.model_version, window_start=min(w.start for w in windows), window_end=end,
             samples=merged.samples, verdict=report["verdict"], report=report, computed_at=now,
@@ -506,32 +425,7 @@ class DriftMonitor:
 
     @staticmethod
     def _insert(session: Session, results: list[DriftResult]) -> None:
-        """Writes the results in one statement and sets their ids (in list order, ascending): on PostgreSQL
-        one COPY with ids drawn from the table's sequence at once (an INSERT of thousands of rows spent
-        most of its time in the driver's query parsing), elsewhere one INSERT ... RETURNING of all rows.
-        The rows are not added to the session: they are written, and nothing in the run changes them."""
-        if not results:
-            return
-        table = DriftResult.__table__
-        columns = [c.name for c in table.columns if c.name != "id"]
-        connection = session.connection()
-        if connection.dialect.name == "postgresql":
-            sequence = func.pg_get_serial_sequence(table.name, "id")
-            ids = sorted(session.scalars(select(func.nextval(sequence))
-                                         .select_from(func.generate_series(1, len(results)))))
-            to_json = connection.dialect._json_serializer or json.dumps
-            raw = connection.connection.driver_connection
-            with raw.cursor() as cursor, cursor.copy(
-                    f"COPY {table.name} (id, {', '.join(columns)}) FROM STDIN") as copy:
-                for row_id, result in zip(ids, results, strict=True):
-                    values = result.__dict__  # the state: every column is set (`_drift_result`)
-                    copy.write_row([row_id, *(to_json(values["report"]) if name == "report" else values.get(name)
-                                              for name in columns)])
-        else:
-            rows = [{name: getattr(result, name) for name in columns} for result in results]
-            ids = list(session.scalars(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows))
-        for row_id, result in zip(ids, results, strict=True):
-            result.id = row_id
+        insert_results(session, results)
 
     # alerts -----------------------------------------------------------------------------------------------
     @staticmethod

@@ -28,10 +28,13 @@ class Recording(DriftMonitor):
         super().__init__(*args, **kwargs)
         self.merged: dict[tuple[str, str], WindowCounts] = {}
         self.parsed = 0
+        decode = self._windows.decode
 
-    def _window(self, row, profile):
-        self.parsed += 1
-        return super()._window(row, profile)
+        def counted(row, profile):  # noqa: ANN001, ANN202 - WindowReader.decode's signature
+            self.parsed += 1
+            return decode(row, profile)
+
+        self._windows.decode = counted
 
     def _evaluate_all(self, items, now, resolver):
         self.merged = {(scope.scope, scope.scope_id): merge_windows(w.counts for w in windows)

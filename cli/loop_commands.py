@@ -42,6 +42,9 @@ def evaluate(
                                                                  "and invariances")] = None,
     min_rows: Annotated[int, typer.Option("--min-rows", min=1, help="Groups with fewer rows are not "
                                                                     "judged")] = 20,
+    max_drop: Annotated[float, typer.Option("--max-drop", min=0.0, help="Loss accepted on a group before it "
+                                                                        "counts as worse (accuracy, or MAE "
+                                                                        "units)")] = 0.0,
     backend: Annotated[list[str] | None, typer.Option("--backend", "-b", help="Backend or target, in order "
                                                                               "(default: the bundle's own)")] = None,
     force: Annotated[bool, typer.Option("--force", help="Accept a refused candidate; the report says "
@@ -63,7 +66,7 @@ def evaluate(
         raise EdgefleetError(f"--key {key} (key id {signing_key.key_id}) is not among the trusted keys: the "
                              f"candidate signed with it would no longer verify")
     options = EvalOptions(critical_slices=tuple(critical or ()), slice_keys=tuple(slices or ()), min_rows=min_rows,
-                          force=force, checks=checks, backends=tuple(backend) if backend else None)
+                          max_drop=max_drop, force=force, checks=checks, backends=tuple(backend) if backend else None)
     report = run_evaluation(candidate, serving, data, recent, trust=store, options=options)
     attach_to_bundle(report, candidate, signing_key)
     out_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")

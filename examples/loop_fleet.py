@@ -125,8 +125,10 @@ def device_accuracy(url: str, x: np.ndarray, y: np.ndarray) -> float:
 def policy_text(*, function: str, key: str, trust: str, min_samples: int = 400, window: str | None = None,
                 critical: tuple[str, ...] = ("clean", "bright"), name: str = "digits-bright") -> str:
     """The scenario's policy: scratch retraining on the reference data and the fleet's labelled captures,
-    dynamic int8, onnxruntime, judged on clean and bright held-out digits, deployed in two waves whose first
-    is judged by its measured accuracy against the control. Paths are as the file gives them (relative ones
+    dynamic int8, onnxruntime, judged on clean and bright held-out digits (a loss of up to 0.02 accepted:
+    retrained from scratch on another CPU, the candidate lost 0.013 on clean digits while gaining 0.45 on
+    bright ones, and a strict gate refused it), deployed in two waves whose first is judged by its measured
+    accuracy against the control. Paths are as the file gives them (relative ones
     are read beside it)."""
     return f"""
 name = "{name}"
@@ -149,6 +151,7 @@ method = "quantize_dynamic"
 [evaluation]
 heldout = "heldout.npz"
 critical_slices = {json.dumps(list(critical))}
+max_drop = 0.02
 [deployment]
 waves = [50, 100]
 wave_timeout = 90

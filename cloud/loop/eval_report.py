@@ -65,7 +65,9 @@ def render_tables(report: dict) -> list:
     metric = "accuracy" if report["task"] == "classification" else "MAE"
     table = Table(title=f"offline evaluation: {cand['name']} v{cand['version']} ({cand['backend']}) against "
                         f"{serv['name']} v{serv['version']} ({serv['backend']})",
-                  caption="* critical slice; verdicts only when the 95% interval of the difference excludes 0")
+                  caption="* critical slice; verdicts only when the 95% interval of the difference excludes 0"
+                          + (f" (worse: below -{report['max_drop']:g}, the accepted drop)"
+                             if report.get("max_drop") else ""))
     for header in ("data", "slice", "n", f"serving {metric}", f"candidate {metric}", "improvement", "verdict"):
         table.add_column(header, justify="right" if header in ("n",) or metric in header else "left")
     tables = [table]

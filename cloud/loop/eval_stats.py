@@ -49,12 +49,13 @@ def paired_interval(a: np.ndarray, b: np.ndarray | None = None, *, seed: int = 0
     return {"value": float(d.mean()), "ci95": [float(low), float(high)], "count": int(n)}
 
 
-def verdict(difference: dict, min_rows: int) -> str:
-    """"worse" or "better" only when the whole interval of candidate - serving is below or above zero."""
+def verdict(difference: dict, min_rows: int, max_drop: float = 0.0) -> str:
+    """"worse" only when the whole interval of candidate - serving is below -max_drop (the loss the user
+    accepts, 0 by default), "better" only when it is above zero; otherwise "within noise"."""
     if difference["count"] < min_rows or difference["ci95"] is None:
         return "too few rows"
     low, high = difference["ci95"]
-    return "worse" if high < 0 else "better" if low > 0 else "within noise"
+    return "worse" if high < -max_drop else "better" if low > 0 else "within noise"
 
 
 def bin_index(confidence: np.ndarray, bins: int) -> np.ndarray:

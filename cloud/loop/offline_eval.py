@@ -10,7 +10,9 @@ recently captured data (labels optional) each model is measured overall and per 
 accuracy with its Wilson interval for a classifier, mean absolute error with a bootstrap interval for
 regression; the candidate's improvement over the serving model is the paired mean difference of per-row
 scores (correct: 1/0; regression: -|error|) with a bootstrap interval (eval_stats.py). A group is
-"worse" only when that whole interval lies below zero. Recent data without labels gives the share of
+"worse" only when that whole interval lies below -max_drop: the loss the user accepts on a group (0 by
+default; a candidate that gains much on the new condition may be allowed, say, 0.02 accuracy on the old
+one, since a retrained model rarely matches the serving one row for row). Recent data without labels gives the share of
 answers on which the two models agree (no verdict). The baseline is the best constant answer on the
 labels (the majority class; the mean for regression): the candidate must beat it beyond noise.
 
@@ -52,6 +54,7 @@ class EvalOptions:
     critical_slices: tuple[str, ...] = ()
     slice_keys: tuple[str, ...] = ()
     min_rows: int = 20
+    max_drop: float = 0.0  # accepted loss per group (accuracy, or MAE units), module docstring
     force: bool = False
     checks: Path | None = None  # the policy file (eval_checks.py); None: defaults and the bundles' declarations
     backends: tuple[str, ...] | None = None
@@ -129,8 +132,8 @@ def _evaluate(cand: ServedModel, serv: ServedModel, heldout: Path, recent: Path 
         "kind": "offline_evaluation", "schema": REPORT_SCHEMA, "created_at": format_time(utc_now()),
         "task": cand.task, "metric": "accuracy" if cand.task == "classification" else "mean_absolute_error",
         "candidate": cand.describe(), "serving": serv.describe(), "critical_slices": list(critical),
-        "min_rows": options.min_rows, "level": 0.95,
-        "datasets": {name: _dataset(cand, serv, data, critical, options.min_rows) for name, data in datasets.items()},
+        "min_rows": options.min_rows, "max_drop": options.max_drop, "level": 0.95,
+        "datasets": {name: _dataset(cand, serv, data, critical, options) for name, data in datasets.items()},
     }
     report["checks"] = _checks(cand, serv, datasets["heldout"], policy)
     report["decision"] = _decision(report, options.force)
@@ -150,7 +153,8 @@ def _check_compatible(cand: ServedModel, serv: ServedModel) -> None:
 
 
 # measuring one file -----------------------------------------------------------------------------------------
-def _dataset(cand: ServedModel, serv: ServedModel, data: EvalData, critical: Sequence[str], min_rows: int) -> dict:
+def _dataset(cand: ServedModel, serv: ServedModel, data: EvalData, critical: Sequence[str],
+             options: EvalOptions) -> dict:
     got = {m.which: m.scores(data.inputs) for m in (cand, serv)}
     widths = {which: values.shape[1] for which, values in got.items()}
     if widths["candidate"] != widths["serving"]:
@@ -174,10 +178,10 @@ def _dataset(cand: ServedModel, serv: ServedModel, data: EvalData, critical: Seq
         score = {w: -np.abs(v - targets).mean(axis=1) for w, v in got.items()}
         baseline = -np.abs(targets.mean(axis=0) - targets).mean(axis=1)
         entry["baseline"] = {"name": "mean", "answer": [float(v) for v in targets.mean(axis=0)]}
-    entry["groups"] = [_group(cand.task, name, mask, score, critical, min_rows) for name, mask in groups.items()]
+    entry["groups"] = [_group(cand.task, name, mask, score, critical, options) for name, mask in groups.items()]
     entry["baseline"].update(_measure(cand.task, baseline))
     beat = paired_interval(score["candidate"], baseline)
-    entry["baseline"]["candidate_improvement"] = {**beat, "verdict": verdict(beat, min_rows)}
+    entry["baseline"]["candidate_improvement"] = {**beat, "verdict": verdict(beat, options.min_rows)}
     return entry
 
 
@@ -188,11 +192,11 @@ def _measure(task: str, score: np.ndarray) -> dict:
     return paired_interval(-score)
 
 
-def _group(task: str, name: str, mask: np.ndarray, score: dict, critical: Sequence[str], min_rows: int) -> dict:
+def _group(task: str, name: str, mask: np.ndarray, score: dict, critical: Sequence[str], options: EvalOptions) -> dict:
     difference = paired_interval(score["candidate"][mask], score["serving"][mask])
     return {"slice": name, "rows": int(mask.sum()), "critical": name in critical,
             "serving": _measure(task, score["serving"][mask]), "candidate": _measure(task, score["candidate"][mask]),
-            "improvement": difference, "verdict": verdict(difference, min_rows)}
+            "improvement": difference, "verdict": verdict(difference, options.min_rows, options.max_drop)}
 
 
 def _agreement(cand: ServedModel, got: dict, name: str, mask: np.ndarray) -> dict:

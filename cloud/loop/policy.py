@@ -35,6 +35,7 @@ judged and how it reaches the fleet. `edgefleet loop run --policy FILE` runs it 
     [evaluation]
     heldout = "heldout.npz"          # required: labelled held-out split (cloud/loop/eval_data.py's layout)
     critical_slices = ["clean"]      # slices on which the candidate may not be worse (overall always is)
+    max_drop = 0.02                  # the loss accepted on a group before it counts as worse (default 0)
     slices = ["slice"]               # keys of the .npz that name slices (default: slice)
     checks = "checks.toml"           # optional sanity-check limits and invariances (eval_checks.py)
     min_rows = 20                    # groups with fewer rows are not judged
@@ -121,6 +122,7 @@ class Evaluation:
     slices: tuple[str, ...] = ()
     checks: Path | None = None
     min_rows: int = 20
+    max_drop: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -344,10 +346,10 @@ def _recipe(path: Path, top: _Reader) -> RecipeSpec:
 
 def _evaluation(path: Path, top: _Reader) -> Evaluation:
     section = _Reader(path, "evaluation", top.get("evaluation", dict, required=True))
-    section.known({"heldout", "critical_slices", "slices", "checks", "min_rows"})
+    section.known({"heldout", "critical_slices", "slices", "checks", "min_rows", "max_drop"})
     return Evaluation(section.file("heldout", required=True), section.strings("critical_slices"),
                       section.strings("slices"), section.file("checks"),
-                      int(section.number("min_rows", 20, 1, 1e9)))
+                      int(section.number("min_rows", 20, 1, 1e9)), float(section.number("max_drop", 0.0, 0.0, 1e9)))
 
 
 def _deployment(path: Path, top: _Reader) -> Deployment | None:

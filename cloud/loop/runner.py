@@ -275,7 +275,7 @@ def _evaluate_stage(policy: Policy, rec: _Recorder, candidate: Path, serving: Pa
 
     spec = policy.evaluation
     options = EvalOptions(critical_slices=spec.critical_slices, slice_keys=spec.slices, min_rows=spec.min_rows,
-                          force=force, checks=spec.checks)
+                          max_drop=spec.max_drop, force=force, checks=spec.checks)
     with rec.stage("evaluate", {"candidate": str(candidate), "serving": serving.name, "heldout": str(spec.heldout),
                                 "recent": str(recent) if recent else None, "force": force}) as result:
         report = evaluate(candidate, serving, spec.heldout, recent, trust=trust, options=options)

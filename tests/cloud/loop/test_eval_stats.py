@@ -78,6 +78,14 @@ def test_verdict_needs_the_whole_interval_on_one_side():
     assert verdict({"count": 10, "ci95": [-0.9, -0.5]}, 20) == "too few rows"
 
 
+def test_an_accepted_drop_moves_the_worse_line_below_zero():
+    interval = {"count": 450, "ci95": [-0.027, -0.002]}  # a retrained digits CNN on clean digits, on another CPU
+    assert verdict(interval, 20) == "worse"
+    assert verdict(interval, 20, max_drop=0.02) == "within noise"
+    assert verdict({"count": 450, "ci95": [-0.08, -0.03]}, 20, max_drop=0.02) == "worse"
+    assert verdict({"count": 450, "ci95": [0.01, 0.05]}, 20, max_drop=0.02) == "better"
+
+
 def test_proportion_has_the_wilson_interval():
     result = proportion(45, 50)
     assert result["value"] == 0.9

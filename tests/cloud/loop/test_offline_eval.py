@@ -88,6 +88,20 @@ def test_a_candidate_worse_on_a_critical_slice_is_refused_naming_it_and_its_figu
     assert forced["refused"] and forced["forced"] and forced["passed"] and forced["reasons"] == decision["reasons"]
 
 
+def test_an_accepted_drop_passes_a_small_loss_and_still_refuses_a_large_one(kit):
+    strict = evaluate(kit.bundles["shifted"], kit.bundles["serving"], kit.heldout, None, trust=_trust(kit),
+                      options=EvalOptions(critical_slices=("clean",)))
+    low, high = _group(strict, "heldout", "clean")["improvement"]["ci95"]
+    assert high < 0
+    loose = evaluate(kit.bundles["shifted"], kit.bundles["serving"], kit.heldout, None, trust=_trust(kit),
+                     options=EvalOptions(critical_slices=("clean",), max_drop=-low + 0.01))
+    assert loose["max_drop"] == -low + 0.01 and _group(loose, "heldout", "clean")["verdict"] == "within noise"
+    assert not any("critical slice 'clean'" in r for r in loose["decision"]["reasons"])
+    tight = evaluate(kit.bundles["shifted"], kit.bundles["serving"], kit.heldout, None, trust=_trust(kit),
+                     options=EvalOptions(critical_slices=("clean",), max_drop=-high / 2))
+    assert _group(tight, "heldout", "clean")["verdict"] == "worse" and tight["decision"]["refused"]
+
+
 def test_a_candidate_without_a_class_is_refused_on_that_class_as_a_user_named_slice(kit):
     report = evaluate(kit.bundles["no_three"], kit.bundles["serving"], kit.heldout, kit.recent, trust=_trust(kit),
                       options=EvalOptions(critical_slices=("3",), slice_keys=("digit",)))

@@ -40,6 +40,7 @@ def test_a_valid_policy_is_read_whole_with_paths_beside_it(folder):
     assert [s.method for s in policy.recipe.recipe.steps] == ["quantize_dynamic"]
     assert policy.recipe.targets == ("onnxruntime-cpu",) and policy.recipe.source == "inline"
     assert policy.evaluation.heldout == folder / "heldout.npz" and policy.evaluation.critical_slices == ("clean",)
+    assert policy.evaluation.max_drop == 0.02
     assert policy.deployment.waves == (50, 100) and policy.deployment.gates["max_accuracy_drop"] == 0.05
     assert policy.key == folder / "keys" / "release.key" and policy.trust == (folder / "keys" / "release.pub",)
 
@@ -68,6 +69,7 @@ def test_stateful_means_finetune_and_needs_the_serving_torch_model(folder):
     ('method = "quantize_dynamic"', 'method = "zip"', "[recipe] step: step 1 field 'method': expected one of"),
     ('targets = ["onnxruntime-cpu"]', 'targets = ["abacus"]', "[recipe] targets: unknown target 'abacus'"),
     ('heldout = "heldout.npz"', 'heldout = "missing.npz"', "[evaluation] heldout: no file "),
+    ("max_drop = 0.02", "max_drop = -0.1", "[evaluation] max_drop: -0.1 is outside [0, 1e+09]"),
     ("waves = [50, 100]", "waves = [50, 80]", "[deployment] waves: expected rising whole percentages ending at 100"),
     ("max_accuracy_drop = 0.05", "max_accuracy_dorp = 0.05", "[deployment] gates: unknown gate field "
                                                               "'max_accuracy_dorp'"),

@@ -101,7 +101,7 @@ class DeviceAgent:
             self.transport = MqttTransport(
                 config.mqtt.url, fleet=config.fleet, device=config.device, outbox=self.outbox,
                 username=config.mqtt.username, password=config.mqtt.password, birth=self._birth,
-                on_command=self._on_command,
+                on_command=self._on_command, failover=config.mqtt.failover,
             )
         self.updater = Updater(self.store, self.host, trust=trust, workdir=config.data_dir / "incoming",
                                report=self._report_status, fleet=config.fleet, device=config.device,

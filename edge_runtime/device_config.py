@@ -14,6 +14,7 @@
 
     [mqtt]                                     # optional: no section, no reporting
     url = "mqtt://cloud.example:1883"
+    failover = ["mqtt://cloud-b.example:1883"]  # optional: other nodes of a clustered broker, tried in turn
     username = "pi-07"
     password = "..."
 
@@ -54,6 +55,7 @@ class MqttConfig:
     url: str
     username: str | None = None
     password: str | None = None
+    failover: tuple[str, ...] = ()  # further broker URLs: a failed connect moves to the next (edge_runtime/mqtt.py)
 
 
 @dataclass(frozen=True)
@@ -129,12 +131,27 @@ class DeviceConfig:
             trusted_keys=tuple(_path(base, k) for k in keys),
             data_dir=_path(base, device.get("data_dir", f"edgefleet-device-{device_id}")),
             backends=_backends(model.get("backends", [])), threads=model.get("threads"),
-            mqtt=MqttConfig(mqtt["url"], mqtt.get("username"), mqtt.get("password")) if mqtt.get("url") else None,
+            mqtt=MqttConfig(mqtt["url"], mqtt.get("username"), mqtt.get("password"), _failover(mqtt))
+            if mqtt.get("url") else None,
             window_seconds=window, outbox_max_bytes=int(telemetry.get("outbox_max_bytes", 16 * 2**20)),
             http_host=str(http.get("host", "127.0.0.1")), http_port=int(http.get("port", 8000)),
             max_body_bytes=int(http.get("max_body_bytes", 2**20)), slice=default_slice,
             cloud=_cloud(cloud, mqtt),
         )
+
+
+def _failover(mqtt: dict) -> tuple[str, ...]:
+    urls = mqtt.get("failover", [])
+    if not isinstance(urls, list) or not all(isinstance(u, str) and u for u in urls):
+        raise EdgefleetError(f"device config: mqtt.failover must be a list of mqtt:// URLs, got {urls!r}")
+    from edgefleet.edge_runtime.mqtt import TransportError, parse_url
+
+    for url in urls:
+        try:
+            parse_url(url)
+        except TransportError as err:
+            raise EdgefleetError(f"device config: mqtt.failover: {err}") from err
+    return tuple(urls)
 
 
 def _cloud(cloud: dict, mqtt: dict) -> CloudConfig | None:

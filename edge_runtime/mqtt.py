@@ -33,7 +33,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
@@ -82,8 +82,10 @@ class MqttTransport:
     def __init__(self, url: str, *, fleet: str, device: str, outbox: Outbox, username: str | None = None,
                  password: str | None = None, birth: Callable[[], bytes] | None = None,
                  on_command: Callable[[bytes], None] | None = None, max_inflight: int = 20,
-                 reconnect_min: float = 0.5, reconnect_max: float = 30.0) -> None:
-        self.host, self.port = parse_url(url)
+                 reconnect_min: float = 0.5, reconnect_max: float = 30.0, failover: Sequence[str] = ()) -> None:
+        self.brokers = [parse_url(u) for u in (url, *failover)]  # tried in turn, each after a failed connect
+        self._broker = 0
+        self.host, self.port = self.brokers[0]
         if max_inflight < 1:
             raise TransportError(f"max_inflight must be at least 1, got {max_inflight}")
         if not 0 < reconnect_min <= reconnect_max:
@@ -221,7 +223,20 @@ class MqttTransport:
         self._events.put(("up", link, flags.session_present))
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
-        self._set_error(f"cannot reach the broker at {self.host}:{self.port}; retrying")
+        self._set_error(f"cannot reach the broker at {self.host}:{self.port}; retrying"
+                        + (" on the next node" if len(self.brokers) > 1 else ""))
+        self._next_broker(client)
+
+    def _next_broker(self, client: mqtt.Client) -> None:
+        """Failover: the next attempt goes to the next URL of the list (round robin). A lost connection first
+        retries its own node; only a connect that fails moves on, so a node that restarts keeps its devices
+        and a dead one hands them to the others after one reconnect delay. connect_async is paho's public
+        way to change the address between attempts; its loop thread makes the next attempt."""
+        if len(self.brokers) < 2 or self._stopping:
+            return
+        self._broker = (self._broker + 1) % len(self.brokers)
+        self.host, self.port = self.brokers[self._broker]
+        client.connect_async(self.host, self.port, keepalive=KEEPALIVE_SECONDS)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags,
                        reason_code: mqtt.ReasonCode, properties: object) -> None:

@@ -1,7 +1,7 @@
 """A 3-node NATS cluster (MQTT on JetStream) configured by `write_nats_config`: devices spread over the
-nodes, the real ingest on one node, one device node killed -9 mid-stream: once its devices reconnect to a
-surviving node (the device transport takes one URL, so the test moves them, as a failover list would),
-every window each device sent is stored once per (device, seq). The users file keeps each device inside
+nodes, the real ingest on one node, one device node killed -9 mid-stream: its devices fail over by
+themselves to the next node of their list (device.toml's mqtt.failover), and every window each device
+sent is stored once per (device, seq). The users file keeps each device inside
 its own topics as Mosquitto's ACL does.
 """
 
@@ -86,9 +86,10 @@ def test_node_killed_mid_stream_loses_no_window(cluster, tmp_path):
     try:
         assert ingest.wait_connected(30), nats.log(0)[-2000:]
         for device, password in devices.items():
+            others = [nats.url((home[device] + step) % 3) for step in (1, 2)]
             transports[device] = MqttTransport(nats.url(home[device]), fleet=FLEET, device=device,
                                                outbox=outboxes[device], username=device, password=password,
-                                               reconnect_max=2.0).start()
+                                               reconnect_max=2.0, failover=others).start()
         finished = {d: threading.Event() for d in devices}
         senders = [threading.Thread(target=send, args=(d, outboxes[d], transports, finished[d]), daemon=True)
                    for d in devices]
@@ -96,11 +97,14 @@ def test_node_killed_mid_stream_loses_no_window(cluster, tmp_path):
             thread.start()
         while max(outbox.last_seq for outbox in outboxes.values()) < WINDOWS // 3:
             time.sleep(0.05)
-        nats.kill(1)
-        for device in [d for d in devices if home[d] == 1]:  # failover: the same outbox, a surviving node
-            transports[device].stop(timeout=1.0)
-            transports[device] = MqttTransport(nats.url(2), fleet=FLEET, device=device, outbox=outboxes[device],
-                                               username=device, password=devices[device], reconnect_max=2.0).start()
+        # A loaded machine can make a first connect fail, and that device then starts on its next node: the
+        # node killed is whichever of 1 and 2 (not the ingest's) holds more devices now.
+        at_kill = {d: (t.port, t.connects) for d, t in transports.items()}
+        ports = [node.mqtt_port for node in nats.nodes]
+        victim = max((1, 2), key=lambda i: (sum(port == ports[i] for port, _ in at_kill.values()), -i))
+        moved = [d for d, (port, _) in at_kill.items() if port == ports[victim]]
+        assert moved, at_kill
+        nats.kill(victim)
         for thread in senders:
             thread.join(60)
         for device, transport in transports.items():
@@ -111,6 +115,9 @@ def test_node_killed_mid_stream_loses_no_window(cluster, tmp_path):
         got = stored(sessions)
         assert {d: sorted(got.get(d, [])) for d in devices} == {d: list(range(1, WINDOWS + 1)) for d in devices}, (
             ingest.counts, nats.log(0)[-3000:])
+        after = {d: (transports[d].port, transports[d].connects) for d in moved}  # by themselves, on a live node
+        assert all(port != ports[victim] and connects > at_kill[d][1] for d, (port, connects) in after.items()), (
+            at_kill, after)
     finally:
         for transport in transports.values():
             transport.stop(timeout=1.0)

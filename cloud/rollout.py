@@ -65,7 +65,7 @@ from edgefleet.cloud.rollout_plan import (
     tally,
 )
 from edgefleet.cloud.settings import CloudSettings
-from edgefleet.cloud.signed_urls import signed_download_url
+from edgefleet.cloud.signed_urls import download_secret, signed_download_url
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.ota import BundleRef, Command, authorize_rollback
 from edgefleet.core.signing import SigningKey
@@ -318,7 +318,7 @@ class RolloutEngine:
     def _install(self, deployment: Deployment, bundle: BundleRecord, device: Device, command_id: str,
                  strategy: Strategy, base_url: str) -> Command:
         name, version = bundle.name, bundle.version
-        url = signed_download_url(self.settings, base_url, name, version, device.id,
+        url = signed_download_url(download_secret(self.settings, self.sessions), base_url, name, version, device.id,
                                   self.settings.download_url_ttl_seconds)
         authorization = None
         if device.model_name == name and device.model_version is not None and device.model_version >= version:

@@ -78,7 +78,7 @@ class CloudServer:
                 app.state.broker_url = self.broker_url  # what GET /api/v1/info tells devices and `edgefleet sim`
                 app.state.broker = self.broker  # None with an external broker; revocations reach the embedded one
             if serves_http or runs(settings.role, "rollouts"):
-                download_secret(settings)  # made on the first start, before anything signs a download URL
+                download_secret(settings, self.sessions)  # made on the first start, before anything signs a URL
             self.components = list(build_components(settings, self.sessions, self.broker, public_url=lambda: (
                 self.public_url if self._socket is not None or settings.public_url else None)))
             for component in self.components:

@@ -179,7 +179,8 @@ class CloudSettings(BaseSettings):
 
     @property
     def download_secret_path(self) -> Path:
-        """The key of the signed download URLs (made on first use, mode 0600)."""
+        """Where an earlier release kept the key of the signed download URLs; it now lives in the database
+        (cloud/signed_urls.py), which takes this file's key on its first start."""
         return self.data_dir / "download-url.key"
 
     def drift_monitor_settings(self) -> MonitorSettings:

@@ -50,7 +50,7 @@ from edgefleet.cloud.bundle_store import BundleStore, Stored, StoreError, store_
 from edgefleet.cloud.db import BundleRecord
 from edgefleet.cloud.registry_rules import MAX_STORED_VERSION, check_newer, check_storable
 from edgefleet.cloud.settings import CloudSettings
-from edgefleet.cloud.signed_urls import SignedUrlError, check_download_signature
+from edgefleet.cloud.signed_urls import SignedUrlError, check_download_signature, download_secret
 from edgefleet.core import bounded_json
 from edgefleet.core.bounded_json import JsonLimitError
 from edgefleet.core.bundle import Bundle
@@ -152,7 +152,8 @@ def download_access(
     if device is None and expires is None and sig is None:
         return require_admin(request, credentials)
     try:
-        check_download_signature(request.app.state.settings, name, version, device, expires, sig)
+        secret = download_secret(request.app.state.settings, request.app.state.sessions)
+        check_download_signature(secret, name, version, device, expires, sig)
     except SignedUrlError as err:
         log.info("download of %s v%s refused (%s): %s", name, version, err.reason, err)
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail=str(err)) from err

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from edgefleet.cloud.bundle_store import S3Store
-from edgefleet.cloud.signed_urls import signed_download_url
+from edgefleet.cloud.signed_urls import download_secret, signed_download_url
 from edgefleet.core.bundle import Bundle
 from edgefleet.edge_runtime.download import download
 from tests.cloud.rollout_kit import (  # noqa: F401 - fixtures, found by pytest under their names
@@ -33,6 +33,11 @@ from tests.s3 import CREDENTIALS, S3Server
 
 BUCKET, PREFIX = "fleet-bundles", "edgefleet/prod"
 KEY = f"{PREFIX}/bundles/digits-cnn/1.tar.gz"
+
+
+def _secret(cloud) -> bytes:  # noqa: ANN001 - either kit's Cloud
+    """The download URL signing key, as the cloud keeps it (in its database)."""
+    return download_secret(cloud.settings, cloud.server.sessions)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +82,7 @@ def test_push_lands_in_the_bucket_and_downloads_stream_with_range(s3_cloud: Clou
     assert past.status_code == 416 and past.headers["content-range"] == f"bytes */{len(data)}"
 
     # A device: its signed URL answers 307 to a presigned GET on the store, which serves the bytes.
-    signed = signed_download_url(s3_cloud.settings, s3_cloud.server.url, "digits-cnn", 1, "pi-7", ttl=60)
+    signed = signed_download_url(_secret(s3_cloud), s3_cloud.server.url, "digits-cnn", 1, "pi-7", ttl=60)
     redirect = httpx.get(signed)
     assert redirect.status_code == 307 and redirect.headers["location"].startswith(f"{s3.url}/{s3_cloud.bucket}/")
     assert "X-Amz-Signature=" in redirect.headers["location"] and "X-Amz-Expires=300" in redirect.headers["location"]
@@ -110,7 +115,7 @@ def test_a_rollout_installs_from_the_bucket(s3_cloud: Cloud, mosquitto, devices_
 
 def test_a_missing_or_replaced_object_is_a_clear_error(s3_cloud: Cloud, s3: S3Server):
     client = s3.client()
-    signed = signed_download_url(s3_cloud.settings, s3_cloud.server.url, "digits-cnn", 1, "pi-7", ttl=60)
+    signed = signed_download_url(_secret(s3_cloud), s3_cloud.server.url, "digits-cnn", 1, "pi-7", ttl=60)
     client.put_object(Bucket=s3_cloud.bucket, Key=KEY, Body=b"not the bundle")  # replaced behind the registry
     for response in (s3_cloud.client.get("/api/v1/bundles/digits-cnn/1/download"), httpx.get(signed)):
         assert response.status_code == 409, response.text

@@ -19,6 +19,7 @@ from sqlalchemy import func, insert, select
 
 from edgefleet.cloud.db import Device, IngestCounter, TelemetryRecord
 from edgefleet.cloud.mqtt_auth import hash_password, new_cloud_secret, new_password
+from edgefleet.cloud.signed_urls import CloudSecret, download_signature
 from edgefleet.core.topics import topic
 from tests.cloud.cloud_process import cloud_up, read_until
 from tests.cloud.mqtt_scenarios import connect, wait_stored
@@ -61,10 +62,13 @@ def database_url(postgres, name: str):
 
 
 def test_two_api_replicas_answer_the_same_data(tmp_path, postgres, mosquitto):
+    """Each replica has its own --data directory: what they share is the database, the signing key of the
+    download URLs included (a URL one signs, the other accepts)."""
     mosquitto.start()
-    _sessions, url = database_url(postgres, "roles_api")
-    common = ("--role", "api", "--db", url, "--mqtt-url", mosquitto.url, "--data", str(tmp_path / "data"))
-    with cloud_up(tmp_path, *common) as (first, _l1, url1, printed), cloud_up(tmp_path, *common) as (_p, _l2, url2, _s):
+    sessions, url = database_url(postgres, "roles_api")
+    common = ("--role", "api", "--db", url, "--mqtt-url", mosquitto.url)
+    with cloud_up(tmp_path, *common, "--data", str(tmp_path / "data-1")) as (first, _l1, url1, printed), \
+            cloud_up(tmp_path, *common, "--data", str(tmp_path / "data-2")) as (_p, _l2, url2, _s):
         assert "role: api" in printed
         token = next(line.split(": ", 1)[1] for line in printed.splitlines() if line.startswith("admin token: "))
         headers = {"Authorization": f"Bearer {token}"}
@@ -77,6 +81,17 @@ def test_two_api_replicas_answer_the_same_data(tmp_path, postgres, mosquitto):
             listed = [[d["id"] for d in c.get("/api/v1/devices").json()] for c in (one, two)]
             assert listed == [["cam-1", "cam-2"], ["cam-1", "cam-2"]]
             assert two.get("/api/v1/info").json()["mqtt_url"] == mosquitto.url
+            with sessions() as db:
+                secret = bytes.fromhex(db.scalars(select(CloudSecret.value)).one())
+            expires = int(time.time()) + 60
+            signed = {"device": "pi-7", "expires": expires,
+                      "sig": download_signature(secret, "digits-cnn", 1, "pi-7", expires)}
+            for replica in (one, two):  # signature accepted, then no such bundle: 404, not 403
+                path = "/api/v1/bundles/digits-cnn/1/download"
+                answer = httpx.get(f"{replica.base_url}{path}", params=signed)
+                assert answer.status_code == 404, answer.text
+                forged = httpx.get(f"{replica.base_url}{path}", params={**signed, "sig": "0" * 64})
+                assert forged.status_code == 403
             os.kill(first.pid, signal.SIGKILL)  # the other replica serves on alone
             first.wait(10)
             assert [d["id"] for d in two.get("/api/v1/devices").json()] == ["cam-1", "cam-2"]

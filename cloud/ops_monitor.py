@@ -182,7 +182,8 @@ class OpsMonitor(PeriodicWorker):
         judged_quality = any(w.quality for w in windows)
         return {
             "latency": (latency > limits.max_p99_ms if enough and latency is not None else None,
-                        f"p99 latency {latency:g} ms over the limit {limits.max_p99_ms:g} ms ({requests} requests)",
+                        f"p99 latency {'unknown' if latency is None else format(latency, 'g')} ms over the limit "
+                        f"{limits.max_p99_ms:g} ms ({requests} requests)",
                         {"p99_ms": latency if latency is None or math.isfinite(latency) else None,
                          "requests": requests, "limit_ms": limits.max_p99_ms}),
             "error_rate": (rate > limits.max_error_rate if enough else None,

@@ -4,10 +4,11 @@ Every series ships inside statsmodels (no download). For each, the reference pro
 the regime before the documented change (build_profile, as `edgefleet import` bins a tabular column); the
 stream starts after it and brings one sample per evaluation. At every evaluation:
 
-- project: the CUSUMs of cloud/drift_sequential.py (mean and spread, each threshold from the reference
-  for an ARL0 of 500 windows) fed the new window, or the window rule of cloud/drift.py (min_samples 3) on the last
-  `lookback` samples saying drift on the feature (its tests judging n / F effective samples, F from the
-  reference's lag-1 autocorrelation, cloud/drift_dependence.py; "reference_lag1" in each row);
+- project: the CUSUMs of cloud/drift_sequential.py (1-sd mean, large-move mean and spread, each threshold
+  from the reference for the one-signal scope's per-statistic ARL0) fed the new window, or the window rule
+  of cloud/drift.py (min_samples 3) on the last `lookback` samples saying drift on the feature (its tests
+  judging n / F effective samples, F from the reference's lag-1 autocorrelation, cloud/drift_dependence.py;
+  "reference_lag1" in each row);
 - scipy: the two-sample KS test of the same last `lookback` samples against the reference, p < 0.01.
 
 Delay: samples after the documented change until the first alarm, within the documented regime's
@@ -83,7 +84,9 @@ class Judges:
         self.profile = build_profile({"x": reference[:, None]}, [TensorSpec("x", "float64", ("batch", 1))], None)
         self.edges = np.asarray(self.profile["features"][0]["edges"])
         self.facts = facts_of(self.profile["features"][0], 0)
-        self.threshold, self.spread_threshold = (self.fresh_cusum().threshold, self.fresh_cusum().spread_threshold)
+        fresh = self.fresh_cusum()
+        self.threshold, self.spread_threshold, self.large_threshold = (fresh.threshold, fresh.spread_threshold,
+                                                                       fresh.large_threshold)
 
     def fresh_cusum(self) -> Cusum:
         """Sums at 0 (the thresholds are calibrated once per process and reference)."""
@@ -142,6 +145,7 @@ def measure(series: Series) -> dict:
         "horizon_samples": series.horizon,
         "reference_lag1": judges.facts.get("lag1"),
         "cusum_threshold": judges.threshold, "cusum_spread_threshold": judges.spread_threshold,
+        "cusum_large_move_threshold": judges.large_threshold,
         "delay_samples_after_change": delay,
         "detected": {"project": delay["project"] is not None, "scipy_ks": delay["ks"] is not None},
         "project_faster_than_ks": (delay["project"] is not None

@@ -131,7 +131,7 @@ def _monitors(settings: CloudSettings, sessions: sessionmaker) -> list[Component
     webhooks.lease, retention.lease = (lambda: shards.holds("webhooks")), (lambda: shards.holds("retention"))
     return [  # issue 14: latency, errors, health and data quality; webhooks; retention
         shards, monitor, performance,
-        OpsMonitor(sessions, profile_for, settings.ops_limits(), interval_seconds=settings.ops_interval_seconds,
+        OpsMonitor(sessions, profile_for, settings.ops_limits(),  # --ops-interval is its interval_seconds
                    shards=shards),
         webhooks, retention,
     ]

@@ -16,8 +16,11 @@ An alert (table alerts, scope "device") opens when its check fails and none of i
 device and model version, and closes on the first run whose check passes with enough data to judge. Data
 quality alerts say "data quality", never "drift": a dead sensor or a NaN from a broken pre-processing step
 is the pipeline, not the world. With `shards` (role `monitor` on PostgreSQL, cloud/leases.py) a run judges
-only the devices of the shards this worker holds. The drift monitor lists the open ones as evidence in its own alerts
-(`quality_evidence`).
+only the devices of the shards this worker holds. In the background loop a (fleet, model)'s devices are
+judged when its own `interval_seconds` has passed since they were last judged (or, never judged, since
+the loop's first run), the loop ticking at the shortest interval in use, read after each run: a shorter
+interval set while the loop waits takes effect after that wait. `run_once` called directly judges all. The drift
+monitor lists the open ones as evidence in its own alerts (`quality_evidence`).
 """
 
 from __future__ import annotations
@@ -115,22 +118,41 @@ class OpsMonitor(PeriodicWorker):
     name = "ops-monitor"
 
     def __init__(self, sessions: sessionmaker, profile_for: ProfileFor, limits: OpsLimits = OpsLimits(),  # noqa: B008
-                 interval_seconds: float = 10.0, clock: Callable[[], float] = time.time, *,
+                 interval_seconds: float | None = None, clock: Callable[[], float] = time.time, *,
                  shards: ShardLeases | None = None) -> None:
-        if interval_seconds <= 0:
-            raise ValueError("interval_seconds must be positive")
+        """interval_seconds: the global interval, in place of limits.interval_seconds."""
+        if interval_seconds is not None:
+            if not interval_seconds > 0:
+                raise ValueError("interval_seconds must be positive")
+            limits = limits.with_values({"interval_seconds": interval_seconds})
         self._sessions, self._profile_for, self.base, self._clock = sessions, profile_for, limits, clock
         self._shards = shards
-        self.interval_seconds = interval_seconds
+        self._tick = limits.interval_seconds
+        self._last_run: dict[tuple[str, str], float] = {}  # (fleet, model) -> when judged (monotonic)
+        self._first_run: float | None = None  # the loop's first run (monotonic)
         self._profiles: dict[tuple[str, int], Mapping | None] = {}
         super().__init__()
 
-    def run_once(self, now: float | None = None) -> list[Alert]:
-        """Judges every device with telemetry in its lookback; returns the alerts opened."""
+    @property
+    def interval_seconds(self) -> float:
+        """The loop's tick: the shortest interval in use at the last run."""
+        return self._tick
+
+    def run_scheduled(self) -> list[Alert]:
+        if self._first_run is None:
+            self._first_run = time.monotonic()
+            return self.run_once()
+        return self.run_once(due_only=True)
+
+    def run_once(self, now: float | None = None, *, due_only: bool = False) -> list[Alert]:
+        """Judges every device with telemetry in its lookback (`due_only`: of the (fleet, model)s whose
+        interval has passed since they were last judged); returns the alerts opened."""
         now = self._clock() if now is None else float(now)
         opened = []
         with self._sessions() as session:
             resolver = LimitsResolver.load(session, self.base)
+            self._tick = resolver.shortest_interval()
+            started, due = time.monotonic(), {}
             query = (select(TelemetryRecord).where(
                 TelemetryRecord.window_end > now - resolver.longest_lookback(), TelemetryRecord.window_end <= now)
                 .order_by(TelemetryRecord.window_end, TelemetryRecord.id))
@@ -146,6 +168,12 @@ class OpsMonitor(PeriodicWorker):
                     log.warning("%s: limits of %s/%s ignored: %s", self.name, row.fleet, row.model_name, err)
                     limits = self.base
                 if row.window_end <= now - limits.lookback_seconds:
+                    continue
+                key = (row.fleet, row.model_name)
+                if key not in due:
+                    last = self._last_run.get(key, self._first_run)
+                    due[key] = not due_only or last is None or started - last >= limits.interval_seconds - 1e-3
+                if not due[key]:
                     continue
                 try:
                     window = parse_telemetry(row.payload, max_bytes=len(row.payload))
@@ -168,6 +196,7 @@ class OpsMonitor(PeriodicWorker):
                     if alert is not None:
                         opened.append(alert)
             session.commit()
+        self._last_run.update({key: started for key, judged in due.items() if judged})
         return opened
 
     def _judge(self, windows: list[TelemetryWindow], profile: Mapping | None,
@@ -182,7 +211,8 @@ class OpsMonitor(PeriodicWorker):
         judged_quality = any(w.quality for w in windows)
         return {
             "latency": (latency > limits.max_p99_ms if enough and latency is not None else None,
-                        f"p99 latency {latency:g} ms over the limit {limits.max_p99_ms:g} ms ({requests} requests)",
+                        f"p99 latency {'unknown' if latency is None else format(latency, 'g')} ms over the limit "
+                        f"{limits.max_p99_ms:g} ms ({requests} requests)",
                         {"p99_ms": latency if latency is None or math.isfinite(latency) else None,
                          "requests": requests, "limit_ms": limits.max_p99_ms}),
             "error_rate": (rate > limits.max_error_rate if enough else None,

@@ -4,7 +4,8 @@ Global values are the defaults below, replaced by `edgefleet cloud up --ops-*` (
 CloudSettings.ops_limits); overrides are rows of OpsSettingsRecord, set through PUT
 /api/v1/ops/settings/... (cloud/api/ops.py), resolved field by field (cloud/scoped_settings.py): fleet +
 model > fleet > model > global. A resolved set is validated as a whole, so an override can never make the
-monitor fail at run time.
+monitor fail at run time. `interval_seconds` (global: `--ops-interval`) is how often a (fleet, model)'s
+devices are judged: the monitor ticks at the shortest interval in use (cloud/ops_monitor.py).
 
 Why these defaults: p99 at 500 ms is far beyond any edge model here (digits CNN: 0.1 ms), so it catches
 a stalled device, not a slow model; tighten it per model. An error rate of 5% over at least 20 requests.
@@ -34,7 +35,7 @@ RANGES: dict[str, tuple[float, float]] = {  # field -> (smallest, largest) accep
     "max_cpu_load": (0.0, 1e6), "max_memory_used": (0.0, 1.0), "min_disk_free_bytes": (0, 2.0 ** 62),
     "max_temperature_c": (-273.15, 1000.0), "max_nonfinite_share": (0.0, 1.0),
     "max_out_of_range_share": (0.0, 1.0), "stuck_min_samples": (2, 1e9),
-    "lookback_seconds": (0.1, 366 * 86400.0),
+    "lookback_seconds": (0.1, 366 * 86400.0), "interval_seconds": (0.01, 366 * 86400.0),
 }
 WHOLE = {"min_requests", "min_disk_free_bytes", "stuck_min_samples"}
 OPTIONAL = {"max_cpu_load"}  # None: not checked
@@ -57,6 +58,7 @@ class OpsLimits:
     max_out_of_range_share: float = 0.05
     stuck_min_samples: int = 20
     lookback_seconds: float = 300.0
+    interval_seconds: float = 10.0  # how often a (fleet, model)'s devices are judged
 
     def __post_init__(self) -> None:
         for name, (low, high) in RANGES.items():
@@ -89,6 +91,10 @@ class LimitsResolver(ScopedResolver[OpsLimits]):
     @classmethod
     def load(cls, session: Session, base: OpsLimits) -> LimitsResolver:
         return cls(base, session.scalars(select(OpsSettingsRecord)).all())
+
+    def shortest_interval(self) -> float:
+        return min([self.base.interval_seconds,
+                    *(float(value) for value in self.override_values("interval_seconds") if value)])
 
     def longest_lookback(self) -> float:
         return max([self.base.lookback_seconds,

@@ -15,10 +15,13 @@ log = logging.getLogger(__name__)
 
 
 class PeriodicWorker:
-    """Calls `run_once()` every `interval_seconds` on a daemon thread until `stop()`.
+    """Calls `run_scheduled()` (by default `run_once()`) every `interval_seconds` on a daemon thread until
+    `stop()`.
 
     Subclasses set `name`, provide `interval_seconds` (an attribute or a property) and `run_once`, and
-    call `super().__init__()`; `run_at_start = False` waits one interval before the first run."""
+    call `super().__init__()`; `run_at_start = False` waits one interval before the first run. A worker
+    whose scopes have intervals of their own ticks at the shortest and overrides `run_scheduled` to run
+    only the scopes that are due."""
 
     name = "worker"
     run_at_start = True
@@ -32,6 +35,10 @@ class PeriodicWorker:
 
     def run_once(self) -> object:
         raise NotImplementedError
+
+    def run_scheduled(self) -> object:
+        """One run of the background loop."""
+        return self.run_once()
 
     def start(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -54,7 +61,7 @@ class PeriodicWorker:
         while not self._stop.is_set():
             try:
                 if self.lease is None or self.lease():
-                    self.run_once()
+                    self.run_scheduled()
             except Exception:  # noqa: BLE001 - the worker must outlive any one bad run
                 log.exception("%s: run failed", self.name)
             self._stop.wait(self.interval_seconds)

@@ -59,6 +59,7 @@ class LimitsIn(BaseModel):
     max_out_of_range_share: float | None = None
     stuck_min_samples: int | None = None
     lookback_seconds: float | None = None
+    interval_seconds: float | None = None
 
 
 def _write_limits(row: OpsSettingsRecord, values: dict) -> None:

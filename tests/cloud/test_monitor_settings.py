@@ -6,6 +6,7 @@ fleet's drop and its drift min_samples and lookback on a real SQLite database.""
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from edgefleet.cloud.db import DriftSettingsRecord, TelemetryRecord, make_sessions, open_engine
+from edgefleet.cloud.db import Device, DriftSettingsRecord, TelemetryRecord, make_sessions, open_engine
 from edgefleet.cloud.drift_settings import MonitorSettings
 from edgefleet.cloud.ops_tables import PerformanceSettingsRecord
 from edgefleet.cloud.performance_monitor import PerformanceMonitor
@@ -34,7 +35,7 @@ from tests.waiting import until
 OPS_DEFAULTS = {"max_p99_ms": 500.0, "max_error_rate": 0.05, "min_requests": 20, "max_cpu_load": None,
                 "max_memory_used": 0.95, "min_disk_free_bytes": 100 * 1024 * 1024, "max_temperature_c": 80.0,
                 "max_nonfinite_share": 0.01, "max_out_of_range_share": 0.05, "stuck_min_samples": 20,
-                "lookback_seconds": 300.0}
+                "lookback_seconds": 300.0, "interval_seconds": 10.0}
 
 
 def test_cloud_up_takes_the_performance_and_ops_settings_and_refuses_bad_ones(tmp_path: Path, mosquitto):
@@ -46,7 +47,8 @@ def test_cloud_up_takes_the_performance_and_ops_settings_and_refuses_bad_ones(tm
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as api:
             ops = api.get("/api/v1/ops/settings").json()["global"]
             assert ops == {**OPS_DEFAULTS, "max_p99_ms": 200.0, "min_requests": 5, "max_cpu_load": 3.5,
-                           "max_temperature_c": 70.0, "stuck_min_samples": 50, "lookback_seconds": 60.0}
+                           "max_temperature_c": 70.0, "stuck_min_samples": 50, "lookback_seconds": 60.0,
+                           "interval_seconds": 2.0}
             assert api.get("/api/v1/performance/settings").json() == {"global": {"drop": 0.1}, "overrides": []}
             # an override is checked on top of these globals and resolved over them
             assert api.put("/api/v1/ops/settings/fleets/lab", json={"max_p99_ms": 50}).status_code == 200
@@ -104,6 +106,47 @@ def test_cloud_up_ops_interval_is_how_soon_a_slow_device_is_judged(tmp_path: Pat
     print(f"latency alert {waited['0.3']:.2f} s after the window ended at --ops-interval 0.3; none after 12 s "
           "at 3600")
     assert 0 <= waited["0.3"] < 12
+
+
+def test_a_fleets_ops_interval_overrides_the_global_one(tmp_path: Path, mosquitto):
+    """interval_seconds per fleet through the API, on a real `cloud up --ops-interval 3600`: once the
+    process has read the override (it persists; here across a restart, as a wait of the global hour would
+    take), a slow device of fleet lab (0.3 s) is judged within seconds while one of fleet yard, on the
+    global hour, is still unjudged 12 s after its window ended."""
+    data = tmp_path / "data"
+    args = ("--data", str(data), "--mqtt-url", mosquitto.url, "--ops-interval", "3600")
+    with cloud_up(tmp_path, *args) as (process, _lines, url, output):
+        token = next(line.split(": ", 1)[1] for line in output.splitlines() if line.startswith("admin token: "))
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as api:
+            assert api.put("/api/v1/ops/settings/fleets/lab", json={"interval_seconds": 0.3}).status_code == 200
+            refused = api.put("/api/v1/ops/settings/fleets/lab", json={"interval_seconds": 0})
+            assert refused.status_code == 400 and "interval_seconds must be between" in refused.text, refused.text
+            effective = {fleet: api.get("/api/v1/ops/settings/effective", params={"fleet": fleet, "model": "m"})
+                         .json()["interval_seconds"] for fleet in ("lab", "yard")}
+            assert effective == {"lab": 0.3, "yard": 3600.0}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    with cloud_up(tmp_path, *args) as (process, _lines, url, _output):
+        engine = open_engine(f"sqlite:///{data / 'edgefleet.db'}")
+        sessions = make_sessions(engine)
+        (lab,) = add_devices(sessions, 1)
+        with sessions.begin() as session:
+            session.add(Device(id="yard-1", fleet="yard", password_hash="-"))
+        end = time.time() + 2
+        slow = window(lab, 1, end, slow=True)
+        store_windows(sessions, [slow, dataclasses.replace(slow, fleet="yard", device="yard-1")])
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as api:
+            def latency() -> dict[str, float]:
+                every = api.get("/api/v1/alerts", params={"status": "all"}).json()
+                return {a["scope_id"]: a["opened_at"] for a in every if a["kind"] == "latency"}
+
+            opened = until(latency, "the lab device's latency alert", 30)
+            assert list(opened) == [lab] and opened[lab] - end < 12
+            time.sleep(max(0.0, end + 12 - time.time()))
+            assert list(latency()) == [lab], "the yard device was judged before its fleet's hour"
+        engine.dispose()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
 
 
 @pytest.mark.slow  # the digits bundle: its calibration is what the estimate is judged against

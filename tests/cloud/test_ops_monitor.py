@@ -92,6 +92,23 @@ def test_too_few_requests_give_no_latency_or_error_verdict(sessions):
     assert monitor.run_once(T0 + 1) == []
 
 
+def test_a_window_with_requests_and_no_latency_counts_does_not_stop_the_pass(sessions):
+    """Requests with an empty latency histogram (a producer that does not time them) have no p99; the
+    message built for it raised TypeError, which failed every pass for every device."""
+    feed = Feed(sessions)
+    monitor = OpsMonitor(sessions, lambda name, version: None)
+    feed.send("pi-1", T0, errors=10)
+    with sessions.begin() as session:
+        window = TelemetryWindow(fleet="lab", device="pi-2", seq=99, model_name="cnn", model_version=1, start=T0 - 10,
+                                 end=T0, requests=50, samples=50, errors=0,
+                                 latency_ms=(0,) * (len(LATENCY_EDGES_MS) + 2))
+        session.execute(insert(TelemetryRecord), [{
+            "device_id": "pi-2", "fleet": "lab", "seq": 99, "model_name": "cnn", "model_version": 1,
+            "window_start": T0 - 10, "window_end": T0, "requests": 50, "samples": 50, "errors": 0,
+            "payload": window.to_payload().decode()}])
+    assert {(a.scope_id, a.kind) for a in monitor.run_once(T0 + 1)} == {("pi-1", "error_rate")}
+
+
 def test_limits_are_checked_as_a_whole():
     with pytest.raises(OpsSettingsError, match="max_memory_used must be between 0 and 1"):
         OpsLimits().with_values({"max_memory_used": 3})

@@ -15,7 +15,8 @@ session and hot path the Predictor uses) on the same artifact's source, interlea
 native / onnxruntime (below 1: native is faster) and the max abs difference of the outputs on the test
 rows. Ratios are the numbers to watch; absolute times depend on the machine and are never a gate.
 Each model is also timed at 2 threads (`--threads 1,2`: the native backend's "threads" option against
-onnxruntime at the same intra-op threads; results under "threads_2"), and the "roofline" section
+onnxruntime at the same intra-op threads, in alternating blocks of calls, see BLOCK; results under
+"threads_2"), and the "roofline" section
 (benchmarks/native_roofline.py) gives this CPU's measured fp32 peak and the GFLOP/s of the fp32 conv /
 GEMM kernels and of onnxruntime on the same shapes, as fractions of it.
 """
@@ -27,6 +28,7 @@ import contextlib
 import logging
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -97,11 +99,40 @@ def build_edge_cnn_bundle(workdir: Path, key: SigningKey, name: str) -> tuple[Pa
     return bundle.root, images[:64], images[64:]
 
 
+# Above 1 thread, calls alternate in blocks of BLOCK with a REST-second pause between blocks: after each
+# call onnxruntime's idle workers poll for 2^20 pauses (~40 ms here; 39 ms of CPU measured in the 100 ms
+# after one call) before they sleep, so call by call its poller held a core through every native call
+# that followed (and native's own poller, 100 us, the start of each onnxruntime call). In blocks each
+# runtime runs back to back as a user of it alone would, with the other's threads asleep.
+BLOCK, REST = 10, 0.06
+
+
+def time_blocks(first, second, feed: dict, runs: int) -> tuple[dict, dict]:  # noqa: ANN001 - two callables
+    """Latencies (ms percentiles) of two callables on one feed, alternating blocks of BLOCK calls."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for fn in (first, second):
+        for _ in range(BLOCK):
+            fn(feed)
+    while len(times[0]) < runs:
+        for fn, out in zip((first, second), times, strict=True):
+            time.sleep(REST)
+            fn(feed)  # untimed: it wakes the runtime's sleeping workers (back-to-back calls never pay that)
+            for _ in range(BLOCK):
+                start = time.perf_counter()
+                fn(feed)
+                out.append((time.perf_counter() - start) * 1e3)
+    return tuple({"p50": float(np.percentile(t, 50)), "p99": float(np.percentile(t, 99)),
+                  "mean": float(np.mean(t))} for t in times)
+
+
 def time_pair(native_path: Path, onnx_path: Path, feed: dict, runs: int, threads: int) -> tuple[dict, dict]:
-    """Native and onnxruntime latencies (ms percentiles) at `threads`, interleaved call by call."""
+    """Native and onnxruntime latencies (ms percentiles) at `threads`: interleaved call by call at 1
+    thread, in alternating blocks above (BLOCK, REST)."""
     native, ort = NativeBackend(), OnnxRuntimeBackend()
     native.load(native_path, {"threads": threads})
     ort.load(onnx_path, {"threads": threads})
+    if threads > 1:
+        return time_blocks(native.run, ort.run, feed, runs)
     ours, theirs = time_interleaved(native.run, ort.run, feed, runs)
     return ours["latency_ms"], theirs["latency_ms"]
 

@@ -222,6 +222,22 @@ private:
     ThreadPool* saved_;
 };
 
+// Keeps `pool`'s workers awake between the nodes of one run (ThreadPool::begin_run).
+class RunScope {
+public:
+    explicit RunScope(ThreadPool* pool) : pool_(pool) {
+        if (pool_ != nullptr) pool_->begin_run();
+    }
+    ~RunScope() {
+        if (pool_ != nullptr) pool_->end_run();
+    }
+    RunScope(const RunScope&) = delete;
+    RunScope& operator=(const RunScope&) = delete;
+
+private:
+    ThreadPool* pool_;
+};
+
 }  // namespace
 
 std::vector<std::size_t> Executor::last_reads() const {
@@ -368,6 +384,7 @@ void Executor::run(Plan& plan, const std::vector<const void*>& input_data, const
     }
     void* scratch = arena + plan.scratch_offset;
     const PoolScope scope(pool_.get());
+    const RunScope awake(pool_.get());
     using Clock = std::chrono::steady_clock;
     for (std::size_t n = 0; n < specs_.size(); ++n) {
         const NodeSpec& spec = specs_[n];

@@ -152,12 +152,17 @@ private:
                                act_.active ? act_.lo : -kInf, act_.active ? act_.hi : kInf, nullptr, 0, 0};
         for (std::int64_t n = 0; n < win.n; ++n) {
             const float* x = in[0].as<float>() + n * win.c * plane;
-            if (d.copy) {
-                std::fill(padded, padded + win.c * d.ph * d.pw, 0.0f);
-                for (std::int64_t c = 0; c < win.c; ++c)
-                    for (std::int64_t iy = 0; iy < win.h; ++iy)
-                        std::memcpy(padded + (c * d.ph + iy + win.top) * d.pw + win.left, x + c * plane + iy * win.w,
-                                    static_cast<std::size_t>(win.w) * sizeof(float));
+            if (d.copy) {  // split by channels: on ResNet's 16-channel 64x64 layers a serial copy was ~10%
+                const std::int64_t padded_plane = d.ph * d.pw;
+                parallel_ranges(win.c, 1, static_cast<double>(win.c * padded_plane) * 2.0,
+                                [&](int, std::int64_t first, std::int64_t last) {
+                                    std::fill(padded + first * padded_plane, padded + last * padded_plane, 0.0f);
+                                    for (std::int64_t c = first; c < last; ++c)
+                                        for (std::int64_t iy = 0; iy < win.h; ++iy)
+                                            std::memcpy(padded + (c * d.ph + iy + win.top) * d.pw + win.left,
+                                                        x + c * plane + iy * win.w,
+                                                        static_cast<std::size_t>(win.w) * sizeof(float));
+                                });
                 x = padded;
             }
             args.x = x;

@@ -5,8 +5,12 @@
 // output into disjoint parts (pixel tiles of a conv, channels of a depthwise conv, row or column blocks
 // of a GEMM) at the boundaries of the kernels' own tiles: every output value is computed by the same
 // code with the same summation order whatever the thread count, so results are bit-identical to one
-// thread. Between parts of one run, idle workers spin briefly (the next node follows within
-// microseconds), then sleep on a condition variable.
+// thread. A node is cut into up to 4 parts per thread, claimed one at a time, so a late thread (woken
+// late, or descheduled on a busy machine) costs at most one part's wait. While a run is in progress
+// (begin_run .. end_run) idle workers poll for the next node for up to 2 ms and never sleep between two
+// nodes: a worker asleep on the condition variable takes tens of microseconds to wake on a VM and
+// hundreds on a loaded machine, and had then missed most split nodes of a CNN. Between runs they poll
+// for 100 us, then sleep; begin_run wakes them while the first nodes run.
 #pragma once
 
 #include <atomic>
@@ -32,9 +36,12 @@ public:
     // The caller takes tasks too, and waits only for tasks a worker has claimed: a worker the OS has not
     // scheduled yet never holds a run up. The first exception a task throws is rethrown here.
     void run(int tasks, const std::function<void(int)>& fn);
+    // Around one executor run: workers stay awake between its nodes (see above).
+    void begin_run();
+    void end_run();
 
 private:
-    void work();
+    void work(int slot);
     bool take();  // runs one task of the current job if one is left; false when none is
 
     std::vector<std::thread> workers_;
@@ -48,6 +55,8 @@ private:
     std::atomic<int> done_{0};
     std::atomic<int> sleeping_{0};
     std::atomic<bool> stop_{false};
+    std::atomic<bool> in_run_{false};
+    std::atomic<std::uint32_t> kicks_{0};  // begin_run's wake-ups of sleeping workers
     std::exception_ptr error_;
     std::mutex error_mutex_;
 };
@@ -55,12 +64,16 @@ private:
 // The pool of the run in progress on this thread (set by the executor around plan and run), or null.
 ThreadPool* current_pool();
 void set_current_pool(ThreadPool* pool);
+// The calling thread's slot in its pool: 0 for the caller, 1 .. size() - 1 for the workers.
+int thread_slot();
 // Threads the current run may use: the pool's size, or 1.
 inline int pool_threads() { return current_pool() != nullptr ? current_pool()->size() : 1; }
 
-// Splits [0, total) into at most pool_threads() parts whose boundaries are multiples of `align` and runs
-// fn(part, begin, end) for each, in parallel when there is a pool and `work` (a rough count of
-// multiply-adds) is worth the hand-off; otherwise one call fn(0, 0, total).
+// Splits [0, total) into parts whose boundaries are multiples of `align` (at most 4 per thread, each
+// worth at least ~128 k multiply-adds) and runs fn(slot, begin, end) for each, in parallel when there is
+// a pool and `work` (a rough count of multiply-adds) is worth the hand-off; otherwise one call
+// fn(0, 0, total). slot is the running thread's (thread_slot(), below pool_threads()): per-thread
+// scratch is indexed by it, as one thread may run several parts.
 void parallel_ranges(std::int64_t total, std::int64_t align, double work,
                      const std::function<void(int, std::int64_t, std::int64_t)>& fn);
 

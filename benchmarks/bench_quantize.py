@@ -251,7 +251,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--calibration-rows", type=int, default=256)
     parser.add_argument("--test-rows", type=int, default=600, help="efficientnet-lite0: crops of the test photos")
-    parser.add_argument("--gate-strategy", choices=("auto", "rank", "prefix", "sensitivity", "budget"), default="auto")
+    parser.add_argument("--gate-strategy", choices=("auto", "rank", "prefix", "sensitivity", "budget", "prefix16"),
+                        default="auto")
     parser.add_argument("--validation-rows", type=int, default=200, help="efficientnet-lite0: the decision crops")
     parser.add_argument("--validation-photos", choices=("validation", "calibration+validation"), default="validation")
     parser.add_argument("--method", choices=("auto", "MinMax", "Entropy", "Percentile"), default="auto")

@@ -2,7 +2,8 @@
 
     python benchmarks/bench_quantize.py [--epochs 4] [--runs 300] [--out runs/quantize.json]
     python benchmarks/bench_quantize.py --model efficientnet-lite0 [--max-drop 0.1] [--runs 100]
-        [--gate-strategy sensitivity|budget --validation-rows 1000 --validation-photos calibration+validation]
+        [--gate-strategy sensitivity|budget|prefix16 --validation-rows 1000
+         --validation-photos calibration+validation]
         [--method Percentile] [--skip-variants]
 
 The digits images upsampled to 32x32 through a VGG-style CNN (64 and 128 channels, ~0.2 GFLOP per

@@ -2,7 +2,8 @@
 
     python benchmarks/bench_quantize.py [--epochs 4] [--runs 300] [--out runs/quantize.json]
     python benchmarks/bench_quantize.py --model efficientnet-lite0 [--max-drop 0.1] [--runs 100]
-        [--gate-strategy sensitivity|budget --validation-rows 1000 --validation-photos calibration+validation]
+        [--gate-strategy sensitivity|budget|prefix16 --validation-rows 1000
+         --validation-photos calibration+validation]
         [--method Percentile] [--skip-variants]
 
 The digits images upsampled to 32x32 through a VGG-style CNN (64 and 128 channels, ~0.2 GFLOP per
@@ -251,7 +252,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--calibration-rows", type=int, default=256)
     parser.add_argument("--test-rows", type=int, default=600, help="efficientnet-lite0: crops of the test photos")
-    parser.add_argument("--gate-strategy", choices=("auto", "rank", "prefix", "sensitivity", "budget"), default="auto")
+    parser.add_argument("--gate-strategy", choices=("auto", "rank", "prefix", "sensitivity", "budget", "prefix16"),
+                        default="auto")
     parser.add_argument("--validation-rows", type=int, default=200, help="efficientnet-lite0: the decision crops")
     parser.add_argument("--validation-photos", choices=("validation", "calibration+validation"), default="validation")
     parser.add_argument("--method", choices=("auto", "MinMax", "Entropy", "Percentile"), default="auto")

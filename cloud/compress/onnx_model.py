@@ -50,7 +50,8 @@ def quant_type(name: str) -> ortq.QuantType:
     try:
         return ortq.QuantType[name]
     except KeyError as err:
-        raise QuantizationError(f"unknown quantization type {name!r}; use QInt8 or QUInt8") from err
+        raise QuantizationError(f"unknown quantization type {name!r}; use QInt8 or QUInt8 (QInt16 or QUInt16: "
+                                f"QDQ only)") from err
 
 
 def value_dtypes(values: Sequence[onnx.ValueInfoProto]) -> dict[str, np.dtype]:

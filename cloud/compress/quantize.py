@@ -60,7 +60,13 @@ from edgefleet.cloud.compress.evaluate import (
     reference_labels,
     session,
 )
-from edgefleet.cloud.compress.gate import Evaluate, QuantizationError, accuracy_gate, node_groups
+from edgefleet.cloud.compress.gate import (
+    WIDE_ACTIVATIONS,
+    Evaluate,
+    QuantizationError,
+    accuracy_gate,
+    node_groups,
+)
 from edgefleet.cloud.compress.golden import check_decisions, golden_error, lowered_golden
 from edgefleet.cloud.compress.onnx_model import (
     check_nodes,
@@ -187,7 +193,8 @@ def quantize_static_int8(
     model instead (no labels). With max_drop too, the accuracy gate (gate.py) keeps the most harmful
     nodes in float until the drop (1 - agreement without labels) is within max_drop; gate_candidates
     overrides which nodes (or groups of nodes, kept in float together) it may keep in float;
-    gate_strategy: "auto", "rank", "prefix", "sensitivity" or "budget" (gate.py). bias_correction (QDQ only): each
+    gate_strategy: "auto", "rank", "prefix", "sensitivity", "budget" or "prefix16" (QDQ only: int8 weights,
+    16-bit activations and a float head when int8 activations miss; gate.py). bias_correction (QDQ only): each
     quantized Conv/Gemm bias takes back the mean shift its rounded weights add (bias_correction.py).
     equalization: consecutive convolutions not separated by a clipping activation are rescaled channel
     by channel first (cross-layer equalization, equalize.py; exact in float; the options record which
@@ -233,12 +240,12 @@ def quantize_static_int8(
 
         fitted: dict[str, dict] = {}
 
-        def quantize(excluded: Sequence[str], method: str) -> bytes:
+        def quantize(excluded: Sequence[str], method: str, activations: str = activation_type) -> bytes:
             with ort_chatter():
                 ortq.quantize_static(
                     prepared, out, CalibrationReader(feed, calibration_batch),
                     quant_format=ortq.QuantFormat[quant_format], per_channel=per_channel, reduce_range=reduce_range,
-                    activation_type=quant_type(activation_type), weight_type=quant_type(weight_type),
+                    activation_type=quant_type(activations), weight_type=quant_type(weight_type),
                     nodes_to_exclude=list(excluded), op_types_to_quantize=_list(op_types_to_quantize),
                     calibrate_method=ortq.CalibrationMethod[method],
                     # one batch at a time: the calibrators keep every activation of what they are fed
@@ -268,8 +275,11 @@ def quantize_static_int8(
             check_nodes(prepared, [n for g in groups for n in g])
             model, excluded, gate = accuracy_gate(lambda ex: quantize(ex, chosen), evaluate[0], float_model,
                                                    max_drop, excluded, groups, prepared, first=model or None,
-                                                   strategy=gate_strategy)
+                                                   strategy=gate_strategy, quantize_wide=(
+                                                       (lambda ex: quantize(ex, chosen, WIDE_ACTIVATIONS))
+                                                       if quant_format == "QDQ" else None))
             gate["metric"] = evaluate[2]
+            options["activation_type"] = gate["steps"][-1].get("activations", activation_type)
         elif not model:
             model = quantize(nodes_to_exclude, chosen)
     output = _Output(Path(out_dir), signing_key, validity, version, tolerance_margin, eval_data)

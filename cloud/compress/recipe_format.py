@@ -5,7 +5,8 @@ quantize_static's fields are quantize_static_int8's keyword arguments (quantize.
 max_accuracy_drop for max_drop and calibration_samples for the number of calibration rows;
 gate_strategy picks how the accuracy gate orders the groups it keeps in float: "rank", "prefix",
 "sensitivity" (each group ranked by the divergence it alone adds, gate.py) or "budget" (the same ranking
-per weight, at most a fifth of the weights in float), "auto" by default."""
+per weight, at most a fifth of the weights in float) or "prefix16" (int8 weights; 16-bit activations
+and the first groups in float when int8 activations miss), "auto" by default."""
 
 from __future__ import annotations
 
@@ -112,7 +113,7 @@ FIELDS: dict[str, dict[str, Callable[[Any], Any]]] = {
                         "weight_type": _text, "nodes_to_exclude": _names, "max_accuracy_drop": _unit,
                         "bias_correction": _boolean, "equalization": _boolean,
                         "rounding": _choice("nearest", "adaround"),
-                        "gate_strategy": _choice("auto", "rank", "prefix", "sensitivity", "budget")},
+                        "gate_strategy": _choice("auto", "rank", "prefix", "sensitivity", "budget", "prefix16")},
     "quantize_dynamic": {"per_channel": _boolean, "reduce_range": _boolean, "weight_type": _text,
                          "nodes_to_exclude": _names},
     "fp16": {"keep_io_types": _boolean, "op_block_list": _names},

@@ -1,5 +1,6 @@
-"""The accuracy gate's sensitivity strategy on the real digits bundle: each group ranked by the KL
-divergence it alone adds to the float model's output, then kept in float most sensitive first."""
+"""The accuracy gate's strategies on the real digits bundle: "sensitivity" (each group ranked by the KL
+divergence it alone adds to the float model's output, then kept in float most sensitive first),
+"budget", and "prefix16" (int8 weights with 16-bit activations when int8 activations miss)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from edgefleet.cloud.compress.gate import (
     weight_counts,
 )
 from edgefleet.cloud.compress.quantize import QuantizationError, quantize_static_int8
+from edgefleet.core.signing import SigningKey
+from edgefleet.edge_runtime.predictor import Predictor
 
 CALIBRATION_ROWS = 512
 
@@ -63,7 +66,8 @@ def test_the_sensitivity_gate_keeps_the_groups_that_hurt_most_in_float(digits_bu
 
 
 def test_an_unknown_gate_strategy_is_refused(digits_bundle, digits_splits, tmp_path):
-    with pytest.raises(QuantizationError, match="must be 'auto', 'rank', 'prefix', 'sensitivity' or 'budget'"):
+    refused = "must be 'auto', 'rank', 'prefix', 'sensitivity', 'budget' or 'prefix16'"
+    with pytest.raises(QuantizationError, match=refused):
         quantize_static_int8(digits_bundle.root, tmp_path / "int8", digits_splits.x_train[:64] * 0.3,
                              eval_data=(digits_splits.x_test, None), max_drop=0.0, gate_strategy="best")
 
@@ -82,3 +86,34 @@ def test_the_budget_gate_keeps_no_more_than_its_share_of_the_weights_in_float(di
     for step in steps[1:]:
         kept = sum(weights.get(n, 0) for n in step["excluded"])
         assert 0 < kept <= FLOAT_WEIGHT_BUDGET * sum(weights.values())
+
+
+def test_the_prefix16_gate_widens_the_activations_and_keeps_the_weights_int8(digits_bundle, digits_splits, tmp_path):
+    # Four calibration rows 60 times too bright stretch the MinMax ranges: int8 activations keep too few
+    # levels for ordinary rows and the gate misses; 16-bit activations keep them, with the weights in int8.
+    calibration = digits_splits.x_train[:CALIBRATION_ROWS].copy()
+    calibration[:4] *= 60.0
+    data = (digits_splits.x_test, digits_splits.y_test)
+    gated = quantize_static_int8(digits_bundle.root, tmp_path / "wide", calibration, eval_data=data, max_drop=0.01,
+                                 bias_correction=False, gate_strategy="prefix16",
+                                 signing_key=SigningKey.load(digits_bundle.private_key))
+    step = gated.bundle.manifest["lineage"]["steps"][-1]
+    steps = step["gate"]["steps"]
+    assert steps[0]["drop"] > 0.01 and "activations" not in steps[0]  # the premise: int8 activations miss
+    assert steps[1]["activations"] == "QUInt16" and steps[1]["float_groups"] == 0 and steps[1]["drop"] <= 0.01
+    assert gated.accuracy_drop <= 0.01 and gated.excluded_nodes == ()
+    assert step["options"]["activation_type"] == "QUInt16"
+
+    model = onnx.load(str(gated.bundle.root / "model.int8.onnx"))
+    inits = {t.name: t for t in model.graph.initializer}
+    quantized = {n.input[0]: inits[n.input[0]].data_type for n in model.graph.node
+                 if n.op_type == "DequantizeLinear" and n.input[0] in inits and len(inits[n.input[0]].dims) >= 2}
+    assert quantized and set(quantized.values()) == {onnx.TensorProto.INT8}  # every weight int8
+    activations = {inits[n.input[2]].data_type for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    assert activations == {onnx.TensorProto.UINT16}
+    assert gated.size_ratio > 1.5
+    with Predictor(gated.bundle.root, trusted_keys=[digits_bundle.public_key]) as predictor:
+        assert predictor.self_test().passed
+        served = predictor.predict({"pixels": digits_splits.x_test[:64]})
+    assert np.array_equal(np.asarray(next(iter(served.values()))).argmax(1),
+                          onnx_outputs(gated.bundle.root / "model.int8.onnx", digits_splits.x_test[:64]).argmax(1))

@@ -41,6 +41,16 @@ calibration_samples = 256
     ]
 
 
+
+def test_a_recipe_asks_for_the_mixed_precision_gate(tmp_path):
+    recipe = load_recipe(write(tmp_path, """
+[[step]]
+method = "quantize_static"
+max_accuracy_drop = 0.03
+gate_strategy = "prefix16"
+"""))
+    assert dict(recipe.steps[0].options) == {"max_accuracy_drop": 0.03, "gate_strategy": "prefix16"}
+
 @pytest.mark.parametrize(("body", "message"), [
     ('[[step]]\nmethod = "prune_channels"\namount = 1.5', "step 1 (prune_channels) field 'amount': expected a number "
                                                           "between 0 and 1 (exclusive), got 1.5"),

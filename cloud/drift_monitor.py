@@ -89,6 +89,7 @@ from edgefleet.cloud.drift_results import insert_results, new_result
 from edgefleet.cloud.drift_sequential import SEQUENTIAL, evidence_summary
 from edgefleet.cloud.drift_settings import DriftSettingsError, MonitorSettings, SettingsResolver
 from edgefleet.cloud.drift_windows import WHO, Window, WindowReader
+from edgefleet.cloud.gc_pause import paused_gc
 from edgefleet.cloud.leases import FLEETS, ShardLeases, shard_of
 from edgefleet.cloud.ops_monitor import quality_evidence
 
@@ -205,7 +206,7 @@ class DriftMonitor:
         returns the DriftResult rows written (on-time ones first). `due_only`: only the scopes whose own
         interval has passed since their last evaluation (the background loop)."""
         now = self._clock() if now is None else float(now)
-        with self._run_lock, self._sessions() as session:
+        with self._run_lock, paused_gc(), self._sessions() as session:
             resolver = SettingsResolver.load(session, self.base)
             self._tick = resolver.shortest_interval()
             top = session.scalar(select(func.max(TelemetryRecord.id))) or 0
@@ -258,9 +259,13 @@ class DriftMonitor:
                         TelemetryRecord.window_end <= now, TelemetryRecord.id <= top)
                  .order_by(TelemetryRecord.id))
         rows = session.execute(query if mine.where is None else query.where(mine.where)).all()
-        rows = [row for row in rows
-                if row.window_end > now - self._settings(resolver, row.fleet, row.model_name).lookback_seconds]
-        return self._group(session, rows)
+        lookbacks: dict[tuple[str, str], float] = {}  # one settings look-up per (fleet, model name) and run
+        for row in rows:
+            if (row.fleet, row.model_name) not in lookbacks:
+                lookbacks[(row.fleet, row.model_name)] = self._settings(resolver, row.fleet,
+                                                                        row.model_name).lookback_seconds
+        rows = [row for row in rows if row.window_end > now - lookbacks[(row.fleet, row.model_name)]]
+        return self._group(session, rows, mine)
 
     def _collect_late(self, session: Session, now: float, top: int, resolver: SettingsResolver,
                       mine: _Share) -> Scopes:
@@ -295,10 +300,13 @@ class DriftMonitor:
                     scopes[replace(scope, period_end=end)] = item
         return scopes
 
-    def _group(self, session: Session, rows: Iterable) -> Scopes:
+    def _group(self, session: Session, rows: Iterable, mine: _Share | None = None) -> Scopes:
         """The scopes of `rows` (the `WHO` columns of telemetry rows, in id order) with their windows: each
-        window decoded from its payload once, then taken from the cache while its row is read."""
+        window decoded from its payload once, then taken from the cache while its row is read. With `mine`,
+        the device scopes of devices outside its shards are left out (their rows count for the fleet
+        only: the worker holding the fleet scopes reads every device's rows)."""
         scopes: Scopes = {}
+        held: dict[str, bool] = {}  # device id -> in one of mine's shards
         fleets: dict[_Scope, list[Window]] = defaultdict(list)
         profiles: dict[tuple[str, int], Mapping | None] = {}  # one look-up per model version and run
         kept = []
@@ -313,10 +321,15 @@ class DriftMonitor:
             window = windows.get(row.id)
             if window is None:
                 continue
-            device = _Scope("device", row.device_id, row.fleet, row.model_name, row.model_version)
             fleet = _Scope("fleet", row.fleet, row.fleet, row.model_name, row.model_version)
-            scopes.setdefault(device, (profiles[(row.model_name, row.model_version)], []))[1].append(window)
             fleets[fleet].append(window)
+            if mine is not None and mine.shards is not None:
+                if row.device_id not in held:
+                    held[row.device_id] = shard_of(row.device_id) in mine.shards
+                if not held[row.device_id]:
+                    continue
+            device = _Scope("device", row.device_id, row.fleet, row.model_name, row.model_version)
+            scopes.setdefault(device, (profiles[(row.model_name, row.model_version)], []))[1].append(window)
         for scope, items in fleets.items():
             scopes[scope] = (profiles[(scope.model_name, scope.model_version)], items)
         return scopes

@@ -7,7 +7,8 @@ One run (`run_once`):
    and the per-output summary rows, is read back from there: no column per histogram, no migration);
    each payload is read and parsed once (cloud/drift_windows.py keeps the last run's windows);
 2. groups them per (device, model name, version) and per (fleet, model name, version): a fleet is all
-   of its devices' windows added together, which the shared bin edges make exact;
+   of its devices' windows added together, which the shared bin edges make exact (many windows are
+   summed per signal in one numpy call: integer sums, the same in any order);
 3. evaluates each scope against the reference profile of its model version (cloud/drift.py), the scopes
    of one profile and thresholds at once (cloud/drift_batch.py; a batch that fails is evaluated again
    scope by scope), and writes one DriftResult row per scope, all in one statement (a COPY on PostgreSQL);
@@ -38,9 +39,13 @@ evaluates every scope.
 
 Workers (role `monitor` on PostgreSQL, cloud/leases.py): with `shards`, a run evaluates only the device
 scopes of the device shards this worker holds (the rows are filtered in SQL), and the fleet scopes only
-while it holds the "fleets" lease (then it reads every device's rows, as a fleet is all of them). A worker
+while it holds the "fleets" lease (then it reads every device's rows, as a fleet is all of them; the rows
+of other shards' devices count for the fleet only, no device scope is made for them). A worker
 killed mid-run leaves its shards to the others one lease period later; a scope that two workers evaluate
 around a hand-over gets two results, never none.
+
+A run pauses Python's cyclic garbage collector (cloud/gc_pause.py): its automatic full collections
+walked the kept windows several times a pass, a third of a 100,000-device pass.
 
 Recovery: the monitor keeps in memory only the highest row id it has seen, when each scope ran last and
 the windows its last run decoded (rebuilt from the payloads after a restart); the CUSUM sums are in the

@@ -184,14 +184,63 @@ class WindowCounts:
         )
 
 
+SUM_AT_ONCE = 16  # from this many windows on, merge_windows sums each signal in one numpy call
+
+
 def merge_windows(windows: Iterable[WindowCounts]) -> WindowCounts:
-    """Adds windows of one model version; CountsMismatch if their shapes differ."""
-    total: WindowCounts | None = None
-    for window in windows:
-        total = window if total is None else total + window
-    if total is None:
+    """Adds windows of one model version; CountsMismatch if their shapes differ. Many windows of one shape
+    and integer counts (a fleet's) are summed per signal at once: integer sums are exact in any order, so
+    the result is the one adding them pair by pair gives; anything else is added pair by pair."""
+    items = windows if isinstance(windows, list) else list(windows)
+    if not items:
         raise ValueError("no windows to merge")
+    if len(items) >= SUM_AT_ONCE:
+        total = _sum_alike(items)
+        if total is not None:
+            return total
+    total = items[0]
+    for window in items[1:]:
+        total = total + window
     return total
+
+
+def _shape_of(counts: WindowCounts) -> tuple | None:
+    """What `_sum_alike` needs equal across windows: every signal's name, shape and dtype (None: a signal
+    whose counts are not integers, which only the pair-by-pair path adds)."""
+    arrays = [*counts.features.items(), ("", counts.predictions), (" ", counts.confidence),
+              *((f"output {name}", array) for name, array in counts.outputs.items())]
+    shape = []
+    for name, array in arrays:
+        if array is None:
+            shape.append((name, None))
+        elif not isinstance(array, np.ndarray) or array.dtype.kind not in "iu":
+            return None
+        else:
+            shape.append((name, array.shape, array.dtype))
+    return tuple(shape)
+
+
+def _sum_alike(items: list[WindowCounts]) -> WindowCounts | None:
+    """The sum of windows whose signals all have one shape and integer dtype, one numpy sum per signal;
+    None when any differs (merge_windows then adds them pair by pair, raising what that raises)."""
+    shape = _shape_of(items[0])
+    if shape is None or any(_shape_of(item) != shape for item in items[1:]):
+        return None
+
+    def total(get: Callable[[WindowCounts], np.ndarray]) -> np.ndarray:
+        return np.add.reduce(np.stack([get(item) for item in items]), axis=0)
+
+    first = items[0]
+    samples = items[0].samples
+    for item in items[1:]:
+        samples = samples + item.samples
+    return WindowCounts(
+        samples=samples,
+        features={name: total(lambda item, name=name: item.features[name]) for name in first.features},
+        predictions=None if first.predictions is None else total(lambda item: item.predictions),
+        confidence=None if first.confidence is None else total(lambda item: item.confidence),
+        outputs={name: total(lambda item, name=name: item.outputs[name]) for name in first.outputs},
+    )
 
 
 def _add(a: np.ndarray, b: np.ndarray, label: str) -> np.ndarray:

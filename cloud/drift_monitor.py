@@ -7,7 +7,8 @@ One run (`run_once`):
    and the per-output summary rows, is read back from there: no column per histogram, no migration);
    each payload is read and parsed once (cloud/drift_windows.py keeps the last run's windows);
 2. groups them per (device, model name, version) and per (fleet, model name, version): a fleet is all
-   of its devices' windows added together, which the shared bin edges make exact;
+   of its devices' windows added together, which the shared bin edges make exact (many windows are
+   summed per signal in one numpy call: integer sums, the same in any order);
 3. evaluates each scope against the reference profile of its model version (cloud/drift.py), the scopes
    of one profile and thresholds at once (cloud/drift_batch.py; a batch that fails is evaluated again
    scope by scope), and writes one DriftResult row per scope, all in one statement (a COPY on PostgreSQL);
@@ -38,9 +39,13 @@ evaluates every scope.
 
 Workers (role `monitor` on PostgreSQL, cloud/leases.py): with `shards`, a run evaluates only the device
 scopes of the device shards this worker holds (the rows are filtered in SQL), and the fleet scopes only
-while it holds the "fleets" lease (then it reads every device's rows, as a fleet is all of them). A worker
+while it holds the "fleets" lease (then it reads every device's rows, as a fleet is all of them; the rows
+of other shards' devices count for the fleet only, no device scope is made for them). A worker
 killed mid-run leaves its shards to the others one lease period later; a scope that two workers evaluate
 around a hand-over gets two results, never none.
+
+A run pauses Python's cyclic garbage collector (cloud/gc_pause.py): its automatic full collections
+walked the kept windows several times a pass, a third of a 100,000-device pass.
 
 Recovery: the monitor keeps in memory only the highest row id it has seen, when each scope ran last and
 the windows its last run decoded (rebuilt from the payloads after a restart); the CUSUM sums are in the
@@ -89,6 +94,7 @@ from edgefleet.cloud.drift_results import insert_results, new_result
 from edgefleet.cloud.drift_sequential import SEQUENTIAL, evidence_summary
 from edgefleet.cloud.drift_settings import DriftSettingsError, MonitorSettings, SettingsResolver
 from edgefleet.cloud.drift_windows import WHO, Window, WindowReader
+from edgefleet.cloud.gc_pause import paused_gc
 from edgefleet.cloud.leases import FLEETS, ShardLeases, shard_of
 from edgefleet.cloud.ops_monitor import quality_evidence
 
@@ -205,7 +211,7 @@ class DriftMonitor:
         returns the DriftResult rows written (on-time ones first). `due_only`: only the scopes whose own
         interval has passed since their last evaluation (the background loop)."""
         now = self._clock() if now is None else float(now)
-        with self._run_lock, self._sessions() as session:
+        with self._run_lock, paused_gc(), self._sessions() as session:
             resolver = SettingsResolver.load(session, self.base)
             self._tick = resolver.shortest_interval()
             top = session.scalar(select(func.max(TelemetryRecord.id))) or 0
@@ -258,9 +264,13 @@ class DriftMonitor:
                         TelemetryRecord.window_end <= now, TelemetryRecord.id <= top)
                  .order_by(TelemetryRecord.id))
         rows = session.execute(query if mine.where is None else query.where(mine.where)).all()
-        rows = [row for row in rows
-                if row.window_end > now - self._settings(resolver, row.fleet, row.model_name).lookback_seconds]
-        return self._group(session, rows)
+        lookbacks: dict[tuple[str, str], float] = {}  # one settings look-up per (fleet, model name) and run
+        for row in rows:
+            if (row.fleet, row.model_name) not in lookbacks:
+                lookbacks[(row.fleet, row.model_name)] = self._settings(resolver, row.fleet,
+                                                                        row.model_name).lookback_seconds
+        rows = [row for row in rows if row.window_end > now - lookbacks[(row.fleet, row.model_name)]]
+        return self._group(session, rows, mine)
 
     def _collect_late(self, session: Session, now: float, top: int, resolver: SettingsResolver,
                       mine: _Share) -> Scopes:
@@ -295,10 +305,13 @@ class DriftMonitor:
                     scopes[replace(scope, period_end=end)] = item
         return scopes
 
-    def _group(self, session: Session, rows: Iterable) -> Scopes:
+    def _group(self, session: Session, rows: Iterable, mine: _Share | None = None) -> Scopes:
         """The scopes of `rows` (the `WHO` columns of telemetry rows, in id order) with their windows: each
-        window decoded from its payload once, then taken from the cache while its row is read."""
+        window decoded from its payload once, then taken from the cache while its row is read. With `mine`,
+        the device scopes of devices outside its shards are left out (their rows count for the fleet
+        only: the worker holding the fleet scopes reads every device's rows)."""
         scopes: Scopes = {}
+        held: dict[str, bool] = {}  # device id -> in one of mine's shards
         fleets: dict[_Scope, list[Window]] = defaultdict(list)
         profiles: dict[tuple[str, int], Mapping | None] = {}  # one look-up per model version and run
         kept = []
@@ -313,10 +326,15 @@ class DriftMonitor:
             window = windows.get(row.id)
             if window is None:
                 continue
-            device = _Scope("device", row.device_id, row.fleet, row.model_name, row.model_version)
             fleet = _Scope("fleet", row.fleet, row.fleet, row.model_name, row.model_version)
-            scopes.setdefault(device, (profiles[(row.model_name, row.model_version)], []))[1].append(window)
             fleets[fleet].append(window)
+            if mine is not None and mine.shards is not None:
+                if row.device_id not in held:
+                    held[row.device_id] = shard_of(row.device_id) in mine.shards
+                if not held[row.device_id]:
+                    continue
+            device = _Scope("device", row.device_id, row.fleet, row.model_name, row.model_version)
+            scopes.setdefault(device, (profiles[(row.model_name, row.model_version)], []))[1].append(window)
         for scope, items in fleets.items():
             scopes[scope] = (profiles[(scope.model_name, scope.model_version)], items)
         return scopes

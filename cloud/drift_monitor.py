@@ -17,10 +17,9 @@ One run (`run_once`):
    facts, their sums kept in the database by cloud/drift_cusum_store.py) and stores their evidence under
    the report's "sequential_drift" of the scope's on-time result (or, without one, its newest late one);
    an alarm at a step older than the lookback opens an alert marked late;
-5. opens an Alert ("data_drift", "prediction_drift" or "sequential_drift") when a scope drifts and no
-   alert of that scope, kind and model version is open; closes an open alert once its scope evaluated
-   "ok" for that kind on
-   `close_after` consecutive on-time runs ("insufficient" does not count, nor an "ok" that left a short row
+5. opens an Alert ("data_drift", "prediction_drift" or "sequential_drift"; cloud/drift_alerts.py) when a
+   scope drifts and no alert of that scope, kind and model version is open; closes an open alert once its
+   scope evaluated "ok" for that kind on `close_after` consecutive on-time runs ("insufficient" does not count, nor an "ok" that left a short row
    unjudged, nor a run without telemetry);
 6. late data, in event time: a window that arrived since the last run (a higher row id) but ended before
    now - lookback was never in any evaluation (a backlog drained after an outage longer than the
@@ -74,29 +73,25 @@ from dataclasses import dataclass, replace
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from edgefleet.cloud.db import Alert, DriftResult, TelemetryRecord
+from edgefleet.cloud.db import DriftResult, TelemetryRecord
 from edgefleet.cloud.drift import (
-    DRIFT,
-    GROUPS,
     CountsMismatch,
     DriftThresholds,
     WindowCounts,
     check_against_profile,
-    cleared,
     evaluate,
     merge_windows,
-    summary,
 )
+from edgefleet.cloud.drift_alerts import update_alerts
 from edgefleet.cloud.drift_batch import evaluate_many
 from edgefleet.cloud.drift_cusum_batch import Item, feed_batch
 from edgefleet.cloud.drift_cusum_store import CusumStore
 from edgefleet.cloud.drift_results import insert_results, new_result
-from edgefleet.cloud.drift_sequential import SEQUENTIAL, evidence_summary
+from edgefleet.cloud.drift_sequential import SEQUENTIAL
 from edgefleet.cloud.drift_settings import DriftSettingsError, MonitorSettings, SettingsResolver
 from edgefleet.cloud.drift_windows import WHO, Window, WindowReader
 from edgefleet.cloud.gc_pause import paused_gc
 from edgefleet.cloud.leases import FLEETS, ShardLeases, shard_of
-from edgefleet.cloud.ops_monitor import quality_evidence
 
 log = logging.getLogger(__name__)
 
@@ -229,10 +224,8 @@ class DriftMonitor:
             evaluated = self._evaluate_all([*scopes.items(), *late.items()], now, resolver)
             self._feed_sequential(session, evaluated, {**late, **scopes}, now, top, resolver)
             results = [result for _, result in evaluated]
-            self._insert(session, results)
-            open_alerts = self._open_alerts(session, results)
-            for result in results:
-                self._update_alerts(session, result, now, open_alerts)
+            insert_results(session, results)
+            update_alerts(session, results, now, self.close_after)
             session.commit()
         return results
 
@@ -440,74 +433,6 @@ class DriftMonitor:
         for base, result in target.items():
             if sections.get(base) is not None:
                 result.report = {**result.report, SEQUENTIAL: sections[base]}
-
-    @staticmethod
-    def _insert(session: Session, results: list[DriftResult]) -> None:
-        insert_results(session, results)
-
-    # alerts -----------------------------------------------------------------------------------------------
-    @staticmethod
-    def _open_alerts(session: Session, results: list[DriftResult]) -> dict[tuple, Alert]:
-        """The open alerts of the run's scopes, read once (a query per scope and kind was a round trip per
-        device), keyed (scope, scope_id, kind, model name, version); the oldest when there are two."""
-        wanted = {(r.scope, r.scope_id) for r in results}
-        alerts: dict[tuple, Alert] = {}
-        for alert in session.scalars(select(Alert).where(Alert.status == "open").order_by(Alert.id)):
-            key = (alert.scope, alert.scope_id, alert.kind, alert.model_name, alert.model_version)
-            if (alert.scope, alert.scope_id) in wanted:
-                alerts.setdefault(key, alert)
-        return alerts
-
-    def _update_alerts(self, session: Session, result: DriftResult, now: float,
-                       open_alerts: dict[tuple, Alert]) -> None:
-        for kind in (*GROUPS, SEQUENTIAL):
-            if kind not in result.report:
-                continue  # no sequential section: a late result, or a profile without magnitude facts
-            verdict = result.report[kind]["verdict"]
-            late_by = result.report[kind].get("late_by") if kind == SEQUENTIAL else result.late_by
-            key = (result.scope, result.scope_id, kind, result.model_name, result.model_version)
-            alert = open_alerts.get(key)
-            if verdict == DRIFT and alert is None:
-                open_alerts[key] = self._open(session, result, kind, now, late_by)
-            elif result.late_by is not None:
-                continue  # the past cannot close an alert: only on-time evaluations do
-            elif cleared(result.report[kind]) and alert is not None and self._ok_streak(session, result, kind, alert):
-                alert.status, alert.closed_at = "closed", now
-                del open_alerts[key]
-                log.info("alert %s closed: %s %s (%s v%s) %s ok on %d consecutive runs", alert.id, result.scope,
-                         result.scope_id, result.model_name, result.model_version, kind, self.close_after)
-
-    def _open(self, session: Session, result: DriftResult, kind: str, now: float, late_by: float | None) -> Alert:
-        what = kind.replace("_", " ")
-        late = "" if late_by is None else f"late ({late_by:.0f} s after its data, which arrived after the lookback): "
-        message = (f"{late}{what} on {result.scope} {result.scope_id} ({result.model_name} v{result.model_version}, "
-                   f"{result.samples} samples): "
-                   f"{evidence_summary(result.report[kind]) if kind == SEQUENTIAL else summary(result.report, kind)}")
-        details = {"drift_result_id": result.id, "window_start": result.window_start,
-                   "window_end": result.window_end, "samples": result.samples, **result.report[kind]}
-        evidence = quality_evidence(session, result.scope, result.scope_id, result.model_name, result.model_version)
-        if evidence:  # a dead sensor or NaNs behind the drift: the pipeline, maybe not the world
-            details["data_quality"] = evidence
-        alert = Alert(scope=result.scope, scope_id=result.scope_id, fleet=result.fleet,
-                      model_name=result.model_name, model_version=result.model_version, kind=kind,
-                      message=message, details=details, status="open", opened_at=now, late_by=late_by)
-        session.add(alert)
-        log.warning("alert opened: %s", message)
-        return alert
-
-    def _ok_streak(self, session: Session, result: DriftResult, kind: str, alert: Alert) -> bool:
-        """True if the last `close_after` on-time results of this scope (this run's included) were all ok for
-        kind, all written after the result that opened the alert (a late alert's run wrote its on-time
-        results first: they do not count)."""
-        recent = session.scalars(
-            select(DriftResult)
-            .where(DriftResult.scope == result.scope, DriftResult.scope_id == result.scope_id,
-                   DriftResult.model_name == result.model_name, DriftResult.model_version == result.model_version,
-                   DriftResult.late_by.is_(None), DriftResult.id > (alert.details.get("drift_result_id") or 0))
-            .order_by(DriftResult.id.desc())
-            .limit(self.close_after)
-        ).all()
-        return len(recent) == self.close_after and all(cleared(r.report[kind]) for r in recent)
 
     def _log_once(self, message: str, *, key: str | None = None) -> None:
         key = key or message

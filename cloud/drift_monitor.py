@@ -19,8 +19,8 @@ One run (`run_once`):
    an alarm at a step older than the lookback opens an alert marked late;
 5. opens an Alert ("data_drift", "prediction_drift" or "sequential_drift"; cloud/drift_alerts.py) when a
    scope drifts and no alert of that scope, kind and model version is open; closes an open alert once its
-   scope evaluated "ok" for that kind on `close_after` consecutive on-time runs ("insufficient" does not count, nor an "ok" that left a short row
-   unjudged, nor a run without telemetry);
+   scope evaluated "ok" for that kind on `close_after` consecutive on-time runs ("insufficient" does not
+   count, nor an "ok" that left a short row unjudged, nor a run without telemetry);
 6. late data, in event time: a window that arrived since the last run (a higher row id) but ended before
    now - lookback was never in any evaluation (a backlog drained after an outage longer than the
    lookback). It is evaluated in the period it describes: event time is cut into periods of one lookback,

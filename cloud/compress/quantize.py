@@ -76,13 +76,12 @@ from edgefleet.cloud.compress.onnx_model import (
     quant_type,
     retype_interface,
 )
+from edgefleet.cloud.compress.quantize_inputs import Data, as_feed, empty_dir, feed_rows, source_model
 from edgefleet.compilers.flops import count_flops
 from edgefleet.core import bundle as bundle_io
 from edgefleet.core.bundle import Bundle
 from edgefleet.core.canonical import format_time, utc_now
-from edgefleet.core.errors import BundleError
 from edgefleet.core.metrics import classification_metrics
-from edgefleet.core.schema import TensorSpec
 from edgefleet.core.signing import DEFAULT_VALIDITY, SigningKey
 
 __all__ = ["METHODS", "QuantizationError", "QuantizeResult", "convert_fp16", "quantize_dynamic_int8",
@@ -90,7 +89,6 @@ __all__ = ["METHODS", "QuantizationError", "QuantizeResult", "convert_fp16", "qu
 
 log = logging.getLogger(__name__)
 
-Data = np.ndarray | Mapping[str, np.ndarray]
 EvalData = tuple[Data, np.ndarray | None]  # (inputs, labels); labels None: top-1 agreement with the float model
 TOLERANCE_MARGIN = 3.0
 CALIBRATION_BATCH = 64
@@ -152,7 +150,7 @@ def quantize_dynamic_int8(
     validity: timedelta = DEFAULT_VALIDITY, version: int | None = None, tolerance_margin: float = TOLERANCE_MARGIN,
 ) -> QuantizeResult:
     """int8 weights; activations quantized per call from their observed range (no calibration data)."""
-    source, artifact, float_model = _source(bundle)
+    source, artifact, float_model = source_model(bundle)
     options = {"mode": "dynamic", "per_channel": per_channel, "reduce_range": reduce_range,
                "weight_type": weight_type, "op_types_to_quantize": _list(op_types_to_quantize),
                "nodes_to_exclude": list(nodes_to_exclude), "extra_options": dict(extra_options or {})}
@@ -217,13 +215,13 @@ def quantize_static_int8(
     if rounding not in ("nearest", "adaround") or (rounding == "adaround" and quant_format != "QDQ"):
         raise QuantizationError(f"rounding must be 'nearest' or 'adaround' (QDQ only), got {rounding!r} with "
                                 f"{quant_format}")
-    source, artifact, float_model = _source(bundle)
-    feed = _as_feed(calibration, source.inputs, "calibration")
+    source, artifact, float_model = source_model(bundle)
+    feed = as_feed(calibration, source.inputs, "calibration")
     options = {"mode": "static", "quant_format": quant_format, "per_channel": per_channel, "method": methods[0],
                "activation_type": activation_type, "weight_type": weight_type, "reduce_range": reduce_range,
                "op_types_to_quantize": _list(op_types_to_quantize), "nodes_to_exclude": list(nodes_to_exclude),
                "extra_options": dict(extra_options or {}), "calibration_batch": calibration_batch,
-               "calibration_rows": _rows(feed), "bias_correction": bias_correction and quant_format == "QDQ",
+               "calibration_rows": feed_rows(feed), "bias_correction": bias_correction and quant_format == "QDQ",
                "rounding": rounding}
     with tempfile.TemporaryDirectory(prefix="edgefleet-quantize-") as tmp:
         prepared, options["preprocess"] = prepare(float_model, Path(tmp), preprocess)
@@ -297,7 +295,7 @@ def convert_fp16(
     the interface and the golden inputs become float16 too)."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    source, artifact, float_model = _source(bundle)
+    source, artifact, float_model = source_model(bundle)
     options = {"mode": "fp16", "keep_io_types": keep_io_types, "op_block_list": _list(op_block_list),
                "node_block_list": _list(node_block_list)}
     with ort_chatter():
@@ -317,7 +315,7 @@ def _evaluator(source: Bundle, eval_data: EvalData, float_model: bytes) -> tuple
     interface = source.manifest["interface"]
     if interface.get("task") != "classification":
         raise QuantizationError(f"accuracy needs a classification bundle; {source.name} is {interface.get('task')!r}")
-    inputs = _as_feed(eval_data[0], source.inputs, "eval_data")
+    inputs = as_feed(eval_data[0], source.inputs, "eval_data")
     postprocess = interface.get("postprocess", "softmax")
     float_scores = onnx_outputs(float_model, inputs).astype(np.float64)
     labels = _labels(eval_data, float_scores, postprocess)
@@ -344,7 +342,7 @@ def _labels(eval_data: EvalData, float_scores: np.ndarray, postprocess: str) -> 
 def _write_stage(source: Bundle, artifact: dict, float_model: bytes, model: bytes, precision: str, tool: str,
                  options: dict, output: _Output, *, excluded: tuple[str, ...] = (),
                  gate: dict | None = None, calibration: dict | None = None) -> QuantizeResult:
-    out = _empty_dir(output.out_dir)
+    out = empty_dir(output.out_dir)
     try:
         float_session, new_session = session(float_model), session(model)
     except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types; report them as one
@@ -431,7 +429,7 @@ def _accuracy(source: Bundle, eval_data: EvalData | None, float_session: ort.Inf
     if interface.get("task") != "classification":
         log.warning("bundle %s is not a classifier: eval_data ignored", source.name)
         return None
-    inputs = _as_feed(eval_data[0], source.inputs, "eval_data")
+    inputs = as_feed(eval_data[0], source.inputs, "eval_data")
     post, names = interface.get("postprocess", "softmax"), interface.get("class_names")
     float_scores = onnx_outputs(float_session, inputs).astype(np.float64)
     labels = _labels(eval_data, float_scores, post)
@@ -460,50 +458,5 @@ def _adaround_summary(record: dict) -> dict:
             "output_mse_ratio_median": float(np.median(ratios)) if ratios else None}
 
 
-def _source(bundle: Bundle | str | Path) -> tuple[Bundle, dict, bytes]:
-    """The bundle, its float ONNX artifact and that file's bytes (checked against the manifest's hash)."""
-    source = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
-    artifact = next((a for a in source.artifacts if a.get("format") == "onnx"), None)
-    if artifact is None:
-        raise QuantizationError(f"bundle {source.name} v{source.version} has no ONNX artifact to quantize")
-    if artifact.get("precision", "fp32") != "fp32":
-        raise QuantizationError(f"{artifact['path']} is already {artifact['precision']}; quantize the fp32 model")
-    path = source.path(artifact["path"])
-    model = path.read_bytes()
-    listed = source.manifest["files"][artifact["path"]]["sha256"]
-    if bundle_io.file_digest(path) != listed:
-        raise BundleError(f"{path} does not match the sha256 in its manifest; refusing to quantize it")
-    return source, artifact, model
-
-
-def _as_feed(data: Data, specs: list[TensorSpec], what: str) -> dict[str, np.ndarray]:
-    if isinstance(data, Mapping):
-        missing = [s.name for s in specs if s.name not in data]
-        if missing:
-            raise QuantizationError(f"{what} lacks the model input(s) {missing}")
-        values = {s.name: data[s.name] for s in specs}
-    elif len(specs) == 1:
-        values = {specs[0].name: data}
-    else:
-        raise QuantizationError(f"the model takes {len(specs)} inputs: pass {what} as a dict name -> array")
-    feed = {s.name: np.ascontiguousarray(values[s.name], dtype=np.dtype(s.dtype)) for s in specs}
-    if _rows(feed) < 1:
-        raise QuantizationError(f"{what} has no rows")
-    return feed
-
-
-def _rows(feed: Mapping[str, np.ndarray]) -> int:
-    return len(next(iter(feed.values())))
-
-
 def _list(values: Sequence[str] | None) -> list[str] | None:
     return list(values) if values is not None else None
-
-
-def _empty_dir(out: Path) -> Path:
-    if out.exists() and any(out.iterdir()):
-        raise QuantizationError(f"{out} is not empty; a quantization stage writes a new bundle into an empty directory")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-

@@ -40,6 +40,9 @@ def up(
     trust: TrustOption = None,
     public_url: Annotated[str | None, typer.Option(help="The API's URL as devices reach it (for update "
                                                         "downloads; default: the bound address)")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="Serve the API over HTTPS with this PEM certificate chain "
+                                                       "(with --tls-key)")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="The private key of --tls-cert (PEM)")] = None,
     rollback_key: Annotated[Path | None, typer.Option(help="Private key that signs rollback authorizations, so "
                                                            "a deployment may install an older version")] = None,
     store: Annotated[str | None, typer.Option(
@@ -134,6 +137,7 @@ def up(
     trusted = list(trust or config.trusted_key_paths()) or None
     settings = load_settings(db_url=db, mqtt_url=mqtt_url, data_dir=data, port=port, host=host, trusted_keys=trusted,
                              public_url=public_url, rollback_key=rollback_key, drift_interval_seconds=drift_interval,
+                             tls_cert=tls_cert, tls_key=tls_key,
                              drift_lookback_seconds=drift_lookback, drift_min_samples=drift_min_samples,
                              drift_alpha=drift_alpha, drift_psi_floor=drift_psi_floor,
                              drift_noise_multiplier=drift_noise_multiplier, retention_raw_days=retention_raw_days,

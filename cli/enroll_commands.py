@@ -87,6 +87,9 @@ def enroll(
     port: Annotated[int, typer.Option(min=1, max=65535, help="Local HTTP port")] = 8000,
     force: Annotated[bool, typer.Option(help="Overwrite an existing --out")] = False,
     cloud: CloudOption = None,
+    ca: Annotated[Path | None, typer.Option(help="PEM file of the CA that signed an https cloud's certificate "
+                                                 "(a private CA); written to device.toml for uploads and "
+                                                 "downloads")] = None,
 ) -> None:
     """Register this device with an enrollment token and write its device.toml with its own credentials."""
     if output.exists() and not force:
@@ -94,10 +97,11 @@ def enroll(
     for key in trusted_key:
         if not key.is_file():
             raise EdgefleetError(f"--trusted-key {key} does not exist")
-    client = CloudClient(cloud, token)
+    client = CloudClient(cloud, token, ca=ca)
     got = client.post_json("/api/v1/enroll", {"id": device_id})
     data = data_dir or output.resolve().parent / f"edgefleet-device-{got['id']}"
-    text = device_toml(got, client.url, bundle.resolve(), [k.resolve() for k in trusted_key], data.resolve(), port)
+    text = device_toml(got, client.url, bundle.resolve(), [k.resolve() for k in trusted_key], data.resolve(), port,
+                       ca.resolve() if ca is not None else None)
     descriptor = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         handle.write(text)
@@ -105,7 +109,8 @@ def enroll(
               markup=False, highlight=False)
 
 
-def device_toml(got: dict, cloud_url: str, bundle: Path, keys: list[Path], data_dir: Path, port: int) -> str:
+def device_toml(got: dict, cloud_url: str, bundle: Path, keys: list[Path], data_dir: Path, port: int,
+                ca: Path | None = None) -> str:
     """The device.toml of an enrolled device (strings as JSON strings, which TOML reads as basic strings)."""
     q = json.dumps
     return "\n".join([
@@ -113,7 +118,8 @@ def device_toml(got: dict, cloud_url: str, bundle: Path, keys: list[Path], data_
         "[model]", f"bundle = {q(str(bundle))}", f"trusted_keys = [{', '.join(q(str(k)) for k in keys)}]", "",
         "[mqtt]", f"url = {q(got['mqtt_url'])}", f"username = {q(got['mqtt']['username'])}",
         f"password = {q(got['mqtt']['password'])}", "",
-        "[cloud]", f"url = {q(cloud_url)}", "",  # HTTPS uploads (captured samples) with the same credentials
+        "[cloud]", f"url = {q(cloud_url)}",  # HTTPS uploads (captured samples) with the same credentials
+        *([f"ca = {q(str(ca))}"] if ca is not None else []), "",
         "[http]", f"port = {port}", "",
     ])
 

@@ -139,7 +139,8 @@ class CloudServer:
         if self._socket is None:
             raise RuntimeError("CloudServer is not running")
         host = self.settings.host
-        return f"http://{f'[{host}]' if ':' in host else host}:{self._socket.getsockname()[1]}"
+        scheme = "https" if self.settings.tls_cert is not None else "http"
+        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{self._socket.getsockname()[1]}"
 
     @property
     def serves_http(self) -> bool:
@@ -177,7 +178,10 @@ class CloudServer:
         if not self.settings.public_url and host in ("0.0.0.0", "::", ""):
             log.warning("the API listens on %s and public_url is not set: install commands would tell devices to "
                         "download from %s; set EDGEFLEET_PUBLIC_URL to the address devices reach", host, self.url)
-        config = uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=GRACEFUL_SECONDS)
+        tls = self.settings.tls_cert is not None
+        config = uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=GRACEFUL_SECONDS,
+                                ssl_certfile=str(self.settings.tls_cert) if tls else None,
+                                ssl_keyfile=str(self.settings.tls_key) if tls else None)
         self._http = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._http.run, kwargs={"sockets": [sock]},
                                         name="edgefleet-http", daemon=True)

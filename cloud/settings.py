@@ -92,6 +92,10 @@ class CloudSettings(BaseSettings):
     # The API's base URL as devices reach it, for the signed download URLs in install commands. None: the
     # address the server listens on (CloudServer fills in the bound port); set it behind a proxy or NAT.
     public_url: str | None = None
+    # HTTPS for the API (uvicorn's TLS): a PEM certificate chain and its private key, both or neither. None: plain
+    # HTTP (behind a TLS-terminating proxy, set public_url to its https address).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     # How long a signed download URL in an install command stays valid.
     download_url_ttl_seconds: int = Field(default=24 * 3600, gt=0)
     # How often the rollout engine advances the running deployments.
@@ -139,6 +143,20 @@ class CloudSettings(BaseSettings):
     def _default_db_url(self) -> CloudSettings:
         if not self.db_url:
             self.db_url = f"sqlite:///{(self.data_dir / 'edgefleet.db').resolve()}"
+        return self
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> CloudSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: HTTPS needs the certificate and its private key")
+        if self.tls_cert is not None and self.tls_key is not None:
+            from edgefleet.core.errors import EdgefleetError
+            from edgefleet.core.tls import check_server_files
+
+            try:
+                check_server_files(self.tls_cert, self.tls_key)
+            except EdgefleetError as err:
+                raise ValueError(str(err)) from err
         return self
 
     @model_validator(mode="after")

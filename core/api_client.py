@@ -15,16 +15,20 @@ from pathlib import Path
 
 from edgefleet.core import config
 from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.tls import client_context
 
 
 class CloudClient:
-    def __init__(self, url: str | None, token: str | None, timeout: float = 30.0) -> None:
+    def __init__(self, url: str | None, token: str | None, timeout: float = 30.0, ca: Path | None = None) -> None:
+        """ca: a PEM bundle to trust for an https cloud whose certificate a private CA signed (core/tls.py)."""
         url, token = url or config.cloud_url(), token or config.cloud_token()
         if not url:
             raise EdgefleetError(f"no cloud URL: pass --cloud URL or set ${config.CLOUD_ENV}")
         if not token:
             raise EdgefleetError(f"no API token: pass --token TOKEN or set ${config.TOKEN_ENV}")
         self.url, self.token, self.timeout = url.rstrip("/"), token, timeout
+        self.ca = ca
+        self._tls = client_context(ca) if self.url.startswith("https://") else None
 
     def get(self, path: str) -> object:
         return self._request("GET", path)
@@ -64,7 +68,7 @@ class CloudClient:
             headers["Content-Type"] = content_type
         request = urllib.request.Request(self.url + path, data=body, headers=headers, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with urllib.request.urlopen(request, timeout=self.timeout, context=self._tls) as response:
                 content = response.read()
                 return (content, dict(response.headers)) if raw else json.loads(content or b"null")
         except urllib.error.HTTPError as err:

@@ -105,7 +105,8 @@ class DeviceAgent:
             )
         self.updater = Updater(self.store, self.host, trust=trust, workdir=config.data_dir / "incoming",
                                report=self._report_status, fleet=config.fleet, device=config.device,
-                               make_predictor=self._make_predictor)
+                               make_predictor=self._make_predictor,
+                               ca=config.cloud.ca if config.cloud is not None else None)
         self._seen_commands = self._load_seen_commands()
         self.updater.recover()  # an update a crash interrupted: serve a whole model, say where it stopped
         if self.transport is not None:
@@ -229,7 +230,8 @@ class DeviceAgent:
                                  state_path=self.config.data_dir / "capture-policy.json",
                                  max_spool_bytes=cloud.max_capture_bytes)
         self.uplink = CaptureUplink(self.capturer, cloud.url, username=cloud.username, password=cloud.password,
-                                    poll_seconds=cloud.poll_seconds, upload_seconds=cloud.upload_seconds).start()
+                                    poll_seconds=cloud.poll_seconds, upload_seconds=cloud.upload_seconds,
+                                    ca=cloud.ca).start()
 
     def model_card(self) -> dict:
         """GET /v1/model-card: the serving bundle's model card, with the data capture policy in force."""

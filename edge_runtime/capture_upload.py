@@ -31,9 +31,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from edgefleet.core import bounded_json
 from edgefleet.core.bounded_json import JsonLimitError
+from edgefleet.core.tls import client_context
 from edgefleet.edge_runtime.capture import CapturePolicy, CapturePolicyError, Capturer
 
 log = logging.getLogger(__name__)
@@ -46,8 +48,9 @@ MAX_BACKOFF = 300.0
 
 class CaptureUplink:
     def __init__(self, capturer: Capturer, url: str, *, username: str, password: str, poll_seconds: float = 60.0,
-                 upload_seconds: float = 10.0, timeout: float = 30.0) -> None:
+                 upload_seconds: float = 10.0, timeout: float = 30.0, ca: Path | None = None) -> None:
         self.capturer, self.url = capturer, url.rstrip("/")
+        self._tls = client_context(ca) if self.url.startswith("https://") else None  # ca: a private CA's PEM
         token = base64.b64encode(f"{username}:{password}".encode()).decode()
         self._auth = f"Basic {token}"
         self.poll_seconds, self.upload_seconds, self.timeout = poll_seconds, upload_seconds, timeout
@@ -146,7 +149,7 @@ class CaptureUplink:
         if body is not None:
             headers["Content-Type"] = "application/json"
         request = urllib.request.Request(self.url + path, data=body, headers=headers, method=method)
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+        with urllib.request.urlopen(request, timeout=self.timeout, context=self._tls) as response:
             raw = response.read(MAX_ANSWER_BYTES + 1)
         answer = bounded_json.loads(raw, max_bytes=MAX_ANSWER_BYTES, what="capture answer")
         if not isinstance(answer, dict):

@@ -32,6 +32,7 @@
     poll_seconds = 60                        # how often the fleet's capture settings are read
     upload_seconds = 10
     max_capture_bytes = 268435456            # the device's ceiling on its capture spool, whatever the fleet asks
+    ca = "/etc/edgefleet/ca.pem"             # optional: trust this CA for https (uploads, update downloads)
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from pathlib import Path
 
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.slices import NAME_RULE, check_name
+from edgefleet.core.tls import client_context
 from edgefleet.core.topics import TopicError, check_id
 
 if sys.version_info >= (3, 11):
@@ -68,6 +70,7 @@ class CloudConfig:
     poll_seconds: float = 60.0
     upload_seconds: float = 10.0
     max_capture_bytes: int = 256 * 2**20
+    ca: Path | None = None  # PEM bundle trusted for https (a private CA); None: the system's CA store
 
 
 @dataclass(frozen=True)
@@ -163,9 +166,18 @@ def _cloud(cloud: dict, mqtt: dict) -> CloudConfig | None:
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 2**40:
             raise EdgefleetError(f"device config: cloud.{name} must be a positive number, got {value!r}")
         numbers[name] = value
+    ca = cloud.get("ca")
+    if ca is not None:
+        if not isinstance(ca, str) or not ca:
+            raise EdgefleetError(f"device config: cloud.ca must be the path of a PEM file, got {ca!r}")
+        try:
+            client_context(Path(ca))
+        except EdgefleetError as err:
+            raise EdgefleetError(f"device config: cloud.ca: {err}") from err
     return CloudConfig(str(cloud["url"]), cloud.get("username", mqtt.get("username")),
                        cloud.get("password", mqtt.get("password")), float(numbers["poll_seconds"]),
-                       float(numbers["upload_seconds"]), int(numbers["max_capture_bytes"]))
+                       float(numbers["upload_seconds"]), int(numbers["max_capture_bytes"]),
+                       Path(ca) if ca is not None else None)
 
 
 def _backends(value: object) -> tuple[str, ...]:

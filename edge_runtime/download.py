@@ -44,6 +44,7 @@ from urllib.parse import urljoin, urlsplit
 
 from edgefleet.core.archive import fsync_dir
 from edgefleet.core.errors import VerificationError
+from edgefleet.core.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class _Limits:
     deadline: float
     timeout_seconds: float
     stall_seconds: float
+    tls: ssl.SSLContext  # verifying: the system's CA store or the given ca
 
 
 def download(
@@ -84,8 +86,10 @@ def download(
     timeout_seconds: float = 60.0,
     stall_seconds: float = 10.0,
     progress: Progress | None = None,
+    ca: Path | None = None,
 ) -> Path:
-    """Fetches url into dest (see the module docstring); returns dest or raises DownloadError."""
+    """Fetches url into dest (see the module docstring); returns dest or raises DownloadError. ca: a PEM
+    bundle to trust for https instead of the system's store (a cloud with a private CA's certificate)."""
     dest = Path(dest)
     partial = dest.with_suffix(dest.suffix + ".partial")
     _split(url)  # refuse a bad URL before touching the disk
@@ -95,7 +99,8 @@ def download(
         log.info("%s is already downloaded and matches its sha256", dest)
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    limits = _Limits(max_bytes, expected_size, time.monotonic() + timeout_seconds, timeout_seconds, stall_seconds)
+    limits = _Limits(max_bytes, expected_size, time.monotonic() + timeout_seconds, timeout_seconds, stall_seconds,
+                     client_context(ca))
     fresh_retry_left = True
     for _attempt in range(4):  # at most: resume, start over (200/416/206 elsewhere), one fresh retry
         offset = _usable_partial(partial, limits)
@@ -173,7 +178,7 @@ class _Request:
         connect_timeout = max(0.001, min(limits.stall_seconds, self._remaining()))
         if scheme == "https":
             self.conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                host, port, timeout=connect_timeout, context=ssl.create_default_context())
+                host, port, timeout=connect_timeout, context=limits.tls)
         else:
             self.conn = http.client.HTTPConnection(host, port, timeout=connect_timeout)
         self.target = target

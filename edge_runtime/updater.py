@@ -102,6 +102,7 @@ class Updater(Recovery):
         device: str,
         make_predictor: Callable[[Path], Predictor],
         health: HealthPolicy = HealthPolicy(),  # noqa: B008 - frozen, so one shared default is safe
+        ca: Path | None = None,  # a PEM bundle for https downloads from a cloud with a private CA's certificate
     ) -> None:
         self.store, self.host, self.trust = store, host, trust
         self.workdir = Path(workdir)
@@ -110,6 +111,7 @@ class Updater(Recovery):
         self.fleet, self.device = fleet, device
         self.make_predictor = make_predictor
         self.health = health
+        self.ca = ca
         self._lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
@@ -219,7 +221,7 @@ class Updater(Recovery):
         self._stage(job, "downloading", {"url": ref.url, "size": ref.size or None})
         started = time.monotonic()
         archive = download(ref.url, dest, max_bytes=command.max_bytes, expected_sha256=ref.sha256 or None,
-                           expected_size=ref.size or None, timeout_seconds=command.timeout_seconds)
+                           expected_size=ref.size or None, timeout_seconds=command.timeout_seconds, ca=self.ca)
         job.detail["download_seconds"] = round(time.monotonic() - started, 3)
         return archive
 

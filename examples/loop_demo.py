@@ -10,7 +10,10 @@
    policy's 400 labelled rows are there, and runs it: freeze the dataset, retrain from scratch
    (examples/loop_train_digits.py), dynamic int8, onnxruntime, offline evaluation against v1, push, and a
    two-wave rollout whose canaries are judged on their measured accuracy against the control;
-4. prints each device's accuracy on the bright digits before and after, and the time of every stage.
+4. prints each device's accuracy on the bright digits before and after, and the time of every stage;
+5. runs the policy twice more with a careless training function (labels shuffled, examples/loop_train_digits.py):
+   the offline evaluation stops it, and forced past that, the canary's accuracy gate stops it and rolls the
+   canaries back to v2. The demo fails if either bad candidate gets through.
 
 benchmarks/bench_loop.py runs the same scenario and prints the figures as JSON. One run on a shared machine:
 the times describe this run, not a rate.
@@ -31,6 +34,7 @@ from rich.table import Table
 
 from edgefleet.cloud.digits import load_splits
 from edgefleet.cloud.loop.policy import load_policy
+from edgefleet.cloud.loop.runner import run_policy
 from edgefleet.cloud.loop.trigger import LoopWatcher
 from edgefleet.cloud.server import CloudServer
 from edgefleet.cloud.settings import load_settings
@@ -50,9 +54,11 @@ def run_scenario(work: Path, bundle: Path, public: Path, private: Path) -> dict:
     splits = load_splits()
     settings = load_settings(data_dir=work / "cloud", port=0, mqtt_port=0, trusted_keys=[public],
                              rollout_interval_seconds=0.2, drift_interval_seconds=1.0)
-    policy = load_policy(write_policy(work / "policy", function="examples.loop_train_digits:retrain",
-                                      private_key=private, public_key=public, x_train=splits.x_train,
-                                      y_train=splits.y_train, x_test=splits.x_test, y_test=splits.y_test))
+    data = {"private_key": private, "public_key": public, "x_train": splits.x_train, "y_train": splits.y_train,
+            "x_test": splits.x_test, "y_test": splits.y_test}
+    policy = load_policy(write_policy(work / "policy", function="examples.loop_train_digits:retrain", **data))
+    careless = load_policy(write_policy(work / "careless", function="examples.loop_train_digits:careless",
+                                        name="digits-careless", **data))
     bright = brighter(splits.x_test)
     with CloudServer(settings) as cloud:
         token = cloud.new_admin_token
@@ -79,6 +85,13 @@ def run_scenario(work: Path, bundle: Path, public: Path, private: Path) -> dict:
                 watcher.stop(TIMEOUT)
                 after = {name: device_accuracy(url, bright, splits.y_test) for name, url in urls.items()}
                 serving = {name: agent.predictor.bundle.version for name, agent in agents.items()}
+                client = CloudClient(cloud.url, token)
+                bad = [run_policy(careless, client, trust=TrustStore.from_paths([public]), force=force,
+                                  workdir=work / "runs") for force in (False, True)]
+                back = time.time() + 60  # a stopped canary wave rolls its devices back to v2
+                while {agent.predictor.bundle.version for agent in agents.values()} != {2} and time.time() < back:
+                    time.sleep(0.5)
+                serving_at_end = {name: agent.predictor.bundle.version for name, agent in agents.items()}
         finally:
             watcher.stop()
             for agent in agents.values():
@@ -97,6 +110,10 @@ def run_scenario(work: Path, bundle: Path, public: Path, private: Path) -> dict:
         "dataset": run["stages"][0]["outputs"], "serving_versions": serving,
         "drifted_accuracy_per_device": {name: {"before": round(before[name], 3), "after": round(after[name], 3)}
                                         for name in urls},
+        "careless_runs": [{"run": o.run_id, "forced": force, "state": o.state, "reason": o.reason,
+                           "stopped_at": o.record["stages"][-1]["name"] if o.record["stages"] else None}
+                          for force, o in zip((False, True), bad, strict=True)],
+        "serving_versions_at_end": serving_at_end,
     }
 
 
@@ -121,6 +138,12 @@ def show(result: dict, console: Console) -> None:
     total = seconds["alert_to_fleet_on_v2"]
     stages.add_row("alert -> fleet on v2", "-" if total is None else f"{total:.1f}")
     console.print(stages)
+    runs = Table("careless candidate (labels shuffled)", "state", "stopped at", "reason",
+                 title="bad candidates must not reach the fleet")
+    for run in result["careless_runs"]:
+        runs.add_row("forced past evaluation" if run["forced"] else "as the policy says", run["state"],
+                     run["stopped_at"] or "-", run["reason"] or "")
+    console.print(runs)
 
 
 def main() -> None:
@@ -137,6 +160,13 @@ def main() -> None:
     show(result, console)
     if result["state"] != "succeeded" or set(result["serving_versions"].values()) != {2}:
         raise SystemExit(f"the loop did not move the fleet to v2: {result['state']} {result['reason']}")
+    unforced, forced = result["careless_runs"]
+    if (unforced["state"], unforced["stopped_at"]) != ("stopped", "evaluate"):
+        raise SystemExit(f"the careless candidate was not stopped by the offline evaluation: {unforced}")
+    if (forced["state"], forced["stopped_at"]) != ("stopped", "deploy") or "quality gate" not in forced["reason"]:
+        raise SystemExit(f"the forced careless candidate was not stopped by the canary's quality gate: {forced}")
+    if set(result["serving_versions_at_end"].values()) != {2}:
+        raise SystemExit(f"the canaries did not roll back to v2: {result['serving_versions_at_end']}")
 
 
 if __name__ == "__main__":

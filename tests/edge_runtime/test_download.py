@@ -198,6 +198,13 @@ def test_https_to_a_server_with_an_untrusted_certificate_is_refused(tmp_path, de
     assert not dest.exists()
 
 
+def test_https_with_the_private_ca_given_downloads(tmp_path, dest):
+    with ArtifactServer(tls=self_signed_tls(tmp_path)) as server:  # `[cloud] ca` in device.toml
+        server.routes["/b"] = File(DATA)
+        path = download(server.url("/b"), dest, max_bytes=MAX, ca=tmp_path / "server.crt")
+    assert path.read_bytes() == DATA
+
+
 @pytest.mark.parametrize("code", [403, 404, 500, 503])
 def test_http_errors(server, dest, code):
     server.routes["/b"] = Status(code)

@@ -32,8 +32,9 @@ TOKEN_NOTE = ("This token is shown only now; the cloud stores only its hash. Kee
 @cloud_app.command("up")
 def up(
     db: DbOption = None,
-    mqtt_url: Annotated[str | None, typer.Option("--mqtt-url", help="External broker, mqtt://host:port "
-                                                                     "(default: run the embedded broker)")] = None,
+    mqtt_url: Annotated[str | None, typer.Option("--mqtt-url", help="External broker, mqtt://host:port or "
+                                                                     "mqtts://host:port (TLS; default: run the "
+                                                                     "embedded broker)")] = None,
     data: DataOption = None,
     port: Annotated[int | None, typer.Option(help="HTTP port (default 8080; 0 picks a free one)")] = None,
     host: Annotated[str | None, typer.Option(help="HTTP address to listen on (default 127.0.0.1)")] = None,
@@ -43,6 +44,8 @@ def up(
     tls_cert: Annotated[Path | None, typer.Option(help="Serve the API over HTTPS with this PEM certificate chain "
                                                        "(with --tls-key)")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="The private key of --tls-cert (PEM)")] = None,
+    mqtt_ca: Annotated[Path | None, typer.Option(help="PEM file of the CA that signed an mqtts:// broker's "
+                                                      "certificate (default: the system's CA store)")] = None,
     rollback_key: Annotated[Path | None, typer.Option(help="Private key that signs rollback authorizations, so "
                                                            "a deployment may install an older version")] = None,
     store: Annotated[str | None, typer.Option(
@@ -137,7 +140,7 @@ def up(
     trusted = list(trust or config.trusted_key_paths()) or None
     settings = load_settings(db_url=db, mqtt_url=mqtt_url, data_dir=data, port=port, host=host, trusted_keys=trusted,
                              public_url=public_url, rollback_key=rollback_key, drift_interval_seconds=drift_interval,
-                             tls_cert=tls_cert, tls_key=tls_key,
+                             tls_cert=tls_cert, tls_key=tls_key, mqtt_ca=mqtt_ca,
                              drift_lookback_seconds=drift_lookback, drift_min_samples=drift_min_samples,
                              drift_alpha=drift_alpha, drift_psi_floor=drift_psi_floor,
                              drift_noise_multiplier=drift_noise_multiplier, retention_raw_days=retention_raw_days,

@@ -87,9 +87,9 @@ def enroll(
     port: Annotated[int, typer.Option(min=1, max=65535, help="Local HTTP port")] = 8000,
     force: Annotated[bool, typer.Option(help="Overwrite an existing --out")] = False,
     cloud: CloudOption = None,
-    ca: Annotated[Path | None, typer.Option(help="PEM file of the CA that signed an https cloud's certificate "
-                                                 "(a private CA); written to device.toml for uploads and "
-                                                 "downloads")] = None,
+    ca: Annotated[Path | None, typer.Option(help="PEM file of the CA that signed the cloud's (and an mqtts:// "
+                                                 "broker's) certificate, for a private CA; written to "
+                                                 "device.toml")] = None,
 ) -> None:
     """Register this device with an enrollment token and write its device.toml with its own credentials."""
     if output.exists() and not force:
@@ -117,7 +117,8 @@ def device_toml(got: dict, cloud_url: str, bundle: Path, keys: list[Path], data_
         "[device]", f"id = {q(got['id'])}", f"fleet = {q(got['fleet'])}", f"data_dir = {q(str(data_dir))}", "",
         "[model]", f"bundle = {q(str(bundle))}", f"trusted_keys = [{', '.join(q(str(k)) for k in keys)}]", "",
         "[mqtt]", f"url = {q(got['mqtt_url'])}", f"username = {q(got['mqtt']['username'])}",
-        f"password = {q(got['mqtt']['password'])}", "",
+        f"password = {q(got['mqtt']['password'])}",
+        *([f"ca = {q(str(ca))}"] if ca is not None else []), "",  # for an mqtts:// broker with the same CA
         "[cloud]", f"url = {q(cloud_url)}",  # HTTPS uploads (captured samples) with the same credentials
         *([f"ca = {q(str(ca))}"] if ca is not None else []), "",
         "[http]", f"port = {port}", "",

@@ -65,6 +65,9 @@ def mosquitto_config(
     ingest_worker: Annotated[list[str] | None, typer.Option(
         "--ingest-worker", help="An ingest worker's name (`cloud up --role ingest --worker NAME`); repeat for each: "
                                 "each logs in as edgefleet-ingest-NAME with the ingest's rights")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="TLS only on the listener with this PEM certificate chain "
+                                                       "(with --tls-key; devices then use mqtts://)")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="The private key of --tls-cert (PEM)")] = None,
     rollouts_worker: Annotated[list[str] | None, typer.Option(
         "--rollouts-worker", help="A rollouts worker's name (`cloud up --role rollouts --worker NAME`); repeat for "
                                   "each: its engine and label forwarder log in as edgefleet-rollouts-NAME and "
@@ -78,6 +81,7 @@ def mosquitto_config(
     from edgefleet.cloud.mqtt_auth import CLOUD_CLIENTS, Listener, write_mosquitto_config
     from edgefleet.cloud.roles import check_worker
     from edgefleet.cloud.settings import load_settings
+    from edgefleet.core.tls import check_server_files
 
     settings = load_settings(db_url=db, data_dir=data)
     url = settings.db_url or ""
@@ -97,7 +101,12 @@ def mosquitto_config(
     for name in workers + rollouts_workers:
         check_worker(name)
     cloud_hashes, new_secret = _cloud_hashes(Path(directory), settings.mqtt_password, workers, rollouts_workers)
-    listener = Listener(port=port, bind=bind or None, persistence_dir=persistence_dir)
+    if (tls_cert is None) != (tls_key is None):
+        raise EdgefleetError("--tls-cert and --tls-key go together")
+    if tls_cert is not None and tls_key is not None:
+        check_server_files(tls_cert, tls_key)
+    listener = Listener(port=port, bind=bind or None, persistence_dir=persistence_dir, tls_cert=tls_cert,
+                        tls_key=tls_key)
     paths = write_mosquitto_config(directory, devices, cloud_hashes, listener, workers, rollouts_workers)
     out.print(f"wrote Mosquitto files for {len(devices)} device(s) and the cloud:", markup=False, highlight=False)
     for path in paths.values():

@@ -81,6 +81,7 @@ def build_components(settings: CloudSettings, sessions: sessionmaker, broker: Em
                                    leases=Leases(sessions, new_holder("rollouts"), settings.lease_seconds)))
         username, password = cloud_credentials(secret, labels[0])
         parts.append(LabelForwarder(sessions, url, username=username, password=password, client_id=labels[1],
+                                    ca=settings.mqtt_ca,
                                     leases=Leases(sessions, new_holder("labels"), settings.lease_seconds)))
     return parts
 
@@ -105,7 +106,7 @@ def _ingest(settings: CloudSettings, sessions: sessionmaker, url: str, secret: s
     username, password = cloud_credentials(secret, client)
     group = SHARE_GROUP if settings.role == "ingest" else None
     return Ingest(sessions, url, username=username, password=password, client_id=client.username,
-                  max_bytes=settings.telemetry_max_bytes, share_group=group)
+                  max_bytes=settings.telemetry_max_bytes, share_group=group, ca=settings.mqtt_ca)
 
 
 def _monitors(settings: CloudSettings, sessions: sessionmaker) -> list[Component]:

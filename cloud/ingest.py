@@ -41,6 +41,7 @@ import queue
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import NamedTuple
 
 from sqlalchemy import select
@@ -89,6 +90,7 @@ class Ingest:
         batch_size: int = 1000,
         flush_seconds: float = 0.05,
         share_group: str | None = None,
+        ca: Path | None = None,  # for mqtts://: a private CA's PEM (None: the system's store)
     ) -> None:
         self.host, self.port = broker_address(mqtt_url)
         self.sessions = sessions
@@ -107,7 +109,8 @@ class Ingest:
         self._writer: threading.Thread | None = None
         self.connected = threading.Event()
         self.counts: Counter[str] = Counter()  # this process's tallies; the table holds the totals
-        self._client = new_client(client_id, username, password, clean_session=False, manual_ack=True)
+        self._client = new_client(client_id, username, password, clean_session=False, manual_ack=True,
+                                  mqtt_url=mqtt_url, ca=ca)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message

@@ -23,6 +23,7 @@ import secrets
 import threading
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from sqlalchemy import select
@@ -44,14 +45,15 @@ class LabelForwarder:
     name = "label-forwarder"
 
     def __init__(self, sessions: sessionmaker, mqtt_url: str, *, username: str | None, password: str | None,
-                 client_id: str, interval_seconds: float = 0.5, leases: Leases | None = None) -> None:
+                 client_id: str, interval_seconds: float = 0.5, leases: Leases | None = None,
+                 ca: Path | None = None) -> None:
         self.sessions, self.interval_seconds, self.leases = sessions, interval_seconds, leases
         self._ask_at = self._trusted_until = 0.0  # monotonic: next lease request; end of the held lease
         self.host, self.port = broker_address(mqtt_url)
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._client = new_client(client_id, username, password)
+        self._client = new_client(client_id, username, password, mqtt_url=mqtt_url, ca=ca)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = lambda *args: self.connected.clear()
 

@@ -223,6 +223,8 @@ class Listener:
     bind: str | None = "127.0.0.1"
     persistence_dir: Path | None = None  # None: <directory>/persistence
     autosave_seconds: int = 30
+    tls_cert: Path | None = None  # with tls_key: the listener speaks TLS only (devices use mqtts://)
+    tls_key: Path | None = None
 
 
 def _cloud_lines(cloud_hashes: Mapping[str, str], workers: Mapping[str, CloudClient]) -> tuple[list[str], list[str]]:
@@ -261,6 +263,9 @@ def _conf_lines(paths: dict[str, Path], listener: Listener) -> list[str]:
         "# acknowledges after its commit, a batch at a time, so 20 in flight capped its rate (bench_ingest).",
         f"max_inflight_messages {MAX_INFLIGHT}",
         f"listener {listener.port}{address}",
+        *([f"certfile {Path(listener.tls_cert).resolve()}", f"keyfile {Path(listener.tls_key).resolve()}",
+           "# the oldest TLS version accepted (Mosquitto 2.x: a minimum)", "tls_version tlsv1.2"]
+          if listener.tls_cert is not None and listener.tls_key is not None else []),
         "# A client's id is its username: no credentials can take over another client's session (another",
         "# device's queued commands, the ingest's). Repeat this line after every listener you add.",
         "use_username_as_clientid true",

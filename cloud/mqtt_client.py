@@ -8,24 +8,30 @@ passes both): the brokers refuse or replace any other, so two connections must n
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 
 from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.tls import client_context
 
 
 def broker_address(mqtt_url: str) -> tuple[str, int]:
+    """mqtt://host[:1883] or mqtts://host[:8883] (TLS) -> (host, port)."""
     url = urlparse(mqtt_url)
-    if url.scheme not in ("mqtt", "tcp") or not url.hostname:
-        raise EdgefleetError(f"MQTT URL {mqtt_url!r}: expected mqtt://host:port")
-    return url.hostname, url.port or 1883
+    if url.scheme not in ("mqtt", "tcp", "mqtts") or not url.hostname:
+        raise EdgefleetError(f"MQTT URL {mqtt_url!r}: expected mqtt://host:port or mqtts://host:port")
+    return url.hostname, url.port or (8883 if url.scheme == "mqtts" else 1883)
 
 
 def new_client(client_id: str, username: str | None, password: str | None, *, clean_session: bool | None = None,
-               manual_ack: bool = False) -> mqtt.Client:
+               manual_ack: bool = False, mqtt_url: str = "", ca: Path | None = None) -> mqtt.Client:
+    """mqtt_url's scheme decides TLS: mqtts:// verifies the broker against the system's CA store or `ca`."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session,
                          protocol=mqtt.MQTTv311, manual_ack=manual_ack)
+    if urlparse(mqtt_url).scheme == "mqtts":
+        client.tls_set_context(client_context(ca))
     if username:
         client.username_pw_set(username, password)
     client.reconnect_delay_set(0.5, 30)

@@ -111,7 +111,7 @@ class RolloutEngine:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._started_at = 0.0
-        self._client = new_client(client_id, username, password)
+        self._client = new_client(client_id, username, password, mqtt_url=mqtt_url, ca=settings.mqtt_ca)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
 

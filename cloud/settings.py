@@ -42,6 +42,8 @@ class CloudSettings(BaseSettings):
     # mosquitto-config` printed it): each cloud client logs in as its own user (edgefleet-ingest,
     # edgefleet-rollouts) with a password derived from it. None: the clients connect without credentials.
     mqtt_password: str | None = Field(default=None, repr=False)
+    # For an mqtts:// broker whose certificate a private CA signed: its PEM bundle (None: the system's store).
+    mqtt_ca: Path | None = None
     # Retired: one username for all the cloud's clients let any of them be impersonated. Setting it is an error.
     mqtt_username: str | None = None
     # Public keys (.pub files or directories of them) the registry accepts bundles from.
@@ -144,6 +146,19 @@ class CloudSettings(BaseSettings):
         if not self.db_url:
             self.db_url = f"sqlite:///{(self.data_dir / 'edgefleet.db').resolve()}"
         return self
+
+    @field_validator("mqtt_ca")
+    @classmethod
+    def _loadable_ca(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            from edgefleet.core.errors import EdgefleetError
+            from edgefleet.core.tls import client_context
+
+            try:
+                client_context(value)
+            except EdgefleetError as err:
+                raise ValueError(str(err)) from err
+        return value
 
     @model_validator(mode="after")
     def _tls_pair(self) -> CloudSettings:

@@ -101,7 +101,7 @@ class DeviceAgent:
             self.transport = MqttTransport(
                 config.mqtt.url, fleet=config.fleet, device=config.device, outbox=self.outbox,
                 username=config.mqtt.username, password=config.mqtt.password, birth=self._birth,
-                on_command=self._on_command, failover=config.mqtt.failover,
+                on_command=self._on_command, failover=config.mqtt.failover, ca=config.mqtt.ca,
             )
         self.updater = Updater(self.store, self.host, trust=trust, workdir=config.data_dir / "incoming",
                                report=self._report_status, fleet=config.fleet, device=config.device,
@@ -330,7 +330,8 @@ class DeviceAgent:
         return {
             "device": self.config.device, "fleet": self.config.fleet,
             "mqtt": None if self.transport is None else {"connected": self.transport.connected,
-                                                          "outbox_pending": len(self.outbox)},
+                                                          "outbox_pending": len(self.outbox),
+                                                          "last_error": self.transport.last_error},
             "capture": None if self.capturer is None else {**self.capturer.describe(self.host.current.bundle),
                                                            "uploaded": self.uplink.uploaded,
                                                            "last_error": self.uplink.last_error},

@@ -13,8 +13,9 @@
     threads = 1                              # of its CPU artifacts (edge_runtime/backends, default_backends)
 
     [mqtt]                                     # optional: no section, no reporting
-    url = "mqtt://cloud.example:1883"
+    url = "mqtt://cloud.example:1883"           # or mqtts://cloud.example:8883 (TLS)
     failover = ["mqtt://cloud-b.example:1883"]  # optional: other nodes of a clustered broker, tried in turn
+    ca = "/etc/edgefleet/ca.pem"                # optional: trust this CA for mqtts:// (a private CA)
     username = "pi-07"
     password = "..."
 
@@ -58,6 +59,7 @@ class MqttConfig:
     username: str | None = None
     password: str | None = None
     failover: tuple[str, ...] = ()  # further broker URLs: a failed connect moves to the next (edge_runtime/mqtt.py)
+    ca: Path | None = None  # PEM bundle trusted for mqtts:// (a private CA); None: the system's CA store
 
 
 @dataclass(frozen=True)
@@ -134,12 +136,12 @@ class DeviceConfig:
             trusted_keys=tuple(_path(base, k) for k in keys),
             data_dir=_path(base, device.get("data_dir", f"edgefleet-device-{device_id}")),
             backends=_backends(model.get("backends", [])), threads=model.get("threads"),
-            mqtt=MqttConfig(mqtt["url"], mqtt.get("username"), mqtt.get("password"), _failover(mqtt))
-            if mqtt.get("url") else None,
+            mqtt=MqttConfig(mqtt["url"], mqtt.get("username"), mqtt.get("password"), _failover(mqtt),
+                            _ca(mqtt, "mqtt", base)) if mqtt.get("url") else None,
             window_seconds=window, outbox_max_bytes=int(telemetry.get("outbox_max_bytes", 16 * 2**20)),
             http_host=str(http.get("host", "127.0.0.1")), http_port=int(http.get("port", 8000)),
             max_body_bytes=int(http.get("max_body_bytes", 2**20)), slice=default_slice,
-            cloud=_cloud(cloud, mqtt),
+            cloud=_cloud(cloud, mqtt, base),
         )
 
 
@@ -147,17 +149,35 @@ def _failover(mqtt: dict) -> tuple[str, ...]:
     urls = mqtt.get("failover", [])
     if not isinstance(urls, list) or not all(isinstance(u, str) and u for u in urls):
         raise EdgefleetError(f"device config: mqtt.failover must be a list of mqtt:// URLs, got {urls!r}")
-    from edgefleet.edge_runtime.mqtt import TransportError, parse_url
+    from edgefleet.edge_runtime.mqtt import TransportError, parse_url, uses_tls
 
     for url in urls:
         try:
             parse_url(url)
         except TransportError as err:
             raise EdgefleetError(f"device config: mqtt.failover: {err}") from err
+        if uses_tls(url) != uses_tls(str(mqtt.get("url", ""))):
+            raise EdgefleetError(f"device config: mqtt.failover: {url!r} and mqtt.url {mqtt.get('url')!r} mix "
+                                 f"mqtt:// and mqtts://; use one scheme")
     return tuple(urls)
 
 
-def _cloud(cloud: dict, mqtt: dict) -> CloudConfig | None:
+def _ca(section: dict, name: str, base: Path) -> Path | None:
+    """The section's `ca`: a PEM file that must load as trusted certificates, or None."""
+    ca = section.get("ca")
+    if ca is None:
+        return None
+    if not isinstance(ca, str) or not ca:
+        raise EdgefleetError(f"device config: {name}.ca must be the path of a PEM file, got {ca!r}")
+    path = _path(base, ca)
+    try:
+        client_context(path)
+    except EdgefleetError as err:
+        raise EdgefleetError(f"device config: {name}.ca: {err}") from err
+    return path
+
+
+def _cloud(cloud: dict, mqtt: dict, base: Path) -> CloudConfig | None:
     if not cloud.get("url"):
         return None
     numbers = {}
@@ -166,18 +186,9 @@ def _cloud(cloud: dict, mqtt: dict) -> CloudConfig | None:
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 2**40:
             raise EdgefleetError(f"device config: cloud.{name} must be a positive number, got {value!r}")
         numbers[name] = value
-    ca = cloud.get("ca")
-    if ca is not None:
-        if not isinstance(ca, str) or not ca:
-            raise EdgefleetError(f"device config: cloud.ca must be the path of a PEM file, got {ca!r}")
-        try:
-            client_context(Path(ca))
-        except EdgefleetError as err:
-            raise EdgefleetError(f"device config: cloud.ca: {err}") from err
     return CloudConfig(str(cloud["url"]), cloud.get("username", mqtt.get("username")),
                        cloud.get("password", mqtt.get("password")), float(numbers["poll_seconds"]),
-                       float(numbers["upload_seconds"]), int(numbers["max_capture_bytes"]),
-                       Path(ca) if ca is not None else None)
+                       float(numbers["upload_seconds"]), int(numbers["max_capture_bytes"]), _ca(cloud, "cloud", base))
 
 
 def _backends(value: object) -> tuple[str, ...]:

@@ -31,9 +31,12 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
@@ -41,11 +44,13 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.presence import death_payload, stamped
+from edgefleet.core.tls import client_context
 from edgefleet.core.topics import check_id, topic
 from edgefleet.edge_runtime.outbox import Outbox
 
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 1883
+TLS_PORT = 8883  # mqtts://
 KEEPALIVE_SECONDS = 30
 POLL_SECONDS = 0.5  # the sender looks at the outbox at least this often, even without wake()
 AUTH_REASONS = ("Not authorized", "Bad user name or password")
@@ -56,13 +61,14 @@ class TransportError(EdgefleetError):
 
 
 def parse_url(url: str) -> tuple[str, int]:
-    """`mqtt://host[:port]` -> (host, port); anything else raises TransportError saying why."""
+    """`mqtt://host[:port]` (default 1883) or `mqtts://host[:port]` (TLS, default 8883) -> (host, port);
+    anything else raises TransportError saying why."""
     if not isinstance(url, str) or not url:
         raise TransportError(f"MQTT URL must be a string like mqtt://host:1883, got {url!r}")
     parts = urlsplit(url)
-    if parts.scheme != "mqtt":
-        raise TransportError(f"MQTT URL {url!r}: the scheme must be mqtt:// (got {parts.scheme or 'none'!r}; "
-                             f"TLS and websockets are not supported)")
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise TransportError(f"MQTT URL {url!r}: the scheme must be mqtt:// or mqtts:// (got "
+                             f"{parts.scheme or 'none'!r}; websockets are not supported)")
     if "@" in parts.netloc:
         raise TransportError(f"MQTT URL {url!r}: pass credentials as username=/password=, not in the URL")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
@@ -75,15 +81,26 @@ def parse_url(url: str) -> tuple[str, int]:
         raise TransportError(f"MQTT URL {url!r} names no host")
     if port == 0:
         raise TransportError(f"MQTT URL {url!r}: the port must be a number from 1 to 65535")
-    return parts.hostname, port or DEFAULT_PORT
+    return parts.hostname, port or (TLS_PORT if parts.scheme == "mqtts" else DEFAULT_PORT)
+
+
+def uses_tls(url: str) -> bool:
+    """Whether an MQTT URL (checked by parse_url) asks for TLS."""
+    return urlsplit(url).scheme == "mqtts"
 
 
 class MqttTransport:
     def __init__(self, url: str, *, fleet: str, device: str, outbox: Outbox, username: str | None = None,
                  password: str | None = None, birth: Callable[[], bytes] | None = None,
                  on_command: Callable[[bytes], None] | None = None, max_inflight: int = 20,
-                 reconnect_min: float = 0.5, reconnect_max: float = 30.0, failover: Sequence[str] = ()) -> None:
+                 reconnect_min: float = 0.5, reconnect_max: float = 30.0, failover: Sequence[str] = (),
+                 ca: Path | None = None) -> None:
         self.brokers = [parse_url(u) for u in (url, *failover)]  # tried in turn, each after a failed connect
+        schemes = {uses_tls(u) for u in (url, *failover)}
+        if len(schemes) > 1:  # one paho client keeps its TLS setting for every broker it fails over to
+            raise TransportError(f"MQTT URLs {[url, *failover]}: mix mqtt:// and mqtts://; use one scheme")
+        # mqtts://: verified against the system's CA store or `ca` (a private CA), hostname checked
+        self.tls = client_context(ca) if schemes == {True} else None
         self._broker = 0
         self.host, self.port = self.brokers[0]
         if max_inflight < 1:
@@ -136,6 +153,8 @@ class MqttTransport:
         client.on_log = lambda client, userdata, level, message: paho_log.debug(message)
         if self.username is not None:
             client.username_pw_set(self.username, self.password)
+        if self.tls is not None:
+            client.tls_set_context(self.tls)
         client.will_set(self.topic("presence"), self._death(self._stamp), qos=1, retain=True)
         client.reconnect_delay_set(self.reconnect_min, self.reconnect_max)  # type: ignore[arg-type]
         client.max_inflight_messages_set(0)  # the sender bounds the window; paho must not queue behind it
@@ -223,9 +242,22 @@ class MqttTransport:
         self._events.put(("up", link, flags.session_present))
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
-        self._set_error(f"cannot reach the broker at {self.host}:{self.port}; retrying"
-                        + (" on the next node" if len(self.brokers) > 1 else ""))
+        cause = self._tls_failure() if self.tls is not None else None  # paho does not say why a connect failed
+        self._set_error(f"cannot reach the broker at {self.host}:{self.port}{f' ({cause})' if cause else ''}; "
+                        f"retrying" + (" on the next node" if len(self.brokers) > 1 else ""))
         self._next_broker(client)
+
+    def _tls_failure(self) -> str | None:
+        """Why a TLS handshake with the current broker fails (an untrusted certificate, a wrong host name), by
+        trying one; None when it succeeds or the broker cannot be reached at all."""
+        try:
+            with socket.create_connection((self.host, self.port), timeout=5) as raw, \
+                    self.tls.wrap_socket(raw, server_hostname=self.host):  # type: ignore[union-attr]
+                return None
+        except ssl.SSLError as err:
+            return f"TLS: {err.reason or err}: {getattr(err, 'verify_message', '') or err}"
+        except OSError:
+            return None
 
     def _next_broker(self, client: mqtt.Client) -> None:
         """Failover: the next attempt goes to the next URL of the list (round robin). A lost connection first
@@ -247,6 +279,10 @@ class MqttTransport:
             client.will_set(self.topic("presence"), self._death(self._stamp), qos=1, retain=True)
         if was_up and not self._stopping:
             self._set_error(f"lost the connection to {self.host}:{self.port}: {reason_code}; reconnecting")
+        elif not self._stopping and not (self.last_error or "").startswith(f"broker {self.host}:{self.port} refused"):
+            hint = "" if self.tls is not None else " (a TLS-only port needs mqtts://)"
+            self._set_error(f"broker {self.host}:{self.port} closed the connection before accepting it: "
+                            f"{reason_code}{hint}; retrying")
 
     def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason_code: mqtt.ReasonCode,
                     properties: object) -> None:

@@ -68,7 +68,9 @@ def test_enrollment_and_captured_samples_go_over_https(tls_files, mosquitto, dig
                              "--bundle", str(digits_bundle.root), "--trusted-key", str(digits_bundle.public_key),
                              "--out", str(out), "--port", str(free_port()), "--ca", str(cert))
         assert enrolled.returncode == 0, enrolled.stderr
-        assert tomllib.loads(out.read_text())["cloud"] == {"url": cloud.url, "ca": str(cert.resolve())}
+        written = tomllib.loads(out.read_text())
+        ca = str(cert.resolve())
+        assert written["cloud"] == {"url": cloud.url, "ca": ca} and written["mqtt"]["ca"] == ca
         trusting = fast_uploads(DeviceConfig.load(out))
         untrusting = dataclasses.replace(trusting, device="pi-2", http_port=free_port(), data_dir=tmp_path / "pi-2",
                                          cloud=dataclasses.replace(trusting.cloud, ca=None))

@@ -135,7 +135,7 @@ def test_commands_reach_on_command_off_the_network_thread(mosquitto, tmp_path: P
 
 @pytest.mark.parametrize(("url", "message"), [
     ("http://127.0.0.1:1883", "scheme must be mqtt://"),
-    ("mqtts://127.0.0.1:8883", "scheme must be mqtt://"),
+    ("ws://127.0.0.1:8080", "scheme must be mqtt:// or mqtts://"),
     ("127.0.0.1:1883", "scheme must be mqtt://"),
     ("mqtt://", "names no host"),
     ("mqtt://127.0.0.1:port", "port must be a number"),
@@ -155,6 +155,7 @@ def test_malformed_urls_are_refused_with_the_reason(url: str, message: str, tmp_
 def test_url_defaults_to_port_1883():
     assert parse_url("mqtt://127.0.0.1") == ("127.0.0.1", 1883)
     assert parse_url("mqtt://127.0.0.1:18830/") == ("127.0.0.1", 18830)
+    assert parse_url("mqtts://127.0.0.1") == ("127.0.0.1", 8883)  # TLS: tests/cloud/test_mqtt_tls.py
 
 
 def test_refused_credentials_are_visible_and_nothing_leaves_the_outbox(mosquitto_factory, tmp_path: Path, caplog):

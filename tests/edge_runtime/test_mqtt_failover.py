@@ -23,8 +23,11 @@ BASE = {"device": {"id": "pi-1", "fleet": "lab"}, "model": {"bundle": "b.tar.gz"
 
 def test_device_toml_takes_a_failover_list_and_names_a_bad_url():
     assert DeviceConfig.from_dict(BASE).mqtt.failover == ("mqtt://b.example:1883", "mqtt://c.example")
-    bad = {**BASE, "mqtt": {**BASE["mqtt"], "failover": ["mqtts://b.example"]}}
-    with pytest.raises(EdgefleetError, match=r"mqtt\.failover: MQTT URL 'mqtts://b.example': the scheme"):
+    mixed = {**BASE, "mqtt": {**BASE["mqtt"], "failover": ["mqtts://b.example"]}}
+    with pytest.raises(EdgefleetError, match=r"mqtt\.failover: .*mix mqtt:// and mqtts://"):
+        DeviceConfig.from_dict(mixed)
+    bad = {**BASE, "mqtt": {**BASE["mqtt"], "failover": ["ws://b.example"]}}
+    with pytest.raises(EdgefleetError, match=r"mqtt\.failover: MQTT URL 'ws://b.example': the scheme"):
         DeviceConfig.from_dict(bad)
     with pytest.raises(EdgefleetError, match="mqtt.failover must be a list"):
         DeviceConfig.from_dict({**BASE, "mqtt": {**BASE["mqtt"], "failover": "mqtt://b.example"}})

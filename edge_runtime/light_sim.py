@@ -41,7 +41,7 @@ from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.ota import BundleRef, OtaError, Status, parse_command
 from edgefleet.core.telemetry import TelemetryWindow
 from edgefleet.core.topics import TopicError, check_id, parse, subscription, topic
-from edgefleet.edge_runtime.mqtt import parse_url
+from edgefleet.edge_runtime.mqtt import parse_url, uses_tls
 
 log = logging.getLogger(__name__)
 # Markers put into a recorded window where each message has its own value; each must occur once.
@@ -107,6 +107,9 @@ class LightFleet:
         if devices < 1 or connections < 1 or rate <= 0 or not windows:
             raise EdgefleetError("a light fleet needs devices >= 1, connections >= 1, rate > 0 and recorded windows")
         self.addresses = [parse_url(url) for url in mqtt_urls]
+        if any(uses_tls(url) for url in mqtt_urls):
+            raise EdgefleetError("the light simulator speaks plain MQTT only: give it mqtt:// URLs (a loopback "
+                                 "listener without TLS)")
         self.fleet = check_id(fleet, "fleet")
         self.run = run if run is not None else secrets.token_hex(2)
         self.ids = [f"{self.fleet}-{self.run}-{i:06d}" for i in range(devices)]

@@ -4,9 +4,10 @@ NATS 2.9's MQTT layer has no `$share` subscriptions, so on NATS the ingest scale
 sharing instead (`cloud up --role ingest --worker NAME --mqtt-url nats://host:4222[,nats://...]`):
 
 - a JetStream stream, `nats_config.INGEST_STREAM`, captures the subjects devices publish on over MQTT
-  (`edgefleet/v1/<fleet>/<device>/<kind>` arrives as `edgefleet.v1.<fleet>.<device>.<kind>`; QoS 0 and 1
-  alike), with work-queue retention (a message leaves the stream once acknowledged), on min(3, nodes)
-  replicas, file storage, no limit but the nodes' `max_file_store`;
+  (`edgefleet/v1/<fleet>/<device>/<kind>` arrives as `edgefleet.v1.<fleet>.<device>.<kind>`; QoS 1
+  publishes land there), with work-queue retention (a message leaves the stream once acknowledged), on
+  min(3, nodes) replicas (nodes: the cluster's client URLs the server announces), file storage, no limit
+  but the nodes' `max_file_store`. It captures from its creation on: start a worker before the devices;
 - one durable pull consumer, `nats_config.INGEST_CONSUMER`, that every worker pulls from: JetStream hands
   each message to one worker at a time (a work queue), explicit acks, `ack_wait` seconds (default 30)
   before a message no one acknowledged goes to whichever worker pulls next, never given up on;

@@ -14,7 +14,17 @@ JetStream directory, routes to every other node) and one `users.conf` they inclu
 - everyone may subscribe to `$MQTT.sub.>`: NATS delivers QoS 1 messages on those internal subjects and
   refuses a QoS 1 subscription without it; an MQTT client cannot subscribe there itself (NATS refuses
   `$MQTT/...` filters), and `allowed_connection_types: ["MQTT"]` keeps devices off the NATS protocol port;
+- the ingest user alone (`edgefleet-ingest`) may also use the NATS protocol, for the ingest workers
+  (cloud/ingest_nats.py, `cloud up --role ingest --mqtt-url nats://...`): beside its MQTT rights it may
+  publish to the JetStream API subjects that create and read the stream `INGEST_STREAM` (the device
+  subjects, `edgefleet.v1.*.*.<kind>`) and create, read and pull from its durable consumer
+  `INGEST_CONSUMER`, acknowledge that consumer's messages, and receive on `INGEST_INBOX.>`; it can delete
+  neither, touch no other stream, nor publish a device subject (tests/cloud/test_nats_ingest.py);
 - no anonymous user.
+
+Devices publish over MQTT as before; a device's `edgefleet/v1/<fleet>/<device>/<kind>` is the NATS subject
+`edgefleet.v1.<fleet>.<device>.<kind>`, and its QoS 1 publishes land in any stream capturing that
+subject (with an `Nmqtt-Pub` header), which is how the ingest workers share the stream on NATS.
 
 What NATS 2.9 does not support of the policy (tests/cloud/test_nats_cluster.py shows the rest):
 - passwords: NATS checks bcrypt (`$2a$/$2b$`) or plain text, not the PBKDF2 `$7$` hashes the cloud keeps
@@ -22,7 +32,9 @@ What NATS 2.9 does not support of the policy (tests/cloud/test_nats_cluster.py s
   (`bcrypt_hash`, at registration); a device given without one is refused here, by name;
 - client id = username: NATS does not bind them, so credentials can take over another client's session;
 - ids with '.': a '.' separates NATS subject tokens, so a fleet or device id containing one is refused;
-- `$share/...` shared subscriptions: NATS 2.9's MQTT layer has none (its native queue groups are NATS-only).
+- `$share/...` shared subscriptions: NATS 2.9's MQTT layer has none, so the ingest scales out on
+  NATS's own work sharing instead (one durable JetStream pull consumer, above); the MQTT ingest on
+  NATS (`--mqtt-url mqtt://node:port`) still runs as one worker.
 """
 
 from __future__ import annotations

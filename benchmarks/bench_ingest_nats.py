@@ -1,7 +1,7 @@
 """Ingest throughput on a 3-node NATS cluster: devices publish over MQTT, 1 and then 2 `cloud up --role ingest`
 workers pull from the one JetStream consumer they share (cloud/ingest_nats.py) into PostgreSQL.
 
-    python benchmarks/bench_ingest_nats.py --workers 1,2 [--devices 20000] [--out runs/ingest-nats.json]
+    python benchmarks/bench_ingest_nats.py --workers 1,2 [--devices 20000] [--prefill] [--out runs/ingest-nats.json]
 
 The same stream as bench_ingest.py --workers (one realistic window per device, QoS 1, pre-encoded MQTT
 packets from --publishers processes, here logged in as a simulator user and spread over nodes 1 and 2),
@@ -9,7 +9,8 @@ each worker count on a fresh cluster (tests/nats.py, loopback ports) and a fresh
 PostgreSQL; worker N connects to node N mod 3. It measures from the first publish until the last row is
 committed, checks that every window is stored exactly once, and prints JSON with each rate, the ratio to
 the first, and the CPU microseconds per message of the workers, the three nats-server processes and
-PostgreSQL. Publishers, servers and workers share this machine's cores.
+PostgreSQL. Publishers, servers and workers share this machine's cores. --prefill publishes the whole
+stream into JetStream before the workers start and times their drain alone, from the first row stored.
 """
 
 from __future__ import annotations
@@ -79,22 +80,67 @@ def publish(port: int, devices: list[str], ready: multiprocessing.Event, go: mul
         sock.sendall(b"\xe0\x00")
 
 
-def waiting_pulls(port: int, secret: str) -> int:
-    """Pull requests waiting on the shared consumer: one per idle worker (0 until a worker made it)."""
+def ingest_js(port: int, secret: str, ask):  # noqa: ANN001, ANN201
+    """`ask(js)` on a JetStream context of the ingest user (as an operator's `nats` CLI would)."""
     import nats
 
-    async def ask() -> int:
+    async def call():  # noqa: ANN202
         connection = await nats.connect(f"nats://127.0.0.1:{port}", user=INGEST.username,
                                         password=cloud_password(secret, INGEST), inbox_prefix=INGEST_INBOX,
                                         allow_reconnect=False)
         try:
-            return (await connection.jetstream(timeout=2).consumer_info(INGEST_STREAM, INGEST_CONSUMER)).num_waiting
-        except Exception:  # noqa: BLE001 - no stream or consumer yet
-            return 0
+            return await ask(connection.jetstream(timeout=5))
         finally:
             await connection.close()
 
-    return asyncio.run(ask())
+    return asyncio.run(call())
+
+
+def waiting_pulls(port: int, secret: str) -> int:
+    """Pull requests waiting on the shared consumer: one per idle worker (0 until a worker made it)."""
+    async def ask(js) -> int:  # noqa: ANN001
+        try:
+            return (await js.consumer_info(INGEST_STREAM, INGEST_CONSUMER)).num_waiting
+        except Exception:  # noqa: BLE001 - no stream or consumer yet
+            return 0
+
+    return ingest_js(port, secret, ask)
+
+
+def make_stream(port: int, secret: str) -> None:
+    """--prefill: the stream and the consumer as the first worker makes them (cloud/ingest_nats.py)."""
+    from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+
+    from edgefleet.cloud.ingest_nats import MAX_ACK_PENDING
+    from edgefleet.cloud.nats_config import ingest_subjects
+
+    async def ask(js) -> None:  # noqa: ANN001
+        await js.add_stream(StreamConfig(name=INGEST_STREAM, subjects=ingest_subjects(), num_replicas=3,
+                                         retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE))
+        await js.add_consumer(INGEST_STREAM, ConsumerConfig(durable_name=INGEST_CONSUMER, ack_policy=AckPolicy.EXPLICIT,
+                                                            ack_wait=30, max_deliver=-1,
+                                                            max_ack_pending=MAX_ACK_PENDING))
+
+    ingest_js(port, secret, ask)
+
+
+def stream_messages(port: int, secret: str) -> int:
+    async def ask(js) -> int:  # noqa: ANN001
+        return (await js.stream_info(INGEST_STREAM)).state.messages
+
+    return ingest_js(port, secret, ask)
+
+
+def publishers_for(cluster: NatsCluster, ids: list[str], count: int, go: multiprocessing.Event) -> list:
+    processes = []
+    for index in range(count):
+        ready = multiprocessing.Event()
+        port = cluster.nodes[1 + index % 2].mqtt_port
+        process = multiprocessing.Process(target=publish, args=(port, ids[index::count], ready, go))
+        process.start()
+        ready.wait(60)
+        processes.append(process)
+    return processes
 
 
 def run(work: Path, postgres: PostgresServer, database: str, ids: list[str], workers: int,
@@ -113,9 +159,25 @@ def run(work: Path, postgres: PostgresServer, database: str, ids: list[str], wor
     cluster.configure([], {n: bcrypt_hash(cloud_password(secret, n), rounds=4) for n in CLOUD_CLIENTS},
                       sim_users=[(SIM_USER, FLEET, bcrypt_hash(SIM_PASSWORD, rounds=4))])
     cluster.start()
+    port0 = cluster.nodes[0].client_port
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")} | {"EDGEFLEET_MQTT_PASSWORD": secret}
-    processes = []
+    processes: list[subprocess.Popen] = []
+    parts = {"ingest": lambda: [p.pid for p in processes],
+             "nats_servers": lambda: [p.pid for p in cluster.processes.values()],
+             "postgres": lambda: _family(postgres.pid)}
     try:
+        published = None
+        if args.prefill:  # the whole stream in JetStream first: the workers' drain alone is timed
+            make_stream(port0, secret)
+            go = multiprocessing.Event()
+            publishers = publishers_for(cluster, ids, args.publishers, go)
+            started = time.perf_counter()
+            go.set()
+            for process in publishers:
+                process.join(args.timeout)
+            while stream_messages(port0, secret) < len(ids):
+                time.sleep(0.2)
+            published = time.perf_counter() - started
         for n in range(workers):
             log = (work / f"worker-{n}.log").open("w")
             node = cluster.nodes[n % 3]
@@ -124,25 +186,24 @@ def run(work: Path, postgres: PostgresServer, database: str, ids: list[str], wor
                  "--db", url, "--mqtt-url", f"nats://127.0.0.1:{node.client_port}", "--data", str(work / "data"),
                  "--log-level", "warning"], stdout=log, stderr=log, env=env, start_new_session=True))
         deadline = time.monotonic() + 90
-        while waiting_pulls(cluster.nodes[0].client_port, secret) < workers:
-            if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
-                raise SystemExit(f"the ingest workers did not start pulling: see {work}/worker-*.log")
-            time.sleep(0.2)
-        parts = {"ingest": lambda: [p.pid for p in processes],
-                 "nats_servers": lambda: [p.pid for p in cluster.processes.values()],
-                 "postgres": lambda: _family(postgres.pid)}
-        before = {name: _cpu_seconds(pids()) for name, pids in parts.items()}
-        go, publishers = multiprocessing.Event(), []
-        for index in range(args.publishers):
-            ready = multiprocessing.Event()
-            port = cluster.nodes[1 + index % 2].mqtt_port
-            process = multiprocessing.Process(target=publish, args=(port, ids[index::args.publishers], ready, go))
-            process.start()
-            ready.wait(60)
-            publishers.append(process)
-        started = time.perf_counter()
-        go.set()
-        stored, published, deadline = 0, None, time.monotonic() + args.timeout
+        if not args.prefill:
+            while waiting_pulls(port0, secret) < workers:
+                if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+                    raise SystemExit(f"the ingest workers did not start pulling: see {work}/worker-*.log")
+                time.sleep(0.2)
+            go = multiprocessing.Event()
+            publishers = publishers_for(cluster, ids, args.publishers, go)
+            before = {name: _cpu_seconds(pids()) for name, pids in parts.items()}
+            started, first = time.perf_counter(), 0
+            go.set()
+        else:  # timed from the first row seen: the workers' start-up (imports, connect) left out
+            while (first := count_rows(sessions)) == 0:
+                if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+                    raise SystemExit(f"the ingest workers stored nothing: see {work}/worker-*.log")
+                time.sleep(0.02)
+            before = {name: _cpu_seconds(pids()) for name, pids in parts.items()}
+            started, publishers = time.perf_counter(), []
+        stored, deadline = first, time.monotonic() + args.timeout
         while stored < len(ids) and time.monotonic() < deadline:
             time.sleep(0.1)
             stored = count_rows(sessions)
@@ -151,7 +212,8 @@ def run(work: Path, postgres: PostgresServer, database: str, ids: list[str], wor
         elapsed = time.perf_counter() - started
         for process in publishers:
             process.join(60)
-        cpu = {name: (_cpu_seconds(pids()) - before[name]) / max(stored, 1) * 1e6 for name, pids in parts.items()}
+        timed = max(stored - first, 1)
+        cpu = {name: (_cpu_seconds(pids()) - before[name]) / timed * 1e6 for name, pids in parts.items()}
         with sessions() as session:
             distinct = session.scalar(select(func.count()).select_from(
                 select(TelemetryRecord.device_id, TelemetryRecord.seq).distinct().subquery()))
@@ -168,8 +230,9 @@ def run(work: Path, postgres: PostgresServer, database: str, ids: list[str], wor
         cluster.stop()
         engine.dispose()
     return {"workers": workers, "sent": len(ids), "stored": stored, "stored_once": distinct == stored,
-            "lost": len(ids) - stored, "seconds": elapsed, "publishers_done_seconds": published,
-            "messages_per_second": stored / elapsed,
+            "lost": len(ids) - stored, "timed_messages": stored - first, "seconds": elapsed,
+            ("prefill_seconds" if args.prefill else "publishers_done_seconds"): published,
+            "messages_per_second": (stored - first) / elapsed,
             "cpu_us_per_message": {name: round(value, 1) for name, value in cpu.items()}}
 
 
@@ -179,6 +242,8 @@ def main() -> None:
     parser.add_argument("--publishers", type=int, default=2)
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--prefill", action="store_true",
+                        help="publish the whole stream before the workers start; time their drain alone")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     ids = [f"dev-{i:06d}" for i in range(args.devices)]
@@ -196,7 +261,7 @@ def main() -> None:
     emit({"benchmark": "ingest_nats_workers",
           "path": "publishers -> NATS MQTT (QoS 1, 3 nodes) -> JetStream stream (work queue, R3) -> one durable pull "
                   "consumer -> `cloud up --role ingest` processes (ack after commit) -> PostgreSQL",
-          "devices": args.devices, "publishers": args.publishers, "runs": runs}, args.out)
+          "devices": args.devices, "publishers": args.publishers, "prefill": args.prefill, "runs": runs}, args.out)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,9 @@ def up(
     db: DbOption = None,
     mqtt_url: Annotated[str | None, typer.Option("--mqtt-url", help="External broker, mqtt://host:port or "
                                                                      "mqtts://host:port (TLS; default: run the "
-                                                                     "embedded broker)")] = None,
+                                                                     "embedded broker); with --role ingest also "
+                                                                     "nats://host:4222[,...]: a NATS cluster read "
+                                                                     "from JetStream")] = None,
     data: DataOption = None,
     port: Annotated[int | None, typer.Option(help="HTTP port (default 8080; 0 picks a free one)")] = None,
     host: Annotated[str | None, typer.Option(help="HTTP address to listen on (default 127.0.0.1)")] = None,

@@ -7,7 +7,8 @@ and with which credentials: the ingest and the rollout engine each log in as the
 (`mqtt_auth.INGEST`, `mqtt_auth.ROLLOUTS`, username = client id), with the password derived from the cloud
 secret: the one the embedded broker made at start, or `settings.mqtt_password` for an external broker
 (Mosquitto; no secret: no credentials). An ingest worker (role `ingest`) logs in as
-`edgefleet-ingest-<worker>` and subscribes through the shared subscription group `roles.SHARE_GROUP`.
+`edgefleet-ingest-<worker>` and subscribes through the shared subscription group `roles.SHARE_GROUP`; with
+a `nats://` URL it pulls from the JetStream consumer the workers share instead (cloud/ingest_nats.py).
 Monitor and rollout workers share their work through leases in the database (cloud/leases.py): device
 shards and the fleet scopes, webhook delivery and retention for monitors, one deployment at a time for
 rollout engines; on SQLite the one process holds them all.
@@ -101,7 +102,15 @@ def _rollouts_clients(role: str, worker: str | None) -> tuple[tuple[CloudClient,
 
 def _ingest(settings: CloudSettings, sessions: sessionmaker, url: str, secret: str | None) -> Ingest:
     """The ingest of role `all` (its own persistent session, the whole stream), or an ingest worker: its
-    session named after the worker, its share of the stream from the broker's shared subscription."""
+    session named after the worker, its share of the stream from the broker's shared subscription; on a
+    NATS URL, a worker pulling from the JetStream consumer all workers share (cloud/ingest_nats.py)."""
+    if url.startswith("nats://"):
+        from edgefleet.cloud.ingest_nats import NatsIngest
+
+        username, password = cloud_credentials(secret, INGEST)  # nats_config lets this one user off MQTT
+        return NatsIngest(sessions, url, username=username, password=password,
+                          worker=ingest_worker(settings.worker or "all").username,
+                          max_bytes=settings.telemetry_max_bytes)
     client = INGEST if settings.worker is None else ingest_worker(settings.worker)
     username, password = cloud_credentials(secret, client)
     group = SHARE_GROUP if settings.role == "ingest" else None

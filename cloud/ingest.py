@@ -92,7 +92,6 @@ class Ingest:
         share_group: str | None = None,
         ca: Path | None = None,  # for mqtts://: a private CA's PEM (None: the system's store)
     ) -> None:
-        self.host, self.port = broker_address(mqtt_url)
         self.sessions = sessions
         self.max_bytes = max_bytes
         self.batch_size = batch_size
@@ -109,12 +108,20 @@ class Ingest:
         self._writer: threading.Thread | None = None
         self.connected = threading.Event()
         self.counts: Counter[str] = Counter()  # this process's tallies; the table holds the totals
-        self._client = new_client(client_id, username, password, clean_session=False, manual_ack=True,
-                                  mqtt_url=mqtt_url, ca=ca)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_message = self._on_message
-        self._client.on_unsubscribe = lambda *_args: self._left.set()
+        self._client = self._new_client(mqtt_url, client_id, username, password, ca)
+
+    def _new_client(self, mqtt_url: str, client_id: str, username: str | None, password: str | None,  # noqa: ANN202
+                    ca: Path | None):
+        """The connection messages come from; `_handle` calls its `ack(mid, qos)` after the commit (paho
+        here; cloud/ingest_nats.py's source overrides this and start/stop)."""
+        self.host, self.port = broker_address(mqtt_url)
+        client = new_client(client_id, username, password, clean_session=False, manual_ack=True,
+                            mqtt_url=mqtt_url, ca=ca)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_unsubscribe = lambda *_args: self._left.set()
+        return client
 
     # network thread: enqueue only ----------------------------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # noqa: ANN001 - paho

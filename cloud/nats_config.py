@@ -14,7 +14,17 @@ JetStream directory, routes to every other node) and one `users.conf` they inclu
 - everyone may subscribe to `$MQTT.sub.>`: NATS delivers QoS 1 messages on those internal subjects and
   refuses a QoS 1 subscription without it; an MQTT client cannot subscribe there itself (NATS refuses
   `$MQTT/...` filters), and `allowed_connection_types: ["MQTT"]` keeps devices off the NATS protocol port;
+- the ingest user alone (`edgefleet-ingest`) may also use the NATS protocol, for the ingest workers
+  (cloud/ingest_nats.py, `cloud up --role ingest --mqtt-url nats://...`): beside its MQTT rights it may
+  publish to the JetStream API subjects that create and read the stream `INGEST_STREAM` (the device
+  subjects, `edgefleet.v1.*.*.<kind>`) and create, read and pull from its durable consumer
+  `INGEST_CONSUMER`, acknowledge that consumer's messages, and receive on `INGEST_INBOX.>`; it can delete
+  neither, touch no other stream, nor publish a device subject (tests/cloud/test_nats_ingest.py);
 - no anonymous user.
+
+Devices publish over MQTT as before; a device's `edgefleet/v1/<fleet>/<device>/<kind>` is the NATS subject
+`edgefleet.v1.<fleet>.<device>.<kind>`, and its QoS 1 publishes land in any stream capturing that
+subject (with an `Nmqtt-Pub` header), which is how the ingest workers share the stream on NATS.
 
 What NATS 2.9 does not support of the policy (tests/cloud/test_nats_cluster.py shows the rest):
 - passwords: NATS checks bcrypt (`$2a$/$2b$`) or plain text, not the PBKDF2 `$7$` hashes the cloud keeps
@@ -22,7 +32,9 @@ What NATS 2.9 does not support of the policy (tests/cloud/test_nats_cluster.py s
   (`bcrypt_hash`, at registration); a device given without one is refused here, by name;
 - client id = username: NATS does not bind them, so credentials can take over another client's session;
 - ids with '.': a '.' separates NATS subject tokens, so a fleet or device id containing one is refused;
-- `$share/...` shared subscriptions: NATS 2.9's MQTT layer has none (its native queue groups are NATS-only).
+- `$share/...` shared subscriptions: NATS 2.9's MQTT layer has none, so the ingest scales out on
+  NATS's own work sharing instead (one durable JetStream pull consumer, above); the MQTT ingest on
+  NATS (`--mqtt-url mqtt://node:port`) still runs as one worker.
 """
 
 from __future__ import annotations
@@ -33,13 +45,35 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefleet.cloud.mqtt_auth import CLOUD_CLIENTS, MqttAuthError, _write_private, is_reserved_id
+from edgefleet.cloud.mqtt_auth import CLOUD_CLIENTS, INGEST, MqttAuthError, _write_private, is_reserved_id
 from edgefleet.core.topics import CLOUD_KINDS, DEVICE_KINDS, TopicError, check_id, subscription, topic
 
 log = logging.getLogger(__name__)
 BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
 MQTT_DELIVERY = "$MQTT.sub.>"  # where NATS delivers QoS 1 messages to MQTT subscribers
 CLUSTER_NAME = "edgefleet"
+# The ingest's native source (cloud/ingest_nats.py): a JetStream stream capturing the device subjects, one
+# durable pull consumer every ingest worker shares, replies on the ingest's own inbox prefix.
+INGEST_STREAM = "EDGEFLEET_DEVICES"
+INGEST_CONSUMER = "edgefleet-ingest"
+INGEST_INBOX = "_INBOX_edgefleet_ingest"
+
+
+def ingest_subjects() -> list[str]:
+    """The subjects of the stream: every device kind of every fleet (the MQTT ingest's filters, mapped)."""
+    return [subject(f) for f in INGEST.reads]
+
+
+def ingest_native_rights() -> tuple[list[str], list[str]]:
+    """(publish, subscribe) the ingest needs on the NATS protocol: create and read its stream, create, read
+    and pull from its consumer, acknowledge its messages, receive replies on its inbox. Nothing else: it
+    can delete neither the stream nor the consumer, nor publish a device subject."""
+    api, stream, consumer = "$JS.API", INGEST_STREAM, INGEST_CONSUMER
+    publish = [f"{api}.INFO", f"{api}.STREAM.CREATE.{stream}", f"{api}.STREAM.INFO.{stream}",
+               f"{api}.CONSUMER.CREATE.{stream}.{consumer}", f"{api}.CONSUMER.CREATE.{stream}.{consumer}.>",
+               f"{api}.CONSUMER.DURABLE.CREATE.{stream}.{consumer}", f"{api}.CONSUMER.INFO.{stream}.{consumer}",
+               f"{api}.CONSUMER.MSG.NEXT.{stream}.{consumer}", f"$JS.ACK.{stream}.{consumer}.>"]
+    return publish, [f"{INGEST_INBOX}.>"]
 
 
 @dataclass(frozen=True)
@@ -72,14 +106,18 @@ def subject(mqtt_filter: str) -> str:
     return ".".join({"+": "*", "#": ">"}.get(level, level) for level in mqtt_filter.split("/"))
 
 
-def _user(name: str, hashed: str, publish: Iterable[str], subscribe: Iterable[str]) -> dict:
+def _user(name: str, hashed: str, publish: Iterable[str], subscribe: Iterable[str], native: bool = False) -> dict:
+    """An MQTT-only user; with `native`, the ingest: also on the NATS protocol, with its JetStream rights."""
     if not hashed.startswith(BCRYPT_PREFIXES):
         raise MqttAuthError(f"password hash of {name!r} is not bcrypt ($2a$/$2b$): NATS checks no other "
                             f"hash (the cloud's $7$ hashes cannot be converted); make one with bcrypt_hash")
-    publish = [subject(f) for f in publish]
-    return {"user": name, "password": hashed, "allowed_connection_types": ["MQTT"],
+    publish, subscribe = [subject(f) for f in publish], [*map(subject, subscribe), MQTT_DELIVERY]
+    if native:
+        extra_publish, extra_subscribe = ingest_native_rights()
+        publish, subscribe = publish + extra_publish, subscribe + extra_subscribe
+    return {"user": name, "password": hashed, "allowed_connection_types": ["MQTT", "STANDARD"] if native else ["MQTT"],
             "permissions": {"publish": {"allow": publish} if publish else {"deny": [">"]},
-                            "subscribe": {"allow": [*map(subject, subscribe), MQTT_DELIVERY]}}}
+                            "subscribe": {"allow": subscribe}}}
 
 
 def _device_user(device: str, fleet: str, hashed: str) -> dict:
@@ -126,7 +164,8 @@ def write_nats_config(directory: Path, nodes: list[NatsNode], devices: Iterable[
     if set(cloud_hashes) != set(CLOUD_CLIENTS):
         raise MqttAuthError(f"need bcrypt hashes of exactly the cloud's clients {sorted(CLOUD_CLIENTS)}, "
                             f"got {sorted(cloud_hashes)}")
-    users = [_user(name, cloud_hashes[name], client.writes, client.reads) for name, client in CLOUD_CLIENTS.items()]
+    users = [_user(name, cloud_hashes[name], client.writes, client.reads, native=client is INGEST)
+             for name, client in CLOUD_CLIENTS.items()]
     seen = set(CLOUD_CLIENTS)
     for name, fleet, hashed in sim_users:
         users.append(_user(check_id(name, "user"), hashed, [subscription(kind, check_id(fleet, "fleet"))

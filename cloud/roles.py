@@ -8,7 +8,9 @@
   subscription (`$share/edgefleet-ingest/...`), so the broker splits the device stream between them;
   each acknowledges a message only after its commit, and the (device, seq) key drops redeliveries.
   Its MQTT session is named after `--worker NAME` (`edgefleet-ingest-NAME`), so a restarted worker takes
-  back its own persistent session and the messages the broker queued for it.
+  back its own persistent session and the messages the broker queued for it. With `--mqtt-url nats://...`
+  (a NATS cluster, whose MQTT layer has no `$share`) the workers pull from one JetStream consumer instead
+  (cloud/ingest_nats.py); a nats:// URL is for this role only.
 - `monitor`: the drift, label-free accuracy and operations monitors, webhooks and retention.
 - `rollouts`: the rollout engine and the label forwarder (the two that write commands to devices). With
   `--worker NAME` they log in as `edgefleet-rollouts-NAME` and `edgefleet-labels-NAME` (needed on a broker
@@ -20,6 +22,7 @@ What `check_role` refuses, each with one message (the CLI exits 2):
   machine would serialize on its single writer; the roles are for scaling out on one PostgreSQL;
 - `api`, `ingest` or `rollouts` without --mqtt-url: the embedded broker lives in the `all` process only
   (amqtt serves no shared subscriptions, and a broker per API replica would split the fleet);
+- a `nats://` URL with a role other than `ingest`;
 - `rollouts` without --public-url: install commands carry download links to the API, which runs elsewhere;
 - `--worker` with a role other than `ingest` or `rollouts`, and `ingest` without it.
 """
@@ -51,6 +54,9 @@ def check_role(role: str, db_url: str, mqtt_url: str | None, worker: str | None,
         raise RoleError(f"--role: expected one of {', '.join(ROLES)}, got {role!r}")
     if worker is not None and role not in ("ingest", "rollouts"):
         raise RoleError(f"--worker names an ingest or rollouts worker's MQTT users; --role {role} takes none")
+    if mqtt_url is not None and mqtt_url.startswith("nats://") and role != "ingest":
+        raise RoleError(f"--role {role}: a nats:// URL serves the ingest role only (it reads JetStream natively); "
+                        f"give the other roles a node's mqtt://host:port")
     if role == "all":
         return
     if not db_url.startswith("postgresql"):

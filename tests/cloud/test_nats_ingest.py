@@ -14,6 +14,7 @@ import threading
 import time
 from contextlib import ExitStack
 
+import nats  # the cloud extra installs nats-py: a missing one is a failed install, not a skip
 import paho.mqtt.client as mqtt
 import pytest
 from sqlalchemy import func, insert, select, text
@@ -28,7 +29,6 @@ from tests.cloud.test_postgres import fresh_sessions
 from tests.nats import NATS_SERVER, NatsCluster
 from tests.waiting import until
 
-nats = pytest.importorskip("nats", reason="nats-py missing: pip install edgefleet[cloud]")
 pytestmark = pytest.mark.skipif(not shutil.which(NATS_SERVER), reason="nats-server missing: scripts/system-deps")
 FLEET, DEVICES, WINDOWS = "lab", 20, 60  # 1,200 windows
 ACK_WAIT = 3.0  # seconds before a killed worker's unacknowledged messages go to another worker

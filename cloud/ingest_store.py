@@ -223,7 +223,7 @@ def _apply_statuses(session: Session, statuses: list[Status], stamp: float, tall
         wanted = text("SELECT d.id, d.deployment_id, d.device_id, d.command_id, d.rollback_command_id, d.status_seq "
                       "FROM deployment_devices d JOIN json_to_recordset(CAST(:keys AS json)) AS k(deployment_id "
                       "varchar, device_id varchar) ON d.deployment_id = k.deployment_id AND d.device_id = "
-                      "k.device_id ORDER BY d.device_id FOR NO KEY UPDATE OF d")
+                      "k.device_id ORDER BY d.device_id, d.id FOR NO KEY UPDATE OF d")
         found = session.execute(wanted, {"keys": json.dumps([{"deployment_id": d, "device_id": v}
                                                              for d, v in keys])}).all()
     else:

@@ -51,10 +51,13 @@ class ApiToken(Base):
 class Device(Base):
     __tablename__ = "devices"
     # The dashboard's fleet page walks devices in (fleet, id) order with LIMIT/OFFSET: one index keeps a deep
-    # page from sorting the table (page 200 of 10,000 devices: 13 -> 3 ms).
-    __table_args__ = (Index("ix_devices_fleet_id", "fleet", "id"),)
+    # page from sorting the table (page 200 of 10,000 devices: 13 -> 3 ms); it also serves lookups by fleet
+    # alone, so the row has no index of its fleet only. The ingest updates a device's row with every window:
+    # pages half full on PostgreSQL let the new row version stay in its page (a HOT update, no index
+    # entries to write), which cut PostgreSQL's CPU per stored window by a fifth (migration 0006).
+    __table_args__ = (Index("ix_devices_fleet_id", "fleet", "id"), {"postgresql_with": {"fillfactor": 50}})
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    fleet: Mapped[str] = mapped_column(String(64), index=True)
+    fleet: Mapped[str] = mapped_column(String(64))
     # An optional label within the fleet that deployments can target ("canary", "site-3").
     group: Mapped[str | None] = mapped_column("device_group", String(64), nullable=True, index=True)
     # MQTT password in Mosquitto's PBKDF2-SHA512 format ($7$...), checked by both brokers.
@@ -76,9 +79,10 @@ class Device(Base):
 
 class TelemetryRecord(Base):
     __tablename__ = "telemetry"
+    # The (device_id, seq) key also serves lookups by device: no index of device_id alone to write per row.
     __table_args__ = (UniqueConstraint("device_id", "seq", name="uq_telemetry_device_seq"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    device_id: Mapped[str] = mapped_column(String(64), ForeignKey("devices.id"), index=True)
+    device_id: Mapped[str] = mapped_column(String(64), ForeignKey("devices.id"))
     fleet: Mapped[str] = mapped_column(String(64), index=True)
     seq: Mapped[int] = mapped_column(Integer)
     model_name: Mapped[str] = mapped_column(String(128))

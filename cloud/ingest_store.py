@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from typing import Any, NamedTuple
 
-from sqlalchemy import ARRAY, String, any_, bindparam, insert, or_, select, text, tuple_, update
+from sqlalchemy import ARRAY, String, any_, bindparam, insert, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -142,18 +142,20 @@ def _touch(session: Session, windows: list[TelemetryWindow]) -> None:
     if not _postgres(session):  # one executemany: ORM bulk UPDATE by primary key, in device id order
         session.execute(update(Device), rows)
         return
-    # PostgreSQL: the rows are locked in device id order first (the order every writer of device rows
-    # keeps, so none waits on another in a cycle), then updated in one statement from one JSON text; an
-    # executemany of one UPDATE per device cost more than the windows' insert. FOR NO KEY UPDATE, the lock
-    # the UPDATE itself takes: FOR UPDATE would also wait on the key-share locks that inserts referencing
-    # a device take (a new deployment's 10,000 rows, in rollout order) and deadlock with them.
-    ids = bindparam("ids", [row["id"] for row in rows], type_=ARRAY(String))
-    session.execute(select(Device.id).where(Device.id == any_(ids)).order_by(Device.id)
-                    .with_for_update(key_share=True))
+    # PostgreSQL: one statement from one JSON text (an executemany of one UPDATE per device cost more than
+    # the windows' insert) whose subquery locks the rows in device id order before any is updated (the
+    # order every writer of device rows keeps, so none waits on another in a cycle): a row reaches the
+    # UPDATE only through the subquery's LockRows, which locks as the sort hands rows out, whatever join
+    # the planner picks. A separate SELECT ... FOR NO KEY UPDATE cost a round trip and a scan more.
+    # FOR NO KEY UPDATE, the lock the UPDATE itself takes: FOR UPDATE would also wait on the key-share
+    # locks that inserts referencing a device take (a new deployment's 10,000 rows, in rollout order) and
+    # deadlock with them.
     session.execute(text("UPDATE devices SET last_seen = v.last_seen, model_name = v.model_name, "
-                         "model_version = v.model_version FROM json_to_recordset(CAST(:rows AS json)) AS "
-                         "v(id varchar, last_seen float8, model_name varchar, model_version integer) "
-                         "WHERE devices.id = v.id"), {"rows": json.dumps(rows, allow_nan=False)})
+                         "model_version = v.model_version FROM (SELECT d.id, r.last_seen, r.model_name, "
+                         "r.model_version FROM devices d JOIN json_to_recordset(CAST(:rows AS json)) AS "
+                         "r(id varchar, last_seen float8, model_name varchar, model_version integer) ON d.id = r.id "
+                         "ORDER BY d.id FOR NO KEY UPDATE OF d) AS v WHERE devices.id = v.id"),
+                    {"rows": json.dumps(rows, allow_nan=False)})
 
 
 def _presence(session: Session, device: str, presence: Presence) -> str:
@@ -199,31 +201,61 @@ def _store_statuses(session: Session, statuses: list[tuple[Status, bytes]], tall
     session.execute(insert(DeviceStatus), [
         {"device_id": s.device, "fleet": s.fleet, "seq": s.seq, "deployment_id": s.deployment, "command_id": s.command,
          "state": s.state, "reason": s.reason, "at": s.at, "payload": raw.decode(), "received_at": stamp}
-        for s, raw in fresh])
-    for status, _ in sorted(fresh, key=lambda item: (item[0].device, item[0].seq)):
-        tally[_apply_status(session, status, stamp)] += 1
+        for s, _raw in fresh])
+    _apply_statuses(session, [s for s, _ in fresh], stamp, tally)
 
 
-def _apply_status(session: Session, status: Status, stamp: float) -> str:
-    """Moves the device's row of the status's deployment, in one UPDATE whose WHERE holds the stale check,
-    so a concurrent writer of the same row (another ingest worker) cannot apply an older status over a
-    newer one. The rows of a batch are updated in device id order, the order the rollout engine stamps
-    them in (cloud/rollout.py), so the two never deadlock."""
-    row = session.execute(select(DeploymentDevice.id, DeploymentDevice.command_id,
-                                 DeploymentDevice.rollback_command_id)
-                          .where(DeploymentDevice.deployment_id == status.deployment,
-                                 DeploymentDevice.device_id == status.device)).first()
-    if row is None or status.command not in (row.command_id, row.rollback_command_id):
-        return "status_unmatched"  # stored, but about no command of ours (an old or a foreign deployment)
-    applied = session.execute(update(DeploymentDevice).where(
-        DeploymentDevice.id == row.id,
-        or_(DeploymentDevice.status_seq.is_(None), DeploymentDevice.status_seq < status.seq))
-        .values(state=status.state, reason=status.reason, status_seq=status.seq, updated_at=stamp)
-        .execution_options(synchronize_session=False)).rowcount
-    if not applied:
-        return "status_stale"  # a newer status of this device was applied already
-    log.debug("ingest: %s is %s in deployment %s", status.device, status.state, status.deployment)
-    return "status"
+def _apply_statuses(session: Session, statuses: list[Status], stamp: float, tally: Counter) -> None:
+    """Moves each status's row of its deployment to the newest status that answers one of the row's two
+    commands, in two statements for the whole batch: the rows are read and locked in device id order (the
+    order the rollout engine stamps them in, cloud/rollout.py, so the two never deadlock; the lock also
+    keeps another ingest worker from applying an older status over a newer one meanwhile), then updated
+    from one JSON text. Per status it counts what applying the batch's statuses one by one in seq order
+    would: `status` (applied), `status_stale` (a newer one was applied already) or `status_unmatched`.
+
+    One SELECT and one UPDATE per status cost two round trips each, and under load (a busy process, a
+    shared machine) each round trip waits for its thread's turn: statuses were applied 60-100 per second,
+    slower than a 10,000-device deploy's resend interval allowed, so delivered commands were sent again."""
+    keys = sorted({(s.deployment, s.device) for s in statuses}, key=lambda k: (k[1], k[0]))
+    columns = (DeploymentDevice.id, DeploymentDevice.deployment_id, DeploymentDevice.device_id,
+               DeploymentDevice.command_id, DeploymentDevice.rollback_command_id, DeploymentDevice.status_seq)
+    if _postgres(session):
+        wanted = text("SELECT d.id, d.deployment_id, d.device_id, d.command_id, d.rollback_command_id, d.status_seq "
+                      "FROM deployment_devices d JOIN json_to_recordset(CAST(:keys AS json)) AS k(deployment_id "
+                      "varchar, device_id varchar) ON d.deployment_id = k.deployment_id AND d.device_id = "
+                      "k.device_id ORDER BY d.device_id, d.id FOR NO KEY UPDATE OF d")
+        found = session.execute(wanted, {"keys": json.dumps([{"deployment_id": d, "device_id": v}
+                                                             for d, v in keys])}).all()
+    else:
+        found = session.execute(select(*columns).where(
+            tuple_(DeploymentDevice.deployment_id, DeploymentDevice.device_id).in_(keys))).all()
+    rows = {(r.deployment_id, r.device_id): r for r in found}
+    newest: dict[int, Status] = {}  # row id -> the newest status that applies to it
+    applied = 0
+    for status in sorted(statuses, key=lambda s: (s.device, s.seq)):
+        row = rows.get((status.deployment, status.device))
+        if row is None or status.command not in (row.command_id, row.rollback_command_id):
+            tally["status_unmatched"] += 1  # stored, but about no command of ours (an old or a foreign deployment)
+            continue
+        if row.status_seq is not None and status.seq <= row.status_seq:
+            tally["status_stale"] += 1  # a newer status of this device was applied already
+            continue
+        newest[row.id] = status
+        applied += 1
+    tally["status"] += applied
+    if not newest:
+        return
+    values = [{"id": i, "state": s.state, "reason": s.reason, "seq": s.seq} for i, s in sorted(newest.items())]
+    if _postgres(session):
+        session.execute(text("UPDATE deployment_devices SET state = v.state, reason = v.reason, status_seq = v.seq, "
+                             "updated_at = :stamp FROM json_to_recordset(CAST(:rows AS json)) AS v(id integer, "
+                             "state varchar, reason text, seq integer) WHERE deployment_devices.id = v.id"),
+                        {"rows": json.dumps(values), "stamp": stamp})
+    else:  # one writer at a time: an executemany by primary key, in device id order
+        session.execute(update(DeploymentDevice), [
+            {"id": v["id"], "state": v["state"], "reason": v["reason"], "status_seq": v["seq"], "updated_at": stamp}
+            for v in values])
+    log.debug("ingest: applied %d status(es) to %d deployment row(s)", applied, len(newest))
 
 
 def _add_counts(session: Session, tally: Counter) -> None:

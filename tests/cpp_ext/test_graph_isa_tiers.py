@@ -43,7 +43,9 @@ def test_unknown_tier_is_refused_with_the_available_ones() -> None:
     assert graph_native.isa() == before
 
 
-@pytest.mark.parametrize("m,c,hw", [(20, 3, (9, 7)), (40, 16, (6, 5)), (5, 8, (3, 3)), (64, 32, (4, 4))])
+# 100 and 130 output channels: W packed in 3 column panels (32/32/40 and 48/48/40 wide, the last cut at M).
+@pytest.mark.parametrize("m,c,hw", [(20, 3, (9, 7)), (40, 16, (6, 5)), (5, 8, (3, 3)), (64, 32, (4, 4)),
+                                    (100, 8, (5, 6)), (130, 4, (3, 5))])
 def test_direct_conv_tiles_and_tails_on_every_tier(m: int, c: int, hw: tuple) -> None:
     rng = np.random.default_rng(m * c)
     b = GraphBuilder()
@@ -59,6 +61,27 @@ def test_direct_conv_tiles_and_tails_on_every_tier(m: int, c: int, hw: tuple) ->
             graph_native.select_isa(name)
             got = next(iter(graph_native.load_executor(graph).run(feed).values()))
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(9 * c), err_msg=name)
+    finally:
+        graph_native.select_isa("auto")
+
+
+def test_squeeze_excite_matrix_vector_over_panels_on_every_tier() -> None:
+    """A 1x1 conv on a 1x1 input (squeeze-excite's fully connected layer) with 100 outputs: the
+    matrix-vector path walks W's column panels."""
+    rng = np.random.default_rng(7)
+    b = GraphBuilder()
+    x = b.input("x", "float32", ("n", 72, 1, 1))
+    w = b.constant("w", rng.standard_normal((100, 72, 1, 1)).astype(np.float32))
+    bias = b.constant("b", rng.standard_normal(100).astype(np.float32))
+    b.output(b.node("Conv", [x, w, bias], activation="relu"), "")
+    graph = b.build()
+    feed = {"x": rng.standard_normal((3, 72, 1, 1)).astype(np.float32)}
+    want = next(iter(run_graph(graph, feed).values()))
+    try:
+        for name in ISAS:
+            graph_native.select_isa(name)
+            got = next(iter(graph_native.load_executor(graph).run(feed).values()))
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(72), err_msg=name)
     finally:
         graph_native.select_isa("auto")
 

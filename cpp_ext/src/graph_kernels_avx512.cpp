@@ -115,6 +115,17 @@ EF_AVX512 inline void conv_tile(const ConvArgs& a, int p0, int m0) {
         transpose8(high);
         const int first = m0 + kLanes * v, channels = std::min(kLanes, a.M - first);
         float* y = a.y + static_cast<std::ptrdiff_t>(first) * a.P + p0;
+        if (a.z != nullptr) {  // the residual, channel by channel now that the pixels sit in the lanes
+            const float* z = a.z + static_cast<std::ptrdiff_t>(first) * a.P + p0;
+            const __m256 z_lo = _mm256_set1_ps(a.z_lo), z_hi = _mm256_set1_ps(a.z_hi);
+#pragma GCC unroll 8
+            for (int c = 0; c < 8; ++c) {
+                const __m256 zl = _mm256_maskz_loadu_ps(c < channels ? store : 0, z + static_cast<std::ptrdiff_t>(c) * a.P);
+                const __m256 zh = _mm256_maskz_loadu_ps(c + 8 < channels ? store : 0, z + static_cast<std::ptrdiff_t>(c + 8) * a.P);
+                low[c] = _mm256_min_ps(z_hi, _mm256_max_ps(z_lo, _mm256_add_ps(low[c], zl)));
+                high[c] = _mm256_min_ps(z_hi, _mm256_max_ps(z_lo, _mm256_add_ps(high[c], zh)));
+            }
+        }
 #pragma GCC unroll 8
         for (int c = 0; c < 8; ++c) {
             if (c < channels) _mm256_mask_storeu_ps(y + static_cast<std::ptrdiff_t>(c) * a.P, store, low[c]);

@@ -192,6 +192,10 @@ private:
             args.x = x;
             args.y = out.as<float>() + n * m * p;
             const kernels::ConvFn conv = active().conv;
+            // The residual in the kernel's store where the tier can (not before a HardSwish, which is a
+            // pass of its own): one pass over Y fewer.
+            const bool fused = residual_ && !post_.swish && active().conv_residual;
+            const float* z = residual_ ? in[3].as<float>() + n * m * p : nullptr;
             const double work = static_cast<double>(m) * static_cast<double>(p) * static_cast<double>(args.K);
             parallel_ranges(p, 8, work, [&](int, std::int64_t begin, std::int64_t end) {
                 for (std::size_t panel_index = 0; panel_index + 1 < edges_.size(); ++panel_index) {
@@ -204,8 +208,14 @@ private:
                     part.y = args.y + first * p;
                     part.p_begin = static_cast<int>(begin);
                     part.p_end = static_cast<int>(end);
+                    if (fused) {
+                        part.z = z + first * p;
+                        part.z_lo = post_.active ? post_.lo : -kInf;
+                        part.z_hi = post_.active ? post_.hi : kInf;
+                    }
                     conv(part);
                 }
+                if (fused) return;
                 for (std::int64_t o = 0; o < m; ++o) {
                     act_.finish(args.y + o * p + begin, end - begin);
                     if (residual_) {

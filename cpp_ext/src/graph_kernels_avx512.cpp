@@ -232,9 +232,89 @@ struct QConvTile {
     EF_AVX512 static void run(const QConvArgs& a, int p0, int m0) { qconv_tile<NV>(a, p0, m0); }
 };
 
+// Pixels in the lanes, for convs whose pixels [p_begin, p_end) sit side by side in x (1x1,
+// stride 1, unpadded: MobileNet's expand and project convs). 8 output channels by NP vectors of 16
+// pixels; per tap NP loads of x and 8 broadcasts of W. With K this small the channels-in-lanes tile spent
+// as long on its transposing store as on its FMAs; here each channel's pixels leave in plain stores.
+// Each output is the same chain: fma(w, x, acc) in k order from 0 (w * x == x * w exactly), then + bias
+// and the clamp, so the bits do not change.
+template <int NP>
+EF_AVX512 inline void pointwise_tile(const ConvArgs& a, const float* x0, int p0, int m0) {
+    __mmask16 mask[NP];
+    __m512 acc[8][NP];
+    #pragma GCC unroll 4
+    for (int v = 0; v < NP; ++v) {
+        mask[v] = lanes_below(a.p_end - p0 - kLanes * v);
+        #pragma GCC unroll 8
+        for (int r = 0; r < 8; ++r) acc[r][v] = _mm512_setzero_ps();
+    }
+    const float* w = a.w + m0;
+    for (int k = 0; k < a.K; ++k, w += a.MP) {
+        const float* xk = x0 + a.koff[k] + p0;
+        __m512 xv[NP];
+        #pragma GCC unroll 4
+        for (int v = 0; v < NP; ++v) xv[v] = _mm512_maskz_loadu_ps(mask[v], xk + kLanes * v);
+        #pragma GCC unroll 8
+        for (int r = 0; r < 8; ++r) {
+            const __m512 wr = _mm512_set1_ps(w[r]);
+            #pragma GCC unroll 4
+            for (int v = 0; v < NP; ++v) acc[r][v] = _mm512_fmadd_ps(wr, xv[v], acc[r][v]);
+        }
+    }
+    const __m512 lo = _mm512_set1_ps(a.lo), hi = _mm512_set1_ps(a.hi);
+    const __m512 z_lo = _mm512_set1_ps(a.z_lo), z_hi = _mm512_set1_ps(a.z_hi);
+    #pragma GCC unroll 8
+    for (int r = 0; r < 8; ++r) {
+        const int m = m0 + r;
+        if (m >= a.M) break;
+        const __m512 bias = _mm512_set1_ps(a.bias[m]);
+        const std::ptrdiff_t row = static_cast<std::ptrdiff_t>(m) * a.P + p0;
+        #pragma GCC unroll 4
+        for (int v = 0; v < NP; ++v) {
+            __m512 value = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(acc[r][v], bias)));
+            if (a.z != nullptr) {
+                const __m512 z = _mm512_maskz_loadu_ps(mask[v], a.z + row + kLanes * v);
+                value = _mm512_min_ps(z_hi, _mm512_max_ps(z_lo, _mm512_add_ps(value, z)));
+            }
+            _mm512_mask_storeu_ps(a.y + row + kLanes * v, mask[v], value);
+        }
+    }
+}
+
+// K <= kPointwiseK (measured up to 256: 1x1 convs of 16-256 to 16-160 channels ran 1.05-1.65x faster)
+// with side-by-side pixels: pointwise_tile over 8-channel rows of W, 48 pixels at a time (24 accumulators).
+constexpr int kPointwiseK = 256;
+
+EF_AVX512 inline bool pointwise(const ConvArgs& a) {
+    return a.K <= kPointwiseK && a.p_end > a.p_begin &&
+           a.pix[a.p_end - 1] - a.pix[a.p_begin] == a.p_end - 1 - a.p_begin;
+}
+
+EF_AVX512 inline void pointwise_conv(const ConvArgs& a) {
+    const float* x0 = a.x + a.pix[a.p_begin] - a.p_begin;  // pixel p of tap k: x0[koff[k] + p]
+    for (int m0 = 0; m0 < a.M; m0 += 8) {
+        int p0 = a.p_begin;
+        for (; p0 + 3 * kLanes <= a.p_end; p0 += 3 * kLanes) pointwise_tile<3>(a, x0, p0, m0);
+        const int left = a.p_end - p0;
+        if (left > 2 * kLanes) {
+            pointwise_tile<3>(a, x0, p0, m0);
+        } else if (left > kLanes) {
+            pointwise_tile<2>(a, x0, p0, m0);
+        } else if (left > 0) {
+            pointwise_tile<1>(a, x0, p0, m0);
+        }
+    }
+}
+
 }  // namespace
 
-EF_AVX512 void conv_avx512(const ConvArgs& a) { tiles<ConvArgs, ConvTile>(a); }
+EF_AVX512 void conv_avx512(const ConvArgs& a) {
+    if (pointwise(a)) {
+        pointwise_conv(a);
+    } else {
+        tiles<ConvArgs, ConvTile>(a);
+    }
+}
 
 EF_AVX512 void qconv_u8s8_avx512(const QConvArgs& a) { tiles<QConvArgs, QConvTile>(a); }
 

@@ -65,7 +65,8 @@ def test_direct_conv_tiles_and_tails_on_every_tier(m: int, c: int, hw: tuple) ->
         graph_native.select_isa("auto")
 
 
-@pytest.mark.parametrize("m,c,hw,residual", [(72, 24, (5, 7), False), (20, 100, (9, 9), True), (16, 16, (32, 32), True)])
+@pytest.mark.parametrize("m,c,hw,residual", [(72, 24, (5, 7), False), (20, 100, (9, 9), True),
+                                             (16, 16, (32, 32), True)])
 def test_pointwise_conv_pixels_in_lanes_on_every_tier(m: int, c: int, hw: tuple, residual: bool) -> None:
     """1x1 convs (avx512 runs them with pixels in the lanes, tails masked) match the reference on every
     tier, and the x86 tiers give the same bits: each output is the same k-ordered FMA chain."""

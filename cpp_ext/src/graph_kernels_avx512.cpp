@@ -239,12 +239,12 @@ struct QConvTile {
 // Each output is the same chain: fma(w, x, acc) in k order from 0 (w * x == x * w exactly), then + bias
 // and the clamp, so the bits do not change.
 template <int NP>
-EF_AVX512 inline void pointwise_tile(const ConvArgs& a, const float* x0, int p0, int m0) {
+EF_AVX512 inline void pointwise_tile(const ConvArgs& a, const float* x0, int p0, int end, int m0) {
     __mmask16 mask[NP];
     __m512 acc[8][NP];
     #pragma GCC unroll 4
     for (int v = 0; v < NP; ++v) {
-        mask[v] = lanes_below(a.p_end - p0 - kLanes * v);
+        mask[v] = lanes_below(end - p0 - kLanes * v);
         #pragma GCC unroll 8
         for (int r = 0; r < 8; ++r) acc[r][v] = _mm512_setzero_ps();
     }
@@ -285,34 +285,58 @@ EF_AVX512 inline void pointwise_tile(const ConvArgs& a, const float* x0, int p0,
 // with side-by-side pixels: pointwise_tile over 8-channel rows of W, 48 pixels at a time (24 accumulators).
 constexpr int kPointwiseK = 256;
 
-EF_AVX512 inline bool pointwise(const ConvArgs& a) {
-    return a.K <= kPointwiseK && a.p_end > a.p_begin &&
-           a.pix[a.p_end - 1] - a.pix[a.p_begin] == a.p_end - 1 - a.p_begin;
-}
 
-EF_AVX512 inline void pointwise_conv(const ConvArgs& a) {
-    const float* x0 = a.x + a.pix[a.p_begin] - a.p_begin;  // pixel p of tap k: x0[koff[k] + p]
-    for (int m0 = 0; m0 < a.M; m0 += 8) {
-        int p0 = a.p_begin;
-        for (; p0 + 3 * kLanes <= a.p_end; p0 += 3 * kLanes) pointwise_tile<3>(a, x0, p0, m0);
-        const int left = a.p_end - p0;
-        if (left > 2 * kLanes) {
-            pointwise_tile<3>(a, x0, p0, m0);
-        } else if (left > kLanes) {
-            pointwise_tile<2>(a, x0, p0, m0);
-        } else if (left > 0) {
-            pointwise_tile<1>(a, x0, p0, m0);
-        }
+// Pixels [r0, r1) side by side in x.
+EF_AVX512 inline void pointwise_run(const ConvArgs& a, int r0, int r1, int m0) {
+    const float* x0 = a.x + a.pix[r0] - r0;  // pixel p of tap k: x0[koff[k] + p]
+    int p0 = r0;
+    for (; p0 + 3 * kLanes <= r1; p0 += 3 * kLanes) pointwise_tile<3>(a, x0, p0, r1, m0);
+    const int left = r1 - p0;
+    if (left > 2 * kLanes) {
+        pointwise_tile<3>(a, x0, p0, r1, m0);
+    } else if (left > kLanes) {
+        pointwise_tile<2>(a, x0, p0, r1, m0);
+    } else if (left > 0) {
+        pointwise_tile<1>(a, x0, p0, r1, m0);
     }
 }
 
+// The end of the run of side-by-side pixels that starts at r0 (an output row of a padded stride-1 conv,
+// the whole range for a 1x1 one).
+inline int run_end(const ConvArgs& a, int r0) {
+    int r1 = r0 + 1;
+    while (r1 < a.p_end && a.pix[r1] == a.pix[r1 - 1] + 1) ++r1;
+    return r1;
+}
+
+// Runs shorter than this on average go to the channels-in-lanes tiles.
+constexpr int kRun = 32;
+
 }  // namespace
 
+// Shallow convs (K <= kPointwiseK) whose pixels come in runs of kRun or more on average: pixels in the
+// lanes, run by run; the others: channels in the lanes.
 EF_AVX512 void conv_avx512(const ConvArgs& a) {
-    if (pointwise(a)) {
-        pointwise_conv(a);
-    } else {
+    if (a.K > kPointwiseK || a.p_end <= a.p_begin) {
         tiles<ConvArgs, ConvTile>(a);
+        return;
+    }
+    const int count = a.p_end - a.p_begin;
+    const bool one = a.pix[a.p_end - 1] - a.pix[a.p_begin] == count - 1;  // a 1x1 conv: one run
+    int runs = 1;
+    if (!one) {
+        runs = 0;
+        for (int r0 = a.p_begin; r0 < a.p_end && static_cast<long>(runs) * kRun <= count; r0 = run_end(a, r0)) ++runs;
+    }
+    if (static_cast<long>(runs) * kRun > count) {
+        tiles<ConvArgs, ConvTile>(a);
+        return;
+    }
+    for (int m0 = 0; m0 < a.M; m0 += 8) {
+        for (int r0 = a.p_begin, r1; r0 < a.p_end; r0 = r1) {
+            r1 = one ? a.p_end : run_end(a, r0);
+            pointwise_run(a, r0, r1, m0);
+        }
     }
 }
 

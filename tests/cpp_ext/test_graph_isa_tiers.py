@@ -94,6 +94,34 @@ def test_pointwise_conv_pixels_in_lanes_on_every_tier(m: int, c: int, hw: tuple,
         np.testing.assert_array_equal(outputs["avx512"], outputs["avx2"])
 
 
+@pytest.mark.parametrize("m,c,hw,stride", [(16, 3, (40, 37), 1), (24, 16, (9, 64), 1), (20, 3, (33, 33), 2)])
+def test_shallow_padded_conv_row_runs_on_every_tier(m: int, c: int, hw: tuple, stride: int) -> None:
+    """Shallow 3x3 convs with padding on wide rows (avx512: pixels in the lanes, output row by output
+    row; stride 2 keeps the channels-in-lanes tiles) match the reference, with the same bits on the x86
+    tiers, and at 1 and 3 threads."""
+    rng = np.random.default_rng(m * c + stride)
+    b = GraphBuilder()
+    x = b.input("x", "float32", ("n", c, *hw))
+    w = b.constant("w", rng.standard_normal((m, c, 3, 3)).astype(np.float32))
+    bias = b.constant("b", rng.standard_normal(m).astype(np.float32))
+    b.output(b.node("Conv", [x, w, bias], pads=[1, 1, 1, 1], strides=[stride, stride], activation="relu"), "")
+    graph = b.build()
+    feed = {"x": rng.standard_normal((2, c, *hw)).astype(np.float32)}
+    want = next(iter(run_graph(graph, feed).values()))
+    outputs = {}
+    try:
+        for name in ISAS:
+            graph_native.select_isa(name)
+            outputs[name] = next(iter(graph_native.load_executor(graph).run(feed).values()))
+            np.testing.assert_allclose(outputs[name], want, rtol=1e-5, atol=1e-5 * np.sqrt(9 * c), err_msg=name)
+            threaded = next(iter(graph_native.load_executor(graph, threads=3).run(feed).values()))
+            np.testing.assert_array_equal(threaded, outputs[name], err_msg=name)
+    finally:
+        graph_native.select_isa("auto")
+    if "avx512" in outputs and "avx2" in outputs:
+        np.testing.assert_array_equal(outputs["avx512"], outputs["avx2"])
+
+
 def test_squeeze_excite_matrix_vector_over_panels_on_every_tier() -> None:
     """A 1x1 conv on a 1x1 input (squeeze-excite's fully connected layer) with 100 outputs: the
     matrix-vector path walks W's column panels."""

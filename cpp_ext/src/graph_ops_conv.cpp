@@ -1,15 +1,15 @@
 // Conv: float32, NCHW, 2-D, with its fused activation (Relu / Clip / HardSwish folded in by the
 // compiler) and an optional residual Z (ResNet's shortcut add), added after the bias and before the
 // activation. Paths:
-// - direct (group 1, constant W, 1x1 convs included): W pre-packed as (K, M rounded up to 8), the input
-//   copied into zero-padded planes when a window reaches outside it, and kernels::Table::conv computes
-//   the output channels across the SIMD lanes with bias and clamp applied in registers: no im2col, no
-//   extra pass over the output. At batch 1 on small images this is most of a CNN's time. W is packed in
-//   column panels of up to 48 channels, each (K, width) contiguous, and the kernel runs once per panel:
-//   the avx512 kernel's bands are 48 channels wide, and with the whole (K, MP) matrix a band read 192 of
-//   every 512 bytes (M = 128) on its first, cache-cold pass, which cost 9-14% on 128-channel layers. For the 1x1
-//   convs of MobileNet-class blocks (16-160 channels, 4x4 to 32x32) it is 1.2-2x faster than sgemm plus
-//   a bias pass, which they took before.
+// - direct (group 1, constant W, 1x1 convs included): W pre-packed in column panels of up to 48 channels
+//   (M rounded up to 8 in all), each (K, width) contiguous, the input copied into zero-padded planes when
+//   a window reaches outside it, and kernels::Table::conv, once per panel, computes the output with bias
+//   and clamp (and, where the tier can, the residual) applied in registers: no im2col, no extra pass over
+//   the output. At batch 1 on small images this is most of a CNN's time. The panels match the avx512
+//   kernel's 48-channel bands: with the whole (K, MP) matrix a band read 192 of every 512 bytes
+//   (M = 128) on its first, cache-cold pass, which cost 9-14% on 128-channel layers. For the 1x1 convs of
+//   MobileNet-class blocks (16-160 channels, 4x4 to 32x32) it is 1.2-2x faster than sgemm plus a bias
+//   pass, which they took before.
 // - matrix-vector (a 1x1 conv on a 1x1 input: squeeze-excite's fully connected layers).
 // - im2col (a cached gather table) + sgemm + bias/activation pass: grouped convs (depthwise ones have
 //   their own op, graph_ops_depthwise.cpp) and W known only at run time.

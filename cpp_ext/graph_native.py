@@ -1,12 +1,12 @@
 """Loads an edgefleet graph into the C++ executor: `load_executor(graph).run({name: array})`.
 
 The executor (edgefleet.cpp_ext._native.GraphExecutor) holds the constants (pre-packed where an op
-wants: Gemm's B as (K, N), Conv's W as (C*kH*kW, M) for the direct kernel, QConv/QGemm weights as int16
-rows with their zero point removed, and for a group-1 QConv also as int8 (tap, channel, 4) blocks for the
-direct uint8 x int8 kernel) and one plan per input shape, so `run` is one native call. Kernel ISA: `isa()`
-tells which one runs ("avx512", "avxvnni", "avx2", "neon" on aarch64, or "portable"), `select_isa(name)`
-picks one for the whole process, as does the environment variable EDGEFLEET_NATIVE_ISA=portable (or =avx2,
-=neon...) at import.
+wants: Gemm's B as (K, N), Conv's W as column panels of (C*kH*kW, up to 48) for the direct kernel,
+QConv/QGemm weights as int16 rows with their zero point removed, and for a group-1 QConv also as int8
+(tap, channel, 4) blocks for the direct uint8 x int8 kernel) and one plan per input shape, so `run` is
+one native call. Kernel ISA: `isa()` tells which one runs ("avx512", "avxvnni", "avx2", "neon" on
+aarch64, or "portable"), `select_isa(name)` picks one for the whole process, as does the environment
+variable EDGEFLEET_NATIVE_ISA=portable (or =avx2, =neon...) at import.
 """
 
 from __future__ import annotations

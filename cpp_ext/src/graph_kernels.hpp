@@ -32,6 +32,9 @@ using QgemmFn = void (*)(int M, int N, int K, const std::int16_t* A, int lda, co
 // koff[k] the offset of kernel tap k = (c, i, j) from it. w is the weight pre-packed as (K, MP), MP = M
 // rounded up to 8 with zero columns; bias has MP values. Only pixels [p_begin, p_end) are computed
 // (p_begin a multiple of 8, so a thread's share of the pixels is tiled exactly as the whole would be).
+// z (tiers with Table::conv_residual only; null elsewhere): a residual laid out as y, added after the
+// clamp above (callers pass lo = -inf, hi = inf then), and clamped again to [z_lo, z_hi]:
+//   y[m * P + p] = min(max(that + z[m * P + p], z_lo), z_hi)
 struct ConvArgs {
     int M, P, K, MP;
     const float* x;
@@ -42,6 +45,8 @@ struct ConvArgs {
     float lo, hi;
     float* y;
     int p_begin, p_end;
+    const float* z = nullptr;
+    float z_lo = 0.0f, z_hi = 0.0f;
 };
 using ConvFn = void (*)(const ConvArgs& args);
 
@@ -75,6 +80,7 @@ struct Table {
     QgemmFn qgemm_nt;
     ConvFn conv;
     QConvFn qconv_u8s8;  // null: this tier uses im2row + qgemm_nt instead
+    bool conv_residual = false;  // conv adds ConvArgs::z in its store
 };
 
 const Table& active();

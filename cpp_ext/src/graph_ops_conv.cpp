@@ -1,12 +1,15 @@
 // Conv: float32, NCHW, 2-D, with its fused activation (Relu / Clip / HardSwish folded in by the
 // compiler) and an optional residual Z (ResNet's shortcut add), added after the bias and before the
 // activation. Paths:
-// - direct (group 1, constant W, 1x1 convs included): W pre-packed as (K, M rounded up to 8), the input
-//   copied into zero-padded planes when a window reaches outside it, and kernels::Table::conv computes
-//   the output channels across the SIMD lanes with bias and clamp applied in registers: no im2col, no
-//   extra pass over the output. At batch 1 on small images this is most of a CNN's time. For the 1x1
-//   convs of MobileNet-class blocks (16-160 channels, 4x4 to 32x32) it is 1.2-2x faster than sgemm plus
-//   a bias pass, which they took before.
+// - direct (group 1, constant W, 1x1 convs included): W pre-packed in column panels of up to 48 channels
+//   (M rounded up to 8 in all), each (K, width) contiguous, the input copied into zero-padded planes when
+//   a window reaches outside it, and kernels::Table::conv, once per panel, computes the output with bias
+//   and clamp (and, where the tier can, the residual) applied in registers: no im2col, no extra pass over
+//   the output. At batch 1 on small images this is most of a CNN's time. The panels match the avx512
+//   kernel's 48-channel bands: with the whole (K, MP) matrix a band read 192 of every 512 bytes
+//   (M = 128) on its first, cache-cold pass, which cost 9-14% on 128-channel layers. For the 1x1 convs of
+//   MobileNet-class blocks (16-160 channels, 4x4 to 32x32) it is 1.2-2x faster than sgemm plus a bias
+//   pass, which they took before.
 // - matrix-vector (a 1x1 conv on a 1x1 input: squeeze-excite's fully connected layers).
 // - im2col (a cached gather table) + sgemm + bias/activation pass: grouped convs (depthwise ones have
 //   their own op, graph_ops_depthwise.cpp) and W known only at run time.
@@ -99,14 +102,35 @@ private:
         std::vector<std::int32_t> pix, koff;
     };
 
+    // Column panels: widths in 16-channel vectors split as evenly as the avx512 kernel splits its bands
+    // (up to 3 vectors: 128 channels as 32 + 48 + 48), the last one cut at MP.
+    static std::vector<std::int64_t> panel_edges(std::int64_t m) {
+        const std::int64_t mp = kernels::round_up8(static_cast<int>(m)), vectors = (m + 15) / 16;
+        const std::int64_t panels = (vectors + 2) / 3;
+        std::vector<std::int64_t> edges;
+        for (std::int64_t i = 0; i <= panels; ++i) edges.push_back(std::min(mp, 16 * ((vectors * i) / panels)));
+        return edges;
+    }
+
+    // Panel p of the packed W: (K, edges[p + 1] - edges[p]) floats at K * edges[p].
+    const float* panel(std::size_t p) const {
+        return static_cast<const float*>(packed_.get()) + packed_k_ * edges_[p];
+    }
+
     void pack(const Constant& w, const Constant* b) {
         const std::int64_t m = w.shape[0], k = w.shape[1] * w.shape[2] * w.shape[3];
         const auto mp = static_cast<std::int64_t>(kernels::round_up8(static_cast<int>(m)));
         packed_ = aligned_buffer(static_cast<std::size_t>(k * mp) * sizeof(float));
         auto* dst = static_cast<float*>(packed_.get());
+        std::fill(dst, dst + k * mp, 0.0f);
         const auto* src = static_cast<const float*>(w.data());
-        for (std::int64_t o = 0; o < m; ++o)
-            for (std::int64_t i = 0; i < k; ++i) dst[i * mp + o] = src[o * k + i];
+        edges_ = panel_edges(m);
+        for (std::size_t p = 0; p + 1 < edges_.size(); ++p) {
+            const std::int64_t first = edges_[p], width = edges_[p + 1] - first;
+            float* block = dst + k * first;
+            for (std::int64_t o = first; o < std::min(m, edges_[p + 1]); ++o)
+                for (std::int64_t i = 0; i < k; ++i) block[i * width + (o - first)] = src[o * k + i];
+        }
         bias_.assign(static_cast<std::size_t>(mp), 0.0f);
         if (b != nullptr && b->dtype == DType::f32 && numel(b->shape) == m) {
             const auto* values = static_cast<const float*>(b->data());
@@ -148,8 +172,8 @@ private:
         constexpr float kInf = std::numeric_limits<float>::infinity();
         kernels::ConvArgs args{static_cast<int>(m), static_cast<int>(p), static_cast<int>(d.koff.size()),
                                static_cast<int>(bias_.size()), nullptr, d.pix.data(), d.koff.data(),
-                               static_cast<const float*>(packed_.get()), bias_.data(),
-                               act_.active ? act_.lo : -kInf, act_.active ? act_.hi : kInf, nullptr, 0, 0};
+                               nullptr, nullptr, act_.active ? act_.lo : -kInf, act_.active ? act_.hi : kInf,
+                               nullptr, 0, 0};
         for (std::int64_t n = 0; n < win.n; ++n) {
             const float* x = in[0].as<float>() + n * win.c * plane;
             if (d.copy) {  // split by channels: on ResNet's 16-channel 64x64 layers a serial copy was ~10%
@@ -168,12 +192,30 @@ private:
             args.x = x;
             args.y = out.as<float>() + n * m * p;
             const kernels::ConvFn conv = active().conv;
+            // The residual in the kernel's store where the tier can (not before a HardSwish, which is a
+            // pass of its own): one pass over Y fewer.
+            const bool fused = residual_ && !post_.swish && active().conv_residual;
+            const float* z = residual_ ? in[3].as<float>() + n * m * p : nullptr;
             const double work = static_cast<double>(m) * static_cast<double>(p) * static_cast<double>(args.K);
             parallel_ranges(p, 8, work, [&](int, std::int64_t begin, std::int64_t end) {
-                kernels::ConvArgs part = args;
-                part.p_begin = static_cast<int>(begin);
-                part.p_end = static_cast<int>(end);
-                conv(part);
+                for (std::size_t panel_index = 0; panel_index + 1 < edges_.size(); ++panel_index) {
+                    const std::int64_t first = edges_[panel_index], width = edges_[panel_index + 1] - first;
+                    kernels::ConvArgs part = args;
+                    part.M = static_cast<int>(std::min(m, first + width) - first);
+                    part.MP = static_cast<int>(width);
+                    part.w = panel(panel_index);
+                    part.bias = bias_.data() + first;
+                    part.y = args.y + first * p;
+                    part.p_begin = static_cast<int>(begin);
+                    part.p_end = static_cast<int>(end);
+                    if (fused) {
+                        part.z = z + first * p;
+                        part.z_lo = post_.active ? post_.lo : -kInf;
+                        part.z_hi = post_.active ? post_.hi : kInf;
+                    }
+                    conv(part);
+                }
+                if (fused) return;
                 for (std::int64_t o = 0; o < m; ++o) {
                     act_.finish(args.y + o * p + begin, end - begin);
                     if (residual_) {
@@ -190,21 +232,25 @@ private:
         post_.apply(y, count);
     }
 
-    // acc[m] = sum_k x[k] * w[k][m] in k order (the rows of the packed W, so the loop over m is
+    // acc[m] = sum_k x[k] * w[k][m] in k order (the rows of each packed W panel, so the loop over m is
     // contiguous and vectorises), then bias and activation, as the GEMM path computes them.
     void run_vector(const std::vector<View>& in, const View& out, const Window& win, float* acc) const {
         const std::int64_t m = packed_m_, mp = static_cast<std::int64_t>(bias_.size());
         if (!bias_constant_ && in.size() > 2 && in[2].data != nullptr) {
             std::copy(in[2].as<float>(), in[2].as<float>() + m, bias_.begin());
         }
-        const auto* w = static_cast<const float*>(packed_.get());
         for (std::int64_t n = 0; n < win.n; ++n) {
             const float* x = in[0].as<float>() + n * win.c;
             std::fill(acc, acc + mp, 0.0f);
-            for (std::int64_t k = 0; k < packed_k_; ++k) {
-                const float xv = x[k];
-                const float* row = w + k * mp;
-                for (std::int64_t o = 0; o < mp; ++o) acc[o] += row[o] * xv;
+            for (std::size_t panel_index = 0; panel_index + 1 < edges_.size(); ++panel_index) {
+                const std::int64_t first = edges_[panel_index], width = edges_[panel_index + 1] - first;
+                const float* w = panel(panel_index);
+                float* part = acc + first;
+                for (std::int64_t k = 0; k < packed_k_; ++k) {
+                    const float xv = x[k];
+                    const float* row = w + k * width;
+                    for (std::int64_t o = 0; o < width; ++o) part[o] += row[o] * xv;
+                }
             }
             float* y = out.as<float>() + n * m;
             for (std::int64_t o = 0; o < m; ++o) y[o] = acc[o] + bias_[static_cast<std::size_t>(o)];
@@ -250,7 +296,8 @@ private:
     std::int64_t group_;
     bool residual_;
     std::vector<std::int64_t> kernel_;
-    std::shared_ptr<void> packed_;       // W as (K, MP) for the direct path, or null
+    std::shared_ptr<void> packed_;       // W as column panels (K, width) for the direct path, or null
+    std::vector<std::int64_t> edges_;    // the panels' first columns, then MP
     std::int64_t packed_m_ = 0, packed_k_ = 0;
     mutable std::vector<float> bias_;    // MP values, zero-padded (refilled per run if B is not constant)
     bool bias_constant_ = false;

@@ -43,7 +43,9 @@ def test_unknown_tier_is_refused_with_the_available_ones() -> None:
     assert graph_native.isa() == before
 
 
-@pytest.mark.parametrize("m,c,hw", [(20, 3, (9, 7)), (40, 16, (6, 5)), (5, 8, (3, 3)), (64, 32, (4, 4))])
+# 100 and 130 output channels: W packed in 3 column panels (32/32/40 and 48/48/40 wide, the last cut at M).
+@pytest.mark.parametrize("m,c,hw", [(20, 3, (9, 7)), (40, 16, (6, 5)), (5, 8, (3, 3)), (64, 32, (4, 4)),
+                                    (100, 8, (5, 6)), (130, 4, (3, 5))])
 def test_direct_conv_tiles_and_tails_on_every_tier(m: int, c: int, hw: tuple) -> None:
     rng = np.random.default_rng(m * c)
     b = GraphBuilder()
@@ -59,6 +61,84 @@ def test_direct_conv_tiles_and_tails_on_every_tier(m: int, c: int, hw: tuple) ->
             graph_native.select_isa(name)
             got = next(iter(graph_native.load_executor(graph).run(feed).values()))
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(9 * c), err_msg=name)
+    finally:
+        graph_native.select_isa("auto")
+
+
+@pytest.mark.parametrize("m,c,hw,residual", [(72, 24, (5, 7), False), (20, 100, (9, 9), True),
+                                             (16, 16, (32, 32), True)])
+def test_pointwise_conv_pixels_in_lanes_on_every_tier(m: int, c: int, hw: tuple, residual: bool) -> None:
+    """1x1 convs (avx512 runs them with pixels in the lanes, tails masked) match the reference on every
+    tier, and the x86 tiers give the same bits: each output is the same k-ordered FMA chain."""
+    rng = np.random.default_rng(m + c)
+    b = GraphBuilder()
+    x = b.input("x", "float32", ("n", c, *hw))
+    w = b.constant("w", rng.standard_normal((m, c, 1, 1)).astype(np.float32))
+    bias = b.constant("b", rng.standard_normal(m).astype(np.float32))
+    inputs = [x, w, bias] + ([b.input("z", "float32", ("n", m, *hw))] if residual else [])
+    b.output(b.node("Conv", inputs, activation="relu"), "")
+    graph = b.build()
+    feed = {"x": rng.standard_normal((2, c, *hw)).astype(np.float32)}
+    if residual:
+        feed["z"] = rng.standard_normal((2, m, *hw)).astype(np.float32)
+    want = next(iter(run_graph(graph, feed).values()))
+    outputs = {}
+    try:
+        for name in ISAS:
+            graph_native.select_isa(name)
+            outputs[name] = next(iter(graph_native.load_executor(graph).run(feed).values()))
+            np.testing.assert_allclose(outputs[name], want, rtol=1e-5, atol=1e-5 * np.sqrt(c), err_msg=name)
+    finally:
+        graph_native.select_isa("auto")
+    if "avx512" in outputs and "avx2" in outputs:
+        np.testing.assert_array_equal(outputs["avx512"], outputs["avx2"])
+
+
+@pytest.mark.parametrize("m,c,hw,stride", [(16, 3, (40, 37), 1), (24, 16, (9, 64), 1), (20, 3, (33, 33), 2)])
+def test_shallow_padded_conv_row_runs_on_every_tier(m: int, c: int, hw: tuple, stride: int) -> None:
+    """Shallow 3x3 convs with padding on wide rows (avx512: pixels in the lanes, output row by output
+    row; stride 2 keeps the channels-in-lanes tiles) match the reference, with the same bits on the x86
+    tiers, and at 1 and 3 threads."""
+    rng = np.random.default_rng(m * c + stride)
+    b = GraphBuilder()
+    x = b.input("x", "float32", ("n", c, *hw))
+    w = b.constant("w", rng.standard_normal((m, c, 3, 3)).astype(np.float32))
+    bias = b.constant("b", rng.standard_normal(m).astype(np.float32))
+    b.output(b.node("Conv", [x, w, bias], pads=[1, 1, 1, 1], strides=[stride, stride], activation="relu"), "")
+    graph = b.build()
+    feed = {"x": rng.standard_normal((2, c, *hw)).astype(np.float32)}
+    want = next(iter(run_graph(graph, feed).values()))
+    outputs = {}
+    try:
+        for name in ISAS:
+            graph_native.select_isa(name)
+            outputs[name] = next(iter(graph_native.load_executor(graph).run(feed).values()))
+            np.testing.assert_allclose(outputs[name], want, rtol=1e-5, atol=1e-5 * np.sqrt(9 * c), err_msg=name)
+            threaded = next(iter(graph_native.load_executor(graph, threads=3).run(feed).values()))
+            np.testing.assert_array_equal(threaded, outputs[name], err_msg=name)
+    finally:
+        graph_native.select_isa("auto")
+    if "avx512" in outputs and "avx2" in outputs:
+        np.testing.assert_array_equal(outputs["avx512"], outputs["avx2"])
+
+
+def test_squeeze_excite_matrix_vector_over_panels_on_every_tier() -> None:
+    """A 1x1 conv on a 1x1 input (squeeze-excite's fully connected layer) with 100 outputs: the
+    matrix-vector path walks W's column panels."""
+    rng = np.random.default_rng(7)
+    b = GraphBuilder()
+    x = b.input("x", "float32", ("n", 72, 1, 1))
+    w = b.constant("w", rng.standard_normal((100, 72, 1, 1)).astype(np.float32))
+    bias = b.constant("b", rng.standard_normal(100).astype(np.float32))
+    b.output(b.node("Conv", [x, w, bias], activation="relu"), "")
+    graph = b.build()
+    feed = {"x": rng.standard_normal((3, 72, 1, 1)).astype(np.float32)}
+    want = next(iter(run_graph(graph, feed).values()))
+    try:
+        for name in ISAS:
+            graph_native.select_isa(name)
+            got = next(iter(graph_native.load_executor(graph).run(feed).values()))
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(72), err_msg=name)
     finally:
         graph_native.select_isa("auto")
 

@@ -287,19 +287,9 @@ def workers_run(work: Path, postgres: PostgresServer, database: str, ids: list[s
         cpu = {name: (_cpu_seconds(pids()) - before[name]) / max(stored, 1) * 1e6 for name, pids in parts.items()}
         cpu["publishers"] = sending / max(stored, 1) * 1e6
         stored = count_rows(sessions)
-        with sessions() as session:
-            distinct = session.scalar(select(func.count()).select_from(
-                select(TelemetryRecord.device_id, TelemetryRecord.seq).distinct().subquery()))
+        distinct = distinct_windows(sessions)
     finally:
-        for process in processes:
-            if process.poll() is None:
-                os.kill(process.pid, signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait(10)
+        stop_processes(processes)
         broker.stop()
         engine.dispose()
     return {"workers": workers, "sent": len(ids), "stored": stored, "stored_once": distinct == stored,
@@ -308,6 +298,26 @@ def workers_run(work: Path, postgres: PostgresServer, database: str, ids: list[s
             "cpu_us_per_message": {name: round(value, 1) for name, value in cpu.items()},
             "two_idle_cores_messages_per_second": 2e6 / served if (served := cpu["ingest"] + cpu["broker"]
                                                                    + cpu["postgres"]) else None}
+
+
+def distinct_windows(sessions) -> int:  # noqa: ANN001 - a sessionmaker
+    """Distinct (device, seq) pairs stored: equal to the row count when every window is stored once."""
+    with sessions() as session:
+        return session.scalar(select(func.count()).select_from(
+            select(TelemetryRecord.device_id, TelemetryRecord.seq).distinct().subquery()))
+
+
+def stop_processes(processes: list[subprocess.Popen]) -> None:
+    """SIGTERM, then SIGKILL whatever has not exited 30 s later."""
+    for process in processes:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(10)
 
 
 def _cpu_seconds(pids: list[int]) -> float:

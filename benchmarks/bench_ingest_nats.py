@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -29,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import insert, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.nats and tests.postgres
 
@@ -44,11 +43,13 @@ from bench_ingest import (  # noqa: E402 - benchmarks/, beside this script
     _read_exactly,
     _utf8,
     count_rows,
+    distinct_windows,
     payload,
+    stop_processes,
 )
 from report import emit  # noqa: E402
 
-from edgefleet.cloud.db import Device, TelemetryRecord, make_engine, make_sessions  # noqa: E402
+from edgefleet.cloud.db import Device, make_engine, make_sessions  # noqa: E402
 from edgefleet.cloud.mqtt_auth import CLOUD_CLIENTS, INGEST, cloud_password, new_cloud_secret  # noqa: E402
 from edgefleet.cloud.nats_config import INGEST_CONSUMER, INGEST_INBOX, INGEST_STREAM, bcrypt_hash  # noqa: E402
 from edgefleet.core.topics import topic  # noqa: E402
@@ -214,19 +215,9 @@ def run(work: Path, postgres: PostgresServer, database: str, ids: list[str], wor
             process.join(60)
         timed = max(stored - first, 1)
         cpu = {name: (_cpu_seconds(pids()) - before[name]) / timed * 1e6 for name, pids in parts.items()}
-        with sessions() as session:
-            distinct = session.scalar(select(func.count()).select_from(
-                select(TelemetryRecord.device_id, TelemetryRecord.seq).distinct().subquery()))
+        distinct = distinct_windows(sessions)
     finally:
-        for process in processes:
-            if process.poll() is None:
-                os.kill(process.pid, signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait(10)
+        stop_processes(processes)
         cluster.stop()
         engine.dispose()
     return {"workers": workers, "sent": len(ids), "stored": stored, "stored_once": distinct == stored,

@@ -201,7 +201,7 @@ def _store_statuses(session: Session, statuses: list[tuple[Status, bytes]], tall
     session.execute(insert(DeviceStatus), [
         {"device_id": s.device, "fleet": s.fleet, "seq": s.seq, "deployment_id": s.deployment, "command_id": s.command,
          "state": s.state, "reason": s.reason, "at": s.at, "payload": raw.decode(), "received_at": stamp}
-        for s, _raw in fresh])
+        for s, raw in fresh])
     _apply_statuses(session, [s for s, _ in fresh], stamp, tally)
 
 

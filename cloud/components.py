@@ -37,6 +37,7 @@ from edgefleet.cloud.mqtt_auth import (
     ingest_worker,
     rollouts_worker,
 )
+from edgefleet.cloud.nats_config import NATS_SCHEMES
 from edgefleet.cloud.ops_monitor import OpsMonitor
 from edgefleet.cloud.performance_monitor import PerformanceMonitor
 from edgefleet.cloud.retention import Retention, RetentionSettings
@@ -104,13 +105,15 @@ def _ingest(settings: CloudSettings, sessions: sessionmaker, url: str, secret: s
     """The ingest of role `all` (its own persistent session, the whole stream), or an ingest worker: its
     session named after the worker, its share of the stream from the broker's shared subscription; on a
     NATS URL, a worker pulling from the JetStream consumer all workers share (cloud/ingest_nats.py)."""
-    if url.startswith("nats://"):
-        from edgefleet.cloud.ingest_nats import NatsIngest
+    if url.startswith(NATS_SCHEMES):
+        from edgefleet.cloud.ingest_nats import NatsIngest, StreamSettings
 
         username, password = cloud_credentials(secret, INGEST)  # nats_config lets this one user off MQTT
+        stream = StreamSettings(settings.nats_replicas, settings.nats_max_bytes, settings.nats_max_age_seconds,
+                                settings.nats_ack_wait_seconds)
         return NatsIngest(sessions, url, username=username, password=password,
                           worker=ingest_worker(settings.worker or "all").username,
-                          max_bytes=settings.telemetry_max_bytes)
+                          max_bytes=settings.telemetry_max_bytes, stream=stream, ca=settings.mqtt_ca)
     client = INGEST if settings.worker is None else ingest_worker(settings.worker)
     username, password = cloud_credentials(secret, client)
     group = SHARE_GROUP if settings.role == "ingest" else None

@@ -1,7 +1,8 @@
 """The ingest's source on a NATS cluster: device messages read natively from JetStream, shared by all workers.
 
 NATS 2.9's MQTT layer has no `$share` subscriptions, so on NATS the ingest scales out on NATS's own work
-sharing instead (`cloud up --role ingest --worker NAME --mqtt-url nats://host:4222[,nats://...]`):
+sharing instead (`cloud up --role ingest --worker NAME --mqtt-url nats://host:4222[,nats://...]`; on a
+cluster `nats_config` wrote with TLS, `tls://host:4222[,...]` and `--mqtt-ca` for a private CA):
 
 - a JetStream stream, `nats_config.INGEST_STREAM`, captures the subjects devices publish on over MQTT
   (`edgefleet/v1/<fleet>/<device>/<kind>` arrives as `edgefleet.v1.<fleet>.<device>.<kind>`; QoS 1
@@ -17,7 +18,9 @@ sharing instead (`cloud up --role ingest --worker NAME --mqtt-url nats://host:42
   nothing twice (the (device, seq) key drops the copy of what it had committed but not acknowledged).
 
 The first worker to start creates the stream and the consumer; later ones find them and use them as they
-are (an operator's changes, such as a shorter ack_wait, stay). Stream and consumer live in the cluster,
+are (an operator's changes, such as a shorter ack_wait, stay), except for what `StreamSettings` names
+(`EDGEFLEET_NATS_REPLICAS`, `_MAX_BYTES`, `_MAX_AGE_SECONDS`, `_ACK_WAIT_SECONDS`): a worker started with
+one of those set brings the stream or the consumer to it, and logs the change. Stream and consumer live in the cluster,
 not in a worker: no worker's name matters for recovery, and a killed worker needs no restart for its
 messages to be stored (unlike MQTT's `$share`, where its persistent session keeps them). All workers log
 in as `edgefleet-ingest` on the NATS protocol, the one cloud user `nats_config` lets off MQTT, with only
@@ -31,29 +34,56 @@ is in hand, then closes.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import logging
 import threading
 from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import sessionmaker
 
 from edgefleet.cloud.ingest import Ingest, Received
-from edgefleet.cloud.nats_config import INGEST_CONSUMER, INGEST_INBOX, INGEST_STREAM, ingest_subjects
+from edgefleet.cloud.nats_config import (
+    INGEST_CONSUMER,
+    INGEST_INBOX,
+    INGEST_STREAM,
+    NATS_SCHEMES,
+    ingest_subjects,
+)
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.telemetry import MAX_PAYLOAD_BYTES
+from edgefleet.core.tls import client_context
 
 log = logging.getLogger(__name__)
 MAX_ACK_PENDING = 50_000  # consumer-wide (all workers): unacknowledged messages out at once
 PULL_WAIT = 1.0  # seconds a pull waits on an empty stream
+DEFAULT_ACK_WAIT = 30.0
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """What a worker sets on the shared stream and consumer; None: the default at creation (min(3, nodes)
+    replicas, no byte or age limit but the nodes' `max_file_store`, 30 s ack_wait), and whatever the cluster
+    has afterwards. A message older than `max_age_seconds` or beyond `max_bytes` is dropped by the stream
+    (the oldest first) before any worker stores it: limits for a backlog no one will drain, not for normal
+    running."""
+
+    replicas: int | None = None
+    max_bytes: int | None = None
+    max_age_seconds: float | None = None
+    ack_wait_seconds: float | None = None
 
 
 def nats_servers(url: str) -> list[str]:
-    """`nats://host:port[,nats://host:port...]` as the list of servers to try."""
+    """`nats://host:port[,...]` (or `tls://`, all with one scheme) as the list of servers to try."""
     servers = [part.strip() for part in url.split(",") if part.strip()]
-    if not servers or not all(s.startswith("nats://") for s in servers):
-        raise EdgefleetError(f"NATS URL {url!r}: expected nats://host:port[,nats://host:port...]")
+    if not servers or not all(s.startswith(NATS_SCHEMES) for s in servers):
+        raise EdgefleetError(f"NATS URL {url!r}: expected nats://host:port[,nats://host:port...] (tls:// for TLS)")
+    if len({s.split("://")[0] for s in servers}) > 1:
+        raise EdgefleetError(f"NATS URL {url!r}: mixes nats:// and tls://; a cluster speaks one or the other")
     return servers
 
 
@@ -81,10 +111,13 @@ class NatsIngest(Ingest):
         max_bytes: int = MAX_PAYLOAD_BYTES,
         batch_size: int = 1000,
         flush_seconds: float = 0.05,
-        ack_wait: float = 30.0,
+        stream: StreamSettings = StreamSettings(),
+        ca: Path | None = None,
     ) -> None:
         self.servers = nats_servers(nats_url)
-        self.ack_wait = ack_wait
+        self.stream = stream
+        # tls:// (or a CA given): TLS checked against `ca`, else the system's store
+        self._tls = client_context(ca) if ca is not None or self.servers[0].startswith("tls://") else None
         self._credentials = (username, password)
         self._pending: dict[int, Any] = {}  # mid -> nats Msg, until acknowledged
         self._mids = itertools.count(1)
@@ -117,8 +150,12 @@ class NatsIngest(Ingest):
         self._pulling.clear()
         if self._loop is None:
             return
+        if not self.connected.is_set():  # still connecting (nats-py retries a first connect forever): nothing in
+            self._puller.cancel()  # hand to store, so the attempt is cancelled instead of waited for
         try:
             self._puller.result(timeout)
+        except concurrent.futures.CancelledError:
+            pass
         except Exception as err:  # noqa: BLE001 - a pull that failed or hung: close anyway
             log.warning("ingest: the NATS pull did not end cleanly: %r", err)
         self._queue.put(None)
@@ -160,30 +197,50 @@ class NatsIngest(Ingest):
             log.info("ingest: reconnected to NATS at %s", self._nc.connected_url.netloc)
 
         return await nats.connect(servers=self.servers, user=username, password=password, name=self.worker,
-                                  inbox_prefix=INGEST_INBOX, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                                  tls=self._tls, inbox_prefix=INGEST_INBOX, max_reconnect_attempts=-1,
+                                  reconnect_time_wait=0.5,
                                   error_cb=error, disconnected_cb=disconnected, reconnected_cb=reconnected)
 
     async def _prepare(self, js: Any) -> None:
         """The stream and the shared durable consumer, each created if missing, else used as it is (an operator
-        may have tuned them, e.g. `nats consumer edit` of ack_wait)."""
+        may have tuned them, e.g. `nats consumer edit` of ack_wait) but for what `self.stream` sets."""
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
         from nats.js.errors import NotFoundError
 
+        wanted = self.stream
+        limits = {"num_replicas": wanted.replicas, "max_bytes": wanted.max_bytes, "max_age": wanted.max_age_seconds}
+        limits = {k: v for k, v in limits.items() if v is not None}
         try:
-            await js.stream_info(INGEST_STREAM)
+            config = (await js.stream_info(INGEST_STREAM)).config
         except NotFoundError:
             nodes = len(self._nc._server_info.get("connect_urls") or []) or 1
-            replicas = min(3, nodes)
-            log.info("ingest: creating JetStream stream %s on %d replica(s)", INGEST_STREAM, replicas)
-            await js.add_stream(StreamConfig(name=INGEST_STREAM, subjects=ingest_subjects(), num_replicas=replicas,
-                                             retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE))
+            config = StreamConfig(name=INGEST_STREAM, subjects=ingest_subjects(), num_replicas=min(3, nodes),
+                                  retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE)
+            for key, value in limits.items():
+                setattr(config, key, value)
+            log.info("ingest: creating JetStream stream %s on %d replica(s)", INGEST_STREAM, config.num_replicas)
+            await js.add_stream(config)
+        else:
+            changed = {k: v for k, v in limits.items() if getattr(config, k) != v}
+            if changed:
+                log.info("ingest: stream %s: setting %s", INGEST_STREAM, changed)
+                for key, value in changed.items():
+                    setattr(config, key, value)
+                await js.update_stream(config)
+        ack_wait = wanted.ack_wait_seconds
         try:
-            await js.consumer_info(INGEST_STREAM, INGEST_CONSUMER)
+            consumer = (await js.consumer_info(INGEST_STREAM, INGEST_CONSUMER)).config
         except NotFoundError:
-            log.info("ingest: creating the durable consumer %s (ack_wait %.1f s)", INGEST_CONSUMER, self.ack_wait)
+            ack_wait = DEFAULT_ACK_WAIT if ack_wait is None else ack_wait
+            log.info("ingest: creating the durable consumer %s (ack_wait %.1f s)", INGEST_CONSUMER, ack_wait)
             await js.add_consumer(INGEST_STREAM, ConsumerConfig(
                 durable_name=INGEST_CONSUMER, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
-                ack_wait=self.ack_wait, max_deliver=-1, max_ack_pending=MAX_ACK_PENDING))
+                ack_wait=ack_wait, max_deliver=-1, max_ack_pending=MAX_ACK_PENDING))
+        else:
+            if ack_wait is not None and consumer.ack_wait != ack_wait:
+                log.info("ingest: consumer %s: ack_wait %.1f -> %.1f s", INGEST_CONSUMER, consumer.ack_wait, ack_wait)
+                consumer.ack_wait = ack_wait
+                await js.add_consumer(INGEST_STREAM, consumer)  # the same durable name: an update
 
     async def _pull(self) -> None:
         from nats.errors import TimeoutError as NatsTimeout

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import re
 
+from edgefleet.cloud.nats_config import NATS_SCHEMES
 from edgefleet.core.errors import EdgefleetError
 
 ROLES = ("all", "api", "ingest", "monitor", "rollouts")
@@ -54,9 +55,9 @@ def check_role(role: str, db_url: str, mqtt_url: str | None, worker: str | None,
         raise RoleError(f"--role: expected one of {', '.join(ROLES)}, got {role!r}")
     if worker is not None and role not in ("ingest", "rollouts"):
         raise RoleError(f"--worker names an ingest or rollouts worker's MQTT users; --role {role} takes none")
-    if mqtt_url is not None and mqtt_url.startswith("nats://") and role != "ingest":
-        raise RoleError(f"--role {role}: a nats:// URL serves the ingest role only (it reads JetStream natively); "
-                        f"give the other roles a node's mqtt://host:port")
+    if mqtt_url is not None and mqtt_url.startswith(NATS_SCHEMES) and role != "ingest":
+        raise RoleError(f"--role {role}: a nats:// (or tls://) URL serves the ingest role only (it reads JetStream "
+                        f"natively); give the other roles a node's mqtt://host:port")
     if role == "all":
         return
     if not db_url.startswith("postgresql"):

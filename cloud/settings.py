@@ -44,6 +44,12 @@ class CloudSettings(BaseSettings):
     mqtt_password: str | None = Field(default=None, repr=False)
     # For an mqtts:// broker whose certificate a private CA signed: its PEM bundle (None: the system's store).
     mqtt_ca: Path | None = None
+    # An ingest worker on NATS (`--mqtt-url nats://...` or `tls://...`, cloud/ingest_nats.py): what it sets on
+    # the shared JetStream stream and consumer; None: the default at creation, then whatever the cluster has.
+    nats_replicas: int | None = Field(default=None, ge=1, le=5)
+    nats_max_bytes: int | None = Field(default=None, gt=0)
+    nats_max_age_seconds: float | None = Field(default=None, gt=0)
+    nats_ack_wait_seconds: float | None = Field(default=None, gt=0)
     # Retired: one username for all the cloud's clients let any of them be impersonated. Setting it is an error.
     mqtt_username: str | None = None
     # Public keys (.pub files or directories of them) the registry accepts bundles from.

@@ -31,8 +31,8 @@ class NatsCluster:
         self.monitor_ports = {node.name: free_port() for node in self.nodes}
         self.processes: dict[str, subprocess.Popen] = {}
 
-    def configure(self, devices=(), cloud_hashes=None, sim_users=()) -> dict[str, Path]:  # noqa: ANN001
-        paths = write_nats_config(self.workdir, self.nodes, devices, cloud_hashes or {}, sim_users)
+    def configure(self, devices=(), cloud_hashes=None, sim_users=(), tls=None) -> dict[str, Path]:  # noqa: ANN001
+        paths = write_nats_config(self.workdir, self.nodes, devices, cloud_hashes or {}, sim_users, tls=tls)
         for node in self.nodes:  # the monitoring port is the test's own: readiness, not part of the product
             with paths[node.name].open("a") as conf:
                 conf.write(f"http: 127.0.0.1:{self.monitor_ports[node.name]}\n")

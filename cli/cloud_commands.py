@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from edgefleet.cli import mqtt_commands
+from edgefleet.cli import mqtt_commands, nats_commands
 from edgefleet.cli.app import TrustOption, app, err_console, out
 from edgefleet.core import config
 from edgefleet.core.errors import EdgefleetError
@@ -17,6 +17,7 @@ from edgefleet.core.errors import EdgefleetError
 cloud_app = typer.Typer(no_args_is_help=True, help="The cloud companion service: registry, fleet, ingest, drift.")
 app.add_typer(cloud_app, name="cloud")
 mqtt_commands.register(cloud_app)
+nats_commands.register(cloud_app)
 
 DataOption = Annotated[Path | None, typer.Option("--data", help="Data directory (default ./edgefleet-data, "
                                                                   "or $EDGEFLEET_DATA_DIR)")]

@@ -10,8 +10,9 @@ made and printed once (the service then runs with EDGEFLEET_MQTT_PASSWORD=<secre
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -53,6 +54,27 @@ def _cloud_hashes(directory: Path, secret: str | None, workers: list[str],
     return {name: hash_password(cloud_password(secret, name)) for name in names}, new_secret
 
 
+def registered_devices(url: str, row: Callable[[Any], tuple]) -> list[tuple]:
+    """`row(device)` of every device not revoked, by id, from the cloud's database at `url`."""
+    from sqlalchemy import select
+
+    from edgefleet.cloud.db import Device, make_engine, make_sessions
+    from edgefleet.cloud.schema import check_revision, current_revision
+
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise EdgefleetError(f"no cloud database at {url.removeprefix('sqlite:///')}: pass --data (or --db) "
+                             f"of a cloud that has run")
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:  # an older schema: one line naming `cloud migrate`, not an SQL error
+            check_revision(current_revision(connection), engine.url.render_as_string(hide_password=True))
+        with make_sessions(engine)() as session:
+            return [row(d) for d in
+                    session.scalars(select(Device).where(Device.revoked_at.is_(None)).order_by(Device.id))]
+    finally:
+        engine.dispose()
+
+
 def mosquitto_config(
     directory: Annotated[Path, typer.Argument(help="Where to write passwd, acl and mosquitto.conf")],
     data: Annotated[Path | None, typer.Option("--data", help="Data directory of the cloud service (default "
@@ -75,26 +97,13 @@ def mosquitto_config(
 ) -> None:
     """Write a complete Mosquitto configuration (passwd, acl, mosquitto.conf) for every registered device and
     the cloud's own clients, with persistence on and client ids bound to usernames."""
-    from sqlalchemy import select
-
-    from edgefleet.cloud.db import Device, make_engine, make_sessions
     from edgefleet.cloud.mqtt_auth import CLOUD_CLIENTS, Listener, write_mosquitto_config
     from edgefleet.cloud.roles import check_worker
     from edgefleet.cloud.settings import load_settings
     from edgefleet.core.tls import check_server_files
 
     settings = load_settings(db_url=db, data_dir=data)
-    url = settings.db_url or ""
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        raise EdgefleetError(f"no cloud database at {url.removeprefix('sqlite:///')}: pass --data (or --db) "
-                             f"of a cloud that has run")
-    engine = make_engine(url)
-    try:
-        with make_sessions(engine)() as session:
-            devices = [(d.id, d.fleet, d.password_hash) for d in
-                       session.scalars(select(Device).where(Device.revoked_at.is_(None)).order_by(Device.id))]
-    finally:
-        engine.dispose()
+    devices = registered_devices(settings.db_url or "", lambda d: (d.id, d.fleet, d.password_hash))
 
     workers = list(dict.fromkeys(ingest_worker or ()))
     rollouts_workers = list(dict.fromkeys(rollouts_worker or ()))

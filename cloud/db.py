@@ -62,6 +62,9 @@ class Device(Base):
     group: Mapped[str | None] = mapped_column("device_group", String(64), nullable=True, index=True)
     # MQTT password in Mosquitto's PBKDF2-SHA512 format ($7$...), checked by both brokers.
     password_hash: Mapped[str] = mapped_column(String(256))
+    # The same password as bcrypt, for NATS (cloud/nats_config.py), made at registration; None for devices
+    # registered before migration 0007.
+    password_bcrypt: Mapped[str | None] = mapped_column(String(64), nullable=True)
     online: Mapped[bool] = mapped_column(Boolean, default=False)
     model_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
     model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -33,10 +33,20 @@ class NatsCluster:
 
     def configure(self, devices=(), cloud_hashes=None, sim_users=(), tls=None) -> dict[str, Path]:  # noqa: ANN001
         paths = write_nats_config(self.workdir, self.nodes, devices, cloud_hashes or {}, sim_users, tls=tls)
-        for node in self.nodes:  # the monitoring port is the test's own: readiness, not part of the product
-            with paths[node.name].open("a") as conf:
-                conf.write(f"http: 127.0.0.1:{self.monitor_ports[node.name]}\n")
+        self.add_monitoring()
         return paths
+
+    def add_monitoring(self) -> None:
+        """The monitoring port is the test's own (readiness, not part of the product): appended to each conf."""
+        for node in self.nodes:
+            with (self.workdir / f"{node.name}.conf").open("a") as conf:
+                conf.write(f"http: 127.0.0.1:{self.monitor_ports[node.name]}\n")
+
+    def reload(self) -> None:
+        """What an operator does after new users.conf: SIGHUP (`nats-server --signal reload`) to every node."""
+        for process in self.processes.values():
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGHUP)
 
     def start(self, timeout: float = 30.0) -> NatsCluster:
         for node in self.nodes:

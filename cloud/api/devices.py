@@ -16,6 +16,7 @@ from edgefleet.cloud.api.deps import ConflictError, NotFoundError, SessionDep
 from edgefleet.cloud.auth import AdminAuth
 from edgefleet.cloud.db import Device
 from edgefleet.cloud.mqtt_auth import RESERVED_PREFIX, hash_password, is_reserved_id, new_password
+from edgefleet.cloud.nats_config import DEVICE_BCRYPT_ROUNDS, bcrypt_hash
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.topics import check_id, device_prefix, topic
 
@@ -91,7 +92,8 @@ def add_device(session: Session, body: DeviceIn) -> DeviceCreated:
     if session.get(Device, device_id) is not None:
         raise ConflictError(f"device {device_id!r} is registered already")
     password = new_password()
-    session.add(Device(id=device_id, fleet=fleet, group=group, password_hash=hash_password(password)))
+    session.add(Device(id=device_id, fleet=fleet, group=group, password_hash=hash_password(password),
+                       password_bcrypt=bcrypt_hash(password, DEVICE_BCRYPT_ROUNDS)))
     topics = DeviceTopics(publish_prefix=device_prefix(fleet, device_id), command=topic(fleet, device_id, "cmd"))
     return DeviceCreated(id=device_id, fleet=fleet, group=group,
                          mqtt=MqttCredentials(username=device_id, password=password, topics=topics))

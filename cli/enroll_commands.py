@@ -154,7 +154,8 @@ def revoke_device(device_id: Annotated[str, typer.Argument(help="Device to revok
     """Revoke a device's credentials: the embedded broker refuses it and closes its connection at once."""
     got = CloudClient(cloud, token).delete(f"/api/v1/devices/{device_id}")
     out.print(f"device {got['id']} revoked; with Mosquitto, re-run `edgefleet cloud mosquitto-config` and "
-              f"send it SIGHUP (Mosquitto keeps a connected client until it reconnects)", markup=False)
+              f"send it SIGHUP (Mosquitto keeps a connected client until it reconnects); with NATS, re-run "
+              f"`edgefleet cloud nats-config` and reload every node (closes its connection)", markup=False)
 
 
 def read_devices(path: Path) -> list[dict]:

@@ -97,7 +97,7 @@ def mosquitto_config(
 ) -> None:
     """Write a complete Mosquitto configuration (passwd, acl, mosquitto.conf) for every registered device and
     the cloud's own clients, with persistence on and client ids bound to usernames."""
-    from edgefleet.cloud.mqtt_auth import CLOUD_CLIENTS, Listener, write_mosquitto_config
+    from edgefleet.cloud.mqtt_auth import Listener, write_mosquitto_config
     from edgefleet.cloud.roles import check_worker
     from edgefleet.cloud.settings import load_settings
     from edgefleet.core.tls import check_server_files
@@ -117,11 +117,21 @@ def mosquitto_config(
     listener = Listener(port=port, bind=bind or None, persistence_dir=persistence_dir, tls_cert=tls_cert,
                         tls_key=tls_key)
     paths = write_mosquitto_config(directory, devices, cloud_hashes, listener, workers, rollouts_workers)
-    out.print(f"wrote Mosquitto files for {len(devices)} device(s) and the cloud:", markup=False, highlight=False)
+    report_written(f"Mosquitto files for {len(devices)} device(s)", paths,
+                   f"run: mosquitto -c {paths['conf']} (after a re-run, reload it with SIGHUP)", new_secret)
+
+
+def report_written(what: str, paths: dict[str, Path], run: str, new_secret: str | None,
+                   warning: str | None = None) -> None:
+    """What a broker-configuration command wrote, how to run it, a warning, and a new cloud secret (once)."""
+    from edgefleet.cloud.mqtt_auth import CLOUD_CLIENTS
+
+    out.print(f"wrote {what} and the cloud:", markup=False, highlight=False)
     for path in paths.values():
         out.print(f"  {path}", markup=False, highlight=False, soft_wrap=True)
-    out.print(f"run: mosquitto -c {paths['conf']} (after a re-run, reload it with SIGHUP)",
-              markup=False, highlight=False, soft_wrap=True)
+    out.print(run, markup=False, highlight=False, soft_wrap=True)
+    if warning:
+        err_console.print(warning, markup=False, highlight=False, soft_wrap=True)
     if new_secret:
         out.print(f"cloud MQTT secret: {new_secret}", markup=False, highlight=False, soft_wrap=True)
         err_console.print(SECRET_NOTE.format(names=", ".join(CLOUD_CLIENTS)), markup=False, highlight=False,

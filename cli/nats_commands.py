@@ -19,8 +19,7 @@ from typing import Annotated
 
 import typer
 
-from edgefleet.cli.app import err_console, out
-from edgefleet.cli.mqtt_commands import SECRET_NOTE, registered_devices
+from edgefleet.cli.mqtt_commands import registered_devices, report_written
 from edgefleet.core.errors import EdgefleetError
 
 NODE_PATTERN = re.compile(r"^([A-Za-z0-9_-]{1,64})=([^:=\s]+):(\d{1,5}):(\d{1,5}):(\d{1,5})$")
@@ -89,21 +88,14 @@ def nats_config(
         cloud_hashes = {name: bcrypt_hash(cloud_password(secret, name)) for name in names}
     tls = NatsTls(tls_cert, tls_key, tls_ca) if tls_cert is not None and tls_key is not None else None
     paths = write_nats_config(directory, nodes, devices, cloud_hashes, tls=tls)
-    out.print(f"wrote NATS files for {len(nodes)} node(s), {len(devices)} device(s) and the cloud:", markup=False,
-              highlight=False)
-    for path in paths.values():
-        out.print(f"  {path}", markup=False, highlight=False, soft_wrap=True)
-    out.print("run on each node: nats-server -c <node>.conf (after a re-run: nats-server --signal reload=<pid>)",
-              markup=False, highlight=False, soft_wrap=True)
+    warning = None
     if without:
         shown = ", ".join(without[:5]) + (f" and {len(without) - 5} more" if len(without) > 5 else "")
-        err_console.print(f"left out {len(without)} device(s) registered before bcrypt hashes were kept ({shown}): "
-                          f"NATS checks bcrypt only; they can still use Mosquitto or the embedded broker",
-                          markup=False, highlight=False, soft_wrap=True)
-    if new_secret:
-        out.print(f"cloud MQTT secret: {new_secret}", markup=False, highlight=False, soft_wrap=True)
-        err_console.print(SECRET_NOTE.format(names=", ".join(CLOUD_CLIENTS)), markup=False, highlight=False,
-                          soft_wrap=True)
+        warning = (f"left out {len(without)} device(s) registered before bcrypt hashes were kept ({shown}): NATS "
+                   f"checks bcrypt only; they can still use Mosquitto or the embedded broker")
+    report_written(f"NATS files for {len(nodes)} node(s), {len(devices)} device(s)", paths,
+                   "run on each node: nats-server -c <node>.conf (after a re-run: nats-server --signal reload=<pid>)",
+                   new_secret, warning)
 
 
 def register(cloud_app: typer.Typer) -> None:

@@ -37,7 +37,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import Engine, func, insert, select, text
+from sqlalchemy.orm import sessionmaker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.mosquitto, the broker helper
 
@@ -248,9 +249,8 @@ def compare_workers(args: argparse.Namespace, counts: list[int]) -> dict:
     }
 
 
-def workers_run(work: Path, postgres: PostgresServer, database: str, ids: list[str], workers: int,
-                args: argparse.Namespace) -> dict:
-    """One stream into a fresh database through `workers` ingest processes; they are stopped by PID."""
+def fresh_database(postgres: PostgresServer, database: str, ids: list[str]) -> tuple[str, Engine, sessionmaker]:
+    """A new database on `postgres` with devices `ids` registered: (its URL, engine, sessionmaker)."""
     admin = make_engine(postgres.url).execution_options(isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f"CREATE DATABASE {database}"))
@@ -263,6 +263,13 @@ def workers_run(work: Path, postgres: PostgresServer, database: str, ids: list[s
     with engine.connect() as connection:  # the statistics autovacuum keeps on a running database: without
         connection.execute(text("ANALYZE devices"))  # them every batch's statements scanned the whole table
         connection.commit()
+    return url, engine, sessions
+
+
+def workers_run(work: Path, postgres: PostgresServer, database: str, ids: list[str], workers: int,
+                args: argparse.Namespace) -> dict:
+    """One stream into a fresh database through `workers` ingest processes; they are stopped by PID."""
+    url, engine, sessions = fresh_database(postgres, database, ids)
     broker = MosquittoBroker(work / "mosquitto", max_inflight=args.inflight).start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
     processes = []

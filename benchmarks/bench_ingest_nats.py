@@ -28,8 +28,6 @@ import threading
 import time
 from pathlib import Path
 
-from sqlalchemy import insert, text
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.nats and tests.postgres
 
 from bench_ingest import (  # noqa: E402 - benchmarks/, beside this script
@@ -44,12 +42,12 @@ from bench_ingest import (  # noqa: E402 - benchmarks/, beside this script
     _utf8,
     count_rows,
     distinct_windows,
+    fresh_database,
     payload,
     stop_processes,
 )
 from report import emit  # noqa: E402
 
-from edgefleet.cloud.db import Device, make_engine, make_sessions  # noqa: E402
 from edgefleet.cloud.mqtt_auth import CLOUD_CLIENTS, INGEST, cloud_password, new_cloud_secret  # noqa: E402
 from edgefleet.cloud.nats_config import INGEST_CONSUMER, INGEST_INBOX, INGEST_STREAM, bcrypt_hash  # noqa: E402
 from edgefleet.core.topics import topic  # noqa: E402
@@ -146,15 +144,7 @@ def publishers_for(cluster: NatsCluster, ids: list[str], count: int, go: multipr
 
 def run(work: Path, postgres: PostgresServer, database: str, ids: list[str], workers: int,
         args: argparse.Namespace) -> dict:
-    admin = make_engine(postgres.url).execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f"CREATE DATABASE {database}"))
-    admin.dispose()
-    url = postgres.url.rsplit("/", 1)[0] + f"/{database}"
-    engine = make_engine(url)
-    sessions = make_sessions(engine)
-    with sessions.begin() as session:
-        session.execute(insert(Device), [{"id": d, "fleet": FLEET, "password_hash": "-"} for d in ids])
+    url, engine, sessions = fresh_database(postgres, database, ids)
     secret = new_cloud_secret()
     cluster = NatsCluster(work / "nats")
     cluster.configure([], {n: bcrypt_hash(cloud_password(secret, n), rounds=4) for n in CLOUD_CLIENTS},

@@ -1,5 +1,5 @@
-"""ONNX LSTM and GRU through the native target against onnxruntime (onnx's reference for layout 1), on what ONNX's own backend cases do
-not reach: GRU's linear_before_reset=1 (what torch exports), every output (Y, Y_h, Y_c) at once, layout 1
+"""ONNX LSTM and GRU through the native target against onnxruntime (onnx's reference for layout 1), on
+what ONNX's own backend cases do not reach: GRU's linear_before_reset=1 (what torch exports), every output (Y, Y_h, Y_c) at once, layout 1
 with initial states, a constant full sequence_lens; and the variants the native backend refuses, each
 named in the compile error."""
 
@@ -17,16 +17,16 @@ from edgefleet.core.errors import CompileError
 from edgefleet.cpp_ext.graph_native import load_executor
 
 RNG = np.random.default_rng(21)
-T, B, I, H = 6, 3, 5, 7
+T, B, IN, H = 6, 3, 5, 7
 
 
 def model(op: str, direction: str = "forward", layout: int = 0, outputs: int = 3, lengths: list | None = None,
           peepholes: bool = False, **attrs: object) -> onnx.ModelProto:
     dirs, gates = (2 if direction == "bidirectional" else 1), (4 if op == "LSTM" else 3)
-    x_shape = [B, T, I] if layout else [T, B, I]
+    x_shape = [B, T, IN] if layout else [T, B, IN]
     state = [B, dirs, H] if layout else [dirs, B, H]
     inits = [numpy_helper.from_array((RNG.standard_normal(s) * 0.4).astype(np.float32), n) for n, s in
-             (("W", (dirs, gates * H, I)), ("R", (dirs, gates * H, H)), ("B", (dirs, 2 * gates * H)))]
+             (("W", (dirs, gates * H, IN)), ("R", (dirs, gates * H, H)), ("B", (dirs, 2 * gates * H)))]
     inputs = ["x", "W", "R", "B", "", "h0"] + (["c0"] if op == "LSTM" else [])
     if lengths is not None:
         inits.append(numpy_helper.from_array(np.asarray(lengths, np.int32), "lens"))

@@ -1,7 +1,7 @@
 """ONNX LSTM and GRU through the native target against onnxruntime (onnx's reference for layout 1), on
-what ONNX's own backend cases do not reach: GRU's linear_before_reset=1 (what torch exports), every output (Y, Y_h, Y_c) at once, layout 1
-with initial states, a constant full sequence_lens; and the variants the native backend refuses, each
-named in the compile error."""
+what ONNX's own backend cases do not reach: GRU's linear_before_reset=1 (what torch exports), every output
+(Y, Y_h, Y_c) at once, layout 1 with initial states, a constant full sequence_lens; and the variants the
+native backend refuses, each named in the compile error."""
 
 from __future__ import annotations
 

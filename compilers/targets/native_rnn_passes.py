@@ -5,7 +5,8 @@
   ((T + 1 or 2, D, B, H): Y, then Y_h, then LSTM's Y_c along axis 0), with a Squeeze for Y_h and Y_c;
 - layout 1 (batch major) becomes Transposes of X, initial_h and initial_c before, and of Y and Y_h after;
 - attributes at their defaults are dropped (activations Sigmoid / Tanh [/ Tanh] per direction,
-  input_forget 0, linear_before_reset 0); a constant sequence_lens equal to T for every row is dropped.
+  input_forget 0, linear_before_reset 0); a constant sequence_lens equal to T for every row is dropped,
+  and so are initial states that are zeros by construction (torch exports Expand of a zero to the batch).
 
 What the executor does not run stays on the node and `recurrent_problem` names it, so the compile
 refuses it in one line: peepholes (LSTM's input P), clip, other activations (with their alpha / beta),
@@ -40,6 +41,9 @@ def lower_recurrent(graph: WorkGraph, shapes: Shapes) -> None:
     for node in [n for n in graph.nodes if n.op in RECURRENT]:
         _drop_defaults(node)
         _drop_full_lengths(node, graph, shapes)
+        for k in (5, 6):
+            if k < len(node.inputs) and node.inputs[k] and _all_zeros(graph, node.inputs[k]):
+                node.inputs[k] = ""  # absent initial states are zeros (torch exports zeros of the batch size)
         at = graph.nodes.index(node)
         before: list[WorkNode] = []
         if int(node.attrs.pop("layout", 0)) == 1:
@@ -68,6 +72,20 @@ def _drop_defaults(node: WorkNode) -> None:
     if node.op == "GRU" and int(attrs.get("linear_before_reset", 0)) == 0:
         attrs.pop("linear_before_reset", None)
     node.inputs = node.inputs[:8]
+
+
+def _all_zeros(graph: WorkGraph, value: str) -> bool:
+    """value is zeros by construction: a constant of zeros, or Expand / Slice / Reshape / ... of one."""
+    for _ in range(16):
+        known = graph.const(value)
+        if known is not None:
+            return bool(np.all(known == 0))
+        producer = graph.producer(value)
+        if producer is None or producer.op not in ("Expand", "Slice", "Reshape", "Unsqueeze", "Squeeze",
+                                                   "Transpose", "Identity", "Cast", "Tile", "Flatten"):
+            return False
+        value = producer.inputs[0]
+    return False
 
 
 def _drop_full_lengths(node: WorkNode, graph: WorkGraph, shapes: Shapes) -> None:

@@ -21,6 +21,36 @@ namespace {
 using vecmath::sigmoid_rows;
 using vecmath::tanh_rows;
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define EF_CLONES __attribute__((target_clones("default", "avx2", "avx512f")))
+#else
+#define EF_CLONES
+#endif
+
+// y (n) = x (k) times m (k rows of n, leading dimension ldm), summed in k order: one batch row of the
+// hidden state's product. The rows of m are contiguous, so each k is one vectorised multiply-add over n;
+// the packing a GEMM kernel does per call would cost as much as the product itself here.
+EF_CLONES void row_times(const float* x, std::int64_t k, const float* m, std::int64_t ldm, std::int64_t n, float* y) {
+    for (std::int64_t j = 0; j < n; ++j) y[j] = 0.0f;
+    for (std::int64_t p = 0; p < k; ++p) {
+        const float a = x[p];
+        const float* row = m + p * ldm;
+        for (std::int64_t j = 0; j < n; ++j) y[j] += a * row[j];
+    }
+}
+
+// C (b, n) = A (b, k) x B (k, n), B with leading dimension ldb: row by row for the few rows of a
+// streaming batch, the GEMM kernel for more.
+void hidden_product(std::int64_t b, std::int64_t n, std::int64_t k, const float* a, std::int64_t lda, const float* m,
+                    std::int64_t ldb, float* c, std::int64_t ldc) {
+    if (b < 4) {
+        for (std::int64_t r = 0; r < b; ++r) row_times(a + r * lda, k, m, ldb, n, c + r * ldc);
+        return;
+    }
+    kernels::active().sgemm(static_cast<int>(b), static_cast<int>(n), static_cast<int>(k), a, static_cast<int>(lda), m,
+                            static_cast<int>(ldb), c, static_cast<int>(ldc));
+}
+
 // (D, G * H, K) -> per direction (K, G * H): the B operand of the row-major sgemm.
 void transpose_weights(const float* w, float* out, std::int64_t dirs, std::int64_t rows, std::int64_t k) {
     for (std::int64_t d = 0; d < dirs; ++d) {
@@ -185,8 +215,7 @@ private:
     // gates i, o, f, c (ONNX's order): c = f * c + i * tanh(g_c), h = o * tanh(c)
     void lstm_step(const float* xp, const float* rd, std::int64_t b, float* step, float* state, float* cell) const {
         const std::int64_t h = hidden_, gh = 4 * h;
-        kernels::active().sgemm(static_cast<int>(b), static_cast<int>(gh), static_cast<int>(h), state,
-                                static_cast<int>(h), rd, static_cast<int>(gh), step, static_cast<int>(gh));
+        hidden_product(b, gh, h, state, h, rd, gh, step, gh);
         for (std::int64_t r = 0; r < b; ++r) {
             float* g = step + r * gh;
             const float* p = xp + r * gh;
@@ -206,10 +235,7 @@ private:
     void gru_step(const float* xp, const float* rd, const float* rbh, std::int64_t b, float* step, float* state,
                   float* reset_h, float* candidate) const {
         const std::int64_t h = hidden_, gh = 3 * h;
-        const auto sgemm = kernels::active().sgemm;
-        const int n_cols = static_cast<int>(lbr_ ? gh : 2 * h);  // the default's candidate needs r first
-        sgemm(static_cast<int>(b), n_cols, static_cast<int>(h), state, static_cast<int>(h), rd, static_cast<int>(gh),
-              step, static_cast<int>(gh));
+        hidden_product(b, lbr_ ? gh : 2 * h, h, state, h, rd, gh, step, gh);  // the default's candidate needs r first
         for (std::int64_t r = 0; r < b; ++r) {
             float* g = step + r * gh;
             const float* p = xp + r * gh;
@@ -224,8 +250,7 @@ private:
             }
         }
         if (!lbr_) {
-            sgemm(static_cast<int>(b), static_cast<int>(h), static_cast<int>(h), reset_h, static_cast<int>(h),
-                  rd + 2 * h, static_cast<int>(gh), candidate, static_cast<int>(h));
+            hidden_product(b, h, h, reset_h, h, rd + 2 * h, gh, candidate, h);
         }
         for (std::int64_t r = 0; r < b; ++r) {
             float* g = step + r * gh;

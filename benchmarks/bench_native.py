@@ -8,9 +8,10 @@ scikit-learn's breast cancer data, a few epochs; wide CNN: benchmarks/bench_quan
 EfficientNet-Lite-class and ResNet-class CNNs of tests/compilers/edge_cnns.py, 3x64x64, random weights
 and BatchNorm statistics; the DS-CNN keyword spotter, dense autoencoder, small transformer encoder, M5
 Conv1d audio model and CRNN keyword spotters (GRU, LSTM) of tests/compilers/edge_models.py), a static
-int8 QDQ version of each (quantize_static_int8), compiles every bundle for the native target (the compile
-step checks the golden examples), then times the native backend and onnxruntime (OnnxRuntimeBackend, 1 intra-op thread: the
-session and hot path the Predictor uses) on the same artifact's source, interleaved call by call
+int8 QDQ version of each (quantize_static_int8), compiles every bundle for the native target (the
+compile step checks the golden examples), then times the native backend and onnxruntime
+(OnnxRuntimeBackend, 1 intra-op thread: the session and hot path the Predictor uses) on the same
+artifact's source, interleaved call by call
 (edgefleet.edge_runtime.bench.time_interleaved). Prints JSON per model: p50/p99 of both, the ratio
 native / onnxruntime (below 1: native is faster) and the max abs difference of the outputs on the test
 rows. Ratios are the numbers to watch; absolute times depend on the machine and are never a gate.

@@ -21,32 +21,11 @@ namespace {
 using vecmath::sigmoid_rows;
 using vecmath::tanh_rows;
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define EF_CLONES __attribute__((target_clones("default", "avx2", "avx512f")))
-#else
-#define EF_CLONES
-#endif
-
-// y (n) = x (k) times m (k rows of n, leading dimension ldm), summed in k order: one batch row of the
-// hidden state's product. The rows of m are contiguous, so each k is one vectorised multiply-add over n;
-// the packing a GEMM kernel does per call would cost as much as the product itself here.
-EF_CLONES void row_times(const float* x, std::int64_t k, const float* m, std::int64_t ldm, std::int64_t n, float* y) {
-    for (std::int64_t j = 0; j < n; ++j) y[j] = 0.0f;
-    for (std::int64_t p = 0; p < k; ++p) {
-        const float a = x[p];
-        const float* row = m + p * ldm;
-        for (std::int64_t j = 0; j < n; ++j) y[j] += a * row[j];
-    }
-}
-
-// C (b, n) = A (b, k) x B (k, n), B with leading dimension ldb: row by row for the few rows of a
-// streaming batch, the GEMM kernel for more.
+// C (b, n) = A (b, k) x B (k, n), B with leading dimension ldb: the hidden state's product of one step.
+// The GEMM kernel even for one batch row: a row-times-matrix loop, with its accumulators in registers
+// or not, was 3-34% slower per cell (measured interleaved on LSTM 64 and GRU 32/64 cells, 25 steps).
 void hidden_product(std::int64_t b, std::int64_t n, std::int64_t k, const float* a, std::int64_t lda, const float* m,
                     std::int64_t ldb, float* c, std::int64_t ldc) {
-    if (b < 4) {
-        for (std::int64_t r = 0; r < b; ++r) row_times(a + r * lda, k, m, ldb, n, c + r * ldc);
-        return;
-    }
     kernels::active().sgemm(static_cast<int>(b), static_cast<int>(n), static_cast<int>(k), a, static_cast<int>(lda), m,
                             static_cast<int>(ldb), c, static_cast<int>(ldc));
 }

@@ -105,9 +105,9 @@ def keep_symbolic_dims(graph: WorkGraph, shapes: Shapes) -> bool:
             start, end = (max(0, min(rank, v + rank if v < 0 else v)) for v in (start, end))
             known[node.outputs[0]] = list(dims[start:end])
         elif node.op == "Gather" and node.inputs[0] in known and int(node.attrs.get("axis", 0)) == 0:
-            index = graph.const(node.inputs[1])
-            if index is not None and np.ndim(index) == 1:
-                known[node.outputs[0]] = [known[node.inputs[0]][int(i)] for i in index]
+            index, dims = graph.const(node.inputs[1]), known[node.inputs[0]]
+            if index is not None and np.ndim(index) == 1 and all(-len(dims) <= int(i) < len(dims) for i in index):
+                known[node.outputs[0]] = [dims[int(i)] for i in index]
         elif node.op == "Slice" and node.inputs[0] in known and (bounds := _slice_bounds(graph, node)):
             known[node.outputs[0]] = known[node.inputs[0]][slice(*bounds)]
         if node.op in ("Gather", "Slice") and all(isinstance(v, int) for v in known.get(node.outputs[0], ["?"])):

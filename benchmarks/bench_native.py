@@ -6,11 +6,12 @@ Builds each model's bundle (digits: edgefleet.cloud.digits; MLP: examples/train_
 scikit-learn's breast cancer data, a few epochs; wide CNN: benchmarks/bench_quantize.WideCNN, 32x32 input,
 64-128 channels, ~0.2 GFLOP per image, random weights: latency does not depend on them; the
 EfficientNet-Lite-class and ResNet-class CNNs of tests/compilers/edge_cnns.py, 3x64x64, random weights
-and BatchNorm statistics; the DS-CNN keyword spotter, dense autoencoder, small transformer encoder and M5
-Conv1d audio model of tests/compilers/edge_models.py), a static int8 QDQ version of each
-(quantize_static_int8), compiles every bundle for the native target (the compile step checks the golden
-examples), then times the native backend and onnxruntime (OnnxRuntimeBackend, 1 intra-op thread: the
-session and hot path the Predictor uses) on the same artifact's source, interleaved call by call
+and BatchNorm statistics; the DS-CNN keyword spotter, dense autoencoder, small transformer encoder, M5
+Conv1d audio model and CRNN keyword spotters (GRU, LSTM) of tests/compilers/edge_models.py), a static
+int8 QDQ version of each (quantize_static_int8), compiles every bundle for the native target (the
+compile step checks the golden examples), then times the native backend and onnxruntime
+(OnnxRuntimeBackend, 1 intra-op thread: the session and hot path the Predictor uses) on the same
+artifact's source, interleaved call by call
 (edgefleet.edge_runtime.bench.time_interleaved). Prints JSON per model: p50/p99 of both, the ratio
 native / onnxruntime (below 1: native is faster) and the max abs difference of the outputs on the test
 rows. Ratios are the numbers to watch; absolute times depend on the machine and are never a gate.
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
                     edge_int8 = quantize_static_int8(edge_dir, workdir / f"{name}-int8", edge_train,
                                                      signing_key=key).bundle.root
                     plan += [(f"{name}-cnn", edge_dir, edge_test), (f"{name}-cnn-int8", edge_int8, edge_test)]
-            for name in ("ds-cnn", "autoencoder", "transformer", "m5"):
+            for name in ("ds-cnn", "autoencoder", "transformer", "m5", "crnn", "crnn-lstm"):
                 if wanted(name, f"{name}-int8"):
                     fp32_dir, int8_dir, rows = build_edge_model_bundle(workdir, key, name)
                     plan += [(name, fp32_dir, rows), (f"{name}-int8", int8_dir, rows)]
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
                 if not wanted(label):
                     continue
                 Bundle.open(bundle_dir)
-                slow = any(k in label for k in ("wide", "efficient", "resnet", "ds-cnn", "transformer", "m5"))
+                slow = any(k in label for k in ("wide", "efficient", "resnet", "ds-cnn", "transformer", "m5", "crnn"))
                 runs = args.runs if not slow else max(1, args.runs // args.wide_divisor)
                 try:
                     results.append(measure(label, bundle_dir, workdir, test_x, runs, threads))

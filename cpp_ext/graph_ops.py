@@ -58,6 +58,12 @@ with one input channel per group and a constant W (depthwise) runs a dedicated k
     QGemm(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point, bias?)
                                    the same for a (..., K) x b (K, N) (per tensor or per column N),
                                    bias int32 (N,); attribute activation "none" | "relu"
+    LSTM(X, W, R, B?, sequence_lens?, initial_h?, initial_c?), GRU(X, W, R, B?, sequence_lens?, initial_h?)
+                                   float32; hidden_size, direction "forward" | "reverse" | "bidirectional",
+                                   GRU linear_before_reset; layout 0 (X is (T, B, I)), the default
+                                   activations, no peepholes or clip; sequence_lens int32, each equal to T.
+                                   One output (not ONNX's three): Y, Y_h[, Y_c] stacked along axis 0,
+                                   (T + 1, D, B, H) for GRU, (T + 2, D, B, H) for LSTM
 """
 
 from __future__ import annotations
@@ -88,6 +94,7 @@ OPS: dict[str, tuple[int, int, tuple[str, ...]]] = {
     "Gather": (2, 2, ANY), "Slice": (3, 5, ANY), "Pad": (2, 4, ANY),
     "ReduceSum": (1, 2, FLOAT), "ReduceMean": (1, 2, FLOAT), "ReduceMax": (1, 2, FLOAT), "ReduceL2": (1, 2, FLOAT),
     "LayerNormalization": (2, 3, FLOAT), "Resize": (1, 4, FLOAT), "ConvTranspose": (2, 3, FLOAT),
+    "LSTM": (3, 7, FLOAT), "GRU": (3, 6, FLOAT),
 }
 INDEX = ("int32", "int64")
 # ops whose second (and later) inputs must have these dtypes, by position
@@ -105,6 +112,8 @@ _PARAM_DTYPES: dict[str, dict[int, tuple[str, ...]]] = {
     "ReduceSum": {1: ("int64",)}, "ReduceMean": {1: ("int64",)}, "ReduceMax": {1: ("int64",)},
     "ReduceL2": {1: ("int64",)}, "LayerNormalization": {1: FLOAT, 2: FLOAT},
     "Resize": {2: FLOAT, 3: ("int64",)}, "ConvTranspose": {1: FLOAT, 2: FLOAT},
+    "LSTM": {1: FLOAT, 2: FLOAT, 3: FLOAT, 4: ("int32",), 5: FLOAT, 6: FLOAT},
+    "GRU": {1: FLOAT, 2: FLOAT, 3: FLOAT, 4: ("int32",), 5: FLOAT},
 }
 _SAME_DTYPE = {"Equal": (1,), "Where": (2,), "Pad": (2,)}  # inputs whose dtype must be input 0's (Where: 1's)
 SHAPE_OPS = ("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity")  # outputs are views of input 0

@@ -14,6 +14,7 @@ import numpy as np
 
 from edgefleet.cpp_ext.graph_format import Graph
 from edgefleet.cpp_ext.graph_ops import infer_dtypes
+from edgefleet.cpp_ext.graph_reference_rnn import KERNELS as RNN_KERNELS
 from edgefleet.cpp_ext.graph_reference_tensor import KERNELS as TENSOR_KERNELS
 
 Kernel = Callable[[list, dict], np.ndarray]
@@ -308,5 +309,5 @@ KERNELS: dict[str, Kernel] = {
     "Identity": lambda args, attrs: args[0], "Transpose": transpose,
     "QuantizeLinear": quantize_linear, "DequantizeLinear": dequantize_linear,
     "QConv": qconv, "QGemm": qgemm, "QAdd": qbinary(np.add), "QMul": qbinary(np.multiply),
-    **TENSOR_KERNELS,
+    **TENSOR_KERNELS, **RNN_KERNELS,
 }

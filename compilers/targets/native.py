@@ -19,7 +19,8 @@ json, and edgefleet.cpp_ext._native runs it. The conversion (`onnx_to_graph`):
 4. a group-1 Conv whose only reader is a same-shaped residual Add takes the residual as input Z
    (fuse_residual_add); Conv/Gemm followed by Relu, HardSwish or a constant Clip become one node;
    older opset forms (Clip and Squeeze attributes, Softmax before opset 13)
-   are rewritten to the format's (graph_ops.py lists the op set);
+   are rewritten to the format's (graph_ops.py lists the op set); LSTM and GRU become the format's
+   one-output forms, their outputs Slices of it (native_rnn_passes.py);
 5. anything left that the executor does not run (an op, an attribute value, a dtype, a rank) is refused
    with one CompileError naming every such node; the graph is loaded (and, with static input shapes,
    run once on zeros) before it is written, so a device never meets an op it cannot run.
@@ -54,6 +55,7 @@ from edgefleet.compilers.targets.native_passes import (
     fuse_qdq,
     prune,
 )
+from edgefleet.compilers.targets.native_rnn_passes import RECURRENT, lower_recurrent, recurrent_problem
 from edgefleet.compilers.targets.native_tensor_passes import lift_1d, normalise_tensor_op, split_to_slices
 from edgefleet.core.errors import CompileError
 from edgefleet.cpp_ext.graph_format import DTYPES, FORMAT_VERSION, Graph, GraphFormatError, ValueInfo, write_graph
@@ -75,6 +77,7 @@ ATTRIBUTES: dict[str, list[str]] = {
     "Resize": ["mode", "coordinate_transformation_mode", "nearest_mode", "cubic_coeff_a", "exclude_outside",
                "antialias", "keep_aspect_ratio_policy", "extrapolation_value"],  # the executor refuses non-defaults
     "ConvTranspose": [*_WINDOW, "group", "output_padding"],
+    "LSTM": ["hidden_size", "direction"], "GRU": ["hidden_size", "direction", "linear_before_reset"],
     **{op: ["keepdims", "noop_with_empty_axes"] for op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceL2")},
 }
 
@@ -111,6 +114,7 @@ def onnx_to_graph(model: onnx.ModelProto) -> tuple[Graph, dict[str, Any]]:
     while fold_static_shapes(work, shapes):
         fold_constants(work)
     split_to_slices(work, shapes)
+    lower_recurrent(work, shapes)
     fold_batch_norm(work, ranks)
     reduce_mean_to_pool(work, ranks)
     fuse_hard_swish(work)
@@ -205,6 +209,8 @@ def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int | str, ...]]:
 def _problem(node: WorkNode, ranks: dict[str, int]) -> str:
     if node.op not in OPS:
         return "op not supported"
+    if node.op in RECURRENT and (problem := recurrent_problem(node)):
+        return problem
     unknown = sorted(set(node.attrs) - set(ATTRIBUTES.get(node.op, [])))
     if unknown:
         return f"attribute(s) {', '.join(unknown)} not supported"

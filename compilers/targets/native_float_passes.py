@@ -51,6 +51,9 @@ def fold_static_shapes(graph: WorkGraph, shapes: Shapes) -> bool:
             changed = True
             continue
         for user in graph.consumers(node.outputs[0]):  # Gather of fixed dims from a partly symbolic shape
+            if user.op == "Slice" and user.inputs[0] == node.outputs[0]:
+                changed |= _fold_shape_slice(graph, user, picked)
+                continue
             index = graph.const(user.inputs[1]) if user.op == "Gather" and len(user.inputs) > 1 else None
             if index is None or int(user.attrs.get("axis", 0)) != 0 or user.inputs[0] != node.outputs[0]:
                 continue
@@ -59,6 +62,76 @@ def fold_static_shapes(graph: WorkGraph, shapes: Shapes) -> bool:
                 graph.constants[user.outputs[0]] = np.asarray(values, np.int64).reshape(np.shape(index))
                 graph.nodes.remove(user)
                 graph.count("Shape+Gather folded")
+                changed = True
+    return keep_symbolic_dims(graph, shapes) or changed
+
+
+def _fold_shape_slice(graph: WorkGraph, user: WorkNode, picked: tuple) -> bool:
+    """A Slice of a partly symbolic Shape that picks fixed dims only becomes a constant."""
+    bounds = _slice_bounds(graph, user)
+    values = list(picked[slice(*bounds)]) if bounds else []
+    if not values or not all(isinstance(v, int) for v in values):
+        return False
+    graph.constants[user.outputs[0]] = np.asarray(values, np.int64)
+    graph.nodes.remove(user)
+    graph.count("Shape+Slice folded")
+    return True
+
+
+def _slice_bounds(graph: WorkGraph, node: WorkNode) -> tuple[int, int] | None:
+    """(begin, end) of a Slice of a 1-D value with constant starts, ends (axes 0, steps 1); else None."""
+    bounds = [graph.const(v) for v in (node.inputs + ["", "", ""])[1:5]]
+    if bounds[0] is None or bounds[1] is None or any(v and graph.const(v) is None for v in node.inputs[3:5]):
+        return None
+    pairs = zip(bounds[2:], (0, 1), strict=True)  # axes 0, steps 1 (or absent)
+    if any(b is not None and np.asarray(b).reshape(-1).tolist() != [want] for b, want in pairs):
+        return None
+    begin, end = (int(np.asarray(v).reshape(-1)[0]) for v in bounds[:2])
+    return begin, end
+
+
+def keep_symbolic_dims(graph: WorkGraph, shapes: Shapes) -> bool:
+    """A Reshape target built (Concat) from pieces of Shapes (Gather, Slice of them) and constants, whose
+    symbolic dims sit where the Reshape's own input has the same symbol (torch's exports of view/flatten:
+    (T, batch, D, H) -> (T, batch, D * H)), becomes a constant with 0 there: Reshape copies the dim from
+    its input. True if any did."""
+    known: dict[str, list[int | str]] = {}
+    changed = False
+    for node in list(graph.nodes):
+        if node.op == "Shape" and node.inputs[0] in shapes and node.inputs[0] not in graph.constants:
+            dims = shapes[node.inputs[0]]
+            rank = len(dims)
+            start, end = (int(node.attrs.get(k, d)) for k, d in (("start", 0), ("end", rank)))
+            start, end = (max(0, min(rank, v + rank if v < 0 else v)) for v in (start, end))
+            known[node.outputs[0]] = list(dims[start:end])
+        elif node.op == "Gather" and node.inputs[0] in known and int(node.attrs.get("axis", 0)) == 0:
+            index, dims = graph.const(node.inputs[1]), known[node.inputs[0]]
+            if index is not None and np.ndim(index) == 1 and all(-len(dims) <= int(i) < len(dims) for i in index):
+                known[node.outputs[0]] = [dims[int(i)] for i in index]
+        elif node.op == "Slice" and node.inputs[0] in known and (bounds := _slice_bounds(graph, node)):
+            known[node.outputs[0]] = known[node.inputs[0]][slice(*bounds)]
+        if node.op in ("Gather", "Slice") and all(isinstance(v, int) for v in known.get(node.outputs[0], ["?"])):
+            graph.constants[node.outputs[0]] = np.asarray(known.pop(node.outputs[0]), np.int64)
+            graph.nodes.remove(node)
+            graph.count(f"Shape+{node.op} folded")
+            changed = True
+        elif node.op == "Concat" and int(node.attrs.get("axis", 0)) == 0:
+            entries: list[int | str] = []
+            for value in node.inputs:
+                const = graph.const(value)
+                entries += [int(v) for v in const.reshape(-1)] if const is not None and const.ndim == 1 else \
+                    known.get(value, ["?"])
+            readers = graph.consumers(node.outputs[0])
+            symbolic = [j for j, e in enumerate(entries) if not isinstance(e, int)]
+            if not symbolic or "?" in entries or not readers or node.outputs[0] in graph.outputs:
+                continue
+            if all(r.op == "Reshape" and r.inputs[1] == node.outputs[0] and not int(r.attrs.get("allowzero", 0))
+                   and all(j < len(shapes.get(r.inputs[0], ())) and shapes[r.inputs[0]][j] == entries[j]
+                           for j in symbolic) for r in readers):
+                graph.constants[node.outputs[0]] = np.asarray([0 if j in symbolic else e
+                                                               for j, e in enumerate(entries)], np.int64)
+                graph.nodes.remove(node)
+                graph.count("Reshape keeps a symbolic dim")
                 changed = True
     return changed
 

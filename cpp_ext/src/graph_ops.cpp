@@ -130,6 +130,7 @@ std::unique_ptr<Op> make_op(const NodeSpec& spec, const std::vector<DType>& inpu
     if (auto op = make_math_op(spec, input_dtypes, output_dtype)) return op;
     if (auto op = make_tensor_op(spec, input_dtypes)) return op;
     if (auto op = make_resize_op(spec, constants)) return op;
+    if (auto op = make_rnn_op(spec, constants)) return op;
     fail("op not supported by the native executor");
 }
 

@@ -1,6 +1,7 @@
 // Helpers and factories of the operators added for models users bring (transformer encoders, audio
 // models): graph_ops_math.cpp (element-wise math, Cast, Equal, Where, Expand), graph_ops_tensor.cpp
-// (Gather, Slice, Pad, reductions, LayerNormalization), graph_ops_resize.cpp (Resize, ConvTranspose).
+// (Gather, Slice, Pad, reductions, LayerNormalization), graph_ops_resize.cpp (Resize, ConvTranspose),
+// graph_ops_rnn.cpp (LSTM, GRU).
 #pragma once
 
 #include <array>
@@ -110,5 +111,6 @@ void with_dtype(DType dtype, Body&& body) {
 std::unique_ptr<Op> make_math_op(const NodeSpec& spec, const std::vector<DType>& in, DType out);
 std::unique_ptr<Op> make_tensor_op(const NodeSpec& spec, const std::vector<DType>& in);
 std::unique_ptr<Op> make_resize_op(const NodeSpec& spec, const std::vector<const Constant*>& constants);
+std::unique_ptr<Op> make_rnn_op(const NodeSpec& spec, const std::vector<const Constant*>& constants);
 
 }  // namespace edgefleet::graph

@@ -20,6 +20,14 @@ namespace edgefleet::graph::vecmath {
 inline bool neon() { return std::strcmp(kernels::active().isa, "neon") == 0; }
 #endif
 
+EF_CLONES void sigmoid_rows(const float* x, float* y, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) y[i] = sigmoid(x[i]);
+}
+
+EF_CLONES void tanh_rows(const float* x, float* y, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) y[i] = tanh(x[i]);
+}
+
 EF_CLONES void erf_rows(const float* x, float* y, std::int64_t n) {
 #if defined(__aarch64__)
     if (neon()) return erf_rows_neon(x, y, n);

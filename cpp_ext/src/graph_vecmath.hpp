@@ -58,6 +58,22 @@ inline float erf(float x) {
     return x * p / q;
 }
 
+// The logistic sigmoid 1 / (1 + e^-x) with exp above (within 3 ulp where it is not tiny), and tanh: for
+// |x| >= 1/16, sign(x) (1 - e) / (1 + e) with e = e^(-2|x|) (within 1e-7 absolute, 5e-7 relative), below it
+// the Taylor series to x^7; branch-free, so loops of them vectorize. For the recurrent cells (LSTM, GRU).
+inline float sigmoid(float x) { return 1.0f / (1.0f + exp(-x)); }
+inline float tanh(float x) {
+    const float a = x < 0.0f ? -x : x;
+    const float e = exp(-2.0f * a);
+    const float big = (1.0f - e) / (1.0f + e);
+    const float x2 = x * x;
+    const float small = a * (1.0f + x2 * (-1.0f / 3.0f + x2 * (2.0f / 15.0f + x2 * (-17.0f / 315.0f))));
+    const float r = a < 0.0625f ? small : big;
+    return x < 0.0f ? -r : r;
+}
+
+void sigmoid_rows(const float* x, float* y, std::int64_t n);
+void tanh_rows(const float* x, float* y, std::int64_t n);
 void erf_rows(const float* x, float* y, std::int64_t n);
 void gelu_rows(const float* x, float* y, std::int64_t n);  // 0.5 x (1 + erf(x / sqrt 2))
 // Softmax's row: y = e^(x - max x) / sum e^(x - max x). The max and the sum keep 16 running lanes (lane l

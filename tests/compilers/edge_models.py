@@ -13,6 +13,11 @@ architectures (no downloads), with the inputs each one takes:
 - "m5": the M5 raw-waveform CNN of Dai et al., "Very Deep Convolutional Neural Networks for Raw
   Waveforms" (2017): Conv1d 80/4, then three Conv1d 3 blocks with BatchNorm, ReLU and MaxPool1d 4, mean
   over time, 10 classes; on 8000-sample (1 s at 8 kHz) synthetic clips.
+- "crnn": a convolutional recurrent keyword spotter after Arik et al., "Convolutional Recurrent Neural
+  Networks for Small-Footprint Keyword Spotting" (2017): two Conv2d (BatchNorm, ReLU) over the MFCC-like
+  features of "ds-cnn", the frames as a sequence, a bidirectional GRU (32 per direction, exported with
+  linear_before_reset=1), the last step's output to 12 classes.
+- "crnn-lstm": the same front end with a one-direction LSTM of 64 instead of the GRU.
 
 Weights are random (seeded) except the autoencoder's; BatchNorm statistics are made non-trivial."""
 
@@ -105,6 +110,26 @@ class M5(nn.Module):
         return self.fc(self.features(x).mean(-1))
 
 
+class CRNN(nn.Module):
+    def __init__(self, cell: str = "gru", classes: int = 12, channels: int = 32) -> None:
+        super().__init__()
+        self.front = nn.Sequential(nn.Conv2d(1, channels, (5, 3), (2, 1), (2, 1), bias=False),
+                                   nn.BatchNorm2d(channels), nn.ReLU(),
+                                   nn.Conv2d(channels, channels, 3, (1, 2), 1, bias=False),
+                                   nn.BatchNorm2d(channels), nn.ReLU())
+        features = channels * 5  # 10 coefficients, halved
+        if cell == "gru":
+            self.rnn: nn.Module = nn.GRU(features, 32, batch_first=True, bidirectional=True)
+        else:
+            self.rnn = nn.LSTM(features, 64, batch_first=True)
+        self.fc = nn.Linear(64, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frames = self.front(x).permute(0, 2, 1, 3).flatten(2)  # (N, 25 frames, channels * 5)
+        out, _ = self.rnn(frames)
+        return self.fc(out[:, -1])
+
+
 def _randomize_bn_1d(model: nn.Module, seed: int) -> nn.Module:
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
@@ -171,18 +196,19 @@ def train_autoencoder(model: Autoencoder, rows: np.ndarray, epochs: int = 30) ->
 
 
 def build(name: str, seed: int = 0) -> nn.Module:
-    """A model by name ("ds-cnn", "autoencoder", "transformer", "m5"), seeded, eval mode."""
+    """A model by name ("ds-cnn", "autoencoder", "transformer", "m5", "crnn", "crnn-lstm"), seeded, eval mode."""
     torch.manual_seed(seed)
     if name == "autoencoder":
         return train_autoencoder(Autoencoder(), digit_rows())
-    model = {"ds-cnn": DSCNN, "transformer": TinyEncoder, "m5": M5}[name]()
+    model = {"ds-cnn": DSCNN, "transformer": TinyEncoder, "m5": M5, "crnn": CRNN,
+             "crnn-lstm": lambda: CRNN("lstm")}[name]()
     return _randomize_bn_1d(randomize_batch_norm(model, seed), seed).eval()
 
 
 def inputs(name: str, count: int, seed: int = 0) -> dict[str, np.ndarray]:
     """count input rows for the model, by input name."""
     rng = np.random.default_rng(seed)
-    if name == "ds-cnn":
+    if name in ("ds-cnn", "crnn", "crnn-lstm"):
         return {"features": mfcc_like(rng, count)}
     if name == "autoencoder":
         rows = digit_rows()

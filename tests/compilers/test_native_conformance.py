@@ -58,6 +58,7 @@ CLAIMED = [
     r"test_prelu_", r"test_equal", r"test_where_", r"test_cast_", r"test_expand_", r"test_gather_",
     r"test_slice", r"test_split_", r"test_constant_pad", r"test_reflect_pad", r"test_edge_pad",
     r"test_reduce_(sum|mean|max|l2)_", r"test_layer_normalization_", r"test_resize_", r"test_convtranspose",
+    r"test_lstm_", r"test_gru_",
 ]
 # Variants not claimed, each with the reason.
 NOT_CLAIMED = [
@@ -82,6 +83,7 @@ NOT_CLAIMED = [
     r"test_resize_.*(cubic|antialias|tf_crop|axes|not_larger|not_smaller|half_pixel_symmetric)",
     # Resize: nearest and linear on all axes, four coordinate modes, the stretch policy
     r"test_resize_.*_scales_",  # scales given at run time (sizes may be; scales must be constant)
+    r"test_lstm_with_peepholes",  # LSTM's peepholes (input P); clip and other activations are refused too
 ]
 
 backend_test = BackendTest(NativeBackend, __name__)

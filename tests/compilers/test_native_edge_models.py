@@ -1,6 +1,7 @@
 """Issue 13's done-when on edge models beyond CNNs (tests/compilers/edge_models.py): a DS-CNN keyword
 spotter on MFCC-like features, a dense autoencoder trained on scikit-learn's digits, a small transformer
-encoder on token ids and an attention mask, and the M5 Conv1d audio model on raw waveforms. Each is
+encoder on token ids and an attention mask, the M5 Conv1d audio model on raw waveforms, and CRNN keyword
+spotters (Conv2d front end, a bidirectional GRU or an LSTM, Linear) on MFCC-like features. Each is
 exported with export_torch, quantized with the project's static int8 QDQ path, compiled for the native
 target (the compile step checks its golden examples), and must match onnxruntime on the same ONNX within
 the tolerance the compile step recorded, one row at a time and as a batch; int8 classifiers must give
@@ -22,7 +23,8 @@ from edgefleet.core.signing import SigningKey
 from edgefleet.edge_runtime.backends.native import NativeBackend
 from tests.compilers import edge_models
 
-MODELS = ["ds-cnn", "autoencoder", "transformer", "m5"]
+MODELS = ["ds-cnn", "autoencoder", "transformer", "m5", "crnn", "crnn-lstm"]
+CELLS = {"crnn": "GRU", "crnn-lstm": "LSTM"}
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +97,8 @@ def test_fp32_compiles_and_matches_onnxruntime(name: str, bundles: dict, key: Si
     if name == "m5":  # Conv1d and MaxPool1d as their 2-D forms, BatchNorm1d folded
         fused = artifact["compile"]["fused"]
         assert fused["Conv1d as 2-D"] == 4 and fused["MaxPool1d as 2-D"] == 4 and "BatchNormalization" not in ops
+    if name in CELLS:  # the recurrent cell runs natively, the batch-sized zero state and reshape folded away
+        assert ops[CELLS[name]] == 1 and "Shape" not in ops and "Expand" not in ops
     assert error <= 1e-4
 
 
@@ -109,3 +113,6 @@ def test_int8_qdq_compiles_and_matches_onnxruntime(name: str, bundles: dict, key
         assert "Conv" not in ops and ops["QConv"] >= 4
     if name == "autoencoder":
         assert "Gemm" not in ops and ops["QGemm"] == 4
+    if name in CELLS:  # onnxruntime's quantizer leaves the cell in float: DequantizeLinear before, Quantize after
+        assert ops[CELLS[name]] == 1 and ops["QConv"] == 2 and ops["QGemm"] == 1 and "Conv" not in ops
+        assert ops["DequantizeLinear"] >= 1 and ops["QuantizeLinear"] >= 1

@@ -127,6 +127,28 @@ def test_flatten_through_shape_arithmetic_is_folded() -> None:
     assert info["fused"]["Shape folded"] == 1 and info["fused"]["Shape+Gather folded"] == 1
 
 
+@pytest.mark.parametrize("through_transpose", [False, True])
+def test_reshape_target_keeps_its_inputs_symbolic_batch(through_transpose: bool) -> None:
+    """torch's reshape after a GRU, (T, batch, D, H) -> (T, batch, D * H), built from Slices of the Shape:
+    the symbolic batch becomes Reshape's 0 (copy the dim). onnxruntime's optimizer writes the Shape of a
+    Transpose as a Gather of the Shape of its input; that form folds too."""
+    inits = [const(n, np.asarray([v], np.int64)) for n, v in (("i0", 0), ("i1", 1), ("i2", 2), ("i3", 3), ("i4", 4))]
+    inits.append(const("perm", np.asarray([1, 0, 2, 3], np.int64)))
+    shape = ([helper.make_node("Shape", ["x"], ["sx"], name="shape"),
+              helper.make_node("Gather", ["sx", "perm"], ["s"], name="gather", axis=0)] if through_transpose else
+             [helper.make_node("Shape", ["t"], ["s"], name="shape")])
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], name="transpose", perm=[1, 0, 2, 3]), *shape,
+             *[helper.make_node("Slice", ["s", f"i{k}", f"i{k + 1}"], [f"d{k}"], name=f"slice{k}") for k in range(4)],
+             helper.make_node("Mul", ["d2", "d3"], ["dh"], name="mul"),
+             helper.make_node("Concat", ["d0", "d1", "dh"], ["target"], name="concat", axis=0),
+             helper.make_node("Reshape", ["t", "target"], ["y"], name="reshape")]
+    m = model(nodes, [("x", ["batch", 5, 2, 3])], "y", inits)
+    for batch in (1, 3):
+        info = compare(m, {"x": RNG.standard_normal((batch, 5, 2, 3)).astype(np.float32)})
+        assert info["ops"] == {"Reshape": 1, "Transpose": 1}
+        assert info["fused"]["Reshape keeps a symbolic dim"] == 1
+
+
 def test_shape_of_the_symbolic_batch_is_refused() -> None:
     nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape", end=1),
              helper.make_node("Cast", ["s"], ["f"], name="cast", to=TensorProto.FLOAT),

@@ -1,8 +1,9 @@
-"""The kernel ISA tiers as a device sees them: which tiers a machine lists (aarch64: "neondot" when the
-CPU has the dot-product extension, "neon", then "portable"; checked under qemu by scripts/check-aarch64), EDGEFLEET_NATIVE_ISA forcing each at import,
-and the fp32 direct conv's tile shapes (16 channels x 4 pixels, the last 8 channels x 8 pixels, pixel
-tails) on every tier against the numpy spec. The other tier comparisons (depthwise and int8 bit for
-bit, GEMM within its tolerance) are parametrized over available_isas() in the neighbouring files."""
+"""The kernel ISA tiers as a device sees them: which tiers a machine lists (aarch64: "neondot" when the CPU has
+the dot-product extension, "neon", then "portable"; checked under qemu by scripts/check-aarch64),
+EDGEFLEET_NATIVE_ISA forcing each at import, and the fp32 direct conv's tile shapes (16 channels x 4 pixels,
+the last 8 channels x 8 pixels, pixel tails) on every tier against the numpy spec. The other tier
+comparisons (depthwise and int8 bit for bit, GEMM within its tolerance) are parametrized over
+available_isas() in the neighbouring files."""
 
 from __future__ import annotations
 

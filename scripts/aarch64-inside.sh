@@ -92,7 +92,8 @@ else
   record NATIVE_SELF_TEST failed
   exit 1
 fi
-record NATIVE_ISA "$(python -c 'from edgefleet.cpp_ext.graph_native import isa; print(isa())')"
+# the default tier and every tier the parity tests compare (neondot only when the CPU has sdot)
+record NATIVE_ISA "$(python -c 'from edgefleet.cpp_ext.graph_native import available_isas as a, isa; print(isa(), "of", ",".join(a()))')"
 edgefleet bench "$WORK/bundle" --trust "$WORK/trust.pub" --backend native --runs 200 --json "$WORK/native-bench.json"
 p50=$(python -c "import json; r = json.load(open('$WORK/native-bench.json')); print(f\"{r['results'][0]['latency_ms']['p50']:.4f}\")")
 record NATIVE_P50_MS "$p50"

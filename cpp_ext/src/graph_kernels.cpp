@@ -121,7 +121,7 @@ double peak_gflops(const std::string& isa, double seconds) {
     } else
 #endif
 #if defined(__aarch64__)
-    if (isa == "neon") {
+    if (isa == "neon" || isa == "neondot") {
         loop = &fma_loop_neon, flops_per_iteration = 12 * 4 * 2;
     } else
 #endif
@@ -153,6 +153,7 @@ const Table kAvx512{"avx512", &sgemm_avx512, &qgemm_nt_avx512, &conv_avx512, &qc
 #endif
 #if defined(__aarch64__)
 const Table kNeon{"neon", &sgemm_neon, &qgemm_nt_neon, &conv_neon, &qconv_u8s8_neon};
+const Table kNeonDot{"neondot", &sgemm_neon, &qgemm_nt_neon, &conv_neon, &qconv_u8s8_neondot};
 #endif
 
 const Table* best() {
@@ -168,7 +169,7 @@ const Table* best() {
     }
 #endif
 #if defined(__aarch64__)
-    return &kNeon;
+    return cpu_has_dotprod() ? &kNeonDot : &kNeon;
 #else
     return &kPortable;
 #endif
@@ -186,6 +187,11 @@ const Table* initial() {
     }
     if (name == "avxvnni" && cpu_has_avxvnni()) {
         return &kAvxVnni;
+    }
+#endif
+#if defined(__aarch64__)
+    if (name == "neon") {
+        return &kNeon;
     }
 #endif
     return best();
@@ -222,6 +228,11 @@ std::string select_isa(const std::string& name) {
 #if defined(__aarch64__)
     } else if (name == "neon") {
         g_active = &kNeon;
+    } else if (name == "neondot") {
+        if (!cpu_has_dotprod()) {
+            throw std::invalid_argument("this CPU has no dot-product instructions (HWCAP_ASIMDDP)");
+        }
+        g_active = &kNeonDot;
 #endif
     } else {
         throw std::invalid_argument("unknown ISA '" + name + "'; available: " + available_isas());
@@ -243,9 +254,20 @@ std::string available_isas() {
     }
 #endif
 #if defined(__aarch64__)
+    if (cpu_has_dotprod()) {
+        out += "neondot,";
+    }
     out += "neon,";
 #endif
     return out + "portable";
+}
+
+bool neon_active() {
+#if defined(__aarch64__)
+    return g_active == &kNeon || g_active == &kNeonDot;
+#else
+    return false;
+#endif
 }
 
 }  // namespace edgefleet::graph::kernels

@@ -9,7 +9,10 @@
 // a packed, register-blocked sgemm (graph_kernels_sgemm512.cpp) and an int16-pair VNNI GEMM
 // (graph_kernels_qgemm512.cpp). select_isa("portable") forces the portable kernels (tests
 // compare all tiers); at load, EDGEFLEET_NATIVE_ISA=portable, =avx2 or =avxvnni picks a lower tier than the best
-// (on aarch64: =portable or =neon).
+// (on aarch64: =portable or =neon). On aarch64, "neondot" (the neon tier + the ARMv8.2 dot-product
+// instructions, chosen when getauxval(AT_HWCAP) has HWCAP_ASIMDDP; graph_kernels_neon_dotprod.cpp) runs
+// the integer conv with sdot; "neon" is the plain Advanced SIMD tier (vmull / vmlal), which
+// EDGEFLEET_NATIVE_ISA=neon or select_isa("neon") forces on a dotprod CPU.
 #pragma once
 
 #include <cstddef>
@@ -131,7 +134,13 @@ void qgemm_nt_neon(int M, int N, int K, const std::int16_t* A, int lda, const st
 void conv_neon(const ConvArgs& args);
 void qconv_u8s8_neon(const QConvArgs& args);
 float fma_loop_neon(long iterations);  // 12 x 4
+// The "neondot" tier's integer conv (graph_kernels_neon_dotprod.cpp): sdot on 4 bytes a lane, compiled
+// with a target attribute and called only when cpu_has_dotprod().
+void qconv_u8s8_neondot(const QConvArgs& args);
+bool cpu_has_dotprod();
 #endif
+// True on the aarch64 tiers ("neon", "neondot"): the NEON kernels of the other files are in use.
+bool neon_active();
 
 inline int round_up16(int k) { return (k + 15) / 16 * 16; }
 inline int round_up8(int k) { return (k + 7) / 8 * 8; }

@@ -114,7 +114,7 @@ PlaneFn plane_kernel() {
     if (std::strcmp(kernels::active().isa, "portable") != 0) return &depthwise::plane_avx2;
 #endif
 #if defined(__aarch64__)
-    if (std::strcmp(kernels::active().isa, "neon") == 0) return &depthwise::plane_neon;
+    if (kernels::neon_active()) return &depthwise::plane_neon;
 #endif
     return &depthwise::plane_portable;
 }

@@ -1,9 +1,12 @@
-// Pools: MaxPool (float32, uint8, int8), AveragePool, GlobalAveragePool, GlobalMaxPool; NCHW, 2-D.
+// Pools: MaxPool (float32, uint8, int8), AveragePool, GlobalAveragePool, GlobalMaxPool; NCHW, 2-D. On
+// the aarch64 tiers MaxPool 2x2 / 2, AveragePool's inner rows and GlobalAveragePool's sum run the NEON
+// kernels of graph_ops_pool_neon.cpp, with the same bits.
 #include <cstring>
 #include <limits>
 
 #include "graph_kernels.hpp"
 #include "graph_ops.hpp"
+#include "graph_ops_pool.hpp"
 
 namespace edgefleet::graph {
 namespace {
@@ -41,25 +44,46 @@ public:
         }
         // count_include_pad counts positions inside the declared pads, not the ceil_mode overhang
         const std::int64_t bottom = w.h + w.bottom, right = w.w + w.right;
+        const auto average = [&](const float* x, std::int64_t oy, std::int64_t ox) {
+            float sum = 0.0f;
+            std::int64_t inside = 0, padded = 0;
+            for (std::int64_t i = 0; i < w.kh; ++i) {
+                const std::int64_t iy = oy * w.sh - w.top + i * w.dh;
+                for (std::int64_t j = 0; j < w.kw; ++j) {
+                    const std::int64_t ix = ox * w.sw - w.left + j * w.dw;
+                    if (iy >= 0 && iy < w.h && ix >= 0 && ix < w.w) {
+                        sum += x[iy * w.w + ix];
+                        ++inside;
+                    }
+                    if (iy >= -w.top && iy < bottom && ix >= -w.left && ix < right) ++padded;
+                }
+            }
+            return sum / static_cast<float>(include_pad_ ? padded : inside);
+        };
+        // Rows and columns whose whole window is inside (NEON on aarch64: 4 outputs at a time)
+        std::int64_t y_lo = 0, y_hi = 0, x_lo = 0, x_hi = 0;
+        valid_range(-w.top, w.sh, w.h - (w.kh - 1) * w.dh, w.oh, y_lo, y_hi);
+        valid_range(-w.left, w.sw, w.w - (w.kw - 1) * w.dw, w.ow, x_lo, x_hi);
+        [[maybe_unused]] const bool simd = kernels::neon_active() && w.dw == 1 && (w.sw == 1 || w.sw == 2);
         for (std::int64_t plane = 0; plane < w.n * w.c; ++plane) {
             const float* x = in[0].as<float>() + plane * w.h * w.w;
             float* y = out.as<float>() + plane * w.oh * w.ow;
             for (std::int64_t oy = 0; oy < w.oh; ++oy) {
+                std::int64_t skip_lo = 0, skip_hi = 0;  // outputs [skip_lo, skip_hi) done by the row kernel
+#if defined(__aarch64__)
+                if (simd && oy >= y_lo && oy < y_hi && x_hi > x_lo) {
+                    const float* corner = x + (oy * w.sh - w.top) * w.w + (x_lo * w.sw - w.left);
+                    skip_lo = x_lo;
+                    skip_hi = x_lo + pool::average_row_neon(corner, w.dh * w.w, w.kh, w.kw, w.sw, y + oy * w.ow + x_lo,
+                                                            x_hi - x_lo);
+                }
+#endif
                 for (std::int64_t ox = 0; ox < w.ow; ++ox) {
-                    float sum = 0.0f;
-                    std::int64_t inside = 0, padded = 0;
-                    for (std::int64_t i = 0; i < w.kh; ++i) {
-                        const std::int64_t iy = oy * w.sh - w.top + i * w.dh;
-                        for (std::int64_t j = 0; j < w.kw; ++j) {
-                            const std::int64_t ix = ox * w.sw - w.left + j * w.dw;
-                            if (iy >= 0 && iy < w.h && ix >= 0 && ix < w.w) {
-                                sum += x[iy * w.w + ix];
-                                ++inside;
-                            }
-                            if (iy >= -w.top && iy < bottom && ix >= -w.left && ix < right) ++padded;
-                        }
+                    if (ox == skip_lo && skip_hi > skip_lo) {
+                        ox = skip_hi - 1;
+                        continue;
                     }
-                    y[oy * w.ow + ox] = sum / static_cast<float>(include_pad_ ? padded : inside);
+                    y[oy * w.ow + ox] = average(x, oy, ox);
                 }
             }
         }
@@ -101,6 +125,9 @@ private:
     // In 8 independent partial sums (one chain of adds would wait on each add's latency), then pairwise:
     // within float32 rounding of the reference's numpy sum, which is pairwise too.
     static float sum(const float* x, std::int64_t size) {
+#if defined(__aarch64__)
+        if (kernels::neon_active()) return pool::sum8_neon(x, size);
+#endif
         float lanes[8] = {};
         std::int64_t i = 0;
         for (; i + 8 <= size; i += 8) {
@@ -192,6 +219,9 @@ void max_pool_2d(const T* x, T* y, const Window& w) {
     if (std::numeric_limits<T>::has_infinity) lowest = -std::numeric_limits<T>::infinity();
     if (w.kh == 2 && w.kw == 2 && w.sh == 2 && w.sw == 2 && w.dh == 1 && w.dw == 1 && w.top == 0 && w.left == 0 &&
         2 * w.oh <= w.h && 2 * w.ow <= w.w) {
+#if defined(__aarch64__)
+        if (kernels::neon_active()) return pool::max_2x2_neon(x, y, w);
+#endif
         return max_pool_2x2(x, y, w, lowest);
     }
     // Output rows and columns whose whole window lies inside the input take the unchecked loop.

@@ -1,5 +1,5 @@
 // The int8 depthwise QConv: packing, the pair buffer, and the dispatch by ISA tier (layout and contract
-// in graph_ops_qdepthwise.hpp; the SIMD kernels in graph_kernels_qdepthwise_x86.cpp).
+// in graph_ops_qdepthwise.hpp; the SIMD kernels in graph_kernels_qdepthwise_x86.cpp and _neon.cpp).
 #include "graph_ops_qdepthwise.hpp"
 
 #include <algorithm>
@@ -17,6 +17,9 @@ KernelFn active_kernel() {
     const char* isa = kernels::active().isa;
     if (std::strcmp(isa, "avx512") == 0) return &kernel_avx512;
     if (std::strcmp(isa, "avx2") == 0 || std::strcmp(isa, "avxvnni") == 0) return &kernel_avx2;
+#endif
+#if defined(__aarch64__)
+    if (kernels::neon_active()) return &kernel_neon;
 #endif
     return nullptr;
 }

@@ -1,7 +1,7 @@
 // The int8 depthwise QConv in integer SIMD (graph_ops_qdepthwise.cpp): one input channel per group,
 // channel multiplier 1, dilation 1, constant W. The int8 depthwise op of graph_ops_depthwise.cpp (float32
-// planes, exact sums) hands such a node here on the x86 tiers; the portable and NEON tiers keep its
-// plane kernels, which stay the reference.
+// planes, exact sums) hands such a node here on the x86 and aarch64 SIMD tiers; the portable tier keeps
+// its plane kernels, which stay the reference.
 //
 // Layout: channels in the SIMD lanes. The input is copied once per image into a "pair" buffer of int16:
 // for padded pixel (row, col) and channel c, the two values (x[row][col] - x_zero, x[row][col + 1] -
@@ -47,6 +47,9 @@ void kernel_avx512(const Args& args);  // graph_kernels_qdepthwise_x86.cpp: vpdp
 // caller's). AVX2.
 std::int64_t pairs8_avx2(const void* src, bool is_signed, std::int64_t plane, std::int64_t width, std::int64_t readable,
                          std::int32_t x_zero, std::uint32_t* out, std::int64_t cp);
+#endif
+#if defined(__aarch64__)
+void kernel_neon(const Args& args);  // graph_kernels_qdepthwise_neon.cpp: vmlal_s16 + vpaddq_s32
 #endif
 
 // The kernel for the active ISA tier, or null (the caller runs the general path).

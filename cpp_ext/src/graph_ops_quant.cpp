@@ -3,8 +3,8 @@
 // QConv has two paths: with group 1 and every w - w_zero_point within int8, a direct uint8 x int8 kernel
 // (kernels::Table::qconv_u8s8: the input copied once into zero-point-padded HWC bytes, the zero point's
 // share folded into the bias, requantization in the store); otherwise, or on a tier without that kernel,
-// im2row into int16 rows + qgemm_nt + a requantization pass. QGemm on the avx512 tier, when every
-// w - w_zero fits int8, runs byte dot products on weights packed at load (graph_qgemm_vnni.hpp).
+// im2row into int16 rows + qgemm_nt + a requantization pass. QGemm on the avx512 and neondot tiers, when
+// every w - w_zero fits int8, runs byte dot products on weights packed at load (graph_qgemm_vnni.hpp).
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -435,6 +435,12 @@ public:
             vnni_ = QGemmVnni::make(k_, n_, [&](std::int64_t k, std::int64_t n) { return w[n * packed_.kp + k]; });
         }
 #endif
+#if defined(__aarch64__)
+        if (kernels::cpu_has_dotprod()) {  // sdot on the same panels, on the neondot tier
+            const auto* w = static_cast<const std::int16_t*>(packed_.weights.get());
+            vnni_ = QGemmVnni::make(k_, n_, [&](std::int64_t k, std::int64_t n) { return w[n * packed_.kp + k]; });
+        }
+#endif
     }
 
     Shape infer(const std::vector<View>& in) const override {
@@ -453,7 +459,8 @@ public:
         const std::int64_t rows = numel(*in[0].shape) / k_;
         auto* a = static_cast<std::int16_t*>(scratch);
         auto* acc = reinterpret_cast<std::int32_t*>(static_cast<char*>(scratch) + (rows * packed_.kp * 2 + 63) / 64 * 64);
-        if (vnni_ && std::strcmp(kernels::active().isa, "avx512") == 0) {
+        if (vnni_ && (std::strcmp(kernels::active().isa, "avx512") == 0 ||
+                      std::strcmp(kernels::active().isa, "neondot") == 0)) {
             vnni_->run(in[0].data, in[0].dtype == DType::u8, packed_.x_zero_int, rows, scratch, acc);
             requantize_any(acc, packed_, rows, n_, false, out, 0);
             return;

@@ -1,14 +1,25 @@
 // Element-wise float32 activations: Sigmoid, Tanh, HardSigmoid (alpha, beta), HardSwish, LeakyRelu
 // (alpha). Each is the formula of graph_reference.py in float32, evaluated in the same order, so the
 // piecewise-linear ones are bit-identical to it and Sigmoid / Tanh differ only by the libm's exp / tanh.
+// On the aarch64 tiers the first four run NEON rows (graph_vecmath_neon.cpp: the same bits for the
+// piecewise-linear ones, vectorised exp / tanh within the float tolerance for Sigmoid and Tanh).
 #include <cmath>
 
+#include "graph_kernels.hpp"
 #include "graph_ops.hpp"
+#include "graph_vecmath.hpp"
 
 namespace edgefleet::graph {
 namespace {
 
+// Each functor's rows(x, y, n): true when it ran them with a SIMD kernel of the active tier.
 struct SigmoidF {
+    bool rows(const float* x, float* y, std::int64_t n) const {
+#if defined(__aarch64__)
+        if (kernels::neon_active()) return vecmath::sigmoid_rows_neon(x, y, n), true;
+#endif
+        return (void)x, (void)y, (void)n, false;
+    }
     float operator()(float x) const {
         if (x >= 0.0f) return 1.0f / (1.0f + std::exp(-x));
         const float e = std::exp(x);
@@ -16,17 +27,36 @@ struct SigmoidF {
     }
 };
 struct TanhF {
+    bool rows(const float* x, float* y, std::int64_t n) const {
+#if defined(__aarch64__)
+        if (kernels::neon_active()) return vecmath::tanh_rows_neon(x, y, n), true;
+#endif
+        return (void)x, (void)y, (void)n, false;
+    }
     float operator()(float x) const { return std::tanh(x); }
 };
 struct HardSigmoidF {
     float alpha, beta;
+    bool rows(const float* x, float* y, std::int64_t n) const {
+#if defined(__aarch64__)
+        if (kernels::neon_active()) return vecmath::hard_sigmoid_rows_neon(x, y, n, alpha, beta), true;
+#endif
+        return (void)x, (void)y, (void)n, false;
+    }
     float operator()(float x) const { return std::min(std::max(alpha * x + beta, 0.0f), 1.0f); }
 };
 struct HardSwishF {
+    bool rows(const float* x, float* y, std::int64_t n) const {
+#if defined(__aarch64__)
+        if (kernels::neon_active()) return vecmath::hard_swish_rows_neon(x, y, n), true;
+#endif
+        return (void)x, (void)y, (void)n, false;
+    }
     float operator()(float x) const { return hard_swish(x); }
 };
 struct LeakyReluF {
     float alpha;
+    bool rows(const float*, float*, std::int64_t) const { return false; }
     float operator()(float x) const { return x >= 0.0f ? x : alpha * x; }
 };
 
@@ -40,6 +70,7 @@ public:
         float* y = out.as<float>();
         const std::int64_t count = out.size();
         const F f = f_;
+        if (f.rows(x, y, count)) return;
         for (std::int64_t i = 0; i < count; ++i) y[i] = f(x[i]);
     }
 

@@ -1,23 +1,33 @@
 // QGemmVnni (graph_qgemm_vnni.hpp): packed int8 weights and a vpdpbusd micro-kernel of 8 rows x 32
 // columns (16 zmm accumulators; per word of 4 k, A's 4 bytes broadcast, one vpdpbusd per accumulator).
+// On aarch64 with the dot-product extension (the "neondot" tier) the same panels feed sdot, 4 rows x 16
+// columns (16 int32x4 accumulators): sdot multiplies signed bytes, so the activations go in as int8
+// (uint8 ones flipped to x - 128, and the zero point with them).
 #include "graph_qgemm_vnni.hpp"
 
 #include <algorithm>
 #include <cstring>
 
 #include "graph.hpp"
+#include "graph_kernels.hpp"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #include <immintrin.h>
 #endif
+#if defined(__aarch64__)
+#include <arm_neon.h>
+#endif
 
 namespace edgefleet::graph {
 
 std::unique_ptr<QGemmVnni> QGemmVnni::make(std::int64_t K, std::int64_t N,
                                            const std::function<std::int64_t(std::int64_t, std::int64_t)>& w) {
-#if defined(__x86_64__) || defined(_M_X64)
+#if defined(__aarch64__)
+    if (!kernels::cpu_has_dotprod()) return nullptr;
+#endif
+#if defined(__x86_64__) || defined(_M_X64) || defined(__aarch64__)
     // |sum| <= K * 255 * 128 (uint8 x int8) must stay inside int32, with room for the zero point's share.
     if (K <= 0 || N <= 0 || K > 16384) return nullptr;
     std::unique_ptr<QGemmVnni> q(new QGemmVnni());
@@ -125,6 +135,56 @@ EF_VNNI void kernel(const std::uint8_t* A, std::int64_t lda, std::int64_t rows, 
 }  // namespace
 #endif
 
+#if defined(__aarch64__)
+namespace {
+
+#define EF_DOTPROD __attribute__((target("arch=armv8.2-a+dotprod")))
+
+// C[MR rows, n <= 16 columns from one panel half] = A[MR, 4 * k4s] . P - zx * sums; A int8 rows, P the
+// panel's int32 words from its column 16 * half (32 words a k4).
+template <int MR>
+EF_DOTPROD void micro_dot(std::int64_t k4s, const std::int8_t* A, std::int64_t lda, const std::int32_t* P,
+                          const std::int32_t* sums, std::int32_t zx, std::int32_t* C, std::int64_t ldc, std::int64_t n) {
+    int32x4_t acc[MR][4];
+    for (int r = 0; r < MR; ++r) {
+        for (int v = 0; v < 4; ++v) acc[r][v] = vdupq_n_s32(0);
+    }
+    for (std::int64_t k4 = 0; k4 < k4s; ++k4, P += 32) {
+        int8x16_t wv[4];
+        for (int v = 0; v < 4; ++v) wv[v] = vreinterpretq_s8_s32(vld1q_s32(P + 4 * v));
+        for (int r = 0; r < MR; ++r) {
+            std::int32_t word;
+            std::memcpy(&word, A + r * lda + 4 * k4, sizeof word);
+            const int8x16_t a = vreinterpretq_s8_s32(vdupq_n_s32(word));
+            for (int v = 0; v < 4; ++v) acc[r][v] = vdotq_s32(acc[r][v], wv[v], a);
+        }
+    }
+    const int32x4_t z = vdupq_n_s32(zx);
+    for (int r = 0; r < MR; ++r) {
+        std::int32_t out[16];
+        for (int v = 0; v < 4; ++v) vst1q_s32(out + 4 * v, vmlsq_s32(acc[r][v], z, vld1q_s32(sums + 4 * v)));
+        std::copy(out, out + n, C + r * ldc);
+    }
+}
+
+EF_DOTPROD void kernel_dot(const std::int8_t* A, std::int64_t lda, std::int64_t rows, std::int32_t zx, std::int64_t N,
+                           std::int64_t k4s, std::int64_t blocks, const std::int32_t* panels, const std::int32_t* sums,
+                           std::int32_t* C) {
+    for (std::int64_t b = 0; b < 2 * blocks; ++b) {  // halves of 16 columns
+        const std::int64_t n = std::min<std::int64_t>(16, N - b * 16);
+        if (n <= 0) break;
+        const std::int32_t* P = panels + (b / 2) * k4s * 32 + (b % 2) * 16;
+        const std::int32_t* s = sums + b * 16;
+        std::int32_t* c = C + b * 16;
+        std::int64_t i = 0;
+        for (; i + 4 <= rows; i += 4) micro_dot<4>(k4s, A + i * lda, lda, P, s, zx, c + i * N, N, n);
+        for (; i < rows; ++i) micro_dot<1>(k4s, A + i * lda, lda, P, s, zx, c + i * N, N, n);
+    }
+}
+
+}  // namespace
+#endif
+
 void QGemmVnni::run(const void* x, bool x_u8, std::int64_t x_zero, std::int64_t rows, void* scratch,
                     std::int32_t* acc) const {
 #if defined(__x86_64__) || defined(_M_X64)
@@ -146,6 +206,26 @@ void QGemmVnni::run(const void* x, bool x_u8, std::int64_t x_zero, std::int64_t 
     }
     kernel(a, lda, rows, zx, n_, k4_, blocks_, static_cast<const std::int32_t*>(panels_.get()),
            static_cast<const std::int32_t*>(sums_.get()), acc);
+#elif defined(__aarch64__)
+    // rows of whole words as int8: uint8 flipped (v - 128, and the zero point with it), int8 as it is
+    const auto* a = static_cast<const std::uint8_t*>(x);
+    std::int64_t lda = k_;
+    auto zx = static_cast<std::int32_t>(x_zero);
+    if (x_u8 || k_ % 4 != 0) {
+        auto* copy = static_cast<std::uint8_t*>(scratch);
+        lda = k4_ * 4;
+        const std::uint8_t flip = x_u8 ? 0x80 : 0;
+        for (std::int64_t r = 0; r < rows; ++r) {
+            const std::uint8_t* src = a + r * k_;
+            std::uint8_t* dst = copy + r * lda;
+            for (std::int64_t k = 0; k < k_; ++k) dst[k] = static_cast<std::uint8_t>(src[k] ^ flip);
+            std::fill(dst + k_, dst + lda, std::uint8_t{0});  // times zero weights
+        }
+        a = copy;
+        if (x_u8) zx -= 128;
+    }
+    kernel_dot(reinterpret_cast<const std::int8_t*>(a), lda, rows, zx, n_, k4_, blocks_,
+               static_cast<const std::int32_t*>(panels_.get()), static_cast<const std::int32_t*>(sums_.get()), acc);
 #else
     (void)x, (void)x_u8, (void)x_zero, (void)rows, (void)scratch, (void)acc;
 #endif

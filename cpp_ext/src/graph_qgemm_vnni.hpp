@@ -18,13 +18,13 @@ namespace edgefleet::graph {
 class QGemmVnni {
 public:
     // Packs w(k, n) (the weight minus its zero point) for k < K, n < N; null when a weight is outside
-    // int8, K is too long for exact int32 sums, or this build is not x86-64.
+    // int8, K is too long for exact int32 sums, or this build is neither x86-64 nor aarch64 with sdot.
     static std::unique_ptr<QGemmVnni> make(std::int64_t K, std::int64_t N,
                                            const std::function<std::int64_t(std::int64_t, std::int64_t)>& w);
     // Bytes of scratch run needs for `rows` rows.
     std::size_t scratch_bytes(std::int64_t rows) const { return static_cast<std::size_t>(rows * k4_ * 4) + 64; }
     // acc[r * N + n] = sum_k (x[r * K + k] - x_zero) * w(k, n); x uint8 (x_u8) or int8. Needs the AVX-512
-    // VNNI CPU of the "avx512" tier (the caller checks the active tier).
+    // VNNI CPU of the "avx512" tier, or on aarch64 the "neondot" tier's sdot (the caller checks the tier).
     void run(const void* x, bool x_u8, std::int64_t x_zero, std::int64_t rows, void* scratch, std::int32_t* acc) const;
 
 private:

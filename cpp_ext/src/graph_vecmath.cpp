@@ -17,7 +17,7 @@ namespace edgefleet::graph::vecmath {
 
 #if defined(__aarch64__)
 // The "neon" tier runs the explicit NEON rows (graph_vecmath_neon.cpp), with the same bits.
-inline bool neon() { return std::strcmp(kernels::active().isa, "neon") == 0; }
+inline bool neon() { return kernels::neon_active(); }
 #endif
 
 EF_CLONES void sigmoid_rows(const float* x, float* y, std::int64_t n) {

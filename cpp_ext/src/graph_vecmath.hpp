@@ -97,6 +97,12 @@ void softmax_row_avx512(const float* x, float* y, std::int64_t n);
 void erf_rows_neon(const float* x, float* y, std::int64_t n);
 void gelu_rows_neon(const float* x, float* y, std::int64_t n);
 void softmax_row_neon(const float* x, float* y, std::int64_t n);
+// The element-wise activations of graph_ops_unary.cpp (aarch64 tiers): HardSigmoid and HardSwish with the
+// portable bits, Sigmoid (this exp) and Tanh (a rational fit) within 4e-7 relative of libm's.
+void sigmoid_rows_neon(const float* x, float* y, std::int64_t n);
+void tanh_rows_neon(const float* x, float* y, std::int64_t n);
+void hard_sigmoid_rows_neon(const float* x, float* y, std::int64_t n, float alpha, float beta);
+void hard_swish_rows_neon(const float* x, float* y, std::int64_t n);
 #endif
 
 }  // namespace edgefleet::graph::vecmath

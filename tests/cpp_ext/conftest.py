@@ -11,6 +11,11 @@ from edgefleet.cpp_ext import graph_native
 ISAS = graph_native.available_isas()
 
 
+def pytest_report_header() -> str:
+    """Which kernel paths the parametrized tests below run (the first is the default)."""
+    return f"native kernel tiers: {','.join(ISAS)} (default {graph_native.isa()})"
+
+
 @pytest.fixture(params=ISAS)
 def isa(request: pytest.FixtureRequest):
     graph_native.select_isa(request.param)

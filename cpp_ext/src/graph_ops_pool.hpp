@@ -1,0 +1,28 @@
+// The pools' NEON kernels (graph_ops_pool_neon.cpp), run by graph_ops_pool.cpp on the aarch64 tiers. Each
+// gives the bits of the portable loop it replaces: the same float additions in the same order per output
+// (lanes are outputs), the same division, and std::max's select (x < v ? v : x) for float maxima.
+#pragma once
+
+#include <cstdint>
+
+#include "graph_ops.hpp"
+
+namespace edgefleet::graph::pool {
+
+#if defined(__aarch64__)
+// MaxPool 2x2 at stride 2, every window inside: out[oy][ox] folds rows 2oy, 2oy + 1, columns 2ox, 2ox + 1
+// from `lowest` in that order.
+void max_2x2_neon(const float* x, float* y, const Window& w);
+void max_2x2_neon(const std::uint8_t* x, std::uint8_t* y, const Window& w);
+void max_2x2_neon(const std::int8_t* x, std::int8_t* y, const Window& w);
+// AveragePool outputs [ox_begin, ox_end) of one output row whose windows all lie inside the input
+// (stride sw of 1 or 2, dilation 1): corner is output ox_begin's window corner; y[o] = the window's sum
+// (rows, then columns, from 0.0f) / (kh * kw). Returns the outputs done (whole blocks of 4).
+std::int64_t average_row_neon(const float* corner, std::int64_t row_step, std::int64_t kh, std::int64_t kw,
+                              std::int64_t sw, float* y, std::int64_t count);
+// GlobalAveragePool's sum: 8 running lanes (lane l takes x[i] with i % 8 == l), folded as the portable
+// ((0 + 4) + (1 + 5)) + ((2 + 6) + (3 + 7)).
+float sum8_neon(const float* x, std::int64_t size);
+#endif
+
+}  // namespace edgefleet::graph::pool

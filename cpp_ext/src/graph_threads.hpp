@@ -39,6 +39,9 @@ public:
     // Around one executor run: workers stay awake between its nodes (see above).
     void begin_run();
     void end_run();
+    // Jobs run() has handed to the pool so far (calls with more than one task): a caller compares two
+    // readings to tell whether the code between them split its work.
+    std::uint64_t jobs() const { return jobs_.load(std::memory_order_relaxed); }
 
 private:
     void work(int slot);
@@ -56,6 +59,7 @@ private:
     std::atomic<int> sleeping_{0};
     std::atomic<bool> stop_{false};
     std::atomic<bool> in_run_{false};
+    std::atomic<std::uint64_t> jobs_{0};
     std::atomic<std::uint32_t> kicks_{0};  // begin_run's wake-ups of sleeping workers
     std::exception_ptr error_;
     std::mutex error_mutex_;
@@ -70,7 +74,7 @@ int thread_slot();
 inline int pool_threads() { return current_pool() != nullptr ? current_pool()->size() : 1; }
 
 // Splits [0, total) into parts whose boundaries are multiples of `align` (at most 4 per thread, each
-// worth at least ~128 k multiply-adds) and runs fn(slot, begin, end) for each, in parallel when there is
+// worth at least ~256 k multiply-adds, one per thread when the node is smaller) and runs fn(slot, begin, end) for each, in parallel when there is
 // a pool and `work` (a rough count of multiply-adds) is worth the hand-off; otherwise one call
 // fn(0, 0, total). slot is the running thread's (thread_slot(), below pool_threads()): per-thread
 // scratch is indexed by it, as one thread may run several parts.

@@ -1,8 +1,9 @@
 """The native executor's `threads` option: the same bits at 2 and 3 threads as at 1 (ops split their
 output at the kernels' own tile boundaries, so no sum changes order), on every ISA tier, for each op that
 runs in parallel (direct and shallow conv, depthwise conv float and int8, direct QConv, GEMM by rows and
-by columns, MatMul), with shapes above the size where a node is worth splitting. Plus the per-node
-profile, the measured fp32 peak and the backend's load option."""
+by columns, MatMul), with shapes above the size where a node is worth splitting (each checks that its
+node did split); a small model runs serially at 2 threads. Plus the per-node profile, the measured fp32
+peak and the backend's load option."""
 
 from __future__ import annotations
 
@@ -21,7 +22,11 @@ from tests.cpp_ext.test_graph import f32, one_op, qparams
 
 
 def same_at_any_thread_count(graph, x: np.ndarray, rtol: float = 1e-5, atol: float = 1e-4) -> None:
-    results = [graph_native.load_executor(graph, threads).run({"x": x}) for threads in (1, 2, 3)]
+    results = []
+    for threads in (1, 2, 3):
+        executor = graph_native.load_executor(graph, threads)
+        results.append(executor.run({"x": x}))
+        assert (executor.parallel_nodes > 0) == (threads > 1)  # the op did split: the shapes test something
     for result in results[1:]:
         for name, value in results[0].items():
             np.testing.assert_array_equal(result[name], value)
@@ -69,13 +74,35 @@ def test_qconv(isa: str, x_dtype: str, group: int) -> None:  # group 1: direct u
     same_at_any_thread_count(b.build(), rng.integers(info.min, info.max + 1, (2, c, 23, 21)).astype(x_dtype))
 
 
-@pytest.mark.parametrize("rows", [1, 3, 37])  # fewer than 8 rows: split by columns; else by rows
-def test_gemm_and_matmul(isa: str, rows: int) -> None:
+@pytest.mark.parametrize("rows,cols", [(1, 333), (3, 333), (37, 333), (37, 100)])  # split by columns, but
+def test_gemm_and_matmul(isa: str, rows: int, cols: int) -> None:  # by rows under 128 columns
     rng = np.random.default_rng(rows)
-    gemm = one_op("Gemm", (rows, 300), {"b": f32(rng, 300, 333), "c": f32(rng, 333)}, activation="relu")
-    same_at_any_thread_count(gemm, f32(rng, rows, 300))
-    matmul = one_op("MatMul", (2, rows, 200), {"b": f32(rng, 200, 260)})
-    same_at_any_thread_count(matmul, f32(rng, 2, rows, 200))
+    gemm = one_op("Gemm", (rows, 500), {"b": f32(rng, 500, cols), "c": f32(rng, cols)}, activation="relu")
+    same_at_any_thread_count(gemm, f32(rng, rows, 500))
+    matmul = one_op("MatMul", (2, rows, 400), {"b": f32(rng, 400, cols - 73)})
+    same_at_any_thread_count(matmul, f32(rng, 2, rows, 400))
+
+
+def test_small_model_runs_serially_at_two_threads() -> None:
+    """A model none of whose nodes is worth splitting (the MLP class: a few k multiply-adds per node) runs
+    on the caller alone at threads=2, run after run, with the same bits; a big node beside it splits."""
+    rng = np.random.default_rng(5)
+    b = GraphBuilder()
+    x = b.input("x", "float32", ("n", 30))
+    h = b.node("Gemm", [x, b.constant("w1", f32(rng, 30, 128)), b.constant("b1", f32(rng, 128))], activation="relu")
+    b.output(b.node("Gemm", [h, b.constant("w2", f32(rng, 128, 2)), b.constant("b2", f32(rng, 2))]), "float32")
+    small = b.build()
+    feed = {"x": f32(rng, 1, 30)}
+    want = graph_native.load_executor(small, 1).run(feed)
+    executor = graph_native.load_executor(small, 2)
+    for _ in range(3):
+        got = executor.run(feed)
+        assert executor.parallel_nodes == 0
+        np.testing.assert_array_equal(got[next(iter(got))], want[next(iter(want))])
+    big = graph_native.load_executor(one_op("Gemm", (64, 300), {"b": f32(rng, 300, 333), "c": f32(rng, 333)}), 2)
+    for _ in range(2):
+        big.run({"x": f32(rng, 64, 300)})
+        assert big.parallel_nodes == 1
 
 
 def test_threads_are_checked_and_reported() -> None:

@@ -41,7 +41,8 @@ def same_at_any_thread_count(graph, x: np.ndarray, rtol: float = 1e-5, atol: flo
 @pytest.mark.parametrize("m,c,k,hw,attrs", [(24, 3, 3, (33, 31), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
                                             (40, 16, 3, (20, 19), {"pads": [1, 1, 1, 1]}),
                                             (72, 24, 1, (16, 15), {}),
-                                            (50, 12, 3, (17, 18), {"activation": "hardswish"})])
+                                            (50, 12, 3, (17, 18), {"activation": "hardswish"}),
+                                            (130, 64, 3, (8, 8), {"pads": [1, 1, 1, 1]})])  # 3 panels, 1 chunk
 def test_conv(isa: str, m: int, c: int, k: int, hw: tuple, attrs: dict) -> None:
     rng = np.random.default_rng(m)
     graph = one_op("Conv", (1, c, *hw), {"w": f32(rng, m, c, k, k) * 0.3, "b": f32(rng, m)}, **attrs)

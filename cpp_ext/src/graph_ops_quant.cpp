@@ -372,12 +372,31 @@ private:
             });
             args.y = static_cast<std::uint8_t*>(out.data) + n * m * p;
             const double work = static_cast<double>(m) * static_cast<double>(p) * args.K4;
-            parallel_ranges(p, 8, work, [&](int, std::int64_t begin, std::int64_t end) {
-                kernels::QConvArgs part = args;
-                part.p_begin = static_cast<int>(begin);
-                part.p_end = static_cast<int>(end);
-                kernel(part);
-            });
+            // Parts own whole 64-byte lines of the output: parts of 8 byte-sized pixels put two threads'
+            // stores in one line of every channel's row (16x16 maps: 32 pixels a part; 8x8: all parts in
+            // one line), and both threads walk the channels in the same order, so the lines went back and
+            // forth. Maps of 128 pixels or more split by 64 pixels; smaller ones by 16 output channels
+            // (W, bias and scales offset by the first channel; integer sums: the same bytes).
+            if (p >= 128) {
+                parallel_ranges(p, 64, work, [&](int, std::int64_t begin, std::int64_t end) {
+                    kernels::QConvArgs part = args;
+                    part.p_begin = static_cast<int>(begin);
+                    part.p_end = static_cast<int>(end);
+                    kernel(part);
+                });
+            } else {
+                parallel_ranges(m, 16, work, [&](int, std::int64_t first, std::int64_t last) {
+                    kernels::QConvArgs part = args;
+                    part.M = static_cast<int>(last - first);
+                    part.w = args.w + first * 4;
+                    part.bias = args.bias + first;
+                    part.mult = args.mult + first;
+                    part.y = static_cast<std::uint8_t*>(args.y) + first * p;
+                    part.p_begin = 0;
+                    part.p_end = static_cast<int>(p);
+                    kernel(part);
+                });
+            }
         }
     }
 

@@ -59,20 +59,21 @@ def test_depthwise_conv(isa: str, k: int, stride: int) -> None:
 
 
 @pytest.mark.parametrize("x_dtype", ["uint8", "int8"])
-@pytest.mark.parametrize("group", [1, 40])
-def test_qconv(isa: str, x_dtype: str, group: int) -> None:  # group 1: direct u8 x s8; 40: int8 depthwise
+@pytest.mark.parametrize("group,c,hw", [(1, 20, (23, 21)), (1, 72, (7, 7)), (40, 40, (23, 21))])
+def test_qconv(isa: str, x_dtype: str, group: int, c: int, hw: tuple) -> None:
+    """group 1: direct u8 x s8, split by pixels (483) or, on a 7x7 map, by output channels; 40: depthwise."""
     rng = np.random.default_rng(group)
-    m, c = 40, 40 if group > 1 else 20
+    m = 40
     p = qparams(rng, x_dtype, m, True)
     b = GraphBuilder()
-    x = b.input("x", x_dtype, ("n", c, 23, 21))
+    x = b.input("x", x_dtype, ("n", c, *hw))
     w = b.constant("w", rng.integers(-128, 128, (m, c // group, 3, 3)).astype(np.int8))
     names = [b.constant(key, value) for key, value in p.items()]
     inputs = [x, names[0], names[1], w, names[2], names[3], names[4], names[5],
               b.constant("bias", rng.integers(-5000, 5000, m).astype(np.int32))]
     b.output(b.node("QConv", inputs, group=group, pads=[1, 1, 1, 1]), x_dtype)
     info = np.iinfo(x_dtype)
-    same_at_any_thread_count(b.build(), rng.integers(info.min, info.max + 1, (2, c, 23, 21)).astype(x_dtype))
+    same_at_any_thread_count(b.build(), rng.integers(info.min, info.max + 1, (2, c, *hw)).astype(x_dtype))
 
 
 @pytest.mark.parametrize("rows,cols", [(1, 333), (3, 333), (37, 333), (37, 100)])  # split by columns, but

@@ -10,7 +10,9 @@
 // (begin_run .. end_run) idle workers poll for the next node for up to 2 ms and never sleep between two
 // nodes: a worker asleep on the condition variable takes tens of microseconds to wake on a VM and
 // hundreds on a loaded machine, and had then missed most split nodes of a CNN. Between runs they poll
-// for 100 us, then sleep; begin_run wakes them while the first nodes run.
+// for 100 us, then sleep; begin_run wakes them while the first nodes run. The executor counts the jobs
+// (jobs()) each node hands out: a plan whose first run split no node runs without the pool from then on,
+// so a small model at threads = 2 neither wakes the workers nor keeps a core polling.
 #pragma once
 
 #include <atomic>

@@ -202,16 +202,17 @@ private:
             // all of W (8 parts of an 8x8 map read 128 x 1152 floats, 590 KB, 8 times for 8 pixels each)
             // and cut a 1x1 conv's pixels into pieces shorter than the pointwise tile's 48 (MobileNet's
             // and DS-CNN's 125-pixel maps in 3 parts ran slower on 2 threads than whole on 1). Chunks are
-            // multiples of 48 pixels and at least 96, at most 8 per panel; one at 1 thread (the calls of a
-            // serial run). Any cut gives the same bits (the kernels' chains do not depend on the range).
+            // multiples of 16 pixels and at least 64, at most 8 per panel (even enough for 2 threads to
+            // finish together); one at 1 thread (the calls of a serial run). Any cut gives the same bits
+            // (the kernels' chains do not depend on the range).
             const std::int64_t panels = static_cast<std::int64_t>(edges_.size()) - 1;
-            const std::int64_t chunks = pool_threads() == 1 ? 1 : std::clamp<std::int64_t>(p / 96, 1, 8);
+            const std::int64_t chunks = pool_threads() == 1 ? 1 : std::clamp<std::int64_t>(p / 64, 1, 8);
             parallel_ranges(panels * chunks, 1, work, [&](int, std::int64_t unit_begin, std::int64_t unit_end) {
                 for (std::int64_t unit = unit_begin; unit < unit_end; ++unit) {
                     const auto panel_index = static_cast<std::size_t>(unit / chunks);
                     const std::int64_t chunk = unit % chunks;
-                    const std::int64_t begin = (p / 48 * chunk / chunks) * 48;
-                    const std::int64_t end = chunk + 1 == chunks ? p : (p / 48 * (chunk + 1) / chunks) * 48;
+                    const std::int64_t begin = (p / 16 * chunk / chunks) * 16;
+                    const std::int64_t end = chunk + 1 == chunks ? p : (p / 16 * (chunk + 1) / chunks) * 16;
                     if (begin >= end) continue;
                     const std::int64_t first = edges_[panel_index], width = edges_[panel_index + 1] - first;
                     kernels::ConvArgs part = args;

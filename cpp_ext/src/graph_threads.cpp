@@ -18,11 +18,11 @@ thread_local int t_slot = 0;  // 0: the caller; 1 .. N-1: the pool's workers
 // one core does in 40-100 k multiply-adds, so a smaller node gains nothing from a second thread.
 constexpr double kMinParallelWork = 131072.0;
 // A node is cut into up to kPartsPerThread parts per thread, none under kMinPartWork multiply-adds
-// (~6-10 us): parts are claimed one by one, so when a thread is late (woken late, or descheduled by
-// another process on a busy machine) the others take its share instead of waiting for it; each claim
-// moves the job's cache lines between the cores, so small nodes get one part per thread.
+// (~3-5 us): parts are claimed one by one, so when a thread is late (woken late, or descheduled by
+// another process on a busy machine) the others take its share instead of waiting for it (parts of
+// 256 k made the ResNet and wide CNNs 3-5% slower at 2 threads on a lightly loaded machine).
 constexpr int kPartsPerThread = 4;
-constexpr double kMinPartWork = 262144.0;
+constexpr double kMinPartWork = 131072.0;
 // How long an idle worker polls before it sleeps: while a run is in progress, long enough to bridge any
 // gap between two split nodes (a sleeping worker takes tens of microseconds to wake on a VM, hundreds
 // on a loaded machine); between runs, briefly, so back-to-back calls find it awake but the caller's

@@ -76,7 +76,7 @@ int thread_slot();
 inline int pool_threads() { return current_pool() != nullptr ? current_pool()->size() : 1; }
 
 // Splits [0, total) into parts whose boundaries are multiples of `align` (at most 4 per thread, each
-// worth at least ~256 k multiply-adds, one per thread when the node is smaller) and runs fn(slot, begin, end) for each, in parallel when there is
+// worth at least ~128 k multiply-adds; nodes under 128 k run on the caller) and runs fn(slot, begin, end) for each, in parallel when there is
 // a pool and `work` (a rough count of multiply-adds) is worth the hand-off; otherwise one call
 // fn(0, 0, total). slot is the running thread's (thread_slot(), below pool_threads()): per-thread
 // scratch is indexed by it, as one thread may run several parts.

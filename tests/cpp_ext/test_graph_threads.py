@@ -76,8 +76,8 @@ def test_qconv(isa: str, x_dtype: str, group: int, c: int, hw: tuple) -> None:
     same_at_any_thread_count(b.build(), rng.integers(info.min, info.max + 1, (2, c, *hw)).astype(x_dtype))
 
 
-@pytest.mark.parametrize("rows,cols", [(1, 333), (3, 333), (37, 333), (37, 100)])  # split by columns, but
-def test_gemm_and_matmul(isa: str, rows: int, cols: int) -> None:  # by rows under 128 columns
+@pytest.mark.parametrize("rows,cols", [(1, 333), (3, 333), (37, 333), (37, 100)])  # under 8 rows: split
+def test_gemm_and_matmul(isa: str, rows: int, cols: int) -> None:  # by columns; else by rows
     rng = np.random.default_rng(rows)
     gemm = one_op("Gemm", (rows, 500), {"b": f32(rng, 500, cols), "c": f32(rng, cols)}, activation="relu")
     same_at_any_thread_count(gemm, f32(rng, rows, 500))

@@ -68,6 +68,9 @@ class GraphExecutor:
     def threads(self) -> int:
         """Kernel threads including the caller's (1: no worker threads)."""
     @property
+    def parallel_nodes(self) -> int:
+        """Nodes of the last run that split their work across the thread pool (0 at threads=1)."""
+    @property
     def input_names(self) -> list[str]: ...
     @property
     def output_names(self) -> list[str]: ...

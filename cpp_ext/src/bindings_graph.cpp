@@ -197,6 +197,7 @@ public:
     }
 
     int threads() const { return exec_->threads(); }
+    int parallel_nodes() const { return exec_->parallel_nodes(); }
     std::size_t arena_bytes() const { return exec_->arena_bytes(); }
     std::vector<std::string> input_names() const { return names(true); }
     std::vector<std::string> output_names() const { return names(false); }
@@ -265,6 +266,10 @@ caller's (1: no worker threads).)doc")
         .def("profile", &PyGraphExecutor::profile, py::arg("inputs"), py::arg("runs") = 100,
              "Runs the graph `runs` times; returns [(op, node name, mean microseconds per run)] per node.")
         .def_property_readonly("threads", &PyGraphExecutor::threads)
+        .def_property_readonly("parallel_nodes", &PyGraphExecutor::parallel_nodes,
+                               "Nodes of the last run that split their work across the thread pool (0 at "
+                               "threads=1, and when no node of the model is worth splitting: then its runs "
+                               "leave the pool's workers asleep).")
         .def_property_readonly("arena_bytes", &PyGraphExecutor::arena_bytes,
                                "Bytes the intermediate values of the last plan take (values whose lifetimes "
                                "do not overlap share them).")

@@ -109,6 +109,10 @@ struct Plan {
     std::vector<std::size_t> offsets;      // per value: arena offset, or SIZE_MAX
     std::shared_ptr<void> arena;
     std::size_t scratch_offset = 0;  // = the bytes the intermediate values take (after reuse)
+    // Nodes that split across the pool in this plan's first run, or -1 before it. Whether a node splits
+    // depends only on its shapes (its work, graph_threads.hpp), so the first run tells every later one:
+    // at 0, later runs leave the pool asleep and run on the caller alone, as at threads = 1.
+    int parallel_nodes = -1;
 };
 
 class Executor {
@@ -142,6 +146,9 @@ public:
     // Per-node timing: when on, run adds each node's wall time (ns) to node_ns() (zeroed on enabling).
     void set_profiling(bool on);
     const std::vector<double>& node_ns() const { return node_ns_; }
+    // Nodes of the last run that split across the pool (0 at threads = 1, and for a model whose every
+    // node is below the work worth splitting: its runs do not wake the pool at all).
+    int parallel_nodes() const { return last_parallel_nodes_; }
     const NodeSpec& node(std::size_t n) const { return specs_[n]; }
     std::size_t node_count() const { return specs_.size(); }
 
@@ -167,6 +174,7 @@ private:
     std::unique_ptr<ThreadPool> pool_;
     bool profiling_ = false;
     std::vector<double> node_ns_;
+    int last_parallel_nodes_ = 0;
 };
 
 }  // namespace edgefleet::graph

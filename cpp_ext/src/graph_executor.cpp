@@ -383,8 +383,12 @@ void Executor::run(Plan& plan, const std::vector<const void*>& input_data, const
         }
     }
     void* scratch = arena + plan.scratch_offset;
-    const PoolScope scope(pool_.get());
-    const RunScope awake(pool_.get());
+    // A plan none of whose nodes split runs without the pool: waking its workers (a futex call when they
+    // sleep, then a core polling through the run) bought nothing and cost small models up to ~5%.
+    ThreadPool* pool = plan.parallel_nodes == 0 ? nullptr : pool_.get();
+    const PoolScope scope(pool);
+    const RunScope awake(pool);
+    int parallel_nodes = 0;
     using Clock = std::chrono::steady_clock;
     for (std::size_t n = 0; n < specs_.size(); ++n) {
         const NodeSpec& spec = specs_[n];
@@ -397,9 +401,13 @@ void Executor::run(Plan& plan, const std::vector<const void*>& input_data, const
             continue;
         }
         const Clock::time_point start = profiling_ ? Clock::now() : Clock::time_point{};
+        const std::uint64_t jobs = pool != nullptr ? pool->jobs() : 0;
         ops_[n]->run(args, View{dtypes_[spec.output], &plan.shapes[spec.output], ptrs_[spec.output]}, scratch);
         if (profiling_) node_ns_[n] += std::chrono::duration<double, std::nano>(Clock::now() - start).count();
+        if (pool != nullptr && pool->jobs() != jobs) ++parallel_nodes;
     }
+    if (pool != nullptr && plan.parallel_nodes < 0) plan.parallel_nodes = parallel_nodes;
+    last_parallel_nodes_ = parallel_nodes;
     for (std::size_t o = 0; o < outputs_.size(); ++o) {
         if (!direct_[o]) {
             const int id = outputs_[o];

@@ -20,6 +20,8 @@ std::int64_t normalize_axis(std::int64_t axis, std::int64_t rank) {
 void parallel_sgemm(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc) {
     const kernels::SgemmFn sgemm = kernels::active().sgemm;
     const double work = static_cast<double>(M) * N * K;
+    // Rows from 8 (each part packs all of B again, yet splitting the columns instead measured 10-15%
+    // slower on the transformer encoder at 2 threads), columns below.
     if (M >= 8) {
         parallel_ranges(M, 4, work, [&](int, std::int64_t begin, std::int64_t end) {
             sgemm(static_cast<int>(end - begin), N, K, A + begin * lda, lda, B, ldb, C + begin * ldc, ldc);

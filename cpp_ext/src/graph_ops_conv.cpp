@@ -13,6 +13,7 @@
 // - matrix-vector (a 1x1 conv on a 1x1 input: squeeze-excite's fully connected layers).
 // - im2col (a cached gather table) + sgemm + bias/activation pass: grouped convs (depthwise ones have
 //   their own op, graph_ops_depthwise.cpp) and W known only at run time.
+#include <algorithm>
 #include <cstring>
 #include <limits>
 
@@ -176,9 +177,12 @@ private:
                                nullptr, 0, 0};
         for (std::int64_t n = 0; n < win.n; ++n) {
             const float* x = in[0].as<float>() + n * win.c * plane;
-            if (d.copy) {  // split by channels: on ResNet's 16-channel 64x64 layers a serial copy was ~10%
+            // Split by channels (on ResNet's 16-channel 64x64 layers a serial copy was ~10%); a copied float
+            // counts as 4 multiply-adds of time, so copies from 32 k floats split, as before nodes needed
+            // 128 k multiply-adds.
+            if (d.copy) {
                 const std::int64_t padded_plane = d.ph * d.pw;
-                parallel_ranges(win.c, 1, static_cast<double>(win.c * padded_plane) * 2.0,
+                parallel_ranges(win.c, 1, static_cast<double>(win.c * padded_plane) * 4.0,
                                 [&](int, std::int64_t first, std::int64_t last) {
                                     std::fill(padded + first * padded_plane, padded + last * padded_plane, 0.0f);
                                     for (std::int64_t c = first; c < last; ++c)
@@ -197,32 +201,46 @@ private:
             const bool fused = residual_ && !post_.swish && active().conv_residual;
             const float* z = residual_ ? in[3].as<float>() + n * m * p : nullptr;
             const double work = static_cast<double>(m) * static_cast<double>(p) * static_cast<double>(args.K);
-            parallel_ranges(p, 8, work, [&](int, std::int64_t begin, std::int64_t end) {
-                for (std::size_t panel_index = 0; panel_index + 1 < edges_.size(); ++panel_index) {
-                    const std::int64_t first = edges_[panel_index], width = edges_[panel_index + 1] - first;
-                    kernels::ConvArgs part = args;
-                    part.M = static_cast<int>(std::min(m, first + width) - first);
-                    part.MP = static_cast<int>(width);
-                    part.w = panel(panel_index);
-                    part.bias = bias_.data() + first;
-                    part.y = args.y + first * p;
-                    part.p_begin = static_cast<int>(begin);
-                    part.p_end = static_cast<int>(end);
-                    if (fused) {
-                        part.z = z + first * p;
-                        part.z_lo = post_.active ? post_.lo : -kInf;
-                        part.z_hi = post_.active ? post_.hi : kInf;
-                    }
-                    conv(part);
+            // One panel of output channels over pixels [begin, end), with its activation and residual.
+            const auto run_part = [&](std::size_t panel_index, std::int64_t begin, std::int64_t end) {
+                const std::int64_t first = edges_[panel_index], width = edges_[panel_index + 1] - first;
+                kernels::ConvArgs part = args;
+                part.M = static_cast<int>(std::min(m, first + width) - first);
+                part.MP = static_cast<int>(width);
+                part.w = panel(panel_index);
+                part.bias = bias_.data() + first;
+                part.y = args.y + first * p;
+                part.p_begin = static_cast<int>(begin);
+                part.p_end = static_cast<int>(end);
+                if (fused) {
+                    part.z = z + first * p;
+                    part.z_lo = post_.active ? post_.lo : -kInf;
+                    part.z_hi = post_.active ? post_.hi : kInf;
                 }
+                conv(part);
                 if (fused) return;
-                for (std::int64_t o = 0; o < m; ++o) {
+                for (std::int64_t o = first; o < std::min(m, first + width); ++o) {
                     act_.finish(args.y + o * p + begin, end - begin);
                     if (residual_) {
                         add_residual(args.y + o * p + begin, in[3].as<float>() + (n * m + o) * p + begin, end - begin);
                     }
                 }
-            });
+            };
+            // Maps under 128 pixels split by panels, each over all pixels: pixel parts there cut 1x1 convs
+            // below the pointwise tile's 48 pixels and each streamed all of W (DS-CNN's 125-pixel
+            // pointwise convs in 3 parts ran slower on 2 threads than whole on 1). Larger maps split by
+            // pixels, every panel in each part (panel x chunk parts measured 11% slower on the wide CNN
+            // at 2 threads). Any cut gives the same bits (the kernels' chains do not depend on the range).
+            const std::int64_t panels = static_cast<std::int64_t>(edges_.size()) - 1;
+            if (p < 128 && panels > 1) {
+                parallel_ranges(panels, 1, work, [&](int, std::int64_t first, std::int64_t last) {
+                    for (std::int64_t i = first; i < last; ++i) run_part(static_cast<std::size_t>(i), 0, p);
+                });
+            } else {
+                parallel_ranges(p, 8, work, [&](int, std::int64_t begin, std::int64_t end) {
+                    for (std::int64_t i = 0; i < panels; ++i) run_part(static_cast<std::size_t>(i), begin, end);
+                });
+            }
         }
     }
 

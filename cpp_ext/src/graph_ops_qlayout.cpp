@@ -1,6 +1,8 @@
 // NCHW bytes into padded HWC bytes (contract in graph_ops_qlayout.hpp).
 #include "graph_ops_qlayout.hpp"
 
+#include <algorithm>
+
 #if defined(__x86_64__) || defined(_M_X64)
 #include <emmintrin.h>
 #endif
@@ -65,13 +67,18 @@ void run_of_pixels(const std::uint8_t* src, std::int64_t plane, std::int64_t cha
 }  // namespace
 
 void nchw_to_hwc_bytes(const std::uint8_t* src, std::int64_t channels, std::int64_t h, std::int64_t w, std::int64_t top,
-                       std::int64_t left, std::int64_t pw, std::int64_t cp, std::uint8_t flip, std::uint8_t* dst) {
+                       std::int64_t left, std::int64_t pw, std::int64_t cp, std::uint8_t flip, std::uint8_t* dst,
+                       std::int64_t row_begin, std::int64_t row_end) {
     const std::int64_t plane = h * w;
-    if (pw == w && left == 0) {  // rows back to back in both layouts: the plane is one run
-        run_of_pixels(src, plane, channels, plane, flip, dst + top * pw * cp, cp);
+    row_begin = std::max<std::int64_t>(row_begin, 0);
+    row_end = row_end < 0 ? h : std::min(row_end, h);
+    if (row_begin >= row_end) return;
+    if (pw == w && left == 0) {  // rows back to back in both layouts: the rows are one run
+        run_of_pixels(src + row_begin * w, plane, channels, (row_end - row_begin) * w, flip,
+                      dst + (top + row_begin) * pw * cp, cp);
         return;
     }
-    for (std::int64_t iy = 0; iy < h; ++iy) {
+    for (std::int64_t iy = row_begin; iy < row_end; ++iy) {
         run_of_pixels(src + iy * w, plane, channels, w, flip, dst + ((iy + top) * pw + left) * cp, cp);
     }
 }

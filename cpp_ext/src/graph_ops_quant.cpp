@@ -361,16 +361,42 @@ private:
         const auto shift = static_cast<std::uint8_t>(x_shift_);
         for (std::int64_t n = 0; n < win.n; ++n) {
             const auto* src = static_cast<const std::uint8_t*>(x.data) + n * win.c * plane;  // int8: same bytes
-            std::memset(padded, x_zero_u8_, static_cast<std::size_t>(d.ph * d.pw * cp_));
-            nchw_to_hwc_bytes(src, win.c, win.h, win.w, win.top, win.left, d.pw, cp_, shift, padded);
+            // Split by padded rows (each part fills its rows, then copies the input rows among them): run
+            // serially, the copy kept the other threads waiting before every split conv. A transposed byte
+            // is counted as ~4 multiply-adds of time.
+            const std::int64_t row_bytes = d.pw * cp_;
+            parallel_ranges(d.ph, 1, 4.0 * static_cast<double>(d.ph * row_bytes), [&](int, std::int64_t first, std::int64_t last) {
+                std::memset(padded + first * row_bytes, x_zero_u8_, static_cast<std::size_t>((last - first) * row_bytes));
+                nchw_to_hwc_bytes(src, win.c, win.h, win.w, win.top, win.left, d.pw, cp_, shift, padded,
+                                  first - win.top, last - win.top);
+            });
             args.y = static_cast<std::uint8_t*>(out.data) + n * m * p;
             const double work = static_cast<double>(m) * static_cast<double>(p) * args.K4;
-            parallel_ranges(p, 8, work, [&](int, std::int64_t begin, std::int64_t end) {
-                kernels::QConvArgs part = args;
-                part.p_begin = static_cast<int>(begin);
-                part.p_end = static_cast<int>(end);
-                kernel(part);
-            });
+            // Parts own whole 64-byte lines of the output: parts of 8 byte-sized pixels put two threads'
+            // stores in one line of every channel's row (16x16 maps: 32 pixels a part; 8x8: all parts in
+            // one line), and both threads walk the channels in the same order, so the lines went back and
+            // forth. Maps of 128 pixels or more split by 64 pixels; smaller ones by 16 output channels
+            // (W, bias and scales offset by the first channel; integer sums: the same bytes).
+            if (p >= 128) {
+                parallel_ranges(p, 64, work, [&](int, std::int64_t begin, std::int64_t end) {
+                    kernels::QConvArgs part = args;
+                    part.p_begin = static_cast<int>(begin);
+                    part.p_end = static_cast<int>(end);
+                    kernel(part);
+                });
+            } else {
+                parallel_ranges(m, 16, work, [&](int, std::int64_t first, std::int64_t last) {
+                    kernels::QConvArgs part = args;
+                    part.M = static_cast<int>(last - first);
+                    part.w = args.w + first * 4;
+                    part.bias = args.bias + first;
+                    part.mult = args.mult + first;
+                    part.y = static_cast<std::uint8_t*>(args.y) + first * p;
+                    part.p_begin = 0;
+                    part.p_end = static_cast<int>(p);
+                    kernel(part);
+                });
+            }
         }
     }
 

@@ -13,12 +13,14 @@ namespace {
 thread_local ThreadPool* t_pool = nullptr;
 thread_local int t_slot = 0;  // 0: the caller; 1 .. N-1: the pool's workers
 
-// Below this many multiply-adds a node runs on the caller alone: waking a worker and joining it costs
-// a few microseconds, about what one core does in 20-50 k multiply-adds.
-constexpr double kMinParallelWork = 65536.0;
+// Below this many multiply-adds a node runs on the caller alone: handing parts to a worker and joining
+// it costs one to a few microseconds (cache lines moving between the cores, a late worker), about what
+// one core does in 40-100 k multiply-adds, so a smaller node gains nothing from a second thread.
+constexpr double kMinParallelWork = 131072.0;
 // A node is cut into up to kPartsPerThread parts per thread, none under kMinPartWork multiply-adds
-// (~2-4 us): parts are claimed one by one, so when a thread is late (woken late, or descheduled by
-// another process on a busy machine) the others take its share instead of waiting for it.
+// (~3-5 us): parts are claimed one by one, so when a thread is late (woken late, or descheduled by
+// another process on a busy machine) the others take its share instead of waiting for it (parts of
+// 256 k made the ResNet and wide CNNs 3-5% slower at 2 threads on a lightly loaded machine).
 constexpr int kPartsPerThread = 4;
 constexpr double kMinPartWork = 131072.0;
 // How long an idle worker polls before it sleeps: while a run is in progress, long enough to bridge any
@@ -127,6 +129,7 @@ void ThreadPool::run(int tasks, const std::function<void(int)>& fn) {
         for (int i = 0; i < tasks; ++i) fn(i);
         return;
     }
+    jobs_.fetch_add(1, std::memory_order_relaxed);
     error_ = nullptr;
     done_.store(0, std::memory_order_relaxed);
     fn_.store(&fn, std::memory_order_release);

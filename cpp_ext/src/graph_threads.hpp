@@ -10,7 +10,9 @@
 // (begin_run .. end_run) idle workers poll for the next node for up to 2 ms and never sleep between two
 // nodes: a worker asleep on the condition variable takes tens of microseconds to wake on a VM and
 // hundreds on a loaded machine, and had then missed most split nodes of a CNN. Between runs they poll
-// for 100 us, then sleep; begin_run wakes them while the first nodes run.
+// for 100 us, then sleep; begin_run wakes them while the first nodes run. The executor counts the jobs
+// (jobs()) each node hands out: a plan whose first run split no node runs without the pool from then on,
+// so a small model at threads = 2 neither wakes the workers nor keeps a core polling.
 #pragma once
 
 #include <atomic>
@@ -39,6 +41,9 @@ public:
     // Around one executor run: workers stay awake between its nodes (see above).
     void begin_run();
     void end_run();
+    // Jobs run() has handed to the pool so far (calls with more than one task): a caller compares two
+    // readings to tell whether the code between them split its work.
+    std::uint64_t jobs() const { return jobs_.load(std::memory_order_relaxed); }
 
 private:
     void work(int slot);
@@ -56,6 +61,7 @@ private:
     std::atomic<int> sleeping_{0};
     std::atomic<bool> stop_{false};
     std::atomic<bool> in_run_{false};
+    std::atomic<std::uint64_t> jobs_{0};
     std::atomic<std::uint32_t> kicks_{0};  // begin_run's wake-ups of sleeping workers
     std::exception_ptr error_;
     std::mutex error_mutex_;
@@ -70,7 +76,7 @@ int thread_slot();
 inline int pool_threads() { return current_pool() != nullptr ? current_pool()->size() : 1; }
 
 // Splits [0, total) into parts whose boundaries are multiples of `align` (at most 4 per thread, each
-// worth at least ~128 k multiply-adds) and runs fn(slot, begin, end) for each, in parallel when there is
+// worth at least ~128 k multiply-adds; nodes under 128 k run on the caller) and runs fn(slot, begin, end) for each, in parallel when there is
 // a pool and `work` (a rough count of multiply-adds) is worth the hand-off; otherwise one call
 // fn(0, 0, total). slot is the running thread's (thread_slot(), below pool_threads()): per-thread
 // scratch is indexed by it, as one thread may run several parts.

@@ -1,8 +1,9 @@
 """The native executor's `threads` option: the same bits at 2 and 3 threads as at 1 (ops split their
 output at the kernels' own tile boundaries, so no sum changes order), on every ISA tier, for each op that
 runs in parallel (direct and shallow conv, depthwise conv float and int8, direct QConv, GEMM by rows and
-by columns, MatMul), with shapes above the size where a node is worth splitting. Plus the per-node
-profile, the measured fp32 peak and the backend's load option."""
+by columns, MatMul), with shapes above the size where a node is worth splitting (each checks that its
+node did split); a small model runs serially at 2 threads. Plus the per-node profile, the measured fp32
+peak and the backend's load option."""
 
 from __future__ import annotations
 
@@ -21,7 +22,11 @@ from tests.cpp_ext.test_graph import f32, one_op, qparams
 
 
 def same_at_any_thread_count(graph, x: np.ndarray, rtol: float = 1e-5, atol: float = 1e-4) -> None:
-    results = [graph_native.load_executor(graph, threads).run({"x": x}) for threads in (1, 2, 3)]
+    results = []
+    for threads in (1, 2, 3):
+        executor = graph_native.load_executor(graph, threads)
+        results.append(executor.run({"x": x}))
+        assert (executor.parallel_nodes > 0) == (threads > 1)  # the op did split: the shapes test something
     for result in results[1:]:
         for name, value in results[0].items():
             np.testing.assert_array_equal(result[name], value)
@@ -36,7 +41,8 @@ def same_at_any_thread_count(graph, x: np.ndarray, rtol: float = 1e-5, atol: flo
 @pytest.mark.parametrize("m,c,k,hw,attrs", [(24, 3, 3, (33, 31), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
                                             (40, 16, 3, (20, 19), {"pads": [1, 1, 1, 1]}),
                                             (72, 24, 1, (16, 15), {}),
-                                            (50, 12, 3, (17, 18), {"activation": "hardswish"})])
+                                            (50, 12, 3, (17, 18), {"activation": "hardswish"}),
+                                            (130, 64, 3, (8, 8), {"pads": [1, 1, 1, 1]})])  # 3 panels, 1 chunk
 def test_conv(isa: str, m: int, c: int, k: int, hw: tuple, attrs: dict) -> None:
     rng = np.random.default_rng(m)
     graph = one_op("Conv", (1, c, *hw), {"w": f32(rng, m, c, k, k) * 0.3, "b": f32(rng, m)}, **attrs)
@@ -53,29 +59,52 @@ def test_depthwise_conv(isa: str, k: int, stride: int) -> None:
 
 
 @pytest.mark.parametrize("x_dtype", ["uint8", "int8"])
-@pytest.mark.parametrize("group", [1, 40])
-def test_qconv(isa: str, x_dtype: str, group: int) -> None:  # group 1: direct u8 x s8; 40: int8 depthwise
+@pytest.mark.parametrize("group,c,hw", [(1, 20, (23, 21)), (1, 72, (7, 7)), (40, 40, (23, 21))])
+def test_qconv(isa: str, x_dtype: str, group: int, c: int, hw: tuple) -> None:
+    """group 1: direct u8 x s8, split by pixels (483) or, on a 7x7 map, by output channels; 40: depthwise."""
     rng = np.random.default_rng(group)
-    m, c = 40, 40 if group > 1 else 20
+    m = 40
     p = qparams(rng, x_dtype, m, True)
     b = GraphBuilder()
-    x = b.input("x", x_dtype, ("n", c, 23, 21))
+    x = b.input("x", x_dtype, ("n", c, *hw))
     w = b.constant("w", rng.integers(-128, 128, (m, c // group, 3, 3)).astype(np.int8))
     names = [b.constant(key, value) for key, value in p.items()]
     inputs = [x, names[0], names[1], w, names[2], names[3], names[4], names[5],
               b.constant("bias", rng.integers(-5000, 5000, m).astype(np.int32))]
     b.output(b.node("QConv", inputs, group=group, pads=[1, 1, 1, 1]), x_dtype)
     info = np.iinfo(x_dtype)
-    same_at_any_thread_count(b.build(), rng.integers(info.min, info.max + 1, (2, c, 23, 21)).astype(x_dtype))
+    same_at_any_thread_count(b.build(), rng.integers(info.min, info.max + 1, (2, c, *hw)).astype(x_dtype))
 
 
-@pytest.mark.parametrize("rows", [1, 3, 37])  # fewer than 8 rows: split by columns; else by rows
-def test_gemm_and_matmul(isa: str, rows: int) -> None:
+@pytest.mark.parametrize("rows,cols", [(1, 333), (3, 333), (37, 333), (37, 100)])  # under 8 rows: split
+def test_gemm_and_matmul(isa: str, rows: int, cols: int) -> None:  # by columns; else by rows
     rng = np.random.default_rng(rows)
-    gemm = one_op("Gemm", (rows, 300), {"b": f32(rng, 300, 333), "c": f32(rng, 333)}, activation="relu")
-    same_at_any_thread_count(gemm, f32(rng, rows, 300))
-    matmul = one_op("MatMul", (2, rows, 200), {"b": f32(rng, 200, 260)})
-    same_at_any_thread_count(matmul, f32(rng, 2, rows, 200))
+    gemm = one_op("Gemm", (rows, 500), {"b": f32(rng, 500, cols), "c": f32(rng, cols)}, activation="relu")
+    same_at_any_thread_count(gemm, f32(rng, rows, 500))
+    matmul = one_op("MatMul", (2, rows, 400), {"b": f32(rng, 400, cols - 73)})
+    same_at_any_thread_count(matmul, f32(rng, 2, rows, 400))
+
+
+def test_small_model_runs_serially_at_two_threads() -> None:
+    """A model none of whose nodes is worth splitting (the MLP class: a few k multiply-adds per node) runs
+    on the caller alone at threads=2, run after run, with the same bits; a big node beside it splits."""
+    rng = np.random.default_rng(5)
+    b = GraphBuilder()
+    x = b.input("x", "float32", ("n", 30))
+    h = b.node("Gemm", [x, b.constant("w1", f32(rng, 30, 128)), b.constant("b1", f32(rng, 128))], activation="relu")
+    b.output(b.node("Gemm", [h, b.constant("w2", f32(rng, 128, 2)), b.constant("b2", f32(rng, 2))]), "float32")
+    small = b.build()
+    feed = {"x": f32(rng, 1, 30)}
+    want = graph_native.load_executor(small, 1).run(feed)
+    executor = graph_native.load_executor(small, 2)
+    for _ in range(3):
+        got = executor.run(feed)
+        assert executor.parallel_nodes == 0
+        np.testing.assert_array_equal(got[next(iter(got))], want[next(iter(want))])
+    big = graph_native.load_executor(one_op("Gemm", (64, 300), {"b": f32(rng, 300, 333), "c": f32(rng, 333)}), 2)
+    for _ in range(2):
+        big.run({"x": f32(rng, 64, 300)})
+        assert big.parallel_nodes == 1
 
 
 def test_threads_are_checked_and_reported() -> None:

@@ -1,5 +1,5 @@
-// Quantization ops: QuantizeLinear, DequantizeLinear (per tensor or per axis; int8, uint8, int32 in) and
-// the fused integer kernels QConv and QGemm (int8/uint8 x int8/uint8 -> int32, requantized).
+// The fused integer kernels QConv and QGemm (int8/uint8 x int8/uint8 -> int32, requantized); make_quant_op
+// also hands QuantizeLinear / DequantizeLinear to graph_ops_quantize.cpp.
 // QConv has two paths: with group 1 and every w - w_zero_point within int8, a direct uint8 x int8 kernel
 // (kernels::Table::qconv_u8s8: the input copied once into zero-point-padded HWC bytes, the zero point's
 // share folded into the bias, requantization in the store); otherwise, or on a tier without that kernel,
@@ -16,130 +16,19 @@
 #include "graph_kernels.hpp"
 #include "graph_ops.hpp"
 #include "graph_ops_qlayout.hpp"
+#include "graph_ops_quant.hpp"
 #include "graph_threads.hpp"
 #include "graph_qgemm_vnni.hpp"  // (after the others: the depthwise branch adds a header above)
 
 namespace edgefleet::graph {
 
-#if defined(__x86_64__) || defined(_M_X64)
-// AVX2 loops of graph_quant_x86.cpp, for whole blocks of 8 (each returns how many values it wrote; the
-// caller does the rest with the same float32 steps): QuantizeLinear's round(x / scale) + zero point, and
-// the requantization of int32 sums, (acc[c] + bias[c]) * mult[c] rounded + zero point. Both clamp to
-// [lo, hi] and store bytes (u8 or s8), equal to the portable loops' (round half to even as nearbyint,
-// which without SSE4.1 in the baseline build is a libm call per value).
-std::int64_t quantize_avx2(const float* x, float scale, float zp, float lo, float hi, bool u8, char* y, std::int64_t n);
-std::int64_t requantize_avx2(const std::int32_t* acc, const std::int32_t* bias, const float* mult, float zp, float lo,
-                             float hi, bool u8, char* y, std::int64_t n);
-#endif
 
 namespace {
 
-// Reads element i of an integer tensor of any supported dtype as int64.
-std::int64_t int_at(const void* data, DType dtype, std::int64_t i) {
-    switch (dtype) {
-        case DType::u8: return static_cast<const std::uint8_t*>(data)[i];
-        case DType::i8: return static_cast<const std::int8_t*>(data)[i];
-        case DType::i32: return static_cast<const std::int32_t*>(data)[i];
-        case DType::i64: return static_cast<const std::int64_t*>(data)[i];
-        default: fail("expected an integer tensor");
-    }
-}
-
-struct Range {
-    float lo, hi;
-};
-Range range_of(DType dtype) {
-    return dtype == DType::u8 ? Range{0.0f, 255.0f} : Range{-128.0f, 127.0f};
-}
-
-// saturate(round_half_even(value) + zero_point) into [lo, hi] (the reference's `saturate`).
-inline float requantize(float value, float zero_point, float lo, float hi) {
-    return std::min(std::max(std::nearbyint(value) + zero_point, lo), hi);
-}
-
-// (outer, channels, inner) of a per-axis parameter of `count` values over shape x.
-struct Axis {
-    std::int64_t outer, channels, inner;
-};
-Axis split_axis(const Shape& x, std::int64_t axis, std::int64_t count) {
-    if (count == 1) return {1, 1, numel(x)};
-    const auto a = static_cast<std::size_t>(normalize_axis(axis, static_cast<std::int64_t>(x.size())));
-    EF_REQUIRE(x[a] == count, "per-axis scale has " + std::to_string(count) + " values; axis " + std::to_string(axis) +
-                               " of " + shape_str(x) + " has " + std::to_string(x[a]));
-    return {numel(Shape(x.begin(), x.begin() + static_cast<std::ptrdiff_t>(a))), count,
-            numel(Shape(x.begin() + static_cast<std::ptrdiff_t>(a) + 1, x.end()))};
-}
-
-
-class QuantizeOp : public Op {
-public:
-    QuantizeOp(const Attrs& attrs, bool quantize) : axis_(attrs.get_int("axis", 1)), quantize_(quantize) {}
-
-    Shape infer(const std::vector<View>& in) const override {
-        const Shape& scale = *in[1].shape;
-        EF_REQUIRE(scale.size() <= 1, "scale must be a scalar or 1-D");
-        if (in.size() > 2 && (in[2].data != nullptr || !in[2].shape->empty())) {
-            EF_REQUIRE(numel(*in[2].shape) == numel(scale), "zero_point and scale must have the same shape");
-        }
-        split_axis(*in[0].shape, axis_, numel(scale));
-        return *in[0].shape;
-    }
-
-    void run(const std::vector<View>& in, const View& out, void*) const override {
-        const Axis ax = split_axis(*in[0].shape, axis_, in[1].size());
-        const float* scale = in[1].as<float>();
-        const bool has_zp = in.size() > 2 && in[2].data != nullptr;
-        for (std::int64_t o = 0; o < ax.outer; ++o) {
-            for (std::int64_t c = 0; c < ax.channels; ++c) {
-                const std::int64_t zp = has_zp ? int_at(in[2].data, in[2].dtype, c) : 0;
-                const std::int64_t start = (o * ax.channels + c) * ax.inner;
-                if (quantize_) {
-                    quantize(in[0].as<float>() + start, scale[c], static_cast<float>(zp), out, start, ax.inner);
-                } else {
-                    dequantize(in[0], start, ax.inner, zp, scale[c], out.as<float>() + start);
-                }
-            }
-        }
-    }
-
-private:
-    // Typed loops (the compiler vectorises them); int32 and the rest through int_at.
-    static void dequantize(const View& x, std::int64_t start, std::int64_t n, std::int64_t zp, float scale, float* y) {
-        if (x.dtype == DType::u8 || x.dtype == DType::i8) {
-            const auto z = static_cast<std::int32_t>(zp);
-            if (x.dtype == DType::u8) {
-                const std::uint8_t* v = x.as<std::uint8_t>() + start;
-                for (std::int64_t i = 0; i < n; ++i) y[i] = static_cast<float>(static_cast<std::int32_t>(v[i]) - z) * scale;
-            } else {
-                const std::int8_t* v = x.as<std::int8_t>() + start;
-                for (std::int64_t i = 0; i < n; ++i) y[i] = static_cast<float>(static_cast<std::int32_t>(v[i]) - z) * scale;
-            }
-            return;
-        }
-        for (std::int64_t i = 0; i < n; ++i) y[i] = static_cast<float>(int_at(x.data, x.dtype, start + i) - zp) * scale;
-    }
-
-    static void quantize(const float* x, float scale, float zp, const View& out, std::int64_t start, std::int64_t n) {
-        const Range r = range_of(out.dtype);
-#if defined(__x86_64__) || defined(_M_X64)
-        if (std::strcmp(kernels::active().isa, "portable") != 0) {
-            const std::int64_t done = quantize_avx2(x, scale, zp, r.lo, r.hi, out.dtype == DType::u8,
-                                                    static_cast<char*>(out.data) + start, n);
-            x += done, start += done, n -= done;
-        }
-#endif
-        if (out.dtype == DType::u8) {
-            std::uint8_t* y = out.as<std::uint8_t>() + start;
-            for (std::int64_t i = 0; i < n; ++i) y[i] = static_cast<std::uint8_t>(requantize(x[i] / scale, zp, r.lo, r.hi));
-        } else {
-            std::int8_t* y = out.as<std::int8_t>() + start;
-            for (std::int64_t i = 0; i < n; ++i) y[i] = static_cast<std::int8_t>(requantize(x[i] / scale, zp, r.lo, r.hi));
-        }
-    }
-
-    std::int64_t axis_;
-    bool quantize_;
-};
+using quant::int_at;
+using quant::range_of;
+using quant::Range;
+using quant::requantize;
 
 // The constant parameters of QConv / QGemm, pre-packed: weights as int16 rows (w - w_zero_point) padded
 // to a multiple of 16, one float multiplier and one int32 bias per output channel.
@@ -520,10 +409,7 @@ private:
 std::unique_ptr<Op> make_quant_op(const NodeSpec& spec, const std::vector<DType>&, DType out,
                                   const std::vector<const Constant*>& constants) {
     const std::string& op = spec.op;
-    if (op == "QuantizeLinear" || op == "DequantizeLinear") {
-        EF_REQUIRE(spec.attrs.get_int("block_size", 0) == 0, "blocked quantization is not supported");
-        return std::make_unique<QuantizeOp>(spec.attrs, op == "QuantizeLinear");
-    }
+    if (op == "QuantizeLinear" || op == "DequantizeLinear") return quant::make_quantize_op(spec);
     if (op == "QConv" || op == "QGemm") {
         for (std::size_t i = 1; i < spec.inputs.size(); ++i) {
             EF_REQUIRE(spec.inputs[i] < 0 || constants[i] != nullptr, "every input but the first must be a constant");

@@ -17,26 +17,8 @@ import pytest
 
 from edgefleet.cpp_ext import graph_native
 from edgefleet.cpp_ext.graph_format import GraphBuilder
-from edgefleet.cpp_ext.graph_reference import run_graph
 from tests.cpp_ext.conftest import ISAS
-
-
-def one_op(op: str, x_shape: tuple, dtype: str = "float32", **attrs) -> object:
-    b = GraphBuilder()
-    b.output(b.node(op, [b.input("x", dtype, x_shape)], **attrs), "")
-    return b.build()
-
-
-def run_tiers(graph, x: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Every tier's output and the spec's."""
-    got = {}
-    try:
-        for name in ISAS:
-            graph_native.select_isa(name)
-            got[name] = next(iter(graph_native.load_executor(graph).run({"x": x}).values()))
-    finally:
-        graph_native.select_isa("auto")
-    return got, next(iter(run_graph(graph, {"x": x}).values()))
+from tests.cpp_ext.test_graph_fast_paths import one_op, run_all
 
 
 def test_tiers_listed_and_the_default() -> None:
@@ -70,7 +52,7 @@ def test_direct_qconv_strides_pads_and_tails(x_dtype: str, m: int, c: int, k: in
     feed = rng.integers(info.min, info.max + 1, (2, c, *hw)).astype(x_dtype)
     feed[0, :, 0] = info.max  # the flip's extremes: x = 255 / 127 and the lowest value
     feed[1, :, -1] = info.min
-    got, want = run_tiers(graph, feed)
+    got, want = run_all(graph, feed)
     for name, value in got.items():
         np.testing.assert_array_equal(value, want, err_msg=name)
     assert len(np.unique(want)) > 10  # not a saturated answer
@@ -87,7 +69,7 @@ def test_direct_qconv_extreme_weights_every_tier() -> None:
     b.output(b.node("QConv", [x] + [b.constant(key, v) for key, v in params.items()], pads=[1, 1, 1, 1]), "uint8")
     feed = np.full((1, c, 6, 5), 255, np.uint8)
     feed[0, :, 2] = np.arange(5)
-    got, want = run_tiers(b.build(), feed)
+    got, want = run_all(b.build(), feed)
     for name, value in got.items():
         np.testing.assert_array_equal(value, want, err_msg=name)
 
@@ -103,7 +85,7 @@ SPECIAL = [0.0, -0.0, 1e-6, -1e-6, 3e-4, -3e-4, 1e-30, 3.0, -3.0, 7.9, -7.9, 9.5
 def test_activations_whole_range_every_tier(op: str, attrs: dict, n: int) -> None:
     x = np.linspace(-20, 20, n).astype(np.float32)
     x[: min(n, len(SPECIAL))] = SPECIAL[:n]
-    got, want = run_tiers(one_op(op, x.shape, **attrs), x)
+    got, want = run_all(one_op(op, x.shape, **attrs), x)
     for name, value in got.items():
         if op in ("Sigmoid", "Tanh"):  # vectorised exp / rational tanh on aarch64: within 4e-7 relative
             np.testing.assert_allclose(value, want, rtol=1e-6, atol=1e-7, err_msg=name)
@@ -111,7 +93,7 @@ def test_activations_whole_range_every_tier(op: str, attrs: dict, n: int) -> Non
             np.testing.assert_array_equal(value.view(np.uint32), got["portable"].view(np.uint32), err_msg=name)
             np.testing.assert_array_equal(value, want, err_msg=name)
     nan = np.array([np.nan] * (n % 4 + 1), np.float32)
-    got, _ = run_tiers(one_op(op, nan.shape, **attrs), nan)
+    got, _ = run_all(one_op(op, nan.shape, **attrs), nan)
     for name, value in got.items():
         assert np.isnan(value).all(), name
 
@@ -133,7 +115,7 @@ def test_max_pool_2x2_every_tier_same_bits(dtype: str, hw: tuple) -> None:
     else:
         info = np.iinfo(dtype)
         x = rng.integers(info.min, info.max + 1, shape).astype(dtype)
-    got, want = run_tiers(one_op("MaxPool", shape, dtype=dtype, kernel_shape=[2, 2], strides=[2, 2]), x)
+    got, want = run_all(one_op("MaxPool", shape, dtype=dtype, kernel_shape=[2, 2], strides=[2, 2]), x)
     assert_portable_bits(got)
     if dtype != "float32":
         np.testing.assert_array_equal(got[ISAS[0]], want)
@@ -156,7 +138,7 @@ def test_average_pool_every_tier_same_bits(k: list, attrs: dict, hw: tuple) -> N
         pytest.skip("window larger than the padded input")
     rng = np.random.default_rng(sum(hw) + k[0])
     x = rng.standard_normal((2, 3, *hw)).astype(np.float32)
-    got, want = run_tiers(one_op("AveragePool", x.shape, kernel_shape=k, **attrs), x)
+    got, want = run_all(one_op("AveragePool", x.shape, kernel_shape=k, **attrs), x)
     assert_portable_bits(got)
     np.testing.assert_allclose(got[ISAS[0]], want, rtol=1e-5, atol=1e-6)
 
@@ -164,6 +146,6 @@ def test_average_pool_every_tier_same_bits(k: list, attrs: dict, hw: tuple) -> N
 @pytest.mark.parametrize("hw", [(1, 1), (1, 7), (2, 4), (3, 3), (7, 7), (5, 13)])
 def test_global_average_pool_every_tier_same_bits(hw: tuple) -> None:
     x = np.random.default_rng(hw[1]).standard_normal((2, 5, *hw)).astype(np.float32)
-    got, want = run_tiers(one_op("GlobalAveragePool", x.shape), x)
+    got, want = run_all(one_op("GlobalAveragePool", x.shape), x)
     assert_portable_bits(got)
     np.testing.assert_allclose(got[ISAS[0]], want, rtol=1e-5, atol=1e-6)

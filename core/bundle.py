@@ -28,6 +28,7 @@ import numpy as np
 
 from edgefleet.core import archive, bounded_json, manifest_rules
 from edgefleet.core.errors import BundleError, VerificationError
+from edgefleet.core.npz import load_npz
 from edgefleet.core.schema import TensorSpec
 from edgefleet.core.signing import DEFAULT_VALIDITY, SigningKey, TrustStore
 
@@ -190,9 +191,10 @@ class Bundle:
         if not entry:
             raise BundleError(f"bundle {self.name} v{self.version} has no golden examples")
         try:
-            with np.load(self.path(entry["path"]), allow_pickle=False) as data:
-                inputs = {s.name: data[f"inputs/{s.name}"] for s in self.inputs}
-                outputs = {s.name: data[f"outputs/{s.name}"] for s in self.outputs}
+            data = load_npz(self.path(entry["path"]), [f"inputs/{s.name}" for s in self.inputs]
+                            + [f"outputs/{s.name}" for s in self.outputs])
+            inputs = {s.name: data[f"inputs/{s.name}"] for s in self.inputs}
+            outputs = {s.name: data[f"outputs/{s.name}"] for s in self.outputs}
         except (KeyError, ValueError, OSError, zipfile.BadZipFile) as err:  # what np.load raises on a bad .npz
             raise BundleError(f"bundle {self.name} v{self.version}: the golden examples in {entry['path']} cannot be "
                               f"read: {err}") from err

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.npz import load_npz
 from edgefleet.core.schema import InputValidator, TensorSpec, sample_count
 
 LABELS = "y"
@@ -49,8 +50,7 @@ def read_data(path: Path, name: str, specs: Sequence[TensorSpec], slice_keys: Se
     flag = "--data" if name == "heldout" else "--recent"
     required = name == "heldout"
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+        arrays = load_npz(path)
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise EdgefleetError(f"{flag} {path}: cannot read it as .npz ({err})") from err
     held = ", ".join(sorted(arrays)) or "nothing"

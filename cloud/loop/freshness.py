@@ -34,6 +34,7 @@ from edgefleet.cloud.loop.eval_stats import LEVEL, RESAMPLES, ROW_CHUNK, paired_
 from edgefleet.cloud.loop.offline_eval import ServedModel
 from edgefleet.core.canonical import format_time, parse_time, utc_now
 from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.npz import load_npz
 from edgefleet.core.signing import TrustStore
 
 DAY = 86400.0
@@ -136,11 +137,11 @@ def _created_at(model: ServedModel) -> float:
 
 
 def _times(path: Path, count: int) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as npz:
-        if TIMES not in npz.files:
-            raise EdgefleetError(f"--dataset {path} lacks {TIMES!r}, each row's capture time (export the dataset "
-                                 f"again: `edgefleet dataset export` writes it)")
-        times = npz[TIMES]
+    try:
+        times = load_npz(path, [TIMES])[TIMES]
+    except KeyError:
+        raise EdgefleetError(f"--dataset {path} lacks {TIMES!r}, each row's capture time (export the dataset "
+                             f"again: `edgefleet dataset export` writes it)") from None
     if times.shape != (count,) or times.dtype.kind not in "iuf" or not np.isfinite(times).all():
         raise EdgefleetError(f"--dataset {path}: {TIMES!r} must hold one finite Unix time per row ({count}); got "
                              f"{times.dtype}{list(times.shape)}")

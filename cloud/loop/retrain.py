@@ -48,6 +48,7 @@ import torch
 from edgefleet.core import bundle as bundle_io
 from edgefleet.core.bundle import Bundle
 from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.npz import load_npz
 from edgefleet.core.schema import InputValidator, TensorSpec, batch_axis, sample_count
 from edgefleet.core.signing import SigningKey
 
@@ -132,8 +133,7 @@ def _read_dataset(directory: Path, inputs: list[TensorSpec]) -> tuple[dict[str, 
 def _read_npz(path: Path, inputs: list[TensorSpec], flag: str, *, labels_required: bool) -> dict[str, np.ndarray]:
     """The model's inputs (a one-input model's may be `x`) and `y`, checked against the schema."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+        arrays = load_npz(path)
     except (OSError, ValueError, zipfile.BadZipFile, AttributeError) as err:
         raise EdgefleetError(f"{flag} {path}: cannot read it as .npz ({err})") from err
     held = ", ".join(sorted(arrays)) or "nothing"

@@ -37,6 +37,7 @@ import numpy as np
 from edgefleet.cloud.loop.policy import Policy
 from edgefleet.core.api_client import CloudClient
 from edgefleet.core.errors import EdgefleetError
+from edgefleet.core.npz import load_npz
 from edgefleet.core.signing import SigningKey, TrustStore
 
 log = logging.getLogger(__name__)
@@ -172,8 +173,7 @@ def _dataset_stage(policy: Policy, client: CloudClient, rec: _Recorder, work: Pa
         content, _ = CloudClient(client.url, client.token, timeout=300).get_bytes(
             f"/api/v1/datasets/{record['name']}/{record['version']}/export")
         (work / "dataset.npz").write_bytes(content)
-        with np.load(work / "dataset.npz", allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+        arrays = load_npz(work / "dataset.npz")
         rows = len(arrays["y"])
         order = np.random.default_rng(selection.seed).permutation(rows)
         cut = int(round(rows * selection.holdout_fraction))
@@ -227,11 +227,11 @@ def _train_stage(policy: Policy, rec: _Recorder, serving: Path, train_dir: Path,
 def _split_arrays(policy: Policy, trained, train_dir: Path) -> dict:  # noqa: ANN001 - TrainResult
     """run_recipe's data: the training split as x_train/y_train, the held-out file as x_test/y_test."""
     name = trained.bundle.inputs[0].name
-    with np.load(train_dir / "dataset.npz", allow_pickle=False) as npz:
-        x_train, y_train = npz[name], npz["y"]
-    with np.load(policy.evaluation.heldout, allow_pickle=False) as npz:
-        x_test = npz[name] if name in npz.files else npz["x"]
-        y_test = npz["y"]
+    train = load_npz(train_dir / "dataset.npz", [name, "y"])
+    held = load_npz(policy.evaluation.heldout)
+    x_train, y_train = train[name], train["y"]
+    x_test = held[name] if name in held else held["x"]
+    y_test = held["y"]
     return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
 
 

@@ -150,10 +150,7 @@ void max_pool_2x2(const T* x, T* y, const Window& w, T lowest) {
         for (std::int64_t oy = 0; oy < w.oh; ++oy) {
             const T* r0 = in + 2 * oy * w.w;
             const T* r1 = r0 + w.w;
-            for (std::int64_t ox = 0; ox < w.ow; ++ox) {
-                const T top = std::max(std::max(lowest, r0[2 * ox]), r0[2 * ox + 1]);
-                out[oy * w.ow + ox] = std::max(std::max(top, r1[2 * ox]), r1[2 * ox + 1]);
-            }
+            for (std::int64_t ox = 0; ox < w.ow; ++ox) out[oy * w.ow + ox] = pool::max_2x2_at(r0, r1, ox, lowest);
         }
     }
 }
@@ -215,8 +212,7 @@ PoolRowFn<T> pool_row_kernel(const Window& w) {
 
 template <typename T>
 void max_pool_2d(const T* x, T* y, const Window& w) {
-    T lowest = std::numeric_limits<T>::lowest();
-    if (std::numeric_limits<T>::has_infinity) lowest = -std::numeric_limits<T>::infinity();
+    const T lowest = pool::max_start<T>();
     if (w.kh == 2 && w.kw == 2 && w.sh == 2 && w.sw == 2 && w.dh == 1 && w.dw == 1 && w.top == 0 && w.left == 0 &&
         2 * w.oh <= w.h && 2 * w.ow <= w.w) {
 #if defined(__aarch64__)

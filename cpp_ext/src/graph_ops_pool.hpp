@@ -3,11 +3,28 @@
 // (lanes are outputs), the same division, and std::max's select (x < v ? v : x) for float maxima.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <limits>
 
 #include "graph_ops.hpp"
 
 namespace edgefleet::graph::pool {
+
+// Where a max fold starts: -inf for floats, the type's lowest value for integers.
+template <typename T>
+T max_start() {
+    return std::numeric_limits<T>::has_infinity ? -std::numeric_limits<T>::infinity()
+                                                : std::numeric_limits<T>::lowest();
+}
+
+// One 2x2 window at stride 2 (rows r0, r1; output column ox) folded from `lowest`: row r0's two columns,
+// then r1's, each std::max(best, v) (a NaN v leaves best, equal zeros keep best's sign).
+template <typename T>
+T max_2x2_at(const T* r0, const T* r1, std::int64_t ox, T lowest) {
+    const T top = std::max(std::max(lowest, r0[2 * ox]), r0[2 * ox + 1]);
+    return std::max(std::max(top, r1[2 * ox]), r1[2 * ox + 1]);
+}
 
 #if defined(__aarch64__)
 // MaxPool 2x2 at stride 2, every window inside: out[oy][ox] folds rows 2oy, 2oy + 1, columns 2ox, 2ox + 1

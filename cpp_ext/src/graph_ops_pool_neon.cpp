@@ -26,12 +26,7 @@ void planes_2x2(const T* x, T* y, const Window& w, std::int64_t lanes, Body body
             T* o = out + oy * w.ow;
             std::int64_t ox = 0;
             for (; ox + lanes <= w.ow; ox += lanes) body(r0 + 2 * ox, r1 + 2 * ox, o + ox);
-            for (; ox < w.ow; ++ox) {  // the tail: the portable fold
-                T lowest = std::numeric_limits<T>::lowest();
-                if (std::numeric_limits<T>::has_infinity) lowest = -std::numeric_limits<T>::infinity();
-                const T top = std::max(std::max(lowest, r0[2 * ox]), r0[2 * ox + 1]);
-                o[ox] = std::max(std::max(top, r1[2 * ox]), r1[2 * ox + 1]);
-            }
+            for (; ox < w.ow; ++ox) o[ox] = max_2x2_at(r0, r1, ox, max_start<T>());  // the tail
         }
     }
 }

@@ -1,8 +1,8 @@
 // Element-wise float32 activations: Sigmoid, Tanh, HardSigmoid (alpha, beta), HardSwish, LeakyRelu
-// (alpha). Each is the formula of graph_reference.py in float32, evaluated in the same order, so the
-// piecewise-linear ones are bit-identical to it and Sigmoid / Tanh differ only by the libm's exp / tanh.
-// On the aarch64 tiers the first four run NEON rows (graph_vecmath_neon.cpp: the same bits for the
-// piecewise-linear ones, vectorised exp / tanh within the float tolerance for Sigmoid and Tanh).
+// (alpha). The piecewise-linear ones are graph_reference.py's formula in float32, evaluated in the same
+// order, so bit-identical to it; Sigmoid and Tanh are the vectorised rows the recurrent cells use
+// (graph_vecmath.hpp: within a few ulp of libm). On the aarch64 tiers all four run NEON rows
+// (graph_vecmath_neon.cpp: the same bits for the piecewise-linear ones).
 #include <cmath>
 
 #include "graph_kernels.hpp"
@@ -13,27 +13,13 @@ namespace edgefleet::graph {
 namespace {
 
 // Each functor's rows(x, y, n): true when it ran them with a SIMD kernel of the active tier.
-struct SigmoidF {
-    bool rows(const float* x, float* y, std::int64_t n) const {
-#if defined(__aarch64__)
-        if (kernels::neon_active()) return vecmath::sigmoid_rows_neon(x, y, n), true;
-#endif
-        return (void)x, (void)y, (void)n, false;
-    }
-    float operator()(float x) const {
-        if (x >= 0.0f) return 1.0f / (1.0f + std::exp(-x));
-        const float e = std::exp(x);
-        return e / (1.0f + e);
-    }
+struct SigmoidF {  // the recurrent cells' rows (graph_vecmath.hpp), NEON on the aarch64 tiers
+    bool rows(const float* x, float* y, std::int64_t n) const { return vecmath::sigmoid_rows(x, y, n), true; }
+    float operator()(float x) const { return vecmath::sigmoid(x); }
 };
 struct TanhF {
-    bool rows(const float* x, float* y, std::int64_t n) const {
-#if defined(__aarch64__)
-        if (kernels::neon_active()) return vecmath::tanh_rows_neon(x, y, n), true;
-#endif
-        return (void)x, (void)y, (void)n, false;
-    }
-    float operator()(float x) const { return std::tanh(x); }
+    bool rows(const float* x, float* y, std::int64_t n) const { return vecmath::tanh_rows(x, y, n), true; }
+    float operator()(float x) const { return vecmath::tanh(x); }
 };
 struct HardSigmoidF {
     float alpha, beta;

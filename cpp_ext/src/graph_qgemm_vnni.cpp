@@ -187,45 +187,38 @@ EF_DOTPROD void kernel_dot(const std::int8_t* A, std::int64_t lda, std::int64_t 
 
 void QGemmVnni::run(const void* x, bool x_u8, std::int64_t x_zero, std::int64_t rows, void* scratch,
                     std::int32_t* acc) const {
-#if defined(__x86_64__) || defined(_M_X64)
+#if defined(__x86_64__) || defined(_M_X64) || defined(__aarch64__)
+#if defined(__aarch64__)
+    constexpr bool kernel_u8 = false;  // sdot multiplies int8 by int8
+#else
+    constexpr bool kernel_u8 = true;  // vpdpbusd multiplies uint8 by int8
+#endif
+    // Rows of whole words in the kernel's type: the other type's bytes flipped (v + 128 for int8 into uint8,
+    // v - 128 for uint8 into int8, and the zero point with them), the padding zero (it meets zero weights).
     const auto* a = static_cast<const std::uint8_t*>(x);
     std::int64_t lda = k_;
     auto zx = static_cast<std::int32_t>(x_zero);
-    if (!x_u8 || k_ % 4 != 0) {  // rows of whole words, int8 as uint8 (v + 128, and the zero point with it)
+    const bool flip = x_u8 != kernel_u8;
+    if (flip || k_ % 4 != 0) {
         auto* copy = static_cast<std::uint8_t*>(scratch);
         lda = k4_ * 4;
-        const std::uint8_t flip = x_u8 ? 0 : 0x80;
+        const std::uint8_t bit = flip ? 0x80 : 0;
         for (std::int64_t r = 0; r < rows; ++r) {
             const std::uint8_t* src = a + r * k_;
             std::uint8_t* dst = copy + r * lda;
-            for (std::int64_t k = 0; k < k_; ++k) dst[k] = static_cast<std::uint8_t>(src[k] ^ flip);
-            std::fill(dst + k_, dst + lda, std::uint8_t{0});  // times zero weights
+            for (std::int64_t k = 0; k < k_; ++k) dst[k] = static_cast<std::uint8_t>(src[k] ^ bit);
+            std::fill(dst + k_, dst + lda, std::uint8_t{0});
         }
         a = copy;
-        if (!x_u8) zx += 128;
+        if (flip) zx += kernel_u8 ? 128 : -128;
     }
-    kernel(a, lda, rows, zx, n_, k4_, blocks_, static_cast<const std::int32_t*>(panels_.get()),
-           static_cast<const std::int32_t*>(sums_.get()), acc);
-#elif defined(__aarch64__)
-    // rows of whole words as int8: uint8 flipped (v - 128, and the zero point with it), int8 as it is
-    const auto* a = static_cast<const std::uint8_t*>(x);
-    std::int64_t lda = k_;
-    auto zx = static_cast<std::int32_t>(x_zero);
-    if (x_u8 || k_ % 4 != 0) {
-        auto* copy = static_cast<std::uint8_t*>(scratch);
-        lda = k4_ * 4;
-        const std::uint8_t flip = x_u8 ? 0x80 : 0;
-        for (std::int64_t r = 0; r < rows; ++r) {
-            const std::uint8_t* src = a + r * k_;
-            std::uint8_t* dst = copy + r * lda;
-            for (std::int64_t k = 0; k < k_; ++k) dst[k] = static_cast<std::uint8_t>(src[k] ^ flip);
-            std::fill(dst + k_, dst + lda, std::uint8_t{0});  // times zero weights
-        }
-        a = copy;
-        if (x_u8) zx -= 128;
-    }
+#if defined(__aarch64__)
     kernel_dot(reinterpret_cast<const std::int8_t*>(a), lda, rows, zx, n_, k4_, blocks_,
                static_cast<const std::int32_t*>(panels_.get()), static_cast<const std::int32_t*>(sums_.get()), acc);
+#else
+    kernel(a, lda, rows, zx, n_, k4_, blocks_, static_cast<const std::int32_t*>(panels_.get()),
+           static_cast<const std::int32_t*>(sums_.get()), acc);
+#endif
 #else
     (void)x, (void)x_u8, (void)x_zero, (void)rows, (void)scratch, (void)acc;
 #endif

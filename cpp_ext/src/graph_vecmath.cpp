@@ -21,10 +21,16 @@ inline bool neon() { return kernels::neon_active(); }
 #endif
 
 EF_CLONES void sigmoid_rows(const float* x, float* y, std::int64_t n) {
+#if defined(__aarch64__)
+    if (neon()) return sigmoid_rows_neon(x, y, n);
+#endif
     for (std::int64_t i = 0; i < n; ++i) y[i] = sigmoid(x[i]);
 }
 
 EF_CLONES void tanh_rows(const float* x, float* y, std::int64_t n) {
+#if defined(__aarch64__)
+    if (neon()) return tanh_rows_neon(x, y, n);
+#endif
     for (std::int64_t i = 0; i < n; ++i) y[i] = tanh(x[i]);
 }
 

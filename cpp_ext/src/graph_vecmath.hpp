@@ -60,7 +60,8 @@ inline float erf(float x) {
 
 // The logistic sigmoid 1 / (1 + e^-x) with exp above (within 3 ulp where it is not tiny), and tanh: for
 // |x| >= 1/16, sign(x) (1 - e) / (1 + e) with e = e^(-2|x|) (within 1e-7 absolute, 5e-7 relative), below it
-// the Taylor series to x^7; branch-free, so loops of them vectorize. For the recurrent cells (LSTM, GRU).
+// the Taylor series to x^7; branch-free, so loops of them vectorize. For the recurrent cells (LSTM, GRU)
+// and the Sigmoid and Tanh nodes.
 inline float sigmoid(float x) { return 1.0f / (1.0f + exp(-x)); }
 inline float tanh(float x) {
     const float a = x < 0.0f ? -x : x;
@@ -98,7 +99,8 @@ void erf_rows_neon(const float* x, float* y, std::int64_t n);
 void gelu_rows_neon(const float* x, float* y, std::int64_t n);
 void softmax_row_neon(const float* x, float* y, std::int64_t n);
 // The element-wise activations of graph_ops_unary.cpp (aarch64 tiers): HardSigmoid and HardSwish with the
-// portable bits, Sigmoid (this exp) and Tanh (a rational fit) within 4e-7 relative of libm's.
+// portable bits, Sigmoid (this exp) and Tanh (a rational fit) within 4e-7 relative of libm's; sigmoid_rows
+// and tanh_rows call the last two (so the recurrent cells use them too).
 void sigmoid_rows_neon(const float* x, float* y, std::int64_t n);
 void tanh_rows_neon(const float* x, float* y, std::int64_t n);
 void hard_sigmoid_rows_neon(const float* x, float* y, std::int64_t n, float alpha, float beta);

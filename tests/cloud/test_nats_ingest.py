@@ -10,7 +10,6 @@ import asyncio
 import os
 import shutil
 import signal
-import threading
 import time
 from contextlib import ExitStack
 
@@ -24,6 +23,7 @@ from edgefleet.cloud.mqtt_auth import CLOUD_CLIENTS, INGEST, cloud_password, new
 from edgefleet.cloud.nats_config import INGEST_CONSUMER, INGEST_INBOX, INGEST_STREAM, bcrypt_hash
 from edgefleet.core.topics import topic
 from tests.cloud.cloud_process import cloud_up
+from tests.cloud.paced_devices import PacedDevices, started_client, stored
 from tests.cloud.test_ingest import window
 from tests.cloud.test_postgres import fresh_sessions
 from tests.nats import NATS_SERVER, NatsCluster
@@ -86,44 +86,6 @@ def short_ack_wait(secret: str, url: str) -> None:
     ingest_nats(secret, url, make)
 
 
-class Publisher:
-    """Devices as the light simulator runs them: QoS 1 windows over MQTT (user sim-load), each (device, seq)
-    once, spread over two nodes and paced so that the stream outlasts a kill."""
-
-    def __init__(self, cluster: NatsCluster) -> None:
-        self.clients = []
-        for index in (1, 2):
-            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sim-load-{index}",
-                                 protocol=mqtt.MQTTv311)
-            client.username_pw_set("sim-load", "sim-pw")
-            client.max_inflight_messages_set(100)
-            client.connect("127.0.0.1", cluster.nodes[index].mqtt_port)
-            client.loop_start()
-            self.clients.append(client)
-        self.sent = 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        for seq in range(1, WINDOWS + 1):
-            infos = [self.clients[n % 2].publish(topic(FLEET, f"d{n}", "telemetry"),
-                                                 window(f"d{n}", seq).to_payload(), qos=1) for n in range(DEVICES)]
-            for info in infos:
-                info.wait_for_publish(30)
-            self.sent += len(infos)
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        self.thread.join(120)
-        for client in self.clients:
-            client.loop_stop()
-            client.disconnect()
-
-
-def stored(sessions) -> int:  # noqa: ANN001
-    with sessions() as session:
-        return session.scalar(select(func.count()).select_from(TelemetryRecord))
-
-
 def counters(sessions) -> dict[str, int]:  # noqa: ANN001
     with sessions() as session:
         return {row.reason: row.count for row in session.scalars(select(IngestCounter))}
@@ -155,7 +117,8 @@ def test_two_workers_share_the_stream_and_one_killed_loses_nothing(tmp_path, pos
         worker(stack, tmp_path, db_url, nats_url(nodes, 0, 1), secret, "a")
         b = worker(stack, tmp_path, db_url, nats_url(nodes, 1, 2), secret, "b")
         until(lambda: consumer_state(secret, nats_url(nodes, 0)).num_waiting >= 2, "both workers pulling", 30)
-        devices = Publisher(nodes)
+        devices = PacedDevices([started_client(f"sim-load-{i}", nodes.nodes[i].mqtt_port, "sim-load", "sim-pw")
+                                for i in (1, 2)], FLEET, DEVICES, WINDOWS)
         devices.thread.start()
         until(lambda: stored(sessions) >= DEVICES * WINDOWS // 4, "a quarter of the stream stored", 60)
         with sessions.begin() as session:  # the workers' inserts wait on this lock: each holds windows it

@@ -8,12 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from contextlib import ExitStack
 
 import httpx
-import paho.mqtt.client as mqtt
 import pytest
 from sqlalchemy import func, insert, select
 
@@ -24,7 +22,7 @@ from edgefleet.core.topics import topic
 from tests.cloud.cloud_process import cloud_up, read_until
 from tests.cloud.mqtt_scenarios import connect, wait_stored
 from tests.cloud.mqtt_scenarios import window as scenario_window
-from tests.cloud.test_ingest import window
+from tests.cloud.paced_devices import PacedDevices, started_client, stored
 from tests.cloud.test_mosquitto_acl import hand_to_broker, mosquitto_for, mqtt_dir  # noqa: F401 - fixtures
 from tests.cloud.test_postgres import fresh_sessions
 from tests.waiting import until
@@ -103,32 +101,6 @@ def test_two_api_replicas_answer_the_same_data(tmp_path, postgres, mosquitto):
 DEVICES, WINDOWS = 20, 60  # 1,200 windows
 
 
-class Publisher:
-    """The devices: QoS 1 windows, each (device, seq) once, paced so that the stream outlasts a kill."""
-
-    def __init__(self, port: int) -> None:
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="roles-devices", protocol=mqtt.MQTTv311)
-        self.client.max_inflight_messages_set(100)
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        self.sent = 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        for seq in range(1, WINDOWS + 1):
-            infos = [self.client.publish(topic("lab", f"d{n}", "telemetry"), window(f"d{n}", seq).to_payload(), qos=1)
-                     for n in range(DEVICES)]
-            for info in infos:
-                info.wait_for_publish(30)
-            self.sent += len(infos)
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        self.thread.join(120)
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
 def ingest_worker(stack: ExitStack, tmp_path, url: str, broker, name: str):
     """Starts `cloud up --role ingest --worker NAME` and waits until the broker logged its connection."""
     connected = f"as edgefleet-ingest-{name} "
@@ -141,11 +113,6 @@ def ingest_worker(stack: ExitStack, tmp_path, url: str, broker, name: str):
     return process, lines
 
 
-def stored(sessions) -> int:
-    with sessions() as session:
-        return session.scalar(select(func.count()).select_from(TelemetryRecord))
-
-
 def test_two_ingest_workers_share_a_stream_and_one_killed_loses_nothing(tmp_path, postgres, mosquitto):
     mosquitto.start()
     sessions, url = database_url(postgres, "roles_ingest")
@@ -155,7 +122,7 @@ def test_two_ingest_workers_share_a_stream_and_one_killed_loses_nothing(tmp_path
         ingest_worker(stack, tmp_path, url, mosquitto, "a")
         b, _ = ingest_worker(stack, tmp_path, url, mosquitto, "b")
         time.sleep(0.5)  # both subscribed
-        devices = Publisher(mosquitto.port)
+        devices = PacedDevices([started_client("roles-devices", mosquitto.port)], "lab", DEVICES, WINDOWS)
         devices.thread.start()
         until(lambda: stored(sessions) >= DEVICES * WINDOWS // 4, "a quarter of the stream stored", 60)
         os.kill(b.pid, signal.SIGKILL)  # mid-stream: b holds windows it received but did not acknowledge
@@ -190,7 +157,7 @@ def test_a_worker_stopped_gracefully_leaves_its_share_to_the_others(tmp_path, po
         os.kill(b.pid, signal.SIGTERM)  # scaled down: b leaves the group and is not restarted
         read_until(lines, "stopped", b, tmp_path)
         assert b.wait(20) == 0
-        devices = Publisher(mosquitto.port)
+        devices = PacedDevices([started_client("roles-devices", mosquitto.port)], "lab", DEVICES, WINDOWS)
         devices.thread.start()
         devices.close()
         until(lambda: stored(sessions) >= DEVICES * WINDOWS, "every window stored by the remaining worker", 60)

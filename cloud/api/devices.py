@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from edgefleet.cloud.api.deps import ConflictError, NotFoundError, SessionDep
+from edgefleet.cloud.api.deps import ConflictError, NotFoundError, SessionDep, SettingsDep
 from edgefleet.cloud.auth import AdminAuth
 from edgefleet.cloud.db import Device
 from edgefleet.cloud.mqtt_auth import RESERVED_PREFIX, hash_password, is_reserved_id, new_password
@@ -72,17 +72,18 @@ def get_device(session: Session, device_id: str) -> Device:
 
 
 @router.post("/devices", status_code=status.HTTP_201_CREATED, response_model=DeviceCreated)
-def register_device(body: DeviceIn, session: SessionDep, admin: AdminAuth) -> DeviceCreated:
+def register_device(body: DeviceIn, session: SessionDep, settings: SettingsDep, admin: AdminAuth) -> DeviceCreated:
     """Registers a device and returns its MQTT credentials; the password is shown only here."""
-    created = add_device(session, body)
+    created = add_device(session, body, nats_hash=settings.nats_device_hashes)
     commit_devices(session, [created.id])
     log.info("device %s registered in fleet %s%s (by token %r)", created.id, created.fleet,
              f", group {created.group}" if created.group else "", admin)
     return created
 
 
-def add_device(session: Session, body: DeviceIn) -> DeviceCreated:
-    """Adds a device to the session (the caller commits) and returns what the device is told, once."""
+def add_device(session: Session, body: DeviceIn, *, nats_hash: bool) -> DeviceCreated:
+    """Adds a device to the session (the caller commits) and returns what the device is told, once. nats_hash:
+    keep a bcrypt hash of its password too (CloudSettings.nats_device_hashes)."""
     fleet = check_id(body.fleet, "fleet")
     group = check_id(body.group, "group") if body.group is not None else None
     device_id = check_id(body.id, "device id") if body.id is not None else f"dev-{secrets.token_hex(6)}"
@@ -93,7 +94,7 @@ def add_device(session: Session, body: DeviceIn) -> DeviceCreated:
         raise ConflictError(f"device {device_id!r} is registered already")
     password = new_password()
     session.add(Device(id=device_id, fleet=fleet, group=group, password_hash=hash_password(password),
-                       password_bcrypt=bcrypt_hash(password, DEVICE_BCRYPT_ROUNDS)))
+                       password_bcrypt=bcrypt_hash(password, DEVICE_BCRYPT_ROUNDS) if nats_hash else None))
     topics = DeviceTopics(publish_prefix=device_prefix(fleet, device_id), command=topic(fleet, device_id, "cmd"))
     return DeviceCreated(id=device_id, fleet=fleet, group=group,
                          mqtt=MqttCredentials(username=device_id, password=password, topics=topics))

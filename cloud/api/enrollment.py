@@ -101,12 +101,12 @@ def revoke_token(token_id: int, session: SessionDep, admin: AdminAuth) -> dict:
 
 
 @router.post("/devices/bulk", status_code=status.HTTP_201_CREATED, response_model=list[DeviceCreated])
-def register_bulk(body: BulkIn, session: SessionDep, admin: AdminAuth) -> list[DeviceCreated]:
+def register_bulk(body: BulkIn, session: SessionDep, settings: SettingsDep, admin: AdminAuth) -> list[DeviceCreated]:
     ids = [device.id for device in body.devices if device.id is not None]
     if len(ids) != len(set(ids)):
         duplicate = next(i for i in ids if ids.count(i) > 1)
         raise EdgefleetError(f"device id {duplicate!r} appears more than once in the request")
-    created = [add_device(session, device) for device in body.devices]
+    created = [add_device(session, device, nats_hash=settings.nats_device_hashes) for device in body.devices]
     commit_devices(session, [device.id for device in created])
     log.info("%d devices registered in bulk by %r", len(created), admin)
     return created
@@ -120,7 +120,8 @@ def _enrollment_token(request: Request) -> str | None:
 def enroll(body: EnrollIn, session: SessionDep, settings: SettingsDep, request: Request,
            token: Annotated[str | None, Depends(_enrollment_token)]) -> Enrolled:
     row = enrollment.use(session, token)
-    created = add_device(session, DeviceIn(id=body.id, fleet=row.fleet, group=row.group))
+    created = add_device(session, DeviceIn(id=body.id, fleet=row.fleet, group=row.group),
+                         nats_hash=settings.nats_device_hashes)
     commit_devices(session, [created.id])  # the use and the device, together
     log.info("device %s enrolled in fleet %s with enrollment token %d", created.id, row.fleet, row.id)
     broker = getattr(request.app.state, "broker_url", None) or settings.broker_url

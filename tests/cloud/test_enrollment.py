@@ -14,6 +14,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import tomllib
 
+from edgefleet.cloud.db import Device
 from edgefleet.edge_runtime.agent import DeviceAgent
 from edgefleet.edge_runtime.device_config import DeviceConfig
 from tests.cli.test_bundle_commands import assert_user_error, edgefleet
@@ -165,3 +166,18 @@ def test_bulk_registration_from_a_csv_is_all_or_none(cloud, admin_env, tmp_path)
         out = tmp_path / f"bad-{len(os.listdir(tmp_path))}.csv"
         assert_user_error(edgefleet("device", "register", "--csv", str(bad), "--out", str(out), env=admin_env),
                           expected)
+
+
+@pytest.mark.parametrize("nats_hashes", [True, False])
+def test_devices_keep_a_nats_hash_unless_the_cloud_turns_it_off(start_cloud, clean_environment, nats_hashes):
+    cloud = start_cloud(mqtt_url=None, mqtt_port=free_port(), nats_device_hashes=nats_hashes)
+    answer = cloud.client.post("/api/v1/devices/bulk", json={"devices": [{"id": "cam-1", "fleet": "lab"},
+                                                                         {"id": "cam-2", "fleet": "lab"}]})
+    assert answer.status_code == 201, answer.text
+    single = cloud.client.post("/api/v1/devices", json={"id": "cam-3", "fleet": "lab"})
+    assert single.status_code == 201, single.text
+    with cloud.server.sessions() as session:
+        hashes = [session.get(Device, f"cam-{n}").password_bcrypt for n in (1, 2, 3)]
+    assert all(h is not None and h.startswith("$2") for h in hashes) if nats_hashes else hashes == [None] * 3
+    created = answer.json()[0]["mqtt"]
+    assert mqtt_login(cloud, created["username"], created["password"])  # the broker's own hash works either way

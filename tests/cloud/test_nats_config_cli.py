@@ -62,17 +62,18 @@ def test_a_cluster_configured_from_the_database_admits_and_revokes_devices(tmp_p
     ensure_schema(engine)
     sessions = make_sessions(engine)
     with sessions() as session:  # registered as POST /devices and enrollment do
-        created = {c.id: c.mqtt.password for c in (add_device(session, DeviceIn(id=f"pi-{n}", fleet="lab"))
-                                                   for n in range(2))}
+        created = {c.id: c.mqtt.password for c in (add_device(session, DeviceIn(id=f"pi-{n}", fleet="lab"),
+                                                              nats_hash=True) for n in range(2))}
         session.add(Device(id="old-1", fleet="lab", password_hash=hash_password("legacy-password")))
+        add_device(session, DeviceIn(id="bulk-1", fleet="lab"), nats_hash=False)  # EDGEFLEET_NATS_DEVICE_HASHES=0
         session.commit()
     cluster = NatsCluster(tmp_path / "nats")
     nodes = [f"--node={n.name}={n.host}:{n.client_port}:{n.cluster_port}:{n.mqtt_port}" for n in cluster.nodes]
     secret = new_cloud_secret()
     result = cli(str(cluster.workdir), *nodes, "--data", str(data), env={"EDGEFLEET_MQTT_PASSWORD": secret})
     assert result.exit_code == 0, result.output
-    assert "3 node(s), 2 device(s)" in result.output and "left out 1 device(s)" in result.output
-    assert "old-1" in result.output and "cloud MQTT secret" not in result.output
+    assert "3 node(s), 2 device(s)" in result.output and "left out 2 device(s)" in result.output
+    assert "old-1" in result.output and "bulk-1" in result.output and "cloud MQTT secret" not in result.output
     cluster.add_monitoring()
     cluster.start()
     devices = {}

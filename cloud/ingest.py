@@ -49,7 +49,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 
 from edgefleet.cloud.ingest_store import Checked, store
-from edgefleet.cloud.mqtt_client import broker_address, new_client
+from edgefleet.cloud.mqtt_client import broker_address, new_client, send_pubacks
 from edgefleet.core.ota import OtaError, Status, parse_status
 from edgefleet.core.presence import Presence, PresenceError, parse_presence
 from edgefleet.core.telemetry import MAX_INT, MAX_PAYLOAD_BYTES, TelemetryError, TelemetryWindow, parse_telemetry
@@ -225,11 +225,16 @@ class Ingest:
         except DatabaseUnavailable as err:
             log.error("ingest: the database does not answer (%s); %d message(s) stay unacknowledged and are "
                       "retried", err.__cause__, len(batch) - len(done))
-        for index in done:
-            if batch[index].qos > 0:
-                self._client.ack(batch[index].mid, batch[index].qos)
+        self._acknowledge([batch[index] for index in done])
         stored = set(done)
         return [item for index, item in enumerate(batch) if index not in stored]
+
+    def _acknowledge(self, items: list[Received]) -> None:
+        """PUBACKs of the stored QoS 1 messages in one write (mqtt_client.send_pubacks); others one by one."""
+        send_pubacks(self._client, [item.mid for item in items if item.qos == 1])
+        for item in items:
+            if item.qos > 1:
+                self._client.ack(item.mid, item.qos)
 
     def _check(self, item: Received) -> Checked:
         try:

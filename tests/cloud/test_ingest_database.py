@@ -17,7 +17,7 @@ from edgefleet.cloud.db import Device, TelemetryRecord, make_engine, make_sessio
 from edgefleet.cloud.ingest import Ingest
 from edgefleet.core.ota import Status
 from edgefleet.core.topics import topic
-from tests.cloud.test_ingest import counters, publish, wait_for, window
+from tests.cloud.test_ingest import counters, presence, publish, wait_for, window
 from tests.cloud.test_postgres import fresh_sessions
 
 
@@ -152,3 +152,42 @@ def test_windows_move_each_device_to_its_newest_window_on_postgres(postgres, mos
     finally:
         ingest.stop()
         sessions.kw["bind"].dispose()
+
+
+def test_a_batch_holding_a_stored_window_stores_the_others_once_on_postgres(postgres, mosquitto, publisher):
+    """On PostgreSQL a batch's windows go in by COPY, which has no ON CONFLICT: a redelivered window in the
+    batch makes it fail, and the batch goes in again skipping what is stored. The new windows are stored
+    once, the copy is counted as a duplicate, and it does not move its device's last_seen back. A batch that
+    COPY takes counts a window repeated within it and one of an unregistered device as the INSERT did, and
+    stores a payload with tabs and line ends (COPY's separators) as it came."""
+    sessions = fresh_sessions(postgres, "ingest_copy_dup")
+    with sessions.begin() as session:
+        session.add_all([Device(id=d, fleet="lab", password_hash="x") for d in ("d1", "d2", "d3")])
+    ingest = Ingest(sessions, mosquitto.url, flush_seconds=1.0)  # the windows sent together: one batch
+    ingest.start()
+    assert ingest.wait_connected(10)
+    time.sleep(0.3)
+    try:
+        for payload in (window("d1", 2), window("d9", 1), window("d1", 2)):  # d9: never registered
+            publish(publisher, topic("lab", payload.device, "telemetry"), payload.to_payload())
+        pretty = json.dumps(window("d3", 3).to_dict(), indent="\t").replace("\n", "\r\n").encode()
+        publish(publisher, topic("lab", "d3", "telemetry"), pretty)  # tabs and line ends: COPY's separators
+        wait_for(lambda: counters(sessions).get("accepted", 0) >= 2)
+        assert counters(sessions) == {"accepted": 2, "duplicate": 1, "unknown_device": 1}  # by COPY
+        publish(publisher, topic("lab", "d1", "birth"), presence("birth", 5))
+        wait_for(lambda: counters(sessions).get("birth", 0) >= 1)
+        for payload in (window("d2", 1), window("d1", 2), window("d2", 2)):
+            publish(publisher, topic("lab", payload.device, "telemetry"), payload.to_payload())
+        wait_for(lambda: counters(sessions).get("accepted", 0) >= 4)
+    finally:
+        ingest.stop()
+    with sessions() as session:
+        stored_as = session.scalar(select(TelemetryRecord.payload).where(TelemetryRecord.device_id == "d3"))
+        assert stored_as == pretty.decode()
+        keys = session.execute(select(TelemetryRecord.device_id, TelemetryRecord.seq)
+                               .order_by(TelemetryRecord.device_id, TelemetryRecord.seq)).all()
+        seen = {d.id: d.last_seen for d in session.scalars(select(Device))}
+    assert keys == [("d1", 2), ("d2", 1), ("d2", 2), ("d3", 3)]
+    assert counters(sessions) == {"accepted": 4, "duplicate": 2, "unknown_device": 1, "birth": 1}
+    assert seen["d1"] > 1e9 and seen["d2"] == 1062.0  # d1: the birth's time, not the redelivered window's end
+    sessions.kw["bind"].dispose()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 
 import paho.mqtt.client as mqtt
@@ -15,6 +16,7 @@ from sqlalchemy import event, func, select, text
 
 from edgefleet.cloud.db import Device, TelemetryRecord, make_engine, make_sessions
 from edgefleet.cloud.ingest import Ingest
+from edgefleet.cloud.ingest_store import Checked, store
 from edgefleet.core.ota import Status
 from edgefleet.core.topics import topic
 from tests.cloud.test_ingest import counters, presence, publish, wait_for, window
@@ -190,4 +192,42 @@ def test_a_batch_holding_a_stored_window_stores_the_others_once_on_postgres(post
     assert keys == [("d1", 2), ("d2", 1), ("d2", 2), ("d3", 3)]
     assert counters(sessions) == {"accepted": 4, "duplicate": 2, "unknown_device": 1, "birth": 1}
     assert seen["d1"] > 1e9 and seen["d2"] == 1062.0  # d1: the birth's time, not the redelivered window's end
+    sessions.kw["bind"].dispose()
+
+
+def test_concurrent_workers_commit_telemetry_in_row_id_order_on_postgres(postgres):
+    """Two workers' stores: the second waits for the first's commit, so a row id the drift monitor has passed
+    (it reads the rows above the highest id it saw) never appears later with a lower id."""
+    sessions = fresh_sessions(postgres, "ingest_order")
+    with sessions.begin() as session:
+        session.add_all([Device(id=d, fleet="lab", password_hash="x") for d in ("d1", "d2")])
+
+    def checked(device: str, seq: int) -> Checked:
+        item = window(device, seq)
+        return Checked(device, item.to_payload(), item)
+
+    first = sessions()
+    first.begin()
+    store(first, [checked("d1", 1), checked("d1", 2)])  # ids taken, not committed: holds the ingest's lock
+    second_done = threading.Event()
+
+    def second() -> None:
+        with sessions.begin() as session:
+            store(session, [checked("d2", 1)])
+        second_done.set()
+
+    thread = threading.Thread(target=second, daemon=True)
+    thread.start()
+    assert not second_done.wait(1.0)
+    with sessions() as session:  # the second worker has not even taken a row id: its writes wait
+        sequence = session.scalar(text("SELECT pg_get_serial_sequence('telemetry', 'id')"))
+        taken = session.scalar(text(f"SELECT last_value FROM {sequence}"))
+    assert taken == 2
+    first.commit()
+    first.close()
+    assert second_done.wait(10)
+    thread.join(10)
+    with sessions() as session:
+        order = session.execute(select(TelemetryRecord.device_id).order_by(TelemetryRecord.id)).scalars().all()
+    assert order == ["d1", "d1", "d2"]  # ids in commit order
     sessions.kw["bind"].dispose()

@@ -51,8 +51,9 @@ the windows its last run decoded (rebuilt from the payloads after a restart); th
 database, so a restart continues them where they were.
 After a restart, its first run sees every row as seen, so windows that arrived while it was down with
 an end older than the lookback are not evaluated late (the cloud's ingest was down too, so a device's
-backlog normally arrives after the restart and is caught). Row ids follow commit order because the one
-ingest writes its batches one transaction at a time.
+backlog normally arrives after the restart and is caught). Row ids follow commit order: an ingest writes
+its batches one transaction at a time, and several ingest workers take turns through one advisory lock
+(cloud/ingest_store.py).
 
 Identity (device, fleet, model) comes from the stored row, which the ingest took from the MQTT topic
 and checked, not from the payload. Windows whose counts do not fit the profile (a device reporting on

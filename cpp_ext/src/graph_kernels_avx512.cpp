@@ -65,8 +65,9 @@ EF_AVX512 inline void transpose8x16(__m128i r[8]) {
     }
 }
 
-// NV vectors of 16 channels from m0 by PX (8, or 6 beside 4 vectors: 24 accumulators) pixels from p0. W rows hold MP (a multiple of 8) floats: the
-// lanes past M are masked off in the loads, so the last row is never read beyond its end.
+// NV vectors of 16 channels from m0 by PX pixels from p0 (8, or 6 beside 4 vectors: 24 accumulators).
+// W rows hold MP (a multiple of 8) floats: the lanes past M are masked off in the loads, so the last row
+// is never read beyond its end.
 template <int NV, int PX = kPixels>
 EF_AVX512 inline void conv_tile(const ConvArgs& a, int p0, int m0) {
     const int pixels = std::min(PX, a.p_end - p0);
@@ -230,17 +231,15 @@ struct ConvTile {
     EF_AVX512 static void run(const ConvArgs& a, int p0, int m0) { conv_tile<NV>(a, p0, m0); }
 };
 
-// Channels a multiple of 64: bands of 4 vectors by 6 pixels (24 accumulators, 4 + 6 loads per 24 FMAs)
-// where equal bands of at most 3 vectors left 64 channels as 32 + 32 by 8 pixels (16 accumulators, 10
+// 64 channels (the conv op's 64-channel panel): 4 vectors by 6 pixels (24 accumulators, 4 + 6 loads
+// per 24 FMAs) where equal bands of at most 3 vectors made 32 + 32 by 8 pixels (16 accumulators, 10
 // loads per 16 FMAs).
 EF_AVX512 inline void conv_tiles(const ConvArgs& a) {
-    if (a.M % 64 != 0) {
+    if (a.M != 64) {
         tiles<ConvArgs, ConvTile>(a);
         return;
     }
-    for (int m0 = 0; m0 < a.M; m0 += 4 * kLanes) {
-        for (int p0 = a.p_begin; p0 < a.p_end; p0 += 6) conv_tile<4, 6>(a, p0, m0);
-    }
+    for (int p0 = a.p_begin; p0 < a.p_end; p0 += 6) conv_tile<4, 6>(a, p0, 0);
 }
 template <int NV>
 struct QConvTile {

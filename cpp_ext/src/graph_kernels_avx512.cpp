@@ -38,10 +38,10 @@ EF_AVX512 inline __mmask16 lanes_below(int n) {  // the first n of 16 lanes (n m
 }
 
 // Window corners of the tile's pixels; past the end, the last pixel again (computed, never stored).
-template <typename T>
-inline void corners(const T* x, const std::int32_t* pix, int pixels, const T* out[kPixels]) {
+template <int PX = kPixels, typename T>
+inline void corners(const T* x, const std::int32_t* pix, int pixels, const T* out[PX]) {
     #pragma GCC unroll 8
-    for (int i = 0; i < kPixels; ++i) {
+    for (int i = 0; i < PX; ++i) {
         out[i] = x + pix[std::min(i, pixels - 1)];
     }
 }
@@ -65,20 +65,21 @@ EF_AVX512 inline void transpose8x16(__m128i r[8]) {
     }
 }
 
-// NV vectors of 16 channels from m0 by 6 pixels from p0. W rows hold MP (a multiple of 8) floats: the
-// lanes past M are masked off in the loads, so the last row is never read beyond its end.
-template <int NV>
+// NV vectors of 16 channels from m0 by PX pixels from p0 (8, or 6 beside 4 vectors: 24 accumulators).
+// W rows hold MP (a multiple of 8) floats: the lanes past M are masked off in the loads, so the last row
+// is never read beyond its end.
+template <int NV, int PX = kPixels>
 EF_AVX512 inline void conv_tile(const ConvArgs& a, int p0, int m0) {
-    const int pixels = std::min(kPixels, a.p_end - p0);
-    const float* xs[kPixels];
-    corners(a.x, a.pix + p0, pixels, xs);
+    const int pixels = std::min(PX, a.p_end - p0);
+    const float* xs[PX];
+    corners<PX>(a.x, a.pix + p0, pixels, xs);
     __mmask16 mask[NV];
-    __m512 acc[NV][kPixels];
+    __m512 acc[NV][PX];
     #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
         mask[v] = lanes_below(a.M - m0 - kLanes * v);
         #pragma GCC unroll 8
-        for (int i = 0; i < kPixels; ++i) {
+        for (int i = 0; i < PX; ++i) {
             acc[v][i] = _mm512_setzero_ps();
         }
     }
@@ -91,7 +92,7 @@ EF_AVX512 inline void conv_tile(const ConvArgs& a, int p0, int m0) {
             wk[v] = _mm512_maskz_loadu_ps(mask[v], w + kLanes * v);
         }
         #pragma GCC unroll 8
-        for (int i = 0; i < kPixels; ++i) {
+        for (int i = 0; i < PX; ++i) {
             const __m512 x = _mm512_set1_ps(xs[i][off]);
             #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) {
@@ -104,9 +105,11 @@ EF_AVX512 inline void conv_tile(const ConvArgs& a, int p0, int m0) {
     #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
         const __m512 bias = _mm512_maskz_loadu_ps(mask[v], a.bias + m0 + kLanes * v);
-        __m256 low[kPixels], high[kPixels];  // channels 0-7 and 8-15 of the vector, per pixel
+        __m256 low[8], high[8];  // channels 0-7 and 8-15 of the vector, per pixel (zero past PX)
         #pragma GCC unroll 8
-        for (int i = 0; i < kPixels; ++i) {  // max(lo, v), min(hi, v): a NaN stays NaN, as std::max / min
+        for (int i = PX; i < 8; ++i) low[i] = high[i] = _mm256_setzero_ps();
+        #pragma GCC unroll 8
+        for (int i = 0; i < PX; ++i) {  // max(lo, v), min(hi, v): a NaN stays NaN, as std::max / min
             const __m512 r = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(acc[v][i], bias)));
             low[i] = _mm512_castps512_ps256(r);
             high[i] = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(r), 1));
@@ -227,6 +230,17 @@ template <int NV>
 struct ConvTile {
     EF_AVX512 static void run(const ConvArgs& a, int p0, int m0) { conv_tile<NV>(a, p0, m0); }
 };
+
+// 64 channels (the conv op's 64-channel panel): 4 vectors by 6 pixels (24 accumulators, 4 + 6 loads
+// per 24 FMAs) where equal bands of at most 3 vectors made 32 + 32 by 8 pixels (16 accumulators, 10
+// loads per 16 FMAs).
+EF_AVX512 inline void conv_tiles(const ConvArgs& a) {
+    if (a.M != 64) {
+        tiles<ConvArgs, ConvTile>(a);
+        return;
+    }
+    for (int p0 = a.p_begin; p0 < a.p_end; p0 += 6) conv_tile<4, 6>(a, p0, 0);
+}
 template <int NV>
 struct QConvTile {
     EF_AVX512 static void run(const QConvArgs& a, int p0, int m0) { qconv_tile<NV>(a, p0, m0); }
@@ -281,9 +295,10 @@ EF_AVX512 inline void pointwise_tile(const ConvArgs& a, const float* x0, int p0,
     }
 }
 
-// K <= kPointwiseK (measured up to 256: 1x1 convs of 16-256 to 16-160 channels ran 1.05-1.65x faster)
+// K <= kPointwiseK (measured up to 256: 1x1 convs of 16-256 to 16-160 channels ran 1.05-1.65x faster;
+// 320 takes in the 3x3 convs of 32 channels, 32x32: 3% faster than channels in the lanes)
 // with side-by-side pixels: pointwise_tile over 8-channel rows of W, 48 pixels at a time (24 accumulators).
-constexpr int kPointwiseK = 256;
+constexpr int kPointwiseK = 320;
 
 
 // Pixels [r0, r1) side by side in x.
@@ -318,7 +333,7 @@ constexpr int kRun = 32;
 // lanes, run by run; the others: channels in the lanes.
 EF_AVX512 void conv_avx512(const ConvArgs& a) {
     if (a.K > kPointwiseK || a.p_end <= a.p_begin) {
-        tiles<ConvArgs, ConvTile>(a);
+        conv_tiles(a);
         return;
     }
     const int count = a.p_end - a.p_begin;
@@ -329,7 +344,7 @@ EF_AVX512 void conv_avx512(const ConvArgs& a) {
         for (int r0 = a.p_begin; r0 < a.p_end && static_cast<long>(runs) * kRun <= count; r0 = run_end(a, r0)) ++runs;
     }
     if (static_cast<long>(runs) * kRun > count) {
-        tiles<ConvArgs, ConvTile>(a);
+        conv_tiles(a);
         return;
     }
     for (int m0 = 0; m0 < a.M; m0 += 8) {

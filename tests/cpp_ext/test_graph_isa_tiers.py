@@ -127,6 +127,40 @@ def test_shallow_padded_conv_row_runs_on_every_tier(m: int, c: int, hw: tuple, s
         np.testing.assert_array_equal(outputs["avx512"], outputs["avx2"])
 
 
+@pytest.mark.parametrize("m,c,hw,k,stride,residual", [(32, 16, (17, 20), 1, 2, True), (24, 8, (9, 9), 1, 3, False),
+                                                      (64, 40, (9, 11), 3, 1, True), (128, 8, (6, 7), 3, 2, False)])
+def test_strided_pointwise_and_64_channel_panels_on_every_tier(m: int, c: int, hw: tuple, k: int, stride: int,
+                                                                residual: bool) -> None:
+    """Strided 1x1 convs (ResNet's shortcuts: their pixels copied side by side first) and 3x3 convs of a
+    multiple of 64 channels (avx512: 4-vector x 6-pixel tiles) match the reference on every tier, with the
+    same bits on the x86 tiers and at 1 and 3 threads."""
+    rng = np.random.default_rng(m + c + k)
+    b = GraphBuilder()
+    x = b.input("x", "float32", ("n", c, *hw))
+    w = b.constant("w", rng.standard_normal((m, c, k, k)).astype(np.float32))
+    bias = b.constant("b", rng.standard_normal(m).astype(np.float32))
+    out_hw = tuple((d + 2 * (k // 2) - k) // stride + 1 for d in hw)
+    inputs = [x, w, bias] + ([b.input("z", "float32", ("n", m, *out_hw))] if residual else [])
+    b.output(b.node("Conv", inputs, pads=[k // 2] * 4, strides=[stride, stride], activation="relu"), "")
+    graph = b.build()
+    feed = {"x": rng.standard_normal((2, c, *hw)).astype(np.float32)}
+    if residual:
+        feed["z"] = rng.standard_normal((2, m, *out_hw)).astype(np.float32)
+    want = next(iter(run_graph(graph, feed).values()))
+    outputs = {}
+    try:
+        for name in ISAS:
+            graph_native.select_isa(name)
+            outputs[name] = next(iter(graph_native.load_executor(graph).run(feed).values()))
+            np.testing.assert_allclose(outputs[name], want, rtol=1e-5, atol=1e-5 * np.sqrt(k * k * c), err_msg=name)
+            threaded = next(iter(graph_native.load_executor(graph, threads=3).run(feed).values()))
+            np.testing.assert_array_equal(threaded, outputs[name], err_msg=name)
+    finally:
+        graph_native.select_isa("auto")
+    if "avx512" in outputs and "avx2" in outputs:
+        np.testing.assert_array_equal(outputs["avx512"], outputs["avx2"])
+
+
 def test_squeeze_excite_matrix_vector_over_panels_on_every_tier() -> None:
     """A 1x1 conv on a 1x1 input (squeeze-excite's fully connected layer) with 100 outputs: the
     matrix-vector path walks W's column panels."""

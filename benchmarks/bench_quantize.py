@@ -4,7 +4,7 @@
     python benchmarks/bench_quantize.py --model efficientnet-lite0 [--max-drop 0.1] [--runs 100]
         [--gate-strategy sensitivity|budget|prefix16 --validation-rows 1000
          --validation-photos calibration+validation]
-        [--method Percentile] [--skip-variants]
+        [--method Percentile] [--skip-variants] [--bias-correction empirical]
     python benchmarks/bench_quantize.py --model efficientnet-lite0 --bias-variants --method Percentile
         [--float-heads 0,8] [--corrections analytic,empirical] [--calibration-rows 256] [--runs 100]
 
@@ -156,7 +156,8 @@ def efficientnet(args: argparse.Namespace) -> dict:
         try:
             result = quantize_static_int8(bundle, work / "int8", sets["calibration"], method=args.method,
                                           calibration_batch=16, eval_data=(sets["validation"], None),
-                                          max_drop=args.max_drop, gate_strategy=args.gate_strategy)
+                                          max_drop=args.max_drop, gate_strategy=args.gate_strategy,
+                                          bias_correction=args.bias_correction)
         except QuantizationError as err:  # the gate missed: report every trial instead of a traceback
             return {"benchmark": "quantize", "model": "efficientnet-lite0 (pretrained, ImageNet)",
                     "gate": {"max_drop": args.max_drop, "strategy": args.gate_strategy, "missed": str(err),
@@ -184,7 +185,7 @@ def efficientnet(args: argparse.Namespace) -> dict:
                     "test_agreement": gated["test"]["agreement"], "test_ci95": gated["test"]["ci95"],
                     "weights_int8_fraction": int8_weights, "size_ratio": result.size_ratio,
                     "p50_speedup_vs_float": latency["p50_speedup"],
-                    "float_groups": len(gate.get("kept_in_float") or ())},
+                    "float_groups": len(gate.get("kept_in_float") or ()), "bias_correction": args.bias_correction},
         "benchmark": "quantize",
         "model": {"name": "efficientnet-lite0 (pretrained, ImageNet)", "input": [1, 3, 224, 224],
                   "flops_per_sample": bundle.artifacts[0]["flops_per_sample"]},
@@ -303,6 +304,8 @@ def main() -> None:
     parser.add_argument("--validation-photos", choices=("validation", "calibration+validation"), default="validation")
     parser.add_argument("--method", choices=("auto", "MinMax", "Entropy", "Percentile"), default="auto")
     parser.add_argument("--skip-variants", action="store_true")
+    parser.add_argument("--bias-correction", choices=("analytic", "empirical"), default="analytic",
+                        help="efficientnet-lite0: the gated model's bias correction")
     parser.add_argument("--bias-variants", action="store_true",
                         help="efficientnet-lite0: analytic vs empirical bias correction instead of the gate")
     parser.add_argument("--float-heads", type=lambda v: [int(k) for k in v.split(",")], default=[0, 8],

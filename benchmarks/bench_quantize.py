@@ -4,7 +4,9 @@
     python benchmarks/bench_quantize.py --model efficientnet-lite0 [--max-drop 0.1] [--runs 100]
         [--gate-strategy sensitivity|budget|prefix16 --validation-rows 1000
          --validation-photos calibration+validation]
-        [--method Percentile] [--skip-variants]
+        [--method Percentile] [--skip-variants] [--bias-correction empirical]
+    python benchmarks/bench_quantize.py --model efficientnet-lite0 --bias-variants --method Percentile
+        [--float-heads 0,8] [--corrections analytic,empirical] [--calibration-rows 256] [--runs 100]
 
 The digits images upsampled to 32x32 through a VGG-style CNN (64 and 128 channels, ~0.2 GFLOP per
 image), trained for real on the digits training split, exported with export_torch, quantized with
@@ -29,12 +31,18 @@ method; AdaRound weight rounding) and with the first convolution and the classif
 common recipe: the layers with the fewest channels to average rounding over); the float model's
 median top-1 probability (how ambiguous the inputs are), file sizes and latency float vs int8 (batch 1,
 one thread). --skip-variants leaves the ablation out.
+
+--bias-variants (instead of the gate and the ablation): analytic against sequential empirical bias
+correction (quantize_static_int8's bias_correction="analytic" / "empirical"), every node int8 and with the
+first k groups (--float-heads) kept in float, one calibration method; each row prints to stderr as it is
+done (a row takes 2-4 minutes on a loaded 2-core machine), the JSON at the end (--runs 0: no latency).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import sys
 import tempfile
@@ -139,11 +147,17 @@ def efficientnet(args: argparse.Namespace) -> dict:
                                   input_names=["image"], output_names=["logits"], task="classification")
         float_path = bundle.root / "model.onnx"
         floats = {k: onnx_outputs(float_path, v) for k, v in sets.items() if k != "calibration"}
+        if args.bias_variants:
+            return {"benchmark": "quantize", "model": "efficientnet-lite0 (pretrained, ImageNet)",
+                    "metric": "top-1 agreement with the float model (no labels)", "method": args.method,
+                    "rows": {k: len(v) for k, v in sets.items()},
+                    "bias_correction": bias_variants(args, bundle, work, sets, floats, onnx_outputs)}
         started = time.perf_counter()
         try:
             result = quantize_static_int8(bundle, work / "int8", sets["calibration"], method=args.method,
                                           calibration_batch=16, eval_data=(sets["validation"], None),
-                                          max_drop=args.max_drop, gate_strategy=args.gate_strategy)
+                                          max_drop=args.max_drop, gate_strategy=args.gate_strategy,
+                                          bias_correction=args.bias_correction)
         except QuantizationError as err:  # the gate missed: report every trial instead of a traceback
             return {"benchmark": "quantize", "model": "efficientnet-lite0 (pretrained, ImageNet)",
                     "gate": {"max_drop": args.max_drop, "strategy": args.gate_strategy, "missed": str(err),
@@ -171,7 +185,7 @@ def efficientnet(args: argparse.Namespace) -> dict:
                     "test_agreement": gated["test"]["agreement"], "test_ci95": gated["test"]["ci95"],
                     "weights_int8_fraction": int8_weights, "size_ratio": result.size_ratio,
                     "p50_speedup_vs_float": latency["p50_speedup"],
-                    "float_groups": len(gate.get("kept_in_float") or ())},
+                    "float_groups": len(gate.get("kept_in_float") or ()), "bias_correction": args.bias_correction},
         "benchmark": "quantize",
         "model": {"name": "efficientnet-lite0 (pretrained, ImageNet)", "input": [1, 3, 224, 224],
                   "flops_per_sample": bundle.artifacts[0]["flops_per_sample"]},
@@ -195,6 +209,38 @@ def efficientnet(args: argparse.Namespace) -> dict:
         "latency": latency, "threads": 1, "batch": 1,
         "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__},
     }
+
+
+def bias_variants(args: argparse.Namespace, bundle, work: Path, sets: dict, floats: dict,  # noqa: ANN001
+                  outputs) -> dict:  # noqa: ANN001
+    """Analytic against empirical bias correction (every node int8, then the first k groups float for each k
+    of --float-heads), one calibration method (--method, Percentile for auto): agreement on every held-out
+    set, size ratio, seconds to quantize, and latency against float (batch 1, one thread)."""
+    from edgefleet.cloud.compress.gate import node_groups
+    from edgefleet.cloud.compress.onnx_model import prepare
+
+    method = "Percentile" if args.method == "auto" else args.method
+    groups = node_groups(prepare((bundle.root / "model.onnx").read_bytes(), work, True)[0])
+    rows = {}
+    for head in args.float_heads:
+        excluded = [n for g in groups[:head] for n in g]
+        for correction in args.corrections:
+            name = f"{correction}, first {head} groups float"
+            started = time.perf_counter()
+            result = quantize_static_int8(bundle, work / f"bias-{correction}-{head}", sets["calibration"],
+                                          method=method, calibration_batch=16, bias_correction=correction,
+                                          nodes_to_exclude=excluded)
+            seconds = time.perf_counter() - started
+            path = result.bundle.root / "model.int8.onnx"
+            rows[name] = {"float_groups": head, "bias_correction": correction, "quantize_seconds": seconds,
+                          "empirical": result.bundle.artifacts[0]["quantization"].get("empirical_bias"),
+                          "size_ratio": result.size_ratio, **agreement(floats, path, sets, outputs)}
+            if args.runs:
+                latency = side_by_side(bundle.root / "model.onnx", path, {"image": sets["test"][:1]}, args.runs)
+                rows[name]["p50_speedup_vs_float"] = latency["p50_speedup"]
+            print(json.dumps({name: {k: rows[name][k] for k in ("test", "validation", "quantize_seconds")}}),
+                  file=sys.stderr, flush=True)
+    return rows
 
 
 ABLATION = {
@@ -258,6 +304,14 @@ def main() -> None:
     parser.add_argument("--validation-photos", choices=("validation", "calibration+validation"), default="validation")
     parser.add_argument("--method", choices=("auto", "MinMax", "Entropy", "Percentile"), default="auto")
     parser.add_argument("--skip-variants", action="store_true")
+    parser.add_argument("--bias-correction", choices=("analytic", "empirical"), default="analytic",
+                        help="efficientnet-lite0: the gated model's bias correction")
+    parser.add_argument("--bias-variants", action="store_true",
+                        help="efficientnet-lite0: analytic vs empirical bias correction instead of the gate")
+    parser.add_argument("--float-heads", type=lambda v: [int(k) for k in v.split(",")], default=[0, 8],
+                        help="with --bias-variants: the numbers of leading groups kept in float")
+    parser.add_argument("--corrections", type=lambda v: v.split(","), default=["analytic", "empirical"],
+                        help="with --bias-variants: the bias corrections to compare")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)

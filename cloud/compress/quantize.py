@@ -51,6 +51,7 @@ from onnxruntime import quantization as ortq
 from edgefleet.cloud.compress.adaround import AdaRoundOptions, adaround
 from edgefleet.cloud.compress.bias_correction import correct_biases, input_means
 from edgefleet.cloud.compress.calibration import METHODS, CalibrationReader, choose_method, method_list
+from edgefleet.cloud.compress.empirical_bias import correct_biases_empirically
 from edgefleet.cloud.compress.equalize import equalize
 from edgefleet.cloud.compress.evaluate import (
     AGREEMENT,
@@ -176,7 +177,7 @@ def quantize_static_int8(
     op_types_to_quantize: Sequence[str] | None = None, extra_options: Mapping[str, Any] | None = None,
     preprocess: bool = True, calibration_batch: int = CALIBRATION_BATCH, eval_data: EvalData | None = None,
     max_drop: float | None = None, gate_candidates: Sequence[str | Sequence[str]] | None = None,
-    gate_strategy: str = "auto", bias_correction: bool = True, equalization: bool = False,
+    gate_strategy: str = "auto", bias_correction: bool | str = True, equalization: bool = False,
     rounding: str = "nearest", adaround_options: AdaRoundOptions | None = None,
     signing_key: SigningKey | None = None, validity: timedelta = DEFAULT_VALIDITY, version: int | None = None,
     tolerance_margin: float = TOLERANCE_MARGIN,
@@ -192,8 +193,11 @@ def quantize_static_int8(
     nodes in float until the drop (1 - agreement without labels) is within max_drop; gate_candidates
     overrides which nodes (or groups of nodes, kept in float together) it may keep in float;
     gate_strategy: "auto", "rank", "prefix", "sensitivity", "budget" or "prefix16" (QDQ only: int8 weights,
-    16-bit activations and a float head when int8 activations miss; gate.py). bias_correction (QDQ only): each
-    quantized Conv/Gemm bias takes back the mean shift its rounded weights add (bias_correction.py).
+    16-bit activations and a float head when int8 activations miss; gate.py). bias_correction (QDQ only):
+    True or "analytic": each quantized Conv/Gemm bias takes back the mean shift its rounded weights add
+    (bias_correction.py); "empirical": in graph order, each one takes back the mean shift its output has
+    in the quantized model (upstream layers quantized and corrected) against the float model, measured on
+    the calibration rows (empirical_bias.py; one pass of the model up to each node); False: none.
     equalization: consecutive convolutions not separated by a clipping activation are rescaled channel
     by channel first (cross-layer equalization, equalize.py; exact in float; the options record which
     pairs and which were skipped). Off by default: on the pretrained EfficientNet-Lite0 it reaches 2 of
@@ -215,13 +219,14 @@ def quantize_static_int8(
     if rounding not in ("nearest", "adaround") or (rounding == "adaround" and quant_format != "QDQ"):
         raise QuantizationError(f"rounding must be 'nearest' or 'adaround' (QDQ only), got {rounding!r} with "
                                 f"{quant_format}")
+    correction = _correction(bias_correction, quant_format)
     source, artifact, float_model = source_model(bundle)
     feed = as_feed(calibration, source.inputs, "calibration")
     options = {"mode": "static", "quant_format": quant_format, "per_channel": per_channel, "method": methods[0],
                "activation_type": activation_type, "weight_type": weight_type, "reduce_range": reduce_range,
                "op_types_to_quantize": _list(op_types_to_quantize), "nodes_to_exclude": list(nodes_to_exclude),
                "extra_options": dict(extra_options or {}), "calibration_batch": calibration_batch,
-               "calibration_rows": feed_rows(feed), "bias_correction": bias_correction and quant_format == "QDQ",
+               "calibration_rows": feed_rows(feed), "bias_correction": correction,
                "rounding": rounding}
     with tempfile.TemporaryDirectory(prefix="edgefleet-quantize-") as tmp:
         prepared, options["preprocess"] = prepare(float_model, Path(tmp), preprocess)
@@ -234,7 +239,7 @@ def quantize_static_int8(
             options["equalization"] = None
         out = Path(tmp) / "static.onnx"
         means = (input_means(prepared, iter(CalibrationReader(feed, calibration_batch).get_next, None))
-                 if options["bias_correction"] else None)
+                 if correction == "analytic" else None)
 
         fitted: dict[str, dict] = {}
 
@@ -257,6 +262,11 @@ def quantize_static_int8(
                 model, record = adaround(model, prepared, rows, adaround_options or AdaRoundOptions(),
                                          fitted.setdefault(method, {}))
                 options["adaround"] = _adaround_summary(record)
+            if correction == "empirical":
+                model, record = correct_biases_empirically(
+                    model, prepared, lambda: iter(CalibrationReader(feed, calibration_batch).get_next, None))
+                options["empirical_bias"] = {k: v for k, v in record.items() if k != "shift"}
+                return model
             return model if means is None else correct_biases(model, prepared, means)
 
         needed = eval_data is not None and (max_drop is not None or len(methods) > 1)
@@ -449,6 +459,15 @@ def _rewrite_golden(path: Path, inputs: dict[str, np.ndarray], outputs: dict[str
 
 
 # small pieces ------------------------------------------------------------------------------------------
+def _correction(bias_correction: bool | str, quant_format: str) -> str | bool:
+    """The bias correction asked: "analytic", "empirical" or False (QOperator models are not corrected)."""
+    mode = "analytic" if bias_correction is True else bias_correction
+    if mode not in ("analytic", "empirical", False):
+        raise QuantizationError(f"bias_correction must be true, false, 'analytic' or 'empirical', "
+                                f"got {bias_correction!r}")
+    return mode if quant_format == "QDQ" else False
+
+
 def _adaround_summary(record: dict) -> dict:
     """The lineage's AdaRound record: its options, layers, weights flipped and the layers' output error ratio."""
     layers = record["layers"].values()

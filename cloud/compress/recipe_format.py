@@ -83,6 +83,12 @@ def _names(value: Any) -> list[str]:
     return list(value)
 
 
+def _bias_correction(value: Any) -> bool | str:
+    if isinstance(value, bool) or value in ("analytic", "empirical"):
+        return value
+    raise ValueError("true, false, 'analytic' or 'empirical'")
+
+
 def _choice(*options: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if value not in options:
@@ -111,7 +117,7 @@ FIELDS: dict[str, dict[str, Callable[[Any], Any]]] = {
                         "quant_format": _choice("QDQ", "QOperator"),
                         "method": _choice("MinMax", "Entropy", "Percentile", "auto"), "activation_type": _text,
                         "weight_type": _text, "nodes_to_exclude": _names, "max_accuracy_drop": _unit,
-                        "bias_correction": _boolean, "equalization": _boolean,
+                        "bias_correction": _bias_correction, "equalization": _boolean,
                         "rounding": _choice("nearest", "adaround"),
                         "gate_strategy": _choice("auto", "rank", "prefix", "sensitivity", "budget", "prefix16")},
     "quantize_dynamic": {"per_channel": _boolean, "reduce_range": _boolean, "weight_type": _text,

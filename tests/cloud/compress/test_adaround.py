@@ -80,7 +80,7 @@ def test_quantize_static_int8_records_adaround_in_the_lineage_and_refuses_it_for
     result = quantize_static_int8(bundle, work / "int8", calibration, calibration_batch=16, rounding="adaround",
                                   adaround_options=BRIEF, eval_data=(held_out[:16], None))
     options = result.bundle.manifest["lineage"]["steps"][-1]["options"]
-    assert options["rounding"] == "adaround" and options["bias_correction"] is True
+    assert options["rounding"] == "adaround" and options["bias_correction"] == "analytic"
     convs = [n for n in onnx.load(str(bundle.root / "model.onnx")).graph.node if n.op_type in ("Conv", "Gemm")]
     assert options["adaround"]["layers"] == len(convs) and options["adaround"]["flipped_weights"] > 0
     assert options["adaround"]["options"]["iterations"] == BRIEF.iterations

@@ -23,6 +23,25 @@ from edgefleet.cpp_ext.graph_reference import run_graph
 ISAS = graph_native.available_isas()
 
 
+
+def check_every_tier(graph, feed: dict, atol: float, *, threaded: bool) -> None:
+    """The graph on every ISA tier matches the numpy reference (rtol 1e-5, atol), the x86 tiers give the
+    same bits, and (threaded) 3 threads give each tier's 1-thread bits."""
+    want = next(iter(run_graph(graph, feed).values()))
+    outputs = {}
+    try:
+        for name in ISAS:
+            graph_native.select_isa(name)
+            outputs[name] = next(iter(graph_native.load_executor(graph).run(feed).values()))
+            np.testing.assert_allclose(outputs[name], want, rtol=1e-5, atol=atol, err_msg=name)
+            if threaded:
+                again = next(iter(graph_native.load_executor(graph, threads=3).run(feed).values()))
+                np.testing.assert_array_equal(again, outputs[name], err_msg=name)
+    finally:
+        graph_native.select_isa("auto")
+    if "avx512" in outputs and "avx2" in outputs:
+        np.testing.assert_array_equal(outputs["avx512"], outputs["avx2"])
+
 @pytest.mark.skipif(platform.machine() != "aarch64", reason="the neon tier exists on aarch64 only")
 def test_aarch64_lists_neon_first_and_runs_it_by_default() -> None:
     libc = ctypes.CDLL(None)
@@ -86,17 +105,7 @@ def test_pointwise_conv_pixels_in_lanes_on_every_tier(m: int, c: int, hw: tuple,
     feed = {"x": rng.standard_normal((2, c, *hw)).astype(np.float32)}
     if residual:
         feed["z"] = rng.standard_normal((2, m, *hw)).astype(np.float32)
-    want = next(iter(run_graph(graph, feed).values()))
-    outputs = {}
-    try:
-        for name in ISAS:
-            graph_native.select_isa(name)
-            outputs[name] = next(iter(graph_native.load_executor(graph).run(feed).values()))
-            np.testing.assert_allclose(outputs[name], want, rtol=1e-5, atol=1e-5 * np.sqrt(c), err_msg=name)
-    finally:
-        graph_native.select_isa("auto")
-    if "avx512" in outputs and "avx2" in outputs:
-        np.testing.assert_array_equal(outputs["avx512"], outputs["avx2"])
+    check_every_tier(graph, feed, 1e-5 * np.sqrt(c), threaded=False)
 
 
 @pytest.mark.parametrize("m,c,hw,stride", [(16, 3, (40, 37), 1), (24, 16, (9, 64), 1), (20, 3, (33, 33), 2)])
@@ -112,19 +121,7 @@ def test_shallow_padded_conv_row_runs_on_every_tier(m: int, c: int, hw: tuple, s
     b.output(b.node("Conv", [x, w, bias], pads=[1, 1, 1, 1], strides=[stride, stride], activation="relu"), "")
     graph = b.build()
     feed = {"x": rng.standard_normal((2, c, *hw)).astype(np.float32)}
-    want = next(iter(run_graph(graph, feed).values()))
-    outputs = {}
-    try:
-        for name in ISAS:
-            graph_native.select_isa(name)
-            outputs[name] = next(iter(graph_native.load_executor(graph).run(feed).values()))
-            np.testing.assert_allclose(outputs[name], want, rtol=1e-5, atol=1e-5 * np.sqrt(9 * c), err_msg=name)
-            threaded = next(iter(graph_native.load_executor(graph, threads=3).run(feed).values()))
-            np.testing.assert_array_equal(threaded, outputs[name], err_msg=name)
-    finally:
-        graph_native.select_isa("auto")
-    if "avx512" in outputs and "avx2" in outputs:
-        np.testing.assert_array_equal(outputs["avx512"], outputs["avx2"])
+    check_every_tier(graph, feed, 1e-5 * np.sqrt(9 * c), threaded=True)
 
 
 @pytest.mark.parametrize("m,c,hw,k,stride,residual", [(32, 16, (17, 20), 1, 2, True), (24, 8, (9, 9), 1, 3, False),
@@ -146,19 +143,7 @@ def test_strided_pointwise_and_64_channel_panels_on_every_tier(m: int, c: int, h
     feed = {"x": rng.standard_normal((2, c, *hw)).astype(np.float32)}
     if residual:
         feed["z"] = rng.standard_normal((2, m, *out_hw)).astype(np.float32)
-    want = next(iter(run_graph(graph, feed).values()))
-    outputs = {}
-    try:
-        for name in ISAS:
-            graph_native.select_isa(name)
-            outputs[name] = next(iter(graph_native.load_executor(graph).run(feed).values()))
-            np.testing.assert_allclose(outputs[name], want, rtol=1e-5, atol=1e-5 * np.sqrt(k * k * c), err_msg=name)
-            threaded = next(iter(graph_native.load_executor(graph, threads=3).run(feed).values()))
-            np.testing.assert_array_equal(threaded, outputs[name], err_msg=name)
-    finally:
-        graph_native.select_isa("auto")
-    if "avx512" in outputs and "avx2" in outputs:
-        np.testing.assert_array_equal(outputs["avx512"], outputs["avx2"])
+    check_every_tier(graph, feed, 1e-5 * np.sqrt(k * k * c), threaded=True)
 
 
 def test_squeeze_excite_matrix_vector_over_panels_on_every_tier() -> None:

@@ -6,12 +6,8 @@ crops than nearest rounding's. Through quantize_static_int8 (rounding="adaround"
 
 from __future__ import annotations
 
-import contextlib
-import sys
-
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 from onnxruntime import quantization as ortq
@@ -19,9 +15,7 @@ from onnxruntime import quantization as ortq
 from edgefleet.cloud.compress.adaround import AdaRoundOptions, adaround
 from edgefleet.cloud.compress.calibration import CalibrationReader
 from edgefleet.cloud.compress.quantize import QuantizationError, quantize_static_int8
-from edgefleet.compilers import export_torch
-from tests.compilers.edge_cnns import SIZE, build
-from tests.natural_images import CALIBRATION_PHOTOS, TEST_PHOTOS, crops, efficientnet_input
+from tests.cloud.compress.lite_kit import lite_cnn, logits
 
 FAST = AdaRoundOptions(rows=32, positions=32, iterations=150, batch=256)
 BRIEF = AdaRoundOptions(rows=8, positions=16, iterations=20, batch=128)  # the lineage test checks records only
@@ -29,19 +23,7 @@ BRIEF = AdaRoundOptions(rows=8, positions=16, iterations=20, batch=128)  # the l
 
 @pytest.fixture(scope="module")
 def cnn(tmp_path_factory):
-    work = tmp_path_factory.mktemp("adaround")
-    calibration = efficientnet_input(crops(CALIBRATION_PHOTOS, 64, seed=0, size=SIZE))
-    held_out = efficientnet_input(crops(TEST_PHOTOS, 64, seed=1, size=SIZE))
-    with contextlib.redirect_stdout(sys.stderr):
-        bundle = export_torch(build("efficient-lite"), calibration[:2], work / "float", name="lite", version=1,
-                              reference_data=calibration[:16], input_names=["image"], output_names=["logits"],
-                              task="classification")
-    return bundle, calibration, held_out, work
-
-
-def logits(model, x: np.ndarray) -> np.ndarray:
-    data = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    return lite_cnn(tmp_path_factory.mktemp("adaround"), 64)
 
 
 def test_adaptive_rounding_moves_weights_by_one_step_at_most_and_cuts_the_held_out_error(cnn):

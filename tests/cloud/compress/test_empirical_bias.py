@@ -6,36 +6,19 @@ correction. Through quantize_static_int8 (bias_correction="empirical") the linea
 
 from __future__ import annotations
 
-import contextlib
-import sys
-
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
 from edgefleet.cloud.compress.quantize import QuantizationError, quantize_static_int8
 from edgefleet.cloud.compress.recipe_format import RecipeError, make_recipe
-from edgefleet.compilers import export_torch
-from tests.compilers.edge_cnns import SIZE, build
-from tests.natural_images import CALIBRATION_PHOTOS, TEST_PHOTOS, crops, efficientnet_input
+from tests.cloud.compress.lite_kit import lite_cnn, logits
 
 
 @pytest.fixture(scope="module")
 def cnn(tmp_path_factory):
-    work = tmp_path_factory.mktemp("empirical-bias")
-    calibration = efficientnet_input(crops(CALIBRATION_PHOTOS, 128, seed=0, size=SIZE))
-    held_out = efficientnet_input(crops(TEST_PHOTOS, 128, seed=1, size=SIZE))
-    with contextlib.redirect_stdout(sys.stderr):
-        bundle = export_torch(build("efficient-lite"), calibration[:2], work / "float", name="lite", version=1,
-                              reference_data=calibration[:16], input_names=["image"], output_names=["logits"],
-                              task="classification")
-    return bundle, calibration, held_out, work
-
-
-def logits(path, x: np.ndarray) -> np.ndarray:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    return lite_cnn(tmp_path_factory.mktemp("empirical-bias"), 128)
 
 
 def test_empirical_correction_cuts_the_int8_output_error_below_the_analytic_one(cnn):

@@ -140,20 +140,6 @@ private:
     bool average_;
 };
 
-// 2x2 windows at stride 2, all inside the input (the usual CNN downsampling): no bounds checks. Same
-// fold as the general loop (from lowest, row by row), so NaN handling matches it.
-template <typename T>
-void max_pool_2x2(const T* x, T* y, const Window& w, T lowest) {
-    for (std::int64_t plane = 0; plane < w.n * w.c; ++plane) {
-        const T* in = x + plane * w.h * w.w;
-        T* out = y + plane * w.oh * w.ow;
-        for (std::int64_t oy = 0; oy < w.oh; ++oy) {
-            const T* r0 = in + 2 * oy * w.w;
-            const T* r1 = r0 + w.w;
-            for (std::int64_t ox = 0; ox < w.ow; ++ox) out[oy * w.ow + ox] = pool::max_2x2_at(r0, r1, ox, lowest);
-        }
-    }
-}
 
 // Windows side by side along a row (kernel width == stride, no dilation: M5's MaxPool1d 4, a 2x2 at
 // stride 2 with odd sizes), all inside the input: out[o] folds rows i < kh, columns j < K in the general
@@ -218,7 +204,8 @@ void max_pool_2d(const T* x, T* y, const Window& w) {
 #if defined(__aarch64__)
         if (kernels::neon_active()) return pool::max_2x2_neon(x, y, w);
 #endif
-        return max_pool_2x2(x, y, w, lowest);
+        // the usual CNN downsampling, no bounds checks; the same fold as the general loop below
+        return pool::planes_2x2(x, y, w, 0, [](const T*, const T*, T*) {});
     }
     // Output rows and columns whose whole window lies inside the input take the unchecked loop.
     std::int64_t y_lo = 0, y_hi = 0, x_lo = 0, x_hi = 0;

@@ -26,6 +26,26 @@ T max_2x2_at(const T* r0, const T* r1, std::int64_t ox, T lowest) {
     return std::max(std::max(top, r1[2 * ox]), r1[2 * ox + 1]);
 }
 
+// MaxPool 2x2 at stride 2 with every window inside, plane by plane and row by row: `body(r0, r1, out)` takes
+// `lanes` outputs at a time (a SIMD kernel; lanes 0: none), max_2x2_at the rest.
+template <typename T, typename Body>
+void planes_2x2(const T* x, T* y, const Window& w, std::int64_t lanes, Body body) {
+    for (std::int64_t plane = 0; plane < w.n * w.c; ++plane) {
+        const T* in = x + plane * w.h * w.w;
+        T* out = y + plane * w.oh * w.ow;
+        for (std::int64_t oy = 0; oy < w.oh; ++oy) {
+            const T* r0 = in + 2 * oy * w.w;
+            const T* r1 = r0 + w.w;
+            T* o = out + oy * w.ow;
+            std::int64_t ox = 0;
+            if (lanes > 0) {
+                for (; ox + lanes <= w.ow; ox += lanes) body(r0 + 2 * ox, r1 + 2 * ox, o + ox);
+            }
+            for (; ox < w.ow; ++ox) o[ox] = max_2x2_at(r0, r1, ox, max_start<T>());
+        }
+    }
+}
+
 #if defined(__aarch64__)
 // MaxPool 2x2 at stride 2, every window inside: out[oy][ox] folds rows 2oy, 2oy + 1, columns 2ox, 2ox + 1
 // from `lowest` in that order.

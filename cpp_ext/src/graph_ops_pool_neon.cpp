@@ -15,22 +15,6 @@ namespace {
 // std::max(best, v): best < v ? v : best (a NaN v leaves best; equal zeros keep best's sign).
 inline float32x4_t fold(float32x4_t best, float32x4_t v) { return vbslq_f32(vcltq_f32(best, v), v, best); }
 
-template <typename T, typename Body>
-void planes_2x2(const T* x, T* y, const Window& w, std::int64_t lanes, Body body) {
-    for (std::int64_t plane = 0; plane < w.n * w.c; ++plane) {
-        const T* in = x + plane * w.h * w.w;
-        T* out = y + plane * w.oh * w.ow;
-        for (std::int64_t oy = 0; oy < w.oh; ++oy) {
-            const T* r0 = in + 2 * oy * w.w;
-            const T* r1 = r0 + w.w;
-            T* o = out + oy * w.ow;
-            std::int64_t ox = 0;
-            for (; ox + lanes <= w.ow; ox += lanes) body(r0 + 2 * ox, r1 + 2 * ox, o + ox);
-            for (; ox < w.ow; ++ox) o[ox] = max_2x2_at(r0, r1, ox, max_start<T>());  // the tail
-        }
-    }
-}
-
 // Floats s[0], s[2], s[4], s[6], reading s[0..6] only (the last window's last column is s[6]).
 inline float32x4_t even4(const float* s) {
     const float32x4_t a = vld1q_f32(s), b = vld1q_f32(s + 3);  // s0..s3, s3..s6

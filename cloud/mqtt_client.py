@@ -51,8 +51,11 @@ def send_pubacks(client: mqtt.Client, mids: list[int]) -> None:
     queue = getattr(client, "_packet_queue", None)
     if not mids:
         return
-    if queue is None or not isinstance(client, mqtt.Client):
-        for mid in mids:
-            client.ack(mid, 1)
-        return
-    queue(mqtt.PUBACK, b"".join([_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid in mids]), 0, 1)
+    if queue is not None and isinstance(client, mqtt.Client):
+        try:
+            queue(mqtt.PUBACK, b"".join([_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid in mids]), 0, 1)
+            return
+        except TypeError:  # a paho whose private queue takes other arguments: nothing was queued
+            pass
+    for mid in mids:
+        client.ack(mid, 1)

@@ -17,15 +17,15 @@ has 14,000 parameters, and converting such a query cost psycopg more than Postgr
 array parameter per column was half as costly; psycopg then spent its time quoting the payload arrays,
 which json.dumps does in C).
 
-With psycopg 3 the windows go in by COPY instead, inside a savepoint: PostgreSQL parsed the JSON text
-(7.5 us of its 20 us per window in that INSERT), where COPY's text rows cost it a fraction of that. The
-savepoint first touches the devices (the UPDATE's RETURNING tells which are registered, so a batch of
-windows needs no look-up of its own), then COPYs the windows of registered devices sorted by (device, seq), so two workers inserting the same
-keys wait on each other in one order. COPY has no ON CONFLICT: a batch holding a window stored already
-(a redelivery, or another worker's copy committed meanwhile) fails on the (device, seq) key, the
-savepoint is rolled back with its touches, and the batch goes in by the INSERT ... ON CONFLICT DO
-NOTHING above, which touches only the devices of the windows it inserted: the same dedupe and counts,
-only that rare batch costs twice. bench_ingest: PostgreSQL's CPU per window 30-32 -> 22-25 us.
+With psycopg 3 the windows go in by COPY instead, inside a savepoint: PostgreSQL parsed the JSON text (7.5 us
+of its 20 us per window in that INSERT), where COPY's text rows cost it a fraction of that. The savepoint
+first touches the devices (the UPDATE's RETURNING tells which are registered, so a batch of windows needs no
+look-up of its own), then COPYs the windows of registered devices sorted by (device, seq), so two workers
+inserting the same keys wait on each other in one order. COPY has no ON CONFLICT: a batch holding a window
+stored already (a redelivery, or another worker's copy committed meanwhile) fails on the (device, seq) key,
+the savepoint is rolled back with its touches, and the batch goes in by the INSERT ... ON CONFLICT DO NOTHING
+above, which touches only the devices of the windows it inserted: the same dedupe and counts, only that rare
+batch costs twice. bench_ingest: PostgreSQL's CPU per window 30-32 -> 22-25 us.
 
 Telemetry has no foreign key to devices (schema 0008: its per-row check was about 5 of PostgreSQL's 21.5 us
 per window), so a window of an unregistered device is kept out by this module: every window stored is of a
@@ -35,6 +35,7 @@ SHARE, the lock the foreign key's check took. A device deleted meanwhile is ther
 the lock (the UPDATE or the look-up waits for the DELETE's commit, then finds no row: its windows are
 counted as unknown_device) or deleted after this commit, where the trigger on devices (db.py,
 TELEMETRY_DEVICE_GUARD) sees the stored windows and refuses the DELETE, as the foreign key did.
+bench_ingest: PostgreSQL's CPU per message 21.5-24 -> 16.5-19 us.
 (SQLite has one writer at a time; its look-up runs before the write transaction begins, so there a DELETE
 committed in that gap by another process would leave the batch's windows without their device. Nothing in
 the cloud deletes a device: revoking keeps the row.)

@@ -85,7 +85,11 @@ class TelemetryRecord(Base):
     # The (device_id, seq) key also serves lookups by device: no index of device_id alone to write per row.
     __table_args__ = (UniqueConstraint("device_id", "seq", name="uq_telemetry_device_seq"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    device_id: Mapped[str] = mapped_column(String(64), ForeignKey("devices.id"))
+    # A registered device's id, with no foreign key (migration 0008): its per-row check was a quarter of
+    # PostgreSQL's CPU per stored window, and both of its guarantees are kept another way. A window is
+    # stored only for a device the ingest has just locked (cloud/ingest_store.py), and a device with
+    # telemetry cannot be deleted or renamed (the trigger TELEMETRY_DEVICE_GUARD below; revoking keeps the row).
+    device_id: Mapped[str] = mapped_column(String(64))
     fleet: Mapped[str] = mapped_column(String(64), index=True)
     seq: Mapped[int] = mapped_column(Integer)
     model_name: Mapped[str] = mapped_column(String(128))
@@ -98,6 +102,51 @@ class TelemetryRecord(Base):
     dropped_windows: Mapped[int] = mapped_column(Integer, default=0)
     payload: Mapped[str] = mapped_column(Text)  # the validated message, for the drift monitor
     received_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+# What telemetry's foreign key to devices refused on that side, kept without its cost per inserted row: a
+# DELETE of a device that has telemetry, or a change of its id, fails (on PostgreSQL with the foreign key's
+# error code, 23503) and the device's windows stay. Nothing in the cloud deletes or renames a device (DELETE
+# /api/v1/devices/{id} revokes it and keeps the row); this holds against a hand-made DELETE. On PostgreSQL an
+# AFTER trigger, like the foreign key's own: it runs once the row is deleted, so a DELETE that waited for an
+# ingest holding the device's row sees the windows that ingest committed (READ COMMITTED: the trigger's
+# query takes a new snapshot). The ingest's UPDATE of last_seen names no id, so the trigger never runs for
+# it. Migration 0008 creates the same for upgraded databases. On SQLite a batch migration that rebuilds the
+# devices table drops its triggers: such a migration must create these again.
+TELEMETRY_DEVICE_GUARD = {
+    "postgresql": [
+        "CREATE OR REPLACE FUNCTION devices_keep_telemetry() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        "BEGIN "
+        "IF TG_OP = 'UPDATE' THEN IF NEW.id = OLD.id THEN RETURN NULL; END IF; END IF; "
+        "IF EXISTS (SELECT 1 FROM telemetry WHERE device_id = OLD.id) THEN "
+        "RAISE EXCEPTION USING ERRCODE = 'foreign_key_violation', MESSAGE = 'device ' || OLD.id || "
+        "' has telemetry, which would be left without its device; revoke the device instead "
+        "(DELETE /api/v1/devices/{id} keeps its row and history)'; "
+        "END IF; "
+        "RETURN NULL; "
+        "END $$",
+        "CREATE TRIGGER devices_keep_telemetry AFTER DELETE OR UPDATE OF id ON devices "
+        "FOR EACH ROW EXECUTE FUNCTION devices_keep_telemetry()",
+    ],
+    "sqlite": [
+        "CREATE TRIGGER devices_keep_telemetry_delete BEFORE DELETE ON devices "
+        "WHEN EXISTS (SELECT 1 FROM telemetry WHERE device_id = OLD.id) "
+        "BEGIN SELECT RAISE(ABORT, 'the device has telemetry, which would be left without its device; revoke "
+        "the device instead (DELETE /api/v1/devices/{id} keeps its row and history)'); END",
+        "CREATE TRIGGER devices_keep_telemetry_rename BEFORE UPDATE OF id ON devices "
+        "WHEN NEW.id IS NOT OLD.id AND EXISTS (SELECT 1 FROM telemetry WHERE device_id = OLD.id) "
+        "BEGIN SELECT RAISE(ABORT, 'the device has telemetry, which would be left without its device'); END",
+    ],
+}
+
+
+@event.listens_for(Base.metadata, "after_create")
+def _guard_telemetry_devices(_metadata, connection, tables=None, **_kw) -> None:  # noqa: ANN001 - SQLAlchemy's
+    """Creates TELEMETRY_DEVICE_GUARD with the tables (a new database: cloud/schema.py's create_all)."""
+    if tables is not None and not {"devices", "telemetry"} <= {t.name for t in tables}:
+        return
+    for statement in TELEMETRY_DEVICE_GUARD.get(connection.dialect.name, []):
+        connection.exec_driver_sql(statement)
 
 
 class BundleRecord(Base):

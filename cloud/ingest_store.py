@@ -17,16 +17,28 @@ has 14,000 parameters, and converting such a query cost psycopg more than Postgr
 array parameter per column was half as costly; psycopg then spent its time quoting the payload arrays,
 which json.dumps does in C).
 
-With psycopg 3 the windows go in by COPY instead, inside a savepoint: PostgreSQL parsed the JSON text
-(7.5 us of its 20 us per window in that INSERT), where COPY's text rows cost it a fraction of that. The
-savepoint first touches the devices (the UPDATE's RETURNING tells which are registered, so a batch of
-windows needs no look-up of its own, and the COPY's foreign-key checks find the rows locked already),
-then COPYs the windows of registered devices sorted by (device, seq), so two workers inserting the same
-keys wait on each other in one order. COPY has no ON CONFLICT: a batch holding a window stored already
-(a redelivery, or another worker's copy committed meanwhile) fails on the (device, seq) key, the
-savepoint is rolled back with its touches, and the batch goes in by the INSERT ... ON CONFLICT DO
-NOTHING above, which touches only the devices of the windows it inserted: the same dedupe and counts,
-only that rare batch costs twice. bench_ingest: PostgreSQL's CPU per window 30-32 -> 22-25 us.
+With psycopg 3 the windows go in by COPY instead, inside a savepoint: PostgreSQL parsed the JSON text (7.5 us
+of its 20 us per window in that INSERT), where COPY's text rows cost it a fraction of that. The savepoint
+first touches the devices (the UPDATE's RETURNING tells which are registered, so a batch of windows needs no
+look-up of its own), then COPYs the windows of registered devices sorted by (device, seq), so two workers
+inserting the same keys wait on each other in one order. COPY has no ON CONFLICT: a batch holding a window
+stored already (a redelivery, or another worker's copy committed meanwhile) fails on the (device, seq) key,
+the savepoint is rolled back with its touches, and the batch goes in by the INSERT ... ON CONFLICT DO NOTHING
+above, which touches only the devices of the windows it inserted: the same dedupe and counts, only that rare
+batch costs twice. bench_ingest: PostgreSQL's CPU per window 30-32 -> 22-25 us.
+
+Telemetry has no foreign key to devices (schema 0008: its per-row check was about 5 of PostgreSQL's 21.5 us
+per window), so a window of an unregistered device is kept out by this module: every window stored is of a
+device whose row this transaction holds locked until its commit. By COPY, the devices' UPDATE locks the
+rows it returns (FOR NO KEY UPDATE); by the INSERT, the look-up of the batch's devices locks them FOR KEY
+SHARE, the lock the foreign key's check took. A device deleted meanwhile is therefore either gone before
+the lock (the UPDATE or the look-up waits for the DELETE's commit, then finds no row: its windows are
+counted as unknown_device) or deleted after this commit, where the trigger on devices (db.py,
+TELEMETRY_DEVICE_GUARD) sees the stored windows and refuses the DELETE, as the foreign key did.
+bench_ingest: PostgreSQL's CPU per message 21.5-24 -> 16.5-19 us.
+(SQLite has one writer at a time; its look-up runs before the write transaction begins, so there a DELETE
+committed in that gap by another process would leave the batch's windows without their device. Nothing in
+the cloud deletes a device: revoking keeps the row.)
 
 Row ids follow commit order, which the drift monitor relies on (it reads the rows above the highest id
 it saw: late windows and the CUSUM feeds, cloud/drift_monitor.py). A sequence hands out ids at insert,
@@ -103,9 +115,9 @@ def store(session: Session, messages: list[Checked]) -> Counter:
 def _known_devices(session: Session, ids: set[str]) -> set[str]:
     if not ids:
         return set()
-    if _postgres(session):  # one array parameter, not one per id
-        return set(session.scalars(select(Device.id).where(Device.id == any_(bindparam("ids", sorted(ids),
-                                                                                        type_=ARRAY(String))))))
+    if _postgres(session):  # one array parameter, not one per id; locked until the commit (module docstring)
+        return set(session.scalars(select(Device.id).where(Device.id == any_(bindparam(
+            "ids", sorted(ids), type_=ARRAY(String)))).order_by(Device.id).with_for_update(key_share=True)))
     return set(session.scalars(select(Device.id).where(Device.id.in_(ids))))
 
 
@@ -168,7 +180,7 @@ def _copy_windows(session: Session, windows: list[tuple[TelemetryWindow, bytes]]
         key = (window.device, window.seq)
         (repeats if key in seen else candidates).append((window, raw))
         seen.add(key)
-    try:  # the devices first: the COPY's foreign-key checks then find their rows locked by this transaction
+    try:  # the devices first: only windows of the rows this UPDATE locked go in (module docstring)
         with session.begin_nested():
             known = _touch_postgres(session, _touch_rows([w for w, _ in candidates]))
             rows = sorted((_record(w, raw) for w, raw in candidates if w.device in known),

@@ -12,7 +12,8 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
-from sqlalchemy import event, func, select, text
+from sqlalchemy import delete, event, func, select, text
+from sqlalchemy.exc import IntegrityError
 
 from edgefleet.cloud.db import Device, TelemetryRecord, make_engine, make_sessions
 from edgefleet.cloud.ingest import Ingest
@@ -231,3 +232,98 @@ def test_concurrent_workers_commit_telemetry_in_row_id_order_on_postgres(postgre
         order = session.execute(select(TelemetryRecord.device_id).order_by(TelemetryRecord.id)).scalars().all()
     assert order == ["d1", "d1", "d2"]  # ids in commit order
     sessions.kw["bind"].dispose()
+
+
+def checked_window(device: str, seq: int) -> Checked:
+    item = window(device, seq)
+    return Checked(device, item.to_payload(), item)
+
+
+def telemetry_keys(sessions) -> list[tuple[str, int]]:
+    with sessions() as session:
+        return [tuple(k) for k in session.execute(select(TelemetryRecord.device_id, TelemetryRecord.seq)
+                                                  .order_by(TelemetryRecord.device_id, TelemetryRecord.seq))]
+
+
+def delete_device(sessions, device: str) -> None:
+    with sessions.begin() as session:
+        session.execute(delete(Device).where(Device.id == device))
+
+
+@pytest.mark.parametrize("path", ["copy", "insert"])
+def test_a_device_with_telemetry_is_not_deleted_and_a_deleted_ones_windows_not_stored_on_postgres(postgres, path):
+    """Telemetry has no foreign key to devices (schema 0008); what it guaranteed holds: deleting a device that
+    has windows fails with the foreign key's error and keeps them, and windows of a deleted device are
+    counted as unknown_device, not stored, by COPY and by the INSERT a batch with a stored window takes."""
+    sessions = fresh_sessions(postgres, f"ingest_fk_{path}")
+    with sessions.begin() as session:
+        session.add_all([Device(id=d, fleet="lab", password_hash="x") for d in ("d1", "d2")])
+    with sessions.begin() as session:
+        store(session, [checked_window("d1", 1)])
+    with pytest.raises(IntegrityError, match="d1 has telemetry"):
+        delete_device(sessions, "d1")
+    delete_device(sessions, "d2")  # no telemetry: nothing refuses it
+    batch = [checked_window("d2", 1), checked_window("d1", 2)] + ([checked_window("d1", 1)] if path == "insert" else [])
+    with sessions.begin() as session:
+        tally = store(session, batch)
+    assert +tally == ({"accepted": 1, "unknown_device": 1} if path == "copy" else
+                     {"accepted": 1, "unknown_device": 1, "duplicate": 1})
+    assert telemetry_keys(sessions) == [("d1", 1), ("d1", 2)]
+    sessions.kw["bind"].dispose()
+
+
+@pytest.mark.parametrize("path", ["copy", "insert"])
+def test_a_device_deleted_while_its_windows_are_stored_on_postgres(postgres, path):
+    """The race the foreign key settled, settled by the ingest's row locks and the trigger on devices. A
+    DELETE that comes while a store holds the device waits for its commit, then fails: the windows stay
+    with their device. A store that comes while a DELETE holds the device waits for it, then finds no row:
+    the windows are counted as unknown_device and not stored."""
+    sessions = fresh_sessions(postgres, f"ingest_fk_race_{path}")
+    with sessions.begin() as session:
+        session.add_all([Device(id=d, fleet="lab", password_hash="x") for d in ("d0", "d1", "d2")])
+    with sessions.begin() as session:
+        store(session, [checked_window("d0", 1)])
+    stored_one = [checked_window("d0", 1)] if path == "insert" else []  # makes the batch take the INSERT
+
+    storing = sessions()
+    storing.begin()
+    store(storing, [checked_window("d1", 1), checked_window("d1", 2), *stored_one])
+    outcome: list[BaseException | None] = []
+    deleter = threading.Thread(target=lambda: outcome.append(_attempt(delete_device, sessions, "d1")), daemon=True)
+    deleter.start()
+    deleter.join(1.0)
+    assert deleter.is_alive()  # the DELETE waits for the store's lock on d1
+    storing.commit()
+    storing.close()
+    deleter.join(10)
+    assert isinstance(outcome[0], IntegrityError) and "d1 has telemetry" in str(outcome[0])
+
+    deleting = sessions()
+    deleting.begin()
+    deleting.execute(delete(Device).where(Device.id == "d2"))  # not committed yet: holds d2's row
+    tallies: list = []
+
+    def store_d2() -> None:
+        with sessions.begin() as session:
+            tallies.append(store(session, [checked_window("d2", 1), checked_window("d0", 2), *stored_one]))
+
+    writer = threading.Thread(target=store_d2, daemon=True)
+    writer.start()
+    writer.join(1.0)
+    assert writer.is_alive()  # the store waits for the DELETE's lock on d2
+    deleting.commit()
+    deleting.close()
+    writer.join(10)
+    assert tallies[0]["unknown_device"] == 1 and tallies[0]["accepted"] == 1
+    assert telemetry_keys(sessions) == [("d0", 1), ("d0", 2), ("d1", 1), ("d1", 2)]
+    with sessions() as session:
+        assert set(session.scalars(select(Device.id))) == {"d0", "d1"}
+    sessions.kw["bind"].dispose()
+
+
+def _attempt(action, *args) -> BaseException | None:  # noqa: ANN001 - any callable
+    try:
+        action(*args)
+    except Exception as err:  # noqa: BLE001 - the test looks at what was raised
+        return err
+    return None

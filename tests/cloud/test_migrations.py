@@ -19,13 +19,16 @@ import uuid
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.exc import IntegrityError
 
 import edgefleet.cloud
 from edgefleet.cloud.db import MODEL_MODULES, Base, load_models, make_engine, open_engine
 from edgefleet.cloud.schema import BASELINE, SchemaError, current_revision, head, migrate
+from edgefleet.cloud.schema import _config as schema_config
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -71,7 +74,33 @@ def previous_release_db(url: str) -> None:
             "'{\"fleet\": \"north\"}', '{}', '[1]', 'completed', 1, true, true, false, 1.0, 2.0)"))
         connection.execute(text(
             "INSERT INTO webhooks (url, secret, cursor, created_at) VALUES ('http://127.0.0.1:9/hook', 's', 7, 3.0)"))
+        connection.execute(text(
+            "INSERT INTO telemetry (device_id, fleet, seq, model_name, model_version, window_start, window_end, "
+            "requests, samples, errors, dropped_windows, payload, received_at) VALUES ('cam-1', 'north', 1, "
+            "'digits', 3, 60.0, 120.0, 10, 10, 0, 0, '{}', 121.0)"))
     engine.dispose()
+
+
+def assert_telemetry_keeps_its_devices(url: str) -> None:
+    """Telemetry has no foreign key to devices (revision 0008), yet a device with telemetry (cam-1) can be
+    neither deleted nor renamed, as the foreign key refused: its windows stay with it."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            assert inspect(connection).get_foreign_keys("telemetry") == []
+        for statement in ("DELETE FROM devices WHERE id = 'cam-1'",
+                          "UPDATE devices SET id = 'cam-2' WHERE id = 'cam-1'"):
+            with pytest.raises(IntegrityError, match="telemetry"), engine.begin() as connection:
+                connection.execute(text(statement))
+        with engine.begin() as connection:
+            assert connection.execute(text("SELECT device_id FROM telemetry")).scalars().all() == ["cam-1"]
+            connection.execute(text("UPDATE devices SET fleet = fleet, last_seen = 7.0 WHERE id = 'cam-1'"))
+            connection.execute(text("INSERT INTO devices (id, fleet, password_hash, online, created_at) "
+                                    "VALUES ('cam-9', 'north', 'x', false, 1.0)"))
+            connection.execute(text("UPDATE devices SET id = 'cam-10' WHERE id = 'cam-9'"))  # no telemetry: free
+            connection.execute(text("DELETE FROM devices WHERE id = 'cam-10'"))
+    finally:
+        engine.dispose()
 
 
 def schema_diff(url: str) -> list:
@@ -146,9 +175,42 @@ def test_the_previous_release_database_is_refused_then_migrated(empty_db):
     finally:
         engine.dispose()
 
+    assert_telemetry_keeps_its_devices(empty_db)
+
     again = run_cli("migrate", "--database", empty_db)
     assert again.returncode == 0, again.stderr
     assert f"at revision {head()} already" in again.stdout
+
+
+def test_a_new_database_keeps_telemetry_with_its_devices(empty_db):
+    make_engine(empty_db).dispose()  # create_all, stamped at head
+    engine = create_engine(empty_db)
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO devices (id, fleet, password_hash, online, created_at) "
+                                "VALUES ('cam-1', 'north', 'x', false, 1.0)"))
+        connection.execute(text(
+            "INSERT INTO telemetry (device_id, fleet, seq, model_name, model_version, window_start, window_end, "
+            "requests, samples, errors, dropped_windows, payload, received_at) VALUES ('cam-1', 'north', 1, "
+            "'digits', 3, 60.0, 120.0, 10, 10, 0, 0, '{}', 121.0)"))
+    engine.dispose()
+    assert_telemetry_keeps_its_devices(empty_db)
+
+
+def test_revision_0008_downgrades_to_the_foreign_key_and_upgrades_again(empty_db):
+    engine = open_engine(empty_db)
+    try:
+        migrate(engine, "0007")
+        with engine.connect() as connection:
+            assert [fk["referred_table"] for fk in inspect(connection).get_foreign_keys("telemetry")] == ["devices"]
+        migrate(engine)
+        with engine.begin() as connection:
+            assert inspect(connection).get_foreign_keys("telemetry") == []
+            command.downgrade(schema_config(connection), "0007")
+            assert [fk["referred_table"] for fk in inspect(connection).get_foreign_keys("telemetry")] == ["devices"]
+            command.upgrade(schema_config(connection), "head")
+            assert inspect(connection).get_foreign_keys("telemetry") == []
+    finally:
+        engine.dispose()
 
 
 def test_migrate_steps_through_revisions_and_keeps_rows(tmp_path):

@@ -1,6 +1,6 @@
 // Winograd F(2x2, 3x3) for the float Conv (graph_ops_conv.cpp): 3x3, stride 1, dilation 1, group 1,
 // constant W. Y = A^T [ (G g G^T) . (B^T d B) ] A per 2x2 output tile, with the 16 elementwise products
-// summed over the input channels as 16 GEMMs (kernels::active().sgemm, through parallel_sgemm):
+// summed over the input channels as 16 GEMMs (kernels::active().sgemm, the threads taking whole ones):
 //   M_xi (K x T) = U_xi (K x C) * V_xi (C x T),   xi = 0..15, T = output tiles.
 // W is transformed once, at pack time (U, in double, rounded to float). The input and output transforms
 // are plain C++ (additions and subtractions only, in a fixed order, compiled with -ffp-contract=off), the

@@ -13,7 +13,7 @@ namespace {
 
 // The transforms are additions only, so any vector width gives the same bits: on x86 they are compiled for
 // AVX-512 and AVX2 too (the CPU picks at load), the baseline SSE2 build ran them at a third of the speed.
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define EF_WINOGRAD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define EF_WINOGRAD_CLONES

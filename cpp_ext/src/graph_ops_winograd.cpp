@@ -168,11 +168,12 @@ bool Winograd::applies(const Window& win) const {
     if (win.c != c_ || win.oh < 2 || win.ow < 2) return false;
     // Where it measured faster than the direct path (Zen 4, AVX-512, 1 thread; direct at 100-113 GFLOP/s):
     // 64 channels at 16x16 0.86x, at 32x32 0.77x; 64 -> 128 and 128 at 16x16 0.77x; 32 <-> 64 and 48 at
-    // 32x32 0.82-0.88x. Slower: 16 channels at 64x64 1.4x, 32 at 32x32 1.0x, 48 at 24x24 1.04x, under
-    // 64 tiles (64 at 14x14 1.08x, 128 at 8x8 1.2-1.3x, 256 at 8x8 1.09x): there the transforms and
-    // the GEMMs' small K or N cost more than the 2.25x fewer multiply-adds save.
+    // 32x32 0.82-0.88x; 32 at 32x32 0.93-0.96x (0.98x at 48x48, 0.91x at 64x64); 24 -> 40 at 40x40 0.86x.
+    // Slower: 16 channels at 64x64 1.4x, 24 at 32x32 1.1x, 48 at 24x24 1.04x, and under 64 tiles (64 at
+    // 14x14 1.08x, 128 at 8x8 1.2-1.3x, 256 at 8x8 1.09x): there the transforms and the GEMMs' small K or
+    // N cost more than the 2.25x fewer multiply-adds save.
     const std::int64_t tiles = ((win.oh + 1) / 2) * ((win.ow + 1) / 2);
-    return c_ >= 32 && m_ >= 32 && c_ + m_ >= 96 && tiles >= 64 && (c_ + m_ >= 128 || tiles >= 256);
+    return c_ >= 24 && m_ >= 24 && c_ + m_ >= 64 && tiles >= 64 && (c_ + m_ >= 128 || tiles >= 256);
 }
 
 std::size_t Winograd::scratch_bytes(const Window& win) const {

@@ -1,5 +1,5 @@
 """The float Conv's Winograd F(2x2, 3x3) path (graph_ops_winograd.cpp: 3x3 stride-1 convs with constant W,
-32+ channels, 64+ output tiles) against the numpy spec on every ISA tier: odd map sizes (the last tile
+24+ channels in and out, 64+ output tiles) against the numpy spec on every ISA tier: odd map sizes (the last tile
 row and column cut), asymmetric and no padding, channel counts off the vector width, batch 2, and the
 fused epilogues (bias, ReLU / Clip / HardSwish, residual Z). The x86 tiers give the same bits (the
 transforms are the same additions on every tier, the GEMMs the same sums), and 3 threads give 1
@@ -36,10 +36,11 @@ def conv_graph(rng: np.random.Generator, m: int, c: int, hw: tuple, pads: list[i
 
 
 # (M, C, H x W, pads top/left/bottom/right): 64 tiles on 16x16; 9 x 8 tiles, the last row and column cut;
-# asymmetric pads (19 x 17 out); no padding (18 x 19 out); 32 -> 64 channels on 32x32 (256 tiles).
+# asymmetric pads (19 x 17 out); no padding (18 x 19 out); 33 -> 64 channels on 31x32 (256 tiles); 24 -> 40
+# channels on 33x31 (17 x 16 tiles, the fewest channels it takes).
 # Each of these runs the Winograd path (checked against the build without it: other bits).
 SHAPES = [(64, 64, (16, 16), [1, 1, 1, 1]), (40, 90, (17, 15), [1, 1, 1, 1]), (72, 57, (19, 18), [0, 1, 2, 0]),
-          (64, 64, (20, 21), [0, 0, 0, 0]), (64, 33, (31, 32), [1, 1, 1, 1])]
+          (64, 64, (20, 21), [0, 0, 0, 0]), (64, 33, (31, 32), [1, 1, 1, 1]), (40, 24, (33, 31), [1, 1, 1, 1])]
 
 
 @pytest.mark.parametrize("m,c,hw,pads", SHAPES)

@@ -19,6 +19,7 @@
 
 #include "graph_kernels.hpp"
 #include "graph_ops.hpp"
+#include "graph_ops_winograd.hpp"
 #include "graph_threads.hpp"
 
 namespace edgefleet::graph {
@@ -33,7 +34,10 @@ public:
           group_(attrs.get_int("group", 1)), residual_(residual) {
         EF_REQUIRE(group_ >= 1, "group must be >= 1");
         kernel_ = attrs.get_ints("kernel_shape", {});
-        if (group_ == 1 && w != nullptr && w->shape.size() == 4) pack(*w, b);
+        if (group_ == 1 && w != nullptr && w->shape.size() == 4) {
+            pack(*w, b);
+            if (w->dtype == DType::f32 && w->shape[2] == 3 && w->shape[3] == 3) winograd_ = std::make_unique<Winograd>(*w);
+        }
     }
 
     const Window& window(const std::vector<View>& in) const {
@@ -70,9 +74,12 @@ public:
     // product, which a GEMM kernel tiled for many columns runs at a fraction of its speed.
     bool vector(const Window& win) const { return packed_ && pointwise(win) && win.h * win.w == 1; }
 
+    bool winograd(const Window& win) const { return winograd_ && winograd_->applies(win); }
+
     std::size_t scratch_bytes(const std::vector<View>& in, const Shape&) const override {
         const Window& win = window(in);
         if (vector(win)) return bias_.size() * sizeof(float);
+        if (winograd(win)) return winograd_->scratch_bytes(win);
         if (pointwise(win) && !direct(win)) return 0;
         if (const Direct* d = direct(win)) {
             return d->copy ? static_cast<std::size_t>(win.c * d->ph * d->pw) * sizeof(float) : 0;
@@ -84,6 +91,13 @@ public:
         const Window& win = window(in);
         if (vector(win)) {
             run_vector(in, out, win, static_cast<float*>(scratch));
+        } else if (winograd(win)) {
+            if (!bias_constant_ && in.size() > 2 && in[2].data != nullptr) {  // a bias computed at run time
+                std::copy(in[2].as<float>(), in[2].as<float>() + packed_m_, bias_.begin());
+            }
+            winograd_->run(in[0].as<float>(), out.as<float>(), bias_.data(), residual_ ? in[3].as<float>() : nullptr,
+                           win, act_, post_, scratch);
+            return;
         } else if (const Direct* d = direct(win)) {
             run_direct(in, out, win, *d, static_cast<float*>(scratch));
             return;  // the residual is added per thread's part, while it is in cache
@@ -356,6 +370,7 @@ private:
     std::int64_t packed_m_ = 0, packed_k_ = 0;
     mutable std::vector<float> bias_;    // MP values, zero-padded (refilled per run if B is not constant)
     bool bias_constant_ = false;
+    std::unique_ptr<Winograd> winograd_;  // W transformed for Winograd F(2x2, 3x3), 3x3 W only
     // Caches per input shape; runs hold the GIL: never two at once.
     mutable WindowCache windows_;
     mutable Direct direct_;

@@ -1,0 +1,41 @@
+// Winograd F(2x2, 3x3) for the float Conv (graph_ops_conv.cpp): 3x3, stride 1, dilation 1, group 1,
+// constant W. Y = A^T [ (G g G^T) . (B^T d B) ] A per 2x2 output tile, with the 16 elementwise products
+// summed over the input channels as 16 GEMMs (kernels::active().sgemm, the threads taking whole ones):
+//   M_xi (K x T) = U_xi (K x C) * V_xi (C x T),   xi = 0..15, T = output tiles.
+// W is transformed once, at pack time (U, in double, rounded to float). The input and output transforms
+// are plain C++ (additions and subtractions only, in a fixed order, compiled with -ffp-contract=off), the
+// same code on every tier: tiers give the bits their sgemm gives (avx512 = avx2).
+// The epilogue is the direct path's: bias after the sum, then the activation, or the residual Z added and
+// the post-residual activation.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "graph.hpp"
+#include "graph_ops.hpp"
+
+namespace edgefleet::graph {
+
+class Winograd {
+public:
+    // W (M, C, 3, 3) float32.
+    explicit Winograd(const Constant& w);
+
+    // Whether this conv (its window) should run here: 3x3, stride 1, dilation 1, C and M as packed, and
+    // the shape where it measured faster than the direct path.
+    bool applies(const Window& win) const;
+    std::size_t scratch_bytes(const Window& win) const;
+
+    // y (N, M, oh, ow) = epilogue(conv(x) + bias); z the residual (laid out as y) or null. act is applied
+    // without a residual; with one, y + z, then post.
+    void run(const float* x, float* y, const float* bias, const float* z, const Window& win, const Activation& act,
+             const Activation& post, void* scratch) const;
+
+private:
+    std::int64_t m_, c_;
+    std::vector<float> u_;  // (16, M, C)
+};
+
+}  // namespace edgefleet::graph

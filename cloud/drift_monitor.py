@@ -40,7 +40,8 @@ Workers (role `monitor` on PostgreSQL, cloud/leases.py): with `shards`, a run ev
 scopes of the device shards this worker holds (the rows are filtered in SQL), and the fleet scopes only
 while it holds the "fleets" lease. Every worker writes, per fleet, model version and shard it holds, the
 sum of that shard's windows (cloud/drift_fleet_partials.py); the holder of the "fleets" lease sums those
-few rows per fleet instead of reading every device's rows. It waits (no fleet result that pass, logged)
+few rows per fleet instead of reading every device's rows (a worker holding every shard and the
+fleets writes none: it reads every row anyway). It waits (no fleet result that pass, logged)
 while a shard's last pass is older than a lease period and two intervals: a fleet result is never made
 of some shards only. A worker holding every shard reads every row itself, as one worker always did
 (`fleet_partials=True` makes it go through the partials too, the tests' way to hold the two paths
@@ -282,8 +283,12 @@ class DriftMonitor:
         held = self._shards.held_shards()
         fleets = self._shards.holds(FLEETS)
         mine = self._shards.device_filter(TelemetryRecord.device_id, held)
-        partials = self._fleet_partials or (self._fleet_partials is None and not self._shards.everything)
-        from_partials = fleets and (self._fleet_partials or (partials and len(held) < self._shards.shards))
+        everything = len(held) == self._shards.shards
+        # a worker that reads every row for the fleets itself writes no sums (they would cost it what the
+        # fleets' sums cost again); the other workers' fleet holder waits a pass for them after a hand-over
+        partials = self._fleet_partials or (self._fleet_partials is None and not self._shards.everything
+                                            and not (fleets and everything))
+        from_partials = fleets and (self._fleet_partials or (partials and not everything))
         return _Share(held, fleets, None if fleets and not from_partials else mine,
                       None if fleets else mine, partials, bool(from_partials))
 

@@ -7,8 +7,10 @@ worker (until the other holds the deployment's lease).
 
 The database is seeded with COPY-sized executemany batches; the pass times of the 2 workers are measured
 in the same run as the 1-worker pass (ratio), both after a warm-up pass that fills PostgreSQL's cache. The
-fleet scope is evaluated by the worker holding the "fleets" lease, which reads every device's rows: that
-worker's pass is the longer one. Aim: a pass under the 10 s interval with 2 workers. Each worker's CPU
+fleet scope is evaluated by the worker holding the "fleets" lease, which sums the shards' partial sums
+(cloud/drift_fleet_partials.py; the main branch's code before it read every device's rows, and that
+worker's pass was the longer one). Each worker's fleet results and the windows they add up are printed
+(100,000: the whole fleet, once). Aim: a pass under the 10 s interval with 2 workers. Each worker's CPU
 seconds for its pass (its own process; PostgreSQL's not included) are printed beside the wall time: on a
 shared machine they are the steadier figure.
 """
@@ -29,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.postgr
 
 from report import emit  # noqa: E402 - benchmarks/report.py, beside this script
 
+import edgefleet.cloud  # noqa: E402
 from edgefleet.cloud.db import Device, TelemetryRecord, make_engine, make_sessions  # noqa: E402
 from edgefleet.cloud.drift_monitor import DriftMonitor  # noqa: E402
 from edgefleet.cloud.leases import FLEETS, SHARDS, LeaseRecord, Leases, ShardLeases  # noqa: E402
@@ -59,8 +62,9 @@ def seed(url: str, devices: int, end: float) -> None:
                  "dropped_windows": 0, "payload": w.to_payload().decode()} for w in windows])
 
 
-def monitor_pass(url: str, name: str, workers: int, now: float, ready, go, out) -> None:
-    """One worker: waits until `workers` hold an even split, then times one drift pass (after a warm-up)."""
+def monitor_pass(url: str, name: str, workers: int, now: float, ready, go, warm, out) -> None:
+    """One worker: waits until `workers` hold an even split, then times one drift pass (after a warm-up
+    pass of every worker: the fleet holder's timed pass finds the others' shard sums of the same `now`)."""
     sessions = make_sessions(make_engine(url))
     keeper = ShardLeases(Leases(sessions, name, 600.0), "bench", singletons=(FLEETS,))
     deadline = time.monotonic() + 120
@@ -73,19 +77,22 @@ def monitor_pass(url: str, name: str, workers: int, now: float, ready, go, out) 
     ready.put(name)
     go.wait()
     monitor.run_once(now)  # warm-up
+    warm.wait()
     keeper.refresh()
     started, cpu = time.perf_counter(), time.process_time()
     results = monitor.run_once(now)
     out.put({"worker": name, "seconds": round(time.perf_counter() - started, 3),
              "cpu_seconds": round(time.process_time() - cpu, 3), "shards": len(keeper.held_shards()),
-             "fleets": keeper.holds(FLEETS), "scopes": len(results)})
+             "fleets": keeper.holds(FLEETS), "scopes": len(results),
+             "fleet_results": sum(r.scope == "fleet" for r in results),
+             "fleet_windows": sum(r.report["windows"] for r in results if r.scope == "fleet")})
     go.wait()  # stays alive (its leases too) until the other is done
 
 
 def timed_passes(url: str, workers: int, now: float, tag: str) -> list[dict]:
     ctx = multiprocessing.get_context("spawn")
-    ready, out, go = ctx.Queue(), ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=monitor_pass, args=(url, f"{tag}-{i}", workers, now, ready, go, out))
+    ready, out, go, warm = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Barrier(workers)
+    procs = [ctx.Process(target=monitor_pass, args=(url, f"{tag}-{i}", workers, now, ready, go, warm, out))
              for i in range(workers)]
     for p in procs:
         p.start()
@@ -164,7 +171,8 @@ def main() -> None:
         two = timed_passes(url, 2, now, "two")
         pass_one, pass_two = one[0]["seconds"], max(r["seconds"] for r in two)
         report = {
-            "benchmark": "scaleout", "devices": args.devices, "seed_seconds": round(seeded, 1),
+            "benchmark": "scaleout", "code": str(Path(edgefleet.cloud.__file__).parents[1]),
+            "devices": args.devices, "seed_seconds": round(seeded, 1),
             "monitor_pass_seconds": {"1_worker": pass_one, "2_workers": pass_two,
                                      "speedup": round(pass_one / pass_two, 2), "workers": one + two},
             "aim_2_workers_under_10s": pass_two < 10.0,

@@ -38,9 +38,19 @@ evaluates every scope.
 
 Workers (role `monitor` on PostgreSQL, cloud/leases.py): with `shards`, a run evaluates only the device
 scopes of the device shards this worker holds (the rows are filtered in SQL), and the fleet scopes only
-while it holds the "fleets" lease (then it reads every device's rows, as a fleet is all of them; the rows
-of other shards' devices count for the fleet only, no device scope is made for them). A worker
-killed mid-run leaves its shards to the others one lease period later; a scope that two workers evaluate
+while it holds the "fleets" lease. Every worker writes, per fleet, model version and shard it holds, the
+sum of that shard's windows (cloud/drift_fleet_partials.py); the holder of the "fleets" lease sums those
+few rows per fleet instead of reading every device's rows (a worker holding every shard and the
+fleets writes none: it reads every row anyway). It waits (no fleet result that pass, logged)
+while a shard's last pass is older than a lease period and two intervals: a fleet result is never made
+of some shards only. A worker holding every shard reads every row itself, as one worker always did
+(`fleet_partials=True` makes it go through the partials too, the tests' way to hold the two paths
+together on SQLite; `fleet_partials=False` keeps the way of before, the fleet holder reading every
+device's rows: one snapshot of the rows, at the price of reading them all). The late periods (6.) and a
+fleet's CUSUMs (4.) are still fed from the rows: the fleet holder reads the new rows' who and when, the
+rows of a late period, and, for a profile with sequential signals, the fleet's rows since its last CUSUM
+step (`CusumStore.feed`). A worker killed mid-run leaves its shards to the others one lease period
+later; a scope that two workers evaluate
 around a hand-over gets two results, never none.
 
 A run pauses Python's cyclic garbage collector (cloud/gc_pause.py): its automatic full collections
@@ -87,12 +97,14 @@ from edgefleet.cloud.drift_alerts import update_alerts
 from edgefleet.cloud.drift_batch import evaluate_many
 from edgefleet.cloud.drift_cusum_batch import Item, feed_batch
 from edgefleet.cloud.drift_cusum_store import CusumStore
+from edgefleet.cloud.drift_fleet_partials import fleet_sums, shard_sums
+from edgefleet.cloud.drift_fleet_partials import write as write_partials
 from edgefleet.cloud.drift_results import insert_results, new_result
-from edgefleet.cloud.drift_sequential import SEQUENTIAL
+from edgefleet.cloud.drift_sequential import SEQUENTIAL, ScopeDetectors
 from edgefleet.cloud.drift_settings import DriftSettingsError, MonitorSettings, SettingsResolver
 from edgefleet.cloud.drift_windows import WHO, Window, WindowReader
 from edgefleet.cloud.gc_pause import paused_gc
-from edgefleet.cloud.leases import FLEETS, ShardLeases, shard_of
+from edgefleet.cloud.leases import FLEETS, SHARDS, ShardLeases, shard_of
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +128,16 @@ Scopes = dict[_Scope, tuple[Mapping, list[Window]]]
 @dataclass(frozen=True)
 class _Share:
     """What one run of this worker evaluates: the device shards it holds (None: all), the fleet scopes or
-    not, and the SQL filter that keeps only its devices' rows (None: every row is needed)."""
+    not, the SQL filter that keeps only its devices' rows (None: every row is needed), the one for the new
+    rows the late periods are found in, and whether it writes its shards' fleet sums (`partials`) and
+    makes the fleet scopes from every shard's sums (`from_partials`) instead of from the rows."""
 
     shards: set[int] | None
     fleets: bool
     where: object | None
+    late_where: object | None = None
+    partials: bool = False
+    from_partials: bool = False
 
     def keep(self, scopes: Scopes) -> Scopes:
         return {scope: item for scope, item in scopes.items()
@@ -142,6 +159,7 @@ class DriftMonitor:
         *,
         close_after: int = 3,
         shards: ShardLeases | None = None,
+        fleet_partials: bool | None = None,
     ) -> None:
         if lookback_seconds <= 0 or interval_seconds <= 0:
             raise ValueError("lookback_seconds and interval_seconds must be positive")
@@ -152,6 +170,12 @@ class DriftMonitor:
         self.base = MonitorSettings(thresholds, float(lookback_seconds), float(interval_seconds))
         self.close_after = close_after
         self._shards = shards
+        if fleet_partials and shards is None:
+            raise ValueError("fleet_partials needs shards: the partials are per device shard")
+        # None: the fleet sums are written by every worker on PostgreSQL and read by a fleet holder that
+        # does not hold every shard; True: always (on SQLite too)
+        self._fleet_partials = fleet_partials
+        self._stale_shards: list[int] = []  # the shards a fleet pass last waited for
         self._clock = clock
         self._profiles: dict[tuple[str, int], Mapping] = {}
         self._logged: set[str] = set()
@@ -214,6 +238,9 @@ class DriftMonitor:
             mine = self._mine()
             self._windows.start_run()
             scopes = mine.keep(self._collect(session, now, top, resolver, mine))
+            from_partials: tuple[float, float] | None = None
+            if mine.from_partials:
+                from_partials = self._fleets_from_partials(session, now, scopes)
             if due_only:
                 scopes = {scope: item for scope, item in scopes.items() if self._due(scope, resolver)}
             late = mine.keep(self._collect_late(session, now, top, resolver, mine))
@@ -223,7 +250,13 @@ class DriftMonitor:
             for scope in scopes:
                 self._last_run[(scope.fleet, scope.model_name)] = ran_at
             evaluated = self._evaluate_all([*scopes.items(), *late.items()], now, resolver)
-            self._feed_sequential(session, evaluated, {**late, **scopes}, now, top, resolver)
+            summed = set()
+            if from_partials is not None:
+                summed = {scope for scope in scopes if scope.scope == "fleet"}
+                for scope, result in evaluated:
+                    if scope in summed:
+                        result.report = {**result.report, "shard_passes": list(from_partials)}
+            self._feed_sequential(session, evaluated, {**late, **scopes}, now, top, resolver, summed)
             results = [result for _, result in evaluated]
             insert_results(session, results)
             update_alerts(session, results, now, self.close_after)
@@ -249,7 +282,43 @@ class DriftMonitor:
             return _Share(None, True, None)
         held = self._shards.held_shards()
         fleets = self._shards.holds(FLEETS)
-        return _Share(held, fleets, None if fleets else self._shards.device_filter(TelemetryRecord.device_id, held))
+        mine = self._shards.device_filter(TelemetryRecord.device_id, held)
+        everything = len(held) == self._shards.shards
+        # a worker that reads every row for the fleets itself writes no sums (they would cost it what the
+        # fleets' sums cost again); the other workers' fleet holder waits a pass for them after a hand-over
+        partials = self._fleet_partials or (self._fleet_partials is None and not self._shards.everything
+                                            and not (fleets and everything))
+        from_partials = fleets and (self._fleet_partials or (partials and not everything))
+        return _Share(held, fleets, None if fleets and not from_partials else mine,
+                      None if fleets else mine, partials, bool(from_partials))
+
+    def _fleets_from_partials(self, session: Session, now: float, scopes: Scopes) -> tuple[float, float] | None:
+        """Adds to `scopes` every fleet scope summed from the shards' partials (this run's own are written
+        already); returns the oldest and newest shard pass summed, None when a shard's is missing or stale
+        (then no fleet scope: logged)."""
+        stale_after = self._shards.leases.period + 2 * self._tick
+        sums = fleet_sums(session, self._shards.shards, now, stale_after)
+        if sums.stale != self._stale_shards:  # logged when it changes, not every pass
+            if sums.stale:
+                log.warning("%s: fleet scopes not evaluated: no pass of device shard(s) %s%s (%d of %d) within "
+                            "%.3gs; waiting for their workers or a take-over", self.name, sums.stale[:8],
+                            "..." if len(sums.stale) > 8 else "", len(sums.stale), self._shards.shards, stale_after)
+            else:
+                log.warning("%s: fleet scopes evaluated again: every shard passed", self.name)
+            self._stale_shards = sums.stale
+        if sums.stale:
+            return None
+        for (fleet, model_name, version), total in sums.fleets.items():
+            profile = self._profile(model_name, version)
+            if profile is None:
+                continue
+            if total is None:
+                self._log_once(f"fleet {fleet} ({model_name} v{version}): not evaluated, its shards' windows "
+                               "do not add up (counts of another shape)")
+                continue
+            scope = _Scope("fleet", fleet, fleet, model_name, version)
+            scopes[scope] = (profile, [Window(total.counts, total.start, total.end, windows=total.windows)])
+        return sums.passes
 
     def _collect(self, session: Session, now: float, top: int, resolver: SettingsResolver, mine: _Share) -> Scopes:
         """The windows of each scope that ended within its lookback of now (on-time evaluation)."""
@@ -264,7 +333,14 @@ class DriftMonitor:
                 lookbacks[(row.fleet, row.model_name)] = self._settings(resolver, row.fleet,
                                                                         row.model_name).lookback_seconds
         rows = [row for row in rows if row.window_end > now - lookbacks[(row.fleet, row.model_name)]]
-        return self._group(session, rows, mine)
+        if not mine.partials:
+            return self._group(session, rows, mine)
+        by_shard: dict[tuple[str, str, int, int], list[Window]] = defaultdict(list)
+        scopes = self._group(session, rows, mine, by_shard)
+        holder = self._shards.leases.holder if self._shards is not None else "local"
+        write_partials(session, mine.shards if mine.shards is not None else range(SHARDS), shard_sums(by_shard),
+                       now, holder)
+        return scopes
 
     def _collect_late(self, session: Session, now: float, top: int, resolver: SettingsResolver,
                       mine: _Share) -> Scopes:
@@ -276,7 +352,7 @@ class DriftMonitor:
                         TelemetryRecord.device_id, TelemetryRecord.window_end)
                  .where(TelemetryRecord.id > self._seen_id, TelemetryRecord.id <= top))
         # who and when only: the payloads of the few late periods are read below
-        new = session.execute(query if mine.where is None else query.where(mine.where)).all()
+        new = session.execute(query if mine.late_where is None else query.where(mine.late_where)).all()
         periods: dict[tuple[str, str, int, float], set[str]] = defaultdict(set)  # -> devices with late windows
         for row in new:
             lookback = self._settings(resolver, row.fleet, row.model_name).lookback_seconds
@@ -299,13 +375,16 @@ class DriftMonitor:
                     scopes[replace(scope, period_end=end)] = item
         return scopes
 
-    def _group(self, session: Session, rows: Iterable, mine: _Share | None = None) -> Scopes:
+    def _group(self, session: Session, rows: Iterable, mine: _Share | None = None,
+               by_shard: dict[tuple[str, str, int, int], list[Window]] | None = None) -> Scopes:
         """The scopes of `rows` (the `WHO` columns of telemetry rows, in id order) with their windows: each
         window decoded from its payload once, then taken from the cache while its row is read. With `mine`,
         the device scopes of devices outside its shards are left out (their rows count for the fleet
-        only: the worker holding the fleet scopes reads every device's rows)."""
+        only: the worker holding the fleet scopes reads every device's rows, unless it sums the shards'
+        partials); with `by_shard`, the windows of its shards' devices also go there per (fleet, model
+        name, version, shard), and the fleet scopes are made from these rows only if `mine` says so."""
         scopes: Scopes = {}
-        held: dict[str, bool] = {}  # device id -> in one of mine's shards
+        held: dict[str, int] = {}  # device id -> its shard
         fleets: dict[_Scope, list[Window]] = defaultdict(list)
         profiles: dict[tuple[str, int], Mapping | None] = {}  # one look-up per model version and run
         kept = []
@@ -321,12 +400,16 @@ class DriftMonitor:
             if window is None:
                 continue
             fleet = _Scope("fleet", row.fleet, row.fleet, row.model_name, row.model_version)
-            fleets[fleet].append(window)
-            if mine is not None and mine.shards is not None:
+            if mine is None or not mine.from_partials:
+                fleets[fleet].append(window)
+            if by_shard is not None or (mine is not None and mine.shards is not None):
                 if row.device_id not in held:
-                    held[row.device_id] = shard_of(row.device_id) in mine.shards
-                if not held[row.device_id]:
+                    held[row.device_id] = shard_of(row.device_id)
+                shard = held[row.device_id]
+                if mine is not None and mine.shards is not None and shard not in mine.shards:
                     continue
+                if by_shard is not None:
+                    by_shard[(row.fleet, row.model_name, row.model_version, shard)].append(window)
             device = _Scope("device", row.device_id, row.fleet, row.model_name, row.model_version)
             scopes.setdefault(device, (profiles[(row.model_name, row.model_version)], []))[1].append(window)
         for scope, items in fleets.items():
@@ -403,7 +486,7 @@ class DriftMonitor:
     def _result(self, scope: _Scope, windows: list[Window], merged: WindowCounts, report: dict, now: float,
                 resolver: SettingsResolver) -> DriftResult:
         settings = self._settings(resolver, scope.fleet, scope.model_name)
-        report["windows"] = len(windows)
+        report["windows"] = sum(w.windows for w in windows)
         report["lookback_seconds"] = settings.lookback_seconds
         if scope.period_end is not None:
             report["period"] = [scope.period_end - settings.lookback_seconds, scope.period_end]
@@ -416,9 +499,12 @@ class DriftMonitor:
         )
 
     def _feed_sequential(self, session: Session, evaluated: list[tuple[_Scope, DriftResult]], scopes: Scopes,
-                         now: float, top: int, resolver: SettingsResolver) -> None:
+                         now: float, top: int, resolver: SettingsResolver, summed: set[_Scope] = frozenset()
+                         ) -> None:
         """Feeds each evaluated scope's CUSUMs once (cloud/drift_cusum_store.py) and puts the section in its
-        on-time result, or its newest late one when it has none this run."""
+        on-time result, or its newest late one when it has none this run. A fleet `summed` from the shards'
+        partials has no windows here: it is fed from its rows (`CusumStore.feed`), if its profile has
+        sequential signals at all."""
         target: dict[_Scope, DriftResult] = {}
         for scope, result in evaluated:  # on-time results come first; late ones by period, oldest first
             base = replace(scope, period_end=None)
@@ -428,12 +514,18 @@ class DriftMonitor:
         items = []
         for base in target:
             settings = self._settings(resolver, base.fleet, base.model_name)
-            windows = scopes[base][1] if base in scopes else None  # None: only late results this run
+            if base in summed and not self._sequential(profiles[base]):
+                continue  # nothing to feed: no row is read for it
+            windows = scopes[base][1] if base in scopes and base not in summed else None  # None: read its rows
             items.append(Item(base, profiles[base], windows, settings.lookback_seconds, settings.interval_seconds))
         sections = feed_batch(self._cusums, session, items, top=top, now=now)
         for base, result in target.items():
             if sections.get(base) is not None:
                 result.report = {**result.report, SEQUENTIAL: sections[base]}
+
+    def _sequential(self, profile: Mapping) -> bool:
+        """Whether the profile has sequential signals (features with magnitude facts)."""
+        return bool(ScopeDetectors(profile, 1).detectors)
 
     def _log_once(self, message: str, *, key: str | None = None) -> None:
         key = key or message

@@ -36,6 +36,7 @@ class Window:
     end: float
     row_id: int = 0
     at: float = 0.0  # the row's window end: the CUSUM's event order (cloud/drift_cusum_batch.py)
+    windows: int = 1  # how many telemetry windows it adds up (a fleet's shard sums: cloud/drift_fleet_partials.py)
 
 
 def row_key(row) -> tuple:  # noqa: ANN001 - a row of the `WHO` columns

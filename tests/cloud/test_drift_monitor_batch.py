@@ -50,7 +50,7 @@ class OneScopeAtATime(DriftMonitor):
     def _open_alerts(session, results):
         return QueriedAlerts(session)
 
-    def _feed_sequential(self, session, evaluated, scopes, now, top, resolver):
+    def _feed_sequential(self, session, evaluated, scopes, now, top, resolver, summed=frozenset()):
         target = {}
         for scope, result in evaluated:
             base = scope.__class__(scope.scope, scope.scope_id, scope.fleet, scope.model_name, scope.model_version)

@@ -74,14 +74,15 @@ def test_drift_workers_evaluate_only_their_shards_and_take_over_a_silent_one(pos
         keeper.refresh()
     keepers[1].refresh()
     runs = []
-    for keeper, monitor in zip(keepers, monitors, strict=True):
+    for keeper, monitor in reversed(list(zip(keepers, monitors, strict=True))):  # b first: a sums its partials
         keeper.refresh()  # as its thread does every period / 3 (a run here may outlast a period)
-        runs.append(monitor.run_once(now))
+        runs.insert(0, monitor.run_once(now))
     first = [{r.scope_id for r in run if r.scope == "device"} for run in runs]
     fleet = [[r for r in run if r.scope == "fleet"] for run in runs]
     assert first[0].isdisjoint(first[1]) and first[0] | first[1] == set(devices)  # each device once
     assert 50 < len(first[0]) < 150  # 32 of 64 shards each: about half the devices
     assert [len(f) for f in fleet] == [1, 0] and fleet[0][0].samples == 30 * len(devices)  # all windows, once
+    assert fleet[0][0].report["windows"] == len(devices) and "shard_passes" in fleet[0][0].report  # b's sums
     time.sleep(10.2)  # a stops renewing (as if frozen): its leases expire
     assert keepers[0].held_shards() == set()  # nor does a trust them any more
     assert {r.scope_id for r in monitors[0].run_once(now) if r.scope == "device"} == set()

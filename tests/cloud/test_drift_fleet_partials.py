@@ -1,0 +1,168 @@
+"""Fleet scopes summed from the device shards' partial sums (cloud/drift_fleet_partials.py) give the results
+of one worker reading every row: on the Nile's annual flow read by river gauges (the scenario of
+tests/cloud/test_drift_monitor_batch.py: a quiet gauge, a backlog of late windows, a restart), a monitor
+that goes through the partials on SQLite and two workers splitting the shards on PostgreSQL write the
+results, alerts and CUSUM sums of a lone monitor of before. A fleet whose shard worker is gone gets no
+result until the shard is passed again or taken over: never a result of some shards only."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from sqlalchemy import func, select
+
+from edgefleet.cloud.db import Alert, Device, DriftResult, TelemetryRecord, make_engine, make_sessions
+from edgefleet.cloud.drift_cusum_store import CusumCheckpoint
+from edgefleet.cloud.drift_fleet_partials import FleetPartial, ShardPass
+from edgefleet.cloud.drift_monitor import DriftMonitor
+from edgefleet.cloud.drift_sequential import SEQUENTIAL
+from edgefleet.cloud.leases import FLEETS, Leases, ShardLeases, shard_of
+from edgefleet.core.telemetry import LATENCY_EDGES_MS, FeatureCounts, TelemetryWindow
+from tests.cloud.test_drift_fleet_scope import fleet_rows
+from tests.cloud.test_drift_monitor_batch import BACKLOG, GAUGES, LOOKBACK, PROFILE, QUIET, T0
+from tests.cloud.test_drift_sequential import FLOW, row
+from tests.cloud.test_roles import database_url
+
+
+def scenario(sessions, monitors) -> tuple[list, list, list]:
+    """test_drift_monitor_batch's gauges, each pass run by every monitor `monitors()` makes, in order (made
+    again at the restart); returns the results, alerts and CUSUM checkpoints, in an order that does not
+    depend on which worker wrote them, the partials' `shard_passes` left out of the reports and the result
+    ids out of the alerts."""
+    with sessions.begin() as session:
+        session.add_all(Device(id=g, fleet="river", password_hash="-") for g in GAUGES)
+    seq = dict.fromkeys(GAUGES, 0)
+
+    def send(gauge: str, index: int) -> None:
+        seq[gauge] += 1
+        reading = FLOW[min(index + GAUGES.index(gauge) % 4, len(FLOW) - 1)]
+        w = TelemetryWindow("river", gauge, seq[gauge], "nile-flow", 1, T0 + index, T0 + index + 1, 1, 1, 0,
+                            (0,) * (len(LATENCY_EDGES_MS) + 2),
+                            (FeatureCounts("flow", (tuple(int(v) for v in row([reading], PROFILE)),)),))
+        with sessions.begin() as session:
+            session.add(TelemetryRecord(device_id=gauge, fleet="river", seq=seq[gauge], model_name="nile-flow",
+                                        model_version=1, window_start=w.start, window_end=w.end, requests=1,
+                                        samples=1, errors=0, payload=w.to_payload().decode()))
+
+    drift = monitors()
+    for index in range(25, 70):
+        if index == 50:
+            drift = monitors()  # a restart: only the database is kept
+        for gauge in GAUGES:
+            if not (gauge == QUIET and 35 <= index < 53) and not (gauge == BACKLOG and 40 <= index < 59):
+                send(gauge, index)
+        if index == 66:
+            for late in range(40, 59):
+                send(BACKLOG, late)
+        for monitor in drift:
+            if monitor._shards is not None:
+                monitor._shards.refresh()  # as its thread does every period / 3
+            monitor.run_once(T0 + index + 1.5)
+    with sessions() as session:
+        results = sorted(((r.computed_at, r.scope, r.scope_id, r.late_by or 0.0, r.verdict, r.window_start,
+                           r.window_end, r.samples, {k: v for k, v in r.report.items() if k != "shard_passes"})
+                          for r in session.scalars(select(DriftResult))), key=lambda r: r[:4])
+        alerts = sorted((a.opened_at, a.scope, a.scope_id, a.kind, a.status, a.closed_at, a.late_by, a.message,
+                         str({k: v for k, v in a.details.items() if k != "drift_result_id"}))
+                        for a in session.scalars(select(Alert)))  # result ids depend on which worker wrote first
+        checkpoints = sorted((c.scope, c.scope_id, c.step_end, c.row_id, c.window_samples, str(c.state))
+                             for c in session.scalars(select(CusumCheckpoint)))
+        summed = session.scalar(select(func.count()).select_from(DriftResult).where(
+            DriftResult.scope == "fleet", DriftResult.report["shard_passes"].isnot(None)))
+    return results, alerts, checkpoints, summed
+
+
+def one_worker(sessions):
+    return lambda: [DriftMonitor(sessions, lambda name, version: PROFILE, lookback_seconds=LOOKBACK,
+                                 interval_seconds=1.0)]
+
+
+def check(reference, partials) -> None:
+    assert partials[0] == reference[0]  # every result, its report and CUSUM section included
+    assert partials[1] == reference[1]
+    assert partials[2] == reference[2]
+    fleets = sum(1 for r in reference[0] if r[1] == "fleet" and r[3] == 0.0)
+    assert partials[3] >= fleets > 30  # every on-time fleet result was summed from the partials
+    assert {(scope, kind) for _, scope, _, kind, *_ in partials[1]} >= {("fleet", SEQUENTIAL)}
+    assert any(r[1] == "fleet" and r[3] > 0 for r in partials[0])  # the backlog's late period, for the fleet too
+
+
+def test_fleets_summed_from_the_shard_partials_give_the_one_worker_results_on_sqlite(tmp_path):
+    reference = make_sessions(make_engine(f"sqlite:///{tmp_path / 'reference.db'}"))
+    sessions = make_sessions(make_engine(f"sqlite:///{tmp_path / 'partials.db'}"))
+
+    def through_partials():
+        keeper = ShardLeases(Leases(sessions, "solo"), "monitor", singletons=(FLEETS,))  # SQLite: every shard
+        return [DriftMonitor(sessions, lambda name, version: PROFILE, lookback_seconds=LOOKBACK,
+                             interval_seconds=1.0, shards=keeper, fleet_partials=True)]
+
+    check(scenario(reference, one_worker(reference)), scenario(sessions, through_partials))
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(ShardPass)) == 64
+
+
+def split(sessions, period: float = 60.0) -> list[ShardLeases]:
+    """Two workers' leases, 32 shards each, the fleets with the first."""
+    keepers = [ShardLeases(Leases(sessions, name, period), "monitor", singletons=(FLEETS,)) for name in ("a", "b")]
+    for keeper in (*keepers, keepers[0], keepers[1]):  # a takes everything, b joins, a gives half back
+        keeper.refresh()
+    assert keepers[0].holds(FLEETS) and len(keepers[0].held_shards()) == len(keepers[1].held_shards()) == 32
+    return keepers
+
+
+def test_two_workers_summing_shard_partials_give_the_one_worker_results_on_postgresql(tmp_path, postgres):
+    reference = make_sessions(make_engine(f"sqlite:///{tmp_path / 'reference.db'}"))
+    sessions, _url = database_url(postgres, "fleet_partials")
+    keepers = split(sessions)
+    assert {shard_of(g) in keepers[0].held_shards() for g in GAUGES} == {True, False}  # gauges on both
+
+    def two_workers():  # the shard worker first, so the fleet holder finds its partials of this pass
+        return [DriftMonitor(sessions, lambda name, version: PROFILE, lookback_seconds=LOOKBACK,
+                             interval_seconds=1.0, shards=keeper) for keeper in reversed(keepers)]
+
+    check(scenario(reference, one_worker(reference)), scenario(sessions, two_workers))
+
+
+def fleet_results(results) -> list:
+    return [r for r in results if r.scope == "fleet"]
+
+
+def test_a_fleet_waits_for_a_missing_or_stale_shard_and_is_whole_after_the_take_over(postgres, caplog):
+    gauges, runs, now = 120, 5, time.time()
+    sessions, _url = database_url(postgres, "fleet_partials_stale")
+    fleet_rows(sessions, gauges, runs, now)
+    keepers = split(sessions, period=3.0)
+    a, b = (DriftMonitor(sessions, lambda name, version: PROFILE, shards=keeper) for keeper in keepers)
+    whole = DriftMonitor(make_sessions(make_engine(_url)), lambda name, version: PROFILE).run_once(now)
+    expected = [(r.verdict, r.window_start, r.window_end, r.samples, r.report["windows"]) for r in fleet_results(whole)]
+    assert expected and expected[0][4] == gauges * runs
+
+    def fleet_of(results) -> list:
+        return [(r.verdict, r.window_start, r.window_end, r.samples, r.report["windows"])
+                for r in fleet_results(results)]
+
+    # b has not passed yet: a judges its own devices, and no fleet rather than half of one
+    with caplog.at_level(logging.WARNING, logger="edgefleet.cloud.drift_monitor"):
+        first = a.run_once(now)
+    assert fleet_results(first) == [] and any(r.scope == "device" for r in first)
+    assert "fleet scopes not evaluated: no pass of device shard(s)" in caplog.text and "(32 of 64)" in caplog.text
+    # b passes (twice: a retried pass writes the same rows), then a sums both halves
+    b.run_once(now)
+    b.run_once(now)
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(FleetPartial)) == len(
+            {shard_of(f"g{g:03d}") for g in range(gauges)})
+    assert fleet_of(a.run_once(now)) == expected
+    # b is killed: one lease period and two intervals after its last pass, a waits again
+    caplog.clear()
+    later = now + 3.0 + 2 * 10.0 + 1
+    with caplog.at_level(logging.WARNING, logger="edgefleet.cloud.drift_monitor"):
+        assert fleet_results(a.run_once(later)) == []
+    assert "(32 of 64)" in caplog.text
+    # b's leases expire; a takes its shards over and judges the whole fleet from the rows again
+    time.sleep(3.2)
+    keepers[0].refresh()
+    keepers[0].refresh()
+    assert len(keepers[0].held_shards()) == 64
+    assert fleet_of(a.run_once(now)) == expected

@@ -12,16 +12,14 @@ import time
 
 from sqlalchemy import func, select
 
-from edgefleet.cloud.db import Alert, Device, DriftResult, TelemetryRecord, make_engine, make_sessions
+from edgefleet.cloud.db import Alert, DriftResult, make_engine, make_sessions
 from edgefleet.cloud.drift_cusum_store import CusumCheckpoint
 from edgefleet.cloud.drift_fleet_partials import FleetPartial, ShardPass
 from edgefleet.cloud.drift_monitor import DriftMonitor
 from edgefleet.cloud.drift_sequential import SEQUENTIAL
 from edgefleet.cloud.leases import FLEETS, Leases, ShardLeases, shard_of
-from edgefleet.core.telemetry import LATENCY_EDGES_MS, FeatureCounts, TelemetryWindow
 from tests.cloud.test_drift_fleet_scope import fleet_rows
-from tests.cloud.test_drift_monitor_batch import BACKLOG, GAUGES, LOOKBACK, PROFILE, QUIET, T0
-from tests.cloud.test_drift_sequential import FLOW, row
+from tests.cloud.test_drift_monitor_batch import GAUGES, LOOKBACK, PROFILE, drive_gauges
 from tests.cloud.test_roles import database_url
 
 
@@ -30,35 +28,7 @@ def scenario(sessions, monitors) -> tuple[list, list, list]:
     again at the restart); returns the results, alerts and CUSUM checkpoints, in an order that does not
     depend on which worker wrote them, the partials' `shard_passes` left out of the reports and the result
     ids out of the alerts."""
-    with sessions.begin() as session:
-        session.add_all(Device(id=g, fleet="river", password_hash="-") for g in GAUGES)
-    seq = dict.fromkeys(GAUGES, 0)
-
-    def send(gauge: str, index: int) -> None:
-        seq[gauge] += 1
-        reading = FLOW[min(index + GAUGES.index(gauge) % 4, len(FLOW) - 1)]
-        w = TelemetryWindow("river", gauge, seq[gauge], "nile-flow", 1, T0 + index, T0 + index + 1, 1, 1, 0,
-                            (0,) * (len(LATENCY_EDGES_MS) + 2),
-                            (FeatureCounts("flow", (tuple(int(v) for v in row([reading], PROFILE)),)),))
-        with sessions.begin() as session:
-            session.add(TelemetryRecord(device_id=gauge, fleet="river", seq=seq[gauge], model_name="nile-flow",
-                                        model_version=1, window_start=w.start, window_end=w.end, requests=1,
-                                        samples=1, errors=0, payload=w.to_payload().decode()))
-
-    drift = monitors()
-    for index in range(25, 70):
-        if index == 50:
-            drift = monitors()  # a restart: only the database is kept
-        for gauge in GAUGES:
-            if not (gauge == QUIET and 35 <= index < 53) and not (gauge == BACKLOG and 40 <= index < 59):
-                send(gauge, index)
-        if index == 66:
-            for late in range(40, 59):
-                send(BACKLOG, late)
-        for monitor in drift:
-            if monitor._shards is not None:
-                monitor._shards.refresh()  # as its thread does every period / 3
-            monitor.run_once(T0 + index + 1.5)
+    drive_gauges(sessions, monitors)
     with sessions() as session:
         results = sorted(((r.computed_at, r.scope, r.scope_id, r.late_by or 0.0, r.verdict, r.window_start,
                            r.window_end, r.samples, {k: v for k, v in r.report.items() if k != "shard_passes"})

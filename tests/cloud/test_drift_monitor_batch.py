@@ -65,6 +65,40 @@ class OneScopeAtATime(DriftMonitor):
                 result.report = {**result.report, SEQUENTIAL: section}
 
 
+def drive_gauges(sessions, monitors) -> None:
+    """The gauges' windows, pass by pass: each pass run by every monitor `monitors()` makes, in order (made
+    again at index 50, a restart: only the database is kept); a quiet gauge, a backlog sent late."""
+    with sessions.begin() as session:
+        session.add_all(Device(id=g, fleet="river", password_hash="-") for g in GAUGES)
+    seq = dict.fromkeys(GAUGES, 0)
+
+    def send(gauge: str, index: int) -> None:
+        seq[gauge] += 1
+        reading = FLOW[min(index + GAUGES.index(gauge) % 4, len(FLOW) - 1)]
+        w = TelemetryWindow("river", gauge, seq[gauge], "nile-flow", 1, T0 + index, T0 + index + 1, 1, 1, 0,
+                            (0,) * (len(LATENCY_EDGES_MS) + 2),
+                            (FeatureCounts("flow", (tuple(int(v) for v in row([reading], PROFILE)),)),))
+        with sessions.begin() as session:
+            session.add(TelemetryRecord(device_id=gauge, fleet="river", seq=seq[gauge], model_name="nile-flow",
+                                        model_version=1, window_start=w.start, window_end=w.end, requests=1,
+                                        samples=1, errors=0, payload=w.to_payload().decode()))
+
+    drift = monitors()
+    for index in range(25, 70):
+        if index == 50:
+            drift = monitors()
+        for gauge in GAUGES:
+            if not (gauge == QUIET and 35 <= index < 53) and not (gauge == BACKLOG and 40 <= index < 59):
+                send(gauge, index)
+        if index == 66:
+            for late in range(40, 59):
+                send(BACKLOG, late)
+        for monitor in drift:
+            if monitor._shards is not None:
+                monitor._shards.refresh()  # as its thread does every period / 3
+            monitor.run_once(T0 + index + 1.5)
+
+
 def run(url: str, monitor_class: type[DriftMonitor]) -> tuple[list, list, list, int]:
     """The scenario; returns (results, alerts, checkpoints, CUSUM feeds that went the one-scope way)."""
     engine = make_engine(url)
@@ -85,32 +119,7 @@ def run(url: str, monitor_class: type[DriftMonitor]) -> tuple[list, list, list, 
         made._cusums.feed = counted
         return made
 
-    with sessions.begin() as session:
-        session.add_all(Device(id=g, fleet="river", password_hash="-") for g in GAUGES)
-    seq = dict.fromkeys(GAUGES, 0)
-
-    def send(gauge: str, index: int) -> None:
-        seq[gauge] += 1
-        reading = FLOW[min(index + GAUGES.index(gauge) % 4, len(FLOW) - 1)]
-        w = TelemetryWindow("river", gauge, seq[gauge], "nile-flow", 1, T0 + index, T0 + index + 1, 1, 1, 0,
-                            (0,) * (len(LATENCY_EDGES_MS) + 2),
-                            (FeatureCounts("flow", (tuple(int(v) for v in row([reading], PROFILE)),)),))
-        with sessions.begin() as session:
-            session.add(TelemetryRecord(device_id=gauge, fleet="river", seq=seq[gauge], model_name="nile-flow",
-                                        model_version=1, window_start=w.start, window_end=w.end, requests=1,
-                                        samples=1, errors=0, payload=w.to_payload().decode()))
-
-    drift = monitor()
-    for index in range(25, 70):
-        if index == 50:
-            drift = monitor()  # a restart: only the database is kept
-        for gauge in GAUGES:
-            if not (gauge == QUIET and 35 <= index < 53) and not (gauge == BACKLOG and 40 <= index < 59):
-                send(gauge, index)
-        if index == 66:
-            for late in range(40, 59):
-                send(BACKLOG, late)
-        drift.run_once(T0 + index + 1.5)
+    drive_gauges(sessions, lambda: [monitor()])
     with sessions() as session:
         results = [(r.id, r.scope, r.scope_id, r.verdict, r.window_start, r.window_end, r.samples, r.late_by, r.report)
                    for r in session.scalars(select(DriftResult).order_by(DriftResult.id))]

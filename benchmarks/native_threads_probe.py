@@ -14,12 +14,16 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 from report import emit  # benchmarks/report.py, beside this script
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.compilers.edge_cnns builds the ResNet
 
 from edgefleet.compilers.targets.native import onnx_to_graph
 from edgefleet.cpp_ext import graph_native

@@ -32,7 +32,7 @@ Recovery: all of it is in the database and rewritten by every pass; nothing is k
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +42,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from edgefleet.cloud.db import Base
 from edgefleet.cloud.drift import CountsMismatch, WindowCounts, merge_windows
+from edgefleet.cloud.drift_windows import LogOnce, Scope, Scopes, Window
 
 log = logging.getLogger(__name__)
 
@@ -188,3 +189,20 @@ def fleet_sums(session: Session, shards: int, now: float, stale_after: float) ->
                           sum(i.windows for i in items))
     used = [passes[s] for s in range(shards)]
     return FleetSums(fleets, [], (min(used), max(used)))
+
+
+def fleet_scopes(sums: FleetSums, profile_of: Callable[[str, int], Mapping | None], log_once: LogOnce) -> Scopes:
+    """The fleet scopes of `sums` (every shard passed in time), one summed window each; a fleet whose model
+    version has no profile is left out, one whose shards' windows do not add up is left out and logged."""
+    scopes: Scopes = {}
+    for (fleet, model_name, version), total in sums.fleets.items():
+        profile = profile_of(model_name, version)
+        if profile is None:
+            continue
+        if total is None:
+            log_once(f"fleet {fleet} ({model_name} v{version}): not evaluated, its shards' windows "
+                     "do not add up (counts of another shape)")
+            continue
+        scope = Scope("fleet", fleet, fleet, model_name, version)
+        scopes[scope] = (profile, [Window(total.counts, total.start, total.end, windows=total.windows)])
+    return scopes

@@ -79,7 +79,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -97,12 +97,12 @@ from edgefleet.cloud.drift_alerts import update_alerts
 from edgefleet.cloud.drift_batch import evaluate_many
 from edgefleet.cloud.drift_cusum_batch import Item, feed_batch
 from edgefleet.cloud.drift_cusum_store import CusumStore
-from edgefleet.cloud.drift_fleet_partials import fleet_sums, shard_sums
+from edgefleet.cloud.drift_fleet_partials import fleet_scopes, fleet_sums, shard_sums
 from edgefleet.cloud.drift_fleet_partials import write as write_partials
 from edgefleet.cloud.drift_results import insert_results, new_result
 from edgefleet.cloud.drift_sequential import SEQUENTIAL, ScopeDetectors
 from edgefleet.cloud.drift_settings import DriftSettingsError, MonitorSettings, SettingsResolver
-from edgefleet.cloud.drift_windows import WHO, Window, WindowReader
+from edgefleet.cloud.drift_windows import WHO, Scope, Scopes, Share, Window, WindowReader
 from edgefleet.cloud.gc_pause import paused_gc
 from edgefleet.cloud.leases import FLEETS, SHARDS, ShardLeases, shard_of
 
@@ -110,39 +110,6 @@ log = logging.getLogger(__name__)
 
 ProfileFor = Callable[[str, int], "Mapping | None"]
 _LOG_ONCE_LIMIT = 10_000  # distinct refusal messages remembered before the memory is reset
-
-
-@dataclass(frozen=True)
-class _Scope:
-    scope: str  # "device" or "fleet"
-    scope_id: str
-    fleet: str
-    model_name: str
-    model_version: int
-    period_end: float | None = None  # a late evaluation of the period ((p - 1) L, p L] ending here
-
-
-Scopes = dict[_Scope, tuple[Mapping, list[Window]]]
-
-
-@dataclass(frozen=True)
-class _Share:
-    """What one run of this worker evaluates: the device shards it holds (None: all), the fleet scopes or
-    not, the SQL filter that keeps only its devices' rows (None: every row is needed), the one for the new
-    rows the late periods are found in, and whether it writes its shards' fleet sums (`partials`) and
-    makes the fleet scopes from every shard's sums (`from_partials`) instead of from the rows."""
-
-    shards: set[int] | None
-    fleets: bool
-    where: object | None
-    late_where: object | None = None
-    partials: bool = False
-    from_partials: bool = False
-
-    def keep(self, scopes: Scopes) -> Scopes:
-        return {scope: item for scope, item in scopes.items()
-                if (self.fleets if scope.scope == "fleet" else self.shards is None or shard_of(scope.scope_id)
-                    in self.shards)}
 
 
 class DriftMonitor:
@@ -270,16 +237,16 @@ class DriftMonitor:
             self._log_once(f"drift settings of fleet {fleet} / model {model_name} ignored: {err}")
             return self.base
 
-    def _due(self, scope: _Scope, resolver: SettingsResolver) -> bool:
+    def _due(self, scope: Scope, resolver: SettingsResolver) -> bool:
         """Whether the scope's own interval has passed since its last evaluation (on the monotonic clock:
         pacing is wall time, whatever clock stamps the results)."""
         last = self._last_run.get((scope.fleet, scope.model_name))
         interval = self._settings(resolver, scope.fleet, scope.model_name).interval_seconds
         return last is None or time.monotonic() - last >= interval - 1e-3
 
-    def _mine(self) -> _Share:
+    def _mine(self) -> Share:
         if self._shards is None:
-            return _Share(None, True, None)
+            return Share(None, True, None)
         held = self._shards.held_shards()
         fleets = self._shards.holds(FLEETS)
         mine = self._shards.device_filter(TelemetryRecord.device_id, held)
@@ -289,7 +256,7 @@ class DriftMonitor:
         partials = self._fleet_partials or (self._fleet_partials is None and not self._shards.everything
                                             and not (fleets and everything))
         from_partials = fleets and (self._fleet_partials or (partials and not everything))
-        return _Share(held, fleets, None if fleets and not from_partials else mine,
+        return Share(held, fleets, None if fleets and not from_partials else mine,
                       None if fleets else mine, partials, bool(from_partials))
 
     def _fleets_from_partials(self, session: Session, now: float, scopes: Scopes) -> tuple[float, float] | None:
@@ -308,19 +275,10 @@ class DriftMonitor:
             self._stale_shards = sums.stale
         if sums.stale:
             return None
-        for (fleet, model_name, version), total in sums.fleets.items():
-            profile = self._profile(model_name, version)
-            if profile is None:
-                continue
-            if total is None:
-                self._log_once(f"fleet {fleet} ({model_name} v{version}): not evaluated, its shards' windows "
-                               "do not add up (counts of another shape)")
-                continue
-            scope = _Scope("fleet", fleet, fleet, model_name, version)
-            scopes[scope] = (profile, [Window(total.counts, total.start, total.end, windows=total.windows)])
+        scopes.update(fleet_scopes(sums, self._profile, self._log_once))
         return sums.passes
 
-    def _collect(self, session: Session, now: float, top: int, resolver: SettingsResolver, mine: _Share) -> Scopes:
+    def _collect(self, session: Session, now: float, top: int, resolver: SettingsResolver, mine: Share) -> Scopes:
         """The windows of each scope that ended within its lookback of now (on-time evaluation)."""
         query = (select(*WHO)
                  .where(TelemetryRecord.window_end > now - resolver.longest_lookback(),
@@ -343,7 +301,7 @@ class DriftMonitor:
         return scopes
 
     def _collect_late(self, session: Session, now: float, top: int, resolver: SettingsResolver,
-                      mine: _Share) -> Scopes:
+                      mine: Share) -> Scopes:
         """For every window new since the last run that ended before its lookback: its period ((p-1)L, pL],
         evaluated with all the windows of that period, for its device and its fleet."""
         if self._seen_id is None or top <= self._seen_id:
@@ -375,7 +333,7 @@ class DriftMonitor:
                     scopes[replace(scope, period_end=end)] = item
         return scopes
 
-    def _group(self, session: Session, rows: Iterable, mine: _Share | None = None,
+    def _group(self, session: Session, rows: Iterable, mine: Share | None = None,
                by_shard: dict[tuple[str, str, int, int], list[Window]] | None = None) -> Scopes:
         """The scopes of `rows` (the `WHO` columns of telemetry rows, in id order) with their windows: each
         window decoded from its payload once, then taken from the cache while its row is read. With `mine`,
@@ -385,7 +343,7 @@ class DriftMonitor:
         name, version, shard), and the fleet scopes are made from these rows only if `mine` says so."""
         scopes: Scopes = {}
         held: dict[str, int] = {}  # device id -> its shard
-        fleets: dict[_Scope, list[Window]] = defaultdict(list)
+        fleets: dict[Scope, list[Window]] = defaultdict(list)
         profiles: dict[tuple[str, int], Mapping | None] = {}  # one look-up per model version and run
         kept = []
         for row in rows:
@@ -399,7 +357,7 @@ class DriftMonitor:
             window = windows.get(row.id)
             if window is None:
                 continue
-            fleet = _Scope("fleet", row.fleet, row.fleet, row.model_name, row.model_version)
+            fleet = Scope("fleet", row.fleet, row.fleet, row.model_name, row.model_version)
             if mine is None or not mine.from_partials:
                 fleets[fleet].append(window)
             if by_shard is not None or (mine is not None and mine.shards is not None):
@@ -410,7 +368,7 @@ class DriftMonitor:
                     continue
                 if by_shard is not None:
                     by_shard[(row.fleet, row.model_name, row.model_version, shard)].append(window)
-            device = _Scope("device", row.device_id, row.fleet, row.model_name, row.model_version)
+            device = Scope("device", row.device_id, row.fleet, row.model_name, row.model_version)
             scopes.setdefault(device, (profiles[(row.model_name, row.model_version)], []))[1].append(window)
         for scope, items in fleets.items():
             scopes[scope] = (profiles[(scope.model_name, scope.model_version)], items)
@@ -433,8 +391,8 @@ class DriftMonitor:
         self._profiles[key] = profile
         return profile
 
-    def _evaluate_all(self, items: list[tuple[_Scope, tuple[Mapping, list[Window]]]], now: float,
-                      resolver: SettingsResolver) -> list[tuple[_Scope, DriftResult]]:
+    def _evaluate_all(self, items: list[tuple[Scope, tuple[Mapping, list[Window]]]], now: float,
+                      resolver: SettingsResolver) -> list[tuple[Scope, DriftResult]]:
         """The DriftResult of each scope that can be evaluated, in the order of `items`: the window tests of
         all scopes that share a profile and thresholds at once (cloud/drift_batch.py); a batch that fails
         is evaluated again one scope at a time, so that one bad scope stops no other."""
@@ -466,7 +424,7 @@ class DriftMonitor:
                 evaluated.append((scope, result))
         return evaluated
 
-    def _evaluate(self, scope: _Scope, profile: Mapping, windows: list[Window], now: float,
+    def _evaluate(self, scope: Scope, profile: Mapping, windows: list[Window], now: float,
                   resolver: SettingsResolver) -> DriftResult | None:
         """One scope's DriftResult by cloud/drift.py's reference path, None (logged) if it cannot be had."""
         settings = self._settings(resolver, scope.fleet, scope.model_name)
@@ -483,7 +441,7 @@ class DriftMonitor:
             return None
         return self._result(scope, windows, merged, report, now, resolver)
 
-    def _result(self, scope: _Scope, windows: list[Window], merged: WindowCounts, report: dict, now: float,
+    def _result(self, scope: Scope, windows: list[Window], merged: WindowCounts, report: dict, now: float,
                 resolver: SettingsResolver) -> DriftResult:
         settings = self._settings(resolver, scope.fleet, scope.model_name)
         report["windows"] = sum(w.windows for w in windows)
@@ -498,14 +456,14 @@ class DriftMonitor:
             late_by=None if scope.period_end is None else max(0.0, now - end),
         )
 
-    def _feed_sequential(self, session: Session, evaluated: list[tuple[_Scope, DriftResult]], scopes: Scopes,
-                         now: float, top: int, resolver: SettingsResolver, summed: set[_Scope] = frozenset()
+    def _feed_sequential(self, session: Session, evaluated: list[tuple[Scope, DriftResult]], scopes: Scopes,
+                         now: float, top: int, resolver: SettingsResolver, summed: set[Scope] = frozenset()
                          ) -> None:
         """Feeds each evaluated scope's CUSUMs once (cloud/drift_cusum_store.py) and puts the section in its
         on-time result, or its newest late one when it has none this run. A fleet `summed` from the shards'
         partials has no windows here: it is fed from its rows (`CusumStore.feed`), if its profile has
         sequential signals at all."""
-        target: dict[_Scope, DriftResult] = {}
+        target: dict[Scope, DriftResult] = {}
         for scope, result in evaluated:  # on-time results come first; late ones by period, oldest first
             base = replace(scope, period_end=None)
             if base not in target or target[base].late_by is not None:

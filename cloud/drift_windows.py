@@ -8,6 +8,9 @@ one decoding would give again; the key holds (device, seq, window end, model) be
 reuse the id of a deleted newest row. A window stays kept while its row is read, about lookback / interval
 runs, then is dropped (about 1.2 KB a window). Refused rows are not kept: they are refused (and logged
 once) again.
+
+Also the scopes those windows are grouped into (`Scope`, `Scopes`) and what one run of a worker judges
+(`Share`: its device shards, the fleet scopes or not, from rows or from the shards' partial sums).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from edgefleet.cloud.db import TelemetryRecord
 from edgefleet.cloud.drift import CountsMismatch, WindowCounts, check_against_profile
+from edgefleet.cloud.leases import shard_of
 from edgefleet.core.telemetry import TelemetryError, parse_telemetry
 
 # Who and when of a telemetry row, without its payload: the rows of a run are read this way.
@@ -107,3 +111,39 @@ class WindowReader:
                            key=f"profile {row.model_name}/{row.model_version}: {err!r}")
             return None
         return Window(counts, parsed.start, parsed.end, row.id, row.window_end)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """A device or fleet with one model version, judged from its windows (late: of the period ending at
+    `period_end`)."""
+
+    scope: str  # "device" or "fleet"
+    scope_id: str
+    fleet: str
+    model_name: str
+    model_version: int
+    period_end: float | None = None  # a late evaluation of the period ((p - 1) L, p L] ending here
+
+
+Scopes = dict[Scope, tuple[Mapping, list[Window]]]
+
+
+@dataclass(frozen=True)
+class Share:
+    """What one run of this worker evaluates: the device shards it holds (None: all), the fleet scopes or
+    not, the SQL filter that keeps only its devices' rows (None: every row is needed), the one for the new
+    rows the late periods are found in, and whether it writes its shards' fleet sums (`partials`) and
+    makes the fleet scopes from every shard's sums (`from_partials`) instead of from the rows."""
+
+    shards: set[int] | None
+    fleets: bool
+    where: object | None
+    late_where: object | None = None
+    partials: bool = False
+    from_partials: bool = False
+
+    def keep(self, scopes: Scopes) -> Scopes:
+        return {scope: item for scope, item in scopes.items()
+                if (self.fleets if scope.scope == "fleet" else self.shards is None or shard_of(scope.scope_id)
+                    in self.shards)}

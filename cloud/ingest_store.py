@@ -36,9 +36,8 @@ the lock (the UPDATE or the look-up waits for the DELETE's commit, then finds no
 counted as unknown_device) or deleted after this commit, where the trigger on devices (db.py,
 TELEMETRY_DEVICE_GUARD) sees the stored windows and refuses the DELETE, as the foreign key did.
 bench_ingest: PostgreSQL's CPU per message 21.5-24 -> 16.5-19 us.
-(SQLite has one writer at a time; its look-up runs before the write transaction begins, so there a DELETE
-committed in that gap by another process would leave the batch's windows without their device. Nothing in
-the cloud deletes a device: revoking keeps the row.)
+SQLite has one writer at a time: there the store begins with the write lock (BEGIN IMMEDIATE), so a DELETE
+by another connection waits for its commit, then meets the trigger, or commits before the look-up.
 
 Row ids follow commit order, which the drift monitor relies on (it reads the rows above the highest id
 it saw: late windows and the CUSUM feeds, cloud/drift_monitor.py). A sequence hands out ids at insert,
@@ -86,6 +85,8 @@ def store(session: Session, messages: list[Checked]) -> Counter:
     """Writes `messages` in `session` and returns the counts by reason (also added to ingest_counters)."""
     if _postgres(session):  # the writes of concurrent workers take turns, so ids follow commit order
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": INGEST_ORDER_LOCK})
+    else:
+        _begin_writing(session)
     tally: Counter[str] = Counter(m.reason for m in messages if m.message is None)
     windows = [(m.message, m.payload) for m in messages if isinstance(m.message, TelemetryWindow)]
     statuses = [(m.message, m.payload) for m in messages if isinstance(m.message, Status)]
@@ -110,6 +111,16 @@ def store(session: Session, messages: list[Checked]) -> Counter:
     _store_statuses(session, [(s, raw) for s, raw in statuses if s.device in known], tally)
     _add_counts(session, tally)
     return tally
+
+
+def _begin_writing(session: Session) -> None:
+    """On SQLite, takes the database's write lock before the devices are looked up (BEGIN IMMEDIATE), so no
+    other connection can delete a device between the look-up and the windows' insert. The driver begins
+    its transactions lazily, at the first write: one already begun (by a write of the caller's) holds the
+    lock already."""
+    raw = session.connection().connection.dbapi_connection
+    if not raw.in_transaction:
+        session.execute(text("BEGIN IMMEDIATE"))
 
 
 def _known_devices(session: Session, ids: set[str]) -> set[str]:

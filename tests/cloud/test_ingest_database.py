@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sqlite3
 import threading
 import time
 
@@ -327,3 +328,37 @@ def _attempt(action, *args) -> BaseException | None:  # noqa: ANN001 - any calla
     except Exception as err:  # noqa: BLE001 - the test looks at what was raised
         return err
     return None
+
+
+def test_a_device_deleted_by_another_connection_while_its_windows_are_stored_on_sqlite(tmp_path):
+    """SQLite has no row locks: the store takes the database's write lock before it looks the devices up, so
+    a DELETE from another connection at the moment the windows are inserted (after the look-up) waits for
+    the store's commit instead of leaving the windows without their device; after the commit the trigger
+    refuses it."""
+    path = tmp_path / "cloud.db"
+    engine = make_engine(f"sqlite:///{path}")
+    sessions = make_sessions(engine)
+    with sessions.begin() as session:
+        session.add(Device(id="d1", fleet="lab", password_hash="x"))
+    other = sqlite3.connect(path, timeout=0.2)
+    attempts: list[str] = []
+
+    def delete_now(_conn, _cursor, statement: str, *_args) -> None:  # noqa: ANN001 - DBAPI objects
+        if statement.lstrip().upper().startswith("INSERT INTO TELEMETRY") and not attempts:
+            try:
+                other.execute("DELETE FROM devices WHERE id = 'd1'")
+                other.commit()
+                attempts.append("deleted")
+            except sqlite3.OperationalError as err:
+                attempts.append(str(err))
+
+    event.listen(engine, "before_cursor_execute", delete_now)
+    with sessions.begin() as session:
+        assert +store(session, [checked_window("d1", 1), checked_window("d1", 2)]) == {"accepted": 2}
+    event.remove(engine, "before_cursor_execute", delete_now)
+    assert attempts == ["database is locked"]
+    with pytest.raises(sqlite3.IntegrityError, match="the device has telemetry"):
+        other.execute("DELETE FROM devices WHERE id = 'd1'")
+    other.close()
+    assert telemetry_keys(sessions) == [("d1", 1), ("d1", 2)]
+    engine.dispose()

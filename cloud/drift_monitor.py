@@ -95,12 +95,11 @@ from edgefleet.cloud.drift import (
 )
 from edgefleet.cloud.drift_alerts import update_alerts
 from edgefleet.cloud.drift_batch import evaluate_many
-from edgefleet.cloud.drift_cusum_batch import Item, feed_batch
+from edgefleet.cloud.drift_cusum_partials import feed_run, has_sequential, write_steps
 from edgefleet.cloud.drift_cusum_store import CusumStore
-from edgefleet.cloud.drift_fleet_partials import fleet_scopes, fleet_sums, shard_sums
+from edgefleet.cloud.drift_fleet_partials import FleetSums, fleet_scopes, fleet_sums, shard_sums
 from edgefleet.cloud.drift_fleet_partials import write as write_partials
 from edgefleet.cloud.drift_results import insert_results, new_result
-from edgefleet.cloud.drift_sequential import SEQUENTIAL, ScopeDetectors
 from edgefleet.cloud.drift_settings import DriftSettingsError, MonitorSettings, SettingsResolver
 from edgefleet.cloud.drift_windows import WHO, Scope, Scopes, Share, Window, WindowReader
 from edgefleet.cloud.gc_pause import paused_gc
@@ -145,6 +144,7 @@ class DriftMonitor:
         self._stale_shards: list[int] = []  # the shards a fleet pass last waited for
         self._clock = clock
         self._profiles: dict[tuple[str, int], Mapping] = {}
+        self._sequential: dict[tuple[str, int], bool] = {}  # whether a profile has sequential signals
         self._logged: set[str] = set()
         self._seen_id: int | None = None  # the highest telemetry row id an earlier run saw
         self._windows = WindowReader(self._log_once)  # each payload decoded once, kept while in the lookback
@@ -205,7 +205,7 @@ class DriftMonitor:
             mine = self._mine()
             self._windows.start_run()
             scopes = mine.keep(self._collect(session, now, top, resolver, mine))
-            from_partials: tuple[float, float] | None = None
+            from_partials: FleetSums | None = None
             if mine.from_partials:
                 from_partials = self._fleets_from_partials(session, now, scopes)
             if due_only:
@@ -217,13 +217,11 @@ class DriftMonitor:
             for scope in scopes:
                 self._last_run[(scope.fleet, scope.model_name)] = ran_at
             evaluated = self._evaluate_all([*scopes.items(), *late.items()], now, resolver)
-            summed = set()
             if from_partials is not None:
-                summed = {scope for scope in scopes if scope.scope == "fleet"}
                 for scope, result in evaluated:
-                    if scope in summed:
-                        result.report = {**result.report, "shard_passes": list(from_partials)}
-            self._feed_sequential(session, evaluated, {**late, **scopes}, now, top, resolver, summed)
+                    if scope.scope == "fleet" and scope in scopes:
+                        result.report = {**result.report, "shard_passes": list(from_partials.passes)}
+            self._feed_sequential(session, evaluated, {**late, **scopes}, now, top, resolver, from_partials)
             results = [result for _, result in evaluated]
             insert_results(session, results)
             update_alerts(session, results, now, self.close_after)
@@ -259,11 +257,14 @@ class DriftMonitor:
         return Share(held, fleets, None if fleets and not from_partials else mine,
                       None if fleets else mine, partials, bool(from_partials))
 
-    def _fleets_from_partials(self, session: Session, now: float, scopes: Scopes) -> tuple[float, float] | None:
+    def _stale_after(self) -> float:
+        return self._shards.leases.period + 2 * self._tick
+
+    def _fleets_from_partials(self, session: Session, now: float, scopes: Scopes) -> FleetSums | None:
         """Adds to `scopes` every fleet scope summed from the shards' partials (this run's own are written
-        already); returns the oldest and newest shard pass summed, None when a shard's is missing or stale
-        (then no fleet scope: logged)."""
-        stale_after = self._shards.leases.period + 2 * self._tick
+        already); returns the sums (the oldest and newest shard pass summed, the shards' CUSUM steps), None
+        when a shard's pass is missing or stale (then no fleet scope: logged)."""
+        stale_after = self._stale_after()
         sums = fleet_sums(session, self._shards.shards, now, stale_after)
         if sums.stale != self._stale_shards:  # logged when it changes, not every pass
             if sums.stale:
@@ -276,7 +277,7 @@ class DriftMonitor:
         if sums.stale:
             return None
         scopes.update(fleet_scopes(sums, self._profile, self._log_once))
-        return sums.passes
+        return sums
 
     def _collect(self, session: Session, now: float, top: int, resolver: SettingsResolver, mine: Share) -> Scopes:
         """The windows of each scope that ended within its lookback of now (on-time evaluation)."""
@@ -284,7 +285,7 @@ class DriftMonitor:
                  .where(TelemetryRecord.window_end > now - resolver.longest_lookback(),
                         TelemetryRecord.window_end <= now, TelemetryRecord.id <= top)
                  .order_by(TelemetryRecord.id))
-        rows = session.execute(query if mine.where is None else query.where(mine.where)).all()
+        recent = rows = session.execute(query if mine.where is None else query.where(mine.where)).all()
         lookbacks: dict[tuple[str, str], float] = {}  # one settings look-up per (fleet, model name) and run
         for row in rows:
             if (row.fleet, row.model_name) not in lookbacks:
@@ -295,9 +296,13 @@ class DriftMonitor:
             return self._group(session, rows, mine)
         by_shard: dict[tuple[str, str, int, int], list[Window]] = defaultdict(list)
         scopes = self._group(session, rows, mine, by_shard)
-        holder = self._shards.leases.holder if self._shards is not None else "local"
-        write_partials(session, mine.shards if mine.shards is not None else range(SHARDS), shard_sums(by_shard),
-                       now, holder)
+        held = set(mine.shards if mine.shards is not None else range(SHARDS))
+        steps_from = write_steps(  # the fleets' CUSUM steps (cloud/drift_cusum_partials.py)
+            session, self._windows, recent, shards=held, top=top, now=now, lookback=resolver.longest_lookback(),
+            stale_after=self._stale_after(), sequential=self._sequential_profile,
+            slot_of=lambda fleet, name: self._settings(resolver, fleet, name).interval_seconds,
+            filter_of=lambda shards: self._shards.device_filter(TelemetryRecord.device_id, shards))
+        write_partials(session, held, shard_sums(by_shard), now, self._shards.leases.holder, top, steps_from)
         return scopes
 
     def _collect_late(self, session: Session, now: float, top: int, resolver: SettingsResolver,
@@ -457,33 +462,18 @@ class DriftMonitor:
         )
 
     def _feed_sequential(self, session: Session, evaluated: list[tuple[Scope, DriftResult]], scopes: Scopes,
-                         now: float, top: int, resolver: SettingsResolver, summed: set[Scope] = frozenset()
-                         ) -> None:
-        """Feeds each evaluated scope's CUSUMs once (cloud/drift_cusum_store.py) and puts the section in its
-        on-time result, or its newest late one when it has none this run. A fleet `summed` from the shards'
-        partials has no windows here: it is fed from its rows (`CusumStore.feed`), if its profile has
-        sequential signals at all."""
-        target: dict[Scope, DriftResult] = {}
-        for scope, result in evaluated:  # on-time results come first; late ones by period, oldest first
-            base = replace(scope, period_end=None)
-            if base not in target or target[base].late_by is not None:
-                target[base] = result
-        profiles = {replace(scope, period_end=None): profile for scope, (profile, _) in scopes.items()}
-        items = []
-        for base in target:
-            settings = self._settings(resolver, base.fleet, base.model_name)
-            if base in summed and not self._sequential(profiles[base]):
-                continue  # nothing to feed: no row is read for it
-            windows = scopes[base][1] if base in scopes and base not in summed else None  # None: read its rows
-            items.append(Item(base, profiles[base], windows, settings.lookback_seconds, settings.interval_seconds))
-        sections = feed_batch(self._cusums, session, items, top=top, now=now)
-        for base, result in target.items():
-            if sections.get(base) is not None:
-                result.report = {**result.report, SEQUENTIAL: sections[base]}
+                         now: float, top: int, resolver: SettingsResolver, summed: FleetSums | None = None) -> None:
+        """The run's CUSUM feed (cloud/drift_cusum_partials.py's `feed_run`; the fleets `summed` from the
+        shards' partials are fed from their shards' step sums)."""
+        feed_run(self._cusums, session, evaluated, scopes, now=now, top=top, summed=summed,
+                 settings_of=lambda fleet, name: self._settings(resolver, fleet, name))
 
-    def _sequential(self, profile: Mapping) -> bool:
-        """Whether the profile has sequential signals (features with magnitude facts)."""
-        return bool(ScopeDetectors(profile, 1).detectors)
+    def _sequential_profile(self, name: str, version: int) -> Mapping | None:
+        """The profile of a model version whose profile has sequential signals, else None."""
+        profile = self._profile(name, version)
+        if profile is not None and (name, version) not in self._sequential:
+            self._sequential[(name, version)] = has_sequential(profile)
+        return profile if profile is not None and self._sequential[(name, version)] else None
 
     def _log_once(self, message: str, *, key: str | None = None) -> None:
         key = key or message

@@ -10,8 +10,8 @@ sum of that step: nothing of a step is lost by adding per shard first.
 
 Table `drift_cusum_partials`, keyed (fleet, model name, version, shard, step end): the shard's windows of
 that step added up (samples and feature counts), with `row_id` (every row of the shard up to it is in the
-sum), `newest` (the highest row id in it) and `fed` (`newest` as it was when the fleet's CUSUMs were last
-fed the step; NULL: never).
+sum), `newest` (the highest row id in it) and `fed` (`newest` when the fleet's CUSUMs were fed the step;
+NULL: not since its last window came, which a shard's write sets).
 
 Writing (every shard worker pass, `write_steps`, for model versions with sequential signals): the shard's
 rows above the row id of its last pass (`drift_shard_passes.row_id`, in the database: a restart or a
@@ -23,14 +23,15 @@ sums), starts again: its steps are dropped and rebuilt from its rows of the long
 `steps_from` (in drift_shard_passes) says since when its steps are whole; a step that starts before it is
 not written. Steps older than REPLAY_SECONDS and two checkpoints before now are deleted.
 
-Feeding (the fleet holder, `feed_fleets`, for every fleet summed from the shards' partials), as
-`CusumStore.feed` does from the rows: the earliest new step is the earliest one whose `newest` is not
-`fed`; the base is the latest checkpoint, or the newest before that step when a late window fell in a
-step already fed; the steps after the base, up to now, are summed over the shards and fed, and marked
-`fed`. The checkpoint's `row_id` is the lowest row id of the shards' last passes. A fleet whose base is
-older than a shard's `steps_from` (a shard started again) is fed from its rows, as before: once, after
-which its steps cover it. A fleet without a checkpoint starts at the first whole slot of its lookback, on
-both paths (`start_of`), so the two give the same sums.
+Feeding (the fleet holder, `feed_fleets`, for every fleet summed from the partials), as `CusumStore.feed`
+does from the rows: the earliest new step is the earliest one not `fed` (a partial index keeps those);
+the base is the latest checkpoint, or the newest before that step when a late window fell in a step
+already fed; the steps after the base, up to now, are summed over the shards and fed, and marked `fed`
+(unless a window came in the meantime: `newest` moved). The checkpoint's `row_id` is the lowest row id of
+the shards' last passes. A fleet whose base is older than a shard's `steps_from` (a shard started again)
+is fed from its rows, as before, and its steps marked fed: after that, the steps cover it. A fleet
+without a checkpoint starts at the first whole slot of its lookback, on both paths (`start_of`), so the
+two give the same sums.
 
 Known limits: a window refused when its payload is parsed counts as new on the rows' path only (it moves
 that path's earliest new step); a fleet whose interval setting changes has steps of two slot widths
@@ -47,7 +48,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
-from sqlalchemy import JSON, Float, Integer, String, bindparam, delete, func, or_, select, update
+from sqlalchemy import JSON, Float, Index, Integer, String, bindparam, delete, func, select, text, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from edgefleet.cloud.db import Base, TelemetryRecord
@@ -77,6 +78,9 @@ class CusumPartial(Base):
     """One shard's windows of one fleet step (module docstring)."""
 
     __tablename__ = "drift_cusum_partials"
+    __table_args__ = (Index("ix_drift_cusum_partials_step_end", "step_end"),
+                      Index("ix_drift_cusum_partials_unfed", "fleet", "step_end", postgresql_where=text("fed IS NULL"),
+                            sqlite_where=text("fed IS NULL")))
     fleet: Mapped[str] = mapped_column(String(64), primary_key=True)
     model_name: Mapped[str] = mapped_column(String(128), primary_key=True)
     model_version: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -163,7 +167,7 @@ def _add(session: Session, reader: WindowReader, rows: list, profiles: Mapping, 
                         "newest": max(w.row_id for w in items) if part is None else
                         max(part.newest, *(w.row_id for w in items)),
                         "windows": len(items) + (0 if part is None else part.windows),
-                        "counts": counts_to_json(total), "computed_at": now})
+                        "counts": counts_to_json(total), "computed_at": now, "fed": None})
     upsert(session, CusumPartial.__table__, written, KEYS)
 
 
@@ -238,8 +242,7 @@ def _first_unfed(session: Session, items: list[Item]) -> dict[tuple, float]:
     for chunk in chunks(sorted({item.scope.fleet for item in items})):
         query = (select(CusumPartial.fleet, CusumPartial.model_name, CusumPartial.model_version,
                         func.min(CusumPartial.step_end))
-                 .where(CusumPartial.fleet.in_(chunk),
-                        or_(CusumPartial.fed.is_(None), CusumPartial.newest > CusumPartial.fed))
+                 .where(CusumPartial.fleet.in_(chunk), CusumPartial.fed.is_(None))
                  .group_by(CusumPartial.fleet, CusumPartial.model_name, CusumPartial.model_version))
         first.update({(fleet, name, version): end for fleet, name, version, end in session.execute(query)})
     return first
@@ -266,7 +269,8 @@ def _mark_fed(session: Session, fed: list) -> None:
     if not fed:
         return
     table = CusumPartial.__table__
-    statement = (update(table).where(*(table.c[name] == bindparam(f"k_{name}") for name in KEYS))
+    statement = (update(table).where(*(table.c[name] == bindparam(f"k_{name}") for name in KEYS),
+                                     table.c.newest == bindparam("k_newest"))  # not if a window came since
                  .values(fed=bindparam("k_newest")))
     session.execute(statement, [{**{f"k_{name}": getattr(part, name) for name in KEYS}, "k_newest": part.newest}
                                 for part in fed])

@@ -34,6 +34,9 @@ def upgrade() -> None:
                     sa.Column("counts", sa.JSON(), nullable=False),
                     sa.Column("computed_at", sa.Float(), nullable=False),
                     sa.PrimaryKeyConstraint("fleet", "model_name", "model_version", "shard", "step_end"))
+    op.create_index("ix_drift_cusum_partials_step_end", "drift_cusum_partials", ["step_end"])
+    op.create_index("ix_drift_cusum_partials_unfed", "drift_cusum_partials", ["fleet", "step_end"],
+                    postgresql_where=sa.text("fed IS NULL"), sqlite_where=sa.text("fed IS NULL"))
     op.add_column("drift_shard_passes", sa.Column("row_id", sa.Integer(), nullable=True))
     op.add_column("drift_shard_passes", sa.Column("steps_from", sa.Float(), nullable=True))
 
@@ -41,4 +44,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_column("drift_shard_passes", "steps_from")
     op.drop_column("drift_shard_passes", "row_id")
+    op.drop_index("ix_drift_cusum_partials_unfed", table_name="drift_cusum_partials")
+    op.drop_index("ix_drift_cusum_partials_step_end", table_name="drift_cusum_partials")
     op.drop_table("drift_cusum_partials")

@@ -1,43 +1,25 @@
-"""A fleet's CUSUM steps summed per device shard, so that the holder of the "fleets" lease feeds a fleet's
-sequential detectors without reading every device's rows (issue 17).
+"""A fleet's CUSUMs fed from its shards' step sums, so that the holder of the "fleets" lease feeds them
+without reading every device's rows (issue 17).
 
 A fleet's step is all its devices' windows ending in one slot of the fleet's interval, added up
 (cloud/drift_cusum_store.py). What a step gives the detectors (`judge_steps`) is its sample count and its
 feature histograms: each CUSUM update reads the step's summed integer counts of its signal, and a new
 scope's thresholds are sized by the median of its steps' sample counts. All of it is integer sums of the
 windows' counts, so a step is, exactly and in any order, the sum over the 64 device shards of each shard's
-sum of that step: nothing of a step is lost by adding per shard first.
+sum of that step (`drift_cusum_partials`, written by every worker: cloud/drift_shard_steps.py).
 
-Table `drift_cusum_partials`, keyed (fleet, model name, version, shard, step end): the shard's windows of
-that step added up (samples and feature counts), with `row_id` (every row of the shard up to it is in the
-sum), `newest` (the highest row id in it) and `fed` (`newest` when the fleet's CUSUMs were fed the step;
-NULL: not since its last window came, which a shard's write sets).
+Feeding (the fleet holder, `feed_fleets`, for every fleet summed from the fleet partials), as
+`CusumStore.feed` does from the rows: the earliest new step is the earliest one not `fed` (a shard's
+write sets it NULL; a partial index keeps those); the base is the latest checkpoint, or the newest before
+that step when a late window fell in a step already fed; the steps after the base, up to now, are summed
+over the shards and fed, and marked `fed` (unless a window came in the meantime: `newest` moved). The
+checkpoint's `row_id` is the lowest row id of the shards' last passes. A fleet whose base is older than a
+shard's `steps_from` (a shard started its steps again) is fed from its rows, as before, and its steps
+marked fed: after that, the steps cover it. A fleet without a checkpoint starts at the first whole slot of
+its lookback, on both paths (`start_of`), so the two give the same sums.
 
-Writing (every shard worker pass, `write_steps`, for model versions with sequential signals): the shard's
-rows above the row id of its last pass (`drift_shard_passes.row_id`, in the database: a restart or a
-take-over continues where the last pass was, whoever ran it) are added to the steps they end in, late
-ones included; a window is added only if its id is above its step row's `row_id`, and the row is written
-with an upsert, so a pass run twice adds nothing twice. A shard with no pass that says its row id, or
-whose last pass is older than the fleet sums' `stale_after` (one worker held everything and wrote no
-sums), starts again: its steps are dropped and rebuilt from its rows of the longest lookback, and its
-`steps_from` (in drift_shard_passes) says since when its steps are whole; a step that starts before it is
-not written. Steps older than REPLAY_SECONDS and two checkpoints before now are deleted.
-
-Feeding (the fleet holder, `feed_fleets`, for every fleet summed from the partials), as `CusumStore.feed`
-does from the rows: the earliest new step is the earliest one not `fed` (a partial index keeps those);
-the base is the latest checkpoint, or the newest before that step when a late window fell in a step
-already fed; the steps after the base, up to now, are summed over the shards and fed, and marked `fed`
-(unless a window came in the meantime: `newest` moved). The checkpoint's `row_id` is the lowest row id of
-the shards' last passes. A fleet whose base is older than a shard's `steps_from` (a shard started again)
-is fed from its rows, as before, and its steps marked fed: after that, the steps cover it. A fleet
-without a checkpoint starts at the first whole slot of its lookback, on both paths (`start_of`), so the
-two give the same sums.
-
-Known limits: a window refused when its payload is parsed counts as new on the rows' path only (it moves
-that path's earliest new step); a fleet whose interval setting changes has steps of two slot widths
-until REPLAY_SECONDS have passed. Two workers passing one shard at once around a hand-over may each
-write a step from the same stored sum: the row of the later write wins, which holds every window of the
-lower of the two passes' row ids, and a window between them waits for the next late window of its step.
+Known limit: a window refused when its payload is parsed counts as new on the rows' path only (it moves
+that path's earliest new step, so which alarms are reported again after a rewind).
 """
 
 from __future__ import annotations
@@ -48,127 +30,17 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
-from sqlalchemy import JSON, Float, Index, Integer, String, bindparam, delete, func, select, text, update
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.orm import Session
 
-from edgefleet.cloud.db import Base, TelemetryRecord
-from edgefleet.cloud.drift import CountsMismatch, WindowCounts, merge_windows
+from edgefleet.cloud.drift import merge_windows
 from edgefleet.cloud.drift_cusum_batch import Item, chunks, feed_batch, latest_checkpoints, save_all
-from edgefleet.cloud.drift_cusum_store import (
-    CHECKPOINT_SECONDS,
-    REPLAY_SECONDS,
-    CusumStore,
-    _checkpoint,
-    _key,
-    judge_steps,
-    slot_end,
-    start_of,
-)
-from edgefleet.cloud.drift_fleet_partials import FleetSums, ShardPass, counts_from_json, counts_to_json, upsert
+from edgefleet.cloud.drift_cusum_store import CusumStore, _checkpoint, _key, judge_steps, start_of
+from edgefleet.cloud.drift_fleet_partials import FleetSums, counts_from_json
 from edgefleet.cloud.drift_sequential import SEQUENTIAL, ScopeDetectors
-from edgefleet.cloud.drift_windows import WHO, WindowReader
-from edgefleet.cloud.leases import shard_of
+from edgefleet.cloud.drift_shard_steps import KEYS, CusumPartial
 
 log = logging.getLogger(__name__)
-
-KEYS = ["fleet", "model_name", "model_version", "shard", "step_end"]
-
-
-class CusumPartial(Base):
-    """One shard's windows of one fleet step (module docstring)."""
-
-    __tablename__ = "drift_cusum_partials"
-    __table_args__ = (Index("ix_drift_cusum_partials_step_end", "step_end"),
-                      Index("ix_drift_cusum_partials_unfed", "fleet", "step_end", postgresql_where=text("fed IS NULL"),
-                            sqlite_where=text("fed IS NULL")))
-    fleet: Mapped[str] = mapped_column(String(64), primary_key=True)
-    model_name: Mapped[str] = mapped_column(String(128), primary_key=True)
-    model_version: Mapped[int] = mapped_column(Integer, primary_key=True)
-    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
-    step_end: Mapped[float] = mapped_column(Float, primary_key=True)
-    slot_seconds: Mapped[float] = mapped_column(Float)
-    row_id: Mapped[int] = mapped_column(Integer)
-    newest: Mapped[int] = mapped_column(Integer)
-    fed: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    windows: Mapped[int] = mapped_column(Integer)
-    counts: Mapped[dict] = mapped_column(JSON)  # samples and feature counts (drift_fleet_partials.counts_to_json)
-    computed_at: Mapped[float] = mapped_column(Float)
-
-
-def write_steps(session: Session, reader: WindowReader, recent: list, *, shards: set[int], top: int, now: float,
-                lookback: float, stale_after: float, sequential: Callable[[str, int], Mapping | None],
-                slot_of: Callable[[str, str], float], filter_of: Callable[[set[int]], object]) -> dict[int, float]:
-    """Adds the rows of `shards` new since their last pass to their steps (module docstring); `recent` are
-    this pass's rows (`WHO`) of the longest `lookback`, `sequential` gives a model version's profile when it
-    has sequential signals. Returns each shard's `steps_from`, for its pass row."""
-    passes = {p.shard: p for p in session.execute(select(ShardPass.__table__).where(
-        ShardPass.shard.in_(sorted(shards))))}  # rows, not ORM objects: the upserts below and after go around them
-    fresh = {s for s in shards if (p := passes.get(s)) is None or p.row_id is None or p.steps_from is None
-             or p.computed_at < now - stale_after}
-    steps_from = {s: now - lookback if s in fresh else passes[s].steps_from for s in shards}
-    rows, going = [], shards - fresh
-    if going:  # the rows of the shards that go on: above their last pass's row id
-        where = filter_of(going)
-        query = select(*WHO).where(TelemetryRecord.id > min(passes[s].row_id for s in going),
-                                   TelemetryRecord.id <= top)
-        rows += [r for r in session.execute(query if where is None else query.where(where))
-                 if (s := shard_of(r.device_id)) in going and r.id > passes[s].row_id]
-    if fresh:  # the shards that start again: their rows of the lookback, and any dated after now
-        session.execute(delete(CusumPartial).where(CusumPartial.shard.in_(sorted(fresh))))
-        where = filter_of(fresh)
-        query = select(*WHO).where(TelemetryRecord.window_end > now, TelemetryRecord.id <= top)
-        rows += [r for r in [*recent, *session.execute(query if where is None else query.where(where))]
-                 if shard_of(r.device_id) in fresh]
-    profiles: dict[tuple[str, int], Mapping | None] = {}
-    for row in rows:
-        if (row.model_name, row.model_version) not in profiles:
-            profiles[(row.model_name, row.model_version)] = sequential(row.model_name, row.model_version)
-    rows = [row for row in rows if profiles[(row.model_name, row.model_version)] is not None]
-    if rows:
-        _add(session, reader, rows, profiles, steps_from, top, now, slot_of)
-    session.execute(delete(CusumPartial).where(CusumPartial.shard.in_(sorted(shards)), CusumPartial.step_end
-                                               < now - REPLAY_SECONDS - 2 * CHECKPOINT_SECONDS))
-    return steps_from
-
-
-def _add(session: Session, reader: WindowReader, rows: list, profiles: Mapping, steps_from: Mapping[int, float],
-         top: int, now: float, slot_of: Callable[[str, str], float]) -> None:
-    """Adds the windows of `rows` to the stored sums of their steps and writes them back."""
-    windows = reader.read(session, rows, profiles)
-    groups: dict[tuple, list] = defaultdict(list)
-    slots: dict[tuple, float] = {}
-    for row in rows:
-        window = windows.get(row.id)
-        if window is None:
-            continue
-        shard = shard_of(row.device_id)
-        slot = slots.setdefault((row.fleet, row.model_name), slot_of(row.fleet, row.model_name))
-        end = slot_end(row.window_end, slot)
-        if end - slot >= steps_from[shard]:  # a step that began before its shard's sums are whole waits
-            groups[(row.fleet, row.model_name, row.model_version, shard, end)].append(window)
-    stored = {}
-    for chunk in chunks(sorted({key[4] for key in groups})):
-        for part in session.execute(select(CusumPartial.__table__).where(
-                CusumPartial.shard.in_(sorted({key[3] for key in groups})), CusumPartial.step_end.in_(chunk))):
-            stored[(part.fleet, part.model_name, part.model_version, part.shard, part.step_end)] = part
-    written = []
-    for key, items in sorted(groups.items(), key=lambda item: item[0]):
-        part = stored.get(key)
-        items = [w for w in items if part is None or w.row_id > part.row_id]  # not in its sum already
-        if not items:
-            continue
-        counts = [WindowCounts(w.counts.samples, w.counts.features) for w in items]
-        try:
-            total = merge_windows(counts if part is None else [counts_from_json(part.counts), *counts])
-        except CountsMismatch as err:  # the windows were checked against the profile: not expected
-            log.warning("fleet %s (%s v%s), shard %s, step %s: windows do not add up: %s", *key, err)
-            continue
-        written.append({**dict(zip(KEYS, key, strict=True)), "slot_seconds": slots[key[:2]], "row_id": top,
-                        "newest": max(w.row_id for w in items) if part is None else
-                        max(part.newest, *(w.row_id for w in items)),
-                        "windows": len(items) + (0 if part is None else part.windows),
-                        "counts": counts_to_json(total), "computed_at": now, "fed": None})
-    upsert(session, CusumPartial.__table__, written, KEYS)
 
 
 def feed_fleets(store: CusumStore, session: Session, items: list[Item], *, top: int, seen: int | None,

@@ -76,7 +76,6 @@ left out; nothing in one scope stops the others. Refusals and missing profiles a
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import defaultdict
@@ -97,15 +96,20 @@ from edgefleet.cloud.drift import (
 )
 from edgefleet.cloud.drift_alerts import update_alerts
 from edgefleet.cloud.drift_batch import evaluate_many
-from edgefleet.cloud.drift_cusum_partials import feed_run, has_sequential, write_steps
+from edgefleet.cloud.drift_cusum_partials import feed_run, has_sequential
 from edgefleet.cloud.drift_cusum_store import CusumStore
 from edgefleet.cloud.drift_fleet_partials import FleetSums, fleet_scopes, fleet_sums, shard_sums
 from edgefleet.cloud.drift_fleet_partials import write as write_partials
+from edgefleet.cloud.drift_late_periods import clear as clear_late
+from edgefleet.cloud.drift_late_periods import fleet_scopes as late_fleet_scopes
+from edgefleet.cloud.drift_late_periods import late_periods
+from edgefleet.cloud.drift_late_periods import mark as mark_late
 from edgefleet.cloud.drift_results import insert_results, new_result
 from edgefleet.cloud.drift_settings import DriftSettingsError, MonitorSettings, SettingsResolver
+from edgefleet.cloud.drift_shard_steps import write_steps
 from edgefleet.cloud.drift_windows import WHO, Scope, Scopes, Share, Window, WindowReader
 from edgefleet.cloud.gc_pause import paused_gc
-from edgefleet.cloud.leases import FLEETS, SHARDS, ShardLeases, shard_of
+from edgefleet.cloud.leases import SHARDS, ShardLeases, shard_of
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +216,7 @@ class DriftMonitor:
                 from_partials = self._fleets_from_partials(session, now, scopes)
             if due_only:
                 scopes = {scope: item for scope, item in scopes.items() if self._due(scope, resolver)}
-            late = mine.keep(self._collect_late(session, now, top, resolver, mine))
+            late = mine.keep(self._collect_late(session, now, top, resolver, mine, from_partials))
             self._seen_id = top
             self._windows.finish_run()
             ran_at = time.monotonic()
@@ -245,19 +249,7 @@ class DriftMonitor:
         return last is None or time.monotonic() - last >= interval - 1e-3
 
     def _mine(self) -> Share:
-        if self._shards is None:
-            return Share(None, True, None)
-        held = self._shards.held_shards()
-        fleets = self._shards.holds(FLEETS)
-        mine = self._shards.device_filter(TelemetryRecord.device_id, held)
-        everything = len(held) == self._shards.shards
-        # a worker that reads every row for the fleets itself writes no sums (they would cost it what the
-        # fleets' sums cost again); the other workers' fleet holder waits a pass for them after a hand-over
-        partials = self._fleet_partials or (self._fleet_partials is None and not self._shards.everything
-                                            and not (fleets and everything))
-        from_partials = fleets and (self._fleet_partials or (partials and not everything))
-        return Share(held, fleets, None if fleets and not from_partials else mine,
-                      None if fleets else mine, partials, bool(from_partials))
+        return Share.of(self._shards, self._fleet_partials, TelemetryRecord.device_id)
 
     def _stale_after(self) -> float:
         return self._shards.leases.period + 2 * self._tick
@@ -299,45 +291,51 @@ class DriftMonitor:
         by_shard: dict[tuple[str, str, int, int], list[Window]] = defaultdict(list)
         scopes = self._group(session, rows, mine, by_shard)
         held = set(mine.shards if mine.shards is not None else range(SHARDS))
-        steps_from = write_steps(  # the fleets' CUSUM steps (cloud/drift_cusum_partials.py)
+        steps_from = write_steps(  # the fleets' CUSUM steps and periods (cloud/drift_shard_steps.py)
             session, self._windows, recent, shards=held, top=top, now=now, lookback=resolver.longest_lookback(),
-            stale_after=self._stale_after(), sequential=self._sequential_profile,
-            slot_of=lambda fleet, name: self._settings(resolver, fleet, name).interval_seconds,
+            stale_after=self._stale_after(), profile_of=self._profile, sequential=self._has_sequential,
+            width_of=lambda fleet, name: (self._settings(resolver, fleet, name).interval_seconds,
+                                          self._settings(resolver, fleet, name).lookback_seconds),
             filter_of=lambda shards: self._shards.device_filter(TelemetryRecord.device_id, shards))
         write_partials(session, held, shard_sums(by_shard), now, self._shards.leases.holder, top, steps_from)
         return scopes
 
-    def _collect_late(self, session: Session, now: float, top: int, resolver: SettingsResolver,
-                      mine: Share) -> Scopes:
+    def _collect_late(self, session: Session, now: float, top: int, resolver: SettingsResolver, mine: Share,
+                      summed: FleetSums | None) -> Scopes:
         """For every window new since the last run that ended before its lookback: its period ((p-1)L, pL],
-        evaluated with all the windows of that period, for its device and its fleet."""
-        if self._seen_id is None or top <= self._seen_id:
-            return {}
-        query = (select(TelemetryRecord.fleet, TelemetryRecord.model_name, TelemetryRecord.model_version,
-                        TelemetryRecord.device_id, TelemetryRecord.window_end)
-                 .where(TelemetryRecord.id > self._seen_id, TelemetryRecord.id <= top))
-        # who and when only: the payloads of the few late periods are read below
-        new = session.execute(query if mine.late_where is None else query.where(mine.late_where)).all()
-        periods: dict[tuple[str, str, int, float], set[str]] = defaultdict(set)  # -> devices with late windows
-        for row in new:
-            lookback = self._settings(resolver, row.fleet, row.model_name).lookback_seconds
-            if row.window_end > now - lookback:
-                continue  # in the on-time evaluation of this run
-            end = math.ceil(row.window_end / lookback) * lookback
-            periods[(row.fleet, row.model_name, row.model_version, end)].add(row.device_id)
+        evaluated with all the windows of that period, for its device and its fleet (cloud/drift_late_periods.py:
+        with the fleet partials, each worker marks its shards' periods and the fleet holder sums them)."""
+        def lookback_of(fleet: str, model_name: str) -> float:
+            return self._settings(resolver, fleet, model_name).lookback_seconds
+
+        def rows_of(period: tuple[str, str, int, float], lookback: float, where=None) -> Scopes:
+            fleet, model_name, version, end = period
+            query = (select(*WHO).where(
+                TelemetryRecord.fleet == fleet, TelemetryRecord.model_name == model_name,
+                TelemetryRecord.model_version == version, TelemetryRecord.window_end > end - lookback,
+                TelemetryRecord.window_end <= end, TelemetryRecord.id <= top).order_by(TelemetryRecord.id))
+            return self._group(session, session.execute(query if where is None else query.where(where)).all())
+
+        periods = {}
+        if self._seen_id is not None and top > self._seen_id:
+            query = (select(TelemetryRecord.fleet, TelemetryRecord.model_name, TelemetryRecord.model_version,
+                            TelemetryRecord.device_id, TelemetryRecord.window_end)
+                     .where(TelemetryRecord.id > self._seen_id, TelemetryRecord.id <= top))
+            # who and when only: the payloads of the few late periods are read below
+            periods = late_periods(session.execute(query if mine.late_where is None else query.where(mine.late_where)),
+                                   now, lookback_of)
+        if mine.partials:
+            mark_late(session, periods, now)
         scopes: Scopes = {}
-        for (fleet, model_name, version, end), devices in sorted(periods.items(), key=lambda item: item[0][3]):
-            lookback = self._settings(resolver, fleet, model_name).lookback_seconds
-            rows = session.execute(
-                select(*WHO)
-                .where(TelemetryRecord.fleet == fleet, TelemetryRecord.model_name == model_name,
-                       TelemetryRecord.model_version == version, TelemetryRecord.window_end > end - lookback,
-                       TelemetryRecord.window_end <= end, TelemetryRecord.id <= top)
-                .order_by(TelemetryRecord.id)
-            ).all()
-            for scope, item in self._group(session, rows).items():
-                if scope.scope == "fleet" or scope.scope_id in devices:
-                    scopes[replace(scope, period_end=end)] = item
+        for period, devices in sorted(periods.items(), key=lambda item: item[0][3]):
+            for scope, item in rows_of(period, lookback_of(*period[:2]), mine.late_where).items():
+                if (scope.scope == "fleet" and mine.late_where is None) or scope.scope_id in devices:
+                    scopes[replace(scope, period_end=period[3])] = item
+        if mine.fleets and not mine.from_partials:
+            clear_late(session)  # it found every period itself
+        elif summed is not None:
+            scopes.update(late_fleet_scopes(session, steps_from=summed.steps_from, lookback_of=lookback_of,
+                                            profile_of=self._profile, from_rows=rows_of, log_once=self._log_once))
         return scopes
 
     def _group(self, session: Session, rows: Iterable, mine: Share | None = None,
@@ -470,12 +468,14 @@ class DriftMonitor:
         feed_run(self._cusums, session, evaluated, scopes, now=now, top=top, summed=summed,
                  settings_of=lambda fleet, name: self._settings(resolver, fleet, name))
 
-    def _sequential_profile(self, name: str, version: int) -> Mapping | None:
-        """The profile of a model version whose profile has sequential signals, else None."""
-        profile = self._profile(name, version)
-        if profile is not None and (name, version) not in self._sequential:
+    def _has_sequential(self, name: str, version: int) -> bool:
+        """Whether the model version's profile has sequential signals (features with magnitude facts)."""
+        if (name, version) not in self._sequential:
+            profile = self._profile(name, version)
+            if profile is None:
+                return False
             self._sequential[(name, version)] = has_sequential(profile)
-        return profile if profile is not None and self._sequential[(name, version)] else None
+        return self._sequential[(name, version)]
 
     def _log_once(self, message: str, *, key: str | None = None) -> None:
         key = key or message

@@ -46,21 +46,22 @@ while a shard's last pass is older than a lease period and two intervals: a flee
 of some shards only. A worker holding every shard reads every row itself, as one worker always did
 (`fleet_partials=True` makes it go through the partials too, the tests' way to hold the two paths
 together on SQLite; `fleet_partials=False` keeps the way of before, the fleet holder reading every
-device's rows: one snapshot of the rows, at the price of reading them all). A fleet's CUSUMs (4.) go the
-same way: every worker adds its shards' new rows to their fleets' CUSUM steps, per (fleet, model version,
-shard, step), and the fleet holder feeds each fleet summed from the partials with the sums of at most 64
-rows per step (cloud/drift_cusum_partials.py), reading the fleet's rows (`CusumStore.feed`) only when the
-steps do not reach back to the sums' base (a shard that started its steps again). The late periods (6.)
-are still found and judged from the rows: the fleet holder reads the new rows' who and when and the rows
-of a late period. A worker killed mid-run leaves its shards to the others one lease period later; a scope
-that two workers evaluate around a hand-over gets two results, never none.
+device's rows: one snapshot of the rows, at the price of reading them all). A fleet's CUSUMs (4.) and
+late periods (6.) go the same way: every worker adds its shards' new rows to per-(fleet, model version,
+shard) sums of each CUSUM step and each period (cloud/drift_shard_steps.py) and marks the periods its
+shards' new rows made late (cloud/drift_late_periods.py); the fleet holder feeds each fleet's CUSUMs
+(cloud/drift_cusum_partials.py) and judges each marked period from at most 64 rows per step or period.
+It reads a fleet's rows only when a shard's sums do not reach back far enough (a shard that started its
+sums again after a gap in its passes). A worker killed mid-run leaves its shards to the others one lease
+period later; a scope that two workers evaluate around a hand-over gets two results, never none.
 
 A run pauses Python's cyclic garbage collector (cloud/gc_pause.py): its automatic full collections
 walked the kept windows several times a pass, a third of a 100,000-device pass.
 
 Recovery: the monitor keeps in memory only the highest row id it has seen, when each scope ran last and
-the windows its last run decoded (rebuilt from the payloads after a restart); the CUSUM sums and the
-shards' step sums are in the database, so a restart continues them where they were.
+the windows its last run decoded (rebuilt from the payloads after a restart); the CUSUM sums, the shards'
+step and period sums and the late periods marked for the fleet holder are in the database, so a restart
+continues them where they were.
 After a restart, its first run sees every row as seen, so windows that arrived while it was down with
 an end older than the lookback are not evaluated late (the cloud's ingest was down too, so a device's
 backlog normally arrives after the restart and is caught). Row ids follow commit order: an ingest writes

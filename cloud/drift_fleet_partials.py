@@ -18,7 +18,7 @@ Tables:
   A shard whose pass is recent and that wrote no partial of a fleet has no window of it; a partial of
   another pass than its shard's last is left over and ignored. Also the highest row id the pass read
   (`row_id`) and since when the shard's CUSUM step sums are whole (`steps_from`,
-  cloud/drift_cusum_partials.py).
+  cloud/drift_shard_steps.py).
 
 Reading (`fleet_sums`): a fleet is summed only when every shard's last pass is at most `stale_after`
 seconds older than the reader's `now`. Otherwise (a shard worker killed and its shard not yet taken over,

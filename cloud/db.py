@@ -305,8 +305,9 @@ class IngestCounter(Base):
 
 # The modules besides this one whose tables live on Base: imported before the schema is made or compared
 # (tests/cloud/test_migrations.py checks that no module with tables is missing here).
-MODEL_MODULES = ("capture_tables", "dataset_store", "drift_cusum_store", "drift_fleet_partials", "enrollment",
-                 "labels_store", "leases", "loop.run_store", "ops_tables", "signed_urls")
+MODEL_MODULES = ("capture_tables", "dataset_store", "drift_cusum_store", "drift_fleet_partials",
+                 "drift_late_periods", "drift_shard_steps", "enrollment", "labels_store", "leases", "loop.run_store",
+                 "ops_tables", "signed_urls")
 
 
 def load_models() -> None:

@@ -37,6 +37,7 @@ from edgefleet.cloud.drift_cusum_store import (
     CusumCheckpoint,
     CusumStore,
     judge_steps,
+    start_of,
 )
 from edgefleet.cloud.drift_sequential import ScopeDetectors
 
@@ -61,12 +62,12 @@ def _key(scope) -> tuple:
     return (scope.scope, scope.scope_id, scope.model_name, scope.model_version)
 
 
-def _chunks(values: list, size: int = CHUNK):
+def chunks(values: list, size: int = CHUNK):
     for start in range(0, len(values), size):
         yield values[start:start + size]
 
 
-def _latest(session: Session, items: list[Item]) -> dict[tuple, CusumCheckpoint]:
+def latest_checkpoints(session: Session, items: list[Item]) -> dict[tuple, CusumCheckpoint]:
     """The newest checkpoint (by step end, then id) of every scope of `items`."""
     found: dict[tuple, CusumCheckpoint] = {}
     wanted = {_key(item.scope) for item in items}
@@ -78,7 +79,7 @@ def _latest(session: Session, items: list[Item]) -> dict[tuple, CusumCheckpoint]
                       CusumCheckpoint.model_version),
         order_by=(CusumCheckpoint.step_end.desc(), CusumCheckpoint.id.desc())).label("rank")
     for kind, ids in by_kind.items():
-        for chunk in _chunks(ids):
+        for chunk in chunks(ids):
             ranked = (select(CusumCheckpoint.id, rank)
                       .where(CusumCheckpoint.scope == kind, CusumCheckpoint.scope_id.in_(chunk)).subquery())
             newest = select(ranked.c.id).where(ranked.c.rank == 1)
@@ -105,7 +106,7 @@ def feed_batch(store: CusumStore, session: Session, items: list[Item], *, top: i
                now: float) -> dict[object, dict | None]:
     """Feeds every item's scope once; returns scope -> report section (None: no magnitude facts, or its
     detectors failed, which is logged), as `CusumStore.feed` would for each scope alone."""
-    latest = _latest(session, [item for item in items if item.windows is not None])
+    latest = latest_checkpoints(session, [item for item in items if item.windows is not None])
     row_ids = Counter(checkpoint.row_id for checkpoint in latest.values())
     pivot = row_ids.most_common(1)[0][0] if row_ids else top
     new = _earliest_new(session, pivot, top) if latest else {}
@@ -132,7 +133,7 @@ def feed_batch(store: CusumStore, session: Session, items: list[Item], *, top: i
             log.exception("%s %s (%s v%s): sequential detectors failed", scope.scope, scope.scope_id,
                           scope.model_name, scope.model_version)
             sections[scope] = None
-    _save_all(session, saves, top)
+    save_all(session, saves, top)
     return sections
 
 
@@ -140,7 +141,7 @@ def _feed_one(store: CusumStore, item: Item, base: CusumCheckpoint | None, first
               saves: list) -> dict | None:
     """CusumStore.feed for a scope whose base is its newest checkpoint (or none) and whose rows after it are
     all in `item.windows`; the checkpoint to write goes to `saves`."""
-    after = -math.inf if base is None else base.step_end
+    after = start_of(item.scope, now, item.lookback, item.slot_seconds) if base is None else base.step_end
     windows = sorted((w for w in item.windows if w.at > after), key=lambda w: (w.at, w.row_id))
     steps = []
     for end, group in groupby(windows, key=lambda w: store._step_of(item.scope, w.at, item.slot_seconds)):
@@ -158,7 +159,7 @@ def _feed_one(store: CusumStore, item: Item, base: CusumCheckpoint | None, first
     return section
 
 
-def _save_all(session: Session, saves: list[tuple[tuple, float, ScopeDetectors]], top: int) -> None:
+def save_all(session: Session, saves: list[tuple[tuple, float, ScopeDetectors]], top: int) -> None:
     """CusumStore._save for every fed scope whose base was its newest checkpoint: of the checkpoints in
     the new one's bucket the first stays, and those older than REPLAY_SECONDS before it go."""
     if not saves:
@@ -182,7 +183,7 @@ def _save_all(session: Session, saves: list[tuple[tuple, float, ScopeDetectors]]
         elif math.floor(end / CHECKPOINT_SECONDS) * CHECKPOINT_SECONDS <= step_end <= end:
             in_bucket[tuple(key)].append(row_id)
     doomed += [row_id for ids in in_bucket.values() for row_id in ids[1:]]
-    for chunk in _chunks(doomed):
+    for chunk in chunks(doomed):
         session.execute(delete(CusumCheckpoint).where(CusumCheckpoint.id.in_(chunk)))
     names = ("scope", "scope_id", "model_name", "model_version")
     session.execute(insert(CusumCheckpoint), [

@@ -15,7 +15,9 @@ One run, per scope (`feed`):
 
 1. the scope's latest checkpoint says which telemetry rows it has seen (`row_id`: every row up to it);
    the rows above it are new. Without a checkpoint the scope starts now, with the windows of the
-   lookback (its past before the monitor knew it is not replayed: that would be unbounded);
+   lookback (its past before the monitor knew it is not replayed: that would be unbounded); a fleet with
+   the whole slots of its lookback (`start_of`), which its shards' step sums give exactly
+   (cloud/drift_cusum_partials.py);
 2. the base is the newest checkpoint that ends before the earliest new step. For rows that arrived in
    event order that is the latest checkpoint; for a late window (a backlog drained after an outage, a
    slow device in a fleet) it is the state just before the late window's time;
@@ -98,7 +100,7 @@ class CusumStore:
         rows = _rows(session, scope, top)
         if latest is None:
             base, first_new = None, -math.inf
-            rows = rows.where(TelemetryRecord.window_end > now - lookback)
+            rows = rows.where(TelemetryRecord.window_end > start_of(scope, now, lookback, slot_seconds))
         else:
             earliest = session.scalar(rows.with_only_columns(func.min(TelemetryRecord.window_end))
                                       .where(TelemetryRecord.id > latest.row_id))
@@ -127,7 +129,7 @@ class CusumStore:
 
     @staticmethod
     def _step_of(scope, end: float, slot_seconds: float) -> float:
-        return end if scope.scope == "device" else math.ceil(end / slot_seconds) * slot_seconds
+        return end if scope.scope == "device" else slot_end(end, slot_seconds)
 
     def _steps(self, rows, scope, profile: Mapping, now: float, slot_seconds: float) -> list[tuple[float, int, dict]]:
         """(step end, samples, feature counts) per step in event order; a fleet's unfinished slot waits."""
@@ -179,6 +181,17 @@ def judge_steps(profile: Mapping, base: CusumCheckpoint | None, steps: list[tupl
     section["steps"] = len(steps)
     section["late_by"] = (now - min(alarms)) if alarms and min(alarms) <= now - lookback else None
     return section, detectors
+
+
+def slot_end(end: float, slot_seconds: float) -> float:
+    """The end of the fleet step (slot) a window ending at `end` belongs to."""
+    return math.ceil(end / slot_seconds) * slot_seconds
+
+
+def start_of(scope, now: float, lookback: float, slot_seconds: float) -> float:
+    """Where the CUSUMs of a scope without a checkpoint start: its windows ending after this are fed. A
+    device's lookback; a fleet's first whole slot in its lookback (a step is never a slot cut in part)."""
+    return now - lookback if scope.scope == "device" else slot_end(now - lookback, slot_seconds)
 
 
 def _key(scope) -> dict:

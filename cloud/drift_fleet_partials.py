@@ -16,7 +16,9 @@ Tables:
   shard any more) are deleted by the next pass of the shard.
 - `drift_shard_passes`, keyed by shard: when (the pass's `now`) the shard's last pass ran and who ran it.
   A shard whose pass is recent and that wrote no partial of a fleet has no window of it; a partial of
-  another pass than its shard's last is left over and ignored.
+  another pass than its shard's last is left over and ignored. Also the highest row id the pass read
+  (`row_id`) and since when the shard's CUSUM step sums are whole (`steps_from`,
+  cloud/drift_shard_steps.py).
 
 Reading (`fleet_sums`): a fleet is summed only when every shard's last pass is at most `stale_after`
 seconds older than the reader's `now`. Otherwise (a shard worker killed and its shard not yet taken over,
@@ -72,6 +74,8 @@ class ShardPass(Base):
     shard: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     computed_at: Mapped[float] = mapped_column(Float)
     holder: Mapped[str] = mapped_column(String(128))
+    row_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # every row up to it was read
+    steps_from: Mapped[float | None] = mapped_column(Float, nullable=True)  # CUSUM step sums whole after it
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,8 @@ def shard_sums(groups: Mapping[tuple[str, str, int, int], list]) -> dict[tuple[s
     return sums
 
 
-def _upsert(session: Session, table, rows: list[dict], keys: list[str]) -> None:
+def upsert(session: Session, table, rows: list[dict], keys: list[str]) -> None:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE of every other column of `rows` (SQLite or PostgreSQL)."""
     if not rows:
         return
     dialect = session.get_bind().dialect.name
@@ -130,13 +135,14 @@ def _upsert(session: Session, table, rows: list[dict], keys: list[str]) -> None:
 
 
 def write(session: Session, shards: Iterable[int], sums: Mapping[tuple[str, str, int, int], Sum | None],
-          now: float, holder: str) -> None:
-    """Stores this pass's sums of `shards` (the shards this worker holds and read) at `now`; the shards'
-    older partials go. Idempotent: the same pass written twice leaves the same rows."""
+          now: float, holder: str, row_id: int | None = None, steps_from: Mapping[int, float] | None = None
+          ) -> None:
+    """Stores this pass's sums of `shards` (the shards this worker holds and read up to row `row_id`) at
+    `now`; the shards' older partials go. Idempotent: the same pass written twice leaves the same rows."""
     shards = sorted(set(shards))
     if not shards:
         return
-    _upsert(session, FleetPartial.__table__, [
+    upsert(session, FleetPartial.__table__, [
         {"fleet": f, "model_name": m, "model_version": v, "shard": s, "computed_at": now,
          "windows": 0 if total is None else total.windows,
          "window_start": 0.0 if total is None else total.start, "window_end": 0.0 if total is None else total.end,
@@ -144,23 +150,29 @@ def write(session: Session, shards: Iterable[int], sums: Mapping[tuple[str, str,
         for (f, m, v, s), total in sorted(sums.items(), key=lambda item: item[0])],
         ["fleet", "model_name", "model_version", "shard"])
     session.execute(delete(FleetPartial).where(FleetPartial.shard.in_(shards), FleetPartial.computed_at != now))
-    _upsert(session, ShardPass.__table__, [{"shard": s, "computed_at": now, "holder": holder} for s in shards],
-            ["shard"])
+    upsert(session, ShardPass.__table__, [{"shard": s, "computed_at": now, "holder": holder, "row_id": row_id,
+                                           "steps_from": (steps_from or {}).get(s)} for s in shards], ["shard"])
 
 
 @dataclass(frozen=True)
 class FleetSums:
     """What the partials give: each fleet's sum (None: it did not add up), the shards whose last pass is
-    missing or stale (then no fleet is summed), and the oldest and newest pass time summed."""
+    missing or stale (then no fleet is summed), and the oldest and newest pass time summed; the highest row
+    id every shard's last pass read and the time after which every shard's CUSUM steps are whole (None:
+    a shard's pass did not say)."""
 
     fleets: dict[Key, Sum | None]
     stale: list[int]
     passes: tuple[float, float] | None
+    seen: int | None = None
+    steps_from: float | None = None
 
 
 def fleet_sums(session: Session, shards: int, now: float, stale_after: float) -> FleetSums:
     """Every fleet's windows summed over the last pass of every shard (module docstring)."""
-    passes = dict(session.execute(select(ShardPass.shard, ShardPass.computed_at)).all())
+    rows = {row.shard: row for row in session.execute(select(ShardPass.shard, ShardPass.computed_at,
+                                                             ShardPass.row_id, ShardPass.steps_from))}
+    passes = {shard: row.computed_at for shard, row in rows.items()}
     stale = [s for s in range(shards) if passes.get(s) is None or passes[s] < now - stale_after]
     if stale:
         return FleetSums({}, stale, None)
@@ -188,7 +200,10 @@ def fleet_sums(session: Session, shards: int, now: float, stale_after: float) ->
         fleets[key] = Sum(counts, min(i.start for i in items), max(i.end for i in items),
                           sum(i.windows for i in items))
     used = [passes[s] for s in range(shards)]
-    return FleetSums(fleets, [], (min(used), max(used)))
+    seen = [rows[s].row_id for s in range(shards)]
+    steps_from = [rows[s].steps_from for s in range(shards)]
+    return FleetSums(fleets, [], (min(used), max(used)), None if None in seen else min(seen),
+                     None if None in steps_from else max(steps_from))
 
 
 def fleet_scopes(sums: FleetSums, profile_of: Callable[[str, int], Mapping | None], log_once: LogOnce) -> Scopes:

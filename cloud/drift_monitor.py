@@ -46,19 +46,22 @@ while a shard's last pass is older than a lease period and two intervals: a flee
 of some shards only. A worker holding every shard reads every row itself, as one worker always did
 (`fleet_partials=True` makes it go through the partials too, the tests' way to hold the two paths
 together on SQLite; `fleet_partials=False` keeps the way of before, the fleet holder reading every
-device's rows: one snapshot of the rows, at the price of reading them all). The late periods (6.) and a
-fleet's CUSUMs (4.) are still fed from the rows: the fleet holder reads the new rows' who and when, the
-rows of a late period, and, for a profile with sequential signals, the fleet's rows since its last CUSUM
-step (`CusumStore.feed`). A worker killed mid-run leaves its shards to the others one lease period
-later; a scope that two workers evaluate
-around a hand-over gets two results, never none.
+device's rows: one snapshot of the rows, at the price of reading them all). A fleet's CUSUMs (4.) and
+late periods (6.) go the same way: every worker adds its shards' new rows to per-(fleet, model version,
+shard) sums of each CUSUM step and each period (cloud/drift_shard_steps.py) and marks the periods its
+shards' new rows made late (cloud/drift_late_periods.py); the fleet holder feeds each fleet's CUSUMs
+(cloud/drift_cusum_partials.py) and judges each marked period from at most 64 rows per step or period.
+It reads a fleet's rows only when a shard's sums do not reach back far enough (a shard that started its
+sums again after a gap in its passes). A worker killed mid-run leaves its shards to the others one lease
+period later; a scope that two workers evaluate around a hand-over gets two results, never none.
 
 A run pauses Python's cyclic garbage collector (cloud/gc_pause.py): its automatic full collections
 walked the kept windows several times a pass, a third of a 100,000-device pass.
 
 Recovery: the monitor keeps in memory only the highest row id it has seen, when each scope ran last and
-the windows its last run decoded (rebuilt from the payloads after a restart); the CUSUM sums are in the
-database, so a restart continues them where they were.
+the windows its last run decoded (rebuilt from the payloads after a restart); the CUSUM sums, the shards'
+step and period sums and the late periods marked for the fleet holder are in the database, so a restart
+continues them where they were.
 After a restart, its first run sees every row as seen, so windows that arrived while it was down with
 an end older than the lookback are not evaluated late (the cloud's ingest was down too, so a device's
 backlog normally arrives after the restart and is caught). Row ids follow commit order: an ingest writes
@@ -74,7 +77,6 @@ left out; nothing in one scope stops the others. Refusals and missing profiles a
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import defaultdict
@@ -95,16 +97,20 @@ from edgefleet.cloud.drift import (
 )
 from edgefleet.cloud.drift_alerts import update_alerts
 from edgefleet.cloud.drift_batch import evaluate_many
-from edgefleet.cloud.drift_cusum_batch import Item, feed_batch
+from edgefleet.cloud.drift_cusum_partials import feed_run, has_sequential
 from edgefleet.cloud.drift_cusum_store import CusumStore
-from edgefleet.cloud.drift_fleet_partials import fleet_scopes, fleet_sums, shard_sums
+from edgefleet.cloud.drift_fleet_partials import FleetSums, fleet_scopes, fleet_sums, shard_sums
 from edgefleet.cloud.drift_fleet_partials import write as write_partials
+from edgefleet.cloud.drift_late_periods import clear as clear_late
+from edgefleet.cloud.drift_late_periods import fleet_scopes as late_fleet_scopes
+from edgefleet.cloud.drift_late_periods import late_periods
+from edgefleet.cloud.drift_late_periods import mark as mark_late
 from edgefleet.cloud.drift_results import insert_results, new_result
-from edgefleet.cloud.drift_sequential import SEQUENTIAL, ScopeDetectors
 from edgefleet.cloud.drift_settings import DriftSettingsError, MonitorSettings, SettingsResolver
+from edgefleet.cloud.drift_shard_steps import write_steps
 from edgefleet.cloud.drift_windows import WHO, Scope, Scopes, Share, Window, WindowReader
 from edgefleet.cloud.gc_pause import paused_gc
-from edgefleet.cloud.leases import FLEETS, SHARDS, ShardLeases, shard_of
+from edgefleet.cloud.leases import SHARDS, ShardLeases, shard_of
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +151,7 @@ class DriftMonitor:
         self._stale_shards: list[int] = []  # the shards a fleet pass last waited for
         self._clock = clock
         self._profiles: dict[tuple[str, int], Mapping] = {}
+        self._sequential: dict[tuple[str, int], bool] = {}  # whether a profile has sequential signals
         self._logged: set[str] = set()
         self._seen_id: int | None = None  # the highest telemetry row id an earlier run saw
         self._windows = WindowReader(self._log_once)  # each payload decoded once, kept while in the lookback
@@ -205,25 +212,23 @@ class DriftMonitor:
             mine = self._mine()
             self._windows.start_run()
             scopes = mine.keep(self._collect(session, now, top, resolver, mine))
-            from_partials: tuple[float, float] | None = None
+            from_partials: FleetSums | None = None
             if mine.from_partials:
                 from_partials = self._fleets_from_partials(session, now, scopes)
             if due_only:
                 scopes = {scope: item for scope, item in scopes.items() if self._due(scope, resolver)}
-            late = mine.keep(self._collect_late(session, now, top, resolver, mine))
+            late = mine.keep(self._collect_late(session, now, top, resolver, mine, from_partials))
             self._seen_id = top
             self._windows.finish_run()
             ran_at = time.monotonic()
             for scope in scopes:
                 self._last_run[(scope.fleet, scope.model_name)] = ran_at
             evaluated = self._evaluate_all([*scopes.items(), *late.items()], now, resolver)
-            summed = set()
             if from_partials is not None:
-                summed = {scope for scope in scopes if scope.scope == "fleet"}
                 for scope, result in evaluated:
-                    if scope in summed:
-                        result.report = {**result.report, "shard_passes": list(from_partials)}
-            self._feed_sequential(session, evaluated, {**late, **scopes}, now, top, resolver, summed)
+                    if scope.scope == "fleet" and scope in scopes:
+                        result.report = {**result.report, "shard_passes": list(from_partials.passes)}
+            self._feed_sequential(session, evaluated, {**late, **scopes}, now, top, resolver, from_partials)
             results = [result for _, result in evaluated]
             insert_results(session, results)
             update_alerts(session, results, now, self.close_after)
@@ -245,25 +250,16 @@ class DriftMonitor:
         return last is None or time.monotonic() - last >= interval - 1e-3
 
     def _mine(self) -> Share:
-        if self._shards is None:
-            return Share(None, True, None)
-        held = self._shards.held_shards()
-        fleets = self._shards.holds(FLEETS)
-        mine = self._shards.device_filter(TelemetryRecord.device_id, held)
-        everything = len(held) == self._shards.shards
-        # a worker that reads every row for the fleets itself writes no sums (they would cost it what the
-        # fleets' sums cost again); the other workers' fleet holder waits a pass for them after a hand-over
-        partials = self._fleet_partials or (self._fleet_partials is None and not self._shards.everything
-                                            and not (fleets and everything))
-        from_partials = fleets and (self._fleet_partials or (partials and not everything))
-        return Share(held, fleets, None if fleets and not from_partials else mine,
-                      None if fleets else mine, partials, bool(from_partials))
+        return Share.of(self._shards, self._fleet_partials, TelemetryRecord.device_id)
 
-    def _fleets_from_partials(self, session: Session, now: float, scopes: Scopes) -> tuple[float, float] | None:
+    def _stale_after(self) -> float:
+        return self._shards.leases.period + 2 * self._tick
+
+    def _fleets_from_partials(self, session: Session, now: float, scopes: Scopes) -> FleetSums | None:
         """Adds to `scopes` every fleet scope summed from the shards' partials (this run's own are written
-        already); returns the oldest and newest shard pass summed, None when a shard's is missing or stale
-        (then no fleet scope: logged)."""
-        stale_after = self._shards.leases.period + 2 * self._tick
+        already); returns the sums (the oldest and newest shard pass summed, the shards' CUSUM steps), None
+        when a shard's pass is missing or stale (then no fleet scope: logged)."""
+        stale_after = self._stale_after()
         sums = fleet_sums(session, self._shards.shards, now, stale_after)
         if sums.stale != self._stale_shards:  # logged when it changes, not every pass
             if sums.stale:
@@ -276,7 +272,7 @@ class DriftMonitor:
         if sums.stale:
             return None
         scopes.update(fleet_scopes(sums, self._profile, self._log_once))
-        return sums.passes
+        return sums
 
     def _collect(self, session: Session, now: float, top: int, resolver: SettingsResolver, mine: Share) -> Scopes:
         """The windows of each scope that ended within its lookback of now (on-time evaluation)."""
@@ -284,7 +280,7 @@ class DriftMonitor:
                  .where(TelemetryRecord.window_end > now - resolver.longest_lookback(),
                         TelemetryRecord.window_end <= now, TelemetryRecord.id <= top)
                  .order_by(TelemetryRecord.id))
-        rows = session.execute(query if mine.where is None else query.where(mine.where)).all()
+        recent = rows = session.execute(query if mine.where is None else query.where(mine.where)).all()
         lookbacks: dict[tuple[str, str], float] = {}  # one settings look-up per (fleet, model name) and run
         for row in rows:
             if (row.fleet, row.model_name) not in lookbacks:
@@ -295,42 +291,52 @@ class DriftMonitor:
             return self._group(session, rows, mine)
         by_shard: dict[tuple[str, str, int, int], list[Window]] = defaultdict(list)
         scopes = self._group(session, rows, mine, by_shard)
-        holder = self._shards.leases.holder if self._shards is not None else "local"
-        write_partials(session, mine.shards if mine.shards is not None else range(SHARDS), shard_sums(by_shard),
-                       now, holder)
+        held = set(mine.shards if mine.shards is not None else range(SHARDS))
+        steps_from = write_steps(  # the fleets' CUSUM steps and periods (cloud/drift_shard_steps.py)
+            session, self._windows, recent, shards=held, top=top, now=now, lookback=resolver.longest_lookback(),
+            stale_after=self._stale_after(), profile_of=self._profile, sequential=self._has_sequential,
+            width_of=lambda fleet, name: (self._settings(resolver, fleet, name).interval_seconds,
+                                          self._settings(resolver, fleet, name).lookback_seconds),
+            filter_of=lambda shards: self._shards.device_filter(TelemetryRecord.device_id, shards))
+        write_partials(session, held, shard_sums(by_shard), now, self._shards.leases.holder, top, steps_from)
         return scopes
 
-    def _collect_late(self, session: Session, now: float, top: int, resolver: SettingsResolver,
-                      mine: Share) -> Scopes:
+    def _collect_late(self, session: Session, now: float, top: int, resolver: SettingsResolver, mine: Share,
+                      summed: FleetSums | None) -> Scopes:
         """For every window new since the last run that ended before its lookback: its period ((p-1)L, pL],
-        evaluated with all the windows of that period, for its device and its fleet."""
-        if self._seen_id is None or top <= self._seen_id:
-            return {}
-        query = (select(TelemetryRecord.fleet, TelemetryRecord.model_name, TelemetryRecord.model_version,
-                        TelemetryRecord.device_id, TelemetryRecord.window_end)
-                 .where(TelemetryRecord.id > self._seen_id, TelemetryRecord.id <= top))
-        # who and when only: the payloads of the few late periods are read below
-        new = session.execute(query if mine.late_where is None else query.where(mine.late_where)).all()
-        periods: dict[tuple[str, str, int, float], set[str]] = defaultdict(set)  # -> devices with late windows
-        for row in new:
-            lookback = self._settings(resolver, row.fleet, row.model_name).lookback_seconds
-            if row.window_end > now - lookback:
-                continue  # in the on-time evaluation of this run
-            end = math.ceil(row.window_end / lookback) * lookback
-            periods[(row.fleet, row.model_name, row.model_version, end)].add(row.device_id)
+        evaluated with all the windows of that period, for its device and its fleet (cloud/drift_late_periods.py:
+        with the fleet partials, each worker marks its shards' periods and the fleet holder sums them)."""
+        def lookback_of(fleet: str, model_name: str) -> float:
+            return self._settings(resolver, fleet, model_name).lookback_seconds
+
+        def rows_of(period: tuple[str, str, int, float], lookback: float, where=None) -> Scopes:
+            fleet, model_name, version, end = period
+            query = (select(*WHO).where(
+                TelemetryRecord.fleet == fleet, TelemetryRecord.model_name == model_name,
+                TelemetryRecord.model_version == version, TelemetryRecord.window_end > end - lookback,
+                TelemetryRecord.window_end <= end, TelemetryRecord.id <= top).order_by(TelemetryRecord.id))
+            return self._group(session, session.execute(query if where is None else query.where(where)).all())
+
+        periods = {}
+        if self._seen_id is not None and top > self._seen_id:
+            query = (select(TelemetryRecord.fleet, TelemetryRecord.model_name, TelemetryRecord.model_version,
+                            TelemetryRecord.device_id, TelemetryRecord.window_end)
+                     .where(TelemetryRecord.id > self._seen_id, TelemetryRecord.id <= top))
+            # who and when only: the payloads of the few late periods are read below
+            periods = late_periods(session.execute(query if mine.late_where is None else query.where(mine.late_where)),
+                                   now, lookback_of)
+        if mine.partials:
+            mark_late(session, periods, now)
         scopes: Scopes = {}
-        for (fleet, model_name, version, end), devices in sorted(periods.items(), key=lambda item: item[0][3]):
-            lookback = self._settings(resolver, fleet, model_name).lookback_seconds
-            rows = session.execute(
-                select(*WHO)
-                .where(TelemetryRecord.fleet == fleet, TelemetryRecord.model_name == model_name,
-                       TelemetryRecord.model_version == version, TelemetryRecord.window_end > end - lookback,
-                       TelemetryRecord.window_end <= end, TelemetryRecord.id <= top)
-                .order_by(TelemetryRecord.id)
-            ).all()
-            for scope, item in self._group(session, rows).items():
-                if scope.scope == "fleet" or scope.scope_id in devices:
-                    scopes[replace(scope, period_end=end)] = item
+        for period, devices in sorted(periods.items(), key=lambda item: item[0][3]):
+            for scope, item in rows_of(period, lookback_of(*period[:2]), mine.late_where).items():
+                if (scope.scope == "fleet" and mine.late_where is None) or scope.scope_id in devices:
+                    scopes[replace(scope, period_end=period[3])] = item
+        if mine.fleets and not mine.from_partials:
+            clear_late(session)  # it found every period itself
+        elif summed is not None:
+            scopes.update(late_fleet_scopes(session, steps_from=summed.steps_from, lookback_of=lookback_of,
+                                            profile_of=self._profile, from_rows=rows_of, log_once=self._log_once))
         return scopes
 
     def _group(self, session: Session, rows: Iterable, mine: Share | None = None,
@@ -457,33 +463,20 @@ class DriftMonitor:
         )
 
     def _feed_sequential(self, session: Session, evaluated: list[tuple[Scope, DriftResult]], scopes: Scopes,
-                         now: float, top: int, resolver: SettingsResolver, summed: set[Scope] = frozenset()
-                         ) -> None:
-        """Feeds each evaluated scope's CUSUMs once (cloud/drift_cusum_store.py) and puts the section in its
-        on-time result, or its newest late one when it has none this run. A fleet `summed` from the shards'
-        partials has no windows here: it is fed from its rows (`CusumStore.feed`), if its profile has
-        sequential signals at all."""
-        target: dict[Scope, DriftResult] = {}
-        for scope, result in evaluated:  # on-time results come first; late ones by period, oldest first
-            base = replace(scope, period_end=None)
-            if base not in target or target[base].late_by is not None:
-                target[base] = result
-        profiles = {replace(scope, period_end=None): profile for scope, (profile, _) in scopes.items()}
-        items = []
-        for base in target:
-            settings = self._settings(resolver, base.fleet, base.model_name)
-            if base in summed and not self._sequential(profiles[base]):
-                continue  # nothing to feed: no row is read for it
-            windows = scopes[base][1] if base in scopes and base not in summed else None  # None: read its rows
-            items.append(Item(base, profiles[base], windows, settings.lookback_seconds, settings.interval_seconds))
-        sections = feed_batch(self._cusums, session, items, top=top, now=now)
-        for base, result in target.items():
-            if sections.get(base) is not None:
-                result.report = {**result.report, SEQUENTIAL: sections[base]}
+                         now: float, top: int, resolver: SettingsResolver, summed: FleetSums | None = None) -> None:
+        """The run's CUSUM feed (cloud/drift_cusum_partials.py's `feed_run`; the fleets `summed` from the
+        shards' partials are fed from their shards' step sums)."""
+        feed_run(self._cusums, session, evaluated, scopes, now=now, top=top, summed=summed,
+                 settings_of=lambda fleet, name: self._settings(resolver, fleet, name))
 
-    def _sequential(self, profile: Mapping) -> bool:
-        """Whether the profile has sequential signals (features with magnitude facts)."""
-        return bool(ScopeDetectors(profile, 1).detectors)
+    def _has_sequential(self, name: str, version: int) -> bool:
+        """Whether the model version's profile has sequential signals (features with magnitude facts)."""
+        if (name, version) not in self._sequential:
+            profile = self._profile(name, version)
+            if profile is None:
+                return False
+            self._sequential[(name, version)] = has_sequential(profile)
+        return self._sequential[(name, version)]
 
     def _log_once(self, message: str, *, key: str | None = None) -> None:
         key = key or message

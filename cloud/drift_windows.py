@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from edgefleet.cloud.db import TelemetryRecord
 from edgefleet.cloud.drift import CountsMismatch, WindowCounts, check_against_profile
-from edgefleet.cloud.leases import shard_of
+from edgefleet.cloud.leases import FLEETS, ShardLeases, shard_of
 from edgefleet.core.telemetry import TelemetryError, parse_telemetry
 
 # Who and when of a telemetry row, without its payload: the rows of a run are read this way.
@@ -133,8 +133,9 @@ Scopes = dict[Scope, tuple[Mapping, list[Window]]]
 class Share:
     """What one run of this worker evaluates: the device shards it holds (None: all), the fleet scopes or
     not, the SQL filter that keeps only its devices' rows (None: every row is needed), the one for the new
-    rows the late periods are found in, and whether it writes its shards' fleet sums (`partials`) and
-    makes the fleet scopes from every shard's sums (`from_partials`) instead of from the rows."""
+    rows the late periods are found in (and their periods' rows read with), and whether it writes its
+    shards' fleet sums (`partials`) and makes the fleet scopes from every shard's sums (`from_partials`)
+    instead of from the rows."""
 
     shards: set[int] | None
     fleets: bool
@@ -142,6 +143,24 @@ class Share:
     late_where: object | None = None
     partials: bool = False
     from_partials: bool = False
+
+    @classmethod
+    def of(cls, shards: ShardLeases | None, fleet_partials: bool | None, device_column) -> Share:  # noqa: ANN001
+        """What the worker holding `shards` judges this run (cloud/drift_monitor.py's `fleet_partials`)."""
+        if shards is None:
+            return cls(None, True, None)
+        held = shards.held_shards()
+        fleets = shards.holds(FLEETS)
+        mine = shards.device_filter(device_column, held)
+        everything = len(held) == shards.shards
+        # a worker that reads every row for the fleets itself writes no sums (they would cost it what the
+        # fleets' sums cost again); the other workers' fleet holder waits a pass for them after a hand-over
+        partials = fleet_partials or (fleet_partials is None and not shards.everything
+                                      and not (fleets and everything))
+        from_partials = fleets and (fleet_partials or (partials and not everything))
+        rows_for_fleets = fleets and not from_partials  # the fleet holder reads every device's rows
+        return cls(held, fleets, None if rows_for_fleets else mine, None if rows_for_fleets else mine, partials,
+                   bool(from_partials))
 
     def keep(self, scopes: Scopes) -> Scopes:
         return {scope: item for scope, item in scopes.items()

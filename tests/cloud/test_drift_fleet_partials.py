@@ -10,25 +10,57 @@ from __future__ import annotations
 import logging
 import time
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
+from edgefleet.cloud import drift_monitor
 from edgefleet.cloud.db import Alert, DriftResult, make_engine, make_sessions
 from edgefleet.cloud.drift_cusum_store import CusumCheckpoint
 from edgefleet.cloud.drift_fleet_partials import FleetPartial, ShardPass
+from edgefleet.cloud.drift_late_periods import LatePeriod
+from edgefleet.cloud.drift_late_periods import fleet_scopes as late_fleet_scopes
 from edgefleet.cloud.drift_monitor import DriftMonitor
 from edgefleet.cloud.drift_sequential import SEQUENTIAL
+from edgefleet.cloud.drift_shard_steps import CusumPartial
 from edgefleet.cloud.leases import FLEETS, Leases, ShardLeases, shard_of
 from tests.cloud.test_drift_fleet_scope import fleet_rows
-from tests.cloud.test_drift_monitor_batch import GAUGES, LOOKBACK, PROFILE, drive_gauges
+from tests.cloud.test_drift_monitor_batch import GAUGES, LOOKBACK, PROFILE, T0, drive_gauges
 from tests.cloud.test_roles import database_url
 
 
-def scenario(sessions, monitors) -> tuple[list, list, list]:
+def scenario(sessions, monitors) -> tuple[list, list, list, int, tuple[int, int, int]]:
     """test_drift_monitor_batch's gauges, each pass run by every monitor `monitors()` makes, in order (made
     again at the restart); returns the results, alerts and CUSUM checkpoints, in an order that does not
     depend on which worker wrote them, the partials' `shard_passes` left out of the reports and the result
-    ids out of the alerts."""
-    drive_gauges(sessions, monitors)
+    ids out of the alerts, the fleet results summed from partials, and the fleet CUSUM feeds and late fleet
+    periods that read the fleet's rows (`CusumStore.feed`, the fallback of drift_late_periods.fleet_scopes)
+    with the late period marks left."""
+    from_rows = 0
+    late_from_rows = []  # the late fleet periods judged from the fleet's rows, not from the shards' sums
+
+    def late_scopes(session, *, from_rows, **kwargs):
+        def counted(period, lookback):
+            late_from_rows.append(period)
+            return from_rows(period, lookback)
+        return late_fleet_scopes(session, from_rows=counted, **kwargs)
+
+    def counting():
+        made = monitors()
+        for monitor in made:
+            feed = monitor._cusums.feed
+
+            def counted(session, scope, *args, _feed=feed, **kwargs):
+                nonlocal from_rows
+                from_rows += scope.scope == "fleet"
+                return _feed(session, scope, *args, **kwargs)
+
+            monitor._cusums.feed = counted
+        return made
+
+    drift_monitor.late_fleet_scopes = late_scopes
+    try:
+        drive_gauges(sessions, counting)
+    finally:
+        drift_monitor.late_fleet_scopes = late_fleet_scopes
     with sessions() as session:
         results = sorted(((r.computed_at, r.scope, r.scope_id, r.late_by or 0.0, r.verdict, r.window_start,
                            r.window_end, r.samples, {k: v for k, v in r.report.items() if k != "shard_passes"})
@@ -40,7 +72,8 @@ def scenario(sessions, monitors) -> tuple[list, list, list]:
                              for c in session.scalars(select(CusumCheckpoint)))
         summed = session.scalar(select(func.count()).select_from(DriftResult).where(
             DriftResult.scope == "fleet", DriftResult.report["shard_passes"].isnot(None)))
-    return results, alerts, checkpoints, summed
+        marks = session.scalar(select(func.count()).select_from(LatePeriod))
+    return results, alerts, checkpoints, summed, (from_rows, len(late_from_rows), marks)
 
 
 def one_worker(sessions):
@@ -48,7 +81,7 @@ def one_worker(sessions):
                                  interval_seconds=1.0)]
 
 
-def check(reference, partials) -> None:
+def check(reference, partials, from_rows: tuple[int, int] = (0, 0)) -> None:
     assert partials[0] == reference[0]  # every result, its report and CUSUM section included
     assert partials[1] == reference[1]
     assert partials[2] == reference[2]
@@ -56,6 +89,10 @@ def check(reference, partials) -> None:
     assert partials[3] >= fleets > 30  # every on-time fleet result was summed from the partials
     assert {(scope, kind) for _, scope, _, kind, *_ in partials[1]} >= {("fleet", SEQUENTIAL)}
     assert any(r[1] == "fleet" and r[3] > 0 for r in partials[0])  # the backlog's late period, for the fleet too
+    # the fleet's CUSUMs were fed from the shards' step sums, the backlog's rewind and the restart included,
+    # and its late periods judged from the shards' period sums, every mark taken
+    assert partials[4] == (*from_rows, 0) and reference[4][0] > 0
+    assert any("replayed_from" in r[8].get(SEQUENTIAL, {}) for r in partials[0] if r[1] == "fleet")
 
 
 def test_fleets_summed_from_the_shard_partials_give_the_one_worker_results_on_sqlite(tmp_path):
@@ -70,6 +107,37 @@ def test_fleets_summed_from_the_shard_partials_give_the_one_worker_results_on_sq
     check(scenario(reference, one_worker(reference)), scenario(sessions, through_partials))
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(ShardPass)) == 64
+        steps = sorted((p.shard, p.step_end, p.windows, str(p.counts)) for p in session.scalars(select(CusumPartial)))
+    assert steps and {shard for shard, *_ in steps} == {shard_of(g) for g in GAUGES}
+    # a pass retried (run again at the same time, no new row) adds nothing twice to the step sums
+    through_partials()[0].run_once(T0 + 69 + 1.5)
+    with sessions() as session:
+        assert sorted((p.shard, p.step_end, p.windows, str(p.counts))
+                      for p in session.scalars(select(CusumPartial))) == steps
+
+
+def test_shards_that_start_again_feed_the_fleet_from_its_rows_once_then_from_the_steps(tmp_path):
+    """A shard whose last pass does not say which rows it read (written before the step sums, or by a worker
+    that read every row itself and wrote no sums) starts its steps again at the restart: the fleet's CUSUMs
+    go through the rows when the steps do not reach back far enough (at the restart, and at the backlog,
+    whose late windows rewind the sums to before it), else through the steps, and so does the backlog's
+    late period that began before the restart; the results and sums are the lone monitor's."""
+    reference = make_sessions(make_engine(f"sqlite:///{tmp_path / 'reference.db'}"))
+    sessions = make_sessions(make_engine(f"sqlite:///{tmp_path / 'partials.db'}"))
+    made = 0
+
+    def through_partials():
+        nonlocal made
+        made += 1
+        if made == 2:  # the restart
+            with sessions.begin() as session:
+                session.execute(update(ShardPass).values(row_id=None))
+        keeper = ShardLeases(Leases(sessions, "solo"), "monitor", singletons=(FLEETS,))
+        return [DriftMonitor(sessions, lambda name, version: PROFILE, lookback_seconds=LOOKBACK,
+                             interval_seconds=1.0, shards=keeper, fleet_partials=True)]
+
+    check(scenario(reference, one_worker(reference)), scenario(sessions, through_partials),
+          from_rows=(2, 1))
 
 
 def split(sessions, period: float = 60.0) -> list[ShardLeases]:

@@ -202,12 +202,22 @@ private:
                                static_cast<int>(bias_.size()), nullptr, d.pix.data(), d.koff.data(),
                                nullptr, nullptr, act_.active ? act_.lo : -kInf, act_.active ? act_.hi : kInf,
                                nullptr, 0, 0};
+        // Tiers that pad in the kernel read the input itself (ResNet's 16-channel 64x64 3x3 convs spent
+        // 8 of their 180 us copying it).
+        const kernels::ConvPad pad{static_cast<int>(win.c), static_cast<int>(win.h), static_cast<int>(win.w),
+                                   static_cast<int>(win.ow), static_cast<int>(win.kh), static_cast<int>(win.kw),
+                                   static_cast<int>(win.dh), static_cast<int>(win.dw), static_cast<int>(win.top),
+                                   static_cast<int>(win.left)};
+        const bool in_kernel = d.copy && !d.subsample && active().conv_pad &&
+                               kernels::conv_pad_fits(args.K, pad.ow, pad.kw, static_cast<int>(win.sh),
+                                                      static_cast<int>(win.sw));
+        if (in_kernel) args.pad = &pad;
         for (std::int64_t n = 0; n < win.n; ++n) {
             const float* x = in[0].as<float>() + n * win.c * plane;
             // Split by channels (on ResNet's 16-channel 64x64 layers a serial copy was ~10%); a copied float
             // counts as 4 multiply-adds of time, so copies from 32 k floats split, as before nodes needed
             // 128 k multiply-adds.
-            if (d.copy) {
+            if (d.copy && !in_kernel) {
                 const std::int64_t padded_plane = d.ph * d.pw;
                 parallel_ranges(win.c, 1, static_cast<double>(win.c * padded_plane) * 4.0,
                                 [&](int, std::int64_t first, std::int64_t last) {

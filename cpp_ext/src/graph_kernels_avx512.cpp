@@ -388,20 +388,22 @@ EF_AVX512 inline void padded_tile(const ConvArgs& a, int oy, int ox0, int ox1, i
     store_rows<NP, R>(a, acc, mask, oy * g.ow + ox0, m0);
 }
 
-// 3-wide kernels unrolled, other widths (up to kConvPadMaxKw) with a loop.
+// 3-wide kernels unrolled where the tile spans a whole row of 48 or 64 pixels, the rest with a loop.
 template <int NP, int R>
 EF_AVX512 inline void padded(const ConvArgs& a, int oy, int ox0, int ox1, int m0) {
-    const ConvPad& g = *a.pad;
-    // The middle vectors' pixels all read inside the row at every tap: full, unmasked loads.
-    const bool mid = NP > 2 && ox1 - ox0 > kLanes * (NP - 1) && ox0 + kLanes - g.left >= 0 &&
-                     ox0 + kLanes * (NP - 1) - 1 + (g.kw - 1) * g.dw - g.left < g.w;
-    if (g.kw == 3 && mid) {
-        padded_tile<NP, R, 3, true>(a, oy, ox0, ox1, m0);
-    } else if (g.kw == 3) {
-        padded_tile<NP, R, 3, false>(a, oy, ox0, ox1, m0);
-    } else {
-        padded_tile<NP, R, 0, false>(a, oy, ox0, ox1, m0);
+    if constexpr (NP > 2) {
+        const ConvPad& g = *a.pad;
+        // The middle vectors' pixels all read inside the row at every tap: full, unmasked loads, and
+        // at most 2 x 3 masks live (AVX-512 has 7 mask registers).
+        const bool mid = ox1 - ox0 > kLanes * (NP - 1) && ox0 + kLanes - g.left >= 0 &&
+                         ox0 + kLanes * (NP - 1) - 1 + (g.kw - 1) * g.dw - g.left < g.w;
+        if (g.kw == 3 && mid) {
+            padded_tile<NP, R, 3, true>(a, oy, ox0, ox1, m0);
+            return;
+        }
     }
+    // Row tails, other kernel widths: the taps' loop as it comes, every load masked (slower, rarer).
+    padded_tile<NP, R, 0, false>(a, oy, ox0, ox1, m0);
 }
 
 // Row by row over pixels [p_begin, p_end), 8 channels at a time, in pointwise_run's chunks.

@@ -409,25 +409,40 @@ EF_AVX512 inline void padded(const ConvArgs& a, int oy, int ox0, int ox1, int m0
 // Row by row over pixels [p_begin, p_end), 8 channels at a time, in pointwise_run's chunks.
 EF_AVX512 inline void conv_padded(const ConvArgs& a) {
     const int ow = a.pad->ow;
-    for (int m0 = 0; m0 < a.M; m0 += 8) {
+    for (int m0 = 0; m0 < a.M;) {
+        // 16 channels at a time where W has them (64-pixel chunks as 6 + 6 + 4 channels by 4 vectors),
+        // else 8.
+        const bool wide = m0 + 16 <= a.MP && m0 + 8 < a.M;
         for (int p = a.p_begin; p < a.p_end;) {
             const int oy = p / ow, first = p - oy * ow, end = std::min(ow, first + (a.p_end - p));
-            int ox = first;
-            for (; ox + 4 * kLanes <= end; ox += 4 * kLanes) {
-                padded<4, 4>(a, oy, ox, ox + 4 * kLanes, m0);
-                if (m0 + 4 < a.M) padded<4, 4>(a, oy, ox, ox + 4 * kLanes, m0 + 4);
-            }
-            for (; ox + 3 * kLanes <= end; ox += 3 * kLanes) padded<3, 8>(a, oy, ox, ox + 3 * kLanes, m0);
-            const int left = end - ox;
-            if (left > 2 * kLanes) {
-                padded<3, 8>(a, oy, ox, end, m0);
-            } else if (left > kLanes) {
-                padded<2, 8>(a, oy, ox, end, m0);
-            } else if (left > 0) {
-                padded<1, 8>(a, oy, ox, end, m0);
+            for (int half = 0; half < (wide ? 2 : 1); ++half) {
+                const int mh = m0 + 8 * half;
+                int ox = first;
+                for (; ox + 4 * kLanes <= end; ox += 4 * kLanes) {
+                    if (wide) {
+                        if (half == 0) {
+                            padded<4, 6>(a, oy, ox, ox + 4 * kLanes, m0);
+                            padded<4, 6>(a, oy, ox, ox + 4 * kLanes, m0 + 6);
+                            padded<4, 4>(a, oy, ox, ox + 4 * kLanes, m0 + 12);
+                        }
+                        continue;
+                    }
+                    padded<4, 4>(a, oy, ox, ox + 4 * kLanes, mh);
+                    if (mh + 4 < a.M) padded<4, 4>(a, oy, ox, ox + 4 * kLanes, mh + 4);
+                }
+                for (; ox + 3 * kLanes <= end; ox += 3 * kLanes) padded<3, 8>(a, oy, ox, ox + 3 * kLanes, mh);
+                const int left = end - ox;
+                if (left > 2 * kLanes) {
+                    padded<3, 8>(a, oy, ox, end, mh);
+                } else if (left > kLanes) {
+                    padded<2, 8>(a, oy, ox, end, mh);
+                } else if (left > 0) {
+                    padded<1, 8>(a, oy, ox, end, mh);
+                }
             }
             p += end - first;
         }
+        m0 += wide ? 16 : 8;
     }
 }
 

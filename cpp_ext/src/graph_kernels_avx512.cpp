@@ -1,7 +1,9 @@
 // AVX-512 (F, BW, VL, VNNI) kernels, compiled for that ISA function by function (__attribute__((target)))
 // so the module as a whole still runs on any x86-64; graph_kernels.cpp calls them only when the CPU has
 // all four. Both convs keep output channels across the lanes: a tile of up to 3 vectors (48 channels) by
-// 8 output pixels holds 24 accumulators, fed by 3 weight loads and 8 broadcasts per kernel tap.
+// 8 output pixels holds 24 accumulators, fed by 3 weight loads and 8 broadcasts per kernel tap. Shallow
+// convs on rows of side-by-side pixels put the pixels in the lanes instead; stride-1 ones among them read
+// an unpadded input (ConvArgs::pad) with their loads masked to the planes.
 #include "graph_kernels.hpp"
 
 #if defined(__x86_64__) || defined(_M_X64)

@@ -3,7 +3,9 @@
 // activation. Paths:
 // - direct (group 1, constant W, 1x1 convs included): W pre-packed in column panels of up to 48 channels
 //   (M rounded up to 8 in all), each (K, width) contiguous, the input copied into zero-padded planes when
-//   a window reaches outside it, and kernels::Table::conv, once per panel, computes the output with bias
+//   a window reaches outside it (not on tiers with Table::conv_pad, for the stride-1 shallow convs on wide
+//   rows that kernels::conv_pad_fits: avx512 masks its loads to the planes instead), and
+//   kernels::Table::conv, once per panel, computes the output with bias
 //   and clamp (and, where the tier can, the residual) applied in registers: no im2col, no extra pass over
 //   the output. At batch 1 on small images this is most of a CNN's time. The panels match the avx512
 //   kernel's 48-channel bands: with the whole (K, MP) matrix a band read 192 of every 512 bytes

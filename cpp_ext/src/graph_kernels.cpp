@@ -149,7 +149,7 @@ const Table kPortable{"portable", &sgemm_portable, &qgemm_nt_portable, &conv_por
 #if defined(__x86_64__) || defined(_M_X64)
 const Table kAvx2{"avx2", &sgemm_avx2, &qgemm_nt_avx2, &conv_avx2, &qconv_u8s8_avx2};
 const Table kAvxVnni{"avxvnni", &sgemm_avx2, &qgemm_nt_avx2, &conv_avx2, &qconv_u8s8_avxvnni};
-const Table kAvx512{"avx512", &sgemm_avx512, &qgemm_nt_avx512, &conv_avx512, &qconv_u8s8_avx512, true};
+const Table kAvx512{"avx512", &sgemm_avx512, &qgemm_nt_avx512, &conv_avx512, &qconv_u8s8_avx512, true, true};
 #endif
 #if defined(__aarch64__)
 const Table kNeon{"neon", &sgemm_neon, &qgemm_nt_neon, &conv_neon, &qconv_u8s8_neon};

@@ -38,6 +38,18 @@ using QgemmFn = void (*)(int M, int N, int K, const std::int16_t* A, int lda, co
 // z (tiers with Table::conv_residual only; null elsewhere): a residual laid out as y, added after the
 // clamp above (callers pass lo = -inf, hi = inf then), and clamped again to [z_lo, z_hi]:
 //   y[m * P + p] = min(max(that + z[m * P + p], z_lo), z_hi)
+// The zero padding of a stride-1 conv done in the kernel (tiers with Table::conv_pad, for convs that
+// conv_pad_fits; null elsewhere): x is then the unpadded input, C planes of h x w, pix and koff are not
+// read, and output pixel p = oy * ow + ox of tap k = (c, i, j) reads input (c, oy + i * dh - top,
+// ox + j * dw - left), zero outside the planes: the same sums as over a zero-padded copy, without it.
+struct ConvPad {
+    int c, h, w, ow, kh, kw, dh, dw, top, left;
+};
+constexpr int kConvPadMaxK = 320, kConvPadMinWidth = 32, kConvPadMaxKw = 7;
+inline bool conv_pad_fits(int k, int ow, int kw, int sh, int sw) {
+    return k <= kConvPadMaxK && ow >= kConvPadMinWidth && kw <= kConvPadMaxKw && sh == 1 && sw == 1;
+}
+
 struct ConvArgs {
     int M, P, K, MP;
     const float* x;
@@ -50,6 +62,7 @@ struct ConvArgs {
     int p_begin, p_end;
     const float* z = nullptr;
     float z_lo = 0.0f, z_hi = 0.0f;
+    const ConvPad* pad = nullptr;
 };
 using ConvFn = void (*)(const ConvArgs& args);
 
@@ -84,6 +97,7 @@ struct Table {
     ConvFn conv;
     QConvFn qconv_u8s8;  // null: this tier uses im2row + qgemm_nt instead
     bool conv_residual = false;  // conv adds ConvArgs::z in its store
+    bool conv_pad = false;       // conv reads unpadded input through ConvArgs::pad
 };
 
 const Table& active();

@@ -3,7 +3,9 @@
 // activation. Paths:
 // - direct (group 1, constant W, 1x1 convs included): W pre-packed in column panels of up to 48 channels
 //   (M rounded up to 8 in all), each (K, width) contiguous, the input copied into zero-padded planes when
-//   a window reaches outside it, and kernels::Table::conv, once per panel, computes the output with bias
+//   a window reaches outside it (not on tiers with Table::conv_pad, for the stride-1 shallow convs on wide
+//   rows that kernels::conv_pad_fits: avx512 masks its loads to the planes instead), and
+//   kernels::Table::conv, once per panel, computes the output with bias
 //   and clamp (and, where the tier can, the residual) applied in registers: no im2col, no extra pass over
 //   the output. At batch 1 on small images this is most of a CNN's time. The panels match the avx512
 //   kernel's 48-channel bands: with the whole (K, MP) matrix a band read 192 of every 512 bytes
@@ -202,12 +204,22 @@ private:
                                static_cast<int>(bias_.size()), nullptr, d.pix.data(), d.koff.data(),
                                nullptr, nullptr, act_.active ? act_.lo : -kInf, act_.active ? act_.hi : kInf,
                                nullptr, 0, 0};
+        // Tiers that pad in the kernel read the input itself (ResNet's 16-channel 64x64 3x3 convs spent
+        // 8 of their 180 us copying it).
+        const kernels::ConvPad pad{static_cast<int>(win.c), static_cast<int>(win.h), static_cast<int>(win.w),
+                                   static_cast<int>(win.ow), static_cast<int>(win.kh), static_cast<int>(win.kw),
+                                   static_cast<int>(win.dh), static_cast<int>(win.dw), static_cast<int>(win.top),
+                                   static_cast<int>(win.left)};
+        const bool in_kernel = d.copy && !d.subsample && active().conv_pad &&
+                               kernels::conv_pad_fits(args.K, pad.ow, pad.kw, static_cast<int>(win.sh),
+                                                      static_cast<int>(win.sw));
+        if (in_kernel) args.pad = &pad;
         for (std::int64_t n = 0; n < win.n; ++n) {
             const float* x = in[0].as<float>() + n * win.c * plane;
             // Split by channels (on ResNet's 16-channel 64x64 layers a serial copy was ~10%); a copied float
             // counts as 4 multiply-adds of time, so copies from 32 k floats split, as before nodes needed
             // 128 k multiply-adds.
-            if (d.copy) {
+            if (d.copy && !in_kernel) {
                 const std::int64_t padded_plane = d.ph * d.pw;
                 parallel_ranges(win.c, 1, static_cast<double>(win.c * padded_plane) * 4.0,
                                 [&](int, std::int64_t first, std::int64_t last) {
@@ -288,10 +300,15 @@ private:
     }
 
     // The pixels a strided 1x1 conv reads, (oh, ow) of them side by side.
+    // Stride 2 across (ResNet's shortcuts) as a constant, so the loop vectorises.
     static void subsample_plane(const float* src, float* dst, const Window& win) {
         for (std::int64_t oy = 0; oy < win.oh; ++oy, dst += win.ow) {
             const float* row = src + oy * win.sh * win.w;
-            for (std::int64_t ox = 0; ox < win.ow; ++ox) dst[ox] = row[ox * win.sw];
+            if (win.sw == 2) {
+                for (std::int64_t ox = 0; ox < win.ow; ++ox) dst[ox] = row[2 * ox];
+            } else {
+                for (std::int64_t ox = 0; ox < win.ow; ++ox) dst[ox] = row[ox * win.sw];
+            }
         }
     }
 

@@ -176,9 +176,14 @@ bool Winograd::applies(const Window& win) const {
     return c_ >= 24 && m_ >= 24 && c_ + m_ >= 64 && tiles >= 64 && (c_ + m_ >= 128 || tiles >= 256);
 }
 
+// The transforms' row buffers, per thread (transform_input: 16 x (tw + 1); transform_output: 12 x tw), in
+// whole cache lines.
+static std::int64_t transform_floats(const Geometry& g) { return (16 * (g.tw + 1) + 15) / 16 * 16; }
+
 std::size_t Winograd::scratch_bytes(const Window& win) const {
     const Geometry g = geometry(win, c_, m_);
-    return static_cast<std::size_t>(c_ * g.ph * g.pw + kTile * ((c_ + m_) * g.t + 2 * kSkew)) * sizeof(float);
+    return static_cast<std::size_t>(c_ * g.ph * g.pw + kTile * ((c_ + m_) * g.t + 2 * kSkew) +
+                                    pool_threads() * transform_floats(g)) * sizeof(float);
 }
 
 void Winograd::run(const float* x, float* y, const float* bias, const float* z, const Window& win,
@@ -188,6 +193,8 @@ void Winograd::run(const float* x, float* y, const float* bias, const float* z, 
     float* v = padded + c_ * g.ph * g.pw;
     const std::int64_t sv = c_ * g.t + kSkew, sm = m_ * g.t + kSkew;  // one transform position's block
     float* m = v + kTile * sv;
+    float* const row_buffers = m + kTile * sm;  // transform_floats(g) per thread slot
+    const std::int64_t row_floats = transform_floats(g);
     const std::int64_t plane = win.h * win.w, out_plane = win.oh * win.ow;
     const double copy_work = static_cast<double>(c_ * g.ph * g.pw) * 4.0;
     for (std::int64_t n = 0; n < win.n; ++n) {
@@ -210,10 +217,10 @@ void Winograd::run(const float* x, float* y, const float* bias, const float* z, 
         const float* zn = z != nullptr ? z + n * m_ * out_plane : nullptr;
         for (std::int64_t ty0 = 0; ty0 < g.th; ty0 += g.rows) {
             const std::int64_t ty1 = std::min(g.th, ty0 + g.rows), tiles = (ty1 - ty0) * g.tw;
-            parallel_ranges(c_, 1, static_cast<double>(tiles * c_) * 32.0, [&](int, std::int64_t first, std::int64_t last) {
-                std::vector<float> tmp(static_cast<std::size_t>(16 * (g.tw + 1)));
+            parallel_ranges(c_, 1, static_cast<double>(tiles * c_) * 32.0, [&](int slot, std::int64_t first, std::int64_t last) {
+                float* tmp = row_buffers + slot * row_floats;
                 for (std::int64_t c = first; c < last; ++c) {
-                    transform_input(padded + c * g.ph * g.pw, v + c * tiles, sv, g, ty0, ty1, tmp.data());
+                    transform_input(padded + c * g.ph * g.pw, v + c * tiles, sv, g, ty0, ty1, tmp);
                 }
             });
             // The 16 GEMMs split between the threads whole (parallel_sgemm on each, 16 fork-joins a block,
@@ -229,11 +236,11 @@ void Winograd::run(const float* x, float* y, const float* bias, const float* z, 
                             });
             // Output rows [y0, y1) of each channel: transformed, then the epilogue while they are in cache.
             const std::int64_t y0 = 2 * ty0, y1 = std::min(win.oh, 2 * ty1), count = (y1 - y0) * win.ow;
-            parallel_ranges(m_, 1, static_cast<double>(m_ * tiles) * 32.0, [&](int, std::int64_t first, std::int64_t last) {
-                std::vector<float> tmp(static_cast<std::size_t>(12 * g.tw));
+            parallel_ranges(m_, 1, static_cast<double>(m_ * tiles) * 32.0, [&](int slot, std::int64_t first, std::int64_t last) {
+                float* tmp = row_buffers + slot * row_floats;
                 for (std::int64_t k = first; k < last; ++k) {
                     float* plane_k = yn + k * out_plane;
-                    transform_output(m + k * tiles, sm, bias[k], plane_k, win, g, ty0, ty1, tmp.data());
+                    transform_output(m + k * tiles, sm, bias[k], plane_k, win, g, ty0, ty1, tmp);
                     float* out = plane_k + y0 * win.ow;
                     if (zn != nullptr) {
                         const float* r = zn + k * out_plane + y0 * win.ow;

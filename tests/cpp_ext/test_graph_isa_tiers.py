@@ -124,6 +124,33 @@ def test_shallow_padded_conv_row_runs_on_every_tier(m: int, c: int, hw: tuple, s
     check_every_tier(graph, feed, 1e-5 * np.sqrt(9 * c), threaded=True)
 
 
+@pytest.mark.parametrize("m,c,hw,kernel,pads,dilation,residual", [
+    (16, 16, (12, 64), (3, 3), [1, 1, 1, 1], 1, True),     # ResNet's 16-channel layers, a row of 4 vectors
+    (8, 3, (5, 70), (3, 3), [1, 1, 1, 1], 1, False),       # 64 + a 6-pixel tail per row
+    (12, 5, (6, 37), (5, 5), [2, 1, 0, 3], 1, True),       # asymmetric pads, a 5-wide kernel
+    (20, 4, (7, 100), (3, 3), [2, 2, 2, 2], 2, False),     # dilation 2: taps two columns apart
+    (9, 6, (4, 48), (1, 3), [0, 1, 0, 1], 1, True),        # 3 vectors, edge lanes only padded
+])
+def test_conv_padded_in_kernel_on_every_tier(m: int, c: int, hw: tuple, kernel: tuple, pads: list, dilation: int,
+                                             residual: bool) -> None:
+    """Stride-1 shallow convs on rows of 32 pixels and more (avx512 reads the input in place, its loads
+    masked to the plane, where the other tiers copy it zero-padded) match the reference, with the same
+    bits on the x86 tiers and at 1 and 3 threads."""
+    rng = np.random.default_rng(m * c + kernel[1])
+    b = GraphBuilder()
+    x = b.input("x", "float32", ("n", c, *hw))
+    w = b.constant("w", rng.standard_normal((m, c, *kernel)).astype(np.float32))
+    bias = b.constant("b", rng.standard_normal(m).astype(np.float32))
+    out_hw = tuple(d + pads[i] + pads[i + 2] - dilation * (kernel[i] - 1) for i, d in enumerate(hw))
+    inputs = [x, w, bias] + ([b.input("z", "float32", ("n", m, *out_hw))] if residual else [])
+    b.output(b.node("Conv", inputs, pads=pads, dilations=[dilation, dilation], activation="relu"), "")
+    graph = b.build()
+    feed = {"x": rng.standard_normal((2, c, *hw)).astype(np.float32)}
+    if residual:
+        feed["z"] = rng.standard_normal((2, m, *out_hw)).astype(np.float32)
+    check_every_tier(graph, feed, 1e-5 * np.sqrt(kernel[0] * kernel[1] * c), threaded=True)
+
+
 @pytest.mark.parametrize("m,c,hw,k,stride,residual", [(32, 16, (17, 20), 1, 2, True), (24, 8, (9, 9), 1, 3, False),
                                                       (64, 40, (9, 11), 3, 1, True), (128, 8, (6, 7), 3, 2, False)])
 def test_strided_pointwise_and_64_channel_panels_on_every_tier(m: int, c: int, hw: tuple, k: int, stride: int,

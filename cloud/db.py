@@ -306,7 +306,7 @@ class IngestCounter(Base):
 # The modules besides this one whose tables live on Base: imported before the schema is made or compared
 # (tests/cloud/test_migrations.py checks that no module with tables is missing here).
 MODEL_MODULES = ("capture_tables", "dataset_store", "drift_cusum_store", "drift_fleet_partials", "enrollment",
-                 "labels_store", "leases", "loop.run_store", "ops_tables", "signed_urls")
+                 "labels_store", "leases", "loop.run_store", "ops_tables", "performance_partials", "signed_urls")
 
 
 def load_models() -> None:

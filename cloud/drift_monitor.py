@@ -97,14 +97,14 @@ from edgefleet.cloud.drift_alerts import update_alerts
 from edgefleet.cloud.drift_batch import evaluate_many
 from edgefleet.cloud.drift_cusum_batch import Item, feed_batch
 from edgefleet.cloud.drift_cusum_store import CusumStore
-from edgefleet.cloud.drift_fleet_partials import fleet_scopes, fleet_sums, shard_sums
+from edgefleet.cloud.drift_fleet_partials import fleet_scopes, fleet_sums, log_stale, shard_sums, worker_share
 from edgefleet.cloud.drift_fleet_partials import write as write_partials
 from edgefleet.cloud.drift_results import insert_results, new_result
 from edgefleet.cloud.drift_sequential import SEQUENTIAL, ScopeDetectors
 from edgefleet.cloud.drift_settings import DriftSettingsError, MonitorSettings, SettingsResolver
 from edgefleet.cloud.drift_windows import WHO, Scope, Scopes, Share, Window, WindowReader
 from edgefleet.cloud.gc_pause import paused_gc
-from edgefleet.cloud.leases import FLEETS, SHARDS, ShardLeases, shard_of
+from edgefleet.cloud.leases import SHARDS, ShardLeases, shard_of
 
 log = logging.getLogger(__name__)
 
@@ -245,19 +245,7 @@ class DriftMonitor:
         return last is None or time.monotonic() - last >= interval - 1e-3
 
     def _mine(self) -> Share:
-        if self._shards is None:
-            return Share(None, True, None)
-        held = self._shards.held_shards()
-        fleets = self._shards.holds(FLEETS)
-        mine = self._shards.device_filter(TelemetryRecord.device_id, held)
-        everything = len(held) == self._shards.shards
-        # a worker that reads every row for the fleets itself writes no sums (they would cost it what the
-        # fleets' sums cost again); the other workers' fleet holder waits a pass for them after a hand-over
-        partials = self._fleet_partials or (self._fleet_partials is None and not self._shards.everything
-                                            and not (fleets and everything))
-        from_partials = fleets and (self._fleet_partials or (partials and not everything))
-        return Share(held, fleets, None if fleets and not from_partials else mine,
-                      None if fleets else mine, partials, bool(from_partials))
+        return worker_share(self._shards, self._fleet_partials, TelemetryRecord.device_id)
 
     def _fleets_from_partials(self, session: Session, now: float, scopes: Scopes) -> tuple[float, float] | None:
         """Adds to `scopes` every fleet scope summed from the shards' partials (this run's own are written
@@ -265,14 +253,8 @@ class DriftMonitor:
         (then no fleet scope: logged)."""
         stale_after = self._shards.leases.period + 2 * self._tick
         sums = fleet_sums(session, self._shards.shards, now, stale_after)
-        if sums.stale != self._stale_shards:  # logged when it changes, not every pass
-            if sums.stale:
-                log.warning("%s: fleet scopes not evaluated: no pass of device shard(s) %s%s (%d of %d) within "
-                            "%.3gs; waiting for their workers or a take-over", self.name, sums.stale[:8],
-                            "..." if len(sums.stale) > 8 else "", len(sums.stale), self._shards.shards, stale_after)
-            else:
-                log.warning("%s: fleet scopes evaluated again: every shard passed", self.name)
-            self._stale_shards = sums.stale
+        self._stale_shards = log_stale(log, self.name, sums.stale, self._stale_shards, self._shards.shards,
+                                       stale_after)
         if sums.stale:
             return None
         scopes.update(fleet_scopes(sums, self._profile, self._log_once))

@@ -33,8 +33,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from edgefleet.cloud.db import Alert, BundleRecord, TelemetryRecord
 from edgefleet.cloud.drift import DriftThresholds
+from edgefleet.cloud.drift_fleet_partials import log_stale, worker_share
 from edgefleet.cloud.drift_settings import MonitorSettings, SettingsResolver
-from edgefleet.cloud.leases import FLEETS, ShardLeases, shard_of
+from edgefleet.cloud.leases import ShardLeases, shard_of
+from edgefleet.cloud.performance_partials import fleet_totals, shard_totals
+from edgefleet.cloud.performance_partials import write as write_partials
 from edgefleet.cloud.performance_settings import PerformanceResolver, PerformanceSettings
 from edgefleet.cloud.periodic import PeriodicWorker
 from edgefleet.cloud.slice_alerts import judge_slices, open_or_close, slice_references
@@ -55,12 +58,16 @@ class PerformanceMonitor(PeriodicWorker):
     def __init__(self, sessions: sessionmaker, profile_for: ProfileFor, *, drop: float = 0.05,
                  lookback_seconds: float = 300.0, interval_seconds: float = 10.0, min_samples: int = 100,
                  drift: MonitorSettings | None = None, clock: Callable[[], float] = time.time,
-                 shards: ShardLeases | None = None) -> None:
+                 shards: ShardLeases | None = None, fleet_partials: bool | None = None) -> None:
         """`drift`: the drift monitor's global settings, whose per-fleet overrides then apply here too
-        (lookback_seconds, interval_seconds and min_samples are ignored); without it, those three."""
+        (lookback_seconds, interval_seconds and min_samples are ignored); without it, those three.
+        `fleet_partials`: as the drift monitor's (True: through the shards' partials even on SQLite)."""
+        if fleet_partials and shards is None:
+            raise ValueError("fleet_partials needs shards: the partials are per device shard")
         drift = drift or MonitorSettings(DriftThresholds(min_samples=min_samples), lookback_seconds, interval_seconds)
         self.base, self.drift = PerformanceSettings(drop), drift  # PerformanceSettingsError if drop is out of range
         self._sessions, self._profile_for, self._clock, self._shards = sessions, profile_for, clock, shards
+        self._fleet_partials, self._stale_shards = fleet_partials, []
         self.interval_seconds = drift.interval_seconds
         self._profiles: dict[tuple[str, int], Mapping | None] = {}
         self._slice_references: dict[tuple[str, int], dict] = {}  # bundles are immutable: read once
@@ -76,12 +83,11 @@ class PerformanceMonitor(PeriodicWorker):
             drift = SettingsResolver.load(session, self.drift)
             query = select(TelemetryRecord).where(
                 TelemetryRecord.window_end > now - drift.longest_lookback(), TelemetryRecord.window_end <= now)
-            held, fleets = None, True
-            if self._shards is not None:
-                held, fleets = self._shards.held_shards(), self._shards.holds(FLEETS)
-                where = None if fleets else self._shards.device_filter(TelemetryRecord.device_id, held)
-                query = query if where is None else query.where(where)
+            mine = worker_share(self._shards, self._fleet_partials, TelemetryRecord.device_id)
+            query = query if mine.where is None else query.where(mine.where)
             scopes: dict[tuple[str, str, str, str, int], list] = defaultdict(list)
+            by_shard: dict[tuple[str, str, int, int], list] = defaultdict(list)
+            held: dict[str, int] = {}  # device id -> its shard
             for row in session.scalars(query).all():
                 if row.window_end <= now - self._resolve(drift, row.fleet, row.model_name).lookback_seconds:
                     continue
@@ -89,10 +95,22 @@ class PerformanceMonitor(PeriodicWorker):
                     window = parse_telemetry(row.payload, max_bytes=len(row.payload))
                 except TelemetryError:
                     continue  # the drift monitor logs these
-                for scope, scope_id in (("device", row.device_id), ("fleet", row.fleet)):
-                    if not (fleets if scope == "fleet" else held is None or shard_of(scope_id) in held):
-                        continue  # another worker's
-                    scopes[(scope, scope_id, row.fleet, row.model_name, row.model_version)].append(window)
+                ours = mine.shards is None  # the device is in this worker's shards
+                if not ours:
+                    if row.device_id not in held:
+                        held[row.device_id] = shard_of(row.device_id, self._shards.shards)
+                    ours = held[row.device_id] in mine.shards
+                if ours:
+                    scopes[("device", row.device_id, row.fleet, row.model_name, row.model_version)].append(window)
+                    if mine.partials:
+                        by_shard[(row.fleet, row.model_name, row.model_version, held[row.device_id])].append(window)
+                if mine.fleets and not mine.from_partials:
+                    scopes[("fleet", row.fleet, row.fleet, row.model_name, row.model_version)].append(window)
+            passes = None
+            if mine.partials:
+                write_partials(session, mine.shards, shard_totals(by_shard), now, self._shards.leases.holder)
+            if mine.from_partials:
+                passes = self._fleets_from_partials(session, now, scopes)
             judged = [record for key, windows in scopes.items()
                       if (record := self._judge(session, key, windows, now, self._resolve(drops, key[2], key[3]).drop,
                                                 self._resolve(drift, key[2], key[3]).thresholds.min_samples))
@@ -105,7 +123,24 @@ class PerformanceMonitor(PeriodicWorker):
                                        before=now - self._resolve(drift, key[2], key[3]).lookback_seconds,
                                        baselines=self._baselines)
             session.commit()
+        if passes is not None:  # which shard passes the fleets were summed over: said in the records only
+            judged = [{**r, "shard_passes": list(passes)} if r["scope"] == "fleet" else r for r in judged]
         return judged
+
+    def _fleets_from_partials(self, session: Session, now: float, scopes: dict) -> tuple[float, float] | None:
+        """Adds to `scopes` every fleet summed from the shards' partials (this run's own are written already)
+        as one window-like Totals; returns the oldest and newest shard pass summed, None when a shard's is
+        missing or stale (then no fleet scope: logged)."""
+        stale_after = self._shards.leases.period + 2 * self.interval_seconds
+        sums = fleet_totals(session, self._shards.shards, now, stale_after)
+        self._stale_shards = log_stale(log, self.name, sums.stale, self._stale_shards, self._shards.shards,
+                                       stale_after)
+        if sums.stale:
+            return None
+        for (fleet, name, version), total in sums.fleets.items():
+            if total is not None:  # None: logged by fleet_totals
+                scopes[("fleet", fleet, fleet, name, version)] = [total]
+        return sums.passes
 
     def _resolve(self, resolver: SettingsResolver | PerformanceResolver, fleet: str, model: str):  # noqa: ANN202
         try:

@@ -71,7 +71,8 @@ def earlier_accuracy(session: Session, key: tuple, part: str, before: float,
     owner = TelemetryRecord.device_id if scope == "device" else TelemetryRecord.fleet
     rows = session.execute(select(TelemetryRecord.payload, TelemetryRecord.window_end).where(
         owner == scope_id, TelemetryRecord.model_name == name, TelemetryRecord.model_version == version,
-        TelemetryRecord.window_end <= before).order_by(TelemetryRecord.window_end).limit(BASELINE_ROWS))
+        TelemetryRecord.window_end <= before).order_by(
+        TelemetryRecord.window_end, TelemetryRecord.id).limit(BASELINE_ROWS))  # ties by arrival, on every database
     found, count, until = [], 0, None
     for payload, end in rows:
         try:

@@ -26,6 +26,9 @@ takes one lease period, so `stale_after` is the lease period plus two intervals.
 their own `now`, up to an interval apart: a fleet result is the sum of each shard's last pass, and its
 report says over which times (`shard_passes`: the oldest and newest pass time).
 
+The accuracy monitor sums its fleets the same way with these helpers (`write_pass`, `current_partials`,
+`log_stale`, `worker_share`), in tables of its own (cloud/performance_partials.py).
+
 Recovery: all of it is in the database and rewritten by every pass; nothing is kept in memory.
 """
 
@@ -212,8 +215,9 @@ def log_stale(logger: logging.Logger, name: str, stale: list[int], before: list[
 
 @dataclass(frozen=True)
 class FleetSums:
-    """What the partials give: each fleet's sum (None: it did not add up), the shards whose last pass is
-    missing or stale (then no fleet is summed), and the oldest and newest pass time summed."""
+    """What the partials give: each fleet's sum (None: it did not add up; a performance_partials.Totals for
+    the accuracy monitor), the shards whose last pass is missing or stale (then no fleet is summed), and the
+    oldest and newest pass time summed."""
 
     fleets: dict[Key, Sum | None]
     stale: list[int]

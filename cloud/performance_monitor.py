@@ -18,7 +18,13 @@ restarted cloud goes on where it stopped. An override that fails validation is l
 value used, so one bad row never stops the monitor.
 
 With `shards` (role `monitor` on PostgreSQL, cloud/leases.py) a run judges the devices of the shards this
-worker holds, and the fleets only while it holds the "fleets" lease, like the drift monitor.
+worker holds, and the fleets only while it holds the "fleets" lease, like the drift monitor, and the same
+way: every worker writes, per fleet, model version and shard it holds, the totals of that shard's windows
+(cloud/performance_partials.py), and the fleet holder judges each fleet on the sum of those few rows, one
+window-like total, instead of reading every device's rows; no fleet result (logged) while a shard's last
+pass is older than a lease period and two intervals. A worker holding every shard reads every row itself
+(`fleet_partials`: as the drift monitor's, True forces the partials, False the rows). The records of
+fleets summed from partials say over which shard passes (`shard_passes`: the oldest and newest pass time).
 """
 
 from __future__ import annotations

@@ -46,7 +46,8 @@ from edgefleet.cloud.performance_partials import fleet_totals, shard_totals
 from edgefleet.cloud.performance_partials import write as write_partials
 from edgefleet.cloud.performance_settings import PerformanceResolver, PerformanceSettings
 from edgefleet.cloud.periodic import PeriodicWorker
-from edgefleet.cloud.slice_alerts import judge_slices, open_or_close, slice_references
+from edgefleet.cloud.slice_alerts import KIND as SLICE_KIND
+from edgefleet.cloud.slice_alerts import judge_slices, open_alerts, open_or_close, slice_references
 from edgefleet.core.calibration import calibration_of, estimated_accuracy
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.labels import merge_labels
@@ -55,6 +56,9 @@ from edgefleet.core.telemetry import TelemetryError, parse_telemetry
 log = logging.getLogger(__name__)
 KIND = "estimated_accuracy"
 ProfileFor = Callable[[str, int], "Mapping | None"]
+# what a run reads of a telemetry row (not the ORM object: 100,000 of them a pass cost more than the parse)
+ROW = (TelemetryRecord.device_id, TelemetryRecord.fleet, TelemetryRecord.model_name, TelemetryRecord.model_version,
+       TelemetryRecord.window_end, TelemetryRecord.payload)
 
 
 class PerformanceMonitor(PeriodicWorker):
@@ -87,14 +91,14 @@ class PerformanceMonitor(PeriodicWorker):
         with self._sessions() as session:
             drops = PerformanceResolver.load(session, self.base)
             drift = SettingsResolver.load(session, self.drift)
-            query = select(TelemetryRecord).where(
+            query = select(*ROW).where(
                 TelemetryRecord.window_end > now - drift.longest_lookback(), TelemetryRecord.window_end <= now)
             mine = worker_share(self._shards, self._fleet_partials, TelemetryRecord.device_id)
             query = query if mine.where is None else query.where(mine.where)
             scopes: dict[tuple[str, str, str, str, int], list] = defaultdict(list)
             by_shard: dict[tuple[str, str, int, int], list] = defaultdict(list)
             held: dict[str, int] = {}  # device id -> its shard
-            for row in session.scalars(query).all():
+            for row in session.execute(query).all():
                 if row.window_end <= now - self._resolve(drift, row.fleet, row.model_name).lookback_seconds:
                     continue
                 try:
@@ -117,9 +121,11 @@ class PerformanceMonitor(PeriodicWorker):
                 write_partials(session, mine.shards, shard_totals(by_shard), now, self._shards.leases.holder)
             if mine.from_partials:
                 passes = self._fleets_from_partials(session, now, scopes)
+            alerts = open_alerts(session, (KIND, SLICE_KIND))
             judged = [record for key, windows in scopes.items()
                       if (record := self._judge(session, key, windows, now, self._resolve(drops, key[2], key[3]).drop,
-                                                self._resolve(drift, key[2], key[3]).thresholds.min_samples))
+                                                self._resolve(drift, key[2], key[3]).thresholds.min_samples,
+                                                alerts))
                       is not None]
             for key, windows in scopes.items():
                 judged += judge_slices(session, key, windows, now, self._resolve(drops, key[2], key[3]).drop,
@@ -127,7 +133,8 @@ class PerformanceMonitor(PeriodicWorker):
                                        self._references(session, key[3], key[4]),
                                        (calibration_of(self._profile(key[3], key[4])) or {}).get("measured_accuracy"),
                                        before=now - self._resolve(drift, key[2], key[3]).lookback_seconds,
-                                       baselines=self._baselines)
+                                       baselines=self._baselines,
+                                       alerts=alerts.get((key[0], key[1], key[3], key[4]), []))
             session.commit()
         if passes is not None:  # which shard passes the fleets were summed over: said in the records only
             judged = [{**r, "shard_passes": list(passes)} if r["scope"] == "fleet" else r for r in judged]
@@ -156,7 +163,7 @@ class PerformanceMonitor(PeriodicWorker):
             return resolver.base
 
     def _judge(self, session: Session, key: tuple, windows: list, now: float, drop: float,
-               min_samples: int) -> dict | None:
+               min_samples: int, alerts: Mapping[tuple, list[Alert]]) -> dict | None:
         scope, scope_id, _, name, version = key
         calibration = calibration_of(self._profile(name, version))
         counts = [w.confidence for w in windows if w.confidence]
@@ -174,9 +181,7 @@ class PerformanceMonitor(PeriodicWorker):
                   "measured_accuracy": labels.correct / labels.count if labels and labels.confusion else None,
                   "labels": labels.count if labels else 0, "threshold": drop,
                   "window_start": min(w.start for w in windows), "window_end": max(w.end for w in windows)}
-        alert = session.scalars(select(Alert).where(
-            Alert.status == "open", Alert.scope == scope, Alert.scope_id == scope_id, Alert.kind == KIND,
-            Alert.model_name == name, Alert.model_version == version)).first()
+        alert = next((a for a in alerts.get((scope, scope_id, name, version), ()) if a.kind == KIND), None)
         measured = record["measured_accuracy"]
         said = f"; measured on {record['labels']} labels: {measured:.3f}" if measured is not None else "; no labels yet"
         message = (f"estimated accuracy on {scope} {scope_id} ({name} v{version}, {samples} samples) is "

@@ -13,6 +13,14 @@ worker's pass was the longer one). Each worker's fleet results and the windows t
 (100,000: the whole fleet, once). Aim: a pass under the 10 s interval with 2 workers. Each worker's CPU
 seconds for its pass (its own process; PostgreSQL's not included) are printed beside the wall time: on a
 shared machine they are the steadier figure.
+
+`--monitor performance` times the accuracy monitor's pass instead (cloud/performance_monitor.py: each
+window carries labels and one slice, the bundle a per-slice reference), 1 worker, 2 workers summing the
+fleet from the shards' partial totals (cloud/performance_partials.py) and, side by side in the same run,
+2 workers whose fleet holder reads every device's rows (`fleet_partials=False`, the code of before);
+the take-over figures are left out (they do not depend on the monitor).
+
+    python benchmarks/bench_scaleout.py --monitor performance [--devices 100000]
 """
 
 from __future__ import annotations
@@ -32,9 +40,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.postgr
 from report import emit  # noqa: E402 - benchmarks/report.py, beside this script
 
 import edgefleet.cloud  # noqa: E402
-from edgefleet.cloud.db import Device, TelemetryRecord, make_engine, make_sessions  # noqa: E402
+from edgefleet.cloud.db import BundleRecord, Device, TelemetryRecord, make_engine, make_sessions  # noqa: E402
+from edgefleet.cloud.drift import DriftThresholds  # noqa: E402
 from edgefleet.cloud.drift_monitor import DriftMonitor  # noqa: E402
+from edgefleet.cloud.drift_settings import MonitorSettings  # noqa: E402
 from edgefleet.cloud.leases import FLEETS, SHARDS, LeaseRecord, Leases, ShardLeases  # noqa: E402
+from edgefleet.cloud.performance_monitor import PerformanceMonitor  # noqa: E402
+from edgefleet.core.labels import LabelCounts  # noqa: E402
+from edgefleet.core.slices import SliceCounts  # noqa: E402
 from edgefleet.core.telemetry import LATENCY_EDGES_MS, FeatureCounts, TelemetryWindow  # noqa: E402
 from tests.postgres import PostgresServer  # noqa: E402
 
@@ -42,17 +55,28 @@ PROFILE = {"count": 1000, "bins": 2,
            "features": [{"input": "pixels", "kind": "channel_stats", "names": ["m", "s"],
                          "edges": [[0.5], [0.5]], "counts": [[500, 500, 0], [500, 500, 0]]}],
            "predictions": {"classes": ["0", "1"], "counts": [500, 500]},
-           "confidence": {"edges": [0.5], "counts": [500, 500, 0]}}
+           "confidence": {"edges": [0.5], "counts": [500, 500, 0],
+                          "calibration": {"accuracy": [0.6, 0.9], "expected_accuracy": 0.75,
+                                          "measured_accuracy": 0.8, "on": "eval"}}}
+LABELS = LabelCounts(10, confusion=((0, 0, 5), (1, 1, 3), (1, 0, 2)))  # 0.8, as the bundle says: no alert
+MANIFEST = {"name": "digits-cnn", "version": 1, "metrics": {"eval": {"per_slice": {"day": {"accuracy": 0.8}}}}}
 
 
-def seed(url: str, devices: int, end: float) -> None:
+def seed(url: str, devices: int, end: float, labels: bool = False) -> None:
+    """One window per device in fleet "lab"; `labels`: each with LABELS, in one slice "day" too."""
     sessions = make_sessions(make_engine(url))
+    extra = {"labels": LABELS, "slices": (SliceCounts("day", 30, (), LABELS),)} if labels else {}
+    if labels:
+        with sessions.begin() as session:
+            session.add(BundleRecord(name="digits-cnn", version=1, path="-", sha256="0" * 64, size=0,
+                                     manifest=MANIFEST))
     latency = [0] * (len(LATENCY_EDGES_MS) + 2)
     latency[3] = 30
     for start in range(0, devices, 10_000):
         ids = [f"d{n:06d}" for n in range(start, min(devices, start + 10_000))]
         windows = [TelemetryWindow("lab", i, 1, "digits-cnn", 1, end - 60, end, 30, 30, 0, tuple(latency),
-                                   (FeatureCounts("pixels", ((15, 15, 0), (15, 15, 0))),), (15, 15), (15, 15, 0))
+                                   (FeatureCounts("pixels", ((15, 15, 0), (15, 15, 0))),), (15, 15), (15, 15, 0),
+                                   **extra)
                    for i in ids]
         with sessions.begin() as session:
             session.execute(insert(Device), [{"id": i, "fleet": "lab", "password_hash": "-"} for i in ids])
@@ -62,8 +86,28 @@ def seed(url: str, devices: int, end: float) -> None:
                  "dropped_windows": 0, "payload": w.to_payload().decode()} for w in windows])
 
 
-def monitor_pass(url: str, name: str, workers: int, now: float, ready, go, warm, out) -> None:
-    """One worker: waits until `workers` hold an even split, then times one drift pass (after a warm-up
+def summary(results: list) -> dict:
+    """A pass's scopes and fleet results, and the windows the fleet results add up."""
+    if results and isinstance(results[0], dict):  # the accuracy monitor's records: 30 samples a window
+        fleets = [r for r in results if r["scope"] == "fleet" and "slice" not in r]
+        return {"scopes": len(results), "fleet_results": len(fleets),
+                "fleet_windows": sum(r["samples"] for r in fleets) // 30}
+    return {"scopes": len(results), "fleet_results": sum(r.scope == "fleet" for r in results),
+            "fleet_windows": sum(r.report["windows"] for r in results if r.scope == "fleet")}
+
+
+def make_monitor(kind: str, sessions, keeper: ShardLeases, fleet_partials: bool | None):  # noqa: ANN001, ANN201
+    if kind == "drift":
+        return DriftMonitor(sessions, lambda n, v: PROFILE, lookback_seconds=600, shards=keeper,
+                            fleet_partials=fleet_partials)
+    return PerformanceMonitor(sessions, lambda n, v: PROFILE, drift=MonitorSettings(DriftThresholds(min_samples=10),
+                                                                                    600.0, 10.0),
+                              shards=keeper, fleet_partials=fleet_partials)
+
+
+def monitor_pass(url: str, name: str, workers: int, now: float, ready, go, warm, out, kind: str = "drift",
+                 fleet_partials: bool | None = None) -> None:
+    """One worker: waits until `workers` hold an even split, then times one monitor pass (after a warm-up
     pass of every worker: the fleet holder's timed pass finds the others' shard sums of the same `now`)."""
     sessions = make_sessions(make_engine(url))
     keeper = ShardLeases(Leases(sessions, name, 600.0), "bench", singletons=(FLEETS,))
@@ -73,7 +117,7 @@ def monitor_pass(url: str, name: str, workers: int, now: float, ready, go, warm,
         if len(keeper.held_shards()) == SHARDS // workers:
             break
         time.sleep(0.2)
-    monitor = DriftMonitor(sessions, lambda n, v: PROFILE, lookback_seconds=600, shards=keeper)
+    monitor = make_monitor(kind, sessions, keeper, fleet_partials)
     ready.put(name)
     go.wait()
     monitor.run_once(now)  # warm-up
@@ -83,16 +127,16 @@ def monitor_pass(url: str, name: str, workers: int, now: float, ready, go, warm,
     results = monitor.run_once(now)
     out.put({"worker": name, "seconds": round(time.perf_counter() - started, 3),
              "cpu_seconds": round(time.process_time() - cpu, 3), "shards": len(keeper.held_shards()),
-             "fleets": keeper.holds(FLEETS), "scopes": len(results),
-             "fleet_results": sum(r.scope == "fleet" for r in results),
-             "fleet_windows": sum(r.report["windows"] for r in results if r.scope == "fleet")})
+             "fleets": keeper.holds(FLEETS), **summary(results)})
     go.wait()  # stays alive (its leases too) until the other is done
 
 
-def timed_passes(url: str, workers: int, now: float, tag: str) -> list[dict]:
+def timed_passes(url: str, workers: int, now: float, tag: str, kind: str = "drift",
+                 fleet_partials: bool | None = None) -> list[dict]:
     ctx = multiprocessing.get_context("spawn")
     ready, out, go, warm = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Barrier(workers)
-    procs = [ctx.Process(target=monitor_pass, args=(url, f"{tag}-{i}", workers, now, ready, go, warm, out))
+    procs = [ctx.Process(target=monitor_pass, args=(url, f"{tag}-{i}", workers, now, ready, go, warm, out, kind,
+                                                    fleet_partials))
              for i in range(workers)]
     for p in procs:
         p.start()
@@ -157,6 +201,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--devices", type=int, default=100_000)
     parser.add_argument("--lease", type=float, default=5.0, help="lease period for the take-over figures (s)")
+    parser.add_argument("--monitor", choices=("drift", "performance"), default="drift")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     server = PostgresServer().start()
@@ -165,21 +210,30 @@ def main() -> None:
         make_engine(url).dispose()  # the schema
         now = time.time()
         started = time.perf_counter()
-        seed(url, args.devices, now - 5)
+        seed(url, args.devices, now - 5, labels=args.monitor == "performance")
         seeded = time.perf_counter() - started
-        one = timed_passes(url, 1, now, "one")
-        two = timed_passes(url, 2, now, "two")
+        one = timed_passes(url, 1, now, "one", args.monitor)
+        two = timed_passes(url, 2, now, "two", args.monitor)
         pass_one, pass_two = one[0]["seconds"], max(r["seconds"] for r in two)
         report = {
-            "benchmark": "scaleout", "code": str(Path(edgefleet.cloud.__file__).parents[1]),
+            "benchmark": "scaleout", "monitor": args.monitor, "code": str(Path(edgefleet.cloud.__file__).parents[1]),
             "devices": args.devices, "seed_seconds": round(seeded, 1),
             "monitor_pass_seconds": {"1_worker": pass_one, "2_workers": pass_two,
                                      "speedup": round(pass_one / pass_two, 2), "workers": one + two},
             "aim_2_workers_under_10s": pass_two < 10.0,
-            "lease_seconds": args.lease,
-            "takeover_seconds": {"monitor_kill9": takeover(url, "monitor", [], args.lease),
-                                 "rollout_kill9": takeover(url, "rollouts", ["rollouts/deployment/bench"], args.lease)},
         }
+        if args.monitor == "performance":  # the fleet holder reading every row, in the same run
+            rows = timed_passes(url, 2, now, "rows", args.monitor, fleet_partials=False)
+            pass_rows = max(r["seconds"] for r in rows)
+            holder = [next(r["cpu_seconds"] for r in run if r["fleets"]) for run in (two, rows)]
+            report["fleet_from_rows"] = {"2_workers": pass_rows, "workers": rows,
+                                         "partials_speedup": round(pass_rows / pass_two, 2),
+                                         "fleet_holder_cpu_ratio": round(holder[1] / holder[0], 2)}
+        else:
+            report["lease_seconds"] = args.lease
+            report["takeover_seconds"] = {
+                "monitor_kill9": takeover(url, "monitor", [], args.lease),
+                "rollout_kill9": takeover(url, "rollouts", ["rollouts/deployment/bench"], args.lease)}
     finally:
         server.stop()
     emit(report, args.out)

@@ -28,6 +28,9 @@ takes one lease period, so `stale_after` is the lease period plus two intervals.
 their own `now`, up to an interval apart: a fleet result is the sum of each shard's last pass, and its
 report says over which times (`shard_passes`: the oldest and newest pass time).
 
+The accuracy monitor sums its fleets the same way with these helpers (`write_pass`, `current_partials`,
+`log_stale`; its share of the work by `drift_windows.Share.of`), in tables of its own (cloud/performance_partials.py).
+
 Recovery: all of it is in the database and rewritten by every pass; nothing is kept in memory.
 """
 
@@ -67,13 +70,18 @@ class FleetPartial(Base):
     counts: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
-class ShardPass(Base):
-    """When the last monitor pass over a device shard ran (its `now`), and which worker ran it."""
+class PassColumns:
+    """A shard pass table's columns (each monitor that writes partials has its own table: its own timing)."""
 
-    __tablename__ = "drift_shard_passes"
     shard: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     computed_at: Mapped[float] = mapped_column(Float)
     holder: Mapped[str] = mapped_column(String(128))
+
+
+class ShardPass(PassColumns, Base):
+    """When the last drift monitor pass over a device shard ran (its `now`), and which worker ran it."""
+
+    __tablename__ = "drift_shard_passes"
     row_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # every row up to it was read
     steps_from: Mapped[float | None] = mapped_column(Float, nullable=True)  # CUSUM step sums whole after it
 
@@ -121,8 +129,8 @@ def shard_sums(groups: Mapping[tuple[str, str, int, int], list]) -> dict[tuple[s
     return sums
 
 
-def upsert(session: Session, table, rows: list[dict], keys: list[str]) -> None:
-    """INSERT ... ON CONFLICT (keys) DO UPDATE of every other column of `rows` (SQLite or PostgreSQL)."""
+def upsert(session: Session, table, rows: list[dict], keys: list[str]) -> None:  # noqa: ANN001 - a Table
+    """INSERT ... ON CONFLICT (keys) DO UPDATE of `rows` (all of the same columns), 500 a statement."""
     if not rows:
         return
     dialect = session.get_bind().dialect.name
@@ -139,27 +147,64 @@ def write(session: Session, shards: Iterable[int], sums: Mapping[tuple[str, str,
           ) -> None:
     """Stores this pass's sums of `shards` (the shards this worker holds and read up to row `row_id`) at
     `now`; the shards' older partials go. Idempotent: the same pass written twice leaves the same rows."""
-    shards = sorted(set(shards))
-    if not shards:
-        return
-    upsert(session, FleetPartial.__table__, [
+    write_pass(session, FleetPartial, ShardPass, shards, [
         {"fleet": f, "model_name": m, "model_version": v, "shard": s, "computed_at": now,
          "windows": 0 if total is None else total.windows,
          "window_start": 0.0 if total is None else total.start, "window_end": 0.0 if total is None else total.end,
          "counts": None if total is None else counts_to_json(total.counts)}
-        for (f, m, v, s), total in sorted(sums.items(), key=lambda item: item[0])],
-        ["fleet", "model_name", "model_version", "shard"])
-    session.execute(delete(FleetPartial).where(FleetPartial.shard.in_(shards), FleetPartial.computed_at != now))
-    upsert(session, ShardPass.__table__, [{"shard": s, "computed_at": now, "holder": holder, "row_id": row_id,
-                                           "steps_from": (steps_from or {}).get(s)} for s in shards], ["shard"])
+        for (f, m, v, s), total in sorted(sums.items(), key=lambda item: item[0])], now, holder)
+
+
+def write_pass(session: Session, partial, passes, shards: Iterable[int], rows: list[dict], now: float,  # noqa: ANN001
+               holder: str, extra: Callable[[int], dict] | None = None) -> None:
+    """One pass of `shards` at `now`: its partial `rows` (of the model `partial`, keyed (fleet, model name,
+    version, shard)) upserted, the shards' partials of older passes deleted, and the shards' rows of the
+    pass table `passes` (a PassColumns model) set to this pass, with `extra(shard)`'s columns."""
+    shards = sorted(set(shards))
+    if not shards:
+        return
+    upsert(session, partial.__table__, rows, ["fleet", "model_name", "model_version", "shard"])
+    session.execute(delete(partial).where(partial.shard.in_(shards), partial.computed_at != now))
+    upsert(session, passes.__table__, [{"shard": s, "computed_at": now, "holder": holder,
+                                        **(extra(s) if extra else {})} for s in shards], ["shard"])
+
+
+def current_partials(session: Session, partial, passes, shards: int, now: float, stale_after: float  # noqa: ANN001
+                     ) -> tuple[dict[Key, list], list[int], tuple[float, float] | None]:
+    """The rows of the model `partial` written by the last pass of their shard (the pass table `passes`),
+    by fleet and model version, and the oldest and newest pass time; none, and the shards, when a shard's
+    last pass is missing or more than `stale_after` seconds older than `now` (then no fleet may be summed)."""
+    found = dict(session.execute(select(passes.shard, passes.computed_at)).all())
+    stale = [s for s in range(shards) if found.get(s) is None or found[s] < now - stale_after]
+    if stale:
+        return {}, stale, None
+    parts: dict[Key, list] = {}
+    for row in session.execute(select(partial)).scalars():
+        if row.shard < shards and row.computed_at == found[row.shard]:  # else left over from an older pass
+            parts.setdefault((row.fleet, row.model_name, row.model_version), []).append(row)
+    used = [found[s] for s in range(shards)]
+    return parts, [], (min(used), max(used))
+
+
+def log_stale(logger: logging.Logger, name: str, stale: list[int], before: list[int], shards: int,
+              stale_after: float) -> list[int]:
+    """Logs the stale shards a fleet pass waits for when they changed since `before`; returns them."""
+    if stale != before:  # logged when it changes, not every pass
+        if stale:
+            logger.warning("%s: fleet scopes not evaluated: no pass of device shard(s) %s%s (%d of %d) within "
+                           "%.3gs; waiting for their workers or a take-over", name, stale[:8],
+                           "..." if len(stale) > 8 else "", len(stale), shards, stale_after)
+        else:
+            logger.warning("%s: fleet scopes evaluated again: every shard passed", name)
+    return stale
 
 
 @dataclass(frozen=True)
 class FleetSums:
-    """What the partials give: each fleet's sum (None: it did not add up), the shards whose last pass is
-    missing or stale (then no fleet is summed), and the oldest and newest pass time summed; the highest row
-    id every shard's last pass read and the time after which every shard's CUSUM steps are whole (None:
-    a shard's pass did not say)."""
+    """What the partials give: each fleet's sum (None: it did not add up; a performance_partials.Totals for
+    the accuracy monitor), the shards whose last pass is missing or stale (then no fleet is summed), and the
+    oldest and newest pass time summed; for the drift monitor, the highest row id every shard's last pass
+    read and the time after which every shard's CUSUM steps are whole (None: a shard's pass did not say)."""
 
     fleets: dict[Key, Sum | None]
     stale: list[int]
@@ -170,27 +215,13 @@ class FleetSums:
 
 def fleet_sums(session: Session, shards: int, now: float, stale_after: float) -> FleetSums:
     """Every fleet's windows summed over the last pass of every shard (module docstring)."""
-    rows = {row.shard: row for row in session.execute(select(ShardPass.shard, ShardPass.computed_at,
-                                                             ShardPass.row_id, ShardPass.steps_from))}
-    passes = {shard: row.computed_at for shard, row in rows.items()}
-    stale = [s for s in range(shards) if passes.get(s) is None or passes[s] < now - stale_after]
-    if stale:
-        return FleetSums({}, stale, None)
-    parts: dict[Key, list] = {}
-    broken: set[Key] = set()
-    for row in session.execute(select(FleetPartial)).scalars():
-        if row.shard >= shards or row.computed_at != passes[row.shard]:
-            continue  # left over from an older pass of its shard
-        key = (row.fleet, row.model_name, row.model_version)
-        if row.counts is None:
-            broken.add(key)
+    parts, stale, passes = current_partials(session, FleetPartial, ShardPass, shards, now, stale_after)
+    fleets: dict[Key, Sum | None] = {}
+    for key, rows in parts.items():
+        if any(row.counts is None for row in rows):
+            fleets[key] = None
             continue
-        parts.setdefault(key, []).append(Sum(counts_from_json(row.counts), row.window_start, row.window_end,
-                                             row.windows))
-    fleets: dict[Key, Sum | None] = {key: None for key in broken}
-    for key, items in parts.items():
-        if key in broken:
-            continue
+        items = [Sum(counts_from_json(row.counts), row.window_start, row.window_end, row.windows) for row in rows]
         try:
             counts = merge_windows([item.counts for item in items])
         except CountsMismatch as err:
@@ -199,10 +230,13 @@ def fleet_sums(session: Session, shards: int, now: float, stale_after: float) ->
             continue
         fleets[key] = Sum(counts, min(i.start for i in items), max(i.end for i in items),
                           sum(i.windows for i in items))
-    used = [passes[s] for s in range(shards)]
-    seen = [rows[s].row_id for s in range(shards)]
-    steps_from = [rows[s].steps_from for s in range(shards)]
-    return FleetSums(fleets, [], (min(used), max(used)), None if None in seen else min(seen),
+    if stale:
+        return FleetSums(fleets, stale, passes)
+    marks = {row.shard: row for row in session.execute(select(ShardPass.shard, ShardPass.row_id,
+                                                              ShardPass.steps_from))}
+    seen = [marks[s].row_id for s in range(shards)]
+    steps_from = [marks[s].steps_from for s in range(shards)]
+    return FleetSums(fleets, [], passes, None if None in seen else min(seen),
                      None if None in steps_from else max(steps_from))
 
 

@@ -99,7 +99,7 @@ from edgefleet.cloud.drift_alerts import update_alerts
 from edgefleet.cloud.drift_batch import evaluate_many
 from edgefleet.cloud.drift_cusum_partials import feed_run, has_sequential
 from edgefleet.cloud.drift_cusum_store import CusumStore
-from edgefleet.cloud.drift_fleet_partials import FleetSums, fleet_scopes, fleet_sums, shard_sums
+from edgefleet.cloud.drift_fleet_partials import FleetSums, fleet_scopes, fleet_sums, log_stale, shard_sums
 from edgefleet.cloud.drift_fleet_partials import write as write_partials
 from edgefleet.cloud.drift_late_periods import clear as clear_late
 from edgefleet.cloud.drift_late_periods import fleet_scopes as late_fleet_scopes
@@ -261,14 +261,8 @@ class DriftMonitor:
         when a shard's pass is missing or stale (then no fleet scope: logged)."""
         stale_after = self._stale_after()
         sums = fleet_sums(session, self._shards.shards, now, stale_after)
-        if sums.stale != self._stale_shards:  # logged when it changes, not every pass
-            if sums.stale:
-                log.warning("%s: fleet scopes not evaluated: no pass of device shard(s) %s%s (%d of %d) within "
-                            "%.3gs; waiting for their workers or a take-over", self.name, sums.stale[:8],
-                            "..." if len(sums.stale) > 8 else "", len(sums.stale), self._shards.shards, stale_after)
-            else:
-                log.warning("%s: fleet scopes evaluated again: every shard passed", self.name)
-            self._stale_shards = sums.stale
+        self._stale_shards = log_stale(log, self.name, sums.stale, self._stale_shards, self._shards.shards,
+                                       stale_after)
         if sums.stale:
             return None
         scopes.update(fleet_scopes(sums, self._profile, self._log_once))

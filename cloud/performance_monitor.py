@@ -18,7 +18,13 @@ restarted cloud goes on where it stopped. An override that fails validation is l
 value used, so one bad row never stops the monitor.
 
 With `shards` (role `monitor` on PostgreSQL, cloud/leases.py) a run judges the devices of the shards this
-worker holds, and the fleets only while it holds the "fleets" lease, like the drift monitor.
+worker holds, and the fleets only while it holds the "fleets" lease, like the drift monitor, and the same
+way: every worker writes, per fleet, model version and shard it holds, the totals of that shard's windows
+(cloud/performance_partials.py), and the fleet holder judges each fleet on the sum of those few rows, one
+window-like total, instead of reading every device's rows; no fleet result (logged) while a shard's last
+pass is older than a lease period and two intervals. A worker holding every shard reads every row itself
+(`fleet_partials`: as the drift monitor's, True forces the partials, False the rows). The records of
+fleets summed from partials say over which shard passes (`shard_passes`: the oldest and newest pass time).
 """
 
 from __future__ import annotations
@@ -33,11 +39,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from edgefleet.cloud.db import Alert, BundleRecord, TelemetryRecord
 from edgefleet.cloud.drift import DriftThresholds
+from edgefleet.cloud.drift_fleet_partials import log_stale
 from edgefleet.cloud.drift_settings import MonitorSettings, SettingsResolver
-from edgefleet.cloud.leases import FLEETS, ShardLeases, shard_of
+from edgefleet.cloud.drift_windows import Share
+from edgefleet.cloud.leases import ShardLeases, shard_of
+from edgefleet.cloud.performance_partials import fleet_totals, shard_totals
+from edgefleet.cloud.performance_partials import write as write_partials
 from edgefleet.cloud.performance_settings import PerformanceResolver, PerformanceSettings
 from edgefleet.cloud.periodic import PeriodicWorker
-from edgefleet.cloud.slice_alerts import judge_slices, open_or_close, slice_references
+from edgefleet.cloud.slice_alerts import KIND as SLICE_KIND
+from edgefleet.cloud.slice_alerts import judge_slices, open_alerts, open_or_close, slice_references
 from edgefleet.core.calibration import calibration_of, estimated_accuracy
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.labels import merge_labels
@@ -46,6 +57,9 @@ from edgefleet.core.telemetry import TelemetryError, parse_telemetry
 log = logging.getLogger(__name__)
 KIND = "estimated_accuracy"
 ProfileFor = Callable[[str, int], "Mapping | None"]
+# what a run reads of a telemetry row (not the ORM object: 100,000 of them a pass cost more than the parse)
+ROW = (TelemetryRecord.device_id, TelemetryRecord.fleet, TelemetryRecord.model_name, TelemetryRecord.model_version,
+       TelemetryRecord.window_end, TelemetryRecord.payload)
 
 
 class PerformanceMonitor(PeriodicWorker):
@@ -55,12 +69,16 @@ class PerformanceMonitor(PeriodicWorker):
     def __init__(self, sessions: sessionmaker, profile_for: ProfileFor, *, drop: float = 0.05,
                  lookback_seconds: float = 300.0, interval_seconds: float = 10.0, min_samples: int = 100,
                  drift: MonitorSettings | None = None, clock: Callable[[], float] = time.time,
-                 shards: ShardLeases | None = None) -> None:
+                 shards: ShardLeases | None = None, fleet_partials: bool | None = None) -> None:
         """`drift`: the drift monitor's global settings, whose per-fleet overrides then apply here too
-        (lookback_seconds, interval_seconds and min_samples are ignored); without it, those three."""
+        (lookback_seconds, interval_seconds and min_samples are ignored); without it, those three.
+        `fleet_partials`: as the drift monitor's (True: through the shards' partials even on SQLite)."""
+        if fleet_partials and shards is None:
+            raise ValueError("fleet_partials needs shards: the partials are per device shard")
         drift = drift or MonitorSettings(DriftThresholds(min_samples=min_samples), lookback_seconds, interval_seconds)
         self.base, self.drift = PerformanceSettings(drop), drift  # PerformanceSettingsError if drop is out of range
         self._sessions, self._profile_for, self._clock, self._shards = sessions, profile_for, clock, shards
+        self._fleet_partials, self._stale_shards = fleet_partials, []
         self.interval_seconds = drift.interval_seconds
         self._profiles: dict[tuple[str, int], Mapping | None] = {}
         self._slice_references: dict[tuple[str, int], dict] = {}  # bundles are immutable: read once
@@ -74,28 +92,41 @@ class PerformanceMonitor(PeriodicWorker):
         with self._sessions() as session:
             drops = PerformanceResolver.load(session, self.base)
             drift = SettingsResolver.load(session, self.drift)
-            query = select(TelemetryRecord).where(
+            query = select(*ROW).where(
                 TelemetryRecord.window_end > now - drift.longest_lookback(), TelemetryRecord.window_end <= now)
-            held, fleets = None, True
-            if self._shards is not None:
-                held, fleets = self._shards.held_shards(), self._shards.holds(FLEETS)
-                where = None if fleets else self._shards.device_filter(TelemetryRecord.device_id, held)
-                query = query if where is None else query.where(where)
+            mine = Share.of(self._shards, self._fleet_partials, TelemetryRecord.device_id)
+            query = query if mine.where is None else query.where(mine.where)
             scopes: dict[tuple[str, str, str, str, int], list] = defaultdict(list)
-            for row in session.scalars(query).all():
+            by_shard: dict[tuple[str, str, int, int], list] = defaultdict(list)
+            held: dict[str, int] = {}  # device id -> its shard
+            for row in session.execute(query).all():
                 if row.window_end <= now - self._resolve(drift, row.fleet, row.model_name).lookback_seconds:
                     continue
                 try:
                     window = parse_telemetry(row.payload, max_bytes=len(row.payload))
                 except TelemetryError:
                     continue  # the drift monitor logs these
-                for scope, scope_id in (("device", row.device_id), ("fleet", row.fleet)):
-                    if not (fleets if scope == "fleet" else held is None or shard_of(scope_id) in held):
-                        continue  # another worker's
-                    scopes[(scope, scope_id, row.fleet, row.model_name, row.model_version)].append(window)
+                ours = mine.shards is None  # the device is in this worker's shards
+                if not ours:
+                    if row.device_id not in held:
+                        held[row.device_id] = shard_of(row.device_id, self._shards.shards)
+                    ours = held[row.device_id] in mine.shards
+                if ours:
+                    scopes[("device", row.device_id, row.fleet, row.model_name, row.model_version)].append(window)
+                    if mine.partials:
+                        by_shard[(row.fleet, row.model_name, row.model_version, held[row.device_id])].append(window)
+                if mine.fleets and not mine.from_partials:
+                    scopes[("fleet", row.fleet, row.fleet, row.model_name, row.model_version)].append(window)
+            passes = None
+            if mine.partials:
+                write_partials(session, mine.shards, shard_totals(by_shard), now, self._shards.leases.holder)
+            if mine.from_partials:
+                passes = self._fleets_from_partials(session, now, scopes)
+            alerts = open_alerts(session, (KIND, SLICE_KIND))
             judged = [record for key, windows in scopes.items()
                       if (record := self._judge(session, key, windows, now, self._resolve(drops, key[2], key[3]).drop,
-                                                self._resolve(drift, key[2], key[3]).thresholds.min_samples))
+                                                self._resolve(drift, key[2], key[3]).thresholds.min_samples,
+                                                alerts))
                       is not None]
             for key, windows in scopes.items():
                 judged += judge_slices(session, key, windows, now, self._resolve(drops, key[2], key[3]).drop,
@@ -103,9 +134,27 @@ class PerformanceMonitor(PeriodicWorker):
                                        self._references(session, key[3], key[4]),
                                        (calibration_of(self._profile(key[3], key[4])) or {}).get("measured_accuracy"),
                                        before=now - self._resolve(drift, key[2], key[3]).lookback_seconds,
-                                       baselines=self._baselines)
+                                       baselines=self._baselines,
+                                       alerts=alerts.get((key[0], key[1], key[3], key[4]), []))
             session.commit()
+        if passes is not None:  # which shard passes the fleets were summed over: said in the records only
+            judged = [{**r, "shard_passes": list(passes)} if r["scope"] == "fleet" else r for r in judged]
         return judged
+
+    def _fleets_from_partials(self, session: Session, now: float, scopes: dict) -> tuple[float, float] | None:
+        """Adds to `scopes` every fleet summed from the shards' partials (this run's own are written already)
+        as one window-like Totals; returns the oldest and newest shard pass summed, None when a shard's is
+        missing or stale (then no fleet scope: logged)."""
+        stale_after = self._shards.leases.period + 2 * self.interval_seconds
+        sums = fleet_totals(session, self._shards.shards, now, stale_after)
+        self._stale_shards = log_stale(log, self.name, sums.stale, self._stale_shards, self._shards.shards,
+                                       stale_after)
+        if sums.stale:
+            return None
+        for (fleet, name, version), total in sums.fleets.items():
+            if total is not None:  # None: logged by fleet_totals
+                scopes[("fleet", fleet, fleet, name, version)] = [total]
+        return sums.passes
 
     def _resolve(self, resolver: SettingsResolver | PerformanceResolver, fleet: str, model: str):  # noqa: ANN202
         try:
@@ -115,7 +164,7 @@ class PerformanceMonitor(PeriodicWorker):
             return resolver.base
 
     def _judge(self, session: Session, key: tuple, windows: list, now: float, drop: float,
-               min_samples: int) -> dict | None:
+               min_samples: int, alerts: Mapping[tuple, list[Alert]]) -> dict | None:
         scope, scope_id, _, name, version = key
         calibration = calibration_of(self._profile(name, version))
         counts = [w.confidence for w in windows if w.confidence]
@@ -133,9 +182,7 @@ class PerformanceMonitor(PeriodicWorker):
                   "measured_accuracy": labels.correct / labels.count if labels and labels.confusion else None,
                   "labels": labels.count if labels else 0, "threshold": drop,
                   "window_start": min(w.start for w in windows), "window_end": max(w.end for w in windows)}
-        alert = session.scalars(select(Alert).where(
-            Alert.status == "open", Alert.scope == scope, Alert.scope_id == scope_id, Alert.kind == KIND,
-            Alert.model_name == name, Alert.model_version == version)).first()
+        alert = next((a for a in alerts.get((scope, scope_id, name, version), ()) if a.kind == KIND), None)
         measured = record["measured_accuracy"]
         said = f"; measured on {record['labels']} labels: {measured:.3f}" if measured is not None else "; no labels yet"
         message = (f"estimated accuracy on {scope} {scope_id} ({name} v{version}, {samples} samples) is "

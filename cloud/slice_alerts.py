@@ -71,7 +71,8 @@ def earlier_accuracy(session: Session, key: tuple, part: str, before: float,
     owner = TelemetryRecord.device_id if scope == "device" else TelemetryRecord.fleet
     rows = session.execute(select(TelemetryRecord.payload, TelemetryRecord.window_end).where(
         owner == scope_id, TelemetryRecord.model_name == name, TelemetryRecord.model_version == version,
-        TelemetryRecord.window_end <= before).order_by(TelemetryRecord.window_end).limit(BASELINE_ROWS))
+        TelemetryRecord.window_end <= before).order_by(
+        TelemetryRecord.window_end, TelemetryRecord.id).limit(BASELINE_ROWS))  # ties by arrival, on every database
     found, count, until = [], 0, None
     for payload, end in rows:
         try:
@@ -106,22 +107,34 @@ def open_or_close(session: Session, key: tuple, kind: str, alert: Alert | None, 
                  gap, drop / 2)
 
 
+def open_alerts(session: Session, kinds: tuple[str, ...]) -> dict[tuple, list[Alert]]:
+    """The open alerts of `kinds` by (scope, scope id, model name, version): read once a run, not once a
+    scope (two queries a device made most of a 100,000-device pass)."""
+    found: dict[tuple, list[Alert]] = defaultdict(list)
+    for alert in session.scalars(select(Alert).where(Alert.status == "open", Alert.kind.in_(kinds))):
+        found[(alert.scope, alert.scope_id, alert.model_name, alert.model_version)].append(alert)
+    return found
+
+
 def judge_slices(session: Session, key: tuple, windows: list[TelemetryWindow], now: float, drop: float,
                  min_samples: int, references: Mapping[str, tuple[float, str]], overall: float | None, *,
-                 before: float, baselines: dict) -> list[dict]:
+                 before: float, baselines: dict, alerts: list[Alert] | None = None) -> list[dict]:
     """Opens or closes the scope's per-slice alerts (module docstring); returns one record per slice judged.
     `references`: slice_references of the model's manifest; `overall`: its calibration's measured accuracy;
     `before`: the start of the lookback (earlier labels end by then); `baselines`: the caller's memory of
-    earlier_accuracy per (key, slice), kept once found."""
+    earlier_accuracy per (key, slice), kept once found; `alerts`: the scope's open alerts (open_alerts),
+    read here when None."""
     scope, scope_id, fleet, name, version = key
     parts: dict[str, list] = defaultdict(list)
     for window in windows:
         for part in window.slices:
             if part.slice != OTHER and part.labels is not None:
                 parts[part.slice].append(part.labels)
-    open_alerts = {(alert.details or {}).get("slice"): alert for alert in session.scalars(select(Alert).where(
-        Alert.status == "open", Alert.scope == scope, Alert.scope_id == scope_id, Alert.kind == KIND,
-        Alert.model_name == name, Alert.model_version == version))}
+    if alerts is None:
+        alerts = list(session.scalars(select(Alert).where(
+            Alert.status == "open", Alert.scope == scope, Alert.scope_id == scope_id, Alert.kind == KIND,
+            Alert.model_name == name, Alert.model_version == version)))
+    by_slice = {(alert.details or {}).get("slice"): alert for alert in alerts if alert.kind == KIND}
     records = []
     for part, labels in sorted(parts.items()):
         merged = merge_labels(labels)
@@ -144,5 +157,5 @@ def judge_slices(session: Session, key: tuple, windows: list[TelemetryWindow], n
         message = (f"accuracy on slice {part} {measured:.3f} vs {reference:.3f} reference ({source}) on {scope} "
                    f"{scope_id} ({name} v{version}, {merged.count} labels): {reference - measured:.3f} below, "
                    f"threshold {drop:g}")
-        open_or_close(session, key, KIND, open_alerts.get(part), reference - measured, drop, now, record, message)
+        open_or_close(session, key, KIND, by_slice.get(part), reference - measured, drop, now, record, message)
     return records

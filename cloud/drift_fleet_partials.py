@@ -152,7 +152,8 @@ def write(session: Session, shards: Iterable[int], sums: Mapping[tuple[str, str,
          "windows": 0 if total is None else total.windows,
          "window_start": 0.0 if total is None else total.start, "window_end": 0.0 if total is None else total.end,
          "counts": None if total is None else counts_to_json(total.counts)}
-        for (f, m, v, s), total in sorted(sums.items(), key=lambda item: item[0])], now, holder)
+        for (f, m, v, s), total in sorted(sums.items(), key=lambda item: item[0])], now, holder,
+        lambda shard: {"row_id": row_id, "steps_from": (steps_from or {}).get(shard)})
 
 
 def write_pass(session: Session, partial, passes, shards: Iterable[int], rows: list[dict], now: float,  # noqa: ANN001

@@ -54,11 +54,9 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str, int]  # (fleet, model name, model version)
 
 
-class FleetPartial(Base):
-    """The sum of one shard's windows of one fleet and model version in its last pass (at `computed_at`);
-    `counts` None: the shard's windows could not be added up (shapes that differ)."""
+class PartialColumns:
+    """A partials table's columns, but for its sums (each monitor that writes partials has its own table)."""
 
-    __tablename__ = "drift_fleet_partials"
     fleet: Mapped[str] = mapped_column(String(64), primary_key=True)
     model_name: Mapped[str] = mapped_column(String(128), primary_key=True)
     model_version: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -67,6 +65,13 @@ class FleetPartial(Base):
     windows: Mapped[int] = mapped_column(Integer)
     window_start: Mapped[float] = mapped_column(Float)
     window_end: Mapped[float] = mapped_column(Float)
+
+
+class FleetPartial(PartialColumns, Base):
+    """The sum of one shard's windows of one fleet and model version in its last pass (at `computed_at`);
+    `counts` None: the shard's windows could not be added up (shapes that differ)."""
+
+    __tablename__ = "drift_fleet_partials"
     counts: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 

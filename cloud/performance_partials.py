@@ -30,11 +30,11 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import JSON, Float, Integer, String
+from sqlalchemy import JSON
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from edgefleet.cloud.db import Base
-from edgefleet.cloud.drift_fleet_partials import FleetSums, PassColumns, current_partials, write_pass
+from edgefleet.cloud.drift_fleet_partials import FleetSums, PartialColumns, PassColumns, current_partials, write_pass
 from edgefleet.core.labels import LabelCounts, merge_labels
 from edgefleet.core.slices import OTHER, SliceCounts
 from edgefleet.core.telemetry import TelemetryWindow
@@ -44,19 +44,11 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str, int, int]  # (fleet, model name, model version, shard)
 
 
-class PerformancePartial(Base):
+class PerformancePartial(PartialColumns, Base):
     """The totals of one shard's windows of one fleet and model version in its last pass (at `computed_at`);
     `sums` None: the shard's labels could not be added up."""
 
     __tablename__ = "performance_fleet_partials"
-    fleet: Mapped[str] = mapped_column(String(64), primary_key=True)
-    model_name: Mapped[str] = mapped_column(String(128), primary_key=True)
-    model_version: Mapped[int] = mapped_column(Integer, primary_key=True)
-    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
-    computed_at: Mapped[float] = mapped_column(Float)
-    windows: Mapped[int] = mapped_column(Integer)
-    window_start: Mapped[float] = mapped_column(Float)
-    window_end: Mapped[float] = mapped_column(Float)
     sums: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 

@@ -149,6 +149,13 @@ def split(sessions, period: float = 60.0) -> list[ShardLeases]:
     return keepers
 
 
+def renew(keepers: list[ShardLeases]) -> None:
+    """Both leases renewed before a step: a slow (loaded) machine must not let them expire mid-test."""
+    for keeper in reversed(keepers):
+        keeper.refresh()
+    assert len(keepers[0].held_shards()) == len(keepers[1].held_shards()) == 32
+
+
 def test_two_workers_summing_shard_partials_give_the_one_worker_results_on_postgresql(tmp_path, postgres):
     reference = make_sessions(make_engine(f"sqlite:///{tmp_path / 'reference.db'}"))
     sessions, _url = database_url(postgres, "fleet_partials")
@@ -180,31 +187,26 @@ def test_a_fleet_waits_for_a_missing_or_stale_shard_and_is_whole_after_the_take_
         return [(r.verdict, r.window_start, r.window_end, r.samples, r.report["windows"])
                 for r in fleet_results(results)]
 
-    def renew() -> None:  # both leases renewed before a step: a slow (loaded) machine must not expire them
-        for keeper in reversed(keepers):
-            keeper.refresh()
-        assert len(keepers[0].held_shards()) == len(keepers[1].held_shards()) == 32
-
 
     # b has not passed yet: a judges its own devices, and no fleet rather than half of one
-    renew()
+    renew(keepers)
     with caplog.at_level(logging.WARNING, logger="edgefleet.cloud.drift_monitor"):
         first = a.run_once(now)
     assert fleet_results(first) == [] and any(r.scope == "device" for r in first)
     assert "fleet scopes not evaluated: no pass of device shard(s)" in caplog.text and "(32 of 64)" in caplog.text
     # b passes (twice: a retried pass writes the same rows), then a sums both halves
-    renew()
+    renew(keepers)
     b.run_once(now)
     b.run_once(now)
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(FleetPartial)) == len(
             {shard_of(f"g{g:03d}") for g in range(gauges)})
-    renew()
+    renew(keepers)
     assert fleet_of(a.run_once(now)) == expected
     # b is killed: one lease period and two intervals after its last pass, a waits again
     caplog.clear()
     later = now + 3.0 + 2 * 10.0 + 1
-    renew()  # b's leases still held (a hung worker): only its passes stop
+    renew(keepers)  # b's leases still held (a hung worker): only its passes stop
     with caplog.at_level(logging.WARNING, logger="edgefleet.cloud.drift_monitor"):
         assert fleet_results(a.run_once(later)) == []
     assert "(32 of 64)" in caplog.text

@@ -25,7 +25,7 @@ from edgefleet.cloud.performance_partials import PerformancePartial, Performance
 from edgefleet.core.labels import LabelCounts, merge_labels
 from edgefleet.core.slices import SliceCounts
 from edgefleet.core.telemetry import LATENCY_EDGES_MS, TelemetryWindow
-from tests.cloud.test_drift_fleet_partials import split
+from tests.cloud.test_drift_fleet_partials import renew, split
 from tests.cloud.test_roles import database_url
 
 MODEL, LOOKBACK, MIN_SAMPLES, DROP = "digits", 50.0, 50, 0.05
@@ -158,28 +158,23 @@ def test_a_fleet_waits_for_a_missing_or_stale_shard_and_is_whole_after_the_take_
     keepers = split(sessions, period=3.0)
     a, b = (monitor(sessions, keeper) for keeper in keepers)
 
-    def renew() -> None:  # both leases renewed before a step: a slow (loaded) machine must not expire them
-        for keeper in reversed(keepers):
-            keeper.refresh()
-        assert len(keepers[0].held_shards()) == len(keepers[1].held_shards()) == 32
-
     # b has not passed yet: a judges its own devices, and no fleet rather than half of one
-    renew()
+    renew(keepers)
     with caplog.at_level(logging.WARNING, logger="edgefleet.cloud.performance_monitor"):
         first = a.run_once(now=now)
     assert fleet_records(first) == [] and any(r["scope"] == "device" for r in first)
     assert "fleet scopes not evaluated: no pass of device shard(s)" in caplog.text and "(32 of 64)" in caplog.text
     # b passes (twice: a retried pass writes the same rows), then a sums both halves
-    renew()
+    renew(keepers)
     b.run_once(now=now)
     b.run_once(now=now)
-    renew()
+    renew(keepers)
     summed = a.run_once(now=now)
     assert fleet_records(summed) == expected
     assert all(r["shard_passes"] == [now, now] for r in summed if r["scope"] == "fleet")
     # b is killed: one lease period and two intervals after its last pass, a waits again
     caplog.clear()
-    renew()  # b's leases still held (a hung worker): only its passes stop
+    renew(keepers)  # b's leases still held (a hung worker): only its passes stop
     with caplog.at_level(logging.WARNING, logger="edgefleet.cloud.performance_monitor"):
         assert fleet_records(a.run_once(now=now + 3.0 + 2 * 1.0 + 1)) == []
     assert "(32 of 64)" in caplog.text

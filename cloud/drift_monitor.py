@@ -242,6 +242,11 @@ class DriftMonitor:
             self._log_once(f"drift settings of fleet {fleet} / model {model_name} ignored: {err}")
             return self.base
 
+    def _widths(self, resolver: SettingsResolver, fleet: str, model_name: str) -> tuple[float, float]:
+        """(interval, lookback) of a scope's settings: one look-up (a bad row is logged once, not twice)."""
+        settings = self._settings(resolver, fleet, model_name)
+        return settings.interval_seconds, settings.lookback_seconds
+
     def _due(self, scope: Scope, resolver: SettingsResolver) -> bool:
         """Whether the scope's own interval has passed since its last evaluation (on the monotonic clock:
         pacing is wall time, whatever clock stamps the results)."""
@@ -289,8 +294,7 @@ class DriftMonitor:
         steps_from = write_steps(  # the fleets' CUSUM steps and periods (cloud/drift_shard_steps.py)
             session, self._windows, recent, shards=held, top=top, now=now, lookback=resolver.longest_lookback(),
             stale_after=self._stale_after(), profile_of=self._profile, sequential=self._has_sequential,
-            width_of=lambda fleet, name: (self._settings(resolver, fleet, name).interval_seconds,
-                                          self._settings(resolver, fleet, name).lookback_seconds),
+            width_of=lambda fleet, name: self._widths(resolver, fleet, name),
             filter_of=lambda shards: self._shards.device_filter(TelemetryRecord.device_id, shards))
         write_partials(session, held, shard_sums(by_shard), now, self._shards.leases.holder, top, steps_from)
         return scopes

@@ -82,15 +82,19 @@ def windows(period: int) -> list[TelemetryWindow]:
     return made
 
 
-def store(sessions, period: int) -> None:
+def put(sessions, made: list[TelemetryWindow], bundle: bool = False) -> None:
     with sessions.begin() as session:
-        if period == 0:
+        if bundle:
             session.add(BundleRecord(name=MODEL, version=1, path="unused.tar.gz", sha256="0" * 64, size=0,
                                      manifest=MANIFEST))
         session.add_all([TelemetryRecord(device_id=w.device, fleet=w.fleet, seq=w.seq, model_name=w.model_name,
                                          model_version=w.model_version, window_start=w.start, window_end=w.end,
                                          requests=w.requests, samples=w.samples, errors=w.errors,
-                                         payload=w.to_payload().decode()) for w in windows(period)])
+                                         payload=w.to_payload().decode()) for w in made])
+
+
+def store(sessions, period: int) -> None:
+    put(sessions, windows(period), bundle=period == 0)
 
 
 def monitor(sessions, shards: ShardLeases | None = None, **options) -> PerformanceMonitor:
@@ -225,3 +229,32 @@ def test_a_fleet_waits_for_a_missing_or_stale_shard_and_is_whole_after_the_take_
     assert len(keepers[0].held_shards()) == 64
     whole = a.run_once(now=now)
     assert fleet_records(whole) == expected and not any("shard_passes" in r for r in whole)
+
+
+def test_a_window_no_shard_pass_read_is_in_the_rows_baseline_only(tmp_path):
+    """What cloud/performance_baselines.py says differs: a window stored after its end had left every later
+    pass's lookback was read by no shard pass, so the runs leave it out of the fleet slice's earlier
+    accuracy while one worker reading the rows counts it; the windows every pass read give both the same."""
+    def window(camera: str, seq: int, end: float, right: int) -> TelemetryWindow:
+        counts = LabelCounts(30, confusion=tuple(cell for cell in ((0, 0, right), (0, 1, 30 - right)) if cell[2]))
+        return TelemetryWindow("north", camera, seq, MODEL, 1, end - 5, end, 30, 30, 0,
+                               (0,) * (len(LATENCY_EDGES_MS) + 2), confidence=(0, 30, 0), labels=counts,
+                               slices=(SliceCounts("dusk", 30, (), counts),))
+
+    def dusk_reference(sessions, make) -> tuple[float, str]:
+        worker = make()
+        put(sessions, [window("cam-00", 1, 90.0, 30), window("cam-01", 1, 90.0, 15)], bundle=True)
+        worker.run_once(now=100.0)
+        put(sessions, [window("cam-02", 1, 60.0, 0)])  # late: 60 is before the lookback of every pass from now on
+        put(sessions, [window("cam-00", 2, 190.0, 30), window("cam-01", 2, 190.0, 30)])
+        [record] = [r for r in worker.run_once(now=200.0) if r["scope"] == "fleet" and r.get("slice") == "dusk"]
+        return record["reference_accuracy"], record["reference"]
+
+    reference = make_sessions(make_engine(f"sqlite:///{tmp_path / 'reference.db'}"))
+    sessions = make_sessions(make_engine(f"sqlite:///{tmp_path / 'partials.db'}"))
+    rows = dusk_reference(reference, lambda: monitor(reference))
+    runs = dusk_reference(sessions, lambda: monitor(
+        sessions, ShardLeases(Leases(sessions, "solo"), "monitor", singletons=(FLEETS,)), fleet_partials=True))
+    assert rows == (0.5, "its own earlier labels, 60 up to 90")  # the late window (none right) and cam-00's
+    assert runs == (0.75, "its own earlier labels, 60 up to 90")  # cam-00's and cam-01's, as read in their pass
+

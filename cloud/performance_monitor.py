@@ -53,7 +53,7 @@ from edgefleet.cloud.performance_partials import write as write_partials
 from edgefleet.cloud.performance_settings import PerformanceResolver, PerformanceSettings
 from edgefleet.cloud.periodic import PeriodicWorker
 from edgefleet.cloud.slice_alerts import KIND as SLICE_KIND
-from edgefleet.cloud.slice_alerts import baseline_labels, judge_slices, open_alerts, open_or_close, slice_references
+from edgefleet.cloud.slice_alerts import judge_slices, open_alerts, open_or_close, slice_references
 from edgefleet.core.calibration import calibration_of, estimated_accuracy
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.labels import merge_labels
@@ -105,6 +105,7 @@ class PerformanceMonitor(PeriodicWorker):
             scopes: dict[tuple[str, str, str, str, int], list] = defaultdict(list)
             by_shard: dict[tuple[str, str, int, int], list] = defaultdict(list)
             firsts: dict[tuple, list] = defaultdict(list)  # (fleet, model, version, shard, slice) -> entries
+            references: dict[tuple[str, int], dict] = {}
             held: dict[str, int] = {}  # device id -> its shard
             for row in session.execute(query).all():
                 if row.window_end <= now - self._resolve(drift, row.fleet, row.model_name).lookback_seconds:
@@ -122,7 +123,7 @@ class PerformanceMonitor(PeriodicWorker):
                     scopes[("device", row.device_id, row.fleet, row.model_name, row.model_version)].append(window)
                     if mine.partials:
                         by_shard[(row.fleet, row.model_name, row.model_version, held[row.device_id])].append(window)
-                        self._first_labels(session, row, window, held[row.device_id], firsts)
+                        self._first_labels(session, row, window, held[row.device_id], firsts, references)
                 if mine.fleets and not mine.from_partials:
                     scopes[("fleet", row.fleet, row.fleet, row.model_name, row.model_version)].append(window)
             passes = None
@@ -167,13 +168,17 @@ class PerformanceMonitor(PeriodicWorker):
                 scopes[("fleet", fleet, fleet, name, version)] = [total]
         return sums.passes
 
-    def _first_labels(self, session: Session, row, window, shard: int, firsts: dict) -> None:  # noqa: ANN001
+    def _first_labels(self, session: Session, row, window, shard: int, firsts: dict,  # noqa: ANN001
+                      references: dict) -> None:
         """Adds the window's labels of each slice that may need an earlier accuracy (none in the bundle) to
-        `firsts`, for the shards' runs of the slice's first labels (cloud/performance_baselines.py)."""
-        references = self._references(session, row.model_name, row.model_version)
+        `firsts`, for the shards' runs of the slice's first labels (cloud/performance_baselines.py);
+        `references`: the bundles' per-slice references of this pass (looked up once a pass, uploaded or not)."""
+        model = (row.model_name, row.model_version)
+        if model not in references:
+            references[model] = self._references(session, *model)
         for part in window.slices:
-            if part.slice != OTHER and part.slice not in references and baseline_labels(window, part.slice) \
-                    is not None:
+            if part.slice != OTHER and part.slice not in references[model] and part.labels is not None \
+                    and part.labels.confusion:
                 firsts[(row.fleet, row.model_name, row.model_version, shard, part.slice)].append(
                     (row.window_end, row.id, part.labels))
 

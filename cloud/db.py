@@ -307,7 +307,7 @@ class IngestCounter(Base):
 # (tests/cloud/test_migrations.py checks that no module with tables is missing here).
 MODEL_MODULES = ("capture_tables", "dataset_store", "drift_cusum_store", "drift_fleet_partials",
                  "drift_late_periods", "drift_shard_steps", "enrollment", "labels_store", "leases", "loop.run_store",
-                 "ops_tables", "performance_partials", "signed_urls")
+                 "ops_tables", "performance_baselines", "performance_partials", "signed_urls")
 
 
 def load_models() -> None:

@@ -25,6 +25,9 @@ window-like total, instead of reading every device's rows; no fleet result (logg
 pass is older than a lease period and two intervals. A worker holding every shard reads every row itself
 (`fleet_partials`: as the drift monitor's, True forces the partials, False the rows). The records of
 fleets summed from partials say over which shard passes (`shard_passes`: the oldest and newest pass time).
+A fleet slice judged against its own earlier accuracy gets it the same way: each worker writing partials
+keeps its shards' runs of each such slice's first labelled windows, and the fleet holder cuts the fleet's
+run from them (cloud/performance_baselines.py) instead of reading the fleet's older rows.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ from edgefleet.cloud.drift_fleet_partials import log_stale
 from edgefleet.cloud.drift_settings import MonitorSettings, SettingsResolver
 from edgefleet.cloud.drift_windows import Share
 from edgefleet.cloud.leases import ShardLeases, shard_of
+from edgefleet.cloud.performance_baselines import fleet_baseline
+from edgefleet.cloud.performance_baselines import record as record_baselines
 from edgefleet.cloud.performance_partials import fleet_totals, shard_totals
 from edgefleet.cloud.performance_partials import write as write_partials
 from edgefleet.cloud.performance_settings import PerformanceResolver, PerformanceSettings
@@ -52,14 +57,15 @@ from edgefleet.cloud.slice_alerts import judge_slices, open_alerts, open_or_clos
 from edgefleet.core.calibration import calibration_of, estimated_accuracy
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.labels import merge_labels
+from edgefleet.core.slices import OTHER
 from edgefleet.core.telemetry import TelemetryError, parse_telemetry
 
 log = logging.getLogger(__name__)
 KIND = "estimated_accuracy"
 ProfileFor = Callable[[str, int], "Mapping | None"]
 # what a run reads of a telemetry row (not the ORM object: 100,000 of them a pass cost more than the parse)
-ROW = (TelemetryRecord.device_id, TelemetryRecord.fleet, TelemetryRecord.model_name, TelemetryRecord.model_version,
-       TelemetryRecord.window_end, TelemetryRecord.payload)
+ROW = (TelemetryRecord.id, TelemetryRecord.device_id, TelemetryRecord.fleet, TelemetryRecord.model_name,
+       TelemetryRecord.model_version, TelemetryRecord.window_end, TelemetryRecord.payload)
 
 
 class PerformanceMonitor(PeriodicWorker):
@@ -98,6 +104,8 @@ class PerformanceMonitor(PeriodicWorker):
             query = query if mine.where is None else query.where(mine.where)
             scopes: dict[tuple[str, str, str, str, int], list] = defaultdict(list)
             by_shard: dict[tuple[str, str, int, int], list] = defaultdict(list)
+            firsts: dict[tuple, list] = defaultdict(list)  # (fleet, model, version, shard, slice) -> entries
+            references: dict[tuple[str, int], dict] = {}
             held: dict[str, int] = {}  # device id -> its shard
             for row in session.execute(query).all():
                 if row.window_end <= now - self._resolve(drift, row.fleet, row.model_name).lookback_seconds:
@@ -115,11 +123,14 @@ class PerformanceMonitor(PeriodicWorker):
                     scopes[("device", row.device_id, row.fleet, row.model_name, row.model_version)].append(window)
                     if mine.partials:
                         by_shard[(row.fleet, row.model_name, row.model_version, held[row.device_id])].append(window)
+                        self._first_labels(session, row, window, held[row.device_id], firsts, references)
                 if mine.fleets and not mine.from_partials:
                     scopes[("fleet", row.fleet, row.fleet, row.model_name, row.model_version)].append(window)
             passes = None
             if mine.partials:
                 write_partials(session, mine.shards, shard_totals(by_shard), now, self._shards.leases.holder)
+                record_baselines(session, firsts, lambda fleet, model: self._resolve(
+                    drift, fleet, model).thresholds.min_samples, now)
             if mine.from_partials:
                 passes = self._fleets_from_partials(session, now, scopes)
             alerts = open_alerts(session, (KIND, SLICE_KIND))
@@ -135,7 +146,8 @@ class PerformanceMonitor(PeriodicWorker):
                                        (calibration_of(self._profile(key[3], key[4])) or {}).get("measured_accuracy"),
                                        before=now - self._resolve(drift, key[2], key[3]).lookback_seconds,
                                        baselines=self._baselines,
-                                       alerts=alerts.get((key[0], key[1], key[3], key[4]), []))
+                                       alerts=alerts.get((key[0], key[1], key[3], key[4]), []),
+                                       earlier=fleet_baseline if mine.from_partials and key[0] == "fleet" else None)
             session.commit()
         if passes is not None:  # which shard passes the fleets were summed over: said in the records only
             judged = [{**r, "shard_passes": list(passes)} if r["scope"] == "fleet" else r for r in judged]
@@ -155,6 +167,20 @@ class PerformanceMonitor(PeriodicWorker):
             if total is not None:  # None: logged by fleet_totals
                 scopes[("fleet", fleet, fleet, name, version)] = [total]
         return sums.passes
+
+    def _first_labels(self, session: Session, row, window, shard: int, firsts: dict,  # noqa: ANN001
+                      references: dict) -> None:
+        """Adds the window's labels of each slice that may need an earlier accuracy (none in the bundle) to
+        `firsts`, for the shards' runs of the slice's first labels (cloud/performance_baselines.py);
+        `references`: the bundles' per-slice references of this pass (looked up once a pass, uploaded or not)."""
+        model = (row.model_name, row.model_version)
+        if model not in references:
+            references[model] = self._references(session, *model)
+        for part in window.slices:
+            if part.slice != OTHER and part.slice not in references[model] and part.labels is not None \
+                    and part.labels.confusion:
+                firsts[(row.fleet, row.model_name, row.model_version, shard, part.slice)].append(
+                    (row.window_end, row.id, part.labels))
 
     def _resolve(self, resolver: SettingsResolver | PerformanceResolver, fleet: str, model: str):  # noqa: ANN202
         try:

@@ -10,7 +10,9 @@ lighting. So each slice named in the windows of the lookback is judged on its ow
 - reference: the slice's accuracy in the bundle's own metrics (`manifest["metrics"][split]["per_slice"]`,
   written at export or by the compression/evaluation report: split "eval" first, then "test", then any
   other); else the slice's own earlier measured accuracy (`earlier_accuracy`: its first `min_samples`
-  labels in this scope and model version, from windows that ended before the lookback; fixed once found,
+  labels in this scope and model version, from windows that ended before the lookback, read from the
+  rows; for a fleet summed from shard partials, from the shards' records of those windows,
+  cloud/performance_baselines.py, the same labels without reading a row; fixed once found,
   so a slow decline never becomes the new normal; a slice that was already bad from its first labels is
   judged against that); else, like the label-free alert, the accuracy its calibration data measured for
   the whole model (`reference_accuracy` of GET .../performance); a slice with none is not judged. The
@@ -29,13 +31,13 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from edgefleet.cloud.db import Alert, TelemetryRecord
-from edgefleet.core.labels import merge_labels
+from edgefleet.core.labels import LabelCounts, merge_labels
 from edgefleet.core.slices import OTHER
 from edgefleet.core.telemetry import TelemetryError, TelemetryWindow, parse_telemetry
 
@@ -73,18 +75,32 @@ def earlier_accuracy(session: Session, key: tuple, part: str, before: float,
         owner == scope_id, TelemetryRecord.model_name == name, TelemetryRecord.model_version == version,
         TelemetryRecord.window_end <= before).order_by(
         TelemetryRecord.window_end, TelemetryRecord.id).limit(BASELINE_ROWS))  # ties by arrival, on every database
-    found, count, until = [], 0, None
+    found, count, until = [], 0, 0.0
     for payload, end in rows:
         try:
             window = parse_telemetry(payload, max_bytes=len(payload))
         except TelemetryError:
             continue  # the drift monitor logs these
-        for item in window.slices:
-            if item.slice == part and item.labels is not None and item.labels.confusion:
-                found.append(item.labels)
-                count, until = count + item.labels.count, end
+        labels = baseline_labels(window, part)
+        if labels is not None:
+            found.append(labels)
+            count, until = count + labels.count, end
         if count >= min_samples:
             break
+    return baseline_of(found, until, min_samples)
+
+
+def baseline_labels(window: TelemetryWindow, part: str) -> LabelCounts | None:
+    """The labels a window gives the slice's earlier accuracy: the slice's, when they have confusion cells."""
+    for item in window.slices:
+        if item.slice == part and item.labels is not None and item.labels.confusion:
+            return item.labels
+    return None
+
+
+def baseline_of(found: list[LabelCounts], until: float, min_samples: int) -> tuple[float, str] | None:
+    """(accuracy, source) of a slice's first labels `found` (the last window ending at `until`), None when
+    they are fewer than `min_samples`."""
     merged = merge_labels(found)
     if merged is None or merged.count < min_samples:
         return None
@@ -118,12 +134,14 @@ def open_alerts(session: Session, kinds: tuple[str, ...]) -> dict[tuple, list[Al
 
 def judge_slices(session: Session, key: tuple, windows: list[TelemetryWindow], now: float, drop: float,
                  min_samples: int, references: Mapping[str, tuple[float, str]], overall: float | None, *,
-                 before: float, baselines: dict, alerts: list[Alert] | None = None) -> list[dict]:
+                 before: float, baselines: dict, alerts: list[Alert] | None = None,
+                 earlier: Callable | None = None) -> list[dict]:
     """Opens or closes the scope's per-slice alerts (module docstring); returns one record per slice judged.
     `references`: slice_references of the model's manifest; `overall`: its calibration's measured accuracy;
     `before`: the start of the lookback (earlier labels end by then); `baselines`: the caller's memory of
     earlier_accuracy per (key, slice), kept once found; `alerts`: the scope's open alerts (open_alerts),
-    read here when None."""
+    read here when None; `earlier`: what finds a baseline (earlier_accuracy's arguments and answer), by
+    default earlier_accuracy (the fleet holder of shard workers: performance_baselines.fleet_baseline)."""
     scope, scope_id, fleet, name, version = key
     parts: dict[str, list] = defaultdict(list)
     for window in windows:
@@ -141,9 +159,9 @@ def judge_slices(session: Session, key: tuple, windows: list[TelemetryWindow], n
         if merged is None or not merged.confusion or merged.count < min_samples:
             continue
         if part not in references and (key, part) not in baselines:
-            earlier = earlier_accuracy(session, key, part, before, min_samples)
-            if earlier is not None:
-                baselines[(key, part)] = earlier
+            found = (earlier or earlier_accuracy)(session, key, part, before, min_samples)
+            if found is not None:
+                baselines[(key, part)] = found
         reference, source = references.get(part) or baselines.get((key, part)) or (overall,
                                                                                     "calibration data, whole model")
         if reference is None:

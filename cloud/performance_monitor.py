@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from edgefleet.cloud import slice_alerts
 from edgefleet.cloud.db import Alert, BundleRecord, TelemetryRecord
 from edgefleet.cloud.drift import DriftThresholds
 from edgefleet.cloud.drift_fleet_partials import log_stale
@@ -53,7 +54,14 @@ from edgefleet.cloud.performance_partials import write as write_partials
 from edgefleet.cloud.performance_settings import PerformanceResolver, PerformanceSettings
 from edgefleet.cloud.periodic import PeriodicWorker
 from edgefleet.cloud.slice_alerts import KIND as SLICE_KIND
-from edgefleet.cloud.slice_alerts import judge_slices, open_alerts, open_or_close, slice_references
+from edgefleet.cloud.slice_alerts import (
+    judge_slices,
+    judged_slices,
+    looked_up,
+    open_alerts,
+    open_or_close,
+    slice_references,
+)
 from edgefleet.core.calibration import calibration_of, estimated_accuracy
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.labels import merge_labels
@@ -139,6 +147,7 @@ class PerformanceMonitor(PeriodicWorker):
                                                 self._resolve(drift, key[2], key[3]).thresholds.min_samples,
                                                 alerts))
                       is not None]
+            parts = self._look_up_baselines(session, scopes, now, drift, mine.from_partials)
             for key, windows in scopes.items():
                 judged += judge_slices(session, key, windows, now, self._resolve(drops, key[2], key[3]).drop,
                                        self._resolve(drift, key[2], key[3]).thresholds.min_samples,
@@ -147,11 +156,32 @@ class PerformanceMonitor(PeriodicWorker):
                                        before=now - self._resolve(drift, key[2], key[3]).lookback_seconds,
                                        baselines=self._baselines,
                                        alerts=alerts.get((key[0], key[1], key[3], key[4]), []),
-                                       earlier=fleet_baseline if mine.from_partials and key[0] == "fleet" else None)
+                                       earlier=fleet_baseline if mine.from_partials and key[0] == "fleet"
+                                       else looked_up, parts=parts[key])
             session.commit()
         if passes is not None:  # which shard passes the fleets were summed over: said in the records only
             judged = [{**r, "shard_passes": list(passes)} if r["scope"] == "fleet" else r for r in judged]
         return judged
+
+    def _look_up_baselines(self, session: Session, scopes: Mapping, now: float, drift: SettingsResolver,
+                           fleets_from_partials: bool) -> dict[tuple, dict]:
+        """Each scope's judged slices (judged_slices); the earlier accuracies the scopes' slices need and
+        this monitor has not found yet, looked up for all of them at once (slice_alerts.earlier_accuracies:
+        not a query per device) into `_baselines`. Fleets summed from partials find theirs in the shards'
+        runs instead (performance_baselines.fleet_baseline, in judge_slices)."""
+        parts, wanted = {}, {}
+        for key, windows in scopes.items():
+            settings = self._resolve(drift, key[2], key[3])
+            parts[key] = judged_slices(windows, settings.thresholds.min_samples)
+            if fleets_from_partials and key[0] == "fleet":
+                continue
+            references = self._references(session, key[3], key[4])
+            missing = {p for p in parts[key] if p not in references and (key, p) not in self._baselines}
+            if missing:
+                wanted[key] = (missing, now - settings.lookback_seconds, settings.thresholds.min_samples)
+        if wanted:
+            self._baselines.update(slice_alerts.earlier_accuracies(session, wanted))
+        return parts
 
     def _fleets_from_partials(self, session: Session, now: float, scopes: dict) -> tuple[float, float] | None:
         """Adds to `scopes` every fleet summed from the shards' partials (this run's own are written already)

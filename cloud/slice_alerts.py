@@ -33,7 +33,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from edgefleet.cloud.db import Alert, TelemetryRecord
@@ -69,25 +69,65 @@ def earlier_accuracy(session: Session, key: tuple, part: str, before: float,
                      min_samples: int) -> tuple[float, str] | None:
     """(accuracy, source) of the slice's first `min_samples` labels or more in the scope's windows of this
     model version that ended at or before `before` (the oldest BASELINE_ROWS windows), None with fewer."""
-    scope, scope_id, _, name, version = key
-    owner = TelemetryRecord.device_id if scope == "device" else TelemetryRecord.fleet
-    rows = session.execute(select(TelemetryRecord.payload, TelemetryRecord.window_end).where(
-        owner == scope_id, TelemetryRecord.model_name == name, TelemetryRecord.model_version == version,
-        TelemetryRecord.window_end <= before).order_by(
-        TelemetryRecord.window_end, TelemetryRecord.id).limit(BASELINE_ROWS))  # ties by arrival, on every database
-    found, count, until = [], 0, 0.0
-    for payload, end in rows:
-        try:
-            window = parse_telemetry(payload, max_bytes=len(payload))
-        except TelemetryError:
-            continue  # the drift monitor logs these
-        labels = baseline_labels(window, part)
-        if labels is not None:
-            found.append(labels)
-            count, until = count + labels.count, end
-        if count >= min_samples:
-            break
-    return baseline_of(found, until, min_samples)
+    return earlier_accuracies(session, {key: ({part}, before, min_samples)}).get((key, part))
+
+
+def earlier_accuracies(session: Session, wanted: Mapping[tuple, tuple[set[str], float, int]]
+                       ) -> dict[tuple, tuple[float, str]]:
+    """earlier_accuracy of many scopes at once: `wanted` maps a scope key to (its slices, before,
+    min_samples); returns {(key, slice): (accuracy, source)} for those found. One query per (scope kind,
+    model version, before) and 500 scopes, each scope's oldest BASELINE_ROWS windows ranked in the
+    database (a query per device made a pass of 100,000 devices 3.5x as long)."""
+    groups: dict[tuple, list[tuple]] = defaultdict(list)
+    for key, (_, before, _) in wanted.items():
+        groups[(key[0], key[3], key[4], before)].append(key)
+    found: dict[tuple, tuple[float, str]] = {}
+    for (scope, name, version, before), keys in groups.items():
+        owner = TelemetryRecord.device_id if scope == "device" else TelemetryRecord.fleet
+        by_owner = {key[1]: key for key in keys}
+        owners = sorted(by_owner)
+        for start in range(0, len(owners), 500):
+            rank = func.row_number().over(partition_by=owner, order_by=(TelemetryRecord.window_end,
+                                                                        TelemetryRecord.id))
+            ranked = select(owner.label("owner"), TelemetryRecord.id, TelemetryRecord.window_end,
+                            TelemetryRecord.payload, rank.label("rank")).where(
+                owner.in_(owners[start:start + 500]), TelemetryRecord.model_name == name,
+                TelemetryRecord.model_version == version, TelemetryRecord.window_end <= before).subquery()
+            rows = session.execute(select(ranked.c.owner, ranked.c.window_end, ranked.c.payload).where(
+                ranked.c.rank <= BASELINE_ROWS).order_by(ranked.c.owner, ranked.c.window_end, ranked.c.id))
+            runs: dict[tuple, tuple[list[LabelCounts], int, float]] = {}  # ties by arrival, on every database
+            for owner_id, end, payload in rows:
+                key = by_owner[owner_id]
+                parts, _, min_samples = wanted[key]
+                todo = [p for p in parts if runs.get((key, p), ((), 0))[1] < min_samples]
+                if not todo:
+                    continue
+                try:
+                    window = parse_telemetry(payload, max_bytes=len(payload))
+                except TelemetryError:
+                    continue  # the drift monitor logs these
+                for part in todo:
+                    labels = baseline_labels(window, part)
+                    if labels is not None:
+                        items, count, _ = runs.get((key, part), ([], 0, 0.0))
+                        runs[(key, part)] = ([*items, labels], count + labels.count, end)
+            for (key, part), (items, _, until) in runs.items():
+                if (baseline := baseline_of(items, until, wanted[key][2])) is not None:
+                    found[(key, part)] = baseline
+    return found
+
+
+def judged_slices(windows: list[TelemetryWindow], min_samples: int) -> dict[str, LabelCounts]:
+    """The slices of a scope's windows that are judged: their labels added up, with confusion cells and at
+    least `min_samples` of them (`_other` never)."""
+    parts: dict[str, list] = defaultdict(list)
+    for window in windows:
+        for part in window.slices:
+            if part.slice != OTHER and part.labels is not None:
+                parts[part.slice].append(part.labels)
+    merged = {part: merge_labels(labels) for part, labels in parts.items()}
+    return {part: m for part, m in sorted(merged.items())
+            if m is not None and m.confusion and m.count >= min_samples}
 
 
 def baseline_labels(window: TelemetryWindow, part: str) -> LabelCounts | None:
@@ -132,32 +172,33 @@ def open_alerts(session: Session, kinds: tuple[str, ...]) -> dict[tuple, list[Al
     return found
 
 
+def looked_up(session: Session, key: tuple, part: str, before: float, min_samples: int) -> None:  # noqa: ARG001
+    """judge_slices' `earlier` for scopes whose baselines the caller looked up for the whole pass
+    (earlier_accuracies): one not in `baselines` was not found."""
+    return None
+
+
 def judge_slices(session: Session, key: tuple, windows: list[TelemetryWindow], now: float, drop: float,
                  min_samples: int, references: Mapping[str, tuple[float, str]], overall: float | None, *,
                  before: float, baselines: dict, alerts: list[Alert] | None = None,
-                 earlier: Callable | None = None) -> list[dict]:
+                 earlier: Callable | None = None, parts: Mapping[str, LabelCounts] | None = None) -> list[dict]:
     """Opens or closes the scope's per-slice alerts (module docstring); returns one record per slice judged.
     `references`: slice_references of the model's manifest; `overall`: its calibration's measured accuracy;
     `before`: the start of the lookback (earlier labels end by then); `baselines`: the caller's memory of
     earlier_accuracy per (key, slice), kept once found; `alerts`: the scope's open alerts (open_alerts),
     read here when None; `earlier`: what finds a baseline (earlier_accuracy's arguments and answer), by
-    default earlier_accuracy (the fleet holder of shard workers: performance_baselines.fleet_baseline)."""
+    default earlier_accuracy (the fleet holder of shard workers: performance_baselines.fleet_baseline;
+    `looked_up` when the caller found them with earlier_accuracies); `parts`: judged_slices of the
+    windows, when the caller has them."""
     scope, scope_id, fleet, name, version = key
-    parts: dict[str, list] = defaultdict(list)
-    for window in windows:
-        for part in window.slices:
-            if part.slice != OTHER and part.labels is not None:
-                parts[part.slice].append(part.labels)
+    parts = judged_slices(windows, min_samples) if parts is None else parts
     if alerts is None:
         alerts = list(session.scalars(select(Alert).where(
             Alert.status == "open", Alert.scope == scope, Alert.scope_id == scope_id, Alert.kind == KIND,
             Alert.model_name == name, Alert.model_version == version)))
     by_slice = {(alert.details or {}).get("slice"): alert for alert in alerts if alert.kind == KIND}
     records = []
-    for part, labels in sorted(parts.items()):
-        merged = merge_labels(labels)
-        if merged is None or not merged.confusion or merged.count < min_samples:
-            continue
+    for part, merged in parts.items():
         if part not in references and (key, part) not in baselines:
             found = (earlier or earlier_accuracy)(session, key, part, before, min_samples)
             if found is not None:

@@ -106,24 +106,25 @@ def scenario(sessions, monitors) -> tuple[list, list, int, dict]:
     """Every period stored, then judged by each monitor `monitors` made, in order; returns the fleet and
     device records (without `shard_passes`), the alerts (without ids) in an order that does not depend on
     which worker wrote them, how many fleet records were summed from partials, and how many times a
-    slice's earlier accuracy was looked for in the rows (`slice_alerts.earlier_accuracy`, up to
+    slice's earlier accuracy was looked for in the rows (`slice_alerts.earlier_accuracies`, up to
     BASELINE_ROWS of the scope's rows each), by scope: {"device": n, "fleet": n}."""
     workers, records = monitors(), []
     reads = {"device": 0, "fleet": 0}
-    read_rows = slice_alerts.earlier_accuracy
+    read_rows = slice_alerts.earlier_accuracies
 
-    def counted(session, key, *args):
-        reads[key[0]] += 1
-        return read_rows(session, key, *args)
+    def counted(session, wanted):
+        for key in wanted:
+            reads[key[0]] += 1
+        return read_rows(session, wanted)
 
-    slice_alerts.earlier_accuracy = counted
+    slice_alerts.earlier_accuracies = counted
     try:
         for period, end in enumerate(PERIODS):
             store(sessions, period)
             for worker in workers:
                 records += worker.run_once(now=end)
     finally:
-        slice_alerts.earlier_accuracy = read_rows
+        slice_alerts.earlier_accuracies = read_rows
     summed = sum(1 for r in records if "shard_passes" in r)
     records = sorted(json.dumps({k: v for k, v in r.items() if k != "shard_passes"}, sort_keys=True)
                      for r in records)

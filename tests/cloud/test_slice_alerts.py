@@ -180,3 +180,39 @@ def test_the_cloud_sends_the_slices_alert_and_its_resolution_to_a_webhook(cloud)
         feed(server.sessions, "d1", time.time(), data.traffic(), pieces=1)
         until(lambda: sum(b["event"] == "alert.resolved" for b in receiver.accepted) == 2, "both resolutions", 30)
     assert receiver.forged == 0 and {b["alert"]["kind"] for b in receiver.accepted} == {KIND}
+
+
+def test_earlier_accuracies_of_many_scopes_in_one_look_up_are_each_scopes_own(tmp_path: Path, monkeypatch):
+    """The monitor looks up the baselines of every scope of a pass at once (a query per device made a pass of
+    100,000 devices 3.5x as long): each scope still gets its own first labels, in (window end, row id)
+    order, of its model version only, ended by `before`, from its oldest BASELINE_ROWS windows."""
+    from edgefleet.cloud import slice_alerts
+    from edgefleet.cloud.db import make_engine, make_sessions
+
+    sessions = make_sessions(make_engine(f"sqlite:///{tmp_path / 'cloud.db'}"))
+    clean, shifted = cancer().traffic(), cancer().traffic(SCANNER)
+    feed(sessions, "d1", 100.0, clean, version=3)  # three windows ending 98, 99, 100: ~26 large labels each
+    feed(sessions, "d2", 100.0, shifted, pieces=1, version=3)
+    feed(sessions, "d2", 50.0, clean, pieces=1, version=2)  # another version: not d2's baseline
+    feed(sessions, "d3", 150.0, clean, pieces=1, version=3)  # after `before`: no baseline yet
+    wanted = {("device", d, "f1", MODEL, 3): ({"large", "small"}, 120.0, MIN_LABELS) for d in ("d1", "d2", "d3")}
+    wanted[("fleet", "f1", "f1", MODEL, 3)] = ({"large"}, 120.0, MIN_LABELS)
+    found = slice_alerts.earlier_accuracies(sessions(), wanted)
+
+    first_two = [piece["large"] for piece in split(clean, 3)[1:]]  # the windows ending 98 and 99
+    labels = sum(len(true) for true, _ in first_two)
+    assert labels >= MIN_LABELS > len(first_two[0][0])
+    expected = sum(int((true == predicted).sum()) for true, predicted in first_two) / labels
+    assert found[(("device", "d1", "f1", MODEL, 3), "large")] == (
+        pytest.approx(expected), f"its own earlier labels, {labels} up to 99")
+    assert found[(("device", "d2", "f1", MODEL, 3), "large")][0] == pytest.approx(accuracy(shifted, "large"))
+    assert not any(key[1] == "d3" for key, _ in found)
+    assert found[(("fleet", "f1", "f1", MODEL, 3), "large")][1] == f"its own earlier labels, {labels} up to 99"
+    with sessions() as session:  # one scope at a time, the same answers
+        assert {(key, part): answer for key, (parts, before, n) in wanted.items() for part in parts
+                if (answer := slice_alerts.earlier_accuracy(session, key, part, before, n)) is not None} == found
+
+    monkeypatch.setattr(slice_alerts, "BASELINE_ROWS", 1)  # d1's oldest window alone holds too few labels
+    found = slice_alerts.earlier_accuracies(sessions(), wanted)
+    assert (("device", "d1", "f1", MODEL, 3), "large") not in found
+    assert (("device", "d2", "f1", MODEL, 3), "large") in found

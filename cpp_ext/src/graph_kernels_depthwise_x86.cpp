@@ -55,7 +55,10 @@ EF_AVX2 inline void store8(const LanesArgs& a, __m256 (&acc)[kLanes], std::int64
     transpose8(acc);  // acc[k]: channel cb + k, pixels p0 .. p0 + 7
     const std::int64_t channels = std::min<std::int64_t>(kLanes, a.c - cb);
     float* y = a.y + cb * plane + p0;
-    if (pixels == kLanes) {
+    if (pixels == kLanes && channels == kLanes) {  // unrolled: no compare per channel
+#pragma GCC unroll 8
+        for (int k = 0; k < kLanes; ++k) _mm256_storeu_ps(y + k * plane, acc[k]);
+    } else if (pixels == kLanes) {
         for (std::int64_t k = 0; k < channels; ++k) _mm256_storeu_ps(y + k * plane, acc[k]);
     } else {  // the first `pixels` lanes (a keyword spotter's 125-pixel plane ends in 5)
         const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(pixels)),

@@ -2,13 +2,15 @@
 active tier, 16 / 8 / 4 lanes with tails): the HardSwish node bit for bit equal to the float32 reference on
 every tier, for every length across the vector widths' tails, with NaN, infinities, signed zeros and the
 kinks; and the convs whose output they finish (HardSwish on the direct path's panels, clip on the
-matrix-vector path) within the float tolerance on every tier."""
+matrix-vector path) within the float tolerance on every tier; Mul by a per-channel scale (scale_planes) bit for
+bit on every tier."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from edgefleet.cpp_ext.graph_format import GraphBuilder
 from edgefleet.cpp_ext.graph_reference import run_graph
 from tests.cpp_ext.conftest import run_on
 from tests.cpp_ext.test_graph import f32, one_op
@@ -48,3 +50,19 @@ def test_vector_conv_clip(isa: str, m: int) -> None:  # squeeze-excite's 1x1 on 
     want = next(iter(run_graph(graph, {"x": x}).values()))
     assert (want == -0.5).any() and (want == 1.0).any()  # both bounds bite
     np.testing.assert_allclose(run_on(graph, {"x": x}, isa), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("inner", [5, 16, 17, 33])
+@pytest.mark.parametrize("scale_first", [False, True])
+def test_channel_scale_mul_bits_on_every_tier(isa: str, inner: int, scale_first: bool) -> None:
+    # squeeze-excite's x * s with s (N, C, 1, 1), after a Relu whose buffer the Mul may reuse in place
+    rng = np.random.default_rng(inner)
+    b = GraphBuilder()
+    x = b.input("x", "float32", (1, 7, 1, inner))
+    s = b.constant("s", f32(rng, 1, 7, 1, 1))
+    y = b.node("Relu", [x])
+    b.output(b.node("Mul", [s, y] if scale_first else [y, s]), "float32")
+    graph = b.build()
+    feed = {"x": f32(rng, 1, 7, 1, inner)}
+    feed["x"][0, 0, 0, 0] = np.nan
+    np.testing.assert_array_equal(run_on(graph, feed, isa), next(iter(run_graph(graph, feed).values())))

@@ -103,9 +103,13 @@ EF_AVX2 void tiles(const LanesArgs& a) {
     }
 }
 
-// n floats of zeros from d (n a multiple of kLanes: cp is).
+// n floats of zeros from d (n a multiple of kLanes: cp is). The empty asm hides that z is zero, so the
+// compiler keeps these few stores instead of a memset call per span (a keyword spotter's rows have 64-float
+// borders: 50 calls a layer, ~0.2 us).
 EF_AVX2 inline void zero_floats(float* d, std::int64_t n) {
-    for (std::int64_t i = 0; i < n; i += kLanes) _mm256_storeu_ps(d + i, _mm256_setzero_ps());
+    __m256 z = _mm256_setzero_ps();
+    __asm__("" : "+x"(z));
+    for (std::int64_t i = 0; i < n; i += kLanes) _mm256_storeu_ps(d + i, z);
 }
 
 // 8 channels (src: the first's plane) of 8 flat pixels into the padded image, from input pixel ix of the

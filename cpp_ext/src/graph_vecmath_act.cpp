@@ -1,13 +1,13 @@
 // hard_swish_rows, clamp_rows and scale_planes of graph_vecmath.hpp: the fused activations' passes over
 // a conv's or a Gemm's output (Activation::finish / apply, graph_ops.hpp), the HardSwish node and Mul by
 // a per-channel scale (squeeze-excite), in explicit vectors of the active tier (avx512: 16 lanes with a
-// masked tail, avx2: 8, otherwise SSE2's 4; NEON rows on the aarch64 tiers). As scalar loops (through a
-// const member the compiler reloaded the bounds each element; Mul runs in place, where its alias check
-// sent the loop to the scalar copy) they never vectorised: HardSwish cost 13-20 us of a 16 k-float
-// output (EfficientNet-Lite's stem and its 72-channel expansions), more than the conv itself, and the
-// channel scale 2.5 us on 16 x 1024. The same IEEE operations in the same order as the scalar code
-// (hard_swish: mul, then add, no fused multiply-add), max_ps / min_ps with the bound first, so a NaN goes
-// where std::max / std::min send it: the portable bits on every tier.
+// masked tail; avx2 and avxvnni: 8; portable: SSE2's 4; NEON rows on the aarch64 tiers). As scalar loops
+// (through a const member the compiler reloaded the bounds each element; Mul runs in place, where its
+// alias check sent the loop to the scalar copy) they never vectorised: HardSwish cost 13-20 us of a
+// 16 k-float output (EfficientNet-Lite's stem and its 72-channel expansions), more than the conv itself,
+// and the channel scale 2.5 us on 16 x 1024. The same IEEE operations in the same order as the scalar
+// code (hard_swish: mul, then add, no fused multiply-add), max_ps / min_ps with the bound first, so a NaN
+// goes where std::max / std::min send it: the portable bits on every tier.
 #include <algorithm>
 #include <cstring>
 
@@ -31,10 +31,12 @@ constexpr float kSixth = static_cast<float>(1.0 / 6.0);
 #define EF_AVX512 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl")))
 #define EF_AVX2 __attribute__((target("avx2,fma")))
 
-// The tier the kernel table runs (select_isa may force a lower one on this CPU): 2 avx512, 1 avx2, 0 other.
+// The tier the kernel table runs (select_isa may force a lower one on this CPU): 2 avx512, 1 avx2 and
+// avxvnni (AVX2 CPUs), 0 portable.
 int tier() {
     const char* isa = kernels::active().isa;
-    return std::strcmp(isa, "avx512") == 0 ? 2 : (std::strcmp(isa, "avx2") == 0 ? 1 : 0);
+    if (isa[0] != 'a') return 0;
+    return std::strcmp(isa, "avx512") == 0 ? 2 : 1;
 }
 
 EF_AVX512 inline __m512 hard_swish16(__m512 v) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "graph.hpp"
+#include "graph_vecmath.hpp"
 
 namespace edgefleet::graph {
 
@@ -56,14 +57,11 @@ struct Activation {
     bool swish = false;
     static Activation from(const Attrs& attrs);
     void apply(float* y, std::int64_t count) const {
-        if (active) {
-            for (std::int64_t i = 0; i < count; ++i) y[i] = std::min(std::max(y[i], lo), hi);
-        }
+        if (active) vecmath::clamp_rows(y, count, lo, hi);
         finish(y, count);
     }
     void finish(float* y, std::int64_t count) const {
-        if (!swish) return;
-        for (std::int64_t i = 0; i < count; ++i) y[i] = hard_swish(y[i]);
+        if (swish) vecmath::hard_swish_rows(y, y, count);
     }
 };
 

@@ -259,7 +259,12 @@ private:
                 }
                 conv(part);
                 if (fused) return;
-                for (std::int64_t o = first; o < std::min(m, first + width); ++o) {
+                const std::int64_t rows = std::min(m, first + width) - first;
+                if (!residual_ && begin == 0 && end == p) {  // the panel's rows side by side: one pass
+                    act_.finish(part.y, rows * p);
+                    return;
+                }
+                for (std::int64_t o = first; o < first + rows; ++o) {
                     act_.finish(args.y + o * p + begin, end - begin);
                     if (residual_) {
                         add_residual(args.y + o * p + begin, in[3].as<float>() + (n * m + o) * p + begin, end - begin);

@@ -188,6 +188,8 @@ public:
     }
 };
 
+struct MulF;
+
 template <typename F>
 class BinaryOp : public Op {
 public:
@@ -257,6 +259,10 @@ private:
             return true;
         }
         for (std::int64_t o = 0; o < outer; ++o) {
+            if constexpr (std::is_same_v<F, MulF>) {  // squeeze-excite's channel scale: vectors of the tier
+                vecmath::scale_planes(full + o * mid * inner, y + o * mid * inner, part, mid, inner);
+                continue;
+            }
             for (std::int64_t m = 0; m < mid; ++m) {
                 const float s = part[m];
                 const std::int64_t at = (o * mid + m) * inner;

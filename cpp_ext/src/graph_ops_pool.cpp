@@ -109,6 +109,14 @@ public:
     void run(const std::vector<View>& in, const View& out, void*) const override {
         const Shape& s = *in[0].shape;
         const std::int64_t planes = s[0] * s[1], size = numel(s) / std::max<std::int64_t>(planes, 1);
+#if defined(__x86_64__) || defined(_M_X64)
+        if (average_ && std::strcmp(kernels::active().isa, "portable") != 0) {
+            float* y = out.as<float>();
+            pool::sum8_planes_avx2(in[0].as<float>(), planes, size, y);
+            for (std::int64_t p = 0; p < planes; ++p) y[p] = y[p] / static_cast<float>(size);
+            return;
+        }
+#endif
         for (std::int64_t p = 0; p < planes; ++p) {
             const float* x = in[0].as<float>() + p * size;
             if (average_) {

@@ -61,5 +61,12 @@ std::int64_t average_row_neon(const float* corner, std::int64_t row_step, std::i
 // ((0 + 4) + (1 + 5)) + ((2 + 6) + (3 + 7)).
 float sum8_neon(const float* x, std::int64_t size);
 #endif
+#if defined(__x86_64__) || defined(_M_X64)
+// GlobalAveragePool's sums on the x86 SIMD tiers (graph_ops_pool_x86.cpp): sums[p] of `planes` planes of
+// `size` floats each, every plane in GlobalPoolOp::sum's order (8 running lanes, the tail into lanes 0..,
+// the same pairwise fold): the same bits. 4 planes at a time, so 4 chains of adds overlap (one plane's
+// 8-lane chain waits on each add: 0.8 us for a keyword spotter's 64 x 125).
+void sum8_planes_avx2(const float* x, std::int64_t planes, std::int64_t size, float* sums);
+#endif
 
 }  // namespace edgefleet::graph::pool

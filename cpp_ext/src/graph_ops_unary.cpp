@@ -31,13 +31,8 @@ struct HardSigmoidF {
     }
     float operator()(float x) const { return std::min(std::max(alpha * x + beta, 0.0f), 1.0f); }
 };
-struct HardSwishF {
-    bool rows(const float* x, float* y, std::int64_t n) const {
-#if defined(__aarch64__)
-        if (kernels::neon_active()) return vecmath::hard_swish_rows_neon(x, y, n), true;
-#endif
-        return (void)x, (void)y, (void)n, false;
-    }
+struct HardSwishF {  // vectors of the active tier, the portable bits (graph_vecmath_act.cpp)
+    bool rows(const float* x, float* y, std::int64_t n) const { return vecmath::hard_swish_rows(x, y, n), true; }
     float operator()(float x) const { return hard_swish(x); }
 };
 struct LeakyReluF {

@@ -87,6 +87,13 @@ void softmax_row(const float* x, float* y, std::int64_t n);
 // bias_step are 1 (one value per element) or 0 (one value for the row); bias may be null.
 void layer_norm_row(const float* x, float* y, std::int64_t n, double epsilon, const float* scale,
                     std::int64_t scale_step, const float* bias, std::int64_t bias_step);
+// The fused activations' passes (Activation in graph_ops.hpp) and the HardSwish node, in vectors of the
+// active tier with the portable bits (graph_vecmath_act.cpp): y = hard_swish(x) (x may be y), and
+// y = min(max(y, lo), hi) in place.
+void hard_swish_rows(const float* x, float* y, std::int64_t n);
+void clamp_rows(float* y, std::int64_t n, float lo, float hi);
+// y[p * inner + j] = x[p * inner + j] * s[p] for p < planes (x may be y): Mul by a per-channel scale.
+void scale_planes(const float* x, float* y, const float* s, std::int64_t planes, std::int64_t inner);
 #if defined(__x86_64__) || defined(_M_X64)
 // softmax_row in zmm registers with the same bits (graph_vecmath_avx512.cpp); softmax_row calls it when
 // the "avx512" kernel tier is active.

@@ -38,15 +38,18 @@ using QgemmFn = void (*)(int M, int N, int K, const std::int16_t* A, int lda, co
 // z (tiers with Table::conv_residual only; null elsewhere): a residual laid out as y, added after the
 // clamp above (callers pass lo = -inf, hi = inf then), and clamped again to [z_lo, z_hi]:
 //   y[m * P + p] = min(max(that + z[m * P + p], z_lo), z_hi)
-// The zero padding of a stride-1 conv done in the kernel (tiers with Table::conv_pad, for convs that
+// The zero padding of a conv done in the kernel (tiers with Table::conv_pad, for convs that
 // conv_pad_fits; null elsewhere): x is then the unpadded input, C planes of h x w, pix and koff are not
-// read, and output pixel p = oy * ow + ox of tap k = (c, i, j) reads input (c, oy + i * dh - top,
-// ox + j * dw - left), zero outside the planes: the same sums as over a zero-padded copy, without it.
+// read, and output pixel p = oy * ow + ox of tap k = (c, i, j) reads input (c, oy * sh + i * dh - top,
+// ox * sw + j * dw - left), zero outside the planes: the same sums as over a zero-padded copy, without
+// it. Stride 1, or stride 2 with 3-wide undilated rows of taps (ResNet's downsampling 3x3 convs).
 struct ConvPad {
     int c, h, w, ow, kh, kw, dh, dw, top, left;
+    int sh = 1, sw = 1;
 };
-constexpr int kConvPadMaxK = 320, kConvPadMinWidth = 32, kConvPadMaxKw = 7;
-inline bool conv_pad_fits(int k, int ow, int kw, int sh, int sw) {
+constexpr int kConvPadMaxK = 320, kConvPadMinWidth = 32, kConvPadMinWidth2 = 16, kConvPadMaxKw = 7;
+inline bool conv_pad_fits(int k, int ow, int kw, int sh, int sw, int dw = 1) {
+    if (sh == 2 && sw == 2) return k <= kConvPadMaxK && ow >= kConvPadMinWidth2 && kw == 3 && dw == 1;
     return k <= kConvPadMaxK && ow >= kConvPadMinWidth && kw <= kConvPadMaxKw && sh == 1 && sw == 1;
 }
 

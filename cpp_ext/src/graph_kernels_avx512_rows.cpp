@@ -9,30 +9,6 @@ namespace edgefleet::graph::kernels {
 
 namespace {
 
-// The pixels-in-lanes tiles' store: R output channels from m0 by NP vectors of pixels from p0 (lanes
-// in mask), + bias, clamp, and the residual with its clamp.
-template <int NP, int R>
-EF_AVX512 inline void store_rows(const ConvArgs& a, __m512 (&acc)[R][NP], const __mmask16 (&mask)[NP], int p0, int m0) {
-    const __m512 lo = _mm512_set1_ps(a.lo), hi = _mm512_set1_ps(a.hi);
-    const __m512 z_lo = _mm512_set1_ps(a.z_lo), z_hi = _mm512_set1_ps(a.z_hi);
-    #pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-        const int m = m0 + r;
-        if (m >= a.M) break;
-        const __m512 bias = _mm512_set1_ps(a.bias[m]);
-        const std::ptrdiff_t row = static_cast<std::ptrdiff_t>(m) * a.P + p0;
-        #pragma GCC unroll 4
-        for (int v = 0; v < NP; ++v) {
-            __m512 value = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(acc[r][v], bias)));
-            if (a.z != nullptr) {
-                const __m512 z = _mm512_maskz_loadu_ps(mask[v], a.z + row + kLanes * v);
-                value = _mm512_min_ps(z_hi, _mm512_max_ps(z_lo, _mm512_add_ps(value, z)));
-            }
-            _mm512_mask_storeu_ps(a.y + row + kLanes * v, mask[v], value);
-        }
-    }
-}
-
 // Pixels in the lanes, for convs whose pixels [p_begin, p_end) sit side by side in x (1x1,
 // stride 1, unpadded: MobileNet's expand and project convs). 8 output channels by NP vectors of 16
 // pixels; per tap NP loads of x and 8 broadcasts of W. With K this small the channels-in-lanes tile spent
@@ -226,6 +202,10 @@ constexpr int kRun = 32;
 // lanes, run by run; the others: channels in the lanes.
 EF_AVX512 void conv_avx512(const ConvArgs& a) {
     if (a.pad != nullptr) {
+        if (a.pad->sw == 2) {
+            conv_s2_avx512(a);
+            return;
+        }
         conv_padded(a);
         return;
     }

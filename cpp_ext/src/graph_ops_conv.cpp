@@ -3,8 +3,9 @@
 // activation. Paths:
 // - direct (group 1, constant W, 1x1 convs included): W pre-packed in column panels of up to 48 channels
 //   (M rounded up to 8 in all), each (K, width) contiguous, the input copied into zero-padded planes when
-//   a window reaches outside it (not on tiers with Table::conv_pad, for the stride-1 shallow convs on wide
-//   rows that kernels::conv_pad_fits: avx512 masks its loads to the planes instead), and
+//   a window reaches outside it (not on tiers with Table::conv_pad, for the shallow stride-1 and 3-wide
+//   stride-2 convs on wide rows that kernels::conv_pad_fits: avx512 masks its loads to the planes
+//   instead), and
 //   kernels::Table::conv, once per panel, computes the output with bias
 //   and clamp (and, where the tier can, the residual) applied in registers: no im2col, no extra pass over
 //   the output. At batch 1 on small images this is most of a CNN's time. The panels match the avx512
@@ -209,10 +210,9 @@ private:
         const kernels::ConvPad pad{static_cast<int>(win.c), static_cast<int>(win.h), static_cast<int>(win.w),
                                    static_cast<int>(win.ow), static_cast<int>(win.kh), static_cast<int>(win.kw),
                                    static_cast<int>(win.dh), static_cast<int>(win.dw), static_cast<int>(win.top),
-                                   static_cast<int>(win.left)};
+                                   static_cast<int>(win.left), static_cast<int>(win.sh), static_cast<int>(win.sw)};
         const bool in_kernel = d.copy && !d.subsample && active().conv_pad &&
-                               kernels::conv_pad_fits(args.K, pad.ow, pad.kw, static_cast<int>(win.sh),
-                                                      static_cast<int>(win.sw));
+                               kernels::conv_pad_fits(args.K, pad.ow, pad.kw, pad.sh, pad.sw, pad.dw);
         if (in_kernel) args.pad = &pad;
         for (std::int64_t n = 0; n < win.n; ++n) {
             const float* x = in[0].as<float>() + n * win.c * plane;

@@ -111,7 +111,7 @@ def test_pointwise_conv_pixels_in_lanes_on_every_tier(m: int, c: int, hw: tuple,
 @pytest.mark.parametrize("m,c,hw,stride", [(16, 3, (40, 37), 1), (24, 16, (9, 64), 1), (20, 3, (33, 33), 2)])
 def test_shallow_padded_conv_row_runs_on_every_tier(m: int, c: int, hw: tuple, stride: int) -> None:
     """Shallow 3x3 convs with padding on wide rows (avx512: pixels in the lanes, output row by output
-    row; stride 2 keeps the channels-in-lanes tiles) match the reference, with the same bits on the x86
+    row; at stride 2 too, rows of 17 as 16 + 1) match the reference, with the same bits on the x86
     tiers, and at 1 and 3 threads."""
     rng = np.random.default_rng(m * c + stride)
     b = GraphBuilder()
@@ -144,6 +144,35 @@ def test_conv_padded_in_kernel_on_every_tier(m: int, c: int, hw: tuple, kernel: 
     out_hw = tuple(d + pads[i] + pads[i + 2] - dilation * (kernel[i] - 1) for i, d in enumerate(hw))
     inputs = [x, w, bias] + ([b.input("z", "float32", ("n", m, *out_hw))] if residual else [])
     b.output(b.node("Conv", inputs, pads=pads, dilations=[dilation, dilation], activation="relu"), "")
+    graph = b.build()
+    feed = {"x": rng.standard_normal((2, c, *hw)).astype(np.float32)}
+    if residual:
+        feed["z"] = rng.standard_normal((2, m, *out_hw)).astype(np.float32)
+    check_every_tier(graph, feed, 1e-5 * np.sqrt(kernel[0] * kernel[1] * c), threaded=True)
+
+
+@pytest.mark.parametrize("m,c,hw,kernel,pads,residual", [
+    (32, 16, (12, 64), (3, 3), [1, 1, 1, 1], False),   # ResNet's 16 -> 32 downsampling: rows of 2 vectors
+    (20, 5, (9, 67), (3, 3), [1, 0, 2, 2], True),      # asymmetric pads, a 2-pixel tail, 12 + 8 channels
+    (13, 3, (7, 100), (5, 3), [2, 1, 2, 1], False),    # 5 rows of taps, 50-pixel rows, 12 + 4 channels
+    (64, 8, (5, 80), (3, 3), [1, 1, 1, 1], True),      # 40-pixel rows: a vector and a half
+    (64, 32, (9, 32), (3, 3), [1, 1, 1, 1], True),     # ResNet's 32 -> 64: rows of 16, two to a tile
+    (24, 7, (8, 40), (3, 3), [1, 1, 1, 1], False),     # rows of 20: 16 + 4, each row its own tiles
+])
+def test_stride_2_conv_padded_in_kernel_on_every_tier(m: int, c: int, hw: tuple, kernel: tuple, pads: list,
+                                                       residual: bool) -> None:
+    """Stride-2 convs with 3-wide rows of taps on output rows of 16 pixels and more (avx512 reads the
+    input in place, even and odd columns apart, where the other tiers copy it zero-padded) match the
+    reference, with the same bits on the x86 tiers and at 1 and 3 threads."""
+    rng = np.random.default_rng(m * c + kernel[0])
+    b = GraphBuilder()
+    x = b.input("x", "float32", ("n", c, *hw))
+    w = b.constant("w", rng.standard_normal((m, c, *kernel)).astype(np.float32))
+    bias = b.constant("b", rng.standard_normal(m).astype(np.float32))
+    out_hw = tuple((d + pads[i] + pads[i + 2] - kernel[i]) // 2 + 1 for i, d in enumerate(hw))
+    assert out_hw[1] >= 16
+    inputs = [x, w, bias] + ([b.input("z", "float32", ("n", m, *out_hw))] if residual else [])
+    b.output(b.node("Conv", inputs, pads=pads, strides=[2, 2], activation="relu"), "")
     graph = b.build()
     feed = {"x": rng.standard_normal((2, c, *hw)).astype(np.float32)}
     if residual:

@@ -62,14 +62,17 @@ LABELS = LabelCounts(10, confusion=((0, 0, 5), (1, 1, 3), (1, 0, 2)))  # 0.8, as
 MANIFEST = {"name": "digits-cnn", "version": 1, "metrics": {"eval": {"per_slice": {"day": {"accuracy": 0.8}}}}}
 
 
-def seed(url: str, devices: int, end: float, labels: bool = False) -> None:
-    """One window per device in fleet "lab"; `labels`: each with LABELS, in one slice "day" too."""
+def seed(url: str, devices: int, end: float, labels: bool = False, slice_metrics: bool = True) -> None:
+    """One window per device in fleet "lab"; `labels`: each with LABELS, in one slice "day" too;
+    `slice_metrics`: the bundle says the slice's accuracy (without, as in an imported model, every device
+    and the fleet look for their slice's own earlier labels, cloud/slice_alerts.py)."""
     sessions = make_sessions(make_engine(url))
     extra = {"labels": LABELS, "slices": (SliceCounts("day", 30, (), LABELS),)} if labels else {}
     if labels:
         with sessions.begin() as session:
             session.add(BundleRecord(name="digits-cnn", version=1, path="-", sha256="0" * 64, size=0,
-                                     manifest=MANIFEST))
+                                     manifest=MANIFEST if slice_metrics else {"name": "digits-cnn",
+                                                                              "version": 1}))
     latency = [0] * (len(LATENCY_EDGES_MS) + 2)
     latency[3] = 30
     for start in range(0, devices, 10_000):
@@ -202,6 +205,8 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=100_000)
     parser.add_argument("--lease", type=float, default=5.0, help="lease period for the take-over figures (s)")
     parser.add_argument("--monitor", choices=("drift", "performance"), default="drift")
+    parser.add_argument("--no-slice-metrics", action="store_true",
+                        help="performance: a bundle without per-slice accuracies (slices judged on earlier labels)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     server = PostgresServer().start()
@@ -210,13 +215,15 @@ def main() -> None:
         make_engine(url).dispose()  # the schema
         now = time.time()
         started = time.perf_counter()
-        seed(url, args.devices, now - 5, labels=args.monitor == "performance")
+        seed(url, args.devices, now - 5, labels=args.monitor == "performance",
+             slice_metrics=not args.no_slice_metrics)
         seeded = time.perf_counter() - started
         one = timed_passes(url, 1, now, "one", args.monitor)
         two = timed_passes(url, 2, now, "two", args.monitor)
         pass_one, pass_two = one[0]["seconds"], max(r["seconds"] for r in two)
         report = {
-            "benchmark": "scaleout", "monitor": args.monitor, "code": str(Path(edgefleet.cloud.__file__).parents[1]),
+            "benchmark": "scaleout", "monitor": args.monitor, "slice_metrics": not args.no_slice_metrics,
+            "code": str(Path(edgefleet.cloud.__file__).parents[1]),
             "devices": args.devices, "seed_seconds": round(seeded, 1),
             "monitor_pass_seconds": {"1_worker": pass_one, "2_workers": pass_two,
                                      "speedup": round(pass_one / pass_two, 2), "workers": one + two},

@@ -212,7 +212,8 @@ private:
                                    static_cast<int>(win.dh), static_cast<int>(win.dw), static_cast<int>(win.top),
                                    static_cast<int>(win.left), static_cast<int>(win.sh), static_cast<int>(win.sw)};
         const bool in_kernel = d.copy && !d.subsample && active().conv_pad &&
-                               kernels::conv_pad_fits(args.K, pad.ow, pad.kw, pad.sh, pad.sw, pad.dw);
+                               (kernels::conv_pad_fits(args.K, pad.ow, pad.kw, pad.sh, pad.sw, pad.dw) ||
+                                kernels::conv_pad8_fits(pad, static_cast<int>(win.oh)));
         if (in_kernel) args.pad = &pad;
         for (std::int64_t n = 0; n < win.n; ++n) {
             const float* x = in[0].as<float>() + n * win.c * plane;

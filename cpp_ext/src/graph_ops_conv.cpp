@@ -17,6 +17,7 @@
 // - im2col (a cached gather table) + sgemm + bias/activation pass: grouped convs (depthwise ones have
 //   their own op, graph_ops_depthwise.cpp) and W known only at run time.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 
@@ -160,6 +161,7 @@ private:
         }
         packed_m_ = m;
         packed_k_ = k;
+        finite_ = std::all_of(src, src + m * k, [](float v) { return std::isfinite(v); });
     }
 
     // null when the direct path does not apply (no packed W, another W shape, or offsets beyond int32).
@@ -213,7 +215,7 @@ private:
                                    static_cast<int>(win.left), static_cast<int>(win.sh), static_cast<int>(win.sw)};
         const bool in_kernel = d.copy && !d.subsample && active().conv_pad &&
                                (kernels::conv_pad_fits(args.K, pad.ow, pad.kw, pad.sh, pad.sw, pad.dw) ||
-                                kernels::conv_pad8_fits(pad, static_cast<int>(win.oh)));
+                                (finite_ && kernels::conv_pad8_fits(pad, static_cast<int>(win.oh))));
         if (in_kernel) args.pad = &pad;
         for (std::int64_t n = 0; n < win.n; ++n) {
             const float* x = in[0].as<float>() + n * win.c * plane;
@@ -391,6 +393,7 @@ private:
     std::shared_ptr<void> packed_;       // W as column panels (K, width) for the direct path, or null
     std::vector<std::int64_t> edges_;    // the panels' first columns, then MP
     std::int64_t packed_m_ = 0, packed_k_ = 0;
+    bool finite_ = false;  // every weight finite (conv_pad8_fits's kernel skips the taps of the padding)
     mutable std::vector<float> bias_;    // MP values, zero-padded (refilled per run if B is not constant)
     bool bias_constant_ = false;
     std::unique_ptr<Winograd> winograd_;  // W transformed for Winograd F(2x2, 3x3), 3x3 W only

@@ -5,7 +5,8 @@
 //   (M rounded up to 8 in all), each (K, width) contiguous, the input copied into zero-padded planes when
 //   a window reaches outside it (not on tiers with Table::conv_pad, for the shallow stride-1 and 3-wide
 //   stride-2 convs on wide rows that kernels::conv_pad_fits: avx512 masks its loads to the planes
-//   instead), and
+//   instead; nor for 3x3 same-padded convs on 8-wide maps with finite W, kernels::conv_pad8_fits, whose
+//   taps of the padding avx512 skips), and
 //   kernels::Table::conv, once per panel, computes the output with bias
 //   and clamp (and, where the tier can, the residual) applied in registers: no im2col, no extra pass over
 //   the output. At batch 1 on small images this is most of a CNN's time. The panels match the avx512

@@ -202,27 +202,32 @@ def test_strided_pointwise_and_64_channel_panels_on_every_tier(m: int, c: int, h
     check_every_tier(graph, feed, 1e-5 * np.sqrt(k * k * c), threaded=True)
 
 
-def eight_wide_conv(m: int, c: int, h: int, residual: bool, w: np.ndarray):
-    """A 3x3 same-padded relu conv on (n, c, h, 8) with W w, a linspace bias and (residual) an input z."""
+def eight_wide_conv(m: int, c: int, h: int, residual: bool, w: np.ndarray, stride: int = 1):
+    """A 3x3 relu conv padded by 1 onto (n, m, h, 8) from (n, c, h * stride, 8 * stride) with W w, a linspace
+    bias and (residual) an input z."""
     b = GraphBuilder()
     bias = b.constant("b", np.linspace(-1, 1, m, dtype=np.float32))
-    inputs = [b.input("x", "float32", ("n", c, h, 8)), b.constant("w", w), bias]
+    inputs = [b.input("x", "float32", ("n", c, h * stride, 8 * stride)), b.constant("w", w), bias]
     if residual:
         inputs.append(b.input("z", "float32", ("n", m, h, 8)))
-    b.output(b.node("Conv", inputs, pads=[1, 1, 1, 1], strides=[1, 1], activation="relu"), "")
+    b.output(b.node("Conv", inputs, pads=[1, 1, 1, 1], strides=[stride, stride], activation="relu"), "")
     return b.build()
 
 
-@pytest.mark.parametrize("m,c,h,residual", [(128, 128, 8, True), (40, 7, 16, False), (64, 20, 2, True),
-                                            (8, 3, 5, True), (100, 5, 9, False)])
-def test_eight_wide_3x3_conv_skipping_the_padding_on_every_tier(m: int, c: int, h: int, residual: bool) -> None:
-    """3x3 same-padded convs on maps 8 wide (ResNet's last stage; avx512 reads the input in place and skips
-    the taps of the padding, pixels in classes by their taps: inner rows and columns, top and bottom rows,
-    corners) match the reference, with the same bits on the x86 tiers and at 1 and 3 threads (16 rows: 128
-    pixels, split by pixels; 128 channels: 3 panels; 64: one of 4 vectors; 40 and 100: masked vectors)."""
-    rng = np.random.default_rng(m * c + h)
-    graph = eight_wide_conv(m, c, h, residual, rng.standard_normal((m, c, 3, 3)).astype(np.float32))
-    feed = {"x": rng.standard_normal((2, c, h, 8)).astype(np.float32)}
+@pytest.mark.parametrize("m,c,h,residual,stride", [
+    (128, 128, 8, True, 1), (40, 7, 16, False, 1), (64, 20, 2, True, 1), (8, 3, 5, True, 1), (100, 5, 9, False, 1),
+    (128, 64, 8, False, 2), (40, 7, 16, True, 2),
+])
+def test_eight_wide_3x3_conv_skipping_the_padding_on_every_tier(m: int, c: int, h: int, residual: bool,
+                                                                 stride: int) -> None:
+    """3x3 convs padded by 1 onto maps 8 wide (ResNet's last stage; at stride 1 avx512 reads the input in
+    place and skips the taps of the padding, pixels in classes by their taps: inner rows and columns, top
+    and bottom rows, corners; at stride 2 the tiles over the padded copy) match the reference, with the
+    same bits on the x86 tiers and at 1 and 3 threads (16 rows: 128 pixels, split by pixels; 128 channels:
+    3 panels; 64: one of 4 vectors; 40 and 100: masked vectors)."""
+    rng = np.random.default_rng(m * c + h + stride)
+    graph = eight_wide_conv(m, c, h, residual, rng.standard_normal((m, c, 3, 3)).astype(np.float32), stride)
+    feed = {"x": rng.standard_normal((2, c, h * stride, 8 * stride)).astype(np.float32)}
     if residual:
         feed["z"] = rng.standard_normal((2, m, h, 8)).astype(np.float32)
     check_every_tier(graph, feed, 1e-5 * np.sqrt(9 * c), threaded=True)

@@ -52,6 +52,14 @@ inline bool conv_pad_fits(int k, int ow, int kw, int sh, int sw, int dw = 1) {
     if (sh == 2 && sw == 2) return k <= kConvPadMaxK && ow >= kConvPadMinWidth2 && kw == 3 && dw == 1;
     return k <= kConvPadMaxK && ow >= kConvPadMinWidth && kw <= kConvPadMaxKw && sh == 1 && sw == 1;
 }
+// 3x3 same-padded stride-1 convs on maps 8 wide and 2-16 high (ResNet's last stage), panels of at most
+// 64 output channels, W all finite (the kernel skips the taps of the padding, whose w * 0 a NaN or an
+// infinity in W would have made NaN).
+constexpr int kConvPad8MaxPixels = 128;
+inline bool conv_pad8_fits(const ConvPad& g, int oh) {
+    return g.w == 8 && g.ow == 8 && oh == g.h && g.h >= 2 && 8 * g.h <= kConvPad8MaxPixels && g.kh == 3 &&
+           g.kw == 3 && g.dh == 1 && g.dw == 1 && g.top == 1 && g.left == 1 && g.sh == 1 && g.sw == 1;
+}
 
 struct ConvArgs {
     int M, P, K, MP;

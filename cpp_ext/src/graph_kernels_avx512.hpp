@@ -56,6 +56,10 @@ void conv_tiles_avx512(const ConvArgs& a);
 // with sw == 2, kw == 3, dw == 1.
 void conv_s2_avx512(const ConvArgs& a);
 
+// 3x3 same-padded stride-1 convs on maps 8 wide (graph_kernels_avx512_w8.cpp): ConvArgs::pad that
+// conv_pad8_fits.
+void conv_w8_avx512(const ConvArgs& a);
+
 }  // namespace edgefleet::graph::kernels
 
 #endif  // x86-64

@@ -206,6 +206,10 @@ EF_AVX512 void conv_avx512(const ConvArgs& a) {
             conv_s2_avx512(a);
             return;
         }
+        if (a.pad->ow == 8) {
+            conv_w8_avx512(a);
+            return;
+        }
         conv_padded(a);
         return;
     }

@@ -5,7 +5,8 @@
 //   (M rounded up to 8 in all), each (K, width) contiguous, the input copied into zero-padded planes when
 //   a window reaches outside it (not on tiers with Table::conv_pad, for the shallow stride-1 and 3-wide
 //   stride-2 convs on wide rows that kernels::conv_pad_fits: avx512 masks its loads to the planes
-//   instead), and
+//   instead; nor for 3x3 same-padded convs on 8-wide maps with finite W, kernels::conv_pad8_fits, whose
+//   taps of the padding avx512 skips), and
 //   kernels::Table::conv, once per panel, computes the output with bias
 //   and clamp (and, where the tier can, the residual) applied in registers: no im2col, no extra pass over
 //   the output. At batch 1 on small images this is most of a CNN's time. The panels match the avx512
@@ -17,6 +18,7 @@
 // - im2col (a cached gather table) + sgemm + bias/activation pass: grouped convs (depthwise ones have
 //   their own op, graph_ops_depthwise.cpp) and W known only at run time.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 
@@ -160,6 +162,7 @@ private:
         }
         packed_m_ = m;
         packed_k_ = k;
+        finite_ = std::all_of(src, src + m * k, [](float v) { return std::isfinite(v); });
     }
 
     // null when the direct path does not apply (no packed W, another W shape, or offsets beyond int32).
@@ -212,7 +215,8 @@ private:
                                    static_cast<int>(win.dh), static_cast<int>(win.dw), static_cast<int>(win.top),
                                    static_cast<int>(win.left), static_cast<int>(win.sh), static_cast<int>(win.sw)};
         const bool in_kernel = d.copy && !d.subsample && active().conv_pad &&
-                               kernels::conv_pad_fits(args.K, pad.ow, pad.kw, pad.sh, pad.sw, pad.dw);
+                               (kernels::conv_pad_fits(args.K, pad.ow, pad.kw, pad.sh, pad.sw, pad.dw) ||
+                                (finite_ && kernels::conv_pad8_fits(pad, static_cast<int>(win.oh))));
         if (in_kernel) args.pad = &pad;
         for (std::int64_t n = 0; n < win.n; ++n) {
             const float* x = in[0].as<float>() + n * win.c * plane;
@@ -390,6 +394,7 @@ private:
     std::shared_ptr<void> packed_;       // W as column panels (K, width) for the direct path, or null
     std::vector<std::int64_t> edges_;    // the panels' first columns, then MP
     std::int64_t packed_m_ = 0, packed_k_ = 0;
+    bool finite_ = false;  // every weight finite (conv_pad8_fits's kernel skips the taps of the padding)
     mutable std::vector<float> bias_;    // MP values, zero-padded (refilled per run if B is not constant)
     bool bias_constant_ = false;
     std::unique_ptr<Winograd> winograd_;  // W transformed for Winograd F(2x2, 3x3), 3x3 W only

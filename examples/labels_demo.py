@@ -10,13 +10,17 @@
 3. after `--drift-after` seconds the camera brightens (+0.4): every second a row shows the estimated
    accuracy (from confidence alone), the measured accuracy (from the labels that arrived) and the
    label-free alert; the estimate falls first, the measure when the brightened images' labels come in;
-4. prints `edgefleet performance` for the device and the alert.
+4. prints `edgefleet performance` for the device and the alerts: the label-free one, and one per slice.
+   Requests alternate between two slices (`?slice=door` and `?slice=yard`, two cameras of one device);
+   the bundle holds no accuracy for either, so each is judged against the device's own earlier accuracy
+   on it (its first labelled windows, cloud/slice_alerts.py), and both fall when the cameras brighten.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import logging
 import shutil
 import socket
@@ -39,6 +43,7 @@ from edgefleet.edge_runtime.background import BackgroundThreads
 from edgefleet.edge_runtime.device_config import DeviceConfig, MqttConfig
 from edgefleet.edge_runtime.sim import drifted, register_device
 
+SLICES = ("door", "yard")  # two cameras of the device; no accuracy for them in the bundle
 console = Console()
 if not console.is_terminal:
     console = Console(width=130)
@@ -58,11 +63,14 @@ class Client(BackgroundThreads):
     def _ask(self) -> None:
         rng = np.random.default_rng(0)
         with httpx.Client(base_url=self.url, timeout=30) as client:
-            while not self.stop.wait(0.05):
+            for call in itertools.count():
+                if self.stop.wait(0.05):
+                    return
                 rows = rng.integers(0, len(self.x), 4)
                 bright = self.brighten.is_set()
                 x = drifted("brightness", self.x[rows], 0.4, rng) if bright else self.x[rows]
-                answer = client.post("/v1/predict", json={"inputs": x.tolist()}).json()
+                answer = client.post("/v1/predict", params={"slice": SLICES[call % len(SLICES)]},
+                                     json={"inputs": x.tolist()}).json()
                 self.pending.append((time.time() + self.delay, answer["request_id"], self.y[rows].tolist(), bright))
 
     def _label(self) -> None:
@@ -105,7 +113,7 @@ def main() -> None:
         console.print(performance_table(client.get(f"/api/v1/devices/cam-1/performance?since={time.time() - 600}"
                                                    f"&bucket_seconds=5")))
         console.print(alerts_table([a for a in client.get("/api/v1/alerts?status=all")
-                                    if a["kind"] == "estimated_accuracy"]))
+                                    if a["kind"] in ("estimated_accuracy", "performance_drop")]))
 
 
 def watch(client: CloudClient, traffic: Client, args: argparse.Namespace) -> None:

@@ -197,6 +197,8 @@ void Winograd::run(const float* x, float* y, const float* bias, const float* z, 
     const std::int64_t row_floats = transform_floats(g);
     const std::int64_t plane = win.h * win.w, out_plane = win.oh * win.ow;
     const double copy_work = static_cast<double>(c_ * g.ph * g.pw) * 4.0;
+    // The avx512 tier's transforms are its own (the same bits), the other tiers' these files' loops.
+    const bool avx512 = std::strcmp(kernels::active().isa, "avx512") == 0;
     for (std::int64_t n = 0; n < win.n; ++n) {
         const float* xn = x + n * c_ * plane;
         parallel_ranges(c_, 1, copy_work, [&](int, std::int64_t first, std::int64_t last) {
@@ -220,6 +222,12 @@ void Winograd::run(const float* x, float* y, const float* bias, const float* z, 
             parallel_ranges(c_, 1, static_cast<double>(tiles * c_) * 32.0, [&](int slot, std::int64_t first, std::int64_t last) {
                 float* tmp = row_buffers + slot * row_floats;
                 for (std::int64_t c = first; c < last; ++c) {
+#if defined(__x86_64__) || defined(_M_X64)
+                    if (avx512) {
+                        winograd_avx512::transform_input(padded + c * g.ph * g.pw, v + c * tiles, sv, g.tw, g.pw, ty0, ty1);
+                        continue;
+                    }
+#endif
                     transform_input(padded + c * g.ph * g.pw, v + c * tiles, sv, g, ty0, ty1, tmp);
                 }
             });
@@ -240,7 +248,15 @@ void Winograd::run(const float* x, float* y, const float* bias, const float* z, 
                 float* tmp = row_buffers + slot * row_floats;
                 for (std::int64_t k = first; k < last; ++k) {
                     float* plane_k = yn + k * out_plane;
+#if defined(__x86_64__) || defined(_M_X64)
+                    if (avx512) {
+                        winograd_avx512::transform_output(m + k * tiles, sm, bias[k], plane_k, win.oh, win.ow, g.tw, ty0, ty1);
+                    } else {
+                        transform_output(m + k * tiles, sm, bias[k], plane_k, win, g, ty0, ty1, tmp);
+                    }
+#else
                     transform_output(m + k * tiles, sm, bias[k], plane_k, win, g, ty0, ty1, tmp);
+#endif
                     float* out = plane_k + y0 * win.ow;
                     if (zn != nullptr) {
                         const float* r = zn + k * out_plane + y0 * win.ow;

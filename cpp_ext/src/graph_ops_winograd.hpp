@@ -38,4 +38,15 @@ private:
     std::vector<float> u_;  // (16, M, C)
 };
 
+#if defined(__x86_64__) || defined(_M_X64)
+// The transforms in AVX-512 registers, for the avx512 tier (graph_ops_winograd_avx512.cpp): the same
+// additions as graph_ops_winograd.cpp's loops, in the same order, on the same values.
+namespace winograd_avx512 {
+void transform_input(const float* plane, float* v, std::int64_t stride, std::int64_t tw, std::int64_t pw,
+                     std::int64_t ty0, std::int64_t ty1);
+void transform_output(const float* m, std::int64_t stride, float bias, float* y, std::int64_t oh, std::int64_t ow,
+                      std::int64_t tw, std::int64_t ty0, std::int64_t ty1);
+}  // namespace winograd_avx512
+#endif
+
 }  // namespace edgefleet::graph

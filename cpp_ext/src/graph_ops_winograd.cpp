@@ -183,9 +183,12 @@ bool Winograd::applies(const Window& win) const {
 // whole cache lines.
 static std::int64_t transform_floats(const Geometry& g) { return (16 * (g.tw + 1) + 15) / 16 * 16; }
 
+// A block's tiles rounded up to whole panels of 32 (the avx512 tier's V; the others use g.t of them).
+static std::int64_t panel_tiles(const Geometry& g) { return (g.t + 31) / 32 * 32; }
+
 std::size_t Winograd::scratch_bytes(const Window& win) const {
     const Geometry g = geometry(win, c_, m_);
-    return static_cast<std::size_t>(c_ * g.ph * g.pw + kTile * ((c_ + m_) * g.t + 2 * kSkew) +
+    return static_cast<std::size_t>(c_ * g.ph * g.pw + kTile * ((c_ + m_) * panel_tiles(g) + 2 * kSkew) +
                                     pool_threads() * transform_floats(g)) * sizeof(float);
 }
 
@@ -194,7 +197,8 @@ void Winograd::run(const float* x, float* y, const float* bias, const float* z, 
     const Geometry g = geometry(win, c_, m_);
     auto* padded = static_cast<float*>(scratch);
     float* v = padded + c_ * g.ph * g.pw;
-    const std::int64_t sv = c_ * g.t + kSkew, sm = m_ * g.t + kSkew;  // one transform position's block
+    // One transform position's block of V (whole panels), of M.
+    const std::int64_t sv = c_ * panel_tiles(g) + kSkew, sm = m_ * panel_tiles(g) + kSkew;
     float* m = v + kTile * sv;
     float* const row_buffers = m + kTile * sm;  // transform_floats(g) per thread slot
     const std::int64_t row_floats = transform_floats(g);
@@ -227,7 +231,8 @@ void Winograd::run(const float* x, float* y, const float* bias, const float* z, 
                 for (std::int64_t c = first; c < last; ++c) {
 #if defined(__x86_64__) || defined(_M_X64)
                     if (avx512) {
-                        winograd_avx512::transform_input(padded + c * g.ph * g.pw, v + c * tiles, sv, g.tw, g.pw, ty0, ty1);
+                        winograd_avx512::transform_input(padded + c * g.ph * g.pw, v + c * winograd_avx512::kPanel,
+                                                         sv, g.tw, g.pw, ty0, ty1, c_);
                         continue;
                     }
 #endif
@@ -240,6 +245,14 @@ void Winograd::run(const float* x, float* y, const float* bias, const float* z, 
             parallel_ranges(kTile, 1, static_cast<double>(kTile * m_ * c_ * tiles),
                             [&](int, std::int64_t first, std::int64_t last) {
                                 for (std::int64_t xi = first; xi < last; ++xi) {
+#if defined(__x86_64__) || defined(_M_X64)
+                                    if (avx512) {
+                                        winograd_avx512::gemm(static_cast<int>(m_), static_cast<int>(tiles),
+                                                              static_cast<int>(c_), u_.data() + xi * m_ * c_,
+                                                              v + xi * sv, m + xi * sm, tiles);
+                                        continue;
+                                    }
+#endif
                                     sgemm(static_cast<int>(m_), static_cast<int>(tiles), static_cast<int>(c_),
                                           u_.data() + xi * m_ * c_, static_cast<int>(c_), v + xi * sv,
                                           static_cast<int>(tiles), m + xi * sm, static_cast<int>(tiles));

@@ -40,10 +40,13 @@ private:
 
 #if defined(__x86_64__) || defined(_M_X64)
 // The transforms in AVX-512 registers, for the avx512 tier (graph_ops_winograd_avx512.cpp): the same
-// additions as graph_ops_winograd.cpp's loops, in the same order, on the same values.
+// additions as graph_ops_winograd.cpp's loops, in the same order, on the same values; V in panels of 32
+// tiles (channels x 32 floats each), which gemm reads as sgemm_avx512 reads its packed copy of B.
 namespace winograd_avx512 {
+constexpr std::int64_t kPanel = 32;  // tiles per panel of V (gemm's B, written so by transform_input)
 void transform_input(const float* plane, float* v, std::int64_t stride, std::int64_t tw, std::int64_t pw,
-                     std::int64_t ty0, std::int64_t ty1);
+                     std::int64_t ty0, std::int64_t ty1, std::int64_t channels);
+void gemm(int M, int tiles, int K, const float* A, const float* V, float* C, std::int64_t ldc);
 void transform_output(const float* m, std::int64_t stride, float bias, float* y, std::int64_t oh, std::int64_t ow,
                       std::int64_t tw, std::int64_t ty0, std::int64_t ty1);
 }  // namespace winograd_avx512

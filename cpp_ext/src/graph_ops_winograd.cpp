@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "graph_kernels.hpp"
@@ -206,6 +207,7 @@ void Winograd::run(const float* x, float* y, const float* bias, const float* z, 
     const double copy_work = static_cast<double>(c_ * g.ph * g.pw) * 4.0;
     // The avx512 tier's transforms are its own (the same bits), the other tiers' these files' loops.
     const bool avx512 = std::strcmp(kernels::active().isa, "avx512") == 0;
+    constexpr float kInf = std::numeric_limits<float>::infinity();
     for (std::int64_t n = 0; n < win.n; ++n) {
         const float* xn = x + n * c_ * plane;
         parallel_ranges(c_, 1, copy_work, [&](int, std::int64_t first, std::int64_t last) {
@@ -265,14 +267,16 @@ void Winograd::run(const float* x, float* y, const float* bias, const float* z, 
                 for (std::int64_t k = first; k < last; ++k) {
                     float* plane_k = yn + k * out_plane;
 #if defined(__x86_64__) || defined(_M_X64)
-                    if (avx512) {
-                        winograd_avx512::transform_output(m + k * tiles, sm, bias[k], plane_k, win.oh, win.ow, g.tw, ty0, ty1);
-                    } else {
-                        transform_output(m + k * tiles, sm, bias[k], plane_k, win, g, ty0, ty1, tmp);
+                    if (avx512) {  // the residual and the clamp in its store; a HardSwish after
+                        const Activation& last = zn != nullptr ? post : act;
+                        winograd_avx512::transform_output(m + k * tiles, sm, bias[k], plane_k, win.oh, win.ow, g.tw, ty0,
+                                                          ty1, zn != nullptr ? zn + k * out_plane : nullptr,
+                                                          last.active ? last.lo : -kInf, last.active ? last.hi : kInf);
+                        last.finish(plane_k + y0 * win.ow, count);
+                        continue;
                     }
-#else
-                    transform_output(m + k * tiles, sm, bias[k], plane_k, win, g, ty0, ty1, tmp);
 #endif
+                    transform_output(m + k * tiles, sm, bias[k], plane_k, win, g, ty0, ty1, tmp);
                     float* out = plane_k + y0 * win.ow;
                     if (zn != nullptr) {
                         const float* r = zn + k * out_plane + y0 * win.ow;

@@ -48,7 +48,7 @@ void transform_input(const float* plane, float* v, std::int64_t stride, std::int
                      std::int64_t ty0, std::int64_t ty1, std::int64_t channels);
 void gemm(int M, int tiles, int K, const float* A, const float* V, float* C, std::int64_t ldc);
 void transform_output(const float* m, std::int64_t stride, float bias, float* y, std::int64_t oh, std::int64_t ow,
-                      std::int64_t tw, std::int64_t ty0, std::int64_t ty1);
+                      std::int64_t tw, std::int64_t ty0, std::int64_t ty1, const float* z, float lo, float hi);
 }  // namespace winograd_avx512
 #endif
 

@@ -129,10 +129,14 @@ EF_AVX512 void transform_input(const float* plane, float* v, std::int64_t stride
 }
 
 // Output rows 2 ty and 2 ty + 1 (those under oh) of one channel, for the tile rows [ty0, ty1), from the
-// 16 GEMM results per tile (m[xi * stride + (ty - ty0) * tw + tx]): A^T m A + bias, cut at (oh, ow).
-// A^T = [1 1 1 0; 0 1 -1 -1].
+// 16 GEMM results per tile (m[xi * stride + (ty - ty0) * tw + tx]): A^T m A + bias, cut at (oh, ow), then
+// + z (the residual, laid out as y, or null) and clamped to [lo, hi] as vecmath::clamp_rows clamps (the
+// C++ path's passes over the rows, fused: the same operations in the same order; +-inf for no clamp,
+// which leaves every value, NaN and -0 included, as it was). A^T = [1 1 1 0; 0 1 -1 -1].
 EF_AVX512 void transform_output(const float* m, std::int64_t stride, float bias, float* y, std::int64_t oh,
-                                std::int64_t ow, std::int64_t tw, std::int64_t ty0, std::int64_t ty1) {
+                                std::int64_t ow, std::int64_t tw, std::int64_t ty0, std::int64_t ty1, const float* z,
+                                float lo, float hi) {
+    const __m512 l = _mm512_set1_ps(lo), h = _mm512_set1_ps(hi);
     const __m512i low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     const __m512i high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
     const __m512 b = _mm512_set1_ps(bias);
@@ -160,10 +164,16 @@ EF_AVX512 void transform_output(const float* m, std::int64_t stride, float bias,
             #pragma GCC unroll 2
             for (int a = 0; a < 2; ++a) {
                 if (2 * ty + a >= oh) break;
-                float* row = y + (2 * ty + a) * ow + first;
-                _mm512_mask_storeu_ps(row, lanes_below(width - first), _mm512_permutex2var_ps(out[a][0], low, out[a][1]));
-                _mm512_mask_storeu_ps(row + kLanes, lanes_below(width - first - kLanes),
-                                      _mm512_permutex2var_ps(out[a][0], high, out[a][1]));
+                const std::int64_t at = (2 * ty + a) * ow + first;
+                __m512 values[2] = {_mm512_permutex2var_ps(out[a][0], low, out[a][1]),
+                                    _mm512_permutex2var_ps(out[a][0], high, out[a][1])};
+                #pragma GCC unroll 2
+                for (int half = 0; half < 2; ++half) {
+                    const __mmask16 mask = lanes_below(width - first - kLanes * half);
+                    __m512 value = values[half];
+                    if (z != nullptr) value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(mask, z + at + kLanes * half));
+                    _mm512_mask_storeu_ps(y + at + kLanes * half, mask, _mm512_min_ps(h, _mm512_max_ps(l, value)));
+                }
             }
         }
     }

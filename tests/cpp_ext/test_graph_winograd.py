@@ -1,9 +1,9 @@
-"""The float Conv's Winograd F(2x2, 3x3) path (graph_ops_winograd.cpp: 3x3 stride-1 convs with constant W,
-24+ channels in and out and 64+ output tiles, or 16+ channels and 1024+ tiles) against the numpy spec on every ISA tier: odd map sizes (the last tile
-row and column cut), asymmetric and no padding, channel counts off the vector width, batch 2, and the
-fused epilogues (bias, ReLU / Clip / HardSwish, residual Z). The x86 tiers give the same bits (the
-transforms are the same additions on every tier, in AVX-512 registers on avx512 and C++ loops on the
-others, the GEMMs the same sums), and 3 threads give 1 thread's bits."""
+"""The float Conv's Winograd F(2x2, 3x3) path (graph_ops_winograd.cpp: 3x3 stride-1 convs with constant W, 24+
+channels in and out and 64+ output tiles, or 16+ channels and 1024+ tiles) against the numpy spec on every ISA
+tier: odd map sizes (the last tile row and column cut), asymmetric and no padding, channel counts off the
+vector width, batch 2, and the fused epilogues (bias, ReLU / Clip / HardSwish, residual Z). The x86 tiers give
+the same bits (the transforms are the same additions on every tier, in AVX-512 registers on avx512 and C++
+loops on the others, the GEMMs the same sums), and 3 threads give 1 thread's bits."""
 
 from __future__ import annotations
 
@@ -56,3 +56,32 @@ def test_winograd_conv_matches_reference_on_every_tier(m: int, c: int, hw: tuple
     # Outputs up to ~11 in magnitude; the error measured under 1e-5 on every shape here.
     check_every_tier(graph, feed, 2e-5, threaded=True)
 
+
+
+@pytest.mark.parametrize("activation,residual", [("relu", True), ("clip", False), ("none", True)])
+def test_winograd_nan_and_inf_inputs_give_the_same_bits_on_x86_tiers(activation: str, residual: bool) -> None:
+    """A NaN and an infinity in X (and in Z) reach the outputs whose windows hold them the same way on the
+    avx512 tier (its clamp and residual in the output transform's store) as on avx2 (the C++ passes): NaN
+    stays NaN through ReLU / Clip, bit for bit."""
+    from edgefleet.cpp_ext import graph_native
+
+    rng = np.random.default_rng(11)
+    graph, feed = conv_graph(rng, 32, 32, (32, 32), [1, 1, 1, 1], activation, residual)
+    feed["x"][0, 3, 5, 7] = np.nan
+    feed["x"][1, 9, 20, 30] = np.inf
+    feed["x"][1, 0, 0, 0] = -np.inf
+    if residual:
+        feed["z"][0, 2, 31, 31] = np.nan
+    outputs = {}
+    try:
+        for name in ("avx512", "avx2"):
+            if name not in graph_native.available_isas():
+                pytest.skip(f"this CPU has no {name}")
+            graph_native.select_isa(name)
+            outputs[name] = next(iter(graph_native.load_executor(graph).run(feed).values()))
+    finally:
+        graph_native.select_isa("auto")
+    assert np.isnan(outputs["avx512"][0, :, 4:7, 6:9]).all()
+    if residual:
+        assert np.isnan(outputs["avx512"][0, 2, 31, 31])
+    np.testing.assert_array_equal(outputs["avx512"].view(np.uint32), outputs["avx2"].view(np.uint32))

@@ -177,10 +177,10 @@ bool Winograd::applies(const Window& win) const {
     // 14x14 1.08x, 128 at 8x8 1.2-1.3x, 256 at 8x8 1.09x): there the transforms and the GEMMs' small K or
     // N cost more than the 2.25x fewer multiply-adds save.
     const std::int64_t tiles = ((win.oh + 1) / 2) * ((win.ow + 1) / 2);
-    // With the avx512 tier's transforms in registers: 16 channels at 64x64 (1024 tiles) 0.88-0.94x too
-    // (ResNet's first stage, 150-160 against 168-173 us; 128 at 8x8 stayed slower, 183 against 157 us).
-    return c_ >= 16 && m_ >= 16 && ((c_ >= 24 && m_ >= 24 && c_ + m_ >= 64 && tiles >= 64 && (c_ + m_ >= 128 || tiles >= 256)) ||
-                                    tiles >= 1024);
+    // With avx512's transforms and GEMM (graph_ops_winograd_avx512.cpp), 16 channels at 64x64 (ResNet's
+    // first stage) measured 129-132 against 168-173 us direct, but on the avx2 tier, which must take the
+    // same path for the same bits, 331 against 224-229 us with the C++ transforms and sgemm: not taken.
+    return c_ >= 24 && m_ >= 24 && c_ + m_ >= 64 && tiles >= 64 && (c_ + m_ >= 128 || tiles >= 256);
 }
 
 // The transforms' row buffers, per thread (transform_input: 16 x (tw + 1); transform_output: 12 x tw), in

@@ -33,13 +33,16 @@ struct Geometry {
 // Tiles run in blocks of whole tile rows (each block through all three stages), V and M together at most
 // 2 MB: that bounds the scratch on large maps. Smaller blocks, to keep V and M in L2, measured slower on
 // this project's CNNs (64 and 128 channels, 16x16 to 32x32: 1.1-2x), the GEMMs' N = tiles being smaller.
-Geometry geometry(const Window& win, std::int64_t c, std::int64_t m) {
+// avx512 (its own GEMM over V's panels, whose cost per tile does not depend on N): 512 KB, in L2
+// (ResNet's 16-channel 64x64 convs 131-142 -> 128-132 us, 4 blocks of 8 tile rows; 256 KB 128-133,
+// 1 MB 130-138).
+constexpr std::int64_t kBlockBytes = 2 << 20, kBlockBytesAvx512 = 512 << 10;
+Geometry geometry(const Window& win, std::int64_t c, std::int64_t m, std::int64_t budget = kBlockBytes) {
     Geometry g{};
     g.th = (win.oh + 1) / 2;
     g.tw = (win.ow + 1) / 2;
     g.ph = 2 * g.th + 2;
     g.pw = 2 * g.tw + 2;
-    constexpr std::int64_t budget = 2 << 20;
     const std::int64_t row_bytes = g.tw * kTile * (c + m) * static_cast<std::int64_t>(sizeof(float));
     g.rows = std::max<std::int64_t>(1, std::min(g.th, budget / row_bytes));
     g.t = g.rows * g.tw;
@@ -188,14 +191,17 @@ static std::int64_t transform_floats(const Geometry& g) { return (16 * (g.tw + 1
 static std::int64_t panel_tiles(const Geometry& g) { return (g.t + 31) / 32 * 32; }
 
 std::size_t Winograd::scratch_bytes(const Window& win) const {
-    const Geometry g = geometry(win, c_, m_);
+    const Geometry g = geometry(win, c_, m_);  // the larger blocks: enough for either tier's
     return static_cast<std::size_t>(c_ * g.ph * g.pw + kTile * ((c_ + m_) * panel_tiles(g) + 2 * kSkew) +
                                     pool_threads() * transform_floats(g)) * sizeof(float);
 }
 
 void Winograd::run(const float* x, float* y, const float* bias, const float* z, const Window& win,
                    const Activation& act, const Activation& post, void* scratch) const {
-    const Geometry g = geometry(win, c_, m_);
+    // The avx512 tier's transforms and GEMM are its own (the same bits), the other tiers' these files'
+    // loops and Table::sgemm.
+    const bool avx512 = std::strcmp(kernels::active().isa, "avx512") == 0;
+    const Geometry g = geometry(win, c_, m_, avx512 ? kBlockBytesAvx512 : kBlockBytes);
     auto* padded = static_cast<float*>(scratch);
     float* v = padded + c_ * g.ph * g.pw;
     // One transform position's block of V (whole panels), of M.
@@ -205,8 +211,6 @@ void Winograd::run(const float* x, float* y, const float* bias, const float* z, 
     const std::int64_t row_floats = transform_floats(g);
     const std::int64_t plane = win.h * win.w, out_plane = win.oh * win.ow;
     const double copy_work = static_cast<double>(c_ * g.ph * g.pw) * 4.0;
-    // The avx512 tier's transforms are its own (the same bits), the other tiers' these files' loops.
-    const bool avx512 = std::strcmp(kernels::active().isa, "avx512") == 0;
     constexpr float kInf = std::numeric_limits<float>::infinity();
     for (std::int64_t n = 0; n < win.n; ++n) {
         const float* xn = x + n * c_ * plane;

@@ -34,8 +34,9 @@ struct Geometry {
 // 2 MB: that bounds the scratch on large maps. Smaller blocks, to keep V and M in L2, measured slower on
 // this project's CNNs (64 and 128 channels, 16x16 to 32x32: 1.1-2x), the GEMMs' N = tiles being smaller.
 // avx512 (its own GEMM over V's panels, whose cost per tile does not depend on N): 512 KB, in L2
-// (ResNet's 16-channel 64x64 convs 131-142 -> 128-132 us, 4 blocks of 8 tile rows; 256 KB 128-133,
-// 1 MB 130-138).
+// (ResNet's 32-channel 32x32 block in the model, 2 blocks of 8 tile rows: 113-114 -> 108 us; alone,
+// without the model's other data in L2, and on 64 channels at 32x32 and 16x16, 64 -> 128 at 32x32: the
+// same as with 2 MB within 1%).
 constexpr std::int64_t kBlockBytes = 2 << 20, kBlockBytesAvx512 = 512 << 10;
 Geometry geometry(const Window& win, std::int64_t c, std::int64_t m, std::int64_t budget = kBlockBytes) {
     Geometry g{};

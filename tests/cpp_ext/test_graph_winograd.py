@@ -37,7 +37,7 @@ def conv_graph(rng: np.random.Generator, m: int, c: int, hw: tuple, pads: list[i
 # asymmetric pads (19 x 17 out); no padding (18 x 19 out); 33 -> 64 channels on 31x32 (256 tiles); 24 -> 40
 # channels on 33x31 (17 x 16 tiles, the fewest channels it takes); ResNet's 32 channels on 32x32; 5 x 22
 # tiles (avx512's transforms: 16 tiles of a row, then 6) and 5 x 17 with the last column cut (16 + 1);
-# 24 -> 40 on 64x63 (32 x 32 tiles, the last tile column cut; 2 blocks of tile rows).
+# 24 -> 40 on 64x63 (32 x 32 tiles, the last tile column cut; 2 blocks of tile rows, 11 on avx512).
 # Each of these runs the Winograd path (checked against the build without it: other bits).
 SHAPES = [(64, 64, (16, 16), [1, 1, 1, 1]), (40, 90, (17, 15), [1, 1, 1, 1]), (72, 57, (19, 18), [0, 1, 2, 0]),
           (64, 64, (20, 21), [0, 0, 0, 0]), (64, 33, (31, 32), [1, 1, 1, 1]), (40, 24, (33, 31), [1, 1, 1, 1]),

@@ -3,8 +3,9 @@
 // summed over the input channels as 16 GEMMs (kernels::active().sgemm, the threads taking whole ones):
 //   M_xi (K x T) = U_xi (K x C) * V_xi (C x T),   xi = 0..15, T = output tiles.
 // W is transformed once, at pack time (U, in double, rounded to float). The input and output transforms
-// are plain C++ (additions and subtractions only, in a fixed order, compiled with -ffp-contract=off), the
-// same code on every tier: tiers give the bits their sgemm gives (avx512 = avx2).
+// are plain C++ (additions and subtractions only, in a fixed order, compiled with -ffp-contract=off); the
+// avx512 tier runs the same additions in registers and its own GEMM with sgemm's FMA chains
+// (graph_ops_winograd_avx512.cpp): tiers give the bits their sgemm gives (avx512 = avx2).
 // The epilogue is the direct path's: bias after the sum, then the activation, or the residual Z added and
 // the post-residual activation.
 #pragma once

@@ -1,12 +1,13 @@
 // Winograd F(2x2, 3x3)'s input and output transforms in AVX-512 registers, 16 tiles of a tile row at a
-// time (graph_ops_winograd.cpp runs them on the avx512 tier; the other tiers run its plain C++ loops).
-// The same additions and subtractions in the same order as those loops, on the same values: the same
-// bits. What changes is the data movement: the C++ loops first split each row into even and odd columns
-// and then combined them in loops of tw + 1 and tw, whose 16 output streams GCC left scalar (ResNet's
-// 32-channel 32x32 conv spent ~40 of its 168 us in transform_input, ~20 in transform_output). Here a
-// tile row's 4 input rows are loaded 16 tiles (34 columns) at a time, combined down the rows, split into
-// the columns 2tx, 2tx + 1, 2tx + 2, 2tx + 3 by one permute each, combined across and stored; the
-// output side interleaves its two columns per tile with two permutes.
+// time, and the GEMM over V as transform_input leaves it (graph_ops_winograd.cpp runs them on the avx512
+// tier; the other tiers run its plain C++ loops and Table::sgemm). The same additions and subtractions
+// in the same order as those loops, on the same values, and sgemm's FMA chains: the same bits. What
+// changes is the data movement: the C++ loops first split each row into even and odd columns and then
+// combined them in loops of tw + 1 and tw, whose 16 output streams GCC left scalar (ResNet's 32-channel
+// 32x32 conv 168 -> 114 us with these transforms, 108 with the GEMM, the fused epilogue and 512 KB
+// blocks). Here a tile row's 4 input rows are loaded 16 tiles (34 columns) at a time, combined down the
+// rows, split into the columns 2tx, 2tx + 1, 2tx + 2, 2tx + 3 by one permute each, combined across and
+// stored; the output side interleaves its two columns per tile with two permutes.
 #include "graph_kernels_avx512.hpp"
 #include "graph_ops_winograd.hpp"
 

@@ -212,7 +212,6 @@ void Winograd::run(const float* x, float* y, const float* bias, const float* z, 
     const std::int64_t row_floats = transform_floats(g);
     const std::int64_t plane = win.h * win.w, out_plane = win.oh * win.ow;
     const double copy_work = static_cast<double>(c_ * g.ph * g.pw) * 4.0;
-    constexpr float kInf = std::numeric_limits<float>::infinity();
     for (std::int64_t n = 0; n < win.n; ++n) {
         const float* xn = x + n * c_ * plane;
         parallel_ranges(c_, 1, copy_work, [&](int, std::int64_t first, std::int64_t last) {
@@ -273,6 +272,7 @@ void Winograd::run(const float* x, float* y, const float* bias, const float* z, 
                     float* plane_k = yn + k * out_plane;
 #if defined(__x86_64__) || defined(_M_X64)
                     if (avx512) {  // the residual and the clamp in its store; a HardSwish after
+                        constexpr float kInf = std::numeric_limits<float>::infinity();
                         const Activation& last = zn != nullptr ? post : act;
                         winograd_avx512::transform_output(m + k * tiles, sm, bias[k], plane_k, win.oh, win.ow, g.tw, ty0,
                                                           ty1, zn != nullptr ? zn + k * out_plane : nullptr,

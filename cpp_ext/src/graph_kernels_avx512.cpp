@@ -61,14 +61,7 @@ EF_AVX512 inline void conv_tile(const ConvArgs& a, int p0, int m0) {
     corners<PX>(a.x, a.pix + p0, pixels, xs);
     __mmask16 mask[NV];
     __m512 acc[NV][PX];
-    #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-        mask[v] = lanes_below(a.M - m0 - kLanes * v);
-        #pragma GCC unroll 8
-        for (int i = 0; i < PX; ++i) {
-            acc[v][i] = _mm512_setzero_ps();
-        }
-    }
+    start_channel_tile(a.M - m0, mask, acc);
     const float* w = a.w + m0;
     for (int k = 0; k < a.K; ++k, w += a.MP) {
         const std::ptrdiff_t off = a.koff[k];

@@ -49,6 +49,19 @@ EF_AVX512 inline void store_rows(const ConvArgs& a, __m512 (&acc)[R][NP], const 
     }
 }
 
+// The start of a channels-in-lanes tile (graph_kernels_avx512.cpp's conv_tile, the 8-wide tiles): the
+// lanes of its NV vectors that hold one of the `channels` output channels left from its first, and its
+// NV x PX accumulators at zero.
+template <int NV, int PX>
+EF_AVX512 inline void start_channel_tile(int channels, __mmask16 (&mask)[NV], __m512 (&acc)[NV][PX]) {
+    #pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+        mask[v] = lanes_below(channels - kLanes * v);
+        #pragma GCC unroll 8
+        for (int p = 0; p < PX; ++p) acc[v][p] = _mm512_setzero_ps();
+    }
+}
+
 // Output channels across the lanes, every pixel of [p_begin, p_end) (graph_kernels_avx512.cpp).
 void conv_tiles_avx512(const ConvArgs& a);
 

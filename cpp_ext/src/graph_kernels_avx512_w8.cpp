@@ -18,25 +18,21 @@ namespace {
 // Pixels per tile: 6 by up to 4 vectors of channels (24 accumulators), or 1; a class goes in chunks of
 // kW8Chunk pixels, each through every channel in tiles of those.
 constexpr int kW8Chunk = 24, kW8Px = 6;
+constexpr int kW8Row = 8;  // floats per input row: the map's width
 
 // NV vectors of channels from m0 by up to PX pixels (count; the last one again past it) whose tap
 // (c, i, j) with I0 <= i < I1, J0 <= j < J1 reads xs[p][c * plane + w * i + j]. Results (+ bias,
 // clamped) to out[q[p] * ld + m].
-template <int ROW, int NV, int PX, int I0, int I1, int J0, int J1>
+template <int NV, int PX, int I0, int I1, int J0, int J1>
 EF_AVX512 inline void w8_tile(const ConvArgs& a, const float* const* xs, const int* q, int count, int m0, float* out,
                               int ld) {
-    const int plane = a.pad->h * ROW;
+    const int plane = a.pad->h * kW8Row;
     const float* x[PX];
     #pragma GCC unroll 8
     for (int p = 0; p < PX; ++p) x[p] = xs[std::min(p, count - 1)];
     __mmask16 mask[NV];
     __m512 acc[NV][PX];
-    #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-        mask[v] = lanes_below(a.M - m0 - kLanes * v);
-        #pragma GCC unroll 8
-        for (int p = 0; p < PX; ++p) acc[v][p] = _mm512_setzero_ps();
-    }
+    start_channel_tile(a.M - m0, mask, acc);
     const int channels = a.K / 9;
     const float* wc = a.w + m0;
     for (int c = 0; c < channels; ++c, wc += 9 * a.MP) {
@@ -51,7 +47,7 @@ EF_AVX512 inline void w8_tile(const ConvArgs& a, const float* const* xs, const i
                 for (int v = 0; v < NV; ++v) wk[v] = _mm512_maskz_loadu_ps(mask[v], w + kLanes * v);
                 #pragma GCC unroll 8
                 for (int p = 0; p < PX; ++p) {
-                    const __m512 xv = _mm512_set1_ps(x[p][xc + ROW * i + j]);
+                    const __m512 xv = _mm512_set1_ps(x[p][xc + kW8Row * i + j]);
                     #pragma GCC unroll 4
                     for (int v = 0; v < NV; ++v) acc[v][p] = _mm512_fmadd_ps(xv, wk[v], acc[v][p]);
                 }
@@ -71,39 +67,38 @@ EF_AVX512 inline void w8_tile(const ConvArgs& a, const float* const* xs, const i
 }
 
 // The tile of `vectors` vectors of channels (3 for more than 4) from m0 by PX pixels.
-template <int ROW, int PX, int I0, int I1, int J0, int J1>
+template <int PX, int I0, int I1, int J0, int J1>
 EF_AVX512 inline void w8_tiles(const ConvArgs& a, int vectors, const float* const* xs, const int* q, int count, int m0,
                                float* out, int ld) {
     if (vectors == 4) {
-        w8_tile<ROW, 4, PX, I0, I1, J0, J1>(a, xs, q, count, m0, out, ld);
+        w8_tile<4, PX, I0, I1, J0, J1>(a, xs, q, count, m0, out, ld);
     } else if (vectors == 2) {
-        w8_tile<ROW, 2, PX, I0, I1, J0, J1>(a, xs, q, count, m0, out, ld);
+        w8_tile<2, PX, I0, I1, J0, J1>(a, xs, q, count, m0, out, ld);
     } else if (vectors == 1) {
-        w8_tile<ROW, 1, PX, I0, I1, J0, J1>(a, xs, q, count, m0, out, ld);
+        w8_tile<1, PX, I0, I1, J0, J1>(a, xs, q, count, m0, out, ld);
     } else {
-        w8_tile<ROW, 3, PX, I0, I1, J0, J1>(a, xs, q, count, m0, out, ld);
+        w8_tile<3, PX, I0, I1, J0, J1>(a, xs, q, count, m0, out, ld);
     }
 }
 
 // Every channel of the panel over up to kW8Chunk pixels of one class (its taps I0-I1 by J0-J1).
-template <int ROW, int I0, int I1, int J0, int J1>
+template <int I0, int I1, int J0, int J1>
 EF_AVX512 inline void w8_class(const ConvArgs& a, const float* const* xs, const int* q, int count, float* out, int ld) {
     for (int m0 = 0; m0 < a.M;) {
         const int vectors = (a.M - m0 + kLanes - 1) / kLanes;
         for (int p = 0; p < count; p += kW8Px) {
             const int n = std::min(kW8Px, count - p);
             if (n == 1) {  // a corner: a tile of one, not 6 of it (4 corners as 6-pixel tiles: 159 -> 174 us)
-                w8_tiles<ROW, 1, I0, I1, J0, J1>(a, vectors, xs + p, q + p, n, m0, out, ld);
+                w8_tiles<1, I0, I1, J0, J1>(a, vectors, xs + p, q + p, n, m0, out, ld);
             } else {
-                w8_tiles<ROW, kW8Px, I0, I1, J0, J1>(a, vectors, xs + p, q + p, n, m0, out, ld);
+                w8_tiles<kW8Px, I0, I1, J0, J1>(a, vectors, xs + p, q + p, n, m0, out, ld);
             }
         }
         m0 += (vectors > 4 ? 3 : vectors) * kLanes;
     }
 }
 
-// Every class of pixels, chunk by chunk, on input rows of ROW floats.
-template <int ROW>
+// Every class of pixels, chunk by chunk.
 EF_AVX512 inline void w8_classes(const ConvArgs& a, const int (*members)[kConvPad8MaxPixels], const int* counts, int r0,
                                  float* out, int ld) {
     for (int k = 0; k < 9; ++k) {
@@ -113,18 +108,18 @@ EF_AVX512 inline void w8_classes(const ConvArgs& a, const int (*members)[kConvPa
             const int* q = members[k] + first;
             for (int p = 0; p < count; ++p) {
                 const int y = q[p] / 8 + r0, x = q[p] % 8;
-                xs[p] = a.x + (y - 1) * ROW + (x - 1);
+                xs[p] = a.x + (y - 1) * kW8Row + (x - 1);
             }
             switch (k) {
-            case 0: w8_class<ROW, 1, 3, 1, 3>(a, xs, q, count, out, ld); break;
-            case 1: w8_class<ROW, 1, 3, 0, 3>(a, xs, q, count, out, ld); break;
-            case 2: w8_class<ROW, 1, 3, 0, 2>(a, xs, q, count, out, ld); break;
-            case 3: w8_class<ROW, 0, 3, 1, 3>(a, xs, q, count, out, ld); break;
-            case 4: w8_class<ROW, 0, 3, 0, 3>(a, xs, q, count, out, ld); break;
-            case 5: w8_class<ROW, 0, 3, 0, 2>(a, xs, q, count, out, ld); break;
-            case 6: w8_class<ROW, 0, 2, 1, 3>(a, xs, q, count, out, ld); break;
-            case 7: w8_class<ROW, 0, 2, 0, 3>(a, xs, q, count, out, ld); break;
-            default: w8_class<ROW, 0, 2, 0, 2>(a, xs, q, count, out, ld); break;
+            case 0: w8_class<1, 3, 1, 3>(a, xs, q, count, out, ld); break;
+            case 1: w8_class<1, 3, 0, 3>(a, xs, q, count, out, ld); break;
+            case 2: w8_class<1, 3, 0, 2>(a, xs, q, count, out, ld); break;
+            case 3: w8_class<0, 3, 1, 3>(a, xs, q, count, out, ld); break;
+            case 4: w8_class<0, 3, 0, 3>(a, xs, q, count, out, ld); break;
+            case 5: w8_class<0, 3, 0, 2>(a, xs, q, count, out, ld); break;
+            case 6: w8_class<0, 2, 1, 3>(a, xs, q, count, out, ld); break;
+            case 7: w8_class<0, 2, 0, 3>(a, xs, q, count, out, ld); break;
+            default: w8_class<0, 2, 0, 2>(a, xs, q, count, out, ld); break;
             }
         }
     }
@@ -150,7 +145,7 @@ EF_AVX512 void conv_w8_avx512(const ConvArgs& a) {
             members[3 * row + column][counts[3 * row + column]++] = (y - r0) * 8 + x;
         }
     }
-    w8_classes<8>(a, members, counts, r0, out, ld);
+    w8_classes(a, members, counts, r0, out, ld);
     const int pixels = a.p_end - a.p_begin;
     const __m512 z_lo = _mm512_set1_ps(a.z_lo), z_hi = _mm512_set1_ps(a.z_hi);
     for (int m = 0; m < a.M; ++m) {

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "graph_kernels.hpp"
@@ -32,13 +33,17 @@ struct Geometry {
 // Tiles run in blocks of whole tile rows (each block through all three stages), V and M together at most
 // 2 MB: that bounds the scratch on large maps. Smaller blocks, to keep V and M in L2, measured slower on
 // this project's CNNs (64 and 128 channels, 16x16 to 32x32: 1.1-2x), the GEMMs' N = tiles being smaller.
-Geometry geometry(const Window& win, std::int64_t c, std::int64_t m) {
+// avx512 (its own GEMM over V's panels, whose cost per tile does not depend on N): 512 KB, in L2
+// (ResNet's 32-channel 32x32 block in the model, 2 blocks of 8 tile rows: 113-114 -> 108 us; alone,
+// without the model's other data in L2, and on 64 channels at 32x32 and 16x16, 64 -> 128 at 32x32: the
+// same as with 2 MB within 1%).
+constexpr std::int64_t kBlockBytes = 2 << 20, kBlockBytesAvx512 = 512 << 10;
+Geometry geometry(const Window& win, std::int64_t c, std::int64_t m, std::int64_t budget = kBlockBytes) {
     Geometry g{};
     g.th = (win.oh + 1) / 2;
     g.tw = (win.ow + 1) / 2;
     g.ph = 2 * g.th + 2;
     g.pw = 2 * g.tw + 2;
-    constexpr std::int64_t budget = 2 << 20;
     const std::int64_t row_bytes = g.tw * kTile * (c + m) * static_cast<std::int64_t>(sizeof(float));
     g.rows = std::max<std::int64_t>(1, std::min(g.th, budget / row_bytes));
     g.t = g.rows * g.tw;
@@ -173,6 +178,9 @@ bool Winograd::applies(const Window& win) const {
     // 14x14 1.08x, 128 at 8x8 1.2-1.3x, 256 at 8x8 1.09x): there the transforms and the GEMMs' small K or
     // N cost more than the 2.25x fewer multiply-adds save.
     const std::int64_t tiles = ((win.oh + 1) / 2) * ((win.ow + 1) / 2);
+    // With avx512's transforms and GEMM (graph_ops_winograd_avx512.cpp), 16 channels at 64x64 (ResNet's
+    // first stage) measured 129-132 against 168-173 us direct, but on the avx2 tier, which must take the
+    // same path for the same bits, 331 against 224-229 us with the C++ transforms and sgemm: not taken.
     return c_ >= 24 && m_ >= 24 && c_ + m_ >= 64 && tiles >= 64 && (c_ + m_ >= 128 || tiles >= 256);
 }
 
@@ -180,18 +188,25 @@ bool Winograd::applies(const Window& win) const {
 // whole cache lines.
 static std::int64_t transform_floats(const Geometry& g) { return (16 * (g.tw + 1) + 15) / 16 * 16; }
 
+// A block's tiles rounded up to whole panels of 32 (the avx512 tier's V; the others use g.t of them).
+static std::int64_t panel_tiles(const Geometry& g) { return (g.t + 31) / 32 * 32; }
+
 std::size_t Winograd::scratch_bytes(const Window& win) const {
-    const Geometry g = geometry(win, c_, m_);
-    return static_cast<std::size_t>(c_ * g.ph * g.pw + kTile * ((c_ + m_) * g.t + 2 * kSkew) +
+    const Geometry g = geometry(win, c_, m_);  // the larger blocks: enough for either tier's
+    return static_cast<std::size_t>(c_ * g.ph * g.pw + kTile * ((c_ + m_) * panel_tiles(g) + 2 * kSkew) +
                                     pool_threads() * transform_floats(g)) * sizeof(float);
 }
 
 void Winograd::run(const float* x, float* y, const float* bias, const float* z, const Window& win,
                    const Activation& act, const Activation& post, void* scratch) const {
-    const Geometry g = geometry(win, c_, m_);
+    // The avx512 tier's transforms and GEMM are its own (the same bits), the other tiers' these files'
+    // loops and Table::sgemm.
+    const bool avx512 = std::strcmp(kernels::active().isa, "avx512") == 0;
+    const Geometry g = geometry(win, c_, m_, avx512 ? kBlockBytesAvx512 : kBlockBytes);
     auto* padded = static_cast<float*>(scratch);
     float* v = padded + c_ * g.ph * g.pw;
-    const std::int64_t sv = c_ * g.t + kSkew, sm = m_ * g.t + kSkew;  // one transform position's block
+    // One transform position's block of V (whole panels), of M.
+    const std::int64_t sv = c_ * panel_tiles(g) + kSkew, sm = m_ * panel_tiles(g) + kSkew;
     float* m = v + kTile * sv;
     float* const row_buffers = m + kTile * sm;  // transform_floats(g) per thread slot
     const std::int64_t row_floats = transform_floats(g);
@@ -220,6 +235,13 @@ void Winograd::run(const float* x, float* y, const float* bias, const float* z, 
             parallel_ranges(c_, 1, static_cast<double>(tiles * c_) * 32.0, [&](int slot, std::int64_t first, std::int64_t last) {
                 float* tmp = row_buffers + slot * row_floats;
                 for (std::int64_t c = first; c < last; ++c) {
+#if defined(__x86_64__) || defined(_M_X64)
+                    if (avx512) {
+                        winograd_avx512::transform_input(padded + c * g.ph * g.pw, v + c * winograd_avx512::kPanel,
+                                                         sv, g.tw, g.pw, ty0, ty1, c_);
+                        continue;
+                    }
+#endif
                     transform_input(padded + c * g.ph * g.pw, v + c * tiles, sv, g, ty0, ty1, tmp);
                 }
             });
@@ -229,6 +251,14 @@ void Winograd::run(const float* x, float* y, const float* bias, const float* z, 
             parallel_ranges(kTile, 1, static_cast<double>(kTile * m_ * c_ * tiles),
                             [&](int, std::int64_t first, std::int64_t last) {
                                 for (std::int64_t xi = first; xi < last; ++xi) {
+#if defined(__x86_64__) || defined(_M_X64)
+                                    if (avx512) {
+                                        winograd_avx512::gemm(static_cast<int>(m_), static_cast<int>(tiles),
+                                                              static_cast<int>(c_), u_.data() + xi * m_ * c_,
+                                                              v + xi * sv, m + xi * sm, tiles);
+                                        continue;
+                                    }
+#endif
                                     sgemm(static_cast<int>(m_), static_cast<int>(tiles), static_cast<int>(c_),
                                           u_.data() + xi * m_ * c_, static_cast<int>(c_), v + xi * sv,
                                           static_cast<int>(tiles), m + xi * sm, static_cast<int>(tiles));
@@ -240,6 +270,17 @@ void Winograd::run(const float* x, float* y, const float* bias, const float* z, 
                 float* tmp = row_buffers + slot * row_floats;
                 for (std::int64_t k = first; k < last; ++k) {
                     float* plane_k = yn + k * out_plane;
+#if defined(__x86_64__) || defined(_M_X64)
+                    if (avx512) {  // the residual and the clamp in its store; a HardSwish after
+                        constexpr float kInf = std::numeric_limits<float>::infinity();
+                        const Activation& last = zn != nullptr ? post : act;
+                        winograd_avx512::transform_output(m + k * tiles, sm, bias[k], plane_k, win.oh, win.ow, g.tw, ty0,
+                                                          ty1, zn != nullptr ? zn + k * out_plane : nullptr,
+                                                          last.active ? last.lo : -kInf, last.active ? last.hi : kInf);
+                        last.finish(plane_k + y0 * win.ow, count);
+                        continue;
+                    }
+#endif
                     transform_output(m + k * tiles, sm, bias[k], plane_k, win, g, ty0, ty1, tmp);
                     float* out = plane_k + y0 * win.ow;
                     if (zn != nullptr) {

@@ -14,8 +14,10 @@ On the same windows and settings, each slice's measured accuracy is judged again
 /api/v1/performance/settings/..., cloud/performance_settings.py). It reads the same stored windows as the
 drift monitor, with the drift monitor's lookback and min_samples resolved for each fleet and model (its
 interval is the drift monitor's global one), and keeps no state of its own besides the alerts: a
-restarted cloud goes on where it stopped. An override that fails validation is logged and the global
-value used, so one bad row never stops the monitor.
+restarted cloud goes on where it stopped. (In memory only, rebuilt by a restarted worker's first pass: the
+earlier accuracies found, and the runs of the devices whose slices have none yet, cloud/slice_runs.py, so
+that a pass reads only their rows stored since the last instead of all their older rows.) An override
+that fails validation is logged and the global value used, so one bad row never stops the monitor.
 
 With `shards` (role `monitor` on PostgreSQL, cloud/leases.py) a run judges the devices of the shards this
 worker holds, and the fleets only while it holds the "fleets" lease, like the drift monitor, and the same

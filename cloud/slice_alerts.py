@@ -11,8 +11,9 @@ lighting. So each slice named in the windows of the lookback is judged on its ow
   written at export or by the compression/evaluation report: split "eval" first, then "test", then any
   other); else the slice's own earlier measured accuracy (`earlier_accuracy`: its first `min_samples`
   labels in this scope and model version, from windows that ended before the lookback, read from the
-  rows; for a fleet summed from shard partials, from the shards' records of those windows,
-  cloud/performance_baselines.py, the same labels without reading a row; fixed once found,
+  rows (a device not found yet goes on from its run of them, cloud/slice_runs.py: only its rows stored
+  since the last pass are read); for a fleet summed from shard partials, from the shards' records of those
+  windows, cloud/performance_baselines.py, the same labels without reading a row; fixed once found,
   so a slow decline never becomes the new normal; a slice that was already bad from its first labels is
   judged against that); else, like the label-free alert, the accuracy its calibration data measured for
   the whole model (`reference_accuracy` of GET .../performance); a slice with none is not judged. The

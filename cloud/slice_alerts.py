@@ -31,7 +31,7 @@ slices have no accuracy: neither is judged here.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -88,6 +88,7 @@ def earlier_accuracies(session: Session, wanted: Mapping[tuple, tuple[set[str], 
     for key, (_, before, _) in wanted.items():
         groups[(key[0], key[3], key[4], before)].append(key)
     found: dict[tuple, tuple[float, str]] = {}
+    read: dict[tuple, Read] = {}
     for (scope, name, version, before), keys in groups.items():
         owner = TelemetryRecord.device_id if scope == "device" else TelemetryRecord.fleet
         by_owner = {key[1]: key for key in keys}
@@ -103,7 +104,6 @@ def earlier_accuracies(session: Session, wanted: Mapping[tuple, tuple[set[str], 
             rows = session.execute(select(ranked.c.owner, ranked.c.window_end, ranked.c.id, ranked.c.payload).where(
                 ranked.c.rank <= BASELINE_ROWS).order_by(ranked.c.owner, ranked.c.window_end, ranked.c.id))
             runs: dict[tuple, tuple[list[LabelCounts], int, float]] = {}  # ties by arrival, on every database
-            read: dict[tuple, Read] = {}
             for owner_id, end, row_id, payload in rows:
                 key = by_owner[owner_id]
                 parts, _, min_samples = wanted[key]
@@ -126,9 +126,10 @@ def earlier_accuracies(session: Session, wanted: Mapping[tuple, tuple[set[str], 
             for (key, part), (items, _, until) in runs.items():
                 if (baseline := baseline_of(items, until, wanted[key][2])) is not None:
                     found[(key, part)] = baseline
-            if reads is not None:
-                reads.update({key: read.get(key, Read()) for key in keys
-                              if any((key, part) not in found for part in wanted[key][0])})
+    if reads is not None:
+        parts_found = Counter(key for key, _ in found)
+        reads.update({key: read.get(key) or Read() for key, (parts, _, _) in wanted.items()
+                      if parts_found[key] < len(parts)})
     return found
 
 

@@ -93,6 +93,7 @@ def scenario(sessions, run_pass, monkeypatch) -> tuple[list[str], list, Counter,
     monkeypatch.setattr(slice_alerts, "earlier_accuracies", counted)
     monkeypatch.setattr(slice_runs, "late_rows", counted_rows)
     monkeypatch.setattr(slice_alerts, "BASELINE_ROWS", 6)
+    monkeypatch.setattr(slice_alerts, "SCOPES_PER_QUERY", 5)  # a pass's look-up in several queries
     records = []
     for step, now in enumerate(PASSES):
         put(sessions, windows(step), bundle=step == 0)
@@ -161,3 +162,26 @@ def test_runs_go_on_across_two_workers_and_a_take_over_on_postgresql(tmp_path, p
     assert SPARSE not in b_cameras
     assert got[2] == Counter({c: 2 if c in b_cameras or c == SPARSE else 1 for c in CAMERAS})
     assert got[3] == 3
+
+
+def test_a_look_up_in_several_queries_reads_each_scope_as_one_query_does(tmp_path, monkeypatch):
+    """What earlier_accuracies hands on to the runs (`reads`) is each scope's own, however many queries
+    the scopes are split in."""
+    sessions = make_sessions(make_engine(f"sqlite:///{tmp_path / 'cloud.db'}"))
+    for step, now in enumerate(PASSES):
+        put(sessions, windows(step) + late(now), bundle=step == 0)
+    wanted = {("device", c, "north", MODEL, 1): ({"night"}, 175.0, 10**6) for c in CAMERAS}  # none found
+
+    def reads(per_query: int) -> dict:
+        monkeypatch.setattr(slice_alerts, "SCOPES_PER_QUERY", per_query)
+        found: dict = {}
+        with sessions() as session:
+            assert slice_alerts.earlier_accuracies(session, wanted, reads=found) == {}
+        return {key[1]: (r.rows, r.last, {p: [(e, i) for e, i, _ in items] for p, items in r.slices.items()})
+                for key, r in found.items()}
+
+    whole, split_up = reads(10_000), reads(5)
+    assert split_up == whole and set(whole) == set(CAMERAS)
+    assert whole["cam-00"][0] == 9 and len(whole["cam-00"][2]["night"]) == 9  # 98..168 and the late one (50)
+    assert whole["cam-04"][0] == 5 and whole[SPARSE][0] == 9
+    assert [end for end, _ in whole[SPARSE][2]["night"]] == [40.0, 148.0, 158.0, 168.0]

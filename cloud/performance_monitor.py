@@ -48,6 +48,7 @@ from edgefleet.cloud.drift import DriftThresholds
 from edgefleet.cloud.drift_fleet_partials import log_stale
 from edgefleet.cloud.drift_settings import MonitorSettings, SettingsResolver
 from edgefleet.cloud.drift_windows import Share
+from edgefleet.cloud.gc_pause import paused_gc
 from edgefleet.cloud.leases import ShardLeases, shard_of
 from edgefleet.cloud.performance_baselines import fleet_baseline
 from edgefleet.cloud.performance_baselines import record as record_baselines
@@ -110,7 +111,7 @@ class PerformanceMonitor(PeriodicWorker):
         """Judges every scope with windows in the lookback; returns one record per scope judged, then one per
         (scope, slice) judged (those say their "slice")."""
         now = self._clock() if now is None else float(now)
-        with self._sessions() as session:
+        with paused_gc(), self._sessions() as session:  # as the drift monitor's (cloud/gc_pause.py)
             drops = PerformanceResolver.load(session, self.base)
             drift = SettingsResolver.load(session, self.drift)
             top = session.scalar(select(func.max(TelemetryRecord.id))) or 0  # read first: committed up to it

@@ -108,7 +108,9 @@ def earlier_accuracies(session: Session, wanted: Mapping[tuple, tuple[set[str], 
                 key = by_owner[owner_id]
                 parts, _, min_samples = wanted[key]
                 if reads is not None:
-                    read.setdefault(key, Read()).row(end, row_id)
+                    if key not in read:
+                        read[key] = Read()
+                    read[key].row(end, row_id)
                 todo = [p for p in parts if runs.get((key, p), ((), 0))[1] < min_samples]
                 if not todo:
                     continue
@@ -156,10 +158,10 @@ class Read:
 
 def labelled(window: TelemetryWindow | None) -> tuple[tuple[str, LabelCounts], ...]:
     """The (slice, labels) of a window that an earlier accuracy counts (baseline_labels), `_other` left out."""
-    if window is None:
+    if window is None or not window.slices:
         return ()
-    return tuple((item.slice, item.labels) for item in window.slices
-                 if item.slice != OTHER and item.labels is not None and item.labels.confusion)
+    return tuple([(item.slice, item.labels) for item in window.slices
+                  if item.slice != OTHER and item.labels is not None and item.labels.confusion])
 
 
 def judged_slices(windows: list[TelemetryWindow], min_samples: int) -> dict[str, LabelCounts]:

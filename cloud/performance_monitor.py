@@ -17,7 +17,8 @@ interval is the drift monitor's global one), and keeps no state of its own besid
 restarted cloud goes on where it stopped. (In memory only, rebuilt by a restarted worker's first pass: the
 earlier accuracies found, and the runs of the devices whose slices have none yet, cloud/slice_runs.py, so
 that a pass reads only their rows stored since the last instead of all their older rows.) An override
-that fails validation is logged and the global value used, so one bad row never stops the monitor.
+that fails validation is logged and the global value used, so one bad row never stops the monitor. A
+pass pauses Python's cyclic garbage collector, as the drift monitor's does (cloud/gc_pause.py).
 
 With `shards` (role `monitor` on PostgreSQL, cloud/leases.py) a run judges the devices of the shards this
 worker holds, and the fleets only while it holds the "fleets" lease, like the drift monitor, and the same

@@ -25,6 +25,7 @@ the code of before cloud/slice_runs.py; it matters with `--no-slice-metrics` onl
 are left out (they do not depend on the monitor).
 
     python benchmarks/bench_scaleout.py --monitor performance [--devices 100000]
+    python benchmarks/bench_scaleout.py --monitor performance --no-slice-metrics [--history 3]
 """
 
 from __future__ import annotations

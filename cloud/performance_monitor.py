@@ -14,8 +14,11 @@ On the same windows and settings, each slice's measured accuracy is judged again
 /api/v1/performance/settings/..., cloud/performance_settings.py). It reads the same stored windows as the
 drift monitor, with the drift monitor's lookback and min_samples resolved for each fleet and model (its
 interval is the drift monitor's global one), and keeps no state of its own besides the alerts: a
-restarted cloud goes on where it stopped. An override that fails validation is logged and the global
-value used, so one bad row never stops the monitor.
+restarted cloud goes on where it stopped. (In memory only, rebuilt by a restarted worker's first pass: the
+earlier accuracies found, and the runs of the devices whose slices have none yet, cloud/slice_runs.py, so
+that a pass reads only their rows stored since the last instead of all their older rows.) An override
+that fails validation is logged and the global value used, so one bad row never stops the monitor. A
+pass pauses Python's cyclic garbage collector, as the drift monitor's does (cloud/gc_pause.py).
 
 With `shards` (role `monitor` on PostgreSQL, cloud/leases.py) a run judges the devices of the shards this
 worker holds, and the fleets only while it holds the "fleets" lease, like the drift monitor, and the same
@@ -37,7 +40,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from edgefleet.cloud import slice_alerts
@@ -46,6 +49,7 @@ from edgefleet.cloud.drift import DriftThresholds
 from edgefleet.cloud.drift_fleet_partials import log_stale
 from edgefleet.cloud.drift_settings import MonitorSettings, SettingsResolver
 from edgefleet.cloud.drift_windows import Share
+from edgefleet.cloud.gc_pause import paused_gc
 from edgefleet.cloud.leases import ShardLeases, shard_of
 from edgefleet.cloud.performance_baselines import fleet_baseline
 from edgefleet.cloud.performance_baselines import record as record_baselines
@@ -62,6 +66,7 @@ from edgefleet.cloud.slice_alerts import (
     open_or_close,
     slice_references,
 )
+from edgefleet.cloud.slice_runs import EarlierRuns, Seen
 from edgefleet.core.calibration import calibration_of, estimated_accuracy
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.labels import merge_labels
@@ -83,10 +88,13 @@ class PerformanceMonitor(PeriodicWorker):
     def __init__(self, sessions: sessionmaker, profile_for: ProfileFor, *, drop: float = 0.05,
                  lookback_seconds: float = 300.0, interval_seconds: float = 10.0, min_samples: int = 100,
                  drift: MonitorSettings | None = None, clock: Callable[[], float] = time.time,
-                 shards: ShardLeases | None = None, fleet_partials: bool | None = None) -> None:
+                 shards: ShardLeases | None = None, fleet_partials: bool | None = None,
+                 remember_runs: bool = True) -> None:
         """`drift`: the drift monitor's global settings, whose per-fleet overrides then apply here too
         (lookback_seconds, interval_seconds and min_samples are ignored); without it, those three.
-        `fleet_partials`: as the drift monitor's (True: through the shards' partials even on SQLite)."""
+        `fleet_partials`: as the drift monitor's (True: through the shards' partials even on SQLite).
+        `remember_runs`: False looks a device whose slice has no earlier accuracy yet up in full on every
+        pass (the way of before, cloud/slice_runs.py; the tests' reference)."""
         if fleet_partials and shards is None:
             raise ValueError("fleet_partials needs shards: the partials are per device shard")
         drift = drift or MonitorSettings(DriftThresholds(min_samples=min_samples), lookback_seconds, interval_seconds)
@@ -97,15 +105,17 @@ class PerformanceMonitor(PeriodicWorker):
         self._profiles: dict[tuple[str, int], Mapping | None] = {}
         self._slice_references: dict[tuple[str, int], dict] = {}  # bundles are immutable: read once
         self._baselines: dict[tuple, tuple[float, str]] = {}  # (scope key, slice) -> its earlier accuracy, once found
+        self._runs = EarlierRuns() if remember_runs else None  # devices' earlier windows read so far
         super().__init__()
 
     def run_once(self, now: float | None = None) -> list[dict]:
         """Judges every scope with windows in the lookback; returns one record per scope judged, then one per
         (scope, slice) judged (those say their "slice")."""
         now = self._clock() if now is None else float(now)
-        with self._sessions() as session:
+        with paused_gc(), self._sessions() as session:  # as the drift monitor's (cloud/gc_pause.py)
             drops = PerformanceResolver.load(session, self.base)
             drift = SettingsResolver.load(session, self.drift)
+            top = session.scalar(select(func.max(TelemetryRecord.id))) or 0  # read first: committed up to it
             query = select(*ROW).where(
                 TelemetryRecord.window_end > now - drift.longest_lookback(), TelemetryRecord.window_end <= now)
             mine = Share.of(self._shards, self._fleet_partials, TelemetryRecord.device_id)
@@ -115,20 +125,25 @@ class PerformanceMonitor(PeriodicWorker):
             firsts: dict[tuple, list] = defaultdict(list)  # (fleet, model, version, shard, slice) -> entries
             references: dict[tuple[str, int], dict] = {}
             held: dict[str, int] = {}  # device id -> its shard
+            rows: dict[tuple, list] = defaultdict(list)  # device scope -> (end, row id, window or None)
             for row in session.execute(query).all():
                 if row.window_end <= now - self._resolve(drift, row.fleet, row.model_name).lookback_seconds:
                     continue
-                try:
-                    window = parse_telemetry(row.payload, max_bytes=len(row.payload))
-                except TelemetryError:
-                    continue  # the drift monitor logs these
                 ours = mine.shards is None  # the device is in this worker's shards
                 if not ours:
                     if row.device_id not in held:
                         held[row.device_id] = shard_of(row.device_id, self._shards.shards)
                     ours = held[row.device_id] in mine.shards
+                device = ("device", row.device_id, row.fleet, row.model_name, row.model_version)
+                try:
+                    window = parse_telemetry(row.payload, max_bytes=len(row.payload))
+                except TelemetryError:
+                    if ours:  # a window all the same, among the device's BASELINE_ROWS (cloud/slice_runs.py)
+                        rows[device].append((row.window_end, row.id, None))
+                    continue  # the drift monitor logs these
                 if ours:
-                    scopes[("device", row.device_id, row.fleet, row.model_name, row.model_version)].append(window)
+                    scopes[device].append(window)
+                    rows[device].append((row.window_end, row.id, window))
                     if mine.partials:
                         by_shard[(row.fleet, row.model_name, row.model_version, held[row.device_id])].append(window)
                         self._first_labels(session, row, window, held[row.device_id], firsts, references)
@@ -147,7 +162,7 @@ class PerformanceMonitor(PeriodicWorker):
                                                 self._resolve(drift, key[2], key[3]).thresholds.min_samples,
                                                 alerts))
                       is not None]
-            parts = self._look_up_baselines(session, scopes, now, drift, mine.from_partials)
+            parts = self._look_up_baselines(session, scopes, rows, now, top, drift, mine.from_partials)
             for key, windows in scopes.items():
                 judged += judge_slices(session, key, windows, now, self._resolve(drops, key[2], key[3]).drop,
                                        self._resolve(drift, key[2], key[3]).thresholds.min_samples,
@@ -163,24 +178,30 @@ class PerformanceMonitor(PeriodicWorker):
             judged = [{**r, "shard_passes": list(passes)} if r["scope"] == "fleet" else r for r in judged]
         return judged
 
-    def _look_up_baselines(self, session: Session, scopes: Mapping, now: float, drift: SettingsResolver,
-                           fleets_from_partials: bool) -> dict[tuple, dict]:
+    def _look_up_baselines(self, session: Session, scopes: Mapping, rows: Mapping, now: float, top: int,
+                           drift: SettingsResolver, fleets_from_partials: bool) -> dict[tuple, dict]:
         """Each scope's judged slices (judged_slices); the earlier accuracies the scopes' slices need and
         this monitor has not found yet, looked up for all of them at once (slice_alerts.earlier_accuracies:
-        not a query per device) into `_baselines`. Fleets summed from partials find theirs in the shards'
-        runs instead (performance_baselines.fleet_baseline, in judge_slices)."""
-        parts, wanted = {}, {}
+        not a query per device) into `_baselines`, a device's from its run where it has one (cloud/
+        slice_runs.py: its rows new since the last pass only). Fleets summed from partials find theirs in
+        the shards' runs instead (performance_baselines.fleet_baseline, in judge_slices). `rows`: each
+        device scope's rows of this pass, (end, row id, window)."""
+        parts, wanted, seen = {}, {}, {}
         for key, windows in scopes.items():
             settings = self._resolve(drift, key[2], key[3])
             parts[key] = judged_slices(windows, settings.thresholds.min_samples)
+            if key in rows:
+                seen[key] = Seen(now - settings.lookback_seconds, settings.thresholds.min_samples, rows[key])
             if fleets_from_partials and key[0] == "fleet":
                 continue
             references = self._references(session, key[3], key[4])
             missing = {p for p in parts[key] if p not in references and (key, p) not in self._baselines}
             if missing:
                 wanted[key] = (missing, now - settings.lookback_seconds, settings.thresholds.min_samples)
-        if wanted:
-            self._baselines.update(slice_alerts.earlier_accuracies(session, wanted))
+        if self._runs is not None:
+            self._baselines.update(self._runs.look_up(session, wanted, seen, now, top))
+        elif wanted:
+            self._baselines.update(slice_alerts.earlier_accuracies(session, wanted, top=top))
         return parts
 
     def _fleets_from_partials(self, session: Session, now: float, scopes: dict) -> tuple[float, float] | None:

@@ -11,8 +11,9 @@ lighting. So each slice named in the windows of the lookback is judged on its ow
   written at export or by the compression/evaluation report: split "eval" first, then "test", then any
   other); else the slice's own earlier measured accuracy (`earlier_accuracy`: its first `min_samples`
   labels in this scope and model version, from windows that ended before the lookback, read from the
-  rows; for a fleet summed from shard partials, from the shards' records of those windows,
-  cloud/performance_baselines.py, the same labels without reading a row; fixed once found,
+  rows (a device not found yet goes on from its run of them, cloud/slice_runs.py: only its rows stored
+  since the last pass are read); for a fleet summed from shard partials, from the shards' records of those
+  windows, cloud/performance_baselines.py, the same labels without reading a row; fixed once found,
   so a slow decline never becomes the new normal; a slice that was already bad from its first labels is
   judged against that); else, like the label-free alert, the accuracy its calibration data measured for
   the whole model (`reference_accuracy` of GET .../performance); a slice with none is not judged. The
@@ -30,8 +31,9 @@ slices have no accuracy: neither is judged here.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -73,17 +75,20 @@ def earlier_accuracy(session: Session, key: tuple, part: str, before: float,
     return earlier_accuracies(session, {key: ({part}, before, min_samples)}).get((key, part))
 
 
-def earlier_accuracies(session: Session, wanted: Mapping[tuple, tuple[set[str], float, int]]
-                       ) -> dict[tuple, tuple[float, str]]:
+def earlier_accuracies(session: Session, wanted: Mapping[tuple, tuple[set[str], float, int]], *,
+                       top: int | None = None, reads: dict | None = None) -> dict[tuple, tuple[float, str]]:
     """earlier_accuracy of many scopes at once: `wanted` maps a scope key to (its slices, before,
     min_samples); returns {(key, slice): (accuracy, source)} for those found. One query per (scope kind,
     model version, before) and SCOPES_PER_QUERY scopes, each scope's oldest BASELINE_ROWS windows ranked in
     the database (a query per device made a pass of 100,000 devices 3.5x as long). Many scopes a query:
-    PostgreSQL reads a list of 500 device ids with a scan of the table, as it reads one of 10,000."""
+    PostgreSQL reads a list of 500 device ids with a scan of the table, as it reads one of 10,000.
+    `top`: only rows with an id up to it. `reads`: filled with a `Read` of every scope one of whose slices
+    was not found (so every row of it was read: cloud/slice_runs.py goes on from there)."""
     groups: dict[tuple, list[tuple]] = defaultdict(list)
     for key, (_, before, _) in wanted.items():
         groups[(key[0], key[3], key[4], before)].append(key)
     found: dict[tuple, tuple[float, str]] = {}
+    read: dict[tuple, Read] = {}
     for (scope, name, version, before), keys in groups.items():
         owner = TelemetryRecord.device_id if scope == "device" else TelemetryRecord.fleet
         by_owner = {key[1]: key for key in keys}
@@ -94,13 +99,18 @@ def earlier_accuracies(session: Session, wanted: Mapping[tuple, tuple[set[str], 
             ranked = select(owner.label("owner"), TelemetryRecord.id, TelemetryRecord.window_end,
                             TelemetryRecord.payload, rank.label("rank")).where(
                 owner.in_(owners[start:start + SCOPES_PER_QUERY]), TelemetryRecord.model_name == name,
-                TelemetryRecord.model_version == version, TelemetryRecord.window_end <= before).subquery()
-            rows = session.execute(select(ranked.c.owner, ranked.c.window_end, ranked.c.payload).where(
+                TelemetryRecord.model_version == version, TelemetryRecord.window_end <= before,
+                *(() if top is None else (TelemetryRecord.id <= top,))).subquery()
+            rows = session.execute(select(ranked.c.owner, ranked.c.window_end, ranked.c.id, ranked.c.payload).where(
                 ranked.c.rank <= BASELINE_ROWS).order_by(ranked.c.owner, ranked.c.window_end, ranked.c.id))
             runs: dict[tuple, tuple[list[LabelCounts], int, float]] = {}  # ties by arrival, on every database
-            for owner_id, end, payload in rows:
+            for owner_id, end, row_id, payload in rows:
                 key = by_owner[owner_id]
                 parts, _, min_samples = wanted[key]
+                if reads is not None:
+                    if key not in read:
+                        read[key] = Read()
+                    read[key].row(end, row_id)
                 todo = [p for p in parts if runs.get((key, p), ((), 0))[1] < min_samples]
                 if not todo:
                     continue
@@ -113,10 +123,45 @@ def earlier_accuracies(session: Session, wanted: Mapping[tuple, tuple[set[str], 
                     if labels is not None:
                         items, count, _ = runs.get((key, part), ([], 0, 0.0))
                         runs[(key, part)] = ([*items, labels], count + labels.count, end)
+                if reads is not None:
+                    read[key].add(end, row_id, window, min_samples)
             for (key, part), (items, _, until) in runs.items():
                 if (baseline := baseline_of(items, until, wanted[key][2])) is not None:
                     found[(key, part)] = baseline
+    if reads is not None:
+        parts_found = Counter(key for key, _ in found)
+        reads.update({key: read.get(key) or Read() for key, (parts, _, _) in wanted.items()
+                      if parts_found[key] < len(parts)})
     return found
+
+
+@dataclass
+class Read:
+    """What earlier_accuracies read of a scope: how many rows (at most BASELINE_ROWS), the last one's (end,
+    row id), and per slice (`_other` never) the (end, row id, labels) of its labelled windows in (end, row
+    id) order, until their labels reach min_samples."""
+
+    rows: int = 0
+    last: tuple[float, int] = (float("-inf"), 0)
+    slices: dict[str, list] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def row(self, end: float, row_id: int) -> None:
+        self.rows, self.last = self.rows + 1, (end, row_id)
+
+    def add(self, end: float, row_id: int, window: TelemetryWindow, min_samples: int) -> None:
+        for part, labels in labelled(window):
+            if self.counts.get(part, 0) < min_samples:
+                self.slices.setdefault(part, []).append((end, row_id, labels))
+                self.counts[part] = self.counts.get(part, 0) + labels.count
+
+
+def labelled(window: TelemetryWindow | None) -> tuple[tuple[str, LabelCounts], ...]:
+    """The (slice, labels) of a window that an earlier accuracy counts (baseline_labels), `_other` left out."""
+    if window is None or not window.slices:
+        return ()
+    return tuple([(item.slice, item.labels) for item in window.slices
+                  if item.slice != OTHER and item.labels is not None and item.labels.confusion])
 
 
 def judged_slices(windows: list[TelemetryWindow], min_samples: int) -> dict[str, LabelCounts]:

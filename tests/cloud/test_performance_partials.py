@@ -112,10 +112,10 @@ def scenario(sessions, monitors) -> tuple[list, list, int, dict]:
     reads = {"device": 0, "fleet": 0}
     read_rows = slice_alerts.earlier_accuracies
 
-    def counted(session, wanted):
+    def counted(session, wanted, **options):
         for key in wanted:
             reads[key[0]] += 1
-        return read_rows(session, wanted)
+        return read_rows(session, wanted, **options)
 
     slice_alerts.earlier_accuracies = counted
     try:

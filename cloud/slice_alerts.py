@@ -34,11 +34,13 @@ import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from edgefleet.cloud.db import Alert, TelemetryRecord
+from edgefleet.core.canonical import format_time
 from edgefleet.core.labels import LabelCounts, merge_labels
 from edgefleet.core.slices import OTHER
 from edgefleet.core.telemetry import TelemetryError, TelemetryWindow, parse_telemetry
@@ -187,11 +189,13 @@ def baseline_labels(window: TelemetryWindow, part: str) -> LabelCounts | None:
 
 def baseline_of(found: list[LabelCounts], until: float, min_samples: int) -> tuple[float, str] | None:
     """(accuracy, source) of a slice's first labels `found` (the last window ending at `until`), None when
-    they are fewer than `min_samples`."""
+    they are fewer than `min_samples`. The source names the last window's end in UTC (alert messages are
+    read by people)."""
     merged = merge_labels(found)
     if merged is None or merged.count < min_samples:
         return None
-    return merged.correct / merged.count, f"its own earlier labels, {merged.count} up to {until:.0f}"
+    last = format_time(datetime.fromtimestamp(until, timezone.utc))
+    return merged.correct / merged.count, f"its own earlier labels, {merged.count} up to {last}"
 
 
 def open_or_close(session: Session, key: tuple, kind: str, alert: Alert | None, gap: float, drop: float,

@@ -132,7 +132,7 @@ def test_a_slice_without_any_reference_is_judged_against_its_own_earlier_labels(
     device, fleet = slice_alerts(sessions)
     assert device.message.startswith(
         f"accuracy on slice large {accuracy(shifted, 'large'):.3f} vs {accuracy(clean, 'large'):.3f} reference "
-        f"(its own earlier labels, 77 up to 100) on device d1 ({MODEL} v3, 77 labels)")
+        f"(its own earlier labels, 77 up to 1970-01-01T00:01:40Z) on device d1 ({MODEL} v3, 77 labels)")
     assert (fleet.scope_id, fleet.status, fleet.details["slice"]) == ("f1", "open", "large")
 
     feed(sessions, "d1", 300.0, clean, version=3)
@@ -204,10 +204,11 @@ def test_earlier_accuracies_of_many_scopes_in_one_look_up_are_each_scopes_own(tm
     assert labels >= MIN_LABELS > len(first_two[0][0])
     expected = sum(int((true == predicted).sum()) for true, predicted in first_two) / labels
     assert found[(("device", "d1", "f1", MODEL, 3), "large")] == (
-        pytest.approx(expected), f"its own earlier labels, {labels} up to 99")
+        pytest.approx(expected), f"its own earlier labels, {labels} up to 1970-01-01T00:01:39Z")
     assert found[(("device", "d2", "f1", MODEL, 3), "large")][0] == pytest.approx(accuracy(shifted, "large"))
     assert not any(key[1] == "d3" for key, _ in found)
-    assert found[(("fleet", "f1", "f1", MODEL, 3), "large")][1] == f"its own earlier labels, {labels} up to 99"
+    assert found[(("fleet", "f1", "f1", MODEL, 3), "large")][1] == \
+        f"its own earlier labels, {labels} up to 1970-01-01T00:01:39Z"
     with sessions() as session:  # one scope at a time, the same answers
         assert {(key, part): answer for key, (parts, before, n) in wanted.items() for part in parts
                 if (answer := slice_alerts.earlier_accuracy(session, key, part, before, n)) is not None} == found

@@ -87,6 +87,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from edgefleet.cloud.db import DriftResult, TelemetryRecord
+from edgefleet.cloud.decoded_rows import WHO
 from edgefleet.cloud.drift import (
     CountsMismatch,
     DriftThresholds,
@@ -108,7 +109,7 @@ from edgefleet.cloud.drift_late_periods import mark as mark_late
 from edgefleet.cloud.drift_results import insert_results, new_result
 from edgefleet.cloud.drift_settings import DriftSettingsError, MonitorSettings, SettingsResolver
 from edgefleet.cloud.drift_shard_steps import write_steps
-from edgefleet.cloud.drift_windows import WHO, Scope, Scopes, Share, Window, WindowReader
+from edgefleet.cloud.drift_windows import Scope, Scopes, Share, Window, WindowReader
 from edgefleet.cloud.gc_pause import paused_gc
 from edgefleet.cloud.leases import SHARDS, ShardLeases, shard_of
 

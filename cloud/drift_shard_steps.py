@@ -43,11 +43,12 @@ from sqlalchemy import JSON, Float, Index, Integer, String, delete, select, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from edgefleet.cloud.db import Base, TelemetryRecord
+from edgefleet.cloud.decoded_rows import WHO
 from edgefleet.cloud.drift import CountsMismatch, WindowCounts, merge_windows
 from edgefleet.cloud.drift_cusum_batch import chunks
 from edgefleet.cloud.drift_cusum_store import CHECKPOINT_SECONDS, REPLAY_SECONDS, slot_end
 from edgefleet.cloud.drift_fleet_partials import ShardPass, counts_from_json, counts_to_json, upsert
-from edgefleet.cloud.drift_windows import WHO, WindowReader
+from edgefleet.cloud.drift_windows import WindowReader
 from edgefleet.cloud.leases import shard_of
 
 log = logging.getLogger(__name__)

@@ -1,13 +1,9 @@
 """The telemetry windows the drift monitor judges, each stored payload decoded once (cloud/drift_monitor.py).
 
 A run reads its rows without payloads (`WHO`: who sent which window when) and asks `WindowReader.read` for
-their windows: the windows the last run decoded are taken from memory, and only the rows not seen before
-(and, after a restart or a shard take-over, every row once) have their payload read, in one query per
-PAYLOADS_PER_QUERY rows, and decoded. A row's payload never changes once stored, so a kept window is the
-one decoding would give again; the key holds (device, seq, window end, model) beside the id, as SQLite may
-reuse the id of a deleted newest row. A window stays kept while its row is read, about lookback / interval
-runs, then is dropped (about 1.2 KB a window). Refused rows are not kept: they are refused (and logged
-once) again.
+their windows: the windows the last run decoded are taken from memory (cloud/decoded_rows.py), and only
+the rows not seen before have their payload read and decoded, checked against the model's reference
+profile. About 1.2 KB a kept window. Refused rows are not kept: they are refused (and logged once) again.
 
 Also the scopes those windows are grouped into (`Scope`, `Scopes`) and what one run of a worker judges
 (`Share`: its device shards, the fleet scopes or not, from rows or from the shards' partial sums).
@@ -18,18 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from edgefleet.cloud.db import TelemetryRecord
+from edgefleet.cloud.decoded_rows import DecodedRows
 from edgefleet.cloud.drift import CountsMismatch, WindowCounts, check_against_profile
 from edgefleet.cloud.leases import FLEETS, ShardLeases, shard_of
 from edgefleet.core.telemetry import TelemetryError, parse_telemetry
 
-# Who and when of a telemetry row, without its payload: the rows of a run are read this way.
-WHO = (TelemetryRecord.id, TelemetryRecord.device_id, TelemetryRecord.fleet, TelemetryRecord.model_name,
-       TelemetryRecord.model_version, TelemetryRecord.seq, TelemetryRecord.window_end)
-PAYLOADS_PER_QUERY = 900  # ids per IN (...) when the payloads of the misses are read (SQLite's old limit)
 LogOnce = Callable[..., None]  # log_once(message, key=None): the monitor's de-duplicated warning
 
 
@@ -43,54 +35,23 @@ class Window:
     windows: int = 1  # how many telemetry windows it adds up (a fleet's shard sums: cloud/drift_fleet_partials.py)
 
 
-def row_key(row) -> tuple:  # noqa: ANN001 - a row of the `WHO` columns
-    return (row.id, row.device_id, row.seq, row.window_end, row.model_name, row.model_version)
-
-
-class WindowReader:
+class WindowReader(DecodedRows[Window]):
     """The decoded windows of the last run and of the run in progress (between start_run and finish_run)."""
 
     def __init__(self, log_once: LogOnce) -> None:
+        super().__init__()
         self._log_once = log_once
-        self._decoded: dict[tuple, Window] = {}  # the windows the last run read, by `row_key`
-        self._decoding: dict[tuple, Window] = {}  # the windows this run has read so far
-
-    def start_run(self) -> None:
-        self._decoding = {}
-
-    def finish_run(self) -> None:
-        """Keeps the windows this run read, and only those, for the next run."""
-        self._decoded, self._decoding = self._decoding, {}
-
-    def forget(self) -> None:
-        """Drops every kept window: the next run decodes every payload (as after a restart)."""
-        self._decoded = {}
 
     def read(self, session: Session, rows: list, profiles: Mapping[tuple[str, int], Mapping | None]
              ) -> dict[int, Window]:
         """The decoded window of each row (`WHO` columns) that has one, by row id."""
-        windows: dict[int, Window] = {}
-        misses = []
-        for row in rows:
-            key = row_key(row)
-            window = self._decoded.get(key) or self._decoding.get(key)
-            if window is None:
-                misses.append(row.id)
-            else:
-                windows[row.id] = self._decoding[key] = window
-        for start in range(0, len(misses), PAYLOADS_PER_QUERY):
-            chunk = misses[start:start + PAYLOADS_PER_QUERY]
-            for row in session.execute(select(*WHO, TelemetryRecord.payload).where(TelemetryRecord.id.in_(chunk))):
-                window = self.decode(row, profiles[(row.model_name, row.model_version)])
-                if window is not None:
-                    windows[row.id] = self._decoding[row_key(row)] = window
-        return windows
+        return super().read(session, rows, lambda row: self.decode(row, profiles[(row.model_name,
+                                                                                  row.model_version)]))
 
     def window_of(self, row: TelemetryRecord, profile: Mapping) -> Window | None:
         """The CUSUM store's reader (its one-scope path reads a scope's rows itself): the window this run
         read for the row when there is one, else the row's payload decoded."""
-        key = row_key(row)
-        return self._decoding.get(key) or self._decoded.get(key) or self.decode(row, profile)
+        return self.kept(row) or self.decode(row, profile)
 
     def decode(self, row: TelemetryRecord, profile: Mapping) -> Window | None:
         """The row's payload parsed and checked against the reference profile; None (logged once) when refused."""

@@ -16,7 +16,9 @@ drift monitor, with the drift monitor's lookback and min_samples resolved for ea
 interval is the drift monitor's global one), and keeps no state of its own besides the alerts: a
 restarted cloud goes on where it stopped. (In memory only, rebuilt by a restarted worker's first pass: the
 earlier accuracies found, and the runs of the devices whose slices have none yet, cloud/slice_runs.py, so
-that a pass reads only their rows stored since the last instead of all their older rows.) An override
+that a pass reads only their rows stored since the last instead of all their older rows; and the windows
+the last pass parsed, cloud/decoded_rows.py, so that a pass reads and parses only the payloads stored
+since.) An override
 that fails validation is logged and the global value used, so one bad row never stops the monitor. A
 pass pauses Python's cyclic garbage collector, as the drift monitor's does (cloud/gc_pause.py).
 
@@ -45,6 +47,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from edgefleet.cloud import slice_alerts
 from edgefleet.cloud.db import Alert, BundleRecord, TelemetryRecord
+from edgefleet.cloud.decoded_rows import WHO, DecodedRows
 from edgefleet.cloud.drift import DriftThresholds
 from edgefleet.cloud.drift_fleet_partials import log_stale
 from edgefleet.cloud.drift_settings import MonitorSettings, SettingsResolver
@@ -71,14 +74,18 @@ from edgefleet.core.calibration import calibration_of, estimated_accuracy
 from edgefleet.core.errors import EdgefleetError
 from edgefleet.core.labels import merge_labels
 from edgefleet.core.slices import OTHER
-from edgefleet.core.telemetry import TelemetryError, parse_telemetry
+from edgefleet.core.telemetry import TelemetryError, TelemetryWindow, parse_telemetry
 
 log = logging.getLogger(__name__)
 KIND = "estimated_accuracy"
 ProfileFor = Callable[[str, int], "Mapping | None"]
-# what a run reads of a telemetry row (not the ORM object: 100,000 of them a pass cost more than the parse)
-ROW = (TelemetryRecord.id, TelemetryRecord.device_id, TelemetryRecord.fleet, TelemetryRecord.model_name,
-       TelemetryRecord.model_version, TelemetryRecord.window_end, TelemetryRecord.payload)
+
+
+def _parse(row) -> TelemetryWindow | None:  # noqa: ANN001 - a row of WHO and the payload
+    try:
+        return parse_telemetry(row.payload, max_bytes=len(row.payload))  # the ingest checked the size
+    except TelemetryError:
+        return None
 
 
 class PerformanceMonitor(PeriodicWorker):
@@ -106,6 +113,7 @@ class PerformanceMonitor(PeriodicWorker):
         self._slice_references: dict[tuple[str, int], dict] = {}  # bundles are immutable: read once
         self._baselines: dict[tuple, tuple[float, str]] = {}  # (scope key, slice) -> its earlier accuracy, once found
         self._runs = EarlierRuns() if remember_runs else None  # devices' earlier windows read so far
+        self._windows: DecodedRows[TelemetryWindow] = DecodedRows()  # each payload parsed once (decoded_rows.py)
         super().__init__()
 
     def run_once(self, now: float | None = None) -> list[dict]:
@@ -116,7 +124,7 @@ class PerformanceMonitor(PeriodicWorker):
             drops = PerformanceResolver.load(session, self.base)
             drift = SettingsResolver.load(session, self.drift)
             top = session.scalar(select(func.max(TelemetryRecord.id))) or 0  # read first: committed up to it
-            query = select(*ROW).where(
+            query = select(*WHO).where(
                 TelemetryRecord.window_end > now - drift.longest_lookback(), TelemetryRecord.window_end <= now)
             mine = Share.of(self._shards, self._fleet_partials, TelemetryRecord.device_id)
             query = query if mine.where is None else query.where(mine.where)
@@ -126,21 +134,22 @@ class PerformanceMonitor(PeriodicWorker):
             references: dict[tuple[str, int], dict] = {}
             held: dict[str, int] = {}  # device id -> its shard
             rows: dict[tuple, list] = defaultdict(list)  # device scope -> (end, row id, window or None)
-            for row in session.execute(query).all():
-                if row.window_end <= now - self._resolve(drift, row.fleet, row.model_name).lookback_seconds:
-                    continue
+            self._windows.start_run()
+            read = [row for row in session.execute(query).all()
+                    if row.window_end > now - self._resolve(drift, row.fleet, row.model_name).lookback_seconds]
+            parsed = self._windows.read(session, read, _parse)
+            for row in read:
                 ours = mine.shards is None  # the device is in this worker's shards
                 if not ours:
                     if row.device_id not in held:
                         held[row.device_id] = shard_of(row.device_id, self._shards.shards)
                     ours = held[row.device_id] in mine.shards
                 device = ("device", row.device_id, row.fleet, row.model_name, row.model_version)
-                try:
-                    window = parse_telemetry(row.payload, max_bytes=len(row.payload))
-                except TelemetryError:
+                window = parsed.get(row.id)
+                if window is None:  # refused: the drift monitor logs these
                     if ours:  # a window all the same, among the device's BASELINE_ROWS (cloud/slice_runs.py)
                         rows[device].append((row.window_end, row.id, None))
-                    continue  # the drift monitor logs these
+                    continue
                 if ours:
                     scopes[device].append(window)
                     rows[device].append((row.window_end, row.id, window))
@@ -174,6 +183,7 @@ class PerformanceMonitor(PeriodicWorker):
                                        earlier=fleet_baseline if mine.from_partials and key[0] == "fleet"
                                        else looked_up, parts=parts[key])
             session.commit()
+            self._windows.finish_run()
         if passes is not None:  # which shard passes the fleets were summed over: said in the records only
             judged = [{**r, "shard_passes": list(passes)} if r["scope"] == "fleet" else r for r in judged]
         return judged

@@ -7,7 +7,9 @@ baseline was found; one camera sends no "night" labels in its first windows, so 
 (6 here) hold too few, and its run reads nothing more until a late window sorts before them. Every record
 and alert is the one of a monitor looking every device up in full on every pass (`remember_runs=False`),
 on SQLite and on PostgreSQL, where two workers split the shards and one's shards are taken over mid-way
-(the new holder has no runs: it looks them up in full once)."""
+(the new holder has no runs: it looks them up in full once). The same scenario checks the monitor's
+parsed windows kept from pass to pass (cloud/decoded_rows.py): each stored payload is parsed once, and the
+records are those of a monitor parsing every payload on every pass."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from collections import Counter
 import numpy as np
 from sqlalchemy import select
 
-from edgefleet.cloud import slice_alerts, slice_runs
+from edgefleet.cloud import performance_monitor, slice_alerts, slice_runs
 from edgefleet.cloud.db import Alert, make_engine, make_sessions
 from edgefleet.cloud.drift import DriftThresholds
 from edgefleet.cloud.drift_settings import MonitorSettings
@@ -119,14 +121,36 @@ def check_same(reference, runs) -> None:  # noqa: ANN001
     assert sum(reference[2].values()) > 3 * len(CAMERAS) and reference[3] == 0
 
 
+def parsed_rows(monkeypatch) -> list[int]:  # noqa: ANN001
+    """The ids of the rows whose payload the accuracy monitor parses from now on (until monkeypatch.undo)."""
+    ids, parse = [], performance_monitor._parse
+
+    def counted(row):  # noqa: ANN001, ANN202
+        ids.append(row.id)
+        return parse(row)
+
+    monkeypatch.setattr(performance_monitor, "_parse", counted)
+    return ids
+
+
 def test_runs_give_the_full_look_ups_records_and_read_only_new_rows_on_sqlite(tmp_path, monkeypatch):
     reference = make_sessions(make_engine(f"sqlite:///{tmp_path / 'reference.db'}"))
     sessions = make_sessions(make_engine(f"sqlite:///{tmp_path / 'runs.db'}"))
     full = monitor(reference, remember_runs=False)
     kept = monitor(sessions)
-    expected = scenario(reference, full.run_once, monkeypatch)
+
+    def every_payload(now: float) -> list[dict]:  # the way of before: nothing parsed is kept
+        full._windows.forget()
+        return full.run_once(now)
+
+    parsed_by_full = parsed_rows(monkeypatch)
+    expected = scenario(reference, every_payload, monkeypatch)
+    parsed = parsed_rows(monkeypatch)
     got = scenario(sessions, kept.run_once, monkeypatch)
     check_same(expected, got)
+    # the same rows read (both databases got the same inserts: the same ids), each payload parsed once
+    assert len(parsed) == len(set(parsed)) and set(parsed) == set(parsed_by_full)
+    assert len(parsed_by_full) > 2 * len(parsed)  # a window is in about 3 passes' lookback
     # one full look-up per device; SPARSE again once its late window sorted before its oldest 6
     assert got[2] == Counter({c: 2 if c == SPARSE else 1 for c in CAMERAS})
     assert got[3] == 3  # the late windows of cam-01, cam-02 and SPARSE (cam-03's in its pass, cam-00's: no run)

@@ -25,6 +25,30 @@ EF_AVX512 inline __mmask16 lanes_below(int n) {  // the first n of 16 lanes (n m
     return n >= kLanes ? static_cast<__mmask16>(0xFFFF) : n <= 0 ? 0 : static_cast<__mmask16>((1u << n) - 1);
 }
 
+// The start of a pixels-in-lanes tile (s2_tile, pointwise_tile): the lanes of its NP vectors that hold
+// one of the `count` output pixels left from its first, and its R x NP accumulators at zero.
+template <int NP, int R>
+EF_AVX512 inline void start_pixel_tile(int count, __mmask16 (&mask)[NP], __m512 (&acc)[R][NP]) {
+    #pragma GCC unroll 4
+    for (int v = 0; v < NP; ++v) {
+        mask[v] = lanes_below(count - kLanes * v);
+        #pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) acc[r][v] = _mm512_setzero_ps();
+    }
+}
+
+// One tap of a pixels-in-lanes tile: each of R output channels' weights w[r] broadcast and times the
+// tap's NP vectors of pixels, fma'd into that channel's accumulators (the chain store_rows ends).
+template <int NP, int R>
+EF_AVX512 inline void fma_rows(__m512 (&acc)[R][NP], const float* w, const __m512 (&x)[NP]) {
+    #pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+        const __m512 wr = _mm512_set1_ps(w[r]);
+        #pragma GCC unroll 4
+        for (int v = 0; v < NP; ++v) acc[r][v] = _mm512_fmadd_ps(wr, x[v], acc[r][v]);
+    }
+}
+
 // The pixels-in-lanes tiles' store: R output channels from m0 by NP vectors of pixels from p0 (lanes
 // in mask), + bias, clamp, and the residual with its clamp.
 template <int NP, int R>

@@ -19,24 +19,14 @@ template <int NP, int R = 8>
 EF_AVX512 inline void pointwise_tile(const ConvArgs& a, const float* x0, int p0, int end, int m0) {
     __mmask16 mask[NP];
     __m512 acc[R][NP];
-    #pragma GCC unroll 4
-    for (int v = 0; v < NP; ++v) {
-        mask[v] = lanes_below(end - p0 - kLanes * v);
-        #pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) acc[r][v] = _mm512_setzero_ps();
-    }
+    start_pixel_tile<NP, R>(end - p0, mask, acc);
     const float* w = a.w + m0;
     for (int k = 0; k < a.K; ++k, w += a.MP) {
         const float* xk = x0 + a.koff[k] + p0;
         __m512 xv[NP];
         #pragma GCC unroll 4
         for (int v = 0; v < NP; ++v) xv[v] = _mm512_maskz_loadu_ps(mask[v], xk + kLanes * v);
-        #pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-            const __m512 wr = _mm512_set1_ps(w[r]);
-            #pragma GCC unroll 4
-            for (int v = 0; v < NP; ++v) acc[r][v] = _mm512_fmadd_ps(wr, xv[v], acc[r][v]);
-        }
+        fma_rows<NP, R>(acc, w, xv);
     }
     store_rows<NP, R>(a, acc, mask, p0, m0);
 }

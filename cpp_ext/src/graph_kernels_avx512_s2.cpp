@@ -82,23 +82,13 @@ template <int NP, int R>
 EF_AVX512 inline void s2_tile(const ConvArgs& a, const float (*col)[2 * kLanes], int p0, int count, int m0) {
     __mmask16 mask[NP];
     __m512 acc[R][NP];
-    #pragma GCC unroll 4
-    for (int v = 0; v < NP; ++v) {
-        mask[v] = lanes_below(count - kLanes * v);
-        #pragma GCC unroll 16
-        for (int r = 0; r < R; ++r) acc[r][v] = _mm512_setzero_ps();
-    }
+    start_pixel_tile<NP, R>(count, mask, acc);
     const float* w = a.w + m0;
     for (int k = 0; k < a.K; ++k, w += a.MP) {
         __m512 x[NP];
         #pragma GCC unroll 4
         for (int v = 0; v < NP; ++v) x[v] = _mm512_load_ps(col[k] + kLanes * v);
-        #pragma GCC unroll 16
-        for (int r = 0; r < R; ++r) {
-            const __m512 wr = _mm512_set1_ps(w[r]);
-            #pragma GCC unroll 4
-            for (int v = 0; v < NP; ++v) acc[r][v] = _mm512_fmadd_ps(wr, x[v], acc[r][v]);
-        }
+        fma_rows<NP, R>(acc, w, x);
     }
     store_rows<NP, R>(a, acc, mask, p0, m0);
 }

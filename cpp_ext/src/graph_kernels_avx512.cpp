@@ -61,7 +61,8 @@ EF_AVX512 inline void conv_tile(const ConvArgs& a, int p0, int m0) {
     corners<PX>(a.x, a.pix + p0, pixels, xs);
     __mmask16 mask[NV];
     __m512 acc[NV][PX];
-    start_channel_tile(a.M - m0, mask, acc);
+    lane_masks(a.M - m0, mask);
+    zero_all(acc);
     const float* w = a.w + m0;
     for (int k = 0; k < a.K; ++k, w += a.MP) {
         const std::ptrdiff_t off = a.koff[k];

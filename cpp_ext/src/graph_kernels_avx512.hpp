@@ -25,15 +25,21 @@ EF_AVX512 inline __mmask16 lanes_below(int n) {  // the first n of 16 lanes (n m
     return n >= kLanes ? static_cast<__mmask16>(0xFFFF) : n <= 0 ? 0 : static_cast<__mmask16>((1u << n) - 1);
 }
 
-// The start of a pixels-in-lanes tile (s2_tile, pointwise_tile): the lanes of its NP vectors that hold
-// one of the `count` output pixels left from its first, and its R x NP accumulators at zero.
-template <int NP, int R>
-EF_AVX512 inline void start_pixel_tile(int count, __mmask16 (&mask)[NP], __m512 (&acc)[R][NP]) {
+// The start of a tile: the lanes of its N vectors that hold one of the `count` outputs (pixels or
+// channels) left from its first ...
+template <int N>
+EF_AVX512 inline void lane_masks(int count, __mmask16 (&mask)[N]) {
     #pragma GCC unroll 4
-    for (int v = 0; v < NP; ++v) {
-        mask[v] = lanes_below(count - kLanes * v);
-        #pragma GCC unroll 16
-        for (int r = 0; r < R; ++r) acc[r][v] = _mm512_setzero_ps();
+    for (int v = 0; v < N; ++v) mask[v] = lanes_below(count - kLanes * v);
+}
+
+// ... and its accumulators at zero.
+template <int A, int B>
+EF_AVX512 inline void zero_all(__m512 (&acc)[A][B]) {
+    #pragma GCC unroll 16
+    for (int i = 0; i < A; ++i) {
+        #pragma GCC unroll 8
+        for (int j = 0; j < B; ++j) acc[i][j] = _mm512_setzero_ps();
     }
 }
 
@@ -70,19 +76,6 @@ EF_AVX512 inline void store_rows(const ConvArgs& a, __m512 (&acc)[R][NP], const 
             }
             _mm512_mask_storeu_ps(a.y + row + kLanes * v, mask[v], value);
         }
-    }
-}
-
-// The start of a channels-in-lanes tile (graph_kernels_avx512.cpp's conv_tile, the 8-wide tiles): the
-// lanes of its NV vectors that hold one of the `channels` output channels left from its first, and its
-// NV x PX accumulators at zero.
-template <int NV, int PX>
-EF_AVX512 inline void start_channel_tile(int channels, __mmask16 (&mask)[NV], __m512 (&acc)[NV][PX]) {
-    #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-        mask[v] = lanes_below(channels - kLanes * v);
-        #pragma GCC unroll 8
-        for (int p = 0; p < PX; ++p) acc[v][p] = _mm512_setzero_ps();
     }
 }
 

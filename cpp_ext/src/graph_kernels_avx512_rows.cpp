@@ -19,7 +19,8 @@ template <int NP, int R = 8>
 EF_AVX512 inline void pointwise_tile(const ConvArgs& a, const float* x0, int p0, int end, int m0) {
     __mmask16 mask[NP];
     __m512 acc[R][NP];
-    start_pixel_tile<NP, R>(end - p0, mask, acc);
+    lane_masks(end - p0, mask);
+    zero_all(acc);
     const float* w = a.w + m0;
     for (int k = 0; k < a.K; ++k, w += a.MP) {
         const float* xk = x0 + a.koff[k] + p0;

@@ -82,7 +82,8 @@ template <int NP, int R>
 EF_AVX512 inline void s2_tile(const ConvArgs& a, const float (*col)[2 * kLanes], int p0, int count, int m0) {
     __mmask16 mask[NP];
     __m512 acc[R][NP];
-    start_pixel_tile<NP, R>(count, mask, acc);
+    lane_masks(count, mask);
+    zero_all(acc);
     const float* w = a.w + m0;
     for (int k = 0; k < a.K; ++k, w += a.MP) {
         __m512 x[NP];

@@ -32,7 +32,8 @@ EF_AVX512 inline void w8_tile(const ConvArgs& a, const float* const* xs, const i
     for (int p = 0; p < PX; ++p) x[p] = xs[std::min(p, count - 1)];
     __mmask16 mask[NV];
     __m512 acc[NV][PX];
-    start_channel_tile(a.M - m0, mask, acc);
+    lane_masks(a.M - m0, mask);
+    zero_all(acc);
     const int channels = a.K / 9;
     const float* wc = a.w + m0;
     for (int c = 0; c < channels; ++c, wc += 9 * a.MP) {

@@ -3,7 +3,8 @@
 A run reads its rows without payloads (`WHO`: who sent which window when) and asks `WindowReader.read` for
 their windows: the windows the last run decoded are taken from memory (cloud/decoded_rows.py), and only
 the rows not seen before have their payload read and decoded, checked against the model's reference
-profile. About 1.2 KB a kept window. Refused rows are not kept: they are refused (and logged once) again.
+profile. A kept window holds int64 histograms: 1.1 KB for 2 features of 3 bins, 9 KB for 64 of 16
+(tracemalloc). Refused rows are not kept: they are refused (and logged once) again.
 
 Also the scopes those windows are grouped into (`Scope`, `Scopes`) and what one run of a worker judges
 (`Share`: its device shards, the fleet scopes or not, from rows or from the shards' partial sums).

@@ -278,20 +278,10 @@ def workers_run(work: Path, postgres: PostgresServer, database: str, ids: list[s
     """One stream into a fresh database through `workers` ingest processes; they are stopped by PID."""
     url, engine, sessions = fresh_database(postgres, database, ids)
     broker = MosquittoBroker(work / "mosquitto", max_inflight=args.inflight).start()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
     processes = []
     try:
-        for n in range(workers):
-            log = (work / f"worker-{n}.log").open("w")
-            processes.append(subprocess.Popen(
-                [sys.executable, "-m", "edgefleet.cli.main", "cloud", "up", "--role", "ingest", "--worker", f"w{n}",
-                 "--db", url, "--mqtt-url", broker.url, "--data", str(work / "data"), "--log-level", "warning"],
-                stdout=log, stderr=log, env=env, start_new_session=True))
-        deadline = time.monotonic() + 60
-        while not all(f"as edgefleet-ingest-w{n} " in broker.log for n in range(workers)):
-            if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
-                raise SystemExit(f"the ingest workers did not connect: see {work}/worker-*.log")
-            time.sleep(0.1)
+        processes += [start_worker(work, url, broker, f"w{n}") for n in range(workers)]
+        wait_connected(work, broker, processes, [f"w{n}" for n in range(workers)])
         time.sleep(1.0)  # subscribed
         parts = {"ingest": lambda: [p.pid for p in processes], "broker": lambda: [broker.process.pid],
                  "postgres": lambda: _family(postgres.pid)}
@@ -319,6 +309,26 @@ def distinct_windows(sessions) -> int:  # noqa: ANN001 - a sessionmaker
     with sessions() as session:
         return session.scalar(select(func.count()).select_from(
             select(TelemetryRecord.device_id, TelemetryRecord.seq).distinct().subquery()))
+
+
+def start_worker(work: Path, url: str, broker: MosquittoBroker, name: str) -> subprocess.Popen:
+    """`edgefleet cloud up --role ingest --worker NAME` on `url` and `broker`, its output in work/NAME.log."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+    log = (work / f"{name}.log").open("a")
+    return subprocess.Popen(
+        [sys.executable, "-m", "edgefleet.cli.main", "cloud", "up", "--role", "ingest", "--worker", name,
+         "--db", url, "--mqtt-url", broker.url, "--data", str(work / "data"), "--log-level", "warning"],
+        stdout=log, stderr=log, env=env, start_new_session=True)
+
+
+def wait_connected(work: Path, broker: MosquittoBroker, processes: list[subprocess.Popen], names: list[str],
+                   times: int = 1) -> None:
+    """Until the broker logged the `times`-th connection of every worker in `names` (SystemExit after 60 s)."""
+    deadline = time.monotonic() + 60
+    while not all(broker.log.count(f"as edgefleet-ingest-{name} ") >= times for name in names):
+        if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+            raise SystemExit(f"the ingest workers did not connect: see {work}/*.log")
+        time.sleep(0.05)
 
 
 def stop_processes(processes: list[subprocess.Popen]) -> None:

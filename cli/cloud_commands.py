@@ -1,5 +1,6 @@
 """Cloud commands: `edgefleet cloud up` runs the companion service, `edgefleet cloud token` makes an admin
-token, `edgefleet cloud migrate` upgrades the database's schema. The cloud modules are imported inside the
+token, `edgefleet cloud migrate` upgrades the database's schema, `edgefleet cloud service` writes a systemd
+unit for a scale-out role. The cloud modules are imported inside the
 commands, so the device-side CLI never loads them."""
 
 from __future__ import annotations
@@ -222,6 +223,33 @@ def migrate(
         out.print(f"schema at revision {after} already", markup=False, highlight=False)
     else:
         out.print(f"schema upgraded from revision {before or 'none'} to {after}", markup=False, highlight=False)
+
+
+@cloud_app.command("service")
+def service(
+    role: Annotated[str, typer.Option(help="api, ingest, monitor or rollouts (not all: one process, no scale-out)")],
+    user: Annotated[str, typer.Option(help="Unprivileged user the processes run as")] = "edgefleet",
+    env_file: Annotated[Path, typer.Option("--env-file", help="The settings and secrets the units read "
+                                                              "(EDGEFLEET_DB_URL, EDGEFLEET_MQTT_PASSWORD, ...)")]
+    = Path("/etc/edgefleet/cloud.env"),
+    output: Annotated[Path | None, typer.Option("--out", help="Write the unit here (default: print it)")] = None,
+) -> None:
+    """Write a systemd template unit, edgefleet-ROLE@.service, that runs one role's processes as a hardened
+    service, restarted always: an instance's name is its --worker (ingest, rollouts) or its --port (api)."""
+    from edgefleet.cloud.service_unit import example_env, install_hint, render_unit
+
+    unit = render_unit(role, user=user, env_file=env_file)
+    if output is None:
+        typer.echo(unit, nl=False)
+        return
+    if not output.parent.is_dir():
+        raise EdgefleetError(f"--out: there is no directory {output.parent}")
+    output.write_text(unit)
+    out.print(f"wrote {output}; its settings go in {env_file.absolute()} (root's, mode 0600: systemd reads it "
+              f"before it starts the process as {user}), for example:", markup=False, highlight=False, soft_wrap=True)
+    typer.echo(example_env(role))  # unwrapped: copied as is
+    out.print("then, as root:", markup=False)
+    typer.echo(install_hint(output, role, user))
 
 
 @cloud_app.command("token")

@@ -35,6 +35,8 @@ from edgefleet.cloud.nats_config import NATS_SCHEMES
 from edgefleet.core.errors import EdgefleetError
 
 ROLES = ("all", "api", "ingest", "monitor", "rollouts")
+SCALE_OUT_ROLES = tuple(role for role in ROLES if role != "all")  # many processes on one PostgreSQL
+WORKER_ROLES = ("ingest", "rollouts")  # the roles that take --worker NAME (their MQTT users are named after it)
 SHARE_GROUP = "edgefleet-ingest"  # the shared-subscription group every ingest worker joins
 WORKER_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")  # goes into an MQTT client id and username
 
@@ -53,7 +55,7 @@ def check_role(role: str, db_url: str, mqtt_url: str | None, worker: str | None,
     """Raises RoleError, naming the option to change, if a process of `role` cannot run with these settings."""
     if role not in ROLES:
         raise RoleError(f"--role: expected one of {', '.join(ROLES)}, got {role!r}")
-    if worker is not None and role not in ("ingest", "rollouts"):
+    if worker is not None and role not in WORKER_ROLES:
         raise RoleError(f"--worker names an ingest or rollouts worker's MQTT users; --role {role} takes none")
     if mqtt_url is not None and mqtt_url.startswith(NATS_SCHEMES) and role != "ingest":
         raise RoleError(f"--role {role}: a nats:// (or tls://) URL serves the ingest role only (it reads JetStream "

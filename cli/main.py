@@ -11,7 +11,7 @@ import sys
 from edgefleet.cli import (
     bundle_commands,  # noqa: F401 - registers keys, sign, inspect, verify, predict, bench
     capture_commands,  # noqa: F401 - registers capture settings|list
-    cloud_commands,  # noqa: F401 - registers cloud up, cloud token
+    cloud_commands,  # noqa: F401 - registers cloud up, token, migrate, service, ...
     compile_commands,  # noqa: F401 - registers compile
     compress_commands,  # noqa: F401 - registers compress
     dataset_commands,  # noqa: F401 - registers dataset create|list|show|export
